@@ -1,0 +1,77 @@
+//! [`HubConfig`]: the hub's tunables, with the same defaults as `pere-server`.
+
+use std::time::Duration;
+
+/// Default number of events kept per channel.
+pub const DEFAULT_HISTORY: usize = 1000;
+/// Default age after which an event is no longer retained (24 h).
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// Default time a device stays a member after its last stream closed (24 h).
+pub const DEFAULT_MEMBER_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Default largest payload accepted, in bytes (64 KiB).
+pub const DEFAULT_MAX_PAYLOAD: usize = 64 * 1024;
+/// Default capacity of one stream's queue, in events. A device that falls
+/// this far behind is disconnected and resumes later instead of growing the
+/// server's memory.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 4096;
+/// Default number of channels one stream may subscribe to.
+pub const DEFAULT_MAX_CHANNELS_PER_STREAM: usize = 64;
+/// How long an idempotency key is remembered at least (PROTOCOL §2: 10 min).
+pub const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(600);
+/// Longest receipt status, in bytes (PROTOCOL §4: 1 KiB).
+pub const MAX_STATUS_LEN: usize = 1024;
+
+/// How long a store keeps events: the newest `history` per channel, and none
+/// older than `max_age`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// Events kept per channel (the oldest are dropped first).
+    pub history: usize,
+    /// Events older than this are dropped; `None` keeps them until `history`
+    /// pushes them out.
+    pub max_age: Option<Duration>,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            history: DEFAULT_HISTORY,
+            max_age: Some(DEFAULT_MAX_AGE),
+        }
+    }
+}
+
+/// The hub's configuration. `Default` gives the documented defaults.
+/// Retention belongs to the store ([`Retention`]).
+#[derive(Clone, Debug)]
+pub struct HubConfig {
+    /// How long a device stays a member after its last stream closed.
+    pub member_ttl: Duration,
+    /// Largest payload accepted, in bytes.
+    pub max_payload: usize,
+    /// Capacity of each stream's queue, in events.
+    pub queue_capacity: usize,
+    /// Most channels or patterns one stream may subscribe to.
+    pub max_channels_per_stream: usize,
+    /// Replay every retained event to a stream that has no other resume point
+    /// (PERE's original behaviour).
+    pub replay_all: bool,
+    /// How long an idempotency key is remembered at least.
+    pub idempotency_ttl: Duration,
+    /// How often the maintenance tick runs (retention by age, member expiry).
+    pub tick: Duration,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            member_ttl: DEFAULT_MEMBER_TTL,
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            max_channels_per_stream: DEFAULT_MAX_CHANNELS_PER_STREAM,
+            replay_all: false,
+            idempotency_ttl: DEFAULT_IDEMPOTENCY_TTL,
+            tick: Duration::from_secs(1),
+        }
+    }
+}

@@ -1,0 +1,607 @@
+//! The receipt ledger: per event, its audience and each device's state,
+//! `pending` → `delivered` → `acked`.
+//!
+//! An [`EventReceipts`] is created when its event is published, with the
+//! audience fixed at that moment; devices the event later reaches outside it
+//! (late joiners, replays) are added as they receive or acknowledge it.
+//!
+//! Delivery is the hot path — one mark per device per event, from many
+//! stream tasks at once — so it is a compare-and-swap on the device's slot,
+//! with no lock and no allocation. Acks, late joiners and the device index
+//! are rarer and sit behind a mutex per event.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::{Notify, mpsc};
+
+use crate::event::{Event, EventId, Timestamp};
+use crate::name::{ChannelName, DeviceId};
+
+/// A device's progress with one event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReceiptState {
+    /// In the audience, not yet written to any of its streams.
+    Pending,
+    /// Written to one of its streams.
+    Delivered,
+    /// Acknowledged with a receipt.
+    Acked,
+}
+
+impl ReceiptState {
+    /// The state's wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReceiptState::Pending => "pending",
+            ReceiptState::Delivered => "delivered",
+            ReceiptState::Acked => "acked",
+        }
+    }
+}
+
+/// One device's receipt for one event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceReceipt {
+    /// Current state.
+    pub state: ReceiptState,
+    /// When it was first written to the device.
+    pub delivered_at: Option<Timestamp>,
+    /// When the device acknowledged it.
+    pub acked_at: Option<Timestamp>,
+    /// The device's status text, once acked.
+    pub status: Option<Arc<str>>,
+}
+
+/// A change of one device's receipt, as the receipts stream reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceiptChange {
+    /// The event.
+    pub id: EventId,
+    /// Its channel.
+    pub channel: ChannelName,
+    /// The device.
+    pub device: DeviceId,
+    /// The state it reached.
+    pub state: ReceiptState,
+    /// Its status, for `acked`.
+    pub status: Option<Arc<str>>,
+    /// When.
+    pub at: Timestamp,
+}
+
+/// The summary of an event's receipts (PROTOCOL §5).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceiptSummary {
+    /// The event id.
+    pub id: EventId,
+    /// Its channel.
+    pub channel: ChannelName,
+    /// When it was published.
+    pub published_at: Timestamp,
+    /// Size of the audience.
+    pub recipients: usize,
+    /// Devices delivered or acked.
+    pub delivered: usize,
+    /// Devices acked.
+    pub acked: usize,
+    /// Devices not yet acked, sorted.
+    pub pending: Vec<DeviceId>,
+    /// Every device's receipt, sorted by device.
+    pub devices: Vec<(DeviceId, DeviceReceipt)>,
+}
+
+/// Who listens for receipt changes on one channel. Shared by every
+/// [`EventReceipts`] of the channel so a delivery can check, with one atomic
+/// load, whether anybody listens at all.
+#[derive(Debug, Default)]
+pub struct ReceiptWatchers {
+    count: AtomicUsize,
+    senders: Mutex<Vec<mpsc::Sender<ReceiptChange>>>,
+}
+
+impl ReceiptWatchers {
+    /// Adds a listener.
+    pub fn add(&self, tx: mpsc::Sender<ReceiptChange>) {
+        let mut senders = lock(&self.senders);
+        senders.push(tx);
+        self.count.store(senders.len(), Ordering::Release);
+    }
+
+    /// Whether anybody listens.
+    pub fn any(&self) -> bool {
+        self.count.load(Ordering::Acquire) > 0
+    }
+
+    /// Sends a change to every listener; a listener that is gone or cannot
+    /// keep up is dropped (its stream ends and it resubscribes).
+    pub fn send(&self, change: &ReceiptChange) {
+        let mut senders = lock(&self.senders);
+        senders.retain(|tx| tx.try_send(change.clone()).is_ok());
+        self.count.store(senders.len(), Ordering::Release);
+    }
+
+    /// Drops listeners whose receiver is gone.
+    pub fn sweep(&self) {
+        let mut senders = lock(&self.senders);
+        senders.retain(|tx| !tx.is_closed());
+        self.count.store(senders.len(), Ordering::Release);
+    }
+
+    /// Closes every listener's stream (shutdown).
+    pub fn close_all(&self) {
+        lock(&self.senders).clear();
+        self.count.store(0, Ordering::Release);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section here leaves its data consistent at each step,
+    // so a poisoned lock still guards valid data.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What an ack did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AckOutcome {
+    /// First ack of this event by this device.
+    Acked,
+    /// The device had acked before; the status and time were updated.
+    Updated,
+}
+
+#[derive(Debug)]
+struct Ack {
+    at: Timestamp,
+    status: Arc<str>,
+}
+
+#[derive(Debug, Default)]
+struct Slow {
+    /// Acks by slot.
+    acks: HashMap<u32, Ack>,
+    /// Devices outside the publish-time audience, with their delivery time;
+    /// their slots follow the audience's.
+    late: Vec<(DeviceId, Option<Timestamp>)>,
+    /// Device → slot, built on first lookup (acks and replays need it, live
+    /// fan-out does not).
+    index: Option<HashMap<DeviceId, u32>>,
+}
+
+/// The receipts of one event.
+#[derive(Debug)]
+pub struct EventReceipts {
+    /// The event.
+    pub event: Arc<Event>,
+    audience: Arc<[DeviceId]>,
+    /// Delivery time per audience slot in µs; 0 = not delivered.
+    delivered_at: Box<[AtomicI64]>,
+    /// Devices (audience and late) not yet delivered.
+    undelivered: AtomicUsize,
+    /// Devices (audience and late) not yet acked.
+    unacked: AtomicUsize,
+    slow: Mutex<Slow>,
+    /// Woken when `undelivered` or `unacked` reaches zero.
+    settled: Notify,
+    watchers: Arc<ReceiptWatchers>,
+}
+
+/// Slot number meaning "not in the audience" (anonymous streams, late
+/// joiners resolved through the index).
+pub const NO_SLOT: u32 = u32::MAX;
+
+impl EventReceipts {
+    /// Receipts for `event` with `audience` (sorted or not; duplicates are the
+    /// caller's bug) all pending.
+    pub fn new(
+        event: Arc<Event>,
+        audience: Arc<[DeviceId]>,
+        watchers: Arc<ReceiptWatchers>,
+    ) -> Self {
+        let n = audience.len();
+        Self {
+            event,
+            delivered_at: (0..n).map(|_| AtomicI64::new(0)).collect(),
+            audience,
+            undelivered: AtomicUsize::new(n),
+            unacked: AtomicUsize::new(n),
+            slow: Mutex::default(),
+            settled: Notify::new(),
+            watchers,
+        }
+    }
+
+    /// The event id.
+    pub fn id(&self) -> EventId {
+        self.event.id
+    }
+
+    /// The audience at publish time.
+    pub fn audience(&self) -> &[DeviceId] {
+        &self.audience
+    }
+
+    /// Recipients: the audience plus late joiners.
+    pub fn recipients(&self) -> usize {
+        self.audience.len() + lock(&self.slow).late.len()
+    }
+
+    /// Devices not yet delivered.
+    pub fn undelivered(&self) -> usize {
+        self.undelivered.load(Ordering::Acquire)
+    }
+
+    /// Devices not yet acked.
+    pub fn unacked(&self) -> usize {
+        self.unacked.load(Ordering::Acquire)
+    }
+
+    /// Resolves once `done()` holds, checking after every settlement.
+    /// No polling: it sleeps until a counter reaches zero.
+    pub async fn settled_when(&self, done: impl Fn(&Self) -> bool) {
+        loop {
+            let notified = self.settled.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if done(self) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn slot_of(&self, slow: &mut Slow, device: &DeviceId) -> Option<u32> {
+        let index = slow.index.get_or_insert_with(|| {
+            self.audience
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (d.clone(), i as u32))
+                .collect()
+        });
+        index.get(device).copied()
+    }
+
+    fn add_late(&self, slow: &mut Slow, device: &DeviceId, delivered: Option<Timestamp>) -> u32 {
+        let slot = (self.audience.len() + slow.late.len()) as u32;
+        slow.late.push((device.clone(), delivered));
+        if let Some(index) = slow.index.as_mut() {
+            index.insert(device.clone(), slot);
+        }
+        if delivered.is_none() {
+            self.undelivered.fetch_add(1, Ordering::AcqRel);
+        }
+        self.unacked.fetch_add(1, Ordering::AcqRel);
+        slot
+    }
+
+    fn settle(&self, counter: &AtomicUsize) {
+        if counter.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.settled.notify_waiters();
+        }
+    }
+
+    fn announce(
+        &self,
+        device: &DeviceId,
+        state: ReceiptState,
+        status: Option<Arc<str>>,
+        at: Timestamp,
+    ) {
+        if self.watchers.any() {
+            self.watchers.send(&ReceiptChange {
+                id: self.event.id,
+                channel: self.event.channel.clone(),
+                device: device.clone(),
+                state,
+                status,
+                at,
+            });
+        }
+    }
+
+    /// Marks the event delivered to audience slot `slot` (live fan-out knows
+    /// the slot). Returns whether this was the first delivery to that device.
+    pub fn mark_delivered_slot(&self, slot: u32, at: Timestamp) -> bool {
+        let Some(cell) = self.delivered_at.get(slot as usize) else {
+            return false;
+        };
+        if cell
+            .compare_exchange(0, at.0.max(1), Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return false;
+        }
+        // An ack that arrived first claimed this cell too, so winning the
+        // swap means this is the device's first delivery, acked or not.
+        self.settle(&self.undelivered);
+        self.announce(
+            &self.audience[slot as usize],
+            ReceiptState::Delivered,
+            None,
+            at,
+        );
+        true
+    }
+
+    /// Marks the event delivered to `device`, adding it to the audience when
+    /// it was not in it (replay to a late joiner). Returns whether this was
+    /// the first delivery to that device.
+    pub fn mark_delivered(&self, device: &DeviceId, at: Timestamp) -> bool {
+        let mut slow = lock(&self.slow);
+        match self.slot_of(&mut slow, device) {
+            Some(slot) if (slot as usize) < self.audience.len() => {
+                drop(slow);
+                self.mark_delivered_slot(slot, at)
+            }
+            Some(slot) => {
+                let i = slot as usize - self.audience.len();
+                if slow.late[i].1.is_some() || slow.acks.contains_key(&slot) {
+                    return false;
+                }
+                slow.late[i].1 = Some(at);
+                drop(slow);
+                self.settle(&self.undelivered);
+                self.announce(device, ReceiptState::Delivered, None, at);
+                true
+            }
+            None => {
+                self.add_late(&mut slow, device, Some(at));
+                drop(slow);
+                self.announce(device, ReceiptState::Delivered, None, at);
+                true
+            }
+        }
+    }
+
+    /// Records `device`'s receipt with `status`. A device outside the
+    /// audience is added to it (it received the event somehow: late join,
+    /// replay). An ack implies delivery.
+    pub fn ack(&self, device: &DeviceId, status: Arc<str>, at: Timestamp) -> AckOutcome {
+        let mut slow = lock(&self.slow);
+        let slot = match self.slot_of(&mut slow, device) {
+            Some(slot) => slot,
+            None => self.add_late(&mut slow, device, None),
+        };
+        let previous = slow.acks.insert(
+            slot,
+            Ack {
+                at,
+                status: status.clone(),
+            },
+        );
+        if previous.is_some() {
+            drop(slow);
+            self.announce(device, ReceiptState::Acked, Some(status), at);
+            return AckOutcome::Updated;
+        }
+        let was_delivered = match (slot as usize).checked_sub(self.audience.len()) {
+            None => {
+                // Claim the delivery so a later mark does not count it again.
+                let cell = &self.delivered_at[slot as usize];
+                cell.compare_exchange(0, at.0.max(1), Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+            }
+            Some(i) => {
+                let late = &mut slow.late[i].1;
+                let was = late.is_some();
+                late.get_or_insert(at);
+                was
+            }
+        };
+        drop(slow);
+        if !was_delivered {
+            self.settle(&self.undelivered);
+        }
+        self.settle(&self.unacked);
+        self.announce(device, ReceiptState::Acked, Some(status), at);
+        AckOutcome::Acked
+    }
+
+    /// `device`'s receipt, if it is in the audience.
+    pub fn receipt_of(&self, device: &DeviceId) -> Option<DeviceReceipt> {
+        let mut slow = lock(&self.slow);
+        let slot = self.slot_of(&mut slow, device)?;
+        Some(self.receipt_at(&slow, slot))
+    }
+
+    fn receipt_at(&self, slow: &Slow, slot: u32) -> DeviceReceipt {
+        let delivered_at = match (slot as usize).checked_sub(self.audience.len()) {
+            None => match self.delivered_at[slot as usize].load(Ordering::Acquire) {
+                0 => None,
+                t => Some(Timestamp(t)),
+            },
+            Some(i) => slow.late[i].1,
+        };
+        match slow.acks.get(&slot) {
+            Some(ack) => DeviceReceipt {
+                state: ReceiptState::Acked,
+                delivered_at: delivered_at.or(Some(ack.at)),
+                acked_at: Some(ack.at),
+                status: Some(ack.status.clone()),
+            },
+            None => DeviceReceipt {
+                state: if delivered_at.is_some() {
+                    ReceiptState::Delivered
+                } else {
+                    ReceiptState::Pending
+                },
+                delivered_at,
+                acked_at: None,
+                status: None,
+            },
+        }
+    }
+
+    /// The full summary (PROTOCOL §5).
+    pub fn summary(&self) -> ReceiptSummary {
+        let slow = lock(&self.slow);
+        let mut devices: Vec<(DeviceId, DeviceReceipt)> = self
+            .audience
+            .iter()
+            .chain(slow.late.iter().map(|(d, _)| d))
+            .enumerate()
+            .map(|(slot, device)| (device.clone(), self.receipt_at(&slow, slot as u32)))
+            .collect();
+        drop(slow);
+        devices.sort_by(|a, b| a.0.cmp(&b.0));
+        let delivered = devices
+            .iter()
+            .filter(|(_, r)| r.state != ReceiptState::Pending)
+            .count();
+        let acked = devices
+            .iter()
+            .filter(|(_, r)| r.state == ReceiptState::Acked)
+            .count();
+        let pending = devices
+            .iter()
+            .filter(|(_, r)| r.state != ReceiptState::Acked)
+            .map(|(d, _)| d.clone())
+            .collect();
+        ReceiptSummary {
+            id: self.event.id,
+            channel: self.event.channel.clone(),
+            published_at: self.event.time,
+            recipients: devices.len(),
+            delivered,
+            acked,
+            pending,
+            devices,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use bytes::Bytes;
+    use std::sync::OnceLock;
+
+    fn receipts(devices: &[&str]) -> (EventReceipts, Arc<ReceiptWatchers>) {
+        let event = Arc::new(Event {
+            id: EventId(7),
+            channel: ChannelName::new("c").unwrap(),
+            kind: None,
+            device: None,
+            time: Timestamp(1),
+            payload: Bytes::from_static(b"x"),
+            idempotency_key: None,
+            frame: OnceLock::new(),
+        });
+        let audience: Arc<[DeviceId]> = devices.iter().map(|d| DeviceId::new(d).unwrap()).collect();
+        let watchers = Arc::new(ReceiptWatchers::default());
+        (
+            EventReceipts::new(event, audience, watchers.clone()),
+            watchers,
+        )
+    }
+
+    fn dev(d: &str) -> DeviceId {
+        DeviceId::new(d).unwrap()
+    }
+
+    #[test]
+    fn states_move_from_pending_to_delivered_to_acked() {
+        let (r, _) = receipts(&["a", "b"]);
+        assert_eq!(
+            r.receipt_of(&dev("a")).unwrap().state,
+            ReceiptState::Pending
+        );
+        assert!(r.mark_delivered_slot(0, Timestamp(10)));
+        assert!(
+            !r.mark_delivered_slot(0, Timestamp(11)),
+            "second delivery is not new"
+        );
+        let a = r.receipt_of(&dev("a")).unwrap();
+        assert_eq!(a.state, ReceiptState::Delivered);
+        assert_eq!(a.delivered_at, Some(Timestamp(10)));
+        assert_eq!(
+            r.ack(&dev("a"), "ok".into(), Timestamp(20)),
+            AckOutcome::Acked
+        );
+        let s = r.summary();
+        assert_eq!((s.recipients, s.delivered, s.acked), (2, 1, 1));
+        assert_eq!(s.pending, vec![dev("b")]);
+        assert_eq!(r.undelivered(), 1);
+        assert_eq!(r.unacked(), 1);
+    }
+
+    #[test]
+    fn an_ack_before_delivery_counts_as_delivered_once() {
+        let (r, _) = receipts(&["a"]);
+        r.ack(&dev("a"), "ok".into(), Timestamp(5));
+        assert!(!r.mark_delivered_slot(0, Timestamp(6)));
+        assert_eq!(r.undelivered(), 0);
+        assert_eq!(r.unacked(), 0);
+        let a = r.receipt_of(&dev("a")).unwrap();
+        assert_eq!(a.delivered_at, Some(Timestamp(5)));
+    }
+
+    #[test]
+    fn late_joiners_are_added_on_delivery_or_ack() {
+        let (r, _) = receipts(&["a"]);
+        assert!(r.mark_delivered(&dev("late"), Timestamp(3)));
+        assert!(!r.mark_delivered(&dev("late"), Timestamp(4)));
+        r.ack(&dev("other"), "done".into(), Timestamp(5));
+        let s = r.summary();
+        assert_eq!(s.recipients, 3);
+        assert_eq!(s.delivered, 2);
+        assert_eq!(s.acked, 1);
+        assert_eq!(s.pending, vec![dev("a"), dev("late")]);
+        assert_eq!(r.undelivered(), 1);
+        assert_eq!(r.unacked(), 2);
+    }
+
+    #[test]
+    fn repeated_acks_update_status_without_double_counting() {
+        let (r, _) = receipts(&["a"]);
+        assert_eq!(
+            r.ack(&dev("a"), "first".into(), Timestamp(1)),
+            AckOutcome::Acked
+        );
+        assert_eq!(
+            r.ack(&dev("a"), "second".into(), Timestamp(2)),
+            AckOutcome::Updated
+        );
+        assert_eq!(r.unacked(), 0);
+        assert_eq!(
+            r.receipt_of(&dev("a")).unwrap().status.as_deref(),
+            Some("second")
+        );
+    }
+
+    #[tokio::test]
+    async fn watchers_see_every_transition_in_order() {
+        let (r, watchers) = receipts(&["a"]);
+        let (tx, mut rx) = mpsc::channel(8);
+        watchers.add(tx);
+        r.mark_delivered_slot(0, Timestamp(1));
+        r.ack(&dev("a"), "ok".into(), Timestamp(2));
+        let states: Vec<_> = [rx.recv().await.unwrap(), rx.recv().await.unwrap()]
+            .iter()
+            .map(|c| c.state)
+            .collect();
+        assert_eq!(states, [ReceiptState::Delivered, ReceiptState::Acked]);
+    }
+
+    #[tokio::test]
+    async fn waiting_for_acks_wakes_without_polling() {
+        let (r, _) = receipts(&["a", "b"]);
+        let r = Arc::new(r);
+        let waiter = tokio::spawn({
+            let r = r.clone();
+            async move { r.settled_when(|r| r.unacked() == 0).await }
+        });
+        tokio::task::yield_now().await;
+        r.ack(&dev("a"), "ok".into(), Timestamp(1));
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        r.ack(&dev("b"), "ok".into(), Timestamp(2));
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("waiter woke")
+            .unwrap();
+    }
+}

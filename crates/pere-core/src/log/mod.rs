@@ -1,0 +1,170 @@
+//! The event log: the [`EventStore`] trait, the [`Record`]s it persists, and
+//! its implementations ([`MemoryStore`]).
+//!
+//! # Invariants
+//! - The hub is the only writer, from one task: records reach
+//!   [`EventStore::append`] in the order the hub applied them, and event ids
+//!   in that order are strictly increasing.
+//! - An appended batch is either wholly readable after `append` resolved
+//!   `Ok`, or (after a crash) a prefix of it is, and that prefix is what
+//!   [`EventStore::recover`] returns. A torn record is never returned.
+//! - [`EventStore::read`] only returns events whose `append` has resolved.
+//! - Retention ([`Retention`]) belongs to the store: `append` drops the
+//!   oldest events of a channel past `history`, `prune` those past `max_age`,
+//!   and both report what they dropped so the hub forgets the receipts too.
+//!   Events of a channel are always dropped oldest first.
+
+mod memory;
+
+pub use memory::MemoryStore;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::config::Retention;
+use crate::error::Result;
+use crate::event::{Event, EventId, Timestamp};
+use crate::name::{ChannelName, DeviceId, Pattern};
+
+/// One entry of the hub's journal. Replaying every record in order rebuilds
+/// the hub's state: events and retention, receipts, memberships, cursors.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Record {
+    /// An event was published.
+    Event(Arc<Event>),
+    /// A device acknowledged an event.
+    Ack {
+        /// The event.
+        id: EventId,
+        /// The acknowledging device.
+        device: DeviceId,
+        /// The device's status text.
+        status: Arc<str>,
+        /// When the receipt arrived.
+        at: Timestamp,
+    },
+    /// A device became a member of a subscription.
+    Joined {
+        /// The subscription (channel or pattern, as written).
+        subscription: Pattern,
+        /// The device.
+        device: DeviceId,
+        /// The hub's head when it joined: its cursor starts here.
+        head: EventId,
+        /// When it joined.
+        at: Timestamp,
+    },
+    /// A member's durable cursor moved (the last event delivered to it).
+    Cursor {
+        /// The subscription.
+        subscription: Pattern,
+        /// The device.
+        device: DeviceId,
+        /// The last event id delivered.
+        cursor: EventId,
+        /// When it was delivered.
+        at: Timestamp,
+    },
+    /// A member opened (`online: true`) or closed a stream.
+    Presence {
+        /// The subscription.
+        subscription: Pattern,
+        /// The device.
+        device: DeviceId,
+        /// Whether the stream opened or closed.
+        online: bool,
+        /// The `Last-Event-ID` it asked for, when it opened one with it.
+        last_event_id: Option<EventId>,
+        /// When.
+        at: Timestamp,
+    },
+    /// A membership ended (expired or deleted by an operator).
+    Left {
+        /// The subscription.
+        subscription: Pattern,
+        /// The device.
+        device: DeviceId,
+        /// When.
+        at: Timestamp,
+    },
+}
+
+/// What a store found when it opened.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Every intact record, oldest first.
+    pub records: Vec<Record>,
+    /// The highest event id ever stored (even if since evicted), so new ids
+    /// continue above it.
+    pub last_id: EventId,
+    /// Per channel, the highest id dropped for retention, so resuming
+    /// clients below it are told about the gap.
+    pub evicted: Vec<Evicted>,
+    /// Whether the store keeps events across restarts. A volatile store
+    /// (memory) forgets everything, so any id from before this start may
+    /// name events that are gone.
+    pub durable: bool,
+    /// Human-readable notes about what recovery found or dropped.
+    pub notes: Vec<String>,
+}
+
+/// Events a store dropped for retention: every event of `channel` with an id
+/// up to and including `upto` is gone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Evicted {
+    /// The channel.
+    pub channel: ChannelName,
+    /// The highest id dropped.
+    pub upto: EventId,
+}
+
+/// Where the hub's events and journal live.
+///
+/// Methods that may do I/O return futures; a store that needs threads for
+/// blocking I/O owns them. The hub calls every method from its single writer
+/// task, except [`EventStore::read`], which stream tasks call concurrently.
+pub trait EventStore: Send + Sync + 'static {
+    /// Reads back everything the store holds, once, before anything is
+    /// appended. Required: a store that cannot recover is not a store.
+    ///
+    /// # Errors
+    /// The store cannot be read at all (a damaged tail is truncated and
+    /// reported in [`Recovered::notes`], not an error).
+    fn recover(&self) -> impl Future<Output = Result<Recovered>> + Send;
+
+    /// Appends a batch of records, resolving once they are durable (for a
+    /// file store: written and, per its policy, fsync'd — one sync for the
+    /// whole batch). Events in the batch become readable, and channels past
+    /// their `history` drop their oldest events, reported in the result.
+    ///
+    /// # Errors
+    /// The batch could not be stored; the hub then refuses further writes.
+    fn append(&self, batch: &[Record]) -> impl Future<Output = Result<Vec<Evicted>>> + Send;
+
+    /// Events of `channel` with ids in `(after, upto]`, oldest first, at most
+    /// `limit` of them.
+    ///
+    /// # Errors
+    /// The store could not read them.
+    fn read(
+        &self,
+        channel: &ChannelName,
+        after: EventId,
+        upto: EventId,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Arc<Event>>>> + Send;
+
+    /// Drops events published before `now - max_age`, reporting them.
+    /// Cheap and non-blocking: a store may reclaim disk space later.
+    fn prune(&self, now: Timestamp) -> Vec<Evicted>;
+
+    /// The retention this store applies.
+    fn retention(&self) -> Retention;
+
+    /// Flushes and closes the store; nothing is appended afterwards.
+    ///
+    /// # Errors
+    /// The final flush failed.
+    fn close(&self) -> impl Future<Output = Result<()>> + Send;
+}

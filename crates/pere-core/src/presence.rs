@@ -1,0 +1,217 @@
+//! Memberships and presence: which devices belong to a subscription, where
+//! their durable cursor stands, and whether they are online.
+//!
+//! A [`Member`] lives in the hub's state (owned by its writer task). The
+//! per-stream counters that move on every delivery live in [`StreamShared`],
+//! written by the stream's own task with atomics, so delivering never takes
+//! the hub's lock.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use tokio::sync::mpsc;
+
+use crate::event::{EventId, Timestamp};
+use crate::ledger::EventReceipts;
+use crate::name::DeviceId;
+
+/// What a device did last, PERE's `op` field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    /// Opened a stream (`GET /feed`).
+    Feed,
+    /// Sent a receipt (`POST /feedback`).
+    Feedback,
+    /// Closed its last stream.
+    Left,
+}
+
+/// One queued delivery: the event's receipts (which hold the event) and the
+/// device's slot in its audience.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    /// The event and its receipts.
+    pub receipts: Arc<EventReceipts>,
+    /// The device's audience slot, or [`crate::ledger::NO_SLOT`].
+    pub slot: u32,
+}
+
+/// The part of an open stream that its task updates on every delivery and
+/// the hub reads for presence and cursors.
+#[derive(Debug)]
+pub struct StreamShared {
+    /// Hub-unique stream number.
+    pub id: u64,
+    /// The device, unless anonymous.
+    pub device: Option<DeviceId>,
+    /// Highest event id written to the stream.
+    pub delivered_upto: AtomicU64,
+    /// When that happened (µs), 0 if never.
+    pub delivered_at: AtomicI64,
+    /// Events written, for metrics.
+    pub delivered: AtomicU64,
+    /// Highest event id queued by the writer (dedupes an event that matches
+    /// several of the stream's subscriptions). Writer task only.
+    pub enqueued_upto: AtomicU64,
+}
+
+impl StreamShared {
+    /// A fresh stream record.
+    pub fn new(id: u64, device: Option<DeviceId>) -> Self {
+        Self {
+            id,
+            device,
+            delivered_upto: AtomicU64::new(0),
+            delivered_at: AtomicI64::new(0),
+            delivered: AtomicU64::new(0),
+            enqueued_upto: AtomicU64::new(0),
+        }
+    }
+
+    /// Highest event id written to the stream.
+    pub fn delivered_upto(&self) -> EventId {
+        EventId(self.delivered_upto.load(Ordering::Acquire))
+    }
+
+    /// When the last event was written, if any.
+    pub fn delivered_at(&self) -> Option<Timestamp> {
+        match self.delivered_at.load(Ordering::Acquire) {
+            0 => None,
+            t => Some(Timestamp(t)),
+        }
+    }
+}
+
+/// A stream's queue, as the hub holds it.
+#[derive(Clone, Debug)]
+pub struct StreamTx {
+    /// The stream's shared counters.
+    pub shared: Arc<StreamShared>,
+    /// The sending half of its bounded queue.
+    pub tx: mpsc::Sender<Delivery>,
+}
+
+/// A device's membership of one subscription, with its presence.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// Whether it is a member (in audiences) or only known from receipts.
+    pub is_member: bool,
+    /// The head when it joined: events above it are its own.
+    pub since: EventId,
+    /// When it joined.
+    pub joined_at: Timestamp,
+    /// The durable cursor: the last event delivered to it (folded in from
+    /// its streams when they close and at checkpoints).
+    pub cursor: EventId,
+    /// When the cursor last moved.
+    pub cursor_at: Option<Timestamp>,
+    /// The cursor as last written to the journal.
+    pub journaled_cursor: EventId,
+    /// Open streams.
+    pub streams: Vec<StreamTx>,
+    /// When the current run of connections began.
+    pub connected_at: Option<Timestamp>,
+    /// When its last connection closed (membership TTL counts from here).
+    pub disconnected_at: Option<Timestamp>,
+    /// Last activity: connect, disconnect or receipt.
+    pub last_seen: Timestamp,
+    /// Last event it acknowledged, and when.
+    pub last_acked: Option<(EventId, Timestamp)>,
+    /// PERE's `op`: what it did last.
+    pub op: Op,
+    /// PERE's `at`: when.
+    pub op_at: Timestamp,
+    /// PERE's `Last-Event-Id`: the id it sent with its last feed or feedback.
+    pub last_event_id: Option<String>,
+}
+
+impl Member {
+    /// A member that joined at `head` at `now`.
+    pub fn joined(head: EventId, now: Timestamp) -> Self {
+        Self {
+            is_member: true,
+            since: head,
+            joined_at: now,
+            cursor: head,
+            cursor_at: None,
+            journaled_cursor: head,
+            streams: Vec::new(),
+            connected_at: None,
+            disconnected_at: Some(now),
+            last_seen: now,
+            last_acked: None,
+            op: Op::Feed,
+            op_at: now,
+            last_event_id: None,
+        }
+    }
+
+    /// The cursor including what its open streams delivered since.
+    pub fn effective_cursor(&self) -> (EventId, Option<Timestamp>) {
+        let mut best = (self.cursor, self.cursor_at);
+        for s in &self.streams {
+            let upto = s.shared.delivered_upto();
+            if upto > best.0 {
+                best = (upto, s.shared.delivered_at());
+            }
+        }
+        best
+    }
+
+    /// Number of open streams.
+    pub fn connections(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// The presence view of this member.
+    pub fn presence(&self) -> Presence {
+        let (cursor, cursor_at) = self.effective_cursor();
+        Presence {
+            member: self.is_member,
+            online: !self.streams.is_empty(),
+            connections: self.streams.len(),
+            joined_at: self.is_member.then_some(self.joined_at),
+            connected_at: self.connected_at,
+            last_seen: self.last_seen,
+            last_delivered: (cursor > self.since).then_some(cursor),
+            last_delivered_at: cursor_at,
+            last_acked: self.last_acked.map(|(id, _)| id),
+            last_acked_at: self.last_acked.map(|(_, at)| at),
+            op: self.op,
+            at: self.op_at,
+            last_event_id: self.last_event_id.clone(),
+        }
+    }
+}
+
+/// A device's presence on one subscription (PROTOCOL §5 and PERE's fields).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Presence {
+    /// Whether it is a member (in audiences).
+    pub member: bool,
+    /// Whether it has at least one open stream.
+    pub online: bool,
+    /// Open streams.
+    pub connections: usize,
+    /// When it became a member.
+    pub joined_at: Option<Timestamp>,
+    /// When its current run of connections began.
+    pub connected_at: Option<Timestamp>,
+    /// Last activity.
+    pub last_seen: Timestamp,
+    /// Last event delivered to it.
+    pub last_delivered: Option<EventId>,
+    /// When.
+    pub last_delivered_at: Option<Timestamp>,
+    /// Last event it acknowledged.
+    pub last_acked: Option<EventId>,
+    /// When.
+    pub last_acked_at: Option<Timestamp>,
+    /// PERE's `op`.
+    pub op: Op,
+    /// PERE's `at`.
+    pub at: Timestamp,
+    /// PERE's `Last-Event-Id`.
+    pub last_event_id: Option<String>,
+}

@@ -1,0 +1,3 @@
+//! PERE over HTTP (work in progress).
+
+pub mod sse;

@@ -1,0 +1,1 @@
+//! Server-Sent Events, written and read by hand (placeholder).
