@@ -1,1 +1,3 @@
+//! `pere-pub` (being written).
+
 fn main() {}

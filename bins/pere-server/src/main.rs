@@ -1,1 +1,124 @@
-fn main() {}
+//! `pere-server`: flags → config → `pere_http::run` over a hub.
+
+mod config;
+
+use std::process::ExitCode;
+
+use config::{Args, Config, LogFormat, show_duration};
+use pere_core::{Hub, MemoryStore};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let args: Args = argh::from_env();
+    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    let config = match Config::resolve(args, &env) {
+        Ok(c) => c,
+        Err(err) => {
+            eprintln!("pere-server: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("pere-server: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("pere-server: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let default = if config.quiet { "warn" } else { "info" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_target(false).init(),
+    }
+}
+
+async fn serve(config: Config) -> Result<(), pere_http::Error> {
+    let listener = pere_http::bind(config.addr).await?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| pere_http::Error::Io {
+            context: "cannot read the listening address".into(),
+            source,
+        })?;
+    let store = MemoryStore::new(config.retention);
+    let hub = Hub::open(config.hub.clone(), store).await?;
+    banner(&config, addr);
+    pere_http::run(listener, hub, config.server.clone(), shutdown_signal()).await?;
+    tracing::info!("bye");
+    Ok(())
+}
+
+fn banner(config: &Config, addr: std::net::SocketAddr) {
+    let r = &config.retention;
+    let age = r.max_age.map_or("no age limit".to_string(), |a| {
+        format!("max age {}", show_duration(a))
+    });
+    let lines = [
+        format!(
+            "PERE {} — push events with return receipts",
+            env!("CARGO_PKG_VERSION")
+        ),
+        format!("  listening   http://{addr}"),
+        format!(
+            "  store       memory (history {} events/channel, {age})",
+            r.history
+        ),
+        format!(
+            "  streams     retry {} ms, keepalive {}, member TTL {}, replay-all {}",
+            config.server.retry.as_millis(),
+            show_duration(config.server.keepalive),
+            show_duration(config.hub.member_ttl),
+            if config.hub.replay_all { "on" } else { "off" },
+        ),
+        format!("  web         http://{addr}/subscriber.html"),
+        format!("  try         curl -N -H 'device: me' http://{addr}/feed/CHANNEL_1"),
+    ];
+    if !config.quiet {
+        for line in &lines {
+            eprintln!("{line}");
+        }
+    }
+    tracing::info!(%addr, "listening");
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("interrupted"),
+        () = term => tracing::info!("terminated"),
+    }
+}

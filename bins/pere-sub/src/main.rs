@@ -1,1 +1,3 @@
+//! `pere-sub` (being written).
+
 fn main() {}

@@ -65,7 +65,7 @@ impl Timestamp {
     }
 
     /// This time plus `d` (saturating).
-    pub fn add(self, d: Duration) -> Self {
+    pub fn plus(self, d: Duration) -> Self {
         Timestamp(
             self.0
                 .saturating_add(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),

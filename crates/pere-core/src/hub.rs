@@ -610,6 +610,49 @@ impl<S: EventStore> Hub<S> {
         .await
     }
 
+    /// Records many receipts at once: all reach the writer together, so they
+    /// share one journal write. One result per item, in order; an unknown id
+    /// fails only its own item.
+    pub async fn ack_batch(
+        &self,
+        items: Vec<(Pattern, DeviceId, EventId, String)>,
+    ) -> Vec<Result<Acked>> {
+        let mut pending = Vec::with_capacity(items.len());
+        for (subscription, device, id, status) in items {
+            if status.len() > MAX_STATUS_LEN {
+                pending.push(Err(Error::StatusTooLong {
+                    size: status.len(),
+                    limit: MAX_STATUS_LEN,
+                }));
+                continue;
+            }
+            if let Some(cause) = self.inner.failed.get() {
+                pending.push(Err(Error::StoreUnavailable(cause.clone())));
+                continue;
+            }
+            let (reply, rx) = oneshot::channel();
+            let sent = self.inner.commands.send(Command::Ack {
+                subscription,
+                device,
+                id,
+                status: intern_status(&status),
+                reply,
+            });
+            pending.push(match sent {
+                Ok(()) => Ok(rx),
+                Err(_) => Err(Error::ShuttingDown),
+            });
+        }
+        let mut results = Vec::with_capacity(pending.len());
+        for p in pending {
+            results.push(match p {
+                Ok(rx) => rx.await.unwrap_or(Err(Error::ShuttingDown)),
+                Err(e) => Err(e),
+            });
+        }
+        results
+    }
+
     /// Ends `device`'s membership of `subscription` and closes its streams
     /// there.
     ///

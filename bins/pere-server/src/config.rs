@@ -1,0 +1,359 @@
+//! Command-line flags (`Args`, the "low" form) resolved with `PERE_*`
+//! environment variables and defaults into a validated [`Config`].
+//! Precedence: flag, then environment, then default — in one function that
+//! takes the environment as a map, so tests never touch the process's.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use argh::FromArgs;
+use pere_core::{HubConfig, Retention};
+use pere_http::{Cors, ServerConfig};
+
+/// PERE: push events to devices over Server-Sent Events, and know, per event
+/// and per device, whether each was delivered and acknowledged.
+///
+/// Every option can also be set with an environment variable: PERE_ and the
+/// option's name in capitals with underscores (PERE_PORT, PERE_MAX_AGE, …).
+/// Durations are seconds, or a number with s, m, h or d (90s, 15m, 24h).
+#[derive(FromArgs, Debug, Default)]
+pub struct Args {
+    /// address to listen on (default 127.0.0.1; use 0.0.0.0 for every interface)
+    #[argh(option)]
+    pub host: Option<String>,
+    /// port to listen on (default 4567, PERE's; 0 picks a free one)
+    #[argh(option)]
+    pub port: Option<u16>,
+    /// reconnection delay sent to clients, in milliseconds (default 3000)
+    #[argh(option)]
+    pub retry: Option<String>,
+    /// quiet time after which a stream gets a keepalive comment (default 15s)
+    #[argh(option)]
+    pub keepalive: Option<String>,
+    /// events kept per channel for replay and receipts (default 1000)
+    #[argh(option)]
+    pub history: Option<String>,
+    /// events older than this are dropped; 0 keeps them until --history does (default 24h)
+    #[argh(option)]
+    pub max_age: Option<String>,
+    /// largest event payload accepted, in bytes (default 65536)
+    #[argh(option)]
+    pub max_payload: Option<String>,
+    /// origins allowed to call from a browser: * (default), none, or a comma-separated list
+    #[argh(option)]
+    pub cors_origin: Option<String>,
+    /// how long a device stays a member after its last stream closed (default 24h)
+    #[argh(option)]
+    pub member_ttl: Option<String>,
+    /// replay every retained event to a device that connects for the first time, as PERE did
+    #[argh(switch)]
+    pub replay_all: bool,
+    /// events a stream may have queued before the device counts as too slow and is disconnected (default 4096)
+    #[argh(option)]
+    pub queue_capacity: Option<String>,
+    /// log only warnings and errors (RUST_LOG overrides)
+    #[argh(switch, short = 'q')]
+    pub quiet: bool,
+    /// log format: text (default) or json
+    #[argh(option)]
+    pub log_format: Option<String>,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Everything the server needs, validated.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where to listen.
+    pub addr: SocketAddr,
+    /// The hub's settings.
+    pub hub: HubConfig,
+    /// The store's retention.
+    pub retention: Retention,
+    /// The HTTP server's settings.
+    pub server: ServerConfig,
+    /// Only warnings and errors.
+    pub quiet: bool,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+/// Parses a duration: seconds, or a number with `ms`, `s`, `m`, `h` or `d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (digits, unit) = t
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((t, ""), |i| t.split_at(i));
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (try 90, 90s, 15m, 24h)"))?;
+    let secs = |mult: u64| {
+        n.checked_mul(mult)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("`{text}` is too long a duration"))
+    };
+    match unit {
+        "" | "s" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86_400),
+        "ms" => Ok(Duration::from_millis(n)),
+        _ => Err(format!(
+            "`{text}` has an unknown unit `{unit}` (use s, m, h or d)"
+        )),
+    }
+}
+
+fn parse_count(name: &str, text: &str) -> Result<usize, String> {
+    text.trim()
+        .parse::<usize>()
+        .map_err(|_| format!("--{name} `{text}` is not a whole number"))
+}
+
+impl Config {
+    /// Resolves flags, then `PERE_*` variables from `env`, then defaults.
+    pub fn resolve(args: Args, env: &HashMap<String, String>) -> Result<Self, String> {
+        let pick = |flag: Option<String>, name: &str| -> Option<String> {
+            flag.or_else(|| {
+                let key = format!("PERE_{}", name.to_ascii_uppercase().replace('-', "_"));
+                env.get(&key).cloned().filter(|v| !v.trim().is_empty())
+            })
+        };
+        let switch = |flag: bool, name: &str| {
+            flag || pick(None, name)
+                .is_some_and(|v| matches!(v.trim(), "1" | "true" | "yes" | "on"))
+        };
+        let duration = |flag: Option<String>, name: &str, default: Duration| {
+            pick(flag, name).map_or(Ok(default), |v| {
+                parse_duration(&v).map_err(|e| format!("--{name}: {e}"))
+            })
+        };
+
+        let host = pick(args.host, "host").unwrap_or_else(|| "127.0.0.1".into());
+        let ip: IpAddr = host
+            .trim()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .map_err(|_| {
+                format!("--host `{host}` is not an IP address (e.g. 127.0.0.1, 0.0.0.0, ::1)")
+            })?;
+        let port = match args.port {
+            Some(p) => p,
+            None => match pick(None, "port") {
+                Some(p) => p
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("PERE_PORT `{p}` is not a port number"))?,
+                None => 4567,
+            },
+        };
+        let retry = match pick(args.retry, "retry") {
+            None => pere_http::server::DEFAULT_RETRY,
+            Some(v) => Duration::from_millis(
+                v.trim()
+                    .trim_end_matches("ms")
+                    .parse()
+                    .map_err(|_| format!("--retry `{v}` is not a number of milliseconds"))?,
+            ),
+        };
+        let keepalive = duration(
+            args.keepalive,
+            "keepalive",
+            pere_http::server::DEFAULT_KEEPALIVE,
+        )?;
+        if keepalive.is_zero() {
+            return Err("--keepalive must be at least 1s".into());
+        }
+        let history = match pick(args.history, "history") {
+            None => pere_core::DEFAULT_HISTORY,
+            Some(v) => parse_count("history", &v)?,
+        };
+        let max_age = duration(args.max_age, "max-age", pere_core::DEFAULT_MAX_AGE)?;
+        let max_payload = match pick(args.max_payload, "max-payload") {
+            None => pere_core::DEFAULT_MAX_PAYLOAD,
+            Some(v) => parse_count("max-payload", &v)?,
+        };
+        if max_payload == 0 {
+            return Err("--max-payload must be at least 1 byte".into());
+        }
+        let queue_capacity = match pick(args.queue_capacity, "queue-capacity") {
+            None => pere_core::DEFAULT_QUEUE_CAPACITY,
+            Some(v) => parse_count("queue-capacity", &v)?.max(1),
+        };
+        let member_ttl = duration(args.member_ttl, "member-ttl", pere_core::DEFAULT_MEMBER_TTL)?;
+        let cors =
+            Cors::parse(&pick(args.cors_origin, "cors-origin").unwrap_or_else(|| "*".into()));
+        let log_format = match pick(args.log_format, "log-format")
+            .as_deref()
+            .map(str::trim)
+        {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => return Err(format!("--log-format `{other}` is not text or json")),
+        };
+        Ok(Config {
+            addr: SocketAddr::new(ip, port),
+            hub: HubConfig {
+                member_ttl,
+                max_payload,
+                queue_capacity,
+                replay_all: switch(args.replay_all, "replay-all"),
+                ..HubConfig::default()
+            },
+            retention: Retention {
+                history,
+                max_age: (!max_age.is_zero()).then_some(max_age),
+            },
+            server: ServerConfig {
+                retry,
+                keepalive,
+                cors,
+                ..ServerConfig::default()
+            },
+            quiet: switch(args.quiet, "quiet"),
+            log_format,
+        })
+    }
+}
+
+/// Renders a duration the way the flags take it (`90s`, `15m`, `24h`).
+pub fn show_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if d.subsec_millis() != 0 || s == 0 {
+        format!("{}ms", d.as_millis())
+    } else if s % 86_400 == 0 {
+        format!("{}d", s / 86_400)
+    } else if s % 3600 == 0 {
+        format!("{}h", s / 3600)
+    } else if s % 60 == 0 {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_match_the_protocol() {
+        let c = Config::resolve(Args::default(), &HashMap::new()).unwrap();
+        assert_eq!(c.addr.to_string(), "127.0.0.1:4567");
+        assert_eq!(c.server.retry, Duration::from_millis(3000));
+        assert_eq!(c.server.keepalive, Duration::from_secs(15));
+        assert_eq!(c.retention.history, 1000);
+        assert_eq!(c.retention.max_age, Some(Duration::from_secs(86_400)));
+        assert_eq!(c.hub.member_ttl, Duration::from_secs(86_400));
+        assert_eq!(c.hub.max_payload, 65_536);
+        assert_eq!(c.server.cors, Cors::Any);
+        assert!(!c.hub.replay_all);
+    }
+
+    #[test]
+    fn flags_beat_environment_which_beats_defaults() {
+        let e = env(&[
+            ("PERE_PORT", "9000"),
+            ("PERE_HISTORY", "5"),
+            ("PERE_REPLAY_ALL", "1"),
+        ]);
+        let c = Config::resolve(Args::default(), &e).unwrap();
+        assert_eq!(c.addr.port(), 9000);
+        assert_eq!(c.retention.history, 5);
+        assert!(c.hub.replay_all);
+        let args = Args {
+            port: Some(1234),
+            history: Some("7".into()),
+            max_age: Some("0".into()),
+            ..Args::default()
+        };
+        let c = Config::resolve(args, &e).unwrap();
+        assert_eq!(c.addr.port(), 1234);
+        assert_eq!(c.retention.history, 7);
+        assert_eq!(c.retention.max_age, None);
+    }
+
+    #[test]
+    fn durations_take_units() {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86_400));
+        assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172_800));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        for bad in ["", "x", "10y", "-1", "1.5h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(show_duration(Duration::from_secs(86_400)), "1d");
+        assert_eq!(show_duration(Duration::from_secs(90)), "90s");
+    }
+
+    #[test]
+    fn bad_values_name_the_option_and_value() {
+        let bad = |args: Args| Config::resolve(args, &HashMap::new()).unwrap_err();
+        assert!(
+            bad(Args {
+                host: Some("nope".into()),
+                ..Args::default()
+            })
+            .contains("nope")
+        );
+        assert!(
+            bad(Args {
+                history: Some("many".into()),
+                ..Args::default()
+            })
+            .contains("--history")
+        );
+        assert!(
+            bad(Args {
+                max_age: Some("3y".into()),
+                ..Args::default()
+            })
+            .contains("--max-age")
+        );
+        assert!(
+            bad(Args {
+                log_format: Some("xml".into()),
+                ..Args::default()
+            })
+            .contains("xml")
+        );
+        let e = env(&[("PERE_PORT", "http")]);
+        assert!(
+            Config::resolve(Args::default(), &e)
+                .unwrap_err()
+                .contains("PERE_PORT")
+        );
+    }
+
+    #[test]
+    fn cors_lists_are_parsed() {
+        let args = Args {
+            cors_origin: Some("https://a.example, https://b.example/".into()),
+            ..Args::default()
+        };
+        let c = Config::resolve(args, &HashMap::new()).unwrap();
+        assert_eq!(
+            c.server.cors,
+            Cors::List(vec!["https://a.example".into(), "https://b.example".into()])
+        );
+    }
+}

@@ -1,0 +1,223 @@
+//! Response bodies: [`Body`] is either a whole buffer or an [`SseBody`], an
+//! event stream that hyper polls frame by frame.
+//!
+//! An `SseBody` ends when the hub drops its queue (slow consumer, removed
+//! membership, shutdown): one mechanism for every reason a stream ends.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Frame, SizeHint};
+use pere_core::{Event, ReceiptChange, Subscription};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, Sleep};
+
+use crate::sse;
+
+/// Largest run of ready events copied into one frame. Beyond it hyper gets
+/// the next run as its own frame; the cap keeps a burst from building one
+/// huge buffer.
+const MAX_COALESCED_BYTES: usize = 64 * 1024;
+
+/// A response body.
+pub enum Body {
+    /// A whole body (possibly empty), sent once.
+    Full(Option<Bytes>),
+    /// An event stream.
+    Sse(Box<SseBody>),
+}
+
+impl Body {
+    /// An empty body.
+    pub fn empty() -> Self {
+        Body::Full(None)
+    }
+}
+
+impl From<Bytes> for Body {
+    fn from(b: Bytes) -> Self {
+        Body::Full(Some(b))
+    }
+}
+
+impl From<String> for Body {
+    fn from(s: String) -> Self {
+        Body::Full(Some(Bytes::from(s)))
+    }
+}
+
+impl From<&'static str> for Body {
+    fn from(s: &'static str) -> Self {
+        Body::Full(Some(Bytes::from_static(s.as_bytes())))
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Body::Sse(s) => Pin::new(&mut **s).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, Body::Full(None))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Body::Full(None) => SizeHint::with_exact(0),
+            Body::Sse(_) => SizeHint::default(),
+        }
+    }
+}
+
+/// The SSE frame of an event, encoded once and shared by every stream.
+pub fn event_frame(event: &Event) -> Bytes {
+    event
+        .frame
+        .get_or_init(|| {
+            let id = event.id.to_string();
+            // Ids are digits and types are validated names: encoding cannot
+            // fail. Should it ever, an empty frame loses one event for this
+            // process rather than corrupting the stream.
+            sse::event_frame(
+                Some(&id),
+                event.kind.as_ref().map(|k| k.as_str()),
+                event.payload_str(),
+            )
+            .unwrap_or_default()
+        })
+        .clone()
+}
+
+/// Where an event stream's frames come from.
+pub enum Source {
+    /// A device's events.
+    Events(Subscription),
+    /// Receipt changes of a channel (`GET /receipts/:channel`).
+    Receipts(mpsc::Receiver<ReceiptChange>),
+}
+
+/// An event stream: an opening (retry, hello, gap), then one frame per
+/// event, with a keepalive comment after each quiet `keepalive` period.
+pub struct SseBody {
+    opening: Option<Bytes>,
+    source: Source,
+    every: Duration,
+    timer: Pin<Box<Sleep>>,
+    last_write: Instant,
+}
+
+impl SseBody {
+    /// A stream that first sends `opening`, then `source`'s frames.
+    pub fn new(opening: Bytes, source: Source, keepalive: Duration) -> Self {
+        let every = keepalive.max(Duration::from_millis(10));
+        let now = Instant::now();
+        Self {
+            opening: Some(opening),
+            source,
+            every,
+            timer: Box::pin(tokio::time::sleep_until(now + every)),
+            last_write: now,
+        }
+    }
+
+    fn poll_source(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        match &mut self.source {
+            Source::Events(sub) => {
+                let Poll::Ready(first) = sub.poll_next(cx) else {
+                    return Poll::Pending;
+                };
+                let Some(first) = first else {
+                    return Poll::Ready(None);
+                };
+                let frame = event_frame(&first);
+                // Several events ready at once go out as one frame: one
+                // chunk, one write, instead of one per event.
+                let Some(second) = sub.try_next() else {
+                    return Poll::Ready(Some(frame));
+                };
+                let mut buf = BytesMut::with_capacity(frame.len() * 4);
+                buf.extend_from_slice(&frame);
+                buf.extend_from_slice(&event_frame(&second));
+                while buf.len() < MAX_COALESCED_BYTES {
+                    match sub.try_next() {
+                        Some(e) => buf.extend_from_slice(&event_frame(&e)),
+                        None => break,
+                    }
+                }
+                Poll::Ready(Some(buf.freeze()))
+            }
+            Source::Receipts(rx) => match rx.poll_recv(cx) {
+                Poll::Ready(Some(change)) => Poll::Ready(Some(receipt_frame(&change))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+/// The SSE frame of a receipt change (`event: receipt`).
+pub fn receipt_frame(change: &ReceiptChange) -> Bytes {
+    let data = serde_json::json!({
+        "id": change.id.to_string(),
+        "channel": change.channel.as_str(),
+        "device": change.device.as_str(),
+        "state": change.state.as_str(),
+        "status": change.status.as_deref(),
+        "at": change.at.to_rfc3339(),
+    })
+    .to_string();
+    sse::event_frame(None, Some("receipt"), &data).unwrap_or_default()
+}
+
+impl http_body::Body for SseBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        if let Some(opening) = this.opening.take() {
+            return Poll::Ready(Some(Ok(Frame::data(opening))));
+        }
+        match this.poll_source(cx) {
+            Poll::Ready(Some(bytes)) => {
+                this.last_write = Instant::now();
+                return Poll::Ready(Some(Ok(Frame::data(bytes))));
+            }
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => {}
+        }
+        // The timer is not reset on every event (that costs a timer-wheel
+        // update per delivery); when it fires early it is re-armed from the
+        // last write instead.
+        loop {
+            if this.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let due = this.last_write + this.every;
+            let now = Instant::now();
+            if due > now {
+                this.timer.as_mut().reset(due);
+                continue;
+            }
+            this.last_write = now;
+            this.timer.as_mut().reset(now + this.every);
+            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(sse::KEEPALIVE)))));
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! [`Error`] for the server and client, and [`ApiError`]: the one place where
+//! a failure becomes an HTTP status and the JSON body of PROTOCOL §8.
+
+use hyper::StatusCode;
+use pere_core::NameKind;
+
+/// What the server or the client can fail at.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A hub error.
+    #[error(transparent)]
+    Core(#[from] pere_core::Error),
+    /// Binding, accepting or reading a socket failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An HTTP exchange failed.
+    #[error("HTTP error: {0}")]
+    Http(#[from] hyper::Error),
+    /// The server answered with an error.
+    #[error("{status}: {message}")]
+    Status {
+        /// The status.
+        status: StatusCode,
+        /// The server's `error` sentence (or the body).
+        message: String,
+        /// The server's `code`.
+        code: Option<String>,
+    },
+    /// A response could not be understood.
+    #[error("unexpected response: {0}")]
+    Protocol(String),
+    /// An address or URL could not be used.
+    #[error("invalid address `{0}`")]
+    Address(String),
+    /// Timed out.
+    #[error("timed out: {0}")]
+    Timeout(String),
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An error response: status, stable `code`, human sentence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// A stable snake_case code (an API: never reuse a retired one).
+    pub code: &'static str,
+    /// A sentence saying what was wrong, including the offending value.
+    pub message: String,
+    /// For `405`: the methods allowed.
+    pub allow: Option<&'static str>,
+}
+
+impl ApiError {
+    /// An error with a status, code and message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            allow: None,
+        }
+    }
+
+    /// `400` with `code`.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// `404 not_found` for a path nothing serves.
+    pub fn not_found(path: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("nothing is served at `{}`", escape(path)),
+        )
+    }
+
+    /// `405 method_not_allowed` with the `Allow` list.
+    pub fn method_not_allowed(method: &str, path: &str, allow: &'static str) -> Self {
+        Self {
+            allow: Some(allow),
+            ..Self::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!(
+                    "{} is not allowed on `{}` (allowed: {allow})",
+                    escape(method),
+                    escape(path)
+                ),
+            )
+        }
+    }
+
+    /// `503 shutting_down`.
+    pub fn shutting_down() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the server is shutting down; retry shortly",
+        )
+    }
+
+    /// The JSON body `{"error","code"}`.
+    pub fn body(&self) -> String {
+        serde_json::json!({ "error": self.message, "code": self.code }).to_string()
+    }
+}
+
+/// Shortens and escapes client-supplied text for an error message.
+pub(crate) fn escape(text: &str) -> String {
+    const SHOWN: usize = 80;
+    let mut out: String = text
+        .chars()
+        .take(SHOWN)
+        .flat_map(char::escape_debug)
+        .collect();
+    if text.chars().count() > SHOWN {
+        out.push('…');
+    }
+    out
+}
+
+impl From<pere_core::Error> for ApiError {
+    fn from(err: pere_core::Error) -> Self {
+        use pere_core::Error as E;
+        let message = err.to_string();
+        let (status, code) = match &err {
+            E::InvalidName { kind, .. } => (
+                StatusCode::BAD_REQUEST,
+                match kind {
+                    NameKind::Channel => "invalid_channel",
+                    NameKind::Pattern => "invalid_channel",
+                    NameKind::Device => "invalid_device",
+                    NameKind::EventType => "invalid_event_type",
+                },
+            ),
+            E::InvalidEventId(_) => (StatusCode::BAD_REQUEST, "invalid_event_id"),
+            E::EmptyPayload => (StatusCode::BAD_REQUEST, "empty_body"),
+            E::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            E::PayloadNotUtf8 { .. } => (StatusCode::BAD_REQUEST, "invalid_utf8"),
+            E::InvalidIdempotencyKey(_) => (StatusCode::BAD_REQUEST, "invalid_idempotency_key"),
+            E::StatusTooLong { .. } => (StatusCode::BAD_REQUEST, "status_too_long"),
+            E::UnknownEvent { .. } => (StatusCode::NOT_FOUND, "unknown_event"),
+            E::UnknownMember { .. } => (StatusCode::NOT_FOUND, "unknown_member"),
+            E::TooManyChannels { .. } => (StatusCode::BAD_REQUEST, "too_many_channels"),
+            E::NoChannel => (StatusCode::BAD_REQUEST, "missing_channel"),
+            E::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            E::StoreUnavailable(_) | E::Io { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+            }
+            E::Config(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        ApiError::new(status, code, message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn core_errors_map_to_statuses_and_codes() {
+        let e: ApiError = pere_core::ChannelName::new("a b").unwrap_err().into();
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::BAD_REQUEST, "invalid_channel")
+        );
+        let e: ApiError = pere_core::Error::PayloadTooLarge { size: 2, limit: 1 }.into();
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
+        let body: serde_json::Value = serde_json::from_str(&e.body()).unwrap();
+        assert_eq!(body["code"], "payload_too_large");
+        assert!(body["error"].as_str().unwrap().contains("limit"));
+    }
+}

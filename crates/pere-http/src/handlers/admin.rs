@@ -1,0 +1,164 @@
+//! `/admin/*`: connections, channels, retained events, devices.
+
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use pere_core::{ChannelName, DeviceId, EventId, EventStore, Pattern, Presence};
+use serde_json::Value;
+
+use super::{App, json, json_raw, query_of, query_value};
+use crate::body::Body;
+use crate::error::{ApiError, escape};
+
+/// Default and largest page of `/admin/events`.
+const DEFAULT_EVENTS_LIMIT: usize = 1_000;
+const MAX_EVENTS_LIMIT: usize = 10_000;
+
+/// `GET /admin/connections`: `{"<subscription>":n,…,"total number":N}`,
+/// PERE's shape, with the total last as PERE wrote it.
+pub fn connections<S: EventStore>(app: &App<S>) -> Response<Body> {
+    let c = app.hub.connections();
+    let mut out = String::from("{");
+    for (pattern, n) in &c.per_subscription {
+        out.push_str(&serde_json::to_string(pattern.as_str()).unwrap_or_default());
+        out.push(':');
+        out.push_str(&n.to_string());
+        out.push(',');
+    }
+    out.push_str(&format!("\"total number\":{}}}", c.total));
+    json_raw(StatusCode::OK, out)
+}
+
+/// `GET /admin/channels`.
+pub fn channels<S: EventStore>(app: &App<S>) -> Response<Body> {
+    let list: Vec<Value> = app
+        .hub
+        .channels()
+        .into_iter()
+        .map(|c| {
+            serde_json::json!({
+                "channel": c.channel.as_str(),
+                "events": c.events,
+                "oldest": c.oldest.map(|id| id.to_string()),
+                "newest": c.newest.map(|id| id.to_string()),
+                "members": c.members,
+                "online": c.online,
+            })
+        })
+        .collect();
+    json(StatusCode::OK, Value::Array(list))
+}
+
+/// `GET /admin/events/:channel?after=ID&limit=N`.
+pub async fn events<S: EventStore>(
+    app: &App<S>,
+    req: &Request<Incoming>,
+    channel: &str,
+) -> Result<Response<Body>, ApiError> {
+    let channel = ChannelName::new(channel)?;
+    let query = query_of(req)?;
+    let after = match query_value(&query, "after") {
+        None | Some("") => EventId::ZERO,
+        Some(raw) => EventId::parse(raw)?,
+    };
+    let limit = match query_value(&query, "limit") {
+        None | Some("") => DEFAULT_EVENTS_LIMIT,
+        Some(raw) => raw
+            .parse::<usize>()
+            .ok()
+            .filter(|n| {
+                (1..=MAX_EVENTS_LIMIT).contains(n) && raw.bytes().all(|b| b.is_ascii_digit())
+            })
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_parameter",
+                    format!(
+                        "limit=`{}` is not a number from 1 to {MAX_EVENTS_LIMIT}",
+                        escape(raw)
+                    ),
+                )
+            })?,
+    };
+    let events = app.hub.events(&channel, after, limit).await?;
+    let list: Vec<Value> = events
+        .iter()
+        .map(|e| {
+            let text = e.payload_str();
+            let data = serde_json::from_str::<Value>(text)
+                .unwrap_or_else(|_| Value::String(text.to_string()));
+            serde_json::json!({
+                "id": e.id.to_string(),
+                "time": e.time.to_rfc3339(),
+                "event": e.kind_str(),
+                "device": e.device.as_ref().map(|d| d.as_str()),
+                "data": data,
+            })
+        })
+        .collect();
+    Ok(json(StatusCode::OK, Value::Array(list)))
+}
+
+fn presence_json(p: &Presence) -> Value {
+    let t = |t: Option<pere_core::Timestamp>| t.map(|t| t.to_rfc3339());
+    serde_json::json!({
+        "op": p.op,
+        "at": p.at.to_rfc3339(),
+        "Last-Event-Id": p.last_event_id,
+        "member": p.member,
+        "online": p.online,
+        "connections": p.connections,
+        "joined_at": t(p.joined_at),
+        "connected_at": t(p.connected_at),
+        "last_seen": p.last_seen.to_rfc3339(),
+        "last_delivered": p.last_delivered.map(|id| id.to_string()),
+        "last_delivered_at": t(p.last_delivered_at),
+        "last_acked": p.last_acked.map(|id| id.to_string()),
+        "last_acked_at": t(p.last_acked_at),
+    })
+}
+
+/// `GET /admin/devices/:channel`: an object keyed by device.
+pub fn devices<S: EventStore>(app: &App<S>, channel: &str) -> Result<Response<Body>, ApiError> {
+    let pattern = Pattern::new(channel)?;
+    let map: serde_json::Map<String, Value> = app
+        .hub
+        .devices(&pattern)
+        .into_iter()
+        .map(|(d, p)| (d.to_string(), presence_json(&p)))
+        .collect();
+    Ok(json(StatusCode::OK, Value::Object(map)))
+}
+
+/// `GET` (presence) or `DELETE` (drop the membership) of one device.
+pub async fn device<S: EventStore>(
+    app: &App<S>,
+    method: &Method,
+    channel: &str,
+    device: &str,
+) -> Result<Response<Body>, ApiError> {
+    let pattern = Pattern::new(channel)?;
+    let device = DeviceId::new(device)?;
+    if method == Method::DELETE {
+        app.hub.remove_member(&pattern, &device).await?;
+        return Ok(json(
+            StatusCode::OK,
+            serde_json::json!({
+                "channel": pattern.as_str(),
+                "device": device.as_str(),
+                "removed": true,
+            }),
+        ));
+    }
+    let presence = app
+        .hub
+        .devices(&pattern)
+        .into_iter()
+        .find(|(d, _)| d == &device)
+        .map(|(_, p)| p)
+        .ok_or_else(|| {
+            ApiError::from(pere_core::Error::UnknownMember {
+                subscription: pattern.to_string(),
+                device: device.to_string(),
+            })
+        })?;
+    Ok(json(StatusCode::OK, presence_json(&presence)))
+}

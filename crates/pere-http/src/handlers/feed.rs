@@ -1,0 +1,156 @@
+//! `GET /feed/:channel` and `GET /feed?channel=…`: open an event stream.
+
+use bytes::BytesMut;
+use hyper::body::Incoming;
+use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use pere_core::{EventId, EventStore, Pattern, Resume, SubscribeRequest, Subscription};
+
+use super::{App, device_of, header_str, query_of, query_value};
+use crate::body::{Body, Source, SseBody};
+use crate::error::{ApiError, escape};
+use crate::sse;
+
+pub async fn feed<S: EventStore>(
+    app: &App<S>,
+    req: Request<Incoming>,
+    path_channel: Option<&str>,
+) -> Result<Response<Body>, ApiError> {
+    let query = query_of(&req)?;
+    let mut patterns = Vec::new();
+    if let Some(channel) = path_channel {
+        patterns.push(Pattern::new(channel)?);
+    }
+    for (key, value) in &query {
+        if key == "channel" {
+            patterns.push(Pattern::new(value)?);
+        }
+    }
+    if patterns.is_empty() {
+        return Err(ApiError::bad_request(
+            "missing_channel",
+            "name a channel: GET /feed/:channel or GET /feed?channel=…",
+        ));
+    }
+    let device = device_of(req.headers(), &query)?;
+    let header_id = header_str(req.headers(), "last-event-id")?.filter(|v| !v.is_empty());
+    let resume = resume_point(header_id, &query)?;
+    if app.hub.is_closing() {
+        return Err(ApiError::shutting_down());
+    }
+    let subscription = app
+        .hub
+        .subscribe(
+            SubscribeRequest {
+                device,
+                patterns,
+                resume,
+            },
+            header_id.map(str::to_string),
+        )
+        .await?;
+    let opening = opening(app.config.retry.as_millis() as u64, &subscription);
+    let body = SseBody::new(opening, Source::Events(subscription), app.config.keepalive);
+    let mut response = Response::new(Body::Sse(Box::new(body)));
+    *response.status_mut() = StatusCode::OK;
+    sse_headers(response.headers_mut());
+    Ok(response)
+}
+
+/// The headers of every event stream (PROTOCOL §3).
+pub fn sse_headers(h: &mut hyper::HeaderMap) {
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+}
+
+/// The resume point, first match wins (PROTOCOL §3): `Last-Event-ID`
+/// header, `lastEventId` query parameter, `replay=all`, else the device's
+/// cursor (or now).
+fn resume_point(header_id: Option<&str>, query: &[(String, String)]) -> Result<Resume, ApiError> {
+    let parse = |raw: &str, name: &str| {
+        EventId::parse(raw).map(Resume::After).map_err(|_| {
+            ApiError::bad_request(
+                "invalid_event_id",
+                format!(
+                    "{name} `{}` is not an event id (a decimal number)",
+                    escape(raw)
+                ),
+            )
+        })
+    };
+    if let Some(raw) = header_id {
+        return parse(raw, "the Last-Event-ID header");
+    }
+    if let Some(raw) = query_value(query, "lastEventId").filter(|v| !v.is_empty()) {
+        return parse(raw, "lastEventId");
+    }
+    match query_value(query, "replay") {
+        None => Ok(Resume::Auto),
+        Some("all") => Ok(Resume::All),
+        Some(other) => Err(ApiError::bad_request(
+            "invalid_parameter",
+            format!("replay=`{}` is not `all`", escape(other)),
+        )),
+    }
+}
+
+/// What a stream says first: `retry`, `pere.hello`, and `pere.gap` when the
+/// resume point is older than the retained history.
+fn opening(retry_ms: u64, subscription: &Subscription) -> bytes::Bytes {
+    let hello = subscription.hello();
+    let mut out = BytesMut::with_capacity(256);
+    sse::encode_retry(&mut out, retry_ms);
+    let hello_data = serde_json::json!({
+        "device": hello.device.as_ref().map(|d| d.as_str()),
+        "channels": hello.channels.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
+        "resumed_from": hello.resumed_from.map(|id| id.to_string()),
+        "replayed": hello.replayed,
+    })
+    .to_string();
+    // Control events carry no `id:` so they never move a client's
+    // lastEventId; their `pere.` type keeps them from `onmessage`.
+    let _ = sse::encode_event(&mut out, None, Some("pere.hello"), &hello_data);
+    if let Some(gap) = subscription.gap() {
+        let gap_data = serde_json::json!({
+            "from": gap.from.to_string(),
+            "oldest": gap.oldest.map(|id| id.to_string()),
+        })
+        .to_string();
+        let _ = sse::encode_event(&mut out, None, Some("pere.gap"), &gap_data);
+    }
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn q(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_header_wins_over_the_query_and_replay() {
+        let query = q(&[("lastEventId", "5"), ("replay", "all")]);
+        assert_eq!(
+            resume_point(Some("9"), &query).unwrap(),
+            Resume::After(EventId(9))
+        );
+        assert_eq!(
+            resume_point(None, &query).unwrap(),
+            Resume::After(EventId(5))
+        );
+        assert_eq!(
+            resume_point(None, &q(&[("replay", "all")])).unwrap(),
+            Resume::All
+        );
+        assert_eq!(resume_point(None, &[]).unwrap(), Resume::Auto);
+        assert!(resume_point(Some("abc"), &[]).is_err());
+        assert!(resume_point(None, &q(&[("replay", "some")])).is_err());
+    }
+}

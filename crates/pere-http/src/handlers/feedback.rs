@@ -1,0 +1,297 @@
+//! `POST /feedback/:channel`: a device's receipt, or a batch of them.
+//!
+//! PERE's clients send receipts three ways, all accepted: a form body
+//! `status=…` with the id in a `Last-Event-ID` (web page) or `last_event_id`
+//! (subscriber.rb) header; a JSON object `{"id","status"}`; or a JSON array
+//! of such objects for a batch.
+
+use hyper::body::Incoming;
+use hyper::header::CONTENT_TYPE;
+use hyper::{Request, Response, StatusCode};
+use pere_core::{Acked, EventId, EventStore, MAX_STATUS_LEN, Pattern};
+use serde_json::Value;
+
+use super::{App, device_of, header_str, json, query_of, read_body};
+use crate::body::Body;
+use crate::error::{ApiError, escape};
+use crate::router::parse_query;
+
+/// Largest receipt body, in bytes (room for a batch of thousands).
+pub const MAX_FEEDBACK_BODY: usize = 1024 * 1024;
+/// Most receipts in one batch.
+pub const MAX_BATCH_ITEMS: usize = 10_000;
+
+/// One receipt as read from the request, before validation.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct RawReceipt {
+    id: Option<String>,
+    status: Option<String>,
+}
+
+/// What a feedback body holds.
+#[derive(Debug, PartialEq, Eq)]
+enum Parsed {
+    One(RawReceipt),
+    Batch(Vec<RawReceipt>),
+}
+
+pub async fn feedback<S: EventStore>(
+    app: &App<S>,
+    req: Request<Incoming>,
+    channel: &str,
+) -> Result<Response<Body>, ApiError> {
+    let subscription = Pattern::new(channel)?;
+    let query = query_of(&req)?;
+    let device = device_of(req.headers(), &query)?.ok_or_else(|| {
+        ApiError::bad_request(
+            "missing_device",
+            "a receipt needs a device: send a `device` header or `?device=`",
+        )
+    })?;
+    let header_id = match header_str(req.headers(), "last-event-id")?.filter(|v| !v.is_empty()) {
+        Some(id) => Some(id.to_string()),
+        None => header_str(req.headers(), "last_event_id")?
+            .filter(|v| !v.is_empty())
+            .map(str::to_string),
+    };
+    let is_json = header_str(req.headers(), CONTENT_TYPE.as_str())
+        .ok()
+        .flatten()
+        .is_some_and(|t| t.to_ascii_lowercase().contains("json"));
+    let body = read_body(req, MAX_FEEDBACK_BODY).await?;
+    let text = std::str::from_utf8(&body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_utf8",
+            format!(
+                "the receipt body is not UTF-8 text (invalid byte at offset {})",
+                e.valid_up_to()
+            ),
+        )
+    })?;
+    match parse_body(text, is_json)? {
+        Parsed::One(mut raw) => {
+            if raw.id.is_none() {
+                raw.id = header_id;
+            }
+            let (id, status) = validate(&raw)?;
+            let acked = app.hub.ack(&subscription, &device, id, &status).await?;
+            Ok(json(StatusCode::OK, acked_json(&acked)))
+        }
+        Parsed::Batch(items) => {
+            let mut results: Vec<Option<Value>> = Vec::with_capacity(items.len());
+            let mut valid = Vec::new();
+            for raw in &items {
+                match validate(raw) {
+                    Ok((id, status)) => {
+                        valid.push((subscription.clone(), device.clone(), id, status));
+                        results.push(None);
+                    }
+                    Err(err) => results.push(Some(item_error(raw.id.as_deref(), &err))),
+                }
+            }
+            let mut acked = app.hub.ack_batch(valid).await.into_iter();
+            let out: Vec<Value> = results
+                .into_iter()
+                .zip(&items)
+                .map(|(r, raw)| match r {
+                    Some(err) => err,
+                    None => match acked.next() {
+                        Some(Ok(a)) => acked_json(&a),
+                        Some(Err(e)) => item_error(raw.id.as_deref(), &e.into()),
+                        None => item_error(raw.id.as_deref(), &ApiError::shutting_down()),
+                    },
+                })
+                .collect();
+            Ok(json(StatusCode::OK, Value::Array(out)))
+        }
+    }
+}
+
+fn acked_json(a: &Acked) -> Value {
+    serde_json::json!({
+        "id": a.id.to_string(),
+        "device": a.device.as_str(),
+        "state": a.state.as_str(),
+    })
+}
+
+fn item_error(id: Option<&str>, err: &ApiError) -> Value {
+    serde_json::json!({ "id": id, "error": err.message, "code": err.code })
+}
+
+/// Checks a receipt's id and status (default `ok`).
+fn validate(raw: &RawReceipt) -> Result<(EventId, String), ApiError> {
+    let Some(id) = raw.id.as_deref() else {
+        return Err(ApiError::bad_request(
+            "missing_event_id",
+            "a receipt needs an event id: a JSON `id`, a `Last-Event-ID` or `last_event_id` header, or a `last_event_id` form field",
+        ));
+    };
+    let id = EventId::parse(id)?;
+    let status = raw.status.clone().unwrap_or_else(|| "ok".to_string());
+    if status.len() > MAX_STATUS_LEN {
+        return Err(pere_core::Error::StatusTooLong {
+            size: status.len(),
+            limit: MAX_STATUS_LEN,
+        }
+        .into());
+    }
+    Ok((id, status))
+}
+
+/// Reads a feedback body: JSON (object or array) when it says so or looks
+/// like it, else a form; empty is a receipt with no fields.
+fn parse_body(text: &str, is_json: bool) -> Result<Parsed, ApiError> {
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Ok(Parsed::One(RawReceipt::default()));
+    }
+    if is_json || trimmed.starts_with('{') || trimmed.starts_with('[') {
+        let value: Value = serde_json::from_str(trimmed).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_body",
+                format!(
+                    "the receipt body is not valid JSON: {}",
+                    escape(&e.to_string())
+                ),
+            )
+        })?;
+        return match value {
+            Value::Array(items) => {
+                if items.len() > MAX_BATCH_ITEMS {
+                    return Err(ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "batch_too_large",
+                        format!(
+                            "a batch holds at most {MAX_BATCH_ITEMS} receipts, this one has {}",
+                            items.len()
+                        ),
+                    ));
+                }
+                items
+                    .iter()
+                    .map(json_receipt)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(Parsed::Batch)
+            }
+            other => json_receipt(&other).map(Parsed::One),
+        };
+    }
+    let form = parse_query(trimmed)?;
+    let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    Ok(Parsed::One(RawReceipt {
+        id: field("last_event_id")
+            .or_else(|| field("id"))
+            .filter(|v| !v.is_empty()),
+        status: field("status"),
+    }))
+}
+
+fn json_receipt(value: &Value) -> Result<RawReceipt, ApiError> {
+    let Value::Object(map) = value else {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "a receipt is a JSON object like {\"id\":\"…\",\"status\":\"ok\"}",
+        ));
+    };
+    let id = match map.get("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) if n.is_u64() => Some(n.to_string()),
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_event_id",
+                format!(
+                    "the receipt id {} is not an event id (a decimal string)",
+                    escape(&other.to_string())
+                ),
+            ));
+        }
+    };
+    let status = match map.get("status") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_body",
+                format!(
+                    "the receipt status {} is not a string",
+                    escape(&other.to_string())
+                ),
+            ));
+        }
+    };
+    Ok(RawReceipt { id, status })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn one(id: Option<&str>, status: Option<&str>) -> Parsed {
+        Parsed::One(RawReceipt {
+            id: id.map(str::to_string),
+            status: status.map(str::to_string),
+        })
+    }
+
+    #[test]
+    fn pere_form_bodies_are_read() {
+        assert_eq!(
+            parse_body("status=rx+ok", false).unwrap(),
+            one(None, Some("rx ok"))
+        );
+        assert_eq!(
+            parse_body("status=ok&last_event_id=12", false).unwrap(),
+            one(Some("12"), Some("ok"))
+        );
+        assert_eq!(parse_body("", false).unwrap(), one(None, None));
+    }
+
+    #[test]
+    fn json_bodies_are_read() {
+        assert_eq!(
+            parse_body(r#"{"id":"5","status":"done"}"#, true).unwrap(),
+            one(Some("5"), Some("done"))
+        );
+        assert_eq!(
+            parse_body(r#"{"id":5}"#, false).unwrap(),
+            one(Some("5"), None)
+        );
+        let Parsed::Batch(items) =
+            parse_body(r#"[{"id":"1"},{"id":"2","status":"x"}]"#, false).unwrap()
+        else {
+            panic!("a batch");
+        };
+        assert_eq!(items.len(), 2);
+    }
+
+    #[test]
+    fn malformed_bodies_are_400() {
+        for bad in [
+            r#"{"id":"#,
+            r#"{"id":true}"#,
+            r#"{"status":3}"#,
+            "42",
+            r#"["x"]"#,
+            r#"{"id":-1}"#,
+        ] {
+            let err = parse_body(bad, true).unwrap_err();
+            assert_eq!(err.status, StatusCode::BAD_REQUEST, "{bad}");
+        }
+        assert!(validate(&RawReceipt::default()).is_err());
+        assert!(
+            validate(&RawReceipt {
+                id: Some("x".into()),
+                status: None
+            })
+            .is_err()
+        );
+        let long = RawReceipt {
+            id: Some("1".into()),
+            status: Some("s".repeat(MAX_STATUS_LEN + 1)),
+        };
+        assert_eq!(validate(&long).unwrap_err().code, "status_too_long");
+    }
+}

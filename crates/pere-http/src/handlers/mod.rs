@@ -1,0 +1,261 @@
+//! Request handlers, one module per PERE route family, and what they share:
+//! the [`App`] state, identity extraction, JSON responses and CORS.
+//!
+//! Handlers return `Result<Response<Body>, ApiError>`; [`handle`] turns the
+//! error into PROTOCOL §8's JSON and adds CORS headers to every answer.
+
+mod admin;
+mod feed;
+mod feedback;
+mod push;
+mod receipts;
+mod static_files;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use pere_core::{DeviceId, EventStore, Hub};
+
+use crate::body::Body;
+use crate::error::{ApiError, escape};
+use crate::metrics::HttpMetrics;
+use crate::router::{self, Route};
+use crate::server::{Cors, ServerConfig};
+
+/// What every handler gets: the hub, the server's configuration, metrics.
+pub struct App<S: EventStore> {
+    /// The hub.
+    pub hub: Hub<S>,
+    /// The server's configuration.
+    pub config: ServerConfig,
+    /// HTTP-level counters.
+    pub metrics: HttpMetrics,
+}
+
+/// Headers a browser may send cross-origin (PROTOCOL §6).
+const ALLOWED_HEADERS: &str =
+    "device, Last-Event-ID, last_event_id, Idempotency-Key, Authorization, Content-Type";
+const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS";
+const EXPOSED_HEADERS: &str = "Location";
+
+/// Serves one request: route, handle, map errors, add CORS.
+pub async fn handle<S: EventStore>(app: Arc<App<S>>, req: Request<Incoming>) -> Response<Body> {
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let result = match router::route(req.method(), req.uri().path()) {
+        Ok(route) => dispatch(&app, route, req).await,
+        Err(err) => Err(err),
+    };
+    let mut response = result.unwrap_or_else(|err| error_response(&err));
+    app.metrics.count(response.status());
+    add_cors(&app.config.cors, origin.as_ref(), response.headers_mut());
+    response
+}
+
+async fn dispatch<S: EventStore>(
+    app: &App<S>,
+    route: Route,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    match route {
+        Route::Root => Ok(json(
+            StatusCode::OK,
+            serde_json::json!({
+                "message": "PERE server up and running",
+                "name": "pere",
+                "version": env!("CARGO_PKG_VERSION"),
+                "endpoints": {
+                    "publish": "POST /push/:channel",
+                    "subscribe": "GET /feed/:channel",
+                    "receipt": "POST /feedback/:channel",
+                    "receipts": "GET /receipts/:channel/:id",
+                    "admin": "GET /admin/connections | /admin/channels | /admin/events/:channel | /admin/devices/:channel",
+                    "web": "GET /subscriber.html",
+                }
+            }),
+        )),
+        Route::Static(name) => Ok(static_files::serve(name)),
+        Route::Health => Ok(text(StatusCode::OK, "ok")),
+        Route::Metrics => Ok(crate::metrics::render(app)),
+        Route::Push(channel) => push::push(app, req, &channel).await,
+        Route::Feed(channel) => feed::feed(app, req, channel.as_deref()).await,
+        Route::Feedback(channel) => feedback::feedback(app, req, &channel).await,
+        Route::Receipt(channel, id) => receipts::summary(app, &channel, &id),
+        Route::ReceiptStream(channel) => receipts::stream(app, &channel),
+        Route::AdminConnections => Ok(admin::connections(app)),
+        Route::AdminChannels => Ok(admin::channels(app)),
+        Route::AdminEvents(channel) => admin::events(app, &req, &channel).await,
+        Route::AdminDevices(channel) => admin::devices(app, &channel),
+        Route::AdminDevice(channel, device) => {
+            admin::device(app, req.method(), &channel, &device).await
+        }
+        Route::Preflight => Ok(preflight()),
+    }
+}
+
+fn preflight() -> Response<Body> {
+    let mut response = empty(StatusCode::NO_CONTENT);
+    let h = response.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static(ALLOWED_METHODS),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static(ALLOWED_HEADERS),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("86400"),
+    );
+    response
+}
+
+fn add_cors(cors: &Cors, origin: Option<&HeaderValue>, headers: &mut HeaderMap) {
+    let allow = match cors {
+        Cors::Off => return,
+        Cors::Any => HeaderValue::from_static("*"),
+        Cors::List(list) => {
+            headers.append(header::VARY, HeaderValue::from_static("Origin"));
+            match origin {
+                Some(o) if o.to_str().is_ok_and(|o| list.iter().any(|a| a == o)) => o.clone(),
+                _ => return,
+            }
+        }
+    };
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow);
+    headers.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static(EXPOSED_HEADERS),
+    );
+}
+
+/// The JSON error response of PROTOCOL §8.
+pub fn error_response(err: &ApiError) -> Response<Body> {
+    let mut response = Response::new(Body::from(err.body()));
+    *response.status_mut() = err.status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(allow) = err.allow {
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(allow));
+    }
+    response
+}
+
+/// A JSON response.
+pub fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
+    json_raw(status, value.to_string())
+}
+
+/// A JSON response from already-serialized text.
+pub fn json_raw(status: StatusCode, body: String) -> Response<Body> {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// A plain-text response.
+pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// An empty response.
+pub fn empty(status: StatusCode) -> Response<Body> {
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = status;
+    response
+}
+
+/// A header's value as text, if present; `400` if it is not visible ASCII.
+pub fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(v) => v.to_str().map(|s| Some(s.trim())).map_err(|_| {
+            ApiError::bad_request(
+                "invalid_header",
+                format!("the `{name}` header is not visible ASCII text"),
+            )
+        }),
+    }
+}
+
+/// The first value of query parameter `key`.
+pub fn query_value<'a>(query: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    query
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+/// The request's device (PROTOCOL §1): the `device` header (PERE), else the
+/// `device` query parameter (PERE's web page). Invalid is `400` wherever it
+/// came from.
+pub fn device_of(
+    headers: &HeaderMap,
+    query: &[(String, String)],
+) -> Result<Option<DeviceId>, ApiError> {
+    let raw = match header_str(headers, "device")? {
+        Some(v) => Some(v),
+        None => query_value(query, "device"),
+    };
+    match raw {
+        None => Ok(None),
+        Some(v) => Ok(Some(DeviceId::new(v)?)),
+    }
+}
+
+/// The request's parsed query string.
+pub fn query_of<B>(req: &Request<B>) -> Result<Vec<(String, String)>, ApiError> {
+    router::parse_query(req.uri().query().unwrap_or(""))
+}
+
+/// Reads a request body of at most `limit` bytes: `413` beyond it, checked
+/// from `Content-Length` before reading anything when the client sent one.
+pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = |size: Option<u64>| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            match size {
+                Some(size) => format!("the body is {size} bytes, the limit is {limit}"),
+                None => format!("the body is larger than the limit of {limit} bytes"),
+            },
+        )
+    };
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > limit as u64 {
+            return Err(too_large(Some(len)));
+        }
+    }
+    let limited = http_body_util::Limited::new(req.into_body(), limit);
+    match limited.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(too_large(None)),
+        Err(err) => Err(ApiError::bad_request(
+            "invalid_body",
+            format!("the body could not be read: {}", escape(&err.to_string())),
+        )),
+    }
+}

@@ -1,0 +1,117 @@
+//! `POST /push/:channel`: publish, optionally waiting for receipts.
+
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, LOCATION};
+use hyper::{Request, Response, StatusCode};
+use pere_core::{ChannelName, EventStore, EventType, Publish};
+
+use super::{App, device_of, header_str, json_raw, query_of, query_value, read_body};
+use crate::body::Body;
+use crate::error::{ApiError, escape};
+
+/// Default `timeout` of a waiting publish, in milliseconds.
+const DEFAULT_WAIT_MS: u64 = 5_000;
+/// Longest `timeout` honoured; larger values are capped (PROTOCOL §2).
+const MAX_WAIT_MS: u64 = 60_000;
+
+/// What a publisher waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wait {
+    Delivered,
+    Acked,
+}
+
+pub async fn push<S: EventStore>(
+    app: &App<S>,
+    req: Request<Incoming>,
+    channel: &str,
+) -> Result<Response<Body>, ApiError> {
+    let channel = ChannelName::new(channel)?;
+    let query = query_of(&req)?;
+    let device = device_of(req.headers(), &query)?;
+    let kind = query_value(&query, "event")
+        .map(EventType::new)
+        .transpose()?;
+    let idempotency_key = header_str(req.headers(), "idempotency-key")?.map(str::to_string);
+    let wait = match query_value(&query, "wait") {
+        None => None,
+        Some("delivered") => Some(Wait::Delivered),
+        Some("acked") => Some(Wait::Acked),
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_parameter",
+                format!(
+                    "wait=`{}` is not one of `delivered`, `acked`",
+                    escape(other)
+                ),
+            ));
+        }
+    };
+    let timeout_ms = match query_value(&query, "timeout") {
+        None => DEFAULT_WAIT_MS,
+        Some(t) => t
+            .parse::<u64>()
+            .ok()
+            .filter(|_| t.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_parameter",
+                    format!("timeout=`{}` is not a number of milliseconds", escape(t)),
+                )
+            })?
+            .min(MAX_WAIT_MS),
+    };
+    let payload = read_body(req, app.hub.config().max_payload).await?;
+    let published = app
+        .hub
+        .publish(Publish {
+            channel,
+            payload,
+            kind,
+            device,
+            idempotency_key,
+        })
+        .await?;
+    let mut body = format!(
+        r#"{{"id":"{}","channel":"{}","recipients":{}"#,
+        published.id, published.channel, published.recipients
+    );
+    if let Some(wait) = wait {
+        let timed_out = match &published.receipts {
+            Some(receipts) => {
+                let done = receipts.settled_when(|r| match wait {
+                    Wait::Delivered => r.undelivered() == 0,
+                    Wait::Acked => r.unacked() == 0,
+                });
+                tokio::time::timeout(Duration::from_millis(timeout_ms), done)
+                    .await
+                    .is_err()
+            }
+            None => false,
+        };
+        let (delivered, acked, pending) = match &published.receipts {
+            Some(receipts) => {
+                let s = receipts.summary();
+                (s.delivered, s.acked, s.pending)
+            }
+            None => (0, 0, Vec::new()),
+        };
+        body.push_str(&format!(
+            r#","delivered":{delivered},"acked":{acked},"pending":{},"timed_out":{timed_out}"#,
+            serde_json::to_string(&pending).unwrap_or_else(|_| "[]".into()),
+        ));
+    }
+    if published.duplicate {
+        body.push_str(r#","duplicate":true"#);
+    }
+    body.push('}');
+    let mut response = json_raw(StatusCode::CREATED, body);
+    if let Ok(location) =
+        HeaderValue::from_str(&format!("/receipts/{}/{}", published.channel, published.id))
+    {
+        response.headers_mut().insert(LOCATION, location);
+    }
+    Ok(response)
+}

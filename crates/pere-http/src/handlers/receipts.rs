@@ -1,0 +1,69 @@
+//! `GET /receipts/:channel/:id` (a summary) and `GET /receipts/:channel`
+//! (a live stream of receipt changes).
+
+use bytes::BytesMut;
+use hyper::{Response, StatusCode};
+use pere_core::{ChannelName, EventId, EventStore, Pattern, ReceiptSummary};
+
+use super::{App, json};
+use crate::body::{Body, Source, SseBody};
+use crate::error::ApiError;
+use crate::sse;
+
+pub fn summary<S: EventStore>(
+    app: &App<S>,
+    channel: &str,
+    id: &str,
+) -> Result<Response<Body>, ApiError> {
+    let pattern = Pattern::new(channel)?;
+    let id = EventId::parse(id)?;
+    let summary = app.hub.receipt_summary(&pattern, id)?;
+    Ok(json(StatusCode::OK, summary_json(&summary)))
+}
+
+/// The JSON of PROTOCOL §5.
+pub fn summary_json(s: &ReceiptSummary) -> serde_json::Value {
+    let devices: serde_json::Map<String, serde_json::Value> = s
+        .devices
+        .iter()
+        .map(|(device, r)| {
+            (
+                device.to_string(),
+                serde_json::json!({
+                    "state": r.state.as_str(),
+                    "delivered_at": r.delivered_at.map(|t| t.to_rfc3339()),
+                    "acked_at": r.acked_at.map(|t| t.to_rfc3339()),
+                    "status": r.status.as_deref(),
+                }),
+            )
+        })
+        .collect();
+    serde_json::json!({
+        "id": s.id.to_string(),
+        "channel": s.channel.as_str(),
+        "published_at": s.published_at.to_rfc3339(),
+        "recipients": s.recipients,
+        "delivered": s.delivered,
+        "acked": s.acked,
+        "pending": s.pending.iter().map(|d| d.as_str()).collect::<Vec<_>>(),
+        "devices": devices,
+    })
+}
+
+pub fn stream<S: EventStore>(app: &App<S>, channel: &str) -> Result<Response<Body>, ApiError> {
+    let channel = ChannelName::new(channel)?;
+    if app.hub.is_closing() {
+        return Err(ApiError::shutting_down());
+    }
+    let changes = app.hub.watch_receipts(&channel);
+    let mut opening = BytesMut::new();
+    sse::encode_retry(&mut opening, app.config.retry.as_millis() as u64);
+    let body = SseBody::new(
+        opening.freeze(),
+        Source::Receipts(changes),
+        app.config.keepalive,
+    );
+    let mut response = Response::new(Body::Sse(Box::new(body)));
+    super::feed::sse_headers(response.headers_mut());
+    Ok(response)
+}

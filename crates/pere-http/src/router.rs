@@ -1,0 +1,302 @@
+//! The router: `(method, path)` → [`Route`], or the `400`, `404` or `405`
+//! decided in this one place.
+//!
+//! Paths are split into segments and each segment is percent-decoded before
+//! matching, so `/feed/..%2F..` is the channel `../..` (then refused as an
+//! invalid name), never a path trick.
+
+use hyper::Method;
+
+use crate::error::{ApiError, escape};
+
+/// What a request asks for. Names are still raw text here: handlers
+/// validate them into `pere_core` types (and answer `400`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// `GET /`: PERE's greeting.
+    Root,
+    /// A page or script of `web/`.
+    Static(&'static str),
+    /// `GET /healthz`.
+    Health,
+    /// `GET /metrics`.
+    Metrics,
+    /// `POST /push/:channel`.
+    Push(String),
+    /// `GET /feed/:channel` or `GET /feed?channel=…`.
+    Feed(Option<String>),
+    /// `POST /feedback/:channel`.
+    Feedback(String),
+    /// `GET /receipts/:channel/:id`.
+    Receipt(String, String),
+    /// `GET /receipts/:channel` (SSE).
+    ReceiptStream(String),
+    /// `GET /admin/connections`.
+    AdminConnections,
+    /// `GET /admin/channels`.
+    AdminChannels,
+    /// `GET /admin/events/:channel`.
+    AdminEvents(String),
+    /// `GET /admin/devices/:channel`.
+    AdminDevices(String),
+    /// `GET` or `DELETE /admin/devices/:channel/:device`.
+    AdminDevice(String, String),
+    /// `OPTIONS` on any endpoint: a CORS preflight.
+    Preflight,
+}
+
+/// Files of `web/` served at the root, by path segment.
+pub const STATIC_FILES: &[&str] = &["subscriber.html", "pere.js", "dashboard.html"];
+
+const GET: &str = "GET, HEAD, OPTIONS";
+const POST: &str = "POST, OPTIONS";
+const GET_DELETE: &str = "GET, HEAD, DELETE, OPTIONS";
+
+/// Routes a request.
+///
+/// # Errors
+/// `400 invalid_path` for undecodable percent-escapes, `404 not_found`,
+/// `405 method_not_allowed` (with the `Allow` list).
+pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
+    let segments = split(path)?;
+    let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let (route, allow) = match segs.as_slice() {
+        [] => (Route::Root, GET),
+        ["healthz"] => (Route::Health, GET),
+        ["metrics"] => (Route::Metrics, GET),
+        [file] if STATIC_FILES.contains(file) => {
+            let name = STATIC_FILES
+                .iter()
+                .find(|f| *f == file)
+                .copied()
+                .unwrap_or_default();
+            (Route::Static(name), GET)
+        }
+        ["push", channel] => (Route::Push(channel.to_string()), POST),
+        ["feed"] => (Route::Feed(None), GET),
+        ["feed", channel] => (Route::Feed(Some(channel.to_string())), GET),
+        ["feedback", channel] => (Route::Feedback(channel.to_string()), POST),
+        ["receipts", channel] => (Route::ReceiptStream(channel.to_string()), GET),
+        ["receipts", channel, id] => (Route::Receipt(channel.to_string(), id.to_string()), GET),
+        ["admin", "connections"] => (Route::AdminConnections, GET),
+        ["admin", "channels"] => (Route::AdminChannels, GET),
+        ["admin", "events", channel] => (Route::AdminEvents(channel.to_string()), GET),
+        ["admin", "devices", channel] => (Route::AdminDevices(channel.to_string()), GET),
+        ["admin", "devices", channel, device] => (
+            Route::AdminDevice(channel.to_string(), device.to_string()),
+            GET_DELETE,
+        ),
+        _ => return Err(ApiError::not_found(path)),
+    };
+    if method == Method::OPTIONS {
+        return Ok(Route::Preflight);
+    }
+    let allowed = match allow {
+        GET => method == Method::GET || method == Method::HEAD,
+        POST => method == Method::POST,
+        _ => method == Method::GET || method == Method::HEAD || method == Method::DELETE,
+    };
+    if allowed {
+        Ok(route)
+    } else {
+        Err(ApiError::method_not_allowed(method.as_str(), path, allow))
+    }
+}
+
+/// Splits a path into percent-decoded segments (`/` → none).
+fn split(path: &str) -> Result<Vec<String>, ApiError> {
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err(ApiError::bad_request(
+            "invalid_path",
+            format!("the path `{}` does not start with `/`", escape(path)),
+        ));
+    };
+    if rest.is_empty() {
+        return Ok(Vec::new());
+    }
+    rest.split('/').map(|s| percent_decode(s, false)).collect()
+}
+
+/// Decodes `%XX` escapes (and `+` as a space when `plus_is_space`, for
+/// query strings); the result must be UTF-8.
+///
+/// # Errors
+/// `400 invalid_path` for a malformed escape or non-UTF-8 bytes.
+pub fn percent_decode(text: &str, plus_is_space: bool) -> Result<String, ApiError> {
+    if !text.contains(['%', '+']) {
+        return Ok(text.to_string());
+    }
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3).and_then(|h| {
+                    let h = std::str::from_utf8(h).ok()?;
+                    u8::from_str_radix(h, 16).ok()
+                });
+                let Some(byte) = hex else {
+                    return Err(ApiError::bad_request(
+                        "invalid_path",
+                        format!("`{}` has a malformed percent-escape", escape(text)),
+                    ));
+                };
+                out.push(byte);
+                i += 3;
+            }
+            b'+' if plus_is_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| {
+        ApiError::bad_request(
+            "invalid_utf8",
+            format!("`{}` does not decode to UTF-8 text", escape(text)),
+        )
+    })
+}
+
+/// Parses a query string into decoded `(key, value)` pairs, in order.
+///
+/// # Errors
+/// `400` for malformed escapes or non-UTF-8 text.
+pub fn parse_query(query: &str) -> Result<Vec<(String, String)>, ApiError> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            Ok((percent_decode(k, true)?, percent_decode(v, true)?))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use hyper::StatusCode;
+
+    fn ok(method: Method, path: &str) -> Route {
+        route(&method, path).unwrap()
+    }
+
+    fn status(method: Method, path: &str) -> StatusCode {
+        route(&method, path).unwrap_err().status
+    }
+
+    #[test]
+    fn routes_pere_endpoints() {
+        assert_eq!(ok(Method::GET, "/"), Route::Root);
+        assert_eq!(
+            ok(Method::POST, "/push/CHANNEL_1"),
+            Route::Push("CHANNEL_1".into())
+        );
+        assert_eq!(
+            ok(Method::GET, "/feed/a.*"),
+            Route::Feed(Some("a.*".into()))
+        );
+        assert_eq!(ok(Method::GET, "/feed"), Route::Feed(None));
+        assert_eq!(ok(Method::POST, "/feedback/c"), Route::Feedback("c".into()));
+        assert_eq!(
+            ok(Method::GET, "/receipts/c/12"),
+            Route::Receipt("c".into(), "12".into())
+        );
+        assert_eq!(
+            ok(Method::GET, "/receipts/c"),
+            Route::ReceiptStream("c".into())
+        );
+        assert_eq!(
+            ok(Method::GET, "/admin/connections"),
+            Route::AdminConnections
+        );
+        assert_eq!(
+            ok(Method::GET, "/admin/events/c"),
+            Route::AdminEvents("c".into())
+        );
+        assert_eq!(
+            ok(Method::GET, "/admin/devices/c"),
+            Route::AdminDevices("c".into())
+        );
+        assert_eq!(
+            ok(Method::DELETE, "/admin/devices/c/d"),
+            Route::AdminDevice("c".into(), "d".into())
+        );
+        assert_eq!(
+            ok(Method::GET, "/subscriber.html"),
+            Route::Static("subscriber.html")
+        );
+        assert_eq!(ok(Method::OPTIONS, "/push/c"), Route::Preflight);
+        assert_eq!(ok(Method::HEAD, "/healthz"), Route::Health);
+    }
+
+    #[test]
+    fn wrong_methods_get_405_with_allow() {
+        let err = route(&Method::GET, "/push/c").unwrap_err();
+        assert_eq!(err.status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(err.allow, Some("POST, OPTIONS"));
+        assert_eq!(
+            status(Method::POST, "/feed/c"),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            status(Method::DELETE, "/admin/connections"),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            status(Method::PUT, "/feedback/c"),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+    }
+
+    #[test]
+    fn unknown_paths_are_404() {
+        for p in [
+            "/nope",
+            "/push",
+            "/push/a/b",
+            "/feed/c/",
+            "/admin",
+            "/admin/x",
+            "//",
+        ] {
+            assert_eq!(status(Method::GET, p), StatusCode::NOT_FOUND, "{p}");
+        }
+    }
+
+    #[test]
+    fn segments_are_percent_decoded_before_matching() {
+        assert_eq!(ok(Method::POST, "/push/a%2Fb"), Route::Push("a/b".into()));
+        assert_eq!(
+            ok(Method::GET, "/feed/..%2F.."),
+            Route::Feed(Some("../..".into()))
+        );
+        assert_eq!(ok(Method::POST, "/push/%00"), Route::Push("\0".into()));
+        assert_eq!(status(Method::POST, "/push/%zz"), StatusCode::BAD_REQUEST);
+        assert_eq!(status(Method::POST, "/push/%ff"), StatusCode::BAD_REQUEST);
+        assert_eq!(status(Method::POST, "/push/%4"), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn query_strings_decode_plus_and_repeat_keys() {
+        let q = parse_query("channel=a&channel=b.*&status=rx+ok&x&lastEventId=%31").unwrap();
+        assert_eq!(
+            q,
+            vec![
+                ("channel".into(), "a".into()),
+                ("channel".into(), "b.*".into()),
+                ("status".into(), "rx ok".into()),
+                ("x".into(), "".into()),
+                ("lastEventId".into(), "1".into()),
+            ]
+        );
+        assert!(parse_query("a=%ff").is_err());
+    }
+}

@@ -1,0 +1,15 @@
+//! PERE end to end: a real server on a loopback port, real HTTP.
+//! One test binary, a module per topic.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod admin;
+mod cli;
+mod errors;
+mod feed;
+mod feedback;
+mod pere_compat;
+mod publish;
+mod receipts;
+mod shutdown;
+mod web;
