@@ -79,7 +79,10 @@ pub use hub::{
     Resume, Stats, SubscribeRequest, Subscription,
 };
 pub use ledger::{DeviceReceipt, EventReceipts, ReceiptChange, ReceiptState, ReceiptSummary};
-pub use log::{EventStore, Evicted, MemoryStore, Record, Recovered};
+pub use log::{
+    DEFAULT_SEGMENT_SIZE, EventStore, Evicted, FileStore, FileStoreConfig, Fsync, MemoryStore,
+    Record, Recovered,
+};
 pub use name::{
     ChannelName, DeviceId, EventType, MAX_CHANNEL_LEN, MAX_DEVICE_LEN, Pattern,
     RESERVED_EVENT_PREFIX,

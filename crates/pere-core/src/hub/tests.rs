@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
+use crate::presence::Op;
 use crate::config::Retention;
 use std::time::Duration;
 

@@ -14,8 +14,11 @@
 //!   and both report what they dropped so the hub forgets the receipts too.
 //!   Events of a channel are always dropped oldest first.
 
+mod codec;
+mod file;
 mod memory;
 
+pub use file::{DEFAULT_SEGMENT_SIZE, FileStore, FileStoreConfig, Fsync};
 pub use memory::MemoryStore;
 
 use std::future::Future;

@@ -1,0 +1,851 @@
+//! The [`Hub`]: publish, subscribe, ack, and the queries behind the admin and
+//! receipts endpoints.
+//!
+//! # Design
+//! Ordering has one owner. Every change — a publish, a receipt, a stream
+//! opening or closing, a membership ending — is a [`Command`] sent to the
+//! hub's writer task, which drains them in batches:
+//!
+//! 1. *prepare* each command against the state: assign ids, decide audiences'
+//!    membership, check receipts, and collect the journal [`Record`]s;
+//! 2. *append* the batch's records to the store: one durable write (one
+//!    fsync, for a file store) for the whole batch — group commit;
+//! 3. *apply*: fan events out to the streams' queues, register new streams,
+//!    record receipts, answer every command.
+//!
+//! Nothing a client can observe happens before step 2 succeeded, so a `2xx`
+//! means durable. Ids, journal order and delivery order agree because one
+//! task does all three.
+//!
+//! Each stream has a bounded queue ([`HubConfig::queue_capacity`]); fan-out
+//! never waits: a full queue closes that stream, and its device resumes
+//! later from `Last-Event-ID` or its durable cursor without loss.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{HubConfig, MAX_STATUS_LEN};
+use crate::error::{Error, Result};
+use crate::event::{Event, EventId, Sequencer, Timestamp, validate_payload};
+use crate::ledger::{EventReceipts, ReceiptChange, ReceiptState, ReceiptSummary};
+use crate::log::{EventStore, MemoryStore};
+use crate::name::{ChannelName, DeviceId, EventType, Pattern};
+use crate::presence::{Presence, StreamShared, StreamTx};
+
+/// Longest idempotency key, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
+/// Most commands the writer takes into one batch (one journal write).
+const MAX_BATCH: usize = 1024;
+/// Capacity of a receipts stream's queue, in changes.
+const RECEIPT_WATCH_CAPACITY: usize = 4096;
+
+/// A request to publish one event.
+#[derive(Clone, Debug)]
+pub struct Publish {
+    /// The channel (never a pattern).
+    pub channel: ChannelName,
+    /// The payload: non-empty UTF-8 text within the payload limit.
+    pub payload: Bytes,
+    /// The SSE event type; `None` for `message`.
+    pub kind: Option<EventType>,
+    /// The publishing device, if it said.
+    pub device: Option<DeviceId>,
+    /// A key that makes retries of this publish return the first result.
+    pub idempotency_key: Option<String>,
+}
+
+impl Publish {
+    /// A `message` event with `payload` on `channel`.
+    pub fn new(channel: ChannelName, payload: impl Into<Bytes>) -> Self {
+        Self {
+            channel,
+            payload: payload.into(),
+            kind: None,
+            device: None,
+            idempotency_key: None,
+        }
+    }
+}
+
+/// The result of a publish.
+#[derive(Clone, Debug)]
+pub struct Published {
+    /// The event's id.
+    pub id: EventId,
+    /// Its channel.
+    pub channel: ChannelName,
+    /// Size of its audience at publish time.
+    pub recipients: usize,
+    /// Whether this was a retry answered with the first result.
+    pub duplicate: bool,
+    /// The event's receipts, while it is retained.
+    pub receipts: Option<Arc<EventReceipts>>,
+}
+
+/// Where a new stream starts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Resume {
+    /// The device's durable cursor when it is already a member; otherwise
+    /// "now" (or everything retained, with [`HubConfig::replay_all`]).
+    #[default]
+    Auto,
+    /// After this id (`Last-Event-ID`, `lastEventId`).
+    After(EventId),
+    /// Every retained event (`?replay=all`).
+    All,
+    /// Only events published from now on.
+    Now,
+}
+
+/// A request to open a stream.
+#[derive(Clone, Debug)]
+pub struct SubscribeRequest {
+    /// The device, or `None` for an anonymous stream (receives events, is in
+    /// no audience, has no cursor).
+    pub device: Option<DeviceId>,
+    /// Channels and patterns; an event matching several is sent once.
+    pub patterns: Vec<Pattern>,
+    /// Where to start.
+    pub resume: Resume,
+}
+
+/// What the hub tells a stream first (`pere.hello`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    /// The device, unless anonymous.
+    pub device: Option<DeviceId>,
+    /// The subscriptions.
+    pub channels: Vec<Pattern>,
+    /// The resume point used, if any.
+    pub resumed_from: Option<EventId>,
+    /// How many retained events are replayed before live ones.
+    pub replayed: usize,
+}
+
+/// Events were lost to a resuming client (`pere.gap`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gap {
+    /// The resume point asked for.
+    pub from: EventId,
+    /// The oldest event still retained on its channels, if any.
+    pub oldest: Option<EventId>,
+}
+
+/// The result of a receipt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Acked {
+    /// The event.
+    pub id: EventId,
+    /// The device.
+    pub device: DeviceId,
+    /// Its state now (always `acked`).
+    pub state: ReceiptState,
+}
+
+/// One channel, for `GET /admin/channels`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelInfo {
+    /// The channel.
+    pub channel: ChannelName,
+    /// Retained events.
+    pub events: usize,
+    /// Oldest retained id.
+    pub oldest: Option<EventId>,
+    /// Newest retained id.
+    pub newest: Option<EventId>,
+    /// Devices that are members of a subscription matching it.
+    pub members: usize,
+    /// Those of them online.
+    pub online: usize,
+}
+
+/// Open streams per subscription (`GET /admin/connections`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Connections {
+    /// Open streams per subscription, sorted.
+    pub per_subscription: Vec<(Pattern, usize)>,
+    /// Number of open streams.
+    pub total: usize,
+}
+
+/// Counters for metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Events published since start.
+    pub published: u64,
+    /// Events written to streams since start.
+    pub delivered: u64,
+    /// Receipts recorded since start.
+    pub acked: u64,
+    /// Streams opened since start.
+    pub streams_opened: u64,
+    /// Streams closed because their queue was full.
+    pub slow_disconnects: u64,
+    /// Open streams.
+    pub streams_open: usize,
+    /// Retained events.
+    pub retained: usize,
+    /// Memberships.
+    pub members: usize,
+    /// Journal batches written.
+    pub batches: u64,
+    /// Records written.
+    pub records: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    published: AtomicU64,
+    acked: AtomicU64,
+    streams_opened: AtomicU64,
+    slow_disconnects: AtomicU64,
+    batches: AtomicU64,
+    records: AtomicU64,
+}
+
+/// The push hub. A cheap `Clone` handle; every clone is the same hub.
+///
+/// See the crate documentation for an example.
+pub struct Hub<S: EventStore = MemoryStore> {
+    inner: Arc<Inner<S>>,
+}
+
+impl<S: EventStore> Clone for Hub<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<S: EventStore> std::fmt::Debug for Hub<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").finish_non_exhaustive()
+    }
+}
+
+struct Inner<S> {
+    config: HubConfig,
+    store: S,
+    /// To the writer task. Unbounded so a stream's `Drop` can always report
+    /// its end; requests are bounded anyway by their callers waiting for
+    /// the reply.
+    commands: mpsc::UnboundedSender<Command>,
+    state: Mutex<State>,
+    next_stream: AtomicU64,
+    /// Set once the store failed: writes are refused from then on.
+    failed: OnceLock<String>,
+    closing: AtomicBool,
+    counters: Counters,
+}
+
+impl<S> Inner<S> {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // State changes are applied step by step, each leaving it valid; a
+        // panic in one must not take the whole hub down with poisoning.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+type Reply<T> = oneshot::Sender<Result<T>>;
+
+enum Command {
+    Publish(Box<Publish>, Reply<Published>),
+    Ack {
+        subscription: Pattern,
+        device: DeviceId,
+        id: EventId,
+        status: Arc<str>,
+        reply: Reply<Acked>,
+    },
+    Subscribe {
+        req: SubscribeRequest,
+        last_event_id: Option<String>,
+        stream: StreamTx,
+        reply: Reply<Plan>,
+    },
+    Closed(u64),
+    RemoveMember {
+        subscription: Pattern,
+        device: DeviceId,
+        reply: Reply<()>,
+    },
+    Tick,
+    Shutdown(oneshot::Sender<()>),
+}
+
+impl<S: EventStore> Hub<S> {
+    /// Opens a hub over `store`: recovers what the store holds, then starts
+    /// the writer task on the current Tokio runtime.
+    ///
+    /// # Errors
+    /// The store could not be recovered.
+    pub async fn open(config: HubConfig, store: S) -> Result<Self> {
+        let recovered = store.recover().await?;
+        for note in &recovered.notes {
+            tracing::warn!(note = %note, "store recovery");
+        }
+        let now = Timestamp::now();
+        let mut seq = Sequencer::after(recovered.last_id);
+        let floor = if recovered.durable {
+            EventId::ZERO
+        } else {
+            EventId(u64::try_from(now.0).unwrap_or(0).max(recovered.last_id.0))
+        };
+        if !recovered.durable {
+            // Ids from a previous run are all below the clock; start above
+            // it so every id we hand out is above `floor`.
+            seq = Sequencer::after(floor);
+        }
+        let mut state = State {
+            head: seq.last(),
+            seq,
+            floor,
+            subs: HashMap::new(),
+            wild: Vec::new(),
+            channels: HashMap::new(),
+            by_id: HashMap::new(),
+            idempotency: HashMap::new(),
+            streams: HashMap::new(),
+            watchers: HashMap::new(),
+            deferred: Vec::new(),
+            replay_all: config.replay_all,
+            delivered_closed: 0,
+            closed: false,
+        };
+        state.recover(recovered.records, &recovered.evicted);
+        let (commands, rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            config,
+            store,
+            commands,
+            state: Mutex::new(state),
+            next_stream: AtomicU64::new(1),
+            failed: OnceLock::new(),
+            closing: AtomicBool::new(false),
+            counters: Counters::default(),
+        });
+        tokio::spawn(writer(inner.clone(), rx));
+        Ok(Self { inner })
+    }
+
+    /// The hub's configuration.
+    pub fn config(&self) -> &HubConfig {
+        &self.inner.config
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.inner.store
+    }
+
+    /// Whether the hub is shutting down (new streams are refused).
+    pub fn is_closing(&self) -> bool {
+        self.inner.closing.load(Ordering::Acquire)
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
+        if let Some(cause) = self.inner.failed.get() {
+            return Err(Error::StoreUnavailable(cause.clone()));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .commands
+            .send(make(tx))
+            .map_err(|_| Error::ShuttingDown)?;
+        rx.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// Publishes an event: validates it, assigns its id, stores it, and
+    /// queues it to every matching stream. Resolves once it is durable.
+    ///
+    /// # Errors
+    /// An empty, oversized or non-UTF-8 payload, a bad idempotency key, or
+    /// a store failure.
+    pub async fn publish(&self, publish: Publish) -> Result<Published> {
+        validate_payload(&publish.payload, self.inner.config.max_payload)?;
+        if let Some(key) = &publish.idempotency_key {
+            validate_idempotency_key(key)?;
+        }
+        self.call(|reply| Command::Publish(Box::new(publish), reply))
+            .await
+    }
+
+    /// Opens a stream: registers it, becomes (or stays) a member for each
+    /// subscription, and returns a [`Subscription`] that yields the replay
+    /// and then live events, with no gap and no duplicate between them.
+    ///
+    /// `last_event_id` is the raw `Last-Event-ID` the client sent, kept for
+    /// PERE's presence fields.
+    ///
+    /// # Errors
+    /// No channel or too many, or the hub is shutting down.
+    pub async fn subscribe(
+        &self,
+        mut req: SubscribeRequest,
+        last_event_id: Option<String>,
+    ) -> Result<Subscription> {
+        if self.is_closing() {
+            return Err(Error::ShuttingDown);
+        }
+        dedup_patterns(&mut req.patterns);
+        if req.patterns.is_empty() {
+            return Err(Error::NoChannel);
+        }
+        let limit = self.inner.config.max_channels_per_stream;
+        if req.patterns.len() > limit {
+            return Err(Error::TooManyChannels {
+                requested: req.patterns.len(),
+                limit,
+            });
+        }
+        let id = self.inner.next_stream.fetch_add(1, Ordering::Relaxed);
+        let shared = Arc::new(StreamShared::new(id, req.device.clone()));
+        let (tx, rx) = mpsc::channel(self.inner.config.queue_capacity.max(1));
+        // The guard exists before the writer hears of the stream, so the
+        // stream is unregistered however this future or its result ends.
+        let guard = StreamGuard {
+            id,
+            commands: self.inner.commands.clone(),
+        };
+        let device = req.device.clone();
+        let stream = StreamTx {
+            shared: shared.clone(),
+            tx,
+        };
+        let plan = self
+            .call(|reply| Command::Subscribe {
+                req,
+                last_event_id,
+                stream,
+                reply,
+            })
+            .await?;
+        self.inner
+            .counters
+            .streams_opened
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(Subscription {
+            hello: plan.hello,
+            gap: plan.gap,
+            replay: plan.replay.into(),
+            rx,
+            shared,
+            device,
+            _guard: guard,
+        })
+    }
+
+    /// Records `device`'s receipt for event `id`, named on `subscription`
+    /// (the event's channel, or a pattern matching it).
+    ///
+    /// # Errors
+    /// [`Error::UnknownEvent`] when no retained event has that id on a
+    /// matching channel; [`Error::StatusTooLong`]; a store failure.
+    pub async fn ack(
+        &self,
+        subscription: &Pattern,
+        device: &DeviceId,
+        id: EventId,
+        status: &str,
+    ) -> Result<Acked> {
+        if status.len() > MAX_STATUS_LEN {
+            return Err(Error::StatusTooLong {
+                size: status.len(),
+                limit: MAX_STATUS_LEN,
+            });
+        }
+        self.call(|reply| Command::Ack {
+            subscription: subscription.clone(),
+            device: device.clone(),
+            id,
+            status: intern_status(status),
+            reply,
+        })
+        .await
+    }
+
+    /// Records many receipts at once: all reach the writer together, so they
+    /// share one journal write. One result per item, in order; an unknown id
+    /// fails only its own item.
+    pub async fn ack_batch(
+        &self,
+        items: Vec<(Pattern, DeviceId, EventId, String)>,
+    ) -> Vec<Result<Acked>> {
+        let mut pending = Vec::with_capacity(items.len());
+        for (subscription, device, id, status) in items {
+            if status.len() > MAX_STATUS_LEN {
+                pending.push(Err(Error::StatusTooLong {
+                    size: status.len(),
+                    limit: MAX_STATUS_LEN,
+                }));
+                continue;
+            }
+            if let Some(cause) = self.inner.failed.get() {
+                pending.push(Err(Error::StoreUnavailable(cause.clone())));
+                continue;
+            }
+            let (reply, rx) = oneshot::channel();
+            let sent = self.inner.commands.send(Command::Ack {
+                subscription,
+                device,
+                id,
+                status: intern_status(&status),
+                reply,
+            });
+            pending.push(match sent {
+                Ok(()) => Ok(rx),
+                Err(_) => Err(Error::ShuttingDown),
+            });
+        }
+        let mut results = Vec::with_capacity(pending.len());
+        for p in pending {
+            results.push(match p {
+                Ok(rx) => rx.await.unwrap_or(Err(Error::ShuttingDown)),
+                Err(e) => Err(e),
+            });
+        }
+        results
+    }
+
+    /// Ends `device`'s membership of `subscription` and closes its streams
+    /// there.
+    ///
+    /// # Errors
+    /// [`Error::UnknownMember`] when it is not a member.
+    pub async fn remove_member(&self, subscription: &Pattern, device: &DeviceId) -> Result<()> {
+        self.call(|reply| Command::RemoveMember {
+            subscription: subscription.clone(),
+            device: device.clone(),
+            reply,
+        })
+        .await
+    }
+
+    /// The receipts of event `id`, which must be on a channel matched by
+    /// `subscription`.
+    ///
+    /// # Errors
+    /// [`Error::UnknownEvent`].
+    pub fn receipts(&self, subscription: &Pattern, id: EventId) -> Result<Arc<EventReceipts>> {
+        let state = self.inner.state();
+        state
+            .by_id
+            .get(&id)
+            .filter(|r| subscription.matches(&r.event.channel))
+            .cloned()
+            .ok_or_else(|| Error::UnknownEvent {
+                channel: subscription.to_string(),
+                id: id.to_string(),
+            })
+    }
+
+    /// The receipt summary of event `id` (PROTOCOL §5).
+    ///
+    /// # Errors
+    /// [`Error::UnknownEvent`].
+    pub fn receipt_summary(&self, subscription: &Pattern, id: EventId) -> Result<ReceiptSummary> {
+        Ok(self.receipts(subscription, id)?.summary())
+    }
+
+    /// A live feed of receipt changes on `channel`. The receiver ends when
+    /// it falls too far behind or the hub shuts down.
+    pub fn watch_receipts(&self, channel: &ChannelName) -> mpsc::Receiver<ReceiptChange> {
+        let (tx, rx) = mpsc::channel(RECEIPT_WATCH_CAPACITY);
+        let mut state = self.inner.state();
+        if !state.closed {
+            state.watchers_for(channel).add(tx);
+        }
+        rx
+    }
+
+    /// Retained events of `channel` after `after`, oldest first, at most
+    /// `limit`.
+    ///
+    /// # Errors
+    /// The store could not read them.
+    pub async fn events(
+        &self,
+        channel: &ChannelName,
+        after: EventId,
+        limit: usize,
+    ) -> Result<Vec<Arc<Event>>> {
+        self.inner
+            .store
+            .read(channel, after, EventId(u64::MAX), limit)
+            .await
+    }
+
+    /// Devices known on `subscription` (members and devices that only sent
+    /// receipts), sorted.
+    pub fn devices(&self, subscription: &Pattern) -> Vec<(DeviceId, Presence)> {
+        let state = self.inner.state();
+        let mut out: Vec<(DeviceId, Presence)> = state
+            .subs
+            .get(subscription)
+            .map(|sub| {
+                sub.members
+                    .iter()
+                    .map(|(d, m)| (d.clone(), m.presence()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Open streams per subscription.
+    pub fn connections(&self) -> Connections {
+        let state = self.inner.state();
+        let mut per_subscription: Vec<(Pattern, usize)> = state
+            .subs
+            .iter()
+            .map(|(p, sub)| (p.clone(), sub.open_streams()))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        per_subscription.sort();
+        Connections {
+            per_subscription,
+            total: state.streams.len(),
+        }
+    }
+
+    /// Every known channel: those with retained events and those subscribed
+    /// to by name.
+    pub fn channels(&self) -> Vec<ChannelInfo> {
+        let state = self.inner.state();
+        let mut names: Vec<ChannelName> = state
+            .channels
+            .iter()
+            .filter(|(_, l)| !l.receipts.is_empty())
+            .map(|(c, _)| c.clone())
+            .collect();
+        names.extend(state.subs.keys().filter_map(|p| p.exact().cloned()));
+        names.sort();
+        names.dedup();
+        names
+            .into_iter()
+            .map(|channel| {
+                let ledger = state.channels.get(&channel);
+                let receipts = ledger.map(|l| &l.receipts);
+                let mut members = HashSet::new();
+                let mut online = HashSet::new();
+                for (pattern, sub) in &state.subs {
+                    if !pattern.matches(&channel) {
+                        continue;
+                    }
+                    for (device, member) in &sub.members {
+                        if member.is_member {
+                            members.insert(device);
+                            if member.connections() > 0 {
+                                online.insert(device);
+                            }
+                        }
+                    }
+                }
+                ChannelInfo {
+                    events: receipts.map_or(0, VecDeque::len),
+                    oldest: receipts.and_then(|r| r.front()).map(|r| r.id()),
+                    newest: receipts.and_then(|r| r.back()).map(|r| r.id()),
+                    members: members.len(),
+                    online: online.len(),
+                    channel,
+                }
+            })
+            .collect()
+    }
+
+    /// Counters and gauges for metrics.
+    pub fn stats(&self) -> Stats {
+        let c = &self.inner.counters;
+        let state = self.inner.state();
+        let live: u64 = state
+            .subs
+            .values()
+            .flat_map(|s| {
+                s.members
+                    .values()
+                    .flat_map(|m| m.streams.iter())
+                    .chain(s.anonymous.iter())
+            })
+            .map(|s| s.shared.delivered.load(Ordering::Relaxed))
+            .sum();
+        Stats {
+            published: c.published.load(Ordering::Relaxed),
+            delivered: state.delivered_closed + live,
+            acked: c.acked.load(Ordering::Relaxed),
+            streams_opened: c.streams_opened.load(Ordering::Relaxed),
+            slow_disconnects: c.slow_disconnects.load(Ordering::Relaxed),
+            streams_open: state.streams.len(),
+            retained: state.by_id.len(),
+            members: state
+                .subs
+                .values()
+                .map(|s| s.members.values().filter(|m| m.is_member).count())
+                .sum(),
+            batches: c.batches.load(Ordering::Relaxed),
+            records: c.records.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Shuts down: refuses new work, ends every stream (their bodies see the
+    /// end of their queue), writes what is pending and closes the store.
+    /// Safe to call more than once.
+    pub async fn shutdown(&self) {
+        self.inner.closing.store(true, Ordering::Release);
+        let (tx, rx) = oneshot::channel();
+        if self.inner.commands.send(Command::Shutdown(tx)).is_ok() {
+            // The writer answers once the store is closed; if it is already
+            // gone, so is the store.
+            let _ = rx.await;
+        }
+    }
+}
+
+fn validate_idempotency_key(key: &str) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::InvalidIdempotencyKey("it is empty".into()));
+    }
+    if key.len() > MAX_IDEMPOTENCY_KEY_LEN {
+        return Err(Error::InvalidIdempotencyKey(format!(
+            "it is {} bytes long, the limit is {MAX_IDEMPOTENCY_KEY_LEN}",
+            key.len()
+        )));
+    }
+    if !key.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+        return Err(Error::InvalidIdempotencyKey(
+            "only printable ASCII is allowed".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Shares the `Arc<str>` of the common status so that a million `ok`
+/// receipts cost one allocation.
+fn intern_status(status: &str) -> Arc<str> {
+    static OK: OnceLock<Arc<str>> = OnceLock::new();
+    if status == "ok" {
+        OK.get_or_init(|| Arc::from("ok")).clone()
+    } else {
+        Arc::from(status)
+    }
+}
+
+fn dedup_patterns(patterns: &mut Vec<Pattern>) {
+    let mut seen = HashSet::new();
+    patterns.retain(|p| seen.insert(p.clone()));
+}
+
+async fn writer<S: EventStore>(inner: Arc<Inner<S>>, mut rx: mpsc::UnboundedReceiver<Command>) {
+    let mut tick = tokio::time::interval(inner.config.tick.max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batch = Vec::with_capacity(64);
+    loop {
+        tokio::select! {
+            biased;
+            n = rx.recv_many(&mut batch, MAX_BATCH) => {
+                if n == 0 {
+                    break;
+                }
+            }
+            _ = tick.tick() => batch.push(Command::Tick),
+        }
+        let shutting_down = batch.iter().any(|c| matches!(c, Command::Shutdown(_)));
+        process(&inner, std::mem::take(&mut batch)).await;
+        if shutting_down {
+            break;
+        }
+    }
+    // Refuse whatever arrives from now on: dropping the receiver makes
+    // every later `call` fail with `ShuttingDown`.
+    rx.close();
+    while let Ok(cmd) = rx.try_recv() {
+        if let Command::Shutdown(reply) = cmd {
+            let _ = reply.send(());
+        }
+    }
+}
+
+async fn process<S: EventStore>(inner: &Inner<S>, batch: Vec<Command>) {
+    let now = Timestamp::now();
+    let mut records = Vec::new();
+    let mut effects = Vec::with_capacity(batch.len());
+    let mut shutdown = false;
+    {
+        let mut state = inner.state();
+        records.append(&mut state.deferred);
+        for cmd in batch {
+            if matches!(cmd, Command::Shutdown(_)) {
+                shutdown = true;
+            }
+            let effect = state.prepare(cmd, now, &inner.config, &mut records);
+            effects.push(effect);
+        }
+        if shutdown {
+            state.close_all(now);
+            records.append(&mut state.deferred);
+        }
+    }
+    let result = if let Some(cause) = inner.failed.get() {
+        Err(Error::StoreUnavailable(cause.clone()))
+    } else if records.is_empty() {
+        Ok(Vec::new())
+    } else {
+        inner.store.append(&records).await
+    };
+    match result {
+        Ok(evicted) => {
+            if !records.is_empty() {
+                inner.counters.batches.fetch_add(1, Ordering::Relaxed);
+                inner
+                    .counters
+                    .records
+                    .fetch_add(records.len() as u64, Ordering::Relaxed);
+            }
+            let mut shutdown_replies = Vec::new();
+            {
+                let mut state = inner.state();
+                for effect in effects {
+                    if let Effect::Shutdown(reply) = effect {
+                        shutdown_replies.push(reply);
+                        continue;
+                    }
+                    state.apply(effect, now, &inner.counters);
+                }
+                state.evict(&evicted);
+            }
+            if !shutdown_replies.is_empty() {
+                if let Err(err) = inner.store.close().await {
+                    tracing::error!(cause = %err, "closing the store failed");
+                }
+                for reply in shutdown_replies {
+                    let _ = reply.send(());
+                }
+            }
+        }
+        Err(err) => {
+            let cause = err.to_string();
+            if inner.failed.set(cause.clone()).is_ok() {
+                tracing::error!(cause = %cause, "the store failed; refusing writes until restart");
+            }
+            for effect in effects {
+                effect.fail(|| Error::StoreUnavailable(cause.clone()));
+            }
+        }
+    }
+}
+
+mod state;
+mod subscription;
+
+use state::{Effect, Plan, State};
+use subscription::StreamGuard;
+pub use subscription::Subscription;
+
+#[cfg(test)]
+mod tests;

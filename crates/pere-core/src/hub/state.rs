@@ -1,0 +1,1016 @@
+//! The hub's state and the writer's two phases over it: *prepare* (decide,
+//! journal) and *apply* (fan out, register, answer).
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    Acked, Command, Counters, Gap, Hello, Publish, Published, Reply, Resume, SubscribeRequest,
+};
+use crate::config::HubConfig;
+use crate::error::Error;
+use crate::event::{Event, EventId, Sequencer, Timestamp};
+use crate::ledger::{EventReceipts, NO_SLOT, ReceiptState, ReceiptWatchers};
+use crate::log::{Evicted, Record};
+use crate::name::{ChannelName, DeviceId, Pattern};
+use crate::presence::{Delivery, Member, Op, StreamTx};
+
+pub(super) enum Effect {
+    Fail(FailReply, Error),
+    Publish {
+        event: Arc<Event>,
+        reply: Reply<Published>,
+    },
+    Duplicate {
+        id: EventId,
+        channel: ChannelName,
+        recipients: usize,
+        reply: Reply<Published>,
+    },
+    Ack {
+        receipts: Arc<EventReceipts>,
+        subscription: Pattern,
+        device: DeviceId,
+        status: Arc<str>,
+        reply: Reply<Acked>,
+    },
+    Subscribe {
+        req: SubscribeRequest,
+        last_event_id: Option<String>,
+        existed: Vec<bool>,
+        stream: StreamTx,
+        reply: Reply<Plan>,
+    },
+    Done(Reply<()>),
+    Shutdown(oneshot::Sender<()>),
+    None,
+}
+
+pub(super) enum FailReply {
+    Publish(Reply<Published>),
+    Ack(Reply<Acked>),
+    Subscribe(Reply<Plan>),
+    Unit(Reply<()>),
+}
+
+impl FailReply {
+    pub(super) fn send(self, err: Error) {
+        // A caller that went away no longer needs an answer.
+        match self {
+            FailReply::Publish(r) => drop(r.send(Err(err))),
+            FailReply::Ack(r) => drop(r.send(Err(err))),
+            FailReply::Subscribe(r) => drop(r.send(Err(err))),
+            FailReply::Unit(r) => drop(r.send(Err(err))),
+        }
+    }
+}
+
+impl Effect {
+    pub(super) fn fail(self, err: impl Fn() -> Error) {
+        match self {
+            Effect::Fail(r, e) => r.send(e),
+            Effect::Publish { reply, .. } | Effect::Duplicate { reply, .. } => {
+                FailReply::Publish(reply).send(err())
+            }
+            Effect::Ack { reply, .. } => FailReply::Ack(reply).send(err()),
+            Effect::Subscribe { reply, .. } => FailReply::Subscribe(reply).send(err()),
+            Effect::Done(reply) => FailReply::Unit(reply).send(err()),
+            Effect::Shutdown(reply) => drop(reply.send(())),
+            Effect::None => {}
+        }
+    }
+}
+
+/// The writer's answer to a subscribe: what to replay and what to say first.
+pub(super) struct Plan {
+    pub(super) hello: Hello,
+    pub(super) gap: Option<Gap>,
+    pub(super) replay: Vec<Arc<EventReceipts>>,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Sub {
+    pub(super) members: HashMap<DeviceId, Member>,
+    pub(super) anonymous: Vec<StreamTx>,
+}
+
+impl Sub {
+    pub(super) fn open_streams(&self) -> usize {
+        self.anonymous.len()
+            + self
+                .members
+                .values()
+                .map(Member::connections)
+                .sum::<usize>()
+    }
+}
+
+#[derive(Debug, Default)]
+pub(super) struct ChannelLedger {
+    pub(super) receipts: VecDeque<Arc<EventReceipts>>,
+    /// Highest id dropped for retention.
+    pub(super) evicted_upto: EventId,
+}
+
+#[derive(Debug)]
+pub(super) struct Idem {
+    pub(super) id: EventId,
+    pub(super) recipients: usize,
+    pub(super) at: Timestamp,
+}
+
+#[derive(Debug)]
+pub(super) struct OpenStream {
+    pub(super) subs: Vec<Pattern>,
+    pub(super) device: Option<DeviceId>,
+}
+
+pub(super) struct State {
+    pub(super) seq: Sequencer,
+    /// The last event applied (fanned out). Streams registered now get
+    /// live events above it and replay at or below it.
+    pub(super) head: EventId,
+    /// Ids below this predate what the store remembers (a volatile store's
+    /// start): a client resuming below it may have lost events.
+    pub(super) floor: EventId,
+    pub(super) subs: HashMap<Pattern, Sub>,
+    /// Subscriptions with wildcards, for matching channels against.
+    pub(super) wild: Vec<Pattern>,
+    pub(super) channels: HashMap<ChannelName, ChannelLedger>,
+    pub(super) by_id: HashMap<EventId, Arc<EventReceipts>>,
+    pub(super) idempotency: HashMap<(ChannelName, Box<str>), Idem>,
+    pub(super) streams: HashMap<u64, OpenStream>,
+    pub(super) watchers: HashMap<ChannelName, Arc<ReceiptWatchers>>,
+    /// Records produced while applying (a stream closed for being slow);
+    /// written with the next batch.
+    pub(super) deferred: Vec<Record>,
+    /// [`HubConfig::replay_all`].
+    pub(super) replay_all: bool,
+    /// Counted deliveries of streams that closed.
+    pub(super) delivered_closed: u64,
+    pub(super) closed: bool,
+}
+
+impl State {
+    pub(super) fn watchers_for(&mut self, channel: &ChannelName) -> Arc<ReceiptWatchers> {
+        self.watchers.entry(channel.clone()).or_default().clone()
+    }
+
+    /// Subscriptions matching `channel`: the exact one and the wildcards.
+    pub(super) fn matching<'a>(&'a self, channel: &ChannelName) -> Vec<&'a Sub> {
+        let mut subs = Vec::with_capacity(1 + self.wild.len());
+        if let Some(sub) = self.subs.get(channel.as_str()) {
+            subs.push(sub);
+        }
+        for pattern in &self.wild {
+            if pattern.matches(channel)
+                && let Some(sub) = self.subs.get(pattern)
+            {
+                subs.push(sub);
+            }
+        }
+        subs
+    }
+
+    pub(super) fn prepare(
+        &mut self,
+        cmd: Command,
+        now: Timestamp,
+        config: &HubConfig,
+        records: &mut Vec<Record>,
+    ) -> Effect {
+        if self.closed {
+            return match cmd {
+                Command::Publish(_, reply) => {
+                    Effect::Fail(FailReply::Publish(reply), Error::ShuttingDown)
+                }
+                Command::Ack { reply, .. } => {
+                    Effect::Fail(FailReply::Ack(reply), Error::ShuttingDown)
+                }
+                Command::Subscribe { reply, .. } => {
+                    Effect::Fail(FailReply::Subscribe(reply), Error::ShuttingDown)
+                }
+                Command::RemoveMember { reply, .. } => {
+                    Effect::Fail(FailReply::Unit(reply), Error::ShuttingDown)
+                }
+                Command::Shutdown(reply) => Effect::Shutdown(reply),
+                Command::Closed(_) | Command::Tick => Effect::None,
+            };
+        }
+        match cmd {
+            Command::Publish(publish, reply) => self.prepare_publish(*publish, reply, now, records),
+            Command::Ack {
+                subscription,
+                device,
+                id,
+                status,
+                reply,
+            } => match self.by_id.get(&id) {
+                Some(receipts) if subscription.matches(&receipts.event.channel) => {
+                    records.push(Record::Ack {
+                        id,
+                        device: device.clone(),
+                        status: status.clone(),
+                        at: now,
+                    });
+                    Effect::Ack {
+                        receipts: receipts.clone(),
+                        subscription,
+                        device,
+                        status,
+                        reply,
+                    }
+                }
+                _ => Effect::Fail(
+                    FailReply::Ack(reply),
+                    Error::UnknownEvent {
+                        channel: subscription.to_string(),
+                        id: id.to_string(),
+                    },
+                ),
+            },
+            Command::Subscribe {
+                req,
+                last_event_id,
+                stream,
+                reply,
+            } => {
+                let mut existed = Vec::with_capacity(req.patterns.len());
+                for pattern in &req.patterns {
+                    let sub = match self.subs.entry(pattern.clone()) {
+                        Entry::Occupied(e) => e.into_mut(),
+                        Entry::Vacant(e) => {
+                            if pattern.exact().is_none() {
+                                self.wild.push(pattern.clone());
+                            }
+                            e.insert(Sub::default())
+                        }
+                    };
+                    let Some(device) = &req.device else {
+                        existed.push(false);
+                        continue;
+                    };
+                    let head = self.seq.last();
+                    let member = sub.members.entry(device.clone()).or_insert_with(|| Member {
+                        is_member: false,
+                        ..Member::joined(head, now)
+                    });
+                    existed.push(member.is_member);
+                    if !member.is_member {
+                        let last_acked = member.last_acked;
+                        *member = Member::joined(head, now);
+                        member.last_acked = last_acked;
+                        records.push(Record::Joined {
+                            subscription: pattern.clone(),
+                            device: device.clone(),
+                            head,
+                            at: now,
+                        });
+                    }
+                    records.push(Record::Presence {
+                        subscription: pattern.clone(),
+                        device: device.clone(),
+                        online: true,
+                        last_event_id: last_event_id
+                            .as_deref()
+                            .and_then(|s| EventId::parse(s).ok()),
+                        at: now,
+                    });
+                }
+                Effect::Subscribe {
+                    req,
+                    last_event_id,
+                    existed,
+                    stream,
+                    reply,
+                }
+            }
+            Command::Closed(id) => {
+                self.close_stream(id, now);
+                records.append(&mut self.deferred);
+                Effect::None
+            }
+            Command::RemoveMember {
+                subscription,
+                device,
+                reply,
+            } => {
+                let removed = self
+                    .subs
+                    .get_mut(&subscription)
+                    .and_then(|sub| sub.members.remove(&device));
+                match removed {
+                    Some(member) => {
+                        for stream in &member.streams {
+                            self.streams.remove(&stream.shared.id);
+                            self.delivered_closed +=
+                                stream.shared.delivered.load(Ordering::Relaxed);
+                        }
+                        // Dropping `member` drops its streams' senders: their
+                        // bodies end.
+                        records.push(Record::Left {
+                            subscription,
+                            device,
+                            at: now,
+                        });
+                        Effect::Done(reply)
+                    }
+                    None => Effect::Fail(
+                        FailReply::Unit(reply),
+                        Error::UnknownMember {
+                            subscription: subscription.to_string(),
+                            device: device.to_string(),
+                        },
+                    ),
+                }
+            }
+            Command::Tick => {
+                self.maintain(now, config, records);
+                Effect::None
+            }
+            Command::Shutdown(reply) => Effect::Shutdown(reply),
+        }
+    }
+
+    pub(super) fn prepare_publish(
+        &mut self,
+        publish: Publish,
+        reply: Reply<Published>,
+        now: Timestamp,
+        records: &mut Vec<Record>,
+    ) -> Effect {
+        let key = publish
+            .idempotency_key
+            .map(|k| (publish.channel.clone(), k.into_boxed_str()));
+        if let Some(key) = &key
+            && let Some(first) = self.idempotency.get(key)
+        {
+            return Effect::Duplicate {
+                id: first.id,
+                channel: publish.channel,
+                recipients: first.recipients,
+                reply,
+            };
+        }
+        let id = self.seq.next(now);
+        let event = Arc::new(Event {
+            id,
+            channel: publish.channel,
+            kind: publish.kind.filter(|k| !k.is_message()),
+            device: publish.device,
+            time: now,
+            payload: publish.payload,
+            idempotency_key: key.as_ref().map(|(_, k)| k.clone()),
+            frame: OnceLock::new(),
+        });
+        if let Some(key) = key {
+            // Recipients are filled in when the event is applied.
+            self.idempotency.insert(
+                key,
+                Idem {
+                    id,
+                    recipients: 0,
+                    at: now,
+                },
+            );
+        }
+        records.push(Record::Event(event.clone()));
+        Effect::Publish { event, reply }
+    }
+
+    pub(super) fn apply(&mut self, effect: Effect, now: Timestamp, counters: &Counters) {
+        match effect {
+            Effect::Fail(reply, err) => reply.send(err),
+            Effect::Publish { event, reply } => {
+                let receipts = self.fan_out(event, counters);
+                counters.published.fetch_add(1, Ordering::Relaxed);
+                let published = Published {
+                    id: receipts.id(),
+                    channel: receipts.event.channel.clone(),
+                    recipients: receipts.audience().len(),
+                    duplicate: false,
+                    receipts: Some(receipts),
+                };
+                tracing::info!(
+                    channel = %published.channel,
+                    id = %published.id,
+                    recipients = published.recipients,
+                    "published"
+                );
+                let _ = reply.send(Ok(published));
+            }
+            Effect::Duplicate {
+                id,
+                channel,
+                recipients,
+                reply,
+            } => {
+                let receipts = self.by_id.get(&id).cloned();
+                let recipients = receipts.as_ref().map_or(recipients, |r| r.audience().len());
+                tracing::info!(channel = %channel, id = %id, "idempotent retry answered with the first result");
+                let _ = reply.send(Ok(Published {
+                    id,
+                    channel,
+                    recipients,
+                    duplicate: true,
+                    receipts,
+                }));
+            }
+            Effect::Ack {
+                receipts,
+                subscription,
+                device,
+                status,
+                reply,
+            } => {
+                receipts.ack(&device, status.clone(), now);
+                counters.acked.fetch_add(1, Ordering::Relaxed);
+                self.note_ack(
+                    &subscription,
+                    &receipts.event.channel,
+                    &device,
+                    receipts.id(),
+                    now,
+                );
+                tracing::info!(
+                    channel = %receipts.event.channel,
+                    id = %receipts.id(),
+                    device = %device,
+                    status = %status,
+                    "receipt"
+                );
+                let _ = reply.send(Ok(Acked {
+                    id: receipts.id(),
+                    device,
+                    state: ReceiptState::Acked,
+                }));
+            }
+            Effect::Subscribe {
+                req,
+                last_event_id,
+                existed,
+                stream,
+                reply,
+            } => {
+                let plan = self.register(req, last_event_id, &existed, stream.clone(), now);
+                if reply.send(Ok(plan)).is_err() || stream.tx.is_closed() {
+                    // The subscriber left before it got its stream.
+                    self.close_stream(stream.shared.id, now);
+                }
+            }
+            Effect::Done(reply) => {
+                let _ = reply.send(Ok(()));
+            }
+            Effect::Shutdown(reply) => {
+                let _ = reply.send(());
+            }
+            Effect::None => {}
+        }
+    }
+
+    /// Builds the event's receipts with its audience (members of matching
+    /// subscriptions who joined before it) and queues it to every matching
+    /// stream once.
+    pub(super) fn fan_out(&mut self, event: Arc<Event>, counters: &Counters) -> Arc<EventReceipts> {
+        let id = event.id;
+        let watchers = self.watchers_for(&event.channel);
+        let mut audience: Vec<DeviceId> = Vec::new();
+        let mut slow: Vec<u64> = Vec::new();
+        let receipts = {
+            let subs = self.matching(&event.channel);
+            let several = subs.len() > 1;
+            let mut slots: HashMap<&DeviceId, u32> = HashMap::new();
+            let mut targets: Vec<(&StreamTx, u32)> = Vec::new();
+            for sub in &subs {
+                for (device, member) in &sub.members {
+                    if !member.is_member || member.since >= id {
+                        continue;
+                    }
+                    let slot = if several {
+                        *slots.entry(device).or_insert_with(|| {
+                            audience.push(device.clone());
+                            (audience.len() - 1) as u32
+                        })
+                    } else {
+                        audience.push(device.clone());
+                        (audience.len() - 1) as u32
+                    };
+                    targets.extend(member.streams.iter().map(|s| (s, slot)));
+                }
+                targets.extend(sub.anonymous.iter().map(|s| (s, NO_SLOT)));
+            }
+            let receipts = Arc::new(EventReceipts::new(event, audience.into(), watchers));
+            for (stream, slot) in targets {
+                if stream.shared.enqueued_upto.swap(id.0, Ordering::Relaxed) == id.0 {
+                    continue;
+                }
+                let delivery = Delivery {
+                    receipts: receipts.clone(),
+                    slot,
+                };
+                if let Err(mpsc::error::TrySendError::Full(_)) = stream.tx.try_send(delivery) {
+                    slow.push(stream.shared.id);
+                }
+            }
+            receipts
+        };
+        for stream in slow {
+            tracing::warn!(
+                stream,
+                "stream closed: its queue is full (the device resumes later)"
+            );
+            counters.slow_disconnects.fetch_add(1, Ordering::Relaxed);
+            self.close_stream(stream, receipts.event.time);
+        }
+        let channel = receipts.event.channel.clone();
+        self.channels
+            .entry(channel.clone())
+            .or_default()
+            .receipts
+            .push_back(receipts.clone());
+        self.by_id.insert(id, receipts.clone());
+        if let Some(key) = &receipts.event.idempotency_key
+            && let Some(idem) = self.idempotency.get_mut(&(channel, key.clone()))
+        {
+            idem.recipients = receipts.audience().len();
+        }
+        self.head = id;
+        receipts
+    }
+
+    /// Registers a stream and plans its replay.
+    pub(super) fn register(
+        &mut self,
+        req: SubscribeRequest,
+        last_event_id: Option<String>,
+        existed: &[bool],
+        stream: StreamTx,
+        now: Timestamp,
+    ) -> Plan {
+        let head = self.head;
+        let replay_all_default = matches!(req.resume, Resume::Auto) && self.replay_all;
+        // Where each subscription starts.
+        let mut starts: Vec<(Pattern, EventId, bool)> = Vec::with_capacity(req.patterns.len());
+        for (i, pattern) in req.patterns.iter().enumerate() {
+            let Some(sub) = self.subs.get_mut(pattern) else {
+                continue;
+            };
+            let (start, checked) = match (req.resume, &req.device) {
+                (Resume::After(id), _) => (id, true),
+                (Resume::All, _) => (EventId::ZERO, false),
+                (Resume::Now, _) => (head, false),
+                (Resume::Auto, Some(device)) if existed.get(i).copied().unwrap_or(false) => {
+                    let cursor = sub
+                        .members
+                        .get(device)
+                        .map_or(head, |m| m.effective_cursor().0);
+                    (cursor, true)
+                }
+                (Resume::Auto, _) if replay_all_default => (EventId::ZERO, false),
+                (Resume::Auto, _) => (head, false),
+            };
+            starts.push((pattern.clone(), start.min(head), checked));
+            match &req.device {
+                Some(device) => {
+                    if let Some(member) = sub.members.get_mut(device) {
+                        if member.streams.is_empty() {
+                            member.connected_at = Some(now);
+                        }
+                        member.streams.push(stream.clone());
+                        member.disconnected_at = None;
+                        member.last_seen = now;
+                        member.op = Op::Feed;
+                        member.op_at = now;
+                        member.last_event_id = last_event_id.clone();
+                    }
+                }
+                None => sub.anonymous.push(stream.clone()),
+            }
+        }
+        self.streams.insert(
+            stream.shared.id,
+            OpenStream {
+                subs: req.patterns.clone(),
+                device: req.device.clone(),
+            },
+        );
+        // Nothing at or below `head` is queued live to this stream.
+        stream.shared.enqueued_upto.store(head.0, Ordering::Relaxed);
+
+        let mut replay: Vec<Arc<EventReceipts>> = Vec::new();
+        let mut gap: Option<Gap> = None;
+        for (channel, ledger) in &self.channels {
+            let mut after: Option<(EventId, bool)> = None;
+            for (pattern, start, checked) in &starts {
+                if pattern.matches(channel) {
+                    after = Some(match after {
+                        Some((a, c)) if a <= *start => (a, c),
+                        _ => (*start, *checked),
+                    });
+                }
+            }
+            let Some((after, checked)) = after else {
+                continue;
+            };
+            let oldest = ledger.receipts.front().map(|r| r.id());
+            if checked && (after < ledger.evicted_upto || after < self.floor) {
+                let g = gap.get_or_insert(Gap {
+                    from: after,
+                    oldest,
+                });
+                g.from = g.from.min(after);
+                g.oldest = match (g.oldest, oldest) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+            let start = ledger.receipts.partition_point(|r| r.id() <= after);
+            replay.extend(
+                ledger
+                    .receipts
+                    .range(start..)
+                    .take_while(|r| r.id() <= head)
+                    .cloned(),
+            );
+        }
+        if gap.is_none() {
+            // A resume point below what this hub remembers at all (a volatile
+            // store restarted) lost events even on channels with nothing
+            // retained now.
+            if let Some((_, start, _)) = starts
+                .iter()
+                .filter(|(_, _, checked)| *checked)
+                .min_by_key(|(_, s, _)| *s)
+                && *start < self.floor
+            {
+                gap = Some(Gap {
+                    from: *start,
+                    oldest: None,
+                });
+            }
+        }
+        replay.sort_unstable_by_key(|r| r.id());
+        let resumed_from = match req.resume {
+            Resume::After(id) => Some(id),
+            _ => starts
+                .iter()
+                .filter(|(_, _, checked)| *checked)
+                .map(|(_, s, _)| *s)
+                .min(),
+        };
+        tracing::info!(
+            stream = stream.shared.id,
+            device = req.device.as_ref().map(DeviceId::as_str),
+            channels = ?req.patterns.iter().map(Pattern::as_str).collect::<Vec<_>>(),
+            resumed_from = resumed_from.map(|id| id.0),
+            replayed = replay.len(),
+            "subscribed"
+        );
+        Plan {
+            hello: Hello {
+                device: req.device,
+                channels: req.patterns,
+                resumed_from,
+                replayed: replay.len(),
+            },
+            gap,
+            replay,
+        }
+    }
+
+    /// Unregisters a stream: drops its queue senders (its body ends after
+    /// what is queued) and folds its cursor into the member.
+    pub(super) fn close_stream(&mut self, id: u64, now: Timestamp) {
+        let Some(open) = self.streams.remove(&id) else {
+            return;
+        };
+        for pattern in &open.subs {
+            let Some(sub) = self.subs.get_mut(pattern) else {
+                continue;
+            };
+            let Some(device) = &open.device else {
+                if let Some(i) = sub.anonymous.iter().position(|s| s.shared.id == id) {
+                    let stream = sub.anonymous.swap_remove(i);
+                    self.delivered_closed += stream.shared.delivered.load(Ordering::Relaxed);
+                }
+                continue;
+            };
+            let Some(member) = sub.members.get_mut(device) else {
+                continue;
+            };
+            let Some(i) = member.streams.iter().position(|s| s.shared.id == id) else {
+                continue;
+            };
+            let stream = member.streams.swap_remove(i);
+            self.delivered_closed += stream.shared.delivered.load(Ordering::Relaxed);
+            let upto = stream.shared.delivered_upto();
+            if upto > member.cursor {
+                member.cursor = upto;
+                member.cursor_at = stream.shared.delivered_at();
+            }
+            member.last_seen = now;
+            if member.streams.is_empty() {
+                member.connected_at = None;
+                member.disconnected_at = Some(now);
+                member.op = Op::Left;
+                member.op_at = now;
+                self.deferred.push(Record::Presence {
+                    subscription: pattern.clone(),
+                    device: device.clone(),
+                    online: false,
+                    last_event_id: None,
+                    at: now,
+                });
+            }
+            if member.cursor > member.journaled_cursor {
+                member.journaled_cursor = member.cursor;
+                self.deferred.push(Record::Cursor {
+                    subscription: pattern.clone(),
+                    device: device.clone(),
+                    cursor: member.cursor,
+                    at: member.cursor_at.unwrap_or(now),
+                });
+            }
+        }
+    }
+
+    /// Shutdown: every stream ends, every receipts stream too.
+    pub(super) fn close_all(&mut self, now: Timestamp) {
+        let ids: Vec<u64> = self.streams.keys().copied().collect();
+        for id in ids {
+            self.close_stream(id, now);
+        }
+        for watchers in self.watchers.values() {
+            watchers.close_all();
+        }
+        self.closed = true;
+    }
+
+    /// Presence bookkeeping for a receipt: every membership of the device
+    /// that matches the event's channel, or a presence-only entry on the
+    /// subscription the receipt named.
+    pub(super) fn note_ack(
+        &mut self,
+        subscription: &Pattern,
+        channel: &ChannelName,
+        device: &DeviceId,
+        id: EventId,
+        now: Timestamp,
+    ) {
+        let mut noted = false;
+        for (pattern, sub) in self.subs.iter_mut() {
+            if !pattern.matches(channel) {
+                continue;
+            }
+            if let Some(member) = sub.members.get_mut(device) {
+                touch_ack(member, id, now);
+                noted = true;
+            }
+        }
+        if !noted {
+            let sub = match self.subs.entry(subscription.clone()) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => {
+                    if subscription.exact().is_none() {
+                        self.wild.push(subscription.clone());
+                    }
+                    e.insert(Sub::default())
+                }
+            };
+            let member = sub.members.entry(device.clone()).or_insert_with(|| Member {
+                is_member: false,
+                ..Member::joined(id, now)
+            });
+            touch_ack(member, id, now);
+        }
+    }
+
+    /// Drops the receipts of evicted events.
+    pub(super) fn evict(&mut self, evicted: &[Evicted]) {
+        for e in evicted {
+            let Some(ledger) = self.channels.get_mut(&e.channel) else {
+                continue;
+            };
+            while ledger.receipts.front().is_some_and(|r| r.id() <= e.upto) {
+                if let Some(r) = ledger.receipts.pop_front() {
+                    self.by_id.remove(&r.id());
+                }
+            }
+            ledger.evicted_upto = ledger.evicted_upto.max(e.upto);
+        }
+    }
+
+    /// The periodic chores: memberships past their TTL, idempotency keys
+    /// past theirs, cursors checkpointed, empty subscriptions dropped.
+    pub(super) fn maintain(
+        &mut self,
+        now: Timestamp,
+        config: &HubConfig,
+        records: &mut Vec<Record>,
+    ) {
+        let ttl = config.member_ttl;
+        for (pattern, sub) in self.subs.iter_mut() {
+            sub.members.retain(|device, member| {
+                if !member.streams.is_empty() {
+                    let (cursor, at) = member.effective_cursor();
+                    if cursor > member.journaled_cursor {
+                        member.journaled_cursor = cursor;
+                        records.push(Record::Cursor {
+                            subscription: pattern.clone(),
+                            device: device.clone(),
+                            cursor,
+                            at: at.unwrap_or(now),
+                        });
+                    }
+                    return true;
+                }
+                let since = member
+                    .disconnected_at
+                    .unwrap_or(member.last_seen)
+                    .max(member.last_seen);
+                if now.since(since) < ttl {
+                    return true;
+                }
+                if member.is_member {
+                    tracing::info!(subscription = %pattern, device = %device, "membership expired");
+                    records.push(Record::Left {
+                        subscription: pattern.clone(),
+                        device: device.clone(),
+                        at: now,
+                    });
+                }
+                false
+            });
+        }
+        let before = self.subs.len();
+        self.subs
+            .retain(|_, sub| !sub.members.is_empty() || !sub.anonymous.is_empty());
+        if self.subs.len() != before {
+            let subs = &self.subs;
+            self.wild.retain(|p| subs.contains_key(p));
+        }
+        let idem_ttl = config.idempotency_ttl;
+        let by_id = &self.by_id;
+        self.idempotency
+            .retain(|_, idem| by_id.contains_key(&idem.id) || now.since(idem.at) < idem_ttl);
+        for watchers in self.watchers.values() {
+            watchers.sweep();
+        }
+    }
+
+    /// Rebuilds the state from the journal, in order.
+    pub(super) fn recover(&mut self, records: Vec<Record>, evicted: &[Evicted]) {
+        for e in evicted {
+            let ledger = self.channels.entry(e.channel.clone()).or_default();
+            ledger.evicted_upto = ledger.evicted_upto.max(e.upto);
+        }
+        let counters = Counters::default();
+        // Receipts go last: deliveries are only known from cursors (their
+        // times are the cursor's), and an ack first would claim the delivery
+        // with its own time.
+        let mut acks = Vec::new();
+        for record in records {
+            match record {
+                Record::Event(event) => {
+                    if self.by_id.contains_key(&event.id) {
+                        // Replayed twice (a store's own recovery should
+                        // prevent it): the first copy stands.
+                        continue;
+                    }
+                    if event.id > self.seq.last() {
+                        self.seq = Sequencer::after(event.id);
+                    }
+                    if let Some(key) = &event.idempotency_key {
+                        self.idempotency.insert(
+                            (event.channel.clone(), key.clone()),
+                            Idem {
+                                id: event.id,
+                                recipients: 0,
+                                at: event.time,
+                            },
+                        );
+                    }
+                    self.fan_out(event, &counters);
+                }
+                Record::Ack {
+                    id,
+                    device,
+                    status,
+                    at,
+                } => acks.push((id, device, status, at)),
+                Record::Joined {
+                    subscription,
+                    device,
+                    head,
+                    at,
+                } => {
+                    if subscription.exact().is_none() && !self.subs.contains_key(&subscription) {
+                        self.wild.push(subscription.clone());
+                    }
+                    let sub = self.subs.entry(subscription).or_default();
+                    let last_acked = sub.members.get(&device).and_then(|m| m.last_acked);
+                    let mut member = Member::joined(head, at);
+                    member.last_acked = last_acked;
+                    sub.members.insert(device, member);
+                }
+                Record::Cursor {
+                    subscription,
+                    device,
+                    cursor,
+                    at,
+                } => {
+                    if let Some(member) = self
+                        .subs
+                        .get_mut(&subscription)
+                        .and_then(|s| s.members.get_mut(&device))
+                        && cursor > member.cursor
+                    {
+                        member.cursor = cursor;
+                        member.cursor_at = Some(at);
+                        member.journaled_cursor = cursor;
+                    }
+                }
+                Record::Presence {
+                    subscription,
+                    device,
+                    online,
+                    last_event_id,
+                    at,
+                } => {
+                    if let Some(member) = self
+                        .subs
+                        .get_mut(&subscription)
+                        .and_then(|s| s.members.get_mut(&device))
+                    {
+                        member.last_seen = at;
+                        member.op = if online { Op::Feed } else { Op::Left };
+                        member.op_at = at;
+                        member.disconnected_at = Some(at);
+                        if online {
+                            member.last_event_id = last_event_id.map(|id| id.to_string());
+                        }
+                    }
+                }
+                Record::Left {
+                    subscription,
+                    device,
+                    ..
+                } => {
+                    if let Some(sub) = self.subs.get_mut(&subscription) {
+                        sub.members.remove(&device);
+                    }
+                }
+            }
+        }
+        // Deliveries up to each member's cursor happened before the restart.
+        for (pattern, sub) in &self.subs {
+            for (device, member) in &sub.members {
+                if member.cursor <= member.since {
+                    continue;
+                }
+                let at = member.cursor_at.unwrap_or_default();
+                for (channel, ledger) in &self.channels {
+                    if !pattern.matches(channel) {
+                        continue;
+                    }
+                    let start = ledger.receipts.partition_point(|r| r.id() <= member.since);
+                    for r in ledger.receipts.range(start..) {
+                        if r.id() > member.cursor {
+                            break;
+                        }
+                        r.mark_delivered(device, at);
+                    }
+                }
+            }
+        }
+        for (id, device, status, at) in acks {
+            if let Some(receipts) = self.by_id.get(&id).cloned() {
+                receipts.ack(&device, status, at);
+                let channel = receipts.event.channel.clone();
+                let pattern = Pattern::from(channel.clone());
+                self.note_ack(&pattern, &channel, &device, id, at);
+            }
+        }
+        let now = Timestamp::now();
+        for sub in self.subs.values_mut() {
+            for member in sub.members.values_mut() {
+                // Nobody is connected after a restart; the TTL counts from now.
+                member.disconnected_at = Some(member.disconnected_at.unwrap_or(now).max(now));
+            }
+        }
+    }
+}
+
+pub(super) fn touch_ack(member: &mut Member, id: EventId, now: Timestamp) {
+    if member.last_acked.is_none_or(|(last, _)| id >= last) {
+        member.last_acked = Some((id, now));
+    }
+    member.last_seen = now;
+    member.op = Op::Feedback;
+    member.op_at = now;
+    member.last_event_id = Some(id.to_string());
+}

@@ -1,0 +1,127 @@
+//! [`Subscription`]: one open stream as its owner sees it.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+
+use tokio::sync::mpsc;
+
+use super::{Command, Gap, Hello};
+use crate::event::{Event, EventId, Timestamp};
+use crate::ledger::{EventReceipts, NO_SLOT};
+use crate::name::DeviceId;
+use crate::presence::{Delivery, StreamShared};
+
+/// Tells the writer that a stream ended, however its owner was dropped.
+pub(super) struct StreamGuard {
+    pub(super) id: u64,
+    pub(super) commands: mpsc::UnboundedSender<Command>,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        // If the writer is gone the hub is shut down and nothing is left to
+        // clean up.
+        let _ = self.commands.send(Command::Closed(self.id));
+    }
+}
+
+/// An open stream: first the replayed events, then live ones.
+///
+/// Yielding an event marks it delivered to the device and moves the
+/// stream's cursor. Dropping the subscription closes the stream and updates
+/// the device's presence.
+pub struct Subscription {
+    pub(super) hello: Hello,
+    pub(super) gap: Option<Gap>,
+    pub(super) replay: VecDeque<Arc<EventReceipts>>,
+    pub(super) rx: mpsc::Receiver<Delivery>,
+    pub(super) shared: Arc<StreamShared>,
+    pub(super) device: Option<DeviceId>,
+    pub(super) _guard: StreamGuard,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("id", &self.shared.id)
+            .field("hello", &self.hello)
+            .field("gap", &self.gap)
+            .field("replay", &self.replay.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Subscription {
+    /// What to say first (`pere.hello`).
+    pub fn hello(&self) -> &Hello {
+        &self.hello
+    }
+
+    /// Events lost to this client, if any (`pere.gap`).
+    pub fn gap(&self) -> Option<Gap> {
+        self.gap
+    }
+
+    /// The stream's hub-unique number.
+    pub fn id(&self) -> u64 {
+        self.shared.id
+    }
+
+    /// The last event id written to this stream.
+    pub fn delivered_upto(&self) -> EventId {
+        self.shared.delivered_upto()
+    }
+
+    fn delivered(&self, receipts: &EventReceipts, slot: u32, now: Timestamp) {
+        let id = receipts.id();
+        if let Some(device) = &self.device {
+            if slot == NO_SLOT {
+                receipts.mark_delivered(device, now);
+            } else {
+                receipts.mark_delivered_slot(slot, now);
+            }
+        }
+        let shared = &self.shared;
+        if id.0 > shared.delivered_upto.load(Ordering::Relaxed) {
+            shared.delivered_upto.store(id.0, Ordering::Release);
+        }
+        shared.delivered_at.store(now.0, Ordering::Release);
+        shared.delivered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Polls for the next event; `None` once the hub ended the stream (slow
+    /// consumer, membership removed, shutdown).
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Arc<Event>>> {
+        if let Some(receipts) = self.replay.pop_front() {
+            self.delivered(&receipts, NO_SLOT, Timestamp::now());
+            return Poll::Ready(Some(receipts.event.clone()));
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(d)) => {
+                self.delivered(&d.receipts, d.slot, Timestamp::now());
+                Poll::Ready(Some(d.receipts.event.clone()))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// The next event without waiting, if one is ready (to write several in
+    /// one go).
+    pub fn try_next(&mut self) -> Option<Arc<Event>> {
+        if let Some(receipts) = self.replay.pop_front() {
+            self.delivered(&receipts, NO_SLOT, Timestamp::now());
+            return Some(receipts.event.clone());
+        }
+        let d = self.rx.try_recv().ok()?;
+        self.delivered(&d.receipts, d.slot, Timestamp::now());
+        Some(d.receipts.event.clone())
+    }
+
+    /// Waits for the next event; `None` once the hub ended the stream.
+    pub async fn next(&mut self) -> Option<Arc<Event>> {
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+}

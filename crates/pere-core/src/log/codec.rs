@@ -1,0 +1,524 @@
+//! The on-disk record format of the file store.
+//!
+//! A record is framed as
+//!
+//! ```text
+//! len: u32 LE | crc32c: u32 LE | lsn: u64 LE | kind: u8 | body
+//! ```
+//!
+//! where `len` counts the bytes after the checksum (`lsn`, `kind`, `body`)
+//! and the CRC-32C covers exactly those bytes. The `lsn` (log sequence
+//! number) identifies a record for its whole life, even when compaction
+//! copies it to another segment. Bodies are little-endian fixed-width
+//! integers and length-prefixed strings; every name is re-validated on
+//! decode, so a record that decodes is one the hub could have written.
+
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+
+use crate::event::{Event, EventId, Timestamp};
+use crate::log::Record;
+use crate::name::{ChannelName, DeviceId, EventType, Pattern};
+
+/// Bytes before a record's checksummed part: `len` and `crc`.
+pub const FRAME_HEADER: usize = 8;
+/// Largest record accepted, in bytes after the frame header. A length field
+/// above it is damage, not a record.
+pub const MAX_RECORD: usize = 64 * 1024 * 1024;
+
+const KIND_EVENT: u8 = 1;
+const KIND_ACK: u8 = 2;
+const KIND_JOINED: u8 = 3;
+const KIND_CURSOR: u8 = 4;
+const KIND_PRESENCE: u8 = 5;
+const KIND_LEFT: u8 = 6;
+const KIND_TRIM: u8 = 7;
+
+/// A record as stored: the hub's records plus the store's own bookkeeping.
+#[derive(Clone, Debug)]
+pub enum Stored {
+    /// A record of the hub's journal.
+    Hub(Record),
+    /// Events of `channel` up to `upto` were dropped for retention.
+    Trim {
+        /// The channel.
+        channel: ChannelName,
+        /// The highest id dropped.
+        upto: EventId,
+    },
+}
+
+/// Why bytes did not decode to a record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Fewer bytes than the frame announces: a torn write.
+    Truncated,
+    /// A length field outside `1..=MAX_RECORD`.
+    BadLength(u32),
+    /// The checksum does not match.
+    Checksum,
+    /// The bytes check out but do not form a valid record.
+    Malformed(&'static str),
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::Truncated => f.write_str("the record is cut short (torn write)"),
+            DecodeError::BadLength(n) => write!(f, "the record length {n} is impossible"),
+            DecodeError::Checksum => f.write_str("the record's checksum does not match"),
+            DecodeError::Malformed(why) => write!(f, "the record is malformed: {why}"),
+        }
+    }
+}
+
+fn put_str8(out: &mut Vec<u8>, s: &str) {
+    // Names are at most 200 bytes (checked by their types).
+    out.push(s.len().min(255) as u8);
+    out.extend_from_slice(&s.as_bytes()[..s.len().min(255)]);
+}
+
+fn put_str32(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    out.extend_from_slice(s);
+}
+
+/// Appends the framed encoding of `record` with `lsn` to `out`.
+pub fn encode(out: &mut Vec<u8>, lsn: u64, record: &Stored) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; FRAME_HEADER]);
+    out.extend_from_slice(&lsn.to_le_bytes());
+    match record {
+        Stored::Hub(Record::Event(e)) => {
+            out.push(KIND_EVENT);
+            out.extend_from_slice(&e.id.0.to_le_bytes());
+            out.extend_from_slice(&e.time.0.to_le_bytes());
+            let flags = u8::from(e.kind.is_some())
+                | u8::from(e.device.is_some()) << 1
+                | u8::from(e.idempotency_key.is_some()) << 2;
+            out.push(flags);
+            put_str8(out, e.channel.as_str());
+            if let Some(kind) = &e.kind {
+                put_str8(out, kind.as_str());
+            }
+            if let Some(device) = &e.device {
+                put_str8(out, device.as_str());
+            }
+            if let Some(key) = &e.idempotency_key {
+                put_str32(out, key.as_bytes());
+            }
+            put_str32(out, &e.payload);
+        }
+        Stored::Hub(Record::Ack {
+            id,
+            device,
+            status,
+            at,
+        }) => {
+            out.push(KIND_ACK);
+            out.extend_from_slice(&id.0.to_le_bytes());
+            out.extend_from_slice(&at.0.to_le_bytes());
+            put_str8(out, device.as_str());
+            put_str32(out, status.as_bytes());
+        }
+        Stored::Hub(Record::Joined {
+            subscription,
+            device,
+            head,
+            at,
+        }) => {
+            out.push(KIND_JOINED);
+            out.extend_from_slice(&head.0.to_le_bytes());
+            out.extend_from_slice(&at.0.to_le_bytes());
+            put_str8(out, subscription.as_str());
+            put_str8(out, device.as_str());
+        }
+        Stored::Hub(Record::Cursor {
+            subscription,
+            device,
+            cursor,
+            at,
+        }) => {
+            out.push(KIND_CURSOR);
+            out.extend_from_slice(&cursor.0.to_le_bytes());
+            out.extend_from_slice(&at.0.to_le_bytes());
+            put_str8(out, subscription.as_str());
+            put_str8(out, device.as_str());
+        }
+        Stored::Hub(Record::Presence {
+            subscription,
+            device,
+            online,
+            last_event_id,
+            at,
+        }) => {
+            out.push(KIND_PRESENCE);
+            out.extend_from_slice(&at.0.to_le_bytes());
+            out.push(u8::from(*online) | u8::from(last_event_id.is_some()) << 1);
+            out.extend_from_slice(&last_event_id.unwrap_or_default().0.to_le_bytes());
+            put_str8(out, subscription.as_str());
+            put_str8(out, device.as_str());
+        }
+        Stored::Hub(Record::Left {
+            subscription,
+            device,
+            at,
+        }) => {
+            out.push(KIND_LEFT);
+            out.extend_from_slice(&at.0.to_le_bytes());
+            put_str8(out, subscription.as_str());
+            put_str8(out, device.as_str());
+        }
+        Stored::Trim { channel, upto } => {
+            out.push(KIND_TRIM);
+            out.extend_from_slice(&upto.0.to_le_bytes());
+            put_str8(out, channel.as_str());
+        }
+    }
+    let body = &out[start + FRAME_HEADER..];
+    let len = body.len() as u32;
+    let crc = crc32c::crc32c(body);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// A cursor over a record body.
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.bytes.len() < n {
+            return Err(DecodeError::Malformed("a field runs past the record"));
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+
+    fn i64(&mut self) -> Result<i64, DecodeError> {
+        Ok(self.u64()? as i64)
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        let b = self.take(4)?;
+        let mut a = [0u8; 4];
+        a.copy_from_slice(b);
+        Ok(u32::from_le_bytes(a))
+    }
+
+    fn str8(&mut self) -> Result<&'a str, DecodeError> {
+        let n = self.u8()? as usize;
+        std::str::from_utf8(self.take(n)?)
+            .map_err(|_| DecodeError::Malformed("a name is not UTF-8"))
+    }
+
+    fn bytes32(&mut self) -> Result<&'a [u8], DecodeError> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+
+    fn str32(&mut self) -> Result<&'a str, DecodeError> {
+        std::str::from_utf8(self.bytes32()?)
+            .map_err(|_| DecodeError::Malformed("text is not UTF-8"))
+    }
+
+    fn channel(&mut self) -> Result<ChannelName, DecodeError> {
+        ChannelName::new(self.str8()?).map_err(|_| DecodeError::Malformed("invalid channel name"))
+    }
+
+    fn pattern(&mut self) -> Result<Pattern, DecodeError> {
+        Pattern::new(self.str8()?).map_err(|_| DecodeError::Malformed("invalid subscription"))
+    }
+
+    fn device(&mut self) -> Result<DeviceId, DecodeError> {
+        DeviceId::new(self.str8()?).map_err(|_| DecodeError::Malformed("invalid device id"))
+    }
+}
+
+/// Reads the frame at the start of `bytes`: returns the record's total size
+/// (frame header included) and its checksummed part, or why it is not a
+/// whole, intact record.
+pub fn frame(bytes: &[u8]) -> Result<(usize, &[u8]), DecodeError> {
+    if bytes.len() < FRAME_HEADER {
+        return Err(DecodeError::Truncated);
+    }
+    let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    if len < 9 || len as usize > MAX_RECORD {
+        return Err(DecodeError::BadLength(len));
+    }
+    let total = FRAME_HEADER + len as usize;
+    if bytes.len() < total {
+        return Err(DecodeError::Truncated);
+    }
+    let crc = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+    let body = &bytes[FRAME_HEADER..total];
+    if crc32c::crc32c(body) != crc {
+        return Err(DecodeError::Checksum);
+    }
+    Ok((total, body))
+}
+
+/// Decodes a checksummed part (as returned by [`frame`]) into its lsn and
+/// record.
+pub fn decode(body: &[u8]) -> Result<(u64, Stored), DecodeError> {
+    let mut r = Reader { bytes: body };
+    let lsn = r.u64()?;
+    let kind = r.u8()?;
+    let record = match kind {
+        KIND_EVENT => {
+            let id = EventId(r.u64()?);
+            let time = Timestamp(r.i64()?);
+            let flags = r.u8()?;
+            let channel = r.channel()?;
+            let kind = if flags & 1 != 0 {
+                Some(
+                    EventType::new(r.str8()?)
+                        .map_err(|_| DecodeError::Malformed("invalid event type"))?,
+                )
+            } else {
+                None
+            };
+            let device = if flags & 2 != 0 {
+                Some(r.device()?)
+            } else {
+                None
+            };
+            let idempotency_key = if flags & 4 != 0 {
+                Some(r.str32()?.into())
+            } else {
+                None
+            };
+            let payload = r.bytes32()?;
+            if std::str::from_utf8(payload).is_err() {
+                return Err(DecodeError::Malformed("the payload is not UTF-8"));
+            }
+            Stored::Hub(Record::Event(Arc::new(Event {
+                id,
+                channel,
+                kind,
+                device,
+                time,
+                payload: Bytes::copy_from_slice(payload),
+                idempotency_key,
+                frame: OnceLock::new(),
+            })))
+        }
+        KIND_ACK => Stored::Hub(Record::Ack {
+            id: EventId(r.u64()?),
+            at: Timestamp(r.i64()?),
+            device: r.device()?,
+            status: Arc::from(r.str32()?),
+        }),
+        KIND_JOINED => {
+            let head = EventId(r.u64()?);
+            let at = Timestamp(r.i64()?);
+            Stored::Hub(Record::Joined {
+                head,
+                at,
+                subscription: r.pattern()?,
+                device: r.device()?,
+            })
+        }
+        KIND_CURSOR => {
+            let cursor = EventId(r.u64()?);
+            let at = Timestamp(r.i64()?);
+            Stored::Hub(Record::Cursor {
+                cursor,
+                at,
+                subscription: r.pattern()?,
+                device: r.device()?,
+            })
+        }
+        KIND_PRESENCE => {
+            let at = Timestamp(r.i64()?);
+            let flags = r.u8()?;
+            let last = EventId(r.u64()?);
+            Stored::Hub(Record::Presence {
+                at,
+                online: flags & 1 != 0,
+                last_event_id: (flags & 2 != 0).then_some(last),
+                subscription: r.pattern()?,
+                device: r.device()?,
+            })
+        }
+        KIND_LEFT => {
+            let at = Timestamp(r.i64()?);
+            Stored::Hub(Record::Left {
+                at,
+                subscription: r.pattern()?,
+                device: r.device()?,
+            })
+        }
+        KIND_TRIM => {
+            let upto = EventId(r.u64()?);
+            Stored::Trim {
+                upto,
+                channel: r.channel()?,
+            }
+        }
+        _ => return Err(DecodeError::Malformed("unknown record kind")),
+    };
+    if !r.bytes.is_empty() {
+        return Err(DecodeError::Malformed("bytes left after the record"));
+    }
+    Ok((lsn, record))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn event(payload: &str, kind: Option<&str>, device: Option<&str>, key: Option<&str>) -> Stored {
+        Stored::Hub(Record::Event(Arc::new(Event {
+            id: EventId(1_795_000_000_000_001),
+            channel: ChannelName::new("orders.eu").unwrap(),
+            kind: kind.map(|k| EventType::new(k).unwrap()),
+            device: device.map(|d| DeviceId::new(d).unwrap()),
+            time: Timestamp(1_795_000_000_000_000),
+            payload: Bytes::copy_from_slice(payload.as_bytes()),
+            idempotency_key: key.map(Into::into),
+            frame: OnceLock::new(),
+        })))
+    }
+
+    fn samples() -> Vec<Stored> {
+        let sub = Pattern::new("orders.*").unwrap();
+        let dev = DeviceId::new("W0039@x").unwrap();
+        vec![
+            event("{\"a\":1}", None, None, None),
+            event(
+                "héllo\r\nworld",
+                Some("update"),
+                Some("pub-1"),
+                Some("key 1"),
+            ),
+            Stored::Hub(Record::Ack {
+                id: EventId(7),
+                device: dev.clone(),
+                status: Arc::from("rx ok"),
+                at: Timestamp(9),
+            }),
+            Stored::Hub(Record::Joined {
+                subscription: sub.clone(),
+                device: dev.clone(),
+                head: EventId(3),
+                at: Timestamp(4),
+            }),
+            Stored::Hub(Record::Cursor {
+                subscription: sub.clone(),
+                device: dev.clone(),
+                cursor: EventId(5),
+                at: Timestamp(6),
+            }),
+            Stored::Hub(Record::Presence {
+                subscription: sub.clone(),
+                device: dev.clone(),
+                online: true,
+                last_event_id: Some(EventId(2)),
+                at: Timestamp(8),
+            }),
+            Stored::Hub(Record::Presence {
+                subscription: sub.clone(),
+                device: dev.clone(),
+                online: false,
+                last_event_id: None,
+                at: Timestamp(8),
+            }),
+            Stored::Hub(Record::Left {
+                subscription: sub,
+                device: dev,
+                at: Timestamp(10),
+            }),
+            Stored::Trim {
+                channel: ChannelName::new("c").unwrap(),
+                upto: EventId(11),
+            },
+        ]
+    }
+
+    /// Records have no `PartialEq` (events hold a cache); compare their
+    /// re-encodings instead.
+    fn same(a: &Stored, b: &Stored) -> bool {
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        encode(&mut x, 0, a);
+        encode(&mut y, 0, b);
+        x == y
+    }
+
+    #[test]
+    fn every_record_kind_round_trips() {
+        for (lsn, record) in samples().iter().enumerate() {
+            let mut buf = Vec::new();
+            encode(&mut buf, lsn as u64, record);
+            let (total, body) = frame(&buf).unwrap();
+            assert_eq!(total, buf.len());
+            let (got_lsn, got) = decode(body).unwrap();
+            assert_eq!(got_lsn, lsn as u64);
+            assert!(same(&got, record), "{record:?} != {got:?}");
+        }
+    }
+
+    #[test]
+    fn damage_is_detected() {
+        let mut buf = Vec::new();
+        encode(&mut buf, 1, &samples()[1]);
+        for cut in 0..buf.len() {
+            assert!(
+                frame(&buf[..cut]).is_err(),
+                "a record cut at {cut} is not whole"
+            );
+        }
+        for i in 0..buf.len() {
+            let mut bad = buf.clone();
+            bad[i] ^= 0x20;
+            let ok = frame(&bad).ok().and_then(|(_, b)| decode(b).ok());
+            assert!(ok.is_none(), "a flipped byte at {i} went unnoticed");
+        }
+        let mut zeros = vec![0u8; 64];
+        assert_eq!(frame(&zeros), Err(DecodeError::BadLength(0)));
+        zeros[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(frame(&zeros), Err(DecodeError::BadLength(_))));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_events_round_trip(
+            payload in "\\PC{1,200}",
+            kind in proptest::option::of("[a-z][a-z0-9_.:-]{0,20}"),
+            device in proptest::option::of("[A-Za-z0-9@_.:-]{1,128}"),
+            key in proptest::option::of("[ -~]{1,256}"),
+        ) {
+            prop_assume!(kind.as_deref().is_none_or(|k| !k.starts_with("pere.")));
+            let record = event(&payload, kind.as_deref(), device.as_deref(), key.as_deref());
+            let mut buf = Vec::new();
+            encode(&mut buf, 42, &record);
+            let (_, body) = frame(&buf).unwrap();
+            let (lsn, got) = decode(body).unwrap();
+            prop_assert_eq!(lsn, 42);
+            prop_assert!(same(&got, &record));
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            if let Ok((_, body)) = frame(&bytes) {
+                let _ = decode(body);
+            }
+            let _ = decode(&bytes);
+        }
+    }
+}

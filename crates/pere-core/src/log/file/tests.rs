@@ -1,0 +1,287 @@
+use super::*;
+use crate::hub::{Hub, Publish, Resume, SubscribeRequest};
+use crate::{HubConfig, ReceiptState};
+use bytes::Bytes;
+use std::sync::OnceLock;
+
+fn ch(s: &str) -> ChannelName {
+    ChannelName::new(s).unwrap()
+}
+
+fn config(dir: &Path) -> FileStoreConfig {
+    FileStoreConfig {
+        dir: dir.to_path_buf(),
+        retention: Retention {
+            history: 1000,
+            max_age: None,
+        },
+        fsync: Fsync::Always,
+        segment_size: DEFAULT_SEGMENT_SIZE,
+    }
+}
+
+fn event(channel: &str, id: u64, payload: &str) -> Record {
+    Record::Event(Arc::new(Event {
+        id: EventId(id),
+        channel: ch(channel),
+        kind: None,
+        device: None,
+        time: Timestamp::now(),
+        payload: Bytes::copy_from_slice(payload.as_bytes()),
+        idempotency_key: None,
+        frame: OnceLock::new(),
+    }))
+}
+
+async fn reopen(cfg: &FileStoreConfig) -> (FileStore, Recovered) {
+    let store = FileStore::open(cfg.clone()).unwrap();
+    let recovered = store.recover().await.unwrap();
+    (store, recovered)
+}
+
+fn event_ids(r: &Recovered) -> Vec<u64> {
+    r.records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Event(e) => Some(e.id.0),
+            _ => None,
+        })
+        .collect()
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn appended_records_come_back_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    {
+        let (store, r) = reopen(&cfg).await;
+        assert!(r.records.is_empty());
+        store.append(&[event("a", 10, "one"), event("b", 11, "two")]).await.unwrap();
+        store.append(&[event("a", 12, "three")]).await.unwrap();
+        store.close().await.unwrap();
+    }
+    let (store, r) = reopen(&cfg).await;
+    assert_eq!(event_ids(&r), [10, 11, 12]);
+    assert_eq!(r.last_id, EventId(12));
+    assert!(r.durable);
+    let a = store.read(&ch("a"), EventId(0), EventId(u64::MAX), 10).await.unwrap();
+    assert_eq!(a.iter().map(|e| e.payload_str()).collect::<Vec<_>>(), ["one", "three"]);
+}
+
+#[tokio::test]
+async fn a_second_process_cannot_open_the_same_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = FileStore::open(config(dir.path())).unwrap();
+    let err = FileStore::open(config(dir.path())).unwrap_err().to_string();
+    assert!(err.contains("in use"), "{err}");
+}
+
+#[tokio::test]
+async fn a_torn_tail_is_truncated_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    {
+        let (store, _) = reopen(&cfg).await;
+        for i in 1..=5 {
+            store.append(&[event("a", i, &format!("payload {i}"))]).await.unwrap();
+        }
+        store.close().await.unwrap();
+    }
+    let seg = segments(dir.path()).pop().unwrap();
+    let len = fs::metadata(&seg).unwrap().len();
+    // Cut the last record in the middle.
+    let f = OpenOptions::new().write(true).open(&seg).unwrap();
+    f.set_len(len - 5).unwrap();
+    drop(f);
+    let (store, r) = reopen(&cfg).await;
+    assert_eq!(event_ids(&r), [1, 2, 3, 4]);
+    assert!(r.notes.iter().any(|n| n.contains("cut short")), "{:?}", r.notes);
+    assert!(fs::read_dir(dir.path()).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with("dropped-")));
+    // Appending continues after the truncation point, and survives.
+    store.append(&[event("a", 6, "after")]).await.unwrap();
+    store.close().await.unwrap();
+    drop(store);
+    let (_, r) = reopen(&cfg).await;
+    assert_eq!(event_ids(&r), [1, 2, 3, 4, 6]);
+}
+
+#[tokio::test]
+async fn a_flipped_byte_ends_the_log_there_and_is_never_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.segment_size = 200; // a few records per segment
+    {
+        let (store, _) = reopen(&cfg).await;
+        for i in 1..=20 {
+            store.append(&[event("a", i, "some payload bytes")]).await.unwrap();
+        }
+        store.close().await.unwrap();
+    }
+    let segs = segments(dir.path());
+    assert!(segs.len() >= 2, "{segs:?}");
+    // Damage a byte in the middle of the first segment (the compactor may
+    // have merged the sealed ones): the log ends there, later segments are
+    // set aside, and nothing after the damage is served.
+    let victim = &segs[0];
+    let mut bytes = fs::read(victim).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x01;
+    fs::write(victim, &bytes).unwrap();
+    let (store, r) = reopen(&cfg).await;
+    let ids = event_ids(&r);
+    assert!(ids.len() < 20, "{ids:?}");
+    assert!(ids.iter().enumerate().all(|(i, id)| *id == i as u64 + 1), "a clean prefix: {ids:?}");
+    assert!(r.notes.iter().any(|n| n.contains("offset")), "{:?}", r.notes);
+    assert!(segments(dir.path()).len() <= 1, "later segments were set aside");
+    let served = store.read(&ch("a"), EventId(0), EventId(u64::MAX), 100).await.unwrap();
+    assert_eq!(served.len(), ids.len());
+    assert!(served.iter().all(|e| e.payload_str() == "some payload bytes"));
+}
+
+#[tokio::test]
+async fn a_segment_created_but_never_written_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    {
+        let (store, _) = reopen(&cfg).await;
+        store.append(&[event("a", 1, "x")]).await.unwrap();
+        store.close().await.unwrap();
+    }
+    fs::write(segment_path(dir.path(), 99), b"PERE").unwrap();
+    let (_, r) = reopen(&cfg).await;
+    assert_eq!(event_ids(&r), [1]);
+}
+
+#[tokio::test]
+async fn compaction_keeps_what_is_live_and_bounds_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.segment_size = 4096;
+    cfg.retention.history = 10;
+    let payload = "p".repeat(100);
+    {
+        let (store, _) = reopen(&cfg).await;
+        let sub = Pattern::new("a").unwrap();
+        let dev = DeviceId::new("d").unwrap();
+        store
+            .append(&[Record::Joined {
+                subscription: sub.clone(),
+                device: dev.clone(),
+                head: EventId(0),
+                at: Timestamp(1),
+            }])
+            .await
+            .unwrap();
+        for i in 1..=2000u64 {
+            let mut batch = vec![event("a", i, &payload)];
+            if i % 100 == 0 {
+                batch.push(Record::Cursor {
+                    subscription: sub.clone(),
+                    device: dev.clone(),
+                    cursor: EventId(i),
+                    at: Timestamp(i as i64),
+                });
+            }
+            store.append(&batch).await.unwrap();
+        }
+        store.append(&[Record::Ack {
+            id: EventId(1995),
+            device: dev.clone(),
+            status: "ok".into(),
+            at: Timestamp(3),
+        }])
+        .await
+        .unwrap();
+        store.compact_now();
+        let usage = store.disk_usage();
+        assert!(usage < 20 * 4096, "disk stays bounded: {usage} bytes");
+        store.close().await.unwrap();
+    }
+    let (_, r) = reopen(&cfg).await;
+    assert_eq!(event_ids(&r), (1991..=2000).collect::<Vec<_>>());
+    assert!(r.records.iter().any(|x| matches!(x, Record::Joined { .. })), "the membership survives");
+    let cursors: Vec<u64> = r
+        .records
+        .iter()
+        .filter_map(|x| match x {
+            Record::Cursor { cursor, .. } => Some(cursor.0),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(cursors.last(), Some(&2000), "the latest cursor survives");
+    assert!(r.records.iter().any(|x| matches!(x, Record::Ack { id, .. } if id.0 == 1995)));
+    assert!(r.last_id >= EventId(2000));
+    let trimmed = r.evicted.iter().find(|e| e.channel.as_str() == "a").unwrap();
+    assert_eq!(trimmed.upto, EventId(1990));
+}
+
+#[tokio::test]
+async fn a_hub_over_a_file_store_comes_back_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let c = Pattern::new("c").unwrap();
+    let dev = DeviceId::new("phone").unwrap();
+    let (first, second, before) = {
+        let hub = Hub::open(HubConfig::default(), FileStore::open(cfg.clone()).unwrap())
+            .await
+            .unwrap();
+        let mut sub = hub
+            .subscribe(
+                SubscribeRequest {
+                    device: Some(dev.clone()),
+                    patterns: vec![c.clone()],
+                    resume: Resume::Auto,
+                },
+                None,
+            )
+            .await
+            .unwrap();
+        let first = hub.publish(Publish::new(ch("c"), "one")).await.unwrap();
+        assert_eq!(sub.next().await.unwrap().id, first.id);
+        hub.ack(&c, &dev, first.id, "printed").await.unwrap();
+        drop(sub);
+        let second = hub.publish(Publish::new(ch("c"), "two")).await.unwrap();
+        let before = hub.receipt_summary(&c, first.id).unwrap();
+        hub.shutdown().await;
+        (first, second, before)
+    };
+    let hub = Hub::open(HubConfig::default(), FileStore::open(cfg).unwrap())
+        .await
+        .unwrap();
+    let after = hub.receipt_summary(&c, first.id).unwrap();
+    assert_eq!(after.devices, before.devices);
+    assert_eq!(after.devices[0].1.state, ReceiptState::Acked);
+    let pending = hub.receipt_summary(&c, second.id).unwrap();
+    assert_eq!(pending.pending, vec![dev.clone()], "offline member still in the audience");
+    let presence = hub.devices(&c);
+    assert_eq!(presence.len(), 1);
+    assert_eq!(presence[0].1.last_acked, Some(first.id));
+    assert_eq!(presence[0].1.last_delivered, Some(first.id));
+    // The member resumes from its durable cursor without Last-Event-ID.
+    let mut sub = hub
+        .subscribe(
+            SubscribeRequest {
+                device: Some(dev.clone()),
+                patterns: vec![c.clone()],
+                resume: Resume::Auto,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(sub.hello().resumed_from, Some(first.id));
+    assert_eq!(sub.next().await.unwrap().id, second.id);
+    let third = hub.publish(Publish::new(ch("c"), "three")).await.unwrap();
+    assert!(third.id > second.id);
+    hub.shutdown().await;
+}
