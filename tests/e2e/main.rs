@@ -5,6 +5,7 @@
 
 mod admin;
 mod cli;
+mod durability;
 mod errors;
 mod feed;
 mod feedback;

@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use argh::FromArgs;
-use pere_core::{HubConfig, Retention};
+use pere_core::{Fsync, HubConfig, Retention};
 use pere_http::{Cors, ServerConfig};
 
 /// PERE: push events to devices over Server-Sent Events, and know, per event
@@ -52,6 +52,15 @@ pub struct Args {
     /// events a stream may have queued before the device counts as too slow and is disconnected (default 4096)
     #[argh(option)]
     pub queue_capacity: Option<String>,
+    /// directory of the durable store (default ./pere-data)
+    #[argh(option)]
+    pub data_dir: Option<String>,
+    /// keep everything in memory instead: nothing survives a restart (for tests and demos)
+    #[argh(switch)]
+    pub memory: bool,
+    /// when to force writes to disk: always (default; an acknowledged publish or receipt survives power loss) or never (survives a crash of the process, not of the machine)
+    #[argh(option)]
+    pub fsync: Option<String>,
     /// log only warnings and errors (RUST_LOG overrides)
     #[argh(switch, short = 'q')]
     pub quiet: bool,
@@ -69,6 +78,20 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where events live.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    /// In memory only.
+    Memory,
+    /// The durable file store in this directory.
+    File {
+        /// The data directory.
+        dir: std::path::PathBuf,
+        /// Sync policy.
+        fsync: Fsync,
+    },
+}
+
 /// Everything the server needs, validated.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -78,6 +101,8 @@ pub struct Config {
     pub hub: HubConfig,
     /// The store's retention.
     pub retention: Retention,
+    /// Which store.
+    pub store: StoreKind,
     /// The HTTP server's settings.
     pub server: ServerConfig,
     /// Only warnings and errors.
@@ -200,7 +225,26 @@ impl Config {
             Some("json") => LogFormat::Json,
             Some(other) => return Err(format!("--log-format `{other}` is not text or json")),
         };
+        let memory = switch(args.memory, "memory");
+        let fsync = match pick(args.fsync, "fsync") {
+            None => Fsync::Always,
+            Some(v) => v.parse::<Fsync>().map_err(|e| format!("--fsync: {e}"))?,
+        };
+        let data_dir = pick(args.data_dir, "data-dir");
+        let store = match (memory, data_dir) {
+            (true, Some(dir)) => {
+                return Err(format!(
+                    "--memory and --data-dir `{dir}` contradict each other: choose one"
+                ));
+            }
+            (true, None) => StoreKind::Memory,
+            (false, dir) => StoreKind::File {
+                dir: dir.unwrap_or_else(|| "pere-data".into()).into(),
+                fsync,
+            },
+        };
         Ok(Config {
+            store,
             addr: SocketAddr::new(ip, port),
             hub: HubConfig {
                 member_ttl,
@@ -265,6 +309,49 @@ mod tests {
         assert_eq!(c.hub.max_payload, 65_536);
         assert_eq!(c.server.cors, Cors::Any);
         assert!(!c.hub.replay_all);
+        assert_eq!(
+            c.store,
+            StoreKind::File {
+                dir: "pere-data".into(),
+                fsync: Fsync::Always
+            }
+        );
+    }
+
+    #[test]
+    fn memory_and_data_dir_are_exclusive() {
+        let args = Args {
+            memory: true,
+            ..Args::default()
+        };
+        assert_eq!(
+            Config::resolve(args, &HashMap::new()).unwrap().store,
+            StoreKind::Memory
+        );
+        let both = Args {
+            memory: true,
+            data_dir: Some("/x".into()),
+            ..Args::default()
+        };
+        assert!(
+            Config::resolve(both, &HashMap::new())
+                .unwrap_err()
+                .contains("contradict")
+        );
+        let e = env(&[("PERE_FSYNC", "sometimes")]);
+        assert!(
+            Config::resolve(Args::default(), &e)
+                .unwrap_err()
+                .contains("--fsync")
+        );
+        let e = env(&[("PERE_DATA_DIR", "/var/lib/pere"), ("PERE_FSYNC", "never")]);
+        assert_eq!(
+            Config::resolve(Args::default(), &e).unwrap().store,
+            StoreKind::File {
+                dir: "/var/lib/pere".into(),
+                fsync: Fsync::Never
+            }
+        );
     }
 
     #[test]

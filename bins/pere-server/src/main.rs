@@ -4,8 +4,8 @@ mod config;
 
 use std::process::ExitCode;
 
-use config::{Args, Config, LogFormat, show_duration};
-use pere_core::{Hub, MemoryStore};
+use config::{Args, Config, LogFormat, StoreKind, show_duration};
+use pere_core::{EventStore, FileStore, FileStoreConfig, Fsync, Hub, MemoryStore};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -52,13 +52,33 @@ fn init_logging(config: &Config) {
 
 async fn serve(config: Config) -> Result<(), pere_http::Error> {
     let listener = pere_http::bind(config.addr).await?;
+    match &config.store {
+        StoreKind::Memory => {
+            serve_with(config.clone(), listener, MemoryStore::new(config.retention)).await
+        }
+        StoreKind::File { dir, fsync } => {
+            let store = FileStore::open(FileStoreConfig {
+                dir: dir.clone(),
+                retention: config.retention,
+                fsync: *fsync,
+                segment_size: pere_core::DEFAULT_SEGMENT_SIZE,
+            })?;
+            serve_with(config.clone(), listener, store).await
+        }
+    }
+}
+
+async fn serve_with<S: EventStore>(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    store: S,
+) -> Result<(), pere_http::Error> {
     let addr = listener
         .local_addr()
         .map_err(|source| pere_http::Error::Io {
             context: "cannot read the listening address".into(),
             source,
         })?;
-    let store = MemoryStore::new(config.retention);
     let hub = Hub::open(config.hub.clone(), store).await?;
     banner(&config, addr);
     pere_http::run(listener, hub, config.server.clone(), shutdown_signal()).await?;
@@ -77,10 +97,21 @@ fn banner(config: &Config, addr: std::net::SocketAddr) {
             env!("CARGO_PKG_VERSION")
         ),
         format!("  listening   http://{addr}"),
-        format!(
-            "  store       memory (history {} events/channel, {age})",
-            r.history
-        ),
+        match &config.store {
+            StoreKind::Memory => format!(
+                "  store       memory, lost on restart (history {} events/channel, {age})",
+                r.history
+            ),
+            StoreKind::File { dir, fsync } => format!(
+                "  store       {} (fsync {}, history {} events/channel, {age})",
+                dir.display(),
+                match fsync {
+                    Fsync::Always => "always",
+                    Fsync::Never => "never",
+                },
+                r.history
+            ),
+        },
         format!(
             "  streams     retry {} ms, keepalive {}, member TTL {}, replay-all {}",
             config.server.retry.as_millis(),

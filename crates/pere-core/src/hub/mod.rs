@@ -288,7 +288,7 @@ impl<S: EventStore> Hub<S> {
     pub async fn open(config: HubConfig, store: S) -> Result<Self> {
         let recovered = store.recover().await?;
         for note in &recovered.notes {
-            tracing::warn!(note = %note, "store recovery");
+            tracing::info!(note = %note, "store recovery");
         }
         let now = Timestamp::now();
         let mut seq = Sequencer::after(recovered.last_id);

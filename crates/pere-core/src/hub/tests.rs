@@ -1,8 +1,8 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
-use crate::presence::Op;
 use crate::config::Retention;
+use crate::presence::Op;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(10);

@@ -654,7 +654,10 @@ fn scan(dir: &Path) -> Result<Scan> {
                 notes.push(format!("removed the unfinished segment {}", path.display()));
                 continue;
             }
-            notes.push(format!("the header of {} is damaged", path.display()));
+            warn(
+                &mut notes,
+                format!("the header of {} is damaged", path.display()),
+            );
             damaged = true;
             set_aside(dir, &path, 0, &bytes, &mut notes)?;
             continue;
@@ -668,11 +671,14 @@ fn scan(dir: &Path) -> Result<Scan> {
                 Ok((total, lsn, record)) => {
                     if let Stored::Hub(Record::Event(e)) = &record {
                         if e.id <= previous {
-                            notes.push(format!(
-                                "{} at offset {offset}: event id {} does not increase",
-                                path.display(),
-                                e.id
-                            ));
+                            warn(
+                                &mut notes,
+                                format!(
+                                    "{} at offset {offset}: event id {} does not increase",
+                                    path.display(),
+                                    e.id
+                                ),
+                            );
                             damaged = true;
                             break;
                         }
@@ -682,7 +688,10 @@ fn scan(dir: &Path) -> Result<Scan> {
                     offset += total;
                 }
                 Err(err) => {
-                    notes.push(format!("{} at offset {offset}: {err}", path.display()));
+                    warn(
+                        &mut notes,
+                        format!("{} at offset {offset}: {err}", path.display()),
+                    );
                     damaged = true;
                     break;
                 }
@@ -721,6 +730,12 @@ fn scan(dir: &Path) -> Result<Scan> {
     })
 }
 
+/// Records a note about damage found at recovery, and logs it as a warning.
+fn warn(notes: &mut Vec<String>, note: String) {
+    tracing::warn!(note = %note, "store recovery found damage");
+    notes.push(note);
+}
+
 /// Moves `bytes[from..]` of a damaged segment (or a whole later segment)
 /// aside as `dropped-*.bin`, for an operator to inspect.
 fn set_aside(
@@ -740,12 +755,15 @@ fn set_aside(
     if from == 0 {
         fs::remove_file(path).map_err(|e| io_err(path, e))?;
     }
-    notes.push(format!(
-        "dropped {} bytes of {} from offset {from}; kept in {}",
-        rest.len(),
-        path.display(),
-        target.display()
-    ));
+    warn(
+        notes,
+        format!(
+            "dropped {} bytes of {} from offset {from}; kept in {}",
+            rest.len(),
+            path.display(),
+            target.display()
+        ),
+    );
     Ok(())
 }
 

@@ -66,7 +66,10 @@ async fn appended_records_come_back_after_a_restart() {
     {
         let (store, r) = reopen(&cfg).await;
         assert!(r.records.is_empty());
-        store.append(&[event("a", 10, "one"), event("b", 11, "two")]).await.unwrap();
+        store
+            .append(&[event("a", 10, "one"), event("b", 11, "two")])
+            .await
+            .unwrap();
         store.append(&[event("a", 12, "three")]).await.unwrap();
         store.close().await.unwrap();
     }
@@ -74,8 +77,14 @@ async fn appended_records_come_back_after_a_restart() {
     assert_eq!(event_ids(&r), [10, 11, 12]);
     assert_eq!(r.last_id, EventId(12));
     assert!(r.durable);
-    let a = store.read(&ch("a"), EventId(0), EventId(u64::MAX), 10).await.unwrap();
-    assert_eq!(a.iter().map(|e| e.payload_str()).collect::<Vec<_>>(), ["one", "three"]);
+    let a = store
+        .read(&ch("a"), EventId(0), EventId(u64::MAX), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        a.iter().map(|e| e.payload_str()).collect::<Vec<_>>(),
+        ["one", "three"]
+    );
 }
 
 #[tokio::test]
@@ -93,7 +102,10 @@ async fn a_torn_tail_is_truncated_and_reported() {
     {
         let (store, _) = reopen(&cfg).await;
         for i in 1..=5 {
-            store.append(&[event("a", i, &format!("payload {i}"))]).await.unwrap();
+            store
+                .append(&[event("a", i, &format!("payload {i}"))])
+                .await
+                .unwrap();
         }
         store.close().await.unwrap();
     }
@@ -105,8 +117,17 @@ async fn a_torn_tail_is_truncated_and_reported() {
     drop(f);
     let (store, r) = reopen(&cfg).await;
     assert_eq!(event_ids(&r), [1, 2, 3, 4]);
-    assert!(r.notes.iter().any(|n| n.contains("cut short")), "{:?}", r.notes);
-    assert!(fs::read_dir(dir.path()).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with("dropped-")));
+    assert!(
+        r.notes.iter().any(|n| n.contains("cut short")),
+        "{:?}",
+        r.notes
+    );
+    assert!(fs::read_dir(dir.path()).unwrap().any(|e| {
+        e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("dropped-")
+    }));
     // Appending continues after the truncation point, and survives.
     store.append(&[event("a", 6, "after")]).await.unwrap();
     store.close().await.unwrap();
@@ -123,7 +144,10 @@ async fn a_flipped_byte_ends_the_log_there_and_is_never_served() {
     {
         let (store, _) = reopen(&cfg).await;
         for i in 1..=20 {
-            store.append(&[event("a", i, "some payload bytes")]).await.unwrap();
+            store
+                .append(&[event("a", i, "some payload bytes")])
+                .await
+                .unwrap();
         }
         store.close().await.unwrap();
     }
@@ -140,12 +164,29 @@ async fn a_flipped_byte_ends_the_log_there_and_is_never_served() {
     let (store, r) = reopen(&cfg).await;
     let ids = event_ids(&r);
     assert!(ids.len() < 20, "{ids:?}");
-    assert!(ids.iter().enumerate().all(|(i, id)| *id == i as u64 + 1), "a clean prefix: {ids:?}");
-    assert!(r.notes.iter().any(|n| n.contains("offset")), "{:?}", r.notes);
-    assert!(segments(dir.path()).len() <= 1, "later segments were set aside");
-    let served = store.read(&ch("a"), EventId(0), EventId(u64::MAX), 100).await.unwrap();
+    assert!(
+        ids.iter().enumerate().all(|(i, id)| *id == i as u64 + 1),
+        "a clean prefix: {ids:?}"
+    );
+    assert!(
+        r.notes.iter().any(|n| n.contains("offset")),
+        "{:?}",
+        r.notes
+    );
+    assert!(
+        segments(dir.path()).len() <= 1,
+        "later segments were set aside"
+    );
+    let served = store
+        .read(&ch("a"), EventId(0), EventId(u64::MAX), 100)
+        .await
+        .unwrap();
     assert_eq!(served.len(), ids.len());
-    assert!(served.iter().all(|e| e.payload_str() == "some payload bytes"));
+    assert!(
+        served
+            .iter()
+            .all(|e| e.payload_str() == "some payload bytes")
+    );
 }
 
 #[tokio::test]
@@ -194,14 +235,15 @@ async fn compaction_keeps_what_is_live_and_bounds_the_disk() {
             }
             store.append(&batch).await.unwrap();
         }
-        store.append(&[Record::Ack {
-            id: EventId(1995),
-            device: dev.clone(),
-            status: "ok".into(),
-            at: Timestamp(3),
-        }])
-        .await
-        .unwrap();
+        store
+            .append(&[Record::Ack {
+                id: EventId(1995),
+                device: dev.clone(),
+                status: "ok".into(),
+                at: Timestamp(3),
+            }])
+            .await
+            .unwrap();
         store.compact_now();
         let usage = store.disk_usage();
         assert!(usage < 20 * 4096, "disk stays bounded: {usage} bytes");
@@ -209,7 +251,10 @@ async fn compaction_keeps_what_is_live_and_bounds_the_disk() {
     }
     let (_, r) = reopen(&cfg).await;
     assert_eq!(event_ids(&r), (1991..=2000).collect::<Vec<_>>());
-    assert!(r.records.iter().any(|x| matches!(x, Record::Joined { .. })), "the membership survives");
+    assert!(
+        r.records.iter().any(|x| matches!(x, Record::Joined { .. })),
+        "the membership survives"
+    );
     let cursors: Vec<u64> = r
         .records
         .iter()
@@ -219,9 +264,17 @@ async fn compaction_keeps_what_is_live_and_bounds_the_disk() {
         })
         .collect();
     assert_eq!(cursors.last(), Some(&2000), "the latest cursor survives");
-    assert!(r.records.iter().any(|x| matches!(x, Record::Ack { id, .. } if id.0 == 1995)));
+    assert!(
+        r.records
+            .iter()
+            .any(|x| matches!(x, Record::Ack { id, .. } if id.0 == 1995))
+    );
     assert!(r.last_id >= EventId(2000));
-    let trimmed = r.evicted.iter().find(|e| e.channel.as_str() == "a").unwrap();
+    let trimmed = r
+        .evicted
+        .iter()
+        .find(|e| e.channel.as_str() == "a")
+        .unwrap();
     assert_eq!(trimmed.upto, EventId(1990));
 }
 
@@ -262,7 +315,11 @@ async fn a_hub_over_a_file_store_comes_back_as_it_was() {
     assert_eq!(after.devices, before.devices);
     assert_eq!(after.devices[0].1.state, ReceiptState::Acked);
     let pending = hub.receipt_summary(&c, second.id).unwrap();
-    assert_eq!(pending.pending, vec![dev.clone()], "offline member still in the audience");
+    assert_eq!(
+        pending.pending,
+        vec![dev.clone()],
+        "offline member still in the audience"
+    );
     let presence = hub.devices(&c);
     assert_eq!(presence.len(), 1);
     assert_eq!(presence[0].1.last_acked, Some(first.id));
