@@ -61,6 +61,12 @@ pub struct Args {
     /// when to force writes to disk: always (default; an acknowledged publish or receipt survives power loss) or never (survives a crash of the process, not of the machine)
     #[argh(option)]
     pub fsync: Option<String>,
+    /// after this long, every device that has not acknowledged an event gets an overdue notice (on the receipts stream, and POSTed to --webhook); off by default
+    #[argh(option)]
+    pub ack_deadline: Option<String>,
+    /// http:// URL of the publisher's backend that receives overdue notices as JSON POSTs
+    #[argh(option)]
+    pub webhook: Option<String>,
     /// log only warnings and errors (RUST_LOG overrides)
     #[argh(switch, short = 'q')]
     pub quiet: bool,
@@ -225,6 +231,22 @@ impl Config {
             Some("json") => LogFormat::Json,
             Some(other) => return Err(format!("--log-format `{other}` is not text or json")),
         };
+        let ack_deadline = match pick(args.ack_deadline, "ack-deadline") {
+            None => None,
+            Some(v) => Some(parse_duration(&v).map_err(|e| format!("--ack-deadline: {e}"))?)
+                .filter(|d| !d.is_zero()),
+        };
+        let webhook = match pick(args.webhook, "webhook") {
+            None => None,
+            Some(url) => Some(
+                pere_http::webhook::Webhook::parse(&url).map_err(|e| format!("--webhook: {e}"))?,
+            ),
+        };
+        if webhook.is_some() && ack_deadline.is_none() {
+            return Err(
+                "--webhook needs --ack-deadline: notices are sent when a deadline passes".into(),
+            );
+        }
         let memory = switch(args.memory, "memory");
         let fsync = match pick(args.fsync, "fsync") {
             None => Fsync::Always,
@@ -251,6 +273,7 @@ impl Config {
                 max_payload,
                 queue_capacity,
                 replay_all: switch(args.replay_all, "replay-all"),
+                ack_deadline,
                 ..HubConfig::default()
             },
             retention: Retention {
@@ -261,6 +284,7 @@ impl Config {
                 retry,
                 keepalive,
                 cors,
+                webhook,
                 ..ServerConfig::default()
             },
             quiet: switch(args.quiet, "quiet"),

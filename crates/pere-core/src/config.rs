@@ -60,6 +60,11 @@ pub struct HubConfig {
     pub idempotency_ttl: Duration,
     /// How often the maintenance tick runs (retention by age, member expiry).
     pub tick: Duration,
+    /// When set, every device in an event's audience that has not acked it
+    /// this long after it was published gets one [`OverdueNotice`].
+    ///
+    /// [`OverdueNotice`]: crate::ledger::OverdueNotice
+    pub ack_deadline: Option<Duration>,
 }
 
 impl Default for HubConfig {
@@ -72,6 +77,7 @@ impl Default for HubConfig {
             replay_all: false,
             idempotency_ttl: DEFAULT_IDEMPOTENCY_TTL,
             tick: Duration::from_secs(1),
+            ack_deadline: None,
         }
     }
 }

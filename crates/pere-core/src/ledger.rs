@@ -72,6 +72,34 @@ pub struct ReceiptChange {
     pub at: Timestamp,
 }
 
+/// A device that has not acknowledged an event by its deadline
+/// (`--ack-deadline`): sent to the publisher's webhook and on the receipts
+/// stream as `event: overdue`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OverdueNotice {
+    /// The event.
+    pub id: EventId,
+    /// Its channel.
+    pub channel: ChannelName,
+    /// The device that has not acknowledged it.
+    pub device: DeviceId,
+    /// Where that device stands: `pending` or `delivered`.
+    pub state: ReceiptState,
+    /// When the event was published.
+    pub published_at: Timestamp,
+    /// When its acknowledgement was due.
+    pub deadline: Timestamp,
+}
+
+/// What a receipts stream carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReceiptUpdate {
+    /// A device's receipt changed state.
+    Change(ReceiptChange),
+    /// A device missed its acknowledgement deadline.
+    Overdue(OverdueNotice),
+}
+
 /// The summary of an event's receipts (PROTOCOL §5).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReceiptSummary {
@@ -99,12 +127,12 @@ pub struct ReceiptSummary {
 #[derive(Debug, Default)]
 pub struct ReceiptWatchers {
     count: AtomicUsize,
-    senders: Mutex<Vec<mpsc::Sender<ReceiptChange>>>,
+    senders: Mutex<Vec<mpsc::Sender<ReceiptUpdate>>>,
 }
 
 impl ReceiptWatchers {
     /// Adds a listener.
-    pub fn add(&self, tx: mpsc::Sender<ReceiptChange>) {
+    pub fn add(&self, tx: mpsc::Sender<ReceiptUpdate>) {
         let mut senders = lock(&self.senders);
         senders.push(tx);
         self.count.store(senders.len(), Ordering::Release);
@@ -117,9 +145,9 @@ impl ReceiptWatchers {
 
     /// Sends a change to every listener; a listener that is gone or cannot
     /// keep up is dropped (its stream ends and it resubscribes).
-    pub fn send(&self, change: &ReceiptChange) {
+    pub fn send(&self, update: &ReceiptUpdate) {
         let mut senders = lock(&self.senders);
-        senders.retain(|tx| tx.try_send(change.clone()).is_ok());
+        senders.retain(|tx| tx.try_send(update.clone()).is_ok());
         self.count.store(senders.len(), Ordering::Release);
     }
 
@@ -290,14 +318,14 @@ impl EventReceipts {
         at: Timestamp,
     ) {
         if self.watchers.any() {
-            self.watchers.send(&ReceiptChange {
+            self.watchers.send(&ReceiptUpdate::Change(ReceiptChange {
                 id: self.event.id,
                 channel: self.event.channel.clone(),
                 device: device.clone(),
                 state,
                 status,
                 at,
-            });
+            }));
         }
     }
 
@@ -397,6 +425,25 @@ impl EventReceipts {
         self.settle(&self.unacked);
         self.announce(device, ReceiptState::Acked, Some(status), at);
         AckOutcome::Acked
+    }
+
+    /// Devices that have not acknowledged the event, with their state.
+    pub fn unacked_devices(&self) -> Vec<(DeviceId, ReceiptState)> {
+        let slow = lock(&self.slow);
+        self.audience
+            .iter()
+            .chain(slow.late.iter().map(|(d, _)| d))
+            .enumerate()
+            .filter(|(slot, _)| !slow.acks.contains_key(&(*slot as u32)))
+            .map(|(slot, device)| (device.clone(), self.receipt_at(&slow, slot as u32).state))
+            .collect()
+    }
+
+    /// Tells the channel's receipt listeners that a device is overdue.
+    pub fn announce_overdue(&self, notice: &OverdueNotice) {
+        if self.watchers.any() {
+            self.watchers.send(&ReceiptUpdate::Overdue(notice.clone()));
+        }
     }
 
     /// `device`'s receipt, if it is in the audience.
@@ -581,7 +628,10 @@ mod tests {
         r.ack(&dev("a"), "ok".into(), Timestamp(2));
         let states: Vec<_> = [rx.recv().await.unwrap(), rx.recv().await.unwrap()]
             .iter()
-            .map(|c| c.state)
+            .map(|u| match u {
+                ReceiptUpdate::Change(c) => c.state,
+                ReceiptUpdate::Overdue(_) => panic!("no deadline here"),
+            })
             .collect();
         assert_eq!(states, [ReceiptState::Delivered, ReceiptState::Acked]);
     }

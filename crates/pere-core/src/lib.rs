@@ -78,7 +78,10 @@ pub use hub::{
     Acked, ChannelInfo, Connections, Gap, Hello, Hub, MAX_IDEMPOTENCY_KEY_LEN, Publish, Published,
     Resume, Stats, SubscribeRequest, Subscription,
 };
-pub use ledger::{DeviceReceipt, EventReceipts, ReceiptChange, ReceiptState, ReceiptSummary};
+pub use ledger::{
+    DeviceReceipt, EventReceipts, OverdueNotice, ReceiptChange, ReceiptState, ReceiptSummary,
+    ReceiptUpdate,
+};
 pub use log::{
     DEFAULT_SEGMENT_SIZE, EventStore, Evicted, FileStore, FileStoreConfig, Fsync, MemoryStore,
     Record, Recovered,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
-use pere_core::{Event, ReceiptChange, Subscription};
+use pere_core::{Event, ReceiptUpdate, Subscription};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
 
@@ -105,8 +105,9 @@ pub fn event_frame(event: &Event) -> Bytes {
 pub enum Source {
     /// A device's events.
     Events(Subscription),
-    /// Receipt changes of a channel (`GET /receipts/:channel`).
-    Receipts(mpsc::Receiver<ReceiptChange>),
+    /// Receipt changes and overdue notices of a channel
+    /// (`GET /receipts/:channel`).
+    Receipts(mpsc::Receiver<ReceiptUpdate>),
 }
 
 /// An event stream: an opening (retry, hello, gap), then one frame per
@@ -168,18 +169,38 @@ impl SseBody {
     }
 }
 
-/// The SSE frame of a receipt change (`event: receipt`).
-pub fn receipt_frame(change: &ReceiptChange) -> Bytes {
-    let data = serde_json::json!({
-        "id": change.id.to_string(),
-        "channel": change.channel.as_str(),
-        "device": change.device.as_str(),
-        "state": change.state.as_str(),
-        "status": change.status.as_deref(),
-        "at": change.at.to_rfc3339(),
+/// The SSE frame of a receipt change (`event: receipt`) or an overdue
+/// notice (`event: overdue`).
+pub fn receipt_frame(update: &ReceiptUpdate) -> Bytes {
+    let (kind, data) = match update {
+        ReceiptUpdate::Change(change) => (
+            "receipt",
+            serde_json::json!({
+                "id": change.id.to_string(),
+                "channel": change.channel.as_str(),
+                "device": change.device.as_str(),
+                "state": change.state.as_str(),
+                "status": change.status.as_deref(),
+                "at": change.at.to_rfc3339(),
+            }),
+        ),
+        ReceiptUpdate::Overdue(notice) => ("overdue", overdue_json(notice)),
+    };
+    sse::event_frame(None, Some(kind), &data.to_string()).unwrap_or_default()
+}
+
+/// The JSON of an overdue notice, as the receipts stream and the webhook
+/// send it.
+pub fn overdue_json(notice: &pere_core::OverdueNotice) -> serde_json::Value {
+    serde_json::json!({
+        "type": "overdue",
+        "id": notice.id.to_string(),
+        "channel": notice.channel.as_str(),
+        "device": notice.device.as_str(),
+        "state": notice.state.as_str(),
+        "published_at": notice.published_at.to_rfc3339(),
+        "deadline": notice.deadline.to_rfc3339(),
     })
-    .to_string();
-    sse::event_frame(None, Some("receipt"), &data).unwrap_or_default()
 }
 
 impl http_body::Body for SseBody {

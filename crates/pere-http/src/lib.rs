@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod router;
 pub mod server;
 pub mod sse;
+pub mod webhook;
 
 pub use error::{ApiError, Error, Result};
 pub use server::{Cors, ServerConfig, bind, run};

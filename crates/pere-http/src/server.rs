@@ -74,6 +74,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// How long a client may take to send a request's headers.
     pub header_read_timeout: Duration,
+    /// Where overdue notices are POSTed (with `HubConfig::ack_deadline`).
+    pub webhook: Option<crate::webhook::Webhook>,
 }
 
 impl Default for ServerConfig {
@@ -84,6 +86,7 @@ impl Default for ServerConfig {
             cors: Cors::Any,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            webhook: None,
         }
     }
 }
@@ -122,6 +125,9 @@ pub async fn run<S: EventStore>(
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
         .keep_alive(true);
+    if let Some(webhook) = config.webhook.clone() {
+        tokio::spawn(crate::webhook::deliver(hub.clone(), webhook));
+    }
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {

@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::{HubConfig, MAX_STATUS_LEN};
 use crate::error::{Error, Result};
 use crate::event::{Event, EventId, Sequencer, Timestamp, validate_payload};
-use crate::ledger::{EventReceipts, ReceiptChange, ReceiptState, ReceiptSummary};
+use crate::ledger::{EventReceipts, OverdueNotice, ReceiptState, ReceiptSummary, ReceiptUpdate};
 use crate::log::{EventStore, MemoryStore};
 use crate::name::{ChannelName, DeviceId, EventType, Pattern};
 use crate::presence::{Presence, StreamShared, StreamTx};
@@ -276,6 +276,10 @@ enum Command {
         reply: Reply<()>,
     },
     Tick,
+    NoticeSent {
+        id: EventId,
+        device: DeviceId,
+    },
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -315,6 +319,10 @@ impl<S: EventStore> Hub<S> {
             watchers: HashMap::new(),
             deferred: Vec::new(),
             replay_all: config.replay_all,
+            ack_deadline: config.ack_deadline,
+            deadlines: VecDeque::new(),
+            notices: HashMap::new(),
+            notice_tx: None,
             delivered_closed: 0,
             closed: false,
         };
@@ -555,13 +563,35 @@ impl<S: EventStore> Hub<S> {
 
     /// A live feed of receipt changes on `channel`. The receiver ends when
     /// it falls too far behind or the hub shuts down.
-    pub fn watch_receipts(&self, channel: &ChannelName) -> mpsc::Receiver<ReceiptChange> {
+    pub fn watch_receipts(&self, channel: &ChannelName) -> mpsc::Receiver<ReceiptUpdate> {
         let (tx, rx) = mpsc::channel(RECEIPT_WATCH_CAPACITY);
         let mut state = self.inner.state();
         if !state.closed {
             state.watchers_for(channel).add(tx);
         }
         rx
+    }
+
+    /// Overdue notices ([`HubConfig::ack_deadline`]), for the one task that
+    /// delivers them (a webhook): first every notice issued but not yet
+    /// confirmed with [`Hub::notice_delivered`] — including those from before
+    /// a restart — then each new one as it is issued. A second call takes
+    /// the feed over from the first.
+    pub fn overdue_notices(&self) -> mpsc::UnboundedReceiver<OverdueNotice> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.inner.state().attach_notices(tx);
+        rx
+    }
+
+    /// Records that an overdue notice reached its destination, so it is
+    /// not sent again after a restart.
+    pub fn notice_delivered(&self, notice: &OverdueNotice) {
+        // If the writer is gone the hub is shut down; the notice is then
+        // resent after the restart, which is the safe side.
+        let _ = self.inner.commands.send(Command::NoticeSent {
+            id: notice.id,
+            device: notice.device.clone(),
+        });
     }
 
     /// Retained events of `channel` after `after`, oldest first, at most

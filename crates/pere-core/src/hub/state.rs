@@ -5,6 +5,7 @@ use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -14,7 +15,7 @@ use super::{
 use crate::config::HubConfig;
 use crate::error::Error;
 use crate::event::{Event, EventId, Sequencer, Timestamp};
-use crate::ledger::{EventReceipts, NO_SLOT, ReceiptState, ReceiptWatchers};
+use crate::ledger::{EventReceipts, NO_SLOT, OverdueNotice, ReceiptState, ReceiptWatchers};
 use crate::log::{Evicted, Record};
 use crate::name::{ChannelName, DeviceId, Pattern};
 use crate::presence::{Delivery, Member, Op, StreamTx};
@@ -150,6 +151,15 @@ pub(super) struct State {
     pub(super) deferred: Vec<Record>,
     /// [`HubConfig::replay_all`].
     pub(super) replay_all: bool,
+    /// [`HubConfig::ack_deadline`].
+    pub(super) ack_deadline: Option<Duration>,
+    /// Events whose acknowledgement deadline has not been checked yet, in
+    /// publish order (so the due ones are at the front).
+    pub(super) deadlines: VecDeque<Arc<EventReceipts>>,
+    /// Overdue notices issued, and whether the webhook accepted them.
+    pub(super) notices: HashMap<(EventId, DeviceId), (OverdueNotice, bool)>,
+    /// Where issued notices go (the webhook task), once somebody listens.
+    pub(super) notice_tx: Option<mpsc::UnboundedSender<OverdueNotice>>,
     /// Counted deliveries of streams that closed.
     pub(super) delivered_closed: u64,
     pub(super) closed: bool,
@@ -198,7 +208,7 @@ impl State {
                     Effect::Fail(FailReply::Unit(reply), Error::ShuttingDown)
                 }
                 Command::Shutdown(reply) => Effect::Shutdown(reply),
-                Command::Closed(_) | Command::Tick => Effect::None,
+                Command::Closed(_) | Command::Tick | Command::NoticeSent { .. } => Effect::None,
             };
         }
         match cmd {
@@ -330,6 +340,21 @@ impl State {
             }
             Command::Tick => {
                 self.maintain(now, config, records);
+                self.check_deadlines(now, records);
+                Effect::None
+            }
+            Command::NoticeSent { id, device } => {
+                if let Some(entry) = self.notices.get_mut(&(id, device.clone()))
+                    && !entry.1
+                {
+                    entry.1 = true;
+                    records.push(Record::Notice {
+                        id,
+                        device,
+                        sent: true,
+                        at: now,
+                    });
+                }
                 Effect::None
             }
             Command::Shutdown(reply) => Effect::Shutdown(reply),
@@ -533,6 +558,9 @@ impl State {
             .receipts
             .push_back(receipts.clone());
         self.by_id.insert(id, receipts.clone());
+        if self.ack_deadline.is_some() {
+            self.deadlines.push_back(receipts.clone());
+        }
         if let Some(key) = &receipts.event.idempotency_key
             && let Some(idem) = self.idempotency.get_mut(&(channel, key.clone()))
         {
@@ -804,6 +832,76 @@ impl State {
         }
     }
 
+    /// Issues an overdue notice for every device that has not acked an event
+    /// whose deadline passed (once per event and device, ever).
+    pub(super) fn check_deadlines(&mut self, now: Timestamp, records: &mut Vec<Record>) {
+        let Some(deadline) = self.ack_deadline else {
+            return;
+        };
+        while let Some(front) = self.deadlines.front() {
+            let due = front.event.time.plus(deadline);
+            if due > now {
+                break;
+            }
+            let Some(receipts) = self.deadlines.pop_front() else {
+                break;
+            };
+            if !self.by_id.contains_key(&receipts.id()) {
+                continue; // no longer retained
+            }
+            for (device, state) in receipts.unacked_devices() {
+                let key = (receipts.id(), device.clone());
+                if self.notices.contains_key(&key) {
+                    continue;
+                }
+                let notice = OverdueNotice {
+                    id: receipts.id(),
+                    channel: receipts.event.channel.clone(),
+                    device: device.clone(),
+                    state,
+                    published_at: receipts.event.time,
+                    deadline: due,
+                };
+                tracing::info!(
+                    channel = %notice.channel,
+                    id = %notice.id,
+                    device = %device,
+                    state = state.as_str(),
+                    "receipt overdue"
+                );
+                records.push(Record::Notice {
+                    id: notice.id,
+                    device,
+                    sent: false,
+                    at: now,
+                });
+                receipts.announce_overdue(&notice);
+                if let Some(tx) = &self.notice_tx
+                    && tx.send(notice.clone()).is_err()
+                {
+                    self.notice_tx = None;
+                }
+                self.notices.insert(key, (notice, false));
+            }
+        }
+    }
+
+    /// Starts delivering overdue notices to a new listener: every notice
+    /// issued but not yet accepted first, then new ones.
+    pub(super) fn attach_notices(&mut self, tx: mpsc::UnboundedSender<OverdueNotice>) {
+        let mut unsent: Vec<&OverdueNotice> = self
+            .notices
+            .values()
+            .filter(|(_, sent)| !sent)
+            .map(|(n, _)| n)
+            .collect();
+        unsent.sort_by_key(|n| (n.id, n.device.clone()));
+        for notice in unsent {
+            let _ = tx.send(notice.clone());
+        }
+        self.notice_tx = Some(tx);
+    }
+
     /// The periodic chores: memberships past their TTL, idempotency keys
     /// past theirs, cursors checkpointed, empty subscriptions dropped.
     pub(super) fn maintain(
@@ -853,6 +951,8 @@ impl State {
             let subs = &self.subs;
             self.wild.retain(|p| subs.contains_key(p));
         }
+        let by_id = &self.by_id;
+        self.notices.retain(|(id, _), _| by_id.contains_key(id));
         let idem_ttl = config.idempotency_ttl;
         let by_id = &self.by_id;
         self.idempotency
@@ -873,6 +973,7 @@ impl State {
         // times are the cursor's), and an ack first would claim the delivery
         // with its own time.
         let mut acks = Vec::new();
+        let mut notices = Vec::new();
         for record in records {
             match record {
                 Record::Event(event) => {
@@ -964,6 +1065,9 @@ impl State {
                         sub.members.remove(&device);
                     }
                 }
+                Record::Notice {
+                    id, device, sent, ..
+                } => notices.push((id, device, sent)),
             }
         }
         // Deliveries up to each member's cursor happened before the restart.
@@ -993,6 +1097,32 @@ impl State {
                 let channel = receipts.event.channel.clone();
                 let pattern = Pattern::from(channel.clone());
                 self.note_ack(&pattern, &channel, &device, id, at);
+            }
+        }
+        for (id, device, sent) in notices {
+            let Some(receipts) = self.by_id.get(&id) else {
+                continue;
+            };
+            let key = (id, device.clone());
+            match self.notices.get_mut(&key) {
+                Some(entry) => entry.1 |= sent,
+                None => {
+                    let state = receipts
+                        .receipt_of(&device)
+                        .map_or(ReceiptState::Pending, |r| r.state);
+                    let notice = OverdueNotice {
+                        id,
+                        channel: receipts.event.channel.clone(),
+                        device,
+                        state,
+                        published_at: receipts.event.time,
+                        deadline: receipts
+                            .event
+                            .time
+                            .plus(self.ack_deadline.unwrap_or_default()),
+                    };
+                    self.notices.insert(key, (notice, sent));
+                }
             }
         }
         let now = Timestamp::now();

@@ -536,17 +536,76 @@ async fn the_receipts_feed_reports_each_transition() {
     let p = publish(&hub, "c", "x").await;
     next(&mut sub).await;
     hub.ack(&pat("c"), &dev("d"), p.id, "ok").await.unwrap();
-    let a = tokio::time::timeout(WAIT, feed.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    let b = tokio::time::timeout(WAIT, feed.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let change = |u: Option<crate::ReceiptUpdate>| match u {
+        Some(crate::ReceiptUpdate::Change(c)) => c,
+        other => panic!("expected a change, got {other:?}"),
+    };
+    let a = change(tokio::time::timeout(WAIT, feed.recv()).await.unwrap());
+    let b = change(tokio::time::timeout(WAIT, feed.recv()).await.unwrap());
     assert_eq!(
         (a.state, b.state),
         (ReceiptState::Delivered, ReceiptState::Acked)
     );
     assert_eq!((a.id, a.device.as_str()), (p.id, "d"));
+}
+
+#[tokio::test]
+async fn devices_that_miss_the_ack_deadline_get_one_overdue_notice_each() {
+    let hub = hub_with(
+        HubConfig {
+            ack_deadline: Some(Duration::from_millis(100)),
+            tick: Duration::from_millis(20),
+            ..HubConfig::default()
+        },
+        Retention::default(),
+    )
+    .await;
+    let mut notices = hub.overdue_notices();
+    let mut feed = hub.watch_receipts(&ch("c"));
+    let mut fast = subscribe(&hub, Some("fast"), &["c"], Resume::Auto).await;
+    let mut slow = subscribe(&hub, Some("slow"), &["c"], Resume::Auto).await;
+    drop(subscribe(&hub, Some("offline"), &["c"], Resume::Auto).await);
+    let p = publish(&hub, "c", "x").await;
+    next(&mut fast).await;
+    next(&mut slow).await;
+    hub.ack(&pat("c"), &dev("fast"), p.id, "ok").await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let n = tokio::time::timeout(WAIT, notices.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(n.id, p.id);
+        got.push((n.device.to_string(), n.state));
+    }
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        got,
+        vec![
+            ("offline".to_string(), ReceiptState::Pending),
+            ("slow".to_string(), ReceiptState::Delivered)
+        ]
+    );
+    // Exactly once: more ticks bring nothing new.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(notices.try_recv().is_err());
+    let overdue = std::iter::from_fn(|| feed.try_recv().ok())
+        .filter(|u| matches!(u, crate::ReceiptUpdate::Overdue(_)))
+        .count();
+    assert_eq!(overdue, 2, "the receipts feed shows them as overdue");
+    // A new listener is handed the notices nobody confirmed, and only those.
+    let mut again = hub.overdue_notices();
+    let first = tokio::time::timeout(WAIT, again.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    hub.notice_delivered(&first);
+    publish(&hub, "c", "a batch after the confirmation").await;
+    let mut third = hub.overdue_notices();
+    let left = tokio::time::timeout(WAIT, third.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(left.device, first.device);
+    assert!(third.try_recv().is_err());
 }

@@ -34,6 +34,7 @@ const KIND_CURSOR: u8 = 4;
 const KIND_PRESENCE: u8 = 5;
 const KIND_LEFT: u8 = 6;
 const KIND_TRIM: u8 = 7;
+const KIND_NOTICE: u8 = 8;
 
 /// A record as stored: the hub's records plus the store's own bookkeeping.
 #[derive(Clone, Debug)]
@@ -168,6 +169,18 @@ pub fn encode(out: &mut Vec<u8>, lsn: u64, record: &Stored) {
             out.push(KIND_LEFT);
             out.extend_from_slice(&at.0.to_le_bytes());
             put_str8(out, subscription.as_str());
+            put_str8(out, device.as_str());
+        }
+        Stored::Hub(Record::Notice {
+            id,
+            device,
+            sent,
+            at,
+        }) => {
+            out.push(KIND_NOTICE);
+            out.extend_from_slice(&id.0.to_le_bytes());
+            out.extend_from_slice(&at.0.to_le_bytes());
+            out.push(u8::from(*sent));
             put_str8(out, device.as_str());
         }
         Stored::Trim { channel, upto } => {
@@ -363,6 +376,21 @@ pub fn decode(body: &[u8]) -> Result<(u64, Stored), DecodeError> {
                 device: r.device()?,
             })
         }
+        KIND_NOTICE => {
+            let id = EventId(r.u64()?);
+            let at = Timestamp(r.i64()?);
+            let sent = match r.u8()? {
+                0 => false,
+                1 => true,
+                _ => return Err(DecodeError::Malformed("a flag is neither 0 nor 1")),
+            };
+            Stored::Hub(Record::Notice {
+                id,
+                at,
+                sent,
+                device: r.device()?,
+            })
+        }
         KIND_TRIM => {
             let upto = EventId(r.u64()?);
             Stored::Trim {
@@ -448,6 +476,12 @@ mod tests {
                 channel: ChannelName::new("c").unwrap(),
                 upto: EventId(11),
             },
+            Stored::Hub(Record::Notice {
+                id: EventId(12),
+                device: DeviceId::new("late").unwrap(),
+                sent: true,
+                at: Timestamp(13),
+            }),
         ]
     }
 

@@ -223,7 +223,7 @@ impl Live {
                 self.latest_presence
                     .insert((subscription.clone(), device.clone()), lsn);
             }
-            Stored::Hub(Record::Ack { .. }) => {}
+            Stored::Hub(Record::Ack { .. } | Record::Notice { .. }) => {}
             Stored::Trim { channel, .. } => {
                 self.latest_trim.insert(channel.clone(), lsn);
             }
@@ -245,7 +245,9 @@ impl Live {
         };
         match record {
             Stored::Hub(Record::Event(e)) => retained.contains(&e.id),
-            Stored::Hub(Record::Ack { id, .. }) => retained.contains(id),
+            Stored::Hub(Record::Ack { id, .. } | Record::Notice { id, .. }) => {
+                retained.contains(id)
+            }
             Stored::Hub(Record::Joined {
                 subscription,
                 device,
@@ -339,7 +341,8 @@ pub struct FileStore {
     /// Trims decided by retention, written with the next batch.
     trims: Mutex<Vec<Stored>>,
     retention: Retention,
-    _lock: File,
+    /// The `LOCK` file, held (flock) until [`EventStore::close`] or drop.
+    lock_file: Mutex<Option<File>>,
 }
 
 impl std::fmt::Debug for FileStore {
@@ -513,7 +516,7 @@ impl FileStore {
             })),
             trims: Mutex::new(Vec::new()),
             retention: config.retention,
-            _lock: lock_file,
+            lock_file: Mutex::new(Some(lock_file)),
         })
     }
 
@@ -1027,6 +1030,9 @@ impl EventStore for FileStore {
         })
         .await
         .map_err(|e| Error::StoreUnavailable(e.to_string()))?;
+        // Closing the file releases the lock: another store may open the
+        // directory as soon as this one reports closed.
+        drop(lock(&self.lock_file).take());
         Ok(())
     }
 }

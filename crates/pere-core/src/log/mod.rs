@@ -82,6 +82,19 @@ pub enum Record {
         /// When.
         at: Timestamp,
     },
+    /// An overdue notice was issued for a device (`sent: false`), or the
+    /// publisher's webhook accepted it (`sent: true`). Issued notices are
+    /// never issued again; unsent ones are retried after a restart.
+    Notice {
+        /// The event.
+        id: EventId,
+        /// The device.
+        device: DeviceId,
+        /// Whether the webhook accepted it.
+        sent: bool,
+        /// When.
+        at: Timestamp,
+    },
     /// A membership ended (expired or deleted by an operator).
     Left {
         /// The subscription.

@@ -1,0 +1,184 @@
+//! Delivery of overdue notices to the publisher's backend: one `POST` of
+//! the notice's JSON per (event, device) to `--webhook URL`.
+//!
+//! A notice is confirmed to the hub ([`Hub::notice_delivered`]) only after a
+//! `2xx`; until then it is retried with backoff, a bounded number of times.
+//! One that is never accepted stays unconfirmed in the journal and is sent
+//! again after a restart; one that was accepted is never sent again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{CONTENT_TYPE, HOST, USER_AGENT};
+use hyper::{Method, Request, Uri};
+use hyper_util::rt::TokioIo;
+use pere_core::{EventStore, Hub, OverdueNotice};
+use tokio::sync::Semaphore;
+
+use crate::body::overdue_json;
+use crate::error::{Error, Result};
+
+/// Attempts per notice before giving up until the next restart.
+pub const MAX_ATTEMPTS: u32 = 6;
+/// Delay before the first retry; doubles each time.
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// How long one attempt may take.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Notices in flight at once.
+const CONCURRENCY: usize = 16;
+
+/// Where notices go: a plain `http://host:port/path` URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Webhook {
+    uri: Uri,
+    authority: String,
+}
+
+impl Webhook {
+    /// Parses and checks a webhook URL.
+    ///
+    /// # Errors
+    /// [`Error::Address`] for anything but an absolute `http://` URL.
+    pub fn parse(url: &str) -> Result<Self> {
+        let uri: Uri = url
+            .parse()
+            .map_err(|_| Error::Address(format!("{url} (not a URL)")))?;
+        if uri.scheme_str() != Some("http") {
+            return Err(Error::Address(format!(
+                "{url} (only http:// is supported; put a TLS proxy in front for https)"
+            )));
+        }
+        let authority = uri
+            .authority()
+            .map(|a| a.to_string())
+            .ok_or_else(|| Error::Address(format!("{url} (no host)")))?;
+        Ok(Self { uri, authority })
+    }
+
+    /// The URL.
+    pub fn url(&self) -> String {
+        self.uri.to_string()
+    }
+
+    fn socket_addr(&self) -> String {
+        if self.authority.contains(':') && !self.authority.ends_with(']') {
+            self.authority.clone()
+        } else {
+            format!("{}:80", self.authority)
+        }
+    }
+
+    /// One attempt: `Ok` on a `2xx`.
+    async fn post(&self, body: Bytes) -> Result<()> {
+        let stream = tokio::net::TcpStream::connect(self.socket_addr())
+            .await
+            .map_err(|source| Error::Io {
+                context: format!("cannot connect to the webhook {}", self.uri),
+                source,
+            })?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let path = self
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .header(HOST, &self.authority)
+            .header(CONTENT_TYPE, "application/json")
+            .header(USER_AGENT, concat!("pere/", env!("CARGO_PKG_VERSION")))
+            .body(Full::new(body))
+            .map_err(|e| Error::Protocol(e.to_string()))?;
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        // Drain the answer so the exchange completes cleanly.
+        let _ = response.into_body().collect().await;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(Error::Status {
+                status,
+                message: format!("the webhook answered {status}"),
+                code: None,
+            })
+        }
+    }
+}
+
+/// Delivers the hub's overdue notices to `webhook` until the hub shuts down.
+pub async fn deliver<S: EventStore>(hub: Hub<S>, webhook: Webhook) {
+    let mut notices = hub.overdue_notices();
+    let slots = Arc::new(Semaphore::new(CONCURRENCY));
+    let webhook = Arc::new(webhook);
+    while let Some(notice) = notices.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let hub = hub.clone();
+        let webhook = webhook.clone();
+        tokio::spawn(async move {
+            send_one(&hub, &webhook, &notice).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn send_one<S: EventStore>(hub: &Hub<S>, webhook: &Webhook, notice: &OverdueNotice) {
+    let body = Bytes::from(overdue_json(notice).to_string());
+    let mut backoff = FIRST_BACKOFF;
+    for attempt in 1..=MAX_ATTEMPTS {
+        match tokio::time::timeout(ATTEMPT_TIMEOUT, webhook.post(body.clone())).await {
+            Ok(Ok(())) => {
+                tracing::info!(id = %notice.id, device = %notice.device, "overdue notice delivered");
+                hub.notice_delivered(notice);
+                return;
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(id = %notice.id, device = %notice.device, attempt, cause = %err, "overdue notice not delivered");
+            }
+            Err(_) => {
+                tracing::warn!(id = %notice.id, device = %notice.device, attempt, "overdue notice timed out");
+            }
+        }
+        if hub.is_closing() {
+            return;
+        }
+        if attempt < MAX_ATTEMPTS {
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
+        }
+    }
+    tracing::error!(
+        id = %notice.id,
+        device = %notice.device,
+        url = %webhook.url(),
+        "giving up on an overdue notice until the next restart"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_http_urls_are_accepted() {
+        let w = Webhook::parse("http://127.0.0.1:9000/hooks/pere").unwrap();
+        assert_eq!(w.socket_addr(), "127.0.0.1:9000");
+        assert_eq!(
+            Webhook::parse("http://example.test/x")
+                .unwrap()
+                .socket_addr(),
+            "example.test:80"
+        );
+        assert!(Webhook::parse("https://example.test/").is_err());
+        assert!(Webhook::parse("not a url").is_err());
+        assert!(Webhook::parse("/relative").is_err());
+    }
+}

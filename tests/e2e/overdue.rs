@@ -1,0 +1,183 @@
+//! Overdue receipts: with an acknowledgement deadline, every device that has
+//! not acked an event in time is reported once — POSTed to the publisher's
+//! webhook and shown on the receipts stream — and never again after a
+//! restart.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pere_core::{FileStore, FileStoreConfig, Hub, HubConfig, Retention};
+use pere_http::ServerConfig;
+use pere_http::webhook::Webhook;
+use pere_tests::{SseStream, WAIT, eventually, request};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
+
+/// A tiny HTTP receiver on loopback that records every POST body and
+/// answers with `status` (the first `fail_first` requests get a 503).
+struct Receiver {
+    addr: SocketAddr,
+    bodies: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Receiver {
+    async fn start(fail_first: usize) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let seen = bodies.clone();
+        tokio::spawn(async move {
+            let mut served = 0usize;
+            while let Ok((mut stream, _)) = listener.accept().await {
+                served += 1;
+                let fail = served <= fail_first;
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let n = match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        buf.extend_from_slice(&chunk[..n]);
+                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        if buf.len() < end + 4 + len {
+                            continue;
+                        }
+                        let body = &buf[end + 4..end + 4 + len];
+                        let reply: &[u8] = if fail {
+                            b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                        } else {
+                            seen.lock()
+                                .unwrap()
+                                .push(serde_json::from_slice(body).unwrap());
+                            b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n"
+                        };
+                        let _ = stream.write_all(reply).await;
+                        return;
+                    }
+                });
+            }
+        });
+        Self { addr, bodies }
+    }
+
+    fn received(&self) -> Vec<serde_json::Value> {
+        self.bodies.lock().unwrap().clone()
+    }
+}
+
+/// An in-process server over a file store in `dir`, with a 300 ms deadline.
+async fn start(
+    dir: &Path,
+    webhook: SocketAddr,
+) -> (SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let store = FileStore::open(FileStoreConfig {
+        retention: Retention::default(),
+        ..FileStoreConfig::new(dir)
+    })
+    .unwrap();
+    let hub = Hub::open(
+        HubConfig {
+            ack_deadline: Some(Duration::from_millis(300)),
+            tick: Duration::from_millis(50),
+            ..HubConfig::default()
+        },
+        store,
+    )
+    .await
+    .unwrap();
+    let listener = pere_http::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let config = ServerConfig {
+        webhook: Some(Webhook::parse(&format!("http://{webhook}/hooks/pere")).unwrap()),
+        ..ServerConfig::default()
+    };
+    let task = tokio::spawn(async move {
+        pere_http::run(listener, hub, config, async {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap();
+    });
+    (addr, tx, task)
+}
+
+#[tokio::test]
+async fn an_unacknowledged_event_is_reported_once_to_the_webhook_and_the_receipts_stream() {
+    let dir = std::env::temp_dir().join(format!("pere-e2e-{}-overdue", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // The first attempt fails: the notice is retried, not lost.
+    let receiver = Receiver::start(1).await;
+    let (addr, stop, task) = start(&dir, receiver.addr).await;
+    let mut watch = SseStream::open(addr, "/receipts/alerts", &[]).await;
+    let mut good = SseStream::open(addr, "/feed/alerts", &[("device", "good")]).await;
+    let mut late = SseStream::open(addr, "/feed/alerts", &[("device", "late")]).await;
+    let published = request(addr, "POST", "/push/alerts", &[], b"fire drill").await;
+    let id = published.json()["id"].as_str().unwrap().to_string();
+    assert_eq!(good.next_message().await.unwrap().id, id);
+    assert_eq!(late.next_message().await.unwrap().id, id);
+    let ack = request(
+        addr,
+        "POST",
+        "/feedback/alerts",
+        &[("device", "good"), ("Last-Event-ID", &id)],
+        b"",
+    )
+    .await;
+    assert_eq!(ack.status, 200);
+
+    eventually("the webhook received the notice", || async {
+        !receiver.received().is_empty()
+    })
+    .await;
+    let notice = &receiver.received()[0];
+    assert_eq!(notice["type"], "overdue");
+    assert_eq!(notice["id"], id.as_str());
+    assert_eq!(notice["channel"], "alerts");
+    assert_eq!(notice["device"], "late");
+    assert_eq!(notice["state"], "delivered");
+    assert!(notice["deadline"].as_str().is_some());
+
+    // The receipts stream shows the transitions, then the notice.
+    let mut kinds = Vec::new();
+    while !kinds.contains(&"overdue".to_string()) {
+        let e = watch
+            .next_event()
+            .await
+            .expect("the receipts stream stays open");
+        let data: serde_json::Value = serde_json::from_str(&e.data).unwrap();
+        if e.event == "overdue" {
+            assert_eq!(data["device"], "late");
+        }
+        kinds.push(e.event);
+    }
+    assert_eq!(kinds.iter().filter(|k| *k == "overdue").count(), 1);
+
+    // Restart over the same data: the delivered notice is not sent again.
+    drop((good, late, watch));
+    let _ = stop.send(());
+    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+    let (addr, stop, task) = start(&dir, receiver.addr).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(receiver.received().len(), 1, "no duplicate after a restart");
+    let r = request(addr, "GET", &format!("/receipts/alerts/{id}"), &[], b"").await;
+    assert_eq!(r.json()["pending"], serde_json::json!(["late"]));
+    let _ = stop.send(());
+    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
