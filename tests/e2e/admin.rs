@@ -1,1 +1,363 @@
-//! (to be written)
+//! Admin and operations endpoints (PROTOCOL §6).
+
+use pere_tests::{TestServer, eventually};
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn connections_have_pere_shape_with_the_total_last() {
+    let server = TestServer::start().await;
+    let r = server.get("/admin/connections").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json(), json!({ "total number": 0 }));
+    let _a = server.subscribe("CHANNEL_1", "a").await;
+    let _b = server.subscribe("CHANNEL_1", "b").await;
+    let _c = server.stream("/feed/other", &[]).await;
+    let _d = server.stream("/feed?channel=other&channel=x.*", &[]).await;
+    let r = server.get("/admin/connections").await;
+    assert_eq!(
+        r.json(),
+        json!({ "CHANNEL_1": 2, "other": 2, "x.*": 1, "total number": 4 })
+    );
+    assert!(
+        r.text().ends_with(r#""total number":4}"#),
+        "the total comes last, as PERE wrote it: {}",
+        r.text()
+    );
+    assert!(
+        r.header("content-type")
+            .is_some_and(|t| t.starts_with("application/json"))
+    );
+}
+
+#[tokio::test]
+async fn connections_drop_when_streams_close() {
+    let server = TestServer::start().await;
+    let a = server.subscribe("CHANNEL_1", "a").await;
+    let _b = server.subscribe("CHANNEL_1", "b").await;
+    drop(a);
+    eventually("one stream left", || async {
+        server.get("/admin/connections").await.json()
+            == json!({ "CHANNEL_1": 1, "total number": 1 })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn events_are_envelopes_with_json_data_parsed() {
+    let server = TestServer::start().await;
+    let json_payload = r#"{"channel":"c","device":"0039512345678","id":1,"data":"abc123"}"#;
+    let a = server.publish("c", json_payload).await;
+    let b = server.publish("c", "plain text").await;
+    let r = server
+        .post("/push/c?event=alert", &[("device", "pub-1")], b"42")
+        .await;
+    let c = r.json()["id"].as_str().unwrap().to_string();
+    let r = server.get("/admin/events/c").await;
+    assert_eq!(r.status, 200);
+    let events = r.json();
+    let events = events.as_array().unwrap();
+    assert_eq!(events.len(), 3);
+    assert_eq!(events[0]["id"], a.as_str());
+    assert_eq!(
+        events[0]["data"],
+        serde_json::from_str::<Value>(json_payload).unwrap()
+    );
+    assert_eq!(events[0]["event"], "message");
+    assert_eq!(events[0]["device"], Value::Null);
+    assert_eq!(events[1]["id"], b.as_str());
+    assert_eq!(events[1]["data"], "plain text");
+    assert_eq!(events[2]["id"], c.as_str());
+    assert_eq!(events[2]["data"], 42);
+    assert_eq!(events[2]["event"], "alert");
+    assert_eq!(events[2]["device"], "pub-1");
+    for e in events {
+        let keys: Vec<&str> = e.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, ["id", "time", "event", "device", "data"], "{e}");
+        assert!(e["time"].as_str().is_some_and(|t| t.ends_with('Z')), "{e}");
+    }
+}
+
+#[tokio::test]
+async fn events_page_with_after_and_limit() {
+    let server = TestServer::start().await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(server.publish("c", &n.to_string()).await);
+    }
+    let page = |query: &str| {
+        let server = &server;
+        let query = query.to_string();
+        async move {
+            let r = server.get(&format!("/admin/events/c{query}")).await;
+            assert_eq!(r.status, 200, "{query}: {}", r.text());
+            r.json()
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["id"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(page("?limit=2").await, ids[..2], "the oldest first");
+    assert_eq!(page(&format!("?after={}", ids[1])).await, ids[2..]);
+    assert_eq!(page(&format!("?after={}&limit=2", ids[1])).await, ids[2..4]);
+    assert_eq!(
+        page(&format!("?after={}", ids[4])).await,
+        Vec::<String>::new()
+    );
+    assert_eq!(page("").await, ids);
+    assert_eq!(page("?after=0").await, ids);
+    for bad in ["?limit=0", "?limit=x", "?limit=-1", "?after=x"] {
+        let r = server.get(&format!("/admin/events/c{bad}")).await;
+        assert_eq!(r.status, 400, "{bad}: {}", r.text());
+    }
+    assert_eq!(
+        server.get("/admin/events/empty").await.json(),
+        json!([]),
+        "an unknown channel has no events"
+    );
+}
+
+#[tokio::test]
+async fn devices_show_presence_and_pere_fields() {
+    let server = TestServer::start().await;
+    let mut s = server
+        .stream(
+            "/feed/CHANNEL_1",
+            &[("device", "H0039"), ("Last-Event-ID", "")],
+        )
+        .await;
+    s.next_event().await;
+    let id = server.publish("CHANNEL_1", "x").await;
+    s.messages(1).await;
+    let d = server.presence("CHANNEL_1", "H0039").await.expect("listed");
+    assert_eq!(d["op"], "feed", "{d}");
+    assert_eq!(d["online"], true, "{d}");
+    assert_eq!(d["connections"], 1, "{d}");
+    assert_eq!(d["member"], true, "{d}");
+    for key in [
+        "at",
+        "Last-Event-Id",
+        "connected_at",
+        "last_seen",
+        "last_delivered",
+        "last_acked",
+    ] {
+        assert!(d.get(key).is_some(), "{key} in {d}");
+    }
+    eventually("last_delivered moves", || async {
+        server.presence("CHANNEL_1", "H0039").await.unwrap()["last_delivered"] == id.as_str()
+    })
+    .await;
+    server.ack("CHANNEL_1", "H0039", &id).await;
+    let d = server.presence("CHANNEL_1", "H0039").await.unwrap();
+    assert_eq!(d["op"], "feedback", "{d}");
+    assert_eq!(d["Last-Event-Id"], id.as_str(), "{d}");
+    assert_eq!(d["last_acked"], id.as_str(), "{d}");
+    assert!(d["at"].as_str().is_some_and(|t| t.ends_with('Z')), "{d}");
+    drop(s);
+    server.wait_offline("CHANNEL_1", "H0039").await;
+    let d = server.presence("CHANNEL_1", "H0039").await.unwrap();
+    assert_eq!(d["connections"], 0, "{d}");
+    assert_eq!(d["member"], true, "still a member while offline: {d}");
+}
+
+#[tokio::test]
+async fn devices_record_the_last_event_id_sent_with_a_feed() {
+    let server = TestServer::start().await;
+    let id = server.publish("c", "x").await;
+    let mut s = server
+        .stream("/feed/c", &[("device", "d"), ("Last-Event-ID", &id)])
+        .await;
+    s.next_event().await;
+    let d = server.presence("c", "d").await.unwrap();
+    assert_eq!(d["op"], "feed");
+    assert_eq!(d["Last-Event-Id"], id.as_str(), "{d}");
+}
+
+#[tokio::test]
+async fn deleting_a_device_drops_its_membership_and_closes_its_streams() {
+    let server = TestServer::start().await;
+    let mut s = server.subscribe("c", "d").await;
+    let _other = server.subscribe("c", "e").await;
+    let r = server
+        .request("DELETE", "/admin/devices/c/d", &[], b"")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(s.until_end().await.is_empty(), "its stream ends");
+    assert!(server.presence("c", "d").await.is_none());
+    let r = server.post("/push/c", &[], b"x").await;
+    assert_eq!(r.json()["recipients"], 1, "no longer in audiences");
+    server
+        .request("DELETE", "/admin/devices/c/d", &[], b"")
+        .await
+        .assert_error(404, "unknown_member");
+    server
+        .get("/admin/devices/c/d")
+        .await
+        .assert_error(404, "unknown_member");
+    let e = server.get("/admin/devices/c/e").await;
+    assert_eq!(e.status, 200, "{}", e.text());
+    assert_eq!(e.json()["online"], true);
+}
+
+#[tokio::test]
+async fn channels_list_events_ids_members_and_online_devices() {
+    let server = TestServer::start().await;
+    let _a = server.subscribe("orders.eu", "a").await;
+    drop(server.subscribe("orders.*", "b").await);
+    server.wait_offline("orders.*", "b").await;
+    let first = server.publish("orders.eu", "1").await;
+    let last = server.publish("orders.eu", "2").await;
+    let r = server.get("/admin/channels").await;
+    assert_eq!(r.status, 200);
+    let list = r.json();
+    let eu = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["channel"] == "orders.eu")
+        .unwrap_or_else(|| panic!("orders.eu listed: {list}"));
+    assert_eq!(
+        eu,
+        &json!({
+            "channel": "orders.eu",
+            "events": 2,
+            "oldest": first,
+            "newest": last,
+            "members": 2,
+            "online": 1,
+        })
+    );
+}
+
+#[tokio::test]
+async fn healthz_says_ok() {
+    let server = TestServer::start().await;
+    let r = server.get("/healthz").await;
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    assert!(
+        r.header("content-type")
+            .is_some_and(|t| t.starts_with("text/plain"))
+    );
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text() {
+    let server = TestServer::start().await;
+    let mut s = server.subscribe("c", "d").await;
+    server.publish("c", "x").await;
+    s.messages(1).await;
+    let r = server.get("/metrics").await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("content-type")
+            .is_some_and(|t| t.starts_with("text/plain; version=0.0.4")),
+        "{:?}",
+        r.headers
+    );
+    let text = r.text();
+    assert!(text.contains("# TYPE pere_events_published_total counter\n"));
+    assert!(text.contains("\npere_events_published_total 1\n"), "{text}");
+    assert!(text.contains("\npere_streams_open 1\n"), "{text}");
+    assert!(text.ends_with('\n'));
+    // Every sample line is `name{labels} value` under a TYPE line.
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (name, value) = line.rsplit_once(' ').unwrap();
+        assert!(value.parse::<f64>().is_ok(), "{line}");
+        let metric = name.split('{').next().unwrap();
+        assert!(
+            text.contains(&format!("# TYPE {metric} ")),
+            "{metric} has a TYPE"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_root_greets_like_pere() {
+    let server = TestServer::start().await;
+    let r = server.get("/").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["message"], "PERE server up and running");
+}
+
+#[tokio::test]
+async fn cors_preflight_allows_pere_headers_on_publish_and_feedback() {
+    let server = TestServer::start().await;
+    for (path, method) in [
+        ("/push/c", "POST"),
+        ("/feedback/c", "POST"),
+        ("/feed/c", "GET"),
+        ("/receipts/c/1", "GET"),
+        ("/admin/devices/c/d", "DELETE"),
+    ] {
+        let r = server
+            .request(
+                "OPTIONS",
+                path,
+                &[
+                    ("Origin", "http://example.com"),
+                    ("Access-Control-Request-Method", method),
+                    (
+                        "Access-Control-Request-Headers",
+                        "device,last-event-id,idempotency-key,authorization,content-type",
+                    ),
+                ],
+                b"",
+            )
+            .await;
+        assert!(
+            r.status == 200 || r.status == 204,
+            "{path}: {} {}",
+            r.status,
+            r.text()
+        );
+        assert_eq!(r.header("access-control-allow-origin"), Some("*"), "{path}");
+        let methods = r
+            .header("access-control-allow-methods")
+            .unwrap_or_default()
+            .to_ascii_uppercase();
+        assert!(methods.contains(method), "{path}: {methods}");
+        let allowed: Vec<String> = r
+            .header("access-control-allow-headers")
+            .unwrap_or_default()
+            .split(',')
+            .map(|h| h.trim().to_ascii_lowercase())
+            .collect();
+        for h in [
+            "device",
+            "last-event-id",
+            "idempotency-key",
+            "authorization",
+            "content-type",
+        ] {
+            assert!(allowed.iter().any(|a| a == h), "{path}: {h} in {allowed:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn simple_responses_carry_cors_headers() {
+    let server = TestServer::start().await;
+    let r = server
+        .post("/push/c", &[("Origin", "http://example.com")], b"x")
+        .await;
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    let r = server.get("/nope").await;
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("*"),
+        "errors too"
+    );
+}
+
+#[tokio::test]
+async fn the_web_page_is_served() {
+    let server = TestServer::start().await;
+    let r = server.get("/subscriber.html").await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("content-type")
+            .is_some_and(|t| t.starts_with("text/html"))
+    );
+}

@@ -109,6 +109,50 @@ impl TestServer {
         SseStream::open(self.addr, path, headers).await
     }
 
+    /// Opens `/feed/{channel}` as `device` and reads up to its `pere.hello`.
+    pub async fn subscribe(&self, channel: &str, device: &str) -> SseStream {
+        let mut s = self
+            .stream(&format!("/feed/{channel}"), &[("device", device)])
+            .await;
+        assert_eq!(s.status, 200, "subscribe failed: {}", s.text());
+        let hello = s.next_event().await.expect("a pere.hello");
+        assert_eq!(hello.event, "pere.hello", "the first event is pere.hello");
+        s
+    }
+
+    /// Acknowledges event `id` on `channel` as `device` with a JSON receipt
+    /// and asserts it was recorded.
+    pub async fn ack(&self, channel: &str, device: &str, id: &str) {
+        let body = format!(r#"{{"id":"{id}","status":"ok"}}"#);
+        let r = self
+            .post(
+                &format!("/feedback/{channel}"),
+                &[("device", device), ("Content-Type", "application/json")],
+                body.as_bytes(),
+            )
+            .await;
+        assert_eq!(r.status, 200, "receipt failed: {}", r.text());
+    }
+
+    /// The presence of `device` on `subscription` as `/admin/devices` shows
+    /// it, if the device is known there.
+    pub async fn presence(&self, subscription: &str, device: &str) -> Option<serde_json::Value> {
+        let r = self.get(&format!("/admin/devices/{subscription}")).await;
+        assert_eq!(r.status, 200, "admin/devices failed: {}", r.text());
+        r.json().get(device).cloned()
+    }
+
+    /// Waits until `device` has no open stream left on `subscription` (the
+    /// server noticed the connection closed).
+    pub async fn wait_offline(&self, subscription: &str, device: &str) {
+        eventually(&format!("{device} offline on {subscription}"), || async {
+            self.presence(subscription, device)
+                .await
+                .is_some_and(|p| p["online"] == false)
+        })
+        .await;
+    }
+
     /// Triggers a graceful shutdown and waits (bounded) for `run` to return.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
@@ -220,11 +264,73 @@ pub async fn send_raw(addr: SocketAddr, bytes: &[u8]) -> Response {
     stream.write_all(bytes).await.unwrap();
     let mut reader = HttpReader::new(stream);
     let (status, headers) = reader.head().await;
-    let body = reader.body(&headers, status).await;
+    let body = if bytes.starts_with(b"HEAD ") {
+        // A response to HEAD has headers only, whatever they announce.
+        Vec::new()
+    } else {
+        reader.body(&headers, status).await
+    };
     Response {
         status,
         headers,
         body,
+    }
+}
+
+/// One kept-alive HTTP/1.1 connection carrying several requests in turn.
+pub struct Connection {
+    reader: HttpReader,
+}
+
+impl Connection {
+    /// Connects to `addr`.
+    pub async fn open(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        Self {
+            reader: HttpReader::new(stream),
+        }
+    }
+
+    /// Sends one request (with `Connection: keep-alive` unless `headers`
+    /// name a `Connection`) and reads its whole response.
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
+        let mut all = headers.to_vec();
+        if !all
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("connection"))
+        {
+            all.push(("Connection", "keep-alive"));
+        }
+        self.send_raw(&raw_request(method, path, &all, body)).await
+    }
+
+    /// Opens an event stream as the next request on this connection.
+    pub async fn stream(self, path: &str, headers: &[(&str, &str)]) -> SseStream {
+        let mut all: Vec<(&str, &str)> = headers.to_vec();
+        all.push(("Connection", "keep-alive"));
+        SseStream::start(self.reader, &raw_request("GET", path, &all, b"")).await
+    }
+
+    /// Sends raw bytes and reads one whole response.
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Response {
+        self.reader.stream.write_all(bytes).await.unwrap();
+        let (status, headers) = self.reader.head().await;
+        let body = if bytes.starts_with(b"HEAD ") {
+            Vec::new()
+        } else {
+            self.reader.body(&headers, status).await
+        };
+        Response {
+            status,
+            headers,
+            body,
+        }
     }
 }
 
@@ -354,12 +460,25 @@ impl SseStream {
     pub async fn open(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Self {
         let mut all: Vec<(&str, &str)> = headers.to_vec();
         all.push(("Connection", "keep-alive"));
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream
-            .write_all(&raw_request("GET", path, &all, b""))
-            .await
-            .unwrap();
-        let mut reader = HttpReader::new(stream);
+        let stream = TcpStream::connect(addr).await.unwrap();
+        Self::start(
+            HttpReader::new(stream),
+            &raw_request("GET", path, &all, b""),
+        )
+        .await
+    }
+
+    /// Sends exactly `request` (a whole raw `GET`, as some client writes
+    /// it) and reads the response as an event stream.
+    pub async fn open_raw(addr: SocketAddr, request: &[u8]) -> Self {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        Self::start(HttpReader::new(stream), request).await
+    }
+
+    /// Sends `request` on `reader`'s connection and reads the response
+    /// head; the body is read as an event stream from then on.
+    async fn start(mut reader: HttpReader, request: &[u8]) -> Self {
+        reader.stream.write_all(request).await.unwrap();
         let (status, headers) = reader.head().await;
         let mut s = Self {
             status,
@@ -378,12 +497,35 @@ impl SseStream {
         s
     }
 
-    /// The first value of response header `name`.
+    /// The first value of response header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
         self.headers
             .iter()
-            .find(|(k, _)| k == name)
+            .find(|(k, _)| *k == name)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// The raw body bytes received so far, as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.raw).into_owned()
+    }
+
+    /// The next `n` events that are not `pere.` control events; fails the
+    /// test if the stream ends first.
+    pub async fn messages(&mut self, n: usize) -> Vec<SseEvent> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            match self.next_message().await {
+                Some(e) => out.push(e),
+                None => panic!(
+                    "the stream ended after {} of {n} messages: {:?}",
+                    out.len(),
+                    self.text()
+                ),
+            }
+        }
+        out
     }
 
     /// The next decoded item, waiting at most `WAIT`; `None` when the

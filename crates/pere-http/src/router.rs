@@ -58,6 +58,10 @@ const GET_DELETE: &str = "GET, HEAD, DELETE, OPTIONS";
 /// `400 invalid_path` for undecodable percent-escapes, `404 not_found`,
 /// `405 method_not_allowed` (with the `Allow` list).
 pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
+    if method == Method::OPTIONS && path == "*" {
+        // `OPTIONS *`: what the server as a whole allows.
+        return Ok(Route::Preflight);
+    }
     let segments = split(path)?;
     let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
     let (route, allow) = match segs.as_slice() {
@@ -234,6 +238,7 @@ mod tests {
             Route::Static("subscriber.html")
         );
         assert_eq!(ok(Method::OPTIONS, "/push/c"), Route::Preflight);
+        assert_eq!(ok(Method::OPTIONS, "*"), Route::Preflight);
         assert_eq!(ok(Method::HEAD, "/healthz"), Route::Health);
     }
 

@@ -3,7 +3,7 @@
 use bytes::BytesMut;
 use hyper::body::Incoming;
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
-use hyper::{Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode};
 use pere_core::{EventId, EventStore, Pattern, Resume, SubscribeRequest, Subscription};
 
 use super::{App, device_of, header_str, query_of, query_value};
@@ -38,6 +38,11 @@ pub async fn feed<S: EventStore>(
     if app.hub.is_closing() {
         return Err(ApiError::shutting_down());
     }
+    if req.method() == Method::HEAD {
+        // A HEAD asks what a GET would answer: the stream's headers, without
+        // opening a stream or making the device a member.
+        return Ok(head_response());
+    }
     let subscription = app
         .hub
         .subscribe(
@@ -55,6 +60,13 @@ pub async fn feed<S: EventStore>(
     *response.status_mut() = StatusCode::OK;
     sse_headers(response.headers_mut());
     Ok(response)
+}
+
+/// The answer to `HEAD` on an event stream: its status and headers only.
+pub fn head_response() -> Response<Body> {
+    let mut response = Response::new(Body::empty());
+    sse_headers(response.headers_mut());
+    response
 }
 
 /// The headers of every event stream (PROTOCOL §3).

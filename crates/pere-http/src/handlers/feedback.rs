@@ -24,15 +24,20 @@ pub const MAX_BATCH_ITEMS: usize = 10_000;
 /// One receipt as read from the request, before validation.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct RawReceipt {
+    /// The id from a JSON body: it wins over every header.
     id: Option<String>,
+    /// The `last_event_id` form field: the last resort, after the headers
+    /// (PROTOCOL §4).
+    form_id: Option<String>,
     status: Option<String>,
 }
 
-/// What a feedback body holds.
+/// What a feedback body holds. A batch keeps a malformed item as its own
+/// error so that it does not void the others.
 #[derive(Debug, PartialEq, Eq)]
 enum Parsed {
     One(RawReceipt),
-    Batch(Vec<RawReceipt>),
+    Batch(Vec<Result<RawReceipt, (Option<String>, ApiError)>>),
 }
 
 pub async fn feedback<S: EventStore>(
@@ -70,9 +75,9 @@ pub async fn feedback<S: EventStore>(
     })?;
     match parse_body(text, is_json)? {
         Parsed::One(mut raw) => {
-            if raw.id.is_none() {
-                raw.id = header_id;
-            }
+            // First match wins: JSON `id`, `Last-Event-ID`, `last_event_id`
+            // header, `last_event_id` form field.
+            raw.id = raw.id.or(header_id).or(raw.form_id.take());
             let (id, status) = validate(&raw)?;
             let acked = app.hub.ack(&subscription, &device, id, &status).await?;
             Ok(json(StatusCode::OK, acked_json(&acked)))
@@ -80,25 +85,34 @@ pub async fn feedback<S: EventStore>(
         Parsed::Batch(items) => {
             let mut results: Vec<Option<Value>> = Vec::with_capacity(items.len());
             let mut valid = Vec::new();
-            for raw in &items {
-                match validate(raw) {
-                    Ok((id, status)) => {
+            let mut ids = Vec::with_capacity(items.len());
+            for item in items {
+                let checked = item.and_then(|raw| match validate(&raw) {
+                    Ok(valid) => Ok((raw.id, valid)),
+                    Err(err) => Err((raw.id, err)),
+                });
+                match checked {
+                    Ok((raw_id, (id, status))) => {
                         valid.push((subscription.clone(), device.clone(), id, status));
                         results.push(None);
+                        ids.push(raw_id);
                     }
-                    Err(err) => results.push(Some(item_error(raw.id.as_deref(), &err))),
+                    Err((raw_id, err)) => {
+                        results.push(Some(item_error(raw_id.as_deref(), &err)));
+                        ids.push(raw_id);
+                    }
                 }
             }
             let mut acked = app.hub.ack_batch(valid).await.into_iter();
             let out: Vec<Value> = results
                 .into_iter()
-                .zip(&items)
-                .map(|(r, raw)| match r {
+                .zip(&ids)
+                .map(|(r, raw_id)| match r {
                     Some(err) => err,
                     None => match acked.next() {
                         Some(Ok(a)) => acked_json(&a),
-                        Some(Err(e)) => item_error(raw.id.as_deref(), &e.into()),
-                        None => item_error(raw.id.as_deref(), &ApiError::shutting_down()),
+                        Some(Err(e)) => item_error(raw_id.as_deref(), &e.into()),
+                        None => item_error(raw_id.as_deref(), &ApiError::shutting_down()),
                     },
                 })
                 .collect();
@@ -168,23 +182,41 @@ fn parse_body(text: &str, is_json: bool) -> Result<Parsed, ApiError> {
                         ),
                     ));
                 }
-                items
-                    .iter()
-                    .map(json_receipt)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map(Parsed::Batch)
+                Ok(Parsed::Batch(
+                    items
+                        .iter()
+                        .map(|item| json_receipt(item).map_err(|err| (shown_id(item), err)))
+                        .collect(),
+                ))
             }
             other => json_receipt(&other).map(Parsed::One),
         };
     }
-    let form = parse_query(trimmed)?;
+    let form = parse_query(trimmed).map_err(|err| ApiError {
+        code: if err.code == "invalid_utf8" {
+            err.code
+        } else {
+            "invalid_body"
+        },
+        ..err
+    })?;
     let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     Ok(Parsed::One(RawReceipt {
-        id: field("last_event_id")
+        id: None,
+        form_id: field("last_event_id")
             .or_else(|| field("id"))
             .filter(|v| !v.is_empty()),
         status: field("status"),
     }))
+}
+
+/// The id of a batch item as the client wrote it, to name it in its error.
+fn shown_id(item: &Value) -> Option<String> {
+    match item.get("id")? {
+        Value::String(s) => Some(s.clone()),
+        Value::Null => None,
+        other => Some(other.to_string()),
+    }
 }
 
 fn json_receipt(value: &Value) -> Result<RawReceipt, ApiError> {
@@ -221,7 +253,11 @@ fn json_receipt(value: &Value) -> Result<RawReceipt, ApiError> {
             ));
         }
     };
-    Ok(RawReceipt { id, status })
+    Ok(RawReceipt {
+        id,
+        form_id: None,
+        status,
+    })
 }
 
 #[cfg(test)]
@@ -232,6 +268,15 @@ mod tests {
     fn one(id: Option<&str>, status: Option<&str>) -> Parsed {
         Parsed::One(RawReceipt {
             id: id.map(str::to_string),
+            form_id: None,
+            status: status.map(str::to_string),
+        })
+    }
+
+    fn form(id: Option<&str>, status: Option<&str>) -> Parsed {
+        Parsed::One(RawReceipt {
+            id: None,
+            form_id: id.map(str::to_string),
             status: status.map(str::to_string),
         })
     }
@@ -240,13 +285,17 @@ mod tests {
     fn pere_form_bodies_are_read() {
         assert_eq!(
             parse_body("status=rx+ok", false).unwrap(),
-            one(None, Some("rx ok"))
+            form(None, Some("rx ok"))
         );
         assert_eq!(
             parse_body("status=ok&last_event_id=12", false).unwrap(),
-            one(Some("12"), Some("ok"))
+            form(Some("12"), Some("ok"))
         );
         assert_eq!(parse_body("", false).unwrap(), one(None, None));
+        assert_eq!(
+            parse_body("status=%zz", false).unwrap_err().code,
+            "invalid_body"
+        );
     }
 
     #[test]
@@ -265,6 +314,13 @@ mod tests {
             panic!("a batch");
         };
         assert_eq!(items.len(), 2);
+        let Parsed::Batch(items) = parse_body(r#"[{"id":"1"},"x",{"id":true}]"#, true).unwrap()
+        else {
+            panic!("a batch");
+        };
+        assert!(items[0].is_ok());
+        assert_eq!(items[1].as_ref().unwrap_err().0, None);
+        assert_eq!(items[2].as_ref().unwrap_err().0.as_deref(), Some("true"));
     }
 
     #[test]
@@ -274,7 +330,6 @@ mod tests {
             r#"{"id":true}"#,
             r#"{"status":3}"#,
             "42",
-            r#"["x"]"#,
             r#"{"id":-1}"#,
         ] {
             let err = parse_body(bad, true).unwrap_err();
@@ -284,12 +339,13 @@ mod tests {
         assert!(
             validate(&RawReceipt {
                 id: Some("x".into()),
-                status: None
+                ..RawReceipt::default()
             })
             .is_err()
         );
         let long = RawReceipt {
             id: Some("1".into()),
+            form_id: None,
             status: Some("s".repeat(MAX_STATUS_LEN + 1)),
         };
         assert_eq!(validate(&long).unwrap_err().code, "status_too_long");

@@ -84,7 +84,9 @@ async fn dispatch<S: EventStore>(
         Route::Feed(channel) => feed::feed(app, req, channel.as_deref()).await,
         Route::Feedback(channel) => feedback::feedback(app, req, &channel).await,
         Route::Receipt(channel, id) => receipts::summary(app, &channel, &id),
-        Route::ReceiptStream(channel) => receipts::stream(app, &channel),
+        Route::ReceiptStream(channel) => {
+            receipts::stream(app, &channel, req.method() == hyper::Method::HEAD)
+        }
         Route::AdminConnections => Ok(admin::connections(app)),
         Route::AdminChannels => Ok(admin::channels(app)),
         Route::AdminEvents(channel) => admin::events(app, &req, &channel).await,
@@ -211,7 +213,15 @@ pub fn device_of(
     headers: &HeaderMap,
     query: &[(String, String)],
 ) -> Result<Option<DeviceId>, ApiError> {
-    let raw = match header_str(headers, "device")? {
+    // A device header that is not even ASCII is an invalid device, with the
+    // same code as any other.
+    let header = header_str(headers, "device").map_err(|_| {
+        ApiError::bad_request(
+            "invalid_device",
+            "the `device` header is not a device id (A-Z a-z 0-9 _ - . : @)",
+        )
+    })?;
+    let raw = match header {
         Some(v) => Some(v),
         None => query_value(query, "device"),
     };
@@ -244,10 +254,9 @@ pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Ap
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
+        && len > limit as u64
     {
-        if len > limit as u64 {
-            return Err(too_large(Some(len)));
-        }
+        return Err(too_large(Some(len)));
     }
     let limited = http_body_util::Limited::new(req.into_body(), limit);
     match limited.collect().await {

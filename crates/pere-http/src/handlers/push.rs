@@ -23,6 +23,15 @@ enum Wait {
     Acked,
 }
 
+/// Reads `timeout` (decimal milliseconds): values above [`MAX_WAIT_MS`] are
+/// capped, however many digits they have, rather than refused.
+fn parse_timeout(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(text.parse::<u64>().unwrap_or(u64::MAX).min(MAX_WAIT_MS))
+}
+
 pub async fn push<S: EventStore>(
     app: &App<S>,
     req: Request<Incoming>,
@@ -51,17 +60,12 @@ pub async fn push<S: EventStore>(
     };
     let timeout_ms = match query_value(&query, "timeout") {
         None => DEFAULT_WAIT_MS,
-        Some(t) => t
-            .parse::<u64>()
-            .ok()
-            .filter(|_| t.bytes().all(|b| b.is_ascii_digit()))
-            .ok_or_else(|| {
-                ApiError::bad_request(
-                    "invalid_parameter",
-                    format!("timeout=`{}` is not a number of milliseconds", escape(t)),
-                )
-            })?
-            .min(MAX_WAIT_MS),
+        Some(t) => parse_timeout(t).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_parameter",
+                format!("timeout=`{}` is not a number of milliseconds", escape(t)),
+            )
+        })?,
     };
     let payload = read_body(req, app.hub.config().max_payload).await?;
     let published = app
@@ -114,4 +118,20 @@ pub async fn push<S: EventStore>(
         response.headers_mut().insert(LOCATION, location);
     }
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_are_decimal_milliseconds_capped_at_a_minute() {
+        assert_eq!(parse_timeout("0"), Some(0));
+        assert_eq!(parse_timeout("250"), Some(250));
+        assert_eq!(parse_timeout("60001"), Some(MAX_WAIT_MS));
+        assert_eq!(parse_timeout("99999999999999999999999"), Some(MAX_WAIT_MS));
+        for bad in ["", "-1", "+5", "1.5", "1e3", " 5", "abc"] {
+            assert_eq!(parse_timeout(bad), None, "{bad:?}");
+        }
+    }
 }

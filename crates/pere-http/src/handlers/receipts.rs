@@ -50,10 +50,19 @@ pub fn summary_json(s: &ReceiptSummary) -> serde_json::Value {
     })
 }
 
-pub fn stream<S: EventStore>(app: &App<S>, channel: &str) -> Result<Response<Body>, ApiError> {
+/// `GET /receipts/:channel`; `head` answers a `HEAD` with the headers only,
+/// watching nothing.
+pub fn stream<S: EventStore>(
+    app: &App<S>,
+    channel: &str,
+    head: bool,
+) -> Result<Response<Body>, ApiError> {
     let channel = ChannelName::new(channel)?;
     if app.hub.is_closing() {
         return Err(ApiError::shutting_down());
+    }
+    if head {
+        return Ok(super::feed::head_response());
     }
     let changes = app.hub.watch_receipts(&channel);
     let mut opening = BytesMut::new();
