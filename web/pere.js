@@ -1,1 +1,352 @@
-// placeholder
+// pere.js: PERE's browser client, a plain ES module with no dependencies.
+//
+//   import { subscribe } from '/pere.js';
+//   const sub = subscribe({
+//     channel: 'CHANNEL_1',
+//     device: 'W0039123456789',
+//     onEvent(event) { show(event); sub.ack(event.id).then(...) },
+//     onState(state) { badge.textContent = state },
+//     onGap(gap) { warn(`events were lost: ${gap.from} … ${gap.oldest}`) },
+//   });
+//
+// `subscribe` wraps EventSource (PROTOCOL §3): the device goes in the
+// `device` query parameter because EventSource cannot set headers, and
+// several channels use `/feed?channel=a&channel=b`. `ack` sends a receipt
+// (PROTOCOL §4) the way PERE's original page did: `POST /feedback/:channel`
+// with headers `device` and `Last-Event-ID` and the form body `status=ok`,
+// or a JSON body `{"id","status"}`.
+
+/** Connection states reported to `onState`. */
+export const State = Object.freeze({
+  CONNECTING: 'connecting',
+  OPEN: 'open',
+  RECONNECTING: 'reconnecting',
+  CLOSED: 'closed',
+});
+
+/** A device id as PROTOCOL §1 allows it. */
+export const DEVICE_RE = /^[A-Za-z0-9_\-.:@]{1,128}$/;
+
+/** A channel or pattern as PROTOCOL §1 allows it (roughly: `*` segments). */
+export const CHANNEL_RE = /^[A-Za-z0-9_\-.:*]{1,200}$/;
+
+/** Longest wait between two reconnect attempts made by this module, in ms. */
+const MAX_BACKOFF_MS = 30_000;
+
+/** An error answer of the server (PROTOCOL §8), or a network failure (status 0). */
+export class PereError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.name = 'PereError';
+    this.status = status;
+    this.code = code;
+  }
+
+  /** Worth trying again later: network failure, 408, 429 or 5xx. */
+  get transient() {
+    return this.status === 0 || this.status === 408 || this.status === 429 || this.status >= 500;
+  }
+}
+
+/** A new device id shaped like PERE's web page made them: `W0039` + 9 digits. */
+export function newDeviceId() {
+  const digits = new Uint8Array(9);
+  crypto.getRandomValues(digits);
+  return 'W0039' + Array.from(digits, (d) => d % 10).join('');
+}
+
+/** `text` parsed as JSON when it is a JSON object or array, else `undefined`. */
+export function parseJson(text) {
+  const t = typeof text === 'string' ? text.trimStart() : '';
+  if (!t.startsWith('{') && !t.startsWith('[')) return undefined;
+  try {
+    return JSON.parse(t);
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The URL of an event stream.
+ * @param {object} o
+ * @param {string[]} o.channels channels or patterns (at least one)
+ * @param {string} [o.device] the device id
+ * @param {string} [o.base] server origin, e.g. `http://127.0.0.1:8080` (default: this page's)
+ * @param {string} [o.lastEventId] resume after this id
+ * @param {boolean} [o.replay] replay every retained event (`replay=all`)
+ * @param {string} [o.accessToken] a token, sent as `access_token`
+ */
+export function feedUrl({ channels, device, base = '', lastEventId, replay, accessToken }) {
+  if (!channels || channels.length === 0) throw new TypeError('feedUrl: name at least one channel');
+  const query = new URLSearchParams();
+  let path = '/feed';
+  if (channels.length === 1) {
+    path += '/' + encodeURIComponent(channels[0]);
+  } else {
+    for (const c of channels) query.append('channel', c);
+  }
+  if (device) query.set('device', device);
+  if (lastEventId) query.set('lastEventId', lastEventId);
+  if (replay) query.set('replay', 'all');
+  if (accessToken) query.set('access_token', accessToken);
+  const q = query.toString();
+  return base + path + (q ? '?' + q : '');
+}
+
+async function errorOf(response) {
+  const text = await response.text().catch(() => '');
+  const body = parseJson(text);
+  const message = (body && body.error) || text || `${response.status} ${response.statusText}`;
+  return new PereError(response.status, body && body.code, message);
+}
+
+/**
+ * `GET path` as JSON; throws a `PereError` for an error answer or a network failure.
+ * @param {string} path e.g. `/admin/channels`
+ * @param {{base?: string, accessToken?: string, signal?: AbortSignal}} [options]
+ */
+export async function getJson(path, { base = '', accessToken, signal } = {}) {
+  const headers = { Accept: 'application/json' };
+  if (accessToken) headers.Authorization = 'Bearer ' + accessToken;
+  let response;
+  try {
+    response = await fetch(base + path, { headers, signal, cache: 'no-store' });
+  } catch (err) {
+    if (err && err.name === 'AbortError') throw err;
+    throw new PereError(0, 'network', `cannot reach the server (${err && err.message})`);
+  }
+  if (!response.ok) throw await errorOf(response);
+  return response.json();
+}
+
+/**
+ * Sends a receipt for event `id`: `POST /feedback/:channel`.
+ * Resolves to the server's answer `{"id","device","state"}`; rejects with a
+ * `PereError` (404 `unknown_event` when the event is not, or no longer,
+ * retained on that channel).
+ * @param {string} channel the channel (or the subscription pattern) of the event
+ * @param {string} device the device acknowledging
+ * @param {string} id the event id (`event.lastEventId`)
+ * @param {string} [status] free text, `ok` by default
+ * @param {{base?: string, json?: boolean, accessToken?: string, signal?: AbortSignal}} [options]
+ *   `json: true` sends `{"id","status"}` instead of PERE's form body `status=…`
+ */
+export async function ack(channel, device, id, status = 'ok', { base = '', json = false, accessToken, signal } = {}) {
+  const headers = { device, 'Last-Event-ID': id };
+  let body;
+  if (json) {
+    headers['Content-Type'] = 'application/json';
+    body = JSON.stringify({ id, status });
+  } else {
+    headers['Content-Type'] = 'application/x-www-form-urlencoded';
+    body = new URLSearchParams({ status }).toString();
+  }
+  if (accessToken) headers.Authorization = 'Bearer ' + accessToken;
+  let response;
+  try {
+    response = await fetch(`${base}/feedback/${encodeURIComponent(channel)}`, {
+      method: 'POST',
+      headers,
+      body,
+      signal,
+      cache: 'no-store',
+    });
+  } catch (err) {
+    if (err && err.name === 'AbortError') throw err;
+    throw new PereError(0, 'network', `cannot reach the server (${err && err.message})`);
+  }
+  if (!response.ok) throw await errorOf(response);
+  return response.json();
+}
+
+/**
+ * Subscribes to one or more channels and keeps the subscription alive.
+ *
+ * @param {object} o
+ * @param {string} [o.channel] one channel or pattern…
+ * @param {string[]} [o.channels] …or several
+ * @param {string} [o.device] the device id (without one the stream is anonymous and cannot ack)
+ * @param {string} [o.base] server origin (default: this page's)
+ * @param {string[]} [o.events] named event types to listen to besides `message`
+ *   (EventSource only dispatches named events to listeners registered by name)
+ * @param {string} [o.lastEventId] resume after this id on the first connection
+ * @param {boolean} [o.replay] ask for every retained event on the first connection
+ * @param {string} [o.accessToken] a token (PROTOCOL §7)
+ * @param {boolean} [o.json] send receipts as JSON instead of PERE's form body
+ * @param {number} [o.retryMs] first delay before this module reconnects itself (default 3000)
+ * @param {(event: PereEvent) => void} [o.onEvent] every event that has an id
+ * @param {(state: string, info: {error?: PereError}) => void} [o.onState]
+ * @param {(hello: object) => void} [o.onHello] `pere.hello`: device, channels, resumed_from, replayed
+ * @param {(gap: {from: string, oldest: string|null}) => void} [o.onGap] `pere.gap`
+ * @param {(error: PereError) => void} [o.onError] the server refused the stream
+ *
+ * `PereEvent` is `{id, type, data, json, receivedAt}`: `json` is the
+ * payload parsed when it is a JSON object or array.
+ *
+ * The returned subscription has `state`, `lastEventId`, `channels`,
+ * `device`, `ack(id, status?)` and `close()`.
+ */
+export function subscribe(o) {
+  return new Subscription(o);
+}
+
+class Subscription {
+  #o;
+  #source = null;
+  #timer = null;
+  #failures = 0;
+  #closed = false;
+  #resume;
+
+  constructor(o) {
+    const channels = o.channels ? [...o.channels] : o.channel ? [o.channel] : [];
+    if (channels.length === 0) throw new TypeError('subscribe: name a channel');
+    this.#o = { retryMs: 3000, base: '', events: [], ...o };
+    this.channels = channels;
+    this.device = o.device || null;
+    this.state = null; // the first #setState reports `connecting`
+    this.lastEventId = o.lastEventId || '';
+    this.#resume = { lastEventId: o.lastEventId, replay: o.replay };
+    this.#connect();
+  }
+
+  /** Closes the stream for good. */
+  close() {
+    this.#closed = true;
+    clearTimeout(this.#timer);
+    if (this.#source) this.#source.close();
+    this.#source = null;
+    this.#setState(State.CLOSED, {});
+  }
+
+  /**
+   * Acknowledges event `id` for this subscription's device. With several
+   * channels the event's channel is not on the wire, so each subscription
+   * is tried in turn until one knows the event.
+   */
+  async ack(id, status = 'ok') {
+    if (!this.device) throw new PereError(400, 'missing_device', 'an anonymous stream cannot send receipts');
+    const options = { base: this.#o.base, json: this.#o.json, accessToken: this.#o.accessToken };
+    let last;
+    for (const channel of this.channels) {
+      try {
+        return await ack(channel, this.device, id, status, options);
+      } catch (err) {
+        if (!(err instanceof PereError) || err.code !== 'unknown_event') throw err;
+        last = err;
+      }
+    }
+    throw last;
+  }
+
+  #setState(state, info) {
+    if (state === this.state && !info.error) return;
+    this.state = state;
+    if (this.#o.onState) this.#o.onState(state, info);
+  }
+
+  #url() {
+    return feedUrl({
+      channels: this.channels,
+      device: this.device,
+      base: this.#o.base,
+      accessToken: this.#o.accessToken,
+      // The first connection honours the caller's resume point; later ones
+      // made by this module resume after the last event seen (EventSource's
+      // own reconnects send Last-Event-ID by themselves).
+      lastEventId: this.lastEventId || this.#resume.lastEventId,
+      replay: !this.lastEventId && this.#resume.replay,
+    });
+  }
+
+  #connect() {
+    if (this.#closed) return;
+    const source = new EventSource(this.#url());
+    this.#source = source;
+    this.#setState(this.#failures === 0 && !this.lastEventId ? State.CONNECTING : State.RECONNECTING, {});
+
+    source.onopen = () => {
+      if (source !== this.#source) return;
+      this.#failures = 0;
+      this.#setState(State.OPEN, {});
+    };
+    source.onerror = () => {
+      if (source !== this.#source || this.#closed) return;
+      if (source.readyState === EventSource.CONNECTING) {
+        // The browser reconnects by itself after `retry` ms, with Last-Event-ID.
+        this.#setState(State.RECONNECTING, {});
+      } else {
+        // EventSource gives up on a non-200 answer: find out why.
+        source.close();
+        this.#source = null;
+        this.#diagnose();
+      }
+    };
+
+    const onData = (e) => {
+      if (source !== this.#source) return;
+      if (e.lastEventId) this.lastEventId = e.lastEventId;
+      if (this.#o.onEvent) {
+        this.#o.onEvent({
+          id: e.lastEventId,
+          type: e.type,
+          data: e.data,
+          json: parseJson(e.data),
+          receivedAt: new Date(),
+        });
+      }
+    };
+    source.addEventListener('message', onData);
+    for (const type of this.#o.events) {
+      if (type && type !== 'message' && !type.startsWith('pere.')) source.addEventListener(type, onData);
+    }
+    source.addEventListener('pere.hello', (e) => {
+      if (source !== this.#source) return;
+      // The stream is live once hello is sent (PROTOCOL §3).
+      this.#failures = 0;
+      this.#setState(State.OPEN, {});
+      const hello = parseJson(e.data);
+      if (hello && this.#o.onHello) this.#o.onHello(hello);
+    });
+    source.addEventListener('pere.gap', (e) => {
+      if (source !== this.#source) return;
+      const gap = parseJson(e.data);
+      if (gap && this.#o.onGap) this.#o.onGap(gap);
+    });
+  }
+
+  // EventSource does not say why it failed. Ask once with fetch, reading only
+  // the status and error body: a 4xx (bad name, no token…) is final; anything
+  // else (503 while the server restarts, 429, network down) is retried with
+  // exponential backoff, resuming after the last event seen.
+  async #diagnose() {
+    const controller = new AbortController();
+    let error;
+    try {
+      const response = await fetch(this.#url(), {
+        headers: { Accept: 'text/event-stream' },
+        cache: 'no-store',
+        signal: controller.signal,
+      });
+      if (response.ok) {
+        controller.abort();
+        error = new PereError(0, 'stream_failed', 'the stream failed; retrying');
+      } else {
+        error = await errorOf(response);
+      }
+    } catch (err) {
+      error = new PereError(0, 'network', `cannot reach the server (${err && err.message})`);
+    }
+    if (this.#closed) return;
+    if (!error.transient) {
+      this.#closed = true;
+      this.#setState(State.CLOSED, { error });
+      if (this.#o.onError) this.#o.onError(error);
+      return;
+    }
+    this.#failures += 1;
+    const delay = Math.min(this.#o.retryMs * 2 ** (this.#failures - 1), MAX_BACKOFF_MS);
+    this.#setState(State.RECONNECTING, { error, retryInMs: delay });
+    this.#timer = setTimeout(() => this.#connect(), delay * (0.8 + Math.random() * 0.4));
+  }
+}
