@@ -40,9 +40,18 @@ fn publish(c: &mut Criterion) {
             .unwrap()
         };
         vec![
-            ("memory", BenchServer::start(MemoryStore::new(retention)).await),
-            ("file_fsync_always", BenchServer::start(file(&dirs[0], Fsync::Always)).await),
-            ("file_fsync_never", BenchServer::start(file(&dirs[1], Fsync::Never)).await),
+            (
+                "memory",
+                BenchServer::start(MemoryStore::new(retention)).await,
+            ),
+            (
+                "file_fsync_always",
+                BenchServer::start(file(&dirs[0], Fsync::Always)).await,
+            ),
+            (
+                "file_fsync_never",
+                BenchServer::start(file(&dirs[1], Fsync::Never)).await,
+            ),
         ]
     });
     for (name, server) in &servers {

@@ -69,7 +69,14 @@ fn append(c: &mut Criterion) {
             ..FileStoreConfig::new(dir.path())
         })
         .unwrap();
-        let name = format!("file_fsync_{}", if fsync == Fsync::Always { "always" } else { "never" });
+        let name = format!(
+            "file_fsync_{}",
+            if fsync == Fsync::Always {
+                "always"
+            } else {
+                "never"
+            }
+        );
         group.bench_function(name, |b| {
             b.iter(|| rt.block_on(store.append(&batch(&mut next))).unwrap())
         });
@@ -79,14 +86,25 @@ fn append(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("store_read");
     let store = MemoryStore::new(retention());
-    rt.block_on(store.append(&(1..=1000).map(|i| event(i, &channels[0], &payload)).collect::<Vec<_>>()))
-        .unwrap();
+    rt.block_on(
+        store.append(
+            &(1..=1000)
+                .map(|i| event(i, &channels[0], &payload))
+                .collect::<Vec<_>>(),
+        ),
+    )
+    .unwrap();
     for n in [10usize, 100, 1000] {
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::new("memory_range", n), &n, |b, &n| {
             b.iter(|| {
-                rt.block_on(store.read(&channels[0], EventId(1000 - n as u64), EventId(u64::MAX), n))
-                    .unwrap()
+                rt.block_on(store.read(
+                    &channels[0],
+                    EventId(1000 - n as u64),
+                    EventId(u64::MAX),
+                    n,
+                ))
+                .unwrap()
             })
         });
     }
@@ -120,7 +138,11 @@ fn recovery_dir() -> &'static tempfile::TempDir {
                 let batch: Vec<Record> = (0..1000)
                     .map(|i| {
                         id += 1;
-                        event(id, &channels[((chunk * 1000 + i) % 1000) as usize], &payload)
+                        event(
+                            id,
+                            &channels[((chunk * 1000 + i) % 1000) as usize],
+                            &payload,
+                        )
                     })
                     .collect();
                 store.append(&batch).await.unwrap();

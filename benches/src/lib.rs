@@ -20,7 +20,9 @@ pub struct BenchServer {
 impl BenchServer {
     /// Serves a hub over `store` on `127.0.0.1:0`.
     pub async fn start<S: EventStore>(store: S) -> Self {
-        let listener = pere_http::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let listener = pere_http::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
         let addr = listener.local_addr().unwrap();
         let hub = Hub::open(HubConfig::default(), store).await.unwrap();
         let (tx, rx) = oneshot::channel::<()>();
@@ -83,7 +85,8 @@ impl Publisher {
                     .lines()
                     .find_map(|l| {
                         let (k, v) = l.split_once(':')?;
-                        k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().ok())?
                     })
                     .unwrap_or(0);
                 while self.buf.len() < end + 4 + len {

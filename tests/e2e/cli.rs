@@ -1,1 +1,611 @@
-//! (to be written)
+//! The command-line tools as processes: `pere-server`, `pere-pub` and
+//! `pere-sub` talking over loopback, their output read as scripts read it
+//! (PROTOCOL §9). Needs the binaries built first (`cargo build --workspace`).
+//!
+//! Every process is owned by a [`Proc`] guard that kills it when dropped, so
+//! a failing test leaves nothing running.
+
+use std::net::SocketAddr;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pere_tests::{WAIT, bin, request};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// A process this test started, with its output read line by line in the
+/// background. Dropping it kills the process (`kill_on_drop`).
+struct Proc {
+    name: String,
+    child: Child,
+    stdout: mpsc::UnboundedReceiver<String>,
+    stdout_task: JoinHandle<()>,
+    stderr: mpsc::UnboundedReceiver<String>,
+    stderr_log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    /// Starts the workspace binary `name` with `args`.
+    fn start(name: &str, args: &[&str], stdin: Stdio) -> Self {
+        let mut child = Command::new(bin(name))
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let (out_tx, stdout) = mpsc::unbounded_channel();
+        let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+        let stdout_task = tokio::spawn(async move {
+            while let Ok(Some(line)) = out.next_line().await {
+                if out_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (err_tx, stderr) = mpsc::unbounded_channel();
+        let stderr_log = Arc::new(Mutex::new(Vec::new()));
+        let log = stderr_log.clone();
+        let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = err.next_line().await {
+                log.lock().unwrap().push(line.clone());
+                let _ = err_tx.send(line);
+            }
+        });
+        Self {
+            name: name.to_string(),
+            child,
+            stdout,
+            stdout_task,
+            stderr,
+            stderr_log,
+        }
+    }
+
+    /// Everything the process wrote on stderr so far.
+    fn stderr_text(&self) -> String {
+        self.stderr_log.lock().unwrap().join("\n")
+    }
+
+    /// The next stdout line, waiting at most `WAIT`.
+    async fn line(&mut self) -> String {
+        match tokio::time::timeout(WAIT, self.stdout.recv()).await {
+            Ok(Some(line)) => line,
+            Ok(None) => panic!(
+                "{} closed stdout; stderr:\n{}",
+                self.name,
+                self.stderr_text()
+            ),
+            Err(_) => panic!(
+                "{} printed no line within {WAIT:?}; stderr:\n{}",
+                self.name,
+                self.stderr_text()
+            ),
+        }
+    }
+
+    /// The next stdout line, parsed as JSON.
+    async fn json_line(&mut self) -> Value {
+        let line = self.line().await;
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    }
+
+    /// Reads stderr until a line contains `needle`; returns that line.
+    async fn stderr_line_containing(&mut self, needle: &str) -> String {
+        loop {
+            match tokio::time::timeout(WAIT, self.stderr.recv()).await {
+                Ok(Some(line)) if line.contains(needle) => return line,
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => panic!(
+                    "{} never printed `{needle}` on stderr; stderr:\n{}",
+                    self.name,
+                    self.stderr_text()
+                ),
+            }
+        }
+    }
+
+    /// Waits (at most `WAIT`) for the process to exit.
+    async fn exit(&mut self) -> ExitStatus {
+        match tokio::time::timeout(WAIT, self.child.wait()).await {
+            Ok(status) => status.unwrap(),
+            Err(_) => panic!(
+                "{} did not exit within {WAIT:?}; stderr:\n{}",
+                self.name,
+                self.stderr_text()
+            ),
+        }
+    }
+
+    /// Waits for a successful exit and returns every stdout line not read
+    /// yet.
+    async fn success(&mut self) -> Vec<String> {
+        let status = self.exit().await;
+        assert!(
+            status.success(),
+            "{} failed with {status}; stderr:\n{}",
+            self.name,
+            self.stderr_text()
+        );
+        let mut lines = Vec::new();
+        while let Ok(Some(line)) = tokio::time::timeout(WAIT, self.stdout.recv()).await {
+            lines.push(line);
+        }
+        lines
+    }
+
+    /// Closes our end of the process's stdout, as `head` does when it has
+    /// read enough.
+    fn close_stdout(&mut self) {
+        self.stdout_task.abort();
+        self.stdout.close();
+    }
+
+    /// Sends SIGTERM to this process (by its pid), like a service manager.
+    fn terminate(&self) {
+        let pid = self.child.id().expect("the process is still running");
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        assert!(
+            sent.is_ok_and(|s| s.success()),
+            "cannot send SIGTERM to {}",
+            self.name
+        );
+    }
+}
+
+/// A `pere-server` process with the memory store (nothing written to disk;
+/// a restart forgets every event) and a 200 ms `retry`, so subscribers
+/// reconnect quickly.
+struct Server {
+    proc: Proc,
+    addr: SocketAddr,
+}
+
+impl Server {
+    /// Starts a server on `port` (0 picks a free one, read from the banner).
+    async fn start(port: u16) -> Self {
+        let port = port.to_string();
+        let mut proc = Proc::start(
+            "pere-server",
+            &["--memory", "--port", &port, "--retry", "200"],
+            Stdio::null(),
+        );
+        // The banner: `  listening   http://127.0.0.1:PORT`.
+        let line = proc.stderr_line_containing("listening   http://").await;
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in the banner line {line:?}"));
+        Self { proc, addr }
+    }
+
+    /// `HOST:PORT`, as the tools take it.
+    fn hostport(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// `GET path` as JSON, asserting `200`.
+    async fn get_json(&self, path: &str) -> Value {
+        let r = request(self.addr, "GET", path, &[], b"").await;
+        assert_eq!(r.status, 200, "GET {path}: {}", r.text());
+        r.json()
+    }
+
+    /// Publishes over HTTP and returns the id.
+    async fn publish(&self, channel: &str, payload: &str) -> String {
+        let r = request(
+            self.addr,
+            "POST",
+            &format!("/push/{channel}"),
+            &[],
+            payload.as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status, 201, "publish: {}", r.text());
+        r.json()["id"].as_str().unwrap().to_string()
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    async fn stop(mut self) {
+        self.proc.terminate();
+        let status = self.proc.exit().await;
+        assert!(
+            status.success(),
+            "the server exits cleanly on SIGTERM ({status}); stderr:\n{}",
+            self.proc.stderr_text()
+        );
+    }
+}
+
+/// A port with nothing listening on it (bound, then released: the race
+/// with another process taking it meanwhile is accepted).
+async fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// The event id that starts a `pere-pub` output line.
+fn first_word_id(line: &str) -> u64 {
+    line.split_whitespace()
+        .next()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("the line does not start with an event id: {line:?}"))
+}
+
+#[tokio::test]
+async fn pere_pub_prints_each_event_id_and_pere_sub_receives_and_acks_exactly_those() {
+    let server = Server::start(0).await;
+    let addr = server.hostport();
+    let mut sub = Proc::start(
+        "pere-sub",
+        &[
+            &addr,
+            "CHANNEL_1",
+            "--json",
+            "--count",
+            "3",
+            "--device",
+            "H-cli-1",
+        ],
+        Stdio::null(),
+    );
+    let hello = sub.json_line().await;
+    assert_eq!(hello["event"], "pere.hello", "{hello}");
+    assert_eq!(hello["id"], "", "no event id yet: {hello}");
+    assert_eq!(
+        hello["channel"],
+        Value::Null,
+        "control events have no channel"
+    );
+
+    let mut publisher = Proc::start(
+        "pere-pub",
+        &[&addr, "CHANNEL_1", "--data", "x", "--count", "3"],
+        Stdio::null(),
+    );
+    let lines = publisher.success().await;
+    assert_eq!(lines.len(), 3, "one line per event: {lines:?}");
+    let ids: Vec<u64> = lines.iter().map(|l| first_word_id(l)).collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "increasing ids: {ids:?}"
+    );
+    assert!(
+        lines[0].contains("channel=CHANNEL_1 recipients=1"),
+        "{lines:?}"
+    );
+
+    for id in &ids {
+        let event = sub.json_line().await;
+        assert_eq!(
+            event,
+            serde_json::json!({
+                "id": id.to_string(),
+                "event": "message",
+                "data": "x",
+                "channel": "CHANNEL_1",
+            })
+        );
+    }
+    assert!(
+        sub.success().await.is_empty(),
+        "nothing after --count events"
+    );
+
+    for id in &ids {
+        let receipts = server.get_json(&format!("/receipts/CHANNEL_1/{id}")).await;
+        assert_eq!(
+            receipts["devices"]["H-cli-1"]["state"], "acked",
+            "the subscriber acked {id}: {receipts}"
+        );
+        assert_eq!(receipts["devices"]["H-cli-1"]["status"], "ok");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn pere_pub_publishes_each_line_of_its_stdin() {
+    let server = Server::start(0).await;
+    let mut publisher = Proc::start("pere-pub", &[&server.hostport(), "lines"], Stdio::piped());
+    let mut stdin = publisher.child.stdin.take().unwrap();
+    stdin.write_all(b"one\n\n{\"n\":2}\nthree\n").await.unwrap();
+    drop(stdin);
+    let lines = publisher.success().await;
+    assert_eq!(lines.len(), 3, "empty lines are skipped: {lines:?}");
+    let events = server.get_json("/admin/events/lines").await;
+    let data: Vec<&Value> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["data"])
+        .collect();
+    assert_eq!(
+        data,
+        [
+            &Value::from("one"),
+            &serde_json::json!({"n": 2}),
+            &Value::from("three")
+        ]
+    );
+    let printed: Vec<String> = lines.iter().map(|l| first_word_id(l).to_string()).collect();
+    let stored: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(printed, stored);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn pere_sub_reconnects_with_last_event_id_after_the_server_restarts() {
+    let server = Server::start(0).await;
+    let port = server.addr.port();
+    let addr = server.hostport();
+    let mut sub = Proc::start(
+        "pere-sub",
+        &[&addr, "restart", "--json", "--device", "H-cli-r"],
+        Stdio::null(),
+    );
+    assert_eq!(sub.json_line().await["event"], "pere.hello");
+    let first = server.publish("restart", "before").await;
+    let event = sub.json_line().await;
+    assert_eq!(
+        (event["id"].as_str(), event["data"].as_str()),
+        (Some(first.as_str()), Some("before"))
+    );
+
+    server.stop().await;
+    sub.stderr_line_containing("disconnected").await;
+    let server = Server::start(port).await;
+    let second = server.publish("restart", "after").await;
+    assert!(
+        second.parse::<u64>().unwrap() > first.parse::<u64>().unwrap(),
+        "ids keep increasing across restarts"
+    );
+
+    // The new stream starts with a hello naming the resume point (the
+    // Last-Event-ID sent), maybe a gap (the memory store forgot `first`),
+    // then the new event.
+    let mut controls = Vec::new();
+    let event = loop {
+        let line = sub.json_line().await;
+        if line["channel"].is_null() {
+            controls.push(line);
+        } else {
+            break line;
+        }
+    };
+    assert_eq!(event["id"], second.as_str(), "{event}");
+    assert_eq!(event["data"], "after");
+    let hello = controls
+        .iter()
+        .find(|c| c["event"] == "pere.hello")
+        .unwrap_or_else(|| panic!("a pere.hello after reconnecting: {controls:?}"));
+    let hello: Value = serde_json::from_str(hello["data"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        hello["resumed_from"],
+        first.as_str(),
+        "Last-Event-ID was sent"
+    );
+    assert!(
+        controls.iter().all(|c| c["id"] == first.as_str()),
+        "control events report the last event id unchanged: {controls:?}"
+    );
+    drop(sub);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn pere_pub_retries_until_the_server_starts_and_the_event_is_stored_once() {
+    let port = free_port().await;
+    let mut publisher = Proc::start(
+        "pere-pub",
+        &[&format!("127.0.0.1:{port}"), "retried", "--data", "once"],
+        Stdio::null(),
+    );
+    // It tried, failed, and is backing off.
+    publisher.stderr_line_containing("retry 1/10").await;
+    let server = Server::start(port).await;
+    let lines = publisher.success().await;
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let events = server.get_json("/admin/events/retried").await;
+    let events = events.as_array().unwrap();
+    assert_eq!(events.len(), 1, "stored once: {events:?}");
+    assert_eq!(events[0]["id"], first_word_id(&lines[0]).to_string());
+    server.stop().await;
+}
+
+/// A proxy to `upstream` that loses the answer to the first request: it
+/// forwards the request, waits for the server's answer, and closes the
+/// client's connection without relaying it. Later connections are relayed
+/// both ways.
+async fn answer_losing_proxy(upstream: SocketAddr) -> (SocketAddr, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((mut client, _)) = listener.accept().await {
+            let mut server = TcpStream::connect(upstream).await.unwrap();
+            if first {
+                first = false;
+                let (mut client_read, _client_write) = client.split();
+                let (mut server_read, mut server_write) = server.split();
+                let forward = tokio::io::copy(&mut client_read, &mut server_write);
+                let mut answer = [0u8; 1];
+                // Relay the request until the server starts answering, then
+                // drop both connections.
+                tokio::select! {
+                    _ = forward => {}
+                    _ = server_read.read(&mut answer) => {}
+                }
+            } else {
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                });
+            }
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn pere_pub_resends_a_publish_whose_answer_was_lost_with_the_same_idempotency_key() {
+    let server = Server::start(0).await;
+    let (proxy, proxy_task) = answer_losing_proxy(server.addr).await;
+    let mut publisher = Proc::start(
+        "pere-pub",
+        &[&proxy.to_string(), "lost", "--data", "once"],
+        Stdio::null(),
+    );
+    let lines = publisher.success().await;
+    proxy_task.abort();
+    assert!(
+        publisher.stderr_text().contains("retry 1/10"),
+        "the first answer was lost and the publish retried; stderr:\n{}",
+        publisher.stderr_text()
+    );
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("duplicate=true"),
+        "the server recognised the key: {lines:?}"
+    );
+    let events = server.get_json("/admin/events/lost").await;
+    let events = events.as_array().unwrap();
+    assert_eq!(events.len(), 1, "stored once: {events:?}");
+    assert_eq!(events[0]["id"], first_word_id(&lines[0]).to_string());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn pere_sub_exits_quietly_when_its_output_is_closed() {
+    let server = Server::start(0).await;
+    let mut sub = Proc::start(
+        "pere-sub",
+        &[&server.hostport(), "piped", "--no-ack"],
+        Stdio::null(),
+    );
+    assert!(sub.line().await.starts_with("RX CTL> event: pere.hello"));
+    sub.close_stdout();
+    // The next write fails with a broken pipe; publish until it happens.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let status = loop {
+        server.publish("piped", "x").await;
+        if let Ok(status) = tokio::time::timeout(Duration::from_millis(100), sub.child.wait()).await
+        {
+            break status.unwrap();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pere-sub still runs after its output closed; stderr:\n{}",
+            sub.stderr_text()
+        );
+    };
+    assert!(status.success(), "exit status {status}");
+    let stderr = sub.stderr_text();
+    assert!(
+        !stderr.contains("panicked") && !stderr.to_lowercase().contains("broken pipe"),
+        "quiet: {stderr}"
+    );
+    server.stop().await;
+}
+
+/// Runs `name args…` to completion (bounded), returning status and stdout.
+async fn run_tool(name: &str, args: &[&str]) -> (ExitStatus, String, String) {
+    let output = tokio::time::timeout(
+        WAIT,
+        Command::new(bin(name))
+            .args(args)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{name} {args:?} did not finish"))
+    .unwrap();
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn help_of_each_tool_explains_every_option_and_usage_errors_exit_with_2() {
+    let tools: [(&str, &[&str]); 2] = [
+        (
+            "pere-pub",
+            &[
+                "--data",
+                "--count",
+                "--rate",
+                "--interval",
+                "--event",
+                "--device",
+                "--idempotency-key",
+                "--retries",
+                "--wait",
+                "--timeout",
+                "--quiet",
+            ],
+        ),
+        (
+            "pere-sub",
+            &[
+                "--device",
+                "--json",
+                "--count",
+                "--no-ack",
+                "--status",
+                "--last-event-id",
+                "--replay-all",
+                "--max-reconnects",
+                "--timeout",
+                "--quiet",
+            ],
+        ),
+    ];
+    for (tool, flags) in tools {
+        let (status, stdout, _) = run_tool(tool, &["--help"]).await;
+        assert!(status.success(), "{tool} --help: {status}");
+        for flag in flags {
+            let explained = stdout.lines().any(|l| {
+                let l = l.trim_start();
+                (l.starts_with(flag) || l.starts_with(&format!("-q, {flag}")))
+                    && l.len() > flag.len() + 10
+            });
+            assert!(explained, "{tool} --help explains {flag}:\n{stdout}");
+        }
+        for positional in ["addr", "channel"] {
+            assert!(
+                stdout.contains(positional),
+                "{tool} --help names <{positional}>"
+            );
+        }
+        let (status, _, stderr) = run_tool(tool, &["127.0.0.1:1"]).await;
+        assert_eq!(status.code(), Some(2), "{tool} without a channel: {stderr}");
+        let (status, _, stderr) = run_tool(tool, &["127.0.0.1:1", "a b"]).await;
+        assert_eq!(
+            status.code(),
+            Some(2),
+            "{tool} with a bad channel: {stderr}"
+        );
+        assert!(
+            stderr.contains("a b"),
+            "the error names the value: {stderr}"
+        );
+    }
+}

@@ -1,3 +1,304 @@
-//! `pere-pub` (being written).
+//! `pere-pub`: flags → [`Config`] → publish with [`pere_http::client`].
+//!
+//! stdout carries one line per published event whose first word is the event
+//! id (PROTOCOL §9); everything else goes to stderr. Exit status: 0 when
+//! every event was published, 1 when one could not be, 2 for a bad command
+//! line.
 
-fn main() {}
+mod config;
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use config::{Args, Config, Pace, Source};
+use pere_http::client::{Client, Published, random_key};
+use tokio::io::AsyncBufReadExt;
+use tokio::time::Instant;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let args: Args = match parse_args() {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
+    let config = match Config::resolve(args, std::io::stdin().is_terminal()) {
+        Ok(c) => c,
+        Err(err) => {
+            eprintln!("pere-pub: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(config.quiet);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("pere-pub: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(&config));
+    // A read of stdin cannot be cancelled; do not wait for one at exit.
+    runtime.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Stop::OutputClosed) => ExitCode::SUCCESS,
+        Err(Stop::Failed(err)) => {
+            eprintln!("pere-pub: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Parses the command line like `argh::from_env`, but a usage error exits
+/// with status 2.
+fn parse_args() -> Result<Args, ExitCode> {
+    let mut strings = Vec::new();
+    for arg in std::env::args_os() {
+        match arg.into_string() {
+            Ok(s) => strings.push(s),
+            Err(arg) => {
+                eprintln!("pere-pub: argument {arg:?} is not UTF-8");
+                return Err(ExitCode::from(2));
+            }
+        }
+    }
+    let rest: Vec<&str> = strings.iter().skip(1).map(String::as_str).collect();
+    match <Args as argh::FromArgs>::from_args(&["pere-pub"], &rest) {
+        Ok(args) => Ok(args),
+        Err(early) if early.status.is_ok() => {
+            println!("{}", early.output);
+            Err(ExitCode::SUCCESS)
+        }
+        Err(early) => {
+            eprintln!(
+                "{}\nRun pere-pub --help for more information.",
+                early.output
+            );
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+fn init_logging(quiet: bool) {
+    let default = if quiet { "error" } else { "warn" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// Why publishing stopped early.
+enum Stop {
+    /// stdout was closed (e.g. piped into `head`): stop quietly.
+    OutputClosed,
+    /// An event could not be published, or the input could not be read.
+    Failed(String),
+}
+
+/// Publishes every event of the configured source, paced, and prints a line
+/// for each.
+async fn run(config: &Config) -> Result<(), Stop> {
+    let client = Client::new(&config.addr).map_err(|e| Stop::Failed(e.to_string()))?;
+    let mut rng = Rng::new();
+    // Per-run part of the generated idempotency keys: keys of two runs of
+    // the same device never collide.
+    let run_key = &random_key()[..12];
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let start = Instant::now();
+    let mut sent: u64 = 0;
+    while config.count.is_none_or(|count| sent < count) {
+        let payload = match &config.source {
+            Source::Data(data) => data.clone(),
+            Source::Generated => generated_payload(config, sent + 1, &mut rng),
+            Source::Stdin => match stdin.next_line().await {
+                Ok(Some(line)) if line.trim().is_empty() => continue,
+                Ok(Some(line)) => line,
+                Ok(None) => break,
+                Err(err) => return Err(Stop::Failed(format!("cannot read stdin: {err}"))),
+            },
+        };
+        if sent > 0 {
+            match config.pace {
+                Pace::Asap => {}
+                Pace::Every(period) => {
+                    let due =
+                        u32::try_from(sent).map_or(Duration::MAX, |n| period.saturating_mul(n));
+                    tokio::time::sleep_until(start + due).await;
+                }
+                Pace::Random(min, max) => tokio::time::sleep(rng.between(min, max)).await,
+            }
+        }
+        let mut options = config.options.clone();
+        options.idempotency_key = Some(match &config.idempotency_key {
+            Some(key) => key.clone(),
+            None => format!("{}-{run_key}-{}", config.device, sent + 1),
+        });
+        // Room for the load mode: with `--concurrency K`, K tasks would take
+        // payloads from this loop over a channel, each with `client.clone()`.
+        let published = client
+            .publish_retrying(
+                &config.channel,
+                payload,
+                &options,
+                &config.backoff,
+                |retry, delay, err| {
+                    if !config.quiet {
+                        eprintln!(
+                            "pere-pub: {err}; retry {retry}/{} in {} ms",
+                            config.backoff.retries,
+                            delay.as_millis()
+                        );
+                    }
+                },
+            )
+            .await
+            .map_err(|err| {
+                Stop::Failed(format!(
+                    "event {} was not published on {}: {err}",
+                    sent + 1,
+                    config.channel
+                ))
+            })?;
+        sent += 1;
+        let line = report(&client, config, &published).await;
+        print_line(&line)?;
+    }
+    Ok(())
+}
+
+/// The output line of a published event: the id first (PROTOCOL §9), then
+/// `key=value` words; with `--wait`, who acked and who is pending.
+async fn report(client: &Client, config: &Config, p: &Published) -> String {
+    let mut line = format!(
+        "{}  channel={} recipients={}",
+        p.id, p.channel, p.recipients
+    );
+    if p.duplicate {
+        line.push_str(" duplicate=true");
+    }
+    if config.options.wait.is_none() {
+        return line;
+    }
+    line.push_str(&format!(
+        " delivered={} acked={} timed_out={}",
+        p.delivered.unwrap_or(0),
+        p.acked.unwrap_or(0),
+        p.timed_out.unwrap_or(false)
+    ));
+    // The publish answer counts acks; the receipts name the devices.
+    let (acked_by, pending) = match client.receipts(&config.channel, &p.id).await {
+        Ok(summary) => {
+            let acked: Vec<String> = summary["devices"]
+                .as_object()
+                .map(|devices| {
+                    devices
+                        .iter()
+                        .filter(|(_, r)| r["state"] == "acked")
+                        .map(|(d, _)| d.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let pending: Vec<String> = summary["pending"]
+                .as_array()
+                .map(|list| {
+                    list.iter()
+                        .filter_map(|d| d.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (Some(acked), pending)
+        }
+        Err(err) => {
+            tracing::warn!(cause = %err, id = %p.id, "cannot read the event's receipts");
+            (None, p.pending.clone().unwrap_or_default())
+        }
+    };
+    if let Some(acked_by) = acked_by {
+        line.push_str(&format!(" acked_by={}", list(&acked_by)));
+    }
+    line.push_str(&format!(" pending={}", list(&pending)));
+    line
+}
+
+/// A comma-separated list, `-` when empty.
+fn list(items: &[String]) -> String {
+    if items.is_empty() {
+        "-".to_string()
+    } else {
+        items.join(",")
+    }
+}
+
+/// Writes one line to stdout; a closed stdout stops the run quietly.
+fn print_line(line: &str) -> Result<(), Stop> {
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{line}").and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Err(Stop::OutputClosed),
+        Err(err) => Err(Stop::Failed(format!("cannot write to stdout: {err}"))),
+    }
+}
+
+/// A generated event, as PERE's publisher.rb made them: the channel, the
+/// device, an application message counter, the time (ISO 8601, UTC) and a
+/// random base-36 chunk of 15 to 128 characters.
+fn generated_payload(config: &Config, counter: u64, rng: &mut Rng) -> String {
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    let now = time::OffsetDateTime::now_utc()
+        .format(&format)
+        .unwrap_or_default();
+    let len = 15 + rng.below(128 - 15 + 1);
+    let data: String = (0..len)
+        .map(|_| {
+            let d = rng.below(36) as u32;
+            char::from_digit(d, 36).unwrap_or('0')
+        })
+        .collect();
+    serde_json::json!({
+        "channel": config.channel,
+        "device": config.device,
+        "id": counter,
+        "time": now,
+        "data": data,
+    })
+    .to_string()
+}
+
+/// A small non-cryptographic generator (splitmix64) for generated data and
+/// pauses, seeded from the standard library's random hasher keys.
+struct Rng(u64);
+
+impl Rng {
+    fn new() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        Self(h.finish())
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (`n` > 0).
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    /// A duration between `min` and `max`, to the millisecond.
+    fn between(&mut self, min: Duration, max: Duration) -> Duration {
+        let span = max.saturating_sub(min).as_millis() as u64;
+        min + Duration::from_millis(self.below(span + 1))
+    }
+}

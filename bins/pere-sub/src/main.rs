@@ -1,3 +1,270 @@
-//! `pere-sub` (being written).
+//! `pere-sub`: flags → [`Config`] → follow a channel with
+//! [`pere_http::client::Subscriber`], printing events and acknowledging them
+//! with [`pere_http::client::Client`].
+//!
+//! stdout carries the events (human lines, or PROTOCOL §9's JSON lines with
+//! `--json`); connection notices and errors go to stderr. Piped into `head`,
+//! it stops quietly when stdout closes.
 
-fn main() {}
+mod config;
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use config::{Args, Config, Output};
+use pere_http::client::{
+    Backoff, Client, Feed, SubscribeOptions, Subscriber, SubscriberItem, is_transient,
+};
+use pere_http::sse::SseEvent;
+use tokio::time::Instant;
+use tracing_subscriber::EnvFilter;
+
+/// Attempts at a receipt whose failure may be transient (the server is
+/// restarting): the stream waits meanwhile, so keep it short.
+const ACK_BACKOFF: Backoff = Backoff {
+    retries: 2,
+    initial: Duration::from_millis(200),
+    max: Duration::from_millis(400),
+};
+
+fn main() -> ExitCode {
+    let args: Args = match parse_args() {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
+    let config = match Config::resolve(args) {
+        Ok(c) => c,
+        Err(err) => {
+            eprintln!("pere-sub: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(config.quiet);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("pere-sub: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(follow(&config)) {
+        Ok(()) | Err(Stop::OutputClosed) => ExitCode::SUCCESS,
+        Err(Stop::Failed(err)) => {
+            eprintln!("pere-sub: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Parses the command line like `argh::from_env`, but a usage error exits
+/// with status 2.
+fn parse_args() -> Result<Args, ExitCode> {
+    let mut strings = Vec::new();
+    for arg in std::env::args_os() {
+        match arg.into_string() {
+            Ok(s) => strings.push(s),
+            Err(arg) => {
+                eprintln!("pere-sub: argument {arg:?} is not UTF-8");
+                return Err(ExitCode::from(2));
+            }
+        }
+    }
+    let rest: Vec<&str> = strings.iter().skip(1).map(String::as_str).collect();
+    match <Args as argh::FromArgs>::from_args(&["pere-sub"], &rest) {
+        Ok(args) => Ok(args),
+        Err(early) if early.status.is_ok() => {
+            println!("{}", early.output);
+            Err(ExitCode::SUCCESS)
+        }
+        Err(early) => {
+            eprintln!(
+                "{}\nRun pere-sub --help for more information.",
+                early.output
+            );
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+fn init_logging(quiet: bool) {
+    let default = if quiet { "error" } else { "warn" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// Why following stopped other than by reaching `--count`.
+enum Stop {
+    /// stdout was closed (e.g. piped into `head`): stop quietly.
+    OutputClosed,
+    /// The subscription failed, or `--timeout` passed before `--count`.
+    Failed(String),
+}
+
+/// Follows the channel until `--count` events, `--timeout`, or a failure.
+async fn follow(config: &Config) -> Result<(), Stop> {
+    let options = SubscribeOptions {
+        last_event_id: config.last_event_id.clone(),
+        replay_all: config.replay_all,
+        max_reconnects: config.max_reconnects,
+        ..SubscribeOptions::default()
+    };
+    let mut sub = Subscriber::with_options(
+        &config.addr,
+        Feed::Channels(vec![config.channel.clone()]),
+        Some(config.device.clone()),
+        options,
+    )
+    .map_err(|e| Stop::Failed(e.to_string()))?;
+    // Receipts go over their own keep-alive connection.
+    let client = Client::new(&config.addr).map_err(|e| Stop::Failed(e.to_string()))?;
+    notice(
+        config,
+        format_args!(
+            "device {}, channel {}, server {}",
+            config.device,
+            config.channel,
+            sub.address()
+        ),
+    );
+    let deadline = config.timeout.map(|t| Instant::now() + t);
+    let mut received: u64 = 0;
+    loop {
+        let next = match deadline {
+            None => sub.next().await,
+            Some(deadline) => tokio::select! {
+                next = sub.next() => next,
+                () = tokio::time::sleep_until(deadline) => {
+                    return match config.count {
+                        Some(count) => Err(Stop::Failed(format!(
+                            "--timeout passed after {received} of {count} events"
+                        ))),
+                        None => Ok(()),
+                    };
+                }
+            },
+        };
+        let item = match next {
+            Ok(Some(item)) => item,
+            Ok(None) => return Ok(()),
+            Err(err) => return Err(Stop::Failed(err.to_string())),
+        };
+        let event = match item {
+            SubscriberItem::Event(event) => event,
+            SubscriberItem::Connected => {
+                notice(
+                    config,
+                    format_args!("connected to {}", sub.address().url(sub.path())),
+                );
+                continue;
+            }
+            SubscriberItem::Disconnected { reason } => {
+                notice(config, format_args!("disconnected: {reason}"));
+                continue;
+            }
+            SubscriberItem::Reconnecting { after, attempt } => {
+                let from = match sub.last_event_id() {
+                    "" => String::new(),
+                    id => format!(", resuming after event {id}"),
+                };
+                notice(
+                    config,
+                    format_args!(
+                        "reconnecting in {} ms (attempt {attempt}{from})",
+                        after.as_millis()
+                    ),
+                );
+                continue;
+            }
+        };
+        let control = event.event.starts_with("pere.");
+        print_event(config, &event, control)?;
+        if control {
+            if event.event == "pere.gap" {
+                eprintln!(
+                    "pere-sub: events were lost to this device (older than the server retains): {}",
+                    event.data
+                );
+            }
+            continue;
+        }
+        // The place for `--exec CMD` (a later issue): run it here, and let
+        // its outcome choose the receipt's status.
+        if let Some(status) = &config.status {
+            ack(config, &client, &event, status).await;
+        }
+        received += 1;
+        if config.count.is_some_and(|count| received >= count) {
+            return Ok(());
+        }
+    }
+}
+
+/// Sends the receipt of `event`, retrying briefly when the server is
+/// unreachable; a failure is reported, not fatal (the event was received).
+async fn ack(config: &Config, client: &Client, event: &SseEvent, status: &str) {
+    if event.id.is_empty() {
+        eprintln!(
+            "pere-sub: event without an id (type {}): no receipt can name it",
+            event.event
+        );
+        return;
+    }
+    let mut retry = 0;
+    loop {
+        match client
+            .ack(&config.channel, &config.device, &event.id, status)
+            .await
+        {
+            Ok(_) => return,
+            Err(err) if retry < ACK_BACKOFF.retries && is_transient(&err) => {
+                retry += 1;
+                tokio::time::sleep(ACK_BACKOFF.delay(retry)).await;
+            }
+            Err(err) => {
+                eprintln!("pere-sub: receipt for event {} failed: {err}", event.id);
+                return;
+            }
+        }
+    }
+}
+
+/// Prints one event on stdout in the configured format.
+fn print_event(config: &Config, event: &SseEvent, control: bool) -> Result<(), Stop> {
+    let line = match config.output {
+        Output::Json => serde_json::json!({
+            "id": event.id,
+            "event": event.event,
+            "data": event.data,
+            "channel": if control { None } else { Some(config.channel.as_str()) },
+        })
+        .to_string(),
+        Output::Human if control => {
+            format!("RX CTL> event: {}, data: {}", event.event, event.data)
+        }
+        Output::Human => format!(
+            "RX EVT> id: {}, event: {}, data: {}",
+            event.id, event.event, event.data
+        ),
+    };
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{line}").and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Err(Stop::OutputClosed),
+        Err(err) => Err(Stop::Failed(format!("cannot write to stdout: {err}"))),
+    }
+}
+
+/// A connection notice on stderr, unless `--quiet`.
+fn notice(config: &Config, text: std::fmt::Arguments<'_>) {
+    if !config.quiet {
+        eprintln!("pere-sub: {text}");
+    }
+}

@@ -1,1 +1,1905 @@
-//! The HTTP client of `pere-pub`, `pere-sub` and the tests (being written).
+//! The HTTP client of `pere-pub`, `pere-sub` and the tests, over raw hyper
+//! 1.x (`hyper::client::conn::http1` on a `tokio` TCP stream).
+//!
+//! - [`Client`] sends requests on one keep-alive HTTP/1.1 connection,
+//!   reconnecting transparently when the server closed it: [`Client::publish`]
+//!   (PROTOCOL §2), [`Client::ack`] and [`Client::ack_batch`] (§4),
+//!   [`Client::get_json`] and the generic [`Client::request`]. A non-2xx
+//!   answer becomes [`Error::Status`] with the server's `{"error","code"}`
+//!   (§8). [`Client::publish_retrying`] retries a publish that may or may not
+//!   have reached the server with the same `Idempotency-Key`, so that it is
+//!   stored once.
+//! - [`Subscriber`] is an `EventSource`: it opens `GET /feed/…`, feeds the
+//!   body into [`sse::Decoder`](crate::sse::Decoder) frame by frame, and when
+//!   the stream ends reconnects after the server's `retry` with
+//!   `Last-Event-ID`, as a browser does. [`Subscriber::next`] yields the
+//!   events (control events `pere.hello` and `pere.gap` included) and notices
+//!   about the connection ([`SubscriberItem`]). Reconnecting can be bounded
+//!   ([`SubscribeOptions::max_reconnects`], [`SubscribeOptions::deadline`]).
+//!
+//! Nothing here trusts the network: every answer is checked, bodies are read
+//! with a size limit, and every wait has a timeout.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use pere_core::{DeviceId, EventId};
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use crate::error::{Error, Result, escape};
+use crate::sse::{Decoder, Item, SseEvent};
+
+/// Default time to open a TCP connection (and, for a [`Subscriber`], to get
+/// the response head).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default time a request may take, from sending to the end of the answer.
+/// A waiting publish gets its wait on top.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Reconnection time of a [`Subscriber`] until the server sends `retry`
+/// (the WHATWG suggestion, and PERE's default).
+pub const DEFAULT_RETRY: Duration = crate::server::DEFAULT_RETRY;
+/// Largest response body read by [`Client`], in bytes: an answer larger than
+/// this is an error rather than an unbounded allocation.
+pub const MAX_RESPONSE_BODY: usize = 16 * 1024 * 1024;
+
+/// `User-Agent` of every request.
+const USER_AGENT: &str = concat!("pere-http/", env!("CARGO_PKG_VERSION"));
+
+// ---------------------------------------------------------------------------
+// Address
+
+/// Where the server is: a host and a port, from `HOST:PORT` or
+/// `http://HOST:PORT`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Address {
+    /// Host name or IP address, without brackets.
+    host: String,
+    /// TCP port.
+    port: u16,
+}
+
+impl Address {
+    /// Parses `HOST:PORT`, `http://HOST:PORT` or `http://HOST:PORT/`
+    /// (IPv6 as `[::1]:4567`).
+    ///
+    /// # Errors
+    /// [`Error::Address`] for anything else (no port, another scheme, a path).
+    pub fn parse(text: &str) -> Result<Self> {
+        let bad = || Error::Address(text.to_string());
+        let trimmed = text.trim();
+        let rest = match trimmed.get(..7) {
+            Some(scheme) if scheme.eq_ignore_ascii_case("http://") => &trimmed[7..],
+            _ => trimmed,
+        };
+        if rest.contains("://") {
+            return Err(bad());
+        }
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (host, port) = v6.split_once("]:").ok_or_else(bad)?;
+            if host.is_empty() || !host.bytes().all(|b| b.is_ascii_hexdigit() || b == b':') {
+                return Err(bad());
+            }
+            (host, port)
+        } else {
+            let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
+            let host_ok = !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+            if !host_ok {
+                return Err(bad());
+            }
+            (host, port)
+        };
+        let port = port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0 && port.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or_else(bad)?;
+        Ok(Self {
+            host: host.to_string(),
+            port,
+        })
+    }
+
+    /// The host, without brackets.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `http://HOST:PORT` followed by `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{self}{path}")
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Percent-encodes `text` as one path segment (or query value): everything
+/// but unreserved characters and `:`, `@`, `*` is escaped, so a name can
+/// never add a segment or a parameter.
+pub fn encode_component(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b':' | b'@' | b'*')
+        {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Connections
+
+/// One HTTP/1.1 connection: the request sender, and the task driving the
+/// socket (aborted when this is dropped, which closes the socket).
+struct Conn {
+    sender: http1::SendRequest<Full<Bytes>>,
+    task: AbortHandle,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Opens a connection to `addr` within `timeout`.
+async fn connect(addr: &Address, timeout: Duration) -> Result<Conn> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect((addr.host(), addr.port())))
+        .await
+        .map_err(|_| {
+            Error::Timeout(format!(
+                "connecting to {addr} took more than {} ms",
+                timeout.as_millis()
+            ))
+        })?
+        .map_err(|source| Error::Io {
+            context: format!("cannot connect to {addr}"),
+            source,
+        })?;
+    // Events and receipts are small; latency matters more than packet count.
+    let _ = stream.set_nodelay(true);
+    let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+    let task = tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::debug!(cause = %err, "client connection ended with an error");
+        }
+    })
+    .abort_handle();
+    Ok(Conn { sender, task })
+}
+
+/// Builds a request for `path` with the headers every request carries.
+fn build_request(
+    addr: &Address,
+    method: Method,
+    path: &str,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Request<Full<Bytes>>> {
+    if !path.starts_with('/') {
+        return Err(Error::Address(path.to_string()));
+    }
+    let mut request = Request::builder()
+        .method(method)
+        .uri(path)
+        .body(Full::new(body))
+        .map_err(|_| Error::Address(path.to_string()))?;
+    let h = request.headers_mut();
+    let host =
+        HeaderValue::from_str(&addr.to_string()).map_err(|_| Error::Address(addr.to_string()))?;
+    h.insert(header::HOST, host);
+    h.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+    // The caller's headers replace the defaults of the same name.
+    for name in headers.keys() {
+        h.remove(name);
+    }
+    for (name, value) in &headers {
+        h.append(name, value.clone());
+    }
+    Ok(request)
+}
+
+/// A `device` header value, checked with PROTOCOL §1's rule.
+fn device_header(device: &str) -> Result<HeaderValue> {
+    let device = DeviceId::new(device)?;
+    HeaderValue::from_str(device.as_str()).map_err(|_| {
+        // Unreachable for a valid device id (a subset of visible ASCII);
+        // reported rather than assumed.
+        Error::Core(pere_core::Error::InvalidName {
+            kind: pere_core::NameKind::Device,
+            name: device.to_string(),
+            reason: "it cannot be sent as a header".into(),
+        })
+    })
+}
+
+/// The error for a non-2xx answer: PROTOCOL §8's `{"error","code"}`, or the
+/// body's text when it is not that JSON.
+fn status_error(status: StatusCode, body: &[u8]) -> Error {
+    let parsed = serde_json::from_slice::<Value>(body).ok();
+    let field = |name: &str| {
+        parsed
+            .as_ref()
+            .and_then(|v| v.get(name))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let message = field("error").unwrap_or_else(|| {
+        let text = String::from_utf8_lossy(body);
+        let text = text.trim();
+        if text.is_empty() {
+            status
+                .canonical_reason()
+                .unwrap_or("no explanation")
+                .to_string()
+        } else {
+            escape(text)
+        }
+    });
+    Error::Status {
+        status,
+        message,
+        code: field("code"),
+    }
+}
+
+/// Reads a whole body of at most [`MAX_RESPONSE_BODY`] bytes.
+async fn read_body(body: Incoming) -> Result<Bytes> {
+    match Limited::new(body, MAX_RESPONSE_BODY).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<LengthLimitError>() => Err(Error::Protocol(format!(
+            "the response body is larger than {MAX_RESPONSE_BODY} bytes"
+        ))),
+        Err(err) => match err.downcast::<hyper::Error>() {
+            Ok(err) => Err(Error::Http(*err)),
+            Err(err) => Err(Error::Protocol(format!(
+                "the response body could not be read: {err}"
+            ))),
+        },
+    }
+}
+
+/// Parses a JSON answer into `T`, naming `what` when it does not fit.
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T> {
+    serde_json::from_slice(body).map_err(|err| {
+        Error::Protocol(format!(
+            "the {what} answer is not the expected JSON ({err}): {}",
+            escape(&String::from_utf8_lossy(body))
+        ))
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Client
+
+/// What a publisher can wait for (`?wait=`, PROTOCOL §2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitFor {
+    /// Every recipient had the event written to its stream.
+    Delivered,
+    /// Every recipient acknowledged the event.
+    Acked,
+}
+
+impl WaitFor {
+    /// The `wait` query value: `delivered` or `acked`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WaitFor::Delivered => "delivered",
+            WaitFor::Acked => "acked",
+        }
+    }
+}
+
+impl std::str::FromStr for WaitFor {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        match text.trim() {
+            "delivered" => Ok(WaitFor::Delivered),
+            "acked" => Ok(WaitFor::Acked),
+            other => Err(format!("`{other}` is not `delivered` or `acked`")),
+        }
+    }
+}
+
+/// Options of a publish (PROTOCOL §2); `Default` sends none of them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PublishOptions {
+    /// The publisher's device id (`device` header).
+    pub device: Option<String>,
+    /// The SSE event type (`?event=`); `None` is `message`.
+    pub event_type: Option<String>,
+    /// `Idempotency-Key`: a retry with the same key publishes nothing new.
+    pub idempotency_key: Option<String>,
+    /// Hold the answer until every recipient reached this state, or the
+    /// duration passed (`?wait=…&timeout=MS`).
+    pub wait: Option<(WaitFor, Duration)>,
+}
+
+/// The answer to a publish (PROTOCOL §2).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct Published {
+    /// The event id.
+    pub id: String,
+    /// The channel.
+    pub channel: String,
+    /// The size of the event's audience.
+    pub recipients: u64,
+    /// With `wait`: recipients delivered or acked.
+    #[serde(default)]
+    pub delivered: Option<u64>,
+    /// With `wait`: recipients acked.
+    #[serde(default)]
+    pub acked: Option<u64>,
+    /// With `wait`: the devices that have not acked.
+    #[serde(default)]
+    pub pending: Option<Vec<String>>,
+    /// With `wait`: the wait ended by its timeout.
+    #[serde(default)]
+    pub timed_out: Option<bool>,
+    /// The answer repeats an earlier publish with the same idempotency key.
+    #[serde(default)]
+    pub duplicate: bool,
+}
+
+/// The answer to a receipt (PROTOCOL §4).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct Acked {
+    /// The event id.
+    pub id: String,
+    /// The device that acknowledged it.
+    pub device: String,
+    /// Its receipt state (`acked`).
+    pub state: String,
+}
+
+/// One item of a batch receipt's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AckResult {
+    /// The receipt was recorded.
+    Acked(Acked),
+    /// The receipt was refused; the others are unaffected.
+    Failed {
+        /// The id as sent, if any.
+        id: Option<String>,
+        /// The server's sentence.
+        message: String,
+        /// The server's stable code.
+        code: String,
+    },
+}
+
+/// How [`Client::publish_retrying`] spaces its retries: `initial`, doubled
+/// each time, at most `max`, at most `retries` times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    /// Retries after the first attempt.
+    pub retries: u32,
+    /// Delay before the first retry.
+    pub initial: Duration,
+    /// Longest delay between two attempts.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    /// 10 retries from 250 ms, doubling, capped at 4 s: about half a minute
+    /// for a server to come back.
+    fn default() -> Self {
+        Self {
+            retries: 10,
+            initial: Duration::from_millis(250),
+            max: Duration::from_secs(4),
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before retry number `retry` (1-based).
+    pub fn delay(&self, retry: u32) -> Duration {
+        let doublings = retry.saturating_sub(1).min(20);
+        self.initial.saturating_mul(1u32 << doublings).min(self.max)
+    }
+}
+
+/// Whether `err` may go away if the same request is tried again: the server
+/// is unreachable, closed the connection, is shutting down or overloaded
+/// (`503`, `502`, `504`, `429`), or did not answer in time.
+pub fn is_transient(err: &Error) -> bool {
+    match err {
+        Error::Io { .. } | Error::Timeout(_) => true,
+        Error::Http(e) => !(e.is_parse() || e.is_user()),
+        Error::Status { status, .. } => matches!(
+            *status,
+            StatusCode::SERVICE_UNAVAILABLE
+                | StatusCode::BAD_GATEWAY
+                | StatusCode::GATEWAY_TIMEOUT
+                | StatusCode::TOO_MANY_REQUESTS
+        ),
+        _ => false,
+    }
+}
+
+/// An HTTP client of one PERE server, over one keep-alive connection.
+///
+/// Requests on one `Client` are sent one after the other (HTTP/1.1 has one
+/// exchange at a time per connection). A [`Clone`] has the same settings and
+/// its own connection, so clones can run requests in parallel.
+pub struct Client {
+    /// The server.
+    addr: Address,
+    /// The kept-alive connection, if any; the lock also serializes requests.
+    conn: Mutex<Option<Conn>>,
+    /// See [`DEFAULT_CONNECT_TIMEOUT`].
+    connect_timeout: Duration,
+    /// See [`DEFAULT_REQUEST_TIMEOUT`].
+    request_timeout: Duration,
+}
+
+impl Clone for Client {
+    fn clone(&self) -> Self {
+        Self {
+            addr: self.addr.clone(),
+            conn: Mutex::new(None),
+            connect_timeout: self.connect_timeout,
+            request_timeout: self.request_timeout,
+        }
+    }
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("addr", &self.addr)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A client of the server at `addr` (`HOST:PORT` or `http://HOST:PORT`).
+    /// Nothing is connected until the first request.
+    ///
+    /// # Errors
+    /// [`Error::Address`] when `addr` is neither form.
+    pub fn new(addr: &str) -> Result<Self> {
+        Ok(Self {
+            addr: Address::parse(addr)?,
+            conn: Mutex::new(None),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+        })
+    }
+
+    /// Sets the time allowed to connect (default [`DEFAULT_CONNECT_TIMEOUT`]).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets the time allowed for a request (default
+    /// [`DEFAULT_REQUEST_TIMEOUT`]; a waiting publish adds its wait).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// The server's address.
+    pub fn address(&self) -> &Address {
+        &self.addr
+    }
+
+    /// Sends `method path` with `headers` and `body`, and reads the whole
+    /// answer, whatever its status.
+    ///
+    /// If the kept-alive connection turns out to be closed before the request
+    /// was written, the request is sent once more on a new connection; a
+    /// request that may have reached the server is never resent here.
+    ///
+    /// # Errors
+    /// [`Error::Io`] or [`Error::Timeout`] when the server cannot be reached,
+    /// [`Error::Http`] when the exchange fails, [`Error::Timeout`] after the
+    /// request timeout, [`Error::Protocol`] for an oversized answer,
+    /// [`Error::Address`] for a `path` that is not an absolute path.
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<(StatusCode, HeaderMap, Bytes)> {
+        self.request_within(method, path, headers, body, self.request_timeout)
+            .await
+    }
+
+    /// [`request`](Self::request) with its own timeout.
+    async fn request_within(
+        &self,
+        method: Method,
+        path: &str,
+        headers: HeaderMap,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<(StatusCode, HeaderMap, Bytes)> {
+        let what = format!("{method} {path}");
+        let request = build_request(&self.addr, method, path, headers, body)?;
+        let mut slot = self.conn.lock().await;
+        let outcome = tokio::time::timeout(timeout, self.exchange(&mut slot, request)).await;
+        match outcome {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(err)) => {
+                *slot = None;
+                Err(err)
+            }
+            Err(_) => {
+                // The connection has an abandoned exchange on it: drop it.
+                *slot = None;
+                Err(Error::Timeout(format!(
+                    "{what} on {} got no complete answer within {} ms",
+                    self.addr,
+                    timeout.as_millis()
+                )))
+            }
+        }
+    }
+
+    /// Sends `request` on the kept-alive connection (made if needed) and
+    /// reads the answer.
+    async fn exchange(
+        &self,
+        slot: &mut Option<Conn>,
+        mut request: Request<Full<Bytes>>,
+    ) -> Result<(StatusCode, HeaderMap, Bytes)> {
+        let response: Response<Incoming> = loop {
+            if slot.as_ref().is_some_and(|c| c.sender.is_closed()) {
+                *slot = None;
+            }
+            let reused = slot.is_some();
+            let conn = match slot {
+                Some(conn) => conn,
+                None => slot.insert(connect(&self.addr, self.connect_timeout).await?),
+            };
+            if let Err(err) = conn.sender.ready().await {
+                *slot = None;
+                if reused {
+                    continue;
+                }
+                return Err(Error::Http(err));
+            }
+            match conn.sender.try_send_request(request).await {
+                Ok(response) => break response,
+                Err(mut err) => {
+                    *slot = None;
+                    match err.take_message() {
+                        // Not written: the server had closed the idle
+                        // connection. Safe to send again, once.
+                        Some(unsent) if reused => {
+                            tracing::debug!("kept-alive connection was closed; reconnecting");
+                            request = unsent;
+                        }
+                        _ => return Err(Error::Http(err.into_error())),
+                    }
+                }
+            }
+        };
+        let (parts, body) = response.into_parts();
+        let body = read_body(body).await?;
+        Ok((parts.status, parts.headers, body))
+    }
+
+    /// Like [`request`](Self::request), but a non-2xx answer is an
+    /// [`Error::Status`].
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        headers: HeaderMap,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes> {
+        let (status, _, body) = self
+            .request_within(method, path, headers, body, timeout)
+            .await?;
+        if status.is_success() {
+            Ok(body)
+        } else {
+            Err(status_error(status, &body))
+        }
+    }
+
+    /// `GET path`, parsed as JSON.
+    ///
+    /// # Errors
+    /// As [`request`](Self::request); [`Error::Status`] for a non-2xx answer;
+    /// [`Error::Protocol`] when the body is not JSON.
+    pub async fn get_json(&self, path: &str) -> Result<Value> {
+        let body = self
+            .call(
+                Method::GET,
+                path,
+                HeaderMap::new(),
+                Bytes::new(),
+                self.request_timeout,
+            )
+            .await?;
+        parse_json(&body, &format!("GET {path}"))
+    }
+
+    /// Publishes `payload` on `channel` (`POST /push/:channel`).
+    ///
+    /// # Errors
+    /// As [`request`](Self::request); [`Error::Status`] for a refusal (bad
+    /// name `400`, too large `413`, shutting down `503`, …);
+    /// [`Error::Core`] for a `device` or idempotency key that cannot be
+    /// valid.
+    pub async fn publish(
+        &self,
+        channel: &str,
+        payload: impl Into<Bytes>,
+        opts: &PublishOptions,
+    ) -> Result<Published> {
+        let (path, headers, timeout) = self.publish_request(channel, opts)?;
+        let body = self
+            .call(Method::POST, &path, headers, payload.into(), timeout)
+            .await?;
+        parse_json(&body, "publish")
+    }
+
+    /// Publishes like [`publish`](Self::publish), retrying transient failures
+    /// ([`is_transient`]) as `backoff` says, every attempt with the same
+    /// `Idempotency-Key` (one is generated when `opts` has none), so the
+    /// event is stored once even when an answer was lost. `on_retry` is told
+    /// about each retry before its delay: the retry number (from 1), the
+    /// delay, and the failure.
+    ///
+    /// # Errors
+    /// The first permanent failure, or the last transient one once the
+    /// retries are spent.
+    pub async fn publish_retrying(
+        &self,
+        channel: &str,
+        payload: impl Into<Bytes>,
+        opts: &PublishOptions,
+        backoff: &Backoff,
+        mut on_retry: impl FnMut(u32, Duration, &Error),
+    ) -> Result<Published> {
+        let payload = payload.into();
+        let mut opts = opts.clone();
+        if opts.idempotency_key.is_none() {
+            opts.idempotency_key = Some(random_key());
+        }
+        let mut retry = 0;
+        loop {
+            match self.publish(channel, payload.clone(), &opts).await {
+                Ok(published) => return Ok(published),
+                Err(err) if retry < backoff.retries && is_transient(&err) => {
+                    retry += 1;
+                    let delay = backoff.delay(retry);
+                    on_retry(retry, delay, &err);
+                    tokio::time::sleep(delay).await;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// The path, headers and timeout of a publish.
+    fn publish_request(
+        &self,
+        channel: &str,
+        opts: &PublishOptions,
+    ) -> Result<(String, HeaderMap, Duration)> {
+        let mut path = format!("/push/{}", encode_component(channel));
+        let mut query = Vec::new();
+        if let Some(kind) = &opts.event_type {
+            query.push(format!("event={}", encode_component(kind)));
+        }
+        let mut timeout = self.request_timeout;
+        if let Some((wait, within)) = opts.wait {
+            query.push(format!("wait={}", wait.as_str()));
+            query.push(format!("timeout={}", within.as_millis()));
+            timeout = timeout.saturating_add(within);
+        }
+        if !query.is_empty() {
+            path.push('?');
+            path.push_str(&query.join("&"));
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Some(device) = &opts.device {
+            headers.insert("device", device_header(device)?);
+        }
+        if let Some(key) = &opts.idempotency_key {
+            let value = HeaderValue::from_str(key)
+                .ok()
+                .filter(|_| {
+                    !key.is_empty() && key.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+                })
+                .ok_or_else(|| {
+                    pere_core::Error::InvalidIdempotencyKey(
+                        "only printable ASCII is allowed".into(),
+                    )
+                })?;
+            headers.insert("idempotency-key", value);
+        }
+        Ok((path, headers, timeout))
+    }
+
+    /// Acknowledges event `id` for `device` on `channel` (the subscription as
+    /// written, possibly a pattern) with `status` (`POST /feedback/:channel`).
+    ///
+    /// # Errors
+    /// As [`request`](Self::request); [`Error::Status`] for `404` (unknown or
+    /// no longer retained event), `400` (bad id or status);
+    /// [`Error::Core`] for an invalid `device`.
+    pub async fn ack(&self, channel: &str, device: &str, id: &str, status: &str) -> Result<Acked> {
+        let body = serde_json::json!({ "id": id, "status": status }).to_string();
+        let answer = self
+            .call(
+                Method::POST,
+                &format!("/feedback/{}", encode_component(channel)),
+                feedback_headers(device)?,
+                Bytes::from(body),
+                self.request_timeout,
+            )
+            .await?;
+        parse_json(&answer, "receipt")
+    }
+
+    /// Acknowledges several events at once: `items` are `(id, status)`
+    /// pairs; the answer has one result per item, in order.
+    ///
+    /// # Errors
+    /// As [`ack`](Self::ack) for the request as a whole; refused items are
+    /// [`AckResult::Failed`].
+    pub async fn ack_batch(
+        &self,
+        channel: &str,
+        device: &str,
+        items: &[(&str, &str)],
+    ) -> Result<Vec<AckResult>> {
+        let body: Vec<Value> = items
+            .iter()
+            .map(|(id, status)| serde_json::json!({ "id": id, "status": status }))
+            .collect();
+        let answer = self
+            .call(
+                Method::POST,
+                &format!("/feedback/{}", encode_component(channel)),
+                feedback_headers(device)?,
+                Bytes::from(Value::Array(body).to_string()),
+                self.request_timeout,
+            )
+            .await?;
+        let list: Vec<Value> = parse_json(&answer, "batch receipt")?;
+        list.into_iter()
+            .map(|item| {
+                if let Some(message) = item.get("error").and_then(Value::as_str) {
+                    Ok(AckResult::Failed {
+                        id: item.get("id").and_then(Value::as_str).map(str::to_string),
+                        message: message.to_string(),
+                        code: item
+                            .get("code")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string(),
+                    })
+                } else {
+                    serde_json::from_value(item)
+                        .map(AckResult::Acked)
+                        .map_err(|err| {
+                            Error::Protocol(format!("a batch receipt item is not a receipt: {err}"))
+                        })
+                }
+            })
+            .collect()
+    }
+
+    /// `GET /receipts/:channel/:id`: the event's audience and each device's
+    /// receipt state (PROTOCOL §5).
+    ///
+    /// # Errors
+    /// As [`get_json`](Self::get_json); `404` for an unknown event.
+    pub async fn receipts(&self, channel: &str, id: &str) -> Result<Value> {
+        self.get_json(&format!(
+            "/receipts/{}/{}",
+            encode_component(channel),
+            encode_component(id)
+        ))
+        .await
+    }
+}
+
+/// The headers of a receipt: `device` and a JSON content type.
+fn feedback_headers(device: &str) -> Result<HeaderMap> {
+    let mut headers = HeaderMap::new();
+    headers.insert("device", device_header(device)?);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(headers)
+}
+
+// ---------------------------------------------------------------------------
+// Subscriber
+
+/// What to subscribe to: channels (or patterns), or a whole `/feed` path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Feed {
+    /// One or more channels or patterns: `GET /feed/A` for one,
+    /// `GET /feed?channel=A&channel=B` for several.
+    Channels(Vec<String>),
+    /// A path used as is (it may carry a query), e.g. `/feed/a?replay=all`.
+    Path(String),
+}
+
+impl Feed {
+    /// The request path; `replay_all` adds `replay=all`.
+    fn path(&self, replay_all: bool) -> String {
+        let mut path = match self {
+            Feed::Path(path) => path.clone(),
+            Feed::Channels(list) if list.len() == 1 => {
+                format!("/feed/{}", encode_component(&list[0]))
+            }
+            Feed::Channels(list) => {
+                let query: Vec<String> = list
+                    .iter()
+                    .map(|c| format!("channel={}", encode_component(c)))
+                    .collect();
+                format!("/feed?{}", query.join("&"))
+            }
+        };
+        if replay_all {
+            path.push(if path.contains('?') { '&' } else { '?' });
+            path.push_str("replay=all");
+        }
+        path
+    }
+}
+
+impl From<&str> for Feed {
+    /// A path when it starts with `/`, else channels separated by commas.
+    fn from(text: &str) -> Self {
+        if text.starts_with('/') {
+            Feed::Path(text.to_string())
+        } else {
+            Feed::Channels(
+                text.split(',')
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+            )
+        }
+    }
+}
+
+impl From<String> for Feed {
+    fn from(text: String) -> Self {
+        Feed::from(text.as_str())
+    }
+}
+
+impl From<Vec<String>> for Feed {
+    fn from(channels: Vec<String>) -> Self {
+        Feed::Channels(channels)
+    }
+}
+
+/// How a [`Subscriber`] connects and reconnects.
+#[derive(Clone, Debug)]
+pub struct SubscribeOptions {
+    /// Start after this event id (sent as `Last-Event-ID` on the first
+    /// connection, as if an earlier connection had seen it).
+    pub last_event_id: Option<String>,
+    /// Ask for every retained event (`replay=all`) on the first connection.
+    pub replay_all: bool,
+    /// Consecutive failed connection attempts after which [`Subscriber::next`]
+    /// gives up with an error; `None` retries forever. A stream that opened
+    /// resets the count.
+    pub max_reconnects: Option<u32>,
+    /// After this instant no new connection is attempted: the next one
+    /// gives up with an error. An open stream is not cut.
+    pub deadline: Option<Instant>,
+    /// Reconnection time until the server sends `retry`.
+    pub retry: Duration,
+    /// Time to connect and receive the response head.
+    pub connect_timeout: Duration,
+    /// Reconnect when no byte (event or keepalive) arrived for this long;
+    /// `None` waits forever, like a browser. Set it above the server's
+    /// keepalive period (15 s by default).
+    pub idle_timeout: Option<Duration>,
+    /// More request headers (e.g. `Authorization`).
+    pub headers: HeaderMap,
+}
+
+impl Default for SubscribeOptions {
+    fn default() -> Self {
+        Self {
+            last_event_id: None,
+            replay_all: false,
+            max_reconnects: None,
+            deadline: None,
+            retry: DEFAULT_RETRY,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            idle_timeout: None,
+            headers: HeaderMap::new(),
+        }
+    }
+}
+
+/// What [`Subscriber::next`] yields: events, and what happens to the
+/// connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SubscriberItem {
+    /// A stream is open (`200 text/event-stream`).
+    Connected,
+    /// An event was dispatched, `pere.*` control events included.
+    Event(SseEvent),
+    /// The stream ended or a connection attempt failed.
+    Disconnected {
+        /// Why, in words.
+        reason: String,
+    },
+    /// The next connection attempt will be made after `after`.
+    Reconnecting {
+        /// The delay (the server's `retry`).
+        after: Duration,
+        /// Consecutive attempt number, from 1.
+        attempt: u32,
+    },
+}
+
+/// Where a [`Subscriber`] is.
+enum State {
+    /// Connect on the next call.
+    Connect,
+    /// Connect once this instant is reached.
+    Wait(Instant),
+    /// A stream is open: its body, and the connection it comes over.
+    Streaming { body: Incoming, _conn: Conn },
+    /// Give up: return this error, then end.
+    Failed(Error),
+    /// Ended: `next` returns `None`.
+    Closed,
+}
+
+/// Why opening a stream failed.
+enum OpenError {
+    /// Try again after `retry`.
+    Retry(Error),
+    /// Do not reconnect (e.g. `400`, `403`, `404`, not an event stream).
+    Fatal(Error),
+    /// `204 No Content`: the server asked the client to stop.
+    Stop,
+}
+
+/// An `EventSource`: a subscription that survives disconnections, resuming
+/// with `Last-Event-ID` after the server's `retry`.
+///
+/// Unlike a browser, it also reconnects after a `429` or `5xx` answer
+/// (a server shutting down answers `503`); other non-`200` answers end it
+/// with [`Error::Status`].
+pub struct Subscriber {
+    /// The server.
+    addr: Address,
+    /// The request path.
+    path: String,
+    /// The `device` header, checked.
+    device: Option<HeaderValue>,
+    /// Connection settings.
+    options: SubscribeOptions,
+    /// The decoder, kept across connections: it carries the last event id
+    /// and the `retry` from one to the next.
+    decoder: Decoder,
+    /// Where the subscription is.
+    state: State,
+    /// Items decoded or noticed, not returned yet.
+    queue: VecDeque<SubscriberItem>,
+    /// Consecutive failed connection attempts.
+    failures: u32,
+    /// Reused output buffer of the decoder.
+    scratch: Vec<Item>,
+}
+
+impl fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscriber")
+            .field("addr", &self.addr)
+            .field("path", &self.path)
+            .field("device", &self.device)
+            .field("last_event_id", &self.decoder.last_event_id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Subscriber {
+    /// A subscription of `device` (anonymous when `None`) to `feed` on the
+    /// server at `addr`, with default options. Nothing is connected until
+    /// [`next`](Self::next).
+    ///
+    /// # Errors
+    /// [`Error::Address`] for a bad address, [`Error::Core`] for an invalid
+    /// device.
+    pub fn new(addr: &str, feed: impl Into<Feed>, device: Option<String>) -> Result<Self> {
+        Self::with_options(addr, feed, device, SubscribeOptions::default())
+    }
+
+    /// Like [`new`](Self::new), with `options`.
+    ///
+    /// # Errors
+    /// As [`new`](Self::new); [`Error::Core`] for a `last_event_id` that is
+    /// not an event id.
+    pub fn with_options(
+        addr: &str,
+        feed: impl Into<Feed>,
+        device: Option<String>,
+        options: SubscribeOptions,
+    ) -> Result<Self> {
+        let addr = Address::parse(addr)?;
+        let device = device.as_deref().map(device_header).transpose()?;
+        let feed = feed.into();
+        let path = feed.path(options.replay_all);
+        let mut decoder = Decoder::new();
+        if let Some(id) = options.last_event_id.as_deref().filter(|id| !id.is_empty()) {
+            let id = EventId::parse(id)?;
+            // Start as if a previous connection had ended after this id: a
+            // blank line after an `id` field sets the last event id, and
+            // `finish` keeps it for the next stream.
+            let mut ignored = Vec::new();
+            decoder.feed(format!("id: {id}\n\n").as_bytes(), &mut ignored);
+            decoder.finish(&mut ignored);
+        }
+        Ok(Self {
+            addr,
+            path,
+            device,
+            options,
+            decoder,
+            state: State::Connect,
+            queue: VecDeque::new(),
+            failures: 0,
+            scratch: Vec::new(),
+        })
+    }
+
+    /// The stream's last event id (`EventSource.lastEventId`): what the next
+    /// connection sends as `Last-Event-ID`.
+    pub fn last_event_id(&self) -> &str {
+        self.decoder.last_event_id()
+    }
+
+    /// The current reconnection time: the server's `retry`, or the default.
+    pub fn retry(&self) -> Duration {
+        self.decoder
+            .retry()
+            .map_or(self.options.retry, Duration::from_millis)
+    }
+
+    /// The request path (`/feed/…`).
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The server's address.
+    pub fn address(&self) -> &Address {
+        &self.addr
+    }
+
+    /// Whether a stream is open now.
+    pub fn is_connected(&self) -> bool {
+        matches!(self.state, State::Streaming { .. })
+    }
+
+    /// Closes the stream; [`next`](Self::next) then returns `None`.
+    pub fn close(&mut self) {
+        self.state = State::Closed;
+        self.queue.clear();
+    }
+
+    /// The next event or connection notice, connecting and reconnecting as
+    /// needed; `None` once the subscription ended (closed, or `204`).
+    ///
+    /// # Errors
+    /// [`Error::Status`] for an answer that forbids reconnecting (`400`,
+    /// `401`, `403`, `404`…), [`Error::Protocol`] for an answer that is not
+    /// an event stream, [`Error::Timeout`] when reconnecting gave up
+    /// ([`SubscribeOptions::max_reconnects`] or
+    /// [`SubscribeOptions::deadline`]). After an error, `next` returns `None`.
+    pub async fn next(&mut self) -> Result<Option<SubscriberItem>> {
+        // Cancel safety: the state is only changed after an `.await` has
+        // completed, so a caller may drop this future (e.g. in `select!` or
+        // `timeout`) and call `next` again without losing the stream.
+        loop {
+            if let Some(item) = self.queue.pop_front() {
+                return Ok(Some(item));
+            }
+            match &mut self.state {
+                State::Closed => return Ok(None),
+                State::Failed(_) => {
+                    if let State::Failed(err) = std::mem::replace(&mut self.state, State::Closed) {
+                        return Err(err);
+                    }
+                }
+                State::Wait(until) => {
+                    tokio::time::sleep_until(*until).await;
+                    self.state = State::Connect;
+                }
+                State::Connect => match self.open().await {
+                    Ok((conn, body)) => {
+                        self.failures = 0;
+                        self.state = State::Streaming { body, _conn: conn };
+                        return Ok(Some(SubscriberItem::Connected));
+                    }
+                    Err(OpenError::Retry(err)) => {
+                        self.failures = self.failures.saturating_add(1);
+                        self.lost(err.to_string());
+                    }
+                    Err(OpenError::Fatal(err)) => {
+                        self.state = State::Closed;
+                        return Err(err);
+                    }
+                    Err(OpenError::Stop) => {
+                        self.state = State::Closed;
+                        return Ok(Some(SubscriberItem::Disconnected {
+                            reason: "the server answered 204 No Content: do not reconnect".into(),
+                        }));
+                    }
+                },
+                State::Streaming { body, .. } => {
+                    let frame = match self.options.idle_timeout {
+                        None => Some(body.frame().await),
+                        Some(limit) => tokio::time::timeout(limit, body.frame()).await.ok(),
+                    };
+                    match frame {
+                        Some(Some(Ok(frame))) => {
+                            // Trailers (never sent by PERE) are ignored.
+                            if let Ok(data) = frame.into_data() {
+                                self.feed(&data);
+                            }
+                        }
+                        Some(Some(Err(err))) => self.lost(format!("the stream broke: {err}")),
+                        Some(None) => self.lost("the server ended the stream".into()),
+                        None => self.lost(format!(
+                            "nothing received for {} ms",
+                            self.options.idle_timeout.unwrap_or_default().as_millis()
+                        )),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Decodes a chunk of the body into the queue.
+    fn feed(&mut self, data: &[u8]) {
+        self.decoder.feed(data, &mut self.scratch);
+        for item in self.scratch.drain(..) {
+            match item {
+                Item::Event(event) => self.queue.push_back(SubscriberItem::Event(event)),
+                Item::Error(err) => {
+                    tracing::warn!(cause = %err, path = %self.path, "part of the event stream was discarded");
+                }
+                // `retry` is kept by the decoder; comments are keepalives.
+                Item::Retry(_) | Item::Comment(_) => {}
+            }
+        }
+    }
+
+    /// The stream or an attempt ended: report it, then wait `retry` before
+    /// the next attempt, unless the bounds say to give up.
+    fn lost(&mut self, reason: String) {
+        self.decoder.finish(&mut self.scratch);
+        self.scratch.clear();
+        let after = self.retry();
+        let attempt = self.failures.saturating_add(1);
+        self.queue.push_back(SubscriberItem::Disconnected {
+            reason: reason.clone(),
+        });
+        if let Some(max) = self.options.max_reconnects
+            && self.failures >= max
+        {
+            self.state = State::Failed(Error::Timeout(format!(
+                "gave up on {} after {} failed connection attempts; last: {reason}",
+                self.addr.url(&self.path),
+                self.failures
+            )));
+            return;
+        }
+        let at = Instant::now() + after;
+        if let Some(deadline) = self.options.deadline
+            && at > deadline
+        {
+            self.state = State::Failed(Error::Timeout(format!(
+                "gave up on {}: the deadline passed; last: {reason}",
+                self.addr.url(&self.path)
+            )));
+            return;
+        }
+        self.queue
+            .push_back(SubscriberItem::Reconnecting { after, attempt });
+        self.state = State::Wait(at);
+    }
+
+    /// Connects and sends the request; `Ok` once a `200 text/event-stream`
+    /// head arrived.
+    async fn open(&mut self) -> std::result::Result<(Conn, Incoming), OpenError> {
+        let mut headers = self.options.headers.clone();
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        if let Some(device) = &self.device {
+            headers.insert("device", device.clone());
+        }
+        let last = self.decoder.last_event_id();
+        if !last.is_empty() {
+            match HeaderValue::from_str(last) {
+                Ok(value) => {
+                    headers.insert(HeaderName::from_static("last-event-id"), value);
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        "the last event id cannot be sent as a header; resuming without it"
+                    );
+                }
+            }
+        }
+        let request = build_request(&self.addr, Method::GET, &self.path, headers, Bytes::new())
+            .map_err(OpenError::Fatal)?;
+        let limit = self.options.connect_timeout;
+        let opened = tokio::time::timeout(limit, async {
+            let mut conn = connect(&self.addr, limit).await?;
+            conn.sender.ready().await?;
+            let response = conn.sender.send_request(request).await?;
+            Ok::<_, Error>((conn, response))
+        })
+        .await;
+        let (conn, response) = match opened {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(err)) => return Err(OpenError::Retry(err)),
+            Err(_) => {
+                return Err(OpenError::Retry(Error::Timeout(format!(
+                    "{} did not answer within {} ms",
+                    self.addr.url(&self.path),
+                    limit.as_millis()
+                ))));
+            }
+        };
+        let status = response.status();
+        if status == StatusCode::OK {
+            let content_type = response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let essence = content_type.split(';').next().unwrap_or("").trim();
+            if !essence.eq_ignore_ascii_case("text/event-stream") {
+                return Err(OpenError::Fatal(Error::Protocol(format!(
+                    "{} is not an event stream (Content-Type `{}`)",
+                    self.addr.url(&self.path),
+                    escape(content_type)
+                ))));
+            }
+            return Ok((conn, response.into_body()));
+        }
+        if status == StatusCode::NO_CONTENT {
+            return Err(OpenError::Stop);
+        }
+        let body = tokio::time::timeout(limit, read_body(response.into_body()))
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .unwrap_or_default();
+        let err = status_error(status, &body);
+        if is_transient(&err) {
+            Err(OpenError::Retry(err))
+        } else {
+            Err(OpenError::Fatal(err))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Random ids
+
+/// A random 64-bit number (not cryptographic): `std`'s randomly keyed hasher
+/// over a process-wide counter and the clock, so that no extra dependency is
+/// needed for device ids and keys.
+fn random_u64() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    if let Ok(now) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        hasher.write_u128(now.as_nanos());
+    }
+    hasher.finish()
+}
+
+/// A random device id in the style of PERE's `device_random`: `prefix`,
+/// `0039`, a digit from 1 to 9 and eight digits (`H00394…` for a host
+/// subscriber, `P0039…` for a publisher).
+pub fn random_device(prefix: &str) -> String {
+    let n = random_u64();
+    let first = n % 9 + 1;
+    let rest = (n / 9) % 100_000_000;
+    format!("{prefix}0039{first}{rest:08}")
+}
+
+/// A random idempotency key: 32 hexadecimal digits.
+pub fn random_key() -> String {
+    format!("{:016x}{:016x}", random_u64(), random_u64())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::net::SocketAddr;
+
+    use pere_core::{Hub, HubConfig, MemoryStore, Retention};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::ServerConfig;
+
+    /// Bound on every wait in these tests.
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// A server on `addr` (port 0 picks one), with a 50 ms `retry`.
+    struct Server {
+        addr: SocketAddr,
+        stop: Option<oneshot::Sender<()>>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Server {
+        async fn start(addr: &str) -> Self {
+            let listener = crate::bind(addr.parse().unwrap()).await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let hub = Hub::open(HubConfig::default(), MemoryStore::new(Retention::default()))
+                .await
+                .unwrap();
+            let config = ServerConfig {
+                retry: Duration::from_millis(50),
+                ..ServerConfig::default()
+            };
+            let (tx, rx) = oneshot::channel::<()>();
+            let task = tokio::spawn(async move {
+                crate::run(listener, hub, config, async {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
+            });
+            Self {
+                addr,
+                stop: Some(tx),
+                task,
+            }
+        }
+
+        async fn stop(mut self) {
+            if let Some(tx) = self.stop.take() {
+                let _ = tx.send(());
+            }
+            tokio::time::timeout(WAIT, &mut self.task)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            if let Some(tx) = self.stop.take() {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    /// The next item, bounded by `WAIT`.
+    async fn next(sub: &mut Subscriber) -> SubscriberItem {
+        tokio::time::timeout(WAIT, sub.next())
+            .await
+            .expect("an item within the timeout")
+            .unwrap()
+            .expect("the subscription goes on")
+    }
+
+    /// The next event, skipping connection notices.
+    async fn next_event(sub: &mut Subscriber) -> SseEvent {
+        loop {
+            if let SubscriberItem::Event(e) = next(sub).await {
+                return e;
+            }
+        }
+    }
+
+    /// The next event that is not a `pere.*` control event.
+    async fn next_message(sub: &mut Subscriber) -> SseEvent {
+        loop {
+            let e = next_event(sub).await;
+            if !e.event.starts_with("pere.") {
+                return e;
+            }
+        }
+    }
+
+    #[test]
+    fn client_addresses_take_host_port_or_an_http_url() {
+        let ok = [
+            ("127.0.0.1:4567", "127.0.0.1", 4567),
+            ("http://localhost:80", "localhost", 80),
+            ("HTTP://example.org:8080/", "example.org", 8080),
+            ("[::1]:4567", "::1", 4567),
+            ("http://[::1]:9/", "::1", 9),
+        ];
+        for (text, host, port) in ok {
+            let a = Address::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!((a.host(), a.port()), (host, port), "{text}");
+        }
+        for bad in [
+            "",
+            "localhost",
+            "http://localhost",
+            "https://localhost:443",
+            "localhost:0",
+            "localhost:99999",
+            "localhost:+1",
+            "http://localhost:4567/path",
+            "a b:1",
+            ":4567",
+            "[::1]",
+        ] {
+            assert!(
+                matches!(Address::parse(bad), Err(Error::Address(_))),
+                "{bad:?} must be refused"
+            );
+        }
+        assert_eq!(Address::parse("[::1]:1").unwrap().to_string(), "[::1]:1");
+        assert!(matches!(Client::new("nope"), Err(Error::Address(_))));
+    }
+
+    #[test]
+    fn client_path_components_are_escaped() {
+        assert_eq!(encode_component("orders.eu:1"), "orders.eu:1");
+        assert_eq!(encode_component("a/b?c d"), "a%2Fb%3Fc%20d");
+        assert_eq!(encode_component("orders.*"), "orders.*");
+        assert_eq!(
+            Feed::from("a,b").path(true),
+            "/feed?channel=a&channel=b&replay=all"
+        );
+        assert_eq!(Feed::from("a").path(false), "/feed/a");
+        assert_eq!(
+            Feed::from("/feed/a?x=1").path(true),
+            "/feed/a?x=1&replay=all"
+        );
+    }
+
+    #[test]
+    fn client_random_ids_look_like_pere_ones() {
+        let d = random_device("H");
+        assert_eq!(d.len(), 14, "{d}");
+        assert!(d.starts_with("H0039") && !d.starts_with("H00390"), "{d}");
+        assert!(d[1..].bytes().all(|b| b.is_ascii_digit()), "{d}");
+        assert_ne!(random_key(), random_key());
+        let b = Backoff::default();
+        assert_eq!(b.delay(1), Duration::from_millis(250));
+        assert_eq!(b.delay(2), Duration::from_millis(500));
+        assert_eq!(b.delay(10), Duration::from_secs(4));
+    }
+
+    #[tokio::test]
+    async fn client_publishes_subscribes_and_acks_through_a_real_server() {
+        let server = Server::start("127.0.0.1:0").await;
+        let addr = server.addr.to_string();
+        let client = Client::new(&addr).unwrap();
+        let mut sub = Subscriber::new(&addr, "client.test", Some("dev-1".into())).unwrap();
+        assert_eq!(next(&mut sub).await, SubscriberItem::Connected);
+        let hello = next_event(&mut sub).await;
+        assert_eq!(hello.event, "pere.hello");
+        assert_eq!(hello.id, "", "control events carry no id");
+
+        let opts = PublishOptions {
+            device: Some("pub-1".into()),
+            event_type: Some("order".into()),
+            ..PublishOptions::default()
+        };
+        let published = client
+            .publish("client.test", "line 1\nline 2", &opts)
+            .await
+            .unwrap();
+        assert_eq!(published.channel, "client.test");
+        assert_eq!(published.recipients, 1);
+        assert_eq!(published.delivered, None);
+
+        let event = next_message(&mut sub).await;
+        assert_eq!(event.id, published.id);
+        assert_eq!(event.event, "order");
+        assert_eq!(event.data, "line 1\nline 2");
+        assert_eq!(sub.last_event_id(), published.id);
+        assert_eq!(sub.retry(), Duration::from_millis(50), "the server's retry");
+
+        let acked = client
+            .ack("client.test", "dev-1", &event.id, "printed")
+            .await
+            .unwrap();
+        assert_eq!(
+            (acked.device.as_str(), acked.state.as_str()),
+            ("dev-1", "acked")
+        );
+        let receipts = client.receipts("client.test", &event.id).await.unwrap();
+        assert_eq!(receipts["acked"], 1);
+        assert_eq!(receipts["devices"]["dev-1"]["status"], "printed");
+
+        // Waiting for acks: the device acks a second event while the
+        // publisher waits.
+        let waiting = {
+            let opts = PublishOptions {
+                wait: Some((WaitFor::Acked, Duration::from_secs(5))),
+                ..PublishOptions::default()
+            };
+            let client = client.clone();
+            tokio::spawn(async move { client.publish("client.test", "two", &opts).await })
+        };
+        let second = next_message(&mut sub).await;
+        let batch = client
+            .ack_batch("client.test", "dev-1", &[(&second.id, "ok"), ("1", "ok")])
+            .await
+            .unwrap();
+        assert!(matches!(&batch[0], AckResult::Acked(a) if a.id == second.id));
+        assert!(
+            matches!(&batch[1], AckResult::Failed { code, .. } if code == "unknown_event"),
+            "{batch:?}"
+        );
+        let published = waiting.await.unwrap().unwrap();
+        assert_eq!(published.id, second.id);
+        assert_eq!(published.acked, Some(1));
+        assert_eq!(published.timed_out, Some(false));
+        assert_eq!(published.pending, Some(vec![]));
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn client_refusals_become_status_errors_with_the_server_code() {
+        let server = Server::start("127.0.0.1:0").await;
+        let client = Client::new(&server.addr.to_string()).unwrap();
+        let err = client
+            .publish("a b", "x", &PublishOptions::default())
+            .await
+            .unwrap_err();
+        match &err {
+            Error::Status {
+                status,
+                code,
+                message,
+            } => {
+                assert_eq!(*status, StatusCode::BAD_REQUEST);
+                assert_eq!(code.as_deref(), Some("invalid_channel"));
+                assert!(!message.is_empty());
+            }
+            other => panic!("expected a status error, got {other:?}"),
+        }
+        assert!(!is_transient(&err));
+        let err = client.ack("c", "d", "1", "ok").await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Status {
+                    status: StatusCode::NOT_FOUND,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        // The connection is still good after refusals.
+        let root = client.get_json("/").await.unwrap();
+        assert_eq!(root["message"], "PERE server up and running");
+        // A stream that cannot be opened is not retried.
+        let mut sub = Subscriber::new(&server.addr.to_string(), "a b", None).unwrap();
+        let err = tokio::time::timeout(WAIT, sub.next())
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Status {
+                    status: StatusCode::BAD_REQUEST,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(sub.next().await.unwrap().is_none());
+        server.stop().await;
+    }
+
+    /// Accepts one connection and reads one request head from it.
+    async fn accept_request(listener: &TcpListener) -> (TcpStream, String) {
+        let (mut stream, _) = tokio::time::timeout(WAIT, listener.accept())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tokio::time::timeout(WAIT, stream.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "the client closed before sending a request");
+            head.extend_from_slice(&buf[..n]);
+        }
+        (stream, String::from_utf8_lossy(&head).to_ascii_lowercase())
+    }
+
+    #[tokio::test]
+    async fn client_replaces_a_connection_the_server_closed() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let client = Client::new(&addr).unwrap();
+        let server = tokio::spawn(async move {
+            for _ in 0..2 {
+                let (mut stream, _) = accept_request(&listener).await;
+                stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+                    .await
+                    .unwrap();
+                // Closed after one answer, without `Connection: close`.
+                drop(stream);
+            }
+        });
+        assert_eq!(client.get_json("/a").await.unwrap(), serde_json::json!({}));
+        assert_eq!(client.get_json("/b").await.unwrap(), serde_json::json!({}));
+        tokio::time::timeout(WAIT, server).await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn client_retried_publish_keeps_its_idempotency_key() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            // The first request is read and never answered: the client cannot
+            // know whether it was published.
+            let (first, head1) = accept_request(&listener).await;
+            drop(first);
+            let (mut second, head2) = accept_request(&listener).await;
+            let body = r#"{"id":"7","channel":"c","recipients":0,"extra":1}"#;
+            let answer = format!(
+                "HTTP/1.1 201 Created\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            second.write_all(answer.as_bytes()).await.unwrap();
+            (head1, head2)
+        });
+        let client = Client::new(&addr).unwrap();
+        let mut retries = Vec::new();
+        let backoff = Backoff {
+            retries: 3,
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(10),
+        };
+        let published = client
+            .publish_retrying("c", "x", &PublishOptions::default(), &backoff, |n, _, e| {
+                retries.push((n, e.to_string()))
+            })
+            .await
+            .unwrap();
+        assert_eq!(published.id, "7");
+        assert_eq!(retries.len(), 1, "{retries:?}");
+        let (head1, head2) = tokio::time::timeout(WAIT, server).await.unwrap().unwrap();
+        let key = |head: &str| {
+            head.lines()
+                .find_map(|l| l.strip_prefix("idempotency-key:"))
+                .map(|v| v.trim().to_string())
+        };
+        assert!(key(&head1).is_some(), "a key is generated: {head1}");
+        assert_eq!(key(&head1), key(&head2));
+    }
+
+    #[tokio::test]
+    async fn client_publish_retries_are_bounded() {
+        // A port with nothing listening.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let client = Client::new(&format!("127.0.0.1:{port}")).unwrap();
+        let backoff = Backoff {
+            retries: 2,
+            initial: Duration::from_millis(1),
+            max: Duration::from_millis(1),
+        };
+        let mut count = 0;
+        let err = client
+            .publish_retrying("c", "x", &PublishOptions::default(), &backoff, |_, _, _| {
+                count += 1
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(count, 2);
+        assert!(matches!(err, Error::Io { .. }), "{err:?}");
+        assert!(err.to_string().contains("cannot connect"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn client_subscriber_resumes_with_last_event_id_after_a_server_restart() {
+        let server = Server::start("127.0.0.1:0").await;
+        let addr = server.addr;
+        let client = Client::new(&addr.to_string()).unwrap();
+        let mut sub = Subscriber::new(&addr.to_string(), "restart", Some("dev-r".into())).unwrap();
+        assert_eq!(next(&mut sub).await, SubscriberItem::Connected);
+        assert_eq!(next_event(&mut sub).await.event, "pere.hello");
+        let first = client
+            .publish("restart", "1", &PublishOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(next_message(&mut sub).await.id, first.id);
+
+        server.stop().await;
+        // The stream ends; attempts fail while nothing listens.
+        assert!(matches!(
+            next(&mut sub).await,
+            SubscriberItem::Disconnected { .. }
+        ));
+        assert!(matches!(
+            next(&mut sub).await,
+            SubscriberItem::Reconnecting { after, attempt: 1 } if after == Duration::from_millis(50)
+        ));
+        let server = Server::start(&addr.to_string()).await;
+        let second = client
+            .publish("restart", "2", &PublishOptions::default())
+            .await
+            .unwrap();
+        // The new server is told where the device was.
+        let hello = loop {
+            let e = next_event(&mut sub).await;
+            if e.event == "pere.hello" {
+                break e;
+            }
+        };
+        let hello: Value = serde_json::from_str(&hello.data).unwrap();
+        assert_eq!(hello["resumed_from"], first.id.as_str());
+        assert_eq!(next_message(&mut sub).await.id, second.id);
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn client_subscriber_starts_after_a_given_event_id() {
+        let server = Server::start("127.0.0.1:0").await;
+        let addr = server.addr.to_string();
+        let client = Client::new(&addr).unwrap();
+        let mut ids = Vec::new();
+        for n in 0..3 {
+            let p = client
+                .publish("from", n.to_string(), &PublishOptions::default())
+                .await
+                .unwrap();
+            ids.push(p.id);
+        }
+        let options = SubscribeOptions {
+            last_event_id: Some(ids[0].clone()),
+            ..SubscribeOptions::default()
+        };
+        let mut sub = Subscriber::with_options(&addr, "from", None, options).unwrap();
+        assert_eq!(sub.last_event_id(), ids[0]);
+        let hello = next_event(&mut sub).await;
+        assert_eq!(hello.id, ids[0], "the last event id before any event");
+        assert_eq!(next_message(&mut sub).await.data, "1");
+        assert_eq!(next_message(&mut sub).await.data, "2");
+        let bad = SubscribeOptions {
+            last_event_id: Some("x1".into()),
+            ..SubscribeOptions::default()
+        };
+        assert!(matches!(
+            Subscriber::with_options(&addr, "from", None, bad),
+            Err(Error::Core(_))
+        ));
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn client_subscriber_next_can_be_cancelled_without_losing_the_stream() {
+        let server = Server::start("127.0.0.1:0").await;
+        let addr = server.addr.to_string();
+        let mut sub = Subscriber::new(&addr, "cancel", None).unwrap();
+        assert_eq!(next_event(&mut sub).await.event, "pere.hello");
+        for _ in 0..3 {
+            let quiet = tokio::time::timeout(Duration::from_millis(20), sub.next()).await;
+            assert!(quiet.is_err(), "nothing to read yet: {quiet:?}");
+        }
+        assert!(sub.is_connected());
+        let client = Client::new(&addr).unwrap();
+        let p = client
+            .publish("cancel", "still here", &PublishOptions::default())
+            .await
+            .unwrap();
+        let event = next_event(&mut sub).await;
+        assert_eq!(
+            (event.id.as_str(), event.data.as_str()),
+            (p.id.as_str(), "still here")
+        );
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn client_subscriber_gives_up_after_max_reconnects() {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let options = SubscribeOptions {
+            max_reconnects: Some(2),
+            retry: Duration::from_millis(5),
+            ..SubscribeOptions::default()
+        };
+        let mut sub =
+            Subscriber::with_options(&format!("127.0.0.1:{port}"), "c", None, options).unwrap();
+        let mut notices = Vec::new();
+        let err = loop {
+            match tokio::time::timeout(WAIT, sub.next()).await.unwrap() {
+                Ok(Some(item)) => notices.push(item),
+                Ok(None) => panic!("ended without an error: {notices:?}"),
+                Err(err) => break err,
+            }
+        };
+        assert!(matches!(err, Error::Timeout(_)), "{err:?}");
+        assert!(
+            err.to_string().contains("2 failed connection attempts"),
+            "{err}"
+        );
+        let disconnects = notices
+            .iter()
+            .filter(|n| matches!(n, SubscriberItem::Disconnected { .. }))
+            .count();
+        assert_eq!(disconnects, 2, "{notices:?}");
+        assert!(sub.next().await.unwrap().is_none());
+    }
+}

@@ -1,0 +1,373 @@
+//! Command-line flags ([`Args`], the "low" form) resolved into a validated
+//! [`Config`]: which payloads, how many, how fast, with which options.
+//! [`Config::resolve`] takes whether stdin is a terminal as a parameter, so
+//! tests never depend on how they were started.
+
+use std::time::Duration;
+
+use argh::FromArgs;
+use pere_core::{ChannelName, DeviceId, EventType};
+use pere_http::client::{Backoff, PublishOptions, WaitFor, random_device};
+
+/// Publish events to a PERE channel and print one line per event, starting
+/// with the event id.
+///
+/// Without --data, with stdin a terminal (or with --interval), it publishes
+/// like PERE's publisher.rb: a JSON event with channel, device, a counter id,
+/// time and random data, every 10 to 20 seconds. With stdin a pipe or file, each line is an event.
+/// Durations are seconds, or a number with ms, s, m or h (500ms, 90s, 15m).
+#[derive(FromArgs, Debug, Default)]
+#[argh(
+    example = "pere-pub 127.0.0.1:4567 CHANNEL_1",
+    example = "pere-pub 127.0.0.1:4567 orders.eu --data '{{\"order\":42}}' --wait acked --timeout 5s",
+    example = "seq 100 | pere-pub 127.0.0.1:4567 numbers --rate 20",
+    note = "Each event is sent with an Idempotency-Key (generated unless --idempotency-key is given), and a publish that fails because the server is unreachable, closed the connection or answered 503 is retried with the same key, so it is stored once.",
+    error_code(1, "an event could not be published."),
+    error_code(2, "the command line is invalid.")
+)]
+pub struct Args {
+    /// the server, as HOST:PORT or http://HOST:PORT
+    #[argh(positional)]
+    pub addr: String,
+    /// the channel to publish on
+    #[argh(positional)]
+    pub channel: String,
+    /// publish this payload (once, or --count times) instead of generated events or stdin lines
+    #[argh(option)]
+    pub data: Option<String>,
+    /// stop after this many events (default: 1 with --data, else until stdin ends or forever)
+    #[argh(option)]
+    pub count: Option<u64>,
+    /// events per second, e.g. 20 or 0.5 (default: as fast as the server answers, or every 10 to 20 s for generated events)
+    #[argh(option)]
+    pub rate: Option<f64>,
+    /// time between events, e.g. 5s (default: random 10 to 20 s for generated events, none otherwise)
+    #[argh(option)]
+    pub interval: Option<String>,
+    /// the SSE event type (default message)
+    #[argh(option)]
+    pub event: Option<String>,
+    /// the publisher's device id (default a random PERE-style id, P0039…)
+    #[argh(option)]
+    pub device: Option<String>,
+    /// the Idempotency-Key of a single event (default: one generated per event)
+    #[argh(option)]
+    pub idempotency_key: Option<String>,
+    /// retries of a publish that failed because the server was unreachable or busy, with the same Idempotency-Key (default 10, backing off from 250 ms to 4 s)
+    #[argh(option)]
+    pub retries: Option<u32>,
+    /// wait until every recipient reached this state, delivered or acked, and print who acked and who is pending
+    #[argh(option)]
+    pub wait: Option<String>,
+    /// how long --wait waits for receipts (default 5s, at most 60s)
+    #[argh(option)]
+    pub timeout: Option<String>,
+    /// print only errors on stderr (no retry notices)
+    #[argh(switch, short = 'q')]
+    pub quiet: bool,
+    // Room for the load mode (a later issue): `--concurrency K` would run K
+    // publishers, each on its own `Client` clone (clones have their own
+    // connection), and report publishes/s and latency percentiles.
+}
+
+/// Where payloads come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The same `--data` payload each time.
+    Data(String),
+    /// One event per line of stdin (empty lines are skipped).
+    Stdin,
+    /// Generated JSON events, as PERE's publisher.rb.
+    Generated,
+}
+
+/// How events are spaced.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Pace {
+    /// As fast as the server answers.
+    Asap,
+    /// A fixed period, kept on schedule from the start.
+    Every(Duration),
+    /// A random pause between the two bounds after each event (PERE's).
+    Random(Duration, Duration),
+}
+
+/// Everything the publisher needs, validated.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The server.
+    pub addr: String,
+    /// The channel.
+    pub channel: String,
+    /// The publisher's device id.
+    pub device: String,
+    /// Where payloads come from.
+    pub source: Source,
+    /// How many events at most (`None`: until the source ends).
+    pub count: Option<u64>,
+    /// How events are spaced.
+    pub pace: Pace,
+    /// Options of every publish (the idempotency key is per event).
+    pub options: PublishOptions,
+    /// The key of the single event, when given.
+    pub idempotency_key: Option<String>,
+    /// Retry policy.
+    pub backoff: Backoff,
+    /// No retry notices.
+    pub quiet: bool,
+}
+
+/// PERE's publisher.rb pauses a random 10 to 20 seconds between events.
+const PERE_PAUSE: (Duration, Duration) = (Duration::from_secs(10), Duration::from_secs(20));
+/// Default `--timeout` of `--wait`.
+const DEFAULT_WAIT: Duration = Duration::from_secs(5);
+/// The server caps waits at 60 s (PROTOCOL §2).
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+impl Config {
+    /// Validates `args`; `stdin_is_terminal` decides between reading stdin
+    /// and generating events when there is no `--data`.
+    pub fn resolve(args: Args, stdin_is_terminal: bool) -> Result<Self, String> {
+        pere_http::client::Address::parse(&args.addr)
+            .map_err(|_| format!("`{}` is not HOST:PORT or http://HOST:PORT", args.addr))?;
+        ChannelName::new(&args.channel).map_err(|e| e.to_string())?;
+        if let Some(kind) = &args.event {
+            EventType::new(kind).map_err(|e| format!("--event: {e}"))?;
+        }
+        let device = match args.device {
+            Some(d) => {
+                DeviceId::new(&d).map_err(|e| format!("--device: {e}"))?;
+                d
+            }
+            None => random_device("P"),
+        };
+        if args.rate.is_some() && args.interval.is_some() {
+            return Err("--rate and --interval both set the pace; give one".into());
+        }
+        let every = match (args.rate, &args.interval) {
+            (Some(rate), _) => {
+                if !(rate.is_finite() && rate > 0.0) {
+                    return Err(format!("--rate `{rate}` must be a positive number"));
+                }
+                Some(Duration::from_secs_f64(1.0 / rate))
+            }
+            (None, Some(text)) => {
+                Some(parse_duration(text).map_err(|e| format!("--interval: {e}"))?)
+            }
+            (None, None) => None,
+        };
+        if args.count == Some(0) {
+            return Err("--count must be at least 1".into());
+        }
+        let source = match args.data {
+            Some(data) if data.is_empty() => {
+                return Err("--data is empty; the server refuses empty events".into());
+            }
+            Some(data) => Source::Data(data),
+            None if args.interval.is_some() || stdin_is_terminal => Source::Generated,
+            None => Source::Stdin,
+        };
+        let count = match (&source, args.count) {
+            (_, Some(n)) => Some(n),
+            (Source::Data(_), None) => Some(1),
+            _ => None,
+        };
+        let pace = match (every, &source) {
+            (Some(d), _) => Pace::Every(d),
+            (None, Source::Generated) => Pace::Random(PERE_PAUSE.0, PERE_PAUSE.1),
+            (None, _) => Pace::Asap,
+        };
+        if args.idempotency_key.is_some() && count != Some(1) {
+            return Err(
+                "--idempotency-key names one event: use it with --data and --count 1 (every event gets its own generated key otherwise)"
+                    .into(),
+            );
+        }
+        if let Some(key) = &args.idempotency_key
+            && (key.is_empty()
+                || key.len() > pere_core::MAX_IDEMPOTENCY_KEY_LEN
+                || !key.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
+        {
+            return Err(format!(
+                "--idempotency-key `{key}` must be 1 to {} bytes of printable ASCII",
+                pere_core::MAX_IDEMPOTENCY_KEY_LEN
+            ));
+        }
+        let wait = match (&args.wait, &args.timeout) {
+            (None, Some(_)) => return Err("--timeout is how long --wait waits; add --wait".into()),
+            (None, None) => None,
+            (Some(what), timeout) => {
+                let what: WaitFor = what.parse().map_err(|e| format!("--wait: {e}"))?;
+                let within = match timeout {
+                    Some(t) => parse_duration(t).map_err(|e| format!("--timeout: {e}"))?,
+                    None => DEFAULT_WAIT,
+                };
+                if within > MAX_WAIT {
+                    return Err(format!(
+                        "--timeout `{}` is longer than the server's limit of 60s",
+                        timeout.as_deref().unwrap_or_default()
+                    ));
+                }
+                Some((what, within))
+            }
+        };
+        Ok(Config {
+            addr: args.addr,
+            channel: args.channel,
+            options: PublishOptions {
+                device: Some(device.clone()),
+                event_type: args.event,
+                idempotency_key: None,
+                wait,
+            },
+            device,
+            source,
+            count,
+            pace,
+            idempotency_key: args.idempotency_key,
+            backoff: Backoff {
+                retries: args.retries.unwrap_or(Backoff::default().retries),
+                ..Backoff::default()
+            },
+            quiet: args.quiet,
+        })
+    }
+}
+
+/// Parses a duration: seconds (`5`, `0.5`), or a number with `ms`, `s`,
+/// `m` or `h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: f64 = number
+        .parse()
+        .ok()
+        .filter(|n: &f64| n.is_finite() && *n >= 0.0)
+        .ok_or_else(|| format!("`{text}` is not a duration (try 5, 0.5, 500ms, 90s, 15m)"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => {
+            return Err(format!(
+                "`{text}` has an unknown unit `{unit}` (use ms, s, m or h)"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("`{text}` is too long a duration"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn args(extra: &[&str]) -> Result<Args, String> {
+        let mut all = vec!["127.0.0.1:4567", "CHANNEL_1"];
+        all.extend_from_slice(extra);
+        Args::from_args(&["pere-pub"], &all).map_err(|e| e.output)
+    }
+
+    #[test]
+    fn data_publishes_once_unless_counted() {
+        let c = Config::resolve(args(&["--data", "x"]).unwrap(), true).unwrap();
+        assert_eq!(c.source, Source::Data("x".into()));
+        assert_eq!(c.count, Some(1));
+        assert_eq!(c.pace, Pace::Asap);
+        let c = Config::resolve(
+            args(&["--data", "x", "--count", "3", "--rate", "4"]).unwrap(),
+            false,
+        )
+        .unwrap();
+        assert_eq!(c.count, Some(3));
+        assert_eq!(c.pace, Pace::Every(Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn a_terminal_gets_generated_events_and_a_pipe_gets_its_lines_published() {
+        let c = Config::resolve(args(&[]).unwrap(), true).unwrap();
+        assert_eq!(c.source, Source::Generated);
+        assert_eq!(c.pace, Pace::Random(PERE_PAUSE.0, PERE_PAUSE.1));
+        assert_eq!(c.count, None);
+        assert!(c.device.starts_with("P0039"), "{}", c.device);
+        let c = Config::resolve(args(&[]).unwrap(), false).unwrap();
+        assert_eq!(c.source, Source::Stdin);
+        assert_eq!(c.pace, Pace::Asap);
+        let c = Config::resolve(args(&["--interval", "2s"]).unwrap(), false).unwrap();
+        assert_eq!(c.source, Source::Generated);
+        assert_eq!(c.pace, Pace::Every(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn wait_takes_a_state_and_a_timeout() {
+        let c = Config::resolve(args(&["--data", "x", "--wait", "acked"]).unwrap(), true).unwrap();
+        assert_eq!(c.options.wait, Some((WaitFor::Acked, DEFAULT_WAIT)));
+        let c = Config::resolve(
+            args(&["--data", "x", "--wait", "delivered", "--timeout", "1500ms"]).unwrap(),
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            c.options.wait,
+            Some((WaitFor::Delivered, Duration::from_millis(1500)))
+        );
+    }
+
+    #[test]
+    fn contradictions_and_bad_values_are_usage_errors() {
+        for bad in [
+            &["--rate", "1", "--interval", "1"][..],
+            &["--rate", "0"],
+            &["--rate", "-2"],
+            &["--interval", "soon"],
+            &["--count", "0"],
+            &["--data", ""],
+            &["--idempotency-key", "k"],
+            &["--data", "x", "--count", "2", "--idempotency-key", "k"],
+            &["--data", "x", "--idempotency-key", "é"],
+            &["--data", "x", "--wait", "read"],
+            &["--data", "x", "--timeout", "5s"],
+            &["--data", "x", "--wait", "acked", "--timeout", "2m"],
+            &["--event", "pere.hello"],
+            &["--device", "a b"],
+        ] {
+            let result = Config::resolve(args(bad).unwrap(), true);
+            assert!(result.is_err(), "{bad:?} must be refused");
+        }
+        assert!(
+            Config::resolve(
+                Args::from_args(&["pere-pub"], &["nowhere", "c"]).unwrap(),
+                true
+            )
+            .is_err()
+        );
+        assert!(
+            Config::resolve(
+                Args::from_args(&["pere-pub"], &["127.0.0.1:1", "a b"]).unwrap(),
+                true
+            )
+            .is_err()
+        );
+        let c = Config::resolve(
+            args(&["--data", "x", "--idempotency-key", "order-42"]).unwrap(),
+            true,
+        )
+        .unwrap();
+        assert_eq!(c.idempotency_key.as_deref(), Some("order-42"));
+    }
+
+    #[test]
+    fn durations_take_units() {
+        assert_eq!(parse_duration("5").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("0.5").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert!(parse_duration("5 weeks").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

@@ -1,0 +1,246 @@
+//! Command-line flags ([`Args`], the "low" form) resolved into a validated
+//! [`Config`].
+
+use std::time::Duration;
+
+use argh::FromArgs;
+use pere_core::{DeviceId, EventId, MAX_STATUS_LEN, Pattern};
+use pere_http::client::{Address, random_device};
+
+/// Follow a PERE channel over Server-Sent Events, print each event, and send
+/// a receipt for each, as PERE's subscriber.rb did.
+///
+/// It reconnects whenever the stream ends, after the server's retry delay,
+/// resuming with Last-Event-ID, so nothing still retained is lost. Connection
+/// notices go to stderr. Durations are seconds, or a number with ms, s, m or
+/// h (500ms, 90s, 15m).
+#[derive(FromArgs, Debug, Default)]
+#[argh(
+    example = "pere-sub 127.0.0.1:4567 CHANNEL_1",
+    example = "pere-sub 127.0.0.1:4567 'orders.*' --json --count 10 --device terminal-7",
+    note = "With --json, each line is a JSON object with id (the stream's last event id after the event, empty before any), event, data, and channel (the subscribed CHANNEL, null for pere.* control events such as pere.hello and pere.gap).",
+    error_code(
+        1,
+        "the subscription failed or --timeout passed before --count events."
+    ),
+    error_code(2, "the command line is invalid.")
+)]
+pub struct Args {
+    /// the server, as HOST:PORT or http://HOST:PORT
+    #[argh(positional)]
+    pub addr: String,
+    /// the channel, or a pattern such as orders.* or orders.**
+    #[argh(positional)]
+    pub channel: String,
+    /// this subscriber's device id (default a random PERE-style id, H0039…)
+    #[argh(option)]
+    pub device: Option<String>,
+    /// print one JSON object per line for every event, control events included
+    #[argh(switch)]
+    pub json: bool,
+    /// exit with status 0 after this many events, not counting pere.* control events (default: run until interrupted)
+    #[argh(option)]
+    pub count: Option<u64>,
+    /// send no receipts
+    #[argh(switch)]
+    pub no_ack: bool,
+    /// the status text of each receipt (default ok)
+    #[argh(option)]
+    pub status: Option<String>,
+    /// start after this event id (sent as Last-Event-ID on the first connection)
+    #[argh(option)]
+    pub last_event_id: Option<String>,
+    /// on the first connection, replay every event the server retains
+    #[argh(switch)]
+    pub replay_all: bool,
+    /// give up with status 1 after this many consecutive failed connection attempts (default: never give up)
+    #[argh(option)]
+    pub max_reconnects: Option<u32>,
+    /// stop after this long: status 0, or 1 when --count events have not all arrived (default: no limit)
+    #[argh(option)]
+    pub timeout: Option<String>,
+    /// print no connection notices on stderr, only errors
+    #[argh(switch, short = 'q')]
+    pub quiet: bool,
+    // Room for later issues: `--exec CMD` (run CMD for each event, payload on
+    // stdin, its exit status deciding the receipt's status) plugs in where
+    // `main.rs` handles an event; `--devices N` (load mode: N subscriptions
+    // with their own device ids) would run `follow` N times concurrently.
+}
+
+/// How events are printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// `RX EVT> id: …, event: …, data: …`.
+    Human,
+    /// One JSON object per line (PROTOCOL §9).
+    Json,
+}
+
+/// Everything the subscriber needs, validated.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The server.
+    pub addr: String,
+    /// The channel or pattern (also where receipts go).
+    pub channel: String,
+    /// The device id.
+    pub device: String,
+    /// Output format.
+    pub output: Output,
+    /// Stop after this many non-control events.
+    pub count: Option<u64>,
+    /// Receipt status, or `None` for no receipts.
+    pub status: Option<String>,
+    /// Resume point of the first connection.
+    pub last_event_id: Option<String>,
+    /// Replay everything retained on the first connection.
+    pub replay_all: bool,
+    /// Bound on consecutive failed connection attempts.
+    pub max_reconnects: Option<u32>,
+    /// Bound on the whole run.
+    pub timeout: Option<Duration>,
+    /// No connection notices.
+    pub quiet: bool,
+}
+
+impl Config {
+    /// Validates `args`.
+    pub fn resolve(args: Args) -> Result<Self, String> {
+        Address::parse(&args.addr)
+            .map_err(|_| format!("`{}` is not HOST:PORT or http://HOST:PORT", args.addr))?;
+        Pattern::new(&args.channel).map_err(|e| e.to_string())?;
+        let device = match args.device {
+            Some(d) => {
+                DeviceId::new(&d).map_err(|e| format!("--device: {e}"))?;
+                d
+            }
+            None => random_device("H"),
+        };
+        if args.count == Some(0) {
+            return Err("--count must be at least 1".into());
+        }
+        if args.no_ack && args.status.is_some() {
+            return Err("--status is the receipts' status; it makes no sense with --no-ack".into());
+        }
+        let status = args.status.unwrap_or_else(|| "ok".into());
+        if status.len() > MAX_STATUS_LEN {
+            return Err(format!(
+                "--status is {} bytes long, the limit is {MAX_STATUS_LEN}",
+                status.len()
+            ));
+        }
+        if let Some(id) = &args.last_event_id {
+            EventId::parse(id).map_err(|e| format!("--last-event-id: {e}"))?;
+            if args.replay_all {
+                return Err(
+                    "--last-event-id and --replay-all both set where to start; give one".into(),
+                );
+            }
+        }
+        let timeout = args
+            .timeout
+            .as_deref()
+            .map(parse_duration)
+            .transpose()
+            .map_err(|e| format!("--timeout: {e}"))?;
+        Ok(Config {
+            addr: args.addr,
+            channel: args.channel,
+            device,
+            output: if args.json {
+                Output::Json
+            } else {
+                Output::Human
+            },
+            count: args.count,
+            status: (!args.no_ack).then_some(status),
+            last_event_id: args.last_event_id,
+            replay_all: args.replay_all,
+            max_reconnects: args.max_reconnects,
+            timeout,
+            quiet: args.quiet,
+        })
+    }
+}
+
+/// Parses a duration: seconds (`5`, `0.5`), or a number with `ms`, `s`,
+/// `m` or `h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: f64 = number
+        .parse()
+        .ok()
+        .filter(|n: &f64| n.is_finite() && *n >= 0.0)
+        .ok_or_else(|| format!("`{text}` is not a duration (try 5, 0.5, 500ms, 90s, 15m)"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => {
+            return Err(format!(
+                "`{text}` has an unknown unit `{unit}` (use ms, s, m or h)"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("`{text}` is too long a duration"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn resolve(extra: &[&str]) -> Result<Config, String> {
+        let mut all = vec!["127.0.0.1:4567", "CHANNEL_1"];
+        all.extend_from_slice(extra);
+        Config::resolve(Args::from_args(&["pere-sub"], &all).map_err(|e| e.output)?)
+    }
+
+    #[test]
+    fn defaults_are_pere_s_subscriber() {
+        let c = resolve(&[]).unwrap();
+        assert!(c.device.starts_with("H0039"), "{}", c.device);
+        assert_eq!(c.status.as_deref(), Some("ok"));
+        assert_eq!(c.output, Output::Human);
+        assert_eq!((c.count, c.timeout, c.max_reconnects), (None, None, None));
+    }
+
+    #[test]
+    fn flags_are_checked() {
+        let c = resolve(&["--json", "--count", "3", "--no-ack", "--timeout", "2s"]).unwrap();
+        assert_eq!(c.output, Output::Json);
+        assert_eq!(c.count, Some(3));
+        assert_eq!(c.status, None);
+        assert_eq!(c.timeout, Some(Duration::from_secs(2)));
+        for bad in [
+            &["--count", "0"][..],
+            &["--device", "a b"],
+            &["--last-event-id", "abc"],
+            &["--last-event-id", "5", "--replay-all"],
+            &["--no-ack", "--status", "read"],
+            &["--timeout", "soon"],
+        ] {
+            assert!(resolve(bad).is_err(), "{bad:?} must be refused");
+        }
+        let long = "x".repeat(MAX_STATUS_LEN + 1);
+        assert!(resolve(&["--status", &long]).is_err());
+        assert!(
+            Config::resolve(Args::from_args(&["pere-sub"], &["127.0.0.1:1", "a b"]).unwrap())
+                .is_err()
+        );
+        assert!(resolve(&["--last-event-id", "42"]).is_ok());
+    }
+
+    #[test]
+    fn durations_take_units() {
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("200ms").unwrap(), Duration::from_millis(200));
+        assert!(parse_duration("2 days").is_err());
+    }
+}
