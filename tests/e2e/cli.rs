@@ -609,3 +609,130 @@ async fn help_of_each_tool_explains_every_option_and_usage_errors_exit_with_2() 
         );
     }
 }
+
+/// The words `key=value` of a pere-pub line, by key.
+fn word<'a>(line: &'a str, key: &str) -> &'a str {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+}
+
+#[tokio::test]
+async fn pere_sub_exec_turns_the_command_outcome_into_the_receipt_status_and_pere_pub_waits_for_it()
+{
+    let server = Server::start(0).await;
+    let addr = server.hostport();
+    let start_sub = |device: &'static str, exec: &'static str| {
+        Proc::start(
+            "pere-sub",
+            &[
+                &addr, "jobs", "--json", "--count", "1", "--device", device, "--exec", exec,
+            ],
+            Stdio::null(),
+        )
+    };
+    // The payload reaches the command on stdin, and its environment names
+    // the event.
+    let mut good = start_sub(
+        "worker-ok",
+        r#"test "$(cat)" = 'resize 42' && test "$PERE_DEVICE" = worker-ok"#,
+    );
+    let mut bad = start_sub(
+        "worker-bad",
+        "cat >/dev/null; echo 'disk full on /var' >&2; echo more >&2; exit 4",
+    );
+    for sub in [&mut good, &mut bad] {
+        assert_eq!(sub.json_line().await["event"], "pere.hello");
+    }
+
+    let mut publisher = Proc::start(
+        "pere-pub",
+        &[
+            &addr,
+            "jobs",
+            "--data",
+            "resize 42",
+            "--wait",
+            "acked",
+            "--timeout",
+            "5s",
+        ],
+        Stdio::null(),
+    );
+    let lines = publisher.success().await;
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let line = &lines[0];
+    let id = first_word_id(line);
+    assert_eq!(word(line, "recipients"), "2", "{line}");
+    assert_eq!(word(line, "acked"), "2", "{line}");
+    assert_eq!(word(line, "timed_out"), "false", "{line}");
+    assert_eq!(word(line, "pending"), "-", "{line}");
+    let mut acked_by: Vec<&str> = word(line, "acked_by").split(',').collect();
+    acked_by.sort_unstable();
+    assert_eq!(acked_by, ["worker-bad", "worker-ok"], "{line}");
+
+    for sub in [&mut good, &mut bad] {
+        assert_eq!(sub.json_line().await["data"], "resize 42");
+        sub.success().await;
+    }
+    let receipts = server.get_json(&format!("/receipts/jobs/{id}")).await;
+    assert_eq!(
+        receipts["devices"]["worker-ok"]["status"], "ok",
+        "{receipts}"
+    );
+    assert_eq!(
+        receipts["devices"]["worker-bad"]["status"], "error: exit 4: disk full on /var",
+        "the exit code and the first stderr line: {receipts}"
+    );
+    assert!(
+        bad.stderr_text().contains("disk full on /var"),
+        "the command's stderr is relayed: {}",
+        bad.stderr_text()
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn pere_pub_wait_names_the_devices_that_did_not_ack_in_time() {
+    let server = Server::start(0).await;
+    let addr = server.hostport();
+    let mut acker = Proc::start(
+        "pere-sub",
+        &[&addr, "alerts", "--json", "--device", "fast"],
+        Stdio::null(),
+    );
+    let mut silent = Proc::start(
+        "pere-sub",
+        &[&addr, "alerts", "--json", "--device", "silent", "--no-ack"],
+        Stdio::null(),
+    );
+    for sub in [&mut acker, &mut silent] {
+        assert_eq!(sub.json_line().await["event"], "pere.hello");
+    }
+    let started = std::time::Instant::now();
+    let mut publisher = Proc::start(
+        "pere-pub",
+        &[
+            &addr,
+            "alerts",
+            "--data",
+            "fire",
+            "--wait",
+            "acked",
+            "--timeout",
+            "700ms",
+        ],
+        Stdio::null(),
+    );
+    let lines = publisher.success().await;
+    let line = &lines[0];
+    assert!(
+        started.elapsed() >= Duration::from_millis(700),
+        "the wait lasts the timeout"
+    );
+    assert_eq!(word(line, "timed_out"), "true", "{line}");
+    assert_eq!(word(line, "acked"), "1", "{line}");
+    assert_eq!(word(line, "acked_by"), "fast", "{line}");
+    assert_eq!(word(line, "pending"), "silent", "{line}");
+    server.stop().await;
+}

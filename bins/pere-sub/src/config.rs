@@ -62,11 +62,16 @@ pub struct Args {
     /// print no connection notices on stderr, only errors
     #[argh(switch, short = 'q')]
     pub quiet: bool,
-    // Room for later issues: `--exec CMD` (run CMD for each event, payload on
-    // stdin, its exit status deciding the receipt's status) plugs in where
-    // `main.rs` handles an event; `--devices N` (load mode: N subscriptions
-    // with their own device ids) would run `follow` N times concurrently.
+    /// run this shell command for each event, one at a time, with the payload on stdin (and PERE_EVENT_ID, PERE_EVENT, PERE_CHANNEL, PERE_DEVICE in its environment); the receipt's status is ok when it exits with 0, else "error: exit N: <first line of its stderr>"
+    #[argh(option)]
+    pub exec: Option<String>,
+    /// how long one --exec command may run before it is killed and its receipt says "error: timed out after …" (default 60s)
+    #[argh(option)]
+    pub exec_timeout: Option<String>,
 }
+
+/// How long one `--exec` command may run unless `--exec-timeout` says.
+const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How events are printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,6 +107,11 @@ pub struct Config {
     pub timeout: Option<Duration>,
     /// No connection notices.
     pub quiet: bool,
+    /// The command run for each event (`--exec`), whose outcome is the
+    /// receipt's status.
+    pub exec: Option<String>,
+    /// How long one `--exec` command may run.
+    pub exec_timeout: Duration,
 }
 
 impl Config {
@@ -123,6 +133,25 @@ impl Config {
         if args.no_ack && args.status.is_some() {
             return Err("--status is the receipts' status; it makes no sense with --no-ack".into());
         }
+        if args.exec.is_some() && args.status.is_some() {
+            return Err(
+                "--status is a fixed receipt status; with --exec the command's outcome is the status"
+                    .into(),
+            );
+        }
+        if args.exec.as_deref().is_some_and(|c| c.trim().is_empty()) {
+            return Err("--exec needs a command".into());
+        }
+        if args.exec.is_none() && args.exec_timeout.is_some() {
+            return Err("--exec-timeout bounds the --exec command; add --exec".into());
+        }
+        let exec_timeout = match args.exec_timeout.as_deref() {
+            None => DEFAULT_EXEC_TIMEOUT,
+            Some(t) => match parse_duration(t).map_err(|e| format!("--exec-timeout: {e}"))? {
+                d if d.is_zero() => return Err("--exec-timeout must be more than 0".into()),
+                d => d,
+            },
+        };
         let status = args.status.unwrap_or_else(|| "ok".into());
         if status.len() > MAX_STATUS_LEN {
             return Err(format!(
@@ -160,6 +189,8 @@ impl Config {
             max_reconnects: args.max_reconnects,
             timeout,
             quiet: args.quiet,
+            exec: args.exec,
+            exec_timeout,
         })
     }
 }
@@ -225,6 +256,10 @@ mod tests {
             &["--last-event-id", "5", "--replay-all"],
             &["--no-ack", "--status", "read"],
             &["--timeout", "soon"],
+            &["--exec", "true", "--status", "done"],
+            &["--exec", " "],
+            &["--exec-timeout", "5s"],
+            &["--exec", "true", "--exec-timeout", "0"],
         ] {
             assert!(resolve(bad).is_err(), "{bad:?} must be refused");
         }
@@ -235,6 +270,9 @@ mod tests {
                 .is_err()
         );
         assert!(resolve(&["--last-event-id", "42"]).is_ok());
+        let c = resolve(&["--exec", "cat", "--exec-timeout", "2s"]).unwrap();
+        assert_eq!(c.exec.as_deref(), Some("cat"));
+        assert_eq!(c.exec_timeout, Duration::from_secs(2));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! it stops quietly when stdout closes.
 
 mod config;
+mod exec;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -195,10 +196,24 @@ async fn follow(config: &Config) -> Result<(), Stop> {
             }
             continue;
         }
-        // The place for `--exec CMD` (a later issue): run it here, and let
-        // its outcome choose the receipt's status.
+        // `--exec`: the command's outcome is the receipt's status, so the
+        // receipt is only sent once the command has ended.
+        let outcome = match &config.exec {
+            Some(command) => {
+                let ctx = exec::Context {
+                    channel: &config.channel,
+                    device: &config.device,
+                };
+                let status = exec::run(command, &event, &ctx, config.exec_timeout).await;
+                if status != "ok" {
+                    notice(config, format_args!("event {}: {status}", event.id));
+                }
+                Some(status)
+            }
+            None => None,
+        };
         if let Some(status) = &config.status {
-            ack(config, &client, &event, status).await;
+            ack(config, &client, &event, outcome.as_ref().unwrap_or(status)).await;
         }
         received += 1;
         if config.count.is_some_and(|count| received >= count) {

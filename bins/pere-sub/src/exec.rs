@@ -1,0 +1,214 @@
+//! `--exec CMD`: the "status of local elaboration" of PERE's seed. Each
+//! event's payload is handed to a command, and how the command ended becomes
+//! the event's receipt status.
+
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use pere_core::MAX_STATUS_LEN;
+use pere_http::sse::SseEvent;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+
+/// What the subscriber knows about the event beyond the SSE fields.
+pub struct Context<'a> {
+    /// The subscribed channel or pattern.
+    pub channel: &'a str,
+    /// This subscriber's device id.
+    pub device: &'a str,
+}
+
+/// Runs `command` through `sh -c` with the event's payload on stdin and
+/// returns the receipt status: `ok` when it exits with 0, otherwise
+/// `error: exit N` (or `error: signal N`, `error: timed out after …`)
+/// followed by the first line of its stderr.
+///
+/// The command's stdout goes to pere-sub's stdout; its stderr is relayed to
+/// pere-sub's stderr so nothing it says is lost.
+pub async fn run(command: &str, event: &SseEvent, ctx: &Context<'_>, timeout: Duration) -> String {
+    let spawned = Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .env("PERE_EVENT_ID", &event.id)
+        .env("PERE_EVENT", &event.event)
+        .env("PERE_CHANNEL", ctx.channel)
+        .env("PERE_DEVICE", ctx.device)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(err) => return clip(format!("error: cannot run `sh -c`: {err}")),
+    };
+    // Feed stdin and drain stderr concurrently with waiting: a command that
+    // does not read its input, or writes a lot to stderr, must not deadlock.
+    let stdin = child.stdin.take();
+    let payload = event.data.clone();
+    let feed = async move {
+        if let Some(mut stdin) = stdin {
+            // A command that exits without reading its input closes the pipe:
+            // that is its business, not an error of ours.
+            let _ = stdin.write_all(payload.as_bytes()).await;
+            let _ = stdin.shutdown().await;
+        }
+    };
+    let stderr = child.stderr.take();
+    let drain = async move {
+        let mut first = None;
+        if let Some(stderr) = stderr {
+            let mut lines = BufReader::new(stderr);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match lines.read_until(b'\n', &mut line).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let text = String::from_utf8_lossy(&line);
+                        eprint!("{text}");
+                        if !text.ends_with('\n') {
+                            eprintln!();
+                        }
+                        if first.is_none() && !text.trim().is_empty() {
+                            first = Some(text.trim().to_owned());
+                        }
+                    }
+                }
+            }
+            // Whatever is left after a read error is discarded, not kept in
+            // memory.
+            let _ = lines.read_to_end(&mut Vec::new()).await;
+        }
+        first
+    };
+    let wait = async {
+        let (status, (), first) = tokio::join!(child.wait(), feed, drain);
+        (status, first)
+    };
+    match tokio::time::timeout(timeout, wait).await {
+        Ok((Ok(status), first)) => status_of(status, first.as_deref()),
+        Ok((Err(err), _)) => clip(format!("error: waiting for the command failed: {err}")),
+        Err(_) => {
+            let _ = child.kill().await;
+            clip(format!("error: timed out after {}", humanize(timeout)))
+        }
+    }
+}
+
+/// The receipt status for a command that ended with `status`.
+fn status_of(status: ExitStatus, first_stderr_line: Option<&str>) -> String {
+    if status.success() {
+        return "ok".into();
+    }
+    let how = match status.code() {
+        Some(code) => format!("error: exit {code}"),
+        None => signal_of(status),
+    };
+    match first_stderr_line {
+        Some(line) => clip(format!("{how}: {line}")),
+        None => clip(how),
+    }
+}
+
+#[cfg(unix)]
+fn signal_of(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status.signal() {
+        Some(sig) => format!("error: signal {sig}"),
+        None => "error: ended abnormally".into(),
+    }
+}
+
+#[cfg(not(unix))]
+fn signal_of(_status: ExitStatus) -> String {
+    "error: ended abnormally".into()
+}
+
+/// Cuts a status to what the server accepts, on a character boundary.
+fn clip(mut status: String) -> String {
+    if status.len() > MAX_STATUS_LEN {
+        let mut end = MAX_STATUS_LEN;
+        while !status.is_char_boundary(end) {
+            end -= 1;
+        }
+        status.truncate(end);
+    }
+    status
+}
+
+fn humanize(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn event(data: &str) -> SseEvent {
+        SseEvent {
+            id: "7".into(),
+            event: "message".into(),
+            data: data.into(),
+        }
+    }
+
+    async fn status(cmd: &str, data: &str) -> String {
+        let ctx = Context {
+            channel: "orders",
+            device: "dev-1",
+        };
+        run(cmd, &event(data), &ctx, Duration::from_secs(5)).await
+    }
+
+    #[tokio::test]
+    async fn success_is_ok_and_the_payload_arrives_on_stdin() {
+        assert_eq!(status("grep -q '^hello$'", "hello").await, "ok");
+        assert_eq!(
+            status(
+                "test \"$PERE_EVENT_ID/$PERE_CHANNEL/$PERE_DEVICE\" = 7/orders/dev-1",
+                ""
+            )
+            .await,
+            "ok"
+        );
+    }
+
+    #[tokio::test]
+    async fn failure_reports_the_exit_code_and_first_stderr_line() {
+        assert_eq!(
+            status("echo 'disk full' >&2; echo more >&2; exit 3", "x").await,
+            "error: exit 3: disk full"
+        );
+        assert_eq!(status("exit 9", "x").await, "error: exit 9");
+        assert_eq!(status("kill -9 $$", "x").await, "error: signal 9");
+    }
+
+    #[tokio::test]
+    async fn a_command_that_ignores_a_large_payload_does_not_hang() {
+        let big = "x".repeat(1 << 20);
+        assert_eq!(status("exit 0", &big).await, "ok");
+    }
+
+    #[tokio::test]
+    async fn a_hung_command_is_killed_at_the_timeout() {
+        let ctx = Context {
+            channel: "c",
+            device: "d",
+        };
+        let got = run("sleep 30", &event(""), &ctx, Duration::from_millis(200)).await;
+        assert_eq!(got, "error: timed out after 200ms");
+    }
+
+    #[test]
+    fn long_statuses_are_clipped_on_a_char_boundary() {
+        let s = clip("é".repeat(MAX_STATUS_LEN));
+        assert!(s.len() <= MAX_STATUS_LEN);
+        assert!(s.chars().all(|c| c == 'é'));
+    }
+}
