@@ -91,3 +91,9 @@ pub use name::{
     RESERVED_EVENT_PREFIX,
 };
 pub use presence::{Op, Presence};
+
+/// The README's Rust examples, compiled and run by `cargo test` so the
+/// README cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
