@@ -114,12 +114,14 @@ async fn run(config: &Config) -> Result<(), Stop> {
     let start = Instant::now();
     let mut sent: u64 = 0;
     while config.count.is_none_or(|count| sent < count) {
-        let payload = match &config.source {
-            Source::Data(data) => data.clone(),
-            Source::Generated => generated_payload(config, sent + 1, &mut rng),
+        // A generated event is made after the pause, so its `time` is the
+        // time it is published.
+        let given = match &config.source {
+            Source::Data(data) => Some(data.clone()),
+            Source::Generated => None,
             Source::Stdin => match stdin.next_line().await {
                 Ok(Some(line)) if line.trim().is_empty() => continue,
-                Ok(Some(line)) => line,
+                Ok(Some(line)) => Some(line),
                 Ok(None) => break,
                 Err(err) => return Err(Stop::Failed(format!("cannot read stdin: {err}"))),
             },
@@ -135,6 +137,7 @@ async fn run(config: &Config) -> Result<(), Stop> {
                 Pace::Random(min, max) => tokio::time::sleep(rng.between(min, max)).await,
             }
         }
+        let payload = given.unwrap_or_else(|| generated_payload(config, sent + 1, &mut rng));
         let mut options = config.options.clone();
         options.idempotency_key = Some(match &config.idempotency_key {
             Some(key) => key.clone(),
