@@ -130,8 +130,11 @@ pub enum Error {
     /// No token has this value (named by fingerprint only).
     #[error("no token {0} exists")]
     UnknownToken(String),
-    /// Tokens were managed while auth is off.
-    #[error("auth is off: start the server with --auth FILE to use tokens")]
+    /// Tokens were managed while auth is off (other than creating the first
+    /// admin token, which turns it on).
+    #[error(
+        "auth is off: start the server with --auth FILE, or create an admin token first (that turns auth on)"
+    )]
     AuthDisabled,
     /// Invalid configuration.
     #[error("invalid configuration: {0}")]

@@ -384,7 +384,8 @@ impl<S: EventStore> Hub<S> {
     /// streams of the token are re-checked at once.
     ///
     /// # Errors
-    /// [`Error::AuthDisabled`] when auth is off, [`Error::InvalidToken`]
+    /// [`Error::AuthDisabled`] when auth is off and the token is not an
+    /// admin token (an admin token turns auth on), [`Error::InvalidToken`]
     /// for grant lists past [`MAX_GRANTS`], a store failure.
     pub async fn put_token(&self, token: &Token, grants: Grants) -> Result<bool> {
         if grants.subscribe.len() > MAX_GRANTS || grants.publish.len() > MAX_GRANTS {

@@ -329,7 +329,14 @@ impl State {
                 reply,
             } => {
                 if !self.auth.is_enabled() {
-                    return Effect::Fail(FailReply::Bool(reply), Error::AuthDisabled);
+                    // PROTOCOL §7: admin-created tokens turn auth on. The
+                    // first one must be an admin token, or nobody could
+                    // manage tokens (or anything under /admin) afterwards.
+                    if !grants.as_ref().is_some_and(|g| g.admin) {
+                        return Effect::Fail(FailReply::Bool(reply), Error::AuthDisabled);
+                    }
+                    tracing::warn!("auth turned on by the first run-time admin token");
+                    self.auth.enable_for_journal();
                 }
                 let existed = self.auth.grants(&token).is_some();
                 if grants.is_none() && !existed {

@@ -710,12 +710,19 @@ mod auth {
     }
 
     #[tokio::test]
-    async fn tokens_cannot_be_managed_while_auth_is_off() {
+    async fn only_an_admin_token_turns_auth_on_at_run_time() {
         let hub = hub().await;
         let token = Token::new("phone-token-0123456789").unwrap();
         assert!(matches!(
             hub.put_token(&token, grants("phone", &["a"])).await,
             Err(Error::AuthDisabled)
         ));
+        assert!(!hub.auth().is_enabled());
+        let mut admin = grants("ops", &[]);
+        admin.admin = true;
+        let admin_token = Token::new("admin-token-0123456789").unwrap();
+        assert!(!hub.put_token(&admin_token, admin).await.unwrap());
+        assert!(hub.auth().is_enabled());
+        assert!(hub.put_token(&token, grants("phone", &["a"])).await.is_ok());
     }
 }
