@@ -136,11 +136,29 @@ impl Default for ServerConfig {
 /// # Errors
 /// [`Error::Io`] naming the address.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|source| Error::Io {
+    let io = |source| Error::Io {
         context: format!("cannot listen on {addr}"),
         source,
-    })
+    };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(io)?;
+    // As `TcpListener::bind` does: a restarted server can take its port
+    // back while old connections linger in TIME_WAIT.
+    socket.set_reuseaddr(true).map_err(io)?;
+    socket.bind(addr).map_err(io)?;
+    socket.listen(LISTEN_BACKLOG).map_err(io)
 }
+
+/// Pending connections the kernel queues before `accept` (capped by
+/// `net.core.somaxconn`). After a restart every device reconnects at once;
+/// a connection that overflows the queue has its handshake silently
+/// dropped and waits seconds for a retransmit, so the queue is larger than
+/// the usual 1024.
+const LISTEN_BACKLOG: u32 = 4096;
 
 /// Serves `hub` on `listener` until `shutdown` resolves, then shuts down
 /// gracefully (see the module docs) and returns.
