@@ -4,11 +4,13 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod admin;
+mod auth;
 mod cli;
 mod durability;
 mod errors;
 mod feed;
 mod feedback;
+mod limits;
 mod overdue;
 mod pere_compat;
 mod publish;

@@ -50,6 +50,9 @@ pub struct Args {
     /// the publisher's device id (default a random PERE-style id, P0039…)
     #[argh(option)]
     pub device: Option<String>,
+    /// bearer token for a server with auth on (or set PERE_TOKEN, which ps does not show); without --device, the device is the token's subject
+    #[argh(option)]
+    pub token: Option<String>,
     /// the Idempotency-Key of a single event (default: one generated per event)
     #[argh(option)]
     pub idempotency_key: Option<String>,
@@ -101,6 +104,8 @@ pub struct Config {
     pub channel: String,
     /// The publisher's device id.
     pub device: String,
+    /// The bearer token, if any.
+    pub token: Option<String>,
     /// Where payloads come from.
     pub source: Source,
     /// How many events at most (`None`: until the source ends).
@@ -134,6 +139,7 @@ impl Config {
         if let Some(kind) = &args.event {
             EventType::new(kind).map_err(|e| format!("--event: {e}"))?;
         }
+        let device_given = args.device.is_some();
         let device = match args.device {
             Some(d) => {
                 DeviceId::new(&d).map_err(|e| format!("--device: {e}"))?;
@@ -141,6 +147,10 @@ impl Config {
             }
             None => random_device("P"),
         };
+        if let Some(token) = &args.token {
+            pere_core::Token::new(token).map_err(|e| format!("--token: {e}"))?;
+        }
+        let device_from_token = args.token.is_some() && !device_given;
         if args.rate.is_some() && args.interval.is_some() {
             return Err("--rate and --interval both set the pace; give one".into());
         }
@@ -212,10 +222,13 @@ impl Config {
             }
         };
         Ok(Config {
+            token: args.token,
             addr: args.addr,
             channel: args.channel,
             options: PublishOptions {
-                device: Some(device.clone()),
+                // With a token the server takes the device from its subject;
+                // a random id would not match it.
+                device: (!device_from_token).then(|| device.clone()),
                 event_type: args.event,
                 idempotency_key: None,
                 wait,

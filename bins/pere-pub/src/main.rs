@@ -18,10 +18,15 @@ use tokio::time::Instant;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let args: Args = match parse_args() {
+    let mut args: Args = match parse_args() {
         Ok(args) => args,
         Err(code) => return code,
     };
+    if args.token.is_none() {
+        args.token = std::env::var("PERE_TOKEN")
+            .ok()
+            .filter(|t| !t.trim().is_empty());
+    }
     let config = match Config::resolve(args, std::io::stdin().is_terminal()) {
         Ok(c) => c,
         Err(err) => {
@@ -105,7 +110,12 @@ enum Stop {
 /// Publishes every event of the configured source, paced, and prints a line
 /// for each.
 async fn run(config: &Config) -> Result<(), Stop> {
-    let client = Client::new(&config.addr).map_err(|e| Stop::Failed(e.to_string()))?;
+    let mut client = Client::new(&config.addr).map_err(|e| Stop::Failed(e.to_string()))?;
+    if let Some(token) = &config.token {
+        client = client
+            .with_token(token)
+            .map_err(|e| Stop::Failed(e.to_string()))?;
+    }
     let mut rng = Rng::new();
     // Per-run part of the generated idempotency keys: keys of two runs of
     // the same device never collide.

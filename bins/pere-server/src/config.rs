@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use argh::FromArgs;
-use pere_core::{Fsync, HubConfig, Retention};
+use pere_core::{Fsync, Grants, HubConfig, Retention, Token};
 use pere_http::{Cors, ServerConfig};
 
 /// PERE: push events to devices over Server-Sent Events, and know, per event
@@ -67,6 +67,30 @@ pub struct Args {
     /// http:// URL of the publisher's backend that receives overdue notices as JSON POSTs
     #[argh(option)]
     pub webhook: Option<String>,
+    /// JSON file of bearer tokens; turns auth on (off by default): {"tokens":{"<token>":{"subject":"device","subscribe":["pattern"],"publish":["pattern"],"admin":false}}}
+    #[argh(option)]
+    pub auth: Option<String>,
+    /// most open streams server-wide; more get 429 (default 10000)
+    #[argh(option)]
+    pub max_streams: Option<String>,
+    /// most open streams of one device; more get 429 (default 16)
+    #[argh(option)]
+    pub max_streams_per_device: Option<String>,
+    /// most channels or patterns one stream may ask for; more get 400 (default 64)
+    #[argh(option)]
+    pub max_channels: Option<String>,
+    /// largest request head (request line and headers) in bytes, at least 8192; larger gets 431 (default 16384)
+    #[argh(option)]
+    pub max_header_bytes: Option<String>,
+    /// time a client has to send a request's headers once it started; slower gets 408 (default 30s)
+    #[argh(option)]
+    pub header_timeout: Option<String>,
+    /// time a client has to send a request's body; slower gets 408 (default 30s)
+    #[argh(option)]
+    pub body_timeout: Option<String>,
+    /// a connection with no request in progress is closed after this long (default 60s; streams are never idle)
+    #[argh(option)]
+    pub idle_timeout: Option<String>,
     /// log only warnings and errors (RUST_LOG overrides)
     #[argh(switch, short = 'q')]
     pub quiet: bool,
@@ -111,6 +135,8 @@ pub struct Config {
     pub store: StoreKind,
     /// The HTTP server's settings.
     pub server: ServerConfig,
+    /// The `--auth` file and its tokens, when auth is on from the start.
+    pub auth: Option<(std::path::PathBuf, Vec<(Token, Grants)>)>,
     /// Only warnings and errors.
     pub quiet: bool,
     /// Log format.
@@ -247,6 +273,82 @@ impl Config {
                 "--webhook needs --ack-deadline: notices are sent when a deadline passes".into(),
             );
         }
+        let count = |flag: Option<String>, name: &str, default: usize| -> Result<usize, String> {
+            match pick(flag, name) {
+                None => Ok(default),
+                Some(v) => match parse_count(name, &v)? {
+                    0 => Err(format!("--{name} must be at least 1")),
+                    n => Ok(n),
+                },
+            }
+        };
+        let max_streams = count(
+            args.max_streams,
+            "max-streams",
+            pere_http::limits::DEFAULT_MAX_STREAMS,
+        )?;
+        let max_streams_per_device = count(
+            args.max_streams_per_device,
+            "max-streams-per-device",
+            pere_http::limits::DEFAULT_MAX_STREAMS_PER_DEVICE,
+        )?;
+        let max_channels = count(
+            args.max_channels,
+            "max-channels",
+            pere_core::DEFAULT_MAX_CHANNELS_PER_STREAM,
+        )?;
+        let max_header_bytes = count(
+            args.max_header_bytes,
+            "max-header-bytes",
+            pere_http::server::DEFAULT_MAX_HEADER_BYTES,
+        )?;
+        if max_header_bytes < pere_http::server::MIN_MAX_HEADER_BYTES {
+            return Err(format!(
+                "--max-header-bytes {max_header_bytes} is below the minimum of {}",
+                pere_http::server::MIN_MAX_HEADER_BYTES
+            ));
+        }
+        let nonzero = |d: Duration, name: &str| {
+            if d.is_zero() {
+                Err(format!("--{name} must be more than 0"))
+            } else {
+                Ok(d)
+            }
+        };
+        let header_read_timeout = nonzero(
+            duration(
+                args.header_timeout,
+                "header-timeout",
+                pere_http::server::DEFAULT_HEADER_READ_TIMEOUT,
+            )?,
+            "header-timeout",
+        )?;
+        let body_read_timeout = nonzero(
+            duration(
+                args.body_timeout,
+                "body-timeout",
+                pere_http::server::DEFAULT_BODY_READ_TIMEOUT,
+            )?,
+            "body-timeout",
+        )?;
+        let idle_timeout = nonzero(
+            duration(
+                args.idle_timeout,
+                "idle-timeout",
+                pere_http::server::DEFAULT_IDLE_TIMEOUT,
+            )?,
+            "idle-timeout",
+        )?;
+        let auth = match pick(args.auth, "auth") {
+            None => None,
+            Some(path) => {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("--auth: cannot read `{path}`: {e}"))?;
+                let tokens = pere_core::auth::parse_auth_file(&text)
+                    .map_err(|e| format!("--auth `{path}`: {e}"))?;
+                Some((path.into(), tokens))
+            }
+        };
         let memory = switch(args.memory, "memory");
         let fsync = match pick(args.fsync, "fsync") {
             None => Fsync::Always,
@@ -274,6 +376,7 @@ impl Config {
                 queue_capacity,
                 replay_all: switch(args.replay_all, "replay-all"),
                 ack_deadline,
+                max_channels_per_stream: max_channels,
                 ..HubConfig::default()
             },
             retention: Retention {
@@ -285,8 +388,15 @@ impl Config {
                 keepalive,
                 cors,
                 webhook,
+                header_read_timeout,
+                body_read_timeout,
+                idle_timeout,
+                max_header_bytes,
+                max_streams,
+                max_streams_per_device,
                 ..ServerConfig::default()
             },
+            auth,
             quiet: switch(args.quiet, "quiet"),
             log_format,
         })
@@ -452,6 +562,48 @@ mod tests {
             Config::resolve(Args::default(), &e)
                 .unwrap_err()
                 .contains("PERE_PORT")
+        );
+    }
+
+    #[test]
+    fn limits_have_defaults_and_take_flags() {
+        let c = Config::resolve(Args::default(), &HashMap::new()).unwrap();
+        assert_eq!(c.server.max_streams, 10_000);
+        assert_eq!(c.server.max_streams_per_device, 16);
+        assert_eq!(c.hub.max_channels_per_stream, 64);
+        assert_eq!(c.server.max_header_bytes, 16_384);
+        assert_eq!(c.server.idle_timeout, Duration::from_secs(60));
+        assert!(c.auth.is_none());
+        let e = env(&[("PERE_MAX_STREAMS", "5"), ("PERE_IDLE_TIMEOUT", "2s")]);
+        let args = Args {
+            max_channels: Some("3".into()),
+            ..Args::default()
+        };
+        let c = Config::resolve(args, &e).unwrap();
+        assert_eq!(c.server.max_streams, 5);
+        assert_eq!(c.hub.max_channels_per_stream, 3);
+        assert_eq!(c.server.idle_timeout, Duration::from_secs(2));
+        let bad = |args: Args| Config::resolve(args, &HashMap::new()).unwrap_err();
+        assert!(
+            bad(Args {
+                max_header_bytes: Some("100".into()),
+                ..Args::default()
+            })
+            .contains("8192")
+        );
+        assert!(
+            bad(Args {
+                max_streams: Some("0".into()),
+                ..Args::default()
+            })
+            .contains("--max-streams")
+        );
+        assert!(
+            bad(Args {
+                auth: Some("/nonexistent/auth.json".into()),
+                ..Args::default()
+            })
+            .contains("/nonexistent/auth.json")
         );
     }
 

@@ -83,13 +83,60 @@ async fn serve_with<S: EventStore>(
             source,
         })?;
     let hub = Hub::open(config.hub.clone(), store).await?;
-    banner(&config, addr);
-    pere_http::run(listener, hub, config.server.clone(), shutdown_signal()).await?;
+    if let Some((path, tokens)) = &config.auth {
+        if tokens.is_empty() {
+            tracing::warn!(file = %path.display(), "the auth file defines no token: every request but the open pages gets 401");
+        }
+        hub.auth().enable(tokens.clone());
+    }
+    let mut server = config.server.clone();
+    let nofile = raise_nofile();
+    server.fd_budget = nofile.map(pere_http::limits::fd_budget);
+    banner(&config, addr, &hub, nofile);
+    pere_http::run(listener, hub, server, shutdown_signal()).await?;
     tracing::info!("bye");
     Ok(())
 }
 
-fn banner(config: &Config, addr: std::net::SocketAddr) {
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit and returns the soft
+/// limit now in force. Every stream holds a socket, and the usual soft
+/// default (1024) would cap a push server at about a thousand devices while
+/// the hard limit allows far more. `None` when the limit cannot be read.
+fn raise_nofile() -> Option<u64> {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => Some(n),
+        Err(err) => {
+            tracing::warn!(cause = %err, "cannot read or raise the open-file limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE)
+                .ok()
+                .map(|(soft, _)| soft)
+        }
+    }
+}
+
+fn banner<S: EventStore>(
+    config: &Config,
+    addr: std::net::SocketAddr,
+    hub: &Hub<S>,
+    nofile: Option<u64>,
+) {
+    let s = &config.server;
+    let auth = if !hub.auth().is_enabled() {
+        "off (anyone may publish, subscribe and use /admin; see --auth)".to_string()
+    } else {
+        let n = hub.auth().list().len();
+        match &config.auth {
+            Some((path, _)) => format!("on, {n} tokens ({} and run-time)", path.display()),
+            None => format!("on, {n} run-time tokens kept by the store"),
+        }
+    };
+    let capacity = match nofile {
+        Some(n) => format!(
+            "{} connections ({n} file descriptors)",
+            pere_http::limits::fd_budget(n)
+        ),
+        None => "unknown (open-file limit unreadable)".into(),
+    };
     let r = &config.retention;
     let age = r.max_age.map_or("no age limit".to_string(), |a| {
         format!("max age {}", show_duration(a))
@@ -122,6 +169,19 @@ fn banner(config: &Config, addr: std::net::SocketAddr) {
             show_duration(config.hub.member_ttl),
             if config.hub.replay_all { "on" } else { "off" },
         ),
+        format!("  auth        {auth}"),
+        format!(
+            "  limits      {} streams ({} per device), {} channels/stream, capacity {capacity}",
+            s.max_streams, s.max_streams_per_device, config.hub.max_channels_per_stream
+        ),
+        format!(
+            "  timeouts    header {}, body {}, idle {}; head ≤ {} bytes, payload ≤ {} bytes",
+            show_duration(s.header_read_timeout),
+            show_duration(s.body_read_timeout),
+            show_duration(s.idle_timeout),
+            s.max_header_bytes,
+            config.hub.max_payload
+        ),
         format!("  web         http://{addr}/subscriber.html"),
         format!("  try         curl -N -H 'device: me' http://{addr}/feed/CHANNEL_1"),
     ];
@@ -130,7 +190,7 @@ fn banner(config: &Config, addr: std::net::SocketAddr) {
             eprintln!("{line}");
         }
     }
-    tracing::info!(%addr, "listening");
+    tracing::info!(%addr, nofile, "listening");
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

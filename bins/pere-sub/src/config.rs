@@ -35,6 +35,9 @@ pub struct Args {
     /// this subscriber's device id (default a random PERE-style id, H0039…)
     #[argh(option)]
     pub device: Option<String>,
+    /// bearer token for a server with auth on (or set PERE_TOKEN, which ps does not show); without --device, the device is the token's subject
+    #[argh(option)]
+    pub token: Option<String>,
     /// print one JSON object per line for every event, control events included
     #[argh(switch)]
     pub json: bool,
@@ -91,6 +94,11 @@ pub struct Config {
     pub channel: String,
     /// The device id.
     pub device: String,
+    /// The bearer token, if any.
+    pub token: Option<String>,
+    /// The device comes from the token's subject (a token and no
+    /// `--device`): no `device` header is sent.
+    pub device_from_token: bool,
     /// Output format.
     pub output: Output,
     /// Stop after this many non-control events.
@@ -120,6 +128,7 @@ impl Config {
         Address::parse(&args.addr)
             .map_err(|_| format!("`{}` is not HOST:PORT or http://HOST:PORT", args.addr))?;
         Pattern::new(&args.channel).map_err(|e| e.to_string())?;
+        let device_given = args.device.is_some();
         let device = match args.device {
             Some(d) => {
                 DeviceId::new(&d).map_err(|e| format!("--device: {e}"))?;
@@ -127,6 +136,10 @@ impl Config {
             }
             None => random_device("H"),
         };
+        if let Some(token) = &args.token {
+            pere_core::Token::new(token).map_err(|e| format!("--token: {e}"))?;
+        }
+        let device_from_token = args.token.is_some() && !device_given;
         if args.count == Some(0) {
             return Err("--count must be at least 1".into());
         }
@@ -174,6 +187,8 @@ impl Config {
             .transpose()
             .map_err(|e| format!("--timeout: {e}"))?;
         Ok(Config {
+            token: args.token,
+            device_from_token,
             addr: args.addr,
             channel: args.channel,
             device,

@@ -30,10 +30,15 @@ const ACK_BACKOFF: Backoff = Backoff {
 };
 
 fn main() -> ExitCode {
-    let args: Args = match parse_args() {
+    let mut args: Args = match parse_args() {
         Ok(args) => args,
         Err(code) => return code,
     };
+    if args.token.is_none() {
+        args.token = std::env::var("PERE_TOKEN")
+            .ok()
+            .filter(|t| !t.trim().is_empty());
+    }
     let config = match Config::resolve(args) {
         Ok(c) => c,
         Err(err) => {
@@ -116,22 +121,31 @@ async fn follow(config: &Config) -> Result<(), Stop> {
         last_event_id: config.last_event_id.clone(),
         replay_all: config.replay_all,
         max_reconnects: config.max_reconnects,
+        token: config.token.clone(),
         ..SubscribeOptions::default()
     };
+    // With a token and no --device, the device is the token's subject: the
+    // server names it in `pere.hello`, and receipts are sent as it.
+    let mut device = (!config.device_from_token).then(|| config.device.clone());
     let mut sub = Subscriber::with_options(
         &config.addr,
         Feed::Channels(vec![config.channel.clone()]),
-        Some(config.device.clone()),
+        device.clone(),
         options,
     )
     .map_err(|e| Stop::Failed(e.to_string()))?;
     // Receipts go over their own keep-alive connection.
-    let client = Client::new(&config.addr).map_err(|e| Stop::Failed(e.to_string()))?;
+    let mut client = Client::new(&config.addr).map_err(|e| Stop::Failed(e.to_string()))?;
+    if let Some(token) = &config.token {
+        client = client
+            .with_token(token)
+            .map_err(|e| Stop::Failed(e.to_string()))?;
+    }
     notice(
         config,
         format_args!(
             "device {}, channel {}, server {}",
-            config.device,
+            device.as_deref().unwrap_or("(the token's subject)"),
             config.channel,
             sub.address()
         ),
@@ -188,6 +202,13 @@ async fn follow(config: &Config) -> Result<(), Stop> {
         };
         let control = event.event.starts_with("pere.");
         print_event(config, &event, control)?;
+        if event.event == "pere.hello"
+            && device.is_none()
+            && let Ok(hello) = serde_json::from_str::<serde_json::Value>(&event.data)
+            && let Some(subject) = hello["device"].as_str()
+        {
+            device = Some(subject.to_string());
+        }
         if control {
             if event.event == "pere.gap" {
                 eprintln!(
@@ -203,7 +224,7 @@ async fn follow(config: &Config) -> Result<(), Stop> {
             Some(command) => {
                 let ctx = exec::Context {
                     channel: &config.channel,
-                    device: &config.device,
+                    device: device.as_deref().unwrap_or(&config.device),
                 };
                 let status = exec::run(command, &event, &ctx, config.exec_timeout).await;
                 if status != "ok" {
@@ -214,7 +235,14 @@ async fn follow(config: &Config) -> Result<(), Stop> {
             None => None,
         };
         if let Some(status) = &config.status {
-            ack(config, &client, &event, outcome.as_ref().unwrap_or(status)).await;
+            let status = outcome.as_ref().unwrap_or(status);
+            match &device {
+                Some(device) => ack(config, &client, device, &event, status).await,
+                None => eprintln!(
+                    "pere-sub: the server did not name this device in pere.hello: no receipt for event {}",
+                    event.id
+                ),
+            }
         }
         received += 1;
         if config.count.is_some_and(|count| received >= count) {
@@ -225,7 +253,7 @@ async fn follow(config: &Config) -> Result<(), Stop> {
 
 /// Sends the receipt of `event`, retrying briefly when the server is
 /// unreachable; a failure is reported, not fatal (the event was received).
-async fn ack(config: &Config, client: &Client, event: &SseEvent, status: &str) {
+async fn ack(config: &Config, client: &Client, device: &str, event: &SseEvent, status: &str) {
     if event.id.is_empty() {
         eprintln!(
             "pere-sub: event without an id (type {}): no receipt can name it",
@@ -235,10 +263,7 @@ async fn ack(config: &Config, client: &Client, event: &SseEvent, status: &str) {
     }
     let mut retry = 0;
     loop {
-        match client
-            .ack(&config.channel, &config.device, &event.id, status)
-            .await
-        {
+        match client.ack(&config.channel, device, &event.id, status).await {
             Ok(_) => return,
             Err(err) if retry < ACK_BACKOFF.retries && is_transient(&err) => {
                 retry += 1;

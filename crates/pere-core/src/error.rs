@@ -118,6 +118,24 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A token is malformed (the message never contains its value).
+    #[error("the token is invalid: {0}")]
+    InvalidToken(String),
+    /// Auth is on and the caller presented no token, or an unknown one.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The caller's token does not grant what it asked for.
+    #[error("{0}")]
+    Forbidden(String),
+    /// No token has this value (named by fingerprint only).
+    #[error("no token {0} exists")]
+    UnknownToken(String),
+    /// Tokens were managed while auth is off (other than creating the first
+    /// admin token, which turns it on).
+    #[error(
+        "auth is off: start the server with --auth FILE, or create an admin token first (that turns auth on)"
+    )]
+    AuthDisabled,
     /// Invalid configuration.
     #[error("invalid configuration: {0}")]
     Config(String),

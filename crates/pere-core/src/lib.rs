@@ -13,6 +13,9 @@
 //! - The receipt ledger ([`EventReceipts`]) tracks each event's audience
 //!   through `pending` → `delivered` → `acked`; [`Presence`] tracks who is
 //!   online, per subscription.
+//! - [`auth`]: bearer [`Token`]s and their [`Grants`] in the hub's
+//!   [`AuthRegistry`]; run-time changes are journaled and apply to open
+//!   streams at once.
 //!
 //! Nothing here speaks HTTP: `pere-http` puts this hub on the wire.
 //!
@@ -58,6 +61,7 @@
 //! # }
 //! ```
 
+pub mod auth;
 mod config;
 mod error;
 mod event;
@@ -67,6 +71,7 @@ pub mod log;
 mod name;
 pub mod presence;
 
+pub use auth::{AuthRegistry, Grants, Token, TokenHash};
 pub use config::{
     DEFAULT_HISTORY, DEFAULT_IDEMPOTENCY_TTL, DEFAULT_MAX_AGE, DEFAULT_MAX_CHANNELS_PER_STREAM,
     DEFAULT_MAX_PAYLOAD, DEFAULT_MEMBER_TTL, DEFAULT_QUEUE_CAPACITY, HubConfig, MAX_STATUS_LEN,

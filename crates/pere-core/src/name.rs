@@ -361,6 +361,26 @@ impl Pattern {
             i += 1;
         }
     }
+
+    /// Whether some channel is matched by both patterns (a stream on this
+    /// pattern still receives something under a grant of `other`).
+    pub fn overlaps(&self, other: &Pattern) -> bool {
+        // Segments are independent: position by position they must be able
+        // to agree, and a `**` on either side absorbs whatever (non-empty)
+        // rest the other has.
+        let (mine, theirs) = (&self.segments, &other.segments);
+        let mut i = 0;
+        loop {
+            match (mine.get(i), theirs.get(i)) {
+                (None, None) => return true,
+                (Some(Segment::Rest), Some(_)) | (Some(_), Some(Segment::Rest)) => return true,
+                (None, Some(_)) | (Some(_), None) => return false,
+                (Some(Segment::Literal(a)), Some(Segment::Literal(b))) if a != b => return false,
+                _ => {}
+            }
+            i += 1;
+        }
+    }
 }
 
 impl From<ChannelName> for Pattern {
@@ -544,6 +564,19 @@ mod tests {
         assert!(!pat("orders.*").is_covered_by(&pat("orders.eu")));
         assert!(pat("a").is_covered_by(&pat("**")));
         assert!(!pat("a.b").is_covered_by(&pat("a")));
+    }
+
+    #[test]
+    fn overlapping_patterns_share_a_channel() {
+        assert!(pat("orders.*").overlaps(&pat("orders.eu")));
+        assert!(pat("orders.eu").overlaps(&pat("*.eu")));
+        assert!(pat("orders.**").overlaps(&pat("*.eu.paris")));
+        assert!(pat("*.b").overlaps(&pat("a.*")));
+        assert!(pat("**").overlaps(&pat("a.b.c")));
+        assert!(!pat("orders.*").overlaps(&pat("orders.eu.paris")));
+        assert!(!pat("orders.**").overlaps(&pat("orders")));
+        assert!(!pat("a.*").overlaps(&pat("b.*")));
+        assert!(!pat("a").overlaps(&pat("a.b")));
     }
 
     proptest! {

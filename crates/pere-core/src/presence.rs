@@ -6,14 +6,14 @@
 //! written by the stream's own task with atomics, so delivering never takes
 //! the hub's lock.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
 use crate::event::{EventId, Timestamp};
 use crate::ledger::EventReceipts;
-use crate::name::DeviceId;
+use crate::name::{ChannelName, DeviceId, Pattern};
 
 /// What a device did last, PERE's `op` field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -54,6 +54,16 @@ pub struct StreamShared {
     /// Highest event id queued by the writer (dedupes an event that matches
     /// several of the stream's subscriptions). Writer task only.
     pub enqueued_upto: AtomicU64,
+    /// Set by the writer when the stream's token is revoked: the stream
+    /// yields nothing more, not even what is already queued.
+    revoked: AtomicBool,
+    /// Whether `allowed` applies: the fast path of every delivery is this
+    /// one load.
+    restricted: AtomicBool,
+    /// When the stream's token lost some grants: only channels matching one
+    /// of these patterns are still delivered. Written by the writer task,
+    /// read on delivery.
+    allowed: Mutex<Option<Arc<[Pattern]>>>,
 }
 
 impl StreamShared {
@@ -66,7 +76,41 @@ impl StreamShared {
             delivered_at: AtomicI64::new(0),
             delivered: AtomicU64::new(0),
             enqueued_upto: AtomicU64::new(0),
+            revoked: AtomicBool::new(false),
+            restricted: AtomicBool::new(false),
+            allowed: Mutex::new(None),
         }
+    }
+
+    /// Ends the stream for good: its token was revoked (or no longer covers
+    /// anything it asked for). Queued events are not delivered.
+    pub fn revoke(&self) {
+        self.revoked.store(true, Ordering::Release);
+    }
+
+    /// Whether [`revoke`](Self::revoke) was called.
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::Acquire)
+    }
+
+    /// Limits deliveries to channels matching `allowed` (`None` lifts the
+    /// limit).
+    pub fn restrict(&self, allowed: Option<Arc<[Pattern]>>) {
+        let on = allowed.is_some();
+        *self.allowed.lock().unwrap_or_else(|e| e.into_inner()) = allowed;
+        self.restricted.store(on, Ordering::Release);
+    }
+
+    /// Whether an event on `channel` may be delivered to this stream.
+    pub fn allows(&self, channel: &ChannelName) -> bool {
+        if !self.restricted.load(Ordering::Acquire) {
+            return true;
+        }
+        self.allowed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_none_or(|allowed| allowed.iter().any(|p| p.matches(channel)))
     }
 
     /// Highest event id written to the stream.

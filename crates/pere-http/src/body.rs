@@ -2,9 +2,12 @@
 //! event stream that hyper polls frame by frame.
 //!
 //! An `SseBody` ends when the hub drops its queue (slow consumer, removed
-//! membership, shutdown): one mechanism for every reason a stream ends.
+//! membership, revoked token, shutdown): one mechanism for every reason a
+//! stream ends. A receipts stream, which the hub does not track, can also be
+//! given an [`SseBody::until`] future that ends it.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -15,6 +18,7 @@ use pere_core::{Event, ReceiptUpdate, Subscription};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
 
+use crate::limits::StreamSlot;
 use crate::sse;
 
 /// Largest run of ready events copied into one frame. Beyond it hyper gets
@@ -118,6 +122,13 @@ pub struct SseBody {
     every: Duration,
     timer: Pin<Box<Sleep>>,
     last_write: Instant,
+    /// Ends the stream when it resolves (a receipts stream whose token
+    /// lost its grant).
+    until: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    /// The stream's place under the server's limits, given back when the
+    /// body is dropped: hyper drops it when the stream ends or the client
+    /// goes away.
+    _slot: Option<StreamSlot>,
 }
 
 impl SseBody {
@@ -131,7 +142,22 @@ impl SseBody {
             every,
             timer: Box::pin(tokio::time::sleep_until(now + every)),
             last_write: now,
+            until: None,
+            _slot: None,
         }
+    }
+
+    /// Holds `slot` for as long as the stream lives.
+    pub fn with_slot(mut self, slot: StreamSlot) -> Self {
+        self._slot = Some(slot);
+        self
+    }
+
+    /// Ends the stream (cleanly, after what was already written) once
+    /// `end` resolves.
+    pub fn until(mut self, end: impl Future<Output = ()> + Send + 'static) -> Self {
+        self.until = Some(Box::pin(end));
+        self
     }
 
     fn poll_source(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
@@ -214,6 +240,12 @@ impl http_body::Body for SseBody {
         let this = self.get_mut();
         if let Some(opening) = this.opening.take() {
             return Poll::Ready(Some(Ok(Frame::data(opening))));
+        }
+        if let Some(end) = &mut this.until
+            && end.as_mut().poll(cx).is_ready()
+        {
+            this.until = None;
+            return Poll::Ready(None);
         }
         match this.poll_source(cx) {
             Poll::Ready(Some(bytes)) => {

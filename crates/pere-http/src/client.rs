@@ -468,6 +468,9 @@ pub struct Client {
     connect_timeout: Duration,
     /// See [`DEFAULT_REQUEST_TIMEOUT`].
     request_timeout: Duration,
+    /// `Authorization: Bearer …` sent with every request (marked sensitive,
+    /// so hyper never logs it).
+    token: Option<HeaderValue>,
 }
 
 impl Clone for Client {
@@ -477,8 +480,26 @@ impl Clone for Client {
             conn: Mutex::new(None),
             connect_timeout: self.connect_timeout,
             request_timeout: self.request_timeout,
+            token: self.token.clone(),
         }
     }
+}
+
+/// `Bearer <token>` as a sensitive header value.
+///
+/// # Errors
+/// [`Error::Core`] when `token` is not a valid token (the message never
+/// contains it).
+pub fn bearer(token: &str) -> Result<HeaderValue> {
+    pere_core::Token::new(token)?;
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+        // Unreachable: a valid token is visible ASCII.
+        Error::Core(pere_core::Error::InvalidToken(
+            "a token must be visible ASCII".into(),
+        ))
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 impl fmt::Debug for Client {
@@ -503,7 +524,18 @@ impl Client {
             conn: Mutex::new(None),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            token: None,
         })
+    }
+
+    /// Sends `token` as `Authorization: Bearer` with every request
+    /// (PROTOCOL §7).
+    ///
+    /// # Errors
+    /// [`Error::Core`] for a malformed token.
+    pub fn with_token(mut self, token: &str) -> Result<Self> {
+        self.token = Some(bearer(token)?);
+        Ok(self)
     }
 
     /// Sets the time allowed to connect (default [`DEFAULT_CONNECT_TIMEOUT`]).
@@ -557,6 +589,12 @@ impl Client {
         timeout: Duration,
     ) -> Result<(StatusCode, HeaderMap, Bytes)> {
         let what = format!("{method} {path}");
+        let mut headers = headers;
+        if let Some(token) = &self.token
+            && !headers.contains_key(header::AUTHORIZATION)
+        {
+            headers.insert(header::AUTHORIZATION, token.clone());
+        }
         let request = build_request(&self.addr, method, path, headers, body)?;
         let mut slot = self.conn.lock().await;
         let outcome = tokio::time::timeout(timeout, self.exchange(&mut slot, request)).await;
@@ -948,8 +986,11 @@ pub struct SubscribeOptions {
     /// `None` waits forever, like a browser. Set it above the server's
     /// keepalive period (15 s by default).
     pub idle_timeout: Option<Duration>,
-    /// More request headers (e.g. `Authorization`).
+    /// More request headers.
     pub headers: HeaderMap,
+    /// A bearer token, sent as `Authorization: Bearer` (PROTOCOL §7). A
+    /// `401` or `403` ends the subscription: retrying cannot help.
+    pub token: Option<String>,
 }
 
 impl Default for SubscribeOptions {
@@ -963,6 +1004,7 @@ impl Default for SubscribeOptions {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             idle_timeout: None,
             headers: HeaderMap::new(),
+            token: None,
         }
     }
 }
@@ -1077,6 +1119,9 @@ impl Subscriber {
     ) -> Result<Self> {
         let addr = Address::parse(addr)?;
         let device = device.as_deref().map(device_header).transpose()?;
+        if let Some(token) = &options.token {
+            bearer(token)?;
+        }
         let feed = feed.into();
         let path = feed.path(options.replay_all);
         let mut decoder = Decoder::new();
@@ -1270,6 +1315,12 @@ impl Subscriber {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         if let Some(device) = &self.device {
             headers.insert("device", device.clone());
+        }
+        if let Some(token) = &self.options.token {
+            headers.insert(
+                header::AUTHORIZATION,
+                bearer(token).map_err(OpenError::Fatal)?,
+            );
         }
         let last = self.decoder.last_event_id();
         if !last.is_empty() {

@@ -110,6 +110,16 @@ impl ApiError {
         )
     }
 
+    /// `401 unauthorized`: auth is on and the token is missing or unknown.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    /// `403 forbidden`: the token does not grant this.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
     /// The JSON body `{"error","code"}`.
     pub fn body(&self) -> String {
         serde_json::json!({ "error": self.message, "code": self.code }).to_string()
@@ -158,6 +168,11 @@ impl From<pere_core::Error> for ApiError {
             E::StoreUnavailable(_) | E::Io { .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
             }
+            E::InvalidToken(_) => (StatusCode::BAD_REQUEST, "invalid_token"),
+            E::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            E::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            E::UnknownToken(_) => (StatusCode::NOT_FOUND, "unknown_token"),
+            E::AuthDisabled => (StatusCode::CONFLICT, "auth_disabled"),
             E::Config(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };

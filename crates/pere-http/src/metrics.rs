@@ -94,6 +94,18 @@ pub fn render<S: EventStore>(app: &App<S>) -> Response<Body> {
         "Journal records written.",
         s.records,
     );
+    metric(
+        "pere_connections_open",
+        "gauge",
+        "Open TCP connections (streams and plain requests).",
+        app.limits.connections() as u64,
+    );
+    metric(
+        "pere_http_streams_open",
+        "gauge",
+        "Open event and receipts streams, as counted against --max-streams.",
+        app.limits.streams() as u64,
+    );
     let _ = writeln!(
         out,
         "# HELP pere_http_responses_total HTTP responses by status class."

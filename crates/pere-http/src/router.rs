@@ -41,6 +41,10 @@ pub enum Route {
     AdminDevices(String),
     /// `GET` or `DELETE /admin/devices/:channel/:device`.
     AdminDevice(String, String),
+    /// `GET /admin/tokens`: tokens by fingerprint, with their grants.
+    AdminTokens,
+    /// `PUT` or `DELETE /admin/tokens/:token`.
+    AdminToken(String),
     /// `OPTIONS` on any endpoint: a CORS preflight.
     Preflight,
 }
@@ -51,6 +55,9 @@ pub const STATIC_FILES: &[&str] = &["subscriber.html", "pere.js", "dashboard.htm
 const GET: &str = "GET, HEAD, OPTIONS";
 const POST: &str = "POST, OPTIONS";
 const GET_DELETE: &str = "GET, HEAD, DELETE, OPTIONS";
+const PUT_DELETE: &str = "PUT, DELETE, OPTIONS";
+/// Paths under this prefix carry a token: errors never repeat them.
+const SECRET_PREFIX: &str = "/admin/tokens/";
 
 /// Routes a request.
 ///
@@ -58,6 +65,25 @@ const GET_DELETE: &str = "GET, HEAD, DELETE, OPTIONS";
 /// `400 invalid_path` for undecodable percent-escapes, `404 not_found`,
 /// `405 method_not_allowed` (with the `Allow` list).
 pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
+    if path.starts_with(SECRET_PREFIX) {
+        // The last segment is a token (a secret): an error about this path
+        // must not echo it back, nor put it in a log line that quotes it.
+        return route_path(method, path).map_err(|err| ApiError {
+            message: match err.code {
+                "method_not_allowed" => format!(
+                    "{} is not allowed on /admin/tokens/:token (allowed: {PUT_DELETE})",
+                    escape(method.as_str())
+                ),
+                "not_found" => "nothing is served at this /admin/tokens/… path".into(),
+                _ => "the token in the path is not valid percent-encoded UTF-8".into(),
+            },
+            ..err
+        });
+    }
+    route_path(method, path)
+}
+
+fn route_path(method: &Method, path: &str) -> Result<Route, ApiError> {
     if method == Method::OPTIONS && path == "*" {
         // `OPTIONS *`: what the server as a whole allows.
         return Ok(Route::Preflight);
@@ -90,6 +116,8 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
             Route::AdminDevice(channel.to_string(), device.to_string()),
             GET_DELETE,
         ),
+        ["admin", "tokens"] => (Route::AdminTokens, GET),
+        ["admin", "tokens", token] => (Route::AdminToken(token.to_string()), PUT_DELETE),
         _ => return Err(ApiError::not_found(path)),
     };
     if method == Method::OPTIONS {
@@ -98,6 +126,7 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
     let allowed = match allow {
         GET => method == Method::GET || method == Method::HEAD,
         POST => method == Method::POST,
+        PUT_DELETE => method == Method::PUT || method == Method::DELETE,
         _ => method == Method::GET || method == Method::HEAD || method == Method::DELETE,
     };
     if allowed {
@@ -177,7 +206,19 @@ pub fn parse_query(query: &str) -> Result<Vec<(String, String)>, ApiError> {
         .filter(|p| !p.is_empty())
         .map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            Ok((percent_decode(k, true)?, percent_decode(v, true)?))
+            let key = percent_decode(k, true)?;
+            let value = percent_decode(v, true).map_err(|err| {
+                if key == "access_token" {
+                    // Never quote a token, even a malformed one.
+                    ApiError {
+                        message: "access_token is not valid percent-encoded UTF-8".into(),
+                        ..err
+                    }
+                } else {
+                    err
+                }
+            })?;
+            Ok((key, value))
         })
         .collect()
 }
@@ -287,6 +328,29 @@ mod tests {
         assert_eq!(status(Method::POST, "/push/%zz"), StatusCode::BAD_REQUEST);
         assert_eq!(status(Method::POST, "/push/%ff"), StatusCode::BAD_REQUEST);
         assert_eq!(status(Method::POST, "/push/%4"), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn token_paths_route_and_their_errors_never_repeat_the_token() {
+        assert_eq!(ok(Method::GET, "/admin/tokens"), Route::AdminTokens);
+        assert_eq!(
+            ok(Method::PUT, "/admin/tokens/s3cr3t-t0ken-value"),
+            Route::AdminToken("s3cr3t-t0ken-value".into())
+        );
+        assert_eq!(
+            ok(Method::DELETE, "/admin/tokens/s3cr3t-t0ken-value"),
+            Route::AdminToken("s3cr3t-t0ken-value".into())
+        );
+        for (method, path) in [
+            (Method::GET, "/admin/tokens/s3cr3t-t0ken-value"),
+            (Method::PUT, "/admin/tokens/s3cr3t-t0ken-value/x"),
+            (Method::PUT, "/admin/tokens/s3cr3t-t0ken-value%zz"),
+        ] {
+            let err = route(&method, path).unwrap_err();
+            assert!(!err.message.contains("s3cr3t"), "{}", err.message);
+        }
+        let err = parse_query("access_token=s3cr3t%zz").unwrap_err();
+        assert!(!err.message.contains("s3cr3t"), "{}", err.message);
     }
 
     #[test]

@@ -9,7 +9,10 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -17,10 +20,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use pere_core::{EventStore, Hub};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
+use crate::body::Body;
 use crate::error::{Error, Result};
 use crate::handlers::{self, App};
+use crate::limits::Limits;
 use crate::metrics::HttpMetrics;
 
 /// Default `retry` sent to clients (PROTOCOL §3: 3000 ms).
@@ -29,8 +37,20 @@ pub const DEFAULT_RETRY: Duration = Duration::from_millis(3000);
 pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(15);
 /// Default time to wait for connections to finish at shutdown.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// Default time a client has to send a request's headers (slowloris guard).
+/// Default time a client has to send a request's headers, from its first
+/// byte (slowloris guard): `408` after it.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time a client has to send a request's whole body: `408` after it.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time a connection may sit with no request in progress (after
+/// connecting, or between kept-alive requests) before it is closed. Streams
+/// are requests in progress: they are never idle.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default largest request head (request line and headers), in bytes:
+/// `431` beyond it. Browsers send a few KiB at most.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Smallest `max_header_bytes` hyper accepts (its read buffer's minimum).
+pub const MIN_MAX_HEADER_BYTES: usize = 8192;
 
 /// Which origins may call the server from a browser.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -72,8 +92,22 @@ pub struct ServerConfig {
     pub cors: Cors,
     /// How long shutdown waits for connections to finish.
     pub shutdown_grace: Duration,
-    /// How long a client may take to send a request's headers.
+    /// How long a client may take to send a request's headers, from the
+    /// first byte.
     pub header_read_timeout: Duration,
+    /// How long a client may take to send a request's body.
+    pub body_read_timeout: Duration,
+    /// How long a connection may wait for its next request.
+    pub idle_timeout: Duration,
+    /// Largest request head, in bytes (at least [`MIN_MAX_HEADER_BYTES`]).
+    pub max_header_bytes: usize,
+    /// Most open streams, server-wide.
+    pub max_streams: usize,
+    /// Most open streams of one device.
+    pub max_streams_per_device: usize,
+    /// Most connections the process's descriptors allow for streams (see
+    /// [`crate::limits::fd_budget`]); `None` skips the check.
+    pub fd_budget: Option<usize>,
     /// Where overdue notices are POSTed (with `HubConfig::ack_deadline`).
     pub webhook: Option<crate::webhook::Webhook>,
 }
@@ -86,6 +120,12 @@ impl Default for ServerConfig {
             cors: Cors::Any,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_streams: crate::limits::DEFAULT_MAX_STREAMS,
+            max_streams_per_device: crate::limits::DEFAULT_MAX_STREAMS_PER_DEVICE,
+            fd_budget: None,
             webhook: None,
         }
     }
@@ -96,11 +136,29 @@ impl Default for ServerConfig {
 /// # Errors
 /// [`Error::Io`] naming the address.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|source| Error::Io {
+    let io = |source| Error::Io {
         context: format!("cannot listen on {addr}"),
         source,
-    })
+    };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(io)?;
+    // As `TcpListener::bind` does: a restarted server can take its port
+    // back while old connections linger in TIME_WAIT.
+    socket.set_reuseaddr(true).map_err(io)?;
+    socket.bind(addr).map_err(io)?;
+    socket.listen(LISTEN_BACKLOG).map_err(io)
 }
+
+/// Pending connections the kernel queues before `accept` (capped by
+/// `net.core.somaxconn`). After a restart every device reconnects at once;
+/// a connection that overflows the queue has its handshake silently
+/// dropped and waits seconds for a retransmit, so the queue is larger than
+/// the usual 1024.
+const LISTEN_BACKLOG: u32 = 4096;
 
 /// Serves `hub` on `listener` until `shutdown` resolves, then shuts down
 /// gracefully (see the module docs) and returns.
@@ -114,16 +172,26 @@ pub async fn run<S: EventStore>(
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
+    let limits = Arc::new(Limits::new(
+        config.max_streams.max(1),
+        config.max_streams_per_device.max(1),
+        config.fd_budget,
+    ));
     let app = Arc::new(App {
         hub: hub.clone(),
         config: config.clone(),
         metrics: HttpMetrics::default(),
+        limits: limits.clone(),
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout)
+        // Our own watch (see `serve`) times the head, so that a slow client
+        // gets a `408` rather than a silent close, and idle connections get
+        // their own timeout: hyper's would cover both with one value.
+        .header_read_timeout(None)
+        .max_buf_size(config.max_header_bytes.max(MIN_MAX_HEADER_BYTES))
         .keep_alive(true);
     if let Some(webhook) = config.webhook.clone() {
         tokio::spawn(crate::webhook::deliver(hub.clone(), webhook));
@@ -142,21 +210,40 @@ pub async fn run<S: EventStore>(
                 }
             },
         };
+        let counted = limits.connection();
         // Events are small and latency matters more than packet count.
         let _ = stream.set_nodelay(true);
+        let stream = Arc::new(stream);
+        let watch = Arc::new(ConnWatch::new());
         let app = app.clone();
-        let service = service_fn(move |req| {
-            let app = app.clone();
-            async move { Ok::<_, std::convert::Infallible>(handlers::handle(app, req).await) }
+        let service = service_fn({
+            let watch = watch.clone();
+            move |req| {
+                let app = app.clone();
+                let request = watch.begin();
+                async move {
+                    let response = handlers::handle(app, req).await;
+                    Ok::<_, std::convert::Infallible>(response.map(|body| Tracked {
+                        body,
+                        _request: request,
+                    }))
+                }
+            }
         });
         let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
+            .serve_connection(
+                TokioIo::new(Watched {
+                    io: stream.clone(),
+                    watch: watch.clone(),
+                }),
+                service,
+            )
             .into_owned();
-        let conn = graceful.watch(conn);
+        let conn = Box::pin(graceful.watch(conn));
+        let timeouts = (config.header_read_timeout, config.idle_timeout);
         tokio::spawn(async move {
-            if let Err(err) = conn.await {
-                tracing::debug!(%peer, cause = %err, "connection ended with an error");
-            }
+            serve(conn, stream, watch, timeouts, peer).await;
+            drop(counted);
         });
     }
     drop(listener);
@@ -169,6 +256,287 @@ pub async fn run<S: EventStore>(
         }
     }
     Ok(())
+}
+
+/// Drives one connection under its timeouts: a request head that has not
+/// arrived `head` after its first byte gets a `408` and the connection
+/// closes; a connection with no request in progress for `idle` closes.
+async fn serve<F, E>(
+    mut conn: Pin<Box<F>>,
+    stream: Arc<TcpStream>,
+    watch: Arc<ConnWatch>,
+    (head, idle): (Duration, Duration),
+    peer: SocketAddr,
+) where
+    F: Future<Output = std::result::Result<(), E>>,
+    E: std::fmt::Display,
+{
+    loop {
+        let deadline = watch.deadline(head, idle);
+        tokio::select! {
+            ended = &mut conn => {
+                if let Err(err) = ended {
+                    tracing::debug!(%peer, cause = %err, "connection ended with an error");
+                }
+                return;
+            }
+            () = watch.changed.notified() => {}
+            () = sleep_until_some(deadline) => {
+                match watch.expired(head, idle) {
+                    None => {}
+                    Some(Expired::Idle) => {
+                        tracing::debug!(%peer, "idle connection closed");
+                        return;
+                    }
+                    Some(Expired::Head) => {
+                        // hyper holds a clone of the socket inside `conn`:
+                        // drop it first, then answer on our own.
+                        drop(conn);
+                        tracing::debug!(%peer, "request head too slow: 408");
+                        request_timeout(stream, head).await;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes PROTOCOL §8's `408` on a connection whose head never completed,
+/// then closes it. Bounded: a client that does not read gets nothing more.
+async fn request_timeout(stream: Arc<TcpStream>, head: Duration) {
+    let Ok(mut stream) = Arc::try_unwrap(stream) else {
+        return;
+    };
+    let body = serde_json::json!({
+        "error": format!("the request head did not arrive within {} ms", head.as_millis()),
+        "code": "request_timeout",
+    })
+    .to_string();
+    let response = format!(
+        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
+/// What a connection is doing, shared by its socket wrapper ([`Watched`]),
+/// its service (which counts requests) and its task (which times it).
+struct ConnWatch {
+    start: Instant,
+    /// Requests in progress: from head parsed until the response body is
+    /// dropped (for a stream, until it ends).
+    requests: AtomicUsize,
+    /// Milliseconds after `start` (plus one) when the first byte of a
+    /// pending request head arrived; 0 when none is pending.
+    head_started: AtomicU64,
+    /// Milliseconds after `start` when the last request finished.
+    idle_since: AtomicU64,
+    /// An HTTP/2 connection: hyper's h2 handles it; no head timing.
+    h2: AtomicBool,
+    /// Whether any byte was read yet (to spot the HTTP/2 preface).
+    seen: AtomicBool,
+    /// Wakes the task when the state changed, so it re-arms its timer.
+    changed: Notify,
+}
+
+enum Expired {
+    Head,
+    Idle,
+}
+
+impl ConnWatch {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            requests: AtomicUsize::new(0),
+            head_started: AtomicU64::new(0),
+            idle_since: AtomicU64::new(0),
+            h2: AtomicBool::new(false),
+            seen: AtomicBool::new(false),
+            changed: Notify::new(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.start + Duration::from_millis(ms)
+    }
+
+    /// Bytes arrived from the client.
+    fn on_read(&self, bytes: &[u8]) {
+        if !self.seen.swap(true, Ordering::Relaxed) && bytes.starts_with(b"PRI * HTTP/2") {
+            self.h2.store(true, Ordering::Relaxed);
+        }
+        if self.requests.load(Ordering::Acquire) == 0
+            && self.head_started.load(Ordering::Acquire) == 0
+        {
+            self.head_started
+                .store(self.now_ms() + 1, Ordering::Release);
+            self.changed.notify_one();
+        }
+    }
+
+    /// A request head was parsed: the request is in progress until the
+    /// returned guard drops.
+    fn begin(self: &Arc<Self>) -> RequestGuard {
+        self.requests.fetch_add(1, Ordering::AcqRel);
+        self.head_started.store(0, Ordering::Release);
+        self.changed.notify_one();
+        RequestGuard(self.clone())
+    }
+
+    /// When the connection's current timeout falls due, if it has one.
+    fn deadline(&self, head: Duration, idle: Duration) -> Option<Instant> {
+        if self.h2.load(Ordering::Relaxed) || self.requests.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        match self.head_started.load(Ordering::Acquire) {
+            0 => Some(self.at(self.idle_since.load(Ordering::Acquire)) + idle),
+            t => Some(self.at(t - 1) + head),
+        }
+    }
+
+    fn expired(&self, head: Duration, idle: Duration) -> Option<Expired> {
+        let due = self.deadline(head, idle)?;
+        if Instant::now() < due {
+            return None;
+        }
+        match self.head_started.load(Ordering::Acquire) {
+            0 => Some(Expired::Idle),
+            _ => Some(Expired::Head),
+        }
+    }
+}
+
+/// A request in progress; its drop (with the response body) makes the
+/// connection idle again.
+struct RequestGuard(Arc<ConnWatch>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        let w = &self.0;
+        w.idle_since.store(w.now_ms(), Ordering::Release);
+        w.requests.fetch_sub(1, Ordering::AcqRel);
+        w.changed.notify_one();
+    }
+}
+
+/// A response body that keeps its request counted until hyper drops it.
+struct Tracked {
+    body: Body,
+    _request: RequestGuard,
+}
+
+impl http_body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<std::result::Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The socket as hyper sees it: reads are reported to the [`ConnWatch`].
+/// The socket is shared (`Arc`) so the connection's task can still answer
+/// `408` on it after dropping hyper's side.
+struct Watched {
+    io: Arc<TcpStream>,
+    watch: Arc<ConnWatch>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        loop {
+            ready!(self.io.poll_read_ready(cx))?;
+            let before = buf.filled().len();
+            match self.io.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    if n > 0 {
+                        self.watch.on_read(&buf.filled()[before..]);
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        loop {
+            ready!(self.io.poll_write_ready(cx))?;
+            match self.io.try_write(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                other => return Poll::Ready(other),
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        loop {
+            ready!(self.io.poll_write_ready(cx))?;
+            match self.io.try_write_vectored(bufs) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                other => return Poll::Ready(other),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // Writes go straight to the socket: nothing is buffered here.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // A shared socket cannot be shut down through `&`; it closes when
+        // the task drops the last reference, right after hyper is done.
+        Poll::Ready(Ok(()))
+    }
 }
 
 /// Waits a little after an accept error: a connection reset is the peer's

@@ -29,6 +29,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::auth::{AuthRegistry, Grants, MAX_GRANTS, Token, TokenHash};
 use crate::config::{HubConfig, MAX_STATUS_LEN};
 use crate::error::{Error, Result};
 use crate::event::{Event, EventId, Sequencer, Timestamp, validate_payload};
@@ -237,6 +238,9 @@ struct Inner<S> {
     /// the reply.
     commands: mpsc::UnboundedSender<Command>,
     state: Mutex<State>,
+    /// The token table; the writer applies run-time changes to it, request
+    /// handlers read it.
+    auth: Arc<AuthRegistry>,
     next_stream: AtomicU64,
     /// Set once the store failed: writes are refused from then on.
     failed: OnceLock<String>,
@@ -266,10 +270,19 @@ enum Command {
     Subscribe {
         req: SubscribeRequest,
         last_event_id: Option<String>,
+        /// The token the stream was opened with, when auth is on: checked
+        /// again by the writer, so no change can slip in between the
+        /// caller's check and the registration.
+        token: Option<TokenHash>,
         stream: StreamTx,
         reply: Reply<Plan>,
     },
     Closed(u64),
+    Token {
+        token: TokenHash,
+        grants: Option<Grants>,
+        reply: Reply<bool>,
+    },
     RemoveMember {
         subscription: Pattern,
         device: DeviceId,
@@ -306,7 +319,9 @@ impl<S: EventStore> Hub<S> {
             // it so every id we hand out is above `floor`.
             seq = Sequencer::after(floor);
         }
+        let auth = Arc::new(AuthRegistry::default());
         let mut state = State {
+            auth: auth.clone(),
             head: seq.last(),
             seq,
             floor,
@@ -327,12 +342,18 @@ impl<S: EventStore> Hub<S> {
             closed: false,
         };
         state.recover(recovered.records, &recovered.evicted);
+        if auth.has_runtime_tokens() {
+            // The store was secured before: stay secured even if this start
+            // forgot `--auth`, rather than serve everyone.
+            auth.enable_for_journal();
+        }
         let (commands, rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             config,
             store,
             commands,
             state: Mutex::new(state),
+            auth,
             next_stream: AtomicU64::new(1),
             failed: OnceLock::new(),
             closing: AtomicBool::new(false),
@@ -350,6 +371,48 @@ impl<S: EventStore> Hub<S> {
     /// The store.
     pub fn store(&self) -> &S {
         &self.inner.store
+    }
+
+    /// The token table (PROTOCOL §7): off until [`AuthRegistry::enable`],
+    /// or on from the start when the store holds run-time tokens.
+    pub fn auth(&self) -> &Arc<AuthRegistry> {
+        &self.inner.auth
+    }
+
+    /// Creates or replaces a token at run time; journaled, so it survives a
+    /// restart with a durable store. Returns whether it replaced one. Open
+    /// streams of the token are re-checked at once.
+    ///
+    /// # Errors
+    /// [`Error::AuthDisabled`] when auth is off and the token is not an
+    /// admin token (an admin token turns auth on), [`Error::InvalidToken`]
+    /// for grant lists past [`MAX_GRANTS`], a store failure.
+    pub async fn put_token(&self, token: &Token, grants: Grants) -> Result<bool> {
+        if grants.subscribe.len() > MAX_GRANTS || grants.publish.len() > MAX_GRANTS {
+            return Err(Error::InvalidToken(format!(
+                "a token grants at most {MAX_GRANTS} patterns per list"
+            )));
+        }
+        self.call(|reply| Command::Token {
+            token: token.hash(),
+            grants: Some(grants),
+            reply,
+        })
+        .await
+    }
+
+    /// Revokes a token at run time (journaled). Its open streams close.
+    ///
+    /// # Errors
+    /// [`Error::UnknownToken`], [`Error::AuthDisabled`], a store failure.
+    pub async fn delete_token(&self, token: TokenHash) -> Result<()> {
+        self.call(|reply| Command::Token {
+            token,
+            grants: None,
+            reply,
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Whether the hub is shutting down (new streams are refused).
@@ -395,8 +458,24 @@ impl<S: EventStore> Hub<S> {
     /// No channel or too many, or the hub is shutting down.
     pub async fn subscribe(
         &self,
+        req: SubscribeRequest,
+        last_event_id: Option<String>,
+    ) -> Result<Subscription> {
+        self.subscribe_with_token(req, last_event_id, None).await
+    }
+
+    /// [`subscribe`](Self::subscribe) on behalf of a token: the writer checks
+    /// that the token exists, that the device is its subject and that every
+    /// pattern is covered by its subscribe grants, and ties the stream to
+    /// the token so that later changes apply to it (PROTOCOL §7).
+    ///
+    /// # Errors
+    /// As `subscribe`, plus [`Error::Unauthorized`] and [`Error::Forbidden`].
+    pub async fn subscribe_with_token(
+        &self,
         mut req: SubscribeRequest,
         last_event_id: Option<String>,
+        token: Option<TokenHash>,
     ) -> Result<Subscription> {
         if self.is_closing() {
             return Err(Error::ShuttingDown);
@@ -430,6 +509,7 @@ impl<S: EventStore> Hub<S> {
             .call(|reply| Command::Subscribe {
                 req,
                 last_event_id,
+                token,
                 stream,
                 reply,
             })

@@ -12,13 +12,14 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     Acked, Command, Counters, Gap, Hello, Publish, Published, Reply, Resume, SubscribeRequest,
 };
+use crate::auth::{AuthRegistry, Reach, TokenHash};
 use crate::config::HubConfig;
 use crate::error::Error;
 use crate::event::{Event, EventId, Sequencer, Timestamp};
 use crate::ledger::{EventReceipts, NO_SLOT, OverdueNotice, ReceiptState, ReceiptWatchers};
 use crate::log::{Evicted, Record};
 use crate::name::{ChannelName, DeviceId, Pattern};
-use crate::presence::{Delivery, Member, Op, StreamTx};
+use crate::presence::{Delivery, Member, Op, StreamShared, StreamTx};
 
 pub(super) enum Effect {
     Fail(FailReply, Error),
@@ -42,11 +43,16 @@ pub(super) enum Effect {
     Subscribe {
         req: SubscribeRequest,
         last_event_id: Option<String>,
+        token: Option<TokenHash>,
         existed: Vec<bool>,
         stream: StreamTx,
         reply: Reply<Plan>,
     },
     Done(Reply<()>),
+    Token {
+        existed: bool,
+        reply: Reply<bool>,
+    },
     Shutdown(oneshot::Sender<()>),
     None,
 }
@@ -56,6 +62,7 @@ pub(super) enum FailReply {
     Ack(Reply<Acked>),
     Subscribe(Reply<Plan>),
     Unit(Reply<()>),
+    Bool(Reply<bool>),
 }
 
 impl FailReply {
@@ -66,6 +73,7 @@ impl FailReply {
             FailReply::Ack(r) => drop(r.send(Err(err))),
             FailReply::Subscribe(r) => drop(r.send(Err(err))),
             FailReply::Unit(r) => drop(r.send(Err(err))),
+            FailReply::Bool(r) => drop(r.send(Err(err))),
         }
     }
 }
@@ -80,6 +88,7 @@ impl Effect {
             Effect::Ack { reply, .. } => FailReply::Ack(reply).send(err()),
             Effect::Subscribe { reply, .. } => FailReply::Subscribe(reply).send(err()),
             Effect::Done(reply) => FailReply::Unit(reply).send(err()),
+            Effect::Token { reply, .. } => FailReply::Bool(reply).send(err()),
             Effect::Shutdown(reply) => drop(reply.send(())),
             Effect::None => {}
         }
@@ -128,9 +137,14 @@ pub(super) struct Idem {
 pub(super) struct OpenStream {
     pub(super) subs: Vec<Pattern>,
     pub(super) device: Option<DeviceId>,
+    /// The token it was opened with: a change of that token re-checks it.
+    pub(super) token: Option<TokenHash>,
+    pub(super) shared: Arc<StreamShared>,
 }
 
 pub(super) struct State {
+    /// The hub's token table (shared with request handlers).
+    pub(super) auth: Arc<AuthRegistry>,
     pub(super) seq: Sequencer,
     /// The last event applied (fanned out). Streams registered now get
     /// live events above it and replay at or below it.
@@ -207,6 +221,9 @@ impl State {
                 Command::RemoveMember { reply, .. } => {
                     Effect::Fail(FailReply::Unit(reply), Error::ShuttingDown)
                 }
+                Command::Token { reply, .. } => {
+                    Effect::Fail(FailReply::Bool(reply), Error::ShuttingDown)
+                }
                 Command::Shutdown(reply) => Effect::Shutdown(reply),
                 Command::Closed(_) | Command::Tick | Command::NoticeSent { .. } => Effect::None,
             };
@@ -246,9 +263,15 @@ impl State {
             Command::Subscribe {
                 req,
                 last_event_id,
+                token,
                 stream,
                 reply,
             } => {
+                if let Some(token) = &token
+                    && let Err(err) = self.check_subscribe(token, &req)
+                {
+                    return Effect::Fail(FailReply::Subscribe(reply), err);
+                }
                 let mut existed = Vec::with_capacity(req.patterns.len());
                 for pattern in &req.patterns {
                     let sub = match self.subs.entry(pattern.clone()) {
@@ -294,10 +317,53 @@ impl State {
                 Effect::Subscribe {
                     req,
                     last_event_id,
+                    token,
                     existed,
                     stream,
                     reply,
                 }
+            }
+            Command::Token {
+                token,
+                grants,
+                reply,
+            } => {
+                if !self.auth.is_enabled() {
+                    // PROTOCOL §7: admin-created tokens turn auth on. The
+                    // first one must be an admin token, or nobody could
+                    // manage tokens (or anything under /admin) afterwards.
+                    if !grants.as_ref().is_some_and(|g| g.admin) {
+                        return Effect::Fail(FailReply::Bool(reply), Error::AuthDisabled);
+                    }
+                    tracing::warn!("auth turned on by the first run-time admin token");
+                    self.auth.enable_for_journal();
+                }
+                let existed = self.auth.grants(&token).is_some();
+                if grants.is_none() && !existed {
+                    return Effect::Fail(
+                        FailReply::Bool(reply),
+                        Error::UnknownToken(token.fingerprint()),
+                    );
+                }
+                tracing::info!(
+                    token = %token.fingerprint(),
+                    subject = grants.as_ref().map(|g| g.subject.as_str()),
+                    change = if grants.is_none() { "revoked" } else if existed { "changed" } else { "created" },
+                    "token"
+                );
+                records.push(Record::Token {
+                    token,
+                    grants: grants.clone(),
+                    at: now,
+                });
+                // Applied now, not after the journal write, so that later
+                // commands of this batch already see it; should the write
+                // fail the hub refuses every write from then on anyway, and
+                // a revocation is better applied early than late.
+                self.auth.apply(token, grants);
+                self.enforce_grants(&token, now);
+                records.append(&mut self.deferred);
+                Effect::Token { existed, reply }
             }
             Command::Closed(id) => {
                 self.close_stream(id, now);
@@ -477,11 +543,12 @@ impl State {
             Effect::Subscribe {
                 req,
                 last_event_id,
+                token,
                 existed,
                 stream,
                 reply,
             } => {
-                let plan = self.register(req, last_event_id, &existed, stream.clone(), now);
+                let plan = self.register(req, last_event_id, token, &existed, stream.clone(), now);
                 if reply.send(Ok(plan)).is_err() || stream.tx.is_closed() {
                     // The subscriber left before it got its stream.
                     self.close_stream(stream.shared.id, now);
@@ -489,6 +556,9 @@ impl State {
             }
             Effect::Done(reply) => {
                 let _ = reply.send(Ok(()));
+            }
+            Effect::Token { existed, reply } => {
+                let _ = reply.send(Ok(existed));
             }
             Effect::Shutdown(reply) => {
                 let _ = reply.send(());
@@ -530,6 +600,11 @@ impl State {
             }
             let receipts = Arc::new(EventReceipts::new(event, audience.into(), watchers));
             for (stream, slot) in targets {
+                // A stream whose token lost this channel's grant never gets
+                // it queued (and its device is not marked delivered).
+                if !stream.shared.allows(&receipts.event.channel) {
+                    continue;
+                }
                 if stream.shared.enqueued_upto.swap(id.0, Ordering::Relaxed) == id.0 {
                     continue;
                 }
@@ -575,6 +650,7 @@ impl State {
         &mut self,
         req: SubscribeRequest,
         last_event_id: Option<String>,
+        token: Option<TokenHash>,
         existed: &[bool],
         stream: StreamTx,
         now: Timestamp,
@@ -624,6 +700,8 @@ impl State {
             OpenStream {
                 subs: req.patterns.clone(),
                 device: req.device.clone(),
+                token,
+                shared: stream.shared.clone(),
             },
         );
         // Nothing at or below `head` is queued live to this stream.
@@ -763,6 +841,62 @@ impl State {
                     at: member.cursor_at.unwrap_or(now),
                 });
             }
+        }
+    }
+
+    /// Whether a stream may open for `token` (PROTOCOL §7): the token
+    /// exists, the device is its subject, and every pattern is covered.
+    fn check_subscribe(&self, token: &TokenHash, req: &SubscribeRequest) -> Result<(), Error> {
+        let Some(grants) = self.auth.grants(token) else {
+            return Err(Error::Unauthorized(
+                "the token is unknown or was revoked".into(),
+            ));
+        };
+        if req.device.as_ref() != Some(&grants.subject) {
+            return Err(Error::Forbidden(format!(
+                "this token speaks for device `{}` only",
+                grants.subject
+            )));
+        }
+        if let Some(p) = req.patterns.iter().find(|p| !grants.may_subscribe(p)) {
+            return Err(Error::Forbidden(format!(
+                "the token does not grant subscribing to `{p}`"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Applies a change of `token` to its open streams: a stream it no
+    /// longer reaches at all closes (and skips what it had queued); one it
+    /// reaches in part is filtered to the channels still granted; one it
+    /// reaches wholly is unrestricted again.
+    pub(super) fn enforce_grants(&mut self, token: &TokenHash, now: Timestamp) {
+        let grants = self.auth.grants(token);
+        let mut close = Vec::new();
+        for (id, open) in &self.streams {
+            if open.token.as_ref() != Some(token) {
+                continue;
+            }
+            let reach = match &grants {
+                None => Reach::None,
+                Some(g) => g.reach(open.device.as_ref(), &open.subs),
+            };
+            match reach {
+                Reach::All => open.shared.restrict(None),
+                Reach::Some(allowed) => open.shared.restrict(Some(allowed)),
+                Reach::None => {
+                    open.shared.revoke();
+                    close.push(*id);
+                }
+            }
+        }
+        for id in close {
+            tracing::info!(
+                stream = id,
+                token = %token.fingerprint(),
+                "stream closed: its token no longer grants it"
+            );
+            self.close_stream(id, now);
         }
     }
 
@@ -1068,6 +1202,7 @@ impl State {
                 Record::Notice {
                     id, device, sent, ..
                 } => notices.push((id, device, sent)),
+                Record::Token { token, grants, .. } => self.auth.apply(token, grants),
             }
         }
         // Deliveries up to each member's cursor happened before the restart.

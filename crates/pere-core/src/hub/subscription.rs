@@ -92,32 +92,57 @@ impl Subscription {
     }
 
     /// Polls for the next event; `None` once the hub ended the stream (slow
-    /// consumer, membership removed, shutdown).
+    /// consumer, membership removed, token revoked, shutdown).
+    ///
+    /// Events on channels the stream's token no longer grants are skipped
+    /// here, even if they were queued before the change.
     pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Arc<Event>>> {
-        if let Some(receipts) = self.replay.pop_front() {
-            self.delivered(&receipts, NO_SLOT, Timestamp::now());
-            return Poll::Ready(Some(receipts.event.clone()));
-        }
-        match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(d)) => {
-                self.delivered(&d.receipts, d.slot, Timestamp::now());
-                Poll::Ready(Some(d.receipts.event.clone()))
+        loop {
+            if self.shared.is_revoked() {
+                return Poll::Ready(None);
             }
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+            let (receipts, slot) = match self.replay.pop_front() {
+                Some(receipts) => (receipts, NO_SLOT),
+                None => match self.rx.poll_recv(cx) {
+                    Poll::Ready(Some(d)) => (d.receipts, d.slot),
+                    Poll::Ready(None) => return Poll::Ready(None),
+                    Poll::Pending => return Poll::Pending,
+                },
+            };
+            if let Some(event) = self.admit(&receipts, slot) {
+                return Poll::Ready(Some(event));
+            }
         }
     }
 
     /// The next event without waiting, if one is ready (to write several in
     /// one go).
     pub fn try_next(&mut self) -> Option<Arc<Event>> {
-        if let Some(receipts) = self.replay.pop_front() {
-            self.delivered(&receipts, NO_SLOT, Timestamp::now());
-            return Some(receipts.event.clone());
+        loop {
+            if self.shared.is_revoked() {
+                return None;
+            }
+            let (receipts, slot) = match self.replay.pop_front() {
+                Some(receipts) => (receipts, NO_SLOT),
+                None => {
+                    let d = self.rx.try_recv().ok()?;
+                    (d.receipts, d.slot)
+                }
+            };
+            if let Some(event) = self.admit(&receipts, slot) {
+                return Some(event);
+            }
         }
-        let d = self.rx.try_recv().ok()?;
-        self.delivered(&d.receipts, d.slot, Timestamp::now());
-        Some(d.receipts.event.clone())
+    }
+
+    /// Marks an event delivered and returns it, unless the stream's grants
+    /// no longer cover its channel.
+    fn admit(&self, receipts: &EventReceipts, slot: u32) -> Option<Arc<Event>> {
+        if !self.shared.allows(&receipts.event.channel) {
+            return None;
+        }
+        self.delivered(receipts, slot, Timestamp::now());
+        Some(receipts.event.clone())
     }
 
     /// Waits for the next event; `None` once the hub ended the stream.

@@ -17,6 +17,7 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
+use crate::auth::{Grants, TokenHash};
 use crate::event::{Event, EventId, Timestamp};
 use crate::log::Record;
 use crate::name::{ChannelName, DeviceId, EventType, Pattern};
@@ -35,6 +36,8 @@ const KIND_PRESENCE: u8 = 5;
 const KIND_LEFT: u8 = 6;
 const KIND_TRIM: u8 = 7;
 const KIND_NOTICE: u8 = 8;
+/// Added after the first release: logs written before it simply have none.
+const KIND_TOKEN: u8 = 9;
 
 /// A record as stored: the hub's records plus the store's own bookkeeping.
 #[derive(Clone, Debug)]
@@ -182,6 +185,28 @@ pub fn encode(out: &mut Vec<u8>, lsn: u64, record: &Stored) {
             out.extend_from_slice(&at.0.to_le_bytes());
             out.push(u8::from(*sent));
             put_str8(out, device.as_str());
+        }
+        Stored::Hub(Record::Token { token, grants, at }) => {
+            out.push(KIND_TOKEN);
+            out.extend_from_slice(&token.0);
+            out.extend_from_slice(&at.0.to_le_bytes());
+            match grants {
+                None => out.push(0),
+                Some(g) => {
+                    out.push(1 | u8::from(g.admin) << 1);
+                    put_str8(out, g.subject.as_str());
+                    for list in [&g.subscribe, &g.publish] {
+                        // Grants come from JSON bodies of bounded size; a
+                        // list longer than u16 is cut rather than corrupt
+                        // the frame (the admin API refuses such lists).
+                        let n = list.len().min(u16::MAX as usize);
+                        out.extend_from_slice(&(n as u16).to_le_bytes());
+                        for p in &list[..n] {
+                            put_str8(out, p.as_str());
+                        }
+                    }
+                }
+            }
         }
         Stored::Trim { channel, upto } => {
             out.push(KIND_TRIM);
@@ -391,6 +416,39 @@ pub fn decode(body: &[u8]) -> Result<(u64, Stored), DecodeError> {
                 device: r.device()?,
             })
         }
+        KIND_TOKEN => {
+            let mut hash = [0u8; 32];
+            hash.copy_from_slice(r.take(32)?);
+            let at = Timestamp(r.i64()?);
+            let flags = r.u8()?;
+            let grants = match flags {
+                0 => None,
+                1 | 3 => {
+                    let subject = r.device()?;
+                    let mut lists = [Vec::new(), Vec::new()];
+                    for list in &mut lists {
+                        let b = r.take(2)?;
+                        let n = u16::from_le_bytes([b[0], b[1]]);
+                        for _ in 0..n {
+                            list.push(r.pattern()?);
+                        }
+                    }
+                    let [subscribe, publish] = lists;
+                    Some(Grants {
+                        subject,
+                        subscribe,
+                        publish,
+                        admin: flags & 2 != 0,
+                    })
+                }
+                _ => return Err(DecodeError::Malformed("unknown token flags")),
+            };
+            Stored::Hub(Record::Token {
+                token: TokenHash(hash),
+                grants,
+                at,
+            })
+        }
         KIND_TRIM => {
             let upto = EventId(r.u64()?);
             Stored::Trim {
@@ -481,6 +539,24 @@ mod tests {
                 device: DeviceId::new("late").unwrap(),
                 sent: true,
                 at: Timestamp(13),
+            }),
+            Stored::Hub(Record::Token {
+                token: TokenHash::of("a-token-of-sixteen+"),
+                grants: Some(Grants {
+                    subject: DeviceId::new("phone-1").unwrap(),
+                    subscribe: vec![
+                        Pattern::new("orders.*").unwrap(),
+                        Pattern::new("a").unwrap(),
+                    ],
+                    publish: vec![Pattern::new("cmd.**").unwrap()],
+                    admin: true,
+                }),
+                at: Timestamp(14),
+            }),
+            Stored::Hub(Record::Token {
+                token: TokenHash::of("another-token-0123"),
+                grants: None,
+                at: Timestamp(15),
             }),
         ]
     }

@@ -24,7 +24,7 @@
 //! Retention only marks events dead. A compactor thread copies the live
 //! records of the sealed segments — retained events and their receipts,
 //! open memberships with their latest cursor and presence, the latest trim
-//! per channel — into one new segment, in log order, then deletes the old
+//! per channel, the latest change of each run-time token — into one new segment, in log order, then deletes the old
 //! ones. It never touches the active segment, so publishes do not wait for
 //! it. The new segment's header names the first segment it replaces, so a
 //! crash between the rename and the deletions cannot replay a record twice.
@@ -48,6 +48,7 @@ use tokio::sync::oneshot;
 
 use super::codec::{self, Stored};
 use super::{EventStore, Evicted, MemoryStore, Record, Recovered};
+use crate::auth::TokenHash;
 use crate::config::Retention;
 use crate::error::{Error, Result};
 use crate::event::{Event, EventId, Timestamp};
@@ -173,6 +174,10 @@ struct Live {
     latest_cursor: HashMap<Key, u64>,
     latest_presence: HashMap<Key, u64>,
     latest_trim: HashMap<ChannelName, u64>,
+    /// The latest change of each run-time token: it alone decides the
+    /// token's state, so it survives compaction (a revocation too, since it
+    /// may hide a token of the `--auth` file).
+    latest_token: HashMap<TokenHash, u64>,
 }
 
 impl Live {
@@ -224,6 +229,9 @@ impl Live {
                     .insert((subscription.clone(), device.clone()), lsn);
             }
             Stored::Hub(Record::Ack { .. } | Record::Notice { .. }) => {}
+            Stored::Hub(Record::Token { token, .. }) => {
+                self.latest_token.insert(*token, lsn);
+            }
             Stored::Trim { channel, .. } => {
                 self.latest_trim.insert(channel.clone(), lsn);
             }
@@ -289,6 +297,7 @@ impl Live {
                         .get(&(subscription.clone(), device.clone()))
                         == Some(&lsn)
             }
+            Stored::Hub(Record::Token { token, .. }) => self.latest_token.get(token) == Some(&lsn),
             Stored::Trim { channel, .. } => self.latest_trim.get(channel) == Some(&lsn),
         }
     }

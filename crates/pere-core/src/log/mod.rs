@@ -24,13 +24,15 @@ pub use memory::MemoryStore;
 use std::future::Future;
 use std::sync::Arc;
 
+use crate::auth::{Grants, TokenHash};
 use crate::config::Retention;
 use crate::error::Result;
 use crate::event::{Event, EventId, Timestamp};
 use crate::name::{ChannelName, DeviceId, Pattern};
 
 /// One entry of the hub's journal. Replaying every record in order rebuilds
-/// the hub's state: events and retention, receipts, memberships, cursors.
+/// the hub's state: events and retention, receipts, memberships, cursors,
+/// run-time tokens.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum Record {
@@ -92,6 +94,16 @@ pub enum Record {
         device: DeviceId,
         /// Whether the webhook accepted it.
         sent: bool,
+        /// When.
+        at: Timestamp,
+    },
+    /// A token was created or changed (`grants: Some`) or revoked (`None`)
+    /// at run time. Only its SHA-256 is journaled, never its value.
+    Token {
+        /// The token's hash.
+        token: TokenHash,
+        /// Its grants from now on; `None` revokes it.
+        grants: Option<Grants>,
         /// When.
         at: Timestamp,
     },

@@ -1,8 +1,10 @@
-//! `/admin/*`: connections, channels, retained events, devices.
+//! `/admin/*`: connections, channels, retained events, devices, tokens.
 
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use pere_core::{ChannelName, DeviceId, EventId, EventStore, Pattern, Presence};
+use pere_core::{
+    ChannelName, DeviceId, EventId, EventStore, Grants, Pattern, Presence, Token, TokenHash,
+};
 use serde_json::Value;
 
 use super::{App, json, json_raw, query_of, query_value};
@@ -161,4 +163,79 @@ pub async fn device<S: EventStore>(
             })
         })?;
     Ok(json(StatusCode::OK, presence_json(&presence)))
+}
+
+/// Largest `PUT /admin/tokens/:token` body, in bytes: room for
+/// [`pere_core::auth::MAX_GRANTS`] long patterns in each list.
+const MAX_TOKEN_BODY: usize = 1024 * 1024;
+
+/// A token as the admin API shows it: by fingerprint, never by value.
+fn token_json(hash: &TokenHash, grants: &Grants) -> serde_json::Map<String, Value> {
+    let list = |l: &[Pattern]| Value::from(l.iter().map(|p| p.as_str()).collect::<Vec<_>>());
+    let mut out = serde_json::Map::new();
+    out.insert("token".into(), hash.fingerprint().into());
+    out.insert("subject".into(), grants.subject.as_str().into());
+    out.insert("subscribe".into(), list(&grants.subscribe));
+    out.insert("publish".into(), list(&grants.publish));
+    out.insert("admin".into(), grants.admin.into());
+    out
+}
+
+/// `GET /admin/tokens`: every live token by fingerprint, with its grants
+/// and where it comes from (`file` or `runtime`).
+pub fn tokens<S: EventStore>(app: &App<S>) -> Response<Body> {
+    let list: Vec<Value> = app
+        .hub
+        .auth()
+        .list()
+        .iter()
+        .map(|(hash, grants, origin)| {
+            let mut t = token_json(hash, grants);
+            t.insert("origin".into(), origin.as_str().into());
+            Value::Object(t)
+        })
+        .collect();
+    json(StatusCode::OK, serde_json::json!({ "tokens": list }))
+}
+
+/// `PUT /admin/tokens/:token` (create or replace, body = the grants) and
+/// `DELETE /admin/tokens/:token` (revoke). Answers name the token by
+/// fingerprint only.
+pub async fn token<S: EventStore>(
+    app: &App<S>,
+    req: Request<Incoming>,
+    token: &str,
+) -> Result<Response<Body>, ApiError> {
+    if req.method() == Method::DELETE {
+        // Any text names a token here: an unknown one is simply not found.
+        let hash = TokenHash::of(token);
+        app.hub.delete_token(hash).await?;
+        return Ok(json(
+            StatusCode::OK,
+            serde_json::json!({ "token": hash.fingerprint(), "revoked": true }),
+        ));
+    }
+    let token = Token::new(token)?;
+    let body = super::read_body(req, MAX_TOKEN_BODY, app.config.body_read_timeout).await?;
+    let text = std::str::from_utf8(&body).map_err(|_| {
+        ApiError::bad_request("invalid_body", "the token's grants are not UTF-8 JSON")
+    })?;
+    let grants: Grants = serde_json::from_str(text).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_body",
+            format!(
+                "the body is not {{\"subject\":…,\"subscribe\":[…],\"publish\":[…],\"admin\":false}}: {}",
+                escape(&e.to_string())
+            ),
+        )
+    })?;
+    let replaced = app.hub.put_token(&token, grants.clone()).await?;
+    let mut out = token_json(&token.hash(), &grants);
+    out.insert("created".into(), (!replaced).into());
+    let status = if replaced {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok(json(status, Value::Object(out)))
 }

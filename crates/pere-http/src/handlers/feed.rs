@@ -6,7 +6,8 @@ use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use pere_core::{EventId, EventStore, Pattern, Resume, SubscribeRequest, Subscription};
 
-use super::{App, device_of, header_str, query_of, query_value};
+use super::auth::Caller;
+use super::{App, header_str, query_of, query_value};
 use crate::body::{Body, Source, SseBody};
 use crate::error::{ApiError, escape};
 use crate::sse;
@@ -15,6 +16,7 @@ pub async fn feed<S: EventStore>(
     app: &App<S>,
     req: Request<Incoming>,
     path_channel: Option<&str>,
+    caller: &Caller,
 ) -> Result<Response<Body>, ApiError> {
     let query = query_of(&req)?;
     let mut patterns = Vec::new();
@@ -32,7 +34,14 @@ pub async fn feed<S: EventStore>(
             "name a channel: GET /feed/:channel or GET /feed?channel=…",
         ));
     }
-    let device = device_of(req.headers(), &query)?;
+    // One channel not granted refuses the whole stream (PROTOCOL §7).
+    for pattern in &patterns {
+        caller.require(
+            |g| g.may_subscribe(pattern),
+            || format!("subscribing to `{pattern}`"),
+        )?;
+    }
+    let device = caller.device(req.headers(), &query)?;
     let header_id = header_str(req.headers(), "last-event-id")?.filter(|v| !v.is_empty());
     let resume = resume_point(header_id, &query)?;
     if app.hub.is_closing() {
@@ -43,19 +52,22 @@ pub async fn feed<S: EventStore>(
         // opening a stream or making the device a member.
         return Ok(head_response());
     }
+    let slot = app.limits.acquire(device.as_ref())?;
     let subscription = app
         .hub
-        .subscribe(
+        .subscribe_with_token(
             SubscribeRequest {
                 device,
                 patterns,
                 resume,
             },
             header_id.map(str::to_string),
+            caller.token(),
         )
         .await?;
     let opening = opening(app.config.retry.as_millis() as u64, &subscription);
-    let body = SseBody::new(opening, Source::Events(subscription), app.config.keepalive);
+    let body =
+        SseBody::new(opening, Source::Events(subscription), app.config.keepalive).with_slot(slot);
     let mut response = Response::new(Body::Sse(Box::new(body)));
     *response.status_mut() = StatusCode::OK;
     sse_headers(response.headers_mut());

@@ -11,7 +11,8 @@ use hyper::{Request, Response, StatusCode};
 use pere_core::{Acked, EventId, EventStore, MAX_STATUS_LEN, Pattern};
 use serde_json::Value;
 
-use super::{App, device_of, header_str, json, query_of, read_body};
+use super::auth::Caller;
+use super::{App, header_str, json, query_of, read_body};
 use crate::body::Body;
 use crate::error::{ApiError, escape};
 use crate::router::parse_query;
@@ -44,10 +45,17 @@ pub async fn feedback<S: EventStore>(
     app: &App<S>,
     req: Request<Incoming>,
     channel: &str,
+    caller: &Caller,
 ) -> Result<Response<Body>, ApiError> {
     let subscription = Pattern::new(channel)?;
+    // A receipt is a subscriber's act: it needs the subscribe grant, and
+    // it is the token's subject that acknowledges.
+    caller.require(
+        |g| g.may_subscribe(&subscription),
+        || format!("acknowledging on `{subscription}`"),
+    )?;
     let query = query_of(&req)?;
-    let device = device_of(req.headers(), &query)?.ok_or_else(|| {
+    let device = caller.device(req.headers(), &query)?.ok_or_else(|| {
         ApiError::bad_request(
             "missing_device",
             "a receipt needs a device: send a `device` header or `?device=`",
@@ -63,7 +71,7 @@ pub async fn feedback<S: EventStore>(
         .ok()
         .flatten()
         .is_some_and(|t| t.to_ascii_lowercase().contains("json"));
-    let body = read_body(req, MAX_FEEDBACK_BODY).await?;
+    let body = read_body(req, MAX_FEEDBACK_BODY, app.config.body_read_timeout).await?;
     let text = std::str::from_utf8(&body).map_err(|e| {
         ApiError::bad_request(
             "invalid_utf8",

@@ -5,6 +5,7 @@
 //! error into PROTOCOL §8's JSON and adds CORS headers to every answer.
 
 mod admin;
+pub mod auth;
 mod feed;
 mod feedback;
 mod push;
@@ -22,9 +23,11 @@ use pere_core::{DeviceId, EventStore, Hub};
 
 use crate::body::Body;
 use crate::error::{ApiError, escape};
+use crate::limits::Limits;
 use crate::metrics::HttpMetrics;
 use crate::router::{self, Route};
 use crate::server::{Cors, ServerConfig};
+use auth::Caller;
 
 /// What every handler gets: the hub, the server's configuration, metrics.
 pub struct App<S: EventStore> {
@@ -34,13 +37,15 @@ pub struct App<S: EventStore> {
     pub config: ServerConfig,
     /// HTTP-level counters.
     pub metrics: HttpMetrics,
+    /// Open connections and streams, against the configured limits.
+    pub limits: Arc<Limits>,
 }
 
 /// Headers a browser may send cross-origin (PROTOCOL §6).
 const ALLOWED_HEADERS: &str =
     "device, Last-Event-ID, last_event_id, Idempotency-Key, Authorization, Content-Type";
 const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS";
-const EXPOSED_HEADERS: &str = "Location";
+const EXPOSED_HEADERS: &str = "Location, WWW-Authenticate, Retry-After";
 
 /// Serves one request: route, handle, map errors, add CORS.
 pub async fn handle<S: EventStore>(app: Arc<App<S>>, req: Request<Incoming>) -> Response<Body> {
@@ -60,6 +65,24 @@ async fn dispatch<S: EventStore>(
     route: Route,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
+    // The open routes: PERE's greeting, the web pages (they ask for a token
+    // themselves), health checks, and CORS preflights (a browser never
+    // sends credentials on those).
+    let caller = match &route {
+        Route::Root | Route::Static(_) | Route::Health | Route::Preflight => Caller::Open,
+        _ => auth::caller(app, req.headers(), &query_of(&req)?)?,
+    };
+    match &route {
+        Route::Metrics
+        | Route::AdminConnections
+        | Route::AdminChannels
+        | Route::AdminEvents(_)
+        | Route::AdminDevices(_)
+        | Route::AdminDevice(..)
+        | Route::AdminTokens
+        | Route::AdminToken(_) => caller.require_admin()?,
+        _ => {}
+    }
     match route {
         Route::Root => Ok(json(
             StatusCode::OK,
@@ -80,12 +103,12 @@ async fn dispatch<S: EventStore>(
         Route::Static(name) => Ok(static_files::serve(name)),
         Route::Health => Ok(text(StatusCode::OK, "ok")),
         Route::Metrics => Ok(crate::metrics::render(app)),
-        Route::Push(channel) => push::push(app, req, &channel).await,
-        Route::Feed(channel) => feed::feed(app, req, channel.as_deref()).await,
-        Route::Feedback(channel) => feedback::feedback(app, req, &channel).await,
-        Route::Receipt(channel, id) => receipts::summary(app, &channel, &id),
+        Route::Push(channel) => push::push(app, req, &channel, &caller).await,
+        Route::Feed(channel) => feed::feed(app, req, channel.as_deref(), &caller).await,
+        Route::Feedback(channel) => feedback::feedback(app, req, &channel, &caller).await,
+        Route::Receipt(channel, id) => receipts::summary(app, &channel, &id, &caller),
         Route::ReceiptStream(channel) => {
-            receipts::stream(app, &channel, req.method() == hyper::Method::HEAD)
+            receipts::stream(app, &channel, req.method() == hyper::Method::HEAD, &caller)
         }
         Route::AdminConnections => Ok(admin::connections(app)),
         Route::AdminChannels => Ok(admin::channels(app)),
@@ -94,6 +117,8 @@ async fn dispatch<S: EventStore>(
         Route::AdminDevice(channel, device) => {
             admin::device(app, req.method(), &channel, &device).await
         }
+        Route::AdminTokens => Ok(admin::tokens(app)),
+        Route::AdminToken(token) => admin::token(app, req, &token).await,
         Route::Preflight => Ok(preflight()),
     }
 }
@@ -147,6 +172,21 @@ pub fn error_response(err: &ApiError) -> Response<Body> {
         response
             .headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static(allow));
+    }
+    let h = response.headers_mut();
+    match err.status {
+        // RFC 6750 §3: a 401 names the scheme that would work.
+        StatusCode::UNAUTHORIZED => {
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"pere\""),
+            );
+        }
+        // A limit that frees up as streams close: worth retrying soon.
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        _ => {}
     }
     response
 }
@@ -237,8 +277,14 @@ pub fn query_of<B>(req: &Request<B>) -> Result<Vec<(String, String)>, ApiError> 
 }
 
 /// Reads a request body of at most `limit` bytes: `413` beyond it, checked
-/// from `Content-Length` before reading anything when the client sent one.
-pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+/// from `Content-Length` before reading anything when the client sent one;
+/// `408` when the whole body has not arrived within `timeout` (a client
+/// trickling its body must not hold a task and a descriptor for ever).
+pub async fn read_body(
+    req: Request<Incoming>,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<Bytes, ApiError> {
     let too_large = |size: Option<u64>| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -259,7 +305,17 @@ pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Ap
         return Err(too_large(Some(len)));
     }
     let limited = http_body_util::Limited::new(req.into_body(), limit);
-    match limited.collect().await {
+    let Ok(collected) = tokio::time::timeout(timeout, limited.collect()).await else {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request body did not arrive within {} ms",
+                timeout.as_millis()
+            ),
+        ));
+    };
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(too_large(None)),
         Err(err) => Err(ApiError::bad_request(

@@ -7,7 +7,8 @@ use hyper::header::{HeaderValue, LOCATION};
 use hyper::{Request, Response, StatusCode};
 use pere_core::{ChannelName, EventStore, EventType, Publish};
 
-use super::{App, device_of, header_str, json_raw, query_of, query_value, read_body};
+use super::auth::Caller;
+use super::{App, header_str, json_raw, query_of, query_value, read_body};
 use crate::body::Body;
 use crate::error::{ApiError, escape};
 
@@ -36,10 +37,15 @@ pub async fn push<S: EventStore>(
     app: &App<S>,
     req: Request<Incoming>,
     channel: &str,
+    caller: &Caller,
 ) -> Result<Response<Body>, ApiError> {
     let channel = ChannelName::new(channel)?;
+    caller.require(
+        |g| g.may_publish(&channel),
+        || format!("publishing to `{channel}`"),
+    )?;
     let query = query_of(&req)?;
-    let device = device_of(req.headers(), &query)?;
+    let device = caller.device(req.headers(), &query)?;
     let kind = query_value(&query, "event")
         .map(EventType::new)
         .transpose()?;
@@ -67,7 +73,12 @@ pub async fn push<S: EventStore>(
             )
         })?,
     };
-    let payload = read_body(req, app.hub.config().max_payload).await?;
+    let payload = read_body(
+        req,
+        app.hub.config().max_payload,
+        app.config.body_read_timeout,
+    )
+    .await?;
     let published = app
         .hub
         .publish(Publish {

@@ -5,6 +5,7 @@ use bytes::BytesMut;
 use hyper::{Response, StatusCode};
 use pere_core::{ChannelName, EventId, EventStore, Pattern, ReceiptSummary};
 
+use super::auth::Caller;
 use super::{App, json};
 use crate::body::{Body, Source, SseBody};
 use crate::error::ApiError;
@@ -14,8 +15,15 @@ pub fn summary<S: EventStore>(
     app: &App<S>,
     channel: &str,
     id: &str,
+    caller: &Caller,
 ) -> Result<Response<Body>, ApiError> {
     let pattern = Pattern::new(channel)?;
+    // Receipts tell a publisher what became of its events: they are for
+    // the channel's publishers, and for operators.
+    caller.require(
+        |g| g.may_read_receipts(&pattern),
+        || format!("reading receipts of `{pattern}`"),
+    )?;
     let id = EventId::parse(id)?;
     let summary = app.hub.receipt_summary(&pattern, id)?;
     Ok(json(StatusCode::OK, summary_json(&summary)))
@@ -56,22 +64,48 @@ pub fn stream<S: EventStore>(
     app: &App<S>,
     channel: &str,
     head: bool,
+    caller: &Caller,
 ) -> Result<Response<Body>, ApiError> {
     let channel = ChannelName::new(channel)?;
+    let pattern = Pattern::from(channel.clone());
+    caller.require(
+        |g| g.may_read_receipts(&pattern),
+        || format!("reading receipts of `{channel}`"),
+    )?;
     if app.hub.is_closing() {
         return Err(ApiError::shutting_down());
     }
     if head {
         return Ok(super::feed::head_response());
     }
+    let slot = app.limits.acquire(None)?;
     let changes = app.hub.watch_receipts(&channel);
     let mut opening = BytesMut::new();
     sse::encode_retry(&mut opening, app.config.retry.as_millis() as u64);
-    let body = SseBody::new(
+    let mut body = SseBody::new(
         opening.freeze(),
         Source::Receipts(changes),
         app.config.keepalive,
-    );
+    )
+    .with_slot(slot);
+    if let Some(token) = caller.token() {
+        // The hub does not track receipts streams: this one watches the
+        // token table itself and ends once its token no longer grants it.
+        let auth = app.hub.auth().clone();
+        let mut changes = auth.changes();
+        body = body.until(async move {
+            loop {
+                if changes.changed().await.is_err() {
+                    // The table is gone with the hub; shutdown ends us.
+                    std::future::pending::<()>().await;
+                }
+                match auth.grants(&token) {
+                    Some(g) if g.may_read_receipts(&pattern) => {}
+                    _ => return,
+                }
+            }
+        });
+    }
     let mut response = Response::new(Body::Sse(Box::new(body)));
     super::feed::sse_headers(response.headers_mut());
     Ok(response)

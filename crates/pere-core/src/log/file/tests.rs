@@ -279,6 +279,65 @@ async fn compaction_keeps_what_is_live_and_bounds_the_disk() {
 }
 
 #[tokio::test]
+async fn compaction_keeps_only_the_latest_change_of_each_token() {
+    use crate::auth::{Grants, TokenHash};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.segment_size = 4096;
+    cfg.retention.history = 5;
+    let grants = |subject: &str| Grants {
+        subject: DeviceId::new(subject).unwrap(),
+        subscribe: vec![Pattern::new("a").unwrap()],
+        publish: Vec::new(),
+        admin: false,
+    };
+    let (kept, revoked) = (
+        TokenHash::of("kept-token-0123456"),
+        TokenHash::of("gone-token-0123456"),
+    );
+    {
+        let (store, _) = reopen(&cfg).await;
+        for (token, g) in [
+            (kept, Some(grants("v1"))),
+            (revoked, Some(grants("x"))),
+            (kept, Some(grants("v2"))),
+            (revoked, None),
+        ] {
+            store
+                .append(&[Record::Token {
+                    token,
+                    grants: g,
+                    at: Timestamp(1),
+                }])
+                .await
+                .unwrap();
+        }
+        let payload = "p".repeat(100);
+        for i in 1..=500u64 {
+            store.append(&[event("a", i, &payload)]).await.unwrap();
+        }
+        assert!(store.compact_now());
+        store.close().await.unwrap();
+    }
+    let (_, r) = reopen(&cfg).await;
+    let tokens: Vec<(TokenHash, Option<String>)> = r
+        .records
+        .iter()
+        .filter_map(|x| match x {
+            Record::Token { token, grants, .. } => {
+                Some((*token, grants.as_ref().map(|g| g.subject.to_string())))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        tokens,
+        [(kept, Some("v2".to_string())), (revoked, None)],
+        "the latest change of each token, the revocation included"
+    );
+}
+
+#[tokio::test]
 async fn a_hub_over_a_file_store_comes_back_as_it_was() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());

@@ -1,0 +1,189 @@
+//! Who is calling (PROTOCOL §7): the token from `Authorization: Bearer` or
+//! `?access_token=`, checked against the hub's [`AuthRegistry`], and the
+//! checks each route makes with it.
+//!
+//! With auth off every caller is [`Caller::Open`] and every check passes.
+//! Token values never appear in an error: messages name the subject or the
+//! channel, never the token.
+//!
+//! [`AuthRegistry`]: pere_core::AuthRegistry
+
+use hyper::HeaderMap;
+use hyper::header::AUTHORIZATION;
+use pere_core::auth::Access;
+use pere_core::{DeviceId, EventStore, Grants, TokenHash};
+
+use super::{App, device_of, query_value};
+use crate::error::{ApiError, escape};
+
+/// The caller of a request.
+#[derive(Clone, Debug)]
+pub enum Caller {
+    /// Auth is off (or the route is open): anything goes.
+    Open,
+    /// A caller with a known token.
+    Token(Access),
+}
+
+impl Caller {
+    /// The token, when there is one.
+    pub fn token(&self) -> Option<TokenHash> {
+        match self {
+            Caller::Open => None,
+            Caller::Token(access) => Some(access.token),
+        }
+    }
+
+    /// `Ok` when auth is off or `allowed` holds for the token's grants;
+    /// else `403` saying it does not grant `what`.
+    pub fn require(
+        &self,
+        allowed: impl FnOnce(&Grants) -> bool,
+        what: impl FnOnce() -> String,
+    ) -> Result<(), ApiError> {
+        match self {
+            Caller::Open => Ok(()),
+            Caller::Token(access) if allowed(&access.grants) => Ok(()),
+            Caller::Token(_) => Err(ApiError::forbidden(format!(
+                "the token does not grant {}",
+                what()
+            ))),
+        }
+    }
+
+    /// `/admin/*` and `/metrics`.
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        self.require(|g| g.admin, || "admin access".into())
+    }
+
+    /// The request's device (PROTOCOL §1): with a token, its subject — a
+    /// `device` header or parameter naming another device is `403`; without,
+    /// the `device` header or parameter.
+    pub fn device(
+        &self,
+        headers: &HeaderMap,
+        query: &[(String, String)],
+    ) -> Result<Option<DeviceId>, ApiError> {
+        let named = device_of(headers, query)?;
+        match self {
+            Caller::Open => Ok(named),
+            Caller::Token(access) => {
+                let subject = &access.grants.subject;
+                if let Some(named) = named
+                    && &named != subject
+                {
+                    return Err(ApiError::forbidden(format!(
+                        "this token speaks for device `{subject}`, not `{named}`"
+                    )));
+                }
+                Ok(Some(subject.clone()))
+            }
+        }
+    }
+}
+
+/// The caller of a request on a route that needs one: [`Caller::Open`]
+/// when auth is off, else the token's [`Access`].
+///
+/// # Errors
+/// `401 unauthorized` for a missing, malformed or unknown token; `400` for
+/// two different tokens in one request.
+pub fn caller<S: EventStore>(
+    app: &App<S>,
+    headers: &HeaderMap,
+    query: &[(String, String)],
+) -> Result<Caller, ApiError> {
+    let auth = app.hub.auth();
+    if !auth.is_enabled() {
+        return Ok(Caller::Open);
+    }
+    let Some(token) = presented(headers, query)? else {
+        return Err(ApiError::unauthorized(
+            "a token is required: send `Authorization: Bearer <token>` or `?access_token=<token>`",
+        ));
+    };
+    match auth.authenticate(token) {
+        Some(access) => Ok(Caller::Token(access)),
+        None => Err(ApiError::unauthorized(
+            "the token is unknown or was revoked",
+        )),
+    }
+}
+
+/// The token a request presents, if any.
+fn presented<'a>(
+    headers: &'a HeaderMap,
+    query: &'a [(String, String)],
+) -> Result<Option<&'a str>, ApiError> {
+    let from_header = match headers.get(AUTHORIZATION) {
+        None => None,
+        Some(value) => {
+            let bad = || {
+                ApiError::unauthorized(
+                    "the Authorization header is not `Bearer <token>` (the only scheme accepted)",
+                )
+            };
+            let text = value.to_str().map_err(|_| bad())?.trim();
+            let (scheme, rest) = text.split_once(' ').ok_or_else(bad)?;
+            if !scheme.eq_ignore_ascii_case("bearer") {
+                return Err(ApiError::unauthorized(format!(
+                    "the Authorization scheme `{}` is not accepted: use `Bearer <token>`",
+                    escape(scheme)
+                )));
+            }
+            Some(rest.trim())
+        }
+    };
+    let from_query = query_value(query, "access_token");
+    match (from_header, from_query) {
+        (Some(h), Some(q)) if h != q => Err(ApiError::bad_request(
+            "invalid_request",
+            "the request carries two different tokens (Authorization and access_token): send one",
+        )),
+        (Some(t), _) | (None, Some(t)) => Ok(Some(t).filter(|t| !t.is_empty())),
+        (None, None) => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use hyper::header::HeaderValue;
+
+    fn headers(auth: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(a) = auth {
+            h.insert(AUTHORIZATION, HeaderValue::from_str(a).unwrap());
+        }
+        h
+    }
+
+    fn q(token: Option<&str>) -> Vec<(String, String)> {
+        token
+            .map(|t| vec![("access_token".to_string(), t.to_string())])
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn tokens_come_from_bearer_or_access_token() {
+        let h = headers(Some("Bearer abc"));
+        assert_eq!(presented(&h, &[]).unwrap(), Some("abc"));
+        let h = headers(Some("bearer   abc "));
+        assert_eq!(presented(&h, &[]).unwrap(), Some("abc"));
+        let none = headers(None);
+        let query = q(Some("xyz"));
+        assert_eq!(presented(&none, &query).unwrap(), Some("xyz"));
+        assert_eq!(presented(&none, &[]).unwrap(), None);
+        let same = q(Some("abc"));
+        let h = headers(Some("Bearer abc"));
+        assert_eq!(presented(&h, &same).unwrap(), Some("abc"));
+        assert_eq!(presented(&h, &query).unwrap_err().status, 400);
+        for bad in ["Basic dXNlcjpwYXNz", "Bearer", "Token abc"] {
+            let h = headers(Some(bad));
+            let err = presented(&h, &[]).unwrap_err();
+            assert_eq!(err.status, 401, "{bad}");
+            assert!(!err.message.contains("dXNlcjpwYXNz") && !err.message.contains("abc"));
+        }
+    }
+}

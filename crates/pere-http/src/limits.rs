@@ -1,0 +1,223 @@
+//! How many connections and streams the server holds at once, and the
+//! [`StreamSlot`] guard that a stream keeps for as long as it is open.
+//!
+//! Three limits, checked when a stream opens (`GET /feed`,
+//! `GET /receipts/:channel`), each with its own answer (PROTOCOL §8):
+//!
+//! - `max_streams` server-wide and `max_streams_per_device`: `429`, the
+//!   caller is over a connection limit and may retry later;
+//! - the file-descriptor budget (what `RLIMIT_NOFILE` leaves after a
+//!   reserve for the store, the listener and short requests): `503`, the
+//!   server as a whole is out of capacity, whoever asks.
+//!
+//! Plain requests are not counted against the stream limits; they hold a
+//! descriptor only briefly and are bounded by the idle and read timeouts.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use hyper::StatusCode;
+use pere_core::DeviceId;
+
+use crate::error::ApiError;
+
+/// Default most open streams server-wide.
+pub const DEFAULT_MAX_STREAMS: usize = 10_000;
+/// Default most open streams of one device: a phone reconnecting in a loop
+/// (or a stolen token) cannot take the whole server's share.
+pub const DEFAULT_MAX_STREAMS_PER_DEVICE: usize = 16;
+/// Descriptors kept back from streams: the listener, the store's segment
+/// files, the webhook client, logging, and room for short requests, so an
+/// operator can still call `/admin` and `/healthz` when streams fill the rest.
+pub const FD_RESERVE: usize = 128;
+
+/// Open connections and streams, against the configured limits.
+#[derive(Debug)]
+pub struct Limits {
+    max_streams: usize,
+    max_per_device: usize,
+    /// Most descriptors streams may use; `None` when unknown (no check).
+    fd_budget: Option<usize>,
+    /// Open TCP connections (each holds a descriptor).
+    connections: AtomicUsize,
+    /// Open streams, all devices (anonymous ones included).
+    streams: AtomicUsize,
+    per_device: Mutex<HashMap<DeviceId, usize>>,
+}
+
+impl Limits {
+    /// Limits with these maxima; `fd_budget` is the number of descriptors
+    /// connections may hold (see [`fd_budget`]).
+    pub fn new(max_streams: usize, max_per_device: usize, fd_budget: Option<usize>) -> Self {
+        Self {
+            max_streams,
+            max_per_device,
+            fd_budget,
+            connections: AtomicUsize::new(0),
+            streams: AtomicUsize::new(0),
+            per_device: Mutex::default(),
+        }
+    }
+
+    fn devices(&self) -> MutexGuard<'_, HashMap<DeviceId, usize>> {
+        // Counts are changed by whole increments: a panic cannot leave one
+        // half-changed, so a poisoned lock carries no information.
+        self.per_device.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Open TCP connections.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Open streams.
+    pub fn streams(&self) -> usize {
+        self.streams.load(Ordering::Relaxed)
+    }
+
+    /// Counts a new connection until the guard drops.
+    pub fn connection(self: &Arc<Self>) -> ConnectionGuard {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard(self.clone())
+    }
+
+    /// Takes a stream slot for `device`.
+    ///
+    /// # Errors
+    /// `503 over_capacity` when descriptors run short, `429 too_many_streams`
+    /// over `max_streams`, `429 too_many_device_streams` over the device's
+    /// share.
+    pub fn acquire(self: &Arc<Self>, device: Option<&DeviceId>) -> Result<StreamSlot, ApiError> {
+        if let Some(budget) = self.fd_budget
+            && self.connections() > budget
+        {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "over_capacity",
+                format!(
+                    "the server is out of file descriptors for new streams ({budget} connections); retry later"
+                ),
+            ));
+        }
+        let open = self.streams.fetch_add(1, Ordering::AcqRel);
+        if open >= self.max_streams {
+            self.streams.fetch_sub(1, Ordering::AcqRel);
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_streams",
+                format!(
+                    "the server holds its maximum of {} open streams; retry later",
+                    self.max_streams
+                ),
+            ));
+        }
+        if let Some(device) = device {
+            let mut devices = self.devices();
+            let n = devices.entry(device.clone()).or_insert(0);
+            if *n >= self.max_per_device {
+                drop(devices);
+                self.streams.fetch_sub(1, Ordering::AcqRel);
+                return Err(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_device_streams",
+                    format!(
+                        "device `{device}` already has {} open streams, the most allowed",
+                        self.max_per_device
+                    ),
+                ));
+            }
+            *n += 1;
+        }
+        Ok(StreamSlot {
+            limits: self.clone(),
+            device: device.cloned(),
+        })
+    }
+}
+
+/// The descriptors connections may hold, given the process's soft
+/// `RLIMIT_NOFILE`: the limit less [`FD_RESERVE`], or half of a small limit.
+pub fn fd_budget(nofile: u64) -> usize {
+    let nofile = usize::try_from(nofile).unwrap_or(usize::MAX);
+    if nofile > 2 * FD_RESERVE {
+        nofile - FD_RESERVE
+    } else {
+        nofile / 2
+    }
+}
+
+/// A counted connection; uncounts on drop.
+#[derive(Debug)]
+pub struct ConnectionGuard(Arc<Limits>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A stream's place under the limits, given back when the stream's body is
+/// dropped (however the stream ended).
+#[derive(Debug)]
+pub struct StreamSlot {
+    limits: Arc<Limits>,
+    device: Option<DeviceId>,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.limits.streams.fetch_sub(1, Ordering::AcqRel);
+        if let Some(device) = &self.device {
+            let mut devices = self.limits.devices();
+            if let Some(n) = devices.get_mut(device) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    devices.remove(device);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn slots_count_per_server_and_per_device_and_come_back_on_drop() {
+        let limits = Arc::new(Limits::new(3, 2, None));
+        let a = DeviceId::new("a").unwrap();
+        let s1 = limits.acquire(Some(&a)).unwrap();
+        let s2 = limits.acquire(Some(&a)).unwrap();
+        let err = limits.acquire(Some(&a)).unwrap_err();
+        assert_eq!(
+            (err.status, err.code),
+            (StatusCode::TOO_MANY_REQUESTS, "too_many_device_streams")
+        );
+        let s3 = limits.acquire(None).unwrap();
+        let err = limits.acquire(None).unwrap_err();
+        assert_eq!(err.code, "too_many_streams");
+        assert_eq!(limits.streams(), 3);
+        drop((s1, s2, s3));
+        assert_eq!(limits.streams(), 0);
+        assert!(limits.devices().is_empty());
+        let _again = limits.acquire(Some(&a)).unwrap();
+    }
+
+    #[test]
+    fn the_descriptor_budget_answers_503() {
+        let limits = Arc::new(Limits::new(100, 100, Some(1)));
+        let _c1 = limits.connection();
+        assert!(limits.acquire(None).is_ok());
+        let _c2 = limits.connection();
+        let err = limits.acquire(None).unwrap_err();
+        assert_eq!(
+            (err.status, err.code),
+            (StatusCode::SERVICE_UNAVAILABLE, "over_capacity")
+        );
+        assert_eq!(fd_budget(20_000), 20_000 - FD_RESERVE);
+        assert_eq!(fd_budget(100), 50);
+    }
+}

@@ -1,0 +1,780 @@
+//! Auth (PROTOCOL §7, issue 6) through the real `pere-server` binary with an
+//! `--auth` file: 401/403 on every endpoint family, receipts only as
+//! oneself, the admin token API, persistence across a restart, and changes
+//! applied to open streams (revocation closes, a removed grant filters).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use pere_tests::{Response, ServerProcess, SseStream, WAIT, eventually, temp_dir};
+
+const ADMIN: &str = "admin-token-00000000001";
+const PHONE: &str = "phone-token-00000000001";
+const PHONE2: &str = "phone-token-00000000002";
+const BACKEND: &str = "backend-token-000000001";
+const ALL_TOKENS: &[&str] = &[ADMIN, PHONE, PHONE2, BACKEND, NEW];
+/// Created at run time through the admin API.
+const NEW: &str = "runtime-token-000000001";
+
+fn auth_file() -> PathBuf {
+    let dir = temp_dir("auth");
+    let path = dir.join("auth.json");
+    let json = serde_json::json!({ "tokens": {
+        ADMIN: { "subject": "ops", "admin": true },
+        PHONE: { "subject": "phone-1", "subscribe": ["orders.*", "news"] },
+        PHONE2: { "subject": "phone-2", "subscribe": ["orders.*", "news"] },
+        BACKEND: { "subject": "backend", "publish": ["orders.**", "news"] },
+    }});
+    std::fs::write(&path, json.to_string()).unwrap();
+    path
+}
+
+async fn start(extra: &[&str]) -> ServerProcess {
+    let file = auth_file();
+    let mut args = vec!["--auth", file.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    ServerProcess::start(&args).await
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+async fn as_(
+    server: &ServerProcess,
+    token: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    let auth = bearer(token);
+    let mut all = vec![("Authorization", auth.as_str())];
+    all.extend_from_slice(headers);
+    server.request(method, path, &all, body).await
+}
+
+async fn publish(server: &ServerProcess, channel: &str, payload: &str) -> String {
+    let r = as_(
+        server,
+        BACKEND,
+        "POST",
+        &format!("/push/{channel}"),
+        &[],
+        payload.as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 201, "publish failed: {}", r.text());
+    r.json()["id"].as_str().unwrap().to_string()
+}
+
+async fn stream(server: &ServerProcess, token: &str, path: &str) -> SseStream {
+    let auth = bearer(token);
+    let mut s = SseStream::open(server.addr, path, &[("Authorization", &auth)]).await;
+    assert_eq!(s.status, 200, "stream {path} refused: {}", s.text());
+    let hello = s.next_event().await.expect("pere.hello");
+    assert_eq!(hello.event, "pere.hello");
+    s
+}
+
+fn assert_no_token_in(text: &str, what: &str) {
+    for t in ALL_TOKENS {
+        assert!(!text.contains(t), "{what} contains a token value: {text}");
+    }
+}
+
+/// One request of each endpoint family that needs a caller.
+fn guarded_requests() -> Vec<(&'static str, String, Vec<u8>)> {
+    vec![
+        ("POST", "/push/orders.eu".into(), b"x".to_vec()),
+        ("GET", "/feed/orders.eu".into(), vec![]),
+        ("GET", "/feed?channel=news&channel=orders.eu".into(), vec![]),
+        (
+            "POST",
+            "/feedback/orders.eu".into(),
+            br#"{"id":"1"}"#.to_vec(),
+        ),
+        ("GET", "/receipts/orders.eu/1".into(), vec![]),
+        ("GET", "/receipts/orders.eu".into(), vec![]),
+        ("GET", "/admin/connections".into(), vec![]),
+        ("GET", "/admin/channels".into(), vec![]),
+        ("GET", "/admin/events/orders.eu".into(), vec![]),
+        ("GET", "/admin/devices/orders.eu".into(), vec![]),
+        ("DELETE", "/admin/devices/orders.eu/phone-1".into(), vec![]),
+        ("GET", "/admin/tokens".into(), vec![]),
+        (
+            "PUT",
+            format!("/admin/tokens/{NEW}"),
+            br#"{"subject":"x"}"#.to_vec(),
+        ),
+        ("DELETE", format!("/admin/tokens/{PHONE}"), vec![]),
+        ("GET", "/metrics".into(), vec![]),
+    ]
+}
+
+#[tokio::test]
+async fn every_endpoint_family_answers_401_without_a_valid_token() {
+    let server = start(&[]).await;
+    for (method, path, body) in guarded_requests() {
+        for headers in [
+            vec![],
+            vec![("Authorization", "Bearer not-a-known-token-at-all")],
+            vec![("Authorization", "Basic YWRtaW46YWRtaW4=")],
+        ] {
+            let r = server.request(method, &path, &headers, &body).await;
+            r.assert_error(401, "unauthorized");
+            assert_eq!(
+                r.header("www-authenticate"),
+                Some("Bearer realm=\"pere\""),
+                "{method} {path}"
+            );
+        }
+        // An unknown token in the query string is refused the same way.
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let r = server
+            .request(
+                method,
+                &format!("{path}{sep}access_token=not-a-known-token-at-all"),
+                &[],
+                &body,
+            )
+            .await;
+        r.assert_error(401, "unauthorized");
+        assert_no_token_in(&r.text(), "a 401 body");
+    }
+    // The open routes stay open: health, the greeting, pages, preflights.
+    assert_eq!(
+        server.request("GET", "/healthz", &[], b"").await.status,
+        200
+    );
+    assert_eq!(server.request("GET", "/", &[], b"").await.status, 200);
+    assert_eq!(
+        server
+            .request("GET", "/subscriber.html", &[], b"")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        server.request("OPTIONS", "/push/x", &[], b"").await.status,
+        204
+    );
+    // Nothing was published or revoked by all that.
+    let r = as_(&server, ADMIN, "GET", "/admin/tokens", &[], b"").await;
+    assert_eq!(r.json()["tokens"].as_array().unwrap().len(), 4);
+}
+
+#[tokio::test]
+async fn tokens_reach_only_what_they_grant() {
+    let server = start(&[]).await;
+    let forbidden = |r: Response, what: &str| {
+        assert_eq!(r.status, 403, "{what}: {}", r.text());
+        r.assert_error(403, "forbidden");
+        assert_no_token_in(&r.text(), what);
+    };
+    // A phone cannot publish, nor subscribe outside its grants.
+    forbidden(
+        as_(&server, PHONE, "POST", "/push/orders.eu", &[], b"x").await,
+        "phone publishes",
+    );
+    forbidden(
+        as_(&server, PHONE, "GET", "/feed/orders.eu.paris", &[], b"").await,
+        "phone subscribes beyond orders.*",
+    );
+    forbidden(
+        as_(&server, PHONE, "GET", "/feed/orders.**", &[], b"").await,
+        "phone subscribes to a wider pattern",
+    );
+    // One channel not granted refuses the whole stream.
+    forbidden(
+        as_(
+            &server,
+            PHONE,
+            "GET",
+            "/feed?channel=news&channel=secret",
+            &[],
+            b"",
+        )
+        .await,
+        "phone asks for news and secret",
+    );
+    // The backend publishes but does not subscribe.
+    forbidden(
+        as_(&server, BACKEND, "GET", "/feed/news", &[], b"").await,
+        "backend subscribes",
+    );
+    forbidden(
+        as_(&server, BACKEND, "POST", "/push/other", &[], b"x").await,
+        "backend publishes outside its grants",
+    );
+    // Receipts belong to publishers and operators, not to devices.
+    let id = publish(&server, "orders.eu", "one").await;
+    forbidden(
+        as_(
+            &server,
+            PHONE,
+            "GET",
+            &format!("/receipts/orders.eu/{id}"),
+            &[],
+            b"",
+        )
+        .await,
+        "phone reads receipts",
+    );
+    forbidden(
+        as_(&server, PHONE, "GET", "/receipts/orders.eu", &[], b"").await,
+        "phone streams receipts",
+    );
+    let r = as_(
+        &server,
+        BACKEND,
+        "GET",
+        &format!("/receipts/orders.eu/{id}"),
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Admin routes need an admin token.
+    for path in ["/admin/connections", "/admin/tokens", "/metrics"] {
+        forbidden(as_(&server, PHONE, "GET", path, &[], b"").await, path);
+        forbidden(as_(&server, BACKEND, "GET", path, &[], b"").await, path);
+        let r = as_(&server, ADMIN, "GET", path, &[], b"").await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+    }
+    // What is granted works, with the token in the header or the query.
+    let mut s = stream(&server, PHONE, "/feed/orders.eu").await;
+    let r = SseStream::open(
+        server.addr,
+        &format!("/feed/news?access_token={PHONE2}"),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    publish(&server, "orders.eu", "two").await;
+    assert_eq!(s.messages(1).await[0].data, "two");
+    assert_no_token_in(&server.log(), "the server log");
+}
+
+#[tokio::test]
+async fn a_device_acknowledges_and_subscribes_only_as_itself() {
+    let server = start(&[]).await;
+    let mut s = stream(&server, PHONE, "/feed/orders.eu").await;
+    let id = publish(&server, "orders.eu", "ack me").await;
+    let e = s.messages(1).await.remove(0);
+    assert_eq!(e.id, id);
+    let body = format!(r#"{{"id":"{id}"}}"#);
+    let json = ("Content-Type", "application/json");
+    // Another device's name, as header or parameter: 403.
+    let r = as_(
+        &server,
+        PHONE,
+        "POST",
+        "/feedback/orders.eu",
+        &[("device", "phone-2"), json],
+        body.as_bytes(),
+    )
+    .await;
+    r.assert_error(403, "forbidden");
+    let r = as_(
+        &server,
+        PHONE,
+        "POST",
+        "/feedback/orders.eu?device=phone-2",
+        &[json],
+        body.as_bytes(),
+    )
+    .await;
+    r.assert_error(403, "forbidden");
+    // Nobody acked for phone-2 through all that.
+    let summary = as_(
+        &server,
+        BACKEND,
+        "GET",
+        &format!("/receipts/orders.eu/{id}"),
+        &[],
+        b"",
+    )
+    .await
+    .json();
+    assert_eq!(summary["acked"], 0, "{summary}");
+    // A stream opened under another device's name: 403 as well.
+    let r = as_(
+        &server,
+        PHONE,
+        "GET",
+        "/feed/orders.eu",
+        &[("device", "phone-2")],
+        b"",
+    )
+    .await;
+    r.assert_error(403, "forbidden");
+    // As itself (named or not) the receipt is recorded under the subject.
+    let r = as_(
+        &server,
+        PHONE,
+        "POST",
+        "/feedback/orders.eu",
+        &[json],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["device"], "phone-1");
+    let r = as_(
+        &server,
+        PHONE,
+        "POST",
+        "/feedback/orders.eu",
+        &[("device", "phone-1"), json],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // A receipt needs the subscribe grant of its channel.
+    let r = as_(
+        &server,
+        PHONE,
+        "POST",
+        "/feedback/secret",
+        &[json],
+        body.as_bytes(),
+    )
+    .await;
+    r.assert_error(403, "forbidden");
+}
+
+#[tokio::test]
+async fn the_admin_api_manages_tokens_and_never_shows_their_values() {
+    let server = start(&[]).await;
+    let list = as_(&server, ADMIN, "GET", "/admin/tokens", &[], b"").await;
+    assert_eq!(list.status, 200);
+    assert_no_token_in(&list.text(), "GET /admin/tokens");
+    let tokens = list.json()["tokens"].as_array().unwrap().clone();
+    assert_eq!(tokens.len(), 4);
+    assert!(
+        tokens
+            .iter()
+            .all(|t| t["token"].as_str().unwrap().starts_with("sha256:") && t["origin"] == "file"),
+        "{tokens:?}"
+    );
+    // Create.
+    let grants = br#"{"subject":"kiosk-9","subscribe":["news"],"publish":[],"admin":false}"#;
+    let path = format!("/admin/tokens/{NEW}");
+    let r = as_(&server, ADMIN, "PUT", &path, &[], grants).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["created"], true);
+    assert_eq!(r.json()["subject"], "kiosk-9");
+    assert_no_token_in(&r.text(), "PUT answer");
+    let mut s = stream(&server, NEW, "/feed/news").await;
+    publish(&server, "news", "hello kiosk").await;
+    assert_eq!(s.messages(1).await[0].data, "hello kiosk");
+    // Change: 200, and it applies (orders.eu is now granted).
+    let wider = br#"{"subject":"kiosk-9","subscribe":["news","orders.*"]}"#;
+    let r = as_(&server, ADMIN, "PUT", &path, &[], wider).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["created"], false);
+    assert_eq!(stream_status(&server, NEW, "/feed/orders.eu").await, 200);
+    let list = as_(&server, ADMIN, "GET", "/admin/tokens", &[], b"").await;
+    let runtime: Vec<_> = list.json()["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["origin"] == "runtime")
+        .cloned()
+        .collect();
+    assert_eq!(runtime.len(), 1, "{}", list.text());
+    assert_eq!(runtime[0]["subject"], "kiosk-9");
+    // Revoke: 200, then 401 for the token and 404 for a second revoke.
+    let r = as_(&server, ADMIN, "DELETE", &path, &[], b"").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_no_token_in(&r.text(), "DELETE answer");
+    as_(&server, NEW, "GET", "/feed/news", &[], b"")
+        .await
+        .assert_error(401, "unauthorized");
+    as_(&server, ADMIN, "DELETE", &path, &[], b"")
+        .await
+        .assert_error(404, "unknown_token");
+    // Bad input is 400, and the answer does not repeat the token.
+    let r = as_(
+        &server,
+        ADMIN,
+        "PUT",
+        "/admin/tokens/short-secret",
+        &[],
+        grants,
+    )
+    .await;
+    r.assert_error(400, "invalid_token");
+    assert!(!r.text().contains("short-secret"), "{}", r.text());
+    for bad in [
+        &b"not json"[..],
+        br#"{"subject":"a b"}"#,
+        br#"{"subject":"k","subscribe":["a b"]}"#,
+        br#"{"subject":"k","extra":1}"#,
+        b"\xff\xfe",
+    ] {
+        let r = as_(&server, ADMIN, "PUT", &path, &[], bad).await;
+        r.assert_error(400, "invalid_body");
+        assert_no_token_in(&r.text(), "a 400 body");
+    }
+    let log = server.stop();
+    assert!(log.contains("token"), "token changes are logged: {log}");
+    assert_no_token_in(&log, "the server log");
+}
+
+#[tokio::test]
+async fn run_time_tokens_survive_a_restart_with_the_file_store() {
+    let dir = temp_dir("auth-store");
+    let data = dir.join("data");
+    let data = data.to_str().unwrap();
+    let server = start(&["--data-dir", data, "--fsync", "never"]).await;
+    let grants = br#"{"subject":"kiosk-9","subscribe":["news"]}"#;
+    let r = as_(
+        &server,
+        ADMIN,
+        "PUT",
+        &format!("/admin/tokens/{NEW}"),
+        &[],
+        grants,
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    // Revoking a token of the file sticks, although the file still has it.
+    let r = as_(
+        &server,
+        ADMIN,
+        "DELETE",
+        &format!("/admin/tokens/{PHONE2}"),
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    server.stop();
+
+    let server = start(&["--data-dir", data]).await;
+    assert_eq!(stream_status(&server, NEW, "/feed/news").await, 200);
+    as_(&server, PHONE2, "GET", "/feed/news", &[], b"")
+        .await
+        .assert_error(401, "unauthorized");
+    assert_eq!(stream_status(&server, PHONE, "/feed/news").await, 200);
+    server.stop();
+
+    // Without --auth, a store that holds run-time tokens stays secured.
+    let server = ServerProcess::start(&["--data-dir", data]).await;
+    server
+        .request("GET", "/feed/news", &[], b"")
+        .await
+        .assert_error(401, "unauthorized");
+    assert_eq!(stream_status(&server, NEW, "/feed/news").await, 200);
+    let log = server.stop();
+    assert_no_token_in(&log, "the server log");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn revoking_a_token_closes_its_streams_within_a_second() {
+    let server = start(&[]).await;
+    let mut phone = stream(&server, PHONE, "/feed?channel=orders.eu&channel=news").await;
+    let mut receipts = stream_raw(&server, BACKEND, "/receipts/orders.eu").await;
+    let mut other = stream(&server, PHONE2, "/feed/orders.eu").await;
+    let started = Instant::now();
+    let r = as_(
+        &server,
+        ADMIN,
+        "DELETE",
+        &format!("/admin/tokens/{PHONE}"),
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = as_(
+        &server,
+        ADMIN,
+        "DELETE",
+        &format!("/admin/tokens/{BACKEND}"),
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let rest = tokio::time::timeout(Duration::from_secs(1), phone.until_end())
+        .await
+        .expect("the revoked token's stream closes within a second");
+    assert!(
+        rest.iter().all(|e| e.event.starts_with("pere.")),
+        "{rest:?}"
+    );
+    tokio::time::timeout(
+        Duration::from_secs(1).saturating_sub(started.elapsed()) + Duration::from_secs(1),
+        receipts.until_end(),
+    )
+    .await
+    .expect("a receipts stream of a revoked token closes too");
+    // The other token's stream is untouched.
+    let grants = br#"{"subject":"pub-2","publish":["orders.eu"]}"#;
+    let r = as_(
+        &server,
+        ADMIN,
+        "PUT",
+        &format!("/admin/tokens/{NEW}"),
+        &[],
+        grants,
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = as_(&server, NEW, "POST", "/push/orders.eu", &[], b"still here").await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(other.messages(1).await[0].data, "still here");
+    eventually(
+        "the closed stream is gone from /admin/connections",
+        || async {
+            let c = as_(&server, ADMIN, "GET", "/admin/connections", &[], b"").await;
+            c.json()["total number"] == 1
+        },
+    )
+    .await;
+}
+
+/// The status of `GET path` as a stream (an open stream is not read).
+async fn stream_status(server: &ServerProcess, token: &str, path: &str) -> u16 {
+    stream_raw_any(server, token, path).await.status
+}
+
+async fn stream_raw_any(server: &ServerProcess, token: &str, path: &str) -> SseStream {
+    let auth = bearer(token);
+    SseStream::open(server.addr, path, &[("Authorization", &auth)]).await
+}
+
+async fn stream_raw(server: &ServerProcess, token: &str, path: &str) -> SseStream {
+    let auth = bearer(token);
+    let s = SseStream::open(server.addr, path, &[("Authorization", &auth)]).await;
+    assert_eq!(s.status, 200, "stream {path} refused: {}", s.text());
+    s
+}
+
+#[tokio::test]
+async fn removing_a_grant_stops_that_channel_and_keeps_the_stream() {
+    let server = start(&[]).await;
+    let mut s = stream(&server, PHONE, "/feed?channel=orders.eu&channel=news").await;
+    publish(&server, "orders.eu", "before").await;
+    assert_eq!(s.messages(1).await[0].data, "before");
+    let narrower = br#"{"subject":"phone-1","subscribe":["news"]}"#;
+    let r = as_(
+        &server,
+        ADMIN,
+        "PUT",
+        &format!("/admin/tokens/{PHONE}"),
+        &[],
+        narrower,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    publish(&server, "orders.eu", "filtered").await;
+    publish(&server, "news", "delivered").await;
+    let next = s.messages(1).await.remove(0);
+    assert_eq!(
+        next.data, "delivered",
+        "the channel whose grant went is skipped; the other continues"
+    );
+    // Giving the grant back lets that channel through again.
+    let wider = br#"{"subject":"phone-1","subscribe":["news","orders.*"]}"#;
+    let r = as_(
+        &server,
+        ADMIN,
+        "PUT",
+        &format!("/admin/tokens/{PHONE}"),
+        &[],
+        wider,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    publish(&server, "orders.eu", "again").await;
+    assert_eq!(s.messages(1).await[0].data, "again");
+    // Removing every grant the stream uses closes it.
+    let none = br#"{"subject":"phone-1","subscribe":["elsewhere"]}"#;
+    as_(
+        &server,
+        ADMIN,
+        "PUT",
+        &format!("/admin/tokens/{PHONE}"),
+        &[],
+        none,
+    )
+    .await;
+    tokio::time::timeout(WAIT, s.until_end())
+        .await
+        .expect("a stream with nothing left closes");
+}
+
+#[tokio::test]
+async fn the_first_run_time_admin_token_turns_auth_on() {
+    let server = ServerProcess::start(&[]).await;
+    let path = format!("/admin/tokens/{NEW}");
+    // A device token first would lock everyone out of /admin: refused.
+    let r = server
+        .request("PUT", &path, &[], br#"{"subject":"kiosk"}"#)
+        .await;
+    r.assert_error(409, "auth_disabled");
+    let open = SseStream::open(server.addr, "/feed/news", &[]).await;
+    assert_eq!(open.status, 200, "{}", open.text());
+    let r = server
+        .request("PUT", &path, &[], br#"{"subject":"ops","admin":true}"#)
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    server
+        .request("GET", "/admin/tokens", &[], b"")
+        .await
+        .assert_error(401, "unauthorized");
+    assert_eq!(
+        as_(&server, NEW, "GET", "/admin/tokens", &[], b"")
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn pere_pub_and_pere_sub_send_their_token() {
+    let server = start(&[]).await;
+    let addr = server.addr.to_string();
+    let sub = tokio::process::Command::new(pere_tests::bin("pere-sub"))
+        .args([
+            &addr,
+            "orders.eu",
+            "--json",
+            "--count",
+            "1",
+            "--timeout",
+            "10s",
+        ])
+        .env("PERE_TOKEN", PHONE)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually("pere-sub is connected", || async {
+        let c = as_(&server, ADMIN, "GET", "/admin/connections", &[], b"").await;
+        c.json()["total number"] == 1
+    })
+    .await;
+    let out = tokio::process::Command::new(pere_tests::bin("pere-pub"))
+        .args([
+            &addr,
+            "orders.eu",
+            "--data",
+            "from the cli",
+            "--token",
+            BACKEND,
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let sub = tokio::time::timeout(WAIT, sub.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&sub.stdout);
+    assert!(
+        sub.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&sub.stderr)
+    );
+    assert!(stdout.contains("from the cli"), "{stdout}");
+    // pere-sub acknowledged as the token's subject.
+    eventually("phone-1 acked through pere-sub", || async {
+        let r = as_(
+            &server,
+            BACKEND,
+            "GET",
+            &format!("/receipts/orders.eu/{id}"),
+            &[],
+            b"",
+        )
+        .await;
+        r.json()["devices"]["phone-1"]["state"] == "acked"
+    })
+    .await;
+    // Without a token the tools fail clearly.
+    let out = tokio::process::Command::new(pere_tests::bin("pere-pub"))
+        .args([&addr, "orders.eu", "--data", "x"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn preflights_allow_the_authorization_header_for_the_listed_origins() {
+    let server = start(&["--cors-origin", "https://app.example"]).await;
+    for path in ["/push/orders.eu", "/feedback/orders.eu", "/feed/news"] {
+        let r = server
+            .request(
+                "OPTIONS",
+                path,
+                &[
+                    ("Origin", "https://app.example"),
+                    ("Access-Control-Request-Method", "POST"),
+                    (
+                        "Access-Control-Request-Headers",
+                        "authorization, content-type",
+                    ),
+                ],
+                b"",
+            )
+            .await;
+        assert_eq!(r.status, 204, "{path}: {}", r.text());
+        assert_eq!(
+            r.header("access-control-allow-origin"),
+            Some("https://app.example")
+        );
+        let allowed = r
+            .header("access-control-allow-headers")
+            .unwrap()
+            .to_ascii_lowercase();
+        assert!(allowed.contains("authorization"), "{allowed}");
+        assert!(allowed.contains("content-type"), "{allowed}");
+        assert!(
+            r.header("access-control-allow-methods")
+                .unwrap()
+                .contains("POST")
+        );
+        // Another origin gets no CORS grant.
+        let r = server
+            .request("OPTIONS", path, &[("Origin", "https://evil.example")], b"")
+            .await;
+        assert_eq!(r.header("access-control-allow-origin"), None);
+    }
+    // An actual cross-origin error still carries the CORS headers, so the
+    // page can read the 401.
+    let r = server
+        .request(
+            "POST",
+            "/push/orders.eu",
+            &[("Origin", "https://app.example")],
+            b"x",
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+}
