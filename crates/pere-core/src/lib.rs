@@ -61,6 +61,8 @@
 mod config;
 mod error;
 mod event;
+#[doc(hidden)]
+pub mod fuzzing;
 mod hub;
 pub mod ledger;
 pub mod log;

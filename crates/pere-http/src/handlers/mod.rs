@@ -6,7 +6,7 @@
 
 mod admin;
 mod feed;
-mod feedback;
+pub(crate) mod feedback;
 mod push;
 mod receipts;
 mod static_files;
