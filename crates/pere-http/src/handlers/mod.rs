@@ -5,7 +5,7 @@
 //! error into PROTOCOL §8's JSON and adds CORS headers to every answer.
 
 mod admin;
-mod feed;
+pub(crate) mod feed;
 pub(crate) mod feedback;
 mod push;
 mod receipts;
