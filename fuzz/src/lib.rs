@@ -833,6 +833,15 @@ pub fn record_codec(data: &[u8]) {
     }
 }
 
+/// Frames and decodes `data` as the store would, and decodes it as a bare
+/// body too, ignoring the outcome: for measuring what decoding allocates.
+pub fn decode_any(data: &[u8]) {
+    if let Ok((_, body)) = frame(data) {
+        let _ = decode_record(body);
+    }
+    let _ = decode_record(data);
+}
+
 /// What [`frame`] must answer for bytes that are not a whole, intact
 /// record, by the format's definition.
 fn expected_frame_error(bytes: &[u8]) -> DecodeError {
