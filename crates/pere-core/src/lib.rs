@@ -65,6 +65,8 @@ pub mod auth;
 mod config;
 mod error;
 mod event;
+#[doc(hidden)]
+pub mod fuzzing;
 mod hub;
 pub mod ledger;
 pub mod log;

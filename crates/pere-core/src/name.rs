@@ -67,6 +67,12 @@ fn describe_char(c: char) -> String {
         ' ' => "a space".into(),
         '\0' => "a NUL byte".into(),
         c if c.is_control() => format!("control character U+{:04X}", c as u32),
+        // Invisible or reordering characters (line separators, bidi
+        // overrides, combining marks) are named, never shown raw: an error
+        // ends up in logs, which must read as they are.
+        c if !matches!(c, '\'' | '"' | '\\') && c.escape_debug().nth(1).is_some() => {
+            format!("character U+{:04X}", c as u32)
+        }
         c => format!("`{c}`"),
     }
 }
@@ -470,6 +476,24 @@ mod tests {
 
     fn pat(s: &str) -> Pattern {
         Pattern::new(s).expect("valid pattern in test")
+    }
+
+    #[test]
+    fn invisible_characters_are_named_not_shown_in_errors() {
+        // Found by the `names` fuzz target: a bidi override reached the
+        // error message raw and could reorder a log line.
+        for (name, shown) in [
+            ("a\u{202e}b", "character U+202E"),
+            ("a\u{2028}b", "character U+2028"),
+            ("a\u{301}", "character U+0301"),
+            ("a\u{7f}", "control character U+007F"),
+        ] {
+            let message = ChannelName::new(name).unwrap_err().to_string();
+            assert!(message.contains(shown), "{message}");
+            assert!(!message.chars().any(|c| c == name.chars().nth(1).unwrap()));
+        }
+        let message = ChannelName::new("é").unwrap_err().to_string();
+        assert!(message.contains("`é` at byte 0"), "{message}");
     }
 
     #[test]

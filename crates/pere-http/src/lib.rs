@@ -14,6 +14,8 @@
 pub mod body;
 pub mod client;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod handlers;
 pub mod limits;
 pub mod metrics;

@@ -39,6 +39,17 @@ const KIND_NOTICE: u8 = 8;
 /// Added after the first release: logs written before it simply have none.
 const KIND_TOKEN: u8 = 9;
 
+// The flag bits each kind defines. Any other bit set, like a field its flag
+// says is absent yet holding a value, is rejected, not ignored: such bytes
+// passed the checksum, so they come from a bug or from a writer of another
+// version, whose meaning this one cannot know. Reading them as the nearest
+// record would misread them; recovery sets a malformed record aside instead.
+// So a record that decodes re-encodes to exactly the bytes on disk.
+/// Event flags: has a type (1), a device (2), an idempotency key (4).
+const EVENT_FLAGS: u8 = 0b111;
+/// Presence flags: online (1), has a last event id (2).
+const PRESENCE_FLAGS: u8 = 0b11;
+
 /// A record as stored: the hub's records plus the store's own bookkeeping.
 #[derive(Clone, Debug)]
 pub enum Stored {
@@ -321,6 +332,9 @@ pub fn decode(body: &[u8]) -> Result<(u64, Stored), DecodeError> {
             let id = EventId(r.u64()?);
             let time = Timestamp(r.i64()?);
             let flags = r.u8()?;
+            if flags & !EVENT_FLAGS != 0 {
+                return Err(DecodeError::Malformed("unknown event flags"));
+            }
             let channel = r.channel()?;
             let kind = if flags & 1 != 0 {
                 Some(
@@ -384,7 +398,13 @@ pub fn decode(body: &[u8]) -> Result<(u64, Stored), DecodeError> {
         KIND_PRESENCE => {
             let at = Timestamp(r.i64()?);
             let flags = r.u8()?;
+            if flags & !PRESENCE_FLAGS != 0 {
+                return Err(DecodeError::Malformed("unknown presence flags"));
+            }
             let last = EventId(r.u64()?);
+            if flags & 2 == 0 && last != EventId::ZERO {
+                return Err(DecodeError::Malformed("a last event id without its flag"));
+            }
             Stored::Hub(Record::Presence {
                 at,
                 online: flags & 1 != 0,
@@ -603,6 +623,61 @@ mod tests {
         assert_eq!(frame(&zeros), Err(DecodeError::BadLength(0)));
         zeros[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(frame(&zeros), Err(DecodeError::BadLength(_))));
+    }
+
+    /// `body` (lsn, kind, fields) framed with a valid checksum, as a writer
+    /// of another version or a bug would leave it.
+    fn decode_body(body: &[u8]) -> Result<(u64, Stored), DecodeError> {
+        let mut buf = Vec::new();
+        buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&crc32c::crc32c(body).to_le_bytes());
+        buf.extend_from_slice(body);
+        let (_, body) = frame(&buf)?;
+        decode(body)
+    }
+
+    /// Found by the `record_codec` fuzz target: a presence record with flags
+    /// 0xFF decoded (as online, with a last event id), and re-encoded with
+    /// flags 3: two different byte strings read as the same record.
+    #[test]
+    fn flag_bits_the_format_does_not_define_are_rejected() {
+        let presence = |flags: u8, last: u64| {
+            let mut body = 6u64.to_le_bytes().to_vec();
+            body.push(KIND_PRESENCE);
+            body.extend_from_slice(&8i64.to_le_bytes());
+            body.push(flags);
+            body.extend_from_slice(&last.to_le_bytes());
+            body.extend_from_slice(b"\x08orders.*\x01d");
+            body
+        };
+        for flags in 0..=3 {
+            let last = if flags & 2 == 0 { 0 } else { 2 };
+            let body = presence(flags, last);
+            let (_, record) = decode_body(&body).unwrap();
+            let mut again = Vec::new();
+            encode(&mut again, 6, &record);
+            assert_eq!(&again[FRAME_HEADER..], &body[..], "flags {flags}");
+        }
+        for flags in [4, 0x80, 0xFF] {
+            assert_eq!(
+                decode_body(&presence(flags, 2)).unwrap_err(),
+                DecodeError::Malformed("unknown presence flags")
+            );
+        }
+        assert_eq!(
+            decode_body(&presence(1, 2)).unwrap_err(),
+            DecodeError::Malformed("a last event id without its flag")
+        );
+
+        let mut buf = Vec::new();
+        encode(&mut buf, 1, &samples()[0]);
+        // lsn 8, kind 1, id 8, time 8: the event's flags follow.
+        buf[FRAME_HEADER + 25] = 0b1000;
+        let body = &buf[FRAME_HEADER..];
+        assert_eq!(
+            decode_body(body).unwrap_err(),
+            DecodeError::Malformed("unknown event flags")
+        );
     }
 
     proptest! {

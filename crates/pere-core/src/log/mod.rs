@@ -14,7 +14,7 @@
 //!   and both report what they dropped so the hub forgets the receipts too.
 //!   Events of a channel are always dropped oldest first.
 
-mod codec;
+pub(crate) mod codec;
 mod file;
 mod memory;
 

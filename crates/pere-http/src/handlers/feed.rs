@@ -91,7 +91,10 @@ pub fn sse_headers(h: &mut hyper::HeaderMap) {
 /// The resume point, first match wins (PROTOCOL §3): `Last-Event-ID`
 /// header, `lastEventId` query parameter, `replay=all`, else the device's
 /// cursor (or now).
-fn resume_point(header_id: Option<&str>, query: &[(String, String)]) -> Result<Resume, ApiError> {
+pub fn resume_point(
+    header_id: Option<&str>,
+    query: &[(String, String)],
+) -> Result<Resume, ApiError> {
     let parse = |raw: &str, name: &str| {
         EventId::parse(raw).map(Resume::After).map_err(|_| {
             ApiError::bad_request(

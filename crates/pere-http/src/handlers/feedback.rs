@@ -70,23 +70,11 @@ pub async fn feedback<S: EventStore>(
     let is_json = header_str(req.headers(), CONTENT_TYPE.as_str())
         .ok()
         .flatten()
-        .is_some_and(|t| t.to_ascii_lowercase().contains("json"));
+        .is_some_and(is_json_type);
     let body = read_body(req, MAX_FEEDBACK_BODY, app.config.body_read_timeout).await?;
-    let text = std::str::from_utf8(&body).map_err(|e| {
-        ApiError::bad_request(
-            "invalid_utf8",
-            format!(
-                "the receipt body is not UTF-8 text (invalid byte at offset {})",
-                e.valid_up_to()
-            ),
-        )
-    })?;
-    match parse_body(text, is_json)? {
-        Parsed::One(mut raw) => {
-            // First match wins: JSON `id`, `Last-Event-ID`, `last_event_id`
-            // header, `last_event_id` form field.
-            raw.id = raw.id.or(header_id).or(raw.form_id.take());
-            let (id, status) = validate(&raw)?;
+    match parse_body(body_text(&body)?, is_json)? {
+        Parsed::One(raw) => {
+            let (id, status) = validate(&with_header_id(raw, header_id))?;
             let acked = app.hub.ack(&subscription, &device, id, &status).await?;
             Ok(json(StatusCode::OK, acked_json(&acked)))
         }
@@ -126,6 +114,54 @@ pub async fn feedback<S: EventStore>(
                 .collect();
             Ok(json(StatusCode::OK, Value::Array(out)))
         }
+    }
+}
+
+/// Whether a `Content-Type` says JSON.
+fn is_json_type(content_type: &str) -> bool {
+    content_type.to_ascii_lowercase().contains("json")
+}
+
+/// The body as text; `400 invalid_utf8` if it is not UTF-8.
+fn body_text(body: &[u8]) -> Result<&str, ApiError> {
+    std::str::from_utf8(body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_utf8",
+            format!(
+                "the receipt body is not UTF-8 text (invalid byte at offset {})",
+                e.valid_up_to()
+            ),
+        )
+    })
+}
+
+/// A single receipt's id, first match wins: JSON `id`, `Last-Event-ID`,
+/// `last_event_id` header, `last_event_id` form field (PROTOCOL §4).
+fn with_header_id(mut raw: RawReceipt, header_id: Option<String>) -> RawReceipt {
+    raw.id = raw.id.or(header_id).or(raw.form_id.take());
+    raw
+}
+
+/// What the handler makes of a receipt request before the hub sees it: each
+/// receipt validated (one for a single receipt, one per item for a batch);
+/// the handler's own steps, for the fuzzer.
+#[doc(hidden)]
+#[allow(clippy::type_complexity)]
+pub fn read_receipts(
+    body: &[u8],
+    content_type: Option<&str>,
+    header_id: Option<&str>,
+) -> Result<(bool, Vec<Result<(EventId, String), ApiError>>), ApiError> {
+    let header_id = header_id.filter(|v| !v.is_empty()).map(str::to_string);
+    match parse_body(body_text(body)?, content_type.is_some_and(is_json_type))? {
+        Parsed::One(raw) => Ok((false, vec![validate(&with_header_id(raw, header_id))])),
+        Parsed::Batch(items) => Ok((
+            true,
+            items
+                .into_iter()
+                .map(|item| item.map_err(|(_, e)| e).and_then(|raw| validate(&raw)))
+                .collect(),
+        )),
     }
 }
 

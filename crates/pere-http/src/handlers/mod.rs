@@ -6,8 +6,8 @@
 
 mod admin;
 pub mod auth;
-mod feed;
-mod feedback;
+pub(crate) mod feed;
+pub(crate) mod feedback;
 mod push;
 mod receipts;
 mod static_files;

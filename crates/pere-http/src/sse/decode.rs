@@ -24,7 +24,9 @@
 //!
 //! - a line longer than the limit is discarded as it arrives (its bytes are
 //!   never buffered) and reported once as [`Item::Error`] with
-//!   [`DecodeError::LineTooLong`];
+//!   [`DecodeError::LineTooLong`]; so is a line that fits in stream bytes but
+//!   not once decoded (each invalid byte becomes a 3-byte U+FFFD), so no
+//!   comment, id or event type handed out is longer than the limit;
 //! - an event whose data would pass the limit is reported as
 //!   [`DecodeError::DataTooLong`].
 //!
@@ -377,10 +379,19 @@ impl Decoder {
             self.dispatch(out);
             return;
         }
-        match line.iter().position(|&b| b == b':') {
+        // The line is decoded once, whole. Invalid UTF-8 becomes U+FFFD,
+        // three bytes for as little as one, so a line within the limit in
+        // stream bytes may pass it decoded: the limit holds for the text too,
+        // or a comment, id or event type could be three times the limit.
+        let line = utf8(line);
+        if line.len() > self.max_line {
+            self.line_too_long(line.bytes().next(), out);
+            return;
+        }
+        match line.find(':') {
             // "If the line starts with a U+003A COLON character (:): Ignore the
             // line." We report it, for keepalive detection.
-            Some(0) => out.push(Item::Comment(utf8(&line[1..]).into_owned())),
+            Some(0) => out.push(Item::Comment(line[1..].to_owned())),
             // "If the line contains a U+003A COLON character (:): Collect the
             // characters on the line before the first U+003A COLON character
             // (:), and let field be that string. Collect the characters on the
@@ -391,14 +402,14 @@ impl Decoder {
             // value."
             Some(colon) => {
                 let value = &line[colon + 1..];
-                let value = value.strip_prefix(b" ").unwrap_or(value);
+                let value = value.strip_prefix(' ').unwrap_or(value);
                 self.process_field(&line[..colon], value, out);
             }
             // "Otherwise, the string is not empty but does not contain a U+003A
             // COLON character (:): Process the field using the steps described
             // below, using the whole line as the field name, and the empty
             // string as the field value."
-            None => self.process_field(line, b"", out),
+            None => self.process_field(&line, "", out),
         }
     }
 
@@ -406,24 +417,23 @@ impl Decoder {
     /// depend on the field name, as given in the following list. Field names
     /// must be compared literally, with no case folding performed."
     ///
-    /// Names are compared as bytes: a name with invalid UTF-8 would decode to
-    /// U+FFFD and match none of them either.
-    fn process_field(&mut self, name: &[u8], value: &[u8], out: &mut Vec<Item>) {
+    /// The line was decoded already: invalid UTF-8 in a name became U+FFFD,
+    /// which matches none of them.
+    fn process_field(&mut self, name: &str, value: &str, out: &mut Vec<Item>) {
         match name {
             // "If the field name is "event": Set the event type buffer to field
             // value."
-            b"event" => {
+            "event" => {
                 self.event_type.clear();
-                self.event_type.push_str(&utf8(value));
+                self.event_type.push_str(value);
             }
             // "If the field name is "data": Append the field value to the data
             // buffer, then append a single U+000A LINE FEED (LF) character to
             // the data buffer."
-            b"data" => {
+            "data" => {
                 if self.poisoned {
                     return;
                 }
-                let value = utf8(value);
                 // The data as dispatched is the buffer without its last LF.
                 if self.data.len() + value.len() > self.max_line {
                     self.poison();
@@ -432,15 +442,15 @@ impl Decoder {
                     }));
                     return;
                 }
-                self.data.push_str(&value);
+                self.data.push_str(value);
                 self.data.push('\n');
             }
             // "If the field name is "id": If the field value does not contain
             // U+0000 NULL, then set the last event ID buffer to the field
             // value. Otherwise, ignore the field."
-            b"id" if !value.contains(&0) => {
+            "id" if !value.contains('\0') => {
                 self.id_buffer.clear();
-                self.id_buffer.push_str(&utf8(value));
+                self.id_buffer.push_str(value);
             }
             // "If the field name is "retry": If the field value consists of
             // only ASCII digits, then interpret the field value as an integer
@@ -448,8 +458,8 @@ impl Decoder {
             // integer. Otherwise, ignore the field."
             //
             // An empty value, or one too large for a u64, is ignored too.
-            b"retry" => {
-                if let Some(millis) = parse_digits(value) {
+            "retry" => {
+                if let Some(millis) = parse_digits(value.as_bytes()) {
                     self.retry = Some(millis);
                     out.push(Item::Retry(millis));
                 }
@@ -946,6 +956,32 @@ mod tests {
                 msg("a\nb")
             ]
         );
+    }
+
+    /// Found by the `sse_decoder` fuzz target: `: b\x9e\x9e\x9e` is 6 stream
+    /// bytes but 11 decoded, and came out as a comment over the limit.
+    #[test]
+    fn line_over_the_limit_once_decoded_is_discarded() {
+        let limit = Item::Error(DecodeError::LineTooLong { limit: 8 });
+        for (stream, expected) in [
+            (
+                &b": b\x9e\x9e\x9e\ndata: a\n\n"[..],
+                vec![limit.clone(), msg("a")],
+            ),
+            (b"id: \x9e\x9e\x9e\ndata: a\n\n", vec![limit.clone()]),
+            (b"event:\xff\xff\ndata: a\n\n", vec![limit.clone()]),
+            // Two invalid bytes decode to 6 bytes: "id:" + 6 is 9, over 8.
+            (b"id:a\xff\xff\ndata: a\n\n", vec![limit.clone()]),
+            // One decodes to "id:a\u{FFFD}", 7 bytes: within the limit.
+            (
+                b"id:a\xff\ndata: a\n\n",
+                vec![ev("a\u{FFFD}", "message", "a")],
+            ),
+        ] {
+            assert_eq!(decode_with(Decoder::with_max_line(8), &[stream]), expected);
+            let bytewise: Vec<&[u8]> = stream.chunks(1).collect();
+            assert_eq!(decode_with(Decoder::with_max_line(8), &bytewise), expected);
+        }
     }
 
     #[test]
