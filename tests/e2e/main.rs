@@ -9,6 +9,7 @@ mod durability;
 mod errors;
 mod feed;
 mod feedback;
+mod load;
 mod overdue;
 mod pere_compat;
 mod publish;

@@ -6,6 +6,7 @@
 //! line.
 
 mod config;
+mod load;
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -22,6 +23,9 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(code) => return code,
     };
+    if load::wanted(&args) {
+        return load::main(args);
+    }
     let config = match Config::resolve(args, std::io::stdin().is_terminal()) {
         Ok(c) => c,
         Err(err) => {

@@ -7,6 +7,7 @@
 //! it stops quietly when stdout closes.
 
 mod config;
+mod load;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -33,6 +34,9 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(code) => return code,
     };
+    if load::wanted(&args) {
+        return load::main(args);
+    }
     let config = match Config::resolve(args) {
         Ok(c) => c,
         Err(err) => {

@@ -15,6 +15,7 @@ pub mod body;
 pub mod client;
 mod error;
 mod handlers;
+pub mod load;
 pub mod metrics;
 pub mod router;
 pub mod server;
