@@ -133,17 +133,26 @@ pub async fn resolve(addr: &Address) -> std::io::Result<SocketAddr> {
 }
 
 /// Connections per loopback source address (the ephemeral port range of one
-/// source address holds about 28,000).
-pub const CONNECTIONS_PER_SOURCE: u64 = 10_000;
+/// source address holds about 28,000, and the previous run's connections
+/// may still hold theirs in TIME_WAIT).
+pub const CONNECTIONS_PER_SOURCE: u64 = 5_000;
+
+/// Loopback source addresses used: `127.0.0.2` … `127.0.0.251`.
+const SOURCES: u64 = 250;
 
 /// The source address of connection number `n` to `server`: spread over
-/// `127.0.0.2`, `127.0.0.3`, … for a loopback IPv4 server, so that tens of
-/// thousands of connections do not run out of ephemeral ports; `None`
-/// (the kernel's choice) otherwise.
+/// `127.0.0.x` for a loopback IPv4 server, so that tens of thousands of
+/// connections do not run out of ephemeral ports; `None` (the kernel's
+/// choice) otherwise. The first address depends on the process id, so
+/// back-to-back runs mostly use fresh addresses.
 pub fn source_for(server: SocketAddr, n: u64) -> Option<IpAddr> {
+    source_from(server, n, u64::from(std::process::id()) * 7)
+}
+
+fn source_from(server: SocketAddr, n: u64, base: u64) -> Option<IpAddr> {
     match server.ip() {
         IpAddr::V4(ip) if ip.is_loopback() => {
-            let last = 2 + (n / CONNECTIONS_PER_SOURCE).min(250);
+            let last = 2 + (base + n / CONNECTIONS_PER_SOURCE) % SOURCES;
             Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last as u8)))
         }
         _ => None,
@@ -166,6 +175,9 @@ pub async fn connect_from(
         TcpSocket::new_v6()?
     };
     if let Some(ip) = source {
+        // Lets the kernel give this socket a local port that an earlier
+        // run's connection still holds in TIME_WAIT.
+        socket.set_reuseaddr(true)?;
         socket.bind(SocketAddr::new(ip, 0))?;
     }
     let stream = tokio::time::timeout(timeout, socket.connect(server))
@@ -425,10 +437,21 @@ mod tests {
         assert_eq!(channel_name("c", 1, 7), "c");
         assert_eq!(channel_name("c", 10, 17), "c.7");
         let server: SocketAddr = "127.0.0.1:80".parse().unwrap();
-        assert_eq!(source_for(server, 0), Some("127.0.0.2".parse().unwrap()));
         assert_eq!(
-            source_for(server, CONNECTIONS_PER_SOURCE),
+            source_from(server, 0, 0),
+            Some("127.0.0.2".parse().unwrap())
+        );
+        assert_eq!(
+            source_from(server, CONNECTIONS_PER_SOURCE, 0),
             Some("127.0.0.3".parse().unwrap())
+        );
+        assert_eq!(
+            source_from(server, 0, SOURCES - 1),
+            Some("127.0.0.251".parse().unwrap())
+        );
+        assert_eq!(
+            source_from(server, 0, SOURCES),
+            Some("127.0.0.2".parse().unwrap())
         );
         assert_eq!(source_for("10.0.0.1:80".parse().unwrap(), 0), None);
     }
