@@ -25,7 +25,7 @@ PERE_PORT="${PERE_PORT:-4590}"
 NCHAN_PORT=8090
 # idle first: its PSS delta is only meaningful on a fresh server (after a
 # load, the allocator's free memory absorbs new streams and hides their cost).
-CASES="${CASES:-idle fan1k fan10k chan1k rate10k acks1k}"
+CASES="${CASES:-idle fan1k fan10k chan1k rate10k acks1k acks1k20}"
 OUT="${OUT:-$(mktemp -d /tmp/pere-vs-nchan.XXXXXX)}"
 PUBLISHERS="${PUBLISHERS:-4}"
 SIZE="${SIZE:-128}"
@@ -202,6 +202,7 @@ declare -A CASE=(
     [chan1k]="10000 1000 20000 - 0"
     [rate10k]="10000 1 100 10 0"
     [acks1k]="1000 1 2000 - 1"
+    [acks1k20]="1000 1 400 20 1"
 )
 declare -A TITLE=(
     [fan1k]="1 channel x 1,000 subscribers, 2,000 events"
@@ -209,6 +210,7 @@ declare -A TITLE=(
     [chan1k]="1,000 channels x 10 subscribers, 20,000 events"
     [rate10k]="10,000 subscribers x 10 events/s, 100 events"
     [acks1k]="1,000 devices acking, 2,000 events (PERE only)"
+    [acks1k20]="1,000 devices acking, 20 events/s, 400 events (PERE only)"
     [idle]="${IDLE_STREAMS} idle streams"
 )
 
@@ -244,6 +246,7 @@ titles = {
     "chan1k": "1,000 ch x 10 subs, 20,000 events",
     "rate10k": "10,000 subs x 10 ev/s, 100 events",
     "acks1k": "1,000 devices acking, 2,000 events",
+    "acks1k20": "1,000 devices acking, 20 ev/s, 400 events",
     "idle": "10,000 idle streams",
 }
 def load(name, server, kind):
