@@ -67,6 +67,17 @@ async fn report(mut child: Child, name: &str) -> Value {
 
 #[tokio::test]
 async fn fifty_acking_devices_get_every_event_once_in_order_and_every_receipt_counts() {
+    load_run(50, 120, "--ack", "4").await;
+}
+
+#[tokio::test]
+async fn devices_acking_one_request_per_event_count_every_receipt_too() {
+    load_run(10, 30, "--ack-each", "2").await;
+}
+
+/// `devices_n` acking devices (`ack`: `--ack` or `--ack-each`) and
+/// `events_n` events from `publishers` publishers; checks both reports.
+async fn load_run(devices_n: u64, events_n: u64, ack: &str, publishers: &str) {
     let mut server = spawn("pere-server", &["--memory", "--port", "0"]);
     let (banner, _) = stderr_until(&mut server, "listening   http://").await;
     let addr = banner
@@ -76,9 +87,7 @@ async fn fifty_acking_devices_get_every_event_once_in_order_and_every_receipt_co
         .unwrap()
         .to_string();
 
-    const DEVICES: u64 = 50;
-    const EVENTS: u64 = 120;
-    let (devices, count) = (DEVICES.to_string(), EVENTS.to_string());
+    let (devices, count) = (devices_n.to_string(), events_n.to_string());
     let mut sub = spawn(
         "pere-sub",
         &[
@@ -86,7 +95,7 @@ async fn fifty_acking_devices_get_every_event_once_in_order_and_every_receipt_co
             "loadtest",
             "--devices",
             &devices,
-            "--ack",
+            ack,
             "--count",
             &count,
             "--duration",
@@ -103,7 +112,7 @@ async fn fifty_acking_devices_get_every_event_once_in_order_and_every_receipt_co
             "--count",
             &count,
             "--concurrency",
-            "4",
+            publishers,
             "--duration",
             "50s",
         ],
@@ -111,11 +120,11 @@ async fn fifty_acking_devices_get_every_event_once_in_order_and_every_receipt_co
     let published = report(publisher, "pere-pub").await;
     let devices = report(sub, "pere-sub").await;
 
-    assert_eq!(published["published"], EVENTS, "{published}");
+    assert_eq!(published["published"], events_n, "{published}");
     assert_eq!(published["failed"], 0, "{published}");
-    assert_eq!(devices["ready"], DEVICES, "{devices}");
-    assert_eq!(devices["completed"], DEVICES, "{devices}");
-    assert_eq!(devices["deliveries"], DEVICES * EVENTS, "{devices}");
+    assert_eq!(devices["ready"], devices_n, "{devices}");
+    assert_eq!(devices["completed"], devices_n, "{devices}");
+    assert_eq!(devices["deliveries"], devices_n * events_n, "{devices}");
     for zero in [
         "lost",
         "duplicates",
@@ -128,17 +137,19 @@ async fn fifty_acking_devices_get_every_event_once_in_order_and_every_receipt_co
     }
     assert_eq!(
         devices["latency_us"]["count"],
-        DEVICES * EVENTS,
+        devices_n * events_n,
         "{devices}"
     );
     let receipts = &devices["receipts"];
-    assert_eq!(receipts["sent"], DEVICES * EVENTS, "{devices}");
-    assert_eq!(receipts["acked"], DEVICES * EVENTS, "{devices}");
+    assert_eq!(receipts["sent"], devices_n * events_n, "{devices}");
+    assert_eq!(receipts["acked"], devices_n * events_n, "{devices}");
     assert_eq!(receipts["failed"], 0, "{devices}");
+    let mode = if ack == "--ack" { "batch" } else { "each" };
+    assert_eq!(receipts["mode"], mode, "{devices}");
     assert!(receipts["per_second"].as_f64().unwrap() > 0.0, "{devices}");
     // Every event was acked by its whole audience.
-    assert_eq!(receipts["events"], EVENTS, "{devices}");
-    assert_eq!(receipts["all_acked_us"]["count"], EVENTS, "{devices}");
+    assert_eq!(receipts["events"], events_n, "{devices}");
+    assert_eq!(receipts["all_acked_us"]["count"], events_n, "{devices}");
 }
 
 #[tokio::test]

@@ -683,21 +683,25 @@ async fn ack_worker(
                 AckMode::Batch => group.chunks(1000).collect(),
             };
             for items in chunks {
+                // Ids come from the server: quoted as JSON strings, so an odd
+                // one makes a rejected receipt (counted), never a broken body.
+                let status = serde_json::Value::from(config.status.as_str()).to_string();
+                let receipt = |item: &AckItem| {
+                    format!(
+                        "{{\"id\":{},\"status\":{status}}}",
+                        serde_json::Value::from(item.id.as_str())
+                    )
+                };
                 let body = match mode {
-                    AckMode::Each => format!(
-                        "{{\"id\":\"{}\",\"status\":{}}}",
-                        items[0].id,
-                        serde_json::Value::from(config.status.as_str())
-                    ),
+                    AckMode::Each => receipt(&items[0]),
                     AckMode::Batch => {
-                        let status = serde_json::Value::from(config.status.as_str()).to_string();
                         let mut s = String::with_capacity(items.len() * 40);
                         s.push('[');
                         for (k, item) in items.iter().enumerate() {
                             if k > 0 {
                                 s.push(',');
                             }
-                            s.push_str(&format!("{{\"id\":\"{}\",\"status\":{status}}}", item.id));
+                            s.push_str(&receipt(item));
                         }
                         s.push(']');
                         s
