@@ -778,3 +778,56 @@ async fn preflights_allow_the_authorization_header_for_the_listed_origins() {
         Some("https://app.example")
     );
 }
+
+#[tokio::test]
+async fn the_load_modes_send_a_token_or_refuse_one() {
+    let server = start(&[]).await;
+    let addr = server.addr.to_string();
+    let out = tokio::process::Command::new(pere_tests::bin("pere-pub"))
+        .args([
+            &addr,
+            "orders.eu",
+            "--concurrency",
+            "2",
+            "--count",
+            "20",
+            "--token",
+            BACKEND,
+            "--quiet",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(report["published"], 20, "{report}");
+    assert_eq!(report["failed"], 0, "{report}");
+    let r = as_(&server, ADMIN, "GET", "/admin/events/orders.eu", &[], b"").await;
+    assert_eq!(r.json().as_array().map(Vec::len), Some(20), "{}", r.text());
+    // A token speaks for one device; the device swarm says so.
+    let out = tokio::process::Command::new(pere_tests::bin("pere-sub"))
+        .args([
+            &addr,
+            "orders.eu",
+            "--devices",
+            "3",
+            "--count",
+            "1",
+            "--token",
+            PHONE,
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--token"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -11,6 +11,7 @@ mod errors;
 mod feed;
 mod feedback;
 mod limits;
+mod load;
 mod overdue;
 mod pere_compat;
 mod publish;

@@ -68,9 +68,21 @@ pub struct Args {
     /// print only errors on stderr (no retry notices)
     #[argh(switch, short = 'q')]
     pub quiet: bool,
-    // Room for the load mode (a later issue): `--concurrency K` would run K
-    // publishers, each on its own `Client` clone (clones have their own
-    // connection), and report publishes/s and latency percentiles.
+    /// load mode: K publishers, each on its own keep-alive connection, publishing --count events in all (--rate is then the total rate) with the send time in each payload; reports publishes/s and latency percentiles (one JSON object on stdout)
+    #[argh(option)]
+    pub concurrency: Option<u32>,
+    /// load mode: payload size in bytes (default 128)
+    #[argh(option)]
+    pub size: Option<usize>,
+    /// load mode: spread the events over N channels named CHANNEL.0 … CHANNEL.<N-1> (default 1: CHANNEL itself)
+    #[argh(option)]
+    pub channels: Option<u32>,
+    /// load mode: stop after this long
+    #[argh(option)]
+    pub duration: Option<String>,
+    /// load mode against nginx + nchan: publish with POST /pub/CHANNEL
+    #[argh(switch)]
+    pub nchan: bool,
 }
 
 /// Where payloads come from.

@@ -6,6 +6,7 @@
 //! line.
 
 mod config;
+mod load;
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -26,6 +27,9 @@ fn main() -> ExitCode {
         args.token = std::env::var("PERE_TOKEN")
             .ok()
             .filter(|t| !t.trim().is_empty());
+    }
+    if load::wanted(&args) {
+        return load::main(args);
     }
     let config = match Config::resolve(args, std::io::stdin().is_terminal()) {
         Ok(c) => c,

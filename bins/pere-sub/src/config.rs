@@ -71,6 +71,27 @@ pub struct Args {
     /// how long one --exec command may run before it is killed and its receipt says "error: timed out after …" (default 60s)
     #[argh(option)]
     pub exec_timeout: Option<String>,
+    /// load mode: simulate N devices, each on its own connection, and report deliveries/s, latency percentiles, loss, duplicates and reorder (one JSON object on stdout); --count is then per device
+    #[argh(option)]
+    pub devices: Option<u32>,
+    /// load mode: spread the devices over N channels named CHANNEL.0 … CHANNEL.<N-1> (default 1: CHANNEL itself)
+    #[argh(option)]
+    pub channels: Option<u32>,
+    /// load mode: every device acknowledges every event, as JSON arrays of what arrived while its previous receipt was in flight, on its own keep-alive connection
+    #[argh(switch)]
+    pub ack: bool,
+    /// load mode: like --ack, but one receipt request per event
+    #[argh(switch)]
+    pub ack_each: bool,
+    /// load mode: receipts go over this many keep-alive connections, shared by the devices (default: one per device; fewer saves open files with many devices)
+    #[argh(option)]
+    pub ack_connections: Option<u32>,
+    /// load mode: stop after this long (default: once every device got --count events)
+    #[argh(option)]
+    pub duration: Option<String>,
+    /// load mode against nginx + nchan: subscribe with GET /sub/CHANNEL, no receipts
+    #[argh(switch)]
+    pub nchan: bool,
 }
 
 /// How long one `--exec` command may run unless `--exec-timeout` says.

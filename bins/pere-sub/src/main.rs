@@ -8,6 +8,7 @@
 
 mod config;
 mod exec;
+mod load;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -34,6 +35,11 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(code) => return code,
     };
+    // Before PERE_TOKEN is read: the load mode takes no token, and one in
+    // the environment must not stop it.
+    if load::wanted(&args) {
+        return load::main(args);
+    }
     if args.token.is_none() {
         args.token = std::env::var("PERE_TOKEN")
             .ok()

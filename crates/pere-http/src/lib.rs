@@ -18,6 +18,7 @@ mod error;
 pub mod fuzzing;
 mod handlers;
 pub mod limits;
+pub mod load;
 pub mod metrics;
 pub mod router;
 pub mod server;

@@ -1,0 +1,458 @@
+//! Load generation for `pere-sub --devices` and `pere-pub --concurrency`:
+//! many simulated devices and publishers against PERE or nchan, with
+//! latency percentiles, loss, duplicates, reorder and receipts counted.
+//!
+//! - [`devices`]: N devices, each on its own connection (`GET /feed/:ch`,
+//!   or nchan's `GET /sub/:ch`), optionally acknowledging every event.
+//! - [`publish`]: K concurrent publishers (`POST /push/:ch`, or nchan's
+//!   `POST /pub/:ch`), paced or as fast as the server answers.
+//!
+//! The two agree on the payload ([`payload`], [`Stamp`]): a JSON object with
+//! the send time in unix microseconds (`"t"`) and the event's sequence number
+//! on its channel (`"c"`), padded to the requested size. Every run is bounded
+//! by an event count or a duration.
+
+pub mod devices;
+pub mod publish;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::client::{Address, encode_component};
+
+/// Which server the load talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    /// PERE: `POST /push/:ch`, `GET /feed/:ch`, receipts on `/feedback/:ch`.
+    Pere,
+    /// nginx + nchan: `POST /pub/:ch`, `GET /sub/:ch`, no receipts.
+    Nchan,
+}
+
+impl Flavor {
+    /// The path of a publish on `channel`.
+    pub fn publish_path(self, channel: &str) -> String {
+        match self {
+            Flavor::Pere => format!("/push/{}", encode_component(channel)),
+            Flavor::Nchan => format!("/pub/{}", encode_component(channel)),
+        }
+    }
+
+    /// The path of a subscription to `channel`.
+    pub fn feed_path(self, channel: &str) -> String {
+        match self {
+            Flavor::Pere => format!("/feed/{}", encode_component(channel)),
+            Flavor::Nchan => format!("/sub/{}", encode_component(channel)),
+        }
+    }
+}
+
+/// The channel of device or event number `n` when the load is spread over
+/// `channels` channels: `BASE` for one, `BASE.<n % channels>` for several.
+pub fn channel_name(base: &str, channels: u32, n: u64) -> String {
+    if channels <= 1 {
+        base.to_string()
+    } else {
+        format!("{base}.{}", n % u64::from(channels))
+    }
+}
+
+/// Microseconds since the Unix epoch, now.
+pub fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// Smallest payload [`payload`] makes (the JSON around the numbers).
+pub const MIN_PAYLOAD: usize = 48;
+
+/// A load payload of `size` bytes (at least [`MIN_PAYLOAD`]):
+/// `{"t":<send time, unix µs>,"c":<sequence on its channel>,"p":"xx…"}`.
+pub fn payload(t: u64, seq: u64, size: usize) -> String {
+    let mut s = format!("{{\"t\":{t},\"c\":{seq},\"p\":\"");
+    let pad = size.max(MIN_PAYLOAD).saturating_sub(s.len() + 2);
+    s.extend(std::iter::repeat_n('x', pad));
+    s.push_str("\"}");
+    s
+}
+
+/// What a device reads back from a load payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    /// Send time, unix µs.
+    pub t: u64,
+    /// Sequence number on its channel.
+    pub seq: u64,
+}
+
+impl Stamp {
+    /// Reads `"t"` and `"c"` from a [`payload`]; `None` for anything else.
+    pub fn parse(data: &str) -> Option<Self> {
+        Some(Self {
+            t: number_after(data, "\"t\":")?,
+            seq: number_after(data, "\"c\":")?,
+        })
+    }
+}
+
+fn number_after(text: &str, key: &str) -> Option<u64> {
+    let start = text.find(key)? + key.len();
+    let digits = text[start..].bytes().take_while(u8::is_ascii_digit).count();
+    text.get(start..start + digits)?.parse().ok()
+}
+
+/// An event id as a comparable key: PERE's decimal ids, or nchan's
+/// `time:tag` ids (`1700000000:3`); `None` when it is neither.
+pub fn id_key(id: &str) -> Option<(u64, u64)> {
+    match id.split_once(':') {
+        None => Some((id.parse().ok()?, 0)),
+        Some((a, b)) => {
+            let b = b.split(|c: char| !c.is_ascii_digit()).next()?;
+            Some((a.parse().ok()?, b.parse().ok()?))
+        }
+    }
+}
+
+/// Resolves `addr` to one socket address.
+///
+/// # Errors
+/// The name does not resolve.
+pub async fn resolve(addr: &Address) -> std::io::Result<SocketAddr> {
+    tokio::net::lookup_host((addr.host(), addr.port()))
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::other(format!("{addr} resolves to no address")))
+}
+
+/// Connections per loopback source address (the ephemeral port range of one
+/// source address holds about 28,000, and the previous run's connections
+/// may still hold theirs in TIME_WAIT).
+pub const CONNECTIONS_PER_SOURCE: u64 = 5_000;
+
+/// Loopback source addresses used: `127.0.0.2` … `127.0.0.251`.
+const SOURCES: u64 = 250;
+
+/// The source address of connection number `n` to `server`: spread over
+/// `127.0.0.x` for a loopback IPv4 server, so that tens of thousands of
+/// connections do not run out of ephemeral ports; `None` (the kernel's
+/// choice) otherwise. The first address depends on the process id, so
+/// back-to-back runs mostly use fresh addresses.
+pub fn source_for(server: SocketAddr, n: u64) -> Option<IpAddr> {
+    source_from(server, n, u64::from(std::process::id()) * 7)
+}
+
+fn source_from(server: SocketAddr, n: u64, base: u64) -> Option<IpAddr> {
+    match server.ip() {
+        IpAddr::V4(ip) if ip.is_loopback() => {
+            let last = 2 + (base + n / CONNECTIONS_PER_SOURCE) % SOURCES;
+            Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last as u8)))
+        }
+        _ => None,
+    }
+}
+
+/// Opens a TCP connection to `server`, from `source` when given, within
+/// `timeout`, with `TCP_NODELAY`.
+///
+/// # Errors
+/// The bind or connect failed or timed out.
+pub async fn connect_from(
+    server: SocketAddr,
+    source: Option<IpAddr>,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
+    let socket = if server.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(ip) = source {
+        // Lets the kernel give this socket a local port that an earlier
+        // run's connection still holds in TIME_WAIT.
+        socket.set_reuseaddr(true)?;
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    let stream = tokio::time::timeout(timeout, socket.connect(server))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// One HTTP/1.1 connection whose driving task is aborted on drop.
+pub(crate) struct Conn {
+    pub(crate) sender: http1::SendRequest<Full<Bytes>>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub(crate) async fn open(
+    server: SocketAddr,
+    source: Option<std::net::IpAddr>,
+) -> Result<Conn, String> {
+    let stream = connect_from(server, source, Duration::from_secs(10))
+        .await
+        .map_err(|e| format!("connect to {server} from {source:?}: {e}"))?;
+    let (sender, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    })
+    .abort_handle();
+    Ok(Conn { sender, task })
+}
+
+/// Raises this process's soft `RLIMIT_NOFILE` to its hard limit; returns the
+/// soft limit in force afterwards.
+pub fn raise_nofile_limit() -> u64 {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.maximum.is_some() && limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        let _ = setrlimit(Resource::Nofile, limit);
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
+/// SIGINT and SIGTERM, as one future.
+pub(crate) struct StopSignals {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    pub(crate) fn new() -> Self {
+        Self {
+            #[cfg(unix)]
+            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok(),
+        }
+    }
+
+    pub(crate) async fn recv(&mut self) {
+        #[cfg(unix)]
+        let term = async {
+            match self.term.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => {
+                if r.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            () = term => {}
+        }
+    }
+}
+
+/// Sub-buckets per power of two in a [`Histogram`] (about 3 % precision).
+const SUB_BITS: u32 = 5;
+const SUB: u64 = 1 << SUB_BITS;
+const BUCKETS: usize = ((64 - SUB_BITS + 1) as usize) * SUB as usize;
+
+/// A lock-free log-linear histogram of microsecond values, shared by many
+/// tasks: about 3 % precision, exact maximum.
+pub struct Histogram {
+    buckets: Box<[AtomicU64]>,
+    count: AtomicU64,
+    max: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self {
+            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            max: AtomicU64::new(0),
+        }
+    }
+}
+
+impl std::fmt::Debug for Histogram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Histogram")
+            .field("count", &self.count())
+            .finish_non_exhaustive()
+    }
+}
+
+fn bucket_of(v: u64) -> usize {
+    if v < SUB {
+        return v as usize;
+    }
+    let exp = 63 - v.leading_zeros(); // >= SUB_BITS
+    let sub = (v >> (exp - SUB_BITS)) & (SUB - 1);
+    ((exp - SUB_BITS + 1) as usize) * SUB as usize + sub as usize
+}
+
+fn bucket_low(i: usize) -> u64 {
+    if i >= BUCKETS {
+        return u64::MAX;
+    }
+    let (group, sub) = ((i as u64) / SUB, (i as u64) % SUB);
+    if group == 0 {
+        return sub;
+    }
+    let exp = group as u32 + SUB_BITS - 1;
+    (1u64 << exp) | (sub << (exp - SUB_BITS))
+}
+
+impl Histogram {
+    /// Records one value.
+    pub fn record(&self, v: u64) {
+        self.buckets[bucket_of(v)].fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.max.fetch_max(v, Ordering::Relaxed);
+    }
+
+    /// Values recorded.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// The largest value recorded (0 when none).
+    pub fn max(&self) -> u64 {
+        self.max.load(Ordering::Relaxed)
+    }
+
+    /// The value at quantile `q` (0.0–1.0), to the bucket's precision; 0 when
+    /// empty.
+    pub fn quantile(&self, q: f64) -> u64 {
+        let total = self.count();
+        if total == 0 {
+            return 0;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).clamp(1, total);
+        let mut seen = 0;
+        for (i, b) in self.buckets.iter().enumerate() {
+            seen += b.load(Ordering::Relaxed);
+            if seen >= rank {
+                let low = bucket_low(i);
+                let high = bucket_low(i + 1).saturating_sub(1).max(low);
+                return (low + (high - low) / 2).min(self.max());
+            }
+        }
+        self.max()
+    }
+
+    /// `{"p50","p90","p99","max","count"}` in microseconds.
+    pub fn summary_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "count": self.count(),
+            "p50": self.quantile(0.50),
+            "p90": self.quantile(0.90),
+            "p99": self.quantile(0.99),
+            "max": self.max(),
+        })
+    }
+
+    /// `p50 … p90 … p99 … max …` in milliseconds, for people.
+    pub fn summary_text(&self) -> String {
+        let ms = |us: u64| us as f64 / 1000.0;
+        format!(
+            "p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} samples)",
+            ms(self.quantile(0.5)),
+            ms(self.quantile(0.9)),
+            ms(self.quantile(0.99)),
+            ms(self.max()),
+            self.count()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn payloads_have_the_size_asked_and_parse_back() {
+        for size in [0, 48, 128, 1000] {
+            let p = payload(1_700_000_000_123_456, 42, size);
+            assert_eq!(p.len(), size.max(MIN_PAYLOAD), "{p}");
+            assert!(serde_json::from_str::<serde_json::Value>(&p).is_ok());
+            assert_eq!(
+                Stamp::parse(&p),
+                Some(Stamp {
+                    t: 1_700_000_000_123_456,
+                    seq: 42
+                })
+            );
+        }
+        assert_eq!(Stamp::parse("hello"), None);
+        assert_eq!(Stamp::parse("{\"t\":,\"c\":1}"), None);
+    }
+
+    #[test]
+    fn ids_of_both_servers_compare() {
+        assert_eq!(id_key("17"), Some((17, 0)));
+        assert!(id_key("1700000000:3").unwrap() < id_key("1700000000:4").unwrap());
+        assert!(id_key("1700000000:9").unwrap() < id_key("1700000001:0").unwrap());
+        assert_eq!(id_key("x"), None);
+        assert_eq!(id_key(""), None);
+    }
+
+    #[test]
+    fn histogram_quantiles_are_within_a_few_percent() {
+        let h = Histogram::default();
+        for v in 1..=100_000u64 {
+            h.record(v);
+        }
+        for (q, want) in [(0.5, 50_000.0), (0.9, 90_000.0), (0.99, 99_000.0)] {
+            let got = h.quantile(q) as f64;
+            assert!((got - want).abs() / want < 0.04, "q{q}: {got} vs {want}");
+        }
+        assert_eq!(h.max(), 100_000);
+        assert_eq!(Histogram::default().quantile(0.5), 0);
+        h.record(u64::MAX);
+        assert_eq!(h.max(), u64::MAX);
+        for i in 0..BUCKETS - 1 {
+            assert!(bucket_low(i) < bucket_low(i + 1));
+            assert_eq!(bucket_of(bucket_low(i)), i);
+        }
+    }
+
+    #[test]
+    fn channels_and_sources_spread() {
+        assert_eq!(channel_name("c", 1, 7), "c");
+        assert_eq!(channel_name("c", 10, 17), "c.7");
+        let server: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        assert_eq!(
+            source_from(server, 0, 0),
+            Some("127.0.0.2".parse().unwrap())
+        );
+        assert_eq!(
+            source_from(server, CONNECTIONS_PER_SOURCE, 0),
+            Some("127.0.0.3".parse().unwrap())
+        );
+        assert_eq!(
+            source_from(server, 0, SOURCES - 1),
+            Some("127.0.0.251".parse().unwrap())
+        );
+        assert_eq!(
+            source_from(server, 0, SOURCES),
+            Some("127.0.0.2".parse().unwrap())
+        );
+        assert_eq!(source_for("10.0.0.1:80".parse().unwrap(), 0), None);
+    }
+}

@@ -1,0 +1,299 @@
+//! K concurrent publishers, each on its own keep-alive connection, taking
+//! event numbers from one counter: paced to a total rate or as fast as the
+//! server answers, bounded by a count or a duration.
+//!
+//! Event `n` goes to channel [`channel_name`]`(base, channels, n)` with
+//! sequence number `n / channels` on it, so every channel's events are
+//! numbered 0, 1, 2, … for the devices to check.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::{
+    Conn, Flavor, Histogram, StopSignals, channel_name, open, payload, source_for, unix_micros,
+};
+use crate::client::Address;
+
+/// A publishing run's settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The server.
+    pub addr: Address,
+    /// The channel, or the base of the channel names when `channels` > 1.
+    pub channel: String,
+    /// Channels the events are spread over (round robin).
+    pub channels: u32,
+    /// PERE or nchan.
+    pub flavor: Flavor,
+    /// Events to publish in all (`None`: until the duration).
+    pub count: Option<u64>,
+    /// Total events per second (`None`: as fast as the server answers).
+    pub rate: Option<f64>,
+    /// Publishers, each with its own connection.
+    pub concurrency: u32,
+    /// Payload size in bytes.
+    pub size: usize,
+    /// Bound on the whole run.
+    pub duration: Option<Duration>,
+    /// The publisher's `device` header (PERE), if any.
+    pub device: Option<String>,
+    /// A bearer token for a server with auth on, if any.
+    pub token: Option<String>,
+}
+
+#[derive(Default)]
+struct Shared {
+    next: AtomicU64,
+    published: AtomicU64,
+    failed: AtomicU64,
+    latency: Histogram,
+    first_error: std::sync::Mutex<Option<String>>,
+}
+
+/// What a run measured.
+#[derive(Debug)]
+pub struct Report {
+    /// Events published (2xx).
+    pub published: u64,
+    /// Publishes that failed.
+    pub failed: u64,
+    /// Wall time, seconds.
+    pub seconds: f64,
+    /// Publish request latency, µs.
+    pub latency: serde_json::Value,
+    /// The first error seen.
+    pub first_error: Option<String>,
+    /// People's summary lines.
+    pub text: Vec<String>,
+}
+
+impl Report {
+    /// The report as one JSON object.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "mode": "publish",
+            "published": self.published,
+            "failed": self.failed,
+            "seconds": self.seconds,
+            "publishes_per_second": if self.seconds > 0.0 { self.published as f64 / self.seconds } else { 0.0 },
+            "latency_us": self.latency,
+            "first_error": self.first_error,
+        })
+    }
+}
+
+/// Publishes until the count or the duration; `notice` is told about
+/// progress.
+///
+/// # Errors
+/// The server's address does not resolve.
+pub async fn run(config: Config, notice: impl Fn(&str)) -> std::io::Result<Report> {
+    let server = super::resolve(&config.addr).await?;
+    let config = Arc::new(config);
+    let shared = Arc::new(Shared::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let start = Instant::now();
+    let mut workers = JoinSet::new();
+    for k in 0..config.concurrency.max(1) {
+        workers.spawn(worker(
+            config.clone(),
+            shared.clone(),
+            server,
+            source_for(server, u64::from(k)),
+            start,
+            stop_rx.clone(),
+        ));
+    }
+    let mut signals = StopSignals::new();
+    let mut ticker = tokio::time::interval(Duration::from_secs(5));
+    ticker.tick().await;
+    loop {
+        let sleep = async {
+            match config.duration {
+                Some(d) => tokio::time::sleep_until(start + d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            joined = workers.join_next() => if joined.is_none() { break },
+            _ = ticker.tick() => notice(&format!(
+                "{} published, {} failed",
+                shared.published.load(Ordering::Relaxed),
+                shared.failed.load(Ordering::Relaxed)
+            )),
+            () = sleep => {
+                let _ = stop_tx.send(true);
+                break;
+            }
+            () = signals.recv() => {
+                notice("interrupted; stopping");
+                let _ = stop_tx.send(true);
+                break;
+            }
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(40), async {
+        while workers.join_next().await.is_some() {}
+    })
+    .await;
+    workers.abort_all();
+    let seconds = start.elapsed().as_secs_f64();
+    let published = shared.published.load(Ordering::Relaxed);
+    let failed = shared.failed.load(Ordering::Relaxed);
+    let text = vec![
+        format!(
+            "{published} events published ({failed} failed) by {} publishers in {seconds:.2} s = {:.0} publishes/s",
+            config.concurrency.max(1),
+            if seconds > 0.0 {
+                published as f64 / seconds
+            } else {
+                0.0
+            }
+        ),
+        format!("publish request latency: {}", shared.latency.summary_text()),
+    ];
+    let first_error = shared
+        .first_error
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    Ok(Report {
+        published,
+        failed,
+        seconds,
+        latency: shared.latency.summary_json(),
+        first_error,
+        text,
+    })
+}
+
+async fn worker(
+    config: Arc<Config>,
+    shared: Arc<Shared>,
+    server: SocketAddr,
+    source: Option<std::net::IpAddr>,
+    start: Instant,
+    stop: watch::Receiver<bool>,
+) {
+    let channels = config.channels.max(1);
+    let mut slot: Option<Conn> = None;
+    let device = config
+        .device
+        .as_deref()
+        .and_then(|d| HeaderValue::from_str(d).ok());
+    let authorization = config
+        .token
+        .as_deref()
+        .and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok());
+    let host = config.addr.to_string();
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let n = shared.next.fetch_add(1, Ordering::Relaxed);
+        if config.count.is_some_and(|c| n >= c) {
+            return;
+        }
+        if let Some(rate) = config.rate {
+            let due = start + Duration::from_secs_f64(n as f64 / rate);
+            tokio::time::sleep_until(due).await;
+            if *stop.borrow() {
+                return;
+            }
+        }
+        let channel = channel_name(&config.channel, channels, n);
+        let path = config.flavor.publish_path(&channel);
+        let t = unix_micros();
+        let body = Bytes::from(payload(t, n / u64::from(channels), config.size));
+        let mut builder = Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .header(header::HOST, host.as_str())
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(device) = &device {
+            builder = builder.header("device", device.clone());
+        }
+        if let Some(authorization) = &authorization {
+            builder = builder.header(header::AUTHORIZATION, authorization.clone());
+        }
+        let Ok(req) = builder.body(Full::new(body)) else {
+            shared.failed.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let sent = Instant::now();
+        match send(server, source, &mut slot, req).await {
+            Ok(()) => {
+                shared
+                    .latency
+                    .record(sent.elapsed().as_micros().try_into().unwrap_or(u64::MAX));
+                shared.published.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                shared.failed.fetch_add(1, Ordering::Relaxed);
+                let mut first = shared.first_error.lock().unwrap_or_else(|e| e.into_inner());
+                if first.is_none() {
+                    *first = Some(format!("publish #{n} on {channel}: {e}"));
+                }
+            }
+        }
+    }
+}
+
+async fn send(
+    server: SocketAddr,
+    source: Option<std::net::IpAddr>,
+    slot: &mut Option<Conn>,
+    req: Request<Full<Bytes>>,
+) -> Result<(), String> {
+    if slot.as_ref().is_some_and(|c| c.sender.is_closed()) {
+        *slot = None;
+    }
+    let conn = match slot {
+        Some(c) => c,
+        None => slot.insert(open(server, source).await?),
+    };
+    let exchange = async {
+        conn.sender.ready().await.map_err(|e| e.to_string())?;
+        let resp = conn
+            .sender
+            .send_request(req)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "status {status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(200)])
+            ))
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(30), exchange).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            *slot = None;
+            Err(e)
+        }
+        Err(_) => {
+            *slot = None;
+            Err("no answer within 30 s".into())
+        }
+    }
+}
