@@ -117,7 +117,7 @@ async fn max_channels_and_the_other_limits_are_flags_of_pere_server() {
         "--max-streams",
         "1",
         "--max-header-bytes",
-        "8192",
+        "16384",
     ])
     .await;
     let s = SseStream::open(server.addr, "/feed?channel=a&channel=b&channel=c", &[]).await;
@@ -127,13 +127,20 @@ async fn max_channels_and_the_other_limits_are_flags_of_pere_server() {
     assert_eq!(_one.status, 200);
     let two = SseStream::open(server.addr, "/feed/a", &[]).await;
     assert_eq!(two.status, 429, "{}", two.text());
-    let big = "x".repeat(9000);
+    let long = "x".repeat(9000);
+    let r = send_raw(
+        server.addr,
+        &pere_tests::raw_request("GET", "/healthz", &[("X-Long", &long)], b""),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let big = "x".repeat(17000);
     let r = send_raw(
         server.addr,
         &pere_tests::raw_request("GET", "/healthz", &[("X-Big", &big)], b""),
     )
     .await;
-    assert_eq!(r.status, 431);
+    r.assert_error(431, "headers_too_large");
     let log = server.log();
     assert!(
         log.contains("1 streams") && log.contains("2 channels/stream"),
@@ -154,7 +161,12 @@ async fn an_oversized_request_head_gets_431_and_the_server_carries_on() {
         &pere_tests::raw_request("GET", "/healthz", &[("X-Big", &big)], b""),
     )
     .await;
-    assert_eq!(r.status, 431);
+    r.assert_error(431, "headers_too_large");
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("8192"),
+        "{}",
+        r.text()
+    );
     // Many small headers adding up to too much: the same.
     let many: Vec<(String, String)> = (0..400)
         .map(|i| (format!("X-H{i}"), "y".repeat(60)))
@@ -165,15 +177,64 @@ async fn an_oversized_request_head_gets_431_and_the_server_carries_on() {
         &pere_tests::raw_request("GET", "/healthz", &refs, b""),
     )
     .await;
-    assert_eq!(r.status, 431);
+    r.assert_error(431, "headers_too_large");
     // A long but acceptable head is fine.
-    let ok = "x".repeat(8 * 1024);
+    let ok = "x".repeat(7 * 1024);
     let r = send_raw(
         server.addr,
         &pere_tests::raw_request("GET", "/healthz", &[("X-Ok", &ok)], b""),
     )
     .await;
     assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn max_header_bytes_raises_the_head_limit() {
+    let server = server(ServerConfig {
+        max_header_bytes: 32 * 1024,
+        ..ServerConfig::default()
+    })
+    .await;
+    let ok = "x".repeat(24 * 1024);
+    let r = send_raw(
+        server.addr,
+        &pere_tests::raw_request("GET", "/healthz", &[("X-Ok", &ok)], b""),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let big = "x".repeat(33 * 1024);
+    let r = send_raw(
+        server.addr,
+        &pere_tests::raw_request("GET", "/healthz", &[("X-Big", &big)], b""),
+    )
+    .await;
+    r.assert_error(431, "headers_too_large");
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("32768"),
+        "{}",
+        r.text()
+    );
+}
+
+#[tokio::test]
+async fn a_request_hyper_cannot_parse_gets_a_json_400_and_the_server_carries_on() {
+    let server = server(ServerConfig::default()).await;
+    for garbage in [
+        &b"GARBAGE\r\n\r\n"[..],
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n",
+        b"GET /healthz HTTP/9.9\r\n\r\n",
+        b"GET /heal\x01thz HTTP/1.1\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
+    ] {
+        let r = send_raw(server.addr, garbage).await;
+        r.assert_error(400, "invalid_request");
+        assert_eq!(r.header("connection"), Some("close"));
+    }
+    // The service's own 400s are left alone.
+    let r = server.post("/push/orders.*", &[], b"x").await;
+    assert_eq!(r.status, 400);
+    assert_ne!(r.json()["code"], "invalid_request", "{}", r.text());
+    assert_eq!(server.get("/healthz").await.status, 200);
 }
 
 #[tokio::test]

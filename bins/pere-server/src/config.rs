@@ -79,7 +79,7 @@ pub struct Args {
     /// most channels or patterns one stream may ask for; more get 400 (default 64)
     #[argh(option)]
     pub max_channels: Option<String>,
-    /// largest request head (request line and headers) in bytes, at least 8192; larger gets 431 (default 16384)
+    /// largest request head (request line and headers) in bytes, at least 8192; larger gets 431 (default 8192; more costs memory per open stream)
     #[argh(option)]
     pub max_header_bytes: Option<String>,
     /// time a client has to send a request's headers once it started; slower gets 408 (default 30s)
@@ -571,7 +571,7 @@ mod tests {
         assert_eq!(c.server.max_streams, 10_000);
         assert_eq!(c.server.max_streams_per_device, 16);
         assert_eq!(c.hub.max_channels_per_stream, 64);
-        assert_eq!(c.server.max_header_bytes, 16_384);
+        assert_eq!(c.server.max_header_bytes, 8_192);
         assert_eq!(c.server.idle_timeout, Duration::from_secs(60));
         assert!(c.auth.is_none());
         let e = env(&[("PERE_MAX_STREAMS", "5"), ("PERE_IDLE_TIMEOUT", "2s")]);

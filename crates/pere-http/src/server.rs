@@ -11,7 +11,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -20,7 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use pere_core::{EventStore, Hub};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -47,8 +47,10 @@ pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// are requests in progress: they are never idle.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default largest request head (request line and headers), in bytes:
-/// `431` beyond it. Browsers send a few KiB at most.
-pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
+/// `431` beyond it. Browsers send a few KiB at most; nginx and Apache cap a
+/// header line at 8 KiB too. It is also hyper's read buffer limit, and a
+/// larger one costs memory on every open stream (see `run`).
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 8 * 1024;
 /// Smallest `max_header_bytes` hyper accepts (its read buffer's minimum).
 pub const MIN_MAX_HEADER_BYTES: usize = 8192;
 
@@ -191,15 +193,15 @@ pub async fn run<S: EventStore>(
         // gets a `408` rather than a silent close, and idle connections get
         // their own timeout: hyper's would cover both with one value.
         .header_read_timeout(None)
+        // The head limit is hyper's read buffer limit. At the default (and
+        // minimum) of 8 KiB, hyper's second read on a connection (the one
+        // that watches an open event stream for EOF) never grows the buffer;
+        // with a larger maximum it finds less than 8 KiB free behind the
+        // request it parsed and reallocates to 16 KiB, copying (touching)
+        // 8 KiB: measured 26.4 KiB → 19.1 KiB PSS per idle stream over
+        // 10,000 streams. Bodies are streamed, not buffered here.
         .max_buf_size(config.max_header_bytes.max(MIN_MAX_HEADER_BYTES))
         .keep_alive(true);
-    // hyper's smallest read buffer. With a larger maximum, hyper's second
-    // read on a connection (the one that watches an open event stream for
-    // EOF) finds less than 8 KiB free behind the request it parsed and
-    // reallocates to 16 KiB, copying (touching) 8 KiB: measured 26.4 KiB →
-    // 19.1 KiB PSS per idle stream over 10,000 streams. Request heads stay
-    // within 8 KiB; bodies are streamed, not buffered here.
-    builder.http1().max_buf_size(8192);
     if let Some(webhook) = config.webhook.clone() {
         tokio::spawn(crate::webhook::deliver(hub.clone(), webhook));
     }
@@ -247,9 +249,13 @@ pub async fn run<S: EventStore>(
             )
             .into_owned();
         let conn = Box::pin(graceful.watch(conn));
-        let timeouts = (config.header_read_timeout, config.idle_timeout);
+        let limits = ConnLimits {
+            head: config.header_read_timeout,
+            idle: config.idle_timeout,
+            max_head: config.max_header_bytes.max(MIN_MAX_HEADER_BYTES),
+        };
         tokio::spawn(async move {
-            serve(conn, stream, watch, timeouts, peer).await;
+            serve(conn, stream, watch, limits, peer).await;
             drop(counted);
         });
     }
@@ -265,25 +271,45 @@ pub async fn run<S: EventStore>(
     Ok(())
 }
 
+/// What one connection's task enforces beside hyper.
+#[derive(Clone, Copy)]
+struct ConnLimits {
+    /// Time for a request head, from its first byte.
+    head: Duration,
+    /// Time with no request in progress.
+    idle: Duration,
+    /// Largest request head, for the `431` answer's sentence.
+    max_head: usize,
+}
+
 /// Drives one connection under its timeouts: a request head that has not
 /// arrived `head` after its first byte gets a `408` and the connection
 /// closes; a connection with no request in progress for `idle` closes.
+/// hyper's own answers to a request it could not parse are replaced by
+/// PROTOCOL §8's JSON (see [`ConnWatch::hyper_rejection`]).
 async fn serve<F, E>(
     mut conn: Pin<Box<F>>,
     stream: Arc<TcpStream>,
     watch: Arc<ConnWatch>,
-    (head, idle): (Duration, Duration),
+    limits: ConnLimits,
     peer: SocketAddr,
 ) where
     F: Future<Output = std::result::Result<(), E>>,
     E: std::fmt::Display,
 {
+    let ConnLimits { head, idle, .. } = limits;
     loop {
         let deadline = watch.deadline(head, idle);
         tokio::select! {
             ended = &mut conn => {
                 if let Err(err) = ended {
                     tracing::debug!(%peer, cause = %err, "connection ended with an error");
+                }
+                let status = watch.rejected.load(Ordering::Acquire);
+                if status != 0 {
+                    drop(conn);
+                    tracing::debug!(%peer, status, "request not parsed");
+                    answer_and_close(stream, unparsed(status, limits.max_head)).await;
                 }
                 return;
             }
@@ -300,7 +326,12 @@ async fn serve<F, E>(
                         // drop it first, then answer on our own.
                         drop(conn);
                         tracing::debug!(%peer, "request head too slow: 408");
-                        request_timeout(stream, head).await;
+                        let sentence = format!(
+                            "the request head did not arrive within {} ms",
+                            head.as_millis()
+                        );
+                        answer_and_close(stream, ("408 Request Timeout", "request_timeout", sentence))
+                            .await;
                         return;
                     }
                 }
@@ -316,24 +347,55 @@ async fn sleep_until_some(deadline: Option<Instant>) {
     }
 }
 
-/// Writes PROTOCOL §8's `408` on a connection whose head never completed,
-/// then closes it. Bounded: a client that does not read gets nothing more.
-async fn request_timeout(stream: Arc<TcpStream>, head: Duration) {
+/// The answer to a request hyper could not parse, by the status hyper
+/// chose: status line, code and sentence.
+fn unparsed(status: u16, max_head: usize) -> (&'static str, &'static str, String) {
+    match status {
+        431 => (
+            "431 Request Header Fields Too Large",
+            "headers_too_large",
+            format!("the request head (request line and headers) is larger than {max_head} bytes"),
+        ),
+        414 => (
+            "414 URI Too Long",
+            "uri_too_long",
+            "the request target is too long".into(),
+        ),
+        _ => (
+            "400 Bad Request",
+            "invalid_request",
+            "the request is not valid HTTP/1.1: malformed request line or header".into(),
+        ),
+    }
+}
+
+/// Writes a PROTOCOL §8 error on a connection whose request never reached
+/// the service, then closes it. Bounded: a client that does not read gets
+/// nothing more.
+async fn answer_and_close(stream: Arc<TcpStream>, (status, code, sentence): (&str, &str, String)) {
     let Ok(mut stream) = Arc::try_unwrap(stream) else {
         return;
     };
-    let body = serde_json::json!({
-        "error": format!("the request head did not arrive within {} ms", head.as_millis()),
-        "code": "request_timeout",
-    })
-    .to_string();
+    let body = serde_json::json!({ "error": sentence, "code": code }).to_string();
     let response = format!(
-        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         stream.write_all(response.as_bytes()).await?;
-        stream.shutdown().await
+        stream.shutdown().await?;
+        // Closing with unread bytes (the rest of an oversized head) makes
+        // the kernel send a reset, which can destroy the answer before the
+        // client reads it: read what is still coming, a bounded amount.
+        let mut sink = [0u8; 4096];
+        let mut drained = 0;
+        while drained < 256 * 1024 {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => drained += n,
+            }
+        }
+        std::io::Result::Ok(())
     })
     .await;
 }
@@ -354,6 +416,9 @@ struct ConnWatch {
     h2: AtomicBool,
     /// Whether any byte was read yet (to spot the HTTP/2 preface).
     seen: AtomicBool,
+    /// The status of hyper's own answer to a request it could not parse
+    /// (400, 414, 431), held back to be answered in JSON; 0 when none.
+    rejected: AtomicU16,
     /// Wakes the task when the state changed, so it re-arms its timer.
     changed: Notify,
 }
@@ -372,6 +437,7 @@ impl ConnWatch {
             idle_since: AtomicU64::new(0),
             h2: AtomicBool::new(false),
             seen: AtomicBool::new(false),
+            rejected: AtomicU16::new(0),
             changed: Notify::new(),
         }
     }
@@ -396,6 +462,29 @@ impl ConnWatch {
                 .store(self.now_ms() + 1, Ordering::Release);
             self.changed.notify_one();
         }
+    }
+
+    /// Whether `bytes`, about to be written, are hyper's own answer to a
+    /// request it could not parse: then they are held back and the task
+    /// answers in JSON once hyper gave up the connection. hyper's answers
+    /// have no body and no content type; the service's always have both.
+    fn hyper_rejection(&self, bytes: &[u8]) -> bool {
+        if self.h2.load(Ordering::Relaxed) {
+            return false;
+        }
+        let status = match bytes.get(..13) {
+            Some(b"HTTP/1.1 400 ") => 400,
+            Some(b"HTTP/1.1 414 ") => 414,
+            Some(b"HTTP/1.1 431 ") => 431,
+            _ => return false,
+        };
+        let head = bytes.to_ascii_lowercase();
+        let has = |needle: &[u8]| head.windows(needle.len()).any(|w| w == needle);
+        if !has(b"\r\ncontent-length: 0\r\n") || has(b"\r\ncontent-type:") {
+            return false;
+        }
+        self.rejected.store(status, Ordering::Release);
+        true
     }
 
     /// A request head was parsed: the request is in progress until the
@@ -507,6 +596,9 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        if self.watch.hyper_rejection(buf) {
+            return Poll::Ready(Ok(buf.len()));
+        }
         loop {
             ready!(self.io.poll_write_ready(cx))?;
             match self.io.try_write(buf) {
@@ -521,6 +613,11 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        if let Some(first) = bufs.iter().find(|b| !b.is_empty())
+            && self.watch.hyper_rejection(first)
+        {
+            return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
+        }
         loop {
             ready!(self.io.poll_write_ready(cx))?;
             match self.io.try_write_vectored(bufs) {
