@@ -21,6 +21,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use pere_core::{EventStore, Hub};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -222,7 +223,6 @@ pub async fn run<S: EventStore>(
         let counted = limits.connection();
         // Events are small and latency matters more than packet count.
         let _ = stream.set_nodelay(true);
-        let stream = Arc::new(stream);
         let watch = Arc::new(ConnWatch::new());
         let app = app.clone();
         let service = service_fn({
@@ -240,13 +240,7 @@ pub async fn run<S: EventStore>(
             }
         });
         let conn = builder
-            .serve_connection(
-                TokioIo::new(Watched {
-                    io: stream.clone(),
-                    watch: watch.clone(),
-                }),
-                service,
-            )
+            .serve_connection(TokioIo::new(Watched::new(stream, watch.clone())), service)
             .into_owned();
         let conn = Box::pin(graceful.watch(conn));
         let limits = ConnLimits {
@@ -255,7 +249,7 @@ pub async fn run<S: EventStore>(
             max_head: config.max_header_bytes.max(MIN_MAX_HEADER_BYTES),
         };
         tokio::spawn(async move {
-            serve(conn, stream, watch, limits, peer).await;
+            serve(conn, watch, limits, peer).await;
             drop(counted);
         });
     }
@@ -289,7 +283,6 @@ struct ConnLimits {
 /// PROTOCOL §8's JSON (see [`ConnWatch::hyper_rejection`]).
 async fn serve<F, E>(
     mut conn: Pin<Box<F>>,
-    stream: Arc<TcpStream>,
     watch: Arc<ConnWatch>,
     limits: ConnLimits,
     peer: SocketAddr,
@@ -309,7 +302,9 @@ async fn serve<F, E>(
                 if status != 0 {
                     drop(conn);
                     tracing::debug!(%peer, status, "request not parsed");
-                    answer_and_close(stream, unparsed(status, limits.max_head)).await;
+                    // Boxed: the answer's state (and its read buffer) would
+                    // otherwise be part of every connection's task.
+                    Box::pin(answer_and_close(&watch, unparsed(status, limits.max_head))).await;
                 }
                 return;
             }
@@ -330,7 +325,7 @@ async fn serve<F, E>(
                             "the request head did not arrive within {} ms",
                             head.as_millis()
                         );
-                        answer_and_close(stream, ("408 Request Timeout", "request_timeout", sentence))
+                        Box::pin(answer_and_close(&watch, ("408 Request Timeout", "request_timeout", sentence)))
                             .await;
                         return;
                     }
@@ -372,8 +367,8 @@ fn unparsed(status: u16, max_head: usize) -> (&'static str, &'static str, String
 /// Writes a PROTOCOL §8 error on a connection whose request never reached
 /// the service, then closes it. Bounded: a client that does not read gets
 /// nothing more.
-async fn answer_and_close(stream: Arc<TcpStream>, (status, code, sentence): (&str, &str, String)) {
-    let Ok(mut stream) = Arc::try_unwrap(stream) else {
+async fn answer_and_close(watch: &ConnWatch, (status, code, sentence): (&str, &str, String)) {
+    let Some(mut stream) = watch.take_parked() else {
         return;
     };
     let body = serde_json::json!({ "error": sentence, "code": code }).to_string();
@@ -387,7 +382,7 @@ async fn answer_and_close(stream: Arc<TcpStream>, (status, code, sentence): (&st
         // Closing with unread bytes (the rest of an oversized head) makes
         // the kernel send a reset, which can destroy the answer before the
         // client reads it: read what is still coming, a bounded amount.
-        let mut sink = [0u8; 4096];
+        let mut sink = vec![0u8; 4096];
         let mut drained = 0;
         while drained < 256 * 1024 {
             match stream.read(&mut sink).await? {
@@ -419,6 +414,8 @@ struct ConnWatch {
     /// The status of hyper's own answer to a request it could not parse
     /// (400, 414, 431), held back to be answered in JSON; 0 when none.
     rejected: AtomicU16,
+    /// The socket, once hyper dropped it (see [`Watched`]).
+    parked: std::sync::Mutex<Option<TcpStream>>,
     /// Wakes the task when the state changed, so it re-arms its timer.
     changed: Notify,
 }
@@ -438,6 +435,7 @@ impl ConnWatch {
             h2: AtomicBool::new(false),
             seen: AtomicBool::new(false),
             rejected: AtomicU16::new(0),
+            parked: std::sync::Mutex::new(None),
             changed: Notify::new(),
         }
     }
@@ -485,6 +483,14 @@ impl ConnWatch {
         }
         self.rejected.store(status, Ordering::Release);
         true
+    }
+
+    fn park(&self, stream: TcpStream) {
+        *self.parked.lock().unwrap_or_else(|e| e.into_inner()) = Some(stream);
+    }
+
+    fn take_parked(&self) -> Option<TcpStream> {
+        self.parked.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     /// A request head was parsed: the request is in progress until the
@@ -559,11 +565,51 @@ impl http_body::Body for Tracked {
 }
 
 /// The socket as hyper sees it: reads are reported to the [`ConnWatch`].
-/// The socket is shared (`Arc`) so the connection's task can still answer
-/// `408` on it after dropping hyper's side.
+/// When hyper drops it, the socket is parked in the watch, so that the
+/// connection's task can still answer on it (`408`, or JSON in place of
+/// hyper's own error answer); the socket closes with the task.
+///
+/// The halves are tokio's own so that reads go into hyper's buffer without
+/// zeroing it first: a zeroed 8 KiB buffer is two touched pages on every
+/// open stream, where a request touches one.
 struct Watched {
-    io: Arc<TcpStream>,
+    io: Option<(OwnedReadHalf, OwnedWriteHalf)>,
     watch: Arc<ConnWatch>,
+}
+
+impl Watched {
+    fn new(stream: TcpStream, watch: Arc<ConnWatch>) -> Self {
+        Self {
+            io: Some(stream.into_split()),
+            watch,
+        }
+    }
+
+    fn read(&mut self) -> std::io::Result<&mut OwnedReadHalf> {
+        self.io.as_mut().map(|(r, _)| r).ok_or_else(gone)
+    }
+
+    fn write(&mut self) -> std::io::Result<&mut OwnedWriteHalf> {
+        self.io.as_mut().map(|(_, w)| w).ok_or_else(gone)
+    }
+}
+
+/// Only reachable if a socket were used after it was parked.
+fn gone() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::NotConnected,
+        "the socket was handed back",
+    )
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        if let Some((read, write)) = self.io.take()
+            && let Ok(stream) = read.reunite(write)
+        {
+            self.watch.park(stream);
+        }
+    }
 }
 
 impl AsyncRead for Watched {
@@ -572,21 +618,14 @@ impl AsyncRead for Watched {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        loop {
-            ready!(self.io.poll_read_ready(cx))?;
-            let before = buf.filled().len();
-            match self.io.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
-                    if n > 0 {
-                        self.watch.on_read(&buf.filled()[before..]);
-                    }
-                    return Poll::Ready(Ok(()));
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err(e)),
-            }
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        ready!(Pin::new(this.read()?).poll_read(cx, buf))?;
+        let new = &buf.filled()[before..];
+        if !new.is_empty() {
+            this.watch.on_read(new);
         }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -596,16 +635,11 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        if self.watch.hyper_rejection(buf) {
+        let this = self.get_mut();
+        if this.watch.hyper_rejection(buf) {
             return Poll::Ready(Ok(buf.len()));
         }
-        loop {
-            ready!(self.io.poll_write_ready(cx))?;
-            match self.io.try_write(buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                other => return Poll::Ready(other),
-            }
-        }
+        Pin::new(this.write()?).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -613,32 +647,27 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
         if let Some(first) = bufs.iter().find(|b| !b.is_empty())
-            && self.watch.hyper_rejection(first)
+            && this.watch.hyper_rejection(first)
         {
             return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
         }
-        loop {
-            ready!(self.io.poll_write_ready(cx))?;
-            match self.io.try_write_vectored(bufs) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                other => return Poll::Ready(other),
-            }
-        }
+        Pin::new(this.write()?).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
         true
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        // Writes go straight to the socket: nothing is buffered here.
-        Poll::Ready(Ok(()))
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(self.get_mut().write()?).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        // A shared socket cannot be shut down through `&`; it closes when
-        // the task drops the last reference, right after hyper is done.
+        // The socket closes when the connection's task ends, right after
+        // hyper is done; shutting it down here would keep the task from
+        // answering on it.
         Poll::Ready(Ok(()))
     }
 }
