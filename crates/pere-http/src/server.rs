@@ -685,3 +685,42 @@ async fn backoff(err: &std::io::Error) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_hyper_s_own_bodiless_error_answers_are_held_back() {
+        let hyper_answers: [(&[u8], u16); 3] = [
+            (
+                b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\ndate: Sun, 22 Nov 2026 20:00:00 GMT\r\n\r\n",
+                400,
+            ),
+            (
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n",
+                431,
+            ),
+            (b"HTTP/1.1 414 URI Too Long\r\nContent-Length: 0\r\n\r\n", 414),
+        ];
+        for (bytes, status) in hyper_answers {
+            let watch = ConnWatch::new();
+            assert!(watch.hyper_rejection(bytes));
+            assert_eq!(watch.rejected.load(Ordering::Acquire), status);
+        }
+        let ours: [&[u8]; 4] = [
+            b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 0\r\n\r\n",
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 57\r\ncontent-type: application/json\r\n\r\n{}",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+            b"data: HTTP/1.1 400 \r\n\r\n",
+        ];
+        for bytes in ours {
+            let watch = ConnWatch::new();
+            assert!(!watch.hyper_rejection(bytes));
+            assert_eq!(watch.rejected.load(Ordering::Acquire), 0);
+        }
+        let watch = ConnWatch::new();
+        watch.h2.store(true, Ordering::Relaxed);
+        assert!(!watch.hyper_rejection(hyper_answers[0].0));
+    }
+}
