@@ -157,8 +157,6 @@ async fn run(config: &Config) -> Result<(), Stop> {
             Some(key) => key.clone(),
             None => format!("{}-{run_key}-{}", config.device, sent + 1),
         });
-        // Room for the load mode: with `--concurrency K`, K tasks would take
-        // payloads from this loop over a channel, each with `client.clone()`.
         let published = client
             .publish_retrying(
                 &config.channel,
@@ -186,6 +184,14 @@ async fn run(config: &Config) -> Result<(), Stop> {
         sent += 1;
         let line = report(&client, config, &published).await;
         print_line(&line)?;
+    }
+    // Run from a script, cron or nohup, stdin is not a terminal: without
+    // this, "no lines" and "nothing to do" look the same.
+    if sent == 0 && config.source == Source::Stdin && !config.quiet {
+        eprintln!(
+            "pere-pub: stdin ended without a line: nothing was published \
+             (for generated events like publisher.rb without a terminal, give --interval)"
+        );
     }
     Ok(())
 }

@@ -124,11 +124,25 @@ fn banner<S: EventStore>(
     let auth = if !hub.auth().is_enabled() {
         "off (anyone may publish, subscribe and use /admin; see --auth)".to_string()
     } else {
-        let n = hub.auth().list().len();
-        match &config.auth {
-            Some((path, _)) => format!("on, {n} tokens ({} and run-time)", path.display()),
-            None => format!("on, {n} run-time tokens kept by the store"),
+        let tokens = hub.auth().list();
+        let n = tokens.len();
+        let plural = if n == 1 { "" } else { "s" };
+        let mut line = match &config.auth {
+            Some((path, _)) => format!("on, {n} token{plural} ({} and run-time)", path.display()),
+            None => format!("on, {n} run-time token{plural} kept by the store"),
+        };
+        if !tokens.iter().any(|(_, grants, _)| grants.admin) {
+            // Reachable by revoking or not reloading the only admin token:
+            // then nothing can manage tokens until one is given back.
+            line.push_str(
+                "; NO admin token: /admin and /metrics are unreachable until the server \
+                 is restarted with --auth FILE listing one (a new one if it was revoked)",
+            );
+            tracing::warn!(
+                "auth is on but no token is admin: restart with --auth FILE listing an admin token (a new one if it was revoked) to manage tokens again"
+            );
         }
+        line
     };
     let capacity = match nofile {
         Some(n) => format!(
