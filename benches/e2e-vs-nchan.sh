@@ -281,13 +281,25 @@ for name in cases:
         if sub is None or cpu is None:
             continue
         cpu = float(cpu)
-        bad = sub["lost"] + sub["duplicates"] + sub["reordered"]
+        # What devices did not get, by why (see pere_http::load::devices):
+        # holes, still owed at the deadline, after a disconnect.
+        missing = {k: sub.get(k, 0) for k in ("lost", "not_arrived_by_deadline", "missed_after_disconnect")}
+        bad = sum(missing.values()) + sub["duplicates"] + sub["reordered"]
+        detail = (f" lost {missing['lost']} late {missing['not_arrived_by_deadline']}"
+                  f" missed-after-disconnect {missing['missed_after_disconnect']}"
+                  f" (disconnects {sub['disconnects']}, unseen {sub.get('unseen_events', 0)})"
+                  f" dup {sub['duplicates']} reord {sub['reordered']}")
+        # A failed publish is an event no device can get: say so.
+        pub = load(name, s, "pub.json") or {}
+        if pub.get("failed"):
+            bad += 1
+            detail += f"; {pub['failed']} publishes failed"
         r[s] = {
             "dps": sub["deliveries"] / cpu if cpu > 0 else 0.0,
             "cpu": cpu,
             "p99": sub["latency_us"]["p99"] / 1000,
             "p50": sub["latency_us"]["p50"] / 1000,
-            "ok": f"{sub['deliveries']:,}/{sub['expected']:,}" + ("" if bad == 0 else f" lost {sub['lost']} dup {sub['duplicates']} reord {sub['reordered']}"),
+            "ok": f"{sub['deliveries']:,}/{sub['expected']:,}" + ("" if bad == 0 else detail),
             "rcpt": sub.get("receipts"),
         }
     p, n = r.get("pere"), r.get("nchan")

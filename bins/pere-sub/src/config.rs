@@ -92,6 +92,9 @@ pub struct Args {
     /// load mode against nginx + nchan: subscribe with GET /sub/CHANNEL, no receipts
     #[argh(switch)]
     pub nchan: bool,
+    /// load mode: a device whose stream ends before it is done reconnects with Last-Event-ID, as an EventSource would (counted as reconnects); without it, the device stops at its first disconnect
+    #[argh(switch)]
+    pub resume: bool,
 }
 
 /// How long one `--exec` command may run unless `--exec-timeout` says.

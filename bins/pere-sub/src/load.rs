@@ -15,7 +15,12 @@ use crate::config::{Args, parse_duration};
 
 /// Whether the command line asks for the load mode.
 pub fn wanted(args: &Args) -> bool {
-    args.devices.is_some() || args.channels.is_some() || args.ack || args.ack_each || args.nchan
+    args.devices.is_some()
+        || args.channels.is_some()
+        || args.ack
+        || args.ack_each
+        || args.nchan
+        || args.resume
 }
 
 /// Validates the load flags.
@@ -102,6 +107,7 @@ fn resolve(args: Args) -> Result<Config, String> {
         status: args.status.unwrap_or_else(|| "ok".into()),
         device_prefix: format!("load{}", std::process::id()),
         connect_concurrency: 256,
+        resume: args.resume,
     })
 }
 
@@ -151,7 +157,12 @@ pub fn main(args: Args) -> ExitCode {
             }
             println!("{}", report.to_json());
             let complete = report.expected.is_none_or(|e| report.deliveries >= e);
-            if report.failed == 0 && report.lost == 0 && report.duplicates == 0 && complete {
+            if report.failed == 0
+                && report.missing() == 0
+                && report.duplicates == 0
+                && report.unreported == 0
+                && complete
+            {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

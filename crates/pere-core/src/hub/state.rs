@@ -619,8 +619,14 @@ impl State {
             receipts
         };
         for stream in slow {
+            // Which device, and where it will resume from, so that a
+            // client's report of a closed stream can be matched to this line.
+            let open = self.streams.get(&stream);
             tracing::warn!(
                 stream,
+                device = open.and_then(|o| o.device.as_ref()).map(DeviceId::as_str),
+                event = id.0,
+                delivered_upto = open.map(|o| o.shared.delivered_upto().0),
                 "stream closed: its queue is full (the device resumes later)"
             );
             counters.slow_disconnects.fetch_add(1, Ordering::Relaxed);

@@ -2,12 +2,40 @@
 //! what they receive and optionally acknowledging every event.
 //!
 //! Device `i` is `<prefix>-<i>` and follows channel [`channel_name`]`(base,
-//! channels, i)`. A device stops after `count` events, at the run's
-//! deadline, or when its stream breaks (counted as a disconnect: what it
-//! missed is then loss). Receipts go over keep-alive connections of their
-//! own, one per device unless fewer are asked for, as JSON arrays of
-//! whatever accumulated while the previous receipt was in flight
-//! ([`AckMode::Batch`]) or one request per event ([`AckMode::Each`]).
+//! channels, i)`. A device stops after `count` distinct events, at the run's
+//! deadline, or when its stream ends before that (the server closed it, or
+//! the connection failed: a disconnect). With [`Config::resume`] a device
+//! whose stream ended reconnects with `Last-Event-ID`, as an EventSource
+//! would, and carries on.
+//!
+//! What a device did not get is reported by why, never as one number
+//! ([`Report`]). Where a missing event stood in the stream is known from its
+//! id, as the devices that did receive it saw it (with several publishers,
+//! sequence numbers are not in id order):
+//!
+//! - `lost`: holes, events whose id is below the highest id the device
+//!   received: the server sent a later event and not this one. The server
+//!   is to blame, unless the event was published before the stream was live
+//!   (`lost_before_first`: ids below the device's first one; callers publish
+//!   only after `devices ready`). Holes a `pere.gap` notice announced (the
+//!   device resumed from further back than the server retains) are
+//!   `lost_in_gaps` instead: lost, but not silently.
+//! - `not_arrived_by_deadline`: what a device was still waiting for, its
+//!   stream open, when the run's deadline came: late (a backlog) or stalled.
+//! - `missed_after_disconnect`: what came after the last event a device got
+//!   before its stream ended for good. PERE closes the stream of a device
+//!   too slow for its queue and expects it to resume with `Last-Event-ID`;
+//!   without [`Config::resume`] the device does not.
+//!
+//! An event no device of its channel received has no known place: it
+//! counts by how its device ended, and `unseen_events` counts it once (an
+//! event never published, see `pere-pub`'s `failed`, or lost to every
+//! device). Without `--count`, sequence numbers stand in for ids.
+//!
+//! Receipts go over keep-alive connections of their own, one per device
+//! unless fewer are asked for, as JSON arrays of whatever accumulated while
+//! the previous receipt was in flight ([`AckMode::Batch`]) or one request per
+//! event ([`AckMode::Each`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -65,8 +93,12 @@ pub struct Config {
     pub status: String,
     /// Device ids are `<prefix>-<n>`.
     pub device_prefix: String,
-    /// Streams being opened at once during the ramp.
+    /// Streams being opened at once during the ramp (and reconnections).
     pub connect_concurrency: usize,
+    /// A device whose stream ends before it is done reconnects with
+    /// `Last-Event-ID` (the last event id it received), as an EventSource
+    /// would; without it the device stops there.
+    pub resume: bool,
 }
 
 /// Connections opened beyond the devices' own (receipts), for the
@@ -84,10 +116,15 @@ pub fn connections_needed(config: &Config) -> u64 {
 struct Shared {
     ready: AtomicU64,
     deliveries: AtomicU64,
-    lost: AtomicU64,
     duplicates: AtomicU64,
     reordered: AtomicU64,
     disconnects: AtomicU64,
+    closed_by_server: AtomicU64,
+    stream_errors: AtomicU64,
+    reconnects: AtomicU64,
+    devices_at_deadline: AtomicU64,
+    quiet_at_deadline_max_us: AtomicU64,
+    reported: AtomicU64,
     failed: AtomicU64,
     gaps: AtomicU64,
     bad_payloads: AtomicU64,
@@ -102,15 +139,32 @@ struct Shared {
     last_ack: AtomicU64,
     /// Per event (channel << 32 | seq): send time, acks, last ack time.
     ack_tracker: Mutex<HashMap<u64, (u64, u32, u64)>>,
+    /// Per channel index: every sequence number some device received, and
+    /// the highest count of events a device of the channel expected.
+    union: Mutex<HashMap<u64, (Vec<u64>, u64)>>,
+    /// Per channel index, when `count` is known (and small enough): the
+    /// order of the event id each sequence number was delivered with, as
+    /// the first device to get it saw it (0: no device did). With several
+    /// publishers, sequence order is not id order; this says where a
+    /// missing event stood in the stream.
+    ids: Vec<Vec<AtomicU64>>,
+    /// Devices that stopped short of what they expected, sorted by why once
+    /// every device is done ([`classify`]).
+    unfinished: Mutex<Vec<Unfinished>>,
     first_error: Mutex<Option<String>>,
+    first_disconnect: Mutex<Option<String>>,
 }
 
 impl Shared {
     fn error(&self, text: String) {
-        let mut first = self.first_error.lock().unwrap_or_else(|e| e.into_inner());
-        if first.is_none() {
-            *first = Some(text);
-        }
+        first(&self.first_error, text);
+    }
+}
+
+fn first(slot: &Mutex<Option<String>>, text: String) {
+    let mut first = slot.lock().unwrap_or_else(|e| e.into_inner());
+    if first.is_none() {
+        *first = Some(text);
     }
 }
 
@@ -142,14 +196,55 @@ pub struct Report {
     pub deliveries: u64,
     /// Events expected (`count` × devices), if a count was given.
     pub expected: Option<u64>,
-    /// Events a device should have received and did not.
+    /// Holes: events a device did not receive although it received a later
+    /// one (by event id, as other devices of the channel received the
+    /// missing one; by sequence number without `count`). Summed over
+    /// devices.
     pub lost: u64,
+    /// Of `lost`, those before the first event the device received:
+    /// published before its stream was live if publishing began before
+    /// every device was ready (callers wait for `devices ready`), a loss at
+    /// the start of the stream otherwise.
+    pub lost_before_first: u64,
+    /// Holes a `pere.gap` notice announced: the device resumed from a
+    /// point older than the server retains (`--history`), so the events in
+    /// between were lost to it, and it was told. Not in `lost`.
+    pub lost_in_gaps: u64,
+    /// Events a device was still waiting for, its stream open, when the
+    /// run's deadline (or an interrupt) stopped it: late, or never coming.
+    pub not_arrived_by_deadline: u64,
+    /// Events after the last one a device received before its stream ended
+    /// for good (without `resume`, at its first disconnect).
+    pub missed_after_disconnect: u64,
+    /// Sequence numbers below `count` (or the highest one seen) that no
+    /// device of their channel received: never published, lost to every
+    /// device, or every device had stopped. Counted once per channel and
+    /// sequence number, not per device; each one is also in one of the
+    /// three counts above.
+    pub unseen_events: u64,
     /// Events a device received twice.
     pub duplicates: u64,
     /// Events whose id was below the previous one's.
     pub reordered: u64,
-    /// Streams that broke before the device was done.
+    /// Streams that ended before their device was done: `closed_by_server`
+    /// plus `stream_errors`.
     pub disconnects: u64,
+    /// Streams the server ended cleanly (the end of the chunked body): a
+    /// device too slow for its queue (`--queue-capacity`), shutdown, a
+    /// revoked grant or a removed membership.
+    pub closed_by_server: u64,
+    /// Streams whose connection failed (reset, read error).
+    pub stream_errors: u64,
+    /// Streams reopened with `Last-Event-ID` after a disconnect (`resume`).
+    pub reconnects: u64,
+    /// Devices still waiting, stream open, at the deadline.
+    pub devices_at_deadline: u64,
+    /// Of those, the longest time since one last received an event (or its
+    /// stream opened), ms: a long quiet means a stall, a short one a backlog.
+    pub quiet_at_deadline_max_ms: f64,
+    /// Devices that had not finished counting 10 s after the stop and were
+    /// aborted: their missing events are in none of the counts.
+    pub unreported: u64,
     /// Streams that could not be opened.
     pub failed: u64,
     /// `pere.gap` notices.
@@ -166,6 +261,9 @@ pub struct Report {
     pub ramp_seconds: f64,
     /// The first error seen, if any.
     pub first_error: Option<String>,
+    /// How the first disconnect happened: which device, when, after how
+    /// many events, and why.
+    pub first_disconnect: Option<String>,
     /// People's summary lines.
     pub text: Vec<String>,
 }
@@ -186,9 +284,20 @@ impl Report {
             "deliveries": self.deliveries,
             "expected": self.expected,
             "lost": self.lost,
+            "lost_before_first": self.lost_before_first,
+            "lost_in_gaps": self.lost_in_gaps,
+            "not_arrived_by_deadline": self.not_arrived_by_deadline,
+            "missed_after_disconnect": self.missed_after_disconnect,
+            "unseen_events": self.unseen_events,
             "duplicates": self.duplicates,
             "reordered": self.reordered,
             "disconnects": self.disconnects,
+            "closed_by_server": self.closed_by_server,
+            "stream_errors": self.stream_errors,
+            "reconnects": self.reconnects,
+            "devices_at_deadline": self.devices_at_deadline,
+            "quiet_at_deadline_max_ms": self.quiet_at_deadline_max_ms,
+            "unreported": self.unreported,
             "failed": self.failed,
             "gaps": self.gaps,
             "bad_payloads": self.bad_payloads,
@@ -198,7 +307,13 @@ impl Report {
             "receipts": self.receipts,
             "ramp_seconds": self.ramp_seconds,
             "first_error": self.first_error,
+            "first_disconnect": self.first_disconnect,
         })
+    }
+
+    /// Events expected and not received, whatever the reason.
+    pub fn missing(&self) -> u64 {
+        self.lost + self.lost_in_gaps + self.not_arrived_by_deadline + self.missed_after_disconnect
     }
 }
 
@@ -210,7 +325,10 @@ impl Report {
 pub async fn run(config: Config, notice: impl Fn(&str)) -> std::io::Result<Report> {
     let server = super::resolve(&config.addr).await?;
     let config = Arc::new(config);
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(Shared {
+        ids: id_tables(&config),
+        ..Shared::default()
+    });
     let start = Instant::now();
     let deadline = config.duration.map(|d| start + d);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -248,6 +366,7 @@ pub async fn run(config: Config, notice: impl Fn(&str)) -> std::io::Result<Repor
             gate.clone(),
             ack,
             stop_rx.clone(),
+            start,
         ));
     }
     drop(ack_txs);
@@ -320,6 +439,25 @@ pub async fn run(config: Config, notice: impl Fn(&str)) -> std::io::Result<Repor
 
 fn report(config: &Config, s: &Shared, ramp_seconds: f64) -> Report {
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let unreported = u64::from(config.devices).saturating_sub(load(&s.reported));
+    let unseen_events: u64 = s
+        .union
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .map(|(bits, upto)| missing_below(bits, *upto))
+        .sum();
+    let quiet_at_deadline_max_ms = load(&s.quiet_at_deadline_max_us) as f64 / 1000.0;
+    let mut missing = Missing::default();
+    for u in s
+        .unfinished
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+    {
+        let ids = s.ids.get(u.channel as usize).map_or(&[][..], Vec::as_slice);
+        classify(u, ids, &mut missing);
+    }
     let delivery_seconds =
         load(&s.last_delivery).saturating_sub(load(&s.first_delivery)) as f64 / 1e6;
     let deliveries = load(&s.deliveries);
@@ -342,14 +480,32 @@ fn report(config: &Config, s: &Shared, ramp_seconds: f64) -> Report {
         s.latency.summary_text()
     ));
     text.push(format!(
-        "lost {}, duplicates {}, reordered {}, disconnects {}, gaps {}, bad payloads {}",
-        load(&s.lost),
+        "missing: lost (holes in a stream) {} ({} before the device's first event), lost in announced gaps {}, not arrived by the deadline {} ({} devices waiting, quiet up to {:.0} ms), missed after a disconnect {}; {} sequence numbers no device received",
+        missing.lost,
+        missing.lost_before_first,
+        missing.lost_in_gaps,
+        missing.not_arrived_by_deadline,
+        load(&s.devices_at_deadline),
+        quiet_at_deadline_max_ms,
+        missing.missed_after_disconnect,
+        unseen_events,
+    ));
+    text.push(format!(
+        "duplicates {}, reordered {}, disconnects {} ({} closed by the server, {} connection errors), reconnects {}, gaps {}, bad payloads {}",
         load(&s.duplicates),
         load(&s.reordered),
         load(&s.disconnects),
+        load(&s.closed_by_server),
+        load(&s.stream_errors),
+        load(&s.reconnects),
         load(&s.gaps),
         load(&s.bad_payloads)
     ));
+    if unreported > 0 {
+        text.push(format!(
+            "{unreported} devices were aborted before they counted what they missed"
+        ));
+    }
     let receipts = config.ack.map(|mode| {
         let seconds = load(&s.last_ack).saturating_sub(load(&s.first_ack)) as f64 / 1e6;
         let acked = load(&s.acked);
@@ -406,10 +562,21 @@ fn report(config: &Config, s: &Shared, ramp_seconds: f64) -> Report {
         completed: load(&s.completed),
         deliveries,
         expected: config.count.map(|c| c * u64::from(config.devices)),
-        lost: load(&s.lost),
+        lost: missing.lost,
+        lost_before_first: missing.lost_before_first,
+        lost_in_gaps: missing.lost_in_gaps,
+        not_arrived_by_deadline: missing.not_arrived_by_deadline,
+        missed_after_disconnect: missing.missed_after_disconnect,
+        unseen_events,
         duplicates: load(&s.duplicates),
         reordered: load(&s.reordered),
         disconnects: load(&s.disconnects),
+        closed_by_server: load(&s.closed_by_server),
+        stream_errors: load(&s.stream_errors),
+        reconnects: load(&s.reconnects),
+        devices_at_deadline: load(&s.devices_at_deadline),
+        quiet_at_deadline_max_ms,
+        unreported,
         failed: load(&s.failed),
         gaps: load(&s.gaps),
         bad_payloads: load(&s.bad_payloads),
@@ -422,6 +589,11 @@ fn report(config: &Config, s: &Shared, ramp_seconds: f64) -> Report {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone(),
+        first_disconnect: s
+            .first_disconnect
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone(),
         text,
     }
 }
@@ -430,7 +602,18 @@ fn report(config: &Config, s: &Shared, ramp_seconds: f64) -> Report {
 #[derive(Default)]
 struct Seen {
     received: u64,
+    /// Distinct sequence numbers received.
+    distinct: u64,
     last_id: Option<(u64, u64)>,
+    /// Smallest and largest [`order_of`] of the ids received.
+    first_order: Option<u64>,
+    max_order: Option<u64>,
+    /// Id ranges (exclusive) that `pere.gap` notices said were lost to this
+    /// device: from its resume point to the oldest event still retained
+    /// (or, when the server named none, the next event that came).
+    gaps: Vec<(u64, u64)>,
+    /// A gap whose end is the next event to come.
+    open_gap: Option<u64>,
     /// Bit per channel sequence number received.
     bits: Vec<u64>,
     duplicates: u64,
@@ -454,26 +637,59 @@ impl Seen {
 
     /// Sequence numbers below `upto` never received.
     fn missing(&self, upto: u64) -> u64 {
-        let mut have = 0u64;
-        for (w, word) in self.bits.iter().enumerate() {
-            let base = w as u64 * 64;
-            if base >= upto {
-                break;
-            }
-            let mask = if upto - base >= 64 {
-                u64::MAX
-            } else {
-                (1u64 << (upto - base)) - 1
-            };
-            have += u64::from((word & mask).count_ones());
-        }
-        upto - have
+        missing_below(&self.bits, upto)
     }
 
     fn highest(&self) -> Option<u64> {
         let w = self.bits.iter().rposition(|w| *w != 0)?;
         Some(w as u64 * 64 + 63 - u64::from(self.bits[w].leading_zeros()))
     }
+
+    fn lowest(&self) -> Option<u64> {
+        let w = self.bits.iter().position(|w| *w != 0)?;
+        Some(w as u64 * 64 + u64::from(self.bits[w].trailing_zeros()))
+    }
+
+    /// What is missing of the first `expected` sequence numbers: holes
+    /// (below the highest one received), of them those below the lowest one
+    /// received, and the tail (after the highest).
+    fn shortfall(&self, expected: u64) -> Shortfall {
+        let upto = self.highest().map_or(0, |h| h + 1).min(expected);
+        Shortfall {
+            holes: self.missing(upto),
+            before_first: self.lowest().unwrap_or(0).min(upto),
+            tail: expected - upto,
+        }
+    }
+}
+
+/// What a device is missing of the events it expected.
+#[derive(Debug, PartialEq, Eq)]
+struct Shortfall {
+    /// Below the highest sequence number received.
+    holes: u64,
+    /// Of `holes`, below the lowest one received.
+    before_first: u64,
+    /// After the highest one received.
+    tail: u64,
+}
+
+/// Zero bits of `bits` below bit `upto` (bits past the end count as zero).
+fn missing_below(bits: &[u64], upto: u64) -> u64 {
+    let mut have = 0u64;
+    for (w, word) in bits.iter().enumerate() {
+        let base = w as u64 * 64;
+        if base >= upto {
+            break;
+        }
+        let mask = if upto - base >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << (upto - base)) - 1
+        };
+        have += u64::from((word & mask).count_ones());
+    }
+    upto - have
 }
 
 fn request(
@@ -498,24 +714,30 @@ fn request(
     builder.body(Full::new(body)).ok()
 }
 
-async fn device(
+/// Why a device stopped reading a stream.
+enum End {
+    /// It received `count` distinct events.
+    Done,
+    /// The run's deadline or an interrupt, with the stream still open.
+    Stopped,
+    /// The server ended the stream (the chunked body's last chunk).
+    Closed,
+    /// The connection failed.
+    Broke(String),
+}
+
+/// Opens device `i`'s stream, a few attempts, resuming after `last_id` if
+/// given; the last error when it could not, or the run stopped first.
+async fn open_stream(
     i: u32,
-    config: Arc<Config>,
-    shared: Arc<Shared>,
+    config: &Config,
     server: SocketAddr,
-    gate: Arc<Semaphore>,
-    ack: Option<mpsc::UnboundedSender<AckItem>>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let name = format!("{}-{i}", config.device_prefix);
-    let channel_index = u64::from(i) % u64::from(config.channels.max(1));
-    let channel = channel_name(&config.channel, config.channels, u64::from(i));
-    let path = config.flavor.feed_path(&channel);
-    let device = (config.flavor == Flavor::Pere).then_some(name.as_str());
-    // Open the stream, a few attempts, at most `connect_concurrency` at once.
-    let mut permit = gate.clone().acquire_owned().await.ok();
-    let mut opened = None;
-    let mut last_error = String::new();
+    path: &str,
+    device: Option<&str>,
+    last_id: Option<&str>,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(Conn, hyper::body::Incoming), String> {
+    let mut last_error = String::from("the run stopped before the stream opened");
     for attempt in 0..5u32 {
         if *stop.borrow() {
             break;
@@ -530,130 +752,464 @@ async fn device(
                 continue;
             }
         };
-        let Some(req) = request(&config, Method::GET, &path, device, Bytes::new()) else {
-            last_error = format!("cannot build the request for device {name}");
-            break;
+        let Some(mut req) = request(config, Method::GET, path, device, Bytes::new()) else {
+            return Err(format!("cannot build the request for {path}"));
         };
-        match tokio::time::timeout(Duration::from_secs(30), conn.sender.send_request(req)).await {
+        if let Some(id) = last_id
+            && let Ok(value) = HeaderValue::from_str(id)
+        {
+            req.headers_mut().insert("last-event-id", value);
+        }
+        let answer = tokio::time::timeout(Duration::from_secs(30), conn.sender.send_request(req));
+        let answer = tokio::select! {
+            answer = answer => answer,
+            _ = stop.changed() => break,
+        };
+        match answer {
             Ok(Ok(resp)) if resp.status() == StatusCode::OK => {
-                opened = Some((conn, resp.into_body()));
-                break;
+                return Ok((conn, resp.into_body()));
             }
             Ok(Ok(resp)) => last_error = format!("GET {path}: status {}", resp.status()),
             Ok(Err(e)) => last_error = format!("GET {path}: {e}"),
             Err(_) => last_error = format!("GET {path}: no answer within 30 s"),
         }
     }
-    let Some((_conn, mut body)) = opened else {
-        shared.failed.fetch_add(1, Ordering::Relaxed);
-        shared.error(last_error);
+    Err(last_error)
+}
+
+/// One device's state across its connections.
+struct DeviceRun<'a> {
+    i: u32,
+    name: &'a str,
+    config: &'a Config,
+    shared: &'a Shared,
+    channel_index: u64,
+    ack: Option<mpsc::UnboundedSender<AckItem>>,
+    seen: Seen,
+    /// Counted in `ready` (its first stream said `pere.hello`).
+    ready: bool,
+    /// The ramp's bound, held until the stream is live.
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// The id of the last event received, for `Last-Event-ID`.
+    last_event_id: Option<String>,
+    /// When the device last received an event, or its stream opened.
+    last_activity: Instant,
+}
+
+impl DeviceRun<'_> {
+    fn live(&mut self) {
+        if !self.ready {
+            self.ready = true;
+            self.shared.ready.fetch_add(1, Ordering::Relaxed);
+        }
+        drop(self.permit.take());
+    }
+
+    /// Reads one stream until the device is done, the run stops, or the
+    /// stream ends.
+    async fn read(
+        &mut self,
+        body: &mut hyper::body::Incoming,
+        stop: &mut watch::Receiver<bool>,
+    ) -> End {
+        let mut decoder = Decoder::new();
+        let mut items = Vec::new();
+        self.last_activity = Instant::now();
+        // nchan's stream is live once its head arrived; PERE's with
+        // pere.hello.
+        if self.config.flavor == Flavor::Nchan {
+            self.live();
+        }
+        loop {
+            if *stop.borrow() {
+                return End::Stopped;
+            }
+            let frame = tokio::select! {
+                biased;
+                frame = body.frame() => frame,
+                _ = stop.changed() => return End::Stopped,
+            };
+            let data = match frame {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => data,
+                    Err(_) => continue,
+                },
+                Some(Err(e)) => return End::Broke(e.to_string()),
+                None => return End::Closed,
+            };
+            decoder.feed(&data, &mut items);
+            let now = unix_micros();
+            let before = self.seen.received;
+            let mut done = false;
+            for item in items.drain(..) {
+                let Item::Event(event) = item else { continue };
+                if event.event != "message" {
+                    match event.event.as_str() {
+                        "pere.hello" => self.live(),
+                        "pere.gap" => {
+                            self.shared.gaps.fetch_add(1, Ordering::Relaxed);
+                            self.gap(&event.data);
+                        }
+                        _ => {}
+                    }
+                    continue;
+                }
+                if !event.id.is_empty() {
+                    self.last_event_id = Some(event.id.clone());
+                }
+                let Some(stamp) = Stamp::parse(&event.data) else {
+                    self.shared.bad_payloads.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                let seen = &mut self.seen;
+                seen.received += 1;
+                self.shared.latency.record(now.saturating_sub(stamp.t));
+                if seen.mark(stamp.seq) {
+                    seen.distinct += 1;
+                } else {
+                    seen.duplicates += 1;
+                }
+                if let Some(key) = id_key(&event.id) {
+                    if seen.last_id.is_some_and(|last| key < last) {
+                        seen.reordered += 1;
+                    }
+                    seen.last_id = Some(key);
+                    let order = order_of(self.config.flavor, key);
+                    if let Some(from) = seen.open_gap.take() {
+                        seen.gaps.push((from, order));
+                    }
+                    seen.first_order = Some(seen.first_order.map_or(order, |o| o.min(order)));
+                    seen.max_order = Some(seen.max_order.map_or(order, |o| o.max(order)));
+                    if let Some(slot) = self
+                        .shared
+                        .ids
+                        .get(self.channel_index as usize)
+                        .and_then(|ids| ids.get(stamp.seq as usize))
+                        && slot.load(Ordering::Relaxed) == 0
+                    {
+                        slot.store(order, Ordering::Relaxed);
+                    }
+                }
+                if let Some(ack) = &self.ack {
+                    let _ = ack.send(AckItem {
+                        device: self.i,
+                        id: event.id,
+                        t: stamp.t,
+                        key: (self.channel_index << 32) | (stamp.seq & 0xFFFF_FFFF),
+                    });
+                }
+                if self.config.count.is_some_and(|c| seen.distinct >= c) {
+                    done = true;
+                }
+            }
+            if self.seen.received > before {
+                self.last_activity = Instant::now();
+                self.shared
+                    .deliveries
+                    .fetch_add(self.seen.received - before, Ordering::Relaxed);
+                note_time(&self.shared.first_delivery, &self.shared.last_delivery, now);
+            }
+            if done {
+                return End::Done;
+            }
+        }
+    }
+
+    /// Notes the id range a `pere.gap` notice (`{"from":…,"oldest":…}`)
+    /// says this device lost.
+    fn gap(&mut self, data: &str) {
+        let Ok(notice) = serde_json::from_str::<serde_json::Value>(data) else {
+            return;
+        };
+        let id = |field: &str| {
+            let text = notice.get(field)?.as_str()?;
+            Some(order_of(self.config.flavor, id_key(text)?))
+        };
+        let Some(from) = id("from") else { return };
+        match id("oldest") {
+            Some(oldest) => self.seen.gaps.push((from, oldest)),
+            None => self.seen.open_gap = Some(from),
+        }
+    }
+
+    /// Counts a stream that ended before the device was done.
+    fn disconnected(&self, end: &End, start: Instant) {
+        let shared = self.shared;
+        shared.disconnects.fetch_add(1, Ordering::Relaxed);
+        let why = match end {
+            End::Broke(e) => {
+                shared.stream_errors.fetch_add(1, Ordering::Relaxed);
+                format!("the connection failed: {e}")
+            }
+            _ => {
+                shared.closed_by_server.fetch_add(1, Ordering::Relaxed);
+                "the server ended the stream".to_string()
+            }
+        };
+        first(
+            &shared.first_disconnect,
+            format!(
+                "device {} at {:.1} s, after {} events (last id {}): {why}",
+                self.name,
+                start.elapsed().as_secs_f64(),
+                self.seen.received,
+                self.last_event_id.as_deref().unwrap_or("none"),
+            ),
+        );
+    }
+
+    /// Counts how the device ended and keeps what it missed, to be sorted
+    /// by why once every device is done.
+    fn account(mut self, end: &End) {
+        let shared = self.shared;
+        let expected = match self.config.count {
+            Some(c) => c,
+            None => self.seen.highest().map_or(0, |h| h + 1),
+        };
+        let missing = self.seen.missing(expected);
+        if let Some(from) = self.seen.open_gap.take() {
+            self.seen.gaps.push((from, u64::MAX));
+        }
+        match end {
+            End::Done => {
+                shared.completed.fetch_add(1, Ordering::Relaxed);
+            }
+            End::Stopped if missing > 0 => {
+                shared.devices_at_deadline.fetch_add(1, Ordering::Relaxed);
+                let quiet = self.last_activity.elapsed().as_micros();
+                shared
+                    .quiet_at_deadline_max_us
+                    .fetch_max(u64::try_from(quiet).unwrap_or(u64::MAX), Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        shared
+            .duplicates
+            .fetch_add(self.seen.duplicates, Ordering::Relaxed);
+        shared
+            .reordered
+            .fetch_add(self.seen.reordered, Ordering::Relaxed);
+        {
+            let mut union = shared.union.lock().unwrap_or_else(|e| e.into_inner());
+            let (bits, upto) = union.entry(self.channel_index).or_default();
+            if bits.len() < self.seen.bits.len() {
+                bits.resize(self.seen.bits.len(), 0);
+            }
+            for (all, mine) in bits.iter_mut().zip(&self.seen.bits) {
+                *all |= mine;
+            }
+            *upto = (*upto).max(expected);
+        }
+        if missing > 0 {
+            let unfinished = Unfinished {
+                channel: self.channel_index,
+                expected,
+                first_order: self.seen.first_order,
+                max_order: self.seen.max_order,
+                end: match end {
+                    End::Done => Ended::Done,
+                    End::Stopped => Ended::Stopped,
+                    End::Closed | End::Broke(_) => Ended::Disconnected,
+                },
+                seen: self.seen,
+            };
+            shared
+                .unfinished
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(unfinished);
+        }
+    }
+}
+
+/// How a device that missed events ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ended {
+    Done,
+    Stopped,
+    Disconnected,
+}
+
+/// A device that did not get every event it expected.
+struct Unfinished {
+    channel: u64,
+    expected: u64,
+    first_order: Option<u64>,
+    max_order: Option<u64>,
+    end: Ended,
+    seen: Seen,
+}
+
+/// Missing events, by why.
+#[derive(Default, Debug, PartialEq, Eq)]
+struct Missing {
+    lost: u64,
+    lost_before_first: u64,
+    lost_in_gaps: u64,
+    not_arrived_by_deadline: u64,
+    missed_after_disconnect: u64,
+}
+
+/// Event ids as one ordered number: PERE's as they are, nchan's
+/// `time:tag` as `time << 20 | tag`.
+fn order_of(flavor: Flavor, (a, b): (u64, u64)) -> u64 {
+    match flavor {
+        Flavor::Pere => a,
+        Flavor::Nchan => (a << 20) | b.min((1 << 20) - 1),
+    }
+}
+
+/// Id tables are kept when `count` is at most this per channel...
+const MAX_TRACKED_COUNT: u64 = 1 << 16;
+/// ... and at most this many entries over all channels.
+const MAX_TRACKED_IDS: u64 = 1 << 22;
+
+/// Empty id tables (see [`Shared::ids`]) for `config`, or none when the
+/// run has no count or too large a one.
+fn id_tables(config: &Config) -> Vec<Vec<AtomicU64>> {
+    let channels = u64::from(config.channels.max(1));
+    match config.count {
+        Some(c) if c <= MAX_TRACKED_COUNT && c * channels <= MAX_TRACKED_IDS => (0..channels)
+            .map(|_| (0..c).map(|_| AtomicU64::new(0)).collect())
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Sorts what `u` missed. A missing event that some device received has
+/// a known id: below the device's highest id received, the server skipped
+/// it (a hole: `lost_in_gaps` when a `pere.gap` notice covered it, else
+/// `lost`, and of those below its lowest id `lost_before_first`); above it,
+/// it came after the device stopped: still owed at the deadline, or after
+/// its stream ended. An event no device received has no known place and
+/// counts by how the device ended. Without an id table (`ids` empty),
+/// sequence numbers stand in for the ids, which is exact only with one
+/// publisher.
+fn classify(u: &Unfinished, ids: &[AtomicU64], out: &mut Missing) {
+    let after_end = |out: &mut Missing, n: u64| match u.end {
+        Ended::Done => out.lost += n,
+        Ended::Stopped => out.not_arrived_by_deadline += n,
+        Ended::Disconnected => out.missed_after_disconnect += n,
+    };
+    if ids.is_empty() {
+        let short = u.seen.shortfall(u.expected);
+        out.lost += short.holes;
+        out.lost_before_first += short.before_first;
+        after_end(out, short.tail);
+        return;
+    }
+    let (Some(first), Some(last)) = (u.first_order, u.max_order) else {
+        after_end(out, u.seen.missing(u.expected));
         return;
     };
-    let mut decoder = Decoder::new();
-    let mut items = Vec::new();
-    let mut seen = Seen::default();
-    // nchan's stream is live once its head arrived; PERE's with pere.hello.
-    // The permit is held until then, so the ramp's bound holds.
-    let mut ready = config.flavor == Flavor::Nchan;
-    if ready {
-        shared.ready.fetch_add(1, Ordering::Relaxed);
-        drop(permit.take());
-    }
-    let mut done = false;
-    let mut broke = false;
-    while !done {
-        let frame = tokio::select! {
-            biased;
-            frame = body.frame() => frame,
-            _ = stop.changed() => break,
-        };
-        let data = match frame {
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => data,
-                Err(_) => continue,
-            },
-            Some(Err(e)) => {
-                shared.error(format!("device {name}: the stream broke: {e}"));
-                broke = true;
-                break;
-            }
-            None => {
-                broke = true;
-                break;
-            }
-        };
-        decoder.feed(&data, &mut items);
-        let now = unix_micros();
-        let before = seen.received;
-        for item in items.drain(..) {
-            let Item::Event(event) = item else { continue };
-            if event.event != "message" {
-                match event.event.as_str() {
-                    "pere.hello" if !ready => {
-                        ready = true;
-                        shared.ready.fetch_add(1, Ordering::Relaxed);
-                        drop(permit.take());
-                    }
-                    "pere.gap" => {
-                        shared.gaps.fetch_add(1, Ordering::Relaxed);
-                    }
-                    _ => {}
-                }
-                continue;
-            }
-            let Some(stamp) = Stamp::parse(&event.data) else {
-                shared.bad_payloads.fetch_add(1, Ordering::Relaxed);
-                continue;
-            };
-            seen.received += 1;
-            shared.latency.record(now.saturating_sub(stamp.t));
-            if !seen.mark(stamp.seq) {
-                seen.duplicates += 1;
-            }
-            if let Some(key) = id_key(&event.id) {
-                if seen.last_id.is_some_and(|last| key < last) {
-                    seen.reordered += 1;
-                }
-                seen.last_id = Some(key);
-            }
-            if let Some(ack) = &ack {
-                let _ = ack.send(AckItem {
-                    device: i,
-                    id: event.id,
-                    t: stamp.t,
-                    key: (channel_index << 32) | (stamp.seq & 0xFFFF_FFFF),
-                });
-            }
-            if config.count.is_some_and(|c| seen.received >= c) {
-                done = true;
-            }
+    for seq in 0..u.expected {
+        let (word, bit) = ((seq / 64) as usize, seq % 64);
+        if u.seen.bits.get(word).is_some_and(|w| w & (1 << bit) != 0) {
+            continue;
         }
-        if seen.received > before {
-            shared
-                .deliveries
-                .fetch_add(seen.received - before, Ordering::Relaxed);
-            note_time(&shared.first_delivery, &shared.last_delivery, now);
+        match ids.get(seq as usize).map(|o| o.load(Ordering::Relaxed)) {
+            Some(order) if order != 0 && order < last => {
+                if u.seen
+                    .gaps
+                    .iter()
+                    .any(|(from, to)| *from < order && order < *to)
+                {
+                    out.lost_in_gaps += 1;
+                } else {
+                    out.lost += 1;
+                    if order < first {
+                        out.lost_before_first += 1;
+                    }
+                }
+            }
+            _ => after_end(out, 1),
         }
     }
-    if broke && !done {
-        shared.disconnects.fetch_add(1, Ordering::Relaxed);
-    }
-    if done {
-        shared.completed.fetch_add(1, Ordering::Relaxed);
-    }
-    let expected = match config.count {
-        Some(c) => c,
-        None => seen.highest().map_or(0, |h| h + 1),
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn device(
+    i: u32,
+    config: Arc<Config>,
+    shared: Arc<Shared>,
+    server: SocketAddr,
+    gate: Arc<Semaphore>,
+    ack: Option<mpsc::UnboundedSender<AckItem>>,
+    mut stop: watch::Receiver<bool>,
+    start: Instant,
+) {
+    let name = format!("{}-{i}", config.device_prefix);
+    let channel = channel_name(&config.channel, config.channels, u64::from(i));
+    let path = config.flavor.feed_path(&channel);
+    let device = (config.flavor == Flavor::Pere).then_some(name.as_str());
+    let mut run = DeviceRun {
+        i,
+        name: &name,
+        config: &config,
+        shared: &shared,
+        channel_index: u64::from(i) % u64::from(config.channels.max(1)),
+        ack,
+        seen: Seen::default(),
+        ready: false,
+        permit: None,
+        last_event_id: None,
+        last_activity: Instant::now(),
     };
-    shared
-        .lost
-        .fetch_add(seen.missing(expected), Ordering::Relaxed);
-    shared
-        .duplicates
-        .fetch_add(seen.duplicates, Ordering::Relaxed);
-    shared
-        .reordered
-        .fetch_add(seen.reordered, Ordering::Relaxed);
+    // Streams are opened at most `connect_concurrency` at once; the permit
+    // is held until the stream is live, so the ramp's bound holds.
+    run.permit = gate.clone().acquire_owned().await.ok();
+    let (mut conn, mut body) =
+        match open_stream(i, &config, server, &path, device, None, &mut stop).await {
+            Ok(opened) => opened,
+            Err(e) => {
+                shared.failed.fetch_add(1, Ordering::Relaxed);
+                shared.error(e);
+                shared.reported.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+    let end = loop {
+        let end = run.read(&mut body, &mut stop).await;
+        drop(run.permit.take());
+        if matches!(end, End::Done | End::Stopped) {
+            break end;
+        }
+        run.disconnected(&end, start);
+        if let End::Broke(e) = &end {
+            shared.error(format!("device {name}: the stream broke: {e}"));
+        }
+        if !config.resume || *stop.borrow() {
+            break end;
+        }
+        drop(conn);
+        run.permit = gate.clone().acquire_owned().await.ok();
+        let last = run.last_event_id.clone();
+        match open_stream(
+            i,
+            &config,
+            server,
+            &path,
+            device,
+            last.as_deref(),
+            &mut stop,
+        )
+        .await
+        {
+            Ok(opened) => {
+                shared.reconnects.fetch_add(1, Ordering::Relaxed);
+                (conn, body) = opened;
+            }
+            Err(e) => {
+                drop(run.permit.take());
+                shared.error(format!("device {name}: could not resume: {e}"));
+                // Stopped while reconnecting counts as a disconnect's loss:
+                // the stream had ended.
+                break end;
+            }
+        }
+    };
+    run.account(&end);
+    shared.reported.fetch_add(1, Ordering::Relaxed);
 }
 
 async fn ack_worker(
@@ -822,5 +1378,160 @@ mod tests {
         assert_eq!(seen.missing(0), 0);
         assert_eq!(Seen::default().highest(), None);
         assert_eq!(Seen::default().missing(3), 3);
+    }
+
+    #[test]
+    fn a_shortfall_splits_into_holes_and_a_tail() {
+        let mut seen = Seen::default();
+        for seq in [0, 1, 3, 4, 6] {
+            seen.mark(seq);
+        }
+        let short = |holes, before_first, tail| Shortfall {
+            holes,
+            before_first,
+            tail,
+        };
+        // 2 and 5 are holes (6 came after them); 7..10 never came.
+        assert_eq!(seen.shortfall(10), short(2, 0, 3));
+        // Expecting fewer than arrived: only holes below the count.
+        assert_eq!(seen.shortfall(4), short(1, 0, 0));
+        assert_eq!(seen.shortfall(0), short(0, 0, 0));
+        // Nothing received: everything is tail, nothing is a hole.
+        assert_eq!(Seen::default().shortfall(5), short(0, 0, 5));
+        let mut all = Seen::default();
+        for seq in 0..130 {
+            all.mark(seq);
+        }
+        assert_eq!(all.shortfall(130), short(0, 0, 0));
+        assert_eq!(missing_below(&all.bits, 200), 70);
+        // A device that got 70..=100 only: 70 holes before its first event.
+        let mut late = Seen::default();
+        for seq in 70..=100 {
+            late.mark(seq);
+        }
+        assert_eq!(late.lowest(), Some(70));
+        assert_eq!(late.shortfall(120), short(70, 70, 19));
+    }
+
+    /// Two publishers: sequence numbers 0..6 got ids 11, 10, 13, 12, 15,
+    /// 14 (each pair swapped).
+    fn ids() -> Vec<AtomicU64> {
+        [11, 10, 13, 12, 15, 14]
+            .into_iter()
+            .map(AtomicU64::new)
+            .collect()
+    }
+
+    fn unfinished(got: &[(u64, u64)], end: Ended) -> Unfinished {
+        let mut seen = Seen::default();
+        for (seq, _) in got {
+            seen.mark(*seq);
+        }
+        Unfinished {
+            channel: 0,
+            expected: 6,
+            first_order: got.iter().map(|(_, id)| *id).min(),
+            max_order: got.iter().map(|(_, id)| *id).max(),
+            end,
+            seen,
+        }
+    }
+
+    fn classified(u: &Unfinished, ids: &[AtomicU64]) -> Missing {
+        let mut out = Missing::default();
+        classify(u, ids, &mut out);
+        out
+    }
+
+    #[test]
+    fn missing_events_are_placed_by_their_id_not_their_sequence_number() {
+        let ids = ids();
+        // Ids 10, 11, 12 (seqs 1, 0, 3) arrived, then the stream ended.
+        // Seq 2 is below seq 3, but its id (13) came after the end: nothing
+        // was skipped. Sequence numbers alone would call it a hole.
+        let cut = unfinished(&[(1, 10), (0, 11), (3, 12)], Ended::Disconnected);
+        assert_eq!(
+            classified(&cut, &ids),
+            Missing {
+                missed_after_disconnect: 3,
+                ..Missing::default()
+            }
+        );
+        assert_eq!(
+            classified(&cut, &[]),
+            Missing {
+                lost: 1,
+                missed_after_disconnect: 2,
+                ..Missing::default()
+            }
+        );
+        // Ids 10, 11, 13 (seqs 1, 0, 2) arrived: id 12 (seq 3) was skipped
+        // although its sequence number is above every one received.
+        let skipped = unfinished(&[(1, 10), (0, 11), (2, 13)], Ended::Disconnected);
+        assert_eq!(
+            classified(&skipped, &ids),
+            Missing {
+                lost: 1,
+                missed_after_disconnect: 2,
+                ..Missing::default()
+            }
+        );
+        // Ids 10, 11, 12, 14 arrived and the deadline came: 13 is a hole,
+        // 15 was still owed.
+        let holey = unfinished(&[(1, 10), (0, 11), (3, 12), (5, 14)], Ended::Stopped);
+        assert_eq!(
+            classified(&holey, &ids),
+            Missing {
+                lost: 1,
+                not_arrived_by_deadline: 1,
+                ..Missing::default()
+            }
+        );
+        // A device that joined late: ids 12..=15 only; 10 and 11 before it.
+        let late = unfinished(&[(3, 12), (2, 13), (5, 14), (4, 15)], Ended::Stopped);
+        assert_eq!(
+            classified(&late, &ids),
+            Missing {
+                lost: 2,
+                lost_before_first: 2,
+                ..Missing::default()
+            }
+        );
+        // A pere.gap notice said ids after 11 and before 14 were lost to
+        // the device: announced, not silent. Id 13 outside it is silent.
+        let mut told = unfinished(&[(1, 10), (0, 11), (5, 14), (4, 15)], Ended::Done);
+        told.seen.gaps.push((11, 14));
+        assert_eq!(
+            classified(&told, &ids),
+            Missing {
+                lost_in_gaps: 2,
+                ..Missing::default()
+            }
+        );
+        told.seen.gaps[0] = (11, 13);
+        assert_eq!(
+            classified(&told, &ids),
+            Missing {
+                lost: 1,
+                lost_in_gaps: 1,
+                ..Missing::default()
+            }
+        );
+        // Nothing received, or ids no device saw: by how it ended.
+        let unknown: Vec<AtomicU64> = (0..6).map(|_| AtomicU64::new(0)).collect();
+        assert_eq!(
+            classified(&unfinished(&[(0, 11)], Ended::Stopped), &unknown),
+            Missing {
+                not_arrived_by_deadline: 5,
+                ..Missing::default()
+            }
+        );
+        assert_eq!(
+            classified(&unfinished(&[], Ended::Disconnected), &ids),
+            Missing {
+                missed_after_disconnect: 6,
+                ..Missing::default()
+            }
+        );
     }
 }

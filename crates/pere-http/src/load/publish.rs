@@ -4,7 +4,10 @@
 //!
 //! Event `n` goes to channel [`channel_name`]`(base, channels, n)` with
 //! sequence number `n / channels` on it, so every channel's events are
-//! numbered 0, 1, 2, … for the devices to check.
+//! numbered 0, 1, 2, … for the devices to check. A publish that fails is
+//! not retried: its sequence number is never published, and the report
+//! names it ([`Report::failed_events`]) so that the devices' counts can be
+//! read against it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -58,7 +61,11 @@ struct Shared {
     failed: AtomicU64,
     latency: Histogram,
     first_error: std::sync::Mutex<Option<String>>,
+    failed_events: std::sync::Mutex<Vec<(String, u64)>>,
 }
+
+/// Failed publishes named in the report, at most.
+const FAILED_EVENTS_KEPT: usize = 100;
 
 /// What a run measured.
 #[derive(Debug)]
@@ -73,6 +80,9 @@ pub struct Report {
     pub latency: serde_json::Value,
     /// The first error seen.
     pub first_error: Option<String>,
+    /// Channel and sequence number of the first failed publishes (at most
+    /// 100): events the devices will miss because they never existed.
+    pub failed_events: Vec<(String, u64)>,
     /// People's summary lines.
     pub text: Vec<String>,
 }
@@ -88,6 +98,11 @@ impl Report {
             "publishes_per_second": if self.seconds > 0.0 { self.published as f64 / self.seconds } else { 0.0 },
             "latency_us": self.latency,
             "first_error": self.first_error,
+            "failed_events": self
+                .failed_events
+                .iter()
+                .map(|(channel, seq)| serde_json::json!({"channel": channel, "seq": seq}))
+                .collect::<Vec<_>>(),
         })
     }
 }
@@ -167,12 +182,19 @@ pub async fn run(config: Config, notice: impl Fn(&str)) -> std::io::Result<Repor
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
+    let failed_events = std::mem::take(
+        &mut *shared
+            .failed_events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()),
+    );
     Ok(Report {
         published,
         failed,
         seconds,
         latency: shared.latency.summary_json(),
         first_error,
+        failed_events,
         text,
     })
 }
@@ -240,6 +262,14 @@ async fn worker(
             }
             Err(e) => {
                 shared.failed.fetch_add(1, Ordering::Relaxed);
+                let mut failed = shared
+                    .failed_events
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                if failed.len() < FAILED_EVENTS_KEPT {
+                    failed.push((channel.clone(), n / u64::from(channels)));
+                }
+                drop(failed);
                 let mut first = shared.first_error.lock().unwrap_or_else(|e| e.into_inner());
                 if first.is_none() {
                     *first = Some(format!("publish #{n} on {channel}: {e}"));
