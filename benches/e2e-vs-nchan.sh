@@ -18,6 +18,13 @@
 # /work/shared/peers/nchan/run.sh (NCHAN_DIR to point elsewhere).
 set -euo pipefail
 
+# Settings come from the environment (above); any argument asks for this help,
+# so that `--help` does not start a long run.
+if [ "$#" -gt 0 ]; then
+    sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+    exit 0
+fi
+
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN="$ROOT/target/release"
 NCHAN_DIR="${NCHAN_DIR:-/work/shared/peers/nchan}"
