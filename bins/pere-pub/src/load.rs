@@ -3,7 +3,6 @@
 //! on stdout.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use pere_core::{ChannelName, DeviceId};
 use pere_http::client::Address;
@@ -110,31 +109,22 @@ pub fn main(args: Args) -> ExitCode {
         }
     };
     load::raise_nofile_limit();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("pere-pub: cannot start the runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let report = runtime.block_on(load::publish::run(config, |text| {
+    let run = load::publish::run(config, |text| {
         if !quiet {
             eprintln!("pere-pub: {text}");
         }
-    }));
-    runtime.shutdown_timeout(Duration::from_secs(1));
+    });
+    let Some(report) = load::block_on("pere-pub", run) else {
+        return ExitCode::FAILURE;
+    };
     match report {
         Ok(report) => {
-            for line in &report.text {
-                eprintln!("pere-pub: {line}");
-            }
-            if let Some(err) = &report.first_error {
-                eprintln!("pere-pub: first error: {err}");
-            }
-            println!("{}", report.to_json());
+            load::print_report(
+                "pere-pub",
+                &report.text,
+                report.first_error.as_deref(),
+                &report.to_json(),
+            );
             if report.failed == 0 {
                 ExitCode::SUCCESS
             } else {

@@ -2,7 +2,6 @@
 //! People's summary on stderr, one JSON report on stdout.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use pere_core::Pattern;
 use pere_http::client::Address;
@@ -130,32 +129,23 @@ pub fn main(args: Args) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("pere-sub: cannot start the runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let report = runtime.block_on(load::devices::run(config, |text| {
+    let run = load::devices::run(config, |text| {
         // "devices ready" is always printed: scripts wait for it.
         if !quiet || text.contains("devices ready (") {
             eprintln!("pere-sub: {text}");
         }
-    }));
-    runtime.shutdown_timeout(Duration::from_secs(1));
+    });
+    let Some(report) = load::block_on("pere-sub", run) else {
+        return ExitCode::FAILURE;
+    };
     match report {
         Ok(report) => {
-            for line in &report.text {
-                eprintln!("pere-sub: {line}");
-            }
-            if let Some(err) = &report.first_error {
-                eprintln!("pere-sub: first error: {err}");
-            }
-            println!("{}", report.to_json());
+            load::print_report(
+                "pere-sub",
+                &report.text,
+                report.first_error.as_deref(),
+                &report.to_json(),
+            );
             let complete = report.expected.is_none_or(|e| report.deliveries >= e);
             if report.failed == 0
                 && report.missing() == 0
@@ -180,6 +170,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use argh::FromArgs;
+    use std::time::Duration;
 
     fn resolve_args(extra: &[&str]) -> Result<Config, String> {
         let mut all = vec!["127.0.0.1:4567", "load"];

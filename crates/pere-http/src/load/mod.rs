@@ -380,6 +380,41 @@ impl Histogram {
     }
 }
 
+/// Runs a load mode's future on a fresh multi-threaded runtime, for the
+/// CLIs; `None` (after saying why on stderr) if no runtime could start.
+pub fn block_on<F: std::future::Future>(tool: &str, run: F) -> Option<F::Output> {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("{tool}: cannot start the runtime: {err}");
+            return None;
+        }
+    };
+    let out = runtime.block_on(run);
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    Some(out)
+}
+
+/// Prints a finished run as the load modes do: the summary lines and the
+/// first error on stderr, the JSON report on stdout.
+pub fn print_report(
+    tool: &str,
+    text: &[String],
+    first_error: Option<&str>,
+    json: &serde_json::Value,
+) {
+    for line in text {
+        eprintln!("{tool}: {line}");
+    }
+    if let Some(err) = first_error {
+        eprintln!("{tool}: first error: {err}");
+    }
+    println!("{json}");
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
