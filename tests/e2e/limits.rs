@@ -471,14 +471,21 @@ async fn ten_thousand_idle_connections_dropped_abruptly_leak_nothing() {
         server.request("GET", "/healthz", &[], b"").await.status,
         200
     );
-    // No leak: a second round costs nothing lasting over the first (the
-    // allocator may keep what the first round grew, but a leak of even
-    // 1 KiB per connection would add 10 MB).
-    let (_, after1) = rounds[0];
-    let (_, after2) = rounds[1];
+    // No leak: a second round costs nothing lasting over the first. What
+    // the allocator hands back to the kernel after a round varies (glibc
+    // keeps freed arena memory for reuse, more or less of it from run to
+    // run), so the measure is the peak: freed memory is reused by the
+    // second round, while a leak of even 1 KiB per connection would add
+    // 10 MB to its peak.
+    let (full1, _) = rounds[0];
+    let (full2, after2) = rounds[1];
     assert!(
-        after2 <= after1 + 5 * 1024,
-        "RSS grew from {after1} KiB to {after2} KiB over a second round of {N} connections"
+        full2 <= full1 + 5 * 1024,
+        "peak RSS grew from {full1} KiB to {full2} KiB over a second round of {N} connections"
+    );
+    assert!(
+        after2 <= full1 + 5 * 1024,
+        "RSS after the second round ({after2} KiB) is above the first round's peak ({full1} KiB)"
     );
     assert!(
         started.elapsed() < Duration::from_secs(50),
