@@ -776,3 +776,96 @@ async fn with_replay_all_by_default_a_new_device_gets_history_and_a_member_its_c
     );
     assert_eq!(s.messages(1).await[0].id, new);
 }
+
+// The first request of a connection, when it is a plain `GET /feed`, is
+// served without hyper (pere-http's `direct` module, for memory); these
+// check that nothing about the connection changes for the client.
+
+#[tokio::test]
+async fn a_refused_first_stream_leaves_its_kept_alive_connection_usable() {
+    let server = TestServer::start().await;
+    let mut conn = Connection::open(server.addr).await;
+    let r = conn.request("GET", "/feed/bad%20name", &[], b"").await;
+    r.assert_error(400, "invalid_channel");
+    assert!(r.header("date").is_some_and(|d| d.ends_with(" GMT")));
+    let r = conn.request("GET", "/healthz", &[], b"").await;
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    let r = conn.request("POST", "/push/c", &[], b"after").await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let mut s = conn.stream("/feed/c?replay=all", &[]).await;
+    assert_eq!(data(&mut s, 1).await, ["after"]);
+}
+
+#[tokio::test]
+async fn a_stream_the_server_ends_is_a_complete_response_on_a_usable_connection() {
+    let server = TestServer::start().await;
+    let mut conn = TcpStream::connect(server.addr).await.unwrap();
+    conn.write_all(b"GET /feed/c HTTP/1.1\r\nHost: x\r\ndevice: d\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    read_until(&mut conn, &mut seen, "event: pere.hello\n").await;
+    let id = server.publish("c", "one").await;
+    read_until(&mut conn, &mut seen, &format!("id: {id}\ndata: one\n\n")).await;
+    let r = server
+        .request("DELETE", "/admin/devices/c/d", &[], b"")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The body ends with the last chunk, as hyper ends one …
+    read_until(&mut conn, &mut seen, "\r\n0\r\n\r\n").await;
+    let text = String::from_utf8_lossy(&seen).into_owned();
+    let head = &text[..text.find("\r\n\r\n").unwrap()];
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.contains("\r\ntransfer-encoding: chunked"), "{head}");
+    assert!(
+        lower.contains("\r\ncontent-type: text/event-stream"),
+        "{head}"
+    );
+    assert!(!lower.contains("content-length"), "{head}");
+    // … and the connection takes the next request.
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut next = Vec::new();
+    read_until(&mut conn, &mut next, "\r\n\r\nok").await;
+    assert!(next.starts_with(b"HTTP/1.1 200 OK\r\n"));
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_is_offline_at_once() {
+    let server = TestServer::start_with(
+        HubConfig::default(),
+        Retention::default(),
+        ServerConfig {
+            keepalive: Duration::from_secs(600),
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let s = server.subscribe("c", "d").await;
+    assert_eq!(server.presence("c", "d").await.unwrap()["online"], true);
+    drop(s);
+    // No keepalive write is due for ten minutes: the server noticed the
+    // close on the socket itself.
+    server.wait_offline("c", "d").await;
+}
+
+#[tokio::test]
+async fn streams_hyper_serves_still_work_large_heads_and_connection_close() {
+    let server = TestServer::start().await;
+    let cookie = "k=".to_string() + &"v".repeat(6000);
+    let mut big = server
+        .stream("/feed/c", &[("device", "big"), ("Cookie", &cookie)])
+        .await;
+    assert_eq!(big.status, 200);
+    let mut close = SseStream::open_raw(
+        server.addr,
+        b"GET /feed/c HTTP/1.1\r\nHost: x\r\ndevice: close\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(close.status, 200);
+    server.publish("c", "both").await;
+    assert_eq!(data(&mut big, 1).await, ["both"]);
+    assert_eq!(data(&mut close, 1).await, ["both"]);
+}

@@ -13,6 +13,7 @@
 
 pub mod body;
 pub mod client;
+mod direct;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -206,7 +206,14 @@ pub async fn run<S: EventStore>(
     if let Some(webhook) = config.webhook.clone() {
         tokio::spawn(crate::webhook::deliver(hub.clone(), webhook));
     }
+    let http = Arc::new(builder);
     let graceful = GracefulShutdown::new();
+    let (closing_tx, closing) = tokio::sync::watch::channel(false);
+    let limits_conn = ConnLimits {
+        head: config.header_read_timeout,
+        idle: config.idle_timeout,
+        max_head: config.max_header_bytes.max(MIN_MAX_HEADER_BYTES),
+    };
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -223,8 +230,90 @@ pub async fn run<S: EventStore>(
         let counted = limits.connection();
         // Events are small and latency matters more than packet count.
         let _ = stream.set_nodelay(true);
+        let conn = Connection {
+            app: app.clone(),
+            http: http.clone(),
+            // Taken now, not in the task: a shutdown that starts before the
+            // task runs still waits for it.
+            graceful: graceful.watcher(),
+            closing: closing.clone(),
+            limits: limits_conn,
+            peer,
+        };
+        tokio::spawn(async move {
+            conn.serve(stream).await;
+            drop(counted);
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: closing streams");
+    let _ = closing_tx.send(true);
+    hub.shutdown().await;
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = tokio::time::sleep(config.shutdown_grace) => {
+            tracing::warn!(grace = ?config.shutdown_grace, "connections still open after the grace period; closing anyway");
+        }
+    }
+    Ok(())
+}
+
+/// What one connection's task needs.
+struct Connection<S: EventStore> {
+    app: Arc<App<S>>,
+    http: Arc<auto::Builder<TokioExecutor>>,
+    /// Held for the connection's whole life, so that shutdown waits for it.
+    graceful: hyper_util::server::graceful::Watcher,
+    closing: tokio::sync::watch::Receiver<bool>,
+    limits: ConnLimits,
+    peer: SocketAddr,
+}
+
+impl<S: EventStore> Connection<S> {
+    /// Serves the connection: its first request here if it is an event
+    /// stream (see [`crate::direct`]), everything else through hyper.
+    async fn serve(mut self, stream: TcpStream) {
+        // Each step is boxed: the task itself then holds only what every
+        // step needs, not the largest step's state for the connection's
+        // whole life (an event stream lives for hours).
+        if !Box::pin(self.first_byte(&stream)).await {
+            return;
+        }
+        let stream = match Box::pin(crate::direct::serve_first(stream, &self.app)).await {
+            crate::direct::Outcome::Hyper(stream) => stream,
+            crate::direct::Outcome::Closed => return,
+        };
+        Box::pin(self.serve_hyper(stream)).await;
+    }
+
+    /// Waits for the connection's first byte: `false` when the client
+    /// closed, the idle timeout passed, or the server is shutting down.
+    async fn first_byte(&mut self, stream: &TcpStream) -> bool {
+        // A peek, not `readable()`, which can report a fresh socket ready
+        // before any byte arrived.
+        let mut first = [0u8; 1];
+        tokio::select! {
+            peeked = stream.peek(&mut first) => matches!(peeked, Ok(1..)),
+            _ = self.closing.wait_for(|closing| *closing) => false,
+            () = tokio::time::sleep(self.limits.idle) => {
+                tracing::debug!(peer = %self.peer, "idle connection closed");
+                false
+            }
+        }
+    }
+
+    /// Serves the connection through hyper, under our own head and idle
+    /// timeouts (see [`serve`]).
+    async fn serve_hyper(self, stream: TcpStream) {
+        let Self {
+            app,
+            http,
+            graceful,
+            limits,
+            peer,
+            ..
+        } = self;
         let watch = Arc::new(ConnWatch::new());
-        let app = app.clone();
         let service = service_fn({
             let watch = watch.clone();
             move |req| {
@@ -239,30 +328,12 @@ pub async fn run<S: EventStore>(
                 }
             }
         });
-        let conn = builder
+        let conn = http
             .serve_connection(TokioIo::new(Watched::new(stream, watch.clone())), service)
             .into_owned();
         let conn = Box::pin(graceful.watch(conn));
-        let limits = ConnLimits {
-            head: config.header_read_timeout,
-            idle: config.idle_timeout,
-            max_head: config.max_header_bytes.max(MIN_MAX_HEADER_BYTES),
-        };
-        tokio::spawn(async move {
-            serve(conn, watch, limits, peer).await;
-            drop(counted);
-        });
+        serve(conn, watch, limits, peer).await;
     }
-    drop(listener);
-    tracing::info!("shutting down: closing streams");
-    hub.shutdown().await;
-    tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
-        () = tokio::time::sleep(config.shutdown_grace) => {
-            tracing::warn!(grace = ?config.shutdown_grace, "connections still open after the grace period; closing anyway");
-        }
-    }
-    Ok(())
 }
 
 /// What one connection's task enforces beside hyper.

@@ -1,7 +1,6 @@
 //! `GET /feed/:channel` and `GET /feed?channel=…`: open an event stream.
 
 use bytes::BytesMut;
-use hyper::body::Incoming;
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use pere_core::{EventId, EventStore, Pattern, Resume, SubscribeRequest, Subscription};
@@ -12,13 +11,13 @@ use crate::body::{Body, Source, SseBody};
 use crate::error::{ApiError, escape};
 use crate::sse;
 
-pub async fn feed<S: EventStore>(
+pub async fn feed<S: EventStore, B>(
     app: &App<S>,
-    req: Request<Incoming>,
+    req: &Request<B>,
     path_channel: Option<&str>,
     caller: &Caller,
 ) -> Result<Response<Body>, ApiError> {
-    let query = query_of(&req)?;
+    let query = query_of(req)?;
     let mut patterns = Vec::new();
     if let Some(channel) = path_channel {
         patterns.push(Pattern::new(channel)?);

@@ -59,9 +59,36 @@ pub async fn handle<S: EventStore>(app: Arc<App<S>>, req: Request<Incoming>) -> 
         Ok(route) => Box::pin(dispatch(&app, route, req)).await,
         Err(err) => Err(err),
     };
+    finish(&app, origin.as_ref(), result)
+}
+
+/// Serves a `GET` of an event stream whose head the server parsed itself
+/// (see [`crate::direct`]): the same checks and answers as through
+/// [`handle`], for a request that has no body.
+pub(crate) async fn handle_feed<S: EventStore>(
+    app: &App<S>,
+    req: Request<()>,
+    channel: Option<&str>,
+) -> Response<Body> {
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let result = Box::pin(async {
+        let caller = auth::caller(app, req.headers(), &query_of(&req)?)?;
+        feed::feed(app, &req, channel, &caller).await
+    })
+    .await;
+    finish(app, origin.as_ref(), result)
+}
+
+/// Turns a handler's result into the answer: errors as PROTOCOL §8's JSON,
+/// counted, with CORS headers.
+fn finish<S: EventStore>(
+    app: &App<S>,
+    origin: Option<&HeaderValue>,
+    result: Result<Response<Body>, ApiError>,
+) -> Response<Body> {
     let mut response = result.unwrap_or_else(|err| error_response(&err));
     app.metrics.count(response.status());
-    add_cors(&app.config.cors, origin.as_ref(), response.headers_mut());
+    add_cors(&app.config.cors, origin, response.headers_mut());
     response
 }
 
@@ -109,7 +136,7 @@ async fn dispatch<S: EventStore>(
         Route::Health => Ok(text(StatusCode::OK, "ok")),
         Route::Metrics => Ok(crate::metrics::render(app)),
         Route::Push(channel) => push::push(app, req, &channel, &caller).await,
-        Route::Feed(channel) => feed::feed(app, req, channel.as_deref(), &caller).await,
+        Route::Feed(channel) => feed::feed(app, &req, channel.as_deref(), &caller).await,
         Route::Feedback(channel) => feedback::feedback(app, req, &channel, &caller).await,
         Route::Receipt(channel, id) => receipts::summary(app, &channel, &id, &caller),
         Route::ReceiptStream(channel) => {

@@ -1,0 +1,519 @@
+//! Event streams served on the socket itself, without hyper.
+//!
+//! hyper keeps, for as long as a connection lives, an 8 KiB read buffer, an
+//! 8 KiB buffer for response heads, its dispatcher and its connection
+//! state. For an event stream, which lives for hours and writes a few
+//! events, that is most of what the stream costs (16 KiB per idle stream,
+//! measured). So the first request of a connection, when it is a plain
+//! `GET /feed…` (its whole head in the first bytes, HTTP/1.1, no body, no
+//! upgrade, no `Connection: close`), is answered here: the head parsed by
+//! `httparse` (hyper's own parser), the answer made by the same handler,
+//! the stream written in HTTP/1.1 chunks as hyper would. Anything else,
+//! and whatever follows such an answer on the connection, goes to hyper.
+
+use std::future::Future;
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use http_body::Body as _;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Uri, Version};
+use pere_core::EventStore;
+use tokio::io::{AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::body::{Body, SseBody};
+use crate::handlers::{self, App};
+use crate::router::{self, Route};
+
+/// Bytes looked at for a head. A browser's `GET /feed` with its cookies
+/// fits; a larger head goes to hyper, which takes up to
+/// `--max-header-bytes`.
+const PEEK_BYTES: usize = 4096;
+
+/// Most header lines of a head served here; more go to hyper (which takes
+/// up to 100).
+const MAX_HEADERS: usize = 48;
+
+/// What became of the connection.
+pub(crate) enum Outcome {
+    /// Not a request served here, or one was answered and the connection
+    /// is at the start of its next request: hyper takes it from here.
+    Hyper(TcpStream),
+    /// The connection is done (client gone, or the server is closing).
+    Closed,
+}
+
+/// A `GET /feed…` head, parsed.
+#[derive(Debug)]
+pub(crate) struct FeedHead {
+    /// The request, without a body.
+    pub(crate) request: Request<()>,
+    /// The channel in the path, if the path names one.
+    pub(crate) channel: Option<String>,
+    /// Length of the head in bytes, request line to blank line.
+    pub(crate) len: usize,
+}
+
+/// Serves the connection's first request if it is an event stream this
+/// module takes (see the module docs). The caller has seen a first byte.
+pub(crate) async fn serve_first<S: EventStore>(stream: TcpStream, app: &Arc<App<S>>) -> Outcome {
+    // Boxed: opening a stream (head, handler, response head) needs far more
+    // state than writing it for hours; it is freed once the stream is open.
+    let (stream, body) = match Box::pin(open(stream, app)).await {
+        Opened::Stream(stream, body) => (stream, body),
+        Opened::Answered(stream) => return Outcome::Hyper(stream),
+        Opened::Closed => return Outcome::Closed,
+    };
+    let Some(stream) = (Pump {
+        stream: Some(stream),
+        body: Some(body),
+        out: None,
+        watching: true,
+    })
+    .await
+    else {
+        return Outcome::Closed;
+    };
+    if app.hub.is_closing() {
+        let mut stream = stream;
+        let _ = stream.shutdown().await;
+        return Outcome::Closed;
+    }
+    Outcome::Hyper(stream)
+}
+
+/// What opening the first request gave.
+enum Opened {
+    /// An event stream, its head written: the body is still to write.
+    Stream(TcpStream, Box<SseBody>),
+    /// Not a request for this module, or a whole answer written.
+    Answered(TcpStream),
+    /// The client went away.
+    Closed,
+}
+
+async fn open<S: EventStore>(mut stream: TcpStream, app: &App<S>) -> Opened {
+    let head = {
+        let mut buf = vec![0u8; PEEK_BYTES];
+        let n = match stream.peek(&mut buf).await {
+            Ok(0) | Err(_) => return Opened::Closed,
+            Ok(n) => n,
+        };
+        match parse_feed_head(&buf[..n]) {
+            Some(head) => head,
+            None => return Opened::Answered(stream),
+        }
+    };
+    // Take the head off the socket (it is all there: it was peeked).
+    if discard(&mut stream, head.len).await.is_err() {
+        return Opened::Closed;
+    }
+    let response = handlers::handle_feed(app, head.request, head.channel.as_deref()).await;
+    let (parts, body) = response.into_parts();
+    let (out, rest) = match body {
+        Body::Full(bytes) => {
+            let bytes = bytes.unwrap_or_default();
+            let mut out = head_bytes(&parts, Framing::Length(bytes.len()));
+            out.extend_from_slice(&bytes);
+            (out, None)
+        }
+        Body::Sse(sse) => (head_bytes(&parts, Framing::Chunked), Some(sse)),
+    };
+    if stream.write_all(&out).await.is_err() {
+        return Opened::Closed;
+    }
+    match rest {
+        Some(body) => Opened::Stream(stream, body),
+        None => Opened::Answered(stream),
+    }
+}
+
+/// Writes an event stream's frames as chunks until it ends, then the last
+/// chunk; resolves to the socket then, or to `None` when the client went
+/// away. Hand-written rather than `async`: this is all an open stream
+/// holds, for hours, on every connection.
+struct Pump {
+    stream: Option<TcpStream>,
+    body: Option<Box<SseBody>>,
+    /// The chunk being written.
+    out: Option<Chunk>,
+    /// Whether reads are watched for the client going away. hyper watches
+    /// too while it writes a body; once the client sends anything (a
+    /// pipelined request, left for hyper) only a failed write tells.
+    watching: bool,
+}
+
+impl Future for Pump {
+    type Output = Option<TcpStream>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<TcpStream>> {
+        let this = self.get_mut();
+        let Some(stream) = this.stream.as_mut() else {
+            return Poll::Ready(None);
+        };
+        loop {
+            if let Some(chunk) = &mut this.out {
+                let mut slices = [IoSlice::new(&[]); 3];
+                let n = chunk.io_slices(&mut slices);
+                match Pin::new(&mut *stream).poll_write_vectored(cx, &slices[..n]) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                        this.stream = None;
+                        return Poll::Ready(None);
+                    }
+                    Poll::Ready(Ok(written)) => {
+                        if chunk.advance(written) {
+                            this.out = None;
+                            if this.body.is_none() {
+                                return Poll::Ready(this.stream.take());
+                            }
+                        }
+                        continue;
+                    }
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            if this.watching {
+                let mut probe = [0u8; 1];
+                match stream.poll_peek(cx, &mut ReadBuf::new(&mut probe)) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                        this.stream = None;
+                        return Poll::Ready(None);
+                    }
+                    Poll::Ready(Ok(_)) => this.watching = false,
+                    Poll::Pending => {}
+                }
+            }
+            let Some(body) = this.body.as_mut() else {
+                return Poll::Ready(this.stream.take());
+            };
+            match Pin::new(&mut **body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data()
+                        && !data.is_empty()
+                    {
+                        this.out = Some(Chunk::new(data));
+                    }
+                }
+                Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+                    // Dropped now: the stream's slot under the limits is
+                    // free before the connection moves on.
+                    this.body = None;
+                    this.out = Some(Chunk::last());
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// One HTTP/1.1 chunk being written: size line, data, CRLF.
+struct Chunk {
+    size: [u8; 20],
+    /// Unwritten part of `size`: `size[start..end]`.
+    start: u8,
+    end: u8,
+    data: Bytes,
+    /// Bytes of the closing CRLF still to write.
+    crlf: u8,
+}
+
+impl Chunk {
+    fn new(data: Bytes) -> Self {
+        let mut size = [0u8; 20];
+        let end = chunk_size_line(data.len(), &mut size) as u8;
+        Self {
+            size,
+            start: 0,
+            end,
+            data,
+            crlf: 2,
+        }
+    }
+
+    /// The chunk that ends the body.
+    fn last() -> Self {
+        Self::new(Bytes::new())
+    }
+
+    fn io_slices<'a>(&'a self, out: &mut [IoSlice<'a>; 3]) -> usize {
+        let mut n = 0;
+        for part in [
+            &self.size[usize::from(self.start)..usize::from(self.end)],
+            &self.data[..],
+            &b"\r\n"[2 - usize::from(self.crlf)..],
+        ] {
+            if !part.is_empty() {
+                out[n] = IoSlice::new(part);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Marks `n` bytes written; whether the whole chunk is.
+    fn advance(&mut self, mut n: usize) -> bool {
+        let head = usize::from(self.end - self.start).min(n);
+        self.start += head as u8;
+        n -= head;
+        let data = self.data.len().min(n);
+        self.data.advance(data);
+        n -= data;
+        let crlf = usize::from(self.crlf).min(n);
+        self.crlf -= crlf as u8;
+        self.start == self.end && self.data.is_empty() && self.crlf == 0
+    }
+}
+
+/// Writes `len` in hex and CRLF into `out`; returns the bytes used.
+fn chunk_size_line(len: usize, out: &mut [u8; 20]) -> usize {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1) as usize;
+    for (i, slot) in out[..digits].iter_mut().enumerate() {
+        let shift = 4 * (digits - 1 - i);
+        *slot = HEX[(len >> shift) & 0xF];
+    }
+    out[digits] = b'\r';
+    out[digits + 1] = b'\n';
+    digits + 2
+}
+
+/// Reads and drops `len` bytes that are already in the socket.
+async fn discard(stream: &mut TcpStream, mut len: usize) -> std::io::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let mut sink = vec![0u8; len.min(PEEK_BYTES)];
+    while len > 0 {
+        let want = len.min(sink.len());
+        let n = stream.read(&mut sink[..want]).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        len -= n;
+    }
+    Ok(())
+}
+
+/// How a response's body is delimited.
+enum Framing {
+    Length(usize),
+    Chunked,
+}
+
+/// The status line and headers of `parts`, with `date` and the framing
+/// header hyper would add.
+fn head_bytes(parts: &hyper::http::response::Parts, framing: Framing) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(
+        parts
+            .status
+            .canonical_reason()
+            .unwrap_or("Unknown")
+            .as_bytes(),
+    );
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        Framing::Length(len) => {
+            out.extend_from_slice(format!("content-length: {len}\r\n").as_bytes());
+        }
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"date: ");
+    out.extend_from_slice(http_date(time::OffsetDateTime::now_utc()).as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
+    out
+}
+
+/// An IMF-fixdate (RFC 9110 §5.6.7), as hyper's `date` header.
+fn http_date(now: time::OffsetDateTime) -> String {
+    const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{}, {:02} {} {:04} {:02}:{:02}:{:02} GMT",
+        DAYS[usize::from(now.weekday().number_days_from_monday())],
+        now.day(),
+        MONTHS[usize::from(u8::from(now.month()) - 1)],
+        now.year(),
+        now.hour(),
+        now.minute(),
+        now.second()
+    )
+}
+
+/// Parses `bytes` as the head of a request this module serves: a complete
+/// HTTP/1.1 `GET` of `/feed` or `/feed/:channel`, without body, upgrade or
+/// `Connection: close`. `None` for anything else, valid or not: hyper then
+/// answers it as it answers every request.
+pub(crate) fn parse_feed_head(bytes: &[u8]) -> Option<FeedHead> {
+    if !bytes.starts_with(b"GET /feed") {
+        return None;
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let len = match parsed.parse(bytes) {
+        Ok(httparse::Status::Complete(len)) => len,
+        _ => return None,
+    };
+    if parsed.method != Some("GET") || parsed.version != Some(1) {
+        return None;
+    }
+    let uri: Uri = parsed.path?.parse().ok()?;
+    if uri.scheme().is_some() {
+        return None;
+    }
+    let Ok(Route::Feed(channel)) = router::route(&Method::GET, uri.path()) else {
+        return None;
+    };
+    let mut map = HeaderMap::with_capacity(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        let value = HeaderValue::from_bytes(h.value).ok()?;
+        let plain = match name {
+            header::CONTENT_LENGTH => value.as_bytes() == b"0",
+            header::CONNECTION => value.as_bytes().eq_ignore_ascii_case(b"keep-alive"),
+            header::TRANSFER_ENCODING | header::EXPECT | header::UPGRADE => false,
+            _ => true,
+        };
+        if !plain {
+            return None;
+        }
+        map.append(name, value);
+    }
+    let mut request = Request::new(());
+    *request.method_mut() = Method::GET;
+    *request.uri_mut() = uri;
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = map;
+    Some(FeedHead {
+        request,
+        channel,
+        len,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn chunk_size_lines_are_uppercase_hex() {
+        let mut out = [0u8; 20];
+        for (len, line) in [
+            (0usize, "0\r\n"),
+            (1, "1\r\n"),
+            (15, "F\r\n"),
+            (16, "10\r\n"),
+            (255, "FF\r\n"),
+            (4096, "1000\r\n"),
+            (65_536, "10000\r\n"),
+            (usize::MAX, "FFFFFFFFFFFFFFFF\r\n"),
+        ] {
+            let n = chunk_size_line(len, &mut out);
+            assert_eq!(&out[..n], line.as_bytes(), "{len}");
+        }
+    }
+
+    proptest::proptest! {
+        /// However the socket splits a chunk's writes, what it gets is the
+        /// size line, the data and CRLF, once.
+        #[test]
+        fn partial_writes_send_each_chunk_byte_exactly_once(
+            data in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+            cuts in proptest::collection::vec(1usize..64, 1..40),
+        ) {
+            let mut chunk = Chunk::new(Bytes::from(data.clone()));
+            let mut sent = Vec::new();
+            let mut cuts = cuts.into_iter().cycle();
+            loop {
+                let mut slices = [IoSlice::new(&[]); 3];
+                let n = chunk.io_slices(&mut slices);
+                let all: Vec<u8> = slices[..n].iter().flat_map(|s| s.iter().copied()).collect();
+                let take = cuts.next().unwrap().min(all.len());
+                sent.extend_from_slice(&all[..take]);
+                if chunk.advance(take) {
+                    break;
+                }
+            }
+            let mut expected = format!("{:X}\r\n", data.len()).into_bytes();
+            expected.extend_from_slice(&data);
+            expected.extend_from_slice(b"\r\n");
+            proptest::prop_assert_eq!(sent, expected);
+        }
+    }
+
+    #[test]
+    fn the_last_chunk_ends_the_body() {
+        let chunk = Chunk::last();
+        let mut slices = [IoSlice::new(&[]); 3];
+        let n = chunk.io_slices(&mut slices);
+        let all: Vec<u8> = slices[..n].iter().flat_map(|s| s.iter().copied()).collect();
+        assert_eq!(all, b"0\r\n\r\n");
+    }
+
+    #[test]
+    fn dates_are_imf_fixdates() {
+        let at = time::macros::datetime!(2026-11-03 04:05:06 UTC);
+        assert_eq!(http_date(at), "Tue, 03 Nov 2026 04:05:06 GMT");
+    }
+
+    #[test]
+    fn plain_feed_heads_are_taken_with_their_headers() {
+        let raw = b"GET /feed/news?device=d1 HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 7\r\nlast_event_id: 8\r\nConnection: keep-alive\r\n\r\nGET / HTTP/1.1\r\n";
+        let head = parse_feed_head(raw).unwrap();
+        assert_eq!(head.channel.as_deref(), Some("news"));
+        assert_eq!(head.request.uri().query(), Some("device=d1"));
+        assert_eq!(head.request.headers()["last-event-id"], "7");
+        assert_eq!(head.request.headers()["last_event_id"], "8");
+        assert_eq!(&raw[head.len - 4..head.len], b"\r\n\r\n");
+        assert_eq!(&raw[head.len..head.len + 3], b"GET");
+        let head = parse_feed_head(b"GET /feed?channel=a&channel=b HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(head.channel, None);
+    }
+
+    #[test]
+    fn everything_else_goes_to_hyper() {
+        let others: [&[u8]; 14] = [
+            b"GET /feed/news HTTP/1.1\r\nHost: x\r\n",
+            b"GET /feed/news HTTP/1.0\r\n\r\n",
+            b"HEAD /feed/news HTTP/1.1\r\n\r\n",
+            b"POST /feed/news HTTP/1.1\r\n\r\n",
+            b"GET /feedback/news HTTP/1.1\r\n\r\n",
+            b"GET /feed/a/b HTTP/1.1\r\n\r\n",
+            b"GET /feed/news HTTP/1.1\r\nConnection: close\r\n\r\n",
+            b"GET /feed/news HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+            b"GET /feed/news HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET /feed/news HTTP/1.1\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n",
+            b"GET /feed/news HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+            b"GET /feed/news HTTP/1.1\r\nBad Header: x\r\n\r\n",
+            b"GET /feed/%ZZ HTTP/1.1\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        ];
+        for raw in others {
+            assert!(
+                parse_feed_head(raw).is_none(),
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        let mut many = b"GET /feed/news HTTP/1.1\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            many.extend_from_slice(format!("x-{i}: {i}\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert!(parse_feed_head(&many).is_none());
+    }
+}
