@@ -815,6 +815,64 @@ pub fn router(data: &[u8]) {
     );
 }
 
+// ---- feed_head ---------------------------------------------------------------
+
+/// `feed_head`: the parser that decides whether a connection's first bytes
+/// are a `GET /feed` the server answers without hyper never panics, never
+/// takes a head it has not wholly received, and takes only what it is
+/// meant to: a complete HTTP/1.1 `GET` of a feed route, without body,
+/// upgrade or `Connection: close`, whose request is exactly what the
+/// bytes say.
+///
+/// Input: the bytes a client sent first (the server peeks at most 4 KiB).
+pub fn feed_head(data: &[u8]) {
+    use pere_http::fuzzing::feed_head as parse;
+    let data = &data[..data.len().min(4096)];
+    let Some((request, channel, len)) = parse(data) else {
+        return;
+    };
+    assert!(len <= data.len(), "head longer than the input");
+    let head = &data[..len];
+    assert!(
+        head.ends_with(b"\n\n") || head.ends_with(b"\n\r\n"),
+        "a head ends with a blank line"
+    );
+    assert!(head.starts_with(b"GET /feed"));
+    assert_eq!(request.method(), Method::GET);
+    assert_eq!(request.version(), hyper::Version::HTTP_11);
+    assert_eq!(
+        route(&Method::GET, request.uri().path()),
+        Ok(Route::Feed(channel.clone())),
+        "the channel is the router's"
+    );
+    let text = String::from_utf8_lossy(head);
+    let target = text.split_whitespace().nth(1).unwrap_or_default();
+    assert_eq!(request.uri().to_string(), target, "the target as sent");
+    for (name, value) in request.headers() {
+        let v = value.as_bytes();
+        match name.as_str() {
+            "content-length" => assert_eq!(v, b"0", "no body"),
+            "connection" => assert!(v.eq_ignore_ascii_case(b"keep-alive")),
+            "transfer-encoding" | "upgrade" | "expect" => panic!("{name} taken"),
+            _ => {}
+        }
+        assert!(
+            head.windows(v.len().max(1)).any(|w| w == v) || v.is_empty(),
+            "a header value that was not sent"
+        );
+    }
+    // What follows the head does not change it, and less of it is no head.
+    let mut longer = head.to_vec();
+    longer.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+    let again = parse(&longer).expect("the same head with more after it");
+    assert_eq!(again.2, len);
+    assert_eq!(again.0.uri(), request.uri());
+    assert_eq!(again.0.headers(), request.headers());
+    for cut in [len - 1, len / 2] {
+        assert!(parse(&head[..cut]).is_none(), "a partial head taken");
+    }
+}
+
 // ---- record_codec ---------------------------------------------------------
 
 /// `record_codec`: the store's record decoder, on bytes as they may lie on a

@@ -60,6 +60,11 @@ fn router_inputs_pass() {
 }
 
 #[test]
+fn feed_head_inputs_pass() {
+    assert!(replay("feed_head", checks::feed_head) > 0);
+}
+
+#[test]
 fn record_codec_inputs_pass() {
     assert!(replay("record_codec", checks::record_codec) > 0);
 }
@@ -75,11 +80,13 @@ fn checks_hold_on_simple_inputs() {
         b"data: x\n\n",
         b"\x01\0/push/a",
         b"\0\x03/feed/a?device=x&lastEventId=5\xffdev-1\xff42",
+        b"GET /feed/a HTTP/1.1\r\ndevice: d\r\n\r\n",
     ] {
         checks::sse_decoder(data);
         checks::names(data);
         checks::feedback_body(data);
         checks::router(data);
+        checks::feed_head(data);
         checks::record_codec(data);
     }
 }
