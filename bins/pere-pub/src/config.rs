@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use argh::FromArgs;
+pub use pere_core::duration::parse_duration;
 use pere_core::{ChannelName, DeviceId, EventType};
 use pere_http::client::{Backoff, PublishOptions, WaitFor, random_device};
 
@@ -15,7 +16,7 @@ use pere_http::client::{Backoff, PublishOptions, WaitFor, random_device};
 /// Without --data, with stdin a terminal (or with --interval), it publishes
 /// like PERE's publisher.rb: a JSON event with channel, device, a counter id,
 /// time and random data, every 10 to 20 seconds. With stdin a pipe or file, each line is an event.
-/// Durations are seconds, or a number with ms, s, m or h (500ms, 90s, 15m).
+/// Durations are seconds, or a number with ms, s, m, h or d (0.5, 500ms, 90s, 15m).
 #[derive(FromArgs, Debug, Default)]
 #[argh(
     example = "pere-pub 127.0.0.1:4567 CHANNEL_1",
@@ -257,33 +258,6 @@ impl Config {
             quiet: args.quiet,
         })
     }
-}
-
-/// Parses a duration: seconds (`5`, `0.5`), or a number with `ms`, `s`,
-/// `m` or `h`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let n: f64 = number
-        .parse()
-        .ok()
-        .filter(|n: &f64| n.is_finite() && *n >= 0.0)
-        .ok_or_else(|| format!("`{text}` is not a duration (try 5, 0.5, 500ms, 90s, 15m)"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => {
-            return Err(format!(
-                "`{text}` has an unknown unit `{unit}` (use ms, s, m or h)"
-            ));
-        }
-    };
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("`{text}` is too long a duration"))
 }
 
 #[cfg(test)]

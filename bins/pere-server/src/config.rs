@@ -8,6 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use argh::FromArgs;
+use pere_core::duration::parse_duration;
 use pere_core::{Fsync, Grants, HubConfig, Retention, Token};
 use pere_http::{Cors, ServerConfig};
 
@@ -16,7 +17,7 @@ use pere_http::{Cors, ServerConfig};
 ///
 /// Every option can also be set with an environment variable: PERE_ and the
 /// option's name in capitals with underscores (PERE_PORT, PERE_MAX_AGE, …).
-/// Durations are seconds, or a number with s, m, h or d (90s, 15m, 24h).
+/// Durations are seconds, or a number with ms, s, m, h or d (90s, 15m, 24h).
 #[derive(FromArgs, Debug, Default)]
 pub struct Args {
     /// address to listen on (default 127.0.0.1; use 0.0.0.0 for every interface)
@@ -141,32 +142,6 @@ pub struct Config {
     pub quiet: bool,
     /// Log format.
     pub log_format: LogFormat,
-}
-
-/// Parses a duration: seconds, or a number with `ms`, `s`, `m`, `h` or `d`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let (digits, unit) = t
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((t, ""), |i| t.split_at(i));
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (try 90, 90s, 15m, 24h)"))?;
-    let secs = |mult: u64| {
-        n.checked_mul(mult)
-            .map(Duration::from_secs)
-            .ok_or_else(|| format!("`{text}` is too long a duration"))
-    };
-    match unit {
-        "" | "s" => secs(1),
-        "m" => secs(60),
-        "h" => secs(3600),
-        "d" => secs(86_400),
-        "ms" => Ok(Duration::from_millis(n)),
-        _ => Err(format!(
-            "`{text}` has an unknown unit `{unit}` (use s, m, h or d)"
-        )),
-    }
 }
 
 fn parse_count(name: &str, text: &str) -> Result<usize, String> {
@@ -519,7 +494,8 @@ mod tests {
         assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86_400));
         assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172_800));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        for bad in ["", "x", "10y", "-1", "1.5h"] {
+        assert_eq!(parse_duration("1.5h").unwrap(), Duration::from_secs(5400));
+        for bad in ["", "x", "10y", "-1"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
         assert_eq!(show_duration(Duration::from_secs(86_400)), "1d");

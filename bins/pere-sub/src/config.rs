@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use argh::FromArgs;
+pub use pere_core::duration::parse_duration;
 use pere_core::{DeviceId, EventId, MAX_STATUS_LEN, Pattern};
 use pere_http::client::{Address, random_device};
 
@@ -12,8 +13,8 @@ use pere_http::client::{Address, random_device};
 ///
 /// It reconnects whenever the stream ends, after the server's retry delay,
 /// resuming with Last-Event-ID, so nothing still retained is lost. Connection
-/// notices go to stderr. Durations are seconds, or a number with ms, s, m or
-/// h (500ms, 90s, 15m).
+/// notices go to stderr. Durations are seconds, or a number with ms, s, m, h
+/// or d (0.5, 500ms, 90s, 15m).
 #[derive(FromArgs, Debug, Default)]
 #[argh(
     example = "pere-sub 127.0.0.1:4567 CHANNEL_1",
@@ -232,33 +233,6 @@ impl Config {
             exec_timeout,
         })
     }
-}
-
-/// Parses a duration: seconds (`5`, `0.5`), or a number with `ms`, `s`,
-/// `m` or `h`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let n: f64 = number
-        .parse()
-        .ok()
-        .filter(|n: &f64| n.is_finite() && *n >= 0.0)
-        .ok_or_else(|| format!("`{text}` is not a duration (try 5, 0.5, 500ms, 90s, 15m)"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => {
-            return Err(format!(
-                "`{text}` has an unknown unit `{unit}` (use ms, s, m or h)"
-            ));
-        }
-    };
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("`{text}` is too long a duration"))
 }
 
 #[cfg(test)]

@@ -63,6 +63,7 @@
 
 pub mod auth;
 mod config;
+pub mod duration;
 mod error;
 mod event;
 #[doc(hidden)]
