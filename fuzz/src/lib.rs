@@ -847,7 +847,13 @@ pub fn feed_head(data: &[u8]) {
     );
     let text = String::from_utf8_lossy(head);
     let target = text.split_whitespace().nth(1).unwrap_or_default();
-    assert_eq!(request.uri().to_string(), target, "the target as sent");
+    // The target as hyper would have taken it (a `#fragment` is dropped by
+    // both; it is not part of a request target).
+    assert_eq!(
+        Some(request.uri()),
+        Uri::try_from(target).ok().as_ref(),
+        "the target as sent"
+    );
     for (name, value) in request.headers() {
         let v = value.as_bytes();
         match name.as_str() {
