@@ -493,3 +493,81 @@ async fn ten_thousand_idle_connections_dropped_abruptly_leak_nothing() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected_after_the_send_timeout() {
+    let send_timeout = Duration::from_millis(500);
+    let server = server(ServerConfig {
+        send_timeout,
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut metrics = pere_tests::Connection::open(server.addr).await;
+    let baseline = connections_open(&mut metrics).await;
+    // A device that reads everything, concurrently, and must keep its
+    // stream: the timeout is for stalls, not for quiet or busy streams.
+    let mut reader = server.subscribe("c", "reader").await;
+    let payload = "x".repeat(60_000);
+    let events = 200;
+    let reading = tokio::spawn(async move {
+        let got = reader.messages(events).await;
+        (reader, got.len())
+    });
+    // Two devices that never read, with tiny receive buffers: one stream
+    // served directly (first request of its connection), one by hyper
+    // (after a first request on the same connection).
+    let mut frozen = Vec::new();
+    for request in [
+        &b"GET /feed/c HTTP/1.1\r\nHost: x\r\ndevice: frozen-1\r\n\r\n"[..],
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /feed/c HTTP/1.1\r\nHost: x\r\ndevice: frozen-2\r\n\r\n",
+    ] {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stream = socket.connect(server.addr).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        frozen.push(stream);
+    }
+    wait_for_connections(&mut metrics, |c| c >= baseline + 3.0, "three streams open").await;
+    eventually("both frozen devices are online", || async {
+        let online = |d: &str| {
+            let server = &server;
+            let d = d.to_string();
+            async move {
+                server
+                    .presence("c", &d)
+                    .await
+                    .is_some_and(|p| p["online"] == true)
+            }
+        };
+        online("frozen-1").await && online("frozen-2").await
+    })
+    .await;
+    // Far more than the sockets' buffers hold (and less than the stream
+    // queues hold, so the hub itself never drops the frozen devices).
+    for _ in 0..events {
+        let r = server.post("/push/c", &[], payload.as_bytes()).await;
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    wait_for_connections(
+        &mut metrics,
+        |c| c <= baseline + 1.0,
+        "both frozen connections closed, the reader's open",
+    )
+    .await;
+    let (mut reader, got) = reading.await.unwrap();
+    assert_eq!(got, events);
+    // Quiet for several timeouts, and still open.
+    tokio::time::sleep(send_timeout * 3).await;
+    server.publish("c", "still here").await;
+    assert_eq!(reader.messages(1).await[0].data, "still here");
+    assert_eq!(connections_open(&mut metrics).await, baseline + 1.0);
+    // What the frozen devices had been sent before the close still
+    // arrives, then the end of the connection.
+    for mut stream in frozen {
+        let got = read_to_close(&mut stream).await;
+        assert!(
+            String::from_utf8_lossy(&got).contains("HTTP/1.1 200"),
+            "the stream's head arrived before the close"
+        );
+    }
+}

@@ -92,6 +92,9 @@ pub struct Args {
     /// a connection with no request in progress is closed after this long (default 60s; streams are never idle)
     #[argh(option)]
     pub idle_timeout: Option<String>,
+    /// a client that accepts no data for this long while the server has some to send it (a frozen or hostile device) is disconnected (default 60s)
+    #[argh(option)]
+    pub send_timeout: Option<String>,
     /// log only warnings and errors (RUST_LOG overrides)
     #[argh(switch, short = 'q')]
     pub quiet: bool,
@@ -314,6 +317,14 @@ impl Config {
             )?,
             "idle-timeout",
         )?;
+        let send_timeout = nonzero(
+            duration(
+                args.send_timeout,
+                "send-timeout",
+                pere_http::server::DEFAULT_SEND_TIMEOUT,
+            )?,
+            "send-timeout",
+        )?;
         let auth = match pick(args.auth, "auth") {
             None => None,
             Some(path) => {
@@ -366,6 +377,7 @@ impl Config {
                 header_read_timeout,
                 body_read_timeout,
                 idle_timeout,
+                send_timeout,
                 max_header_bytes,
                 max_streams,
                 max_streams_per_device,
@@ -549,8 +561,13 @@ mod tests {
         assert_eq!(c.hub.max_channels_per_stream, 64);
         assert_eq!(c.server.max_header_bytes, 8_192);
         assert_eq!(c.server.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.server.send_timeout, Duration::from_secs(60));
         assert!(c.auth.is_none());
-        let e = env(&[("PERE_MAX_STREAMS", "5"), ("PERE_IDLE_TIMEOUT", "2s")]);
+        let e = env(&[
+            ("PERE_MAX_STREAMS", "5"),
+            ("PERE_IDLE_TIMEOUT", "2s"),
+            ("PERE_SEND_TIMEOUT", "1.5s"),
+        ]);
         let args = Args {
             max_channels: Some("3".into()),
             ..Args::default()
@@ -559,6 +576,7 @@ mod tests {
         assert_eq!(c.server.max_streams, 5);
         assert_eq!(c.hub.max_channels_per_stream, 3);
         assert_eq!(c.server.idle_timeout, Duration::from_secs(2));
+        assert_eq!(c.server.send_timeout, Duration::from_millis(1500));
         let bad = |args: Args| Config::resolve(args, &HashMap::new()).unwrap_err();
         assert!(
             bad(Args {

@@ -189,10 +189,11 @@ fn banner<S: EventStore>(
             s.max_streams, s.max_streams_per_device, config.hub.max_channels_per_stream
         ),
         format!(
-            "  timeouts    header {}, body {}, idle {}; head ≤ {} bytes, payload ≤ {} bytes",
+            "  timeouts    header {}, body {}, idle {}, send {}; head ≤ {} bytes, payload ≤ {} bytes",
             show_duration(s.header_read_timeout),
             show_duration(s.body_read_timeout),
             show_duration(s.idle_timeout),
+            show_duration(s.send_timeout),
             s.max_header_bytes,
             config.hub.max_payload
         ),

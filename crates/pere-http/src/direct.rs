@@ -28,6 +28,7 @@ use tokio::net::TcpStream;
 use crate::body::{Body, SseBody};
 use crate::handlers::{self, App};
 use crate::router::{self, Route};
+use crate::stall::Stall;
 
 /// Bytes looked at for a head. A browser's `GET /feed` with its cookies
 /// fits; a larger head goes to hyper, which takes up to
@@ -60,7 +61,11 @@ pub(crate) struct FeedHead {
 
 /// Serves the connection's first request if it is an event stream this
 /// module takes (see the module docs). The caller has seen a first byte.
-pub(crate) async fn serve_first<S: EventStore>(stream: TcpStream, app: &Arc<App<S>>) -> Outcome {
+pub(crate) async fn serve_first<S: EventStore>(
+    stream: TcpStream,
+    app: &Arc<App<S>>,
+    stall: Stall,
+) -> Outcome {
     // Boxed: opening a stream (head, handler, response head) needs far more
     // state than writing it for hours; it is freed once the stream is open.
     let (stream, body) = match Box::pin(open(stream, app)).await {
@@ -73,6 +78,7 @@ pub(crate) async fn serve_first<S: EventStore>(stream: TcpStream, app: &Arc<App<
         body: Some(body),
         out: None,
         watching: true,
+        stall,
     })
     .await
     else {
@@ -145,6 +151,8 @@ struct Pump {
     /// too while it writes a body; once the client sends anything (a
     /// pipelined request, left for hyper) only a failed write tells.
     watching: bool,
+    /// Ends the stream when the client stops taking it.
+    stall: Stall,
 }
 
 impl Future for Pump {
@@ -159,7 +167,8 @@ impl Future for Pump {
             if let Some(chunk) = &mut this.out {
                 let mut slices = [IoSlice::new(&[]); 3];
                 let n = chunk.io_slices(&mut slices);
-                match Pin::new(&mut *stream).poll_write_vectored(cx, &slices[..n]) {
+                let written = Pin::new(&mut *stream).poll_write_vectored(cx, &slices[..n]);
+                match this.stall.check(cx, written) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                         this.stream = None;
                         return Poll::Ready(None);

@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod router;
 pub mod server;
 pub mod sse;
+mod stall;
 pub mod webhook;
 
 pub use error::{ApiError, Error, Result};

@@ -31,6 +31,7 @@ use crate::error::{Error, Result};
 use crate::handlers::{self, App};
 use crate::limits::Limits;
 use crate::metrics::HttpMetrics;
+use crate::stall::Stall;
 
 /// Default `retry` sent to clients (PROTOCOL §3: 3000 ms).
 pub const DEFAULT_RETRY: Duration = Duration::from_millis(3000);
@@ -47,6 +48,10 @@ pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// connecting, or between kept-alive requests) before it is closed. Streams
 /// are requests in progress: they are never idle.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default time a client may accept no byte while the server has some to
+/// send it (a response, a stream's events) before its connection is closed:
+/// nginx's `send_timeout` default.
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default largest request head (request line and headers), in bytes:
 /// `431` beyond it. Browsers send a few KiB at most; nginx and Apache cap a
 /// header line at 8 KiB too. It is also hyper's read buffer limit, and a
@@ -102,6 +107,9 @@ pub struct ServerConfig {
     pub body_read_timeout: Duration,
     /// How long a connection may wait for its next request.
     pub idle_timeout: Duration,
+    /// How long a client may accept no byte while the server has some to
+    /// send it.
+    pub send_timeout: Duration,
     /// Largest request head, in bytes (at least [`MIN_MAX_HEADER_BYTES`]).
     pub max_header_bytes: usize,
     /// Most open streams, server-wide.
@@ -125,6 +133,7 @@ impl Default for ServerConfig {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            send_timeout: DEFAULT_SEND_TIMEOUT,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             max_streams: crate::limits::DEFAULT_MAX_STREAMS,
             max_streams_per_device: crate::limits::DEFAULT_MAX_STREAMS_PER_DEVICE,
@@ -212,6 +221,7 @@ pub async fn run<S: EventStore>(
     let limits_conn = ConnLimits {
         head: config.header_read_timeout,
         idle: config.idle_timeout,
+        send: config.send_timeout,
         max_head: config.max_header_bytes.max(MIN_MAX_HEADER_BYTES),
     };
     tokio::pin!(shutdown);
@@ -279,7 +289,8 @@ impl<S: EventStore> Connection<S> {
         if !Box::pin(self.first_byte(&stream)).await {
             return;
         }
-        let stream = match Box::pin(crate::direct::serve_first(stream, &self.app)).await {
+        let stall = crate::stall::Stall::new(self.limits.send, self.peer);
+        let stream = match Box::pin(crate::direct::serve_first(stream, &self.app, stall)).await {
             crate::direct::Outcome::Hyper(stream) => stream,
             crate::direct::Outcome::Closed => return,
         };
@@ -329,7 +340,14 @@ impl<S: EventStore> Connection<S> {
             }
         });
         let conn = http
-            .serve_connection(TokioIo::new(Watched::new(stream, watch.clone())), service)
+            .serve_connection(
+                TokioIo::new(Watched::new(
+                    stream,
+                    watch.clone(),
+                    Stall::new(limits.send, peer),
+                )),
+                service,
+            )
             .into_owned();
         let conn = Box::pin(graceful.watch(conn));
         serve(conn, watch, limits, peer).await;
@@ -343,6 +361,8 @@ struct ConnLimits {
     head: Duration,
     /// Time with no request in progress.
     idle: Duration,
+    /// Time a pending write may make no progress.
+    send: Duration,
     /// Largest request head, for the `431` answer's sentence.
     max_head: usize,
 }
@@ -646,13 +666,16 @@ impl http_body::Body for Tracked {
 struct Watched {
     io: Option<(OwnedReadHalf, OwnedWriteHalf)>,
     watch: Arc<ConnWatch>,
+    /// Ends the connection when the client stops taking what it is sent.
+    stall: Stall,
 }
 
 impl Watched {
-    fn new(stream: TcpStream, watch: Arc<ConnWatch>) -> Self {
+    fn new(stream: TcpStream, watch: Arc<ConnWatch>, stall: Stall) -> Self {
         Self {
             io: Some(stream.into_split()),
             watch,
+            stall,
         }
     }
 
@@ -710,7 +733,8 @@ impl AsyncWrite for Watched {
         if this.watch.hyper_rejection(buf) {
             return Poll::Ready(Ok(buf.len()));
         }
-        Pin::new(this.write()?).poll_write(cx, buf)
+        let written = Pin::new(this.write()?).poll_write(cx, buf);
+        this.stall.check(cx, written)
     }
 
     fn poll_write_vectored(
@@ -724,7 +748,8 @@ impl AsyncWrite for Watched {
         {
             return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
         }
-        Pin::new(this.write()?).poll_write_vectored(cx, bufs)
+        let written = Pin::new(this.write()?).poll_write_vectored(cx, bufs);
+        this.stall.check(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {
