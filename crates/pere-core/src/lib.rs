@@ -73,6 +73,7 @@ pub mod ledger;
 pub mod log;
 mod name;
 pub mod presence;
+mod queue;
 
 pub use auth::{AuthRegistry, Grants, Token, TokenHash};
 pub use config::{

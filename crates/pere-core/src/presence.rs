@@ -9,11 +9,10 @@
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::mpsc;
-
 use crate::event::{EventId, Timestamp};
 use crate::ledger::EventReceipts;
 use crate::name::{ChannelName, DeviceId, Pattern};
+use crate::queue::{DeliveryQueue, Push};
 
 /// What a device did last, PERE's `op` field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -64,11 +63,13 @@ pub struct StreamShared {
     /// of these patterns are still delivered. Written by the writer task,
     /// read on delivery.
     allowed: Mutex<Option<Arc<[Pattern]>>>,
+    /// The events queued for the stream.
+    queue: DeliveryQueue,
 }
 
 impl StreamShared {
-    /// A fresh stream record.
-    pub fn new(id: u64, device: Option<DeviceId>) -> Self {
+    /// A fresh stream record, whose queue holds at most `capacity` events.
+    pub fn new(id: u64, device: Option<DeviceId>, capacity: usize) -> Self {
         Self {
             id,
             device,
@@ -79,6 +80,7 @@ impl StreamShared {
             revoked: AtomicBool::new(false),
             restricted: AtomicBool::new(false),
             allowed: Mutex::new(None),
+            queue: DeliveryQueue::new(capacity),
         }
     }
 
@@ -127,13 +129,73 @@ impl StreamShared {
     }
 }
 
-/// A stream's queue, as the hub holds it.
-#[derive(Clone, Debug)]
+/// A stream's queue, as the hub holds it: the stream ends (once it has
+/// written what is queued) when the hub drops the last of these.
+#[derive(Debug)]
 pub struct StreamTx {
-    /// The stream's shared counters.
+    /// The stream's shared counters, and its queue.
     pub shared: Arc<StreamShared>,
-    /// The sending half of its bounded queue.
-    pub tx: mpsc::Sender<Delivery>,
+}
+
+impl StreamTx {
+    /// The sending side of `shared`'s queue.
+    pub fn new(shared: Arc<StreamShared>) -> Self {
+        shared.queue.add_sender();
+        Self { shared }
+    }
+
+    /// Queues a delivery; `Full` when the stream is too slow for its queue.
+    pub(crate) fn push(&self, delivery: Delivery) -> Push {
+        self.shared.queue.push(delivery)
+    }
+
+    /// Whether the stream's reader is gone.
+    pub fn is_closed(&self) -> bool {
+        self.shared.queue.is_receiver_gone()
+    }
+}
+
+impl Clone for StreamTx {
+    fn clone(&self) -> Self {
+        Self::new(self.shared.clone())
+    }
+}
+
+impl Drop for StreamTx {
+    fn drop(&mut self) {
+        self.shared.queue.drop_sender();
+    }
+}
+
+/// A stream's queue, as its reader holds it: dropping it frees what is
+/// queued and refuses more.
+#[derive(Debug)]
+pub struct StreamRx {
+    shared: Arc<StreamShared>,
+}
+
+impl StreamRx {
+    /// The receiving side of `shared`'s queue.
+    pub fn new(shared: Arc<StreamShared>) -> Self {
+        Self { shared }
+    }
+
+    /// The next delivery; `Ready(None)` once the hub dropped the stream
+    /// and its queue is drained.
+    pub fn poll_recv(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Delivery>> {
+        self.shared.queue.poll_pop(cx)
+    }
+
+    /// The next delivery, if one is queued.
+    pub fn try_recv(&self) -> Option<Delivery> {
+        self.shared.queue.try_pop()
+    }
+}
+
+impl Drop for StreamRx {
+    fn drop(&mut self) {
+        self.shared.queue.close_receiver();
+    }
 }
 
 /// A device's membership of one subscription, with its presence.

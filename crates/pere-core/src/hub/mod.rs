@@ -36,7 +36,7 @@ use crate::event::{Event, EventId, Sequencer, Timestamp, validate_payload};
 use crate::ledger::{EventReceipts, OverdueNotice, ReceiptState, ReceiptSummary, ReceiptUpdate};
 use crate::log::{EventStore, MemoryStore};
 use crate::name::{ChannelName, DeviceId, EventType, Pattern};
-use crate::presence::{Presence, StreamShared, StreamTx};
+use crate::presence::{Presence, StreamRx, StreamShared, StreamTx};
 
 /// Longest idempotency key, in bytes.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
@@ -492,8 +492,12 @@ impl<S: EventStore> Hub<S> {
             });
         }
         let id = self.inner.next_stream.fetch_add(1, Ordering::Relaxed);
-        let shared = Arc::new(StreamShared::new(id, req.device.clone()));
-        let (tx, rx) = mpsc::channel(self.inner.config.queue_capacity.max(1));
+        let shared = Arc::new(StreamShared::new(
+            id,
+            req.device.clone(),
+            self.inner.config.queue_capacity,
+        ));
+        let rx = StreamRx::new(shared.clone());
         // The guard exists before the writer hears of the stream, so the
         // stream is unregistered however this future or its result ends.
         let guard = StreamGuard {
@@ -501,10 +505,7 @@ impl<S: EventStore> Hub<S> {
             commands: self.inner.commands.clone(),
         };
         let device = req.device.clone();
-        let stream = StreamTx {
-            shared: shared.clone(),
-            tx,
-        };
+        let stream = StreamTx::new(shared.clone());
         let plan = self
             .call(|reply| Command::Subscribe {
                 req,

@@ -20,6 +20,7 @@ use crate::ledger::{EventReceipts, NO_SLOT, OverdueNotice, ReceiptState, Receipt
 use crate::log::{Evicted, Record};
 use crate::name::{ChannelName, DeviceId, Pattern};
 use crate::presence::{Delivery, Member, Op, StreamShared, StreamTx};
+use crate::queue::Push;
 
 pub(super) enum Effect {
     Fail(FailReply, Error),
@@ -549,7 +550,7 @@ impl State {
                 reply,
             } => {
                 let plan = self.register(req, last_event_id, token, &existed, stream.clone(), now);
-                if reply.send(Ok(plan)).is_err() || stream.tx.is_closed() {
+                if reply.send(Ok(plan)).is_err() || stream.is_closed() {
                     // The subscriber left before it got its stream.
                     self.close_stream(stream.shared.id, now);
                 }
@@ -612,7 +613,7 @@ impl State {
                     receipts: receipts.clone(),
                     slot,
                 };
-                if let Err(mpsc::error::TrySendError::Full(_)) = stream.tx.try_send(delivery) {
+                if stream.push(delivery) == Push::Full {
                     slow.push(stream.shared.id);
                 }
             }

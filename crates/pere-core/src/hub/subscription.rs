@@ -11,7 +11,7 @@ use super::{Command, Gap, Hello};
 use crate::event::{Event, EventId, Timestamp};
 use crate::ledger::{EventReceipts, NO_SLOT};
 use crate::name::DeviceId;
-use crate::presence::{Delivery, StreamShared};
+use crate::presence::{StreamRx, StreamShared};
 
 /// Tells the writer that a stream ended, however its owner was dropped.
 pub(super) struct StreamGuard {
@@ -36,7 +36,7 @@ pub struct Subscription {
     pub(super) hello: Hello,
     pub(super) gap: Option<Gap>,
     pub(super) replay: VecDeque<Arc<EventReceipts>>,
-    pub(super) rx: mpsc::Receiver<Delivery>,
+    pub(super) rx: StreamRx,
     pub(super) shared: Arc<StreamShared>,
     pub(super) device: Option<DeviceId>,
     pub(super) _guard: StreamGuard,
@@ -125,7 +125,7 @@ impl Subscription {
             let (receipts, slot) = match self.replay.pop_front() {
                 Some(receipts) => (receipts, NO_SLOT),
                 None => {
-                    let d = self.rx.try_recv().ok()?;
+                    let d = self.rx.try_recv()?;
                     (d.receipts, d.slot)
                 }
             };

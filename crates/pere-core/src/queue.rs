@@ -1,0 +1,284 @@
+//! The bounded queue between the hub's writer task and one open stream.
+//!
+//! One per open stream, for hours, so it is small: it lives inside the
+//! stream's [`StreamShared`](crate::presence::StreamShared) (no allocation
+//! of its own until an event is queued) where tokio's `mpsc` channel cost
+//! about 1 KiB per stream (its cache-padded channel state and a first block
+//! of 32 slots). One producer (the writer task) and one consumer (the
+//! stream's task) take a short uncontended lock per push and per pop.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, Waker};
+
+use crate::presence::Delivery;
+
+/// Items kept allocated once a queue is drained: a burst may grow it up to
+/// the queue's capacity, an idle stream should not keep that.
+const KEEP_ALLOCATED: usize = 64;
+
+/// A bounded single-consumer queue of deliveries; closed when its last
+/// sender is gone.
+#[derive(Debug)]
+pub(crate) struct DeliveryQueue {
+    state: Mutex<State>,
+    capacity: usize,
+    /// Live [`StreamTx`](crate::presence::StreamTx) handles: the queue
+    /// ends when the last one drops.
+    senders: AtomicUsize,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    items: VecDeque<Delivery>,
+    /// The consumer, when it found the queue empty.
+    waker: Option<Waker>,
+    /// No sender left: once drained, the stream ends.
+    senders_gone: bool,
+    /// The consumer is gone: pushes are refused.
+    receiver_gone: bool,
+}
+
+/// What became of a push.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Push {
+    /// Queued.
+    Queued,
+    /// The queue holds `capacity` items: the consumer is too slow.
+    Full,
+    /// The consumer is gone.
+    Closed,
+}
+
+impl DeliveryQueue {
+    /// An empty queue of at most `capacity` items (at least one), with no
+    /// sender yet.
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            capacity: capacity.max(1),
+            senders: AtomicUsize::new(0),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // Nothing panics while holding the lock; if something did, the
+        // queue's data is still consistent.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `delivery` unless the queue is full or its consumer gone.
+    pub(crate) fn push(&self, delivery: Delivery) -> Push {
+        let waker = {
+            let mut state = self.state();
+            if state.receiver_gone {
+                return Push::Closed;
+            }
+            if state.items.len() >= self.capacity {
+                return Push::Full;
+            }
+            state.items.push_back(delivery);
+            state.waker.take()
+        };
+        // Woken outside the lock: the consumer may run at once, elsewhere.
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Push::Queued
+    }
+
+    /// The next delivery; `Ready(None)` once every sender is gone and the
+    /// queue is drained.
+    pub(crate) fn poll_pop(&self, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+        let mut state = self.state();
+        if let Some(delivery) = pop(&mut state) {
+            return Poll::Ready(Some(delivery));
+        }
+        if state.senders_gone {
+            return Poll::Ready(None);
+        }
+        match &mut state.waker {
+            Some(waker) => waker.clone_from(cx.waker()),
+            None => state.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// The next delivery if one is queued.
+    pub(crate) fn try_pop(&self) -> Option<Delivery> {
+        pop(&mut self.state())
+    }
+
+    /// A sender handle was made.
+    pub(crate) fn add_sender(&self) {
+        self.senders.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A sender handle was dropped: the last one closes the queue.
+    pub(crate) fn drop_sender(&self) {
+        if self.senders.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        let waker = {
+            let mut state = self.state();
+            state.senders_gone = true;
+            state.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// The consumer is gone: what is queued is dropped now (it holds
+    /// events) and later pushes are refused.
+    pub(crate) fn close_receiver(&self) {
+        let items = {
+            let mut state = self.state();
+            state.receiver_gone = true;
+            state.waker = None;
+            std::mem::take(&mut state.items)
+        };
+        drop(items);
+    }
+
+    /// Whether the consumer is gone.
+    pub(crate) fn is_receiver_gone(&self) -> bool {
+        self.state().receiver_gone
+    }
+}
+
+fn pop(state: &mut State) -> Option<Delivery> {
+    let delivery = state.items.pop_front()?;
+    if state.items.is_empty() && state.items.capacity() > KEEP_ALLOCATED {
+        state.items = VecDeque::new();
+    }
+    Some(delivery)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::event::{Event, EventId, Timestamp};
+    use crate::ledger::{EventReceipts, ReceiptWatchers};
+    use crate::name::ChannelName;
+    use bytes::Bytes;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::{Arc, OnceLock};
+    use std::task::Wake;
+
+    fn delivery(id: u64) -> Delivery {
+        let event = Event {
+            id: EventId(id),
+            channel: ChannelName::new("c").unwrap(),
+            kind: None,
+            device: None,
+            time: Timestamp(1),
+            payload: Bytes::from(format!("e{id}")),
+            idempotency_key: None,
+            frame: OnceLock::new(),
+        };
+        let watchers = Arc::new(ReceiptWatchers::default());
+        Delivery {
+            receipts: Arc::new(EventReceipts::new(Arc::new(event), Arc::from([]), watchers)),
+            slot: 0,
+        }
+    }
+
+    fn id(d: Option<Delivery>) -> Option<u64> {
+        d.map(|d| d.receipts.id().0)
+    }
+
+    #[derive(Default)]
+    struct Flag(AtomicBool);
+
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    impl Flag {
+        fn taken(&self) -> bool {
+            self.0.swap(false, Ordering::SeqCst)
+        }
+    }
+
+    #[test]
+    fn delivers_in_order_up_to_its_capacity() {
+        let q = DeliveryQueue::new(3);
+        q.add_sender();
+        for i in 1..=3 {
+            assert_eq!(q.push(delivery(i)), Push::Queued);
+        }
+        assert_eq!(q.push(delivery(4)), Push::Full);
+        assert_eq!(id(q.try_pop()), Some(1));
+        assert_eq!(q.push(delivery(4)), Push::Queued);
+        let ids: Vec<_> = std::iter::from_fn(|| id(q.try_pop())).collect();
+        assert_eq!(ids, [2, 3, 4]);
+    }
+
+    #[test]
+    fn a_waiting_consumer_is_woken_by_a_push_and_by_the_last_sender_leaving() {
+        let q = DeliveryQueue::new(8);
+        q.add_sender();
+        q.add_sender();
+        let flag = Arc::new(Flag::default());
+        let waker = Waker::from(flag.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(q.poll_pop(&mut cx).is_pending());
+        q.push(delivery(1));
+        assert!(flag.taken(), "a push wakes the consumer");
+        assert_eq!(id(ready(q.poll_pop(&mut cx))), Some(1));
+        assert!(q.poll_pop(&mut cx).is_pending());
+        q.drop_sender();
+        assert!(!flag.taken(), "one sender is still there");
+        assert!(q.poll_pop(&mut cx).is_pending());
+        q.push(delivery(2));
+        q.drop_sender();
+        assert!(flag.taken());
+        // What was queued before the end is still delivered, then the end.
+        assert_eq!(id(ready(q.poll_pop(&mut cx))), Some(2));
+        assert!(matches!(q.poll_pop(&mut cx), Poll::Ready(None)));
+    }
+
+    #[test]
+    fn a_gone_consumer_frees_what_was_queued_and_refuses_more() {
+        let q = DeliveryQueue::new(8);
+        q.add_sender();
+        let d = delivery(1);
+        let receipts = d.receipts.clone();
+        q.push(d);
+        assert_eq!(Arc::strong_count(&receipts), 2);
+        assert!(!q.is_receiver_gone());
+        q.close_receiver();
+        assert!(q.is_receiver_gone());
+        assert_eq!(Arc::strong_count(&receipts), 1, "the queued event is freed");
+        assert_eq!(q.push(delivery(2)), Push::Closed);
+    }
+
+    #[test]
+    fn a_drained_queue_gives_back_a_burst_s_memory() {
+        let q = DeliveryQueue::new(4096);
+        q.add_sender();
+        for i in 0..1000 {
+            q.push(delivery(i));
+        }
+        while q.try_pop().is_some() {}
+        assert_eq!(q.state().items.capacity(), 0);
+        // A small queue keeps its allocation, to be reused.
+        for i in 0..3 {
+            q.push(delivery(i));
+        }
+        while q.try_pop().is_some() {}
+        assert!(q.state().items.capacity() >= 3);
+    }
+
+    fn ready<T>(poll: Poll<T>) -> T {
+        match poll {
+            Poll::Ready(v) => v,
+            Poll::Pending => panic!("expected Ready"),
+        }
+    }
+}
