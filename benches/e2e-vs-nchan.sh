@@ -208,6 +208,7 @@ declare -A CASE=(
     [fan10k]="10000 1 1000 - 0"
     [chan1k]="10000 1000 20000 - 0"
     [rate10k]="10000 1 100 10 0"
+    [rate10k50]="10000 1 500 50 0"
     [acks1k]="1000 1 2000 - 1"
     [acks1k20]="1000 1 400 20 1"
 )
@@ -216,6 +217,7 @@ declare -A TITLE=(
     [fan10k]="1 channel x 10,000 subscribers, 1,000 events"
     [chan1k]="1,000 channels x 10 subscribers, 20,000 events"
     [rate10k]="10,000 subscribers x 10 events/s, 100 events"
+    [rate10k50]="10,000 subscribers x 50 events/s, 500 events"
     [acks1k]="1,000 devices acking, 2,000 events (PERE only)"
     [acks1k20]="1,000 devices acking, 20 events/s, 400 events (PERE only)"
     [idle]="${IDLE_STREAMS} idle streams"
@@ -252,6 +254,7 @@ titles = {
     "fan10k": "1 ch x 10,000 subs, 1,000 events",
     "chan1k": "1,000 ch x 10 subs, 20,000 events",
     "rate10k": "10,000 subs x 10 ev/s, 100 events",
+    "rate10k50": "10,000 subs x 50 ev/s, 500 events",
     "acks1k": "1,000 devices acking, 2,000 events",
     "acks1k20": "1,000 devices acking, 20 ev/s, 400 events",
     "idle": "10,000 idle streams",

@@ -6,13 +6,14 @@
 //! written by the stream's own task with atomics, so delivering never takes
 //! the hub's lock.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::event::{EventId, Timestamp};
 use crate::ledger::EventReceipts;
 use crate::name::{ChannelName, DeviceId, Pattern};
-use crate::queue::{DeliveryQueue, Push};
+use crate::queue::{self, DeliveryQueue, Push};
 
 /// What a device did last, PERE's `op` field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -172,23 +173,39 @@ impl Drop for StreamTx {
 #[derive(Debug)]
 pub struct StreamRx {
     shared: Arc<StreamShared>,
+    /// Deliveries taken from the queue in one go, not yet handed out.
+    batch: VecDeque<Delivery>,
 }
 
 impl StreamRx {
     /// The receiving side of `shared`'s queue.
     pub fn new(shared: Arc<StreamShared>) -> Self {
-        Self { shared }
+        Self {
+            shared,
+            batch: VecDeque::new(),
+        }
     }
 
     /// The next delivery; `Ready(None)` once the hub dropped the stream
     /// and its queue is drained.
-    pub fn poll_recv(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Delivery>> {
-        self.shared.queue.poll_pop(cx)
+    pub fn poll_recv(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Delivery>> {
+        if self.batch.is_empty()
+            && !std::task::ready!(self.shared.queue.poll_take(cx, &mut self.batch))
+        {
+            return std::task::Poll::Ready(None);
+        }
+        std::task::Poll::Ready(queue::pop(&mut self.batch))
     }
 
     /// The next delivery, if one is queued.
-    pub fn try_recv(&self) -> Option<Delivery> {
-        self.shared.queue.try_pop()
+    pub fn try_recv(&mut self) -> Option<Delivery> {
+        if self.batch.is_empty() && !self.shared.queue.try_take(&mut self.batch) {
+            return None;
+        }
+        queue::pop(&mut self.batch)
     }
 }
 

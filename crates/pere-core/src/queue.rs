@@ -4,8 +4,12 @@
 //! stream's [`StreamShared`](crate::presence::StreamShared) (no allocation
 //! of its own until an event is queued) where tokio's `mpsc` channel cost
 //! about 1 KiB per stream (its cache-padded channel state and a first block
-//! of 32 slots). One producer (the writer task) and one consumer (the
-//! stream's task) take a short uncontended lock per push and per pop.
+//! of 32 slots). The producer (the writer task) takes a short lock per
+//! push; the consumer (the stream's task) takes everything queued at once,
+//! swapping buffers, so the writer, which pushes to thousands of queues per
+//! event, rarely finds one locked. The bound applies to what waits in the
+//! queue: a consumer may also hold up to a queue's worth it took and is
+//! writing.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -88,15 +92,27 @@ impl DeliveryQueue {
         Push::Queued
     }
 
-    /// The next delivery; `Ready(None)` once every sender is gone and the
-    /// queue is drained.
-    pub(crate) fn poll_pop(&self, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+    /// Moves every queued delivery into `batch` (the consumer's own,
+    /// empty buffer, whose allocation the queue keeps for the next ones):
+    /// one short lock per batch, so the writer, which pushes to thousands
+    /// of queues per event, rarely finds one locked. `Ready(false)` once
+    /// every sender is gone and nothing was queued.
+    pub(crate) fn poll_take(
+        &self,
+        cx: &mut Context<'_>,
+        batch: &mut VecDeque<Delivery>,
+    ) -> Poll<bool> {
+        debug_assert!(batch.is_empty());
+        let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
         let mut state = self.state();
-        if let Some(delivery) = pop(&mut state) {
-            return Poll::Ready(Some(delivery));
+        if !state.items.is_empty() {
+            std::mem::swap(&mut state.items, batch);
+            coop.made_progress();
+            return Poll::Ready(true);
         }
         if state.senders_gone {
-            return Poll::Ready(None);
+            coop.made_progress();
+            return Poll::Ready(false);
         }
         match &mut state.waker {
             Some(waker) => waker.clone_from(cx.waker()),
@@ -105,9 +121,16 @@ impl DeliveryQueue {
         Poll::Pending
     }
 
-    /// The next delivery if one is queued.
-    pub(crate) fn try_pop(&self) -> Option<Delivery> {
-        pop(&mut self.state())
+    /// Like [`poll_take`](Self::poll_take) without waiting: whether
+    /// anything was taken.
+    pub(crate) fn try_take(&self, batch: &mut VecDeque<Delivery>) -> bool {
+        debug_assert!(batch.is_empty());
+        let mut state = self.state();
+        if state.items.is_empty() {
+            return false;
+        }
+        std::mem::swap(&mut state.items, batch);
+        true
     }
 
     /// A sender handle was made.
@@ -148,10 +171,12 @@ impl DeliveryQueue {
     }
 }
 
-fn pop(state: &mut State) -> Option<Delivery> {
-    let delivery = state.items.pop_front()?;
-    if state.items.is_empty() && state.items.capacity() > KEEP_ALLOCATED {
-        state.items = VecDeque::new();
+/// The next delivery of a consumer's batch. A drained batch gives back a
+/// burst's memory; a small one keeps its allocation for reuse.
+pub(crate) fn pop(batch: &mut VecDeque<Delivery>) -> Option<Delivery> {
+    let delivery = batch.pop_front()?;
+    if batch.is_empty() && batch.capacity() > KEEP_ALLOCATED {
+        *batch = VecDeque::new();
     }
     Some(delivery)
 }
@@ -190,6 +215,30 @@ mod tests {
         d.map(|d| d.receipts.id().0)
     }
 
+    /// The consumer's side, as `StreamRx` does it.
+    #[derive(Default)]
+    struct Consumer(VecDeque<Delivery>);
+
+    impl Consumer {
+        fn try_pop(&mut self, q: &DeliveryQueue) -> Option<u64> {
+            if self.0.is_empty() && !q.try_take(&mut self.0) {
+                return None;
+            }
+            id(pop(&mut self.0))
+        }
+
+        fn poll_pop(&mut self, q: &DeliveryQueue, cx: &mut Context<'_>) -> Poll<Option<u64>> {
+            if self.0.is_empty() {
+                match q.poll_take(cx, &mut self.0) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(false) => return Poll::Ready(None),
+                    Poll::Ready(true) => {}
+                }
+            }
+            Poll::Ready(id(pop(&mut self.0)))
+        }
+    }
+
     #[derive(Default)]
     struct Flag(AtomicBool);
 
@@ -209,14 +258,19 @@ mod tests {
     fn delivers_in_order_up_to_its_capacity() {
         let q = DeliveryQueue::new(3);
         q.add_sender();
+        let mut c = Consumer::default();
         for i in 1..=3 {
             assert_eq!(q.push(delivery(i)), Push::Queued);
         }
         assert_eq!(q.push(delivery(4)), Push::Full);
-        assert_eq!(id(q.try_pop()), Some(1));
-        assert_eq!(q.push(delivery(4)), Push::Queued);
-        let ids: Vec<_> = std::iter::from_fn(|| id(q.try_pop())).collect();
-        assert_eq!(ids, [2, 3, 4]);
+        // Taking a batch makes room for as many again.
+        assert_eq!(c.try_pop(&q), Some(1));
+        for i in 4..=6 {
+            assert_eq!(q.push(delivery(i)), Push::Queued);
+        }
+        assert_eq!(q.push(delivery(7)), Push::Full);
+        let ids: Vec<_> = std::iter::from_fn(|| c.try_pop(&q)).collect();
+        assert_eq!(ids, [2, 3, 4, 5, 6]);
     }
 
     #[test]
@@ -224,23 +278,24 @@ mod tests {
         let q = DeliveryQueue::new(8);
         q.add_sender();
         q.add_sender();
+        let mut c = Consumer::default();
         let flag = Arc::new(Flag::default());
         let waker = Waker::from(flag.clone());
         let mut cx = Context::from_waker(&waker);
-        assert!(q.poll_pop(&mut cx).is_pending());
+        assert!(c.poll_pop(&q, &mut cx).is_pending());
         q.push(delivery(1));
         assert!(flag.taken(), "a push wakes the consumer");
-        assert_eq!(id(ready(q.poll_pop(&mut cx))), Some(1));
-        assert!(q.poll_pop(&mut cx).is_pending());
+        assert_eq!(ready(c.poll_pop(&q, &mut cx)), Some(1));
+        assert!(c.poll_pop(&q, &mut cx).is_pending());
         q.drop_sender();
         assert!(!flag.taken(), "one sender is still there");
-        assert!(q.poll_pop(&mut cx).is_pending());
+        assert!(c.poll_pop(&q, &mut cx).is_pending());
         q.push(delivery(2));
         q.drop_sender();
         assert!(flag.taken());
         // What was queued before the end is still delivered, then the end.
-        assert_eq!(id(ready(q.poll_pop(&mut cx))), Some(2));
-        assert!(matches!(q.poll_pop(&mut cx), Poll::Ready(None)));
+        assert_eq!(ready(c.poll_pop(&q, &mut cx)), Some(2));
+        assert!(matches!(c.poll_pop(&q, &mut cx), Poll::Ready(None)));
     }
 
     #[test]
@@ -262,17 +317,19 @@ mod tests {
     fn a_drained_queue_gives_back_a_burst_s_memory() {
         let q = DeliveryQueue::new(4096);
         q.add_sender();
+        let mut c = Consumer::default();
         for i in 0..1000 {
             q.push(delivery(i));
         }
-        while q.try_pop().is_some() {}
-        assert_eq!(q.state().items.capacity(), 0);
-        // A small queue keeps its allocation, to be reused.
+        while c.try_pop(&q).is_some() {}
+        assert_eq!(c.0.capacity(), 0);
+        assert_eq!(q.state().items.capacity(), 0, "swapped for the empty batch");
+        // Small batches keep their allocations, to be reused.
         for i in 0..3 {
             q.push(delivery(i));
         }
-        while q.try_pop().is_some() {}
-        assert!(q.state().items.capacity() >= 3);
+        while c.try_pop(&q).is_some() {}
+        assert!(c.0.capacity() >= 3);
     }
 
     fn ready<T>(poll: Poll<T>) -> T {
