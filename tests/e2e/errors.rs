@@ -436,3 +436,76 @@ async fn options_star_is_answered() {
     assert!(r.header("access-control-allow-methods").is_some());
     still_serving(&server).await;
 }
+
+/// The HTTP/2 client preface followed by an empty SETTINGS frame.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+/// Reads what the server sends until it closes the connection (bounded).
+async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut all = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut all),
+    )
+    .await;
+    assert!(read.is_ok(), "still open after 10 s; got {all:?}");
+    all
+}
+
+/// Whether `bytes` start with an HTTP/2 SETTINGS frame (type 4).
+fn is_h2_settings(bytes: &[u8]) -> bool {
+    bytes.len() >= 9 && bytes[3] == 4
+}
+
+#[tokio::test]
+async fn an_http2_preface_after_an_http1_answer_is_refused() {
+    use tokio::io::AsyncReadExt;
+    let server = TestServer::start().await;
+    // On a fresh connection the preface opens HTTP/2 (prior knowledge):
+    // the server answers with its SETTINGS frame.
+    let mut fresh = TcpStream::connect(server.addr).await.unwrap();
+    fresh.write_all(H2_PREFACE).await.unwrap();
+    let mut first = [0u8; 9];
+    fresh.read_exact(&mut first).await.unwrap();
+    assert!(is_h2_settings(&first), "{first:?}");
+    drop(fresh);
+    // After an HTTP/1.1 exchange (here one answered before hyper sees the
+    // connection: an event stream's error) it is not a protocol switch.
+    let mut conn = TcpStream::connect(server.addr).await.unwrap();
+    conn.write_all(b"GET /feed/bad! HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let body_len = loop {
+        let mut buf = [0u8; 1024];
+        let n = conn.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before the answer: {got:?}");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len: usize = text[..end]
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .expect("a content length")
+                .trim()
+                .parse()
+                .unwrap();
+            if got.len() >= end + 4 + len {
+                assert_eq!(got.len(), end + 4 + len, "nothing after the answer");
+                break len;
+            }
+        }
+    };
+    assert!(got.starts_with(b"HTTP/1.1 400 "), "{got:?}");
+    assert!(body_len > 0);
+    conn.write_all(H2_PREFACE).await.unwrap();
+    let after = read_to_close(&mut conn).await;
+    assert!(!is_h2_settings(&after), "switched to HTTP/2: {after:?}");
+    assert!(
+        after.is_empty() || after.starts_with(b"HTTP/1.1 "),
+        "{}",
+        String::from_utf8_lossy(&after)
+    );
+    still_serving(&server).await;
+}

@@ -41,9 +41,13 @@ const MAX_HEADERS: usize = 48;
 
 /// What became of the connection.
 pub(crate) enum Outcome {
-    /// Not a request served here, or one was answered and the connection
-    /// is at the start of its next request: hyper takes it from here.
-    Hyper(TcpStream),
+    /// Not a request served here: hyper takes the connection from its
+    /// first byte (which may be an HTTP/2 preface).
+    Untouched(TcpStream),
+    /// A request was answered here and the connection is at the start of
+    /// its next one: hyper takes it from there, as HTTP/1 only (a
+    /// connection cannot switch to HTTP/2 after an HTTP/1 exchange).
+    Answered(TcpStream),
     /// The connection is done (client gone, or the server is closing).
     Closed,
 }
@@ -70,7 +74,8 @@ pub(crate) async fn serve_first<S: EventStore>(
     // state than writing it for hours; it is freed once the stream is open.
     let (stream, body) = match Box::pin(open(stream, app)).await {
         Opened::Stream(stream, body) => (stream, body),
-        Opened::Answered(stream) => return Outcome::Hyper(stream),
+        Opened::NotOurs(stream) => return Outcome::Untouched(stream),
+        Opened::Answered(stream) => return Outcome::Answered(stream),
         Opened::Closed => return Outcome::Closed,
     };
     let Some(stream) = (Pump {
@@ -89,14 +94,16 @@ pub(crate) async fn serve_first<S: EventStore>(
         let _ = stream.shutdown().await;
         return Outcome::Closed;
     }
-    Outcome::Hyper(stream)
+    Outcome::Answered(stream)
 }
 
 /// What opening the first request gave.
 enum Opened {
     /// An event stream, its head written: the body is still to write.
     Stream(TcpStream, Box<SseBody>),
-    /// Not a request for this module, or a whole answer written.
+    /// Not a request for this module: nothing was read.
+    NotOurs(TcpStream),
+    /// A whole answer written.
     Answered(TcpStream),
     /// The client went away.
     Closed,
@@ -111,7 +118,7 @@ async fn open<S: EventStore>(mut stream: TcpStream, app: &App<S>) -> Opened {
         };
         match parse_feed_head(&buf[..n]) {
             Some(head) => head,
-            None => return Opened::Answered(stream),
+            None => return Opened::NotOurs(stream),
         }
     };
     // Take the head off the socket (it is all there: it was peeked).

@@ -215,6 +215,10 @@ pub async fn run<S: EventStore>(
     if let Some(webhook) = config.webhook.clone() {
         tokio::spawn(crate::webhook::deliver(hub.clone(), webhook));
     }
+    // After an exchange on the direct path the connection is HTTP/1: an
+    // HTTP/2 preface then is a bad request, not a protocol switch (which
+    // would also escape the head and idle timeouts, see `ConnWatch`).
+    let http1 = Arc::new(builder.clone().http1_only());
     let http = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let (closing_tx, closing) = tokio::sync::watch::channel(false);
@@ -243,6 +247,7 @@ pub async fn run<S: EventStore>(
         let conn = Connection {
             app: app.clone(),
             http: http.clone(),
+            http1: http1.clone(),
             // Taken now, not in the task: a shutdown that starts before the
             // task runs still waits for it.
             graceful: graceful.watcher(),
@@ -272,6 +277,8 @@ pub async fn run<S: EventStore>(
 struct Connection<S: EventStore> {
     app: Arc<App<S>>,
     http: Arc<auto::Builder<TokioExecutor>>,
+    /// The same, HTTP/1 only: for connections the direct path answered on.
+    http1: Arc<auto::Builder<TokioExecutor>>,
     /// Held for the connection's whole life, so that shutdown waits for it.
     graceful: hyper_util::server::graceful::Watcher,
     closing: tokio::sync::watch::Receiver<bool>,
@@ -290,11 +297,13 @@ impl<S: EventStore> Connection<S> {
             return;
         }
         let stall = crate::stall::Stall::new(self.limits.send, self.peer);
-        let stream = match Box::pin(crate::direct::serve_first(stream, &self.app, stall)).await {
-            crate::direct::Outcome::Hyper(stream) => stream,
-            crate::direct::Outcome::Closed => return,
-        };
-        Box::pin(self.serve_hyper(stream)).await;
+        let (stream, http1_only) =
+            match Box::pin(crate::direct::serve_first(stream, &self.app, stall)).await {
+                crate::direct::Outcome::Untouched(stream) => (stream, false),
+                crate::direct::Outcome::Answered(stream) => (stream, true),
+                crate::direct::Outcome::Closed => return,
+            };
+        Box::pin(self.serve_hyper(stream, http1_only)).await;
     }
 
     /// Waits for the connection's first byte: `false` when the client
@@ -315,16 +324,17 @@ impl<S: EventStore> Connection<S> {
 
     /// Serves the connection through hyper, under our own head and idle
     /// timeouts (see [`serve`]).
-    async fn serve_hyper(self, stream: TcpStream) {
+    async fn serve_hyper(self, stream: TcpStream, http1_only: bool) {
         let Self {
             app,
             http,
+            http1,
             graceful,
             limits,
             peer,
             ..
         } = self;
-        let watch = Arc::new(ConnWatch::new());
+        let watch = Arc::new(ConnWatch::new(http1_only));
         let service = service_fn({
             let watch = watch.clone();
             move |req| {
@@ -339,6 +349,7 @@ impl<S: EventStore> Connection<S> {
                 }
             }
         });
+        let http = if http1_only { http1 } else { http };
         let conn = http
             .serve_connection(
                 TokioIo::new(Watched::new(
@@ -517,14 +528,16 @@ enum Expired {
 }
 
 impl ConnWatch {
-    fn new() -> Self {
+    /// A watch for a connection; `http1_only` when it cannot be HTTP/2
+    /// (so a preface is never taken for one).
+    fn new(http1_only: bool) -> Self {
         Self {
             start: Instant::now(),
             requests: AtomicUsize::new(0),
             head_started: AtomicU64::new(0),
             idle_since: AtomicU64::new(0),
             h2: AtomicBool::new(false),
-            seen: AtomicBool::new(false),
+            seen: AtomicBool::new(http1_only),
             rejected: AtomicU16::new(0),
             parked: std::sync::Mutex::new(None),
             changed: Notify::new(),
@@ -800,7 +813,7 @@ mod tests {
             (b"HTTP/1.1 414 URI Too Long\r\nContent-Length: 0\r\n\r\n", 414),
         ];
         for (bytes, status) in hyper_answers {
-            let watch = ConnWatch::new();
+            let watch = ConnWatch::new(false);
             assert!(watch.hyper_rejection(bytes));
             assert_eq!(watch.rejected.load(Ordering::Acquire), status);
         }
@@ -811,11 +824,11 @@ mod tests {
             b"data: HTTP/1.1 400 \r\n\r\n",
         ];
         for bytes in ours {
-            let watch = ConnWatch::new();
+            let watch = ConnWatch::new(false);
             assert!(!watch.hyper_rejection(bytes));
             assert_eq!(watch.rejected.load(Ordering::Acquire), 0);
         }
-        let watch = ConnWatch::new();
+        let watch = ConnWatch::new(false);
         watch.h2.store(true, Ordering::Relaxed);
         assert!(!watch.hyper_rejection(hyper_answers[0].0));
     }
