@@ -24,7 +24,11 @@ use pere_http::client::{Backoff, PublishOptions, WaitFor, random_device};
     example = "seq 100 | pere-pub 127.0.0.1:4567 numbers --rate 20",
     note = "Each event is sent with an Idempotency-Key (generated unless --idempotency-key is given), and a publish that fails because the server is unreachable, closed the connection or answered 503 is retried with the same key, so it is stored once.",
     error_code(1, "an event could not be published."),
-    error_code(2, "the command line is invalid.")
+    error_code(2, "the command line is invalid."),
+    error_code(
+        3,
+        "with --wait: every event was published, but for at least one the wait timed out before every recipient reached the state (its line says timed_out=true and who is pending); do not publish it again."
+    )
 )]
 pub struct Args {
     /// the server, as HOST:PORT or http://HOST:PORT

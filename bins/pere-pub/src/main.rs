@@ -53,7 +53,21 @@ fn main() -> ExitCode {
     // A read of stdin cannot be cancelled; do not wait for one at exit.
     runtime.shutdown_background();
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(0) => ExitCode::SUCCESS,
+        // Published, so not a failure to retry; but a script that waits
+        // wants proof, and `&&` must not read a timeout as one.
+        Ok(timed_out) => {
+            if !config.quiet {
+                eprintln!(
+                    "pere-pub: published, but the wait timed out for {timed_out} event(s): not every recipient was {} in time (see pending= on their lines)",
+                    config
+                        .options
+                        .wait
+                        .map_or("reached", |(state, _)| state.as_str())
+                );
+            }
+            ExitCode::from(3)
+        }
         Err(Stop::OutputClosed) => ExitCode::SUCCESS,
         Err(Stop::Failed(err)) => {
             eprintln!("pere-pub: {err}");
@@ -112,8 +126,8 @@ enum Stop {
 }
 
 /// Publishes every event of the configured source, paced, and prints a line
-/// for each.
-async fn run(config: &Config) -> Result<(), Stop> {
+/// for each; resolves to how many `--wait`s timed out.
+async fn run(config: &Config) -> Result<u64, Stop> {
     let mut client = Client::new(&config.addr).map_err(|e| Stop::Failed(e.to_string()))?;
     if let Some(token) = &config.token {
         client = client
@@ -127,6 +141,7 @@ async fn run(config: &Config) -> Result<(), Stop> {
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let start = Instant::now();
     let mut sent: u64 = 0;
+    let mut timed_out: u64 = 0;
     while config.count.is_none_or(|count| sent < count) {
         // A generated event is made after the pause, so its `time` is the
         // time it is published.
@@ -182,6 +197,9 @@ async fn run(config: &Config) -> Result<(), Stop> {
                 ))
             })?;
         sent += 1;
+        if published.timed_out == Some(true) {
+            timed_out += 1;
+        }
         let line = report(&client, config, &published).await;
         print_line(&line)?;
     }
@@ -193,7 +211,7 @@ async fn run(config: &Config) -> Result<(), Stop> {
              (for generated events like publisher.rb without a terminal, give --interval)"
         );
     }
-    Ok(())
+    Ok(timed_out)
 }
 
 /// The output line of a published event: the id first (PROTOCOL §9), then
