@@ -139,8 +139,10 @@ pub struct StreamTx {
 }
 
 impl StreamTx {
-    /// The sending side of `shared`'s queue.
-    pub fn new(shared: Arc<StreamShared>) -> Self {
+    /// The sending side of `shared`'s queue. Crate-only: the hub makes
+    /// one pair per stream, and a queue whose senders are all gone has
+    /// ended for good.
+    pub(crate) fn new(shared: Arc<StreamShared>) -> Self {
         shared.queue.add_sender();
         Self { shared }
     }
@@ -178,8 +180,8 @@ pub struct StreamRx {
 }
 
 impl StreamRx {
-    /// The receiving side of `shared`'s queue.
-    pub fn new(shared: Arc<StreamShared>) -> Self {
+    /// The receiving side of `shared`'s queue: its only consumer.
+    pub(crate) fn new(shared: Arc<StreamShared>) -> Self {
         Self {
             shared,
             batch: VecDeque::new(),

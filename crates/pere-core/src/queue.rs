@@ -7,9 +7,9 @@
 //! of 32 slots). The producer (the writer task) takes a short lock per
 //! push; the consumer (the stream's task) takes everything queued at once,
 //! swapping buffers, so the writer, which pushes to thousands of queues per
-//! event, rarely finds one locked. The bound applies to what waits in the
-//! queue: a consumer may also hold up to a queue's worth it took and is
-//! writing.
+//! event, rarely finds one locked. The bound also counts what the consumer
+//! took, until it comes back for more: a stream never holds more than its
+//! capacity, and no atomic is spent per delivery to keep that count.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -18,9 +18,34 @@ use std::task::{Context, Poll, Waker};
 
 use crate::presence::Delivery;
 
-/// Items kept allocated once a queue is drained: a burst may grow it up to
-/// the queue's capacity, an idle stream should not keep that.
-const KEEP_ALLOCATED: usize = 64;
+/// Moves the queued items behind `batch`'s, in order, and counts what the
+/// consumer now holds against the capacity.
+fn take_all(state: &mut State, batch: &mut VecDeque<Delivery>) {
+    if state.items.is_empty() {
+        // Nothing to move; each buffer keeps its allocation.
+    } else if batch.is_empty() {
+        std::mem::swap(&mut state.items, batch);
+    } else {
+        // Not how `StreamRx` calls it, but the order must hold anyway.
+        batch.append(&mut state.items);
+    }
+    state.taken = batch.len();
+}
+
+/// The next delivery of a consumer's batch. A drained batch gives back a
+/// burst's memory; a small one keeps its allocation for reuse.
+pub(crate) fn pop(batch: &mut VecDeque<Delivery>) -> Option<Delivery> {
+    let delivery = batch.pop_front()?;
+    if batch.is_empty() && batch.capacity() > KEEP_ALLOCATED {
+        *batch = VecDeque::new();
+    }
+    Some(delivery)
+}
+
+/// Items kept allocated once a queue is drained (each of its two buffers):
+/// a burst may grow it up to the queue's capacity, an idle stream should
+/// not keep that.
+const KEEP_ALLOCATED: usize = 16;
 
 /// A bounded single-consumer queue of deliveries; closed when its last
 /// sender is gone.
@@ -42,6 +67,9 @@ struct State {
     senders_gone: bool,
     /// The consumer is gone: pushes are refused.
     receiver_gone: bool,
+    /// What the consumer held when it last took: it counts against the
+    /// capacity until the consumer comes back for more.
+    taken: usize,
 }
 
 /// What became of a push.
@@ -79,7 +107,7 @@ impl DeliveryQueue {
             if state.receiver_gone {
                 return Push::Closed;
             }
-            if state.items.len() >= self.capacity {
+            if state.items.len() + state.taken >= self.capacity {
                 return Push::Full;
             }
             state.items.push_back(delivery);
@@ -92,21 +120,22 @@ impl DeliveryQueue {
         Push::Queued
     }
 
-    /// Moves every queued delivery into `batch` (the consumer's own,
-    /// empty buffer, whose allocation the queue keeps for the next ones):
-    /// one short lock per batch, so the writer, which pushes to thousands
-    /// of queues per event, rarely finds one locked. `Ready(false)` once
-    /// every sender is gone and nothing was queued.
+    /// Moves every queued delivery into `batch` (the consumer's own
+    /// buffer, whose allocation the queue keeps for the next ones): one
+    /// short lock per batch, so the writer, which pushes to thousands of
+    /// queues per event, rarely finds one locked. The consumer hands them
+    /// out with [`pop`]. `Ready(false)` once every sender is
+    /// gone and nothing was queued. Spends one unit of tokio's cooperative
+    /// budget per batch, not per delivery.
     pub(crate) fn poll_take(
         &self,
         cx: &mut Context<'_>,
         batch: &mut VecDeque<Delivery>,
     ) -> Poll<bool> {
-        debug_assert!(batch.is_empty());
         let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
         let mut state = self.state();
-        if !state.items.is_empty() {
-            std::mem::swap(&mut state.items, batch);
+        take_all(&mut state, batch);
+        if !batch.is_empty() {
             coop.made_progress();
             return Poll::Ready(true);
         }
@@ -124,18 +153,16 @@ impl DeliveryQueue {
     /// Like [`poll_take`](Self::poll_take) without waiting: whether
     /// anything was taken.
     pub(crate) fn try_take(&self, batch: &mut VecDeque<Delivery>) -> bool {
-        debug_assert!(batch.is_empty());
-        let mut state = self.state();
-        if state.items.is_empty() {
-            return false;
-        }
-        std::mem::swap(&mut state.items, batch);
-        true
+        let before = batch.len();
+        take_all(&mut self.state(), batch);
+        batch.len() > before
     }
 
-    /// A sender handle was made.
+    /// A sender handle was made (from the first one, or a live one: once
+    /// the last is gone the queue has ended for good).
     pub(crate) fn add_sender(&self) {
-        self.senders.fetch_add(1, Ordering::Relaxed);
+        let before = self.senders.fetch_add(1, Ordering::Relaxed);
+        debug_assert!(before > 0 || !self.state().senders_gone);
     }
 
     /// A sender handle was dropped: the last one closes the queue.
@@ -169,16 +196,6 @@ impl DeliveryQueue {
     pub(crate) fn is_receiver_gone(&self) -> bool {
         self.state().receiver_gone
     }
-}
-
-/// The next delivery of a consumer's batch. A drained batch gives back a
-/// burst's memory; a small one keeps its allocation for reuse.
-pub(crate) fn pop(batch: &mut VecDeque<Delivery>) -> Option<Delivery> {
-    let delivery = batch.pop_front()?;
-    if batch.is_empty() && batch.capacity() > KEEP_ALLOCATED {
-        *batch = VecDeque::new();
-    }
-    Some(delivery)
 }
 
 #[cfg(test)]
@@ -263,14 +280,19 @@ mod tests {
             assert_eq!(q.push(delivery(i)), Push::Queued);
         }
         assert_eq!(q.push(delivery(4)), Push::Full);
-        // Taking a batch makes room for as many again.
+        // What the consumer took still counts until it comes back for more.
         assert_eq!(c.try_pop(&q), Some(1));
+        assert_eq!(q.push(delivery(4)), Push::Full);
+        assert_eq!(c.try_pop(&q), Some(2));
+        assert_eq!(c.try_pop(&q), Some(3));
+        assert_eq!(c.try_pop(&q), None);
         for i in 4..=6 {
             assert_eq!(q.push(delivery(i)), Push::Queued);
         }
         assert_eq!(q.push(delivery(7)), Push::Full);
         let ids: Vec<_> = std::iter::from_fn(|| c.try_pop(&q)).collect();
-        assert_eq!(ids, [2, 3, 4, 5, 6]);
+        assert_eq!(ids, [4, 5, 6]);
+        assert_eq!(q.state().taken, 0);
     }
 
     #[test]
@@ -330,6 +352,73 @@ mod tests {
         }
         while c.try_pop(&q).is_some() {}
         assert!(c.0.capacity() >= 3);
+    }
+
+    #[test]
+    fn a_take_behind_a_non_empty_batch_keeps_the_order() {
+        let q = DeliveryQueue::new(8);
+        q.add_sender();
+        let mut batch = VecDeque::new();
+        q.push(delivery(1));
+        q.push(delivery(2));
+        assert!(q.try_take(&mut batch));
+        assert_eq!(id(pop(&mut batch)), Some(1));
+        q.push(delivery(3));
+        assert!(q.try_take(&mut batch));
+        assert_eq!(q.state().taken, 2);
+        let ids: Vec<_> = std::iter::from_fn(|| id(pop(&mut batch))).collect();
+        assert_eq!(ids, [2, 3]);
+    }
+
+    #[test]
+    fn concurrent_producers_lose_nothing_and_keep_their_order() {
+        const PRODUCERS: u64 = 4;
+        const EACH: u64 = 2_000;
+        let q = Arc::new(DeliveryQueue::new(8));
+        let producers: Vec<_> = (0..PRODUCERS)
+            .map(|p| {
+                q.add_sender();
+                let q = q.clone();
+                std::thread::spawn(move || {
+                    for n in 0..EACH {
+                        let mut tries = 0u32;
+                        while q.push(delivery(p * 1_000_000 + n)) == Push::Full {
+                            tries += 1;
+                            assert!(tries < 10_000_000, "the consumer stalled");
+                            std::thread::yield_now();
+                        }
+                    }
+                    q.drop_sender();
+                })
+            })
+            .collect();
+        let mut c = Consumer::default();
+        let mut next = [0u64; PRODUCERS as usize];
+        let flag = Arc::new(Flag::default());
+        let waker = Waker::from(flag.clone());
+        let mut cx = Context::from_waker(&waker);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            assert!(std::time::Instant::now() < deadline, "no end: {next:?}");
+            let held = {
+                let state = q.state();
+                state.items.len() + state.taken
+            };
+            assert!(held <= 8, "{held} items held with a capacity of 8");
+            match c.poll_pop(&q, &mut cx) {
+                Poll::Ready(Some(id)) => {
+                    let (p, n) = ((id / 1_000_000) as usize, id % 1_000_000);
+                    assert_eq!(n, next[p], "producer {p}'s order");
+                    next[p] += 1;
+                }
+                Poll::Ready(None) => break,
+                Poll::Pending => std::thread::yield_now(),
+            }
+        }
+        for p in producers {
+            p.join().unwrap();
+        }
+        assert_eq!(next, [EACH; PRODUCERS as usize]);
     }
 
     fn ready<T>(poll: Poll<T>) -> T {
