@@ -169,30 +169,44 @@ struct Confirmed {
 }
 
 async fn all_events(addr: SocketAddr, channel: &str) -> Vec<(u64, String)> {
-    let r = request(
-        addr,
-        "GET",
-        &format!("/admin/events/{channel}?limit=10000"),
-        &[],
-        b"",
-    )
-    .await;
-    // (the crash test stays well under 10,000 events)
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            (
-                e["id"].as_str().unwrap().parse().unwrap(),
-                e["data"]
-                    .as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| e["data"].to_string()),
-            )
-        })
-        .collect()
+    // Paged with `after=`: a page holds at most 10,000 events, and a fast
+    // machine publishes more than that over the crash cycles.
+    const PAGE: usize = 10_000;
+    let mut all: Vec<(u64, String)> = Vec::new();
+    loop {
+        let after = all
+            .last()
+            .map_or(String::new(), |(id, _)| format!("&after={id}"));
+        let r = request(
+            addr,
+            "GET",
+            &format!("/admin/events/{channel}?limit={PAGE}{after}"),
+            &[],
+            b"",
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let page: Vec<(u64, String)> = r
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["id"].as_str().unwrap().parse().unwrap(),
+                    e["data"]
+                        .as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| e["data"].to_string()),
+                )
+            })
+            .collect();
+        let full = page.len() == PAGE;
+        all.extend(page);
+        if !full {
+            return all;
+        }
+    }
 }
 
 fn check_store(confirmed: &Confirmed, stored: &[(u64, String)]) {

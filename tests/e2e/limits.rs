@@ -571,3 +571,61 @@ async fn a_client_that_stops_reading_is_disconnected_after_the_send_timeout() {
         );
     }
 }
+
+/// An HPACK header block of literal fields (no indexing, no Huffman).
+fn hpack_literals(fields: &[(&str, &str)]) -> Vec<u8> {
+    let mut block = Vec::new();
+    for (name, value) in fields {
+        assert!(name.len() < 127 && value.len() < 127);
+        block.push(0x00);
+        block.push(name.len() as u8);
+        block.extend_from_slice(name.as_bytes());
+        block.push(value.len() as u8);
+        block.extend_from_slice(value.as_bytes());
+    }
+    block
+}
+
+#[tokio::test]
+async fn an_http2_client_that_stops_reading_is_disconnected_too() {
+    // HTTP/2 flow control stops the server writing after 64 KiB, which the
+    // socket buffers take: no write ever stalls, so only an unanswered
+    // ping can tell that this client is gone.
+    let send_timeout = Duration::from_millis(500);
+    let server = server(ServerConfig {
+        send_timeout,
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut client = TcpStream::connect(server.addr).await.unwrap();
+    let block = hpack_literals(&[
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":path", "/feed/c"),
+        (":authority", "x"),
+        ("device", "h2-frozen"),
+    ]);
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend_from_slice(&[0, 0, 0, 0x04, 0, 0, 0, 0, 0]); // SETTINGS, empty
+    let len = u32::try_from(block.len()).unwrap().to_be_bytes();
+    // HEADERS on stream 1, END_STREAM | END_HEADERS.
+    out.extend_from_slice(&[len[1], len[2], len[3], 0x01, 0x05, 0, 0, 0, 1]);
+    out.extend_from_slice(&block);
+    client.write_all(&out).await.unwrap();
+    eventually("the HTTP/2 device is online", || async {
+        server
+            .presence("c", "h2-frozen")
+            .await
+            .is_some_and(|p| p["online"] == true)
+    })
+    .await;
+    // The client now reads nothing, so it answers no ping; events keep
+    // coming, more than its flow-control window.
+    let payload = "x".repeat(30_000);
+    for _ in 0..5 {
+        let r = server.post("/push/c", &[], payload.as_bytes()).await;
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    server.wait_offline("c", "h2-frozen").await;
+    drop(client);
+}

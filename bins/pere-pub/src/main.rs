@@ -3,7 +3,7 @@
 //! stdout carries one line per published event whose first word is the event
 //! id (PROTOCOL §9); everything else goes to stderr. Exit status: 0 when
 //! every event was published, 1 when one could not be, 2 for a bad command
-//! line.
+//! line, 3 when every event was published but a `--wait` timed out.
 
 mod config;
 mod load;
@@ -49,14 +49,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(run(&config));
+    let mut timed_out = 0;
+    let result = runtime.block_on(run(&config, &mut timed_out));
     // A read of stdin cannot be cancelled; do not wait for one at exit.
     runtime.shutdown_background();
     match result {
-        Ok(0) => ExitCode::SUCCESS,
+        Err(Stop::Failed(err)) => {
+            eprintln!("pere-pub: {err}");
+            ExitCode::FAILURE
+        }
+        Ok(()) | Err(Stop::OutputClosed) if timed_out == 0 => ExitCode::SUCCESS,
         // Published, so not a failure to retry; but a script that waits
-        // wants proof, and `&&` must not read a timeout as one.
-        Ok(timed_out) => {
+        // wants proof, and `&&` must not read a timeout as one (also when
+        // stdout was closed early, as by `| head -1`).
+        Ok(()) | Err(Stop::OutputClosed) => {
             if !config.quiet {
                 eprintln!(
                     "pere-pub: published, but the wait timed out for {timed_out} event(s): not every recipient was {} in time (see pending= on their lines)",
@@ -67,11 +73,6 @@ fn main() -> ExitCode {
                 );
             }
             ExitCode::from(3)
-        }
-        Err(Stop::OutputClosed) => ExitCode::SUCCESS,
-        Err(Stop::Failed(err)) => {
-            eprintln!("pere-pub: {err}");
-            ExitCode::FAILURE
         }
     }
 }
@@ -126,8 +127,8 @@ enum Stop {
 }
 
 /// Publishes every event of the configured source, paced, and prints a line
-/// for each; resolves to how many `--wait`s timed out.
-async fn run(config: &Config) -> Result<u64, Stop> {
+/// for each, counting in `timed_out` the `--wait`s that timed out.
+async fn run(config: &Config, timed_out: &mut u64) -> Result<(), Stop> {
     let mut client = Client::new(&config.addr).map_err(|e| Stop::Failed(e.to_string()))?;
     if let Some(token) = &config.token {
         client = client
@@ -141,7 +142,6 @@ async fn run(config: &Config) -> Result<u64, Stop> {
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let start = Instant::now();
     let mut sent: u64 = 0;
-    let mut timed_out: u64 = 0;
     while config.count.is_none_or(|count| sent < count) {
         // A generated event is made after the pause, so its `time` is the
         // time it is published.
@@ -198,7 +198,7 @@ async fn run(config: &Config) -> Result<u64, Stop> {
             })?;
         sent += 1;
         if published.timed_out == Some(true) {
-            timed_out += 1;
+            *timed_out += 1;
         }
         let line = report(&client, config, &published).await;
         print_line(&line)?;
@@ -211,7 +211,7 @@ async fn run(config: &Config) -> Result<u64, Stop> {
              (for generated events like publisher.rb without a terminal, give --interval)"
         );
     }
-    Ok(timed_out)
+    Ok(())
 }
 
 /// The output line of a published event: the id first (PROTOCOL §9), then

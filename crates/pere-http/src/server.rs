@@ -212,6 +212,16 @@ pub async fn run<S: EventStore>(
         // 10,000 streams. Bodies are streamed, not buffered here.
         .max_buf_size(config.max_header_bytes.max(MIN_MAX_HEADER_BYTES))
         .keep_alive(true);
+    // HTTP/2 flow control stops hyper writing to a client that stopped
+    // reading long before the socket fills, so the send timeout (which
+    // times pending socket writes) would never see it: a ping it does not
+    // answer within half the send timeout closes the connection instead.
+    let half_send = (config.send_timeout / 2).max(Duration::from_millis(100));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(half_send))
+        .keep_alive_timeout(half_send);
     if let Some(webhook) = config.webhook.clone() {
         tokio::spawn(crate::webhook::deliver(hub.clone(), webhook));
     }
