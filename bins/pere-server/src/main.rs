@@ -198,7 +198,14 @@ fn banner<S: EventStore>(
             config.hub.max_payload
         ),
         format!("  web         http://{addr}/subscriber.html"),
-        format!("  try         curl -N -H 'device: me' http://{addr}/feed/CHANNEL_1"),
+        if hub.auth().is_enabled() {
+            // The token's subject is the device.
+            format!(
+                "  try         curl -N -H 'Authorization: Bearer TOKEN' http://{addr}/feed/CHANNEL_1"
+            )
+        } else {
+            format!("  try         curl -N -H 'device: me' http://{addr}/feed/CHANNEL_1")
+        },
     ];
     if !config.quiet {
         for line in &lines {
