@@ -751,3 +751,43 @@ async fn pere_pub_wait_names_the_devices_that_did_not_ack_in_time() {
     assert_eq!(word(line, "pending"), "silent", "{line}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn pere_pub_wait_keeps_exit_3_when_its_output_is_closed_early() {
+    let server = Server::start(0).await;
+    let addr = server.hostport();
+    let mut silent = Proc::start(
+        "pere-sub",
+        &[&addr, "pager", "--json", "--device", "silent", "--no-ack"],
+        Stdio::null(),
+    );
+    assert_eq!(silent.json_line().await["event"], "pere.hello");
+    // As in `pere-pub … --wait acked | head -1`.
+    let mut publisher = Proc::start(
+        "pere-pub",
+        &[
+            &addr,
+            "pager",
+            "--data",
+            "x",
+            "--count",
+            "3",
+            "--wait",
+            "acked",
+            "--timeout",
+            "200ms",
+        ],
+        Stdio::null(),
+    );
+    let line = publisher.line().await;
+    assert_eq!(word(&line, "timed_out"), "true", "{line}");
+    publisher.close_stdout();
+    let status = publisher.exit().await;
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "a timed-out wait is not success, even when the reader left; stderr:\n{}",
+        publisher.stderr_text()
+    );
+    server.stop().await;
+}
