@@ -6,14 +6,13 @@
 //! written by the stream's own task with atomics, so delivering never takes
 //! the hub's lock.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::event::{EventId, Timestamp};
 use crate::ledger::EventReceipts;
 use crate::name::{ChannelName, DeviceId, Pattern};
-use crate::queue::{self, DeliveryQueue, Push};
+use crate::queue::{DeliveryQueue, Push, Taken};
 
 /// What a device did last, PERE's `op` field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -176,7 +175,7 @@ impl Drop for StreamTx {
 pub struct StreamRx {
     shared: Arc<StreamShared>,
     /// Deliveries taken from the queue in one go, not yet handed out.
-    batch: VecDeque<Delivery>,
+    batch: Taken,
 }
 
 impl StreamRx {
@@ -184,7 +183,7 @@ impl StreamRx {
     pub(crate) fn new(shared: Arc<StreamShared>) -> Self {
         Self {
             shared,
-            batch: VecDeque::new(),
+            batch: Taken::default(),
         }
     }
 
@@ -194,20 +193,12 @@ impl StreamRx {
         &mut self,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Delivery>> {
-        if self.batch.is_empty()
-            && !std::task::ready!(self.shared.queue.poll_take(cx, &mut self.batch))
-        {
-            return std::task::Poll::Ready(None);
-        }
-        std::task::Poll::Ready(queue::pop(&mut self.batch))
+        self.batch.poll_next(&self.shared.queue, cx)
     }
 
     /// The next delivery, if one is queued.
     pub fn try_recv(&mut self) -> Option<Delivery> {
-        if self.batch.is_empty() && !self.shared.queue.try_take(&mut self.batch) {
-            return None;
-        }
-        queue::pop(&mut self.batch)
+        self.batch.try_next(&self.shared.queue)
     }
 }
 

@@ -18,30 +18,6 @@ use std::task::{Context, Poll, Waker};
 
 use crate::presence::Delivery;
 
-/// Moves the queued items behind `batch`'s, in order, and counts what the
-/// consumer now holds against the capacity.
-fn take_all(state: &mut State, batch: &mut VecDeque<Delivery>) {
-    if state.items.is_empty() {
-        // Nothing to move; each buffer keeps its allocation.
-    } else if batch.is_empty() {
-        std::mem::swap(&mut state.items, batch);
-    } else {
-        // Not how `StreamRx` calls it, but the order must hold anyway.
-        batch.append(&mut state.items);
-    }
-    state.taken = batch.len();
-}
-
-/// The next delivery of a consumer's batch. A drained batch gives back a
-/// burst's memory; a small one keeps its allocation for reuse.
-pub(crate) fn pop(batch: &mut VecDeque<Delivery>) -> Option<Delivery> {
-    let delivery = batch.pop_front()?;
-    if batch.is_empty() && batch.capacity() > KEEP_ALLOCATED {
-        *batch = VecDeque::new();
-    }
-    Some(delivery)
-}
-
 /// Items kept allocated once a queue is drained (each of its two buffers):
 /// a burst may grow it up to the queue's capacity, an idle stream should
 /// not keep that.
@@ -123,15 +99,10 @@ impl DeliveryQueue {
     /// Moves every queued delivery into `batch` (the consumer's own
     /// buffer, whose allocation the queue keeps for the next ones): one
     /// short lock per batch, so the writer, which pushes to thousands of
-    /// queues per event, rarely finds one locked. The consumer hands them
-    /// out with [`pop`]. `Ready(false)` once every sender is
+    /// queues per event, rarely finds one locked. `Ready(false)` once every sender is
     /// gone and nothing was queued. Spends one unit of tokio's cooperative
     /// budget per batch, not per delivery.
-    pub(crate) fn poll_take(
-        &self,
-        cx: &mut Context<'_>,
-        batch: &mut VecDeque<Delivery>,
-    ) -> Poll<bool> {
+    fn poll_take(&self, cx: &mut Context<'_>, batch: &mut VecDeque<Delivery>) -> Poll<bool> {
         let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
         let mut state = self.state();
         take_all(&mut state, batch);
@@ -152,7 +123,7 @@ impl DeliveryQueue {
 
     /// Like [`poll_take`](Self::poll_take) without waiting: whether
     /// anything was taken.
-    pub(crate) fn try_take(&self, batch: &mut VecDeque<Delivery>) -> bool {
+    fn try_take(&self, batch: &mut VecDeque<Delivery>) -> bool {
         let before = batch.len();
         take_all(&mut self.state(), batch);
         batch.len() > before
@@ -198,6 +169,57 @@ impl DeliveryQueue {
     }
 }
 
+/// Moves the queued items behind `batch`'s, in order, and counts what the
+/// consumer now holds against the capacity.
+fn take_all(state: &mut State, batch: &mut VecDeque<Delivery>) {
+    if !state.items.is_empty() {
+        if batch.is_empty() {
+            std::mem::swap(&mut state.items, batch);
+        } else {
+            // Not how `Taken` calls it, but the order must hold anyway.
+            batch.append(&mut state.items);
+        }
+    }
+    state.taken = batch.len();
+}
+
+/// The consumer's side of a queue: what it took and has not handed out yet.
+#[derive(Debug, Default)]
+pub(crate) struct Taken(VecDeque<Delivery>);
+
+impl Taken {
+    /// The next delivery, taking the queue's items when these are handed
+    /// out; `Ready(None)` once every sender is gone and all was handed out.
+    pub(crate) fn poll_next(
+        &mut self,
+        queue: &DeliveryQueue,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Delivery>> {
+        if self.0.is_empty() && !std::task::ready!(queue.poll_take(cx, &mut self.0)) {
+            return Poll::Ready(None);
+        }
+        Poll::Ready(self.pop())
+    }
+
+    /// The next delivery, if one is queued or held.
+    pub(crate) fn try_next(&mut self, queue: &DeliveryQueue) -> Option<Delivery> {
+        if self.0.is_empty() && !queue.try_take(&mut self.0) {
+            return None;
+        }
+        self.pop()
+    }
+
+    /// A drained batch gives back a burst's memory; a small one keeps its
+    /// allocation for reuse.
+    fn pop(&mut self) -> Option<Delivery> {
+        let delivery = self.0.pop_front()?;
+        if self.0.is_empty() && self.0.capacity() > KEEP_ALLOCATED {
+            self.0 = VecDeque::new();
+        }
+        Some(delivery)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -232,27 +254,17 @@ mod tests {
         d.map(|d| d.receipts.id().0)
     }
 
-    /// The consumer's side, as `StreamRx` does it.
+    /// The consumer's side, as `StreamRx` uses it, giving ids.
     #[derive(Default)]
-    struct Consumer(VecDeque<Delivery>);
+    struct Consumer(Taken);
 
     impl Consumer {
         fn try_pop(&mut self, q: &DeliveryQueue) -> Option<u64> {
-            if self.0.is_empty() && !q.try_take(&mut self.0) {
-                return None;
-            }
-            id(pop(&mut self.0))
+            id(self.0.try_next(q))
         }
 
         fn poll_pop(&mut self, q: &DeliveryQueue, cx: &mut Context<'_>) -> Poll<Option<u64>> {
-            if self.0.is_empty() {
-                match q.poll_take(cx, &mut self.0) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(false) => return Poll::Ready(None),
-                    Poll::Ready(true) => {}
-                }
-            }
-            Poll::Ready(id(pop(&mut self.0)))
+            self.0.poll_next(q, cx).map(id)
         }
     }
 
@@ -344,29 +356,29 @@ mod tests {
             q.push(delivery(i));
         }
         while c.try_pop(&q).is_some() {}
-        assert_eq!(c.0.capacity(), 0);
+        assert_eq!(c.0.0.capacity(), 0);
         assert_eq!(q.state().items.capacity(), 0, "swapped for the empty batch");
         // Small batches keep their allocations, to be reused.
         for i in 0..3 {
             q.push(delivery(i));
         }
         while c.try_pop(&q).is_some() {}
-        assert!(c.0.capacity() >= 3);
+        assert!(c.0.0.capacity() >= 3);
     }
 
     #[test]
     fn a_take_behind_a_non_empty_batch_keeps_the_order() {
         let q = DeliveryQueue::new(8);
         q.add_sender();
-        let mut batch = VecDeque::new();
+        let mut taken = Taken::default();
         q.push(delivery(1));
         q.push(delivery(2));
-        assert!(q.try_take(&mut batch));
-        assert_eq!(id(pop(&mut batch)), Some(1));
+        assert!(q.try_take(&mut taken.0));
+        assert_eq!(id(taken.pop()), Some(1));
         q.push(delivery(3));
-        assert!(q.try_take(&mut batch));
+        assert!(q.try_take(&mut taken.0));
         assert_eq!(q.state().taken, 2);
-        let ids: Vec<_> = std::iter::from_fn(|| id(pop(&mut batch))).collect();
+        let ids: Vec<_> = std::iter::from_fn(|| id(taken.pop())).collect();
         assert_eq!(ids, [2, 3]);
     }
 
