@@ -16,5 +16,6 @@ mod overdue;
 mod pere_compat;
 mod publish;
 mod receipts;
+mod redelivery;
 mod shutdown;
 mod web;

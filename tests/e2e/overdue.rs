@@ -176,7 +176,7 @@ async fn an_unacknowledged_event_is_reported_once_to_the_webhook_and_the_receipt
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(receiver.received().len(), 1, "no duplicate after a restart");
     let r = request(addr, "GET", &format!("/receipts/alerts/{id}"), &[], b"").await;
-    assert_eq!(r.json()["pending"], serde_json::json!(["late"]));
+    assert_eq!(r.json()["unacked"], serde_json::json!(["late"]));
     let _ = stop.send(());
     tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
     let _ = std::fs::remove_dir_all(&dir);

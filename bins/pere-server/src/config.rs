@@ -53,6 +53,9 @@ pub struct Args {
     /// events a stream may have queued before the device counts as too slow and is disconnected (default 4096)
     #[argh(option)]
     pub queue_capacity: Option<String>,
+    /// payload bytes a stream may have queued before the device counts as too slow and is disconnected (default 4MiB; accepts KiB, MiB suffixes)
+    #[argh(option)]
+    pub queue_bytes: Option<String>,
     /// directory of the durable store (default ./pere-data)
     #[argh(option)]
     pub data_dir: Option<String>,
@@ -147,6 +150,32 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+/// A size in bytes: a whole number, optionally with `KiB`/`MiB`/`GiB`
+/// (or `K`/`M`/`G`, powers of 1024).
+fn parse_bytes(name: &str, text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "K" | "KiB" | "k" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        _ => {
+            return Err(format!(
+                "--{name} `{text}` is not a size (a number of bytes, or with KiB, MiB, GiB)"
+            ));
+        }
+    };
+    number
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| {
+            format!("--{name} `{text}` is not a size (a number of bytes, or with KiB, MiB, GiB)")
+        })
+}
+
 fn parse_count(name: &str, text: &str) -> Result<usize, String> {
     text.trim()
         .parse::<usize>()
@@ -223,6 +252,10 @@ impl Config {
         let queue_capacity = match pick(args.queue_capacity, "queue-capacity") {
             None => pere_core::DEFAULT_QUEUE_CAPACITY,
             Some(v) => parse_count("queue-capacity", &v)?.max(1),
+        };
+        let queue_bytes = match pick(args.queue_bytes, "queue-bytes") {
+            None => pere_core::DEFAULT_QUEUE_BYTES,
+            Some(v) => parse_bytes("queue-bytes", &v)?.max(1),
         };
         let member_ttl = duration(args.member_ttl, "member-ttl", pere_core::DEFAULT_MEMBER_TTL)?;
         let cors =
@@ -360,6 +393,7 @@ impl Config {
                 member_ttl,
                 max_payload,
                 queue_capacity,
+                queue_bytes,
                 replay_all: switch(args.replay_all, "replay-all"),
                 ack_deadline,
                 max_channels_per_stream: max_channels,
@@ -437,6 +471,36 @@ mod tests {
                 fsync: Fsync::Always
             }
         );
+    }
+
+    #[test]
+    fn queue_bytes_take_binary_suffixes() {
+        let c = Config::resolve(Args::default(), &HashMap::new()).unwrap();
+        assert_eq!(c.hub.queue_bytes, 4 << 20);
+        for (text, want) in [
+            ("65536", 65_536),
+            ("64KiB", 65_536),
+            ("2 MiB", 2 << 20),
+            ("1G", 1 << 30),
+        ] {
+            let e = env(&[("PERE_QUEUE_BYTES", text)]);
+            assert_eq!(
+                Config::resolve(Args::default(), &e)
+                    .unwrap()
+                    .hub
+                    .queue_bytes,
+                want,
+                "{text}"
+            );
+        }
+        for bad in ["", "MiB", "4 MB", "-1", "1.5MiB", "99999999999999999999GiB"] {
+            let args = Args {
+                queue_bytes: Some(bad.into()),
+                ..Args::default()
+            };
+            let err = Config::resolve(args, &HashMap::new()).unwrap_err();
+            assert!(err.contains("--queue-bytes"), "{bad:?}: {err}");
+        }
     }
 
     #[test]

@@ -14,6 +14,12 @@ pub const DEFAULT_MAX_PAYLOAD: usize = 64 * 1024;
 /// this far behind is disconnected and resumes later instead of growing the
 /// server's memory.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 4096;
+/// Default bound of one stream's queue in payload bytes (4 MiB): 64 events
+/// of the largest default payload, or the whole event bound of 1 KiB
+/// events. Past it the device is disconnected as too slow, like past
+/// [`DEFAULT_QUEUE_CAPACITY`]; without it a stalled reader could pin
+/// 4,096 × 64 KiB.
+pub const DEFAULT_QUEUE_BYTES: usize = 4 * 1024 * 1024;
 /// Default number of channels one stream may subscribe to.
 pub const DEFAULT_MAX_CHANNELS_PER_STREAM: usize = 64;
 /// How long an idempotency key is remembered at least (PROTOCOL §2: 10 min).
@@ -51,6 +57,9 @@ pub struct HubConfig {
     pub max_payload: usize,
     /// Capacity of each stream's queue, in events.
     pub queue_capacity: usize,
+    /// Capacity of each stream's queue, in payload bytes (one event larger
+    /// than this still passes through an empty queue).
+    pub queue_bytes: usize,
     /// Most channels or patterns one stream may subscribe to.
     pub max_channels_per_stream: usize,
     /// Replay every retained event to a stream that has no other resume point
@@ -73,6 +82,7 @@ impl Default for HubConfig {
             member_ttl: DEFAULT_MEMBER_TTL,
             max_payload: DEFAULT_MAX_PAYLOAD,
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            queue_bytes: DEFAULT_QUEUE_BYTES,
             max_channels_per_stream: DEFAULT_MAX_CHANNELS_PER_STREAM,
             replay_all: false,
             idempotency_ttl: DEFAULT_IDEMPOTENCY_TTL,

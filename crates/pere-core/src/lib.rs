@@ -78,8 +78,8 @@ mod queue;
 pub use auth::{AuthRegistry, Grants, Token, TokenHash};
 pub use config::{
     DEFAULT_HISTORY, DEFAULT_IDEMPOTENCY_TTL, DEFAULT_MAX_AGE, DEFAULT_MAX_CHANNELS_PER_STREAM,
-    DEFAULT_MAX_PAYLOAD, DEFAULT_MEMBER_TTL, DEFAULT_QUEUE_CAPACITY, HubConfig, MAX_STATUS_LEN,
-    Retention,
+    DEFAULT_MAX_PAYLOAD, DEFAULT_MEMBER_TTL, DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_CAPACITY,
+    HubConfig, MAX_STATUS_LEN, Retention,
 };
 pub use error::{Error, NameKind, Result};
 pub use event::{Event, EventId, Sequencer, Timestamp, validate_payload};
@@ -88,7 +88,7 @@ pub use hub::{
     Resume, Stats, SubscribeRequest, Subscription,
 };
 pub use ledger::{
-    DeviceReceipt, EventReceipts, OverdueNotice, ReceiptChange, ReceiptState, ReceiptSummary,
+    DeviceReceipt, EventReceipts, Mark, OverdueNotice, ReceiptChange, ReceiptState, ReceiptSummary,
     ReceiptUpdate,
 };
 pub use log::{

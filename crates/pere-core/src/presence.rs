@@ -6,6 +6,7 @@
 //! written by the stream's own task with atomics, so delivering never takes
 //! the hub's lock.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -36,6 +37,13 @@ pub struct Delivery {
     pub slot: u32,
 }
 
+impl Delivery {
+    /// What it weighs against a queue's byte bound: its payload.
+    pub fn size(&self) -> usize {
+        self.receipts.event.payload.len()
+    }
+}
+
 /// The part of an open stream that its task updates on every delivery and
 /// the hub reads for presence and cursors.
 #[derive(Debug)]
@@ -50,6 +58,8 @@ pub struct StreamShared {
     pub delivered_at: AtomicI64,
     /// Events written, for metrics.
     pub delivered: AtomicU64,
+    /// Of those, events written to its device before (redeliveries).
+    pub redelivered: AtomicU64,
     /// Highest event id queued by the writer (dedupes an event that matches
     /// several of the stream's subscriptions). Writer task only.
     pub enqueued_upto: AtomicU64,
@@ -68,19 +78,21 @@ pub struct StreamShared {
 }
 
 impl StreamShared {
-    /// A fresh stream record, whose queue holds at most `capacity` events.
-    pub fn new(id: u64, device: Option<DeviceId>, capacity: usize) -> Self {
+    /// A fresh stream record, whose queue holds at most `capacity` events
+    /// and `max_bytes` of payload.
+    pub fn new(id: u64, device: Option<DeviceId>, capacity: usize, max_bytes: usize) -> Self {
         Self {
             id,
             device,
             delivered_upto: AtomicU64::new(0),
             delivered_at: AtomicI64::new(0),
             delivered: AtomicU64::new(0),
+            redelivered: AtomicU64::new(0),
             enqueued_upto: AtomicU64::new(0),
             revoked: AtomicBool::new(false),
             restricted: AtomicBool::new(false),
             allowed: Mutex::new(None),
-            queue: DeliveryQueue::new(capacity),
+            queue: DeliveryQueue::new(capacity, max_bytes),
         }
     }
 
@@ -232,8 +244,17 @@ pub struct Member {
     pub disconnected_at: Option<Timestamp>,
     /// Last activity: connect, disconnect or receipt.
     pub last_seen: Timestamp,
-    /// Last event it acknowledged, and when.
+    /// Last event it acknowledged, and when. Once it acknowledged anything
+    /// it is an *acknowledging* member: see `unacked`.
     pub last_acked: Option<(EventId, Timestamp)>,
+    /// For an acknowledging member, every event of its audience it has not
+    /// acknowledged yet, in id order: what it is sent again when it comes
+    /// back without `Last-Event-ID` (docs/PROTOCOL.md §5). Empty, and not
+    /// kept, for a member that never acknowledged.
+    pub unacked: VecDeque<EventId>,
+    /// The newest of its unacknowledged events that retention dropped before
+    /// it got them again: told as a `pere.gap` when it comes back.
+    pub lost_upto: Option<EventId>,
     /// PERE's `op`: what it did last.
     pub op: Op,
     /// PERE's `at`: when.
@@ -257,9 +278,27 @@ impl Member {
             disconnected_at: Some(now),
             last_seen: now,
             last_acked: None,
+            unacked: VecDeque::new(),
+            lost_upto: None,
             op: Op::Feed,
             op_at: now,
             last_event_id: None,
+        }
+    }
+
+    /// Whether it ever acknowledged an event here, and so is sent again what
+    /// it has not acknowledged.
+    pub fn acknowledges(&self) -> bool {
+        self.last_acked.is_some()
+    }
+
+    /// Forgets an acknowledged event from `unacked`.
+    pub fn forget_unacked(&mut self, id: EventId) {
+        if self.unacked.front() == Some(&id) {
+            // Devices acknowledge in order, mostly.
+            self.unacked.pop_front();
+        } else if let Ok(i) = self.unacked.binary_search(&id) {
+            self.unacked.remove(i);
         }
     }
 

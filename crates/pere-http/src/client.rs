@@ -366,9 +366,12 @@ pub struct Published {
     /// With `wait`: recipients acked.
     #[serde(default)]
     pub acked: Option<u64>,
-    /// With `wait`: the devices that have not acked.
+    /// With `wait`: the devices nothing was written to yet.
     #[serde(default)]
     pub pending: Option<Vec<String>>,
+    /// With `wait`: the devices that have not acked.
+    #[serde(default)]
+    pub unacked: Option<Vec<String>>,
     /// With `wait`: the wait ended by its timeout.
     #[serde(default)]
     pub timed_out: Option<bool>,
@@ -1650,6 +1653,7 @@ mod tests {
         assert_eq!(published.acked, Some(1));
         assert_eq!(published.timed_out, Some(false));
         assert_eq!(published.pending, Some(vec![]));
+        assert_eq!(published.unacked, Some(vec![]));
         server.stop().await;
     }
 

@@ -47,6 +47,12 @@ pub fn render<S: EventStore>(app: &App<S>) -> Response<Body> {
         s.delivered,
     );
     metric(
+        "pere_redeliveries_total",
+        "counter",
+        "Events written again to a device that had them written before (unacknowledged events resent on resume, a device's second stream).",
+        s.redelivered,
+    );
+    metric(
         "pere_receipts_total",
         "counter",
         "Receipts recorded.",

@@ -181,6 +181,9 @@ pub struct Stats {
     pub published: u64,
     /// Events written to streams since start.
     pub delivered: u64,
+    /// Of those, events written again to a device that had them written
+    /// before (redeliveries of unacknowledged events, a second stream).
+    pub redelivered: u64,
     /// Receipts recorded since start.
     pub acked: u64,
     /// Streams opened since start.
@@ -339,6 +342,7 @@ impl<S: EventStore> Hub<S> {
             notices: HashMap::new(),
             notice_tx: None,
             delivered_closed: 0,
+            redelivered_closed: 0,
             closed: false,
         };
         state.recover(recovered.records, &recovered.evicted);
@@ -496,6 +500,7 @@ impl<S: EventStore> Hub<S> {
             id,
             req.device.clone(),
             self.inner.config.queue_capacity,
+            self.inner.config.queue_bytes,
         ));
         let rx = StreamRx::new(shared.clone());
         // The guard exists before the writer hears of the stream, so the
@@ -775,20 +780,15 @@ impl<S: EventStore> Hub<S> {
     pub fn stats(&self) -> Stats {
         let c = &self.inner.counters;
         let state = self.inner.state();
-        let live: u64 = state
-            .subs
-            .values()
-            .flat_map(|s| {
-                s.members
-                    .values()
-                    .flat_map(|m| m.streams.iter())
-                    .chain(s.anonymous.iter())
-            })
-            .map(|s| s.shared.delivered.load(Ordering::Relaxed))
-            .sum();
+        let (mut live, mut live_again) = (0, 0);
+        for stream in state.streams.values() {
+            live += stream.shared.delivered.load(Ordering::Relaxed);
+            live_again += stream.shared.redelivered.load(Ordering::Relaxed);
+        }
         Stats {
             published: c.published.load(Ordering::Relaxed),
             delivered: state.delivered_closed + live,
+            redelivered: state.redelivered_closed + live_again,
             acked: c.acked.load(Ordering::Relaxed),
             streams_opened: c.streams_opened.load(Ordering::Relaxed),
             slow_disconnects: c.slow_disconnects.load(Ordering::Relaxed),
@@ -958,5 +958,7 @@ use state::{Effect, Plan, State};
 use subscription::StreamGuard;
 pub use subscription::Subscription;
 
+#[cfg(test)]
+mod redelivery_tests;
 #[cfg(test)]
 mod tests;

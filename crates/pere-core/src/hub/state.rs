@@ -107,6 +107,9 @@ pub(super) struct Plan {
 pub(super) struct Sub {
     pub(super) members: HashMap<DeviceId, Member>,
     pub(super) anonymous: Vec<StreamTx>,
+    /// At least the number of acknowledging members (recounted by each
+    /// maintenance tick): while 0, a publish skips tracking `unacked`.
+    pub(super) ackers: usize,
 }
 
 impl Sub {
@@ -177,12 +180,20 @@ pub(super) struct State {
     pub(super) notice_tx: Option<mpsc::UnboundedSender<OverdueNotice>>,
     /// Counted deliveries of streams that closed.
     pub(super) delivered_closed: u64,
+    /// Counted redeliveries of streams that closed.
+    pub(super) redelivered_closed: u64,
     pub(super) closed: bool,
 }
 
 impl State {
     pub(super) fn watchers_for(&mut self, channel: &ChannelName) -> Arc<ReceiptWatchers> {
         self.watchers.entry(channel.clone()).or_default().clone()
+    }
+
+    /// Adds a closed stream's counters to the hub's.
+    fn fold_counts(&mut self, shared: &StreamShared) {
+        self.delivered_closed += shared.delivered.load(Ordering::Relaxed);
+        self.redelivered_closed += shared.redelivered.load(Ordering::Relaxed);
     }
 
     /// Subscriptions matching `channel`: the exact one and the wildcards.
@@ -298,6 +309,9 @@ impl State {
                         let last_acked = member.last_acked;
                         *member = Member::joined(head, now);
                         member.last_acked = last_acked;
+                        // An acknowledging device rejoining: its new events
+                        // are tracked from the first publish on.
+                        sub.ackers += usize::from(last_acked.is_some());
                         records.push(Record::Joined {
                             subscription: pattern.clone(),
                             device: device.clone(),
@@ -384,8 +398,7 @@ impl State {
                     Some(member) => {
                         for stream in &member.streams {
                             self.streams.remove(&stream.shared.id);
-                            self.delivered_closed +=
-                                stream.shared.delivered.load(Ordering::Relaxed);
+                            self.fold_counts(&stream.shared);
                         }
                         // Dropping `member` drops its streams' senders: their
                         // bodies end.
@@ -634,6 +647,7 @@ impl State {
             self.close_stream(stream, receipts.event.time);
         }
         let channel = receipts.event.channel.clone();
+        self.track_unacked(&channel, id);
         self.channels
             .entry(channel.clone())
             .or_default()
@@ -652,6 +666,32 @@ impl State {
         receipts
     }
 
+    /// Adds a new event to `unacked` of every acknowledging member in its
+    /// audience, online or not: it is theirs until they acknowledge it.
+    fn track_unacked(&mut self, channel: &ChannelName, id: EventId) {
+        let State { subs, wild, .. } = self;
+        let track = |sub: &mut Sub| {
+            if sub.ackers == 0 {
+                return;
+            }
+            for member in sub.members.values_mut() {
+                if member.is_member && member.since < id && member.acknowledges() {
+                    member.unacked.push_back(id);
+                }
+            }
+        };
+        if let Some(sub) = subs.get_mut(channel.as_str()) {
+            track(sub);
+        }
+        for pattern in wild.iter() {
+            if pattern.matches(channel)
+                && let Some(sub) = subs.get_mut(pattern)
+            {
+                track(sub);
+            }
+        }
+    }
+
     /// Registers a stream and plans its replay.
     pub(super) fn register(
         &mut self,
@@ -664,23 +704,33 @@ impl State {
     ) -> Plan {
         let head = self.head;
         let replay_all_default = matches!(req.resume, Resume::Auto) && self.replay_all;
-        // Where each subscription starts.
+        // Where each subscription starts: after an id, for every event of
+        // its channels…
         let mut starts: Vec<(Pattern, EventId, bool)> = Vec::with_capacity(req.patterns.len());
+        // …or, for an acknowledging member resuming on its own, exactly the
+        // events it has not acknowledged (docs/PROTOCOL.md §5).
+        let mut redeliver: Vec<EventId> = Vec::new();
+        let mut floors: Vec<EventId> = Vec::new();
+        let mut lost = false;
         for (i, pattern) in req.patterns.iter().enumerate() {
             let Some(sub) = self.subs.get_mut(pattern) else {
                 continue;
             };
+            let existed = existed.get(i).copied().unwrap_or(false);
             let (start, checked) = match (req.resume, &req.device) {
                 (Resume::After(id), _) => (id, true),
                 (Resume::All, _) => (EventId::ZERO, false),
                 (Resume::Now, _) => (head, false),
-                (Resume::Auto, Some(device)) if existed.get(i).copied().unwrap_or(false) => {
-                    let cursor = sub
-                        .members
-                        .get(device)
-                        .map_or(head, |m| m.effective_cursor().0);
-                    (cursor, true)
-                }
+                (Resume::Auto, Some(device)) if existed => match sub.members.get_mut(device) {
+                    Some(member) if member.acknowledges() => {
+                        let floor = unacked_to_send(member, &self.by_id, head, &mut redeliver);
+                        lost |= member.lost_upto.take().is_some();
+                        floors.push(floor);
+                        // Nothing in order after a point: the list says it all.
+                        (head, false)
+                    }
+                    member => (member.map_or(head, |m| m.effective_cursor().0), true),
+                },
                 (Resume::Auto, _) if replay_all_default => (EventId::ZERO, false),
                 (Resume::Auto, _) => (head, false),
             };
@@ -714,8 +764,12 @@ impl State {
         // Nothing at or below `head` is queued live to this stream.
         stream.shared.enqueued_upto.store(head.0, Ordering::Relaxed);
 
-        let mut replay: Vec<Arc<EventReceipts>> = Vec::new();
+        let mut replay: Vec<Arc<EventReceipts>> = redeliver
+            .iter()
+            .filter_map(|id| self.by_id.get(id).cloned())
+            .collect();
         let mut gap: Option<Gap> = None;
+        let mut oldest_of_all: Option<EventId> = None;
         for (channel, ledger) in &self.channels {
             let mut after: Option<(EventId, bool)> = None;
             for (pattern, start, checked) in &starts {
@@ -730,6 +784,10 @@ impl State {
                 continue;
             };
             let oldest = ledger.receipts.front().map(|r| r.id());
+            oldest_of_all = match (oldest_of_all, oldest) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             if checked && (after < ledger.evicted_upto || after < self.floor) {
                 let g = gap.get_or_insert(Gap {
                     from: after,
@@ -750,6 +808,16 @@ impl State {
                     .cloned(),
             );
         }
+        if lost {
+            // Retention dropped events the device had not acknowledged
+            // before it could get them again.
+            let from = floors.iter().copied().min().unwrap_or(head);
+            let g = gap.get_or_insert(Gap {
+                from,
+                oldest: oldest_of_all,
+            });
+            g.from = g.from.min(from);
+        }
         if gap.is_none() {
             // A resume point below what this hub remembers at all (a volatile
             // store restarted) lost events even on channels with nothing
@@ -767,12 +835,16 @@ impl State {
             }
         }
         replay.sort_unstable_by_key(|r| r.id());
+        // An event matching several subscriptions (or both redelivered and
+        // replayed) is sent once.
+        replay.dedup_by_key(|r| r.id());
         let resumed_from = match req.resume {
             Resume::After(id) => Some(id),
             _ => starts
                 .iter()
                 .filter(|(_, _, checked)| *checked)
                 .map(|(_, s, _)| *s)
+                .chain(floors.iter().copied())
                 .min(),
         };
         tracing::info!(
@@ -801,14 +873,14 @@ impl State {
         let Some(open) = self.streams.remove(&id) else {
             return;
         };
+        self.fold_counts(&open.shared);
         for pattern in &open.subs {
             let Some(sub) = self.subs.get_mut(pattern) else {
                 continue;
             };
             let Some(device) = &open.device else {
                 if let Some(i) = sub.anonymous.iter().position(|s| s.shared.id == id) {
-                    let stream = sub.anonymous.swap_remove(i);
-                    self.delivered_closed += stream.shared.delivered.load(Ordering::Relaxed);
+                    sub.anonymous.swap_remove(i);
                 }
                 continue;
             };
@@ -819,7 +891,6 @@ impl State {
                 continue;
             };
             let stream = member.streams.swap_remove(i);
-            self.delivered_closed += stream.shared.delivered.load(Ordering::Relaxed);
             let upto = stream.shared.delivered_upto();
             if upto > member.cursor {
                 member.cursor = upto;
@@ -931,11 +1002,21 @@ impl State {
         now: Timestamp,
     ) {
         let mut noted = false;
-        for (pattern, sub) in self.subs.iter_mut() {
+        let State { subs, channels, .. } = self;
+        for (pattern, sub) in subs.iter_mut() {
             if !pattern.matches(channel) {
                 continue;
             }
             if let Some(member) = sub.members.get_mut(device) {
+                if member.acknowledges() {
+                    member.forget_unacked(id);
+                } else if member.is_member {
+                    // Its first receipt: from now on it is sent again what
+                    // it has not acknowledged, starting with what it has
+                    // already been sent.
+                    member.unacked = unacked_events(channels, pattern, device, member.since);
+                    sub.ackers += 1;
+                }
                 touch_ack(member, id, now);
                 noted = true;
             }
@@ -1052,7 +1133,23 @@ impl State {
         records: &mut Vec<Record>,
     ) {
         let ttl = config.member_ttl;
+        let by_id = &self.by_id;
         for (pattern, sub) in self.subs.iter_mut() {
+            let mut ackers = 0;
+            for member in sub.members.values_mut() {
+                if member.acknowledges() {
+                    ackers += 1;
+                    // Retention dropped these before the device acknowledged
+                    // them: forget them, and tell it when it comes back.
+                    while let Some(&first) = member.unacked.front()
+                        && !by_id.contains_key(&first)
+                    {
+                        member.unacked.pop_front();
+                        member.lost_upto = member.lost_upto.max(Some(first));
+                    }
+                }
+            }
+            sub.ackers = ackers;
             sub.members.retain(|device, member| {
                 if !member.streams.is_empty() {
                     let (cursor, at) = member.effective_cursor();
@@ -1269,12 +1366,87 @@ impl State {
         }
         let now = Timestamp::now();
         for sub in self.subs.values_mut() {
+            sub.ackers = sub.members.values().filter(|m| m.acknowledges()).count();
             for member in sub.members.values_mut() {
                 // Nobody is connected after a restart; the TTL counts from now.
                 member.disconnected_at = Some(member.disconnected_at.unwrap_or(now).max(now));
             }
         }
     }
+}
+
+/// Collects into `out` the retained events of an acknowledging `member`
+/// that it has not acknowledged (up to `head`), forgetting those retention
+/// dropped (noted in `lost_upto`). Returns the point it resumes after: just
+/// before its oldest unacknowledged event, or its cursor when there is none.
+fn unacked_to_send(
+    member: &mut Member,
+    by_id: &HashMap<EventId, Arc<EventReceipts>>,
+    head: EventId,
+    out: &mut Vec<EventId>,
+) -> EventId {
+    // Told in `pere.hello` as `resumed_from`: the cursor or the last
+    // acknowledged event when one is below everything resent, else just
+    // below the first event resent.
+    let cursor = member.effective_cursor().0;
+    let floor = match member.unacked.front() {
+        None => cursor,
+        Some(first) => [Some(cursor), member.last_acked.map(|(id, _)| id)]
+            .into_iter()
+            .flatten()
+            .filter(|id| id < first)
+            .max()
+            .unwrap_or(EventId(first.0 - 1)),
+    };
+    let mut lost_upto = member.lost_upto;
+    member.unacked.retain(|id| {
+        if by_id.contains_key(id) {
+            return true;
+        }
+        lost_upto = lost_upto.max(Some(*id));
+        false
+    });
+    member.lost_upto = lost_upto;
+    out.extend(member.unacked.iter().copied().take_while(|id| *id <= head));
+    floor
+}
+
+/// The retained events on `pattern`'s channels after `since` that `device`
+/// has not acknowledged, in id order: an acknowledging member's `unacked`
+/// when it starts acknowledging, or after a restart.
+fn unacked_events(
+    channels: &HashMap<ChannelName, ChannelLedger>,
+    pattern: &Pattern,
+    device: &DeviceId,
+    since: EventId,
+) -> VecDeque<EventId> {
+    let mut ids = Vec::new();
+    let mut scan = |ledger: &ChannelLedger| {
+        let start = ledger.receipts.partition_point(|r| r.id() <= since);
+        ids.extend(
+            ledger
+                .receipts
+                .range(start..)
+                .filter(|r| !r.is_acked_by(device))
+                .map(|r| r.id()),
+        );
+    };
+    match pattern.exact() {
+        Some(channel) => {
+            if let Some(ledger) = channels.get(channel) {
+                scan(ledger);
+            }
+        }
+        None => {
+            for (channel, ledger) in channels {
+                if pattern.matches(channel) {
+                    scan(ledger);
+                }
+            }
+        }
+    }
+    ids.sort_unstable();
+    ids.into()
 }
 
 pub(super) fn touch_ack(member: &mut Member, id: EventId, now: Timestamp) {

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 
 use super::{Command, Gap, Hello};
 use crate::event::{Event, EventId, Timestamp};
-use crate::ledger::{EventReceipts, NO_SLOT};
+use crate::ledger::{EventReceipts, Mark, NO_SLOT};
 use crate::name::DeviceId;
 use crate::presence::{StreamRx, StreamShared};
 
@@ -76,14 +76,17 @@ impl Subscription {
 
     fn delivered(&self, receipts: &EventReceipts, slot: u32, now: Timestamp) {
         let id = receipts.id();
+        let shared = &self.shared;
         if let Some(device) = &self.device {
-            if slot == NO_SLOT {
-                receipts.mark_delivered(device, now);
+            let mark = if slot == NO_SLOT {
+                receipts.mark_delivered(device, now)
             } else {
-                receipts.mark_delivered_slot(slot, now);
+                receipts.mark_delivered_slot(slot, now)
+            };
+            if mark == Mark::Again {
+                shared.redelivered.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let shared = &self.shared;
         if id.0 > shared.delivered_upto.load(Ordering::Relaxed) {
             shared.delivered_upto.store(id.0, Ordering::Release);
         }

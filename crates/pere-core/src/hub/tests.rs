@@ -5,35 +5,35 @@ use crate::config::Retention;
 use crate::presence::Op;
 use std::time::Duration;
 
-const WAIT: Duration = Duration::from_secs(10);
+pub(super) const WAIT: Duration = Duration::from_secs(10);
 
-fn ch(s: &str) -> ChannelName {
+pub(super) fn ch(s: &str) -> ChannelName {
     ChannelName::new(s).unwrap()
 }
-fn pat(s: &str) -> Pattern {
+pub(super) fn pat(s: &str) -> Pattern {
     Pattern::new(s).unwrap()
 }
-fn dev(s: &str) -> DeviceId {
+pub(super) fn dev(s: &str) -> DeviceId {
     DeviceId::new(s).unwrap()
 }
 
-async fn hub_with(config: HubConfig, retention: Retention) -> Hub {
+pub(super) async fn hub_with(config: HubConfig, retention: Retention) -> Hub {
     Hub::open(config, MemoryStore::new(retention))
         .await
         .unwrap()
 }
 
-async fn hub() -> Hub {
+pub(super) async fn hub() -> Hub {
     hub_with(HubConfig::default(), Retention::default()).await
 }
 
-async fn publish(hub: &Hub, channel: &str, payload: &str) -> Published {
+pub(super) async fn publish(hub: &Hub, channel: &str, payload: &str) -> Published {
     hub.publish(Publish::new(ch(channel), payload.to_string()))
         .await
         .unwrap()
 }
 
-async fn subscribe(
+pub(super) async fn subscribe(
     hub: &Hub,
     device: Option<&str>,
     patterns: &[&str],
@@ -51,7 +51,7 @@ async fn subscribe(
     .unwrap()
 }
 
-async fn next(sub: &mut Subscription) -> Arc<Event> {
+pub(super) async fn next(sub: &mut Subscription) -> Arc<Event> {
     tokio::time::timeout(WAIT, sub.next())
         .await
         .expect("an event within the timeout")
@@ -59,7 +59,7 @@ async fn next(sub: &mut Subscription) -> Arc<Event> {
 }
 
 /// Takes every event that is ready without waiting for more.
-fn drain(sub: &mut Subscription) -> Vec<u64> {
+pub(super) fn drain(sub: &mut Subscription) -> Vec<u64> {
     std::iter::from_fn(|| sub.try_next())
         .map(|e| e.id.0)
         .collect()

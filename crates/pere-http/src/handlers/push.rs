@@ -94,28 +94,32 @@ pub async fn push<S: EventStore>(
         published.id, published.channel, published.recipients
     );
     if let Some(wait) = wait {
-        let timed_out = match &published.receipts {
-            Some(receipts) => {
-                let done = receipts.settled_when(|r| match wait {
-                    Wait::Delivered => r.undelivered() == 0,
-                    Wait::Acked => r.unacked() == 0,
-                });
-                tokio::time::timeout(Duration::from_millis(timeout_ms), done)
-                    .await
-                    .is_err()
-            }
-            None => false,
-        };
-        let (delivered, acked, pending) = match &published.receipts {
+        if let Some(receipts) = &published.receipts {
+            let done = receipts.settled_when(|r| match wait {
+                Wait::Delivered => r.undelivered() == 0,
+                Wait::Acked => r.unacked() == 0,
+            });
+            let _ = tokio::time::timeout(Duration::from_millis(timeout_ms), done).await;
+        }
+        let (delivered, acked, pending, unacked) = match &published.receipts {
             Some(receipts) => {
                 let s = receipts.summary();
-                (s.delivered, s.acked, s.pending)
+                (s.delivered, s.acked, s.pending, s.unacked)
             }
-            None => (0, 0, Vec::new()),
+            None => (0, 0, Vec::new(), Vec::new()),
+        };
+        // docs/PROTOCOL.md §2: `pending` are the devices nothing was written
+        // to yet, `unacked` those that have not acknowledged; `timed_out`
+        // is read from the same lists, so the answer never contradicts
+        // itself when the last receipt lands at the deadline.
+        let timed_out = match wait {
+            Wait::Delivered => !pending.is_empty(),
+            Wait::Acked => !unacked.is_empty(),
         };
         body.push_str(&format!(
-            r#","delivered":{delivered},"acked":{acked},"pending":{},"timed_out":{timed_out}"#,
+            r#","delivered":{delivered},"acked":{acked},"pending":{},"unacked":{},"timed_out":{timed_out}"#,
             serde_json::to_string(&pending).unwrap_or_else(|_| "[]".into()),
+            serde_json::to_string(&unacked).unwrap_or_else(|_| "[]".into()),
         ));
     }
     if published.duplicate {

@@ -42,6 +42,8 @@ pub fn summary_json(s: &ReceiptSummary) -> serde_json::Value {
                     "delivered_at": r.delivered_at.map(|t| t.to_rfc3339()),
                     "acked_at": r.acked_at.map(|t| t.to_rfc3339()),
                     "status": r.status.as_deref(),
+                    "status_at": r.status_at.map(|t| t.to_rfc3339()),
+                    "deliveries": r.deliveries,
                 }),
             )
         })
@@ -54,6 +56,7 @@ pub fn summary_json(s: &ReceiptSummary) -> serde_json::Value {
         "delivered": s.delivered,
         "acked": s.acked,
         "pending": s.pending.iter().map(|d| d.as_str()).collect::<Vec<_>>(),
+        "unacked": s.unacked.iter().map(|d| d.as_str()).collect::<Vec<_>>(),
         "devices": devices,
     })
 }
