@@ -17,5 +17,6 @@ mod pere_compat;
 mod publish;
 mod receipts;
 mod redelivery;
+mod retention;
 mod shutdown;
 mod web;

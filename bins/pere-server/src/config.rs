@@ -82,6 +82,9 @@ pub struct Args {
     pub max_streams_per_device: Option<String>,
     /// most channels or patterns one stream may ask for; more get 400 (default 64)
     #[argh(option)]
+    pub max_channels_per_stream: Option<String>,
+    /// most channels with retained events the server holds; a publish that would open another gets 507 until retention frees some (default 1000000)
+    #[argh(option)]
     pub max_channels: Option<String>,
     /// largest request head (request line and headers) in bytes, at least 8192; larger gets 431 (default 8192; more costs memory per open stream)
     #[argh(option)]
@@ -303,10 +306,15 @@ impl Config {
             "max-streams-per-device",
             pere_http::limits::DEFAULT_MAX_STREAMS_PER_DEVICE,
         )?;
+        let max_channels_per_stream = count(
+            args.max_channels_per_stream,
+            "max-channels-per-stream",
+            pere_core::DEFAULT_MAX_CHANNELS_PER_STREAM,
+        )?;
         let max_channels = count(
             args.max_channels,
             "max-channels",
-            pere_core::DEFAULT_MAX_CHANNELS_PER_STREAM,
+            pere_core::DEFAULT_MAX_CHANNELS,
         )?;
         let max_header_bytes = count(
             args.max_header_bytes,
@@ -396,7 +404,8 @@ impl Config {
                 queue_bytes,
                 replay_all: switch(args.replay_all, "replay-all"),
                 ack_deadline,
-                max_channels_per_stream: max_channels,
+                max_channels_per_stream,
+                max_channels,
                 ..HubConfig::default()
             },
             retention: Retention {
@@ -633,12 +642,14 @@ mod tests {
             ("PERE_SEND_TIMEOUT", "1.5s"),
         ]);
         let args = Args {
-            max_channels: Some("3".into()),
+            max_channels_per_stream: Some("3".into()),
+            max_channels: Some("7".into()),
             ..Args::default()
         };
         let c = Config::resolve(args, &e).unwrap();
         assert_eq!(c.server.max_streams, 5);
         assert_eq!(c.hub.max_channels_per_stream, 3);
+        assert_eq!(c.hub.max_channels, 7);
         assert_eq!(c.server.idle_timeout, Duration::from_secs(2));
         assert_eq!(c.server.send_timeout, Duration::from_millis(1500));
         let bad = |args: Args| Config::resolve(args, &HashMap::new()).unwrap_err();

@@ -185,8 +185,11 @@ fn banner<S: EventStore>(
         ),
         format!("  auth        {auth}"),
         format!(
-            "  limits      {} streams ({} per device), {} channels/stream, capacity {capacity}",
-            s.max_streams, s.max_streams_per_device, config.hub.max_channels_per_stream
+            "  limits      {} streams ({} per device), {} channels/stream, {} channels, capacity {capacity}",
+            s.max_streams,
+            s.max_streams_per_device,
+            config.hub.max_channels_per_stream,
+            config.hub.max_channels
         ),
         format!(
             "  timeouts    header {}, body {}, idle {}, send {}; head ≤ {} bytes, payload ≤ {} bytes",

@@ -20,6 +20,10 @@ pub const DEFAULT_QUEUE_CAPACITY: usize = 4096;
 /// [`DEFAULT_QUEUE_CAPACITY`]; without it a stalled reader could pin
 /// 4,096 × 64 KiB.
 pub const DEFAULT_QUEUE_BYTES: usize = 4 * 1024 * 1024;
+/// Default number of channels the hub holds at once (channels with retained
+/// events): past it a publish that would open another gets `507`. About
+/// 1 KiB of bookkeeping each, beyond their events.
+pub const DEFAULT_MAX_CHANNELS: usize = 1_000_000;
 /// Default number of channels one stream may subscribe to.
 pub const DEFAULT_MAX_CHANNELS_PER_STREAM: usize = 64;
 /// How long an idempotency key is remembered at least (PROTOCOL §2: 10 min).
@@ -62,6 +66,8 @@ pub struct HubConfig {
     pub queue_bytes: usize,
     /// Most channels or patterns one stream may subscribe to.
     pub max_channels_per_stream: usize,
+    /// Most channels with retained events the hub holds at once.
+    pub max_channels: usize,
     /// Replay every retained event to a stream that has no other resume point
     /// (PERE's original behaviour).
     pub replay_all: bool,
@@ -84,6 +90,7 @@ impl Default for HubConfig {
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             queue_bytes: DEFAULT_QUEUE_BYTES,
             max_channels_per_stream: DEFAULT_MAX_CHANNELS_PER_STREAM,
+            max_channels: DEFAULT_MAX_CHANNELS,
             replay_all: false,
             idempotency_ttl: DEFAULT_IDEMPOTENCY_TTL,
             tick: Duration::from_secs(1),

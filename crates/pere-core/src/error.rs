@@ -100,6 +100,17 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
+    /// The hub holds [`HubConfig::max_channels`] channels: a publish may
+    /// not open another one until retention frees some.
+    ///
+    /// [`HubConfig::max_channels`]: crate::HubConfig::max_channels
+    #[error(
+        "the server holds {limit} channels, its limit (--max-channels): publish on an existing channel, or wait until retention frees some"
+    )]
+    ChannelLimit {
+        /// The limit.
+        limit: usize,
+    },
     /// A subscribe request named no channel.
     #[error("no channel to subscribe to")]
     NoChannel,

@@ -163,6 +163,7 @@ impl From<pere_core::Error> for ApiError {
             E::UnknownEvent { .. } => (StatusCode::NOT_FOUND, "unknown_event"),
             E::UnknownMember { .. } => (StatusCode::NOT_FOUND, "unknown_member"),
             E::TooManyChannels { .. } => (StatusCode::BAD_REQUEST, "too_many_channels"),
+            E::ChannelLimit { .. } => (StatusCode::INSUFFICIENT_STORAGE, "channel_limit"),
             E::NoChannel => (StatusCode::BAD_REQUEST, "missing_channel"),
             E::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             E::StoreUnavailable(_) | E::Io { .. } => {

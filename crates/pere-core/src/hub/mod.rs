@@ -331,6 +331,7 @@ impl<S: EventStore> Hub<S> {
             subs: HashMap::new(),
             wild: Vec::new(),
             channels: HashMap::new(),
+            tombstones: Default::default(),
             by_id: HashMap::new(),
             idempotency: HashMap::new(),
             streams: HashMap::new(),
@@ -442,8 +443,12 @@ impl<S: EventStore> Hub<S> {
     /// # Errors
     /// An empty, oversized or non-UTF-8 payload, a bad idempotency key, or
     /// a store failure.
-    pub async fn publish(&self, publish: Publish) -> Result<Published> {
+    pub async fn publish(&self, mut publish: Publish) -> Result<Published> {
         validate_payload(&publish.payload, self.inner.config.max_payload)?;
+        // A payload is often a slice of a transport's read buffer (hyper's
+        // are 8 KiB and more): retained as it is, a 10-byte event would
+        // keep the whole buffer alive for its retention.
+        publish.payload = Bytes::copy_from_slice(&publish.payload);
         if let Some(key) = &publish.idempotency_key {
             validate_idempotency_key(key)?;
         }
@@ -884,6 +889,7 @@ async fn writer<S: EventStore>(inner: Arc<Inner<S>>, mut rx: mpsc::UnboundedRece
 
 async fn process<S: EventStore>(inner: &Inner<S>, batch: Vec<Command>) {
     let now = Timestamp::now();
+    let tick = batch.iter().any(|c| matches!(c, Command::Tick));
     let mut records = Vec::new();
     let mut effects = Vec::with_capacity(batch.len());
     let mut shutdown = false;
@@ -910,7 +916,13 @@ async fn process<S: EventStore>(inner: &Inner<S>, batch: Vec<Command>) {
         inner.store.append(&records).await
     };
     match result {
-        Ok(evicted) => {
+        Ok(mut evicted) => {
+            if tick {
+                // `--max-age` applies while running, not only at the next
+                // start: each tick drops what aged out (the stores do it
+                // without blocking their appends for long).
+                evicted.extend(inner.store.prune(now));
+            }
             if !records.is_empty() {
                 inner.counters.batches.fetch_add(1, Ordering::Relaxed);
                 inner

@@ -243,3 +243,87 @@ async fn pending_and_unacked_are_different_lists() {
     // Acked without being written: no delivery counted.
     assert_eq!(c.deliveries, 0);
 }
+
+#[tokio::test]
+async fn max_age_applies_while_running() {
+    let hub = hub_with(
+        HubConfig {
+            tick: std::time::Duration::from_millis(20),
+            ..HubConfig::default()
+        },
+        Retention {
+            history: 1000,
+            max_age: Some(std::time::Duration::from_millis(300)),
+        },
+    )
+    .await;
+    let old = publish(&hub, "c", "old").await;
+    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    let young = publish(&hub, "c", "young").await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while hub.receipt_summary(&pat("c"), old.id).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old event was never dropped"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // Dropped from the store and the ledger, and a resume point before it
+    // is told the gap.
+    let events = hub.events(&ch("c"), EventId::ZERO, 10).await.unwrap();
+    assert_eq!(events.iter().map(|e| e.id).collect::<Vec<_>>(), [young.id]);
+    assert!(
+        hub.receipt_summary(&pat("c"), young.id).is_ok(),
+        "the young one stays"
+    );
+    let mut sub = subscribe(&hub, Some("d"), &["c"], Resume::After(EventId::ZERO)).await;
+    assert_eq!(sub.gap().map(|g| g.oldest), Some(Some(young.id)));
+    assert_eq!(next(&mut sub).await.id, young.id);
+}
+
+#[tokio::test]
+async fn channels_are_bounded_and_reclaimed_once_retention_empties_them() {
+    let hub = hub_with(
+        HubConfig {
+            tick: std::time::Duration::from_millis(20),
+            max_channels: 3,
+            ..HubConfig::default()
+        },
+        Retention {
+            history: 1000,
+            max_age: Some(std::time::Duration::from_millis(200)),
+        },
+    )
+    .await;
+    let a = publish(&hub, "a", "1").await;
+    publish(&hub, "b", "1").await;
+    publish(&hub, "c", "1").await;
+    publish(&hub, "a", "2").await;
+    let refused = hub.publish(Publish::new(ch("d"), "1")).await;
+    assert!(
+        matches!(refused, Err(Error::ChannelLimit { limit: 3 })),
+        "{refused:?}"
+    );
+    // Once their events aged out, the channels are forgotten, and a new
+    // one fits.
+    let deadline = std::time::Instant::now() + WAIT;
+    while !hub.channels().is_empty() || !hub.inner.state().channels.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "never reclaimed");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(hub.inner.state().watchers.is_empty());
+    publish(&hub, "d", "1").await;
+    // A client resuming on a reclaimed channel below what was dropped is
+    // told of the gap; one resuming above it is not.
+    let sub = subscribe(&hub, Some("x"), &["a"], Resume::After(a.id)).await;
+    assert!(sub.gap().is_some());
+    let sub = subscribe(&hub, Some("y"), &["*"], Resume::After(a.id)).await;
+    assert!(sub.gap().is_some(), "a pattern matching it too");
+    let head = hub.inner.state().head;
+    let sub = subscribe(&hub, Some("z"), &["a"], Resume::After(head)).await;
+    assert!(sub.gap().is_none());
+    // It has events again: its ledger remembers what was dropped.
+    publish(&hub, "a", "3").await;
+    let sub = subscribe(&hub, Some("w"), &["a"], Resume::After(a.id)).await;
+    assert!(sub.gap().is_some());
+}

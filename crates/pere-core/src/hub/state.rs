@@ -130,6 +130,65 @@ pub(super) struct ChannelLedger {
     pub(super) evicted_upto: EventId,
 }
 
+/// Most reclaimed channels remembered one by one; beyond, they are folded
+/// into one floor for all of them (a gap told conservatively).
+const MAX_TOMBSTONES: usize = 100_000;
+
+/// What the hub remembers of channels it reclaimed: which ids retention
+/// dropped there, so a client resuming below them still hears of the gap.
+/// A few dozen bytes each instead of a ledger, and bounded.
+#[derive(Debug, Default)]
+pub(super) struct Tombstones {
+    upto: HashMap<ChannelName, EventId>,
+    order: VecDeque<ChannelName>,
+    /// The highest id dropped on any channel forgotten past the bound.
+    floor: EventId,
+}
+
+impl Tombstones {
+    fn add(&mut self, channel: ChannelName, upto: EventId) {
+        if upto == EventId::ZERO {
+            return;
+        }
+        if self.upto.insert(channel.clone(), upto).is_none() {
+            self.order.push_back(channel);
+        }
+        while self.order.len() > MAX_TOMBSTONES {
+            if let Some(old) = self.order.pop_front()
+                && let Some(id) = self.upto.remove(&old)
+            {
+                self.floor = self.floor.max(id);
+            }
+        }
+    }
+
+    /// Takes a reclaimed channel's record back (it has events again).
+    fn take(&mut self, channel: &ChannelName) -> EventId {
+        match self.upto.remove(channel) {
+            Some(id) => {
+                self.order.retain(|c| c != channel);
+                id
+            }
+            None => EventId::ZERO,
+        }
+    }
+
+    /// Whether a client resuming after `after` on `pattern` may have lost
+    /// events of a reclaimed channel.
+    fn lost_after(&self, pattern: &Pattern, after: EventId) -> bool {
+        if after < self.floor {
+            return true;
+        }
+        match pattern.exact() {
+            Some(channel) => self.upto.get(channel).is_some_and(|upto| after < *upto),
+            None => self
+                .upto
+                .iter()
+                .any(|(channel, upto)| after < *upto && pattern.matches(channel)),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(super) struct Idem {
     pub(super) id: EventId,
@@ -160,6 +219,9 @@ pub(super) struct State {
     /// Subscriptions with wildcards, for matching channels against.
     pub(super) wild: Vec<Pattern>,
     pub(super) channels: HashMap<ChannelName, ChannelLedger>,
+    /// Channels reclaimed once retention emptied them, with the highest id
+    /// retention dropped there (for `pere.gap`).
+    pub(super) tombstones: Tombstones,
     pub(super) by_id: HashMap<EventId, Arc<EventReceipts>>,
     pub(super) idempotency: HashMap<(ChannelName, Box<str>), Idem>,
     pub(super) streams: HashMap<u64, OpenStream>,
@@ -241,7 +303,9 @@ impl State {
             };
         }
         match cmd {
-            Command::Publish(publish, reply) => self.prepare_publish(*publish, reply, now, records),
+            Command::Publish(publish, reply) => {
+                self.prepare_publish(*publish, reply, now, config, records)
+            }
             Command::Ack {
                 subscription,
                 device,
@@ -446,6 +510,7 @@ impl State {
         publish: Publish,
         reply: Reply<Published>,
         now: Timestamp,
+        config: &HubConfig,
         records: &mut Vec<Record>,
     ) -> Effect {
         let key = publish
@@ -460,6 +525,26 @@ impl State {
                 recipients: first.recipients,
                 reply,
             };
+        }
+        if !self.channels.contains_key(&publish.channel) {
+            if self.channels.len() >= config.max_channels {
+                return Effect::Fail(
+                    FailReply::Publish(reply),
+                    Error::ChannelLimit {
+                        limit: config.max_channels,
+                    },
+                );
+            }
+            // Opened now, so later publishes of this batch count it; a
+            // channel that was reclaimed remembers what retention dropped.
+            let evicted_upto = self.tombstones.take(&publish.channel);
+            self.channels.insert(
+                publish.channel.clone(),
+                ChannelLedger {
+                    receipts: VecDeque::new(),
+                    evicted_upto,
+                },
+            );
         }
         let id = self.seq.next(now);
         let event = Arc::new(Event {
@@ -807,6 +892,16 @@ impl State {
                     .take_while(|r| r.id() <= head)
                     .cloned(),
             );
+        }
+        for (pattern, start, checked) in &starts {
+            if *checked && self.tombstones.lost_after(pattern, *start) {
+                // A channel reclaimed after retention emptied it.
+                let g = gap.get_or_insert(Gap {
+                    from: *start,
+                    oldest: oldest_of_all,
+                });
+                g.from = g.from.min(*start);
+            }
         }
         if lost {
             // Retention dropped events the device had not acknowledged
@@ -1189,6 +1284,7 @@ impl State {
             let subs = &self.subs;
             self.wild.retain(|p| subs.contains_key(p));
         }
+        self.reclaim_channels();
         let by_id = &self.by_id;
         self.notices.retain(|(id, _), _| by_id.contains_key(id));
         let idem_ttl = config.idempotency_ttl;
@@ -1197,6 +1293,32 @@ impl State {
             .retain(|_, idem| by_id.contains_key(&idem.id) || now.since(idem.at) < idem_ttl);
         for watchers in self.watchers.values() {
             watchers.sweep();
+        }
+    }
+
+    /// Forgets channels retention emptied (keeping a tombstone of what it
+    /// dropped) and receipt-watcher slots nobody uses: a server that saw a
+    /// million short-lived channels holds only what is still retained.
+    fn reclaim_channels(&mut self) {
+        let tombstones = &mut self.tombstones;
+        self.channels.retain(|channel, ledger| {
+            if !ledger.receipts.is_empty() {
+                return true;
+            }
+            tombstones.add(channel.clone(), ledger.evicted_upto);
+            false
+        });
+        if self.channels.capacity() > 2 * self.channels.len() + 64 {
+            self.channels.shrink_to_fit();
+        }
+        let channels = &self.channels;
+        self.watchers
+            .retain(|channel, w| w.any() || channels.contains_key(channel));
+        if self.watchers.capacity() > 2 * self.watchers.len() + 64 {
+            self.watchers.shrink_to_fit();
+        }
+        if self.by_id.capacity() > 2 * self.by_id.len() + 1024 {
+            self.by_id.shrink_to_fit();
         }
     }
 
