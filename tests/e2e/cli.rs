@@ -1,6 +1,6 @@
 //! The command-line tools as processes: `pere-server`, `pere-pub` and
 //! `pere-sub` talking over loopback, their output read as scripts read it
-//! (PROTOCOL §9). Needs the binaries built first (`cargo build --workspace`).
+//! (docs/PROTOCOL.md §9). Needs the binaries built first (`cargo build --workspace`).
 //!
 //! Every process is owned by a [`Proc`] guard that kills it when dropped, so
 //! a failing test leaves nothing running.

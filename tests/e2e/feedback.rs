@@ -1,5 +1,5 @@
 //! Receipts: `POST /feedback/:channel` in every form PERE's clients send
-//! (PROTOCOL §4).
+//! (docs/PROTOCOL.md §4).
 
 use pere_core::{HubConfig, Retention};
 use pere_http::ServerConfig;

@@ -14,6 +14,7 @@ mod limits;
 mod load;
 mod overdue;
 mod pere_compat;
+mod protocol_doc;
 mod publish;
 mod receipts;
 mod redelivery;

@@ -1,4 +1,4 @@
-//! Publishing: `POST /push/:channel` (PROTOCOL §2).
+//! Publishing: `POST /push/:channel` (docs/PROTOCOL.md §2).
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! Receipt summaries and the live receipts stream (PROTOCOL §5).
+//! Receipt summaries and the live receipts stream (docs/PROTOCOL.md §5).
 
 use pere_tests::{SseStream, TestServer, eventually};
 use serde_json::{Value, json};

@@ -143,7 +143,7 @@ pub struct Config {
 const PERE_PAUSE: (Duration, Duration) = (Duration::from_secs(10), Duration::from_secs(20));
 /// Default `--timeout` of `--wait`.
 const DEFAULT_WAIT: Duration = Duration::from_secs(5);
-/// The server caps waits at 60 s (PROTOCOL §2).
+/// The server caps waits at 60 s (docs/PROTOCOL.md §2).
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
 impl Config {

@@ -1,7 +1,7 @@
 //! `pere-pub`: flags → [`Config`] → publish with [`pere_http::client`].
 //!
 //! stdout carries one line per published event whose first word is the event
-//! id (PROTOCOL §9); everything else goes to stderr. Exit status: 0 when
+//! id (docs/PROTOCOL.md §9); everything else goes to stderr. Exit status: 0 when
 //! every event was published, 1 when one could not be, 2 for a bad command
 //! line, 3 when every event was published but a `--wait` timed out.
 
@@ -214,7 +214,7 @@ async fn run(config: &Config, timed_out: &mut u64) -> Result<(), Stop> {
     Ok(())
 }
 
-/// The output line of a published event: the id first (PROTOCOL §9), then
+/// The output line of a published event: the id first (docs/PROTOCOL.md §9), then
 /// `key=value` words; with `--wait`, who acked, who has not acked and who
 /// was not even sent the event yet.
 async fn report(client: &Client, config: &Config, p: &Published) -> String {

@@ -2,7 +2,7 @@
 //! [`pere_http::client::Subscriber`], printing events and acknowledging them
 //! with [`pere_http::client::Client`].
 //!
-//! stdout carries the events (human lines, or PROTOCOL §9's JSON lines with
+//! stdout carries the events (human lines, or docs/PROTOCOL.md §9's JSON lines with
 //! `--json`); connection notices and errors go to stderr. Piped into `head`,
 //! it stops quietly when stdout closes.
 

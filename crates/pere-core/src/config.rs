@@ -26,9 +26,9 @@ pub const DEFAULT_QUEUE_BYTES: usize = 4 * 1024 * 1024;
 pub const DEFAULT_MAX_CHANNELS: usize = 1_000_000;
 /// Default number of channels one stream may subscribe to.
 pub const DEFAULT_MAX_CHANNELS_PER_STREAM: usize = 64;
-/// How long an idempotency key is remembered at least (PROTOCOL §2: 10 min).
+/// How long an idempotency key is remembered at least (docs/PROTOCOL.md §2: 10 min).
 pub const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(600);
-/// Longest receipt status, in bytes (PROTOCOL §4: 1 KiB).
+/// Longest receipt status, in bytes (docs/PROTOCOL.md §4: 1 KiB).
 pub const MAX_STATUS_LEN: usize = 1024;
 
 /// How long a store keeps events: the newest `history` per channel, and none

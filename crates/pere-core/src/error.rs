@@ -35,7 +35,7 @@ impl fmt::Display for NameKind {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A name is not valid (PROTOCOL §1).
+    /// A name is not valid (docs/PROTOCOL.md §1).
     #[error("{kind} `{name}` is invalid: {reason}")]
     InvalidName {
         /// Which kind of name.

@@ -107,7 +107,7 @@ pub enum ReceiptUpdate {
     Overdue(OverdueNotice),
 }
 
-/// The summary of an event's receipts (PROTOCOL §5).
+/// The summary of an event's receipts (docs/PROTOCOL.md §5).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReceiptSummary {
     /// The event id.
@@ -555,7 +555,7 @@ impl EventReceipts {
         }
     }
 
-    /// The full summary (PROTOCOL §5).
+    /// The full summary (docs/PROTOCOL.md §5).
     pub fn summary(&self) -> ReceiptSummary {
         let slow = lock(&self.slow);
         let mut devices: Vec<(DeviceId, DeviceReceipt)> = self

@@ -340,7 +340,7 @@ impl Member {
     }
 }
 
-/// A device's presence on one subscription (PROTOCOL §5 and PERE's fields).
+/// A device's presence on one subscription (docs/PROTOCOL.md §5 and PERE's fields).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Presence {
     /// Whether it is a member (in audiences).

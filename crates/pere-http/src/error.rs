@@ -1,5 +1,5 @@
 //! [`Error`] for the server and client, and [`ApiError`]: the one place where
-//! a failure becomes an HTTP status and the JSON body of PROTOCOL §8.
+//! a failure becomes an HTTP status and the JSON body of docs/PROTOCOL.md §8.
 
 use hyper::StatusCode;
 use pere_core::NameKind;

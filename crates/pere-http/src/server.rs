@@ -33,9 +33,9 @@ use crate::limits::Limits;
 use crate::metrics::HttpMetrics;
 use crate::stall::Stall;
 
-/// Default `retry` sent to clients (PROTOCOL §3: 3000 ms).
+/// Default `retry` sent to clients (docs/PROTOCOL.md §3: 3000 ms).
 pub const DEFAULT_RETRY: Duration = Duration::from_millis(3000);
-/// Default keepalive period (PROTOCOL §3: 15 s).
+/// Default keepalive period (docs/PROTOCOL.md §3: 15 s).
 pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(15);
 /// Default time to wait for connections to finish at shutdown.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -392,7 +392,7 @@ struct ConnLimits {
 /// arrived `head` after its first byte gets a `408` and the connection
 /// closes; a connection with no request in progress for `idle` closes.
 /// hyper's own answers to a request it could not parse are replaced by
-/// PROTOCOL §8's JSON (see [`ConnWatch::hyper_rejection`]).
+/// docs/PROTOCOL.md §8's JSON (see [`ConnWatch::hyper_rejection`]).
 async fn serve<F, E>(
     mut conn: Pin<Box<F>>,
     watch: Arc<ConnWatch>,
@@ -476,7 +476,7 @@ fn unparsed(status: u16, max_head: usize) -> (&'static str, &'static str, String
     }
 }
 
-/// Writes a PROTOCOL §8 error on a connection whose request never reached
+/// Writes a docs/PROTOCOL.md §8 error on a connection whose request never reached
 /// the service, then closes it. Bounded: a client that does not read gets
 /// nothing more.
 async fn answer_and_close(watch: &ConnWatch, (status, code, sentence): (&str, &str, String)) {

@@ -378,7 +378,7 @@ impl<S: EventStore> Hub<S> {
         &self.inner.store
     }
 
-    /// The token table (PROTOCOL §7): off until [`AuthRegistry::enable`],
+    /// The token table (docs/PROTOCOL.md §7): off until [`AuthRegistry::enable`],
     /// or on from the start when the store holds run-time tokens.
     pub fn auth(&self) -> &Arc<AuthRegistry> {
         &self.inner.auth
@@ -476,7 +476,7 @@ impl<S: EventStore> Hub<S> {
     /// [`subscribe`](Self::subscribe) on behalf of a token: the writer checks
     /// that the token exists, that the device is its subject and that every
     /// pattern is covered by its subscribe grants, and ties the stream to
-    /// the token so that later changes apply to it (PROTOCOL §7).
+    /// the token so that later changes apply to it (docs/PROTOCOL.md §7).
     ///
     /// # Errors
     /// As `subscribe`, plus [`Error::Unauthorized`] and [`Error::Forbidden`].
@@ -644,7 +644,7 @@ impl<S: EventStore> Hub<S> {
             })
     }
 
-    /// The receipt summary of event `id` (PROTOCOL §5).
+    /// The receipt summary of event `id` (docs/PROTOCOL.md §5).
     ///
     /// # Errors
     /// [`Error::UnknownEvent`].

@@ -408,7 +408,7 @@ impl State {
                 reply,
             } => {
                 if !self.auth.is_enabled() {
-                    // PROTOCOL §7: admin-created tokens turn auth on. The
+                    // docs/PROTOCOL.md §7: admin-created tokens turn auth on. The
                     // first one must be an admin token, or nobody could
                     // manage tokens (or anything under /admin) afterwards.
                     if !grants.as_ref().is_some_and(|g| g.admin) {
@@ -1017,7 +1017,7 @@ impl State {
         }
     }
 
-    /// Whether a stream may open for `token` (PROTOCOL §7): the token
+    /// Whether a stream may open for `token` (docs/PROTOCOL.md §7): the token
     /// exists, the device is its subject, and every pattern is covered.
     fn check_subscribe(&self, token: &TokenHash, req: &SubscribeRequest) -> Result<(), Error> {
         let Some(grants) = self.auth.grants(token) else {

@@ -33,7 +33,7 @@ pub async fn feed<S: EventStore, B>(
             "name a channel: GET /feed/:channel or GET /feed?channel=…",
         ));
     }
-    // One channel not granted refuses the whole stream (PROTOCOL §7).
+    // One channel not granted refuses the whole stream (docs/PROTOCOL.md §7).
     for pattern in &patterns {
         caller.require(
             |g| g.may_subscribe(pattern),
@@ -80,14 +80,14 @@ pub fn head_response() -> Response<Body> {
     response
 }
 
-/// The headers of every event stream (PROTOCOL §3).
+/// The headers of every event stream (docs/PROTOCOL.md §3).
 pub fn sse_headers(h: &mut hyper::HeaderMap) {
     h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
 }
 
-/// The resume point, first match wins (PROTOCOL §3): `Last-Event-ID`
+/// The resume point, first match wins (docs/PROTOCOL.md §3): `Last-Event-ID`
 /// header, `lastEventId` query parameter, `replay=all`, else the device's
 /// cursor (or now).
 pub fn resume_point(

@@ -28,7 +28,7 @@ struct RawReceipt {
     /// The id from a JSON body: it wins over every header.
     id: Option<String>,
     /// The `last_event_id` form field: the last resort, after the headers
-    /// (PROTOCOL §4).
+    /// (docs/PROTOCOL.md §4).
     form_id: Option<String>,
     status: Option<String>,
 }
@@ -136,7 +136,7 @@ fn body_text(body: &[u8]) -> Result<&str, ApiError> {
 }
 
 /// A single receipt's id, first match wins: JSON `id`, `Last-Event-ID`,
-/// `last_event_id` header, `last_event_id` form field (PROTOCOL §4).
+/// `last_event_id` header, `last_event_id` form field (docs/PROTOCOL.md §4).
 fn with_header_id(mut raw: RawReceipt, header_id: Option<String>) -> RawReceipt {
     raw.id = raw.id.or(header_id).or(raw.form_id.take());
     raw

@@ -2,7 +2,7 @@
 //! the [`App`] state, identity extraction, JSON responses and CORS.
 //!
 //! Handlers return `Result<Response<Body>, ApiError>`; [`handle`] turns the
-//! error into PROTOCOL §8's JSON and adds CORS headers to every answer.
+//! error into docs/PROTOCOL.md §8's JSON and adds CORS headers to every answer.
 
 mod admin;
 pub mod auth;
@@ -41,7 +41,7 @@ pub struct App<S: EventStore> {
     pub limits: Arc<Limits>,
 }
 
-/// Headers a browser may send cross-origin (PROTOCOL §6).
+/// Headers a browser may send cross-origin (docs/PROTOCOL.md §6).
 const ALLOWED_HEADERS: &str =
     "device, Last-Event-ID, last_event_id, Idempotency-Key, Authorization, Content-Type";
 const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS";
@@ -79,7 +79,7 @@ pub(crate) async fn handle_feed<S: EventStore>(
     finish(app, origin.as_ref(), result)
 }
 
-/// Turns a handler's result into the answer: errors as PROTOCOL §8's JSON,
+/// Turns a handler's result into the answer: errors as docs/PROTOCOL.md §8's JSON,
 /// counted, with CORS headers.
 fn finish<S: EventStore>(
     app: &App<S>,
@@ -192,7 +192,7 @@ fn add_cors(cors: &Cors, origin: Option<&HeaderValue>, headers: &mut HeaderMap) 
     );
 }
 
-/// The JSON error response of PROTOCOL §8.
+/// The JSON error response of docs/PROTOCOL.md §8.
 pub fn error_response(err: &ApiError) -> Response<Body> {
     let mut response = Response::new(Body::from(err.body()));
     *response.status_mut() = err.status;
@@ -278,7 +278,7 @@ pub fn query_value<'a>(query: &'a [(String, String)], key: &str) -> Option<&'a s
         .map(|(_, v)| v.as_str())
 }
 
-/// The request's device (PROTOCOL §1): the `device` header (PERE), else the
+/// The request's device (docs/PROTOCOL.md §1): the `device` header (PERE), else the
 /// `device` query parameter (PERE's web page). Invalid is `400` wherever it
 /// came from.
 pub fn device_of(

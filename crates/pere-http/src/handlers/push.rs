@@ -14,7 +14,7 @@ use crate::error::{ApiError, escape};
 
 /// Default `timeout` of a waiting publish, in milliseconds.
 const DEFAULT_WAIT_MS: u64 = 5_000;
-/// Longest `timeout` honoured; larger values are capped (PROTOCOL §2).
+/// Longest `timeout` honoured; larger values are capped (docs/PROTOCOL.md §2).
 const MAX_WAIT_MS: u64 = 60_000;
 
 /// What a publisher waits for.

@@ -29,7 +29,7 @@ pub fn summary<S: EventStore>(
     Ok(json(StatusCode::OK, summary_json(&summary)))
 }
 
-/// The JSON of PROTOCOL §5.
+/// The JSON of docs/PROTOCOL.md §5.
 pub fn summary_json(s: &ReceiptSummary) -> serde_json::Value {
     let devices: serde_json::Map<String, serde_json::Value> = s
         .devices
