@@ -85,6 +85,7 @@ fn status_named(name: &str) -> u16 {
         "INTERNAL_SERVER_ERROR" => 500,
         "BAD_GATEWAY" => 502,
         "SERVICE_UNAVAILABLE" => 503,
+        "INSUFFICIENT_STORAGE" => 507,
         "GATEWAY_TIMEOUT" => 504,
         other => panic!("StatusCode::{other}: add its number to status_named"),
     }
