@@ -7,7 +7,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -44,7 +44,6 @@ fn ledger_alone(c: &mut Criterion) {
                 time: Timestamp::now(),
                 payload: Bytes::from_static(b"{}"),
                 idempotency_key: None,
-                frame: OnceLock::new(),
             });
             let receipts = EventReceipts::new(
                 event,

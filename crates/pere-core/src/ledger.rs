@@ -244,7 +244,15 @@ pub struct EventReceipts {
     /// Woken when `undelivered` or `unacked` reaches zero.
     settled: Notify,
     watchers: Arc<ReceiptWatchers>,
+    /// Upper estimate of the event's encoded size (see [`wire_size`]).
+    ///
+    /// [`wire_size`]: EventReceipts::wire_size
+    wire_size: usize,
 }
+
+/// Bytes an encoded event takes beyond its payload lines, at most: its
+/// `id:` and `event:` lines, the end of the event, and an envelope's keys.
+const WIRE_OVERHEAD: usize = 512;
 
 /// Slot number meaning "not in the audience" (anonymous streams, late
 /// joiners resolved through the index).
@@ -259,7 +267,15 @@ impl EventReceipts {
         watchers: Arc<ReceiptWatchers>,
     ) -> Self {
         let n = audience.len();
+        // SSE writes a `data: ` prefix and a line end per payload line.
+        let breaks = event
+            .payload
+            .iter()
+            .filter(|&&b| b == b'\n' || b == b'\r')
+            .count();
+        let wire_size = event.payload.len() + 7 * (breaks + 1) + WIRE_OVERHEAD;
         Self {
+            wire_size,
             event,
             delivered_at: (0..n).map(|_| AtomicI64::new(0)).collect(),
             audience,
@@ -274,6 +290,13 @@ impl EventReceipts {
     /// The event id.
     pub fn id(&self) -> EventId {
         self.event.id
+    }
+
+    /// An upper estimate of the event's encoded size on a stream: its
+    /// payload, a `data: ` prefix and line end per line, and the id and type
+    /// lines. A payload of line breaks only encodes to 7 bytes per byte.
+    pub fn wire_size(&self) -> usize {
+        self.wire_size
     }
 
     /// The audience at publish time.
@@ -604,7 +627,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use bytes::Bytes;
-    use std::sync::OnceLock;
 
     fn receipts(devices: &[&str]) -> (EventReceipts, Arc<ReceiptWatchers>) {
         let event = Arc::new(Event {
@@ -615,7 +637,6 @@ mod tests {
             time: Timestamp(1),
             payload: Bytes::from_static(b"x"),
             idempotency_key: None,
-            frame: OnceLock::new(),
         });
         let audience: Arc<[DeviceId]> = devices.iter().map(|d| DeviceId::new(d).unwrap()).collect();
         let watchers = Arc::new(ReceiptWatchers::default());

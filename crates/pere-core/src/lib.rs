@@ -82,10 +82,10 @@ pub use config::{
     DEFAULT_QUEUE_CAPACITY, HubConfig, MAX_STATUS_LEN, Retention,
 };
 pub use error::{Error, NameKind, Result};
-pub use event::{Event, EventId, Sequencer, Timestamp, validate_payload};
+pub use event::{Event, EventId, FRAME_FORMS, FrameCache, Sequencer, Timestamp, validate_payload};
 pub use hub::{
-    Acked, ChannelInfo, Connections, Gap, Hello, Hub, MAX_IDEMPOTENCY_KEY_LEN, Publish, Published,
-    Resume, Stats, SubscribeRequest, Subscription,
+    Acked, ChannelInfo, Connections, Gap, Hello, Hub, MAX_IDEMPOTENCY_KEY_LEN, Outgoing, Publish,
+    Published, Resume, Stats, SubscribeRequest, Subscription,
 };
 pub use ledger::{
     DeviceReceipt, EventReceipts, Mark, OverdueNotice, ReceiptChange, ReceiptState, ReceiptSummary,

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::event::{EventId, Timestamp};
+use crate::event::{EventId, FrameCache, Timestamp};
 use crate::ledger::EventReceipts;
 use crate::name::{ChannelName, DeviceId, Pattern};
 use crate::queue::{DeliveryQueue, Push, Taken};
@@ -27,20 +27,24 @@ pub enum Op {
     Left,
 }
 
-/// One queued delivery: the event's receipts (which hold the event) and the
-/// device's slot in its audience.
+/// One queued delivery: the event's receipts (which hold the event), the
+/// device's slot in its audience, and the encodings shared by the fan-out.
 #[derive(Clone, Debug)]
 pub struct Delivery {
     /// The event and its receipts.
     pub receipts: Arc<EventReceipts>,
     /// The device's audience slot, or [`crate::ledger::NO_SLOT`].
     pub slot: u32,
+    /// The transport's encodings of the event, shared by every stream of
+    /// this fan-out and freed with the last delivery that holds them.
+    pub frames: Arc<FrameCache>,
 }
 
 impl Delivery {
-    /// What it weighs against a queue's byte bound: its payload.
+    /// What it weighs against a queue's byte bound: an upper estimate of
+    /// its encoded size (docs/PROTOCOL.md §3.7).
     pub fn size(&self) -> usize {
-        self.receipts.event.payload.len()
+        self.receipts.wire_size()
     }
 }
 
@@ -252,9 +256,9 @@ pub struct Member {
     /// back without `Last-Event-ID` (docs/PROTOCOL.md §5). Empty, and not
     /// kept, for a member that never acknowledged.
     pub unacked: VecDeque<EventId>,
-    /// The newest of its unacknowledged events that retention dropped before
+    /// The oldest of its unacknowledged events that retention dropped before
     /// it got them again: told as a `pere.gap` when it comes back.
-    pub lost_upto: Option<EventId>,
+    pub lost_from: Option<EventId>,
     /// PERE's `op`: what it did last.
     pub op: Op,
     /// PERE's `at`: when.
@@ -279,7 +283,7 @@ impl Member {
             last_seen: now,
             last_acked: None,
             unacked: VecDeque::new(),
-            lost_upto: None,
+            lost_from: None,
             op: Op::Feed,
             op_at: now,
             last_event_id: None,

@@ -247,8 +247,8 @@ mod tests {
     use crate::ledger::{EventReceipts, ReceiptWatchers};
     use crate::name::ChannelName;
     use bytes::Bytes;
+    use std::sync::Arc;
     use std::sync::atomic::AtomicBool;
-    use std::sync::{Arc, OnceLock};
     use std::task::Wake;
 
     fn delivery(id: u64) -> Delivery {
@@ -260,12 +260,12 @@ mod tests {
             time: Timestamp(1),
             payload: Bytes::from(format!("e{id}")),
             idempotency_key: None,
-            frame: OnceLock::new(),
         };
         let watchers = Arc::new(ReceiptWatchers::default());
         Delivery {
             receipts: Arc::new(EventReceipts::new(Arc::new(event), Arc::from([]), watchers)),
             slot: 0,
+            frames: Arc::default(),
         }
     }
 
@@ -412,7 +412,6 @@ mod tests {
             time: event.time,
             payload: Bytes::from(vec![b'x'; bytes]),
             idempotency_key: None,
-            frame: OnceLock::new(),
         };
         let watchers = Arc::new(ReceiptWatchers::default());
         d.receipts = Arc::new(EventReceipts::new(Arc::new(event), Arc::from([]), watchers));
@@ -421,12 +420,15 @@ mod tests {
 
     #[test]
     fn bytes_bound_the_queue_as_well_as_events() {
-        let q = DeliveryQueue::new(100, 1000);
+        // Sizes are encoded estimates: the payload plus a fixed overhead.
+        let w = |n: usize| sized(0, n).size();
+        let bound = 2 * w(400) + w(200);
+        let q = DeliveryQueue::new(100, bound);
         q.add_sender();
         let mut c = Consumer::default();
         assert_eq!(q.push(sized(1, 400)), Push::Queued);
         assert_eq!(q.push(sized(2, 400)), Push::Queued);
-        assert_eq!(q.push(sized(3, 400)), Push::Full, "1,200 bytes > 1,000");
+        assert_eq!(q.push(sized(3, 400)), Push::Full, "over the bound");
         assert_eq!(q.push(sized(3, 200)), Push::Queued, "exactly at the bound");
         // Taken, not yet handed out: still counted.
         assert_eq!(c.try_pop(&q), Some(1));
@@ -437,7 +439,7 @@ mod tests {
         // Drained: the bytes are free again, and one event larger than the
         // whole bound still passes an empty queue (it could never pass
         // otherwise), but nothing joins it.
-        assert_eq!(q.push(sized(5, 5000)), Push::Queued);
+        assert_eq!(q.push(sized(5, 5 * bound)), Push::Queued);
         assert_eq!(q.push(sized(6, 1)), Push::Full);
         assert_eq!(c.try_pop(&q), Some(5));
         assert_eq!(c.try_pop(&q), None);
@@ -452,6 +454,17 @@ mod tests {
         assert_eq!(c.try_pop(&q), None);
         assert_eq!(q.push(sized(8, 999)), Push::Queued);
         assert_eq!(q.push(sized(9, 1)), Push::Queued);
+    }
+
+    #[test]
+    fn a_payload_of_line_breaks_weighs_what_it_encodes_to() {
+        let lines = sized(1, 0);
+        let event = Event {
+            payload: Bytes::from(vec![b'\n'; 1000]),
+            ..(*lines.receipts.event).clone()
+        };
+        let receipts = EventReceipts::new(Arc::new(event), Arc::from([]), Arc::default());
+        assert!(receipts.wire_size() >= 7 * 1000, "{}", receipts.wire_size());
     }
 
     #[test]

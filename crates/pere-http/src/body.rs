@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
-use pere_core::{Event, ReceiptUpdate, Subscription};
+use pere_core::{Event, Outgoing, ReceiptUpdate, Subscription};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
 
@@ -86,23 +86,32 @@ impl http_body::Body for Body {
     }
 }
 
-/// The SSE frame of an event, encoded once and shared by every stream.
+/// The SSE frame of an event.
 pub fn event_frame(event: &Event) -> Bytes {
-    event
-        .frame
-        .get_or_init(|| {
-            let id = event.id.to_string();
-            // Ids are digits and types are validated names: encoding cannot
-            // fail. Should it ever, an empty frame loses one event for this
-            // process rather than corrupting the stream.
-            sse::event_frame(
-                Some(&id),
-                event.kind.as_ref().map(|k| k.as_str()),
-                event.payload_str(),
-            )
-            .unwrap_or_default()
-        })
-        .clone()
+    let id = event.id.to_string();
+    // Ids are digits and types are validated names: encoding cannot fail.
+    // Should it ever, an empty frame loses one event for this process
+    // rather than corrupting the stream.
+    sse::event_frame(
+        Some(&id),
+        event.kind.as_ref().map(|k| k.as_str()),
+        event.payload_str(),
+    )
+    .unwrap_or_default()
+}
+
+/// Which encoding of its events a stream writes: the index of its slot in
+/// a fan-out's [`pere_core::FrameCache`].
+const PLAIN: usize = 0;
+
+/// The frame of an outgoing event: encoded once per fan-out and shared by
+/// its streams (freed with their last delivery), or for this stream alone
+/// when it is a replay.
+pub fn outgoing_frame(outgoing: &Outgoing) -> Bytes {
+    match &outgoing.frames {
+        Some(frames) => frames.get_or_init(PLAIN, || event_frame(&outgoing.event)),
+        None => event_frame(&outgoing.event),
+    }
 }
 
 /// Where an event stream's frames come from.
@@ -163,24 +172,24 @@ impl SseBody {
     fn poll_source(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         match &mut self.source {
             Source::Events(sub) => {
-                let Poll::Ready(first) = sub.poll_next(cx) else {
+                let Poll::Ready(first) = sub.poll_next_outgoing(cx) else {
                     return Poll::Pending;
                 };
                 let Some(first) = first else {
                     return Poll::Ready(None);
                 };
-                let frame = event_frame(&first);
+                let frame = outgoing_frame(&first);
                 // Several events ready at once go out as one frame: one
                 // chunk, one write, instead of one per event.
-                let Some(second) = sub.try_next() else {
+                let Some(second) = sub.try_next_outgoing() else {
                     return Poll::Ready(Some(frame));
                 };
                 let mut buf = BytesMut::with_capacity(frame.len() * 4);
                 buf.extend_from_slice(&frame);
-                buf.extend_from_slice(&event_frame(&second));
+                buf.extend_from_slice(&outgoing_frame(&second));
                 while buf.len() < MAX_COALESCED_BYTES {
-                    match sub.try_next() {
-                        Some(e) => buf.extend_from_slice(&event_frame(&e)),
+                    match sub.try_next_outgoing() {
+                        Some(e) => buf.extend_from_slice(&outgoing_frame(&e)),
                         None => break,
                     }
                 }

@@ -968,7 +968,7 @@ mod subscription;
 
 use state::{Effect, Plan, State};
 use subscription::StreamGuard;
-pub use subscription::Subscription;
+pub use subscription::{Outgoing, Subscription};
 
 #[cfg(test)]
 mod redelivery_tests;

@@ -144,28 +144,38 @@ async fn patterns_and_channels_of_one_stream_redeliver_each_event_once() {
 
 #[tokio::test]
 async fn unacknowledged_events_lost_to_retention_are_a_gap() {
-    let hub = hub_with(
-        HubConfig::default(),
-        Retention {
-            history: 3,
-            max_age: None,
-        },
-    )
-    .await;
-    let mut r = subscribe(&hub, Some("R"), &["c"], Resume::Auto).await;
-    let first = publish(&hub, "c", "first").await;
-    next(&mut r).await;
-    hub.ack(&pat("c"), &dev("R"), first.id, "ok").await.unwrap();
-    let written = publish_n(&hub, "c", 2).await;
-    assert_eq!(take(&mut r, 2).await, written);
-    drop(r);
-    // Four more push both unacknowledged events (and one of these) out.
-    let later = publish_n(&hub, "c", 4).await;
-    let mut r = subscribe(&hub, Some("R"), &["c"], Resume::Auto).await;
-    let gap = r.gap().expect("told it lost events");
-    assert_eq!(gap.oldest, Some(later[1]));
-    assert!(gap.from < written[0]);
-    assert_eq!(take(&mut r, 3).await, later[1..]);
+    // Whether or not a maintenance tick trimmed them in between.
+    for tick in [
+        std::time::Duration::from_secs(3600),
+        std::time::Duration::from_millis(10),
+    ] {
+        let hub = hub_with(
+            HubConfig {
+                tick,
+                ..HubConfig::default()
+            },
+            Retention {
+                history: 3,
+                max_age: None,
+            },
+        )
+        .await;
+        let mut r = subscribe(&hub, Some("R"), &["c"], Resume::Auto).await;
+        let first = publish(&hub, "c", "first").await;
+        next(&mut r).await;
+        hub.ack(&pat("c"), &dev("R"), first.id, "ok").await.unwrap();
+        let written = publish_n(&hub, "c", 2).await;
+        assert_eq!(take(&mut r, 2).await, written);
+        drop(r);
+        // Four more push both unacknowledged events (and one of these) out.
+        let later = publish_n(&hub, "c", 4).await;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let mut r = subscribe(&hub, Some("R"), &["c"], Resume::Auto).await;
+        let gap = r.gap().expect("told it lost events");
+        assert_eq!(gap.oldest, Some(later[1]), "{tick:?}");
+        assert!(gap.from < written[0], "{tick:?}: {gap:?}");
+        assert_eq!(take(&mut r, 3).await, later[1..]);
+    }
 }
 
 #[tokio::test]

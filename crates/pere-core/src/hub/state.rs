@@ -3,8 +3,8 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -15,7 +15,7 @@ use super::{
 use crate::auth::{AuthRegistry, Reach, TokenHash};
 use crate::config::HubConfig;
 use crate::error::Error;
-use crate::event::{Event, EventId, Sequencer, Timestamp};
+use crate::event::{Event, EventId, FrameCache, Sequencer, Timestamp};
 use crate::ledger::{EventReceipts, NO_SLOT, OverdueNotice, ReceiptState, ReceiptWatchers};
 use crate::log::{Evicted, Record};
 use crate::name::{ChannelName, DeviceId, Pattern};
@@ -555,7 +555,6 @@ impl State {
             time: now,
             payload: publish.payload,
             idempotency_key: key.as_ref().map(|(_, k)| k.clone()),
-            frame: OnceLock::new(),
         });
         if let Some(key) = key {
             // Recipients are filled in when the event is applied.
@@ -698,6 +697,9 @@ impl State {
                 targets.extend(sub.anonymous.iter().map(|s| (s, NO_SLOT)));
             }
             let receipts = Arc::new(EventReceipts::new(event, audience.into(), watchers));
+            // One cache of encodings for this fan-out's streams: freed with
+            // the last delivery that holds it, not kept with the event.
+            let frames = Arc::new(FrameCache::default());
             for (stream, slot) in targets {
                 // A stream whose token lost this channel's grant never gets
                 // it queued (and its device is not marked delivered).
@@ -710,6 +712,7 @@ impl State {
                 let delivery = Delivery {
                     receipts: receipts.clone(),
                     slot,
+                    frames: frames.clone(),
                 };
                 if stream.push(delivery) == Push::Full {
                     slow.push(stream.shared.id);
@@ -809,7 +812,7 @@ impl State {
                 (Resume::Auto, Some(device)) if existed => match sub.members.get_mut(device) {
                     Some(member) if member.acknowledges() => {
                         let floor = unacked_to_send(member, &self.by_id, head, &mut redeliver);
-                        lost |= member.lost_upto.take().is_some();
+                        lost |= member.lost_from.take().is_some();
                         floors.push(floor);
                         // Nothing in order after a point: the list says it all.
                         (head, false)
@@ -1240,7 +1243,7 @@ impl State {
                         && !by_id.contains_key(&first)
                     {
                         member.unacked.pop_front();
-                        member.lost_upto = member.lost_upto.max(Some(first));
+                        member.lost_from = member.lost_from.or(Some(first));
                     }
                 }
             }
@@ -1499,7 +1502,7 @@ impl State {
 
 /// Collects into `out` the retained events of an acknowledging `member`
 /// that it has not acknowledged (up to `head`), forgetting those retention
-/// dropped (noted in `lost_upto`). Returns the point it resumes after: just
+/// dropped (noted in `lost_from`). Returns the point it resumes after: just
 /// before its oldest unacknowledged event, or its cursor when there is none.
 fn unacked_to_send(
     member: &mut Member,
@@ -1507,28 +1510,32 @@ fn unacked_to_send(
     head: EventId,
     out: &mut Vec<EventId>,
 ) -> EventId {
-    // Told in `pere.hello` as `resumed_from`: the cursor or the last
-    // acknowledged event when one is below everything resent, else just
-    // below the first event resent.
-    let cursor = member.effective_cursor().0;
-    let floor = match member.unacked.front() {
-        None => cursor,
-        Some(first) => [Some(cursor), member.last_acked.map(|(id, _)| id)]
-            .into_iter()
-            .flatten()
-            .filter(|id| id < first)
-            .max()
-            .unwrap_or(EventId(first.0 - 1)),
-    };
-    let mut lost_upto = member.lost_upto;
+    let mut lost_from = member.lost_from;
     member.unacked.retain(|id| {
         if by_id.contains_key(id) {
             return true;
         }
-        lost_upto = lost_upto.max(Some(*id));
+        lost_from = Some(lost_from.map_or(*id, |l| l.min(*id)));
         false
     });
-    member.lost_upto = lost_upto;
+    member.lost_from = lost_from;
+    // Told in `pere.hello` as `resumed_from` (and as a gap's `from`): the
+    // cursor or the last acknowledged event when one is below everything
+    // resent or lost, else just below the first of those.
+    let cursor = member.effective_cursor().0;
+    let first = match (member.unacked.front().copied(), lost_from) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let floor = match first {
+        None => cursor,
+        Some(first) => [Some(cursor), member.last_acked.map(|(id, _)| id)]
+            .into_iter()
+            .flatten()
+            .filter(|id| *id < first)
+            .max()
+            .unwrap_or(EventId(first.0 - 1)),
+    };
     out.extend(member.unacked.iter().copied().take_while(|id| *id <= head));
     floor
 }

@@ -2,7 +2,6 @@ use super::*;
 use crate::hub::{Hub, Publish, Resume, SubscribeRequest};
 use crate::{HubConfig, ReceiptState};
 use bytes::Bytes;
-use std::sync::OnceLock;
 
 fn ch(s: &str) -> ChannelName {
     ChannelName::new(s).unwrap()
@@ -29,7 +28,6 @@ fn event(channel: &str, id: u64, payload: &str) -> Record {
         time: Timestamp::now(),
         payload: Bytes::copy_from_slice(payload.as_bytes()),
         idempotency_key: None,
-        frame: OnceLock::new(),
     }))
 }
 
