@@ -2,7 +2,6 @@
 //! through hyper, under the head and idle timeouts, and PROTOCOL §8's JSON
 //! in place of hyper's own answers to requests it could not parse.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,6 +11,7 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulConnection;
 use pere_core::EventStore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -78,9 +78,9 @@ impl<S: EventStore> Connection<S> {
             http,
             http1,
             graceful,
+            closing,
             limits,
             peer,
-            ..
         } = self;
         let watch = Arc::new(ConnWatch::new(http1_only));
         let service = service_fn({
@@ -108,8 +108,9 @@ impl<S: EventStore> Connection<S> {
                 service,
             )
             .into_owned();
-        let conn = Box::pin(graceful.watch(conn));
-        serve(conn, watch, limits, peer).await;
+        serve(Box::pin(conn), &watch, limits, peer, closing).await;
+        // Only now, with the socket closed, may shutdown stop waiting.
+        drop(graceful);
     }
 }
 
@@ -126,62 +127,100 @@ pub(super) struct ConnLimits {
     pub(super) max_head: usize,
 }
 
-/// Drives one connection under its timeouts: a request head that has not
-/// arrived `head` after its first byte gets a `408` and the connection
-/// closes; a connection with no request in progress for `idle` closes.
+/// How long hyper may take to close a connection it was asked to close for
+/// idleness: an HTTP/2 client has this long to answer the GOAWAY's ping.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+/// How long a closing connection is read (and what it sends dropped), at
+/// most, so that the client gets our answer and FIN rather than a reset
+/// (see [`close`]).
+const LINGER: Duration = Duration::from_secs(2);
+/// Most bytes read (and dropped) from a closing connection.
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// Drives one connection under its timeouts, then closes it (see
+/// [`close`]). Whatever the client sends, the connection is timed as a
+/// request head until it has a request, and as idle while it has none:
+///
+/// - a head (or HTTP/2 preface) not whole `head` after its first byte: a
+///   `408` over HTTP/1, and the connection closes;
+/// - no request, no HTTP/2 stream, for `idle`: hyper is asked to close the
+///   connection (over HTTP/2 it says GOAWAY) and given [`CLOSE_WAIT`];
+/// - at shutdown hyper is asked the same, bounded by `run`'s grace.
+///
 /// hyper's own answers to a request it could not parse are replaced by
 /// PROTOCOL §8's JSON (see [`ConnWatch::hyper_rejection`]).
-async fn serve<F, E>(
-    mut conn: Pin<Box<F>>,
-    watch: Arc<ConnWatch>,
+async fn serve<C>(
+    mut conn: Pin<Box<C>>,
+    watch: &ConnWatch,
     limits: ConnLimits,
     peer: SocketAddr,
+    mut closing: tokio::sync::watch::Receiver<bool>,
 ) where
-    F: Future<Output = std::result::Result<(), E>>,
-    E: std::fmt::Display,
+    C: GracefulConnection,
+    C::Error: std::fmt::Display,
 {
     let ConnLimits { head, idle, .. } = limits;
-    loop {
-        let deadline = watch.deadline(head, idle);
+    // Set once hyper was asked to close an idle connection: by then it
+    // must have done so, unless a request came in meanwhile.
+    let mut stop_at: Option<Instant> = None;
+    let mut shutting_down = false;
+    let answer = loop {
+        let deadline = match stop_at {
+            Some(at) => (!watch.busy()).then_some(at),
+            None => watch.deadline(head, idle),
+        };
         tokio::select! {
-            ended = &mut conn => {
+            ended = conn.as_mut() => {
                 if let Err(err) = ended {
                     tracing::debug!(%peer, cause = %err, "connection ended with an error");
                 }
                 let status = watch.rejected.load(Ordering::Acquire);
-                if status != 0 {
-                    drop(conn);
-                    tracing::debug!(%peer, status, "request not parsed");
-                    // Boxed: the answer's state (and its read buffer) would
-                    // otherwise be part of every connection's task.
-                    Box::pin(answer_and_close(&watch, unparsed(status, limits.max_head))).await;
+                if status == 0 {
+                    break None;
                 }
-                return;
+                tracing::debug!(%peer, status, "request not parsed");
+                break Some(unparsed(status, limits.max_head));
             }
             () = watch.changed.notified() => {}
+            _ = closing.wait_for(|closing| *closing), if !shutting_down => {
+                shutting_down = true;
+                conn.as_mut().graceful_shutdown();
+            }
             () = sleep_until_some(deadline) => {
+                if stop_at.is_some() {
+                    tracing::debug!(%peer, "idle connection did not close in time: dropped");
+                    break None;
+                }
                 match watch.expired(head, idle) {
                     None => {}
                     Some(Expired::Idle) => {
                         tracing::debug!(%peer, "idle connection closed");
-                        return;
+                        conn.as_mut().graceful_shutdown();
+                        stop_at = Some(Instant::now() + CLOSE_WAIT);
                     }
-                    Some(Expired::Head) => {
-                        // hyper holds a clone of the socket inside `conn`:
-                        // drop it first, then answer on our own.
-                        drop(conn);
+                    Some(Expired::Head) if watch.is_http1() => {
                         tracing::debug!(%peer, "request head too slow: 408");
                         let sentence = format!(
                             "the request head did not arrive within {} ms",
                             head.as_millis()
                         );
-                        Box::pin(answer_and_close(&watch, ("408 Request Timeout", "request_timeout", sentence)))
-                            .await;
-                        return;
+                        break Some(("408 Request Timeout", "request_timeout", sentence));
+                    }
+                    Some(Expired::Head) => {
+                        tracing::debug!(%peer, "HTTP/2 preface too slow: closed");
+                        break None;
                     }
                 }
             }
         }
+    };
+    // hyper holds the socket inside `conn`: dropping it parks the socket
+    // in the watch, for us to answer on and close.
+    drop(conn);
+    if let Some(stream) = watch.take_parked() {
+        // Boxed: the closing's state (and its read buffer) would otherwise
+        // be part of every connection's task.
+        Box::pin(close(stream, answer)).await;
     }
 }
 
@@ -214,27 +253,28 @@ fn unparsed(status: u16, max_head: usize) -> (&'static str, &'static str, String
     }
 }
 
-/// Writes a PROTOCOL §8 error on a connection whose request never reached
-/// the service, then closes it. Bounded: a client that does not read gets
-/// nothing more.
-async fn answer_and_close(watch: &ConnWatch, (status, code, sentence): (&str, &str, String)) {
-    let Some(mut stream) = watch.take_parked() else {
-        return;
-    };
-    let body = serde_json::json!({ "error": sentence, "code": code }).to_string();
-    let response = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        stream.write_all(response.as_bytes()).await?;
+/// Closes a connection so that the client reads all it was sent: the
+/// answer, if any (a PROTOCOL §8 error for a request that never reached
+/// the service), then our FIN, while what the client still sends is read
+/// and dropped. Closing a socket with unread bytes makes the kernel send a
+/// reset instead, which can destroy an answer before the client reads it,
+/// and turns the next request of a kept-alive client into `ECONNRESET`.
+/// Bounded by [`LINGER`] and [`LINGER_BYTES`]: a client that neither reads
+/// nor stops sending gets nothing more.
+async fn close(mut stream: TcpStream, answer: Option<(&str, &str, String)>) {
+    let _ = tokio::time::timeout(LINGER, async {
+        if let Some((status, code, sentence)) = answer {
+            let body = serde_json::json!({ "error": sentence, "code": code }).to_string();
+            let response = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(response.as_bytes()).await?;
+        }
         stream.shutdown().await?;
-        // Closing with unread bytes (the rest of an oversized head) makes
-        // the kernel send a reset, which can destroy the answer before the
-        // client reads it: read what is still coming, a bounded amount.
         let mut sink = vec![0u8; 4096];
         let mut drained = 0;
-        while drained < 256 * 1024 {
+        while drained < LINGER_BYTES {
             match stream.read(&mut sink).await? {
                 0 => break,
                 n => drained += n,

@@ -3,7 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -28,10 +28,10 @@ pub(super) struct ConnWatch {
     head_started: AtomicU64,
     /// Milliseconds after `start` when the last request finished.
     idle_since: AtomicU64,
-    /// An HTTP/2 connection: hyper's h2 handles it; no head timing.
-    h2: AtomicBool,
-    /// Whether any byte was read yet (to spot the HTTP/2 preface).
-    seen: AtomicBool,
+    /// Which protocol the client speaks, as far as its bytes tell: while
+    /// below 24, how many bytes of the HTTP/2 [`PREFACE`] it sent so far
+    /// (and nothing else); then [`HTTP1`] or [`HTTP2`].
+    protocol: AtomicU8,
     /// The status of hyper's own answer to a request it could not parse
     /// (400, 414, 431), held back to be answered in JSON; 0 when none.
     pub(super) rejected: AtomicU16,
@@ -41,10 +41,20 @@ pub(super) struct ConnWatch {
     pub(super) changed: Notify,
 }
 
+/// Which timeout fell due.
 pub(super) enum Expired {
+    /// A request head (or an HTTP/2 preface) did not arrive in time.
     Head,
+    /// No request for the idle timeout.
     Idle,
 }
+
+/// What an HTTP/2 client sends first (RFC 9113 §3.4), as hyper looks for it.
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// [`ConnWatch::protocol`]: the client's first bytes were not a preface.
+const HTTP1: u8 = 254;
+/// [`ConnWatch::protocol`]: the client sent the whole preface.
+const HTTP2: u8 = 255;
 
 impl ConnWatch {
     /// A watch for a connection; `http1_only` when it cannot be HTTP/2
@@ -55,8 +65,7 @@ impl ConnWatch {
             requests: AtomicUsize::new(0),
             head_started: AtomicU64::new(0),
             idle_since: AtomicU64::new(0),
-            h2: AtomicBool::new(false),
-            seen: AtomicBool::new(http1_only),
+            protocol: AtomicU8::new(if http1_only { HTTP1 } else { 0 }),
             rejected: AtomicU16::new(0),
             parked: std::sync::Mutex::new(None),
             changed: Notify::new(),
@@ -71,10 +80,45 @@ impl ConnWatch {
         self.start + Duration::from_millis(ms)
     }
 
+    /// Whether the client speaks HTTP/1 (an answer in HTTP/1.1 text is
+    /// one it can read).
+    pub(super) fn is_http1(&self) -> bool {
+        self.protocol.load(Ordering::Relaxed) == HTTP1
+    }
+
+    /// Whether a request (or an HTTP/2 stream) is in progress.
+    pub(super) fn busy(&self) -> bool {
+        self.requests.load(Ordering::Acquire) > 0
+    }
+
     /// Bytes arrived from the client.
+    ///
+    /// Until a connection has a request it is timed as a request head,
+    /// from its first byte, whatever the bytes are: an unfinished HTTP/2
+    /// preface is an unfinished head like any other (it once escaped every
+    /// timeout). Once the whole preface arrived the connection is HTTP/2,
+    /// whose frames (pings, settings) are no request: only streams end its
+    /// idleness.
     fn on_read(&self, bytes: &[u8]) {
-        if !self.seen.swap(true, Ordering::Relaxed) && bytes.starts_with(b"PRI * HTTP/2") {
-            self.h2.store(true, Ordering::Relaxed);
+        match self.protocol.load(Ordering::Relaxed) {
+            HTTP2 => return,
+            HTTP1 => {}
+            matched => {
+                let matched = usize::from(matched);
+                let n = bytes.len().min(PREFACE.len() - matched);
+                if bytes[..n] != PREFACE[matched..matched + n] {
+                    self.protocol.store(HTTP1, Ordering::Relaxed);
+                } else if matched + n < PREFACE.len() {
+                    // Fewer than 24: fits.
+                    self.protocol.store((matched + n) as u8, Ordering::Relaxed);
+                } else {
+                    self.protocol.store(HTTP2, Ordering::Relaxed);
+                    self.idle_since.store(self.now_ms(), Ordering::Release);
+                    self.head_started.store(0, Ordering::Release);
+                    self.changed.notify_one();
+                    return;
+                }
+            }
         }
         if self.requests.load(Ordering::Acquire) == 0
             && self.head_started.load(Ordering::Acquire) == 0
@@ -90,7 +134,7 @@ impl ConnWatch {
     /// answers in JSON once hyper gave up the connection. hyper's answers
     /// have no body and no content type; the service's always have both.
     fn hyper_rejection(&self, bytes: &[u8]) -> bool {
-        if self.h2.load(Ordering::Relaxed) {
+        if !self.is_http1() {
             return false;
         }
         let status = match bytes.get(..13) {
@@ -127,7 +171,7 @@ impl ConnWatch {
 
     /// When the connection's current timeout falls due, if it has one.
     pub(super) fn deadline(&self, head: Duration, idle: Duration) -> Option<Instant> {
-        if self.h2.load(Ordering::Relaxed) || self.requests.load(Ordering::Acquire) > 0 {
+        if self.busy() {
             return None;
         }
         match self.head_started.load(Ordering::Acquire) {
@@ -304,6 +348,13 @@ impl AsyncWrite for Watched {
 mod tests {
     use super::*;
 
+    /// A watch on a connection whose client has sent HTTP/1 bytes.
+    fn http1() -> ConnWatch {
+        let watch = ConnWatch::new(false);
+        watch.on_read(b"GARBAGE\r\n");
+        watch
+    }
+
     #[test]
     fn only_hyper_s_own_bodiless_error_answers_are_held_back() {
         let hyper_answers: [(&[u8], u16); 3] = [
@@ -318,7 +369,7 @@ mod tests {
             (b"HTTP/1.1 414 URI Too Long\r\nContent-Length: 0\r\n\r\n", 414),
         ];
         for (bytes, status) in hyper_answers {
-            let watch = ConnWatch::new(false);
+            let watch = http1();
             assert!(watch.hyper_rejection(bytes));
             assert_eq!(watch.rejected.load(Ordering::Acquire), status);
         }
@@ -329,12 +380,66 @@ mod tests {
             b"data: HTTP/1.1 400 \r\n\r\n",
         ];
         for bytes in ours {
-            let watch = ConnWatch::new(false);
+            let watch = http1();
             assert!(!watch.hyper_rejection(bytes));
             assert_eq!(watch.rejected.load(Ordering::Acquire), 0);
         }
         let watch = ConnWatch::new(false);
-        watch.h2.store(true, Ordering::Relaxed);
+        watch.on_read(PREFACE);
         assert!(!watch.hyper_rejection(hyper_answers[0].0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_is_a_head_until_its_http2_preface_is_whole_then_idle_until_a_stream() {
+        let (head, idle) = (Duration::from_secs(1), Duration::from_secs(10));
+        let watch = ConnWatch::new(false);
+        let connected = Instant::now();
+        assert_eq!(watch.deadline(head, idle), Some(connected + idle));
+        tokio::time::advance(Duration::from_millis(100)).await;
+        // The preface a byte at a time, then most of it: a head, timed
+        // from its first byte.
+        let first = Instant::now();
+        watch.on_read(&PREFACE[..1]);
+        watch.on_read(&PREFACE[1..16]);
+        tokio::time::advance(Duration::from_millis(500)).await;
+        watch.on_read(&PREFACE[16..22]);
+        assert_eq!(watch.deadline(head, idle), Some(first + head));
+        assert!(!watch.is_http1());
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert!(matches!(watch.expired(head, idle), Some(Expired::Head)));
+        // The rest, with a frame behind it: HTTP/2, idle from now, and no
+        // frame starts a head.
+        let whole = Instant::now();
+        let mut rest = PREFACE[22..].to_vec();
+        rest.extend_from_slice(&[0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
+        watch.on_read(&rest);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        watch.on_read(&[0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(watch.deadline(head, idle), Some(whole + idle));
+        assert!(watch.expired(head, idle).is_none());
+        // A stream is a request in progress: no timeout while it is open,
+        // idle again from its end.
+        let stream = Arc::new(watch);
+        let guard = stream.begin();
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(stream.deadline(head, idle), None);
+        drop(guard);
+        assert_eq!(stream.deadline(head, idle), Some(Instant::now() + idle));
+    }
+
+    #[test]
+    fn bytes_that_leave_the_preface_are_http1() {
+        for bytes in [&b"PRI * HTTP/1.1\r\n"[..], b"GET / HTTP/1.1\r\n", b"P"] {
+            let watch = ConnWatch::new(false);
+            watch.on_read(bytes);
+            watch.on_read(b"X");
+            assert!(watch.is_http1(), "{:?}", String::from_utf8_lossy(bytes));
+        }
+        let watch = ConnWatch::new(true);
+        watch.on_read(PREFACE);
+        assert!(
+            watch.is_http1(),
+            "after an HTTP/1 exchange, a preface is HTTP/1 bytes"
+        );
     }
 }
