@@ -184,3 +184,72 @@ async fn an_http2_connection_with_an_open_stream_is_not_idle() {
     server.wait_offline("c", "h2-dev").await;
     ended_at(ended).await;
 }
+
+#[tokio::test]
+async fn over_http2_an_oversized_head_gets_the_json_431_at_the_same_limit() {
+    // Issue 19, point 10.
+    for (limit, ok, big) in [
+        (pere_http::server::DEFAULT_MAX_HEADER_BYTES, 7 * 1024, 9000),
+        (32 * 1024, 24 * 1024, 33 * 1024),
+    ] {
+        let server = server(ServerConfig {
+            max_header_bytes: limit,
+            ..ServerConfig::default()
+        })
+        .await;
+        let (mut sender, _ended) = h2_connect(server.addr).await;
+        let fine = "x".repeat(ok);
+        let r = sender
+            .send_request(h2_get(server.addr, "/healthz", &[("x-ok", &fine)]))
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            200,
+            "a {ok}-byte header under a {limit}-byte limit"
+        );
+        let large = "x".repeat(big);
+        let r = sender
+            .send_request(h2_get(server.addr, "/healthz", &[("x-big", &large)]))
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            431,
+            "a {big}-byte header over a {limit}-byte limit"
+        );
+        assert_eq!(
+            r.headers().get("content-type").map(|v| v.as_bytes()),
+            Some(&b"application/json"[..])
+        );
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        let body: serde_json::Value =
+            serde_json::from_slice(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body:?}"));
+        assert_eq!(body["code"], "headers_too_large", "{body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains(&limit.to_string())),
+            "{body}"
+        );
+        // Many small headers add up the same way.
+        let many: Vec<(String, String)> = (0..(big / 64))
+            .map(|i| (format!("x-h{i}"), "y".repeat(40)))
+            .collect();
+        let mut req = hyper::Request::get(format!("http://{}/healthz", server.addr));
+        for (k, v) in &many {
+            req = req.header(k, v);
+        }
+        let r = sender
+            .send_request(req.body(Empty::new()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 431);
+        // The connection carries on.
+        let r = sender
+            .send_request(h2_get(server.addr, "/healthz", &[]))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+}

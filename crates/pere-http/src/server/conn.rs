@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use hyper::Request;
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -17,6 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::request;
 use super::watch::{ConnWatch, Expired, Tracked, Watched};
 use crate::handlers::{self, App};
 use crate::stall::Stall;
@@ -83,13 +86,20 @@ impl<S: EventStore> Connection<S> {
             peer,
         } = self;
         let watch = Arc::new(ConnWatch::new(http1_only));
+        let max_head = limits.max_head;
         let service = service_fn({
             let watch = watch.clone();
-            move |req| {
+            move |req: Request<Incoming>| {
                 let app = app.clone();
                 let request = watch.begin();
                 async move {
-                    let response = handlers::handle(app, req).await;
+                    let response = match request::oversized_h2_head(&req, max_head) {
+                        Some(refused) => {
+                            app.metrics.count(refused.status());
+                            refused
+                        }
+                        None => handlers::handle(app, req).await,
+                    };
                     Ok::<_, std::convert::Infallible>(response.map(|body| Tracked {
                         body,
                         _request: request,
@@ -238,7 +248,7 @@ fn unparsed(status: u16, max_head: usize) -> (&'static str, &'static str, String
         431 => (
             "431 Request Header Fields Too Large",
             "headers_too_large",
-            format!("the request head (request line and headers) is larger than {max_head} bytes"),
+            request::head_too_large(max_head),
         ),
         414 => (
             "414 URI Too Long",

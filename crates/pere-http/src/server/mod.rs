@@ -8,6 +8,7 @@
 //! streams.
 
 mod conn;
+mod request;
 mod watch;
 
 use std::future::Future;
@@ -53,6 +54,11 @@ pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 8 * 1024;
 /// Smallest `max_header_bytes` hyper accepts (its read buffer's minimum).
 pub const MIN_MAX_HEADER_BYTES: usize = 8192;
+/// How far past `max_header_bytes` an HTTP/2 header block may go before
+/// the HTTP/2 library refuses it itself, with a `431` without a body (and
+/// closes the connection past four times that): up to there PERE sees the
+/// request and answers the JSON `431`.
+const H2_HEADER_LIST_FACTOR: usize = 4;
 
 /// Which origins may call the server from a browser.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -211,11 +217,19 @@ pub async fn run<S: EventStore>(
     // times pending socket writes) would never see it: a ping it does not
     // answer within half the send timeout closes the connection instead.
     let half_send = (config.send_timeout / 2).max(Duration::from_millis(100));
+    let max_head = config.max_header_bytes.max(MIN_MAX_HEADER_BYTES);
     builder
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(half_send))
-        .keep_alive_timeout(half_send);
+        .keep_alive_timeout(half_send)
+        // The head limit over HTTP/2 is checked with the request in hand,
+        // so that it gets the JSON `431` (see `request::oversized_h2_head`);
+        // the HTTP/2 library's own limit, whose `431` has no body, only
+        // bounds the memory a header block may take, further out.
+        .max_header_list_size(
+            u32::try_from(max_head.saturating_mul(H2_HEADER_LIST_FACTOR)).unwrap_or(u32::MAX),
+        );
     if let Some(webhook) = config.webhook.clone() {
         tokio::spawn(crate::webhook::deliver(hub.clone(), webhook));
     }
@@ -230,7 +244,7 @@ pub async fn run<S: EventStore>(
         head: config.header_read_timeout,
         idle: config.idle_timeout,
         send: config.send_timeout,
-        max_head: config.max_header_bytes.max(MIN_MAX_HEADER_BYTES),
+        max_head,
     };
     tokio::pin!(shutdown);
     loop {
