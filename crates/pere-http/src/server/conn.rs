@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::request;
+use super::request::{self, Leftover, RequestBody};
 use super::watch::{ConnWatch, Expired, Tracked, Watched};
 use crate::handlers::{self, App};
 use crate::stall::Stall;
@@ -98,7 +98,18 @@ impl<S: EventStore> Connection<S> {
                             app.metrics.count(refused.status());
                             refused
                         }
-                        None => handlers::handle(app, req).await,
+                        None => {
+                            let head = request::Head::of(&req);
+                            let leftover = Leftover::default();
+                            let req = req.map(|body| RequestBody::new(body, &leftover));
+                            let mut response = handlers::handle(app, req).await;
+                            if let Some(unread) = leftover.take() {
+                                // Boxed: rare, and the drain's state would
+                                // otherwise be part of every request's.
+                                Box::pin(request::finish(&head, unread, &mut response)).await;
+                            }
+                            response
+                        }
                     };
                     Ok::<_, std::convert::Infallible>(response.map(|body| Tracked {
                         body,

@@ -27,6 +27,7 @@ use crate::handlers::App;
 use crate::limits::Limits;
 use crate::metrics::HttpMetrics;
 use conn::{ConnLimits, Connection};
+pub(crate) use request::RequestBody;
 
 /// Default `retry` sent to clients (PROTOCOL §3: 3000 ms).
 pub const DEFAULT_RETRY: Duration = Duration::from_millis(3000);
