@@ -177,14 +177,22 @@ const LISTEN_BACKLOG: u32 = 4096;
 /// gracefully (see the module docs) and returns.
 ///
 /// # Errors
-/// None today: accept errors are logged and retried; the signature leaves
-/// room for fatal ones.
+/// [`Error::WebhookLoop`], before serving anything, when the webhook is the
+/// listener's own address; [`Error::Io`] if that address cannot be read.
+/// Accept errors are logged and retried.
 pub async fn run<S: EventStore>(
     listener: TcpListener,
     hub: Hub<S>,
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
+    if let Some(webhook) = &config.webhook {
+        let listen = listener.local_addr().map_err(|source| Error::Io {
+            context: "cannot read the listening address".into(),
+            source,
+        })?;
+        webhook.check_not_server(listen).await?;
+    }
     let limits = Arc::new(Limits::new(
         config.max_streams.max(1),
         config.max_streams_per_device.max(1),
