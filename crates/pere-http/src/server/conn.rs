@@ -8,8 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use hyper::Request;
-use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -19,9 +17,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::request::{self, Leftover, RequestBody};
+use super::request;
 use super::watch::{ConnWatch, Expired, Tracked, Watched};
-use crate::handlers::{self, App};
+use crate::handlers::App;
 use crate::stall::Stall;
 
 /// What one connection's task needs.
@@ -89,28 +87,16 @@ impl<S: EventStore> Connection<S> {
         let max_head = limits.max_head;
         let service = service_fn({
             let watch = watch.clone();
-            move |req: Request<Incoming>| {
-                let app = app.clone();
+            move |req| {
                 let request = watch.begin();
+                // Boxed, and before the `async` block, which then holds a
+                // pointer rather than the request and the handler's state:
+                // hyper keeps one allocation the size of this future per
+                // connection (per stream over HTTP/2) for its whole life,
+                // while the box is freed once the answer is ready.
+                let served = Box::pin(request::serve(app.clone(), req, max_head));
                 async move {
-                    let response = match request::oversized_h2_head(&req, max_head) {
-                        Some(refused) => {
-                            app.metrics.count(refused.status());
-                            refused
-                        }
-                        None => {
-                            let head = request::Head::of(&req);
-                            let leftover = Leftover::default();
-                            let req = req.map(|body| RequestBody::new(body, &leftover));
-                            let mut response = handlers::handle(app, req).await;
-                            if let Some(unread) = leftover.take() {
-                                // Boxed: rare, and the drain's state would
-                                // otherwise be part of every request's.
-                                Box::pin(request::finish(&head, unread, &mut response)).await;
-                            }
-                            response
-                        }
-                    };
+                    let response = served.await;
                     Ok::<_, std::convert::Infallible>(response.map(|body| Tracked {
                         body,
                         _request: request,
@@ -144,7 +130,8 @@ pub(super) struct ConnLimits {
     pub(super) idle: Duration,
     /// Time a pending write may make no progress.
     pub(super) send: Duration,
-    /// Largest request head, for the `431` answer's sentence.
+    /// Largest request head: checked here over HTTP/2 (hyper's read
+    /// buffer bounds it over HTTP/1), and named in the `431` answer.
     pub(super) max_head: usize,
 }
 

@@ -9,9 +9,9 @@
 //! an answer that did not say `Connection: close`: the client sends its
 //! next request into a closed socket and gets `ECONNRESET` (issue 13). So
 //! an unread body comes back here ([`RequestBody`]'s drop) and, before the
-//! answer leaves, is either read and dropped (small, already sent: the
-//! connection stays usable) or the answer says `Connection: close` and the
-//! connection is closed gently (see `conn::close`).
+//! answer leaves, is either read and dropped (when it is small and on its
+//! way: the connection stays usable), or the answer says `Connection:
+//! close` and the connection is closed gently (see `conn::close`).
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -24,9 +24,11 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode, Version};
+use pere_core::EventStore;
 
 use crate::body::Body;
 use crate::error::ApiError;
+use crate::handlers::{self, App};
 
 /// Most bytes of an unread body read and dropped to keep its connection: a
 /// default `--max-payload`. Beyond it the answer closes the connection.
@@ -34,6 +36,29 @@ const DRAIN_BYTES: u64 = 64 * 1024;
 /// Longest wait for the rest of an unread body, before the answer goes out
 /// with `Connection: close` instead.
 const DRAIN_TIME: Duration = Duration::from_secs(1);
+
+/// Serves one request: its handler's answer, with what the connection adds
+/// around it (see the module docs).
+pub(super) async fn serve<S: EventStore>(
+    app: Arc<App<S>>,
+    req: Request<Incoming>,
+    max_head: usize,
+) -> Response<Body> {
+    if let Some(refused) = oversized_h2_head(&req, max_head) {
+        app.metrics.count(refused.status());
+        return refused;
+    }
+    let head = Head::of(&req);
+    let leftover = Leftover::default();
+    let req = req.map(|body| RequestBody::new(body, &leftover));
+    let mut response = handlers::handle(app, req).await;
+    if let Some(unread) = leftover.take() {
+        // Boxed: rare, and its state would otherwise weigh on every
+        // request's future.
+        Box::pin(finish(&head, unread, &mut response)).await;
+    }
+    response
+}
 
 /// The sentence of a `431`, the same over HTTP/1 and HTTP/2.
 pub(super) fn head_too_large(max_head: usize) -> String {
@@ -46,7 +71,7 @@ pub(super) fn head_too_large(max_head: usize) -> String {
 /// limited by hyper's read buffer; hyper's HTTP/2 limit is set higher (see
 /// `run`) so that what lies between gets this JSON answer rather than the
 /// bodyless `431` of the HTTP/2 library.
-pub(super) fn oversized_h2_head<B>(req: &Request<B>, max_head: usize) -> Option<Response<Body>> {
+fn oversized_h2_head<B>(req: &Request<B>, max_head: usize) -> Option<Response<Body>> {
     if req.version() != Version::HTTP_2 {
         return None;
     }
@@ -80,7 +105,7 @@ pub(super) fn oversized_h2_head<B>(req: &Request<B>, max_head: usize) -> Option<
 }
 
 /// An unread body, handed back by [`RequestBody`]'s drop.
-pub(super) struct Unread {
+struct Unread {
     body: Incoming,
     /// Whether the handler asked for any of it (hyper then sent `100
     /// Continue` to a client that waited for one).
@@ -90,11 +115,11 @@ pub(super) struct Unread {
 /// Where a dropped, unfinished [`RequestBody`] goes; shared by the body and
 /// the service that finishes the request.
 #[derive(Clone, Default)]
-pub(super) struct Leftover(Arc<Mutex<Option<Unread>>>);
+struct Leftover(Arc<Mutex<Option<Unread>>>);
 
 impl Leftover {
     /// The body, if the handler dropped it unfinished.
-    pub(super) fn take(&self) -> Option<Unread> {
+    fn take(&self) -> Option<Unread> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
@@ -112,7 +137,7 @@ pub(crate) struct RequestBody {
 
 impl RequestBody {
     /// Wraps `body`; an unfinished one goes to `leftover` on drop.
-    pub(super) fn new(body: Incoming, leftover: &Leftover) -> Self {
+    fn new(body: Incoming, leftover: &Leftover) -> Self {
         let empty = body.is_end_stream();
         Self {
             inner: Some(body),
@@ -169,7 +194,7 @@ impl Drop for RequestBody {
 }
 
 /// What the service notes of a request's head before its handler takes it.
-pub(super) struct Head {
+struct Head {
     http1: bool,
     /// `Expect: 100-continue`: the client may wait to be asked for the body.
     expects_continue: bool,
@@ -178,7 +203,7 @@ pub(super) struct Head {
 
 impl Head {
     /// Notes what [`finish`] needs of `req`.
-    pub(super) fn of<B>(req: &Request<B>) -> Self {
+    fn of<B>(req: &Request<B>) -> Self {
         let headers = req.headers();
         Self {
             http1: req.version() < Version::HTTP_2,
@@ -197,7 +222,7 @@ impl Head {
 /// drops it when that keeps the connection (small, arriving, and the client
 /// did not wait to be asked for it), else makes the answer say
 /// `Connection: close`.
-pub(super) async fn finish(head: &Head, unread: Unread, response: &mut Response<Body>) {
+async fn finish(head: &Head, unread: Unread, response: &mut Response<Body>) {
     if !head.http1 {
         // An HTTP/2 stream's body is its own: dropping it costs nothing
         // to the connection's other streams.
@@ -238,4 +263,31 @@ async fn drain(mut body: Incoming) -> bool {
     tokio::time::timeout(DRAIN_TIME, read)
         .await
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_http2_head_is_measured_as_http2_measures_it() {
+        let req = |version| {
+            Request::get("http://x/healthz")
+                .version(version)
+                .header("a", "b")
+                .body(())
+                .unwrap()
+        };
+        // :method GET, :scheme http, :authority x, :path /healthz, a: b,
+        // each name + value + 32.
+        let size = (7 + 3) + (7 + 4) + (10 + 1) + (5 + 8) + (1 + 1) + 5 * 32;
+        assert!(oversized_h2_head(&req(Version::HTTP_2), size).is_none());
+        let refused = oversized_h2_head(&req(Version::HTTP_2), size - 1).unwrap();
+        assert_eq!(
+            refused.status(),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        );
+        // HTTP/1 heads are hyper's to limit.
+        assert!(oversized_h2_head(&req(Version::HTTP_11), 1).is_none());
+    }
 }
