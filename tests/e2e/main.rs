@@ -6,6 +6,7 @@
 mod admin;
 mod auth;
 mod cli;
+mod connections;
 mod durability;
 mod errors;
 mod feed;

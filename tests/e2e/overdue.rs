@@ -181,3 +181,69 @@ async fn an_unacknowledged_event_is_reported_once_to_the_webhook_and_the_receipt
     tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Runs `pere-server ARGS…` until it exits, at most `WAIT` (then it is
+/// killed and the test fails); returns its exit code and stderr.
+async fn server_exit(args: &[&str]) -> (Option<i32>, String) {
+    let run = tokio::process::Command::new(pere_tests::bin("pere-server"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(WAIT, run)
+        .await
+        .unwrap_or_else(|_| panic!("pere-server {args:?} is still running"))
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn pere_server_refuses_a_webhook_that_is_its_own_address() {
+    // Issue 19, point 9: notices posted to the server itself would come
+    // back as requests and multiply.
+    let port = {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap().port().to_string()
+    };
+    for host in ["127.0.0.1", "localhost"] {
+        let url = format!("http://{host}:{port}/push/notices");
+        let (code, stderr) = server_exit(&[
+            "--memory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--ack-deadline",
+            "5s",
+            "--webhook",
+            &url,
+        ])
+        .await;
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(
+            stderr.contains(&url) && stderr.contains("this server's own address"),
+            "{stderr}"
+        );
+        assert!(
+            !stderr.contains("listening"),
+            "refused before the banner: {stderr}"
+        );
+    }
+    // Another port is someone else: the server starts.
+    let other = Receiver::start(0).await;
+    let server = pere_tests::ServerProcess::start(&[
+        "--ack-deadline",
+        "5s",
+        "--webhook",
+        &format!("http://{}/hooks", other.addr),
+    ])
+    .await;
+    assert_eq!(
+        server.request("GET", "/healthz", &[], b"").await.status,
+        200
+    );
+}

@@ -42,6 +42,17 @@ pub enum Error {
     /// Timed out.
     #[error("timed out: {0}")]
     Timeout(String),
+    /// The webhook is the server's own listening address: each overdue
+    /// notice would come back to the server as a request.
+    #[error(
+        "the webhook {url} is this server's own address ({addr}): overdue notices would be posted back to the server itself; give the URL of the backend that should receive them"
+    )]
+    WebhookLoop {
+        /// The webhook's URL.
+        url: String,
+        /// The listening address it reaches.
+        addr: std::net::SocketAddr,
+    },
 }
 
 /// `Result` with this crate's [`Error`].

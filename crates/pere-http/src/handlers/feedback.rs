@@ -5,7 +5,6 @@
 //! (subscriber.rb) header; a JSON object `{"id","status"}`; or a JSON array
 //! of such objects for a batch.
 
-use hyper::body::Incoming;
 use hyper::header::CONTENT_TYPE;
 use hyper::{Request, Response, StatusCode};
 use pere_core::{Acked, EventId, EventStore, MAX_STATUS_LEN, Pattern};
@@ -16,6 +15,7 @@ use super::{App, header_str, json, query_of, read_body};
 use crate::body::Body;
 use crate::error::{ApiError, escape};
 use crate::router::parse_query;
+use crate::server::RequestBody;
 
 /// Largest receipt body, in bytes (room for a batch of thousands).
 pub const MAX_FEEDBACK_BODY: usize = 1024 * 1024;
@@ -43,7 +43,7 @@ enum Parsed {
 
 pub async fn feedback<S: EventStore>(
     app: &App<S>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     channel: &str,
     caller: &Caller,
 ) -> Result<Response<Body>, ApiError> {

@@ -16,7 +16,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use pere_core::{DeviceId, EventStore, Hub};
@@ -26,6 +25,7 @@ use crate::error::{ApiError, escape};
 use crate::limits::Limits;
 use crate::metrics::HttpMetrics;
 use crate::router::{self, Route};
+use crate::server::RequestBody;
 use crate::server::{Cors, ServerConfig};
 use auth::Caller;
 
@@ -48,7 +48,7 @@ const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS";
 const EXPOSED_HEADERS: &str = "Location, WWW-Authenticate, Retry-After";
 
 /// Serves one request: route, handle, map errors, add CORS.
-pub async fn handle<S: EventStore>(app: Arc<App<S>>, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle<S: EventStore>(app: Arc<App<S>>, req: Request<RequestBody>) -> Response<Body> {
     let origin = req.headers().get(header::ORIGIN).cloned();
     // Boxed: hyper keeps a connection's request future in an allocation of
     // the future's full size for the connection's whole life, and an event
@@ -95,7 +95,7 @@ fn finish<S: EventStore>(
 async fn dispatch<S: EventStore>(
     app: &App<S>,
     route: Route,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> Result<Response<Body>, ApiError> {
     // The open routes: PERE's greeting, the web pages (they ask for a token
     // themselves), health checks, and CORS preflights (a browser never
@@ -313,7 +313,7 @@ pub fn query_of<B>(req: &Request<B>) -> Result<Vec<(String, String)>, ApiError> 
 /// `408` when the whole body has not arrived within `timeout` (a client
 /// trickling its body must not hold a task and a descriptor for ever).
 pub async fn read_body(
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     limit: usize,
     timeout: std::time::Duration,
 ) -> Result<Bytes, ApiError> {

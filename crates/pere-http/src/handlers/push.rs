@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use hyper::body::Incoming;
 use hyper::header::{HeaderValue, LOCATION};
 use hyper::{Request, Response, StatusCode};
 use pere_core::{ChannelName, EventStore, EventType, Publish};
@@ -11,6 +10,7 @@ use super::auth::Caller;
 use super::{App, header_str, json_raw, query_of, query_value, read_body};
 use crate::body::Body;
 use crate::error::{ApiError, escape};
+use crate::server::RequestBody;
 
 /// Default `timeout` of a waiting publish, in milliseconds.
 const DEFAULT_WAIT_MS: u64 = 5_000;
@@ -35,7 +35,7 @@ fn parse_timeout(text: &str) -> Option<u64> {
 
 pub async fn push<S: EventStore>(
     app: &App<S>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     channel: &str,
     caller: &Caller,
 ) -> Result<Response<Body>, ApiError> {
