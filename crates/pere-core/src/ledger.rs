@@ -14,10 +14,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 use crate::event::{Event, EventId, Timestamp};
 use crate::name::{ChannelName, DeviceId};
+use crate::receipt_log::ReceiptLog;
 
 /// A device's progress with one event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -131,50 +132,6 @@ pub struct ReceiptSummary {
     pub devices: Vec<(DeviceId, DeviceReceipt)>,
 }
 
-/// Who listens for receipt changes on one channel. Shared by every
-/// [`EventReceipts`] of the channel so a delivery can check, with one atomic
-/// load, whether anybody listens at all.
-#[derive(Debug, Default)]
-pub struct ReceiptWatchers {
-    count: AtomicUsize,
-    senders: Mutex<Vec<mpsc::Sender<ReceiptUpdate>>>,
-}
-
-impl ReceiptWatchers {
-    /// Adds a listener.
-    pub fn add(&self, tx: mpsc::Sender<ReceiptUpdate>) {
-        let mut senders = lock(&self.senders);
-        senders.push(tx);
-        self.count.store(senders.len(), Ordering::Release);
-    }
-
-    /// Whether anybody listens.
-    pub fn any(&self) -> bool {
-        self.count.load(Ordering::Acquire) > 0
-    }
-
-    /// Sends a change to every listener; a listener that is gone or cannot
-    /// keep up is dropped (its stream ends and it resubscribes).
-    pub fn send(&self, update: &ReceiptUpdate) {
-        let mut senders = lock(&self.senders);
-        senders.retain(|tx| tx.try_send(update.clone()).is_ok());
-        self.count.store(senders.len(), Ordering::Release);
-    }
-
-    /// Drops listeners whose receiver is gone.
-    pub fn sweep(&self) {
-        let mut senders = lock(&self.senders);
-        senders.retain(|tx| !tx.is_closed());
-        self.count.store(senders.len(), Ordering::Release);
-    }
-
-    /// Closes every listener's stream (shutdown).
-    pub fn close_all(&self) {
-        lock(&self.senders).clear();
-        self.count.store(0, Ordering::Release);
-    }
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section here leaves its data consistent at each step,
     // so a poisoned lock still guards valid data.
@@ -243,7 +200,7 @@ pub struct EventReceipts {
     slow: Mutex<Slow>,
     /// Woken when `undelivered` or `unacked` reaches zero.
     settled: Notify,
-    watchers: Arc<ReceiptWatchers>,
+    watchers: Arc<ReceiptLog>,
     /// Upper estimate of the event's encoded size (see [`wire_size`]).
     ///
     /// [`wire_size`]: EventReceipts::wire_size
@@ -261,11 +218,7 @@ pub const NO_SLOT: u32 = u32::MAX;
 impl EventReceipts {
     /// Receipts for `event` with `audience` (sorted or not; duplicates are the
     /// caller's bug) all pending.
-    pub fn new(
-        event: Arc<Event>,
-        audience: Arc<[DeviceId]>,
-        watchers: Arc<ReceiptWatchers>,
-    ) -> Self {
+    pub fn new(event: Arc<Event>, audience: Arc<[DeviceId]>, watchers: Arc<ReceiptLog>) -> Self {
         let n = audience.len();
         // SSE writes a `data: ` prefix and a line end per payload line.
         let breaks = event
@@ -370,15 +323,18 @@ impl EventReceipts {
         status: Option<Arc<str>>,
         at: Timestamp,
     ) {
-        if self.watchers.any() {
-            self.watchers.send(&ReceiptUpdate::Change(ReceiptChange {
-                id: self.event.id,
-                channel: self.event.channel.clone(),
-                device: device.clone(),
-                state,
-                status,
+        if self.watchers.recording(at) {
+            self.watchers.push(
+                ReceiptUpdate::Change(ReceiptChange {
+                    id: self.event.id,
+                    channel: self.event.channel.clone(),
+                    device: device.clone(),
+                    state,
+                    status,
+                    at,
+                }),
                 at,
-            }));
+            );
         }
     }
 
@@ -528,8 +484,10 @@ impl EventReceipts {
 
     /// Tells the channel's receipt listeners that a device is overdue.
     pub fn announce_overdue(&self, notice: &OverdueNotice) {
-        if self.watchers.any() {
-            self.watchers.send(&ReceiptUpdate::Overdue(notice.clone()));
+        let now = Timestamp::now();
+        if self.watchers.recording(now) {
+            self.watchers
+                .push(ReceiptUpdate::Overdue(notice.clone()), now);
         }
     }
 
@@ -626,9 +584,10 @@ impl EventReceipts {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::receipt_log::Followed;
     use bytes::Bytes;
 
-    fn receipts(devices: &[&str]) -> (EventReceipts, Arc<ReceiptWatchers>) {
+    fn receipts(devices: &[&str]) -> (EventReceipts, Arc<ReceiptLog>) {
         let event = Arc::new(Event {
             id: EventId(7),
             channel: ChannelName::new("c").unwrap(),
@@ -639,7 +598,7 @@ mod tests {
             idempotency_key: None,
         });
         let audience: Arc<[DeviceId]> = devices.iter().map(|d| DeviceId::new(d).unwrap()).collect();
-        let watchers = Arc::new(ReceiptWatchers::default());
+        let watchers = Arc::new(ReceiptLog::default());
         (
             EventReceipts::new(event, audience, watchers.clone()),
             watchers,
@@ -749,15 +708,16 @@ mod tests {
     #[tokio::test]
     async fn watchers_see_every_transition_in_order() {
         let (r, watchers) = receipts(&["a"]);
-        let (tx, mut rx) = mpsc::channel(8);
-        watchers.add(tx);
+        let mut follower = watchers.follow(None);
         r.mark_delivered_slot(0, Timestamp(1));
         r.ack(&dev("a"), "ok".into(), Timestamp(2));
-        let states: Vec<_> = [rx.recv().await.unwrap(), rx.recv().await.unwrap()]
+        let mut items = Vec::new();
+        std::future::poll_fn(|cx| follower.poll_batch(cx, &mut items)).await;
+        let states: Vec<_> = items
             .iter()
-            .map(|u| match u {
-                ReceiptUpdate::Change(c) => c.state,
-                ReceiptUpdate::Overdue(_) => panic!("no deadline here"),
+            .map(|f| match f {
+                Followed::Change(_, ReceiptUpdate::Change(c)) => c.state,
+                other => panic!("no deadline here: {other:?}"),
             })
             .collect();
         assert_eq!(states, [ReceiptState::Delivered, ReceiptState::Acked]);

@@ -74,6 +74,7 @@ pub mod log;
 mod name;
 pub mod presence;
 mod queue;
+pub mod receipt_log;
 
 pub use auth::{AuthRegistry, Grants, Token, TokenHash};
 pub use config::{
@@ -100,6 +101,7 @@ pub use name::{
     RESERVED_EVENT_PREFIX,
 };
 pub use presence::{Op, Presence};
+pub use receipt_log::{Followed, ReceiptFollower, ReceiptLog};
 
 /// The README's Rust examples, compiled and run by `cargo test` so the
 /// README cannot drift from the API.

@@ -14,8 +14,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
-use pere_core::{Event, Outgoing, ReceiptUpdate, Subscription};
-use tokio::sync::mpsc;
+use pere_core::{Event, Followed, Outgoing, ReceiptFollower, ReceiptUpdate, Subscription};
 use tokio::time::{Instant, Sleep};
 
 use crate::limits::StreamSlot;
@@ -120,7 +119,7 @@ pub enum Source {
     Events(Subscription),
     /// Receipt changes and overdue notices of a channel
     /// (`GET /receipts/:channel`).
-    Receipts(mpsc::Receiver<ReceiptUpdate>),
+    Receipts(ReceiptFollower),
 }
 
 /// An event stream: an opening (retry, hello, gap), then one frame per
@@ -195,18 +194,47 @@ impl SseBody {
                 }
                 Poll::Ready(Some(buf.freeze()))
             }
-            Source::Receipts(rx) => match rx.poll_recv(cx) {
-                Poll::Ready(Some(change)) => Poll::Ready(Some(receipt_frame(&change))),
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            },
+            Source::Receipts(follower) => {
+                // A batch of changes goes out as one chunk.
+                let mut batch = Vec::new();
+                if !std::task::ready!(follower.poll_batch(cx, &mut batch)) {
+                    return Poll::Ready(None);
+                }
+                let mut buf = BytesMut::new();
+                for item in &batch {
+                    buf.extend_from_slice(&followed_frame(item));
+                }
+                Poll::Ready(Some(buf.freeze()))
+            }
+        }
+    }
+}
+
+/// What a receipts stream writes for what its follower read: a change or
+/// notice with its number as the SSE `id`, or `pere.gap` when it fell
+/// behind what the channel keeps (never a silent loss).
+fn followed_frame(item: &Followed) -> Bytes {
+    match item {
+        Followed::Change(seq, update) => receipt_frame(update, Some(*seq)),
+        Followed::Gap { from, oldest } => {
+            tracing::warn!(
+                from,
+                oldest,
+                "a receipts stream fell behind what its channel keeps; told of the gap"
+            );
+            let data = serde_json::json!({
+                "from": from.to_string(),
+                "oldest": oldest.to_string(),
+                "reason": "receipt changes past what the channel keeps were dropped",
+            });
+            sse::event_frame(None, Some("pere.gap"), &data.to_string()).unwrap_or_default()
         }
     }
 }
 
 /// The SSE frame of a receipt change (`event: receipt`) or an overdue
-/// notice (`event: overdue`).
-pub fn receipt_frame(update: &ReceiptUpdate) -> Bytes {
+/// notice (`event: overdue`), with `seq` as its id.
+pub fn receipt_frame(update: &ReceiptUpdate, seq: Option<u64>) -> Bytes {
     let (kind, data) = match update {
         ReceiptUpdate::Change(change) => (
             "receipt",
@@ -221,7 +249,8 @@ pub fn receipt_frame(update: &ReceiptUpdate) -> Bytes {
         ),
         ReceiptUpdate::Overdue(notice) => ("overdue", overdue_json(notice)),
     };
-    sse::event_frame(None, Some(kind), &data.to_string()).unwrap_or_default()
+    let id = seq.map(|s| s.to_string());
+    sse::event_frame(id.as_deref(), Some(kind), &data.to_string()).unwrap_or_default()
 }
 
 /// The JSON of an overdue notice, as the receipts stream and the webhook

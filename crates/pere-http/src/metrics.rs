@@ -59,6 +59,12 @@ pub fn render<S: EventStore>(app: &App<S>) -> Response<Body> {
         s.acked,
     );
     metric(
+        "pere_receipt_stream_gaps_total",
+        "counter",
+        "Receipts streams told of a gap: they fell behind (or resumed from before) what their channel keeps.",
+        s.receipt_gaps,
+    );
+    metric(
         "pere_streams_opened_total",
         "counter",
         "Streams opened.",

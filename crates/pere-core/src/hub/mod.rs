@@ -33,17 +33,16 @@ use crate::auth::{AuthRegistry, Grants, MAX_GRANTS, Token, TokenHash};
 use crate::config::{HubConfig, MAX_STATUS_LEN};
 use crate::error::{Error, Result};
 use crate::event::{Event, EventId, Sequencer, Timestamp, validate_payload};
-use crate::ledger::{EventReceipts, OverdueNotice, ReceiptState, ReceiptSummary, ReceiptUpdate};
+use crate::ledger::{EventReceipts, OverdueNotice, ReceiptState, ReceiptSummary};
 use crate::log::{EventStore, MemoryStore};
 use crate::name::{ChannelName, DeviceId, EventType, Pattern};
 use crate::presence::{Presence, StreamRx, StreamShared, StreamTx};
+use crate::receipt_log::{ReceiptFollower, ReceiptLog};
 
 /// Longest idempotency key, in bytes.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
 /// Most commands the writer takes into one batch (one journal write).
 const MAX_BATCH: usize = 1024;
-/// Capacity of a receipts stream's queue, in changes.
-const RECEIPT_WATCH_CAPACITY: usize = 4096;
 
 /// A request to publish one event.
 #[derive(Clone, Debug)]
@@ -196,6 +195,8 @@ pub struct Stats {
     pub retained: usize,
     /// Memberships.
     pub members: usize,
+    /// Gaps told to receipts streams that fell behind what a channel keeps.
+    pub receipt_gaps: u64,
     /// Journal batches written.
     pub batches: u64,
     /// Records written.
@@ -336,6 +337,7 @@ impl<S: EventStore> Hub<S> {
             idempotency: HashMap::new(),
             streams: HashMap::new(),
             watchers: HashMap::new(),
+            receipt_gaps: Arc::default(),
             deferred: Vec::new(),
             replay_all: config.replay_all,
             ack_deadline: config.ack_deadline,
@@ -652,15 +654,18 @@ impl<S: EventStore> Hub<S> {
         Ok(self.receipts(subscription, id)?.summary())
     }
 
-    /// A live feed of receipt changes on `channel`. The receiver ends when
-    /// it falls too far behind or the hub shuts down.
-    pub fn watch_receipts(&self, channel: &ChannelName) -> mpsc::Receiver<ReceiptUpdate> {
-        let (tx, rx) = mpsc::channel(RECEIPT_WATCH_CAPACITY);
+    /// Follows the receipt changes of `channel` after change number
+    /// `after` (`None`: from now on), at the follower's own pace; one that
+    /// falls behind what the channel keeps is told of the gap
+    /// ([`crate::receipt_log`]). It ends when the hub shuts down.
+    pub fn watch_receipts(&self, channel: &ChannelName, after: Option<u64>) -> ReceiptFollower {
         let mut state = self.inner.state();
-        if !state.closed {
-            state.watchers_for(channel).add(tx);
+        if state.closed {
+            let log = Arc::new(ReceiptLog::default());
+            log.close();
+            return log.follow(after);
         }
-        rx
+        state.watchers_for(channel).follow(after)
     }
 
     /// Overdue notices ([`HubConfig::ack_deadline`]), for the one task that
@@ -804,6 +809,7 @@ impl<S: EventStore> Hub<S> {
                 .values()
                 .map(|s| s.members.values().filter(|m| m.is_member).count())
                 .sum(),
+            receipt_gaps: state.receipt_gaps.load(Ordering::Relaxed),
             batches: c.batches.load(Ordering::Relaxed),
             records: c.records.load(Ordering::Relaxed),
         }

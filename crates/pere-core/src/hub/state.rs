@@ -16,11 +16,12 @@ use crate::auth::{AuthRegistry, Reach, TokenHash};
 use crate::config::HubConfig;
 use crate::error::Error;
 use crate::event::{Event, EventId, FrameCache, Sequencer, Timestamp};
-use crate::ledger::{EventReceipts, NO_SLOT, OverdueNotice, ReceiptState, ReceiptWatchers};
+use crate::ledger::{EventReceipts, NO_SLOT, OverdueNotice, ReceiptState};
 use crate::log::{Evicted, Record};
 use crate::name::{ChannelName, DeviceId, Pattern};
 use crate::presence::{Delivery, Member, Op, StreamShared, StreamTx};
 use crate::queue::Push;
+use crate::receipt_log::ReceiptLog;
 
 pub(super) enum Effect {
     Fail(FailReply, Error),
@@ -225,7 +226,9 @@ pub(super) struct State {
     pub(super) by_id: HashMap<EventId, Arc<EventReceipts>>,
     pub(super) idempotency: HashMap<(ChannelName, Box<str>), Idem>,
     pub(super) streams: HashMap<u64, OpenStream>,
-    pub(super) watchers: HashMap<ChannelName, Arc<ReceiptWatchers>>,
+    pub(super) watchers: HashMap<ChannelName, Arc<ReceiptLog>>,
+    /// Gaps told to receipts streams that fell behind (metrics).
+    pub(super) receipt_gaps: Arc<std::sync::atomic::AtomicU64>,
     /// Records produced while applying (a stream closed for being slow);
     /// written with the next batch.
     pub(super) deferred: Vec<Record>,
@@ -248,8 +251,12 @@ pub(super) struct State {
 }
 
 impl State {
-    pub(super) fn watchers_for(&mut self, channel: &ChannelName) -> Arc<ReceiptWatchers> {
-        self.watchers.entry(channel.clone()).or_default().clone()
+    pub(super) fn watchers_for(&mut self, channel: &ChannelName) -> Arc<ReceiptLog> {
+        let gaps = &self.receipt_gaps;
+        self.watchers
+            .entry(channel.clone())
+            .or_insert_with(|| Arc::new(ReceiptLog::counting_gaps(gaps.clone())))
+            .clone()
     }
 
     /// Adds a closed stream's counters to the hub's.
@@ -1083,7 +1090,7 @@ impl State {
             self.close_stream(id, now);
         }
         for watchers in self.watchers.values() {
-            watchers.close_all();
+            watchers.close();
         }
         self.closed = true;
     }
@@ -1294,9 +1301,6 @@ impl State {
         let by_id = &self.by_id;
         self.idempotency
             .retain(|_, idem| by_id.contains_key(&idem.id) || now.since(idem.at) < idem_ttl);
-        for watchers in self.watchers.values() {
-            watchers.sweep();
-        }
     }
 
     /// Forgets channels retention emptied (keeping a tombstone of what it
@@ -1315,8 +1319,9 @@ impl State {
             self.channels.shrink_to_fit();
         }
         let channels = &self.channels;
+        let now = Timestamp::now();
         self.watchers
-            .retain(|channel, w| w.any() || channels.contains_key(channel));
+            .retain(|channel, w| !w.idle(now) || channels.contains_key(channel));
         if self.watchers.capacity() > 2 * self.watchers.len() + 64 {
             self.watchers.shrink_to_fit();
         }

@@ -460,7 +460,7 @@ async fn memberships_expire_after_their_ttl_and_can_be_removed() {
 async fn shutdown_ends_every_stream_and_refuses_new_work() {
     let hub = hub().await;
     let mut sub = subscribe(&hub, Some("d"), &["c"], Resume::Auto).await;
-    let mut receipts = hub.watch_receipts(&ch("c"));
+    let mut receipts = hub.watch_receipts(&ch("c"), None);
     hub.shutdown().await;
     assert!(
         tokio::time::timeout(WAIT, sub.next())
@@ -469,7 +469,7 @@ async fn shutdown_ends_every_stream_and_refuses_new_work() {
             .is_none()
     );
     assert!(
-        tokio::time::timeout(WAIT, receipts.recv())
+        tokio::time::timeout(WAIT, receipts.next())
             .await
             .unwrap()
             .is_none()
@@ -531,17 +531,17 @@ async fn bad_input_is_refused_with_a_clear_error() {
 #[tokio::test]
 async fn the_receipts_feed_reports_each_transition() {
     let hub = hub().await;
-    let mut feed = hub.watch_receipts(&ch("c"));
+    let mut feed = hub.watch_receipts(&ch("c"), None);
     let mut sub = subscribe(&hub, Some("d"), &["c"], Resume::Auto).await;
     let p = publish(&hub, "c", "x").await;
     next(&mut sub).await;
     hub.ack(&pat("c"), &dev("d"), p.id, "ok").await.unwrap();
-    let change = |u: Option<crate::ReceiptUpdate>| match u {
-        Some(crate::ReceiptUpdate::Change(c)) => c,
+    let change = |u: Option<crate::Followed>| match u {
+        Some(crate::Followed::Change(_, crate::ReceiptUpdate::Change(c))) => c,
         other => panic!("expected a change, got {other:?}"),
     };
-    let a = change(tokio::time::timeout(WAIT, feed.recv()).await.unwrap());
-    let b = change(tokio::time::timeout(WAIT, feed.recv()).await.unwrap());
+    let a = change(tokio::time::timeout(WAIT, feed.next()).await.unwrap());
+    let b = change(tokio::time::timeout(WAIT, feed.next()).await.unwrap());
     assert_eq!(
         (a.state, b.state),
         (ReceiptState::Delivered, ReceiptState::Acked)
@@ -561,7 +561,7 @@ async fn devices_that_miss_the_ack_deadline_get_one_overdue_notice_each() {
     )
     .await;
     let mut notices = hub.overdue_notices();
-    let mut feed = hub.watch_receipts(&ch("c"));
+    let mut feed = hub.watch_receipts(&ch("c"), None);
     let mut fast = subscribe(&hub, Some("fast"), &["c"], Resume::Auto).await;
     let mut slow = subscribe(&hub, Some("slow"), &["c"], Resume::Auto).await;
     drop(subscribe(&hub, Some("offline"), &["c"], Resume::Auto).await);
@@ -589,8 +589,21 @@ async fn devices_that_miss_the_ack_deadline_get_one_overdue_notice_each() {
     // Exactly once: more ticks bring nothing new.
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert!(notices.try_recv().is_err());
-    let overdue = std::iter::from_fn(|| feed.try_recv().ok())
-        .filter(|u| matches!(u, crate::ReceiptUpdate::Overdue(_)))
+    let ready = |feed: &mut crate::ReceiptFollower| {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        match feed.poll_next(&mut cx) {
+            std::task::Poll::Ready(item) => item,
+            std::task::Poll::Pending => None,
+        }
+    };
+    let overdue = std::iter::from_fn(|| ready(&mut feed))
+        .filter(|f| {
+            matches!(
+                f,
+                crate::Followed::Change(_, crate::ReceiptUpdate::Overdue(_))
+            )
+        })
         .count();
     assert_eq!(overdue, 2, "the receipts feed shows them as overdue");
     // A new listener is handed the notices nobody confirmed, and only those.

@@ -139,9 +139,7 @@ async fn dispatch<S: EventStore>(
         Route::Feed(channel) => feed::feed(app, &req, channel.as_deref(), &caller).await,
         Route::Feedback(channel) => feedback::feedback(app, req, &channel, &caller).await,
         Route::Receipt(channel, id) => receipts::summary(app, &channel, &id, &caller),
-        Route::ReceiptStream(channel) => {
-            receipts::stream(app, &channel, req.method() == hyper::Method::HEAD, &caller)
-        }
+        Route::ReceiptStream(channel) => receipts::stream(app, &req, &channel, &caller),
         Route::AdminConnections => Ok(admin::connections(app)),
         Route::AdminChannels => Ok(admin::channels(app)),
         Route::AdminEvents(channel) => admin::events(app, &req, &channel).await,
