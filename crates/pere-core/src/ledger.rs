@@ -97,6 +97,10 @@ pub struct OverdueNotice {
     pub published_at: Timestamp,
     /// When its acknowledgement was due.
     pub deadline: Timestamp,
+    /// Retention (`--history`, `--max-age`) dropped the event before the
+    /// device acknowledged it (possibly before its deadline): it will not
+    /// be delivered again (`"state":"expired"` on the wire).
+    pub expired: bool,
 }
 
 /// What a receipts stream carries.

@@ -261,7 +261,10 @@ pub fn overdue_json(notice: &pere_core::OverdueNotice) -> serde_json::Value {
         "id": notice.id.to_string(),
         "channel": notice.channel.as_str(),
         "device": notice.device.as_str(),
-        "state": notice.state.as_str(),
+        // docs/PROTOCOL.md §5.6: `expired` when retention dropped the event
+        // before the device acknowledged it; `was` says where it stood.
+        "state": if notice.expired { "expired" } else { notice.state.as_str() },
+        "was": notice.state.as_str(),
         "published_at": notice.published_at.to_rfc3339(),
         "deadline": notice.deadline.to_rfc3339(),
     })

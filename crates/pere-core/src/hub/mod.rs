@@ -946,7 +946,7 @@ async fn process<S: EventStore>(inner: &Inner<S>, batch: Vec<Command>) {
                     }
                     state.apply(effect, now, &inner.counters);
                 }
-                state.evict(&evicted);
+                state.evict(&evicted, now);
             }
             if !shutdown_replies.is_empty() {
                 if let Err(err) = inner.store.close().await {

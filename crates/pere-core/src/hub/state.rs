@@ -190,6 +190,9 @@ impl Tombstones {
     }
 }
 
+/// Channel, publisher, key.
+pub(super) type IdemKey = (ChannelName, Option<DeviceId>, Box<str>);
+
 #[derive(Debug)]
 pub(super) struct Idem {
     pub(super) id: EventId,
@@ -224,7 +227,10 @@ pub(super) struct State {
     /// retention dropped there (for `pere.gap`).
     pub(super) tombstones: Tombstones,
     pub(super) by_id: HashMap<EventId, Arc<EventReceipts>>,
-    pub(super) idempotency: HashMap<(ChannelName, Box<str>), Idem>,
+    /// Idempotency keys, scoped by channel and publisher (the `device` of
+    /// the publish: a token's subject when auth is on), so one publisher's
+    /// key never swallows another's event.
+    pub(super) idempotency: HashMap<IdemKey, Idem>,
     pub(super) streams: HashMap<u64, OpenStream>,
     pub(super) watchers: HashMap<ChannelName, Arc<ReceiptLog>>,
     /// Gaps told to receipts streams that fell behind (metrics).
@@ -520,9 +526,13 @@ impl State {
         config: &HubConfig,
         records: &mut Vec<Record>,
     ) -> Effect {
-        let key = publish
-            .idempotency_key
-            .map(|k| (publish.channel.clone(), k.into_boxed_str()));
+        let key = publish.idempotency_key.map(|k| {
+            (
+                publish.channel.clone(),
+                publish.device.clone(),
+                k.into_boxed_str(),
+            )
+        });
         if let Some(key) = &key
             && let Some(first) = self.idempotency.get(key)
         {
@@ -561,7 +571,7 @@ impl State {
             device: publish.device,
             time: now,
             payload: publish.payload,
-            idempotency_key: key.as_ref().map(|(_, k)| k.clone()),
+            idempotency_key: key.as_ref().map(|(_, _, k)| k.clone()),
         });
         if let Some(key) = key {
             // Recipients are filled in when the event is applied.
@@ -753,7 +763,9 @@ impl State {
             self.deadlines.push_back(receipts.clone());
         }
         if let Some(key) = &receipts.event.idempotency_key
-            && let Some(idem) = self.idempotency.get_mut(&(channel, key.clone()))
+            && let Some(idem) =
+                self.idempotency
+                    .get_mut(&(channel, receipts.event.device.clone(), key.clone()))
         {
             idem.recipients = receipts.audience().len();
         }
@@ -1145,7 +1157,8 @@ impl State {
     }
 
     /// Drops the receipts of evicted events.
-    pub(super) fn evict(&mut self, evicted: &[Evicted]) {
+    pub(super) fn evict(&mut self, evicted: &[Evicted], now: Timestamp) {
+        let mut gone = Vec::new();
         for e in evicted {
             let Some(ledger) = self.channels.get_mut(&e.channel) else {
                 continue;
@@ -1153,9 +1166,19 @@ impl State {
             while ledger.receipts.front().is_some_and(|r| r.id() <= e.upto) {
                 if let Some(r) = ledger.receipts.pop_front() {
                     self.by_id.remove(&r.id());
+                    gone.push(r);
                 }
             }
             ledger.evicted_upto = ledger.evicted_upto.max(e.upto);
+        }
+        // With a deadline, no unacknowledged event leaves without a word:
+        // its devices get a notice now (journaled with the next batch).
+        if let Some(deadline) = self.ack_deadline {
+            let mut records = std::mem::take(&mut self.deferred);
+            for r in gone {
+                self.notify_unacked(&r, r.event.time.plus(deadline), true, now, &mut records);
+            }
+            self.deferred = records;
         }
     }
 
@@ -1176,40 +1199,56 @@ impl State {
             if !self.by_id.contains_key(&receipts.id()) {
                 continue; // no longer retained
             }
-            for (device, state) in receipts.unacked_devices() {
-                let key = (receipts.id(), device.clone());
-                if self.notices.contains_key(&key) {
-                    continue;
-                }
-                let notice = OverdueNotice {
-                    id: receipts.id(),
-                    channel: receipts.event.channel.clone(),
-                    device: device.clone(),
-                    state,
-                    published_at: receipts.event.time,
-                    deadline: due,
-                };
-                tracing::info!(
-                    channel = %notice.channel,
-                    id = %notice.id,
-                    device = %device,
-                    state = state.as_str(),
-                    "receipt overdue"
-                );
-                records.push(Record::Notice {
-                    id: notice.id,
-                    device,
-                    sent: false,
-                    at: now,
-                });
-                receipts.announce_overdue(&notice);
-                if let Some(tx) = &self.notice_tx
-                    && tx.send(notice.clone()).is_err()
-                {
-                    self.notice_tx = None;
-                }
-                self.notices.insert(key, (notice, false));
+            self.notify_unacked(&receipts, due, false, now, records);
+        }
+    }
+
+    /// Issues one notice per device that has not acknowledged `receipts`'
+    /// event and was not noticed yet (overdue, or `expired` when retention
+    /// drops the event first), journaled so it is never issued twice.
+    fn notify_unacked(
+        &mut self,
+        receipts: &EventReceipts,
+        deadline: Timestamp,
+        expired: bool,
+        now: Timestamp,
+        records: &mut Vec<Record>,
+    ) {
+        for (device, state) in receipts.unacked_devices() {
+            let key = (receipts.id(), device.clone());
+            if self.notices.contains_key(&key) {
+                continue;
             }
+            let notice = OverdueNotice {
+                id: receipts.id(),
+                channel: receipts.event.channel.clone(),
+                device: device.clone(),
+                state,
+                published_at: receipts.event.time,
+                deadline,
+                expired,
+            };
+            tracing::info!(
+                channel = %notice.channel,
+                id = %notice.id,
+                device = %device,
+                state = state.as_str(),
+                expired,
+                "receipt overdue"
+            );
+            records.push(Record::Notice {
+                id: notice.id,
+                device,
+                sent: false,
+                at: now,
+            });
+            receipts.announce_overdue(&notice);
+            if let Some(tx) = &self.notice_tx
+                && tx.send(notice.clone()).is_err()
+            {
+                self.notice_tx = None;
+            }
+            self.notices.insert(key, (notice, false));
         }
     }
 
@@ -1296,7 +1335,9 @@ impl State {
         }
         self.reclaim_channels();
         let by_id = &self.by_id;
-        self.notices.retain(|(id, _), _| by_id.contains_key(id));
+        // Kept until the webhook took them, even for events gone since.
+        self.notices
+            .retain(|(id, _), (_, sent)| by_id.contains_key(id) || !*sent);
         let idem_ttl = config.idempotency_ttl;
         let by_id = &self.by_id;
         self.idempotency
@@ -1355,7 +1396,7 @@ impl State {
                     }
                     if let Some(key) = &event.idempotency_key {
                         self.idempotency.insert(
-                            (event.channel.clone(), key.clone()),
+                            (event.channel.clone(), event.device.clone(), key.clone()),
                             Idem {
                                 id: event.id,
                                 recipients: 0,
@@ -1489,6 +1530,7 @@ impl State {
                             .event
                             .time
                             .plus(self.ack_deadline.unwrap_or_default()),
+                        expired: false,
                     };
                     self.notices.insert(key, (notice, sent));
                 }

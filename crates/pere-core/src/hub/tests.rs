@@ -316,10 +316,26 @@ async fn idempotent_retries_return_the_first_result() {
     assert!(!first.duplicate);
     assert!(again.duplicate);
     assert_eq!((again.id, again.recipients), (first.id, first.recipients));
-    // The key is per channel.
-    req.channel = ch("other");
-    assert_ne!(hub.publish(req).await.unwrap().id, first.id);
+    // The key is per channel…
+    let mut elsewhere = req.clone();
+    elsewhere.channel = ch("other");
+    assert_ne!(hub.publish(elsewhere).await.unwrap().id, first.id);
     assert_eq!(hub.stats().published, 2);
+    // …and per publisher: another one's key never swallows this event.
+    let mut mine = req.clone();
+    mine.device = Some(dev("backend-a"));
+    let a = hub.publish(mine.clone()).await.unwrap();
+    assert!(!a.duplicate);
+    assert_ne!(a.id, first.id);
+    let mut theirs = req.clone();
+    theirs.device = Some(dev("backend-b"));
+    let b = hub.publish(theirs).await.unwrap();
+    assert!(
+        !b.duplicate,
+        "the same key from another publisher is its own event"
+    );
+    assert_eq!(hub.publish(mine).await.unwrap().id, a.id, "a's retry");
+    assert_eq!(hub.stats().published, 4);
     // Concurrent retries within one batch still publish once.
     let mut tasks = Vec::new();
     for _ in 0..10 {
