@@ -8,6 +8,7 @@ mod auth;
 mod cli;
 mod connections;
 mod durability;
+mod envelope;
 mod errors;
 mod feed;
 mod feedback;

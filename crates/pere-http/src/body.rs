@@ -99,17 +99,52 @@ pub fn event_frame(event: &Event) -> Bytes {
     .unwrap_or_default()
 }
 
-/// Which encoding of its events a stream writes: the index of its slot in
-/// a fan-out's [`pere_core::FrameCache`].
-const PLAIN: usize = 0;
+/// The SSE frame of an event whose data is the JSON envelope
+/// `{"channel","id","type","data"}` (docs/PROTOCOL.md §3.8): what a stream
+/// on patterns or several channels asks for to learn each event's channel.
+pub fn envelope_frame(event: &Event) -> Bytes {
+    let id = event.id.to_string();
+    let data = serde_json::json!({
+        "channel": event.channel.as_str(),
+        "id": id,
+        "type": event.kind_str(),
+        "data": event.payload_str(),
+    });
+    sse::event_frame(
+        Some(&id),
+        event.kind.as_ref().map(|k| k.as_str()),
+        &data.to_string(),
+    )
+    .unwrap_or_default()
+}
 
-/// The frame of an outgoing event: encoded once per fan-out and shared by
-/// its streams (freed with their last delivery), or for this stream alone
-/// when it is a replay.
-pub fn outgoing_frame(outgoing: &Outgoing) -> Bytes {
+/// Which encoding of its events a stream writes; its number is the slot in
+/// a fan-out's [`pere_core::FrameCache`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Form {
+    /// The payload as the data lines (PERE's clients read this).
+    #[default]
+    Plain = 0,
+    /// `?envelope=json`: the data is `{"channel","id","type","data"}`.
+    Envelope = 1,
+}
+
+impl Form {
+    fn encode(self, event: &Event) -> Bytes {
+        match self {
+            Form::Plain => event_frame(event),
+            Form::Envelope => envelope_frame(event),
+        }
+    }
+}
+
+/// The frame of an outgoing event: encoded once per fan-out and form and
+/// shared by its streams (freed with their last delivery), or for this
+/// stream alone when it is a replay.
+pub fn outgoing_frame(outgoing: &Outgoing, form: Form) -> Bytes {
     match &outgoing.frames {
-        Some(frames) => frames.get_or_init(PLAIN, || event_frame(&outgoing.event)),
-        None => event_frame(&outgoing.event),
+        Some(frames) => frames.get_or_init(form as usize, || form.encode(&outgoing.event)),
+        None => form.encode(&outgoing.event),
     }
 }
 
@@ -137,6 +172,8 @@ pub struct SseBody {
     /// body is dropped: hyper drops it when the stream ends or the client
     /// goes away.
     _slot: Option<StreamSlot>,
+    /// How events are encoded.
+    form: Form,
 }
 
 impl SseBody {
@@ -152,12 +189,19 @@ impl SseBody {
             last_write: now,
             until: None,
             _slot: None,
+            form: Form::Plain,
         }
     }
 
     /// Holds `slot` for as long as the stream lives.
     pub fn with_slot(mut self, slot: StreamSlot) -> Self {
         self._slot = Some(slot);
+        self
+    }
+
+    /// Writes events in `form`.
+    pub fn with_form(mut self, form: Form) -> Self {
+        self.form = form;
         self
     }
 
@@ -177,7 +221,7 @@ impl SseBody {
                 let Some(first) = first else {
                     return Poll::Ready(None);
                 };
-                let frame = outgoing_frame(&first);
+                let frame = outgoing_frame(&first, self.form);
                 // Several events ready at once go out as one frame: one
                 // chunk, one write, instead of one per event.
                 let Some(second) = sub.try_next_outgoing() else {
@@ -185,10 +229,10 @@ impl SseBody {
                 };
                 let mut buf = BytesMut::with_capacity(frame.len() * 4);
                 buf.extend_from_slice(&frame);
-                buf.extend_from_slice(&outgoing_frame(&second));
+                buf.extend_from_slice(&outgoing_frame(&second, self.form));
                 while buf.len() < MAX_COALESCED_BYTES {
                     match sub.try_next_outgoing() {
-                        Some(e) => buf.extend_from_slice(&outgoing_frame(&e)),
+                        Some(e) => buf.extend_from_slice(&outgoing_frame(&e, self.form)),
                         None => break,
                     }
                 }

@@ -903,6 +903,16 @@ fn feedback_headers(device: &str) -> Result<HeaderMap> {
 // ---------------------------------------------------------------------------
 // Subscriber
 
+/// The channel and payload of an event received with
+/// [`SubscribeOptions::envelope`]; `None` when its data is not an envelope
+/// (a control event, or a server without the option).
+pub fn unwrap_envelope(data: &str) -> Option<(String, String)> {
+    let value: serde_json::Value = serde_json::from_str(data).ok()?;
+    let channel = value.get("channel")?.as_str()?.to_string();
+    let payload = value.get("data")?.as_str()?.to_string();
+    Some((channel, payload))
+}
+
 /// What to subscribe to: channels (or patterns), or a whole `/feed` path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Feed {
@@ -994,6 +1004,10 @@ pub struct SubscribeOptions {
     /// A bearer token, sent as `Authorization: Bearer` (docs/PROTOCOL.md §7). A
     /// `401` or `403` ends the subscription: retrying cannot help.
     pub token: Option<String>,
+    /// Ask for `?envelope=json` (docs/PROTOCOL.md §3.8): each event's data is
+    /// `{"channel","id","type","data"}`, so the caller learns the channel of
+    /// events matched by a pattern; [`unwrap_envelope`] reads it.
+    pub envelope: bool,
 }
 
 impl Default for SubscribeOptions {
@@ -1008,6 +1022,7 @@ impl Default for SubscribeOptions {
             idle_timeout: None,
             headers: HeaderMap::new(),
             token: None,
+            envelope: false,
         }
     }
 }
@@ -1126,7 +1141,11 @@ impl Subscriber {
             bearer(token)?;
         }
         let feed = feed.into();
-        let path = feed.path(options.replay_all);
+        let mut path = feed.path(options.replay_all);
+        if options.envelope {
+            path.push(if path.contains('?') { '&' } else { '?' });
+            path.push_str("envelope=json");
+        }
         let mut decoder = Decoder::new();
         if let Some(id) = options.last_event_id.as_deref().filter(|id| !id.is_empty()) {
             let id = EventId::parse(id)?;
