@@ -1,0 +1,211 @@
+//! [`ClusterConfig`]: where Redis is, who this node is, and how long things
+//! are kept; and the parsing of `--cluster` URLs into a [`Target`].
+
+use std::time::Duration;
+
+use crate::error::{EngineError, Result};
+
+/// The key prefix when none is given.
+pub const DEFAULT_PREFIX: &str = "pere";
+
+/// How long an idempotency key is remembered by default: a day, far beyond
+/// docs/PROTOCOL.md §2's minimum of ten minutes, so a publisher that retries
+/// after a night's outage still gets its first answer.
+pub const DEFAULT_IDEM_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// How long log entries stay beyond the snapshot by default: a node that
+/// was away less than this catches up from the log instead of reloading
+/// the whole snapshot.
+pub const DEFAULT_LOG_KEEP: Duration = Duration::from_secs(3600);
+
+/// How long one Redis command may take by default before the engine calls
+/// Redis unavailable. A blob of a few MB crosses a LAN in milliseconds; a
+/// server that takes seconds is stuck (or `SIGSTOP`ped) and the publisher
+/// deserves a prompt `503`.
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Where the cluster's Redis is and how this node uses it.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// `redis://[user:pass@]HOST:PORT[/DB]`, or
+    /// `redis+sentinel://[user:pass@]H1:P1,H2:P2/MASTER[/DB]` to follow
+    /// Sentinel failovers (the credentials are the data nodes', not the
+    /// sentinels').
+    pub url: String,
+    /// This node's id: unique in the cluster, stable across restarts.
+    pub node: String,
+    /// Prefix of every key the engine uses (default `pere`), so several
+    /// clusters can share one Redis.
+    pub prefix: String,
+    /// How long an idempotency key is remembered.
+    pub idem_ttl: Duration,
+    /// How long log entries stay before trimming, beyond the snapshot.
+    pub log_keep: Duration,
+    /// How long one command may take before Redis is called unavailable.
+    pub command_timeout: Duration,
+}
+
+impl ClusterConfig {
+    /// A configuration with the documented defaults.
+    pub fn new(url: impl Into<String>, node: impl Into<String>) -> Self {
+        ClusterConfig {
+            url: url.into(),
+            node: node.into(),
+            prefix: DEFAULT_PREFIX.to_owned(),
+            idem_ttl: DEFAULT_IDEM_TTL,
+            log_keep: DEFAULT_LOG_KEEP,
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
+        }
+    }
+
+    /// Checks what the engine relies on and parses the URL.
+    pub(crate) fn target(&self) -> Result<Target> {
+        if self.node.is_empty() {
+            return Err(EngineError::Config("the node id is empty".into()));
+        }
+        if self.prefix.is_empty() {
+            return Err(EngineError::Config("the key prefix is empty".into()));
+        }
+        if self.idem_ttl < Duration::from_millis(1) {
+            return Err(EngineError::Config(
+                "the idempotency ttl is under a millisecond".into(),
+            ));
+        }
+        if self.command_timeout < Duration::from_millis(10) {
+            return Err(EngineError::Config(
+                "the command timeout is under 10 ms".into(),
+            ));
+        }
+        Target::parse(&self.url)
+    }
+}
+
+/// A parsed cluster URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// One Redis server.
+    Direct(String),
+    /// A master name resolved by Sentinel.
+    Sentinel {
+        /// `redis://H:P` of each sentinel.
+        sentinels: Vec<String>,
+        master: String,
+        username: Option<String>,
+        password: Option<String>,
+        db: i64,
+    },
+}
+
+impl Target {
+    /// Parses `redis://…` (left to redis-rs) or `redis+sentinel://…`.
+    pub(crate) fn parse(url: &str) -> Result<Target> {
+        if url.starts_with("redis://") || url.starts_with("rediss://") {
+            return Ok(Target::Direct(url.to_owned()));
+        }
+        let Some(rest) = url.strip_prefix("redis+sentinel://") else {
+            return Err(EngineError::Config(format!(
+                "cluster url `{url}` is neither redis:// nor redis+sentinel://"
+            )));
+        };
+        let bad = |why: &str| EngineError::Config(format!("sentinel url `{url}` {why}"));
+        let (userinfo, rest) = match rest.rsplit_once('@') {
+            Some((userinfo, rest)) => (Some(userinfo), rest),
+            None => (None, rest),
+        };
+        let (username, password) = match userinfo {
+            None => (None, None),
+            Some(info) => {
+                let (user, pass) = info.split_once(':').unwrap_or((info, ""));
+                let some = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+                (some(user), some(pass))
+            }
+        };
+        let mut parts = rest.split('/');
+        let hosts = parts.next().unwrap_or_default();
+        let master = parts
+            .next()
+            .filter(|m| !m.is_empty())
+            .ok_or_else(|| bad("names no master (…/MASTER)"))?;
+        let db = match parts.next() {
+            None | Some("") => 0,
+            Some(db) => db
+                .parse()
+                .map_err(|_| bad(&format!("has a database `{db}` that is not a number")))?,
+        };
+        if parts.next().is_some() {
+            return Err(bad("has more than /MASTER/DB after the hosts"));
+        }
+        let mut sentinels = Vec::new();
+        for host in hosts.split(',') {
+            let (h, p) = host
+                .rsplit_once(':')
+                .ok_or_else(|| bad(&format!("has a sentinel `{host}` without :PORT")))?;
+            if h.is_empty() || p.parse::<u16>().is_err() {
+                return Err(bad(&format!("has an invalid sentinel `{host}`")));
+            }
+            sentinels.push(format!("redis://{host}"));
+        }
+        Ok(Target::Sentinel {
+            sentinels,
+            master: master.to_owned(),
+            username,
+            password,
+            db,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direct_urls_are_left_to_redis_rs() {
+        assert_eq!(
+            Target::parse("redis://127.0.0.1:6379/2").unwrap(),
+            Target::Direct("redis://127.0.0.1:6379/2".into())
+        );
+    }
+
+    #[test]
+    fn sentinel_urls_name_hosts_master_credentials_and_db() {
+        let cases: &[(&str, Option<Target>)] = &[
+            (
+                "redis+sentinel://h1:1,h2:2/main",
+                Some(Target::Sentinel {
+                    sentinels: vec!["redis://h1:1".into(), "redis://h2:2".into()],
+                    master: "main".into(),
+                    username: None,
+                    password: None,
+                    db: 0,
+                }),
+            ),
+            (
+                "redis+sentinel://u:p@h1:1/main/3",
+                Some(Target::Sentinel {
+                    sentinels: vec!["redis://h1:1".into()],
+                    master: "main".into(),
+                    username: Some("u".into()),
+                    password: Some("p".into()),
+                    db: 3,
+                }),
+            ),
+            ("redis+sentinel://h1:1", None),
+            ("redis+sentinel://h1:1/", None),
+            ("redis+sentinel://h1/main", None),
+            ("redis+sentinel://h1:x/main", None),
+            ("redis+sentinel://h1:1/main/x", None),
+            ("redis+sentinel://h1:1/main/1/2", None),
+            ("http://h1:1", None),
+        ];
+        for (url, want) in cases {
+            assert_eq!(Target::parse(url).ok(), *want, "{url}");
+        }
+    }
+
+    #[test]
+    fn empty_node_ids_are_refused() {
+        let config = ClusterConfig::new("redis://127.0.0.1:1", "");
+        assert!(matches!(config.target(), Err(EngineError::Config(_))));
+    }
+}

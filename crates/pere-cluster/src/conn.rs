@@ -1,0 +1,230 @@
+//! Connections to the current primary: [`Connector`] opens them (directly or
+//! through Sentinel), [`Link`] keeps the engine's shared one and replaces it
+//! after a failure.
+//!
+//! Why not redis-rs's `ConnectionManager`: it reconnects to the one address
+//! it was built with, so it cannot follow a Sentinel failover, and it
+//! retries inside each request, which turns an outage into slow answers
+//! where PERE owes its publishers a prompt `503`. [`Link`] instead fails a
+//! command at once, forgets the broken connection, and lets the next command
+//! reconnect (asking Sentinel anew), with a backoff so that an outage costs
+//! one connection attempt per backoff period, not one per publish.
+
+use std::time::{Duration, Instant};
+
+use redis::AsyncConnectionConfig;
+use redis::aio::MultiplexedConnection;
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use tokio::sync::Mutex;
+
+use crate::config::Target;
+use crate::error::{EngineError, Failure, Result, classify};
+
+/// The first wait after a failed connection attempt.
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// The longest wait between connection attempts: Redis that comes back is
+/// used within a second.
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Opens fresh connections to the current primary.
+pub(crate) struct Connector {
+    kind: ConnectorKind,
+    command_timeout: Duration,
+}
+
+enum ConnectorKind {
+    Direct(redis::Client),
+    /// Behind a mutex because redis-rs caches its sentinel connections in
+    /// the client and needs `&mut` to ask them.
+    Sentinel(Mutex<SentinelClient>),
+}
+
+impl Connector {
+    pub(crate) fn new(target: Target, command_timeout: Duration) -> Result<Connector> {
+        let bad = |e: redis::RedisError| EngineError::Config(e.to_string());
+        let kind = match target {
+            Target::Direct(url) => ConnectorKind::Direct(redis::Client::open(url).map_err(bad)?),
+            Target::Sentinel {
+                sentinels,
+                master,
+                username,
+                password,
+                db,
+            } => {
+                let mut info = redis::RedisConnectionInfo::default().set_db(db);
+                if let Some(username) = username {
+                    info = info.set_username(username);
+                }
+                if let Some(password) = password {
+                    info = info.set_password(password);
+                }
+                let node = SentinelNodeConnectionInfo::default().set_redis_connection_info(info);
+                let client = SentinelClient::build(
+                    sentinels,
+                    master,
+                    Some(node),
+                    SentinelServerType::Master,
+                )
+                .map_err(bad)?;
+                ConnectorKind::Sentinel(Mutex::new(client))
+            }
+        };
+        Ok(Connector {
+            kind,
+            command_timeout,
+        })
+    }
+
+    /// Opens a connection whose commands time out after `response_timeout`
+    /// (the tail's blocking reads need longer than the command timeout).
+    ///
+    /// Through Sentinel, redis-rs asks the sentinels for the master and checks
+    /// with `ROLE` that it is one, so a demoted primary is never used.
+    pub(crate) async fn open(&self, response_timeout: Duration) -> Result<MultiplexedConnection> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.command_timeout))
+            .set_response_timeout(Some(response_timeout));
+        let opening = async {
+            match &self.kind {
+                ConnectorKind::Direct(client) => {
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await
+                }
+                ConnectorKind::Sentinel(client) => {
+                    let client = client.lock().await.async_get_client().await?;
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await
+                }
+            }
+        };
+        // Sentinel lookups have no timeout of their own: bound the whole.
+        match tokio::time::timeout(self.command_timeout * 2, opening).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(err)) => Err(EngineError::unavailable(
+                format!("cannot connect: {err}"),
+                Duration::ZERO,
+            )),
+            Err(_) => Err(EngineError::unavailable(
+                "cannot connect: timed out",
+                Duration::ZERO,
+            )),
+        }
+    }
+
+    /// The command timeout this connector was configured with.
+    pub(crate) fn command_timeout(&self) -> Duration {
+        self.command_timeout
+    }
+}
+
+/// Exponential backoff between connection attempts.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new() -> Self {
+        Backoff { next: BACKOFF_MIN }
+    }
+
+    /// The wait before the next attempt, doubling each time.
+    pub(crate) fn fail(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        wait
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.next = BACKOFF_MIN;
+    }
+}
+
+/// The engine's shared connection: multiplexed, so every caller pipelines
+/// on it, replaced after a failure.
+pub(crate) struct Link {
+    pub(crate) connector: Connector,
+    state: Mutex<LinkState>,
+}
+
+struct LinkState {
+    /// The connection, tagged with a generation so that a caller reporting
+    /// a failure on an old connection does not drop a fresh one.
+    conn: Option<(u64, MultiplexedConnection)>,
+    generation: u64,
+    backoff: Backoff,
+    /// No connection attempt before this instant.
+    retry_at: Option<Instant>,
+    /// Why the last attempt failed, repeated to callers until the next.
+    last_error: String,
+}
+
+impl Link {
+    pub(crate) fn new(connector: Connector) -> Link {
+        Link {
+            connector,
+            state: Mutex::new(LinkState {
+                conn: None,
+                generation: 0,
+                backoff: Backoff::new(),
+                retry_at: None,
+                last_error: String::new(),
+            }),
+        }
+    }
+
+    /// The current connection, opened if needed. While a previous attempt's
+    /// backoff runs, fails at once with `Unavailable`.
+    pub(crate) async fn get(&self) -> Result<(u64, MultiplexedConnection)> {
+        let mut state = self.state.lock().await;
+        if let Some((generation, conn)) = &state.conn {
+            return Ok((*generation, conn.clone()));
+        }
+        if let Some(at) = state.retry_at {
+            let now = Instant::now();
+            if now < at {
+                return Err(EngineError::unavailable(state.last_error.clone(), at - now));
+            }
+        }
+        match self.connector.open(self.connector.command_timeout()).await {
+            Ok(conn) => {
+                state.generation += 1;
+                state.backoff.reset();
+                state.retry_at = None;
+                let generation = state.generation;
+                state.conn = Some((generation, conn.clone()));
+                tracing::debug!(generation, "connected to redis");
+                Ok((generation, conn))
+            }
+            Err(err) => {
+                let wait = state.backoff.fail();
+                state.retry_at = Some(Instant::now() + wait);
+                state.last_error = err.to_string();
+                tracing::warn!(cause = %err, "redis connection failed");
+                Err(EngineError::unavailable(err.to_string(), wait))
+            }
+        }
+    }
+
+    /// Turns a command's failure into an [`EngineError`], forgetting the
+    /// connection if the failure says it is broken or not a primary.
+    pub(crate) async fn failed(&self, generation: u64, err: &redis::RedisError) -> EngineError {
+        match classify(err) {
+            Failure::Reply(reason) => EngineError::Protocol(reason),
+            Failure::Link { sent, reason } => {
+                let mut state = self.state.lock().await;
+                if state.conn.as_ref().is_some_and(|(g, _)| *g == generation) {
+                    tracing::warn!(cause = %reason, "redis connection lost");
+                    state.conn = None;
+                }
+                EngineError::Unavailable {
+                    retry_after: crate::error::MIN_RETRY_AFTER,
+                    outcome_unknown: sent,
+                    reason,
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! [`Engine`]: the cheap `Clone` handle every part of a node shares to append
+//! to the cluster log, tail it, keep the snapshot, and coordinate nodes
+//! (heartbeats, leases).
+//!
+//! Each call is one Redis command (a script or a plain read) on the shared
+//! multiplexed connection, so concurrent callers pipeline; only
+//! [`Engine::tail`] opens a connection of its own, because a blocking
+//! `XREAD` would hold up every command queued behind it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::Value;
+use redis::aio::MultiplexedConnection;
+
+use crate::conn::{Connector, Link};
+use crate::entry::{Appended, NewEntry, parse_appended};
+use crate::error::{EngineError, Result};
+use crate::{ClusterConfig, LogPos, Tail, scripts};
+
+/// The engine's handle: clone it freely.
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// What all clones share.
+pub(crate) struct Shared {
+    pub(crate) config: ClusterConfig,
+    pub(crate) keys: Keys,
+    pub(crate) link: Link,
+}
+
+/// The engine's Redis keys, built once.
+pub(crate) struct Keys {
+    pub(crate) log: String,
+    pub(crate) seq: String,
+    pub(crate) head: String,
+    pub(crate) snapshot: String,
+    pub(crate) nodes: String,
+    prefix: String,
+}
+
+impl Keys {
+    fn new(prefix: &str) -> Keys {
+        Keys {
+            log: format!("{prefix}:log"),
+            seq: format!("{prefix}:seq"),
+            head: format!("{prefix}:head"),
+            snapshot: format!("{prefix}:snapshot"),
+            nodes: format!("{prefix}:nodes"),
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    fn lease(&self, name: &str) -> String {
+        format!("{}:lease:{name}", self.prefix)
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    // A ttl that rounds to zero would mean "no ttl" to Redis or be refused.
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("node", &self.shared.config.node)
+            .field("prefix", &self.shared.config.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Connects to Redis (directly or through Sentinel) and checks that it
+    /// answers.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Config`] for an invalid configuration,
+    /// [`EngineError::Unavailable`] if Redis cannot be reached now.
+    pub async fn connect(config: ClusterConfig) -> Result<Engine> {
+        let target = config.target()?;
+        let connector = Connector::new(target, config.command_timeout)?;
+        let engine = Engine {
+            shared: Arc::new(Shared {
+                keys: Keys::new(&config.prefix),
+                config,
+                link: Link::new(connector),
+            }),
+        };
+        engine.time().await?;
+        Ok(engine)
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> &str {
+        &self.shared.config.node
+    }
+
+    /// The configuration the engine runs with.
+    pub fn config(&self) -> &ClusterConfig {
+        &self.shared.config
+    }
+
+    /// Runs one command on the shared connection, turning failures into
+    /// [`EngineError`]s (and forgetting a broken connection).
+    async fn run<T>(
+        &self,
+        command: impl AsyncFnOnce(&mut MultiplexedConnection) -> redis::RedisResult<T>,
+    ) -> Result<T> {
+        let (generation, mut conn) = self.shared.link.get().await?;
+        match command(&mut conn).await {
+            Ok(value) => Ok(value),
+            Err(err) => Err(self.shared.link.failed(generation, &err).await),
+        }
+    }
+
+    /// Appends one node batch to the log in ONE atomic script: assigns its
+    /// event ids (`first = max(Redis TIME in µs, seq + 1)`, event `i` gets
+    /// `first + i`), settles its idempotency keys (a known key makes its
+    /// event a duplicate of the original id; its own slot id is then never
+    /// used) and adds the entry. There is no "get an id, then publish" step
+    /// to interleave with another node's.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Unavailable`] when Redis cannot take it; if
+    /// `outcome_unknown`, the entry may still appear on the log.
+    /// [`EngineError::Invalid`] for more than `u32::MAX` events.
+    pub async fn append(&self, entry: NewEntry) -> Result<Appended> {
+        let events = u32::try_from(entry.idem.len())
+            .map_err(|_| EngineError::Invalid("more than u32::MAX events in one entry".into()))?;
+        let Shared { config, keys, .. } = &*self.shared;
+        let mut invocation = scripts::APPEND.prepare_invoke();
+        invocation.key(&keys.seq).key(&keys.log).key(&keys.head);
+        invocation
+            .arg(&config.node)
+            .arg(entry.blob.as_ref())
+            .arg(events)
+            .arg(millis(config.idem_ttl));
+        for (index, key) in entry.idem.iter().enumerate() {
+            if let Some(key) = key {
+                invocation.key(key.redis_key(&config.prefix)).arg(index);
+            }
+        }
+        let reply: Value = self
+            .run(async |conn| invocation.invoke_async(conn).await)
+            .await?;
+        let appended = parse_appended(reply)?;
+        tracing::trace!(pos = %appended.pos, first = appended.first_id, events, "appended");
+        Ok(appended)
+    }
+
+    /// Reads the log after `after`, in order; see [`Tail`].
+    pub fn tail(&self, after: LogPos) -> Tail {
+        Tail::new(self.shared.clone(), after)
+    }
+
+    /// The position of the last entry on the log ([`LogPos::ZERO`] if none).
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Unavailable`] when Redis cannot answer.
+    pub async fn head(&self) -> Result<LogPos> {
+        let head: Option<Vec<u8>> = self
+            .run(async |conn| {
+                redis::cmd("GET")
+                    .arg(&self.shared.keys.head)
+                    .query_async(conn)
+                    .await
+            })
+            .await?;
+        head.map_or(Ok(LogPos::ZERO), |h| LogPos::from_bytes(&h))
+    }
+
+    /// Stores a snapshot of the state after the entry at `pos` (unless a
+    /// newer one is already stored), then trims the log entries older than
+    /// the stored snapshot's position minus `log_keep`.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Unavailable`] when Redis cannot take it.
+    pub async fn put_snapshot(&self, pos: LogPos, blob: Bytes) -> Result<()> {
+        let Shared { config, keys, .. } = &*self.shared;
+        let mut invocation = scripts::SNAPSHOT.prepare_invoke();
+        invocation
+            .key(&keys.snapshot)
+            .key(&keys.log)
+            .arg(pos.to_string())
+            .arg(pos.ms)
+            .arg(pos.seq)
+            .arg(blob.as_ref())
+            .arg(u64::try_from(config.log_keep.as_millis()).unwrap_or(u64::MAX));
+        let (stored, trimmed): (i64, i64) = self
+            .run(async |conn| invocation.invoke_async(conn).await)
+            .await?;
+        tracing::debug!(%pos, stored = stored == 1, trimmed, "snapshot");
+        Ok(())
+    }
+
+    /// The latest snapshot and the log position it covers, if any.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Unavailable`] when Redis cannot answer.
+    pub async fn snapshot(&self) -> Result<Option<(LogPos, Bytes)>> {
+        let (pos, blob): (Option<Vec<u8>>, Option<Vec<u8>>) = self
+            .run(async |conn| {
+                redis::cmd("HMGET")
+                    .arg(&self.shared.keys.snapshot)
+                    .arg("pos")
+                    .arg("blob")
+                    .query_async(conn)
+                    .await
+            })
+            .await?;
+        match (pos, blob) {
+            (Some(pos), Some(blob)) => Ok(Some((LogPos::from_bytes(&pos)?, Bytes::from(blob)))),
+            (None, None) => Ok(None),
+            _ => Err(EngineError::Protocol(
+                "the snapshot hash lacks its pos or its blob".into(),
+            )),
+        }
+    }
+
+    /// Redis's clock, in µs since the Unix epoch: the cluster's one clock.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Unavailable`] when Redis cannot answer.
+    pub async fn time(&self) -> Result<u64> {
+        let (secs, micros): (u64, u64) = self
+            .run(async |conn| redis::cmd("TIME").query_async(conn).await)
+            .await?;
+        Ok(secs * 1_000_000 + micros)
+    }
+
+    /// Says this node is alive for the next `ttl` (by the Redis clock).
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Unavailable`] when Redis cannot take it.
+    pub async fn heartbeat(&self, ttl: Duration) -> Result<()> {
+        let mut invocation = scripts::HEARTBEAT.prepare_invoke();
+        invocation
+            .key(&self.shared.keys.nodes)
+            .arg(&self.shared.config.node)
+            .arg(millis(ttl));
+        let _: i64 = self
+            .run(async |conn| invocation.invoke_async(conn).await)
+            .await?;
+        Ok(())
+    }
+
+    /// The nodes whose last heartbeat has not expired, sorted by expiry.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Unavailable`] when Redis cannot answer.
+    pub async fn live_nodes(&self) -> Result<Vec<String>> {
+        self.nodes("live").await
+    }
+
+    /// The nodes whose heartbeat expired and that were not forgotten yet:
+    /// what the sweeper has to clean up after.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Unavailable`] when Redis cannot answer.
+    pub async fn expired_nodes(&self) -> Result<Vec<String>> {
+        self.nodes("expired").await
+    }
+
+    async fn nodes(&self, which: &str) -> Result<Vec<String>> {
+        let mut invocation = scripts::NODES.prepare_invoke();
+        invocation.key(&self.shared.keys.nodes).arg(which);
+        self.run(async |conn| invocation.invoke_async(conn).await)
+            .await
+    }
+
+    /// Forgets `node` if its heartbeat expired (after the sweeper cleaned up
+    /// after it); true if it was forgotten, false if it is alive again or
+    /// unknown.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Unavailable`] when Redis cannot take it.
+    pub async fn forget_node(&self, node: &str) -> Result<bool> {
+        let mut invocation = scripts::FORGET.prepare_invoke();
+        invocation.key(&self.shared.keys.nodes).arg(node);
+        let forgotten: i64 = self
+            .run(async |conn| invocation.invoke_async(conn).await)
+            .await?;
+        Ok(forgotten == 1)
+    }
+
+    /// Takes the lease `name` for `ttl` if it is free, or renews it if this
+    /// node holds it; true if this node holds it now.
+    ///
+    /// A lease is advisory: a holder that stalls longer than `ttl` (a GC
+    /// pause, a stopped VM) may still act while a successor holds it, so
+    /// what a lease holder does must stay harmless when done twice (its
+    /// decisions go through the log, which orders them).
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Unavailable`] when Redis cannot answer: the caller
+    /// must then act as if it did not hold the lease.
+    pub async fn try_lease(&self, name: &str, ttl: Duration) -> Result<bool> {
+        let mut invocation = scripts::LEASE.prepare_invoke();
+        invocation
+            .key(self.shared.keys.lease(name))
+            .arg(&self.shared.config.node)
+            .arg(millis(ttl));
+        let held: i64 = self
+            .run(async |conn| invocation.invoke_async(conn).await)
+            .await?;
+        Ok(held == 1)
+    }
+
+    /// Gives up the lease `name` if this node holds it; true if it did.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Unavailable`] when Redis cannot take it.
+    pub async fn release_lease(&self, name: &str) -> Result<bool> {
+        let mut invocation = scripts::RELEASE.prepare_invoke();
+        invocation
+            .key(self.shared.keys.lease(name))
+            .arg(&self.shared.config.node);
+        let released: i64 = self
+            .run(async |conn| invocation.invoke_async(conn).await)
+            .await?;
+        Ok(released == 1)
+    }
+}

@@ -1,0 +1,200 @@
+//! The Lua scripts, each one atomic on the primary and replicated to its
+//! replicas as one `MULTI`/`EXEC` of its effects (Redis 7's only script
+//! replication mode, which is what makes calling `TIME` inside them safe).
+//!
+//! They run with `EVALSHA` through [`redis::Script`], falling back to `EVAL`
+//! on `NOSCRIPT` (after a restart or a failover), so Redis 7.0 is enough: no
+//! `FUNCTION`s to load, nothing from 7.2+.
+//!
+//! Numbers cross Lua as doubles: event ids are microseconds since the epoch
+//! (about 1.8e15 now, exact below 2^53, i.e. until the year 2255) and are
+//! always written with `%.0f`, since `tostring` would print `1.8e+15`.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Appends one node batch to the log: assigns its event ids, settles its
+/// idempotency keys and `XADD`s the entry, all or nothing.
+///
+/// - `KEYS[1]` `{prefix}:seq`, `KEYS[2]` `{prefix}:log`, `KEYS[3]`
+///   `{prefix}:head`, `KEYS[4..]` one `{prefix}:idem:…` key per event that
+///   has an idempotency key.
+/// - `ARGV[1]` node, `ARGV[2]` blob, `ARGV[3]` event count, `ARGV[4]`
+///   idempotency ttl in ms, `ARGV[5..]` the event index of each idem key.
+///
+/// Ids: `first = max(TIME in µs, seq + 1)`, event `i` is `first + i`, and
+/// `seq = first + events - 1`. An event whose key is already known keeps its
+/// slot (so ids stay `first + i` for everyone) but is listed as a duplicate
+/// `i:original`; its slot id is never used. `SET … NX GET` (Redis 7.0) both
+/// tests and claims a key in one command, also for a key repeated within
+/// the batch. `head` is the last entry's position: each entry records it as
+/// `prev`, which chains the log so a tail can tell a trimmed log from one a
+/// failover cut short.
+///
+/// Returns `{pos, first, time, i1, id1, i2, id2, …}`.
+pub(crate) static APPEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local events = tonumber(ARGV[3])
+local first = 0
+if events > 0 then
+  local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
+  first = now
+  if seq + 1 > first then first = seq + 1 end
+  redis.call('SET', KEYS[1], string.format('%.0f', first + events - 1))
+end
+local reply = {false, first, now}
+local dups = {}
+for k = 4, #KEYS do
+  local index = ARGV[k + 1]
+  local id = string.format('%.0f', first + tonumber(index))
+  local old = redis.call('SET', KEYS[k], id, 'NX', 'GET', 'PX', ARGV[4])
+  if old then
+    dups[#dups + 1] = index .. ':' .. old
+    reply[#reply + 1] = tonumber(index)
+    reply[#reply + 1] = tonumber(old)
+  end
+end
+local prev = redis.call('GET', KEYS[3]) or '0-0'
+local pos = redis.call('XADD', KEYS[2], '*',
+  'node', ARGV[1], 'prev', prev, 'events', ARGV[3],
+  'first', string.format('%.0f', first), 'time', string.format('%.0f', now),
+  'dup', table.concat(dups, ','), 'blob', ARGV[2])
+redis.call('SET', KEYS[3], pos)
+reply[1] = pos
+return reply
+"#,
+    )
+});
+
+/// Stores a snapshot unless a newer one is there, then trims the log.
+///
+/// - `KEYS[1]` `{prefix}:snapshot` (a hash: `pos`, `blob`), `KEYS[2]`
+///   `{prefix}:log`.
+/// - `ARGV[1]` pos `MS-SEQ`, `ARGV[2]` its ms, `ARGV[3]` its seq, `ARGV[4]`
+///   blob, `ARGV[5]` log_keep in ms.
+///
+/// Two nodes may snapshot at once; the older never replaces the newer.
+/// Trimming is `XTRIM MINID (snapshot ms - keep)`: only entries the stored
+/// snapshot covers, and older than `keep` before it, ever go.
+///
+/// Returns `{stored (0/1), entries trimmed}`.
+pub(crate) static SNAPSHOT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local ms = tonumber(ARGV[2])
+local seq = tonumber(ARGV[3])
+local stored = 0
+local cur = redis.call('HGET', KEYS[1], 'pos')
+local newer = true
+if cur then
+  local cms, cseq = string.match(cur, '^(%d+)-(%d+)$')
+  cms = tonumber(cms)
+  cseq = tonumber(cseq)
+  if cms > ms or (cms == ms and cseq >= seq) then
+    newer = false
+    ms = cms
+  end
+end
+if newer then
+  redis.call('HSET', KEYS[1], 'pos', ARGV[1], 'blob', ARGV[4])
+  stored = 1
+end
+local trimmed = 0
+local minid = ms - tonumber(ARGV[5])
+if minid > 0 then
+  trimmed = redis.call('XTRIM', KEYS[2], 'MINID', string.format('%.0f', minid))
+end
+return {stored, trimmed}
+"#,
+    )
+});
+
+/// Records a node's heartbeat: its expiry (Redis `TIME` + ttl, in ms) as its
+/// score in the `{prefix}:nodes` sorted set. Scores by the Redis clock mean
+/// node clocks never matter.
+///
+/// `KEYS[1]` nodes, `ARGV[1]` node, `ARGV[2]` ttl in ms.
+pub(crate) static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], string.format('%.0f', now + tonumber(ARGV[2])), ARGV[1])
+return 1
+"#,
+    )
+});
+
+/// Lists nodes: `ARGV[1]` is `live` (expiry after now) or `expired`.
+///
+/// `KEYS[1]` nodes.
+pub(crate) static NODES: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+if ARGV[1] == 'live' then
+  return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+end
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+"#,
+    )
+});
+
+/// Forgets a node whose heartbeat expired, and only then: a node that came
+/// back between the sweeper's look and this call stays.
+///
+/// `KEYS[1]` nodes, `ARGV[1]` node. Returns 1 if it was forgotten.
+pub(crate) static FORGET: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) <= now then
+  return redis.call('ZREM', KEYS[1], ARGV[1])
+end
+return 0
+"#,
+    )
+});
+
+/// Takes a free lease or renews one this node holds.
+///
+/// `KEYS[1]` `{prefix}:lease:NAME`, `ARGV[1]` node, `ARGV[2]` ttl in ms.
+/// Returns 1 when this node holds the lease for the next ttl.
+pub(crate) static LEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local holder = redis.call('GET', KEYS[1])
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"#,
+    )
+});
+
+/// Gives a lease up if this node holds it, so a successor need not wait for
+/// its expiry (a clean shutdown).
+///
+/// `KEYS[1]` the lease, `ARGV[1]` node. Returns 1 if it was released.
+pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#,
+    )
+});

@@ -1,0 +1,289 @@
+//! Appends: one total order across engines, increasing ids, idempotency.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use bytes::Bytes;
+use pere_cluster::testing::RedisServer;
+use pere_cluster::{LogPos, NewEntry, Slot};
+
+use crate::{engine, entry, key, next};
+
+#[tokio::test]
+async fn an_append_assigns_ids_from_the_redis_clock_and_the_tail_returns_it() {
+    let redis = RedisServer::start().expect("redis starts");
+    let engine = engine(&redis.url(), "a").await;
+    let before = engine.time().await.unwrap();
+    let appended = engine.append(entry("batch", 3)).await.unwrap();
+    assert!(appended.first_id >= before, "ids follow Redis TIME in µs");
+    assert!(appended.time >= before && appended.first_id >= appended.time);
+    assert!(appended.duplicates.is_empty());
+    assert_eq!(engine.head().await.unwrap(), appended.pos);
+
+    let mut tail = engine.tail(LogPos::ZERO);
+    let got = next(&mut tail).await.unwrap();
+    assert_eq!(got.pos, appended.pos);
+    assert_eq!(got.prev, LogPos::ZERO);
+    assert_eq!((got.node.as_str(), &got.blob[..]), ("a", &b"batch"[..]));
+    assert_eq!(
+        (got.first_id, got.events, got.time),
+        (appended.first_id, 3, appended.time)
+    );
+    assert_eq!(got.slot(2), Some(Slot::New(appended.first_id + 2)));
+}
+
+#[tokio::test]
+async fn an_entry_without_events_takes_no_id() {
+    let redis = RedisServer::start().expect("redis starts");
+    let engine = engine(&redis.url(), "a").await;
+    let a = engine.append(entry("one", 1)).await.unwrap();
+    let empty = engine.append(entry("receipts only", 0)).await.unwrap();
+    assert_eq!(empty.first_id, 0);
+    let seq: u64 = redis.query(&["GET", "pere:seq"]).unwrap();
+    assert_eq!(seq, a.first_id, "an empty entry leaves seq alone");
+    let mut tail = engine.tail(a.pos);
+    assert_eq!(next(&mut tail).await.unwrap().events, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_engines_appending_concurrently_make_one_order_with_increasing_ids() {
+    const TASKS: usize = 8;
+    const APPENDS: usize = 40;
+    let redis = RedisServer::start().expect("redis starts");
+    let engines = [
+        engine(&redis.url(), "a").await,
+        engine(&redis.url(), "b").await,
+    ];
+    let total = engines.len() * TASKS * APPENDS;
+    // Each node's tail runs while the appends happen.
+    let tails: Vec<_> = engines
+        .iter()
+        .map(|e| {
+            let mut tail = e.tail(LogPos::ZERO);
+            tokio::spawn(async move {
+                let mut entries = Vec::new();
+                while entries.len() < total {
+                    entries.push(next(&mut tail).await.expect("the tail reads"));
+                }
+                entries
+            })
+        })
+        .collect();
+    let mut tasks = Vec::new();
+    for (n, engine) in engines.iter().enumerate() {
+        for t in 0..TASKS {
+            let engine = engine.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut appended = Vec::new();
+                for i in 0..APPENDS {
+                    let events = 1 + (i + t) % 5;
+                    let blob = format!("{n}/{t}/{i}");
+                    let a = engine.append(entry(&blob, events)).await.expect("appends");
+                    appended.push((a, blob, events));
+                }
+                appended
+            }));
+        }
+    }
+    let mut appended = Vec::new();
+    for task in tasks {
+        appended.extend(task.await.unwrap());
+    }
+    let logs: Vec<_> = futures_join(tails).await;
+    // Both nodes read the same log.
+    assert_eq!(logs[0], logs[1], "both tails read one order");
+    let log = &logs[0];
+    // Ids strictly increase along the log, within and across entries.
+    let mut last = 0;
+    for e in log {
+        assert!(
+            e.first_id > last,
+            "entry {} starts at {} after {last}",
+            e.pos,
+            e.first_id
+        );
+        last = e.first_id + u64::from(e.events) - 1;
+    }
+    // Every append is on the log, once, as it was acknowledged.
+    let by_pos: HashMap<LogPos, _> = log.iter().map(|e| (e.pos, e)).collect();
+    assert_eq!(by_pos.len(), total);
+    for (a, blob, events) in &appended {
+        let e = by_pos[&a.pos];
+        assert_eq!((&e.blob[..], e.first_id), (blob.as_bytes(), a.first_id));
+        assert_eq!(e.events as usize, *events);
+    }
+}
+
+async fn futures_join<T: Send + 'static>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut out = Vec::new();
+    for handle in handles {
+        out.push(handle.await.expect("the task ends"));
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_known_key_makes_a_duplicate_of_the_original_id_even_within_a_batch() {
+    let redis = RedisServer::start().expect("redis starts");
+    let engine = engine(&redis.url(), "a").await;
+    let first = engine
+        .append(NewEntry {
+            blob: Bytes::from_static(b"1"),
+            idem: vec![Some(key("c", "k1")), None, Some(key("c", "k1"))],
+        })
+        .await
+        .unwrap();
+    assert_eq!(first.duplicates, vec![(2, first.first_id)]);
+    let retry = engine
+        .append(NewEntry {
+            blob: Bytes::from_static(b"2"),
+            idem: vec![
+                Some(key("c", "k2")),
+                Some(key("c", "k1")),
+                Some(key("d", "k1")),
+            ],
+        })
+        .await
+        .unwrap();
+    assert_eq!(retry.duplicates, vec![(1, first.first_id)]);
+    let mut tail = engine.tail(first.pos);
+    let e = next(&mut tail).await.unwrap();
+    assert_eq!(e.slot(0), Some(Slot::New(retry.first_id)));
+    assert_eq!(e.slot(1), Some(Slot::Duplicate(first.first_id)));
+    assert_eq!(e.slot(2), Some(Slot::New(retry.first_id + 2)));
+    // The publisher scopes the key (docs/PROTOCOL.md §2).
+    let mut other = key("c", "k1");
+    other.publisher = Some("alice".into());
+    let alice = engine
+        .append(NewEntry {
+            blob: Bytes::new(),
+            idem: vec![Some(other)],
+        })
+        .await
+        .unwrap();
+    assert!(alice.duplicates.is_empty());
+}
+
+#[tokio::test]
+async fn idempotency_keys_expire_after_idem_ttl() {
+    let redis = RedisServer::start().expect("redis starts");
+    let mut config = pere_cluster::ClusterConfig::new(redis.url(), "a");
+    config.idem_ttl = Duration::from_millis(300);
+    let engine = pere_cluster::Engine::connect(config).await.unwrap();
+    let with_key = || NewEntry {
+        blob: Bytes::new(),
+        idem: vec![Some(key("c", "k"))],
+    };
+    engine.append(with_key()).await.unwrap();
+    let pttl: i64 = redis.query(&["PTTL", "pere:idem:1:c:-:k"]).unwrap();
+    assert!((1..=300).contains(&pttl), "the key lives idem_ttl: {pttl}");
+    assert_eq!(engine.append(with_key()).await.unwrap().duplicates.len(), 1);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        engine
+            .append(with_key())
+            .await
+            .unwrap()
+            .duplicates
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_engines_get_one_id_per_idempotency_key() {
+    const KEYS: usize = 20;
+    const TRIES: usize = 6;
+    let redis = RedisServer::start().expect("redis starts");
+    let engines = [
+        engine(&redis.url(), "a").await,
+        engine(&redis.url(), "b").await,
+    ];
+    let mut tasks = Vec::new();
+    for t in 0..TRIES {
+        for engine in &engines {
+            let engine = engine.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut results = Vec::new();
+                // Every task publishes every key, in a different order.
+                for k in (0..KEYS).map(|k| (k + t * 7) % KEYS) {
+                    let a = engine
+                        .append(NewEntry {
+                            blob: Bytes::new(),
+                            idem: vec![Some(key("chan", &format!("k{k}")))],
+                        })
+                        .await
+                        .expect("appends");
+                    let id = match a.duplicates.first() {
+                        Some((0, original)) => (false, *original),
+                        _ => (true, a.first_id),
+                    };
+                    results.push((k, id));
+                }
+                results
+            }));
+        }
+    }
+    let mut per_key: BTreeMap<usize, Vec<(bool, u64)>> = BTreeMap::new();
+    for task in tasks {
+        for (k, id) in task.await.unwrap() {
+            per_key.entry(k).or_default().push(id);
+        }
+    }
+    for (k, ids) in per_key {
+        let fresh: Vec<_> = ids.iter().filter(|(new, _)| *new).collect();
+        assert_eq!(fresh.len(), 1, "key {k} was published once: {ids:?}");
+        let id = fresh[0].1;
+        assert!(
+            ids.iter().all(|(_, i)| *i == id),
+            "key {k} has one id: {ids:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn ids_keep_increasing_when_seq_is_lost_or_behind() {
+    let redis = RedisServer::start().expect("redis starts");
+    let engine = engine(&redis.url(), "a").await;
+    let a = engine.append(entry("a", 10)).await.unwrap();
+    // A failover can promote a replica whose seq lags: Redis TIME still
+    // moves the ids on.
+    redis.query::<()>(&["DEL", "pere:seq"]).unwrap();
+    let b = engine.append(entry("b", 1)).await.unwrap();
+    assert!(
+        b.first_id > a.first_id + 9,
+        "{} after {}",
+        b.first_id,
+        a.first_id
+    );
+    redis.query::<()>(&["SET", "pere:seq", "5"]).unwrap();
+    let c = engine.append(entry("c", 1)).await.unwrap();
+    assert!(c.first_id > b.first_id);
+    // A seq ahead of the clock (a burst of more than 1M events/s) is
+    // followed, so ids never go back.
+    let ahead = engine.time().await.unwrap() + 60_000_000;
+    redis
+        .query::<()>(&["SET", "pere:seq", &ahead.to_string()])
+        .unwrap();
+    let d = engine.append(entry("d", 2)).await.unwrap();
+    assert_eq!(d.first_id, ahead + 1);
+    let seq: u64 = redis.query(&["GET", "pere:seq"]).unwrap();
+    assert_eq!(seq, ahead + 2);
+}
+
+#[tokio::test]
+async fn a_blob_of_several_megabytes_round_trips() {
+    let redis = RedisServer::start().expect("redis starts");
+    let engine = engine(&redis.url(), "a").await;
+    let blob: Vec<u8> = (0..4 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let appended = engine
+        .append(NewEntry {
+            blob: Bytes::from(blob.clone()),
+            idem: vec![None; 64],
+        })
+        .await
+        .unwrap();
+    let mut tail = engine.tail(LogPos::ZERO);
+    let got = next(&mut tail).await.unwrap();
+    assert_eq!(got.pos, appended.pos);
+    assert!(got.blob == blob, "the blob comes back byte for byte");
+}
