@@ -1,1 +1,75 @@
-//! coordination
+//! Heartbeats and leases: who is alive, who runs the ticker.
+
+use std::time::Duration;
+
+use pere_cluster::testing::RedisServer;
+
+use crate::{PROMPT, engine};
+
+#[tokio::test]
+async fn one_node_holds_a_lease_until_it_expires_or_is_released() {
+    let redis = RedisServer::start().expect("redis starts");
+    let a = engine(&redis.url(), "a").await;
+    let b = engine(&redis.url(), "b").await;
+    let short = Duration::from_millis(300);
+    assert!(a.try_lease("ticker", short).await.unwrap());
+    assert!(!b.try_lease("ticker", short).await.unwrap());
+    assert!(
+        a.try_lease("ticker", short).await.unwrap(),
+        "its holder renews it"
+    );
+    // Other leases are independent.
+    assert!(b.try_lease("sweeper", short).await.unwrap());
+    // a stops renewing: b takes over once it expires, and a cannot renew.
+    let waited = tokio::time::timeout(PROMPT, async {
+        let started = tokio::time::Instant::now();
+        while !b.try_lease("ticker", short).await.unwrap() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        started.elapsed()
+    })
+    .await
+    .expect("b takes the lease over");
+    assert!(
+        waited >= Duration::from_millis(200),
+        "not before expiry: {waited:?}"
+    );
+    assert!(!a.try_lease("ticker", short).await.unwrap());
+    // A clean shutdown hands it over at once.
+    assert!(
+        !a.release_lease("ticker").await.unwrap(),
+        "a does not hold it"
+    );
+    assert!(b.release_lease("ticker").await.unwrap());
+    assert!(a.try_lease("ticker", short).await.unwrap());
+}
+
+#[tokio::test]
+async fn nodes_are_live_while_they_heartbeat_and_expired_after() {
+    let redis = RedisServer::start().expect("redis starts");
+    let a = engine(&redis.url(), "a").await;
+    let b = engine(&redis.url(), "b").await;
+    a.heartbeat(Duration::from_millis(300)).await.unwrap();
+    b.heartbeat(Duration::from_secs(60)).await.unwrap();
+    assert_eq!(a.live_nodes().await.unwrap(), ["a", "b"]);
+    assert!(a.expired_nodes().await.unwrap().is_empty());
+    // a stops (kill -9): within its ttl it is gone from the live nodes.
+    tokio::time::timeout(PROMPT, async {
+        while b.live_nodes().await.unwrap() != ["b"] {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("a expires");
+    assert_eq!(b.expired_nodes().await.unwrap(), ["a"]);
+    // The sweeper cleans up after it, then forgets it; a live node is
+    // never forgotten.
+    assert!(!b.forget_node("b").await.unwrap());
+    assert!(b.forget_node("a").await.unwrap());
+    assert!(b.expired_nodes().await.unwrap().is_empty());
+    // A node that comes back is live again.
+    a.heartbeat(Duration::from_secs(60)).await.unwrap();
+    let mut live = b.live_nodes().await.unwrap();
+    live.sort();
+    assert_eq!(live, ["a", "b"]);
+}

@@ -1,1 +1,117 @@
-//! failures
+//! Redis down, hung or restarted: prompt `Unavailable`, then business as
+//! usual, and nothing acknowledged lost.
+
+use std::time::{Duration, Instant};
+
+use pere_cluster::testing::RedisServer;
+use pere_cluster::{ClusterConfig, Engine, EngineError, LogPos};
+
+use crate::{PROMPT, append_retrying, engine, entry, next};
+
+/// What a caller of a Redis-down engine waits at most for its `503`.
+const PROMPTLY: Duration = Duration::from_secs(1);
+
+#[tokio::test]
+async fn unavailable_is_reported_promptly_while_redis_is_down_and_appends_resume_after() {
+    let mut redis = RedisServer::start().expect("redis starts");
+    let engine = engine(&redis.url(), "a").await;
+    let before = engine.append(entry("before", 1)).await.unwrap();
+    redis.kill();
+    // The first call finds the connection dead, the next ones cannot
+    // connect, the ones after wait out the backoff: all answer at once.
+    for i in 0..20 {
+        let started = Instant::now();
+        let err = engine.append(entry("down", 1)).await.unwrap_err();
+        let took = started.elapsed();
+        let EngineError::Unavailable {
+            retry_after,
+            outcome_unknown,
+            ..
+        } = err
+        else {
+            panic!("append {i} while down: {err}");
+        };
+        assert!(took < PROMPTLY, "append {i} took {took:?}");
+        assert!(retry_after >= Duration::from_secs(1), "{retry_after:?}");
+        if i > 0 {
+            assert!(!outcome_unknown, "nothing could be sent");
+        }
+        assert!(engine.time().await.unwrap_err().is_unavailable());
+    }
+    redis.restart().expect("redis restarts");
+    let started = Instant::now();
+    let after = append_retrying(&engine, entry("after", 1), PROMPT).await;
+    eprintln!("appends resumed {:?} after the restart", started.elapsed());
+    assert!(after.first_id > before.first_id);
+    // Nothing acknowledged was lost, nothing refused was written.
+    let mut tail = engine.tail(LogPos::ZERO);
+    assert_eq!(next(&mut tail).await.unwrap().pos, before.pos);
+    assert_eq!(next(&mut tail).await.unwrap().pos, after.pos);
+}
+
+#[tokio::test]
+async fn connecting_while_redis_is_down_is_unavailable() {
+    let mut redis = RedisServer::start().expect("redis starts");
+    let url = redis.url();
+    redis.kill();
+    let err = Engine::connect(ClusterConfig::new(url, "a"))
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_redis_is_unavailable_after_the_command_timeout_and_the_outcome_is_unknown() {
+    let redis = RedisServer::start().expect("redis starts");
+    let mut config = ClusterConfig::new(redis.url(), "a");
+    config.command_timeout = Duration::from_millis(300);
+    let engine = Engine::connect(config).await.unwrap();
+    engine.append(entry("before", 1)).await.unwrap();
+    redis.freeze().unwrap();
+    let started = Instant::now();
+    let err = engine
+        .append(entry("sent to a hung redis", 1))
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    redis.thaw().unwrap();
+    assert!(took < PROMPTLY, "{took:?}");
+    assert!(
+        matches!(
+            err,
+            EngineError::Unavailable {
+                outcome_unknown: true,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // Why it is "unknown": the script was sent, and once Redis runs again
+    // it runs, and the entry is on the log.
+    let mut tail = engine.tail(LogPos::ZERO);
+    next(&mut tail).await.unwrap();
+    let late = next(&mut tail).await.unwrap();
+    assert_eq!(&late.blob[..], b"sent to a hung redis");
+}
+
+#[tokio::test]
+async fn ids_and_the_log_survive_a_kill_9_with_aof_always() {
+    let mut redis = RedisServer::start().expect("redis starts");
+    let engine = engine(&redis.url(), "a").await;
+    let mut appended = Vec::new();
+    for i in 0..20 {
+        appended.push(engine.append(entry(&i.to_string(), 3)).await.unwrap());
+    }
+    redis.kill();
+    redis.restart().expect("redis restarts");
+    let seq: u64 = redis.query(&["GET", "pere:seq"]).unwrap();
+    let last = appended.last().unwrap();
+    assert_eq!(seq, last.first_id + 2, "seq survived");
+    let next_one = append_retrying(&engine, entry("next", 1), PROMPT).await;
+    assert!(next_one.first_id > seq);
+    let mut tail = engine.tail(LogPos::ZERO);
+    for a in &appended {
+        let e = next(&mut tail).await.unwrap();
+        assert_eq!((e.pos, e.first_id), (a.pos, a.first_id));
+    }
+}

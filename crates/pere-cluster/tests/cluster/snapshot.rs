@@ -1,1 +1,130 @@
-//! snapshot
+//! Snapshots and trimming: the log keeps what a lagging node needs, and a
+//! node that lagged too long is told to reload the snapshot.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use pere_cluster::testing::RedisServer;
+use pere_cluster::{Appended, ClusterConfig, Engine, EngineError, LogPos};
+
+use crate::{engine, entry, next};
+
+/// Appends `n` entries, each in a later millisecond than the one before,
+/// so trimming (by stream-id milliseconds) can tell them apart.
+async fn appends(engine: &Engine, n: usize) -> Vec<Appended> {
+    let mut out: Vec<Appended> = Vec::new();
+    for i in 0..n {
+        if let Some(last) = out.last() {
+            while engine.time().await.expect("TIME") / 1000 <= last.pos.ms {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        out.push(engine.append(entry(&i.to_string(), 1)).await.expect("appends"));
+    }
+    out
+}
+
+async fn log_len(redis: &RedisServer) -> u64 {
+    redis.query(&["XLEN", "pere:log"]).expect("XLEN")
+}
+
+#[tokio::test]
+async fn a_snapshot_round_trips_and_an_older_one_never_replaces_it() {
+    let redis = RedisServer::start().expect("redis starts");
+    let engine = engine(&redis.url(), "a").await;
+    assert_eq!(engine.snapshot().await.unwrap(), None);
+    let a = appends(&engine, 2).await;
+    let big = Bytes::from(vec![7u8; 3 * 1024 * 1024]);
+    engine.put_snapshot(a[1].pos, big.clone()).await.unwrap();
+    assert_eq!(
+        engine.snapshot().await.unwrap(),
+        Some((a[1].pos, big.clone()))
+    );
+    // A slower node finishing an older snapshot later.
+    engine
+        .put_snapshot(a[0].pos, Bytes::from_static(b"old"))
+        .await
+        .unwrap();
+    assert_eq!(engine.snapshot().await.unwrap(), Some((a[1].pos, big)));
+}
+
+#[tokio::test]
+async fn the_log_is_trimmed_only_before_the_snapshot_minus_log_keep() {
+    let redis = RedisServer::start().expect("redis starts");
+    let mut config = ClusterConfig::new(redis.url(), "a");
+    config.log_keep = Duration::ZERO;
+    let keep_nothing = Engine::connect(config.clone()).await.unwrap();
+    config.log_keep = Duration::from_secs(3600);
+    let keep_an_hour = Engine::connect(config).await.unwrap();
+
+    let a = appends(&keep_nothing, 6).await;
+    keep_an_hour
+        .put_snapshot(a[3].pos, Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(log_len(&redis).await, 6, "an hour's entries stay");
+    keep_nothing
+        .put_snapshot(a[3].pos, Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(log_len(&redis).await, 3, "entries the snapshot covers go");
+    // The snapshot's own entry and what follows stay: a tail from the
+    // snapshot reads on.
+    let mut tail = keep_nothing.tail(a[3].pos);
+    assert_eq!(next(&mut tail).await.unwrap().pos, a[4].pos);
+    assert_eq!(next(&mut tail).await.unwrap().pos, a[5].pos);
+}
+
+#[tokio::test]
+async fn a_tail_behind_the_trimmed_log_is_told_to_reload_the_snapshot() {
+    let redis = RedisServer::start().expect("redis starts");
+    let mut config = ClusterConfig::new(redis.url(), "a");
+    config.log_keep = Duration::ZERO;
+    let engine = Engine::connect(config).await.unwrap();
+    let a = appends(&engine, 5).await;
+    // A node that had read up to a[0] and then was away.
+    let mut lagging = engine.tail(a[0].pos);
+    engine.put_snapshot(a[3].pos, Bytes::new()).await.unwrap();
+    let err = next(&mut lagging).await.unwrap_err();
+    assert_eq!(err, EngineError::Trimmed { after: a[0].pos });
+    assert_eq!(next(&mut lagging).await.unwrap_err(), err, "final");
+    // A new node starting from nothing is told the same.
+    let err = next(&mut engine.tail(LogPos::ZERO)).await.unwrap_err();
+    assert_eq!(
+        err,
+        EngineError::Trimmed {
+            after: LogPos::ZERO
+        }
+    );
+    // From the snapshot it works.
+    let (pos, _) = engine.snapshot().await.unwrap().unwrap();
+    assert_eq!(next(&mut engine.tail(pos)).await.unwrap().pos, a[4].pos);
+}
+
+#[tokio::test]
+async fn a_connected_tail_overtaken_by_trimming_returns_what_it_read_then_trimmed() {
+    let redis = RedisServer::start().expect("redis starts");
+    let mut config = ClusterConfig::new(redis.url(), "a");
+    config.log_keep = Duration::ZERO;
+    let engine = Engine::connect(config).await.unwrap();
+    // More than one XREAD brings (64), so the tail has read only part.
+    let a = appends(&engine, 70).await;
+    let mut tail = engine.tail(LogPos::ZERO);
+    let mut read = vec![next(&mut tail).await.unwrap().pos];
+    engine.put_snapshot(a[68].pos, Bytes::new()).await.unwrap();
+    let err = loop {
+        match next(&mut tail).await {
+            Ok(e) => read.push(e.pos),
+            Err(err) => break err,
+        }
+    };
+    let want: Vec<_> = a[..read.len()].iter().map(|a| a.pos).collect();
+    assert_eq!(read, want, "what it returned is a prefix of the log");
+    assert!(read.len() < 68);
+    assert_eq!(
+        err,
+        EngineError::Trimmed {
+            after: *read.last().unwrap()
+        }
+    );
+}
