@@ -19,7 +19,12 @@ async fn appends(engine: &Engine, n: usize) -> Vec<Appended> {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }
-        out.push(engine.append(entry(&i.to_string(), 1)).await.expect("appends"));
+        out.push(
+            engine
+                .append(entry(&i.to_string(), 1))
+                .await
+                .expect("appends"),
+        );
     }
     out
 }
