@@ -92,7 +92,52 @@ impl Engine {
             }),
         };
         engine.time().await?;
+        engine.check_server().await?;
         Ok(engine)
+    }
+
+    /// Warns about a Redis set up to lose what the engine relies on: keys
+    /// evicted under memory pressure (the log, or idempotency keys, which
+    /// `volatile-*` policies pick first since they have a ttl), or writes
+    /// acknowledged before they reach the disk. Warnings only: the setup is
+    /// the operator's call, and managed services may hide `INFO` fields.
+    async fn check_server(&self) -> Result<()> {
+        let info: String = self
+            .run(async |conn| {
+                redis::cmd("INFO")
+                    .arg("server")
+                    .arg("memory")
+                    .arg("persistence")
+                    .query_async(conn)
+                    .await
+            })
+            .await?;
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+                .map(str::trim)
+        };
+        if let Some(version) = field("redis_version") {
+            let major = version
+                .split('.')
+                .next()
+                .and_then(|m| m.parse::<u32>().ok());
+            if major.is_some_and(|m| m < 7) {
+                return Err(EngineError::Config(format!(
+                    "redis {version} is too old: the scripts need 7.0 (SET NX GET)"
+                )));
+            }
+        }
+        if let Some(policy) = field("maxmemory_policy").filter(|p| *p != "noeviction") {
+            tracing::warn!(
+                policy,
+                "redis may evict the cluster's keys: set maxmemory-policy noeviction"
+            );
+        }
+        if field("aof_enabled") == Some("0") {
+            tracing::warn!("redis runs without AOF: a restart loses acknowledged publishes");
+        }
+        Ok(())
     }
 
     /// This node's id.

@@ -24,8 +24,26 @@
 //! hub's records. The Redis schema, every script and the failure semantics
 //! are written down in this crate's README.
 //!
-//! With the `testing` feature, [`testing`] starts real `redis-server` and
+//! With the `testing` feature, `testing` starts real `redis-server` and
 //! Sentinel processes for tests and benchmarks.
+//!
+//! # A node's life
+//!
+//! ```no_run
+//! use bytes::Bytes;
+//! use pere_cluster::{ClusterConfig, Engine, LogPos, NewEntry};
+//!
+//! # async fn example(batch: Bytes) -> pere_cluster::Result<()> {
+//! let engine = Engine::connect(ClusterConfig::new("redis://127.0.0.1:6379", "node-a")).await?;
+//! let (from, state) = engine.snapshot().await?.unwrap_or((LogPos::ZERO, Bytes::new()));
+//! // … load `state` into the hub, then follow the log from its position:
+//! let mut tail = engine.tail(from);
+//! let appended = engine.append(NewEntry { blob: batch, idem: vec![None; 3] }).await?;
+//! let entry = tail.next().await?; // every node gets this entry, at the same place
+//! # let _ = (state, appended, entry);
+//! # Ok(())
+//! # }
+//! ```
 
 mod config;
 mod conn;
