@@ -51,9 +51,18 @@ use crate::error::{EngineError, Failure, Result, classify};
 /// unnoticed.
 const BLOCK: Duration = Duration::from_secs(2);
 
-/// How many entries one `XREAD` brings at most: a bound on the memory a
-/// lagging tail takes (blobs can be MB each), large enough to catch up fast.
-const COUNT: usize = 64;
+/// How many entries one `XREAD` brings at most: enough for a lagging tail
+/// to catch up in few round trips.
+const MAX_COUNT: usize = 64;
+
+/// How many blob bytes one `XREAD` should bring, roughly: blobs can be a
+/// few MB each, and 64 of those in one reply would be hundreds of MB held
+/// at once. The count adapts to the sizes of the entries last read.
+const READ_BYTES: usize = 8 << 20;
+
+/// The count of the first read, before any entry size is known: one
+/// entry, whatever its size, then as many as fit [`READ_BYTES`].
+const FIRST_COUNT: usize = 1;
 
 /// A reader of the cluster log after a position. See the module docs.
 pub struct Tail {
@@ -69,6 +78,8 @@ pub struct Tail {
     failed: Option<EngineError>,
     backoff: Backoff,
     retry_at: Option<Instant>,
+    /// Entries per `XREAD`, adapted to blob sizes (see [`READ_BYTES`]).
+    count: usize,
 }
 
 impl std::fmt::Debug for Tail {
@@ -92,6 +103,7 @@ impl Tail {
             failed: None,
             backoff: Backoff::new(),
             retry_at: None,
+            count: FIRST_COUNT,
         }
     }
 
@@ -151,7 +163,7 @@ impl Tail {
         let conn = self.conn.as_mut().expect("connected above");
         let reply = redis::cmd("XREAD")
             .arg("COUNT")
-            .arg(COUNT)
+            .arg(self.count)
             .arg("BLOCK")
             .arg(u64::try_from(BLOCK.as_millis()).unwrap_or(u64::MAX))
             .arg("STREAMS")
@@ -165,6 +177,9 @@ impl Tail {
             // appended since, which only the head shows.
             return self.check_head().await;
         }
+        let bytes: usize = entries.iter().map(|e| e.blob.len()).sum();
+        let average = (bytes / entries.len()).max(1);
+        self.count = (READ_BYTES / average).clamp(1, MAX_COUNT);
         for entry in entries {
             if entry.prev != self.read {
                 // Return what chained correctly first, then the error.

@@ -112,7 +112,8 @@ async fn a_connected_tail_overtaken_by_trimming_returns_what_it_read_then_trimme
     let mut config = ClusterConfig::new(redis.url(), "a");
     config.log_keep = Duration::ZERO;
     let engine = Engine::connect(config).await.unwrap();
-    // More than one XREAD brings (64), so the tail has read only part.
+    // More than one XREAD brings (at most 64), so the tail has read only
+    // part of the log when the trim comes.
     let a = appends(&engine, 70).await;
     let mut tail = engine.tail(LogPos::ZERO);
     let mut read = vec![next(&mut tail).await.unwrap().pos];

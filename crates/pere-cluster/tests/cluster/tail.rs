@@ -152,3 +152,33 @@ async fn a_tail_started_past_the_end_of_the_log_reports_a_regression() {
         }
     );
 }
+
+#[tokio::test]
+async fn a_tail_reads_large_blobs_a_few_at_a_time() {
+    let redis = RedisServer::start().expect("redis starts");
+    let engine = engine(&redis.url(), "a").await;
+    let blob = bytes::Bytes::from(vec![b'x'; 3 << 20]);
+    let mut appended = Vec::new();
+    for _ in 0..6 {
+        let entry = pere_cluster::NewEntry {
+            blob: blob.clone(),
+            idem: vec![None; 64],
+        };
+        appended.push(engine.append(entry).await.unwrap());
+    }
+    let _: () = redis.query(&["CONFIG", "RESETSTAT"]).unwrap();
+    let mut tail = engine.tail(LogPos::ZERO);
+    for a in &appended {
+        let e = next(&mut tail).await.unwrap();
+        assert_eq!((e.pos, e.blob.len()), (a.pos, blob.len()));
+    }
+    // 18 MB in reads of ~8 MB: one entry first (its size unknown), then
+    // two per read; 64 per read would have been one 18 MB reply.
+    let xreads = redis
+        .command_calls()
+        .unwrap()
+        .into_iter()
+        .find(|(name, _)| name == "xread")
+        .map_or(0, |(_, calls)| calls);
+    assert_eq!(xreads, 4, "1 + 2 + 2 + 1 entries");
+}
