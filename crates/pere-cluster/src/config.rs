@@ -27,7 +27,7 @@ pub const DEFAULT_LOG_KEEP: Duration = Duration::from_secs(600);
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Where the cluster's Redis is and how this node uses it.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ClusterConfig {
     /// `redis://[user:pass@]HOST:PORT[/DB]`, or
     /// `redis+sentinel://[user:pass@]H1:P1,H2:P2/MASTER[/DB]` to follow
@@ -79,6 +79,33 @@ impl ClusterConfig {
             ));
         }
         Target::parse(&self.url)
+    }
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("url", &redacted(&self.url))
+            .field("node", &self.node)
+            .field("prefix", &self.prefix)
+            .field("idem_ttl", &self.idem_ttl)
+            .field("log_keep", &self.log_keep)
+            .field("command_timeout", &self.command_timeout)
+            .finish()
+    }
+}
+
+/// The URL with its password replaced by `***`, for logs.
+pub(crate) fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, hosts)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            format!("{scheme}://{user}:***@{hosts}")
+        }
+        None => url.to_owned(),
     }
 }
 
@@ -203,6 +230,16 @@ mod tests {
         for (url, want) in cases {
             assert_eq!(Target::parse(url).ok(), *want, "{url}");
         }
+    }
+
+    #[test]
+    fn passwords_never_reach_the_debug_output() {
+        let config = ClusterConfig::new("redis+sentinel://u:secret@h:1/m", "a");
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("secret"), "{debug}");
+        assert!(debug.contains("redis+sentinel://u:***@h:1/m"), "{debug}");
+        assert_eq!(redacted("redis://h:1"), "redis://h:1");
+        assert_eq!(redacted("redis://:p@h:1"), "redis://:***@h:1");
     }
 
     #[test]
