@@ -10,7 +10,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use redis::Value;
 use redis::aio::MultiplexedConnection;
 
@@ -152,7 +151,7 @@ impl Engine {
 
     /// Runs one command on the shared connection, turning failures into
     /// [`EngineError`]s (and forgetting a broken connection).
-    async fn run<T>(
+    pub(crate) async fn run<T>(
         &self,
         command: impl AsyncFnOnce(&mut MultiplexedConnection) -> redis::RedisResult<T>,
     ) -> Result<T> {
@@ -219,56 +218,6 @@ impl Engine {
             })
             .await?;
         head.map_or(Ok(LogPos::ZERO), |h| LogPos::from_bytes(&h))
-    }
-
-    /// Stores a snapshot of the state after the entry at `pos` (unless a
-    /// newer one is already stored), then trims the log entries older than
-    /// the stored snapshot's position minus `log_keep`.
-    ///
-    /// # Errors
-    ///
-    /// [`EngineError::Unavailable`] when Redis cannot take it.
-    pub async fn put_snapshot(&self, pos: LogPos, blob: Bytes) -> Result<()> {
-        let Shared { config, keys, .. } = &*self.shared;
-        let mut invocation = scripts::SNAPSHOT.prepare_invoke();
-        invocation
-            .key(&keys.snapshot)
-            .key(&keys.log)
-            .arg(pos.to_string())
-            .arg(pos.ms)
-            .arg(pos.seq)
-            .arg(blob.as_ref())
-            .arg(u64::try_from(config.log_keep.as_millis()).unwrap_or(u64::MAX));
-        let (stored, trimmed): (i64, i64) = self
-            .run(async |conn| invocation.invoke_async(conn).await)
-            .await?;
-        tracing::debug!(%pos, stored = stored == 1, trimmed, "snapshot");
-        Ok(())
-    }
-
-    /// The latest snapshot and the log position it covers, if any.
-    ///
-    /// # Errors
-    ///
-    /// [`EngineError::Unavailable`] when Redis cannot answer.
-    pub async fn snapshot(&self) -> Result<Option<(LogPos, Bytes)>> {
-        let (pos, blob): (Option<Vec<u8>>, Option<Vec<u8>>) = self
-            .run(async |conn| {
-                redis::cmd("HMGET")
-                    .arg(&self.shared.keys.snapshot)
-                    .arg("pos")
-                    .arg("blob")
-                    .query_async(conn)
-                    .await
-            })
-            .await?;
-        match (pos, blob) {
-            (Some(pos), Some(blob)) => Ok(Some((LogPos::from_bytes(&pos)?, Bytes::from(blob)))),
-            (None, None) => Ok(None),
-            _ => Err(EngineError::Protocol(
-                "the snapshot hash lacks its pos or its blob".into(),
-            )),
-        }
     }
 
     /// Redis's clock, in µs since the Unix epoch: the cluster's one clock.

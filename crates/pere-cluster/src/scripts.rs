@@ -70,28 +70,36 @@ return reply
     )
 });
 
-/// Stores a snapshot unless a newer one is there, then trims the log.
+/// Commits an uploaded snapshot unless a newer one is stored, then trims
+/// the log.
 ///
-/// - `KEYS[1]` `{prefix}:snapshot` (a hash: `pos`, `blob`), `KEYS[2]`
-///   `{prefix}:log`.
+/// - `KEYS[1]` `{prefix}:snapshot` (a hash: `pos`, `upload`, `chunks`),
+///   `KEYS[2]` `{prefix}:log`.
 /// - `ARGV[1]` pos `MS-SEQ`, `ARGV[2]` its ms, `ARGV[3]` its seq, `ARGV[4]`
-///   blob, `ARGV[5]` log_keep in ms.
+///   the upload's key prefix, `ARGV[5]` its chunk count, `ARGV[6]` log_keep
+///   in ms.
 ///
-/// Two nodes may snapshot at once; the older never replaces the newer.
-/// Trimming is `XTRIM MINID (snapshot ms - keep)`: only entries the stored
-/// snapshot covers, and older than `keep` before it, ever go.
+/// The chunks (`UPLOAD:0`, `UPLOAD:1`, …) were `SET` beforehand, one
+/// command each, with a ttl so that a node dying mid-upload leaves no
+/// garbage; committing `PERSIST`s them and deletes the replaced snapshot's
+/// chunks. Chunk keys are built here, not passed as `KEYS`: fine on a
+/// standalone or Sentinel-managed Redis, which is all the engine supports.
+/// Two nodes may snapshot at once: the older never replaces the newer, and
+/// its chunks go. Trimming is `XTRIM MINID (stored ms - keep)`: only entries
+/// the stored snapshot covers, and older than `keep` before it, ever go.
 ///
-/// Returns `{stored (0/1), entries trimmed}`.
+/// Returns `{stored (0/1), entries trimmed}`, or an error if a chunk expired
+/// before the commit.
 pub(crate) static SNAPSHOT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local ms = tonumber(ARGV[2])
 local seq = tonumber(ARGV[3])
-local stored = 0
-local cur = redis.call('HGET', KEYS[1], 'pos')
+local chunks = tonumber(ARGV[5])
+local cur = redis.call('HMGET', KEYS[1], 'pos', 'upload', 'chunks')
 local newer = true
-if cur then
-  local cms, cseq = string.match(cur, '^(%d+)-(%d+)$')
+if cur[1] then
+  local cms, cseq = string.match(cur[1], '^(%d+)-(%d+)$')
   cms = tonumber(cms)
   cseq = tonumber(cseq)
   if cms > ms or (cms == ms and cseq >= seq) then
@@ -99,12 +107,28 @@ if cur then
     ms = cms
   end
 end
+local stored = 0
 if newer then
-  redis.call('HSET', KEYS[1], 'pos', ARGV[1], 'blob', ARGV[4])
+  for i = 0, chunks - 1 do
+    if redis.call('PERSIST', ARGV[4] .. ':' .. i) == 0 and
+       redis.call('EXISTS', ARGV[4] .. ':' .. i) == 0 then
+      return redis.error_reply('ERR snapshot chunk ' .. i .. ' expired before the commit')
+    end
+  end
+  if cur[2] and cur[2] ~= ARGV[4] then
+    for i = 0, tonumber(cur[3] or '0') - 1 do
+      redis.call('DEL', cur[2] .. ':' .. i)
+    end
+  end
+  redis.call('HSET', KEYS[1], 'pos', ARGV[1], 'upload', ARGV[4], 'chunks', ARGV[5])
   stored = 1
+elseif cur[2] ~= ARGV[4] then
+  for i = 0, chunks - 1 do
+    redis.call('DEL', ARGV[4] .. ':' .. i)
+  end
 end
 local trimmed = 0
-local minid = ms - tonumber(ARGV[5])
+local minid = ms - tonumber(ARGV[6])
 if minid > 0 then
   trimmed = redis.call('XTRIM', KEYS[2], 'MINID', string.format('%.0f', minid))
 end

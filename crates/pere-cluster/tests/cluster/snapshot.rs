@@ -34,23 +34,55 @@ async fn log_len(redis: &RedisServer) -> u64 {
 }
 
 #[tokio::test]
-async fn a_snapshot_round_trips_and_an_older_one_never_replaces_it() {
+async fn a_snapshot_round_trips_in_chunks_and_an_older_one_never_replaces_it() {
     let redis = RedisServer::start().expect("redis starts");
+    let other = engine(&redis.url(), "b").await;
     let engine = engine(&redis.url(), "a").await;
     assert_eq!(engine.snapshot().await.unwrap(), None);
-    let a = appends(&engine, 2).await;
-    let big = Bytes::from(vec![7u8; 3 * 1024 * 1024]);
+    let a = appends(&engine, 3).await;
+    let chunks = |redis: &RedisServer| -> Vec<String> {
+        let mut keys: Vec<String> = redis.query(&["KEYS", "pere:snapshot:*"]).unwrap();
+        keys.sort();
+        keys
+    };
+    // 9 MB: three chunks of at most 4 MB, each its own SET.
+    let big: Bytes = (0..9_000_000u32).map(|i| (i % 253) as u8).collect();
     engine.put_snapshot(a[1].pos, big.clone()).await.unwrap();
     assert_eq!(
         engine.snapshot().await.unwrap(),
         Some((a[1].pos, big.clone()))
     );
-    // A slower node finishing an older snapshot later.
-    engine
+    assert_eq!(chunks(&redis).len(), 3);
+    let ttl: i64 = redis.query(&["PTTL", &chunks(&redis)[0]]).unwrap();
+    assert_eq!(ttl, -1, "committed chunks do not expire");
+    // A slower node finishing an older snapshot later: its chunks go.
+    other
         .put_snapshot(a[0].pos, Bytes::from_static(b"old"))
         .await
         .unwrap();
-    assert_eq!(engine.snapshot().await.unwrap(), Some((a[1].pos, big)));
+    assert_eq!(other.snapshot().await.unwrap(), Some((a[1].pos, big)));
+    assert_eq!(chunks(&redis).len(), 3);
+    // A newer one replaces it, and the replaced chunks go.
+    other
+        .put_snapshot(a[2].pos, Bytes::from_static(b"new"))
+        .await
+        .unwrap();
+    let new = Bytes::from_static(b"new");
+    assert_eq!(engine.snapshot().await.unwrap(), Some((a[2].pos, new)));
+    assert_eq!(chunks(&redis), [format!("pere:snapshot:b:{}:0", a[2].pos)]);
+    // An empty state is a snapshot too.
+    engine
+        .put_snapshot(
+            LogPos {
+                ms: a[2].pos.ms + 1,
+                seq: 0,
+            },
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(engine.snapshot().await.unwrap().unwrap().1, Bytes::new());
+    assert!(chunks(&redis).is_empty());
 }
 
 #[tokio::test]
