@@ -95,7 +95,8 @@ impl Engine {
         Ok(engine)
     }
 
-    /// Warns about a Redis set up to lose what the engine relies on: keys
+    /// Refuses a Redis older than 7.0 (the append script's `SET NX GET`),
+    /// and warns about a Redis set up to lose what the engine relies on: keys
     /// evicted under memory pressure (the log, or idempotency keys, which
     /// `volatile-*` policies pick first since they have a ttl), or writes
     /// acknowledged before they reach the disk. Warnings only: the setup is
@@ -168,6 +169,11 @@ impl Engine {
     /// event a duplicate of the original id; its own slot id is then never
     /// used) and adds the entry. There is no "get an id, then publish" step
     /// to interleave with another node's.
+    ///
+    /// Appends in flight at the same time (from one node or several) land
+    /// in some order, each whole; a writer that needs its batches in its own
+    /// order awaits each before the next. [`Appended::pos`] says where the
+    /// entry landed.
     ///
     /// # Errors
     ///
