@@ -63,28 +63,32 @@ const USER_AGENT: &str = concat!("pere-http/", env!("CARGO_PKG_VERSION"));
 // ---------------------------------------------------------------------------
 // Address
 
-/// Where the server is: a host and a port, from `HOST:PORT` or
-/// `http://HOST:PORT`.
+/// Where the server is: a host and a port, from `HOST:PORT`,
+/// `http://HOST:PORT` or `https://HOST:PORT`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Address {
     /// Host name or IP address, without brackets.
     host: String,
     /// TCP port.
     port: u16,
+    /// Whether to speak TLS (`https://`), trusting what
+    /// [`crate::tls::ClientTls::install`] set, else the system's roots.
+    tls: bool,
 }
 
 impl Address {
-    /// Parses `HOST:PORT`, `http://HOST:PORT` or `http://HOST:PORT/`
-    /// (IPv6 as `[::1]:4567`).
+    /// Parses `HOST:PORT`, `http://HOST:PORT`, `https://HOST:PORT`, each
+    /// with an optional `/` (IPv6 as `[::1]:4567`).
     ///
     /// # Errors
     /// [`Error::Address`] for anything else (no port, another scheme, a path).
     pub fn parse(text: &str) -> Result<Self> {
         let bad = || Error::Address(text.to_string());
         let trimmed = text.trim();
-        let rest = match trimmed.get(..7) {
-            Some(scheme) if scheme.eq_ignore_ascii_case("http://") => &trimmed[7..],
-            _ => trimmed,
+        let (rest, tls) = match (trimmed.get(..7), trimmed.get(..8)) {
+            (Some(scheme), _) if scheme.eq_ignore_ascii_case("http://") => (&trimmed[7..], false),
+            (_, Some(scheme)) if scheme.eq_ignore_ascii_case("https://") => (&trimmed[8..], true),
+            _ => (trimmed, false),
         };
         if rest.contains("://") {
             return Err(bad());
@@ -115,7 +119,13 @@ impl Address {
         Ok(Self {
             host: host.to_string(),
             port,
+            tls,
         })
+    }
+
+    /// Whether the server is reached over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls
     }
 
     /// The host, without brackets.
@@ -128,9 +138,10 @@ impl Address {
         self.port
     }
 
-    /// `http://HOST:PORT` followed by `path`.
+    /// `http://HOST:PORT` (or `https://`) followed by `path`.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{self}{path}")
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{self}{path}")
     }
 }
 
@@ -192,7 +203,27 @@ async fn connect(addr: &Address, timeout: Duration) -> Result<Conn> {
         })?;
     // Events and receipts are small; latency matters more than packet count.
     let _ = stream.set_nodelay(true);
-    let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+    if !addr.is_tls() {
+        return start(stream).await;
+    }
+    let trust = crate::tls::ClientTls::default_for_process()?;
+    let tls = tokio::time::timeout(timeout, trust.connect(addr.host(), stream))
+        .await
+        .map_err(|_| {
+            Error::Timeout(format!(
+                "the TLS handshake with {addr} took more than {} ms",
+                timeout.as_millis()
+            ))
+        })??;
+    start(tls).await
+}
+
+/// Speaks HTTP/1.1 over `io`, the connection driven by its own task.
+async fn start<T>(io: T) -> Result<Conn>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = http1::handshake(TokioIo::new(io)).await?;
     let task = tokio::spawn(async move {
         if let Err(err) = connection.await {
             tracing::debug!(cause = %err, "client connection ended with an error");
@@ -488,13 +519,20 @@ impl Clone for Client {
     }
 }
 
+/// Longest JWT the client sends: well under any server's head limit.
+const MAX_JWT_LEN: usize = 4096;
+
 /// `Bearer <token>` as a sensitive header value.
 ///
 /// # Errors
 /// [`Error::Core`] when `token` is not a valid token (the message never
 /// contains it).
 pub fn bearer(token: &str) -> Result<HeaderValue> {
-    pere_core::Token::new(token)?;
+    // A JWT may be longer than a static token (its claims are inside).
+    let jwt = token.len() <= MAX_JWT_LEN && pere_core::jwt::JwtVerifier::looks_like_jwt(token);
+    if !jwt {
+        pere_core::Token::new(token)?;
+    }
     let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
         // Unreachable: a valid token is visible ASCII.
         Error::Core(pere_core::Error::InvalidToken(
@@ -1524,21 +1562,32 @@ mod tests {
     #[test]
     fn client_addresses_take_host_port_or_an_http_url() {
         let ok = [
-            ("127.0.0.1:4567", "127.0.0.1", 4567),
-            ("http://localhost:80", "localhost", 80),
-            ("HTTP://example.org:8080/", "example.org", 8080),
-            ("[::1]:4567", "::1", 4567),
-            ("http://[::1]:9/", "::1", 9),
+            ("127.0.0.1:4567", "127.0.0.1", 4567, false),
+            ("http://localhost:80", "localhost", 80, false),
+            ("HTTP://example.org:8080/", "example.org", 8080, false),
+            ("[::1]:4567", "::1", 4567, false),
+            ("http://[::1]:9/", "::1", 9, false),
+            ("https://localhost:443", "localhost", 443, true),
+            ("HTTPS://[::1]:8443/", "::1", 8443, true),
         ];
-        for (text, host, port) in ok {
+        for (text, host, port, tls) in ok {
             let a = Address::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
-            assert_eq!((a.host(), a.port()), (host, port), "{text}");
+            assert_eq!(
+                (a.host(), a.port(), a.is_tls()),
+                (host, port, tls),
+                "{text}"
+            );
         }
+        assert_eq!(
+            Address::parse("https://h:1").unwrap().url("/x"),
+            "https://h:1/x"
+        );
         for bad in [
             "",
             "localhost",
             "http://localhost",
-            "https://localhost:443",
+            "https://localhost",
+            "ftp://localhost:21",
             "localhost:0",
             "localhost:99999",
             "localhost:+1",

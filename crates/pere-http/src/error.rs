@@ -42,6 +42,9 @@ pub enum Error {
     /// Timed out.
     #[error("timed out: {0}")]
     Timeout(String),
+    /// A certificate or key could not be used, or a TLS handshake failed.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The webhook is the server's own listening address: each overdue
     /// notice would come back to the server as a request.
     #[error(

@@ -25,6 +25,7 @@ pub mod router;
 pub mod server;
 pub mod sse;
 mod stall;
+pub mod tls;
 pub mod webhook;
 
 pub use error::{ApiError, Error, Result};
