@@ -69,6 +69,7 @@ mod event;
 #[doc(hidden)]
 pub mod fuzzing;
 mod hub;
+pub mod jwt;
 pub mod ledger;
 pub mod log;
 mod name;

@@ -406,6 +406,24 @@ impl<S: EventStore> Hub<S> {
         .await
     }
 
+    /// Revokes the JWTs whose `jti` is `jti`, seen or not (journaled as a
+    /// token revocation under [`jti_key`](crate::auth::jti_key)). Their
+    /// open streams close; they are refused from now on.
+    ///
+    /// # Errors
+    /// [`Error::AuthDisabled`], a store failure.
+    pub async fn revoke_jti(&self, jti: &str) -> Result<()> {
+        let token = crate::auth::jti_key(jti);
+        self.inner.auth.note_jti(token);
+        self.call(|reply| Command::Token {
+            token,
+            grants: None,
+            reply,
+        })
+        .await
+        .map(|_| ())
+    }
+
     /// Revokes a token at run time (journaled). Its open streams close.
     ///
     /// # Errors

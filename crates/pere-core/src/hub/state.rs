@@ -418,7 +418,8 @@ impl State {
                     self.auth.enable_for_journal();
                 }
                 let existed = self.auth.grants(&token).is_some();
-                if grants.is_none() && !existed {
+                // A JWT's `jti` is revoked whether or not it was seen.
+                if grants.is_none() && !existed && !self.auth.is_jti(&token) {
                     return Effect::Fail(
                         FailReply::Bool(reply),
                         Error::UnknownToken(token.fingerprint()),
@@ -441,6 +442,9 @@ impl State {
                 // a revocation is better applied early than late.
                 self.auth.apply(token, grants);
                 self.enforce_grants(&token, now);
+                for jwt in self.auth.tokens_of_jti(&token) {
+                    self.enforce_grants(&jwt, now);
+                }
                 records.append(&mut self.deferred);
                 Effect::Token { existed, reply }
             }

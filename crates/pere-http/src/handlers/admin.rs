@@ -206,6 +206,11 @@ pub async fn token<S: EventStore>(
     req: Request<RequestBody>,
     token: &str,
 ) -> Result<Response<Body>, ApiError> {
+    if req.method() == Method::DELETE
+        && let Some(jti) = token.strip_prefix("jti:")
+    {
+        return revoke_jti(app, jti).await;
+    }
     if req.method() == Method::DELETE {
         // Any text names a token here: an unknown one is simply not found.
         let hash = TokenHash::of(token);
@@ -238,4 +243,24 @@ pub async fn token<S: EventStore>(
         StatusCode::CREATED
     };
     Ok(json(status, Value::Object(out)))
+}
+
+/// Longest `jti` revoked by `DELETE /admin/tokens/jti:<jti>`.
+const MAX_JTI_LEN: usize = 256;
+
+/// `DELETE /admin/tokens/jti:<jti>`: revokes the JWTs with this `jti`
+/// (docs/PROTOCOL.md §7.4), whether or not one was seen; their streams
+/// close.
+async fn revoke_jti<S: EventStore>(app: &App<S>, jti: &str) -> Result<Response<Body>, ApiError> {
+    if jti.is_empty() || jti.len() > MAX_JTI_LEN {
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            format!("a jti is 1 to {MAX_JTI_LEN} bytes long"),
+        ));
+    }
+    app.hub.revoke_jti(jti).await?;
+    Ok(json(
+        StatusCode::OK,
+        serde_json::json!({ "jti": jti, "revoked": true }),
+    ))
 }
