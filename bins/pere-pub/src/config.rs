@@ -31,7 +31,7 @@ use pere_http::client::{Backoff, PublishOptions, WaitFor, random_device};
     )
 )]
 pub struct Args {
-    /// the server, as HOST:PORT or http://HOST:PORT
+    /// the server, as HOST:PORT, http://HOST:PORT or https://HOST:PORT
     #[argh(positional)]
     pub addr: String,
     /// the channel to publish on
@@ -58,6 +58,9 @@ pub struct Args {
     /// bearer token for a server with auth on (or set PERE_TOKEN, which ps does not show); without --device, the device is the token's subject
     #[argh(option)]
     pub token: Option<String>,
+    /// PEM file of the CA (or self-signed certificate) to trust for an https:// server, instead of the system's (or set PERE_CA)
+    #[argh(option)]
+    pub ca: Option<String>,
     /// the Idempotency-Key of a single event (default: one generated per event)
     #[argh(option)]
     pub idempotency_key: Option<String>,
@@ -150,8 +153,12 @@ impl Config {
     /// Validates `args`; `stdin_is_terminal` decides between reading stdin
     /// and generating events when there is no `--data`.
     pub fn resolve(args: Args, stdin_is_terminal: bool) -> Result<Self, String> {
-        pere_http::client::Address::parse(&args.addr)
-            .map_err(|_| format!("`{}` is not HOST:PORT or http://HOST:PORT", args.addr))?;
+        pere_http::client::Address::parse(&args.addr).map_err(|_| {
+            format!(
+                "`{}` is not HOST:PORT, http://HOST:PORT or https://HOST:PORT",
+                args.addr
+            )
+        })?;
         ChannelName::new(&args.channel).map_err(|e| e.to_string())?;
         if let Some(kind) = &args.event {
             EventType::new(kind).map_err(|e| format!("--event: {e}"))?;
@@ -165,7 +172,8 @@ impl Config {
             None => random_device("P"),
         };
         if let Some(token) = &args.token {
-            pere_core::Token::new(token).map_err(|e| format!("--token: {e}"))?;
+            // A static token or a JWT.
+            pere_http::client::bearer(token).map_err(|e| format!("--token: {e}"))?;
         }
         let device_from_token = args.token.is_some() && !device_given;
         if args.rate.is_some() && args.interval.is_some() {

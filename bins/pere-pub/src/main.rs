@@ -23,6 +23,10 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(code) => return code,
     };
+    if let Err(err) = pere_http::tls::ClientTls::install_ca_option(args.ca.as_deref()) {
+        eprintln!("pere-pub: --ca: {err}");
+        return ExitCode::from(2);
+    }
     if args.token.is_none() {
         args.token = std::env::var("PERE_TOKEN")
             .ok()

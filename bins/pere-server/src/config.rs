@@ -101,6 +101,27 @@ pub struct Args {
     /// a client that accepts no data for this long while the server has some to send it (a frozen or hostile device) is disconnected (default 60s)
     #[argh(option)]
     pub send_timeout: Option<String>,
+    /// PEM certificate chain (leaf first): serve HTTPS, with HTTP/2 (ALPN h2) and HTTP/1.1; reloaded on SIGHUP; needs --tls-key
+    #[argh(option)]
+    pub tls_cert: Option<String>,
+    /// PEM private key of --tls-cert
+    #[argh(option)]
+    pub tls_key: Option<String>,
+    /// accept JWTs signed with this HS256 secret (at least 32 bytes); turns auth on. Prefer --jwt-secret-file or PERE_JWT_SECRET: a flag shows in `ps`
+    #[argh(option)]
+    pub jwt_secret: Option<String>,
+    /// file holding the HS256 secret (a trailing newline is ignored)
+    #[argh(option)]
+    pub jwt_secret_file: Option<String>,
+    /// accept JWTs signed by this PEM public key: RSA for RS256, P-256 for ES256; turns auth on
+    #[argh(option)]
+    pub jwt_public_key: Option<String>,
+    /// audience JWTs must name in `aud` (a JWT naming one is refused without it)
+    #[argh(option)]
+    pub jwt_audience: Option<String>,
+    /// issuer JWTs must name in `iss`
+    #[argh(option)]
+    pub jwt_issuer: Option<String>,
     /// log only warnings and errors (RUST_LOG overrides)
     #[argh(switch, short = 'q')]
     pub quiet: bool,
@@ -147,6 +168,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// The `--auth` file and its tokens, when auth is on from the start.
     pub auth: Option<(std::path::PathBuf, Vec<(Token, Grants)>)>,
+    /// How JWTs are checked, when they are accepted (auth is then on).
+    pub jwt: Option<pere_core::jwt::JwtConfig>,
     /// Only warnings and errors.
     pub quiet: bool,
     /// Log format.
@@ -376,6 +399,17 @@ impl Config {
                 Some((path.into(), tokens))
             }
         };
+        let tls = crate::secure::tls(
+            pick(args.tls_cert, "tls-cert"),
+            pick(args.tls_key, "tls-key"),
+        )?;
+        let jwt = crate::secure::jwt(crate::secure::JwtArgs {
+            secret: pick(args.jwt_secret, "jwt-secret"),
+            secret_file: pick(args.jwt_secret_file, "jwt-secret-file"),
+            public_key: pick(args.jwt_public_key, "jwt-public-key"),
+            audience: pick(args.jwt_audience, "jwt-audience"),
+            issuer: pick(args.jwt_issuer, "jwt-issuer"),
+        })?;
         let memory = switch(args.memory, "memory");
         let fsync = match pick(args.fsync, "fsync") {
             None => Fsync::Always,
@@ -424,9 +458,11 @@ impl Config {
                 max_header_bytes,
                 max_streams,
                 max_streams_per_device,
+                tls,
                 ..ServerConfig::default()
             },
             auth,
+            jwt,
             quiet: switch(args.quiet, "quiet"),
             log_format,
         })

@@ -1,6 +1,7 @@
 //! `pere-server`: flags → config → `pere_http::run` over a hub.
 
 mod config;
+mod secure;
 
 use std::process::ExitCode;
 
@@ -101,6 +102,14 @@ async fn serve_with<S: EventStore>(
         }
         hub.auth().enable(tokens.clone());
     }
+    if let Some(jwt) = &config.jwt {
+        // Checked when the configuration was resolved.
+        hub.auth()
+            .enable_jwt(pere_core::jwt::JwtVerifier::new(jwt)?);
+    }
+    if let Some(tls) = config.server.tls.clone() {
+        tokio::spawn(reload_on_sighup(tls));
+    }
     let mut server = config.server.clone();
     let nofile = raise_nofile();
     server.fd_budget = nofile.map(pere_http::limits::fd_budget);
@@ -143,7 +152,16 @@ fn banner<S: EventStore>(
             Some((path, _)) => format!("on, {n} token{plural} ({} and run-time)", path.display()),
             None => format!("on, {n} run-time token{plural} kept by the store"),
         };
-        if !tokens.iter().any(|(_, grants, _)| grants.admin) {
+        if let Some(jwt) = &config.jwt {
+            let algs = [
+                jwt.secret.as_ref().map(|_| "HS256"),
+                jwt.public_key_pem.as_ref().map(|_| "RS256/ES256"),
+            ];
+            let algs: Vec<&str> = algs.into_iter().flatten().collect();
+            line.push_str(&format!("; JWT {}", algs.join(", ")));
+        }
+        // A JWT may be an admin one.
+        if config.jwt.is_none() && !tokens.iter().any(|(_, grants, _)| grants.admin) {
             // Reachable by revoking or not reloading the only admin token:
             // then nothing can manage tokens until one is given back.
             line.push_str(
@@ -167,12 +185,20 @@ fn banner<S: EventStore>(
     let age = r.max_age.map_or("no age limit".to_string(), |a| {
         format!("max age {}", show_duration(a))
     });
+    let scheme = if s.tls.is_some() { "https" } else { "http" };
     let lines = [
         format!(
             "PERE {} — push events with return receipts",
             env!("CARGO_PKG_VERSION")
         ),
-        format!("  listening   http://{addr}"),
+        format!(
+            "  listening   {scheme}://{addr}{}",
+            if s.tls.is_some() {
+                " (TLS: HTTP/2 and HTTP/1.1)"
+            } else {
+                ""
+            }
+        ),
         match &config.store {
             StoreKind::Memory => format!(
                 "  store       memory, lost on restart (history {} events/channel, {age})",
@@ -212,14 +238,14 @@ fn banner<S: EventStore>(
             s.max_header_bytes,
             config.hub.max_payload
         ),
-        format!("  web         http://{addr}/subscriber.html"),
+        format!("  web         {scheme}://{addr}/subscriber.html"),
         if hub.auth().is_enabled() {
             // The token's subject is the device.
             format!(
-                "  try         curl -N -H 'Authorization: Bearer TOKEN' http://{addr}/feed/CHANNEL_1"
+                "  try         curl -N -H 'Authorization: Bearer TOKEN' {scheme}://{addr}/feed/CHANNEL_1"
             )
         } else {
-            format!("  try         curl -N -H 'device: me' http://{addr}/feed/CHANNEL_1")
+            format!("  try         curl -N -H 'device: me' {scheme}://{addr}/feed/CHANNEL_1")
         },
     ];
     if !config.quiet {
@@ -228,6 +254,30 @@ fn banner<S: EventStore>(
         }
     }
     tracing::info!(%addr, nofile, "listening");
+}
+
+/// Reads the certificate again on every SIGHUP (after a renewal): new
+/// handshakes present it, open connections and their streams stay. A
+/// certificate that cannot be read leaves the current one in use.
+async fn reload_on_sighup(tls: std::sync::Arc<pere_http::tls::ServerTls>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: the certificate will not be reloaded");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match tls.reload() {
+                Ok(()) => tracing::info!(cert = %tls.cert_path().display(), "certificate reloaded"),
+                Err(err) => {
+                    tracing::error!(cause = %err, "certificate not reloaded; the current one stays")
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    drop(tls);
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -27,7 +27,7 @@ use pere_http::client::{Address, random_device};
     error_code(2, "the command line is invalid.")
 )]
 pub struct Args {
-    /// the server, as HOST:PORT or http://HOST:PORT
+    /// the server, as HOST:PORT, http://HOST:PORT or https://HOST:PORT
     #[argh(positional)]
     pub addr: String,
     /// the channel, or a pattern such as orders.* or orders.**
@@ -39,6 +39,9 @@ pub struct Args {
     /// bearer token for a server with auth on (or set PERE_TOKEN, which ps does not show); without --device, the device is the token's subject
     #[argh(option)]
     pub token: Option<String>,
+    /// PEM file of the CA (or self-signed certificate) to trust for an https:// server, instead of the system's (or set PERE_CA)
+    #[argh(option)]
+    pub ca: Option<String>,
     /// print one JSON object per line for every event, control events included
     #[argh(switch)]
     pub json: bool,
@@ -150,8 +153,12 @@ pub struct Config {
 impl Config {
     /// Validates `args`.
     pub fn resolve(args: Args) -> Result<Self, String> {
-        Address::parse(&args.addr)
-            .map_err(|_| format!("`{}` is not HOST:PORT or http://HOST:PORT", args.addr))?;
+        Address::parse(&args.addr).map_err(|_| {
+            format!(
+                "`{}` is not HOST:PORT, http://HOST:PORT or https://HOST:PORT",
+                args.addr
+            )
+        })?;
         Pattern::new(&args.channel).map_err(|e| e.to_string())?;
         let device_given = args.device.is_some();
         let device = match args.device {
@@ -162,7 +169,8 @@ impl Config {
             None => random_device("H"),
         };
         if let Some(token) = &args.token {
-            pere_core::Token::new(token).map_err(|e| format!("--token: {e}"))?;
+            // A static token or a JWT.
+            pere_http::client::bearer(token).map_err(|e| format!("--token: {e}"))?;
         }
         let device_from_token = args.token.is_some() && !device_given;
         if args.count == Some(0) {

@@ -36,6 +36,10 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(code) => return code,
     };
+    if let Err(err) = pere_http::tls::ClientTls::install_ca_option(args.ca.as_deref()) {
+        eprintln!("pere-sub: --ca: {err}");
+        return ExitCode::from(2);
+    }
     // Before PERE_TOKEN is read: the load mode takes no token, and one in
     // the environment must not stop it.
     if load::wanted(&args) {
