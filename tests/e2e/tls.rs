@@ -3,8 +3,8 @@
 //! the head and idle timeouts (the handshake included) and the send
 //! timeout work as over plain HTTP; curl and the CLI tools speak to it;
 //! SIGHUP swaps the certificate under open streams; and what an idle TLS
-//! stream costs is measured. Chromium's EventSource over HTTP/2 is in
-//! `web.rs`.
+//! stream costs is measured; and a page in Chromium holds more EventSources
+//! than the 6 HTTP/1.1 connections a browser allows per origin.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,17 +17,22 @@ use pere_core::{HubConfig, Retention};
 use pere_http::ServerConfig;
 use pere_http::sse::{Decoder, Item, SseEvent};
 use pere_http::tls::ServerTls;
-use pere_tests::tls::{TestCa, alpn, peer_cert, server_process};
+use pere_tests::tls::{Issued, TestCa, alpn, peer_cert, server_process};
 use pere_tests::{HttpReader, SseStream, TestServer, WAIT, eventually};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 /// An in-process server speaking TLS with a certificate of `ca`.
-pub(crate) async fn tls_server(ca: &TestCa, config: ServerConfig) -> TestServer {
+async fn tls_server(ca: &TestCa, config: ServerConfig) -> TestServer {
+    tls_server_issued(ca, config).await.0
+}
+
+/// The same, and its certificate.
+async fn tls_server_issued(ca: &TestCa, config: ServerConfig) -> (TestServer, Issued) {
     let issued = ca.issue("server");
     let tls = ServerTls::load(&issued.cert, &issued.key).unwrap();
-    TestServer::start_with(
+    let server = TestServer::start_with(
         HubConfig::default(),
         Retention::default(),
         ServerConfig {
@@ -35,7 +40,8 @@ pub(crate) async fn tls_server(ca: &TestCa, config: ServerConfig) -> TestServer 
             ..config
         },
     )
-    .await
+    .await;
+    (server, issued)
 }
 
 type H2 = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
@@ -774,5 +780,115 @@ async fn idle_tls_streams_cost_little_memory() {
     assert!(per_stream < 48.0, "{per_stream:.1} KiB per idle TLS stream");
     drop(streams);
     server.stop();
+    pere_tests::tls::remove(&ca.dir);
+}
+
+/// Standard base64, padded (Chromium's SPKI pins).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_page_in_chromium_holds_more_than_six_eventsources_over_http2() {
+    use sha2::Digest;
+    const STREAMS: usize = 10;
+    let ca = TestCa::new("tls-chromium");
+    let (server, issued) = tls_server_issued(&ca, ServerConfig::default()).await;
+    // The test profile trusts exactly this certificate's key.
+    let pin = base64(&sha2::Sha256::digest(&issued.spki));
+    let mut browser =
+        crate::web::Browser::launch_with(&[format!("--ignore-certificate-errors-spki-list={pin}")])
+            .await;
+    let origin = format!("https://127.0.0.1:{}", server.addr.port());
+    browser.open(&format!("{origin}/healthz"), 800, 600).await;
+    browser
+        .call(true, "Network.enable", serde_json::json!({}))
+        .await
+        .unwrap();
+    browser
+        .eval(&format!(
+            "window.got = []; window.sources = []; for (let i = 0; i < {STREAMS}; i++) {{ \
+               const es = new EventSource('/feed/web' + i + '?device=w' + i); \
+               es.onmessage = (e) => {{ window.got[i] = e.data; }}; \
+               window.sources.push(es); }} true"
+        ))
+        .await
+        .unwrap();
+    browser
+        .wait_for(
+            "every EventSource is open",
+            "window.sources.every((es) => es.readyState === 1)",
+        )
+        .await;
+    let mut send = h2(&ca, server.addr).await;
+    for i in 0..STREAMS {
+        eventually("the page's devices are online", || async {
+            let (_, body) = h2_call(
+                &mut send.clone(),
+                "GET",
+                &format!("/admin/devices/web{i}"),
+                &[],
+                "",
+            )
+            .await;
+            serde_json::from_slice::<Value>(&body).unwrap()[format!("w{i}")]["online"] == true
+        })
+        .await;
+        let (status, _) = h2_call(
+            &mut send,
+            "POST",
+            &format!("/push/web{i}"),
+            &[],
+            &format!("e{i}"),
+        )
+        .await;
+        assert_eq!(status, 201);
+    }
+    browser
+        .wait_for(
+            "each EventSource received its own event",
+            &format!(
+                "window.got.length === {STREAMS} && window.got.every((d, i) => d === 'e' + i)"
+            ),
+        )
+        .await;
+    // The page and every stream went over HTTP/2.
+    let page = browser
+        .eval("performance.getEntriesByType('navigation')[0].nextHopProtocol")
+        .await
+        .unwrap();
+    assert_eq!(page, "h2");
+    let feeds: Vec<&Value> = browser
+        .responses
+        .iter()
+        .filter(|r| {
+            r["response"]["url"]
+                .as_str()
+                .is_some_and(|u| u.contains("/feed/web"))
+        })
+        .collect();
+    assert_eq!(feeds.len(), STREAMS, "{:?}", browser.responses);
+    for r in feeds {
+        assert_eq!(r["response"]["protocol"], "h2", "{r}");
+    }
+    browser.close().await;
+    server.stop().await;
     pere_tests::tls::remove(&ca.dir);
 }

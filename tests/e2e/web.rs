@@ -80,8 +80,9 @@ fn chromium_path() -> PathBuf {
     );
 }
 
-/// A headless Chromium with one page, driven over the DevTools pipe.
-struct Browser {
+/// A headless Chromium with one page, driven over the DevTools pipe
+/// (`tls.rs` drives it over HTTPS too).
+pub(crate) struct Browser {
     child: Child,
     /// Commands go here (the browser's fd 3).
     commands: ChildStdin,
@@ -92,6 +93,8 @@ struct Browser {
     session: Option<String>,
     /// Console output and uncaught exceptions of the page, for failure messages.
     console: Vec<String>,
+    /// `Network.responseReceived` events, once `Network.enable` was called.
+    pub(crate) responses: Vec<Value>,
     /// Temporary directory: the fresh profile and Chromium's own log.
     root: PathBuf,
 }
@@ -99,6 +102,11 @@ struct Browser {
 impl Browser {
     /// Starts Chromium with a fresh profile.
     async fn launch() -> Self {
+        Self::launch_with(&[]).await
+    }
+
+    /// Starts Chromium with a fresh profile and `extra` flags.
+    pub(crate) async fn launch_with(extra: &[String]) -> Self {
         let chromium = chromium_path();
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -113,6 +121,7 @@ impl Browser {
             .arg(r#"exec "$0" "$@" 3<&0 4>&1 </dev/null >/dev/null"#)
             .arg(&chromium)
             .args(CHROMIUM_FLAGS)
+            .args(extra)
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg("about:blank")
             .stdin(Stdio::piped())
@@ -154,6 +163,7 @@ impl Browser {
             next_id: 0,
             session: None,
             console: Vec::new(),
+            responses: Vec::new(),
             root,
         }
     }
@@ -170,7 +180,12 @@ impl Browser {
 
     /// Sends a DevTools command (to the page's session when `page`) and
     /// waits for its answer; events that arrive meanwhile are recorded.
-    async fn call(&mut self, page: bool, method: &str, params: Value) -> Result<Value, String> {
+    pub(crate) async fn call(
+        &mut self,
+        page: bool,
+        method: &str,
+        params: Value,
+    ) -> Result<Value, String> {
         self.next_id += 1;
         let id = self.next_id;
         let mut message = json!({"id": id, "method": method, "params": params});
@@ -235,6 +250,7 @@ impl Browser {
                     .unwrap_or("?");
                 self.console.push(format!("uncaught: {text}"));
             }
+            Some("Network.responseReceived") => self.responses.push(params.clone()),
             Some("Log.entryAdded") => {
                 let e = &params["entry"];
                 self.console
@@ -245,7 +261,7 @@ impl Browser {
     }
 
     /// Opens a page of `width`×`height` CSS pixels on `url`.
-    async fn open(&mut self, url: &str, width: u32, height: u32) {
+    pub(crate) async fn open(&mut self, url: &str, width: u32, height: u32) {
         let target = self
             .call(false, "Target.createTarget", json!({"url": "about:blank"}))
             .await
@@ -289,7 +305,7 @@ impl Browser {
 
     /// Evaluates `expression` in the page (promises are awaited) and returns
     /// its value as JSON.
-    async fn eval(&mut self, expression: &str) -> Result<Value, String> {
+    pub(crate) async fn eval(&mut self, expression: &str) -> Result<Value, String> {
         let result = self
             .call(
                 true,
@@ -308,7 +324,7 @@ impl Browser {
 
     /// Polls `expression` until it is `true`, failing after `WAIT` with
     /// what the page shows and logged.
-    async fn wait_for(&mut self, what: &str, expression: &str) {
+    pub(crate) async fn wait_for(&mut self, what: &str, expression: &str) {
         let deadline = Instant::now() + WAIT;
         let mut last = Ok(Value::Null);
         while Instant::now() < deadline {
@@ -363,7 +379,7 @@ impl Browser {
     }
 
     /// Closes Chromium politely, then makes sure it is gone.
-    async fn close(mut self) {
+    pub(crate) async fn close(mut self) {
         let _ = timeout(
             Duration::from_secs(2),
             self.call(false, "Browser.close", json!({})),
