@@ -711,8 +711,8 @@ fn pss_kib(pid: u32) -> u64 {
 }
 
 /// The memory an idle TLS stream costs the server (README, "Production"):
-/// `IDLE_TLS_STREAMS` (default 2,000) streams over HTTP/1.1 or HTTP/2
-/// (`IDLE_TLS_H2=1`, one stream per connection), PSS before and after.
+/// `IDLE_TLS_STREAMS` (default 2,000) streams over HTTP/1.1 and TLS, the
+/// server's PSS before and after.
 /// Run it alone for a figure:
 /// `cargo test --release -p pere-tests --test e2e tls::idle_tls -- --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

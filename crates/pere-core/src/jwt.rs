@@ -150,6 +150,7 @@ impl JwtVerifier {
         let validation = |alg: Algorithm| {
             let mut v = Validation::new(alg);
             v.leeway = 0;
+            v.validate_nbf = true;
             let mut required = vec!["exp", "sub"];
             if let Some(aud) = &config.audience {
                 v.set_audience(&[aud]);
@@ -348,6 +349,7 @@ mod tests {
             with("sub", json!("bad device")),
             with("subscribe", json!(["bad pattern"])),
             with("admin", json!("yes")),
+            with("nbf", json!(now + 100)),
             "a.b.c".to_string(),
         ] {
             assert!(matches!(
