@@ -23,4 +23,5 @@ mod redelivery;
 mod retention;
 mod shutdown;
 mod tls;
+mod tls_clients;
 mod web;

@@ -1,10 +1,10 @@
 //! TLS (docs/PROTOCOL.md §10, issue 17): HTTP/2 and HTTP/1.1 over TLS by
 //! ALPN, with a test CA and certificates made here (rcgen). Every endpoint,
 //! the head and idle timeouts (the handshake included) and the send
-//! timeout work as over plain HTTP; curl and the CLI tools speak to it;
+//! timeout work as over plain HTTP;
 //! SIGHUP swaps the certificate under open streams; and what an idle TLS
-//! stream costs is measured; and a page in Chromium holds more EventSources
-//! than the 6 HTTP/1.1 connections a browser allows per origin.
+//! stream costs is measured. Real clients (curl, the CLI tools, Chromium)
+//! are in `tls_clients.rs`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,12 +24,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 /// An in-process server speaking TLS with a certificate of `ca`.
-async fn tls_server(ca: &TestCa, config: ServerConfig) -> TestServer {
+pub(crate) async fn tls_server(ca: &TestCa, config: ServerConfig) -> TestServer {
     tls_server_issued(ca, config).await.0
 }
 
 /// The same, and its certificate.
-async fn tls_server_issued(ca: &TestCa, config: ServerConfig) -> (TestServer, Issued) {
+pub(crate) async fn tls_server_issued(ca: &TestCa, config: ServerConfig) -> (TestServer, Issued) {
     let issued = ca.issue("server");
     let tls = ServerTls::load(&issued.cert, &issued.key).unwrap();
     let server = TestServer::start_with(
@@ -44,10 +44,10 @@ async fn tls_server_issued(ca: &TestCa, config: ServerConfig) -> (TestServer, Is
     (server, issued)
 }
 
-type H2 = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
+pub(crate) type H2 = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
 
 /// An HTTP/2 connection over TLS (ALPN `h2`).
-async fn h2(ca: &TestCa, addr: std::net::SocketAddr) -> H2 {
+pub(crate) async fn h2(ca: &TestCa, addr: std::net::SocketAddr) -> H2 {
     let tls = ca.connect(addr, &[b"h2", b"http/1.1"]).await;
     assert_eq!(alpn(&tls).as_deref(), Some(&b"h2"[..]), "ALPN chose h2");
     let (send, conn) =
@@ -74,7 +74,7 @@ fn h2_request(
 }
 
 /// One HTTP/2 exchange: status and body.
-async fn h2_call(
+pub(crate) async fn h2_call(
     send: &mut H2,
     method: &str,
     path: &str,
@@ -433,212 +433,6 @@ async fn tls_clients_that_stop_reading_are_disconnected_after_the_send_timeout()
     pere_tests::tls::remove(&ca.dir);
 }
 
-/// Runs `curl ARGS…` (bounded) and returns its stdout.
-async fn curl(args: &[&str]) -> String {
-    let out = tokio::time::timeout(
-        WAIT,
-        tokio::process::Command::new("curl")
-            .args(args)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("curl ends in time")
-    .expect("curl is installed (apt-get install -y curl; .ci/run does)");
-    assert!(
-        out.status.success(),
-        "curl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-#[tokio::test]
-async fn curl_speaks_http2_to_the_tls_server() {
-    let ca = TestCa::new("tls-curl");
-    let server = tls_server(&ca, ServerConfig::default()).await;
-    let base = format!("https://127.0.0.1:{}", server.addr.port());
-    let cacert = ca.ca_pem.display().to_string();
-    let version = curl(&[
-        "--http2",
-        "--cacert",
-        &cacert,
-        "-sS",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_version}",
-        &format!("{base}/healthz"),
-    ])
-    .await;
-    assert_eq!(version, "2");
-    // A stream read by curl over HTTP/2, fed by a publish from curl.
-    let mut stream = tokio::process::Command::new("curl")
-        .args([
-            "--http2",
-            "--cacert",
-            &cacert,
-            "-sSN",
-            "--max-time",
-            "20",
-            "-H",
-            "device: curl-1",
-        ])
-        .arg(format!("{base}/feed/c"))
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut out = stream.stdout.take().unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !String::from_utf8_lossy(&got).contains("pere.hello") {
-        let n = tokio::time::timeout(WAIT, out.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(
-            n > 0,
-            "curl's stream ended: {}",
-            String::from_utf8_lossy(&got)
-        );
-        got.extend_from_slice(&buf[..n]);
-    }
-    let published = curl(&[
-        "--http2",
-        "--cacert",
-        &cacert,
-        "-sS",
-        "--data-binary",
-        "hello over h2",
-        &format!("{base}/push/c"),
-    ])
-    .await;
-    assert!(published.contains("\"id\""), "{published}");
-    while !String::from_utf8_lossy(&got).contains("data: hello over h2") {
-        let n = tokio::time::timeout(WAIT, out.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(
-            n > 0,
-            "curl's stream ended: {}",
-            String::from_utf8_lossy(&got)
-        );
-        got.extend_from_slice(&buf[..n]);
-    }
-    let _ = stream.start_kill();
-    let _ = stream.wait().await;
-    server.stop().await;
-    pere_tests::tls::remove(&ca.dir);
-}
-
-/// Runs a built tool (bounded); its exit status, stdout and stderr.
-async fn tool(name: &str, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
-    let out = tokio::time::timeout(
-        WAIT,
-        tokio::process::Command::new(pere_tests::bin(name))
-            .args(args)
-            .envs(env.iter().copied())
-            .env_remove("PERE_CA")
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("the tool ends in time")
-    .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-#[tokio::test]
-async fn the_cli_tools_work_over_https_with_their_ca() {
-    let ca = TestCa::new("tls-cli");
-    let issued = ca.issue("server");
-    let server = server_process(&issued, &[]).await;
-    let url = format!("https://127.0.0.1:{}", server.addr.port());
-    let cacert = ca.ca_pem.display().to_string();
-    let (ok, _, err) = tool(
-        "pere-pub",
-        &[&url, "c", "--data", "first", "--ca", &cacert],
-        &[],
-    )
-    .await;
-    assert!(ok, "{err}");
-    let (ok, out, err) = tool(
-        "pere-sub",
-        &[
-            &url,
-            "c",
-            "--count",
-            "1",
-            "--replay-all",
-            "--json",
-            "--ca",
-            &cacert,
-        ],
-        &[],
-    )
-    .await;
-    assert!(ok && out.contains("first"), "{out} {err}");
-    // PERE_CA does what --ca does.
-    let env = [("PERE_CA", cacert.as_str())];
-    let (ok, out, err) = {
-        let out = tokio::process::Command::new(pere_tests::bin("pere-sub"))
-            .args([
-                &url,
-                "c",
-                "--count",
-                "1",
-                "--replay-all",
-                "--device",
-                "by-env",
-            ])
-            .envs(env)
-            .kill_on_drop(true)
-            .output();
-        let out = tokio::time::timeout(WAIT, out).await.unwrap().unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
-    assert!(ok && out.contains("first"), "{out} {err}");
-    // Without the CA, the server's certificate is not trusted.
-    let (ok, _, err) = tool(
-        "pere-pub",
-        &[&url, "c", "--data", "x", "--retries", "0"],
-        &[],
-    )
-    .await;
-    assert!(!ok, "an untrusted certificate must fail");
-    assert!(
-        err.to_lowercase().contains("certificate") || err.contains("TLS"),
-        "{err}"
-    );
-    // A --ca that is no certificate is a usage error.
-    let (ok, _, err) = tool(
-        "pere-pub",
-        &[
-            &url,
-            "c",
-            "--data",
-            "x",
-            "--ca",
-            &issued.key.display().to_string(),
-        ],
-        &[],
-    )
-    .await;
-    assert!(!ok && err.contains("--ca"), "{err}");
-    server.stop();
-    pere_tests::tls::remove(&ca.dir);
-}
-
 #[tokio::test]
 async fn sighup_reloads_the_certificate_and_open_streams_stay() {
     let ca = TestCa::new("tls-reload");
@@ -717,6 +511,7 @@ fn pss_kib(pid: u32) -> u64 {
 /// `cargo test --release -p pere-tests --test e2e tls::idle_tls -- --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_tls_streams_cost_little_memory() {
+    let _heavy = pere_tests::heavy().await;
     let n: usize = std::env::var("IDLE_TLS_STREAMS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -780,115 +575,5 @@ async fn idle_tls_streams_cost_little_memory() {
     assert!(per_stream < 48.0, "{per_stream:.1} KiB per idle TLS stream");
     drop(streams);
     server.stop();
-    pere_tests::tls::remove(&ca.dir);
-}
-
-/// Standard base64, padded (Chromium's SPKI pins).
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-#[tokio::test]
-async fn a_page_in_chromium_holds_more_than_six_eventsources_over_http2() {
-    use sha2::Digest;
-    const STREAMS: usize = 10;
-    let ca = TestCa::new("tls-chromium");
-    let (server, issued) = tls_server_issued(&ca, ServerConfig::default()).await;
-    // The test profile trusts exactly this certificate's key.
-    let pin = base64(&sha2::Sha256::digest(&issued.spki));
-    let mut browser =
-        crate::web::Browser::launch_with(&[format!("--ignore-certificate-errors-spki-list={pin}")])
-            .await;
-    let origin = format!("https://127.0.0.1:{}", server.addr.port());
-    browser.open(&format!("{origin}/healthz"), 800, 600).await;
-    browser
-        .call(true, "Network.enable", serde_json::json!({}))
-        .await
-        .unwrap();
-    browser
-        .eval(&format!(
-            "window.got = []; window.sources = []; for (let i = 0; i < {STREAMS}; i++) {{ \
-               const es = new EventSource('/feed/web' + i + '?device=w' + i); \
-               es.onmessage = (e) => {{ window.got[i] = e.data; }}; \
-               window.sources.push(es); }} true"
-        ))
-        .await
-        .unwrap();
-    browser
-        .wait_for(
-            "every EventSource is open",
-            "window.sources.every((es) => es.readyState === 1)",
-        )
-        .await;
-    let mut send = h2(&ca, server.addr).await;
-    for i in 0..STREAMS {
-        eventually("the page's devices are online", || async {
-            let (_, body) = h2_call(
-                &mut send.clone(),
-                "GET",
-                &format!("/admin/devices/web{i}"),
-                &[],
-                "",
-            )
-            .await;
-            serde_json::from_slice::<Value>(&body).unwrap()[format!("w{i}")]["online"] == true
-        })
-        .await;
-        let (status, _) = h2_call(
-            &mut send,
-            "POST",
-            &format!("/push/web{i}"),
-            &[],
-            &format!("e{i}"),
-        )
-        .await;
-        assert_eq!(status, 201);
-    }
-    browser
-        .wait_for(
-            "each EventSource received its own event",
-            &format!(
-                "window.got.length === {STREAMS} && window.got.every((d, i) => d === 'e' + i)"
-            ),
-        )
-        .await;
-    // The page and every stream went over HTTP/2.
-    let page = browser
-        .eval("performance.getEntriesByType('navigation')[0].nextHopProtocol")
-        .await
-        .unwrap();
-    assert_eq!(page, "h2");
-    let feeds: Vec<&Value> = browser
-        .responses
-        .iter()
-        .filter(|r| {
-            r["response"]["url"]
-                .as_str()
-                .is_some_and(|u| u.contains("/feed/web"))
-        })
-        .collect();
-    assert_eq!(feeds.len(), STREAMS, "{:?}", browser.responses);
-    for r in feeds {
-        assert_eq!(r["response"]["protocol"], "h2", "{r}");
-    }
-    browser.close().await;
-    server.stop().await;
     pere_tests::tls::remove(&ca.dir);
 }

@@ -21,6 +21,14 @@ use tokio::task::JoinHandle;
 
 pub mod tls;
 
+/// Held by the tests that load the machine most (thousands of connections
+/// or handshakes), so that they do not run at once and starve each other's
+/// bounded waits.
+pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
+    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    HEAVY.lock().await
+}
+
 /// How long any single wait in a test may take before it fails.
 pub const WAIT: Duration = Duration::from_secs(10);
 

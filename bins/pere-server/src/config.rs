@@ -608,6 +608,26 @@ mod tests {
     }
 
     #[test]
+    fn tls_and_jwt_options_come_from_the_environment_too() {
+        let c = Config::resolve(Args::default(), &HashMap::new()).unwrap();
+        assert!(c.server.tls.is_none() && c.jwt.is_none());
+        let e = env(&[("PERE_TLS_CERT", "/nonexistent/cert.pem")]);
+        let err = Config::resolve(Args::default(), &e).unwrap_err();
+        assert!(err.contains("--tls-key"), "{err}");
+        let e = env(&[
+            ("PERE_JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+            ("PERE_JWT_AUDIENCE", "pere"),
+        ]);
+        let c = Config::resolve(Args::default(), &e).unwrap();
+        let jwt = c.jwt.unwrap();
+        assert_eq!(jwt.audience.as_deref(), Some("pere"));
+        assert_eq!(jwt.secret.unwrap().len(), 32);
+        let e = env(&[("PERE_JWT_SECRET", "short")]);
+        let err = Config::resolve(Args::default(), &e).unwrap_err();
+        assert!(!err.contains("short") && err.contains("32"), "{err}");
+    }
+
+    #[test]
     fn durations_take_units() {
         assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
