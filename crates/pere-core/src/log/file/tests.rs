@@ -1,7 +1,9 @@
 use super::*;
 use crate::hub::{Hub, Publish, Resume, SubscribeRequest};
+use crate::name::{DeviceId, Pattern};
 use crate::{HubConfig, ReceiptState};
 use bytes::Bytes;
+use std::fs::OpenOptions;
 use std::sync::OnceLock;
 
 fn ch(s: &str) -> ChannelName {
