@@ -3,44 +3,56 @@
 //! # Layout
 //! `DIR/LOCK` (held while open) and `DIR/<number>.seg` segment files. A
 //! segment starts with a 32-byte header (`PERESEG1`, the first segment
-//! number it covers, the highest event id it covers) followed by records
-//! framed as in [`codec`](super::codec). Channel names never become paths.
+//! number it covers, the highest event id it covers, their CRC, and a byte
+//! that marks compaction's output) followed by records framed as in
+//! [`codec`](super::codec). Channel names never become paths.
 //!
 //! # Writing
-//! One I/O thread owns the active segment. Each [`EventStore::append`] is one
-//! batch: encoded, written, and (with [`Fsync::Always`]) `fdatasync`'d once —
-//! the hub batches concurrent requests, so they share that sync. A segment
-//! past [`FileStoreConfig::segment_size`] is sealed and a new one started.
+//! One I/O thread owns the active segment ([`writer`]). Each
+//! [`EventStore::append`] is one batch: encoded, written, and (with
+//! [`Fsync::Always`]) `fdatasync`'d once — the hub batches concurrent
+//! requests, so they share that sync. A segment past
+//! [`FileStoreConfig::segment_size`] is sealed and a new one started.
 //!
 //! # Recovery
-//! Segments are scanned in order. The first record that is cut short, fails
-//! its checksum or does not decode ends the log: the file is truncated
-//! there, and the dropped bytes (and any later segment) are moved aside as
-//! `dropped-*.bin` so nothing is destroyed silently. What was dropped is
-//! reported. No index is persisted: the in-memory index is rebuilt from the
-//! log on every start.
+//! Segments are scanned in order ([`recovery`], [`scan`]). Damaged records
+//! — cut short, failing their checksum, not decoding, or out of order —
+//! are skipped, exactly those: the scanner resynchronises on the next
+//! record it can trust and reads on, through every later segment. Each
+//! skipped region is logged as an ERROR, copied aside as
+//! `damaged-<segment>-<offset>.bin` and reported in [`Recovered::damage`].
+//! Damage that reaches the end of the last segment is a torn tail (a crash
+//! mid-write): the file is truncated there and the cut bytes are moved
+//! aside as `dropped-*.bin`, so nothing is destroyed silently. No index is
+//! persisted: the in-memory index is rebuilt from the log on every start.
 //!
 //! # Compaction
-//! Retention only marks events dead. A compactor thread copies the live
-//! records of the sealed segments — retained events and their receipts,
-//! open memberships with their latest cursor and presence, the latest trim
-//! per channel, the latest change of each run-time token — into one new segment, in log order, then deletes the old
-//! ones. It never touches the active segment, so publishes do not wait for
-//! it. The new segment's header names the first segment it replaces, so a
-//! crash between the rename and the deletions cannot replay a record twice.
+//! Retention only marks events dead. A compactor thread ([`compact`])
+//! copies the live records of the sealed segments — retained events and
+//! their receipts, open memberships with their latest cursor and presence,
+//! the latest trim per channel, the latest change of each run-time token —
+//! into one new segment, in log order, then deletes the old ones. It reads
+//! them with the same scanner as recovery, so it keeps exactly what was
+//! recovered and leaves out damage recovery reported (damage found later
+//! stops it instead). It never touches the active segment, so publishes do
+//! not wait for it. The new segment's header names the first segment it
+//! replaces, so a crash between the rename and the deletions cannot replay
+//! a record twice.
 //!
 //! # Invariants
 //! - Records are appended in lsn order; segment numbers increase; a
 //!   segment covering `[a, b]` supersedes every segment numbered in `[a, b)`.
-//! - A torn or corrupt tail is truncated at recovery and never served.
+//! - A torn tail is truncated at recovery and never served; a damaged
+//!   record is never served, and costs no other record.
 //! - Event ids in the log are strictly increasing.
 
 mod compact;
 mod live;
 mod recovery;
+pub(crate) mod scan;
 mod writer;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -136,13 +148,18 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-fn header(covers_from: u64, last_id: EventId) -> [u8; HEADER_LEN as usize] {
+/// Where a header marks compaction's output (outside the checksum, which
+/// older versions check over the first 24 bytes only).
+const COMPACTED_AT: usize = 28;
+
+fn header(covers_from: u64, last_id: EventId, compacted: bool) -> [u8; HEADER_LEN as usize] {
     let mut h = [0u8; HEADER_LEN as usize];
     h[..8].copy_from_slice(MAGIC);
     h[8..16].copy_from_slice(&covers_from.to_le_bytes());
     h[16..24].copy_from_slice(&last_id.0.to_le_bytes());
     let crc = crc32c::crc32c(&h[..24]);
     h[24..28].copy_from_slice(&crc.to_le_bytes());
+    h[COMPACTED_AT] = u8::from(compacted);
     h
 }
 
@@ -178,6 +195,10 @@ struct Shared {
     segment_size: u64,
     /// Held while a compaction runs: one at a time.
     compacting: Mutex<()>,
+    /// Damaged regions recovery reported, `(segment, offset, len)`:
+    /// compaction leaves them out. Damage it finds that is not here came
+    /// later, and stops it (the records may still be held in memory).
+    known_damage: Mutex<HashSet<(u64, u64, u64)>>,
 }
 
 /// The durable store. See the module docs for its format and guarantees.
@@ -301,6 +322,14 @@ impl FileStore {
             .map_err(|e| io_err(&path, e))?;
         file.flush().map_err(|e| io_err(&path, e))?;
         let sealed_bytes: u64 = scan.sealed.iter().map(|s| s.1).sum();
+        let known_damage = scan
+            .damage
+            .iter()
+            .filter_map(|d| {
+                let number = d.file.file_stem()?.to_str()?.parse::<u64>().ok()?;
+                Some((number, d.offset, d.len))
+            })
+            .collect();
         let shared = Arc::new(Shared {
             dir: dir.clone(),
             live: Mutex::new(live),
@@ -311,6 +340,7 @@ impl FileStore {
             index,
             segment_size: config.segment_size.max(HEADER_LEN + 1),
             compacting: Mutex::new(()),
+            known_damage: Mutex::new(known_damage),
         });
         let (jobs_tx, jobs_rx) = std_mpsc::channel();
         let (wake_tx, wake_rx) = std_mpsc::channel();
@@ -352,6 +382,7 @@ impl FileStore {
                 evicted,
                 durable: true,
                 notes,
+                damage: scan.damage,
             })),
             trims: Mutex::new(Vec::new()),
             retention: config.retention,
@@ -418,7 +449,7 @@ fn create_segment(dir: &Path, number: u64, covers_from: u64, last_id: EventId) -
         .write(true)
         .open(&path)
         .map_err(|e| io_err(&path, e))?;
-    file.write_all(&header(covers_from, last_id))
+    file.write_all(&header(covers_from, last_id, false))
         .and_then(|()| file.sync_all())
         .and_then(|()| sync_dir(dir))
         .map_err(|e| io_err(&path, e))?;

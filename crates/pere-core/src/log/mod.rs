@@ -8,6 +8,9 @@
 //! - An appended batch is either wholly readable after `append` resolved
 //!   `Ok`, or (after a crash) a prefix of it is, and that prefix is what
 //!   [`EventStore::recover`] returns. A torn record is never returned.
+//! - Damage to stored records (a flipped bit, a bad sector) costs exactly
+//!   the damaged records: recovery skips them, keeps every record before
+//!   and after, and reports each skipped region in [`Recovered::damage`].
 //! - [`EventStore::read`] only returns events whose `append` has resolved.
 //! - Retention ([`Retention`]) belongs to the store: `append` drops the
 //!   oldest events of a channel past `history`, `prune` those past `max_age`,
@@ -15,13 +18,14 @@
 //!   Events of a channel are always dropped oldest first.
 
 pub(crate) mod codec;
-mod file;
+pub(crate) mod file;
 mod memory;
 
 pub use file::{DEFAULT_SEGMENT_SIZE, FileStore, FileStoreConfig, Fsync};
 pub use memory::MemoryStore;
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::auth::{Grants, TokenHash};
@@ -135,6 +139,25 @@ pub struct Recovered {
     pub durable: bool,
     /// Human-readable notes about what recovery found or dropped.
     pub notes: Vec<String>,
+    /// Damaged bytes recovery skipped: the records in them are lost, those
+    /// around them were recovered. Empty for an intact log (a torn tail,
+    /// which a crash leaves, is cut and only noted).
+    pub damage: Vec<Damage>,
+}
+
+/// Bytes of the log that recovery could not read and skipped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damage {
+    /// The segment file.
+    pub file: PathBuf,
+    /// Where the skipped bytes start in it.
+    pub offset: u64,
+    /// How many bytes were skipped.
+    pub len: u64,
+    /// Why the first of them could not be read.
+    pub cause: String,
+    /// Where a copy of them was kept for inspection, if it could be written.
+    pub kept_in: Option<PathBuf>,
 }
 
 /// Events a store dropped for retention: every event of `channel` with an id
@@ -157,8 +180,9 @@ pub trait EventStore: Send + Sync + 'static {
     /// appended. Required: a store that cannot recover is not a store.
     ///
     /// # Errors
-    /// The store cannot be read at all (a damaged tail is truncated and
-    /// reported in [`Recovered::notes`], not an error).
+    /// The store cannot be read at all (a torn tail is truncated and noted
+    /// in [`Recovered::notes`], damaged records are skipped and reported in
+    /// [`Recovered::damage`]; neither is an error).
     fn recover(&self) -> impl Future<Output = Result<Recovered>> + Send;
 
     /// Appends a batch of records, resolving once they are durable (for a

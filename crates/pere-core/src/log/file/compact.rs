@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
-use super::super::codec::{self, Stored};
+use super::super::codec::Stored;
+use super::recovery::written_by_writer;
+use super::scan::{Order, scan_segment};
 use super::{HEADER_LEN, Shared, header, lock, read_header, segment_path, sync_dir};
 use crate::event::EventId;
 use crate::log::Record;
@@ -68,46 +70,91 @@ pub(super) fn compact(shared: &Shared) -> bool {
 
 fn compact_range(shared: &Shared, sealed: &[(u64, u64)]) -> std::io::Result<(usize, u64, u64)> {
     let dir = &shared.dir;
-    let first = sealed[0].0;
     let last = sealed[sealed.len() - 1].0;
     let all = shared.index.all();
     let oldest = all.first().map_or(EventId(u64::MAX), |e| e.id);
     let retained: HashSet<EventId> = all.iter().map(|e| e.id).collect();
     drop(all);
     let tmp = dir.join(format!("{last:020}.seg.tmp"));
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+    let result = write_compacted(shared, sealed, &tmp, oldest, &retained);
+    if result.is_err() {
+        // A disk that is full must not stay fuller for a failed attempt.
+        let _ = fs::remove_file(&tmp);
+    }
+    let (kept, input, output) = result?;
+    lock(&shared.live).prune(oldest);
+    Ok((kept, input, output))
+}
+
+/// Writes the live records of `sealed` to `tmp`, then puts it in place of
+/// the last of them and deletes the others.
+fn write_compacted(
+    shared: &Shared,
+    sealed: &[(u64, u64)],
+    tmp: &std::path::Path,
+    oldest: EventId,
+    retained: &HashSet<EventId>,
+) -> std::io::Result<(usize, u64, u64)> {
+    let dir = &shared.dir;
+    let first = sealed[0].0;
+    let last = sealed[sealed.len() - 1].0;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, File::create(tmp)?);
     out.write_all(&[0u8; HEADER_LEN as usize])?;
     let mut last_id = EventId::ZERO;
     let mut kept = 0usize;
     let mut input = 0u64;
     let mut output = HEADER_LEN;
-    let mut records: Vec<(usize, usize, u64, Stored)> = Vec::new();
+    // Read as recovery read them (the sealed segments are the start of the
+    // log), so compaction keeps exactly the records the hub recovered.
+    let mut order = Order::default();
     for (n, _) in sealed {
         let bytes = fs::read(segment_path(dir, *n))?;
         input += bytes.len() as u64;
-        if let Some((_, h)) = read_header(&bytes) {
+        let h = read_header(&bytes);
+        if let Some((_, h)) = h {
             last_id = last_id.max(h);
         }
-        records.clear();
-        let mut offset = HEADER_LEN as usize;
-        while offset < bytes.len() {
-            let (total, body) = codec::frame(&bytes[offset..])
-                .map_err(|e| std::io::Error::other(format!("segment {n} at {offset}: {e}")))?;
-            let (lsn, record) = codec::decode(body)
-                .map_err(|e| std::io::Error::other(format!("segment {n} at {offset}: {e}")))?;
-            records.push((offset, total, lsn, record));
-            offset += total;
+        let found = scan_segment(
+            &bytes,
+            HEADER_LEN as usize,
+            false,
+            written_by_writer(*n, h, &bytes),
+            order,
+        );
+        order = found.order;
+        for skipped in &found.damaged {
+            let (start, len) = (skipped.range.start as u64, skipped.range.len() as u64);
+            // A damaged header is reported with the bytes after it.
+            let known = {
+                let known = lock(&shared.known_damage);
+                known.contains(&(*n, start, len))
+                    || (h.is_none() && known.contains(&(*n, 0, len + start)))
+            };
+            if !known {
+                return Err(std::io::Error::other(format!(
+                    "segment {n} has {len} damaged bytes at offset {start} that were not there \
+                     when the store opened ({}); the records may still be held in memory, so \
+                     compaction leaves the segments as they are",
+                    skipped.why
+                )));
+            }
+            tracing::warn!(
+                segment = n,
+                offset = start,
+                bytes = len,
+                "compaction leaves out damaged bytes reported when the store opened"
+            );
         }
         let live = lock(&shared.live);
-        for (offset, total, lsn, record) in &records {
-            if let Stored::Hub(Record::Event(e)) = record {
+        for f in &found.records {
+            if let Stored::Hub(Record::Event(e)) = &f.record {
                 last_id = last_id.max(e.id);
             }
-            if live.is_live(*lsn, record, &retained, oldest) {
+            if live.is_live(f.lsn, &f.record, retained, oldest) {
                 kept += 1;
-                output += *total as u64;
+                output += f.len as u64;
                 // Written after the header below; buffer order is log order.
-                out.write_all(&bytes[*offset..*offset + *total])?;
+                out.write_all(&bytes[f.offset..f.offset + f.len])?;
             }
         }
     }
@@ -116,17 +163,17 @@ fn compact_range(shared: &Shared, sealed: &[(u64, u64)]) -> std::io::Result<(usi
     // The header is written last; until the rename below the file is a
     // `.tmp` that recovery deletes, so a torn compaction is never read.
     file.seek(SeekFrom::Start(0))?;
-    file.write_all(&header(first, last_id))?;
+    file.write_all(&header(first, last_id, true))?;
     file.sync_all()?;
     drop(file);
-    fs::rename(&tmp, segment_path(dir, last))?;
+    fs::rename(tmp, segment_path(dir, last))?;
     sync_dir(dir)?;
+    lock(&shared.known_damage).retain(|(n, _, _)| *n > last);
     for (n, _) in sealed {
         if *n != last {
             fs::remove_file(segment_path(dir, *n))?;
         }
     }
     sync_dir(dir)?;
-    lock(&shared.live).prune(oldest);
     Ok((kept, input, output))
 }

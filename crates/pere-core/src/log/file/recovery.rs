@@ -4,13 +4,15 @@
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::Read;
+use std::ops::Range;
 use std::path::Path;
 
-use super::super::codec::{self, Stored};
-use super::{HEADER_LEN, io_err, read_header, segment_path};
+use super::super::codec::Stored;
+use super::scan::{Order, Skipped, Why, scan_segment};
+use super::{COMPACTED_AT, HEADER_LEN, io_err, read_header, segment_path};
 use crate::error::Result;
 use crate::event::EventId;
-use crate::log::Record;
+use crate::log::Damage;
 
 /// What a scan of the directory found.
 pub(super) struct Scan {
@@ -20,10 +22,12 @@ pub(super) struct Scan {
     pub(super) sealed: Vec<(u64, u64)>,
     pub(super) last_id: EventId,
     pub(super) notes: Vec<String>,
+    /// Damaged bytes skipped (torn tails are cut instead, and only noted).
+    pub(super) damage: Vec<Damage>,
 }
 
 /// Reads the directory: drops superseded segments and leftovers, scans
-/// records, truncates at the first damage.
+/// every segment's records across damage, and cuts a torn tail.
 pub(super) fn scan(dir: &Path) -> Result<Scan> {
     let mut numbers: Vec<u64> = Vec::new();
     for entry in fs::read_dir(dir).map_err(|e| io_err(dir, e))? {
@@ -71,8 +75,8 @@ pub(super) fn scan(dir: &Path) -> Result<Scan> {
     let mut sealed = Vec::new();
     let mut tail = None;
     let mut last_id = EventId::ZERO;
-    let mut damaged = false;
-    let mut previous = EventId::ZERO;
+    let mut order = Order::default();
+    let mut damage = Vec::new();
     let count = headers.len();
     for (i, (n, h, bytes)) in headers.into_iter().enumerate() {
         let path = segment_path(dir, n);
@@ -81,102 +85,154 @@ pub(super) fn scan(dir: &Path) -> Result<Scan> {
             notes.push(format!("removed {} (already compacted)", path.display()));
             continue;
         }
-        if damaged {
-            set_aside(dir, &path, 0, &bytes, &mut notes)?;
+        let is_last = i + 1 == count;
+        if h.is_none() && is_last && bytes.len() < HEADER_LEN as usize {
+            // Created but never written (a crash mid-roll): start over.
+            fs::remove_file(&path).map_err(|e| io_err(&path, e))?;
+            notes.push(format!("removed the unfinished segment {}", path.display()));
             continue;
         }
-        let is_last = i + 1 == count;
-        let Some((_, header_last)) = h else {
-            if is_last && bytes.len() < HEADER_LEN as usize {
-                // Created but never written (a crash mid-roll): start over.
-                fs::remove_file(&path).map_err(|e| io_err(&path, e))?;
-                notes.push(format!("removed the unfinished segment {}", path.display()));
-                continue;
-            }
+        if let Some((_, header_last)) = h {
+            last_id = last_id.max(header_last);
+        }
+        let found = scan_segment(
+            &bytes,
+            HEADER_LEN as usize,
+            is_last,
+            written_by_writer(n, h, &bytes),
+            order,
+        );
+        if h.is_none() && is_last && found.records.is_empty() {
+            // A damaged header and nothing readable after it, at the end
+            // of the log: a roll the crash interrupted.
             warn(
                 &mut notes,
                 format!("the header of {} is damaged", path.display()),
             );
-            damaged = true;
             set_aside(dir, &path, 0, &bytes, &mut notes)?;
             continue;
-        };
-        last_id = last_id.max(header_last);
-        let mut offset = HEADER_LEN as usize;
-        while offset < bytes.len() {
-            let parsed = codec::frame(&bytes[offset..])
-                .and_then(|(total, body)| codec::decode(body).map(|(lsn, rec)| (total, lsn, rec)));
-            match parsed {
-                Ok((total, lsn, record)) => {
-                    if let Stored::Hub(Record::Event(e)) = &record {
-                        if e.id <= previous {
-                            warn(
-                                &mut notes,
-                                format!(
-                                    "{} at offset {offset}: event id {} does not increase",
-                                    path.display(),
-                                    e.id
-                                ),
-                            );
-                            damaged = true;
-                            break;
-                        }
-                        previous = e.id;
-                    }
-                    records.push((lsn, record));
-                    offset += total;
-                }
-                Err(err) => {
-                    warn(
-                        &mut notes,
-                        format!("{} at offset {offset}: {err}", path.display()),
-                    );
-                    damaged = true;
-                    break;
-                }
+        }
+        order = found.order;
+        let mut skipped = found.damaged;
+        if h.is_none() {
+            // The header is damaged too: one region with what follows it.
+            match skipped.first_mut() {
+                Some(first) if first.range.start == HEADER_LEN as usize => first.range.start = 0,
+                _ => skipped.insert(
+                    0,
+                    Skipped {
+                        range: 0..(HEADER_LEN as usize).min(bytes.len()),
+                        why: Why::Header,
+                    },
+                ),
             }
         }
-        last_id = last_id.max(previous);
-        if damaged {
-            set_aside(dir, &path, offset, &bytes, &mut notes)?;
+        for region in &skipped {
+            damage.push(report_damage(dir, &path, &bytes, region, &mut notes));
+        }
+        let mut len = bytes.len();
+        if let Some(torn) = found.torn {
+            let from = torn.range.start;
+            warn(
+                &mut notes,
+                format!("{} at offset {from}: {}", path.display(), torn.why),
+            );
+            set_aside(dir, &path, from, &bytes, &mut notes)?;
             let file = OpenOptions::new()
                 .write(true)
                 .open(&path)
                 .map_err(|e| io_err(&path, e))?;
-            file.set_len(offset as u64)
+            file.set_len(from as u64)
                 .and_then(|()| file.sync_all())
                 .map_err(|e| io_err(&path, e))?;
-            tail = Some((n, offset as u64));
-            continue;
+            len = from;
         }
+        records.extend(found.records.into_iter().map(|f| (f.lsn, f.record)));
         if is_last {
-            tail = Some((n, bytes.len() as u64));
+            tail = Some((n, len as u64));
         } else {
-            sealed.push((n, bytes.len() as u64));
+            sealed.push((n, len as u64));
         }
     }
-    if let Some((t, _)) = tail {
-        // Segments after a damaged one were set aside; the truncated one
-        // is where appending resumes.
-        sealed.retain(|(n, _)| *n < t);
-    }
+    last_id = last_id.max(order.event);
     Ok(Scan {
         records,
         tail,
         sealed,
         last_id,
         notes,
+        damage,
     })
 }
 
-/// Records a note about damage found at recovery, and logs it as a warning.
+/// Whether segment `number` (read as `header`, `bytes`) was written by the
+/// writer, so its lsns go up by one per record, rather than by compaction,
+/// which leaves gaps (its header names the first segment it replaces and
+/// the ids it covers; compactions since the scanner resynchronises also
+/// mark it). When unsure, compaction: that only weakens a check.
+pub(super) fn written_by_writer(number: u64, header: Option<(u64, EventId)>, bytes: &[u8]) -> bool {
+    header.is_some_and(|(covers, last)| covers == number && last == EventId::ZERO)
+        && bytes.get(COMPACTED_AT) == Some(&0)
+}
+
+/// Reports damaged bytes recovery skipped, loudly: an ERROR line, a note,
+/// and a copy of the bytes as `damaged-*.bin` for an operator to inspect
+/// (the segment keeps them until compaction rewrites it).
+fn report_damage(
+    dir: &Path,
+    path: &Path,
+    bytes: &[u8],
+    region: &Skipped,
+    notes: &mut Vec<String>,
+) -> Damage {
+    let Range { start, end } = region.range;
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("segment");
+    let target = dir.join(format!("damaged-{stem}-{start}.bin"));
+    let kept_in = match fs::write(&target, &bytes[start..end]) {
+        Ok(()) => Some(target),
+        Err(err) => {
+            tracing::error!(file = %target.display(), cause = %err, "cannot keep a copy of damaged bytes");
+            None
+        }
+    };
+    let kept = kept_in.as_ref().map_or("no copy kept".to_string(), |k| {
+        format!("kept in {}", k.display())
+    });
+    tracing::error!(
+        segment = %path.display(),
+        offset = start,
+        bytes = end - start,
+        cause = %region.why,
+        kept = %kept,
+        "store recovery skipped damaged records; the records before and after them are kept"
+    );
+    notes.push(format!(
+        "skipped {} damaged bytes of {} at offset {start} ({}; {kept})",
+        end - start,
+        path.display(),
+        region.why
+    ));
+    Damage {
+        file: path.to_path_buf(),
+        offset: start as u64,
+        len: (end - start) as u64,
+        cause: region.why.to_string(),
+        kept_in,
+    }
+}
+
+/// Records a note about a torn tail or a leftover, and logs it as a
+/// warning: what a crash leaves, not damage to acknowledged records.
 fn warn(notes: &mut Vec<String>, note: String) {
     tracing::warn!(note = %note, "store recovery found damage");
     notes.push(note);
 }
 
-/// Moves `bytes[from..]` of a damaged segment (or a whole later segment)
-/// aside as `dropped-*.bin`, for an operator to inspect.
+/// Moves `bytes[from..]` of a segment (a torn tail, or a whole unfinished
+/// segment) aside as `dropped-*.bin`, for an operator to inspect.
 fn set_aside(
     dir: &Path,
     path: &Path,

@@ -138,57 +138,222 @@ async fn a_torn_tail_is_truncated_and_reported() {
     assert_eq!(event_ids(&r), [1, 2, 3, 4, 6]);
 }
 
-#[tokio::test]
-async fn a_flipped_byte_ends_the_log_there_and_is_never_served() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path());
-    cfg.segment_size = 200; // a few records per segment
-    {
-        let (store, _) = reopen(&cfg).await;
-        for i in 1..=20 {
-            store
-                .append(&[event("a", i, "some payload bytes")])
-                .await
-                .unwrap();
+/// Writes events 1..=50 to a store with small segments and closes it: one
+/// compacted segment (1..=30 or so), then sealed ones as the writer left
+/// them, then the active one.
+async fn small_segments(dir: &Path) -> FileStoreConfig {
+    let mut cfg = config(dir);
+    cfg.segment_size = 400; // a few records per segment
+    let (store, _) = reopen(&cfg).await;
+    for i in 1..=50 {
+        if i == 31 {
+            store.compact_now();
         }
-        store.close().await.unwrap();
+        store
+            .append(&[event("a", i, &format!("some payload bytes {i:03}"))])
+            .await
+            .unwrap();
     }
-    let segs = segments(dir.path());
-    assert!(segs.len() >= 2, "{segs:?}");
-    // Damage a byte in the middle of the first segment (the compactor may
-    // have merged the sealed ones): the log ends there, later segments are
-    // set aside, and nothing after the damage is served.
-    let victim = &segs[0];
-    let mut bytes = fs::read(victim).unwrap();
+    store.close().await.unwrap();
+    let segs = segments(dir);
+    assert!(segs.len() >= 4, "{segs:?}");
+    assert_eq!(fs::read(&segs[0]).unwrap()[COMPACTED_AT], 1);
+    assert_eq!(fs::read(&segs[1]).unwrap()[COMPACTED_AT], 0);
+    cfg
+}
+
+/// Flips one bit in the middle of `segment` and returns the id of the
+/// event whose record it hit.
+fn flip_a_bit_mid_segment(segment: &Path) -> u64 {
+    let mut bytes = fs::read(segment).unwrap();
     let at = bytes.len() / 2;
-    bytes[at] ^= 0x01;
-    fs::write(victim, &bytes).unwrap();
+    bytes[at] ^= 0x08;
+    fs::write(segment, &bytes).unwrap();
+    // Which record: the one whose frame spans `at`.
+    let mut offset = HEADER_LEN as usize;
+    loop {
+        let len = u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap()) as usize + 8;
+        if at < offset + len {
+            let body = &bytes[offset + 8..offset + len];
+            // lsn 8, kind 1, then the event id.
+            return u64::from_le_bytes(body[9..17].try_into().unwrap());
+        }
+        offset += len;
+    }
+}
+
+fn files_starting(dir: &Path, prefix: &str) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Issue 19: one flipped bit in an old segment took every later record out
+/// of service (treated as a torn tail: the rest of the segment cut, later
+/// segments set aside). Now it costs exactly the record it hit, and the
+/// damage is reported.
+#[tokio::test]
+async fn a_flipped_bit_in_an_old_segment_costs_only_that_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_segments(dir.path()).await;
+    let segs = segments(dir.path());
+    // A compacted segment and one the writer sealed.
+    let lost = [
+        flip_a_bit_mid_segment(&segs[0]),
+        flip_a_bit_mid_segment(&segs[1]),
+    ];
     let (store, r) = reopen(&cfg).await;
-    let ids = event_ids(&r);
-    assert!(ids.len() < 20, "{ids:?}");
+    let expected: Vec<u64> = (1..=50).filter(|i| !lost.contains(i)).collect();
+    assert_eq!(event_ids(&r), expected, "every record but the damaged ones");
+    assert_eq!(r.damage.len(), 2, "{:?}", r.damage);
+    for (d, seg) in r.damage.iter().zip(&segs) {
+        assert_eq!(&d.file, seg);
+        assert!(d.len > 0 && d.len < 100, "one record: {d:?}");
+        assert!(d.cause.contains("checksum"), "{d:?}");
+        let kept = d.kept_in.as_ref().expect("a copy of the damaged bytes");
+        assert_eq!(fs::read(kept).unwrap().len() as u64, d.len);
+    }
     assert!(
-        ids.iter().enumerate().all(|(i, id)| *id == i as u64 + 1),
-        "a clean prefix: {ids:?}"
-    );
-    assert!(
-        r.notes.iter().any(|n| n.contains("offset")),
+        r.notes
+            .iter()
+            .any(|n| n.contains("skipped") && n.contains("damaged")),
         "{:?}",
         r.notes
     );
-    assert!(
-        segments(dir.path()).len() <= 1,
-        "later segments were set aside"
-    );
+    assert_eq!(segments(dir.path()), segs, "no segment set aside or cut");
+    assert!(files_starting(dir.path(), "dropped-").is_empty());
     let served = store
         .read(&ch("a"), EventId(0), EventId(u64::MAX), 100)
         .await
         .unwrap();
-    assert_eq!(served.len(), ids.len());
-    assert!(
-        served
-            .iter()
-            .all(|e| e.payload_str() == "some payload bytes")
+    assert_eq!(
+        served.iter().map(|e| e.id.0).collect::<Vec<_>>(),
+        expected,
+        "the damaged record is never served"
     );
+    // Appending goes on, and the damage is reported again at the next
+    // start: it is still in the log.
+    store.append(&[event("a", 51, "after")]).await.unwrap();
+    store.close().await.unwrap();
+    drop(store);
+    let (store, r) = reopen(&cfg).await;
+    let mut expected = expected;
+    expected.push(51);
+    assert_eq!(event_ids(&r), expected);
+    assert_eq!(r.damage.len(), 2);
+    // Compaction leaves the damaged bytes out and keeps every record.
+    assert!(store.compact_now());
+    store.close().await.unwrap();
+    drop(store);
+    let (_, r) = reopen(&cfg).await;
+    assert_eq!(event_ids(&r), expected);
+    assert!(r.damage.is_empty(), "{:?}", r.damage);
+    assert_eq!(
+        files_starting(dir.path(), "damaged-").len(),
+        2,
+        "the copies stay"
+    );
+}
+
+/// Damage at the start, in the middle and at the end of sealed segments,
+/// and in the last segment followed by records: each costs its records
+/// only; a real torn tail is still cut.
+#[tokio::test]
+async fn damage_anywhere_costs_only_the_damaged_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_segments(dir.path()).await;
+    let segs = segments(dir.path());
+    let record_at = |bytes: &[u8], index: usize| {
+        let mut offset = HEADER_LEN as usize;
+        for _ in 0..index {
+            offset +=
+                u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap()) as usize + 8;
+        }
+        let len = u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap()) as usize + 8;
+        (offset, len)
+    };
+    let mut lost = Vec::new();
+    let mut damage = |seg: &Path, index: Option<usize>, how: &dyn Fn(&mut [u8])| {
+        let mut bytes = fs::read(seg).unwrap();
+        let count = {
+            let mut n = 0;
+            let mut offset = HEADER_LEN as usize;
+            while offset < bytes.len() {
+                offset +=
+                    u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap()) as usize + 8;
+                n += 1;
+            }
+            n
+        };
+        let index = index.unwrap_or(count - 1);
+        let (offset, len) = record_at(&bytes, index);
+        lost.push(u64::from_le_bytes(
+            bytes[offset + 17..offset + 25].try_into().unwrap(),
+        ));
+        how(&mut bytes[offset..offset + len]);
+        fs::write(seg, &bytes).unwrap();
+    };
+    // The middle of the compacted segment: a payload byte.
+    damage(&segs[0], Some(10), &|r| r[30] ^= 0x40);
+    // Its first record: the length field zeroed.
+    damage(&segs[0], Some(0), &|r| r[..4].fill(0));
+    // A sealed segment the writer wrote: its first record's length, set
+    // past the end of the segment.
+    damage(&segs[1], Some(0), &|r| {
+        r[..4].copy_from_slice(&5000u32.to_le_bytes())
+    });
+    // The end of the next one: its last record's checksum.
+    damage(&segs[2], None, &|r| r[5] ^= 1);
+    // The last segment, with records after: a sector-like run of zeros.
+    let last = segs.last().unwrap();
+    damage(last, Some(0), &|r| r[8..20].fill(0));
+    let (_, r) = reopen(&cfg).await;
+    lost.sort_unstable();
+    let expected: Vec<u64> = (1..=50).filter(|i| !lost.contains(i)).collect();
+    assert_eq!(event_ids(&r), expected, "lost only {lost:?}");
+    assert_eq!(r.damage.len(), 5, "{:?}", r.damage);
+    assert!(
+        files_starting(dir.path(), "dropped-").is_empty(),
+        "no torn tail"
+    );
+    assert_eq!(segments(dir.path()).len(), segs.len());
+}
+
+/// Damage that appears while the store is open was never reported, and
+/// the records it hit may still be served from memory: compaction must not
+/// quietly drop them from disk. It stops, and leaves the segments alone.
+#[tokio::test]
+async fn compaction_stops_at_damage_it_was_not_told_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_segments(dir.path()).await;
+    let (store, r) = reopen(&cfg).await;
+    assert!(r.damage.is_empty());
+    let segs = segments(dir.path());
+    let before: Vec<Vec<u8>> = segs.iter().map(|s| fs::read(s).unwrap()).collect();
+    let mut damaged = before[0].clone();
+    let mid = damaged.len() / 2;
+    damaged[mid] ^= 0x02;
+    fs::write(&segs[0], &damaged).unwrap();
+    assert!(!store.compact_now(), "compaction refuses");
+    assert_eq!(segments(dir.path()), segs);
+    for (seg, bytes) in segs.iter().zip(&before).skip(1) {
+        assert_eq!(
+            &fs::read(seg).unwrap(),
+            bytes,
+            "{} untouched",
+            seg.display()
+        );
+    }
+    assert!(
+        !fs::read_dir(dir.path())
+            .unwrap()
+            .any(|e| { e.unwrap().file_name().to_string_lossy().ends_with(".tmp") })
+    );
+    store.close().await.unwrap();
 }
 
 #[tokio::test]
