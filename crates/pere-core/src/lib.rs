@@ -85,15 +85,15 @@ pub use error::{Error, NameKind, Result};
 pub use event::{Event, EventId, Sequencer, Timestamp, validate_payload};
 pub use hub::{
     Acked, ChannelInfo, Connections, Gap, Hello, Hub, MAX_IDEMPOTENCY_KEY_LEN, Publish, Published,
-    Resume, Stats, SubscribeRequest, Subscription,
+    Resume, Stats, StoreHealth, SubscribeRequest, Subscription,
 };
 pub use ledger::{
     DeviceReceipt, EventReceipts, OverdueNotice, ReceiptChange, ReceiptState, ReceiptSummary,
     ReceiptUpdate,
 };
 pub use log::{
-    DEFAULT_SEGMENT_SIZE, EventStore, Evicted, FileStore, FileStoreConfig, Fsync, MemoryStore,
-    Record, Recovered,
+    DEFAULT_SEGMENT_SIZE, Damage, EventStore, Evicted, FileStore, FileStoreConfig, Fsync,
+    MemoryStore, Record, Recovered,
 };
 pub use name::{
     ChannelName, DeviceId, EventType, MAX_CHANNEL_LEN, MAX_DEVICE_LEN, Pattern,

@@ -95,6 +95,18 @@ pub fn render<S: EventStore>(app: &App<S>) -> Response<Body> {
         s.records,
     );
     metric(
+        "pere_store_damaged_regions",
+        "gauge",
+        "Regions of damaged records the store skipped and nobody has cleared yet (see /healthz).",
+        s.damaged_regions as u64,
+    );
+    metric(
+        "pere_store_damaged_bytes",
+        "gauge",
+        "Bytes of those regions.",
+        s.damaged_bytes,
+    );
+    metric(
         "pere_connections_open",
         "gauge",
         "Open TCP connections (streams and plain requests).",

@@ -34,7 +34,7 @@ use crate::config::{HubConfig, MAX_STATUS_LEN};
 use crate::error::{Error, Result};
 use crate::event::{Event, EventId, Sequencer, Timestamp, validate_payload};
 use crate::ledger::{EventReceipts, OverdueNotice, ReceiptState, ReceiptSummary, ReceiptUpdate};
-use crate::log::{EventStore, MemoryStore};
+use crate::log::{Damage, EventStore, MemoryStore};
 use crate::name::{ChannelName, DeviceId, EventType, Pattern};
 use crate::presence::{Presence, StreamRx, StreamShared, StreamTx};
 
@@ -197,6 +197,21 @@ pub struct Stats {
     pub batches: u64,
     /// Records written.
     pub records: u64,
+    /// Regions of damaged records the store skipped and nobody has cleared
+    /// yet ([`StoreHealth::damage`]).
+    pub damaged_regions: usize,
+    /// Their bytes.
+    pub damaged_bytes: u64,
+}
+
+/// The store's health, for health checks and metrics.
+#[derive(Clone, Debug, Default)]
+pub struct StoreHealth {
+    /// Damaged records the store skipped when it opened, or found skipped
+    /// at an earlier start, that nobody has cleared yet (each is cleared by
+    /// removing its copy, [`Damage::kept_in`]). The records in them are
+    /// lost; every other record was recovered.
+    pub damage: Vec<Damage>,
 }
 
 #[derive(Debug, Default)]
@@ -244,6 +259,8 @@ struct Inner<S> {
     next_stream: AtomicU64,
     /// Set once the store failed: writes are refused from then on.
     failed: OnceLock<String>,
+    /// What the store's recovery skipped.
+    damage: Vec<Damage>,
     closing: AtomicBool,
     counters: Counters,
 }
@@ -307,6 +324,13 @@ impl<S: EventStore> Hub<S> {
         for note in &recovered.notes {
             tracing::info!(note = %note, "store recovery");
         }
+        if !recovered.damage.is_empty() {
+            tracing::error!(
+                regions = recovered.damage.len(),
+                bytes = recovered.damage.iter().map(|d| d.len).sum::<u64>(),
+                "the store holds damaged records it skipped: every other record is served; see /healthz and the README (Durability) for what to do"
+            );
+        }
         let now = Timestamp::now();
         let mut seq = Sequencer::after(recovered.last_id);
         let floor = if recovered.durable {
@@ -356,6 +380,7 @@ impl<S: EventStore> Hub<S> {
             auth,
             next_stream: AtomicU64::new(1),
             failed: OnceLock::new(),
+            damage: recovered.damage,
             closing: AtomicBool::new(false),
             counters: Counters::default(),
         });
@@ -773,6 +798,7 @@ impl<S: EventStore> Hub<S> {
 
     /// Counters and gauges for metrics.
     pub fn stats(&self) -> Stats {
+        let damage = self.store_health().damage;
         let c = &self.inner.counters;
         let state = self.inner.state();
         let live: u64 = state
@@ -801,6 +827,21 @@ impl<S: EventStore> Hub<S> {
                 .sum(),
             batches: c.batches.load(Ordering::Relaxed),
             records: c.records.load(Ordering::Relaxed),
+            damaged_regions: damage.len(),
+            damaged_bytes: damage.iter().map(|d| d.len).sum(),
+        }
+    }
+
+    /// The store's health: what it skipped as damaged.
+    pub fn store_health(&self) -> StoreHealth {
+        StoreHealth {
+            damage: self
+                .inner
+                .damage
+                .iter()
+                .filter(|d| d.outstanding())
+                .cloned()
+                .collect(),
         }
     }
 

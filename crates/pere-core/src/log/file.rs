@@ -19,12 +19,15 @@
 //! — cut short, failing their checksum, not decoding, or out of order —
 //! are skipped, exactly those: the scanner resynchronises on the next
 //! record it can trust and reads on, through every later segment. Each
-//! skipped region is logged as an ERROR, copied aside as
-//! `damaged-<segment>-<offset>.bin` and reported in [`Recovered::damage`].
-//! Damage that reaches the end of the last segment is a torn tail (a crash
-//! mid-write): the file is truncated there and the cut bytes are moved
-//! aside as `dropped-*.bin`, so nothing is destroyed silently. No index is
-//! persisted: the in-memory index is rebuilt from the log on every start.
+//! skipped region is logged as an ERROR, copied (durably) to
+//! `damaged-<segment>-<offset>.bin`, and the segment is rewritten without
+//! it. The copies are the record of the damage: [`Recovered::damage`]
+//! lists those found now and those left by earlier starts, until an
+//! operator removes them. Damage that reaches the end of the last segment
+//! is a torn tail (a crash mid-write): the file is truncated there and the
+//! cut bytes are moved aside as `dropped-*.bin`, so nothing is destroyed
+//! silently. No index is persisted: the in-memory index is rebuilt from
+//! the log on every start.
 //!
 //! # Compaction
 //! Retention only marks events dead. A compactor thread ([`compact`])
@@ -33,8 +36,8 @@
 //! the latest trim per channel, the latest change of each run-time token —
 //! into one new segment, in log order, then deletes the old ones. It reads
 //! them with the same scanner as recovery, so it keeps exactly what was
-//! recovered and leaves out damage recovery reported (damage found later
-//! stops it instead). It never touches the active segment, so publishes do
+//! recovered, and leaves out damage recovery reported but could not
+//! rewrite away (damage that appears later stops it instead). It never touches the active segment, so publishes do
 //! not wait for it. The new segment's header names the first segment it
 //! replaces, so a crash between the rename and the deletions cannot replay
 //! a record twice.
@@ -325,6 +328,7 @@ impl FileStore {
         let known_damage = scan
             .damage
             .iter()
+            .filter(|d| !d.repaired)
             .filter_map(|d| {
                 let number = d.file.file_stem()?.to_str()?.parse::<u64>().ok()?;
                 Some((number, d.offset, d.len))

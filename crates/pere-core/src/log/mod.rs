@@ -156,8 +156,23 @@ pub struct Damage {
     pub len: u64,
     /// Why the first of them could not be read.
     pub cause: String,
-    /// Where a copy of them was kept for inspection, if it could be written.
+    /// Where a copy of them was kept for inspection, if it could be
+    /// written. The damage is reported for as long as this file exists.
     pub kept_in: Option<PathBuf>,
+    /// Whether the segment was rewritten without the damaged bytes (then
+    /// only the copy tells of them); if not, the next start finds them again.
+    pub repaired: bool,
+}
+
+impl Damage {
+    /// Whether the damage is still to be dealt with: its copy is still
+    /// there, or none could be written and the log still holds it.
+    pub fn outstanding(&self) -> bool {
+        match &self.kept_in {
+            Some(copy) => copy.exists(),
+            None => true,
+        }
+    }
 }
 
 /// Events a store dropped for retention: every event of `channel` with an id

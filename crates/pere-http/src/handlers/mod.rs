@@ -8,6 +8,7 @@ mod admin;
 pub mod auth;
 pub(crate) mod feed;
 pub(crate) mod feedback;
+mod health;
 mod push;
 mod receipts;
 mod static_files;
@@ -133,7 +134,7 @@ async fn dispatch<S: EventStore>(
             }),
         )),
         Route::Static(name) => Ok(static_files::serve(name)),
-        Route::Health => Ok(text(StatusCode::OK, "ok")),
+        Route::Health => Ok(health::health(app)),
         Route::Metrics => Ok(crate::metrics::render(app)),
         Route::Push(channel) => push::push(app, req, &channel, &caller).await,
         Route::Feed(channel) => feed::feed(app, &req, channel.as_deref(), &caller).await,

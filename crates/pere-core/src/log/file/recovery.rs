@@ -3,13 +3,13 @@
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::super::codec::Stored;
-use super::scan::{Order, Skipped, Why, scan_segment};
-use super::{COMPACTED_AT, HEADER_LEN, io_err, read_header, segment_path};
+use super::scan::{Found, Order, Skipped, Why, scan_segment};
+use super::{COMPACTED_AT, HEADER_LEN, header, io_err, read_header, segment_path, sync_dir};
 use crate::error::Result;
 use crate::event::EventId;
 use crate::log::Damage;
@@ -30,10 +30,17 @@ pub(super) struct Scan {
 /// every segment's records across damage, and cuts a torn tail.
 pub(super) fn scan(dir: &Path) -> Result<Scan> {
     let mut numbers: Vec<u64> = Vec::new();
+    let mut damage = Vec::new();
     for entry in fs::read_dir(dir).map_err(|e| io_err(dir, e))? {
         let entry = entry.map_err(|e| io_err(dir, e))?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
+        if let Some(earlier) = earlier_damage(dir, &name, &entry) {
+            // Reported until an operator removes the copy (README,
+            // Durability): a restart does not make it go away.
+            damage.push(earlier);
+            continue;
+        }
         if name.ends_with(".tmp") {
             // An unfinished compaction: the segments it read are intact.
             let _ = fs::remove_file(entry.path());
@@ -76,7 +83,6 @@ pub(super) fn scan(dir: &Path) -> Result<Scan> {
     let mut tail = None;
     let mut last_id = EventId::ZERO;
     let mut order = Order::default();
-    let mut damage = Vec::new();
     let count = headers.len();
     for (i, (n, h, bytes)) in headers.into_iter().enumerate() {
         let path = segment_path(dir, n);
@@ -127,11 +133,14 @@ pub(super) fn scan(dir: &Path) -> Result<Scan> {
                 ),
             }
         }
+        let mut copied = true;
         for region in &skipped {
-            damage.push(report_damage(dir, &path, &bytes, region, &mut notes));
+            let reported = report_damage(dir, &path, &bytes, region, &mut notes);
+            copied &= reported.kept_in.is_some();
+            damage.push(reported);
         }
         let mut len = bytes.len();
-        if let Some(torn) = found.torn {
+        if let Some(torn) = &found.torn {
             let from = torn.range.start;
             warn(
                 &mut notes,
@@ -146,6 +155,28 @@ pub(super) fn scan(dir: &Path) -> Result<Scan> {
                 .and_then(|()| file.sync_all())
                 .map_err(|e| io_err(&path, e))?;
             len = from;
+        }
+        if !skipped.is_empty() && copied {
+            // The damaged bytes are safe in their copies: rewrite the
+            // segment without them, so the log is whole again and the
+            // copies alone say what was lost.
+            match repair(dir, &path, n, &bytes, &found.records) {
+                Ok(repaired) => {
+                    len = repaired;
+                    notes.push(format!(
+                        "rewrote {} without its damaged bytes",
+                        path.display()
+                    ));
+                    for d in damage.iter_mut().rev().take(skipped.len()) {
+                        d.repaired = true;
+                    }
+                }
+                Err(err) => tracing::error!(
+                    segment = %path.display(),
+                    cause = %err,
+                    "cannot rewrite the damaged segment; its damage is reported again at the next start"
+                ),
+            }
         }
         records.extend(found.records.into_iter().map(|f| (f.lsn, f.record)));
         if is_last {
@@ -176,8 +207,8 @@ pub(super) fn written_by_writer(number: u64, header: Option<(u64, EventId)>, byt
 }
 
 /// Reports damaged bytes recovery skipped, loudly: an ERROR line, a note,
-/// and a copy of the bytes as `damaged-*.bin` for an operator to inspect
-/// (the segment keeps them until compaction rewrites it).
+/// and a durable copy of the bytes as `damaged-*.bin` for an operator to
+/// inspect.
 fn report_damage(
     dir: &Path,
     path: &Path,
@@ -190,11 +221,10 @@ fn report_damage(
         .file_stem()
         .and_then(|s| s.to_str())
         .unwrap_or("segment");
-    let target = dir.join(format!("damaged-{stem}-{start}.bin"));
-    let kept_in = match fs::write(&target, &bytes[start..end]) {
-        Ok(()) => Some(target),
+    let kept_in = match keep_copy(dir, stem, start, &bytes[start..end]) {
+        Ok(target) => Some(target),
         Err(err) => {
-            tracing::error!(file = %target.display(), cause = %err, "cannot keep a copy of damaged bytes");
+            tracing::error!(segment = %path.display(), offset = start, cause = %err, "cannot keep a copy of damaged bytes");
             None
         }
     };
@@ -221,13 +251,103 @@ fn report_damage(
         len: (end - start) as u64,
         cause: region.why.to_string(),
         kept_in,
+        repaired: false,
     }
 }
+
+/// Writes `bytes` durably to a new `damaged-<stem>-<offset>[-n].bin`.
+fn keep_copy(dir: &Path, stem: &str, offset: usize, bytes: &[u8]) -> std::io::Result<PathBuf> {
+    for n in 0u32.. {
+        let name = match n {
+            0 => format!("{DAMAGED}{stem}-{offset}.bin"),
+            n => format!("{DAMAGED}{stem}-{offset}-{n}.bin"),
+        };
+        let target = dir.join(name);
+        let mut file = match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&target)
+        {
+            Ok(file) => file,
+            // The same place was damaged at an earlier start.
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(err) => return Err(err),
+        };
+        let written = file.write_all(bytes).and_then(|()| file.sync_all());
+        if let Err(err) = written {
+            let _ = fs::remove_file(&target);
+            return Err(err);
+        }
+        sync_dir(dir)?;
+        return Ok(target);
+    }
+    Err(std::io::Error::other("no free name for the copy"))
+}
+
+/// Rewrites segment `number` with only `records` (tmp file, rename), so
+/// its damage is gone; returns its new length. The result is marked as
+/// compaction's output: its lsns now have a gap.
+fn repair(
+    dir: &Path,
+    path: &Path,
+    number: u64,
+    bytes: &[u8],
+    records: &[Found],
+) -> std::io::Result<usize> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let last_id = records
+        .iter()
+        .filter_map(|f| match &f.record {
+            Stored::Hub(crate::log::Record::Event(e)) => Some(e.id),
+            _ => None,
+        })
+        .max()
+        .unwrap_or_default();
+    let covers = read_header(bytes).map_or(number, |(covers, _)| covers);
+    out.extend_from_slice(&header(covers, last_id, true));
+    for f in records {
+        out.extend_from_slice(&bytes[f.offset..f.offset + f.len]);
+    }
+    let tmp = path.with_extension("seg.tmp");
+    let written = File::create(&tmp).and_then(|mut file| {
+        file.write_all(&out)?;
+        file.sync_all()
+    });
+    if let Err(err) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(err);
+    }
+    fs::rename(&tmp, path)?;
+    sync_dir(dir)?;
+    Ok(out.len())
+}
+
+/// A copy of damaged bytes left by an earlier start (`damaged-*.bin`),
+/// as the damage it reports.
+fn earlier_damage(dir: &Path, name: &str, entry: &fs::DirEntry) -> Option<Damage> {
+    let rest = name.strip_prefix(DAMAGED)?.strip_suffix(".bin")?;
+    let mut parts = rest.split('-');
+    let segment = parts.next()?;
+    let offset = parts.next()?.parse().ok()?;
+    let len = entry.metadata().ok()?.len();
+    Some(Damage {
+        file: dir.join(format!("{segment}.seg")),
+        offset,
+        len,
+        cause: "found at an earlier start; remove the copy once dealt with".into(),
+        kept_in: Some(entry.path()),
+        repaired: true,
+    })
+}
+
+/// How the copies of damaged bytes are named: an operator removes them to
+/// acknowledge the damage.
+pub(super) const DAMAGED: &str = "damaged-";
 
 /// Records a note about a torn tail or a leftover, and logs it as a
 /// warning: what a crash leaves, not damage to acknowledged records.
 fn warn(notes: &mut Vec<String>, note: String) {
-    tracing::warn!(note = %note, "store recovery found damage");
+    tracing::warn!(note = %note, "store recovery: a crash left an unfinished write");
     notes.push(note);
 }
 
