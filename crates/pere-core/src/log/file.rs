@@ -363,6 +363,7 @@ impl FileStore {
                         fsync,
                         buf: Vec::with_capacity(64 * 1024),
                         wake,
+                        dirty: false,
                     }
                     .run(jobs_rx)
                 })
@@ -430,7 +431,8 @@ impl FileStore {
         }));
     }
 
-    async fn submit(&self, records: Vec<(u64, Stored)>) -> Result<()> {
+    /// Has the writer write `records`; hands them back once they are.
+    async fn submit(&self, records: Vec<(u64, Stored)>) -> Result<Vec<(u64, Stored)>> {
         let (reply, rx) = oneshot::channel();
         let sent = lock(&self.jobs)
             .as_ref()
@@ -440,23 +442,39 @@ impl FileStore {
         if !sent {
             return Err(closed());
         }
-        rx.await
-            .map_err(|_| closed())?
-            .map_err(|e| io_err(&self.shared.dir, e))
+        let (records, result) = rx.await.map_err(|_| closed())?;
+        result.map_err(|e| io_err(&self.shared.dir, e))?;
+        Ok(records)
     }
 }
 
 fn create_segment(dir: &Path, number: u64, covers_from: u64, last_id: EventId) -> Result<File> {
+    create_segment_file(dir, number, covers_from, last_id)
+        .map_err(|e| io_err(&segment_path(dir, number), e))
+}
+
+/// Creates a segment with its header, durably; on failure, removes what it
+/// created (a full disk must not keep a half-made segment).
+fn create_segment_file(
+    dir: &Path,
+    number: u64,
+    covers_from: u64,
+    last_id: EventId,
+) -> std::io::Result<File> {
     let path = segment_path(dir, number);
     let mut file = OpenOptions::new()
         .create_new(true)
         .write(true)
-        .open(&path)
-        .map_err(|e| io_err(&path, e))?;
-    file.write_all(&header(covers_from, last_id, false))
+        .open(&path)?;
+    let made = file
+        .write_all(&header(covers_from, last_id, false))
         .and_then(|()| file.sync_all())
-        .and_then(|()| sync_dir(dir))
-        .map_err(|e| io_err(&path, e))?;
+        .and_then(|()| sync_dir(dir));
+    if let Err(err) = made {
+        drop(file);
+        let _ = fs::remove_file(&path);
+        return Err(err);
+    }
     Ok(file)
 }
 
@@ -470,18 +488,23 @@ impl EventStore for FileStore {
 
     async fn append(&self, batch: &[Record]) -> Result<Vec<Evicted>> {
         let trims: Vec<Stored> = std::mem::take(&mut *lock(&self.trims));
-        let mut records = Vec::with_capacity(batch.len() + trims.len());
-        {
+        // Lsns are handed out now, and the records noted as live only once
+        // written: a batch that fails leaves no trace, and its lsns go to
+        // the next one (a writer's run keeps its lsns one apart).
+        let first = {
             let mut live = lock(&self.shared.live);
-            for stored in trims
-                .into_iter()
-                .chain(batch.iter().cloned().map(Stored::Hub))
-            {
-                let lsn = live.next_lsn;
-                live.observe(lsn, &stored);
-                records.push((lsn, stored));
-            }
-        }
+            let first = live.next_lsn;
+            live.next_lsn += (trims.len() + batch.len()) as u64;
+            first
+        };
+        let records: Vec<(u64, Stored)> = (first..)
+            .zip(
+                trims
+                    .iter()
+                    .cloned()
+                    .chain(batch.iter().cloned().map(Stored::Hub)),
+            )
+            .collect();
         let events: Vec<Arc<Event>> = batch
             .iter()
             .filter_map(|r| match r {
@@ -489,10 +512,38 @@ impl EventStore for FileStore {
                 _ => None,
             })
             .collect();
-        self.submit(records).await?;
+        match self.submit(records).await {
+            Ok(records) => {
+                let mut live = lock(&self.shared.live);
+                for (lsn, stored) in &records {
+                    live.observe(*lsn, stored);
+                }
+            }
+            Err(err) => {
+                lock(&self.shared.live).next_lsn = first;
+                let mut pending = lock(&self.trims);
+                let later = std::mem::replace(&mut *pending, trims);
+                pending.extend(later);
+                return Err(err);
+            }
+        }
         let evicted = self.shared.index.insert(events);
         self.note_evicted(&evicted);
         Ok(evicted)
+    }
+
+    async fn probe(&self) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        let sent = lock(&self.jobs)
+            .as_ref()
+            .is_some_and(|jobs| jobs.send(Job::Probe { reply }).is_ok());
+        let closed = || Error::StoreUnavailable("the file store is closed".into());
+        if !sent {
+            return Err(closed());
+        }
+        rx.await
+            .map_err(|_| closed())?
+            .map_err(|e| io_err(&self.shared.dir, e))
     }
 
     async fn read(

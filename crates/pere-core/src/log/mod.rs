@@ -11,6 +11,9 @@
 //! - Damage to stored records (a flipped bit, a bad sector) costs exactly
 //!   the damaged records: recovery skips them, keeps every record before
 //!   and after, and reports each skipped region in [`Recovered::damage`].
+//! - A batch whose `append` failed is never read back, even after a
+//!   restart: the store undoes what it wrote of it before it answers (or,
+//!   if even that fails, before it writes anything else).
 //! - [`EventStore::read`] only returns events whose `append` has resolved.
 //! - Retention ([`Retention`]) belongs to the store: `append` drops the
 //!   oldest events of a channel past `history`, `prune` those past `max_age`,
@@ -206,8 +209,22 @@ pub trait EventStore: Send + Sync + 'static {
     /// their `history` drop their oldest events, reported in the result.
     ///
     /// # Errors
-    /// The batch could not be stored; the hub then refuses further writes.
+    /// The batch could not be stored. Then none of it is: the store undoes
+    /// whatever part of it it wrote, so it is never read back, not even
+    /// after a restart. The hub refuses writes until [`EventStore::probe`]
+    /// succeeds.
     fn append(&self, batch: &[Record]) -> impl Future<Output = Result<Vec<Evicted>>> + Send;
+
+    /// Checks, after a failed [`EventStore::append`], whether the store can
+    /// take writes again (space was freed, the device came back). The hub
+    /// calls it with backoff and lets writes through once it succeeds.
+    /// Required: only the store knows what a failed write left behind and
+    /// what a meaningful test write is (a file store finishes undoing the
+    /// failed write, then writes, syncs and takes back a page).
+    ///
+    /// # Errors
+    /// The store still cannot write.
+    fn probe(&self) -> impl Future<Output = Result<()>> + Send;
 
     /// Events of `channel` with ids in `(after, upto]`, oldest first, at most
     /// `limit` of them.
