@@ -106,7 +106,7 @@ pub enum Error {
     /// The hub is shutting down and takes no new work.
     #[error("the hub is shutting down")]
     ShuttingDown,
-    /// The store failed; the hub refuses writes until restarted.
+    /// The store failed; the hub refuses writes until it takes them again.
     #[error("the event store is unavailable: {0}")]
     StoreUnavailable(String),
     /// A store I/O error, with the file it concerns.

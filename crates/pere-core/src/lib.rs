@@ -85,7 +85,7 @@ pub use error::{Error, NameKind, Result};
 pub use event::{Event, EventId, Sequencer, Timestamp, validate_payload};
 pub use hub::{
     Acked, ChannelInfo, Connections, Gap, Hello, Hub, MAX_IDEMPOTENCY_KEY_LEN, Publish, Published,
-    Resume, Stats, StoreHealth, SubscribeRequest, Subscription,
+    Resume, Stats, StoreHealth, StoreOutage, SubscribeRequest, Subscription,
 };
 pub use ledger::{
     DeviceReceipt, EventReceipts, OverdueNotice, ReceiptChange, ReceiptState, ReceiptSummary,

@@ -202,11 +202,20 @@ pub struct Stats {
     pub damaged_regions: usize,
     /// Their bytes.
     pub damaged_bytes: u64,
+    /// Whether the store takes writes (not during an outage).
+    pub store_writable: bool,
+    /// Failed store writes and retries since start.
+    pub store_failures: u64,
 }
 
 /// The store's health, for health checks and metrics.
 #[derive(Clone, Debug, Default)]
 pub struct StoreHealth {
+    /// Set while the store fails: writes are refused until a retry
+    /// succeeds.
+    pub outage: Option<StoreOutage>,
+    /// Failed writes and retries since start.
+    pub failures: u64,
     /// Damaged records the store skipped when it opened, or found skipped
     /// at an earlier start, that nobody has cleared yet (each is cleared by
     /// removing its copy, [`Damage::kept_in`]). The records in them are
@@ -257,8 +266,8 @@ struct Inner<S> {
     /// handlers read it.
     auth: Arc<AuthRegistry>,
     next_stream: AtomicU64,
-    /// Set once the store failed: writes are refused from then on.
-    failed: OnceLock<String>,
+    /// Whether the store takes writes, and the retries when it does not.
+    health: Mutex<Health>,
     /// What the store's recovery skipped.
     damage: Vec<Damage>,
     closing: AtomicBool,
@@ -270,6 +279,10 @@ impl<S> Inner<S> {
         // State changes are applied step by step, each leaving it valid; a
         // panic in one must not take the whole hub down with poisoning.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn health(&self) -> MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -379,7 +392,7 @@ impl<S: EventStore> Hub<S> {
             state: Mutex::new(state),
             auth,
             next_stream: AtomicU64::new(1),
-            failed: OnceLock::new(),
+            health: Mutex::new(Health::default()),
             damage: recovered.damage,
             closing: AtomicBool::new(false),
             counters: Counters::default(),
@@ -446,8 +459,8 @@ impl<S: EventStore> Hub<S> {
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
-        if let Some(cause) = self.inner.failed.get() {
-            return Err(Error::StoreUnavailable(cause.clone()));
+        if let Some(refused) = self.inner.health().refusal() {
+            return Err(refused);
         }
         let (tx, rx) = oneshot::channel();
         self.inner
@@ -600,8 +613,8 @@ impl<S: EventStore> Hub<S> {
                 }));
                 continue;
             }
-            if let Some(cause) = self.inner.failed.get() {
-                pending.push(Err(Error::StoreUnavailable(cause.clone())));
+            if let Some(refused) = self.inner.health().refusal() {
+                pending.push(Err(refused));
                 continue;
             }
             let (reply, rx) = oneshot::channel();
@@ -798,7 +811,8 @@ impl<S: EventStore> Hub<S> {
 
     /// Counters and gauges for metrics.
     pub fn stats(&self) -> Stats {
-        let damage = self.store_health().damage;
+        let store = self.store_health();
+        let damage = store.damage;
         let c = &self.inner.counters;
         let state = self.inner.state();
         let live: u64 = state
@@ -829,12 +843,21 @@ impl<S: EventStore> Hub<S> {
             records: c.records.load(Ordering::Relaxed),
             damaged_regions: damage.len(),
             damaged_bytes: damage.iter().map(|d| d.len).sum(),
+            store_writable: store.outage.is_none(),
+            store_failures: store.failures,
         }
     }
 
-    /// The store's health: what it skipped as damaged.
+    /// The store's health: whether it takes writes, what it skipped as
+    /// damaged.
     pub fn store_health(&self) -> StoreHealth {
+        let (outage, failures) = {
+            let health = self.inner.health();
+            (health.outage(), health.failures())
+        };
         StoreHealth {
+            outage,
+            failures,
             damage: self
                 .inner
                 .damage
@@ -898,6 +921,7 @@ async fn writer<S: EventStore>(inner: Arc<Inner<S>>, mut rx: mpsc::UnboundedRece
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(64);
     loop {
+        let retry_at = inner.health().retry_at();
         tokio::select! {
             biased;
             n = rx.recv_many(&mut batch, MAX_BATCH) => {
@@ -906,6 +930,12 @@ async fn writer<S: EventStore>(inner: Arc<Inner<S>>, mut rx: mpsc::UnboundedRece
                 }
             }
             _ = tick.tick() => batch.push(Command::Tick),
+            () = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)),
+                if retry_at.is_some() => {}
+        }
+        health::retry(&inner).await;
+        if batch.is_empty() {
+            continue;
         }
         let shutting_down = batch.iter().any(|c| matches!(c, Command::Shutdown(_)));
         process(&inner, std::mem::take(&mut batch)).await;
@@ -927,24 +957,33 @@ async fn process<S: EventStore>(inner: &Inner<S>, batch: Vec<Command>) {
     let now = Timestamp::now();
     let mut records = Vec::new();
     let mut effects = Vec::with_capacity(batch.len());
+    // Which records each command made, should the batch not be written.
+    let mut spans = Vec::with_capacity(batch.len() + 2);
     let mut shutdown = false;
     {
         let mut state = inner.state();
         records.append(&mut state.deferred);
+        spans.push((0..records.len(), OnFailure::Keep));
         for cmd in batch {
             if matches!(cmd, Command::Shutdown(_)) {
                 shutdown = true;
             }
+            let (start, on_failure) = (records.len(), OnFailure::of(&cmd));
             let effect = state.prepare(cmd, now, &inner.config, &mut records);
+            spans.push((start..records.len(), on_failure));
             effects.push(effect);
         }
         if shutdown {
+            let start = records.len();
             state.close_all(now);
             records.append(&mut state.deferred);
+            spans.push((start..records.len(), OnFailure::Keep));
         }
     }
-    let result = if let Some(cause) = inner.failed.get() {
-        Err(Error::StoreUnavailable(cause.clone()))
+    let refused = inner.health().refusal();
+    let was_refused = refused.is_some();
+    let result = if let Some(refused) = refused {
+        Err(refused)
     } else if records.is_empty() {
         Ok(Vec::new())
     } else {
@@ -953,6 +992,7 @@ async fn process<S: EventStore>(inner: &Inner<S>, batch: Vec<Command>) {
     match result {
         Ok(evicted) => {
             if !records.is_empty() {
+                inner.health().wrote();
                 inner.counters.batches.fetch_add(1, Ordering::Relaxed);
                 inner
                     .counters
@@ -981,20 +1021,29 @@ async fn process<S: EventStore>(inner: &Inner<S>, batch: Vec<Command>) {
             }
         }
         Err(err) => {
-            let cause = err.to_string();
-            if inner.failed.set(cause.clone()).is_ok() {
-                tracing::error!(cause = %cause, "the store failed; refusing writes until restart");
+            // A refusal is the outage already counted; anything else is a
+            // failure of the store.
+            if !was_refused {
+                let mut health = inner.health();
+                if health.failed(err.to_string()) {
+                    tracing::error!(
+                        cause = %err,
+                        next_try_in = ?health.retry_at().map(|at| at - tokio::time::Instant::now()),
+                        "the store failed; refusing writes until it takes them again"
+                    );
+                }
             }
-            for effect in effects {
-                effect.fail(|| Error::StoreUnavailable(cause.clone()));
-            }
+            health::fail_batch(inner, err, records, spans, effects).await;
         }
     }
 }
 
+mod health;
 mod state;
 mod subscription;
 
+pub use health::StoreOutage;
+use health::{Health, OnFailure};
 use state::{Effect, Plan, State};
 use subscription::StreamGuard;
 pub use subscription::Subscription;
