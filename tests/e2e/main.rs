@@ -17,4 +17,5 @@ mod pere_compat;
 mod publish;
 mod receipts;
 mod shutdown;
+mod store_failure;
 mod web;

@@ -95,6 +95,18 @@ pub fn render<S: EventStore>(app: &App<S>) -> Response<Body> {
         s.records,
     );
     metric(
+        "pere_store_writable",
+        "gauge",
+        "1 while the store takes writes, 0 while it fails (writes get 503 and are retried).",
+        u64::from(s.store_writable),
+    );
+    metric(
+        "pere_store_failures_total",
+        "counter",
+        "Failed store writes and retries.",
+        s.store_failures,
+    );
+    metric(
         "pere_store_damaged_regions",
         "gauge",
         "Regions of damaged records the store skipped and nobody has cleared yet (see /healthz).",

@@ -1,11 +1,16 @@
-//! `GET /healthz`: `200 ok` while the store is whole; what is wrong with
-//! it otherwise, for a probe and for the operator who reads it.
+//! `GET /healthz`: `200 ok` while the store is whole and takes writes;
+//! what is wrong with it otherwise, for a probe and for the operator who
+//! reads it. Also the honest `Retry-After` of every `store_unavailable`.
 
+use std::time::Duration;
+
+use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
-use pere_core::EventStore;
+use pere_core::{EventStore, Hub};
 
 use super::{App, json, text};
 use crate::body::Body;
+use crate::error::ApiError;
 
 /// Damage listed in full; past this, only counted.
 const LISTED: usize = 20;
@@ -13,6 +18,35 @@ const LISTED: usize = 20;
 /// The health answer.
 pub(super) fn health<S: EventStore>(app: &App<S>) -> Response<Body> {
     let health = app.hub.store_health();
+    if let Some(outage) = &health.outage {
+        // PROTOCOL §8's error, with what a probe or an operator needs.
+        let err = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            format!(
+                "the event store is unavailable: {}; writes are refused and retried (next try \
+                 in {} ms)",
+                outage.cause,
+                outage.retry_in.as_millis()
+            ),
+        );
+        let mut response = json(
+            err.status,
+            serde_json::json!({
+                "error": err.message,
+                "code": err.code,
+                "store": {
+                    "writable": false,
+                    "since": outage.since.to_rfc3339(),
+                    "failures": outage.failures,
+                    "retry_in_ms": outage.retry_in.as_millis() as u64,
+                    "damaged_regions": health.damage.len(),
+                },
+            }),
+        );
+        set_retry_after(&mut response, outage.retry_in);
+        return response;
+    }
     if health.damage.is_empty() {
         return text(StatusCode::OK, "ok");
     }
@@ -53,4 +87,19 @@ pub(super) fn health<S: EventStore>(app: &App<S>) -> Response<Body> {
             },
         }),
     )
+}
+
+/// The store's `Retry-After` for a `store_unavailable` answer: the time
+/// until the hub tries the store again, at least a second; `None` when the
+/// store is not failing (the error came from elsewhere).
+pub(super) fn store_retry_after<S: EventStore>(hub: &Hub<S>) -> Option<Duration> {
+    hub.store_health().outage.map(|outage| outage.retry_in)
+}
+
+/// Sets `Retry-After` to `wait` in whole seconds, rounded up, at least 1.
+pub(super) fn set_retry_after(response: &mut Response<Body>, wait: Duration) {
+    let secs = wait.as_millis().div_ceil(1000).max(1);
+    if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
 }

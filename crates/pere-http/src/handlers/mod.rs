@@ -87,7 +87,16 @@ fn finish<S: EventStore>(
     origin: Option<&HeaderValue>,
     result: Result<Response<Body>, ApiError>,
 ) -> Response<Body> {
-    let mut response = result.unwrap_or_else(|err| error_response(&err));
+    let mut response = result.unwrap_or_else(|err| {
+        let mut response = error_response(&err);
+        if err.code == "store_unavailable"
+            && let Some(wait) = health::store_retry_after(&app.hub)
+        {
+            // When the hub tries the store again, not a guess.
+            health::set_retry_after(&mut response, wait);
+        }
+        response
+    });
     app.metrics.count(response.status());
     add_cors(&app.config.cors, origin, response.headers_mut());
     response
