@@ -9,10 +9,10 @@
 //     onGap(gap) { warn(`events were lost: ${gap.from} … ${gap.oldest}`) },
 //   });
 //
-// `subscribe` wraps EventSource (PROTOCOL §3): the device goes in the
+// `subscribe` wraps EventSource (docs/PROTOCOL.md §3): the device goes in the
 // `device` query parameter because EventSource cannot set headers, and
 // several channels use `/feed?channel=a&channel=b`. `ack` sends a receipt
-// (PROTOCOL §4) the way PERE's original page did: `POST /feedback/:channel`
+// (docs/PROTOCOL.md §4) the way PERE's original page did: `POST /feedback/:channel`
 // with headers `device` and `Last-Event-ID` and the form body `status=ok`,
 // or a JSON body `{"id","status"}`.
 
@@ -24,16 +24,16 @@ export const State = Object.freeze({
   CLOSED: 'closed',
 });
 
-/** A device id as PROTOCOL §1 allows it. */
+/** A device id as docs/PROTOCOL.md §1 allows it. */
 export const DEVICE_RE = /^[A-Za-z0-9_\-.:@]{1,128}$/;
 
-/** A channel or pattern as PROTOCOL §1 allows it (roughly: `*` segments). */
+/** A channel or pattern as docs/PROTOCOL.md §1 allows it (roughly: `*` segments). */
 export const CHANNEL_RE = /^[A-Za-z0-9_\-.:*]{1,200}$/;
 
 /** Longest wait between two reconnect attempts made by this module, in ms. */
 const MAX_BACKOFF_MS = 30_000;
 
-/** An error answer of the server (PROTOCOL §8), or a network failure (status 0). */
+/** An error answer of the server (docs/PROTOCOL.md §8), or a network failure (status 0). */
 export class PereError extends Error {
   constructor(status, code, message) {
     super(message);
@@ -171,7 +171,7 @@ export async function ack(channel, device, id, status = 'ok', { base = '', json 
  *   (EventSource only dispatches named events to listeners registered by name)
  * @param {string} [o.lastEventId] resume after this id on the first connection
  * @param {boolean} [o.replay] ask for every retained event on the first connection
- * @param {string} [o.accessToken] a token (PROTOCOL §7)
+ * @param {string} [o.accessToken] a token (docs/PROTOCOL.md §7)
  * @param {boolean} [o.json] send receipts as JSON instead of PERE's form body
  * @param {number} [o.retryMs] first delay before this module reconnects itself (default 3000)
  * @param {(event: PereEvent) => void} [o.onEvent] every event that has an id
@@ -302,7 +302,7 @@ class Subscription {
     }
     source.addEventListener('pere.hello', (e) => {
       if (source !== this.#source) return;
-      // The stream is live once hello is sent (PROTOCOL §3).
+      // The stream is live once hello is sent (docs/PROTOCOL.md §3).
       this.#failures = 0;
       this.#setState(State.OPEN, {});
       const hello = parseJson(e.data);

@@ -62,8 +62,9 @@ fn fanout(c: &mut Criterion) {
                             .unwrap();
                         let mut bytes = 0;
                         for sub in &mut subs {
-                            let event = sub.try_next().unwrap();
-                            bytes += pere_http::body::event_frame(&event).len();
+                            let outgoing = sub.try_next_outgoing().unwrap();
+                            bytes += pere_http::body::outgoing_frame(&outgoing, Default::default())
+                                .len();
                         }
                         std::hint::black_box(bytes);
                     }

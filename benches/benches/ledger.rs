@@ -7,13 +7,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use pere_benches::payload;
-use pere_core::ledger::{EventReceipts, ReceiptWatchers};
+use pere_core::ReceiptLog;
+use pere_core::ledger::EventReceipts;
 use pere_core::{
     ChannelName, DeviceId, Event, EventId, Hub, HubConfig, MemoryStore, Pattern, Publish, Resume,
     Retention, SubscribeRequest, Timestamp,
@@ -44,13 +45,9 @@ fn ledger_alone(c: &mut Criterion) {
                 time: Timestamp::now(),
                 payload: Bytes::from_static(b"{}"),
                 idempotency_key: None,
-                frame: OnceLock::new(),
             });
-            let receipts = EventReceipts::new(
-                event,
-                audience.clone(),
-                Arc::new(ReceiptWatchers::default()),
-            );
+            let receipts =
+                EventReceipts::new(event, audience.clone(), Arc::new(ReceiptLog::default()));
             let now = Timestamp::now();
             for slot in 0..DEVICES as u32 {
                 receipts.mark_delivered_slot(slot, now);

@@ -28,7 +28,6 @@ fn event(id: u64, channel: &ChannelName, payload: &Bytes) -> Record {
         time: Timestamp::now(),
         payload: payload.clone(),
         idempotency_key: None,
-        frame: OnceLock::new(),
     }))
 }
 

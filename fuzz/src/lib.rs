@@ -1023,7 +1023,6 @@ fn record_built(input: &mut Input<'_>) {
                 time: Timestamp(b as i64),
                 payload: payload.into_bytes().into(),
                 idempotency_key: (flags & 4 != 0).then(|| text(input.field()).into()),
-                frame: std::sync::OnceLock::new(),
             })))
         }
         1 => Stored::Hub(Record::Ack {

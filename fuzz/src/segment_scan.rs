@@ -74,7 +74,6 @@ pub fn segment_scan(data: &[u8]) {
                     payload.into_bytes().into()
                 },
                 idempotency_key: None,
-                frame: std::sync::OnceLock::new(),
             })))
         };
         let at = bytes.len();

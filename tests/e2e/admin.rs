@@ -1,4 +1,4 @@
-//! Admin and operations endpoints (PROTOCOL §6).
+//! Admin and operations endpoints (docs/PROTOCOL.md §6).
 
 use pere_tests::{TestServer, eventually};
 use serde_json::{Value, json};

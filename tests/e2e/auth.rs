@@ -1,4 +1,4 @@
-//! Auth (PROTOCOL §7, issue 6) through the real `pere-server` binary with an
+//! Auth (docs/PROTOCOL.md §7, issue 6) through the real `pere-server` binary with an
 //! `--auth` file: 401/403 on every endpoint family, receipts only as
 //! oneself, the admin token API, persistence across a restart, and changes
 //! applied to open streams (revocation closes, a removed grant filters).

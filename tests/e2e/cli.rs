@@ -1,6 +1,6 @@
 //! The command-line tools as processes: `pere-server`, `pere-pub` and
 //! `pere-sub` talking over loopback, their output read as scripts read it
-//! (PROTOCOL §9). Needs the binaries built first (`cargo build --workspace`).
+//! (docs/PROTOCOL.md §9). Needs the binaries built first (`cargo build --workspace`).
 //!
 //! Every process is owned by a [`Proc`] guard that kills it when dropped, so
 //! a failing test leaves nothing running.
@@ -748,7 +748,12 @@ async fn pere_pub_wait_names_the_devices_that_did_not_ack_in_time() {
     assert_eq!(word(line, "timed_out"), "true", "{line}");
     assert_eq!(word(line, "acked"), "1", "{line}");
     assert_eq!(word(line, "acked_by"), "fast", "{line}");
-    assert_eq!(word(line, "pending"), "silent", "{line}");
+    assert_eq!(word(line, "unacked"), "silent", "{line}");
+    assert_eq!(
+        word(line, "pending"),
+        "-",
+        "silent got it, it only did not ack: {line}"
+    );
     server.stop().await;
 }
 

@@ -1,4 +1,4 @@
-//! Errors (PROTOCOL §8): every one is JSON `{"error","code"}` with the right
+//! Errors (docs/PROTOCOL.md §8): every one is JSON `{"error","code"}` with the right
 //! status, and the server keeps serving afterwards.
 
 use pere_tests::{Connection, HttpReader, Response, TestServer, raw_request, send_raw};

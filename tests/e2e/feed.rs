@@ -1,4 +1,4 @@
-//! Subscribing: `GET /feed/:channel` and `GET /feed?channel=…` (PROTOCOL §3).
+//! Subscribing: `GET /feed/:channel` and `GET /feed?channel=…` (docs/PROTOCOL.md §3).
 
 use std::time::Duration;
 

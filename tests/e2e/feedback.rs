@@ -1,5 +1,5 @@
 //! Receipts: `POST /feedback/:channel` in every form PERE's clients send
-//! (PROTOCOL §4).
+//! (docs/PROTOCOL.md §4).
 
 use pere_core::{HubConfig, Retention};
 use pere_http::ServerConfig;
@@ -450,7 +450,12 @@ async fn a_late_joiner_that_received_an_event_is_added_to_its_audience() {
     assert_eq!(summary["recipients"], 2, "{summary}");
     assert_eq!(summary["acked"], 1, "{summary}");
     assert_eq!(summary["devices"]["late"]["state"], "acked", "{summary}");
-    assert_eq!(summary["pending"], json!(["early"]), "{summary}");
+    assert_eq!(summary["unacked"], json!(["early"]), "{summary}");
+    assert_eq!(
+        summary["pending"],
+        json!([]),
+        "early was delivered: {summary}"
+    );
 }
 
 #[tokio::test]

@@ -112,7 +112,7 @@ async fn streams_beyond_the_descriptor_budget_get_503() {
 #[tokio::test]
 async fn max_channels_and_the_other_limits_are_flags_of_pere_server() {
     let server = ServerProcess::start(&[
-        "--max-channels",
+        "--max-channels-per-stream",
         "2",
         "--max-streams",
         "1",

@@ -1,4 +1,4 @@
-//! Publishing: `POST /push/:channel` (PROTOCOL §2).
+//! Publishing: `POST /push/:channel` (docs/PROTOCOL.md §2).
 
 use std::time::Duration;
 
@@ -143,6 +143,11 @@ async fn wait_delivered_returns_once_every_recipient_has_it() {
     assert_eq!(body["timed_out"], false, "{body}");
     assert_eq!(
         body["pending"],
+        serde_json::json!([]),
+        "both delivered: {body}"
+    );
+    assert_eq!(
+        body["unacked"],
         serde_json::json!(["a", "b"]),
         "not acked yet: {body}"
     );
@@ -204,7 +209,12 @@ async fn wait_acked_times_out_and_lists_the_device_that_never_acked() {
     assert_eq!(body["recipients"], 2, "{body}");
     assert_eq!(body["delivered"], 2, "{body}");
     assert_eq!(body["acked"], 1, "{body}");
-    assert_eq!(body["pending"], serde_json::json!(["slowpoke"]), "{body}");
+    assert_eq!(body["unacked"], serde_json::json!(["slowpoke"]), "{body}");
+    assert_eq!(
+        body["pending"],
+        serde_json::json!([]),
+        "slowpoke got it: {body}"
+    );
 }
 
 #[tokio::test]

@@ -1,4 +1,4 @@
-//! Receipt summaries and the live receipts stream (PROTOCOL §5).
+//! Receipt summaries and the live receipts stream (docs/PROTOCOL.md §5).
 
 use pere_tests::{SseStream, TestServer, eventually};
 use serde_json::{Value, json};
@@ -21,7 +21,11 @@ fn is_time(v: &Value) -> bool {
 async fn next_change(s: &mut SseStream) -> Value {
     let e = s.next_event().await.expect("a receipt change");
     assert_eq!(e.event, "receipt", "{e:?}");
-    assert_eq!(e.id, "", "receipt changes carry no id: {e:?}");
+    // Numbered, so a reconnecting client resumes with Last-Event-ID.
+    assert!(
+        e.id.parse::<u64>().is_ok(),
+        "receipt changes are numbered: {e:?}"
+    );
     serde_json::from_str(&e.data).unwrap()
 }
 
@@ -40,6 +44,7 @@ async fn the_summary_has_the_documented_shape() {
         "delivered",
         "acked",
         "pending",
+        "unacked",
         "devices",
     ] {
         assert!(keys.contains(&key), "{key} in {s}");
@@ -69,7 +74,8 @@ async fn a_receipt_moves_from_pending_to_delivered_to_acked() {
     assert_eq!(s["pending"], json!(["phone"]), "{s}");
     assert_eq!(
         s["devices"]["phone"],
-        json!({ "state": "pending", "delivered_at": null, "acked_at": null, "status": null })
+        json!({ "state": "pending", "delivered_at": null, "acked_at": null, "status": null,
+                "status_at": null, "deliveries": 0 })
     );
 
     // It comes back without Last-Event-ID: its cursor brings the event.
@@ -79,12 +85,18 @@ async fn a_receipt_moves_from_pending_to_delivered_to_acked() {
     assert_eq!(s["delivered"], 1, "{s}");
     assert_eq!(s["acked"], 0, "{s}");
     assert_eq!(
-        s["pending"],
+        s["unacked"],
         json!(["phone"]),
         "delivered is not acked: {s}"
     );
+    assert_eq!(
+        s["pending"],
+        json!([]),
+        "delivered is no longer pending: {s}"
+    );
     let phone = &s["devices"]["phone"];
     assert_eq!(phone["state"], "delivered", "{s}");
+    assert_eq!(phone["deliveries"], 1, "{s}");
     assert!(is_time(&phone["delivered_at"]), "{s}");
     assert_eq!(phone["acked_at"], Value::Null, "{s}");
 
@@ -130,7 +142,8 @@ async fn counts_cover_every_device_of_the_audience() {
     assert_eq!(s["recipients"], 3, "{s}");
     assert_eq!(s["delivered"], 2, "delivered or acked: {s}");
     assert_eq!(s["acked"], 1, "{s}");
-    assert_eq!(s["pending"], json!(["b", "offline"]), "not yet acked: {s}");
+    assert_eq!(s["unacked"], json!(["b", "offline"]), "not yet acked: {s}");
+    assert_eq!(s["pending"], json!(["offline"]), "not yet written: {s}");
     assert_eq!(s["devices"]["a"]["state"], "acked");
     assert_eq!(s["devices"]["b"]["state"], "delivered");
     assert_eq!(s["devices"]["offline"]["state"], "pending");

@@ -707,7 +707,7 @@ async fn dashboard_shows_channels_presence_and_receipts() {
             const cell = (id) => document.querySelector(`#events tr[data-event-id="${{id}}"] td[data-acked]`);
             const a = cell('{acked}'), p = cell('{pending}');
             return !!a && !!p && a.dataset.acked === '1' && a.dataset.recipients === '1'
-                && p.dataset.acked === '0' && p.textContent.includes('pending: DASH-1');
+                && p.dataset.acked === '0' && p.textContent.includes('not acked: DASH-1');
         }})()"#
     );
     browser.wait_for("each event's receipts", &receipts).await;

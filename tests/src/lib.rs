@@ -207,7 +207,7 @@ impl Response {
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
 
-    /// Asserts a PROTOCOL §8 error: status, JSON `code`, and an `error` sentence.
+    /// Asserts a docs/PROTOCOL.md §8 error: status, JSON `code`, and an `error` sentence.
     pub fn assert_error(&self, status: u16, code: &str) {
         assert_eq!(
             self.status,

@@ -27,7 +27,7 @@ use pere_http::client::{Backoff, PublishOptions, WaitFor, random_device};
     error_code(2, "the command line is invalid."),
     error_code(
         3,
-        "with --wait: every event was published, but for at least one the wait timed out before every recipient reached the state (its line says timed_out=true and who is pending); do not publish it again."
+        "with --wait: every event was published, but for at least one the wait timed out before every recipient reached the state (its line says timed_out=true, who has not acked (unacked=) and who was not sent it yet (pending=)); do not publish it again."
     )
 )]
 pub struct Args {
@@ -64,7 +64,7 @@ pub struct Args {
     /// retries of a publish that failed because the server was unreachable or busy, with the same Idempotency-Key (default 10, backing off from 250 ms to 4 s)
     #[argh(option)]
     pub retries: Option<u32>,
-    /// wait until every recipient reached this state, delivered or acked, and print who acked and who is pending
+    /// wait until every recipient reached this state, delivered or acked, and print who acked, who has not (unacked=) and who was not sent it yet (pending=)
     #[argh(option)]
     pub wait: Option<String>,
     /// how long --wait waits for receipts (default 5s, at most 60s)
@@ -143,7 +143,7 @@ pub struct Config {
 const PERE_PAUSE: (Duration, Duration) = (Duration::from_secs(10), Duration::from_secs(20));
 /// Default `--timeout` of `--wait`.
 const DEFAULT_WAIT: Duration = Duration::from_secs(5);
-/// The server caps waits at 60 s (PROTOCOL §2).
+/// The server caps waits at 60 s (docs/PROTOCOL.md §2).
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
 impl Config {

@@ -1,7 +1,7 @@
 //! `pere-pub`: flags → [`Config`] → publish with [`pere_http::client`].
 //!
 //! stdout carries one line per published event whose first word is the event
-//! id (PROTOCOL §9); everything else goes to stderr. Exit status: 0 when
+//! id (docs/PROTOCOL.md §9); everything else goes to stderr. Exit status: 0 when
 //! every event was published, 1 when one could not be, 2 for a bad command
 //! line, 3 when every event was published but a `--wait` timed out.
 
@@ -65,7 +65,7 @@ fn main() -> ExitCode {
         Ok(()) | Err(Stop::OutputClosed) => {
             if !config.quiet {
                 eprintln!(
-                    "pere-pub: published, but the wait timed out for {timed_out} event(s): not every recipient was {} in time (see pending= on their lines)",
+                    "pere-pub: published, but the wait timed out for {timed_out} event(s): not every recipient was {} in time (see unacked= and pending= on their lines)",
                     config
                         .options
                         .wait
@@ -214,8 +214,9 @@ async fn run(config: &Config, timed_out: &mut u64) -> Result<(), Stop> {
     Ok(())
 }
 
-/// The output line of a published event: the id first (PROTOCOL §9), then
-/// `key=value` words; with `--wait`, who acked and who is pending.
+/// The output line of a published event: the id first (docs/PROTOCOL.md §9), then
+/// `key=value` words; with `--wait`, who acked, who has not acked and who
+/// was not even sent the event yet.
 async fn report(client: &Client, config: &Config, p: &Published) -> String {
     let mut line = format!(
         "{}  channel={} recipients={}",
@@ -234,7 +235,16 @@ async fn report(client: &Client, config: &Config, p: &Published) -> String {
         p.timed_out.unwrap_or(false)
     ));
     // The publish answer counts acks; the receipts name the devices.
-    let (acked_by, pending) = match client.receipts(&config.channel, &p.id).await {
+    let names = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .map(|list| {
+                list.iter()
+                    .filter_map(|d| d.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (acked_by, pending, unacked) = match client.receipts(&config.channel, &p.id).await {
         Ok(summary) => {
             let acked: Vec<String> = summary["devices"]
                 .as_object()
@@ -246,25 +256,31 @@ async fn report(client: &Client, config: &Config, p: &Published) -> String {
                         .collect()
                 })
                 .unwrap_or_default();
-            let pending: Vec<String> = summary["pending"]
-                .as_array()
-                .map(|list| {
-                    list.iter()
-                        .filter_map(|d| d.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default();
-            (Some(acked), pending)
+            (
+                Some(acked),
+                names(&summary["pending"]),
+                names(&summary["unacked"]),
+            )
         }
         Err(err) => {
             tracing::warn!(cause = %err, id = %p.id, "cannot read the event's receipts");
-            (None, p.pending.clone().unwrap_or_default())
+            (
+                None,
+                p.pending.clone().unwrap_or_default(),
+                p.unacked.clone().unwrap_or_default(),
+            )
         }
     };
     if let Some(acked_by) = acked_by {
         line.push_str(&format!(" acked_by={}", list(&acked_by)));
     }
-    line.push_str(&format!(" pending={}", list(&pending)));
+    // docs/PROTOCOL.md §5: `unacked` have not acknowledged; `pending` were
+    // not even written to yet.
+    line.push_str(&format!(
+        " unacked={} pending={}",
+        list(&unacked),
+        list(&pending)
+    ));
     line
 }
 

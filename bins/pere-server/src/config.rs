@@ -53,6 +53,9 @@ pub struct Args {
     /// events a stream may have queued before the device counts as too slow and is disconnected (default 4096)
     #[argh(option)]
     pub queue_capacity: Option<String>,
+    /// payload bytes a stream may have queued before the device counts as too slow and is disconnected (default 4MiB; accepts KiB, MiB suffixes)
+    #[argh(option)]
+    pub queue_bytes: Option<String>,
     /// directory of the durable store (default ./pere-data)
     #[argh(option)]
     pub data_dir: Option<String>,
@@ -78,6 +81,9 @@ pub struct Args {
     #[argh(option)]
     pub max_streams_per_device: Option<String>,
     /// most channels or patterns one stream may ask for; more get 400 (default 64)
+    #[argh(option)]
+    pub max_channels_per_stream: Option<String>,
+    /// most channels with retained events the server holds; a publish that would open another gets 507 until retention frees some (default 1000000)
     #[argh(option)]
     pub max_channels: Option<String>,
     /// largest request head (request line and headers) in bytes, at least 8192; larger gets 431 (default 8192; more costs memory per open stream)
@@ -145,6 +151,32 @@ pub struct Config {
     pub quiet: bool,
     /// Log format.
     pub log_format: LogFormat,
+}
+
+/// A size in bytes: a whole number, optionally with `KiB`/`MiB`/`GiB`
+/// (or `K`/`M`/`G`, powers of 1024).
+fn parse_bytes(name: &str, text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "K" | "KiB" | "k" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        _ => {
+            return Err(format!(
+                "--{name} `{text}` is not a size (a number of bytes, or with KiB, MiB, GiB)"
+            ));
+        }
+    };
+    number
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| {
+            format!("--{name} `{text}` is not a size (a number of bytes, or with KiB, MiB, GiB)")
+        })
 }
 
 fn parse_count(name: &str, text: &str) -> Result<usize, String> {
@@ -224,6 +256,10 @@ impl Config {
             None => pere_core::DEFAULT_QUEUE_CAPACITY,
             Some(v) => parse_count("queue-capacity", &v)?.max(1),
         };
+        let queue_bytes = match pick(args.queue_bytes, "queue-bytes") {
+            None => pere_core::DEFAULT_QUEUE_BYTES,
+            Some(v) => parse_bytes("queue-bytes", &v)?.max(1),
+        };
         let member_ttl = duration(args.member_ttl, "member-ttl", pere_core::DEFAULT_MEMBER_TTL)?;
         let cors =
             Cors::parse(&pick(args.cors_origin, "cors-origin").unwrap_or_else(|| "*".into()));
@@ -270,10 +306,15 @@ impl Config {
             "max-streams-per-device",
             pere_http::limits::DEFAULT_MAX_STREAMS_PER_DEVICE,
         )?;
+        let max_channels_per_stream = count(
+            args.max_channels_per_stream,
+            "max-channels-per-stream",
+            pere_core::DEFAULT_MAX_CHANNELS_PER_STREAM,
+        )?;
         let max_channels = count(
             args.max_channels,
             "max-channels",
-            pere_core::DEFAULT_MAX_CHANNELS_PER_STREAM,
+            pere_core::DEFAULT_MAX_CHANNELS,
         )?;
         let max_header_bytes = count(
             args.max_header_bytes,
@@ -360,9 +401,11 @@ impl Config {
                 member_ttl,
                 max_payload,
                 queue_capacity,
+                queue_bytes,
                 replay_all: switch(args.replay_all, "replay-all"),
                 ack_deadline,
-                max_channels_per_stream: max_channels,
+                max_channels_per_stream,
+                max_channels,
                 ..HubConfig::default()
             },
             retention: Retention {
@@ -437,6 +480,36 @@ mod tests {
                 fsync: Fsync::Always
             }
         );
+    }
+
+    #[test]
+    fn queue_bytes_take_binary_suffixes() {
+        let c = Config::resolve(Args::default(), &HashMap::new()).unwrap();
+        assert_eq!(c.hub.queue_bytes, 4 << 20);
+        for (text, want) in [
+            ("65536", 65_536),
+            ("64KiB", 65_536),
+            ("2 MiB", 2 << 20),
+            ("1G", 1 << 30),
+        ] {
+            let e = env(&[("PERE_QUEUE_BYTES", text)]);
+            assert_eq!(
+                Config::resolve(Args::default(), &e)
+                    .unwrap()
+                    .hub
+                    .queue_bytes,
+                want,
+                "{text}"
+            );
+        }
+        for bad in ["", "MiB", "4 MB", "-1", "1.5MiB", "99999999999999999999GiB"] {
+            let args = Args {
+                queue_bytes: Some(bad.into()),
+                ..Args::default()
+            };
+            let err = Config::resolve(args, &HashMap::new()).unwrap_err();
+            assert!(err.contains("--queue-bytes"), "{bad:?}: {err}");
+        }
     }
 
     #[test]
@@ -569,12 +642,14 @@ mod tests {
             ("PERE_SEND_TIMEOUT", "1.5s"),
         ]);
         let args = Args {
-            max_channels: Some("3".into()),
+            max_channels_per_stream: Some("3".into()),
+            max_channels: Some("7".into()),
             ..Args::default()
         };
         let c = Config::resolve(args, &e).unwrap();
         assert_eq!(c.server.max_streams, 5);
         assert_eq!(c.hub.max_channels_per_stream, 3);
+        assert_eq!(c.hub.max_channels, 7);
         assert_eq!(c.server.idle_timeout, Duration::from_secs(2));
         assert_eq!(c.server.send_timeout, Duration::from_millis(1500));
         let bad = |args: Args| Config::resolve(args, &HashMap::new()).unwrap_err();

@@ -33,7 +33,13 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("pere-server: {err}");
-            ExitCode::FAILURE
+            // A configuration error like any other, only found once the
+            // listening address is known.
+            if matches!(err, pere_http::Error::WebhookLoop { .. }) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -55,6 +61,12 @@ fn init_logging(config: &Config) {
 
 async fn serve(config: Config) -> Result<(), pere_http::Error> {
     let listener = pere_http::bind(config.addr).await?;
+    if let (Some(webhook), Ok(addr)) = (&config.server.webhook, listener.local_addr()) {
+        // `run` checks it too; here it comes before the store is opened and
+        // the banner printed, so that a refused start does not first look
+        // like a started server.
+        webhook.check_not_server(addr).await?;
+    }
     match &config.store {
         StoreKind::Memory => {
             serve_with(config.clone(), listener, MemoryStore::new(config.retention)).await
@@ -185,8 +197,11 @@ fn banner<S: EventStore>(
         ),
         format!("  auth        {auth}"),
         format!(
-            "  limits      {} streams ({} per device), {} channels/stream, capacity {capacity}",
-            s.max_streams, s.max_streams_per_device, config.hub.max_channels_per_stream
+            "  limits      {} streams ({} per device), {} channels/stream, {} channels, capacity {capacity}",
+            s.max_streams,
+            s.max_streams_per_device,
+            config.hub.max_channels_per_stream,
+            config.hub.max_channels
         ),
         format!(
             "  timeouts    header {}, body {}, idle {}, send {}; head ≤ {} bytes, payload ≤ {} bytes",

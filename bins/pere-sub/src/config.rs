@@ -106,7 +106,7 @@ const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(60);
 pub enum Output {
     /// `RX EVT> id: …, event: …, data: …`.
     Human,
-    /// One JSON object per line (PROTOCOL §9).
+    /// One JSON object per line (docs/PROTOCOL.md §9).
     Json,
 }
 

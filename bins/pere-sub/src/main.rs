@@ -2,7 +2,7 @@
 //! [`pere_http::client::Subscriber`], printing events and acknowledging them
 //! with [`pere_http::client::Client`].
 //!
-//! stdout carries the events (human lines, or PROTOCOL §9's JSON lines with
+//! stdout carries the events (human lines, or docs/PROTOCOL.md §9's JSON lines with
 //! `--json`); connection notices and errors go to stderr. Piped into `head`,
 //! it stops quietly when stdout closes.
 
@@ -10,6 +10,7 @@ mod config;
 mod exec;
 mod load;
 
+use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -158,6 +159,7 @@ async fn follow(config: &Config) -> Result<(), Stop> {
     );
     let deadline = config.timeout.map(|t| Instant::now() + t);
     let mut received: u64 = 0;
+    let mut seen = Seen::default();
     loop {
         let next = match deadline {
             None => sub.next().await,
@@ -207,6 +209,21 @@ async fn follow(config: &Config) -> Result<(), Stop> {
             }
         };
         let control = event.event.starts_with("pere.");
+        if !control && let Some(status) = seen.processed(&event.id) {
+            // Sent again (docs/PROTOCOL.md §5: unacknowledged events are
+            // redelivered on resume): processed once already in this run,
+            // so it is not printed, run or counted again — only its
+            // receipt goes out again, in case the first one was lost.
+            let status = status.map(str::to_string);
+            notice(
+                config,
+                format_args!("event {} again: already processed, not repeated", event.id),
+            );
+            if let (Some(status), Some(device)) = (status, &device) {
+                ack(config, &client, device, &event, &status).await;
+            }
+            continue;
+        }
         print_event(config, &event, control)?;
         if event.event == "pere.hello"
             && device.is_none()
@@ -240,8 +257,12 @@ async fn follow(config: &Config) -> Result<(), Stop> {
             }
             None => None,
         };
-        if let Some(status) = &config.status {
-            let status = outcome.as_ref().unwrap_or(status);
+        let sent_status = config
+            .status
+            .as_ref()
+            .map(|status| outcome.as_ref().unwrap_or(status).clone());
+        seen.record(&event.id, sent_status.clone());
+        if let Some(status) = &sent_status {
             match &device {
                 Some(device) => ack(config, &client, device, &event, status).await,
                 None => eprintln!(
@@ -253,6 +274,40 @@ async fn follow(config: &Config) -> Result<(), Stop> {
         received += 1;
         if config.count.is_some_and(|count| received >= count) {
             return Ok(());
+        }
+    }
+}
+
+/// Most event ids remembered as processed; a redelivery comes within a
+/// reconnect of the first delivery, so the newest ones are what matter.
+const SEEN_CAPACITY: usize = 100_000;
+
+/// The events this run processed, with the status of their receipt (none
+/// when `--no-ack`), oldest forgotten first past [`SEEN_CAPACITY`].
+#[derive(Default)]
+struct Seen {
+    status: HashMap<String, Option<String>>,
+    order: VecDeque<String>,
+}
+
+impl Seen {
+    /// `Some(status)` when `id` was processed already.
+    fn processed(&self, id: &str) -> Option<Option<&str>> {
+        if id.is_empty() {
+            return None;
+        }
+        self.status.get(id).map(Option::as_deref)
+    }
+
+    fn record(&mut self, id: &str, status: Option<String>) {
+        if id.is_empty() || self.status.insert(id.to_string(), status).is_some() {
+            return;
+        }
+        self.order.push_back(id.to_string());
+        if self.order.len() > SEEN_CAPACITY
+            && let Some(old) = self.order.pop_front()
+        {
+            self.status.remove(&old);
         }
     }
 }

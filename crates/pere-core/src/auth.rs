@@ -1,4 +1,4 @@
-//! Bearer tokens and what they grant (PROTOCOL §7): [`Token`], [`Grants`],
+//! Bearer tokens and what they grant (docs/PROTOCOL.md §7): [`Token`], [`Grants`],
 //! [`TokenHash`] and the [`AuthRegistry`] the hub and the HTTP layer consult.
 //!
 //! # Secrets
@@ -125,7 +125,7 @@ impl fmt::Debug for TokenHash {
     }
 }
 
-/// What a token allows (PROTOCOL §7).
+/// What a token allows (docs/PROTOCOL.md §7).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Grants {

@@ -35,7 +35,7 @@ impl fmt::Display for NameKind {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A name is not valid (PROTOCOL §1).
+    /// A name is not valid (docs/PROTOCOL.md §1).
     #[error("{kind} `{name}` is invalid: {reason}")]
     InvalidName {
         /// Which kind of name.
@@ -97,6 +97,17 @@ pub enum Error {
     TooManyChannels {
         /// How many were requested.
         requested: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The hub holds [`HubConfig::max_channels`] channels: a publish may
+    /// not open another one until retention frees some.
+    ///
+    /// [`HubConfig::max_channels`]: crate::HubConfig::max_channels
+    #[error(
+        "the server holds {limit} channels, its limit (--max-channels): publish on an existing channel, or wait until retention frees some"
+    )]
+    ChannelLimit {
         /// The limit.
         limit: usize,
     },

@@ -107,6 +107,7 @@ impl serde::Serialize for Timestamp {
 
 /// One published event. Immutable once built; shared by every device's queue
 /// as `Arc<Event>`.
+#[derive(Clone)]
 pub struct Event {
     /// Hub-wide id.
     pub id: EventId,
@@ -122,9 +123,30 @@ pub struct Event {
     pub payload: Bytes,
     /// The publisher's idempotency key, kept so a retry finds the first result.
     pub idempotency_key: Option<Box<str>>,
-    /// The event's wire encoding, built once by the transport and then shared
-    /// by every delivery (pere-core never looks inside).
-    pub frame: OnceLock<Bytes>,
+}
+
+/// How many encodings of one event a transport may cache per fan-out
+/// (pere-http: plain SSE, and the JSON envelope of `?envelope=json`).
+pub const FRAME_FORMS: usize = 2;
+
+/// The wire encodings of one event, built once by the transport for all the
+/// streams of one fan-out and shared by their deliveries (pere-core never
+/// looks inside). It lives as long as a queued delivery holds it, not for
+/// the event's retention: a retained event keeps only its payload.
+#[derive(Debug, Default)]
+pub struct FrameCache {
+    forms: [OnceLock<Bytes>; FRAME_FORMS],
+}
+
+impl FrameCache {
+    /// Encoding number `form`, built by `encode` the first time it is asked
+    /// for (`form` past [`FRAME_FORMS`] is encoded every time).
+    pub fn get_or_init(&self, form: usize, encode: impl FnOnce() -> Bytes) -> Bytes {
+        match self.forms.get(form) {
+            Some(slot) => slot.get_or_init(encode).clone(),
+            None => encode(),
+        }
+    }
 }
 
 impl Event {

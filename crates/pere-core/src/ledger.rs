@@ -14,10 +14,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 use crate::event::{Event, EventId, Timestamp};
 use crate::name::{ChannelName, DeviceId};
+use crate::receipt_log::ReceiptLog;
 
 /// A device's progress with one event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -49,10 +50,17 @@ pub struct DeviceReceipt {
     pub state: ReceiptState,
     /// When it was first written to the device.
     pub delivered_at: Option<Timestamp>,
-    /// When the device acknowledged it.
+    /// When the device first acknowledged it: the proof, never moved by a
+    /// later status update.
     pub acked_at: Option<Timestamp>,
-    /// The device's status text, once acked.
+    /// The device's latest status text, once acked.
     pub status: Option<Arc<str>>,
+    /// When the latest status arrived (equals `acked_at` until an update).
+    pub status_at: Option<Timestamp>,
+    /// How many times the event was written to the device's streams: more
+    /// than one after a redelivery (docs/PROTOCOL.md §5); 0 for a device
+    /// that acknowledged an event it was never sent.
+    pub deliveries: u32,
 }
 
 /// A change of one device's receipt, as the receipts stream reports it.
@@ -89,6 +97,10 @@ pub struct OverdueNotice {
     pub published_at: Timestamp,
     /// When its acknowledgement was due.
     pub deadline: Timestamp,
+    /// Retention (`--history`, `--max-age`) dropped the event before the
+    /// device acknowledged it (possibly before its deadline): it will not
+    /// be delivered again (`"state":"expired"` on the wire).
+    pub expired: bool,
 }
 
 /// What a receipts stream carries.
@@ -100,7 +112,7 @@ pub enum ReceiptUpdate {
     Overdue(OverdueNotice),
 }
 
-/// The summary of an event's receipts (PROTOCOL §5).
+/// The summary of an event's receipts (docs/PROTOCOL.md §5).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReceiptSummary {
     /// The event id.
@@ -115,54 +127,13 @@ pub struct ReceiptSummary {
     pub delivered: usize,
     /// Devices acked.
     pub acked: usize,
-    /// Devices not yet acked, sorted.
+    /// Devices still `pending` (not yet written to any of their streams),
+    /// sorted.
     pub pending: Vec<DeviceId>,
+    /// Devices not yet acked (`pending` or `delivered`), sorted.
+    pub unacked: Vec<DeviceId>,
     /// Every device's receipt, sorted by device.
     pub devices: Vec<(DeviceId, DeviceReceipt)>,
-}
-
-/// Who listens for receipt changes on one channel. Shared by every
-/// [`EventReceipts`] of the channel so a delivery can check, with one atomic
-/// load, whether anybody listens at all.
-#[derive(Debug, Default)]
-pub struct ReceiptWatchers {
-    count: AtomicUsize,
-    senders: Mutex<Vec<mpsc::Sender<ReceiptUpdate>>>,
-}
-
-impl ReceiptWatchers {
-    /// Adds a listener.
-    pub fn add(&self, tx: mpsc::Sender<ReceiptUpdate>) {
-        let mut senders = lock(&self.senders);
-        senders.push(tx);
-        self.count.store(senders.len(), Ordering::Release);
-    }
-
-    /// Whether anybody listens.
-    pub fn any(&self) -> bool {
-        self.count.load(Ordering::Acquire) > 0
-    }
-
-    /// Sends a change to every listener; a listener that is gone or cannot
-    /// keep up is dropped (its stream ends and it resubscribes).
-    pub fn send(&self, update: &ReceiptUpdate) {
-        let mut senders = lock(&self.senders);
-        senders.retain(|tx| tx.try_send(update.clone()).is_ok());
-        self.count.store(senders.len(), Ordering::Release);
-    }
-
-    /// Drops listeners whose receiver is gone.
-    pub fn sweep(&self) {
-        let mut senders = lock(&self.senders);
-        senders.retain(|tx| !tx.is_closed());
-        self.count.store(senders.len(), Ordering::Release);
-    }
-
-    /// Closes every listener's stream (shutdown).
-    pub fn close_all(&self) {
-        lock(&self.senders).clear();
-        self.count.store(0, Ordering::Release);
-    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -180,16 +151,36 @@ pub enum AckOutcome {
     Updated,
 }
 
+/// What marking a delivery found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mark {
+    /// The first time the event was written to that device.
+    First,
+    /// It had been written to that device before: a redelivery (a second
+    /// stream of the device, or a resume after a broken stream).
+    Again,
+}
+
 #[derive(Debug)]
 struct Ack {
+    /// The first acknowledgement.
     at: Timestamp,
+    /// The latest status, and when it came.
     status: Arc<str>,
+    status_at: Timestamp,
+    /// The ack claimed the device's delivery without any write (it
+    /// acknowledged an event it got some other way): the first real write
+    /// then counts as its first delivery, not a redelivery.
+    implied_delivery: bool,
 }
 
 #[derive(Debug, Default)]
 struct Slow {
     /// Acks by slot.
     acks: HashMap<u32, Ack>,
+    /// Writes after the first, by slot (redeliveries are rare, so they are
+    /// counted here rather than in a per-slot counter every event pays for).
+    again: HashMap<u32, u32>,
     /// Devices outside the publish-time audience, with their delivery time;
     /// their slots follow the audience's.
     late: Vec<(DeviceId, Option<Timestamp>)>,
@@ -213,8 +204,16 @@ pub struct EventReceipts {
     slow: Mutex<Slow>,
     /// Woken when `undelivered` or `unacked` reaches zero.
     settled: Notify,
-    watchers: Arc<ReceiptWatchers>,
+    watchers: Arc<ReceiptLog>,
+    /// Upper estimate of the event's encoded size (see [`wire_size`]).
+    ///
+    /// [`wire_size`]: EventReceipts::wire_size
+    wire_size: usize,
 }
+
+/// Bytes an encoded event takes beyond its payload lines, at most: its
+/// `id:` and `event:` lines, the end of the event, and an envelope's keys.
+const WIRE_OVERHEAD: usize = 512;
 
 /// Slot number meaning "not in the audience" (anonymous streams, late
 /// joiners resolved through the index).
@@ -223,13 +222,17 @@ pub const NO_SLOT: u32 = u32::MAX;
 impl EventReceipts {
     /// Receipts for `event` with `audience` (sorted or not; duplicates are the
     /// caller's bug) all pending.
-    pub fn new(
-        event: Arc<Event>,
-        audience: Arc<[DeviceId]>,
-        watchers: Arc<ReceiptWatchers>,
-    ) -> Self {
+    pub fn new(event: Arc<Event>, audience: Arc<[DeviceId]>, watchers: Arc<ReceiptLog>) -> Self {
         let n = audience.len();
+        // SSE writes a `data: ` prefix and a line end per payload line.
+        let breaks = event
+            .payload
+            .iter()
+            .filter(|&&b| b == b'\n' || b == b'\r')
+            .count();
+        let wire_size = event.payload.len() + 7 * (breaks + 1) + WIRE_OVERHEAD;
         Self {
+            wire_size,
             event,
             delivered_at: (0..n).map(|_| AtomicI64::new(0)).collect(),
             audience,
@@ -244,6 +247,13 @@ impl EventReceipts {
     /// The event id.
     pub fn id(&self) -> EventId {
         self.event.id
+    }
+
+    /// An upper estimate of the event's encoded size on a stream: its
+    /// payload, a `data: ` prefix and line end per line, and the id and type
+    /// lines. A payload of line breaks only encodes to 7 bytes per byte.
+    pub fn wire_size(&self) -> usize {
+        self.wire_size
     }
 
     /// The audience at publish time.
@@ -317,32 +327,34 @@ impl EventReceipts {
         status: Option<Arc<str>>,
         at: Timestamp,
     ) {
-        if self.watchers.any() {
-            self.watchers.send(&ReceiptUpdate::Change(ReceiptChange {
-                id: self.event.id,
-                channel: self.event.channel.clone(),
-                device: device.clone(),
-                state,
-                status,
+        if self.watchers.recording(at) {
+            self.watchers.push(
+                ReceiptUpdate::Change(ReceiptChange {
+                    id: self.event.id,
+                    channel: self.event.channel.clone(),
+                    device: device.clone(),
+                    state,
+                    status,
+                    at,
+                }),
                 at,
-            }));
+            );
         }
     }
 
     /// Marks the event delivered to audience slot `slot` (live fan-out knows
-    /// the slot). Returns whether this was the first delivery to that device.
-    pub fn mark_delivered_slot(&self, slot: u32, at: Timestamp) -> bool {
+    /// the slot).
+    pub fn mark_delivered_slot(&self, slot: u32, at: Timestamp) -> Mark {
         let Some(cell) = self.delivered_at.get(slot as usize) else {
-            return false;
+            return Mark::Again;
         };
         if cell
             .compare_exchange(0, at.0.max(1), Ordering::AcqRel, Ordering::Acquire)
             .is_err()
         {
-            return false;
+            // Written before, or claimed by an ack: the rare path.
+            return self.written_again(&mut lock(&self.slow), slot);
         }
-        // An ack that arrived first claimed this cell too, so winning the
-        // swap means this is the device's first delivery, acked or not.
         self.settle(&self.undelivered);
         self.announce(
             &self.audience[slot as usize],
@@ -350,13 +362,25 @@ impl EventReceipts {
             None,
             at,
         );
-        true
+        Mark::First
+    }
+
+    /// A write to a slot whose delivery was already recorded: the first
+    /// real one if an ack had claimed it, else a redelivery.
+    fn written_again(&self, slow: &mut Slow, slot: u32) -> Mark {
+        if let Some(ack) = slow.acks.get_mut(&slot)
+            && ack.implied_delivery
+        {
+            ack.implied_delivery = false;
+            return Mark::First;
+        }
+        *slow.again.entry(slot).or_insert(0) += 1;
+        Mark::Again
     }
 
     /// Marks the event delivered to `device`, adding it to the audience when
-    /// it was not in it (replay to a late joiner). Returns whether this was
-    /// the first delivery to that device.
-    pub fn mark_delivered(&self, device: &DeviceId, at: Timestamp) -> bool {
+    /// it was not in it (replay to a late joiner).
+    pub fn mark_delivered(&self, device: &DeviceId, at: Timestamp) -> Mark {
         let mut slow = lock(&self.slow);
         match self.slot_of(&mut slow, device) {
             Some(slot) if (slot as usize) < self.audience.len() => {
@@ -365,59 +389,82 @@ impl EventReceipts {
             }
             Some(slot) => {
                 let i = slot as usize - self.audience.len();
-                if slow.late[i].1.is_some() || slow.acks.contains_key(&slot) {
-                    return false;
+                if slow.late[i].1.is_some() {
+                    return self.written_again(&mut slow, slot);
                 }
                 slow.late[i].1 = Some(at);
                 drop(slow);
                 self.settle(&self.undelivered);
                 self.announce(device, ReceiptState::Delivered, None, at);
-                true
+                Mark::First
             }
             None => {
                 self.add_late(&mut slow, device, Some(at));
                 drop(slow);
                 self.announce(device, ReceiptState::Delivered, None, at);
-                true
+                Mark::First
             }
         }
     }
 
+    /// Whether `device` acknowledged the event.
+    pub fn is_acked_by(&self, device: &DeviceId) -> bool {
+        let mut slow = lock(&self.slow);
+        if slow.acks.is_empty() {
+            return false;
+        }
+        self.slot_of(&mut slow, device)
+            .is_some_and(|slot| slow.acks.contains_key(&slot))
+    }
+
     /// Records `device`'s receipt with `status`. A device outside the
     /// audience is added to it (it received the event somehow: late join,
-    /// replay). An ack implies delivery.
+    /// replay). An ack implies delivery. A second receipt keeps the first
+    /// one's time (the proof) and updates the status.
     pub fn ack(&self, device: &DeviceId, status: Arc<str>, at: Timestamp) -> AckOutcome {
         let mut slow = lock(&self.slow);
         let slot = match self.slot_of(&mut slow, device) {
             Some(slot) => slot,
             None => self.add_late(&mut slow, device, None),
         };
-        let previous = slow.acks.insert(
-            slot,
-            Ack {
-                at,
-                status: status.clone(),
-            },
-        );
-        if previous.is_some() {
+        if let Some(ack) = slow.acks.get_mut(&slot) {
+            ack.status = status.clone();
+            ack.status_at = ack.at.max(at);
             drop(slow);
             self.announce(device, ReceiptState::Acked, Some(status), at);
             return AckOutcome::Updated;
         }
         let was_delivered = match (slot as usize).checked_sub(self.audience.len()) {
             None => {
-                // Claim the delivery so a later mark does not count it again.
+                // Claim the delivery so a later mark does not count it again;
+                // a delivery time later than the ack (only a time rebuilt
+                // from a cursor after a restart can be) moves back to it, so
+                // the times never contradict the states' order.
                 let cell = &self.delivered_at[slot as usize];
-                cell.compare_exchange(0, at.0.max(1), Ordering::AcqRel, Ordering::Acquire)
-                    .is_err()
+                match cell.compare_exchange(0, at.0.max(1), Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => false,
+                    Err(_) => {
+                        cell.fetch_min(at.0.max(1), Ordering::AcqRel);
+                        true
+                    }
+                }
             }
             Some(i) => {
                 let late = &mut slow.late[i].1;
                 let was = late.is_some();
-                late.get_or_insert(at);
+                *late = Some(late.map_or(at, |t| t.min(at)));
                 was
             }
         };
+        slow.acks.insert(
+            slot,
+            Ack {
+                at,
+                status: status.clone(),
+                status_at: at,
+                implied_delivery: !was_delivered,
+            },
+        );
         drop(slow);
         if !was_delivered {
             self.settle(&self.undelivered);
@@ -441,8 +488,10 @@ impl EventReceipts {
 
     /// Tells the channel's receipt listeners that a device is overdue.
     pub fn announce_overdue(&self, notice: &OverdueNotice) {
-        if self.watchers.any() {
-            self.watchers.send(&ReceiptUpdate::Overdue(notice.clone()));
+        let now = Timestamp::now();
+        if self.watchers.recording(now) {
+            self.watchers
+                .push(ReceiptUpdate::Overdue(notice.clone()), now);
         }
     }
 
@@ -461,12 +510,20 @@ impl EventReceipts {
             },
             Some(i) => slow.late[i].1,
         };
-        match slow.acks.get(&slot) {
+        let ack = slow.acks.get(&slot);
+        let deliveries = if delivered_at.is_none() || ack.is_some_and(|a| a.implied_delivery) {
+            0
+        } else {
+            1 + slow.again.get(&slot).copied().unwrap_or(0)
+        };
+        match ack {
             Some(ack) => DeviceReceipt {
                 state: ReceiptState::Acked,
                 delivered_at: delivered_at.or(Some(ack.at)),
                 acked_at: Some(ack.at),
                 status: Some(ack.status.clone()),
+                status_at: Some(ack.status_at),
+                deliveries,
             },
             None => DeviceReceipt {
                 state: if delivered_at.is_some() {
@@ -477,11 +534,13 @@ impl EventReceipts {
                 delivered_at,
                 acked_at: None,
                 status: None,
+                status_at: None,
+                deliveries,
             },
         }
     }
 
-    /// The full summary (PROTOCOL §5).
+    /// The full summary (docs/PROTOCOL.md §5).
     pub fn summary(&self) -> ReceiptSummary {
         let slow = lock(&self.slow);
         let mut devices: Vec<(DeviceId, DeviceReceipt)> = self
@@ -503,6 +562,11 @@ impl EventReceipts {
             .count();
         let pending = devices
             .iter()
+            .filter(|(_, r)| r.state == ReceiptState::Pending)
+            .map(|(d, _)| d.clone())
+            .collect();
+        let unacked = devices
+            .iter()
             .filter(|(_, r)| r.state != ReceiptState::Acked)
             .map(|(d, _)| d.clone())
             .collect();
@@ -514,6 +578,7 @@ impl EventReceipts {
             delivered,
             acked,
             pending,
+            unacked,
             devices,
         }
     }
@@ -523,10 +588,10 @@ impl EventReceipts {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::receipt_log::Followed;
     use bytes::Bytes;
-    use std::sync::OnceLock;
 
-    fn receipts(devices: &[&str]) -> (EventReceipts, Arc<ReceiptWatchers>) {
+    fn receipts(devices: &[&str]) -> (EventReceipts, Arc<ReceiptLog>) {
         let event = Arc::new(Event {
             id: EventId(7),
             channel: ChannelName::new("c").unwrap(),
@@ -535,10 +600,9 @@ mod tests {
             time: Timestamp(1),
             payload: Bytes::from_static(b"x"),
             idempotency_key: None,
-            frame: OnceLock::new(),
         });
         let audience: Arc<[DeviceId]> = devices.iter().map(|d| DeviceId::new(d).unwrap()).collect();
-        let watchers = Arc::new(ReceiptWatchers::default());
+        let watchers = Arc::new(ReceiptLog::default());
         (
             EventReceipts::new(event, audience, watchers.clone()),
             watchers,
@@ -556,9 +620,10 @@ mod tests {
             r.receipt_of(&dev("a")).unwrap().state,
             ReceiptState::Pending
         );
-        assert!(r.mark_delivered_slot(0, Timestamp(10)));
-        assert!(
-            !r.mark_delivered_slot(0, Timestamp(11)),
+        assert_eq!(r.mark_delivered_slot(0, Timestamp(10)), Mark::First);
+        assert_eq!(
+            r.mark_delivered_slot(0, Timestamp(11)),
+            Mark::Again,
             "second delivery is not new"
         );
         let a = r.receipt_of(&dev("a")).unwrap();
@@ -571,6 +636,7 @@ mod tests {
         let s = r.summary();
         assert_eq!((s.recipients, s.delivered, s.acked), (2, 1, 1));
         assert_eq!(s.pending, vec![dev("b")]);
+        assert_eq!(s.unacked, vec![dev("b")]);
         assert_eq!(r.undelivered(), 1);
         assert_eq!(r.unacked(), 1);
     }
@@ -579,24 +645,30 @@ mod tests {
     fn an_ack_before_delivery_counts_as_delivered_once() {
         let (r, _) = receipts(&["a"]);
         r.ack(&dev("a"), "ok".into(), Timestamp(5));
-        assert!(!r.mark_delivered_slot(0, Timestamp(6)));
+        assert_eq!(r.receipt_of(&dev("a")).unwrap().deliveries, 0);
+        // The first real write after that is its first delivery, not a
+        // redelivery; the second is one.
+        assert_eq!(r.mark_delivered_slot(0, Timestamp(6)), Mark::First);
+        assert_eq!(r.mark_delivered_slot(0, Timestamp(7)), Mark::Again);
         assert_eq!(r.undelivered(), 0);
         assert_eq!(r.unacked(), 0);
         let a = r.receipt_of(&dev("a")).unwrap();
         assert_eq!(a.delivered_at, Some(Timestamp(5)));
+        assert_eq!(a.deliveries, 2);
     }
 
     #[test]
     fn late_joiners_are_added_on_delivery_or_ack() {
         let (r, _) = receipts(&["a"]);
-        assert!(r.mark_delivered(&dev("late"), Timestamp(3)));
-        assert!(!r.mark_delivered(&dev("late"), Timestamp(4)));
+        assert_eq!(r.mark_delivered(&dev("late"), Timestamp(3)), Mark::First);
+        assert_eq!(r.mark_delivered(&dev("late"), Timestamp(4)), Mark::Again);
         r.ack(&dev("other"), "done".into(), Timestamp(5));
         let s = r.summary();
         assert_eq!(s.recipients, 3);
         assert_eq!(s.delivered, 2);
         assert_eq!(s.acked, 1);
-        assert_eq!(s.pending, vec![dev("a"), dev("late")]);
+        assert_eq!(s.pending, vec![dev("a")]);
+        assert_eq!(s.unacked, vec![dev("a"), dev("late")]);
         assert_eq!(r.undelivered(), 1);
         assert_eq!(r.unacked(), 2);
     }
@@ -613,24 +685,43 @@ mod tests {
             AckOutcome::Updated
         );
         assert_eq!(r.unacked(), 0);
+        let a = r.receipt_of(&dev("a")).unwrap();
+        assert_eq!(a.status.as_deref(), Some("second"));
         assert_eq!(
-            r.receipt_of(&dev("a")).unwrap().status.as_deref(),
-            Some("second")
+            a.acked_at,
+            Some(Timestamp(1)),
+            "the first receipt is the proof"
+        );
+        assert_eq!(a.status_at, Some(Timestamp(2)));
+    }
+
+    #[test]
+    fn a_delivery_time_rebuilt_after_the_ack_moves_back_to_it() {
+        let (r, _) = receipts(&["a"]);
+        // After a restart deliveries are known from a cursor, whose time may
+        // be later than the receipt's.
+        r.mark_delivered_slot(0, Timestamp(50));
+        r.ack(&dev("a"), "ok".into(), Timestamp(20));
+        let a = r.receipt_of(&dev("a")).unwrap();
+        assert_eq!(
+            (a.delivered_at, a.acked_at),
+            (Some(Timestamp(20)), Some(Timestamp(20)))
         );
     }
 
     #[tokio::test]
     async fn watchers_see_every_transition_in_order() {
         let (r, watchers) = receipts(&["a"]);
-        let (tx, mut rx) = mpsc::channel(8);
-        watchers.add(tx);
+        let mut follower = watchers.follow(None);
         r.mark_delivered_slot(0, Timestamp(1));
         r.ack(&dev("a"), "ok".into(), Timestamp(2));
-        let states: Vec<_> = [rx.recv().await.unwrap(), rx.recv().await.unwrap()]
+        let mut items = Vec::new();
+        std::future::poll_fn(|cx| follower.poll_batch(cx, &mut items)).await;
+        let states: Vec<_> = items
             .iter()
-            .map(|u| match u {
-                ReceiptUpdate::Change(c) => c.state,
-                ReceiptUpdate::Overdue(_) => panic!("no deadline here"),
+            .map(|f| match f {
+                Followed::Change(_, ReceiptUpdate::Change(c)) => c.state,
+                other => panic!("no deadline here: {other:?}"),
             })
             .collect();
         assert_eq!(states, [ReceiptState::Delivered, ReceiptState::Acked]);

@@ -74,21 +74,22 @@ pub mod log;
 mod name;
 pub mod presence;
 mod queue;
+pub mod receipt_log;
 
 pub use auth::{AuthRegistry, Grants, Token, TokenHash};
 pub use config::{
-    DEFAULT_HISTORY, DEFAULT_IDEMPOTENCY_TTL, DEFAULT_MAX_AGE, DEFAULT_MAX_CHANNELS_PER_STREAM,
-    DEFAULT_MAX_PAYLOAD, DEFAULT_MEMBER_TTL, DEFAULT_QUEUE_CAPACITY, HubConfig, MAX_STATUS_LEN,
-    Retention,
+    DEFAULT_HISTORY, DEFAULT_IDEMPOTENCY_TTL, DEFAULT_MAX_AGE, DEFAULT_MAX_CHANNELS,
+    DEFAULT_MAX_CHANNELS_PER_STREAM, DEFAULT_MAX_PAYLOAD, DEFAULT_MEMBER_TTL, DEFAULT_QUEUE_BYTES,
+    DEFAULT_QUEUE_CAPACITY, HubConfig, MAX_STATUS_LEN, Retention,
 };
 pub use error::{Error, NameKind, Result};
-pub use event::{Event, EventId, Sequencer, Timestamp, validate_payload};
+pub use event::{Event, EventId, FRAME_FORMS, FrameCache, Sequencer, Timestamp, validate_payload};
 pub use hub::{
-    Acked, ChannelInfo, Connections, Gap, Hello, Hub, MAX_IDEMPOTENCY_KEY_LEN, Publish, Published,
-    Resume, Stats, StoreHealth, StoreOutage, SubscribeRequest, Subscription,
+    Acked, ChannelInfo, Connections, Gap, Hello, Hub, MAX_IDEMPOTENCY_KEY_LEN, Outgoing, Publish,
+    Published, Resume, Stats, StoreHealth, StoreOutage, SubscribeRequest, Subscription,
 };
 pub use ledger::{
-    DeviceReceipt, EventReceipts, OverdueNotice, ReceiptChange, ReceiptState, ReceiptSummary,
+    DeviceReceipt, EventReceipts, Mark, OverdueNotice, ReceiptChange, ReceiptState, ReceiptSummary,
     ReceiptUpdate,
 };
 pub use log::{
@@ -100,6 +101,7 @@ pub use name::{
     RESERVED_EVENT_PREFIX,
 };
 pub use presence::{Op, Presence};
+pub use receipt_log::{Followed, ReceiptFollower, ReceiptLog};
 
 /// The README's Rust examples, compiled and run by `cargo test` so the
 /// README cannot drift from the API.

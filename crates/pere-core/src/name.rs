@@ -1,6 +1,6 @@
 //! Validated names: [`ChannelName`], [`Pattern`], [`DeviceId`] and [`EventType`].
 //!
-//! Each type exists only if its text is valid (PROTOCOL §1), so the hub, the
+//! Each type exists only if its text is valid (docs/PROTOCOL.md §1), so the hub, the
 //! store and the SSE encoder never re-check a name and never panic on one.
 //! Names are cheap to clone (`Arc<str>`): they are hash keys everywhere.
 
@@ -164,7 +164,7 @@ name_type!(
 );
 
 impl ChannelName {
-    /// Validates `text` as a channel name (PROTOCOL §1).
+    /// Validates `text` as a channel name (docs/PROTOCOL.md §1).
     ///
     /// # Errors
     /// [`Error::InvalidName`] naming the offending byte or the length.
@@ -191,7 +191,7 @@ name_type!(
 );
 
 impl DeviceId {
-    /// Validates `text` as a device id (PROTOCOL §1).
+    /// Validates `text` as a device id (docs/PROTOCOL.md §1).
     ///
     /// # Errors
     /// [`Error::InvalidName`] naming the offending byte or the length.
@@ -215,7 +215,7 @@ name_type!(
 );
 
 impl EventType {
-    /// Validates `text` as a publisher's event type (PROTOCOL §2).
+    /// Validates `text` as a publisher's event type (docs/PROTOCOL.md §2).
     ///
     /// # Errors
     /// [`Error::InvalidName`] for a bad charset or length, or for the reserved
@@ -267,7 +267,7 @@ pub struct Pattern {
 }
 
 impl Pattern {
-    /// Validates `text` as a channel name or pattern (PROTOCOL §1).
+    /// Validates `text` as a channel name or pattern (docs/PROTOCOL.md §1).
     ///
     /// # Errors
     /// [`Error::InvalidName`] for a bad charset or length, a `*` or `**`

@@ -6,10 +6,11 @@
 //! written by the stream's own task with atomics, so delivering never takes
 //! the hub's lock.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::event::{EventId, Timestamp};
+use crate::event::{EventId, FrameCache, Timestamp};
 use crate::ledger::EventReceipts;
 use crate::name::{ChannelName, DeviceId, Pattern};
 use crate::queue::{DeliveryQueue, Push, Taken};
@@ -26,14 +27,25 @@ pub enum Op {
     Left,
 }
 
-/// One queued delivery: the event's receipts (which hold the event) and the
-/// device's slot in its audience.
+/// One queued delivery: the event's receipts (which hold the event), the
+/// device's slot in its audience, and the encodings shared by the fan-out.
 #[derive(Clone, Debug)]
 pub struct Delivery {
     /// The event and its receipts.
     pub receipts: Arc<EventReceipts>,
     /// The device's audience slot, or [`crate::ledger::NO_SLOT`].
     pub slot: u32,
+    /// The transport's encodings of the event, shared by every stream of
+    /// this fan-out and freed with the last delivery that holds them.
+    pub frames: Arc<FrameCache>,
+}
+
+impl Delivery {
+    /// What it weighs against a queue's byte bound: an upper estimate of
+    /// its encoded size (docs/PROTOCOL.md §3.7).
+    pub fn size(&self) -> usize {
+        self.receipts.wire_size()
+    }
 }
 
 /// The part of an open stream that its task updates on every delivery and
@@ -50,6 +62,8 @@ pub struct StreamShared {
     pub delivered_at: AtomicI64,
     /// Events written, for metrics.
     pub delivered: AtomicU64,
+    /// Of those, events written to its device before (redeliveries).
+    pub redelivered: AtomicU64,
     /// Highest event id queued by the writer (dedupes an event that matches
     /// several of the stream's subscriptions). Writer task only.
     pub enqueued_upto: AtomicU64,
@@ -68,19 +82,21 @@ pub struct StreamShared {
 }
 
 impl StreamShared {
-    /// A fresh stream record, whose queue holds at most `capacity` events.
-    pub fn new(id: u64, device: Option<DeviceId>, capacity: usize) -> Self {
+    /// A fresh stream record, whose queue holds at most `capacity` events
+    /// and `max_bytes` of payload.
+    pub fn new(id: u64, device: Option<DeviceId>, capacity: usize, max_bytes: usize) -> Self {
         Self {
             id,
             device,
             delivered_upto: AtomicU64::new(0),
             delivered_at: AtomicI64::new(0),
             delivered: AtomicU64::new(0),
+            redelivered: AtomicU64::new(0),
             enqueued_upto: AtomicU64::new(0),
             revoked: AtomicBool::new(false),
             restricted: AtomicBool::new(false),
             allowed: Mutex::new(None),
-            queue: DeliveryQueue::new(capacity),
+            queue: DeliveryQueue::new(capacity, max_bytes),
         }
     }
 
@@ -232,8 +248,17 @@ pub struct Member {
     pub disconnected_at: Option<Timestamp>,
     /// Last activity: connect, disconnect or receipt.
     pub last_seen: Timestamp,
-    /// Last event it acknowledged, and when.
+    /// Last event it acknowledged, and when. Once it acknowledged anything
+    /// it is an *acknowledging* member: see `unacked`.
     pub last_acked: Option<(EventId, Timestamp)>,
+    /// For an acknowledging member, every event of its audience it has not
+    /// acknowledged yet, in id order: what it is sent again when it comes
+    /// back without `Last-Event-ID` (docs/PROTOCOL.md §5). Empty, and not
+    /// kept, for a member that never acknowledged.
+    pub unacked: VecDeque<EventId>,
+    /// The oldest of its unacknowledged events that retention dropped before
+    /// it got them again: told as a `pere.gap` when it comes back.
+    pub lost_from: Option<EventId>,
     /// PERE's `op`: what it did last.
     pub op: Op,
     /// PERE's `at`: when.
@@ -257,9 +282,27 @@ impl Member {
             disconnected_at: Some(now),
             last_seen: now,
             last_acked: None,
+            unacked: VecDeque::new(),
+            lost_from: None,
             op: Op::Feed,
             op_at: now,
             last_event_id: None,
+        }
+    }
+
+    /// Whether it ever acknowledged an event here, and so is sent again what
+    /// it has not acknowledged.
+    pub fn acknowledges(&self) -> bool {
+        self.last_acked.is_some()
+    }
+
+    /// Forgets an acknowledged event from `unacked`.
+    pub fn forget_unacked(&mut self, id: EventId) {
+        if self.unacked.front() == Some(&id) {
+            // Devices acknowledge in order, mostly.
+            self.unacked.pop_front();
+        } else if let Ok(i) = self.unacked.binary_search(&id) {
+            self.unacked.remove(i);
         }
     }
 
@@ -301,7 +344,7 @@ impl Member {
     }
 }
 
-/// A device's presence on one subscription (PROTOCOL §5 and PERE's fields).
+/// A device's presence on one subscription (docs/PROTOCOL.md §5 and PERE's fields).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Presence {
     /// Whether it is a member (in audiences).

@@ -29,6 +29,8 @@ const KEEP_ALLOCATED: usize = 16;
 pub(crate) struct DeliveryQueue {
     state: Mutex<State>,
     capacity: usize,
+    /// Bound in payload bytes, counted like `capacity`.
+    max_bytes: usize,
     /// Live [`StreamTx`](crate::presence::StreamTx) handles: the queue
     /// ends when the last one drops.
     senders: AtomicUsize,
@@ -46,6 +48,9 @@ struct State {
     /// What the consumer held when it last took: it counts against the
     /// capacity until the consumer comes back for more.
     taken: usize,
+    /// Payload bytes of `items`, and of what the consumer took.
+    bytes: usize,
+    taken_bytes: usize,
 }
 
 /// What became of a push.
@@ -53,19 +58,22 @@ struct State {
 pub(crate) enum Push {
     /// Queued.
     Queued,
-    /// The queue holds `capacity` items: the consumer is too slow.
+    /// The queue holds `capacity` items, or `max_bytes` of payload: the
+    /// consumer is too slow.
     Full,
     /// The consumer is gone.
     Closed,
 }
 
 impl DeliveryQueue {
-    /// An empty queue of at most `capacity` items (at least one), with no
-    /// sender yet.
-    pub(crate) fn new(capacity: usize) -> Self {
+    /// An empty queue of at most `capacity` items (at least one) and
+    /// `max_bytes` of payload (one item larger than that passes when the
+    /// queue is empty), with no sender yet.
+    pub(crate) fn new(capacity: usize, max_bytes: usize) -> Self {
         Self {
             state: Mutex::new(State::default()),
             capacity: capacity.max(1),
+            max_bytes,
             senders: AtomicUsize::new(0),
         }
     }
@@ -83,9 +91,14 @@ impl DeliveryQueue {
             if state.receiver_gone {
                 return Push::Closed;
             }
-            if state.items.len() + state.taken >= self.capacity {
+            let held = state.items.len() + state.taken;
+            let size = delivery.size();
+            if held >= self.capacity
+                || (held > 0 && state.bytes + state.taken_bytes + size > self.max_bytes)
+            {
                 return Push::Full;
             }
+            state.bytes += size;
             state.items.push_back(delivery);
             state.waker.take()
         };
@@ -158,6 +171,7 @@ impl DeliveryQueue {
             let mut state = self.state();
             state.receiver_gone = true;
             state.waker = None;
+            state.bytes = 0;
             std::mem::take(&mut state.items)
         };
         drop(items);
@@ -172,14 +186,19 @@ impl DeliveryQueue {
 /// Moves the queued items behind `batch`'s, in order, and counts what the
 /// consumer now holds against the capacity.
 fn take_all(state: &mut State, batch: &mut VecDeque<Delivery>) {
-    if !state.items.is_empty() {
-        if batch.is_empty() {
-            std::mem::swap(&mut state.items, batch);
-        } else {
-            // Not how `Taken` calls it, but the order must hold anyway.
-            batch.append(&mut state.items);
-        }
+    if state.items.is_empty() {
+        // Nothing new: each side keeps its allocation. The consumer comes
+        // back with an empty batch (`Taken` does), so it holds nothing now.
+        state.taken_bytes = batch.iter().map(Delivery::size).sum();
+    } else if batch.is_empty() {
+        std::mem::swap(&mut state.items, batch);
+        state.taken_bytes = state.bytes;
+    } else {
+        // Not how `Taken` calls it, but the order and counts must hold anyway.
+        batch.append(&mut state.items);
+        state.taken_bytes = batch.iter().map(Delivery::size).sum();
     }
+    state.bytes = 0;
     state.taken = batch.len();
 }
 
@@ -225,11 +244,12 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::event::{Event, EventId, Timestamp};
-    use crate::ledger::{EventReceipts, ReceiptWatchers};
+    use crate::ledger::EventReceipts;
     use crate::name::ChannelName;
+    use crate::receipt_log::ReceiptLog;
     use bytes::Bytes;
+    use std::sync::Arc;
     use std::sync::atomic::AtomicBool;
-    use std::sync::{Arc, OnceLock};
     use std::task::Wake;
 
     fn delivery(id: u64) -> Delivery {
@@ -241,12 +261,12 @@ mod tests {
             time: Timestamp(1),
             payload: Bytes::from(format!("e{id}")),
             idempotency_key: None,
-            frame: OnceLock::new(),
         };
-        let watchers = Arc::new(ReceiptWatchers::default());
+        let watchers = Arc::new(ReceiptLog::default());
         Delivery {
             receipts: Arc::new(EventReceipts::new(Arc::new(event), Arc::from([]), watchers)),
             slot: 0,
+            frames: Arc::default(),
         }
     }
 
@@ -285,7 +305,7 @@ mod tests {
 
     #[test]
     fn delivers_in_order_up_to_its_capacity() {
-        let q = DeliveryQueue::new(3);
+        let q = DeliveryQueue::new(3, usize::MAX);
         q.add_sender();
         let mut c = Consumer::default();
         for i in 1..=3 {
@@ -309,7 +329,7 @@ mod tests {
 
     #[test]
     fn a_waiting_consumer_is_woken_by_a_push_and_by_the_last_sender_leaving() {
-        let q = DeliveryQueue::new(8);
+        let q = DeliveryQueue::new(8, usize::MAX);
         q.add_sender();
         q.add_sender();
         let mut c = Consumer::default();
@@ -334,7 +354,7 @@ mod tests {
 
     #[test]
     fn a_gone_consumer_frees_what_was_queued_and_refuses_more() {
-        let q = DeliveryQueue::new(8);
+        let q = DeliveryQueue::new(8, usize::MAX);
         q.add_sender();
         let d = delivery(1);
         let receipts = d.receipts.clone();
@@ -349,7 +369,7 @@ mod tests {
 
     #[test]
     fn a_drained_queue_gives_back_a_burst_s_memory() {
-        let q = DeliveryQueue::new(4096);
+        let q = DeliveryQueue::new(4096, usize::MAX);
         q.add_sender();
         let mut c = Consumer::default();
         for i in 0..1000 {
@@ -368,7 +388,7 @@ mod tests {
 
     #[test]
     fn a_take_behind_a_non_empty_batch_keeps_the_order() {
-        let q = DeliveryQueue::new(8);
+        let q = DeliveryQueue::new(8, usize::MAX);
         q.add_sender();
         let mut taken = Taken::default();
         q.push(delivery(1));
@@ -382,11 +402,77 @@ mod tests {
         assert_eq!(ids, [2, 3]);
     }
 
+    fn sized(id: u64, bytes: usize) -> Delivery {
+        let mut d = delivery(id);
+        let event = &d.receipts.event;
+        let event = Event {
+            id: event.id,
+            channel: event.channel.clone(),
+            kind: None,
+            device: None,
+            time: event.time,
+            payload: Bytes::from(vec![b'x'; bytes]),
+            idempotency_key: None,
+        };
+        let watchers = Arc::new(ReceiptLog::default());
+        d.receipts = Arc::new(EventReceipts::new(Arc::new(event), Arc::from([]), watchers));
+        d
+    }
+
+    #[test]
+    fn bytes_bound_the_queue_as_well_as_events() {
+        // Sizes are encoded estimates: the payload plus a fixed overhead.
+        let w = |n: usize| sized(0, n).size();
+        let bound = 2 * w(400) + w(200);
+        let q = DeliveryQueue::new(100, bound);
+        q.add_sender();
+        let mut c = Consumer::default();
+        assert_eq!(q.push(sized(1, 400)), Push::Queued);
+        assert_eq!(q.push(sized(2, 400)), Push::Queued);
+        assert_eq!(q.push(sized(3, 400)), Push::Full, "over the bound");
+        assert_eq!(q.push(sized(3, 200)), Push::Queued, "exactly at the bound");
+        // Taken, not yet handed out: still counted.
+        assert_eq!(c.try_pop(&q), Some(1));
+        assert_eq!(q.push(sized(4, 1)), Push::Full);
+        assert_eq!(c.try_pop(&q), Some(2));
+        assert_eq!(c.try_pop(&q), Some(3));
+        assert_eq!(c.try_pop(&q), None);
+        // Drained: the bytes are free again, and one event larger than the
+        // whole bound still passes an empty queue (it could never pass
+        // otherwise), but nothing joins it.
+        assert_eq!(q.push(sized(5, 5 * bound)), Push::Queued);
+        assert_eq!(q.push(sized(6, 1)), Push::Full);
+        assert_eq!(c.try_pop(&q), Some(5));
+        assert_eq!(c.try_pop(&q), None);
+        assert_eq!(q.push(sized(6, 600)), Push::Queued);
+        assert_eq!(
+            q.push(sized(7, 400)),
+            Push::Queued,
+            "nothing taken is still counted"
+        );
+        assert_eq!(c.try_pop(&q), Some(6));
+        assert_eq!(c.try_pop(&q), Some(7));
+        assert_eq!(c.try_pop(&q), None);
+        assert_eq!(q.push(sized(8, 999)), Push::Queued);
+        assert_eq!(q.push(sized(9, 1)), Push::Queued);
+    }
+
+    #[test]
+    fn a_payload_of_line_breaks_weighs_what_it_encodes_to() {
+        let lines = sized(1, 0);
+        let event = Event {
+            payload: Bytes::from(vec![b'\n'; 1000]),
+            ..(*lines.receipts.event).clone()
+        };
+        let receipts = EventReceipts::new(Arc::new(event), Arc::from([]), Arc::default());
+        assert!(receipts.wire_size() >= 7 * 1000, "{}", receipts.wire_size());
+    }
+
     #[test]
     fn concurrent_producers_lose_nothing_and_keep_their_order() {
         const PRODUCERS: u64 = 4;
         const EACH: u64 = 2_000;
-        let q = Arc::new(DeliveryQueue::new(8));
+        let q = Arc::new(DeliveryQueue::new(8, usize::MAX));
         let producers: Vec<_> = (0..PRODUCERS)
             .map(|p| {
                 q.add_sender();

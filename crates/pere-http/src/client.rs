@@ -3,7 +3,7 @@
 //!
 //! - [`Client`] sends requests on one keep-alive HTTP/1.1 connection,
 //!   reconnecting transparently when the server closed it: [`Client::publish`]
-//!   (PROTOCOL §2), [`Client::ack`] and [`Client::ack_batch`] (§4),
+//!   (docs/PROTOCOL.md §2), [`Client::ack`] and [`Client::ack_batch`] (§4),
 //!   [`Client::get_json`] and the generic [`Client::request`]. A non-2xx
 //!   answer becomes [`Error::Status`] with the server's `{"error","code"}`
 //!   (§8). [`Client::publish_retrying`] retries a publish that may or may not
@@ -233,7 +233,7 @@ fn build_request(
     Ok(request)
 }
 
-/// A `device` header value, checked with PROTOCOL §1's rule.
+/// A `device` header value, checked with docs/PROTOCOL.md §1's rule.
 fn device_header(device: &str) -> Result<HeaderValue> {
     let device = DeviceId::new(device)?;
     HeaderValue::from_str(device.as_str()).map_err(|_| {
@@ -247,7 +247,7 @@ fn device_header(device: &str) -> Result<HeaderValue> {
     })
 }
 
-/// The error for a non-2xx answer: PROTOCOL §8's `{"error","code"}`, or the
+/// The error for a non-2xx answer: docs/PROTOCOL.md §8's `{"error","code"}`, or the
 /// body's text when it is not that JSON.
 fn status_error(status: StatusCode, body: &[u8]) -> Error {
     let parsed = serde_json::from_slice::<Value>(body).ok();
@@ -306,7 +306,7 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result
 // ---------------------------------------------------------------------------
 // Client
 
-/// What a publisher can wait for (`?wait=`, PROTOCOL §2).
+/// What a publisher can wait for (`?wait=`, docs/PROTOCOL.md §2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WaitFor {
     /// Every recipient had the event written to its stream.
@@ -337,7 +337,7 @@ impl std::str::FromStr for WaitFor {
     }
 }
 
-/// Options of a publish (PROTOCOL §2); `Default` sends none of them.
+/// Options of a publish (docs/PROTOCOL.md §2); `Default` sends none of them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PublishOptions {
     /// The publisher's device id (`device` header).
@@ -351,7 +351,7 @@ pub struct PublishOptions {
     pub wait: Option<(WaitFor, Duration)>,
 }
 
-/// The answer to a publish (PROTOCOL §2).
+/// The answer to a publish (docs/PROTOCOL.md §2).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct Published {
     /// The event id.
@@ -366,9 +366,12 @@ pub struct Published {
     /// With `wait`: recipients acked.
     #[serde(default)]
     pub acked: Option<u64>,
-    /// With `wait`: the devices that have not acked.
+    /// With `wait`: the devices nothing was written to yet.
     #[serde(default)]
     pub pending: Option<Vec<String>>,
+    /// With `wait`: the devices that have not acked.
+    #[serde(default)]
+    pub unacked: Option<Vec<String>>,
     /// With `wait`: the wait ended by its timeout.
     #[serde(default)]
     pub timed_out: Option<bool>,
@@ -377,7 +380,7 @@ pub struct Published {
     pub duplicate: bool,
 }
 
-/// The answer to a receipt (PROTOCOL §4).
+/// The answer to a receipt (docs/PROTOCOL.md §4).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct Acked {
     /// The event id.
@@ -529,7 +532,7 @@ impl Client {
     }
 
     /// Sends `token` as `Authorization: Bearer` with every request
-    /// (PROTOCOL §7).
+    /// (docs/PROTOCOL.md §7).
     ///
     /// # Errors
     /// [`Error::Core`] for a malformed token.
@@ -872,7 +875,7 @@ impl Client {
     }
 
     /// `GET /receipts/:channel/:id`: the event's audience and each device's
-    /// receipt state (PROTOCOL §5).
+    /// receipt state (docs/PROTOCOL.md §5).
     ///
     /// # Errors
     /// As [`get_json`](Self::get_json); `404` for an unknown event.
@@ -899,6 +902,16 @@ fn feedback_headers(device: &str) -> Result<HeaderMap> {
 
 // ---------------------------------------------------------------------------
 // Subscriber
+
+/// The channel and payload of an event received with
+/// [`SubscribeOptions::envelope`]; `None` when its data is not an envelope
+/// (a control event, or a server without the option).
+pub fn unwrap_envelope(data: &str) -> Option<(String, String)> {
+    let value: serde_json::Value = serde_json::from_str(data).ok()?;
+    let channel = value.get("channel")?.as_str()?.to_string();
+    let payload = value.get("data")?.as_str()?.to_string();
+    Some((channel, payload))
+}
 
 /// What to subscribe to: channels (or patterns), or a whole `/feed` path.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -988,9 +1001,13 @@ pub struct SubscribeOptions {
     pub idle_timeout: Option<Duration>,
     /// More request headers.
     pub headers: HeaderMap,
-    /// A bearer token, sent as `Authorization: Bearer` (PROTOCOL §7). A
+    /// A bearer token, sent as `Authorization: Bearer` (docs/PROTOCOL.md §7). A
     /// `401` or `403` ends the subscription: retrying cannot help.
     pub token: Option<String>,
+    /// Ask for `?envelope=json` (docs/PROTOCOL.md §3.8): each event's data is
+    /// `{"channel","id","type","data"}`, so the caller learns the channel of
+    /// events matched by a pattern; [`unwrap_envelope`] reads it.
+    pub envelope: bool,
 }
 
 impl Default for SubscribeOptions {
@@ -1005,6 +1022,7 @@ impl Default for SubscribeOptions {
             idle_timeout: None,
             headers: HeaderMap::new(),
             token: None,
+            envelope: false,
         }
     }
 }
@@ -1123,7 +1141,11 @@ impl Subscriber {
             bearer(token)?;
         }
         let feed = feed.into();
-        let path = feed.path(options.replay_all);
+        let mut path = feed.path(options.replay_all);
+        if options.envelope {
+            path.push(if path.contains('?') { '&' } else { '?' });
+            path.push_str("envelope=json");
+        }
         let mut decoder = Decoder::new();
         if let Some(id) = options.last_event_id.as_deref().filter(|id| !id.is_empty()) {
             let id = EventId::parse(id)?;
@@ -1650,6 +1672,7 @@ mod tests {
         assert_eq!(published.acked, Some(1));
         assert_eq!(published.timed_out, Some(false));
         assert_eq!(published.pending, Some(vec![]));
+        assert_eq!(published.unacked, Some(vec![]));
         server.stop().await;
     }
 

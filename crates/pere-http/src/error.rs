@@ -1,5 +1,5 @@
 //! [`Error`] for the server and client, and [`ApiError`]: the one place where
-//! a failure becomes an HTTP status and the JSON body of PROTOCOL §8.
+//! a failure becomes an HTTP status and the JSON body of docs/PROTOCOL.md §8.
 
 use hyper::StatusCode;
 use pere_core::NameKind;
@@ -42,6 +42,17 @@ pub enum Error {
     /// Timed out.
     #[error("timed out: {0}")]
     Timeout(String),
+    /// The webhook is the server's own listening address: each overdue
+    /// notice would come back to the server as a request.
+    #[error(
+        "the webhook {url} is this server's own address ({addr}): overdue notices would be posted back to the server itself; give the URL of the backend that should receive them"
+    )]
+    WebhookLoop {
+        /// The webhook's URL.
+        url: String,
+        /// The listening address it reaches.
+        addr: std::net::SocketAddr,
+    },
 }
 
 /// `Result` with this crate's [`Error`].
@@ -163,6 +174,7 @@ impl From<pere_core::Error> for ApiError {
             E::UnknownEvent { .. } => (StatusCode::NOT_FOUND, "unknown_event"),
             E::UnknownMember { .. } => (StatusCode::NOT_FOUND, "unknown_member"),
             E::TooManyChannels { .. } => (StatusCode::BAD_REQUEST, "too_many_channels"),
+            E::ChannelLimit { .. } => (StatusCode::INSUFFICIENT_STORAGE, "channel_limit"),
             E::NoChannel => (StatusCode::BAD_REQUEST, "missing_channel"),
             E::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             E::StoreUnavailable(_) | E::Io { .. } => {

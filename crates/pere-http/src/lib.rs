@@ -9,7 +9,7 @@
 //!   and sends receipts; the `pere-pub` and `pere-sub` tools are built on it.
 //!
 //! Errors: [`Error`] for the server and client, [`ApiError`] for what a
-//! request gets back (PROTOCOL §8).
+//! request gets back (docs/PROTOCOL.md §8).
 
 pub mod body;
 pub mod client;

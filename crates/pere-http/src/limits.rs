@@ -2,7 +2,7 @@
 //! [`StreamSlot`] guard that a stream keeps for as long as it is open.
 //!
 //! Three limits, checked when a stream opens (`GET /feed`,
-//! `GET /receipts/:channel`), each with its own answer (PROTOCOL §8):
+//! `GET /receipts/:channel`), each with its own answer (docs/PROTOCOL.md §8):
 //!
 //! - `max_streams` server-wide and `max_streams_per_device`: `429`, the
 //!   caller is over a connection limit and may retry later;

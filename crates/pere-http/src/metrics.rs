@@ -47,10 +47,22 @@ pub fn render<S: EventStore>(app: &App<S>) -> Response<Body> {
         s.delivered,
     );
     metric(
+        "pere_redeliveries_total",
+        "counter",
+        "Events written again to a device that had them written before (unacknowledged events resent on resume, a device's second stream).",
+        s.redelivered,
+    );
+    metric(
         "pere_receipts_total",
         "counter",
         "Receipts recorded.",
         s.acked,
+    );
+    metric(
+        "pere_receipt_stream_gaps_total",
+        "counter",
+        "Receipts streams told of a gap: they fell behind (or resumed from before) what their channel keeps.",
+        s.receipt_gaps,
     );
     metric(
         "pere_streams_opened_total",

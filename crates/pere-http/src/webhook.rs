@@ -6,6 +6,7 @@
 //! One that is never accepted stays unconfirmed in the journal and is sent
 //! again after a restart; one that was accepted is never sent again.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,6 +71,31 @@ impl Webhook {
         }
     }
 
+    /// Refuses a webhook that would reach the server itself, listening on
+    /// `listen`: every notice would come back as a request (a publish, if
+    /// the path is `/push/…`, whose own deadline makes more notices). The
+    /// host is resolved now; one that does not resolve is let through,
+    /// with a warning, as it cannot be the server.
+    ///
+    /// # Errors
+    /// [`Error::WebhookLoop`] naming the URL and the address.
+    pub async fn check_not_server(&self, listen: SocketAddr) -> Result<()> {
+        let resolved = match tokio::net::lookup_host(self.socket_addr()).await {
+            Ok(addrs) => addrs.collect::<Vec<_>>(),
+            Err(err) => {
+                tracing::warn!(url = %self.uri, cause = %err, "cannot resolve the webhook's host now");
+                return Ok(());
+            }
+        };
+        match resolved.into_iter().find(|&to| reaches(to, listen)) {
+            Some(_) => Err(Error::WebhookLoop {
+                url: self.url(),
+                addr: listen,
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// One attempt: `Ok` on a `2xx`.
     async fn post(&self, body: Bytes) -> Result<()> {
         let stream = tokio::net::TcpStream::connect(self.socket_addr())
@@ -110,6 +136,29 @@ impl Webhook {
             })
         }
     }
+}
+
+/// Whether a connection to `to` reaches a listener bound to `listen`: the
+/// same port, and the same address, or any address of this machine when
+/// the listener is bound to all of them (`0.0.0.0`, or `[::]`, which takes
+/// IPv4 too).
+fn reaches(to: SocketAddr, listen: SocketAddr) -> bool {
+    if to.port() != listen.port() {
+        return false;
+    }
+    let to_ip = to.ip().to_canonical();
+    let listen_ip = listen.ip().to_canonical();
+    if !listen_ip.is_unspecified() {
+        return to_ip == listen_ip;
+    }
+    if listen_ip.is_ipv4() && to_ip.is_ipv6() {
+        return false;
+    }
+    // Connecting to 0.0.0.0 reaches this machine; an address is this
+    // machine's if a socket can be bound to it.
+    to_ip.is_unspecified()
+        || to_ip.is_loopback()
+        || std::net::UdpSocket::bind(SocketAddr::new(to_ip, 0)).is_ok()
 }
 
 /// Delivers the hub's overdue notices to `webhook` until the hub shuts down.
@@ -180,5 +229,44 @@ mod tests {
         assert!(Webhook::parse("https://example.test/").is_err());
         assert!(Webhook::parse("not a url").is_err());
         assert!(Webhook::parse("/relative").is_err());
+    }
+
+    #[test]
+    fn the_server_s_own_address_is_spotted_however_it_is_bound() {
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        // Bound to one address: that address and port only.
+        assert!(reaches(at("127.0.0.1:4567"), at("127.0.0.1:4567")));
+        assert!(reaches(at("[::ffff:127.0.0.1]:4567"), at("127.0.0.1:4567")));
+        assert!(!reaches(at("127.0.0.1:4568"), at("127.0.0.1:4567")));
+        assert!(!reaches(at("127.0.0.2:4567"), at("127.0.0.1:4567")));
+        assert!(!reaches(at("[::1]:4567"), at("127.0.0.1:4567")));
+        // Bound to every IPv4 address: any local one, and 0.0.0.0 itself.
+        for local in ["127.0.0.1:4567", "127.0.0.2:4567", "0.0.0.0:4567"] {
+            assert!(reaches(at(local), at("0.0.0.0:4567")), "{local}");
+        }
+        assert!(!reaches(at("127.0.0.1:80"), at("0.0.0.0:4567")));
+        assert!(!reaches(at("[::1]:4567"), at("0.0.0.0:4567")));
+        // TEST-NET-3 (RFC 5737) is nobody's own address.
+        assert!(!reaches(at("203.0.113.9:4567"), at("0.0.0.0:4567")));
+        // Bound to [::]: IPv4 too.
+        assert!(reaches(at("[::1]:4567"), at("[::]:4567")));
+        assert!(reaches(at("127.0.0.1:4567"), at("[::]:4567")));
+        assert!(!reaches(at("203.0.113.9:4567"), at("[::]:4567")));
+    }
+
+    #[tokio::test]
+    async fn a_webhook_at_the_listening_address_is_refused_by_name() {
+        let listen: SocketAddr = "127.0.0.1:4567".parse().unwrap();
+        for url in ["http://127.0.0.1:4567/hooks", "http://localhost:4567/x"] {
+            let err = Webhook::parse(url)
+                .unwrap()
+                .check_not_server(listen)
+                .await
+                .unwrap_err();
+            assert!(matches!(err, Error::WebhookLoop { .. }), "{err}");
+            assert!(err.to_string().contains(url), "{err}");
+        }
+        let other = Webhook::parse("http://127.0.0.1:4568/hooks").unwrap();
+        assert!(other.check_not_server(listen).await.is_ok());
     }
 }

@@ -33,17 +33,16 @@ use crate::auth::{AuthRegistry, Grants, MAX_GRANTS, Token, TokenHash};
 use crate::config::{HubConfig, MAX_STATUS_LEN};
 use crate::error::{Error, Result};
 use crate::event::{Event, EventId, Sequencer, Timestamp, validate_payload};
-use crate::ledger::{EventReceipts, OverdueNotice, ReceiptState, ReceiptSummary, ReceiptUpdate};
+use crate::ledger::{EventReceipts, OverdueNotice, ReceiptState, ReceiptSummary};
 use crate::log::{Damage, EventStore, MemoryStore};
 use crate::name::{ChannelName, DeviceId, EventType, Pattern};
 use crate::presence::{Presence, StreamRx, StreamShared, StreamTx};
+use crate::receipt_log::{ReceiptFollower, ReceiptLog};
 
 /// Longest idempotency key, in bytes.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
 /// Most commands the writer takes into one batch (one journal write).
 const MAX_BATCH: usize = 1024;
-/// Capacity of a receipts stream's queue, in changes.
-const RECEIPT_WATCH_CAPACITY: usize = 4096;
 
 /// A request to publish one event.
 #[derive(Clone, Debug)]
@@ -181,6 +180,9 @@ pub struct Stats {
     pub published: u64,
     /// Events written to streams since start.
     pub delivered: u64,
+    /// Of those, events written again to a device that had them written
+    /// before (redeliveries of unacknowledged events, a second stream).
+    pub redelivered: u64,
     /// Receipts recorded since start.
     pub acked: u64,
     /// Streams opened since start.
@@ -193,6 +195,8 @@ pub struct Stats {
     pub retained: usize,
     /// Memberships.
     pub members: usize,
+    /// Gaps told to receipts streams that fell behind what a channel keeps.
+    pub receipt_gaps: u64,
     /// Journal batches written.
     pub batches: u64,
     /// Records written.
@@ -365,10 +369,12 @@ impl<S: EventStore> Hub<S> {
             subs: HashMap::new(),
             wild: Vec::new(),
             channels: HashMap::new(),
+            tombstones: Default::default(),
             by_id: HashMap::new(),
             idempotency: HashMap::new(),
             streams: HashMap::new(),
             watchers: HashMap::new(),
+            receipt_gaps: Arc::default(),
             deferred: Vec::new(),
             replay_all: config.replay_all,
             ack_deadline: config.ack_deadline,
@@ -376,6 +382,7 @@ impl<S: EventStore> Hub<S> {
             notices: HashMap::new(),
             notice_tx: None,
             delivered_closed: 0,
+            redelivered_closed: 0,
             closed: false,
         };
         state.recover(recovered.records, &recovered.evicted);
@@ -411,7 +418,7 @@ impl<S: EventStore> Hub<S> {
         &self.inner.store
     }
 
-    /// The token table (PROTOCOL §7): off until [`AuthRegistry::enable`],
+    /// The token table (docs/PROTOCOL.md §7): off until [`AuthRegistry::enable`],
     /// or on from the start when the store holds run-time tokens.
     pub fn auth(&self) -> &Arc<AuthRegistry> {
         &self.inner.auth
@@ -476,8 +483,12 @@ impl<S: EventStore> Hub<S> {
     /// # Errors
     /// An empty, oversized or non-UTF-8 payload, a bad idempotency key, or
     /// a store failure.
-    pub async fn publish(&self, publish: Publish) -> Result<Published> {
+    pub async fn publish(&self, mut publish: Publish) -> Result<Published> {
         validate_payload(&publish.payload, self.inner.config.max_payload)?;
+        // A payload is often a slice of a transport's read buffer (hyper's
+        // are 8 KiB and more): retained as it is, a 10-byte event would
+        // keep the whole buffer alive for its retention.
+        publish.payload = Bytes::copy_from_slice(&publish.payload);
         if let Some(key) = &publish.idempotency_key {
             validate_idempotency_key(key)?;
         }
@@ -505,7 +516,7 @@ impl<S: EventStore> Hub<S> {
     /// [`subscribe`](Self::subscribe) on behalf of a token: the writer checks
     /// that the token exists, that the device is its subject and that every
     /// pattern is covered by its subscribe grants, and ties the stream to
-    /// the token so that later changes apply to it (PROTOCOL §7).
+    /// the token so that later changes apply to it (docs/PROTOCOL.md §7).
     ///
     /// # Errors
     /// As `subscribe`, plus [`Error::Unauthorized`] and [`Error::Forbidden`].
@@ -534,6 +545,7 @@ impl<S: EventStore> Hub<S> {
             id,
             req.device.clone(),
             self.inner.config.queue_capacity,
+            self.inner.config.queue_bytes,
         ));
         let rx = StreamRx::new(shared.clone());
         // The guard exists before the writer hears of the stream, so the
@@ -672,7 +684,7 @@ impl<S: EventStore> Hub<S> {
             })
     }
 
-    /// The receipt summary of event `id` (PROTOCOL §5).
+    /// The receipt summary of event `id` (docs/PROTOCOL.md §5).
     ///
     /// # Errors
     /// [`Error::UnknownEvent`].
@@ -680,15 +692,18 @@ impl<S: EventStore> Hub<S> {
         Ok(self.receipts(subscription, id)?.summary())
     }
 
-    /// A live feed of receipt changes on `channel`. The receiver ends when
-    /// it falls too far behind or the hub shuts down.
-    pub fn watch_receipts(&self, channel: &ChannelName) -> mpsc::Receiver<ReceiptUpdate> {
-        let (tx, rx) = mpsc::channel(RECEIPT_WATCH_CAPACITY);
+    /// Follows the receipt changes of `channel` after change number
+    /// `after` (`None`: from now on), at the follower's own pace; one that
+    /// falls behind what the channel keeps is told of the gap
+    /// ([`crate::receipt_log`]). It ends when the hub shuts down.
+    pub fn watch_receipts(&self, channel: &ChannelName, after: Option<u64>) -> ReceiptFollower {
         let mut state = self.inner.state();
-        if !state.closed {
-            state.watchers_for(channel).add(tx);
+        if state.closed {
+            let log = Arc::new(ReceiptLog::default());
+            log.close();
+            return log.follow(after);
         }
-        rx
+        state.watchers_for(channel).follow(after)
     }
 
     /// Overdue notices ([`HubConfig::ack_deadline`]), for the one task that
@@ -815,20 +830,15 @@ impl<S: EventStore> Hub<S> {
         let damage = store.damage;
         let c = &self.inner.counters;
         let state = self.inner.state();
-        let live: u64 = state
-            .subs
-            .values()
-            .flat_map(|s| {
-                s.members
-                    .values()
-                    .flat_map(|m| m.streams.iter())
-                    .chain(s.anonymous.iter())
-            })
-            .map(|s| s.shared.delivered.load(Ordering::Relaxed))
-            .sum();
+        let (mut live, mut live_again) = (0, 0);
+        for stream in state.streams.values() {
+            live += stream.shared.delivered.load(Ordering::Relaxed);
+            live_again += stream.shared.redelivered.load(Ordering::Relaxed);
+        }
         Stats {
             published: c.published.load(Ordering::Relaxed),
             delivered: state.delivered_closed + live,
+            redelivered: state.redelivered_closed + live_again,
             acked: c.acked.load(Ordering::Relaxed),
             streams_opened: c.streams_opened.load(Ordering::Relaxed),
             slow_disconnects: c.slow_disconnects.load(Ordering::Relaxed),
@@ -839,6 +849,7 @@ impl<S: EventStore> Hub<S> {
                 .values()
                 .map(|s| s.members.values().filter(|m| m.is_member).count())
                 .sum(),
+            receipt_gaps: state.receipt_gaps.load(Ordering::Relaxed),
             batches: c.batches.load(Ordering::Relaxed),
             records: c.records.load(Ordering::Relaxed),
             damaged_regions: damage.len(),
@@ -955,6 +966,7 @@ async fn writer<S: EventStore>(inner: Arc<Inner<S>>, mut rx: mpsc::UnboundedRece
 
 async fn process<S: EventStore>(inner: &Inner<S>, batch: Vec<Command>) {
     let now = Timestamp::now();
+    let tick = batch.iter().any(|c| matches!(c, Command::Tick));
     let mut records = Vec::new();
     let mut effects = Vec::with_capacity(batch.len());
     // Which records each command made, should the batch not be written.
@@ -990,7 +1002,13 @@ async fn process<S: EventStore>(inner: &Inner<S>, batch: Vec<Command>) {
         inner.store.append(&records).await
     };
     match result {
-        Ok(evicted) => {
+        Ok(mut evicted) => {
+            if tick {
+                // `--max-age` applies while running, not only at the next
+                // start: each tick drops what aged out (the stores do it
+                // without blocking their appends for long).
+                evicted.extend(inner.store.prune(now));
+            }
             if !records.is_empty() {
                 inner.health().wrote();
                 inner.counters.batches.fetch_add(1, Ordering::Relaxed);
@@ -1009,7 +1027,7 @@ async fn process<S: EventStore>(inner: &Inner<S>, batch: Vec<Command>) {
                     }
                     state.apply(effect, now, &inner.counters);
                 }
-                state.evict(&evicted);
+                state.evict(&evicted, now);
             }
             if !shutdown_replies.is_empty() {
                 if let Err(err) = inner.store.close().await {
@@ -1046,7 +1064,9 @@ pub use health::StoreOutage;
 use health::{Health, OnFailure};
 use state::{Effect, Plan, State};
 use subscription::StreamGuard;
-pub use subscription::Subscription;
+pub use subscription::{Outgoing, Subscription};
 
+#[cfg(test)]
+mod redelivery_tests;
 #[cfg(test)]
 mod tests;

@@ -3,8 +3,8 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -15,12 +15,13 @@ use super::{
 use crate::auth::{AuthRegistry, Reach, TokenHash};
 use crate::config::HubConfig;
 use crate::error::Error;
-use crate::event::{Event, EventId, Sequencer, Timestamp};
-use crate::ledger::{EventReceipts, NO_SLOT, OverdueNotice, ReceiptState, ReceiptWatchers};
+use crate::event::{Event, EventId, FrameCache, Sequencer, Timestamp};
+use crate::ledger::{EventReceipts, NO_SLOT, OverdueNotice, ReceiptState};
 use crate::log::{Evicted, Record};
 use crate::name::{ChannelName, DeviceId, Pattern};
 use crate::presence::{Delivery, Member, Op, StreamShared, StreamTx};
 use crate::queue::Push;
+use crate::receipt_log::ReceiptLog;
 
 pub(super) enum Effect {
     Fail(FailReply, Error),
@@ -107,6 +108,9 @@ pub(super) struct Plan {
 pub(super) struct Sub {
     pub(super) members: HashMap<DeviceId, Member>,
     pub(super) anonymous: Vec<StreamTx>,
+    /// At least the number of acknowledging members (recounted by each
+    /// maintenance tick): while 0, a publish skips tracking `unacked`.
+    pub(super) ackers: usize,
 }
 
 impl Sub {
@@ -126,6 +130,68 @@ pub(super) struct ChannelLedger {
     /// Highest id dropped for retention.
     pub(super) evicted_upto: EventId,
 }
+
+/// Most reclaimed channels remembered one by one; beyond, they are folded
+/// into one floor for all of them (a gap told conservatively).
+const MAX_TOMBSTONES: usize = 100_000;
+
+/// What the hub remembers of channels it reclaimed: which ids retention
+/// dropped there, so a client resuming below them still hears of the gap.
+/// A few dozen bytes each instead of a ledger, and bounded.
+#[derive(Debug, Default)]
+pub(super) struct Tombstones {
+    upto: HashMap<ChannelName, EventId>,
+    order: VecDeque<ChannelName>,
+    /// The highest id dropped on any channel forgotten past the bound.
+    floor: EventId,
+}
+
+impl Tombstones {
+    fn add(&mut self, channel: ChannelName, upto: EventId) {
+        if upto == EventId::ZERO {
+            return;
+        }
+        if self.upto.insert(channel.clone(), upto).is_none() {
+            self.order.push_back(channel);
+        }
+        while self.order.len() > MAX_TOMBSTONES {
+            if let Some(old) = self.order.pop_front()
+                && let Some(id) = self.upto.remove(&old)
+            {
+                self.floor = self.floor.max(id);
+            }
+        }
+    }
+
+    /// Takes a reclaimed channel's record back (it has events again).
+    fn take(&mut self, channel: &ChannelName) -> EventId {
+        match self.upto.remove(channel) {
+            Some(id) => {
+                self.order.retain(|c| c != channel);
+                id
+            }
+            None => EventId::ZERO,
+        }
+    }
+
+    /// Whether a client resuming after `after` on `pattern` may have lost
+    /// events of a reclaimed channel.
+    fn lost_after(&self, pattern: &Pattern, after: EventId) -> bool {
+        if after < self.floor {
+            return true;
+        }
+        match pattern.exact() {
+            Some(channel) => self.upto.get(channel).is_some_and(|upto| after < *upto),
+            None => self
+                .upto
+                .iter()
+                .any(|(channel, upto)| after < *upto && pattern.matches(channel)),
+        }
+    }
+}
+
+/// Channel, publisher, key.
+pub(super) type IdemKey = (ChannelName, Option<DeviceId>, Box<str>);
 
 #[derive(Debug)]
 pub(super) struct Idem {
@@ -157,10 +223,18 @@ pub(super) struct State {
     /// Subscriptions with wildcards, for matching channels against.
     pub(super) wild: Vec<Pattern>,
     pub(super) channels: HashMap<ChannelName, ChannelLedger>,
+    /// Channels reclaimed once retention emptied them, with the highest id
+    /// retention dropped there (for `pere.gap`).
+    pub(super) tombstones: Tombstones,
     pub(super) by_id: HashMap<EventId, Arc<EventReceipts>>,
-    pub(super) idempotency: HashMap<(ChannelName, Box<str>), Idem>,
+    /// Idempotency keys, scoped by channel and publisher (the `device` of
+    /// the publish: a token's subject when auth is on), so one publisher's
+    /// key never swallows another's event.
+    pub(super) idempotency: HashMap<IdemKey, Idem>,
     pub(super) streams: HashMap<u64, OpenStream>,
-    pub(super) watchers: HashMap<ChannelName, Arc<ReceiptWatchers>>,
+    pub(super) watchers: HashMap<ChannelName, Arc<ReceiptLog>>,
+    /// Gaps told to receipts streams that fell behind (metrics).
+    pub(super) receipt_gaps: Arc<std::sync::atomic::AtomicU64>,
     /// Records produced while applying (a stream closed for being slow);
     /// written with the next batch.
     pub(super) deferred: Vec<Record>,
@@ -177,12 +251,24 @@ pub(super) struct State {
     pub(super) notice_tx: Option<mpsc::UnboundedSender<OverdueNotice>>,
     /// Counted deliveries of streams that closed.
     pub(super) delivered_closed: u64,
+    /// Counted redeliveries of streams that closed.
+    pub(super) redelivered_closed: u64,
     pub(super) closed: bool,
 }
 
 impl State {
-    pub(super) fn watchers_for(&mut self, channel: &ChannelName) -> Arc<ReceiptWatchers> {
-        self.watchers.entry(channel.clone()).or_default().clone()
+    pub(super) fn watchers_for(&mut self, channel: &ChannelName) -> Arc<ReceiptLog> {
+        let gaps = &self.receipt_gaps;
+        self.watchers
+            .entry(channel.clone())
+            .or_insert_with(|| Arc::new(ReceiptLog::counting_gaps(gaps.clone())))
+            .clone()
+    }
+
+    /// Adds a closed stream's counters to the hub's.
+    fn fold_counts(&mut self, shared: &StreamShared) {
+        self.delivered_closed += shared.delivered.load(Ordering::Relaxed);
+        self.redelivered_closed += shared.redelivered.load(Ordering::Relaxed);
     }
 
     /// Subscriptions matching `channel`: the exact one and the wildcards.
@@ -230,7 +316,9 @@ impl State {
             };
         }
         match cmd {
-            Command::Publish(publish, reply) => self.prepare_publish(*publish, reply, now, records),
+            Command::Publish(publish, reply) => {
+                self.prepare_publish(*publish, reply, now, config, records)
+            }
             Command::Ack {
                 subscription,
                 device,
@@ -298,6 +386,9 @@ impl State {
                         let last_acked = member.last_acked;
                         *member = Member::joined(head, now);
                         member.last_acked = last_acked;
+                        // An acknowledging device rejoining: its new events
+                        // are tracked from the first publish on.
+                        sub.ackers += usize::from(last_acked.is_some());
                         records.push(Record::Joined {
                             subscription: pattern.clone(),
                             device: device.clone(),
@@ -330,7 +421,7 @@ impl State {
                 reply,
             } => {
                 if !self.auth.is_enabled() {
-                    // PROTOCOL §7: admin-created tokens turn auth on. The
+                    // docs/PROTOCOL.md §7: admin-created tokens turn auth on. The
                     // first one must be an admin token, or nobody could
                     // manage tokens (or anything under /admin) afterwards.
                     if !grants.as_ref().is_some_and(|g| g.admin) {
@@ -384,8 +475,7 @@ impl State {
                     Some(member) => {
                         for stream in &member.streams {
                             self.streams.remove(&stream.shared.id);
-                            self.delivered_closed +=
-                                stream.shared.delivered.load(Ordering::Relaxed);
+                            self.fold_counts(&stream.shared);
                         }
                         // Dropping `member` drops its streams' senders: their
                         // bodies end.
@@ -433,11 +523,16 @@ impl State {
         publish: Publish,
         reply: Reply<Published>,
         now: Timestamp,
+        config: &HubConfig,
         records: &mut Vec<Record>,
     ) -> Effect {
-        let key = publish
-            .idempotency_key
-            .map(|k| (publish.channel.clone(), k.into_boxed_str()));
+        let key = publish.idempotency_key.map(|k| {
+            (
+                publish.channel.clone(),
+                publish.device.clone(),
+                k.into_boxed_str(),
+            )
+        });
         if let Some(key) = &key
             && let Some(first) = self.idempotency.get(key)
         {
@@ -448,6 +543,26 @@ impl State {
                 reply,
             };
         }
+        if !self.channels.contains_key(&publish.channel) {
+            if self.channels.len() >= config.max_channels {
+                return Effect::Fail(
+                    FailReply::Publish(reply),
+                    Error::ChannelLimit {
+                        limit: config.max_channels,
+                    },
+                );
+            }
+            // Opened now, so later publishes of this batch count it; a
+            // channel that was reclaimed remembers what retention dropped.
+            let evicted_upto = self.tombstones.take(&publish.channel);
+            self.channels.insert(
+                publish.channel.clone(),
+                ChannelLedger {
+                    receipts: VecDeque::new(),
+                    evicted_upto,
+                },
+            );
+        }
         let id = self.seq.next(now);
         let event = Arc::new(Event {
             id,
@@ -456,8 +571,7 @@ impl State {
             device: publish.device,
             time: now,
             payload: publish.payload,
-            idempotency_key: key.as_ref().map(|(_, k)| k.clone()),
-            frame: OnceLock::new(),
+            idempotency_key: key.as_ref().map(|(_, _, k)| k.clone()),
         });
         if let Some(key) = key {
             // Recipients are filled in when the event is applied.
@@ -600,6 +714,9 @@ impl State {
                 targets.extend(sub.anonymous.iter().map(|s| (s, NO_SLOT)));
             }
             let receipts = Arc::new(EventReceipts::new(event, audience.into(), watchers));
+            // One cache of encodings for this fan-out's streams: freed with
+            // the last delivery that holds it, not kept with the event.
+            let frames = Arc::new(FrameCache::default());
             for (stream, slot) in targets {
                 // A stream whose token lost this channel's grant never gets
                 // it queued (and its device is not marked delivered).
@@ -612,6 +729,7 @@ impl State {
                 let delivery = Delivery {
                     receipts: receipts.clone(),
                     slot,
+                    frames: frames.clone(),
                 };
                 if stream.push(delivery) == Push::Full {
                     slow.push(stream.shared.id);
@@ -634,6 +752,7 @@ impl State {
             self.close_stream(stream, receipts.event.time);
         }
         let channel = receipts.event.channel.clone();
+        self.track_unacked(&channel, id);
         self.channels
             .entry(channel.clone())
             .or_default()
@@ -644,12 +763,40 @@ impl State {
             self.deadlines.push_back(receipts.clone());
         }
         if let Some(key) = &receipts.event.idempotency_key
-            && let Some(idem) = self.idempotency.get_mut(&(channel, key.clone()))
+            && let Some(idem) =
+                self.idempotency
+                    .get_mut(&(channel, receipts.event.device.clone(), key.clone()))
         {
             idem.recipients = receipts.audience().len();
         }
         self.head = id;
         receipts
+    }
+
+    /// Adds a new event to `unacked` of every acknowledging member in its
+    /// audience, online or not: it is theirs until they acknowledge it.
+    fn track_unacked(&mut self, channel: &ChannelName, id: EventId) {
+        let State { subs, wild, .. } = self;
+        let track = |sub: &mut Sub| {
+            if sub.ackers == 0 {
+                return;
+            }
+            for member in sub.members.values_mut() {
+                if member.is_member && member.since < id && member.acknowledges() {
+                    member.unacked.push_back(id);
+                }
+            }
+        };
+        if let Some(sub) = subs.get_mut(channel.as_str()) {
+            track(sub);
+        }
+        for pattern in wild.iter() {
+            if pattern.matches(channel)
+                && let Some(sub) = subs.get_mut(pattern)
+            {
+                track(sub);
+            }
+        }
     }
 
     /// Registers a stream and plans its replay.
@@ -664,23 +811,33 @@ impl State {
     ) -> Plan {
         let head = self.head;
         let replay_all_default = matches!(req.resume, Resume::Auto) && self.replay_all;
-        // Where each subscription starts.
+        // Where each subscription starts: after an id, for every event of
+        // its channels…
         let mut starts: Vec<(Pattern, EventId, bool)> = Vec::with_capacity(req.patterns.len());
+        // …or, for an acknowledging member resuming on its own, exactly the
+        // events it has not acknowledged (docs/PROTOCOL.md §5).
+        let mut redeliver: Vec<EventId> = Vec::new();
+        let mut floors: Vec<EventId> = Vec::new();
+        let mut lost = false;
         for (i, pattern) in req.patterns.iter().enumerate() {
             let Some(sub) = self.subs.get_mut(pattern) else {
                 continue;
             };
+            let existed = existed.get(i).copied().unwrap_or(false);
             let (start, checked) = match (req.resume, &req.device) {
                 (Resume::After(id), _) => (id, true),
                 (Resume::All, _) => (EventId::ZERO, false),
                 (Resume::Now, _) => (head, false),
-                (Resume::Auto, Some(device)) if existed.get(i).copied().unwrap_or(false) => {
-                    let cursor = sub
-                        .members
-                        .get(device)
-                        .map_or(head, |m| m.effective_cursor().0);
-                    (cursor, true)
-                }
+                (Resume::Auto, Some(device)) if existed => match sub.members.get_mut(device) {
+                    Some(member) if member.acknowledges() => {
+                        let floor = unacked_to_send(member, &self.by_id, head, &mut redeliver);
+                        lost |= member.lost_from.take().is_some();
+                        floors.push(floor);
+                        // Nothing in order after a point: the list says it all.
+                        (head, false)
+                    }
+                    member => (member.map_or(head, |m| m.effective_cursor().0), true),
+                },
                 (Resume::Auto, _) if replay_all_default => (EventId::ZERO, false),
                 (Resume::Auto, _) => (head, false),
             };
@@ -714,8 +871,12 @@ impl State {
         // Nothing at or below `head` is queued live to this stream.
         stream.shared.enqueued_upto.store(head.0, Ordering::Relaxed);
 
-        let mut replay: Vec<Arc<EventReceipts>> = Vec::new();
+        let mut replay: Vec<Arc<EventReceipts>> = redeliver
+            .iter()
+            .filter_map(|id| self.by_id.get(id).cloned())
+            .collect();
         let mut gap: Option<Gap> = None;
+        let mut oldest_of_all: Option<EventId> = None;
         for (channel, ledger) in &self.channels {
             let mut after: Option<(EventId, bool)> = None;
             for (pattern, start, checked) in &starts {
@@ -730,6 +891,10 @@ impl State {
                 continue;
             };
             let oldest = ledger.receipts.front().map(|r| r.id());
+            oldest_of_all = match (oldest_of_all, oldest) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             if checked && (after < ledger.evicted_upto || after < self.floor) {
                 let g = gap.get_or_insert(Gap {
                     from: after,
@@ -750,6 +915,26 @@ impl State {
                     .cloned(),
             );
         }
+        for (pattern, start, checked) in &starts {
+            if *checked && self.tombstones.lost_after(pattern, *start) {
+                // A channel reclaimed after retention emptied it.
+                let g = gap.get_or_insert(Gap {
+                    from: *start,
+                    oldest: oldest_of_all,
+                });
+                g.from = g.from.min(*start);
+            }
+        }
+        if lost {
+            // Retention dropped events the device had not acknowledged
+            // before it could get them again.
+            let from = floors.iter().copied().min().unwrap_or(head);
+            let g = gap.get_or_insert(Gap {
+                from,
+                oldest: oldest_of_all,
+            });
+            g.from = g.from.min(from);
+        }
         if gap.is_none() {
             // A resume point below what this hub remembers at all (a volatile
             // store restarted) lost events even on channels with nothing
@@ -767,12 +952,16 @@ impl State {
             }
         }
         replay.sort_unstable_by_key(|r| r.id());
+        // An event matching several subscriptions (or both redelivered and
+        // replayed) is sent once.
+        replay.dedup_by_key(|r| r.id());
         let resumed_from = match req.resume {
             Resume::After(id) => Some(id),
             _ => starts
                 .iter()
                 .filter(|(_, _, checked)| *checked)
                 .map(|(_, s, _)| *s)
+                .chain(floors.iter().copied())
                 .min(),
         };
         tracing::info!(
@@ -801,14 +990,14 @@ impl State {
         let Some(open) = self.streams.remove(&id) else {
             return;
         };
+        self.fold_counts(&open.shared);
         for pattern in &open.subs {
             let Some(sub) = self.subs.get_mut(pattern) else {
                 continue;
             };
             let Some(device) = &open.device else {
                 if let Some(i) = sub.anonymous.iter().position(|s| s.shared.id == id) {
-                    let stream = sub.anonymous.swap_remove(i);
-                    self.delivered_closed += stream.shared.delivered.load(Ordering::Relaxed);
+                    sub.anonymous.swap_remove(i);
                 }
                 continue;
             };
@@ -819,7 +1008,6 @@ impl State {
                 continue;
             };
             let stream = member.streams.swap_remove(i);
-            self.delivered_closed += stream.shared.delivered.load(Ordering::Relaxed);
             let upto = stream.shared.delivered_upto();
             if upto > member.cursor {
                 member.cursor = upto;
@@ -851,7 +1039,7 @@ impl State {
         }
     }
 
-    /// Whether a stream may open for `token` (PROTOCOL §7): the token
+    /// Whether a stream may open for `token` (docs/PROTOCOL.md §7): the token
     /// exists, the device is its subject, and every pattern is covered.
     fn check_subscribe(&self, token: &TokenHash, req: &SubscribeRequest) -> Result<(), Error> {
         let Some(grants) = self.auth.grants(token) else {
@@ -914,7 +1102,7 @@ impl State {
             self.close_stream(id, now);
         }
         for watchers in self.watchers.values() {
-            watchers.close_all();
+            watchers.close();
         }
         self.closed = true;
     }
@@ -931,11 +1119,21 @@ impl State {
         now: Timestamp,
     ) {
         let mut noted = false;
-        for (pattern, sub) in self.subs.iter_mut() {
+        let State { subs, channels, .. } = self;
+        for (pattern, sub) in subs.iter_mut() {
             if !pattern.matches(channel) {
                 continue;
             }
             if let Some(member) = sub.members.get_mut(device) {
+                if member.acknowledges() {
+                    member.forget_unacked(id);
+                } else if member.is_member {
+                    // Its first receipt: from now on it is sent again what
+                    // it has not acknowledged, starting with what it has
+                    // already been sent.
+                    member.unacked = unacked_events(channels, pattern, device, member.since);
+                    sub.ackers += 1;
+                }
                 touch_ack(member, id, now);
                 noted = true;
             }
@@ -959,7 +1157,8 @@ impl State {
     }
 
     /// Drops the receipts of evicted events.
-    pub(super) fn evict(&mut self, evicted: &[Evicted]) {
+    pub(super) fn evict(&mut self, evicted: &[Evicted], now: Timestamp) {
+        let mut gone = Vec::new();
         for e in evicted {
             let Some(ledger) = self.channels.get_mut(&e.channel) else {
                 continue;
@@ -967,9 +1166,19 @@ impl State {
             while ledger.receipts.front().is_some_and(|r| r.id() <= e.upto) {
                 if let Some(r) = ledger.receipts.pop_front() {
                     self.by_id.remove(&r.id());
+                    gone.push(r);
                 }
             }
             ledger.evicted_upto = ledger.evicted_upto.max(e.upto);
+        }
+        // With a deadline, no unacknowledged event leaves without a word:
+        // its devices get a notice now (journaled with the next batch).
+        if let Some(deadline) = self.ack_deadline {
+            let mut records = std::mem::take(&mut self.deferred);
+            for r in gone {
+                self.notify_unacked(&r, r.event.time.plus(deadline), true, now, &mut records);
+            }
+            self.deferred = records;
         }
     }
 
@@ -990,40 +1199,56 @@ impl State {
             if !self.by_id.contains_key(&receipts.id()) {
                 continue; // no longer retained
             }
-            for (device, state) in receipts.unacked_devices() {
-                let key = (receipts.id(), device.clone());
-                if self.notices.contains_key(&key) {
-                    continue;
-                }
-                let notice = OverdueNotice {
-                    id: receipts.id(),
-                    channel: receipts.event.channel.clone(),
-                    device: device.clone(),
-                    state,
-                    published_at: receipts.event.time,
-                    deadline: due,
-                };
-                tracing::info!(
-                    channel = %notice.channel,
-                    id = %notice.id,
-                    device = %device,
-                    state = state.as_str(),
-                    "receipt overdue"
-                );
-                records.push(Record::Notice {
-                    id: notice.id,
-                    device,
-                    sent: false,
-                    at: now,
-                });
-                receipts.announce_overdue(&notice);
-                if let Some(tx) = &self.notice_tx
-                    && tx.send(notice.clone()).is_err()
-                {
-                    self.notice_tx = None;
-                }
-                self.notices.insert(key, (notice, false));
+            self.notify_unacked(&receipts, due, false, now, records);
+        }
+    }
+
+    /// Issues one notice per device that has not acknowledged `receipts`'
+    /// event and was not noticed yet (overdue, or `expired` when retention
+    /// drops the event first), journaled so it is never issued twice.
+    fn notify_unacked(
+        &mut self,
+        receipts: &EventReceipts,
+        deadline: Timestamp,
+        expired: bool,
+        now: Timestamp,
+        records: &mut Vec<Record>,
+    ) {
+        for (device, state) in receipts.unacked_devices() {
+            let key = (receipts.id(), device.clone());
+            if self.notices.contains_key(&key) {
+                continue;
             }
+            let notice = OverdueNotice {
+                id: receipts.id(),
+                channel: receipts.event.channel.clone(),
+                device: device.clone(),
+                state,
+                published_at: receipts.event.time,
+                deadline,
+                expired,
+            };
+            tracing::info!(
+                channel = %notice.channel,
+                id = %notice.id,
+                device = %device,
+                state = state.as_str(),
+                expired,
+                "receipt overdue"
+            );
+            records.push(Record::Notice {
+                id: notice.id,
+                device,
+                sent: false,
+                at: now,
+            });
+            receipts.announce_overdue(&notice);
+            if let Some(tx) = &self.notice_tx
+                && tx.send(notice.clone()).is_err()
+            {
+                self.notice_tx = None;
+            }
+            self.notices.insert(key, (notice, false));
         }
     }
 
@@ -1052,7 +1277,23 @@ impl State {
         records: &mut Vec<Record>,
     ) {
         let ttl = config.member_ttl;
+        let by_id = &self.by_id;
         for (pattern, sub) in self.subs.iter_mut() {
+            let mut ackers = 0;
+            for member in sub.members.values_mut() {
+                if member.acknowledges() {
+                    ackers += 1;
+                    // Retention dropped these before the device acknowledged
+                    // them: forget them, and tell it when it comes back.
+                    while let Some(&first) = member.unacked.front()
+                        && !by_id.contains_key(&first)
+                    {
+                        member.unacked.pop_front();
+                        member.lost_from = member.lost_from.or(Some(first));
+                    }
+                }
+            }
+            sub.ackers = ackers;
             sub.members.retain(|device, member| {
                 if !member.streams.is_empty() {
                     let (cursor, at) = member.effective_cursor();
@@ -1092,14 +1333,41 @@ impl State {
             let subs = &self.subs;
             self.wild.retain(|p| subs.contains_key(p));
         }
+        self.reclaim_channels();
         let by_id = &self.by_id;
-        self.notices.retain(|(id, _), _| by_id.contains_key(id));
+        // Kept until the webhook took them, even for events gone since.
+        self.notices
+            .retain(|(id, _), (_, sent)| by_id.contains_key(id) || !*sent);
         let idem_ttl = config.idempotency_ttl;
         let by_id = &self.by_id;
         self.idempotency
             .retain(|_, idem| by_id.contains_key(&idem.id) || now.since(idem.at) < idem_ttl);
-        for watchers in self.watchers.values() {
-            watchers.sweep();
+    }
+
+    /// Forgets channels retention emptied (keeping a tombstone of what it
+    /// dropped) and receipt-watcher slots nobody uses: a server that saw a
+    /// million short-lived channels holds only what is still retained.
+    fn reclaim_channels(&mut self) {
+        let tombstones = &mut self.tombstones;
+        self.channels.retain(|channel, ledger| {
+            if !ledger.receipts.is_empty() {
+                return true;
+            }
+            tombstones.add(channel.clone(), ledger.evicted_upto);
+            false
+        });
+        if self.channels.capacity() > 2 * self.channels.len() + 64 {
+            self.channels.shrink_to_fit();
+        }
+        let channels = &self.channels;
+        let now = Timestamp::now();
+        self.watchers
+            .retain(|channel, w| !w.idle(now) || channels.contains_key(channel));
+        if self.watchers.capacity() > 2 * self.watchers.len() + 64 {
+            self.watchers.shrink_to_fit();
+        }
+        if self.by_id.capacity() > 2 * self.by_id.len() + 1024 {
+            self.by_id.shrink_to_fit();
         }
     }
 
@@ -1128,7 +1396,7 @@ impl State {
                     }
                     if let Some(key) = &event.idempotency_key {
                         self.idempotency.insert(
-                            (event.channel.clone(), key.clone()),
+                            (event.channel.clone(), event.device.clone(), key.clone()),
                             Idem {
                                 id: event.id,
                                 recipients: 0,
@@ -1262,6 +1530,7 @@ impl State {
                             .event
                             .time
                             .plus(self.ack_deadline.unwrap_or_default()),
+                        expired: false,
                     };
                     self.notices.insert(key, (notice, sent));
                 }
@@ -1269,12 +1538,91 @@ impl State {
         }
         let now = Timestamp::now();
         for sub in self.subs.values_mut() {
+            sub.ackers = sub.members.values().filter(|m| m.acknowledges()).count();
             for member in sub.members.values_mut() {
                 // Nobody is connected after a restart; the TTL counts from now.
                 member.disconnected_at = Some(member.disconnected_at.unwrap_or(now).max(now));
             }
         }
     }
+}
+
+/// Collects into `out` the retained events of an acknowledging `member`
+/// that it has not acknowledged (up to `head`), forgetting those retention
+/// dropped (noted in `lost_from`). Returns the point it resumes after: just
+/// before its oldest unacknowledged event, or its cursor when there is none.
+fn unacked_to_send(
+    member: &mut Member,
+    by_id: &HashMap<EventId, Arc<EventReceipts>>,
+    head: EventId,
+    out: &mut Vec<EventId>,
+) -> EventId {
+    let mut lost_from = member.lost_from;
+    member.unacked.retain(|id| {
+        if by_id.contains_key(id) {
+            return true;
+        }
+        lost_from = Some(lost_from.map_or(*id, |l| l.min(*id)));
+        false
+    });
+    member.lost_from = lost_from;
+    // Told in `pere.hello` as `resumed_from` (and as a gap's `from`): the
+    // cursor or the last acknowledged event when one is below everything
+    // resent or lost, else just below the first of those.
+    let cursor = member.effective_cursor().0;
+    let first = match (member.unacked.front().copied(), lost_from) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let floor = match first {
+        None => cursor,
+        Some(first) => [Some(cursor), member.last_acked.map(|(id, _)| id)]
+            .into_iter()
+            .flatten()
+            .filter(|id| *id < first)
+            .max()
+            .unwrap_or(EventId(first.0 - 1)),
+    };
+    out.extend(member.unacked.iter().copied().take_while(|id| *id <= head));
+    floor
+}
+
+/// The retained events on `pattern`'s channels after `since` that `device`
+/// has not acknowledged, in id order: an acknowledging member's `unacked`
+/// when it starts acknowledging, or after a restart.
+fn unacked_events(
+    channels: &HashMap<ChannelName, ChannelLedger>,
+    pattern: &Pattern,
+    device: &DeviceId,
+    since: EventId,
+) -> VecDeque<EventId> {
+    let mut ids = Vec::new();
+    let mut scan = |ledger: &ChannelLedger| {
+        let start = ledger.receipts.partition_point(|r| r.id() <= since);
+        ids.extend(
+            ledger
+                .receipts
+                .range(start..)
+                .filter(|r| !r.is_acked_by(device))
+                .map(|r| r.id()),
+        );
+    };
+    match pattern.exact() {
+        Some(channel) => {
+            if let Some(ledger) = channels.get(channel) {
+                scan(ledger);
+            }
+        }
+        None => {
+            for (channel, ledger) in channels {
+                if pattern.matches(channel) {
+                    scan(ledger);
+                }
+            }
+        }
+    }
+    ids.sort_unstable();
+    ids.into()
 }
 
 pub(super) fn touch_ack(member: &mut Member, id: EventId, now: Timestamp) {

@@ -8,8 +8,8 @@ use std::task::{Context, Poll};
 use tokio::sync::mpsc;
 
 use super::{Command, Gap, Hello};
-use crate::event::{Event, EventId, Timestamp};
-use crate::ledger::{EventReceipts, NO_SLOT};
+use crate::event::{Event, EventId, FrameCache, Timestamp};
+use crate::ledger::{EventReceipts, Mark, NO_SLOT};
 use crate::name::DeviceId;
 use crate::presence::{StreamRx, StreamShared};
 
@@ -25,6 +25,17 @@ impl Drop for StreamGuard {
         // clean up.
         let _ = self.commands.send(Command::Closed(self.id));
     }
+}
+
+/// An event a stream hands out, with the encodings its transport may share
+/// with the other streams of the same fan-out.
+#[derive(Debug)]
+pub struct Outgoing {
+    /// The event.
+    pub event: Arc<Event>,
+    /// The fan-out's cache of encodings; `None` for a replayed event (it is
+    /// encoded for this stream alone).
+    pub frames: Option<Arc<FrameCache>>,
 }
 
 /// An open stream: first the replayed events, then live ones.
@@ -76,14 +87,17 @@ impl Subscription {
 
     fn delivered(&self, receipts: &EventReceipts, slot: u32, now: Timestamp) {
         let id = receipts.id();
+        let shared = &self.shared;
         if let Some(device) = &self.device {
-            if slot == NO_SLOT {
-                receipts.mark_delivered(device, now);
+            let mark = if slot == NO_SLOT {
+                receipts.mark_delivered(device, now)
             } else {
-                receipts.mark_delivered_slot(slot, now);
+                receipts.mark_delivered_slot(slot, now)
+            };
+            if mark == Mark::Again {
+                shared.redelivered.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let shared = &self.shared;
         if id.0 > shared.delivered_upto.load(Ordering::Relaxed) {
             shared.delivered_upto.store(id.0, Ordering::Release);
         }
@@ -97,40 +111,51 @@ impl Subscription {
     /// Events on channels the stream's token no longer grants are skipped
     /// here, even if they were queued before the change.
     pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Arc<Event>>> {
-        loop {
-            if self.shared.is_revoked() {
-                return Poll::Ready(None);
-            }
-            let (receipts, slot) = match self.replay.pop_front() {
-                Some(receipts) => (receipts, NO_SLOT),
-                None => match self.rx.poll_recv(cx) {
-                    Poll::Ready(Some(d)) => (d.receipts, d.slot),
-                    Poll::Ready(None) => return Poll::Ready(None),
-                    Poll::Pending => return Poll::Pending,
-                },
-            };
-            if let Some(event) = self.admit(&receipts, slot) {
-                return Poll::Ready(Some(event));
-            }
-        }
+        self.poll_next_outgoing(cx).map(|o| o.map(|o| o.event))
     }
 
     /// The next event without waiting, if one is ready (to write several in
     /// one go).
     pub fn try_next(&mut self) -> Option<Arc<Event>> {
+        self.try_next_outgoing().map(|o| o.event)
+    }
+
+    /// Like [`poll_next`](Self::poll_next), with the cache of encodings the
+    /// event's fan-out shares (none for replayed events).
+    pub fn poll_next_outgoing(&mut self, cx: &mut Context<'_>) -> Poll<Option<Outgoing>> {
+        loop {
+            if self.shared.is_revoked() {
+                return Poll::Ready(None);
+            }
+            let (receipts, slot, frames) = match self.replay.pop_front() {
+                Some(receipts) => (receipts, NO_SLOT, None),
+                None => match self.rx.poll_recv(cx) {
+                    Poll::Ready(Some(d)) => (d.receipts, d.slot, Some(d.frames)),
+                    Poll::Ready(None) => return Poll::Ready(None),
+                    Poll::Pending => return Poll::Pending,
+                },
+            };
+            if let Some(event) = self.admit(&receipts, slot) {
+                return Poll::Ready(Some(Outgoing { event, frames }));
+            }
+        }
+    }
+
+    /// Like [`try_next`](Self::try_next), with the fan-out's encodings.
+    pub fn try_next_outgoing(&mut self) -> Option<Outgoing> {
         loop {
             if self.shared.is_revoked() {
                 return None;
             }
-            let (receipts, slot) = match self.replay.pop_front() {
-                Some(receipts) => (receipts, NO_SLOT),
+            let (receipts, slot, frames) = match self.replay.pop_front() {
+                Some(receipts) => (receipts, NO_SLOT, None),
                 None => {
                     let d = self.rx.try_recv()?;
-                    (d.receipts, d.slot)
+                    (d.receipts, d.slot, Some(d.frames))
                 }
             };
             if let Some(event) = self.admit(&receipts, slot) {
-                return Some(event);
+                return Some(Outgoing { event, frames });
             }
         }
     }

@@ -5,35 +5,35 @@ use crate::config::Retention;
 use crate::presence::Op;
 use std::time::Duration;
 
-const WAIT: Duration = Duration::from_secs(10);
+pub(super) const WAIT: Duration = Duration::from_secs(10);
 
-fn ch(s: &str) -> ChannelName {
+pub(super) fn ch(s: &str) -> ChannelName {
     ChannelName::new(s).unwrap()
 }
-fn pat(s: &str) -> Pattern {
+pub(super) fn pat(s: &str) -> Pattern {
     Pattern::new(s).unwrap()
 }
-fn dev(s: &str) -> DeviceId {
+pub(super) fn dev(s: &str) -> DeviceId {
     DeviceId::new(s).unwrap()
 }
 
-async fn hub_with(config: HubConfig, retention: Retention) -> Hub {
+pub(super) async fn hub_with(config: HubConfig, retention: Retention) -> Hub {
     Hub::open(config, MemoryStore::new(retention))
         .await
         .unwrap()
 }
 
-async fn hub() -> Hub {
+pub(super) async fn hub() -> Hub {
     hub_with(HubConfig::default(), Retention::default()).await
 }
 
-async fn publish(hub: &Hub, channel: &str, payload: &str) -> Published {
+pub(super) async fn publish(hub: &Hub, channel: &str, payload: &str) -> Published {
     hub.publish(Publish::new(ch(channel), payload.to_string()))
         .await
         .unwrap()
 }
 
-async fn subscribe(
+pub(super) async fn subscribe(
     hub: &Hub,
     device: Option<&str>,
     patterns: &[&str],
@@ -51,7 +51,7 @@ async fn subscribe(
     .unwrap()
 }
 
-async fn next(sub: &mut Subscription) -> Arc<Event> {
+pub(super) async fn next(sub: &mut Subscription) -> Arc<Event> {
     tokio::time::timeout(WAIT, sub.next())
         .await
         .expect("an event within the timeout")
@@ -59,7 +59,7 @@ async fn next(sub: &mut Subscription) -> Arc<Event> {
 }
 
 /// Takes every event that is ready without waiting for more.
-fn drain(sub: &mut Subscription) -> Vec<u64> {
+pub(super) fn drain(sub: &mut Subscription) -> Vec<u64> {
     std::iter::from_fn(|| sub.try_next())
         .map(|e| e.id.0)
         .collect()
@@ -316,10 +316,26 @@ async fn idempotent_retries_return_the_first_result() {
     assert!(!first.duplicate);
     assert!(again.duplicate);
     assert_eq!((again.id, again.recipients), (first.id, first.recipients));
-    // The key is per channel.
-    req.channel = ch("other");
-    assert_ne!(hub.publish(req).await.unwrap().id, first.id);
+    // The key is per channel…
+    let mut elsewhere = req.clone();
+    elsewhere.channel = ch("other");
+    assert_ne!(hub.publish(elsewhere).await.unwrap().id, first.id);
     assert_eq!(hub.stats().published, 2);
+    // …and per publisher: another one's key never swallows this event.
+    let mut mine = req.clone();
+    mine.device = Some(dev("backend-a"));
+    let a = hub.publish(mine.clone()).await.unwrap();
+    assert!(!a.duplicate);
+    assert_ne!(a.id, first.id);
+    let mut theirs = req.clone();
+    theirs.device = Some(dev("backend-b"));
+    let b = hub.publish(theirs).await.unwrap();
+    assert!(
+        !b.duplicate,
+        "the same key from another publisher is its own event"
+    );
+    assert_eq!(hub.publish(mine).await.unwrap().id, a.id, "a's retry");
+    assert_eq!(hub.stats().published, 4);
     // Concurrent retries within one batch still publish once.
     let mut tasks = Vec::new();
     for _ in 0..10 {
@@ -460,7 +476,7 @@ async fn memberships_expire_after_their_ttl_and_can_be_removed() {
 async fn shutdown_ends_every_stream_and_refuses_new_work() {
     let hub = hub().await;
     let mut sub = subscribe(&hub, Some("d"), &["c"], Resume::Auto).await;
-    let mut receipts = hub.watch_receipts(&ch("c"));
+    let mut receipts = hub.watch_receipts(&ch("c"), None);
     hub.shutdown().await;
     assert!(
         tokio::time::timeout(WAIT, sub.next())
@@ -469,7 +485,7 @@ async fn shutdown_ends_every_stream_and_refuses_new_work() {
             .is_none()
     );
     assert!(
-        tokio::time::timeout(WAIT, receipts.recv())
+        tokio::time::timeout(WAIT, receipts.next())
             .await
             .unwrap()
             .is_none()
@@ -531,17 +547,17 @@ async fn bad_input_is_refused_with_a_clear_error() {
 #[tokio::test]
 async fn the_receipts_feed_reports_each_transition() {
     let hub = hub().await;
-    let mut feed = hub.watch_receipts(&ch("c"));
+    let mut feed = hub.watch_receipts(&ch("c"), None);
     let mut sub = subscribe(&hub, Some("d"), &["c"], Resume::Auto).await;
     let p = publish(&hub, "c", "x").await;
     next(&mut sub).await;
     hub.ack(&pat("c"), &dev("d"), p.id, "ok").await.unwrap();
-    let change = |u: Option<crate::ReceiptUpdate>| match u {
-        Some(crate::ReceiptUpdate::Change(c)) => c,
+    let change = |u: Option<crate::Followed>| match u {
+        Some(crate::Followed::Change(_, crate::ReceiptUpdate::Change(c))) => c,
         other => panic!("expected a change, got {other:?}"),
     };
-    let a = change(tokio::time::timeout(WAIT, feed.recv()).await.unwrap());
-    let b = change(tokio::time::timeout(WAIT, feed.recv()).await.unwrap());
+    let a = change(tokio::time::timeout(WAIT, feed.next()).await.unwrap());
+    let b = change(tokio::time::timeout(WAIT, feed.next()).await.unwrap());
     assert_eq!(
         (a.state, b.state),
         (ReceiptState::Delivered, ReceiptState::Acked)
@@ -561,7 +577,7 @@ async fn devices_that_miss_the_ack_deadline_get_one_overdue_notice_each() {
     )
     .await;
     let mut notices = hub.overdue_notices();
-    let mut feed = hub.watch_receipts(&ch("c"));
+    let mut feed = hub.watch_receipts(&ch("c"), None);
     let mut fast = subscribe(&hub, Some("fast"), &["c"], Resume::Auto).await;
     let mut slow = subscribe(&hub, Some("slow"), &["c"], Resume::Auto).await;
     drop(subscribe(&hub, Some("offline"), &["c"], Resume::Auto).await);
@@ -589,8 +605,21 @@ async fn devices_that_miss_the_ack_deadline_get_one_overdue_notice_each() {
     // Exactly once: more ticks bring nothing new.
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert!(notices.try_recv().is_err());
-    let overdue = std::iter::from_fn(|| feed.try_recv().ok())
-        .filter(|u| matches!(u, crate::ReceiptUpdate::Overdue(_)))
+    let ready = |feed: &mut crate::ReceiptFollower| {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        match feed.poll_next(&mut cx) {
+            std::task::Poll::Ready(item) => item,
+            std::task::Poll::Pending => None,
+        }
+    };
+    let overdue = std::iter::from_fn(|| ready(&mut feed))
+        .filter(|f| {
+            matches!(
+                f,
+                crate::Followed::Change(_, crate::ReceiptUpdate::Overdue(_))
+            )
+        })
         .count();
     assert_eq!(overdue, 2, "the receipts feed shows them as overdue");
     // A new listener is handed the notices nobody confirmed, and only those.

@@ -13,7 +13,7 @@
 //! integers and length-prefixed strings; every name is re-validated on
 //! decode, so a record that decodes is one the hub could have written.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -366,7 +366,6 @@ pub fn decode(body: &[u8]) -> Result<(u64, Stored), DecodeError> {
                 time,
                 payload: Bytes::copy_from_slice(payload),
                 idempotency_key,
-                frame: OnceLock::new(),
             })))
         }
         KIND_ACK => Stored::Hub(Record::Ack {
@@ -498,7 +497,6 @@ mod tests {
             time: Timestamp(1_795_000_000_000_000),
             payload: Bytes::copy_from_slice(payload.as_bytes()),
             idempotency_key: key.map(Into::into),
-            frame: OnceLock::new(),
         })))
     }
 

@@ -186,7 +186,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use bytes::Bytes;
-    use std::sync::OnceLock;
     use std::time::Duration;
 
     fn event(channel: &str, id: u64) -> Arc<Event> {
@@ -198,7 +197,6 @@ mod tests {
             time: Timestamp(id as i64 * 1_000_000),
             payload: Bytes::from_static(b"x"),
             idempotency_key: None,
-            frame: OnceLock::new(),
         })
     }
 

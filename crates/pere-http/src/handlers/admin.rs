@@ -1,6 +1,5 @@
 //! `/admin/*`: connections, channels, retained events, devices, tokens.
 
-use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use pere_core::{
     ChannelName, DeviceId, EventId, EventStore, Grants, Pattern, Presence, Token, TokenHash,
@@ -10,6 +9,7 @@ use serde_json::Value;
 use super::{App, json, json_raw, query_of, query_value};
 use crate::body::Body;
 use crate::error::{ApiError, escape};
+use crate::server::RequestBody;
 
 /// Default and largest page of `/admin/events`.
 const DEFAULT_EVENTS_LIMIT: usize = 1_000;
@@ -53,7 +53,7 @@ pub fn channels<S: EventStore>(app: &App<S>) -> Response<Body> {
 /// `GET /admin/events/:channel?after=ID&limit=N`.
 pub async fn events<S: EventStore>(
     app: &App<S>,
-    req: &Request<Incoming>,
+    req: &Request<RequestBody>,
     channel: &str,
 ) -> Result<Response<Body>, ApiError> {
     let channel = ChannelName::new(channel)?;
@@ -203,7 +203,7 @@ pub fn tokens<S: EventStore>(app: &App<S>) -> Response<Body> {
 /// fingerprint only.
 pub async fn token<S: EventStore>(
     app: &App<S>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     token: &str,
 ) -> Result<Response<Body>, ApiError> {
     if req.method() == Method::DELETE {

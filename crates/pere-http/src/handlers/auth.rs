@@ -1,4 +1,4 @@
-//! Who is calling (PROTOCOL §7): the token from `Authorization: Bearer` or
+//! Who is calling (docs/PROTOCOL.md §7): the token from `Authorization: Bearer` or
 //! `?access_token=`, checked against the hub's [`AuthRegistry`], and the
 //! checks each route makes with it.
 //!
@@ -56,7 +56,7 @@ impl Caller {
         self.require(|g| g.admin, || "admin access".into())
     }
 
-    /// The request's device (PROTOCOL §1): with a token, its subject — a
+    /// The request's device (docs/PROTOCOL.md §1): with a token, its subject — a
     /// `device` header or parameter naming another device is `403`; without,
     /// the `device` header or parameter.
     pub fn device(

@@ -7,7 +7,7 @@ use pere_core::{EventId, EventStore, Pattern, Resume, SubscribeRequest, Subscrip
 
 use super::auth::Caller;
 use super::{App, header_str, query_of, query_value};
-use crate::body::{Body, Source, SseBody};
+use crate::body::{Body, Form, Source, SseBody};
 use crate::error::{ApiError, escape};
 use crate::sse;
 
@@ -33,13 +33,23 @@ pub async fn feed<S: EventStore, B>(
             "name a channel: GET /feed/:channel or GET /feed?channel=…",
         ));
     }
-    // One channel not granted refuses the whole stream (PROTOCOL §7).
+    // One channel not granted refuses the whole stream (docs/PROTOCOL.md §7).
     for pattern in &patterns {
         caller.require(
             |g| g.may_subscribe(pattern),
             || format!("subscribing to `{pattern}`"),
         )?;
     }
+    let form = match query_value(&query, "envelope") {
+        None => Form::Plain,
+        Some("json") => Form::Envelope,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_parameter",
+                format!("envelope=`{}` is not `json`", escape(other)),
+            ));
+        }
+    };
     let device = caller.device(req.headers(), &query)?;
     let header_id = header_str(req.headers(), "last-event-id")?.filter(|v| !v.is_empty());
     let resume = resume_point(header_id, &query)?;
@@ -65,8 +75,9 @@ pub async fn feed<S: EventStore, B>(
         )
         .await?;
     let opening = opening(app.config.retry.as_millis() as u64, &subscription);
-    let body =
-        SseBody::new(opening, Source::Events(subscription), app.config.keepalive).with_slot(slot);
+    let body = SseBody::new(opening, Source::Events(subscription), app.config.keepalive)
+        .with_slot(slot)
+        .with_form(form);
     let mut response = Response::new(Body::Sse(Box::new(body)));
     *response.status_mut() = StatusCode::OK;
     sse_headers(response.headers_mut());
@@ -80,14 +91,14 @@ pub fn head_response() -> Response<Body> {
     response
 }
 
-/// The headers of every event stream (PROTOCOL §3).
+/// The headers of every event stream (docs/PROTOCOL.md §3).
 pub fn sse_headers(h: &mut hyper::HeaderMap) {
     h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
 }
 
-/// The resume point, first match wins (PROTOCOL §3): `Last-Event-ID`
+/// The resume point, first match wins (docs/PROTOCOL.md §3): `Last-Event-ID`
 /// header, `lastEventId` query parameter, `replay=all`, else the device's
 /// cursor (or now).
 pub fn resume_point(

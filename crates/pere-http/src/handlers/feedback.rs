@@ -5,7 +5,6 @@
 //! (subscriber.rb) header; a JSON object `{"id","status"}`; or a JSON array
 //! of such objects for a batch.
 
-use hyper::body::Incoming;
 use hyper::header::CONTENT_TYPE;
 use hyper::{Request, Response, StatusCode};
 use pere_core::{Acked, EventId, EventStore, MAX_STATUS_LEN, Pattern};
@@ -16,6 +15,7 @@ use super::{App, header_str, json, query_of, read_body};
 use crate::body::Body;
 use crate::error::{ApiError, escape};
 use crate::router::parse_query;
+use crate::server::RequestBody;
 
 /// Largest receipt body, in bytes (room for a batch of thousands).
 pub const MAX_FEEDBACK_BODY: usize = 1024 * 1024;
@@ -28,7 +28,7 @@ struct RawReceipt {
     /// The id from a JSON body: it wins over every header.
     id: Option<String>,
     /// The `last_event_id` form field: the last resort, after the headers
-    /// (PROTOCOL §4).
+    /// (docs/PROTOCOL.md §4).
     form_id: Option<String>,
     status: Option<String>,
 }
@@ -43,7 +43,7 @@ enum Parsed {
 
 pub async fn feedback<S: EventStore>(
     app: &App<S>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     channel: &str,
     caller: &Caller,
 ) -> Result<Response<Body>, ApiError> {
@@ -136,7 +136,7 @@ fn body_text(body: &[u8]) -> Result<&str, ApiError> {
 }
 
 /// A single receipt's id, first match wins: JSON `id`, `Last-Event-ID`,
-/// `last_event_id` header, `last_event_id` form field (PROTOCOL §4).
+/// `last_event_id` header, `last_event_id` form field (docs/PROTOCOL.md §4).
 fn with_header_id(mut raw: RawReceipt, header_id: Option<String>) -> RawReceipt {
     raw.id = raw.id.or(header_id).or(raw.form_id.take());
     raw

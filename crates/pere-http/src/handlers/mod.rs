@@ -2,7 +2,7 @@
 //! the [`App`] state, identity extraction, JSON responses and CORS.
 //!
 //! Handlers return `Result<Response<Body>, ApiError>`; [`handle`] turns the
-//! error into PROTOCOL §8's JSON and adds CORS headers to every answer.
+//! error into docs/PROTOCOL.md §8's JSON and adds CORS headers to every answer.
 
 mod admin;
 pub mod auth;
@@ -17,7 +17,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use pere_core::{DeviceId, EventStore, Hub};
@@ -27,6 +26,7 @@ use crate::error::{ApiError, escape};
 use crate::limits::Limits;
 use crate::metrics::HttpMetrics;
 use crate::router::{self, Route};
+use crate::server::RequestBody;
 use crate::server::{Cors, ServerConfig};
 use auth::Caller;
 
@@ -42,14 +42,14 @@ pub struct App<S: EventStore> {
     pub limits: Arc<Limits>,
 }
 
-/// Headers a browser may send cross-origin (PROTOCOL §6).
+/// Headers a browser may send cross-origin (docs/PROTOCOL.md §6).
 const ALLOWED_HEADERS: &str =
     "device, Last-Event-ID, last_event_id, Idempotency-Key, Authorization, Content-Type";
 const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS";
 const EXPOSED_HEADERS: &str = "Location, WWW-Authenticate, Retry-After";
 
 /// Serves one request: route, handle, map errors, add CORS.
-pub async fn handle<S: EventStore>(app: Arc<App<S>>, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle<S: EventStore>(app: Arc<App<S>>, req: Request<RequestBody>) -> Response<Body> {
     let origin = req.headers().get(header::ORIGIN).cloned();
     // Boxed: hyper keeps a connection's request future in an allocation of
     // the future's full size for the connection's whole life, and an event
@@ -80,7 +80,7 @@ pub(crate) async fn handle_feed<S: EventStore>(
     finish(app, origin.as_ref(), result)
 }
 
-/// Turns a handler's result into the answer: errors as PROTOCOL §8's JSON,
+/// Turns a handler's result into the answer: errors as docs/PROTOCOL.md §8's JSON,
 /// counted, with CORS headers.
 fn finish<S: EventStore>(
     app: &App<S>,
@@ -105,7 +105,7 @@ fn finish<S: EventStore>(
 async fn dispatch<S: EventStore>(
     app: &App<S>,
     route: Route,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> Result<Response<Body>, ApiError> {
     // The open routes: PERE's greeting, the web pages (they ask for a token
     // themselves), health checks, and CORS preflights (a browser never
@@ -149,9 +149,7 @@ async fn dispatch<S: EventStore>(
         Route::Feed(channel) => feed::feed(app, &req, channel.as_deref(), &caller).await,
         Route::Feedback(channel) => feedback::feedback(app, req, &channel, &caller).await,
         Route::Receipt(channel, id) => receipts::summary(app, &channel, &id, &caller),
-        Route::ReceiptStream(channel) => {
-            receipts::stream(app, &channel, req.method() == hyper::Method::HEAD, &caller)
-        }
+        Route::ReceiptStream(channel) => receipts::stream(app, &req, &channel, &caller),
         Route::AdminConnections => Ok(admin::connections(app)),
         Route::AdminChannels => Ok(admin::channels(app)),
         Route::AdminEvents(channel) => admin::events(app, &req, &channel).await,
@@ -202,7 +200,7 @@ fn add_cors(cors: &Cors, origin: Option<&HeaderValue>, headers: &mut HeaderMap) 
     );
 }
 
-/// The JSON error response of PROTOCOL §8.
+/// The JSON error response of docs/PROTOCOL.md §8.
 pub fn error_response(err: &ApiError) -> Response<Body> {
     let mut response = Response::new(Body::from(err.body()));
     *response.status_mut() = err.status;
@@ -288,7 +286,7 @@ pub fn query_value<'a>(query: &'a [(String, String)], key: &str) -> Option<&'a s
         .map(|(_, v)| v.as_str())
 }
 
-/// The request's device (PROTOCOL §1): the `device` header (PERE), else the
+/// The request's device (docs/PROTOCOL.md §1): the `device` header (PERE), else the
 /// `device` query parameter (PERE's web page). Invalid is `400` wherever it
 /// came from.
 pub fn device_of(
@@ -323,7 +321,7 @@ pub fn query_of<B>(req: &Request<B>) -> Result<Vec<(String, String)>, ApiError> 
 /// `408` when the whole body has not arrived within `timeout` (a client
 /// trickling its body must not hold a task and a descriptor for ever).
 pub async fn read_body(
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     limit: usize,
     timeout: std::time::Duration,
 ) -> Result<Bytes, ApiError> {

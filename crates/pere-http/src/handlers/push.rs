@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use hyper::body::Incoming;
 use hyper::header::{HeaderValue, LOCATION};
 use hyper::{Request, Response, StatusCode};
 use pere_core::{ChannelName, EventStore, EventType, Publish};
@@ -11,10 +10,11 @@ use super::auth::Caller;
 use super::{App, header_str, json_raw, query_of, query_value, read_body};
 use crate::body::Body;
 use crate::error::{ApiError, escape};
+use crate::server::RequestBody;
 
 /// Default `timeout` of a waiting publish, in milliseconds.
 const DEFAULT_WAIT_MS: u64 = 5_000;
-/// Longest `timeout` honoured; larger values are capped (PROTOCOL §2).
+/// Longest `timeout` honoured; larger values are capped (docs/PROTOCOL.md §2).
 const MAX_WAIT_MS: u64 = 60_000;
 
 /// What a publisher waits for.
@@ -35,7 +35,7 @@ fn parse_timeout(text: &str) -> Option<u64> {
 
 pub async fn push<S: EventStore>(
     app: &App<S>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     channel: &str,
     caller: &Caller,
 ) -> Result<Response<Body>, ApiError> {
@@ -94,28 +94,32 @@ pub async fn push<S: EventStore>(
         published.id, published.channel, published.recipients
     );
     if let Some(wait) = wait {
-        let timed_out = match &published.receipts {
-            Some(receipts) => {
-                let done = receipts.settled_when(|r| match wait {
-                    Wait::Delivered => r.undelivered() == 0,
-                    Wait::Acked => r.unacked() == 0,
-                });
-                tokio::time::timeout(Duration::from_millis(timeout_ms), done)
-                    .await
-                    .is_err()
-            }
-            None => false,
-        };
-        let (delivered, acked, pending) = match &published.receipts {
+        if let Some(receipts) = &published.receipts {
+            let done = receipts.settled_when(|r| match wait {
+                Wait::Delivered => r.undelivered() == 0,
+                Wait::Acked => r.unacked() == 0,
+            });
+            let _ = tokio::time::timeout(Duration::from_millis(timeout_ms), done).await;
+        }
+        let (delivered, acked, pending, unacked) = match &published.receipts {
             Some(receipts) => {
                 let s = receipts.summary();
-                (s.delivered, s.acked, s.pending)
+                (s.delivered, s.acked, s.pending, s.unacked)
             }
-            None => (0, 0, Vec::new()),
+            None => (0, 0, Vec::new(), Vec::new()),
+        };
+        // docs/PROTOCOL.md §2: `pending` are the devices nothing was written
+        // to yet, `unacked` those that have not acknowledged; `timed_out`
+        // is read from the same lists, so the answer never contradicts
+        // itself when the last receipt lands at the deadline.
+        let timed_out = match wait {
+            Wait::Delivered => !pending.is_empty(),
+            Wait::Acked => !unacked.is_empty(),
         };
         body.push_str(&format!(
-            r#","delivered":{delivered},"acked":{acked},"pending":{},"timed_out":{timed_out}"#,
+            r#","delivered":{delivered},"acked":{acked},"pending":{},"unacked":{},"timed_out":{timed_out}"#,
             serde_json::to_string(&pending).unwrap_or_else(|_| "[]".into()),
+            serde_json::to_string(&unacked).unwrap_or_else(|_| "[]".into()),
         ));
     }
     if published.duplicate {

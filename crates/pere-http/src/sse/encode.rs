@@ -5,7 +5,7 @@
 //! the functions here write straight into a caller's [`BytesMut`] and
 //! [`event_frame`] sizes its buffer exactly once.
 //!
-//! Wire rules (PROTOCOL §3):
+//! Wire rules (docs/PROTOCOL.md §3):
 //!
 //! - lines end with LF only: PERE's Ruby client splits events on `\n\n`;
 //! - `field: value` has one space after the colon, which every decoder strips,
@@ -26,7 +26,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 /// A keepalive frame: an empty comment line and a blank line.
 ///
 /// Decoders ignore it; it only keeps proxies and NAT tables from closing an
-/// idle stream (PROTOCOL §3, `--keepalive`).
+/// idle stream (docs/PROTOCOL.md §3, `--keepalive`).
 pub const KEEPALIVE: &[u8] = b":\n\n";
 
 /// Why an event could not be encoded.
@@ -110,7 +110,7 @@ pub fn event_frame(
 }
 
 /// Writes a `retry:<millis>` frame followed by a blank line, with no space
-/// after the colon (PROTOCOL §3).
+/// after the colon (docs/PROTOCOL.md §3).
 pub fn encode_retry(out: &mut BytesMut, millis: u64) {
     // u64::MAX has 20 decimal digits.
     let mut digits = [0u8; 20];

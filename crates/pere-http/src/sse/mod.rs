@@ -2,7 +2,7 @@
 //!
 //! - [`encode`] turns events, `retry` and comments into `text/event-stream`
 //!   bytes, LF-terminated and with the quirks PERE's Ruby client needs
-//!   (PROTOCOL §3). It is the server's hot path: [`event_frame`] builds an
+//!   (docs/PROTOCOL.md §3). It is the server's hot path: [`event_frame`] builds an
 //!   event's frame once, at its exact size, for every stream to share.
 //! - [`decode`] is the client side: a streaming [`Decoder`] implementing the
 //!   WHATWG "interpret an event stream" algorithm, fed bytes cut anywhere and

@@ -4,7 +4,6 @@ use crate::name::{DeviceId, Pattern};
 use crate::{HubConfig, ReceiptState};
 use bytes::Bytes;
 use std::fs::OpenOptions;
-use std::sync::OnceLock;
 
 fn ch(s: &str) -> ChannelName {
     ChannelName::new(s).unwrap()
@@ -31,7 +30,6 @@ fn event(channel: &str, id: u64, payload: &str) -> Record {
         time: Timestamp::now(),
         payload: Bytes::copy_from_slice(payload.as_bytes()),
         idempotency_key: None,
-        frame: OnceLock::new(),
     }))
 }
 

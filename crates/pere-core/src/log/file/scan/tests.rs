@@ -1,7 +1,7 @@
 // Lists of skipped byte ranges, compared whole: a one-range list is meant.
 #![allow(clippy::single_range_in_vec_init)]
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -21,7 +21,6 @@ fn event(id: u64, payload: &[u8]) -> Stored {
         time: Timestamp(0x0101_0101),
         payload: Bytes::copy_from_slice(payload),
         idempotency_key: None,
-        frame: OnceLock::new(),
     })))
 }
 

@@ -1,0 +1,377 @@
+//! At-least-once for acknowledging devices (docs/PROTOCOL.md §5): what a
+//! member that comes back without `Last-Event-ID` is sent again.
+
+#![allow(clippy::unwrap_used)]
+
+use super::tests::{WAIT, ch, dev, drain, hub, hub_with, next, pat, publish, subscribe};
+use super::*;
+use crate::config::Retention;
+use crate::log::{FileStore, FileStoreConfig};
+
+/// Takes `n` events (each marks its delivery), returning their ids.
+async fn take(sub: &mut Subscription, n: usize) -> Vec<EventId> {
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..n {
+        ids.push(next(sub).await.id);
+    }
+    ids
+}
+
+async fn publish_n(hub: &Hub<impl EventStore>, channel: &str, n: usize) -> Vec<EventId> {
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let p = hub
+            .publish(Publish::new(ch(channel), format!("event {i}")))
+            .await
+            .unwrap();
+        ids.push(p.id);
+    }
+    ids
+}
+
+#[tokio::test]
+async fn an_acknowledging_device_gets_again_what_a_broken_stream_took() {
+    let hub = hub().await;
+    let mut r = subscribe(&hub, Some("R"), &["orders"], Resume::Auto).await;
+    let first = publish(&hub, "orders", "first").await;
+    assert_eq!(next(&mut r).await.id, first.id);
+    hub.ack(&pat("orders"), &dev("R"), first.id, "ok")
+        .await
+        .unwrap();
+    // Written to the stream (delivered), never acknowledged: the stream
+    // breaks.
+    let written = publish_n(&hub, "orders", 5).await;
+    assert_eq!(take(&mut r, 5).await, written);
+    drop(r);
+    // Published while it is away.
+    let offline = publish_n(&hub, "orders", 2).await;
+
+    let mut r = subscribe(&hub, Some("R"), &["orders"], Resume::Auto).await;
+    let mut want = written.clone();
+    want.extend(&offline);
+    assert_eq!(r.hello().replayed, 7);
+    assert_eq!(r.hello().resumed_from, Some(first.id));
+    assert!(r.gap().is_none());
+    assert_eq!(
+        take(&mut r, 7).await,
+        want,
+        "in id order, once, not the acked one"
+    );
+    assert!(drain(&mut r).is_empty());
+
+    // A redelivered receipt keeps its state and counts its writes.
+    let s = hub.receipt_summary(&pat("orders"), written[0]).unwrap();
+    let (_, receipt) = &s.devices[0];
+    assert_eq!(receipt.state, ReceiptState::Delivered);
+    assert_eq!(receipt.deliveries, 2);
+    let s = hub.receipt_summary(&pat("orders"), offline[0]).unwrap();
+    assert_eq!(s.devices[0].1.deliveries, 1);
+    assert_eq!(hub.stats().redelivered, 5);
+
+    // Acknowledged now: the next reconnect sends nothing again.
+    for id in &want[..6] {
+        hub.ack(&pat("orders"), &dev("R"), *id, "ok").await.unwrap();
+    }
+    drop(r);
+    let mut r = subscribe(&hub, Some("R"), &["orders"], Resume::Auto).await;
+    assert_eq!(r.hello().replayed, 1, "only the one it did not acknowledge");
+    assert_eq!(take(&mut r, 1).await, want[6..]);
+}
+
+#[tokio::test]
+async fn a_device_that_never_acknowledges_resumes_after_the_last_written_event() {
+    let hub = hub().await;
+    let mut r = subscribe(&hub, Some("quiet"), &["c"], Resume::Auto).await;
+    let written = publish_n(&hub, "c", 3).await;
+    assert_eq!(take(&mut r, 3).await, written);
+    drop(r);
+    let offline = publish_n(&hub, "c", 2).await;
+    let mut r = subscribe(&hub, Some("quiet"), &["c"], Resume::Auto).await;
+    assert_eq!(r.hello().resumed_from, Some(written[2]));
+    assert_eq!(take(&mut r, 2).await, offline);
+    assert!(drain(&mut r).is_empty());
+    assert_eq!(hub.stats().redelivered, 0);
+}
+
+#[tokio::test]
+async fn last_event_id_stays_authoritative_for_an_acknowledging_device() {
+    let hub = hub().await;
+    let mut r = subscribe(&hub, Some("R"), &["c"], Resume::Auto).await;
+    let ids = publish_n(&hub, "c", 4).await;
+    assert_eq!(take(&mut r, 4).await, ids);
+    hub.ack(&pat("c"), &dev("R"), ids[0], "ok").await.unwrap();
+    drop(r);
+    let mut r = subscribe(&hub, Some("R"), &["c"], Resume::After(ids[2])).await;
+    assert_eq!(take(&mut r, 1).await, ids[3..]);
+    assert!(drain(&mut r).is_empty());
+    drop(r);
+    // Without it, everything not acknowledged comes back.
+    let mut r = subscribe(&hub, Some("R"), &["c"], Resume::Auto).await;
+    assert_eq!(take(&mut r, 3).await, ids[1..]);
+}
+
+#[tokio::test]
+async fn the_first_receipt_makes_earlier_unacknowledged_events_count() {
+    let hub = hub().await;
+    let mut r = subscribe(&hub, Some("R"), &["c"], Resume::Auto).await;
+    let ids = publish_n(&hub, "c", 3).await;
+    assert_eq!(take(&mut r, 3).await, ids);
+    // It acknowledges the last one only, then its stream breaks.
+    hub.ack(&pat("c"), &dev("R"), ids[2], "ok").await.unwrap();
+    drop(r);
+    let mut r = subscribe(&hub, Some("R"), &["c"], Resume::Auto).await;
+    assert_eq!(take(&mut r, 2).await, ids[..2]);
+    assert!(drain(&mut r).is_empty());
+}
+
+#[tokio::test]
+async fn patterns_and_channels_of_one_stream_redeliver_each_event_once() {
+    let hub = hub().await;
+    let mut r = subscribe(&hub, Some("R"), &["orders.*", "orders.eu"], Resume::Auto).await;
+    let a = publish(&hub, "orders.eu", "a").await;
+    assert_eq!(next(&mut r).await.id, a.id);
+    hub.ack(&pat("orders.eu"), &dev("R"), a.id, "ok")
+        .await
+        .unwrap();
+    let eu = publish_n(&hub, "orders.eu", 2).await;
+    let us = publish_n(&hub, "orders.us", 1).await;
+    assert_eq!(take(&mut r, 3).await, [eu.clone(), us.clone()].concat());
+    drop(r);
+    let mut r = subscribe(&hub, Some("R"), &["orders.*", "orders.eu"], Resume::Auto).await;
+    assert_eq!(take(&mut r, 3).await, [eu, us].concat());
+    assert!(drain(&mut r).is_empty());
+}
+
+#[tokio::test]
+async fn unacknowledged_events_lost_to_retention_are_a_gap() {
+    // Whether or not a maintenance tick trimmed them in between.
+    for tick in [
+        std::time::Duration::from_secs(3600),
+        std::time::Duration::from_millis(10),
+    ] {
+        let hub = hub_with(
+            HubConfig {
+                tick,
+                ..HubConfig::default()
+            },
+            Retention {
+                history: 3,
+                max_age: None,
+            },
+        )
+        .await;
+        let mut r = subscribe(&hub, Some("R"), &["c"], Resume::Auto).await;
+        let first = publish(&hub, "c", "first").await;
+        next(&mut r).await;
+        hub.ack(&pat("c"), &dev("R"), first.id, "ok").await.unwrap();
+        let written = publish_n(&hub, "c", 2).await;
+        assert_eq!(take(&mut r, 2).await, written);
+        drop(r);
+        // Four more push both unacknowledged events (and one of these) out.
+        let later = publish_n(&hub, "c", 4).await;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let mut r = subscribe(&hub, Some("R"), &["c"], Resume::Auto).await;
+        let gap = r.gap().expect("told it lost events");
+        assert_eq!(gap.oldest, Some(later[1]), "{tick:?}");
+        assert!(gap.from < written[0], "{tick:?}: {gap:?}");
+        assert_eq!(take(&mut r, 3).await, later[1..]);
+    }
+}
+
+#[tokio::test]
+async fn redelivery_survives_a_restart_of_a_durable_hub() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = FileStoreConfig::new(dir.path());
+    let (first, written) = {
+        let hub = Hub::open(HubConfig::default(), FileStore::open(cfg.clone()).unwrap())
+            .await
+            .unwrap();
+        let mut r = subscribe_on(&hub, "R").await;
+        let first = hub
+            .publish(Publish::new(ch("orders"), "first"))
+            .await
+            .unwrap();
+        next(&mut r).await;
+        hub.ack(&pat("orders"), &dev("R"), first.id, "ok")
+            .await
+            .unwrap();
+        let written = publish_n(&hub, "orders", 4).await;
+        assert_eq!(take(&mut r, 4).await, written);
+        // Its cursor is journaled past them when the stream closes.
+        drop(r);
+        hub.shutdown().await;
+        (first, written)
+    };
+    let hub = Hub::open(HubConfig::default(), FileStore::open(cfg).unwrap())
+        .await
+        .unwrap();
+    let mut r = subscribe_on(&hub, "R").await;
+    assert_eq!(take(&mut r, 4).await, written);
+    assert!(drain(&mut r).is_empty());
+    let s = hub.receipt_summary(&pat("orders"), first.id).unwrap();
+    let receipt = &s.devices[0].1;
+    assert!(receipt.delivered_at <= receipt.acked_at, "{receipt:?}");
+    hub.shutdown().await;
+}
+
+async fn subscribe_on<S: EventStore>(hub: &Hub<S>, device: &str) -> Subscription {
+    tokio::time::timeout(
+        WAIT,
+        hub.subscribe(
+            SubscribeRequest {
+                device: Some(dev(device)),
+                patterns: vec![pat("orders")],
+                resume: Resume::Auto,
+            },
+            None,
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+}
+
+#[tokio::test]
+async fn pending_and_unacked_are_different_lists() {
+    let hub = hub().await;
+    let mut a = subscribe(&hub, Some("a"), &["c"], Resume::Auto).await;
+    let _b = subscribe(&hub, Some("b"), &["c"], Resume::Auto).await;
+    let _c = subscribe(&hub, Some("c"), &["c"], Resume::Auto).await;
+    let p = publish(&hub, "c", "x").await;
+    next(&mut a).await;
+    hub.ack(&pat("c"), &dev("c"), p.id, "ok").await.unwrap();
+    let s = hub.receipt_summary(&pat("c"), p.id).unwrap();
+    assert_eq!(s.pending, vec![dev("b")]);
+    assert_eq!(s.unacked, vec![dev("a"), dev("b")]);
+    // A second receipt is a status update: the first time stays.
+    let first_at = s.devices[2].1.acked_at;
+    hub.ack(&pat("c"), &dev("c"), p.id, "done").await.unwrap();
+    let s = hub.receipt_summary(&pat("c"), p.id).unwrap();
+    let c = &s.devices[2].1;
+    assert_eq!((c.acked_at, c.status.as_deref()), (first_at, Some("done")));
+    assert!(c.status_at >= c.acked_at);
+    // Acked without being written: no delivery counted.
+    assert_eq!(c.deliveries, 0);
+}
+
+#[tokio::test]
+async fn max_age_applies_while_running() {
+    let hub = hub_with(
+        HubConfig {
+            tick: std::time::Duration::from_millis(20),
+            ..HubConfig::default()
+        },
+        Retention {
+            history: 1000,
+            max_age: Some(std::time::Duration::from_millis(300)),
+        },
+    )
+    .await;
+    let old = publish(&hub, "c", "old").await;
+    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    let young = publish(&hub, "c", "young").await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while hub.receipt_summary(&pat("c"), old.id).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old event was never dropped"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // Dropped from the store and the ledger, and a resume point before it
+    // is told the gap.
+    let events = hub.events(&ch("c"), EventId::ZERO, 10).await.unwrap();
+    assert_eq!(events.iter().map(|e| e.id).collect::<Vec<_>>(), [young.id]);
+    assert!(
+        hub.receipt_summary(&pat("c"), young.id).is_ok(),
+        "the young one stays"
+    );
+    let mut sub = subscribe(&hub, Some("d"), &["c"], Resume::After(EventId::ZERO)).await;
+    assert_eq!(sub.gap().map(|g| g.oldest), Some(Some(young.id)));
+    assert_eq!(next(&mut sub).await.id, young.id);
+}
+
+#[tokio::test]
+async fn channels_are_bounded_and_reclaimed_once_retention_empties_them() {
+    let hub = hub_with(
+        HubConfig {
+            tick: std::time::Duration::from_millis(20),
+            max_channels: 3,
+            ..HubConfig::default()
+        },
+        Retention {
+            history: 1000,
+            max_age: Some(std::time::Duration::from_millis(200)),
+        },
+    )
+    .await;
+    let a = publish(&hub, "a", "1").await;
+    publish(&hub, "b", "1").await;
+    publish(&hub, "c", "1").await;
+    publish(&hub, "a", "2").await;
+    let refused = hub.publish(Publish::new(ch("d"), "1")).await;
+    assert!(
+        matches!(refused, Err(Error::ChannelLimit { limit: 3 })),
+        "{refused:?}"
+    );
+    // Once their events aged out, the channels are forgotten, and a new
+    // one fits.
+    let deadline = std::time::Instant::now() + WAIT;
+    while !hub.channels().is_empty() || !hub.inner.state().channels.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "never reclaimed");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(hub.inner.state().watchers.is_empty());
+    publish(&hub, "d", "1").await;
+    // A client resuming on a reclaimed channel below what was dropped is
+    // told of the gap; one resuming above it is not.
+    let sub = subscribe(&hub, Some("x"), &["a"], Resume::After(a.id)).await;
+    assert!(sub.gap().is_some());
+    let sub = subscribe(&hub, Some("y"), &["*"], Resume::After(a.id)).await;
+    assert!(sub.gap().is_some(), "a pattern matching it too");
+    let head = hub.inner.state().head;
+    let sub = subscribe(&hub, Some("z"), &["a"], Resume::After(head)).await;
+    assert!(sub.gap().is_none());
+    // It has events again: its ledger remembers what was dropped.
+    publish(&hub, "a", "3").await;
+    let sub = subscribe(&hub, Some("w"), &["a"], Resume::After(a.id)).await;
+    assert!(sub.gap().is_some());
+}
+
+#[tokio::test]
+async fn events_history_drops_before_their_deadline_get_expired_notices() {
+    let hub = hub_with(
+        HubConfig {
+            ack_deadline: Some(std::time::Duration::from_secs(3600)),
+            ..HubConfig::default()
+        },
+        Retention {
+            history: 1,
+            max_age: None,
+        },
+    )
+    .await;
+    let mut notices = hub.overdue_notices();
+    let mut got = subscribe(&hub, Some("reader"), &["c"], Resume::Auto).await;
+    drop(subscribe(&hub, Some("away"), &["c"], Resume::Auto).await);
+    let first = publish(&hub, "c", "first").await;
+    next(&mut got).await;
+    hub.ack(&pat("c"), &dev("reader"), first.id, "ok")
+        .await
+        .unwrap();
+    // The second pushes the first out of the history of 1, an hour before
+    // its deadline: "away" never acknowledged it and now never will.
+    publish(&hub, "c", "second").await;
+    let n = tokio::time::timeout(WAIT, notices.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (n.id, n.device.as_str(), n.expired),
+        (first.id, "away", true)
+    );
+    assert_eq!(n.state, ReceiptState::Pending);
+    // Only once, and nobody else (the reader acknowledged it).
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(notices.try_recv().is_err());
+}

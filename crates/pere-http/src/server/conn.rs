@@ -1,0 +1,294 @@
+//! One connection's task: the first request on the direct path or
+//! through hyper, under the head and idle timeouts, and docs/PROTOCOL.md §8's JSON
+//! in place of hyper's own answers to requests it could not parse.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulConnection;
+use pere_core::EventStore;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::request;
+use super::watch::{ConnWatch, Expired, Tracked, Watched};
+use crate::handlers::App;
+use crate::stall::Stall;
+
+/// What one connection's task needs.
+pub(super) struct Connection<S: EventStore> {
+    pub(super) app: Arc<App<S>>,
+    pub(super) http: Arc<auto::Builder<TokioExecutor>>,
+    /// The same, HTTP/1 only: for connections the direct path answered on.
+    pub(super) http1: Arc<auto::Builder<TokioExecutor>>,
+    /// Held for the connection's whole life, so that shutdown waits for it.
+    pub(super) graceful: hyper_util::server::graceful::Watcher,
+    pub(super) closing: tokio::sync::watch::Receiver<bool>,
+    pub(super) limits: ConnLimits,
+    pub(super) peer: SocketAddr,
+}
+
+impl<S: EventStore> Connection<S> {
+    /// Serves the connection: its first request here if it is an event
+    /// stream (see [`crate::direct`]), everything else through hyper.
+    pub(super) async fn serve(mut self, stream: TcpStream) {
+        // Each step is boxed: the task itself then holds only what every
+        // step needs, not the largest step's state for the connection's
+        // whole life (an event stream lives for hours).
+        if !Box::pin(self.first_byte(&stream)).await {
+            return;
+        }
+        let stall = Stall::new(self.limits.send, self.peer);
+        let (stream, http1_only) =
+            match Box::pin(crate::direct::serve_first(stream, &self.app, stall)).await {
+                crate::direct::Outcome::Untouched(stream) => (stream, false),
+                crate::direct::Outcome::Answered(stream) => (stream, true),
+                crate::direct::Outcome::Closed => return,
+            };
+        Box::pin(self.serve_hyper(stream, http1_only)).await;
+    }
+
+    /// Waits for the connection's first byte: `false` when the client
+    /// closed, the idle timeout passed, or the server is shutting down.
+    async fn first_byte(&mut self, stream: &TcpStream) -> bool {
+        // A peek, not `readable()`, which can report a fresh socket ready
+        // before any byte arrived.
+        let mut first = [0u8; 1];
+        tokio::select! {
+            peeked = stream.peek(&mut first) => matches!(peeked, Ok(1..)),
+            _ = self.closing.wait_for(|closing| *closing) => false,
+            () = tokio::time::sleep(self.limits.idle) => {
+                tracing::debug!(peer = %self.peer, "idle connection closed");
+                false
+            }
+        }
+    }
+
+    /// Serves the connection through hyper, under our own head and idle
+    /// timeouts (see [`serve`]).
+    async fn serve_hyper(self, stream: TcpStream, http1_only: bool) {
+        let Self {
+            app,
+            http,
+            http1,
+            graceful,
+            closing,
+            limits,
+            peer,
+        } = self;
+        let watch = Arc::new(ConnWatch::new(http1_only));
+        let max_head = limits.max_head;
+        let service = service_fn({
+            let watch = watch.clone();
+            move |req| {
+                let request = watch.begin();
+                // Boxed, and before the `async` block, which then holds a
+                // pointer rather than the request and the handler's state:
+                // hyper keeps one allocation the size of this future per
+                // connection (per stream over HTTP/2) for its whole life,
+                // while the box is freed once the answer is ready.
+                let served = Box::pin(request::serve(app.clone(), req, max_head));
+                async move {
+                    let response = served.await;
+                    Ok::<_, std::convert::Infallible>(response.map(|body| Tracked {
+                        body,
+                        _request: request,
+                    }))
+                }
+            }
+        });
+        let http = if http1_only { http1 } else { http };
+        let conn = http
+            .serve_connection(
+                TokioIo::new(Watched::new(
+                    stream,
+                    watch.clone(),
+                    Stall::new(limits.send, peer),
+                )),
+                service,
+            )
+            .into_owned();
+        serve(Box::pin(conn), &watch, limits, peer, closing).await;
+        // Only now, with the socket closed, may shutdown stop waiting.
+        drop(graceful);
+    }
+}
+
+/// What one connection's task enforces beside hyper.
+#[derive(Clone, Copy)]
+pub(super) struct ConnLimits {
+    /// Time for a request head, from its first byte.
+    pub(super) head: Duration,
+    /// Time with no request in progress.
+    pub(super) idle: Duration,
+    /// Time a pending write may make no progress.
+    pub(super) send: Duration,
+    /// Largest request head: checked here over HTTP/2 (hyper's read
+    /// buffer bounds it over HTTP/1), and named in the `431` answer.
+    pub(super) max_head: usize,
+}
+
+/// How long hyper may take to close a connection it was asked to close for
+/// idleness: an HTTP/2 client has this long to answer the GOAWAY's ping.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+/// How long a closing connection is read (and what it sends dropped), at
+/// most, so that the client gets our answer and FIN rather than a reset
+/// (see [`close`]).
+const LINGER: Duration = Duration::from_secs(2);
+/// Most bytes read (and dropped) from a closing connection.
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// Drives one connection under its timeouts, then closes it (see
+/// [`close`]). Whatever the client sends, the connection is timed as a
+/// request head until it has a request, and as idle while it has none:
+///
+/// - a head (or HTTP/2 preface) not whole `head` after its first byte: a
+///   `408` over HTTP/1, and the connection closes;
+/// - no request, no HTTP/2 stream, for `idle`: hyper is asked to close the
+///   connection (over HTTP/2 it says GOAWAY) and given [`CLOSE_WAIT`];
+/// - at shutdown hyper is asked the same, bounded by `run`'s grace.
+///
+/// hyper's own answers to a request it could not parse are replaced by
+/// docs/PROTOCOL.md §8's JSON (see [`ConnWatch::hyper_rejection`]).
+async fn serve<C>(
+    mut conn: Pin<Box<C>>,
+    watch: &ConnWatch,
+    limits: ConnLimits,
+    peer: SocketAddr,
+    mut closing: tokio::sync::watch::Receiver<bool>,
+) where
+    C: GracefulConnection,
+    C::Error: std::fmt::Display,
+{
+    let ConnLimits { head, idle, .. } = limits;
+    // Set once hyper was asked to close an idle connection: by then it
+    // must have done so, unless a request came in meanwhile.
+    let mut stop_at: Option<Instant> = None;
+    let mut shutting_down = false;
+    let answer = loop {
+        let deadline = match stop_at {
+            Some(at) => (!watch.busy()).then_some(at),
+            None => watch.deadline(head, idle),
+        };
+        tokio::select! {
+            ended = conn.as_mut() => {
+                if let Err(err) = ended {
+                    tracing::debug!(%peer, cause = %err, "connection ended with an error");
+                }
+                let status = watch.rejected.load(Ordering::Acquire);
+                if status == 0 {
+                    break None;
+                }
+                tracing::debug!(%peer, status, "request not parsed");
+                break Some(unparsed(status, limits.max_head));
+            }
+            () = watch.changed.notified() => {}
+            _ = closing.wait_for(|closing| *closing), if !shutting_down => {
+                shutting_down = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            () = sleep_until_some(deadline) => {
+                if stop_at.is_some() {
+                    tracing::debug!(%peer, "idle connection did not close in time: dropped");
+                    break None;
+                }
+                match watch.expired(head, idle) {
+                    None => {}
+                    Some(Expired::Idle) => {
+                        tracing::debug!(%peer, "idle connection closed");
+                        conn.as_mut().graceful_shutdown();
+                        stop_at = Some(Instant::now() + CLOSE_WAIT);
+                    }
+                    Some(Expired::Head) if watch.is_http1() => {
+                        tracing::debug!(%peer, "request head too slow: 408");
+                        let sentence = format!(
+                            "the request head did not arrive within {} ms",
+                            head.as_millis()
+                        );
+                        break Some(("408 Request Timeout", "request_timeout", sentence));
+                    }
+                    Some(Expired::Head) => {
+                        tracing::debug!(%peer, "HTTP/2 preface too slow: closed");
+                        break None;
+                    }
+                }
+            }
+        }
+    };
+    // hyper holds the socket inside `conn`: dropping it parks the socket
+    // in the watch, for us to answer on and close.
+    drop(conn);
+    if let Some(stream) = watch.take_parked() {
+        // Boxed: the closing's state (and its read buffer) would otherwise
+        // be part of every connection's task.
+        Box::pin(close(stream, answer)).await;
+    }
+}
+
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The answer to a request hyper could not parse, by the status hyper
+/// chose: status line, code and sentence.
+fn unparsed(status: u16, max_head: usize) -> (&'static str, &'static str, String) {
+    match status {
+        431 => (
+            "431 Request Header Fields Too Large",
+            "headers_too_large",
+            request::head_too_large(max_head),
+        ),
+        414 => (
+            "414 URI Too Long",
+            "uri_too_long",
+            "the request target is too long".into(),
+        ),
+        _ => (
+            "400 Bad Request",
+            "invalid_request",
+            "the request is not valid HTTP/1.1: malformed request line or header".into(),
+        ),
+    }
+}
+
+/// Closes a connection so that the client reads all it was sent: the
+/// answer, if any (a docs/PROTOCOL.md §8 error for a request that never reached
+/// the service), then our FIN, while what the client still sends is read
+/// and dropped. Closing a socket with unread bytes makes the kernel send a
+/// reset instead, which can destroy an answer before the client reads it,
+/// and turns the next request of a kept-alive client into `ECONNRESET`.
+/// Bounded by [`LINGER`] and [`LINGER_BYTES`]: a client that neither reads
+/// nor stops sending gets nothing more.
+async fn close(mut stream: TcpStream, answer: Option<(&str, &str, String)>) {
+    let _ = tokio::time::timeout(LINGER, async {
+        if let Some((status, code, sentence)) = answer {
+            let body = serde_json::json!({ "error": sentence, "code": code }).to_string();
+            let response = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(response.as_bytes()).await?;
+        }
+        stream.shutdown().await?;
+        let mut sink = vec![0u8; 4096];
+        let mut drained = 0;
+        while drained < LINGER_BYTES {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => drained += n,
+            }
+        }
+        std::io::Result::Ok(())
+    })
+    .await;
+}

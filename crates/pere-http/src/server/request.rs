@@ -1,0 +1,293 @@
+//! What the connection does around a request's handler: the head-size limit
+//! over HTTP/2 (hyper enforces it over HTTP/1), and the end of a body the
+//! handler did not read.
+//!
+//! A handler may answer before reading the body (a bad channel name, a bad
+//! device, a wrong method). Over HTTP/1.1 the unread body is still on the
+//! connection, in front of the client's next request. hyper drops what it
+//! already buffered and otherwise closes the connection after the answer,
+//! an answer that did not say `Connection: close`: the client sends its
+//! next request into a closed socket and gets `ECONNRESET` (issue 13). So
+//! an unread body comes back here ([`RequestBody`]'s drop) and, before the
+//! answer leaves, is either read and dropped (when it is small and on its
+//! way: the connection stays usable), or the answer says `Connection:
+//! close` and the connection is closed gently (see `conn::close`).
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body as _, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response, StatusCode, Version};
+use pere_core::EventStore;
+
+use crate::body::Body;
+use crate::error::ApiError;
+use crate::handlers::{self, App};
+
+/// Most bytes of an unread body read and dropped to keep its connection: a
+/// default `--max-payload`. Beyond it the answer closes the connection.
+const DRAIN_BYTES: u64 = 64 * 1024;
+/// Longest wait for the rest of an unread body, before the answer goes out
+/// with `Connection: close` instead.
+const DRAIN_TIME: Duration = Duration::from_secs(1);
+
+/// Serves one request: its handler's answer, with what the connection adds
+/// around it (see the module docs).
+pub(super) async fn serve<S: EventStore>(
+    app: Arc<App<S>>,
+    req: Request<Incoming>,
+    max_head: usize,
+) -> Response<Body> {
+    if let Some(refused) = oversized_h2_head(&req, max_head) {
+        app.metrics.count(refused.status());
+        return refused;
+    }
+    let head = Head::of(&req);
+    let leftover = Leftover::default();
+    let req = req.map(|body| RequestBody::new(body, &leftover));
+    let mut response = handlers::handle(app, req).await;
+    if let Some(unread) = leftover.take() {
+        // Boxed: rare, and its state would otherwise weigh on every
+        // request's future.
+        Box::pin(finish(&head, unread, &mut response)).await;
+    }
+    response
+}
+
+/// The sentence of a `431`, the same over HTTP/1 and HTTP/2.
+pub(super) fn head_too_large(max_head: usize) -> String {
+    format!("the request head (request line and headers) is larger than {max_head} bytes")
+}
+
+/// The `431` of an HTTP/2 request whose header list is larger than
+/// `max_head` bytes, counted as HTTP/2 counts it (RFC 9113 §6.5.2: name,
+/// value and 32 per field, pseudo-fields included). HTTP/1 heads are
+/// limited by hyper's read buffer; hyper's HTTP/2 limit is set higher (see
+/// `run`) so that what lies between gets this JSON answer rather than the
+/// bodyless `431` of the HTTP/2 library.
+fn oversized_h2_head<B>(req: &Request<B>, max_head: usize) -> Option<Response<Body>> {
+    if req.version() != Version::HTTP_2 {
+        return None;
+    }
+    const FIELD: usize = 32;
+    let uri = req.uri();
+    let pseudo = [
+        Some((":method".len(), req.method().as_str().len())),
+        uri.scheme_str().map(|s| (":scheme".len(), s.len())),
+        uri.authority()
+            .map(|a| (":authority".len(), a.as_str().len())),
+        uri.path_and_query()
+            .map(|p| (":path".len(), p.as_str().len())),
+    ];
+    let size = pseudo
+        .into_iter()
+        .flatten()
+        .map(|(name, value)| name + value + FIELD)
+        .chain(
+            req.headers()
+                .iter()
+                .map(|(name, value)| name.as_str().len() + value.len() + FIELD),
+        )
+        .sum::<usize>();
+    (size > max_head).then(|| {
+        crate::handlers::error_response(&ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            head_too_large(max_head),
+        ))
+    })
+}
+
+/// An unread body, handed back by [`RequestBody`]'s drop.
+struct Unread {
+    body: Incoming,
+    /// Whether the handler asked for any of it (hyper then sent `100
+    /// Continue` to a client that waited for one).
+    polled: bool,
+}
+
+/// Where a dropped, unfinished [`RequestBody`] goes; shared by the body and
+/// the service that finishes the request.
+#[derive(Clone, Default)]
+struct Leftover(Arc<Mutex<Option<Unread>>>);
+
+impl Leftover {
+    /// The body, if the handler dropped it unfinished.
+    fn take(&self) -> Option<Unread> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// A request's body as handlers read it: hyper's, except that if the
+/// handler drops it unfinished it goes back to the connection (see the
+/// module docs) instead of being dropped.
+pub(crate) struct RequestBody {
+    inner: Option<Incoming>,
+    /// `None` for a request without a body.
+    leftover: Option<Leftover>,
+    polled: bool,
+    ended: bool,
+}
+
+impl RequestBody {
+    /// Wraps `body`; an unfinished one goes to `leftover` on drop.
+    fn new(body: Incoming, leftover: &Leftover) -> Self {
+        let empty = body.is_end_stream();
+        Self {
+            inner: Some(body),
+            leftover: (!empty).then(|| leftover.clone()),
+            polled: false,
+            ended: empty,
+        }
+    }
+}
+
+impl http_body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        this.polled = true;
+        let Some(body) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = Pin::new(body).poll_frame(cx);
+        if let Poll::Ready(None) = frame {
+            this.ended = true;
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        if let (Some(body), Some(leftover)) = (self.inner.take(), &self.leftover)
+            && !self.ended
+            && !body.is_end_stream()
+        {
+            *leftover.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(Unread {
+                body,
+                polled: self.polled,
+            });
+        }
+    }
+}
+
+/// What the service notes of a request's head before its handler takes it.
+struct Head {
+    http1: bool,
+    /// `Expect: 100-continue`: the client may wait to be asked for the body.
+    expects_continue: bool,
+    content_length: Option<u64>,
+}
+
+impl Head {
+    /// Notes what [`finish`] needs of `req`.
+    fn of<B>(req: &Request<B>) -> Self {
+        let headers = req.headers();
+        Self {
+            http1: req.version() < Version::HTTP_2,
+            expects_continue: headers
+                .get(header::EXPECT)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue")),
+            content_length: headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok()),
+        }
+    }
+}
+
+/// Before `response` leaves, for a body its handler left unread: reads and
+/// drops it when that keeps the connection (small, arriving, and the client
+/// did not wait to be asked for it), else makes the answer say
+/// `Connection: close`.
+async fn finish(head: &Head, unread: Unread, response: &mut Response<Body>) {
+    if !head.http1 {
+        // An HTTP/2 stream's body is its own: dropping it costs nothing
+        // to the connection's other streams.
+        return;
+    }
+    // A body the handler began reading and dropped (too large, too slow,
+    // invalid) is not worth more time; one it never asked for while the
+    // client waited for `100 Continue` would only be solicited.
+    let drainable = !unread.polled
+        && !head.expects_continue
+        && head.content_length.is_none_or(|n| n <= DRAIN_BYTES);
+    if drainable && drain(unread.body).await {
+        return;
+    }
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+}
+
+/// Reads `body` to its end and drops it, within [`DRAIN_BYTES`] and
+/// [`DRAIN_TIME`]; whether it ended.
+async fn drain(mut body: Incoming) -> bool {
+    let read = async {
+        let mut total = 0u64;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else {
+                return false;
+            };
+            if let Some(data) = frame.data_ref() {
+                total += data.len() as u64;
+                if total > DRAIN_BYTES {
+                    return false;
+                }
+            }
+        }
+        true
+    };
+    tokio::time::timeout(DRAIN_TIME, read)
+        .await
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_http2_head_is_measured_as_http2_measures_it() {
+        let req = |version| {
+            Request::get("http://x/healthz")
+                .version(version)
+                .header("a", "b")
+                .body(())
+                .unwrap()
+        };
+        // :method GET, :scheme http, :authority x, :path /healthz, a: b,
+        // each name + value + 32.
+        let size = (7 + 3) + (7 + 4) + (10 + 1) + (5 + 8) + (1 + 1) + 5 * 32;
+        assert!(oversized_h2_head(&req(Version::HTTP_2), size).is_none());
+        let refused = oversized_h2_head(&req(Version::HTTP_2), size - 1).unwrap();
+        assert_eq!(
+            refused.status(),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        );
+        // HTTP/1 heads are hyper's to limit.
+        assert!(oversized_h2_head(&req(Version::HTTP_11), 1).is_none());
+    }
+}

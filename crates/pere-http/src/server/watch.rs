@@ -1,0 +1,445 @@
+//! What a connection is doing ([`ConnWatch`]), as seen from its socket
+//! ([`Watched`]), its service ([`RequestGuard`], [`Tracked`]) and its task.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::body::Body;
+use crate::stall::Stall;
+
+/// What a connection is doing, shared by its socket wrapper ([`Watched`]),
+/// its service (which counts requests) and its task (which times it).
+pub(super) struct ConnWatch {
+    start: Instant,
+    /// Requests in progress: from head parsed until the response body is
+    /// dropped (for a stream, until it ends).
+    requests: AtomicUsize,
+    /// Milliseconds after `start` (plus one) when the first byte of a
+    /// pending request head arrived; 0 when none is pending.
+    head_started: AtomicU64,
+    /// Milliseconds after `start` when the last request finished.
+    idle_since: AtomicU64,
+    /// Which protocol the client speaks, as far as its bytes tell: while
+    /// below 24, how many bytes of the HTTP/2 [`PREFACE`] it sent so far
+    /// (and nothing else); then [`HTTP1`] or [`HTTP2`].
+    protocol: AtomicU8,
+    /// The status of hyper's own answer to a request it could not parse
+    /// (400, 414, 431), held back to be answered in JSON; 0 when none.
+    pub(super) rejected: AtomicU16,
+    /// The socket, once hyper dropped it (see [`Watched`]).
+    parked: std::sync::Mutex<Option<TcpStream>>,
+    /// Wakes the task when the state changed, so it re-arms its timer.
+    pub(super) changed: Notify,
+}
+
+/// Which timeout fell due.
+pub(super) enum Expired {
+    /// A request head (or an HTTP/2 preface) did not arrive in time.
+    Head,
+    /// No request for the idle timeout.
+    Idle,
+}
+
+/// What an HTTP/2 client sends first (RFC 9113 §3.4), as hyper looks for it.
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// [`ConnWatch::protocol`]: the client's first bytes were not a preface.
+const HTTP1: u8 = 254;
+/// [`ConnWatch::protocol`]: the client sent the whole preface.
+const HTTP2: u8 = 255;
+
+impl ConnWatch {
+    /// A watch for a connection; `http1_only` when it cannot be HTTP/2
+    /// (so a preface is never taken for one).
+    pub(super) fn new(http1_only: bool) -> Self {
+        Self {
+            start: Instant::now(),
+            requests: AtomicUsize::new(0),
+            head_started: AtomicU64::new(0),
+            idle_since: AtomicU64::new(0),
+            protocol: AtomicU8::new(if http1_only { HTTP1 } else { 0 }),
+            rejected: AtomicU16::new(0),
+            parked: std::sync::Mutex::new(None),
+            changed: Notify::new(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.start + Duration::from_millis(ms)
+    }
+
+    /// Whether the client speaks HTTP/1 (an answer in HTTP/1.1 text is
+    /// one it can read).
+    pub(super) fn is_http1(&self) -> bool {
+        self.protocol.load(Ordering::Relaxed) == HTTP1
+    }
+
+    /// Whether a request (or an HTTP/2 stream) is in progress.
+    pub(super) fn busy(&self) -> bool {
+        self.requests.load(Ordering::Acquire) > 0
+    }
+
+    /// Bytes arrived from the client.
+    ///
+    /// Until a connection has a request it is timed as a request head,
+    /// from its first byte, whatever the bytes are: an unfinished HTTP/2
+    /// preface is an unfinished head like any other (it once escaped every
+    /// timeout). Once the whole preface arrived the connection is HTTP/2,
+    /// whose frames (pings, settings) are no request: only streams end its
+    /// idleness.
+    fn on_read(&self, bytes: &[u8]) {
+        match self.protocol.load(Ordering::Relaxed) {
+            HTTP2 => return,
+            HTTP1 => {}
+            matched => {
+                let matched = usize::from(matched);
+                let n = bytes.len().min(PREFACE.len() - matched);
+                if bytes[..n] != PREFACE[matched..matched + n] {
+                    self.protocol.store(HTTP1, Ordering::Relaxed);
+                } else if matched + n < PREFACE.len() {
+                    // Fewer than 24: fits.
+                    self.protocol.store((matched + n) as u8, Ordering::Relaxed);
+                } else {
+                    self.protocol.store(HTTP2, Ordering::Relaxed);
+                    self.idle_since.store(self.now_ms(), Ordering::Release);
+                    self.head_started.store(0, Ordering::Release);
+                    self.changed.notify_one();
+                    return;
+                }
+            }
+        }
+        if self.requests.load(Ordering::Acquire) == 0
+            && self.head_started.load(Ordering::Acquire) == 0
+        {
+            self.head_started
+                .store(self.now_ms() + 1, Ordering::Release);
+            self.changed.notify_one();
+        }
+    }
+
+    /// Whether `bytes`, about to be written, are hyper's own answer to a
+    /// request it could not parse: then they are held back and the task
+    /// answers in JSON once hyper gave up the connection. hyper's answers
+    /// have no body and no content type; the service's always have both.
+    fn hyper_rejection(&self, bytes: &[u8]) -> bool {
+        if !self.is_http1() {
+            return false;
+        }
+        let status = match bytes.get(..13) {
+            Some(b"HTTP/1.1 400 ") => 400,
+            Some(b"HTTP/1.1 414 ") => 414,
+            Some(b"HTTP/1.1 431 ") => 431,
+            _ => return false,
+        };
+        let head = bytes.to_ascii_lowercase();
+        let has = |needle: &[u8]| head.windows(needle.len()).any(|w| w == needle);
+        if !has(b"\r\ncontent-length: 0\r\n") || has(b"\r\ncontent-type:") {
+            return false;
+        }
+        self.rejected.store(status, Ordering::Release);
+        true
+    }
+
+    fn park(&self, stream: TcpStream) {
+        *self.parked.lock().unwrap_or_else(|e| e.into_inner()) = Some(stream);
+    }
+
+    pub(super) fn take_parked(&self) -> Option<TcpStream> {
+        self.parked.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// A request head was parsed: the request is in progress until the
+    /// returned guard drops.
+    pub(super) fn begin(self: &Arc<Self>) -> RequestGuard {
+        self.requests.fetch_add(1, Ordering::AcqRel);
+        self.head_started.store(0, Ordering::Release);
+        self.changed.notify_one();
+        RequestGuard(self.clone())
+    }
+
+    /// When the connection's current timeout falls due, if it has one.
+    pub(super) fn deadline(&self, head: Duration, idle: Duration) -> Option<Instant> {
+        if self.busy() {
+            return None;
+        }
+        match self.head_started.load(Ordering::Acquire) {
+            0 => Some(self.at(self.idle_since.load(Ordering::Acquire)) + idle),
+            t => Some(self.at(t - 1) + head),
+        }
+    }
+
+    pub(super) fn expired(&self, head: Duration, idle: Duration) -> Option<Expired> {
+        let due = self.deadline(head, idle)?;
+        if Instant::now() < due {
+            return None;
+        }
+        match self.head_started.load(Ordering::Acquire) {
+            0 => Some(Expired::Idle),
+            _ => Some(Expired::Head),
+        }
+    }
+}
+
+/// A request in progress; its drop (with the response body) makes the
+/// connection idle again.
+pub(super) struct RequestGuard(Arc<ConnWatch>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        let w = &self.0;
+        w.idle_since.store(w.now_ms(), Ordering::Release);
+        w.requests.fetch_sub(1, Ordering::AcqRel);
+        w.changed.notify_one();
+    }
+}
+
+/// A response body that keeps its request counted until hyper drops it.
+pub(super) struct Tracked {
+    pub(super) body: Body,
+    pub(super) _request: RequestGuard,
+}
+
+impl http_body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<std::result::Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The socket as hyper sees it: reads are reported to the [`ConnWatch`].
+/// When hyper drops it, the socket is parked in the watch, so that the
+/// connection's task can still answer on it (`408`, or JSON in place of
+/// hyper's own error answer); the socket closes with the task.
+///
+/// The halves are tokio's own so that reads go into hyper's buffer without
+/// zeroing it first: a zeroed 8 KiB buffer is two touched pages on every
+/// open stream, where a request touches one.
+pub(super) struct Watched {
+    io: Option<(OwnedReadHalf, OwnedWriteHalf)>,
+    watch: Arc<ConnWatch>,
+    /// Ends the connection when the client stops taking what it is sent.
+    stall: Stall,
+}
+
+impl Watched {
+    pub(super) fn new(stream: TcpStream, watch: Arc<ConnWatch>, stall: Stall) -> Self {
+        Self {
+            io: Some(stream.into_split()),
+            watch,
+            stall,
+        }
+    }
+
+    fn read(&mut self) -> std::io::Result<&mut OwnedReadHalf> {
+        self.io.as_mut().map(|(r, _)| r).ok_or_else(gone)
+    }
+
+    fn write(&mut self) -> std::io::Result<&mut OwnedWriteHalf> {
+        self.io.as_mut().map(|(_, w)| w).ok_or_else(gone)
+    }
+}
+
+/// Only reachable if a socket were used after it was parked.
+fn gone() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::NotConnected,
+        "the socket was handed back",
+    )
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        if let Some((read, write)) = self.io.take()
+            && let Ok(stream) = read.reunite(write)
+        {
+            self.watch.park(stream);
+        }
+    }
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        ready!(Pin::new(this.read()?).poll_read(cx, buf))?;
+        let new = &buf.filled()[before..];
+        if !new.is_empty() {
+            this.watch.on_read(new);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.watch.hyper_rejection(buf) {
+            return Poll::Ready(Ok(buf.len()));
+        }
+        let written = Pin::new(this.write()?).poll_write(cx, buf);
+        this.stall.check(cx, written)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if let Some(first) = bufs.iter().find(|b| !b.is_empty())
+            && this.watch.hyper_rejection(first)
+        {
+            return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
+        }
+        let written = Pin::new(this.write()?).poll_write_vectored(cx, bufs);
+        this.stall.check(cx, written)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(self.get_mut().write()?).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // The socket closes when the connection's task ends, right after
+        // hyper is done; shutting it down here would keep the task from
+        // answering on it.
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A watch on a connection whose client has sent HTTP/1 bytes.
+    fn http1() -> ConnWatch {
+        let watch = ConnWatch::new(false);
+        watch.on_read(b"GARBAGE\r\n");
+        watch
+    }
+
+    #[test]
+    fn only_hyper_s_own_bodiless_error_answers_are_held_back() {
+        let hyper_answers: [(&[u8], u16); 3] = [
+            (
+                b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\ndate: Sun, 22 Nov 2026 20:00:00 GMT\r\n\r\n",
+                400,
+            ),
+            (
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n",
+                431,
+            ),
+            (b"HTTP/1.1 414 URI Too Long\r\nContent-Length: 0\r\n\r\n", 414),
+        ];
+        for (bytes, status) in hyper_answers {
+            let watch = http1();
+            assert!(watch.hyper_rejection(bytes));
+            assert_eq!(watch.rejected.load(Ordering::Acquire), status);
+        }
+        let ours: [&[u8]; 4] = [
+            b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 0\r\n\r\n",
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 57\r\ncontent-type: application/json\r\n\r\n{}",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+            b"data: HTTP/1.1 400 \r\n\r\n",
+        ];
+        for bytes in ours {
+            let watch = http1();
+            assert!(!watch.hyper_rejection(bytes));
+            assert_eq!(watch.rejected.load(Ordering::Acquire), 0);
+        }
+        let watch = ConnWatch::new(false);
+        watch.on_read(PREFACE);
+        assert!(!watch.hyper_rejection(hyper_answers[0].0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_is_a_head_until_its_http2_preface_is_whole_then_idle_until_a_stream() {
+        let (head, idle) = (Duration::from_secs(1), Duration::from_secs(10));
+        let watch = ConnWatch::new(false);
+        let connected = Instant::now();
+        assert_eq!(watch.deadline(head, idle), Some(connected + idle));
+        tokio::time::advance(Duration::from_millis(100)).await;
+        // The preface a byte at a time, then most of it: a head, timed
+        // from its first byte.
+        let first = Instant::now();
+        watch.on_read(&PREFACE[..1]);
+        watch.on_read(&PREFACE[1..16]);
+        tokio::time::advance(Duration::from_millis(500)).await;
+        watch.on_read(&PREFACE[16..22]);
+        assert_eq!(watch.deadline(head, idle), Some(first + head));
+        assert!(!watch.is_http1());
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert!(matches!(watch.expired(head, idle), Some(Expired::Head)));
+        // The rest, with a frame behind it: HTTP/2, idle from now, and no
+        // frame starts a head.
+        let whole = Instant::now();
+        let mut rest = PREFACE[22..].to_vec();
+        rest.extend_from_slice(&[0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
+        watch.on_read(&rest);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        watch.on_read(&[0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(watch.deadline(head, idle), Some(whole + idle));
+        assert!(watch.expired(head, idle).is_none());
+        // A stream is a request in progress: no timeout while it is open,
+        // idle again from its end.
+        let stream = Arc::new(watch);
+        let guard = stream.begin();
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(stream.deadline(head, idle), None);
+        drop(guard);
+        assert_eq!(stream.deadline(head, idle), Some(Instant::now() + idle));
+    }
+
+    #[test]
+    fn bytes_that_leave_the_preface_are_http1() {
+        for bytes in [&b"PRI * HTTP/1.1\r\n"[..], b"GET / HTTP/1.1\r\n", b"P"] {
+            let watch = ConnWatch::new(false);
+            watch.on_read(bytes);
+            watch.on_read(b"X");
+            assert!(watch.is_http1(), "{:?}", String::from_utf8_lossy(bytes));
+        }
+        let watch = ConnWatch::new(true);
+        watch.on_read(PREFACE);
+        assert!(
+            watch.is_http1(),
+            "after an HTTP/1 exchange, a preface is HTTP/1 bytes"
+        );
+    }
+}

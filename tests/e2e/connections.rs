@@ -1,0 +1,507 @@
+//! The connection layer (issue 19, points 1 and 10; issue 13, keep-alive):
+//! whatever a client sends, its connection is bounded by the head timeout
+//! until it has a request and by the idle timeout while it has none, over
+//! HTTP/1.1 and HTTP/2 alike; HTTP/2 gets the same head limit and the same
+//! JSON errors as HTTP/1.1; and an error answer never costs a keep-alive
+//! client its connection.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use pere_core::{HubConfig, Retention};
+use pere_http::ServerConfig;
+use pere_tests::{TestServer, WAIT};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn server(config: ServerConfig) -> TestServer {
+    TestServer::start_with(HubConfig::default(), Retention::default(), config).await
+}
+
+/// Reads until the server closes; fails the test if it neither closes nor
+/// errors within `WAIT`.
+async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(WAIT, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return out,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => panic!(
+                "the connection is still open after {WAIT:?}; received {:?}",
+                String::from_utf8_lossy(&out)
+            ),
+        }
+    }
+}
+
+/// An HTTP/2 (prior knowledge) connection made by hyper's client, which
+/// pings the server every 100 ms and answers the server's pings. The
+/// handle resolves when the connection ends.
+async fn h2_connect(
+    addr: SocketAddr,
+) -> (
+    http2::SendRequest<Empty<Bytes>>,
+    tokio::task::JoinHandle<Instant>,
+) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_millis(100))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
+        .handshake(TokioIo::new(stream))
+        .await
+        .expect("HTTP/2 handshake");
+    let ended = tokio::spawn(async move {
+        let _ = conn.await;
+        Instant::now()
+    });
+    (sender, ended)
+}
+
+fn h2_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> hyper::Request<Empty<Bytes>> {
+    let mut req = hyper::Request::get(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.body(Empty::new()).unwrap()
+}
+
+/// Waits (bounded) for an HTTP/2 connection to end; returns when it did.
+async fn ended_at(ended: tokio::task::JoinHandle<Instant>) -> Instant {
+    tokio::time::timeout(WAIT, ended)
+        .await
+        .expect("the server closed the HTTP/2 connection")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_partial_http2_preface_is_closed_within_the_head_timeout() {
+    // Issue 19, point 1: these bytes once held a socket for ever.
+    let head = Duration::from_millis(300);
+    let server = server(ServerConfig {
+        header_read_timeout: head,
+        idle_timeout: Duration::from_secs(60),
+        ..ServerConfig::default()
+    })
+    .await;
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    for partial in [&preface[..16], &preface[..22], &preface[..3]] {
+        let mut conn = TcpStream::connect(server.addr).await.unwrap();
+        let started = Instant::now();
+        conn.write_all(partial).await.unwrap();
+        read_to_close(&mut conn).await;
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed >= head && elapsed < head + Duration::from_secs(3),
+            "{:?} closed after {elapsed:?}",
+            String::from_utf8_lossy(partial)
+        );
+    }
+    assert_eq!(server.get("/healthz").await.status, 200);
+}
+
+#[tokio::test]
+async fn an_http2_connection_that_only_pings_is_closed_after_the_idle_timeout() {
+    // Issue 19, point 1: a client that answers pings but opens no stream.
+    // The head timeout is long, so only the idle timeout can close it.
+    let idle = Duration::from_millis(500);
+    let server = server(ServerConfig {
+        idle_timeout: idle,
+        header_read_timeout: Duration::from_secs(60),
+        send_timeout: Duration::from_millis(400),
+        ..ServerConfig::default()
+    })
+    .await;
+    let started = Instant::now();
+    let (sender, ended) = h2_connect(server.addr).await;
+    let elapsed = ended_at(ended).await - started;
+    assert!(
+        elapsed >= idle && elapsed < idle + Duration::from_secs(3),
+        "closed after {elapsed:?}"
+    );
+    assert!(sender.is_closed());
+    // Idle after a request too: the clock starts when the last stream ends.
+    let (mut sender, ended) = h2_connect(server.addr).await;
+    let r = sender
+        .send_request(h2_get(server.addr, "/healthz", &[]))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let answered = Instant::now();
+    r.into_body().collect().await.unwrap();
+    let elapsed = ended_at(ended).await - answered;
+    // The server's clock starts when it has sent the answer, a little
+    // before this client has read it: hence the loose lower bound.
+    assert!(
+        elapsed >= idle / 2 && elapsed < idle + Duration::from_secs(3),
+        "closed {elapsed:?} after the last answer"
+    );
+}
+
+#[tokio::test]
+async fn an_http2_connection_with_an_open_stream_is_not_idle() {
+    let idle = Duration::from_millis(400);
+    let server = server(ServerConfig {
+        idle_timeout: idle,
+        keepalive: Duration::from_secs(30),
+        ..ServerConfig::default()
+    })
+    .await;
+    let (mut sender, ended) = h2_connect(server.addr).await;
+    let r = sender
+        .send_request(h2_get(server.addr, "/feed/c", &[("device", "h2-dev")]))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut body = r.into_body();
+    let mut text = String::new();
+    let mut read_until = async |needle: &str, text: &mut String| {
+        while !text.contains(needle) {
+            let frame = tokio::time::timeout(WAIT, body.frame())
+                .await
+                .unwrap_or_else(|_| panic!("no {needle:?} in {text:?}"))
+                .expect("the stream is open")
+                .unwrap();
+            if let Ok(data) = frame.into_data() {
+                text.push_str(&String::from_utf8_lossy(&data));
+            }
+        }
+    };
+    read_until("pere.hello", &mut text).await;
+    tokio::time::sleep(idle * 3).await;
+    server.publish("c", "still open").await;
+    read_until("still open", &mut text).await;
+    assert!(
+        !ended.is_finished(),
+        "the connection outlived the idle timeout"
+    );
+    // Once the stream ends, the connection is idle and closes.
+    drop(body);
+    server.wait_offline("c", "h2-dev").await;
+    ended_at(ended).await;
+}
+
+#[tokio::test]
+async fn over_http2_an_oversized_head_gets_the_json_431_at_the_same_limit() {
+    // Issue 19, point 10.
+    for (limit, ok, big) in [
+        (pere_http::server::DEFAULT_MAX_HEADER_BYTES, 7 * 1024, 9000),
+        (32 * 1024, 24 * 1024, 33 * 1024),
+    ] {
+        let server = server(ServerConfig {
+            max_header_bytes: limit,
+            ..ServerConfig::default()
+        })
+        .await;
+        let (mut sender, _ended) = h2_connect(server.addr).await;
+        let fine = "x".repeat(ok);
+        let r = sender
+            .send_request(h2_get(server.addr, "/healthz", &[("x-ok", &fine)]))
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            200,
+            "a {ok}-byte header under a {limit}-byte limit"
+        );
+        let large = "x".repeat(big);
+        let r = sender
+            .send_request(h2_get(server.addr, "/healthz", &[("x-big", &large)]))
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            431,
+            "a {big}-byte header over a {limit}-byte limit"
+        );
+        assert_eq!(
+            r.headers().get("content-type").map(|v| v.as_bytes()),
+            Some(&b"application/json"[..])
+        );
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        let body: serde_json::Value =
+            serde_json::from_slice(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body:?}"));
+        assert_eq!(body["code"], "headers_too_large", "{body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains(&limit.to_string())),
+            "{body}"
+        );
+        // Many small headers add up the same way.
+        let many: Vec<(String, String)> = (0..(big / 64))
+            .map(|i| (format!("x-h{i}"), "y".repeat(40)))
+            .collect();
+        let mut req = hyper::Request::get(format!("http://{}/healthz", server.addr));
+        for (k, v) in &many {
+            req = req.header(k, v);
+        }
+        let r = sender
+            .send_request(req.body(Empty::new()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 431);
+        // The connection carries on.
+        let r = sender
+            .send_request(h2_get(server.addr, "/healthz", &[]))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+}
+
+/// A small deterministic generator (xorshift64*): the same bytes and sizes
+/// on every run, without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+/// One request of the burst: head, body, and whether the body follows the
+/// head in a second write (as clients that stream bodies do).
+struct Sent {
+    head: Vec<u8>,
+    body: Vec<u8>,
+    split: bool,
+}
+
+/// The error answers of the issue 13 burst, in turn: several are given
+/// before the body is read.
+fn burst_request(kind: usize, rng: &mut Rng) -> (Sent, u16) {
+    // Sizes from a few bytes to past what the server drains (64 KiB), so
+    // both ways of ending an unread body are exercised.
+    const SIZES: [usize; 6] = [9, 700, 5_000, 20_000, 48_000, 100_000];
+    let size = SIZES[rng.below(SIZES.len())];
+    let split = rng.below(3) == 0;
+    let text = |n: usize| vec![b'p'; n];
+    type Headers = &'static [(&'static str, &'static str)];
+    let (method, path, headers, body, status): (&str, &str, Headers, Vec<u8>, u16) = match kind {
+        0 => ("POST", "/push/bad$name", &[], text(size), 400),
+        1 => ("POST", "/push/c", &[], Vec::new(), 400),
+        2 => ("POST", "/push/c", &[], vec![0xff; size.min(60_000)], 400),
+        3 => (
+            "POST",
+            "/feedback/c",
+            &[("device", "d"), ("Content-Type", "application/json")],
+            br#"{"id": "1", "status": "#.to_vec(),
+            400,
+        ),
+        4 => ("POST", "/push/c", &[("device", "a b")], text(size), 400),
+        5 => ("GET", "/push/x", &[], Vec::new(), 405),
+        _ => ("GET", "/receipts/c/not-an-id", &[], Vec::new(), 400),
+    };
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: x\r\n").into_bytes();
+    for (k, v) in headers {
+        head.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+    }
+    if method == "POST" {
+        head.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
+    }
+    head.extend_from_slice(b"\r\n");
+    (
+        Sent {
+            head,
+            body,
+            split: split && method == "POST",
+        },
+        status,
+    )
+}
+
+/// What one exchange on a kept-alive connection gave: the status and
+/// whether the server announced it closes the connection.
+async fn exchange(stream: &mut TcpStream, sent: &Sent) -> Result<(u16, bool), String> {
+    let io = |what: &str, e: std::io::Error| format!("{what}: {e} ({:?})", e.kind());
+    if sent.split {
+        stream
+            .write_all(&sent.head)
+            .await
+            .map_err(|e| io("writing the head", e))?;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        stream
+            .write_all(&sent.body)
+            .await
+            .map_err(|e| io("writing the body", e))?;
+    } else {
+        let mut all = sent.head.clone();
+        all.extend_from_slice(&sent.body);
+        stream
+            .write_all(&all)
+            .await
+            .map_err(|e| io("writing the request", e))?;
+    }
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    let mut read = async |buf: &mut Vec<u8>| -> Result<(), String> {
+        match tokio::time::timeout(WAIT, stream.read(&mut chunk)).await {
+            Err(_) => Err("no answer within the wait".into()),
+            Ok(Err(e)) => Err(io("reading the answer", e)),
+            Ok(Ok(0)) => Err(format!(
+                "closed before a whole answer: {:?}",
+                String::from_utf8_lossy(buf)
+            )),
+            Ok(Ok(n)) => {
+                buf.extend_from_slice(&chunk[..n]);
+                Ok(())
+            }
+        }
+    };
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        read(&mut buf).await?;
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let status: u16 = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line in {head:?}"))?;
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    };
+    let len: usize = header("content-length")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("no content-length in {head:?}"))?;
+    let close = header("connection").is_some_and(|v| v == "close");
+    while buf.len() < end + len {
+        read(&mut buf).await?;
+    }
+    if buf.len() > end + len {
+        return Err(format!("bytes after the answer: {:?}", &buf[end + len..]));
+    }
+    Ok((status, close))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_connections_are_never_reset_by_an_error_answer() {
+    // Issue 13: 4 clients × 60 rounds of keep-alive requests answered with
+    // errors, several before their body was read, while other connections
+    // send random bytes. A client may be told `Connection: close` (then it
+    // reconnects); it must never see a reset or a close it was not told of.
+    const CLIENTS: u64 = 4;
+    const ROUNDS: usize = 60;
+    const KINDS: usize = 7;
+    let server = server(ServerConfig {
+        header_read_timeout: Duration::from_secs(1),
+        ..ServerConfig::default()
+    })
+    .await;
+    let addr = server.addr;
+    let mut noise = tokio::task::JoinSet::new();
+    for seed in 0..6u64 {
+        noise.spawn(async move {
+            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (seed + 1));
+            for _ in 0..5 {
+                let Ok(mut conn) = TcpStream::connect(addr).await else {
+                    continue;
+                };
+                let n = 1 + rng.below(3000);
+                let _ = conn.write_all(&rng.bytes(n)).await;
+                let mut sink = [0u8; 4096];
+                while let Ok(Ok(1..)) = tokio::time::timeout(WAIT, conn.read(&mut sink)).await {}
+            }
+        });
+    }
+    let mut clients = tokio::task::JoinSet::new();
+    for client in 0..CLIENTS {
+        clients.spawn(async move {
+            let mut rng = Rng(0xD1B5_4A32_D192_ED03 ^ (client + 1));
+            let mut failures = Vec::new();
+            let mut closes = 0usize;
+            let mut conn = TcpStream::connect(addr).await.unwrap();
+            conn.set_nodelay(true).unwrap();
+            for round in 0..ROUNDS {
+                for kind in 0..KINDS {
+                    let (sent, want) = burst_request(kind, &mut rng);
+                    match exchange(&mut conn, &sent).await {
+                        Ok((status, close)) => {
+                            if status != want {
+                                failures.push(format!(
+                                    "client {client} round {round} kind {kind}: {status}, wanted {want}"
+                                ));
+                            }
+                            if close {
+                                closes += 1;
+                                conn = TcpStream::connect(addr).await.unwrap();
+                                conn.set_nodelay(true).unwrap();
+                            }
+                        }
+                        Err(e) => {
+                            failures.push(format!(
+                                "client {client} round {round} kind {kind} ({} body bytes{}): {e}",
+                                sent.body.len(),
+                                if sent.split { ", split" } else { "" }
+                            ));
+                            conn = TcpStream::connect(addr).await.unwrap();
+                            conn.set_nodelay(true).unwrap();
+                        }
+                    }
+                }
+            }
+            (failures, closes)
+        });
+    }
+    let mut failures = Vec::new();
+    let mut closes = 0;
+    while let Some(done) = clients.join_next().await {
+        let (f, c) = done.unwrap();
+        failures.extend(f);
+        closes += c;
+    }
+    while noise.join_next().await.is_some() {}
+    let total = CLIENTS as usize * ROUNDS * KINDS;
+    eprintln!(
+        "{total} exchanges, {} failed, {closes} answered with `Connection: close`",
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {total} exchanges failed; the first ones:\n{}",
+        failures.len(),
+        failures[..failures.len().min(10)].join("\n")
+    );
+    assert_eq!(server.get("/healthz").await.status, 200);
+}
+
+#[tokio::test]
+async fn an_answer_before_an_awaited_body_says_connection_close_and_asks_for_nothing() {
+    // A client that waits for `100 Continue` before sending its body is
+    // not asked for a body nobody will read: it is told the connection
+    // closes, and the connection closes without a reset.
+    let server = server(ServerConfig::default()).await;
+    let mut conn = TcpStream::connect(server.addr).await.unwrap();
+    conn.write_all(
+        b"POST /push/bad$name HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5000\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let answer = read_to_close(&mut conn).await;
+    let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 400 "), "{text}");
+    assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
+    assert!(text.contains(r#""code":"invalid_channel""#), "{text}");
+}

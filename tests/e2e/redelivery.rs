@@ -1,0 +1,318 @@
+//! At-least-once for devices that acknowledge (docs/PROTOCOL.md §3, §5):
+//! bytes written to a socket are not proof of receipt, so an acknowledging
+//! device that comes back without `Last-Event-ID` is sent again every
+//! retained event it has not acknowledged — also after `kill -9`.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use pere_core::{HubConfig, Retention};
+use pere_http::ServerConfig;
+use pere_tests::{ServerProcess, SseStream, TestServer, WAIT, eventually, request, temp_dir};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// A phone in a tunnel: opens its stream with a tiny receive buffer, reads
+/// up to `pere.hello`, then reads nothing more.
+async fn stalled_reader(addr: SocketAddr, path: &str, device: &str) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    let head = format!("GET {path} HTTP/1.1\r\nHost: x\r\ndevice: {device}\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while !String::from_utf8_lossy(&seen).contains("event: pere.hello") {
+        assert!(Instant::now() < deadline, "no pere.hello: {seen:?}");
+        let mut buf = [0u8; 512];
+        let n = tokio::time::timeout(WAIT, stream.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "the stream ended before pere.hello");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    stream
+}
+
+/// Publishes `n` events of about `size` bytes on `channel`; their ids.
+async fn publish_n(addr: SocketAddr, channel: &str, n: usize, size: usize) -> Vec<String> {
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let body = format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(size));
+        let r = request(
+            addr,
+            "POST",
+            &format!("/push/{channel}"),
+            &[],
+            body.as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status, 201, "{}", r.text());
+        ids.push(r.json()["id"].as_str().unwrap().to_string());
+    }
+    ids
+}
+
+async fn receipt(addr: SocketAddr, channel: &str, id: &str) -> Value {
+    let r = request(addr, "GET", &format!("/receipts/{channel}/{id}"), &[], b"").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+/// How many of `ids` the server marked delivered to `device`, once that
+/// number stopped growing (the server wrote what the socket takes).
+async fn written_to(addr: SocketAddr, channel: &str, device: &str, ids: &[String]) -> usize {
+    let mut last = usize::MAX;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        // Delivered in order: the first undelivered one tells the count.
+        let mut n = 0;
+        for id in ids {
+            if receipt(addr, channel, id).await["devices"][device]["state"] != "delivered" {
+                break;
+            }
+            n += 1;
+        }
+        if n == last || Instant::now() > deadline {
+            return n;
+        }
+        last = n;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+async fn ack(addr: SocketAddr, channel: &str, device: &str, id: &str) {
+    let body = format!("{{\"id\":\"{id}\"}}");
+    let r = request(
+        addr,
+        "POST",
+        &format!("/feedback/{channel}"),
+        &[("device", device)],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// Opens `device`'s stream without `Last-Event-ID` and returns its hello.
+async fn reconnect(addr: SocketAddr, channel: &str, device: &str) -> (SseStream, Value) {
+    let mut s = SseStream::open(addr, &format!("/feed/{channel}"), &[("device", device)]).await;
+    assert_eq!(s.status, 200, "{}", s.text());
+    let hello = s.next_event().await.expect("pere.hello");
+    assert_eq!(hello.event, "pere.hello");
+    (s, serde_json::from_str(&hello.data).unwrap())
+}
+
+/// Steps 1–3 of the broken-tunnel story: `R` acknowledges one event, comes
+/// back, stalls after `pere.hello`, and 120 events of 2 KB are published;
+/// returns their ids and how many the server wrote into the socket.
+async fn break_a_stream_under_load(addr: SocketAddr) -> (Vec<String>, usize) {
+    let mut first = reconnect(addr, "orders", "R").await.0;
+    let id = publish_n(addr, "orders", 1, 10).await.remove(0);
+    assert_eq!(first.messages(1).await[0].id, id);
+    ack(addr, "orders", "R", &id).await;
+    drop(first);
+
+    let tunnel = stalled_reader(addr, "/feed/orders", "R").await;
+    let ids = publish_n(addr, "orders", 120, 2000).await;
+    let written = written_to(addr, "orders", "R", &ids).await;
+    assert!(
+        written >= 10,
+        "the server wrote only {written} events into the socket: the test needs some written and unread"
+    );
+    // Step 4: the connection is reset.
+    tunnel.set_zero_linger().unwrap();
+    drop(tunnel);
+    (ids, written)
+}
+
+/// Step 4's end: `R` comes back without `Last-Event-ID` and must get all
+/// of `ids`, in order, once; then it acknowledges them and the next
+/// reconnect sends nothing again.
+async fn comes_back_with_everything(addr: SocketAddr, ids: &[String]) {
+    let (mut s, hello) = reconnect(addr, "orders", "R").await;
+    assert_eq!(hello["replayed"], ids.len(), "{hello}");
+    let got: Vec<String> = s
+        .messages(ids.len())
+        .await
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(got, ids, "every unacknowledged event, in id order, once");
+    let live = publish_n(addr, "orders", 1, 10).await;
+    assert_eq!(
+        s.messages(1).await[0].id,
+        live[0],
+        "then live events, with no duplicate"
+    );
+    let r = receipt(addr, "orders", &ids[0]).await;
+    assert_eq!(r["devices"]["R"]["state"], "delivered", "{r}");
+    for id in ids.iter().chain(&live) {
+        ack(addr, "orders", "R", id).await;
+    }
+    drop(s);
+    let (_s, hello) = reconnect(addr, "orders", "R").await;
+    assert_eq!(
+        hello["replayed"], 0,
+        "acknowledged events do not come back: {hello}"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_broken_under_load_is_sent_again_in_full() {
+    let server = TestServer::start().await;
+    let (ids, written) = break_a_stream_under_load(server.addr).await;
+    comes_back_with_everything(server.addr, &ids).await;
+    // The written ones were written twice, and say so.
+    let r = receipt(server.addr, "orders", &ids[0]).await;
+    assert_eq!(r["devices"]["R"]["deliveries"], 2, "{r}");
+    let metrics = server.get("/metrics").await.text();
+    let redelivered = pere_tests::metric(&metrics, "pere_redeliveries_total").unwrap();
+    assert!(redelivered >= written as f64, "{redelivered} < {written}");
+}
+
+#[tokio::test]
+async fn redelivery_survives_kill_9_between_the_break_and_the_reconnect() {
+    let dir = temp_dir("redelivery-kill9");
+    let data = dir.to_str().unwrap().to_string();
+    let server = ServerProcess::start(&["--data-dir", &data]).await;
+    let (ids, _) = break_a_stream_under_load(server.addr).await;
+    // The server saw the break and journaled R's cursor past what it wrote
+    // (the close's records go out with the next write, made durable here).
+    eventually("R is offline", || async {
+        let r = server
+            .request("GET", "/admin/devices/orders", &[], b"")
+            .await;
+        r.json()["R"]["online"] == false
+    })
+    .await;
+    publish_n(server.addr, "elsewhere", 1, 10).await;
+    // SIGKILL (dropping a ServerProcess kills it): no flush, no goodbye.
+    drop(server);
+    let server = ServerProcess::start(&["--data-dir", &data]).await;
+    comes_back_with_everything(server.addr, &ids).await;
+    let log = server.stop();
+    assert!(!log.contains("panicked"), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_device_that_never_acknowledges_resumes_after_the_last_written_event() {
+    let server = TestServer::start().await;
+    let addr = server.addr;
+    drop(reconnect(addr, "news", "Q").await);
+    let tunnel = stalled_reader(addr, "/feed/news", "Q").await;
+    let ids = publish_n(addr, "news", 60, 2000).await;
+    let written = written_to(addr, "news", "Q", &ids).await;
+    assert!(written >= 1, "nothing was written");
+    tunnel.set_zero_linger().unwrap();
+    drop(tunnel);
+    server.wait_offline("news", "Q").await;
+    // No redelivery storm for a consumer that does not acknowledge: it
+    // resumes after what was written to it.
+    let (mut s, hello) = reconnect(addr, "news", "Q").await;
+    assert_eq!(hello["resumed_from"], ids[written - 1].as_str(), "{hello}");
+    let rest: Vec<String> = s
+        .messages(ids.len() - written)
+        .await
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(rest, ids[written..]);
+}
+
+/// Resident memory of the server with many stalled readers on large
+/// events stays bounded: each stream's queue is bounded in bytes, so a
+/// stalled reader cannot pin events retention already dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_readers_of_large_events_cannot_pin_memory() {
+    const READERS: usize = 200;
+    const EVENTS: usize = 600;
+    let server = ServerProcess::start(&["--history", "10", "--queue-bytes", "1MiB"]).await;
+    let addr = server.addr;
+    let mut readers = Vec::with_capacity(READERS);
+    for i in 0..READERS {
+        readers.push(stalled_reader(addr, "/feed/big", &format!("stalled-{i}")).await);
+    }
+    let before = server.rss_kib();
+    // 64 KiB events: 37.5 MiB in all, of which retention keeps 10.
+    let payload = "y".repeat(64 * 1024 - 16);
+    let mut conn = pere_tests::Connection::open(addr).await;
+    for _ in 0..EVENTS {
+        let r = conn
+            .request("POST", "/push/big", &[], payload.as_bytes())
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    eventually(
+        "every stalled reader was disconnected as too slow",
+        || async {
+            let m = request(addr, "GET", "/metrics", &[], b"").await.text();
+            pere_tests::metric(&m, "pere_slow_disconnects_total").unwrap_or(0.0) >= READERS as f64
+        },
+    )
+    .await;
+    let grown_mib = server.rss_kib().saturating_sub(before) / 1024;
+    // Without the byte bound every reader's queue (4,096 events) held all
+    // 600 events: 37.5 MiB of payloads plus their encoded frames, pinned.
+    assert!(
+        grown_mib < 30,
+        "the server grew by {grown_mib} MiB with {READERS} stalled readers"
+    );
+    drop(readers);
+    let log = server.stop();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[tokio::test]
+async fn a_stalled_reader_of_large_events_is_cut_by_bytes_and_resumes_without_loss() {
+    let server = TestServer::start_with(
+        HubConfig {
+            queue_bytes: 256 * 1024,
+            ..HubConfig::default()
+        },
+        Retention::default(),
+        ServerConfig::default(),
+    )
+    .await;
+    let addr = server.addr;
+    let mut tunnel = stalled_reader(addr, "/feed/big", "S").await;
+    let ids = publish_n(addr, "big", 150, 60 * 1024).await;
+    // Cut long before 4,096 queued events: by its bytes.
+    eventually("the stalled reader is disconnected", || async {
+        server.hub.stats().slow_disconnects == 1
+    })
+    .await;
+    // Whatever it got before the cut is a prefix; it resumes from there.
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(WAIT, tunnel.read_to_end(&mut raw)).await;
+    let text = String::from_utf8_lossy(&raw);
+    let seen: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("id: "))
+        .collect();
+    assert!(seen.len() < ids.len(), "it was cut before the end");
+    assert_eq!(
+        seen,
+        ids[..seen.len()]
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+    );
+    let mut headers = vec![("device", "S")];
+    if let Some(last) = seen.last() {
+        headers.push(("Last-Event-ID", last));
+    }
+    let mut s = SseStream::open(addr, "/feed/big", &headers).await;
+    let rest: HashSet<String> = s
+        .messages(ids.len() - seen.len())
+        .await
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    let want: HashSet<String> = ids[seen.len()..].iter().cloned().collect();
+    assert_eq!(rest, want, "it resumes without loss");
+}
