@@ -417,9 +417,19 @@ impl EventReceipts {
             .is_some_and(|slot| slow.acks.contains_key(&slot))
     }
 
+    /// Whether `device` may acknowledge the event: it is in the audience, or
+    /// the event was written to one of its streams (a late joiner that got
+    /// it by replay). Once true it stays true, so a check made outside the
+    /// writer cannot be contradicted by it.
+    pub fn may_ack(&self, device: &DeviceId) -> bool {
+        let mut slow = lock(&self.slow);
+        self.slot_of(&mut slow, device).is_some()
+    }
+
     /// Records `device`'s receipt with `status`. A device outside the
-    /// audience is added to it (it received the event somehow: late join,
-    /// replay). An ack implies delivery. A second receipt keeps the first
+    /// audience is added to it: the hub refuses those ([`Self::may_ack`]),
+    /// but receipts journaled before it did are still recovered. An ack
+    /// implies delivery. A second receipt keeps the first
     /// one's time (the proof) and updates the status.
     pub fn ack(&self, device: &DeviceId, status: Arc<str>, at: Timestamp) -> AckOutcome {
         let mut slow = lock(&self.slow);

@@ -172,6 +172,7 @@ impl From<pere_core::Error> for ApiError {
             E::InvalidIdempotencyKey(_) => (StatusCode::BAD_REQUEST, "invalid_idempotency_key"),
             E::StatusTooLong { .. } => (StatusCode::BAD_REQUEST, "status_too_long"),
             E::UnknownEvent { .. } => (StatusCode::NOT_FOUND, "unknown_event"),
+            E::NotRecipient { .. } => (StatusCode::CONFLICT, "not_a_recipient"),
             E::UnknownMember { .. } => (StatusCode::NOT_FOUND, "unknown_member"),
             E::TooManyChannels { .. } => (StatusCode::BAD_REQUEST, "too_many_channels"),
             E::ChannelLimit { .. } => (StatusCode::INSUFFICIENT_STORAGE, "channel_limit"),

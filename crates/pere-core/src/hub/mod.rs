@@ -547,7 +547,9 @@ impl<S: EventStore> Hub<S> {
     ///
     /// # Errors
     /// [`Error::UnknownEvent`] when no retained event has that id on a
-    /// matching channel; [`Error::StatusTooLong`]; a store failure.
+    /// matching channel; [`Error::NotRecipient`] when the event was never
+    /// written to `device` and it is not in its audience;
+    /// [`Error::StatusTooLong`]; a store failure.
     pub async fn ack(
         &self,
         subscription: &Pattern,
@@ -561,6 +563,7 @@ impl<S: EventStore> Hub<S> {
                 limit: MAX_STATUS_LEN,
             });
         }
+        self.check_recipient(subscription, device, id)?;
         self.call(|reply| Command::Ack {
             subscription: subscription.clone(),
             device: device.clone(),
@@ -591,6 +594,10 @@ impl<S: EventStore> Hub<S> {
                 pending.push(Err(Error::StoreUnavailable(cause.clone())));
                 continue;
             }
+            if let Err(err) = self.check_recipient(&subscription, &device, id) {
+                pending.push(Err(err));
+                continue;
+            }
             let (reply, rx) = oneshot::channel();
             let sent = self.inner.commands.send(Command::Ack {
                 subscription,
@@ -612,6 +619,27 @@ impl<S: EventStore> Hub<S> {
             });
         }
         results
+    }
+
+    /// Refuses a receipt from a device the event was never written to and
+    /// whose audience it is not in (issue 18: a typo in a device id must not
+    /// turn it into a recipient). Checked before the writer sees the
+    /// receipt: [`EventReceipts::may_ack`] never turns false again, and an
+    /// event that is gone by then is refused by the writer anyway.
+    fn check_recipient(
+        &self,
+        subscription: &Pattern,
+        device: &DeviceId,
+        id: EventId,
+    ) -> Result<()> {
+        if self.receipts(subscription, id)?.may_ack(device) {
+            Ok(())
+        } else {
+            Err(Error::NotRecipient {
+                id: id.to_string(),
+                device: device.to_string(),
+            })
+        }
     }
 
     /// Ends `device`'s membership of `subscription` and closes its streams

@@ -413,14 +413,30 @@ async fn presence_tracks_connections_and_receipts() {
     let p = hub.devices(&pat("c")).remove(0).1;
     assert!(!p.online);
     assert_eq!(p.op, Op::Left);
-    // A device that only sends receipts shows up, but is no member.
+    // A device the event was never written to, and not in its audience,
+    // cannot acknowledge it (issue 18.5): it would become a recipient.
     let e = publish(&hub, "c", "x").await;
-    hub.ack(&pat("c"), &dev("acker"), e.id, "ok").await.unwrap();
-    let devices = hub.devices(&pat("c"));
-    let acker = &devices.iter().find(|(d, _)| d == &dev("acker")).unwrap().1;
-    assert!(!acker.member);
-    assert_eq!(acker.last_acked, Some(e.id));
-    assert_eq!(acker.op, Op::Feedback);
+    assert!(matches!(
+        hub.ack(&pat("c"), &dev("acker"), e.id, "ok").await,
+        Err(Error::NotRecipient { .. })
+    ));
+    assert!(
+        hub.ack_batch(vec![(pat("c"), dev("acker"), e.id, "ok".into())])
+            .await[0]
+            .is_err()
+    );
+    let s = hub.receipt_summary(&pat("c"), e.id).unwrap();
+    assert_eq!(s.recipients, 1, "the audience is unchanged: {s:?}");
+    assert!(
+        !hub.devices(&pat("c"))
+            .iter()
+            .any(|(d, _)| d == &dev("acker"))
+    );
+    // The member that was offline is in the audience: it may.
+    hub.ack(&pat("c"), &dev("d"), e.id, "ok").await.unwrap();
+    let d = hub.devices(&pat("c")).remove(0).1;
+    assert_eq!(d.last_acked, Some(e.id));
+    assert_eq!(d.op, Op::Feedback);
     let channels = hub.channels();
     assert_eq!(channels.len(), 1);
     assert_eq!(
