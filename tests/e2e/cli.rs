@@ -224,6 +224,12 @@ impl Server {
         r.json()["id"].as_str().unwrap().to_string()
     }
 
+    /// SIGKILL: the server vanishes without answering anything.
+    async fn kill9(mut self) {
+        self.proc.child.start_kill().unwrap();
+        self.proc.exit().await;
+    }
+
     /// SIGTERM, then wait for a clean exit.
     async fn stop(mut self) {
         self.proc.terminate();
@@ -425,7 +431,7 @@ async fn pere_pub_retries_until_the_server_starts_and_the_event_is_stored_once()
         Stdio::null(),
     );
     // It tried, failed, and is backing off.
-    publisher.stderr_line_containing("retry 1/10").await;
+    publisher.stderr_line_containing("retry 1/").await;
     let server = Server::start(port).await;
     let lines = publisher.success().await;
     assert_eq!(lines.len(), 1, "{lines:?}");
@@ -481,7 +487,7 @@ async fn pere_pub_resends_a_publish_whose_answer_was_lost_with_the_same_idempote
     let lines = publisher.success().await;
     proxy_task.abort();
     assert!(
-        publisher.stderr_text().contains("retry 1/10"),
+        publisher.stderr_text().contains("retry 1/"),
         "the first answer was lost and the publish retried; stderr:\n{}",
         publisher.stderr_text()
     );
@@ -795,4 +801,120 @@ async fn pere_pub_wait_keeps_exit_3_when_its_output_is_closed_early() {
         publisher.stderr_text()
     );
     server.stop().await;
+}
+
+/// Issue 18.1: a `pere-pub --wait` held by the server when it was stopped
+/// used to be cut after the grace period, and `pere-pub` retried against a
+/// dead port and said "not published" about a published event. The server
+/// now answers held waits at shutdown with what it has.
+#[tokio::test]
+async fn a_wait_held_at_shutdown_is_answered_and_pere_pub_says_it_was_published() {
+    let server = Server::start(0).await;
+    let addr = server.hostport();
+    let mut silent = Proc::start(
+        "pere-sub",
+        &[&addr, "held", "--json", "--device", "silent", "--no-ack"],
+        Stdio::null(),
+    );
+    assert_eq!(silent.json_line().await["event"], "pere.hello");
+    let mut publisher = Proc::start(
+        "pere-pub",
+        &[
+            &addr,
+            "held",
+            "--data",
+            "x",
+            "--wait",
+            "acked",
+            "--timeout",
+            "30s",
+        ],
+        Stdio::null(),
+    );
+    // Published and delivered: the wait for the receipt is held.
+    assert_eq!(silent.json_line().await["data"], "x");
+    let stopped = std::time::Instant::now();
+    server.stop().await;
+    let lines = publisher.exit_with(3).await;
+    assert!(
+        stopped.elapsed() < Duration::from_secs(4),
+        "answered at once, not after the grace period: {:?}",
+        stopped.elapsed()
+    );
+    let line = &lines[0];
+    first_word_id(line);
+    assert_eq!(word(line, "timed_out"), "true", "{line}");
+    assert_eq!(word(line, "shutting_down"), "true", "{line}");
+    assert_eq!(word(line, "unacked"), "silent", "{line}");
+    let stderr = publisher.stderr_text();
+    assert!(
+        stderr.contains("was published") && !stderr.contains("not published"),
+        "{stderr}"
+    );
+}
+
+/// Issue 18.1: when the answer is lost for good (the server is killed
+/// while it holds the request), `pere-pub` cannot know whether the event
+/// was stored: it says so, with its own exit status, and how to retry
+/// safely.
+#[tokio::test]
+async fn pere_pub_says_the_outcome_is_unknown_when_the_answer_is_lost() {
+    let server = Server::start(0).await;
+    let addr = server.hostport();
+    let mut silent = Proc::start(
+        "pere-sub",
+        &[&addr, "lost", "--json", "--device", "silent", "--no-ack"],
+        Stdio::null(),
+    );
+    assert_eq!(silent.json_line().await["event"], "pere.hello");
+    let mut publisher = Proc::start(
+        "pere-pub",
+        &[
+            &addr,
+            "lost",
+            "--data",
+            "x",
+            "--wait",
+            "acked",
+            "--timeout",
+            "30s",
+            "--retries",
+            "2",
+        ],
+        Stdio::null(),
+    );
+    assert_eq!(silent.json_line().await["data"], "x");
+    server.kill9().await;
+    let lines = publisher.exit_with(4).await;
+    assert!(lines.is_empty(), "no event line: {lines:?}");
+    let stderr = publisher.stderr_text();
+    assert!(
+        stderr.contains("the outcome is unknown")
+            && stderr.contains("--idempotency-key")
+            && !stderr.contains("not published"),
+        "{stderr}"
+    );
+}
+
+/// Issue 18.10: a wrong port took 28 s to fail, with no hint.
+#[tokio::test]
+async fn pere_pub_on_a_port_where_nothing_listens_fails_fast_with_a_hint() {
+    let port = free_port().await;
+    let started = std::time::Instant::now();
+    let mut publisher = Proc::start(
+        "pere-pub",
+        &[&format!("127.0.0.1:{port}"), "c", "--data", "x"],
+        Stdio::null(),
+    );
+    publisher.exit_with(1).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "it gave up within seconds: {:?}",
+        started.elapsed()
+    );
+    let stderr = publisher.stderr_text();
+    assert!(
+        stderr.contains("is pere-server running at 127.0.0.1:") && stderr.contains("not published"),
+        "{stderr}"
+    );
 }

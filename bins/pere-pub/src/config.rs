@@ -28,6 +28,10 @@ use pere_http::client::{Backoff, PublishOptions, WaitFor, random_device};
     error_code(
         3,
         "with --wait: every event was published, but for at least one the wait timed out before every recipient reached the state (its line says timed_out=true, who has not acked (unacked=) and who was not sent it yet (pending=)); do not publish it again."
+    ),
+    error_code(
+        4,
+        "the answer to a publish was lost (the connection broke after the request was sent): the event may or may not be stored. Publish it again with the --idempotency-key printed on stderr: that is safe, without it the event may be stored twice."
     )
 )]
 pub struct Args {
@@ -61,7 +65,7 @@ pub struct Args {
     /// the Idempotency-Key of a single event (default: one generated per event)
     #[argh(option)]
     pub idempotency_key: Option<String>,
-    /// retries of a publish that failed because the server was unreachable or busy, with the same Idempotency-Key (default 10, backing off from 250 ms to 4 s)
+    /// retries of a publish that failed because the server was unreachable or busy, with the same Idempotency-Key (default 10, backing off from 250 ms to 4 s; 5 within about 6 s while the server has not answered yet)
     #[argh(option)]
     pub retries: Option<u32>,
     /// wait until every recipient reached this state, delivered or acked, and print who acked, who has not (unacked=) and who was not sent it yet (pending=)
@@ -135,6 +139,8 @@ pub struct Config {
     pub idempotency_key: Option<String>,
     /// Retry policy.
     pub backoff: Backoff,
+    /// `--retries` was given: it applies from the first attempt on.
+    pub retries_given: bool,
     /// No retry notices.
     pub quiet: bool,
 }
@@ -259,6 +265,7 @@ impl Config {
                 retries: args.retries.unwrap_or(Backoff::default().retries),
                 ..Backoff::default()
             },
+            retries_given: args.retries.is_some(),
             quiet: args.quiet,
         })
     }

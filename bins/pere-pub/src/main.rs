@@ -3,7 +3,8 @@
 //! stdout carries one line per published event whose first word is the event
 //! id (docs/PROTOCOL.md §9); everything else goes to stderr. Exit status: 0 when
 //! every event was published, 1 when one could not be, 2 for a bad command
-//! line, 3 when every event was published but a `--wait` timed out.
+//! line, 3 when every event was published but a `--wait` timed out, 4 when
+//! the answer to a publish was lost and whether it was stored is unknown.
 
 mod config;
 mod load;
@@ -13,7 +14,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use config::{Args, Config, Pace, Source};
-use pere_http::client::{Client, Published, random_key};
+use pere_http::Error;
+use pere_http::client::{Backoff, Client, Published, random_key};
 use tokio::io::AsyncBufReadExt;
 use tokio::time::Instant;
 use tracing_subscriber::EnvFilter;
@@ -57,6 +59,10 @@ fn main() -> ExitCode {
         Err(Stop::Failed(err)) => {
             eprintln!("pere-pub: {err}");
             ExitCode::FAILURE
+        }
+        Err(Stop::Unconfirmed(err)) => {
+            eprintln!("pere-pub: {err}");
+            ExitCode::from(4)
         }
         Ok(()) | Err(Stop::OutputClosed) if timed_out == 0 => ExitCode::SUCCESS,
         // Published, so not a failure to retry; but a script that waits
@@ -124,7 +130,19 @@ enum Stop {
     OutputClosed,
     /// An event could not be published, or the input could not be read.
     Failed(String),
+    /// The answer to a publish was lost: it may or may not be stored.
+    Unconfirmed(String),
 }
+
+/// Retries before the server was ever reached in this run: a wrong port or
+/// a server not started yet is told within seconds, not half a minute
+/// (issue 18.10), while a server still starting gets a few seconds. Once it
+/// answered, [`Config::backoff`] rides out its restarts.
+const FIRST_CONTACT: Backoff = Backoff {
+    retries: 5,
+    initial: Duration::from_millis(250),
+    max: Duration::from_secs(2),
+};
 
 /// Publishes every event of the configured source, paced, and prints a line
 /// for each, counting in `timed_out` the `--wait`s that timed out.
@@ -142,6 +160,8 @@ async fn run(config: &Config, timed_out: &mut u64) -> Result<(), Stop> {
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let start = Instant::now();
     let mut sent: u64 = 0;
+    // Whether the server answered (or may have received) anything yet.
+    let mut reached = false;
     while config.count.is_none_or(|count| sent < count) {
         // A generated event is made after the pause, so its `time` is the
         // time it is published.
@@ -172,31 +192,53 @@ async fn run(config: &Config, timed_out: &mut u64) -> Result<(), Stop> {
             Some(key) => key.clone(),
             None => format!("{}-{run_key}-{}", config.device, sent + 1),
         });
+        let backoff = if reached || config.retries_given {
+            config.backoff
+        } else {
+            FIRST_CONTACT
+        };
+        let mut hinted = false;
         let published = client
             .publish_retrying(
                 &config.channel,
                 payload,
                 &options,
-                &config.backoff,
+                &backoff,
                 |retry, delay, err| {
-                    if !config.quiet {
-                        eprintln!(
-                            "pere-pub: {err}; retry {retry}/{} in {} ms",
-                            config.backoff.retries,
-                            delay.as_millis()
-                        );
+                    if config.quiet {
+                        return;
                     }
+                    let hint = if !reached && !hinted && matches!(err, Error::Io { .. }) {
+                        hinted = true;
+                        format!(" ({})", unreachable_hint(&config.addr))
+                    } else {
+                        String::new()
+                    };
+                    eprintln!(
+                        "pere-pub: {err}; retry {retry}/{} in {} ms{hint}",
+                        backoff.retries,
+                        delay.as_millis()
+                    );
                 },
             )
             .await
             .map_err(|err| {
-                Stop::Failed(format!(
-                    "event {} was not published on {}: {err}",
+                failure(
+                    config,
                     sent + 1,
-                    config.channel
-                ))
+                    options.idempotency_key.as_deref(),
+                    reached,
+                    err,
+                )
             })?;
+        reached = true;
         sent += 1;
+        if published.shutting_down && !config.quiet {
+            eprintln!(
+                "pere-pub: event {} was published, but the server shut down while the wait for its receipts ran; do not publish it again (its receipts: GET /receipts/{}/{})",
+                published.id, published.channel, published.id
+            );
+        }
         if published.timed_out == Some(true) {
             *timed_out += 1;
         }
@@ -214,6 +256,47 @@ async fn run(config: &Config, timed_out: &mut u64) -> Result<(), Stop> {
     Ok(())
 }
 
+/// What to suggest when nothing answers at `addr`.
+fn unreachable_hint(addr: &str) -> String {
+    format!(
+        "is pere-server running at {addr}? start it, or check HOST:PORT (the server prints its address at start)"
+    )
+}
+
+/// Why event number `n` failed, as the run's final word: not published (1),
+/// or unknown (4) when an answer was lost, with how to retry safely.
+fn failure(config: &Config, n: u64, key: Option<&str>, reached: bool, err: Error) -> Stop {
+    match err {
+        Error::Unconfirmed {
+            source,
+            idempotency_key,
+        } => {
+            let key = if idempotency_key.is_empty() {
+                key.unwrap_or_default().to_string()
+            } else {
+                idempotency_key
+            };
+            Stop::Unconfirmed(format!(
+                "event {n} on {}: the outcome is unknown: the server may have published it, \
+                 but its answer was lost ({source}). Publishing it again is safe with the same \
+                 Idempotency-Key, `--idempotency-key {key}`: the server then answers with the \
+                 first result if it stored the event, and stores it once if it did not. Without \
+                 the key, publishing again may make a duplicate.",
+                config.channel
+            ))
+        }
+        err @ Error::Io { .. } if !reached => Stop::Failed(format!(
+            "event {n} was not published on {}: {err}; {}",
+            config.channel,
+            unreachable_hint(&config.addr)
+        )),
+        err => Stop::Failed(format!(
+            "event {n} was not published on {}: {err}",
+            config.channel
+        )),
+    }
+}
+
 /// The output line of a published event: the id first (docs/PROTOCOL.md §9), then
 /// `key=value` words; with `--wait`, who acked, who has not acked and who
 /// was not even sent the event yet.
@@ -224,6 +307,9 @@ async fn report(client: &Client, config: &Config, p: &Published) -> String {
     );
     if p.duplicate {
         line.push_str(" duplicate=true");
+    }
+    if p.shutting_down {
+        line.push_str(" shutting_down=true");
     }
     if config.options.wait.is_none() {
         return line;

@@ -180,11 +180,14 @@ impl Drop for Conn {
 async fn connect(addr: &Address, timeout: Duration) -> Result<Conn> {
     let stream = tokio::time::timeout(timeout, TcpStream::connect((addr.host(), addr.port())))
         .await
-        .map_err(|_| {
-            Error::Timeout(format!(
-                "connecting to {addr} took more than {} ms",
-                timeout.as_millis()
-            ))
+        .map_err(|_| Error::Io {
+            // An `Io` error, like a refused connection: nothing was sent
+            // (see `may_have_been_received`).
+            context: format!("cannot connect to {addr}"),
+            source: std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no connection within {} ms", timeout.as_millis()),
+            ),
         })?
         .map_err(|source| Error::Io {
             context: format!("cannot connect to {addr}"),
@@ -378,6 +381,10 @@ pub struct Published {
     /// The answer repeats an earlier publish with the same idempotency key.
     #[serde(default)]
     pub duplicate: bool,
+    /// With `wait`: the wait ended early because the server is shutting
+    /// down (the event was published; the receipts are those so far).
+    #[serde(default)]
+    pub shutting_down: bool,
 }
 
 /// The answer to a receipt (docs/PROTOCOL.md §4).
@@ -454,6 +461,26 @@ pub fn is_transient(err: &Error) -> bool {
                 | StatusCode::TOO_MANY_REQUESTS
         ),
         _ => false,
+    }
+}
+
+/// Whether the request that failed with `err` may have reached the server
+/// and been acted on: its answer was lost (the connection broke or timed
+/// out after the request was sent, or a proxy gave up on it). `false` when
+/// the server was never reached (`Error::Io`: no connection) or refused the
+/// request itself (an error status from PERE).
+pub fn may_have_been_received(err: &Error) -> bool {
+    match err {
+        Error::Io { .. } | Error::Core(_) | Error::Address(_) => false,
+        Error::Http(_) | Error::Timeout(_) | Error::Protocol(_) => true,
+        Error::Status { status, .. } => {
+            matches!(
+                *status,
+                StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT
+            )
+        }
+        Error::Unconfirmed { .. } => true,
+        Error::WebhookLoop { .. } => false,
     }
 }
 
@@ -730,7 +757,11 @@ impl Client {
     ///
     /// # Errors
     /// The first permanent failure, or the last transient one once the
-    /// retries are spent.
+    /// retries are spent; either wrapped in [`Error::Unconfirmed`] when an
+    /// earlier attempt may have been stored although its answer was lost
+    /// (issue 18.1: such an event must not be reported as not published: a
+    /// publish again with the same key is safe, a publish without it is a
+    /// duplicate).
     pub async fn publish_retrying(
         &self,
         channel: &str,
@@ -745,14 +776,22 @@ impl Client {
             opts.idempotency_key = Some(random_key());
         }
         let mut retry = 0;
+        let mut maybe_stored = false;
         loop {
             match self.publish(channel, payload.clone(), &opts).await {
                 Ok(published) => return Ok(published),
                 Err(err) if retry < backoff.retries && is_transient(&err) => {
+                    maybe_stored |= may_have_been_received(&err);
                     retry += 1;
                     let delay = backoff.delay(retry);
                     on_retry(retry, delay, &err);
                     tokio::time::sleep(delay).await;
+                }
+                Err(err) if maybe_stored || may_have_been_received(&err) => {
+                    return Err(Error::Unconfirmed {
+                        source: Box::new(err),
+                        idempotency_key: opts.idempotency_key.clone().unwrap_or_default(),
+                    });
                 }
                 Err(err) => return Err(err),
             }

@@ -53,6 +53,17 @@ pub enum Error {
         /// The listening address it reaches.
         addr: std::net::SocketAddr,
     },
+    /// A publish whose answer was lost: the server may or may not have
+    /// stored it. Publishing again with the same idempotency key is safe
+    /// (it answers with the first result if there was one).
+    #[error("{source}; the outcome is unknown: the event may have been published")]
+    Unconfirmed {
+        /// The last failure.
+        #[source]
+        source: Box<Error>,
+        /// The `Idempotency-Key` every attempt carried.
+        idempotency_key: String,
+    },
 }
 
 /// `Result` with this crate's [`Error`].

@@ -249,6 +249,9 @@ struct Inner<S> {
     /// Set once the store failed: writes are refused from then on.
     failed: OnceLock<String>,
     closing: AtomicBool,
+    /// Turns true when shutdown begins, for requests held open on the hub
+    /// (waiting publishes) that must answer before the server stops.
+    closing_signal: tokio::sync::watch::Sender<bool>,
     counters: Counters,
 }
 
@@ -364,6 +367,7 @@ impl<S: EventStore> Hub<S> {
             next_stream: AtomicU64::new(1),
             failed: OnceLock::new(),
             closing: AtomicBool::new(false),
+            closing_signal: tokio::sync::watch::Sender::new(false),
             counters: Counters::default(),
         });
         tokio::spawn(writer(inner.clone(), rx));
@@ -425,6 +429,15 @@ impl<S: EventStore> Hub<S> {
     /// Whether the hub is shutting down (new streams are refused).
     pub fn is_closing(&self) -> bool {
         self.inner.closing.load(Ordering::Acquire)
+    }
+
+    /// Resolves once shutdown has begun ([`Hub::shutdown`]): a request held
+    /// open on the hub, such as a publish waiting for receipts, answers with
+    /// what it has instead of being cut by the server's grace period.
+    pub async fn closing(&self) {
+        let mut signal = self.inner.closing_signal.subscribe();
+        // The sender lives as long as the hub this handle keeps alive.
+        let _ = signal.wait_for(|closing| *closing).await;
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
@@ -848,6 +861,7 @@ impl<S: EventStore> Hub<S> {
     /// Safe to call more than once.
     pub async fn shutdown(&self) {
         self.inner.closing.store(true, Ordering::Release);
+        self.inner.closing_signal.send_replace(true);
         let (tx, rx) = oneshot::channel();
         if self.inner.commands.send(Command::Shutdown(tx)).is_ok() {
             // The writer answers once the store is closed; if it is already

@@ -115,12 +115,19 @@ pub async fn push<S: EventStore>(
         published.id, published.channel, published.recipients
     );
     if let Some(wait) = wait {
+        let mut interrupted = false;
         if let Some(receipts) = &published.receipts {
             let done = receipts.settled_when(|r| match wait {
                 Wait::Delivered => r.undelivered() == 0,
                 Wait::Acked => r.unacked() == 0,
             });
-            let _ = tokio::time::timeout(Duration::from_millis(timeout_ms), done).await;
+            // At shutdown, answer with the receipts so far rather than be
+            // cut by the grace period (issue 18.1: a publisher that lost
+            // the answer could not tell the event had been published).
+            tokio::select! {
+                _ = tokio::time::timeout(Duration::from_millis(timeout_ms), done) => {}
+                () = app.hub.closing() => interrupted = true,
+            }
         }
         let (delivered, acked, pending, unacked) = match &published.receipts {
             Some(receipts) => {
@@ -142,6 +149,10 @@ pub async fn push<S: EventStore>(
             serde_json::to_string(&pending).unwrap_or_else(|_| "[]".into()),
             serde_json::to_string(&unacked).unwrap_or_else(|_| "[]".into()),
         ));
+        if interrupted && timed_out {
+            // The wait ended early: the server is stopping.
+            body.push_str(r#","shutting_down":true"#);
+        }
     }
     if published.duplicate {
         body.push_str(r#","duplicate":true"#);
