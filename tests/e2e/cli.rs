@@ -918,3 +918,124 @@ async fn pere_pub_on_a_port_where_nothing_listens_fails_fast_with_a_hint() {
         "{stderr}"
     );
 }
+
+/// Issue 18.10: `pere-pub --rate 2 --count 70 -q </dev/null` published
+/// nothing and exited 0. `/dev/null` (what cron and nohup give) is not a
+/// pipe or a file, so the events are generated, as from a terminal.
+#[tokio::test]
+async fn pere_pub_with_stdin_from_dev_null_publishes_generated_events() {
+    let server = Server::start(0).await;
+    let mut publisher = Proc::start(
+        "pere-pub",
+        &[
+            &server.hostport(),
+            "cron",
+            "--rate",
+            "50",
+            "--count",
+            "3",
+            "-q",
+        ],
+        Stdio::from(std::fs::File::open("/dev/null").unwrap()),
+    );
+    let lines = publisher.success().await;
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let events = server.get_json("/admin/events/cron").await;
+    assert_eq!(events.as_array().unwrap().len(), 3, "{events}");
+    assert_eq!(
+        events[0]["data"]["channel"], "cron",
+        "publisher.rb's events"
+    );
+    server.stop().await;
+}
+
+/// Issue 18.10: a pipe that ends without a line published nothing and
+/// exited 0 (silently with `-q`): asked to publish, nothing was.
+#[tokio::test]
+async fn pere_pub_with_an_empty_pipe_fails_even_when_quiet() {
+    let server = Server::start(0).await;
+    let mut publisher = Proc::start(
+        "pere-pub",
+        &[&server.hostport(), "empty", "-q"],
+        Stdio::piped(),
+    );
+    drop(publisher.child.stdin.take());
+    publisher.exit_with(1).await;
+    assert!(
+        publisher.stderr_text().contains("nothing was published"),
+        "{}",
+        publisher.stderr_text()
+    );
+    server.stop().await;
+}
+
+/// Issue 18.10: a bad flag exited 1 in pere-server and 2 in the tools.
+#[tokio::test]
+async fn a_bad_flag_exits_with_2_in_every_tool() {
+    for (tool, args) in [
+        ("pere-server", &["--no-such-flag"][..]),
+        ("pere-server", &["--port", "many"]),
+        ("pere-pub", &["127.0.0.1:1", "c", "--no-such-flag"]),
+        ("pere-sub", &["127.0.0.1:1", "c", "--no-such-flag"]),
+    ] {
+        let (status, _, stderr) = run_tool(tool, args).await;
+        assert_eq!(status.code(), Some(2), "{tool} {args:?}: {stderr}");
+        assert!(
+            stderr.contains("--help"),
+            "{tool} {args:?} says where help is: {stderr}"
+        );
+    }
+}
+
+/// Issue 18.10: with nothing listening, pere-sub retried every 3 s forever,
+/// without a word about why. It now asks whether the server runs, and
+/// backs off.
+#[tokio::test]
+async fn pere_sub_on_a_port_where_nothing_listens_backs_off_with_a_hint() {
+    let port = free_port().await;
+    let mut sub = Proc::start(
+        "pere-sub",
+        &[&format!("127.0.0.1:{port}"), "c"],
+        Stdio::null(),
+    );
+    let first = sub.stderr_line_containing("reconnecting in").await;
+    assert!(
+        first.contains("reconnecting in 3000 ms") && first.contains("is pere-server running at"),
+        "{first}"
+    );
+    let second = sub.stderr_line_containing("reconnecting in").await;
+    assert!(second.contains("reconnecting in 6000 ms"), "{second}");
+    assert!(!second.contains("is pere-server running"), "once: {second}");
+}
+
+/// Issue 18.10: the README's `--exec 'cat >> jobs.log'` glued payloads
+/// together; each now arrives as a line.
+#[tokio::test]
+async fn pere_sub_exec_gets_each_payload_as_a_line() {
+    let server = Server::start(0).await;
+    let dir = pere_tests::temp_dir("exec-lines");
+    let log = dir.join("jobs.log");
+    let command = format!("cat >> '{}'", log.display());
+    let mut sub = Proc::start(
+        "pere-sub",
+        &[
+            &server.hostport(),
+            "jobs",
+            "--json",
+            "--count",
+            "2",
+            "--device",
+            "worker",
+            "--exec",
+            &command,
+        ],
+        Stdio::null(),
+    );
+    assert_eq!(sub.json_line().await["event"], "pere.hello");
+    server.publish("jobs", "first").await;
+    server.publish("jobs", "second\n").await;
+    sub.success().await;
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "first\nsecond\n");
+    let _ = std::fs::remove_dir_all(dir);
+    server.stop().await;
+}

@@ -153,9 +153,11 @@ const DEFAULT_WAIT: Duration = Duration::from_secs(5);
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
 impl Config {
-    /// Validates `args`; `stdin_is_terminal` decides between reading stdin
-    /// and generating events when there is no `--data`.
-    pub fn resolve(args: Args, stdin_is_terminal: bool) -> Result<Self, String> {
+    /// Validates `args`; `stdin_has_no_lines` (stdin is a terminal, or
+    /// neither a pipe nor a file: `/dev/null` from cron or nohup, closed)
+    /// decides between generating events and reading stdin when there is no
+    /// `--data`.
+    pub fn resolve(args: Args, stdin_has_no_lines: bool) -> Result<Self, String> {
         pere_http::client::Address::parse(&args.addr)
             .map_err(|_| format!("`{}` is not HOST:PORT or http://HOST:PORT", args.addr))?;
         ChannelName::new(&args.channel).map_err(|e| e.to_string())?;
@@ -197,7 +199,7 @@ impl Config {
                 return Err("--data is empty; the server refuses empty events".into());
             }
             Some(data) => Source::Data(data),
-            None if args.interval.is_some() || stdin_is_terminal => Source::Generated,
+            None if args.interval.is_some() || stdin_has_no_lines => Source::Generated,
             None => Source::Stdin,
         };
         let count = match (&source, args.count) {

@@ -33,7 +33,7 @@ fn main() -> ExitCode {
     if load::wanted(&args) {
         return load::main(args);
     }
-    let config = match Config::resolve(args, std::io::stdin().is_terminal()) {
+    let config = match Config::resolve(args, !stdin_gives_lines()) {
         Ok(c) => c,
         Err(err) => {
             eprintln!("pere-pub: {err}");
@@ -80,6 +80,30 @@ fn main() -> ExitCode {
             }
             ExitCode::from(3)
         }
+    }
+}
+
+/// Whether stdin is a source of lines to publish: a pipe, a file or a
+/// socket. A terminal is not, and neither is `/dev/null` (what cron, nohup
+/// and `</dev/null` give: issue 18.10, `--rate 2 --count 70 </dev/null`
+/// published nothing and exited 0) nor a closed stdin: those get generated
+/// events, as the README says ("when stdin is a pipe or a file").
+fn stdin_gives_lines() -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::FileTypeExt;
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        return false;
+    }
+    let Ok(fd) = stdin.as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    match std::fs::File::from(fd).metadata() {
+        Ok(meta) => {
+            let kind = meta.file_type();
+            kind.is_fifo() || kind.is_file() || kind.is_socket()
+        }
+        Err(_) => false,
     }
 }
 
@@ -245,13 +269,14 @@ async fn run(config: &Config, timed_out: &mut u64) -> Result<(), Stop> {
         let line = report(&client, config, &published).await;
         print_line(&line)?;
     }
-    // Run from a script, cron or nohup, stdin is not a terminal: without
-    // this, "no lines" and "nothing to do" look the same.
-    if sent == 0 && config.source == Source::Stdin && !config.quiet {
-        eprintln!(
-            "pere-pub: stdin ended without a line: nothing was published \
-             (for generated events like publisher.rb without a terminal, give --interval)"
-        );
+    // Asked to publish and published nothing: a failure, even with -q,
+    // or "no lines" and "nothing to do" look the same to a script.
+    if sent == 0 && config.source == Source::Stdin {
+        return Err(Stop::Failed(
+            "stdin ended without a line: nothing was published \
+             (for generated events like publisher.rb, give --interval or run it with stdin from /dev/null)"
+                .into(),
+        ));
     }
     Ok(())
 }

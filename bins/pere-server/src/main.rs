@@ -9,7 +9,10 @@ use pere_core::{EventStore, FileStore, FileStoreConfig, Fsync, Hub, MemoryStore}
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let args: Args = argh::from_env();
+    let args: Args = match parse_args() {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
     let config = match Config::resolve(args, &env) {
         Ok(c) => c,
@@ -40,6 +43,37 @@ fn main() -> ExitCode {
             } else {
                 ExitCode::FAILURE
             }
+        }
+    }
+}
+
+/// Parses the command line like `argh::from_env`, but a usage error exits
+/// with status 2, as every other usage error of the three tools does
+/// (`argh::from_env` exits with 1).
+fn parse_args() -> Result<Args, ExitCode> {
+    let mut strings = Vec::new();
+    for arg in std::env::args_os() {
+        match arg.into_string() {
+            Ok(s) => strings.push(s),
+            Err(arg) => {
+                eprintln!("pere-server: argument {arg:?} is not UTF-8");
+                return Err(ExitCode::from(2));
+            }
+        }
+    }
+    let rest: Vec<&str> = strings.iter().skip(1).map(String::as_str).collect();
+    match <Args as argh::FromArgs>::from_args(&["pere-server"], &rest) {
+        Ok(args) => Ok(args),
+        Err(early) if early.status.is_ok() => {
+            println!("{}", early.output);
+            Err(ExitCode::SUCCESS)
+        }
+        Err(early) => {
+            eprintln!(
+                "{}\nRun pere-server --help for more information.",
+                early.output
+            );
+            Err(ExitCode::from(2))
         }
     }
 }

@@ -160,6 +160,10 @@ async fn follow(config: &Config) -> Result<(), Stop> {
     let deadline = config.timeout.map(|t| Instant::now() + t);
     let mut received: u64 = 0;
     let mut seen = Seen::default();
+    // Whether a stream ever opened: until then a failure is more likely a
+    // wrong address or a server not started than a restart (issue 18.10).
+    let mut connected_once = false;
+    let mut hinted = false;
     loop {
         let next = match deadline {
             None => sub.next().await,
@@ -183,6 +187,7 @@ async fn follow(config: &Config) -> Result<(), Stop> {
         let event = match item {
             SubscriberItem::Event(event) => event,
             SubscriberItem::Connected => {
+                connected_once = true;
                 notice(
                     config,
                     format_args!("connected to {}", sub.address().url(sub.path())),
@@ -198,10 +203,19 @@ async fn follow(config: &Config) -> Result<(), Stop> {
                     "" => String::new(),
                     id => format!(", resuming after event {id}"),
                 };
+                let hint = if !connected_once && !hinted {
+                    hinted = true;
+                    format!(
+                        "; is pere-server running at {}? start it, or check HOST:PORT (each failed attempt doubles the wait, up to a minute)",
+                        config.addr
+                    )
+                } else {
+                    String::new()
+                };
                 notice(
                     config,
                     format_args!(
-                        "reconnecting in {} ms (attempt {attempt}{from})",
+                        "reconnecting in {} ms (attempt {attempt}{from}){hint}",
                         after.as_millis()
                     ),
                 );

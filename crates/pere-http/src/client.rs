@@ -53,6 +53,9 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Reconnection time of a [`Subscriber`] until the server sends `retry`
 /// (the WHATWG suggestion, and PERE's default).
 pub const DEFAULT_RETRY: Duration = crate::server::DEFAULT_RETRY;
+/// Default [`SubscribeOptions::max_backoff`]: a minute between attempts at
+/// most, so a device finds a server back within a minute of its return.
+pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Largest response body read by [`Client`], in bytes: an answer larger than
 /// this is an error rather than an unbounded allocation.
 pub const MAX_RESPONSE_BODY: usize = 16 * 1024 * 1024;
@@ -1032,6 +1035,10 @@ pub struct SubscribeOptions {
     pub deadline: Option<Instant>,
     /// Reconnection time until the server sends `retry`.
     pub retry: Duration,
+    /// Longest delay between two failed connection attempts: each failure
+    /// in a row doubles the `retry` delay up to this (a server that is down
+    /// is not hammered every `retry`), and a stream that opened starts over.
+    pub max_backoff: Duration,
     /// Time to connect and receive the response head.
     pub connect_timeout: Duration,
     /// Reconnect when no byte (event or keepalive) arrived for this long;
@@ -1057,6 +1064,7 @@ impl Default for SubscribeOptions {
             max_reconnects: None,
             deadline: None,
             retry: DEFAULT_RETRY,
+            max_backoff: DEFAULT_MAX_BACKOFF,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             idle_timeout: None,
             headers: HeaderMap::new(),
@@ -1081,7 +1089,8 @@ pub enum SubscriberItem {
     },
     /// The next connection attempt will be made after `after`.
     Reconnecting {
-        /// The delay (the server's `retry`).
+        /// The delay: the server's `retry`, doubled for each failed attempt
+        /// in a row (up to [`SubscribeOptions::max_backoff`]).
         after: Duration,
         /// Consecutive attempt number, from 1.
         attempt: u32,
@@ -1335,7 +1344,7 @@ impl Subscriber {
     fn lost(&mut self, reason: String) {
         self.decoder.finish(&mut self.scratch);
         self.scratch.clear();
-        let after = self.retry();
+        let after = backoff_delay(self.retry(), self.options.max_backoff, self.failures);
         let attempt = self.failures.saturating_add(1);
         self.queue.push_back(SubscriberItem::Disconnected {
             reason: reason.clone(),
@@ -1449,6 +1458,14 @@ impl Subscriber {
             Err(OpenError::Fatal(err))
         }
     }
+}
+
+/// The delay before the next connection attempt after `failures` failed
+/// attempts in a row: `retry` after a stream ended or the first failure,
+/// then doubled each time, at most `max` (but never less than `retry`).
+fn backoff_delay(retry: Duration, max: Duration, failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    retry.saturating_mul(1u32 << doublings).min(max.max(retry))
 }
 
 // ---------------------------------------------------------------------------
@@ -1878,6 +1895,42 @@ mod tests {
         assert_eq!(count, 2);
         assert!(matches!(err, Error::Io { .. }), "{err:?}");
         assert!(err.to_string().contains("cannot connect"), "{err}");
+    }
+
+    /// Issue 18.10: a subscriber retried a dead server every `retry`
+    /// forever; failed attempts in a row now back off exponentially.
+    #[tokio::test]
+    async fn client_subscriber_backs_off_while_the_server_is_unreachable() {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let options = SubscribeOptions {
+            retry: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(35),
+            ..SubscribeOptions::default()
+        };
+        let mut sub =
+            Subscriber::with_options(&format!("127.0.0.1:{port}"), "c", None, options).unwrap();
+        let mut delays = Vec::new();
+        while delays.len() < 4 {
+            if let SubscriberItem::Reconnecting { after, .. } = next(&mut sub).await {
+                delays.push(after.as_millis());
+            }
+        }
+        assert_eq!(delays, [10, 20, 35, 35], "doubling up to max_backoff");
+        assert_eq!(
+            backoff_delay(Duration::from_secs(3), Duration::from_secs(1), 5),
+            Duration::from_secs(3),
+            "never below the server's retry"
+        );
+        assert_eq!(
+            backoff_delay(Duration::from_secs(3), DEFAULT_MAX_BACKOFF, 0),
+            Duration::from_secs(3),
+            "a stream that ended reconnects after retry"
+        );
     }
 
     #[tokio::test]
