@@ -1039,3 +1039,61 @@ async fn pere_sub_exec_gets_each_payload_as_a_line() {
     let _ = std::fs::remove_dir_all(dir);
     server.stop().await;
 }
+
+/// Issue 18.3: an `--exec` that failed (`error: exit 4: boom`) looked like
+/// any other receipt in `pere-pub --wait` (`acked_by=worker-9`, exit 0).
+/// The line names devices whose status is not `ok`, stderr shows the
+/// status, and `--require-status` makes it a failure of its own.
+#[tokio::test]
+async fn pere_pub_shows_bad_receipt_statuses_and_require_status_fails_on_them() {
+    let server = Server::start(0).await;
+    let addr = server.hostport();
+    let start_sub = |device: &'static str, exec: &'static str| {
+        Proc::start(
+            "pere-sub",
+            &[&addr, "work", "--json", "--device", device, "--exec", exec],
+            Stdio::null(),
+        )
+    };
+    let mut good = start_sub("worker-1", "cat >/dev/null");
+    let mut bad = start_sub("worker-9", "cat >/dev/null; echo boom >&2; exit 4");
+    for sub in [&mut good, &mut bad] {
+        assert_eq!(sub.json_line().await["event"], "pere.hello");
+    }
+    let publish = |extra: &'static [&'static str]| {
+        let mut args = vec![
+            addr.as_str(),
+            "work",
+            "--data",
+            "job",
+            "--wait",
+            "acked",
+            "--timeout",
+            "5s",
+        ];
+        args.extend_from_slice(extra);
+        Proc::start("pere-pub", &args, Stdio::null())
+    };
+    // Shown, not failed, without the flag.
+    let mut shown = publish(&[]);
+    let lines = shown.success().await;
+    assert_eq!(word(&lines[0], "acked"), "2", "{lines:?}");
+    assert_eq!(word(&lines[0], "bad_status"), "worker-9", "{lines:?}");
+    assert!(
+        shown
+            .stderr_text()
+            .contains(r#"worker-9 acknowledged it with status "error: exit 4: boom""#),
+        "{}",
+        shown.stderr_text()
+    );
+    // Failed, with its own status, with it.
+    let mut required = publish(&["--require-status", "ok"]);
+    let lines = required.exit_with(5).await;
+    assert_eq!(word(&lines[0], "bad_status"), "worker-9", "{lines:?}");
+    assert_eq!(word(&lines[0], "timed_out"), "false", "{lines:?}");
+    // A prefix accepts every status that starts with it.
+    let mut lenient = publish(&["--require-status", "ok,error: exit 4*"]);
+    let lines = lenient.success().await;
+    assert_eq!(word(&lines[0], "bad_status"), "-", "{lines:?}");
+    server.stop().await;
+}

@@ -51,8 +51,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut timed_out = 0;
-    let result = runtime.block_on(run(&config, &mut timed_out));
+    let mut outcome = Outcome::default();
+    let result = runtime.block_on(run(&config, &mut outcome));
+    let timed_out = outcome.timed_out;
     // A read of stdin cannot be cancelled; do not wait for one at exit.
     runtime.shutdown_background();
     match result {
@@ -63,6 +64,16 @@ fn main() -> ExitCode {
         Err(Stop::Unconfirmed(err)) => {
             eprintln!("pere-pub: {err}");
             ExitCode::from(4)
+        }
+        // Proof came back, and it says the processing failed.
+        Ok(()) | Err(Stop::OutputClosed) if outcome.refused > 0 => {
+            if !config.quiet {
+                eprintln!(
+                    "pere-pub: published, but {} event(s) were acknowledged with a status --require-status does not accept (see bad_status= on their lines)",
+                    outcome.refused
+                );
+            }
+            ExitCode::from(5)
         }
         Ok(()) | Err(Stop::OutputClosed) if timed_out == 0 => ExitCode::SUCCESS,
         // Published, so not a failure to retry; but a script that waits
@@ -168,9 +179,19 @@ const FIRST_CONTACT: Backoff = Backoff {
     max: Duration::from_secs(2),
 };
 
+/// What the waits of a run found, for the exit status.
+#[derive(Default)]
+struct Outcome {
+    /// Events whose `--wait` timed out.
+    timed_out: u64,
+    /// Events acknowledged by some device with a status `--require-status`
+    /// does not accept.
+    refused: u64,
+}
+
 /// Publishes every event of the configured source, paced, and prints a line
-/// for each, counting in `timed_out` the `--wait`s that timed out.
-async fn run(config: &Config, timed_out: &mut u64) -> Result<(), Stop> {
+/// for each, counting in `outcome` what its waits found.
+async fn run(config: &Config, outcome: &mut Outcome) -> Result<(), Stop> {
     let mut client = Client::new(&config.addr).map_err(|e| Stop::Failed(e.to_string()))?;
     if let Some(token) = &config.token {
         client = client
@@ -264,9 +285,12 @@ async fn run(config: &Config, timed_out: &mut u64) -> Result<(), Stop> {
             );
         }
         if published.timed_out == Some(true) {
-            *timed_out += 1;
+            outcome.timed_out += 1;
         }
-        let line = report(&client, config, &published).await;
+        let (line, refused) = report(&client, config, &published).await;
+        if refused {
+            outcome.refused += 1;
+        }
         print_line(&line)?;
     }
     // Asked to publish and published nothing: a failure, even with -q,
@@ -323,9 +347,12 @@ fn failure(config: &Config, n: u64, key: Option<&str>, reached: bool, err: Error
 }
 
 /// The output line of a published event: the id first (docs/PROTOCOL.md §9), then
-/// `key=value` words; with `--wait`, who acked, who has not acked and who
-/// was not even sent the event yet.
-async fn report(client: &Client, config: &Config, p: &Published) -> String {
+/// `key=value` words; with `--wait`, who acked, who acked with a status
+/// that is not accepted (`bad_status=`, issue 18.3: an `--exec` failure
+/// looked like any other receipt), who has not acked and who was not even
+/// sent the event yet. The flag says whether `--require-status` refused
+/// the event.
+async fn report(client: &Client, config: &Config, p: &Published) -> (String, bool) {
     let mut line = format!(
         "{}  channel={} recipients={}",
         p.id, p.channel, p.recipients
@@ -337,7 +364,7 @@ async fn report(client: &Client, config: &Config, p: &Published) -> String {
         line.push_str(" shutting_down=true");
     }
     if config.options.wait.is_none() {
-        return line;
+        return (line, false);
     }
     line.push_str(&format!(
         " delivered={} acked={} timed_out={}",
@@ -355,20 +382,23 @@ async fn report(client: &Client, config: &Config, p: &Published) -> String {
             })
             .unwrap_or_default()
     };
-    let (acked_by, pending, unacked) = match client.receipts(&config.channel, &p.id).await {
+    let (acked_by, bad, pending, unacked) = match client.receipts(&config.channel, &p.id).await {
         Ok(summary) => {
-            let acked: Vec<String> = summary["devices"]
-                .as_object()
-                .map(|devices| {
-                    devices
-                        .iter()
-                        .filter(|(_, r)| r["state"] == "acked")
-                        .map(|(d, _)| d.clone())
-                        .collect()
-                })
-                .unwrap_or_default();
+            let mut acked = Vec::new();
+            let mut bad = Vec::new();
+            for (device, r) in summary["devices"].as_object().into_iter().flatten() {
+                if r["state"] != "acked" {
+                    continue;
+                }
+                acked.push(device.clone());
+                let status = r["status"].as_str().unwrap_or_default();
+                if !config.accepted.accepts(status) {
+                    bad.push((device.clone(), status.to_string()));
+                }
+            }
             (
                 Some(acked),
+                Some(bad),
                 names(&summary["pending"]),
                 names(&summary["unacked"]),
             )
@@ -376,6 +406,7 @@ async fn report(client: &Client, config: &Config, p: &Published) -> String {
         Err(err) => {
             tracing::warn!(cause = %err, id = %p.id, "cannot read the event's receipts");
             (
+                None,
                 None,
                 p.pending.clone().unwrap_or_default(),
                 p.unacked.clone().unwrap_or_default(),
@@ -385,6 +416,30 @@ async fn report(client: &Client, config: &Config, p: &Published) -> String {
     if let Some(acked_by) = acked_by {
         line.push_str(&format!(" acked_by={}", list(&acked_by)));
     }
+    let refused = match &bad {
+        Some(bad) => {
+            let devices: Vec<String> = bad.iter().map(|(d, _)| d.clone()).collect();
+            line.push_str(&format!(" bad_status={}", list(&devices)));
+            if !config.quiet {
+                for (device, status) in bad {
+                    eprintln!(
+                        "pere-pub: event {}: {device} acknowledged it with status {status:?} ({})",
+                        p.id,
+                        config.accepted.describe()
+                    );
+                }
+            }
+            config.accepted.required && !bad.is_empty()
+        }
+        None if config.accepted.required => {
+            eprintln!(
+                "pere-pub: event {}: its receipts could not be read, so their statuses cannot be checked against --require-status",
+                p.id
+            );
+            true
+        }
+        None => false,
+    };
     // docs/PROTOCOL.md §5: `unacked` have not acknowledged; `pending` were
     // not even written to yet.
     line.push_str(&format!(
@@ -392,7 +447,7 @@ async fn report(client: &Client, config: &Config, p: &Published) -> String {
         list(&unacked),
         list(&pending)
     ));
-    line
+    (line, refused)
 }
 
 /// A comma-separated list, `-` when empty.
