@@ -20,9 +20,11 @@ use tokio::task::JoinHandle;
 
 /// A process this test started, with its output read line by line in the
 /// background. Dropping it kills the process (`kill_on_drop`).
-struct Proc {
+pub(crate) struct Proc {
     name: String,
-    child: Child,
+    /// Its own `XDG_STATE_HOME`, removed with it.
+    state: std::path::PathBuf,
+    pub(crate) child: Child,
     stdout: mpsc::UnboundedReceiver<String>,
     stdout_task: JoinHandle<()>,
     stderr: mpsc::UnboundedReceiver<String>,
@@ -31,10 +33,30 @@ struct Proc {
 
 impl Proc {
     /// Starts the workspace binary `name` with `args`.
-    fn start(name: &str, args: &[&str], stdin: Stdio) -> Self {
-        let mut child = Command::new(bin(name))
+    pub(crate) fn start(name: &str, args: &[&str], stdin: Stdio) -> Self {
+        Self::start_env(name, args, stdin, &[])
+    }
+
+    /// Starts `name` with `args` and these environment variables. Each
+    /// process gets its own `XDG_STATE_HOME` unless `env` names one, so
+    /// that `pere-sub` never keeps a device id in the home of whoever runs
+    /// the tests, and tests do not share one.
+    pub(crate) fn start_env(
+        name: &str,
+        args: &[&str],
+        stdin: Stdio,
+        env: &[(&str, &std::path::Path)],
+    ) -> Self {
+        let state = pere_tests::temp_dir("cli-state");
+        let mut command = Command::new(bin(name));
+        command
             .args(args)
             .env_remove("RUST_LOG")
+            .env("XDG_STATE_HOME", &state);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command
             .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -62,6 +84,7 @@ impl Proc {
         });
         Self {
             name: name.to_string(),
+            state,
             child,
             stdout,
             stdout_task,
@@ -71,12 +94,12 @@ impl Proc {
     }
 
     /// Everything the process wrote on stderr so far.
-    fn stderr_text(&self) -> String {
+    pub(crate) fn stderr_text(&self) -> String {
         self.stderr_log.lock().unwrap().join("\n")
     }
 
     /// The next stdout line, waiting at most `WAIT`.
-    async fn line(&mut self) -> String {
+    pub(crate) async fn line(&mut self) -> String {
         match tokio::time::timeout(WAIT, self.stdout.recv()).await {
             Ok(Some(line)) => line,
             Ok(None) => panic!(
@@ -93,13 +116,13 @@ impl Proc {
     }
 
     /// The next stdout line, parsed as JSON.
-    async fn json_line(&mut self) -> Value {
+    pub(crate) async fn json_line(&mut self) -> Value {
         let line = self.line().await;
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
     }
 
     /// Reads stderr until a line contains `needle`; returns that line.
-    async fn stderr_line_containing(&mut self, needle: &str) -> String {
+    pub(crate) async fn stderr_line_containing(&mut self, needle: &str) -> String {
         loop {
             match tokio::time::timeout(WAIT, self.stderr.recv()).await {
                 Ok(Some(line)) if line.contains(needle) => return line,
@@ -114,7 +137,7 @@ impl Proc {
     }
 
     /// Waits (at most `WAIT`) for the process to exit.
-    async fn exit(&mut self) -> ExitStatus {
+    pub(crate) async fn exit(&mut self) -> ExitStatus {
         match tokio::time::timeout(WAIT, self.child.wait()).await {
             Ok(status) => status.unwrap(),
             Err(_) => panic!(
@@ -127,13 +150,13 @@ impl Proc {
 
     /// Waits for a successful exit and returns every stdout line not read
     /// yet.
-    async fn success(&mut self) -> Vec<String> {
+    pub(crate) async fn success(&mut self) -> Vec<String> {
         self.exit_with(0).await
     }
 
     /// Waits for an exit with status `code` and returns every stdout line
     /// not read yet.
-    async fn exit_with(&mut self, code: i32) -> Vec<String> {
+    pub(crate) async fn exit_with(&mut self, code: i32) -> Vec<String> {
         let status = self.exit().await;
         assert_eq!(
             status.code(),
@@ -151,13 +174,13 @@ impl Proc {
 
     /// Closes our end of the process's stdout, as `head` does when it has
     /// read enough.
-    fn close_stdout(&mut self) {
+    pub(crate) fn close_stdout(&mut self) {
         self.stdout_task.abort();
         self.stdout.close();
     }
 
     /// Sends SIGTERM to this process (by its pid), like a service manager.
-    fn terminate(&self) {
+    pub(crate) fn terminate(&self) {
         let pid = self.child.id().expect("the process is still running");
         let sent = std::process::Command::new("kill")
             .args(["-TERM", &pid.to_string()])
@@ -170,17 +193,23 @@ impl Proc {
     }
 }
 
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.state);
+    }
+}
+
 /// A `pere-server` process with the memory store (nothing written to disk;
 /// a restart forgets every event) and a 200 ms `retry`, so subscribers
 /// reconnect quickly.
-struct Server {
+pub(crate) struct Server {
     proc: Proc,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
 }
 
 impl Server {
     /// Starts a server on `port` (0 picks a free one, read from the banner).
-    async fn start(port: u16) -> Self {
+    pub(crate) async fn start(port: u16) -> Self {
         let port = port.to_string();
         let mut proc = Proc::start(
             "pere-server",
@@ -199,19 +228,19 @@ impl Server {
     }
 
     /// `HOST:PORT`, as the tools take it.
-    fn hostport(&self) -> String {
+    pub(crate) fn hostport(&self) -> String {
         self.addr.to_string()
     }
 
     /// `GET path` as JSON, asserting `200`.
-    async fn get_json(&self, path: &str) -> Value {
+    pub(crate) async fn get_json(&self, path: &str) -> Value {
         let r = request(self.addr, "GET", path, &[], b"").await;
         assert_eq!(r.status, 200, "GET {path}: {}", r.text());
         r.json()
     }
 
     /// Publishes over HTTP and returns the id.
-    async fn publish(&self, channel: &str, payload: &str) -> String {
+    pub(crate) async fn publish(&self, channel: &str, payload: &str) -> String {
         let r = request(
             self.addr,
             "POST",
@@ -225,13 +254,13 @@ impl Server {
     }
 
     /// SIGKILL: the server vanishes without answering anything.
-    async fn kill9(mut self) {
+    pub(crate) async fn kill9(mut self) {
         self.proc.child.start_kill().unwrap();
         self.proc.exit().await;
     }
 
     /// SIGTERM, then wait for a clean exit.
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         self.proc.terminate();
         let status = self.proc.exit().await;
         assert!(
@@ -244,13 +273,13 @@ impl Server {
 
 /// A port with nothing listening on it (bound, then released: the race
 /// with another process taking it meanwhile is accepted).
-async fn free_port() -> u16 {
+pub(crate) async fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     listener.local_addr().unwrap().port()
 }
 
 /// The event id that starts a `pere-pub` output line.
-fn first_word_id(line: &str) -> u64 {
+pub(crate) fn first_word_id(line: &str) -> u64 {
     line.split_whitespace()
         .next()
         .and_then(|w| w.parse().ok())
@@ -537,7 +566,7 @@ async fn pere_sub_exits_quietly_when_its_output_is_closed() {
 }
 
 /// Runs `name args…` to completion (bounded), returning status and stdout.
-async fn run_tool(name: &str, args: &[&str]) -> (ExitStatus, String, String) {
+pub(crate) async fn run_tool(name: &str, args: &[&str]) -> (ExitStatus, String, String) {
     let output = tokio::time::timeout(
         WAIT,
         Command::new(bin(name))
@@ -624,7 +653,7 @@ async fn help_of_each_tool_explains_every_option_and_usage_errors_exit_with_2() 
 }
 
 /// The words `key=value` of a pere-pub line, by key.
-fn word<'a>(line: &'a str, key: &str) -> &'a str {
+pub(crate) fn word<'a>(line: &'a str, key: &str) -> &'a str {
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
         .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
@@ -800,300 +829,5 @@ async fn pere_pub_wait_keeps_exit_3_when_its_output_is_closed_early() {
         "a timed-out wait is not success, even when the reader left; stderr:\n{}",
         publisher.stderr_text()
     );
-    server.stop().await;
-}
-
-/// Issue 18.1: a `pere-pub --wait` held by the server when it was stopped
-/// used to be cut after the grace period, and `pere-pub` retried against a
-/// dead port and said "not published" about a published event. The server
-/// now answers held waits at shutdown with what it has.
-#[tokio::test]
-async fn a_wait_held_at_shutdown_is_answered_and_pere_pub_says_it_was_published() {
-    let server = Server::start(0).await;
-    let addr = server.hostport();
-    let mut silent = Proc::start(
-        "pere-sub",
-        &[&addr, "held", "--json", "--device", "silent", "--no-ack"],
-        Stdio::null(),
-    );
-    assert_eq!(silent.json_line().await["event"], "pere.hello");
-    let mut publisher = Proc::start(
-        "pere-pub",
-        &[
-            &addr,
-            "held",
-            "--data",
-            "x",
-            "--wait",
-            "acked",
-            "--timeout",
-            "30s",
-        ],
-        Stdio::null(),
-    );
-    // Published and delivered: the wait for the receipt is held.
-    assert_eq!(silent.json_line().await["data"], "x");
-    let stopped = std::time::Instant::now();
-    server.stop().await;
-    let lines = publisher.exit_with(3).await;
-    assert!(
-        stopped.elapsed() < Duration::from_secs(4),
-        "answered at once, not after the grace period: {:?}",
-        stopped.elapsed()
-    );
-    let line = &lines[0];
-    first_word_id(line);
-    assert_eq!(word(line, "timed_out"), "true", "{line}");
-    assert_eq!(word(line, "shutting_down"), "true", "{line}");
-    assert_eq!(word(line, "unacked"), "silent", "{line}");
-    let stderr = publisher.stderr_text();
-    assert!(
-        stderr.contains("was published") && !stderr.contains("not published"),
-        "{stderr}"
-    );
-}
-
-/// Issue 18.1: when the answer is lost for good (the server is killed
-/// while it holds the request), `pere-pub` cannot know whether the event
-/// was stored: it says so, with its own exit status, and how to retry
-/// safely.
-#[tokio::test]
-async fn pere_pub_says_the_outcome_is_unknown_when_the_answer_is_lost() {
-    let server = Server::start(0).await;
-    let addr = server.hostport();
-    let mut silent = Proc::start(
-        "pere-sub",
-        &[&addr, "lost", "--json", "--device", "silent", "--no-ack"],
-        Stdio::null(),
-    );
-    assert_eq!(silent.json_line().await["event"], "pere.hello");
-    let mut publisher = Proc::start(
-        "pere-pub",
-        &[
-            &addr,
-            "lost",
-            "--data",
-            "x",
-            "--wait",
-            "acked",
-            "--timeout",
-            "30s",
-            "--retries",
-            "2",
-        ],
-        Stdio::null(),
-    );
-    assert_eq!(silent.json_line().await["data"], "x");
-    server.kill9().await;
-    let lines = publisher.exit_with(4).await;
-    assert!(lines.is_empty(), "no event line: {lines:?}");
-    let stderr = publisher.stderr_text();
-    assert!(
-        stderr.contains("the outcome is unknown")
-            && stderr.contains("--idempotency-key")
-            && !stderr.contains("not published"),
-        "{stderr}"
-    );
-}
-
-/// Issue 18.10: a wrong port took 28 s to fail, with no hint.
-#[tokio::test]
-async fn pere_pub_on_a_port_where_nothing_listens_fails_fast_with_a_hint() {
-    let port = free_port().await;
-    let started = std::time::Instant::now();
-    let mut publisher = Proc::start(
-        "pere-pub",
-        &[&format!("127.0.0.1:{port}"), "c", "--data", "x"],
-        Stdio::null(),
-    );
-    publisher.exit_with(1).await;
-    assert!(
-        started.elapsed() < Duration::from_secs(9),
-        "it gave up within seconds: {:?}",
-        started.elapsed()
-    );
-    let stderr = publisher.stderr_text();
-    assert!(
-        stderr.contains("is pere-server running at 127.0.0.1:") && stderr.contains("not published"),
-        "{stderr}"
-    );
-}
-
-/// Issue 18.10: `pere-pub --rate 2 --count 70 -q </dev/null` published
-/// nothing and exited 0. `/dev/null` (what cron and nohup give) is not a
-/// pipe or a file, so the events are generated, as from a terminal.
-#[tokio::test]
-async fn pere_pub_with_stdin_from_dev_null_publishes_generated_events() {
-    let server = Server::start(0).await;
-    let mut publisher = Proc::start(
-        "pere-pub",
-        &[
-            &server.hostport(),
-            "cron",
-            "--rate",
-            "50",
-            "--count",
-            "3",
-            "-q",
-        ],
-        Stdio::from(std::fs::File::open("/dev/null").unwrap()),
-    );
-    let lines = publisher.success().await;
-    assert_eq!(lines.len(), 3, "{lines:?}");
-    let events = server.get_json("/admin/events/cron").await;
-    assert_eq!(events.as_array().unwrap().len(), 3, "{events}");
-    assert_eq!(
-        events[0]["data"]["channel"], "cron",
-        "publisher.rb's events"
-    );
-    server.stop().await;
-}
-
-/// Issue 18.10: a pipe that ends without a line published nothing and
-/// exited 0 (silently with `-q`): asked to publish, nothing was.
-#[tokio::test]
-async fn pere_pub_with_an_empty_pipe_fails_even_when_quiet() {
-    let server = Server::start(0).await;
-    let mut publisher = Proc::start(
-        "pere-pub",
-        &[&server.hostport(), "empty", "-q"],
-        Stdio::piped(),
-    );
-    drop(publisher.child.stdin.take());
-    publisher.exit_with(1).await;
-    assert!(
-        publisher.stderr_text().contains("nothing was published"),
-        "{}",
-        publisher.stderr_text()
-    );
-    server.stop().await;
-}
-
-/// Issue 18.10: a bad flag exited 1 in pere-server and 2 in the tools.
-#[tokio::test]
-async fn a_bad_flag_exits_with_2_in_every_tool() {
-    for (tool, args) in [
-        ("pere-server", &["--no-such-flag"][..]),
-        ("pere-server", &["--port", "many"]),
-        ("pere-pub", &["127.0.0.1:1", "c", "--no-such-flag"]),
-        ("pere-sub", &["127.0.0.1:1", "c", "--no-such-flag"]),
-    ] {
-        let (status, _, stderr) = run_tool(tool, args).await;
-        assert_eq!(status.code(), Some(2), "{tool} {args:?}: {stderr}");
-        assert!(
-            stderr.contains("--help"),
-            "{tool} {args:?} says where help is: {stderr}"
-        );
-    }
-}
-
-/// Issue 18.10: with nothing listening, pere-sub retried every 3 s forever,
-/// without a word about why. It now asks whether the server runs, and
-/// backs off.
-#[tokio::test]
-async fn pere_sub_on_a_port_where_nothing_listens_backs_off_with_a_hint() {
-    let port = free_port().await;
-    let mut sub = Proc::start(
-        "pere-sub",
-        &[&format!("127.0.0.1:{port}"), "c"],
-        Stdio::null(),
-    );
-    let first = sub.stderr_line_containing("reconnecting in").await;
-    assert!(
-        first.contains("reconnecting in 3000 ms") && first.contains("is pere-server running at"),
-        "{first}"
-    );
-    let second = sub.stderr_line_containing("reconnecting in").await;
-    assert!(second.contains("reconnecting in 6000 ms"), "{second}");
-    assert!(!second.contains("is pere-server running"), "once: {second}");
-}
-
-/// Issue 18.10: the README's `--exec 'cat >> jobs.log'` glued payloads
-/// together; each now arrives as a line.
-#[tokio::test]
-async fn pere_sub_exec_gets_each_payload_as_a_line() {
-    let server = Server::start(0).await;
-    let dir = pere_tests::temp_dir("exec-lines");
-    let log = dir.join("jobs.log");
-    let command = format!("cat >> '{}'", log.display());
-    let mut sub = Proc::start(
-        "pere-sub",
-        &[
-            &server.hostport(),
-            "jobs",
-            "--json",
-            "--count",
-            "2",
-            "--device",
-            "worker",
-            "--exec",
-            &command,
-        ],
-        Stdio::null(),
-    );
-    assert_eq!(sub.json_line().await["event"], "pere.hello");
-    server.publish("jobs", "first").await;
-    server.publish("jobs", "second\n").await;
-    sub.success().await;
-    assert_eq!(std::fs::read_to_string(&log).unwrap(), "first\nsecond\n");
-    let _ = std::fs::remove_dir_all(dir);
-    server.stop().await;
-}
-
-/// Issue 18.3: an `--exec` that failed (`error: exit 4: boom`) looked like
-/// any other receipt in `pere-pub --wait` (`acked_by=worker-9`, exit 0).
-/// The line names devices whose status is not `ok`, stderr shows the
-/// status, and `--require-status` makes it a failure of its own.
-#[tokio::test]
-async fn pere_pub_shows_bad_receipt_statuses_and_require_status_fails_on_them() {
-    let server = Server::start(0).await;
-    let addr = server.hostport();
-    let start_sub = |device: &'static str, exec: &'static str| {
-        Proc::start(
-            "pere-sub",
-            &[&addr, "work", "--json", "--device", device, "--exec", exec],
-            Stdio::null(),
-        )
-    };
-    let mut good = start_sub("worker-1", "cat >/dev/null");
-    let mut bad = start_sub("worker-9", "cat >/dev/null; echo boom >&2; exit 4");
-    for sub in [&mut good, &mut bad] {
-        assert_eq!(sub.json_line().await["event"], "pere.hello");
-    }
-    let publish = |extra: &'static [&'static str]| {
-        let mut args = vec![
-            addr.as_str(),
-            "work",
-            "--data",
-            "job",
-            "--wait",
-            "acked",
-            "--timeout",
-            "5s",
-        ];
-        args.extend_from_slice(extra);
-        Proc::start("pere-pub", &args, Stdio::null())
-    };
-    // Shown, not failed, without the flag.
-    let mut shown = publish(&[]);
-    let lines = shown.success().await;
-    assert_eq!(word(&lines[0], "acked"), "2", "{lines:?}");
-    assert_eq!(word(&lines[0], "bad_status"), "worker-9", "{lines:?}");
-    assert!(
-        shown
-            .stderr_text()
-            .contains(r#"worker-9 acknowledged it with status "error: exit 4: boom""#),
-        "{}",
-        shown.stderr_text()
-    );
-    // Failed, with its own status, with it.
-    let mut required = publish(&["--require-status", "ok"]);
-    let lines = required.exit_with(5).await;
-    assert_eq!(word(&lines[0], "bad_status"), "worker-9", "{lines:?}");
-    assert_eq!(word(&lines[0], "timed_out"), "false", "{lines:?}");
-    // A prefix accepts every status that starts with it.
-    let mut lenient = publish(&["--require-status", "ok,error: exit 4*"]);
-    let lines = lenient.success().await;
-    assert_eq!(word(&lines[0], "bad_status"), "-", "{lines:?}");
     server.stop().await;
 }

@@ -6,6 +6,7 @@
 mod admin;
 mod auth;
 mod cli;
+mod cli_ux;
 mod connections;
 mod durability;
 mod envelope;

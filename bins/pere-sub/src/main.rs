@@ -46,7 +46,8 @@ fn main() -> ExitCode {
             .ok()
             .filter(|t| !t.trim().is_empty());
     }
-    let config = match Config::resolve(args) {
+    let state = config::state_dir(|k| std::env::var(k).ok());
+    let config = match Config::resolve(args, state.as_deref()) {
         Ok(c) => c,
         Err(err) => {
             eprintln!("pere-sub: {err}");
