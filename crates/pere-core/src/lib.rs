@@ -85,8 +85,8 @@ pub use config::{
 pub use error::{Error, NameKind, Result};
 pub use event::{Event, EventId, FRAME_FORMS, FrameCache, Sequencer, Timestamp, validate_payload};
 pub use hub::{
-    Acked, ChannelInfo, Connections, Gap, Hello, Hub, MAX_IDEMPOTENCY_KEY_LEN, Outgoing, Publish,
-    Published, Resume, Stats, SubscribeRequest, Subscription,
+    Acked, ChannelInfo, Connections, Gap, Hello, Hub, MAX_IDEMPOTENCY_KEY_LEN, Outgoing,
+    PatternInfo, Publish, Published, Resume, Stats, SubscribeRequest, Subscription,
 };
 pub use ledger::{
     DeviceReceipt, EventReceipts, Mark, OverdueNotice, ReceiptChange, ReceiptState, ReceiptSummary,

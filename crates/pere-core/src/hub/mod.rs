@@ -1011,9 +1011,11 @@ async fn process<S: EventStore>(inner: &Inner<S>, batch: Vec<Command>) {
     }
 }
 
+mod audience;
 mod state;
 mod subscription;
 
+pub use audience::PatternInfo;
 use state::{Effect, Plan, State};
 use subscription::StreamGuard;
 pub use subscription::{Outgoing, Subscription};
