@@ -24,3 +24,4 @@ mod redelivery;
 mod retention;
 mod shutdown;
 mod web;
+mod web_live;
