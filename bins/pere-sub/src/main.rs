@@ -385,3 +385,54 @@ fn notice(config: &Config, text: std::fmt::Arguments<'_>) {
         eprintln!("pere-sub: {text}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Issue 13. No path sends one pere-sub process an event twice: every
+    // reconnect carries Last-Event-ID, which the server honours (only a
+    // proxy that strips the header would make it redeliver what was not
+    // acknowledged). So the rule is tested here, on `Seen`.
+
+    #[test]
+    fn an_event_sent_again_is_recognised_with_the_status_of_its_receipt() {
+        let mut seen = Seen::default();
+        assert_eq!(seen.processed("7"), None, "new");
+        seen.record("7", Some("error: exit 4: boom".into()));
+        seen.record("8", None);
+        assert_eq!(
+            seen.processed("7"),
+            Some(Some("error: exit 4: boom")),
+            "acked again with the status it had"
+        );
+        assert_eq!(
+            seen.processed("8"),
+            Some(None),
+            "--no-ack: dropped, not acked"
+        );
+        // Recorded again (the receipt sent again): still one entry.
+        seen.record("7", Some("error: exit 4: boom".into()));
+        assert_eq!(seen.order.len(), 2);
+    }
+
+    #[test]
+    fn an_event_without_an_id_is_never_taken_for_a_repeat() {
+        let mut seen = Seen::default();
+        seen.record("", Some("ok".into()));
+        assert_eq!(seen.processed(""), None);
+        assert!(seen.order.is_empty());
+    }
+
+    #[test]
+    fn the_oldest_ids_are_forgotten_past_the_capacity() {
+        let mut seen = Seen::default();
+        for n in 0..=SEEN_CAPACITY {
+            seen.record(&n.to_string(), None);
+        }
+        assert_eq!(seen.processed("0"), None, "the oldest is forgotten");
+        assert!(seen.processed("1").is_some());
+        assert!(seen.processed(&SEEN_CAPACITY.to_string()).is_some());
+        assert_eq!(seen.status.len(), SEEN_CAPACITY);
+    }
+}
