@@ -332,8 +332,14 @@ async fn metrics_are_prometheus_text() {
         let (name, value) = line.rsplit_once(' ').unwrap();
         assert!(value.parse::<f64>().is_ok(), "{line}");
         let metric = name.split('{').next().unwrap();
+        // A histogram's samples are its name plus _bucket, _sum, _count.
+        let histogram = ["_bucket", "_sum", "_count"].iter().any(|suffix| {
+            metric
+                .strip_suffix(suffix)
+                .is_some_and(|family| text.contains(&format!("# TYPE {family} histogram\n")))
+        });
         assert!(
-            text.contains(&format!("# TYPE {metric} ")),
+            histogram || text.contains(&format!("# TYPE {metric} ")),
             "{metric} has a TYPE"
         );
     }

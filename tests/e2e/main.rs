@@ -15,6 +15,7 @@ mod feed;
 mod feedback;
 mod limits;
 mod load;
+mod metrics;
 mod overdue;
 mod pere_compat;
 mod protocol_doc;

@@ -215,6 +215,14 @@ pub struct EventReceipts {
 /// `id:` and `event:` lines, the end of the event, and an envelope's keys.
 const WIRE_OVERHEAD: usize = 512;
 
+impl Drop for EventReceipts {
+    /// An event leaves retention: its unacknowledged pairs leave the gauge.
+    fn drop(&mut self) {
+        let left = i64::try_from(self.unacked.load(Ordering::Acquire)).unwrap_or(i64::MAX);
+        self.watchers.metrics().add_unacked(-left);
+    }
+}
+
 /// Slot number meaning "not in the audience" (anonymous streams, late
 /// joiners resolved through the index).
 pub const NO_SLOT: u32 = u32::MAX;
@@ -231,6 +239,9 @@ impl EventReceipts {
             .filter(|&&b| b == b'\n' || b == b'\r')
             .count();
         let wire_size = event.payload.len() + 7 * (breaks + 1) + WIRE_OVERHEAD;
+        watchers
+            .metrics()
+            .add_unacked(i64::try_from(n).unwrap_or(i64::MAX));
         Self {
             wire_size,
             event,
@@ -311,6 +322,7 @@ impl EventReceipts {
             self.undelivered.fetch_add(1, Ordering::AcqRel);
         }
         self.unacked.fetch_add(1, Ordering::AcqRel);
+        self.watchers.metrics().add_unacked(1);
         slot
     }
 
@@ -480,6 +492,7 @@ impl EventReceipts {
             self.settle(&self.undelivered);
         }
         self.settle(&self.unacked);
+        self.watchers.metrics().add_unacked(-1);
         self.announce(device, ReceiptState::Acked, Some(status), at);
         AckOutcome::Acked
     }
@@ -498,6 +511,10 @@ impl EventReceipts {
 
     /// Tells the channel's receipt listeners that a device is overdue.
     pub fn announce_overdue(&self, notice: &OverdueNotice) {
+        self.watchers
+            .metrics()
+            .overdue
+            .fetch_add(1, Ordering::Relaxed);
         let now = Timestamp::now();
         if self.watchers.recording(now) {
             self.watchers

@@ -71,6 +71,7 @@ pub mod fuzzing;
 mod hub;
 pub mod ledger;
 pub mod log;
+pub mod metrics;
 mod name;
 pub mod presence;
 mod queue;

@@ -35,6 +35,7 @@ use crate::error::{Error, Result};
 use crate::event::{Event, EventId, Sequencer, Timestamp, validate_payload};
 use crate::ledger::{EventReceipts, OverdueNotice, ReceiptState, ReceiptSummary};
 use crate::log::{EventStore, MemoryStore};
+use crate::metrics::HubMetrics;
 use crate::name::{ChannelName, DeviceId, EventType, Pattern};
 use crate::presence::{Presence, StreamRx, StreamShared, StreamTx};
 use crate::receipt_log::{ReceiptFollower, ReceiptLog};
@@ -253,6 +254,9 @@ struct Inner<S> {
     /// (waiting publishes) that must answer before the server stops.
     closing_signal: tokio::sync::watch::Sender<bool>,
     counters: Counters,
+    /// Latency histograms and the gauges the ledger keeps (also held by
+    /// the state, for each channel's receipts, and by every stream).
+    metrics: Arc<HubMetrics>,
 }
 
 impl<S> Inner<S> {
@@ -327,6 +331,7 @@ impl<S: EventStore> Hub<S> {
             seq = Sequencer::after(floor);
         }
         let auth = Arc::new(AuthRegistry::default());
+        let metrics = Arc::new(HubMetrics::default());
         let mut state = State {
             auth: auth.clone(),
             head: seq.last(),
@@ -350,6 +355,7 @@ impl<S: EventStore> Hub<S> {
             delivered_closed: 0,
             redelivered_closed: 0,
             closed: false,
+            metrics: metrics.clone(),
         };
         state.recover(recovered.records, &recovered.evicted);
         if auth.has_runtime_tokens() {
@@ -369,6 +375,7 @@ impl<S: EventStore> Hub<S> {
             closing: AtomicBool::new(false),
             closing_signal: tokio::sync::watch::Sender::new(false),
             counters: Counters::default(),
+            metrics,
         });
         tokio::spawn(writer(inner.clone(), rx));
         Ok(Self { inner })
@@ -377,6 +384,11 @@ impl<S: EventStore> Hub<S> {
     /// The hub's configuration.
     pub fn config(&self) -> &HubConfig {
         &self.inner.config
+    }
+
+    /// Latency histograms and gauges for an operator (issue 18.11).
+    pub fn metrics(&self) -> &HubMetrics {
+        &self.inner.metrics
     }
 
     /// The store.
@@ -467,8 +479,16 @@ impl<S: EventStore> Hub<S> {
         if let Some(key) = &publish.idempotency_key {
             validate_idempotency_key(key)?;
         }
-        self.call(|reply| Command::Publish(Box::new(publish), reply))
-            .await
+        let published = self
+            .call(|reply| Command::Publish(Box::new(publish), reply))
+            .await?;
+        if published.duplicate {
+            self.inner
+                .metrics
+                .idempotent_replays
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(published)
     }
 
     /// Opens a stream: registers it, becomes (or stays) a member for each
@@ -544,7 +564,11 @@ impl<S: EventStore> Hub<S> {
             .counters
             .streams_opened
             .fetch_add(1, Ordering::Relaxed);
+        if plan.gap.is_some() {
+            self.inner.metrics.gaps.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(Subscription {
+            metrics: self.inner.metrics.clone(),
             hello: plan.hello,
             gap: plan.gap,
             replay: plan.replay.into(),
@@ -576,15 +600,29 @@ impl<S: EventStore> Hub<S> {
                 limit: MAX_STATUS_LEN,
             });
         }
-        self.check_recipient(subscription, device, id)?;
-        self.call(|reply| Command::Ack {
-            subscription: subscription.clone(),
-            device: device.clone(),
-            id,
-            status: intern_status(status),
-            reply,
-        })
-        .await
+        let receipts = self.check_recipient(subscription, device, id)?;
+        let first = !receipts.is_acked_by(device);
+        let acked = self
+            .call(|reply| Command::Ack {
+                subscription: subscription.clone(),
+                device: device.clone(),
+                id,
+                status: intern_status(status),
+                reply,
+            })
+            .await?;
+        if first {
+            self.observe_ack(&receipts);
+        }
+        Ok(acked)
+    }
+
+    /// A device's first receipt of an event: publish → acked.
+    fn observe_ack(&self, receipts: &EventReceipts) {
+        self.inner
+            .metrics
+            .publish_to_acked
+            .observe_between(receipts.event.time, Timestamp::now());
     }
 
     /// Records many receipts at once: all reach the writer together, so they
@@ -607,10 +645,14 @@ impl<S: EventStore> Hub<S> {
                 pending.push(Err(Error::StoreUnavailable(cause.clone())));
                 continue;
             }
-            if let Err(err) = self.check_recipient(&subscription, &device, id) {
-                pending.push(Err(err));
-                continue;
-            }
+            let receipts = match self.check_recipient(&subscription, &device, id) {
+                Ok(receipts) => receipts,
+                Err(err) => {
+                    pending.push(Err(err));
+                    continue;
+                }
+            };
+            let first = (!receipts.is_acked_by(&device)).then_some(receipts);
             let (reply, rx) = oneshot::channel();
             let sent = self.inner.commands.send(Command::Ack {
                 subscription,
@@ -620,14 +662,20 @@ impl<S: EventStore> Hub<S> {
                 reply,
             });
             pending.push(match sent {
-                Ok(()) => Ok(rx),
+                Ok(()) => Ok((rx, first)),
                 Err(_) => Err(Error::ShuttingDown),
             });
         }
         let mut results = Vec::with_capacity(pending.len());
         for p in pending {
             results.push(match p {
-                Ok(rx) => rx.await.unwrap_or(Err(Error::ShuttingDown)),
+                Ok((rx, first)) => {
+                    let acked = rx.await.unwrap_or(Err(Error::ShuttingDown));
+                    if let (Ok(_), Some(receipts)) = (&acked, first) {
+                        self.observe_ack(&receipts);
+                    }
+                    acked
+                }
                 Err(e) => Err(e),
             });
         }
@@ -644,9 +692,10 @@ impl<S: EventStore> Hub<S> {
         subscription: &Pattern,
         device: &DeviceId,
         id: EventId,
-    ) -> Result<()> {
-        if self.receipts(subscription, id)?.may_ack(device) {
-            Ok(())
+    ) -> Result<Arc<EventReceipts>> {
+        let receipts = self.receipts(subscription, id)?;
+        if receipts.may_ack(device) {
+            Ok(receipts)
         } else {
             Err(Error::NotRecipient {
                 id: id.to_string(),
@@ -961,7 +1010,10 @@ async fn process<S: EventStore>(inner: &Inner<S>, batch: Vec<Command>) {
     } else if records.is_empty() {
         Ok(Vec::new())
     } else {
-        inner.store.append(&records).await
+        let started = std::time::Instant::now();
+        let appended = inner.store.append(&records).await;
+        inner.metrics.journal_write.observe(started.elapsed());
+        appended
     };
     match result {
         Ok(mut evicted) => {

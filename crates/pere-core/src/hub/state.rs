@@ -18,6 +18,7 @@ use crate::error::Error;
 use crate::event::{Event, EventId, FrameCache, Sequencer, Timestamp};
 use crate::ledger::{EventReceipts, NO_SLOT, OverdueNotice, ReceiptState};
 use crate::log::{Evicted, Record};
+use crate::metrics::HubMetrics;
 use crate::name::{ChannelName, DeviceId, Pattern};
 use crate::presence::{Delivery, Member, Op, StreamShared, StreamTx};
 use crate::queue::Push;
@@ -254,14 +255,18 @@ pub(super) struct State {
     /// Counted redeliveries of streams that closed.
     pub(super) redelivered_closed: u64,
     pub(super) closed: bool,
+    /// The hub's measurements, handed to each channel's receipts.
+    pub(super) metrics: Arc<HubMetrics>,
 }
 
 impl State {
     pub(super) fn watchers_for(&mut self, channel: &ChannelName) -> Arc<ReceiptLog> {
-        let gaps = &self.receipt_gaps;
+        let (gaps, metrics) = (&self.receipt_gaps, &self.metrics);
         self.watchers
             .entry(channel.clone())
-            .or_insert_with(|| Arc::new(ReceiptLog::counting_gaps(gaps.clone())))
+            .or_insert_with(|| {
+                Arc::new(ReceiptLog::counting_gaps(gaps.clone()).with_metrics(metrics.clone()))
+            })
             .clone()
     }
 

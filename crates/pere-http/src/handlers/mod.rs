@@ -86,7 +86,10 @@ fn finish<S: EventStore>(
     origin: Option<&HeaderValue>,
     result: Result<Response<Body>, ApiError>,
 ) -> Response<Body> {
-    let mut response = result.unwrap_or_else(|err| error_response(&err));
+    let mut response = result.unwrap_or_else(|err| {
+        app.metrics.count_error(&err);
+        error_response(&err)
+    });
     app.metrics.count(response.status());
     add_cors(&app.config.cors, origin, response.headers_mut());
     response
