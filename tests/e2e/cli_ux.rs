@@ -348,3 +348,68 @@ async fn pere_sub_without_a_device_is_the_same_device_on_every_run() {
     }
     server.stop().await;
 }
+
+/// Issue 18.2: one INFO line per publish and per receipt (548,000 lines in
+/// 7 s under load). Per-event lines are DEBUG now; while busy, one INFO
+/// line per `--log-summary` period says how much happened.
+#[tokio::test]
+async fn the_server_logs_a_periodic_summary_instead_of_a_line_per_event() {
+    let server = pere_tests::ServerProcess::start(&["--log-summary", "300ms"]).await;
+    let mut stream =
+        pere_tests::SseStream::open(server.addr, "/feed/busy", &[("device", "d")]).await;
+    assert_eq!(stream.next_event().await.unwrap().event, "pere.hello");
+    const EVENTS: usize = 40;
+    for n in 0..EVENTS {
+        let r = server
+            .request("POST", "/push/busy", &[], n.to_string().as_bytes())
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text());
+        let id = r.json()["id"].as_str().unwrap().to_string();
+        let body = serde_json::json!({ "id": id }).to_string();
+        let r = server
+            .request(
+                "POST",
+                "/feedback/busy",
+                &[("device", "d"), ("Content-Type", "application/json")],
+                body.as_bytes(),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    stream.messages(EVENTS).await;
+    pere_tests::eventually("an activity line", || async {
+        let log = server.log();
+        let published: u64 = log
+            .lines()
+            .filter(|l| l.contains("activity:"))
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix("published="))?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum();
+        published == EVENTS as u64
+    })
+    .await;
+    drop(stream);
+    let log = server.stop();
+    let per_event: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("recipients=") || l.contains("status=") || l.contains("subscribed"))
+        .collect();
+    assert!(
+        per_event.is_empty(),
+        "per-event lines at INFO: {per_event:#?}"
+    );
+    let activity = log.lines().find(|l| l.contains("activity:")).unwrap();
+    assert!(
+        activity.contains("publishes/s") && activity.contains("INFO"),
+        "{activity}"
+    );
+    assert!(
+        log.lines().count() < 40,
+        "{EVENTS} publishes and receipts, {} log lines:\n{log}",
+        log.lines().count()
+    );
+}

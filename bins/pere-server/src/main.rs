@@ -139,6 +139,10 @@ async fn serve_with<S: EventStore>(
     let nofile = raise_nofile();
     server.fd_budget = nofile.map(pere_http::limits::fd_budget);
     banner(&config, addr, &hub, nofile);
+    tokio::spawn(pere_http::activity::log_activity(
+        hub.clone(),
+        config.log_summary,
+    ));
     pere_http::run(listener, hub, server, shutdown_signal()).await?;
     tracing::info!("bye");
     Ok(())

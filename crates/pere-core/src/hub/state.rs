@@ -606,7 +606,9 @@ impl State {
                     duplicate: false,
                     receipts: Some(receipts),
                 };
-                tracing::info!(
+                // Per event: DEBUG (issue 18.2); pere_http::activity sums
+                // them up at INFO.
+                tracing::debug!(
                     channel = %published.channel,
                     id = %published.id,
                     recipients = published.recipients,
@@ -622,7 +624,7 @@ impl State {
             } => {
                 let receipts = self.by_id.get(&id).cloned();
                 let recipients = receipts.as_ref().map_or(recipients, |r| r.audience().len());
-                tracing::info!(channel = %channel, id = %id, "idempotent retry answered with the first result");
+                tracing::debug!(channel = %channel, id = %id, "idempotent retry answered with the first result");
                 let _ = reply.send(Ok(Published {
                     id,
                     channel,
@@ -647,7 +649,7 @@ impl State {
                     receipts.id(),
                     now,
                 );
-                tracing::info!(
+                tracing::debug!(
                     channel = %receipts.event.channel,
                     id = %receipts.id(),
                     device = %device,
@@ -969,7 +971,7 @@ impl State {
                 .chain(floors.iter().copied())
                 .min(),
         };
-        tracing::info!(
+        tracing::debug!(
             stream = stream.shared.id,
             device = req.device.as_ref().map(DeviceId::as_str),
             channels = ?req.patterns.iter().map(Pattern::as_str).collect::<Vec<_>>(),
@@ -1233,7 +1235,7 @@ impl State {
                 deadline,
                 expired,
             };
-            tracing::info!(
+            tracing::debug!(
                 channel = %notice.channel,
                 id = %notice.id,
                 device = %device,
@@ -1321,7 +1323,7 @@ impl State {
                     return true;
                 }
                 if member.is_member {
-                    tracing::info!(subscription = %pattern, device = %device, "membership expired");
+                    tracing::debug!(subscription = %pattern, device = %device, "membership expired");
                     records.push(Record::Left {
                         subscription: pattern.clone(),
                         device: device.clone(),
