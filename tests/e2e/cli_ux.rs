@@ -413,3 +413,50 @@ async fn the_server_logs_a_periodic_summary_instead_of_a_line_per_event() {
         log.lines().count()
     );
 }
+
+/// Issue 18.9: a taken port said only "Address already in use", a data
+/// directory in use did not say by whom, and `--data-dir` naming a file
+/// said "File exists (os error 17)". Each now says what to do.
+#[tokio::test]
+async fn pere_server_says_what_to_do_when_it_cannot_start() {
+    // The port is taken.
+    let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let (status, _, stderr) = run_tool("pere-server", &["--memory", "--port", &port]).await;
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("port {port} is taken")) && stderr.contains("--port"),
+        "{stderr}"
+    );
+    drop(taken);
+
+    // The data directory is another server's.
+    let dir = pere_tests::temp_dir("held-data");
+    let data = dir.join("data");
+    let data = data.to_str().unwrap();
+    let first = pere_tests::ServerProcess::start(&["--data-dir", data]).await;
+    let (status, _, stderr) = run_tool("pere-server", &["--data-dir", data, "--port", "0"]).await;
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("pid {}", first.pid()))
+            && stderr.contains("--data-dir")
+            && stderr.contains(data),
+        "{stderr}"
+    );
+    first.stop();
+
+    // --data-dir names a file.
+    let file = dir.join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let (status, _, stderr) = run_tool(
+        "pere-server",
+        &["--data-dir", file.to_str().unwrap(), "--port", "0"],
+    )
+    .await;
+    assert_eq!(status.code(), Some(2), "a bad flag value: {stderr}");
+    assert!(
+        stderr.contains("is a file, not a directory") && !stderr.contains("os error"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
