@@ -373,7 +373,7 @@ async fn an_oversized_publish_with_expect_100_continue_is_refused_before_the_bod
 }
 
 /// Issue 18.9: the tools take `--timeout 5s`; HTTP now takes `timeout=5s`
-/// too (a bare number stays milliseconds, as PROTOCOL §2 says).
+/// too (a bare number stays milliseconds, as docs/PROTOCOL.md §2.1 says).
 #[tokio::test]
 async fn a_timeout_with_a_unit_is_a_duration_like_on_the_command_line() {
     let server = TestServer::start().await;

@@ -205,7 +205,7 @@ async fn dashboard_lists_patterns_and_drops_a_device() {
 /// same page, and acknowledges it again with the status it used. The path
 /// is real: a receipt is lost (the page is offline when it sends it), the
 /// page closes its subscription and opens another for the same device, and
-/// the server sends every unacknowledged event again (PROTOCOL §5).
+/// the server sends every unacknowledged event again (docs/PROTOCOL.md §5.4).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pere_js_processes_a_redelivered_event_once_and_acks_it_again() {
     let server = TestServer::start().await;

@@ -27,7 +27,7 @@ use crate::handlers::App;
 #[derive(Debug)]
 pub struct HttpMetrics {
     by_class: [AtomicU64; 5],
-    /// Error answers by their PROTOCOL §8 `code` (a fixed vocabulary of
+    /// Error answers by their docs/PROTOCOL.md §8 `code` (a fixed vocabulary of
     /// `&'static str`, so the map stays small).
     errors: Mutex<BTreeMap<&'static str, u64>>,
     /// `401` and `403` answers.
@@ -277,7 +277,7 @@ pub fn render<S: EventStore>(app: &App<S>) -> Response<Body> {
     out.header(
         "pere_http_errors_total",
         "counter",
-        "Error answers by their PROTOCOL §8 code (invalid_channel, payload_too_large, not_a_recipient, …).",
+        "Error answers by their docs/PROTOCOL.md §8.1 code (invalid_channel, payload_too_large, not_a_recipient, …).",
     );
     let errors = app
         .metrics

@@ -24,7 +24,7 @@ enum Wait {
     Acked,
 }
 
-/// Reads `timeout`: decimal milliseconds (PROTOCOL §2), or a duration with
+/// Reads `timeout`: decimal milliseconds (docs/PROTOCOL.md §2.1), or a duration with
 /// a unit as the command-line tools take them (`5s`, `500ms`, `1m`; issue
 /// 18.9: `timeout=5s` was refused). Values above [`MAX_WAIT_MS`] are
 /// capped, however many digits they have, rather than refused; the answer
