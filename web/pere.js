@@ -33,6 +33,34 @@ export const CHANNEL_RE = /^[A-Za-z0-9_\-.:*]{1,200}$/;
 /** Longest wait between two reconnect attempts made by this module, in ms. */
 const MAX_BACKOFF_MS = 30_000;
 
+/** Event ids remembered as processed per device; the oldest are forgotten first. */
+const MAX_PROCESSED = 10_000;
+
+// Events this page processed, per server and device: id → the status of the
+// receipt the page sent for it (null until it sends one). docs/PROTOCOL.md §5: a
+// device that comes back without Last-Event-ID is sent again every event it
+// has not acknowledged, with the same id; a page that closes a subscription
+// and opens another for the same device (or whose receipt was lost) sees
+// such events twice. They are processed once per page lifetime, and their
+// receipt is sent again with the status the page used.
+const processed = new Map();
+
+function processedBy(base, device) {
+  const key = `${base}\u0000${device || ''}`;
+  let ids = processed.get(key);
+  if (!ids) {
+    ids = new Map();
+    processed.set(key, ids);
+  }
+  return ids;
+}
+
+function remember(ids, id, status) {
+  ids.delete(id); // re-inserted last: the newest are kept
+  ids.set(id, status);
+  if (ids.size > MAX_PROCESSED) ids.delete(ids.keys().next().value);
+}
+
 /** An error answer of the server (docs/PROTOCOL.md §8), or a network failure (status 0). */
 export class PereError extends Error {
   constructor(status, code, message) {
@@ -105,18 +133,40 @@ async function errorOf(response) {
  * @param {string} path e.g. `/admin/channels`
  * @param {{base?: string, accessToken?: string, signal?: AbortSignal}} [options]
  */
-export async function getJson(path, { base = '', accessToken, signal } = {}) {
+export async function getJson(path, options = {}) {
+  return requestJson('GET', path, options);
+}
+
+/**
+ * `METHOD path` (e.g. `DELETE /admin/devices/:channel/:device`), the answer
+ * as JSON; throws a `PereError` for an error answer or a network failure.
+ * @param {string} method
+ * @param {string} path
+ * @param {{base?: string, accessToken?: string, signal?: AbortSignal}} [options]
+ */
+export async function requestJson(method, path, { base = '', accessToken, signal } = {}) {
   const headers = { Accept: 'application/json' };
   if (accessToken) headers.Authorization = 'Bearer ' + accessToken;
   let response;
   try {
-    response = await fetch(base + path, { headers, signal, cache: 'no-store' });
+    response = await fetch(base + path, { method, headers, signal, cache: 'no-store' });
   } catch (err) {
     if (err && err.name === 'AbortError') throw err;
     throw new PereError(0, 'network', `cannot reach the server (${err && err.message})`);
   }
   if (!response.ok) throw await errorOf(response);
   return response.json();
+}
+
+/**
+ * The URL of a channel's receipts stream (`GET /receipts/:channel`, SSE):
+ * `receipt` events for every change of a receipt, `overdue` notices.
+ * @param {string} channel
+ * @param {{base?: string, accessToken?: string}} [options]
+ */
+export function receiptsUrl(channel, { base = '', accessToken } = {}) {
+  const query = accessToken ? '?access_token=' + encodeURIComponent(accessToken) : '';
+  return `${base}/receipts/${encodeURIComponent(channel)}${query}`;
 }
 
 /**
@@ -132,6 +182,9 @@ export async function getJson(path, { base = '', accessToken, signal } = {}) {
  *   `json: true` sends `{"id","status"}` instead of PERE's form body `status=…`
  */
 export async function ack(channel, device, id, status = 'ok', { base = '', json = false, accessToken, signal } = {}) {
+  // Remembered before it is sent: if this receipt is lost, the event comes
+  // again and the receipt is sent again with the same status.
+  remember(processedBy(base, device), id, status);
   const headers = { device, 'Last-Event-ID': id };
   let body;
   if (json) {
@@ -182,6 +235,12 @@ export async function ack(channel, device, id, status = 'ok', { base = '', json 
  *
  * `PereEvent` is `{id, type, data, json, receivedAt}`: `json` is the
  * payload parsed when it is a JSON object or array.
+ *
+ * An event whose id this page already processed for the device (the server
+ * sends unacknowledged events again when a device comes back without
+ * Last-Event-ID, docs/PROTOCOL.md §5) is not passed to `onEvent` again; if the page
+ * sent a receipt for it, the receipt is sent again with the same status
+ * (the first one may have been lost).
  *
  * The returned subscription has `state`, `lastEventId`, `channels`,
  * `device`, `ack(id, status?)` and `close()`.
@@ -286,6 +345,15 @@ class Subscription {
     const onData = (e) => {
       if (source !== this.#source) return;
       if (e.lastEventId) this.lastEventId = e.lastEventId;
+      if (e.lastEventId) {
+        const ids = processedBy(this.#o.base, this.device);
+        if (ids.has(e.lastEventId)) {
+          const status = ids.get(e.lastEventId);
+          if (status !== null && this.device) this.ack(e.lastEventId, status).catch(() => {});
+          return;
+        }
+        remember(ids, e.lastEventId, null);
+      }
       if (this.#o.onEvent) {
         this.#o.onEvent({
           id: e.lastEventId,

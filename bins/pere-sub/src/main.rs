@@ -46,7 +46,8 @@ fn main() -> ExitCode {
             .ok()
             .filter(|t| !t.trim().is_empty());
     }
-    let config = match Config::resolve(args) {
+    let state = config::state_dir(|k| std::env::var(k).ok());
+    let config = match Config::resolve(args, state.as_deref()) {
         Ok(c) => c,
         Err(err) => {
             eprintln!("pere-sub: {err}");
@@ -160,6 +161,10 @@ async fn follow(config: &Config) -> Result<(), Stop> {
     let deadline = config.timeout.map(|t| Instant::now() + t);
     let mut received: u64 = 0;
     let mut seen = Seen::default();
+    // Whether a stream ever opened: until then a failure is more likely a
+    // wrong address or a server not started than a restart (issue 18.10).
+    let mut connected_once = false;
+    let mut hinted = false;
     loop {
         let next = match deadline {
             None => sub.next().await,
@@ -183,6 +188,7 @@ async fn follow(config: &Config) -> Result<(), Stop> {
         let event = match item {
             SubscriberItem::Event(event) => event,
             SubscriberItem::Connected => {
+                connected_once = true;
                 notice(
                     config,
                     format_args!("connected to {}", sub.address().url(sub.path())),
@@ -198,10 +204,19 @@ async fn follow(config: &Config) -> Result<(), Stop> {
                     "" => String::new(),
                     id => format!(", resuming after event {id}"),
                 };
+                let hint = if !connected_once && !hinted {
+                    hinted = true;
+                    format!(
+                        "; is pere-server running at {}? start it, or check HOST:PORT (each failed attempt doubles the wait, up to a minute)",
+                        config.addr
+                    )
+                } else {
+                    String::new()
+                };
                 notice(
                     config,
                     format_args!(
-                        "reconnecting in {} ms (attempt {attempt}{from})",
+                        "reconnecting in {} ms (attempt {attempt}{from}){hint}",
                         after.as_millis()
                     ),
                 );
@@ -368,5 +383,56 @@ fn print_event(config: &Config, event: &SseEvent, control: bool) -> Result<(), S
 fn notice(config: &Config, text: std::fmt::Arguments<'_>) {
     if !config.quiet {
         eprintln!("pere-sub: {text}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Issue 13. No path sends one pere-sub process an event twice: every
+    // reconnect carries Last-Event-ID, which the server honours (only a
+    // proxy that strips the header would make it redeliver what was not
+    // acknowledged). So the rule is tested here, on `Seen`.
+
+    #[test]
+    fn an_event_sent_again_is_recognised_with_the_status_of_its_receipt() {
+        let mut seen = Seen::default();
+        assert_eq!(seen.processed("7"), None, "new");
+        seen.record("7", Some("error: exit 4: boom".into()));
+        seen.record("8", None);
+        assert_eq!(
+            seen.processed("7"),
+            Some(Some("error: exit 4: boom")),
+            "acked again with the status it had"
+        );
+        assert_eq!(
+            seen.processed("8"),
+            Some(None),
+            "--no-ack: dropped, not acked"
+        );
+        // Recorded again (the receipt sent again): still one entry.
+        seen.record("7", Some("error: exit 4: boom".into()));
+        assert_eq!(seen.order.len(), 2);
+    }
+
+    #[test]
+    fn an_event_without_an_id_is_never_taken_for_a_repeat() {
+        let mut seen = Seen::default();
+        seen.record("", Some("ok".into()));
+        assert_eq!(seen.processed(""), None);
+        assert!(seen.order.is_empty());
+    }
+
+    #[test]
+    fn the_oldest_ids_are_forgotten_past_the_capacity() {
+        let mut seen = Seen::default();
+        for n in 0..=SEEN_CAPACITY {
+            seen.record(&n.to_string(), None);
+        }
+        assert_eq!(seen.processed("0"), None, "the oldest is forgotten");
+        assert!(seen.processed("1").is_some());
+        assert!(seen.processed(&SEEN_CAPACITY.to_string()).is_some());
+        assert_eq!(seen.status.len(), SEEN_CAPACITY);
     }
 }

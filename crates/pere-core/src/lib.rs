@@ -71,6 +71,7 @@ pub mod fuzzing;
 mod hub;
 pub mod ledger;
 pub mod log;
+pub mod metrics;
 mod name;
 pub mod presence;
 mod queue;
@@ -85,8 +86,9 @@ pub use config::{
 pub use error::{Error, NameKind, Result};
 pub use event::{Event, EventId, FRAME_FORMS, FrameCache, Sequencer, Timestamp, validate_payload};
 pub use hub::{
-    Acked, ChannelInfo, Connections, Gap, Hello, Hub, MAX_IDEMPOTENCY_KEY_LEN, Outgoing, Publish,
-    Published, Resume, Stats, StoreHealth, StoreOutage, SubscribeRequest, Subscription,
+    Acked, ChannelInfo, Connections, Gap, Hello, Hub, MAX_IDEMPOTENCY_KEY_LEN, Outgoing,
+    PatternInfo, Publish, Published, Resume, Stats, StoreHealth, StoreOutage, SubscribeRequest,
+    Subscription,
 };
 pub use ledger::{
     DeviceReceipt, EventReceipts, Mark, OverdueNotice, ReceiptChange, ReceiptState, ReceiptSummary,

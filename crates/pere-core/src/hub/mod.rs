@@ -35,6 +35,7 @@ use crate::error::{Error, Result};
 use crate::event::{Event, EventId, Sequencer, Timestamp, validate_payload};
 use crate::ledger::{EventReceipts, OverdueNotice, ReceiptState, ReceiptSummary};
 use crate::log::{Damage, EventStore, MemoryStore};
+use crate::metrics::HubMetrics;
 use crate::name::{ChannelName, DeviceId, EventType, Pattern};
 use crate::presence::{Presence, StreamRx, StreamShared, StreamTx};
 use crate::receipt_log::{ReceiptFollower, ReceiptLog};
@@ -275,7 +276,13 @@ struct Inner<S> {
     /// What the store's recovery skipped.
     damage: Vec<Damage>,
     closing: AtomicBool,
+    /// Turns true when shutdown begins, for requests held open on the hub
+    /// (waiting publishes) that must answer before the server stops.
+    closing_signal: tokio::sync::watch::Sender<bool>,
     counters: Counters,
+    /// Latency histograms and the gauges the ledger keeps (also held by
+    /// the state, for each channel's receipts, and by every stream).
+    metrics: Arc<HubMetrics>,
 }
 
 impl<S> Inner<S> {
@@ -361,6 +368,7 @@ impl<S: EventStore> Hub<S> {
             seq = Sequencer::after(floor);
         }
         let auth = Arc::new(AuthRegistry::default());
+        let metrics = Arc::new(HubMetrics::default());
         let mut state = State {
             auth: auth.clone(),
             head: seq.last(),
@@ -384,6 +392,7 @@ impl<S: EventStore> Hub<S> {
             delivered_closed: 0,
             redelivered_closed: 0,
             closed: false,
+            metrics: metrics.clone(),
         };
         state.recover(recovered.records, &recovered.evicted);
         if auth.has_runtime_tokens() {
@@ -402,7 +411,9 @@ impl<S: EventStore> Hub<S> {
             health: Mutex::new(Health::default()),
             damage: recovered.damage,
             closing: AtomicBool::new(false),
+            closing_signal: tokio::sync::watch::Sender::new(false),
             counters: Counters::default(),
+            metrics,
         });
         tokio::spawn(writer(inner.clone(), rx));
         Ok(Self { inner })
@@ -411,6 +422,11 @@ impl<S: EventStore> Hub<S> {
     /// The hub's configuration.
     pub fn config(&self) -> &HubConfig {
         &self.inner.config
+    }
+
+    /// Latency histograms and gauges for an operator (issue 18.11).
+    pub fn metrics(&self) -> &HubMetrics {
+        &self.inner.metrics
     }
 
     /// The store.
@@ -465,6 +481,15 @@ impl<S: EventStore> Hub<S> {
         self.inner.closing.load(Ordering::Acquire)
     }
 
+    /// Resolves once shutdown has begun ([`Hub::shutdown`]): a request held
+    /// open on the hub, such as a publish waiting for receipts, answers with
+    /// what it has instead of being cut by the server's grace period.
+    pub async fn closing(&self) {
+        let mut signal = self.inner.closing_signal.subscribe();
+        // The sender lives as long as the hub this handle keeps alive.
+        let _ = signal.wait_for(|closing| *closing).await;
+    }
+
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
         if let Some(refused) = self.inner.health().refusal() {
             return Err(refused);
@@ -492,8 +517,16 @@ impl<S: EventStore> Hub<S> {
         if let Some(key) = &publish.idempotency_key {
             validate_idempotency_key(key)?;
         }
-        self.call(|reply| Command::Publish(Box::new(publish), reply))
-            .await
+        let published = self
+            .call(|reply| Command::Publish(Box::new(publish), reply))
+            .await?;
+        if published.duplicate {
+            self.inner
+                .metrics
+                .idempotent_replays
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(published)
     }
 
     /// Opens a stream: registers it, becomes (or stays) a member for each
@@ -569,7 +602,11 @@ impl<S: EventStore> Hub<S> {
             .counters
             .streams_opened
             .fetch_add(1, Ordering::Relaxed);
+        if plan.gap.is_some() {
+            self.inner.metrics.gaps.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(Subscription {
+            metrics: self.inner.metrics.clone(),
             hello: plan.hello,
             gap: plan.gap,
             replay: plan.replay.into(),
@@ -585,7 +622,9 @@ impl<S: EventStore> Hub<S> {
     ///
     /// # Errors
     /// [`Error::UnknownEvent`] when no retained event has that id on a
-    /// matching channel; [`Error::StatusTooLong`]; a store failure.
+    /// matching channel; [`Error::NotRecipient`] when the event was never
+    /// written to `device` and it is not in its audience;
+    /// [`Error::StatusTooLong`]; a store failure.
     pub async fn ack(
         &self,
         subscription: &Pattern,
@@ -599,14 +638,29 @@ impl<S: EventStore> Hub<S> {
                 limit: MAX_STATUS_LEN,
             });
         }
-        self.call(|reply| Command::Ack {
-            subscription: subscription.clone(),
-            device: device.clone(),
-            id,
-            status: intern_status(status),
-            reply,
-        })
-        .await
+        let receipts = self.check_recipient(subscription, device, id)?;
+        let first = !receipts.is_acked_by(device);
+        let acked = self
+            .call(|reply| Command::Ack {
+                subscription: subscription.clone(),
+                device: device.clone(),
+                id,
+                status: intern_status(status),
+                reply,
+            })
+            .await?;
+        if first {
+            self.observe_ack(&receipts);
+        }
+        Ok(acked)
+    }
+
+    /// A device's first receipt of an event: publish → acked.
+    fn observe_ack(&self, receipts: &EventReceipts) {
+        self.inner
+            .metrics
+            .publish_to_acked
+            .observe_between(receipts.event.time, Timestamp::now());
     }
 
     /// Records many receipts at once: all reach the writer together, so they
@@ -629,6 +683,14 @@ impl<S: EventStore> Hub<S> {
                 pending.push(Err(refused));
                 continue;
             }
+            let receipts = match self.check_recipient(&subscription, &device, id) {
+                Ok(receipts) => receipts,
+                Err(err) => {
+                    pending.push(Err(err));
+                    continue;
+                }
+            };
+            let first = (!receipts.is_acked_by(&device)).then_some(receipts);
             let (reply, rx) = oneshot::channel();
             let sent = self.inner.commands.send(Command::Ack {
                 subscription,
@@ -638,18 +700,46 @@ impl<S: EventStore> Hub<S> {
                 reply,
             });
             pending.push(match sent {
-                Ok(()) => Ok(rx),
+                Ok(()) => Ok((rx, first)),
                 Err(_) => Err(Error::ShuttingDown),
             });
         }
         let mut results = Vec::with_capacity(pending.len());
         for p in pending {
             results.push(match p {
-                Ok(rx) => rx.await.unwrap_or(Err(Error::ShuttingDown)),
+                Ok((rx, first)) => {
+                    let acked = rx.await.unwrap_or(Err(Error::ShuttingDown));
+                    if let (Ok(_), Some(receipts)) = (&acked, first) {
+                        self.observe_ack(&receipts);
+                    }
+                    acked
+                }
                 Err(e) => Err(e),
             });
         }
         results
+    }
+
+    /// Refuses a receipt from a device the event was never written to and
+    /// whose audience it is not in (issue 18: a typo in a device id must not
+    /// turn it into a recipient). Checked before the writer sees the
+    /// receipt: [`EventReceipts::may_ack`] never turns false again, and an
+    /// event that is gone by then is refused by the writer anyway.
+    fn check_recipient(
+        &self,
+        subscription: &Pattern,
+        device: &DeviceId,
+        id: EventId,
+    ) -> Result<Arc<EventReceipts>> {
+        let receipts = self.receipts(subscription, id)?;
+        if receipts.may_ack(device) {
+            Ok(receipts)
+        } else {
+            Err(Error::NotRecipient {
+                id: id.to_string(),
+                device: device.to_string(),
+            })
+        }
     }
 
     /// Ends `device`'s membership of `subscription` and closes its streams
@@ -884,6 +974,7 @@ impl<S: EventStore> Hub<S> {
     /// Safe to call more than once.
     pub async fn shutdown(&self) {
         self.inner.closing.store(true, Ordering::Release);
+        self.inner.closing_signal.send_replace(true);
         let (tx, rx) = oneshot::channel();
         if self.inner.commands.send(Command::Shutdown(tx)).is_ok() {
             // The writer answers once the store is closed; if it is already
@@ -999,7 +1090,10 @@ async fn process<S: EventStore>(inner: &Inner<S>, batch: Vec<Command>) {
     } else if records.is_empty() {
         Ok(Vec::new())
     } else {
-        inner.store.append(&records).await
+        let started = std::time::Instant::now();
+        let appended = inner.store.append(&records).await;
+        inner.metrics.journal_write.observe(started.elapsed());
+        appended
     };
     match result {
         Ok(mut evicted) => {
@@ -1056,10 +1150,12 @@ async fn process<S: EventStore>(inner: &Inner<S>, batch: Vec<Command>) {
     }
 }
 
+mod audience;
 mod health;
 mod state;
 mod subscription;
 
+pub use audience::PatternInfo;
 pub use health::StoreOutage;
 use health::{Health, OnFailure};
 use state::{Effect, Plan, State};

@@ -88,6 +88,7 @@ fn finish<S: EventStore>(
     result: Result<Response<Body>, ApiError>,
 ) -> Response<Body> {
     let mut response = result.unwrap_or_else(|err| {
+        app.metrics.count_error(&err);
         let mut response = error_response(&err);
         if err.code == "store_unavailable"
             && let Some(wait) = health::store_retry_after(&app.hub)
@@ -112,7 +113,14 @@ async fn dispatch<S: EventStore>(
     // sends credentials on those).
     let caller = match &route {
         Route::Root | Route::Static(_) | Route::Health | Route::Preflight => Caller::Open,
-        _ => auth::caller(app, req.headers(), &query_of(&req)?)?,
+        _ => {
+            let query = query_of(&req)?;
+            // Who asks first: a stranger gets its 401, not a lesson in
+            // parameters.
+            let caller = auth::caller(app, req.headers(), &query)?;
+            router::check_params(&route, &query)?;
+            caller
+        }
     };
     match &route {
         Route::Metrics
