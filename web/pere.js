@@ -104,7 +104,7 @@ export function parseJson(text) {
  * @param {boolean} [o.replay] replay every retained event (`replay=all`)
  * @param {string} [o.accessToken] a token, sent as `access_token`
  */
-export function feedUrl({ channels, device, base = '', lastEventId, replay, accessToken }) {
+export function feedUrl({ channels, device, base = '', lastEventId, replay, accessToken, envelope }) {
   if (!channels || channels.length === 0) throw new TypeError('feedUrl: name at least one channel');
   const query = new URLSearchParams();
   let path = '/feed';
@@ -116,6 +116,7 @@ export function feedUrl({ channels, device, base = '', lastEventId, replay, acce
   if (device) query.set('device', device);
   if (lastEventId) query.set('lastEventId', lastEventId);
   if (replay) query.set('replay', 'all');
+  if (envelope) query.set('envelope', 'json');
   if (accessToken) query.set('access_token', accessToken);
   const q = query.toString();
   return base + path + (q ? '?' + q : '');
@@ -226,6 +227,7 @@ export async function ack(channel, device, id, status = 'ok', { base = '', json 
  * @param {boolean} [o.replay] ask for every retained event on the first connection
  * @param {string} [o.accessToken] a token (docs/PROTOCOL.md §7)
  * @param {boolean} [o.json] send receipts as JSON instead of PERE's form body
+ * @param {boolean} [o.envelope] ask for `?envelope=json` (default: for a pattern or several channels)
  * @param {number} [o.retryMs] first delay before this module reconnects itself (default 3000)
  * @param {(event: PereEvent) => void} [o.onEvent] every event that has an id
  * @param {(state: string, info: {error?: PereError}) => void} [o.onState]
@@ -233,8 +235,11 @@ export async function ack(channel, device, id, status = 'ok', { base = '', json 
  * @param {(gap: {from: string, oldest: string|null}) => void} [o.onGap] `pere.gap`
  * @param {(error: PereError) => void} [o.onError] the server refused the stream
  *
- * `PereEvent` is `{id, type, data, json, receivedAt}`: `json` is the
- * payload parsed when it is a JSON object or array.
+ * `PereEvent` is `{id, type, channel, data, json, receivedAt}`: `channel`
+ * is the channel the event was published on (a pattern's or several
+ * channels' streams ask for `?envelope=json` to learn it; pass
+ * `envelope: false` to keep PERE's plain stream), `json` is the payload
+ * parsed when it is a JSON object or array.
  *
  * An event whose id this page already processed for the device (the server
  * sends unacknowledged events again when a device comes back without
@@ -256,6 +261,9 @@ class Subscription {
   #failures = 0;
   #closed = false;
   #resume;
+  #envelope;
+  /** Event id → its channel, for receipts (from the envelope). */
+  #channelOf = new Map();
 
   constructor(o) {
     const channels = o.channels ? [...o.channels] : o.channel ? [o.channel] : [];
@@ -266,6 +274,10 @@ class Subscription {
     this.state = null; // the first #setState reports `connecting`
     this.lastEventId = o.lastEventId || '';
     this.#resume = { lastEventId: o.lastEventId, replay: o.replay };
+    // Events of a pattern or of several channels come wrapped with their
+    // channel (docs/PROTOCOL.md §3.8); one plain channel stays as PERE's page
+    // read it.
+    this.#envelope = o.envelope ?? (channels.length > 1 || channels.some((c) => c.includes('*')));
     this.#connect();
   }
 
@@ -279,13 +291,15 @@ class Subscription {
   }
 
   /**
-   * Acknowledges event `id` for this subscription's device. With several
-   * channels the event's channel is not on the wire, so each subscription
+   * Acknowledges event `id` for this subscription's device, on the event's
+   * own channel when the stream said it (envelope); else each subscription
    * is tried in turn until one knows the event.
    */
   async ack(id, status = 'ok') {
     if (!this.device) throw new PereError(400, 'missing_device', 'an anonymous stream cannot send receipts');
     const options = { base: this.#o.base, json: this.#o.json, accessToken: this.#o.accessToken };
+    const known = this.#channelOf.get(id);
+    if (known) return ack(known, this.device, id, status, options);
     let last;
     for (const channel of this.channels) {
       try {
@@ -315,6 +329,7 @@ class Subscription {
       // own reconnects send Last-Event-ID by themselves).
       lastEventId: this.lastEventId || this.#resume.lastEventId,
       replay: !this.lastEventId && this.#resume.replay,
+      envelope: this.#envelope,
     });
   }
 
@@ -354,12 +369,25 @@ class Subscription {
         }
         remember(ids, e.lastEventId, null);
       }
+      let data = e.data;
+      let channel = this.channels.length === 1 && !this.channels[0].includes('*') ? this.channels[0] : null;
+      const wrapped = this.#envelope ? parseJson(e.data) : null;
+      if (wrapped && typeof wrapped.channel === 'string' && typeof wrapped.data === 'string') {
+        data = wrapped.data;
+        channel = wrapped.channel;
+        if (e.lastEventId) {
+          this.#channelOf.set(e.lastEventId, channel);
+          // Bounded like the processed ids: the oldest go first.
+          if (this.#channelOf.size > 10_000) this.#channelOf.delete(this.#channelOf.keys().next().value);
+        }
+      }
       if (this.#o.onEvent) {
         this.#o.onEvent({
           id: e.lastEventId,
           type: e.type,
-          data: e.data,
-          json: parseJson(e.data),
+          channel,
+          data,
+          json: parseJson(data),
           receivedAt: new Date(),
         });
       }

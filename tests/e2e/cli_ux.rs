@@ -460,3 +460,41 @@ async fn pere_server_says_what_to_do_when_it_cannot_start() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// docs/PROTOCOL.md §9: on a pattern, `pere-sub --json` reports the channel
+/// each event was published on (it used to report the pattern), and
+/// `--exec` gets it as `PERE_CHANNEL`; the payload is the one published.
+#[tokio::test]
+async fn pere_sub_on_a_pattern_reports_each_event_s_own_channel() {
+    let server = Server::start(0).await;
+    let addr = server.hostport();
+    let mut sub = Proc::start(
+        "pere-sub",
+        &[
+            &addr, "orders.*", "--json", "--count", "2", "--device", "pat-1",
+        ],
+        Stdio::null(),
+    );
+    let hello = sub.json_line().await;
+    assert_eq!(
+        (&hello["event"], &hello["channel"]),
+        (&"pere.hello".into(), &serde_json::Value::Null)
+    );
+    let eu = server.publish("orders.eu", r#"{"n":1}"#).await;
+    let us = server.publish("orders.us", "line 1\nline 2").await;
+    let a = sub.json_line().await;
+    assert_eq!(
+        a,
+        serde_json::json!({"id": eu, "event": "message", "data": r#"{"n":1}"#, "channel": "orders.eu"})
+    );
+    let b = sub.json_line().await;
+    assert_eq!(
+        (&b["channel"], &b["data"]),
+        (&"orders.us".into(), &"line 1\nline 2".into())
+    );
+    assert_eq!(b["id"], us);
+    sub.success().await;
+    // Receipts were sent on the pattern, for the right events.
+    let r = server.get_json(&format!("/receipts/orders.us/{us}")).await;
+    assert_eq!(r["devices"]["pat-1"]["state"], "acked", "{r}");
+}

@@ -304,3 +304,58 @@ async fn pere_js_processes_a_redelivered_event_once_and_acks_it_again() {
     browser.close().await;
     server.stop().await;
 }
+
+/// A page on a pattern learns each event's channel (pere.js asks for
+/// `?envelope=json`), shows it, hands the payload as published to the
+/// page, and acknowledges each event on its own channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriber_page_on_a_pattern_shows_each_event_s_channel() {
+    let server = TestServer::start().await;
+    let device = "W0039000000017";
+    let mut browser = Browser::launch().await;
+    browser
+        .open(
+            &server.url(&format!(
+                "/subscriber.html?device={device}&channel=orders.*"
+            )),
+            800,
+            700,
+        )
+        .await;
+    browser
+        .wait_for(
+            "the badge says open",
+            "document.getElementById('state').dataset.state === 'open'",
+        )
+        .await;
+    eventually("the page's device is online", || async {
+        server
+            .presence("orders.*", device)
+            .await
+            .is_some_and(|p| p["online"] == true)
+    })
+    .await;
+    let eu = server.publish("orders.eu", r#"{"order":1}"#).await;
+    let us = server.publish("orders.us", "plain text").await;
+    wait_acked(&server, "orders.eu", &eu, device).await;
+    wait_acked(&server, "orders.us", &us, device).await;
+    let rows = browser
+        .eval(
+            "JSON.stringify([...document.querySelectorAll('li.event')].map(r => \
+             [r.dataset.eventId, r.dataset.channel, r.querySelector('.payload').textContent]))",
+        )
+        .await
+        .unwrap();
+    let rows: Value = serde_json::from_str(rows.as_str().unwrap()).unwrap();
+    let mut rows = rows.as_array().unwrap().clone();
+    rows.sort_by_key(|r| r[0].as_str().unwrap().to_string());
+    assert_eq!(
+        Value::Array(rows),
+        json!([
+            [eu, "orders.eu", "{\n  \"order\": 1\n}"],
+            [us, "orders.us", "plain text"]
+        ])
+    );
+    browser.close().await;
+    server.stop().await;
+}

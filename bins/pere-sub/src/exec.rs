@@ -12,7 +12,7 @@ use tokio::process::Command;
 
 /// What the subscriber knows about the event beyond the SSE fields.
 pub struct Context<'a> {
-    /// The subscribed channel or pattern.
+    /// The event's channel (the subscribed one when the server did not say).
     pub channel: &'a str,
     /// This subscriber's device id.
     pub device: &'a str,

@@ -18,6 +18,7 @@ use std::time::Duration;
 use config::{Args, Config, Output};
 use pere_http::client::{
     Backoff, Client, Feed, SubscribeOptions, Subscriber, SubscriberItem, is_transient,
+    unwrap_envelope,
 };
 use pere_http::sse::SseEvent;
 use tokio::time::Instant;
@@ -130,6 +131,10 @@ async fn follow(config: &Config) -> Result<(), Stop> {
         replay_all: config.replay_all,
         max_reconnects: config.max_reconnects,
         token: config.token.clone(),
+        // Each event's data comes wrapped with its channel
+        // (docs/PROTOCOL.md §3.8), so `--json` reports the channel an event
+        // was published on, not the pattern (§9).
+        envelope: true,
         ..SubscribeOptions::default()
     };
     // With a token and no --device, the device is the token's subject: the
@@ -223,7 +228,15 @@ async fn follow(config: &Config) -> Result<(), Stop> {
                 continue;
             }
         };
+        let mut event = event;
         let control = event.event.starts_with("pere.");
+        let channel = match unwrap_envelope(&event.data) {
+            Some((channel, payload)) if !control => {
+                event.data = payload;
+                Some(channel)
+            }
+            _ => None,
+        };
         if !control && let Some(status) = seen.processed(&event.id) {
             // Sent again (docs/PROTOCOL.md §5: unacknowledged events are
             // redelivered on resume): processed once already in this run,
@@ -239,7 +252,7 @@ async fn follow(config: &Config) -> Result<(), Stop> {
             }
             continue;
         }
-        print_event(config, &event, control)?;
+        print_event(config, &event, control, channel.as_deref())?;
         if event.event == "pere.hello"
             && device.is_none()
             && let Ok(hello) = serde_json::from_str::<serde_json::Value>(&event.data)
@@ -261,7 +274,7 @@ async fn follow(config: &Config) -> Result<(), Stop> {
         let outcome = match &config.exec {
             Some(command) => {
                 let ctx = exec::Context {
-                    channel: &config.channel,
+                    channel: channel.as_deref().unwrap_or(&config.channel),
                     device: device.as_deref().unwrap_or(&config.device),
                 };
                 let status = exec::run(command, &event, &ctx, config.exec_timeout).await;
@@ -354,13 +367,20 @@ async fn ack(config: &Config, client: &Client, device: &str, event: &SseEvent, s
 }
 
 /// Prints one event on stdout in the configured format.
-fn print_event(config: &Config, event: &SseEvent, control: bool) -> Result<(), Stop> {
+/// `channel` is the event's own (from its envelope); the subscribed name
+/// stands in when the server sent none.
+fn print_event(
+    config: &Config,
+    event: &SseEvent,
+    control: bool,
+    channel: Option<&str>,
+) -> Result<(), Stop> {
     let line = match config.output {
         Output::Json => serde_json::json!({
             "id": event.id,
             "event": event.event,
             "data": event.data,
-            "channel": if control { None } else { Some(config.channel.as_str()) },
+            "channel": if control { None } else { Some(channel.unwrap_or(config.channel.as_str())) },
         })
         .to_string(),
         Output::Human if control => {
