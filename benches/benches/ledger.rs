@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use pere_benches::payload;
-use pere_core::ledger::{EventReceipts, ReceiptWatchers};
+use pere_core::ReceiptLog;
+use pere_core::ledger::EventReceipts;
 use pere_core::{
     ChannelName, DeviceId, Event, EventId, Hub, HubConfig, MemoryStore, Pattern, Publish, Resume,
     Retention, SubscribeRequest, Timestamp,
@@ -45,11 +46,8 @@ fn ledger_alone(c: &mut Criterion) {
                 payload: Bytes::from_static(b"{}"),
                 idempotency_key: None,
             });
-            let receipts = EventReceipts::new(
-                event,
-                audience.clone(),
-                Arc::new(ReceiptWatchers::default()),
-            );
+            let receipts =
+                EventReceipts::new(event, audience.clone(), Arc::new(ReceiptLog::default()));
             let now = Timestamp::now();
             for slot in 0..DEVICES as u32 {
                 receipts.mark_delivered_slot(slot, now);

@@ -17,13 +17,13 @@ use tokio::sync::oneshot;
 
 /// A tiny HTTP receiver on loopback that records every POST body and
 /// answers with `status` (the first `fail_first` requests get a 503).
-struct Receiver {
-    addr: SocketAddr,
+pub(crate) struct Receiver {
+    pub(crate) addr: SocketAddr,
     bodies: Arc<Mutex<Vec<serde_json::Value>>>,
 }
 
 impl Receiver {
-    async fn start(fail_first: usize) -> Self {
+    pub(crate) async fn start(fail_first: usize) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let bodies = Arc::new(Mutex::new(Vec::new()));
@@ -73,7 +73,7 @@ impl Receiver {
         Self { addr, bodies }
     }
 
-    fn received(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn received(&self) -> Vec<serde_json::Value> {
         self.bodies.lock().unwrap().clone()
     }
 }
@@ -246,4 +246,79 @@ async fn pere_server_refuses_a_webhook_that_is_its_own_address() {
         server.request("GET", "/healthz", &[], b"").await.status,
         200
     );
+}
+
+/// One publish to 4,097 offline members with a deadline made 4,097 overdue
+/// notices at once; the receipts stream got 4,096 and ended without a word.
+/// Now it gets them all, each with a number, and resumes from one.
+#[tokio::test]
+async fn the_receipts_stream_gets_every_notice_of_a_burst_and_resumes_by_number() {
+    const MEMBERS: usize = 4_097;
+    let server = pere_tests::TestServer::start_with(
+        HubConfig {
+            ack_deadline: Some(Duration::from_millis(300)),
+            tick: Duration::from_millis(50),
+            ..HubConfig::default()
+        },
+        Retention::default(),
+        ServerConfig::default(),
+    )
+    .await;
+    // Members that went offline (in process: 4,097 HTTP streams would only
+    // make the test slow).
+    for i in 0..MEMBERS {
+        let sub = server
+            .hub
+            .subscribe(
+                pere_core::SubscribeRequest {
+                    device: Some(pere_core::DeviceId::new(&format!("m{i}")).unwrap()),
+                    patterns: vec![pere_core::Pattern::new("burst").unwrap()],
+                    resume: pere_core::Resume::Auto,
+                },
+                None,
+            )
+            .await
+            .unwrap();
+        drop(sub);
+    }
+    let mut watch = server.stream("/receipts/burst", &[]).await;
+    assert_eq!(watch.status, 200);
+    let id = server.publish("burst", "to everybody").await;
+    let mut numbers = Vec::with_capacity(MEMBERS);
+    while numbers.len() < MEMBERS {
+        let e = watch.next_event().await.unwrap_or_else(|| {
+            panic!(
+                "the stream ended after {} of {MEMBERS} notices",
+                numbers.len()
+            )
+        });
+        if e.event == "overdue" {
+            assert!(e.data.contains(&id), "{}", e.data);
+            numbers.push(e.id.parse::<u64>().expect("a numbered notice"));
+        }
+    }
+    assert!(numbers.windows(2).all(|w| w[0] < w[1]), "numbers increase");
+    drop(watch);
+    // Something happens while nobody watches; a client that comes back
+    // with the last number it saw gets it, and nothing twice.
+    let seen = numbers[MEMBERS - 1].to_string();
+    let mut d = server.subscribe("burst", "m0").await;
+    let again = d.messages(1).await.remove(0);
+    assert_eq!(again.id, id, "m0 is redelivered its unacknowledged event");
+    let mut watch = server
+        .stream("/receipts/burst", &[("Last-Event-ID", &seen)])
+        .await;
+    let e = watch.next_event().await.unwrap();
+    assert_eq!(e.event, "receipt", "{e:?}");
+    assert!(e.data.contains(r#""device":"m0""#), "{}", e.data);
+    assert!(e.id.parse::<u64>().unwrap() > numbers[MEMBERS - 1]);
+    // A number from before anything the channel keeps is told as a gap.
+    let mut old = server
+        .stream("/receipts/burst", &[("Last-Event-ID", "1")])
+        .await;
+    assert_eq!(old.next_event().await.unwrap().event, "pere.gap");
+    let bad = server.get("/receipts/burst?lastEventId=x").await;
+    bad.assert_error(400, "invalid_event_id");
+    let metrics = server.get("/metrics").await.text();
+    assert!(pere_tests::metric(&metrics, "pere_receipt_stream_gaps_total").unwrap() >= 1.0);
 }

@@ -101,7 +101,7 @@ pub(crate) struct Browser {
 
 impl Browser {
     /// Starts Chromium with a fresh profile.
-    async fn launch() -> Self {
+    pub(crate) async fn launch() -> Self {
         Self::launch_with(&[]).await
     }
 
@@ -282,7 +282,7 @@ impl Browser {
         self.navigate(url).await;
     }
 
-    async fn resize(&mut self, width: u32, height: u32) {
+    pub(crate) async fn resize(&mut self, width: u32, height: u32) {
         self.call(
             true,
             "Emulation.setDeviceMetricsOverride",
@@ -292,7 +292,7 @@ impl Browser {
         .unwrap();
     }
 
-    async fn navigate(&mut self, url: &str) {
+    pub(crate) async fn navigate(&mut self, url: &str) {
         let result = self
             .call(true, "Page.navigate", json!({"url": url}))
             .await
@@ -353,7 +353,7 @@ impl Browser {
 
     /// Saves a PNG of the whole page to `$PERE_WEB_SCREENSHOTS/name` when
     /// that variable is set.
-    async fn screenshot(&mut self, name: &str) {
+    pub(crate) async fn screenshot(&mut self, name: &str) {
         let Some(dir) = std::env::var_os("PERE_WEB_SCREENSHOTS") else {
             return;
         };
@@ -438,7 +438,7 @@ async fn page_device(browser: &mut Browser) -> String {
 }
 
 /// Waits until the server sees `device` online (or offline) on `channel`.
-async fn wait_online(server: &TestServer, channel: &str, device: &str, online: bool) {
+pub(crate) async fn wait_online(server: &TestServer, channel: &str, device: &str, online: bool) {
     let path = format!("/admin/devices/{channel}");
     eventually(
         &format!("{device} online={online} on {channel}"),
@@ -448,7 +448,12 @@ async fn wait_online(server: &TestServer, channel: &str, device: &str, online: b
 }
 
 /// Waits until the server records `device`'s receipt for event `id`.
-async fn wait_acked(server: &TestServer, channel: &str, id: &str, device: &str) -> Value {
+pub(crate) async fn wait_acked(
+    server: &TestServer,
+    channel: &str,
+    id: &str,
+    device: &str,
+) -> Value {
     let path = format!("/receipts/{channel}/{id}");
     let mut last = Value::Null;
     let deadline = Instant::now() + WAIT;

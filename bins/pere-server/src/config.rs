@@ -128,6 +128,9 @@ pub struct Args {
     /// log format: text (default) or json
     #[argh(option)]
     pub log_format: Option<String>,
+    /// while the server is busy, one INFO line this often with the publishes, deliveries and receipts per second since the last (default 10s; 0 turns it off; each publish and receipt is logged at DEBUG: RUST_LOG=debug)
+    #[argh(option)]
+    pub log_summary: Option<String>,
 }
 
 /// Log output format.
@@ -174,6 +177,8 @@ pub struct Config {
     pub quiet: bool,
     /// Log format.
     pub log_format: LogFormat,
+    /// Period of the activity line (zero: none).
+    pub log_summary: Duration,
 }
 
 /// A size in bytes: a whole number, optionally with `KiB`/`MiB`/`GiB`
@@ -465,6 +470,11 @@ impl Config {
             jwt,
             quiet: switch(args.quiet, "quiet"),
             log_format,
+            log_summary: duration(
+                args.log_summary,
+                "log-summary",
+                pere_http::activity::DEFAULT_ACTIVITY_PERIOD,
+            )?,
         })
     }
 }

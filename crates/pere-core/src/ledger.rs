@@ -14,10 +14,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 use crate::event::{Event, EventId, Timestamp};
 use crate::name::{ChannelName, DeviceId};
+use crate::receipt_log::ReceiptLog;
 
 /// A device's progress with one event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -96,6 +97,10 @@ pub struct OverdueNotice {
     pub published_at: Timestamp,
     /// When its acknowledgement was due.
     pub deadline: Timestamp,
+    /// Retention (`--history`, `--max-age`) dropped the event before the
+    /// device acknowledged it (possibly before its deadline): it will not
+    /// be delivered again (`"state":"expired"` on the wire).
+    pub expired: bool,
 }
 
 /// What a receipts stream carries.
@@ -129,50 +134,6 @@ pub struct ReceiptSummary {
     pub unacked: Vec<DeviceId>,
     /// Every device's receipt, sorted by device.
     pub devices: Vec<(DeviceId, DeviceReceipt)>,
-}
-
-/// Who listens for receipt changes on one channel. Shared by every
-/// [`EventReceipts`] of the channel so a delivery can check, with one atomic
-/// load, whether anybody listens at all.
-#[derive(Debug, Default)]
-pub struct ReceiptWatchers {
-    count: AtomicUsize,
-    senders: Mutex<Vec<mpsc::Sender<ReceiptUpdate>>>,
-}
-
-impl ReceiptWatchers {
-    /// Adds a listener.
-    pub fn add(&self, tx: mpsc::Sender<ReceiptUpdate>) {
-        let mut senders = lock(&self.senders);
-        senders.push(tx);
-        self.count.store(senders.len(), Ordering::Release);
-    }
-
-    /// Whether anybody listens.
-    pub fn any(&self) -> bool {
-        self.count.load(Ordering::Acquire) > 0
-    }
-
-    /// Sends a change to every listener; a listener that is gone or cannot
-    /// keep up is dropped (its stream ends and it resubscribes).
-    pub fn send(&self, update: &ReceiptUpdate) {
-        let mut senders = lock(&self.senders);
-        senders.retain(|tx| tx.try_send(update.clone()).is_ok());
-        self.count.store(senders.len(), Ordering::Release);
-    }
-
-    /// Drops listeners whose receiver is gone.
-    pub fn sweep(&self) {
-        let mut senders = lock(&self.senders);
-        senders.retain(|tx| !tx.is_closed());
-        self.count.store(senders.len(), Ordering::Release);
-    }
-
-    /// Closes every listener's stream (shutdown).
-    pub fn close_all(&self) {
-        lock(&self.senders).clear();
-        self.count.store(0, Ordering::Release);
-    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -243,7 +204,7 @@ pub struct EventReceipts {
     slow: Mutex<Slow>,
     /// Woken when `undelivered` or `unacked` reaches zero.
     settled: Notify,
-    watchers: Arc<ReceiptWatchers>,
+    watchers: Arc<ReceiptLog>,
     /// Upper estimate of the event's encoded size (see [`wire_size`]).
     ///
     /// [`wire_size`]: EventReceipts::wire_size
@@ -254,6 +215,14 @@ pub struct EventReceipts {
 /// `id:` and `event:` lines, the end of the event, and an envelope's keys.
 const WIRE_OVERHEAD: usize = 512;
 
+impl Drop for EventReceipts {
+    /// An event leaves retention: its unacknowledged pairs leave the gauge.
+    fn drop(&mut self) {
+        let left = i64::try_from(self.unacked.load(Ordering::Acquire)).unwrap_or(i64::MAX);
+        self.watchers.metrics().add_unacked(-left);
+    }
+}
+
 /// Slot number meaning "not in the audience" (anonymous streams, late
 /// joiners resolved through the index).
 pub const NO_SLOT: u32 = u32::MAX;
@@ -261,11 +230,7 @@ pub const NO_SLOT: u32 = u32::MAX;
 impl EventReceipts {
     /// Receipts for `event` with `audience` (sorted or not; duplicates are the
     /// caller's bug) all pending.
-    pub fn new(
-        event: Arc<Event>,
-        audience: Arc<[DeviceId]>,
-        watchers: Arc<ReceiptWatchers>,
-    ) -> Self {
+    pub fn new(event: Arc<Event>, audience: Arc<[DeviceId]>, watchers: Arc<ReceiptLog>) -> Self {
         let n = audience.len();
         // SSE writes a `data: ` prefix and a line end per payload line.
         let breaks = event
@@ -274,6 +239,9 @@ impl EventReceipts {
             .filter(|&&b| b == b'\n' || b == b'\r')
             .count();
         let wire_size = event.payload.len() + 7 * (breaks + 1) + WIRE_OVERHEAD;
+        watchers
+            .metrics()
+            .add_unacked(i64::try_from(n).unwrap_or(i64::MAX));
         Self {
             wire_size,
             event,
@@ -354,6 +322,7 @@ impl EventReceipts {
             self.undelivered.fetch_add(1, Ordering::AcqRel);
         }
         self.unacked.fetch_add(1, Ordering::AcqRel);
+        self.watchers.metrics().add_unacked(1);
         slot
     }
 
@@ -370,15 +339,18 @@ impl EventReceipts {
         status: Option<Arc<str>>,
         at: Timestamp,
     ) {
-        if self.watchers.any() {
-            self.watchers.send(&ReceiptUpdate::Change(ReceiptChange {
-                id: self.event.id,
-                channel: self.event.channel.clone(),
-                device: device.clone(),
-                state,
-                status,
+        if self.watchers.recording(at) {
+            self.watchers.push(
+                ReceiptUpdate::Change(ReceiptChange {
+                    id: self.event.id,
+                    channel: self.event.channel.clone(),
+                    device: device.clone(),
+                    state,
+                    status,
+                    at,
+                }),
                 at,
-            }));
+            );
         }
     }
 
@@ -457,9 +429,19 @@ impl EventReceipts {
             .is_some_and(|slot| slow.acks.contains_key(&slot))
     }
 
+    /// Whether `device` may acknowledge the event: it is in the audience, or
+    /// the event was written to one of its streams (a late joiner that got
+    /// it by replay). Once true it stays true, so a check made outside the
+    /// writer cannot be contradicted by it.
+    pub fn may_ack(&self, device: &DeviceId) -> bool {
+        let mut slow = lock(&self.slow);
+        self.slot_of(&mut slow, device).is_some()
+    }
+
     /// Records `device`'s receipt with `status`. A device outside the
-    /// audience is added to it (it received the event somehow: late join,
-    /// replay). An ack implies delivery. A second receipt keeps the first
+    /// audience is added to it: the hub refuses those ([`Self::may_ack`]),
+    /// but receipts journaled before it did are still recovered. An ack
+    /// implies delivery. A second receipt keeps the first
     /// one's time (the proof) and updates the status.
     pub fn ack(&self, device: &DeviceId, status: Arc<str>, at: Timestamp) -> AckOutcome {
         let mut slow = lock(&self.slow);
@@ -510,6 +492,7 @@ impl EventReceipts {
             self.settle(&self.undelivered);
         }
         self.settle(&self.unacked);
+        self.watchers.metrics().add_unacked(-1);
         self.announce(device, ReceiptState::Acked, Some(status), at);
         AckOutcome::Acked
     }
@@ -528,8 +511,14 @@ impl EventReceipts {
 
     /// Tells the channel's receipt listeners that a device is overdue.
     pub fn announce_overdue(&self, notice: &OverdueNotice) {
-        if self.watchers.any() {
-            self.watchers.send(&ReceiptUpdate::Overdue(notice.clone()));
+        self.watchers
+            .metrics()
+            .overdue
+            .fetch_add(1, Ordering::Relaxed);
+        let now = Timestamp::now();
+        if self.watchers.recording(now) {
+            self.watchers
+                .push(ReceiptUpdate::Overdue(notice.clone()), now);
         }
     }
 
@@ -626,9 +615,10 @@ impl EventReceipts {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::receipt_log::Followed;
     use bytes::Bytes;
 
-    fn receipts(devices: &[&str]) -> (EventReceipts, Arc<ReceiptWatchers>) {
+    fn receipts(devices: &[&str]) -> (EventReceipts, Arc<ReceiptLog>) {
         let event = Arc::new(Event {
             id: EventId(7),
             channel: ChannelName::new("c").unwrap(),
@@ -639,7 +629,7 @@ mod tests {
             idempotency_key: None,
         });
         let audience: Arc<[DeviceId]> = devices.iter().map(|d| DeviceId::new(d).unwrap()).collect();
-        let watchers = Arc::new(ReceiptWatchers::default());
+        let watchers = Arc::new(ReceiptLog::default());
         (
             EventReceipts::new(event, audience, watchers.clone()),
             watchers,
@@ -749,15 +739,16 @@ mod tests {
     #[tokio::test]
     async fn watchers_see_every_transition_in_order() {
         let (r, watchers) = receipts(&["a"]);
-        let (tx, mut rx) = mpsc::channel(8);
-        watchers.add(tx);
+        let mut follower = watchers.follow(None);
         r.mark_delivered_slot(0, Timestamp(1));
         r.ack(&dev("a"), "ok".into(), Timestamp(2));
-        let states: Vec<_> = [rx.recv().await.unwrap(), rx.recv().await.unwrap()]
+        let mut items = Vec::new();
+        std::future::poll_fn(|cx| follower.poll_batch(cx, &mut items)).await;
+        let states: Vec<_> = items
             .iter()
-            .map(|u| match u {
-                ReceiptUpdate::Change(c) => c.state,
-                ReceiptUpdate::Overdue(_) => panic!("no deadline here"),
+            .map(|f| match f {
+                Followed::Change(_, ReceiptUpdate::Change(c)) => c.state,
+                other => panic!("no deadline here: {other:?}"),
             })
             .collect();
         assert_eq!(states, [ReceiptState::Delivered, ReceiptState::Acked]);

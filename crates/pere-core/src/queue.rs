@@ -244,8 +244,9 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::event::{Event, EventId, Timestamp};
-    use crate::ledger::{EventReceipts, ReceiptWatchers};
+    use crate::ledger::EventReceipts;
     use crate::name::ChannelName;
+    use crate::receipt_log::ReceiptLog;
     use bytes::Bytes;
     use std::sync::Arc;
     use std::sync::atomic::AtomicBool;
@@ -261,7 +262,7 @@ mod tests {
             payload: Bytes::from(format!("e{id}")),
             idempotency_key: None,
         };
-        let watchers = Arc::new(ReceiptWatchers::default());
+        let watchers = Arc::new(ReceiptLog::default());
         Delivery {
             receipts: Arc::new(EventReceipts::new(Arc::new(event), Arc::from([]), watchers)),
             slot: 0,
@@ -413,7 +414,7 @@ mod tests {
             payload: Bytes::from(vec![b'x'; bytes]),
             idempotency_key: None,
         };
-        let watchers = Arc::new(ReceiptWatchers::default());
+        let watchers = Arc::new(ReceiptLog::default());
         d.receipts = Arc::new(EventReceipts::new(Arc::new(event), Arc::from([]), watchers));
         d
     }

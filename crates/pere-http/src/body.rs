@@ -14,8 +14,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
-use pere_core::{Event, Outgoing, ReceiptUpdate, Subscription};
-use tokio::sync::mpsc;
+use pere_core::{Event, Followed, Outgoing, ReceiptFollower, ReceiptUpdate, Subscription};
 use tokio::time::{Instant, Sleep};
 
 use crate::limits::StreamSlot;
@@ -100,17 +99,52 @@ pub fn event_frame(event: &Event) -> Bytes {
     .unwrap_or_default()
 }
 
-/// Which encoding of its events a stream writes: the index of its slot in
-/// a fan-out's [`pere_core::FrameCache`].
-const PLAIN: usize = 0;
+/// The SSE frame of an event whose data is the JSON envelope
+/// `{"channel","id","type","data"}` (docs/PROTOCOL.md §3.8): what a stream
+/// on patterns or several channels asks for to learn each event's channel.
+pub fn envelope_frame(event: &Event) -> Bytes {
+    let id = event.id.to_string();
+    let data = serde_json::json!({
+        "channel": event.channel.as_str(),
+        "id": id,
+        "type": event.kind_str(),
+        "data": event.payload_str(),
+    });
+    sse::event_frame(
+        Some(&id),
+        event.kind.as_ref().map(|k| k.as_str()),
+        &data.to_string(),
+    )
+    .unwrap_or_default()
+}
 
-/// The frame of an outgoing event: encoded once per fan-out and shared by
-/// its streams (freed with their last delivery), or for this stream alone
-/// when it is a replay.
-pub fn outgoing_frame(outgoing: &Outgoing) -> Bytes {
+/// Which encoding of its events a stream writes; its number is the slot in
+/// a fan-out's [`pere_core::FrameCache`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Form {
+    /// The payload as the data lines (PERE's clients read this).
+    #[default]
+    Plain = 0,
+    /// `?envelope=json`: the data is `{"channel","id","type","data"}`.
+    Envelope = 1,
+}
+
+impl Form {
+    fn encode(self, event: &Event) -> Bytes {
+        match self {
+            Form::Plain => event_frame(event),
+            Form::Envelope => envelope_frame(event),
+        }
+    }
+}
+
+/// The frame of an outgoing event: encoded once per fan-out and form and
+/// shared by its streams (freed with their last delivery), or for this
+/// stream alone when it is a replay.
+pub fn outgoing_frame(outgoing: &Outgoing, form: Form) -> Bytes {
     match &outgoing.frames {
-        Some(frames) => frames.get_or_init(PLAIN, || event_frame(&outgoing.event)),
-        None => event_frame(&outgoing.event),
+        Some(frames) => frames.get_or_init(form as usize, || form.encode(&outgoing.event)),
+        None => form.encode(&outgoing.event),
     }
 }
 
@@ -120,7 +154,7 @@ pub enum Source {
     Events(Subscription),
     /// Receipt changes and overdue notices of a channel
     /// (`GET /receipts/:channel`).
-    Receipts(mpsc::Receiver<ReceiptUpdate>),
+    Receipts(ReceiptFollower),
 }
 
 /// An event stream: an opening (retry, hello, gap), then one frame per
@@ -138,6 +172,8 @@ pub struct SseBody {
     /// body is dropped: hyper drops it when the stream ends or the client
     /// goes away.
     _slot: Option<StreamSlot>,
+    /// How events are encoded.
+    form: Form,
 }
 
 impl SseBody {
@@ -153,12 +189,19 @@ impl SseBody {
             last_write: now,
             until: None,
             _slot: None,
+            form: Form::Plain,
         }
     }
 
     /// Holds `slot` for as long as the stream lives.
     pub fn with_slot(mut self, slot: StreamSlot) -> Self {
         self._slot = Some(slot);
+        self
+    }
+
+    /// Writes events in `form`.
+    pub fn with_form(mut self, form: Form) -> Self {
+        self.form = form;
         self
     }
 
@@ -178,7 +221,7 @@ impl SseBody {
                 let Some(first) = first else {
                     return Poll::Ready(None);
                 };
-                let frame = outgoing_frame(&first);
+                let frame = outgoing_frame(&first, self.form);
                 // Several events ready at once go out as one frame: one
                 // chunk, one write, instead of one per event.
                 let Some(second) = sub.try_next_outgoing() else {
@@ -186,27 +229,56 @@ impl SseBody {
                 };
                 let mut buf = BytesMut::with_capacity(frame.len() * 4);
                 buf.extend_from_slice(&frame);
-                buf.extend_from_slice(&outgoing_frame(&second));
+                buf.extend_from_slice(&outgoing_frame(&second, self.form));
                 while buf.len() < MAX_COALESCED_BYTES {
                     match sub.try_next_outgoing() {
-                        Some(e) => buf.extend_from_slice(&outgoing_frame(&e)),
+                        Some(e) => buf.extend_from_slice(&outgoing_frame(&e, self.form)),
                         None => break,
                     }
                 }
                 Poll::Ready(Some(buf.freeze()))
             }
-            Source::Receipts(rx) => match rx.poll_recv(cx) {
-                Poll::Ready(Some(change)) => Poll::Ready(Some(receipt_frame(&change))),
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            },
+            Source::Receipts(follower) => {
+                // A batch of changes goes out as one chunk.
+                let mut batch = Vec::new();
+                if !std::task::ready!(follower.poll_batch(cx, &mut batch)) {
+                    return Poll::Ready(None);
+                }
+                let mut buf = BytesMut::new();
+                for item in &batch {
+                    buf.extend_from_slice(&followed_frame(item));
+                }
+                Poll::Ready(Some(buf.freeze()))
+            }
+        }
+    }
+}
+
+/// What a receipts stream writes for what its follower read: a change or
+/// notice with its number as the SSE `id`, or `pere.gap` when it fell
+/// behind what the channel keeps (never a silent loss).
+fn followed_frame(item: &Followed) -> Bytes {
+    match item {
+        Followed::Change(seq, update) => receipt_frame(update, Some(*seq)),
+        Followed::Gap { from, oldest } => {
+            tracing::warn!(
+                from,
+                oldest,
+                "a receipts stream fell behind what its channel keeps; told of the gap"
+            );
+            let data = serde_json::json!({
+                "from": from.to_string(),
+                "oldest": oldest.to_string(),
+                "reason": "receipt changes past what the channel keeps were dropped",
+            });
+            sse::event_frame(None, Some("pere.gap"), &data.to_string()).unwrap_or_default()
         }
     }
 }
 
 /// The SSE frame of a receipt change (`event: receipt`) or an overdue
-/// notice (`event: overdue`).
-pub fn receipt_frame(update: &ReceiptUpdate) -> Bytes {
+/// notice (`event: overdue`), with `seq` as its id.
+pub fn receipt_frame(update: &ReceiptUpdate, seq: Option<u64>) -> Bytes {
     let (kind, data) = match update {
         ReceiptUpdate::Change(change) => (
             "receipt",
@@ -221,7 +293,8 @@ pub fn receipt_frame(update: &ReceiptUpdate) -> Bytes {
         ),
         ReceiptUpdate::Overdue(notice) => ("overdue", overdue_json(notice)),
     };
-    sse::event_frame(None, Some(kind), &data.to_string()).unwrap_or_default()
+    let id = seq.map(|s| s.to_string());
+    sse::event_frame(id.as_deref(), Some(kind), &data.to_string()).unwrap_or_default()
 }
 
 /// The JSON of an overdue notice, as the receipts stream and the webhook
@@ -232,7 +305,10 @@ pub fn overdue_json(notice: &pere_core::OverdueNotice) -> serde_json::Value {
         "id": notice.id.to_string(),
         "channel": notice.channel.as_str(),
         "device": notice.device.as_str(),
-        "state": notice.state.as_str(),
+        // docs/PROTOCOL.md §5.6: `expired` when retention dropped the event
+        // before the device acknowledged it; `was` says where it stood.
+        "state": if notice.expired { "expired" } else { notice.state.as_str() },
+        "was": notice.state.as_str(),
         "published_at": notice.published_at.to_rfc3339(),
         "deadline": notice.deadline.to_rfc3339(),
     })

@@ -53,6 +53,9 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Reconnection time of a [`Subscriber`] until the server sends `retry`
 /// (the WHATWG suggestion, and PERE's default).
 pub const DEFAULT_RETRY: Duration = crate::server::DEFAULT_RETRY;
+/// Default [`SubscribeOptions::max_backoff`]: a minute between attempts at
+/// most, so a device finds a server back within a minute of its return.
+pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Largest response body read by [`Client`], in bytes: an answer larger than
 /// this is an error rather than an unbounded allocation.
 pub const MAX_RESPONSE_BODY: usize = 16 * 1024 * 1024;
@@ -191,11 +194,14 @@ impl Drop for Conn {
 async fn connect(addr: &Address, timeout: Duration) -> Result<Conn> {
     let stream = tokio::time::timeout(timeout, TcpStream::connect((addr.host(), addr.port())))
         .await
-        .map_err(|_| {
-            Error::Timeout(format!(
-                "connecting to {addr} took more than {} ms",
-                timeout.as_millis()
-            ))
+        .map_err(|_| Error::Io {
+            // An `Io` error, like a refused connection: nothing was sent
+            // (see `may_have_been_received`).
+            context: format!("cannot connect to {addr}"),
+            source: std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no connection within {} ms", timeout.as_millis()),
+            ),
         })?
         .map_err(|source| Error::Io {
             context: format!("cannot connect to {addr}"),
@@ -409,6 +415,10 @@ pub struct Published {
     /// The answer repeats an earlier publish with the same idempotency key.
     #[serde(default)]
     pub duplicate: bool,
+    /// With `wait`: the wait ended early because the server is shutting
+    /// down (the event was published; the receipts are those so far).
+    #[serde(default)]
+    pub shutting_down: bool,
 }
 
 /// The answer to a receipt (docs/PROTOCOL.md §4).
@@ -485,6 +495,27 @@ pub fn is_transient(err: &Error) -> bool {
                 | StatusCode::TOO_MANY_REQUESTS
         ),
         _ => false,
+    }
+}
+
+/// Whether the request that failed with `err` may have reached the server
+/// and been acted on: its answer was lost (the connection broke or timed
+/// out after the request was sent, or a proxy gave up on it). `false` when
+/// the server was never reached (`Error::Io`: no connection) or refused the
+/// request itself (an error status from PERE).
+pub fn may_have_been_received(err: &Error) -> bool {
+    match err {
+        // A TLS error is a handshake that failed: no request was sent.
+        Error::Io { .. } | Error::Core(_) | Error::Address(_) | Error::Tls(_) => false,
+        Error::Http(_) | Error::Timeout(_) | Error::Protocol(_) => true,
+        Error::Status { status, .. } => {
+            matches!(
+                *status,
+                StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT
+            )
+        }
+        Error::Unconfirmed { .. } => true,
+        Error::WebhookLoop { .. } => false,
     }
 }
 
@@ -768,7 +799,11 @@ impl Client {
     ///
     /// # Errors
     /// The first permanent failure, or the last transient one once the
-    /// retries are spent.
+    /// retries are spent; either wrapped in [`Error::Unconfirmed`] when an
+    /// earlier attempt may have been stored although its answer was lost
+    /// (issue 18.1: such an event must not be reported as not published: a
+    /// publish again with the same key is safe, a publish without it is a
+    /// duplicate).
     pub async fn publish_retrying(
         &self,
         channel: &str,
@@ -783,14 +818,22 @@ impl Client {
             opts.idempotency_key = Some(random_key());
         }
         let mut retry = 0;
+        let mut maybe_stored = false;
         loop {
             match self.publish(channel, payload.clone(), &opts).await {
                 Ok(published) => return Ok(published),
                 Err(err) if retry < backoff.retries && is_transient(&err) => {
+                    maybe_stored |= may_have_been_received(&err);
                     retry += 1;
                     let delay = backoff.delay(retry);
                     on_retry(retry, delay, &err);
                     tokio::time::sleep(delay).await;
+                }
+                Err(err) if maybe_stored || may_have_been_received(&err) => {
+                    return Err(Error::Unconfirmed {
+                        source: Box::new(err),
+                        idempotency_key: opts.idempotency_key.clone().unwrap_or_default(),
+                    });
                 }
                 Err(err) => return Err(err),
             }
@@ -941,6 +984,16 @@ fn feedback_headers(device: &str) -> Result<HeaderMap> {
 // ---------------------------------------------------------------------------
 // Subscriber
 
+/// The channel and payload of an event received with
+/// [`SubscribeOptions::envelope`]; `None` when its data is not an envelope
+/// (a control event, or a server without the option).
+pub fn unwrap_envelope(data: &str) -> Option<(String, String)> {
+    let value: serde_json::Value = serde_json::from_str(data).ok()?;
+    let channel = value.get("channel")?.as_str()?.to_string();
+    let payload = value.get("data")?.as_str()?.to_string();
+    Some((channel, payload))
+}
+
 /// What to subscribe to: channels (or patterns), or a whole `/feed` path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Feed {
@@ -1021,6 +1074,10 @@ pub struct SubscribeOptions {
     pub deadline: Option<Instant>,
     /// Reconnection time until the server sends `retry`.
     pub retry: Duration,
+    /// Longest delay between two failed connection attempts: each failure
+    /// in a row doubles the `retry` delay up to this (a server that is down
+    /// is not hammered every `retry`), and a stream that opened starts over.
+    pub max_backoff: Duration,
     /// Time to connect and receive the response head.
     pub connect_timeout: Duration,
     /// Reconnect when no byte (event or keepalive) arrived for this long;
@@ -1032,6 +1089,10 @@ pub struct SubscribeOptions {
     /// A bearer token, sent as `Authorization: Bearer` (docs/PROTOCOL.md §7). A
     /// `401` or `403` ends the subscription: retrying cannot help.
     pub token: Option<String>,
+    /// Ask for `?envelope=json` (docs/PROTOCOL.md §3.8): each event's data is
+    /// `{"channel","id","type","data"}`, so the caller learns the channel of
+    /// events matched by a pattern; [`unwrap_envelope`] reads it.
+    pub envelope: bool,
 }
 
 impl Default for SubscribeOptions {
@@ -1042,10 +1103,12 @@ impl Default for SubscribeOptions {
             max_reconnects: None,
             deadline: None,
             retry: DEFAULT_RETRY,
+            max_backoff: DEFAULT_MAX_BACKOFF,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             idle_timeout: None,
             headers: HeaderMap::new(),
             token: None,
+            envelope: false,
         }
     }
 }
@@ -1065,7 +1128,8 @@ pub enum SubscriberItem {
     },
     /// The next connection attempt will be made after `after`.
     Reconnecting {
-        /// The delay (the server's `retry`).
+        /// The delay: the server's `retry`, doubled for each failed attempt
+        /// in a row (up to [`SubscribeOptions::max_backoff`]).
         after: Duration,
         /// Consecutive attempt number, from 1.
         attempt: u32,
@@ -1164,7 +1228,11 @@ impl Subscriber {
             bearer(token)?;
         }
         let feed = feed.into();
-        let path = feed.path(options.replay_all);
+        let mut path = feed.path(options.replay_all);
+        if options.envelope {
+            path.push(if path.contains('?') { '&' } else { '?' });
+            path.push_str("envelope=json");
+        }
         let mut decoder = Decoder::new();
         if let Some(id) = options.last_event_id.as_deref().filter(|id| !id.is_empty()) {
             let id = EventId::parse(id)?;
@@ -1315,7 +1383,7 @@ impl Subscriber {
     fn lost(&mut self, reason: String) {
         self.decoder.finish(&mut self.scratch);
         self.scratch.clear();
-        let after = self.retry();
+        let after = backoff_delay(self.retry(), self.options.max_backoff, self.failures);
         let attempt = self.failures.saturating_add(1);
         self.queue.push_back(SubscriberItem::Disconnected {
             reason: reason.clone(),
@@ -1429,6 +1497,14 @@ impl Subscriber {
             Err(OpenError::Fatal(err))
         }
     }
+}
+
+/// The delay before the next connection attempt after `failures` failed
+/// attempts in a row: `retry` after a stream ended or the first failure,
+/// then doubled each time, at most `max` (but never less than `retry`).
+fn backoff_delay(retry: Duration, max: Duration, failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    retry.saturating_mul(1u32 << doublings).min(max.max(retry))
 }
 
 // ---------------------------------------------------------------------------
@@ -1869,6 +1945,42 @@ mod tests {
         assert_eq!(count, 2);
         assert!(matches!(err, Error::Io { .. }), "{err:?}");
         assert!(err.to_string().contains("cannot connect"), "{err}");
+    }
+
+    /// Issue 18.10: a subscriber retried a dead server every `retry`
+    /// forever; failed attempts in a row now back off exponentially.
+    #[tokio::test]
+    async fn client_subscriber_backs_off_while_the_server_is_unreachable() {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let options = SubscribeOptions {
+            retry: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(35),
+            ..SubscribeOptions::default()
+        };
+        let mut sub =
+            Subscriber::with_options(&format!("127.0.0.1:{port}"), "c", None, options).unwrap();
+        let mut delays = Vec::new();
+        while delays.len() < 4 {
+            if let SubscriberItem::Reconnecting { after, .. } = next(&mut sub).await {
+                delays.push(after.as_millis());
+            }
+        }
+        assert_eq!(delays, [10, 20, 35, 35], "doubling up to max_backoff");
+        assert_eq!(
+            backoff_delay(Duration::from_secs(3), Duration::from_secs(1), 5),
+            Duration::from_secs(3),
+            "never below the server's retry"
+        );
+        assert_eq!(
+            backoff_delay(Duration::from_secs(3), DEFAULT_MAX_BACKOFF, 0),
+            Duration::from_secs(3),
+            "a stream that ended reconnects after retry"
+        );
     }
 
     #[tokio::test]

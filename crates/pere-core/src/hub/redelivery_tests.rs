@@ -337,3 +337,41 @@ async fn channels_are_bounded_and_reclaimed_once_retention_empties_them() {
     let sub = subscribe(&hub, Some("w"), &["a"], Resume::After(a.id)).await;
     assert!(sub.gap().is_some());
 }
+
+#[tokio::test]
+async fn events_history_drops_before_their_deadline_get_expired_notices() {
+    let hub = hub_with(
+        HubConfig {
+            ack_deadline: Some(std::time::Duration::from_secs(3600)),
+            ..HubConfig::default()
+        },
+        Retention {
+            history: 1,
+            max_age: None,
+        },
+    )
+    .await;
+    let mut notices = hub.overdue_notices();
+    let mut got = subscribe(&hub, Some("reader"), &["c"], Resume::Auto).await;
+    drop(subscribe(&hub, Some("away"), &["c"], Resume::Auto).await);
+    let first = publish(&hub, "c", "first").await;
+    next(&mut got).await;
+    hub.ack(&pat("c"), &dev("reader"), first.id, "ok")
+        .await
+        .unwrap();
+    // The second pushes the first out of the history of 1, an hour before
+    // its deadline: "away" never acknowledged it and now never will.
+    publish(&hub, "c", "second").await;
+    let n = tokio::time::timeout(WAIT, notices.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (n.id, n.device.as_str(), n.expired),
+        (first.id, "away", true)
+    );
+    assert_eq!(n.state, ReceiptState::Pending);
+    // Only once, and nobody else (the reader acknowledged it).
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(notices.try_recv().is_err());
+}

@@ -16,11 +16,13 @@ use crate::auth::{AuthRegistry, Reach, TokenHash};
 use crate::config::HubConfig;
 use crate::error::Error;
 use crate::event::{Event, EventId, FrameCache, Sequencer, Timestamp};
-use crate::ledger::{EventReceipts, NO_SLOT, OverdueNotice, ReceiptState, ReceiptWatchers};
+use crate::ledger::{EventReceipts, NO_SLOT, OverdueNotice, ReceiptState};
 use crate::log::{Evicted, Record};
+use crate::metrics::HubMetrics;
 use crate::name::{ChannelName, DeviceId, Pattern};
 use crate::presence::{Delivery, Member, Op, StreamShared, StreamTx};
 use crate::queue::Push;
+use crate::receipt_log::ReceiptLog;
 
 pub(super) enum Effect {
     Fail(FailReply, Error),
@@ -189,6 +191,9 @@ impl Tombstones {
     }
 }
 
+/// Channel, publisher, key.
+pub(super) type IdemKey = (ChannelName, Option<DeviceId>, Box<str>);
+
 #[derive(Debug)]
 pub(super) struct Idem {
     pub(super) id: EventId,
@@ -223,9 +228,14 @@ pub(super) struct State {
     /// retention dropped there (for `pere.gap`).
     pub(super) tombstones: Tombstones,
     pub(super) by_id: HashMap<EventId, Arc<EventReceipts>>,
-    pub(super) idempotency: HashMap<(ChannelName, Box<str>), Idem>,
+    /// Idempotency keys, scoped by channel and publisher (the `device` of
+    /// the publish: a token's subject when auth is on), so one publisher's
+    /// key never swallows another's event.
+    pub(super) idempotency: HashMap<IdemKey, Idem>,
     pub(super) streams: HashMap<u64, OpenStream>,
-    pub(super) watchers: HashMap<ChannelName, Arc<ReceiptWatchers>>,
+    pub(super) watchers: HashMap<ChannelName, Arc<ReceiptLog>>,
+    /// Gaps told to receipts streams that fell behind (metrics).
+    pub(super) receipt_gaps: Arc<std::sync::atomic::AtomicU64>,
     /// Records produced while applying (a stream closed for being slow);
     /// written with the next batch.
     pub(super) deferred: Vec<Record>,
@@ -245,11 +255,19 @@ pub(super) struct State {
     /// Counted redeliveries of streams that closed.
     pub(super) redelivered_closed: u64,
     pub(super) closed: bool,
+    /// The hub's measurements, handed to each channel's receipts.
+    pub(super) metrics: Arc<HubMetrics>,
 }
 
 impl State {
-    pub(super) fn watchers_for(&mut self, channel: &ChannelName) -> Arc<ReceiptWatchers> {
-        self.watchers.entry(channel.clone()).or_default().clone()
+    pub(super) fn watchers_for(&mut self, channel: &ChannelName) -> Arc<ReceiptLog> {
+        let (gaps, metrics) = (&self.receipt_gaps, &self.metrics);
+        self.watchers
+            .entry(channel.clone())
+            .or_insert_with(|| {
+                Arc::new(ReceiptLog::counting_gaps(gaps.clone()).with_metrics(metrics.clone()))
+            })
+            .clone()
     }
 
     /// Adds a closed stream's counters to the hub's.
@@ -517,9 +535,13 @@ impl State {
         config: &HubConfig,
         records: &mut Vec<Record>,
     ) -> Effect {
-        let key = publish
-            .idempotency_key
-            .map(|k| (publish.channel.clone(), k.into_boxed_str()));
+        let key = publish.idempotency_key.map(|k| {
+            (
+                publish.channel.clone(),
+                publish.device.clone(),
+                k.into_boxed_str(),
+            )
+        });
         if let Some(key) = &key
             && let Some(first) = self.idempotency.get(key)
         {
@@ -558,7 +580,7 @@ impl State {
             device: publish.device,
             time: now,
             payload: publish.payload,
-            idempotency_key: key.as_ref().map(|(_, k)| k.clone()),
+            idempotency_key: key.as_ref().map(|(_, _, k)| k.clone()),
         });
         if let Some(key) = key {
             // Recipients are filled in when the event is applied.
@@ -588,7 +610,9 @@ impl State {
                     duplicate: false,
                     receipts: Some(receipts),
                 };
-                tracing::info!(
+                // Per event: DEBUG (issue 18.2); pere_http::activity sums
+                // them up at INFO.
+                tracing::debug!(
                     channel = %published.channel,
                     id = %published.id,
                     recipients = published.recipients,
@@ -604,7 +628,7 @@ impl State {
             } => {
                 let receipts = self.by_id.get(&id).cloned();
                 let recipients = receipts.as_ref().map_or(recipients, |r| r.audience().len());
-                tracing::info!(channel = %channel, id = %id, "idempotent retry answered with the first result");
+                tracing::debug!(channel = %channel, id = %id, "idempotent retry answered with the first result");
                 let _ = reply.send(Ok(Published {
                     id,
                     channel,
@@ -629,7 +653,7 @@ impl State {
                     receipts.id(),
                     now,
                 );
-                tracing::info!(
+                tracing::debug!(
                     channel = %receipts.event.channel,
                     id = %receipts.id(),
                     device = %device,
@@ -750,7 +774,9 @@ impl State {
             self.deadlines.push_back(receipts.clone());
         }
         if let Some(key) = &receipts.event.idempotency_key
-            && let Some(idem) = self.idempotency.get_mut(&(channel, key.clone()))
+            && let Some(idem) =
+                self.idempotency
+                    .get_mut(&(channel, receipts.event.device.clone(), key.clone()))
         {
             idem.recipients = receipts.audience().len();
         }
@@ -949,7 +975,7 @@ impl State {
                 .chain(floors.iter().copied())
                 .min(),
         };
-        tracing::info!(
+        tracing::debug!(
             stream = stream.shared.id,
             device = req.device.as_ref().map(DeviceId::as_str),
             channels = ?req.patterns.iter().map(Pattern::as_str).collect::<Vec<_>>(),
@@ -1087,7 +1113,7 @@ impl State {
             self.close_stream(id, now);
         }
         for watchers in self.watchers.values() {
-            watchers.close_all();
+            watchers.close();
         }
         self.closed = true;
     }
@@ -1142,7 +1168,8 @@ impl State {
     }
 
     /// Drops the receipts of evicted events.
-    pub(super) fn evict(&mut self, evicted: &[Evicted]) {
+    pub(super) fn evict(&mut self, evicted: &[Evicted], now: Timestamp) {
+        let mut gone = Vec::new();
         for e in evicted {
             let Some(ledger) = self.channels.get_mut(&e.channel) else {
                 continue;
@@ -1150,9 +1177,19 @@ impl State {
             while ledger.receipts.front().is_some_and(|r| r.id() <= e.upto) {
                 if let Some(r) = ledger.receipts.pop_front() {
                     self.by_id.remove(&r.id());
+                    gone.push(r);
                 }
             }
             ledger.evicted_upto = ledger.evicted_upto.max(e.upto);
+        }
+        // With a deadline, no unacknowledged event leaves without a word:
+        // its devices get a notice now (journaled with the next batch).
+        if let Some(deadline) = self.ack_deadline {
+            let mut records = std::mem::take(&mut self.deferred);
+            for r in gone {
+                self.notify_unacked(&r, r.event.time.plus(deadline), true, now, &mut records);
+            }
+            self.deferred = records;
         }
     }
 
@@ -1173,40 +1210,56 @@ impl State {
             if !self.by_id.contains_key(&receipts.id()) {
                 continue; // no longer retained
             }
-            for (device, state) in receipts.unacked_devices() {
-                let key = (receipts.id(), device.clone());
-                if self.notices.contains_key(&key) {
-                    continue;
-                }
-                let notice = OverdueNotice {
-                    id: receipts.id(),
-                    channel: receipts.event.channel.clone(),
-                    device: device.clone(),
-                    state,
-                    published_at: receipts.event.time,
-                    deadline: due,
-                };
-                tracing::info!(
-                    channel = %notice.channel,
-                    id = %notice.id,
-                    device = %device,
-                    state = state.as_str(),
-                    "receipt overdue"
-                );
-                records.push(Record::Notice {
-                    id: notice.id,
-                    device,
-                    sent: false,
-                    at: now,
-                });
-                receipts.announce_overdue(&notice);
-                if let Some(tx) = &self.notice_tx
-                    && tx.send(notice.clone()).is_err()
-                {
-                    self.notice_tx = None;
-                }
-                self.notices.insert(key, (notice, false));
+            self.notify_unacked(&receipts, due, false, now, records);
+        }
+    }
+
+    /// Issues one notice per device that has not acknowledged `receipts`'
+    /// event and was not noticed yet (overdue, or `expired` when retention
+    /// drops the event first), journaled so it is never issued twice.
+    fn notify_unacked(
+        &mut self,
+        receipts: &EventReceipts,
+        deadline: Timestamp,
+        expired: bool,
+        now: Timestamp,
+        records: &mut Vec<Record>,
+    ) {
+        for (device, state) in receipts.unacked_devices() {
+            let key = (receipts.id(), device.clone());
+            if self.notices.contains_key(&key) {
+                continue;
             }
+            let notice = OverdueNotice {
+                id: receipts.id(),
+                channel: receipts.event.channel.clone(),
+                device: device.clone(),
+                state,
+                published_at: receipts.event.time,
+                deadline,
+                expired,
+            };
+            tracing::debug!(
+                channel = %notice.channel,
+                id = %notice.id,
+                device = %device,
+                state = state.as_str(),
+                expired,
+                "receipt overdue"
+            );
+            records.push(Record::Notice {
+                id: notice.id,
+                device,
+                sent: false,
+                at: now,
+            });
+            receipts.announce_overdue(&notice);
+            if let Some(tx) = &self.notice_tx
+                && tx.send(notice.clone()).is_err()
+            {
+                self.notice_tx = None;
+            }
+            self.notices.insert(key, (notice, false));
         }
     }
 
@@ -1274,7 +1327,7 @@ impl State {
                     return true;
                 }
                 if member.is_member {
-                    tracing::info!(subscription = %pattern, device = %device, "membership expired");
+                    tracing::debug!(subscription = %pattern, device = %device, "membership expired");
                     records.push(Record::Left {
                         subscription: pattern.clone(),
                         device: device.clone(),
@@ -1293,14 +1346,13 @@ impl State {
         }
         self.reclaim_channels();
         let by_id = &self.by_id;
-        self.notices.retain(|(id, _), _| by_id.contains_key(id));
+        // Kept until the webhook took them, even for events gone since.
+        self.notices
+            .retain(|(id, _), (_, sent)| by_id.contains_key(id) || !*sent);
         let idem_ttl = config.idempotency_ttl;
         let by_id = &self.by_id;
         self.idempotency
             .retain(|_, idem| by_id.contains_key(&idem.id) || now.since(idem.at) < idem_ttl);
-        for watchers in self.watchers.values() {
-            watchers.sweep();
-        }
     }
 
     /// Forgets channels retention emptied (keeping a tombstone of what it
@@ -1319,8 +1371,9 @@ impl State {
             self.channels.shrink_to_fit();
         }
         let channels = &self.channels;
+        let now = Timestamp::now();
         self.watchers
-            .retain(|channel, w| w.any() || channels.contains_key(channel));
+            .retain(|channel, w| !w.idle(now) || channels.contains_key(channel));
         if self.watchers.capacity() > 2 * self.watchers.len() + 64 {
             self.watchers.shrink_to_fit();
         }
@@ -1354,7 +1407,7 @@ impl State {
                     }
                     if let Some(key) = &event.idempotency_key {
                         self.idempotency.insert(
-                            (event.channel.clone(), key.clone()),
+                            (event.channel.clone(), event.device.clone(), key.clone()),
                             Idem {
                                 id: event.id,
                                 recipients: 0,
@@ -1488,6 +1541,7 @@ impl State {
                             .event
                             .time
                             .plus(self.ack_deadline.unwrap_or_default()),
+                        expired: false,
                     };
                     self.notices.insert(key, (notice, sent));
                 }

@@ -316,10 +316,26 @@ async fn idempotent_retries_return_the_first_result() {
     assert!(!first.duplicate);
     assert!(again.duplicate);
     assert_eq!((again.id, again.recipients), (first.id, first.recipients));
-    // The key is per channel.
-    req.channel = ch("other");
-    assert_ne!(hub.publish(req).await.unwrap().id, first.id);
+    // The key is per channel…
+    let mut elsewhere = req.clone();
+    elsewhere.channel = ch("other");
+    assert_ne!(hub.publish(elsewhere).await.unwrap().id, first.id);
     assert_eq!(hub.stats().published, 2);
+    // …and per publisher: another one's key never swallows this event.
+    let mut mine = req.clone();
+    mine.device = Some(dev("backend-a"));
+    let a = hub.publish(mine.clone()).await.unwrap();
+    assert!(!a.duplicate);
+    assert_ne!(a.id, first.id);
+    let mut theirs = req.clone();
+    theirs.device = Some(dev("backend-b"));
+    let b = hub.publish(theirs).await.unwrap();
+    assert!(
+        !b.duplicate,
+        "the same key from another publisher is its own event"
+    );
+    assert_eq!(hub.publish(mine).await.unwrap().id, a.id, "a's retry");
+    assert_eq!(hub.stats().published, 4);
     // Concurrent retries within one batch still publish once.
     let mut tasks = Vec::new();
     for _ in 0..10 {
@@ -397,14 +413,30 @@ async fn presence_tracks_connections_and_receipts() {
     let p = hub.devices(&pat("c")).remove(0).1;
     assert!(!p.online);
     assert_eq!(p.op, Op::Left);
-    // A device that only sends receipts shows up, but is no member.
+    // A device the event was never written to, and not in its audience,
+    // cannot acknowledge it (issue 18.5): it would become a recipient.
     let e = publish(&hub, "c", "x").await;
-    hub.ack(&pat("c"), &dev("acker"), e.id, "ok").await.unwrap();
-    let devices = hub.devices(&pat("c"));
-    let acker = &devices.iter().find(|(d, _)| d == &dev("acker")).unwrap().1;
-    assert!(!acker.member);
-    assert_eq!(acker.last_acked, Some(e.id));
-    assert_eq!(acker.op, Op::Feedback);
+    assert!(matches!(
+        hub.ack(&pat("c"), &dev("acker"), e.id, "ok").await,
+        Err(Error::NotRecipient { .. })
+    ));
+    assert!(
+        hub.ack_batch(vec![(pat("c"), dev("acker"), e.id, "ok".into())])
+            .await[0]
+            .is_err()
+    );
+    let s = hub.receipt_summary(&pat("c"), e.id).unwrap();
+    assert_eq!(s.recipients, 1, "the audience is unchanged: {s:?}");
+    assert!(
+        !hub.devices(&pat("c"))
+            .iter()
+            .any(|(d, _)| d == &dev("acker"))
+    );
+    // The member that was offline is in the audience: it may.
+    hub.ack(&pat("c"), &dev("d"), e.id, "ok").await.unwrap();
+    let d = hub.devices(&pat("c")).remove(0).1;
+    assert_eq!(d.last_acked, Some(e.id));
+    assert_eq!(d.op, Op::Feedback);
     let channels = hub.channels();
     assert_eq!(channels.len(), 1);
     assert_eq!(
@@ -460,7 +492,7 @@ async fn memberships_expire_after_their_ttl_and_can_be_removed() {
 async fn shutdown_ends_every_stream_and_refuses_new_work() {
     let hub = hub().await;
     let mut sub = subscribe(&hub, Some("d"), &["c"], Resume::Auto).await;
-    let mut receipts = hub.watch_receipts(&ch("c"));
+    let mut receipts = hub.watch_receipts(&ch("c"), None);
     hub.shutdown().await;
     assert!(
         tokio::time::timeout(WAIT, sub.next())
@@ -469,7 +501,7 @@ async fn shutdown_ends_every_stream_and_refuses_new_work() {
             .is_none()
     );
     assert!(
-        tokio::time::timeout(WAIT, receipts.recv())
+        tokio::time::timeout(WAIT, receipts.next())
             .await
             .unwrap()
             .is_none()
@@ -531,17 +563,17 @@ async fn bad_input_is_refused_with_a_clear_error() {
 #[tokio::test]
 async fn the_receipts_feed_reports_each_transition() {
     let hub = hub().await;
-    let mut feed = hub.watch_receipts(&ch("c"));
+    let mut feed = hub.watch_receipts(&ch("c"), None);
     let mut sub = subscribe(&hub, Some("d"), &["c"], Resume::Auto).await;
     let p = publish(&hub, "c", "x").await;
     next(&mut sub).await;
     hub.ack(&pat("c"), &dev("d"), p.id, "ok").await.unwrap();
-    let change = |u: Option<crate::ReceiptUpdate>| match u {
-        Some(crate::ReceiptUpdate::Change(c)) => c,
+    let change = |u: Option<crate::Followed>| match u {
+        Some(crate::Followed::Change(_, crate::ReceiptUpdate::Change(c))) => c,
         other => panic!("expected a change, got {other:?}"),
     };
-    let a = change(tokio::time::timeout(WAIT, feed.recv()).await.unwrap());
-    let b = change(tokio::time::timeout(WAIT, feed.recv()).await.unwrap());
+    let a = change(tokio::time::timeout(WAIT, feed.next()).await.unwrap());
+    let b = change(tokio::time::timeout(WAIT, feed.next()).await.unwrap());
     assert_eq!(
         (a.state, b.state),
         (ReceiptState::Delivered, ReceiptState::Acked)
@@ -561,7 +593,7 @@ async fn devices_that_miss_the_ack_deadline_get_one_overdue_notice_each() {
     )
     .await;
     let mut notices = hub.overdue_notices();
-    let mut feed = hub.watch_receipts(&ch("c"));
+    let mut feed = hub.watch_receipts(&ch("c"), None);
     let mut fast = subscribe(&hub, Some("fast"), &["c"], Resume::Auto).await;
     let mut slow = subscribe(&hub, Some("slow"), &["c"], Resume::Auto).await;
     drop(subscribe(&hub, Some("offline"), &["c"], Resume::Auto).await);
@@ -589,8 +621,21 @@ async fn devices_that_miss_the_ack_deadline_get_one_overdue_notice_each() {
     // Exactly once: more ticks bring nothing new.
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert!(notices.try_recv().is_err());
-    let overdue = std::iter::from_fn(|| feed.try_recv().ok())
-        .filter(|u| matches!(u, crate::ReceiptUpdate::Overdue(_)))
+    let ready = |feed: &mut crate::ReceiptFollower| {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        match feed.poll_next(&mut cx) {
+            std::task::Poll::Ready(item) => item,
+            std::task::Poll::Pending => None,
+        }
+    };
+    let overdue = std::iter::from_fn(|| ready(&mut feed))
+        .filter(|f| {
+            matches!(
+                f,
+                crate::Followed::Change(_, crate::ReceiptUpdate::Overdue(_))
+            )
+        })
         .count();
     assert_eq!(overdue, 2, "the receipts feed shows them as overdue");
     // A new listener is handed the notices nobody confirmed, and only those.
@@ -725,4 +770,52 @@ mod auth {
         assert!(hub.auth().is_enabled());
         assert!(hub.put_token(&token, grants("phone", &["a"])).await.is_ok());
     }
+}
+
+/// Issue 18.11: the gauge of unacknowledged receipts follows receipts,
+/// late joiners and retention; the latency histograms count what happened.
+#[tokio::test]
+async fn metrics_follow_receipts_retention_and_latencies() {
+    let retention = Retention {
+        history: 1,
+        max_age: None,
+    };
+    let hub = hub_with(HubConfig::default(), retention).await;
+    let mut a = subscribe(&hub, Some("a"), &["c"], Resume::Auto).await;
+    // b is a member, offline: its receipts stay pending.
+    drop(subscribe(&hub, Some("b"), &["c"], Resume::Auto).await);
+    wait_for(|| hub.connections().total == 1).await;
+    let first = publish(&hub, "c", "1").await.id;
+    assert_eq!(hub.metrics().unacked(), 2);
+    assert_eq!(next(&mut a).await.id, first);
+    hub.ack(&pat("c"), &dev("a"), first, "ok").await.unwrap();
+    assert_eq!(hub.metrics().unacked(), 1);
+    hub.ack(&pat("c"), &dev("a"), first, "updated")
+        .await
+        .unwrap();
+    assert_eq!(
+        hub.metrics().unacked(),
+        1,
+        "a status update is not a second receipt"
+    );
+    // History 1: the second event drops the first, and b's pair with it.
+    let second = publish(&hub, "c", "2").await.id;
+    assert_eq!(hub.metrics().unacked(), 2);
+    assert_eq!(next(&mut a).await.id, second);
+    hub.ack(&pat("c"), &dev("a"), second, "ok").await.unwrap();
+    assert_eq!(hub.metrics().unacked(), 1);
+    let m = hub.metrics();
+    assert_eq!(m.publish_to_delivered.snapshot().count, 2);
+    assert_eq!(m.publish_to_acked.snapshot().count, 2);
+    assert!(
+        m.journal_write.snapshot().count >= 4,
+        "publishes and receipts"
+    );
+    let dup = Publish {
+        idempotency_key: Some("k".into()),
+        ..Publish::new(ch("c"), "3")
+    };
+    hub.publish(dup.clone()).await.unwrap();
+    hub.publish(dup).await.unwrap();
+    assert_eq!(m.idempotent_replays.load(Ordering::Relaxed), 1);
 }

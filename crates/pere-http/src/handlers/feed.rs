@@ -7,7 +7,7 @@ use pere_core::{EventId, EventStore, Pattern, Resume, SubscribeRequest, Subscrip
 
 use super::auth::Caller;
 use super::{App, header_str, query_of, query_value};
-use crate::body::{Body, Source, SseBody};
+use crate::body::{Body, Form, Source, SseBody};
 use crate::error::{ApiError, escape};
 use crate::sse;
 
@@ -40,6 +40,16 @@ pub async fn feed<S: EventStore, B>(
             || format!("subscribing to `{pattern}`"),
         )?;
     }
+    let form = match query_value(&query, "envelope") {
+        None => Form::Plain,
+        Some("json") => Form::Envelope,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_parameter",
+                format!("envelope=`{}` is not `json`", escape(other)),
+            ));
+        }
+    };
     let device = caller.device(req.headers(), &query)?;
     let header_id = header_str(req.headers(), "last-event-id")?.filter(|v| !v.is_empty());
     let resume = resume_point(header_id, &query)?;
@@ -65,8 +75,9 @@ pub async fn feed<S: EventStore, B>(
         )
         .await?;
     let opening = opening(app.config.retry.as_millis() as u64, &subscription);
-    let mut body =
-        SseBody::new(opening, Source::Events(subscription), app.config.keepalive).with_slot(slot);
+    let mut body = SseBody::new(opening, Source::Events(subscription), app.config.keepalive)
+        .with_slot(slot)
+        .with_form(form);
     if let Some(end) = caller.stream_end() {
         // A JWT's stream ends at its `exp` (docs/PROTOCOL.md §7.4).
         body = body.until(end);

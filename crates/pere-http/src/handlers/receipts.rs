@@ -2,11 +2,11 @@
 //! (a live stream of receipt changes).
 
 use bytes::BytesMut;
-use hyper::{Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use pere_core::{ChannelName, EventId, EventStore, Pattern, ReceiptSummary};
 
 use super::auth::Caller;
-use super::{App, json};
+use super::{App, header_str, json, query_of, query_value};
 use crate::body::{Body, Source, SseBody};
 use crate::error::ApiError;
 use crate::sse;
@@ -61,14 +61,18 @@ pub fn summary_json(s: &ReceiptSummary) -> serde_json::Value {
     })
 }
 
-/// `GET /receipts/:channel`; `head` answers a `HEAD` with the headers only,
-/// watching nothing.
-pub fn stream<S: EventStore>(
+/// `GET /receipts/:channel`; a `HEAD` gets the headers only, watching
+/// nothing. Each change carries its number as the SSE `id`, so a client
+/// that reconnects with `Last-Event-ID` (or `?lastEventId=`) gets what it
+/// missed, or a `pere.gap` when that is no longer kept
+/// (docs/PROTOCOL.md §5).
+pub fn stream<S: EventStore, B>(
     app: &App<S>,
+    req: &Request<B>,
     channel: &str,
-    head: bool,
     caller: &Caller,
 ) -> Result<Response<Body>, ApiError> {
+    let head = req.method() == hyper::Method::HEAD;
     let channel = ChannelName::new(channel)?;
     let pattern = Pattern::from(channel.clone());
     caller.require(
@@ -81,8 +85,9 @@ pub fn stream<S: EventStore>(
     if head {
         return Ok(super::feed::head_response());
     }
+    let after = resume_after(req)?;
     let slot = app.limits.acquire(None)?;
-    let changes = app.hub.watch_receipts(&channel);
+    let changes = app.hub.watch_receipts(&channel, after);
     let mut opening = BytesMut::new();
     sse::encode_retry(&mut opening, app.config.retry.as_millis() as u64);
     let mut body = SseBody::new(
@@ -123,4 +128,28 @@ pub fn stream<S: EventStore>(
     let mut response = Response::new(Body::Sse(Box::new(body)));
     super::feed::sse_headers(response.headers_mut());
     Ok(response)
+}
+
+/// The change number a receipts stream resumes after: the `Last-Event-ID`
+/// header, else `lastEventId`; `None` starts from now.
+fn resume_after<B>(req: &Request<B>) -> Result<Option<u64>, ApiError> {
+    let query = query_of(req)?;
+    let raw = match header_str(req.headers(), "last-event-id")?.filter(|v| !v.is_empty()) {
+        Some(raw) => Some(raw.to_string()),
+        None => query_value(&query, "lastEventId")
+            .filter(|v| !v.is_empty())
+            .map(str::to_string),
+    };
+    raw.map(|raw| {
+        EventId::parse(&raw).map(|id| id.0).map_err(|_| {
+            ApiError::bad_request(
+                "invalid_event_id",
+                format!(
+                    "the resume point `{}` is not a change number (a decimal number)",
+                    crate::error::escape(&raw)
+                ),
+            )
+        })
+    })
+    .transpose()
 }
