@@ -33,6 +33,34 @@ export const CHANNEL_RE = /^[A-Za-z0-9_\-.:*]{1,200}$/;
 /** Longest wait between two reconnect attempts made by this module, in ms. */
 const MAX_BACKOFF_MS = 30_000;
 
+/** Event ids remembered as processed per device; the oldest are forgotten first. */
+const MAX_PROCESSED = 10_000;
+
+// Events this page processed, per server and device: id → the status of the
+// receipt the page sent for it (null until it sends one). docs/PROTOCOL.md §5: a
+// device that comes back without Last-Event-ID is sent again every event it
+// has not acknowledged, with the same id; a page that closes a subscription
+// and opens another for the same device (or whose receipt was lost) sees
+// such events twice. They are processed once per page lifetime, and their
+// receipt is sent again with the status the page used.
+const processed = new Map();
+
+function processedBy(base, device) {
+  const key = `${base}\u0000${device || ''}`;
+  let ids = processed.get(key);
+  if (!ids) {
+    ids = new Map();
+    processed.set(key, ids);
+  }
+  return ids;
+}
+
+function remember(ids, id, status) {
+  ids.delete(id); // re-inserted last: the newest are kept
+  ids.set(id, status);
+  if (ids.size > MAX_PROCESSED) ids.delete(ids.keys().next().value);
+}
+
 /** An error answer of the server (docs/PROTOCOL.md §8), or a network failure (status 0). */
 export class PereError extends Error {
   constructor(status, code, message) {
@@ -76,7 +104,7 @@ export function parseJson(text) {
  * @param {boolean} [o.replay] replay every retained event (`replay=all`)
  * @param {string} [o.accessToken] a token, sent as `access_token`
  */
-export function feedUrl({ channels, device, base = '', lastEventId, replay, accessToken }) {
+export function feedUrl({ channels, device, base = '', lastEventId, replay, accessToken, envelope }) {
   if (!channels || channels.length === 0) throw new TypeError('feedUrl: name at least one channel');
   const query = new URLSearchParams();
   let path = '/feed';
@@ -88,6 +116,7 @@ export function feedUrl({ channels, device, base = '', lastEventId, replay, acce
   if (device) query.set('device', device);
   if (lastEventId) query.set('lastEventId', lastEventId);
   if (replay) query.set('replay', 'all');
+  if (envelope) query.set('envelope', 'json');
   if (accessToken) query.set('access_token', accessToken);
   const q = query.toString();
   return base + path + (q ? '?' + q : '');
@@ -105,18 +134,40 @@ async function errorOf(response) {
  * @param {string} path e.g. `/admin/channels`
  * @param {{base?: string, accessToken?: string, signal?: AbortSignal}} [options]
  */
-export async function getJson(path, { base = '', accessToken, signal } = {}) {
+export async function getJson(path, options = {}) {
+  return requestJson('GET', path, options);
+}
+
+/**
+ * `METHOD path` (e.g. `DELETE /admin/devices/:channel/:device`), the answer
+ * as JSON; throws a `PereError` for an error answer or a network failure.
+ * @param {string} method
+ * @param {string} path
+ * @param {{base?: string, accessToken?: string, signal?: AbortSignal}} [options]
+ */
+export async function requestJson(method, path, { base = '', accessToken, signal } = {}) {
   const headers = { Accept: 'application/json' };
   if (accessToken) headers.Authorization = 'Bearer ' + accessToken;
   let response;
   try {
-    response = await fetch(base + path, { headers, signal, cache: 'no-store' });
+    response = await fetch(base + path, { method, headers, signal, cache: 'no-store' });
   } catch (err) {
     if (err && err.name === 'AbortError') throw err;
     throw new PereError(0, 'network', `cannot reach the server (${err && err.message})`);
   }
   if (!response.ok) throw await errorOf(response);
   return response.json();
+}
+
+/**
+ * The URL of a channel's receipts stream (`GET /receipts/:channel`, SSE):
+ * `receipt` events for every change of a receipt, `overdue` notices.
+ * @param {string} channel
+ * @param {{base?: string, accessToken?: string}} [options]
+ */
+export function receiptsUrl(channel, { base = '', accessToken } = {}) {
+  const query = accessToken ? '?access_token=' + encodeURIComponent(accessToken) : '';
+  return `${base}/receipts/${encodeURIComponent(channel)}${query}`;
 }
 
 /**
@@ -132,6 +183,9 @@ export async function getJson(path, { base = '', accessToken, signal } = {}) {
  *   `json: true` sends `{"id","status"}` instead of PERE's form body `status=…`
  */
 export async function ack(channel, device, id, status = 'ok', { base = '', json = false, accessToken, signal } = {}) {
+  // Remembered before it is sent: if this receipt is lost, the event comes
+  // again and the receipt is sent again with the same status.
+  remember(processedBy(base, device), id, status);
   const headers = { device, 'Last-Event-ID': id };
   let body;
   if (json) {
@@ -173,6 +227,7 @@ export async function ack(channel, device, id, status = 'ok', { base = '', json 
  * @param {boolean} [o.replay] ask for every retained event on the first connection
  * @param {string} [o.accessToken] a token (docs/PROTOCOL.md §7)
  * @param {boolean} [o.json] send receipts as JSON instead of PERE's form body
+ * @param {boolean} [o.envelope] ask for `?envelope=json` (default: for a pattern or several channels)
  * @param {number} [o.retryMs] first delay before this module reconnects itself (default 3000)
  * @param {(event: PereEvent) => void} [o.onEvent] every event that has an id
  * @param {(state: string, info: {error?: PereError}) => void} [o.onState]
@@ -180,8 +235,17 @@ export async function ack(channel, device, id, status = 'ok', { base = '', json 
  * @param {(gap: {from: string, oldest: string|null}) => void} [o.onGap] `pere.gap`
  * @param {(error: PereError) => void} [o.onError] the server refused the stream
  *
- * `PereEvent` is `{id, type, data, json, receivedAt}`: `json` is the
- * payload parsed when it is a JSON object or array.
+ * `PereEvent` is `{id, type, channel, data, json, receivedAt}`: `channel`
+ * is the channel the event was published on (a pattern's or several
+ * channels' streams ask for `?envelope=json` to learn it; pass
+ * `envelope: false` to keep PERE's plain stream), `json` is the payload
+ * parsed when it is a JSON object or array.
+ *
+ * An event whose id this page already processed for the device (the server
+ * sends unacknowledged events again when a device comes back without
+ * Last-Event-ID, docs/PROTOCOL.md §5) is not passed to `onEvent` again; if the page
+ * sent a receipt for it, the receipt is sent again with the same status
+ * (the first one may have been lost).
  *
  * The returned subscription has `state`, `lastEventId`, `channels`,
  * `device`, `ack(id, status?)` and `close()`.
@@ -197,6 +261,9 @@ class Subscription {
   #failures = 0;
   #closed = false;
   #resume;
+  #envelope;
+  /** Event id → its channel, for receipts (from the envelope). */
+  #channelOf = new Map();
 
   constructor(o) {
     const channels = o.channels ? [...o.channels] : o.channel ? [o.channel] : [];
@@ -207,6 +274,10 @@ class Subscription {
     this.state = null; // the first #setState reports `connecting`
     this.lastEventId = o.lastEventId || '';
     this.#resume = { lastEventId: o.lastEventId, replay: o.replay };
+    // Events of a pattern or of several channels come wrapped with their
+    // channel (docs/PROTOCOL.md §3.8); one plain channel stays as PERE's page
+    // read it.
+    this.#envelope = o.envelope ?? (channels.length > 1 || channels.some((c) => c.includes('*')));
     this.#connect();
   }
 
@@ -220,13 +291,15 @@ class Subscription {
   }
 
   /**
-   * Acknowledges event `id` for this subscription's device. With several
-   * channels the event's channel is not on the wire, so each subscription
+   * Acknowledges event `id` for this subscription's device, on the event's
+   * own channel when the stream said it (envelope); else each subscription
    * is tried in turn until one knows the event.
    */
   async ack(id, status = 'ok') {
     if (!this.device) throw new PereError(400, 'missing_device', 'an anonymous stream cannot send receipts');
     const options = { base: this.#o.base, json: this.#o.json, accessToken: this.#o.accessToken };
+    const known = this.#channelOf.get(id);
+    if (known) return ack(known, this.device, id, status, options);
     let last;
     for (const channel of this.channels) {
       try {
@@ -256,6 +329,7 @@ class Subscription {
       // own reconnects send Last-Event-ID by themselves).
       lastEventId: this.lastEventId || this.#resume.lastEventId,
       replay: !this.lastEventId && this.#resume.replay,
+      envelope: this.#envelope,
     });
   }
 
@@ -286,12 +360,34 @@ class Subscription {
     const onData = (e) => {
       if (source !== this.#source) return;
       if (e.lastEventId) this.lastEventId = e.lastEventId;
+      if (e.lastEventId) {
+        const ids = processedBy(this.#o.base, this.device);
+        if (ids.has(e.lastEventId)) {
+          const status = ids.get(e.lastEventId);
+          if (status !== null && this.device) this.ack(e.lastEventId, status).catch(() => {});
+          return;
+        }
+        remember(ids, e.lastEventId, null);
+      }
+      let data = e.data;
+      let channel = this.channels.length === 1 && !this.channels[0].includes('*') ? this.channels[0] : null;
+      const wrapped = this.#envelope ? parseJson(e.data) : null;
+      if (wrapped && typeof wrapped.channel === 'string' && typeof wrapped.data === 'string') {
+        data = wrapped.data;
+        channel = wrapped.channel;
+        if (e.lastEventId) {
+          this.#channelOf.set(e.lastEventId, channel);
+          // Bounded like the processed ids: the oldest go first.
+          if (this.#channelOf.size > 10_000) this.#channelOf.delete(this.#channelOf.keys().next().value);
+        }
+      }
       if (this.#o.onEvent) {
         this.#o.onEvent({
           id: e.lastEventId,
           type: e.type,
-          data: e.data,
-          json: parseJson(e.data),
+          channel,
+          data,
+          json: parseJson(data),
           receivedAt: new Date(),
         });
       }

@@ -8,9 +8,13 @@
 //!
 //! Each function takes raw bytes, cuts them into fields with [`Input`] (no
 //! `arbitrary` crate, so a saved input means the same thing everywhere),
-//! panics when a property fails, and must not panic otherwise.
+//! panics when a property fails, and must not panic otherwise. Most live
+//! here; `segment_scan` has its own file.
 
 use std::borrow::Cow;
+
+mod segment_scan;
+pub use segment_scan::segment_scan;
 
 use bytes::BytesMut;
 use hyper::header::{HeaderMap, HeaderValue};

@@ -227,7 +227,73 @@ async fn channels_list_events_ids_members_and_online_devices() {
             "newest": last,
             "members": 2,
             "online": 1,
+            "pattern": false,
         })
+    );
+}
+
+/// Issue 18.6: `/admin/channels` counted a `shop.*` member under
+/// `shop.eu`, `/admin/devices/shop.eu` showed `{}`, and patterns appeared
+/// nowhere. Every view now agrees: the channel lists the pattern's
+/// members (saying through which subscription), and the pattern is listed.
+#[tokio::test]
+async fn pattern_members_are_listed_under_the_channels_they_match() {
+    let server = TestServer::start().await;
+    let _star = server.subscribe("shop.*", "star").await;
+    let _exact = server.subscribe("shop.eu", "exact").await;
+    drop(server.subscribe("shop.**", "deep").await);
+    server.wait_offline("shop.**", "deep").await;
+    let id = server.publish("shop.eu", "x").await;
+    let receipt = server.get(&format!("/receipts/shop.eu/{id}")).await.json();
+    assert_eq!(receipt["recipients"], 3, "{receipt}");
+
+    let devices = server.get("/admin/devices/shop.eu").await.json();
+    let names: Vec<&String> = devices.as_object().unwrap().keys().collect();
+    assert_eq!(names, ["deep", "exact", "star"], "{devices}");
+    assert_eq!(devices["star"]["subscription"], "shop.*", "{devices}");
+    assert_eq!(devices["star"]["online"], true, "{devices}");
+    assert_eq!(devices["deep"]["subscription"], "shop.**", "{devices}");
+    assert_eq!(devices["exact"]["subscription"], "shop.eu", "{devices}");
+    let star = server.get("/admin/devices/shop.eu/star").await;
+    assert_eq!(star.status, 200, "{}", star.text());
+    assert_eq!(star.json()["subscription"], "shop.*");
+
+    let channels = server.get("/admin/channels").await.json();
+    let find = |name: &str| {
+        channels
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["channel"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} listed: {channels}"))
+    };
+    let eu = find("shop.eu");
+    assert_eq!(
+        (eu["members"].as_u64(), eu["online"].as_u64()),
+        (Some(3), Some(2))
+    );
+    let star = find("shop.*");
+    assert_eq!(star["pattern"], true, "{star}");
+    assert_eq!(
+        (
+            star["members"].as_u64(),
+            star["online"].as_u64(),
+            star["events"].as_u64()
+        ),
+        (Some(1), Some(1), Some(1)),
+        "{star}"
+    );
+
+    // Dropping it from the channel says where it is a member.
+    let r = server
+        .request("DELETE", "/admin/devices/shop.eu/star", &[], b"")
+        .await;
+    r.assert_error(404, "unknown_member");
+    assert!(
+        r.text().contains("DELETE /admin/devices/shop.*/star"),
+        "{}",
+        r.text()
     );
 }
 
@@ -266,8 +332,14 @@ async fn metrics_are_prometheus_text() {
         let (name, value) = line.rsplit_once(' ').unwrap();
         assert!(value.parse::<f64>().is_ok(), "{line}");
         let metric = name.split('{').next().unwrap();
+        // A histogram's samples are its name plus _bucket, _sum, _count.
+        let histogram = ["_bucket", "_sum", "_count"].iter().any(|suffix| {
+            metric
+                .strip_suffix(suffix)
+                .is_some_and(|family| text.contains(&format!("# TYPE {family} histogram\n")))
+        });
         assert!(
-            text.contains(&format!("# TYPE {metric} ")),
+            histogram || text.contains(&format!("# TYPE {metric} ")),
             "{metric} has a TYPE"
         );
     }

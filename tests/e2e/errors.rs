@@ -135,6 +135,8 @@ async fn an_oversized_publish_is_413() {
     let body = vec![b'x'; pere_core::DEFAULT_MAX_PAYLOAD + 1];
     let r = server.post("/push/c", &[], &body).await;
     assert_json_error(&r, 413, "payload_too_large");
+    // Issue 18.9: the sentence names the setting behind the limit.
+    assert!(r.text().contains("--max-payload"), "{}", r.text());
     still_serving(&server).await;
 }
 
@@ -507,5 +509,66 @@ async fn an_http2_preface_after_an_http1_answer_is_refused() {
         "{}",
         String::from_utf8_lossy(&after)
     );
+    still_serving(&server).await;
+}
+
+/// Issue 18.9: `/push/orders/eu` was a bare 404; it now says how channel
+/// names are written.
+#[tokio::test]
+async fn a_channel_written_with_slashes_gets_a_404_that_says_to_use_dots() {
+    let server = TestServer::start().await;
+    let r = server.post("/push/orders/eu", &[], b"x").await;
+    assert_json_error(&r, 404, "not_found");
+    let sentence = r.json()["error"].as_str().unwrap().to_string();
+    assert!(
+        sentence.contains("separated by `.`") && sentence.contains("`/push/orders.eu`"),
+        "{sentence}"
+    );
+    let r = server.get("/feed/orders/eu").await;
+    assert!(r.text().contains("`/feed/orders.eu`"), "{}", r.text());
+}
+
+/// Issue 18.9: `tiemout=5` was silently ignored. API endpoints refuse
+/// parameters they do not know; event streams do not, because EventSource
+/// wrappers and proxies add cache busters (and PERE's page and scripts
+/// send `device`, `lastEventId`, `replay`, `access_token`, `channel`).
+#[tokio::test]
+async fn unknown_query_parameters_are_400_on_api_endpoints_but_not_on_streams() {
+    let server = TestServer::start().await;
+    let r = server.post("/push/c?wait=acked&tiemout=5", &[], b"x").await;
+    assert_json_error(&r, 400, "unknown_parameter");
+    assert!(r.text().contains("did you mean `timeout`?"), "{}", r.text());
+    assert_eq!(
+        pere_tests::metric(
+            &server.get("/metrics").await.text(),
+            "pere_events_published_total"
+        ),
+        Some(0.0),
+        "nothing was published"
+    );
+    for path in [
+        "/admin/channels?verbose=1",
+        "/admin/events/c?after=0&limt=5",
+        "/receipts/c/1?x=y",
+    ] {
+        assert_json_error(&server.get(path).await, 400, "unknown_parameter");
+    }
+    let r = server
+        .post("/feedback/c?status=ok", &[("device", "d")], b"")
+        .await;
+    assert_json_error(&r, 400, "unknown_parameter");
+    // jQuery's `cache: false` adds `_=<time>` to GETs.
+    assert_eq!(
+        server.get("/admin/channels?_=1700000000000").await.status,
+        200
+    );
+    // Streams take any parameter.
+    let mut s = server
+        .stream("/feed/c?device=d&_=1700000000000&nocache=x", &[])
+        .await;
+    assert_eq!(s.status, 200, "{}", s.text());
+    assert_eq!(s.next_event().await.unwrap().event, "pere.hello");
+    let r = server.stream("/receipts/c?t=123", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
     still_serving(&server).await;
 }

@@ -322,6 +322,7 @@ async fn an_event_no_longer_retained_is_404() {
         ServerConfig::default(),
     )
     .await;
+    let _s = server.subscribe("c", "d").await;
     let old = server.publish("c", "old").await;
     let new = server.publish("c", "new").await;
     let r = server
@@ -492,4 +493,48 @@ async fn a_non_utf8_receipt_body_is_400() {
         )
         .await;
     r.assert_error(400, "invalid_utf8");
+}
+
+/// Issue 18.5: `device: ZZ`, a typo, used to become a recipient (and turn
+/// `recipients` from 1 to 2). Only a device the event was written to, or
+/// one in its audience, may acknowledge it.
+#[tokio::test]
+async fn a_device_that_never_got_the_event_cannot_acknowledge_it() {
+    let (server, _s, id) = one_delivered().await;
+    let body = json!({ "id": id, "status": "ok" }).to_string();
+    let r = server
+        .post("/feedback/c", &[JSON, ("device", "ZZ")], body.as_bytes())
+        .await;
+    r.assert_error(409, "not_a_recipient");
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("`ZZ`"),
+        "the sentence names the device: {}",
+        r.text()
+    );
+    // In a batch, the refused item does not void the others.
+    let batch = json!([{ "id": id }]).to_string();
+    let r = server
+        .post("/feedback/c", &[JSON, ("device", "ZZ")], batch.as_bytes())
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()[0]["code"], "not_a_recipient", "{}", r.text());
+    let summary = server.get(&format!("/receipts/c/{id}")).await.json();
+    assert_eq!(summary["recipients"], 1, "ZZ did not join: {summary}");
+    assert!(summary["devices"].get("ZZ").is_none(), "{summary}");
+
+    // A member that was offline when the event was published is in its
+    // audience, and may acknowledge it without having received it.
+    let (server, _s, _) = one_delivered().await;
+    drop(server.subscribe("c", "offline").await);
+    server.wait_offline("c", "offline").await;
+    let id = server.publish("c", "y").await;
+    let body = json!({ "id": id }).to_string();
+    let r = server
+        .post(
+            "/feedback/c",
+            &[JSON, ("device", "offline")],
+            body.as_bytes(),
+        )
+        .await;
+    assert_acked(&r, &id, "offline");
 }

@@ -438,6 +438,7 @@ fn drop_abruptly(conns: Vec<TcpStream>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_idle_connections_dropped_abruptly_leak_nothing() {
     const N: usize = 10_000;
+    let _heavy = pere_tests::heavy().await;
     let server = ServerProcess::start(&[]).await;
     let mut metrics = pere_tests::Connection::open(server.addr).await;
     let baseline = connections_open(&mut metrics).await;

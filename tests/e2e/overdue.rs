@@ -17,13 +17,13 @@ use tokio::sync::oneshot;
 
 /// A tiny HTTP receiver on loopback that records every POST body and
 /// answers with `status` (the first `fail_first` requests get a 503).
-struct Receiver {
-    addr: SocketAddr,
+pub(crate) struct Receiver {
+    pub(crate) addr: SocketAddr,
     bodies: Arc<Mutex<Vec<serde_json::Value>>>,
 }
 
 impl Receiver {
-    async fn start(fail_first: usize) -> Self {
+    pub(crate) async fn start(fail_first: usize) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let bodies = Arc::new(Mutex::new(Vec::new()));
@@ -73,7 +73,7 @@ impl Receiver {
         Self { addr, bodies }
     }
 
-    fn received(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn received(&self) -> Vec<serde_json::Value> {
         self.bodies.lock().unwrap().clone()
     }
 }

@@ -276,6 +276,8 @@ async fn huge_timeouts_are_accepted_and_capped_at_60_seconds() {
     let text = String::from_utf8_lossy(&response);
     assert!(text.starts_with("HTTP/1.1 201"), "{text}");
     assert!(text.contains(r#""timed_out":true"#), "{text}");
+    // Issue 18.9: the answer says which timeout applied.
+    assert!(text.contains(r#""timeout":60000"#), "{text}");
     assert!(
         waited >= Duration::from_secs(59) && waited < Duration::from_secs(120),
         "the wait is capped at 60 s, it took {waited:?}"
@@ -368,4 +370,27 @@ async fn an_oversized_publish_with_expect_100_continue_is_refused_before_the_bod
     )
     .await;
     r.assert_error(413, "payload_too_large");
+}
+
+/// Issue 18.9: the tools take `--timeout 5s`; HTTP now takes `timeout=5s`
+/// too (a bare number stays milliseconds, as docs/PROTOCOL.md §2.1 says).
+#[tokio::test]
+async fn a_timeout_with_a_unit_is_a_duration_like_on_the_command_line() {
+    let server = TestServer::start().await;
+    for (given, applied) in [("5s", 5000), ("250ms", 250), ("1.5s", 1500), ("700", 700)] {
+        let r = server
+            .post(
+                &format!("/push/nobody?wait=delivered&timeout={given}"),
+                &[],
+                b"x",
+            )
+            .await;
+        assert_eq!(r.status, 201, "timeout={given}: {}", r.text());
+        assert_eq!(
+            r.json()["timeout"],
+            applied,
+            "timeout={given}: {}",
+            r.text()
+        );
+    }
 }

@@ -268,3 +268,48 @@ async fn several_devices_acking_show_up_on_the_receipts_stream() {
     })
     .await;
 }
+
+/// Issue 18.4 (a status update of local elaboration): a second receipt
+/// keeps `acked_at`, the proof, and updates `status` and `status_at`; the
+/// receipts stream shows every update.
+#[tokio::test]
+async fn each_status_update_shows_on_the_receipts_stream_and_acked_at_stays_the_first() {
+    let server = TestServer::start().await;
+    let mut watch = server.stream("/receipts/c", &[]).await;
+    let mut d = server.subscribe("c", "d").await;
+    let id = server.publish("c", "job").await;
+    d.messages(1).await;
+    assert_eq!(next_change(&mut watch).await["state"], "delivered");
+    let mut seen = Vec::new();
+    for status in ["received", "processing", "done"] {
+        let r = server
+            .post(
+                "/feedback/c",
+                &[("device", "d"), ("Last-Event-ID", &id)],
+                format!("status={status}").as_bytes(),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let change = next_change(&mut watch).await;
+        assert_eq!(
+            (&change["state"], &change["status"]),
+            (&json!("acked"), &json!(status)),
+            "{change}"
+        );
+        seen.push(change["at"].as_str().unwrap().to_string());
+    }
+    let s = summary(&server, "c", &id).await;
+    let receipt = &s["devices"]["d"];
+    assert_eq!(receipt["status"], "done", "{s}");
+    assert_eq!(
+        receipt["acked_at"],
+        seen[0].as_str(),
+        "the first is the proof: {s}"
+    );
+    assert_eq!(
+        receipt["status_at"],
+        seen[2].as_str(),
+        "the latest status: {s}"
+    );
+    assert_eq!(s["acked"], 1, "one device acked, however often: {s}");
+}

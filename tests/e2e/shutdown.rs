@@ -19,3 +19,33 @@ async fn shutdown_ends_open_streams_and_the_server_returns() {
     );
     assert!(b.until_end().await.is_empty());
 }
+
+/// Issue 18.1: a publish waiting for receipts is answered when shutdown
+/// begins, with the event's id and its receipts so far, instead of being
+/// cut after the grace period (its publisher could not tell it had been
+/// published).
+#[tokio::test]
+async fn a_held_wait_is_answered_at_shutdown_with_the_receipts_so_far() {
+    let server = TestServer::start().await;
+    let mut d = server.subscribe("c", "d").await;
+    let addr = server.addr;
+    let publish = tokio::spawn(async move {
+        pere_tests::request(addr, "POST", "/push/c?wait=acked&timeout=60000", &[], b"x").await
+    });
+    let id = d.messages(1).await.remove(0).id;
+    let stopping = std::time::Instant::now();
+    let stop = tokio::spawn(server.stop());
+    let r = tokio::time::timeout(std::time::Duration::from_secs(3), publish)
+        .await
+        .expect("answered at once, not after the grace period")
+        .unwrap();
+    assert!(stopping.elapsed() < std::time::Duration::from_secs(3));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["id"], id.as_str(), "{body}");
+    assert_eq!(body["delivered"], 1, "{body}");
+    assert_eq!(body["unacked"], serde_json::json!(["d"]), "{body}");
+    assert_eq!(body["timed_out"], true, "{body}");
+    assert_eq!(body["shutting_down"], true, "{body}");
+    tokio::time::timeout(WAIT, stop).await.unwrap().unwrap();
+}

@@ -80,8 +80,9 @@ fn chromium_path() -> PathBuf {
     );
 }
 
-/// A headless Chromium with one page, driven over the DevTools pipe.
-struct Browser {
+/// A headless Chromium with one page, driven over the DevTools pipe
+/// (`tls.rs` drives it over HTTPS too).
+pub(crate) struct Browser {
     child: Child,
     /// Commands go here (the browser's fd 3).
     commands: ChildStdin,
@@ -92,13 +93,20 @@ struct Browser {
     session: Option<String>,
     /// Console output and uncaught exceptions of the page, for failure messages.
     console: Vec<String>,
+    /// `Network.responseReceived` events, once `Network.enable` was called.
+    pub(crate) responses: Vec<Value>,
     /// Temporary directory: the fresh profile and Chromium's own log.
     root: PathBuf,
 }
 
 impl Browser {
     /// Starts Chromium with a fresh profile.
-    async fn launch() -> Self {
+    pub(crate) async fn launch() -> Self {
+        Self::launch_with(&[]).await
+    }
+
+    /// Starts Chromium with a fresh profile and `extra` flags.
+    pub(crate) async fn launch_with(extra: &[String]) -> Self {
         let chromium = chromium_path();
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -113,6 +121,7 @@ impl Browser {
             .arg(r#"exec "$0" "$@" 3<&0 4>&1 </dev/null >/dev/null"#)
             .arg(&chromium)
             .args(CHROMIUM_FLAGS)
+            .args(extra)
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg("about:blank")
             .stdin(Stdio::piped())
@@ -154,6 +163,7 @@ impl Browser {
             next_id: 0,
             session: None,
             console: Vec::new(),
+            responses: Vec::new(),
             root,
         }
     }
@@ -170,7 +180,12 @@ impl Browser {
 
     /// Sends a DevTools command (to the page's session when `page`) and
     /// waits for its answer; events that arrive meanwhile are recorded.
-    async fn call(&mut self, page: bool, method: &str, params: Value) -> Result<Value, String> {
+    pub(crate) async fn call(
+        &mut self,
+        page: bool,
+        method: &str,
+        params: Value,
+    ) -> Result<Value, String> {
         self.next_id += 1;
         let id = self.next_id;
         let mut message = json!({"id": id, "method": method, "params": params});
@@ -235,6 +250,7 @@ impl Browser {
                     .unwrap_or("?");
                 self.console.push(format!("uncaught: {text}"));
             }
+            Some("Network.responseReceived") => self.responses.push(params.clone()),
             Some("Log.entryAdded") => {
                 let e = &params["entry"];
                 self.console
@@ -245,7 +261,7 @@ impl Browser {
     }
 
     /// Opens a page of `width`×`height` CSS pixels on `url`.
-    async fn open(&mut self, url: &str, width: u32, height: u32) {
+    pub(crate) async fn open(&mut self, url: &str, width: u32, height: u32) {
         let target = self
             .call(false, "Target.createTarget", json!({"url": "about:blank"}))
             .await
@@ -266,7 +282,7 @@ impl Browser {
         self.navigate(url).await;
     }
 
-    async fn resize(&mut self, width: u32, height: u32) {
+    pub(crate) async fn resize(&mut self, width: u32, height: u32) {
         self.call(
             true,
             "Emulation.setDeviceMetricsOverride",
@@ -276,7 +292,7 @@ impl Browser {
         .unwrap();
     }
 
-    async fn navigate(&mut self, url: &str) {
+    pub(crate) async fn navigate(&mut self, url: &str) {
         let result = self
             .call(true, "Page.navigate", json!({"url": url}))
             .await
@@ -289,7 +305,7 @@ impl Browser {
 
     /// Evaluates `expression` in the page (promises are awaited) and returns
     /// its value as JSON.
-    async fn eval(&mut self, expression: &str) -> Result<Value, String> {
+    pub(crate) async fn eval(&mut self, expression: &str) -> Result<Value, String> {
         let result = self
             .call(
                 true,
@@ -308,7 +324,7 @@ impl Browser {
 
     /// Polls `expression` until it is `true`, failing after `WAIT` with
     /// what the page shows and logged.
-    async fn wait_for(&mut self, what: &str, expression: &str) {
+    pub(crate) async fn wait_for(&mut self, what: &str, expression: &str) {
         let deadline = Instant::now() + WAIT;
         let mut last = Ok(Value::Null);
         while Instant::now() < deadline {
@@ -337,7 +353,7 @@ impl Browser {
 
     /// Saves a PNG of the whole page to `$PERE_WEB_SCREENSHOTS/name` when
     /// that variable is set.
-    async fn screenshot(&mut self, name: &str) {
+    pub(crate) async fn screenshot(&mut self, name: &str) {
         let Some(dir) = std::env::var_os("PERE_WEB_SCREENSHOTS") else {
             return;
         };
@@ -363,7 +379,7 @@ impl Browser {
     }
 
     /// Closes Chromium politely, then makes sure it is gone.
-    async fn close(mut self) {
+    pub(crate) async fn close(mut self) {
         let _ = timeout(
             Duration::from_secs(2),
             self.call(false, "Browser.close", json!({})),
@@ -422,7 +438,7 @@ async fn page_device(browser: &mut Browser) -> String {
 }
 
 /// Waits until the server sees `device` online (or offline) on `channel`.
-async fn wait_online(server: &TestServer, channel: &str, device: &str, online: bool) {
+pub(crate) async fn wait_online(server: &TestServer, channel: &str, device: &str, online: bool) {
     let path = format!("/admin/devices/{channel}");
     eventually(
         &format!("{device} online={online} on {channel}"),
@@ -432,7 +448,12 @@ async fn wait_online(server: &TestServer, channel: &str, device: &str, online: b
 }
 
 /// Waits until the server records `device`'s receipt for event `id`.
-async fn wait_acked(server: &TestServer, channel: &str, id: &str, device: &str) -> Value {
+pub(crate) async fn wait_acked(
+    server: &TestServer,
+    channel: &str,
+    id: &str,
+    device: &str,
+) -> Value {
     let path = format!("/receipts/{channel}/{id}");
     let mut last = Value::Null;
     let deadline = Instant::now() + WAIT;

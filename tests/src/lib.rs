@@ -14,10 +14,20 @@ use std::time::Duration;
 use pere_core::{Hub, HubConfig, MemoryStore, Retention};
 use pere_http::ServerConfig;
 use pere_http::sse::{Decoder, Item, SseEvent};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+pub mod tls;
+
+/// Held by the tests that load the machine most (thousands of connections
+/// or handshakes), so that they do not run at once and starve each other's
+/// bounded waits.
+pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
+    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    HEAVY.lock().await
+}
 
 /// How long any single wait in a test may take before it fails.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -334,20 +344,35 @@ impl Connection {
     }
 }
 
+/// A connection a test reads and writes: TCP, or TLS over it.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
 /// Reads HTTP/1.1 responses from a stream: head, then a body that is
 /// content-length, chunked, or read to the end.
 pub struct HttpReader {
-    stream: TcpStream,
+    stream: Box<dyn Io>,
     buf: Vec<u8>,
 }
 
 impl HttpReader {
     /// Wraps a connected stream.
     pub fn new(stream: TcpStream) -> Self {
+        Self::over(stream)
+    }
+
+    /// Wraps any connection (a TLS stream).
+    pub fn over(stream: impl Io + 'static) -> Self {
         Self {
-            stream,
+            stream: Box::new(stream),
             buf: Vec::new(),
         }
+    }
+
+    /// Writes `bytes` (a request).
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
     }
 
     async fn fill(&mut self) -> bool {
@@ -466,6 +491,14 @@ impl SseStream {
             &raw_request("GET", path, &all, b""),
         )
         .await
+    }
+
+    /// Opens `GET path` with `headers` on `reader`'s connection (a TLS
+    /// one).
+    pub async fn open_over(reader: HttpReader, path: &str, headers: &[(&str, &str)]) -> Self {
+        let mut all: Vec<(&str, &str)> = headers.to_vec();
+        all.push(("Connection", "keep-alive"));
+        Self::start(reader, &raw_request("GET", path, &all, b"")).await
     }
 
     /// Sends exactly `request` (a whole raw `GET`, as some client writes
@@ -658,8 +691,12 @@ impl ServerProcess {
                 for line in std::io::BufReader::new(stderr).lines() {
                     let Ok(line) = line else { break };
                     if let Some(rest) = line.trim().strip_prefix("listening")
-                        && let Some(addr) = rest.trim().strip_prefix("http://")
-                        && let Ok(addr) = addr.trim().parse::<SocketAddr>()
+                        && let Some(addr) = rest
+                            .trim()
+                            .strip_prefix("http://")
+                            .or_else(|| rest.trim().strip_prefix("https://"))
+                        && let Some(addr) = addr.split_whitespace().next()
+                        && let Ok(addr) = addr.parse::<SocketAddr>()
                         && let Some(tx) = tx.take()
                     {
                         let _ = tx.send(addr);
@@ -681,6 +718,15 @@ impl ServerProcess {
             }
         };
         let server = Self { addr, child, log };
+        if args.contains(&"--tls-cert") {
+            // Plain HTTP gets no answer there: the listener is enough (a
+            // TLS test checks the rest with its own CA).
+            eventually("pere-server accepts connections", || async {
+                TcpStream::connect(server.addr).await.is_ok()
+            })
+            .await;
+            return server;
+        }
         eventually("pere-server answers /healthz", || async {
             request(server.addr, "GET", "/healthz", &[], b"")
                 .await

@@ -28,10 +28,18 @@ use pere_http::client::{Backoff, PublishOptions, WaitFor, random_device};
     error_code(
         3,
         "with --wait: every event was published, but for at least one the wait timed out before every recipient reached the state (its line says timed_out=true, who has not acked (unacked=) and who was not sent it yet (pending=)); do not publish it again."
+    ),
+    error_code(
+        5,
+        "with --require-status: every event was published and acknowledged, but some device acknowledged one with a status not accepted (bad_status= on its line names them; stderr shows each status)."
+    ),
+    error_code(
+        4,
+        "the answer to a publish was lost (the connection broke after the request was sent): the event may or may not be stored. Publish it again with the --idempotency-key printed on stderr: that is safe, without it the event may be stored twice."
     )
 )]
 pub struct Args {
-    /// the server, as HOST:PORT or http://HOST:PORT
+    /// the server, as HOST:PORT, http://HOST:PORT or https://HOST:PORT
     #[argh(positional)]
     pub addr: String,
     /// the channel to publish on
@@ -58,10 +66,13 @@ pub struct Args {
     /// bearer token for a server with auth on (or set PERE_TOKEN, which ps does not show); without --device, the device is the token's subject
     #[argh(option)]
     pub token: Option<String>,
+    /// PEM file of the CA (or self-signed certificate) to trust for an https:// server, instead of the system's (or set PERE_CA)
+    #[argh(option)]
+    pub ca: Option<String>,
     /// the Idempotency-Key of a single event (default: one generated per event)
     #[argh(option)]
     pub idempotency_key: Option<String>,
-    /// retries of a publish that failed because the server was unreachable or busy, with the same Idempotency-Key (default 10, backing off from 250 ms to 4 s)
+    /// retries of a publish that failed because the server was unreachable or busy, with the same Idempotency-Key (default 10, backing off from 250 ms to 4 s; 5 within about 6 s while the server has not answered yet)
     #[argh(option)]
     pub retries: Option<u32>,
     /// wait until every recipient reached this state, delivered or acked, and print who acked, who has not (unacked=) and who was not sent it yet (pending=)
@@ -70,6 +81,9 @@ pub struct Args {
     /// how long --wait waits for receipts (default 5s, at most 60s)
     #[argh(option)]
     pub timeout: Option<String>,
+    /// with --wait acked: the receipt statuses that mean success, comma-separated, a trailing * matching any ending (e.g. ok or 'ok,done*'); an event acknowledged with another status makes the exit status 5 (default: ok is success, any other status is shown as bad_status= without failing)
+    #[argh(option)]
+    pub require_status: Option<String>,
     /// print only errors on stderr (no retry notices)
     #[argh(switch, short = 'q')]
     pub quiet: bool,
@@ -88,6 +102,74 @@ pub struct Args {
     /// load mode against nginx + nchan: publish with POST /pub/CHANNEL
     #[argh(switch)]
     pub nchan: bool,
+}
+
+/// The receipt statuses that count as success (`--require-status`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Accepted {
+    /// Exact statuses, or prefixes for items written with a trailing `*`.
+    items: Vec<(String, bool)>,
+    /// Given with `--require-status`: another status fails the run.
+    pub required: bool,
+}
+
+impl Default for Accepted {
+    /// `ok`, as `pere-sub` and PERE's web page send by default; not
+    /// required (other statuses are shown, not failed).
+    fn default() -> Self {
+        Self {
+            items: vec![("ok".into(), false)],
+            required: false,
+        }
+    }
+}
+
+impl Accepted {
+    /// Parses `--require-status`: comma-separated, `*` at the end of an
+    /// item matches any ending.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut items = Vec::new();
+        for item in text.split(',').map(str::trim) {
+            if item.is_empty() {
+                return Err(format!(
+                    "--require-status `{text}` has an empty item: give statuses separated by commas, e.g. ok or 'ok,done*'"
+                ));
+            }
+            match item.strip_suffix('*') {
+                Some(prefix) => items.push((prefix.to_string(), true)),
+                None => items.push((item.to_string(), false)),
+            }
+        }
+        Ok(Self {
+            items,
+            required: true,
+        })
+    }
+
+    /// Whether `status` is accepted.
+    pub fn accepts(&self, status: &str) -> bool {
+        self.items.iter().any(|(item, prefix)| {
+            if *prefix {
+                status.starts_with(item.as_str())
+            } else {
+                status == item
+            }
+        })
+    }
+
+    /// What is accepted, for messages.
+    pub fn describe(&self) -> String {
+        let list: Vec<String> = self
+            .items
+            .iter()
+            .map(|(item, prefix)| format!("{item}{}", if *prefix { "*" } else { "" }))
+            .collect();
+        if self.required {
+            format!("--require-status accepts {}", list.join(", "))
+        } else {
+            "not ok; --require-status ok would fail the run".to_string()
+        }
+    }
 }
 
 /// Where payloads come from.
@@ -135,8 +217,12 @@ pub struct Config {
     pub idempotency_key: Option<String>,
     /// Retry policy.
     pub backoff: Backoff,
+    /// `--retries` was given: it applies from the first attempt on.
+    pub retries_given: bool,
     /// No retry notices.
     pub quiet: bool,
+    /// Which receipt statuses mean success.
+    pub accepted: Accepted,
 }
 
 /// PERE's publisher.rb pauses a random 10 to 20 seconds between events.
@@ -147,11 +233,17 @@ const DEFAULT_WAIT: Duration = Duration::from_secs(5);
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
 impl Config {
-    /// Validates `args`; `stdin_is_terminal` decides between reading stdin
-    /// and generating events when there is no `--data`.
-    pub fn resolve(args: Args, stdin_is_terminal: bool) -> Result<Self, String> {
-        pere_http::client::Address::parse(&args.addr)
-            .map_err(|_| format!("`{}` is not HOST:PORT or http://HOST:PORT", args.addr))?;
+    /// Validates `args`; `stdin_has_no_lines` (stdin is a terminal, or
+    /// neither a pipe nor a file: `/dev/null` from cron or nohup, closed)
+    /// decides between generating events and reading stdin when there is no
+    /// `--data`.
+    pub fn resolve(args: Args, stdin_has_no_lines: bool) -> Result<Self, String> {
+        pere_http::client::Address::parse(&args.addr).map_err(|_| {
+            format!(
+                "`{}` is not HOST:PORT, http://HOST:PORT or https://HOST:PORT",
+                args.addr
+            )
+        })?;
         ChannelName::new(&args.channel).map_err(|e| e.to_string())?;
         if let Some(kind) = &args.event {
             EventType::new(kind).map_err(|e| format!("--event: {e}"))?;
@@ -165,7 +257,8 @@ impl Config {
             None => random_device("P"),
         };
         if let Some(token) = &args.token {
-            pere_core::Token::new(token).map_err(|e| format!("--token: {e}"))?;
+            // A static token or a JWT.
+            pere_http::client::bearer(token).map_err(|e| format!("--token: {e}"))?;
         }
         let device_from_token = args.token.is_some() && !device_given;
         if args.rate.is_some() && args.interval.is_some() {
@@ -191,7 +284,7 @@ impl Config {
                 return Err("--data is empty; the server refuses empty events".into());
             }
             Some(data) => Source::Data(data),
-            None if args.interval.is_some() || stdin_is_terminal => Source::Generated,
+            None if args.interval.is_some() || stdin_has_no_lines => Source::Generated,
             None => Source::Stdin,
         };
         let count = match (&source, args.count) {
@@ -238,7 +331,17 @@ impl Config {
                 Some((what, within))
             }
         };
+        let accepted = match &args.require_status {
+            None => Accepted::default(),
+            Some(_) if !matches!(wait, Some((WaitFor::Acked, _))) => {
+                return Err(
+                    "--require-status checks the statuses of receipts: add --wait acked".into(),
+                );
+            }
+            Some(text) => Accepted::parse(text)?,
+        };
         Ok(Config {
+            accepted,
             token: args.token,
             addr: args.addr,
             channel: args.channel,
@@ -259,6 +362,7 @@ impl Config {
                 retries: args.retries.unwrap_or(Backoff::default().retries),
                 ..Backoff::default()
             },
+            retries_given: args.retries.is_some(),
             quiet: args.quiet,
         })
     }
@@ -335,6 +439,23 @@ mod tests {
             &["--data", "x", "--wait", "read"],
             &["--data", "x", "--timeout", "5s"],
             &["--data", "x", "--wait", "acked", "--timeout", "2m"],
+            &["--data", "x", "--require-status", "ok"],
+            &[
+                "--data",
+                "x",
+                "--wait",
+                "delivered",
+                "--require-status",
+                "ok",
+            ],
+            &[
+                "--data",
+                "x",
+                "--wait",
+                "acked",
+                "--require-status",
+                "ok,,done",
+            ],
             &["--event", "pere.hello"],
             &["--device", "a b"],
         ] {
@@ -361,6 +482,26 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.idempotency_key.as_deref(), Some("order-42"));
+    }
+
+    #[test]
+    fn require_status_takes_exact_statuses_and_prefixes() {
+        let a = Accepted::parse("ok, done*").unwrap();
+        assert!(a.required);
+        for good in ["ok", "done", "done: 3 files"] {
+            assert!(a.accepts(good), "{good}");
+        }
+        for bad in ["", "OK", "error: exit 4: boom", "rx ok"] {
+            assert!(!a.accepts(bad), "{bad}");
+        }
+        let default = Accepted::default();
+        assert!(!default.required && default.accepts("ok") && !default.accepts("rx ok"));
+        let c = Config::resolve(
+            args(&["--data", "x", "--wait", "acked", "--require-status", "ok"]).unwrap(),
+            true,
+        )
+        .unwrap();
+        assert!(c.accepted.required);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! stdout carries one line per published event whose first word is the event
 //! id (docs/PROTOCOL.md §9); everything else goes to stderr. Exit status: 0 when
 //! every event was published, 1 when one could not be, 2 for a bad command
-//! line, 3 when every event was published but a `--wait` timed out.
+//! line, 3 when every event was published but a `--wait` timed out, 4 when
+//! the answer to a publish was lost and whether it was stored is unknown.
 
 mod config;
 mod load;
@@ -13,7 +14,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use config::{Args, Config, Pace, Source};
-use pere_http::client::{Client, Published, random_key};
+use pere_http::Error;
+use pere_http::client::{Backoff, Client, Published, random_key};
 use tokio::io::AsyncBufReadExt;
 use tokio::time::Instant;
 use tracing_subscriber::EnvFilter;
@@ -23,6 +25,10 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(code) => return code,
     };
+    if let Err(err) = pere_http::tls::ClientTls::install_ca_option(args.ca.as_deref()) {
+        eprintln!("pere-pub: --ca: {err}");
+        return ExitCode::from(2);
+    }
     if args.token.is_none() {
         args.token = std::env::var("PERE_TOKEN")
             .ok()
@@ -31,7 +37,7 @@ fn main() -> ExitCode {
     if load::wanted(&args) {
         return load::main(args);
     }
-    let config = match Config::resolve(args, std::io::stdin().is_terminal()) {
+    let config = match Config::resolve(args, !stdin_gives_lines()) {
         Ok(c) => c,
         Err(err) => {
             eprintln!("pere-pub: {err}");
@@ -49,14 +55,29 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut timed_out = 0;
-    let result = runtime.block_on(run(&config, &mut timed_out));
+    let mut outcome = Outcome::default();
+    let result = runtime.block_on(run(&config, &mut outcome));
+    let timed_out = outcome.timed_out;
     // A read of stdin cannot be cancelled; do not wait for one at exit.
     runtime.shutdown_background();
     match result {
         Err(Stop::Failed(err)) => {
             eprintln!("pere-pub: {err}");
             ExitCode::FAILURE
+        }
+        Err(Stop::Unconfirmed(err)) => {
+            eprintln!("pere-pub: {err}");
+            ExitCode::from(4)
+        }
+        // Proof came back, and it says the processing failed.
+        Ok(()) | Err(Stop::OutputClosed) if outcome.refused > 0 => {
+            if !config.quiet {
+                eprintln!(
+                    "pere-pub: published, but {} event(s) were acknowledged with a status --require-status does not accept (see bad_status= on their lines)",
+                    outcome.refused
+                );
+            }
+            ExitCode::from(5)
         }
         Ok(()) | Err(Stop::OutputClosed) if timed_out == 0 => ExitCode::SUCCESS,
         // Published, so not a failure to retry; but a script that waits
@@ -74,6 +95,30 @@ fn main() -> ExitCode {
             }
             ExitCode::from(3)
         }
+    }
+}
+
+/// Whether stdin is a source of lines to publish: a pipe, a file or a
+/// socket. A terminal is not, and neither is `/dev/null` (what cron, nohup
+/// and `</dev/null` give: issue 18.10, `--rate 2 --count 70 </dev/null`
+/// published nothing and exited 0) nor a closed stdin: those get generated
+/// events, as the README says ("when stdin is a pipe or a file").
+fn stdin_gives_lines() -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::FileTypeExt;
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        return false;
+    }
+    let Ok(fd) = stdin.as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    match std::fs::File::from(fd).metadata() {
+        Ok(meta) => {
+            let kind = meta.file_type();
+            kind.is_fifo() || kind.is_file() || kind.is_socket()
+        }
+        Err(_) => false,
     }
 }
 
@@ -124,11 +169,33 @@ enum Stop {
     OutputClosed,
     /// An event could not be published, or the input could not be read.
     Failed(String),
+    /// The answer to a publish was lost: it may or may not be stored.
+    Unconfirmed(String),
+}
+
+/// Retries before the server was ever reached in this run: a wrong port or
+/// a server not started yet is told within seconds, not half a minute
+/// (issue 18.10), while a server still starting gets a few seconds. Once it
+/// answered, [`Config::backoff`] rides out its restarts.
+const FIRST_CONTACT: Backoff = Backoff {
+    retries: 5,
+    initial: Duration::from_millis(250),
+    max: Duration::from_secs(2),
+};
+
+/// What the waits of a run found, for the exit status.
+#[derive(Default)]
+struct Outcome {
+    /// Events whose `--wait` timed out.
+    timed_out: u64,
+    /// Events acknowledged by some device with a status `--require-status`
+    /// does not accept.
+    refused: u64,
 }
 
 /// Publishes every event of the configured source, paced, and prints a line
-/// for each, counting in `timed_out` the `--wait`s that timed out.
-async fn run(config: &Config, timed_out: &mut u64) -> Result<(), Stop> {
+/// for each, counting in `outcome` what its waits found.
+async fn run(config: &Config, outcome: &mut Outcome) -> Result<(), Stop> {
     let mut client = Client::new(&config.addr).map_err(|e| Stop::Failed(e.to_string()))?;
     if let Some(token) = &config.token {
         client = client
@@ -142,6 +209,8 @@ async fn run(config: &Config, timed_out: &mut u64) -> Result<(), Stop> {
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let start = Instant::now();
     let mut sent: u64 = 0;
+    // Whether the server answered (or may have received) anything yet.
+    let mut reached = false;
     while config.count.is_none_or(|count| sent < count) {
         // A generated event is made after the pause, so its `time` is the
         // time it is published.
@@ -172,52 +241,122 @@ async fn run(config: &Config, timed_out: &mut u64) -> Result<(), Stop> {
             Some(key) => key.clone(),
             None => format!("{}-{run_key}-{}", config.device, sent + 1),
         });
+        let backoff = if reached || config.retries_given {
+            config.backoff
+        } else {
+            FIRST_CONTACT
+        };
+        let mut hinted = false;
         let published = client
             .publish_retrying(
                 &config.channel,
                 payload,
                 &options,
-                &config.backoff,
+                &backoff,
                 |retry, delay, err| {
-                    if !config.quiet {
-                        eprintln!(
-                            "pere-pub: {err}; retry {retry}/{} in {} ms",
-                            config.backoff.retries,
-                            delay.as_millis()
-                        );
+                    if config.quiet {
+                        return;
                     }
+                    let hint = if !reached && !hinted && matches!(err, Error::Io { .. }) {
+                        hinted = true;
+                        format!(" ({})", unreachable_hint(&config.addr))
+                    } else {
+                        String::new()
+                    };
+                    eprintln!(
+                        "pere-pub: {err}; retry {retry}/{} in {} ms{hint}",
+                        backoff.retries,
+                        delay.as_millis()
+                    );
                 },
             )
             .await
             .map_err(|err| {
-                Stop::Failed(format!(
-                    "event {} was not published on {}: {err}",
+                failure(
+                    config,
                     sent + 1,
-                    config.channel
-                ))
+                    options.idempotency_key.as_deref(),
+                    reached,
+                    err,
+                )
             })?;
+        reached = true;
         sent += 1;
-        if published.timed_out == Some(true) {
-            *timed_out += 1;
+        if published.shutting_down && !config.quiet {
+            eprintln!(
+                "pere-pub: event {} was published, but the server shut down while the wait for its receipts ran; do not publish it again (its receipts: GET /receipts/{}/{})",
+                published.id, published.channel, published.id
+            );
         }
-        let line = report(&client, config, &published).await;
+        if published.timed_out == Some(true) {
+            outcome.timed_out += 1;
+        }
+        let (line, refused) = report(&client, config, &published).await;
+        if refused {
+            outcome.refused += 1;
+        }
         print_line(&line)?;
     }
-    // Run from a script, cron or nohup, stdin is not a terminal: without
-    // this, "no lines" and "nothing to do" look the same.
-    if sent == 0 && config.source == Source::Stdin && !config.quiet {
-        eprintln!(
-            "pere-pub: stdin ended without a line: nothing was published \
-             (for generated events like publisher.rb without a terminal, give --interval)"
-        );
+    // Asked to publish and published nothing: a failure, even with -q,
+    // or "no lines" and "nothing to do" look the same to a script.
+    if sent == 0 && config.source == Source::Stdin {
+        return Err(Stop::Failed(
+            "stdin ended without a line: nothing was published \
+             (for generated events like publisher.rb, give --interval or run it with stdin from /dev/null)"
+                .into(),
+        ));
     }
     Ok(())
 }
 
+/// What to suggest when nothing answers at `addr`.
+fn unreachable_hint(addr: &str) -> String {
+    format!(
+        "is pere-server running at {addr}? start it, or check HOST:PORT (the server prints its address at start)"
+    )
+}
+
+/// Why event number `n` failed, as the run's final word: not published (1),
+/// or unknown (4) when an answer was lost, with how to retry safely.
+fn failure(config: &Config, n: u64, key: Option<&str>, reached: bool, err: Error) -> Stop {
+    match err {
+        Error::Unconfirmed {
+            source,
+            idempotency_key,
+        } => {
+            let key = if idempotency_key.is_empty() {
+                key.unwrap_or_default().to_string()
+            } else {
+                idempotency_key
+            };
+            Stop::Unconfirmed(format!(
+                "event {n} on {}: the outcome is unknown: the server may have published it, \
+                 but its answer was lost ({source}). Publishing it again is safe with the same \
+                 Idempotency-Key, `--idempotency-key {key}`: the server then answers with the \
+                 first result if it stored the event, and stores it once if it did not. Without \
+                 the key, publishing again may make a duplicate.",
+                config.channel
+            ))
+        }
+        err @ Error::Io { .. } if !reached => Stop::Failed(format!(
+            "event {n} was not published on {}: {err}; {}",
+            config.channel,
+            unreachable_hint(&config.addr)
+        )),
+        err => Stop::Failed(format!(
+            "event {n} was not published on {}: {err}",
+            config.channel
+        )),
+    }
+}
+
 /// The output line of a published event: the id first (docs/PROTOCOL.md §9), then
-/// `key=value` words; with `--wait`, who acked, who has not acked and who
-/// was not even sent the event yet.
-async fn report(client: &Client, config: &Config, p: &Published) -> String {
+/// `key=value` words; with `--wait`, who acked, who acked with a status
+/// that is not accepted (`bad_status=`, issue 18.3: an `--exec` failure
+/// looked like any other receipt), who has not acked and who was not even
+/// sent the event yet. The flag says whether `--require-status` refused
+/// the event.
+async fn report(client: &Client, config: &Config, p: &Published) -> (String, bool) {
     let mut line = format!(
         "{}  channel={} recipients={}",
         p.id, p.channel, p.recipients
@@ -225,8 +364,11 @@ async fn report(client: &Client, config: &Config, p: &Published) -> String {
     if p.duplicate {
         line.push_str(" duplicate=true");
     }
+    if p.shutting_down {
+        line.push_str(" shutting_down=true");
+    }
     if config.options.wait.is_none() {
-        return line;
+        return (line, false);
     }
     line.push_str(&format!(
         " delivered={} acked={} timed_out={}",
@@ -244,20 +386,23 @@ async fn report(client: &Client, config: &Config, p: &Published) -> String {
             })
             .unwrap_or_default()
     };
-    let (acked_by, pending, unacked) = match client.receipts(&config.channel, &p.id).await {
+    let (acked_by, bad, pending, unacked) = match client.receipts(&config.channel, &p.id).await {
         Ok(summary) => {
-            let acked: Vec<String> = summary["devices"]
-                .as_object()
-                .map(|devices| {
-                    devices
-                        .iter()
-                        .filter(|(_, r)| r["state"] == "acked")
-                        .map(|(d, _)| d.clone())
-                        .collect()
-                })
-                .unwrap_or_default();
+            let mut acked = Vec::new();
+            let mut bad = Vec::new();
+            for (device, r) in summary["devices"].as_object().into_iter().flatten() {
+                if r["state"] != "acked" {
+                    continue;
+                }
+                acked.push(device.clone());
+                let status = r["status"].as_str().unwrap_or_default();
+                if !config.accepted.accepts(status) {
+                    bad.push((device.clone(), status.to_string()));
+                }
+            }
             (
                 Some(acked),
+                Some(bad),
                 names(&summary["pending"]),
                 names(&summary["unacked"]),
             )
@@ -265,6 +410,7 @@ async fn report(client: &Client, config: &Config, p: &Published) -> String {
         Err(err) => {
             tracing::warn!(cause = %err, id = %p.id, "cannot read the event's receipts");
             (
+                None,
                 None,
                 p.pending.clone().unwrap_or_default(),
                 p.unacked.clone().unwrap_or_default(),
@@ -274,6 +420,30 @@ async fn report(client: &Client, config: &Config, p: &Published) -> String {
     if let Some(acked_by) = acked_by {
         line.push_str(&format!(" acked_by={}", list(&acked_by)));
     }
+    let refused = match &bad {
+        Some(bad) => {
+            let devices: Vec<String> = bad.iter().map(|(d, _)| d.clone()).collect();
+            line.push_str(&format!(" bad_status={}", list(&devices)));
+            if !config.quiet {
+                for (device, status) in bad {
+                    eprintln!(
+                        "pere-pub: event {}: {device} acknowledged it with status {status:?} ({})",
+                        p.id,
+                        config.accepted.describe()
+                    );
+                }
+            }
+            config.accepted.required && !bad.is_empty()
+        }
+        None if config.accepted.required => {
+            eprintln!(
+                "pere-pub: event {}: its receipts could not be read, so their statuses cannot be checked against --require-status",
+                p.id
+            );
+            true
+        }
+        None => false,
+    };
     // docs/PROTOCOL.md §5: `unacked` have not acknowledged; `pending` were
     // not even written to yet.
     line.push_str(&format!(
@@ -281,7 +451,7 @@ async fn report(client: &Client, config: &Config, p: &Published) -> String {
         list(&unacked),
         list(&pending)
     ));
-    line
+    (line, refused)
 }
 
 /// A comma-separated list, `-` when empty.

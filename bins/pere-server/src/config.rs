@@ -101,12 +101,36 @@ pub struct Args {
     /// a client that accepts no data for this long while the server has some to send it (a frozen or hostile device) is disconnected (default 60s)
     #[argh(option)]
     pub send_timeout: Option<String>,
+    /// PEM certificate chain (leaf first): serve HTTPS, with HTTP/2 (ALPN h2) and HTTP/1.1; reloaded on SIGHUP; needs --tls-key
+    #[argh(option)]
+    pub tls_cert: Option<String>,
+    /// PEM private key of --tls-cert
+    #[argh(option)]
+    pub tls_key: Option<String>,
+    /// accept JWTs signed with this HS256 secret (at least 32 bytes); turns auth on. Prefer --jwt-secret-file or PERE_JWT_SECRET: a flag shows in `ps`
+    #[argh(option)]
+    pub jwt_secret: Option<String>,
+    /// file holding the HS256 secret (a trailing newline is ignored)
+    #[argh(option)]
+    pub jwt_secret_file: Option<String>,
+    /// accept JWTs signed by this PEM public key: RSA for RS256, P-256 for ES256; turns auth on
+    #[argh(option)]
+    pub jwt_public_key: Option<String>,
+    /// audience JWTs must name in `aud` (a JWT naming one is refused without it)
+    #[argh(option)]
+    pub jwt_audience: Option<String>,
+    /// issuer JWTs must name in `iss`
+    #[argh(option)]
+    pub jwt_issuer: Option<String>,
     /// log only warnings and errors (RUST_LOG overrides)
     #[argh(switch, short = 'q')]
     pub quiet: bool,
     /// log format: text (default) or json
     #[argh(option)]
     pub log_format: Option<String>,
+    /// while the server is busy, one INFO line this often with the publishes, deliveries and receipts per second since the last (default 10s; 0 turns it off; each publish and receipt is logged at DEBUG: RUST_LOG=debug)
+    #[argh(option)]
+    pub log_summary: Option<String>,
 }
 
 /// Log output format.
@@ -147,10 +171,14 @@ pub struct Config {
     pub server: ServerConfig,
     /// The `--auth` file and its tokens, when auth is on from the start.
     pub auth: Option<(std::path::PathBuf, Vec<(Token, Grants)>)>,
+    /// How JWTs are checked, when they are accepted (auth is then on).
+    pub jwt: Option<pere_core::jwt::JwtConfig>,
     /// Only warnings and errors.
     pub quiet: bool,
     /// Log format.
     pub log_format: LogFormat,
+    /// Period of the activity line (zero: none).
+    pub log_summary: Duration,
 }
 
 /// A size in bytes: a whole number, optionally with `KiB`/`MiB`/`GiB`
@@ -376,6 +404,17 @@ impl Config {
                 Some((path.into(), tokens))
             }
         };
+        let tls = crate::secure::tls(
+            pick(args.tls_cert, "tls-cert"),
+            pick(args.tls_key, "tls-key"),
+        )?;
+        let jwt = crate::secure::jwt(crate::secure::JwtArgs {
+            secret: pick(args.jwt_secret, "jwt-secret"),
+            secret_file: pick(args.jwt_secret_file, "jwt-secret-file"),
+            public_key: pick(args.jwt_public_key, "jwt-public-key"),
+            audience: pick(args.jwt_audience, "jwt-audience"),
+            issuer: pick(args.jwt_issuer, "jwt-issuer"),
+        })?;
         let memory = switch(args.memory, "memory");
         let fsync = match pick(args.fsync, "fsync") {
             None => Fsync::Always,
@@ -424,11 +463,18 @@ impl Config {
                 max_header_bytes,
                 max_streams,
                 max_streams_per_device,
+                tls,
                 ..ServerConfig::default()
             },
             auth,
+            jwt,
             quiet: switch(args.quiet, "quiet"),
             log_format,
+            log_summary: duration(
+                args.log_summary,
+                "log-summary",
+                pere_http::activity::DEFAULT_ACTIVITY_PERIOD,
+            )?,
         })
     }
 }
@@ -569,6 +615,26 @@ mod tests {
         assert_eq!(c.addr.port(), 1234);
         assert_eq!(c.retention.history, 7);
         assert_eq!(c.retention.max_age, None);
+    }
+
+    #[test]
+    fn tls_and_jwt_options_come_from_the_environment_too() {
+        let c = Config::resolve(Args::default(), &HashMap::new()).unwrap();
+        assert!(c.server.tls.is_none() && c.jwt.is_none());
+        let e = env(&[("PERE_TLS_CERT", "/nonexistent/cert.pem")]);
+        let err = Config::resolve(Args::default(), &e).unwrap_err();
+        assert!(err.contains("--tls-key"), "{err}");
+        let e = env(&[
+            ("PERE_JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+            ("PERE_JWT_AUDIENCE", "pere"),
+        ]);
+        let c = Config::resolve(Args::default(), &e).unwrap();
+        let jwt = c.jwt.unwrap();
+        assert_eq!(jwt.audience.as_deref(), Some("pere"));
+        assert_eq!(jwt.secret.unwrap().len(), 32);
+        let e = env(&[("PERE_JWT_SECRET", "short")]);
+        let err = Config::resolve(Args::default(), &e).unwrap_err();
+        assert!(!err.contains("short") && err.contains("32"), "{err}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `pere-server`: flags → config → `pere_http::run` over a hub.
 
 mod config;
+mod secure;
 
 use std::process::ExitCode;
 
@@ -9,7 +10,10 @@ use pere_core::{EventStore, FileStore, FileStoreConfig, Fsync, Hub, MemoryStore}
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let args: Args = argh::from_env();
+    let args: Args = match parse_args() {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
     let config = match Config::resolve(args, &env) {
         Ok(c) => c,
@@ -18,6 +22,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let StoreKind::File { dir, .. } = &config.store
+        && dir.exists()
+        && !dir.is_dir()
+    {
+        eprintln!(
+            "pere-server: --data-dir `{}` is a file, not a directory: give a directory (it is created if missing), or --memory to keep nothing on disk",
+            dir.display()
+        );
+        return ExitCode::from(2);
+    }
     init_logging(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -29,10 +43,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let explain = Explain::from(&config);
     match runtime.block_on(serve(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("pere-server: {err}");
+            eprintln!("pere-server: {}", explain.failure(&err));
             // A configuration error like any other, only found once the
             // listening address is known.
             if matches!(err, pere_http::Error::WebhookLoop { .. }) {
@@ -40,6 +55,126 @@ fn main() -> ExitCode {
             } else {
                 ExitCode::FAILURE
             }
+        }
+    }
+}
+
+/// What a failure to start means and what to do about it (issue 18.9: a
+/// bare "Address already in use" or "lock acquisition failed" leaves the
+/// operator guessing).
+struct Explain {
+    addr: std::net::SocketAddr,
+    data_dir: Option<std::path::PathBuf>,
+}
+
+impl From<&Config> for Explain {
+    fn from(config: &Config) -> Self {
+        Self {
+            addr: config.addr,
+            data_dir: match &config.store {
+                StoreKind::File { dir, .. } => Some(dir.clone()),
+                StoreKind::Memory => None,
+            },
+        }
+    }
+}
+
+impl Explain {
+    fn failure(&self, err: &pere_http::Error) -> String {
+        use std::io::ErrorKind;
+        let port = self.addr.port();
+        match err {
+            pere_http::Error::Io { source, .. } if source.kind() == ErrorKind::AddrInUse => {
+                format!(
+                    "{err}: port {port} is taken (another pere-server? `ss -ltnp 'sport = :{port}'` shows who has it): stop it, or choose another port with --port (0 picks a free one)"
+                )
+            }
+            pere_http::Error::Io { source, .. }
+                if source.kind() == ErrorKind::PermissionDenied && port < 1024 =>
+            {
+                format!(
+                    "{err}: ports below 1024 need privileges: choose another with --port (PERE's is 4567), or put a proxy in front"
+                )
+            }
+            pere_http::Error::Core(pere_core::Error::Io { path, .. })
+                if path.file_name().is_some_and(|n| n == "LOCK") =>
+            {
+                let dir = self
+                    .data_dir
+                    .as_deref()
+                    .map_or_else(|| path.display().to_string(), |d| d.display().to_string());
+                let holder = lock_holder(path).map_or_else(
+                    || "another process".to_string(),
+                    |(pid, command)| format!("another process (pid {pid}: {command})"),
+                );
+                format!(
+                    "the data directory {dir} is in use by {holder}: one server per directory. Stop that one, or give this one another --data-dir (or --memory)"
+                )
+            }
+            err => err.to_string(),
+        }
+    }
+}
+
+/// The process holding the lock on `path`, from `/proc/locks` (a line
+/// ends with the holder's pid, `MAJOR:MINOR:INODE`, start and end), with
+/// its command line.
+fn lock_holder(path: &std::path::Path) -> Option<(u32, String)> {
+    use std::os::unix::fs::MetadataExt;
+    let inode = std::fs::metadata(path).ok()?.ino();
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    let pid = locks.lines().find_map(|line| {
+        // Counted from the end: a waiting lock's line has an extra `->`.
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let n = fields.len();
+        let file = fields.get(n.checked_sub(3)?)?;
+        let pid = fields.get(n.checked_sub(4)?)?;
+        let file_inode = file.rsplit(':').next()?.parse::<u64>().ok()?;
+        if file_inode == inode {
+            pid.parse::<u32>().ok()
+        } else {
+            None
+        }
+    })?;
+    let command = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| {
+            raw.split(|b| *b == 0)
+                .filter(|part| !part.is_empty())
+                .map(|part| String::from_utf8_lossy(part).into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default();
+    Some((pid, command))
+}
+
+/// Parses the command line like `argh::from_env`, but a usage error exits
+/// with status 2, as every other usage error of the three tools does
+/// (`argh::from_env` exits with 1).
+fn parse_args() -> Result<Args, ExitCode> {
+    let mut strings = Vec::new();
+    for arg in std::env::args_os() {
+        match arg.into_string() {
+            Ok(s) => strings.push(s),
+            Err(arg) => {
+                eprintln!("pere-server: argument {arg:?} is not UTF-8");
+                return Err(ExitCode::from(2));
+            }
+        }
+    }
+    let rest: Vec<&str> = strings.iter().skip(1).map(String::as_str).collect();
+    match <Args as argh::FromArgs>::from_args(&["pere-server"], &rest) {
+        Ok(args) => Ok(args),
+        Err(early) if early.status.is_ok() => {
+            println!("{}", early.output);
+            Err(ExitCode::SUCCESS)
+        }
+        Err(early) => {
+            eprintln!(
+                "{}\nRun pere-server --help for more information.",
+                early.output
+            );
+            Err(ExitCode::from(2))
         }
     }
 }
@@ -101,10 +236,22 @@ async fn serve_with<S: EventStore>(
         }
         hub.auth().enable(tokens.clone());
     }
+    if let Some(jwt) = &config.jwt {
+        // Checked when the configuration was resolved.
+        hub.auth()
+            .enable_jwt(pere_core::jwt::JwtVerifier::new(jwt)?);
+    }
+    if let Some(tls) = config.server.tls.clone() {
+        tokio::spawn(reload_on_sighup(tls));
+    }
     let mut server = config.server.clone();
     let nofile = raise_nofile();
     server.fd_budget = nofile.map(pere_http::limits::fd_budget);
     banner(&config, addr, &hub, nofile);
+    tokio::spawn(pere_http::activity::log_activity(
+        hub.clone(),
+        config.log_summary,
+    ));
     pere_http::run(listener, hub, server, shutdown_signal()).await?;
     tracing::info!("bye");
     Ok(())
@@ -143,7 +290,16 @@ fn banner<S: EventStore>(
             Some((path, _)) => format!("on, {n} token{plural} ({} and run-time)", path.display()),
             None => format!("on, {n} run-time token{plural} kept by the store"),
         };
-        if !tokens.iter().any(|(_, grants, _)| grants.admin) {
+        if let Some(jwt) = &config.jwt {
+            let algs = [
+                jwt.secret.as_ref().map(|_| "HS256"),
+                jwt.public_key_pem.as_ref().map(|_| "RS256/ES256"),
+            ];
+            let algs: Vec<&str> = algs.into_iter().flatten().collect();
+            line.push_str(&format!("; JWT {}", algs.join(", ")));
+        }
+        // A JWT may be an admin one.
+        if config.jwt.is_none() && !tokens.iter().any(|(_, grants, _)| grants.admin) {
             // Reachable by revoking or not reloading the only admin token:
             // then nothing can manage tokens until one is given back.
             line.push_str(
@@ -167,12 +323,20 @@ fn banner<S: EventStore>(
     let age = r.max_age.map_or("no age limit".to_string(), |a| {
         format!("max age {}", show_duration(a))
     });
+    let scheme = if s.tls.is_some() { "https" } else { "http" };
     let lines = [
         format!(
             "PERE {} — push events with return receipts",
             env!("CARGO_PKG_VERSION")
         ),
-        format!("  listening   http://{addr}"),
+        format!(
+            "  listening   {scheme}://{addr}{}",
+            if s.tls.is_some() {
+                " (TLS: HTTP/2 and HTTP/1.1)"
+            } else {
+                ""
+            }
+        ),
         match &config.store {
             StoreKind::Memory => format!(
                 "  store       memory, lost on restart (history {} events/channel, {age})",
@@ -212,14 +376,14 @@ fn banner<S: EventStore>(
             s.max_header_bytes,
             config.hub.max_payload
         ),
-        format!("  web         http://{addr}/subscriber.html"),
+        format!("  web         {scheme}://{addr}/subscriber.html"),
         if hub.auth().is_enabled() {
             // The token's subject is the device.
             format!(
-                "  try         curl -N -H 'Authorization: Bearer TOKEN' http://{addr}/feed/CHANNEL_1"
+                "  try         curl -N -H 'Authorization: Bearer TOKEN' {scheme}://{addr}/feed/CHANNEL_1"
             )
         } else {
-            format!("  try         curl -N -H 'device: me' http://{addr}/feed/CHANNEL_1")
+            format!("  try         curl -N -H 'device: me' {scheme}://{addr}/feed/CHANNEL_1")
         },
     ];
     if !config.quiet {
@@ -228,6 +392,30 @@ fn banner<S: EventStore>(
         }
     }
     tracing::info!(%addr, nofile, "listening");
+}
+
+/// Reads the certificate again on every SIGHUP (after a renewal): new
+/// handshakes present it, open connections and their streams stay. A
+/// certificate that cannot be read leaves the current one in use.
+async fn reload_on_sighup(tls: std::sync::Arc<pere_http::tls::ServerTls>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: the certificate will not be reloaded");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match tls.reload() {
+                Ok(()) => tracing::info!(cert = %tls.cert_path().display(), "certificate reloaded"),
+                Err(err) => {
+                    tracing::error!(cause = %err, "certificate not reloaded; the current one stays")
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    drop(tls);
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -1,6 +1,7 @@
 //! Command-line flags ([`Args`], the "low" form) resolved into a validated
 //! [`Config`].
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use argh::FromArgs;
@@ -27,18 +28,21 @@ use pere_http::client::{Address, random_device};
     error_code(2, "the command line is invalid.")
 )]
 pub struct Args {
-    /// the server, as HOST:PORT or http://HOST:PORT
+    /// the server, as HOST:PORT, http://HOST:PORT or https://HOST:PORT
     #[argh(positional)]
     pub addr: String,
     /// the channel, or a pattern such as orders.* or orders.**
     #[argh(positional)]
     pub channel: String,
-    /// this subscriber's device id (default a random PERE-style id, H0039…)
+    /// this subscriber's device id (default: this user's device on this machine, a PERE-style id H0039… made once and kept in $XDG_STATE_HOME/pere/device, or ~/.local/state/pere/device, so every run is the same device)
     #[argh(option)]
     pub device: Option<String>,
     /// bearer token for a server with auth on (or set PERE_TOKEN, which ps does not show); without --device, the device is the token's subject
     #[argh(option)]
     pub token: Option<String>,
+    /// PEM file of the CA (or self-signed certificate) to trust for an https:// server, instead of the system's (or set PERE_CA)
+    #[argh(option)]
+    pub ca: Option<String>,
     /// print one JSON object per line for every event, control events included
     #[argh(switch)]
     pub json: bool,
@@ -66,7 +70,7 @@ pub struct Args {
     /// print no connection notices on stderr, only errors
     #[argh(switch, short = 'q')]
     pub quiet: bool,
-    /// run this shell command for each event, one at a time, with the payload on stdin (and PERE_EVENT_ID, PERE_EVENT, PERE_CHANNEL, PERE_DEVICE in its environment); the receipt's status is ok when it exits with 0, else "error: exit N: <first line of its stderr>"
+    /// run this shell command for each event, one at a time, with the payload on stdin as a line (a newline is added unless it ends with one; and PERE_EVENT_ID, PERE_EVENT, PERE_CHANNEL, PERE_DEVICE in its environment); the receipt's status is ok when it exits with 0, else "error: exit N: <first line of its stderr>"
     #[argh(option)]
     pub exec: Option<String>,
     /// how long one --exec command may run before it is killed and its receipt says "error: timed out after …" (default 60s)
@@ -147,11 +151,77 @@ pub struct Config {
     pub exec_timeout: Duration,
 }
 
+/// Where pere-sub keeps its device id: `$XDG_STATE_HOME/pere`, else
+/// `~/.local/state/pere` (the XDG base directory spec's state directory:
+/// data that should persist between runs but is not worth a backup).
+pub fn state_dir(env: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    let absolute = |v: String| Some(PathBuf::from(v)).filter(|p| p.is_absolute());
+    match env("XDG_STATE_HOME").and_then(absolute) {
+        Some(dir) => Some(dir.join("pere")),
+        None => env("HOME")
+            .and_then(absolute)
+            .map(|home| home.join(".local/state/pere")),
+    }
+}
+
+/// This user's device id on this machine (issue 18.7: a random id per run
+/// left a new 24 h member behind each time, and events waited for all of
+/// them). Read from `state/device`, or made and kept there; when that
+/// cannot be written, derived from the host and user names, which is
+/// stable too.
+pub fn stable_device(state: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> String {
+    let Some(dir) = state else {
+        return derived_device(&env);
+    };
+    let file = dir.join("device");
+    if let Ok(text) = std::fs::read_to_string(&file)
+        && DeviceId::new(text.trim()).is_ok()
+    {
+        return text.trim().to_string();
+    }
+    let device = random_device("H");
+    let written =
+        std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&file, format!("{device}\n")));
+    match written {
+        Ok(()) => device,
+        Err(err) => {
+            // Logging is not set up yet: say it plainly.
+            eprintln!(
+                "pere-sub: cannot keep the device id in {} ({err}); using one derived from the host and user names",
+                file.display()
+            );
+            derived_device(&env)
+        }
+    }
+}
+
+/// A PERE-style id (`H0039` and nine digits) from the host and user names:
+/// the same on every run, different for another user or machine.
+fn derived_device(env: &impl Fn(&str) -> Option<String>) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .ok()
+        .or_else(|| env("HOSTNAME"))
+        .unwrap_or_default();
+    let user = env("USER").or_else(|| env("LOGNAME")).unwrap_or_default();
+    // FNV-1a: stable across builds and runs, unlike std's keyed hasher.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in host.trim().bytes().chain([0]).chain(user.bytes()) {
+        hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("H0039{}{:08}", hash % 9 + 1, (hash / 9) % 100_000_000)
+}
+
 impl Config {
-    /// Validates `args`.
-    pub fn resolve(args: Args) -> Result<Self, String> {
-        Address::parse(&args.addr)
-            .map_err(|_| format!("`{}` is not HOST:PORT or http://HOST:PORT", args.addr))?;
+    /// Validates `args`; without `--device`, the device is
+    /// [`stable_device`] with its file in `state` (none: derived only).
+    pub fn resolve(args: Args, state: Option<&Path>) -> Result<Self, String> {
+        Address::parse(&args.addr).map_err(|_| {
+            format!(
+                "`{}` is not HOST:PORT, http://HOST:PORT or https://HOST:PORT",
+                args.addr
+            )
+        })?;
         Pattern::new(&args.channel).map_err(|e| e.to_string())?;
         let device_given = args.device.is_some();
         let device = match args.device {
@@ -159,10 +229,13 @@ impl Config {
                 DeviceId::new(&d).map_err(|e| format!("--device: {e}"))?;
                 d
             }
-            None => random_device("H"),
+            // With a token the device is its subject: nothing to keep.
+            None if args.token.is_some() => random_device("H"),
+            None => stable_device(state, |k| std::env::var(k).ok()),
         };
         if let Some(token) = &args.token {
-            pere_core::Token::new(token).map_err(|e| format!("--token: {e}"))?;
+            // A static token or a JWT.
+            pere_http::client::bearer(token).map_err(|e| format!("--token: {e}"))?;
         }
         let device_from_token = args.token.is_some() && !device_given;
         if args.count == Some(0) {
@@ -243,7 +316,10 @@ mod tests {
     fn resolve(extra: &[&str]) -> Result<Config, String> {
         let mut all = vec!["127.0.0.1:4567", "CHANNEL_1"];
         all.extend_from_slice(extra);
-        Config::resolve(Args::from_args(&["pere-sub"], &all).map_err(|e| e.output)?)
+        Config::resolve(
+            Args::from_args(&["pere-sub"], &all).map_err(|e| e.output)?,
+            None,
+        )
     }
 
     #[test]
@@ -279,13 +355,51 @@ mod tests {
         let long = "x".repeat(MAX_STATUS_LEN + 1);
         assert!(resolve(&["--status", &long]).is_err());
         assert!(
-            Config::resolve(Args::from_args(&["pere-sub"], &["127.0.0.1:1", "a b"]).unwrap())
-                .is_err()
+            Config::resolve(
+                Args::from_args(&["pere-sub"], &["127.0.0.1:1", "a b"]).unwrap(),
+                None
+            )
+            .is_err()
         );
         assert!(resolve(&["--last-event-id", "42"]).is_ok());
         let c = resolve(&["--exec", "cat", "--exec-timeout", "2s"]).unwrap();
         assert_eq!(c.exec.as_deref(), Some("cat"));
         assert_eq!(c.exec_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn the_device_is_kept_per_user_and_machine() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert_eq!(
+            state_dir(env(&[("XDG_STATE_HOME", "/s"), ("HOME", "/h")])),
+            Some(PathBuf::from("/s/pere"))
+        );
+        assert_eq!(
+            state_dir(env(&[("XDG_STATE_HOME", "relative"), ("HOME", "/h")])),
+            Some(PathBuf::from("/h/.local/state/pere")),
+            "the spec ignores a relative XDG path"
+        );
+        assert_eq!(state_dir(env(&[])), None);
+
+        let dir = std::env::temp_dir().join(format!("pere-sub-state-{}", std::process::id()));
+        let first = stable_device(Some(&dir), env(&[]));
+        assert!(first.starts_with("H0039") && first.len() == 14, "{first}");
+        assert_eq!(stable_device(Some(&dir), env(&[])), first, "kept");
+        std::fs::write(dir.join("device"), "not a device\n").unwrap();
+        let replaced = stable_device(Some(&dir), env(&[]));
+        assert!(DeviceId::new(&replaced).is_ok(), "a bad file is replaced");
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        let a = derived_device(&env(&[("USER", "alice")]));
+        assert_eq!(a, derived_device(&env(&[("USER", "alice")])));
+        assert_ne!(a, derived_device(&env(&[("USER", "bob")])));
+        assert!(DeviceId::new(&a).is_ok() && a.starts_with("H0039"), "{a}");
     }
 
     #[test]

@@ -12,13 +12,14 @@ use tokio::process::Command;
 
 /// What the subscriber knows about the event beyond the SSE fields.
 pub struct Context<'a> {
-    /// The subscribed channel or pattern.
+    /// The event's channel (the subscribed one when the server did not say).
     pub channel: &'a str,
     /// This subscriber's device id.
     pub device: &'a str,
 }
 
-/// Runs `command` through `sh -c` with the event's payload on stdin and
+/// Runs `command` through `sh -c` with the event's payload on stdin (as a
+/// line: a newline is added unless it ends with one) and
 /// returns the receipt status: `ok` when it exits with 0, otherwise
 /// `error: exit N` (or `error: signal N`, `error: timed out after …`)
 /// followed by the first line of its stderr.
@@ -45,7 +46,13 @@ pub async fn run(command: &str, event: &SseEvent, ctx: &Context<'_>, timeout: Du
     // Feed stdin and drain stderr concurrently with waiting: a command that
     // does not read its input, or writes a lot to stderr, must not deadlock.
     let stdin = child.stdin.take();
-    let payload = event.data.clone();
+    // A line of text ends with a newline: `cat >> jobs.log` then keeps one
+    // event per line instead of gluing payloads together (issue 18.10);
+    // `$(cat)` in the shell drops it again.
+    let mut payload = event.data.clone();
+    if !payload.ends_with('\n') {
+        payload.push('\n');
+    }
     let feed = async move {
         if let Some(mut stdin) = stdin {
             // A command that exits without reading its input closes the pipe:

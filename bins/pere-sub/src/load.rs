@@ -24,8 +24,12 @@ pub fn wanted(args: &Args) -> bool {
 
 /// Validates the load flags.
 fn resolve(args: Args) -> Result<Config, String> {
-    let addr = Address::parse(&args.addr)
-        .map_err(|_| format!("`{}` is not HOST:PORT or http://HOST:PORT", args.addr))?;
+    let addr = Address::parse(&args.addr).map_err(|_| {
+        format!(
+            "`{}` is not HOST:PORT, http://HOST:PORT or https://HOST:PORT",
+            args.addr
+        )
+    })?;
     Pattern::new(&args.channel).map_err(|e| e.to_string())?;
     let devices = args.devices.unwrap_or(1);
     if devices == 0 {

@@ -18,6 +18,7 @@ use std::time::Duration;
 use config::{Args, Config, Output};
 use pere_http::client::{
     Backoff, Client, Feed, SubscribeOptions, Subscriber, SubscriberItem, is_transient,
+    unwrap_envelope,
 };
 use pere_http::sse::SseEvent;
 use tokio::time::Instant;
@@ -36,6 +37,10 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(code) => return code,
     };
+    if let Err(err) = pere_http::tls::ClientTls::install_ca_option(args.ca.as_deref()) {
+        eprintln!("pere-sub: --ca: {err}");
+        return ExitCode::from(2);
+    }
     // Before PERE_TOKEN is read: the load mode takes no token, and one in
     // the environment must not stop it.
     if load::wanted(&args) {
@@ -46,7 +51,8 @@ fn main() -> ExitCode {
             .ok()
             .filter(|t| !t.trim().is_empty());
     }
-    let config = match Config::resolve(args) {
+    let state = config::state_dir(|k| std::env::var(k).ok());
+    let config = match Config::resolve(args, state.as_deref()) {
         Ok(c) => c,
         Err(err) => {
             eprintln!("pere-sub: {err}");
@@ -129,6 +135,10 @@ async fn follow(config: &Config) -> Result<(), Stop> {
         replay_all: config.replay_all,
         max_reconnects: config.max_reconnects,
         token: config.token.clone(),
+        // Each event's data comes wrapped with its channel
+        // (docs/PROTOCOL.md §3.8), so `--json` reports the channel an event
+        // was published on, not the pattern (§9).
+        envelope: true,
         ..SubscribeOptions::default()
     };
     // With a token and no --device, the device is the token's subject: the
@@ -160,6 +170,10 @@ async fn follow(config: &Config) -> Result<(), Stop> {
     let deadline = config.timeout.map(|t| Instant::now() + t);
     let mut received: u64 = 0;
     let mut seen = Seen::default();
+    // Whether a stream ever opened: until then a failure is more likely a
+    // wrong address or a server not started than a restart (issue 18.10).
+    let mut connected_once = false;
+    let mut hinted = false;
     loop {
         let next = match deadline {
             None => sub.next().await,
@@ -183,6 +197,7 @@ async fn follow(config: &Config) -> Result<(), Stop> {
         let event = match item {
             SubscriberItem::Event(event) => event,
             SubscriberItem::Connected => {
+                connected_once = true;
                 notice(
                     config,
                     format_args!("connected to {}", sub.address().url(sub.path())),
@@ -198,17 +213,34 @@ async fn follow(config: &Config) -> Result<(), Stop> {
                     "" => String::new(),
                     id => format!(", resuming after event {id}"),
                 };
+                let hint = if !connected_once && !hinted {
+                    hinted = true;
+                    format!(
+                        "; is pere-server running at {}? start it, or check HOST:PORT (each failed attempt doubles the wait, up to a minute)",
+                        config.addr
+                    )
+                } else {
+                    String::new()
+                };
                 notice(
                     config,
                     format_args!(
-                        "reconnecting in {} ms (attempt {attempt}{from})",
+                        "reconnecting in {} ms (attempt {attempt}{from}){hint}",
                         after.as_millis()
                     ),
                 );
                 continue;
             }
         };
+        let mut event = event;
         let control = event.event.starts_with("pere.");
+        let channel = match unwrap_envelope(&event.data) {
+            Some((channel, payload)) if !control => {
+                event.data = payload;
+                Some(channel)
+            }
+            _ => None,
+        };
         if !control && let Some(status) = seen.processed(&event.id) {
             // Sent again (docs/PROTOCOL.md §5: unacknowledged events are
             // redelivered on resume): processed once already in this run,
@@ -224,7 +256,7 @@ async fn follow(config: &Config) -> Result<(), Stop> {
             }
             continue;
         }
-        print_event(config, &event, control)?;
+        print_event(config, &event, control, channel.as_deref())?;
         if event.event == "pere.hello"
             && device.is_none()
             && let Ok(hello) = serde_json::from_str::<serde_json::Value>(&event.data)
@@ -246,7 +278,7 @@ async fn follow(config: &Config) -> Result<(), Stop> {
         let outcome = match &config.exec {
             Some(command) => {
                 let ctx = exec::Context {
-                    channel: &config.channel,
+                    channel: channel.as_deref().unwrap_or(&config.channel),
                     device: device.as_deref().unwrap_or(&config.device),
                 };
                 let status = exec::run(command, &event, &ctx, config.exec_timeout).await;
@@ -339,13 +371,20 @@ async fn ack(config: &Config, client: &Client, device: &str, event: &SseEvent, s
 }
 
 /// Prints one event on stdout in the configured format.
-fn print_event(config: &Config, event: &SseEvent, control: bool) -> Result<(), Stop> {
+/// `channel` is the event's own (from its envelope); the subscribed name
+/// stands in when the server sent none.
+fn print_event(
+    config: &Config,
+    event: &SseEvent,
+    control: bool,
+    channel: Option<&str>,
+) -> Result<(), Stop> {
     let line = match config.output {
         Output::Json => serde_json::json!({
             "id": event.id,
             "event": event.event,
             "data": event.data,
-            "channel": if control { None } else { Some(config.channel.as_str()) },
+            "channel": if control { None } else { Some(channel.unwrap_or(config.channel.as_str())) },
         })
         .to_string(),
         Output::Human if control => {
@@ -368,5 +407,56 @@ fn print_event(config: &Config, event: &SseEvent, control: bool) -> Result<(), S
 fn notice(config: &Config, text: std::fmt::Arguments<'_>) {
     if !config.quiet {
         eprintln!("pere-sub: {text}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Issue 13. No path sends one pere-sub process an event twice: every
+    // reconnect carries Last-Event-ID, which the server honours (only a
+    // proxy that strips the header would make it redeliver what was not
+    // acknowledged). So the rule is tested here, on `Seen`.
+
+    #[test]
+    fn an_event_sent_again_is_recognised_with_the_status_of_its_receipt() {
+        let mut seen = Seen::default();
+        assert_eq!(seen.processed("7"), None, "new");
+        seen.record("7", Some("error: exit 4: boom".into()));
+        seen.record("8", None);
+        assert_eq!(
+            seen.processed("7"),
+            Some(Some("error: exit 4: boom")),
+            "acked again with the status it had"
+        );
+        assert_eq!(
+            seen.processed("8"),
+            Some(None),
+            "--no-ack: dropped, not acked"
+        );
+        // Recorded again (the receipt sent again): still one entry.
+        seen.record("7", Some("error: exit 4: boom".into()));
+        assert_eq!(seen.order.len(), 2);
+    }
+
+    #[test]
+    fn an_event_without_an_id_is_never_taken_for_a_repeat() {
+        let mut seen = Seen::default();
+        seen.record("", Some("ok".into()));
+        assert_eq!(seen.processed(""), None);
+        assert!(seen.order.is_empty());
+    }
+
+    #[test]
+    fn the_oldest_ids_are_forgotten_past_the_capacity() {
+        let mut seen = Seen::default();
+        for n in 0..=SEEN_CAPACITY {
+            seen.record(&n.to_string(), None);
+        }
+        assert_eq!(seen.processed("0"), None, "the oldest is forgotten");
+        assert!(seen.processed("1").is_some());
+        assert!(seen.processed(&SEEN_CAPACITY.to_string()).is_some());
+        assert_eq!(seen.status.len(), SEEN_CAPACITY);
     }
 }

@@ -19,18 +19,31 @@
 //! the file, so a revoked token stays revoked after a restart even though
 //! the file still lists it.
 //!
+//! # JWTs
+//! With a [`JwtVerifier`] ([`AuthRegistry::enable_jwt`]) a presented token
+//! that is no static token and has a JWT's shape is verified instead
+//! ([`AuthRegistry::check`]). A verified JWT is known by its hash like any
+//! token, for as long as a request or a stream holds its [`Access`] (a
+//! lease in a table of live JWTs): the hub's writer then finds its grants
+//! when a stream opens, and its streams when its `jti` is revoked. A `jti`
+//! is revoked as a run-time token is, by a journaled tombstone, under
+//! [`jti_key`]: the hash of `jti:` and the id, which no static token can
+//! have (`:` is not in a token's alphabet).
+//!
 //! What this module does not do: parse HTTP headers (pere-http does), or
-//! close streams (the hub's writer does, when it applies a change).
+//! close streams (the hub's writer does, when it applies a change; pere-http
+//! ends a JWT's streams at its `exp`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
+use crate::jwt::{JwtRefusal, JwtVerifier, unix_now};
 use crate::name::{ChannelName, DeviceId, Pattern};
 
 /// Shortest token accepted, in bytes: a bearer secret shorter than 128 bits
@@ -197,6 +210,58 @@ pub struct Access {
     pub token: TokenHash,
     /// Its grants when it was presented.
     pub grants: Arc<Grants>,
+    /// A JWT's `exp` (Unix seconds); `None` for a static token.
+    pub expires: Option<u64>,
+    /// Keeps a JWT in the table of live JWTs while this is held.
+    _lease: Option<Arc<Lease>>,
+}
+
+/// Why a presented token was refused (`401`); never quotes it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Not a known static token (nor a JWT, when JWTs are on).
+    #[error("the token is unknown or was revoked")]
+    Unknown,
+    /// A JWT that does not verify.
+    #[error(transparent)]
+    Jwt(#[from] JwtRefusal),
+}
+
+/// The name under which a JWT's `jti` is revoked: the hash of `jti:` and
+/// the id (see the module docs).
+pub fn jti_key(jti: &str) -> TokenHash {
+    TokenHash::of(&format!("jti:{jti}"))
+}
+
+/// A JWT some request or stream holds.
+#[derive(Debug)]
+struct LiveJwt {
+    grants: Arc<Grants>,
+    expires: u64,
+    jti: Option<TokenHash>,
+    /// How many [`Lease`]s hold it.
+    leases: usize,
+}
+
+type LiveJwts = Mutex<HashMap<TokenHash, LiveJwt>>;
+
+/// One holder of a [`LiveJwt`]; the last one's drop removes it.
+#[derive(Debug)]
+struct Lease {
+    table: Arc<LiveJwts>,
+    token: TokenHash,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(live) = table.get_mut(&self.token) {
+            live.leases -= 1;
+            if live.leases == 0 {
+                table.remove(&self.token);
+            }
+        }
+    }
 }
 
 /// Where a token in the registry comes from.
@@ -253,6 +318,17 @@ pub fn parse_auth_file(text: &str) -> Result<Vec<(Token, Grants)>> {
     Ok(out)
 }
 
+impl Access {
+    fn of(token: TokenHash, grants: Arc<Grants>) -> Self {
+        Self {
+            token,
+            grants,
+            expires: None,
+            _lease: None,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Tables {
     base: HashMap<TokenHash, Arc<Grants>>,
@@ -282,6 +358,12 @@ pub struct AuthRegistry {
     /// Bumped on every change; receipts streams (which the hub does not
     /// track) re-check their caller when it moves.
     changes: watch::Sender<u64>,
+    /// Checks JWTs, once set.
+    jwt: OnceLock<JwtVerifier>,
+    /// JWTs that requests and streams hold, by hash.
+    live: Arc<LiveJwts>,
+    /// [`jti_key`]s being revoked: a revocation of one is no unknown token.
+    jtis: Mutex<HashSet<TokenHash>>,
 }
 
 impl Default for AuthRegistry {
@@ -290,6 +372,9 @@ impl Default for AuthRegistry {
             enabled: AtomicBool::new(false),
             tables: RwLock::default(),
             changes: watch::Sender::new(0),
+            jwt: OnceLock::new(),
+            live: Arc::default(),
+            jtis: Mutex::default(),
         }
     }
 }
@@ -324,15 +409,127 @@ impl AuthRegistry {
         self.bump();
     }
 
-    /// The caller behind a presented token, if the token is known.
-    pub fn authenticate(&self, presented: &str) -> Option<Access> {
-        let token = TokenHash::of(presented);
-        self.grants(&token).map(|grants| Access { token, grants })
+    /// Turns auth on with JWTs checked by `verifier` (besides static
+    /// tokens). Only the first call counts.
+    pub fn enable_jwt(&self, verifier: JwtVerifier) {
+        let _ = self.jwt.set(verifier);
+        self.enabled.store(true, Ordering::Release);
+        self.bump();
     }
 
-    /// The current grants of a token, if it exists.
+    /// Whether JWTs are checked.
+    pub fn jwt_enabled(&self) -> bool {
+        self.jwt.get().is_some()
+    }
+
+    /// The caller behind a presented token, if the token is known.
+    pub fn authenticate(&self, presented: &str) -> Option<Access> {
+        self.check(presented).ok()
+    }
+
+    /// The caller behind a presented token: a static token, else a JWT
+    /// (when JWTs are on), else why not.
+    ///
+    /// # Errors
+    /// [`Refusal::Unknown`], or the [`JwtRefusal`] of a JWT.
+    pub fn check(&self, presented: &str) -> std::result::Result<Access, Refusal> {
+        let token = TokenHash::of(presented);
+        {
+            let tables = self.read();
+            if let Some(change) = tables.runtime.get(&token) {
+                return change
+                    .clone()
+                    .map(|g| Access::of(token, g))
+                    .ok_or(Refusal::Unknown);
+            }
+            if let Some(grants) = tables.base.get(&token) {
+                return Ok(Access::of(token, grants.clone()));
+            }
+        }
+        let Some(verifier) = self
+            .jwt
+            .get()
+            .filter(|_| JwtVerifier::looks_like_jwt(presented))
+        else {
+            return Err(Refusal::Unknown);
+        };
+        let verified = verifier.verify(presented, unix_now())?;
+        let jti = verified.jti.as_deref().map(jti_key);
+        if jti.is_some_and(|jti| self.is_revoked(&jti)) {
+            return Err(JwtRefusal::Revoked.into());
+        }
+        let grants = Arc::new(verified.grants);
+        let lease = {
+            let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+            let entry = live.entry(token).or_insert_with(|| LiveJwt {
+                grants: grants.clone(),
+                expires: verified.expires,
+                jti,
+                leases: 0,
+            });
+            entry.leases += 1;
+            Lease {
+                table: self.live.clone(),
+                token,
+            }
+        };
+        Ok(Access {
+            token,
+            grants,
+            expires: Some(verified.expires),
+            _lease: Some(Arc::new(lease)),
+        })
+    }
+
+    /// The current grants of a token, if it exists: a static token, or a
+    /// JWT that is held, unexpired and whose `jti` is not revoked.
     pub fn grants(&self, token: &TokenHash) -> Option<Arc<Grants>> {
-        self.read().get(token)
+        {
+            let tables = self.read();
+            if tables.runtime.contains_key(token) || tables.base.contains_key(token) {
+                return tables.get(token);
+            }
+        }
+        let (grants, jti) = {
+            let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+            let jwt = live.get(token).filter(|jwt| jwt.expires > unix_now())?;
+            (jwt.grants.clone(), jwt.jti)
+        };
+        match jti {
+            Some(jti) if self.is_revoked(&jti) => None,
+            _ => Some(grants),
+        }
+    }
+
+    /// Whether a [`jti_key`] was revoked.
+    fn is_revoked(&self, jti: &TokenHash) -> bool {
+        self.read().runtime.contains_key(jti)
+    }
+
+    /// Notes that `key` is a [`jti_key`] about to be revoked.
+    pub(crate) fn note_jti(&self, key: TokenHash) {
+        self.jtis
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key);
+    }
+
+    /// Whether `key` is a [`jti_key`] (noted by [`note_jti`](Self::note_jti)).
+    pub(crate) fn is_jti(&self, key: &TokenHash) -> bool {
+        self.jtis
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(key)
+    }
+
+    /// The held JWTs whose `jti` is `key`: the tokens of the streams its
+    /// revocation closes.
+    pub(crate) fn tokens_of_jti(&self, key: &TokenHash) -> Vec<TokenHash> {
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.iter()
+            .filter(|(_, jwt)| jwt.jti.as_ref() == Some(key))
+            .map(|(token, _)| *token)
+            .collect()
     }
 
     /// Every live token (by hash), with its grants and origin, sorted by

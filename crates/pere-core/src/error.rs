@@ -84,6 +84,17 @@ pub enum Error {
         /// The event id.
         id: String,
     },
+    /// A device acknowledged an event that was never written to it and whose
+    /// audience it is not in (a typo in the device id, another device's id).
+    #[error(
+        "device `{device}` cannot acknowledge event {id}: it was never sent it and is not in its audience (check the device id; a device that subscribes after the publish may acknowledge an event once it was replayed to it)"
+    )]
+    NotRecipient {
+        /// The event id.
+        id: String,
+        /// The device.
+        device: String,
+    },
     /// A device membership that does not exist.
     #[error("device `{device}` is not a member of `{subscription}`")]
     UnknownMember {
@@ -117,7 +128,7 @@ pub enum Error {
     /// The hub is shutting down and takes no new work.
     #[error("the hub is shutting down")]
     ShuttingDown,
-    /// The store failed; the hub refuses writes until restarted.
+    /// The store failed; the hub refuses writes until it takes them again.
     #[error("the event store is unavailable: {0}")]
     StoreUnavailable(String),
     /// A store I/O error, with the file it concerns.

@@ -1,10 +1,12 @@
 //! Entry points for the fuzz targets of `fuzz/` and their regression test;
-//! not an API: the store's record codec, which reads bytes from disk.
+//! not an API: the store's record codec and segment scanner, which read
+//! bytes from disk.
 
 pub use crate::log::codec::{
     DecodeError, FRAME_HEADER, MAX_RECORD, Stored, decode as decode_record,
     encode as encode_record, frame,
 };
+pub use crate::log::file::scan::{Found, Order, SegmentScan, Skipped, Why, scan_segment};
 
 /// The CRC-32C the record frame carries, so a fuzzer can frame a body it
 /// made up and reach the decoder past the checksum.

@@ -215,6 +215,14 @@ pub struct EventReceipts {
 /// `id:` and `event:` lines, the end of the event, and an envelope's keys.
 const WIRE_OVERHEAD: usize = 512;
 
+impl Drop for EventReceipts {
+    /// An event leaves retention: its unacknowledged pairs leave the gauge.
+    fn drop(&mut self) {
+        let left = i64::try_from(self.unacked.load(Ordering::Acquire)).unwrap_or(i64::MAX);
+        self.watchers.metrics().add_unacked(-left);
+    }
+}
+
 /// Slot number meaning "not in the audience" (anonymous streams, late
 /// joiners resolved through the index).
 pub const NO_SLOT: u32 = u32::MAX;
@@ -231,6 +239,9 @@ impl EventReceipts {
             .filter(|&&b| b == b'\n' || b == b'\r')
             .count();
         let wire_size = event.payload.len() + 7 * (breaks + 1) + WIRE_OVERHEAD;
+        watchers
+            .metrics()
+            .add_unacked(i64::try_from(n).unwrap_or(i64::MAX));
         Self {
             wire_size,
             event,
@@ -311,6 +322,7 @@ impl EventReceipts {
             self.undelivered.fetch_add(1, Ordering::AcqRel);
         }
         self.unacked.fetch_add(1, Ordering::AcqRel);
+        self.watchers.metrics().add_unacked(1);
         slot
     }
 
@@ -417,9 +429,19 @@ impl EventReceipts {
             .is_some_and(|slot| slow.acks.contains_key(&slot))
     }
 
+    /// Whether `device` may acknowledge the event: it is in the audience, or
+    /// the event was written to one of its streams (a late joiner that got
+    /// it by replay). Once true it stays true, so a check made outside the
+    /// writer cannot be contradicted by it.
+    pub fn may_ack(&self, device: &DeviceId) -> bool {
+        let mut slow = lock(&self.slow);
+        self.slot_of(&mut slow, device).is_some()
+    }
+
     /// Records `device`'s receipt with `status`. A device outside the
-    /// audience is added to it (it received the event somehow: late join,
-    /// replay). An ack implies delivery. A second receipt keeps the first
+    /// audience is added to it: the hub refuses those ([`Self::may_ack`]),
+    /// but receipts journaled before it did are still recovered. An ack
+    /// implies delivery. A second receipt keeps the first
     /// one's time (the proof) and updates the status.
     pub fn ack(&self, device: &DeviceId, status: Arc<str>, at: Timestamp) -> AckOutcome {
         let mut slow = lock(&self.slow);
@@ -470,6 +492,7 @@ impl EventReceipts {
             self.settle(&self.undelivered);
         }
         self.settle(&self.unacked);
+        self.watchers.metrics().add_unacked(-1);
         self.announce(device, ReceiptState::Acked, Some(status), at);
         AckOutcome::Acked
     }
@@ -488,6 +511,10 @@ impl EventReceipts {
 
     /// Tells the channel's receipt listeners that a device is overdue.
     pub fn announce_overdue(&self, notice: &OverdueNotice) {
+        self.watchers
+            .metrics()
+            .overdue
+            .fetch_add(1, Ordering::Relaxed);
         let now = Timestamp::now();
         if self.watchers.recording(now) {
             self.watchers

@@ -69,8 +69,10 @@ mod event;
 #[doc(hidden)]
 pub mod fuzzing;
 mod hub;
+pub mod jwt;
 pub mod ledger;
 pub mod log;
+pub mod metrics;
 mod name;
 pub mod presence;
 mod queue;
@@ -85,16 +87,17 @@ pub use config::{
 pub use error::{Error, NameKind, Result};
 pub use event::{Event, EventId, FRAME_FORMS, FrameCache, Sequencer, Timestamp, validate_payload};
 pub use hub::{
-    Acked, ChannelInfo, Connections, Gap, Hello, Hub, MAX_IDEMPOTENCY_KEY_LEN, Outgoing, Publish,
-    Published, Resume, Stats, SubscribeRequest, Subscription,
+    Acked, ChannelInfo, Connections, Gap, Hello, Hub, MAX_IDEMPOTENCY_KEY_LEN, Outgoing,
+    PatternInfo, Publish, Published, Resume, Stats, StoreHealth, StoreOutage, SubscribeRequest,
+    Subscription,
 };
 pub use ledger::{
     DeviceReceipt, EventReceipts, Mark, OverdueNotice, ReceiptChange, ReceiptState, ReceiptSummary,
     ReceiptUpdate,
 };
 pub use log::{
-    DEFAULT_SEGMENT_SIZE, EventStore, Evicted, FileStore, FileStoreConfig, Fsync, MemoryStore,
-    Record, Recovered,
+    DEFAULT_SEGMENT_SIZE, Damage, EventStore, Evicted, FileStore, FileStoreConfig, Fsync,
+    MemoryStore, Record, Recovered,
 };
 pub use name::{
     ChannelName, DeviceId, EventType, MAX_CHANNEL_LEN, MAX_DEVICE_LEN, Pattern,

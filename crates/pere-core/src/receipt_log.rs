@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use crate::event::Timestamp;
 use crate::ledger::ReceiptUpdate;
+use crate::metrics::HubMetrics;
 
 /// Changes kept per channel: a follower further behind than this is told of
 /// a gap. About 100 bytes each.
@@ -45,6 +46,9 @@ pub struct ReceiptLog {
     grace_until: AtomicI64,
     /// Gaps told to followers, for metrics (shared by a hub's logs).
     gaps: Arc<AtomicU64>,
+    /// The hub's measurements, which the channel's receipts keep current
+    /// (unacknowledged pairs, overdue notices); a fresh set by default.
+    metrics: Arc<HubMetrics>,
 }
 
 impl Default for ReceiptLog {
@@ -70,7 +74,18 @@ impl ReceiptLog {
             followers: AtomicUsize::new(0),
             grace_until: AtomicI64::new(0),
             gaps,
+            metrics: Arc::default(),
         }
+    }
+
+    /// The same log, counting into the hub's `metrics`.
+    pub fn with_metrics(self, metrics: Arc<HubMetrics>) -> Self {
+        Self { metrics, ..self }
+    }
+
+    /// The hub's measurements this channel's receipts keep current.
+    pub fn metrics(&self) -> &HubMetrics {
+        &self.metrics
     }
 }
 

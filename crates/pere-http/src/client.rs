@@ -53,6 +53,9 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Reconnection time of a [`Subscriber`] until the server sends `retry`
 /// (the WHATWG suggestion, and PERE's default).
 pub const DEFAULT_RETRY: Duration = crate::server::DEFAULT_RETRY;
+/// Default [`SubscribeOptions::max_backoff`]: a minute between attempts at
+/// most, so a device finds a server back within a minute of its return.
+pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Largest response body read by [`Client`], in bytes: an answer larger than
 /// this is an error rather than an unbounded allocation.
 pub const MAX_RESPONSE_BODY: usize = 16 * 1024 * 1024;
@@ -63,28 +66,32 @@ const USER_AGENT: &str = concat!("pere-http/", env!("CARGO_PKG_VERSION"));
 // ---------------------------------------------------------------------------
 // Address
 
-/// Where the server is: a host and a port, from `HOST:PORT` or
-/// `http://HOST:PORT`.
+/// Where the server is: a host and a port, from `HOST:PORT`,
+/// `http://HOST:PORT` or `https://HOST:PORT`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Address {
     /// Host name or IP address, without brackets.
     host: String,
     /// TCP port.
     port: u16,
+    /// Whether to speak TLS (`https://`), trusting what
+    /// [`crate::tls::ClientTls::install`] set, else the system's roots.
+    tls: bool,
 }
 
 impl Address {
-    /// Parses `HOST:PORT`, `http://HOST:PORT` or `http://HOST:PORT/`
-    /// (IPv6 as `[::1]:4567`).
+    /// Parses `HOST:PORT`, `http://HOST:PORT`, `https://HOST:PORT`, each
+    /// with an optional `/` (IPv6 as `[::1]:4567`).
     ///
     /// # Errors
     /// [`Error::Address`] for anything else (no port, another scheme, a path).
     pub fn parse(text: &str) -> Result<Self> {
         let bad = || Error::Address(text.to_string());
         let trimmed = text.trim();
-        let rest = match trimmed.get(..7) {
-            Some(scheme) if scheme.eq_ignore_ascii_case("http://") => &trimmed[7..],
-            _ => trimmed,
+        let (rest, tls) = match (trimmed.get(..7), trimmed.get(..8)) {
+            (Some(scheme), _) if scheme.eq_ignore_ascii_case("http://") => (&trimmed[7..], false),
+            (_, Some(scheme)) if scheme.eq_ignore_ascii_case("https://") => (&trimmed[8..], true),
+            _ => (trimmed, false),
         };
         if rest.contains("://") {
             return Err(bad());
@@ -115,7 +122,13 @@ impl Address {
         Ok(Self {
             host: host.to_string(),
             port,
+            tls,
         })
+    }
+
+    /// Whether the server is reached over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls
     }
 
     /// The host, without brackets.
@@ -128,9 +141,10 @@ impl Address {
         self.port
     }
 
-    /// `http://HOST:PORT` followed by `path`.
+    /// `http://HOST:PORT` (or `https://`) followed by `path`.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{self}{path}")
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{self}{path}")
     }
 }
 
@@ -180,11 +194,14 @@ impl Drop for Conn {
 async fn connect(addr: &Address, timeout: Duration) -> Result<Conn> {
     let stream = tokio::time::timeout(timeout, TcpStream::connect((addr.host(), addr.port())))
         .await
-        .map_err(|_| {
-            Error::Timeout(format!(
-                "connecting to {addr} took more than {} ms",
-                timeout.as_millis()
-            ))
+        .map_err(|_| Error::Io {
+            // An `Io` error, like a refused connection: nothing was sent
+            // (see `may_have_been_received`).
+            context: format!("cannot connect to {addr}"),
+            source: std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no connection within {} ms", timeout.as_millis()),
+            ),
         })?
         .map_err(|source| Error::Io {
             context: format!("cannot connect to {addr}"),
@@ -192,7 +209,27 @@ async fn connect(addr: &Address, timeout: Duration) -> Result<Conn> {
         })?;
     // Events and receipts are small; latency matters more than packet count.
     let _ = stream.set_nodelay(true);
-    let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+    if !addr.is_tls() {
+        return start(stream).await;
+    }
+    let trust = crate::tls::ClientTls::default_for_process()?;
+    let tls = tokio::time::timeout(timeout, trust.connect(addr.host(), stream))
+        .await
+        .map_err(|_| {
+            Error::Timeout(format!(
+                "the TLS handshake with {addr} took more than {} ms",
+                timeout.as_millis()
+            ))
+        })??;
+    start(tls).await
+}
+
+/// Speaks HTTP/1.1 over `io`, the connection driven by its own task.
+async fn start<T>(io: T) -> Result<Conn>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = http1::handshake(TokioIo::new(io)).await?;
     let task = tokio::spawn(async move {
         if let Err(err) = connection.await {
             tracing::debug!(cause = %err, "client connection ended with an error");
@@ -378,6 +415,10 @@ pub struct Published {
     /// The answer repeats an earlier publish with the same idempotency key.
     #[serde(default)]
     pub duplicate: bool,
+    /// With `wait`: the wait ended early because the server is shutting
+    /// down (the event was published; the receipts are those so far).
+    #[serde(default)]
+    pub shutting_down: bool,
 }
 
 /// The answer to a receipt (docs/PROTOCOL.md §4).
@@ -457,6 +498,27 @@ pub fn is_transient(err: &Error) -> bool {
     }
 }
 
+/// Whether the request that failed with `err` may have reached the server
+/// and been acted on: its answer was lost (the connection broke or timed
+/// out after the request was sent, or a proxy gave up on it). `false` when
+/// the server was never reached (`Error::Io`: no connection) or refused the
+/// request itself (an error status from PERE).
+pub fn may_have_been_received(err: &Error) -> bool {
+    match err {
+        // A TLS error is a handshake that failed: no request was sent.
+        Error::Io { .. } | Error::Core(_) | Error::Address(_) | Error::Tls(_) => false,
+        Error::Http(_) | Error::Timeout(_) | Error::Protocol(_) => true,
+        Error::Status { status, .. } => {
+            matches!(
+                *status,
+                StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT
+            )
+        }
+        Error::Unconfirmed { .. } => true,
+        Error::WebhookLoop { .. } => false,
+    }
+}
+
 /// An HTTP client of one PERE server, over one keep-alive connection.
 ///
 /// Requests on one `Client` are sent one after the other (HTTP/1.1 has one
@@ -488,13 +550,20 @@ impl Clone for Client {
     }
 }
 
+/// Longest JWT the client sends: well under any server's head limit.
+const MAX_JWT_LEN: usize = 4096;
+
 /// `Bearer <token>` as a sensitive header value.
 ///
 /// # Errors
 /// [`Error::Core`] when `token` is not a valid token (the message never
 /// contains it).
 pub fn bearer(token: &str) -> Result<HeaderValue> {
-    pere_core::Token::new(token)?;
+    // A JWT may be longer than a static token (its claims are inside).
+    let jwt = token.len() <= MAX_JWT_LEN && pere_core::jwt::JwtVerifier::looks_like_jwt(token);
+    if !jwt {
+        pere_core::Token::new(token)?;
+    }
     let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
         // Unreachable: a valid token is visible ASCII.
         Error::Core(pere_core::Error::InvalidToken(
@@ -730,7 +799,11 @@ impl Client {
     ///
     /// # Errors
     /// The first permanent failure, or the last transient one once the
-    /// retries are spent.
+    /// retries are spent; either wrapped in [`Error::Unconfirmed`] when an
+    /// earlier attempt may have been stored although its answer was lost
+    /// (issue 18.1: such an event must not be reported as not published: a
+    /// publish again with the same key is safe, a publish without it is a
+    /// duplicate).
     pub async fn publish_retrying(
         &self,
         channel: &str,
@@ -745,14 +818,22 @@ impl Client {
             opts.idempotency_key = Some(random_key());
         }
         let mut retry = 0;
+        let mut maybe_stored = false;
         loop {
             match self.publish(channel, payload.clone(), &opts).await {
                 Ok(published) => return Ok(published),
                 Err(err) if retry < backoff.retries && is_transient(&err) => {
+                    maybe_stored |= may_have_been_received(&err);
                     retry += 1;
                     let delay = backoff.delay(retry);
                     on_retry(retry, delay, &err);
                     tokio::time::sleep(delay).await;
+                }
+                Err(err) if maybe_stored || may_have_been_received(&err) => {
+                    return Err(Error::Unconfirmed {
+                        source: Box::new(err),
+                        idempotency_key: opts.idempotency_key.clone().unwrap_or_default(),
+                    });
                 }
                 Err(err) => return Err(err),
             }
@@ -993,6 +1074,10 @@ pub struct SubscribeOptions {
     pub deadline: Option<Instant>,
     /// Reconnection time until the server sends `retry`.
     pub retry: Duration,
+    /// Longest delay between two failed connection attempts: each failure
+    /// in a row doubles the `retry` delay up to this (a server that is down
+    /// is not hammered every `retry`), and a stream that opened starts over.
+    pub max_backoff: Duration,
     /// Time to connect and receive the response head.
     pub connect_timeout: Duration,
     /// Reconnect when no byte (event or keepalive) arrived for this long;
@@ -1018,6 +1103,7 @@ impl Default for SubscribeOptions {
             max_reconnects: None,
             deadline: None,
             retry: DEFAULT_RETRY,
+            max_backoff: DEFAULT_MAX_BACKOFF,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             idle_timeout: None,
             headers: HeaderMap::new(),
@@ -1042,7 +1128,8 @@ pub enum SubscriberItem {
     },
     /// The next connection attempt will be made after `after`.
     Reconnecting {
-        /// The delay (the server's `retry`).
+        /// The delay: the server's `retry`, doubled for each failed attempt
+        /// in a row (up to [`SubscribeOptions::max_backoff`]).
         after: Duration,
         /// Consecutive attempt number, from 1.
         attempt: u32,
@@ -1296,7 +1383,7 @@ impl Subscriber {
     fn lost(&mut self, reason: String) {
         self.decoder.finish(&mut self.scratch);
         self.scratch.clear();
-        let after = self.retry();
+        let after = backoff_delay(self.retry(), self.options.max_backoff, self.failures);
         let attempt = self.failures.saturating_add(1);
         self.queue.push_back(SubscriberItem::Disconnected {
             reason: reason.clone(),
@@ -1410,6 +1497,14 @@ impl Subscriber {
             Err(OpenError::Fatal(err))
         }
     }
+}
+
+/// The delay before the next connection attempt after `failures` failed
+/// attempts in a row: `retry` after a stream ended or the first failure,
+/// then doubled each time, at most `max` (but never less than `retry`).
+fn backoff_delay(retry: Duration, max: Duration, failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    retry.saturating_mul(1u32 << doublings).min(max.max(retry))
 }
 
 // ---------------------------------------------------------------------------
@@ -1543,21 +1638,32 @@ mod tests {
     #[test]
     fn client_addresses_take_host_port_or_an_http_url() {
         let ok = [
-            ("127.0.0.1:4567", "127.0.0.1", 4567),
-            ("http://localhost:80", "localhost", 80),
-            ("HTTP://example.org:8080/", "example.org", 8080),
-            ("[::1]:4567", "::1", 4567),
-            ("http://[::1]:9/", "::1", 9),
+            ("127.0.0.1:4567", "127.0.0.1", 4567, false),
+            ("http://localhost:80", "localhost", 80, false),
+            ("HTTP://example.org:8080/", "example.org", 8080, false),
+            ("[::1]:4567", "::1", 4567, false),
+            ("http://[::1]:9/", "::1", 9, false),
+            ("https://localhost:443", "localhost", 443, true),
+            ("HTTPS://[::1]:8443/", "::1", 8443, true),
         ];
-        for (text, host, port) in ok {
+        for (text, host, port, tls) in ok {
             let a = Address::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
-            assert_eq!((a.host(), a.port()), (host, port), "{text}");
+            assert_eq!(
+                (a.host(), a.port(), a.is_tls()),
+                (host, port, tls),
+                "{text}"
+            );
         }
+        assert_eq!(
+            Address::parse("https://h:1").unwrap().url("/x"),
+            "https://h:1/x"
+        );
         for bad in [
             "",
             "localhost",
             "http://localhost",
-            "https://localhost:443",
+            "https://localhost",
+            "ftp://localhost:21",
             "localhost:0",
             "localhost:99999",
             "localhost:+1",
@@ -1839,6 +1945,42 @@ mod tests {
         assert_eq!(count, 2);
         assert!(matches!(err, Error::Io { .. }), "{err:?}");
         assert!(err.to_string().contains("cannot connect"), "{err}");
+    }
+
+    /// Issue 18.10: a subscriber retried a dead server every `retry`
+    /// forever; failed attempts in a row now back off exponentially.
+    #[tokio::test]
+    async fn client_subscriber_backs_off_while_the_server_is_unreachable() {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let options = SubscribeOptions {
+            retry: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(35),
+            ..SubscribeOptions::default()
+        };
+        let mut sub =
+            Subscriber::with_options(&format!("127.0.0.1:{port}"), "c", None, options).unwrap();
+        let mut delays = Vec::new();
+        while delays.len() < 4 {
+            if let SubscriberItem::Reconnecting { after, .. } = next(&mut sub).await {
+                delays.push(after.as_millis());
+            }
+        }
+        assert_eq!(delays, [10, 20, 35, 35], "doubling up to max_backoff");
+        assert_eq!(
+            backoff_delay(Duration::from_secs(3), Duration::from_secs(1), 5),
+            Duration::from_secs(3),
+            "never below the server's retry"
+        );
+        assert_eq!(
+            backoff_delay(Duration::from_secs(3), DEFAULT_MAX_BACKOFF, 0),
+            Duration::from_secs(3),
+            "a stream that ended reconnects after retry"
+        );
     }
 
     #[tokio::test]

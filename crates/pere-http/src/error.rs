@@ -42,6 +42,9 @@ pub enum Error {
     /// Timed out.
     #[error("timed out: {0}")]
     Timeout(String),
+    /// A certificate or key could not be used, or a TLS handshake failed.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The webhook is the server's own listening address: each overdue
     /// notice would come back to the server as a request.
     #[error(
@@ -52,6 +55,17 @@ pub enum Error {
         url: String,
         /// The listening address it reaches.
         addr: std::net::SocketAddr,
+    },
+    /// A publish whose answer was lost: the server may or may not have
+    /// stored it. Publishing again with the same idempotency key is safe
+    /// (it answers with the first result if there was one).
+    #[error("{source}; the outcome is unknown: the event may have been published")]
+    Unconfirmed {
+        /// The last failure.
+        #[source]
+        source: Box<Error>,
+        /// The `Idempotency-Key` every attempt carried.
+        idempotency_key: String,
     },
 }
 
@@ -172,6 +186,7 @@ impl From<pere_core::Error> for ApiError {
             E::InvalidIdempotencyKey(_) => (StatusCode::BAD_REQUEST, "invalid_idempotency_key"),
             E::StatusTooLong { .. } => (StatusCode::BAD_REQUEST, "status_too_long"),
             E::UnknownEvent { .. } => (StatusCode::NOT_FOUND, "unknown_event"),
+            E::NotRecipient { .. } => (StatusCode::CONFLICT, "not_a_recipient"),
             E::UnknownMember { .. } => (StatusCode::NOT_FOUND, "unknown_member"),
             E::TooManyChannels { .. } => (StatusCode::BAD_REQUEST, "too_many_channels"),
             E::ChannelLimit { .. } => (StatusCode::INSUFFICIENT_STORAGE, "channel_limit"),

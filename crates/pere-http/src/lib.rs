@@ -11,6 +11,7 @@
 //! Errors: [`Error`] for the server and client, [`ApiError`] for what a
 //! request gets back (docs/PROTOCOL.md §8).
 
+pub mod activity;
 pub mod body;
 pub mod client;
 mod direct;
@@ -25,6 +26,7 @@ pub mod router;
 pub mod server;
 pub mod sse;
 mod stall;
+pub mod tls;
 pub mod webhook;
 
 pub use error::{ApiError, Error, Result};

@@ -118,7 +118,7 @@ fn route_path(method: &Method, path: &str) -> Result<Route, ApiError> {
         ),
         ["admin", "tokens"] => (Route::AdminTokens, GET),
         ["admin", "tokens", token] => (Route::AdminToken(token.to_string()), PUT_DELETE),
-        _ => return Err(ApiError::not_found(path)),
+        _ => return Err(not_found(&segs, path)),
     };
     if method == Method::OPTIONS {
         return Ok(Route::Preflight);
@@ -134,6 +134,112 @@ fn route_path(method: &Method, path: &str) -> Result<Route, ApiError> {
     } else {
         Err(ApiError::method_not_allowed(method.as_str(), path, allow))
     }
+}
+
+/// `404`, with a hint for the paths people try first: a channel written
+/// with `/` between its segments (`/push/orders/eu`), or a route without
+/// its channel (issue 18.9: a bare 404 does not say what to do).
+fn not_found(segs: &[&str], path: &str) -> ApiError {
+    let hint = match segs {
+        [route @ ("push" | "feed" | "feedback"), rest @ ..] if rest.len() > 1 => Some(format!(
+            "channel segments are separated by `.`, not `/`: try `/{route}/{}`",
+            rest.join(".")
+        )),
+        ["receipts", rest @ .., id] if rest.len() > 1 && id.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(format!(
+                "channel segments are separated by `.`, not `/`: try `/receipts/{}/{id}`",
+                rest.join(".")
+            ))
+        }
+        [route @ ("push" | "feedback" | "receipts")] => {
+            Some(format!("name a channel: `/{route}/CHANNEL`"))
+        }
+        ["admin", "events" | "devices", rest @ ..] if rest.len() > 1 => {
+            Some("admin paths take one channel (segments separated by `.`): `/admin/events/CHANNEL`, `/admin/devices/CHANNEL[/DEVICE]`".to_string())
+        }
+        ["admin"] | ["admin", _] => Some(
+            "the admin endpoints are /admin/connections, /admin/channels, /admin/events/CHANNEL, /admin/devices/CHANNEL and /admin/tokens".to_string(),
+        ),
+        _ => None,
+    };
+    match hint {
+        None => ApiError::not_found(path),
+        Some(hint) => ApiError {
+            message: format!("nothing is served at `{}`: {}", escape(path), escape(&hint)),
+            ..ApiError::not_found(path)
+        },
+    }
+}
+
+/// Query parameters a route understands, beyond which a request is `400
+/// unknown_parameter` (issue 18.9: `tiemout=5` was silently ignored);
+/// `None` for routes that take any. Event streams take any: browsers'
+/// EventSource wrappers and proxies add cache-busting parameters, and a
+/// stream must not break over one. `_` is jQuery's cache buster
+/// (`cache: false`), accepted on every `GET`.
+pub fn known_params(route: &Route) -> Option<&'static [&'static str]> {
+    Some(match route {
+        Route::Root
+        | Route::Static(_)
+        | Route::Health
+        | Route::Metrics
+        | Route::Feed(_)
+        | Route::ReceiptStream(_)
+        | Route::Preflight => return None,
+        Route::Push(_) => &["event", "wait", "timeout", "device", "access_token"],
+        Route::Feedback(_) => &["device", "access_token"],
+        Route::AdminEvents(_) => &["after", "limit", "access_token", "_"],
+        Route::Receipt(..)
+        | Route::AdminConnections
+        | Route::AdminChannels
+        | Route::AdminDevices(_)
+        | Route::AdminDevice(..)
+        | Route::AdminTokens => &["access_token", "_"],
+        Route::AdminToken(_) => &["access_token"],
+    })
+}
+
+/// Checks `query` against [`known_params`]: the first unknown parameter is
+/// `400 unknown_parameter`, naming it, the known ones, and the closest one
+/// when it looks like a typo.
+///
+/// # Errors
+/// `400 unknown_parameter`.
+pub fn check_params(route: &Route, query: &[(String, String)]) -> Result<(), ApiError> {
+    let Some(known) = known_params(route) else {
+        return Ok(());
+    };
+    let Some((unknown, _)) = query.iter().find(|(k, _)| !known.contains(&k.as_str())) else {
+        return Ok(());
+    };
+    let listed: Vec<&str> = known.iter().copied().filter(|k| *k != "_").collect();
+    let closest = listed
+        .iter()
+        .map(|k| (edit_distance(unknown, k), *k))
+        .filter(|(d, _)| *d <= 2)
+        .min();
+    let mut message = format!("unknown query parameter `{}`", escape(unknown));
+    if let Some((_, k)) = closest {
+        message.push_str(&format!(": did you mean `{k}`?"));
+    }
+    message.push_str(&format!(" (this endpoint takes: {})", listed.join(", ")));
+    Err(ApiError::bad_request("unknown_parameter", message))
+}
+
+/// Levenshtein distance, for "did you mean" (names are short).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 /// Splits a path into percent-decoded segments (`/` → none).
@@ -235,6 +341,48 @@ mod tests {
 
     fn status(method: Method, path: &str) -> StatusCode {
         route(&method, path).unwrap_err().status
+    }
+
+    #[test]
+    fn a_channel_written_with_slashes_gets_a_hint() {
+        let err = route(&Method::POST, "/push/orders/eu").unwrap_err();
+        assert_eq!(err.status, StatusCode::NOT_FOUND);
+        assert!(err.message.contains("`/push/orders.eu`"), "{}", err.message);
+        let err = route(&Method::GET, "/receipts/orders/eu/12").unwrap_err();
+        assert!(
+            err.message.contains("`/receipts/orders.eu/12`"),
+            "{}",
+            err.message
+        );
+        let err = route(&Method::POST, "/push").unwrap_err();
+        assert!(err.message.contains("/push/CHANNEL"), "{}", err.message);
+        let err = route(&Method::GET, "/nothing/here").unwrap_err();
+        assert_eq!(err.message, "nothing is served at `/nothing/here`");
+    }
+
+    #[test]
+    fn unknown_query_parameters_are_refused_on_api_endpoints_only() {
+        let q = |s: &str| parse_query(s).unwrap();
+        let push = Route::Push("c".into());
+        assert!(check_params(&push, &q("wait=acked&timeout=5")).is_ok());
+        let err = check_params(&push, &q("wait=acked&tiemout=5")).unwrap_err();
+        assert_eq!(
+            (err.status, err.code),
+            (StatusCode::BAD_REQUEST, "unknown_parameter")
+        );
+        assert!(
+            err.message.contains("`tiemout`: did you mean `timeout`?"),
+            "{}",
+            err.message
+        );
+        let err = check_params(&Route::AdminChannels, &q("x=1")).unwrap_err();
+        assert!(!err.message.contains("did you mean"), "{}", err.message);
+        assert!(check_params(&Route::AdminChannels, &q("_=1700000000")).is_ok());
+        for stream in [Route::Feed(None), Route::ReceiptStream("c".into())] {
+            assert!(check_params(&stream, &q("_=1&nocache=2&t=3")).is_ok());
+        }
+        assert_eq!(edit_distance("tiemout", "timeout"), 2);
+        assert_eq!(edit_distance("", "ab"), 2);
     }
 
     #[test]

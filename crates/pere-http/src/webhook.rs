@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -31,10 +32,32 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 const CONCURRENCY: usize = 16;
 
 /// Where notices go: a plain `http://host:port/path` URL.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Webhook {
     uri: Uri,
     authority: String,
+    /// What became of the notices, for `/metrics`: shared by every clone
+    /// (the server's configuration and the delivering task hold one each).
+    stats: Arc<WebhookStats>,
+}
+
+impl PartialEq for Webhook {
+    fn eq(&self, other: &Self) -> bool {
+        self.uri == other.uri
+    }
+}
+
+impl Eq for Webhook {}
+
+/// Outcomes of webhook deliveries since start.
+#[derive(Debug, Default)]
+pub struct WebhookStats {
+    /// Notices the webhook accepted (`2xx`).
+    pub delivered: AtomicU64,
+    /// Attempts that failed (connection, non-`2xx`, timeout).
+    pub failed_attempts: AtomicU64,
+    /// Notices given up after [`MAX_ATTEMPTS`] (sent again after a restart).
+    pub given_up: AtomicU64,
 }
 
 impl Webhook {
@@ -55,7 +78,16 @@ impl Webhook {
             .authority()
             .map(|a| a.to_string())
             .ok_or_else(|| Error::Address(format!("{url} (no host)")))?;
-        Ok(Self { uri, authority })
+        Ok(Self {
+            uri,
+            authority,
+            stats: Arc::default(),
+        })
+    }
+
+    /// What became of the notices sent to it.
+    pub fn stats(&self) -> &WebhookStats {
+        &self.stats
     }
 
     /// The URL.
@@ -185,14 +217,23 @@ async fn send_one<S: EventStore>(hub: &Hub<S>, webhook: &Webhook, notice: &Overd
     for attempt in 1..=MAX_ATTEMPTS {
         match tokio::time::timeout(ATTEMPT_TIMEOUT, webhook.post(body.clone())).await {
             Ok(Ok(())) => {
-                tracing::info!(id = %notice.id, device = %notice.device, "overdue notice delivered");
+                webhook.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(id = %notice.id, device = %notice.device, "overdue notice delivered");
                 hub.notice_delivered(notice);
                 return;
             }
             Ok(Err(err)) => {
+                webhook
+                    .stats
+                    .failed_attempts
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(id = %notice.id, device = %notice.device, attempt, cause = %err, "overdue notice not delivered");
             }
             Err(_) => {
+                webhook
+                    .stats
+                    .failed_attempts
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(id = %notice.id, device = %notice.device, attempt, "overdue notice timed out");
             }
         }
@@ -204,6 +245,7 @@ async fn send_one<S: EventStore>(hub: &Hub<S>, webhook: &Webhook, notice: &Overd
             backoff *= 2;
         }
     }
+    webhook.stats.given_up.fetch_add(1, Ordering::Relaxed);
     tracing::error!(
         id = %notice.id,
         device = %notice.device,

@@ -69,6 +69,11 @@ fn record_codec_inputs_pass() {
     assert!(replay("record_codec", checks::record_codec) > 0);
 }
 
+#[test]
+fn segment_scan_inputs_pass() {
+    assert!(replay("segment_scan", checks::segment_scan) > 0);
+}
+
 /// The checks hold on inputs made up here too, so an empty corpus cannot
 /// make this file pass vacuously.
 #[test]
@@ -88,5 +93,6 @@ fn checks_hold_on_simple_inputs() {
         checks::router(data);
         checks::feed_head(data);
         checks::record_codec(data);
+        checks::segment_scan(data);
     }
 }

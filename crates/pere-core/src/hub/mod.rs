@@ -34,7 +34,8 @@ use crate::config::{HubConfig, MAX_STATUS_LEN};
 use crate::error::{Error, Result};
 use crate::event::{Event, EventId, Sequencer, Timestamp, validate_payload};
 use crate::ledger::{EventReceipts, OverdueNotice, ReceiptState, ReceiptSummary};
-use crate::log::{EventStore, MemoryStore};
+use crate::log::{Damage, EventStore, MemoryStore};
+use crate::metrics::HubMetrics;
 use crate::name::{ChannelName, DeviceId, EventType, Pattern};
 use crate::presence::{Presence, StreamRx, StreamShared, StreamTx};
 use crate::receipt_log::{ReceiptFollower, ReceiptLog};
@@ -201,6 +202,30 @@ pub struct Stats {
     pub batches: u64,
     /// Records written.
     pub records: u64,
+    /// Regions of damaged records the store skipped and nobody has cleared
+    /// yet ([`StoreHealth::damage`]).
+    pub damaged_regions: usize,
+    /// Their bytes.
+    pub damaged_bytes: u64,
+    /// Whether the store takes writes (not during an outage).
+    pub store_writable: bool,
+    /// Failed store writes and retries since start.
+    pub store_failures: u64,
+}
+
+/// The store's health, for health checks and metrics.
+#[derive(Clone, Debug, Default)]
+pub struct StoreHealth {
+    /// Set while the store fails: writes are refused until a retry
+    /// succeeds.
+    pub outage: Option<StoreOutage>,
+    /// Failed writes and retries since start.
+    pub failures: u64,
+    /// Damaged records the store skipped when it opened, or found skipped
+    /// at an earlier start, that nobody has cleared yet (each is cleared by
+    /// removing its copy, [`Damage::kept_in`]). The records in them are
+    /// lost; every other record was recovered.
+    pub damage: Vec<Damage>,
 }
 
 #[derive(Debug, Default)]
@@ -246,10 +271,18 @@ struct Inner<S> {
     /// handlers read it.
     auth: Arc<AuthRegistry>,
     next_stream: AtomicU64,
-    /// Set once the store failed: writes are refused from then on.
-    failed: OnceLock<String>,
+    /// Whether the store takes writes, and the retries when it does not.
+    health: Mutex<Health>,
+    /// What the store's recovery skipped.
+    damage: Vec<Damage>,
     closing: AtomicBool,
+    /// Turns true when shutdown begins, for requests held open on the hub
+    /// (waiting publishes) that must answer before the server stops.
+    closing_signal: tokio::sync::watch::Sender<bool>,
     counters: Counters,
+    /// Latency histograms and the gauges the ledger keeps (also held by
+    /// the state, for each channel's receipts, and by every stream).
+    metrics: Arc<HubMetrics>,
 }
 
 impl<S> Inner<S> {
@@ -257,6 +290,10 @@ impl<S> Inner<S> {
         // State changes are applied step by step, each leaving it valid; a
         // panic in one must not take the whole hub down with poisoning.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn health(&self) -> MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -311,6 +348,13 @@ impl<S: EventStore> Hub<S> {
         for note in &recovered.notes {
             tracing::info!(note = %note, "store recovery");
         }
+        if !recovered.damage.is_empty() {
+            tracing::error!(
+                regions = recovered.damage.len(),
+                bytes = recovered.damage.iter().map(|d| d.len).sum::<u64>(),
+                "the store holds damaged records it skipped: every other record is served; see /healthz and the README (Durability) for what to do"
+            );
+        }
         let now = Timestamp::now();
         let mut seq = Sequencer::after(recovered.last_id);
         let floor = if recovered.durable {
@@ -324,6 +368,7 @@ impl<S: EventStore> Hub<S> {
             seq = Sequencer::after(floor);
         }
         let auth = Arc::new(AuthRegistry::default());
+        let metrics = Arc::new(HubMetrics::default());
         let mut state = State {
             auth: auth.clone(),
             head: seq.last(),
@@ -347,6 +392,7 @@ impl<S: EventStore> Hub<S> {
             delivered_closed: 0,
             redelivered_closed: 0,
             closed: false,
+            metrics: metrics.clone(),
         };
         state.recover(recovered.records, &recovered.evicted);
         if auth.has_runtime_tokens() {
@@ -362,9 +408,12 @@ impl<S: EventStore> Hub<S> {
             state: Mutex::new(state),
             auth,
             next_stream: AtomicU64::new(1),
-            failed: OnceLock::new(),
+            health: Mutex::new(Health::default()),
+            damage: recovered.damage,
             closing: AtomicBool::new(false),
+            closing_signal: tokio::sync::watch::Sender::new(false),
             counters: Counters::default(),
+            metrics,
         });
         tokio::spawn(writer(inner.clone(), rx));
         Ok(Self { inner })
@@ -373,6 +422,11 @@ impl<S: EventStore> Hub<S> {
     /// The hub's configuration.
     pub fn config(&self) -> &HubConfig {
         &self.inner.config
+    }
+
+    /// Latency histograms and gauges for an operator (issue 18.11).
+    pub fn metrics(&self) -> &HubMetrics {
+        &self.inner.metrics
     }
 
     /// The store.
@@ -408,6 +462,24 @@ impl<S: EventStore> Hub<S> {
         .await
     }
 
+    /// Revokes the JWTs whose `jti` is `jti`, seen or not (journaled as a
+    /// token revocation under [`jti_key`](crate::auth::jti_key)). Their
+    /// open streams close; they are refused from now on.
+    ///
+    /// # Errors
+    /// [`Error::AuthDisabled`], a store failure.
+    pub async fn revoke_jti(&self, jti: &str) -> Result<()> {
+        let token = crate::auth::jti_key(jti);
+        self.inner.auth.note_jti(token);
+        self.call(|reply| Command::Token {
+            token,
+            grants: None,
+            reply,
+        })
+        .await
+        .map(|_| ())
+    }
+
     /// Revokes a token at run time (journaled). Its open streams close.
     ///
     /// # Errors
@@ -427,9 +499,18 @@ impl<S: EventStore> Hub<S> {
         self.inner.closing.load(Ordering::Acquire)
     }
 
+    /// Resolves once shutdown has begun ([`Hub::shutdown`]): a request held
+    /// open on the hub, such as a publish waiting for receipts, answers with
+    /// what it has instead of being cut by the server's grace period.
+    pub async fn closing(&self) {
+        let mut signal = self.inner.closing_signal.subscribe();
+        // The sender lives as long as the hub this handle keeps alive.
+        let _ = signal.wait_for(|closing| *closing).await;
+    }
+
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
-        if let Some(cause) = self.inner.failed.get() {
-            return Err(Error::StoreUnavailable(cause.clone()));
+        if let Some(refused) = self.inner.health().refusal() {
+            return Err(refused);
         }
         let (tx, rx) = oneshot::channel();
         self.inner
@@ -454,8 +535,16 @@ impl<S: EventStore> Hub<S> {
         if let Some(key) = &publish.idempotency_key {
             validate_idempotency_key(key)?;
         }
-        self.call(|reply| Command::Publish(Box::new(publish), reply))
-            .await
+        let published = self
+            .call(|reply| Command::Publish(Box::new(publish), reply))
+            .await?;
+        if published.duplicate {
+            self.inner
+                .metrics
+                .idempotent_replays
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(published)
     }
 
     /// Opens a stream: registers it, becomes (or stays) a member for each
@@ -531,7 +620,11 @@ impl<S: EventStore> Hub<S> {
             .counters
             .streams_opened
             .fetch_add(1, Ordering::Relaxed);
+        if plan.gap.is_some() {
+            self.inner.metrics.gaps.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(Subscription {
+            metrics: self.inner.metrics.clone(),
             hello: plan.hello,
             gap: plan.gap,
             replay: plan.replay.into(),
@@ -547,7 +640,9 @@ impl<S: EventStore> Hub<S> {
     ///
     /// # Errors
     /// [`Error::UnknownEvent`] when no retained event has that id on a
-    /// matching channel; [`Error::StatusTooLong`]; a store failure.
+    /// matching channel; [`Error::NotRecipient`] when the event was never
+    /// written to `device` and it is not in its audience;
+    /// [`Error::StatusTooLong`]; a store failure.
     pub async fn ack(
         &self,
         subscription: &Pattern,
@@ -561,14 +656,29 @@ impl<S: EventStore> Hub<S> {
                 limit: MAX_STATUS_LEN,
             });
         }
-        self.call(|reply| Command::Ack {
-            subscription: subscription.clone(),
-            device: device.clone(),
-            id,
-            status: intern_status(status),
-            reply,
-        })
-        .await
+        let receipts = self.check_recipient(subscription, device, id)?;
+        let first = !receipts.is_acked_by(device);
+        let acked = self
+            .call(|reply| Command::Ack {
+                subscription: subscription.clone(),
+                device: device.clone(),
+                id,
+                status: intern_status(status),
+                reply,
+            })
+            .await?;
+        if first {
+            self.observe_ack(&receipts);
+        }
+        Ok(acked)
+    }
+
+    /// A device's first receipt of an event: publish → acked.
+    fn observe_ack(&self, receipts: &EventReceipts) {
+        self.inner
+            .metrics
+            .publish_to_acked
+            .observe_between(receipts.event.time, Timestamp::now());
     }
 
     /// Records many receipts at once: all reach the writer together, so they
@@ -587,10 +697,18 @@ impl<S: EventStore> Hub<S> {
                 }));
                 continue;
             }
-            if let Some(cause) = self.inner.failed.get() {
-                pending.push(Err(Error::StoreUnavailable(cause.clone())));
+            if let Some(refused) = self.inner.health().refusal() {
+                pending.push(Err(refused));
                 continue;
             }
+            let receipts = match self.check_recipient(&subscription, &device, id) {
+                Ok(receipts) => receipts,
+                Err(err) => {
+                    pending.push(Err(err));
+                    continue;
+                }
+            };
+            let first = (!receipts.is_acked_by(&device)).then_some(receipts);
             let (reply, rx) = oneshot::channel();
             let sent = self.inner.commands.send(Command::Ack {
                 subscription,
@@ -600,18 +718,46 @@ impl<S: EventStore> Hub<S> {
                 reply,
             });
             pending.push(match sent {
-                Ok(()) => Ok(rx),
+                Ok(()) => Ok((rx, first)),
                 Err(_) => Err(Error::ShuttingDown),
             });
         }
         let mut results = Vec::with_capacity(pending.len());
         for p in pending {
             results.push(match p {
-                Ok(rx) => rx.await.unwrap_or(Err(Error::ShuttingDown)),
+                Ok((rx, first)) => {
+                    let acked = rx.await.unwrap_or(Err(Error::ShuttingDown));
+                    if let (Ok(_), Some(receipts)) = (&acked, first) {
+                        self.observe_ack(&receipts);
+                    }
+                    acked
+                }
                 Err(e) => Err(e),
             });
         }
         results
+    }
+
+    /// Refuses a receipt from a device the event was never written to and
+    /// whose audience it is not in (issue 18: a typo in a device id must not
+    /// turn it into a recipient). Checked before the writer sees the
+    /// receipt: [`EventReceipts::may_ack`] never turns false again, and an
+    /// event that is gone by then is refused by the writer anyway.
+    fn check_recipient(
+        &self,
+        subscription: &Pattern,
+        device: &DeviceId,
+        id: EventId,
+    ) -> Result<Arc<EventReceipts>> {
+        let receipts = self.receipts(subscription, id)?;
+        if receipts.may_ack(device) {
+            Ok(receipts)
+        } else {
+            Err(Error::NotRecipient {
+                id: id.to_string(),
+                device: device.to_string(),
+            })
+        }
     }
 
     /// Ends `device`'s membership of `subscription` and closes its streams
@@ -788,6 +934,8 @@ impl<S: EventStore> Hub<S> {
 
     /// Counters and gauges for metrics.
     pub fn stats(&self) -> Stats {
+        let store = self.store_health();
+        let damage = store.damage;
         let c = &self.inner.counters;
         let state = self.inner.state();
         let (mut live, mut live_again) = (0, 0);
@@ -812,6 +960,30 @@ impl<S: EventStore> Hub<S> {
             receipt_gaps: state.receipt_gaps.load(Ordering::Relaxed),
             batches: c.batches.load(Ordering::Relaxed),
             records: c.records.load(Ordering::Relaxed),
+            damaged_regions: damage.len(),
+            damaged_bytes: damage.iter().map(|d| d.len).sum(),
+            store_writable: store.outage.is_none(),
+            store_failures: store.failures,
+        }
+    }
+
+    /// The store's health: whether it takes writes, what it skipped as
+    /// damaged.
+    pub fn store_health(&self) -> StoreHealth {
+        let (outage, failures) = {
+            let health = self.inner.health();
+            (health.outage(), health.failures())
+        };
+        StoreHealth {
+            outage,
+            failures,
+            damage: self
+                .inner
+                .damage
+                .iter()
+                .filter(|d| d.outstanding())
+                .cloned()
+                .collect(),
         }
     }
 
@@ -820,6 +992,7 @@ impl<S: EventStore> Hub<S> {
     /// Safe to call more than once.
     pub async fn shutdown(&self) {
         self.inner.closing.store(true, Ordering::Release);
+        self.inner.closing_signal.send_replace(true);
         let (tx, rx) = oneshot::channel();
         if self.inner.commands.send(Command::Shutdown(tx)).is_ok() {
             // The writer answers once the store is closed; if it is already
@@ -868,6 +1041,7 @@ async fn writer<S: EventStore>(inner: Arc<Inner<S>>, mut rx: mpsc::UnboundedRece
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(64);
     loop {
+        let retry_at = inner.health().retry_at();
         tokio::select! {
             biased;
             n = rx.recv_many(&mut batch, MAX_BATCH) => {
@@ -876,6 +1050,12 @@ async fn writer<S: EventStore>(inner: Arc<Inner<S>>, mut rx: mpsc::UnboundedRece
                 }
             }
             _ = tick.tick() => batch.push(Command::Tick),
+            () = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)),
+                if retry_at.is_some() => {}
+        }
+        health::retry(&inner).await;
+        if batch.is_empty() {
+            continue;
         }
         let shutting_down = batch.iter().any(|c| matches!(c, Command::Shutdown(_)));
         process(&inner, std::mem::take(&mut batch)).await;
@@ -898,28 +1078,40 @@ async fn process<S: EventStore>(inner: &Inner<S>, batch: Vec<Command>) {
     let tick = batch.iter().any(|c| matches!(c, Command::Tick));
     let mut records = Vec::new();
     let mut effects = Vec::with_capacity(batch.len());
+    // Which records each command made, should the batch not be written.
+    let mut spans = Vec::with_capacity(batch.len() + 2);
     let mut shutdown = false;
     {
         let mut state = inner.state();
         records.append(&mut state.deferred);
+        spans.push((0..records.len(), OnFailure::Keep));
         for cmd in batch {
             if matches!(cmd, Command::Shutdown(_)) {
                 shutdown = true;
             }
+            let (start, on_failure) = (records.len(), OnFailure::of(&cmd));
             let effect = state.prepare(cmd, now, &inner.config, &mut records);
+            spans.push((start..records.len(), on_failure));
             effects.push(effect);
         }
         if shutdown {
+            let start = records.len();
             state.close_all(now);
             records.append(&mut state.deferred);
+            spans.push((start..records.len(), OnFailure::Keep));
         }
     }
-    let result = if let Some(cause) = inner.failed.get() {
-        Err(Error::StoreUnavailable(cause.clone()))
+    let refused = inner.health().refusal();
+    let was_refused = refused.is_some();
+    let result = if let Some(refused) = refused {
+        Err(refused)
     } else if records.is_empty() {
         Ok(Vec::new())
     } else {
-        inner.store.append(&records).await
+        let started = std::time::Instant::now();
+        let appended = inner.store.append(&records).await;
+        inner.metrics.journal_write.observe(started.elapsed());
+        appended
     };
     match result {
         Ok(mut evicted) => {
@@ -930,6 +1122,7 @@ async fn process<S: EventStore>(inner: &Inner<S>, batch: Vec<Command>) {
                 evicted.extend(inner.store.prune(now));
             }
             if !records.is_empty() {
+                inner.health().wrote();
                 inner.counters.batches.fetch_add(1, Ordering::Relaxed);
                 inner
                     .counters
@@ -958,20 +1151,31 @@ async fn process<S: EventStore>(inner: &Inner<S>, batch: Vec<Command>) {
             }
         }
         Err(err) => {
-            let cause = err.to_string();
-            if inner.failed.set(cause.clone()).is_ok() {
-                tracing::error!(cause = %cause, "the store failed; refusing writes until restart");
+            // A refusal is the outage already counted; anything else is a
+            // failure of the store.
+            if !was_refused {
+                let mut health = inner.health();
+                if health.failed(err.to_string()) {
+                    tracing::error!(
+                        cause = %err,
+                        next_try_in = ?health.retry_at().map(|at| at - tokio::time::Instant::now()),
+                        "the store failed; refusing writes until it takes them again"
+                    );
+                }
             }
-            for effect in effects {
-                effect.fail(|| Error::StoreUnavailable(cause.clone()));
-            }
+            health::fail_batch(inner, err, records, spans, effects).await;
         }
     }
 }
 
+mod audience;
+mod health;
 mod state;
 mod subscription;
 
+pub use audience::PatternInfo;
+pub use health::StoreOutage;
+use health::{Health, OnFailure};
 use state::{Effect, Plan, State};
 use subscription::StreamGuard;
 pub use subscription::{Outgoing, Subscription};

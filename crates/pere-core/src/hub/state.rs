@@ -18,6 +18,7 @@ use crate::error::Error;
 use crate::event::{Event, EventId, FrameCache, Sequencer, Timestamp};
 use crate::ledger::{EventReceipts, NO_SLOT, OverdueNotice, ReceiptState};
 use crate::log::{Evicted, Record};
+use crate::metrics::HubMetrics;
 use crate::name::{ChannelName, DeviceId, Pattern};
 use crate::presence::{Delivery, Member, Op, StreamShared, StreamTx};
 use crate::queue::Push;
@@ -254,14 +255,18 @@ pub(super) struct State {
     /// Counted redeliveries of streams that closed.
     pub(super) redelivered_closed: u64,
     pub(super) closed: bool,
+    /// The hub's measurements, handed to each channel's receipts.
+    pub(super) metrics: Arc<HubMetrics>,
 }
 
 impl State {
     pub(super) fn watchers_for(&mut self, channel: &ChannelName) -> Arc<ReceiptLog> {
-        let gaps = &self.receipt_gaps;
+        let (gaps, metrics) = (&self.receipt_gaps, &self.metrics);
         self.watchers
             .entry(channel.clone())
-            .or_insert_with(|| Arc::new(ReceiptLog::counting_gaps(gaps.clone())))
+            .or_insert_with(|| {
+                Arc::new(ReceiptLog::counting_gaps(gaps.clone()).with_metrics(metrics.clone()))
+            })
             .clone()
     }
 
@@ -431,7 +436,8 @@ impl State {
                     self.auth.enable_for_journal();
                 }
                 let existed = self.auth.grants(&token).is_some();
-                if grants.is_none() && !existed {
+                // A JWT's `jti` is revoked whether or not it was seen.
+                if grants.is_none() && !existed && !self.auth.is_jti(&token) {
                     return Effect::Fail(
                         FailReply::Bool(reply),
                         Error::UnknownToken(token.fingerprint()),
@@ -454,6 +460,9 @@ impl State {
                 // a revocation is better applied early than late.
                 self.auth.apply(token, grants);
                 self.enforce_grants(&token, now);
+                for jwt in self.auth.tokens_of_jti(&token) {
+                    self.enforce_grants(&jwt, now);
+                }
                 records.append(&mut self.deferred);
                 Effect::Token { existed, reply }
             }
@@ -601,7 +610,9 @@ impl State {
                     duplicate: false,
                     receipts: Some(receipts),
                 };
-                tracing::info!(
+                // Per event: DEBUG (issue 18.2); pere_http::activity sums
+                // them up at INFO.
+                tracing::debug!(
                     channel = %published.channel,
                     id = %published.id,
                     recipients = published.recipients,
@@ -617,7 +628,7 @@ impl State {
             } => {
                 let receipts = self.by_id.get(&id).cloned();
                 let recipients = receipts.as_ref().map_or(recipients, |r| r.audience().len());
-                tracing::info!(channel = %channel, id = %id, "idempotent retry answered with the first result");
+                tracing::debug!(channel = %channel, id = %id, "idempotent retry answered with the first result");
                 let _ = reply.send(Ok(Published {
                     id,
                     channel,
@@ -642,7 +653,7 @@ impl State {
                     receipts.id(),
                     now,
                 );
-                tracing::info!(
+                tracing::debug!(
                     channel = %receipts.event.channel,
                     id = %receipts.id(),
                     device = %device,
@@ -964,7 +975,7 @@ impl State {
                 .chain(floors.iter().copied())
                 .min(),
         };
-        tracing::info!(
+        tracing::debug!(
             stream = stream.shared.id,
             device = req.device.as_ref().map(DeviceId::as_str),
             channels = ?req.patterns.iter().map(Pattern::as_str).collect::<Vec<_>>(),
@@ -1228,7 +1239,7 @@ impl State {
                 deadline,
                 expired,
             };
-            tracing::info!(
+            tracing::debug!(
                 channel = %notice.channel,
                 id = %notice.id,
                 device = %device,
@@ -1316,7 +1327,7 @@ impl State {
                     return true;
                 }
                 if member.is_member {
-                    tracing::info!(subscription = %pattern, device = %device, "membership expired");
+                    tracing::debug!(subscription = %pattern, device = %device, "membership expired");
                     records.push(Record::Left {
                         subscription: pattern.clone(),
                         device: device.clone(),

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use super::{Command, Gap, Hello};
 use crate::event::{Event, EventId, FrameCache, Timestamp};
 use crate::ledger::{EventReceipts, Mark, NO_SLOT};
+use crate::metrics::HubMetrics;
 use crate::name::DeviceId;
 use crate::presence::{StreamRx, StreamShared};
 
@@ -50,6 +51,8 @@ pub struct Subscription {
     pub(super) rx: StreamRx,
     pub(super) shared: Arc<StreamShared>,
     pub(super) device: Option<DeviceId>,
+    /// Where the publish → delivered latency goes.
+    pub(super) metrics: Arc<HubMetrics>,
     pub(super) _guard: StreamGuard,
 }
 
@@ -94,8 +97,14 @@ impl Subscription {
             } else {
                 receipts.mark_delivered_slot(slot, now)
             };
-            if mark == Mark::Again {
-                shared.redelivered.fetch_add(1, Ordering::Relaxed);
+            match mark {
+                Mark::Again => {
+                    shared.redelivered.fetch_add(1, Ordering::Relaxed);
+                }
+                Mark::First => self
+                    .metrics
+                    .publish_to_delivered
+                    .observe_between(receipts.event.time, now),
             }
         }
         if id.0 > shared.delivered_upto.load(Ordering::Relaxed) {

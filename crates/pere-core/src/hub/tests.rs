@@ -413,14 +413,30 @@ async fn presence_tracks_connections_and_receipts() {
     let p = hub.devices(&pat("c")).remove(0).1;
     assert!(!p.online);
     assert_eq!(p.op, Op::Left);
-    // A device that only sends receipts shows up, but is no member.
+    // A device the event was never written to, and not in its audience,
+    // cannot acknowledge it (issue 18.5): it would become a recipient.
     let e = publish(&hub, "c", "x").await;
-    hub.ack(&pat("c"), &dev("acker"), e.id, "ok").await.unwrap();
-    let devices = hub.devices(&pat("c"));
-    let acker = &devices.iter().find(|(d, _)| d == &dev("acker")).unwrap().1;
-    assert!(!acker.member);
-    assert_eq!(acker.last_acked, Some(e.id));
-    assert_eq!(acker.op, Op::Feedback);
+    assert!(matches!(
+        hub.ack(&pat("c"), &dev("acker"), e.id, "ok").await,
+        Err(Error::NotRecipient { .. })
+    ));
+    assert!(
+        hub.ack_batch(vec![(pat("c"), dev("acker"), e.id, "ok".into())])
+            .await[0]
+            .is_err()
+    );
+    let s = hub.receipt_summary(&pat("c"), e.id).unwrap();
+    assert_eq!(s.recipients, 1, "the audience is unchanged: {s:?}");
+    assert!(
+        !hub.devices(&pat("c"))
+            .iter()
+            .any(|(d, _)| d == &dev("acker"))
+    );
+    // The member that was offline is in the audience: it may.
+    hub.ack(&pat("c"), &dev("d"), e.id, "ok").await.unwrap();
+    let d = hub.devices(&pat("c")).remove(0).1;
+    assert_eq!(d.last_acked, Some(e.id));
+    assert_eq!(d.op, Op::Feedback);
     let channels = hub.channels();
     assert_eq!(channels.len(), 1);
     assert_eq!(
@@ -754,4 +770,52 @@ mod auth {
         assert!(hub.auth().is_enabled());
         assert!(hub.put_token(&token, grants("phone", &["a"])).await.is_ok());
     }
+}
+
+/// Issue 18.11: the gauge of unacknowledged receipts follows receipts,
+/// late joiners and retention; the latency histograms count what happened.
+#[tokio::test]
+async fn metrics_follow_receipts_retention_and_latencies() {
+    let retention = Retention {
+        history: 1,
+        max_age: None,
+    };
+    let hub = hub_with(HubConfig::default(), retention).await;
+    let mut a = subscribe(&hub, Some("a"), &["c"], Resume::Auto).await;
+    // b is a member, offline: its receipts stay pending.
+    drop(subscribe(&hub, Some("b"), &["c"], Resume::Auto).await);
+    wait_for(|| hub.connections().total == 1).await;
+    let first = publish(&hub, "c", "1").await.id;
+    assert_eq!(hub.metrics().unacked(), 2);
+    assert_eq!(next(&mut a).await.id, first);
+    hub.ack(&pat("c"), &dev("a"), first, "ok").await.unwrap();
+    assert_eq!(hub.metrics().unacked(), 1);
+    hub.ack(&pat("c"), &dev("a"), first, "updated")
+        .await
+        .unwrap();
+    assert_eq!(
+        hub.metrics().unacked(),
+        1,
+        "a status update is not a second receipt"
+    );
+    // History 1: the second event drops the first, and b's pair with it.
+    let second = publish(&hub, "c", "2").await.id;
+    assert_eq!(hub.metrics().unacked(), 2);
+    assert_eq!(next(&mut a).await.id, second);
+    hub.ack(&pat("c"), &dev("a"), second, "ok").await.unwrap();
+    assert_eq!(hub.metrics().unacked(), 1);
+    let m = hub.metrics();
+    assert_eq!(m.publish_to_delivered.snapshot().count, 2);
+    assert_eq!(m.publish_to_acked.snapshot().count, 2);
+    assert!(
+        m.journal_write.snapshot().count >= 4,
+        "publishes and receipts"
+    );
+    let dup = Publish {
+        idempotency_key: Some("k".into()),
+        ..Publish::new(ch("c"), "3")
+    };
+    hub.publish(dup.clone()).await.unwrap();
+    hub.publish(dup).await.unwrap();
+    assert_eq!(m.idempotent_replays.load(Ordering::Relaxed), 1);
 }

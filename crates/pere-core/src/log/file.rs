@@ -3,56 +3,79 @@
 //! # Layout
 //! `DIR/LOCK` (held while open) and `DIR/<number>.seg` segment files. A
 //! segment starts with a 32-byte header (`PERESEG1`, the first segment
-//! number it covers, the highest event id it covers) followed by records
-//! framed as in [`codec`](super::codec). Channel names never become paths.
+//! number it covers, the highest event id it covers, their CRC, and a byte
+//! that marks compaction's output) followed by records framed as in
+//! [`codec`](super::codec). Channel names never become paths.
 //!
 //! # Writing
-//! One I/O thread owns the active segment. Each [`EventStore::append`] is one
-//! batch: encoded, written, and (with [`Fsync::Always`]) `fdatasync`'d once —
-//! the hub batches concurrent requests, so they share that sync. A segment
-//! past [`FileStoreConfig::segment_size`] is sealed and a new one started.
+//! One I/O thread owns the active segment ([`writer`]). Each
+//! [`EventStore::append`] is one batch: encoded, written, and (with
+//! [`Fsync::Always`]) `fdatasync`'d once — the hub batches concurrent
+//! requests, so they share that sync. A segment past
+//! [`FileStoreConfig::segment_size`] is sealed and a new one started.
 //!
 //! # Recovery
-//! Segments are scanned in order. The first record that is cut short, fails
-//! its checksum or does not decode ends the log: the file is truncated
-//! there, and the dropped bytes (and any later segment) are moved aside as
-//! `dropped-*.bin` so nothing is destroyed silently. What was dropped is
-//! reported. No index is persisted: the in-memory index is rebuilt from the
-//! log on every start.
+//! Segments are scanned in order ([`recovery`], [`scan`]). Damaged records
+//! — cut short, failing their checksum, not decoding, or out of order —
+//! are skipped, exactly those: the scanner resynchronises on the next
+//! record it can trust and reads on, through every later segment. Each
+//! skipped region is logged as an ERROR, copied (durably) to
+//! `damaged-<segment>-<offset>.bin`, and the segment is rewritten without
+//! it. The copies are the record of the damage: [`Recovered::damage`]
+//! lists those found now and those left by earlier starts, until an
+//! operator removes them. Damage that reaches the end of the last segment
+//! is a torn tail (a crash mid-write): the file is truncated there and the
+//! cut bytes are moved aside as `dropped-*.bin`, so nothing is destroyed
+//! silently. No index is persisted: the in-memory index is rebuilt from
+//! the log on every start.
 //!
 //! # Compaction
-//! Retention only marks events dead. A compactor thread copies the live
-//! records of the sealed segments — retained events and their receipts,
-//! open memberships with their latest cursor and presence, the latest trim
-//! per channel, the latest change of each run-time token — into one new segment, in log order, then deletes the old
-//! ones. It never touches the active segment, so publishes do not wait for
-//! it. The new segment's header names the first segment it replaces, so a
-//! crash between the rename and the deletions cannot replay a record twice.
+//! Retention only marks events dead. A compactor thread ([`compact`])
+//! copies the live records of the sealed segments — retained events and
+//! their receipts, open memberships with their latest cursor and presence,
+//! the latest trim per channel, the latest change of each run-time token —
+//! into one new segment, in log order, then deletes the old ones. It reads
+//! them with the same scanner as recovery, so it keeps exactly what was
+//! recovered, and leaves out damage recovery reported but could not
+//! rewrite away (damage that appears later stops it instead). It never touches the active segment, so publishes do
+//! not wait for it. The new segment's header names the first segment it
+//! replaces, so a crash between the rename and the deletions cannot replay
+//! a record twice.
 //!
 //! # Invariants
 //! - Records are appended in lsn order; segment numbers increase; a
 //!   segment covering `[a, b]` supersedes every segment numbered in `[a, b)`.
-//! - A torn or corrupt tail is truncated at recovery and never served.
+//! - A torn tail is truncated at recovery and never served; a damaged
+//!   record is never served, and costs no other record.
 //! - Event ids in the log are strictly increasing.
+
+mod compact;
+mod live;
+mod recovery;
+pub(crate) mod scan;
+mod writer;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 
-use super::codec::{self, Stored};
+use super::codec::Stored;
 use super::{EventStore, Evicted, MemoryStore, Record, Recovered};
-use crate::auth::TokenHash;
 use crate::config::Retention;
 use crate::error::{Error, Result};
 use crate::event::{Event, EventId, Timestamp};
-use crate::name::{ChannelName, DeviceId, Pattern};
+use crate::name::ChannelName;
+use compact::{compact, compactor};
+use live::Live;
+use recovery::scan;
+use writer::{Job, Writer};
 
 /// Default size at which a segment is sealed and a new one started (64 MiB).
 pub const DEFAULT_SEGMENT_SIZE: u64 = 64 * 1024 * 1024;
@@ -128,13 +151,18 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-fn header(covers_from: u64, last_id: EventId) -> [u8; HEADER_LEN as usize] {
+/// Where a header marks compaction's output (outside the checksum, which
+/// older versions check over the first 24 bytes only).
+const COMPACTED_AT: usize = 28;
+
+fn header(covers_from: u64, last_id: EventId, compacted: bool) -> [u8; HEADER_LEN as usize] {
     let mut h = [0u8; HEADER_LEN as usize];
     h[..8].copy_from_slice(MAGIC);
     h[8..16].copy_from_slice(&covers_from.to_le_bytes());
     h[16..24].copy_from_slice(&last_id.0.to_le_bytes());
     let crc = crc32c::crc32c(&h[..24]);
     h[24..28].copy_from_slice(&crc.to_le_bytes());
+    h[COMPACTED_AT] = u8::from(compacted);
     h
 }
 
@@ -153,164 +181,6 @@ fn read_header(bytes: &[u8]) -> Option<(u64, EventId)> {
     Some((covers, EventId(last)))
 }
 
-type Key = (Pattern, DeviceId);
-
-/// One membership's episodes, by the lsns of their records.
-#[derive(Debug, Default)]
-struct Episodes {
-    /// The `Joined` lsn of the current membership.
-    open: Option<u64>,
-    /// Ended memberships: `(joined lsn, left lsn, head when left)`. Kept
-    /// while a retained event may have them in its audience.
-    closed: Vec<(u64, u64, EventId)>,
-}
-
-/// What decides whether a stored record is still needed.
-#[derive(Debug, Default)]
-struct Live {
-    next_lsn: u64,
-    last_event: EventId,
-    episodes: HashMap<Key, Episodes>,
-    latest_cursor: HashMap<Key, u64>,
-    latest_presence: HashMap<Key, u64>,
-    latest_trim: HashMap<ChannelName, u64>,
-    /// The latest change of each run-time token: it alone decides the
-    /// token's state, so it survives compaction (a revocation too, since it
-    /// may hide a token of the `--auth` file).
-    latest_token: HashMap<TokenHash, u64>,
-}
-
-impl Live {
-    /// Notes a record about to be written (or read back at recovery).
-    fn observe(&mut self, lsn: u64, record: &Stored) {
-        self.next_lsn = self.next_lsn.max(lsn + 1);
-        match record {
-            Stored::Hub(Record::Event(e)) => self.last_event = self.last_event.max(e.id),
-            Stored::Hub(Record::Joined {
-                subscription,
-                device,
-                ..
-            }) => {
-                let ep = self
-                    .episodes
-                    .entry((subscription.clone(), device.clone()))
-                    .or_default();
-                // A second join without a leave replaces the first.
-                ep.open = Some(lsn);
-            }
-            Stored::Hub(Record::Left {
-                subscription,
-                device,
-                ..
-            }) => {
-                let key = (subscription.clone(), device.clone());
-                if let Some(ep) = self.episodes.get_mut(&key)
-                    && let Some(joined) = ep.open.take()
-                {
-                    ep.closed.push((joined, lsn, self.last_event));
-                }
-                self.latest_cursor.remove(&key);
-                self.latest_presence.remove(&key);
-            }
-            Stored::Hub(Record::Cursor {
-                subscription,
-                device,
-                ..
-            }) => {
-                self.latest_cursor
-                    .insert((subscription.clone(), device.clone()), lsn);
-            }
-            Stored::Hub(Record::Presence {
-                subscription,
-                device,
-                ..
-            }) => {
-                self.latest_presence
-                    .insert((subscription.clone(), device.clone()), lsn);
-            }
-            Stored::Hub(Record::Ack { .. } | Record::Notice { .. }) => {}
-            Stored::Hub(Record::Token { token, .. }) => {
-                self.latest_token.insert(*token, lsn);
-            }
-            Stored::Trim { channel, .. } => {
-                self.latest_trim.insert(channel.clone(), lsn);
-            }
-        }
-    }
-
-    /// Whether a record must survive compaction.
-    fn is_live(
-        &self,
-        lsn: u64,
-        record: &Stored,
-        retained: &HashSet<EventId>,
-        oldest: EventId,
-    ) -> bool {
-        let open = |s: &Pattern, d: &DeviceId| {
-            self.episodes
-                .get(&(s.clone(), d.clone()))
-                .and_then(|e| e.open)
-        };
-        match record {
-            Stored::Hub(Record::Event(e)) => retained.contains(&e.id),
-            Stored::Hub(Record::Ack { id, .. } | Record::Notice { id, .. }) => {
-                retained.contains(id)
-            }
-            Stored::Hub(Record::Joined {
-                subscription,
-                device,
-                ..
-            }) => {
-                open(subscription, device) == Some(lsn)
-                    || self
-                        .episodes
-                        .get(&(subscription.clone(), device.clone()))
-                        .is_some_and(|e| e.closed.iter().any(|c| c.0 == lsn && c.2 >= oldest))
-            }
-            Stored::Hub(Record::Left {
-                subscription,
-                device,
-                ..
-            }) => self
-                .episodes
-                .get(&(subscription.clone(), device.clone()))
-                .is_some_and(|e| e.closed.iter().any(|c| c.1 == lsn && c.2 >= oldest)),
-            Stored::Hub(Record::Cursor {
-                subscription,
-                device,
-                ..
-            }) => {
-                open(subscription, device).is_some()
-                    && self
-                        .latest_cursor
-                        .get(&(subscription.clone(), device.clone()))
-                        == Some(&lsn)
-            }
-            Stored::Hub(Record::Presence {
-                subscription,
-                device,
-                ..
-            }) => {
-                open(subscription, device).is_some()
-                    && self
-                        .latest_presence
-                        .get(&(subscription.clone(), device.clone()))
-                        == Some(&lsn)
-            }
-            Stored::Hub(Record::Token { token, .. }) => self.latest_token.get(token) == Some(&lsn),
-            Stored::Trim { channel, .. } => self.latest_trim.get(channel) == Some(&lsn),
-        }
-    }
-
-    /// Forgets ended memberships no retained event can still refer to.
-    fn prune(&mut self, oldest: EventId) {
-        self.episodes.retain(|_, e| {
-            e.closed.retain(|c| c.2 >= oldest);
-            e.open.is_some() || !e.closed.is_empty()
-        });
-    }
-}
-
 /// Segment bookkeeping shared by the writer and the compactor.
 #[derive(Debug, Default)]
 struct Segments {
@@ -318,16 +188,6 @@ struct Segments {
     sealed: Vec<(u64, u64)>,
     /// Bytes of sealed segments at which compaction runs next.
     compact_at: u64,
-}
-
-enum Job {
-    Append {
-        records: Vec<(u64, Stored)>,
-        reply: oneshot::Sender<std::io::Result<()>>,
-    },
-    Close {
-        reply: oneshot::Sender<std::io::Result<()>>,
-    },
 }
 
 struct Shared {
@@ -338,6 +198,10 @@ struct Shared {
     segment_size: u64,
     /// Held while a compaction runs: one at a time.
     compacting: Mutex<()>,
+    /// Damaged regions recovery reported, `(segment, offset, len)`:
+    /// compaction leaves them out. Damage it finds that is not here came
+    /// later, and stops it (the records may still be held in memory).
+    known_damage: Mutex<HashSet<(u64, u64, u64)>>,
 }
 
 /// The durable store. See the module docs for its format and guarantees.
@@ -360,16 +224,6 @@ impl std::fmt::Debug for FileStore {
             .field("dir", &self.shared.dir)
             .finish_non_exhaustive()
     }
-}
-
-/// What a scan of the directory found.
-struct Scan {
-    records: Vec<(u64, Stored)>,
-    /// The segment to keep appending to: number, length.
-    tail: Option<(u64, u64)>,
-    sealed: Vec<(u64, u64)>,
-    last_id: EventId,
-    notes: Vec<String>,
 }
 
 impl FileStore {
@@ -471,6 +325,15 @@ impl FileStore {
             .map_err(|e| io_err(&path, e))?;
         file.flush().map_err(|e| io_err(&path, e))?;
         let sealed_bytes: u64 = scan.sealed.iter().map(|s| s.1).sum();
+        let known_damage = scan
+            .damage
+            .iter()
+            .filter(|d| !d.repaired)
+            .filter_map(|d| {
+                let number = d.file.file_stem()?.to_str()?.parse::<u64>().ok()?;
+                Some((number, d.offset, d.len))
+            })
+            .collect();
         let shared = Arc::new(Shared {
             dir: dir.clone(),
             live: Mutex::new(live),
@@ -481,6 +344,7 @@ impl FileStore {
             index,
             segment_size: config.segment_size.max(HEADER_LEN + 1),
             compacting: Mutex::new(()),
+            known_damage: Mutex::new(known_damage),
         });
         let (jobs_tx, jobs_rx) = std_mpsc::channel();
         let (wake_tx, wake_rx) = std_mpsc::channel();
@@ -499,6 +363,7 @@ impl FileStore {
                         fsync,
                         buf: Vec::with_capacity(64 * 1024),
                         wake,
+                        dirty: false,
                     }
                     .run(jobs_rx)
                 })
@@ -522,6 +387,7 @@ impl FileStore {
                 evicted,
                 durable: true,
                 notes,
+                damage: scan.damage,
             })),
             trims: Mutex::new(Vec::new()),
             retention: config.retention,
@@ -565,7 +431,8 @@ impl FileStore {
         }));
     }
 
-    async fn submit(&self, records: Vec<(u64, Stored)>) -> Result<()> {
+    /// Has the writer write `records`; hands them back once they are.
+    async fn submit(&self, records: Vec<(u64, Stored)>) -> Result<Vec<(u64, Stored)>> {
         let (reply, rx) = oneshot::channel();
         let sent = lock(&self.jobs)
             .as_ref()
@@ -575,388 +442,40 @@ impl FileStore {
         if !sent {
             return Err(closed());
         }
-        rx.await
-            .map_err(|_| closed())?
-            .map_err(|e| io_err(&self.shared.dir, e))
+        let (records, result) = rx.await.map_err(|_| closed())?;
+        result.map_err(|e| io_err(&self.shared.dir, e))?;
+        Ok(records)
     }
 }
 
 fn create_segment(dir: &Path, number: u64, covers_from: u64, last_id: EventId) -> Result<File> {
+    create_segment_file(dir, number, covers_from, last_id)
+        .map_err(|e| io_err(&segment_path(dir, number), e))
+}
+
+/// Creates a segment with its header, durably; on failure, removes what it
+/// created (a full disk must not keep a half-made segment).
+fn create_segment_file(
+    dir: &Path,
+    number: u64,
+    covers_from: u64,
+    last_id: EventId,
+) -> std::io::Result<File> {
     let path = segment_path(dir, number);
     let mut file = OpenOptions::new()
         .create_new(true)
         .write(true)
-        .open(&path)
-        .map_err(|e| io_err(&path, e))?;
-    file.write_all(&header(covers_from, last_id))
+        .open(&path)?;
+    let made = file
+        .write_all(&header(covers_from, last_id, false))
         .and_then(|()| file.sync_all())
-        .and_then(|()| sync_dir(dir))
-        .map_err(|e| io_err(&path, e))?;
+        .and_then(|()| sync_dir(dir));
+    if let Err(err) = made {
+        drop(file);
+        let _ = fs::remove_file(&path);
+        return Err(err);
+    }
     Ok(file)
-}
-
-/// Reads the directory: drops superseded segments and leftovers, scans
-/// records, truncates at the first damage.
-fn scan(dir: &Path) -> Result<Scan> {
-    let mut numbers: Vec<u64> = Vec::new();
-    for entry in fs::read_dir(dir).map_err(|e| io_err(dir, e))? {
-        let entry = entry.map_err(|e| io_err(dir, e))?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.ends_with(".tmp") {
-            // An unfinished compaction: the segments it read are intact.
-            let _ = fs::remove_file(entry.path());
-            continue;
-        }
-        if let Some(n) = name
-            .strip_suffix(".seg")
-            .and_then(|n| n.parse::<u64>().ok())
-        {
-            numbers.push(n);
-        }
-    }
-    numbers.sort_unstable();
-    let mut notes = Vec::new();
-    // (number, header, contents) of each segment.
-    type Read = (u64, Option<(u64, EventId)>, Vec<u8>);
-    let mut headers: Vec<Read> = Vec::with_capacity(numbers.len());
-    for n in &numbers {
-        let path = segment_path(dir, *n);
-        let mut bytes = Vec::new();
-        File::open(&path)
-            .and_then(|mut f| f.read_to_end(&mut bytes))
-            .map_err(|e| io_err(&path, e))?;
-        let h = read_header(&bytes);
-        headers.push((*n, h, bytes));
-    }
-    // A compacted segment supersedes the segments it was made from.
-    let mut superseded = HashSet::new();
-    for (n, h, _) in &headers {
-        if let Some((covers, _)) = h {
-            for (m, _, _) in &headers {
-                if *m >= *covers && *m < *n {
-                    superseded.insert(*m);
-                }
-            }
-        }
-    }
-    let mut records = Vec::new();
-    let mut sealed = Vec::new();
-    let mut tail = None;
-    let mut last_id = EventId::ZERO;
-    let mut damaged = false;
-    let mut previous = EventId::ZERO;
-    let count = headers.len();
-    for (i, (n, h, bytes)) in headers.into_iter().enumerate() {
-        let path = segment_path(dir, n);
-        if superseded.contains(&n) {
-            fs::remove_file(&path).map_err(|e| io_err(&path, e))?;
-            notes.push(format!("removed {} (already compacted)", path.display()));
-            continue;
-        }
-        if damaged {
-            set_aside(dir, &path, 0, &bytes, &mut notes)?;
-            continue;
-        }
-        let is_last = i + 1 == count;
-        let Some((_, header_last)) = h else {
-            if is_last && bytes.len() < HEADER_LEN as usize {
-                // Created but never written (a crash mid-roll): start over.
-                fs::remove_file(&path).map_err(|e| io_err(&path, e))?;
-                notes.push(format!("removed the unfinished segment {}", path.display()));
-                continue;
-            }
-            warn(
-                &mut notes,
-                format!("the header of {} is damaged", path.display()),
-            );
-            damaged = true;
-            set_aside(dir, &path, 0, &bytes, &mut notes)?;
-            continue;
-        };
-        last_id = last_id.max(header_last);
-        let mut offset = HEADER_LEN as usize;
-        while offset < bytes.len() {
-            let parsed = codec::frame(&bytes[offset..])
-                .and_then(|(total, body)| codec::decode(body).map(|(lsn, rec)| (total, lsn, rec)));
-            match parsed {
-                Ok((total, lsn, record)) => {
-                    if let Stored::Hub(Record::Event(e)) = &record {
-                        if e.id <= previous {
-                            warn(
-                                &mut notes,
-                                format!(
-                                    "{} at offset {offset}: event id {} does not increase",
-                                    path.display(),
-                                    e.id
-                                ),
-                            );
-                            damaged = true;
-                            break;
-                        }
-                        previous = e.id;
-                    }
-                    records.push((lsn, record));
-                    offset += total;
-                }
-                Err(err) => {
-                    warn(
-                        &mut notes,
-                        format!("{} at offset {offset}: {err}", path.display()),
-                    );
-                    damaged = true;
-                    break;
-                }
-            }
-        }
-        last_id = last_id.max(previous);
-        if damaged {
-            set_aside(dir, &path, offset, &bytes, &mut notes)?;
-            let file = OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(|e| io_err(&path, e))?;
-            file.set_len(offset as u64)
-                .and_then(|()| file.sync_all())
-                .map_err(|e| io_err(&path, e))?;
-            tail = Some((n, offset as u64));
-            continue;
-        }
-        if is_last {
-            tail = Some((n, bytes.len() as u64));
-        } else {
-            sealed.push((n, bytes.len() as u64));
-        }
-    }
-    if let Some((t, _)) = tail {
-        // Segments after a damaged one were set aside; the truncated one
-        // is where appending resumes.
-        sealed.retain(|(n, _)| *n < t);
-    }
-    Ok(Scan {
-        records,
-        tail,
-        sealed,
-        last_id,
-        notes,
-    })
-}
-
-/// Records a note about damage found at recovery, and logs it as a warning.
-fn warn(notes: &mut Vec<String>, note: String) {
-    tracing::warn!(note = %note, "store recovery found damage");
-    notes.push(note);
-}
-
-/// Moves `bytes[from..]` of a damaged segment (or a whole later segment)
-/// aside as `dropped-*.bin`, for an operator to inspect.
-fn set_aside(
-    dir: &Path,
-    path: &Path,
-    from: usize,
-    bytes: &[u8],
-    notes: &mut Vec<String>,
-) -> Result<()> {
-    let rest = bytes.get(from..).unwrap_or_default();
-    let stem = path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("segment");
-    let target = dir.join(format!("dropped-{stem}-{from}.bin"));
-    fs::write(&target, rest).map_err(|e| io_err(&target, e))?;
-    if from == 0 {
-        fs::remove_file(path).map_err(|e| io_err(path, e))?;
-    }
-    warn(
-        notes,
-        format!(
-            "dropped {} bytes of {} from offset {from}; kept in {}",
-            rest.len(),
-            path.display(),
-            target.display()
-        ),
-    );
-    Ok(())
-}
-
-struct Writer {
-    shared: Arc<Shared>,
-    file: File,
-    number: u64,
-    len: u64,
-    fsync: Fsync,
-    buf: Vec<u8>,
-    wake: std_mpsc::Sender<()>,
-}
-
-impl Writer {
-    fn run(mut self, jobs: std_mpsc::Receiver<Job>) {
-        while let Ok(job) = jobs.recv() {
-            match job {
-                Job::Append { records, reply } => {
-                    let result = self.append(&records);
-                    if let Err(err) = &result {
-                        tracing::error!(cause = %err, segment = self.number, "store write failed");
-                    }
-                    let _ = reply.send(result);
-                }
-                Job::Close { reply } => {
-                    let _ = reply.send(self.file.sync_all());
-                    return;
-                }
-            }
-        }
-    }
-
-    fn append(&mut self, records: &[(u64, Stored)]) -> std::io::Result<()> {
-        self.buf.clear();
-        for (lsn, record) in records {
-            codec::encode(&mut self.buf, *lsn, record);
-        }
-        if self.len > HEADER_LEN && self.len + self.buf.len() as u64 > self.shared.segment_size {
-            self.roll()?;
-        }
-        self.file.write_all(&self.buf)?;
-        if self.fsync == Fsync::Always {
-            self.file.sync_data()?;
-        }
-        self.len += self.buf.len() as u64;
-        Ok(())
-    }
-
-    fn roll(&mut self) -> std::io::Result<()> {
-        self.file.sync_all()?;
-        let next = self.number + 1;
-        let file = create_segment(&self.shared.dir, next, next, EventId::ZERO)
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-        let sealed_len = self.len;
-        self.file = file;
-        lock(&self.shared.segments)
-            .sealed
-            .push((self.number, sealed_len));
-        self.number = next;
-        self.len = HEADER_LEN;
-        let _ = self.wake.send(());
-        Ok(())
-    }
-}
-
-fn compactor(shared: Arc<Shared>, wake: std_mpsc::Receiver<()>) {
-    loop {
-        match wake.recv_timeout(Duration::from_secs(5)) {
-            Ok(()) | Err(std_mpsc::RecvTimeoutError::Timeout) => {}
-            Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
-        }
-        let due = {
-            let s = lock(&shared.segments);
-            let bytes: u64 = s.sealed.iter().map(|x| x.1).sum();
-            s.sealed.len() >= 2 && bytes >= s.compact_at
-        };
-        if due {
-            compact(&shared);
-        }
-    }
-}
-
-/// Copies the live records of every sealed segment into one new segment and
-/// deletes the old ones. Returns whether it did anything.
-fn compact(shared: &Shared) -> bool {
-    let _one_at_a_time = lock(&shared.compacting);
-    let sealed: Vec<(u64, u64)> = lock(&shared.segments).sealed.clone();
-    let (Some(first), Some(last)) = (sealed.first().map(|s| s.0), sealed.last().map(|s| s.0))
-    else {
-        return false;
-    };
-    let started = Instant::now();
-    match compact_range(shared, &sealed) {
-        Ok((kept, input, output)) => {
-            let mut s = lock(&shared.segments);
-            s.sealed.retain(|(n, _)| *n > last);
-            s.sealed.insert(0, (last, output));
-            // Next time, only once the log has grown well past what is live.
-            s.compact_at = (2 * shared.segment_size).max(2 * output + shared.segment_size);
-            tracing::info!(
-                segments = %format!("{first}..={last}"),
-                kept,
-                bytes_before = input,
-                bytes_after = output,
-                took = ?started.elapsed(),
-                "store compacted"
-            );
-            true
-        }
-        Err(err) => {
-            tracing::error!(cause = %err, "store compaction failed; the old segments are intact");
-            let mut s = lock(&shared.segments);
-            s.compact_at = s.compact_at.saturating_mul(2);
-            false
-        }
-    }
-}
-
-fn compact_range(shared: &Shared, sealed: &[(u64, u64)]) -> std::io::Result<(usize, u64, u64)> {
-    let dir = &shared.dir;
-    let first = sealed[0].0;
-    let last = sealed[sealed.len() - 1].0;
-    let all = shared.index.all();
-    let oldest = all.first().map_or(EventId(u64::MAX), |e| e.id);
-    let retained: HashSet<EventId> = all.iter().map(|e| e.id).collect();
-    drop(all);
-    let tmp = dir.join(format!("{last:020}.seg.tmp"));
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
-    out.write_all(&[0u8; HEADER_LEN as usize])?;
-    let mut last_id = EventId::ZERO;
-    let mut kept = 0usize;
-    let mut input = 0u64;
-    let mut output = HEADER_LEN;
-    let mut records: Vec<(usize, usize, u64, Stored)> = Vec::new();
-    for (n, _) in sealed {
-        let bytes = fs::read(segment_path(dir, *n))?;
-        input += bytes.len() as u64;
-        if let Some((_, h)) = read_header(&bytes) {
-            last_id = last_id.max(h);
-        }
-        records.clear();
-        let mut offset = HEADER_LEN as usize;
-        while offset < bytes.len() {
-            let (total, body) = codec::frame(&bytes[offset..])
-                .map_err(|e| std::io::Error::other(format!("segment {n} at {offset}: {e}")))?;
-            let (lsn, record) = codec::decode(body)
-                .map_err(|e| std::io::Error::other(format!("segment {n} at {offset}: {e}")))?;
-            records.push((offset, total, lsn, record));
-            offset += total;
-        }
-        let live = lock(&shared.live);
-        for (offset, total, lsn, record) in &records {
-            if let Stored::Hub(Record::Event(e)) = record {
-                last_id = last_id.max(e.id);
-            }
-            if live.is_live(*lsn, record, &retained, oldest) {
-                kept += 1;
-                output += *total as u64;
-                // Written after the header below; buffer order is log order.
-                out.write_all(&bytes[*offset..*offset + *total])?;
-            }
-        }
-    }
-    out.flush()?;
-    let mut file = out.into_inner().map_err(|e| e.into_error())?;
-    // The header is written last; until the rename below the file is a
-    // `.tmp` that recovery deletes, so a torn compaction is never read.
-    file.seek(SeekFrom::Start(0))?;
-    file.write_all(&header(first, last_id))?;
-    file.sync_all()?;
-    drop(file);
-    fs::rename(&tmp, segment_path(dir, last))?;
-    sync_dir(dir)?;
-    for (n, _) in sealed {
-        if *n != last {
-            fs::remove_file(segment_path(dir, *n))?;
-        }
-    }
-    sync_dir(dir)?;
-    lock(&shared.live).prune(oldest);
-    Ok((kept, input, output))
 }
 
 impl EventStore for FileStore {
@@ -969,18 +488,23 @@ impl EventStore for FileStore {
 
     async fn append(&self, batch: &[Record]) -> Result<Vec<Evicted>> {
         let trims: Vec<Stored> = std::mem::take(&mut *lock(&self.trims));
-        let mut records = Vec::with_capacity(batch.len() + trims.len());
-        {
+        // Lsns are handed out now, and the records noted as live only once
+        // written: a batch that fails leaves no trace, and its lsns go to
+        // the next one (a writer's run keeps its lsns one apart).
+        let first = {
             let mut live = lock(&self.shared.live);
-            for stored in trims
-                .into_iter()
-                .chain(batch.iter().cloned().map(Stored::Hub))
-            {
-                let lsn = live.next_lsn;
-                live.observe(lsn, &stored);
-                records.push((lsn, stored));
-            }
-        }
+            let first = live.next_lsn;
+            live.next_lsn += (trims.len() + batch.len()) as u64;
+            first
+        };
+        let records: Vec<(u64, Stored)> = (first..)
+            .zip(
+                trims
+                    .iter()
+                    .cloned()
+                    .chain(batch.iter().cloned().map(Stored::Hub)),
+            )
+            .collect();
         let events: Vec<Arc<Event>> = batch
             .iter()
             .filter_map(|r| match r {
@@ -988,10 +512,38 @@ impl EventStore for FileStore {
                 _ => None,
             })
             .collect();
-        self.submit(records).await?;
+        match self.submit(records).await {
+            Ok(records) => {
+                let mut live = lock(&self.shared.live);
+                for (lsn, stored) in &records {
+                    live.observe(*lsn, stored);
+                }
+            }
+            Err(err) => {
+                lock(&self.shared.live).next_lsn = first;
+                let mut pending = lock(&self.trims);
+                let later = std::mem::replace(&mut *pending, trims);
+                pending.extend(later);
+                return Err(err);
+            }
+        }
         let evicted = self.shared.index.insert(events);
         self.note_evicted(&evicted);
         Ok(evicted)
+    }
+
+    async fn probe(&self) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        let sent = lock(&self.jobs)
+            .as_ref()
+            .is_some_and(|jobs| jobs.send(Job::Probe { reply }).is_ok());
+        let closed = || Error::StoreUnavailable("the file store is closed".into());
+        if !sent {
+            return Err(closed());
+        }
+        rx.await
+            .map_err(|_| closed())?
+            .map_err(|e| io_err(&self.shared.dir, e))
     }
 
     async fn read(

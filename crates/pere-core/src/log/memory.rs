@@ -154,6 +154,10 @@ impl EventStore for MemoryStore {
         })))
     }
 
+    async fn probe(&self) -> Result<()> {
+        Ok(())
+    }
+
     async fn read(
         &self,
         channel: &ChannelName,

@@ -8,6 +8,12 @@
 //! - An appended batch is either wholly readable after `append` resolved
 //!   `Ok`, or (after a crash) a prefix of it is, and that prefix is what
 //!   [`EventStore::recover`] returns. A torn record is never returned.
+//! - Damage to stored records (a flipped bit, a bad sector) costs exactly
+//!   the damaged records: recovery skips them, keeps every record before
+//!   and after, and reports each skipped region in [`Recovered::damage`].
+//! - A batch whose `append` failed is never read back, even after a
+//!   restart: the store undoes what it wrote of it before it answers (or,
+//!   if even that fails, before it writes anything else).
 //! - [`EventStore::read`] only returns events whose `append` has resolved.
 //! - Retention ([`Retention`]) belongs to the store: `append` drops the
 //!   oldest events of a channel past `history`, `prune` those past `max_age`,
@@ -15,13 +21,14 @@
 //!   Events of a channel are always dropped oldest first.
 
 pub(crate) mod codec;
-mod file;
+pub(crate) mod file;
 mod memory;
 
 pub use file::{DEFAULT_SEGMENT_SIZE, FileStore, FileStoreConfig, Fsync};
 pub use memory::MemoryStore;
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::auth::{Grants, TokenHash};
@@ -135,6 +142,40 @@ pub struct Recovered {
     pub durable: bool,
     /// Human-readable notes about what recovery found or dropped.
     pub notes: Vec<String>,
+    /// Damaged bytes recovery skipped: the records in them are lost, those
+    /// around them were recovered. Empty for an intact log (a torn tail,
+    /// which a crash leaves, is cut and only noted).
+    pub damage: Vec<Damage>,
+}
+
+/// Bytes of the log that recovery could not read and skipped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damage {
+    /// The segment file.
+    pub file: PathBuf,
+    /// Where the skipped bytes start in it.
+    pub offset: u64,
+    /// How many bytes were skipped.
+    pub len: u64,
+    /// Why the first of them could not be read.
+    pub cause: String,
+    /// Where a copy of them was kept for inspection, if it could be
+    /// written. The damage is reported for as long as this file exists.
+    pub kept_in: Option<PathBuf>,
+    /// Whether the segment was rewritten without the damaged bytes (then
+    /// only the copy tells of them); if not, the next start finds them again.
+    pub repaired: bool,
+}
+
+impl Damage {
+    /// Whether the damage is still to be dealt with: its copy is still
+    /// there, or none could be written and the log still holds it.
+    pub fn outstanding(&self) -> bool {
+        match &self.kept_in {
+            Some(copy) => copy.exists(),
+            None => true,
+        }
+    }
 }
 
 /// Events a store dropped for retention: every event of `channel` with an id
@@ -157,8 +198,9 @@ pub trait EventStore: Send + Sync + 'static {
     /// appended. Required: a store that cannot recover is not a store.
     ///
     /// # Errors
-    /// The store cannot be read at all (a damaged tail is truncated and
-    /// reported in [`Recovered::notes`], not an error).
+    /// The store cannot be read at all (a torn tail is truncated and noted
+    /// in [`Recovered::notes`], damaged records are skipped and reported in
+    /// [`Recovered::damage`]; neither is an error).
     fn recover(&self) -> impl Future<Output = Result<Recovered>> + Send;
 
     /// Appends a batch of records, resolving once they are durable (for a
@@ -167,8 +209,22 @@ pub trait EventStore: Send + Sync + 'static {
     /// their `history` drop their oldest events, reported in the result.
     ///
     /// # Errors
-    /// The batch could not be stored; the hub then refuses further writes.
+    /// The batch could not be stored. Then none of it is: the store undoes
+    /// whatever part of it it wrote, so it is never read back, not even
+    /// after a restart. The hub refuses writes until [`EventStore::probe`]
+    /// succeeds.
     fn append(&self, batch: &[Record]) -> impl Future<Output = Result<Vec<Evicted>>> + Send;
+
+    /// Checks, after a failed [`EventStore::append`], whether the store can
+    /// take writes again (space was freed, the device came back). The hub
+    /// calls it with backoff and lets writes through once it succeeds.
+    /// Required: only the store knows what a failed write left behind and
+    /// what a meaningful test write is (a file store finishes undoing the
+    /// failed write, then writes, syncs and takes back a page).
+    ///
+    /// # Errors
+    /// The store still cannot write.
+    fn probe(&self) -> impl Future<Output = Result<()>> + Send;
 
     /// Events of `channel` with ids in `(after, upto]`, oldest first, at most
     /// `limit` of them.

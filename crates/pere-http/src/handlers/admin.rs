@@ -32,7 +32,7 @@ pub fn connections<S: EventStore>(app: &App<S>) -> Response<Body> {
 
 /// `GET /admin/channels`.
 pub fn channels<S: EventStore>(app: &App<S>) -> Response<Body> {
-    let list: Vec<Value> = app
+    let mut list: Vec<Value> = app
         .hub
         .channels()
         .into_iter()
@@ -44,9 +44,25 @@ pub fn channels<S: EventStore>(app: &App<S>) -> Response<Body> {
                 "newest": c.newest.map(|id| id.to_string()),
                 "members": c.members,
                 "online": c.online,
+                "pattern": false,
             })
         })
         .collect();
+    // Patterns too (issue 18.6): their members are counted under every
+    // channel they match, and an operator must be able to find them.
+    let patterns = app.hub.patterns().into_iter().map(|p| {
+        serde_json::json!({
+            "channel": p.pattern.as_str(),
+            "events": p.events,
+            "oldest": null,
+            "newest": null,
+            "members": p.members,
+            "online": p.online,
+            "pattern": true,
+            "channels": p.channels,
+        })
+    });
+    list.extend(patterns);
     json(StatusCode::OK, Value::Array(list))
 }
 
@@ -118,16 +134,41 @@ fn presence_json(p: &Presence) -> Value {
     })
 }
 
+/// The devices `/admin/devices/:channel` lists, with the subscription each
+/// is known through: for a channel, its own and those of the patterns
+/// matching it (the audience of its events); for a pattern, its own.
+fn devices_on<S: EventStore>(
+    app: &App<S>,
+    pattern: &Pattern,
+) -> Vec<(DeviceId, Pattern, Presence)> {
+    match pattern.exact() {
+        Some(channel) => app.hub.devices_of_channel(channel),
+        None => app
+            .hub
+            .devices(pattern)
+            .into_iter()
+            .map(|(d, p)| (d, pattern.clone(), p))
+            .collect(),
+    }
+}
+
 /// `GET /admin/devices/:channel`: an object keyed by device.
 pub fn devices<S: EventStore>(app: &App<S>, channel: &str) -> Result<Response<Body>, ApiError> {
     let pattern = Pattern::new(channel)?;
-    let map: serde_json::Map<String, Value> = app
-        .hub
-        .devices(&pattern)
+    let map: serde_json::Map<String, Value> = devices_on(app, &pattern)
         .into_iter()
-        .map(|(d, p)| (d.to_string(), presence_json(&p)))
+        .map(|(d, via, p)| (d.to_string(), device_json(&via, &p)))
         .collect();
     Ok(json(StatusCode::OK, Value::Object(map)))
+}
+
+/// A device's presence with the subscription it is known through.
+fn device_json(via: &Pattern, p: &Presence) -> Value {
+    let mut value = presence_json(p);
+    if let Value::Object(map) = &mut value {
+        map.insert("subscription".into(), via.as_str().into());
+    }
+    value
 }
 
 /// `GET` (presence) or `DELETE` (drop the membership) of one device.
@@ -140,7 +181,23 @@ pub async fn device<S: EventStore>(
     let pattern = Pattern::new(channel)?;
     let device = DeviceId::new(device)?;
     if method == Method::DELETE {
-        app.hub.remove_member(&pattern, &device).await?;
+        if let Err(err) = app.hub.remove_member(&pattern, &device).await {
+            // A member through a pattern is dropped from the pattern: say
+            // which, rather than a bare "not a member".
+            let via = devices_on(app, &pattern)
+                .into_iter()
+                .find(|(d, via, _)| d == &device && via != &pattern);
+            return Err(match (err, via) {
+                (err @ pere_core::Error::UnknownMember { .. }, Some((_, via, _))) => {
+                    let mut api = ApiError::from(err);
+                    api.message.push_str(&format!(
+                        ": it is a member of `{via}`, which matches `{pattern}`; DELETE /admin/devices/{via}/{device} drops it"
+                    ));
+                    api
+                }
+                (err, _) => err.into(),
+            });
+        }
         return Ok(json(
             StatusCode::OK,
             serde_json::json!({
@@ -150,19 +207,17 @@ pub async fn device<S: EventStore>(
             }),
         ));
     }
-    let presence = app
-        .hub
-        .devices(&pattern)
+    let (via, presence) = devices_on(app, &pattern)
         .into_iter()
-        .find(|(d, _)| d == &device)
-        .map(|(_, p)| p)
+        .find(|(d, _, _)| d == &device)
+        .map(|(_, via, p)| (via, p))
         .ok_or_else(|| {
             ApiError::from(pere_core::Error::UnknownMember {
                 subscription: pattern.to_string(),
                 device: device.to_string(),
             })
         })?;
-    Ok(json(StatusCode::OK, presence_json(&presence)))
+    Ok(json(StatusCode::OK, device_json(&via, &presence)))
 }
 
 /// Largest `PUT /admin/tokens/:token` body, in bytes: room for
@@ -206,6 +261,11 @@ pub async fn token<S: EventStore>(
     req: Request<RequestBody>,
     token: &str,
 ) -> Result<Response<Body>, ApiError> {
+    if req.method() == Method::DELETE
+        && let Some(jti) = token.strip_prefix("jti:")
+    {
+        return revoke_jti(app, jti).await;
+    }
     if req.method() == Method::DELETE {
         // Any text names a token here: an unknown one is simply not found.
         let hash = TokenHash::of(token);
@@ -238,4 +298,24 @@ pub async fn token<S: EventStore>(
         StatusCode::CREATED
     };
     Ok(json(status, Value::Object(out)))
+}
+
+/// Longest `jti` revoked by `DELETE /admin/tokens/jti:<jti>`.
+const MAX_JTI_LEN: usize = 256;
+
+/// `DELETE /admin/tokens/jti:<jti>`: revokes the JWTs with this `jti`
+/// (docs/PROTOCOL.md §7.4), whether or not one was seen; their streams
+/// close.
+async fn revoke_jti<S: EventStore>(app: &App<S>, jti: &str) -> Result<Response<Body>, ApiError> {
+    if jti.is_empty() || jti.len() > MAX_JTI_LEN {
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            format!("a jti is 1 to {MAX_JTI_LEN} bytes long"),
+        ));
+    }
+    app.hub.revoke_jti(jti).await?;
+    Ok(json(
+        StatusCode::OK,
+        serde_json::json!({ "jti": jti, "revoked": true }),
+    ))
 }

@@ -51,6 +51,27 @@ impl Caller {
         }
     }
 
+    /// What ends a stream opened by this caller, beside the hub: for a
+    /// JWT, its `exp` (docs/PROTOCOL.md §7.4). The future also holds the
+    /// JWT's access, so that the hub knows the token while the stream
+    /// lives (see [`pere_core::auth`]).
+    pub fn stream_end(&self) -> Option<impl Future<Output = ()> + Send + 'static> {
+        let Caller::Token(access) = self else {
+            return None;
+        };
+        let expires = access.expires?;
+        let access = access.clone();
+        let left = std::time::Duration::from_secs(expires).saturating_sub(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default(),
+        );
+        Some(async move {
+            let _held = access;
+            tokio::time::sleep(left).await;
+        })
+    }
+
     /// `/admin/*` and `/metrics`.
     pub fn require_admin(&self) -> Result<(), ApiError> {
         self.require(|g| g.admin, || "admin access".into())
@@ -102,11 +123,11 @@ pub fn caller<S: EventStore>(
             "a token is required: send `Authorization: Bearer <token>` or `?access_token=<token>`",
         ));
     };
-    match auth.authenticate(token) {
-        Some(access) => Ok(Caller::Token(access)),
-        None => Err(ApiError::unauthorized(
-            "the token is unknown or was revoked",
-        )),
+    match auth.check(token) {
+        Ok(access) => Ok(Caller::Token(access)),
+        // The refusal says why (expired, signature, audience…), never
+        // quoting the token.
+        Err(refusal) => Err(ApiError::unauthorized(refusal.to_string())),
     }
 }
 

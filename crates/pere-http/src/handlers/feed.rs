@@ -75,9 +75,13 @@ pub async fn feed<S: EventStore, B>(
         )
         .await?;
     let opening = opening(app.config.retry.as_millis() as u64, &subscription);
-    let body = SseBody::new(opening, Source::Events(subscription), app.config.keepalive)
+    let mut body = SseBody::new(opening, Source::Events(subscription), app.config.keepalive)
         .with_slot(slot)
         .with_form(form);
+    if let Some(end) = caller.stream_end() {
+        // A JWT's stream ends at its `exp` (docs/PROTOCOL.md §7.4).
+        body = body.until(end);
+    }
     let mut response = Response::new(Body::Sse(Box::new(body)));
     *response.status_mut() = StatusCode::OK;
     sse_headers(response.headers_mut());

@@ -8,6 +8,7 @@ mod admin;
 pub mod auth;
 pub(crate) mod feed;
 pub(crate) mod feedback;
+mod health;
 mod push;
 mod receipts;
 mod static_files;
@@ -86,7 +87,17 @@ fn finish<S: EventStore>(
     origin: Option<&HeaderValue>,
     result: Result<Response<Body>, ApiError>,
 ) -> Response<Body> {
-    let mut response = result.unwrap_or_else(|err| error_response(&err));
+    let mut response = result.unwrap_or_else(|err| {
+        app.metrics.count_error(&err);
+        let mut response = error_response(&err);
+        if err.code == "store_unavailable"
+            && let Some(wait) = health::store_retry_after(&app.hub)
+        {
+            // When the hub tries the store again, not a guess.
+            health::set_retry_after(&mut response, wait);
+        }
+        response
+    });
     app.metrics.count(response.status());
     add_cors(&app.config.cors, origin, response.headers_mut());
     response
@@ -102,7 +113,14 @@ async fn dispatch<S: EventStore>(
     // sends credentials on those).
     let caller = match &route {
         Route::Root | Route::Static(_) | Route::Health | Route::Preflight => Caller::Open,
-        _ => auth::caller(app, req.headers(), &query_of(&req)?)?,
+        _ => {
+            let query = query_of(&req)?;
+            // Who asks first: a stranger gets its 401, not a lesson in
+            // parameters.
+            let caller = auth::caller(app, req.headers(), &query)?;
+            router::check_params(&route, &query)?;
+            caller
+        }
     };
     match &route {
         Route::Metrics
@@ -133,7 +151,7 @@ async fn dispatch<S: EventStore>(
             }),
         )),
         Route::Static(name) => Ok(static_files::serve(name)),
-        Route::Health => Ok(text(StatusCode::OK, "ok")),
+        Route::Health => Ok(health::health(app)),
         Route::Metrics => Ok(crate::metrics::render(app)),
         Route::Push(channel) => push::push(app, req, &channel, &caller).await,
         Route::Feed(channel) => feed::feed(app, &req, channel.as_deref(), &caller).await,

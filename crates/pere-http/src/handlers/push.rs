@@ -24,13 +24,29 @@ enum Wait {
     Acked,
 }
 
-/// Reads `timeout` (decimal milliseconds): values above [`MAX_WAIT_MS`] are
-/// capped, however many digits they have, rather than refused.
+/// Reads `timeout`: decimal milliseconds (docs/PROTOCOL.md §2.1), or a duration with
+/// a unit as the command-line tools take them (`5s`, `500ms`, `1m`; issue
+/// 18.9: `timeout=5s` was refused). Values above [`MAX_WAIT_MS`] are
+/// capped, however many digits they have, rather than refused; the answer
+/// says which timeout applied.
 fn parse_timeout(text: &str) -> Option<u64> {
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+    if text.is_empty() {
         return None;
     }
-    Some(text.parse::<u64>().unwrap_or(u64::MAX).min(MAX_WAIT_MS))
+    if text.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(text.parse::<u64>().unwrap_or(u64::MAX).min(MAX_WAIT_MS));
+    }
+    // A bare fraction would be seconds to parse_duration but reads as
+    // milliseconds here: ask for a unit instead of guessing.
+    if !text.ends_with(|c: char| c.is_ascii_alphabetic()) || text.starts_with(['+', '-', ' ']) {
+        return None;
+    }
+    let d = pere_core::duration::parse_duration(text).ok()?;
+    Some(
+        u64::try_from(d.as_millis())
+            .unwrap_or(u64::MAX)
+            .min(MAX_WAIT_MS),
+    )
 }
 
 pub async fn push<S: EventStore>(
@@ -69,7 +85,10 @@ pub async fn push<S: EventStore>(
         Some(t) => parse_timeout(t).ok_or_else(|| {
             ApiError::bad_request(
                 "invalid_parameter",
-                format!("timeout=`{}` is not a number of milliseconds", escape(t)),
+                format!(
+                    "timeout=`{}` is not a number of milliseconds or a duration such as 5s, 500ms, 1m",
+                    escape(t)
+                ),
             )
         })?,
     };
@@ -78,7 +97,8 @@ pub async fn push<S: EventStore>(
         app.hub.config().max_payload,
         app.config.body_read_timeout,
     )
-    .await?;
+    .await
+    .map_err(name_the_limit)?;
     let published = app
         .hub
         .publish(Publish {
@@ -88,18 +108,26 @@ pub async fn push<S: EventStore>(
             device,
             idempotency_key,
         })
-        .await?;
+        .await
+        .map_err(|e| name_the_limit(e.into()))?;
     let mut body = format!(
         r#"{{"id":"{}","channel":"{}","recipients":{}"#,
         published.id, published.channel, published.recipients
     );
     if let Some(wait) = wait {
+        let mut interrupted = false;
         if let Some(receipts) = &published.receipts {
             let done = receipts.settled_when(|r| match wait {
                 Wait::Delivered => r.undelivered() == 0,
                 Wait::Acked => r.unacked() == 0,
             });
-            let _ = tokio::time::timeout(Duration::from_millis(timeout_ms), done).await;
+            // At shutdown, answer with the receipts so far rather than be
+            // cut by the grace period (issue 18.1: a publisher that lost
+            // the answer could not tell the event had been published).
+            tokio::select! {
+                _ = tokio::time::timeout(Duration::from_millis(timeout_ms), done) => {}
+                () = app.hub.closing() => interrupted = true,
+            }
         }
         let (delivered, acked, pending, unacked) = match &published.receipts {
             Some(receipts) => {
@@ -117,10 +145,14 @@ pub async fn push<S: EventStore>(
             Wait::Acked => !unacked.is_empty(),
         };
         body.push_str(&format!(
-            r#","delivered":{delivered},"acked":{acked},"pending":{},"unacked":{},"timed_out":{timed_out}"#,
+            r#","delivered":{delivered},"acked":{acked},"pending":{},"unacked":{},"timed_out":{timed_out},"timeout":{timeout_ms}"#,
             serde_json::to_string(&pending).unwrap_or_else(|_| "[]".into()),
             serde_json::to_string(&unacked).unwrap_or_else(|_| "[]".into()),
         ));
+        if interrupted && timed_out {
+            // The wait ended early: the server is stopping.
+            body.push_str(r#","shutting_down":true"#);
+        }
     }
     if published.duplicate {
         body.push_str(r#","duplicate":true"#);
@@ -135,6 +167,16 @@ pub async fn push<S: EventStore>(
     Ok(response)
 }
 
+/// A `413` says which setting sets the limit (issue 18.9): the publisher
+/// cannot change it, but now knows what to ask the operator for.
+fn name_the_limit(mut err: ApiError) -> ApiError {
+    if err.code == "payload_too_large" {
+        err.message
+            .push_str(" (the server's --max-payload; send smaller events or ask its operator)");
+    }
+    err
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,7 +187,13 @@ mod tests {
         assert_eq!(parse_timeout("250"), Some(250));
         assert_eq!(parse_timeout("60001"), Some(MAX_WAIT_MS));
         assert_eq!(parse_timeout("99999999999999999999999"), Some(MAX_WAIT_MS));
-        for bad in ["", "-1", "+5", "1.5", "1e3", " 5", "abc"] {
+        assert_eq!(parse_timeout("5s"), Some(5_000));
+        assert_eq!(parse_timeout("250ms"), Some(250));
+        assert_eq!(parse_timeout("1.5s"), Some(1_500));
+        assert_eq!(parse_timeout("2m"), Some(MAX_WAIT_MS));
+        for bad in [
+            "", "-1", "+5", "1.5", "1e3", " 5", "abc", "5 weeks", "-5s", "s",
+        ] {
             assert_eq!(parse_timeout(bad), None, "{bad:?}");
         }
     }

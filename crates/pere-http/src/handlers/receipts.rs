@@ -101,7 +101,8 @@ pub fn stream<S: EventStore, B>(
         // token table itself and ends once its token no longer grants it.
         let auth = app.hub.auth().clone();
         let mut changes = auth.changes();
-        body = body.until(async move {
+        let expiry = caller.stream_end();
+        let revoked = async move {
             loop {
                 if changes.changed().await.is_err() {
                     // The table is gone with the hub; shutdown ends us.
@@ -111,6 +112,16 @@ pub fn stream<S: EventStore, B>(
                     Some(g) if g.may_read_receipts(&pattern) => {}
                     _ => return,
                 }
+            }
+        };
+        body = body.until(async move {
+            match expiry {
+                // A JWT's stream also ends at its `exp` (docs/PROTOCOL.md §7.4).
+                Some(expiry) => tokio::select! {
+                    () = expiry => {}
+                    () = revoked => {}
+                },
+                None => revoked.await,
             }
         });
     }

@@ -1,6 +1,7 @@
-//! One connection's task: the first request on the direct path or
-//! through hyper, under the head and idle timeouts, and docs/PROTOCOL.md §8's JSON
-//! in place of hyper's own answers to requests it could not parse.
+//! One connection's task: its TLS handshake (with `--tls-cert`), then the
+//! first request on the direct path (plain TCP only) or through hyper,
+//! under the head and idle timeouts, and docs/PROTOCOL.md §8's JSON in
+//! place of hyper's own answers to requests it could not parse.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -13,14 +14,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulConnection;
 use pere_core::EventStore;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::request;
-use super::watch::{ConnWatch, Expired, Tracked, Watched};
+use super::watch::{ConnWatch, Expired, Socket, TlsStream, Tracked, Watched};
 use crate::handlers::App;
-use crate::stall::Stall;
+use crate::stall::{Stall, Stalled};
 
 /// What one connection's task needs.
 pub(super) struct Connection<S: EventStore> {
@@ -33,6 +34,8 @@ pub(super) struct Connection<S: EventStore> {
     pub(super) closing: tokio::sync::watch::Receiver<bool>,
     pub(super) limits: ConnLimits,
     pub(super) peer: SocketAddr,
+    /// With `--tls-cert`: the connection speaks TLS.
+    pub(super) tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl<S: EventStore> Connection<S> {
@@ -42,6 +45,17 @@ impl<S: EventStore> Connection<S> {
         // Each step is boxed: the task itself then holds only what every
         // step needs, not the largest step's state for the connection's
         // whole life (an event stream lives for hours).
+        if let Some(acceptor) = self.tls.take() {
+            let Some(tls) = Box::pin(self.handshake(acceptor, stream)).await else {
+                return;
+            };
+            // A client that chose HTTP/1.1 by ALPN never gets HTTP/2; one
+            // that chose `h2`, or nothing, is told apart by its first bytes
+            // as over plain TCP.
+            let http1_only = tls.get_ref().1.alpn_protocol() == Some(b"http/1.1");
+            Box::pin(self.serve_hyper(Socket::Tls(tls), http1_only)).await;
+            return;
+        }
         if !Box::pin(self.first_byte(&stream)).await {
             return;
         }
@@ -52,7 +66,33 @@ impl<S: EventStore> Connection<S> {
                 crate::direct::Outcome::Answered(stream) => (stream, true),
                 crate::direct::Outcome::Closed => return,
             };
-        Box::pin(self.serve_hyper(stream, http1_only)).await;
+        Box::pin(self.serve_hyper(Socket::Plain(stream), http1_only)).await;
+    }
+
+    /// The TLS handshake, within the head timeout from the connection's
+    /// start: a client that connects and never finishes it (or never
+    /// begins it) would otherwise hold a descriptor for nothing. The
+    /// direct path is not taken over TLS: it serves plain sockets only.
+    async fn handshake(
+        &mut self,
+        acceptor: tokio_rustls::TlsAcceptor,
+        stream: TcpStream,
+    ) -> Option<Box<TlsStream>> {
+        let stalled = Stalled::new(stream, Stall::new(self.limits.send, self.peer));
+        tokio::select! {
+            done = acceptor.accept(stalled) => match done {
+                Ok(tls) => Some(Box::new(tls)),
+                Err(err) => {
+                    tracing::debug!(peer = %self.peer, cause = %err, "TLS handshake failed");
+                    None
+                }
+            },
+            _ = self.closing.wait_for(|closing| *closing) => None,
+            () = tokio::time::sleep(self.limits.head) => {
+                tracing::debug!(peer = %self.peer, "TLS handshake too slow: closed");
+                None
+            }
+        }
     }
 
     /// Waits for the connection's first byte: `false` when the client
@@ -73,7 +113,7 @@ impl<S: EventStore> Connection<S> {
 
     /// Serves the connection through hyper, under our own head and idle
     /// timeouts (see [`serve`]).
-    async fn serve_hyper(self, stream: TcpStream, http1_only: bool) {
+    async fn serve_hyper(self, stream: Socket, http1_only: bool) {
         let Self {
             app,
             http,
@@ -82,6 +122,7 @@ impl<S: EventStore> Connection<S> {
             closing,
             limits,
             peer,
+            tls: _,
         } = self;
         let watch = Arc::new(ConnWatch::new(http1_only));
         let max_head = limits.max_head;
@@ -105,15 +146,12 @@ impl<S: EventStore> Connection<S> {
             }
         });
         let http = if http1_only { http1 } else { http };
+        let io = match stream {
+            Socket::Plain(tcp) => Watched::plain(tcp, watch.clone(), Stall::new(limits.send, peer)),
+            Socket::Tls(tls) => Watched::tls(tls, watch.clone()),
+        };
         let conn = http
-            .serve_connection(
-                TokioIo::new(Watched::new(
-                    stream,
-                    watch.clone(),
-                    Stall::new(limits.send, peer),
-                )),
-                service,
-            )
+            .serve_connection(TokioIo::new(io), service)
             .into_owned();
         serve(Box::pin(conn), &watch, limits, peer, closing).await;
         // Only now, with the socket closed, may shutdown stop waiting.
@@ -269,7 +307,18 @@ fn unparsed(status: u16, max_head: usize) -> (&'static str, &'static str, String
 /// and turns the next request of a kept-alive client into `ECONNRESET`.
 /// Bounded by [`LINGER`] and [`LINGER_BYTES`]: a client that neither reads
 /// nor stops sending gets nothing more.
-async fn close(mut stream: TcpStream, answer: Option<(&str, &str, String)>) {
+async fn close(stream: Socket, answer: Option<(&str, &str, String)>) {
+    match stream {
+        Socket::Plain(tcp) => close_io(tcp, answer).await,
+        // Its shutdown sends TLS's close_notify before the FIN.
+        Socket::Tls(tls) => close_io(tls, answer).await,
+    }
+}
+
+async fn close_io<S>(mut stream: S, answer: Option<(&str, &str, String)>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let _ = tokio::time::timeout(LINGER, async {
         if let Some((status, code, sentence)) = answer {
             let body = serde_json::json!({ "error": sentence, "code": code }).to_string();

@@ -122,6 +122,9 @@ pub struct ServerConfig {
     pub fd_budget: Option<usize>,
     /// Where overdue notices are POSTed (with `HubConfig::ack_deadline`).
     pub webhook: Option<crate::webhook::Webhook>,
+    /// With a certificate, every connection speaks TLS (ALPN `h2` and
+    /// `http/1.1`); without, plain HTTP.
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
 }
 
 impl Default for ServerConfig {
@@ -140,6 +143,7 @@ impl Default for ServerConfig {
             max_streams_per_device: crate::limits::DEFAULT_MAX_STREAMS_PER_DEVICE,
             fd_budget: None,
             webhook: None,
+            tls: None,
         }
     }
 }
@@ -249,6 +253,7 @@ pub async fn run<S: EventStore>(
     let http = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let (closing_tx, closing) = tokio::sync::watch::channel(false);
+    let tls = config.tls.as_ref().map(|tls| tls.acceptor());
     let limits_conn = ConnLimits {
         head: config.header_read_timeout,
         idle: config.idle_timeout,
@@ -281,6 +286,7 @@ pub async fn run<S: EventStore>(
             closing: closing.clone(),
             limits: limits_conn,
             peer,
+            tls: tls.clone(),
         };
         tokio::spawn(async move {
             conn.serve(stream).await;

@@ -14,7 +14,19 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::body::Body;
-use crate::stall::Stall;
+use crate::stall::{Stall, Stalled};
+
+/// A connection's TLS stream: its socket's writes timed by the send
+/// timeout, beneath TLS (see [`Stalled`]).
+pub(super) type TlsStream = tokio_rustls::server::TlsStream<Stalled<TcpStream>>;
+
+/// A connection's socket, as hyper gives it back.
+pub(super) enum Socket {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS over TCP.
+    Tls(Box<TlsStream>),
+}
 
 /// What a connection is doing, shared by its socket wrapper ([`Watched`]),
 /// its service (which counts requests) and its task (which times it).
@@ -36,7 +48,7 @@ pub(super) struct ConnWatch {
     /// (400, 414, 431), held back to be answered in JSON; 0 when none.
     pub(super) rejected: AtomicU16,
     /// The socket, once hyper dropped it (see [`Watched`]).
-    parked: std::sync::Mutex<Option<TcpStream>>,
+    parked: std::sync::Mutex<Option<Socket>>,
     /// Wakes the task when the state changed, so it re-arms its timer.
     pub(super) changed: Notify,
 }
@@ -152,11 +164,11 @@ impl ConnWatch {
         true
     }
 
-    fn park(&self, stream: TcpStream) {
+    fn park(&self, stream: Socket) {
         *self.parked.lock().unwrap_or_else(|e| e.into_inner()) = Some(stream);
     }
 
-    pub(super) fn take_parked(&self) -> Option<TcpStream> {
+    pub(super) fn take_parked(&self) -> Option<Socket> {
         self.parked.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
@@ -236,31 +248,49 @@ impl http_body::Body for Tracked {
 /// connection's task can still answer on it (`408`, or JSON in place of
 /// hyper's own error answer); the socket closes with the task.
 ///
-/// The halves are tokio's own so that reads go into hyper's buffer without
-/// zeroing it first: a zeroed 8 KiB buffer is two touched pages on every
-/// open stream, where a request touches one.
+/// The halves of a plain socket are tokio's own so that reads go into
+/// hyper's buffer without zeroing it first: a zeroed 8 KiB buffer is two
+/// touched pages on every open stream, where a request touches one.
 pub(super) struct Watched {
-    io: Option<(OwnedReadHalf, OwnedWriteHalf)>,
+    io: Option<Io>,
     watch: Arc<ConnWatch>,
-    /// Ends the connection when the client stops taking what it is sent.
-    stall: Stall,
+}
+
+/// What [`Watched`] reads and writes.
+enum Io {
+    Plain {
+        read: OwnedReadHalf,
+        write: OwnedWriteHalf,
+        /// Ends the connection when the client stops taking what it is
+        /// sent.
+        stall: Stall,
+    },
+    /// Boxed: a TLS session is large, and a plain connection should not
+    /// pay for its room.
+    Tls(Box<TlsStream>),
 }
 
 impl Watched {
-    pub(super) fn new(stream: TcpStream, watch: Arc<ConnWatch>, stall: Stall) -> Self {
+    /// A plain TCP connection.
+    pub(super) fn plain(stream: TcpStream, watch: Arc<ConnWatch>, stall: Stall) -> Self {
+        let (read, write) = stream.into_split();
         Self {
-            io: Some(stream.into_split()),
+            io: Some(Io::Plain { read, write, stall }),
             watch,
-            stall,
         }
     }
 
-    fn read(&mut self) -> std::io::Result<&mut OwnedReadHalf> {
-        self.io.as_mut().map(|(r, _)| r).ok_or_else(gone)
+    /// A TLS connection, its handshake done (its writes are timed beneath
+    /// TLS).
+    pub(super) fn tls(stream: Box<TlsStream>, watch: Arc<ConnWatch>) -> Self {
+        Self {
+            io: Some(Io::Tls(stream)),
+            watch,
+        }
     }
 
-    fn write(&mut self) -> std::io::Result<&mut OwnedWriteHalf> {
-        self.io.as_mut().map(|(_, w)| w).ok_or_else(gone)
+    fn io(&mut self) -> std::io::Result<&mut Io> {
+        self.io.as_mut().ok_or_else(gone)
     }
 }
 
@@ -274,10 +304,14 @@ fn gone() -> std::io::Error {
 
 impl Drop for Watched {
     fn drop(&mut self) {
-        if let Some((read, write)) = self.io.take()
-            && let Ok(stream) = read.reunite(write)
-        {
-            self.watch.park(stream);
+        match self.io.take() {
+            Some(Io::Plain { read, write, .. }) => {
+                if let Ok(stream) = read.reunite(write) {
+                    self.watch.park(Socket::Plain(stream));
+                }
+            }
+            Some(Io::Tls(stream)) => self.watch.park(Socket::Tls(stream)),
+            None => {}
         }
     }
 }
@@ -290,7 +324,10 @@ impl AsyncRead for Watched {
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        ready!(Pin::new(this.read()?).poll_read(cx, buf))?;
+        match this.io()? {
+            Io::Plain { read, .. } => ready!(Pin::new(read).poll_read(cx, buf))?,
+            Io::Tls(tls) => ready!(Pin::new(&mut **tls).poll_read(cx, buf))?,
+        }
         let new = &buf.filled()[before..];
         if !new.is_empty() {
             this.watch.on_read(new);
@@ -309,8 +346,13 @@ impl AsyncWrite for Watched {
         if this.watch.hyper_rejection(buf) {
             return Poll::Ready(Ok(buf.len()));
         }
-        let written = Pin::new(this.write()?).poll_write(cx, buf);
-        this.stall.check(cx, written)
+        match this.io()? {
+            Io::Plain { write, stall, .. } => {
+                let written = Pin::new(write).poll_write(cx, buf);
+                stall.check(cx, written)
+            }
+            Io::Tls(tls) => Pin::new(&mut **tls).poll_write(cx, buf),
+        }
     }
 
     fn poll_write_vectored(
@@ -324,16 +366,29 @@ impl AsyncWrite for Watched {
         {
             return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
         }
-        let written = Pin::new(this.write()?).poll_write_vectored(cx, bufs);
-        this.stall.check(cx, written)
+        match this.io()? {
+            Io::Plain { write, stall, .. } => {
+                let written = Pin::new(write).poll_write_vectored(cx, bufs);
+                stall.check(cx, written)
+            }
+            Io::Tls(tls) => Pin::new(&mut **tls).poll_write_vectored(cx, bufs),
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
-        true
+        match &self.io {
+            Some(Io::Tls(tls)) => tls.is_write_vectored(),
+            _ => true,
+        }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(self.get_mut().write()?).poll_flush(cx)
+        match self.get_mut().io()? {
+            Io::Plain { write, .. } => Pin::new(write).poll_flush(cx),
+            // TLS holds written bytes until a flush: a flush makes progress
+            // or waits, and the stall beneath it times the wait.
+            Io::Tls(tls) => Pin::new(&mut **tls).poll_flush(cx),
+        }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {

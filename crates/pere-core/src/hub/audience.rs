@@ -1,0 +1,101 @@
+//! Who is in a channel's audience, and through which subscription: the
+//! operator's view across channels and patterns (`/admin/devices`,
+//! `/admin/channels`). A device subscribed to `shop.*` is in the audience
+//! of `shop.eu`'s events, so the views of `shop.eu` must show it (issue
+//! 18.6). Read-only queries over the state; nothing here changes it.
+
+use std::collections::HashMap;
+
+use super::Hub;
+use crate::log::EventStore;
+use crate::name::{ChannelName, DeviceId, Pattern};
+use crate::presence::Presence;
+
+/// One pattern subscription (`orders.*`), for `GET /admin/channels`: a
+/// pattern is not a channel, but its members are in the audience of every
+/// channel it matches, so operators need to see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PatternInfo {
+    /// The pattern.
+    pub pattern: Pattern,
+    /// Known channels it matches.
+    pub channels: usize,
+    /// Retained events on those channels.
+    pub events: usize,
+    /// Devices that are members of it.
+    pub members: usize,
+    /// Those of them online.
+    pub online: usize,
+}
+
+impl<S: EventStore> Hub<S> {
+    /// The devices in the audience of `channel`'s events: those known on
+    /// the channel itself, then the members of the patterns that match it,
+    /// each with the subscription it is known through (issue 18.6:
+    /// `/admin/channels` counted a `shop.*` member under `shop.eu`, whose
+    /// device list did not show it). A device known several ways is listed
+    /// once: by the channel itself, else by a pattern on which it is
+    /// online, else by the first pattern. Sorted by device.
+    pub fn devices_of_channel(&self, channel: &ChannelName) -> Vec<(DeviceId, Pattern, Presence)> {
+        let state = self.inner.state();
+        let mut out: HashMap<DeviceId, (Pattern, Presence)> = HashMap::new();
+        let exact = Pattern::from(channel.clone());
+        if let Some(sub) = state.subs.get(&exact) {
+            for (device, member) in &sub.members {
+                out.insert(device.clone(), (exact.clone(), member.presence()));
+            }
+        }
+        let mut patterns: Vec<&Pattern> =
+            state.wild.iter().filter(|p| p.matches(channel)).collect();
+        patterns.sort();
+        for pattern in patterns {
+            let Some(sub) = state.subs.get(pattern) else {
+                continue;
+            };
+            for (device, member) in sub.members.iter().filter(|(_, m)| m.is_member) {
+                let presence = member.presence();
+                match out.get(device) {
+                    None => {
+                        out.insert(device.clone(), (pattern.clone(), presence));
+                    }
+                    Some((known, p)) if known.exact().is_none() && !p.online && presence.online => {
+                        out.insert(device.clone(), (pattern.clone(), presence));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        let mut out: Vec<(DeviceId, Pattern, Presence)> =
+            out.into_iter().map(|(d, (s, p))| (d, s, p)).collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Every pattern subscription (`*`, `**`) with its members, sorted.
+    pub fn patterns(&self) -> Vec<PatternInfo> {
+        let state = self.inner.state();
+        let mut out: Vec<PatternInfo> = state
+            .wild
+            .iter()
+            .filter_map(|pattern| {
+                let sub = state.subs.get(pattern)?;
+                let matching = state
+                    .channels
+                    .iter()
+                    .filter(|(c, l)| pattern.matches(c) && !l.receipts.is_empty());
+                let (channels, events) =
+                    matching.fold((0, 0), |(n, e), (_, l)| (n + 1, e + l.receipts.len()));
+                let members = sub.members.values().filter(|m| m.is_member);
+                Some(PatternInfo {
+                    pattern: pattern.clone(),
+                    channels,
+                    events,
+                    members: members.clone().count(),
+                    online: members.filter(|m| m.connections() > 0).count(),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.pattern.cmp(&b.pattern));
+        out
+    }
+}

@@ -1,0 +1,406 @@
+//! Bearer tokens that are JWTs (docs/PROTOCOL.md §7.4): [`JwtVerifier`]
+//! checks a token's signature and claims with the `jsonwebtoken` crate and
+//! turns them into [`Grants`] with an expiry ([`Verified`]).
+//!
+//! A backend mints one per user (HS256 with a shared secret, or RS256 /
+//! ES256 with its private key) and the server verifies it without any call:
+//!
+//! ```json
+//! {"sub":"phone-1","subscribe":["orders.*"],"publish":[],"admin":false,
+//!  "exp":1767225600,"aud":"pere","iss":"shop","jti":"b3f1…"}
+//! ```
+//!
+//! `exp` is required and checked without leeway: the server closes a
+//! token's streams at `exp`, and a reconnection with it must not succeed
+//! then. `aud` is checked as RFC 7519 §4.1.3 says: a token that names an
+//! audience is accepted only by a server configured with that audience
+//! (`--jwt-audience`), and such a server requires one. Likewise `iss` with
+//! `--jwt-issuer`. The HMAC comparison is aws-lc's, in constant time.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+
+use crate::auth::{Grants, MAX_GRANTS};
+use crate::error::{Error, Result};
+use crate::name::{DeviceId, Pattern};
+
+/// Shortest HS256 secret accepted, in bytes: RFC 7518 §3.2 asks for a key
+/// at least as long as the hash (256 bits).
+pub const MIN_SECRET_LEN: usize = 32;
+
+/// How the server checks JWTs (`--jwt-secret`, `--jwt-public-key`,
+/// `--jwt-audience`, `--jwt-issuer`).
+#[derive(Clone, Default)]
+pub struct JwtConfig {
+    /// The HS256 secret.
+    pub secret: Option<Vec<u8>>,
+    /// A PEM public key (RSA for RS256, P-256 for ES256).
+    pub public_key_pem: Option<Vec<u8>>,
+    /// The audience tokens must name, when set.
+    pub audience: Option<String>,
+    /// The issuer tokens must name, when set.
+    pub issuer: Option<String>,
+}
+
+impl fmt::Debug for JwtConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The secret is a secret.
+        f.debug_struct("JwtConfig")
+            .field("secret", &self.secret.as_ref().map(|_| "…"))
+            .field("public_key", &self.public_key_pem.is_some())
+            .field("audience", &self.audience)
+            .field("issuer", &self.issuer)
+            .finish()
+    }
+}
+
+/// Checks JWTs; built once from a [`JwtConfig`].
+pub struct JwtVerifier {
+    hmac: Option<(DecodingKey, Validation)>,
+    public: Option<(DecodingKey, Validation)>,
+}
+
+impl fmt::Debug for JwtVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtVerifier")
+            .field("hs256", &self.hmac.is_some())
+            .field(
+                "public",
+                &self.public.as_ref().map(|(_, v)| v.algorithms.clone()),
+            )
+            .finish()
+    }
+}
+
+/// What a valid JWT grants, and until when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verified {
+    /// Its grants (`sub` is the subject).
+    pub grants: Grants,
+    /// Its `exp`, in seconds since the Unix epoch.
+    pub expires: u64,
+    /// Its `jti`, when it has one: revocable by `DELETE /admin/tokens/jti:…`.
+    pub jti: Option<String>,
+}
+
+/// Why a JWT was refused: each a sentence for the `401`, never quoting the
+/// token.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum JwtRefusal {
+    /// `exp` has passed.
+    #[error("the token expired")]
+    Expired,
+    /// The signature does not verify with the server's key.
+    #[error("the token's signature is not valid")]
+    BadSignature,
+    /// Signed with an algorithm the server has no key for.
+    #[error("the token is signed with {0}, which this server does not accept ({1})")]
+    Algorithm(String, String),
+    /// `aud` does not name this server's audience (or names one when the
+    /// server has none).
+    #[error("the token's audience (aud) is not this server's")]
+    Audience,
+    /// `iss` is not the expected issuer.
+    #[error("the token's issuer (iss) is not the one this server accepts")]
+    Issuer,
+    /// Not a JWT, or claims of the wrong shape.
+    #[error("the token is not a valid JWT: {0}")]
+    Malformed(String),
+    /// Its `jti` was revoked.
+    #[error("the token was revoked")]
+    Revoked,
+}
+
+/// The claims PERE reads; `aud`, `iss` and `nbf` are checked by
+/// `jsonwebtoken` itself.
+#[derive(serde::Deserialize)]
+struct Claims {
+    sub: String,
+    #[serde(default)]
+    subscribe: Vec<String>,
+    #[serde(default)]
+    publish: Vec<String>,
+    #[serde(default)]
+    admin: bool,
+    exp: u64,
+    #[serde(default)]
+    jti: Option<String>,
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs()
+}
+
+impl JwtVerifier {
+    /// Builds a verifier: HS256 with `secret`, RS256 or ES256 with the
+    /// public key (its kind picks the algorithm), or both.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for neither, a secret shorter than
+    /// [`MIN_SECRET_LEN`], or a key that is not an RSA or EC public key in
+    /// PEM.
+    pub fn new(config: &JwtConfig) -> Result<Self> {
+        let validation = |alg: Algorithm| {
+            let mut v = Validation::new(alg);
+            v.leeway = 0;
+            v.validate_nbf = true;
+            let mut required = vec!["exp", "sub"];
+            if let Some(aud) = &config.audience {
+                v.set_audience(&[aud]);
+                required.push("aud");
+            }
+            if let Some(iss) = &config.issuer {
+                v.set_issuer(&[iss]);
+                required.push("iss");
+            }
+            v.set_required_spec_claims(&required);
+            v
+        };
+        let hmac = match &config.secret {
+            None => None,
+            Some(secret) if secret.len() < MIN_SECRET_LEN => {
+                return Err(Error::Config(format!(
+                    "the JWT secret has {} bytes; HS256 needs at least {MIN_SECRET_LEN} (e.g. `openssl rand -base64 48`)",
+                    secret.len()
+                )));
+            }
+            Some(secret) => Some((
+                DecodingKey::from_secret(secret).map_err(|e| Error::Config(e.to_string()))?,
+                validation(Algorithm::HS256),
+            )),
+        };
+        let public = match &config.public_key_pem {
+            None => None,
+            Some(pem) => {
+                let key = DecodingKey::from_rsa_pem(pem)
+                    .map(|k| (k, Algorithm::RS256))
+                    .or_else(|_| DecodingKey::from_ec_pem(pem).map(|k| (k, Algorithm::ES256)))
+                    .map_err(|_| {
+                        Error::Config(
+                            "the JWT public key is not an RSA or EC (P-256) public key in PEM"
+                                .into(),
+                        )
+                    })?;
+                Some((key.0, validation(key.1)))
+            }
+        };
+        if hmac.is_none() && public.is_none() {
+            return Err(Error::Config(
+                "JWT needs a secret (HS256) or a public key (RS256/ES256)".into(),
+            ));
+        }
+        Ok(Self { hmac, public })
+    }
+
+    /// Whether `text` has a JWT's shape (three base64url parts), so that
+    /// it is checked as one rather than looked up as a static token.
+    pub fn looks_like_jwt(text: &str) -> bool {
+        let parts = text.split('.').collect::<Vec<_>>();
+        parts.len() == 3
+            && parts[..2].iter().all(|p| !p.is_empty())
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    }
+
+    /// Checks `token`'s signature and claims at time `now` (Unix seconds).
+    ///
+    /// # Errors
+    /// A [`JwtRefusal`] saying why (never quoting the token).
+    pub fn verify(&self, token: &str, now: u64) -> std::result::Result<Verified, JwtRefusal> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| refusal(e.kind()))?;
+        let (key, validation) = [&self.hmac, &self.public]
+            .into_iter()
+            .flatten()
+            .find(|(_, v)| v.algorithms.contains(&header.alg))
+            .ok_or_else(|| JwtRefusal::Algorithm(format!("{:?}", header.alg), self.accepted()))?;
+        let claims = jsonwebtoken::decode::<Claims>(token, key, validation)
+            .map_err(|e| refusal(e.kind()))?
+            .claims;
+        // `jsonwebtoken` accepts a token in its `exp` second; the server
+        // closes streams at `exp`, so a token is dead from then on.
+        if claims.exp <= now {
+            return Err(JwtRefusal::Expired);
+        }
+        Ok(Verified {
+            grants: grants(&claims)?,
+            expires: claims.exp,
+            jti: claims.jti,
+        })
+    }
+
+    /// The algorithms this verifier has keys for, for a refusal.
+    fn accepted(&self) -> String {
+        [&self.hmac, &self.public]
+            .into_iter()
+            .flatten()
+            .flat_map(|(_, v)| v.algorithms.iter().map(|a| format!("{a:?}")))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+fn refusal(kind: &ErrorKind) -> JwtRefusal {
+    match kind {
+        ErrorKind::ExpiredSignature => JwtRefusal::Expired,
+        ErrorKind::InvalidSignature => JwtRefusal::BadSignature,
+        ErrorKind::InvalidAudience => JwtRefusal::Audience,
+        ErrorKind::InvalidIssuer => JwtRefusal::Issuer,
+        ErrorKind::MissingRequiredClaim(claim) => {
+            JwtRefusal::Malformed(format!("the claim `{claim}` is required"))
+        }
+        ErrorKind::InvalidClaimFormat(claim) => {
+            JwtRefusal::Malformed(format!("the claim `{claim}` has the wrong type"))
+        }
+        ErrorKind::ImmatureSignature => JwtRefusal::Malformed("it is not valid yet (nbf)".into()),
+        ErrorKind::Json(e) => JwtRefusal::Malformed(format!("its JSON: {e}")),
+        ErrorKind::InvalidAlgorithm => JwtRefusal::Algorithm(
+            "an algorithm".into(),
+            "its header and the key disagree".into(),
+        ),
+        _ => JwtRefusal::Malformed("not three base64url parts of JSON and signature".into()),
+    }
+}
+
+/// The claims as [`Grants`], validated as the `--auth` file's are.
+fn grants(claims: &Claims) -> std::result::Result<Grants, JwtRefusal> {
+    let bad = |e: Error| JwtRefusal::Malformed(e.to_string());
+    let patterns = |list: &[String]| -> std::result::Result<Vec<Pattern>, JwtRefusal> {
+        if list.len() > MAX_GRANTS {
+            return Err(JwtRefusal::Malformed(format!(
+                "a grant list has more than {MAX_GRANTS} patterns"
+            )));
+        }
+        list.iter().map(|p| Pattern::new(p).map_err(bad)).collect()
+    };
+    Ok(Grants {
+        subject: DeviceId::new(&claims.sub).map_err(bad)?,
+        subscribe: patterns(&claims.subscribe)?,
+        publish: patterns(&claims.publish)?,
+        admin: claims.admin,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    use serde_json::json;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn verifier(aud: Option<&str>, iss: Option<&str>) -> JwtVerifier {
+        JwtVerifier::new(&JwtConfig {
+            secret: Some(SECRET.to_vec()),
+            audience: aud.map(str::to_string),
+            issuer: iss.map(str::to_string),
+            ..JwtConfig::default()
+        })
+        .unwrap()
+    }
+
+    fn mint(claims: serde_json::Value, secret: &[u8]) -> String {
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(secret).unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn claims_become_grants_and_every_refusal_has_its_reason() {
+        let now = unix_now();
+        let v = verifier(Some("pere"), Some("shop"));
+        let ok = json!({"sub":"phone-1","subscribe":["orders.*"],"publish":["cmd"],
+            "exp": now + 60, "aud":"pere","iss":"shop","jti":"j-1"});
+        let got = v.verify(&mint(ok.clone(), SECRET), now).unwrap();
+        assert_eq!(got.grants.subject.as_str(), "phone-1");
+        assert!(!got.grants.admin);
+        assert_eq!(got.expires, now + 60);
+        assert_eq!(got.jti.as_deref(), Some("j-1"));
+        let with = |field: &str, value: serde_json::Value| {
+            let mut c = ok.clone();
+            c[field] = value;
+            mint(c, SECRET)
+        };
+        let cases = [
+            (with("exp", json!(now - 1)), JwtRefusal::Expired),
+            (with("exp", json!(now)), JwtRefusal::Expired),
+            (
+                mint(ok.clone(), b"another-secret-another-secret-xx"),
+                JwtRefusal::BadSignature,
+            ),
+            (with("aud", json!("other")), JwtRefusal::Audience),
+            (with("iss", json!("other")), JwtRefusal::Issuer),
+        ];
+        for (token, want) in cases {
+            assert_eq!(v.verify(&token, now).unwrap_err(), want);
+        }
+        for token in [
+            with("sub", json!("bad device")),
+            with("subscribe", json!(["bad pattern"])),
+            with("admin", json!("yes")),
+            with("nbf", json!(now + 100)),
+            "a.b.c".to_string(),
+        ] {
+            assert!(matches!(
+                v.verify(&token, now),
+                Err(JwtRefusal::Malformed(_))
+            ));
+        }
+        let mut no_exp = ok.clone();
+        no_exp.as_object_mut().unwrap().remove("exp");
+        assert!(matches!(
+            v.verify(&mint(no_exp, SECRET), now),
+            Err(JwtRefusal::Malformed(_))
+        ));
+        // A token naming an audience, on a server that has none: refused.
+        let open = verifier(None, None);
+        assert_eq!(
+            open.verify(&mint(ok.clone(), SECRET), now).unwrap_err(),
+            JwtRefusal::Audience
+        );
+    }
+
+    #[test]
+    fn short_secrets_and_missing_keys_are_configuration_errors() {
+        assert!(JwtVerifier::new(&JwtConfig::default()).is_err());
+        let short = JwtConfig {
+            secret: Some(b"short".to_vec()),
+            ..JwtConfig::default()
+        };
+        let err = JwtVerifier::new(&short).unwrap_err().to_string();
+        assert!(!err.contains("short"), "{err}");
+        let junk = JwtConfig {
+            public_key_pem: Some(
+                b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n".to_vec(),
+            ),
+            ..JwtConfig::default()
+        };
+        assert!(JwtVerifier::new(&junk).is_err());
+    }
+
+    #[test]
+    fn only_three_base64url_parts_look_like_a_jwt() {
+        assert!(JwtVerifier::looks_like_jwt("eyJh.eyJz.c2ln"));
+        assert!(JwtVerifier::looks_like_jwt("eyJh.eyJz."));
+        for not in [
+            "static-token-0123456789",
+            "a.b",
+            "a.b.c.d",
+            ".b.c",
+            "a+b.c.d",
+        ] {
+            assert!(!JwtVerifier::looks_like_jwt(not), "{not}");
+        }
+    }
+}

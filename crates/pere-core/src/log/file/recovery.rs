@@ -1,0 +1,383 @@
+//! Recovery: reads the data directory at open, drops superseded segments
+//! and leftovers, and scans the records back.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use super::super::codec::Stored;
+use super::scan::{Found, Order, Skipped, Why, scan_segment};
+use super::{COMPACTED_AT, HEADER_LEN, header, io_err, read_header, segment_path, sync_dir};
+use crate::error::Result;
+use crate::event::EventId;
+use crate::log::Damage;
+
+/// What a scan of the directory found.
+pub(super) struct Scan {
+    pub(super) records: Vec<(u64, Stored)>,
+    /// The segment to keep appending to: number, length.
+    pub(super) tail: Option<(u64, u64)>,
+    pub(super) sealed: Vec<(u64, u64)>,
+    pub(super) last_id: EventId,
+    pub(super) notes: Vec<String>,
+    /// Damaged bytes skipped (torn tails are cut instead, and only noted).
+    pub(super) damage: Vec<Damage>,
+}
+
+/// Reads the directory: drops superseded segments and leftovers, scans
+/// every segment's records across damage, and cuts a torn tail.
+pub(super) fn scan(dir: &Path) -> Result<Scan> {
+    let mut numbers: Vec<u64> = Vec::new();
+    let mut damage = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| io_err(dir, e))? {
+        let entry = entry.map_err(|e| io_err(dir, e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if let Some(earlier) = earlier_damage(dir, &name, &entry) {
+            // Reported until an operator removes the copy (README,
+            // Durability): a restart does not make it go away.
+            damage.push(earlier);
+            continue;
+        }
+        if name.ends_with(".tmp") {
+            // An unfinished compaction: the segments it read are intact.
+            let _ = fs::remove_file(entry.path());
+            continue;
+        }
+        if let Some(n) = name
+            .strip_suffix(".seg")
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            numbers.push(n);
+        }
+    }
+    numbers.sort_unstable();
+    let mut notes = Vec::new();
+    // (number, header, contents) of each segment.
+    type Read = (u64, Option<(u64, EventId)>, Vec<u8>);
+    let mut headers: Vec<Read> = Vec::with_capacity(numbers.len());
+    for n in &numbers {
+        let path = segment_path(dir, *n);
+        let mut bytes = Vec::new();
+        File::open(&path)
+            .and_then(|mut f| f.read_to_end(&mut bytes))
+            .map_err(|e| io_err(&path, e))?;
+        let h = read_header(&bytes);
+        headers.push((*n, h, bytes));
+    }
+    // A compacted segment supersedes the segments it was made from.
+    let mut superseded = HashSet::new();
+    for (n, h, _) in &headers {
+        if let Some((covers, _)) = h {
+            for (m, _, _) in &headers {
+                if *m >= *covers && *m < *n {
+                    superseded.insert(*m);
+                }
+            }
+        }
+    }
+    let mut records = Vec::new();
+    let mut sealed = Vec::new();
+    let mut tail = None;
+    let mut last_id = EventId::ZERO;
+    let mut order = Order::default();
+    let count = headers.len();
+    for (i, (n, h, bytes)) in headers.into_iter().enumerate() {
+        let path = segment_path(dir, n);
+        if superseded.contains(&n) {
+            fs::remove_file(&path).map_err(|e| io_err(&path, e))?;
+            notes.push(format!("removed {} (already compacted)", path.display()));
+            continue;
+        }
+        let is_last = i + 1 == count;
+        if h.is_none() && is_last && bytes.len() < HEADER_LEN as usize {
+            // Created but never written (a crash mid-roll): start over.
+            fs::remove_file(&path).map_err(|e| io_err(&path, e))?;
+            notes.push(format!("removed the unfinished segment {}", path.display()));
+            continue;
+        }
+        if let Some((_, header_last)) = h {
+            last_id = last_id.max(header_last);
+        }
+        let found = scan_segment(
+            &bytes,
+            HEADER_LEN as usize,
+            is_last,
+            written_by_writer(n, h, &bytes),
+            order,
+        );
+        if h.is_none() && is_last && found.records.is_empty() {
+            // A damaged header and nothing readable after it, at the end
+            // of the log: a roll the crash interrupted.
+            warn(
+                &mut notes,
+                format!("the header of {} is damaged", path.display()),
+            );
+            set_aside(dir, &path, 0, &bytes, &mut notes)?;
+            continue;
+        }
+        order = found.order;
+        let mut skipped = found.damaged;
+        if h.is_none() {
+            // The header is damaged too: one region with what follows it.
+            match skipped.first_mut() {
+                Some(first) if first.range.start == HEADER_LEN as usize => first.range.start = 0,
+                _ => skipped.insert(
+                    0,
+                    Skipped {
+                        range: 0..(HEADER_LEN as usize).min(bytes.len()),
+                        why: Why::Header,
+                    },
+                ),
+            }
+        }
+        let mut copied = true;
+        for region in &skipped {
+            let reported = report_damage(dir, &path, &bytes, region, &mut notes);
+            copied &= reported.kept_in.is_some();
+            damage.push(reported);
+        }
+        let mut len = bytes.len();
+        if let Some(torn) = &found.torn {
+            let from = torn.range.start;
+            warn(
+                &mut notes,
+                format!("{} at offset {from}: {}", path.display(), torn.why),
+            );
+            set_aside(dir, &path, from, &bytes, &mut notes)?;
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| io_err(&path, e))?;
+            file.set_len(from as u64)
+                .and_then(|()| file.sync_all())
+                .map_err(|e| io_err(&path, e))?;
+            len = from;
+        }
+        if !skipped.is_empty() && copied {
+            // The damaged bytes are safe in their copies: rewrite the
+            // segment without them, so the log is whole again and the
+            // copies alone say what was lost.
+            match repair(dir, &path, n, &bytes, &found.records) {
+                Ok(repaired) => {
+                    len = repaired;
+                    notes.push(format!(
+                        "rewrote {} without its damaged bytes",
+                        path.display()
+                    ));
+                    for d in damage.iter_mut().rev().take(skipped.len()) {
+                        d.repaired = true;
+                    }
+                }
+                Err(err) => tracing::error!(
+                    segment = %path.display(),
+                    cause = %err,
+                    "cannot rewrite the damaged segment; its damage is reported again at the next start"
+                ),
+            }
+        }
+        records.extend(found.records.into_iter().map(|f| (f.lsn, f.record)));
+        if is_last {
+            tail = Some((n, len as u64));
+        } else {
+            sealed.push((n, len as u64));
+        }
+    }
+    last_id = last_id.max(order.event);
+    Ok(Scan {
+        records,
+        tail,
+        sealed,
+        last_id,
+        notes,
+        damage,
+    })
+}
+
+/// Whether segment `number` (read as `header`, `bytes`) was written by the
+/// writer, so its lsns go up by one per record, rather than by compaction,
+/// which leaves gaps (its header names the first segment it replaces and
+/// the ids it covers; compactions since the scanner resynchronises also
+/// mark it). When unsure, compaction: that only weakens a check.
+pub(super) fn written_by_writer(number: u64, header: Option<(u64, EventId)>, bytes: &[u8]) -> bool {
+    header.is_some_and(|(covers, last)| covers == number && last == EventId::ZERO)
+        && bytes.get(COMPACTED_AT) == Some(&0)
+}
+
+/// Reports damaged bytes recovery skipped, loudly: an ERROR line, a note,
+/// and a durable copy of the bytes as `damaged-*.bin` for an operator to
+/// inspect.
+fn report_damage(
+    dir: &Path,
+    path: &Path,
+    bytes: &[u8],
+    region: &Skipped,
+    notes: &mut Vec<String>,
+) -> Damage {
+    let Range { start, end } = region.range;
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("segment");
+    let kept_in = match keep_copy(dir, stem, start, &bytes[start..end]) {
+        Ok(target) => Some(target),
+        Err(err) => {
+            tracing::error!(segment = %path.display(), offset = start, cause = %err, "cannot keep a copy of damaged bytes");
+            None
+        }
+    };
+    let kept = kept_in.as_ref().map_or("no copy kept".to_string(), |k| {
+        format!("kept in {}", k.display())
+    });
+    tracing::error!(
+        segment = %path.display(),
+        offset = start,
+        bytes = end - start,
+        cause = %region.why,
+        kept = %kept,
+        "store recovery skipped damaged records; the records before and after them are kept"
+    );
+    notes.push(format!(
+        "skipped {} damaged bytes of {} at offset {start} ({}; {kept})",
+        end - start,
+        path.display(),
+        region.why
+    ));
+    Damage {
+        file: path.to_path_buf(),
+        offset: start as u64,
+        len: (end - start) as u64,
+        cause: region.why.to_string(),
+        kept_in,
+        repaired: false,
+    }
+}
+
+/// Writes `bytes` durably to a new `damaged-<stem>-<offset>[-n].bin`.
+fn keep_copy(dir: &Path, stem: &str, offset: usize, bytes: &[u8]) -> std::io::Result<PathBuf> {
+    for n in 0u32.. {
+        let name = match n {
+            0 => format!("{DAMAGED}{stem}-{offset}.bin"),
+            n => format!("{DAMAGED}{stem}-{offset}-{n}.bin"),
+        };
+        let target = dir.join(name);
+        let mut file = match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&target)
+        {
+            Ok(file) => file,
+            // The same place was damaged at an earlier start.
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(err) => return Err(err),
+        };
+        let written = file.write_all(bytes).and_then(|()| file.sync_all());
+        if let Err(err) = written {
+            let _ = fs::remove_file(&target);
+            return Err(err);
+        }
+        sync_dir(dir)?;
+        return Ok(target);
+    }
+    Err(std::io::Error::other("no free name for the copy"))
+}
+
+/// Rewrites segment `number` with only `records` (tmp file, rename), so
+/// its damage is gone; returns its new length. The result is marked as
+/// compaction's output: its lsns now have a gap.
+fn repair(
+    dir: &Path,
+    path: &Path,
+    number: u64,
+    bytes: &[u8],
+    records: &[Found],
+) -> std::io::Result<usize> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let last_id = records
+        .iter()
+        .filter_map(|f| match &f.record {
+            Stored::Hub(crate::log::Record::Event(e)) => Some(e.id),
+            _ => None,
+        })
+        .max()
+        .unwrap_or_default();
+    let covers = read_header(bytes).map_or(number, |(covers, _)| covers);
+    out.extend_from_slice(&header(covers, last_id, true));
+    for f in records {
+        out.extend_from_slice(&bytes[f.offset..f.offset + f.len]);
+    }
+    let tmp = path.with_extension("seg.tmp");
+    let written = File::create(&tmp).and_then(|mut file| {
+        file.write_all(&out)?;
+        file.sync_all()
+    });
+    if let Err(err) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(err);
+    }
+    fs::rename(&tmp, path)?;
+    sync_dir(dir)?;
+    Ok(out.len())
+}
+
+/// A copy of damaged bytes left by an earlier start (`damaged-*.bin`),
+/// as the damage it reports.
+fn earlier_damage(dir: &Path, name: &str, entry: &fs::DirEntry) -> Option<Damage> {
+    let rest = name.strip_prefix(DAMAGED)?.strip_suffix(".bin")?;
+    let mut parts = rest.split('-');
+    let segment = parts.next()?;
+    let offset = parts.next()?.parse().ok()?;
+    let len = entry.metadata().ok()?.len();
+    Some(Damage {
+        file: dir.join(format!("{segment}.seg")),
+        offset,
+        len,
+        cause: "found at an earlier start; remove the copy once dealt with".into(),
+        kept_in: Some(entry.path()),
+        repaired: true,
+    })
+}
+
+/// How the copies of damaged bytes are named: an operator removes them to
+/// acknowledge the damage.
+pub(super) const DAMAGED: &str = "damaged-";
+
+/// Records a note about a torn tail or a leftover, and logs it as a
+/// warning: what a crash leaves, not damage to acknowledged records.
+fn warn(notes: &mut Vec<String>, note: String) {
+    tracing::warn!(note = %note, "store recovery: a crash left an unfinished write");
+    notes.push(note);
+}
+
+/// Moves `bytes[from..]` of a segment (a torn tail, or a whole unfinished
+/// segment) aside as `dropped-*.bin`, for an operator to inspect.
+fn set_aside(
+    dir: &Path,
+    path: &Path,
+    from: usize,
+    bytes: &[u8],
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    let rest = bytes.get(from..).unwrap_or_default();
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("segment");
+    let target = dir.join(format!("dropped-{stem}-{from}.bin"));
+    fs::write(&target, rest).map_err(|e| io_err(&target, e))?;
+    if from == 0 {
+        fs::remove_file(path).map_err(|e| io_err(path, e))?;
+    }
+    warn(
+        notes,
+        format!(
+            "dropped {} bytes of {} from offset {from}; kept in {}",
+            rest.len(),
+            path.display(),
+            target.display()
+        ),
+    );
+    Ok(())
+}

@@ -1,0 +1,229 @@
+//! `/metrics` as an operator scrapes it (issue 18.11): the exposition passes
+//! `promtool check metrics` (Debian's `prometheus` package; `.ci/run`
+//! installs it), and it counts what an operator needs: latency histograms,
+//! unacknowledged receipts, overdue notices and the webhook's outcomes,
+//! errors by code, auth failures, idempotent replays, redeliveries, gaps,
+//! the process's memory, descriptors and CPU, build and uptime.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use pere_core::{Grants, HubConfig, Retention, Token};
+use pere_http::ServerConfig;
+use pere_http::webhook::Webhook;
+use pere_tests::{TestServer, eventually};
+use tokio::io::AsyncWriteExt;
+
+use crate::overdue::Receiver;
+
+/// Where promtool is looked for.
+const PROMTOOL: &str = "promtool";
+
+/// `promtool check metrics` on `text`: its complaints, empty when none.
+async fn promtool(text: &str) -> String {
+    let mut child = tokio::process::Command::new(PROMTOOL)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "the metrics test needs promtool ({e}): install it with \
+                 `apt-get install -y prometheus` (Debian)"
+            )
+        });
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(text.as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(pere_tests::WAIT, child.wait_with_output())
+        .await
+        .expect("promtool finishes")
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() && said.trim().is_empty() {
+        String::new()
+    } else {
+        format!("{}: {said}", out.status)
+    }
+}
+
+/// The value of the sample `name` (with its labels, as written) in `text`.
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
+}
+
+#[tokio::test]
+async fn the_exposition_passes_promtool_and_counts_what_an_operator_needs() {
+    let webhook = Receiver::start(1).await;
+    let server = TestServer::start_with(
+        HubConfig {
+            ack_deadline: Some(Duration::from_millis(200)),
+            tick: Duration::from_millis(50),
+            ..HubConfig::default()
+        },
+        Retention {
+            history: 3,
+            max_age: None,
+        },
+        ServerConfig {
+            webhook: Some(Webhook::parse(&format!("http://{}/hook", webhook.addr)).unwrap()),
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    // Fresh: already valid, every family present.
+    let fresh = server.get("/metrics").await.text();
+    assert_eq!(promtool(&fresh).await, "", "{fresh}");
+
+    let mut d = server.subscribe("c", "d").await;
+    let _late = server.subscribe("c", "late").await;
+    let first = server.publish("c", "1").await;
+    let second = server.publish("c", "2").await;
+    d.messages(2).await;
+    server.ack("c", "d", &first).await;
+    // An idempotent retry, an error, and a stream resuming after an event
+    // that retention dropped.
+    for _ in 0..2 {
+        let r = server
+            .post("/push/c", &[("Idempotency-Key", "k-1")], b"3")
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    server.publish("c", "4").await;
+    assert_eq!(server.get("/nowhere").await.status, 404);
+    let mut gap = server.stream("/feed/c", &[("Last-Event-ID", "1")]).await;
+    assert_eq!(gap.next_event().await.unwrap().event, "pere.hello");
+    assert_eq!(gap.next_event().await.unwrap().event, "pere.gap");
+    drop(gap);
+    // The deadline passes for what nobody acknowledged; the webhook refuses
+    // the first notice once, then takes them all.
+    eventually("overdue notices delivered", || async {
+        let text = server.get("/metrics").await.text();
+        sample(&text, "pere_webhook_notices_total{outcome=\"delivered\"}") >= 1.0
+    })
+    .await;
+
+    let text = server.get("/metrics").await.text();
+    assert_eq!(promtool(&text).await, "", "{text}");
+    assert_eq!(sample(&text, "pere_idempotent_replays_total"), 1.0);
+    assert_eq!(sample(&text, "pere_gaps_total"), 1.0);
+    assert_eq!(
+        sample(&text, "pere_http_errors_total{code=\"not_found\"}"),
+        1.0
+    );
+    // Three events retained (the first was dropped, with late's pair), to
+    // two devices, none acknowledged: six pairs.
+    assert_eq!(sample(&text, "pere_receipts_unacked"), 6.0, "{second}");
+    assert!(sample(&text, "pere_overdue_notices_total") >= 1.0);
+    assert!(sample(&text, "pere_webhook_failed_attempts_total") >= 1.0);
+    assert!(sample(&text, "pere_publish_to_delivered_seconds_count") >= 2.0);
+    assert_eq!(sample(&text, "pere_publish_to_acked_seconds_count"), 1.0);
+    assert!(sample(&text, "pere_publish_to_acked_seconds_bucket{le=\"+Inf\"}") >= 1.0);
+    assert!(sample(&text, "pere_journal_write_seconds_count") >= 5.0);
+    assert!(sample(&text, "process_resident_memory_bytes") > 1e6);
+    assert!(sample(&text, "process_open_fds") > 3.0);
+    assert!(sample(&text, "process_max_fds") > 0.0);
+    assert!(sample(&text, "process_cpu_seconds_total") >= 0.0);
+    assert!(sample(&text, "process_start_time_seconds") > 1.6e9);
+    assert!(sample(&text, "pere_uptime_seconds") > 0.0);
+    assert_eq!(
+        sample(
+            &text,
+            &format!(
+                "pere_build_info{{version=\"{}\"}}",
+                env!("CARGO_PKG_VERSION")
+            )
+        ),
+        1.0
+    );
+    assert!(!webhook.received().is_empty());
+
+    // Authentication failures, by status.
+    let admin = Token::new("metrics-admin-token-0001").unwrap();
+    server.hub.auth().enable(vec![(
+        admin,
+        Grants {
+            subject: pere_core::DeviceId::new("ops").unwrap(),
+            subscribe: Vec::new(),
+            publish: Vec::new(),
+            admin: true,
+        },
+    )]);
+    assert_eq!(server.get("/admin/channels").await.status, 401);
+    let text = server
+        .request(
+            "GET",
+            "/metrics",
+            &[("Authorization", "Bearer metrics-admin-token-0001")],
+            b"",
+        )
+        .await
+        .text();
+    assert_eq!(
+        sample(&text, "pere_auth_failures_total{status=\"401\"}"),
+        1.0
+    );
+    assert_eq!(promtool(&text).await, "", "{text}");
+}
+
+/// Issue 18.11: `docs/grafana/pere.json` charts the exposition; every
+/// metric it queries is one the server exports (a renamed metric would
+/// leave an empty panel).
+#[tokio::test]
+async fn the_grafana_dashboard_queries_only_metrics_the_server_exports() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/grafana/pere.json");
+    let text = std::fs::read_to_string(path).expect("docs/grafana/pere.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    fn exprs(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    match v {
+                        serde_json::Value::String(s) if k == "expr" => out.push(s.clone()),
+                        _ => exprs(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(list) => list.iter().for_each(|v| exprs(v, out)),
+            _ => {}
+        }
+    }
+    let mut queries = Vec::new();
+    exprs(&dashboard, &mut queries);
+    assert!(queries.len() >= 20, "{queries:?}");
+    let server = TestServer::start().await;
+    let exported = server.get("/metrics").await.text();
+    let mut used = std::collections::BTreeSet::new();
+    for query in &queries {
+        for word in query.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("pere_") || word.starts_with("process_") {
+                used.insert(word.strip_suffix("_bucket").unwrap_or(word).to_string());
+            }
+        }
+    }
+    for family in &used {
+        assert!(
+            exported.contains(&format!("# TYPE {family} ")),
+            "the dashboard queries {family}, which /metrics does not export"
+        );
+    }
+    for needed in [
+        "pere_publish_to_delivered_seconds",
+        "pere_publish_to_acked_seconds",
+        "pere_journal_write_seconds",
+        "pere_receipts_unacked",
+        "pere_http_errors_total",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(used.contains(needed), "the dashboard charts {needed}");
+    }
+}

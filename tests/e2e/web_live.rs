@@ -1,0 +1,361 @@
+//! The web pages as they are live (issue 18.8, and issue 13's dedupe in
+//! `pere.js`), in headless Chromium (see `web.rs` for the driver): the
+//! dashboard follows receipts over the receipts stream instead of polling
+//! each event, shows receipt statuses, patterns, and drops devices; `pere.js`
+//! processes an event sent again once.
+
+use pere_tests::{TestServer, eventually};
+use serde_json::{Value, json};
+
+use crate::web::{Browser, wait_acked};
+
+/// How many times the page fetched `path` (Resource Timing: every `fetch`
+/// and every `EventSource` request it made).
+async fn fetched(browser: &mut Browser, path: &str) -> u64 {
+    let expression = format!(
+        "performance.getEntriesByType('resource').filter((e) => new URL(e.name).pathname === {}).length",
+        json!(path)
+    );
+    browser.eval(&expression).await.unwrap().as_u64().unwrap()
+}
+
+/// Sends a receipt with `status` for event `id` as `device`.
+async fn ack(server: &TestServer, channel: &str, device: &str, id: &str, status: &str) {
+    let body = json!({ "id": id, "status": status }).to_string();
+    let r = server
+        .post(
+            &format!("/feedback/{channel}"),
+            &[("device", device), ("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// The dashboard's receipts cell of event `id`, as `[acked, delivered,
+/// recipients, bad-status devices, text]`.
+fn receipt_cell(id: &str) -> String {
+    format!(
+        r#"(() => {{ const c = document.querySelector('#events tr[data-event-id="{id}"] td[data-acked]');
+            return c ? [c.dataset.acked, c.dataset.delivered, c.dataset.recipients, c.dataset.badStatus, c.textContent] : null; }})()"#
+    )
+}
+
+/// Issue 18.8: the dashboard read every shown event's receipts every 5 s.
+/// It now follows the channel's receipts stream: with the periodic refresh
+/// paused, receipts, statuses (issue 18.3) and new events still appear,
+/// and no event's summary is read more than once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_follows_receipts_live_without_reading_them_again() {
+    let server = TestServer::start().await;
+    let _w1 = server.subscribe("CHANNEL_1", "worker-1").await;
+    let _w9 = server.subscribe("CHANNEL_1", "worker-9").await;
+    let first = server.publish("CHANNEL_1", r#"{"job":1}"#).await;
+
+    let mut browser = Browser::launch().await;
+    browser
+        .open(&server.url("/dashboard.html?channel=CHANNEL_1"), 1200, 900)
+        .await;
+    browser
+        .wait_for(
+            "the first event with 0/2 acked",
+            &format!(
+                "(() => {{ const c = {}; return !!c && c[0] === '0' && c[2] === '2'; }})()",
+                receipt_cell(&first)
+            ),
+        )
+        .await;
+    browser
+        .wait_for(
+            "the receipts stream is live",
+            "document.getElementById('live').textContent === 'receipts: live'",
+        )
+        .await;
+    // No periodic refresh from now on: only the stream can update the page.
+    browser
+        .eval("(() => { const s = document.getElementById('every'); s.value = '0'; s.dispatchEvent(new Event('change')); return true; })()")
+        .await
+        .unwrap();
+    let summary = format!("/receipts/CHANNEL_1/{first}");
+    assert_eq!(fetched(&mut browser, &summary).await, 1);
+
+    ack(&server, "CHANNEL_1", "worker-1", &first, "ok").await;
+    ack(
+        &server,
+        "CHANNEL_1",
+        "worker-9",
+        &first,
+        "error: exit 4: boom",
+    )
+    .await;
+    browser
+        .wait_for(
+            "2/2 acked, worker-9's failure shown",
+            &format!(
+                "(() => {{ const c = {}; return !!c && c[0] === '2' && c[3] === 'worker-9' && c[4].includes('worker-9: error: exit 4: boom'); }})()",
+                receipt_cell(&first)
+            ),
+        )
+        .await;
+    browser
+        .wait_for(
+            "worker-9's row shows its last receipt",
+            &format!(
+                r#"document.querySelector('#devices tr[data-device="worker-9"]')?.cells[6].textContent === '{first}'"#
+            ),
+        )
+        .await;
+
+    // A new event appears, and its deliveries are followed too.
+    let second = server.publish("CHANNEL_1", r#"{"job":2}"#).await;
+    browser
+        .wait_for(
+            "the new event, delivered to both",
+            &format!(
+                "(() => {{ const c = {}; return !!c && c[1] === '2'; }})()",
+                receipt_cell(&second)
+            ),
+        )
+        .await;
+    ack(&server, "CHANNEL_1", "worker-1", &second, "ok").await;
+    browser
+        .wait_for(
+            "its receipt",
+            &format!(
+                "(() => {{ const c = {}; return !!c && c[0] === '1'; }})()",
+                receipt_cell(&second)
+            ),
+        )
+        .await;
+    assert_eq!(
+        fetched(&mut browser, &summary).await,
+        1,
+        "the first event's receipts were never read again"
+    );
+    assert!(
+        fetched(&mut browser, &format!("/receipts/CHANNEL_1/{second}")).await <= 1,
+        "the new event's receipts were read at most once"
+    );
+    browser.screenshot("pere-dashboard-live.png").await;
+    browser.close().await;
+    server.stop().await;
+}
+
+/// Issues 18.6 and 18.7: patterns are listed on the dashboard, a channel's
+/// devices include its pattern members (saying through which
+/// subscription), and a device can be dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_lists_patterns_and_drops_a_device() {
+    let server = TestServer::start().await;
+    let _star = server.subscribe("shop.*", "star").await;
+    let mut exact = server.subscribe("shop.eu", "exact").await;
+    server.publish("shop.eu", "x").await;
+
+    let mut browser = Browser::launch().await;
+    browser
+        .open(&server.url("/dashboard.html"), 1200, 900)
+        .await;
+    browser
+        .wait_for(
+            "the pattern is listed",
+            r#"document.querySelector('#channels tr[data-channel="shop.*"][data-pattern="true"]') !== null"#,
+        )
+        .await;
+    browser
+        .eval(r#"document.querySelector('#channels tr[data-channel="shop.eu"] button').click()"#)
+        .await
+        .unwrap();
+    browser
+        .wait_for(
+            "the pattern member among shop.eu's devices",
+            r#"document.querySelector('#devices tr[data-device="star"][data-subscription="shop.*"]') !== null
+               && document.querySelector('#devices tr[data-device="exact"][data-subscription="shop.eu"]') !== null"#,
+        )
+        .await;
+    // Drop asks for a confirmation: two clicks.
+    let click = r#"document.querySelector('#devices tr[data-device="exact"] button.drop').click()"#;
+    browser.eval(click).await.unwrap();
+    browser
+        .wait_for(
+            "the button asks to confirm",
+            r#"document.querySelector('#devices tr[data-device="exact"] button.drop').textContent === 'Confirm drop'"#,
+        )
+        .await;
+    browser.eval(click).await.unwrap();
+    eventually("exact is no longer a member of shop.eu", || async {
+        server.presence("shop.eu", "exact").await.is_none()
+    })
+    .await;
+    // Its stream ends (after the event it had not read yet).
+    let rest = exact.until_end().await;
+    assert!(rest.iter().all(|e| e.data == "x"), "{rest:?}");
+    browser
+        .wait_for(
+            "its row is gone",
+            r#"document.querySelector('#devices tr[data-device="exact"]') === null"#,
+        )
+        .await;
+    let r = server.post("/push/shop.eu", &[], b"y").await;
+    assert_eq!(r.json()["recipients"], 1, "only star is left: {}", r.text());
+    browser.close().await;
+    server.stop().await;
+}
+
+/// Issue 13: `pere.js` drops an event whose id it already processed in the
+/// same page, and acknowledges it again with the status it used. The path
+/// is real: a receipt is lost (the page is offline when it sends it), the
+/// page closes its subscription and opens another for the same device, and
+/// the server sends every unacknowledged event again (docs/PROTOCOL.md §5.4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pere_js_processes_a_redelivered_event_once_and_acks_it_again() {
+    let server = TestServer::start().await;
+    let mut browser = Browser::launch().await;
+    // Any page of the server's origin can import the module.
+    browser.open(&server.url("/healthz"), 800, 600).await;
+    let opened = browser
+        .eval(
+            r#"(async () => {
+                const m = await import('/pere.js');
+                window.seen = [];
+                window.subscribeAgain = () => new Promise((resolve) => {
+                    window.sub = m.subscribe({
+                        channel: 'dup', device: 'W-dup',
+                        onEvent: (e) => window.seen.push(e.id),
+                        onHello: () => resolve(true),
+                    });
+                });
+                return await window.subscribeAgain();
+            })()"#,
+        )
+        .await
+        .unwrap();
+    assert_eq!(opened, Value::Bool(true));
+    let seen = |n: usize| format!("window.seen.length === {n}");
+
+    // A: processed and acknowledged (the device now acknowledges: its
+    // unacknowledged events are sent again when it comes back).
+    let a = server.publish("dup", "a").await;
+    browser.wait_for("a", &seen(1)).await;
+    browser
+        .eval(&format!("window.sub.ack('{a}', 'ok')"))
+        .await
+        .unwrap();
+    wait_acked(&server, "dup", &a, "W-dup").await;
+
+    // B: processed; its receipt ("done") is lost: the network is down.
+    browser
+        .call(true, "Network.enable", json!({}))
+        .await
+        .unwrap();
+    browser
+        .call(
+            true,
+            "Network.setBlockedURLs",
+            json!({"urls": ["*/feedback/*"]}),
+        )
+        .await
+        .unwrap();
+    let b = server.publish("dup", "b").await;
+    browser.wait_for("b", &seen(2)).await;
+    let failed = browser
+        .eval(&format!(
+            "window.sub.ack('{b}', 'done').then(() => 'sent', (e) => e.code)"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(failed, "network", "the receipt could not be sent");
+    // C: processed, not acknowledged (the page acks later, or never).
+    let c = server.publish("dup", "c").await;
+    browser.wait_for("c", &seen(3)).await;
+    browser
+        .call(true, "Network.setBlockedURLs", json!({"urls": []}))
+        .await
+        .unwrap();
+
+    // The page closes the subscription and opens another: no Last-Event-ID,
+    // so B and C come again.
+    browser
+        .eval("(async () => { window.sub.close(); return await window.subscribeAgain(); })()")
+        .await
+        .unwrap();
+    let receipt = wait_acked(&server, "dup", &b, "W-dup").await;
+    assert_eq!(
+        receipt["devices"]["W-dup"]["status"], "done",
+        "B's receipt was sent again with the status the page used: {receipt}"
+    );
+    assert_eq!(receipt["devices"]["W-dup"]["deliveries"], 2, "{receipt}");
+    eventually("C was sent again", || async {
+        let r = server.get(&format!("/receipts/dup/{c}")).await.json();
+        r["devices"]["W-dup"]["deliveries"] == 2
+    })
+    .await;
+    let d = server.publish("dup", "d").await;
+    browser.wait_for("d", &seen(4)).await;
+    assert_eq!(
+        browser.eval("window.seen").await.unwrap(),
+        json!([a, b, c, d]),
+        "each event reached onEvent once"
+    );
+    let r = server.get(&format!("/receipts/dup/{c}")).await.json();
+    assert_eq!(
+        r["devices"]["W-dup"]["state"], "delivered",
+        "C was not acked for the page: {r}"
+    );
+    browser.close().await;
+    server.stop().await;
+}
+
+/// A page on a pattern learns each event's channel (pere.js asks for
+/// `?envelope=json`), shows it, hands the payload as published to the
+/// page, and acknowledges each event on its own channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriber_page_on_a_pattern_shows_each_event_s_channel() {
+    let server = TestServer::start().await;
+    let device = "W0039000000017";
+    let mut browser = Browser::launch().await;
+    browser
+        .open(
+            &server.url(&format!(
+                "/subscriber.html?device={device}&channel=orders.*"
+            )),
+            800,
+            700,
+        )
+        .await;
+    browser
+        .wait_for(
+            "the badge says open",
+            "document.getElementById('state').dataset.state === 'open'",
+        )
+        .await;
+    eventually("the page's device is online", || async {
+        server
+            .presence("orders.*", device)
+            .await
+            .is_some_and(|p| p["online"] == true)
+    })
+    .await;
+    let eu = server.publish("orders.eu", r#"{"order":1}"#).await;
+    let us = server.publish("orders.us", "plain text").await;
+    wait_acked(&server, "orders.eu", &eu, device).await;
+    wait_acked(&server, "orders.us", &us, device).await;
+    let rows = browser
+        .eval(
+            "JSON.stringify([...document.querySelectorAll('li.event')].map(r => \
+             [r.dataset.eventId, r.dataset.channel, r.querySelector('.payload').textContent]))",
+        )
+        .await
+        .unwrap();
+    let rows: Value = serde_json::from_str(rows.as_str().unwrap()).unwrap();
+    let mut rows = rows.as_array().unwrap().clone();
+    rows.sort_by_key(|r| r[0].as_str().unwrap().to_string());
+    assert_eq!(
+        Value::Array(rows),
+        json!([
+            [eu, "orders.eu", "{\n  \"order\": 1\n}"],
+            [us, "orders.us", "plain text"]
+        ])
+    );
+    browser.close().await;
+    server.stop().await;
+}
