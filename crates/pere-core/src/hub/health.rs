@@ -25,12 +25,13 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Command, Inner};
+use super::Inner;
+use super::command::Command;
 use crate::error::Error;
 use crate::event::{EventId, Timestamp};
 use crate::log::{EventStore, Record};
 
-use super::state::Effect;
+use super::command::Effect;
 
 /// The first retry after a failure.
 pub(super) const FIRST_RETRY: Duration = Duration::from_millis(100);
@@ -262,7 +263,7 @@ pub(super) async fn retry<S: EventStore>(inner: &Inner<S>) {
                 );
             }
             if !inner.state().deferred.is_empty() {
-                Box::pin(super::process(inner, Vec::new())).await;
+                Box::pin(super::writer::process(inner, Vec::new())).await;
             }
         }
         Err(err) => {

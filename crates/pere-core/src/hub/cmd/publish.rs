@@ -1,0 +1,211 @@
+//! Publish: ids, idempotency, the channel limit; then fan-out to every
+//! matching stream and the receipts of the event's audience.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::config::HubConfig;
+use crate::error::Error;
+use crate::event::{Event, EventId, FrameCache, Timestamp};
+use crate::hub::command::{Effect, FailReply, Reply};
+use crate::hub::state::{ChannelLedger, Idem, State, Sub};
+use crate::hub::{Counters, Publish, Published};
+use crate::ledger::{EventReceipts, NO_SLOT};
+use crate::log::Record;
+use crate::name::{ChannelName, DeviceId};
+use crate::presence::{Delivery, StreamTx};
+use crate::queue::Push;
+
+impl State {
+    pub(in crate::hub) fn prepare_publish(
+        &mut self,
+        publish: Publish,
+        reply: Reply<Published>,
+        now: Timestamp,
+        config: &HubConfig,
+        records: &mut Vec<Record>,
+    ) -> Effect {
+        let key = publish.idempotency_key.map(|k| {
+            (
+                publish.channel.clone(),
+                publish.device.clone(),
+                k.into_boxed_str(),
+            )
+        });
+        if let Some(key) = &key
+            && let Some(first) = self.idempotency.get(key)
+        {
+            return Effect::Duplicate {
+                id: first.id,
+                channel: publish.channel,
+                recipients: first.recipients,
+                reply,
+            };
+        }
+        if !self.channels.contains_key(&publish.channel) {
+            if self.channels.len() >= config.max_channels {
+                return Effect::Fail(
+                    FailReply::Publish(reply),
+                    Error::ChannelLimit {
+                        limit: config.max_channels,
+                    },
+                );
+            }
+            // Opened now, so later publishes of this batch count it; a
+            // channel that was reclaimed remembers what retention dropped.
+            let evicted_upto = self.tombstones.take(&publish.channel);
+            self.channels.insert(
+                publish.channel.clone(),
+                ChannelLedger {
+                    receipts: VecDeque::new(),
+                    evicted_upto,
+                },
+            );
+        }
+        let id = self.seq.next(now);
+        let event = Arc::new(Event {
+            id,
+            channel: publish.channel,
+            kind: publish.kind.filter(|k| !k.is_message()),
+            device: publish.device,
+            time: now,
+            payload: publish.payload,
+            idempotency_key: key.as_ref().map(|(_, _, k)| k.clone()),
+        });
+        if let Some(key) = key {
+            // Recipients are filled in when the event is applied.
+            self.idempotency.insert(
+                key,
+                Idem {
+                    id,
+                    recipients: 0,
+                    at: now,
+                },
+            );
+        }
+        records.push(Record::Event(event.clone()));
+        Effect::Publish { event, reply }
+    }
+
+    /// Builds the event's receipts with its audience (members of matching
+    /// subscriptions who joined before it) and queues it to every matching
+    /// stream once.
+    pub(in crate::hub) fn fan_out(
+        &mut self,
+        event: Arc<Event>,
+        counters: &Counters,
+    ) -> Arc<EventReceipts> {
+        let id = event.id;
+        let watchers = self.watchers_for(&event.channel);
+        let mut audience: Vec<DeviceId> = Vec::new();
+        let mut slow: Vec<u64> = Vec::new();
+        let receipts = {
+            let subs = self.matching(&event.channel);
+            let several = subs.len() > 1;
+            let mut slots: HashMap<&DeviceId, u32> = HashMap::new();
+            let mut targets: Vec<(&StreamTx, u32)> = Vec::new();
+            for sub in &subs {
+                for (device, member) in &sub.members {
+                    if !member.is_member || member.since >= id {
+                        continue;
+                    }
+                    let slot = if several {
+                        *slots.entry(device).or_insert_with(|| {
+                            audience.push(device.clone());
+                            (audience.len() - 1) as u32
+                        })
+                    } else {
+                        audience.push(device.clone());
+                        (audience.len() - 1) as u32
+                    };
+                    targets.extend(member.streams.iter().map(|s| (s, slot)));
+                }
+                targets.extend(sub.anonymous.iter().map(|s| (s, NO_SLOT)));
+            }
+            let receipts = Arc::new(EventReceipts::new(event, audience.into(), watchers));
+            // One cache of encodings for this fan-out's streams: freed with
+            // the last delivery that holds it, not kept with the event.
+            let frames = Arc::new(FrameCache::default());
+            for (stream, slot) in targets {
+                // A stream whose token lost this channel's grant never gets
+                // it queued (and its device is not marked delivered).
+                if !stream.shared.allows(&receipts.event.channel) {
+                    continue;
+                }
+                if stream.shared.enqueued_upto.swap(id.0, Ordering::Relaxed) == id.0 {
+                    continue;
+                }
+                let delivery = Delivery {
+                    receipts: receipts.clone(),
+                    slot,
+                    frames: frames.clone(),
+                };
+                if stream.push(delivery) == Push::Full {
+                    slow.push(stream.shared.id);
+                }
+            }
+            receipts
+        };
+        for stream in slow {
+            // Which device, and where it will resume from, so that a
+            // client's report of a closed stream can be matched to this line.
+            let open = self.streams.get(&stream);
+            tracing::warn!(
+                stream,
+                device = open.and_then(|o| o.device.as_ref()).map(DeviceId::as_str),
+                event = id.0,
+                delivered_upto = open.map(|o| o.shared.delivered_upto().0),
+                "stream closed: its queue is full (the device resumes later)"
+            );
+            counters.slow_disconnects.fetch_add(1, Ordering::Relaxed);
+            self.close_stream(stream, receipts.event.time);
+        }
+        let channel = receipts.event.channel.clone();
+        self.track_unacked(&channel, id);
+        self.channels
+            .entry(channel.clone())
+            .or_default()
+            .receipts
+            .push_back(receipts.clone());
+        self.by_id.insert(id, receipts.clone());
+        if self.ack_deadline.is_some() {
+            self.deadlines.push_back(receipts.clone());
+        }
+        if let Some(key) = &receipts.event.idempotency_key
+            && let Some(idem) =
+                self.idempotency
+                    .get_mut(&(channel, receipts.event.device.clone(), key.clone()))
+        {
+            idem.recipients = receipts.audience().len();
+        }
+        self.head = id;
+        receipts
+    }
+
+    /// Adds a new event to `unacked` of every acknowledging member in its
+    /// audience, online or not: it is theirs until they acknowledge it.
+    pub(in crate::hub) fn track_unacked(&mut self, channel: &ChannelName, id: EventId) {
+        let State { subs, wild, .. } = self;
+        let track = |sub: &mut Sub| {
+            if sub.ackers == 0 {
+                return;
+            }
+            for member in sub.members.values_mut() {
+                if member.is_member && member.since < id && member.acknowledges() {
+                    member.unacked.push_back(id);
+                }
+            }
+        };
+        if let Some(sub) = subs.get_mut(channel.as_str()) {
+            track(sub);
+        }
+        for pattern in wild.iter() {
+            if pattern.matches(channel)
+                && let Some(sub) = subs.get_mut(pattern)
+            {
+                track(sub);
+            }
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! Streams: where a new stream starts (replay, redelivery of what an
+//! acknowledging device has not acknowledged, gaps) and what its end
+//! leaves (cursor, presence).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::auth::TokenHash;
+use crate::event::{EventId, Timestamp};
+use crate::hub::command::Plan;
+use crate::hub::state::{OpenStream, State};
+use crate::hub::{Gap, Hello, Resume, SubscribeRequest};
+use crate::ledger::EventReceipts;
+use crate::log::Record;
+use crate::name::{DeviceId, Pattern};
+use crate::presence::{Member, Op, StreamTx};
+
+impl State {
+    /// Registers a stream and plans its replay.
+    pub(in crate::hub) fn register(
+        &mut self,
+        req: SubscribeRequest,
+        last_event_id: Option<String>,
+        token: Option<TokenHash>,
+        existed: &[bool],
+        stream: StreamTx,
+        now: Timestamp,
+    ) -> Plan {
+        let head = self.head;
+        let replay_all_default = matches!(req.resume, Resume::Auto) && self.replay_all;
+        // Where each subscription starts: after an id, for every event of
+        // its channels…
+        let mut starts: Vec<(Pattern, EventId, bool)> = Vec::with_capacity(req.patterns.len());
+        // …or, for an acknowledging member resuming on its own, exactly the
+        // events it has not acknowledged (docs/PROTOCOL.md §5).
+        let mut redeliver: Vec<EventId> = Vec::new();
+        let mut floors: Vec<EventId> = Vec::new();
+        let mut lost = false;
+        for (i, pattern) in req.patterns.iter().enumerate() {
+            let Some(sub) = self.subs.get_mut(pattern) else {
+                continue;
+            };
+            let existed = existed.get(i).copied().unwrap_or(false);
+            let (start, checked) = match (req.resume, &req.device) {
+                (Resume::After(id), _) => (id, true),
+                (Resume::All, _) => (EventId::ZERO, false),
+                (Resume::Now, _) => (head, false),
+                (Resume::Auto, Some(device)) if existed => match sub.members.get_mut(device) {
+                    Some(member) if member.acknowledges() => {
+                        let floor = unacked_to_send(member, &self.by_id, head, &mut redeliver);
+                        lost |= member.lost_from.take().is_some();
+                        floors.push(floor);
+                        // Nothing in order after a point: the list says it all.
+                        (head, false)
+                    }
+                    member => (member.map_or(head, |m| m.effective_cursor().0), true),
+                },
+                (Resume::Auto, _) if replay_all_default => (EventId::ZERO, false),
+                (Resume::Auto, _) => (head, false),
+            };
+            starts.push((pattern.clone(), start.min(head), checked));
+            match &req.device {
+                Some(device) => {
+                    if let Some(member) = sub.members.get_mut(device) {
+                        if member.streams.is_empty() {
+                            member.connected_at = Some(now);
+                        }
+                        member.streams.push(stream.clone());
+                        member.disconnected_at = None;
+                        member.last_seen = now;
+                        member.op = Op::Feed;
+                        member.op_at = now;
+                        member.last_event_id = last_event_id.clone();
+                    }
+                }
+                None => sub.anonymous.push(stream.clone()),
+            }
+        }
+        self.streams.insert(
+            stream.shared.id,
+            OpenStream {
+                subs: req.patterns.clone(),
+                device: req.device.clone(),
+                token,
+                shared: stream.shared.clone(),
+            },
+        );
+        // Nothing at or below `head` is queued live to this stream.
+        stream.shared.enqueued_upto.store(head.0, Ordering::Relaxed);
+
+        let mut replay: Vec<Arc<EventReceipts>> = redeliver
+            .iter()
+            .filter_map(|id| self.by_id.get(id).cloned())
+            .collect();
+        let mut gap: Option<Gap> = None;
+        let mut oldest_of_all: Option<EventId> = None;
+        for (channel, ledger) in &self.channels {
+            let mut after: Option<(EventId, bool)> = None;
+            for (pattern, start, checked) in &starts {
+                if pattern.matches(channel) {
+                    after = Some(match after {
+                        Some((a, c)) if a <= *start => (a, c),
+                        _ => (*start, *checked),
+                    });
+                }
+            }
+            let Some((after, checked)) = after else {
+                continue;
+            };
+            let oldest = ledger.receipts.front().map(|r| r.id());
+            oldest_of_all = match (oldest_of_all, oldest) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if checked && (after < ledger.evicted_upto || after < self.floor) {
+                let g = gap.get_or_insert(Gap {
+                    from: after,
+                    oldest,
+                });
+                g.from = g.from.min(after);
+                g.oldest = match (g.oldest, oldest) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+            let start = ledger.receipts.partition_point(|r| r.id() <= after);
+            replay.extend(
+                ledger
+                    .receipts
+                    .range(start..)
+                    .take_while(|r| r.id() <= head)
+                    .cloned(),
+            );
+        }
+        for (pattern, start, checked) in &starts {
+            if *checked && self.tombstones.lost_after(pattern, *start) {
+                // A channel reclaimed after retention emptied it.
+                let g = gap.get_or_insert(Gap {
+                    from: *start,
+                    oldest: oldest_of_all,
+                });
+                g.from = g.from.min(*start);
+            }
+        }
+        if lost {
+            // Retention dropped events the device had not acknowledged
+            // before it could get them again.
+            let from = floors.iter().copied().min().unwrap_or(head);
+            let g = gap.get_or_insert(Gap {
+                from,
+                oldest: oldest_of_all,
+            });
+            g.from = g.from.min(from);
+        }
+        if gap.is_none() {
+            // A resume point below what this hub remembers at all (a volatile
+            // store restarted) lost events even on channels with nothing
+            // retained now.
+            if let Some((_, start, _)) = starts
+                .iter()
+                .filter(|(_, _, checked)| *checked)
+                .min_by_key(|(_, s, _)| *s)
+                && *start < self.floor
+            {
+                gap = Some(Gap {
+                    from: *start,
+                    oldest: None,
+                });
+            }
+        }
+        replay.sort_unstable_by_key(|r| r.id());
+        // An event matching several subscriptions (or both redelivered and
+        // replayed) is sent once.
+        replay.dedup_by_key(|r| r.id());
+        let resumed_from = match req.resume {
+            Resume::After(id) => Some(id),
+            _ => starts
+                .iter()
+                .filter(|(_, _, checked)| *checked)
+                .map(|(_, s, _)| *s)
+                .chain(floors.iter().copied())
+                .min(),
+        };
+        tracing::debug!(
+            stream = stream.shared.id,
+            device = req.device.as_ref().map(DeviceId::as_str),
+            channels = ?req.patterns.iter().map(Pattern::as_str).collect::<Vec<_>>(),
+            resumed_from = resumed_from.map(|id| id.0),
+            replayed = replay.len(),
+            "subscribed"
+        );
+        Plan {
+            hello: Hello {
+                device: req.device,
+                channels: req.patterns,
+                resumed_from,
+                replayed: replay.len(),
+            },
+            gap,
+            replay,
+        }
+    }
+
+    /// Unregisters a stream: drops its queue senders (its body ends after
+    /// what is queued) and folds its cursor into the member.
+    pub(in crate::hub) fn close_stream(&mut self, id: u64, now: Timestamp) {
+        let Some(open) = self.streams.remove(&id) else {
+            return;
+        };
+        self.fold_counts(&open.shared);
+        for pattern in &open.subs {
+            let Some(sub) = self.subs.get_mut(pattern) else {
+                continue;
+            };
+            let Some(device) = &open.device else {
+                if let Some(i) = sub.anonymous.iter().position(|s| s.shared.id == id) {
+                    sub.anonymous.swap_remove(i);
+                }
+                continue;
+            };
+            let Some(member) = sub.members.get_mut(device) else {
+                continue;
+            };
+            let Some(i) = member.streams.iter().position(|s| s.shared.id == id) else {
+                continue;
+            };
+            let stream = member.streams.swap_remove(i);
+            let upto = stream.shared.delivered_upto();
+            if upto > member.cursor {
+                member.cursor = upto;
+                member.cursor_at = stream.shared.delivered_at();
+            }
+            member.last_seen = now;
+            if member.streams.is_empty() {
+                member.connected_at = None;
+                member.disconnected_at = Some(now);
+                member.op = Op::Left;
+                member.op_at = now;
+                self.deferred.push(Record::Presence {
+                    subscription: pattern.clone(),
+                    device: device.clone(),
+                    online: false,
+                    last_event_id: None,
+                    at: now,
+                });
+            }
+            if member.cursor > member.journaled_cursor {
+                member.journaled_cursor = member.cursor;
+                self.deferred.push(Record::Cursor {
+                    subscription: pattern.clone(),
+                    device: device.clone(),
+                    cursor: member.cursor,
+                    at: member.cursor_at.unwrap_or(now),
+                });
+            }
+        }
+    }
+
+    /// Shutdown: every stream ends, every receipts stream too.
+    pub(in crate::hub) fn close_all(&mut self, now: Timestamp) {
+        let ids: Vec<u64> = self.streams.keys().copied().collect();
+        for id in ids {
+            self.close_stream(id, now);
+        }
+        for watchers in self.watchers.values() {
+            watchers.close();
+        }
+        self.closed = true;
+    }
+}
+
+/// Collects into `out` the retained events of an acknowledging `member`
+/// that it has not acknowledged (up to `head`), forgetting those retention
+/// dropped (noted in `lost_from`). Returns the point it resumes after: just
+/// before its oldest unacknowledged event, or its cursor when there is none.
+pub(in crate::hub) fn unacked_to_send(
+    member: &mut Member,
+    by_id: &HashMap<EventId, Arc<EventReceipts>>,
+    head: EventId,
+    out: &mut Vec<EventId>,
+) -> EventId {
+    let mut lost_from = member.lost_from;
+    member.unacked.retain(|id| {
+        if by_id.contains_key(id) {
+            return true;
+        }
+        lost_from = Some(lost_from.map_or(*id, |l| l.min(*id)));
+        false
+    });
+    member.lost_from = lost_from;
+    // Told in `pere.hello` as `resumed_from` (and as a gap's `from`): the
+    // cursor or the last acknowledged event when one is below everything
+    // resent or lost, else just below the first of those.
+    let cursor = member.effective_cursor().0;
+    let first = match (member.unacked.front().copied(), lost_from) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let floor = match first {
+        None => cursor,
+        Some(first) => [Some(cursor), member.last_acked.map(|(id, _)| id)]
+            .into_iter()
+            .flatten()
+            .filter(|id| *id < first)
+            .max()
+            .unwrap_or(EventId(first.0 - 1)),
+    };
+    out.extend(member.unacked.iter().copied().take_while(|id| *id <= head));
+    floor
+}

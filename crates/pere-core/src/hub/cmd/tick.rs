@@ -1,0 +1,227 @@
+//! The periodic chores: memberships and idempotency keys past their TTL,
+//! cursors checkpointed, deadlines, retention, channels reclaimed.
+
+use tokio::sync::mpsc;
+
+use crate::config::HubConfig;
+use crate::event::Timestamp;
+use crate::hub::state::State;
+use crate::ledger::{EventReceipts, OverdueNotice};
+use crate::log::{Evicted, Record};
+
+impl State {
+    /// The periodic chores: memberships past their TTL, idempotency keys
+    /// past theirs, cursors checkpointed, empty subscriptions dropped.
+    pub(in crate::hub) fn maintain(
+        &mut self,
+        now: Timestamp,
+        config: &HubConfig,
+        records: &mut Vec<Record>,
+    ) {
+        let ttl = config.member_ttl;
+        let by_id = &self.by_id;
+        for (pattern, sub) in self.subs.iter_mut() {
+            let mut ackers = 0;
+            for member in sub.members.values_mut() {
+                if member.acknowledges() {
+                    ackers += 1;
+                    // Retention dropped these before the device acknowledged
+                    // them: forget them, and tell it when it comes back.
+                    while let Some(&first) = member.unacked.front()
+                        && !by_id.contains_key(&first)
+                    {
+                        member.unacked.pop_front();
+                        member.lost_from = member.lost_from.or(Some(first));
+                    }
+                }
+            }
+            sub.ackers = ackers;
+            sub.members.retain(|device, member| {
+                if !member.streams.is_empty() {
+                    let (cursor, at) = member.effective_cursor();
+                    if cursor > member.journaled_cursor {
+                        member.journaled_cursor = cursor;
+                        records.push(Record::Cursor {
+                            subscription: pattern.clone(),
+                            device: device.clone(),
+                            cursor,
+                            at: at.unwrap_or(now),
+                        });
+                    }
+                    return true;
+                }
+                let since = member
+                    .disconnected_at
+                    .unwrap_or(member.last_seen)
+                    .max(member.last_seen);
+                if now.since(since) < ttl {
+                    return true;
+                }
+                if member.is_member {
+                    tracing::debug!(subscription = %pattern, device = %device, "membership expired");
+                    records.push(Record::Left {
+                        subscription: pattern.clone(),
+                        device: device.clone(),
+                        at: now,
+                    });
+                }
+                false
+            });
+        }
+        let before = self.subs.len();
+        self.subs
+            .retain(|_, sub| !sub.members.is_empty() || !sub.anonymous.is_empty());
+        if self.subs.len() != before {
+            let subs = &self.subs;
+            self.wild.retain(|p| subs.contains_key(p));
+        }
+        self.reclaim_channels();
+        let by_id = &self.by_id;
+        // Kept until the webhook took them, even for events gone since.
+        self.notices
+            .retain(|(id, _), (_, sent)| by_id.contains_key(id) || !*sent);
+        let idem_ttl = config.idempotency_ttl;
+        let by_id = &self.by_id;
+        self.idempotency
+            .retain(|_, idem| by_id.contains_key(&idem.id) || now.since(idem.at) < idem_ttl);
+    }
+
+    /// Forgets channels retention emptied (keeping a tombstone of what it
+    /// dropped) and receipt-watcher slots nobody uses: a server that saw a
+    /// million short-lived channels holds only what is still retained.
+    pub(in crate::hub) fn reclaim_channels(&mut self) {
+        let tombstones = &mut self.tombstones;
+        self.channels.retain(|channel, ledger| {
+            if !ledger.receipts.is_empty() {
+                return true;
+            }
+            tombstones.add(channel.clone(), ledger.evicted_upto);
+            false
+        });
+        if self.channels.capacity() > 2 * self.channels.len() + 64 {
+            self.channels.shrink_to_fit();
+        }
+        let channels = &self.channels;
+        let now = Timestamp::now();
+        self.watchers
+            .retain(|channel, w| !w.idle(now) || channels.contains_key(channel));
+        if self.watchers.capacity() > 2 * self.watchers.len() + 64 {
+            self.watchers.shrink_to_fit();
+        }
+        if self.by_id.capacity() > 2 * self.by_id.len() + 1024 {
+            self.by_id.shrink_to_fit();
+        }
+    }
+
+    /// Issues an overdue notice for every device that has not acked an event
+    /// whose deadline passed (once per event and device, ever).
+    pub(in crate::hub) fn check_deadlines(&mut self, now: Timestamp, records: &mut Vec<Record>) {
+        let Some(deadline) = self.ack_deadline else {
+            return;
+        };
+        while let Some(front) = self.deadlines.front() {
+            let due = front.event.time.plus(deadline);
+            if due > now {
+                break;
+            }
+            let Some(receipts) = self.deadlines.pop_front() else {
+                break;
+            };
+            if !self.by_id.contains_key(&receipts.id()) {
+                continue; // no longer retained
+            }
+            self.notify_unacked(&receipts, due, false, now, records);
+        }
+    }
+
+    /// Issues one notice per device that has not acknowledged `receipts`'
+    /// event and was not noticed yet (overdue, or `expired` when retention
+    /// drops the event first), journaled so it is never issued twice.
+    pub(in crate::hub) fn notify_unacked(
+        &mut self,
+        receipts: &EventReceipts,
+        deadline: Timestamp,
+        expired: bool,
+        now: Timestamp,
+        records: &mut Vec<Record>,
+    ) {
+        for (device, state) in receipts.unacked_devices() {
+            let key = (receipts.id(), device.clone());
+            if self.notices.contains_key(&key) {
+                continue;
+            }
+            let notice = OverdueNotice {
+                id: receipts.id(),
+                channel: receipts.event.channel.clone(),
+                device: device.clone(),
+                state,
+                published_at: receipts.event.time,
+                deadline,
+                expired,
+            };
+            tracing::debug!(
+                channel = %notice.channel,
+                id = %notice.id,
+                device = %device,
+                state = state.as_str(),
+                expired,
+                "receipt overdue"
+            );
+            records.push(Record::Notice {
+                id: notice.id,
+                device,
+                sent: false,
+                at: now,
+            });
+            receipts.announce_overdue(&notice);
+            if let Some(tx) = &self.notice_tx
+                && tx.send(notice.clone()).is_err()
+            {
+                self.notice_tx = None;
+            }
+            self.notices.insert(key, (notice, false));
+        }
+    }
+
+    /// Drops the receipts of evicted events.
+    pub(in crate::hub) fn evict(&mut self, evicted: &[Evicted], now: Timestamp) {
+        let mut gone = Vec::new();
+        for e in evicted {
+            let Some(ledger) = self.channels.get_mut(&e.channel) else {
+                continue;
+            };
+            while ledger.receipts.front().is_some_and(|r| r.id() <= e.upto) {
+                if let Some(r) = ledger.receipts.pop_front() {
+                    self.by_id.remove(&r.id());
+                    gone.push(r);
+                }
+            }
+            ledger.evicted_upto = ledger.evicted_upto.max(e.upto);
+        }
+        // With a deadline, no unacknowledged event leaves without a word:
+        // its devices get a notice now (journaled with the next batch).
+        if let Some(deadline) = self.ack_deadline {
+            let mut records = std::mem::take(&mut self.deferred);
+            for r in gone {
+                self.notify_unacked(&r, r.event.time.plus(deadline), true, now, &mut records);
+            }
+            self.deferred = records;
+        }
+    }
+
+    /// Starts delivering overdue notices to a new listener: every notice
+    /// issued but not yet accepted first, then new ones.
+    pub(in crate::hub) fn attach_notices(&mut self, tx: mpsc::UnboundedSender<OverdueNotice>) {
+        let mut unsent: Vec<&OverdueNotice> = self
+            .notices
+            .values()
+            .filter(|(_, sent)| !sent)
+            .map(|(n, _)| n)
+            .collect();
+        unsent.sort_by_key(|n| (n.id, n.device.clone()));
+        for notice in unsent {
+            let _ = tx.send(notice.clone());
+        }
+        self.notice_tx = Some(tx);
+    }
+}

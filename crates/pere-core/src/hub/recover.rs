@@ -1,0 +1,186 @@
+//! Rebuilding the state from the journal at start.
+
+use crate::event::{Sequencer, Timestamp};
+use crate::hub::Counters;
+use crate::hub::state::{Idem, State};
+use crate::ledger::{OverdueNotice, ReceiptState};
+use crate::log::{Evicted, Record};
+use crate::name::Pattern;
+use crate::presence::{Member, Op};
+
+impl State {
+    /// Rebuilds the state from the journal, in order.
+    pub(in crate::hub) fn recover(&mut self, records: Vec<Record>, evicted: &[Evicted]) {
+        for e in evicted {
+            let ledger = self.channels.entry(e.channel.clone()).or_default();
+            ledger.evicted_upto = ledger.evicted_upto.max(e.upto);
+        }
+        let counters = Counters::default();
+        // Receipts go last: deliveries are only known from cursors (their
+        // times are the cursor's), and an ack first would claim the delivery
+        // with its own time.
+        let mut acks = Vec::new();
+        let mut notices = Vec::new();
+        for record in records {
+            match record {
+                Record::Event(event) => {
+                    if self.by_id.contains_key(&event.id) {
+                        // Replayed twice (a store's own recovery should
+                        // prevent it): the first copy stands.
+                        continue;
+                    }
+                    if event.id > self.seq.last() {
+                        self.seq = Sequencer::after(event.id);
+                    }
+                    if let Some(key) = &event.idempotency_key {
+                        self.idempotency.insert(
+                            (event.channel.clone(), event.device.clone(), key.clone()),
+                            Idem {
+                                id: event.id,
+                                recipients: 0,
+                                at: event.time,
+                            },
+                        );
+                    }
+                    self.fan_out(event, &counters);
+                }
+                Record::Ack {
+                    id,
+                    device,
+                    status,
+                    at,
+                } => acks.push((id, device, status, at)),
+                Record::Joined {
+                    subscription,
+                    device,
+                    head,
+                    at,
+                } => {
+                    if subscription.exact().is_none() && !self.subs.contains_key(&subscription) {
+                        self.wild.push(subscription.clone());
+                    }
+                    let sub = self.subs.entry(subscription).or_default();
+                    let last_acked = sub.members.get(&device).and_then(|m| m.last_acked);
+                    let mut member = Member::joined(head, at);
+                    member.last_acked = last_acked;
+                    sub.members.insert(device, member);
+                }
+                Record::Cursor {
+                    subscription,
+                    device,
+                    cursor,
+                    at,
+                } => {
+                    if let Some(member) = self
+                        .subs
+                        .get_mut(&subscription)
+                        .and_then(|s| s.members.get_mut(&device))
+                        && cursor > member.cursor
+                    {
+                        member.cursor = cursor;
+                        member.cursor_at = Some(at);
+                        member.journaled_cursor = cursor;
+                    }
+                }
+                Record::Presence {
+                    subscription,
+                    device,
+                    online,
+                    last_event_id,
+                    at,
+                } => {
+                    if let Some(member) = self
+                        .subs
+                        .get_mut(&subscription)
+                        .and_then(|s| s.members.get_mut(&device))
+                    {
+                        member.last_seen = at;
+                        member.op = if online { Op::Feed } else { Op::Left };
+                        member.op_at = at;
+                        member.disconnected_at = Some(at);
+                        if online {
+                            member.last_event_id = last_event_id.map(|id| id.to_string());
+                        }
+                    }
+                }
+                Record::Left {
+                    subscription,
+                    device,
+                    ..
+                } => {
+                    if let Some(sub) = self.subs.get_mut(&subscription) {
+                        sub.members.remove(&device);
+                    }
+                }
+                Record::Notice {
+                    id, device, sent, ..
+                } => notices.push((id, device, sent)),
+                Record::Token { token, grants, .. } => self.auth.apply(token, grants),
+            }
+        }
+        // Deliveries up to each member's cursor happened before the restart.
+        for (pattern, sub) in &self.subs {
+            for (device, member) in &sub.members {
+                if member.cursor <= member.since {
+                    continue;
+                }
+                let at = member.cursor_at.unwrap_or_default();
+                for (channel, ledger) in &self.channels {
+                    if !pattern.matches(channel) {
+                        continue;
+                    }
+                    let start = ledger.receipts.partition_point(|r| r.id() <= member.since);
+                    for r in ledger.receipts.range(start..) {
+                        if r.id() > member.cursor {
+                            break;
+                        }
+                        r.mark_delivered(device, at);
+                    }
+                }
+            }
+        }
+        for (id, device, status, at) in acks {
+            if let Some(receipts) = self.by_id.get(&id).cloned() {
+                receipts.ack(&device, status, at);
+                let channel = receipts.event.channel.clone();
+                let pattern = Pattern::from(channel.clone());
+                self.note_ack(&pattern, &channel, &device, id, at);
+            }
+        }
+        for (id, device, sent) in notices {
+            let Some(receipts) = self.by_id.get(&id) else {
+                continue;
+            };
+            let key = (id, device.clone());
+            match self.notices.get_mut(&key) {
+                Some(entry) => entry.1 |= sent,
+                None => {
+                    let state = receipts
+                        .receipt_of(&device)
+                        .map_or(ReceiptState::Pending, |r| r.state);
+                    let notice = OverdueNotice {
+                        id,
+                        channel: receipts.event.channel.clone(),
+                        device,
+                        state,
+                        published_at: receipts.event.time,
+                        deadline: receipts
+                            .event
+                            .time
+                            .plus(self.ack_deadline.unwrap_or_default()),
+                        expired: false,
+                    };
+                    self.notices.insert(key, (notice, sent));
+                }
+            }
+        }
+        let now = Timestamp::now();
+        for sub in self.subs.values_mut() {
+            sub.ackers = sub.members.values().filter(|m| m.acknowledges()).count();
+            for member in sub.members.values_mut() {
+                // Nobody is connected after a restart; the TTL counts from now.
+                member.disconnected_at = Some(member.disconnected_at.unwrap_or(now).max(now));
+            }
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! The writer task: the one owner of ordering. It drains commands in
+//! batches: *prepare* each against the state, append the batch's records to
+//! the store (one durable write), then *apply* them (fan-out, answers).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::command::{Command, Effect};
+use super::health::{self, OnFailure};
+use super::{Inner, MAX_BATCH};
+use crate::event::Timestamp;
+use crate::log::EventStore;
+
+pub(super) async fn writer<S: EventStore>(
+    inner: Arc<Inner<S>>,
+    mut rx: mpsc::UnboundedReceiver<Command>,
+) {
+    let mut tick = tokio::time::interval(inner.config.tick.max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batch = Vec::with_capacity(64);
+    loop {
+        let retry_at = inner.health().retry_at();
+        tokio::select! {
+            biased;
+            n = rx.recv_many(&mut batch, MAX_BATCH) => {
+                if n == 0 {
+                    break;
+                }
+            }
+            _ = tick.tick() => batch.push(Command::Tick),
+            () = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)),
+                if retry_at.is_some() => {}
+        }
+        health::retry(&inner).await;
+        if batch.is_empty() {
+            continue;
+        }
+        let shutting_down = batch.iter().any(|c| matches!(c, Command::Shutdown(_)));
+        process(&inner, std::mem::take(&mut batch)).await;
+        if shutting_down {
+            break;
+        }
+    }
+    // Refuse whatever arrives from now on: dropping the receiver makes
+    // every later `call` fail with `ShuttingDown`.
+    rx.close();
+    while let Ok(cmd) = rx.try_recv() {
+        if let Command::Shutdown(reply) = cmd {
+            let _ = reply.send(());
+        }
+    }
+}
+
+pub(super) async fn process<S: EventStore>(inner: &Inner<S>, batch: Vec<Command>) {
+    let now = Timestamp::now();
+    let tick = batch.iter().any(|c| matches!(c, Command::Tick));
+    let mut records = Vec::new();
+    let mut effects = Vec::with_capacity(batch.len());
+    // Which records each command made, should the batch not be written.
+    let mut spans = Vec::with_capacity(batch.len() + 2);
+    let mut shutdown = false;
+    {
+        let mut state = inner.state();
+        records.append(&mut state.deferred);
+        spans.push((0..records.len(), OnFailure::Keep));
+        for cmd in batch {
+            if matches!(cmd, Command::Shutdown(_)) {
+                shutdown = true;
+            }
+            let (start, on_failure) = (records.len(), OnFailure::of(&cmd));
+            let effect = state.prepare(cmd, now, &inner.config, &mut records);
+            spans.push((start..records.len(), on_failure));
+            effects.push(effect);
+        }
+        if shutdown {
+            let start = records.len();
+            state.close_all(now);
+            records.append(&mut state.deferred);
+            spans.push((start..records.len(), OnFailure::Keep));
+        }
+    }
+    let refused = inner.health().refusal();
+    let was_refused = refused.is_some();
+    let result = if let Some(refused) = refused {
+        Err(refused)
+    } else if records.is_empty() {
+        Ok(Vec::new())
+    } else {
+        let started = std::time::Instant::now();
+        let appended = inner.store.append(&records).await;
+        inner.metrics.journal_write.observe(started.elapsed());
+        appended
+    };
+    match result {
+        Ok(mut evicted) => {
+            if tick {
+                // `--max-age` applies while running, not only at the next
+                // start: each tick drops what aged out (the stores do it
+                // without blocking their appends for long).
+                evicted.extend(inner.store.prune(now));
+            }
+            if !records.is_empty() {
+                inner.health().wrote();
+                inner.counters.batches.fetch_add(1, Ordering::Relaxed);
+                inner
+                    .counters
+                    .records
+                    .fetch_add(records.len() as u64, Ordering::Relaxed);
+            }
+            let mut shutdown_replies = Vec::new();
+            {
+                let mut state = inner.state();
+                for effect in effects {
+                    if let Effect::Shutdown(reply) = effect {
+                        shutdown_replies.push(reply);
+                        continue;
+                    }
+                    state.apply(effect, now, &inner.counters);
+                }
+                state.evict(&evicted, now);
+            }
+            if !shutdown_replies.is_empty() {
+                if let Err(err) = inner.store.close().await {
+                    tracing::error!(cause = %err, "closing the store failed");
+                }
+                for reply in shutdown_replies {
+                    let _ = reply.send(());
+                }
+            }
+        }
+        Err(err) => {
+            // A refusal is the outage already counted; anything else is a
+            // failure of the store.
+            if !was_refused {
+                let mut health = inner.health();
+                if health.failed(err.to_string()) {
+                    tracing::error!(
+                        cause = %err,
+                        next_try_in = ?health.retry_at().map(|at| at - tokio::time::Instant::now()),
+                        "the store failed; refusing writes until it takes them again"
+                    );
+                }
+            }
+            health::fail_batch(inner, err, records, spans, effects).await;
+        }
+    }
+}
