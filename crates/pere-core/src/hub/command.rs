@@ -5,47 +5,26 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
-use crate::auth::Grants;
-use crate::auth::TokenHash;
 use crate::error::{Error, Result};
 use crate::event::{Event, EventId};
-use crate::hub::{Acked, Gap, Hello, Publish, Published, SubscribeRequest};
+use crate::hub::cmd::{
+    AckCmd, AckEffect, RemoveMemberCmd, SubscribeCmd, SubscribeEffect, TokenCmd,
+};
+use crate::hub::{Gap, Hello, Publish, Published};
 use crate::ledger::EventReceipts;
-use crate::name::{ChannelName, DeviceId, Pattern};
-use crate::presence::StreamTx;
+use crate::name::{ChannelName, DeviceId};
 
 pub(super) type Reply<T> = oneshot::Sender<Result<T>>;
 
+/// What a caller asks the writer task.
 pub(super) enum Command {
     Publish(Box<Publish>, Reply<Published>),
-    Ack {
-        subscription: Pattern,
-        device: DeviceId,
-        id: EventId,
-        status: Arc<str>,
-        reply: Reply<Acked>,
-    },
-    Subscribe {
-        req: SubscribeRequest,
-        last_event_id: Option<String>,
-        /// The token the stream was opened with, when auth is on: checked
-        /// again by the writer, so no change can slip in between the
-        /// caller's check and the registration.
-        token: Option<TokenHash>,
-        stream: StreamTx,
-        reply: Reply<Plan>,
-    },
+    Ack(AckCmd),
+    Subscribe(SubscribeCmd),
+    /// A stream ended (its `StreamGuard` was dropped).
     Closed(u64),
-    Token {
-        token: TokenHash,
-        grants: Option<Grants>,
-        reply: Reply<bool>,
-    },
-    RemoveMember {
-        subscription: Pattern,
-        device: DeviceId,
-        reply: Reply<()>,
-    },
+    Token(TokenCmd),
+    RemoveMember(RemoveMemberCmd),
     Tick,
     NoticeSent {
         id: EventId,
@@ -54,8 +33,38 @@ pub(super) enum Command {
     Shutdown(oneshot::Sender<()>),
 }
 
+impl Command {
+    /// The answer the caller waits for, to fail it.
+    pub(super) fn owed(self) -> Option<Box<dyn Owed>> {
+        match self {
+            Command::Publish(_, reply) => Some(Box::new(reply)),
+            Command::Ack(ack) => Some(Box::new(ack.reply)),
+            Command::Subscribe(sub) => Some(Box::new(sub.reply)),
+            Command::Token(token) => Some(Box::new(token.reply)),
+            Command::RemoveMember(remove) => Some(Box::new(remove.reply)),
+            Command::Closed(_) | Command::Tick | Command::NoticeSent { .. } => None,
+            Command::Shutdown(_) => None,
+        }
+    }
+}
+
+/// An answer owed to a caller, whatever its type: one way to fail any of
+/// them (the hub is closing, the batch could not be written).
+pub(super) trait Owed: Send {
+    /// Answers with `err`; a caller that went away no longer needs it.
+    fn fail(self: Box<Self>, err: Error);
+}
+
+impl<T: Send> Owed for oneshot::Sender<Result<T>> {
+    fn fail(self: Box<Self>, err: Error) {
+        let _ = (*self).send(Err(err));
+    }
+}
+
+/// What is left to do of a prepared command once its records are durable.
 pub(super) enum Effect {
-    Fail(FailReply, Error),
+    /// Refused at *prepare*.
+    Fail(Box<dyn Owed>, Error),
     Publish {
         event: Arc<Event>,
         reply: Reply<Published>,
@@ -66,21 +75,8 @@ pub(super) enum Effect {
         recipients: usize,
         reply: Reply<Published>,
     },
-    Ack {
-        receipts: Arc<EventReceipts>,
-        subscription: Pattern,
-        device: DeviceId,
-        status: Arc<str>,
-        reply: Reply<Acked>,
-    },
-    Subscribe {
-        req: SubscribeRequest,
-        last_event_id: Option<String>,
-        token: Option<TokenHash>,
-        existed: Vec<bool>,
-        stream: StreamTx,
-        reply: Reply<Plan>,
-    },
+    Ack(AckEffect),
+    Subscribe(SubscribeEffect),
     Done(Reply<()>),
     Token {
         existed: bool,
@@ -90,38 +86,18 @@ pub(super) enum Effect {
     None,
 }
 
-pub(super) enum FailReply {
-    Publish(Reply<Published>),
-    Ack(Reply<Acked>),
-    Subscribe(Reply<Plan>),
-    Unit(Reply<()>),
-    Bool(Reply<bool>),
-}
-
-impl FailReply {
-    pub(super) fn send(self, err: Error) {
-        // A caller that went away no longer needs an answer.
-        match self {
-            FailReply::Publish(r) => drop(r.send(Err(err))),
-            FailReply::Ack(r) => drop(r.send(Err(err))),
-            FailReply::Subscribe(r) => drop(r.send(Err(err))),
-            FailReply::Unit(r) => drop(r.send(Err(err))),
-            FailReply::Bool(r) => drop(r.send(Err(err))),
-        }
-    }
-}
-
 impl Effect {
+    /// Fails the answer this effect owes (its batch was not written).
     pub(super) fn fail(self, err: impl Fn() -> Error) {
         match self {
-            Effect::Fail(r, e) => r.send(e),
+            Effect::Fail(owed, e) => owed.fail(e),
             Effect::Publish { reply, .. } | Effect::Duplicate { reply, .. } => {
-                FailReply::Publish(reply).send(err())
+                Box::new(reply).fail(err())
             }
-            Effect::Ack { reply, .. } => FailReply::Ack(reply).send(err()),
-            Effect::Subscribe { reply, .. } => FailReply::Subscribe(reply).send(err()),
-            Effect::Done(reply) => FailReply::Unit(reply).send(err()),
-            Effect::Token { reply, .. } => FailReply::Bool(reply).send(err()),
+            Effect::Ack(ack) => ack.fail(err()),
+            Effect::Subscribe(sub) => sub.fail(err()),
+            Effect::Done(reply) => Box::new(reply).fail(err()),
+            Effect::Token { reply, .. } => Box::new(reply).fail(err()),
             Effect::Shutdown(reply) => drop(reply.send(())),
             Effect::None => {}
         }

@@ -160,11 +160,11 @@ impl OnFailure {
     /// For `cmd`, before *prepare* takes it.
     pub(super) fn of(cmd: &Command) -> Self {
         match cmd {
-            Command::Publish(..) | Command::Ack { .. } => OnFailure::Drop,
-            Command::Subscribe { .. } => OnFailure::KeepJoins,
+            Command::Publish(..) | Command::Ack(_) => OnFailure::Drop,
+            Command::Subscribe(_) => OnFailure::KeepJoins,
             Command::Closed(_)
-            | Command::Token { .. }
-            | Command::RemoveMember { .. }
+            | Command::Token(_)
+            | Command::RemoveMember(_)
             | Command::Tick
             | Command::NoticeSent { .. }
             | Command::Shutdown(_) => OnFailure::Keep,

@@ -31,201 +31,18 @@ use tokio::sync::{mpsc, oneshot};
 use crate::auth::{AuthRegistry, Grants, MAX_GRANTS, Token, TokenHash};
 use crate::config::{HubConfig, MAX_STATUS_LEN};
 use crate::error::{Error, Result};
-use crate::event::{Event, EventId, Sequencer, Timestamp, validate_payload};
-use crate::ledger::{EventReceipts, OverdueNotice, ReceiptState, ReceiptSummary};
+use crate::event::{EventId, Sequencer, Timestamp, validate_payload};
+use crate::ledger::{EventReceipts, OverdueNotice};
 use crate::log::{Damage, EventStore, MemoryStore};
 use crate::metrics::HubMetrics;
-use crate::name::{ChannelName, DeviceId, EventType, Pattern};
-use crate::presence::{Presence, StreamRx, StreamShared, StreamTx};
+use crate::name::{ChannelName, DeviceId, Pattern};
+use crate::presence::{StreamRx, StreamShared, StreamTx};
 use crate::receipt_log::{ReceiptFollower, ReceiptLog};
 
 /// Longest idempotency key, in bytes.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
 /// Most commands the writer takes into one batch (one journal write).
 const MAX_BATCH: usize = 1024;
-
-/// A request to publish one event.
-#[derive(Clone, Debug)]
-pub struct Publish {
-    /// The channel (never a pattern).
-    pub channel: ChannelName,
-    /// The payload: non-empty UTF-8 text within the payload limit.
-    pub payload: Bytes,
-    /// The SSE event type; `None` for `message`.
-    pub kind: Option<EventType>,
-    /// The publishing device, if it said.
-    pub device: Option<DeviceId>,
-    /// A key that makes retries of this publish return the first result.
-    pub idempotency_key: Option<String>,
-}
-
-impl Publish {
-    /// A `message` event with `payload` on `channel`.
-    pub fn new(channel: ChannelName, payload: impl Into<Bytes>) -> Self {
-        Self {
-            channel,
-            payload: payload.into(),
-            kind: None,
-            device: None,
-            idempotency_key: None,
-        }
-    }
-}
-
-/// The result of a publish.
-#[derive(Clone, Debug)]
-pub struct Published {
-    /// The event's id.
-    pub id: EventId,
-    /// Its channel.
-    pub channel: ChannelName,
-    /// Size of its audience at publish time.
-    pub recipients: usize,
-    /// Whether this was a retry answered with the first result.
-    pub duplicate: bool,
-    /// The event's receipts, while it is retained.
-    pub receipts: Option<Arc<EventReceipts>>,
-}
-
-/// Where a new stream starts.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Resume {
-    /// The device's durable cursor when it is already a member; otherwise
-    /// "now" (or everything retained, with [`HubConfig::replay_all`]).
-    #[default]
-    Auto,
-    /// After this id (`Last-Event-ID`, `lastEventId`).
-    After(EventId),
-    /// Every retained event (`?replay=all`).
-    All,
-    /// Only events published from now on.
-    Now,
-}
-
-/// A request to open a stream.
-#[derive(Clone, Debug)]
-pub struct SubscribeRequest {
-    /// The device, or `None` for an anonymous stream (receives events, is in
-    /// no audience, has no cursor).
-    pub device: Option<DeviceId>,
-    /// Channels and patterns; an event matching several is sent once.
-    pub patterns: Vec<Pattern>,
-    /// Where to start.
-    pub resume: Resume,
-}
-
-/// What the hub tells a stream first (`pere.hello`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Hello {
-    /// The device, unless anonymous.
-    pub device: Option<DeviceId>,
-    /// The subscriptions.
-    pub channels: Vec<Pattern>,
-    /// The resume point used, if any.
-    pub resumed_from: Option<EventId>,
-    /// How many retained events are replayed before live ones.
-    pub replayed: usize,
-}
-
-/// Events were lost to a resuming client (`pere.gap`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Gap {
-    /// The resume point asked for.
-    pub from: EventId,
-    /// The oldest event still retained on its channels, if any.
-    pub oldest: Option<EventId>,
-}
-
-/// The result of a receipt.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Acked {
-    /// The event.
-    pub id: EventId,
-    /// The device.
-    pub device: DeviceId,
-    /// Its state now (always `acked`).
-    pub state: ReceiptState,
-}
-
-/// One channel, for `GET /admin/channels`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ChannelInfo {
-    /// The channel.
-    pub channel: ChannelName,
-    /// Retained events.
-    pub events: usize,
-    /// Oldest retained id.
-    pub oldest: Option<EventId>,
-    /// Newest retained id.
-    pub newest: Option<EventId>,
-    /// Devices that are members of a subscription matching it.
-    pub members: usize,
-    /// Those of them online.
-    pub online: usize,
-}
-
-/// Open streams per subscription (`GET /admin/connections`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Connections {
-    /// Open streams per subscription, sorted.
-    pub per_subscription: Vec<(Pattern, usize)>,
-    /// Number of open streams.
-    pub total: usize,
-}
-
-/// Counters for metrics.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Stats {
-    /// Events published since start.
-    pub published: u64,
-    /// Events written to streams since start.
-    pub delivered: u64,
-    /// Of those, events written again to a device that had them written
-    /// before (redeliveries of unacknowledged events, a second stream).
-    pub redelivered: u64,
-    /// Receipts recorded since start.
-    pub acked: u64,
-    /// Streams opened since start.
-    pub streams_opened: u64,
-    /// Streams closed because their queue was full.
-    pub slow_disconnects: u64,
-    /// Open streams.
-    pub streams_open: usize,
-    /// Retained events.
-    pub retained: usize,
-    /// Memberships.
-    pub members: usize,
-    /// Gaps told to receipts streams that fell behind what a channel keeps.
-    pub receipt_gaps: u64,
-    /// Journal batches written.
-    pub batches: u64,
-    /// Records written.
-    pub records: u64,
-    /// Regions of damaged records the store skipped and nobody has cleared
-    /// yet ([`StoreHealth::damage`]).
-    pub damaged_regions: usize,
-    /// Their bytes.
-    pub damaged_bytes: u64,
-    /// Whether the store takes writes (not during an outage).
-    pub store_writable: bool,
-    /// Failed store writes and retries since start.
-    pub store_failures: u64,
-}
-
-/// The store's health, for health checks and metrics.
-#[derive(Clone, Debug, Default)]
-pub struct StoreHealth {
-    /// Set while the store fails: writes are refused until a retry
-    /// succeeds.
-    pub outage: Option<StoreOutage>,
-    /// Failed writes and retries since start.
-    pub failures: u64,
-    /// Damaged records the store skipped when it opened, or found skipped
-    /// at an earlier start, that nobody has cleared yet (each is cleared by
-    /// removing its copy, [`Damage::kept_in`]). The records in them are
-    /// lost; every other record was recovered.
-    pub damage: Vec<Damage>,
-}
 
 #[derive(Debug, Default)]
 struct Counters {
@@ -413,10 +230,12 @@ impl<S: EventStore> Hub<S> {
                 "a token grants at most {MAX_GRANTS} patterns per list"
             )));
         }
-        self.call(|reply| Command::Token {
-            token: token.hash(),
-            grants: Some(grants),
-            reply,
+        self.call(|reply| {
+            Command::Token(TokenCmd {
+                token: token.hash(),
+                grants: Some(grants),
+                reply,
+            })
         })
         .await
     }
@@ -430,10 +249,12 @@ impl<S: EventStore> Hub<S> {
     pub async fn revoke_jti(&self, jti: &str) -> Result<()> {
         let token = crate::auth::jti_key(jti);
         self.inner.auth.note_jti(token);
-        self.call(|reply| Command::Token {
-            token,
-            grants: None,
-            reply,
+        self.call(|reply| {
+            Command::Token(TokenCmd {
+                token,
+                grants: None,
+                reply,
+            })
         })
         .await
         .map(|_| ())
@@ -444,10 +265,12 @@ impl<S: EventStore> Hub<S> {
     /// # Errors
     /// [`Error::UnknownToken`], [`Error::AuthDisabled`], a store failure.
     pub async fn delete_token(&self, token: TokenHash) -> Result<()> {
-        self.call(|reply| Command::Token {
-            token,
-            grants: None,
-            reply,
+        self.call(|reply| {
+            Command::Token(TokenCmd {
+                token,
+                grants: None,
+                reply,
+            })
         })
         .await
         .map(|_| ())
@@ -567,12 +390,14 @@ impl<S: EventStore> Hub<S> {
         let device = req.device.clone();
         let stream = StreamTx::new(shared.clone());
         let plan = self
-            .call(|reply| Command::Subscribe {
-                req,
-                last_event_id,
-                token,
-                stream,
-                reply,
+            .call(|reply| {
+                Command::Subscribe(SubscribeCmd {
+                    req,
+                    last_event_id,
+                    token,
+                    stream,
+                    reply,
+                })
             })
             .await?;
         self.inner
@@ -618,12 +443,14 @@ impl<S: EventStore> Hub<S> {
         let receipts = self.check_recipient(subscription, device, id)?;
         let first = !receipts.is_acked_by(device);
         let acked = self
-            .call(|reply| Command::Ack {
-                subscription: subscription.clone(),
-                device: device.clone(),
-                id,
-                status: intern_status(status),
-                reply,
+            .call(|reply| {
+                Command::Ack(AckCmd {
+                    subscription: subscription.clone(),
+                    device: device.clone(),
+                    id,
+                    status: intern_status(status),
+                    reply,
+                })
             })
             .await?;
         if first {
@@ -669,13 +496,13 @@ impl<S: EventStore> Hub<S> {
             };
             let first = (!receipts.is_acked_by(&device)).then_some(receipts);
             let (reply, rx) = oneshot::channel();
-            let sent = self.inner.commands.send(Command::Ack {
+            let sent = self.inner.commands.send(Command::Ack(AckCmd {
                 subscription,
                 device,
                 id,
                 status: intern_status(&status),
                 reply,
-            });
+            }));
             pending.push(match sent {
                 Ok(()) => Ok((rx, first)),
                 Err(_) => Err(Error::ShuttingDown),
@@ -725,38 +552,14 @@ impl<S: EventStore> Hub<S> {
     /// # Errors
     /// [`Error::UnknownMember`] when it is not a member.
     pub async fn remove_member(&self, subscription: &Pattern, device: &DeviceId) -> Result<()> {
-        self.call(|reply| Command::RemoveMember {
-            subscription: subscription.clone(),
-            device: device.clone(),
-            reply,
+        self.call(|reply| {
+            Command::RemoveMember(RemoveMemberCmd {
+                subscription: subscription.clone(),
+                device: device.clone(),
+                reply,
+            })
         })
         .await
-    }
-
-    /// The receipts of event `id`, which must be on a channel matched by
-    /// `subscription`.
-    ///
-    /// # Errors
-    /// [`Error::UnknownEvent`].
-    pub fn receipts(&self, subscription: &Pattern, id: EventId) -> Result<Arc<EventReceipts>> {
-        let state = self.inner.state();
-        state
-            .by_id
-            .get(&id)
-            .filter(|r| subscription.matches(&r.event.channel))
-            .cloned()
-            .ok_or_else(|| Error::UnknownEvent {
-                channel: subscription.to_string(),
-                id: id.to_string(),
-            })
-    }
-
-    /// The receipt summary of event `id` (docs/PROTOCOL.md §5).
-    ///
-    /// # Errors
-    /// [`Error::UnknownEvent`].
-    pub fn receipt_summary(&self, subscription: &Pattern, id: EventId) -> Result<ReceiptSummary> {
-        Ok(self.receipts(subscription, id)?.summary())
     }
 
     /// Follows the receipt changes of `channel` after change number
@@ -793,157 +596,6 @@ impl<S: EventStore> Hub<S> {
             id: notice.id,
             device: notice.device.clone(),
         });
-    }
-
-    /// Retained events of `channel` after `after`, oldest first, at most
-    /// `limit`.
-    ///
-    /// # Errors
-    /// The store could not read them.
-    pub async fn events(
-        &self,
-        channel: &ChannelName,
-        after: EventId,
-        limit: usize,
-    ) -> Result<Vec<Arc<Event>>> {
-        self.inner
-            .store
-            .read(channel, after, EventId(u64::MAX), limit)
-            .await
-    }
-
-    /// Devices known on `subscription` (members and devices that only sent
-    /// receipts), sorted.
-    pub fn devices(&self, subscription: &Pattern) -> Vec<(DeviceId, Presence)> {
-        let state = self.inner.state();
-        let mut out: Vec<(DeviceId, Presence)> = state
-            .subs
-            .get(subscription)
-            .map(|sub| {
-                sub.members
-                    .iter()
-                    .map(|(d, m)| (d.clone(), m.presence()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
-    }
-
-    /// Open streams per subscription.
-    pub fn connections(&self) -> Connections {
-        let state = self.inner.state();
-        let mut per_subscription: Vec<(Pattern, usize)> = state
-            .subs
-            .iter()
-            .map(|(p, sub)| (p.clone(), sub.open_streams()))
-            .filter(|(_, n)| *n > 0)
-            .collect();
-        per_subscription.sort();
-        Connections {
-            per_subscription,
-            total: state.streams.len(),
-        }
-    }
-
-    /// Every known channel: those with retained events and those subscribed
-    /// to by name.
-    pub fn channels(&self) -> Vec<ChannelInfo> {
-        let state = self.inner.state();
-        let mut names: Vec<ChannelName> = state
-            .channels
-            .iter()
-            .filter(|(_, l)| !l.receipts.is_empty())
-            .map(|(c, _)| c.clone())
-            .collect();
-        names.extend(state.subs.keys().filter_map(|p| p.exact().cloned()));
-        names.sort();
-        names.dedup();
-        names
-            .into_iter()
-            .map(|channel| {
-                let ledger = state.channels.get(&channel);
-                let receipts = ledger.map(|l| &l.receipts);
-                let mut members = HashSet::new();
-                let mut online = HashSet::new();
-                for (pattern, sub) in &state.subs {
-                    if !pattern.matches(&channel) {
-                        continue;
-                    }
-                    for (device, member) in &sub.members {
-                        if member.is_member {
-                            members.insert(device);
-                            if member.connections() > 0 {
-                                online.insert(device);
-                            }
-                        }
-                    }
-                }
-                ChannelInfo {
-                    events: receipts.map_or(0, VecDeque::len),
-                    oldest: receipts.and_then(|r| r.front()).map(|r| r.id()),
-                    newest: receipts.and_then(|r| r.back()).map(|r| r.id()),
-                    members: members.len(),
-                    online: online.len(),
-                    channel,
-                }
-            })
-            .collect()
-    }
-
-    /// Counters and gauges for metrics.
-    pub fn stats(&self) -> Stats {
-        let store = self.store_health();
-        let damage = store.damage;
-        let c = &self.inner.counters;
-        let state = self.inner.state();
-        let (mut live, mut live_again) = (0, 0);
-        for stream in state.streams.values() {
-            live += stream.shared.delivered.load(Ordering::Relaxed);
-            live_again += stream.shared.redelivered.load(Ordering::Relaxed);
-        }
-        Stats {
-            published: c.published.load(Ordering::Relaxed),
-            delivered: state.delivered_closed + live,
-            redelivered: state.redelivered_closed + live_again,
-            acked: c.acked.load(Ordering::Relaxed),
-            streams_opened: c.streams_opened.load(Ordering::Relaxed),
-            slow_disconnects: c.slow_disconnects.load(Ordering::Relaxed),
-            streams_open: state.streams.len(),
-            retained: state.by_id.len(),
-            members: state
-                .subs
-                .values()
-                .map(|s| s.members.values().filter(|m| m.is_member).count())
-                .sum(),
-            receipt_gaps: state.receipt_gaps.load(Ordering::Relaxed),
-            batches: c.batches.load(Ordering::Relaxed),
-            records: c.records.load(Ordering::Relaxed),
-            damaged_regions: damage.len(),
-            damaged_bytes: damage.iter().map(|d| d.len).sum(),
-            store_writable: store.outage.is_none(),
-            store_failures: store.failures,
-        }
-    }
-
-    /// The store's health: whether it takes writes, what it skipped as
-    /// damaged.
-    pub fn store_health(&self) -> StoreHealth {
-        let (outage, failures) = {
-            let health = self.inner.health();
-            (health.outage(), health.failures())
-        };
-        StoreHealth {
-            outage,
-            failures,
-            damage: self
-                .inner
-                .damage
-                .iter()
-                .filter(|d| d.outstanding())
-                .cloned()
-                .collect(),
-        }
     }
 
     /// Shuts down: refuses new work, ends every stream (their bodies see the
@@ -1002,15 +654,22 @@ mod health;
 mod recover;
 mod state;
 mod subscription;
+mod types;
+mod view;
 mod writer;
 
 pub use audience::PatternInfo;
+use cmd::{AckCmd, RemoveMemberCmd, SubscribeCmd, TokenCmd};
 use command::{Command, Reply};
 use health::Health;
 pub use health::StoreOutage;
 use state::State;
 use subscription::StreamGuard;
 pub use subscription::{Outgoing, Subscription};
+pub use types::{
+    Acked, ChannelInfo, Connections, Gap, Hello, Publish, Published, Resume, Stats, StoreHealth,
+    SubscribeRequest,
+};
 
 #[cfg(test)]
 mod redelivery_tests;

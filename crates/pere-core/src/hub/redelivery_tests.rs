@@ -6,6 +6,7 @@
 use super::tests::{WAIT, ch, dev, drain, hub, hub_with, next, pat, publish, subscribe};
 use super::*;
 use crate::config::Retention;
+use crate::ledger::ReceiptState;
 use crate::log::{FileStore, FileStoreConfig};
 
 /// Takes `n` events (each marks its delivery), returning their ids.

@@ -2,6 +2,8 @@
 
 use super::*;
 use crate::config::Retention;
+use crate::event::Event;
+use crate::ledger::ReceiptState;
 use crate::presence::Op;
 use std::time::Duration;
 

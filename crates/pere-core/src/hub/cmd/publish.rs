@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use crate::config::HubConfig;
 use crate::error::Error;
 use crate::event::{Event, EventId, FrameCache, Timestamp};
-use crate::hub::command::{Effect, FailReply, Reply};
+use crate::hub::command::{Effect, Reply};
 use crate::hub::state::{ChannelLedger, Idem, State, Sub};
 use crate::hub::{Counters, Publish, Published};
 use crate::ledger::{EventReceipts, NO_SLOT};
@@ -46,7 +46,7 @@ impl State {
         if !self.channels.contains_key(&publish.channel) {
             if self.channels.len() >= config.max_channels {
                 return Effect::Fail(
-                    FailReply::Publish(reply),
+                    Box::new(reply),
                     Error::ChannelLimit {
                         limit: config.max_channels,
                     },
@@ -207,5 +207,54 @@ impl State {
                 track(sub);
             }
         }
+    }
+}
+
+impl State {
+    /// Fans the durable event out and answers its publisher.
+    pub(in crate::hub) fn apply_publish(
+        &mut self,
+        event: Arc<Event>,
+        reply: Reply<Published>,
+        counters: &Counters,
+    ) {
+        let receipts = self.fan_out(event, counters);
+        counters.published.fetch_add(1, Ordering::Relaxed);
+        let published = Published {
+            id: receipts.id(),
+            channel: receipts.event.channel.clone(),
+            recipients: receipts.audience().len(),
+            duplicate: false,
+            receipts: Some(receipts),
+        };
+        // Per event: DEBUG (issue 18.2); pere_http::activity sums
+        // them up at INFO.
+        tracing::debug!(
+            channel = %published.channel,
+            id = %published.id,
+            recipients = published.recipients,
+            "published"
+        );
+        let _ = reply.send(Ok(published));
+    }
+
+    /// Answers a retried publish with the first one's result.
+    pub(in crate::hub) fn apply_duplicate(
+        &mut self,
+        id: EventId,
+        channel: ChannelName,
+        recipients: usize,
+        reply: Reply<Published>,
+    ) {
+        let receipts = self.by_id.get(&id).cloned();
+        let recipients = receipts.as_ref().map_or(recipients, |r| r.audience().len());
+        tracing::debug!(channel = %channel, id = %id, "idempotent retry answered with the first result");
+        let _ = reply.send(Ok(Published {
+            id,
+            channel,
+            recipients,
+            duplicate: true,
+            receipts,
+        }));
     }
 }

@@ -3,18 +3,143 @@
 //! leaves (cursor, presence).
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::auth::TokenHash;
+use crate::error::Error;
 use crate::event::{EventId, Timestamp};
-use crate::hub::command::Plan;
-use crate::hub::state::{OpenStream, State};
+use crate::hub::command::{Effect, Owed, Plan, Reply};
+use crate::hub::state::{OpenStream, State, Sub};
 use crate::hub::{Gap, Hello, Resume, SubscribeRequest};
 use crate::ledger::EventReceipts;
 use crate::log::Record;
 use crate::name::{DeviceId, Pattern};
 use crate::presence::{Member, Op, StreamTx};
+
+/// `Hub::subscribe`: a new stream.
+pub(in crate::hub) struct SubscribeCmd {
+    pub(in crate::hub) req: SubscribeRequest,
+    pub(in crate::hub) last_event_id: Option<String>,
+    /// The token the stream was opened with, when auth is on: checked
+    /// again by the writer, so no change can slip in between the caller's
+    /// check and the registration.
+    pub(in crate::hub) token: Option<TokenHash>,
+    pub(in crate::hub) stream: StreamTx,
+    pub(in crate::hub) reply: Reply<Plan>,
+}
+
+/// A stream to register once its memberships are durable.
+pub(in crate::hub) struct SubscribeEffect {
+    req: SubscribeRequest,
+    last_event_id: Option<String>,
+    token: Option<TokenHash>,
+    /// Per subscription, whether the device was a member already.
+    existed: Vec<bool>,
+    stream: StreamTx,
+    reply: Reply<Plan>,
+}
+
+impl State {
+    /// A device joins (or stays in) each subscription of a new stream.
+    pub(in crate::hub) fn prepare_subscribe(
+        &mut self,
+        cmd: SubscribeCmd,
+        now: Timestamp,
+        records: &mut Vec<Record>,
+    ) -> Effect {
+        let SubscribeCmd {
+            req,
+            last_event_id,
+            token,
+            stream,
+            reply,
+        } = cmd;
+        if let Some(token) = &token
+            && let Err(err) = self.check_subscribe(token, &req)
+        {
+            return Effect::Fail(Box::new(reply), err);
+        }
+        let mut existed = Vec::with_capacity(req.patterns.len());
+        for pattern in &req.patterns {
+            let sub = match self.subs.entry(pattern.clone()) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => {
+                    if pattern.exact().is_none() {
+                        self.wild.push(pattern.clone());
+                    }
+                    e.insert(Sub::default())
+                }
+            };
+            let Some(device) = &req.device else {
+                existed.push(false);
+                continue;
+            };
+            let head = self.seq.last();
+            let member = sub.members.entry(device.clone()).or_insert_with(|| Member {
+                is_member: false,
+                ..Member::joined(head, now)
+            });
+            existed.push(member.is_member);
+            if !member.is_member {
+                let last_acked = member.last_acked;
+                *member = Member::joined(head, now);
+                member.last_acked = last_acked;
+                // An acknowledging device rejoining: its new events
+                // are tracked from the first publish on.
+                sub.ackers += usize::from(last_acked.is_some());
+                records.push(Record::Joined {
+                    subscription: pattern.clone(),
+                    device: device.clone(),
+                    head,
+                    at: now,
+                });
+            }
+            records.push(Record::Presence {
+                subscription: pattern.clone(),
+                device: device.clone(),
+                online: true,
+                last_event_id: last_event_id
+                    .as_deref()
+                    .and_then(|s| EventId::parse(s).ok()),
+                at: now,
+            });
+        }
+        Effect::Subscribe(SubscribeEffect {
+            req,
+            last_event_id,
+            token,
+            existed,
+            stream,
+            reply,
+        })
+    }
+
+    /// Registers the stream and answers with its plan (hello, gap, replay).
+    pub(in crate::hub) fn apply_subscribe(&mut self, cmd: SubscribeEffect, now: Timestamp) {
+        let SubscribeEffect {
+            req,
+            last_event_id,
+            token,
+            existed,
+            stream,
+            reply,
+        } = cmd;
+        let plan = self.register(req, last_event_id, token, &existed, stream.clone(), now);
+        if reply.send(Ok(plan)).is_err() || stream.is_closed() {
+            // The subscriber left before it got its stream.
+            self.close_stream(stream.shared.id, now);
+        }
+    }
+}
+
+impl SubscribeEffect {
+    /// Its batch was not written: the caller gets `err`.
+    pub(in crate::hub) fn fail(self, err: Error) {
+        Box::new(self.reply).fail(err);
+    }
+}
 
 impl State {
     /// Registers a stream and plans its replay.

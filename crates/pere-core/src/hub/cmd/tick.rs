@@ -4,10 +4,11 @@
 use tokio::sync::mpsc;
 
 use crate::config::HubConfig;
-use crate::event::Timestamp;
+use crate::event::{EventId, Timestamp};
 use crate::hub::state::State;
 use crate::ledger::{EventReceipts, OverdueNotice};
 use crate::log::{Evicted, Record};
+use crate::name::DeviceId;
 
 impl State {
     /// The periodic chores: memberships past their TTL, idempotency keys
@@ -223,5 +224,28 @@ impl State {
             let _ = tx.send(notice.clone());
         }
         self.notice_tx = Some(tx);
+    }
+}
+
+impl State {
+    /// The webhook accepted a notice: it is never sent again.
+    pub(in crate::hub) fn prepare_notice_sent(
+        &mut self,
+        id: EventId,
+        device: DeviceId,
+        now: Timestamp,
+        records: &mut Vec<Record>,
+    ) {
+        if let Some(entry) = self.notices.get_mut(&(id, device.clone()))
+            && !entry.1
+        {
+            entry.1 = true;
+            records.push(Record::Notice {
+                id,
+                device,
+                sent: true,
+                at: now,
+            });
+        }
     }
 }

@@ -1,10 +1,73 @@
 //! Run-time token changes, applied to open streams at once.
 
-use crate::auth::{Reach, TokenHash};
+use crate::auth::{Grants, Reach, TokenHash};
 use crate::error::Error;
 use crate::event::Timestamp;
 use crate::hub::SubscribeRequest;
+use crate::hub::command::{Effect, Reply};
 use crate::hub::state::State;
+use crate::log::Record;
+
+/// `Hub::put_token`, `Hub::delete_token`, `Hub::revoke_jti`.
+pub(in crate::hub) struct TokenCmd {
+    pub(in crate::hub) token: TokenHash,
+    /// Its grants from now on; `None` revokes it.
+    pub(in crate::hub) grants: Option<Grants>,
+    pub(in crate::hub) reply: Reply<bool>,
+}
+
+impl State {
+    /// Creates, changes or revokes a token; open streams follow at once.
+    pub(in crate::hub) fn prepare_token(
+        &mut self,
+        cmd: TokenCmd,
+        now: Timestamp,
+        records: &mut Vec<Record>,
+    ) -> Effect {
+        let TokenCmd {
+            token,
+            grants,
+            reply,
+        } = cmd;
+        if !self.auth.is_enabled() {
+            // docs/PROTOCOL.md §7: admin-created tokens turn auth on. The
+            // first one must be an admin token, or nobody could
+            // manage tokens (or anything under /admin) afterwards.
+            if !grants.as_ref().is_some_and(|g| g.admin) {
+                return Effect::Fail(Box::new(reply), Error::AuthDisabled);
+            }
+            tracing::warn!("auth turned on by the first run-time admin token");
+            self.auth.enable_for_journal();
+        }
+        let existed = self.auth.grants(&token).is_some();
+        // A JWT's `jti` is revoked whether or not it was seen.
+        if grants.is_none() && !existed && !self.auth.is_jti(&token) {
+            return Effect::Fail(Box::new(reply), Error::UnknownToken(token.fingerprint()));
+        }
+        tracing::info!(
+            token = %token.fingerprint(),
+            subject = grants.as_ref().map(|g| g.subject.as_str()),
+            change = if grants.is_none() { "revoked" } else if existed { "changed" } else { "created" },
+            "token"
+        );
+        records.push(Record::Token {
+            token,
+            grants: grants.clone(),
+            at: now,
+        });
+        // Applied now, not after the journal write, so that later
+        // commands of this batch already see it; should the write
+        // fail the hub refuses every write from then on anyway, and
+        // a revocation is better applied early than late.
+        self.auth.apply(token, grants);
+        self.enforce_grants(&token, now);
+        for jwt in self.auth.tokens_of_jti(&token) {
+            self.enforce_grants(&jwt, now);
+        }
+        records.append(&mut self.deferred);
+        Effect::Token { existed, reply }
+    }
+}
 
 impl State {
     /// Whether a stream may open for `token` (docs/PROTOCOL.md §7): the token

@@ -1,0 +1,58 @@
+//! `Hub::remove_member`: an operator ends a membership.
+
+use crate::error::Error;
+use crate::event::Timestamp;
+use crate::hub::command::{Effect, Reply};
+use crate::hub::state::State;
+use crate::log::Record;
+use crate::name::{DeviceId, Pattern};
+
+/// `Hub::remove_member`.
+pub(in crate::hub) struct RemoveMemberCmd {
+    pub(in crate::hub) subscription: Pattern,
+    pub(in crate::hub) device: DeviceId,
+    pub(in crate::hub) reply: Reply<()>,
+}
+
+impl State {
+    /// Ends a membership and closes its streams.
+    pub(in crate::hub) fn prepare_remove_member(
+        &mut self,
+        cmd: RemoveMemberCmd,
+        now: Timestamp,
+        records: &mut Vec<Record>,
+    ) -> Effect {
+        let RemoveMemberCmd {
+            subscription,
+            device,
+            reply,
+        } = cmd;
+        let removed = self
+            .subs
+            .get_mut(&subscription)
+            .and_then(|sub| sub.members.remove(&device));
+        match removed {
+            Some(member) => {
+                for stream in &member.streams {
+                    self.streams.remove(&stream.shared.id);
+                    self.fold_counts(&stream.shared);
+                }
+                // Dropping `member` drops its streams' senders: their
+                // bodies end.
+                records.push(Record::Left {
+                    subscription,
+                    device,
+                    at: now,
+                });
+                Effect::Done(reply)
+            }
+            None => Effect::Fail(
+                Box::new(reply),
+                Error::UnknownMember {
+                    subscription: subscription.to_string(),
+                    device: device.to_string(),
+                },
+            ),
+        }
+    }
+}
