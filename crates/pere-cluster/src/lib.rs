@@ -52,6 +52,7 @@ mod entry;
 mod error;
 mod pos;
 mod scripts;
+mod shared;
 mod snapshot;
 mod tail;
 #[cfg(feature = "testing")]

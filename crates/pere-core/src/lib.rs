@@ -86,6 +86,7 @@ pub use config::{
 };
 pub use error::{Error, NameKind, Result};
 pub use event::{Event, EventId, FRAME_FORMS, FrameCache, Sequencer, Timestamp, validate_payload};
+pub use hub::cluster;
 pub use hub::{
     Acked, ChannelInfo, Connections, Gap, Hello, Hub, MAX_IDEMPOTENCY_KEY_LEN, Outgoing,
     PatternInfo, Publish, Published, Resume, Stats, StoreHealth, StoreOutage, SubscribeRequest,

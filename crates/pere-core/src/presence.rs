@@ -240,8 +240,12 @@ pub struct Member {
     pub cursor_at: Option<Timestamp>,
     /// The cursor as last written to the journal.
     pub journaled_cursor: EventId,
-    /// Open streams.
+    /// Its open streams on this node.
     pub streams: Vec<StreamTx>,
+    /// Its open streams per node, this one included (a single node counts
+    /// its own only): what presence says, the same on every node of a
+    /// cluster.
+    pub nodes: Vec<(Arc<str>, u32)>,
     /// When the current run of connections began.
     pub connected_at: Option<Timestamp>,
     /// When its last connection closed (membership TTL counts from here).
@@ -278,6 +282,7 @@ impl Member {
             cursor_at: None,
             journaled_cursor: head,
             streams: Vec::new(),
+            nodes: Vec::new(),
             connected_at: None,
             disconnected_at: Some(now),
             last_seen: now,
@@ -318,9 +323,49 @@ impl Member {
         best
     }
 
-    /// Number of open streams.
+    /// Number of open streams, on every node.
     pub fn connections(&self) -> usize {
-        self.streams.len()
+        self.nodes.iter().map(|(_, n)| *n as usize).sum()
+    }
+
+    /// A stream of it opened on `node` at `now`.
+    pub fn attach(&mut self, node: &Arc<str>, now: Timestamp) {
+        if self.connections() == 0 {
+            self.connected_at = Some(now);
+        }
+        match self.nodes.iter_mut().find(|(n, _)| n == node) {
+            Some((_, count)) => *count += 1,
+            None => self.nodes.push((node.clone(), 1)),
+        }
+        self.disconnected_at = None;
+        self.last_seen = now;
+        self.op = Op::Feed;
+        self.op_at = now;
+    }
+
+    /// A stream of it on `node` closed at `now` (or all of them, when the
+    /// node is gone). Returns whether that was its last stream anywhere.
+    pub fn detach(&mut self, node: &Arc<str>, all: bool, now: Timestamp) -> bool {
+        let Some(i) = self.nodes.iter().position(|(n, _)| n == node) else {
+            return false;
+        };
+        self.nodes[i].1 = if all {
+            0
+        } else {
+            self.nodes[i].1.saturating_sub(1)
+        };
+        if self.nodes[i].1 == 0 {
+            self.nodes.swap_remove(i);
+        }
+        self.last_seen = now;
+        if self.connections() > 0 {
+            return false;
+        }
+        self.connected_at = None;
+        self.disconnected_at = Some(now);
+        self.op = Op::Left;
+        self.op_at = now;
+        true
     }
 
     /// The presence view of this member.
@@ -328,8 +373,8 @@ impl Member {
         let (cursor, cursor_at) = self.effective_cursor();
         Presence {
             member: self.is_member,
-            online: !self.streams.is_empty(),
-            connections: self.streams.len(),
+            online: self.connections() > 0,
+            connections: self.connections(),
             joined_at: self.is_member.then_some(self.joined_at),
             connected_at: self.connected_at,
             last_seen: self.last_seen,

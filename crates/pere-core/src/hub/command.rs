@@ -6,13 +6,14 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
-use crate::event::{Event, EventId};
+use crate::event::{Event, EventId, Timestamp};
+use crate::hub::cluster::wire::ClosedStream;
 use crate::hub::cmd::{
     AckCmd, AckEffect, RemoveMemberCmd, SubscribeCmd, SubscribeEffect, TokenCmd,
 };
 use crate::hub::{Gap, Hello, Publish, Published};
 use crate::ledger::EventReceipts;
-use crate::name::{ChannelName, DeviceId};
+use crate::name::{ChannelName, DeviceId, Pattern};
 
 pub(super) type Reply<T> = oneshot::Sender<Result<T>>;
 
@@ -31,6 +32,21 @@ pub(super) enum Command {
         device: DeviceId,
     },
     Shutdown(oneshot::Sender<()>),
+    /// From a cluster's log: a stream of `node` ended.
+    RemoteClosed(Arc<str>, ClosedStream),
+    /// From a cluster's log: what a stream of `node` was written.
+    Cursor {
+        node: Arc<str>,
+        subscription: Pattern,
+        device: DeviceId,
+        cursor: EventId,
+        at: Timestamp,
+    },
+    /// From a cluster's log: `node` stopped heartbeating; its streams are
+    /// gone.
+    NodeGone(Arc<str>),
+    /// From a cluster's log: the shared part of the periodic chores.
+    SharedTick,
 }
 
 impl Command {
@@ -42,8 +58,14 @@ impl Command {
             Command::Subscribe(sub) => Some(Box::new(sub.reply)),
             Command::Token(token) => Some(Box::new(token.reply)),
             Command::RemoveMember(remove) => Some(Box::new(remove.reply)),
-            Command::Closed(_) | Command::Tick | Command::NoticeSent { .. } => None,
-            Command::Shutdown(_) => None,
+            Command::Closed(_)
+            | Command::Tick
+            | Command::NoticeSent { .. }
+            | Command::Shutdown(_)
+            | Command::RemoteClosed(..)
+            | Command::Cursor { .. }
+            | Command::NodeGone(_)
+            | Command::SharedTick => None,
         }
     }
 }

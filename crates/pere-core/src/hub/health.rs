@@ -167,7 +167,11 @@ impl OnFailure {
             | Command::RemoveMember(_)
             | Command::Tick
             | Command::NoticeSent { .. }
-            | Command::Shutdown(_) => OnFailure::Keep,
+            | Command::Shutdown(_)
+            | Command::RemoteClosed(..)
+            | Command::Cursor { .. }
+            | Command::NodeGone(_)
+            | Command::SharedTick => OnFailure::Keep,
         }
     }
 }

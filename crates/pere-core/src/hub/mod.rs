@@ -120,6 +120,35 @@ impl<S: EventStore> Hub<S> {
     /// # Errors
     /// The store could not be recovered.
     pub async fn open(config: HubConfig, store: S) -> Result<Self> {
+        let (inner, rx) = Self::assemble(config, store, None).await?;
+        tokio::spawn(writer::writer(inner.clone(), rx));
+        Ok(Self { inner })
+    }
+
+    /// Opens a hub as one node of a cluster that shares `log`
+    /// ([`cluster`]): `store` keeps this node's copy of the retained events
+    /// (a [`MemoryStore`]: the log is what is durable). Applies the whole log
+    /// before it returns, so the node starts with the cluster's state.
+    ///
+    /// # Errors
+    /// The log cannot be read.
+    pub async fn open_cluster(
+        config: HubConfig,
+        store: S,
+        log: Arc<dyn cluster::SharedLog>,
+    ) -> Result<Self> {
+        let (inner, rx) = Self::assemble(config, store, Some(log.node())).await?;
+        let pos = cluster::bootstrap(&inner, &*log).await?;
+        cluster::forget_previous_life(&inner, &*log).await?;
+        tokio::spawn(cluster::writer(inner.clone(), rx, log, pos));
+        Ok(Self { inner })
+    }
+
+    async fn assemble(
+        config: HubConfig,
+        store: S,
+        node: Option<&str>,
+    ) -> Result<(Arc<Inner<S>>, mpsc::UnboundedReceiver<Command>)> {
         let recovered = store.recover().await?;
         for note in &recovered.notes {
             tracing::info!(note = %note, "store recovery");
@@ -133,12 +162,13 @@ impl<S: EventStore> Hub<S> {
         }
         let now = Timestamp::now();
         let mut seq = Sequencer::after(recovered.last_id);
-        let floor = if recovered.durable {
+        // A cluster node's state comes from the shared log, durable.
+        let floor = if recovered.durable || node.is_some() {
             EventId::ZERO
         } else {
             EventId(u64::try_from(now.0).unwrap_or(0).max(recovered.last_id.0))
         };
-        if !recovered.durable {
+        if !recovered.durable && node.is_none() {
             // Ids from a previous run are all below the clock; start above
             // it so every id we hand out is above `floor`.
             seq = Sequencer::after(floor);
@@ -168,6 +198,12 @@ impl<S: EventStore> Hub<S> {
             delivered_closed: 0,
             redelivered_closed: 0,
             closed: false,
+            node: Arc::from(node.unwrap_or("")),
+            current_node: Arc::from(node.unwrap_or("")),
+            cluster: node.is_some(),
+            outbox: Vec::new(),
+            // A cluster node sends notices once it holds the ticker lease.
+            ticker: node.is_none(),
             metrics: metrics.clone(),
         };
         state.recover(recovered.records, &recovered.evicted);
@@ -191,8 +227,7 @@ impl<S: EventStore> Hub<S> {
             counters: Counters::default(),
             metrics,
         });
-        tokio::spawn(writer::writer(inner.clone(), rx));
-        Ok(Self { inner })
+        Ok((inner, rx))
     }
 
     /// The hub's configuration.
@@ -395,7 +430,7 @@ impl<S: EventStore> Hub<S> {
                     req,
                     last_event_id,
                     token,
-                    stream,
+                    stream: Some(stream),
                     reply,
                 })
             })
@@ -648,6 +683,7 @@ fn dedup_patterns(patterns: &mut Vec<Pattern>) {
 }
 
 mod audience;
+pub mod cluster;
 mod cmd;
 mod command;
 mod health;

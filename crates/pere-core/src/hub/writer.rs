@@ -55,8 +55,21 @@ pub(super) async fn writer<S: EventStore>(
 }
 
 pub(super) async fn process<S: EventStore>(inner: &Inner<S>, batch: Vec<Command>) {
-    let now = Timestamp::now();
-    let tick = batch.iter().any(|c| matches!(c, Command::Tick));
+    process_at(inner, batch, Timestamp::now(), false).await;
+}
+
+/// [`process`] at `now`. With `from_log`, the batch is an entry of a
+/// cluster's shared log, already durable there: the store is only this
+/// node's copy of the retained events, never refused.
+pub(super) async fn process_at<S: EventStore>(
+    inner: &Inner<S>,
+    batch: Vec<Command>,
+    now: Timestamp,
+    from_log: bool,
+) {
+    let tick = batch
+        .iter()
+        .any(|c| matches!(c, Command::Tick | Command::SharedTick));
     let mut records = Vec::new();
     let mut effects = Vec::with_capacity(batch.len());
     // Which records each command made, should the batch not be written.
@@ -82,7 +95,11 @@ pub(super) async fn process<S: EventStore>(inner: &Inner<S>, batch: Vec<Command>
             spans.push((start..records.len(), OnFailure::Keep));
         }
     }
-    let refused = inner.health().refusal();
+    let refused = if from_log {
+        None
+    } else {
+        inner.health().refusal()
+    };
     let was_refused = refused.is_some();
     let result = if let Some(refused) = refused {
         Err(refused)

@@ -63,6 +63,32 @@ impl State {
                 Effect::None
             }
             Command::Shutdown(reply) => Effect::Shutdown(reply),
+            Command::RemoteClosed(node, closed) => {
+                self.closed_shared(&node, closed, now);
+                records.append(&mut self.deferred);
+                Effect::None
+            }
+            Command::Cursor {
+                node,
+                subscription,
+                device,
+                cursor,
+                at,
+            } => {
+                self.fold_cursor(&subscription, &device, cursor, Some(at), &node, now);
+                records.append(&mut self.deferred);
+                Effect::None
+            }
+            Command::NodeGone(node) => {
+                self.node_gone(&node, now);
+                records.append(&mut self.deferred);
+                Effect::None
+            }
+            Command::SharedTick => {
+                self.maintain(now, config, records);
+                self.check_deadlines(now, records);
+                Effect::None
+            }
         }
     }
 

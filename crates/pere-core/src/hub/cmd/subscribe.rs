@@ -10,13 +10,14 @@ use std::sync::atomic::Ordering;
 use crate::auth::TokenHash;
 use crate::error::Error;
 use crate::event::{EventId, Timestamp};
+use crate::hub::cluster::wire::ClosedStream;
 use crate::hub::command::{Effect, Owed, Plan, Reply};
-use crate::hub::state::{OpenStream, State, Sub};
+use crate::hub::state::{ChannelLedger, OpenStream, State, Sub};
 use crate::hub::{Gap, Hello, Resume, SubscribeRequest};
 use crate::ledger::EventReceipts;
 use crate::log::Record;
-use crate::name::{DeviceId, Pattern};
-use crate::presence::{Member, Op, StreamTx};
+use crate::name::{ChannelName, DeviceId, Pattern};
+use crate::presence::{Member, StreamTx};
 
 /// `Hub::subscribe`: a new stream.
 pub(in crate::hub) struct SubscribeCmd {
@@ -26,7 +27,10 @@ pub(in crate::hub) struct SubscribeCmd {
     /// again by the writer, so no change can slip in between the caller's
     /// check and the registration.
     pub(in crate::hub) token: Option<TokenHash>,
-    pub(in crate::hub) stream: StreamTx,
+    /// The stream, on the node it opened on; `None` for a stream another
+    /// node of the cluster opened (only its memberships and presence are
+    /// shared).
+    pub(in crate::hub) stream: Option<StreamTx>,
     pub(in crate::hub) reply: Reply<Plan>,
 }
 
@@ -37,7 +41,7 @@ pub(in crate::hub) struct SubscribeEffect {
     token: Option<TokenHash>,
     /// Per subscription, whether the device was a member already.
     existed: Vec<bool>,
-    stream: StreamTx,
+    stream: Option<StreamTx>,
     reply: Reply<Plan>,
 }
 
@@ -126,10 +130,38 @@ impl State {
             stream,
             reply,
         } = cmd;
+        let Some(stream) = stream else {
+            // Opened on another node: only its presence is ours to keep.
+            self.attach_remote(&req, last_event_id, now);
+            return;
+        };
         let plan = self.register(req, last_event_id, token, &existed, stream.clone(), now);
         if reply.send(Ok(plan)).is_err() || stream.is_closed() {
             // The subscriber left before it got its stream.
             self.close_stream(stream.shared.id, now);
+        }
+    }
+
+    /// A stream of another node: its device's memberships count it.
+    fn attach_remote(
+        &mut self,
+        req: &SubscribeRequest,
+        last_event_id: Option<String>,
+        now: Timestamp,
+    ) {
+        let Some(device) = &req.device else {
+            return;
+        };
+        let node = self.current_node.clone();
+        for pattern in &req.patterns {
+            if let Some(member) = self
+                .subs
+                .get_mut(pattern)
+                .and_then(|sub| sub.members.get_mut(device))
+            {
+                member.attach(&node, now);
+                member.last_event_id = last_event_id.clone();
+            }
         }
     }
 }
@@ -188,14 +220,8 @@ impl State {
             match &req.device {
                 Some(device) => {
                     if let Some(member) = sub.members.get_mut(device) {
-                        if member.streams.is_empty() {
-                            member.connected_at = Some(now);
-                        }
                         member.streams.push(stream.clone());
-                        member.disconnected_at = None;
-                        member.last_seen = now;
-                        member.op = Op::Feed;
-                        member.op_at = now;
+                        member.attach(&self.node, now);
                         member.last_event_id = last_event_id.clone();
                     }
                 }
@@ -209,6 +235,7 @@ impl State {
                 device: req.device.clone(),
                 token,
                 shared: stream.shared.clone(),
+                sent_upto: head,
             },
         );
         // Nothing at or below `head` is queued live to this stream.
@@ -328,40 +355,76 @@ impl State {
     }
 
     /// Unregisters a stream: drops its queue senders (its body ends after
-    /// what is queued) and folds its cursor into the member.
+    /// what is queued) and folds its cursor into the member. On a cluster
+    /// node the presence and cursor parts go through the log, so that every
+    /// node applies them at the same place.
     pub(in crate::hub) fn close_stream(&mut self, id: u64, now: Timestamp) {
-        let Some(open) = self.streams.remove(&id) else {
+        let Some(closed) = self.close_local(id) else {
             return;
         };
+        if closed.device.is_none() {
+            return;
+        }
+        if self.cluster {
+            self.outbox.push(closed.into_wire());
+        } else {
+            let node = self.node.clone();
+            self.closed_shared(&node, closed, now);
+        }
+    }
+
+    /// The part of a stream's end that only this node knows: its queue
+    /// senders and counters.
+    fn close_local(&mut self, id: u64) -> Option<ClosedStream> {
+        let open = self.streams.remove(&id)?;
         self.fold_counts(&open.shared);
         for pattern in &open.subs {
             let Some(sub) = self.subs.get_mut(pattern) else {
                 continue;
             };
-            let Some(device) = &open.device else {
-                if let Some(i) = sub.anonymous.iter().position(|s| s.shared.id == id) {
-                    sub.anonymous.swap_remove(i);
+            match &open.device {
+                None => {
+                    if let Some(i) = sub.anonymous.iter().position(|s| s.shared.id == id) {
+                        sub.anonymous.swap_remove(i);
+                    }
                 }
-                continue;
-            };
-            let Some(member) = sub.members.get_mut(device) else {
-                continue;
-            };
-            let Some(i) = member.streams.iter().position(|s| s.shared.id == id) else {
-                continue;
-            };
-            let stream = member.streams.swap_remove(i);
-            let upto = stream.shared.delivered_upto();
-            if upto > member.cursor {
-                member.cursor = upto;
-                member.cursor_at = stream.shared.delivered_at();
+                Some(device) => {
+                    if let Some(member) = sub.members.get_mut(device)
+                        && let Some(i) = member.streams.iter().position(|s| s.shared.id == id)
+                    {
+                        member.streams.swap_remove(i);
+                    }
+                }
             }
-            member.last_seen = now;
-            if member.streams.is_empty() {
-                member.connected_at = None;
-                member.disconnected_at = Some(now);
-                member.op = Op::Left;
-                member.op_at = now;
+        }
+        Some(ClosedStream {
+            subs: open.subs,
+            device: open.device,
+            upto: open.shared.delivered_upto(),
+            at: open.shared.delivered_at(),
+        })
+    }
+
+    /// The part of a stream's end that every node applies: presence and
+    /// the durable cursor of each of its memberships.
+    pub(in crate::hub) fn closed_shared(
+        &mut self,
+        node: &Arc<str>,
+        closed: ClosedStream,
+        now: Timestamp,
+    ) {
+        let Some(device) = &closed.device else {
+            return;
+        };
+        for pattern in &closed.subs {
+            let Some(member) = self
+                .subs
+                .get_mut(pattern)
+                .and_then(|sub| sub.members.get_mut(device))
+            else {
+                continue;
+            };
+            if member.detach(node, false, now) {
                 self.deferred.push(Record::Presence {
                     subscription: pattern.clone(),
                     device: device.clone(),
@@ -370,15 +433,57 @@ impl State {
                     at: now,
                 });
             }
-            if member.cursor > member.journaled_cursor {
-                member.journaled_cursor = member.cursor;
-                self.deferred.push(Record::Cursor {
-                    subscription: pattern.clone(),
-                    device: device.clone(),
-                    cursor: member.cursor,
-                    at: member.cursor_at.unwrap_or(now),
-                });
+            self.fold_cursor(pattern, device, closed.upto, closed.at, node, now);
+        }
+    }
+
+    /// Moves a member's durable cursor to `upto` (delivered at `at`) and
+    /// journals it. Deliveries made on another node are marked in the
+    /// ledgers here: that is how a cluster node learns of them.
+    pub(in crate::hub) fn fold_cursor(
+        &mut self,
+        pattern: &Pattern,
+        device: &DeviceId,
+        upto: EventId,
+        at: Option<Timestamp>,
+        node: &Arc<str>,
+        now: Timestamp,
+    ) {
+        let remote = *node != self.node;
+        let State {
+            subs,
+            channels,
+            deferred,
+            ..
+        } = self;
+        let Some(member) = subs
+            .get_mut(pattern)
+            .and_then(|s| s.members.get_mut(device))
+        else {
+            return;
+        };
+        if upto > member.cursor {
+            if remote {
+                mark_delivered_between(
+                    channels,
+                    pattern,
+                    device,
+                    member.cursor,
+                    upto,
+                    at.unwrap_or(now),
+                );
             }
+            member.cursor = upto;
+            member.cursor_at = at;
+        }
+        if member.cursor > member.journaled_cursor {
+            member.journaled_cursor = member.cursor;
+            deferred.push(Record::Cursor {
+                subscription: pattern.clone(),
+                device: device.clone(),
+                cursor: member.cursor,
+                at: member.cursor_at.unwrap_or(now),
+            });
         }
     }
 
@@ -433,4 +538,40 @@ pub(in crate::hub) fn unacked_to_send(
     };
     out.extend(member.unacked.iter().copied().take_while(|id| *id <= head));
     floor
+}
+
+/// Marks events of `pattern`'s channels with ids in `(after, upto]`
+/// delivered to `device` at `at` (deliveries known from a cursor: after a
+/// restart, or made on another node).
+pub(in crate::hub) fn mark_delivered_between(
+    channels: &HashMap<ChannelName, ChannelLedger>,
+    pattern: &Pattern,
+    device: &DeviceId,
+    after: EventId,
+    upto: EventId,
+    at: Timestamp,
+) {
+    let mark = |ledger: &ChannelLedger| {
+        let start = ledger.receipts.partition_point(|r| r.id() <= after);
+        for r in ledger.receipts.range(start..) {
+            if r.id() > upto {
+                break;
+            }
+            r.mark_delivered(device, at);
+        }
+    };
+    match pattern.exact() {
+        Some(channel) => {
+            if let Some(ledger) = channels.get(channel) {
+                mark(ledger);
+            }
+        }
+        None => {
+            for (channel, ledger) in channels {
+                if pattern.matches(channel) {
+                    mark(ledger);
+                }
+            }
+        }
+    }
 }

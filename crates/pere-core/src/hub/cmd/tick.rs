@@ -1,6 +1,8 @@
 //! The periodic chores: memberships and idempotency keys past their TTL,
 //! cursors checkpointed, deadlines, retention, channels reclaimed.
 
+use std::sync::Arc;
+
 use tokio::sync::mpsc;
 
 use crate::config::HubConfig;
@@ -20,6 +22,7 @@ impl State {
         records: &mut Vec<Record>,
     ) {
         let ttl = config.member_ttl;
+        let cluster = self.cluster;
         let by_id = &self.by_id;
         for (pattern, sub) in self.subs.iter_mut() {
             let mut ackers = 0;
@@ -38,9 +41,11 @@ impl State {
             }
             sub.ackers = ackers;
             sub.members.retain(|device, member| {
-                if !member.streams.is_empty() {
+                if member.connections() > 0 {
+                    // A cluster node sends its streams' cursors through the
+                    // log instead (`checkpoint_cursors`).
                     let (cursor, at) = member.effective_cursor();
-                    if cursor > member.journaled_cursor {
+                    if !cluster && cursor > member.journaled_cursor {
                         member.journaled_cursor = cursor;
                         records.push(Record::Cursor {
                             subscription: pattern.clone(),
@@ -175,7 +180,9 @@ impl State {
                 at: now,
             });
             receipts.announce_overdue(&notice);
-            if let Some(tx) = &self.notice_tx
+            // In a cluster every node issues it, one node sends it.
+            if self.ticker
+                && let Some(tx) = &self.notice_tx
                 && tx.send(notice.clone()).is_err()
             {
                 self.notice_tx = None;
@@ -213,6 +220,25 @@ impl State {
     /// Starts delivering overdue notices to a new listener: every notice
     /// issued but not yet accepted first, then new ones.
     pub(in crate::hub) fn attach_notices(&mut self, tx: mpsc::UnboundedSender<OverdueNotice>) {
+        self.notice_tx = Some(tx);
+        if self.ticker {
+            self.send_unsent_notices();
+        }
+    }
+
+    /// This cluster node took the ticker's role: it sends the notices now,
+    /// starting with those nobody confirmed.
+    pub(in crate::hub) fn become_ticker(&mut self, ticker: bool) {
+        let was = std::mem::replace(&mut self.ticker, ticker);
+        if ticker && !was {
+            self.send_unsent_notices();
+        }
+    }
+
+    fn send_unsent_notices(&mut self) {
+        let Some(tx) = &self.notice_tx else {
+            return;
+        };
         let mut unsent: Vec<&OverdueNotice> = self
             .notices
             .values()
@@ -223,7 +249,6 @@ impl State {
         for notice in unsent {
             let _ = tx.send(notice.clone());
         }
-        self.notice_tx = Some(tx);
     }
 }
 
@@ -247,5 +272,57 @@ impl State {
                 at: now,
             });
         }
+    }
+}
+
+impl State {
+    /// `node` is gone (it stopped heartbeating): none of its streams is
+    /// open any more.
+    pub(in crate::hub) fn node_gone(&mut self, node: &Arc<str>, now: Timestamp) {
+        let mut offline = Vec::new();
+        for (pattern, sub) in &mut self.subs {
+            for (device, member) in &mut sub.members {
+                if member.detach(node, true, now) {
+                    offline.push((pattern.clone(), device.clone()));
+                }
+            }
+        }
+        offline.sort();
+        for (subscription, device) in offline {
+            self.deferred.push(Record::Presence {
+                subscription,
+                device,
+                online: false,
+                last_event_id: None,
+                at: now,
+            });
+        }
+    }
+
+    /// A cluster node tells the others what its streams were written since
+    /// it last did (their receipts become `delivered` on every node).
+    pub(in crate::hub) fn checkpoint_cursors(&mut self) {
+        use crate::hub::cluster::wire::Wire;
+        let mut wires = Vec::new();
+        for open in self.streams.values_mut() {
+            let Some(device) = &open.device else {
+                continue;
+            };
+            let upto = open.shared.delivered_upto();
+            if upto <= open.sent_upto {
+                continue;
+            }
+            open.sent_upto = upto;
+            let at = open.shared.delivered_at().map_or(0, |t| t.0);
+            for pattern in &open.subs {
+                wires.push(Wire::Cursor {
+                    subscription: pattern.clone(),
+                    device: device.clone(),
+                    cursor: upto.0,
+                    at,
+                });
+            }
+        }
+        self.outbox.extend(wires);
     }
 }

@@ -121,6 +121,8 @@ pub(super) struct OpenStream {
     /// The token it was opened with: a change of that token re-checks it.
     pub(super) token: Option<TokenHash>,
     pub(super) shared: Arc<StreamShared>,
+    /// The cursor this node last sent its cluster for it.
+    pub(super) sent_upto: EventId,
 }
 
 pub(super) struct State {
@@ -168,6 +170,22 @@ pub(super) struct State {
     /// Counted redeliveries of streams that closed.
     pub(super) redelivered_closed: u64,
     pub(super) closed: bool,
+    /// This node's name (empty for a single node): whose streams are its own.
+    pub(super) node: Arc<str>,
+    /// The node whose command is being applied (this one, but for an entry
+    /// of a cluster's log written by another).
+    pub(super) current_node: Arc<str>,
+    /// Whether the hub is one node of a cluster: what only this node knows
+    /// (a stream's end, its cursor) goes to the shared log ([`outbox`])
+    /// instead of into the state.
+    ///
+    /// [`outbox`]: State::outbox
+    pub(super) cluster: bool,
+    /// For the shared log, with the next entry.
+    pub(super) outbox: Vec<crate::hub::cluster::wire::Wire>,
+    /// Whether this node sends the overdue notices (a single node does; in
+    /// a cluster, the holder of the ticker lease).
+    pub(super) ticker: bool,
     /// The hub's measurements, handed to each channel's receipts.
     pub(super) metrics: Arc<HubMetrics>,
 }

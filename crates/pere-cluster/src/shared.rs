@@ -1,0 +1,107 @@
+//! The engine as the hub's shared log ([`pere_core::cluster::SharedLog`]):
+//! how a `pere-server` node becomes one of many.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use pere_core::cluster::{
+    LogFuture, SharedAppended, SharedEntry, SharedLog, SharedLogError, SharedPos, SharedTail,
+};
+
+use crate::{Engine, EngineError, LogPos, NewEntry, Tail};
+
+fn pos(p: LogPos) -> SharedPos {
+    SharedPos {
+        ms: p.ms,
+        seq: p.seq,
+    }
+}
+
+fn log_pos(p: SharedPos) -> LogPos {
+    LogPos {
+        ms: p.ms,
+        seq: p.seq,
+    }
+}
+
+fn error(err: EngineError) -> SharedLogError {
+    match err {
+        EngineError::Unavailable {
+            retry_after,
+            reason,
+            ..
+        } => SharedLogError::Unavailable {
+            reason,
+            retry_after,
+        },
+        err @ (EngineError::Trimmed { .. } | EngineError::Regressed { .. }) => {
+            SharedLogError::Lost(err.to_string())
+        }
+        err => SharedLogError::Other(err.to_string()),
+    }
+}
+
+impl SharedLog for Engine {
+    fn node(&self) -> &str {
+        Engine::node(self)
+    }
+
+    fn append(&self, blob: Bytes, events: u32) -> LogFuture<'_, SharedAppended> {
+        Box::pin(async move {
+            // Idempotency is the hub's (its keys are replicated state): the
+            // log only orders and numbers.
+            let entry = NewEntry {
+                blob,
+                idem: vec![None; events as usize],
+            };
+            Engine::append(self, entry)
+                .await
+                .map(|a| SharedAppended { pos: pos(a.pos) })
+                .map_err(error)
+        })
+    }
+
+    fn tail(&self, after: SharedPos) -> Box<dyn SharedTail> {
+        Box::new(Engine::tail(self, log_pos(after)))
+    }
+
+    fn head(&self) -> LogFuture<'_, SharedPos> {
+        Box::pin(async move { Engine::head(self).await.map(pos).map_err(error) })
+    }
+
+    fn heartbeat(&self, ttl: Duration) -> LogFuture<'_, ()> {
+        Box::pin(async move { Engine::heartbeat(self, ttl).await.map_err(error) })
+    }
+
+    fn expired_nodes(&self) -> LogFuture<'_, Vec<String>> {
+        Box::pin(async move { Engine::expired_nodes(self).await.map_err(error) })
+    }
+
+    fn forget_node<'a>(&'a self, node: &'a str) -> LogFuture<'a, ()> {
+        Box::pin(async move {
+            Engine::forget_node(self, node)
+                .await
+                .map(|_| ())
+                .map_err(error)
+        })
+    }
+
+    fn try_lease<'a>(&'a self, name: &'a str, ttl: Duration) -> LogFuture<'a, bool> {
+        Box::pin(async move { Engine::try_lease(self, name, ttl).await.map_err(error) })
+    }
+}
+
+impl SharedTail for Tail {
+    fn next(&mut self) -> LogFuture<'_, SharedEntry> {
+        Box::pin(async move {
+            let entry = Tail::next(self).await.map_err(error)?;
+            Ok(SharedEntry {
+                pos: pos(entry.pos),
+                node: entry.node,
+                blob: entry.blob,
+                first_id: entry.first_id,
+                time: entry.time,
+            })
+        })
+    }
+}

@@ -1,0 +1,610 @@
+//! Several nodes, one hub: the second engine behind the hub's ordering
+//! seam.
+//!
+//! A single node's writer task orders commands itself: it prepares a batch,
+//! makes its records durable in the [`EventStore`], applies it. On a node
+//! of a cluster the order is the **shared log's** ([`SharedLog`], Redis in
+//! `pere-cluster`): the writer turns each batch of commands into one log
+//! entry ([`wire`]), and applies entries — its own and the other nodes' —
+//! in log order as they come back from the log, each with the entry's
+//! time. Every node applies the same commands in the same order with the
+//! same clock, so every node computes the same ids, audiences, receipts,
+//! memberships, retention and notices: a replicated state machine. What
+//! only one node knows — its streams, what they were written, that one
+//! ended — it tells the others through the log too. A node answers a
+//! request once its own entry came back from the log and was applied.
+//!
+//! [`EventStore`]: crate::log::EventStore
+
+pub(super) mod wire;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use super::cmd::{AckCmd, RemoveMemberCmd, SubscribeCmd, TokenCmd};
+use super::command::Command;
+use super::writer::process_at;
+use super::{Inner, MAX_BATCH, Publish, Resume, SubscribeRequest};
+use crate::auth::TokenHash;
+use crate::error::Error;
+use crate::event::{EventId, Sequencer, Timestamp};
+use crate::log::EventStore;
+use wire::{ClosedStream, Wire};
+
+/// A future of a [`SharedLog`].
+pub type LogFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, SharedLogError>> + Send + 'a>>;
+
+/// A position in the shared log (Redis: a stream id).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SharedPos {
+    /// Milliseconds part.
+    pub ms: u64,
+    /// Counter within the millisecond.
+    pub seq: u64,
+}
+
+/// One entry of the shared log.
+#[derive(Clone, Debug)]
+pub struct SharedEntry {
+    /// Where it is.
+    pub pos: SharedPos,
+    /// The node that appended it.
+    pub node: String,
+    /// Its commands.
+    pub blob: Bytes,
+    /// The first event id the log gave it (its events get the next ones).
+    pub first_id: u64,
+    /// The log's time when it was appended, in µs.
+    pub time: u64,
+}
+
+/// An append, as the log took it.
+#[derive(Clone, Copy, Debug)]
+pub struct SharedAppended {
+    /// Where it is.
+    pub pos: SharedPos,
+}
+
+/// What a shared log can fail with.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum SharedLogError {
+    /// The log cannot be reached now; try again after `retry_after`.
+    #[error("the cluster log is unavailable: {reason}")]
+    Unavailable {
+        /// Why.
+        reason: String,
+        /// When to try again.
+        retry_after: Duration,
+    },
+    /// Entries this node read are gone (a failover lost them) or were
+    /// trimmed before it read them: its state must be rebuilt.
+    #[error("the cluster log lost entries: {0}")]
+    Lost(String),
+    /// Anything else.
+    #[error("the cluster log failed: {0}")]
+    Other(String),
+}
+
+/// The ordering authority and durable log several nodes share.
+pub trait SharedLog: Send + Sync + 'static {
+    /// This node's name in the log.
+    fn node(&self) -> &str;
+    /// Appends an entry of `events` events, atomically with their ids.
+    fn append(&self, blob: Bytes, events: u32) -> LogFuture<'_, SharedAppended>;
+    /// Reads the log after `after`, in order, waiting for new entries.
+    fn tail(&self, after: SharedPos) -> Box<dyn SharedTail>;
+    /// The position of the last entry.
+    fn head(&self) -> LogFuture<'_, SharedPos>;
+    /// Tells the others this node is alive for `ttl`.
+    fn heartbeat(&self, ttl: Duration) -> LogFuture<'_, ()>;
+    /// Nodes whose heartbeat expired.
+    fn expired_nodes(&self) -> LogFuture<'_, Vec<String>>;
+    /// Forgets a node that is gone.
+    fn forget_node<'a>(&'a self, node: &'a str) -> LogFuture<'a, ()>;
+    /// Takes or renews the named lease for `ttl`; whether this node holds it.
+    fn try_lease<'a>(&'a self, name: &'a str, ttl: Duration) -> LogFuture<'a, bool>;
+}
+
+/// A reader of the shared log.
+pub trait SharedTail: Send {
+    /// The next entry, waiting for one.
+    fn next(&mut self) -> LogFuture<'_, SharedEntry>;
+}
+
+/// How often a node tells the others what its streams were written (their
+/// receipts' `delivered` on other nodes lag by this much at most).
+const CURSOR_FLUSH: Duration = Duration::from_millis(50);
+/// How often a node heartbeats, and how long a heartbeat lasts.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+const HEARTBEAT_TTL: Duration = Duration::from_secs(5);
+
+/// What a node asked through one of its entries, waiting for the entry to
+/// come back: the commands themselves, with their answers and streams.
+type Own = Vec<Option<Command>>;
+
+/// Applies the log from the start until its head at the time of the call:
+/// a node starts with the cluster's whole state.
+pub(super) async fn bootstrap<S: EventStore>(
+    inner: &Inner<S>,
+    log: &dyn SharedLog,
+) -> Result<SharedPos, Error> {
+    let head = log.head().await.map_err(unavailable)?;
+    let mut tail = log.tail(SharedPos::default());
+    let mut pos = SharedPos::default();
+    while pos < head {
+        let entry = tail.next().await.map_err(unavailable)?;
+        pos = entry.pos;
+        apply_entry(inner, entry, None).await;
+    }
+    Ok(pos)
+}
+
+/// A node restarted under the same id before the others noticed it was
+/// gone still has its old streams counted open by every node: it ends
+/// them through the log before it serves (the entry comes back to its own
+/// tail like any other).
+pub(super) async fn forget_previous_life<S: EventStore>(
+    inner: &Inner<S>,
+    log: &dyn SharedLog,
+) -> Result<(), Error> {
+    let node = log.node();
+    let held = inner.state().subs.values().any(|sub| {
+        sub.members
+            .values()
+            .any(|m| m.nodes.iter().any(|(n, _)| &**n == node))
+    });
+    if held {
+        let wires = [Wire::NodeGone {
+            node: node.to_owned(),
+        }];
+        log.append(Bytes::from(wire::encode(&wires)), 0)
+            .await
+            .map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+fn unavailable(err: SharedLogError) -> Error {
+    Error::StoreUnavailable(err.to_string())
+}
+
+/// The writer task of a cluster node.
+pub(super) async fn writer<S: EventStore>(
+    inner: Arc<Inner<S>>,
+    mut rx: mpsc::UnboundedReceiver<Command>,
+    log: Arc<dyn SharedLog>,
+    after: SharedPos,
+) {
+    let (entries_tx, mut entries) = mpsc::channel::<Result<SharedEntry, SharedLogError>>(256);
+    // The tail has a task of its own: a `select!` must never drop a read
+    // half done.
+    let tail_task = tokio::spawn({
+        let mut tail = log.tail(after);
+        async move {
+            loop {
+                let next = tail.next().await;
+                let fatal = matches!(next, Err(SharedLogError::Lost(_)));
+                if let Err(SharedLogError::Unavailable { retry_after, .. }) = &next {
+                    tracing::warn!("the cluster log cannot be read; retrying");
+                    tokio::time::sleep((*retry_after).min(Duration::from_secs(1))).await;
+                    continue;
+                }
+                if entries_tx.send(next).await.is_err() || fatal {
+                    return;
+                }
+            }
+        }
+    });
+    let chores = tokio::spawn(chores(inner.clone(), log.clone()));
+    let mut pending: HashMap<SharedPos, Own> = HashMap::new();
+    let mut flush = tokio::time::interval(CURSOR_FLUSH);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batch = Vec::with_capacity(64);
+    let mut shutdown = None;
+    loop {
+        tokio::select! {
+            biased;
+            entry = entries.recv() => match entry {
+                Some(Ok(entry)) => {
+                    let own = pending.remove(&entry.pos);
+                    apply_entry(&inner, entry, own).await;
+                }
+                Some(Err(err)) => {
+                    // This node's state no longer matches the log: the
+                    // safe thing is to stop serving rather than answer
+                    // from it. Streams end, clients reconnect elsewhere.
+                    tracing::error!(cause = %err, "the cluster log lost entries this node applied; closing its streams");
+                    let mut state = inner.state();
+                    state.close_all(Timestamp::now());
+                    state.outbox.clear();
+                    break;
+                }
+                None => break,
+            },
+            n = rx.recv_many(&mut batch, MAX_BATCH) => {
+                if n == 0 {
+                    break;
+                }
+                if let Some(reply) = submit(&inner, &*log, std::mem::take(&mut batch), &mut pending).await {
+                    shutdown = Some(reply);
+                    break;
+                }
+            }
+            _ = flush.tick() => {
+                retry(&inner, &*log).await;
+                inner.state().checkpoint_cursors();
+                submit(&inner, &*log, Vec::new(), &mut pending).await;
+            }
+        }
+    }
+    // The streams end; what they were written goes to the log if it can.
+    {
+        let mut state = inner.state();
+        state.close_all(Timestamp::now());
+    }
+    let _ = submit(&inner, &*log, Vec::new(), &mut pending).await;
+    for own in pending.into_values() {
+        fail_own(own, || Error::ShuttingDown);
+    }
+    chores.abort();
+    tail_task.abort();
+    rx.close();
+    if let Some(reply) = shutdown {
+        let _ = reply.send(());
+    }
+    while let Ok(cmd) = rx.try_recv() {
+        if let Command::Shutdown(reply) = cmd {
+            let _ = reply.send(());
+        }
+    }
+}
+
+/// Asks the log whether it answers again once a retry is due (as
+/// `health::retry` asks a single node's store): until then requests are
+/// refused with `503` at once, rather than each waiting for a timeout.
+async fn retry<S: EventStore>(inner: &Inner<S>, log: &dyn SharedLog) {
+    let due = inner
+        .health()
+        .retry_at()
+        .is_some_and(|at| at <= tokio::time::Instant::now());
+    if !due {
+        return;
+    }
+    match log.head().await {
+        Ok(_) => {
+            if let Some(outage) = inner.health().recovered() {
+                tracing::info!(
+                    failing_for = ?Timestamp::now().since(outage.since),
+                    failures = outage.failures,
+                    "the cluster log takes writes again"
+                );
+            }
+        }
+        Err(err) => {
+            inner.health().failed(err.to_string());
+        }
+    }
+}
+
+/// Sends a batch of this node's commands (and what its state has to tell
+/// the others) as one entry. Returns the shutdown's answer when the batch
+/// asks to stop.
+async fn submit<S: EventStore>(
+    inner: &Inner<S>,
+    log: &dyn SharedLog,
+    batch: Vec<Command>,
+    pending: &mut HashMap<SharedPos, Own>,
+) -> Option<oneshot::Sender<()>> {
+    let now = Timestamp::now();
+    let mut wires = Vec::with_capacity(batch.len());
+    let mut own: Own = Vec::with_capacity(batch.len());
+    let mut shutdown = None;
+    {
+        let mut state = inner.state();
+        for cmd in batch {
+            match to_wire(&cmd) {
+                Some(w) => {
+                    wires.push(w);
+                    own.push(Some(cmd));
+                }
+                None => match cmd {
+                    Command::Closed(id) => state.close_stream(id, now),
+                    Command::Shutdown(reply) => shutdown = Some(reply),
+                    // The ticker's entries carry the shared chores.
+                    _ => {}
+                },
+            }
+        }
+        for w in state.outbox.drain(..) {
+            wires.push(w);
+            own.push(None);
+        }
+    }
+    if wires.is_empty() {
+        return shutdown;
+    }
+    let events = wires.iter().filter(|w| w.is_event()).count() as u32;
+    match log.append(Bytes::from(wire::encode(&wires)), events).await {
+        Ok(appended) => {
+            inner.health().wrote();
+            if own.iter().any(Option::is_some) {
+                pending.insert(appended.pos, own);
+            }
+        }
+        Err(err) => {
+            let cause = err.to_string();
+            if inner.health().failed(cause.clone()) {
+                tracing::error!(cause = %cause, "the cluster log refused a batch; answering 503");
+            }
+            // What only this node knew is kept for the next entry.
+            let mut state = inner.state();
+            for (w, o) in wires.into_iter().zip(own.iter()) {
+                if o.is_none() {
+                    state.outbox.push(w);
+                }
+            }
+            drop(state);
+            fail_own(own, || Error::StoreUnavailable(cause.clone()));
+        }
+    }
+    shutdown
+}
+
+fn fail_own(own: Own, err: impl Fn() -> Error) {
+    for cmd in own.into_iter().flatten() {
+        if let Some(owed) = cmd.owed() {
+            owed.fail(err());
+        }
+    }
+}
+
+/// A command of this node as the log carries it; `None` for what stays
+/// local.
+fn to_wire(cmd: &Command) -> Option<Wire> {
+    Some(match cmd {
+        Command::Publish(p, _) => Wire::Publish {
+            channel: p.channel.clone(),
+            payload: String::from_utf8_lossy(&p.payload).into_owned(),
+            kind: p.kind.clone(),
+            device: p.device.clone(),
+            idem: p.idempotency_key.clone(),
+        },
+        Command::Ack(a) => Wire::Ack {
+            subscription: a.subscription.clone(),
+            device: a.device.clone(),
+            id: a.id.0,
+            status: a.status.to_string(),
+        },
+        Command::Subscribe(s) => Wire::Subscribe {
+            patterns: s.req.patterns.clone(),
+            device: s.req.device.clone(),
+            last_event_id: s.last_event_id.clone(),
+            token: s.token.as_ref().map(wire::token_bytes),
+        },
+        Command::Token(t) => Wire::Token {
+            token: wire::token_bytes(&t.token),
+            grants: t.grants.clone(),
+        },
+        Command::RemoveMember(r) => Wire::RemoveMember {
+            subscription: r.subscription.clone(),
+            device: r.device.clone(),
+        },
+        Command::NoticeSent { id, device } => Wire::NoticeSent {
+            id: id.0,
+            device: device.clone(),
+        },
+        _ => return None,
+    })
+}
+
+/// An answer nobody waits for: a command another node asked.
+fn nobody<T>() -> oneshot::Sender<T> {
+    oneshot::channel().0
+}
+
+/// Applies one entry of the log, with this node's own commands when it
+/// appended it.
+async fn apply_entry<S: EventStore>(inner: &Inner<S>, entry: SharedEntry, own: Option<Own>) {
+    let wires = match wire::decode(&entry.blob) {
+        Ok(wires) => wires,
+        Err(err) => {
+            tracing::error!(pos = ?entry.pos, node = %entry.node, cause = %err, "a cluster log entry this node cannot read; skipped");
+            if let Some(own) = own {
+                fail_own(own, || {
+                    Error::StoreUnavailable(format!("unreadable log entry: {err}"))
+                });
+            }
+            return;
+        }
+    };
+    let now = Timestamp(i64::try_from(entry.time).unwrap_or(i64::MAX));
+    let node: Arc<str> = Arc::from(entry.node.as_str());
+    let mut own = own.unwrap_or_default();
+    own.resize_with(wires.len(), || None);
+    let mut batch = Vec::with_capacity(wires.len());
+    // A stream of this node whose entry's answer was lost (the append
+    // failed as far as this node knew, yet reached the log): every node
+    // counts it open, so this node tells them it is not.
+    let mut orphans = Vec::new();
+    let ours = *node == *inner.state().node;
+    for (w, mine) in wires.into_iter().zip(own) {
+        if ours
+            && mine.is_none()
+            && let Wire::Subscribe {
+                patterns,
+                device: Some(device),
+                ..
+            } = &w
+        {
+            orphans.push(Wire::Closed {
+                subs: patterns.clone(),
+                device: Some(device.clone()),
+                upto: 0,
+                at: None,
+            });
+        }
+        batch.push(match mine {
+            Some(cmd) => cmd,
+            None => from_wire(w, &node),
+        });
+    }
+    {
+        let mut state = inner.state();
+        // Ids come from the log: this entry's events get `first_id` on.
+        if entry.first_id > state.seq.last().0 + 1 {
+            state.seq = Sequencer::after(EventId(entry.first_id - 1));
+        }
+        state.current_node = node;
+    }
+    process_at(inner, batch, now, true).await;
+    let mut state = inner.state();
+    state.current_node = state.node.clone();
+    state.outbox.extend(orphans);
+}
+
+/// Another node's command.
+fn from_wire(w: Wire, node: &Arc<str>) -> Command {
+    match w {
+        Wire::Publish {
+            channel,
+            payload,
+            kind,
+            device,
+            idem,
+        } => Command::Publish(
+            Box::new(Publish {
+                channel,
+                payload: Bytes::from(payload),
+                kind,
+                device,
+                idempotency_key: idem,
+            }),
+            nobody(),
+        ),
+        Wire::Ack {
+            subscription,
+            device,
+            id,
+            status,
+        } => Command::Ack(AckCmd {
+            subscription,
+            device,
+            id: EventId(id),
+            status: Arc::from(status),
+            reply: nobody(),
+        }),
+        Wire::Subscribe {
+            patterns,
+            device,
+            last_event_id,
+            token,
+        } => Command::Subscribe(SubscribeCmd {
+            req: SubscribeRequest {
+                device,
+                patterns,
+                resume: Resume::Auto,
+            },
+            last_event_id,
+            token: token.map(TokenHash),
+            stream: None,
+            reply: nobody(),
+        }),
+        Wire::Closed {
+            subs,
+            device,
+            upto,
+            at,
+        } => Command::RemoteClosed(
+            node.clone(),
+            ClosedStream {
+                subs,
+                device,
+                upto: EventId(upto),
+                at: at.map(Timestamp),
+            },
+        ),
+        Wire::Cursor {
+            subscription,
+            device,
+            cursor,
+            at,
+        } => Command::Cursor {
+            node: node.clone(),
+            subscription,
+            device,
+            cursor: EventId(cursor),
+            at: Timestamp(at),
+        },
+        Wire::Token { token, grants } => Command::Token(TokenCmd {
+            token: TokenHash(token),
+            grants,
+            reply: nobody(),
+        }),
+        Wire::RemoveMember {
+            subscription,
+            device,
+        } => Command::RemoveMember(RemoveMemberCmd {
+            subscription,
+            device,
+            reply: nobody(),
+        }),
+        Wire::NoticeSent { id, device } => Command::NoticeSent {
+            id: EventId(id),
+            device,
+        },
+        Wire::Tick => Command::SharedTick,
+        Wire::NodeGone { node } => Command::NodeGone(Arc::from(node.as_str())),
+    }
+}
+
+/// A node's background duties: heartbeats; and, for the holder of the
+/// ticker lease, the shared chores' entries and the sweep of dead nodes.
+async fn chores<S: EventStore>(inner: Arc<Inner<S>>, log: Arc<dyn SharedLog>) {
+    let tick = inner.config.tick.max(Duration::from_millis(10));
+    let mut every = tokio::time::interval(tick.min(HEARTBEAT));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_beat = tokio::time::Instant::now() - HEARTBEAT;
+    let mut last_tick = tokio::time::Instant::now();
+    loop {
+        every.tick().await;
+        let now = tokio::time::Instant::now();
+        if now - last_beat >= HEARTBEAT {
+            last_beat = now;
+            if let Err(err) = log.heartbeat(HEARTBEAT_TTL).await {
+                tracing::warn!(cause = %err, "heartbeat failed");
+            }
+        }
+        if now - last_tick < tick {
+            continue;
+        }
+        last_tick = now;
+        let ticker = log
+            .try_lease("ticker", (tick * 3).max(Duration::from_secs(3)))
+            .await
+            .unwrap_or(false);
+        inner.state().become_ticker(ticker);
+        if !ticker {
+            continue;
+        }
+        let mut wires = vec![Wire::Tick];
+        if let Ok(gone) = log.expired_nodes().await {
+            for node in gone {
+                if node == log.node() {
+                    continue;
+                }
+                tracing::warn!(node = %node, "a node stopped heartbeating: its streams are gone");
+                wires.push(Wire::NodeGone { node: node.clone() });
+                let _ = log.forget_node(&node).await;
+            }
+        }
+        if let Err(err) = log.append(Bytes::from(wire::encode(&wires)), 0).await {
+            tracing::warn!(cause = %err, "the ticker's entry was not appended");
+        }
+    }
+}
