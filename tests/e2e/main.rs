@@ -7,6 +7,8 @@ mod admin;
 mod auth;
 mod cli;
 mod cli_ux;
+mod cluster;
+mod cluster_more;
 mod connections;
 mod durability;
 mod envelope;

@@ -62,6 +62,12 @@ pub struct Args {
     /// keep everything in memory instead: nothing survives a restart (for tests and demos)
     #[argh(switch)]
     pub memory: bool,
+    /// run as one node of a cluster sharing this Redis: redis://[user:pass@]HOST:PORT[/DB], or redis+sentinel://HOST:PORT,HOST:PORT/MASTER to follow Sentinel failovers; the cluster's state lives in Redis (no --data-dir)
+    #[argh(option)]
+    pub cluster: Option<String>,
+    /// this node's name in the cluster, unique among its nodes (default: host name, process id and start time)
+    #[argh(option)]
+    pub node_id: Option<String>,
     /// when to force writes to disk: always (default; an acknowledged publish or receipt survives power loss) or never (survives a crash of the process, not of the machine)
     #[argh(option)]
     pub fsync: Option<String>,
@@ -153,6 +159,13 @@ pub enum StoreKind {
         dir: std::path::PathBuf,
         /// Sync policy.
         fsync: Fsync,
+    },
+    /// One node of a cluster: the shared log in Redis is the journal.
+    Cluster {
+        /// The `--cluster` URL.
+        url: String,
+        /// This node's id.
+        node: String,
     },
 }
 
@@ -421,18 +434,31 @@ impl Config {
             Some(v) => v.parse::<Fsync>().map_err(|e| format!("--fsync: {e}"))?,
         };
         let data_dir = pick(args.data_dir, "data-dir");
-        let store = match (memory, data_dir) {
-            (true, Some(dir)) => {
+        let cluster = pick(args.cluster, "cluster");
+        let node_id = pick(args.node_id, "node-id");
+        let store = match (cluster, memory, data_dir) {
+            (Some(_), _, Some(dir)) => {
                 return Err(format!(
-                    "--memory and --data-dir `{dir}` contradict each other: choose one"
+                    "--cluster and --data-dir `{dir}` contradict each other: a cluster node keeps its state in Redis"
                 ));
             }
-            (true, None) => StoreKind::Memory,
-            (false, dir) => StoreKind::File {
-                dir: dir.unwrap_or_else(|| "pere-data".into()).into(),
-                fsync,
+            (Some(url), _, None) => crate::cluster::store(&url, node_id.as_deref())?,
+            (None, memory, dir) => match (memory, dir) {
+                (true, Some(dir)) => {
+                    return Err(format!(
+                        "--memory and --data-dir `{dir}` contradict each other: choose one"
+                    ));
+                }
+                (true, None) => StoreKind::Memory,
+                (false, dir) => StoreKind::File {
+                    dir: dir.unwrap_or_else(|| "pere-data".into()).into(),
+                    fsync,
+                },
             },
         };
+        if node_id.is_some() && !matches!(store, StoreKind::Cluster { .. }) {
+            return Err("--node-id names a node of a cluster: it needs --cluster".into());
+        }
         Ok(Config {
             store,
             addr: SocketAddr::new(ip, port),

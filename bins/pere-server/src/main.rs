@@ -1,5 +1,6 @@
 //! `pere-server`: flags → config → `pere_http::run` over a hub.
 
+mod cluster;
 mod config;
 mod secure;
 
@@ -73,7 +74,7 @@ impl From<&Config> for Explain {
             addr: config.addr,
             data_dir: match &config.store {
                 StoreKind::File { dir, .. } => Some(dir.clone()),
-                StoreKind::Memory => None,
+                StoreKind::Memory | StoreKind::Cluster { .. } => None,
             },
         }
     }
@@ -215,6 +216,29 @@ async fn serve(config: Config) -> Result<(), pere_http::Error> {
             })?;
             serve_with(config.clone(), listener, store).await
         }
+        StoreKind::Cluster { url, node } => {
+            let engine = pere_cluster::Engine::connect(pere_cluster::ClusterConfig::new(
+                url.clone(),
+                node.clone(),
+            ))
+            .await
+            .map_err(|err| {
+                pere_core::Error::StoreUnavailable(format!(
+                    "cannot join the cluster at {}: {err}",
+                    cluster::redacted(url)
+                ))
+            })?;
+            // The shared log is the journal: the node's own store only
+            // holds what it replays from it.
+            let store = MemoryStore::new(config.retention);
+            let hub = Hub::open_cluster(
+                config.hub.clone(),
+                store,
+                std::sync::Arc::new(engine) as std::sync::Arc<dyn pere_core::cluster::SharedLog>,
+            )
+            .await?;
+            serve_hub(config, listener, hub).await
+        }
     }
 }
 
@@ -223,13 +247,21 @@ async fn serve_with<S: EventStore>(
     listener: tokio::net::TcpListener,
     store: S,
 ) -> Result<(), pere_http::Error> {
+    let hub = Hub::open(config.hub.clone(), store).await?;
+    serve_hub(config, listener, hub).await
+}
+
+async fn serve_hub<S: EventStore>(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    hub: Hub<S>,
+) -> Result<(), pere_http::Error> {
     let addr = listener
         .local_addr()
         .map_err(|source| pere_http::Error::Io {
             context: "cannot read the listening address".into(),
             source,
         })?;
-    let hub = Hub::open(config.hub.clone(), store).await?;
     if let Some((path, tokens)) = &config.auth {
         if tokens.is_empty() {
             tracing::warn!(file = %path.display(), "the auth file defines no token: every request but the open pages gets 401");
@@ -349,6 +381,11 @@ fn banner<S: EventStore>(
                     Fsync::Always => "always",
                     Fsync::Never => "never",
                 },
+                r.history
+            ),
+            StoreKind::Cluster { url, node } => format!(
+                "  store       cluster {} as node {node} (history {} events/channel, {age})",
+                cluster::redacted(url),
                 r.history
             ),
         },

@@ -1,0 +1,140 @@
+//! `--cluster` and `--node-id`: what makes this server one node of many.
+
+use crate::config::StoreKind;
+
+/// The store of a cluster node, from `--cluster URL` and `--node-id`.
+pub fn store(url: &str, node_id: Option<&str>) -> Result<StoreKind, String> {
+    let url = url.trim().to_owned();
+    if !(url.starts_with("redis://")
+        || url.starts_with("rediss://")
+        || url.starts_with("redis+sentinel://"))
+    {
+        return Err(format!(
+            "--cluster `{url}` is not a redis:// or redis+sentinel:// URL"
+        ));
+    }
+    let node = match node_id {
+        Some(id) => check_node_id(id.trim())?,
+        None => default_node_id(),
+    };
+    Ok(StoreKind::Cluster { url, node })
+}
+
+/// A node id goes into Redis keys and log entries: short, printable.
+fn check_node_id(id: &str) -> Result<String, String> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(id.to_owned())
+    } else {
+        Err(format!(
+            "--node-id `{id}` must be 1 to 64 letters, digits, `-`, `_` or `.`"
+        ))
+    }
+}
+
+/// A node id no other node has: host name, process id, start time. A new
+/// one at each start, so the streams of a node that died are swept by the
+/// others once its heartbeat expires, whatever this one does.
+fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| {
+            h.trim()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .take(32)
+                .collect::<String>()
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".into());
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("{host}-{}-{started:x}", std::process::id())
+}
+
+/// The URL with its password hidden, for messages.
+pub fn redacted(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((_, hosts)) => format!("{scheme}://***@{hosts}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::config::{Args, Config};
+
+    #[test]
+    fn cluster_urls_and_node_ids_are_checked() {
+        let e = HashMap::from([(
+            "PERE_CLUSTER".to_owned(),
+            "redis://10.0.0.5:6379".to_owned(),
+        )]);
+        let store = Config::resolve(Args::default(), &e).unwrap().store;
+        let StoreKind::Cluster { url, node } = store else {
+            panic!("PERE_CLUSTER makes a cluster node: {store:?}");
+        };
+        assert_eq!(url, "redis://10.0.0.5:6379");
+        assert!(!node.is_empty() && check_node_id(&node).is_ok(), "{node}");
+        let args = Args {
+            cluster: Some("redis+sentinel://a:26379,b:26379/pere".into()),
+            node_id: Some("eu-1".into()),
+            ..Args::default()
+        };
+        assert_eq!(
+            Config::resolve(args, &HashMap::new()).unwrap().store,
+            StoreKind::Cluster {
+                url: "redis+sentinel://a:26379,b:26379/pere".into(),
+                node: "eu-1".into()
+            }
+        );
+        let err = |args: Args| Config::resolve(args, &HashMap::new()).unwrap_err();
+        assert!(
+            err(Args {
+                cluster: Some("http://redis:6379".into()),
+                ..Args::default()
+            })
+            .contains("not a redis://")
+        );
+        assert!(
+            err(Args {
+                cluster: Some("redis://r:6379".into()),
+                data_dir: Some("/x".into()),
+                ..Args::default()
+            })
+            .contains("contradict")
+        );
+        assert!(
+            err(Args {
+                cluster: Some("redis://r:6379".into()),
+                node_id: Some("a b".into()),
+                ..Args::default()
+            })
+            .contains("--node-id")
+        );
+        assert!(
+            err(Args {
+                node_id: Some("eu-1".into()),
+                ..Args::default()
+            })
+            .contains("needs --cluster")
+        );
+    }
+
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        assert_eq!(redacted("redis://u:secret@h:1/0"), "redis://***@h:1/0");
+        assert_eq!(redacted("redis://h:1"), "redis://h:1");
+    }
+}

@@ -1,0 +1,122 @@
+//! More of the cluster's contract (issue 15): idempotency, overdue notices
+//! and token changes hold cluster-wide, whichever node a client talks to.
+
+use std::time::Duration;
+
+use crate::cluster::{Cluster, read};
+use crate::overdue::Receiver;
+use pere_tests::{SseStream, eventually, temp_dir};
+
+#[tokio::test]
+async fn an_idempotency_key_holds_across_nodes() {
+    let cluster = Cluster::start(2, &[]).await;
+    let mut stream = cluster.subscribe(1, "pay", "till").await;
+    let key = [("Idempotency-Key", "order-42")];
+    let first = cluster
+        .node(0)
+        .request("POST", "/push/pay", &key, b"42 EUR")
+        .await;
+    assert_eq!(first.status, 201, "{}", first.text());
+    // The publisher's retry lands on the other node.
+    let retry = cluster
+        .node(1)
+        .request("POST", "/push/pay", &key, b"42 EUR")
+        .await;
+    assert_eq!(retry.status, 201, "{}", retry.text());
+    assert_eq!(retry.json()["id"], first.json()["id"], "the same event");
+    let after = cluster.publish(0, "pay", "after").await;
+    let got = read(&mut stream, 2).await;
+    assert_eq!(got[0].0.to_string(), first.json()["id"].as_str().unwrap());
+    assert_eq!(got[1].0, after, "the retry published nothing");
+}
+
+#[tokio::test]
+async fn an_overdue_notice_is_posted_once_for_the_whole_cluster() {
+    let receiver = Receiver::start(0).await;
+    let hook = format!("http://{}/hooks/pere", receiver.addr);
+    let cluster = Cluster::start(3, &["--ack-deadline", "1s", "--webhook", &hook]).await;
+    let mut stream = cluster.subscribe(1, "tasks", "worker").await;
+    let id = cluster.publish(2, "tasks", "do it").await;
+    assert_eq!(read(&mut stream, 1).await[0].0, id);
+    // Never acknowledged: past the deadline, one node (the ticker) posts.
+    eventually("the webhook gets the notice", || async {
+        !receiver.received().is_empty()
+    })
+    .await;
+    // Every node knows of it, and no other node posts it again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let got = receiver.received();
+    assert_eq!(got.len(), 1, "one notice per (event, device): {got:?}");
+    assert_eq!(got[0]["id"], id.to_string());
+    assert_eq!(got[0]["device"], "worker");
+}
+
+const ADMIN: &str = "cluster-admin-token-0001";
+const KIOSK: &str = "cluster-kiosk-token-0001";
+
+#[tokio::test]
+async fn a_token_revoked_on_one_node_closes_its_streams_on_every_node() {
+    let dir = temp_dir("cluster-auth");
+    let file = dir.join("auth.json");
+    let json = serde_json::json!({ "tokens": { ADMIN: { "subject": "ops", "admin": true } } });
+    std::fs::write(&file, json.to_string()).unwrap();
+    let cluster = Cluster::start(3, &["--auth", file.to_str().unwrap()]).await;
+    let admin = format!("Bearer {ADMIN}");
+    let kiosk = format!("Bearer {KIOSK}");
+    // Created on node 0 ...
+    let grants = br#"{"subject":"kiosk-9","subscribe":["news","weather"]}"#;
+    let r = cluster
+        .node(0)
+        .request(
+            "PUT",
+            &format!("/admin/tokens/{KIOSK}"),
+            &[("Authorization", &admin)],
+            grants,
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    // ... used on node 1 (once node 1 has applied it) ...
+    let mut stream = None;
+    for _ in 0..50 {
+        let s = SseStream::open(
+            cluster.node(1).addr,
+            "/feed/news",
+            &[("Authorization", &kiosk)],
+        )
+        .await;
+        if s.status == 200 {
+            stream = Some(s);
+            break;
+        }
+        assert_eq!(s.status, 401, "{}", s.text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut stream = stream.expect("the token works on another node");
+    assert_eq!(stream.next_event().await.unwrap().event, "pere.hello");
+    // ... revoked on node 2: the stream on node 1 ends within a second.
+    let r = cluster
+        .node(2)
+        .request(
+            "DELETE",
+            &format!("/admin/tokens/{KIOSK}"),
+            &[("Authorization", &admin)],
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let rest = tokio::time::timeout(Duration::from_secs(1), stream.until_end())
+        .await
+        .expect("the stream on another node closes within a second");
+    assert!(
+        rest.iter().all(|e| e.event.starts_with("pere.")),
+        "{rest:?}"
+    );
+    // And the token is refused on every node.
+    for node in 0..3 {
+        let r = cluster
+            .node(node)
+            .request("GET", "/feed/news", &[("Authorization", &kiosk)], b"")
+            .await;
+        assert_eq!(r.status, 401, "node {node}: {}", r.text());
+    }
+}
