@@ -120,3 +120,86 @@ async fn a_token_revoked_on_one_node_closes_its_streams_on_every_node() {
         assert_eq!(r.status, 401, "node {node}: {}", r.text());
     }
 }
+
+/// Detection (1 s down-after), election and promotion, on 2 busy cores.
+const FAILOVER: Duration = Duration::from_secs(40);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_that_lost_events_ends_streams_with_a_gap_and_ids_keep_increasing() {
+    use pere_cluster::testing::SentinelGroup;
+    let mut group = tokio::task::spawn_blocking(SentinelGroup::start)
+        .await
+        .unwrap()
+        .expect("the sentinel group starts (redis-sentinel installed?)");
+    let url = group.url();
+    let a = pere_tests::ServerProcess::start(&["--cluster", &url]).await;
+    let b = pere_tests::ServerProcess::start(&["--cluster", &url]).await;
+    let mut stream = crate::cluster::subscribe_with(&b, "news", "reader", &[]).await;
+    let publish = |node: &pere_tests::ServerProcess, payload: &'static str| {
+        let addr = node.addr;
+        async move {
+            let r = pere_tests::request(addr, "POST", "/push/news", &[], payload.as_bytes()).await;
+            assert_eq!(r.status, 201, "{}", r.text());
+            r.json()["id"].as_str().unwrap().parse::<u64>().unwrap()
+        }
+    };
+    let kept = publish(&a, "kept").await;
+    assert_eq!(read(&mut stream, 1).await[0].0, kept);
+    // What the primary takes from now on exists nowhere else.
+    let group_ref = &group;
+    tokio::task::block_in_place(|| {
+        group_ref.sync_replica().unwrap();
+        group_ref.cut_replication().unwrap();
+    });
+    let lost = publish(&a, "lost").await;
+    assert_eq!(read(&mut stream, 1).await[0].0, lost, "node b applied it");
+    group = tokio::task::spawn_blocking(move || {
+        group.primary.kill();
+        group
+            .wait_for_promotion(FAILOVER)
+            .expect("the replica is promoted");
+        group
+    })
+    .await
+    .unwrap();
+    // The node that had sent `lost` tells its stream, which ends.
+    let rest = tokio::time::timeout(FAILOVER, stream.until_end())
+        .await
+        .expect("the stream ends after the failover");
+    let gap = rest.last().expect("a last event");
+    assert_eq!(gap.event, "pere.gap", "{rest:?}");
+    let data: serde_json::Value = serde_json::from_str(&gap.data).unwrap();
+    assert_eq!(data["reason"], "cluster_failover", "{data}");
+    assert_eq!(data["from"], lost.to_string());
+    // Both nodes had applied it: both stop, asking to be restarted.
+    for node in [&a, &b] {
+        eventually("the node stops", || async {
+            tokio::net::TcpStream::connect(node.addr).await.is_err()
+        })
+        .await;
+        eventually("the node says to restart it", || async {
+            node.log().contains("restart this node")
+        })
+        .await;
+    }
+    // Restarted, a node serves the log as it now is: ids keep increasing
+    // past the lost one, and nothing shows the lost event.
+    let c = pere_tests::ServerProcess::start(&["--cluster", &url]).await;
+    let after = {
+        let deadline = std::time::Instant::now() + FAILOVER;
+        loop {
+            let r = pere_tests::request(c.addr, "POST", "/push/news", &[], b"after").await;
+            if r.status == 201 {
+                break r.json()["id"].as_str().unwrap().parse::<u64>().unwrap();
+            }
+            assert!(std::time::Instant::now() < deadline, "{}", r.text());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    assert!(after > lost, "ids keep increasing: {after} after {lost}");
+    let since = kept.to_string();
+    let mut again =
+        crate::cluster::subscribe_with(&c, "news", "reader", &[("Last-Event-ID", &since)]).await;
+    assert_eq!(read(&mut again, 1).await, vec![(after, "after".to_owned())]);
+    drop(group);
+}

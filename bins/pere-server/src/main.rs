@@ -10,6 +10,11 @@ use config::{Args, Config, LogFormat, StoreKind, show_duration};
 use pere_core::{EventStore, FileStore, FileStoreConfig, Fsync, Hub, MemoryStore};
 use tracing_subscriber::EnvFilter;
 
+/// Why the hub stopped serving on its own, if it did (see
+/// [`Hub::failure`]): the process then exits with 75 so that it is
+/// restarted.
+static HUB_FAILED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 fn main() -> ExitCode {
     let args: Args = match parse_args() {
         Ok(args) => args,
@@ -46,7 +51,16 @@ fn main() -> ExitCode {
     };
     let explain = Explain::from(&config);
     match runtime.block_on(serve(config)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => match HUB_FAILED.get() {
+            Some(reason) => {
+                eprintln!(
+                    "pere-server: {reason}; restart this node (a supervisor's restart policy does it) to rebuild its state from the log"
+                );
+                // EX_TEMPFAIL: a restart is the remedy.
+                ExitCode::from(75)
+            }
+            None => ExitCode::SUCCESS,
+        },
         Err(err) => {
             eprintln!("pere-server: {}", explain.failure(&err));
             // A configuration error like any other, only found once the
@@ -284,7 +298,18 @@ async fn serve_hub<S: EventStore>(
         hub.clone(),
         config.log_summary,
     ));
-    pere_http::run(listener, hub, server, shutdown_signal()).await?;
+    let stop = {
+        let hub = hub.clone();
+        async move {
+            tokio::select! {
+                () = shutdown_signal() => {}
+                reason = hub.failure() => {
+                    let _ = HUB_FAILED.set(reason);
+                }
+            }
+        }
+    };
+    pere_http::run(listener, hub, server, stop).await?;
     tracing::info!("bye");
     Ok(())
 }

@@ -79,6 +79,9 @@ pub struct StreamShared {
     allowed: Mutex<Option<Arc<[Pattern]>>>,
     /// The events queued for the stream.
     queue: DeliveryQueue,
+    /// Why the hub ended the stream, when the client must be told more than
+    /// the end itself: the data of a last `pere.gap`.
+    farewell: Mutex<Option<Arc<str>>>,
 }
 
 impl StreamShared {
@@ -97,7 +100,22 @@ impl StreamShared {
             restricted: AtomicBool::new(false),
             allowed: Mutex::new(None),
             queue: DeliveryQueue::new(capacity, max_bytes),
+            farewell: Mutex::new(None),
         }
+    }
+
+    /// Leaves the stream a last `pere.gap` (its JSON data) to write once
+    /// its queue ends.
+    pub fn say_farewell(&self, data: String) {
+        *self.farewell.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::from(data));
+    }
+
+    /// Takes the last word left by [`say_farewell`](Self::say_farewell).
+    pub fn take_farewell(&self) -> Option<Arc<str>> {
+        self.farewell
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     /// Ends the stream for good: its token was revoked (or no longer covers

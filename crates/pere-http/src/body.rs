@@ -219,7 +219,10 @@ impl SseBody {
                     return Poll::Pending;
                 };
                 let Some(first) = first else {
-                    return Poll::Ready(None);
+                    // The hub ended it with a last word (docs/PROTOCOL.md §10).
+                    return Poll::Ready(sub.farewell().map(|data| {
+                        sse::event_frame(None, Some("pere.gap"), &data).unwrap_or_default()
+                    }));
                 };
                 let frame = outgoing_frame(&first, self.form);
                 // Several events ready at once go out as one frame: one

@@ -96,6 +96,9 @@ struct Inner<S> {
     /// (waiting publishes) that must answer before the server stops.
     closing_signal: tokio::sync::watch::Sender<bool>,
     counters: Counters,
+    /// Why the hub stopped serving on its own, when it did (a cluster node
+    /// whose shared log lost what it had applied).
+    failed: tokio::sync::watch::Sender<Option<String>>,
     /// Latency histograms and the gauges the ledger keeps (also held by
     /// the state, for each channel's receipts, and by every stream).
     metrics: Arc<HubMetrics>,
@@ -225,9 +228,22 @@ impl<S: EventStore> Hub<S> {
             closing: AtomicBool::new(false),
             closing_signal: tokio::sync::watch::Sender::new(false),
             counters: Counters::default(),
+            failed: tokio::sync::watch::Sender::new(None),
             metrics,
         });
         Ok((inner, rx))
+    }
+
+    /// Resolves, with the reason, if the hub stops serving on its own: a
+    /// cluster node whose shared log lost entries it had applied (a Redis
+    /// failover) must be restarted to rebuild its state from the log.
+    /// Never resolves for a single node.
+    pub async fn failure(&self) -> String {
+        let mut rx = self.inner.failed.subscribe();
+        match rx.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            Err(_) => std::future::pending().await,
+        }
     }
 
     /// The hub's configuration.

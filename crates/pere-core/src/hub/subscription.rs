@@ -83,6 +83,12 @@ impl Subscription {
         self.shared.id
     }
 
+    /// The last `pere.gap` data the hub left when it ended the stream
+    /// (taken once).
+    pub fn farewell(&self) -> Option<Arc<str>> {
+        self.shared.take_farewell()
+    }
+
     /// The last event id written to this stream.
     pub fn delivered_upto(&self) -> EventId {
         self.shared.delivered_upto()

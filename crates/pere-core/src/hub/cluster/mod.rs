@@ -213,16 +213,24 @@ pub(super) async fn writer<S: EventStore>(
             entry = entries.recv() => match entry {
                 Some(Ok(entry)) => {
                     let own = pending.remove(&entry.pos);
+                    lost_own(&mut pending, entry.pos);
                     apply_entry(&inner, entry, own).await;
                 }
                 Some(Err(err)) => {
                     // This node's state no longer matches the log: the
                     // safe thing is to stop serving rather than answer
-                    // from it. Streams end, clients reconnect elsewhere.
-                    tracing::error!(cause = %err, "the cluster log lost entries this node applied; closing its streams");
+                    // from it. Streams end with a word on why, clients
+                    // reconnect elsewhere, and the node is restarted to
+                    // rebuild from the log as it now is.
+                    let reason = format!("the cluster log lost entries this node had applied (a Redis failover): {err}");
+                    tracing::error!(cause = %err, "the cluster log lost entries this node applied; closing its streams and stopping");
                     let mut state = inner.state();
+                    for open in state.streams.values() {
+                        open.shared.say_farewell(failover_gap(open.shared.delivered_upto()));
+                    }
                     state.close_all(Timestamp::now());
-                    state.outbox.clear();
+                    drop(state);
+                    inner.failed.send_replace(Some(reason));
                     break;
                 }
                 None => break,
@@ -261,6 +269,36 @@ pub(super) async fn writer<S: EventStore>(
     while let Ok(cmd) = rx.try_recv() {
         if let Command::Shutdown(reply) = cmd {
             let _ = reply.send(());
+        }
+    }
+}
+
+/// The data of the `pere.gap` that ends a stream when the log lost
+/// entries (docs/PROTOCOL.md §10): events after `from` this stream may have
+/// been sent no longer exist, and others may be missing.
+fn failover_gap(from: EventId) -> String {
+    serde_json::json!({
+        "from": from.0.to_string(),
+        "oldest": null,
+        "reason": "cluster_failover",
+    })
+    .to_string()
+}
+
+/// Entries of this node that the log acknowledged but that never came back
+/// before a later one: a failover lost them. Their requests get a `503`
+/// rather than wait forever (the publisher retries, with its
+/// `Idempotency-Key` if it has one).
+fn lost_own(pending: &mut HashMap<SharedPos, Own>, seen: SharedPos) {
+    let lost: Vec<SharedPos> = pending.keys().copied().filter(|p| *p < seen).collect();
+    for pos in lost {
+        if let Some(own) = pending.remove(&pos) {
+            tracing::warn!(pos = ?pos, "an entry the cluster log had taken is gone (a failover); its requests get 503");
+            fail_own(own, || {
+                Error::StoreUnavailable(
+                    "the cluster log lost this request in a failover; retry".into(),
+                )
+            });
         }
     }
 }
