@@ -205,7 +205,8 @@ export function receiptsUrl(channel, { base = '', accessToken } = {}) {
 }
 
 /**
- * Sends a receipt for event `id`: `POST /feedback/:channel`.
+ * Sends a receipt for event `id`: `POST /feedback/:channel`, one request
+ * per call (a subscription's `ack` coalesces receipts into batches).
  * Resolves to the server's answer `{"id","device","state"}`; rejects with a
  * `PereError` (404 `unknown_event` when the event is not, or no longer,
  * retained on that channel).
