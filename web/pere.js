@@ -14,7 +14,10 @@
 // several channels use `/feed?channel=a&channel=b`. `ack` sends a receipt
 // (docs/PROTOCOL.md §4) the way PERE's original page did: `POST /feedback/:channel`
 // with headers `device` and `Last-Event-ID` and the form body `status=ok`,
-// or a JSON body `{"id","status"}`.
+// or a JSON body `{"id","status"}`. A subscription's `ack` coalesces: the
+// receipts it is asked for while one of its requests is in flight go
+// together in one batch (§4.1) when that request returns, so a burst of
+// events costs a few receipt requests, not one each.
 
 /** Connection states reported to `onState`. */
 export const State = Object.freeze({
@@ -35,6 +38,37 @@ const MAX_BACKOFF_MS = 30_000;
 
 /** Event ids remembered as processed per device; the oldest are forgotten first. */
 const MAX_PROCESSED = 10_000;
+
+/**
+ * Most receipts in one batch request: a burst of thousands of events still
+ * takes only a few requests, far from the server's 10,000 items
+ * (docs/PROTOCOL.md §4.1), and the answer to one batch is a small read.
+ */
+const MAX_BATCH_ITEMS = 500;
+
+/**
+ * Most characters of JSON in one batch body. A UTF-16 unit is at most 3
+ * bytes of UTF-8, so a batch stays under 768 KiB, within the server's 1 MiB
+ * for a receipt body even when every status is long (1,024 bytes at most).
+ */
+const MAX_BATCH_CHARS = 256 * 1024;
+
+/**
+ * The status of a batch item's error: the answer gives each failed item
+ * its code only (docs/PROTOCOL.md §4.1), and §8.1 gives the code's status,
+ * which says whether trying again may help (`PereError.transient`). Codes
+ * not listed are 400s.
+ */
+const ITEM_ERROR_STATUS = Object.freeze({
+  unauthorized: 401,
+  forbidden: 403,
+  unknown_event: 404,
+  not_a_recipient: 409,
+  internal: 500,
+  shutting_down: 503,
+  store_unavailable: 503,
+  over_capacity: 503,
+});
 
 // Events this page processed, per server and device: id → the status of the
 // receipt the page sent for it (null until it sends one). docs/PROTOCOL.md §5: a
@@ -171,7 +205,8 @@ export function receiptsUrl(channel, { base = '', accessToken } = {}) {
 }
 
 /**
- * Sends a receipt for event `id`: `POST /feedback/:channel`.
+ * Sends a receipt for event `id`: `POST /feedback/:channel`, one request
+ * per call (a subscription's `ack` coalesces receipts into batches).
  * Resolves to the server's answer `{"id","device","state"}`; rejects with a
  * `PereError` (404 `unknown_event` when the event is not, or no longer,
  * retained on that channel).
@@ -182,10 +217,15 @@ export function receiptsUrl(channel, { base = '', accessToken } = {}) {
  * @param {{base?: string, json?: boolean, accessToken?: string, signal?: AbortSignal}} [options]
  *   `json: true` sends `{"id","status"}` instead of PERE's form body `status=…`
  */
-export async function ack(channel, device, id, status = 'ok', { base = '', json = false, accessToken, signal } = {}) {
+export async function ack(channel, device, id, status = 'ok', options = {}) {
   // Remembered before it is sent: if this receipt is lost, the event comes
   // again and the receipt is sent again with the same status.
-  remember(processedBy(base, device), id, status);
+  remember(processedBy(options.base || '', device), id, status);
+  return postReceipt(channel, device, id, status, options);
+}
+
+/** `POST /feedback/:channel` of one receipt, as `ack` describes it. */
+async function postReceipt(channel, device, id, status, { base = '', json = false, accessToken, signal } = {}) {
   const headers = { device, 'Last-Event-ID': id };
   let body;
   if (json) {
@@ -211,6 +251,139 @@ export async function ack(channel, device, id, status = 'ok', { base = '', json 
   }
   if (!response.ok) throw await errorOf(response);
   return response.json();
+}
+
+/**
+ * `POST /feedback/:channel` of a batch (docs/PROTOCOL.md §4.1): `receipts`
+ * are `{json}` items, each `{"id","status"}` as JSON text. Resolves to the
+ * answer, one result per receipt in order; rejects with a `PereError` when
+ * the request as a whole failed.
+ */
+async function postBatch(channel, device, receipts, { base = '', accessToken } = {}) {
+  const headers = { device, 'Content-Type': 'application/json' };
+  if (accessToken) headers.Authorization = 'Bearer ' + accessToken;
+  let response;
+  try {
+    response = await fetch(`${base}/feedback/${encodeURIComponent(channel)}`, {
+      method: 'POST',
+      headers,
+      body: '[' + receipts.map((r) => r.json).join(',') + ']',
+      cache: 'no-store',
+    });
+  } catch (err) {
+    throw new PereError(0, 'network', `cannot reach the server (${err && err.message})`);
+  }
+  if (!response.ok) throw await errorOf(response);
+  const results = await response.json().catch(() => null);
+  if (!Array.isArray(results) || results.length !== receipts.length) {
+    throw new PereError(response.status, 'invalid_answer', 'the answer to a batch of receipts is not one result per receipt');
+  }
+  return results;
+}
+
+/**
+ * Coalesces the receipts of one device on one channel (of one server, sent
+ * with one token), in the manner of Nagle's algorithm: with no request of
+ * theirs in flight, a receipt goes at once (at the end of the current task,
+ * so receipts asked for together go together); those asked for while a
+ * request is in flight wait for it, then go as one batch (docs/PROTOCOL.md
+ * §4.1), at most `MAX_BATCH_ITEMS` at a time. A lone receipt is never
+ * delayed, and a burst costs a few requests instead of one per event. One
+ * request at a time also leaves the browser's other connections to the
+ * origin (six over HTTP/1.1, one held by the event stream) free.
+ *
+ * Each receipt's promise settles with its own item of the answer: an item
+ * the server refused (e.g. `unknown_event`) rejects only its promise, with a
+ * `PereError` of the item's code; a request that failed as a whole (network,
+ * 503…) rejects every receipt in it. A receipt alone in its request is sent
+ * as `ack` sends it (PERE's form body, or `{"id","status"}`), not as a batch.
+ */
+class ReceiptBatcher {
+  #channel;
+  #device;
+  #options;
+  /** Called when the queue is empty and nothing is in flight: the owner forgets this batcher. */
+  #onIdle;
+  /** Receipts not sent yet, oldest first: `{id, status, json, resolve, reject}`. */
+  #queue = [];
+  /** A send is scheduled or a request in flight: receipts wait in `#queue`. */
+  #busy = false;
+
+  constructor(channel, device, options, onIdle) {
+    this.#channel = channel;
+    this.#device = device;
+    this.#options = options;
+    this.#onIdle = onIdle;
+  }
+
+  /** Queues a receipt; resolves to its answer `{"id","device","state"}`. */
+  add(id, status) {
+    return new Promise((resolve, reject) => {
+      this.#queue.push({ id, status, json: JSON.stringify({ id, status }), resolve, reject });
+      if (!this.#busy) {
+        this.#busy = true;
+        queueMicrotask(() => this.#drain());
+      }
+    });
+  }
+
+  async #drain() {
+    while (this.#queue.length > 0) await this.#send(this.#take());
+    this.#busy = false;
+    this.#onIdle();
+  }
+
+  /** Takes the oldest receipts that fit one request (at least one). */
+  #take() {
+    let n = 0;
+    let chars = 2; // `[` and `]`
+    while (n < this.#queue.length && n < MAX_BATCH_ITEMS) {
+      chars += this.#queue[n].json.length + 1;
+      if (n > 0 && chars > MAX_BATCH_CHARS) break;
+      n += 1;
+    }
+    return this.#queue.splice(0, n);
+  }
+
+  /** Sends `receipts` and settles each one's promise; never rejects. */
+  async #send(receipts) {
+    if (receipts.length === 1) {
+      const [r] = receipts;
+      return postReceipt(this.#channel, this.#device, r.id, r.status, this.#options).then(r.resolve, r.reject);
+    }
+    let results;
+    try {
+      results = await postBatch(this.#channel, this.#device, receipts, this.#options);
+    } catch (err) {
+      for (const r of receipts) r.reject(err);
+      return;
+    }
+    receipts.forEach((r, i) => {
+      const item = results[i];
+      if (item && typeof item.error !== 'string') {
+        r.resolve(item);
+      } else {
+        const code = (item && item.code) || 'invalid_answer';
+        r.reject(new PereError(ITEM_ERROR_STATUS[code] ?? 400, code, (item && item.error) || 'no result for this receipt'));
+      }
+    });
+  }
+}
+
+// The batchers with receipts queued or in flight, by server, channel,
+// device, token and body form; each forgets itself once idle, so a pattern
+// that acks on many channels keeps none for channels gone quiet.
+const batchers = new Map();
+
+/** Queues a receipt with the batcher of its channel and device (made on first use). */
+function queueReceipt(channel, device, id, status, options) {
+  const key = [options.base || '', channel, device, options.accessToken || '', options.json ? 'json' : 'form'].join('\u0000');
+  let batcher = batchers.get(key);
+  if (!batcher) {
+    batcher = new ReceiptBatcher(channel, device, options, () => batchers.delete(key));
+    batchers.set(key, batcher);
+  }
+  return batcher.add(id, status);
 }
 
 /**
@@ -248,7 +421,8 @@ export async function ack(channel, device, id, status = 'ok', { base = '', json 
  * (the first one may have been lost).
  *
  * The returned subscription has `state`, `lastEventId`, `channels`,
- * `device`, `ack(id, status?)` and `close()`.
+ * `device`, `ack(id, status?)` and `close()`. Its receipts are coalesced
+ * (see `Subscription.ack`).
  */
 export function subscribe(o) {
   return new Subscription(o);
@@ -294,16 +468,26 @@ class Subscription {
    * Acknowledges event `id` for this subscription's device, on the event's
    * own channel when the stream said it (envelope); else each subscription
    * is tried in turn until one knows the event.
+   *
+   * Receipts are coalesced per channel: sent at once when none of this
+   * device's receipts on that channel is in flight, else gathered and sent
+   * as one batch (docs/PROTOCOL.md §4.1) when the request in flight returns.
+   * The promise still settles with this receipt's own result: the server's
+   * `{"id","device","state"}`, or a `PereError` (for this item alone, e.g.
+   * `unknown_event`, or for the whole request, e.g. `network`).
    */
   async ack(id, status = 'ok') {
     if (!this.device) throw new PereError(400, 'missing_device', 'an anonymous stream cannot send receipts');
+    // Remembered before it is sent, as `ack` does: a lost receipt is sent
+    // again with this status when the event comes again.
+    remember(processedBy(this.#o.base, this.device), id, status);
     const options = { base: this.#o.base, json: this.#o.json, accessToken: this.#o.accessToken };
     const known = this.#channelOf.get(id);
-    if (known) return ack(known, this.device, id, status, options);
+    if (known) return queueReceipt(known, this.device, id, status, options);
     let last;
     for (const channel of this.channels) {
       try {
-        return await ack(channel, this.device, id, status, options);
+        return await queueReceipt(channel, this.device, id, status, options);
       } catch (err) {
         if (!(err instanceof PereError) || err.code !== 'unknown_event') throw err;
         last = err;

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod ack_batching;
 mod admin;
 mod auth;
 mod cli;

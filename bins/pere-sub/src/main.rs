@@ -1,6 +1,7 @@
 //! `pere-sub`: flags → [`Config`] → follow a channel with
 //! [`pere_http::client::Subscriber`], printing events and acknowledging them
-//! with [`pere_http::client::Client`].
+//! with [`pere_http::client::Client`], in batches when they come in bursts
+//! ([`receipts`]).
 //!
 //! stdout carries the events (human lines, or docs/PROTOCOL.md §9's JSON lines with
 //! `--json`); connection notices and errors go to stderr. Piped into `head`,
@@ -9,28 +10,20 @@
 mod config;
 mod exec;
 mod load;
+mod receipts;
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use config::{Args, Config, Output};
 use pere_http::client::{
-    Backoff, Client, Feed, SubscribeOptions, Subscriber, SubscriberItem, is_transient,
-    unwrap_envelope,
+    Client, Feed, SubscribeOptions, Subscriber, SubscriberItem, unwrap_envelope,
 };
 use pere_http::sse::SseEvent;
+use receipts::Receipts;
 use tokio::time::Instant;
 use tracing_subscriber::EnvFilter;
-
-/// Attempts at a receipt whose failure may be transient (the server is
-/// restarting): the stream waits meanwhile, so keep it short.
-const ACK_BACKOFF: Backoff = Backoff {
-    retries: 2,
-    initial: Duration::from_millis(200),
-    max: Duration::from_millis(400),
-};
 
 fn main() -> ExitCode {
     let mut args: Args = match parse_args() {
@@ -128,7 +121,8 @@ enum Stop {
     Failed(String),
 }
 
-/// Follows the channel until `--count` events, `--timeout`, or a failure.
+/// Follows the channel until `--count` events, `--timeout`, or a failure,
+/// then waits for the answers to the receipts still queued or in flight.
 async fn follow(config: &Config) -> Result<(), Stop> {
     let options = SubscribeOptions {
         last_event_id: config.last_event_id.clone(),
@@ -143,7 +137,7 @@ async fn follow(config: &Config) -> Result<(), Stop> {
     };
     // With a token and no --device, the device is the token's subject: the
     // server names it in `pere.hello`, and receipts are sent as it.
-    let mut device = (!config.device_from_token).then(|| config.device.clone());
+    let device = (!config.device_from_token).then(|| config.device.clone());
     let mut sub = Subscriber::with_options(
         &config.addr,
         Feed::Channels(vec![config.channel.clone()]),
@@ -167,6 +161,21 @@ async fn follow(config: &Config) -> Result<(), Stop> {
             sub.address()
         ),
     );
+    let receipts = Receipts::start(client, config.channel.clone());
+    let outcome = follow_events(config, &mut sub, device, &receipts).await;
+    // Whatever ended the run, the receipts of the events it processed are
+    // sent (`--count N` exits once they are recorded, as it always did).
+    receipts.finish().await;
+    outcome
+}
+
+/// The loop of [`follow`]: prints and acknowledges each event of `sub`.
+async fn follow_events(
+    config: &Config,
+    sub: &mut Subscriber,
+    mut device: Option<String>,
+    receipts: &Receipts,
+) -> Result<(), Stop> {
     let deadline = config.timeout.map(|t| Instant::now() + t);
     let mut received: u64 = 0;
     let mut seen = Seen::default();
@@ -252,7 +261,7 @@ async fn follow(config: &Config) -> Result<(), Stop> {
                 format_args!("event {} again: already processed, not repeated", event.id),
             );
             if let (Some(status), Some(device)) = (status, &device) {
-                ack(config, &client, device, &event, &status).await;
+                ack(receipts, device, &event, &status).await;
             }
             continue;
         }
@@ -296,7 +305,7 @@ async fn follow(config: &Config) -> Result<(), Stop> {
         seen.record(&event.id, sent_status.clone());
         if let Some(status) = &sent_status {
             match &device {
-                Some(device) => ack(config, &client, device, &event, status).await,
+                Some(device) => ack(receipts, device, &event, status).await,
                 None => eprintln!(
                     "pere-sub: the server did not name this device in pere.hello: no receipt for event {}",
                     event.id
@@ -344,9 +353,10 @@ impl Seen {
     }
 }
 
-/// Sends the receipt of `event`, retrying briefly when the server is
-/// unreachable; a failure is reported, not fatal (the event was received).
-async fn ack(config: &Config, client: &Client, device: &str, event: &SseEvent, status: &str) {
+/// Queues the receipt of `event` (sent in the background, retried briefly
+/// when the server is unreachable; a failure is reported, not fatal: the
+/// event was received).
+async fn ack(receipts: &Receipts, device: &str, event: &SseEvent, status: &str) {
     if event.id.is_empty() {
         eprintln!(
             "pere-sub: event without an id (type {}): no receipt can name it",
@@ -354,20 +364,7 @@ async fn ack(config: &Config, client: &Client, device: &str, event: &SseEvent, s
         );
         return;
     }
-    let mut retry = 0;
-    loop {
-        match client.ack(&config.channel, device, &event.id, status).await {
-            Ok(_) => return,
-            Err(err) if retry < ACK_BACKOFF.retries && is_transient(&err) => {
-                retry += 1;
-                tokio::time::sleep(ACK_BACKOFF.delay(retry)).await;
-            }
-            Err(err) => {
-                eprintln!("pere-sub: receipt for event {} failed: {err}", event.id);
-                return;
-            }
-        }
-    }
+    receipts.send(device, &event.id, status).await;
 }
 
 /// Prints one event on stdout in the configured format.
