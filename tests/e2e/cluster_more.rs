@@ -203,3 +203,63 @@ async fn a_failover_that_lost_events_ends_streams_with_a_gap_and_ids_keep_increa
     assert_eq!(read(&mut again, 1).await, vec![(after, "after".to_owned())]);
     drop(group);
 }
+
+const JWT_SECRET: &str = "a-cluster-wide-hs256-secret-of-32-bytes!";
+
+fn session_jwt(jti: &str) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let claims =
+        serde_json::json!({"sub": "phone-1", "subscribe": ["orders.*"], "exp": exp, "jti": jti});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()).unwrap(),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_jwt_session_revoked_on_one_node_ends_on_every_node() {
+    let dir = temp_dir("cluster-jwt");
+    let file = dir.join("auth.json");
+    let json = serde_json::json!({ "tokens": { ADMIN: { "subject": "ops", "admin": true } } });
+    std::fs::write(&file, json.to_string()).unwrap();
+    let cluster = Cluster::start(
+        2,
+        &["--auth", file.to_str().unwrap(), "--jwt-secret", JWT_SECRET],
+    )
+    .await;
+    let bearer = format!("Bearer {}", session_jwt("session-7"));
+    let mut stream = SseStream::open(
+        cluster.node(1).addr,
+        "/feed/orders.eu",
+        &[("Authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(stream.status, 200, "{}", stream.text());
+    let admin = format!("Bearer {ADMIN}");
+    let r = cluster
+        .node(0)
+        .request(
+            "DELETE",
+            "/admin/tokens/jti:session-7",
+            &[("Authorization", &admin)],
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    tokio::time::timeout(Duration::from_secs(1), stream.until_end())
+        .await
+        .expect("the session's stream on the other node closes within a second");
+    for node in 0..2 {
+        let r = cluster
+            .node(node)
+            .request("GET", "/feed/orders.eu", &[("Authorization", &bearer)], b"")
+            .await;
+        assert_eq!(r.status, 401, "node {node}: {}", r.text());
+    }
+}

@@ -346,7 +346,7 @@ async fn submit<S: EventStore>(
     {
         let mut state = inner.state();
         for cmd in batch {
-            match to_wire(&cmd) {
+            match to_wire(&cmd, &state.auth) {
                 Some(w) => {
                     wires.push(w);
                     own.push(Some(cmd));
@@ -404,7 +404,7 @@ fn fail_own(own: Own, err: impl Fn() -> Error) {
 
 /// A command of this node as the log carries it; `None` for what stays
 /// local.
-fn to_wire(cmd: &Command) -> Option<Wire> {
+fn to_wire(cmd: &Command, auth: &crate::auth::AuthRegistry) -> Option<Wire> {
     Some(match cmd {
         Command::Publish(p, _) => Wire::Publish {
             channel: p.channel.clone(),
@@ -428,6 +428,7 @@ fn to_wire(cmd: &Command) -> Option<Wire> {
         Command::Token(t) => Wire::Token {
             token: wire::token_bytes(&t.token),
             grants: t.grants.clone(),
+            jti: auth.is_jti(&t.token),
         },
         Command::RemoveMember(r) => Wire::RemoveMember {
             subscription: r.subscription.clone(),
@@ -472,6 +473,12 @@ async fn apply_entry<S: EventStore>(inner: &Inner<S>, entry: SharedEntry, own: O
     let mut orphans = Vec::new();
     let ours = *node == *inner.state().node;
     for (w, mine) in wires.into_iter().zip(own) {
+        if let Wire::Token {
+            token, jti: true, ..
+        } = &w
+        {
+            inner.auth.note_jti(TokenHash(*token));
+        }
         if ours
             && mine.is_none()
             && let Wire::Subscribe {
@@ -579,7 +586,7 @@ fn from_wire(w: Wire, node: &Arc<str>) -> Command {
             cursor: EventId(cursor),
             at: Timestamp(at),
         },
-        Wire::Token { token, grants } => Command::Token(TokenCmd {
+        Wire::Token { token, grants, .. } => Command::Token(TokenCmd {
             token: TokenHash(token),
             grants,
             reply: nobody(),

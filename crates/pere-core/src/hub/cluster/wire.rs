@@ -63,6 +63,10 @@ pub(in crate::hub) enum Wire {
         token: [u8; 32],
         #[serde(default, skip_serializing_if = "Option::is_none")]
         grants: Option<Grants>,
+        /// The token is a JWT session's `jti` key: every node must know
+        /// it as one to revoke it (it may never have seen the JWT).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        jti: bool,
     },
     /// `Hub::remove_member`.
     RemoveMember {
