@@ -2,8 +2,6 @@
 
 use std::time::Duration;
 
-use pere_core::{HubConfig, Retention};
-use pere_http::ServerConfig;
 use pere_http::sse::Item;
 use pere_tests::{Connection, SseStream, TestServer, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -59,15 +57,10 @@ async fn the_first_frame_is_retry_without_a_space_then_hello() {
 
 #[tokio::test]
 async fn the_retry_frame_follows_the_configured_value() {
-    let server = TestServer::start_with(
-        HubConfig::default(),
-        Retention::default(),
-        ServerConfig {
-            retry: Duration::from_millis(1500),
-            ..ServerConfig::default()
-        },
-    )
-    .await;
+    let server = TestServer::builder()
+        .retry(Duration::from_millis(1500))
+        .start()
+        .await;
     let mut s = server.stream("/feed/c", &[]).await;
     s.next_event().await;
     assert!(s.raw.starts_with(b"retry:1500\n\n"), "{:?}", s.text());
@@ -75,15 +68,7 @@ async fn the_retry_frame_follows_the_configured_value() {
 
 #[tokio::test]
 async fn control_events_carry_no_id_and_never_move_last_event_id() {
-    let server = TestServer::start_with(
-        HubConfig::default(),
-        Retention {
-            history: 2,
-            max_age: None,
-        },
-        ServerConfig::default(),
-    )
-    .await;
+    let server = TestServer::builder().history(2).start().await;
     let ids: Vec<String> = publish_n(&server, "c", 4).await;
     // Resuming from the first id makes the server send a `pere.gap` too.
     let mut s = server
@@ -309,15 +294,7 @@ async fn a_member_reconnecting_without_last_event_id_resumes_from_its_cursor() {
 
 #[tokio::test]
 async fn a_gap_is_announced_when_the_resume_point_was_pruned() {
-    let server = TestServer::start_with(
-        HubConfig::default(),
-        Retention {
-            history: 3,
-            max_age: None,
-        },
-        ServerConfig::default(),
-    )
-    .await;
+    let server = TestServer::builder().history(3).start().await;
     let ids = publish_n(&server, "c", 6).await;
     let mut s = server
         .stream("/feed/c", &[("device", "d"), ("Last-Event-ID", &ids[0])])
@@ -397,15 +374,10 @@ async fn a_feed_without_any_channel_is_400() {
 
 #[tokio::test]
 async fn keepalive_comments_arrive_on_a_quiet_stream() {
-    let server = TestServer::start_with(
-        HubConfig::default(),
-        Retention::default(),
-        ServerConfig {
-            keepalive: Duration::from_millis(50),
-            ..ServerConfig::default()
-        },
-    )
-    .await;
+    let server = TestServer::builder()
+        .keepalive(Duration::from_millis(50))
+        .start()
+        .await;
     let mut s = server.stream("/feed/c", &[("device", "d")]).await;
     loop {
         match s.next_item().await.expect("the stream stays open") {
@@ -667,15 +639,7 @@ async fn head_on_a_feed_answers_the_headers_without_subscribing() {
 
 #[tokio::test]
 async fn a_member_whose_cursor_was_pruned_is_told_of_the_gap() {
-    let server = TestServer::start_with(
-        HubConfig::default(),
-        Retention {
-            history: 3,
-            max_age: None,
-        },
-        ServerConfig::default(),
-    )
-    .await;
+    let server = TestServer::builder().history(3).start().await;
     drop(server.subscribe("c", "sleepy").await);
     server.wait_offline("c", "sleepy").await;
     let ids = publish_n(&server, "c", 6).await;
@@ -693,15 +657,7 @@ async fn a_member_whose_cursor_was_pruned_is_told_of_the_gap() {
 async fn a_slow_device_is_disconnected_and_resumes_without_loss() {
     // A queue of one event: any burst that reaches the stream faster than
     // it drains closes it, and the device must resume from Last-Event-ID.
-    let server = TestServer::start_with(
-        HubConfig {
-            queue_capacity: 1,
-            ..HubConfig::default()
-        },
-        Retention::default(),
-        ServerConfig::default(),
-    )
-    .await;
+    let server = TestServer::builder().queue_capacity(1).start().await;
     let mut s = server.subscribe("burst", "slow").await;
     let addr = server.addr;
     let publishers: Vec<_> = (0..40)
@@ -747,15 +703,7 @@ async fn a_slow_device_is_disconnected_and_resumes_without_loss() {
 
 #[tokio::test]
 async fn with_replay_all_by_default_a_new_device_gets_history_and_a_member_its_cursor() {
-    let server = TestServer::start_with(
-        HubConfig {
-            replay_all: true,
-            ..HubConfig::default()
-        },
-        Retention::default(),
-        ServerConfig::default(),
-    )
-    .await;
+    let server = TestServer::builder().replay_all().start().await;
     let old = publish_n(&server, "c", 2).await;
     let mut s = server.stream("/feed/c", &[("device", "d")]).await;
     let hello = control(&mut s, "pere.hello").await;
@@ -834,15 +782,10 @@ async fn a_stream_the_server_ends_is_a_complete_response_on_a_usable_connection(
 
 #[tokio::test]
 async fn a_client_that_goes_away_is_offline_at_once() {
-    let server = TestServer::start_with(
-        HubConfig::default(),
-        Retention::default(),
-        ServerConfig {
-            keepalive: Duration::from_secs(600),
-            ..ServerConfig::default()
-        },
-    )
-    .await;
+    let server = TestServer::builder()
+        .keepalive(Duration::from_secs(600))
+        .start()
+        .await;
     let s = server.subscribe("c", "d").await;
     assert_eq!(server.presence("c", "d").await.unwrap()["online"], true);
     drop(s);

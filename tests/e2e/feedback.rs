@@ -1,8 +1,6 @@
 //! Receipts: `POST /feedback/:channel` in every form PERE's clients send
 //! (docs/PROTOCOL.md §4).
 
-use pere_core::{HubConfig, Retention};
-use pere_http::ServerConfig;
 use pere_tests::{Response, TestServer};
 use serde_json::json;
 
@@ -313,15 +311,7 @@ async fn an_unknown_event_is_404() {
 
 #[tokio::test]
 async fn an_event_no_longer_retained_is_404() {
-    let server = TestServer::start_with(
-        HubConfig::default(),
-        Retention {
-            history: 1,
-            max_age: None,
-        },
-        ServerConfig::default(),
-    )
-    .await;
+    let server = TestServer::builder().history(1).start().await;
     let _s = server.subscribe("c", "d").await;
     let old = server.publish("c", "old").await;
     let new = server.publish("c", "new").await;

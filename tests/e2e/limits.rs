@@ -6,17 +6,11 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use pere_core::{HubConfig, Retention};
-use pere_http::ServerConfig;
 use pere_tests::{
     HttpReader, ServerProcess, SseStream, TestServer, WAIT, eventually, metric, send_raw,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-
-async fn server(config: ServerConfig) -> TestServer {
-    TestServer::start_with(HubConfig::default(), Retention::default(), config).await
-}
 
 /// Reads until the peer closes (or fails the test after `WAIT`); returns
 /// what arrived.
@@ -37,11 +31,7 @@ async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
 
 #[tokio::test]
 async fn streams_over_the_server_limit_get_429_until_one_closes() {
-    let server = server(ServerConfig {
-        max_streams: 2,
-        ..ServerConfig::default()
-    })
-    .await;
+    let server = TestServer::builder().max_streams(2).start().await;
     let a = server.subscribe("c", "a").await;
     let _b = server.stream("/feed/c", &[]).await;
     let refused = server.stream("/feed/c", &[("device", "z")]).await;
@@ -63,11 +53,10 @@ async fn streams_over_the_server_limit_get_429_until_one_closes() {
 
 #[tokio::test]
 async fn one_device_cannot_take_more_than_its_share_of_streams() {
-    let server = server(ServerConfig {
-        max_streams_per_device: 2,
-        ..ServerConfig::default()
-    })
-    .await;
+    let server = TestServer::builder()
+        .max_streams_per_device(2)
+        .start()
+        .await;
     let _one = server.subscribe("c", "phone").await;
     let _two = server.subscribe("d", "phone").await;
     let third = server.stream("/feed/e", &[("device", "phone")]).await;
@@ -80,11 +69,7 @@ async fn one_device_cannot_take_more_than_its_share_of_streams() {
 
 #[tokio::test]
 async fn streams_beyond_the_descriptor_budget_get_503() {
-    let server = server(ServerConfig {
-        fd_budget: Some(4),
-        ..ServerConfig::default()
-    })
-    .await;
+    let server = TestServer::builder().fd_budget(4).start().await;
     // Idle connections hold descriptors like any other.
     let mut held = Vec::new();
     for _ in 0..4 {
@@ -154,7 +139,7 @@ async fn max_channels_and_the_other_limits_are_flags_of_pere_server() {
 
 #[tokio::test]
 async fn an_oversized_request_head_gets_431_and_the_server_carries_on() {
-    let server = server(ServerConfig::default()).await;
+    let server = TestServer::start().await;
     let big = "x".repeat(pere_http::server::DEFAULT_MAX_HEADER_BYTES + 1);
     let r = send_raw(
         server.addr,
@@ -190,11 +175,10 @@ async fn an_oversized_request_head_gets_431_and_the_server_carries_on() {
 
 #[tokio::test]
 async fn max_header_bytes_raises_the_head_limit() {
-    let server = server(ServerConfig {
-        max_header_bytes: 32 * 1024,
-        ..ServerConfig::default()
-    })
-    .await;
+    let server = TestServer::builder()
+        .max_header_bytes(32 * 1024)
+        .start()
+        .await;
     let ok = "x".repeat(24 * 1024);
     let r = send_raw(
         server.addr,
@@ -218,7 +202,7 @@ async fn max_header_bytes_raises_the_head_limit() {
 
 #[tokio::test]
 async fn a_request_hyper_cannot_parse_gets_a_json_400_and_the_server_carries_on() {
-    let server = server(ServerConfig::default()).await;
+    let server = TestServer::start().await;
     for garbage in [
         &b"GARBAGE\r\n\r\n"[..],
         b"GET /healthz HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n",
@@ -240,11 +224,10 @@ async fn a_request_hyper_cannot_parse_gets_a_json_400_and_the_server_carries_on(
 #[tokio::test]
 async fn a_request_head_sent_too_slowly_gets_408() {
     let timeout = Duration::from_millis(300);
-    let server = server(ServerConfig {
-        header_read_timeout: timeout,
-        ..ServerConfig::default()
-    })
-    .await;
+    let server = TestServer::builder()
+        .header_read_timeout(timeout)
+        .start()
+        .await;
     let mut slow = TcpStream::connect(server.addr).await.unwrap();
     let started = Instant::now();
     slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
@@ -284,11 +267,10 @@ async fn a_request_head_sent_too_slowly_gets_408() {
 
 #[tokio::test]
 async fn a_request_body_sent_too_slowly_gets_408() {
-    let server = server(ServerConfig {
-        body_read_timeout: Duration::from_millis(300),
-        ..ServerConfig::default()
-    })
-    .await;
+    let server = TestServer::builder()
+        .body_read_timeout(Duration::from_millis(300))
+        .start()
+        .await;
     let mut slow = TcpStream::connect(server.addr).await.unwrap();
     slow.write_all(b"POST /push/c HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
         .await
@@ -306,12 +288,11 @@ async fn a_request_body_sent_too_slowly_gets_408() {
 #[tokio::test]
 async fn idle_connections_are_closed_but_streams_are_not() {
     let idle = Duration::from_millis(400);
-    let server = server(ServerConfig {
-        idle_timeout: idle,
-        keepalive: Duration::from_secs(30),
-        ..ServerConfig::default()
-    })
-    .await;
+    let server = TestServer::builder()
+        .idle_timeout(idle)
+        .keepalive(Duration::from_secs(30))
+        .start()
+        .await;
     // Connected, never a byte.
     let mut silent = TcpStream::connect(server.addr).await.unwrap();
     let started = Instant::now();
@@ -344,7 +325,7 @@ async fn idle_connections_are_closed_but_streams_are_not() {
 
 #[tokio::test]
 async fn a_raw_nul_or_control_byte_in_the_path_is_400() {
-    let server = server(ServerConfig::default()).await;
+    let server = TestServer::start().await;
     for raw in [
         &b"GET /feed/a\x00b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"[..],
         b"POST /push/a\x01b HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
@@ -507,11 +488,10 @@ async fn ten_thousand_idle_connections_dropped_abruptly_leak_nothing() {
 #[tokio::test]
 async fn a_client_that_stops_reading_is_disconnected_after_the_send_timeout() {
     let send_timeout = Duration::from_millis(500);
-    let server = server(ServerConfig {
-        send_timeout,
-        ..ServerConfig::default()
-    })
-    .await;
+    let server = TestServer::builder()
+        .send_timeout(send_timeout)
+        .start()
+        .await;
     let mut metrics = pere_tests::Connection::open(server.addr).await;
     let baseline = connections_open(&mut metrics).await;
     // A device that reads everything, concurrently, and must keep its
@@ -602,11 +582,10 @@ async fn an_http2_client_that_stops_reading_is_disconnected_too() {
     // socket buffers take: no write ever stalls, so only an unanswered
     // ping can tell that this client is gone.
     let send_timeout = Duration::from_millis(500);
-    let server = server(ServerConfig {
-        send_timeout,
-        ..ServerConfig::default()
-    })
-    .await;
+    let server = TestServer::builder()
+        .send_timeout(send_timeout)
+        .start()
+        .await;
     let mut client = TcpStream::connect(server.addr).await.unwrap();
     let block = hpack_literals(&[
         (":method", "GET"),

@@ -8,9 +8,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use pere_core::{Grants, HubConfig, Retention, Token};
-use pere_http::ServerConfig;
-use pere_http::webhook::Webhook;
+use pere_core::{Grants, Token};
 use pere_tests::{TestServer, eventually};
 use tokio::io::AsyncWriteExt;
 
@@ -64,22 +62,13 @@ fn sample(text: &str, name: &str) -> f64 {
 #[tokio::test]
 async fn the_exposition_passes_promtool_and_counts_what_an_operator_needs() {
     let webhook = Receiver::start(1).await;
-    let server = TestServer::start_with(
-        HubConfig {
-            ack_deadline: Some(Duration::from_millis(200)),
-            tick: Duration::from_millis(50),
-            ..HubConfig::default()
-        },
-        Retention {
-            history: 3,
-            max_age: None,
-        },
-        ServerConfig {
-            webhook: Some(Webhook::parse(&format!("http://{}/hook", webhook.addr)).unwrap()),
-            ..ServerConfig::default()
-        },
-    )
-    .await;
+    let server = TestServer::builder()
+        .ack_deadline(Duration::from_millis(200))
+        .tick(Duration::from_millis(50))
+        .history(3)
+        .webhook(&format!("http://{}/hook", webhook.addr))
+        .start()
+        .await;
     // Fresh: already valid, every family present.
     let fresh = server.get("/metrics").await.text();
     assert_eq!(promtool(&fresh).await, "", "{fresh}");

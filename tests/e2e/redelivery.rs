@@ -7,8 +7,6 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use pere_core::{HubConfig, Retention};
-use pere_http::ServerConfig;
 use pere_tests::{ServerProcess, SseStream, TestServer, WAIT, eventually, request, temp_dir};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -269,15 +267,7 @@ async fn stalled_readers_of_large_events_cannot_pin_memory() {
 
 #[tokio::test]
 async fn a_stalled_reader_of_large_events_is_cut_by_bytes_and_resumes_without_loss() {
-    let server = TestServer::start_with(
-        HubConfig {
-            queue_bytes: 256 * 1024,
-            ..HubConfig::default()
-        },
-        Retention::default(),
-        ServerConfig::default(),
-    )
-    .await;
+    let server = TestServer::builder().queue_bytes(256 * 1024).start().await;
     let addr = server.addr;
     let mut tunnel = stalled_reader(addr, "/feed/big", "S").await;
     let ids = publish_n(addr, "big", 150, 60 * 1024).await;

@@ -6,42 +6,33 @@
 //! stream costs is measured. Real clients (curl, the CLI tools, Chromium)
 //! are in `tls_clients.rs`.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use pere_core::{HubConfig, Retention};
-use pere_http::ServerConfig;
 use pere_http::sse::{Decoder, Item, SseEvent};
 use pere_http::tls::ServerTls;
 use pere_tests::tls::{Issued, TestCa, alpn, peer_cert, server_process};
-use pere_tests::{HttpReader, SseStream, TestServer, WAIT, eventually};
+use pere_tests::{HttpReader, SseStream, TestServer, TestServerBuilder, WAIT, eventually};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 /// An in-process server speaking TLS with a certificate of `ca`.
-pub(crate) async fn tls_server(ca: &TestCa, config: ServerConfig) -> TestServer {
-    tls_server_issued(ca, config).await.0
+pub(crate) async fn tls_server(ca: &TestCa, settings: TestServerBuilder) -> TestServer {
+    tls_server_issued(ca, settings).await.0
 }
 
 /// The same, and its certificate.
-pub(crate) async fn tls_server_issued(ca: &TestCa, config: ServerConfig) -> (TestServer, Issued) {
+pub(crate) async fn tls_server_issued(
+    ca: &TestCa,
+    settings: TestServerBuilder,
+) -> (TestServer, Issued) {
     let issued = ca.issue("server");
     let tls = ServerTls::load(&issued.cert, &issued.key).unwrap();
-    let server = TestServer::start_with(
-        HubConfig::default(),
-        Retention::default(),
-        ServerConfig {
-            tls: Some(Arc::new(tls)),
-            ..config
-        },
-    )
-    .await;
-    (server, issued)
+    (settings.tls(tls).start().await, issued)
 }
 
 pub(crate) type H2 = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
@@ -161,7 +152,7 @@ async fn read_to_close<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> (Vec<
 #[tokio::test]
 async fn http2_over_tls_multiplexes_streams_and_serves_every_endpoint() {
     let ca = TestCa::new("tls-h2");
-    let server = tls_server(&ca, ServerConfig::default()).await;
+    let server = tls_server(&ca, TestServer::builder()).await;
     let mut send = h2(&ca, server.addr).await;
     // More streams than a browser's 6 HTTP/1.1 connections, on one
     // connection.
@@ -276,11 +267,9 @@ async fn tls_handshakes_heads_and_idle_connections_are_timed() {
     let ca = TestCa::new("tls-timeouts");
     let server = tls_server(
         &ca,
-        ServerConfig {
-            header_read_timeout: head,
-            idle_timeout: idle,
-            ..ServerConfig::default()
-        },
+        TestServer::builder()
+            .header_read_timeout(head)
+            .idle_timeout(idle),
     )
     .await;
     // Connected, silent: no handshake, closed at the head timeout.
@@ -356,14 +345,7 @@ fn hpack_literals(fields: &[(&str, &str)]) -> Vec<u8> {
 async fn tls_clients_that_stop_reading_are_disconnected_after_the_send_timeout() {
     let send_timeout = Duration::from_millis(500);
     let ca = TestCa::new("tls-stall");
-    let server = tls_server(
-        &ca,
-        ServerConfig {
-            send_timeout,
-            ..ServerConfig::default()
-        },
-    )
-    .await;
+    let server = tls_server(&ca, TestServer::builder().send_timeout(send_timeout)).await;
     let config = ca.client_config(&[b"http/1.1"]);
     // HTTP/1.1 over TLS, a tiny receive buffer, never read.
     let socket = TcpSocket::new_v4().unwrap();

@@ -7,9 +7,8 @@ use serde_json::Value;
 use tokio::io::AsyncReadExt;
 
 use crate::tls::{h2, h2_call, tls_server, tls_server_issued};
-use pere_http::ServerConfig;
 use pere_tests::tls::{TestCa, server_process};
-use pere_tests::{WAIT, eventually};
+use pere_tests::{TestServer, WAIT, eventually};
 
 /// Runs `curl ARGS…` (bounded) and returns its stdout.
 async fn curl(args: &[&str]) -> String {
@@ -34,7 +33,7 @@ async fn curl(args: &[&str]) -> String {
 #[tokio::test]
 async fn curl_speaks_http2_to_the_tls_server() {
     let ca = TestCa::new("tls-curl");
-    let server = tls_server(&ca, ServerConfig::default()).await;
+    let server = tls_server(&ca, TestServer::builder()).await;
     let base = format!("https://127.0.0.1:{}", server.addr.port());
     let cacert = ca.ca_pem.display().to_string();
     let version = curl(&[
@@ -244,7 +243,7 @@ async fn a_page_in_chromium_holds_more_than_six_eventsources_over_http2() {
     use sha2::Digest;
     const STREAMS: usize = 10;
     let ca = TestCa::new("tls-chromium");
-    let (server, issued) = tls_server_issued(&ca, ServerConfig::default()).await;
+    let (server, issued) = tls_server_issued(&ca, TestServer::builder()).await;
     // The test profile trusts exactly this certificate's key.
     let pin = base64(&sha2::Sha256::digest(&issued.spki));
     let mut browser =

@@ -16,8 +16,6 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use pere_core::{HubConfig, Retention};
-use pere_http::ServerConfig;
 use pere_tests::{TestServer, WAIT, eventually};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -625,12 +623,7 @@ async fn subscriber_page_keeps_its_device_across_reloads_and_gets_what_it_missed
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscriber_page_says_when_events_were_lost() {
-    let retention = Retention {
-        history: 2,
-        max_age: None,
-    };
-    let server =
-        TestServer::start_with(HubConfig::default(), retention, ServerConfig::default()).await;
+    let server = TestServer::builder().history(2).start().await;
     let mut ids = Vec::new();
     for n in 1..=4 {
         ids.push(server.publish("CHANNEL_1", &format!("event {n}")).await);

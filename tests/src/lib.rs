@@ -18,7 +18,7 @@ pub mod tls;
 
 pub use http::{Connection, HttpReader, Io, Response, raw_request, request, send_raw};
 pub use process::ServerProcess;
-pub use server::TestServer;
+pub use server::{TestServer, TestServerBuilder};
 pub use sse::SseStream;
 
 /// Held by the tests that load the machine most (thousands of connections
