@@ -76,7 +76,7 @@ async fn streams_beyond_the_descriptor_budget_get_503() {
         held.push(TcpStream::connect(server.addr).await.unwrap());
     }
     eventually("the server counts the idle connections", || async {
-        let text = server.get("/metrics").await.text();
+        let text = server.metrics().await;
         metric(&text, "pere_connections_open").is_some_and(|n| n >= 5.0)
     })
     .await;
@@ -281,7 +281,7 @@ async fn a_request_body_sent_too_slowly_gets_408() {
     let body = reader.body(&headers, status).await;
     let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(body["code"], "request_timeout", "{body}");
-    let events = server.get("/admin/events/c").await.json();
+    let events = server.admin().events("c").await;
     assert_eq!(events, serde_json::json!([]), "nothing half-published");
 }
 
@@ -458,10 +458,7 @@ async fn ten_thousand_idle_connections_dropped_abruptly_leak_nothing() {
         rounds.push((rss_full, rss_after));
     }
     // The server still works.
-    assert_eq!(
-        server.request("GET", "/healthz", &[], b"").await.status,
-        200
-    );
+    assert_eq!(server.get("/healthz").await.status, 200);
     // No leak: a second round costs nothing lasting over the first. What
     // the allocator hands back to the kernel after a round varies (glibc
     // keeps freed arena memory for reuse, more or less of it from run to

@@ -101,11 +101,7 @@ async fn an_unacknowledged_event_is_reported_once_to_the_webhook_and_the_receipt
     assert_eq!(good.next_message().await.unwrap().id, id);
     assert_eq!(late.next_message().await.unwrap().id, id);
     let ack = server
-        .post(
-            "/feedback/alerts",
-            &[("device", "good"), ("Last-Event-ID", &id)],
-            b"",
-        )
+        .feedback("alerts", &[("device", "good"), ("Last-Event-ID", &id)], b"")
         .await;
     assert_eq!(ack.status, 200);
 
@@ -208,10 +204,7 @@ async fn pere_server_refuses_a_webhook_that_is_its_own_address() {
         &format!("http://{}/hooks", other.addr),
     ])
     .await;
-    assert_eq!(
-        server.request("GET", "/healthz", &[], b"").await.status,
-        200
-    );
+    assert_eq!(server.get("/healthz").await.status, 200);
 }
 
 /// One publish to 4,097 offline members with a deadline made 4,097 overdue
@@ -280,6 +273,6 @@ async fn the_receipts_stream_gets_every_notice_of_a_burst_and_resumes_by_number(
     assert_eq!(old.next_event().await.unwrap().event, "pere.gap");
     let bad = server.get("/receipts/burst?lastEventId=x").await;
     bad.assert_error(400, "invalid_event_id");
-    let metrics = server.get("/metrics").await.text();
+    let metrics = server.metrics().await;
     assert!(pere_tests::metric(&metrics, "pere_receipt_stream_gaps_total").unwrap() >= 1.0);
 }

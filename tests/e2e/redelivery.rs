@@ -167,7 +167,7 @@ async fn a_stream_broken_under_load_is_sent_again_in_full() {
     // The written ones were written twice, and say so.
     let r = receipt(server.addr, "orders", &ids[0]).await;
     assert_eq!(r["devices"]["R"]["deliveries"], 2, "{r}");
-    let metrics = server.get("/metrics").await.text();
+    let metrics = server.metrics().await;
     let redelivered = pere_tests::metric(&metrics, "pere_redeliveries_total").unwrap();
     assert!(redelivered >= written as f64, "{redelivered} < {written}");
 }
@@ -181,9 +181,7 @@ async fn redelivery_survives_kill_9_between_the_break_and_the_reconnect() {
     // The server saw the break and journaled R's cursor past what it wrote
     // (the close's records go out with the next write, made durable here).
     eventually("R is offline", || async {
-        let r = server
-            .request("GET", "/admin/devices/orders", &[], b"")
-            .await;
+        let r = server.get("/admin/devices/orders").await;
         r.json()["R"]["online"] == false
     })
     .await;

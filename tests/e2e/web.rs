@@ -681,8 +681,8 @@ async fn dashboard_shows_channels_presence_and_receipts() {
     let acked = server.publish("CHANNEL_1", r#"{"n":1}"#).await;
     let pending = server.publish("CHANNEL_1", "two").await;
     let r = server
-        .post(
-            "/feedback/CHANNEL_1",
+        .feedback(
+            "CHANNEL_1",
             &[("device", "DASH-1"), ("Last-Event-ID", &acked)],
             b"status=ok",
         )

@@ -23,8 +23,8 @@ async fn fetched(browser: &mut Browser, path: &str) -> u64 {
 async fn ack(server: &TestServer, channel: &str, device: &str, id: &str, status: &str) {
     let body = json!({ "id": id, "status": status }).to_string();
     let r = server
-        .post(
-            &format!("/feedback/{channel}"),
+        .feedback(
+            channel,
             &[("device", device), ("Content-Type", "application/json")],
             body.as_bytes(),
         )
@@ -285,7 +285,7 @@ async fn pere_js_processes_a_redelivered_event_once_and_acks_it_again() {
     );
     assert_eq!(receipt["devices"]["W-dup"]["deliveries"], 2, "{receipt}");
     eventually("C was sent again", || async {
-        let r = server.get(&format!("/receipts/dup/{c}")).await.json();
+        let r = server.receipts("dup", &c).await;
         r["devices"]["W-dup"]["deliveries"] == 2
     })
     .await;
@@ -296,7 +296,7 @@ async fn pere_js_processes_a_redelivered_event_once_and_acks_it_again() {
         json!([a, b, c, d]),
         "each event reached onEvent once"
     );
-    let r = server.get(&format!("/receipts/dup/{c}")).await.json();
+    let r = server.receipts("dup", &c).await;
     assert_eq!(
         r["devices"]["W-dup"]["state"], "delivered",
         "C was not acked for the page: {r}"

@@ -10,12 +10,14 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub mod client;
 pub mod http;
 pub mod process;
 pub mod server;
 pub mod sse;
 pub mod tls;
 
+pub use client::{Admin, Client};
 pub use http::{Connection, HttpReader, Io, Response, raw_request, request, send_raw};
 pub use process::ServerProcess;
 pub use server::{TestServer, TestServerBuilder};

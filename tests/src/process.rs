@@ -5,15 +5,17 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
-use crate::http::{Response, request};
+use crate::client::Client;
+use crate::http::request;
 use crate::{WAIT, bin, eventually};
 
 /// A `pere-server` process on `127.0.0.1:0`, for what needs the real binary:
 /// flags, the `--auth` file, restarts over a data directory, its memory.
 /// Its stderr (banner and logs) is collected; it is killed when dropped.
 pub struct ServerProcess {
-    /// Where it listens (read from its banner).
-    pub addr: SocketAddr,
+    /// Requests to it (where it listens, read from its banner:
+    /// `server.addr`).
+    client: Client,
     child: std::process::Child,
     log: std::sync::Arc<std::sync::Mutex<String>>,
 }
@@ -75,7 +77,11 @@ impl ServerProcess {
                 );
             }
         };
-        let server = Self { addr, child, log };
+        let server = Self {
+            client: Client::new(addr),
+            child,
+            log,
+        };
         if args.contains(&"--tls-cert") {
             // Plain HTTP gets no answer there: the listener is enough (a
             // TLS test checks the rest with its own CA).
@@ -115,17 +121,6 @@ impl ServerProcess {
             .expect("VmRSS in /proc/PID/status")
     }
 
-    /// Sends one request and reads the whole response.
-    pub async fn request(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-    ) -> Response {
-        request(self.addr, method, path, headers, body).await
-    }
-
     /// SIGTERM, then waits (bounded) for a clean exit; returns the log.
     pub fn stop(mut self) -> String {
         let _ = std::process::Command::new("kill")
@@ -146,6 +141,15 @@ impl ServerProcess {
         // Let the drain thread catch the last lines.
         std::thread::sleep(Duration::from_millis(50));
         self.log()
+    }
+}
+
+impl std::ops::Deref for ServerProcess {
+    type Target = Client;
+
+    /// Its requests: `server.publish(…)`, `server.admin().devices(…)`.
+    fn deref(&self) -> &Client {
+        &self.client
     }
 }
 

@@ -1,7 +1,6 @@
 //! [`TestServer`]: a `pere_http` server in this process, on a loopback
 //! port, with the settings a test gives its [`TestServerBuilder`].
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,15 +12,14 @@ use pere_http::webhook::Webhook;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::http::{Response, request};
-use crate::sse::SseStream;
-use crate::{WAIT, eventually};
+use crate::WAIT;
+use crate::client::Client;
 
 /// A `pere_http` server running in-process on `127.0.0.1:0`, over a memory
 /// store unless its builder put it on disk.
 pub struct TestServer<S: EventStore = MemoryStore> {
-    /// Where it listens.
-    pub addr: SocketAddr,
+    /// Requests to it (where it listens: `server.addr`).
+    client: Client,
     /// The hub behind it, for assertions on state.
     pub hub: Hub<S>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -220,7 +218,7 @@ impl TestServerBuilder {
             }
         });
         TestServer {
-            addr,
+            client: Client::new(addr),
             hub,
             shutdown: Some(tx),
             task: Some(task),
@@ -228,91 +226,16 @@ impl TestServerBuilder {
     }
 }
 
+impl<S: EventStore> std::ops::Deref for TestServer<S> {
+    type Target = Client;
+
+    /// Its requests: `server.publish(…)`, `server.admin().devices(…)`.
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
 impl<S: EventStore> TestServer<S> {
-    /// `http://ADDR/path`.
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// Sends a request and reads the whole response.
-    pub async fn request(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-    ) -> Response {
-        request(self.addr, method, path, headers, body).await
-    }
-
-    /// `GET path`.
-    pub async fn get(&self, path: &str) -> Response {
-        self.request("GET", path, &[], b"").await
-    }
-
-    /// `POST path` with a body.
-    pub async fn post(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
-        self.request("POST", path, headers, body).await
-    }
-
-    /// Publishes `payload` on `channel` and returns the event id.
-    pub async fn publish(&self, channel: &str, payload: &str) -> String {
-        let r = self
-            .post(&format!("/push/{channel}"), &[], payload.as_bytes())
-            .await;
-        assert_eq!(r.status, 201, "publish failed: {}", r.text());
-        r.json()["id"].as_str().unwrap().to_string()
-    }
-
-    /// Opens an event stream.
-    pub async fn stream(&self, path: &str, headers: &[(&str, &str)]) -> SseStream {
-        SseStream::open(self.addr, path, headers).await
-    }
-
-    /// Opens `/feed/{channel}` as `device` and reads up to its `pere.hello`.
-    pub async fn subscribe(&self, channel: &str, device: &str) -> SseStream {
-        let mut s = self
-            .stream(&format!("/feed/{channel}"), &[("device", device)])
-            .await;
-        assert_eq!(s.status, 200, "subscribe failed: {}", s.text());
-        let hello = s.next_event().await.expect("a pere.hello");
-        assert_eq!(hello.event, "pere.hello", "the first event is pere.hello");
-        s
-    }
-
-    /// Acknowledges event `id` on `channel` as `device` with a JSON receipt
-    /// and asserts it was recorded.
-    pub async fn ack(&self, channel: &str, device: &str, id: &str) {
-        let body = format!(r#"{{"id":"{id}","status":"ok"}}"#);
-        let r = self
-            .post(
-                &format!("/feedback/{channel}"),
-                &[("device", device), ("Content-Type", "application/json")],
-                body.as_bytes(),
-            )
-            .await;
-        assert_eq!(r.status, 200, "receipt failed: {}", r.text());
-    }
-
-    /// The presence of `device` on `subscription` as `/admin/devices` shows
-    /// it, if the device is known there.
-    pub async fn presence(&self, subscription: &str, device: &str) -> Option<serde_json::Value> {
-        let r = self.get(&format!("/admin/devices/{subscription}")).await;
-        assert_eq!(r.status, 200, "admin/devices failed: {}", r.text());
-        r.json().get(device).cloned()
-    }
-
-    /// Waits until `device` has no open stream left on `subscription` (the
-    /// server noticed the connection closed).
-    pub async fn wait_offline(&self, subscription: &str, device: &str) {
-        eventually(&format!("{device} offline on {subscription}"), || async {
-            self.presence(subscription, device)
-                .await
-                .is_some_and(|p| p["online"] == false)
-        })
-        .await;
-    }
-
     /// Triggers a graceful shutdown and waits (bounded) for `run` to return.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {

@@ -104,6 +104,30 @@ impl SseStream {
         out
     }
 
+    /// The data of the next `n` messages (see [`Self::messages`]).
+    pub async fn data(&mut self, n: usize) -> Vec<String> {
+        self.messages(n).await.into_iter().map(|e| e.data).collect()
+    }
+
+    /// The ids of the next `n` messages (see [`Self::messages`]).
+    pub async fn ids(&mut self, n: usize) -> Vec<String> {
+        self.messages(n).await.into_iter().map(|e| e.id).collect()
+    }
+
+    /// The JSON data of the next event, which must be the control event
+    /// `kind` (`pere.hello`, `pere.gap`).
+    pub async fn control(&mut self, kind: &str) -> serde_json::Value {
+        let e = self.next_event().await.expect("a control event");
+        assert_eq!(e.event, kind, "expected {kind}: {e:?}");
+        serde_json::from_str(&e.data)
+            .unwrap_or_else(|err| panic!("{kind} data is JSON ({err}): {e:?}"))
+    }
+
+    /// The JSON data of the `pere.hello` that must come next.
+    pub async fn hello(&mut self) -> serde_json::Value {
+        self.control("pere.hello").await
+    }
+
     /// The next decoded item, waiting at most `WAIT`; `None` when the
     /// stream ended.
     pub async fn next_item(&mut self) -> Option<Item> {
