@@ -12,26 +12,10 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use pere_tests::raw::read_to_close;
 use pere_tests::{TestServer, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// Reads until the server closes; fails the test if it neither closes nor
-/// errors within `WAIT`.
-async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match tokio::time::timeout(WAIT, stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return out,
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-            Err(_) => panic!(
-                "the connection is still open after {WAIT:?}; received {:?}",
-                String::from_utf8_lossy(&out)
-            ),
-        }
-    }
-}
 
 /// An HTTP/2 (prior knowledge) connection made by hyper's client, which
 /// pings the server every 100 ms and answers the server's pings. The

@@ -1,6 +1,7 @@
 //! Errors (docs/PROTOCOL.md §8): every one is JSON `{"error","code"}` with the right
 //! status, and the server keeps serving afterwards.
 
+use pere_tests::raw::read_to_close;
 use pere_tests::{Connection, HttpReader, Response, TestServer, raw_request, send_raw};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -425,19 +426,6 @@ async fn options_star_is_answered() {
 
 /// The HTTP/2 client preface followed by an empty SETTINGS frame.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
-
-/// Reads what the server sends until it closes the connection (bounded).
-async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
-    use tokio::io::AsyncReadExt;
-    let mut all = Vec::new();
-    let read = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        stream.read_to_end(&mut all),
-    )
-    .await;
-    assert!(read.is_ok(), "still open after 10 s; got {all:?}");
-    all
-}
 
 /// Whether `bytes` start with an HTTP/2 SETTINGS frame (type 4).
 fn is_h2_settings(bytes: &[u8]) -> bool {

@@ -3,8 +3,9 @@
 use std::time::Duration;
 
 use pere_http::sse::Item;
-use pere_tests::{Connection, SseStream, TestServer, WAIT};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use pere_tests::raw::read_until;
+use pere_tests::{Connection, SseStream, TestServer};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 #[tokio::test]
@@ -544,28 +545,6 @@ async fn a_closed_stream_frees_its_connection_slot() {
         server.admin().connections().await["total number"] == 0
     })
     .await;
-}
-
-/// Reads raw bytes from `conn` until they contain `needle`.
-async fn read_until(conn: &mut TcpStream, seen: &mut Vec<u8>, needle: &str) {
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(seen).contains(needle) {
-        let n = tokio::time::timeout(WAIT, conn.read(&mut buf))
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "waiting for {needle:?} in {:?}",
-                    String::from_utf8_lossy(seen)
-                )
-            })
-            .unwrap();
-        assert!(
-            n > 0,
-            "closed before {needle:?}: {:?}",
-            String::from_utf8_lossy(seen)
-        );
-        seen.extend_from_slice(&buf[..n]);
-    }
 }
 
 #[tokio::test]

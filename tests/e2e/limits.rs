@@ -6,28 +6,10 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use pere_tests::{
-    HttpReader, ServerProcess, SseStream, TestServer, WAIT, eventually, metric, send_raw,
-};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use pere_tests::raw::{h2_opening, read_to_close, small_buffer_connect};
+use pere_tests::{HttpReader, ServerProcess, SseStream, TestServer, eventually, metric, send_raw};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
-
-/// Reads until the peer closes (or fails the test after `WAIT`); returns
-/// what arrived.
-async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match tokio::time::timeout(WAIT, stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return out,
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-            Err(_) => panic!(
-                "the server neither answered nor closed: {:?}",
-                String::from_utf8_lossy(&out)
-            ),
-        }
-    }
-}
 
 #[tokio::test]
 async fn streams_over_the_server_limit_get_429_until_one_closes() {
@@ -508,9 +490,7 @@ async fn a_client_that_stops_reading_is_disconnected_after_the_send_timeout() {
         &b"GET /feed/c HTTP/1.1\r\nHost: x\r\ndevice: frozen-1\r\n\r\n"[..],
         b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /feed/c HTTP/1.1\r\nHost: x\r\ndevice: frozen-2\r\n\r\n",
     ] {
-        let socket = TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        let mut stream = socket.connect(server.addr).await.unwrap();
+        let mut stream = small_buffer_connect(server.addr).await;
         stream.write_all(request).await.unwrap();
         frozen.push(stream);
     }
@@ -559,20 +539,6 @@ async fn a_client_that_stops_reading_is_disconnected_after_the_send_timeout() {
     }
 }
 
-/// An HPACK header block of literal fields (no indexing, no Huffman).
-fn hpack_literals(fields: &[(&str, &str)]) -> Vec<u8> {
-    let mut block = Vec::new();
-    for (name, value) in fields {
-        assert!(name.len() < 127 && value.len() < 127);
-        block.push(0x00);
-        block.push(name.len() as u8);
-        block.extend_from_slice(name.as_bytes());
-        block.push(value.len() as u8);
-        block.extend_from_slice(value.as_bytes());
-    }
-    block
-}
-
 #[tokio::test]
 async fn an_http2_client_that_stops_reading_is_disconnected_too() {
     // HTTP/2 flow control stops the server writing after 64 KiB, which the
@@ -584,20 +550,14 @@ async fn an_http2_client_that_stops_reading_is_disconnected_too() {
         .start()
         .await;
     let mut client = TcpStream::connect(server.addr).await.unwrap();
-    let block = hpack_literals(&[
+    let opening = h2_opening(&[
         (":method", "GET"),
         (":scheme", "http"),
         (":path", "/feed/c"),
         (":authority", "x"),
         ("device", "h2-frozen"),
     ]);
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    out.extend_from_slice(&[0, 0, 0, 0x04, 0, 0, 0, 0, 0]); // SETTINGS, empty
-    let len = u32::try_from(block.len()).unwrap().to_be_bytes();
-    // HEADERS on stream 1, END_STREAM | END_HEADERS.
-    out.extend_from_slice(&[len[1], len[2], len[3], 0x01, 0x05, 0, 0, 0, 1]);
-    out.extend_from_slice(&block);
-    client.write_all(&out).await.unwrap();
+    client.write_all(&opening).await.unwrap();
     eventually("the HTTP/2 device is online", || async {
         server
             .presence("c", "h2-frozen")

@@ -4,9 +4,9 @@
 //! connections a browser allows per origin, over one HTTP/2 connection.
 
 use serde_json::Value;
-use tokio::io::AsyncReadExt;
 
 use crate::tls::{h2, h2_call, tls_server, tls_server_issued};
+use pere_tests::raw::read_until;
 use pere_tests::tls::{TestCa, server_process};
 use pere_tests::{TestServer, WAIT, eventually};
 
@@ -68,19 +68,7 @@ async fn curl_speaks_http2_to_the_tls_server() {
         .unwrap();
     let mut out = stream.stdout.take().unwrap();
     let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !String::from_utf8_lossy(&got).contains("pere.hello") {
-        let n = tokio::time::timeout(WAIT, out.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(
-            n > 0,
-            "curl's stream ended: {}",
-            String::from_utf8_lossy(&got)
-        );
-        got.extend_from_slice(&buf[..n]);
-    }
+    read_until(&mut out, &mut got, "pere.hello").await;
     let published = curl(&[
         "--http2",
         "--cacert",
@@ -92,18 +80,7 @@ async fn curl_speaks_http2_to_the_tls_server() {
     ])
     .await;
     assert!(published.contains("\"id\""), "{published}");
-    while !String::from_utf8_lossy(&got).contains("data: hello over h2") {
-        let n = tokio::time::timeout(WAIT, out.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(
-            n > 0,
-            "curl's stream ended: {}",
-            String::from_utf8_lossy(&got)
-        );
-        got.extend_from_slice(&buf[..n]);
-    }
+    read_until(&mut out, &mut got, "data: hello over h2").await;
     let _ = stream.start_kill();
     let _ = stream.wait().await;
     server.stop().await;

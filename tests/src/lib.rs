@@ -13,6 +13,7 @@ use std::time::Duration;
 pub mod client;
 pub mod http;
 pub mod process;
+pub mod raw;
 pub mod server;
 pub mod sse;
 pub mod tls;
