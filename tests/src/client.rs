@@ -9,12 +9,13 @@
 //! asserts the error itself.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::eventually;
 use crate::http::{Response, request};
 use crate::sse::SseStream;
+use crate::{WAIT, eventually};
 
 /// Requests to one server, as one caller (anonymous, or a bearer token).
 #[derive(Clone, Debug)]
@@ -163,6 +164,21 @@ impl Client {
     /// `GET /receipts/{channel}/{id}`: the event's receipts summary.
     pub async fn receipts(&self, channel: &str, id: &str) -> Value {
         self.get_json(&format!("/receipts/{channel}/{id}")).await
+    }
+
+    /// Waits until the server records `device`'s receipt for event `id`
+    /// on `channel`; the receipts summary then.
+    pub async fn wait_acked(&self, channel: &str, id: &str, device: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut last = Value::Null;
+        while tokio::time::Instant::now() < deadline {
+            last = self.receipts(channel, id).await;
+            if last["devices"][device]["state"] == "acked" {
+                return last;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("device {device} did not ack event {id} on {channel}: {last}");
     }
 
     /// The presence of `device` on `subscription` as `/admin/devices` shows
