@@ -496,17 +496,8 @@ async fn a_client_that_stops_reading_is_disconnected_after_the_send_timeout() {
     }
     wait_for_connections(&mut metrics, |c| c >= baseline + 3.0, "three streams open").await;
     eventually("both frozen devices are online", || async {
-        let online = |d: &str| {
-            let server = &server;
-            let d = d.to_string();
-            async move {
-                server
-                    .presence("c", &d)
-                    .await
-                    .is_some_and(|p| p["online"] == true)
-            }
-        };
-        online("frozen-1").await && online("frozen-2").await
+        let devices = server.admin().devices("c").await;
+        devices["frozen-1"]["online"] == true && devices["frozen-2"]["online"] == true
     })
     .await;
     // Far more than the sockets' buffers hold (and less than the stream
@@ -558,13 +549,7 @@ async fn an_http2_client_that_stops_reading_is_disconnected_too() {
         ("device", "h2-frozen"),
     ]);
     client.write_all(&opening).await.unwrap();
-    eventually("the HTTP/2 device is online", || async {
-        server
-            .presence("c", "h2-frozen")
-            .await
-            .is_some_and(|p| p["online"] == true)
-    })
-    .await;
+    server.wait_online("c", "h2-frozen").await;
     // The client now reads nothing, so it answers no ping; events keep
     // coming, more than its flow-control window.
     let payload = "x".repeat(30_000);
