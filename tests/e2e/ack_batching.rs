@@ -18,7 +18,7 @@ use pere_tests::{ServerProcess, TestServer, metric, request};
 use serde_json::{Value, json};
 
 use crate::cli::Proc;
-use crate::web::{Browser, wait_acked, wait_online};
+use crate::web::Browser;
 
 /// Events in a burst.
 const BURST: usize = 200;
@@ -108,13 +108,8 @@ async fn pere_js_acks_a_burst_of_events_in_a_few_requests() {
             700,
         )
         .await;
-    browser
-        .wait_for(
-            "the badge says open",
-            "document.getElementById('state').dataset.state === 'open'",
-        )
-        .await;
-    wait_online(&server, "burst", device, true).await;
+    browser.wait_for_badge("open").await;
+    server.wait_online("burst", device).await;
     browser
         .eval("performance.setResourceTimingBufferSize(100000)")
         .await
@@ -258,7 +253,7 @@ async fn pere_js_fails_only_the_receipt_the_server_refused() {
         .unwrap();
     assert_eq!(again, json!(["acked", "acked"]));
     for id in &ids {
-        wait_acked(&server, "items", id, device).await;
+        server.wait_acked("items", id, device).await;
     }
     browser.close().await;
     server.stop().await;

@@ -36,8 +36,7 @@ async fn connections_drop_when_streams_close() {
     let _b = server.subscribe("CHANNEL_1", "b").await;
     drop(a);
     eventually("one stream left", || async {
-        server.get("/admin/connections").await.json()
-            == json!({ "CHANNEL_1": 1, "total number": 1 })
+        server.admin().connections().await == json!({ "CHANNEL_1": 1, "total number": 1 })
     })
     .await;
 }
@@ -112,7 +111,7 @@ async fn events_page_with_after_and_limit() {
         assert_eq!(r.status, 400, "{bad}: {}", r.text());
     }
     assert_eq!(
-        server.get("/admin/events/empty").await.json(),
+        server.admin().events("empty").await,
         json!([]),
         "an unknown channel has no events"
     );
@@ -180,16 +179,15 @@ async fn deleting_a_device_drops_its_membership_and_closes_its_streams() {
     let server = TestServer::start().await;
     let mut s = server.subscribe("c", "d").await;
     let _other = server.subscribe("c", "e").await;
-    let r = server
-        .request("DELETE", "/admin/devices/c/d", &[], b"")
-        .await;
+    let r = server.admin().drop_device("c", "d").await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(s.until_end().await.is_empty(), "its stream ends");
     assert!(server.presence("c", "d").await.is_none());
     let r = server.post("/push/c", &[], b"x").await;
     assert_eq!(r.json()["recipients"], 1, "no longer in audiences");
     server
-        .request("DELETE", "/admin/devices/c/d", &[], b"")
+        .admin()
+        .drop_device("c", "d")
         .await
         .assert_error(404, "unknown_member");
     server
@@ -244,10 +242,10 @@ async fn pattern_members_are_listed_under_the_channels_they_match() {
     drop(server.subscribe("shop.**", "deep").await);
     server.wait_offline("shop.**", "deep").await;
     let id = server.publish("shop.eu", "x").await;
-    let receipt = server.get(&format!("/receipts/shop.eu/{id}")).await.json();
+    let receipt = server.receipts("shop.eu", &id).await;
     assert_eq!(receipt["recipients"], 3, "{receipt}");
 
-    let devices = server.get("/admin/devices/shop.eu").await.json();
+    let devices = server.admin().devices("shop.eu").await;
     let names: Vec<&String> = devices.as_object().unwrap().keys().collect();
     assert_eq!(names, ["deep", "exact", "star"], "{devices}");
     assert_eq!(devices["star"]["subscription"], "shop.*", "{devices}");
@@ -258,7 +256,7 @@ async fn pattern_members_are_listed_under_the_channels_they_match() {
     assert_eq!(star.status, 200, "{}", star.text());
     assert_eq!(star.json()["subscription"], "shop.*");
 
-    let channels = server.get("/admin/channels").await.json();
+    let channels = server.admin().channels().await;
     let find = |name: &str| {
         channels
             .as_array()
@@ -286,9 +284,7 @@ async fn pattern_members_are_listed_under_the_channels_they_match() {
     );
 
     // Dropping it from the channel says where it is a member.
-    let r = server
-        .request("DELETE", "/admin/devices/shop.eu/star", &[], b"")
-        .await;
+    let r = server.admin().drop_device("shop.eu", "star").await;
     r.assert_error(404, "unknown_member");
     assert!(
         r.text().contains("DELETE /admin/devices/shop.*/star"),

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use pere_tests::{Response, ServerProcess, SseStream, WAIT, eventually, temp_dir};
+use pere_tests::{Client, Response, ServerProcess, WAIT, eventually, temp_dir};
 
 const ADMIN: &str = "admin-token-00000000001";
 const PHONE: &str = "phone-token-00000000001";
@@ -36,45 +36,24 @@ async fn start(extra: &[&str]) -> ServerProcess {
     ServerProcess::start(&args).await
 }
 
-fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
+/// The server's callers, one per token of the `--auth` file (and the one
+/// created at run time).
+struct Callers {
+    admin: Client,
+    phone: Client,
+    phone2: Client,
+    backend: Client,
+    new: Client,
 }
 
-async fn as_(
-    server: &ServerProcess,
-    token: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Response {
-    let auth = bearer(token);
-    let mut all = vec![("Authorization", auth.as_str())];
-    all.extend_from_slice(headers);
-    server.request(method, path, &all, body).await
-}
-
-async fn publish(server: &ServerProcess, channel: &str, payload: &str) -> String {
-    let r = as_(
-        server,
-        BACKEND,
-        "POST",
-        &format!("/push/{channel}"),
-        &[],
-        payload.as_bytes(),
-    )
-    .await;
-    assert_eq!(r.status, 201, "publish failed: {}", r.text());
-    r.json()["id"].as_str().unwrap().to_string()
-}
-
-async fn stream(server: &ServerProcess, token: &str, path: &str) -> SseStream {
-    let auth = bearer(token);
-    let mut s = SseStream::open(server.addr, path, &[("Authorization", &auth)]).await;
-    assert_eq!(s.status, 200, "stream {path} refused: {}", s.text());
-    let hello = s.next_event().await.expect("pere.hello");
-    assert_eq!(hello.event, "pere.hello");
-    s
+fn callers(server: &ServerProcess) -> Callers {
+    Callers {
+        admin: server.with_token(ADMIN),
+        phone: server.with_token(PHONE),
+        phone2: server.with_token(PHONE2),
+        backend: server.with_token(BACKEND),
+        new: server.with_token(NEW),
+    }
 }
 
 fn assert_no_token_in(text: &str, what: &str) {
@@ -143,30 +122,27 @@ async fn every_endpoint_family_answers_401_without_a_valid_token() {
         assert_no_token_in(&r.text(), "a 401 body");
     }
     // The open routes stay open: health, the greeting, pages, preflights.
-    assert_eq!(
-        server.request("GET", "/healthz", &[], b"").await.status,
-        200
-    );
-    assert_eq!(server.request("GET", "/", &[], b"").await.status, 200);
-    assert_eq!(
-        server
-            .request("GET", "/subscriber.html", &[], b"")
-            .await
-            .status,
-        200
-    );
+    assert_eq!(server.get("/healthz").await.status, 200);
+    assert_eq!(server.get("/").await.status, 200);
+    assert_eq!(server.get("/subscriber.html").await.status, 200);
     assert_eq!(
         server.request("OPTIONS", "/push/x", &[], b"").await.status,
         204
     );
     // Nothing was published or revoked by all that.
-    let r = as_(&server, ADMIN, "GET", "/admin/tokens", &[], b"").await;
+    let r = server.with_token(ADMIN).admin().tokens().await;
     assert_eq!(r.json()["tokens"].as_array().unwrap().len(), 4);
 }
 
 #[tokio::test]
 async fn tokens_reach_only_what_they_grant() {
     let server = start(&[]).await;
+    let Callers {
+        admin,
+        phone,
+        backend,
+        ..
+    } = callers(&server);
     let forbidden = |r: Response, what: &str| {
         assert_eq!(r.status, 403, "{what}: {}", r.text());
         r.assert_error(403, "forbidden");
@@ -174,84 +150,53 @@ async fn tokens_reach_only_what_they_grant() {
     };
     // A phone cannot publish, nor subscribe outside its grants.
     forbidden(
-        as_(&server, PHONE, "POST", "/push/orders.eu", &[], b"x").await,
+        phone.post("/push/orders.eu", &[], b"x").await,
         "phone publishes",
     );
     forbidden(
-        as_(&server, PHONE, "GET", "/feed/orders.eu.paris", &[], b"").await,
+        phone.get("/feed/orders.eu.paris").await,
         "phone subscribes beyond orders.*",
     );
     forbidden(
-        as_(&server, PHONE, "GET", "/feed/orders.**", &[], b"").await,
+        phone.get("/feed/orders.**").await,
         "phone subscribes to a wider pattern",
     );
     // One channel not granted refuses the whole stream.
     forbidden(
-        as_(
-            &server,
-            PHONE,
-            "GET",
-            "/feed?channel=news&channel=secret",
-            &[],
-            b"",
-        )
-        .await,
+        phone.get("/feed?channel=news&channel=secret").await,
         "phone asks for news and secret",
     );
     // The backend publishes but does not subscribe.
+    forbidden(backend.get("/feed/news").await, "backend subscribes");
     forbidden(
-        as_(&server, BACKEND, "GET", "/feed/news", &[], b"").await,
-        "backend subscribes",
-    );
-    forbidden(
-        as_(&server, BACKEND, "POST", "/push/other", &[], b"x").await,
+        backend.post("/push/other", &[], b"x").await,
         "backend publishes outside its grants",
     );
     // Receipts belong to publishers and operators, not to devices.
-    let id = publish(&server, "orders.eu", "one").await;
+    let id = backend.publish("orders.eu", "one").await;
     forbidden(
-        as_(
-            &server,
-            PHONE,
-            "GET",
-            &format!("/receipts/orders.eu/{id}"),
-            &[],
-            b"",
-        )
-        .await,
+        phone.get(&format!("/receipts/orders.eu/{id}")).await,
         "phone reads receipts",
     );
     forbidden(
-        as_(&server, PHONE, "GET", "/receipts/orders.eu", &[], b"").await,
+        phone.get("/receipts/orders.eu").await,
         "phone streams receipts",
     );
-    let r = as_(
-        &server,
-        BACKEND,
-        "GET",
-        &format!("/receipts/orders.eu/{id}"),
-        &[],
-        b"",
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    backend.receipts("orders.eu", &id).await;
     // Admin routes need an admin token.
     for path in ["/admin/connections", "/admin/tokens", "/metrics"] {
-        forbidden(as_(&server, PHONE, "GET", path, &[], b"").await, path);
-        forbidden(as_(&server, BACKEND, "GET", path, &[], b"").await, path);
-        let r = as_(&server, ADMIN, "GET", path, &[], b"").await;
+        forbidden(phone.get(path).await, path);
+        forbidden(backend.get(path).await, path);
+        let r = admin.get(path).await;
         assert_eq!(r.status, 200, "{path}: {}", r.text());
     }
     // What is granted works, with the token in the header or the query.
-    let mut s = stream(&server, PHONE, "/feed/orders.eu").await;
-    let r = SseStream::open(
-        server.addr,
-        &format!("/feed/news?access_token={PHONE2}"),
-        &[],
-    )
-    .await;
+    let mut s = phone.open("/feed/orders.eu", &[]).await;
+    let r = server
+        .stream(&format!("/feed/news?access_token={PHONE2}"), &[])
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    publish(&server, "orders.eu", "two").await;
+    backend.publish("orders.eu", "two").await;
     assert_eq!(s.messages(1).await[0].data, "two");
     assert_no_token_in(&server.log(), "the server log");
 }
@@ -259,95 +204,59 @@ async fn tokens_reach_only_what_they_grant() {
 #[tokio::test]
 async fn a_device_acknowledges_and_subscribes_only_as_itself() {
     let server = start(&[]).await;
-    let mut s = stream(&server, PHONE, "/feed/orders.eu").await;
-    let id = publish(&server, "orders.eu", "ack me").await;
+    let Callers { phone, backend, .. } = callers(&server);
+    let mut s = phone.open("/feed/orders.eu", &[]).await;
+    let id = backend.publish("orders.eu", "ack me").await;
     let e = s.messages(1).await.remove(0);
     assert_eq!(e.id, id);
     let body = format!(r#"{{"id":"{id}"}}"#);
     let json = ("Content-Type", "application/json");
     // Another device's name, as header or parameter: 403.
-    let r = as_(
-        &server,
-        PHONE,
-        "POST",
-        "/feedback/orders.eu",
-        &[("device", "phone-2"), json],
-        body.as_bytes(),
-    )
-    .await;
-    r.assert_error(403, "forbidden");
-    let r = as_(
-        &server,
-        PHONE,
-        "POST",
-        "/feedback/orders.eu?device=phone-2",
-        &[json],
-        body.as_bytes(),
-    )
-    .await;
-    r.assert_error(403, "forbidden");
+    phone
+        .feedback("orders.eu", &[("device", "phone-2"), json], body.as_bytes())
+        .await
+        .assert_error(403, "forbidden");
+    phone
+        .post(
+            "/feedback/orders.eu?device=phone-2",
+            &[json],
+            body.as_bytes(),
+        )
+        .await
+        .assert_error(403, "forbidden");
     // Nobody acked for phone-2 through all that.
-    let summary = as_(
-        &server,
-        BACKEND,
-        "GET",
-        &format!("/receipts/orders.eu/{id}"),
-        &[],
-        b"",
-    )
-    .await
-    .json();
+    let summary = backend.receipts("orders.eu", &id).await;
     assert_eq!(summary["acked"], 0, "{summary}");
     // A stream opened under another device's name: 403 as well.
-    let r = as_(
-        &server,
-        PHONE,
-        "GET",
-        "/feed/orders.eu",
-        &[("device", "phone-2")],
-        b"",
-    )
-    .await;
-    r.assert_error(403, "forbidden");
+    phone
+        .request("GET", "/feed/orders.eu", &[("device", "phone-2")], b"")
+        .await
+        .assert_error(403, "forbidden");
     // As itself (named or not) the receipt is recorded under the subject.
-    let r = as_(
-        &server,
-        PHONE,
-        "POST",
-        "/feedback/orders.eu",
-        &[json],
-        body.as_bytes(),
-    )
-    .await;
+    let r = phone.feedback("orders.eu", &[json], body.as_bytes()).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["device"], "phone-1");
-    let r = as_(
-        &server,
-        PHONE,
-        "POST",
-        "/feedback/orders.eu",
-        &[("device", "phone-1"), json],
-        body.as_bytes(),
-    )
-    .await;
+    let r = phone
+        .feedback("orders.eu", &[("device", "phone-1"), json], body.as_bytes())
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     // A receipt needs the subscribe grant of its channel.
-    let r = as_(
-        &server,
-        PHONE,
-        "POST",
-        "/feedback/secret",
-        &[json],
-        body.as_bytes(),
-    )
-    .await;
-    r.assert_error(403, "forbidden");
+    phone
+        .feedback("secret", &[json], body.as_bytes())
+        .await
+        .assert_error(403, "forbidden");
 }
 
 #[tokio::test]
 async fn the_admin_api_manages_tokens_and_never_shows_their_values() {
     let server = start(&[]).await;
-    let list = as_(&server, ADMIN, "GET", "/admin/tokens", &[], b"").await;
+    let Callers {
+        admin,
+        backend,
+        new,
+        ..
+    } = callers(&server);
+    let list = admin.admin().tokens().await;
     assert_eq!(list.status, 200);
     assert_no_token_in(&list.text(), "GET /admin/tokens");
     let tokens = list.json()["tokens"].as_array().unwrap().clone();
@@ -360,22 +269,21 @@ async fn the_admin_api_manages_tokens_and_never_shows_their_values() {
     );
     // Create.
     let grants = br#"{"subject":"kiosk-9","subscribe":["news"],"publish":[],"admin":false}"#;
-    let path = format!("/admin/tokens/{NEW}");
-    let r = as_(&server, ADMIN, "PUT", &path, &[], grants).await;
+    let r = admin.admin().put_token(NEW, grants).await;
     assert_eq!(r.status, 201, "{}", r.text());
     assert_eq!(r.json()["created"], true);
     assert_eq!(r.json()["subject"], "kiosk-9");
     assert_no_token_in(&r.text(), "PUT answer");
-    let mut s = stream(&server, NEW, "/feed/news").await;
-    publish(&server, "news", "hello kiosk").await;
+    let mut s = new.open("/feed/news", &[]).await;
+    backend.publish("news", "hello kiosk").await;
     assert_eq!(s.messages(1).await[0].data, "hello kiosk");
     // Change: 200, and it applies (orders.eu is now granted).
     let wider = br#"{"subject":"kiosk-9","subscribe":["news","orders.*"]}"#;
-    let r = as_(&server, ADMIN, "PUT", &path, &[], wider).await;
+    let r = admin.admin().put_token(NEW, wider).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["created"], false);
-    assert_eq!(stream_status(&server, NEW, "/feed/orders.eu").await, 200);
-    let list = as_(&server, ADMIN, "GET", "/admin/tokens", &[], b"").await;
+    assert_eq!(new.stream("/feed/orders.eu", &[]).await.status, 200);
+    let list = admin.admin().tokens().await;
     let runtime: Vec<_> = list.json()["tokens"]
         .as_array()
         .unwrap()
@@ -386,25 +294,19 @@ async fn the_admin_api_manages_tokens_and_never_shows_their_values() {
     assert_eq!(runtime.len(), 1, "{}", list.text());
     assert_eq!(runtime[0]["subject"], "kiosk-9");
     // Revoke: 200, then 401 for the token and 404 for a second revoke.
-    let r = as_(&server, ADMIN, "DELETE", &path, &[], b"").await;
+    let r = admin.admin().revoke_token(NEW).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_no_token_in(&r.text(), "DELETE answer");
-    as_(&server, NEW, "GET", "/feed/news", &[], b"")
+    new.get("/feed/news")
         .await
         .assert_error(401, "unauthorized");
-    as_(&server, ADMIN, "DELETE", &path, &[], b"")
+    admin
+        .admin()
+        .revoke_token(NEW)
         .await
         .assert_error(404, "unknown_token");
     // Bad input is 400, and the answer does not repeat the token.
-    let r = as_(
-        &server,
-        ADMIN,
-        "PUT",
-        "/admin/tokens/short-secret",
-        &[],
-        grants,
-    )
-    .await;
+    let r = admin.admin().put_token("short-secret", grants).await;
     r.assert_error(400, "invalid_token");
     assert!(!r.text().contains("short-secret"), "{}", r.text());
     for bad in [
@@ -414,7 +316,7 @@ async fn the_admin_api_manages_tokens_and_never_shows_their_values() {
         br#"{"subject":"k","extra":1}"#,
         b"\xff\xfe",
     ] {
-        let r = as_(&server, ADMIN, "PUT", &path, &[], bad).await;
+        let r = admin.admin().put_token(NEW, bad).await;
         r.assert_error(400, "invalid_body");
         assert_no_token_in(&r.text(), "a 400 body");
     }
@@ -429,45 +331,41 @@ async fn run_time_tokens_survive_a_restart_with_the_file_store() {
     let data = dir.join("data");
     let data = data.to_str().unwrap();
     let server = start(&["--data-dir", data, "--fsync", "never"]).await;
+    let admin = server.with_token(ADMIN);
     let grants = br#"{"subject":"kiosk-9","subscribe":["news"]}"#;
-    let r = as_(
-        &server,
-        ADMIN,
-        "PUT",
-        &format!("/admin/tokens/{NEW}"),
-        &[],
-        grants,
-    )
-    .await;
+    let r = admin.admin().put_token(NEW, grants).await;
     assert_eq!(r.status, 201, "{}", r.text());
     // Revoking a token of the file sticks, although the file still has it.
-    let r = as_(
-        &server,
-        ADMIN,
-        "DELETE",
-        &format!("/admin/tokens/{PHONE2}"),
-        &[],
-        b"",
-    )
-    .await;
+    let r = admin.admin().revoke_token(PHONE2).await;
     assert_eq!(r.status, 200, "{}", r.text());
     server.stop();
 
     let server = start(&["--data-dir", data]).await;
-    assert_eq!(stream_status(&server, NEW, "/feed/news").await, 200);
-    as_(&server, PHONE2, "GET", "/feed/news", &[], b"")
+    let Callers {
+        phone, phone2, new, ..
+    } = callers(&server);
+    assert_eq!(new.stream("/feed/news", &[]).await.status, 200);
+    phone2
+        .get("/feed/news")
         .await
         .assert_error(401, "unauthorized");
-    assert_eq!(stream_status(&server, PHONE, "/feed/news").await, 200);
+    assert_eq!(phone.stream("/feed/news", &[]).await.status, 200);
     server.stop();
 
     // Without --auth, a store that holds run-time tokens stays secured.
     let server = ServerProcess::start(&["--data-dir", data]).await;
     server
-        .request("GET", "/feed/news", &[], b"")
+        .get("/feed/news")
         .await
         .assert_error(401, "unauthorized");
-    assert_eq!(stream_status(&server, NEW, "/feed/news").await, 200);
+    assert_eq!(
+        server
+            .with_token(NEW)
+            .stream("/feed/news", &[])
+            .await
+            .status,
+        200
+    );
     let log = server.stop();
     assert_no_token_in(&log, "the server log");
     let _ = std::fs::remove_dir_all(dir);
@@ -476,31 +374,30 @@ async fn run_time_tokens_survive_a_restart_with_the_file_store() {
 #[tokio::test]
 async fn revoking_a_token_closes_its_streams_within_a_second() {
     let server = start(&[]).await;
-    let mut phone = stream(&server, PHONE, "/feed?channel=orders.eu&channel=news").await;
-    let mut receipts = stream_raw(&server, BACKEND, "/receipts/orders.eu").await;
-    let mut other = stream(&server, PHONE2, "/feed/orders.eu").await;
+    let Callers {
+        admin,
+        phone,
+        phone2,
+        backend,
+        new,
+    } = callers(&server);
+    let mut phone_stream = phone
+        .open("/feed?channel=orders.eu&channel=news", &[])
+        .await;
+    let mut receipts = backend.stream("/receipts/orders.eu", &[]).await;
+    assert_eq!(
+        receipts.status,
+        200,
+        "stream /receipts/orders.eu refused: {}",
+        receipts.text()
+    );
+    let mut other = phone2.open("/feed/orders.eu", &[]).await;
     let started = Instant::now();
-    let r = as_(
-        &server,
-        ADMIN,
-        "DELETE",
-        &format!("/admin/tokens/{PHONE}"),
-        &[],
-        b"",
-    )
-    .await;
+    let r = admin.admin().revoke_token(PHONE).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let r = as_(
-        &server,
-        ADMIN,
-        "DELETE",
-        &format!("/admin/tokens/{BACKEND}"),
-        &[],
-        b"",
-    )
-    .await;
+    let r = admin.admin().revoke_token(BACKEND).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let rest = tokio::time::timeout(Duration::from_secs(1), phone.until_end())
+    let rest = tokio::time::timeout(Duration::from_secs(1), phone_stream.until_end())
         .await
         .expect("the revoked token's stream closes within a second");
     assert!(
@@ -515,65 +412,37 @@ async fn revoking_a_token_closes_its_streams_within_a_second() {
     .expect("a receipts stream of a revoked token closes too");
     // The other token's stream is untouched.
     let grants = br#"{"subject":"pub-2","publish":["orders.eu"]}"#;
-    let r = as_(
-        &server,
-        ADMIN,
-        "PUT",
-        &format!("/admin/tokens/{NEW}"),
-        &[],
-        grants,
-    )
-    .await;
+    let r = admin.admin().put_token(NEW, grants).await;
     assert_eq!(r.status, 201, "{}", r.text());
-    let r = as_(&server, NEW, "POST", "/push/orders.eu", &[], b"still here").await;
+    let r = new.post("/push/orders.eu", &[], b"still here").await;
     assert_eq!(r.status, 201, "{}", r.text());
     assert_eq!(other.messages(1).await[0].data, "still here");
     eventually(
         "the closed stream is gone from /admin/connections",
-        || async {
-            let c = as_(&server, ADMIN, "GET", "/admin/connections", &[], b"").await;
-            c.json()["total number"] == 1
-        },
+        || async { admin.admin().open_streams().await == 1 },
     )
     .await;
-}
-
-/// The status of `GET path` as a stream (an open stream is not read).
-async fn stream_status(server: &ServerProcess, token: &str, path: &str) -> u16 {
-    stream_raw_any(server, token, path).await.status
-}
-
-async fn stream_raw_any(server: &ServerProcess, token: &str, path: &str) -> SseStream {
-    let auth = bearer(token);
-    SseStream::open(server.addr, path, &[("Authorization", &auth)]).await
-}
-
-async fn stream_raw(server: &ServerProcess, token: &str, path: &str) -> SseStream {
-    let auth = bearer(token);
-    let s = SseStream::open(server.addr, path, &[("Authorization", &auth)]).await;
-    assert_eq!(s.status, 200, "stream {path} refused: {}", s.text());
-    s
 }
 
 #[tokio::test]
 async fn removing_a_grant_stops_that_channel_and_keeps_the_stream() {
     let server = start(&[]).await;
-    let mut s = stream(&server, PHONE, "/feed?channel=orders.eu&channel=news").await;
-    publish(&server, "orders.eu", "before").await;
+    let Callers {
+        admin,
+        phone,
+        backend,
+        ..
+    } = callers(&server);
+    let mut s = phone
+        .open("/feed?channel=orders.eu&channel=news", &[])
+        .await;
+    backend.publish("orders.eu", "before").await;
     assert_eq!(s.messages(1).await[0].data, "before");
     let narrower = br#"{"subject":"phone-1","subscribe":["news"]}"#;
-    let r = as_(
-        &server,
-        ADMIN,
-        "PUT",
-        &format!("/admin/tokens/{PHONE}"),
-        &[],
-        narrower,
-    )
-    .await;
+    let r = admin.admin().put_token(PHONE, narrower).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    publish(&server, "orders.eu", "filtered").await;
-    publish(&server, "news", "delivered").await;
+    backend.publish("orders.eu", "filtered").await;
+    backend.publish("news", "delivered").await;
     let next = s.messages(1).await.remove(0);
     assert_eq!(
         next.data, "delivered",
@@ -581,29 +450,13 @@ async fn removing_a_grant_stops_that_channel_and_keeps_the_stream() {
     );
     // Giving the grant back lets that channel through again.
     let wider = br#"{"subject":"phone-1","subscribe":["news","orders.*"]}"#;
-    let r = as_(
-        &server,
-        ADMIN,
-        "PUT",
-        &format!("/admin/tokens/{PHONE}"),
-        &[],
-        wider,
-    )
-    .await;
+    let r = admin.admin().put_token(PHONE, wider).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    publish(&server, "orders.eu", "again").await;
+    backend.publish("orders.eu", "again").await;
     assert_eq!(s.messages(1).await[0].data, "again");
     // Removing every grant the stream uses closes it.
     let none = br#"{"subject":"phone-1","subscribe":["elsewhere"]}"#;
-    as_(
-        &server,
-        ADMIN,
-        "PUT",
-        &format!("/admin/tokens/{PHONE}"),
-        &[],
-        none,
-    )
-    .await;
+    admin.admin().put_token(PHONE, none).await;
     tokio::time::timeout(WAIT, s.until_end())
         .await
         .expect("a stream with nothing left closes");
@@ -612,28 +465,25 @@ async fn removing_a_grant_stops_that_channel_and_keeps_the_stream() {
 #[tokio::test]
 async fn the_first_run_time_admin_token_turns_auth_on() {
     let server = ServerProcess::start(&[]).await;
-    let path = format!("/admin/tokens/{NEW}");
     // A device token first would lock everyone out of /admin: refused.
-    let r = server
-        .request("PUT", &path, &[], br#"{"subject":"kiosk"}"#)
-        .await;
-    r.assert_error(409, "auth_disabled");
-    let open = SseStream::open(server.addr, "/feed/news", &[]).await;
+    server
+        .admin()
+        .put_token(NEW, br#"{"subject":"kiosk"}"#)
+        .await
+        .assert_error(409, "auth_disabled");
+    let open = server.stream("/feed/news", &[]).await;
     assert_eq!(open.status, 200, "{}", open.text());
     let r = server
-        .request("PUT", &path, &[], br#"{"subject":"ops","admin":true}"#)
+        .admin()
+        .put_token(NEW, br#"{"subject":"ops","admin":true}"#)
         .await;
     assert_eq!(r.status, 201, "{}", r.text());
     server
-        .request("GET", "/admin/tokens", &[], b"")
+        .admin()
+        .tokens()
         .await
         .assert_error(401, "unauthorized");
-    assert_eq!(
-        as_(&server, NEW, "GET", "/admin/tokens", &[], b"")
-            .await
-            .status,
-        200
-    );
+    assert_eq!(server.with_token(NEW).admin().tokens().await.status, 200);
 }
 
 #[tokio::test]
@@ -656,8 +506,7 @@ async fn pere_pub_and_pere_sub_send_their_token() {
         .spawn()
         .unwrap();
     eventually("pere-sub is connected", || async {
-        let c = as_(&server, ADMIN, "GET", "/admin/connections", &[], b"").await;
-        c.json()["total number"] == 1
+        server.with_token(ADMIN).admin().open_streams().await == 1
     })
     .await;
     let out = tokio::process::Command::new(pere_tests::bin("pere-pub"))
@@ -695,16 +544,8 @@ async fn pere_pub_and_pere_sub_send_their_token() {
     assert!(stdout.contains("from the cli"), "{stdout}");
     // pere-sub acknowledged as the token's subject.
     eventually("phone-1 acked through pere-sub", || async {
-        let r = as_(
-            &server,
-            BACKEND,
-            "GET",
-            &format!("/receipts/orders.eu/{id}"),
-            &[],
-            b"",
-        )
-        .await;
-        r.json()["devices"]["phone-1"]["state"] == "acked"
+        let receipts = server.with_token(BACKEND).receipts("orders.eu", &id).await;
+        receipts["devices"]["phone-1"]["state"] == "acked"
     })
     .await;
     // Without a token the tools fail clearly.
@@ -807,8 +648,8 @@ async fn the_load_modes_send_a_token_or_refuse_one() {
     let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(report["published"], 20, "{report}");
     assert_eq!(report["failed"], 0, "{report}");
-    let r = as_(&server, ADMIN, "GET", "/admin/events/orders.eu", &[], b"").await;
-    assert_eq!(r.json().as_array().map(Vec::len), Some(20), "{}", r.text());
+    let events = server.with_token(ADMIN).admin().events("orders.eu").await;
+    assert_eq!(events.as_array().map(Vec::len), Some(20), "{events}");
     // A token speaks for one device; the device swarm says so.
     let out = tokio::process::Command::new(pere_tests::bin("pere-sub"))
         .args([

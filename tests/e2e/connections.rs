@@ -12,32 +12,10 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use pere_core::{HubConfig, Retention};
-use pere_http::ServerConfig;
+use pere_tests::raw::read_to_close;
 use pere_tests::{TestServer, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-async fn server(config: ServerConfig) -> TestServer {
-    TestServer::start_with(HubConfig::default(), Retention::default(), config).await
-}
-
-/// Reads until the server closes; fails the test if it neither closes nor
-/// errors within `WAIT`.
-async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match tokio::time::timeout(WAIT, stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return out,
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-            Err(_) => panic!(
-                "the connection is still open after {WAIT:?}; received {:?}",
-                String::from_utf8_lossy(&out)
-            ),
-        }
-    }
-}
 
 /// An HTTP/2 (prior knowledge) connection made by hyper's client, which
 /// pings the server every 100 ms and answers the server's pings. The
@@ -84,12 +62,11 @@ async fn ended_at(ended: tokio::task::JoinHandle<Instant>) -> Instant {
 async fn a_partial_http2_preface_is_closed_within_the_head_timeout() {
     // Issue 19, point 1: these bytes once held a socket for ever.
     let head = Duration::from_millis(300);
-    let server = server(ServerConfig {
-        header_read_timeout: head,
-        idle_timeout: Duration::from_secs(60),
-        ..ServerConfig::default()
-    })
-    .await;
+    let server = TestServer::builder()
+        .header_read_timeout(head)
+        .idle_timeout(Duration::from_secs(60))
+        .start()
+        .await;
     let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     for partial in [&preface[..16], &preface[..22], &preface[..3]] {
         let mut conn = TcpStream::connect(server.addr).await.unwrap();
@@ -111,13 +88,12 @@ async fn an_http2_connection_that_only_pings_is_closed_after_the_idle_timeout() 
     // Issue 19, point 1: a client that answers pings but opens no stream.
     // The head timeout is long, so only the idle timeout can close it.
     let idle = Duration::from_millis(500);
-    let server = server(ServerConfig {
-        idle_timeout: idle,
-        header_read_timeout: Duration::from_secs(60),
-        send_timeout: Duration::from_millis(400),
-        ..ServerConfig::default()
-    })
-    .await;
+    let server = TestServer::builder()
+        .idle_timeout(idle)
+        .header_read_timeout(Duration::from_secs(60))
+        .send_timeout(Duration::from_millis(400))
+        .start()
+        .await;
     let started = Instant::now();
     let (sender, ended) = h2_connect(server.addr).await;
     let elapsed = ended_at(ended).await - started;
@@ -147,12 +123,11 @@ async fn an_http2_connection_that_only_pings_is_closed_after_the_idle_timeout() 
 #[tokio::test]
 async fn an_http2_connection_with_an_open_stream_is_not_idle() {
     let idle = Duration::from_millis(400);
-    let server = server(ServerConfig {
-        idle_timeout: idle,
-        keepalive: Duration::from_secs(30),
-        ..ServerConfig::default()
-    })
-    .await;
+    let server = TestServer::builder()
+        .idle_timeout(idle)
+        .keepalive(Duration::from_secs(30))
+        .start()
+        .await;
     let (mut sender, ended) = h2_connect(server.addr).await;
     let r = sender
         .send_request(h2_get(server.addr, "/feed/c", &[("device", "h2-dev")]))
@@ -194,11 +169,7 @@ async fn over_http2_an_oversized_head_gets_the_json_431_at_the_same_limit() {
         (pere_http::server::DEFAULT_MAX_HEADER_BYTES, 7 * 1024, 9000),
         (32 * 1024, 24 * 1024, 33 * 1024),
     ] {
-        let server = server(ServerConfig {
-            max_header_bytes: limit,
-            ..ServerConfig::default()
-        })
-        .await;
+        let server = TestServer::builder().max_header_bytes(limit).start().await;
         let (mut sender, _ended) = h2_connect(server.addr).await;
         let fine = "x".repeat(ok);
         let r = sender
@@ -405,11 +376,10 @@ async fn keep_alive_connections_are_never_reset_by_an_error_answer() {
     const CLIENTS: u64 = 4;
     const ROUNDS: usize = 60;
     const KINDS: usize = 7;
-    let server = server(ServerConfig {
-        header_read_timeout: Duration::from_secs(1),
-        ..ServerConfig::default()
-    })
-    .await;
+    let server = TestServer::builder()
+        .header_read_timeout(Duration::from_secs(1))
+        .start()
+        .await;
     let addr = server.addr;
     let mut noise = tokio::task::JoinSet::new();
     for seed in 0..6u64 {
@@ -492,7 +462,7 @@ async fn an_answer_before_an_awaited_body_says_connection_close_and_asks_for_not
     // A client that waits for `100 Continue` before sending its body is
     // not asked for a body nobody will read: it is told the connection
     // closes, and the connection closes without a reset.
-    let server = server(ServerConfig::default()).await;
+    let server = TestServer::start().await;
     let mut conn = TcpStream::connect(server.addr).await.unwrap();
     conn.write_all(
         b"POST /push/bad$name HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5000\r\n\r\n",

@@ -652,9 +652,9 @@ async fn a_flipped_bit_in_an_old_segment_costs_one_event_and_is_reported() {
     // The log was rewritten without the damage: a restart is clean and
     // serves the same events.
     let server = pere_tests::ServerProcess::start(&args).await;
-    let health = server.request("GET", "/healthz", &[], b"").await;
+    let health = server.get("/healthz").await;
     assert_eq!(health.text(), "ok");
-    let r = server.request("GET", "/admin/channels", &[], b"").await;
+    let r = server.get("/admin/channels").await;
     assert_eq!(r.json()[0]["events"], served.len(), "{}", r.text());
     server.stop();
     let _ = std::fs::remove_dir_all(&dir);

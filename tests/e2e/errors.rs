@@ -1,6 +1,7 @@
 //! Errors (docs/PROTOCOL.md §8): every one is JSON `{"error","code"}` with the right
 //! status, and the server keeps serving afterwards.
 
+use pere_tests::raw::read_to_close;
 use pere_tests::{Connection, HttpReader, Response, TestServer, raw_request, send_raw};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -52,11 +53,7 @@ async fn bad_channel_names_are_400_everywhere() {
         let r = server.post(&format!("/push/{channel}"), &[], b"x").await;
         assert_json_error(&r, 400, "invalid_channel");
         let r = server
-            .post(
-                &format!("/feedback/{channel}"),
-                &[("device", "d"), ("Last-Event-ID", "1")],
-                b"",
-            )
+            .feedback(channel, &[("device", "d"), ("Last-Event-ID", "1")], b"")
             .await;
         assert_eq!(r.status, 400, "feedback, {why}: {}", r.text());
         if *why != "a star in a publish" {
@@ -100,11 +97,7 @@ async fn bad_devices_are_400_everywhere() {
         let s = server.stream("/feed/c", &[("device", device)]).await;
         assert_eq!(s.status, 400, "feed as {device:?}: {}", s.text());
         let r = server
-            .post(
-                "/feedback/c",
-                &[("device", device), ("Last-Event-ID", "1")],
-                b"",
-            )
+            .feedback("c", &[("device", device), ("Last-Event-ID", "1")], b"")
             .await;
         assert_eq!(r.status, 400, "feedback as {device:?}: {}", r.text());
     }
@@ -168,7 +161,7 @@ async fn a_content_length_shorter_than_the_body_publishes_only_what_it_announced
     bytes.extend(vec![b'z'; 100 * 1024]);
     let r = send_raw(server.addr, &bytes).await;
     assert_eq!(r.status, 201, "{}", r.text());
-    let events = server.get("/admin/events/c").await.json();
+    let events = server.admin().events("c").await;
     assert_eq!(
         events,
         serde_json::json!([{
@@ -291,7 +284,7 @@ async fn malformed_receipts_are_400() {
         (vec![("device", "d"), ("Last-Event-ID", "1")], b"\xff"),
         (vec![("Last-Event-ID", "1")], b""),
     ] {
-        let r = server.post("/feedback/c", &headers, body).await;
+        let r = server.feedback("c", &headers, body).await;
         assert_eq!(r.status, 400, "{headers:?} {body:?}: {}", r.text());
         assert!(r.json()["code"].is_string());
         assert!(r.json()["error"].is_string());
@@ -304,11 +297,7 @@ async fn an_oversized_receipt_body_is_413() {
     let server = TestServer::start().await;
     let body = vec![b' '; 2 * 1024 * 1024];
     let r = server
-        .post(
-            "/feedback/c",
-            &[("device", "d"), ("Last-Event-ID", "1")],
-            &body,
-        )
+        .feedback("c", &[("device", "d"), ("Last-Event-ID", "1")], &body)
         .await;
     assert_json_error(&r, 413, "payload_too_large");
     still_serving(&server).await;
@@ -318,11 +307,7 @@ async fn an_oversized_receipt_body_is_413() {
 async fn unknown_events_are_404() {
     let server = TestServer::start().await;
     let r = server
-        .post(
-            "/feedback/c",
-            &[("device", "d"), ("Last-Event-ID", "77")],
-            b"",
-        )
+        .feedback("c", &[("device", "d"), ("Last-Event-ID", "77")], b"")
         .await;
     assert_json_error(&r, 404, "unknown_event");
     let r = server.get("/receipts/c/77").await;
@@ -411,7 +396,7 @@ async fn garbage_and_half_requests_do_not_hurt_the_server() {
         .unwrap();
     drop(half);
     still_serving(&server).await;
-    let events = server.get("/admin/events/c").await.json();
+    let events = server.admin().events("c").await;
     assert_eq!(events, serde_json::json!([]), "no half-written event");
 }
 
@@ -441,19 +426,6 @@ async fn options_star_is_answered() {
 
 /// The HTTP/2 client preface followed by an empty SETTINGS frame.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
-
-/// Reads what the server sends until it closes the connection (bounded).
-async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
-    use tokio::io::AsyncReadExt;
-    let mut all = Vec::new();
-    let read = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        stream.read_to_end(&mut all),
-    )
-    .await;
-    assert!(read.is_ok(), "still open after 10 s; got {all:?}");
-    all
-}
 
 /// Whether `bytes` start with an HTTP/2 SETTINGS frame (type 4).
 fn is_h2_settings(bytes: &[u8]) -> bool {
@@ -539,10 +511,7 @@ async fn unknown_query_parameters_are_400_on_api_endpoints_but_not_on_streams() 
     assert_json_error(&r, 400, "unknown_parameter");
     assert!(r.text().contains("did you mean `timeout`?"), "{}", r.text());
     assert_eq!(
-        pere_tests::metric(
-            &server.get("/metrics").await.text(),
-            "pere_events_published_total"
-        ),
+        pere_tests::metric(&server.metrics().await, "pere_events_published_total"),
         Some(0.0),
         "nothing was published"
     );

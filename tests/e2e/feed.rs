@@ -2,24 +2,11 @@
 
 use std::time::Duration;
 
-use pere_core::{HubConfig, Retention};
-use pere_http::ServerConfig;
 use pere_http::sse::Item;
-use pere_tests::{Connection, SseStream, TestServer, WAIT};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use pere_tests::raw::read_until;
+use pere_tests::{Connection, SseStream, TestServer};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-
-/// The JSON data of the next event, which must be of type `kind`.
-async fn control(s: &mut SseStream, kind: &str) -> serde_json::Value {
-    let e = s.next_event().await.expect("a control event");
-    assert_eq!(e.event, kind, "expected {kind}: {e:?}");
-    serde_json::from_str(&e.data).unwrap_or_else(|err| panic!("{kind} data is JSON ({err}): {e:?}"))
-}
-
-/// The data of the next `n` messages.
-async fn data(s: &mut SseStream, n: usize) -> Vec<String> {
-    s.messages(n).await.into_iter().map(|e| e.data).collect()
-}
 
 #[tokio::test]
 async fn a_stream_has_the_sse_headers_and_cors() {
@@ -45,7 +32,7 @@ async fn the_first_frame_is_retry_without_a_space_then_hello() {
         "first frame: {:?}",
         s.text()
     );
-    let hello = control(&mut s, "pere.hello").await;
+    let hello = s.hello().await;
     assert_eq!(
         hello,
         serde_json::json!({
@@ -59,15 +46,10 @@ async fn the_first_frame_is_retry_without_a_space_then_hello() {
 
 #[tokio::test]
 async fn the_retry_frame_follows_the_configured_value() {
-    let server = TestServer::start_with(
-        HubConfig::default(),
-        Retention::default(),
-        ServerConfig {
-            retry: Duration::from_millis(1500),
-            ..ServerConfig::default()
-        },
-    )
-    .await;
+    let server = TestServer::builder()
+        .retry(Duration::from_millis(1500))
+        .start()
+        .await;
     let mut s = server.stream("/feed/c", &[]).await;
     s.next_event().await;
     assert!(s.raw.starts_with(b"retry:1500\n\n"), "{:?}", s.text());
@@ -75,15 +57,7 @@ async fn the_retry_frame_follows_the_configured_value() {
 
 #[tokio::test]
 async fn control_events_carry_no_id_and_never_move_last_event_id() {
-    let server = TestServer::start_with(
-        HubConfig::default(),
-        Retention {
-            history: 2,
-            max_age: None,
-        },
-        ServerConfig::default(),
-    )
-    .await;
+    let server = TestServer::builder().history(2).start().await;
     let ids: Vec<String> = publish_n(&server, "c", 4).await;
     // Resuming from the first id makes the server send a `pere.gap` too.
     let mut s = server
@@ -168,7 +142,7 @@ async fn a_payload_can_never_inject_fields_or_end_an_event_early() {
 async fn the_stored_payload_keeps_its_carriage_returns() {
     let server = TestServer::start().await;
     server.publish("c", "a\r\nb\rc").await;
-    let events = server.get("/admin/events/c").await.json();
+    let events = server.admin().events("c").await;
     assert_eq!(events[0]["data"], "a\r\nb\rc", "{events}");
 }
 
@@ -223,10 +197,10 @@ async fn reconnecting_with_last_event_id_replays_the_missed_events_then_live_wit
     let mut s = server
         .stream("/feed/c", &[("device", "d"), ("Last-Event-ID", &last)])
         .await;
-    let hello = control(&mut s, "pere.hello").await;
+    let hello = s.hello().await;
     assert_eq!(hello["resumed_from"], last.as_str());
     assert!(hello["replayed"].as_u64().unwrap() >= 3, "{hello}");
-    let got = data(&mut s, 27).await;
+    let got = s.data(27).await;
     let expected: Vec<String> = (4..=30).map(|n| n.to_string()).collect();
     assert_eq!(got, expected);
     publisher.await.unwrap();
@@ -239,10 +213,10 @@ async fn the_last_event_id_query_parameter_is_a_resume_point() {
     let mut s = server
         .stream(&format!("/feed/c?lastEventId={}", ids[0]), &[])
         .await;
-    let hello = control(&mut s, "pere.hello").await;
+    let hello = s.hello().await;
     assert_eq!(hello["resumed_from"], ids[0].as_str());
     assert_eq!(hello["replayed"], 2);
-    let got: Vec<String> = s.messages(2).await.into_iter().map(|e| e.id).collect();
+    let got: Vec<String> = s.ids(2).await;
     assert_eq!(got, ids[1..]);
 }
 
@@ -256,7 +230,7 @@ async fn the_last_event_id_header_wins_over_the_query_parameter() {
             &[("Last-Event-ID", &ids[1])],
         )
         .await;
-    let hello = control(&mut s, "pere.hello").await;
+    let hello = s.hello().await;
     assert_eq!(hello["resumed_from"], ids[1].as_str());
     assert_eq!(s.messages(1).await[0].id, ids[2]);
 }
@@ -268,10 +242,10 @@ async fn replay_all_sends_every_retained_event_first() {
     let mut s = server
         .stream("/feed/c?replay=all", &[("device", "d")])
         .await;
-    let hello = control(&mut s, "pere.hello").await;
+    let hello = s.hello().await;
     assert_eq!(hello["replayed"], 3);
     let live = server.publish("c", "live").await;
-    let got: Vec<String> = s.messages(4).await.into_iter().map(|e| e.id).collect();
+    let got: Vec<String> = s.ids(4).await;
     assert_eq!(got[..3], ids[..]);
     assert_eq!(got[3], live);
 }
@@ -281,10 +255,10 @@ async fn a_new_stream_without_resume_point_starts_now() {
     let server = TestServer::start().await;
     server.publish("c", "old").await;
     let mut s = server.stream("/feed/c", &[("device", "new")]).await;
-    let hello = control(&mut s, "pere.hello").await;
+    let hello = s.hello().await;
     assert_eq!(hello["replayed"], 0);
     server.publish("c", "new").await;
-    assert_eq!(data(&mut s, 1).await, ["new"]);
+    assert_eq!(s.data(1).await, ["new"]);
 }
 
 #[tokio::test]
@@ -292,51 +266,43 @@ async fn a_member_reconnecting_without_last_event_id_resumes_from_its_cursor() {
     let server = TestServer::start().await;
     let mut s = server.subscribe("c", "phone").await;
     server.publish("c", "seen").await;
-    assert_eq!(data(&mut s, 1).await, ["seen"]);
+    assert_eq!(s.data(1).await, ["seen"]);
     drop(s);
     server.wait_offline("c", "phone").await;
     server.publish("c", "while offline 1").await;
     server.publish("c", "while offline 2").await;
     let mut s = server.stream("/feed/c", &[("device", "phone")]).await;
-    let hello = control(&mut s, "pere.hello").await;
+    let hello = s.hello().await;
     assert_eq!(hello["replayed"], 2, "{hello}");
     server.publish("c", "live").await;
     assert_eq!(
-        data(&mut s, 3).await,
+        s.data(3).await,
         ["while offline 1", "while offline 2", "live"]
     );
 }
 
 #[tokio::test]
 async fn a_gap_is_announced_when_the_resume_point_was_pruned() {
-    let server = TestServer::start_with(
-        HubConfig::default(),
-        Retention {
-            history: 3,
-            max_age: None,
-        },
-        ServerConfig::default(),
-    )
-    .await;
+    let server = TestServer::builder().history(3).start().await;
     let ids = publish_n(&server, "c", 6).await;
     let mut s = server
         .stream("/feed/c", &[("device", "d"), ("Last-Event-ID", &ids[0])])
         .await;
-    let hello = control(&mut s, "pere.hello").await;
+    let hello = s.hello().await;
     assert_eq!(hello["replayed"], 3);
-    let gap = control(&mut s, "pere.gap").await;
+    let gap = s.control("pere.gap").await;
     assert_eq!(
         gap,
         serde_json::json!({ "from": ids[0], "oldest": ids[3] }),
         "the gap names the resume point and the oldest retained event"
     );
-    let got: Vec<String> = s.messages(3).await.into_iter().map(|e| e.id).collect();
+    let got: Vec<String> = s.ids(3).await;
     assert_eq!(got, ids[3..]);
     // Resuming from a retained event is no gap.
     let mut s = server
         .stream("/feed/c", &[("Last-Event-ID", &ids[3])])
         .await;
-    control(&mut s, "pere.hello").await;
+    s.hello().await;
     let next = s.next_event().await.unwrap();
     assert_eq!(next.event, "message", "no gap: {next:?}");
     assert_eq!(next.id, ids[4]);
@@ -352,8 +318,8 @@ async fn star_matches_one_segment_and_double_star_one_or_more() {
     server.publish("orders", "bare").await;
     server.publish("invoices.eu", "other").await;
     server.publish("orders.us", "us").await;
-    assert_eq!(data(&mut one, 2).await, ["eu", "us"]);
-    assert_eq!(data(&mut many, 3).await, ["eu", "paris", "us"]);
+    assert_eq!(one.data(2).await, ["eu", "us"]);
+    assert_eq!(many.data(3).await, ["eu", "paris", "us"]);
 }
 
 #[tokio::test]
@@ -365,7 +331,7 @@ async fn an_event_matching_several_subscriptions_of_a_stream_arrives_once() {
             &[("device", "d")],
         )
         .await;
-    let hello = control(&mut s, "pere.hello").await;
+    let hello = s.hello().await;
     assert_eq!(
         hello["channels"],
         serde_json::json!(["orders.eu", "orders.*", "orders.**", "news"])
@@ -374,18 +340,18 @@ async fn an_event_matching_several_subscriptions_of_a_stream_arrives_once() {
     assert_eq!(r.json()["recipients"], 1, "one device, counted once");
     server.publish("news", "news").await;
     server.publish("orders.eu.paris", "deep").await;
-    assert_eq!(data(&mut s, 3).await, ["once", "news", "deep"]);
+    assert_eq!(s.data(3).await, ["once", "news", "deep"]);
 }
 
 #[tokio::test]
 async fn a_path_channel_and_query_channels_combine() {
     let server = TestServer::start().await;
     let mut s = server.stream("/feed/a?channel=b", &[]).await;
-    let hello = control(&mut s, "pere.hello").await;
+    let hello = s.hello().await;
     assert_eq!(hello["channels"], serde_json::json!(["a", "b"]));
     server.publish("b", "from b").await;
     server.publish("a", "from a").await;
-    assert_eq!(data(&mut s, 2).await, ["from b", "from a"]);
+    assert_eq!(s.data(2).await, ["from b", "from a"]);
 }
 
 #[tokio::test]
@@ -397,15 +363,10 @@ async fn a_feed_without_any_channel_is_400() {
 
 #[tokio::test]
 async fn keepalive_comments_arrive_on_a_quiet_stream() {
-    let server = TestServer::start_with(
-        HubConfig::default(),
-        Retention::default(),
-        ServerConfig {
-            keepalive: Duration::from_millis(50),
-            ..ServerConfig::default()
-        },
-    )
-    .await;
+    let server = TestServer::builder()
+        .keepalive(Duration::from_millis(50))
+        .start()
+        .await;
     let mut s = server.stream("/feed/c", &[("device", "d")]).await;
     loop {
         match s.next_item().await.expect("the stream stays open") {
@@ -424,33 +385,30 @@ async fn keepalive_comments_arrive_on_a_quiet_stream() {
     );
     // The stream still carries events after keepalives.
     server.publish("c", "after").await;
-    assert_eq!(data(&mut s, 1).await, ["after"]);
+    assert_eq!(s.data(1).await, ["after"]);
 }
 
 #[tokio::test]
 async fn an_anonymous_stream_receives_events_but_is_in_no_audience() {
     let server = TestServer::start().await;
     let mut s = server.stream("/feed/c", &[]).await;
-    let hello = control(&mut s, "pere.hello").await;
+    let hello = s.hello().await;
     assert_eq!(hello["device"], serde_json::Value::Null);
     let r = server.post("/push/c", &[], b"x").await;
     assert_eq!(r.json()["recipients"], 0);
     let id = r.json()["id"].as_str().unwrap().to_string();
-    assert_eq!(data(&mut s, 1).await, ["x"]);
-    let receipts = server.get(&format!("/receipts/c/{id}")).await.json();
+    assert_eq!(s.data(1).await, ["x"]);
+    let receipts = server.receipts("c", &id).await;
     assert_eq!(receipts["recipients"], 0, "{receipts}");
     assert_eq!(receipts["devices"], serde_json::json!({}), "{receipts}");
-    assert_eq!(
-        server.get("/admin/devices/c").await.json(),
-        serde_json::json!({})
-    );
+    assert_eq!(server.admin().devices("c").await, serde_json::json!({}));
 }
 
 #[tokio::test]
 async fn the_device_query_parameter_identifies_a_browser() {
     let server = TestServer::start().await;
     let mut s = server.stream("/feed/c?device=W0039", &[]).await;
-    let hello = control(&mut s, "pere.hello").await;
+    let hello = s.hello().await;
     assert_eq!(hello["device"], "W0039");
     let r = server.post("/push/c", &[], b"x").await;
     assert_eq!(r.json()["recipients"], 1);
@@ -462,7 +420,7 @@ async fn the_device_header_wins_over_the_query_parameter() {
     let mut s = server
         .stream("/feed/c?device=from-query", &[("device", "from-header")])
         .await;
-    let hello = control(&mut s, "pere.hello").await;
+    let hello = s.hello().await;
     assert_eq!(hello["device"], "from-header");
 }
 
@@ -547,7 +505,7 @@ async fn a_stream_can_follow_other_requests_on_a_kept_alive_connection() {
         .stream(&format!("/feed/c?lastEventId={}", ids[0]), &[])
         .await;
     assert_eq!(s.status, 200);
-    assert_eq!(data(&mut s, 2).await, ["x", "third"]);
+    assert_eq!(s.data(2).await, ["x", "third"]);
 }
 
 #[tokio::test]
@@ -571,7 +529,7 @@ async fn an_empty_last_event_id_means_no_resume_point() {
     server.publish("c", "old").await;
     let mut s = server.stream("/feed/c", &[("Last-Event-ID", "")]).await;
     assert_eq!(s.status, 200);
-    let hello = control(&mut s, "pere.hello").await;
+    let hello = s.hello().await;
     assert_eq!(hello["replayed"], 0);
 }
 
@@ -579,36 +537,14 @@ async fn an_empty_last_event_id_means_no_resume_point() {
 async fn a_closed_stream_frees_its_connection_slot() {
     let server = TestServer::start().await;
     let s = server.subscribe("c", "d").await;
-    let conns = server.get("/admin/connections").await.json();
+    let conns = server.admin().connections().await;
     assert_eq!(conns["total number"], 1);
     drop(s);
     server.wait_offline("c", "d").await;
     pere_tests::eventually("no open stream", || async {
-        server.get("/admin/connections").await.json()["total number"] == 0
+        server.admin().connections().await["total number"] == 0
     })
     .await;
-}
-
-/// Reads raw bytes from `conn` until they contain `needle`.
-async fn read_until(conn: &mut TcpStream, seen: &mut Vec<u8>, needle: &str) {
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(seen).contains(needle) {
-        let n = tokio::time::timeout(WAIT, conn.read(&mut buf))
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "waiting for {needle:?} in {:?}",
-                    String::from_utf8_lossy(seen)
-                )
-            })
-            .unwrap();
-        assert!(
-            n > 0,
-            "closed before {needle:?}: {:?}",
-            String::from_utf8_lossy(seen)
-        );
-        seen.extend_from_slice(&buf[..n]);
-    }
 }
 
 #[tokio::test]
@@ -667,25 +603,17 @@ async fn head_on_a_feed_answers_the_headers_without_subscribing() {
 
 #[tokio::test]
 async fn a_member_whose_cursor_was_pruned_is_told_of_the_gap() {
-    let server = TestServer::start_with(
-        HubConfig::default(),
-        Retention {
-            history: 3,
-            max_age: None,
-        },
-        ServerConfig::default(),
-    )
-    .await;
+    let server = TestServer::builder().history(3).start().await;
     drop(server.subscribe("c", "sleepy").await);
     server.wait_offline("c", "sleepy").await;
     let ids = publish_n(&server, "c", 6).await;
     let mut s = server.stream("/feed/c", &[("device", "sleepy")]).await;
-    let hello = control(&mut s, "pere.hello").await;
+    let hello = s.hello().await;
     assert_eq!(hello["replayed"], 3, "{hello}");
-    let gap = control(&mut s, "pere.gap").await;
+    let gap = s.control("pere.gap").await;
     assert_eq!(gap["oldest"], ids[3].as_str(), "{gap}");
     assert_eq!(gap["from"], hello["resumed_from"], "{gap} {hello}");
-    let got: Vec<String> = s.messages(3).await.into_iter().map(|e| e.id).collect();
+    let got: Vec<String> = s.ids(3).await;
     assert_eq!(got, ids[3..]);
 }
 
@@ -693,15 +621,7 @@ async fn a_member_whose_cursor_was_pruned_is_told_of_the_gap() {
 async fn a_slow_device_is_disconnected_and_resumes_without_loss() {
     // A queue of one event: any burst that reaches the stream faster than
     // it drains closes it, and the device must resume from Last-Event-ID.
-    let server = TestServer::start_with(
-        HubConfig {
-            queue_capacity: 1,
-            ..HubConfig::default()
-        },
-        Retention::default(),
-        ServerConfig::default(),
-    )
-    .await;
+    let server = TestServer::builder().queue_capacity(1).start().await;
     let mut s = server.subscribe("burst", "slow").await;
     let addr = server.addr;
     let publishers: Vec<_> = (0..40)
@@ -747,29 +667,21 @@ async fn a_slow_device_is_disconnected_and_resumes_without_loss() {
 
 #[tokio::test]
 async fn with_replay_all_by_default_a_new_device_gets_history_and_a_member_its_cursor() {
-    let server = TestServer::start_with(
-        HubConfig {
-            replay_all: true,
-            ..HubConfig::default()
-        },
-        Retention::default(),
-        ServerConfig::default(),
-    )
-    .await;
+    let server = TestServer::builder().replay_all().start().await;
     let old = publish_n(&server, "c", 2).await;
     let mut s = server.stream("/feed/c", &[("device", "d")]).await;
-    let hello = control(&mut s, "pere.hello").await;
+    let hello = s.hello().await;
     assert_eq!(
         hello["replayed"], 2,
         "PERE replayed everything on a first connect"
     );
-    let got: Vec<String> = s.messages(2).await.into_iter().map(|e| e.id).collect();
+    let got: Vec<String> = s.ids(2).await;
     assert_eq!(got, old);
     drop(s);
     server.wait_offline("c", "d").await;
     let new = server.publish("c", "new").await;
     let mut s = server.stream("/feed/c", &[("device", "d")]).await;
-    let hello = control(&mut s, "pere.hello").await;
+    let hello = s.hello().await;
     assert_eq!(
         hello["replayed"], 1,
         "a member resumes from its cursor: {hello}"
@@ -793,7 +705,7 @@ async fn a_refused_first_stream_leaves_its_kept_alive_connection_usable() {
     let r = conn.request("POST", "/push/c", &[], b"after").await;
     assert_eq!(r.status, 201, "{}", r.text());
     let mut s = conn.stream("/feed/c?replay=all", &[]).await;
-    assert_eq!(data(&mut s, 1).await, ["after"]);
+    assert_eq!(s.data(1).await, ["after"]);
 }
 
 #[tokio::test]
@@ -807,9 +719,7 @@ async fn a_stream_the_server_ends_is_a_complete_response_on_a_usable_connection(
     read_until(&mut conn, &mut seen, "event: pere.hello\n").await;
     let id = server.publish("c", "one").await;
     read_until(&mut conn, &mut seen, &format!("id: {id}\ndata: one\n\n")).await;
-    let r = server
-        .request("DELETE", "/admin/devices/c/d", &[], b"")
-        .await;
+    let r = server.admin().drop_device("c", "d").await;
     assert_eq!(r.status, 200, "{}", r.text());
     // The body ends with the last chunk, as hyper ends one …
     read_until(&mut conn, &mut seen, "\r\n0\r\n\r\n").await;
@@ -834,15 +744,10 @@ async fn a_stream_the_server_ends_is_a_complete_response_on_a_usable_connection(
 
 #[tokio::test]
 async fn a_client_that_goes_away_is_offline_at_once() {
-    let server = TestServer::start_with(
-        HubConfig::default(),
-        Retention::default(),
-        ServerConfig {
-            keepalive: Duration::from_secs(600),
-            ..ServerConfig::default()
-        },
-    )
-    .await;
+    let server = TestServer::builder()
+        .keepalive(Duration::from_secs(600))
+        .start()
+        .await;
     let s = server.subscribe("c", "d").await;
     assert_eq!(server.presence("c", "d").await.unwrap()["online"], true);
     drop(s);
@@ -866,6 +771,6 @@ async fn streams_hyper_serves_still_work_large_heads_and_connection_close() {
     .await;
     assert_eq!(close.status, 200);
     server.publish("c", "both").await;
-    assert_eq!(data(&mut big, 1).await, ["both"]);
-    assert_eq!(data(&mut close, 1).await, ["both"]);
+    assert_eq!(big.data(1).await, ["both"]);
+    assert_eq!(close.data(1).await, ["both"]);
 }

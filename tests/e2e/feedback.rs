@@ -1,8 +1,6 @@
 //! Receipts: `POST /feedback/:channel` in every form PERE's clients send
 //! (docs/PROTOCOL.md §4).
 
-use pere_core::{HubConfig, Retention};
-use pere_http::ServerConfig;
 use pere_tests::{Response, TestServer};
 use serde_json::json;
 
@@ -39,8 +37,8 @@ fn assert_acked(r: &Response, id: &str, device: &str) {
 async fn the_web_page_form_with_a_last_event_id_header_is_a_receipt() {
     let (server, _s, id) = one_delivered().await;
     let r = server
-        .post(
-            "/feedback/c",
+        .feedback(
+            "c",
             &[
                 (
                     "Content-Type",
@@ -70,8 +68,8 @@ async fn subscriber_rb_headers_in_any_case_are_a_receipt() {
         ("dEvIcE", "Last_Event_Id"),
     ] {
         let r = server
-            .post(
-                "/feedback/c",
+            .feedback(
+                "c",
                 &[FORM, (device_header, "d"), (id_header, &id)],
                 b"status=rx+ok",
             )
@@ -100,7 +98,7 @@ async fn the_last_event_id_form_field_carries_the_id() {
     let (server, _s, id) = one_delivered().await;
     let body = format!("status=seen&last_event_id={id}");
     let r = server
-        .post("/feedback/c", &[FORM, ("device", "d")], body.as_bytes())
+        .feedback("c", &[FORM, ("device", "d")], body.as_bytes())
         .await;
     assert_acked(&r, &id, "d");
     assert_eq!(receipt(&server, "c", &id, "d").await["status"], "seen");
@@ -111,7 +109,7 @@ async fn a_json_receipt_carries_id_and_status() {
     let (server, _s, id) = one_delivered().await;
     let body = json!({ "id": id, "status": "printed" }).to_string();
     let r = server
-        .post("/feedback/c", &[JSON, ("device", "d")], body.as_bytes())
+        .feedback("c", &[JSON, ("device", "d")], body.as_bytes())
         .await;
     assert_acked(&r, &id, "d");
     assert_eq!(receipt(&server, "c", &id, "d").await["status"], "printed");
@@ -119,7 +117,7 @@ async fn a_json_receipt_carries_id_and_status() {
     // Content-Type.
     let body = format!(r#"{{"id":{id}}}"#);
     let r = server
-        .post("/feedback/c", &[("device", "d")], body.as_bytes())
+        .feedback("c", &[("device", "d")], body.as_bytes())
         .await;
     assert_acked(&r, &id, "d");
 }
@@ -140,8 +138,8 @@ async fn the_id_sources_are_tried_in_the_documented_order() {
     // `last_event_id` form field.
     let body = json!({ "id": ids[0] }).to_string();
     let r = server
-        .post(
-            "/feedback/c",
+        .feedback(
+            "c",
             &[
                 JSON,
                 ("device", "d"),
@@ -154,8 +152,8 @@ async fn the_id_sources_are_tried_in_the_documented_order() {
     assert_acked(&r, &ids[0], "d");
     let form = format!("status=ok&last_event_id={}", ids[3]);
     let r = server
-        .post(
-            "/feedback/c",
+        .feedback(
+            "c",
             &[
                 FORM,
                 ("device", "d"),
@@ -167,15 +165,15 @@ async fn the_id_sources_are_tried_in_the_documented_order() {
         .await;
     assert_acked(&r, &ids[1], "d");
     let r = server
-        .post(
-            "/feedback/c",
+        .feedback(
+            "c",
             &[FORM, ("device", "d"), ("last_event_id", &ids[2])],
             form.as_bytes(),
         )
         .await;
     assert_acked(&r, &ids[2], "d");
     let r = server
-        .post("/feedback/c", &[FORM, ("device", "d")], form.as_bytes())
+        .feedback("c", &[FORM, ("device", "d")], form.as_bytes())
         .await;
     assert_acked(&r, &ids[3], "d");
 }
@@ -184,17 +182,13 @@ async fn the_id_sources_are_tried_in_the_documented_order() {
 async fn the_status_defaults_to_ok() {
     let (server, _s, id) = one_delivered().await;
     let r = server
-        .post(
-            "/feedback/c",
-            &[("device", "d"), ("Last-Event-ID", &id)],
-            b"",
-        )
+        .feedback("c", &[("device", "d"), ("Last-Event-ID", &id)], b"")
         .await;
     assert_acked(&r, &id, "d");
     assert_eq!(receipt(&server, "c", &id, "d").await["status"], "ok");
     let body = json!({ "id": id }).to_string();
     let r = server
-        .post("/feedback/c", &[JSON, ("device", "d")], body.as_bytes())
+        .feedback("c", &[JSON, ("device", "d")], body.as_bytes())
         .await;
     assert_acked(&r, &id, "d");
     assert_eq!(receipt(&server, "c", &id, "d").await["status"], "ok");
@@ -206,18 +200,18 @@ async fn a_status_of_1_kib_is_accepted_and_longer_is_400() {
     let max = "s".repeat(1024);
     let body = json!({ "id": id, "status": max }).to_string();
     let r = server
-        .post("/feedback/c", &[JSON, ("device", "d")], body.as_bytes())
+        .feedback("c", &[JSON, ("device", "d")], body.as_bytes())
         .await;
     assert_acked(&r, &id, "d");
     let body = json!({ "id": id, "status": format!("{max}s") }).to_string();
     let r = server
-        .post("/feedback/c", &[JSON, ("device", "d")], body.as_bytes())
+        .feedback("c", &[JSON, ("device", "d")], body.as_bytes())
         .await;
     r.assert_error(400, "status_too_long");
     let form = format!("status={max}s");
     let r = server
-        .post(
-            "/feedback/c",
+        .feedback(
+            "c",
             &[FORM, ("device", "d"), ("Last-Event-ID", &id)],
             form.as_bytes(),
         )
@@ -234,12 +228,12 @@ async fn a_status_of_1_kib_is_accepted_and_longer_is_400() {
 async fn a_receipt_without_a_device_is_400() {
     let (server, _s, id) = one_delivered().await;
     let r = server
-        .post("/feedback/c", &[FORM, ("Last-Event-ID", &id)], b"status=ok")
+        .feedback("c", &[FORM, ("Last-Event-ID", &id)], b"status=ok")
         .await;
     r.assert_error(400, "missing_device");
     let r = server
-        .post(
-            "/feedback/c",
+        .feedback(
+            "c",
             &[FORM, ("device", "a b"), ("Last-Event-ID", &id)],
             b"status=ok",
         )
@@ -259,13 +253,13 @@ async fn a_receipt_without_a_device_is_400() {
 async fn a_missing_or_malformed_id_is_400() {
     let (server, _s, _id) = one_delivered().await;
     let r = server
-        .post("/feedback/c", &[FORM, ("device", "d")], b"status=ok")
+        .feedback("c", &[FORM, ("device", "d")], b"status=ok")
         .await;
     r.assert_error(400, "missing_event_id");
     for bad in ["abc", "-1", "1.5", "18446744073709551616", " "] {
         let r = server
-            .post(
-                "/feedback/c",
+            .feedback(
+                "c",
                 &[FORM, ("device", "d"), ("Last-Event-ID", bad)],
                 b"status=ok",
             )
@@ -282,7 +276,7 @@ async fn a_missing_or_malformed_id_is_400() {
         "42",
     ] {
         let r = server
-            .post("/feedback/c", &[JSON, ("device", "d")], body.as_bytes())
+            .feedback("c", &[JSON, ("device", "d")], body.as_bytes())
             .await;
         assert_eq!(r.status, 400, "{body}: {}", r.text());
         assert!(r.json()["code"].is_string(), "{}", r.text());
@@ -293,8 +287,8 @@ async fn a_missing_or_malformed_id_is_400() {
 async fn an_unknown_event_is_404() {
     let (server, _s, id) = one_delivered().await;
     let r = server
-        .post(
-            "/feedback/c",
+        .feedback(
+            "c",
             &[FORM, ("device", "d"), ("Last-Event-ID", "12345")],
             b"status=ok",
         )
@@ -302,8 +296,8 @@ async fn an_unknown_event_is_404() {
     r.assert_error(404, "unknown_event");
     // The event exists, but not on this channel.
     let r = server
-        .post(
-            "/feedback/other",
+        .feedback(
+            "other",
             &[FORM, ("device", "d"), ("Last-Event-ID", &id)],
             b"status=ok",
         )
@@ -313,32 +307,16 @@ async fn an_unknown_event_is_404() {
 
 #[tokio::test]
 async fn an_event_no_longer_retained_is_404() {
-    let server = TestServer::start_with(
-        HubConfig::default(),
-        Retention {
-            history: 1,
-            max_age: None,
-        },
-        ServerConfig::default(),
-    )
-    .await;
+    let server = TestServer::builder().history(1).start().await;
     let _s = server.subscribe("c", "d").await;
     let old = server.publish("c", "old").await;
     let new = server.publish("c", "new").await;
     let r = server
-        .post(
-            "/feedback/c",
-            &[("device", "d"), ("Last-Event-ID", &old)],
-            b"",
-        )
+        .feedback("c", &[("device", "d"), ("Last-Event-ID", &old)], b"")
         .await;
     r.assert_error(404, "unknown_event");
     let r = server
-        .post(
-            "/feedback/c",
-            &[("device", "d"), ("Last-Event-ID", &new)],
-            b"",
-        )
+        .feedback("c", &[("device", "d"), ("Last-Event-ID", &new)], b"")
         .await;
     assert_acked(&r, &new, "d");
 }
@@ -358,11 +336,7 @@ async fn a_receipt_on_a_pattern_names_events_of_matching_channels() {
         .await;
     assert_acked(&r, &id, "d");
     let r = server
-        .post(
-            "/feedback/orders.eu",
-            &[("device", "d"), ("Last-Event-ID", &id)],
-            b"",
-        )
+        .feedback("orders.eu", &[("device", "d"), ("Last-Event-ID", &id)], b"")
         .await;
     assert_acked(&r, &id, "d");
 }
@@ -386,7 +360,7 @@ async fn a_batch_acks_every_known_id_and_reports_each_item() {
     ])
     .to_string();
     let r = server
-        .post("/feedback/c", &[JSON, ("device", "d")], body.as_bytes())
+        .feedback("c", &[JSON, ("device", "d")], body.as_bytes())
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let items = r.json();
@@ -421,9 +395,7 @@ async fn a_batch_acks_every_known_id_and_reports_each_item() {
 #[tokio::test]
 async fn an_empty_batch_is_an_empty_result() {
     let server = TestServer::start().await;
-    let r = server
-        .post("/feedback/c", &[JSON, ("device", "d")], b"[]")
-        .await;
+    let r = server.feedback("c", &[JSON, ("device", "d")], b"[]").await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json(), json!([]));
 }
@@ -440,14 +412,10 @@ async fn a_late_joiner_that_received_an_event_is_added_to_its_audience() {
         .await;
     assert_eq!(late.messages(1).await[0].id, id);
     let r = server
-        .post(
-            "/feedback/c",
-            &[("device", "late"), ("Last-Event-ID", &id)],
-            b"",
-        )
+        .feedback("c", &[("device", "late"), ("Last-Event-ID", &id)], b"")
         .await;
     assert_acked(&r, &id, "late");
-    let summary = server.get(&format!("/receipts/c/{id}")).await.json();
+    let summary = server.receipts("c", &id).await;
     assert_eq!(summary["recipients"], 2, "{summary}");
     assert_eq!(summary["acked"], 1, "{summary}");
     assert_eq!(summary["devices"]["late"]["state"], "acked", "{summary}");
@@ -465,11 +433,11 @@ async fn a_repeated_receipt_updates_the_status() {
     for status in ["first", "second"] {
         let body = json!({ "id": id, "status": status }).to_string();
         let r = server
-            .post("/feedback/c", &[JSON, ("device", "d")], body.as_bytes())
+            .feedback("c", &[JSON, ("device", "d")], body.as_bytes())
             .await;
         assert_acked(&r, &id, "d");
     }
-    let summary = server.get(&format!("/receipts/c/{id}")).await.json();
+    let summary = server.receipts("c", &id).await;
     assert_eq!(summary["acked"], 1, "{summary}");
     assert_eq!(summary["devices"]["d"]["status"], "second");
 }
@@ -478,16 +446,16 @@ async fn a_repeated_receipt_updates_the_status() {
 async fn a_non_utf8_receipt_body_is_400() {
     let (server, _s, id) = one_delivered().await;
     let r = server
-        .post(
-            "/feedback/c",
+        .feedback(
+            "c",
             &[FORM, ("device", "d"), ("Last-Event-ID", &id)],
             b"status=\xff\xfe",
         )
         .await;
     r.assert_error(400, "invalid_utf8");
     let r = server
-        .post(
-            "/feedback/c",
+        .feedback(
+            "c",
             &[FORM, ("device", "d"), ("Last-Event-ID", &id)],
             b"status=%ff",
         )
@@ -503,7 +471,7 @@ async fn a_device_that_never_got_the_event_cannot_acknowledge_it() {
     let (server, _s, id) = one_delivered().await;
     let body = json!({ "id": id, "status": "ok" }).to_string();
     let r = server
-        .post("/feedback/c", &[JSON, ("device", "ZZ")], body.as_bytes())
+        .feedback("c", &[JSON, ("device", "ZZ")], body.as_bytes())
         .await;
     r.assert_error(409, "not_a_recipient");
     assert!(
@@ -514,11 +482,11 @@ async fn a_device_that_never_got_the_event_cannot_acknowledge_it() {
     // In a batch, the refused item does not void the others.
     let batch = json!([{ "id": id }]).to_string();
     let r = server
-        .post("/feedback/c", &[JSON, ("device", "ZZ")], batch.as_bytes())
+        .feedback("c", &[JSON, ("device", "ZZ")], batch.as_bytes())
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()[0]["code"], "not_a_recipient", "{}", r.text());
-    let summary = server.get(&format!("/receipts/c/{id}")).await.json();
+    let summary = server.receipts("c", &id).await;
     assert_eq!(summary["recipients"], 1, "ZZ did not join: {summary}");
     assert!(summary["devices"].get("ZZ").is_none(), "{summary}");
 
@@ -530,11 +498,7 @@ async fn a_device_that_never_got_the_event_cannot_acknowledge_it() {
     let id = server.publish("c", "y").await;
     let body = json!({ "id": id }).to_string();
     let r = server
-        .post(
-            "/feedback/c",
-            &[JSON, ("device", "offline")],
-            body.as_bytes(),
-        )
+        .feedback("c", &[JSON, ("device", "offline")], body.as_bytes())
         .await;
     assert_acked(&r, &id, "offline");
 }

@@ -65,25 +65,19 @@ fn hs256(claims: &Value, secret: &str) -> String {
 }
 
 async fn stream(server: &ServerProcess, token: &str, path: &str) -> SseStream {
-    let auth = format!("Bearer {token}");
-    SseStream::open(server.addr, path, &[("Authorization", &auth)]).await
+    server.with_token(token).stream(path, &[]).await
 }
 
 async fn publish(server: &ServerProcess, channel: &str, data: &str) {
-    let auth = format!("Bearer {ADMIN}");
     let backend = hs256(
         &json!({"sub": "backend", "publish": ["**"], "exp": now() + 60, "aud": "pere", "iss": "shop"}),
         SECRET,
     );
     // Static and JWT publishers alike.
-    for token in [auth, format!("Bearer {backend}")] {
+    for token in [ADMIN, backend.as_str()] {
         let r = server
-            .request(
-                "POST",
-                &format!("/push/{channel}"),
-                &[("Authorization", &token)],
-                data.as_bytes(),
-            )
+            .with_token(token)
+            .post(&format!("/push/{channel}"), &[], data.as_bytes())
             .await;
         if r.status == 201 {
             return;
@@ -114,12 +108,9 @@ async fn jwts_are_accepted_beside_static_tokens_and_refused_with_a_reason() {
         "{}",
         hello.data
     );
-    let q = SseStream::open(
-        server.addr,
-        &format!("/feed/orders.us?access_token={token}"),
-        &[],
-    )
-    .await;
+    let q = server
+        .stream(&format!("/feed/orders.us?access_token={token}"), &[])
+        .await;
     assert_eq!(q.status, 200, "{}", q.text());
     publish(&server, "orders.eu", "e1").await;
     assert_eq!(s.messages(1).await[0].data, "e1");
@@ -132,14 +123,7 @@ async fn jwts_are_accepted_beside_static_tokens_and_refused_with_a_reason() {
         SECRET,
     );
     for t in [admin.as_str(), ADMIN] {
-        let r = server
-            .request(
-                "GET",
-                "/admin/tokens",
-                &[("Authorization", &format!("Bearer {t}"))],
-                b"",
-            )
-            .await;
+        let r = server.with_token(t).admin().tokens().await;
         assert_eq!(r.status, 200, "{}", r.text());
     }
     let with = |field: &str, value: Value| {
@@ -197,16 +181,9 @@ async fn a_revoked_jti_closes_its_streams_and_stays_revoked_after_a_restart() {
     let mut kept = stream(&server, &other, "/feed/orders.eu").await;
     assert_eq!(kept.status, 200, "{}", kept.text());
     // Revoked by an admin: the stream closes within a second.
-    let admin = format!("Bearer {ADMIN}");
+    let admin = server.with_token(ADMIN);
     let revoked_at = Instant::now();
-    let r = server
-        .request(
-            "DELETE",
-            "/admin/tokens/jti:session-42",
-            &[("Authorization", &admin)],
-            b"",
-        )
-        .await;
+    let r = admin.admin().revoke_token("jti:session-42").await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["jti"], "session-42");
     let ended = ended_within(&mut s, WAIT).await;
@@ -224,25 +201,15 @@ async fn a_revoked_jti_closes_its_streams_and_stays_revoked_after_a_restart() {
     // A jti never seen can be revoked ahead of its first use.
     let mut future = phone(600);
     future["jti"] = json!("session-44");
-    let r = server
-        .request(
-            "DELETE",
-            "/admin/tokens/jti:session-44",
-            &[("Authorization", &admin)],
-            b"",
-        )
-        .await;
+    let r = admin.admin().revoke_token("jti:session-44").await;
     assert_eq!(r.status, 200, "{}", r.text());
     let r = stream(&server, &hs256(&future, SECRET), "/feed/orders.eu").await;
     assert_eq!(r.status, 401);
     // Only an admin revokes.
     let r = server
-        .request(
-            "DELETE",
-            "/admin/tokens/jti:session-43",
-            &[("Authorization", &format!("Bearer {other}"))],
-            b"",
-        )
+        .with_token(&other)
+        .admin()
+        .revoke_token("jti:session-43")
         .await;
     assert_eq!(r.status, 403, "{}", r.text());
     drop(kept);

@@ -6,42 +6,14 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use pere_core::{HubConfig, Retention};
-use pere_http::ServerConfig;
-use pere_tests::{
-    HttpReader, ServerProcess, SseStream, TestServer, WAIT, eventually, metric, send_raw,
-};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use pere_tests::raw::{h2_opening, read_to_close, small_buffer_connect};
+use pere_tests::{HttpReader, ServerProcess, SseStream, TestServer, eventually, metric, send_raw};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
-
-async fn server(config: ServerConfig) -> TestServer {
-    TestServer::start_with(HubConfig::default(), Retention::default(), config).await
-}
-
-/// Reads until the peer closes (or fails the test after `WAIT`); returns
-/// what arrived.
-async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match tokio::time::timeout(WAIT, stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return out,
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-            Err(_) => panic!(
-                "the server neither answered nor closed: {:?}",
-                String::from_utf8_lossy(&out)
-            ),
-        }
-    }
-}
 
 #[tokio::test]
 async fn streams_over_the_server_limit_get_429_until_one_closes() {
-    let server = server(ServerConfig {
-        max_streams: 2,
-        ..ServerConfig::default()
-    })
-    .await;
+    let server = TestServer::builder().max_streams(2).start().await;
     let a = server.subscribe("c", "a").await;
     let _b = server.stream("/feed/c", &[]).await;
     let refused = server.stream("/feed/c", &[("device", "z")]).await;
@@ -63,11 +35,10 @@ async fn streams_over_the_server_limit_get_429_until_one_closes() {
 
 #[tokio::test]
 async fn one_device_cannot_take_more_than_its_share_of_streams() {
-    let server = server(ServerConfig {
-        max_streams_per_device: 2,
-        ..ServerConfig::default()
-    })
-    .await;
+    let server = TestServer::builder()
+        .max_streams_per_device(2)
+        .start()
+        .await;
     let _one = server.subscribe("c", "phone").await;
     let _two = server.subscribe("d", "phone").await;
     let third = server.stream("/feed/e", &[("device", "phone")]).await;
@@ -80,18 +51,14 @@ async fn one_device_cannot_take_more_than_its_share_of_streams() {
 
 #[tokio::test]
 async fn streams_beyond_the_descriptor_budget_get_503() {
-    let server = server(ServerConfig {
-        fd_budget: Some(4),
-        ..ServerConfig::default()
-    })
-    .await;
+    let server = TestServer::builder().fd_budget(4).start().await;
     // Idle connections hold descriptors like any other.
     let mut held = Vec::new();
     for _ in 0..4 {
         held.push(TcpStream::connect(server.addr).await.unwrap());
     }
     eventually("the server counts the idle connections", || async {
-        let text = server.get("/metrics").await.text();
+        let text = server.metrics().await;
         metric(&text, "pere_connections_open").is_some_and(|n| n >= 5.0)
     })
     .await;
@@ -154,7 +121,7 @@ async fn max_channels_and_the_other_limits_are_flags_of_pere_server() {
 
 #[tokio::test]
 async fn an_oversized_request_head_gets_431_and_the_server_carries_on() {
-    let server = server(ServerConfig::default()).await;
+    let server = TestServer::start().await;
     let big = "x".repeat(pere_http::server::DEFAULT_MAX_HEADER_BYTES + 1);
     let r = send_raw(
         server.addr,
@@ -190,11 +157,10 @@ async fn an_oversized_request_head_gets_431_and_the_server_carries_on() {
 
 #[tokio::test]
 async fn max_header_bytes_raises_the_head_limit() {
-    let server = server(ServerConfig {
-        max_header_bytes: 32 * 1024,
-        ..ServerConfig::default()
-    })
-    .await;
+    let server = TestServer::builder()
+        .max_header_bytes(32 * 1024)
+        .start()
+        .await;
     let ok = "x".repeat(24 * 1024);
     let r = send_raw(
         server.addr,
@@ -218,7 +184,7 @@ async fn max_header_bytes_raises_the_head_limit() {
 
 #[tokio::test]
 async fn a_request_hyper_cannot_parse_gets_a_json_400_and_the_server_carries_on() {
-    let server = server(ServerConfig::default()).await;
+    let server = TestServer::start().await;
     for garbage in [
         &b"GARBAGE\r\n\r\n"[..],
         b"GET /healthz HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n",
@@ -240,11 +206,10 @@ async fn a_request_hyper_cannot_parse_gets_a_json_400_and_the_server_carries_on(
 #[tokio::test]
 async fn a_request_head_sent_too_slowly_gets_408() {
     let timeout = Duration::from_millis(300);
-    let server = server(ServerConfig {
-        header_read_timeout: timeout,
-        ..ServerConfig::default()
-    })
-    .await;
+    let server = TestServer::builder()
+        .header_read_timeout(timeout)
+        .start()
+        .await;
     let mut slow = TcpStream::connect(server.addr).await.unwrap();
     let started = Instant::now();
     slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
@@ -284,11 +249,10 @@ async fn a_request_head_sent_too_slowly_gets_408() {
 
 #[tokio::test]
 async fn a_request_body_sent_too_slowly_gets_408() {
-    let server = server(ServerConfig {
-        body_read_timeout: Duration::from_millis(300),
-        ..ServerConfig::default()
-    })
-    .await;
+    let server = TestServer::builder()
+        .body_read_timeout(Duration::from_millis(300))
+        .start()
+        .await;
     let mut slow = TcpStream::connect(server.addr).await.unwrap();
     slow.write_all(b"POST /push/c HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
         .await
@@ -299,19 +263,18 @@ async fn a_request_body_sent_too_slowly_gets_408() {
     let body = reader.body(&headers, status).await;
     let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(body["code"], "request_timeout", "{body}");
-    let events = server.get("/admin/events/c").await.json();
+    let events = server.admin().events("c").await;
     assert_eq!(events, serde_json::json!([]), "nothing half-published");
 }
 
 #[tokio::test]
 async fn idle_connections_are_closed_but_streams_are_not() {
     let idle = Duration::from_millis(400);
-    let server = server(ServerConfig {
-        idle_timeout: idle,
-        keepalive: Duration::from_secs(30),
-        ..ServerConfig::default()
-    })
-    .await;
+    let server = TestServer::builder()
+        .idle_timeout(idle)
+        .keepalive(Duration::from_secs(30))
+        .start()
+        .await;
     // Connected, never a byte.
     let mut silent = TcpStream::connect(server.addr).await.unwrap();
     let started = Instant::now();
@@ -344,7 +307,7 @@ async fn idle_connections_are_closed_but_streams_are_not() {
 
 #[tokio::test]
 async fn a_raw_nul_or_control_byte_in_the_path_is_400() {
-    let server = server(ServerConfig::default()).await;
+    let server = TestServer::start().await;
     for raw in [
         &b"GET /feed/a\x00b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"[..],
         b"POST /push/a\x01b HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
@@ -477,10 +440,7 @@ async fn ten_thousand_idle_connections_dropped_abruptly_leak_nothing() {
         rounds.push((rss_full, rss_after));
     }
     // The server still works.
-    assert_eq!(
-        server.request("GET", "/healthz", &[], b"").await.status,
-        200
-    );
+    assert_eq!(server.get("/healthz").await.status, 200);
     // No leak: a second round costs nothing lasting over the first. What
     // the allocator hands back to the kernel after a round varies (glibc
     // keeps freed arena memory for reuse, more or less of it from run to
@@ -507,11 +467,10 @@ async fn ten_thousand_idle_connections_dropped_abruptly_leak_nothing() {
 #[tokio::test]
 async fn a_client_that_stops_reading_is_disconnected_after_the_send_timeout() {
     let send_timeout = Duration::from_millis(500);
-    let server = server(ServerConfig {
-        send_timeout,
-        ..ServerConfig::default()
-    })
-    .await;
+    let server = TestServer::builder()
+        .send_timeout(send_timeout)
+        .start()
+        .await;
     let mut metrics = pere_tests::Connection::open(server.addr).await;
     let baseline = connections_open(&mut metrics).await;
     // A device that reads everything, concurrently, and must keep its
@@ -531,25 +490,14 @@ async fn a_client_that_stops_reading_is_disconnected_after_the_send_timeout() {
         &b"GET /feed/c HTTP/1.1\r\nHost: x\r\ndevice: frozen-1\r\n\r\n"[..],
         b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /feed/c HTTP/1.1\r\nHost: x\r\ndevice: frozen-2\r\n\r\n",
     ] {
-        let socket = TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        let mut stream = socket.connect(server.addr).await.unwrap();
+        let mut stream = small_buffer_connect(server.addr).await;
         stream.write_all(request).await.unwrap();
         frozen.push(stream);
     }
     wait_for_connections(&mut metrics, |c| c >= baseline + 3.0, "three streams open").await;
     eventually("both frozen devices are online", || async {
-        let online = |d: &str| {
-            let server = &server;
-            let d = d.to_string();
-            async move {
-                server
-                    .presence("c", &d)
-                    .await
-                    .is_some_and(|p| p["online"] == true)
-            }
-        };
-        online("frozen-1").await && online("frozen-2").await
+        let devices = server.admin().devices("c").await;
+        devices["frozen-1"]["online"] == true && devices["frozen-2"]["online"] == true
     })
     .await;
     // Far more than the sockets' buffers hold (and less than the stream
@@ -582,53 +530,26 @@ async fn a_client_that_stops_reading_is_disconnected_after_the_send_timeout() {
     }
 }
 
-/// An HPACK header block of literal fields (no indexing, no Huffman).
-fn hpack_literals(fields: &[(&str, &str)]) -> Vec<u8> {
-    let mut block = Vec::new();
-    for (name, value) in fields {
-        assert!(name.len() < 127 && value.len() < 127);
-        block.push(0x00);
-        block.push(name.len() as u8);
-        block.extend_from_slice(name.as_bytes());
-        block.push(value.len() as u8);
-        block.extend_from_slice(value.as_bytes());
-    }
-    block
-}
-
 #[tokio::test]
 async fn an_http2_client_that_stops_reading_is_disconnected_too() {
     // HTTP/2 flow control stops the server writing after 64 KiB, which the
     // socket buffers take: no write ever stalls, so only an unanswered
     // ping can tell that this client is gone.
     let send_timeout = Duration::from_millis(500);
-    let server = server(ServerConfig {
-        send_timeout,
-        ..ServerConfig::default()
-    })
-    .await;
+    let server = TestServer::builder()
+        .send_timeout(send_timeout)
+        .start()
+        .await;
     let mut client = TcpStream::connect(server.addr).await.unwrap();
-    let block = hpack_literals(&[
+    let opening = h2_opening(&[
         (":method", "GET"),
         (":scheme", "http"),
         (":path", "/feed/c"),
         (":authority", "x"),
         ("device", "h2-frozen"),
     ]);
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    out.extend_from_slice(&[0, 0, 0, 0x04, 0, 0, 0, 0, 0]); // SETTINGS, empty
-    let len = u32::try_from(block.len()).unwrap().to_be_bytes();
-    // HEADERS on stream 1, END_STREAM | END_HEADERS.
-    out.extend_from_slice(&[len[1], len[2], len[3], 0x01, 0x05, 0, 0, 0, 1]);
-    out.extend_from_slice(&block);
-    client.write_all(&out).await.unwrap();
-    eventually("the HTTP/2 device is online", || async {
-        server
-            .presence("c", "h2-frozen")
-            .await
-            .is_some_and(|p| p["online"] == true)
-    })
-    .await;
+    client.write_all(&opening).await.unwrap();
+    server.wait_online("c", "h2-frozen").await;
     // The client now reads nothing, so it answers no ping; events keep
     // coming, more than its flow-control window.
     let payload = "x".repeat(30_000);

@@ -8,9 +8,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use pere_core::{Grants, HubConfig, Retention, Token};
-use pere_http::ServerConfig;
-use pere_http::webhook::Webhook;
+use pere_core::{Grants, Token};
 use pere_tests::{TestServer, eventually};
 use tokio::io::AsyncWriteExt;
 
@@ -64,24 +62,15 @@ fn sample(text: &str, name: &str) -> f64 {
 #[tokio::test]
 async fn the_exposition_passes_promtool_and_counts_what_an_operator_needs() {
     let webhook = Receiver::start(1).await;
-    let server = TestServer::start_with(
-        HubConfig {
-            ack_deadline: Some(Duration::from_millis(200)),
-            tick: Duration::from_millis(50),
-            ..HubConfig::default()
-        },
-        Retention {
-            history: 3,
-            max_age: None,
-        },
-        ServerConfig {
-            webhook: Some(Webhook::parse(&format!("http://{}/hook", webhook.addr)).unwrap()),
-            ..ServerConfig::default()
-        },
-    )
-    .await;
+    let server = TestServer::builder()
+        .ack_deadline(Duration::from_millis(200))
+        .tick(Duration::from_millis(50))
+        .history(3)
+        .webhook(&format!("http://{}/hook", webhook.addr))
+        .start()
+        .await;
     // Fresh: already valid, every family present.
-    let fresh = server.get("/metrics").await.text();
+    let fresh = server.metrics().await;
     assert_eq!(promtool(&fresh).await, "", "{fresh}");
 
     let mut d = server.subscribe("c", "d").await;
@@ -107,12 +96,12 @@ async fn the_exposition_passes_promtool_and_counts_what_an_operator_needs() {
     // The deadline passes for what nobody acknowledged; the webhook refuses
     // the first notice once, then takes them all.
     eventually("overdue notices delivered", || async {
-        let text = server.get("/metrics").await.text();
+        let text = server.metrics().await;
         sample(&text, "pere_webhook_notices_total{outcome=\"delivered\"}") >= 1.0
     })
     .await;
 
-    let text = server.get("/metrics").await.text();
+    let text = server.metrics().await;
     assert_eq!(promtool(&text).await, "", "{text}");
     assert_eq!(sample(&text, "pere_idempotent_replays_total"), 1.0);
     assert_eq!(sample(&text, "pere_gaps_total"), 1.0);
@@ -201,7 +190,7 @@ async fn the_grafana_dashboard_queries_only_metrics_the_server_exports() {
     exprs(&dashboard, &mut queries);
     assert!(queries.len() >= 20, "{queries:?}");
     let server = TestServer::start().await;
-    let exported = server.get("/metrics").await.text();
+    let exported = server.metrics().await;
     let mut used = std::collections::BTreeSet::new();
     for query in &queries {
         for word in query.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {

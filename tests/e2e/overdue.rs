@@ -8,12 +8,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pere_core::{FileStore, FileStoreConfig, Hub, HubConfig, Retention};
-use pere_http::ServerConfig;
-use pere_http::webhook::Webhook;
-use pere_tests::{SseStream, WAIT, eventually, request};
+use pere_core::FileStore;
+use pere_tests::{TestServer, WAIT, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::oneshot;
 
 /// A tiny HTTP receiver on loopback that records every POST body and
 /// answers with `status` (the first `fail_first` requests get a 503).
@@ -78,43 +75,15 @@ impl Receiver {
     }
 }
 
-/// An in-process server over a file store in `dir`, with a 300 ms deadline.
-async fn start(
-    dir: &Path,
-    webhook: SocketAddr,
-) -> (SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
-    let store = FileStore::open(FileStoreConfig {
-        retention: Retention::default(),
-        ..FileStoreConfig::new(dir)
-    })
-    .unwrap();
-    let hub = Hub::open(
-        HubConfig {
-            ack_deadline: Some(Duration::from_millis(300)),
-            tick: Duration::from_millis(50),
-            ..HubConfig::default()
-        },
-        store,
-    )
-    .await
-    .unwrap();
-    let listener = pere_http::bind("127.0.0.1:0".parse().unwrap())
+/// An in-process server over a file store in `dir`, with a 300 ms deadline,
+/// posting its notices to `webhook`.
+async fn start(dir: &Path, webhook: SocketAddr) -> TestServer<FileStore> {
+    TestServer::builder()
+        .ack_deadline(Duration::from_millis(300))
+        .tick(Duration::from_millis(50))
+        .webhook(&format!("http://{webhook}/hooks/pere"))
+        .start_on_disk(dir)
         .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = oneshot::channel::<()>();
-    let config = ServerConfig {
-        webhook: Some(Webhook::parse(&format!("http://{webhook}/hooks/pere")).unwrap()),
-        ..ServerConfig::default()
-    };
-    let task = tokio::spawn(async move {
-        pere_http::run(listener, hub, config, async {
-            let _ = rx.await;
-        })
-        .await
-        .unwrap();
-    });
-    (addr, tx, task)
 }
 
 #[tokio::test]
@@ -123,22 +92,17 @@ async fn an_unacknowledged_event_is_reported_once_to_the_webhook_and_the_receipt
     let _ = std::fs::remove_dir_all(&dir);
     // The first attempt fails: the notice is retried, not lost.
     let receiver = Receiver::start(1).await;
-    let (addr, stop, task) = start(&dir, receiver.addr).await;
-    let mut watch = SseStream::open(addr, "/receipts/alerts", &[]).await;
-    let mut good = SseStream::open(addr, "/feed/alerts", &[("device", "good")]).await;
-    let mut late = SseStream::open(addr, "/feed/alerts", &[("device", "late")]).await;
-    let published = request(addr, "POST", "/push/alerts", &[], b"fire drill").await;
+    let server = start(&dir, receiver.addr).await;
+    let mut watch = server.stream("/receipts/alerts", &[]).await;
+    let mut good = server.stream("/feed/alerts", &[("device", "good")]).await;
+    let mut late = server.stream("/feed/alerts", &[("device", "late")]).await;
+    let published = server.post("/push/alerts", &[], b"fire drill").await;
     let id = published.json()["id"].as_str().unwrap().to_string();
     assert_eq!(good.next_message().await.unwrap().id, id);
     assert_eq!(late.next_message().await.unwrap().id, id);
-    let ack = request(
-        addr,
-        "POST",
-        "/feedback/alerts",
-        &[("device", "good"), ("Last-Event-ID", &id)],
-        b"",
-    )
-    .await;
+    let ack = server
+        .feedback("alerts", &[("device", "good"), ("Last-Event-ID", &id)], b"")
+        .await;
     assert_eq!(ack.status, 200);
 
     eventually("the webhook received the notice", || async {
@@ -170,15 +134,13 @@ async fn an_unacknowledged_event_is_reported_once_to_the_webhook_and_the_receipt
 
     // Restart over the same data: the delivered notice is not sent again.
     drop((good, late, watch));
-    let _ = stop.send(());
-    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
-    let (addr, stop, task) = start(&dir, receiver.addr).await;
+    server.stop().await;
+    let server = start(&dir, receiver.addr).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(receiver.received().len(), 1, "no duplicate after a restart");
-    let r = request(addr, "GET", &format!("/receipts/alerts/{id}"), &[], b"").await;
+    let r = server.get(&format!("/receipts/alerts/{id}")).await;
     assert_eq!(r.json()["unacked"], serde_json::json!(["late"]));
-    let _ = stop.send(());
-    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+    server.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -242,10 +204,7 @@ async fn pere_server_refuses_a_webhook_that_is_its_own_address() {
         &format!("http://{}/hooks", other.addr),
     ])
     .await;
-    assert_eq!(
-        server.request("GET", "/healthz", &[], b"").await.status,
-        200
-    );
+    assert_eq!(server.get("/healthz").await.status, 200);
 }
 
 /// One publish to 4,097 offline members with a deadline made 4,097 overdue
@@ -254,16 +213,11 @@ async fn pere_server_refuses_a_webhook_that_is_its_own_address() {
 #[tokio::test]
 async fn the_receipts_stream_gets_every_notice_of_a_burst_and_resumes_by_number() {
     const MEMBERS: usize = 4_097;
-    let server = pere_tests::TestServer::start_with(
-        HubConfig {
-            ack_deadline: Some(Duration::from_millis(300)),
-            tick: Duration::from_millis(50),
-            ..HubConfig::default()
-        },
-        Retention::default(),
-        ServerConfig::default(),
-    )
-    .await;
+    let server = TestServer::builder()
+        .ack_deadline(Duration::from_millis(300))
+        .tick(Duration::from_millis(50))
+        .start()
+        .await;
     // Members that went offline (in process: 4,097 HTTP streams would only
     // make the test slow).
     for i in 0..MEMBERS {
@@ -319,6 +273,6 @@ async fn the_receipts_stream_gets_every_notice_of_a_burst_and_resumes_by_number(
     assert_eq!(old.next_event().await.unwrap().event, "pere.gap");
     let bad = server.get("/receipts/burst?lastEventId=x").await;
     bad.assert_error(400, "invalid_event_id");
-    let metrics = server.get("/metrics").await.text();
+    let metrics = server.metrics().await;
     assert!(pere_tests::metric(&metrics, "pere_receipt_stream_gaps_total").unwrap() >= 1.0);
 }

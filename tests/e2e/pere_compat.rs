@@ -206,7 +206,7 @@ async fn publisher_rb_publishes_with_its_exact_request() {
     let e = s.messages(1).await.remove(0);
     assert_eq!(e.data, msg, "the payload arrives untouched");
     assert_eq!(e.id, body["id"].as_str().unwrap());
-    let events = server.get("/admin/events/CHANNEL_1").await.json();
+    let events = server.admin().events("CHANNEL_1").await;
     assert_eq!(
         events[0]["data"],
         serde_json::from_str::<Value>(msg).unwrap(),
@@ -280,10 +280,7 @@ async fn subscriber_rb_acks_each_message_and_resumes_with_last_event_id() {
         r.json(),
         json!({ "id": first, "device": device, "state": "acked" })
     );
-    let receipt = server
-        .get(&format!("/receipts/CHANNEL_1/{first}"))
-        .await
-        .json();
+    let receipt = server.receipts("CHANNEL_1", &first).await;
     assert_eq!(receipt["devices"][device]["state"], "acked");
     assert_eq!(receipt["devices"][device]["status"], "rx ok");
 
@@ -331,10 +328,7 @@ async fn the_web_page_subscribes_and_acks_like_a_browser() {
         r.json(),
         json!({ "id": id, "device": device, "state": "acked" })
     );
-    let receipt = server
-        .get(&format!("/receipts/CHANNEL_1/{id}"))
-        .await
-        .json();
+    let receipt = server.receipts("CHANNEL_1", &id).await;
     assert_eq!(receipt["devices"][device]["status"], "ok");
 }
 
@@ -346,7 +340,7 @@ async fn admin_shows_pere_clients_after_their_receipts() {
     let mut ruby = SseStream::open_raw(server.addr, &subscriber_rb_feed(ruby_device, None)).await;
     let mut web = SseStream::open_raw(server.addr, &browser_feed(web_device)).await;
     assert_eq!(
-        server.get("/admin/connections").await.json(),
+        server.admin().connections().await,
         json!({ "CHANNEL_1": 2, "total number": 2 })
     );
     let msg = r#"{"channel":"CHANNEL_1","device":"0039512345678","id":1,"time":"2014-12-01T09:35:33Z","data":"abc123"}"#;
@@ -362,7 +356,7 @@ async fn admin_shows_pere_clients_after_their_receipts() {
     let r = send_raw(server.addr, &browser_feedback(web_device, &e.id)).await;
     assert_eq!(r.status, 200, "{}", r.text());
 
-    let devices = server.get("/admin/devices/CHANNEL_1").await.json();
+    let devices = server.admin().devices("CHANNEL_1").await;
     for device in [ruby_device, web_device] {
         let d = &devices[device];
         assert_eq!(d["op"], "feedback", "{device}: {devices}");
@@ -370,10 +364,7 @@ async fn admin_shows_pere_clients_after_their_receipts() {
         assert!(d["at"].as_str().is_some_and(|t| t.ends_with('Z')), "{d}");
         assert_eq!(d["online"], true, "{d}");
     }
-    let receipt = server
-        .get(&format!("/receipts/CHANNEL_1/{id}"))
-        .await
-        .json();
+    let receipt = server.receipts("CHANNEL_1", &id).await;
     assert_eq!(receipt["acked"], 2, "{receipt}");
     assert_eq!(receipt["pending"], json!([]), "{receipt}");
 }

@@ -113,7 +113,7 @@ async fn an_idempotent_retry_returns_the_first_result_and_publishes_once() {
     let got = s.messages(2).await;
     assert_eq!(got[0].id, first.json()["id"].as_str().unwrap());
     assert_eq!(got[1].id, sentinel, "the retry published nothing");
-    let events = server.get("/admin/events/c").await.json();
+    let events = server.admin().events("c").await;
     assert_eq!(events.as_array().unwrap().len(), 2, "{events}");
 }
 
@@ -303,7 +303,7 @@ async fn the_publisher_device_header_is_recorded() {
     server
         .post("/push/c", &[("device", "publisher-1")], b"x")
         .await;
-    let events = server.get("/admin/events/c").await.json();
+    let events = server.admin().events("c").await;
     assert_eq!(events[0]["device"], "publisher-1", "{events}");
 }
 

@@ -101,8 +101,8 @@ async fn a_receipt_moves_from_pending_to_delivered_to_acked() {
     assert_eq!(phone["acked_at"], Value::Null, "{s}");
 
     let r = server
-        .post(
-            "/feedback/c",
+        .feedback(
+            "c",
             &[("device", "phone"), ("Last-Event-ID", &id)],
             b"status=shown",
         )
@@ -192,8 +192,8 @@ async fn the_receipts_stream_shows_each_transition_in_order() {
     assert!(is_time(&delivered["at"]), "{delivered}");
 
     let r = server
-        .post(
-            "/feedback/c",
+        .feedback(
+            "c",
             &[("device", "d"), ("Last-Event-ID", &id)],
             b"status=read",
         )
@@ -283,8 +283,8 @@ async fn each_status_update_shows_on_the_receipts_stream_and_acked_at_stays_the_
     let mut seen = Vec::new();
     for status in ["received", "processing", "done"] {
         let r = server
-            .post(
-                "/feedback/c",
+            .feedback(
+                "c",
                 &[("device", "d"), ("Last-Event-ID", &id)],
                 format!("status={status}").as_bytes(),
             )

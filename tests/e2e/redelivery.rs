@@ -4,74 +4,33 @@
 //! retained event it has not acknowledged — also after `kill -9`.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use pere_core::{HubConfig, Retention};
-use pere_http::ServerConfig;
-use pere_tests::{ServerProcess, SseStream, TestServer, WAIT, eventually, request, temp_dir};
+use pere_tests::raw::stalled_reader;
+use pere_tests::{Client, ServerProcess, SseStream, TestServer, WAIT, eventually, temp_dir};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
-
-/// A phone in a tunnel: opens its stream with a tiny receive buffer, reads
-/// up to `pere.hello`, then reads nothing more.
-async fn stalled_reader(addr: SocketAddr, path: &str, device: &str) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stream = socket.connect(addr).await.unwrap();
-    let head = format!("GET {path} HTTP/1.1\r\nHost: x\r\ndevice: {device}\r\n\r\n");
-    stream.write_all(head.as_bytes()).await.unwrap();
-    let mut seen = Vec::new();
-    let deadline = Instant::now() + WAIT;
-    while !String::from_utf8_lossy(&seen).contains("event: pere.hello") {
-        assert!(Instant::now() < deadline, "no pere.hello: {seen:?}");
-        let mut buf = [0u8; 512];
-        let n = tokio::time::timeout(WAIT, stream.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(n > 0, "the stream ended before pere.hello");
-        seen.extend_from_slice(&buf[..n]);
-    }
-    stream
-}
+use tokio::io::AsyncReadExt;
 
 /// Publishes `n` events of about `size` bytes on `channel`; their ids.
-async fn publish_n(addr: SocketAddr, channel: &str, n: usize, size: usize) -> Vec<String> {
+async fn publish_n(server: &Client, channel: &str, n: usize, size: usize) -> Vec<String> {
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
         let body = format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(size));
-        let r = request(
-            addr,
-            "POST",
-            &format!("/push/{channel}"),
-            &[],
-            body.as_bytes(),
-        )
-        .await;
-        assert_eq!(r.status, 201, "{}", r.text());
-        ids.push(r.json()["id"].as_str().unwrap().to_string());
+        ids.push(server.publish(channel, &body).await);
     }
     ids
 }
 
-async fn receipt(addr: SocketAddr, channel: &str, id: &str) -> Value {
-    let r = request(addr, "GET", &format!("/receipts/{channel}/{id}"), &[], b"").await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()
-}
-
 /// How many of `ids` the server marked delivered to `device`, once that
 /// number stopped growing (the server wrote what the socket takes).
-async fn written_to(addr: SocketAddr, channel: &str, device: &str, ids: &[String]) -> usize {
+async fn written_to(server: &Client, channel: &str, device: &str, ids: &[String]) -> usize {
     let mut last = usize::MAX;
     let deadline = Instant::now() + WAIT;
     loop {
         // Delivered in order: the first undelivered one tells the count.
         let mut n = 0;
         for id in ids {
-            if receipt(addr, channel, id).await["devices"][device]["state"] != "delivered" {
+            if server.receipts(channel, id).await["devices"][device]["state"] != "delivered" {
                 break;
             }
             n += 1;
@@ -84,41 +43,29 @@ async fn written_to(addr: SocketAddr, channel: &str, device: &str, ids: &[String
     }
 }
 
-async fn ack(addr: SocketAddr, channel: &str, device: &str, id: &str) {
-    let body = format!("{{\"id\":\"{id}\"}}");
-    let r = request(
-        addr,
-        "POST",
-        &format!("/feedback/{channel}"),
-        &[("device", device)],
-        body.as_bytes(),
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-}
-
 /// Opens `device`'s stream without `Last-Event-ID` and returns its hello.
-async fn reconnect(addr: SocketAddr, channel: &str, device: &str) -> (SseStream, Value) {
-    let mut s = SseStream::open(addr, &format!("/feed/{channel}"), &[("device", device)]).await;
+async fn reconnect(server: &Client, channel: &str, device: &str) -> (SseStream, Value) {
+    let mut s = server
+        .stream(&format!("/feed/{channel}"), &[("device", device)])
+        .await;
     assert_eq!(s.status, 200, "{}", s.text());
-    let hello = s.next_event().await.expect("pere.hello");
-    assert_eq!(hello.event, "pere.hello");
-    (s, serde_json::from_str(&hello.data).unwrap())
+    let hello = s.hello().await;
+    (s, hello)
 }
 
 /// Steps 1–3 of the broken-tunnel story: `R` acknowledges one event, comes
 /// back, stalls after `pere.hello`, and 120 events of 2 KB are published;
 /// returns their ids and how many the server wrote into the socket.
-async fn break_a_stream_under_load(addr: SocketAddr) -> (Vec<String>, usize) {
-    let mut first = reconnect(addr, "orders", "R").await.0;
-    let id = publish_n(addr, "orders", 1, 10).await.remove(0);
+async fn break_a_stream_under_load(server: &Client) -> (Vec<String>, usize) {
+    let mut first = reconnect(server, "orders", "R").await.0;
+    let id = publish_n(server, "orders", 1, 10).await.remove(0);
     assert_eq!(first.messages(1).await[0].id, id);
-    ack(addr, "orders", "R", &id).await;
+    server.ack("orders", "R", &id).await;
     drop(first);
 
-    let tunnel = stalled_reader(addr, "/feed/orders", "R").await;
-    let ids = publish_n(addr, "orders", 120, 2000).await;
-    let written = written_to(addr, "orders", "R", &ids).await;
+    let tunnel = stalled_reader(server.addr, "/feed/orders", "R").await;
+    let ids = publish_n(server, "orders", 120, 2000).await;
+    let written = written_to(server, "orders", "R", &ids).await;
     assert!(
         written >= 10,
         "the server wrote only {written} events into the socket: the test needs some written and unread"
@@ -132,29 +79,24 @@ async fn break_a_stream_under_load(addr: SocketAddr) -> (Vec<String>, usize) {
 /// Step 4's end: `R` comes back without `Last-Event-ID` and must get all
 /// of `ids`, in order, once; then it acknowledges them and the next
 /// reconnect sends nothing again.
-async fn comes_back_with_everything(addr: SocketAddr, ids: &[String]) {
-    let (mut s, hello) = reconnect(addr, "orders", "R").await;
+async fn comes_back_with_everything(server: &Client, ids: &[String]) {
+    let (mut s, hello) = reconnect(server, "orders", "R").await;
     assert_eq!(hello["replayed"], ids.len(), "{hello}");
-    let got: Vec<String> = s
-        .messages(ids.len())
-        .await
-        .into_iter()
-        .map(|e| e.id)
-        .collect();
+    let got = s.ids(ids.len()).await;
     assert_eq!(got, ids, "every unacknowledged event, in id order, once");
-    let live = publish_n(addr, "orders", 1, 10).await;
+    let live = publish_n(server, "orders", 1, 10).await;
     assert_eq!(
         s.messages(1).await[0].id,
         live[0],
         "then live events, with no duplicate"
     );
-    let r = receipt(addr, "orders", &ids[0]).await;
+    let r = server.receipts("orders", &ids[0]).await;
     assert_eq!(r["devices"]["R"]["state"], "delivered", "{r}");
     for id in ids.iter().chain(&live) {
-        ack(addr, "orders", "R", id).await;
+        server.ack("orders", "R", id).await;
     }
     drop(s);
-    let (_s, hello) = reconnect(addr, "orders", "R").await;
+    let (_s, hello) = reconnect(server, "orders", "R").await;
     assert_eq!(
         hello["replayed"], 0,
         "acknowledged events do not come back: {hello}"
@@ -164,12 +106,12 @@ async fn comes_back_with_everything(addr: SocketAddr, ids: &[String]) {
 #[tokio::test]
 async fn a_stream_broken_under_load_is_sent_again_in_full() {
     let server = TestServer::start().await;
-    let (ids, written) = break_a_stream_under_load(server.addr).await;
-    comes_back_with_everything(server.addr, &ids).await;
+    let (ids, written) = break_a_stream_under_load(&server).await;
+    comes_back_with_everything(&server, &ids).await;
     // The written ones were written twice, and say so.
-    let r = receipt(server.addr, "orders", &ids[0]).await;
+    let r = server.receipts("orders", &ids[0]).await;
     assert_eq!(r["devices"]["R"]["deliveries"], 2, "{r}");
-    let metrics = server.get("/metrics").await.text();
+    let metrics = server.metrics().await;
     let redelivered = pere_tests::metric(&metrics, "pere_redeliveries_total").unwrap();
     assert!(redelivered >= written as f64, "{redelivered} < {written}");
 }
@@ -179,21 +121,15 @@ async fn redelivery_survives_kill_9_between_the_break_and_the_reconnect() {
     let dir = temp_dir("redelivery-kill9");
     let data = dir.to_str().unwrap().to_string();
     let server = ServerProcess::start(&["--data-dir", &data]).await;
-    let (ids, _) = break_a_stream_under_load(server.addr).await;
+    let (ids, _) = break_a_stream_under_load(&server).await;
     // The server saw the break and journaled R's cursor past what it wrote
     // (the close's records go out with the next write, made durable here).
-    eventually("R is offline", || async {
-        let r = server
-            .request("GET", "/admin/devices/orders", &[], b"")
-            .await;
-        r.json()["R"]["online"] == false
-    })
-    .await;
-    publish_n(server.addr, "elsewhere", 1, 10).await;
+    server.wait_offline("orders", "R").await;
+    publish_n(&server, "elsewhere", 1, 10).await;
     // SIGKILL (dropping a ServerProcess kills it): no flush, no goodbye.
     drop(server);
     let server = ServerProcess::start(&["--data-dir", &data]).await;
-    comes_back_with_everything(server.addr, &ids).await;
+    comes_back_with_everything(&server, &ids).await;
     let log = server.stop();
     assert!(!log.contains("panicked"), "{log}");
     let _ = std::fs::remove_dir_all(&dir);
@@ -202,25 +138,19 @@ async fn redelivery_survives_kill_9_between_the_break_and_the_reconnect() {
 #[tokio::test]
 async fn a_device_that_never_acknowledges_resumes_after_the_last_written_event() {
     let server = TestServer::start().await;
-    let addr = server.addr;
-    drop(reconnect(addr, "news", "Q").await);
-    let tunnel = stalled_reader(addr, "/feed/news", "Q").await;
-    let ids = publish_n(addr, "news", 60, 2000).await;
-    let written = written_to(addr, "news", "Q", &ids).await;
+    drop(reconnect(&server, "news", "Q").await);
+    let tunnel = stalled_reader(server.addr, "/feed/news", "Q").await;
+    let ids = publish_n(&server, "news", 60, 2000).await;
+    let written = written_to(&server, "news", "Q", &ids).await;
     assert!(written >= 1, "nothing was written");
     tunnel.set_zero_linger().unwrap();
     drop(tunnel);
     server.wait_offline("news", "Q").await;
     // No redelivery storm for a consumer that does not acknowledge: it
     // resumes after what was written to it.
-    let (mut s, hello) = reconnect(addr, "news", "Q").await;
+    let (mut s, hello) = reconnect(&server, "news", "Q").await;
     assert_eq!(hello["resumed_from"], ids[written - 1].as_str(), "{hello}");
-    let rest: Vec<String> = s
-        .messages(ids.len() - written)
-        .await
-        .into_iter()
-        .map(|e| e.id)
-        .collect();
+    let rest = s.ids(ids.len() - written).await;
     assert_eq!(rest, ids[written..]);
 }
 
@@ -250,7 +180,7 @@ async fn stalled_readers_of_large_events_cannot_pin_memory() {
     eventually(
         "every stalled reader was disconnected as too slow",
         || async {
-            let m = request(addr, "GET", "/metrics", &[], b"").await.text();
+            let m = server.metrics().await;
             pere_tests::metric(&m, "pere_slow_disconnects_total").unwrap_or(0.0) >= READERS as f64
         },
     )
@@ -269,18 +199,9 @@ async fn stalled_readers_of_large_events_cannot_pin_memory() {
 
 #[tokio::test]
 async fn a_stalled_reader_of_large_events_is_cut_by_bytes_and_resumes_without_loss() {
-    let server = TestServer::start_with(
-        HubConfig {
-            queue_bytes: 256 * 1024,
-            ..HubConfig::default()
-        },
-        Retention::default(),
-        ServerConfig::default(),
-    )
-    .await;
-    let addr = server.addr;
-    let mut tunnel = stalled_reader(addr, "/feed/big", "S").await;
-    let ids = publish_n(addr, "big", 150, 60 * 1024).await;
+    let server = TestServer::builder().queue_bytes(256 * 1024).start().await;
+    let mut tunnel = stalled_reader(server.addr, "/feed/big", "S").await;
+    let ids = publish_n(&server, "big", 150, 60 * 1024).await;
     // Cut long before 4,096 queued events: by its bytes.
     eventually("the stalled reader is disconnected", || async {
         server.hub.stats().slow_disconnects == 1
@@ -306,13 +227,8 @@ async fn a_stalled_reader_of_large_events_is_cut_by_bytes_and_resumes_without_lo
     if let Some(last) = seen.last() {
         headers.push(("Last-Event-ID", last));
     }
-    let mut s = SseStream::open(addr, "/feed/big", &headers).await;
-    let rest: HashSet<String> = s
-        .messages(ids.len() - seen.len())
-        .await
-        .into_iter()
-        .map(|e| e.id)
-        .collect();
+    let mut s = server.stream("/feed/big", &headers).await;
+    let rest: HashSet<String> = s.ids(ids.len() - seen.len()).await.into_iter().collect();
     let want: HashSet<String> = ids[seen.len()..].iter().cloned().collect();
     assert_eq!(rest, want, "it resumes without loss");
 }

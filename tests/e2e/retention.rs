@@ -22,20 +22,18 @@ async fn max_age_drops_events_while_running_with_the_file_store() {
     let (status, first) = publish(&mut conn, "aging", "old").await;
     assert_eq!(status, 201, "{first}");
     eventually("the event aged out of /admin/events", || async {
-        let r = server.request("GET", "/admin/events/aging", &[], b"").await;
+        let r = server.get("/admin/events/aging").await;
         r.status == 200 && r.json() == serde_json::json!([])
     })
     .await;
-    let r = server.request("GET", "/admin/channels", &[], b"").await;
+    let r = server.get("/admin/channels").await;
     assert_eq!(
         r.json(),
         serde_json::json!([]),
         "nothing retained, nothing listed"
     );
     let id = first["id"].as_str().unwrap();
-    let r = server
-        .request("GET", &format!("/receipts/aging/{id}"), &[], b"")
-        .await;
+    let r = server.get(&format!("/receipts/aging/{id}")).await;
     r.assert_error(404, "unknown_event");
     // A client resuming from before it is told what it lost.
     let mut s = SseStream::open(

@@ -86,9 +86,7 @@ fn stored(events: &serde_json::Value) -> BTreeMap<u64, String> {
 }
 
 async fn all_events(server: &ServerProcess) -> BTreeMap<u64, String> {
-    let r = server
-        .request("GET", "/admin/events/disk?limit=10000", &[], b"")
-        .await;
+    let r = server.get("/admin/events/disk?limit=10000").await;
     assert_eq!(r.status, 200, "{}", r.text());
     stored(&r.json())
 }
@@ -162,19 +160,19 @@ async fn a_full_disk_refuses_writes_until_space_is_freed_then_resumes() {
     // The retries back off (100 ms doubling): after 4 s the next one is
     // more than a second away, and never more than 5 s.
     assert!((2..=5).contains(&longest_wait), "{longest_wait}");
-    let health = server.request("GET", "/healthz", &[], b"").await;
+    let health = server.get("/healthz").await;
     health.assert_error(503, "store_unavailable");
     let state = &health.json()["store"];
     assert_eq!(state["writable"], false, "{}", health.text());
     assert!(state["failures"].as_u64().unwrap() >= 4, "{state}");
     assert!((1..=5).contains(&retry_after(&health)));
-    let metrics = server.request("GET", "/metrics", &[], b"").await.text();
+    let metrics = server.get("/metrics").await.text();
     assert!(metrics.contains("\npere_store_writable 0\n"), "{metrics}");
     // Space is freed: writes resume by themselves, within the backoff.
     std::fs::remove_file(&filler).unwrap();
     let deadline = Instant::now() + WAIT;
     loop {
-        let health = server.request("GET", "/healthz", &[], b"").await;
+        let health = server.get("/healthz").await;
         if health.status == 200 {
             assert_eq!(health.text(), "ok");
             break;
@@ -202,7 +200,7 @@ async fn a_full_disk_refuses_writes_until_space_is_freed_then_resumes() {
         assert_eq!(r.status, 201, "{}", r.text());
         confirmed.insert(r.json()["id"].as_str().unwrap().parse().unwrap(), payload);
     }
-    let metrics = server.request("GET", "/metrics", &[], b"").await.text();
+    let metrics = server.get("/metrics").await.text();
     assert!(metrics.contains("\npere_store_writable 1\n"), "{metrics}");
     assert_eq!(all_events(&server).await, confirmed);
     drop(server); // SIGKILL
@@ -216,7 +214,7 @@ async fn a_full_disk_refuses_writes_until_space_is_freed_then_resumes() {
     for payload in &refused {
         assert!(!after_restart.values().any(|p| p == payload), "{payload}");
     }
-    let health = server.request("GET", "/healthz", &[], b"").await;
+    let health = server.get("/healthz").await;
     assert_eq!(health.text(), "ok", "no damage, no torn tail");
     assert!(no_dropped(&data), "nothing was cut at the restart");
     let log = server.stop();

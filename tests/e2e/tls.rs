@@ -6,42 +6,34 @@
 //! stream costs is measured. Real clients (curl, the CLI tools, Chromium)
 //! are in `tls_clients.rs`.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use pere_core::{HubConfig, Retention};
-use pere_http::ServerConfig;
 use pere_http::sse::{Decoder, Item, SseEvent};
 use pere_http::tls::ServerTls;
+use pere_tests::raw::{h2_opening, read_to_close, small_buffer_connect};
 use pere_tests::tls::{Issued, TestCa, alpn, peer_cert, server_process};
-use pere_tests::{HttpReader, SseStream, TestServer, WAIT, eventually};
+use pere_tests::{HttpReader, SseStream, TestServer, TestServerBuilder, WAIT, eventually};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 /// An in-process server speaking TLS with a certificate of `ca`.
-pub(crate) async fn tls_server(ca: &TestCa, config: ServerConfig) -> TestServer {
-    tls_server_issued(ca, config).await.0
+pub(crate) async fn tls_server(ca: &TestCa, settings: TestServerBuilder) -> TestServer {
+    tls_server_issued(ca, settings).await.0
 }
 
 /// The same, and its certificate.
-pub(crate) async fn tls_server_issued(ca: &TestCa, config: ServerConfig) -> (TestServer, Issued) {
+pub(crate) async fn tls_server_issued(
+    ca: &TestCa,
+    settings: TestServerBuilder,
+) -> (TestServer, Issued) {
     let issued = ca.issue("server");
     let tls = ServerTls::load(&issued.cert, &issued.key).unwrap();
-    let server = TestServer::start_with(
-        HubConfig::default(),
-        Retention::default(),
-        ServerConfig {
-            tls: Some(Arc::new(tls)),
-            ..config
-        },
-    )
-    .await;
-    (server, issued)
+    (settings.tls(tls).start().await, issued)
 }
 
 pub(crate) type H2 = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
@@ -145,23 +137,10 @@ impl H2Events {
     }
 }
 
-/// Reads until the peer closes; what it sent, and when it closed.
-async fn read_to_close<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> (Vec<u8>, Instant) {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match tokio::time::timeout(WAIT, stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return (got, Instant::now()),
-            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-            Err(_) => panic!("the server did not close the connection"),
-        }
-    }
-}
-
 #[tokio::test]
 async fn http2_over_tls_multiplexes_streams_and_serves_every_endpoint() {
     let ca = TestCa::new("tls-h2");
-    let server = tls_server(&ca, ServerConfig::default()).await;
+    let server = tls_server(&ca, TestServer::builder()).await;
     let mut send = h2(&ca, server.addr).await;
     // More streams than a browser's 6 HTTP/1.1 connections, on one
     // connection.
@@ -259,7 +238,7 @@ async fn http2_over_tls_multiplexes_streams_and_serves_every_endpoint() {
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
-    let (got, _) = read_to_close(&mut plain).await;
+    let got = read_to_close(&mut plain).await;
     assert!(
         !got.starts_with(b"HTTP/"),
         "{}",
@@ -276,17 +255,16 @@ async fn tls_handshakes_heads_and_idle_connections_are_timed() {
     let ca = TestCa::new("tls-timeouts");
     let server = tls_server(
         &ca,
-        ServerConfig {
-            header_read_timeout: head,
-            idle_timeout: idle,
-            ..ServerConfig::default()
-        },
+        TestServer::builder()
+            .header_read_timeout(head)
+            .idle_timeout(idle),
     )
     .await;
     // Connected, silent: no handshake, closed at the head timeout.
     let started = Instant::now();
     let mut silent = TcpStream::connect(server.addr).await.unwrap();
-    let (_, closed) = read_to_close(&mut silent).await;
+    read_to_close(&mut silent).await;
+    let closed = Instant::now();
     let took = closed - started;
     assert!(
         took >= head - Duration::from_millis(50) && took < head * 4,
@@ -298,7 +276,8 @@ async fn tls_handshakes_heads_and_idle_connections_are_timed() {
     half.write_all(&[0x16, 0x03, 0x01, 0x00, 0xc8, 0x01, 0x00])
         .await
         .unwrap();
-    let (_, closed) = read_to_close(&mut half).await;
+    read_to_close(&mut half).await;
+    let closed = Instant::now();
     let took = closed - started;
     assert!(
         took >= head - Duration::from_millis(50) && took < head * 4,
@@ -319,7 +298,8 @@ async fn tls_handshakes_heads_and_idle_connections_are_timed() {
     // A TLS connection with no request is closed once idle.
     let started = Instant::now();
     let mut quiet = ca.connect(server.addr, &[b"h2", b"http/1.1"]).await;
-    let (_, closed) = read_to_close(&mut quiet).await;
+    read_to_close(&mut quiet).await;
+    let closed = Instant::now();
     let took = closed - started;
     assert!(
         took >= idle - Duration::from_millis(100) && took < idle * 4,
@@ -339,36 +319,14 @@ async fn tls_handshakes_heads_and_idle_connections_are_timed() {
     pere_tests::tls::remove(&ca.dir);
 }
 
-/// An HPACK header block of literal fields (no indexing, no Huffman).
-fn hpack_literals(fields: &[(&str, &str)]) -> Vec<u8> {
-    let mut block = Vec::new();
-    for (name, value) in fields {
-        block.push(0x00);
-        block.push(name.len() as u8);
-        block.extend_from_slice(name.as_bytes());
-        block.push(value.len() as u8);
-        block.extend_from_slice(value.as_bytes());
-    }
-    block
-}
-
 #[tokio::test]
 async fn tls_clients_that_stop_reading_are_disconnected_after_the_send_timeout() {
     let send_timeout = Duration::from_millis(500);
     let ca = TestCa::new("tls-stall");
-    let server = tls_server(
-        &ca,
-        ServerConfig {
-            send_timeout,
-            ..ServerConfig::default()
-        },
-    )
-    .await;
+    let server = tls_server(&ca, TestServer::builder().send_timeout(send_timeout)).await;
     let config = ca.client_config(&[b"http/1.1"]);
     // HTTP/1.1 over TLS, a tiny receive buffer, never read.
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let tcp = socket.connect(server.addr).await.unwrap();
+    let tcp = small_buffer_connect(server.addr).await;
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
     let mut h1 = tokio_rustls::TlsConnector::from(config)
         .connect(name, tcp)
@@ -380,19 +338,14 @@ async fn tls_clients_that_stop_reading_are_disconnected_after_the_send_timeout()
     h1.flush().await.unwrap();
     // HTTP/2 over TLS, never read: only its unanswered ping tells.
     let mut h2raw = ca.connect(server.addr, &[b"h2"]).await;
-    let block = hpack_literals(&[
+    let opening = h2_opening(&[
         (":method", "GET"),
         (":scheme", "https"),
         (":path", "/feed/c"),
         (":authority", "x"),
         ("device", "frozen-h2"),
     ]);
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    out.extend_from_slice(&[0, 0, 0, 0x04, 0, 0, 0, 0, 0]);
-    let len = u32::try_from(block.len()).unwrap().to_be_bytes();
-    out.extend_from_slice(&[len[1], len[2], len[3], 0x01, 0x05, 0, 0, 0, 1]);
-    out.extend_from_slice(&block);
-    h2raw.write_all(&out).await.unwrap();
+    h2raw.write_all(&opening).await.unwrap();
     h2raw.flush().await.unwrap();
     // A reader that keeps up keeps its stream.
     let mut reader = ca

@@ -4,12 +4,11 @@
 //! connections a browser allows per origin, over one HTTP/2 connection.
 
 use serde_json::Value;
-use tokio::io::AsyncReadExt;
 
 use crate::tls::{h2, h2_call, tls_server, tls_server_issued};
-use pere_http::ServerConfig;
+use pere_tests::raw::read_until;
 use pere_tests::tls::{TestCa, server_process};
-use pere_tests::{WAIT, eventually};
+use pere_tests::{TestServer, WAIT, eventually};
 
 /// Runs `curl ARGS…` (bounded) and returns its stdout.
 async fn curl(args: &[&str]) -> String {
@@ -34,7 +33,7 @@ async fn curl(args: &[&str]) -> String {
 #[tokio::test]
 async fn curl_speaks_http2_to_the_tls_server() {
     let ca = TestCa::new("tls-curl");
-    let server = tls_server(&ca, ServerConfig::default()).await;
+    let server = tls_server(&ca, TestServer::builder()).await;
     let base = format!("https://127.0.0.1:{}", server.addr.port());
     let cacert = ca.ca_pem.display().to_string();
     let version = curl(&[
@@ -69,19 +68,7 @@ async fn curl_speaks_http2_to_the_tls_server() {
         .unwrap();
     let mut out = stream.stdout.take().unwrap();
     let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !String::from_utf8_lossy(&got).contains("pere.hello") {
-        let n = tokio::time::timeout(WAIT, out.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(
-            n > 0,
-            "curl's stream ended: {}",
-            String::from_utf8_lossy(&got)
-        );
-        got.extend_from_slice(&buf[..n]);
-    }
+    read_until(&mut out, &mut got, "pere.hello").await;
     let published = curl(&[
         "--http2",
         "--cacert",
@@ -93,18 +80,7 @@ async fn curl_speaks_http2_to_the_tls_server() {
     ])
     .await;
     assert!(published.contains("\"id\""), "{published}");
-    while !String::from_utf8_lossy(&got).contains("data: hello over h2") {
-        let n = tokio::time::timeout(WAIT, out.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(
-            n > 0,
-            "curl's stream ended: {}",
-            String::from_utf8_lossy(&got)
-        );
-        got.extend_from_slice(&buf[..n]);
-    }
+    read_until(&mut out, &mut got, "data: hello over h2").await;
     let _ = stream.start_kill();
     let _ = stream.wait().await;
     server.stop().await;
@@ -244,7 +220,7 @@ async fn a_page_in_chromium_holds_more_than_six_eventsources_over_http2() {
     use sha2::Digest;
     const STREAMS: usize = 10;
     let ca = TestCa::new("tls-chromium");
-    let (server, issued) = tls_server_issued(&ca, ServerConfig::default()).await;
+    let (server, issued) = tls_server_issued(&ca, TestServer::builder()).await;
     // The test profile trusts exactly this certificate's key.
     let pin = base64(&sha2::Sha256::digest(&issued.spki));
     let mut browser =

@@ -16,9 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use pere_core::{HubConfig, Retention};
-use pere_http::ServerConfig;
-use pere_tests::{TestServer, WAIT, eventually};
+use pere_tests::{TestServer, WAIT};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
@@ -378,6 +376,16 @@ impl Browser {
         eprintln!("screenshot: {}", path.display());
     }
 
+    /// Waits until the page's connection badge says `state` (`open`,
+    /// `closed`).
+    pub(crate) async fn wait_for_badge(&mut self, state: &str) {
+        self.wait_for(
+            &format!("the badge says {state}"),
+            &format!("document.getElementById('state').dataset.state === '{state}'"),
+        )
+        .await;
+    }
+
     /// Closes Chromium politely, then makes sure it is gone.
     pub(crate) async fn close(mut self) {
         let _ = timeout(
@@ -437,36 +445,6 @@ async fn page_device(browser: &mut Browser) -> String {
     device.as_str().unwrap().to_string()
 }
 
-/// Waits until the server sees `device` online (or offline) on `channel`.
-pub(crate) async fn wait_online(server: &TestServer, channel: &str, device: &str, online: bool) {
-    let path = format!("/admin/devices/{channel}");
-    eventually(
-        &format!("{device} online={online} on {channel}"),
-        || async { server.get(&path).await.json()[device]["online"] == online },
-    )
-    .await;
-}
-
-/// Waits until the server records `device`'s receipt for event `id`.
-pub(crate) async fn wait_acked(
-    server: &TestServer,
-    channel: &str,
-    id: &str,
-    device: &str,
-) -> Value {
-    let path = format!("/receipts/{channel}/{id}");
-    let mut last = Value::Null;
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        last = server.get(&path).await.json();
-        if last["devices"][device]["state"] == "acked" {
-            return last;
-        }
-        sleep(Duration::from_millis(20)).await;
-    }
-    panic!("the page's device {device} did not ack event {id} on {channel}: {last}");
-}
-
 /// The event rows of the subscriber page, newest first:
 /// `[id, type, receipt, payload text]`.
 const ROWS: &str = r#"JSON.stringify([...document.querySelectorAll('#events li[data-event-id]')].map(
@@ -493,12 +471,7 @@ async fn subscriber_page_in_chromium_shows_events_and_acks_them() {
     browser
         .open(&server.url("/subscriber.html"), 1000, 800)
         .await;
-    browser
-        .wait_for(
-            "the connection badge says open",
-            "document.getElementById('state').dataset.state === 'open'",
-        )
-        .await;
+    browser.wait_for_badge("open").await;
     let badge = browser
         .eval("document.getElementById('state').innerText.trim()")
         .await
@@ -519,7 +492,7 @@ async fn subscriber_page_in_chromium_shows_events_and_acks_them() {
             && device[5..].bytes().all(|b| b.is_ascii_digit()),
         "a generated device id is W0039 + 9 digits like PERE's page: {device:?}"
     );
-    wait_online(&server, "CHANNEL_1", &device, true).await;
+    server.wait_online("CHANNEL_1", &device).await;
 
     // Published over HTTP while the page is open.
     let payloads = [
@@ -534,7 +507,7 @@ async fn subscriber_page_in_chromium_shows_events_and_acks_them() {
 
     // Acked, as the server sees it: the page's device, status "ok".
     for id in &ids {
-        let receipt = wait_acked(&server, "CHANNEL_1", id, &device).await;
+        let receipt = server.wait_acked("CHANNEL_1", id, &device).await;
         assert_eq!(receipt["devices"][&device]["status"], "ok", "{receipt}");
         assert_eq!(receipt["acked"], 1, "{receipt}");
     }
@@ -584,35 +557,25 @@ async fn subscriber_page_keeps_its_device_across_reloads_and_gets_what_it_missed
     let mut browser = Browser::launch().await;
     let url = server.url("/subscriber.html");
     browser.open(&url, 800, 700).await;
-    browser
-        .wait_for(
-            "the badge says open",
-            "document.getElementById('state').dataset.state === 'open'",
-        )
-        .await;
+    browser.wait_for_badge("open").await;
     let device = page_device(&mut browser).await;
-    wait_online(&server, "CHANNEL_1", &device, true).await;
+    server.wait_online("CHANNEL_1", &device).await;
     let first = server.publish("CHANNEL_1", "before the reload").await;
-    wait_acked(&server, "CHANNEL_1", &first, &device).await;
+    server.wait_acked("CHANNEL_1", &first, &device).await;
 
     // Leave the page: the stream closes; an event is published meanwhile.
     browser.navigate("about:blank").await;
-    wait_online(&server, "CHANNEL_1", &device, false).await;
+    server.wait_offline("CHANNEL_1", &device).await;
     let missed = server.publish("CHANNEL_1", "while the page was away").await;
 
     browser.navigate(&url).await;
-    browser
-        .wait_for(
-            "the badge says open again",
-            "document.getElementById('state').dataset.state === 'open'",
-        )
-        .await;
+    browser.wait_for_badge("open").await;
     assert_eq!(
         page_device(&mut browser).await,
         device,
         "the device id is kept in localStorage"
     );
-    wait_acked(&server, "CHANNEL_1", &missed, &device).await;
+    server.wait_acked("CHANNEL_1", &missed, &device).await;
     browser
         .wait_for("the missed event, acked", &all_acked(1))
         .await;
@@ -625,12 +588,7 @@ async fn subscriber_page_keeps_its_device_across_reloads_and_gets_what_it_missed
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscriber_page_says_when_events_were_lost() {
-    let retention = Retention {
-        history: 2,
-        max_age: None,
-    };
-    let server =
-        TestServer::start_with(HubConfig::default(), retention, ServerConfig::default()).await;
+    let server = TestServer::builder().history(2).start().await;
     let mut ids = Vec::new();
     for n in 1..=4 {
         ids.push(server.publish("CHANNEL_1", &format!("event {n}")).await);
@@ -669,7 +627,7 @@ async fn subscriber_page_says_when_events_were_lost() {
     );
     // The retained events are still replayed and acked.
     for id in &ids[2..] {
-        wait_acked(&server, "CHANNEL_1", id, device).await;
+        server.wait_acked("CHANNEL_1", id, device).await;
     }
     browser
         .wait_for("the two replayed events, acked", &all_acked(2))
@@ -688,8 +646,8 @@ async fn dashboard_shows_channels_presence_and_receipts() {
     let acked = server.publish("CHANNEL_1", r#"{"n":1}"#).await;
     let pending = server.publish("CHANNEL_1", "two").await;
     let r = server
-        .post(
-            "/feedback/CHANNEL_1",
+        .feedback(
+            "CHANNEL_1",
             &[("device", "DASH-1"), ("Last-Event-ID", &acked)],
             b"status=ok",
         )
@@ -762,18 +720,13 @@ async fn subscriber_page_on_several_channels_acks_each_event_on_its_own() {
             700,
         )
         .await;
-    browser
-        .wait_for(
-            "the badge says open",
-            "document.getElementById('state').dataset.state === 'open'",
-        )
-        .await;
-    wait_online(&server, "alerts", device, true).await;
+    browser.wait_for_badge("open").await;
+    server.wait_online("alerts", device).await;
     let order = server.publish("orders.eu", "an order").await;
     let alert = server.publish("alerts", "an alert").await;
     // The event's channel is not on the wire: the page finds it.
-    wait_acked(&server, "orders.eu", &order, device).await;
-    wait_acked(&server, "alerts", &alert, device).await;
+    server.wait_acked("orders.eu", &order, device).await;
+    server.wait_acked("alerts", &alert, device).await;
     browser.wait_for("both events acked", &all_acked(2)).await;
     browser.close().await;
     server.stop().await;
@@ -786,12 +739,7 @@ async fn subscriber_page_says_why_the_server_refused_the_stream() {
     browser
         .open(&server.url("/subscriber.html?device=not%20valid"), 800, 700)
         .await;
-    browser
-        .wait_for(
-            "the badge says closed",
-            "document.getElementById('state').dataset.state === 'closed'",
-        )
-        .await;
+    browser.wait_for_badge("closed").await;
     let detail = browser
         .eval("document.getElementById('detail').innerText")
         .await

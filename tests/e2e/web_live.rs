@@ -7,7 +7,7 @@
 use pere_tests::{TestServer, eventually};
 use serde_json::{Value, json};
 
-use crate::web::{Browser, wait_acked};
+use crate::web::Browser;
 
 /// How many times the page fetched `path` (Resource Timing: every `fetch`
 /// and every `EventSource` request it made).
@@ -17,19 +17,6 @@ async fn fetched(browser: &mut Browser, path: &str) -> u64 {
         json!(path)
     );
     browser.eval(&expression).await.unwrap().as_u64().unwrap()
-}
-
-/// Sends a receipt with `status` for event `id` as `device`.
-async fn ack(server: &TestServer, channel: &str, device: &str, id: &str, status: &str) {
-    let body = json!({ "id": id, "status": status }).to_string();
-    let r = server
-        .post(
-            &format!("/feedback/{channel}"),
-            &[("device", device), ("Content-Type", "application/json")],
-            body.as_bytes(),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
 }
 
 /// The dashboard's receipts cell of event `id`, as `[acked, delivered,
@@ -79,15 +66,10 @@ async fn dashboard_follows_receipts_live_without_reading_them_again() {
     let summary = format!("/receipts/CHANNEL_1/{first}");
     assert_eq!(fetched(&mut browser, &summary).await, 1);
 
-    ack(&server, "CHANNEL_1", "worker-1", &first, "ok").await;
-    ack(
-        &server,
-        "CHANNEL_1",
-        "worker-9",
-        &first,
-        "error: exit 4: boom",
-    )
-    .await;
+    server.ack_with("CHANNEL_1", "worker-1", &first, "ok").await;
+    server
+        .ack_with("CHANNEL_1", "worker-9", &first, "error: exit 4: boom")
+        .await;
     browser
         .wait_for(
             "2/2 acked, worker-9's failure shown",
@@ -117,7 +99,9 @@ async fn dashboard_follows_receipts_live_without_reading_them_again() {
             ),
         )
         .await;
-    ack(&server, "CHANNEL_1", "worker-1", &second, "ok").await;
+    server
+        .ack_with("CHANNEL_1", "worker-1", &second, "ok")
+        .await;
     browser
         .wait_for(
             "its receipt",
@@ -240,7 +224,7 @@ async fn pere_js_processes_a_redelivered_event_once_and_acks_it_again() {
         .eval(&format!("window.sub.ack('{a}', 'ok')"))
         .await
         .unwrap();
-    wait_acked(&server, "dup", &a, "W-dup").await;
+    server.wait_acked("dup", &a, "W-dup").await;
 
     // B: processed; its receipt ("done") is lost: the network is down.
     browser
@@ -278,14 +262,14 @@ async fn pere_js_processes_a_redelivered_event_once_and_acks_it_again() {
         .eval("(async () => { window.sub.close(); return await window.subscribeAgain(); })()")
         .await
         .unwrap();
-    let receipt = wait_acked(&server, "dup", &b, "W-dup").await;
+    let receipt = server.wait_acked("dup", &b, "W-dup").await;
     assert_eq!(
         receipt["devices"]["W-dup"]["status"], "done",
         "B's receipt was sent again with the status the page used: {receipt}"
     );
     assert_eq!(receipt["devices"]["W-dup"]["deliveries"], 2, "{receipt}");
     eventually("C was sent again", || async {
-        let r = server.get(&format!("/receipts/dup/{c}")).await.json();
+        let r = server.receipts("dup", &c).await;
         r["devices"]["W-dup"]["deliveries"] == 2
     })
     .await;
@@ -296,7 +280,7 @@ async fn pere_js_processes_a_redelivered_event_once_and_acks_it_again() {
         json!([a, b, c, d]),
         "each event reached onEvent once"
     );
-    let r = server.get(&format!("/receipts/dup/{c}")).await.json();
+    let r = server.receipts("dup", &c).await;
     assert_eq!(
         r["devices"]["W-dup"]["state"], "delivered",
         "C was not acked for the page: {r}"
@@ -322,23 +306,12 @@ async fn subscriber_page_on_a_pattern_shows_each_event_s_channel() {
             700,
         )
         .await;
-    browser
-        .wait_for(
-            "the badge says open",
-            "document.getElementById('state').dataset.state === 'open'",
-        )
-        .await;
-    eventually("the page's device is online", || async {
-        server
-            .presence("orders.*", device)
-            .await
-            .is_some_and(|p| p["online"] == true)
-    })
-    .await;
+    browser.wait_for_badge("open").await;
+    server.wait_online("orders.*", device).await;
     let eu = server.publish("orders.eu", r#"{"order":1}"#).await;
     let us = server.publish("orders.us", "plain text").await;
-    wait_acked(&server, "orders.eu", &eu, device).await;
-    wait_acked(&server, "orders.us", &us, device).await;
+    server.wait_acked("orders.eu", &eu, device).await;
+    server.wait_acked("orders.us", &us, device).await;
     let rows = browser
         .eval(
             "JSON.stringify([...document.querySelectorAll('li.event')].map(r => \
