@@ -20,7 +20,6 @@ mod error;
 pub mod fuzzing;
 mod handlers;
 pub mod limits;
-pub mod load;
 pub mod metrics;
 pub mod router;
 pub mod server;
