@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use pere_core::{Grants, HubConfig, Retention, Token};
 use pere_http::ServerConfig;
-use pere_http::webhook::Webhook;
+use pere_http::server::webhook::Webhook;
 use pere_tests::{TestServer, eventually};
 use tokio::io::AsyncWriteExt;
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use pere_core::{FileStore, FileStoreConfig, Hub, HubConfig, Retention};
 use pere_http::ServerConfig;
-use pere_http::webhook::Webhook;
+use pere_http::server::webhook::Webhook;
 use pere_tests::{SseStream, WAIT, eventually, request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
