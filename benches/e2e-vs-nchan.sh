@@ -291,7 +291,7 @@ for name in cases:
         if sub is None or cpu is None:
             continue
         cpu = float(cpu)
-        # What devices did not get, by why (see pere_http::load::devices):
+        # What devices did not get, by why (see pere_load::devices):
         # holes, still owed at the deadline, after a disconnect.
         missing = {k: sub.get(k, 0) for k in ("lost", "not_arrived_by_deadline", "missed_after_disconnect")}
         bad = sum(missing.values()) + sub["duplicates"] + sub["reordered"]

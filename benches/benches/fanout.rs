@@ -63,8 +63,11 @@ fn fanout(c: &mut Criterion) {
                         let mut bytes = 0;
                         for sub in &mut subs {
                             let outgoing = sub.try_next_outgoing().unwrap();
-                            bytes += pere_http::body::outgoing_frame(&outgoing, Default::default())
-                                .len();
+                            bytes += pere_http::server::body::outgoing_frame(
+                                &outgoing,
+                                Default::default(),
+                            )
+                            .len();
                         }
                         std::hint::black_box(bytes);
                     }

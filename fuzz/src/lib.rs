@@ -28,7 +28,7 @@ use pere_core::{
 };
 use pere_http::ApiError;
 use pere_http::fuzzing::{device_of, header_str, read_receipts, resume_point};
-use pere_http::router::{Route, parse_query, percent_decode, route};
+use pere_http::server::router::{Route, parse_query, percent_decode, route};
 use pere_http::sse::{
     DEFAULT_MAX_LINE, Decoder, EncodeError, Item, SseEvent, encode_comment, encode_event,
     encode_retry, event_frame,

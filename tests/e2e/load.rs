@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use pere_core::{DeviceId, Pattern};
 use pere_http::client::Address;
-use pere_http::load::{self, Flavor, devices};
+use pere_load::{self as load, Flavor, devices};
 use pere_tests::{TestServer, WAIT, bin, eventually};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use pere_core::{EventStore, FileStore, FileStoreConfig, Hub, HubConfig, MemoryStore, Retention};
 use pere_http::ServerConfig;
+use pere_http::server::webhook::Webhook;
 use pere_http::tls::ServerTls;
-use pere_http::webhook::Webhook;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 

@@ -1,12 +1,12 @@
 //! `pere-pub --concurrency K`: the load mode, over
-//! [`pere_http::load::publish`]. People's summary on stderr, one JSON report
+//! [`pere_load::publish`]. People's summary on stderr, one JSON report
 //! on stdout.
 
 use std::process::ExitCode;
 
 use pere_core::{ChannelName, DeviceId};
 use pere_http::client::Address;
-use pere_http::load::{self, Flavor, publish::Config};
+use pere_load::{Flavor, publish::Config};
 
 use crate::config::{Args, parse_duration};
 
@@ -40,10 +40,10 @@ fn resolve(args: Args) -> Result<Config, String> {
         return Err("--channels must be at least 1".into());
     }
     let size = args.size.unwrap_or(DEFAULT_SIZE);
-    if !(load::MIN_PAYLOAD..=16 * 1024 * 1024).contains(&size) {
+    if !(pere_load::MIN_PAYLOAD..=16 * 1024 * 1024).contains(&size) {
         return Err(format!(
             "--size must be between {} and 16777216 bytes",
-            load::MIN_PAYLOAD
+            pere_load::MIN_PAYLOAD
         ));
     }
     if let Some(rate) = args.rate
@@ -112,18 +112,18 @@ pub fn main(args: Args) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    load::raise_nofile_limit();
-    let run = load::publish::run(config, |text| {
+    pere_load::raise_nofile_limit();
+    let run = pere_load::publish::run(config, |text| {
         if !quiet {
             eprintln!("pere-pub: {text}");
         }
     });
-    let Some(report) = load::block_on("pere-pub", run) else {
+    let Some(report) = pere_load::block_on("pere-pub", run) else {
         return ExitCode::FAILURE;
     };
     match report {
         Ok(report) => {
-            load::print_report(
+            pere_load::print_report(
                 "pere-pub",
                 &report.text,
                 report.first_error.as_deref(),

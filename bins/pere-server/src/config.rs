@@ -320,7 +320,8 @@ impl Config {
         let webhook = match pick(args.webhook, "webhook") {
             None => None,
             Some(url) => Some(
-                pere_http::webhook::Webhook::parse(&url).map_err(|e| format!("--webhook: {e}"))?,
+                pere_http::server::webhook::Webhook::parse(&url)
+                    .map_err(|e| format!("--webhook: {e}"))?,
             ),
         };
         if webhook.is_some() && ack_deadline.is_none() {
@@ -340,12 +341,12 @@ impl Config {
         let max_streams = count(
             args.max_streams,
             "max-streams",
-            pere_http::limits::DEFAULT_MAX_STREAMS,
+            pere_http::server::limits::DEFAULT_MAX_STREAMS,
         )?;
         let max_streams_per_device = count(
             args.max_streams_per_device,
             "max-streams-per-device",
-            pere_http::limits::DEFAULT_MAX_STREAMS_PER_DEVICE,
+            pere_http::server::limits::DEFAULT_MAX_STREAMS_PER_DEVICE,
         )?;
         let max_channels_per_stream = count(
             args.max_channels_per_stream,
@@ -499,7 +500,7 @@ impl Config {
             log_summary: duration(
                 args.log_summary,
                 "log-summary",
-                pere_http::activity::DEFAULT_ACTIVITY_PERIOD,
+                pere_http::server::activity::DEFAULT_ACTIVITY_PERIOD,
             )?,
         })
     }

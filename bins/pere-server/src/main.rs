@@ -292,9 +292,9 @@ async fn serve_hub<S: EventStore>(
     }
     let mut server = config.server.clone();
     let nofile = raise_nofile();
-    server.fd_budget = nofile.map(pere_http::limits::fd_budget);
+    server.fd_budget = nofile.map(pere_http::server::limits::fd_budget);
     banner(&config, addr, &hub, nofile);
-    tokio::spawn(pere_http::activity::log_activity(
+    tokio::spawn(pere_http::server::activity::log_activity(
         hub.clone(),
         config.log_summary,
     ));
@@ -372,7 +372,7 @@ fn banner<S: EventStore>(
     let capacity = match nofile {
         Some(n) => format!(
             "{} connections ({n} file descriptors)",
-            pere_http::limits::fd_budget(n)
+            pere_http::server::limits::fd_budget(n)
         ),
         None => "unknown (open-file limit unreadable)".into(),
     };

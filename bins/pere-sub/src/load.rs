@@ -1,12 +1,12 @@
-//! `pere-sub --devices N`: the load mode, over [`pere_http::load::devices`].
+//! `pere-sub --devices N`: the load mode, over [`pere_load::devices`].
 //! People's summary on stderr, one JSON report on stdout.
 
 use std::process::ExitCode;
 
 use pere_core::Pattern;
 use pere_http::client::Address;
-use pere_http::load::{
-    self, Flavor,
+use pere_load::{
+    Flavor,
     devices::{AckMode, Config},
 };
 
@@ -124,8 +124,8 @@ pub fn main(args: Args) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let limit = load::raise_nofile_limit();
-    let needed = load::devices::connections_needed(&config) + 64;
+    let limit = pere_load::raise_nofile_limit();
+    let needed = pere_load::devices::connections_needed(&config) + 64;
     if needed > limit {
         eprintln!(
             "pere-sub: {} devices need about {needed} open files; the limit is {limit} (raise the hard limit, or use fewer devices)",
@@ -133,18 +133,18 @@ pub fn main(args: Args) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let run = load::devices::run(config, |text| {
+    let run = pere_load::devices::run(config, |text| {
         // "devices ready" is always printed: scripts wait for it.
         if !quiet || text.contains("devices ready (") {
             eprintln!("pere-sub: {text}");
         }
     });
-    let Some(report) = load::block_on("pere-sub", run) else {
+    let Some(report) = pere_load::block_on("pere-sub", run) else {
         return ExitCode::FAILURE;
     };
     match report {
         Ok(report) => {
-            load::print_report(
+            pere_load::print_report(
                 "pere-sub",
                 &report.text,
                 report.first_error.as_deref(),

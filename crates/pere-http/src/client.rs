@@ -52,7 +52,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Reconnection time of a [`Subscriber`] until the server sends `retry`
 /// (the WHATWG suggestion, and PERE's default).
-pub const DEFAULT_RETRY: Duration = crate::server::DEFAULT_RETRY;
+pub const DEFAULT_RETRY: Duration = crate::sse::DEFAULT_RETRY;
 /// Default [`SubscribeOptions::max_backoff`]: a minute between attempts at
 /// most, so a device finds a server back within a minute of its return.
 pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(60);

@@ -36,3 +36,8 @@ pub mod encode;
 
 pub use decode::{DEFAULT_MAX_LINE, DecodeError, Decoder, Item, SseEvent};
 pub use encode::{EncodeError, KEEPALIVE, encode_comment, encode_event, encode_retry, event_frame};
+
+/// The reconnection time PERE's server sends in each stream's `retry` and
+/// its client assumes until a server says otherwise (docs/PROTOCOL.md §3):
+/// 3000 ms, the WHATWG suggestion. Both sides read it from here.
+pub const DEFAULT_RETRY: std::time::Duration = std::time::Duration::from_millis(3000);

@@ -227,7 +227,7 @@ impl State {
             duplicate: false,
             receipts: Some(receipts),
         };
-        // Per event: DEBUG (issue 18.2); pere_http::activity sums
+        // Per event: DEBUG (issue 18.2); pere_http::server::activity sums
         // them up at INFO.
         tracing::debug!(
             channel = %published.channel,

@@ -13,8 +13,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::body::Body;
-use crate::stall::{Stall, Stalled};
+use super::stall::{Stall, Stalled};
+use crate::server::body::Body;
 
 /// A connection's TLS stream: its socket's writes timed by the send
 /// timeout, beneath TLS (see [`Stalled`]).

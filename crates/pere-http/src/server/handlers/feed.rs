@@ -6,9 +6,10 @@ use hyper::{Method, Request, Response, StatusCode};
 use pere_core::{EventId, EventStore, Pattern, Resume, SubscribeRequest, Subscription};
 
 use super::auth::Caller;
-use super::{App, header_str, query_of, query_value};
-use crate::body::{Body, Form, Source, SseBody};
+use super::input::{header_str, query_of, query_value};
 use crate::error::{ApiError, escape};
+use crate::server::app::App;
+use crate::server::body::{Body, Form, Source, SseBody};
 use crate::sse;
 
 pub async fn feed<S: EventStore, B>(

@@ -13,8 +13,9 @@ use hyper::header::AUTHORIZATION;
 use pere_core::auth::Access;
 use pere_core::{DeviceId, EventStore, Grants, TokenHash};
 
-use super::{App, device_of, query_value};
+use super::input::{device_of, query_value};
 use crate::error::{ApiError, escape};
+use crate::server::app::App;
 
 /// The caller of a request.
 #[derive(Clone, Debug)]

@@ -18,10 +18,14 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::request;
-use super::watch::{ConnWatch, Expired, Socket, TlsStream, Tracked, Watched};
-use crate::handlers::App;
-use crate::stall::{Stall, Stalled};
+pub(crate) mod direct;
+mod request;
+mod stall;
+mod watch;
+
+use crate::server::app::App;
+use stall::{Stall, Stalled};
+use watch::{ConnWatch, Expired, Socket, TlsStream, Tracked, Watched};
 
 /// What one connection's task needs.
 pub(super) struct Connection<S: EventStore> {
@@ -40,7 +44,7 @@ pub(super) struct Connection<S: EventStore> {
 
 impl<S: EventStore> Connection<S> {
     /// Serves the connection: its first request here if it is an event
-    /// stream (see [`crate::direct`]), everything else through hyper.
+    /// stream (see [`direct`]), everything else through hyper.
     pub(super) async fn serve(mut self, stream: TcpStream) {
         // Each step is boxed: the task itself then holds only what every
         // step needs, not the largest step's state for the connection's
@@ -61,10 +65,10 @@ impl<S: EventStore> Connection<S> {
         }
         let stall = Stall::new(self.limits.send, self.peer);
         let (stream, http1_only) =
-            match Box::pin(crate::direct::serve_first(stream, &self.app, stall)).await {
-                crate::direct::Outcome::Untouched(stream) => (stream, false),
-                crate::direct::Outcome::Answered(stream) => (stream, true),
-                crate::direct::Outcome::Closed => return,
+            match Box::pin(direct::serve_first(stream, &self.app, stall)).await {
+                direct::Outcome::Untouched(stream) => (stream, false),
+                direct::Outcome::Answered(stream) => (stream, true),
+                direct::Outcome::Closed => return,
             };
         Box::pin(self.serve_hyper(Socket::Plain(stream), http1_only)).await;
     }

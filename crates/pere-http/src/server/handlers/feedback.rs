@@ -11,11 +11,13 @@ use pere_core::{Acked, EventId, EventStore, MAX_STATUS_LEN, Pattern};
 use serde_json::Value;
 
 use super::auth::Caller;
-use super::{App, header_str, json, query_of, read_body};
-use crate::body::Body;
+use super::input::{header_str, query_of, read_body};
 use crate::error::{ApiError, escape};
-use crate::router::parse_query;
-use crate::server::RequestBody;
+use crate::server::app::App;
+use crate::server::body::Body;
+use crate::server::body::RequestBody;
+use crate::server::response::json;
+use crate::server::router::parse_query;
 
 /// Largest receipt body, in bytes (room for a batch of thousands).
 pub const MAX_FEEDBACK_BODY: usize = 1024 * 1024;

@@ -6,9 +6,11 @@ use hyper::{Request, Response, StatusCode};
 use pere_core::{ChannelName, EventId, EventStore, Pattern, ReceiptSummary};
 
 use super::auth::Caller;
-use super::{App, header_str, json, query_of, query_value};
-use crate::body::{Body, Source, SseBody};
+use super::input::{header_str, query_of, query_value};
 use crate::error::ApiError;
+use crate::server::app::App;
+use crate::server::body::{Body, Source, SseBody};
+use crate::server::response::json;
 use crate::sse;
 
 pub fn summary<S: EventStore>(

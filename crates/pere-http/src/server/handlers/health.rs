@@ -8,9 +8,10 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
 use pere_core::{EventStore, Hub};
 
-use super::{App, json, text};
-use crate::body::Body;
 use crate::error::ApiError;
+use crate::server::app::App;
+use crate::server::body::Body;
+use crate::server::response::{json, text};
 
 /// Damage listed in full; past this, only counted.
 const LISTED: usize = 20;

@@ -16,12 +16,13 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Response, StatusCode};
-use pere_core::EventStore;
 use pere_core::metrics::HistogramSnapshot;
+use pere_core::{EventStore, Hub};
 
-use crate::body::Body;
 use crate::error::ApiError;
-use crate::handlers::App;
+use crate::server::body::Body;
+use crate::server::limits::Limits;
+use crate::server::webhook::Webhook;
 
 /// Counters of the HTTP layer.
 #[derive(Debug)]
@@ -100,10 +101,17 @@ impl Exposition {
     }
 }
 
-/// `GET /metrics` in the Prometheus text format.
-pub fn render<S: EventStore>(app: &App<S>) -> Response<Body> {
-    let s = app.hub.stats();
-    let m = app.hub.metrics();
+/// `GET /metrics` in the Prometheus text format: the hub's counters, the
+/// HTTP layer's (`http`), open connections and streams (`limits`) and the
+/// webhook's outcomes, read now.
+pub fn render<S: EventStore>(
+    hub: &Hub<S>,
+    http: &HttpMetrics,
+    limits: &Limits,
+    webhook: Option<&Webhook>,
+) -> Response<Body> {
+    let s = hub.stats();
+    let m = hub.metrics();
     let mut out = Exposition(String::with_capacity(8192));
     out.header(
         "pere_build_info",
@@ -119,7 +127,7 @@ pub fn render<S: EventStore>(app: &App<S>) -> Response<Body> {
         "pere_uptime_seconds",
         "gauge",
         "Seconds since the server started.",
-        app.metrics.started.elapsed().as_secs_f64(),
+        http.started.elapsed().as_secs_f64(),
     );
     out.metric(
         "pere_events_published_total",
@@ -180,7 +188,7 @@ pub fn render<S: EventStore>(app: &App<S>) -> Response<Body> {
         "counter",
         "Overdue notices the --webhook accepted (delivered) or that were given up after every attempt failed (given_up; sent again after a restart).",
     );
-    let webhook = app.config.webhook.as_ref().map(|w| w.stats());
+    let webhook = webhook.map(|w| w.stats());
     let load = |c: Option<&AtomicU64>| c.map_or(0, |c| c.load(Ordering::Relaxed));
     out.labelled(
         "pere_webhook_notices_total",
@@ -278,20 +286,20 @@ pub fn render<S: EventStore>(app: &App<S>) -> Response<Body> {
         "pere_connections_open",
         "gauge",
         "Open TCP connections (streams and plain requests).",
-        app.limits.connections(),
+        limits.connections(),
     );
     out.metric(
         "pere_http_streams_open",
         "gauge",
         "Open event and receipts streams, as counted against --max-streams.",
-        app.limits.streams(),
+        limits.streams(),
     );
     out.header(
         "pere_http_responses_total",
         "counter",
         "HTTP responses by status class.",
     );
-    for (i, n) in app.metrics.by_class.iter().enumerate() {
+    for (i, n) in http.by_class.iter().enumerate() {
         out.labelled(
             "pere_http_responses_total",
             &format!("class=\"{}xx\"", i + 1),
@@ -303,8 +311,7 @@ pub fn render<S: EventStore>(app: &App<S>) -> Response<Body> {
         "counter",
         "Error answers by their docs/PROTOCOL.md §8.1 code (invalid_channel, payload_too_large, not_a_recipient, …).",
     );
-    let errors = app
-        .metrics
+    let errors = http
         .errors
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -320,14 +327,14 @@ pub fn render<S: EventStore>(app: &App<S>) -> Response<Body> {
     out.labelled(
         "pere_auth_failures_total",
         "status=\"401\"",
-        app.metrics.unauthorized.load(Ordering::Relaxed),
+        http.unauthorized.load(Ordering::Relaxed),
     );
     out.labelled(
         "pere_auth_failures_total",
         "status=\"403\"",
-        app.metrics.forbidden.load(Ordering::Relaxed),
+        http.forbidden.load(Ordering::Relaxed),
     );
-    process_metrics(&mut out, app.metrics.started_at);
+    process_metrics(&mut out, http.started_at);
     let mut response = Response::new(Body::from(out.0));
     response.headers_mut().insert(
         CONTENT_TYPE,

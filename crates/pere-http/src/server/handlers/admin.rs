@@ -6,10 +6,12 @@ use pere_core::{
 };
 use serde_json::Value;
 
-use super::{App, json, json_raw, query_of, query_value};
-use crate::body::Body;
+use super::input::{query_of, query_value};
 use crate::error::{ApiError, escape};
-use crate::server::RequestBody;
+use crate::server::app::App;
+use crate::server::body::Body;
+use crate::server::body::RequestBody;
+use crate::server::response::{json, json_raw};
 
 /// Default and largest page of `/admin/events`.
 const DEFAULT_EVENTS_LIMIT: usize = 1_000;
@@ -276,7 +278,7 @@ pub async fn token<S: EventStore>(
         ));
     }
     let token = Token::new(token)?;
-    let body = super::read_body(req, MAX_TOKEN_BODY, app.config.body_read_timeout).await?;
+    let body = super::input::read_body(req, MAX_TOKEN_BODY, app.config.body_read_timeout).await?;
     let text = std::str::from_utf8(&body).map_err(|_| {
         ApiError::bad_request("invalid_body", "the token's grants are not UTF-8 JSON")
     })?;

@@ -8,27 +8,25 @@
 //! already buffered and otherwise closes the connection after the answer,
 //! an answer that did not say `Connection: close`: the client sends its
 //! next request into a closed socket and gets `ECONNRESET` (issue 13). So
-//! an unread body comes back here ([`RequestBody`]'s drop) and, before the
-//! answer leaves, is either read and dropped (when it is small and on its
-//! way: the connection stays usable), or the answer says `Connection:
-//! close` and the connection is closed gently (see `conn::close`).
+//! an unread body comes back here ([`RequestBody`]'s drop hands it to a
+//! [`Leftover`]) and, before the answer leaves, is either read and dropped
+//! (when it is small and on its way: the connection stays usable), or the
+//! answer says `Connection: close` and the connection is closed gently
+//! (see `conn::close`).
 
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode, Version};
 use pere_core::EventStore;
 
-use crate::body::Body;
 use crate::error::ApiError;
-use crate::handlers::{self, App};
+use crate::server::app::App;
+use crate::server::body::{Body, Leftover, RequestBody, Unread};
+use crate::server::handlers;
 
 /// Most bytes of an unread body read and dropped to keep its connection: a
 /// default `--max-payload`. Beyond it the answer closes the connection.
@@ -96,101 +94,12 @@ fn oversized_h2_head<B>(req: &Request<B>, max_head: usize) -> Option<Response<Bo
         )
         .sum::<usize>();
     (size > max_head).then(|| {
-        crate::handlers::error_response(&ApiError::new(
+        crate::server::response::error_response(&ApiError::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "headers_too_large",
             head_too_large(max_head),
         ))
     })
-}
-
-/// An unread body, handed back by [`RequestBody`]'s drop.
-struct Unread {
-    body: Incoming,
-    /// Whether the handler asked for any of it (hyper then sent `100
-    /// Continue` to a client that waited for one).
-    polled: bool,
-}
-
-/// Where a dropped, unfinished [`RequestBody`] goes; shared by the body and
-/// the service that finishes the request.
-#[derive(Clone, Default)]
-struct Leftover(Arc<Mutex<Option<Unread>>>);
-
-impl Leftover {
-    /// The body, if the handler dropped it unfinished.
-    fn take(&self) -> Option<Unread> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
-    }
-}
-
-/// A request's body as handlers read it: hyper's, except that if the
-/// handler drops it unfinished it goes back to the connection (see the
-/// module docs) instead of being dropped.
-pub(crate) struct RequestBody {
-    inner: Option<Incoming>,
-    /// `None` for a request without a body.
-    leftover: Option<Leftover>,
-    polled: bool,
-    ended: bool,
-}
-
-impl RequestBody {
-    /// Wraps `body`; an unfinished one goes to `leftover` on drop.
-    fn new(body: Incoming, leftover: &Leftover) -> Self {
-        let empty = body.is_end_stream();
-        Self {
-            inner: Some(body),
-            leftover: (!empty).then(|| leftover.clone()),
-            polled: false,
-            ended: empty,
-        }
-    }
-}
-
-impl http_body::Body for RequestBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        this.polled = true;
-        let Some(body) = this.inner.as_mut() else {
-            return Poll::Ready(None);
-        };
-        let frame = Pin::new(body).poll_frame(cx);
-        if let Poll::Ready(None) = frame {
-            this.ended = true;
-        }
-        frame
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.ended || self.inner.as_ref().is_none_or(|b| b.is_end_stream())
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
-    }
-}
-
-impl Drop for RequestBody {
-    fn drop(&mut self) {
-        if let (Some(body), Some(leftover)) = (self.inner.take(), &self.leftover)
-            && !self.ended
-            && !body.is_end_stream()
-        {
-            *leftover.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(Unread {
-                body,
-                polled: self.polled,
-            });
-        }
-    }
 }
 
 /// What the service notes of a request's head before its handler takes it.

@@ -1,5 +1,5 @@
-//! Response bodies: [`Body`] is either a whole buffer or an [`SseBody`], an
-//! event stream that hyper polls frame by frame.
+//! [`SseBody`]: an event stream that hyper (or the direct path) polls frame
+//! by frame, and the frames it writes.
 //!
 //! An `SseBody` ends when the hub drops its queue (slow consumer, removed
 //! membership, revoked token, shutdown): one mechanism for every reason a
@@ -13,77 +13,17 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http_body::{Frame, SizeHint};
+use http_body::Frame;
 use pere_core::{Event, Followed, Outgoing, ReceiptFollower, ReceiptUpdate, Subscription};
 use tokio::time::{Instant, Sleep};
 
-use crate::limits::StreamSlot;
+use crate::server::limits::StreamSlot;
 use crate::sse;
 
 /// Largest run of ready events copied into one frame. Beyond it hyper gets
 /// the next run as its own frame; the cap keeps a burst from building one
 /// huge buffer.
 const MAX_COALESCED_BYTES: usize = 64 * 1024;
-
-/// A response body.
-pub enum Body {
-    /// A whole body (possibly empty), sent once.
-    Full(Option<Bytes>),
-    /// An event stream.
-    Sse(Box<SseBody>),
-}
-
-impl Body {
-    /// An empty body.
-    pub fn empty() -> Self {
-        Body::Full(None)
-    }
-}
-
-impl From<Bytes> for Body {
-    fn from(b: Bytes) -> Self {
-        Body::Full(Some(b))
-    }
-}
-
-impl From<String> for Body {
-    fn from(s: String) -> Self {
-        Body::Full(Some(Bytes::from(s)))
-    }
-}
-
-impl From<&'static str> for Body {
-    fn from(s: &'static str) -> Self {
-        Body::Full(Some(Bytes::from_static(s.as_bytes())))
-    }
-}
-
-impl http_body::Body for Body {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        match self.get_mut() {
-            Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Body::Sse(s) => Pin::new(&mut **s).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        matches!(self, Body::Full(None))
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Body::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
-            Body::Full(None) => SizeHint::with_exact(0),
-            Body::Sse(_) => SizeHint::default(),
-        }
-    }
-}
 
 /// The SSE frame of an event.
 pub fn event_frame(event: &Event) -> Bytes {

@@ -1,46 +1,35 @@
-//! Request handlers, one module per PERE route family, and what they share:
-//! the [`App`] state, identity extraction, JSON responses and CORS.
+//! Request handlers, one module per PERE route family; [`handle`] routes a
+//! request to one, and what every answer gets is added here: errors as
+//! docs/PROTOCOL.md §8's JSON, counted, and CORS headers. What a request
+//! says (headers, query, device, body) is read in `input`, who asks in
+//! `auth`.
 //!
-//! Handlers return `Result<Response<Body>, ApiError>`; [`handle`] turns the
-//! error into docs/PROTOCOL.md §8's JSON and adds CORS headers to every answer.
+//! Handlers return `Result<Response<Body>, ApiError>`.
 
 mod admin;
-pub mod auth;
+pub(crate) mod auth;
 pub(crate) mod feed;
 pub(crate) mod feedback;
 mod health;
+pub(crate) mod input;
 mod push;
 mod receipts;
 mod static_files;
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::BodyExt;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Request, Response, StatusCode};
-use pere_core::{DeviceId, EventStore, Hub};
+use pere_core::EventStore;
 
-use crate::body::Body;
-use crate::error::{ApiError, escape};
-use crate::limits::Limits;
-use crate::metrics::HttpMetrics;
-use crate::router::{self, Route};
-use crate::server::RequestBody;
-use crate::server::{Cors, ServerConfig};
+use crate::error::ApiError;
+use crate::server::app::App;
+use crate::server::body::{Body, RequestBody};
+use crate::server::config::Cors;
+use crate::server::response::{empty, error_response, json};
+use crate::server::router::{self, Route};
 use auth::Caller;
-
-/// What every handler gets: the hub, the server's configuration, metrics.
-pub struct App<S: EventStore> {
-    /// The hub.
-    pub hub: Hub<S>,
-    /// The server's configuration.
-    pub config: ServerConfig,
-    /// HTTP-level counters.
-    pub metrics: HttpMetrics,
-    /// Open connections and streams, against the configured limits.
-    pub limits: Arc<Limits>,
-}
+use input::query_of;
 
 /// Headers a browser may send cross-origin (docs/PROTOCOL.md §6).
 const ALLOWED_HEADERS: &str =
@@ -64,7 +53,7 @@ pub async fn handle<S: EventStore>(app: Arc<App<S>>, req: Request<RequestBody>) 
 }
 
 /// Serves a `GET` of an event stream whose head the server parsed itself
-/// (see [`crate::direct`]): the same checks and answers as through
+/// (the direct path, `server::conn::direct`): the same checks and answers as through
 /// [`handle`], for a request that has no body.
 pub(crate) async fn handle_feed<S: EventStore>(
     app: &App<S>,
@@ -152,7 +141,12 @@ async fn dispatch<S: EventStore>(
         )),
         Route::Static(name) => Ok(static_files::serve(name)),
         Route::Health => Ok(health::health(app)),
-        Route::Metrics => Ok(crate::metrics::render(app)),
+        Route::Metrics => Ok(crate::server::metrics::render(
+            &app.hub,
+            &app.metrics,
+            &app.limits,
+            app.config.webhook.as_ref(),
+        )),
         Route::Push(channel) => push::push(app, req, &channel, &caller).await,
         Route::Feed(channel) => feed::feed(app, &req, channel.as_deref(), &caller).await,
         Route::Feedback(channel) => feedback::feedback(app, req, &channel, &caller).await,
@@ -206,171 +200,6 @@ fn add_cors(cors: &Cors, origin: Option<&HeaderValue>, headers: &mut HeaderMap) 
         header::ACCESS_CONTROL_EXPOSE_HEADERS,
         HeaderValue::from_static(EXPOSED_HEADERS),
     );
-}
-
-/// The JSON error response of docs/PROTOCOL.md §8.
-pub fn error_response(err: &ApiError) -> Response<Body> {
-    let mut response = Response::new(Body::from(err.body()));
-    *response.status_mut() = err.status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    if let Some(allow) = err.allow {
-        response
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static(allow));
-    }
-    let h = response.headers_mut();
-    match err.status {
-        // RFC 6750 §3: a 401 names the scheme that would work.
-        StatusCode::UNAUTHORIZED => {
-            h.insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"pere\""),
-            );
-        }
-        // A limit that frees up as streams close: worth retrying soon.
-        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
-            h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        _ => {}
-    }
-    response
-}
-
-/// A JSON response.
-pub fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
-    json_raw(status, value.to_string())
-}
-
-/// A JSON response from already-serialized text.
-pub fn json_raw(status: StatusCode, body: String) -> Response<Body> {
-    let mut response = Response::new(Body::from(body));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
-/// A plain-text response.
-pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut response = Response::new(Body::from(body));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
-}
-
-/// An empty response.
-pub fn empty(status: StatusCode) -> Response<Body> {
-    let mut response = Response::new(Body::empty());
-    *response.status_mut() = status;
-    response
-}
-
-/// A header's value as text, if present; `400` if it is not visible ASCII.
-pub fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
-    match headers.get(name) {
-        None => Ok(None),
-        Some(v) => v.to_str().map(|s| Some(s.trim())).map_err(|_| {
-            ApiError::bad_request(
-                "invalid_header",
-                format!("the `{name}` header is not visible ASCII text"),
-            )
-        }),
-    }
-}
-
-/// The first value of query parameter `key`.
-pub fn query_value<'a>(query: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    query
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
-}
-
-/// The request's device (docs/PROTOCOL.md §1): the `device` header (PERE), else the
-/// `device` query parameter (PERE's web page). Invalid is `400` wherever it
-/// came from.
-pub fn device_of(
-    headers: &HeaderMap,
-    query: &[(String, String)],
-) -> Result<Option<DeviceId>, ApiError> {
-    // A device header that is not even ASCII is an invalid device, with the
-    // same code as any other.
-    let header = header_str(headers, "device").map_err(|_| {
-        ApiError::bad_request(
-            "invalid_device",
-            "the `device` header is not a device id (A-Z a-z 0-9 _ - . : @)",
-        )
-    })?;
-    let raw = match header {
-        Some(v) => Some(v),
-        None => query_value(query, "device"),
-    };
-    match raw {
-        None => Ok(None),
-        Some(v) => Ok(Some(DeviceId::new(v)?)),
-    }
-}
-
-/// The request's parsed query string.
-pub fn query_of<B>(req: &Request<B>) -> Result<Vec<(String, String)>, ApiError> {
-    router::parse_query(req.uri().query().unwrap_or(""))
-}
-
-/// Reads a request body of at most `limit` bytes: `413` beyond it, checked
-/// from `Content-Length` before reading anything when the client sent one;
-/// `408` when the whole body has not arrived within `timeout` (a client
-/// trickling its body must not hold a task and a descriptor for ever).
-pub async fn read_body(
-    req: Request<RequestBody>,
-    limit: usize,
-    timeout: std::time::Duration,
-) -> Result<Bytes, ApiError> {
-    let too_large = |size: Option<u64>| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            match size {
-                Some(size) => format!("the body is {size} bytes, the limit is {limit}"),
-                None => format!("the body is larger than the limit of {limit} bytes"),
-            },
-        )
-    };
-    if let Some(len) = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        && len > limit as u64
-    {
-        return Err(too_large(Some(len)));
-    }
-    let limited = http_body_util::Limited::new(req.into_body(), limit);
-    let Ok(collected) = tokio::time::timeout(timeout, limited.collect()).await else {
-        return Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
-            format!(
-                "the request body did not arrive within {} ms",
-                timeout.as_millis()
-            ),
-        ));
-    };
-    match collected {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(too_large(None)),
-        Err(err) => Err(ApiError::bad_request(
-            "invalid_body",
-            format!("the body could not be read: {}", escape(&err.to_string())),
-        )),
-    }
 }
 
 #[cfg(test)]

@@ -19,8 +19,8 @@ use hyper_util::rt::TokioIo;
 use pere_core::{EventStore, Hub, OverdueNotice};
 use tokio::sync::Semaphore;
 
-use crate::body::overdue_json;
 use crate::error::{Error, Result};
+use crate::server::body::overdue_json;
 
 /// Attempts per notice before giving up until the next restart.
 pub const MAX_ATTEMPTS: u32 = 6;

@@ -22,10 +22,10 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::{
+use crate::{
     Conn, Flavor, Histogram, StopSignals, channel_name, open, payload, source_for, unix_micros,
 };
-use crate::client::Address;
+use pere_http::client::Address;
 
 /// A publishing run's settings.
 #[derive(Clone, Debug)]
@@ -113,7 +113,7 @@ impl Report {
 /// # Errors
 /// The server's address does not resolve.
 pub async fn run(config: Config, notice: impl Fn(&str)) -> std::io::Result<Report> {
-    let server = super::resolve(&config.addr).await?;
+    let server = crate::resolve(&config.addr).await?;
     let config = Arc::new(config);
     let shared = Arc::new(Shared::default());
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -7,10 +7,12 @@ use hyper::{Request, Response, StatusCode};
 use pere_core::{ChannelName, EventStore, EventType, Publish};
 
 use super::auth::Caller;
-use super::{App, header_str, json_raw, query_of, query_value, read_body};
-use crate::body::Body;
+use super::input::{header_str, query_of, query_value, read_body};
 use crate::error::{ApiError, escape};
-use crate::server::RequestBody;
+use crate::server::app::App;
+use crate::server::body::Body;
+use crate::server::body::RequestBody;
+use crate::server::response::json_raw;
 
 /// Default `timeout` of a waiting publish, in milliseconds.
 const DEFAULT_WAIT_MS: u64 = 5_000;

@@ -25,10 +25,11 @@ use pere_core::EventStore;
 use tokio::io::{AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::body::{Body, SseBody};
-use crate::handlers::{self, App};
-use crate::router::{self, Route};
-use crate::stall::Stall;
+use super::stall::Stall;
+use crate::server::app::App;
+use crate::server::body::{Body, SseBody};
+use crate::server::handlers;
+use crate::server::router::{self, Route};
 
 /// Bytes looked at for a head. A browser's `GET /feed` with its cookies
 /// fits; a larger head goes to hyper, which takes up to

@@ -4,13 +4,13 @@
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use hyper::{Response, StatusCode};
 
-use crate::body::Body;
+use crate::server::body::Body;
 
-const SUBSCRIBER_HTML: &str = include_str!("../../../../web/subscriber.html");
-const PERE_JS: &str = include_str!("../../../../web/pere.js");
-const DASHBOARD_HTML: &str = include_str!("../../../../web/dashboard.html");
+const SUBSCRIBER_HTML: &str = include_str!("../../../../../web/subscriber.html");
+const PERE_JS: &str = include_str!("../../../../../web/pere.js");
+const DASHBOARD_HTML: &str = include_str!("../../../../../web/dashboard.html");
 
-/// Serves the embedded file `name` (one of [`crate::router::STATIC_FILES`]).
+/// Serves the embedded file `name` (one of [`crate::server::router::STATIC_FILES`]).
 pub fn serve(name: &str) -> Response<Body> {
     let (body, content_type) = match name {
         "subscriber.html" => (SUBSCRIBER_HTML, "text/html; charset=utf-8"),
