@@ -20,6 +20,8 @@
 #           publishers each) for PUB_SECONDS: what the Redis primary takes
 #   pub0    no subscribers; only node 0 publishes (c2, c3): the CPU a node
 #           that only follows the log spends per publish
+#   follow  acks1k with every device and publisher on node 0 (c2, c3): the
+#           CPU a node with no clients spends following receipts and cursors
 #
 # Every case gets a fresh Redis (AOF, appendfsync always, no RDB, on a free
 # loopback port in a temp dir under OUT) and fresh nodes, so no case pays
@@ -30,7 +32,10 @@
 # divided by the publishes. Latency runs from the send time in the payload
 # to the device's read, on this one machine's clock. Loopback only; every
 # process started here is stopped by its pid; every run is bounded
-# (--count and --duration). Node logs (warnings and errors) are kept in OUT.
+# (--count and --duration). Node logs (warnings and errors) are kept in OUT,
+# Redis's logs too; its AOF is measured, then deleted (KEEP_AOF=1 keeps it).
+# The disk's synchronous write latency (dd oflag=dsync, 4 KiB) is measured at
+# the start and the end: with appendfsync always it bounds Redis's appends.
 #
 # Settings: OUT (default a new /tmp/pere-cluster.XXXXXX), TOPOLOGIES, CASES,
 # PUBLISHERS (4: pere-pub --concurrency for the subscriber cases), SIZE (128),
@@ -52,7 +57,7 @@ fi
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN="$ROOT/target/release"
 TOPOLOGIES="${TOPOLOGIES:-embedded c1 c2 c3}"
-CASES="${CASES:-fan1k rate1k rate100 acks1k pub pub0}"
+CASES="${CASES:-fan1k rate1k rate100 acks1k follow pub pub0}"
 OUT="${OUT:-$(mktemp -d /tmp/pere-cluster.XXXXXX)}"
 PUBLISHERS="${PUBLISHERS:-4}"
 SIZE="${SIZE:-128}"
@@ -123,10 +128,18 @@ def load(topo, name):
         x, y = int(b[f"node{i}"][0]), int(a[f"node{i}"][0])
         r["cpu"].append((y - x) / hz if x >= 0 and y >= 0 else None)
     r["redis_cpu"] = (int(a["redis"][0]) - int(b["redis"][0])) / hz if "redis" in a else None
+    r["redis_sys"] = (int(a["redis"][1]) - int(b["redis"][1])) / hz if len(a.get("redis", [])) > 1 else None
+    try:
+        with open(base + ".redis.fsync") as f:
+            v = [int(x) for x in f.read().split()]
+        # Pairs of (unix time, ms); the ramp before the window included.
+        r["fsync_slow"] = (len(v) // 2, max(v[1::2]) if len(v) > 1 else 0)
+    except (OSError, ValueError):
+        pass
     r["subs"] = [s for s in (last_json(f"{base}.sub{i}.json") for i in range(n)) if s]
     r["pubs"] = [p for p in (last_json(f"{base}.pub{i}.json") for i in range(n)) if p]
     rb, ra = redis_stats(base + ".redis.before"), redis_stats(base + ".redis.after")
-    if rb and ra:
+    if rb and ra and "total_net_input_bytes" in ra[1]:
         # INFO and XLEN are this script's own.
         delta = {k: v - rb[0].get(k, 0) for k, v in ra[0].items() if k not in ("info", "xlen")}
         r["cmds"] = {k: v for k, v in delta.items() if v > 0}
@@ -140,6 +153,16 @@ def load(topo, name):
         except OSError:
             pass
     r["warns"] = warns
+    try:
+        with open(base + ".redis-died") as f:
+            r["redis_died"] = " / ".join(l.strip() for l in f if l.strip())
+    except OSError:
+        pass
+    try:
+        with open(base + ".aof-bytes") as f:
+            r["aof"] = int(f.read().strip())
+    except (OSError, ValueError):
+        pass
     return r
 
 def fmt(v, unit="", nd=None):
@@ -178,6 +201,8 @@ def problems(r):
         bad.append(f"publishes failed {pf:,}")
     if r["warns"]:
         bad.append(f"{len(r['warns'])} node warnings")
+    if r.get("redis_died"):
+        bad.append(f"redis-server died: {r['redis_died']}")
     return bad
 
 def worst(r, q):
@@ -212,6 +237,7 @@ TITLE = {
     "acks1k": "1,000 devices acking, 300 events, full speed",
     "pub": "no subscribers, a pere-pub per node",
     "pub0": "no subscribers, only node 0 publishes",
+    "follow": "1,000 devices acking, 300 events, all on node 0",
 }
 
 def per_node_dps(r):
@@ -238,6 +264,12 @@ def sent_per(r, per):
     sent = sum(r["cmds"].get(k, 0) for k in ("evalsha", "eval", "xread"))
     return fmt(sent / per, nd=2)
 
+def fsync_cell(r):
+    if "fsync_slow" not in r:
+        return "-"
+    n, worst_ms = r["fsync_slow"]
+    return f"{n}, {worst_ms:,} ms" if n else "none"
+
 def status(r):
     d = sum(s["deliveries"] for s in r["subs"])
     e = sum(s["expected"] for s in r["subs"])
@@ -246,14 +278,20 @@ def status(r):
 
 for c in cases:
     t = TITLE.get(c, c)
-    if c in ("fan1k", "rate1k", "rate100", "acks1k"):
+    if c in ("fan1k", "rate1k", "rate100", "acks1k", "follow"):
         rows.append((f"**{t}**", [""] * len(topologies)))
         row(c, "publishes/s (publish p50 / p99)", lambda r: fmt(r["pubs"][0]["publishes_per_second"]) + f" ({fmt(ms(r['pubs'][0]['latency_us']['p50']), ' ms')} / {fmt(ms(r['pubs'][0]['latency_us']['p99']), ' ms')})")
         row(c, "publish→deliver p50 / p99 (worst node)", lambda r: f"{fmt(ms(worst(r, 'p50')), ' ms')} / {fmt(ms(worst(r, 'p99')), ' ms')}")
         row(c, "deliveries / node CPU-s, all nodes (node CPU)", total_dps)
         row(c, "deliveries / CPU-s, per node", per_node_dps)
-        row(c, "Redis CPU; machine busy (of 2 cores)", lambda r: f"{fmt(r['redis_cpu'], ' s')}; {fmt(r['busy_cores'], nd=2)}")
-        if c == "acks1k":
+        row(c, "Redis CPU (kernel part); machine busy (of 2 cores)", lambda r: f"{fmt(r['redis_cpu'], ' s')} ({fmt(r['redis_sys'], ' s')}); {fmt(r['busy_cores'], nd=2)}")
+        row(c, "Redis fsyncs ≥ 20 ms: seconds with one, worst", fsync_cell)
+        if c == "follow":
+            def fol(r):
+                acked = sum(s["receipts"]["acked"] for s in r["subs"])
+                return " / ".join(fmt(x / acked * 1e6, " µs") for x in r["cpu"])
+            row(c, "node CPU per receipt, each node (node 0 serves all)", fol)
+        if c in ("acks1k", "follow"):
             def rc(r):
                 acked = sum(s["receipts"]["acked"] for s in r["subs"])
                 cpu = sum(x for x in r["cpu"] if x)
@@ -262,19 +300,20 @@ for c in cases:
             row(c, "receipts: acked; /s wall; /node CPU-s; p99", rc)
             row(c, "Redis commands per receipt (log entries per receipt)", lambda r: cmds_per(r, sum(s['receipts']['acked'] for s in r['subs'])) + f" ({fmt(r['entries'] / sum(s['receipts']['acked'] for s in r['subs']), nd=3)})")
         row(c, "Redis commands per publish (of which EVALSHA + XREAD)", lambda r: f"{cmds_per(r, published(r))} ({sent_per(r, published(r))})")
-        row(c, "Redis bytes in per publish; log entries", lambda r: f"{fmt(r['bytes_in'] / published(r))} B; {r['entries']:,}")
+        row(c, "Redis bytes in per publish; log entries; AOF", lambda r: f"{fmt(r['bytes_in'] / published(r))} B; {r['entries']:,}; {fmt(r['aof'] / 1e6 if 'aof' in r else None, ' MB')}")
         row(c, "delivered / expected", status)
     elif c in ("pub", "pub0"):
         rows.append((f"**{t}**", [""] * len(topologies)))
         row(c, "publishes/s, all publishers", lambda r: fmt(published(r) / max(p["seconds"] for p in r["pubs"])) + (" (" + " + ".join(fmt(p["publishes_per_second"]) for p in r["pubs"]) + ")" if len(r["pubs"]) > 1 else ""))
         row(c, "publish p50 / p99 (worst publisher)", lambda r: f"{fmt(ms(max(p['latency_us']['p50'] for p in r['pubs'])), ' ms')} / {fmt(ms(max(p['latency_us']['p99'] for p in r['pubs'])), ' ms')}")
         row(c, "node CPU per publish, each node", lambda r: " / ".join(fmt(x / published(r) * 1e6, ' µs') for x in r["cpu"]))
-        row(c, "Redis CPU per publish (1 core ⇒ publishes/s)", lambda r: f"{fmt(r['redis_cpu'] / published(r) * 1e6, ' µs')} (⇒ {fmt(published(r) / r['redis_cpu'])}/s)")
+        row(c, "Redis CPU per publish, kernel part (1 core ⇒ publishes/s)", lambda r: f"{fmt(r['redis_cpu'] / published(r) * 1e6, ' µs')}, {fmt(r['redis_sys'] / published(r) * 1e6, ' µs')} (⇒ {fmt(published(r) / r['redis_cpu'])}/s)")
+        row(c, "Redis fsyncs ≥ 20 ms: seconds with one, worst", fsync_cell)
         row(c, "publishes per log entry", lambda r: fmt(published(r) / r["entries"]))
         row(c, "Redis commands per publish (of which EVALSHA + XREAD)", lambda r: f"{cmds_per(r, published(r))} ({sent_per(r, published(r))})")
         row(c, "machine busy (of 2 cores); failures", lambda r: f"{fmt(r['busy_cores'], nd=2)}; " + (", ".join(problems(r)) or "none"))
 
-print(f"run: {meta.get('start', '?')} → {meta.get('end', '?')} (UTC, load average 1/5/15 min), commit {meta.get('commit', '?')}, {meta.get('redis', '')}")
+print(f"run: {meta.get('start', '?')} → {meta.get('end', '?')} (UTC, load average 1/5/15 min), commit {meta.get('commit', '?')}, redis {meta.get('redis', '')}, synchronous 4 KiB write {meta.get('fsync_start', '?')} ms at the start, {meta.get('fsync_end', '?')} ms at the end")
 print("| load / measure | " + " | ".join(HEAD[t] for t in topologies) + " |")
 print("|---|" + "---|" * len(topologies))
 for m, cells in rows:
@@ -282,7 +321,7 @@ for m, cells in rows:
 
 # Redis commands per publish by command: how they do not grow with subscribers.
 cl = [t for t in topologies if t != "embedded"]
-rc = [c for c in cases if c in ("rate100", "rate1k", "fan1k", "acks1k", "pub", "pub0")]
+rc = [c for c in cases if c in ("rate100", "rate1k", "fan1k", "acks1k", "follow", "pub", "pub0")]
 if cl and rc:
     print()
     print("Redis commands per publish, by command (INFO commandstats deltas / publishes):")
@@ -307,7 +346,8 @@ if cl and rc:
 # The latency Redis adds: 1 cluster node against 1 embedded node, same load.
 if "embedded" in topologies and "c1" in topologies:
     lines = []
-    for c in cases:
+    # Only at a paced rate: at full speed p99 is the age of the backlog.
+    for c in (c for c in cases if c.startswith("rate")):
         e, k = R.get(("embedded", c)), R.get(("c1", c))
         if not e or not k or not e["subs"] or not k["subs"]:
             continue
@@ -346,13 +386,13 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 # --- accounting ------------------------------------------------------------------
 
-cpu_ticks() { # pid -> utime+stime in clock ticks (-1: the process is gone)
+cpu_ticks() { # pid -> utime+stime in clock ticks, then stime (-1: the process is gone)
     local f
-    [ -r "/proc/$1/stat" ] || { echo -1; return; }
+    [ -r "/proc/$1/stat" ] || { echo -1 -1; return; }
     # Fields after the `(comm)`: state is 3rd, utime 14th, stime 15th.
     f="$(sed 's/^.*) //' "/proc/$1/stat")"
     set -- $f
-    echo $((${12} + ${13}))
+    echo $((${12} + ${13})) "${13}"
 }
 
 machine_ticks() { # -> "busy total" ticks of the whole machine, from /proc/stat
@@ -381,7 +421,7 @@ start_redis() { # dir
     REDIS_PORT="$(free_ports 1)"
     redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$dir" \
         --logfile "$dir/redis.log" --save "" --appendonly yes \
-        --appendfsync "$REDIS_FSYNC" --daemonize no \
+        --appendfsync "$REDIS_FSYNC" --latency-monitor-threshold 20 --daemonize no \
         >/dev/null 2>&1 &
     REDIS_PID=$!
     for _ in $(seq 1 100); do
@@ -456,8 +496,31 @@ nodes_of() { case "$1" in embedded | c1) echo 1 ;; c2) echo 2 ;; c3) echo 3 ;; *
 redis_snapshot() { # file
     if [ -n "$REDIS_PID" ]; then
         { redis-cli -p "$REDIS_PORT" INFO commandstats; redis-cli -p "$REDIS_PORT" INFO stats
-          echo "xlen:$(redis-cli -p "$REDIS_PORT" XLEN pere:log)"; } >"$1"
+          echo "xlen:$(redis-cli -p "$REDIS_PORT" XLEN pere:log)"; } >"$1" 2>&1 || true
     fi
+}
+
+# A Redis that died during a case (a full disk makes `appendfsync always`
+# exit) is said on stderr and in the table, with the end of its log.
+redis_check() { # dir base
+    if [ -n "$REDIS_PID" ] && ! kill -0 "$REDIS_PID" 2>/dev/null; then
+        tail -3 "$1/redis.log" >"$2.redis-died"
+        echo "redis-server died during $2; the end of its log:" >&2
+        cat "$2.redis-died" >&2
+    fi
+    if [ -d "$1" ]; then
+        du -sb "$1" | cut -f1 >"$2.aof-bytes"
+        [ "${KEEP_AOF:-0}" = 1 ] || find "$1" -name 'appendonly*' -exec rm -rf {} +
+    fi
+}
+
+fsync_ms() { # -> ms per 4 KiB synchronous write in OUT
+    local f="$OUT/fsync-probe" t0 t1
+    t0="$(date +%s%N)"
+    dd if=/dev/zero of="$f" bs=4k count=200 oflag=dsync 2>/dev/null
+    t1="$(date +%s%N)"
+    rm -f "$f"
+    python3 -c "print(round(($t1 - $t0) / 200 / 1e6, 3))"
 }
 
 snapshot() { # file: wall time, machine ticks, each node's and redis's ticks
@@ -470,13 +533,22 @@ snapshot() { # file: wall time, machine ticks, each node's and redis's ticks
     } >"$1"
 }
 
+# Redis's own record of slow fsyncs (latency monitor, >= 20 ms): one sample
+# per second at most, each the worst of its second.
+redis_latency() { # file
+    if [ -n "$REDIS_PID" ]; then
+        redis-cli -p "$REDIS_PORT" LATENCY HISTORY aof-fsync-always >"$1" 2>&1 || true
+    fi
+}
+
 # --- one case ----------------------------------------------------------------------
 
-# run_case TOPOLOGY NAME DEVICES EVENTS RATE ACK PUBLISH
+# run_case TOPOLOGY NAME DEVICES EVENTS RATE ACK PUBLISH SPREAD
 # PUBLISH: node0 (one pere-pub on node 0, the subscribers' channel), all (one
 # per node, each its own channel), or first (one, on node 0, own channel).
+# SPREAD: all (devices spread evenly over the nodes) or node0.
 run_case() {
-    local topo=$1 name=$2 devices=$3 events=$4 rate=$5 ack=$6 publish=$7
+    local topo=$1 name=$2 devices=$3 events=$4 rate=$5 ack=$6 publish=$7 spread=$8
     local n i base p channel="$RUN_ID$name" rate_args=() ack_args=()
     n="$(nodes_of "$topo")"
     base="$OUT/$topo.$name"
@@ -484,11 +556,12 @@ run_case() {
     [ "$ack" = 1 ] && ack_args=(--ack)
     if [ "$topo" != embedded ]; then start_redis "$OUT/redis.$topo.$name"; fi
     start_nodes "$topo" "$name"
-    log "$name on $topo ($n node(s)): $devices devices, $events events ${rate_args[*]} ${ack_args[*]} publish=$publish"
-    local subs=()
+    log "$name on $topo ($n node(s)): $devices devices, $events events ${rate_args[*]} ${ack_args[*]} publish=$publish spread=$spread"
+    local subs=() serving=$n
+    [ "$spread" = node0 ] && serving=1
     if [ "$devices" -gt 0 ]; then
-        for i in $(seq 0 $((n - 1))); do
-            local d=$((devices / n + (i < devices % n ? 1 : 0)))
+        for i in $(seq 0 $((serving - 1))); do
+            local d=$((devices / serving + (i < devices % serving ? 1 : 0)))
             "$BIN/pere-sub" "127.0.0.1:${NODE_PORTS[$i]}" "$channel" --devices "$d" \
                 --count "$events" --duration "$SUB_DURATION" "${ack_args[@]}" \
                 >"$base.sub$i.json" 2>"$base.sub$i.err" &
@@ -496,7 +569,7 @@ run_case() {
             TOOL_PIDS+=("$!")
         done
         # Every stream open before the first publish (or loss is by design).
-        for i in $(seq 0 $((n - 1))); do
+        for i in $(seq 0 $((serving - 1))); do
             local ready=0
             for _ in $(seq 1 600); do
                 if grep -q "devices ready (" "$base.sub$i.err" 2>/dev/null; then ready=1; break; fi
@@ -530,19 +603,22 @@ run_case() {
     for p in "${subs[@]}"; do wait "$p" || true; done
     snapshot "$base.after"
     redis_snapshot "$base.redis.after"
+    redis_latency "$base.redis.fsync"
     TOOL_PIDS=()
     stop_nodes
+    if [ "$topo" != embedded ]; then redis_check "$OUT/redis.$topo.$name" "$base"; fi
     stop_redis
 }
 
-# name devices events rate ack publish
+# name devices events rate ack publish spread
 declare -A CASE=(
-    [fan1k]="1000 1000 - 0 node0"
-    [rate1k]="1000 500 50 0 node0"
-    [rate100]="100 500 50 0 node0"
-    [acks1k]="1000 300 - 1 node0"
-    [pub]="0 0 - 0 all"
-    [pub0]="0 0 - 0 first"
+    [fan1k]="1000 1000 - 0 node0 all"
+    [rate1k]="1000 500 50 0 node0 all"
+    [rate100]="100 500 50 0 node0 all"
+    [acks1k]="1000 300 - 1 node0 all"
+    [follow]="1000 300 - 1 node0 node0"
+    [pub]="0 0 - 0 all all"
+    [pub0]="0 0 - 0 first all"
 )
 
 log "output in $OUT; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -550,18 +626,22 @@ log "output in $OUT; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "start $(date -u +%Y-%m-%dT%H:%M:%SZ) $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
     echo "redis $(redis-server --version | grep -o 'v=[0-9.]*')"
+    echo "fsync_start $(fsync_ms)"
 } >"$OUT/meta"
 
 for topo in $TOPOLOGIES; do
     for name in $CASES; do
         [ -n "${CASE[$name]:-}" ] || { echo "unknown case $name" >&2; exit 2; }
-        read -r devices events rate ack publish <<<"${CASE[$name]}"
-        # Only node 0 publishing differs from `pub` with several nodes only.
-        if [ "$publish" = first ] && [ "$(nodes_of "$topo")" -lt 2 ]; then continue; fi
-        run_case "$topo" "$name" "$devices" "$events" "$rate" "$ack" "$publish"
+        read -r devices events rate ack publish spread <<<"${CASE[$name]}"
+        # Only node 0 serving differs from the other cases with several nodes only.
+        if { [ "$publish" = first ] || [ "$spread" = node0 ]; } && [ "$(nodes_of "$topo")" -lt 2 ]; then continue; fi
+        run_case "$topo" "$name" "$devices" "$events" "$rate" "$ack" "$publish" "$spread"
         sleep 1
     done
 done
-echo "end $(date -u +%Y-%m-%dT%H:%M:%SZ) $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/meta"
+{
+    echo "end $(date -u +%Y-%m-%dT%H:%M:%SZ) $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "fsync_end $(fsync_ms)"
+} >>"$OUT/meta"
 
 table
