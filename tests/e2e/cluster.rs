@@ -295,6 +295,9 @@ async fn while_redis_is_down_publishes_get_503_and_the_cluster_recovers() {
         r.header("Retry-After").is_some(),
         "a 503 says when to retry"
     );
+    // Down for longer than a heartbeat lasts (5 s): every node's heartbeat
+    // lapses, yet no live node may be declared gone when Redis returns.
+    tokio::time::sleep(Duration::from_secs(6)).await;
     cluster.redis.restart().expect("redis restarts on its AOF");
     // Once Redis is back, publishes succeed again and reach the other node.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -320,4 +323,14 @@ async fn while_redis_is_down_publishes_get_503_and_the_cluster_recovers() {
         vec![(after, "after".to_owned())],
         "no event was lost or made up"
     );
+    // The pager's stream on node 1 never closed: it stays online everywhere
+    // once the nodes had time to sweep whoever really stopped beating.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    for node in 0..2 {
+        assert_eq!(
+            cluster.presence(node, "alerts", "pager").await["online"],
+            true,
+            "node {node}"
+        );
+    }
 }

@@ -263,3 +263,57 @@ async fn a_jwt_session_revoked_on_one_node_ends_on_every_node() {
         assert_eq!(r.status, 401, "node {node}: {}", r.text());
     }
 }
+
+/// A node whose log cannot be written (stderr on a full disk) must not
+/// lose a task to it: before, tracing's report of the failed write
+/// panicked the log reader, and the node answered `shutting_down` for good.
+#[tokio::test]
+async fn a_node_logging_to_a_full_disk_recovers_from_a_redis_outage() {
+    let mut redis = pere_cluster::testing::RedisServer::start().expect("redis-server starts");
+    let port = pere_cluster::testing::free_port().unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let url = redis.url();
+    let full = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
+    };
+    let mut child = std::process::Command::new(pere_tests::bin("pere-server"))
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--cluster",
+            &url,
+        ])
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(full())
+        .stderr(full())
+        .spawn()
+        .unwrap();
+    let publish = || async move { pere_tests::request(addr, "POST", "/push/df", &[], b"x").await };
+    eventually("the node serves", || async {
+        tokio::net::TcpStream::connect(addr).await.is_ok() && publish().await.status == 201
+    })
+    .await;
+    redis.kill();
+    assert_eq!(publish().await.status, 503);
+    // Long enough for the reader's warnings (written to the full disk).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    redis.restart().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = publish().await;
+        if r.status == 201 {
+            break;
+        }
+        assert_eq!(r.json()["code"], "store_unavailable", "{}", r.text());
+        assert!(std::time::Instant::now() < deadline, "{}", r.text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -4,6 +4,7 @@ mod cluster;
 mod config;
 mod secure;
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use config::{Args, Config, LogFormat, StoreKind, show_duration};
@@ -202,7 +203,12 @@ fn init_logging(config: &Config) {
         .with_writer(std::io::stderr)
         // Colour codes only for a terminal: a log file or journald gets
         // plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A log line that cannot be written (stderr on a full disk) is
+        // lost; tracing would otherwise report it with `eprintln!`, which
+        // panics the task that logged, and a task of the hub must not die
+        // of a full disk.
+        .log_internal_errors(false);
     match config.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.with_target(false).init(),
@@ -450,7 +456,9 @@ fn banner<S: EventStore>(
     ];
     if !config.quiet {
         for line in &lines {
-            eprintln!("{line}");
+            // Not `eprintln!`: a server whose stderr cannot be written (a
+            // full disk under its log file) still serves.
+            let _ = writeln!(std::io::stderr(), "{line}");
         }
     }
     tracing::info!(%addr, nofile, "listening");

@@ -181,27 +181,9 @@ pub(super) async fn writer<S: EventStore>(
     log: Arc<dyn SharedLog>,
     after: SharedPos,
 ) {
-    let (entries_tx, mut entries) = mpsc::channel::<Result<SharedEntry, SharedLogError>>(256);
-    // The tail has a task of its own: a `select!` must never drop a read
-    // half done.
-    let tail_task = tokio::spawn({
-        let mut tail = log.tail(after);
-        async move {
-            loop {
-                let next = tail.next().await;
-                let fatal = matches!(next, Err(SharedLogError::Lost(_)));
-                if let Err(SharedLogError::Unavailable { retry_after, .. }) = &next {
-                    tracing::warn!("the cluster log cannot be read; retrying");
-                    tokio::time::sleep((*retry_after).min(Duration::from_secs(1))).await;
-                    continue;
-                }
-                if entries_tx.send(next).await.is_err() || fatal {
-                    return;
-                }
-            }
-        }
-    });
-    let chores = tokio::spawn(chores(inner.clone(), log.clone()));
+    let (mut tail_task, mut entries) = spawn_tail(&log, after);
+    let mut last = after;
+    let mut chores = tokio::spawn(chores(inner.clone(), log.clone()));
     let mut pending: HashMap<SharedPos, Own> = HashMap::new();
     let mut flush = tokio::time::interval(CURSOR_FLUSH);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -212,6 +194,7 @@ pub(super) async fn writer<S: EventStore>(
             biased;
             entry = entries.recv() => match entry {
                 Some(Ok(entry)) => {
+                    last = entry.pos;
                     let own = pending.remove(&entry.pos);
                     lost_own(&mut pending, entry.pos);
                     apply_entry(&inner, entry, own).await;
@@ -233,7 +216,14 @@ pub(super) async fn writer<S: EventStore>(
                     inner.failed.send_replace(Some(reason));
                     break;
                 }
-                None => break,
+                None => {
+                    // The reader died (a panic: it never returns by
+                    // itself while the log is readable); a node that
+                    // stopped reading would answer nothing for good.
+                    tracing::error!("the cluster log's reader stopped; starting another");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    (tail_task, entries) = spawn_tail(&log, last);
+                }
             },
             n = rx.recv_many(&mut batch, MAX_BATCH) => {
                 if n == 0 {
@@ -245,6 +235,10 @@ pub(super) async fn writer<S: EventStore>(
                 }
             }
             _ = flush.tick() => {
+                if chores.is_finished() {
+                    tracing::error!("the cluster chores stopped; starting them again");
+                    chores = tokio::spawn(self::chores(inner.clone(), log.clone()));
+                }
                 retry(&inner, &*log).await;
                 inner.state().checkpoint_cursors();
                 submit(&inner, &*log, Vec::new(), &mut pending).await;
@@ -328,6 +322,34 @@ async fn retry<S: EventStore>(inner: &Inner<S>, log: &dyn SharedLog) {
             inner.health().failed(err.to_string());
         }
     }
+}
+
+/// Reads the log after `after` on a task of its own (a `select!` must
+/// never drop a read half done), entries and errors into the channel.
+fn spawn_tail(
+    log: &Arc<dyn SharedLog>,
+    after: SharedPos,
+) -> (
+    tokio::task::JoinHandle<()>,
+    mpsc::Receiver<Result<SharedEntry, SharedLogError>>,
+) {
+    let (entries_tx, entries) = mpsc::channel(256);
+    let mut tail = log.tail(after);
+    let task = tokio::spawn(async move {
+        loop {
+            let next = tail.next().await;
+            let fatal = matches!(next, Err(SharedLogError::Lost(_)));
+            if let Err(SharedLogError::Unavailable { retry_after, .. }) = &next {
+                tracing::warn!("the cluster log cannot be read; retrying");
+                tokio::time::sleep((*retry_after).min(Duration::from_secs(1))).await;
+                continue;
+            }
+            if entries_tx.send(next).await.is_err() || fatal {
+                return;
+            }
+        }
+    });
+    (task, entries)
 }
 
 /// Sends a batch of this node's commands (and what its state has to tell
@@ -616,6 +638,10 @@ async fn chores<S: EventStore>(inner: Arc<Inner<S>>, log: Arc<dyn SharedLog>) {
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_beat = tokio::time::Instant::now() - HEARTBEAT;
     let mut last_tick = tokio::time::Instant::now();
+    // Since when this node has reached Redis without a failure. After an
+    // outage every node's heartbeat has lapsed: another node is only
+    // declared gone once it had a whole heartbeat lifetime to beat again.
+    let mut reachable_since = tokio::time::Instant::now();
     loop {
         every.tick().await;
         let now = tokio::time::Instant::now();
@@ -623,22 +649,30 @@ async fn chores<S: EventStore>(inner: Arc<Inner<S>>, log: Arc<dyn SharedLog>) {
             last_beat = now;
             if let Err(err) = log.heartbeat(HEARTBEAT_TTL).await {
                 tracing::warn!(cause = %err, "heartbeat failed");
+                reachable_since = tokio::time::Instant::now();
             }
         }
         if now - last_tick < tick {
             continue;
         }
         last_tick = now;
-        let ticker = log
+        let ticker = match log
             .try_lease("ticker", (tick * 3).max(Duration::from_secs(3)))
             .await
-            .unwrap_or(false);
+        {
+            Ok(held) => held,
+            Err(_) => {
+                reachable_since = tokio::time::Instant::now();
+                false
+            }
+        };
         inner.state().become_ticker(ticker);
         if !ticker {
             continue;
         }
         let mut wires = vec![Wire::Tick];
-        if let Ok(gone) = log.expired_nodes().await {
+        let settled = now.saturating_duration_since(reachable_since) >= HEARTBEAT_TTL + HEARTBEAT;
+        if settled && let Ok(gone) = log.expired_nodes().await {
             for node in gone {
                 if node == log.node() {
                     continue;
