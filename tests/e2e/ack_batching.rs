@@ -220,18 +220,7 @@ async fn pere_js_fails_only_the_receipt_the_server_refused() {
     );
 
     // The request fails as a whole: every receipt in it is rejected.
-    browser
-        .call(true, "Network.enable", json!({}))
-        .await
-        .unwrap();
-    browser
-        .call(
-            true,
-            "Network.setBlockedURLs",
-            json!({"urls": ["*/feedback/*"]}),
-        )
-        .await
-        .unwrap();
+    browser.block_receipts(true).await;
     let failed = browser
         .eval(&format!(
             "Promise.allSettled([sub.ack('{}'), sub.ack('{}')]).then((rs) => rs.map((r) => r.reason?.code))",
@@ -240,10 +229,7 @@ async fn pere_js_fails_only_the_receipt_the_server_refused() {
         .await
         .unwrap();
     assert_eq!(failed, json!(["network", "network"]));
-    browser
-        .call(true, "Network.setBlockedURLs", json!({"urls": []}))
-        .await
-        .unwrap();
+    browser.block_receipts(false).await;
     let again = browser
         .eval(&format!(
             "Promise.all([sub.ack('{}'), sub.ack('{}')]).then((rs) => rs.map((r) => r.state))",

@@ -54,12 +54,17 @@ async fn an_overdue_notice_is_posted_once_for_the_whole_cluster() {
 const ADMIN: &str = "cluster-admin-token-0001";
 const KIOSK: &str = "cluster-kiosk-token-0001";
 
-#[tokio::test]
-async fn a_token_revoked_on_one_node_closes_its_streams_on_every_node() {
-    let dir = temp_dir("cluster-auth");
-    let file = dir.join("auth.json");
+/// An `--auth` file that only names the [`ADMIN`] token.
+fn admin_auth_file(name: &str) -> std::path::PathBuf {
+    let file = temp_dir(name).join("auth.json");
     let json = serde_json::json!({ "tokens": { ADMIN: { "subject": "ops", "admin": true } } });
     std::fs::write(&file, json.to_string()).unwrap();
+    file
+}
+
+#[tokio::test]
+async fn a_token_revoked_on_one_node_closes_its_streams_on_every_node() {
+    let file = admin_auth_file("cluster-auth");
     let cluster = Cluster::start(3, &["--auth", file.to_str().unwrap()]).await;
     let admin = format!("Bearer {ADMIN}");
     let kiosk = format!("Bearer {KIOSK}");
@@ -224,10 +229,7 @@ fn session_jwt(jti: &str) -> String {
 
 #[tokio::test]
 async fn a_jwt_session_revoked_on_one_node_ends_on_every_node() {
-    let dir = temp_dir("cluster-jwt");
-    let file = dir.join("auth.json");
-    let json = serde_json::json!({ "tokens": { ADMIN: { "subject": "ops", "admin": true } } });
-    std::fs::write(&file, json.to_string()).unwrap();
+    let file = admin_auth_file("cluster-jwt");
     let cluster = Cluster::start(
         2,
         &["--auth", file.to_str().unwrap(), "--jwt-secret", JWT_SECRET],

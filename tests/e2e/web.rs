@@ -178,6 +178,16 @@ impl Browser {
 
     /// Sends a DevTools command (to the page's session when `page`) and
     /// waits for its answer; events that arrive meanwhile are recorded.
+    /// Blocks the page's receipt requests (`/feedback/…`) as a network
+    /// that is down would, or lets them through again.
+    pub(crate) async fn block_receipts(&mut self, blocked: bool) {
+        let urls: &[&str] = if blocked { &["*/feedback/*"] } else { &[] };
+        self.call(true, "Network.enable", json!({})).await.unwrap();
+        self.call(true, "Network.setBlockedURLs", json!({ "urls": urls }))
+            .await
+            .unwrap();
+    }
+
     pub(crate) async fn call(
         &mut self,
         page: bool,

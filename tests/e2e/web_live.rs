@@ -227,18 +227,7 @@ async fn pere_js_processes_a_redelivered_event_once_and_acks_it_again() {
     server.wait_acked("dup", &a, "W-dup").await;
 
     // B: processed; its receipt ("done") is lost: the network is down.
-    browser
-        .call(true, "Network.enable", json!({}))
-        .await
-        .unwrap();
-    browser
-        .call(
-            true,
-            "Network.setBlockedURLs",
-            json!({"urls": ["*/feedback/*"]}),
-        )
-        .await
-        .unwrap();
+    browser.block_receipts(true).await;
     let b = server.publish("dup", "b").await;
     browser.wait_for("b", &seen(2)).await;
     let failed = browser
@@ -251,10 +240,7 @@ async fn pere_js_processes_a_redelivered_event_once_and_acks_it_again() {
     // C: processed, not acknowledged (the page acks later, or never).
     let c = server.publish("dup", "c").await;
     browser.wait_for("c", &seen(3)).await;
-    browser
-        .call(true, "Network.setBlockedURLs", json!({"urls": []}))
-        .await
-        .unwrap();
+    browser.block_receipts(false).await;
 
     // The page closes the subscription and opens another: no Last-Event-ID,
     // so B and C come again.
