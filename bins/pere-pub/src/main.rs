@@ -122,34 +122,13 @@ fn stdin_gives_lines() -> bool {
     }
 }
 
-/// Parses the command line like `argh::from_env`, but a usage error exits
-/// with status 2.
+/// Parses the command line (usage errors exit with 2, see
+/// [`pere_http::cli::command_line`]).
 fn parse_args() -> Result<Args, ExitCode> {
-    let mut strings = Vec::new();
-    for arg in std::env::args_os() {
-        match arg.into_string() {
-            Ok(s) => strings.push(s),
-            Err(arg) => {
-                eprintln!("pere-pub: argument {arg:?} is not UTF-8");
-                return Err(ExitCode::from(2));
-            }
-        }
-    }
-    let rest: Vec<&str> = strings.iter().skip(1).map(String::as_str).collect();
-    match <Args as argh::FromArgs>::from_args(&["pere-pub"], &rest) {
-        Ok(args) => Ok(args),
-        Err(early) if early.status.is_ok() => {
-            println!("{}", early.output);
-            Err(ExitCode::SUCCESS)
-        }
-        Err(early) => {
-            eprintln!(
-                "{}\nRun pere-pub --help for more information.",
-                early.output
-            );
-            Err(ExitCode::from(2))
-        }
-    }
+    pere_http::cli::command_line("pere-pub", |rest| {
+        <Args as argh::FromArgs>::from_args(&["pere-pub"], rest)
+            .map_err(|early| (early.output, early.status.is_ok()))
+    })
 }
 
 fn init_logging(quiet: bool) {

@@ -16,6 +16,7 @@
 //! request gets back, its code one of [`ErrorCode`], the one table of every
 //! error answer (docs/PROTOCOL.md §8).
 
+pub mod cli;
 pub mod client;
 mod error;
 #[doc(hidden)]
