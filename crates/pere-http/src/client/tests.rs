@@ -7,8 +7,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+use super::subscriber::backoff_delay;
 use super::*;
 use crate::ServerConfig;
+use crate::sse::SseEvent;
 
 /// Bound on every wait in these tests.
 const WAIT: Duration = Duration::from_secs(10);
