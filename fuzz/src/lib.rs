@@ -114,27 +114,26 @@ fn assert_printable(message: &str) {
 /// snake_case code, a printable sentence, a JSON body of both.
 fn assert_api_error(err: &ApiError, statuses: &[u16]) {
     assert!(
-        statuses.contains(&err.status.as_u16()),
+        statuses.contains(&err.status().as_u16()),
         "unexpected status {} for {err:?}",
-        err.status
+        err.status()
     );
+    let code = err.code.as_str();
     assert!(
-        !err.code.is_empty()
-            && err
-                .code
+        !code.is_empty()
+            && code
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
-        "code {:?} is not snake_case",
-        err.code
+        "code {code:?} is not snake_case"
     );
     assert!(!err.message.is_empty(), "empty message for {err:?}");
     assert_printable(&err.message);
     let body: serde_json::Value = serde_json::from_str(&err.body()).expect("the body is JSON");
     assert_eq!(body["error"].as_str(), Some(err.message.as_str()));
-    assert_eq!(body["code"].as_str(), Some(err.code));
+    assert_eq!(body["code"].as_str(), Some(code));
     assert_eq!(
         err.allow.is_some(),
-        err.status == StatusCode::METHOD_NOT_ALLOWED
+        err.status() == StatusCode::METHOD_NOT_ALLOWED
     );
 }
 
@@ -487,10 +486,13 @@ fn receipts(
         .map(|(batch, items)| {
             (
                 batch,
-                items.into_iter().map(|i| i.map_err(|e| e.code)).collect(),
+                items
+                    .into_iter()
+                    .map(|i| i.map_err(|e| e.code.as_str()))
+                    .collect(),
             )
         })
-        .map_err(|e| e.code)
+        .map_err(|e| e.code.as_str())
 }
 
 /// `feedback_body`: the receipt body parser never panics, answers every
@@ -649,7 +651,10 @@ fn check_route(method: &Method, path: &str) {
                 assert!(!allow.split(", ").any(|m| m == method.as_str()));
             } else if path != "*" {
                 // Only the path decided: every method gets the same answer.
-                assert_eq!(route(&Method::GET, path).map_err(|e| e.code), Err(err.code));
+                assert_eq!(
+                    route(&Method::GET, path).map_err(|e| e.code.as_str()),
+                    Err(err.code.as_str())
+                );
             }
         }
     }
@@ -691,7 +696,7 @@ fn check_headers(headers: &HeaderMap, query: &[(String, String)]) {
         if let Err(err) = &got {
             assert_api_error(err, &[400]);
         }
-        assert_eq!(got.map_err(|e| e.code), visible(name), "{name}");
+        assert_eq!(got.map_err(|e| e.code.as_str()), visible(name), "{name}");
     }
 
     // PROTOCOL §1: the header wins over the query; invalid is 400 either way.
@@ -710,7 +715,7 @@ fn check_headers(headers: &HeaderMap, query: &[(String, String)]) {
     if let Err(err) = &got {
         assert_api_error(err, &[400]);
     }
-    assert_eq!(got.map_err(|e| e.code), expected);
+    assert_eq!(got.map_err(|e| e.code.as_str()), expected);
 
     // PROTOCOL §3: Last-Event-ID, lastEventId, replay=all, else the cursor.
     let Ok(header_id) = header_str(headers, "last-event-id") else {
@@ -734,7 +739,7 @@ fn check_headers(headers: &HeaderMap, query: &[(String, String)]) {
     if let Err(err) = &got {
         assert_api_error(err, &[400]);
     }
-    assert_eq!(got.map_err(|e| e.code), expected);
+    assert_eq!(got.map_err(|e| e.code.as_str()), expected);
 }
 
 /// `router`: routing and query parsing never panic, answer 400/404/405 with

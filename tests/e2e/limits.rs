@@ -203,6 +203,59 @@ async fn a_request_hyper_cannot_parse_gets_a_json_400_and_the_server_carries_on(
     assert_eq!(server.get("/healthz").await.status, 200);
 }
 
+/// A target over 65,534 bytes in a head within the limit: hyper refuses it
+/// as "too large" as it does an oversized head; the connection tells them
+/// apart by how much of the head had arrived.
+#[tokio::test]
+async fn a_huge_target_in_a_head_within_the_limit_gets_414() {
+    let server = TestServer::builder()
+        .max_header_bytes(128 * 1024)
+        .start()
+        .await;
+    let path = format!("/healthz?{}", "x".repeat(70_000));
+    let r = send_raw(
+        server.addr,
+        &pere_tests::raw_request("GET", &path, &[], b""),
+    )
+    .await;
+    r.assert_error(414, "uri_too_long");
+    let big = "x".repeat(130 * 1024);
+    let r = send_raw(
+        server.addr,
+        &pere_tests::raw_request("GET", "/healthz", &[("X-Big", &big)], b""),
+    )
+    .await;
+    r.assert_error(431, "headers_too_large");
+}
+
+/// hyper's answers are told from the service's by the connection's state,
+/// not by their bytes: a garbage head after an answered request, or
+/// pipelined behind one and read with it, still gets the JSON `400`, and
+/// the answer before it arrives whole.
+#[tokio::test]
+async fn a_garbage_head_after_or_behind_a_good_request_gets_a_json_400() {
+    let server = TestServer::start().await;
+    let garbage = b"GET /healthz HTTP/1.1\r\nno colon here\r\n\r\n";
+
+    let mut conn = pere_tests::http::Connection::open(server.addr).await;
+    let ok = conn.request("GET", "/healthz", &[], b"").await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    conn.send_raw(garbage)
+        .await
+        .assert_error(400, "invalid_request");
+
+    let mut conn = pere_tests::http::Connection::open(server.addr).await;
+    let mut both = pere_tests::raw_request("GET", "/healthz", &[("Connection", "keep-alive")], b"");
+    both.extend_from_slice(garbage);
+    let ok = conn.send_raw(&both).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.text(), "ok", "the first answer arrives whole");
+    conn.send_raw(b"")
+        .await
+        .assert_error(400, "invalid_request");
+    assert_eq!(server.get("/healthz").await.status, 200);
+}
+
 #[tokio::test]
 async fn a_request_head_sent_too_slowly_gets_408() {
     let timeout = Duration::from_millis(300);

@@ -1,16 +1,12 @@
 //! `docs/PROTOCOL.md` against the code: its error table (§8.1) lists every
-//! `code` the server can answer, each once and with its status, and nothing
-//! else; and every `docs/PROTOCOL.md §n` a comment cites exists.
-//!
-//! The codes are read from the sources, not from a running server: each
-//! string literal in a place that makes an error answer — `ApiError::new`
-//! or any call taking `StatusCode::X, "code"`, `ApiError::bad_request("code")`,
-//! the `NameKind` arms of the `pere_core::Error` mapping, and the raw
-//! `("NNN Reason", "code", …)` answers of `server.rs`. When the codes become
-//! one enum, read them from it instead and keep the table checks.
+//! [`ErrorCode`] once, with the code's status, and nothing else; every code
+//! is answered somewhere; and every `docs/PROTOCOL.md §n` a comment cites
+//! exists.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+
+use pere_http::ErrorCode;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -58,118 +54,17 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// A source file without its test module (the crates keep it last) and
-/// without whitespace, so a call split over lines reads as one.
-fn squeezed(path: &Path) -> String {
+/// A source file without its test module (the crates keep it last).
+fn without_tests(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let code = text.split("#[cfg(test)]").next().unwrap_or_default();
-    code.chars().filter(|c| !c.is_whitespace()).collect()
-}
-
-fn status_named(name: &str) -> u16 {
-    match name {
-        "OK" => 200,
-        "CREATED" => 201,
-        "NO_CONTENT" => 204,
-        "BAD_REQUEST" => 400,
-        "UNAUTHORIZED" => 401,
-        "FORBIDDEN" => 403,
-        "NOT_FOUND" => 404,
-        "METHOD_NOT_ALLOWED" => 405,
-        "REQUEST_TIMEOUT" => 408,
-        "CONFLICT" => 409,
-        "PAYLOAD_TOO_LARGE" => 413,
-        "URI_TOO_LONG" => 414,
-        "TOO_MANY_REQUESTS" => 429,
-        "REQUEST_HEADER_FIELDS_TOO_LARGE" => 431,
-        "INTERNAL_SERVER_ERROR" => 500,
-        "BAD_GATEWAY" => 502,
-        "SERVICE_UNAVAILABLE" => 503,
-        "INSUFFICIENT_STORAGE" => 507,
-        "GATEWAY_TIMEOUT" => 504,
-        other => panic!("StatusCode::{other}: add its number to status_named"),
-    }
-}
-
-/// The string literal at the start of `rest` (after its opening quote), if
-/// it is a snake_case code.
-fn code_at(rest: &str) -> Option<&str> {
-    let literal = &rest[..rest.find('"')?];
-    let ok = literal.starts_with(|c: char| c.is_ascii_lowercase())
-        && literal
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    ok.then_some(literal)
-}
-
-/// Every `(code, status)` the sources make an error answer with.
-fn codes_in_sources() -> BTreeMap<String, BTreeSet<u16>> {
-    let root = repo();
-    let mut files = Vec::new();
-    rust_files(&root.join("crates/pere-http/src"), &mut files);
-    files.push(root.join("crates/pere-core/src/error.rs"));
-    let mut found: BTreeMap<String, BTreeSet<u16>> = BTreeMap::new();
-    let mut add = |code: &str, status: u16| {
-        if status >= 400 {
-            found.entry(code.to_string()).or_default().insert(status);
-        }
-    };
-    for file in &files {
-        let src = squeezed(file);
-        // `StatusCode::X,"code"`; also remembers the last status named, for
-        // the `NameKind` arms that follow one.
-        let mut last_status = 0;
-        let mut i = 0;
-        while i < src.len() {
-            let rest = &src[i..];
-            if let Some(after) = rest.strip_prefix("StatusCode::") {
-                let name: String = after
-                    .chars()
-                    .take_while(|c| c.is_ascii_uppercase() || *c == '_')
-                    .collect();
-                last_status = status_named(&name);
-                if let Some(code) = after[name.len()..].strip_prefix(",\"").and_then(code_at) {
-                    add(code, last_status);
-                }
-            } else if let Some(after) = rest.strip_prefix("bad_request(\"") {
-                if let Some(code) = code_at(after) {
-                    add(code, 400);
-                }
-            } else if let Some(after) = rest.strip_prefix("NameKind::") {
-                let name_len = after
-                    .chars()
-                    .take_while(char::is_ascii_alphanumeric)
-                    .count();
-                if let Some(code) = after[name_len..].strip_prefix("=>\"").and_then(code_at) {
-                    add(code, last_status);
-                }
-            } else if let Some(after) = rest.strip_prefix("(\"") {
-                // `("431 Request Header Fields Too Large", "headers_too_large", …)`,
-                // spaces squeezed out.
-                let digits = after
-                    .get(..3)
-                    .filter(|d| d.bytes().all(|b| b.is_ascii_digit()));
-                if let Some(status) = digits.and_then(|d| d.parse().ok()) {
-                    let reason_len = after[3..]
-                        .chars()
-                        .take_while(char::is_ascii_alphabetic)
-                        .count();
-                    if let Some(code) = after[3 + reason_len..]
-                        .strip_prefix("\",\"")
-                        .and_then(code_at)
-                    {
-                        add(code, status);
-                    }
-                }
-            }
-            i += rest.chars().next().map_or(1, char::len_utf8);
-        }
-    }
-    found
+    text.split("#[cfg(test)]")
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
 
 #[test]
-fn the_error_table_lists_every_code_the_server_answers_once_with_its_status() {
+fn the_error_table_lists_every_error_code_once_with_its_status() {
     let doc = protocol();
     let rows = table(&doc);
     let mut listed: BTreeMap<&str, u16> = BTreeMap::new();
@@ -179,33 +74,63 @@ fn the_error_table_lists_every_code_the_server_answers_once_with_its_status() {
             "docs/PROTOCOL.md §8.1 lists `{code}` twice"
         );
     }
-    let found = codes_in_sources();
-    assert!(
-        found.len() >= 10,
-        "the source scan found only {found:?}: did the code move?"
-    );
-
-    let missing: Vec<&String> = found
-        .keys()
-        .filter(|c| !listed.contains_key(c.as_str()))
+    let known: BTreeMap<&str, u16> = ErrorCode::ALL
+        .iter()
+        .map(|c| (c.as_str(), c.status().as_u16()))
         .collect();
+    assert_eq!(known.len(), ErrorCode::ALL.len(), "two codes share a name");
+    let missing: Vec<&&str> = known.keys().filter(|c| !listed.contains_key(*c)).collect();
     assert!(
         missing.is_empty(),
-        "codes the server answers but docs/PROTOCOL.md §8.1 does not list: {missing:?}"
+        "codes of ErrorCode that docs/PROTOCOL.md §8.1 does not list: {missing:?}"
     );
-    let stale: Vec<&&str> = listed.keys().filter(|c| !found.contains_key(**c)).collect();
+    let stale: Vec<&&str> = listed.keys().filter(|c| !known.contains_key(*c)).collect();
     assert!(
         stale.is_empty(),
-        "codes docs/PROTOCOL.md §8.1 lists but no code answers: {stale:?}"
+        "codes docs/PROTOCOL.md §8.1 lists that ErrorCode does not have: {stale:?}"
     );
-    for (code, statuses) in &found {
-        let documented = listed[code.as_str()];
+    for (code, status) in &known {
         assert_eq!(
-            statuses,
-            &BTreeSet::from([documented]),
-            "`{code}`: the code answers it with {statuses:?}, docs/PROTOCOL.md §8.1 says {documented}"
+            listed[code], *status,
+            "`{code}`: ErrorCode answers it with {status}, docs/PROTOCOL.md §8.1 says {}",
+            listed[code]
+        );
+        assert_eq!(
+            ErrorCode::from_wire(code).map(ErrorCode::as_str),
+            Some(*code)
         );
     }
+}
+
+/// A code nothing answers with is a row of the table that lies: every
+/// variant is named outside the enum's own definition.
+#[test]
+fn every_error_code_is_answered_somewhere() {
+    let root = repo();
+    let mut files = Vec::new();
+    rust_files(&root.join("crates/pere-http/src"), &mut files);
+    let mut sources = String::new();
+    for file in &files {
+        let text = without_tests(file);
+        if file.ends_with("error.rs") {
+            // Only the mapping of the hub's errors, not the enum's tables.
+            let from = text
+                .find("impl From<pere_core::Error> for ApiError")
+                .expect("error.rs maps pere_core::Error to ApiError");
+            sources.push_str(&text[from..]);
+        } else {
+            sources.push_str(&text);
+        }
+    }
+    let unused: Vec<String> = ErrorCode::ALL
+        .iter()
+        .map(|c| format!("{c:?}"))
+        .filter(|name| !sources.contains(&format!("ErrorCode::{name}")))
+        .collect();
+    assert!(
+        unused.is_empty(),
+        "error codes no code of pere-http answers with: {unused:?}"
+    );
 }
 
 /// The `## n.` and `### n.m` headings of the document.

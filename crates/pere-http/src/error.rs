@@ -69,16 +69,280 @@ pub enum Error {
     },
 }
 
+/// Every error code of docs/PROTOCOL.md §8, with its status: the server's
+/// handlers and connection layer answer with these, and the client reads
+/// them back ([`Error::code`]). A code is an API: never reuse a retired one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// A channel or pattern name is invalid.
+    InvalidChannel,
+    /// A device id is invalid.
+    InvalidDevice,
+    /// `event=` is invalid or reserved.
+    InvalidEventType,
+    /// An event id is not a decimal u64.
+    InvalidEventId,
+    /// `Idempotency-Key` is empty, too long or not printable ASCII.
+    InvalidIdempotencyKey,
+    /// A query parameter's value.
+    InvalidParameter,
+    /// A header that is not visible ASCII.
+    InvalidHeader,
+    /// A malformed percent-escape, or a path not starting with `/`.
+    InvalidPath,
+    /// A payload, receipt body, path or query that is not UTF-8.
+    InvalidUtf8,
+    /// A body that is not what the endpoint takes.
+    InvalidBody,
+    /// A token's length, characters or grants.
+    InvalidToken,
+    /// Not parseable as HTTP, or two different tokens in one request.
+    InvalidRequest,
+    /// A publish with an empty payload.
+    EmptyBody,
+    /// `GET /feed` with no channel.
+    MissingChannel,
+    /// A receipt without a device.
+    MissingDevice,
+    /// A receipt without an event id.
+    MissingEventId,
+    /// A receipt status over 1024 bytes.
+    StatusTooLong,
+    /// A stream asks for too many channels.
+    TooManyChannels,
+    /// A query parameter an API endpoint does not take.
+    UnknownParameter,
+    /// The token is missing, unknown, revoked or not `Bearer`.
+    Unauthorized,
+    /// The token does not grant this.
+    Forbidden,
+    /// Nothing is served at this path.
+    NotFound,
+    /// No retained event with this id on a matching channel.
+    UnknownEvent,
+    /// The device is not known on this subscription.
+    UnknownMember,
+    /// The token is not live.
+    UnknownToken,
+    /// The path exists, the method does not.
+    MethodNotAllowed,
+    /// The request head or body did not arrive in time.
+    RequestTimeout,
+    /// Token management while auth is off.
+    AuthDisabled,
+    /// A receipt from a device the event was not for.
+    NotARecipient,
+    /// A body over its limit.
+    PayloadTooLarge,
+    /// A receipt batch of more than 10,000 items.
+    BatchTooLarge,
+    /// A request target over 65,534 bytes.
+    UriTooLong,
+    /// The server holds `--max-streams` streams.
+    TooManyStreams,
+    /// The device holds `--max-streams-per-device` streams.
+    TooManyDeviceStreams,
+    /// The request head is over `--max-header-bytes`.
+    HeadersTooLarge,
+    /// A failure with no other code.
+    Internal,
+    /// The server is shutting down.
+    ShuttingDown,
+    /// The store failed; writes are refused until it recovers.
+    StoreUnavailable,
+    /// Out of file descriptors for another stream.
+    OverCapacity,
+    /// A publish would open more channels than `--max-channels`.
+    ChannelLimit,
+}
+
+impl ErrorCode {
+    /// Every code.
+    pub const ALL: &'static [ErrorCode] = &[
+        Self::InvalidChannel,
+        Self::InvalidDevice,
+        Self::InvalidEventType,
+        Self::InvalidEventId,
+        Self::InvalidIdempotencyKey,
+        Self::InvalidParameter,
+        Self::InvalidHeader,
+        Self::InvalidPath,
+        Self::InvalidUtf8,
+        Self::InvalidBody,
+        Self::InvalidToken,
+        Self::InvalidRequest,
+        Self::EmptyBody,
+        Self::MissingChannel,
+        Self::MissingDevice,
+        Self::MissingEventId,
+        Self::StatusTooLong,
+        Self::TooManyChannels,
+        Self::UnknownParameter,
+        Self::Unauthorized,
+        Self::Forbidden,
+        Self::NotFound,
+        Self::UnknownEvent,
+        Self::UnknownMember,
+        Self::UnknownToken,
+        Self::MethodNotAllowed,
+        Self::RequestTimeout,
+        Self::AuthDisabled,
+        Self::NotARecipient,
+        Self::PayloadTooLarge,
+        Self::BatchTooLarge,
+        Self::UriTooLong,
+        Self::TooManyStreams,
+        Self::TooManyDeviceStreams,
+        Self::HeadersTooLarge,
+        Self::Internal,
+        Self::ShuttingDown,
+        Self::StoreUnavailable,
+        Self::OverCapacity,
+        Self::ChannelLimit,
+    ];
+
+    /// The code as it is on the wire (`"code"` of the JSON body).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidChannel => "invalid_channel",
+            Self::InvalidDevice => "invalid_device",
+            Self::InvalidEventType => "invalid_event_type",
+            Self::InvalidEventId => "invalid_event_id",
+            Self::InvalidIdempotencyKey => "invalid_idempotency_key",
+            Self::InvalidParameter => "invalid_parameter",
+            Self::InvalidHeader => "invalid_header",
+            Self::InvalidPath => "invalid_path",
+            Self::InvalidUtf8 => "invalid_utf8",
+            Self::InvalidBody => "invalid_body",
+            Self::InvalidToken => "invalid_token",
+            Self::InvalidRequest => "invalid_request",
+            Self::EmptyBody => "empty_body",
+            Self::MissingChannel => "missing_channel",
+            Self::MissingDevice => "missing_device",
+            Self::MissingEventId => "missing_event_id",
+            Self::StatusTooLong => "status_too_long",
+            Self::TooManyChannels => "too_many_channels",
+            Self::UnknownParameter => "unknown_parameter",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::NotFound => "not_found",
+            Self::UnknownEvent => "unknown_event",
+            Self::UnknownMember => "unknown_member",
+            Self::UnknownToken => "unknown_token",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::RequestTimeout => "request_timeout",
+            Self::AuthDisabled => "auth_disabled",
+            Self::NotARecipient => "not_a_recipient",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::BatchTooLarge => "batch_too_large",
+            Self::UriTooLong => "uri_too_long",
+            Self::TooManyStreams => "too_many_streams",
+            Self::TooManyDeviceStreams => "too_many_device_streams",
+            Self::HeadersTooLarge => "headers_too_large",
+            Self::Internal => "internal",
+            Self::ShuttingDown => "shutting_down",
+            Self::StoreUnavailable => "store_unavailable",
+            Self::OverCapacity => "over_capacity",
+            Self::ChannelLimit => "channel_limit",
+        }
+    }
+
+    /// The HTTP status every answer with this code has.
+    pub const fn status(self) -> StatusCode {
+        match self {
+            Self::InvalidChannel
+            | Self::InvalidDevice
+            | Self::InvalidEventType
+            | Self::InvalidEventId
+            | Self::InvalidIdempotencyKey
+            | Self::InvalidParameter
+            | Self::InvalidHeader
+            | Self::InvalidPath
+            | Self::InvalidUtf8
+            | Self::InvalidBody
+            | Self::InvalidToken
+            | Self::InvalidRequest
+            | Self::EmptyBody
+            | Self::MissingChannel
+            | Self::MissingDevice
+            | Self::MissingEventId
+            | Self::StatusTooLong
+            | Self::TooManyChannels
+            | Self::UnknownParameter => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::NotFound | Self::UnknownEvent | Self::UnknownMember | Self::UnknownToken => {
+                StatusCode::NOT_FOUND
+            }
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::AuthDisabled | Self::NotARecipient => StatusCode::CONFLICT,
+            Self::PayloadTooLarge | Self::BatchTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UriTooLong => StatusCode::URI_TOO_LONG,
+            Self::TooManyStreams | Self::TooManyDeviceStreams => StatusCode::TOO_MANY_REQUESTS,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::ShuttingDown | Self::StoreUnavailable | Self::OverCapacity => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::ChannelLimit => StatusCode::INSUFFICIENT_STORAGE,
+        }
+    }
+
+    /// The code named `code` on the wire, if this version knows it.
+    pub fn from_wire(code: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|c| c.as_str() == code)
+    }
+
+    /// Whether a request refused with this code may succeed unchanged
+    /// later: the server was busy or failing, not the request wrong.
+    pub const fn is_transient(self) -> bool {
+        matches!(
+            self,
+            Self::ShuttingDown
+                | Self::StoreUnavailable
+                | Self::OverCapacity
+                | Self::TooManyStreams
+                | Self::TooManyDeviceStreams
+        )
+    }
+}
+
+impl serde::Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Error {
+    /// The server's error code, for an error answer from a PERE server of
+    /// this version or an older one (`None` for a code it does not know,
+    /// or an answer without one, e.g. from a proxy).
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Error::Status { code, .. } => code.as_deref().and_then(ErrorCode::from_wire),
+            Error::Unconfirmed { source, .. } => source.code(),
+            _ => None,
+        }
+    }
+}
+
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// An error response: status, stable `code`, human sentence.
+/// An error response: a stable [`ErrorCode`] (which gives the status) and a
+/// human sentence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
-    /// The HTTP status.
-    pub status: StatusCode,
-    /// A stable snake_case code (an API: never reuse a retired one).
-    pub code: &'static str,
+    /// What went wrong, as the API names it.
+    pub code: ErrorCode,
     /// A sentence saying what was wrong, including the offending value.
     pub message: String,
     /// For `405`: the methods allowed.
@@ -86,26 +350,24 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    /// An error with a status, code and message.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    /// An error with a code and message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
-            status,
             code,
             message: message.into(),
             allow: None,
         }
     }
 
-    /// `400` with `code`.
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, message)
+    /// The HTTP status of the answer (the code's).
+    pub fn status(&self) -> StatusCode {
+        self.code.status()
     }
 
     /// `404 not_found` for a path nothing serves.
     pub fn not_found(path: &str) -> Self {
         Self::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
+            ErrorCode::NotFound,
             format!("nothing is served at `{}`", escape(path)),
         )
     }
@@ -115,8 +377,7 @@ impl ApiError {
         Self {
             allow: Some(allow),
             ..Self::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
+                ErrorCode::MethodNotAllowed,
                 format!(
                     "{} is not allowed on `{}` (allowed: {allow})",
                     escape(method),
@@ -129,25 +390,24 @@ impl ApiError {
     /// `503 shutting_down`.
     pub fn shutting_down() -> Self {
         Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
+            ErrorCode::ShuttingDown,
             "the server is shutting down; retry shortly",
         )
     }
 
     /// `401 unauthorized`: auth is on and the token is missing or unknown.
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+        Self::new(ErrorCode::Unauthorized, message)
     }
 
     /// `403 forbidden`: the token does not grant this.
     pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+        Self::new(ErrorCode::Forbidden, message)
     }
 
     /// The JSON body `{"error","code"}`.
     pub fn body(&self) -> String {
-        serde_json::json!({ "error": self.message, "code": self.code }).to_string()
+        serde_json::json!({ "error": self.message, "code": self.code.as_str() }).to_string()
     }
 }
 
@@ -169,41 +429,36 @@ impl From<pere_core::Error> for ApiError {
     fn from(err: pere_core::Error) -> Self {
         use pere_core::Error as E;
         let message = err.to_string();
-        let (status, code) = match &err {
-            E::InvalidName { kind, .. } => (
-                StatusCode::BAD_REQUEST,
-                match kind {
-                    NameKind::Channel => "invalid_channel",
-                    NameKind::Pattern => "invalid_channel",
-                    NameKind::Device => "invalid_device",
-                    NameKind::EventType => "invalid_event_type",
-                },
-            ),
-            E::InvalidEventId(_) => (StatusCode::BAD_REQUEST, "invalid_event_id"),
-            E::EmptyPayload => (StatusCode::BAD_REQUEST, "empty_body"),
-            E::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            E::PayloadNotUtf8 { .. } => (StatusCode::BAD_REQUEST, "invalid_utf8"),
-            E::InvalidIdempotencyKey(_) => (StatusCode::BAD_REQUEST, "invalid_idempotency_key"),
-            E::StatusTooLong { .. } => (StatusCode::BAD_REQUEST, "status_too_long"),
-            E::UnknownEvent { .. } => (StatusCode::NOT_FOUND, "unknown_event"),
-            E::NotRecipient { .. } => (StatusCode::CONFLICT, "not_a_recipient"),
-            E::UnknownMember { .. } => (StatusCode::NOT_FOUND, "unknown_member"),
-            E::TooManyChannels { .. } => (StatusCode::BAD_REQUEST, "too_many_channels"),
-            E::ChannelLimit { .. } => (StatusCode::INSUFFICIENT_STORAGE, "channel_limit"),
-            E::NoChannel => (StatusCode::BAD_REQUEST, "missing_channel"),
-            E::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
-            E::StoreUnavailable(_) | E::Io { .. } => {
-                (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
-            }
-            E::InvalidToken(_) => (StatusCode::BAD_REQUEST, "invalid_token"),
-            E::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            E::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            E::UnknownToken(_) => (StatusCode::NOT_FOUND, "unknown_token"),
-            E::AuthDisabled => (StatusCode::CONFLICT, "auth_disabled"),
-            E::Config(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        let code = match &err {
+            E::InvalidName { kind, .. } => match kind {
+                NameKind::Channel => ErrorCode::InvalidChannel,
+                NameKind::Pattern => ErrorCode::InvalidChannel,
+                NameKind::Device => ErrorCode::InvalidDevice,
+                NameKind::EventType => ErrorCode::InvalidEventType,
+            },
+            E::InvalidEventId(_) => ErrorCode::InvalidEventId,
+            E::EmptyPayload => ErrorCode::EmptyBody,
+            E::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
+            E::PayloadNotUtf8 { .. } => ErrorCode::InvalidUtf8,
+            E::InvalidIdempotencyKey(_) => ErrorCode::InvalidIdempotencyKey,
+            E::StatusTooLong { .. } => ErrorCode::StatusTooLong,
+            E::UnknownEvent { .. } => ErrorCode::UnknownEvent,
+            E::NotRecipient { .. } => ErrorCode::NotARecipient,
+            E::UnknownMember { .. } => ErrorCode::UnknownMember,
+            E::TooManyChannels { .. } => ErrorCode::TooManyChannels,
+            E::ChannelLimit { .. } => ErrorCode::ChannelLimit,
+            E::NoChannel => ErrorCode::MissingChannel,
+            E::ShuttingDown => ErrorCode::ShuttingDown,
+            E::StoreUnavailable(_) | E::Io { .. } => ErrorCode::StoreUnavailable,
+            E::InvalidToken(_) => ErrorCode::InvalidToken,
+            E::Unauthorized(_) => ErrorCode::Unauthorized,
+            E::Forbidden(_) => ErrorCode::Forbidden,
+            E::UnknownToken(_) => ErrorCode::UnknownToken,
+            E::AuthDisabled => ErrorCode::AuthDisabled,
+            E::Config(_) => ErrorCode::Internal,
+            _ => ErrorCode::Internal,
         };
-        ApiError::new(status, code, message)
+        ApiError::new(code, message)
     }
 }
 
@@ -215,11 +470,11 @@ mod tests {
     fn core_errors_map_to_statuses_and_codes() {
         let e: ApiError = pere_core::ChannelName::new("a b").unwrap_err().into();
         assert_eq!(
-            (e.status, e.code),
-            (StatusCode::BAD_REQUEST, "invalid_channel")
+            (e.status(), e.code),
+            (StatusCode::BAD_REQUEST, ErrorCode::InvalidChannel)
         );
         let e: ApiError = pere_core::Error::PayloadTooLarge { size: 2, limit: 1 }.into();
-        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(e.status(), StatusCode::PAYLOAD_TOO_LARGE);
         let body: serde_json::Value = serde_json::from_str(&e.body()).unwrap();
         assert_eq!(body["code"], "payload_too_large");
         assert!(body["error"].as_str().unwrap().contains("limit"));

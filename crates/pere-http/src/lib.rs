@@ -25,5 +25,5 @@ pub mod server;
 pub mod sse;
 pub mod tls;
 
-pub use error::{ApiError, Error, Result};
+pub use error::{ApiError, Error, ErrorCode, Result};
 pub use server::{Cors, ServerConfig, bind, run};

@@ -161,13 +161,17 @@ pub fn is_transient(err: &Error) -> bool {
     match err {
         Error::Io { .. } | Error::Timeout(_) => true,
         Error::Http(e) => !(e.is_parse() || e.is_user()),
-        Error::Status { status, .. } => matches!(
-            *status,
-            StatusCode::SERVICE_UNAVAILABLE
-                | StatusCode::BAD_GATEWAY
-                | StatusCode::GATEWAY_TIMEOUT
-                | StatusCode::TOO_MANY_REQUESTS
-        ),
+        // PERE says by its code; a proxy in front of it by its status.
+        Error::Status { status, .. } => match err.code() {
+            Some(code) => code.is_transient(),
+            None => matches!(
+                *status,
+                StatusCode::SERVICE_UNAVAILABLE
+                    | StatusCode::BAD_GATEWAY
+                    | StatusCode::GATEWAY_TIMEOUT
+                    | StatusCode::TOO_MANY_REQUESTS
+            ),
+        },
         _ => false,
     }
 }

@@ -17,10 +17,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use hyper::StatusCode;
 use pere_core::DeviceId;
 
 use crate::error::ApiError;
+use crate::error::ErrorCode;
 
 /// Default most open streams server-wide.
 pub const DEFAULT_MAX_STREAMS: usize = 10_000;
@@ -93,8 +93,7 @@ impl Limits {
             && self.connections() > budget
         {
             return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "over_capacity",
+                ErrorCode::OverCapacity,
                 format!(
                     "the server is out of file descriptors for new streams ({budget} connections); retry later"
                 ),
@@ -104,8 +103,7 @@ impl Limits {
         if open >= self.max_streams {
             self.streams.fetch_sub(1, Ordering::AcqRel);
             return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_streams",
+                ErrorCode::TooManyStreams,
                 format!(
                     "the server holds its maximum of {} open streams; retry later",
                     self.max_streams
@@ -119,8 +117,7 @@ impl Limits {
                 drop(devices);
                 self.streams.fetch_sub(1, Ordering::AcqRel);
                 return Err(ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too_many_device_streams",
+                    ErrorCode::TooManyDeviceStreams,
                     format!(
                         "device `{device}` already has {} open streams, the most allowed",
                         self.max_per_device
@@ -184,6 +181,7 @@ impl Drop for StreamSlot {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use hyper::StatusCode;
 
     #[test]
     fn slots_count_per_server_and_per_device_and_come_back_on_drop() {
@@ -193,12 +191,12 @@ mod tests {
         let s2 = limits.acquire(Some(&a)).unwrap();
         let err = limits.acquire(Some(&a)).unwrap_err();
         assert_eq!(
-            (err.status, err.code),
+            (err.status(), err.code.as_str()),
             (StatusCode::TOO_MANY_REQUESTS, "too_many_device_streams")
         );
         let s3 = limits.acquire(None).unwrap();
         let err = limits.acquire(None).unwrap_err();
-        assert_eq!(err.code, "too_many_streams");
+        assert_eq!(err.code.as_str(), "too_many_streams");
         assert_eq!(limits.streams(), 3);
         drop((s1, s2, s3));
         assert_eq!(limits.streams(), 0);
@@ -214,7 +212,7 @@ mod tests {
         let _c2 = limits.connection();
         let err = limits.acquire(None).unwrap_err();
         assert_eq!(
-            (err.status, err.code),
+            (err.status(), err.code.as_str()),
             (StatusCode::SERVICE_UNAVAILABLE, "over_capacity")
         );
         assert_eq!(fd_budget(20_000), 20_000 - FD_RESERVE);

@@ -8,9 +8,8 @@
 //! `promtool check metrics` finds nothing to say; the end-to-end tests hold
 //! the exposition to that, and `docs/grafana/pere.json` charts it.
 
-use std::collections::BTreeMap;
+use crate::error::ErrorCode;
 use std::fmt::Write;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -28,9 +27,9 @@ use crate::server::webhook::Webhook;
 #[derive(Debug)]
 pub struct HttpMetrics {
     by_class: [AtomicU64; 5],
-    /// Error answers by their docs/PROTOCOL.md §8 `code` (a fixed vocabulary of
-    /// `&'static str`, so the map stays small).
-    errors: Mutex<BTreeMap<&'static str, u64>>,
+    /// Error answers by their docs/PROTOCOL.md §8 code, indexed by
+    /// [`ErrorCode`]'s discriminant: a fixed vocabulary, counted without a lock.
+    errors: [AtomicU64; ErrorCode::ALL.len()],
     /// `401` and `403` answers.
     unauthorized: AtomicU64,
     forbidden: AtomicU64,
@@ -43,7 +42,7 @@ impl Default for HttpMetrics {
     fn default() -> Self {
         Self {
             by_class: Default::default(),
-            errors: Mutex::default(),
+            errors: std::array::from_fn(|_| AtomicU64::new(0)),
             unauthorized: AtomicU64::new(0),
             forbidden: AtomicU64::new(0),
             started: Instant::now(),
@@ -61,14 +60,12 @@ impl HttpMetrics {
 
     /// Counts an error answer by its code, and authentication failures.
     pub fn count_error(&self, err: &ApiError) {
-        match err.status {
+        match err.status() {
             StatusCode::UNAUTHORIZED => self.unauthorized.fetch_add(1, Ordering::Relaxed),
             StatusCode::FORBIDDEN => self.forbidden.fetch_add(1, Ordering::Relaxed),
             _ => 0,
         };
-        // Errors are rare next to events; a lock is fine here.
-        let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
-        *errors.entry(err.code).or_insert(0) += 1;
+        self.errors[err.code as usize].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -311,13 +308,13 @@ pub fn render<S: EventStore>(
         "counter",
         "Error answers by their docs/PROTOCOL.md §8.1 code (invalid_channel, payload_too_large, not_a_recipient, …).",
     );
-    let errors = http
-        .errors
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
-    for (code, n) in errors {
-        out.labelled("pere_http_errors_total", &format!("code=\"{code}\""), n);
+    let mut codes = ErrorCode::ALL.to_vec();
+    codes.sort_by_key(|code| code.as_str());
+    for code in codes {
+        let n = http.errors[code as usize].load(Ordering::Relaxed);
+        if n > 0 {
+            out.labelled("pere_http_errors_total", &format!("code=\"{code}\""), n);
+        }
     }
     out.header(
         "pere_auth_failures_total",

@@ -10,7 +10,7 @@ use crate::error::ApiError;
 /// The JSON error response of docs/PROTOCOL.md §8.
 pub fn error_response(err: &ApiError) -> Response<Body> {
     let mut response = Response::new(Body::from(err.body()));
-    *response.status_mut() = err.status;
+    *response.status_mut() = err.status();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -21,7 +21,7 @@ pub fn error_response(err: &ApiError) -> Response<Body> {
             .insert(header::ALLOW, HeaderValue::from_static(allow));
     }
     let h = response.headers_mut();
-    match err.status {
+    match err.status() {
         // RFC 6750 §3: a 401 names the scheme that would work.
         StatusCode::UNAUTHORIZED => {
             h.insert(

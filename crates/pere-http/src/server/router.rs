@@ -7,6 +7,7 @@
 
 use hyper::Method;
 
+use crate::error::ErrorCode;
 use crate::error::{ApiError, escape};
 
 /// What a request asks for. Names are still raw text here: handlers
@@ -70,11 +71,11 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
         // must not echo it back, nor put it in a log line that quotes it.
         return route_path(method, path).map_err(|err| ApiError {
             message: match err.code {
-                "method_not_allowed" => format!(
+                ErrorCode::MethodNotAllowed => format!(
                     "{} is not allowed on /admin/tokens/:token (allowed: {PUT_DELETE})",
                     escape(method.as_str())
                 ),
-                "not_found" => "nothing is served at this /admin/tokens/… path".into(),
+                ErrorCode::NotFound => "nothing is served at this /admin/tokens/… path".into(),
                 _ => "the token in the path is not valid percent-encoded UTF-8".into(),
             },
             ..err
@@ -223,7 +224,7 @@ pub fn check_params(route: &Route, query: &[(String, String)]) -> Result<(), Api
         message.push_str(&format!(": did you mean `{k}`?"));
     }
     message.push_str(&format!(" (this endpoint takes: {})", listed.join(", ")));
-    Err(ApiError::bad_request("unknown_parameter", message))
+    Err(ApiError::new(ErrorCode::UnknownParameter, message))
 }
 
 /// Levenshtein distance, for "did you mean" (names are short).
@@ -245,8 +246,8 @@ fn edit_distance(a: &str, b: &str) -> usize {
 /// Splits a path into percent-decoded segments (`/` → none).
 fn split(path: &str) -> Result<Vec<String>, ApiError> {
     let Some(rest) = path.strip_prefix('/') else {
-        return Err(ApiError::bad_request(
-            "invalid_path",
+        return Err(ApiError::new(
+            ErrorCode::InvalidPath,
             format!("the path `{}` does not start with `/`", escape(path)),
         ));
     };
@@ -276,8 +277,8 @@ pub fn percent_decode(text: &str, plus_is_space: bool) -> Result<String, ApiErro
                     u8::from_str_radix(h, 16).ok()
                 });
                 let Some(byte) = hex else {
-                    return Err(ApiError::bad_request(
-                        "invalid_path",
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidPath,
                         format!("`{}` has a malformed percent-escape", escape(text)),
                     ));
                 };
@@ -295,8 +296,8 @@ pub fn percent_decode(text: &str, plus_is_space: bool) -> Result<String, ApiErro
         }
     }
     String::from_utf8(out).map_err(|_| {
-        ApiError::bad_request(
-            "invalid_utf8",
+        ApiError::new(
+            ErrorCode::InvalidUtf8,
             format!("`{}` does not decode to UTF-8 text", escape(text)),
         )
     })
@@ -340,13 +341,13 @@ mod tests {
     }
 
     fn status(method: Method, path: &str) -> StatusCode {
-        route(&method, path).unwrap_err().status
+        route(&method, path).unwrap_err().status()
     }
 
     #[test]
     fn a_channel_written_with_slashes_gets_a_hint() {
         let err = route(&Method::POST, "/push/orders/eu").unwrap_err();
-        assert_eq!(err.status, StatusCode::NOT_FOUND);
+        assert_eq!(err.status(), StatusCode::NOT_FOUND);
         assert!(err.message.contains("`/push/orders.eu`"), "{}", err.message);
         let err = route(&Method::GET, "/receipts/orders/eu/12").unwrap_err();
         assert!(
@@ -367,7 +368,7 @@ mod tests {
         assert!(check_params(&push, &q("wait=acked&timeout=5")).is_ok());
         let err = check_params(&push, &q("wait=acked&tiemout=5")).unwrap_err();
         assert_eq!(
-            (err.status, err.code),
+            (err.status(), err.code.as_str()),
             (StatusCode::BAD_REQUEST, "unknown_parameter")
         );
         assert!(
@@ -434,7 +435,7 @@ mod tests {
     #[test]
     fn wrong_methods_get_405_with_allow() {
         let err = route(&Method::GET, "/push/c").unwrap_err();
-        assert_eq!(err.status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(err.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(err.allow, Some("POST, OPTIONS"));
         assert_eq!(
             status(Method::POST, "/feed/c"),

@@ -6,7 +6,6 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -23,6 +22,7 @@ mod request;
 mod stall;
 mod watch;
 
+use crate::error::{ApiError, ErrorCode};
 use crate::server::app::App;
 use stall::{Stall, Stalled};
 use watch::{ConnWatch, Expired, Socket, TlsStream, Tracked, Watched};
@@ -198,7 +198,8 @@ const LINGER_BYTES: usize = 256 * 1024;
 /// - at shutdown hyper is asked the same, bounded by `run`'s grace.
 ///
 /// hyper's own answers to a request it could not parse are replaced by
-/// docs/PROTOCOL.md §8's JSON (see [`ConnWatch::hyper_rejection`]).
+/// docs/PROTOCOL.md §8's JSON (see [`ConnWatch::hyper_answers`]), with the
+/// status hyper's error says.
 async fn serve<C>(
     mut conn: Pin<Box<C>>,
     watch: &ConnWatch,
@@ -207,7 +208,7 @@ async fn serve<C>(
     mut closing: tokio::sync::watch::Receiver<bool>,
 ) where
     C: GracefulConnection,
-    C::Error: std::fmt::Display,
+    C::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let ConnLimits { head, idle, .. } = limits;
     // Set once hyper was asked to close an idle connection: by then it
@@ -221,15 +222,16 @@ async fn serve<C>(
         };
         tokio::select! {
             ended = conn.as_mut() => {
-                if let Err(err) = ended {
-                    tracing::debug!(%peer, cause = %err, "connection ended with an error");
+                let Err(err) = ended else { break None };
+                let err: Box<dyn std::error::Error + Send + Sync> = err.into();
+                tracing::debug!(%peer, cause = %err, "connection ended with an error");
+                let parse = err.downcast_ref::<hyper::Error>().filter(|e| e.is_parse());
+                match parse {
+                    Some(err) if watch.held_back() => {
+                        break Some(unparsed(err, watch.head_bytes(), limits.max_head));
+                    }
+                    _ => break None,
                 }
-                let status = watch.rejected.load(Ordering::Acquire);
-                if status == 0 {
-                    break None;
-                }
-                tracing::debug!(%peer, status, "request not parsed");
-                break Some(unparsed(status, limits.max_head));
             }
             () = watch.changed.notified() => {}
             _ = closing.wait_for(|closing| *closing), if !shutting_down => {
@@ -254,7 +256,7 @@ async fn serve<C>(
                             "the request head did not arrive within {} ms",
                             head.as_millis()
                         );
-                        break Some(("408 Request Timeout", "request_timeout", sentence));
+                        break Some(ApiError::new(ErrorCode::RequestTimeout, sentence));
                     }
                     Some(Expired::Head) => {
                         tracing::debug!(%peer, "HTTP/2 preface too slow: closed");
@@ -281,25 +283,23 @@ async fn sleep_until_some(deadline: Option<Instant>) {
     }
 }
 
-/// The answer to a request hyper could not parse, by the status hyper
-/// chose: status line, code and sentence.
-fn unparsed(status: u16, max_head: usize) -> (&'static str, &'static str, String) {
-    match status {
-        431 => (
-            "431 Request Header Fields Too Large",
-            "headers_too_large",
+/// The answer to a request hyper could not parse: `head_bytes` of its
+/// head had arrived, the limit being `max_head`.
+fn unparsed(err: &hyper::Error, head_bytes: usize, max_head: usize) -> ApiError {
+    // hyper says "too large" for a head that outgrew its buffer (which is
+    // `max_head`) and for a target over 65,534 bytes in a head that fit.
+    if err.is_parse_too_large() && head_bytes < max_head {
+        ApiError::new(ErrorCode::UriTooLong, "the request target is too long")
+    } else if err.is_parse_too_large() {
+        ApiError::new(
+            ErrorCode::HeadersTooLarge,
             request::head_too_large(max_head),
-        ),
-        414 => (
-            "414 URI Too Long",
-            "uri_too_long",
-            "the request target is too long".into(),
-        ),
-        _ => (
-            "400 Bad Request",
-            "invalid_request",
-            "the request is not valid HTTP/1.1: malformed request line or header".into(),
-        ),
+        )
+    } else {
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            "the request is not valid HTTP/1.1: malformed request line or header",
+        )
     }
 }
 
@@ -311,7 +311,7 @@ fn unparsed(status: u16, max_head: usize) -> (&'static str, &'static str, String
 /// and turns the next request of a kept-alive client into `ECONNRESET`.
 /// Bounded by [`LINGER`] and [`LINGER_BYTES`]: a client that neither reads
 /// nor stops sending gets nothing more.
-async fn close(stream: Socket, answer: Option<(&str, &str, String)>) {
+async fn close(stream: Socket, answer: Option<ApiError>) {
     match stream {
         Socket::Plain(tcp) => close_io(tcp, answer).await,
         // Its shutdown sends TLS's close_notify before the FIN.
@@ -319,15 +319,18 @@ async fn close(stream: Socket, answer: Option<(&str, &str, String)>) {
     }
 }
 
-async fn close_io<S>(mut stream: S, answer: Option<(&str, &str, String)>)
+async fn close_io<S>(mut stream: S, answer: Option<ApiError>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let _ = tokio::time::timeout(LINGER, async {
-        if let Some((status, code, sentence)) = answer {
-            let body = serde_json::json!({ "error": sentence, "code": code }).to_string();
+        if let Some(err) = answer {
+            let body = err.body();
+            let status = err.status();
             let response = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                status.as_str(),
+                status.canonical_reason().unwrap_or("Error"),
                 body.len()
             );
             stream.write_all(response.as_bytes()).await?;

@@ -20,10 +20,11 @@ use std::time::Duration;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
-use hyper::{Request, Response, StatusCode, Version};
+use hyper::{Request, Response, Version};
 use pere_core::EventStore;
 
 use crate::error::ApiError;
+use crate::error::ErrorCode;
 use crate::server::app::App;
 use crate::server::body::{Body, Leftover, RequestBody, Unread};
 use crate::server::handlers;
@@ -95,8 +96,7 @@ fn oversized_h2_head<B>(req: &Request<B>, max_head: usize) -> Option<Response<Bo
         .sum::<usize>();
     (size > max_head).then(|| {
         crate::server::response::error_response(&ApiError::new(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "headers_too_large",
+            ErrorCode::HeadersTooLarge,
             head_too_large(max_head),
         ))
     })
@@ -177,6 +177,7 @@ async fn drain(mut body: Incoming) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hyper::StatusCode;
 
     #[test]
     fn an_http2_head_is_measured_as_http2_measures_it() {

@@ -3,7 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -44,9 +44,16 @@ pub(super) struct ConnWatch {
     /// below 24, how many bytes of the HTTP/2 [`PREFACE`] it sent so far
     /// (and nothing else); then [`HTTP1`] or [`HTTP2`].
     protocol: AtomicU8,
-    /// The status of hyper's own answer to a request it could not parse
-    /// (400, 414, 431), held back to be answered in JSON; 0 when none.
-    pub(super) rejected: AtomicU16,
+    /// Bytes read since the last request head was parsed: the pending
+    /// head's size, as far as the client sent it.
+    head_bytes: AtomicUsize,
+    /// Whether hyper's write buffer was empty (it flushed) since the last
+    /// response ended: until then, what it writes may be that response's
+    /// tail.
+    drained: AtomicBool,
+    /// Whether hyper wrote an answer of its own, to a head it could not
+    /// parse, and it was held back (see [`ConnWatch::hyper_answers`]).
+    held_back: AtomicBool,
     /// The socket, once hyper dropped it (see [`Watched`]).
     parked: std::sync::Mutex<Option<Socket>>,
     /// Wakes the task when the state changed, so it re-arms its timer.
@@ -78,7 +85,9 @@ impl ConnWatch {
             head_started: AtomicU64::new(0),
             idle_since: AtomicU64::new(0),
             protocol: AtomicU8::new(if http1_only { HTTP1 } else { 0 }),
-            rejected: AtomicU16::new(0),
+            head_bytes: AtomicUsize::new(0),
+            drained: AtomicBool::new(true),
+            held_back: AtomicBool::new(false),
             parked: std::sync::Mutex::new(None),
             changed: Notify::new(),
         }
@@ -132,36 +141,45 @@ impl ConnWatch {
                 }
             }
         }
-        if self.requests.load(Ordering::Acquire) == 0
-            && self.head_started.load(Ordering::Acquire) == 0
-        {
+        if self.requests.load(Ordering::Acquire) > 0 {
+            return;
+        }
+        self.head_bytes.fetch_add(bytes.len(), Ordering::AcqRel);
+        if self.head_started.load(Ordering::Acquire) == 0 {
             self.head_started
                 .store(self.now_ms() + 1, Ordering::Release);
             self.changed.notify_one();
         }
     }
 
-    /// Whether `bytes`, about to be written, are hyper's own answer to a
-    /// request it could not parse: then they are held back and the task
-    /// answers in JSON once hyper gave up the connection. hyper's answers
-    /// have no body and no content type; the service's always have both.
-    fn hyper_rejection(&self, bytes: &[u8]) -> bool {
-        if !self.is_http1() {
+    /// Whether what hyper writes now is its own answer to a request head it
+    /// could not parse, decided by the connection's state, never by the
+    /// bytes: over HTTP/1 hyper writes for a request our service took
+    /// (from [`begin`] until the response body is dropped), then that
+    /// response's tail until its buffer drains; it writes on its own only
+    /// from its parse-error path, with no response under way (hyper 1's
+    /// `Conn::on_parse_error`). Such an answer is held back (reported
+    /// written, dropped), and the task answers in JSON once hyper gave up
+    /// the connection.
+    ///
+    /// [`begin`]: ConnWatch::begin
+    fn hyper_answers(&self) -> bool {
+        let ours = !self.is_http1() || self.busy() || !self.drained.load(Ordering::Acquire);
+        if ours {
             return false;
         }
-        let status = match bytes.get(..13) {
-            Some(b"HTTP/1.1 400 ") => 400,
-            Some(b"HTTP/1.1 414 ") => 414,
-            Some(b"HTTP/1.1 431 ") => 431,
-            _ => return false,
-        };
-        let head = bytes.to_ascii_lowercase();
-        let has = |needle: &[u8]| head.windows(needle.len()).any(|w| w == needle);
-        if !has(b"\r\ncontent-length: 0\r\n") || has(b"\r\ncontent-type:") {
-            return false;
-        }
-        self.rejected.store(status, Ordering::Release);
+        self.held_back.store(true, Ordering::Release);
         true
+    }
+
+    /// Whether an answer of hyper's own was held back.
+    pub(super) fn held_back(&self) -> bool {
+        self.held_back.load(Ordering::Acquire)
+    }
+
+    /// Bytes of the pending request head received so far.
+    pub(super) fn head_bytes(&self) -> usize {
+        self.head_bytes.load(Ordering::Acquire)
     }
 
     fn park(&self, stream: Socket) {
@@ -177,6 +195,7 @@ impl ConnWatch {
     pub(super) fn begin(self: &Arc<Self>) -> RequestGuard {
         self.requests.fetch_add(1, Ordering::AcqRel);
         self.head_started.store(0, Ordering::Release);
+        self.head_bytes.store(0, Ordering::Release);
         self.changed.notify_one();
         RequestGuard(self.clone())
     }
@@ -212,6 +231,9 @@ impl Drop for RequestGuard {
     fn drop(&mut self) {
         let w = &self.0;
         w.idle_since.store(w.now_ms(), Ordering::Release);
+        // Before the count drops: the response's tail may still be in
+        // hyper's buffer, and is not an answer of hyper's own.
+        w.drained.store(false, Ordering::Release);
         w.requests.fetch_sub(1, Ordering::AcqRel);
         w.changed.notify_one();
     }
@@ -343,7 +365,7 @@ impl AsyncWrite for Watched {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        if this.watch.hyper_rejection(buf) {
+        if this.watch.hyper_answers() {
             return Poll::Ready(Ok(buf.len()));
         }
         match this.io()? {
@@ -361,9 +383,7 @@ impl AsyncWrite for Watched {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        if let Some(first) = bufs.iter().find(|b| !b.is_empty())
-            && this.watch.hyper_rejection(first)
-        {
+        if this.watch.hyper_answers() {
             return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
         }
         match this.io()? {
@@ -383,12 +403,18 @@ impl AsyncWrite for Watched {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut().io()? {
+        let this = self.get_mut();
+        let flushed = match this.io()? {
             Io::Plain { write, .. } => Pin::new(write).poll_flush(cx),
             // TLS holds written bytes until a flush: a flush makes progress
             // or waits, and the stall beneath it times the wait.
             Io::Tls(tls) => Pin::new(&mut **tls).poll_flush(cx),
+        };
+        // hyper flushes its socket only once its own buffer is written out.
+        if let Poll::Ready(Ok(())) = flushed {
+            this.watch.drained.store(true, Ordering::Release);
         }
+        flushed
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -411,37 +437,41 @@ mod tests {
     }
 
     #[test]
-    fn only_hyper_s_own_bodiless_error_answers_are_held_back() {
-        let hyper_answers: [(&[u8], u16); 3] = [
-            (
-                b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\ndate: Sun, 22 Nov 2026 20:00:00 GMT\r\n\r\n",
-                400,
-            ),
-            (
-                b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n",
-                431,
-            ),
-            (b"HTTP/1.1 414 URI Too Long\r\nContent-Length: 0\r\n\r\n", 414),
-        ];
-        for (bytes, status) in hyper_answers {
-            let watch = http1();
-            assert!(watch.hyper_rejection(bytes));
-            assert_eq!(watch.rejected.load(Ordering::Acquire), status);
-        }
-        let ours: [&[u8]; 4] = [
-            b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 0\r\n\r\n",
-            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 57\r\ncontent-type: application/json\r\n\r\n{}",
-            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
-            b"data: HTTP/1.1 400 \r\n\r\n",
-        ];
-        for bytes in ours {
-            let watch = http1();
-            assert!(!watch.hyper_rejection(bytes));
-            assert_eq!(watch.rejected.load(Ordering::Acquire), 0);
-        }
+    fn hyper_answers_on_its_own_only_with_no_response_under_way_and_a_head_pending() {
+        // A head it could not parse, nothing else going on: its answer.
+        let watch = http1();
+        assert!(watch.hyper_answers());
+        assert!(watch.held_back());
+        assert_eq!(watch.head_bytes(), b"GARBAGE\r\n".len());
+
+        // A request in progress: the response is ours.
+        let watch = Arc::new(http1());
+        let request = watch.begin();
+        assert!(!watch.hyper_answers());
+        // Its body dropped, its tail may still be in hyper's buffer, even
+        // with the next head's first bytes read already.
+        drop(request);
+        watch.on_read(b"GET /x");
+        assert!(!watch.hyper_answers());
+        // Once hyper's buffer drained, a write with that head pending is
+        // hyper's answer to it.
+        watch.drained.store(true, Ordering::Release);
+        assert!(watch.hyper_answers());
+        assert_eq!(watch.head_bytes(), 6);
+
+        // A head pipelined behind the last request, read with it: its
+        // answer too.
+        let watch = Arc::new(http1());
+        drop(watch.begin());
+        assert!(!watch.hyper_answers());
+        assert!(!watch.held_back());
+        watch.drained.store(true, Ordering::Release);
+        assert!(watch.hyper_answers());
+
+        // HTTP/2 answers in frames, never in HTTP/1 text.
         let watch = ConnWatch::new(false);
         watch.on_read(PREFACE);
-        assert!(!watch.hyper_rejection(hyper_answers[0].0));
+        assert!(!watch.hyper_answers());
     }
 
     #[tokio::test(start_paused = true)]

@@ -7,6 +7,7 @@ use pere_core::{
 use serde_json::Value;
 
 use super::input::{query_of, query_value};
+use crate::error::ErrorCode;
 use crate::error::{ApiError, escape};
 use crate::server::app::App;
 use crate::server::body::Body;
@@ -89,8 +90,8 @@ pub async fn events<S: EventStore>(
                 (1..=MAX_EVENTS_LIMIT).contains(n) && raw.bytes().all(|b| b.is_ascii_digit())
             })
             .ok_or_else(|| {
-                ApiError::bad_request(
-                    "invalid_parameter",
+                ApiError::new(
+                    ErrorCode::InvalidParameter,
                     format!(
                         "limit=`{}` is not a number from 1 to {MAX_EVENTS_LIMIT}",
                         escape(raw)
@@ -280,11 +281,13 @@ pub async fn token<S: EventStore>(
     let token = Token::new(token)?;
     let body = super::input::read_body(req, MAX_TOKEN_BODY, app.config.body_read_timeout).await?;
     let text = std::str::from_utf8(&body).map_err(|_| {
-        ApiError::bad_request("invalid_body", "the token's grants are not UTF-8 JSON")
+        ApiError::new(
+            ErrorCode::InvalidBody,
+            "the token's grants are not UTF-8 JSON",
+        )
     })?;
     let grants: Grants = serde_json::from_str(text).map_err(|e| {
-        ApiError::bad_request(
-            "invalid_body",
+        ApiError::new(ErrorCode::InvalidBody,
             format!(
                 "the body is not {{\"subject\":…,\"subscribe\":[…],\"publish\":[…],\"admin\":false}}: {}",
                 escape(&e.to_string())
@@ -310,8 +313,8 @@ const MAX_JTI_LEN: usize = 256;
 /// close.
 async fn revoke_jti<S: EventStore>(app: &App<S>, jti: &str) -> Result<Response<Body>, ApiError> {
     if jti.is_empty() || jti.len() > MAX_JTI_LEN {
-        return Err(ApiError::bad_request(
-            "invalid_parameter",
+        return Err(ApiError::new(
+            ErrorCode::InvalidParameter,
             format!("a jti is 1 to {MAX_JTI_LEN} bytes long"),
         ));
     }

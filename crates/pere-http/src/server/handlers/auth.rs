@@ -14,6 +14,7 @@ use pere_core::auth::Access;
 use pere_core::{DeviceId, EventStore, Grants, TokenHash};
 
 use super::input::{device_of, query_value};
+use crate::error::ErrorCode;
 use crate::error::{ApiError, escape};
 use crate::server::app::App;
 
@@ -158,8 +159,8 @@ fn presented<'a>(
     };
     let from_query = query_value(query, "access_token");
     match (from_header, from_query) {
-        (Some(h), Some(q)) if h != q => Err(ApiError::bad_request(
-            "invalid_request",
+        (Some(h), Some(q)) if h != q => Err(ApiError::new(
+            ErrorCode::InvalidRequest,
             "the request carries two different tokens (Authorization and access_token): send one",
         )),
         (Some(t), _) | (None, Some(t)) => Ok(Some(t).filter(|t| !t.is_empty())),
@@ -200,11 +201,11 @@ mod tests {
         let same = q(Some("abc"));
         let h = headers(Some("Bearer abc"));
         assert_eq!(presented(&h, &same).unwrap(), Some("abc"));
-        assert_eq!(presented(&h, &query).unwrap_err().status, 400);
+        assert_eq!(presented(&h, &query).unwrap_err().status(), 400);
         for bad in ["Basic dXNlcjpwYXNz", "Bearer", "Token abc"] {
             let h = headers(Some(bad));
             let err = presented(&h, &[]).unwrap_err();
-            assert_eq!(err.status, 401, "{bad}");
+            assert_eq!(err.status(), 401, "{bad}");
             assert!(!err.message.contains("dXNlcjpwYXNz") && !err.message.contains("abc"));
         }
     }

@@ -7,6 +7,7 @@ use pere_core::{EventId, EventStore, Pattern, Resume, SubscribeRequest, Subscrip
 
 use super::auth::Caller;
 use super::input::{header_str, query_of, query_value};
+use crate::error::ErrorCode;
 use crate::error::{ApiError, escape};
 use crate::server::app::App;
 use crate::server::body::{Body, Form, Source, SseBody};
@@ -29,8 +30,8 @@ pub async fn feed<S: EventStore, B>(
         }
     }
     if patterns.is_empty() {
-        return Err(ApiError::bad_request(
-            "missing_channel",
+        return Err(ApiError::new(
+            ErrorCode::MissingChannel,
             "name a channel: GET /feed/:channel or GET /feed?channel=…",
         ));
     }
@@ -45,8 +46,8 @@ pub async fn feed<S: EventStore, B>(
         None => Form::Plain,
         Some("json") => Form::Envelope,
         Some(other) => {
-            return Err(ApiError::bad_request(
-                "invalid_parameter",
+            return Err(ApiError::new(
+                ErrorCode::InvalidParameter,
                 format!("envelope=`{}` is not `json`", escape(other)),
             ));
         }
@@ -112,8 +113,8 @@ pub fn resume_point(
 ) -> Result<Resume, ApiError> {
     let parse = |raw: &str, name: &str| {
         EventId::parse(raw).map(Resume::After).map_err(|_| {
-            ApiError::bad_request(
-                "invalid_event_id",
+            ApiError::new(
+                ErrorCode::InvalidEventId,
                 format!(
                     "{name} `{}` is not an event id (a decimal number)",
                     escape(raw)
@@ -130,8 +131,8 @@ pub fn resume_point(
     match query_value(query, "replay") {
         None => Ok(Resume::Auto),
         Some("all") => Ok(Resume::All),
-        Some(other) => Err(ApiError::bad_request(
-            "invalid_parameter",
+        Some(other) => Err(ApiError::new(
+            ErrorCode::InvalidParameter,
             format!("replay=`{}` is not `all`", escape(other)),
         )),
     }

@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use super::auth::Caller;
 use super::input::{header_str, query_of, read_body};
+use crate::error::ErrorCode;
 use crate::error::{ApiError, escape};
 use crate::server::app::App;
 use crate::server::body::Body;
@@ -58,8 +59,8 @@ pub async fn feedback<S: EventStore>(
     )?;
     let query = query_of(&req)?;
     let device = caller.device(req.headers(), &query)?.ok_or_else(|| {
-        ApiError::bad_request(
-            "missing_device",
+        ApiError::new(
+            ErrorCode::MissingDevice,
             "a receipt needs a device: send a `device` header or `?device=`",
         )
     })?;
@@ -127,8 +128,8 @@ fn is_json_type(content_type: &str) -> bool {
 /// The body as text; `400 invalid_utf8` if it is not UTF-8.
 fn body_text(body: &[u8]) -> Result<&str, ApiError> {
     std::str::from_utf8(body).map_err(|e| {
-        ApiError::bad_request(
-            "invalid_utf8",
+        ApiError::new(
+            ErrorCode::InvalidUtf8,
             format!(
                 "the receipt body is not UTF-8 text (invalid byte at offset {})",
                 e.valid_up_to()
@@ -182,8 +183,8 @@ fn item_error(id: Option<&str>, err: &ApiError) -> Value {
 /// Checks a receipt's id and status (default `ok`).
 fn validate(raw: &RawReceipt) -> Result<(EventId, String), ApiError> {
     let Some(id) = raw.id.as_deref() else {
-        return Err(ApiError::bad_request(
-            "missing_event_id",
+        return Err(ApiError::new(
+            ErrorCode::MissingEventId,
             "a receipt needs an event id: a JSON `id`, a `Last-Event-ID` or `last_event_id` header, or a `last_event_id` form field",
         ));
     };
@@ -208,8 +209,8 @@ fn parse_body(text: &str, is_json: bool) -> Result<Parsed, ApiError> {
     }
     if is_json || trimmed.starts_with('{') || trimmed.starts_with('[') {
         let value: Value = serde_json::from_str(trimmed).map_err(|e| {
-            ApiError::bad_request(
-                "invalid_body",
+            ApiError::new(
+                ErrorCode::InvalidBody,
                 format!(
                     "the receipt body is not valid JSON: {}",
                     escape(&e.to_string())
@@ -220,8 +221,7 @@ fn parse_body(text: &str, is_json: bool) -> Result<Parsed, ApiError> {
             Value::Array(items) => {
                 if items.len() > MAX_BATCH_ITEMS {
                     return Err(ApiError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "batch_too_large",
+                        ErrorCode::BatchTooLarge,
                         format!(
                             "a batch holds at most {MAX_BATCH_ITEMS} receipts, this one has {}",
                             items.len()
@@ -239,10 +239,10 @@ fn parse_body(text: &str, is_json: bool) -> Result<Parsed, ApiError> {
         };
     }
     let form = parse_query(trimmed).map_err(|err| ApiError {
-        code: if err.code == "invalid_utf8" {
+        code: if err.code == ErrorCode::InvalidUtf8 {
             err.code
         } else {
-            "invalid_body"
+            ErrorCode::InvalidBody
         },
         ..err
     })?;
@@ -267,8 +267,8 @@ fn shown_id(item: &Value) -> Option<String> {
 
 fn json_receipt(value: &Value) -> Result<RawReceipt, ApiError> {
     let Value::Object(map) = value else {
-        return Err(ApiError::bad_request(
-            "invalid_body",
+        return Err(ApiError::new(
+            ErrorCode::InvalidBody,
             "a receipt is a JSON object like {\"id\":\"…\",\"status\":\"ok\"}",
         ));
     };
@@ -277,8 +277,8 @@ fn json_receipt(value: &Value) -> Result<RawReceipt, ApiError> {
         Some(Value::String(s)) => Some(s.clone()),
         Some(Value::Number(n)) if n.is_u64() => Some(n.to_string()),
         Some(other) => {
-            return Err(ApiError::bad_request(
-                "invalid_event_id",
+            return Err(ApiError::new(
+                ErrorCode::InvalidEventId,
                 format!(
                     "the receipt id {} is not an event id (a decimal string)",
                     escape(&other.to_string())
@@ -290,8 +290,8 @@ fn json_receipt(value: &Value) -> Result<RawReceipt, ApiError> {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
         Some(other) => {
-            return Err(ApiError::bad_request(
-                "invalid_body",
+            return Err(ApiError::new(
+                ErrorCode::InvalidBody,
                 format!(
                     "the receipt status {} is not a string",
                     escape(&other.to_string())
@@ -339,7 +339,7 @@ mod tests {
         );
         assert_eq!(parse_body("", false).unwrap(), one(None, None));
         assert_eq!(
-            parse_body("status=%zz", false).unwrap_err().code,
+            parse_body("status=%zz", false).unwrap_err().code.as_str(),
             "invalid_body"
         );
     }
@@ -379,7 +379,7 @@ mod tests {
             r#"{"id":-1}"#,
         ] {
             let err = parse_body(bad, true).unwrap_err();
-            assert_eq!(err.status, StatusCode::BAD_REQUEST, "{bad}");
+            assert_eq!(err.status(), StatusCode::BAD_REQUEST, "{bad}");
         }
         assert!(validate(&RawReceipt::default()).is_err());
         assert!(
@@ -394,6 +394,9 @@ mod tests {
             form_id: None,
             status: Some("s".repeat(MAX_STATUS_LEN + 1)),
         };
-        assert_eq!(validate(&long).unwrap_err().code, "status_too_long");
+        assert_eq!(
+            validate(&long).unwrap_err().code.as_str(),
+            "status_too_long"
+        );
     }
 }

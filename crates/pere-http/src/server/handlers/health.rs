@@ -9,6 +9,7 @@ use hyper::{Response, StatusCode};
 use pere_core::{EventStore, Hub};
 
 use crate::error::ApiError;
+use crate::error::ErrorCode;
 use crate::server::app::App;
 use crate::server::body::Body;
 use crate::server::response::{json, text};
@@ -22,8 +23,7 @@ pub(super) fn health<S: EventStore>(app: &App<S>) -> Response<Body> {
     if let Some(outage) = &health.outage {
         // PROTOCOL §8's error, with what a probe or an operator needs.
         let err = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store_unavailable",
+            ErrorCode::StoreUnavailable,
             format!(
                 "the event store is unavailable: {}; writes are refused and retried (next try \
                  in {} ms)",
@@ -32,10 +32,10 @@ pub(super) fn health<S: EventStore>(app: &App<S>) -> Response<Body> {
             ),
         );
         let mut response = json(
-            err.status,
+            err.status(),
             serde_json::json!({
                 "error": err.message,
-                "code": err.code,
+                "code": err.code.as_str(),
                 "store": {
                     "writable": false,
                     "since": outage.since.to_rfc3339(),

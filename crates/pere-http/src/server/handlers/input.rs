@@ -3,10 +3,11 @@
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
+use hyper::Request;
 use hyper::header::{self, HeaderMap};
-use hyper::{Request, StatusCode};
 use pere_core::DeviceId;
 
+use crate::error::ErrorCode;
 use crate::error::{ApiError, escape};
 use crate::server::body::RequestBody;
 use crate::server::router;
@@ -16,8 +17,8 @@ pub fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a s
     match headers.get(name) {
         None => Ok(None),
         Some(v) => v.to_str().map(|s| Some(s.trim())).map_err(|_| {
-            ApiError::bad_request(
-                "invalid_header",
+            ApiError::new(
+                ErrorCode::InvalidHeader,
                 format!("the `{name}` header is not visible ASCII text"),
             )
         }),
@@ -42,8 +43,8 @@ pub fn device_of(
     // A device header that is not even ASCII is an invalid device, with the
     // same code as any other.
     let header = header_str(headers, "device").map_err(|_| {
-        ApiError::bad_request(
-            "invalid_device",
+        ApiError::new(
+            ErrorCode::InvalidDevice,
             "the `device` header is not a device id (A-Z a-z 0-9 _ - . : @)",
         )
     })?;
@@ -73,8 +74,7 @@ pub async fn read_body(
 ) -> Result<Bytes, ApiError> {
     let too_large = |size: Option<u64>| {
         ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            ErrorCode::PayloadTooLarge,
             match size {
                 Some(size) => format!("the body is {size} bytes, the limit is {limit}"),
                 None => format!("the body is larger than the limit of {limit} bytes"),
@@ -93,8 +93,7 @@ pub async fn read_body(
     let limited = http_body_util::Limited::new(req.into_body(), limit);
     let Ok(collected) = tokio::time::timeout(timeout, limited.collect()).await else {
         return Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
+            ErrorCode::RequestTimeout,
             format!(
                 "the request body did not arrive within {} ms",
                 timeout.as_millis()
@@ -104,8 +103,8 @@ pub async fn read_body(
     match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(too_large(None)),
-        Err(err) => Err(ApiError::bad_request(
-            "invalid_body",
+        Err(err) => Err(ApiError::new(
+            ErrorCode::InvalidBody,
             format!("the body could not be read: {}", escape(&err.to_string())),
         )),
     }

@@ -23,6 +23,7 @@ use hyper::{Request, Response, StatusCode};
 use pere_core::EventStore;
 
 use crate::error::ApiError;
+use crate::error::ErrorCode;
 use crate::server::app::App;
 use crate::server::body::{Body, RequestBody};
 use crate::server::config::Cors;
@@ -79,7 +80,7 @@ fn finish<S: EventStore>(
     let mut response = result.unwrap_or_else(|err| {
         app.metrics.count_error(&err);
         let mut response = error_response(&err);
-        if err.code == "store_unavailable"
+        if err.code == ErrorCode::StoreUnavailable
             && let Some(wait) = health::store_retry_after(&app.hub)
         {
             // When the hub tries the store again, not a guess.

@@ -8,6 +8,7 @@ use pere_core::{ChannelName, EventStore, EventType, Publish};
 
 use super::auth::Caller;
 use super::input::{header_str, query_of, query_value, read_body};
+use crate::error::ErrorCode;
 use crate::error::{ApiError, escape};
 use crate::server::app::App;
 use crate::server::body::Body;
@@ -73,8 +74,8 @@ pub async fn push<S: EventStore>(
         Some("delivered") => Some(Wait::Delivered),
         Some("acked") => Some(Wait::Acked),
         Some(other) => {
-            return Err(ApiError::bad_request(
-                "invalid_parameter",
+            return Err(ApiError::new(
+                ErrorCode::InvalidParameter,
                 format!(
                     "wait=`{}` is not one of `delivered`, `acked`",
                     escape(other)
@@ -85,8 +86,7 @@ pub async fn push<S: EventStore>(
     let timeout_ms = match query_value(&query, "timeout") {
         None => DEFAULT_WAIT_MS,
         Some(t) => parse_timeout(t).ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_parameter",
+            ApiError::new(ErrorCode::InvalidParameter,
                 format!(
                     "timeout=`{}` is not a number of milliseconds or a duration such as 5s, 500ms, 1m",
                     escape(t)
@@ -172,7 +172,7 @@ pub async fn push<S: EventStore>(
 /// A `413` says which setting sets the limit (issue 18.9): the publisher
 /// cannot change it, but now knows what to ask the operator for.
 fn name_the_limit(mut err: ApiError) -> ApiError {
-    if err.code == "payload_too_large" {
+    if err.code == ErrorCode::PayloadTooLarge {
         err.message
             .push_str(" (the server's --max-payload; send smaller events or ask its operator)");
     }

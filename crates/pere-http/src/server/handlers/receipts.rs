@@ -8,6 +8,7 @@ use pere_core::{ChannelName, EventId, EventStore, Pattern, ReceiptSummary};
 use super::auth::Caller;
 use super::input::{header_str, query_of, query_value};
 use crate::error::ApiError;
+use crate::error::ErrorCode;
 use crate::server::app::App;
 use crate::server::body::{Body, Source, SseBody};
 use crate::server::response::json;
@@ -144,8 +145,8 @@ fn resume_after<B>(req: &Request<B>) -> Result<Option<u64>, ApiError> {
     };
     raw.map(|raw| {
         EventId::parse(&raw).map(|id| id.0).map_err(|_| {
-            ApiError::bad_request(
-                "invalid_event_id",
+            ApiError::new(
+                ErrorCode::InvalidEventId,
                 format!(
                     "the resume point `{}` is not a change number (a decimal number)",
                     crate::error::escape(&raw)
