@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::auth::{AuthRegistry, TokenHash};
+use crate::config::HubConfig;
 use crate::event::{EventId, Sequencer, Timestamp};
 use crate::ledger::{EventReceipts, OverdueNotice};
 use crate::log::Record;
@@ -191,6 +192,51 @@ pub(super) struct State {
 }
 
 impl State {
+    /// An empty state: `seq` and `floor` from what the store recovered,
+    /// `node` the cluster node's name (`None` for a single node).
+    pub(super) fn new(
+        config: &HubConfig,
+        auth: Arc<AuthRegistry>,
+        seq: Sequencer,
+        floor: EventId,
+        node: Option<&str>,
+        metrics: Arc<HubMetrics>,
+    ) -> Self {
+        let cluster = node.is_some();
+        let node: Arc<str> = Arc::from(node.unwrap_or(""));
+        Self {
+            auth,
+            head: seq.last(),
+            seq,
+            floor,
+            subs: HashMap::new(),
+            wild: Vec::new(),
+            channels: HashMap::new(),
+            tombstones: Tombstones::default(),
+            by_id: HashMap::new(),
+            idempotency: HashMap::new(),
+            streams: HashMap::new(),
+            watchers: HashMap::new(),
+            receipt_gaps: Arc::default(),
+            deferred: Vec::new(),
+            replay_all: config.replay_all,
+            ack_deadline: config.ack_deadline,
+            deadlines: VecDeque::new(),
+            notices: HashMap::new(),
+            notice_tx: None,
+            delivered_closed: 0,
+            redelivered_closed: 0,
+            closed: false,
+            cluster,
+            current_node: node.clone(),
+            node,
+            outbox: Vec::new(),
+            // A cluster node sends notices once it holds the ticker lease.
+            ticker: !cluster,
+            metrics,
+        }
+    }
+
     pub(super) fn watchers_for(&mut self, channel: &ChannelName) -> Arc<ReceiptLog> {
         let (gaps, metrics) = (&self.receipt_gaps, &self.metrics);
         self.watchers
