@@ -56,10 +56,7 @@ impl State {
                     head,
                     at,
                 } => {
-                    if subscription.exact().is_none() && !self.subs.contains_key(&subscription) {
-                        self.wild.push(subscription.clone());
-                    }
-                    let sub = self.subs.entry(subscription).or_default();
+                    let sub = self.memberships.sub_entry(&subscription);
                     let last_acked = sub.members.get(&device).and_then(|m| m.last_acked);
                     let mut member = Member::joined(head, at);
                     member.last_acked = last_acked;
@@ -71,10 +68,7 @@ impl State {
                     cursor,
                     at,
                 } => {
-                    if let Some(member) = self
-                        .subs
-                        .get_mut(&subscription)
-                        .and_then(|s| s.members.get_mut(&device))
+                    if let Some(member) = self.memberships.member_mut(&subscription, &device)
                         && cursor > member.cursor
                     {
                         member.cursor = cursor;
@@ -89,11 +83,7 @@ impl State {
                     last_event_id,
                     at,
                 } => {
-                    if let Some(member) = self
-                        .subs
-                        .get_mut(&subscription)
-                        .and_then(|s| s.members.get_mut(&device))
-                    {
+                    if let Some(member) = self.memberships.member_mut(&subscription, &device) {
                         member.last_seen = at;
                         member.op = if online { Op::Feed } else { Op::Left };
                         member.op_at = at;
@@ -108,7 +98,7 @@ impl State {
                     device,
                     ..
                 } => {
-                    if let Some(sub) = self.subs.get_mut(&subscription) {
+                    if let Some(sub) = self.memberships.sub_mut(&subscription) {
                         sub.members.remove(&device);
                     }
                 }
@@ -119,7 +109,7 @@ impl State {
             }
         }
         // Deliveries up to each member's cursor happened before the restart.
-        for (pattern, sub) in &self.subs {
+        for (pattern, sub) in self.memberships.subs() {
             for (device, member) in &sub.members {
                 if member.cursor <= member.since {
                     continue;
@@ -175,7 +165,7 @@ impl State {
             }
         }
         let now = Timestamp::now();
-        for sub in self.subs.values_mut() {
+        for (_, sub) in self.memberships.subs_mut() {
             sub.ackers = sub.members.values().filter(|m| m.acknowledges()).count();
             for member in sub.members.values_mut() {
                 // Nobody is connected after a restart; the TTL counts from now.

@@ -1,7 +1,6 @@
 //! Receipts: what an acknowledgement changes besides the event's ledger
 //! (presence, the acknowledged floor of each membership).
 
-use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -9,7 +8,7 @@ use std::sync::atomic::Ordering;
 use crate::error::Error;
 use crate::event::{EventId, Timestamp};
 use crate::hub::command::{Effect, Owed, Reply};
-use crate::hub::state::{ChannelLedger, State, Sub};
+use crate::hub::state::{ChannelLedger, State};
 use crate::hub::{Acked, Counters};
 use crate::ledger::{EventReceipts, ReceiptState};
 use crate::log::Record;
@@ -133,8 +132,12 @@ impl State {
         now: Timestamp,
     ) {
         let mut noted = false;
-        let State { subs, channels, .. } = self;
-        for (pattern, sub) in subs.iter_mut() {
+        let State {
+            memberships,
+            channels,
+            ..
+        } = self;
+        for (pattern, sub) in memberships.subs_mut() {
             if !pattern.matches(channel) {
                 continue;
             }
@@ -153,15 +156,7 @@ impl State {
             }
         }
         if !noted {
-            let sub = match self.subs.entry(subscription.clone()) {
-                Entry::Occupied(e) => e.into_mut(),
-                Entry::Vacant(e) => {
-                    if subscription.exact().is_none() {
-                        self.wild.push(subscription.clone());
-                    }
-                    e.insert(Sub::default())
-                }
-            };
+            let sub = self.memberships.sub_entry(subscription);
             let member = sub.members.entry(device.clone()).or_insert_with(|| Member {
                 is_member: false,
                 ..Member::joined(id, now)

@@ -9,7 +9,7 @@ use crate::config::HubConfig;
 use crate::error::Error;
 use crate::event::{Event, EventId, FrameCache, Timestamp};
 use crate::hub::command::{Effect, Reply};
-use crate::hub::state::{ChannelLedger, Idem, State, Sub};
+use crate::hub::state::{ChannelLedger, Idem, State};
 use crate::hub::{Counters, Publish, Published};
 use crate::ledger::{EventReceipts, NO_SLOT};
 use crate::log::Record;
@@ -101,7 +101,7 @@ impl State {
         let mut audience: Vec<DeviceId> = Vec::new();
         let mut slow: Vec<u64> = Vec::new();
         let receipts = {
-            let subs = self.matching(&event.channel);
+            let subs = self.memberships.matching(&event.channel);
             let several = subs.len() > 1;
             let mut slots: HashMap<&DeviceId, u32> = HashMap::new();
             let mut targets: Vec<(&StreamTx, u32)> = Vec::new();
@@ -150,7 +150,7 @@ impl State {
         for stream in slow {
             // Which device, and where it will resume from, so that a
             // client's report of a closed stream can be matched to this line.
-            let open = self.streams.get(&stream);
+            let open = self.memberships.streams.get(&stream);
             tracing::warn!(
                 stream,
                 device = open.and_then(|o| o.device.as_ref()).map(DeviceId::as_str),
@@ -162,7 +162,7 @@ impl State {
             self.close_stream(stream, receipts.event.time);
         }
         let channel = receipts.event.channel.clone();
-        self.track_unacked(&channel, id);
+        self.memberships.track_unacked(&channel, id);
         self.channels
             .entry(channel.clone())
             .or_default()
@@ -181,32 +181,6 @@ impl State {
         }
         self.head = id;
         receipts
-    }
-
-    /// Adds a new event to `unacked` of every acknowledging member in its
-    /// audience, online or not: it is theirs until they acknowledge it.
-    pub(in crate::hub) fn track_unacked(&mut self, channel: &ChannelName, id: EventId) {
-        let State { subs, wild, .. } = self;
-        let track = |sub: &mut Sub| {
-            if sub.ackers == 0 {
-                return;
-            }
-            for member in sub.members.values_mut() {
-                if member.is_member && member.since < id && member.acknowledges() {
-                    member.unacked.push_back(id);
-                }
-            }
-        };
-        if let Some(sub) = subs.get_mut(channel.as_str()) {
-            track(sub);
-        }
-        for pattern in wild.iter() {
-            if pattern.matches(channel)
-                && let Some(sub) = subs.get_mut(pattern)
-            {
-                track(sub);
-            }
-        }
     }
 }
 

@@ -3,7 +3,6 @@
 //! leaves (cursor, presence).
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -12,7 +11,7 @@ use crate::error::Error;
 use crate::event::{EventId, Timestamp};
 use crate::hub::cluster::wire::ClosedStream;
 use crate::hub::command::{Effect, Owed, Plan, Reply};
-use crate::hub::state::{ChannelLedger, OpenStream, State, Sub};
+use crate::hub::state::{ChannelLedger, OpenStream, State};
 use crate::hub::{Gap, Hello, Resume, SubscribeRequest};
 use crate::ledger::EventReceipts;
 use crate::log::Record;
@@ -67,15 +66,7 @@ impl State {
         }
         let mut existed = Vec::with_capacity(req.patterns.len());
         for pattern in &req.patterns {
-            let sub = match self.subs.entry(pattern.clone()) {
-                Entry::Occupied(e) => e.into_mut(),
-                Entry::Vacant(e) => {
-                    if pattern.exact().is_none() {
-                        self.wild.push(pattern.clone());
-                    }
-                    e.insert(Sub::default())
-                }
-            };
+            let sub = self.memberships.sub_entry(pattern);
             let Some(device) = &req.device else {
                 existed.push(false);
                 continue;
@@ -154,11 +145,7 @@ impl State {
         };
         let node = self.current_node.clone();
         for pattern in &req.patterns {
-            if let Some(member) = self
-                .subs
-                .get_mut(pattern)
-                .and_then(|sub| sub.members.get_mut(device))
-            {
+            if let Some(member) = self.memberships.member_mut(pattern, device) {
                 member.attach(&node, now);
                 member.last_event_id = last_event_id.clone();
             }
@@ -195,7 +182,7 @@ impl State {
         let mut floors: Vec<EventId> = Vec::new();
         let mut lost = false;
         for (i, pattern) in req.patterns.iter().enumerate() {
-            let Some(sub) = self.subs.get_mut(pattern) else {
+            let Some(sub) = self.memberships.sub_mut(pattern) else {
                 continue;
             };
             let existed = existed.get(i).copied().unwrap_or(false);
@@ -228,7 +215,7 @@ impl State {
                 None => sub.anonymous.push(stream.clone()),
             }
         }
-        self.streams.insert(
+        self.memberships.streams.insert(
             stream.shared.id,
             OpenStream {
                 subs: req.patterns.clone(),
@@ -359,7 +346,7 @@ impl State {
     /// node the presence and cursor parts go through the log, so that every
     /// node applies them at the same place.
     pub(in crate::hub) fn close_stream(&mut self, id: u64, now: Timestamp) {
-        let Some(closed) = self.close_local(id) else {
+        let Some(closed) = self.memberships.close_local(id) else {
             return;
         };
         if closed.device.is_none() {
@@ -371,38 +358,6 @@ impl State {
             let node = self.node.clone();
             self.closed_shared(&node, closed, now);
         }
-    }
-
-    /// The part of a stream's end that only this node knows: its queue
-    /// senders and counters.
-    fn close_local(&mut self, id: u64) -> Option<ClosedStream> {
-        let open = self.streams.remove(&id)?;
-        self.fold_counts(&open.shared);
-        for pattern in &open.subs {
-            let Some(sub) = self.subs.get_mut(pattern) else {
-                continue;
-            };
-            match &open.device {
-                None => {
-                    if let Some(i) = sub.anonymous.iter().position(|s| s.shared.id == id) {
-                        sub.anonymous.swap_remove(i);
-                    }
-                }
-                Some(device) => {
-                    if let Some(member) = sub.members.get_mut(device)
-                        && let Some(i) = member.streams.iter().position(|s| s.shared.id == id)
-                    {
-                        member.streams.swap_remove(i);
-                    }
-                }
-            }
-        }
-        Some(ClosedStream {
-            subs: open.subs,
-            device: open.device,
-            upto: open.shared.delivered_upto(),
-            at: open.shared.delivered_at(),
-        })
     }
 
     /// The part of a stream's end that every node applies: presence and
@@ -417,11 +372,7 @@ impl State {
             return;
         };
         for pattern in &closed.subs {
-            let Some(member) = self
-                .subs
-                .get_mut(pattern)
-                .and_then(|sub| sub.members.get_mut(device))
-            else {
+            let Some(member) = self.memberships.member_mut(pattern, device) else {
                 continue;
             };
             if member.detach(node, false, now) {
@@ -451,15 +402,12 @@ impl State {
     ) {
         let remote = *node != self.node;
         let State {
-            subs,
+            memberships,
             channels,
             deferred,
             ..
         } = self;
-        let Some(member) = subs
-            .get_mut(pattern)
-            .and_then(|s| s.members.get_mut(device))
-        else {
+        let Some(member) = memberships.member_mut(pattern, device) else {
             return;
         };
         if upto > member.cursor {
@@ -489,7 +437,7 @@ impl State {
 
     /// Shutdown: every stream ends, every receipts stream too.
     pub(in crate::hub) fn close_all(&mut self, now: Timestamp) {
-        let ids: Vec<u64> = self.streams.keys().copied().collect();
+        let ids: Vec<u64> = self.memberships.streams.keys().copied().collect();
         for id in ids {
             self.close_stream(id, now);
         }

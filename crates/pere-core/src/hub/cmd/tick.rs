@@ -24,7 +24,7 @@ impl State {
         let ttl = config.member_ttl;
         let cluster = self.cluster;
         let by_id = &self.by_id;
-        for (pattern, sub) in self.subs.iter_mut() {
+        for (pattern, sub) in self.memberships.subs_mut() {
             let mut ackers = 0;
             for member in sub.members.values_mut() {
                 if member.acknowledges() {
@@ -74,13 +74,7 @@ impl State {
                 false
             });
         }
-        let before = self.subs.len();
-        self.subs
-            .retain(|_, sub| !sub.members.is_empty() || !sub.anonymous.is_empty());
-        if self.subs.len() != before {
-            let subs = &self.subs;
-            self.wild.retain(|p| subs.contains_key(p));
-        }
+        self.memberships.drop_empty();
         self.reclaim_channels();
         let by_id = &self.by_id;
         // Kept until the webhook took them, even for events gone since.
@@ -279,16 +273,7 @@ impl State {
     /// `node` is gone (it stopped heartbeating): none of its streams is
     /// open any more.
     pub(in crate::hub) fn node_gone(&mut self, node: &Arc<str>, now: Timestamp) {
-        let mut offline = Vec::new();
-        for (pattern, sub) in &mut self.subs {
-            for (device, member) in &mut sub.members {
-                if member.detach(node, true, now) {
-                    offline.push((pattern.clone(), device.clone()));
-                }
-            }
-        }
-        offline.sort();
-        for (subscription, device) in offline {
+        for (subscription, device) in self.memberships.detach_node(node, now) {
             self.deferred.push(Record::Presence {
                 subscription,
                 device,
@@ -304,7 +289,7 @@ impl State {
     pub(in crate::hub) fn checkpoint_cursors(&mut self) {
         use crate::hub::cluster::wire::Wire;
         let mut wires = Vec::new();
-        for open in self.streams.values_mut() {
+        for open in self.memberships.streams.values_mut() {
             let Some(device) = &open.device else {
                 continue;
             };

@@ -4,40 +4,22 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::auth::{AuthRegistry, TokenHash};
+use crate::auth::AuthRegistry;
 use crate::config::HubConfig;
 use crate::event::{EventId, Sequencer, Timestamp};
 use crate::ledger::{EventReceipts, OverdueNotice};
 use crate::log::Record;
 use crate::metrics::HubMetrics;
 use crate::name::{ChannelName, DeviceId, Pattern};
-use crate::presence::{Member, StreamShared, StreamTx};
 use crate::receipt_log::ReceiptLog;
 
-#[derive(Debug, Default)]
-pub(super) struct Sub {
-    pub(super) members: HashMap<DeviceId, Member>,
-    pub(super) anonymous: Vec<StreamTx>,
-    /// At least the number of acknowledging members (recounted by each
-    /// maintenance tick): while 0, a publish skips tracking `unacked`.
-    pub(super) ackers: usize,
-}
+mod memberships;
 
-impl Sub {
-    pub(super) fn open_streams(&self) -> usize {
-        self.anonymous.len()
-            + self
-                .members
-                .values()
-                .map(Member::connections)
-                .sum::<usize>()
-    }
-}
+pub(super) use memberships::{Memberships, OpenStream};
 
 #[derive(Debug, Default)]
 pub(super) struct ChannelLedger {
@@ -115,17 +97,6 @@ pub(super) struct Idem {
     pub(super) at: Timestamp,
 }
 
-#[derive(Debug)]
-pub(super) struct OpenStream {
-    pub(super) subs: Vec<Pattern>,
-    pub(super) device: Option<DeviceId>,
-    /// The token it was opened with: a change of that token re-checks it.
-    pub(super) token: Option<TokenHash>,
-    pub(super) shared: Arc<StreamShared>,
-    /// The cursor this node last sent its cluster for it.
-    pub(super) sent_upto: EventId,
-}
-
 pub(super) struct State {
     /// The hub's token table (shared with request handlers).
     pub(super) auth: Arc<AuthRegistry>,
@@ -136,9 +107,8 @@ pub(super) struct State {
     /// Ids below this predate what the store remembers (a volatile store's
     /// start): a client resuming below it may have lost events.
     pub(super) floor: EventId,
-    pub(super) subs: HashMap<Pattern, Sub>,
-    /// Subscriptions with wildcards, for matching channels against.
-    pub(super) wild: Vec<Pattern>,
+    /// Who listens: subscriptions, their members, this node's streams.
+    pub(super) memberships: Memberships,
     pub(super) channels: HashMap<ChannelName, ChannelLedger>,
     /// Channels reclaimed once retention emptied them, with the highest id
     /// retention dropped there (for `pere.gap`).
@@ -148,7 +118,6 @@ pub(super) struct State {
     /// the publish: a token's subject when auth is on), so one publisher's
     /// key never swallows another's event.
     pub(super) idempotency: HashMap<IdemKey, Idem>,
-    pub(super) streams: HashMap<u64, OpenStream>,
     pub(super) watchers: HashMap<ChannelName, Arc<ReceiptLog>>,
     /// Gaps told to receipts streams that fell behind (metrics).
     pub(super) receipt_gaps: Arc<std::sync::atomic::AtomicU64>,
@@ -166,10 +135,6 @@ pub(super) struct State {
     pub(super) notices: HashMap<(EventId, DeviceId), (OverdueNotice, bool)>,
     /// Where issued notices go (the webhook task), once somebody listens.
     pub(super) notice_tx: Option<mpsc::UnboundedSender<OverdueNotice>>,
-    /// Counted deliveries of streams that closed.
-    pub(super) delivered_closed: u64,
-    /// Counted redeliveries of streams that closed.
-    pub(super) redelivered_closed: u64,
     pub(super) closed: bool,
     /// This node's name (empty for a single node): whose streams are its own.
     pub(super) node: Arc<str>,
@@ -209,13 +174,11 @@ impl State {
             head: seq.last(),
             seq,
             floor,
-            subs: HashMap::new(),
-            wild: Vec::new(),
+            memberships: Memberships::default(),
             channels: HashMap::new(),
             tombstones: Tombstones::default(),
             by_id: HashMap::new(),
             idempotency: HashMap::new(),
-            streams: HashMap::new(),
             watchers: HashMap::new(),
             receipt_gaps: Arc::default(),
             deferred: Vec::new(),
@@ -224,8 +187,6 @@ impl State {
             deadlines: VecDeque::new(),
             notices: HashMap::new(),
             notice_tx: None,
-            delivered_closed: 0,
-            redelivered_closed: 0,
             closed: false,
             cluster,
             current_node: node.clone(),
@@ -245,27 +206,5 @@ impl State {
                 Arc::new(ReceiptLog::counting_gaps(gaps.clone()).with_metrics(metrics.clone()))
             })
             .clone()
-    }
-
-    /// Adds a closed stream's counters to the hub's.
-    pub(in crate::hub) fn fold_counts(&mut self, shared: &StreamShared) {
-        self.delivered_closed += shared.delivered.load(Ordering::Relaxed);
-        self.redelivered_closed += shared.redelivered.load(Ordering::Relaxed);
-    }
-
-    /// Subscriptions matching `channel`: the exact one and the wildcards.
-    pub(super) fn matching<'a>(&'a self, channel: &ChannelName) -> Vec<&'a Sub> {
-        let mut subs = Vec::with_capacity(1 + self.wild.len());
-        if let Some(sub) = self.subs.get(channel.as_str()) {
-            subs.push(sub);
-        }
-        for pattern in &self.wild {
-            if pattern.matches(channel)
-                && let Some(sub) = self.subs.get(pattern)
-            {
-                subs.push(sub);
-            }
-        }
-        subs
     }
 }
