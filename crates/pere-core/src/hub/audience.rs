@@ -85,8 +85,8 @@ impl<S: EventStore> Hub<S> {
             .filter_map(|pattern| {
                 let sub = state.memberships.sub(pattern)?;
                 let matching = state
-                    .channels
-                    .iter()
+                    .ledgers
+                    .channels()
                     .filter(|(c, l)| pattern.matches(c) && !l.receipts.is_empty());
                 let (channels, events) =
                     matching.fold((0, 0), |(n, e), (_, l)| (n + 1, e + l.receipts.len()));

@@ -594,7 +594,7 @@ impl<S: EventStore> Hub<S> {
             log.close();
             return log.follow(after);
         }
-        state.watchers_for(channel).follow(after)
+        state.ledgers.watchers_for(channel).follow(after)
     }
 
     /// Overdue notices ([`HubConfig::ack_deadline`]), for the one task that

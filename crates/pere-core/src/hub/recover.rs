@@ -12,8 +12,7 @@ impl State {
     /// Rebuilds the state from the journal, in order.
     pub(in crate::hub) fn recover(&mut self, records: Vec<Record>, evicted: &[Evicted]) {
         for e in evicted {
-            let ledger = self.channels.entry(e.channel.clone()).or_default();
-            ledger.evicted_upto = ledger.evicted_upto.max(e.upto);
+            self.ledgers.note_evicted(&e.channel, e.upto);
         }
         let counters = Counters::default();
         // Receipts go last: deliveries are only known from cursors (their
@@ -24,7 +23,7 @@ impl State {
         for record in records {
             match record {
                 Record::Event(event) => {
-                    if self.by_id.contains_key(&event.id) {
+                    if self.ledgers.holds(&event.id) {
                         // Replayed twice (a store's own recovery should
                         // prevent it): the first copy stands.
                         continue;
@@ -115,22 +114,17 @@ impl State {
                     continue;
                 }
                 let at = member.cursor_at.unwrap_or_default();
-                for (channel, ledger) in &self.channels {
-                    if !pattern.matches(channel) {
-                        continue;
-                    }
-                    let start = ledger.receipts.partition_point(|r| r.id() <= member.since);
-                    for r in ledger.receipts.range(start..) {
-                        if r.id() > member.cursor {
-                            break;
-                        }
-                        r.mark_delivered(device, at);
-                    }
-                }
+                self.ledgers.mark_delivered_between(
+                    pattern,
+                    device,
+                    member.since,
+                    member.cursor,
+                    at,
+                );
             }
         }
         for (id, device, status, at) in acks {
-            if let Some(receipts) = self.by_id.get(&id).cloned() {
+            if let Some(receipts) = self.ledgers.event(&id).cloned() {
                 receipts.ack(&device, status, at);
                 let channel = receipts.event.channel.clone();
                 let pattern = Pattern::from(channel.clone());
@@ -138,7 +132,7 @@ impl State {
             }
         }
         for (id, device, sent) in notices {
-            let Some(receipts) = self.by_id.get(&id) else {
+            let Some(receipts) = self.ledgers.event(&id) else {
                 continue;
             };
             let key = (id, device.clone());

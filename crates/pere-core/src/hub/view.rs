@@ -24,8 +24,8 @@ impl<S: EventStore> Hub<S> {
     pub fn receipts(&self, subscription: &Pattern, id: EventId) -> Result<Arc<EventReceipts>> {
         let state = self.inner.state();
         state
-            .by_id
-            .get(&id)
+            .ledgers
+            .event(&id)
             .filter(|r| subscription.matches(&r.event.channel))
             .cloned()
             .ok_or_else(|| Error::UnknownEvent {
@@ -98,8 +98,8 @@ impl<S: EventStore> Hub<S> {
     pub fn channels(&self) -> Vec<ChannelInfo> {
         let state = self.inner.state();
         let mut names: Vec<ChannelName> = state
-            .channels
-            .iter()
+            .ledgers
+            .channels()
             .filter(|(_, l)| !l.receipts.is_empty())
             .map(|(c, _)| c.clone())
             .collect();
@@ -114,7 +114,7 @@ impl<S: EventStore> Hub<S> {
         names
             .into_iter()
             .map(|channel| {
-                let ledger = state.channels.get(&channel);
+                let ledger = state.ledgers.channel(&channel);
                 let receipts = ledger.map(|l| &l.receipts);
                 let mut members = HashSet::new();
                 let mut online = HashSet::new();
@@ -158,13 +158,13 @@ impl<S: EventStore> Hub<S> {
             streams_opened: c.streams_opened.load(Ordering::Relaxed),
             slow_disconnects: c.slow_disconnects.load(Ordering::Relaxed),
             streams_open: state.memberships.streams.len(),
-            retained: state.by_id.len(),
+            retained: state.ledgers.retained(),
             members: state
                 .memberships
                 .subs()
                 .map(|(_, s)| s.members.values().filter(|m| m.is_member).count())
                 .sum(),
-            receipt_gaps: state.receipt_gaps.load(Ordering::Relaxed),
+            receipt_gaps: state.ledgers.receipt_gaps(),
             batches: c.batches.load(Ordering::Relaxed),
             records: c.records.load(Ordering::Relaxed),
             damaged_regions: damage.len(),

@@ -1,7 +1,7 @@
 //! Publish: ids, idempotency, the channel limit; then fan-out to every
 //! matching stream and the receipts of the event's audience.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -9,7 +9,7 @@ use crate::config::HubConfig;
 use crate::error::Error;
 use crate::event::{Event, EventId, FrameCache, Timestamp};
 use crate::hub::command::{Effect, Reply};
-use crate::hub::state::{ChannelLedger, Idem, State};
+use crate::hub::state::{Idem, State};
 use crate::hub::{Counters, Publish, Published};
 use crate::ledger::{EventReceipts, NO_SLOT};
 use crate::log::Record;
@@ -43,23 +43,11 @@ impl State {
                 reply,
             };
         }
-        if !self.channels.contains_key(&publish.channel) {
-            if self.channels.len() >= config.max_channels {
-                return Effect::Fail(
-                    Box::new(reply),
-                    Error::ChannelLimit {
-                        limit: config.max_channels,
-                    },
-                );
-            }
-            // Opened now, so later publishes of this batch count it; a
-            // channel that was reclaimed remembers what retention dropped.
-            let evicted_upto = self.tombstones.take(&publish.channel);
-            self.channels.insert(
-                publish.channel.clone(),
-                ChannelLedger {
-                    receipts: VecDeque::new(),
-                    evicted_upto,
+        if !self.ledgers.open(&publish.channel, config.max_channels) {
+            return Effect::Fail(
+                Box::new(reply),
+                Error::ChannelLimit {
+                    limit: config.max_channels,
                 },
             );
         }
@@ -97,7 +85,7 @@ impl State {
         counters: &Counters,
     ) -> Arc<EventReceipts> {
         let id = event.id;
-        let watchers = self.watchers_for(&event.channel);
+        let watchers = self.ledgers.watchers_for(&event.channel);
         let mut audience: Vec<DeviceId> = Vec::new();
         let mut slow: Vec<u64> = Vec::new();
         let receipts = {
@@ -163,12 +151,7 @@ impl State {
         }
         let channel = receipts.event.channel.clone();
         self.memberships.track_unacked(&channel, id);
-        self.channels
-            .entry(channel.clone())
-            .or_default()
-            .receipts
-            .push_back(receipts.clone());
-        self.by_id.insert(id, receipts.clone());
+        self.ledgers.record(&receipts);
         if self.ack_deadline.is_some() {
             self.deadlines.push_back(receipts.clone());
         }
@@ -220,7 +203,7 @@ impl State {
         recipients: usize,
         reply: Reply<Published>,
     ) {
-        let receipts = self.by_id.get(&id).cloned();
+        let receipts = self.ledgers.event(&id).cloned();
         let recipients = receipts.as_ref().map_or(recipients, |r| r.audience().len());
         tracing::debug!(channel = %channel, id = %id, "idempotent retry answered with the first result");
         let _ = reply.send(Ok(Published {

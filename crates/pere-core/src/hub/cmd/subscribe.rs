@@ -2,7 +2,6 @@
 //! acknowledging device has not acknowledged, gaps) and what its end
 //! leaves (cursor, presence).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -11,11 +10,11 @@ use crate::error::Error;
 use crate::event::{EventId, Timestamp};
 use crate::hub::cluster::wire::ClosedStream;
 use crate::hub::command::{Effect, Owed, Plan, Reply};
-use crate::hub::state::{ChannelLedger, OpenStream, State};
+use crate::hub::state::{Ledgers, OpenStream, State};
 use crate::hub::{Gap, Hello, Resume, SubscribeRequest};
 use crate::ledger::EventReceipts;
 use crate::log::Record;
-use crate::name::{ChannelName, DeviceId, Pattern};
+use crate::name::{DeviceId, Pattern};
 use crate::presence::{Member, StreamTx};
 
 /// `Hub::subscribe`: a new stream.
@@ -192,7 +191,7 @@ impl State {
                 (Resume::Now, _) => (head, false),
                 (Resume::Auto, Some(device)) if existed => match sub.members.get_mut(device) {
                     Some(member) if member.acknowledges() => {
-                        let floor = unacked_to_send(member, &self.by_id, head, &mut redeliver);
+                        let floor = unacked_to_send(member, &self.ledgers, head, &mut redeliver);
                         lost |= member.lost_from.take().is_some();
                         floors.push(floor);
                         // Nothing in order after a point: the list says it all.
@@ -230,11 +229,11 @@ impl State {
 
         let mut replay: Vec<Arc<EventReceipts>> = redeliver
             .iter()
-            .filter_map(|id| self.by_id.get(id).cloned())
+            .filter_map(|id| self.ledgers.event(id).cloned())
             .collect();
         let mut gap: Option<Gap> = None;
         let mut oldest_of_all: Option<EventId> = None;
-        for (channel, ledger) in &self.channels {
+        for (channel, ledger) in self.ledgers.channels() {
             let mut after: Option<(EventId, bool)> = None;
             for (pattern, start, checked) in &starts {
                 if pattern.matches(channel) {
@@ -273,7 +272,7 @@ impl State {
             );
         }
         for (pattern, start, checked) in &starts {
-            if *checked && self.tombstones.lost_after(pattern, *start) {
+            if *checked && self.ledgers.lost_after(pattern, *start) {
                 // A channel reclaimed after retention emptied it.
                 let g = gap.get_or_insert(Gap {
                     from: *start,
@@ -403,7 +402,7 @@ impl State {
         let remote = *node != self.node;
         let State {
             memberships,
-            channels,
+            ledgers,
             deferred,
             ..
         } = self;
@@ -412,8 +411,7 @@ impl State {
         };
         if upto > member.cursor {
             if remote {
-                mark_delivered_between(
-                    channels,
+                ledgers.mark_delivered_between(
                     pattern,
                     device,
                     member.cursor,
@@ -441,9 +439,7 @@ impl State {
         for id in ids {
             self.close_stream(id, now);
         }
-        for watchers in self.watchers.values() {
-            watchers.close();
-        }
+        self.ledgers.close_watchers();
         self.closed = true;
     }
 }
@@ -454,13 +450,13 @@ impl State {
 /// before its oldest unacknowledged event, or its cursor when there is none.
 pub(in crate::hub) fn unacked_to_send(
     member: &mut Member,
-    by_id: &HashMap<EventId, Arc<EventReceipts>>,
+    ledgers: &Ledgers,
     head: EventId,
     out: &mut Vec<EventId>,
 ) -> EventId {
     let mut lost_from = member.lost_from;
     member.unacked.retain(|id| {
-        if by_id.contains_key(id) {
+        if ledgers.holds(id) {
             return true;
         }
         lost_from = Some(lost_from.map_or(*id, |l| l.min(*id)));
@@ -486,40 +482,4 @@ pub(in crate::hub) fn unacked_to_send(
     };
     out.extend(member.unacked.iter().copied().take_while(|id| *id <= head));
     floor
-}
-
-/// Marks events of `pattern`'s channels with ids in `(after, upto]`
-/// delivered to `device` at `at` (deliveries known from a cursor: after a
-/// restart, or made on another node).
-pub(in crate::hub) fn mark_delivered_between(
-    channels: &HashMap<ChannelName, ChannelLedger>,
-    pattern: &Pattern,
-    device: &DeviceId,
-    after: EventId,
-    upto: EventId,
-    at: Timestamp,
-) {
-    let mark = |ledger: &ChannelLedger| {
-        let start = ledger.receipts.partition_point(|r| r.id() <= after);
-        for r in ledger.receipts.range(start..) {
-            if r.id() > upto {
-                break;
-            }
-            r.mark_delivered(device, at);
-        }
-    };
-    match pattern.exact() {
-        Some(channel) => {
-            if let Some(ledger) = channels.get(channel) {
-                mark(ledger);
-            }
-        }
-        None => {
-            for (channel, ledger) in channels {
-                if pattern.matches(channel) {
-                    mark(ledger);
-                }
-            }
-        }
-    }
 }

@@ -23,7 +23,7 @@ impl State {
     ) {
         let ttl = config.member_ttl;
         let cluster = self.cluster;
-        let by_id = &self.by_id;
+        let ledgers = &self.ledgers;
         for (pattern, sub) in self.memberships.subs_mut() {
             let mut ackers = 0;
             for member in sub.members.values_mut() {
@@ -32,7 +32,7 @@ impl State {
                     // Retention dropped these before the device acknowledged
                     // them: forget them, and tell it when it comes back.
                     while let Some(&first) = member.unacked.front()
-                        && !by_id.contains_key(&first)
+                        && !ledgers.holds(&first)
                     {
                         member.unacked.pop_front();
                         member.lost_from = member.lost_from.or(Some(first));
@@ -75,42 +75,14 @@ impl State {
             });
         }
         self.memberships.drop_empty();
-        self.reclaim_channels();
-        let by_id = &self.by_id;
+        self.ledgers.reclaim();
+        let ledgers = &self.ledgers;
         // Kept until the webhook took them, even for events gone since.
         self.notices
-            .retain(|(id, _), (_, sent)| by_id.contains_key(id) || !*sent);
+            .retain(|(id, _), (_, sent)| ledgers.holds(id) || !*sent);
         let idem_ttl = config.idempotency_ttl;
-        let by_id = &self.by_id;
         self.idempotency
-            .retain(|_, idem| by_id.contains_key(&idem.id) || now.since(idem.at) < idem_ttl);
-    }
-
-    /// Forgets channels retention emptied (keeping a tombstone of what it
-    /// dropped) and receipt-watcher slots nobody uses: a server that saw a
-    /// million short-lived channels holds only what is still retained.
-    pub(in crate::hub) fn reclaim_channels(&mut self) {
-        let tombstones = &mut self.tombstones;
-        self.channels.retain(|channel, ledger| {
-            if !ledger.receipts.is_empty() {
-                return true;
-            }
-            tombstones.add(channel.clone(), ledger.evicted_upto);
-            false
-        });
-        if self.channels.capacity() > 2 * self.channels.len() + 64 {
-            self.channels.shrink_to_fit();
-        }
-        let channels = &self.channels;
-        let now = Timestamp::now();
-        self.watchers
-            .retain(|channel, w| !w.idle(now) || channels.contains_key(channel));
-        if self.watchers.capacity() > 2 * self.watchers.len() + 64 {
-            self.watchers.shrink_to_fit();
-        }
-        if self.by_id.capacity() > 2 * self.by_id.len() + 1024 {
-            self.by_id.shrink_to_fit();
-        }
+            .retain(|_, idem| ledgers.holds(&idem.id) || now.since(idem.at) < idem_ttl);
     }
 
     /// Issues an overdue notice for every device that has not acked an event
@@ -127,7 +99,7 @@ impl State {
             let Some(receipts) = self.deadlines.pop_front() else {
                 break;
             };
-            if !self.by_id.contains_key(&receipts.id()) {
+            if !self.ledgers.holds(&receipts.id()) {
                 continue; // no longer retained
             }
             self.notify_unacked(&receipts, due, false, now, records);
@@ -187,19 +159,7 @@ impl State {
 
     /// Drops the receipts of evicted events.
     pub(in crate::hub) fn evict(&mut self, evicted: &[Evicted], now: Timestamp) {
-        let mut gone = Vec::new();
-        for e in evicted {
-            let Some(ledger) = self.channels.get_mut(&e.channel) else {
-                continue;
-            };
-            while ledger.receipts.front().is_some_and(|r| r.id() <= e.upto) {
-                if let Some(r) = ledger.receipts.pop_front() {
-                    self.by_id.remove(&r.id());
-                    gone.push(r);
-                }
-            }
-            ledger.evicted_upto = ledger.evicted_upto.max(e.upto);
-        }
+        let gone = self.ledgers.evict(evicted);
         // With a deadline, no unacknowledged event leaves without a word:
         // its devices get a notice now (journaled with the next batch).
         if let Some(deadline) = self.ack_deadline {
