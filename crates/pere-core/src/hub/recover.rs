@@ -2,7 +2,7 @@
 
 use crate::event::{Sequencer, Timestamp};
 use crate::hub::Counters;
-use crate::hub::state::{Idem, State};
+use crate::hub::state::State;
 use crate::ledger::{OverdueNotice, ReceiptState};
 use crate::log::{Evicted, Record};
 use crate::name::Pattern;
@@ -31,16 +31,7 @@ impl State {
                     if event.id > self.seq.last() {
                         self.seq = Sequencer::after(event.id);
                     }
-                    if let Some(key) = &event.idempotency_key {
-                        self.idempotency.insert(
-                            (event.channel.clone(), event.device.clone(), key.clone()),
-                            Idem {
-                                id: event.id,
-                                recipients: 0,
-                                at: event.time,
-                            },
-                        );
-                    }
+                    self.idempotency.remember_event(&event);
                     self.fan_out(event, &counters);
                 }
                 Record::Ack {

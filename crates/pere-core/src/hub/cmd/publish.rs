@@ -9,7 +9,7 @@ use crate::config::HubConfig;
 use crate::error::Error;
 use crate::event::{Event, EventId, FrameCache, Timestamp};
 use crate::hub::command::{Effect, Reply};
-use crate::hub::state::{Idem, State};
+use crate::hub::state::State;
 use crate::hub::{Counters, Publish, Published};
 use crate::ledger::{EventReceipts, NO_SLOT};
 use crate::log::Record;
@@ -34,7 +34,7 @@ impl State {
             )
         });
         if let Some(key) = &key
-            && let Some(first) = self.idempotency.get(key)
+            && let Some(first) = self.idempotency.first(key)
         {
             return Effect::Duplicate {
                 id: first.id,
@@ -62,15 +62,7 @@ impl State {
             idempotency_key: key.as_ref().map(|(_, _, k)| k.clone()),
         });
         if let Some(key) = key {
-            // Recipients are filled in when the event is applied.
-            self.idempotency.insert(
-                key,
-                Idem {
-                    id,
-                    recipients: 0,
-                    at: now,
-                },
-            );
+            self.idempotency.remember(key, id, now);
         }
         records.push(Record::Event(event.clone()));
         Effect::Publish { event, reply }
@@ -149,19 +141,13 @@ impl State {
             counters.slow_disconnects.fetch_add(1, Ordering::Relaxed);
             self.close_stream(stream, receipts.event.time);
         }
-        let channel = receipts.event.channel.clone();
-        self.memberships.track_unacked(&channel, id);
+        self.memberships.track_unacked(&receipts.event.channel, id);
         self.ledgers.record(&receipts);
         if self.ack_deadline.is_some() {
             self.deadlines.push_back(receipts.clone());
         }
-        if let Some(key) = &receipts.event.idempotency_key
-            && let Some(idem) =
-                self.idempotency
-                    .get_mut(&(channel, receipts.event.device.clone(), key.clone()))
-        {
-            idem.recipients = receipts.audience().len();
-        }
+        self.idempotency
+            .settle(&receipts.event, receipts.audience().len());
         self.head = id;
         receipts
     }

@@ -80,9 +80,8 @@ impl State {
         // Kept until the webhook took them, even for events gone since.
         self.notices
             .retain(|(id, _), (_, sent)| ledgers.holds(id) || !*sent);
-        let idem_ttl = config.idempotency_ttl;
         self.idempotency
-            .retain(|_, idem| ledgers.holds(&idem.id) || now.since(idem.at) < idem_ttl);
+            .expire(ledgers, now, config.idempotency_ttl);
     }
 
     /// Issues an overdue notice for every device that has not acked an event

@@ -10,27 +10,19 @@ use tokio::sync::mpsc;
 
 use crate::auth::AuthRegistry;
 use crate::config::HubConfig;
-use crate::event::{EventId, Sequencer, Timestamp};
+use crate::event::{EventId, Sequencer};
 use crate::ledger::{EventReceipts, OverdueNotice};
 use crate::log::Record;
 use crate::metrics::HubMetrics;
-use crate::name::{ChannelName, DeviceId};
+use crate::name::DeviceId;
 
+mod idempotency;
 mod ledgers;
 mod memberships;
 
+pub(super) use idempotency::Idempotency;
 pub(super) use ledgers::Ledgers;
 pub(super) use memberships::{Memberships, OpenStream};
-
-/// Channel, publisher, key.
-pub(super) type IdemKey = (ChannelName, Option<DeviceId>, Box<str>);
-
-#[derive(Debug)]
-pub(super) struct Idem {
-    pub(super) id: EventId,
-    pub(super) recipients: usize,
-    pub(super) at: Timestamp,
-}
 
 pub(super) struct State {
     /// The hub's token table (shared with request handlers).
@@ -46,10 +38,8 @@ pub(super) struct State {
     pub(super) memberships: Memberships,
     /// What is retained of events: receipts by channel and id, gaps.
     pub(super) ledgers: Ledgers,
-    /// Idempotency keys, scoped by channel and publisher (the `device` of
-    /// the publish: a token's subject when auth is on), so one publisher's
-    /// key never swallows another's event.
-    pub(super) idempotency: HashMap<IdemKey, Idem>,
+    /// Idempotency keys, and what their first publish got.
+    pub(super) idempotency: Idempotency,
     /// Records produced while applying (a stream closed for being slow);
     /// written with the next batch.
     pub(super) deferred: Vec<Record>,
@@ -103,7 +93,7 @@ impl State {
             floor,
             memberships: Memberships::default(),
             ledgers: Ledgers::new(metrics),
-            idempotency: HashMap::new(),
+            idempotency: Idempotency::default(),
             deferred: Vec::new(),
             replay_all: config.replay_all,
             ack_deadline: config.ack_deadline,
