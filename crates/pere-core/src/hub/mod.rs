@@ -604,7 +604,7 @@ impl<S: EventStore> Hub<S> {
     /// the feed over from the first.
     pub fn overdue_notices(&self) -> mpsc::UnboundedReceiver<OverdueNotice> {
         let (tx, rx) = mpsc::unbounded_channel();
-        self.inner.state().attach_notices(tx);
+        self.inner.state().notices.attach(tx);
         rx
     }
 

@@ -3,7 +3,6 @@
 use crate::event::{Sequencer, Timestamp};
 use crate::hub::Counters;
 use crate::hub::state::State;
-use crate::ledger::{OverdueNotice, ReceiptState};
 use crate::log::{Evicted, Record};
 use crate::name::Pattern;
 use crate::presence::{Member, Op};
@@ -123,30 +122,8 @@ impl State {
             }
         }
         for (id, device, sent) in notices {
-            let Some(receipts) = self.ledgers.event(&id) else {
-                continue;
-            };
-            let key = (id, device.clone());
-            match self.notices.get_mut(&key) {
-                Some(entry) => entry.1 |= sent,
-                None => {
-                    let state = receipts
-                        .receipt_of(&device)
-                        .map_or(ReceiptState::Pending, |r| r.state);
-                    let notice = OverdueNotice {
-                        id,
-                        channel: receipts.event.channel.clone(),
-                        device,
-                        state,
-                        published_at: receipts.event.time,
-                        deadline: receipts
-                            .event
-                            .time
-                            .plus(self.ack_deadline.unwrap_or_default()),
-                        expired: false,
-                    };
-                    self.notices.insert(key, (notice, sent));
-                }
+            if let Some(receipts) = self.ledgers.event(&id) {
+                self.notices.restore(receipts, device, sent);
             }
         }
         let now = Timestamp::now();

@@ -662,7 +662,7 @@ async fn chores<S: EventStore>(inner: Arc<Inner<S>>, log: Arc<dyn SharedLog>) {
                 false
             }
         };
-        inner.state().become_ticker(ticker);
+        inner.state().notices.become_ticker(ticker);
         if !ticker {
             continue;
         }

@@ -143,9 +143,7 @@ impl State {
         }
         self.memberships.track_unacked(&receipts.event.channel, id);
         self.ledgers.record(&receipts);
-        if self.ack_deadline.is_some() {
-            self.deadlines.push_back(receipts.clone());
-        }
+        self.notices.watch(&receipts);
         self.idempotency
             .settle(&receipts.event, receipts.audience().len());
         self.head = id;

@@ -1,29 +1,31 @@
-//! The hub's state, owned by the writer task: subscriptions and their
-//! memberships, retained events' ledgers per channel, idempotency keys,
-//! open streams, notices. The commands (`cmd/`) change it.
+//! The hub's state, owned by the writer task and changed by its commands
+//! (`cmd/`). Four structures, each keeping its invariants behind its own
+//! methods, so that what a command touches shows in what it calls:
+//! [`Memberships`] (who listens: subscriptions, members, open streams),
+//! [`Ledgers`] (what is retained of events), [`Idempotency`] (publishes'
+//! keys) and [`Notices`] (acknowledgement deadlines). `State` holds them
+//! with what every command shares: ids, the head, the node, and what goes
+//! to the journal or the cluster's log next.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
-
-use tokio::sync::mpsc;
 
 use crate::auth::AuthRegistry;
 use crate::config::HubConfig;
 use crate::event::{EventId, Sequencer};
-use crate::ledger::{EventReceipts, OverdueNotice};
 use crate::log::Record;
 use crate::metrics::HubMetrics;
-use crate::name::DeviceId;
 
 mod idempotency;
 mod ledgers;
 mod memberships;
+mod notices;
 
 pub(super) use idempotency::Idempotency;
 pub(super) use ledgers::Ledgers;
 pub(super) use memberships::{Memberships, OpenStream};
+pub(super) use notices::Notices;
 
+/// Everything the writer task owns.
 pub(super) struct State {
     /// The hub's token table (shared with request handlers).
     pub(super) auth: Arc<AuthRegistry>,
@@ -40,20 +42,14 @@ pub(super) struct State {
     pub(super) ledgers: Ledgers,
     /// Idempotency keys, and what their first publish got.
     pub(super) idempotency: Idempotency,
+    /// Acknowledgement deadlines and the overdue notices they caused.
+    pub(super) notices: Notices,
     /// Records produced while applying (a stream closed for being slow);
     /// written with the next batch.
     pub(super) deferred: Vec<Record>,
     /// [`HubConfig::replay_all`].
     pub(super) replay_all: bool,
-    /// [`HubConfig::ack_deadline`].
-    pub(super) ack_deadline: Option<Duration>,
-    /// Events whose acknowledgement deadline has not been checked yet, in
-    /// publish order (so the due ones are at the front).
-    pub(super) deadlines: VecDeque<Arc<EventReceipts>>,
-    /// Overdue notices issued, and whether the webhook accepted them.
-    pub(super) notices: HashMap<(EventId, DeviceId), (OverdueNotice, bool)>,
-    /// Where issued notices go (the webhook task), once somebody listens.
-    pub(super) notice_tx: Option<mpsc::UnboundedSender<OverdueNotice>>,
+    /// Shut down: commands are refused from now on.
     pub(super) closed: bool,
     /// This node's name (empty for a single node): whose streams are its own.
     pub(super) node: Arc<str>,
@@ -68,9 +64,6 @@ pub(super) struct State {
     pub(super) cluster: bool,
     /// For the shared log, with the next entry.
     pub(super) outbox: Vec<crate::hub::cluster::wire::Wire>,
-    /// Whether this node sends the overdue notices (a single node does; in
-    /// a cluster, the holder of the ticker lease).
-    pub(super) ticker: bool,
 }
 
 impl State {
@@ -94,19 +87,15 @@ impl State {
             memberships: Memberships::default(),
             ledgers: Ledgers::new(metrics),
             idempotency: Idempotency::default(),
+            // A cluster node sends notices once it holds the ticker lease.
+            notices: Notices::new(config.ack_deadline, !cluster),
             deferred: Vec::new(),
             replay_all: config.replay_all,
-            ack_deadline: config.ack_deadline,
-            deadlines: VecDeque::new(),
-            notices: HashMap::new(),
-            notice_tx: None,
             closed: false,
             cluster,
             current_node: node.clone(),
             node,
             outbox: Vec::new(),
-            // A cluster node sends notices once it holds the ticker lease.
-            ticker: !cluster,
         }
     }
 }
