@@ -89,7 +89,7 @@ impl<S: EventStore> Hub<S> {
         per_subscription.sort();
         Connections {
             per_subscription,
-            total: state.memberships.streams.len(),
+            total: state.memberships.stream_count(),
         }
     }
 
@@ -157,7 +157,7 @@ impl<S: EventStore> Hub<S> {
             acked: c.acked.load(Ordering::Relaxed),
             streams_opened: c.streams_opened.load(Ordering::Relaxed),
             slow_disconnects: c.slow_disconnects.load(Ordering::Relaxed),
-            streams_open: state.memberships.streams.len(),
+            streams_open: state.memberships.stream_count(),
             retained: state.ledgers.retained(),
             members: state
                 .memberships

@@ -204,7 +204,7 @@ pub(super) async fn writer<S: EventStore>(
                     let reason = format!("the cluster log lost entries this node had applied (a Redis failover): {err}");
                     tracing::error!(cause = %err, "the cluster log lost entries this node applied; closing its streams and stopping");
                     let mut state = inner.state();
-                    for open in state.memberships.streams.values() {
+                    for open in state.memberships.streams() {
                         open.shared.say_farewell(failover_gap(open.shared.delivered_upto()));
                     }
                     state.close_all(Timestamp::now());

@@ -130,7 +130,7 @@ impl State {
         for stream in slow {
             // Which device, and where it will resume from, so that a
             // client's report of a closed stream can be matched to this line.
-            let open = self.memberships.streams.get(&stream);
+            let open = self.memberships.stream(stream);
             tracing::warn!(
                 stream,
                 device = open.and_then(|o| o.device.as_ref()).map(DeviceId::as_str),

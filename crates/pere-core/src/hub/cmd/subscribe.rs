@@ -203,27 +203,16 @@ impl State {
                 (Resume::Auto, _) => (head, false),
             };
             starts.push((pattern.clone(), start.min(head), checked));
-            match &req.device {
-                Some(device) => {
-                    if let Some(member) = sub.members.get_mut(device) {
-                        member.streams.push(stream.clone());
-                        member.attach(&self.node, now);
-                        member.last_event_id = last_event_id.clone();
-                    }
-                }
-                None => sub.anonymous.push(stream.clone()),
-            }
         }
-        self.memberships.streams.insert(
-            stream.shared.id,
-            OpenStream {
-                subs: req.patterns.clone(),
-                device: req.device.clone(),
-                token,
-                shared: stream.shared.clone(),
-                sent_upto: head,
-            },
-        );
+        let open = OpenStream {
+            subs: req.patterns.clone(),
+            device: req.device.clone(),
+            token,
+            shared: stream.shared.clone(),
+            sent_upto: head,
+        };
+        self.memberships
+            .open_stream(open, &stream, &self.node, &last_event_id, now);
         // Nothing at or below `head` is queued live to this stream.
         stream.shared.enqueued_upto.store(head.0, Ordering::Relaxed);
 
@@ -435,7 +424,7 @@ impl State {
 
     /// Shutdown: every stream ends, every receipts stream too.
     pub(in crate::hub) fn close_all(&mut self, now: Timestamp) {
-        let ids: Vec<u64> = self.memberships.streams.keys().copied().collect();
+        let ids: Vec<u64> = self.memberships.streams().map(|o| o.shared.id).collect();
         for id in ids {
             self.close_stream(id, now);
         }

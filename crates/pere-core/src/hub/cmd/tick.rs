@@ -124,27 +124,6 @@ impl State {
     /// A cluster node tells the others what its streams were written since
     /// it last did (their receipts become `delivered` on every node).
     pub(in crate::hub) fn checkpoint_cursors(&mut self) {
-        use crate::hub::cluster::wire::Wire;
-        let mut wires = Vec::new();
-        for open in self.memberships.streams.values_mut() {
-            let Some(device) = &open.device else {
-                continue;
-            };
-            let upto = open.shared.delivered_upto();
-            if upto <= open.sent_upto {
-                continue;
-            }
-            open.sent_upto = upto;
-            let at = open.shared.delivered_at().map_or(0, |t| t.0);
-            for pattern in &open.subs {
-                wires.push(Wire::Cursor {
-                    subscription: pattern.clone(),
-                    device: device.clone(),
-                    cursor: upto.0,
-                    at,
-                });
-            }
-        }
-        self.outbox.extend(wires);
+        self.outbox.extend(self.memberships.unsent_cursors());
     }
 }

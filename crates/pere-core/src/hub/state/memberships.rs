@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 
 use crate::auth::TokenHash;
 use crate::event::{EventId, Timestamp};
-use crate::hub::cluster::wire::ClosedStream;
+use crate::hub::cluster::wire::{ClosedStream, Wire};
 use crate::name::{ChannelName, DeviceId, Pattern};
 use crate::presence::{Member, StreamShared, StreamTx};
 
@@ -61,8 +61,9 @@ pub(in crate::hub) struct Memberships {
     subs: HashMap<Pattern, Sub>,
     /// Subscriptions with wildcards, for matching channels against.
     wild: Vec<Pattern>,
-    /// Streams open on this node, by id.
-    pub(in crate::hub) streams: HashMap<u64, OpenStream>,
+    /// Streams open on this node, by id; private so that a stream only
+    /// comes and goes with its senders in `subs`.
+    streams: HashMap<u64, OpenStream>,
     /// Counted deliveries of streams that closed.
     delivered_closed: u64,
     /// Counted redeliveries of streams that closed.
@@ -106,6 +107,48 @@ impl Memberships {
     /// The wildcard subscriptions' patterns.
     pub(in crate::hub) fn wild(&self) -> &[Pattern] {
         &self.wild
+    }
+
+    /// The stream `id`, if it is open on this node.
+    pub(in crate::hub) fn stream(&self, id: u64) -> Option<&OpenStream> {
+        self.streams.get(&id)
+    }
+
+    /// The streams open on this node.
+    pub(in crate::hub) fn streams(&self) -> impl Iterator<Item = &OpenStream> {
+        self.streams.values()
+    }
+
+    /// How many streams are open on this node.
+    pub(in crate::hub) fn stream_count(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// What this node's streams were written since it last told its
+    /// cluster: one cursor per stream and subscription, each stream's
+    /// `sent_upto` moved on so it is told once.
+    pub(in crate::hub) fn unsent_cursors(&mut self) -> Vec<Wire> {
+        let mut wires = Vec::new();
+        for open in self.streams.values_mut() {
+            let Some(device) = &open.device else {
+                continue;
+            };
+            let upto = open.shared.delivered_upto();
+            if upto <= open.sent_upto {
+                continue;
+            }
+            open.sent_upto = upto;
+            let at = open.shared.delivered_at().map_or(0, |t| t.0);
+            for pattern in &open.subs {
+                wires.push(Wire::Cursor {
+                    subscription: pattern.clone(),
+                    device: device.clone(),
+                    cursor: upto.0,
+                    at,
+                });
+            }
+        }
+        wires
     }
 
     /// `device`'s entry on `pattern`, if it has one.
@@ -170,6 +213,37 @@ impl Memberships {
                 track(sub);
             }
         }
+    }
+
+    /// Registers a stream opened on `node`: its sender joins each of its
+    /// subscriptions (its device's membership there, or the anonymous
+    /// ones), its record joins `streams`; [`Memberships::close_local`]
+    /// takes both out again. A subscription gone since the stream was
+    /// prepared (an empty one a tick of the same batch dropped) is skipped.
+    pub(in crate::hub) fn open_stream(
+        &mut self,
+        open: OpenStream,
+        stream: &StreamTx,
+        node: &Arc<str>,
+        last_event_id: &Option<String>,
+        now: Timestamp,
+    ) {
+        for pattern in &open.subs {
+            let Some(sub) = self.subs.get_mut(pattern) else {
+                continue;
+            };
+            match &open.device {
+                Some(device) => {
+                    if let Some(member) = sub.members.get_mut(device) {
+                        member.streams.push(stream.clone());
+                        member.attach(node, now);
+                        member.last_event_id = last_event_id.clone();
+                    }
+                }
+                None => sub.anonymous.push(stream.clone()),
+            }
+        }
+        self.streams.insert(open.shared.id, open);
     }
 
     /// Ends `device`'s membership of `pattern`, with its streams here: they
