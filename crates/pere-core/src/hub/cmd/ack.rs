@@ -131,12 +131,7 @@ impl State {
         now: Timestamp,
     ) {
         let mut noted = false;
-        let State {
-            memberships,
-            ledgers,
-            ..
-        } = self;
-        for (pattern, sub) in memberships.subs_mut() {
+        for (pattern, sub) in self.memberships.subs_mut() {
             if !pattern.matches(channel) {
                 continue;
             }
@@ -147,7 +142,7 @@ impl State {
                     // Its first receipt: from now on it is sent again what
                     // it has not acknowledged, starting with what it has
                     // already been sent.
-                    member.unacked = ledgers.unacked_events(pattern, device, member.since);
+                    member.unacked = self.ledgers.unacked_events(pattern, device, member.since);
                     sub.ackers += 1;
                 }
                 touch_ack(member, id, now);

@@ -389,18 +389,12 @@ impl State {
         now: Timestamp,
     ) {
         let remote = *node != self.node;
-        let State {
-            memberships,
-            ledgers,
-            deferred,
-            ..
-        } = self;
-        let Some(member) = memberships.member_mut(pattern, device) else {
+        let Some(member) = self.memberships.member_mut(pattern, device) else {
             return;
         };
         if upto > member.cursor {
             if remote {
-                ledgers.mark_delivered_between(
+                self.ledgers.mark_delivered_between(
                     pattern,
                     device,
                     member.cursor,
@@ -413,7 +407,7 @@ impl State {
         }
         if member.cursor > member.journaled_cursor {
             member.journaled_cursor = member.cursor;
-            deferred.push(Record::Cursor {
+            self.deferred.push(Record::Cursor {
                 subscription: pattern.clone(),
                 device: device.clone(),
                 cursor: member.cursor,
