@@ -20,6 +20,7 @@ use crate::receipt_log::ReceiptLog;
 /// One channel's retained events, oldest first.
 #[derive(Debug, Default)]
 pub(in crate::hub) struct ChannelLedger {
+    /// Its retained events' receipts, in id order.
     pub(in crate::hub) receipts: VecDeque<Arc<EventReceipts>>,
     /// Highest id dropped for retention.
     pub(in crate::hub) evicted_upto: EventId,

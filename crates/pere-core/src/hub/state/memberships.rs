@@ -16,11 +16,13 @@ use crate::hub::cluster::wire::{ClosedStream, Wire};
 use crate::name::{ChannelName, DeviceId, Pattern};
 use crate::presence::{Member, StreamShared, StreamTx};
 
-/// One subscription (a channel or a pattern): its members and the streams
-/// of devices that are none.
+/// One subscription (a channel or a pattern): its members, and the streams
+/// opened on it without a device.
 #[derive(Debug, Default)]
 pub(in crate::hub) struct Sub {
+    /// Devices known here: members, and devices only seen acknowledging.
     pub(in crate::hub) members: HashMap<DeviceId, Member>,
+    /// Streams opened without a device (in no audience).
     pub(in crate::hub) anonymous: Vec<StreamTx>,
     /// At least the number of acknowledging members (recounted by each
     /// maintenance tick): while 0, a publish skips tracking `unacked`.
@@ -42,10 +44,13 @@ impl Sub {
 /// A stream open on this node, as the writer knows it.
 #[derive(Debug)]
 pub(in crate::hub) struct OpenStream {
+    /// The subscriptions it was opened on.
     pub(in crate::hub) subs: Vec<Pattern>,
+    /// Its device, if it named one.
     pub(in crate::hub) device: Option<DeviceId>,
     /// The token it was opened with: a change of that token re-checks it.
     pub(in crate::hub) token: Option<TokenHash>,
+    /// What the writer shares with the stream's body: queue, counters.
     pub(in crate::hub) shared: Arc<StreamShared>,
     /// The cursor this node last sent its cluster for it.
     pub(in crate::hub) sent_upto: EventId,
@@ -55,7 +60,7 @@ pub(in crate::hub) struct OpenStream {
 /// streams delivered.
 #[derive(Debug, Default)]
 pub(in crate::hub) struct Memberships {
-    /// Private with `wild`: a subscription is only added by
+    /// Subscriptions by pattern. Private with `wild`: one is only added by
     /// [`Memberships::sub_entry`] and dropped by [`Memberships::drop_empty`],
     /// which keep the two in step.
     subs: HashMap<Pattern, Sub>,
