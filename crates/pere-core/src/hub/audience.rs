@@ -40,16 +40,20 @@ impl<S: EventStore> Hub<S> {
         let state = self.inner.state();
         let mut out: HashMap<DeviceId, (Pattern, Presence)> = HashMap::new();
         let exact = Pattern::from(channel.clone());
-        if let Some(sub) = state.subs.get(&exact) {
+        if let Some(sub) = state.memberships.sub(&exact) {
             for (device, member) in &sub.members {
                 out.insert(device.clone(), (exact.clone(), member.presence()));
             }
         }
-        let mut patterns: Vec<&Pattern> =
-            state.wild.iter().filter(|p| p.matches(channel)).collect();
+        let mut patterns: Vec<&Pattern> = state
+            .memberships
+            .wild()
+            .iter()
+            .filter(|p| p.matches(channel))
+            .collect();
         patterns.sort();
         for pattern in patterns {
-            let Some(sub) = state.subs.get(pattern) else {
+            let Some(sub) = state.memberships.sub(pattern) else {
                 continue;
             };
             for (device, member) in sub.members.iter().filter(|(_, m)| m.is_member) {
@@ -75,13 +79,14 @@ impl<S: EventStore> Hub<S> {
     pub fn patterns(&self) -> Vec<PatternInfo> {
         let state = self.inner.state();
         let mut out: Vec<PatternInfo> = state
-            .wild
+            .memberships
+            .wild()
             .iter()
             .filter_map(|pattern| {
-                let sub = state.subs.get(pattern)?;
+                let sub = state.memberships.sub(pattern)?;
                 let matching = state
-                    .channels
-                    .iter()
+                    .ledgers
+                    .channels()
                     .filter(|(c, l)| pattern.matches(c) && !l.receipts.is_empty());
                 let (channels, events) =
                     matching.fold((0, 0), |(n, e), (_, l)| (n + 1, e + l.receipts.len()));

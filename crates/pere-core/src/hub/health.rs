@@ -213,11 +213,7 @@ pub(super) async fn fail_batch<S: EventStore>(
         kept.append(&mut state.deferred);
         state.deferred = kept;
         if !undone.is_empty() {
-            // A key whose publish failed must not answer the retry as a
-            // duplicate of an event that does not exist.
-            state
-                .idempotency
-                .retain(|_, idem| !undone.contains(&idem.id));
+            state.idempotency.forget_events(&undone);
         }
     }
     let mut shutdown = Vec::new();

@@ -21,7 +21,7 @@
 //! never waits: a full queue closes that stream, and its device resumes
 //! later from `Last-Event-ID` or its durable cursor without loss.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
@@ -178,37 +178,7 @@ impl<S: EventStore> Hub<S> {
         }
         let auth = Arc::new(AuthRegistry::default());
         let metrics = Arc::new(HubMetrics::default());
-        let mut state = State {
-            auth: auth.clone(),
-            head: seq.last(),
-            seq,
-            floor,
-            subs: HashMap::new(),
-            wild: Vec::new(),
-            channels: HashMap::new(),
-            tombstones: Default::default(),
-            by_id: HashMap::new(),
-            idempotency: HashMap::new(),
-            streams: HashMap::new(),
-            watchers: HashMap::new(),
-            receipt_gaps: Arc::default(),
-            deferred: Vec::new(),
-            replay_all: config.replay_all,
-            ack_deadline: config.ack_deadline,
-            deadlines: VecDeque::new(),
-            notices: HashMap::new(),
-            notice_tx: None,
-            delivered_closed: 0,
-            redelivered_closed: 0,
-            closed: false,
-            node: Arc::from(node.unwrap_or("")),
-            current_node: Arc::from(node.unwrap_or("")),
-            cluster: node.is_some(),
-            outbox: Vec::new(),
-            // A cluster node sends notices once it holds the ticker lease.
-            ticker: node.is_none(),
-            metrics: metrics.clone(),
-        };
+        let mut state = State::new(&config, auth.clone(), seq, floor, node, metrics.clone());
         state.recover(recovered.records, &recovered.evicted);
         if auth.has_runtime_tokens() {
             // The store was secured before: stay secured even if this start
@@ -624,7 +594,7 @@ impl<S: EventStore> Hub<S> {
             log.close();
             return log.follow(after);
         }
-        state.watchers_for(channel).follow(after)
+        state.ledgers.watchers_for(channel).follow(after)
     }
 
     /// Overdue notices ([`HubConfig::ack_deadline`]), for the one task that
@@ -634,7 +604,7 @@ impl<S: EventStore> Hub<S> {
     /// the feed over from the first.
     pub fn overdue_notices(&self) -> mpsc::UnboundedReceiver<OverdueNotice> {
         let (tx, rx) = mpsc::unbounded_channel();
-        self.inner.state().attach_notices(tx);
+        self.inner.state().notices.attach(tx);
         rx
     }
 

@@ -2,8 +2,7 @@
 
 use crate::event::{Sequencer, Timestamp};
 use crate::hub::Counters;
-use crate::hub::state::{Idem, State};
-use crate::ledger::{OverdueNotice, ReceiptState};
+use crate::hub::state::State;
 use crate::log::{Evicted, Record};
 use crate::name::Pattern;
 use crate::presence::{Member, Op};
@@ -12,8 +11,7 @@ impl State {
     /// Rebuilds the state from the journal, in order.
     pub(in crate::hub) fn recover(&mut self, records: Vec<Record>, evicted: &[Evicted]) {
         for e in evicted {
-            let ledger = self.channels.entry(e.channel.clone()).or_default();
-            ledger.evicted_upto = ledger.evicted_upto.max(e.upto);
+            self.ledgers.note_evicted(&e.channel, e.upto);
         }
         let counters = Counters::default();
         // Receipts go last: deliveries are only known from cursors (their
@@ -24,7 +22,7 @@ impl State {
         for record in records {
             match record {
                 Record::Event(event) => {
-                    if self.by_id.contains_key(&event.id) {
+                    if self.ledgers.holds(&event.id) {
                         // Replayed twice (a store's own recovery should
                         // prevent it): the first copy stands.
                         continue;
@@ -32,16 +30,7 @@ impl State {
                     if event.id > self.seq.last() {
                         self.seq = Sequencer::after(event.id);
                     }
-                    if let Some(key) = &event.idempotency_key {
-                        self.idempotency.insert(
-                            (event.channel.clone(), event.device.clone(), key.clone()),
-                            Idem {
-                                id: event.id,
-                                recipients: 0,
-                                at: event.time,
-                            },
-                        );
-                    }
+                    self.idempotency.remember_event(&event);
                     self.fan_out(event, &counters);
                 }
                 Record::Ack {
@@ -56,10 +45,7 @@ impl State {
                     head,
                     at,
                 } => {
-                    if subscription.exact().is_none() && !self.subs.contains_key(&subscription) {
-                        self.wild.push(subscription.clone());
-                    }
-                    let sub = self.subs.entry(subscription).or_default();
+                    let sub = self.memberships.sub_entry(&subscription);
                     let last_acked = sub.members.get(&device).and_then(|m| m.last_acked);
                     let mut member = Member::joined(head, at);
                     member.last_acked = last_acked;
@@ -71,10 +57,7 @@ impl State {
                     cursor,
                     at,
                 } => {
-                    if let Some(member) = self
-                        .subs
-                        .get_mut(&subscription)
-                        .and_then(|s| s.members.get_mut(&device))
+                    if let Some(member) = self.memberships.member_mut(&subscription, &device)
                         && cursor > member.cursor
                     {
                         member.cursor = cursor;
@@ -89,11 +72,7 @@ impl State {
                     last_event_id,
                     at,
                 } => {
-                    if let Some(member) = self
-                        .subs
-                        .get_mut(&subscription)
-                        .and_then(|s| s.members.get_mut(&device))
-                    {
+                    if let Some(member) = self.memberships.member_mut(&subscription, &device) {
                         member.last_seen = at;
                         member.op = if online { Op::Feed } else { Op::Left };
                         member.op_at = at;
@@ -108,7 +87,7 @@ impl State {
                     device,
                     ..
                 } => {
-                    if let Some(sub) = self.subs.get_mut(&subscription) {
+                    if let Some(sub) = self.memberships.sub_mut(&subscription) {
                         sub.members.remove(&device);
                     }
                 }
@@ -119,28 +98,23 @@ impl State {
             }
         }
         // Deliveries up to each member's cursor happened before the restart.
-        for (pattern, sub) in &self.subs {
+        for (pattern, sub) in self.memberships.subs() {
             for (device, member) in &sub.members {
                 if member.cursor <= member.since {
                     continue;
                 }
                 let at = member.cursor_at.unwrap_or_default();
-                for (channel, ledger) in &self.channels {
-                    if !pattern.matches(channel) {
-                        continue;
-                    }
-                    let start = ledger.receipts.partition_point(|r| r.id() <= member.since);
-                    for r in ledger.receipts.range(start..) {
-                        if r.id() > member.cursor {
-                            break;
-                        }
-                        r.mark_delivered(device, at);
-                    }
-                }
+                self.ledgers.mark_delivered_between(
+                    pattern,
+                    device,
+                    member.since,
+                    member.cursor,
+                    at,
+                );
             }
         }
         for (id, device, status, at) in acks {
-            if let Some(receipts) = self.by_id.get(&id).cloned() {
+            if let Some(receipts) = self.ledgers.event(&id).cloned() {
                 receipts.ack(&device, status, at);
                 let channel = receipts.event.channel.clone();
                 let pattern = Pattern::from(channel.clone());
@@ -148,34 +122,12 @@ impl State {
             }
         }
         for (id, device, sent) in notices {
-            let Some(receipts) = self.by_id.get(&id) else {
-                continue;
-            };
-            let key = (id, device.clone());
-            match self.notices.get_mut(&key) {
-                Some(entry) => entry.1 |= sent,
-                None => {
-                    let state = receipts
-                        .receipt_of(&device)
-                        .map_or(ReceiptState::Pending, |r| r.state);
-                    let notice = OverdueNotice {
-                        id,
-                        channel: receipts.event.channel.clone(),
-                        device,
-                        state,
-                        published_at: receipts.event.time,
-                        deadline: receipts
-                            .event
-                            .time
-                            .plus(self.ack_deadline.unwrap_or_default()),
-                        expired: false,
-                    };
-                    self.notices.insert(key, (notice, sent));
-                }
+            if let Some(receipts) = self.ledgers.event(&id) {
+                self.notices.restore(receipts, device, sent);
             }
         }
         let now = Timestamp::now();
-        for sub in self.subs.values_mut() {
+        for (_, sub) in self.memberships.subs_mut() {
             sub.ackers = sub.members.values().filter(|m| m.acknowledges()).count();
             for member in sub.members.values_mut() {
                 // Nobody is connected after a restart; the TTL counts from now.

@@ -24,8 +24,8 @@ impl<S: EventStore> Hub<S> {
     pub fn receipts(&self, subscription: &Pattern, id: EventId) -> Result<Arc<EventReceipts>> {
         let state = self.inner.state();
         state
-            .by_id
-            .get(&id)
+            .ledgers
+            .event(&id)
             .filter(|r| subscription.matches(&r.event.channel))
             .cloned()
             .ok_or_else(|| Error::UnknownEvent {
@@ -64,8 +64,8 @@ impl<S: EventStore> Hub<S> {
     pub fn devices(&self, subscription: &Pattern) -> Vec<(DeviceId, Presence)> {
         let state = self.inner.state();
         let mut out: Vec<(DeviceId, Presence)> = state
-            .subs
-            .get(subscription)
+            .memberships
+            .sub(subscription)
             .map(|sub| {
                 sub.members
                     .iter()
@@ -81,15 +81,15 @@ impl<S: EventStore> Hub<S> {
     pub fn connections(&self) -> Connections {
         let state = self.inner.state();
         let mut per_subscription: Vec<(Pattern, usize)> = state
-            .subs
-            .iter()
+            .memberships
+            .subs()
             .map(|(p, sub)| (p.clone(), sub.open_streams()))
             .filter(|(_, n)| *n > 0)
             .collect();
         per_subscription.sort();
         Connections {
             per_subscription,
-            total: state.streams.len(),
+            total: state.memberships.stream_count(),
         }
     }
 
@@ -98,22 +98,27 @@ impl<S: EventStore> Hub<S> {
     pub fn channels(&self) -> Vec<ChannelInfo> {
         let state = self.inner.state();
         let mut names: Vec<ChannelName> = state
-            .channels
-            .iter()
+            .ledgers
+            .channels()
             .filter(|(_, l)| !l.receipts.is_empty())
             .map(|(c, _)| c.clone())
             .collect();
-        names.extend(state.subs.keys().filter_map(|p| p.exact().cloned()));
+        names.extend(
+            state
+                .memberships
+                .subs()
+                .filter_map(|(p, _)| p.exact().cloned()),
+        );
         names.sort();
         names.dedup();
         names
             .into_iter()
             .map(|channel| {
-                let ledger = state.channels.get(&channel);
+                let ledger = state.ledgers.channel(&channel);
                 let receipts = ledger.map(|l| &l.receipts);
                 let mut members = HashSet::new();
                 let mut online = HashSet::new();
-                for (pattern, sub) in &state.subs {
+                for (pattern, sub) in state.memberships.subs() {
                     if !pattern.matches(&channel) {
                         continue;
                     }
@@ -144,26 +149,22 @@ impl<S: EventStore> Hub<S> {
         let damage = store.damage;
         let c = &self.inner.counters;
         let state = self.inner.state();
-        let (mut live, mut live_again) = (0, 0);
-        for stream in state.streams.values() {
-            live += stream.shared.delivered.load(Ordering::Relaxed);
-            live_again += stream.shared.redelivered.load(Ordering::Relaxed);
-        }
+        let (delivered, redelivered) = state.memberships.delivery_counts();
         Stats {
             published: c.published.load(Ordering::Relaxed),
-            delivered: state.delivered_closed + live,
-            redelivered: state.redelivered_closed + live_again,
+            delivered,
+            redelivered,
             acked: c.acked.load(Ordering::Relaxed),
             streams_opened: c.streams_opened.load(Ordering::Relaxed),
             slow_disconnects: c.slow_disconnects.load(Ordering::Relaxed),
-            streams_open: state.streams.len(),
-            retained: state.by_id.len(),
+            streams_open: state.memberships.stream_count(),
+            retained: state.ledgers.retained(),
             members: state
-                .subs
-                .values()
-                .map(|s| s.members.values().filter(|m| m.is_member).count())
+                .memberships
+                .subs()
+                .map(|(_, s)| s.members.values().filter(|m| m.is_member).count())
                 .sum(),
-            receipt_gaps: state.receipt_gaps.load(Ordering::Relaxed),
+            receipt_gaps: state.ledgers.receipt_gaps(),
             batches: c.batches.load(Ordering::Relaxed),
             records: c.records.load(Ordering::Relaxed),
             damaged_regions: damage.len(),

@@ -154,11 +154,7 @@ pub(super) async fn forget_previous_life<S: EventStore>(
     log: &dyn SharedLog,
 ) -> Result<(), Error> {
     let node = log.node();
-    let held = inner.state().subs.values().any(|sub| {
-        sub.members
-            .values()
-            .any(|m| m.nodes.iter().any(|(n, _)| &**n == node))
-    });
+    let held = inner.state().memberships.held_by(node);
     if held {
         let wires = [Wire::NodeGone {
             node: node.to_owned(),
@@ -208,7 +204,7 @@ pub(super) async fn writer<S: EventStore>(
                     let reason = format!("the cluster log lost entries this node had applied (a Redis failover): {err}");
                     tracing::error!(cause = %err, "the cluster log lost entries this node applied; closing its streams and stopping");
                     let mut state = inner.state();
-                    for open in state.streams.values() {
+                    for open in state.memberships.streams() {
                         open.shared.say_farewell(failover_gap(open.shared.delivered_upto()));
                     }
                     state.close_all(Timestamp::now());
@@ -666,7 +662,7 @@ async fn chores<S: EventStore>(inner: Arc<Inner<S>>, log: Arc<dyn SharedLog>) {
                 false
             }
         };
-        inner.state().become_ticker(ticker);
+        inner.state().notices.become_ticker(ticker);
         if !ticker {
             continue;
         }

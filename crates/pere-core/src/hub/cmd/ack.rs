@@ -1,15 +1,13 @@
 //! Receipts: what an acknowledgement changes besides the event's ledger
 //! (presence, the acknowledged floor of each membership).
 
-use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::error::Error;
 use crate::event::{EventId, Timestamp};
 use crate::hub::command::{Effect, Owed, Reply};
-use crate::hub::state::{ChannelLedger, State, Sub};
+use crate::hub::state::State;
 use crate::hub::{Acked, Counters};
 use crate::ledger::{EventReceipts, ReceiptState};
 use crate::log::Record;
@@ -49,7 +47,7 @@ impl State {
             status,
             reply,
         } = cmd;
-        match self.by_id.get(&id) {
+        match self.ledgers.event(&id) {
             Some(receipts) if subscription.matches(&receipts.event.channel) => {
                 records.push(Record::Ack {
                     id,
@@ -133,8 +131,7 @@ impl State {
         now: Timestamp,
     ) {
         let mut noted = false;
-        let State { subs, channels, .. } = self;
-        for (pattern, sub) in subs.iter_mut() {
+        for (pattern, sub) in self.memberships.subs_mut() {
             if !pattern.matches(channel) {
                 continue;
             }
@@ -145,7 +142,7 @@ impl State {
                     // Its first receipt: from now on it is sent again what
                     // it has not acknowledged, starting with what it has
                     // already been sent.
-                    member.unacked = unacked_events(channels, pattern, device, member.since);
+                    member.unacked = self.ledgers.unacked_events(pattern, device, member.since);
                     sub.ackers += 1;
                 }
                 touch_ack(member, id, now);
@@ -153,15 +150,7 @@ impl State {
             }
         }
         if !noted {
-            let sub = match self.subs.entry(subscription.clone()) {
-                Entry::Occupied(e) => e.into_mut(),
-                Entry::Vacant(e) => {
-                    if subscription.exact().is_none() {
-                        self.wild.push(subscription.clone());
-                    }
-                    e.insert(Sub::default())
-                }
-            };
+            let sub = self.memberships.sub_entry(subscription);
             let member = sub.members.entry(device.clone()).or_insert_with(|| Member {
                 is_member: false,
                 ..Member::joined(id, now)
@@ -179,42 +168,4 @@ pub(in crate::hub) fn touch_ack(member: &mut Member, id: EventId, now: Timestamp
     member.op = Op::Feedback;
     member.op_at = now;
     member.last_event_id = Some(id.to_string());
-}
-
-/// The retained events on `pattern`'s channels after `since` that `device`
-/// has not acknowledged, in id order: an acknowledging member's `unacked`
-/// when it starts acknowledging, or after a restart.
-pub(in crate::hub) fn unacked_events(
-    channels: &HashMap<ChannelName, ChannelLedger>,
-    pattern: &Pattern,
-    device: &DeviceId,
-    since: EventId,
-) -> VecDeque<EventId> {
-    let mut ids = Vec::new();
-    let mut scan = |ledger: &ChannelLedger| {
-        let start = ledger.receipts.partition_point(|r| r.id() <= since);
-        ids.extend(
-            ledger
-                .receipts
-                .range(start..)
-                .filter(|r| !r.is_acked_by(device))
-                .map(|r| r.id()),
-        );
-    };
-    match pattern.exact() {
-        Some(channel) => {
-            if let Some(ledger) = channels.get(channel) {
-                scan(ledger);
-            }
-        }
-        None => {
-            for (channel, ledger) in channels {
-                if pattern.matches(channel) {
-                    scan(ledger);
-                }
-            }
-        }
-    }
-    ids.sort_unstable();
-    ids.into()
 }

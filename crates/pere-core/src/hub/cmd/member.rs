@@ -27,18 +27,9 @@ impl State {
             device,
             reply,
         } = cmd;
-        let removed = self
-            .subs
-            .get_mut(&subscription)
-            .and_then(|sub| sub.members.remove(&device));
-        match removed {
-            Some(member) => {
-                for stream in &member.streams {
-                    self.streams.remove(&stream.shared.id);
-                    self.fold_counts(&stream.shared);
-                }
-                // Dropping `member` drops its streams' senders: their
-                // bodies end.
+        match self.memberships.remove_member(&subscription, &device) {
+            // Dropping the member drops its streams' senders: their bodies end.
+            Some(_member) => {
                 records.push(Record::Left {
                     subscription,
                     device,

@@ -55,7 +55,7 @@ impl State {
             Command::RemoveMember(remove) => self.prepare_remove_member(remove, now, records),
             Command::Tick => {
                 self.maintain(now, config, records);
-                self.check_deadlines(now, records);
+                self.notices.check_deadlines(&self.ledgers, now, records);
                 Effect::None
             }
             Command::NoticeSent { id, device } => {
@@ -86,7 +86,7 @@ impl State {
             }
             Command::SharedTick => {
                 self.maintain(now, config, records);
-                self.check_deadlines(now, records);
+                self.notices.check_deadlines(&self.ledgers, now, records);
                 Effect::None
             }
         }

@@ -1,7 +1,7 @@
 //! Publish: ids, idempotency, the channel limit; then fan-out to every
 //! matching stream and the receipts of the event's audience.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -9,7 +9,7 @@ use crate::config::HubConfig;
 use crate::error::Error;
 use crate::event::{Event, EventId, FrameCache, Timestamp};
 use crate::hub::command::{Effect, Reply};
-use crate::hub::state::{ChannelLedger, Idem, State, Sub};
+use crate::hub::state::State;
 use crate::hub::{Counters, Publish, Published};
 use crate::ledger::{EventReceipts, NO_SLOT};
 use crate::log::Record;
@@ -34,7 +34,7 @@ impl State {
             )
         });
         if let Some(key) = &key
-            && let Some(first) = self.idempotency.get(key)
+            && let Some(first) = self.idempotency.first(key)
         {
             return Effect::Duplicate {
                 id: first.id,
@@ -43,23 +43,11 @@ impl State {
                 reply,
             };
         }
-        if !self.channels.contains_key(&publish.channel) {
-            if self.channels.len() >= config.max_channels {
-                return Effect::Fail(
-                    Box::new(reply),
-                    Error::ChannelLimit {
-                        limit: config.max_channels,
-                    },
-                );
-            }
-            // Opened now, so later publishes of this batch count it; a
-            // channel that was reclaimed remembers what retention dropped.
-            let evicted_upto = self.tombstones.take(&publish.channel);
-            self.channels.insert(
-                publish.channel.clone(),
-                ChannelLedger {
-                    receipts: VecDeque::new(),
-                    evicted_upto,
+        if !self.ledgers.open(&publish.channel, config.max_channels) {
+            return Effect::Fail(
+                Box::new(reply),
+                Error::ChannelLimit {
+                    limit: config.max_channels,
                 },
             );
         }
@@ -74,15 +62,7 @@ impl State {
             idempotency_key: key.as_ref().map(|(_, _, k)| k.clone()),
         });
         if let Some(key) = key {
-            // Recipients are filled in when the event is applied.
-            self.idempotency.insert(
-                key,
-                Idem {
-                    id,
-                    recipients: 0,
-                    at: now,
-                },
-            );
+            self.idempotency.remember(key, id, now);
         }
         records.push(Record::Event(event.clone()));
         Effect::Publish { event, reply }
@@ -97,11 +77,11 @@ impl State {
         counters: &Counters,
     ) -> Arc<EventReceipts> {
         let id = event.id;
-        let watchers = self.watchers_for(&event.channel);
+        let watchers = self.ledgers.watchers_for(&event.channel);
         let mut audience: Vec<DeviceId> = Vec::new();
         let mut slow: Vec<u64> = Vec::new();
         let receipts = {
-            let subs = self.matching(&event.channel);
+            let subs = self.memberships.matching(&event.channel);
             let several = subs.len() > 1;
             let mut slots: HashMap<&DeviceId, u32> = HashMap::new();
             let mut targets: Vec<(&StreamTx, u32)> = Vec::new();
@@ -150,7 +130,7 @@ impl State {
         for stream in slow {
             // Which device, and where it will resume from, so that a
             // client's report of a closed stream can be matched to this line.
-            let open = self.streams.get(&stream);
+            let open = self.memberships.stream(stream);
             tracing::warn!(
                 stream,
                 device = open.and_then(|o| o.device.as_ref()).map(DeviceId::as_str),
@@ -161,52 +141,13 @@ impl State {
             counters.slow_disconnects.fetch_add(1, Ordering::Relaxed);
             self.close_stream(stream, receipts.event.time);
         }
-        let channel = receipts.event.channel.clone();
-        self.track_unacked(&channel, id);
-        self.channels
-            .entry(channel.clone())
-            .or_default()
-            .receipts
-            .push_back(receipts.clone());
-        self.by_id.insert(id, receipts.clone());
-        if self.ack_deadline.is_some() {
-            self.deadlines.push_back(receipts.clone());
-        }
-        if let Some(key) = &receipts.event.idempotency_key
-            && let Some(idem) =
-                self.idempotency
-                    .get_mut(&(channel, receipts.event.device.clone(), key.clone()))
-        {
-            idem.recipients = receipts.audience().len();
-        }
+        self.memberships.track_unacked(&receipts.event.channel, id);
+        self.ledgers.record(&receipts);
+        self.notices.watch(&receipts);
+        self.idempotency
+            .settle(&receipts.event, receipts.audience().len());
         self.head = id;
         receipts
-    }
-
-    /// Adds a new event to `unacked` of every acknowledging member in its
-    /// audience, online or not: it is theirs until they acknowledge it.
-    pub(in crate::hub) fn track_unacked(&mut self, channel: &ChannelName, id: EventId) {
-        let State { subs, wild, .. } = self;
-        let track = |sub: &mut Sub| {
-            if sub.ackers == 0 {
-                return;
-            }
-            for member in sub.members.values_mut() {
-                if member.is_member && member.since < id && member.acknowledges() {
-                    member.unacked.push_back(id);
-                }
-            }
-        };
-        if let Some(sub) = subs.get_mut(channel.as_str()) {
-            track(sub);
-        }
-        for pattern in wild.iter() {
-            if pattern.matches(channel)
-                && let Some(sub) = subs.get_mut(pattern)
-            {
-                track(sub);
-            }
-        }
     }
 }
 
@@ -246,7 +187,7 @@ impl State {
         recipients: usize,
         reply: Reply<Published>,
     ) {
-        let receipts = self.by_id.get(&id).cloned();
+        let receipts = self.ledgers.event(&id).cloned();
         let recipients = receipts.as_ref().map_or(recipients, |r| r.audience().len());
         tracing::debug!(channel = %channel, id = %id, "idempotent retry answered with the first result");
         let _ = reply.send(Ok(Published {

@@ -2,8 +2,6 @@
 //! acknowledging device has not acknowledged, gaps) and what its end
 //! leaves (cursor, presence).
 
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -12,11 +10,11 @@ use crate::error::Error;
 use crate::event::{EventId, Timestamp};
 use crate::hub::cluster::wire::ClosedStream;
 use crate::hub::command::{Effect, Owed, Plan, Reply};
-use crate::hub::state::{ChannelLedger, OpenStream, State, Sub};
+use crate::hub::state::{Ledgers, OpenStream, State};
 use crate::hub::{Gap, Hello, Resume, SubscribeRequest};
 use crate::ledger::EventReceipts;
 use crate::log::Record;
-use crate::name::{ChannelName, DeviceId, Pattern};
+use crate::name::{DeviceId, Pattern};
 use crate::presence::{Member, StreamTx};
 
 /// `Hub::subscribe`: a new stream.
@@ -67,15 +65,7 @@ impl State {
         }
         let mut existed = Vec::with_capacity(req.patterns.len());
         for pattern in &req.patterns {
-            let sub = match self.subs.entry(pattern.clone()) {
-                Entry::Occupied(e) => e.into_mut(),
-                Entry::Vacant(e) => {
-                    if pattern.exact().is_none() {
-                        self.wild.push(pattern.clone());
-                    }
-                    e.insert(Sub::default())
-                }
-            };
+            let sub = self.memberships.sub_entry(pattern);
             let Some(device) = &req.device else {
                 existed.push(false);
                 continue;
@@ -154,11 +144,7 @@ impl State {
         };
         let node = self.current_node.clone();
         for pattern in &req.patterns {
-            if let Some(member) = self
-                .subs
-                .get_mut(pattern)
-                .and_then(|sub| sub.members.get_mut(device))
-            {
+            if let Some(member) = self.memberships.member_mut(pattern, device) {
                 member.attach(&node, now);
                 member.last_event_id = last_event_id.clone();
             }
@@ -195,7 +181,7 @@ impl State {
         let mut floors: Vec<EventId> = Vec::new();
         let mut lost = false;
         for (i, pattern) in req.patterns.iter().enumerate() {
-            let Some(sub) = self.subs.get_mut(pattern) else {
+            let Some(sub) = self.memberships.sub_mut(pattern) else {
                 continue;
             };
             let existed = existed.get(i).copied().unwrap_or(false);
@@ -205,7 +191,7 @@ impl State {
                 (Resume::Now, _) => (head, false),
                 (Resume::Auto, Some(device)) if existed => match sub.members.get_mut(device) {
                     Some(member) if member.acknowledges() => {
-                        let floor = unacked_to_send(member, &self.by_id, head, &mut redeliver);
+                        let floor = unacked_to_send(member, &self.ledgers, head, &mut redeliver);
                         lost |= member.lost_from.take().is_some();
                         floors.push(floor);
                         // Nothing in order after a point: the list says it all.
@@ -217,37 +203,26 @@ impl State {
                 (Resume::Auto, _) => (head, false),
             };
             starts.push((pattern.clone(), start.min(head), checked));
-            match &req.device {
-                Some(device) => {
-                    if let Some(member) = sub.members.get_mut(device) {
-                        member.streams.push(stream.clone());
-                        member.attach(&self.node, now);
-                        member.last_event_id = last_event_id.clone();
-                    }
-                }
-                None => sub.anonymous.push(stream.clone()),
-            }
         }
-        self.streams.insert(
-            stream.shared.id,
-            OpenStream {
-                subs: req.patterns.clone(),
-                device: req.device.clone(),
-                token,
-                shared: stream.shared.clone(),
-                sent_upto: head,
-            },
-        );
+        let open = OpenStream {
+            subs: req.patterns.clone(),
+            device: req.device.clone(),
+            token,
+            shared: stream.shared.clone(),
+            sent_upto: head,
+        };
+        self.memberships
+            .open_stream(open, &stream, &self.node, &last_event_id, now);
         // Nothing at or below `head` is queued live to this stream.
         stream.shared.enqueued_upto.store(head.0, Ordering::Relaxed);
 
         let mut replay: Vec<Arc<EventReceipts>> = redeliver
             .iter()
-            .filter_map(|id| self.by_id.get(id).cloned())
+            .filter_map(|id| self.ledgers.event(id).cloned())
             .collect();
         let mut gap: Option<Gap> = None;
         let mut oldest_of_all: Option<EventId> = None;
-        for (channel, ledger) in &self.channels {
+        for (channel, ledger) in self.ledgers.channels() {
             let mut after: Option<(EventId, bool)> = None;
             for (pattern, start, checked) in &starts {
                 if pattern.matches(channel) {
@@ -286,7 +261,7 @@ impl State {
             );
         }
         for (pattern, start, checked) in &starts {
-            if *checked && self.tombstones.lost_after(pattern, *start) {
+            if *checked && self.ledgers.lost_after(pattern, *start) {
                 // A channel reclaimed after retention emptied it.
                 let g = gap.get_or_insert(Gap {
                     from: *start,
@@ -359,7 +334,7 @@ impl State {
     /// node the presence and cursor parts go through the log, so that every
     /// node applies them at the same place.
     pub(in crate::hub) fn close_stream(&mut self, id: u64, now: Timestamp) {
-        let Some(closed) = self.close_local(id) else {
+        let Some(closed) = self.memberships.close_local(id) else {
             return;
         };
         if closed.device.is_none() {
@@ -371,38 +346,6 @@ impl State {
             let node = self.node.clone();
             self.closed_shared(&node, closed, now);
         }
-    }
-
-    /// The part of a stream's end that only this node knows: its queue
-    /// senders and counters.
-    fn close_local(&mut self, id: u64) -> Option<ClosedStream> {
-        let open = self.streams.remove(&id)?;
-        self.fold_counts(&open.shared);
-        for pattern in &open.subs {
-            let Some(sub) = self.subs.get_mut(pattern) else {
-                continue;
-            };
-            match &open.device {
-                None => {
-                    if let Some(i) = sub.anonymous.iter().position(|s| s.shared.id == id) {
-                        sub.anonymous.swap_remove(i);
-                    }
-                }
-                Some(device) => {
-                    if let Some(member) = sub.members.get_mut(device)
-                        && let Some(i) = member.streams.iter().position(|s| s.shared.id == id)
-                    {
-                        member.streams.swap_remove(i);
-                    }
-                }
-            }
-        }
-        Some(ClosedStream {
-            subs: open.subs,
-            device: open.device,
-            upto: open.shared.delivered_upto(),
-            at: open.shared.delivered_at(),
-        })
     }
 
     /// The part of a stream's end that every node applies: presence and
@@ -417,11 +360,7 @@ impl State {
             return;
         };
         for pattern in &closed.subs {
-            let Some(member) = self
-                .subs
-                .get_mut(pattern)
-                .and_then(|sub| sub.members.get_mut(device))
-            else {
+            let Some(member) = self.memberships.member_mut(pattern, device) else {
                 continue;
             };
             if member.detach(node, false, now) {
@@ -450,22 +389,12 @@ impl State {
         now: Timestamp,
     ) {
         let remote = *node != self.node;
-        let State {
-            subs,
-            channels,
-            deferred,
-            ..
-        } = self;
-        let Some(member) = subs
-            .get_mut(pattern)
-            .and_then(|s| s.members.get_mut(device))
-        else {
+        let Some(member) = self.memberships.member_mut(pattern, device) else {
             return;
         };
         if upto > member.cursor {
             if remote {
-                mark_delivered_between(
-                    channels,
+                self.ledgers.mark_delivered_between(
                     pattern,
                     device,
                     member.cursor,
@@ -478,7 +407,7 @@ impl State {
         }
         if member.cursor > member.journaled_cursor {
             member.journaled_cursor = member.cursor;
-            deferred.push(Record::Cursor {
+            self.deferred.push(Record::Cursor {
                 subscription: pattern.clone(),
                 device: device.clone(),
                 cursor: member.cursor,
@@ -489,13 +418,11 @@ impl State {
 
     /// Shutdown: every stream ends, every receipts stream too.
     pub(in crate::hub) fn close_all(&mut self, now: Timestamp) {
-        let ids: Vec<u64> = self.streams.keys().copied().collect();
+        let ids: Vec<u64> = self.memberships.streams().map(|o| o.shared.id).collect();
         for id in ids {
             self.close_stream(id, now);
         }
-        for watchers in self.watchers.values() {
-            watchers.close();
-        }
+        self.ledgers.close_watchers();
         self.closed = true;
     }
 }
@@ -506,13 +433,13 @@ impl State {
 /// before its oldest unacknowledged event, or its cursor when there is none.
 pub(in crate::hub) fn unacked_to_send(
     member: &mut Member,
-    by_id: &HashMap<EventId, Arc<EventReceipts>>,
+    ledgers: &Ledgers,
     head: EventId,
     out: &mut Vec<EventId>,
 ) -> EventId {
     let mut lost_from = member.lost_from;
     member.unacked.retain(|id| {
-        if by_id.contains_key(id) {
+        if ledgers.holds(id) {
             return true;
         }
         lost_from = Some(lost_from.map_or(*id, |l| l.min(*id)));
@@ -538,40 +465,4 @@ pub(in crate::hub) fn unacked_to_send(
     };
     out.extend(member.unacked.iter().copied().take_while(|id| *id <= head));
     floor
-}
-
-/// Marks events of `pattern`'s channels with ids in `(after, upto]`
-/// delivered to `device` at `at` (deliveries known from a cursor: after a
-/// restart, or made on another node).
-pub(in crate::hub) fn mark_delivered_between(
-    channels: &HashMap<ChannelName, ChannelLedger>,
-    pattern: &Pattern,
-    device: &DeviceId,
-    after: EventId,
-    upto: EventId,
-    at: Timestamp,
-) {
-    let mark = |ledger: &ChannelLedger| {
-        let start = ledger.receipts.partition_point(|r| r.id() <= after);
-        for r in ledger.receipts.range(start..) {
-            if r.id() > upto {
-                break;
-            }
-            r.mark_delivered(device, at);
-        }
-    };
-    match pattern.exact() {
-        Some(channel) => {
-            if let Some(ledger) = channels.get(channel) {
-                mark(ledger);
-            }
-        }
-        None => {
-            for (channel, ledger) in channels {
-                if pattern.matches(channel) {
-                    mark(ledger);
-                }
-            }
-        }
-    }
 }

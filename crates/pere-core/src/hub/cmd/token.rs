@@ -103,7 +103,7 @@ impl State {
     pub(in crate::hub) fn enforce_grants(&mut self, token: &TokenHash, now: Timestamp) {
         let grants = self.auth.grants(token);
         let mut close = Vec::new();
-        for (id, open) in &self.streams {
+        for open in self.memberships.streams() {
             if open.token.as_ref() != Some(token) {
                 continue;
             }
@@ -116,7 +116,7 @@ impl State {
                 Reach::Some(allowed) => open.shared.restrict(Some(allowed)),
                 Reach::None => {
                     open.shared.revoke();
-                    close.push(*id);
+                    close.push(open.shared.id);
                 }
             }
         }

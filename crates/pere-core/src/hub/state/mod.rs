@@ -1,130 +1,31 @@
-//! The hub's state, owned by the writer task: subscriptions and their
-//! memberships, retained events' ledgers per channel, idempotency keys,
-//! open streams, notices. The commands (`cmd/`) change it.
+//! The hub's state, owned by the writer task and changed by its commands
+//! (`cmd/`). Four structures, each keeping its invariants behind its own
+//! methods, so that what a command touches shows in what it calls:
+//! [`Memberships`] (who listens: subscriptions, members, open streams),
+//! [`Ledgers`] (what is retained of events), [`Idempotency`] (publishes'
+//! keys) and [`Notices`] (acknowledgement deadlines). `State` holds them
+//! with what every command shares: ids, the head, the node, and what goes
+//! to the journal or the cluster's log next.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
 
-use tokio::sync::mpsc;
-
-use crate::auth::{AuthRegistry, TokenHash};
-use crate::event::{EventId, Sequencer, Timestamp};
-use crate::ledger::{EventReceipts, OverdueNotice};
+use crate::auth::AuthRegistry;
+use crate::config::HubConfig;
+use crate::event::{EventId, Sequencer};
 use crate::log::Record;
 use crate::metrics::HubMetrics;
-use crate::name::{ChannelName, DeviceId, Pattern};
-use crate::presence::{Member, StreamShared, StreamTx};
-use crate::receipt_log::ReceiptLog;
 
-#[derive(Debug, Default)]
-pub(super) struct Sub {
-    pub(super) members: HashMap<DeviceId, Member>,
-    pub(super) anonymous: Vec<StreamTx>,
-    /// At least the number of acknowledging members (recounted by each
-    /// maintenance tick): while 0, a publish skips tracking `unacked`.
-    pub(super) ackers: usize,
-}
+mod idempotency;
+mod ledgers;
+mod memberships;
+mod notices;
 
-impl Sub {
-    pub(super) fn open_streams(&self) -> usize {
-        self.anonymous.len()
-            + self
-                .members
-                .values()
-                .map(Member::connections)
-                .sum::<usize>()
-    }
-}
+pub(super) use idempotency::Idempotency;
+pub(super) use ledgers::Ledgers;
+pub(super) use memberships::{Memberships, OpenStream};
+pub(super) use notices::Notices;
 
-#[derive(Debug, Default)]
-pub(super) struct ChannelLedger {
-    pub(super) receipts: VecDeque<Arc<EventReceipts>>,
-    /// Highest id dropped for retention.
-    pub(super) evicted_upto: EventId,
-}
-
-/// Most reclaimed channels remembered one by one; beyond, they are folded
-/// into one floor for all of them (a gap told conservatively).
-const MAX_TOMBSTONES: usize = 100_000;
-
-/// What the hub remembers of channels it reclaimed: which ids retention
-/// dropped there, so a client resuming below them still hears of the gap.
-/// A few dozen bytes each instead of a ledger, and bounded.
-#[derive(Debug, Default)]
-pub(super) struct Tombstones {
-    upto: HashMap<ChannelName, EventId>,
-    order: VecDeque<ChannelName>,
-    /// The highest id dropped on any channel forgotten past the bound.
-    floor: EventId,
-}
-
-impl Tombstones {
-    pub(in crate::hub) fn add(&mut self, channel: ChannelName, upto: EventId) {
-        if upto == EventId::ZERO {
-            return;
-        }
-        if self.upto.insert(channel.clone(), upto).is_none() {
-            self.order.push_back(channel);
-        }
-        while self.order.len() > MAX_TOMBSTONES {
-            if let Some(old) = self.order.pop_front()
-                && let Some(id) = self.upto.remove(&old)
-            {
-                self.floor = self.floor.max(id);
-            }
-        }
-    }
-
-    /// Takes a reclaimed channel's record back (it has events again).
-    pub(in crate::hub) fn take(&mut self, channel: &ChannelName) -> EventId {
-        match self.upto.remove(channel) {
-            Some(id) => {
-                self.order.retain(|c| c != channel);
-                id
-            }
-            None => EventId::ZERO,
-        }
-    }
-
-    /// Whether a client resuming after `after` on `pattern` may have lost
-    /// events of a reclaimed channel.
-    pub(in crate::hub) fn lost_after(&self, pattern: &Pattern, after: EventId) -> bool {
-        if after < self.floor {
-            return true;
-        }
-        match pattern.exact() {
-            Some(channel) => self.upto.get(channel).is_some_and(|upto| after < *upto),
-            None => self
-                .upto
-                .iter()
-                .any(|(channel, upto)| after < *upto && pattern.matches(channel)),
-        }
-    }
-}
-
-/// Channel, publisher, key.
-pub(super) type IdemKey = (ChannelName, Option<DeviceId>, Box<str>);
-
-#[derive(Debug)]
-pub(super) struct Idem {
-    pub(super) id: EventId,
-    pub(super) recipients: usize,
-    pub(super) at: Timestamp,
-}
-
-#[derive(Debug)]
-pub(super) struct OpenStream {
-    pub(super) subs: Vec<Pattern>,
-    pub(super) device: Option<DeviceId>,
-    /// The token it was opened with: a change of that token re-checks it.
-    pub(super) token: Option<TokenHash>,
-    pub(super) shared: Arc<StreamShared>,
-    /// The cursor this node last sent its cluster for it.
-    pub(super) sent_upto: EventId,
-}
-
+/// Everything the writer task owns.
 pub(super) struct State {
     /// The hub's token table (shared with request handlers).
     pub(super) auth: Arc<AuthRegistry>,
@@ -135,40 +36,20 @@ pub(super) struct State {
     /// Ids below this predate what the store remembers (a volatile store's
     /// start): a client resuming below it may have lost events.
     pub(super) floor: EventId,
-    pub(super) subs: HashMap<Pattern, Sub>,
-    /// Subscriptions with wildcards, for matching channels against.
-    pub(super) wild: Vec<Pattern>,
-    pub(super) channels: HashMap<ChannelName, ChannelLedger>,
-    /// Channels reclaimed once retention emptied them, with the highest id
-    /// retention dropped there (for `pere.gap`).
-    pub(super) tombstones: Tombstones,
-    pub(super) by_id: HashMap<EventId, Arc<EventReceipts>>,
-    /// Idempotency keys, scoped by channel and publisher (the `device` of
-    /// the publish: a token's subject when auth is on), so one publisher's
-    /// key never swallows another's event.
-    pub(super) idempotency: HashMap<IdemKey, Idem>,
-    pub(super) streams: HashMap<u64, OpenStream>,
-    pub(super) watchers: HashMap<ChannelName, Arc<ReceiptLog>>,
-    /// Gaps told to receipts streams that fell behind (metrics).
-    pub(super) receipt_gaps: Arc<std::sync::atomic::AtomicU64>,
+    /// Who listens: subscriptions, their members, this node's streams.
+    pub(super) memberships: Memberships,
+    /// What is retained of events: receipts by channel and id, gaps.
+    pub(super) ledgers: Ledgers,
+    /// Idempotency keys, and what their first publish got.
+    pub(super) idempotency: Idempotency,
+    /// Acknowledgement deadlines and the overdue notices they caused.
+    pub(super) notices: Notices,
     /// Records produced while applying (a stream closed for being slow);
     /// written with the next batch.
     pub(super) deferred: Vec<Record>,
     /// [`HubConfig::replay_all`].
     pub(super) replay_all: bool,
-    /// [`HubConfig::ack_deadline`].
-    pub(super) ack_deadline: Option<Duration>,
-    /// Events whose acknowledgement deadline has not been checked yet, in
-    /// publish order (so the due ones are at the front).
-    pub(super) deadlines: VecDeque<Arc<EventReceipts>>,
-    /// Overdue notices issued, and whether the webhook accepted them.
-    pub(super) notices: HashMap<(EventId, DeviceId), (OverdueNotice, bool)>,
-    /// Where issued notices go (the webhook task), once somebody listens.
-    pub(super) notice_tx: Option<mpsc::UnboundedSender<OverdueNotice>>,
-    /// Counted deliveries of streams that closed.
-    pub(super) delivered_closed: u64,
-    /// Counted redeliveries of streams that closed.
-    pub(super) redelivered_closed: u64,
+    /// Shut down: commands are refused from now on.
     pub(super) closed: bool,
     /// This node's name (empty for a single node): whose streams are its own.
     pub(super) node: Arc<str>,
@@ -183,43 +64,38 @@ pub(super) struct State {
     pub(super) cluster: bool,
     /// For the shared log, with the next entry.
     pub(super) outbox: Vec<crate::hub::cluster::wire::Wire>,
-    /// Whether this node sends the overdue notices (a single node does; in
-    /// a cluster, the holder of the ticker lease).
-    pub(super) ticker: bool,
-    /// The hub's measurements, handed to each channel's receipts.
-    pub(super) metrics: Arc<HubMetrics>,
 }
 
 impl State {
-    pub(super) fn watchers_for(&mut self, channel: &ChannelName) -> Arc<ReceiptLog> {
-        let (gaps, metrics) = (&self.receipt_gaps, &self.metrics);
-        self.watchers
-            .entry(channel.clone())
-            .or_insert_with(|| {
-                Arc::new(ReceiptLog::counting_gaps(gaps.clone()).with_metrics(metrics.clone()))
-            })
-            .clone()
-    }
-
-    /// Adds a closed stream's counters to the hub's.
-    pub(in crate::hub) fn fold_counts(&mut self, shared: &StreamShared) {
-        self.delivered_closed += shared.delivered.load(Ordering::Relaxed);
-        self.redelivered_closed += shared.redelivered.load(Ordering::Relaxed);
-    }
-
-    /// Subscriptions matching `channel`: the exact one and the wildcards.
-    pub(super) fn matching<'a>(&'a self, channel: &ChannelName) -> Vec<&'a Sub> {
-        let mut subs = Vec::with_capacity(1 + self.wild.len());
-        if let Some(sub) = self.subs.get(channel.as_str()) {
-            subs.push(sub);
+    /// An empty state: `seq` and `floor` from what the store recovered,
+    /// `node` the cluster node's name (`None` for a single node).
+    pub(super) fn new(
+        config: &HubConfig,
+        auth: Arc<AuthRegistry>,
+        seq: Sequencer,
+        floor: EventId,
+        node: Option<&str>,
+        metrics: Arc<HubMetrics>,
+    ) -> Self {
+        let cluster = node.is_some();
+        let node: Arc<str> = Arc::from(node.unwrap_or(""));
+        Self {
+            auth,
+            head: seq.last(),
+            seq,
+            floor,
+            memberships: Memberships::default(),
+            ledgers: Ledgers::new(metrics),
+            idempotency: Idempotency::default(),
+            // A cluster node sends notices once it holds the ticker lease.
+            notices: Notices::new(config.ack_deadline, !cluster),
+            deferred: Vec::new(),
+            replay_all: config.replay_all,
+            closed: false,
+            cluster,
+            current_node: node.clone(),
+            node,
+            outbox: Vec::new(),
         }
-        for pattern in &self.wild {
-            if pattern.matches(channel)
-                && let Some(sub) = self.subs.get(pattern)
-            {
-                subs.push(sub);
-            }
-        }
-        subs
     }
 }

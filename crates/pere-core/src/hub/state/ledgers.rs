@@ -1,0 +1,331 @@
+//! What the hub retains of events: each channel's ledger of receipts, the
+//! same receipts by id, what retention dropped (also of channels it
+//! reclaimed), and each channel's receipt changes for receipts streams.
+//! One structure because an event enters and leaves the channel's ledger
+//! and the index by id together, and a channel's watchers and tombstone
+//! live and die with its ledger; the fields are private so that only the
+//! methods here, which keep those in step, change them.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::event::{EventId, Timestamp};
+use crate::ledger::EventReceipts;
+use crate::log::Evicted;
+use crate::metrics::HubMetrics;
+use crate::name::{ChannelName, DeviceId, Pattern};
+use crate::receipt_log::ReceiptLog;
+
+/// One channel's retained events, oldest first.
+#[derive(Debug, Default)]
+pub(in crate::hub) struct ChannelLedger {
+    /// Its retained events' receipts, in id order.
+    pub(in crate::hub) receipts: VecDeque<Arc<EventReceipts>>,
+    /// Highest id dropped for retention.
+    pub(in crate::hub) evicted_upto: EventId,
+}
+
+/// Most reclaimed channels remembered one by one; beyond, they are folded
+/// into one floor for all of them (a gap told conservatively).
+const MAX_TOMBSTONES: usize = 100_000;
+
+/// What the hub remembers of channels it reclaimed: which ids retention
+/// dropped there, so a client resuming below them still hears of the gap.
+/// A few dozen bytes each instead of a ledger, and bounded.
+#[derive(Debug, Default)]
+struct Tombstones {
+    upto: HashMap<ChannelName, EventId>,
+    order: VecDeque<ChannelName>,
+    /// The highest id dropped on any channel forgotten past the bound.
+    floor: EventId,
+}
+
+impl Tombstones {
+    /// Remembers what retention dropped on a reclaimed channel (nothing
+    /// for one it never dropped from), forgetting the oldest past the bound.
+    fn add(&mut self, channel: ChannelName, upto: EventId) {
+        if upto == EventId::ZERO {
+            return;
+        }
+        if self.upto.insert(channel.clone(), upto).is_none() {
+            self.order.push_back(channel);
+        }
+        while self.order.len() > MAX_TOMBSTONES {
+            if let Some(old) = self.order.pop_front()
+                && let Some(id) = self.upto.remove(&old)
+            {
+                self.floor = self.floor.max(id);
+            }
+        }
+    }
+
+    /// Takes a reclaimed channel's record back (it has events again).
+    fn take(&mut self, channel: &ChannelName) -> EventId {
+        match self.upto.remove(channel) {
+            Some(id) => {
+                self.order.retain(|c| c != channel);
+                id
+            }
+            None => EventId::ZERO,
+        }
+    }
+
+    /// Whether a client resuming after `after` on `pattern` may have lost
+    /// events of a reclaimed channel.
+    fn lost_after(&self, pattern: &Pattern, after: EventId) -> bool {
+        if after < self.floor {
+            return true;
+        }
+        match pattern.exact() {
+            Some(channel) => self.upto.get(channel).is_some_and(|upto| after < *upto),
+            None => self
+                .upto
+                .iter()
+                .any(|(channel, upto)| after < *upto && pattern.matches(channel)),
+        }
+    }
+}
+
+/// Retained events' receipts, by channel and by id, and what retention
+/// dropped.
+#[derive(Debug)]
+pub(in crate::hub) struct Ledgers {
+    channels: HashMap<ChannelName, ChannelLedger>,
+    /// The receipts of `channels`' events, by id.
+    by_id: HashMap<EventId, Arc<EventReceipts>>,
+    /// Channels reclaimed once retention emptied them, with the highest id
+    /// retention dropped there (for `pere.gap`).
+    tombstones: Tombstones,
+    /// Each channel's receipt changes, for receipts streams.
+    watchers: HashMap<ChannelName, Arc<ReceiptLog>>,
+    /// Gaps told to receipts streams that fell behind (metrics).
+    receipt_gaps: Arc<AtomicU64>,
+    /// The hub's measurements, handed to each channel's receipt changes.
+    metrics: Arc<HubMetrics>,
+}
+
+impl Ledgers {
+    /// No event retained yet; `metrics` goes to every channel's watchers.
+    pub(in crate::hub) fn new(metrics: Arc<HubMetrics>) -> Self {
+        Self {
+            channels: HashMap::new(),
+            by_id: HashMap::new(),
+            tombstones: Tombstones::default(),
+            watchers: HashMap::new(),
+            receipt_gaps: Arc::default(),
+            metrics,
+        }
+    }
+
+    /// The receipts of retained event `id`.
+    pub(in crate::hub) fn event(&self, id: &EventId) -> Option<&Arc<EventReceipts>> {
+        self.by_id.get(id)
+    }
+
+    /// Whether event `id` is still retained.
+    pub(in crate::hub) fn holds(&self, id: &EventId) -> bool {
+        self.by_id.contains_key(id)
+    }
+
+    /// How many events are retained.
+    pub(in crate::hub) fn retained(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Every channel with a ledger (some may have no event left until the
+    /// next reclaim).
+    pub(in crate::hub) fn channels(&self) -> impl Iterator<Item = (&ChannelName, &ChannelLedger)> {
+        self.channels.iter()
+    }
+
+    /// `channel`'s ledger, if it has one.
+    pub(in crate::hub) fn channel(&self, channel: &ChannelName) -> Option<&ChannelLedger> {
+        self.channels.get(channel)
+    }
+
+    /// Opens `channel`'s ledger for a publish, unless `limit` channels have
+    /// one already: then returns false. Opened before the event is applied,
+    /// so later publishes of the same batch count it; a channel that was
+    /// reclaimed takes back what retention had dropped there.
+    pub(in crate::hub) fn open(&mut self, channel: &ChannelName, limit: usize) -> bool {
+        if self.channels.contains_key(channel) {
+            return true;
+        }
+        if self.channels.len() >= limit {
+            return false;
+        }
+        let evicted_upto = self.tombstones.take(channel);
+        self.channels.insert(
+            channel.clone(),
+            ChannelLedger {
+                receipts: VecDeque::new(),
+                evicted_upto,
+            },
+        );
+        true
+    }
+
+    /// Retains a new event's receipts, in its channel and by id.
+    pub(in crate::hub) fn record(&mut self, receipts: &Arc<EventReceipts>) {
+        self.channels
+            .entry(receipts.event.channel.clone())
+            .or_default()
+            .receipts
+            .push_back(receipts.clone());
+        self.by_id.insert(receipts.id(), receipts.clone());
+    }
+
+    /// Notes, at start, that retention dropped `channel`'s events up to
+    /// `upto` before.
+    pub(in crate::hub) fn note_evicted(&mut self, channel: &ChannelName, upto: EventId) {
+        let ledger = self.channels.entry(channel.clone()).or_default();
+        ledger.evicted_upto = ledger.evicted_upto.max(upto);
+    }
+
+    /// Drops the receipts of evicted events; returns them, oldest first
+    /// per channel, for what is owed before they go (overdue notices).
+    pub(in crate::hub) fn evict(&mut self, evicted: &[Evicted]) -> Vec<Arc<EventReceipts>> {
+        let mut gone = Vec::new();
+        for e in evicted {
+            let Some(ledger) = self.channels.get_mut(&e.channel) else {
+                continue;
+            };
+            while ledger.receipts.front().is_some_and(|r| r.id() <= e.upto) {
+                if let Some(r) = ledger.receipts.pop_front() {
+                    self.by_id.remove(&r.id());
+                    gone.push(r);
+                }
+            }
+            ledger.evicted_upto = ledger.evicted_upto.max(e.upto);
+        }
+        gone
+    }
+
+    /// Forgets channels retention emptied (keeping a tombstone of what it
+    /// dropped) and receipt-watcher slots nobody uses: a server that saw a
+    /// million short-lived channels holds only what is still retained.
+    pub(in crate::hub) fn reclaim(&mut self) {
+        let tombstones = &mut self.tombstones;
+        self.channels.retain(|channel, ledger| {
+            if !ledger.receipts.is_empty() {
+                return true;
+            }
+            tombstones.add(channel.clone(), ledger.evicted_upto);
+            false
+        });
+        if self.channels.capacity() > 2 * self.channels.len() + 64 {
+            self.channels.shrink_to_fit();
+        }
+        let channels = &self.channels;
+        let now = Timestamp::now();
+        self.watchers
+            .retain(|channel, w| !w.idle(now) || channels.contains_key(channel));
+        if self.watchers.capacity() > 2 * self.watchers.len() + 64 {
+            self.watchers.shrink_to_fit();
+        }
+        if self.by_id.capacity() > 2 * self.by_id.len() + 1024 {
+            self.by_id.shrink_to_fit();
+        }
+    }
+
+    /// Whether a client resuming after `after` on `pattern` may have lost
+    /// events of a channel reclaimed since.
+    pub(in crate::hub) fn lost_after(&self, pattern: &Pattern, after: EventId) -> bool {
+        self.tombstones.lost_after(pattern, after)
+    }
+
+    /// `channel`'s receipt changes, opened on first use.
+    pub(in crate::hub) fn watchers_for(&mut self, channel: &ChannelName) -> Arc<ReceiptLog> {
+        let (gaps, metrics) = (&self.receipt_gaps, &self.metrics);
+        self.watchers
+            .entry(channel.clone())
+            .or_insert_with(|| {
+                Arc::new(ReceiptLog::counting_gaps(gaps.clone()).with_metrics(metrics.clone()))
+            })
+            .clone()
+    }
+
+    /// Shutdown: every receipts stream ends.
+    pub(in crate::hub) fn close_watchers(&self) {
+        for watchers in self.watchers.values() {
+            watchers.close();
+        }
+    }
+
+    /// Gaps told to receipts streams that fell behind.
+    pub(in crate::hub) fn receipt_gaps(&self) -> u64 {
+        self.receipt_gaps.load(Ordering::Relaxed)
+    }
+
+    /// How many channels have receipt changes kept (tests of reclaiming).
+    #[cfg(test)]
+    pub(in crate::hub) fn watched(&self) -> usize {
+        self.watchers.len()
+    }
+
+    /// The retained events on `pattern`'s channels after `since` that `device`
+    /// has not acknowledged, in id order: an acknowledging member's `unacked`
+    /// when it starts acknowledging, or after a restart.
+    pub(in crate::hub) fn unacked_events(
+        &self,
+        pattern: &Pattern,
+        device: &DeviceId,
+        since: EventId,
+    ) -> VecDeque<EventId> {
+        let mut ids = Vec::new();
+        self.each_of(pattern, |ledger| {
+            let start = ledger.receipts.partition_point(|r| r.id() <= since);
+            ids.extend(
+                ledger
+                    .receipts
+                    .range(start..)
+                    .filter(|r| !r.is_acked_by(device))
+                    .map(|r| r.id()),
+            );
+        });
+        ids.sort_unstable();
+        ids.into()
+    }
+
+    /// Marks events of `pattern`'s channels with ids in `(after, upto]`
+    /// delivered to `device` at `at` (deliveries known from a cursor: after a
+    /// restart, or made on another node).
+    pub(in crate::hub) fn mark_delivered_between(
+        &self,
+        pattern: &Pattern,
+        device: &DeviceId,
+        after: EventId,
+        upto: EventId,
+        at: Timestamp,
+    ) {
+        self.each_of(pattern, |ledger| {
+            let start = ledger.receipts.partition_point(|r| r.id() <= after);
+            for r in ledger.receipts.range(start..) {
+                if r.id() > upto {
+                    break;
+                }
+                r.mark_delivered(device, at);
+            }
+        });
+    }
+
+    /// Calls `f` with the ledger of each channel `pattern` matches: one
+    /// lookup for a channel's name, a pass over them all for a wildcard.
+    fn each_of(&self, pattern: &Pattern, mut f: impl FnMut(&ChannelLedger)) {
+        match pattern.exact() {
+            Some(channel) => {
+                if let Some(ledger) = self.channels.get(channel) {
+                    f(ledger);
+                }
+            }
+            None => {
+                for (channel, ledger) in &self.channels {
+                    if pattern.matches(channel) {
+                        f(ledger);
+                    }
+                }
+            }
+        }
+    }
+}

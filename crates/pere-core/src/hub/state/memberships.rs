@@ -1,0 +1,350 @@
+//! Who listens: subscriptions by pattern with their members, and the
+//! streams open on this node. One structure because a stream lives in
+//! both places (its sender in its subscriptions, its cursor and token in
+//! `streams`) and must leave both at once; and because the wildcard list
+//! must name exactly the wildcard subscriptions there are, which only
+//! holds if every subscription comes and goes through here.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::auth::TokenHash;
+use crate::event::{EventId, Timestamp};
+use crate::hub::cluster::wire::{ClosedStream, Wire};
+use crate::name::{ChannelName, DeviceId, Pattern};
+use crate::presence::{Member, StreamShared, StreamTx};
+
+/// One subscription (a channel or a pattern): its members, and the streams
+/// opened on it without a device.
+#[derive(Debug, Default)]
+pub(in crate::hub) struct Sub {
+    /// Devices known here: members, and devices only seen acknowledging.
+    pub(in crate::hub) members: HashMap<DeviceId, Member>,
+    /// Streams opened without a device (in no audience).
+    pub(in crate::hub) anonymous: Vec<StreamTx>,
+    /// At least the number of acknowledging members (recounted by each
+    /// maintenance tick): while 0, a publish skips tracking `unacked`.
+    pub(in crate::hub) ackers: usize,
+}
+
+impl Sub {
+    /// Its open streams on every node, members' and anonymous ones.
+    pub(in crate::hub) fn open_streams(&self) -> usize {
+        self.anonymous.len()
+            + self
+                .members
+                .values()
+                .map(Member::connections)
+                .sum::<usize>()
+    }
+}
+
+/// A stream open on this node, as the writer knows it.
+#[derive(Debug)]
+pub(in crate::hub) struct OpenStream {
+    /// The subscriptions it was opened on.
+    pub(in crate::hub) subs: Vec<Pattern>,
+    /// Its device, if it named one.
+    pub(in crate::hub) device: Option<DeviceId>,
+    /// The token it was opened with: a change of that token re-checks it.
+    pub(in crate::hub) token: Option<TokenHash>,
+    /// What the writer shares with the stream's body: queue, counters.
+    pub(in crate::hub) shared: Arc<StreamShared>,
+    /// The cursor this node last sent its cluster for it.
+    pub(in crate::hub) sent_upto: EventId,
+}
+
+/// Subscriptions, their members, the open streams, and what closed
+/// streams delivered.
+#[derive(Debug, Default)]
+pub(in crate::hub) struct Memberships {
+    /// Subscriptions by pattern. Private with `wild`: one is only added by
+    /// [`Memberships::sub_entry`] and dropped by [`Memberships::drop_empty`],
+    /// which keep the two in step.
+    subs: HashMap<Pattern, Sub>,
+    /// Subscriptions with wildcards, for matching channels against.
+    wild: Vec<Pattern>,
+    /// Streams open on this node, by id; private so that a stream only
+    /// comes and goes with its senders in `subs`.
+    streams: HashMap<u64, OpenStream>,
+    /// Counted deliveries of streams that closed.
+    delivered_closed: u64,
+    /// Counted redeliveries of streams that closed.
+    redelivered_closed: u64,
+}
+
+impl Memberships {
+    /// The subscription on `pattern`, if any.
+    pub(in crate::hub) fn sub(&self, pattern: &Pattern) -> Option<&Sub> {
+        self.subs.get(pattern)
+    }
+
+    /// The subscription on `pattern`, if any, to change its members.
+    pub(in crate::hub) fn sub_mut(&mut self, pattern: &Pattern) -> Option<&mut Sub> {
+        self.subs.get_mut(pattern)
+    }
+
+    /// The subscription on `pattern`, opened if there is none yet.
+    pub(in crate::hub) fn sub_entry(&mut self, pattern: &Pattern) -> &mut Sub {
+        match self.subs.entry(pattern.clone()) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                if pattern.exact().is_none() {
+                    self.wild.push(pattern.clone());
+                }
+                e.insert(Sub::default())
+            }
+        }
+    }
+
+    /// Every subscription.
+    pub(in crate::hub) fn subs(&self) -> impl Iterator<Item = (&Pattern, &Sub)> {
+        self.subs.iter()
+    }
+
+    /// Every subscription, to change their members (not which there are).
+    pub(in crate::hub) fn subs_mut(&mut self) -> impl Iterator<Item = (&Pattern, &mut Sub)> {
+        self.subs.iter_mut()
+    }
+
+    /// The wildcard subscriptions' patterns.
+    pub(in crate::hub) fn wild(&self) -> &[Pattern] {
+        &self.wild
+    }
+
+    /// The stream `id`, if it is open on this node.
+    pub(in crate::hub) fn stream(&self, id: u64) -> Option<&OpenStream> {
+        self.streams.get(&id)
+    }
+
+    /// The streams open on this node.
+    pub(in crate::hub) fn streams(&self) -> impl Iterator<Item = &OpenStream> {
+        self.streams.values()
+    }
+
+    /// How many streams are open on this node.
+    pub(in crate::hub) fn stream_count(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// What this node's streams were written since it last told its
+    /// cluster: one cursor per stream and subscription, each stream's
+    /// `sent_upto` moved on so it is told once.
+    pub(in crate::hub) fn unsent_cursors(&mut self) -> Vec<Wire> {
+        let mut wires = Vec::new();
+        for open in self.streams.values_mut() {
+            let Some(device) = &open.device else {
+                continue;
+            };
+            let upto = open.shared.delivered_upto();
+            if upto <= open.sent_upto {
+                continue;
+            }
+            open.sent_upto = upto;
+            let at = open.shared.delivered_at().map_or(0, |t| t.0);
+            for pattern in &open.subs {
+                wires.push(Wire::Cursor {
+                    subscription: pattern.clone(),
+                    device: device.clone(),
+                    cursor: upto.0,
+                    at,
+                });
+            }
+        }
+        wires
+    }
+
+    /// `device`'s entry on `pattern`, if it has one.
+    pub(in crate::hub) fn member_mut(
+        &mut self,
+        pattern: &Pattern,
+        device: &DeviceId,
+    ) -> Option<&mut Member> {
+        self.subs
+            .get_mut(pattern)
+            .and_then(|sub| sub.members.get_mut(device))
+    }
+
+    /// Drops subscriptions nobody is in any more (and so their wildcards).
+    pub(in crate::hub) fn drop_empty(&mut self) {
+        let before = self.subs.len();
+        self.subs
+            .retain(|_, sub| !sub.members.is_empty() || !sub.anonymous.is_empty());
+        if self.subs.len() != before {
+            let subs = &self.subs;
+            self.wild.retain(|p| subs.contains_key(p));
+        }
+    }
+
+    /// Subscriptions matching `channel`: the exact one and the wildcards.
+    pub(in crate::hub) fn matching<'a>(&'a self, channel: &ChannelName) -> Vec<&'a Sub> {
+        let mut subs = Vec::with_capacity(1 + self.wild.len());
+        if let Some(sub) = self.subs.get(channel.as_str()) {
+            subs.push(sub);
+        }
+        for pattern in &self.wild {
+            if pattern.matches(channel)
+                && let Some(sub) = self.subs.get(pattern)
+            {
+                subs.push(sub);
+            }
+        }
+        subs
+    }
+
+    /// Adds a new event to `unacked` of every acknowledging member in its
+    /// audience, online or not: it is theirs until they acknowledge it.
+    pub(in crate::hub) fn track_unacked(&mut self, channel: &ChannelName, id: EventId) {
+        let Self { subs, wild, .. } = self;
+        let track = |sub: &mut Sub| {
+            if sub.ackers == 0 {
+                return;
+            }
+            for member in sub.members.values_mut() {
+                if member.is_member && member.since < id && member.acknowledges() {
+                    member.unacked.push_back(id);
+                }
+            }
+        };
+        if let Some(sub) = subs.get_mut(channel.as_str()) {
+            track(sub);
+        }
+        for pattern in wild.iter() {
+            if pattern.matches(channel)
+                && let Some(sub) = subs.get_mut(pattern)
+            {
+                track(sub);
+            }
+        }
+    }
+
+    /// Registers a stream opened on `node`: its sender joins each of its
+    /// subscriptions (its device's membership there, or the anonymous
+    /// ones), its record joins `streams`; [`Memberships::close_local`]
+    /// takes both out again. A subscription gone since the stream was
+    /// prepared (an empty one a tick of the same batch dropped) is skipped.
+    pub(in crate::hub) fn open_stream(
+        &mut self,
+        open: OpenStream,
+        stream: &StreamTx,
+        node: &Arc<str>,
+        last_event_id: &Option<String>,
+        now: Timestamp,
+    ) {
+        for pattern in &open.subs {
+            let Some(sub) = self.subs.get_mut(pattern) else {
+                continue;
+            };
+            match &open.device {
+                Some(device) => {
+                    if let Some(member) = sub.members.get_mut(device) {
+                        member.streams.push(stream.clone());
+                        member.attach(node, now);
+                        member.last_event_id = last_event_id.clone();
+                    }
+                }
+                None => sub.anonymous.push(stream.clone()),
+            }
+        }
+        self.streams.insert(open.shared.id, open);
+    }
+
+    /// Ends `device`'s membership of `pattern`, with its streams here: they
+    /// leave `streams` too, their counts kept. Dropping the member returned
+    /// drops its streams' senders, so their bodies end.
+    pub(in crate::hub) fn remove_member(
+        &mut self,
+        pattern: &Pattern,
+        device: &DeviceId,
+    ) -> Option<Member> {
+        let member = self
+            .subs
+            .get_mut(pattern)
+            .and_then(|sub| sub.members.remove(device))?;
+        for stream in &member.streams {
+            self.streams.remove(&stream.shared.id);
+            self.fold_counts(&stream.shared);
+        }
+        Some(member)
+    }
+
+    /// The part of a stream's end that only this node knows: its queue
+    /// senders (taken out of its subscriptions) and counters.
+    pub(in crate::hub) fn close_local(&mut self, id: u64) -> Option<ClosedStream> {
+        let open = self.streams.remove(&id)?;
+        self.fold_counts(&open.shared);
+        for pattern in &open.subs {
+            let Some(sub) = self.subs.get_mut(pattern) else {
+                continue;
+            };
+            match &open.device {
+                None => {
+                    if let Some(i) = sub.anonymous.iter().position(|s| s.shared.id == id) {
+                        sub.anonymous.swap_remove(i);
+                    }
+                }
+                Some(device) => {
+                    if let Some(member) = sub.members.get_mut(device)
+                        && let Some(i) = member.streams.iter().position(|s| s.shared.id == id)
+                    {
+                        member.streams.swap_remove(i);
+                    }
+                }
+            }
+        }
+        Some(ClosedStream {
+            subs: open.subs,
+            device: open.device,
+            upto: open.shared.delivered_upto(),
+            at: open.shared.delivered_at(),
+        })
+    }
+
+    /// Ends every stream `node` had (it is gone). Returns the memberships
+    /// that went offline with it, sorted, for their presence records.
+    pub(in crate::hub) fn detach_node(
+        &mut self,
+        node: &Arc<str>,
+        now: Timestamp,
+    ) -> Vec<(Pattern, DeviceId)> {
+        let mut offline = Vec::new();
+        for (pattern, sub) in &mut self.subs {
+            for (device, member) in &mut sub.members {
+                if member.detach(node, true, now) {
+                    offline.push((pattern.clone(), device.clone()));
+                }
+            }
+        }
+        offline.sort();
+        offline
+    }
+
+    /// Whether any member counts a stream of `node` open.
+    pub(in crate::hub) fn held_by(&self, node: &str) -> bool {
+        self.subs.values().any(|sub| {
+            sub.members
+                .values()
+                .any(|m| m.nodes.iter().any(|(n, _)| &**n == node))
+        })
+    }
+
+    /// What streams delivered and redelivered, closed ones and open ones.
+    pub(in crate::hub) fn delivery_counts(&self) -> (u64, u64) {
+        let (mut delivered, mut redelivered) = (self.delivered_closed, self.redelivered_closed);
+        for stream in self.streams.values() {
+            delivered += stream.shared.delivered.load(Ordering::Relaxed);
+            redelivered += stream.shared.redelivered.load(Ordering::Relaxed);
+        }
+        (delivered, redelivered)
+    }
+
+    /// Adds a closed stream's counters to the hub's: called wherever a
+    /// stream leaves `streams`, or its deliveries would vanish from the
+    /// totals.
+    fn fold_counts(&mut self, shared: &StreamShared) {
+        self.delivered_closed += shared.delivered.load(Ordering::Relaxed);
+        self.redelivered_closed += shared.redelivered.load(Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,238 @@
+//! Overdue notices ([`HubConfig::ack_deadline`]): which events still await
+//! their deadline, which notices were issued, and whether the webhook took
+//! them. Apart from the rest of the state because a notice is issued once
+//! per event and device, ever (journaled, kept until the webhook took it
+//! even after its event is gone), and sent only by the node that holds the
+//! ticker's role: both rules live in the methods here.
+//!
+//! [`HubConfig::ack_deadline`]: crate::config::HubConfig::ack_deadline
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::event::{EventId, Timestamp};
+use crate::hub::state::Ledgers;
+use crate::ledger::{EventReceipts, OverdueNotice, ReceiptState};
+use crate::log::Record;
+use crate::name::DeviceId;
+
+/// Deadlines pending, notices issued, and where they go.
+#[derive(Debug)]
+pub(in crate::hub) struct Notices {
+    /// [`HubConfig::ack_deadline`](crate::config::HubConfig::ack_deadline):
+    /// without one, no event is watched and no notice issued.
+    ack_deadline: Option<Duration>,
+    /// Events whose acknowledgement deadline has not been checked yet, in
+    /// publish order (so the due ones are at the front).
+    deadlines: VecDeque<Arc<EventReceipts>>,
+    /// Overdue notices issued, and whether the webhook accepted them.
+    issued: HashMap<(EventId, DeviceId), (OverdueNotice, bool)>,
+    /// Where issued notices go (the webhook task), once somebody listens.
+    tx: Option<mpsc::UnboundedSender<OverdueNotice>>,
+    /// Whether this node sends the overdue notices (a single node does; in
+    /// a cluster, the holder of the ticker lease).
+    ticker: bool,
+}
+
+impl Notices {
+    /// None issued yet; `ticker` says whether this node sends them.
+    pub(in crate::hub) fn new(ack_deadline: Option<Duration>, ticker: bool) -> Self {
+        Self {
+            ack_deadline,
+            deadlines: VecDeque::new(),
+            issued: HashMap::new(),
+            tx: None,
+            ticker,
+        }
+    }
+
+    /// Watches a new event's deadline, if the hub has one.
+    pub(in crate::hub) fn watch(&mut self, receipts: &Arc<EventReceipts>) {
+        if self.ack_deadline.is_some() {
+            self.deadlines.push_back(receipts.clone());
+        }
+    }
+
+    /// Issues an overdue notice for every device that has not acked an event
+    /// whose deadline passed (once per event and device, ever).
+    pub(in crate::hub) fn check_deadlines(
+        &mut self,
+        ledgers: &Ledgers,
+        now: Timestamp,
+        records: &mut Vec<Record>,
+    ) {
+        let Some(deadline) = self.ack_deadline else {
+            return;
+        };
+        while let Some(front) = self.deadlines.front() {
+            let due = front.event.time.plus(deadline);
+            if due > now {
+                break;
+            }
+            let Some(receipts) = self.deadlines.pop_front() else {
+                break;
+            };
+            if !ledgers.holds(&receipts.id()) {
+                continue; // no longer retained
+            }
+            self.notify_unacked(&receipts, due, false, now, records);
+        }
+    }
+
+    /// With a deadline, no unacknowledged event leaves without a word: the
+    /// devices of events retention dropped get a notice now.
+    pub(in crate::hub) fn notify_evicted(
+        &mut self,
+        gone: Vec<Arc<EventReceipts>>,
+        now: Timestamp,
+        records: &mut Vec<Record>,
+    ) {
+        let Some(deadline) = self.ack_deadline else {
+            return;
+        };
+        for r in gone {
+            self.notify_unacked(&r, r.event.time.plus(deadline), true, now, records);
+        }
+    }
+
+    /// Issues one notice per device that has not acknowledged `receipts`'
+    /// event and was not noticed yet (overdue, or `expired` when retention
+    /// drops the event first), journaled so it is never issued twice.
+    fn notify_unacked(
+        &mut self,
+        receipts: &EventReceipts,
+        deadline: Timestamp,
+        expired: bool,
+        now: Timestamp,
+        records: &mut Vec<Record>,
+    ) {
+        for (device, state) in receipts.unacked_devices() {
+            let key = (receipts.id(), device.clone());
+            if self.issued.contains_key(&key) {
+                continue;
+            }
+            let notice = OverdueNotice {
+                id: receipts.id(),
+                channel: receipts.event.channel.clone(),
+                device: device.clone(),
+                state,
+                published_at: receipts.event.time,
+                deadline,
+                expired,
+            };
+            tracing::debug!(
+                channel = %notice.channel,
+                id = %notice.id,
+                device = %device,
+                state = state.as_str(),
+                expired,
+                "receipt overdue"
+            );
+            records.push(Record::Notice {
+                id: notice.id,
+                device,
+                sent: false,
+                at: now,
+            });
+            receipts.announce_overdue(&notice);
+            // In a cluster every node issues it, one node sends it.
+            if self.ticker
+                && let Some(tx) = &self.tx
+                && tx.send(notice.clone()).is_err()
+            {
+                self.tx = None;
+            }
+            self.issued.insert(key, (notice, false));
+        }
+    }
+
+    /// The webhook accepted a notice: returns whether that is news (then it
+    /// is to be journaled, and never sent again).
+    pub(in crate::hub) fn mark_sent(&mut self, id: EventId, device: &DeviceId) -> bool {
+        match self.issued.get_mut(&(id, device.clone())) {
+            Some(entry) if !entry.1 => {
+                entry.1 = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Forgets the notices the webhook took whose event is gone: one it
+    /// has not taken yet is kept, event or not, to be sent again.
+    pub(in crate::hub) fn forget_gone(&mut self, ledgers: &Ledgers) {
+        self.issued
+            .retain(|(id, _), (_, sent)| ledgers.holds(id) || !*sent);
+    }
+
+    /// Rebuilds, at start, a notice the journal says was issued for
+    /// `device` on `receipts`' event (and whether it was sent).
+    pub(in crate::hub) fn restore(
+        &mut self,
+        receipts: &EventReceipts,
+        device: DeviceId,
+        sent: bool,
+    ) {
+        let id = receipts.id();
+        let key = (id, device.clone());
+        match self.issued.get_mut(&key) {
+            Some(entry) => entry.1 |= sent,
+            None => {
+                let state = receipts
+                    .receipt_of(&device)
+                    .map_or(ReceiptState::Pending, |r| r.state);
+                let notice = OverdueNotice {
+                    id,
+                    channel: receipts.event.channel.clone(),
+                    device,
+                    state,
+                    published_at: receipts.event.time,
+                    deadline: receipts
+                        .event
+                        .time
+                        .plus(self.ack_deadline.unwrap_or_default()),
+                    expired: false,
+                };
+                self.issued.insert(key, (notice, sent));
+            }
+        }
+    }
+
+    /// Starts delivering overdue notices to a new listener: every notice
+    /// issued but not yet accepted first, then new ones.
+    pub(in crate::hub) fn attach(&mut self, tx: mpsc::UnboundedSender<OverdueNotice>) {
+        self.tx = Some(tx);
+        if self.ticker {
+            self.send_unsent();
+        }
+    }
+
+    /// This cluster node took the ticker's role: it sends the notices now,
+    /// starting with those nobody confirmed.
+    pub(in crate::hub) fn become_ticker(&mut self, ticker: bool) {
+        let was = std::mem::replace(&mut self.ticker, ticker);
+        if ticker && !was {
+            self.send_unsent();
+        }
+    }
+
+    /// Sends every notice the webhook has not accepted yet, oldest first.
+    fn send_unsent(&mut self) {
+        let Some(tx) = &self.tx else {
+            return;
+        };
+        let mut unsent: Vec<&OverdueNotice> = self
+            .issued
+            .values()
+            .filter(|(_, sent)| !sent)
+            .map(|(n, _)| n)
+            .collect();
+        unsent.sort_by_key(|n| (n.id, n.device.clone()));
+        for notice in unsent {
+            let _ = tx.send(notice.clone());
+        }
+    }
+}
