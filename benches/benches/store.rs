@@ -180,7 +180,10 @@ fn recovery(c: &mut Criterion) {
                     .unwrap();
                     let hub = Hub::open(HubConfig::default(), store).await.unwrap();
                     total += started.elapsed();
-                    assert_eq!(hub.stats().retained, RECOVERY_EVENTS as usize);
+                    assert_eq!(
+                        hub.stats().await.unwrap().retained,
+                        RECOVERY_EVENTS as usize
+                    );
                     hub.shutdown().await;
                 });
             }

@@ -204,7 +204,7 @@ async fn a_stalled_reader_of_large_events_is_cut_by_bytes_and_resumes_without_lo
     let ids = publish_n(&server, "big", 150, 60 * 1024).await;
     // Cut long before 4,096 queued events: by its bytes.
     eventually("the stalled reader is disconnected", || async {
-        server.hub.stats().slow_disconnects == 1
+        server.hub.stats().await.unwrap().slow_disconnects == 1
     })
     .await;
     // Whatever it got before the cut is a prefix; it resumes from there.

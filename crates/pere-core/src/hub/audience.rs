@@ -2,11 +2,14 @@
 //! operator's view across channels and patterns (`/admin/devices`,
 //! `/admin/channels`). A device subscribed to `shop.*` is in the audience
 //! of `shop.eu`'s events, so the views of `shop.eu` must show it (issue
-//! 18.6). Read-only queries over the state; nothing here changes it.
+//! 18.6). Read-only walks over the state, run by the writer between
+//! batches like every view (see `view.rs`); nothing here changes it.
 
 use std::collections::HashMap;
 
 use super::Hub;
+use super::state::State;
+use crate::error::Result;
 use crate::log::EventStore;
 use crate::name::{ChannelName, DeviceId, Pattern};
 use crate::presence::Presence;
@@ -36,8 +39,37 @@ impl<S: EventStore> Hub<S> {
     /// device list did not show it). A device known several ways is listed
     /// once: by the channel itself, else by a pattern on which it is
     /// online, else by the first pattern. Sorted by device.
-    pub fn devices_of_channel(&self, channel: &ChannelName) -> Vec<(DeviceId, Pattern, Presence)> {
-        let state = self.inner.state();
+    ///
+    /// # Errors
+    /// [`crate::Error::ShuttingDown`].
+    pub async fn devices_of_channel(
+        &self,
+        channel: &ChannelName,
+    ) -> Result<Vec<(DeviceId, Pattern, Presence)>> {
+        let channel = channel.clone();
+        self.read(move |state| state.devices_of_channel(&channel))
+            .await
+    }
+
+    /// Every pattern subscription (`*`, `**`) with its members, sorted.
+    ///
+    /// # Errors
+    /// [`crate::Error::ShuttingDown`].
+    pub async fn patterns(&self) -> Result<Vec<PatternInfo>> {
+        self.read(State::patterns).await
+    }
+}
+
+impl State {
+    /// The devices in the audience of `channel`'s events: those known on
+    /// the channel itself, then the members of the patterns that match it,
+    /// each with the subscription it is known through (issue 18.6:
+    /// `/admin/channels` counted a `shop.*` member under `shop.eu`, whose
+    /// device list did not show it). A device known several ways is listed
+    /// once: by the channel itself, else by a pattern on which it is
+    /// online, else by the first pattern. Sorted by device.
+    fn devices_of_channel(&self, channel: &ChannelName) -> Vec<(DeviceId, Pattern, Presence)> {
+        let state = self;
         let mut out: HashMap<DeviceId, (Pattern, Presence)> = HashMap::new();
         let exact = Pattern::from(channel.clone());
         if let Some(sub) = state.memberships.sub(&exact) {
@@ -76,8 +108,8 @@ impl<S: EventStore> Hub<S> {
     }
 
     /// Every pattern subscription (`*`, `**`) with its members, sorted.
-    pub fn patterns(&self) -> Vec<PatternInfo> {
-        let state = self.inner.state();
+    fn patterns(&self) -> Vec<PatternInfo> {
+        let state = self;
         let mut out: Vec<PatternInfo> = state
             .memberships
             .wild()

@@ -11,11 +11,16 @@ use crate::hub::cluster::wire::ClosedStream;
 use crate::hub::cmd::{
     AckCmd, AckEffect, RemoveMemberCmd, SubscribeCmd, SubscribeEffect, TokenCmd,
 };
+use crate::hub::state::State;
 use crate::hub::{Gap, Hello, Publish, Published};
 use crate::ledger::EventReceipts;
 use crate::name::{ChannelName, DeviceId, Pattern};
 
 pub(super) type Reply<T> = oneshot::Sender<Result<T>>;
+
+/// A read of the state the writer runs between batches (see `view.rs`); it
+/// sends its own answer.
+pub(super) type Read = Box<dyn FnOnce(&State) + Send>;
 
 /// What a caller asks the writer task.
 pub(super) enum Command {
@@ -47,6 +52,8 @@ pub(super) enum Command {
     NodeGone(Arc<str>),
     /// From a cluster's log: the shared part of the periodic chores.
     SharedTick,
+    /// An operator's view, read once the batch is applied.
+    Read(Read),
 }
 
 impl Command {
@@ -65,7 +72,8 @@ impl Command {
             | Command::RemoteClosed(..)
             | Command::Cursor { .. }
             | Command::NodeGone(_)
-            | Command::SharedTick => None,
+            | Command::SharedTick
+            | Command::Read(_) => None,
         }
     }
 }

@@ -171,7 +171,8 @@ impl OnFailure {
             | Command::RemoteClosed(..)
             | Command::Cursor { .. }
             | Command::NodeGone(_)
-            | Command::SharedTick => OnFailure::Keep,
+            | Command::SharedTick
+            | Command::Read(_) => OnFailure::Keep,
         }
     }
 }

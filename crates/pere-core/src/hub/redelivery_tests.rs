@@ -67,7 +67,7 @@ async fn an_acknowledging_device_gets_again_what_a_broken_stream_took() {
     assert_eq!(receipt.deliveries, 2);
     let s = hub.receipt_summary(&pat("orders"), offline[0]).unwrap();
     assert_eq!(s.devices[0].1.deliveries, 1);
-    assert_eq!(hub.stats().redelivered, 5);
+    assert_eq!(hub.stats().await.unwrap().redelivered, 5);
 
     // Acknowledged now: the next reconnect sends nothing again.
     for id in &want[..6] {
@@ -91,7 +91,7 @@ async fn a_device_that_never_acknowledges_resumes_after_the_last_written_event()
     assert_eq!(r.hello().resumed_from, Some(written[2]));
     assert_eq!(take(&mut r, 2).await, offline);
     assert!(drain(&mut r).is_empty());
-    assert_eq!(hub.stats().redelivered, 0);
+    assert_eq!(hub.stats().await.unwrap().redelivered, 0);
 }
 
 #[tokio::test]
@@ -318,7 +318,9 @@ async fn channels_are_bounded_and_reclaimed_once_retention_empties_them() {
     // Once their events aged out, the channels are forgotten, and a new
     // one fits.
     let deadline = std::time::Instant::now() + WAIT;
-    while !hub.channels().is_empty() || hub.inner.state().ledgers.channels().next().is_some() {
+    while !hub.channels().await.unwrap().is_empty()
+        || hub.inner.state().ledgers.channels().next().is_some()
+    {
         assert!(std::time::Instant::now() < deadline, "never reclaimed");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }

@@ -293,7 +293,7 @@ async fn a_slow_device_is_disconnected_and_resumes_without_loss() {
         ids[..4].iter().map(|i| i.0).collect::<Vec<_>>(),
         "the queue drains, then ends"
     );
-    assert_eq!(hub.stats().slow_disconnects, 1);
+    assert_eq!(hub.stats().await.unwrap().slow_disconnects, 1);
     let last = EventId(*got.last().unwrap());
     drop(slow);
     let mut again = subscribe(&hub, Some("slow"), &["c"], Resume::After(last)).await;
@@ -322,7 +322,7 @@ async fn idempotent_retries_return_the_first_result() {
     let mut elsewhere = req.clone();
     elsewhere.channel = ch("other");
     assert_ne!(hub.publish(elsewhere).await.unwrap().id, first.id);
-    assert_eq!(hub.stats().published, 2);
+    assert_eq!(hub.stats().await.unwrap().published, 2);
     // …and per publisher: another one's key never swallows this event.
     let mut mine = req.clone();
     mine.device = Some(dev("backend-a"));
@@ -337,7 +337,7 @@ async fn idempotent_retries_return_the_first_result() {
         "the same key from another publisher is its own event"
     );
     assert_eq!(hub.publish(mine).await.unwrap().id, a.id, "a's retry");
-    assert_eq!(hub.stats().published, 4);
+    assert_eq!(hub.stats().await.unwrap().published, 4);
     // Concurrent retries within one batch still publish once.
     let mut tasks = Vec::new();
     for _ in 0..10 {
@@ -402,17 +402,17 @@ async fn presence_tracks_connections_and_receipts() {
     let s1 = subscribe(&hub, Some("d"), &["c"], Resume::Auto).await;
     let s2 = subscribe(&hub, Some("d"), &["c"], Resume::Auto).await;
     let _anon = subscribe(&hub, None, &["c"], Resume::Auto).await;
-    let devices = hub.devices(&pat("c"));
+    let devices = hub.devices(&pat("c")).await.unwrap();
     assert_eq!(devices.len(), 1);
     assert!(devices[0].1.online);
     assert_eq!(devices[0].1.connections, 2);
-    let conns = hub.connections();
+    let conns = hub.connections().await.unwrap();
     assert_eq!(conns.total, 3);
     assert_eq!(conns.per_subscription, vec![(pat("c"), 3)]);
     drop(s1);
     drop(s2);
-    wait_for(|| hub.connections().total == 1).await;
-    let p = hub.devices(&pat("c")).remove(0).1;
+    wait_for(|| async { hub.connections().await.unwrap().total == 1 }).await;
+    let p = hub.devices(&pat("c")).await.unwrap().remove(0).1;
     assert!(!p.online);
     assert_eq!(p.op, Op::Left);
     // A device the event was never written to, and not in its audience,
@@ -431,15 +431,17 @@ async fn presence_tracks_connections_and_receipts() {
     assert_eq!(s.recipients, 1, "the audience is unchanged: {s:?}");
     assert!(
         !hub.devices(&pat("c"))
+            .await
+            .unwrap()
             .iter()
             .any(|(d, _)| d == &dev("acker"))
     );
     // The member that was offline is in the audience: it may.
     hub.ack(&pat("c"), &dev("d"), e.id, "ok").await.unwrap();
-    let d = hub.devices(&pat("c")).remove(0).1;
+    let d = hub.devices(&pat("c")).await.unwrap().remove(0).1;
     assert_eq!(d.last_acked, Some(e.id));
     assert_eq!(d.op, Op::Feedback);
-    let channels = hub.channels();
+    let channels = hub.channels().await.unwrap();
     assert_eq!(channels.len(), 1);
     assert_eq!(
         (channels[0].events, channels[0].members, channels[0].online),
@@ -447,9 +449,10 @@ async fn presence_tracks_connections_and_receipts() {
     );
 }
 
-async fn wait_for(mut cond: impl FnMut() -> bool) {
+/// Waits until `cond` (which may read a view of the hub) holds.
+async fn wait_for<F: std::future::Future<Output = bool>>(mut cond: impl FnMut() -> F) {
     let deadline = tokio::time::Instant::now() + WAIT;
-    while !cond() {
+    while !cond().await {
         assert!(
             tokio::time::Instant::now() < deadline,
             "condition not reached in time"
@@ -472,7 +475,7 @@ async fn memberships_expire_after_their_ttl_and_can_be_removed() {
     let sub = subscribe(&hub, Some("d"), &["c"], Resume::Auto).await;
     assert_eq!(publish(&hub, "c", "x").await.recipients, 1);
     drop(sub);
-    wait_for(|| hub.devices(&pat("c")).is_empty()).await;
+    wait_for(|| async { hub.devices(&pat("c")).await.unwrap().is_empty() }).await;
     assert_eq!(publish(&hub, "c", "y").await.recipients, 0);
 
     let mut sub = subscribe(&hub, Some("e"), &["c"], Resume::Auto).await;
@@ -753,7 +756,7 @@ mod auth {
             .unwrap();
         let end = tokio::time::timeout(WAIT, s.next()).await.unwrap();
         assert!(end.is_none());
-        assert_eq!(hub.connections().total, 0);
+        assert_eq!(hub.connections().await.unwrap().total, 0);
     }
 
     #[tokio::test]
@@ -786,7 +789,7 @@ async fn metrics_follow_receipts_retention_and_latencies() {
     let mut a = subscribe(&hub, Some("a"), &["c"], Resume::Auto).await;
     // b is a member, offline: its receipts stay pending.
     drop(subscribe(&hub, Some("b"), &["c"], Resume::Auto).await);
-    wait_for(|| hub.connections().total == 1).await;
+    wait_for(|| async { hub.connections().await.unwrap().total == 1 }).await;
     let first = publish(&hub, "c", "1").await.id;
     assert_eq!(hub.metrics().unacked(), 2);
     assert_eq!(next(&mut a).await.id, first);

@@ -1,7 +1,15 @@
-//! What the hub answers without a command: receipts of one event, retained
-//! events, and the operator's views (presence, connections, channels,
-//! counters). Each takes the state's lock for one lookup or one pass over
-//! the subscriptions: operators' queries, not the publish path.
+//! What the hub answers besides commands: receipts of one event and
+//! retained events (one lookup each), and the operator's views (presence,
+//! connections, channels, patterns, counters).
+//!
+//! A view walks the state (every subscription, every stream), so it is not
+//! done by the caller under the writer's lock, which would hold every
+//! publish behind an operator's query: it is a [`Command::Read`] that the
+//! writer answers between batches, from the state as the batch left it, in
+//! the order it was asked (so a caller sees what it did before). The walks
+//! themselves are [`State`]'s methods below.
+//!
+//! [`Command::Read`]: super::command::Command::Read
 
 use crate::error::{Error, Result};
 use crate::event::{Event, EventId};
@@ -13,6 +21,10 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use tokio::sync::oneshot;
+
+use super::command::{Command, Read};
+use super::state::State;
 use super::{ChannelInfo, Connections, Hub, Stats, StoreHealth};
 
 impl<S: EventStore> Hub<S> {
@@ -61,9 +73,110 @@ impl<S: EventStore> Hub<S> {
 
     /// Devices known on `subscription` (members and devices that only sent
     /// receipts), sorted.
-    pub fn devices(&self, subscription: &Pattern) -> Vec<(DeviceId, Presence)> {
-        let state = self.inner.state();
-        let mut out: Vec<(DeviceId, Presence)> = state
+    ///
+    /// # Errors
+    /// [`Error::ShuttingDown`].
+    pub async fn devices(&self, subscription: &Pattern) -> Result<Vec<(DeviceId, Presence)>> {
+        let subscription = subscription.clone();
+        self.read(move |state| state.devices(&subscription)).await
+    }
+
+    /// Open streams per subscription.
+    ///
+    /// # Errors
+    /// [`Error::ShuttingDown`].
+    pub async fn connections(&self) -> Result<Connections> {
+        self.read(State::connections).await
+    }
+
+    /// Every known channel: those with retained events and those subscribed
+    /// to by name.
+    ///
+    /// # Errors
+    /// [`Error::ShuttingDown`].
+    pub async fn channels(&self) -> Result<Vec<ChannelInfo>> {
+        self.read(State::channels).await
+    }
+
+    /// Counters and gauges for metrics.
+    ///
+    /// # Errors
+    /// [`Error::ShuttingDown`].
+    pub async fn stats(&self) -> Result<Stats> {
+        let gauges = self.read(State::gauges).await?;
+        let store = self.store_health();
+        let damage = store.damage;
+        let c = &self.inner.counters;
+        Ok(Stats {
+            published: c.published.load(Ordering::Relaxed),
+            delivered: gauges.delivered,
+            redelivered: gauges.redelivered,
+            acked: c.acked.load(Ordering::Relaxed),
+            streams_opened: c.streams_opened.load(Ordering::Relaxed),
+            slow_disconnects: c.slow_disconnects.load(Ordering::Relaxed),
+            streams_open: gauges.streams_open,
+            retained: gauges.retained,
+            members: gauges.members,
+            receipt_gaps: gauges.receipt_gaps,
+            batches: c.batches.load(Ordering::Relaxed),
+            records: c.records.load(Ordering::Relaxed),
+            damaged_regions: damage.len(),
+            damaged_bytes: damage.iter().map(|d| d.len).sum(),
+            store_writable: store.outage.is_none(),
+            store_failures: store.failures,
+        })
+    }
+
+    /// Runs `read` in the writer task, between two batches, and returns
+    /// what it found.
+    pub(super) async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&State) -> T + Send + 'static,
+    ) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        let read: Read = Box::new(move |state| drop(tx.send(read(state))));
+        self.inner
+            .commands
+            .send(Command::Read(read))
+            .map_err(|_| Error::ShuttingDown)?;
+        rx.await.map_err(|_| Error::ShuttingDown)
+    }
+
+    /// The store's health: whether it takes writes, what it skipped as
+    /// damaged.
+    pub fn store_health(&self) -> StoreHealth {
+        let (outage, failures) = {
+            let health = self.inner.health();
+            (health.outage(), health.failures())
+        };
+        StoreHealth {
+            outage,
+            failures,
+            damage: self
+                .inner
+                .damage
+                .iter()
+                .filter(|d| d.outstanding())
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
+/// What the state's gauges are now (for [`Hub::stats`]).
+pub(super) struct Gauges {
+    delivered: u64,
+    redelivered: u64,
+    streams_open: usize,
+    retained: usize,
+    members: usize,
+    receipt_gaps: u64,
+}
+
+/// The views' walks, run by the writer task (see the module's doc).
+impl State {
+    fn devices(&self, subscription: &Pattern) -> Vec<(DeviceId, Presence)> {
+        let mut out: Vec<(DeviceId, Presence)> = self
             .memberships
             .sub(subscription)
             .map(|sub| {
@@ -77,10 +190,8 @@ impl<S: EventStore> Hub<S> {
         out
     }
 
-    /// Open streams per subscription.
-    pub fn connections(&self) -> Connections {
-        let state = self.inner.state();
-        let mut per_subscription: Vec<(Pattern, usize)> = state
+    fn connections(&self) -> Connections {
+        let mut per_subscription: Vec<(Pattern, usize)> = self
             .memberships
             .subs()
             .map(|(p, sub)| (p.clone(), sub.open_streams()))
@@ -89,23 +200,19 @@ impl<S: EventStore> Hub<S> {
         per_subscription.sort();
         Connections {
             per_subscription,
-            total: state.memberships.stream_count(),
+            total: self.memberships.stream_count(),
         }
     }
 
-    /// Every known channel: those with retained events and those subscribed
-    /// to by name.
-    pub fn channels(&self) -> Vec<ChannelInfo> {
-        let state = self.inner.state();
-        let mut names: Vec<ChannelName> = state
+    fn channels(&self) -> Vec<ChannelInfo> {
+        let mut names: Vec<ChannelName> = self
             .ledgers
             .channels()
             .filter(|(_, l)| !l.receipts.is_empty())
             .map(|(c, _)| c.clone())
             .collect();
         names.extend(
-            state
-                .memberships
+            self.memberships
                 .subs()
                 .filter_map(|(p, _)| p.exact().cloned()),
         );
@@ -114,11 +221,11 @@ impl<S: EventStore> Hub<S> {
         names
             .into_iter()
             .map(|channel| {
-                let ledger = state.ledgers.channel(&channel);
+                let ledger = self.ledgers.channel(&channel);
                 let receipts = ledger.map(|l| &l.receipts);
                 let mut members = HashSet::new();
                 let mut online = HashSet::new();
-                for (pattern, sub) in state.memberships.subs() {
+                for (pattern, sub) in self.memberships.subs() {
                     if !pattern.matches(&channel) {
                         continue;
                     }
@@ -143,54 +250,19 @@ impl<S: EventStore> Hub<S> {
             .collect()
     }
 
-    /// Counters and gauges for metrics.
-    pub fn stats(&self) -> Stats {
-        let store = self.store_health();
-        let damage = store.damage;
-        let c = &self.inner.counters;
-        let state = self.inner.state();
-        let (delivered, redelivered) = state.memberships.delivery_counts();
-        Stats {
-            published: c.published.load(Ordering::Relaxed),
+    fn gauges(&self) -> Gauges {
+        let (delivered, redelivered) = self.memberships.delivery_counts();
+        Gauges {
             delivered,
             redelivered,
-            acked: c.acked.load(Ordering::Relaxed),
-            streams_opened: c.streams_opened.load(Ordering::Relaxed),
-            slow_disconnects: c.slow_disconnects.load(Ordering::Relaxed),
-            streams_open: state.memberships.stream_count(),
-            retained: state.ledgers.retained(),
-            members: state
+            streams_open: self.memberships.stream_count(),
+            retained: self.ledgers.retained(),
+            members: self
                 .memberships
                 .subs()
                 .map(|(_, s)| s.members.values().filter(|m| m.is_member).count())
                 .sum(),
-            receipt_gaps: state.ledgers.receipt_gaps(),
-            batches: c.batches.load(Ordering::Relaxed),
-            records: c.records.load(Ordering::Relaxed),
-            damaged_regions: damage.len(),
-            damaged_bytes: damage.iter().map(|d| d.len).sum(),
-            store_writable: store.outage.is_none(),
-            store_failures: store.failures,
-        }
-    }
-
-    /// The store's health: whether it takes writes, what it skipped as
-    /// damaged.
-    pub fn store_health(&self) -> StoreHealth {
-        let (outage, failures) = {
-            let health = self.inner.health();
-            (health.outage(), health.failures())
-        };
-        StoreHealth {
-            outage,
-            failures,
-            damage: self
-                .inner
-                .damage
-                .iter()
-                .filter(|d| d.outstanding())
-                .cloned()
-                .collect(),
+            receipt_gaps: self.ledgers.receipt_gaps(),
         }
     }
 }

@@ -70,6 +70,11 @@ pub(super) async fn process_at<S: EventStore>(
     let tick = batch
         .iter()
         .any(|c| matches!(c, Command::Tick | Command::SharedTick));
+    // Reads are answered once the batch is applied (or failed): they see
+    // what the commands before them did.
+    let (reads, batch): (Vec<Command>, Vec<Command>) = batch
+        .into_iter()
+        .partition(|c| matches!(c, Command::Read(_)));
     let mut records = Vec::new();
     let mut effects = Vec::with_capacity(batch.len());
     // Which records each command made, should the batch not be written.
@@ -162,6 +167,14 @@ pub(super) async fn process_at<S: EventStore>(
                 }
             }
             health::fail_batch(inner, err, records, spans, effects).await;
+        }
+    }
+    if !reads.is_empty() {
+        let state = inner.state();
+        for read in reads {
+            if let Command::Read(read) = read {
+                read(&state);
+            }
         }
     }
 }

@@ -20,13 +20,17 @@ pub async fn log_activity<S: EventStore>(hub: Hub<S>, every: Duration) {
     }
     let mut ticks = tokio::time::interval_at(Instant::now() + every, every);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut last = Snapshot::of(&hub);
+    let Some(mut last) = Snapshot::of(&hub).await else {
+        return;
+    };
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
             () = hub.closing() => return,
         }
-        let now = Snapshot::of(&hub);
+        let Some(now) = Snapshot::of(&hub).await else {
+            return;
+        };
         now.log_since(&last);
         last = now;
     }
@@ -41,14 +45,16 @@ struct Snapshot {
 }
 
 impl Snapshot {
-    fn of<S: EventStore>(hub: &Hub<S>) -> Self {
+    /// The counters now; `None` once the hub stopped.
+    async fn of<S: EventStore>(hub: &Hub<S>) -> Option<Self> {
+        let stats = hub.stats().await.ok()?;
         let m = hub.metrics();
-        Self {
+        Some(Self {
             at: Instant::now(),
-            stats: hub.stats(),
+            stats,
             overdue: m.overdue.load(std::sync::atomic::Ordering::Relaxed),
             unacked: m.unacked(),
-        }
+        })
     }
 
     /// The line for the period since `before`, if anything happened.

@@ -101,13 +101,16 @@ impl Exposition {
 /// `GET /metrics` in the Prometheus text format: the hub's counters, the
 /// HTTP layer's (`http`), open connections and streams (`limits`) and the
 /// webhook's outcomes, read now.
-pub fn render<S: EventStore>(
+///
+/// # Errors
+/// `503 shutting_down` once the hub stopped.
+pub async fn render<S: EventStore>(
     hub: &Hub<S>,
     http: &HttpMetrics,
     limits: &Limits,
     webhook: Option<&Webhook>,
-) -> Response<Body> {
-    let s = hub.stats();
+) -> Result<Response<Body>, ApiError> {
+    let s = hub.stats().await?;
     let m = hub.metrics();
     let mut out = Exposition(String::with_capacity(8192));
     out.header(
@@ -337,7 +340,7 @@ pub fn render<S: EventStore>(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
-    response
+    Ok(response)
 }
 
 /// Clock ticks per second of `/proc/self/stat` (Linux's `USER_HZ`, 100 on

@@ -372,6 +372,8 @@ async fn submit<S: EventStore>(
                 None => match cmd {
                     Command::Closed(id) => state.close_stream(id, now),
                     Command::Shutdown(reply) => shutdown = Some(reply),
+                    // A view of this node's copy of the state.
+                    Command::Read(read) => read(&state),
                     // The ticker's entries carry the shared chores.
                     _ => {}
                 },

@@ -53,6 +53,12 @@ impl State {
                 Effect::None
             }
             Command::RemoveMember(remove) => self.prepare_remove_member(remove, now, records),
+            // The writer runs reads once the batch is applied; one that
+            // gets here is answered from the state as it is now.
+            Command::Read(read) => {
+                read(self);
+                Effect::None
+            }
             Command::Tick => {
                 self.maintain(now, config, records);
                 self.notices.check_deadlines(&self.ledgers, now, records);

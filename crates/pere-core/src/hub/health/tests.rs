@@ -154,7 +154,7 @@ async fn writes_resume_once_the_store_takes_them_again() {
         outage.failures >= 1 && outage.retry_in <= LAST_RETRY,
         "{outage:?}"
     );
-    assert!(!hub.stats().store_writable);
+    assert!(!hub.stats().await.unwrap().store_writable);
     until_writable(&hub).await;
     assert_eq!(
         store.probes.load(Ordering::SeqCst),
@@ -169,8 +169,8 @@ async fn writes_resume_once_the_store_takes_them_again() {
         .await
         .unwrap();
     assert_eq!(events.len(), 2, "the failed publish is not served");
-    assert_eq!(hub.stats().store_failures, 3);
-    assert!(hub.stats().store_writable);
+    assert_eq!(hub.stats().await.unwrap().store_failures, 3);
+    assert!(hub.stats().await.unwrap().store_writable);
 }
 
 /// The retries back off: 100 ms, doubling, at most 5 s; the backoff only
@@ -281,7 +281,7 @@ async fn what_happened_anyway_is_journaled_after_the_outage() {
     })
     .await
     .expect("the stream's close is journaled once the store is back");
-    assert!(!hub.devices(&sub)[0].1.online);
+    assert!(!hub.devices(&sub).await.unwrap()[0].1.online);
 }
 
 /// A stream that could not open because its write failed is refused, but
@@ -328,6 +328,8 @@ async fn a_membership_made_in_a_failed_batch_is_journaled_after_the_outage() {
     );
     assert!(
         hub.devices(&sub)
+            .await
+            .unwrap()
             .iter()
             .any(|(d, p)| *d == device && p.member)
     );

@@ -543,7 +543,7 @@ async fn a_hub_over_a_file_store_comes_back_as_it_was() {
         vec![dev.clone()],
         "offline member still in the audience"
     );
-    let presence = hub.devices(&c);
+    let presence = hub.devices(&c).await.unwrap();
     assert_eq!(presence.len(), 1);
     assert_eq!(presence[0].1.last_acked, Some(first.id));
     assert_eq!(presence[0].1.last_delivered, Some(first.id));

@@ -20,8 +20,8 @@ const MAX_EVENTS_LIMIT: usize = 10_000;
 
 /// `GET /admin/connections`: `{"<subscription>":n,…,"total number":N}`,
 /// PERE's shape, with the total last as PERE wrote it.
-pub fn connections<S: EventStore>(app: &App<S>) -> Response<Body> {
-    let c = app.hub.connections();
+pub async fn connections<S: EventStore>(app: &App<S>) -> Result<Response<Body>, ApiError> {
+    let c = app.hub.connections().await?;
     let mut out = String::from("{");
     for (pattern, n) in &c.per_subscription {
         out.push_str(&serde_json::to_string(pattern.as_str()).unwrap_or_default());
@@ -30,14 +30,15 @@ pub fn connections<S: EventStore>(app: &App<S>) -> Response<Body> {
         out.push(',');
     }
     out.push_str(&format!("\"total number\":{}}}", c.total));
-    json_raw(StatusCode::OK, out)
+    Ok(json_raw(StatusCode::OK, out))
 }
 
 /// `GET /admin/channels`.
-pub fn channels<S: EventStore>(app: &App<S>) -> Response<Body> {
+pub async fn channels<S: EventStore>(app: &App<S>) -> Result<Response<Body>, ApiError> {
     let mut list: Vec<Value> = app
         .hub
         .channels()
+        .await?
         .into_iter()
         .map(|c| {
             serde_json::json!({
@@ -53,7 +54,7 @@ pub fn channels<S: EventStore>(app: &App<S>) -> Response<Body> {
         .collect();
     // Patterns too (issue 18.6): their members are counted under every
     // channel they match, and an operator must be able to find them.
-    let patterns = app.hub.patterns().into_iter().map(|p| {
+    let patterns = app.hub.patterns().await?.into_iter().map(|p| {
         serde_json::json!({
             "channel": p.pattern.as_str(),
             "events": p.events,
@@ -66,7 +67,7 @@ pub fn channels<S: EventStore>(app: &App<S>) -> Response<Body> {
         })
     });
     list.extend(patterns);
-    json(StatusCode::OK, Value::Array(list))
+    Ok(json(StatusCode::OK, Value::Array(list)))
 }
 
 /// `GET /admin/events/:channel?after=ID&limit=N`.
@@ -140,25 +141,30 @@ fn presence_json(p: &Presence) -> Value {
 /// The devices `/admin/devices/:channel` lists, with the subscription each
 /// is known through: for a channel, its own and those of the patterns
 /// matching it (the audience of its events); for a pattern, its own.
-fn devices_on<S: EventStore>(
+async fn devices_on<S: EventStore>(
     app: &App<S>,
     pattern: &Pattern,
-) -> Vec<(DeviceId, Pattern, Presence)> {
-    match pattern.exact() {
-        Some(channel) => app.hub.devices_of_channel(channel),
+) -> pere_core::Result<Vec<(DeviceId, Pattern, Presence)>> {
+    Ok(match pattern.exact() {
+        Some(channel) => app.hub.devices_of_channel(channel).await?,
         None => app
             .hub
             .devices(pattern)
+            .await?
             .into_iter()
             .map(|(d, p)| (d, pattern.clone(), p))
             .collect(),
-    }
+    })
 }
 
 /// `GET /admin/devices/:channel`: an object keyed by device.
-pub fn devices<S: EventStore>(app: &App<S>, channel: &str) -> Result<Response<Body>, ApiError> {
+pub async fn devices<S: EventStore>(
+    app: &App<S>,
+    channel: &str,
+) -> Result<Response<Body>, ApiError> {
     let pattern = Pattern::new(channel)?;
     let map: serde_json::Map<String, Value> = devices_on(app, &pattern)
+        .await?
         .into_iter()
         .map(|(d, via, p)| (d.to_string(), device_json(&via, &p)))
         .collect();
@@ -188,6 +194,8 @@ pub async fn device<S: EventStore>(
             // A member through a pattern is dropped from the pattern: say
             // which, rather than a bare "not a member".
             let via = devices_on(app, &pattern)
+                .await
+                .unwrap_or_default()
                 .into_iter()
                 .find(|(d, via, _)| d == &device && via != &pattern);
             return Err(match (err, via) {
@@ -211,6 +219,7 @@ pub async fn device<S: EventStore>(
         ));
     }
     let (via, presence) = devices_on(app, &pattern)
+        .await?
         .into_iter()
         .find(|(d, _, _)| d == &device)
         .map(|(_, via, p)| (via, p))

@@ -142,21 +142,24 @@ async fn dispatch<S: EventStore>(
         )),
         Route::Static(name) => Ok(static_files::serve(name)),
         Route::Health => Ok(health::health(app)),
-        Route::Metrics => Ok(crate::server::metrics::render(
-            &app.hub,
-            &app.metrics,
-            &app.limits,
-            app.config.webhook.as_ref(),
-        )),
+        Route::Metrics => {
+            crate::server::metrics::render(
+                &app.hub,
+                &app.metrics,
+                &app.limits,
+                app.config.webhook.as_ref(),
+            )
+            .await
+        }
         Route::Push(channel) => push::push(app, req, &channel, &caller).await,
         Route::Feed(channel) => feed::feed(app, &req, channel.as_deref(), &caller).await,
         Route::Feedback(channel) => feedback::feedback(app, req, &channel, &caller).await,
         Route::Receipt(channel, id) => receipts::summary(app, &channel, &id, &caller),
         Route::ReceiptStream(channel) => receipts::stream(app, &req, &channel, &caller),
-        Route::AdminConnections => Ok(admin::connections(app)),
-        Route::AdminChannels => Ok(admin::channels(app)),
+        Route::AdminConnections => admin::connections(app).await,
+        Route::AdminChannels => admin::channels(app).await,
         Route::AdminEvents(channel) => admin::events(app, &req, &channel).await,
-        Route::AdminDevices(channel) => admin::devices(app, &channel),
+        Route::AdminDevices(channel) => admin::devices(app, &channel).await,
         Route::AdminDevice(channel, device) => {
             admin::device(app, req.method(), &channel, &device).await
         }
