@@ -25,6 +25,7 @@ use pere_core::EventStore;
 use tokio::io::{AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::head::{Framing, head_bytes};
 use super::stall::Stall;
 use crate::server::app::App;
 use crate::server::body::{Body, SseBody};
@@ -313,63 +314,6 @@ async fn discard(stream: &mut TcpStream, mut len: usize) -> std::io::Result<()> 
     Ok(())
 }
 
-/// How a response's body is delimited.
-enum Framing {
-    Length(usize),
-    Chunked,
-}
-
-/// The status line and headers of `parts`, with `date` and the framing
-/// header hyper would add.
-fn head_bytes(parts: &hyper::http::response::Parts, framing: Framing) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(parts.status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(
-        parts
-            .status
-            .canonical_reason()
-            .unwrap_or("Unknown")
-            .as_bytes(),
-    );
-    out.extend_from_slice(b"\r\n");
-    for (name, value) in &parts.headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    match framing {
-        Framing::Length(len) => {
-            out.extend_from_slice(format!("content-length: {len}\r\n").as_bytes());
-        }
-        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-    }
-    out.extend_from_slice(b"date: ");
-    out.extend_from_slice(http_date(time::OffsetDateTime::now_utc()).as_bytes());
-    out.extend_from_slice(b"\r\n\r\n");
-    out
-}
-
-/// An IMF-fixdate (RFC 9110 §5.6.7), as hyper's `date` header.
-fn http_date(now: time::OffsetDateTime) -> String {
-    const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    format!(
-        "{}, {:02} {} {:04} {:02}:{:02}:{:02} GMT",
-        DAYS[usize::from(now.weekday().number_days_from_monday())],
-        now.day(),
-        MONTHS[usize::from(u8::from(now.month()) - 1)],
-        now.year(),
-        now.hour(),
-        now.minute(),
-        now.second()
-    )
-}
-
 /// Parses `bytes` as the head of a request this module serves: a complete
 /// HTTP/1.1 `GET` of `/feed` or `/feed/:channel`, without body, upgrade or
 /// `Connection: close`. `None` for anything else, valid or not: hyper then
@@ -479,12 +423,6 @@ mod tests {
         let n = chunk.io_slices(&mut slices);
         let all: Vec<u8> = slices[..n].iter().flat_map(|s| s.iter().copied()).collect();
         assert_eq!(all, b"0\r\n\r\n");
-    }
-
-    #[test]
-    fn dates_are_imf_fixdates() {
-        let at = time::macros::datetime!(2026-11-03 04:05:06 UTC);
-        assert_eq!(http_date(at), "Tue, 03 Nov 2026 04:05:06 GMT");
     }
 
     #[test]

@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 pub(crate) mod direct;
+mod head;
 mod request;
 mod stall;
 mod watch;
@@ -325,15 +326,7 @@ where
 {
     let _ = tokio::time::timeout(LINGER, async {
         if let Some(err) = answer {
-            let body = err.body();
-            let status = err.status();
-            let response = format!(
-                "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                status.as_str(),
-                status.canonical_reason().unwrap_or("Error"),
-                body.len()
-            );
-            stream.write_all(response.as_bytes()).await?;
+            stream.write_all(&head::closing_error(&err)).await?;
         }
         stream.shutdown().await?;
         let mut sink = vec![0u8; 4096];
