@@ -10,9 +10,9 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::event::{EventId, FrameCache, Timestamp};
-use crate::ledger::EventReceipts;
+use crate::event::{EventId, Timestamp};
 use crate::name::{ChannelName, DeviceId, Pattern};
+pub use crate::queue::Delivery;
 use crate::queue::{DeliveryQueue, Push, Taken};
 
 /// What a device did last, PERE's `op` field.
@@ -25,27 +25,6 @@ pub enum Op {
     Feedback,
     /// Closed its last stream.
     Left,
-}
-
-/// One queued delivery: the event's receipts (which hold the event), the
-/// device's slot in its audience, and the encodings shared by the fan-out.
-#[derive(Clone, Debug)]
-pub struct Delivery {
-    /// The event and its receipts.
-    pub receipts: Arc<EventReceipts>,
-    /// The device's audience slot, or [`crate::ledger::NO_SLOT`].
-    pub slot: u32,
-    /// The transport's encodings of the event, shared by every stream of
-    /// this fan-out and freed with the last delivery that holds them.
-    pub frames: Arc<FrameCache>,
-}
-
-impl Delivery {
-    /// What it weighs against a queue's byte bound: an upper estimate of
-    /// its encoded size (docs/PROTOCOL.md §3.7).
-    pub fn size(&self) -> usize {
-        self.receipts.wire_size()
-    }
 }
 
 /// The part of an open stream that its task updates on every delivery and

@@ -12,11 +12,33 @@
 //! capacity, and no atomic is spent per delivery to keep that count.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
-use crate::presence::Delivery;
+use crate::event::FrameCache;
+use crate::ledger::EventReceipts;
+
+/// One queued delivery: the event's receipts (which hold the event), the
+/// device's slot in its audience, and the encodings shared by the fan-out.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    /// The event and its receipts.
+    pub receipts: Arc<EventReceipts>,
+    /// The device's audience slot, or [`crate::ledger::NO_SLOT`].
+    pub slot: u32,
+    /// The transport's encodings of the event, shared by every stream of
+    /// this fan-out and freed with the last delivery that holds them.
+    pub frames: Arc<FrameCache>,
+}
+
+impl Delivery {
+    /// What it weighs against a queue's byte bound: an upper estimate of
+    /// its encoded size (docs/PROTOCOL.md §3.7).
+    pub fn size(&self) -> usize {
+        self.receipts.wire_size()
+    }
+}
 
 /// Items kept allocated once a queue is drained (each of its two buffers):
 /// a burst may grow it up to the queue's capacity, an idle stream should
