@@ -226,6 +226,19 @@ async fn a_huge_target_in_a_head_within_the_limit_gets_414() {
     )
     .await;
     r.assert_error(431, "headers_too_large");
+    // Over 100 headers, each short: hyper's "too large" too, and a head's
+    // fault, not the target's.
+    let many: Vec<(String, String)> = (0..101).map(|i| (format!("X-H{i}"), "y".into())).collect();
+    let refs: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let default = TestServer::start().await;
+    for addr in [server.addr, default.addr] {
+        let r = send_raw(
+            addr,
+            &pere_tests::raw_request("GET", "/healthz", &refs, b""),
+        )
+        .await;
+        r.assert_error(431, "headers_too_large");
+    }
 }
 
 /// hyper's answers are told from the service's by the connection's state,

@@ -185,6 +185,8 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// most, so that the client gets our answer and FIN rather than a reset
 /// (see [`close`]).
 const LINGER: Duration = Duration::from_secs(2);
+/// The longest request target hyper takes (its `MAX_URI_LEN`).
+const MAX_TARGET: usize = u16::MAX as usize - 1;
 /// Most bytes read (and dropped) from a closing connection.
 const LINGER_BYTES: usize = 256 * 1024;
 
@@ -229,7 +231,7 @@ async fn serve<C>(
                 let parse = err.downcast_ref::<hyper::Error>().filter(|e| e.is_parse());
                 match parse {
                     Some(err) if watch.held_back() => {
-                        break Some(unparsed(err, watch.head_bytes(), limits.max_head));
+                        break Some(unparsed(err, watch.request_line(), limits.max_head));
                     }
                     _ => break None,
                 }
@@ -284,12 +286,13 @@ async fn sleep_until_some(deadline: Option<Instant>) {
     }
 }
 
-/// The answer to a request hyper could not parse: `head_bytes` of its
-/// head had arrived, the limit being `max_head`.
-fn unparsed(err: &hyper::Error, head_bytes: usize, max_head: usize) -> ApiError {
-    // hyper says "too large" for a head that outgrew its buffer (which is
-    // `max_head`) and for a target over 65,534 bytes in a head that fit.
-    if err.is_parse_too_large() && head_bytes < max_head {
+/// The answer to a request hyper could not parse, whose first line was
+/// `request_line` bytes long as far as it arrived, the head limit being
+/// `max_head`.
+fn unparsed(err: &hyper::Error, request_line: usize, max_head: usize) -> ApiError {
+    // hyper says "too large" for a head that outgrew its buffer (the head
+    // limit), one with over 100 headers, and a target over 65,534 bytes.
+    if err.is_parse_too_large() && request_line > MAX_TARGET {
         ApiError::new(ErrorCode::UriTooLong, "the request target is too long")
     } else if err.is_parse_too_large() {
         ApiError::new(

@@ -44,9 +44,10 @@ pub(super) struct ConnWatch {
     /// below 24, how many bytes of the HTTP/2 [`PREFACE`] it sent so far
     /// (and nothing else); then [`HTTP1`] or [`HTTP2`].
     protocol: AtomicU8,
-    /// Bytes read since the last request head was parsed: the pending
-    /// head's size, as far as the client sent it.
-    head_bytes: AtomicUsize,
+    /// Bytes of the pending request head's first line read so far (until
+    /// its `\n`, then [`LINE_ENDED`] is added): tells a target hyper
+    /// found too long from a head too large.
+    request_line: AtomicUsize,
     /// Whether hyper's write buffer was empty (it flushed) since the last
     /// response ended: until then, what it writes may be that response's
     /// tail.
@@ -74,6 +75,8 @@ const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const HTTP1: u8 = 254;
 /// [`ConnWatch::protocol`]: the client sent the whole preface.
 const HTTP2: u8 = 255;
+/// In [`ConnWatch::request_line`]: the line's end arrived.
+const LINE_ENDED: usize = 1 << (usize::BITS - 1);
 
 impl ConnWatch {
     /// A watch for a connection; `http1_only` when it cannot be HTTP/2
@@ -85,7 +88,7 @@ impl ConnWatch {
             head_started: AtomicU64::new(0),
             idle_since: AtomicU64::new(0),
             protocol: AtomicU8::new(if http1_only { HTTP1 } else { 0 }),
-            head_bytes: AtomicUsize::new(0),
+            request_line: AtomicUsize::new(0),
             drained: AtomicBool::new(true),
             held_back: AtomicBool::new(false),
             parked: std::sync::Mutex::new(None),
@@ -144,7 +147,14 @@ impl ConnWatch {
         if self.requests.load(Ordering::Acquire) > 0 {
             return;
         }
-        self.head_bytes.fetch_add(bytes.len(), Ordering::AcqRel);
+        let line = self.request_line.load(Ordering::Acquire);
+        if line & LINE_ENDED == 0 {
+            let line = match bytes.iter().position(|&b| b == b'\n') {
+                Some(end) => (line + end) | LINE_ENDED,
+                None => line + bytes.len(),
+            };
+            self.request_line.store(line, Ordering::Release);
+        }
         if self.head_started.load(Ordering::Acquire) == 0 {
             self.head_started
                 .store(self.now_ms() + 1, Ordering::Release);
@@ -177,9 +187,11 @@ impl ConnWatch {
         self.held_back.load(Ordering::Acquire)
     }
 
-    /// Bytes of the pending request head received so far.
-    pub(super) fn head_bytes(&self) -> usize {
-        self.head_bytes.load(Ordering::Acquire)
+    /// The length of the pending request head's first line, as far as it
+    /// arrived (0 when its bytes came with the previous request's, which
+    /// hyper read and this watch did not see).
+    pub(super) fn request_line(&self) -> usize {
+        self.request_line.load(Ordering::Acquire) & !LINE_ENDED
     }
 
     fn park(&self, stream: Socket) {
@@ -195,7 +207,7 @@ impl ConnWatch {
     pub(super) fn begin(self: &Arc<Self>) -> RequestGuard {
         self.requests.fetch_add(1, Ordering::AcqRel);
         self.head_started.store(0, Ordering::Release);
-        self.head_bytes.store(0, Ordering::Release);
+        self.request_line.store(0, Ordering::Release);
         self.changed.notify_one();
         RequestGuard(self.clone())
     }
@@ -442,7 +454,7 @@ mod tests {
         let watch = http1();
         assert!(watch.hyper_answers());
         assert!(watch.held_back());
-        assert_eq!(watch.head_bytes(), b"GARBAGE\r\n".len());
+        assert_eq!(watch.request_line(), b"GARBAGE\r".len());
 
         // A request in progress: the response is ours.
         let watch = Arc::new(http1());
@@ -457,7 +469,10 @@ mod tests {
         // hyper's answer to it.
         watch.drained.store(true, Ordering::Release);
         assert!(watch.hyper_answers());
-        assert_eq!(watch.head_bytes(), 6);
+        assert_eq!(watch.request_line(), 6);
+        watch.on_read(b"?x=1 HTTP/1.1\r\nHost: a\r\n");
+        watch.on_read(b"X: y\r\n");
+        assert_eq!(watch.request_line(), b"GET /x?x=1 HTTP/1.1\r".len());
 
         // A head pipelined behind the last request, read with it: its
         // answer too.
