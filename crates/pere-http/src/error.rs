@@ -466,6 +466,20 @@ impl From<pere_core::Error> for ApiError {
 mod tests {
     use super::*;
 
+    /// `/metrics` counts errors in an array indexed by the discriminant:
+    /// `ALL` must list every code, in declaration order.
+    #[test]
+    fn all_lists_every_code_at_its_discriminant() {
+        for (i, code) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(
+                *code as usize, i,
+                "{code} is out of place in ErrorCode::ALL"
+            );
+        }
+        let last = *ErrorCode::ALL.last().unwrap();
+        assert_eq!(last as usize + 1, ErrorCode::ALL.len());
+    }
+
     #[test]
     fn core_errors_map_to_statuses_and_codes() {
         let e: ApiError = pere_core::ChannelName::new("a b").unwrap_err().into();

@@ -102,6 +102,9 @@ struct Inner<S> {
     /// Latency histograms and the gauges the ledger keeps (also held by
     /// the state, for each channel's receipts, and by every stream).
     metrics: Arc<HubMetrics>,
+    /// The gauges the last view of them found, for a `/metrics` scrape
+    /// while the writer is held up (see `view.rs`).
+    last_gauges: Mutex<view::Gauges>,
 }
 
 impl<S> Inner<S> {
@@ -113,6 +116,10 @@ impl<S> Inner<S> {
 
     fn health(&self) -> MutexGuard<'_, Health> {
         self.health.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn last_gauges(&self) -> MutexGuard<'_, view::Gauges> {
+        self.last_gauges.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -200,6 +207,7 @@ impl<S: EventStore> Hub<S> {
             counters: Counters::default(),
             failed: tokio::sync::watch::Sender::new(None),
             metrics,
+            last_gauges: Mutex::default(),
         });
         Ok((inner, rx))
     }

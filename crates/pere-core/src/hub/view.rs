@@ -5,9 +5,15 @@
 //! A view walks the state (every subscription, every stream), so it is not
 //! done by the caller under the writer's lock, which would hold every
 //! publish behind an operator's query: it is a [`Command::Read`] that the
-//! writer answers between batches, from the state as the batch left it, in
-//! the order it was asked (so a caller sees what it did before). The walks
+//! writer answers between batches, from the state as the batch left it (on
+//! one node, in the order it was asked, so a caller sees what it did
+//! before; a cluster node answers from its copy as it is). The walks
 //! themselves are [`State`]'s methods below.
+//!
+//! The writer may be held up by the store or the cluster's log: a view
+//! waits [`READ_WAIT`] at most, and [`Hub::stats`] (every `/metrics`
+//! scrape) [`STATS_WAIT`], then answers with the last gauges it read, so
+//! that the store's health can be scraped while it hangs.
 //!
 //! [`Command::Read`]: super::command::Command::Read
 
@@ -20,6 +26,7 @@ use crate::presence::Presence;
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 
@@ -103,7 +110,17 @@ impl<S: EventStore> Hub<S> {
     /// # Errors
     /// [`Error::ShuttingDown`].
     pub async fn stats(&self) -> Result<Stats> {
-        let gauges = self.read(State::gauges).await?;
+        let read = tokio::time::timeout(STATS_WAIT, self.read(State::gauges)).await;
+        let gauges = {
+            let mut last = self.inner.last_gauges();
+            match read {
+                Ok(Ok(gauges)) => {
+                    *last = gauges.clone();
+                    gauges
+                }
+                _ => last.clone(),
+            }
+        };
         let store = self.store_health();
         let damage = store.damage;
         let c = &self.inner.counters;
@@ -129,6 +146,10 @@ impl<S: EventStore> Hub<S> {
 
     /// Runs `read` in the writer task, between two batches, and returns
     /// what it found.
+    ///
+    /// # Errors
+    /// [`Error::ShuttingDown`]; [`Error::StoreUnavailable`] when the writer
+    /// did not get to it within [`READ_WAIT`].
     pub(super) async fn read<T: Send + 'static>(
         &self,
         read: impl FnOnce(&State) -> T + Send + 'static,
@@ -139,7 +160,13 @@ impl<S: EventStore> Hub<S> {
             .commands
             .send(Command::Read(read))
             .map_err(|_| Error::ShuttingDown)?;
-        rx.await.map_err(|_| Error::ShuttingDown)
+        match tokio::time::timeout(READ_WAIT, rx).await {
+            Ok(answer) => answer.map_err(|_| Error::ShuttingDown),
+            Err(_) => Err(Error::StoreUnavailable(format!(
+                "the hub has been busy for over {} s (a store or cluster log that does not answer?); try again",
+                READ_WAIT.as_secs()
+            ))),
+        }
     }
 
     /// The store's health: whether it takes writes, what it skipped as
@@ -163,7 +190,21 @@ impl<S: EventStore> Hub<S> {
     }
 }
 
+/// How long a view waits for the writer.
+const READ_WAIT: Duration = Duration::from_secs(5);
+/// How long [`Hub::stats`] waits for fresh gauges.
+const STATS_WAIT: Duration = Duration::from_secs(1);
+
+/// Runs `read` on `state`; a read that panics is a bug, and must not end
+/// the writer with it: its caller goes without an answer instead.
+pub(super) fn run(read: Read, state: &State) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read(state))).is_err() {
+        tracing::error!("a view of the hub panicked; its caller gets no answer");
+    }
+}
+
 /// What the state's gauges are now (for [`Hub::stats`]).
+#[derive(Clone, Debug, Default)]
 pub(super) struct Gauges {
     delivered: u64,
     redelivered: u64,

@@ -173,7 +173,7 @@ pub(super) async fn process_at<S: EventStore>(
         let state = inner.state();
         for read in reads {
             if let Command::Read(read) = read {
-                read(&state);
+                super::view::run(read, &state);
             }
         }
     }

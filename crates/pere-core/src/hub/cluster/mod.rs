@@ -373,7 +373,7 @@ async fn submit<S: EventStore>(
                     Command::Closed(id) => state.close_stream(id, now),
                     Command::Shutdown(reply) => shutdown = Some(reply),
                     // A view of this node's copy of the state.
-                    Command::Read(read) => read(&state),
+                    Command::Read(read) => crate::hub::view::run(read, &state),
                     // The ticker's entries carry the shared chores.
                     _ => {}
                 },

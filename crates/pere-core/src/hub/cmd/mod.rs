@@ -56,7 +56,7 @@ impl State {
             // The writer runs reads once the batch is applied; one that
             // gets here is answered from the state as it is now.
             Command::Read(read) => {
-                read(self);
+                crate::hub::view::run(read, self);
                 Effect::None
             }
             Command::Tick => {

@@ -27,6 +27,9 @@ struct Flaky {
     fail_probes: AtomicUsize,
     probes: AtomicUsize,
     stored: Mutex<Vec<Record>>,
+    /// While set, appends wait (a disk that stopped answering).
+    hang: std::sync::atomic::AtomicBool,
+    unhang: tokio::sync::Notify,
 }
 
 fn full() -> Error {
@@ -48,6 +51,9 @@ impl EventStore for Arc<Flaky> {
     }
 
     async fn append(&self, batch: &[Record]) -> Result<Vec<Evicted>> {
+        while self.hang.load(Ordering::SeqCst) {
+            self.unhang.notified().await;
+        }
         if take(&self.fail_appends) {
             return Err(full());
         }
@@ -333,4 +339,37 @@ async fn a_membership_made_in_a_failed_batch_is_journaled_after_the_outage() {
             .iter()
             .any(|(d, p)| *d == device && p.member)
     );
+}
+
+/// A store that stops answering holds the writer, and with it every view
+/// of the hub: `/metrics` still answers, with the last gauges it read
+/// and the store's health, and the operator's views say the hub is busy
+/// instead of hanging with it.
+#[tokio::test(start_paused = true)]
+async fn a_hanging_store_leaves_stats_answering_and_views_busy() {
+    let (hub, store) = flaky_hub().await;
+    hub.publish(publish("c", "before", None)).await.unwrap();
+    assert_eq!(hub.stats().await.unwrap().retained, 1);
+    store.hang.store(true, Ordering::SeqCst);
+    let stuck = tokio::spawn({
+        let hub = hub.clone();
+        async move { hub.publish(publish("c", "held", None)).await }
+    });
+    tokio::task::yield_now().await;
+    let stats = tokio::time::timeout(Duration::from_secs(2), hub.stats())
+        .await
+        .expect("stats answer while the store hangs")
+        .unwrap();
+    assert_eq!((stats.retained, stats.published), (1, 1));
+    assert!(stats.store_writable);
+    let err = tokio::time::timeout(Duration::from_secs(10), hub.connections())
+        .await
+        .expect("a view gives up on a busy writer")
+        .unwrap_err();
+    assert!(matches!(err, Error::StoreUnavailable(_)), "{err:?}");
+    store.hang.store(false, Ordering::SeqCst);
+    store.unhang.notify_waiters();
+    stuck.await.unwrap().unwrap();
+    assert_eq!(hub.stats().await.unwrap().retained, 2);
+    assert_eq!(hub.connections().await.unwrap().total, 0);
 }
