@@ -7,8 +7,8 @@
 
 use std::collections::HashMap;
 
-use super::Hub;
 use super::state::State;
+use super::{ChannelInfo, Hub};
 use crate::error::Result;
 use crate::log::EventStore;
 use crate::name::{ChannelName, DeviceId, Pattern};
@@ -57,6 +57,16 @@ impl<S: EventStore> Hub<S> {
     /// [`crate::Error::ShuttingDown`].
     pub async fn patterns(&self) -> Result<Vec<PatternInfo>> {
         self.read(State::patterns).await
+    }
+
+    /// [`Hub::channels`] and [`Hub::patterns`] read at the same moment, so
+    /// a list of both agrees with itself.
+    ///
+    /// # Errors
+    /// [`crate::Error::ShuttingDown`].
+    pub async fn channels_and_patterns(&self) -> Result<(Vec<ChannelInfo>, Vec<PatternInfo>)> {
+        self.read(|state| (state.channels(), state.patterns()))
+            .await
     }
 }
 

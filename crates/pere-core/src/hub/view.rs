@@ -245,7 +245,7 @@ impl State {
         }
     }
 
-    fn channels(&self) -> Vec<ChannelInfo> {
+    pub(super) fn channels(&self) -> Vec<ChannelInfo> {
         let mut names: Vec<ChannelName> = self
             .ledgers
             .channels()
