@@ -242,7 +242,7 @@ pub struct Member {
     /// Its open streams per node, this one included (a single node counts
     /// its own only): what presence says, the same on every node of a
     /// cluster.
-    pub nodes: Vec<(Arc<str>, u32)>,
+    pub nodes: NodeCounts,
     /// When the current run of connections began.
     pub connected_at: Option<Timestamp>,
     /// When its last connection closed (membership TTL counts from here).
@@ -268,6 +268,63 @@ pub struct Member {
     pub last_event_id: Option<String>,
 }
 
+/// A member's open streams per node. The first node's count is kept in
+/// place, others in a list: a single node (one entry, for ever) then pays
+/// no allocation per member, where a list of one cost an idle device
+/// about 110 bytes (the embedded store must not pay for the cluster).
+#[derive(Debug, Clone, Default)]
+pub struct NodeCounts {
+    first: Option<(Arc<str>, u32)>,
+    rest: Vec<(Arc<str>, u32)>,
+}
+
+impl NodeCounts {
+    /// Each node with streams open, and how many.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.first
+            .iter()
+            .chain(&self.rest)
+            .map(|(node, n)| (&**node, *n))
+    }
+
+    /// Open streams on every node.
+    pub fn total(&self) -> usize {
+        self.iter().map(|(_, n)| n as usize).sum()
+    }
+
+    /// One more stream on `node`.
+    fn add(&mut self, node: &Arc<str>) {
+        match &mut self.first {
+            None => self.first = Some((node.clone(), 1)),
+            Some((n, count)) if n == node => *count += 1,
+            Some(_) => match self.rest.iter_mut().find(|(n, _)| n == node) {
+                Some((_, count)) => *count += 1,
+                None => self.rest.push((node.clone(), 1)),
+            },
+        }
+    }
+
+    /// One stream fewer on `node` (all of them with `all`); `false` when
+    /// it had none.
+    fn remove(&mut self, node: &Arc<str>, all: bool) -> bool {
+        let count = match &mut self.first {
+            Some((n, count)) if n == node => count,
+            _ => match self.rest.iter_mut().find(|(n, _)| n == node) {
+                Some((_, count)) => count,
+                None => return false,
+            },
+        };
+        *count = if all { 0 } else { count.saturating_sub(1) };
+        if *count == 0 {
+            match self.first.as_ref().is_some_and(|(n, _)| n == node) {
+                true => self.first = self.rest.pop(),
+                false => self.rest.retain(|(n, _)| n != node),
+            }
+        }
+        true
+    }
+}
+
 impl Member {
     /// A member that joined at `head` at `now`.
     pub fn joined(head: EventId, now: Timestamp) -> Self {
@@ -279,7 +336,7 @@ impl Member {
             cursor_at: None,
             journaled_cursor: head,
             streams: Vec::new(),
-            nodes: Vec::new(),
+            nodes: NodeCounts::default(),
             connected_at: None,
             disconnected_at: Some(now),
             last_seen: now,
@@ -322,7 +379,7 @@ impl Member {
 
     /// Number of open streams, on every node.
     pub fn connections(&self) -> usize {
-        self.nodes.iter().map(|(_, n)| *n as usize).sum()
+        self.nodes.total()
     }
 
     /// A stream of it opened on `node` at `now`.
@@ -330,10 +387,7 @@ impl Member {
         if self.connections() == 0 {
             self.connected_at = Some(now);
         }
-        match self.nodes.iter_mut().find(|(n, _)| n == node) {
-            Some((_, count)) => *count += 1,
-            None => self.nodes.push((node.clone(), 1)),
-        }
+        self.nodes.add(node);
         self.disconnected_at = None;
         self.last_seen = now;
         self.op = Op::Feed;
@@ -343,16 +397,8 @@ impl Member {
     /// A stream of it on `node` closed at `now` (or all of them, when the
     /// node is gone). Returns whether that was its last stream anywhere.
     pub fn detach(&mut self, node: &Arc<str>, all: bool, now: Timestamp) -> bool {
-        let Some(i) = self.nodes.iter().position(|(n, _)| n == node) else {
+        if !self.nodes.remove(node, all) {
             return false;
-        };
-        self.nodes[i].1 = if all {
-            0
-        } else {
-            self.nodes[i].1.saturating_sub(1)
-        };
-        if self.nodes[i].1 == 0 {
-            self.nodes.swap_remove(i);
         }
         self.last_seen = now;
         if self.connections() > 0 {
@@ -415,4 +461,40 @@ pub struct Presence {
     pub at: Timestamp,
     /// PERE's `Last-Event-Id`.
     pub last_event_id: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(c: &NodeCounts) -> Vec<(String, u32)> {
+        let mut v: Vec<(String, u32)> = c.iter().map(|(n, k)| (n.to_string(), k)).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn node_counts_keep_every_node_s_streams_and_drop_nodes_at_zero() {
+        let (a, b, c): (Arc<str>, Arc<str>, Arc<str>) = ("a".into(), "b".into(), "c".into());
+        let mut n = NodeCounts::default();
+        assert!(!n.remove(&a, false));
+        n.add(&a);
+        n.add(&a);
+        assert!(n.rest.is_empty(), "one node never allocates");
+        n.add(&b);
+        n.add(&c);
+        assert_eq!(n.total(), 4);
+        // The inline node leaves: another takes its place.
+        assert!(n.remove(&a, true));
+        assert_eq!(counts(&n), [("b".into(), 1), ("c".into(), 1)]);
+        assert!(n.remove(&c, false));
+        assert!(n.remove(&b, false));
+        assert_eq!(n.total(), 0);
+        assert!(n.first.is_none() && n.rest.is_empty());
+        assert!(!n.remove(&b, false));
+        n.add(&b);
+        n.add(&a);
+        assert!(n.remove(&a, false));
+        assert_eq!(counts(&n), [("b".into(), 1)]);
+    }
 }

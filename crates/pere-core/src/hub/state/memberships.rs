@@ -326,7 +326,7 @@ impl Memberships {
         self.subs.values().any(|sub| {
             sub.members
                 .values()
-                .any(|m| m.nodes.iter().any(|(n, _)| &**n == node))
+                .any(|m| m.nodes.iter().any(|(n, _)| n == node))
         })
     }
 
