@@ -49,7 +49,7 @@ impl State {
                     let last_acked = sub.members.get(&device).and_then(|m| m.last_acked);
                     let mut member = Member::joined(head, at);
                     member.last_acked = last_acked;
-                    sub.members.insert(device, member);
+                    sub.members.insert(device, Box::new(member));
                 }
                 Record::Cursor {
                     subscription,

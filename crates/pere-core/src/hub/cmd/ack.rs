@@ -151,9 +151,11 @@ impl State {
         }
         if !noted {
             let sub = self.memberships.sub_entry(subscription);
-            let member = sub.members.entry(device.clone()).or_insert_with(|| Member {
-                is_member: false,
-                ..Member::joined(id, now)
+            let member = sub.members.entry(device.clone()).or_insert_with(|| {
+                Box::new(Member {
+                    is_member: false,
+                    ..Member::joined(id, now)
+                })
             });
             touch_ack(member, id, now);
         }

@@ -71,14 +71,16 @@ impl State {
                 continue;
             };
             let head = self.seq.last();
-            let member = sub.members.entry(device.clone()).or_insert_with(|| Member {
-                is_member: false,
-                ..Member::joined(head, now)
+            let member = sub.members.entry(device.clone()).or_insert_with(|| {
+                Box::new(Member {
+                    is_member: false,
+                    ..Member::joined(head, now)
+                })
             });
             existed.push(member.is_member);
             if !member.is_member {
                 let last_acked = member.last_acked;
-                *member = Member::joined(head, now);
+                **member = Member::joined(head, now);
                 member.last_acked = last_acked;
                 // An acknowledging device rejoining: its new events
                 // are tracked from the first publish on.

@@ -21,7 +21,11 @@ use crate::presence::{Member, StreamShared, StreamTx};
 #[derive(Debug, Default)]
 pub(in crate::hub) struct Sub {
     /// Devices known here: members, and devices only seen acknowledging.
-    pub(in crate::hub) members: HashMap<DeviceId, Member>,
+    /// Boxed: a member is ~250 bytes, and a hash table keeps a third or
+    /// more of its slots empty; inline, each empty slot cost a member's
+    /// size (idle streams 3.63 → 3.49 KiB each, fan-out unchanged:
+    /// benches/RESULTS.md).
+    pub(in crate::hub) members: HashMap<DeviceId, Box<Member>>,
     /// Streams opened without a device (in no audience).
     pub(in crate::hub) anonymous: Vec<StreamTx>,
     /// At least the number of acknowledging members (recounted by each
@@ -36,7 +40,7 @@ impl Sub {
             + self
                 .members
                 .values()
-                .map(Member::connections)
+                .map(|m| m.connections())
                 .sum::<usize>()
     }
 }
@@ -164,7 +168,7 @@ impl Memberships {
     ) -> Option<&mut Member> {
         self.subs
             .get_mut(pattern)
-            .and_then(|sub| sub.members.get_mut(device))
+            .and_then(|sub| sub.members.get_mut(device).map(|m| &mut **m))
     }
 
     /// Drops subscriptions nobody is in any more (and so their wildcards).
@@ -267,7 +271,7 @@ impl Memberships {
             self.streams.remove(&stream.shared.id);
             self.fold_counts(&stream.shared);
         }
-        Some(member)
+        Some(*member)
     }
 
     /// The part of a stream's end that only this node knows: its queue
