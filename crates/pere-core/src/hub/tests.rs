@@ -493,6 +493,30 @@ async fn memberships_expire_after_their_ttl_and_can_be_removed() {
     ));
 }
 
+/// A stream of a device on two subscriptions outlives the end of one of
+/// its memberships (the other still feeds it); when it closes later, the
+/// other membership goes offline with it.
+#[tokio::test]
+async fn a_stream_on_two_subscriptions_survives_one_membership_s_removal() {
+    let hub = hub().await;
+    let mut sub = subscribe(&hub, Some("d"), &["a", "b"], Resume::Auto).await;
+    hub.remove_member(&pat("a"), &dev("d")).await.unwrap();
+    assert_eq!(publish(&hub, "b", "still").await.recipients, 1);
+    let got = tokio::time::timeout(WAIT, sub.next()).await.unwrap();
+    assert_eq!(
+        got.map(|e| e.payload_str().to_string()).as_deref(),
+        Some("still")
+    );
+    assert_eq!(hub.connections().await.unwrap().total, 1);
+    drop(sub);
+    wait_for(|| async { hub.connections().await.unwrap().total == 0 }).await;
+    wait_for(|| async {
+        let devices = hub.devices(&pat("b")).await.unwrap();
+        devices.len() == 1 && !devices[0].1.online && devices[0].1.connections == 0
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn shutdown_ends_every_stream_and_refuses_new_work() {
     let hub = hub().await;

@@ -255,9 +255,10 @@ impl Memberships {
         self.streams.insert(open.shared.id, open);
     }
 
-    /// Ends `device`'s membership of `pattern`, with its streams here: they
-    /// leave `streams` too, their counts kept. Dropping the member returned
-    /// drops its streams' senders, so their bodies end.
+    /// Ends `device`'s membership of `pattern`. Dropping the member
+    /// returned drops its streams' senders here: a stream no other
+    /// membership feeds ends (it leaves `streams`, its counts kept); one
+    /// that another subscription also feeds carries on for that one.
     pub(in crate::hub) fn remove_member(
         &mut self,
         pattern: &Pattern,
@@ -268,8 +269,19 @@ impl Memberships {
             .get_mut(pattern)
             .and_then(|sub| sub.members.remove(device))?;
         for stream in &member.streams {
-            self.streams.remove(&stream.shared.id);
-            self.fold_counts(&stream.shared);
+            let id = stream.shared.id;
+            let Some(open) = self.streams.get_mut(&id) else {
+                continue;
+            };
+            // A stream that another membership feeds stays open for it
+            // (and closes through `close_local`, which takes it out of
+            // that one); one fed by this membership alone ends with the
+            // senders dropped here.
+            open.subs.retain(|p| p != pattern);
+            if open.subs.is_empty() {
+                self.streams.remove(&id);
+                self.fold_counts(&stream.shared);
+            }
         }
         Some(*member)
     }
