@@ -59,7 +59,9 @@ impl State {
                 crate::hub::view::run(read, self);
                 Effect::None
             }
-            Command::Tick => {
+            // A single node's tick and a cluster's shared one do the same
+            // chores; they differ in who sends them (see `cluster/`).
+            Command::Tick | Command::SharedTick => {
                 self.maintain(now, config, records);
                 self.notices.check_deadlines(&self.ledgers, now, records);
                 Effect::None
@@ -88,11 +90,6 @@ impl State {
             Command::NodeGone(node) => {
                 self.node_gone(&node, now);
                 records.append(&mut self.deferred);
-                Effect::None
-            }
-            Command::SharedTick => {
-                self.maintain(now, config, records);
-                self.notices.check_deadlines(&self.ledgers, now, records);
                 Effect::None
             }
         }
