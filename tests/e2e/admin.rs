@@ -429,3 +429,31 @@ async fn the_web_page_is_served() {
             .is_some_and(|t| t.starts_with("text/html"))
     );
 }
+
+/// Dropping a device from one channel of a stream opened on two leaves the
+/// stream open for the other, counted, and the device goes offline there
+/// when it closes.
+#[tokio::test]
+async fn dropping_one_membership_of_a_two_channel_stream_keeps_it_for_the_other() {
+    let server = TestServer::start().await;
+    let mut stream = server
+        .open("/feed?channel=a&channel=b", &[("device", "d")])
+        .await;
+    let r = server.admin().drop_device("a", "d").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    server.publish("b", "still").await;
+    let got = tokio::time::timeout(std::time::Duration::from_secs(10), stream.next_message())
+        .await
+        .expect("the stream carries on")
+        .expect("an event");
+    assert!(got.data.contains("still"), "{got:?}");
+    assert_eq!(server.admin().open_streams().await, 1);
+    assert_eq!(server.admin().devices("b").await["d"]["connections"], 1);
+    drop(stream);
+    eventually("d is offline on b once its stream closed", || async {
+        let devices = server.admin().devices("b").await;
+        devices["d"]["online"] == false && devices["d"]["connections"] == 0
+    })
+    .await;
+    assert_eq!(server.admin().open_streams().await, 0);
+}
