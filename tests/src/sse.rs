@@ -75,11 +75,7 @@ impl SseStream {
 
     /// The first value of response header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.as_str())
+        crate::http::header_in(&self.headers, name)
     }
 
     /// The raw body bytes received so far, as text.

@@ -227,6 +227,61 @@ pub(crate) async fn open(
     Ok(Conn { sender, task })
 }
 
+/// Sends `req` on the connection in `slot` (opening one if there is none
+/// or the server closed it) and reads the whole answer, within 30 s. A
+/// connection that failed or timed out is dropped from `slot`; the answer's
+/// status is the caller's to judge.
+pub(crate) async fn exchange(
+    server: SocketAddr,
+    source: Option<std::net::IpAddr>,
+    slot: &mut Option<Conn>,
+    req: hyper::Request<Full<Bytes>>,
+) -> Result<(hyper::StatusCode, Bytes), String> {
+    use http_body_util::BodyExt;
+    if slot.as_ref().is_some_and(|c| c.sender.is_closed()) {
+        *slot = None;
+    }
+    let conn = match slot {
+        Some(c) => c,
+        None => slot.insert(open(server, source).await?),
+    };
+    let exchange = async {
+        conn.sender.ready().await.map_err(|e| e.to_string())?;
+        let resp = conn
+            .sender
+            .send_request(req)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok::<_, String>((status, body))
+    };
+    match tokio::time::timeout(Duration::from_secs(30), exchange).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(e)) => {
+            *slot = None;
+            Err(e)
+        }
+        Err(_) => {
+            *slot = None;
+            Err("no answer within 30 s".into())
+        }
+    }
+}
+
+/// `status {status}: {the body's first 200 bytes}`, for a refused request.
+pub(crate) fn refusal(status: hyper::StatusCode, body: &[u8]) -> String {
+    format!(
+        "status {status}: {}",
+        String::from_utf8_lossy(&body[..body.len().min(200)])
+    )
+}
+
 /// Raises this process's soft `RLIMIT_NOFILE` to its hard limit; returns the
 /// soft limit in force afterwards.
 pub fn raise_nofile_limit() -> u64 {

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request};
 use tokio::sync::watch;
@@ -23,7 +23,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::{
-    Conn, Flavor, Histogram, StopSignals, channel_name, open, payload, source_for, unix_micros,
+    Conn, Flavor, Histogram, StopSignals, channel_name, exchange, payload, refusal, source_for,
+    unix_micros,
 };
 use pere_http::client::Address;
 
@@ -285,45 +286,12 @@ async fn send(
     slot: &mut Option<Conn>,
     req: Request<Full<Bytes>>,
 ) -> Result<(), String> {
-    if slot.as_ref().is_some_and(|c| c.sender.is_closed()) {
+    let (status, body) = exchange(server, source, slot, req).await?;
+    if status.is_success() {
+        Ok(())
+    } else {
+        // Refused: this connection is not trusted with the next publish.
         *slot = None;
-    }
-    let conn = match slot {
-        Some(c) => c,
-        None => slot.insert(open(server, source).await?),
-    };
-    let exchange = async {
-        conn.sender.ready().await.map_err(|e| e.to_string())?;
-        let resp = conn
-            .sender
-            .send_request(req)
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        if status.is_success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "status {status}: {}",
-                String::from_utf8_lossy(&body[..body.len().min(200)])
-            ))
-        }
-    };
-    match tokio::time::timeout(Duration::from_secs(30), exchange).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => {
-            *slot = None;
-            Err(e)
-        }
-        Err(_) => {
-            *slot = None;
-            Err("no answer within 30 s".into())
-        }
+        Err(refusal(status, &body))
     }
 }

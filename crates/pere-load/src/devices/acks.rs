@@ -5,15 +5,13 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::BodyExt;
 use hyper::Method;
 use tokio::sync::mpsc;
 
 use super::{AckMode, Config, Shared, note_time, request};
-use crate::{Conn, channel_name, open, unix_micros};
+use crate::{Conn, channel_name, exchange, refusal, unix_micros};
 
 /// One receipt to send.
 pub(super) struct AckItem {
@@ -126,48 +124,11 @@ async fn post(
     device: &str,
     body: String,
 ) -> Result<u64, String> {
-    if slot.as_ref().is_some_and(|c| c.sender.is_closed()) {
-        *slot = None;
-    }
-    let conn = match slot {
-        Some(c) => c,
-        None => slot.insert(open(server, source).await?),
-    };
     let req = request(config, Method::POST, path, Some(device), Bytes::from(body))
         .ok_or_else(|| "cannot build the receipt request".to_string())?;
-    let exchange = async {
-        conn.sender.ready().await.map_err(|e| e.to_string())?;
-        let resp = conn
-            .sender
-            .send_request(req)
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok::<_, String>((status, body))
-    };
-    let result = tokio::time::timeout(Duration::from_secs(30), exchange).await;
-    let (status, body) = match result {
-        Ok(Ok(pair)) => pair,
-        Ok(Err(e)) => {
-            *slot = None;
-            return Err(e);
-        }
-        Err(_) => {
-            *slot = None;
-            return Err("no answer within 30 s".into());
-        }
-    };
+    let (status, body) = exchange(server, source, slot, req).await?;
     if !status.is_success() {
-        return Err(format!(
-            "status {status}: {}",
-            String::from_utf8_lossy(&body[..body.len().min(200)])
-        ));
+        return Err(refusal(status, &body));
     }
     let text = String::from_utf8_lossy(&body);
     Ok(text.matches("\"state\":\"acked\"").count() as u64)
