@@ -106,6 +106,11 @@ impl ServerProcess {
         self.child.id()
     }
 
+    /// Its exit code, once it exited by itself (`None` while it runs).
+    pub fn exited(&mut self) -> Option<i32> {
+        self.child.try_wait().ok().flatten().and_then(|s| s.code())
+    }
+
     /// Everything it wrote to stderr so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()

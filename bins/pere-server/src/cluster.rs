@@ -1,9 +1,54 @@
-//! `--cluster` and `--node-id`: what makes this server one node of many.
+//! `--cluster`, `--node-id`, `--snapshot-every` and `--log-keep`: what
+//! makes this server one node of many.
+
+use std::time::Duration;
+
+use pere_core::duration::parse_duration;
 
 use crate::config::StoreKind;
 
-/// The store of a cluster node, from `--cluster URL` and `--node-id`.
-pub fn store(url: &str, node_id: Option<&str>) -> Result<StoreKind, String> {
+/// The cluster's tuning flags, as given.
+#[derive(Debug, Default)]
+pub struct Tuning {
+    /// `--snapshot-every`.
+    pub snapshot_every: Option<String>,
+    /// `--log-keep`.
+    pub log_keep: Option<String>,
+}
+
+impl Tuning {
+    /// The first flag given, for the error when there is no `--cluster`.
+    pub fn given(&self) -> Option<&'static str> {
+        if self.snapshot_every.is_some() {
+            Some("snapshot-every")
+        } else if self.log_keep.is_some() {
+            Some("log-keep")
+        } else {
+            None
+        }
+    }
+}
+
+/// A duration flag, with its floor.
+fn duration(
+    value: Option<&str>,
+    flag: &str,
+    default: Duration,
+    min: Duration,
+) -> Result<Duration, String> {
+    let Some(v) = value else {
+        return Ok(default);
+    };
+    let d = parse_duration(v).map_err(|e| format!("--{flag}: {e}"))?;
+    if d < min {
+        return Err(format!("--{flag} `{v}` is under its minimum of {min:?}"));
+    }
+    Ok(d)
+}
+
+/// The store of a cluster node, from `--cluster URL`, `--node-id` and the
+/// tuning flags.
+pub fn store(url: &str, node_id: Option<&str>, tuning: &Tuning) -> Result<StoreKind, String> {
     let url = url.trim().to_owned();
     if !(url.starts_with("redis://")
         || url.starts_with("rediss://")
@@ -17,7 +62,26 @@ pub fn store(url: &str, node_id: Option<&str>) -> Result<StoreKind, String> {
         Some(id) => check_node_id(id.trim())?,
         None => default_node_id(),
     };
-    Ok(StoreKind::Cluster { url, node })
+    // A second is plenty often (a snapshot walks the whole state); a log
+    // kept under a second would make nodes that blink reload snapshots.
+    let snapshot_every = duration(
+        tuning.snapshot_every.as_deref(),
+        "snapshot-every",
+        pere_cluster::DEFAULT_SNAPSHOT_EVERY,
+        Duration::from_secs(1),
+    )?;
+    let log_keep = duration(
+        tuning.log_keep.as_deref(),
+        "log-keep",
+        pere_cluster::DEFAULT_LOG_KEEP,
+        Duration::from_secs(1),
+    )?;
+    Ok(StoreKind::Cluster {
+        url,
+        node,
+        snapshot_every,
+        log_keep,
+    })
 }
 
 /// A node id goes into Redis keys and log entries: short, printable.
@@ -82,7 +146,7 @@ mod tests {
             "redis://10.0.0.5:6379".to_owned(),
         )]);
         let store = Config::resolve(Args::default(), &e).unwrap().store;
-        let StoreKind::Cluster { url, node } = store else {
+        let StoreKind::Cluster { url, node, .. } = store else {
             panic!("PERE_CLUSTER makes a cluster node: {store:?}");
         };
         assert_eq!(url, "redis://10.0.0.5:6379");
@@ -96,10 +160,50 @@ mod tests {
             Config::resolve(args, &HashMap::new()).unwrap().store,
             StoreKind::Cluster {
                 url: "redis+sentinel://a:26379,b:26379/pere".into(),
-                node: "eu-1".into()
+                node: "eu-1".into(),
+                snapshot_every: pere_cluster::DEFAULT_SNAPSHOT_EVERY,
+                log_keep: pere_cluster::DEFAULT_LOG_KEEP,
             }
         );
         let err = |args: Args| Config::resolve(args, &HashMap::new()).unwrap_err();
+        let tuned = Config::resolve(
+            Args {
+                cluster: Some("redis://r:6379".into()),
+                snapshot_every: Some("5s".into()),
+                log_keep: Some("2m".into()),
+                ..Args::default()
+            },
+            &HashMap::new(),
+        )
+        .unwrap()
+        .store;
+        let StoreKind::Cluster {
+            snapshot_every,
+            log_keep,
+            ..
+        } = tuned
+        else {
+            panic!("{tuned:?}");
+        };
+        assert_eq!(
+            (snapshot_every, log_keep),
+            (Duration::from_secs(5), Duration::from_secs(120))
+        );
+        assert!(
+            err(Args {
+                cluster: Some("redis://r:6379".into()),
+                snapshot_every: Some("10ms".into()),
+                ..Args::default()
+            })
+            .contains("--snapshot-every `10ms` is under its minimum")
+        );
+        assert!(
+            err(Args {
+                log_keep: Some("1h".into()),
+                ..Args::default()
+            })
+            .contains("--log-keep tunes a cluster: it needs --cluster")
+        );
         assert!(
             err(Args {
                 cluster: Some("http://redis:6379".into()),

@@ -68,6 +68,12 @@ pub struct Args {
     /// this node's name in the cluster, unique among its nodes (default: host name, process id and start time)
     #[argh(option)]
     pub node_id: Option<String>,
+    /// with --cluster: how often one node snapshots the cluster's state into Redis, after which the log is trimmed (default 60s)
+    #[argh(option)]
+    pub snapshot_every: Option<String>,
+    /// with --cluster: how long log entries are kept beyond the snapshot, so a node away for less catches up from the log (default 10m)
+    #[argh(option)]
+    pub log_keep: Option<String>,
     /// when to force writes to disk: always (default; an acknowledged publish or receipt survives power loss) or never (survives a crash of the process, not of the machine)
     #[argh(option)]
     pub fsync: Option<String>,
@@ -166,6 +172,10 @@ pub enum StoreKind {
         url: String,
         /// This node's id.
         node: String,
+        /// `--snapshot-every`.
+        snapshot_every: Duration,
+        /// `--log-keep`.
+        log_keep: Duration,
     },
 }
 
@@ -437,13 +447,17 @@ impl Config {
         let data_dir = pick(args.data_dir, "data-dir");
         let cluster = pick(args.cluster, "cluster");
         let node_id = pick(args.node_id, "node-id");
+        let tuning = crate::cluster::Tuning {
+            snapshot_every: pick(args.snapshot_every, "snapshot-every"),
+            log_keep: pick(args.log_keep, "log-keep"),
+        };
         let store = match (cluster, memory, data_dir) {
             (Some(_), _, Some(dir)) => {
                 return Err(format!(
                     "--cluster and --data-dir `{dir}` contradict each other: a cluster node keeps its state in Redis"
                 ));
             }
-            (Some(url), _, None) => crate::cluster::store(&url, node_id.as_deref())?,
+            (Some(url), _, None) => crate::cluster::store(&url, node_id.as_deref(), &tuning)?,
             (None, memory, dir) => match (memory, dir) {
                 (true, Some(dir)) => {
                     return Err(format!(
@@ -457,8 +471,13 @@ impl Config {
                 },
             },
         };
-        if node_id.is_some() && !matches!(store, StoreKind::Cluster { .. }) {
-            return Err("--node-id names a node of a cluster: it needs --cluster".into());
+        if !matches!(store, StoreKind::Cluster { .. }) {
+            if node_id.is_some() {
+                return Err("--node-id names a node of a cluster: it needs --cluster".into());
+            }
+            if let Some(flag) = tuning.given() {
+                return Err(format!("--{flag} tunes a cluster: it needs --cluster"));
+            }
         }
         Ok(Config {
             store,

@@ -214,11 +214,17 @@ async fn serve(config: Config) -> Result<(), pere_http::Error> {
             })?;
             serve_with(config.clone(), listener, store).await
         }
-        StoreKind::Cluster { url, node } => {
-            let engine = pere_cluster::Engine::connect(pere_cluster::ClusterConfig::new(
-                url.clone(),
-                node.clone(),
-            ))
+        StoreKind::Cluster {
+            url,
+            node,
+            snapshot_every,
+            log_keep,
+        } => {
+            let engine = pere_cluster::Engine::connect(pere_cluster::ClusterConfig {
+                snapshot_every: *snapshot_every,
+                log_keep: *log_keep,
+                ..pere_cluster::ClusterConfig::new(url.clone(), node.clone())
+            })
             .await
             .map_err(|err| {
                 pere_core::Error::StoreUnavailable(format!(
@@ -392,7 +398,7 @@ fn banner<S: EventStore>(
                 },
                 r.history
             ),
-            StoreKind::Cluster { url, node } => format!(
+            StoreKind::Cluster { url, node, .. } => format!(
                 "  store       cluster {} as node {node} (history {} events/channel, {age})",
                 cluster::redacted(url),
                 r.history

@@ -20,6 +20,11 @@ pub const DEFAULT_IDEM_TTL: Duration = Duration::from_secs(24 * 3600);
 /// minutes already hold 7 GB (the README has the arithmetic).
 pub const DEFAULT_LOG_KEEP: Duration = Duration::from_secs(600);
 
+/// How often the ticker node snapshots the state by default: the log then
+/// holds at most this plus `log_keep` of entries, and a starting node
+/// replays no more than that after loading the snapshot.
+pub const DEFAULT_SNAPSHOT_EVERY: Duration = Duration::from_secs(60);
+
 /// How long one Redis command may take by default before the engine calls
 /// Redis unavailable. A blob of a few MB crosses a LAN in milliseconds; a
 /// server that takes seconds is stuck (or `SIGSTOP`ped) and the publisher
@@ -45,6 +50,8 @@ pub struct ClusterConfig {
     pub log_keep: Duration,
     /// How long one command may take before Redis is called unavailable.
     pub command_timeout: Duration,
+    /// How often the state is snapshotted (after which the log is trimmed).
+    pub snapshot_every: Duration,
 }
 
 impl ClusterConfig {
@@ -57,6 +64,7 @@ impl ClusterConfig {
             idem_ttl: DEFAULT_IDEM_TTL,
             log_keep: DEFAULT_LOG_KEEP,
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
+            snapshot_every: DEFAULT_SNAPSHOT_EVERY,
         }
     }
 
@@ -71,6 +79,11 @@ impl ClusterConfig {
         if self.idem_ttl < Duration::from_millis(1) {
             return Err(EngineError::Config(
                 "the idempotency ttl is under a millisecond".into(),
+            ));
+        }
+        if self.snapshot_every < Duration::from_millis(100) {
+            return Err(EngineError::Config(
+                "snapshots are taken less than 100 ms apart".into(),
             ));
         }
         if self.command_timeout < Duration::from_millis(10) {
@@ -91,6 +104,7 @@ impl std::fmt::Debug for ClusterConfig {
             .field("idem_ttl", &self.idem_ttl)
             .field("log_keep", &self.log_keep)
             .field("command_timeout", &self.command_timeout)
+            .field("snapshot_every", &self.snapshot_every)
             .finish()
     }
 }

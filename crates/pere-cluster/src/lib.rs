@@ -60,6 +60,7 @@ pub mod testing;
 
 pub use config::{
     ClusterConfig, DEFAULT_COMMAND_TIMEOUT, DEFAULT_IDEM_TTL, DEFAULT_LOG_KEEP, DEFAULT_PREFIX,
+    DEFAULT_SNAPSHOT_EVERY,
 };
 pub use engine::Engine;
 pub use entry::{Appended, Entry, IdemKey, NewEntry, Slot};

@@ -34,9 +34,8 @@ fn error(err: EngineError) -> SharedLogError {
             reason,
             retry_after,
         },
-        err @ (EngineError::Trimmed { .. } | EngineError::Regressed { .. }) => {
-            SharedLogError::Lost(err.to_string())
-        }
+        err @ EngineError::Trimmed { .. } => SharedLogError::Behind(err.to_string()),
+        err @ EngineError::Regressed { .. } => SharedLogError::Lost(err.to_string()),
         err => SharedLogError::Other(err.to_string()),
     }
 }
@@ -88,6 +87,27 @@ impl SharedLog for Engine {
 
     fn try_lease<'a>(&'a self, name: &'a str, ttl: Duration) -> LogFuture<'a, bool> {
         Box::pin(async move { Engine::try_lease(self, name, ttl).await.map_err(error) })
+    }
+
+    fn put_snapshot(&self, at: SharedPos, blob: Bytes) -> LogFuture<'_, ()> {
+        Box::pin(async move {
+            Engine::put_snapshot(self, log_pos(at), blob)
+                .await
+                .map_err(error)
+        })
+    }
+
+    fn snapshot(&self) -> LogFuture<'_, Option<(SharedPos, Bytes)>> {
+        Box::pin(async move {
+            Engine::snapshot(self)
+                .await
+                .map(|s| s.map(|(p, blob)| (pos(p), blob)))
+                .map_err(error)
+        })
+    }
+
+    fn snapshot_every(&self) -> Duration {
+        self.shared.config.snapshot_every
     }
 }
 

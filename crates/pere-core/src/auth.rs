@@ -569,6 +569,47 @@ impl AuthRegistry {
         self.bump();
     }
 
+    /// The run-time changes (by hash) and the noted [`jti_key`]s, sorted:
+    /// what a cluster snapshot keeps of the table.
+    pub(crate) fn runtime_parts(&self) -> (Vec<(TokenHash, Option<Grants>)>, Vec<TokenHash>) {
+        let mut runtime: Vec<(TokenHash, Option<Grants>)> = self
+            .read()
+            .runtime
+            .iter()
+            .map(|(h, g)| (*h, g.as_deref().cloned()))
+            .collect();
+        runtime.sort_unstable_by_key(|(h, _)| *h);
+        let mut jtis: Vec<TokenHash> = self
+            .jtis
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .copied()
+            .collect();
+        jtis.sort_unstable();
+        (runtime, jtis)
+    }
+
+    /// Takes back what [`AuthRegistry::runtime_parts`] gave, on top of the
+    /// file's tokens.
+    pub(crate) fn restore_runtime(
+        &self,
+        runtime: Vec<(TokenHash, Option<Grants>)>,
+        jtis: Vec<TokenHash>,
+    ) {
+        {
+            let mut tables = self.write();
+            for (h, g) in runtime {
+                tables.runtime.insert(h, g.map(Arc::new));
+            }
+        }
+        self.jtis
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(jtis);
+        self.bump();
+    }
+
     /// Turns auth on without a file (the store holds run-time tokens: fail
     /// closed rather than open).
     pub(crate) fn enable_for_journal(&self) {

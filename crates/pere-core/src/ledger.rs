@@ -20,8 +20,11 @@ use crate::event::{Event, EventId, Timestamp};
 use crate::name::{ChannelName, DeviceId};
 use crate::receipt_log::ReceiptLog;
 
+mod snapshot;
+pub(crate) use snapshot::{PartsError, ReceiptParts};
+
 /// A device's progress with one event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ReceiptState {
     /// In the audience, not yet written to any of its streams.

@@ -16,7 +16,7 @@ pub use crate::queue::Delivery;
 use crate::queue::{DeliveryQueue, Push, Taken};
 
 /// What a device did last, PERE's `op` field.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Op {
     /// Opened a stream (`GET /feed`).
@@ -290,6 +290,16 @@ impl NodeCounts {
     /// Open streams on every node.
     pub fn total(&self) -> usize {
         self.iter().map(|(_, n)| n as usize).sum()
+    }
+
+    /// Counts as [`NodeCounts::iter`] lists them (a cluster snapshot's);
+    /// nodes without a stream are left out.
+    pub(crate) fn from_counts(counts: impl IntoIterator<Item = (Arc<str>, u32)>) -> Self {
+        let mut all = counts.into_iter().filter(|(_, n)| *n > 0);
+        NodeCounts {
+            first: all.next(),
+            rest: all.collect(),
+        }
     }
 
     /// One more stream on `node`.

@@ -13,9 +13,14 @@
 //! only one node knows — its streams, what they were written, that one
 //! ended — it tells the others through the log too. A node answers a
 //! request once its own entry came back from the log and was applied.
+//! The ticker node stores a [`snapshot`] of that state now and then, after
+//! which the log is trimmed; a node starts from the latest one.
 //!
 //! [`EventStore`]: crate::log::EventStore
 
+pub(super) mod snapshot;
+#[cfg(test)]
+mod snapshot_tests;
 pub(super) mod wire;
 
 use std::collections::HashMap;
@@ -34,7 +39,7 @@ use super::{Inner, MAX_BATCH, Publish, Resume, SubscribeRequest};
 use crate::auth::TokenHash;
 use crate::error::Error;
 use crate::event::{EventId, Sequencer, Timestamp};
-use crate::log::EventStore;
+use crate::log::{EventStore, Record};
 use wire::{ClosedStream, Wire};
 
 /// A future of a [`SharedLog`].
@@ -82,10 +87,16 @@ pub enum SharedLogError {
         /// When to try again.
         retry_after: Duration,
     },
-    /// Entries this node read are gone (a failover lost them) or were
-    /// trimmed before it read them: its state must be rebuilt.
+    /// Entries this node read are gone (a failover lost them): its state
+    /// must be rebuilt, and its streams may have been sent events that no
+    /// longer exist.
     #[error("the cluster log lost entries: {0}")]
     Lost(String),
+    /// Entries this node had not read yet were trimmed (a snapshot covers
+    /// them): it was away or slow for longer than the log keeps entries,
+    /// and must load the snapshot.
+    #[error("this node fell behind the cluster log: {0}")]
+    Behind(String),
     /// Anything else.
     #[error("the cluster log failed: {0}")]
     Other(String),
@@ -109,6 +120,13 @@ pub trait SharedLog: Send + Sync + 'static {
     fn forget_node<'a>(&'a self, node: &'a str) -> LogFuture<'a, ()>;
     /// Takes or renews the named lease for `ttl`; whether this node holds it.
     fn try_lease<'a>(&'a self, name: &'a str, ttl: Duration) -> LogFuture<'a, bool>;
+    /// Stores `blob`, the state after the entry at `pos` (unless a newer
+    /// snapshot is stored), and trims the log entries it makes unneeded.
+    fn put_snapshot(&self, pos: SharedPos, blob: Bytes) -> LogFuture<'_, ()>;
+    /// The latest snapshot, and the position it covers.
+    fn snapshot(&self) -> LogFuture<'_, Option<(SharedPos, Bytes)>>;
+    /// How often the state is snapshotted (by one node).
+    fn snapshot_every(&self) -> Duration;
 }
 
 /// A reader of the shared log.
@@ -128,21 +146,41 @@ const HEARTBEAT_TTL: Duration = Duration::from_secs(5);
 /// come back: the commands themselves, with their answers and streams.
 type Own = Vec<Option<Command>>;
 
-/// Applies the log from the start until its head at the time of the call:
-/// a node starts with the cluster's whole state.
+/// Loads the latest snapshot, then applies the log after it until its head
+/// at the time of the call: a node starts with the cluster's whole state.
 pub(super) async fn bootstrap<S: EventStore>(
     inner: &Inner<S>,
     log: &dyn SharedLog,
 ) -> Result<SharedPos, Error> {
-    let head = log.head().await.map_err(unavailable)?;
-    let mut tail = log.tail(SharedPos::default());
     let mut pos = SharedPos::default();
+    if let Some((at, blob)) = log.snapshot().await.map_err(unavailable)? {
+        load_snapshot(inner, &blob).await?;
+        tracing::info!(pos = ?at, bytes = blob.len(), "loaded the cluster's snapshot");
+        pos = at;
+    }
+    let head = log.head().await.map_err(unavailable)?;
+    let mut tail = log.tail(pos);
     while pos < head {
         let entry = tail.next().await.map_err(unavailable)?;
         pos = entry.pos;
         apply_entry(inner, entry, None).await;
     }
     Ok(pos)
+}
+
+/// Loads a snapshot into a node's fresh state, and its retained events
+/// into the node's store.
+async fn load_snapshot<S: EventStore>(inner: &Inner<S>, blob: &[u8]) -> Result<(), Error> {
+    let unloadable = |err: snapshot::SnapshotError| {
+        Error::StoreUnavailable(format!(
+            "the cluster's snapshot cannot be loaded ({err}); do all nodes run the same version?"
+        ))
+    };
+    let snap = snapshot::decode(blob).map_err(unloadable)?;
+    let events = inner.state().restore_snapshot(snap).map_err(unloadable)?;
+    let records: Vec<Record> = events.into_iter().map(Record::Event).collect();
+    inner.store.append(&records).await?;
+    Ok(())
 }
 
 /// A node restarted under the same id before the others noticed it was
@@ -185,6 +223,13 @@ pub(super) async fn writer<S: EventStore>(
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(64);
     let mut shutdown = None;
+    let every = log.snapshot_every();
+    let mut snap_due = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    snap_due.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut snaps = Snapshots {
+        covered: after,
+        storing: None,
+    };
     loop {
         tokio::select! {
             biased;
@@ -196,16 +241,26 @@ pub(super) async fn writer<S: EventStore>(
                     apply_entry(&inner, entry, own).await;
                 }
                 Some(Err(err)) => {
-                    // This node's state no longer matches the log: the
-                    // safe thing is to stop serving rather than answer
-                    // from it. Streams end with a word on why, clients
-                    // reconnect elsewhere, and the node is restarted to
-                    // rebuild from the log as it now is.
-                    let reason = format!("the cluster log lost entries this node had applied (a Redis failover): {err}");
-                    tracing::error!(cause = %err, "the cluster log lost entries this node applied; closing its streams and stopping");
+                    // This node's state no longer matches the log (or it
+                    // can no longer follow it): the safe thing is to stop
+                    // serving rather than answer from it. Streams end,
+                    // clients reconnect elsewhere, and the node is
+                    // restarted to rebuild from the log as it now is.
+                    let behind = matches!(err, SharedLogError::Behind(_));
+                    let reason = if behind {
+                        format!("this node fell behind the cluster log by more than its retention (--log-keep); restart it to load the latest snapshot: {err}")
+                    } else {
+                        format!("the cluster log lost entries this node had applied (a Redis failover): {err}")
+                    };
+                    tracing::error!(cause = %err, behind, "this node's state no longer follows the cluster log; closing its streams and stopping");
                     let mut state = inner.state();
-                    for open in state.memberships.streams() {
-                        open.shared.say_farewell(failover_gap(open.shared.delivered_upto()));
+                    if !behind {
+                        // What its streams were sent may be gone: they hear
+                        // of a gap. A node that fell behind lost nothing:
+                        // its clients resume elsewhere from their last id.
+                        for open in state.memberships.streams() {
+                            open.shared.say_farewell(failover_gap(open.shared.delivered_upto()));
+                        }
                     }
                     state.close_all(Timestamp::now());
                     drop(state);
@@ -239,7 +294,11 @@ pub(super) async fn writer<S: EventStore>(
                 inner.state().checkpoint_cursors();
                 submit(&inner, &*log, Vec::new(), &mut pending).await;
             }
+            _ = snap_due.tick() => snaps.take(&inner, &log, last),
         }
+    }
+    if let Some(storing) = snaps.storing {
+        storing.abort();
     }
     // The streams end; what they were written goes to the log if it can.
     {
@@ -260,6 +319,49 @@ pub(super) async fn writer<S: EventStore>(
         if let Command::Shutdown(reply) = cmd {
             let _ = reply.send(());
         }
+    }
+}
+
+/// The snapshots this node stores (as the ticker): one at a time, and only
+/// when the log moved since the last.
+struct Snapshots {
+    /// What the last one covers.
+    covered: SharedPos,
+    /// The one being stored.
+    storing: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Snapshots {
+    /// Snapshots the state after entry `last` (what it is between two
+    /// entries) if this node is the ticker, and stores it on a task of its
+    /// own: the writer goes on applying entries meanwhile.
+    fn take<S: EventStore>(&mut self, inner: &Inner<S>, log: &Arc<dyn SharedLog>, last: SharedPos) {
+        if last <= self.covered || self.storing.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let snap = {
+            let state = inner.state();
+            if !state.notices.is_ticker() {
+                return;
+            }
+            state.snapshot()
+        };
+        self.covered = last;
+        let log = log.clone();
+        self.storing = Some(tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let blob = Bytes::from(snapshot::encode(&snap));
+            drop(snap);
+            let bytes = blob.len();
+            match log.put_snapshot(last, blob).await {
+                Ok(()) => {
+                    tracing::debug!(pos = ?last, bytes, took = ?started.elapsed(), "snapshot stored")
+                }
+                Err(err) => {
+                    tracing::warn!(cause = %err, "the snapshot was not stored; the log keeps its entries until the next one")
+                }
+            }
+        }));
     }
 }
 
@@ -334,7 +436,10 @@ fn spawn_tail(
     let task = tokio::spawn(async move {
         loop {
             let next = tail.next().await;
-            let fatal = matches!(next, Err(SharedLogError::Lost(_)));
+            let fatal = matches!(
+                next,
+                Err(SharedLogError::Lost(_) | SharedLogError::Behind(_))
+            );
             if let Err(SharedLogError::Unavailable { retry_after, .. }) = &next {
                 tracing::warn!("the cluster log cannot be read; retrying");
                 tokio::time::sleep((*retry_after).min(Duration::from_secs(1))).await;

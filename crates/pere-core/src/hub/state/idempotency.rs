@@ -9,6 +9,8 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use crate::event::{Event, EventId, Timestamp};
 use crate::hub::state::Ledgers;
 use crate::name::{ChannelName, DeviceId};
@@ -87,4 +89,51 @@ impl Idempotency {
 fn key_of(event: &Event) -> Option<IdemKey> {
     let key = event.idempotency_key.as_ref()?;
     Some((event.channel.clone(), event.device.clone(), key.clone()))
+}
+
+/// A remembered key as plain data, for a cluster snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(in crate::hub) struct IdemPart {
+    channel: ChannelName,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    device: Option<DeviceId>,
+    key: String,
+    id: u64,
+    recipients: usize,
+    at: i64,
+}
+
+impl Idempotency {
+    /// Every key, as plain data in a stable order.
+    pub(in crate::hub) fn parts(&self) -> Vec<IdemPart> {
+        let mut parts: Vec<IdemPart> = self
+            .keys
+            .iter()
+            .map(|((channel, device, key), idem)| IdemPart {
+                channel: channel.clone(),
+                device: device.clone(),
+                key: key.to_string(),
+                id: idem.id.0,
+                recipients: idem.recipients,
+                at: idem.at.0,
+            })
+            .collect();
+        parts.sort_unstable_by_key(|p| p.id);
+        parts
+    }
+
+    /// Takes the keys back from [`Idempotency::parts`].
+    pub(in crate::hub) fn restore(&mut self, parts: Vec<IdemPart>) {
+        self.keys = parts
+            .into_iter()
+            .map(|p| {
+                let idem = Idem {
+                    id: EventId(p.id),
+                    recipients: p.recipients,
+                    at: Timestamp(p.at),
+                };
+                ((p.channel, p.device, p.key.into_boxed_str()), idem)
+            })
+            .collect();
+    }
 }

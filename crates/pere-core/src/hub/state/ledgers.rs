@@ -10,11 +10,13 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::event::{EventId, Timestamp};
-use crate::ledger::EventReceipts;
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Event, EventId, Timestamp};
+use crate::ledger::{EventReceipts, PartsError, ReceiptParts};
 use crate::log::Evicted;
 use crate::metrics::HubMetrics;
-use crate::name::{ChannelName, DeviceId, Pattern};
+use crate::name::{ChannelName, DeviceId, EventType, Pattern};
 use crate::receipt_log::ReceiptLog;
 
 /// One channel's retained events, oldest first.
@@ -327,5 +329,119 @@ impl Ledgers {
                 }
             }
         }
+    }
+}
+
+/// The ledgers as plain data, for a cluster snapshot: each channel's
+/// retained events with their receipts, and the tombstones.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(in crate::hub) struct LedgersParts {
+    /// By channel name.
+    channels: Vec<ChannelPart>,
+    /// Oldest first.
+    tombstones: Vec<(ChannelName, u64)>,
+    tombstone_floor: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct ChannelPart {
+    channel: ChannelName,
+    evicted_upto: u64,
+    events: Vec<EventPart>,
+}
+
+/// A retained event and its receipts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct EventPart {
+    id: u64,
+    time: i64,
+    payload: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kind: Option<EventType>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    device: Option<DeviceId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    idem: Option<String>,
+    receipts: ReceiptParts,
+}
+
+impl Ledgers {
+    /// Everything retained, as plain data in a stable order.
+    pub(in crate::hub) fn parts(&self) -> LedgersParts {
+        let mut channels: Vec<ChannelPart> = self
+            .channels
+            .iter()
+            .map(|(channel, ledger)| ChannelPart {
+                channel: channel.clone(),
+                evicted_upto: ledger.evicted_upto.0,
+                events: ledger
+                    .receipts
+                    .iter()
+                    .map(|r| EventPart {
+                        id: r.event.id.0,
+                        time: r.event.time.0,
+                        // Events are UTF-8: publish and recovery check it.
+                        payload: String::from_utf8_lossy(&r.event.payload).into_owned(),
+                        kind: r.event.kind.clone(),
+                        device: r.event.device.clone(),
+                        idem: r.event.idempotency_key.as_deref().map(str::to_owned),
+                        receipts: r.parts(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        channels.sort_unstable_by(|a, b| a.channel.as_str().cmp(b.channel.as_str()));
+        let t = &self.tombstones;
+        LedgersParts {
+            channels,
+            tombstones: t
+                .order
+                .iter()
+                .map(|c| (c.clone(), t.upto.get(c).map_or(0, |id| id.0)))
+                .collect(),
+            tombstone_floor: t.floor.0,
+        }
+    }
+
+    /// Takes the ledgers back from [`Ledgers::parts`] (into an empty
+    /// one); returns the events, for the store.
+    pub(in crate::hub) fn restore(
+        &mut self,
+        parts: LedgersParts,
+    ) -> Result<Vec<Arc<Event>>, PartsError> {
+        let mut events = Vec::new();
+        for part in parts.channels {
+            let watchers = self.watchers_for(&part.channel);
+            let mut ledger = ChannelLedger {
+                receipts: VecDeque::with_capacity(part.events.len()),
+                evicted_upto: EventId(part.evicted_upto),
+            };
+            for e in part.events {
+                let event = Arc::new(Event {
+                    id: EventId(e.id),
+                    channel: part.channel.clone(),
+                    kind: e.kind,
+                    device: e.device,
+                    time: Timestamp(e.time),
+                    payload: bytes::Bytes::from(e.payload),
+                    idempotency_key: e.idem.map(String::into_boxed_str),
+                });
+                let receipts = Arc::new(EventReceipts::restore(
+                    event.clone(),
+                    e.receipts,
+                    watchers.clone(),
+                )?);
+                self.by_id.insert(event.id, receipts.clone());
+                ledger.receipts.push_back(receipts);
+                events.push(event);
+            }
+            self.channels.insert(part.channel, ledger);
+        }
+        for (channel, upto) in parts.tombstones {
+            self.tombstones.add(channel, EventId(upto));
+        }
+        self.tombstones.floor = self.tombstones.floor.max(EventId(parts.tombstone_floor));
+        events.sort_unstable_by_key(|e| e.id);
+        Ok(events)
     }
 }

@@ -5,16 +5,18 @@
 //! must name exactly the wildcard subscriptions there are, which only
 //! holds if every subscription comes and goes through here.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+
+use serde::{Deserialize, Serialize};
 
 use crate::auth::TokenHash;
 use crate::event::{EventId, Timestamp};
 use crate::hub::cluster::wire::{ClosedStream, Wire};
 use crate::name::{ChannelName, DeviceId, Pattern};
-use crate::presence::{Member, StreamShared, StreamTx};
+use crate::presence::{Member, NodeCounts, Op, StreamShared, StreamTx};
 
 /// One subscription (a channel or a pattern): its members, and the streams
 /// opened on it without a device.
@@ -362,5 +364,129 @@ impl Memberships {
     fn fold_counts(&mut self, shared: &StreamShared) {
         self.delivered_closed += shared.delivered.load(Ordering::Relaxed);
         self.redelivered_closed += shared.redelivered.load(Ordering::Relaxed);
+    }
+}
+
+/// The subscriptions and their members as plain data, for a cluster
+/// snapshot: no stream (those are each node's own), but every node's
+/// stream counts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(in crate::hub) struct MembershipsParts {
+    /// By pattern.
+    subs: Vec<SubPart>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct SubPart {
+    pattern: Pattern,
+    ackers: usize,
+    /// By device.
+    members: Vec<(DeviceId, MemberPart)>,
+}
+
+/// A [`Member`] without its streams on this node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct MemberPart {
+    is_member: bool,
+    since: u64,
+    joined_at: i64,
+    cursor: u64,
+    cursor_at: Option<i64>,
+    journaled_cursor: u64,
+    nodes: Vec<(String, u32)>,
+    connected_at: Option<i64>,
+    disconnected_at: Option<i64>,
+    last_seen: i64,
+    last_acked: Option<(u64, i64)>,
+    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
+    unacked: VecDeque<u64>,
+    lost_from: Option<u64>,
+    op: Op,
+    op_at: i64,
+    last_event_id: Option<String>,
+}
+
+impl MemberPart {
+    fn of(m: &Member) -> Self {
+        MemberPart {
+            is_member: m.is_member,
+            since: m.since.0,
+            joined_at: m.joined_at.0,
+            cursor: m.cursor.0,
+            cursor_at: m.cursor_at.map(|t| t.0),
+            journaled_cursor: m.journaled_cursor.0,
+            nodes: m.nodes.iter().map(|(n, c)| (n.to_owned(), c)).collect(),
+            connected_at: m.connected_at.map(|t| t.0),
+            disconnected_at: m.disconnected_at.map(|t| t.0),
+            last_seen: m.last_seen.0,
+            last_acked: m.last_acked.map(|(id, at)| (id.0, at.0)),
+            unacked: m.unacked.iter().map(|id| id.0).collect(),
+            lost_from: m.lost_from.map(|id| id.0),
+            op: m.op,
+            op_at: m.op_at.0,
+            last_event_id: m.last_event_id.clone(),
+        }
+    }
+
+    fn member(self) -> Member {
+        Member {
+            is_member: self.is_member,
+            since: EventId(self.since),
+            joined_at: Timestamp(self.joined_at),
+            cursor: EventId(self.cursor),
+            cursor_at: self.cursor_at.map(Timestamp),
+            journaled_cursor: EventId(self.journaled_cursor),
+            streams: Vec::new(),
+            nodes: NodeCounts::from_counts(self.nodes.into_iter().map(|(n, c)| (Arc::from(n), c))),
+            connected_at: self.connected_at.map(Timestamp),
+            disconnected_at: self.disconnected_at.map(Timestamp),
+            last_seen: Timestamp(self.last_seen),
+            last_acked: self.last_acked.map(|(id, at)| (EventId(id), Timestamp(at))),
+            unacked: self.unacked.into_iter().map(EventId).collect(),
+            lost_from: self.lost_from.map(EventId),
+            op: self.op,
+            op_at: Timestamp(self.op_at),
+            last_event_id: self.last_event_id,
+        }
+    }
+}
+
+impl Memberships {
+    /// Every subscription with members, as plain data in a stable order.
+    pub(in crate::hub) fn parts(&self) -> MembershipsParts {
+        let mut subs: Vec<SubPart> = self
+            .subs
+            .iter()
+            .filter(|(_, sub)| !sub.members.is_empty())
+            .map(|(pattern, sub)| {
+                let mut members: Vec<(DeviceId, MemberPart)> = sub
+                    .members
+                    .iter()
+                    .map(|(d, m)| (d.clone(), MemberPart::of(m)))
+                    .collect();
+                members.sort_unstable_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+                SubPart {
+                    pattern: pattern.clone(),
+                    ackers: sub.ackers,
+                    members,
+                }
+            })
+            .collect();
+        subs.sort_unstable_by(|a, b| a.pattern.as_str().cmp(b.pattern.as_str()));
+        MembershipsParts { subs }
+    }
+
+    /// Takes the subscriptions back from [`Memberships::parts`] (into
+    /// empty memberships, before any stream opens).
+    pub(in crate::hub) fn restore(&mut self, parts: MembershipsParts) {
+        for part in parts.subs {
+            let sub = self.sub_entry(&part.pattern);
+            sub.ackers = part.ackers;
+            sub.members = part
+                .members
+                .into_iter()
+                .map(|(d, m)| (d, Box::new(m.member())))
+                .collect();
+        }
     }
 }

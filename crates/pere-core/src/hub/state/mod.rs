@@ -20,10 +20,10 @@ mod ledgers;
 mod memberships;
 mod notices;
 
-pub(super) use idempotency::Idempotency;
-pub(super) use ledgers::Ledgers;
-pub(super) use memberships::{Memberships, OpenStream};
-pub(super) use notices::Notices;
+pub(super) use idempotency::{IdemPart, Idempotency};
+pub(super) use ledgers::{Ledgers, LedgersParts};
+pub(super) use memberships::{Memberships, MembershipsParts, OpenStream};
+pub(super) use notices::{Notices, NoticesParts};
 
 /// Everything the writer task owns.
 pub(super) struct State {

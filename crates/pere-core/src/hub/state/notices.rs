@@ -11,13 +11,14 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::event::{EventId, Timestamp};
 use crate::hub::state::Ledgers;
 use crate::ledger::{EventReceipts, OverdueNotice, ReceiptState};
 use crate::log::Record;
-use crate::name::DeviceId;
+use crate::name::{ChannelName, DeviceId};
 
 /// Deadlines pending, notices issued, and where they go.
 #[derive(Debug)]
@@ -210,6 +211,11 @@ impl Notices {
         }
     }
 
+    /// Whether this node sends the notices (a cluster's ticker node).
+    pub(in crate::hub) fn is_ticker(&self) -> bool {
+        self.ticker
+    }
+
     /// This cluster node took the ticker's role: it sends the notices now,
     /// starting with those nobody confirmed.
     pub(in crate::hub) fn become_ticker(&mut self, ticker: bool) {
@@ -234,5 +240,77 @@ impl Notices {
         for notice in unsent {
             let _ = tx.send(notice.clone());
         }
+    }
+}
+
+/// The notices as plain data, for a cluster snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(in crate::hub) struct NoticesParts {
+    /// The events whose deadline is still to be checked, in order.
+    deadlines: Vec<u64>,
+    /// By event and device.
+    issued: Vec<IssuedPart>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct IssuedPart {
+    id: u64,
+    channel: ChannelName,
+    device: DeviceId,
+    state: ReceiptState,
+    published_at: i64,
+    deadline: i64,
+    expired: bool,
+    sent: bool,
+}
+
+impl Notices {
+    /// Deadlines and notices, as plain data in a stable order.
+    pub(in crate::hub) fn parts(&self) -> NoticesParts {
+        let mut issued: Vec<IssuedPart> = self
+            .issued
+            .values()
+            .map(|(n, sent)| IssuedPart {
+                id: n.id.0,
+                channel: n.channel.clone(),
+                device: n.device.clone(),
+                state: n.state,
+                published_at: n.published_at.0,
+                deadline: n.deadline.0,
+                expired: n.expired,
+                sent: *sent,
+            })
+            .collect();
+        issued.sort_unstable_by(|a, b| (a.id, a.device.as_str()).cmp(&(b.id, b.device.as_str())));
+        NoticesParts {
+            deadlines: self.deadlines.iter().map(|r| r.id().0).collect(),
+            issued,
+        }
+    }
+
+    /// Takes deadlines and notices back from [`Notices::parts`]: the
+    /// deadlines of events `ledgers` retains (the others would be skipped).
+    pub(in crate::hub) fn restore_parts(&mut self, parts: NoticesParts, ledgers: &Ledgers) {
+        self.deadlines = parts
+            .deadlines
+            .into_iter()
+            .filter_map(|id| ledgers.event(&EventId(id)).cloned())
+            .collect();
+        self.issued = parts
+            .issued
+            .into_iter()
+            .map(|p| {
+                let notice = OverdueNotice {
+                    id: EventId(p.id),
+                    channel: p.channel,
+                    device: p.device,
+                    state: p.state,
+                    published_at: Timestamp(p.published_at),
+                    deadline: Timestamp(p.deadline),
+                    expired: p.expired,
+                };
+                ((notice.id, notice.device.clone()), (notice, p.sent))
+            })
+            .collect();
     }
 }
