@@ -21,7 +21,7 @@ use crate::name::{ChannelName, DeviceId};
 use crate::receipt_log::ReceiptLog;
 
 mod snapshot;
-pub(crate) use snapshot::{PartsError, ReceiptParts};
+pub(crate) use snapshot::{PartsCursor, PartsError, ReceiptParts};
 
 /// A device's progress with one event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

@@ -138,6 +138,8 @@ pub trait SharedTail: Send {
 /// How often a node tells the others what its streams were written (their
 /// receipts' `delivered` on other nodes lag by this much at most).
 const CURSOR_FLUSH: Duration = Duration::from_millis(50);
+/// A snapshot that holds the writer up longer than this is worth a warning.
+const SLOW_SNAPSHOT: Duration = Duration::from_millis(250);
 /// How often a node heartbeats, and how long a heartbeat lasts.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 const HEARTBEAT_TTL: Duration = Duration::from_secs(5);
@@ -339,6 +341,7 @@ impl Snapshots {
         if last <= self.covered || self.storing.as_ref().is_some_and(|t| !t.is_finished()) {
             return;
         }
+        let walk = std::time::Instant::now();
         let snap = {
             let state = inner.state();
             if !state.notices.is_ticker() {
@@ -346,16 +349,23 @@ impl Snapshots {
             }
             state.snapshot()
         };
+        let paused = walk.elapsed();
+        if paused > SLOW_SNAPSHOT {
+            tracing::warn!(
+                ?paused,
+                "taking the snapshot held this node's writer up; a larger --snapshot-every makes that rarer"
+            );
+        }
         self.covered = last;
         let log = log.clone();
         self.storing = Some(tokio::spawn(async move {
             let started = std::time::Instant::now();
             let blob = Bytes::from(snapshot::encode(&snap));
             drop(snap);
-            let bytes = blob.len();
+            let (bytes, encoded) = (blob.len(), started.elapsed());
             match log.put_snapshot(last, blob).await {
                 Ok(()) => {
-                    tracing::debug!(pos = ?last, bytes, took = ?started.elapsed(), "snapshot stored")
+                    tracing::debug!(pos = ?last, bytes, ?paused, ?encoded, stored = ?started.elapsed(), "snapshot stored")
                 }
                 Err(err) => {
                     tracing::warn!(cause = %err, "the snapshot was not stored; the log keeps its entries until the next one")

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, EventId, Timestamp};
-use crate::ledger::{EventReceipts, PartsError, ReceiptParts};
+use crate::ledger::{EventReceipts, PartsCursor, PartsError, ReceiptParts};
 use crate::log::Evicted;
 use crate::metrics::HubMetrics;
 use crate::name::{ChannelName, DeviceId, EventType, Pattern};
@@ -371,23 +371,26 @@ impl Ledgers {
         let mut channels: Vec<ChannelPart> = self
             .channels
             .iter()
-            .map(|(channel, ledger)| ChannelPart {
-                channel: channel.clone(),
-                evicted_upto: ledger.evicted_upto.0,
-                events: ledger
-                    .receipts
-                    .iter()
-                    .map(|r| EventPart {
-                        id: r.event.id.0,
-                        time: r.event.time.0,
-                        // Events are UTF-8: publish and recovery check it.
-                        payload: String::from_utf8_lossy(&r.event.payload).into_owned(),
-                        kind: r.event.kind.clone(),
-                        device: r.event.device.clone(),
-                        idem: r.event.idempotency_key.as_deref().map(str::to_owned),
-                        receipts: r.parts(),
-                    })
-                    .collect(),
+            .map(|(channel, ledger)| {
+                let mut cursor = PartsCursor::default();
+                ChannelPart {
+                    channel: channel.clone(),
+                    evicted_upto: ledger.evicted_upto.0,
+                    events: ledger
+                        .receipts
+                        .iter()
+                        .map(|r| EventPart {
+                            id: r.event.id.0,
+                            time: r.event.time.0,
+                            // Events are UTF-8: publish and recovery check it.
+                            payload: String::from_utf8_lossy(&r.event.payload).into_owned(),
+                            kind: r.event.kind.clone(),
+                            device: r.event.device.clone(),
+                            idem: r.event.idempotency_key.as_deref().map(str::to_owned),
+                            receipts: r.parts(&mut cursor),
+                        })
+                        .collect(),
+                }
             })
             .collect();
         channels.sort_unstable_by(|a, b| a.channel.as_str().cmp(b.channel.as_str()));
@@ -416,6 +419,7 @@ impl Ledgers {
                 receipts: VecDeque::with_capacity(part.events.len()),
                 evicted_upto: EventId(part.evicted_upto),
             };
+            let mut previous = None;
             for e in part.events {
                 let event = Arc::new(Event {
                     id: EventId(e.id),
@@ -429,6 +433,7 @@ impl Ledgers {
                 let receipts = Arc::new(EventReceipts::restore(
                     event.clone(),
                     e.receipts,
+                    &mut previous,
                     watchers.clone(),
                 )?);
                 self.by_id.insert(event.id, receipts.clone());
