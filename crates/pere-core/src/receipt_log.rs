@@ -17,7 +17,7 @@
 //! atomic load per change.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -44,6 +44,9 @@ pub struct ReceiptLog {
     /// When the last follower left, plus [`RESUME_GRACE`] (µs): recording
     /// goes on until then.
     grace_until: AtomicI64,
+    /// A change went unrecorded (nobody followed): whoever resumes from
+    /// before now must hear of a gap.
+    missed: AtomicBool,
     /// Gaps told to followers, for metrics (shared by a hub's logs).
     gaps: Arc<AtomicU64>,
     /// The hub's measurements, which the channel's receipts keep current
@@ -73,6 +76,7 @@ impl ReceiptLog {
             }),
             followers: AtomicUsize::new(0),
             grace_until: AtomicI64::new(0),
+            missed: AtomicBool::new(false),
             gaps,
             metrics: Arc::default(),
         }
@@ -135,6 +139,11 @@ impl ReceiptLog {
     /// followers.
     pub fn push(&self, update: ReceiptUpdate, now: Timestamp) {
         if !self.recording(now) {
+            // Read first: a store per change would bounce the cache line
+            // between the writer and the streams marking deliveries.
+            if !self.missed.load(Ordering::Relaxed) {
+                self.missed.store(true, Ordering::Release);
+            }
             return;
         }
         let wakers = {
@@ -142,6 +151,7 @@ impl ReceiptLog {
             if state.closed {
                 return;
             }
+            self.forget_missed(&mut state, now);
             // Numbers keep increasing across restarts, like event ids, so a
             // number from before one never names a change after it.
             let seq = (state.last + 1).max(u64::try_from(now.0).unwrap_or(0));
@@ -163,12 +173,25 @@ impl ReceiptLog {
     /// now on).
     pub fn follow(self: &Arc<Self>, after: Option<u64>) -> ReceiptFollower {
         self.followers.fetch_add(1, Ordering::AcqRel);
-        let state = lock(&self.state);
+        let mut state = lock(&self.state);
+        self.forget_missed(&mut state, Timestamp::now());
         let after = after.unwrap_or(state.last);
         ReceiptFollower {
             log: self.clone(),
             after,
             buffer: VecDeque::new(),
+        }
+    }
+
+    /// After changes went unrecorded: what is kept no longer follows on
+    /// from itself, so everything numbered before now counts as dropped,
+    /// and a follower resuming from before hears of a gap.
+    fn forget_missed(&self, state: &mut State, now: Timestamp) {
+        if self.missed.swap(false, Ordering::AcqRel) {
+            let mark = state.last.max(u64::try_from(now.0).unwrap_or(0));
+            state.ring.clear();
+            state.last = mark;
+            state.dropped_upto = mark;
         }
     }
 
@@ -323,6 +346,34 @@ mod tests {
         let mut f = log.follow(None);
         log.push(change(2), Timestamp::now());
         assert_eq!(ids(&read(&mut f)), [2]);
+    }
+
+    #[test]
+    fn a_follower_resuming_after_the_grace_hears_of_what_was_not_recorded() {
+        let log = Arc::new(ReceiptLog::default());
+        let mut f = log.follow(None);
+        log.push(change(1), Timestamp::now());
+        let got = read(&mut f);
+        assert_eq!(ids(&got), [1]);
+        let Followed::Change(seen, _) = got[0] else {
+            panic!("{got:?}");
+        };
+        drop(f);
+        // Past the grace, nobody follows: this change is not recorded.
+        let later = Timestamp::now()
+            .plus(RESUME_GRACE)
+            .plus(Duration::from_secs(1));
+        log.push(change(2), later);
+        // A client that saw 1 comes back: it must hear that it missed
+        // something, not silently skip 2.
+        let mut f = log.follow(Some(seen));
+        let got = read(&mut f);
+        assert!(
+            matches!(got.first(), Some(Followed::Gap { from, .. }) if *from == seen),
+            "{got:?}"
+        );
+        log.push(change(3), Timestamp::now());
+        assert_eq!(ids(&read(&mut f)), [3]);
     }
 
     #[test]
