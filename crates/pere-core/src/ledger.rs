@@ -422,6 +422,16 @@ impl EventReceipts {
         }
     }
 
+    /// Whether the event is recorded as delivered to `device` (`slot`, its
+    /// audience slot when known, spares the lookup). Reads only.
+    pub fn delivered_to(&self, device: &DeviceId, slot: u32) -> bool {
+        if let Some(cell) = self.delivered_at.get(slot as usize) {
+            return cell.load(Ordering::Acquire) != 0;
+        }
+        self.receipt_of(device)
+            .is_some_and(|r| r.delivered_at.is_some())
+    }
+
     /// Whether `device` acknowledged the event.
     pub fn is_acked_by(&self, device: &DeviceId) -> bool {
         let mut slow = lock(&self.slow);
@@ -512,13 +522,13 @@ impl EventReceipts {
             .collect()
     }
 
-    /// Tells the channel's receipt listeners that a device is overdue.
-    pub fn announce_overdue(&self, notice: &OverdueNotice) {
+    /// Tells the channel's receipt listeners that a device is overdue, as
+    /// found at `now` (the hub's time for the check: a cluster's entry's).
+    pub fn announce_overdue(&self, notice: &OverdueNotice, now: Timestamp) {
         self.watchers
             .metrics()
             .overdue
             .fetch_add(1, Ordering::Relaxed);
-        let now = Timestamp::now();
         if self.watchers.recording(now) {
             self.watchers
                 .push(ReceiptUpdate::Overdue(notice.clone()), now);

@@ -78,6 +78,9 @@ impl<S: EventStore> std::fmt::Debug for Hub<S> {
 struct Inner<S> {
     config: HubConfig,
     store: S,
+    /// One node of a cluster: deliveries reach the ledger through the log
+    /// (see `Subscription::marks`).
+    cluster: bool,
     /// To the writer task. Unbounded so a stream's `Drop` can always report
     /// its end; requests are bounded anyway by their callers waiting for
     /// the reply.
@@ -196,6 +199,7 @@ impl<S: EventStore> Hub<S> {
         let inner = Arc::new(Inner {
             config,
             store,
+            cluster: node.is_some(),
             commands,
             state: Mutex::new(state),
             auth,
@@ -437,6 +441,7 @@ impl<S: EventStore> Hub<S> {
             self.inner.metrics.gaps.fetch_add(1, Ordering::Relaxed);
         }
         Ok(Subscription {
+            marks: !self.inner.cluster,
             metrics: self.inner.metrics.clone(),
             hello: plan.hello,
             gap: plan.gap,
@@ -565,7 +570,7 @@ impl<S: EventStore> Hub<S> {
         id: EventId,
     ) -> Result<Arc<EventReceipts>> {
         let receipts = self.receipts(subscription, id)?;
-        if receipts.may_ack(device) {
+        if receipts.may_ack(device) || self.written_here(&receipts, device) {
             Ok(receipts)
         } else {
             Err(Error::NotRecipient {
@@ -573,6 +578,20 @@ impl<S: EventStore> Hub<S> {
                 device: device.to_string(),
             })
         }
+    }
+
+    /// On a cluster node, whether one of `device`'s streams here was
+    /// written past the event on its channel: the ledger learns of this
+    /// node's writes from the log too (`Subscription::marks`), so a device
+    /// that got the event by replay a moment ago is not in it yet.
+    fn written_here(&self, receipts: &EventReceipts, device: &DeviceId) -> bool {
+        let channel = &receipts.event.channel;
+        self.inner.cluster
+            && self.inner.state().memberships.streams().any(|open| {
+                open.device.as_ref() == Some(device)
+                    && open.shared.delivered_upto() >= receipts.id()
+                    && open.subs.iter().any(|p| p.matches(channel))
+            })
     }
 
     /// Ends `device`'s membership of `subscription` and closes its streams

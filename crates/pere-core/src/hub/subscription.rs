@@ -51,6 +51,12 @@ pub struct Subscription {
     pub(super) rx: StreamRx,
     pub(super) shared: Arc<StreamShared>,
     pub(super) device: Option<DeviceId>,
+    /// Whether a write marks the device's receipt itself. A single node's
+    /// do; a cluster node's do not: every node, this one included, marks
+    /// them when the stream's cursor comes back through the log, so every
+    /// node records the same receipt changes in the same order (a receipts
+    /// stream resumes on any node: docs/PROTOCOL.md §10).
+    pub(super) marks: bool,
     /// Where the publish → delivered latency goes.
     pub(super) metrics: Arc<HubMetrics>,
     pub(super) _guard: StreamGuard,
@@ -98,7 +104,13 @@ impl Subscription {
         let id = receipts.id();
         let shared = &self.shared;
         if let Some(device) = &self.device {
-            let mark = if slot == NO_SLOT {
+            let mark = if !self.marks {
+                // For this node's measurements only.
+                match receipts.delivered_to(device, slot) {
+                    true => Mark::Again,
+                    false => Mark::First,
+                }
+            } else if slot == NO_SLOT {
                 receipts.mark_delivered(device, now)
             } else {
                 receipts.mark_delivered_slot(slot, now)

@@ -6,11 +6,9 @@
 //! Only the state every node computes alike goes in: ids, retained events
 //! and their receipts, memberships with every node's stream counts,
 //! idempotency keys, deadlines and notices, run-time tokens. What is one
-//! node's own — its streams, receipts streams, metrics — stays out. One
-//! approximation: a delivery this node made less than a cursor flush
-//! (50 ms) before the snapshot is in it already, and the cursor entry that
-//! follows counts it once more as a redelivery on a node that loaded the
-//! snapshot (the `deliveries` count of `/receipts`, nothing else).
+//! node's own — its streams, receipts streams, metrics — stays out. (A
+//! node's own writes reach its ledger through the log as everyone else's,
+//! so nothing in the ledger is one node's alone.)
 
 use std::sync::Arc;
 

@@ -390,12 +390,14 @@ impl State {
         node: &Arc<str>,
         now: Timestamp,
     ) {
-        let remote = *node != self.node;
+        // A single node marked its own streams' writes as they happened; a
+        // cluster node marks every node's, its own included, from here.
+        let mark = *node != self.node || self.cluster;
         let Some(member) = self.memberships.member_mut(pattern, device) else {
             return;
         };
         if upto > member.cursor {
-            if remote {
+            if mark {
                 self.ledgers.mark_delivered_between(
                     pattern,
                     device,

@@ -138,7 +138,7 @@ impl Notices {
                 sent: false,
                 at: now,
             });
-            receipts.announce_overdue(&notice);
+            receipts.announce_overdue(&notice, now);
             // In a cluster every node issues it, one node sends it.
             if self.ticker
                 && let Some(tx) = &self.tx
