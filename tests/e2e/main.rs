@@ -10,6 +10,7 @@ mod cli;
 mod cli_ux;
 mod cluster;
 mod cluster_more;
+mod cluster_receipts;
 mod cluster_snapshot;
 mod connections;
 mod durability;

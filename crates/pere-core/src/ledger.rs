@@ -503,6 +503,10 @@ impl EventReceipts {
         drop(slow);
         if !was_delivered {
             self.settle(&self.undelivered);
+            // Every transition shows on the receipts stream, the delivery
+            // an ack implies too (a cluster node learns of a write from
+            // the cursor, which may come after the device's receipt).
+            self.announce(device, ReceiptState::Delivered, None, at);
         }
         self.settle(&self.unacked);
         self.watchers.metrics().add_unacked(-1);

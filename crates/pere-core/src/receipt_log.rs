@@ -47,6 +47,14 @@ pub struct ReceiptLog {
     /// A change went unrecorded (nobody followed): whoever resumes from
     /// before now must hear of a gap.
     missed: AtomicBool,
+    /// A cluster's numbering and time ([`ClusterClock`]); never set on a
+    /// single node.
+    clock: Arc<ClusterClock>,
+    /// Until when (µs of the cluster's time) a receipts stream on some node
+    /// follows this channel: every node records until then.
+    shared_until: AtomicI64,
+    /// Until when (µs) this node told the cluster it follows the channel.
+    announced_until: AtomicI64,
     /// Gaps told to followers, for metrics (shared by a hub's logs).
     gaps: Arc<AtomicU64>,
     /// The hub's measurements, which the channel's receipts keep current
@@ -77,6 +85,9 @@ impl ReceiptLog {
             followers: AtomicUsize::new(0),
             grace_until: AtomicI64::new(0),
             missed: AtomicBool::new(false),
+            clock: Arc::default(),
+            shared_until: AtomicI64::new(0),
+            announced_until: AtomicI64::new(0),
             gaps,
             metrics: Arc::default(),
         }
@@ -87,9 +98,56 @@ impl ReceiptLog {
         Self { metrics, ..self }
     }
 
+    /// The same log, numbering its changes by a cluster's `clock`.
+    pub fn with_clock(self, clock: Arc<ClusterClock>) -> Self {
+        let log = Self { clock, ..self };
+        if log.clock.base.load(Ordering::Acquire) != 0 {
+            // Nothing before the entry being applied is known here.
+            let mut state = lock(&log.state);
+            let born = log.before(Timestamp::now());
+            state.last = born;
+            state.dropped_upto = born;
+        }
+        log
+    }
+
     /// The hub's measurements this channel's receipts keep current.
     pub fn metrics(&self) -> &HubMetrics {
         &self.metrics
+    }
+}
+
+/// What numbers a cluster node's receipt changes the same on every node:
+/// set before each entry of the shared log is applied. Changes made while
+/// applying an entry are numbered from its `base`, a function of the
+/// entry's position alone, rather than from each node's clock and what it
+/// happened to record before; and whether a channel records is decided at
+/// the entry's `time`.
+#[derive(Debug, Default)]
+pub struct ClusterClock {
+    /// The numbers of the current entry's changes start here (0: a single
+    /// node, which numbers from its own clock).
+    base: AtomicU64,
+    /// The current entry's time, µs.
+    time: AtomicI64,
+}
+
+impl ClusterClock {
+    /// The entry at log position (`ms`, `seq`), appended at `time`, is
+    /// about to be applied. Its changes are numbered from `ms · 2²⁰ +
+    /// seq · 2¹⁴`: increasing with the position, 16,384 numbers per entry
+    /// and channel (beyond that they run into the next entry's, still
+    /// increasing), and far above a single node's µs numbers, so a
+    /// cluster that began as one node never numbers backwards.
+    pub fn enter(&self, ms: u64, seq: u64, time: Timestamp) {
+        let base = (ms << 20) | (seq.min(63) << 14);
+        self.base.fetch_max(base, Ordering::AcqRel);
+        self.time.store(time.0, Ordering::Release);
+    }
+
+    /// The time of the entry being (or last) applied.
+    pub fn time(&self) -> Timestamp {
+        Timestamp(self.time.load(Ordering::Acquire))
     }
 }
 
@@ -133,12 +191,63 @@ impl ReceiptLog {
     pub fn recording(&self, now: Timestamp) -> bool {
         self.followers.load(Ordering::Acquire) > 0
             || now.0 < self.grace_until.load(Ordering::Acquire)
+            || (self.clock.base.load(Ordering::Acquire) != 0
+                && self.clock.time.load(Ordering::Acquire)
+                    < self.shared_until.load(Ordering::Acquire))
+    }
+
+    /// The least number a change at `now` gets: the cluster's entry base,
+    /// or on a single node the clock in µs.
+    fn floor(&self, now: Timestamp) -> u64 {
+        match self.clock.base.load(Ordering::Acquire) {
+            0 => u64::try_from(now.0).unwrap_or(0),
+            base => base,
+        }
+    }
+
+    /// The number before the first change made now: the cluster entry's
+    /// base less one (so its first change is numbered as on every other
+    /// node), or on a single node the clock in µs.
+    fn before(&self, now: Timestamp) -> u64 {
+        match self.clock.base.load(Ordering::Acquire) {
+            0 => u64::try_from(now.0).unwrap_or(0),
+            base => base - 1,
+        }
+    }
+
+    /// A receipts stream on some node of the cluster follows the channel
+    /// until `until` (cluster time, µs): record until then.
+    pub fn shared_until(&self, until: Timestamp) {
+        self.shared_until.fetch_max(until.0, Ordering::AcqRel);
+    }
+
+    /// Until when the cluster records the channel for a receipts stream.
+    pub fn shared_window(&self) -> Timestamp {
+        Timestamp(self.shared_until.load(Ordering::Acquire))
+    }
+
+    /// Whether this node, which has followers, should tell the cluster
+    /// again (its last word runs out within half the grace); notes that it
+    /// does.
+    pub fn announce_due(&self, now: Timestamp) -> bool {
+        if self.followers.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        let until = self.announced_until.load(Ordering::Acquire);
+        if now.plus(RESUME_GRACE / 2).0 < until {
+            return false;
+        }
+        self.announced_until
+            .store(now.plus(RESUME_GRACE).0, Ordering::Release);
+        true
     }
 
     /// Records a change (when [`recording`](Self::recording)) and wakes the
     /// followers.
     pub fn push(&self, update: ReceiptUpdate, now: Timestamp) {
-        if !self.recording(now) {
+        let cluster = self.clock.base.load(Ordering::Acquire) != 0;
+        let recording = self.recording(now);
+        if !recording && !cluster {
             // Read first: a store per change would bounce the cache line
             // between the writer and the streams marking deliveries.
             if !self.missed.load(Ordering::Relaxed) {
@@ -154,8 +263,18 @@ impl ReceiptLog {
             self.forget_missed(&mut state, now);
             // Numbers keep increasing across restarts, like event ids, so a
             // number from before one never names a change after it.
-            let seq = (state.last + 1).max(u64::try_from(now.0).unwrap_or(0));
+            let seq = (state.last + 1).max(self.floor(now));
             state.last = seq;
+            if !recording {
+                // A cluster node numbers every change, kept or not (only
+                // its writer makes them, so the lock costs little): the
+                // numbers stay those of every other node.
+                state.dropped_upto = seq;
+                if !state.ring.is_empty() {
+                    state.ring.clear();
+                }
+                return;
+            }
             if state.ring.len() == RECEIPT_LOG_CAPACITY
                 && let Some((dropped, _)) = state.ring.pop_front()
             {
@@ -188,7 +307,7 @@ impl ReceiptLog {
     /// and a follower resuming from before hears of a gap.
     fn forget_missed(&self, state: &mut State, now: Timestamp) {
         if self.missed.swap(false, Ordering::AcqRel) {
-            let mark = state.last.max(u64::try_from(now.0).unwrap_or(0));
+            let mark = state.last.max(self.before(now));
             state.ring.clear();
             state.last = mark;
             state.dropped_upto = mark;

@@ -52,6 +52,8 @@ pub(super) enum Command {
     NodeGone(Arc<str>),
     /// From a cluster's log: the shared part of the periodic chores.
     SharedTick,
+    /// From a cluster's log: a receipts stream follows the channel.
+    Watch(ChannelName),
     /// An operator's view, read once the batch is applied.
     Read(Read),
 }
@@ -73,6 +75,7 @@ impl Command {
             | Command::Cursor { .. }
             | Command::NodeGone(_)
             | Command::SharedTick
+            | Command::Watch(_)
             | Command::Read(_) => None,
         }
     }

@@ -172,6 +172,7 @@ impl OnFailure {
             | Command::Cursor { .. }
             | Command::NodeGone(_)
             | Command::SharedTick
+            | Command::Watch(_)
             | Command::Read(_) => OnFailure::Keep,
         }
     }

@@ -621,7 +621,16 @@ impl<S: EventStore> Hub<S> {
             log.close();
             return log.follow(after);
         }
-        state.ledgers.watchers_for(channel).follow(after)
+        let log = state.ledgers.watchers_for(channel);
+        let follower = log.follow(after);
+        if state.cluster && log.announce_due(Timestamp::now()) {
+            // Every node records the channel's changes while a receipts
+            // stream follows it anywhere, so it can resume on any of them:
+            // said with the writer's next entry, not the next checkpoint,
+            // so that few changes come before the others record them.
+            let _ = self.inner.commands.send(Command::Watch(channel.clone()));
+        }
+        follower
     }
 
     /// Overdue notices ([`HubConfig::ack_deadline`]), for the one task that

@@ -156,7 +156,7 @@ pub(super) async fn bootstrap<S: EventStore>(
 ) -> Result<SharedPos, Error> {
     let mut pos = SharedPos::default();
     if let Some((at, blob)) = log.snapshot().await.map_err(unavailable)? {
-        load_snapshot(inner, &blob).await?;
+        load_snapshot(inner, at, &blob).await?;
         tracing::info!(pos = ?at, bytes = blob.len(), "loaded the cluster's snapshot");
         pos = at;
     }
@@ -172,14 +172,26 @@ pub(super) async fn bootstrap<S: EventStore>(
 
 /// Loads a snapshot into a node's fresh state, and its retained events
 /// into the node's store.
-async fn load_snapshot<S: EventStore>(inner: &Inner<S>, blob: &[u8]) -> Result<(), Error> {
+async fn load_snapshot<S: EventStore>(
+    inner: &Inner<S>,
+    at: SharedPos,
+    blob: &[u8],
+) -> Result<(), Error> {
     let unloadable = |err: snapshot::SnapshotError| {
         Error::StoreUnavailable(format!(
             "the cluster's snapshot cannot be loaded ({err}); do all nodes run the same version?"
         ))
     };
     let snap = snapshot::decode(blob).map_err(unloadable)?;
-    let events = inner.state().restore_snapshot(snap).map_err(unloadable)?;
+    let events = {
+        let mut state = inner.state();
+        // Receipt changes before the snapshot are not known here: the
+        // channels' logs start after its position (its entry's time is
+        // not kept; its millisecond is close enough for the windows).
+        let time = Timestamp(i64::try_from(at.ms.saturating_mul(1000)).unwrap_or(i64::MAX));
+        state.ledgers.clock().enter(at.ms, at.seq, time);
+        state.restore_snapshot(snap).map_err(unloadable)?
+    };
     let records: Vec<Record> = events.into_iter().map(Record::Event).collect();
     inner.store.append(&records).await?;
     Ok(())
@@ -293,7 +305,12 @@ pub(super) async fn writer<S: EventStore>(
                     chores = tokio::spawn(self::chores(inner.clone(), log.clone()));
                 }
                 retry(&inner, &*log).await;
-                inner.state().checkpoint_cursors();
+                {
+                    let mut state = inner.state();
+                    state.checkpoint_cursors();
+                    let watched = state.ledgers.watch_announcements(Timestamp::now());
+                    state.outbox.extend(watched.into_iter().map(|channel| Wire::Watch { channel }));
+                }
                 submit(&inner, &*log, Vec::new(), &mut pending).await;
             }
             _ = snap_due.tick() => snaps.take(&inner, &log, last),
@@ -573,6 +590,9 @@ fn to_wire(cmd: &Command, auth: &crate::auth::AuthRegistry) -> Option<Wire> {
             id: id.0,
             device: device.clone(),
         },
+        Command::Watch(channel) => Wire::Watch {
+            channel: channel.clone(),
+        },
         _ => return None,
     })
 }
@@ -640,6 +660,11 @@ async fn apply_entry<S: EventStore>(inner: &Inner<S>, entry: SharedEntry, own: O
         if entry.first_id > state.seq.last().0 + 1 {
             state.seq = Sequencer::after(EventId(entry.first_id - 1));
         }
+        // And the numbers of the receipt changes it makes.
+        state
+            .ledgers
+            .clock()
+            .enter(entry.pos.ms, entry.pos.seq, now);
         state.current_node = node;
     }
     process_at(inner, batch, now, true).await;
@@ -740,6 +765,7 @@ fn from_wire(w: Wire, node: &Arc<str>) -> Command {
         },
         Wire::Tick => Command::SharedTick,
         Wire::NodeGone { node } => Command::NodeGone(Arc::from(node.as_str())),
+        Wire::Watch { channel } => Command::Watch(channel),
     }
 }
 

@@ -79,6 +79,9 @@ pub(in crate::hub) enum Wire {
     Tick,
     /// A node stopped heartbeating: its streams are gone.
     NodeGone { node: String },
+    /// A receipts stream on the entry's node follows `channel`: every node
+    /// records its changes for a while (said again while it does).
+    Watch { channel: ChannelName },
 }
 
 /// A stream's end, as every node applies it.

@@ -87,6 +87,11 @@ impl State {
                 records.append(&mut self.deferred);
                 Effect::None
             }
+            Command::Watch(channel) => {
+                self.ledgers
+                    .watch(&channel, now.plus(crate::receipt_log::RESUME_GRACE));
+                Effect::None
+            }
             Command::NodeGone(node) => {
                 self.node_gone(&node, now);
                 records.append(&mut self.deferred);

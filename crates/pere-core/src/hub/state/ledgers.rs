@@ -17,7 +17,7 @@ use crate::ledger::{EventReceipts, PartsCursor, PartsError, ReceiptParts};
 use crate::log::Evicted;
 use crate::metrics::HubMetrics;
 use crate::name::{ChannelName, DeviceId, EventType, Pattern};
-use crate::receipt_log::ReceiptLog;
+use crate::receipt_log::{ClusterClock, ReceiptLog};
 
 /// One channel's retained events, oldest first.
 #[derive(Debug, Default)]
@@ -105,6 +105,8 @@ pub(in crate::hub) struct Ledgers {
     receipt_gaps: Arc<AtomicU64>,
     /// The hub's measurements, handed to each channel's receipt changes.
     metrics: Arc<HubMetrics>,
+    /// A cluster's numbering of receipt changes, handed to each channel's.
+    clock: Arc<ClusterClock>,
 }
 
 impl Ledgers {
@@ -117,6 +119,7 @@ impl Ledgers {
             watchers: HashMap::new(),
             receipt_gaps: Arc::default(),
             metrics,
+            clock: Arc::default(),
         }
     }
 
@@ -239,13 +242,38 @@ impl Ledgers {
 
     /// `channel`'s receipt changes, opened on first use.
     pub(in crate::hub) fn watchers_for(&mut self, channel: &ChannelName) -> Arc<ReceiptLog> {
-        let (gaps, metrics) = (&self.receipt_gaps, &self.metrics);
+        let (gaps, metrics, clock) = (&self.receipt_gaps, &self.metrics, &self.clock);
         self.watchers
             .entry(channel.clone())
             .or_insert_with(|| {
-                Arc::new(ReceiptLog::counting_gaps(gaps.clone()).with_metrics(metrics.clone()))
+                Arc::new(
+                    ReceiptLog::counting_gaps(gaps.clone())
+                        .with_metrics(metrics.clone())
+                        .with_clock(clock.clone()),
+                )
             })
             .clone()
+    }
+
+    /// The clock a cluster node sets before applying each entry.
+    pub(in crate::hub) fn clock(&self) -> &ClusterClock {
+        &self.clock
+    }
+
+    /// A receipts stream follows `channel` on some node: every node records
+    /// its changes until `until`.
+    pub(in crate::hub) fn watch(&mut self, channel: &ChannelName, until: Timestamp) {
+        self.watchers_for(channel).shared_until(until);
+    }
+
+    /// Channels this node follows with a receipts stream and has to tell
+    /// the cluster about (again), so that every node records them.
+    pub(in crate::hub) fn watch_announcements(&self, now: Timestamp) -> Vec<ChannelName> {
+        self.watchers
+            .iter()
+            .filter(|(_, log)| log.announce_due(now))
+            .map(|(channel, _)| channel.clone())
+            .collect()
     }
 
     /// Shutdown: every receipts stream ends.
@@ -341,6 +369,10 @@ pub(in crate::hub) struct LedgersParts {
     /// Oldest first.
     tombstones: Vec<(ChannelName, u64)>,
     tombstone_floor: u64,
+    /// Channels a receipts stream follows somewhere, and until when
+    /// (cluster time, µs) every node records their changes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    watched: Vec<(ChannelName, i64)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -395,7 +427,17 @@ impl Ledgers {
             .collect();
         channels.sort_unstable_by(|a, b| a.channel.as_str().cmp(b.channel.as_str()));
         let t = &self.tombstones;
+        let mut watched: Vec<(ChannelName, i64)> = self
+            .watchers
+            .iter()
+            .map(|(c, log)| (c.clone(), log.shared_window().0))
+            // What expired (and some node without followers may have
+            // reclaimed) is not shared state any more.
+            .filter(|(_, until)| *until > self.clock.time().0)
+            .collect();
+        watched.sort_unstable_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
         LedgersParts {
+            watched,
             channels,
             tombstones: t
                 .order
@@ -446,6 +488,9 @@ impl Ledgers {
             self.tombstones.add(channel, EventId(upto));
         }
         self.tombstones.floor = self.tombstones.floor.max(EventId(parts.tombstone_floor));
+        for (channel, until) in parts.watched {
+            self.watchers_for(&channel).shared_until(Timestamp(until));
+        }
         events.sort_unstable_by_key(|e| e.id);
         Ok(events)
     }

@@ -110,7 +110,12 @@ impl Notices {
         now: Timestamp,
         records: &mut Vec<Record>,
     ) {
-        for (device, state) in receipts.unacked_devices() {
+        let mut unacked = receipts.unacked_devices();
+        // In device order, not the audience's (each node fills that its own
+        // way): the notices are receipt changes, numbered alike on every
+        // node of a cluster.
+        unacked.sort_unstable_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        for (device, state) in unacked {
             let key = (receipts.id(), device.clone());
             if self.issued.contains_key(&key) {
                 continue;
