@@ -1,6 +1,7 @@
 //! A receipts stream (`GET /receipts/:channel`) resumes on any node of a
 //! cluster: every node records the same receipt changes under the same
-//! numbers (issue 15, docs/PROTOCOL.md §5.6 and §10).
+//! numbers; and `/admin/connections` counts every node's streams (issue
+//! 15, docs/PROTOCOL.md §5.6, §6 and §10).
 
 use pere_http::sse::SseEvent;
 
@@ -73,4 +74,25 @@ async fn a_receipts_stream_resumes_on_another_node_with_the_same_numbers() {
         .stream("/receipts/orders", &[("Last-Event-ID", &all[0].id)])
         .await;
     assert_eq!(changes(&mut on_2, 5).await, all[1..].to_vec());
+}
+
+#[tokio::test]
+async fn admin_connections_count_every_node_s_streams() {
+    let cluster = Cluster::start(2, &[]).await;
+    let _phone = cluster.subscribe(0, "orders", "phone").await;
+    // Anonymous streams (no device) are in no membership: their node tells
+    // the others how many it holds.
+    let _a = cluster.node(1).stream("/feed/orders", &[]).await;
+    let _b = cluster
+        .node(1)
+        .stream("/feed?channel=orders&channel=news.*", &[])
+        .await;
+    let expected = serde_json::json!({ "news.*": 1, "orders": 3, "total number": 3 });
+    for node in 0..2 {
+        pere_tests::eventually("every node counts every node's streams", || async {
+            let r = cluster.node(node).get("/admin/connections").await;
+            r.json() == expected
+        })
+        .await;
+    }
 }

@@ -15,6 +15,12 @@
 //! somebody listens, and for [`RESUME_GRACE`] after the last listener left
 //! (long enough for a client to reconnect). Channels nobody watches pay one
 //! atomic load per change.
+//!
+//! On a cluster node ([`ClusterClock`]) a change's number comes from the
+//! log entry that made it, every change is numbered (kept or not), and a
+//! channel records while a receipts stream follows it on any node: every
+//! node then keeps the same changes under the same numbers, and a stream
+//! resumes on any of them (docs/PROTOCOL.md §10).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};

@@ -11,7 +11,7 @@ use crate::hub::cluster::wire::ClosedStream;
 use crate::hub::cmd::{
     AckCmd, AckEffect, RemoveMemberCmd, SubscribeCmd, SubscribeEffect, TokenCmd,
 };
-use crate::hub::state::State;
+use crate::hub::state::{NodeStreams, State};
 use crate::hub::{Gap, Hello, Publish, Published};
 use crate::ledger::EventReceipts;
 use crate::name::{ChannelName, DeviceId, Pattern};
@@ -54,6 +54,8 @@ pub(super) enum Command {
     SharedTick,
     /// From a cluster's log: a receipts stream follows the channel.
     Watch(ChannelName),
+    /// From a cluster's log: the streams `node` holds.
+    NodeStreams(Arc<str>, NodeStreams),
     /// An operator's view, read once the batch is applied.
     Read(Read),
 }
@@ -76,6 +78,7 @@ impl Command {
             | Command::NodeGone(_)
             | Command::SharedTick
             | Command::Watch(_)
+            | Command::NodeStreams(..)
             | Command::Read(_) => None,
         }
     }

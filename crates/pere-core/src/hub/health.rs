@@ -173,6 +173,7 @@ impl OnFailure {
             | Command::NodeGone(_)
             | Command::SharedTick
             | Command::Watch(_)
+            | Command::NodeStreams(..)
             | Command::Read(_) => OnFailure::Keep,
         }
     }

@@ -232,16 +232,26 @@ impl State {
     }
 
     fn connections(&self) -> Connections {
+        // Devices' streams on every node are in the replicated members;
+        // other nodes' anonymous streams and totals, in what they last
+        // said (a cluster; nothing on a single node).
+        let (mut anonymous, total_elsewhere) = self.memberships.elsewhere();
         let mut per_subscription: Vec<(Pattern, usize)> = self
             .memberships
             .subs()
-            .map(|(p, sub)| (p.clone(), sub.open_streams()))
-            .filter(|(_, n)| *n > 0)
+            .map(|(p, sub)| {
+                (
+                    p.clone(),
+                    sub.open_streams() + anonymous.remove(p).unwrap_or(0),
+                )
+            })
             .collect();
+        per_subscription.extend(anonymous.into_iter().map(|(p, n)| (p.clone(), n)));
+        per_subscription.retain(|(_, n)| *n > 0);
         per_subscription.sort();
         Connections {
             per_subscription,
-            total: self.memberships.stream_count(),
+            total: self.memberships.stream_count() + total_elsewhere,
         }
     }
 

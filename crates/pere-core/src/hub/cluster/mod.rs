@@ -34,6 +34,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::cmd::{AckCmd, RemoveMemberCmd, SubscribeCmd, TokenCmd};
 use super::command::Command;
+use super::state::NodeStreams;
 use super::writer::process_at;
 use super::{Inner, MAX_BATCH, Publish, Resume, SubscribeRequest};
 use crate::auth::TokenHash;
@@ -138,6 +139,8 @@ pub trait SharedTail: Send {
 /// How often a node tells the others what its streams were written (their
 /// receipts' `delivered` on other nodes lag by this much at most).
 const CURSOR_FLUSH: Duration = Duration::from_millis(50);
+/// Every how many cursor flushes a node tells the others its streams (1 s).
+const STREAMS_EVERY: u64 = 20;
 /// A snapshot that holds the writer up longer than this is worth a warning.
 const SLOW_SNAPSHOT: Duration = Duration::from_millis(250);
 /// How often a node heartbeats, and how long a heartbeat lasts.
@@ -237,6 +240,7 @@ pub(super) async fn writer<S: EventStore>(
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(64);
     let mut shutdown = None;
+    let (mut ticks, mut told) = (0u64, NodeStreams::default());
     let every = log.snapshot_every();
     let mut snap_due = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     snap_due.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -310,6 +314,17 @@ pub(super) async fn writer<S: EventStore>(
                     state.checkpoint_cursors();
                     let watched = state.ledgers.watch_announcements(Timestamp::now());
                     state.outbox.extend(watched.into_iter().map(|channel| Wire::Watch { channel }));
+                    ticks += 1;
+                    if ticks % STREAMS_EVERY == 0 {
+                        // Said while there is anything to say (a node
+                        // that just joined learns it within a second),
+                        // and once when it drops to nothing.
+                        let streams = state.memberships.local_streams();
+                        if streams.total > 0 || streams != told {
+                            told = streams.clone();
+                            state.outbox.push(Wire::Streams { streams });
+                        }
+                    }
                 }
                 submit(&inner, &*log, Vec::new(), &mut pending).await;
             }
@@ -766,6 +781,7 @@ fn from_wire(w: Wire, node: &Arc<str>) -> Command {
         Wire::Tick => Command::SharedTick,
         Wire::NodeGone { node } => Command::NodeGone(Arc::from(node.as_str())),
         Wire::Watch { channel } => Command::Watch(channel),
+        Wire::Streams { streams } => Command::NodeStreams(node.clone(), streams),
     }
 }
 

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::{Grants, TokenHash};
 use crate::event::{EventId, Timestamp};
+use crate::hub::state::NodeStreams;
 use crate::name::{ChannelName, DeviceId, EventType, Pattern};
 
 /// One command of a log entry.
@@ -82,6 +83,11 @@ pub(in crate::hub) enum Wire {
     /// A receipts stream on the entry's node follows `channel`: every node
     /// records its changes for a while (said again while it does).
     Watch { channel: ChannelName },
+    /// The entry's node's streams, for the operator's views.
+    Streams {
+        #[serde(flatten)]
+        streams: NodeStreams,
+    },
 }
 
 /// A stream's end, as every node applies it.
@@ -169,6 +175,18 @@ mod tests {
             .into_wire(),
             Wire::Tick,
             Wire::NodeGone { node: "n1".into() },
+            Wire::Watch {
+                channel: ChannelName::new("orders").unwrap(),
+            },
+            Wire::Streams {
+                streams: NodeStreams {
+                    anonymous: vec![(Pattern::new("a.*").unwrap(), 3)],
+                    total: 5,
+                },
+            },
+            Wire::Streams {
+                streams: NodeStreams::default(),
+            },
         ];
         assert_eq!(decode(&encode(&wires)).unwrap(), wires);
         assert!(decode(b"[{\"t\":\"unheard_of\"}]").is_err());

@@ -92,6 +92,12 @@ impl State {
                     .watch(&channel, now.plus(crate::receipt_log::RESUME_GRACE));
                 Effect::None
             }
+            Command::NodeStreams(node, streams) => {
+                if node != self.node {
+                    self.memberships.set_others(&node, Some(streams));
+                }
+                Effect::None
+            }
             Command::NodeGone(node) => {
                 self.node_gone(&node, now);
                 records.append(&mut self.deferred);

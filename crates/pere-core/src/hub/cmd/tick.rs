@@ -110,6 +110,7 @@ impl State {
     /// `node` is gone (it stopped heartbeating): none of its streams is
     /// open any more.
     pub(in crate::hub) fn node_gone(&mut self, node: &Arc<str>, now: Timestamp) {
+        self.memberships.set_others(node, None);
         for (subscription, device) in self.memberships.detach_node(node, now) {
             self.deferred.push(Record::Presence {
                 subscription,

@@ -79,6 +79,20 @@ pub(in crate::hub) struct Memberships {
     delivered_closed: u64,
     /// Counted redeliveries of streams that closed.
     redelivered_closed: u64,
+    /// The streams other nodes of a cluster last said they hold (what the
+    /// replicated members do not tell: anonymous streams, and how many
+    /// streams in all).
+    others: HashMap<Arc<str>, NodeStreams>,
+}
+
+/// A node's streams as it tells its cluster: anonymous ones per
+/// subscription, and the number of streams in all.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(in crate::hub) struct NodeStreams {
+    /// By pattern, those with any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(in crate::hub) anonymous: Vec<(Pattern, u32)>,
+    pub(in crate::hub) total: u32,
 }
 
 impl Memberships {
@@ -171,6 +185,51 @@ impl Memberships {
         self.subs
             .get_mut(pattern)
             .and_then(|sub| sub.members.get_mut(device).map(|m| &mut **m))
+    }
+
+    /// This node's streams, to tell the others.
+    pub(in crate::hub) fn local_streams(&self) -> NodeStreams {
+        let mut anonymous: Vec<(Pattern, u32)> = self
+            .subs
+            .iter()
+            .filter(|(_, sub)| !sub.anonymous.is_empty())
+            .map(|(p, sub)| {
+                (
+                    p.clone(),
+                    u32::try_from(sub.anonymous.len()).unwrap_or(u32::MAX),
+                )
+            })
+            .collect();
+        anonymous.sort_unstable_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        NodeStreams {
+            anonymous,
+            total: u32::try_from(self.streams.len()).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// What another node said of its streams (`None`: it is gone).
+    pub(in crate::hub) fn set_others(&mut self, node: &Arc<str>, streams: Option<NodeStreams>) {
+        match streams {
+            Some(streams) => {
+                self.others.insert(node.clone(), streams);
+            }
+            None => {
+                self.others.remove(node);
+            }
+        }
+    }
+
+    /// The other nodes' streams: anonymous ones by pattern, and the total.
+    pub(in crate::hub) fn elsewhere(&self) -> (HashMap<&Pattern, usize>, usize) {
+        let mut anonymous: HashMap<&Pattern, usize> = HashMap::new();
+        let mut total = 0;
+        for streams in self.others.values() {
+            total += streams.total as usize;
+            for (p, n) in &streams.anonymous {
+                *anonymous.entry(p).or_default() += *n as usize;
+            }
+        }
+        (anonymous, total)
     }
 
     /// Drops subscriptions nobody is in any more (and so their wildcards).
