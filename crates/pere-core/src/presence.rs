@@ -52,6 +52,11 @@ pub struct StreamShared {
     /// Whether `allowed` applies: the fast path of every delivery is this
     /// one load.
     restricted: AtomicBool,
+    /// Whether its writes mark the device's receipts themselves (a single
+    /// node); a cluster node's are marked through the log (see
+    /// `Subscription::delivered`). Here rather than in the subscription,
+    /// where it cost every idle stream 8 bytes: this record has room.
+    pub(crate) marks: bool,
     /// When the stream's token lost some grants: only channels matching one
     /// of these patterns are still delivered. Written by the writer task,
     /// read on delivery.
@@ -77,6 +82,7 @@ impl StreamShared {
             enqueued_upto: AtomicU64::new(0),
             revoked: AtomicBool::new(false),
             restricted: AtomicBool::new(false),
+            marks: true,
             allowed: Mutex::new(None),
             queue: DeliveryQueue::new(capacity, max_bytes),
             farewell: Mutex::new(None),

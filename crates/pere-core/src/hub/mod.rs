@@ -407,12 +407,14 @@ impl<S: EventStore> Hub<S> {
             });
         }
         let id = self.inner.next_stream.fetch_add(1, Ordering::Relaxed);
-        let shared = Arc::new(StreamShared::new(
+        let mut shared = StreamShared::new(
             id,
             req.device.clone(),
             self.inner.config.queue_capacity,
             self.inner.config.queue_bytes,
-        ));
+        );
+        shared.marks = !self.inner.cluster;
+        let shared = Arc::new(shared);
         let rx = StreamRx::new(shared.clone());
         // The guard exists before the writer hears of the stream, so the
         // stream is unregistered however this future or its result ends.
@@ -441,7 +443,6 @@ impl<S: EventStore> Hub<S> {
             self.inner.metrics.gaps.fetch_add(1, Ordering::Relaxed);
         }
         Ok(Subscription {
-            marks: !self.inner.cluster,
             metrics: self.inner.metrics.clone(),
             hello: plan.hello,
             gap: plan.gap,

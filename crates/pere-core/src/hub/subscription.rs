@@ -51,12 +51,6 @@ pub struct Subscription {
     pub(super) rx: StreamRx,
     pub(super) shared: Arc<StreamShared>,
     pub(super) device: Option<DeviceId>,
-    /// Whether a write marks the device's receipt itself. A single node's
-    /// do; a cluster node's do not: every node, this one included, marks
-    /// them when the stream's cursor comes back through the log, so every
-    /// node records the same receipt changes in the same order (a receipts
-    /// stream resumes on any node: docs/PROTOCOL.md §10).
-    pub(super) marks: bool,
     /// Where the publish → delivered latency goes.
     pub(super) metrics: Arc<HubMetrics>,
     pub(super) _guard: StreamGuard,
@@ -104,7 +98,12 @@ impl Subscription {
         let id = receipts.id();
         let shared = &self.shared;
         if let Some(device) = &self.device {
-            let mark = if !self.marks {
+            // A single node's writes mark the device's receipt; a cluster
+            // node's do not: every node, this one included, marks them
+            // when the stream's cursor comes back through the log, so every
+            // node records the same receipt changes in the same order (a
+            // receipts stream resumes on any node: docs/PROTOCOL.md §10).
+            let mark = if !shared.marks {
                 // For this node's measurements only.
                 match receipts.delivered_to(device, slot) {
                     true => Mark::Again,
