@@ -230,18 +230,23 @@ impl Drop for EventReceipts {
 /// joiners resolved through the index).
 pub const NO_SLOT: u32 = u32::MAX;
 
+/// The estimate [`EventReceipts::wire_size`] returns for `event`: SSE
+/// writes a `data: ` prefix and a line end per payload line.
+fn wire_size_of(event: &Event) -> usize {
+    let breaks = event
+        .payload
+        .iter()
+        .filter(|&&b| b == b'\n' || b == b'\r')
+        .count();
+    event.payload.len() + 7 * (breaks + 1) + WIRE_OVERHEAD
+}
+
 impl EventReceipts {
     /// Receipts for `event` with `audience` (sorted or not; duplicates are the
     /// caller's bug) all pending.
     pub fn new(event: Arc<Event>, audience: Arc<[DeviceId]>, watchers: Arc<ReceiptLog>) -> Self {
         let n = audience.len();
-        // SSE writes a `data: ` prefix and a line end per payload line.
-        let breaks = event
-            .payload
-            .iter()
-            .filter(|&&b| b == b'\n' || b == b'\r')
-            .count();
-        let wire_size = event.payload.len() + 7 * (breaks + 1) + WIRE_OVERHEAD;
+        let wire_size = wire_size_of(&event);
         watchers
             .metrics()
             .add_unacked(i64::try_from(n).unwrap_or(i64::MAX));

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use super::{Ack, EventReceipts, Slow, WIRE_OVERHEAD, lock};
+use super::{Ack, EventReceipts, Slow, lock, wire_size_of};
 use crate::event::{Event, Timestamp};
 use crate::name::DeviceId;
 use crate::receipt_log::ReceiptLog;
@@ -205,12 +205,6 @@ impl EventReceipts {
             )
             .collect();
         let unacked = slots - acks.len();
-        // The same estimate as `new`, from the same payload.
-        let breaks = event
-            .payload
-            .iter()
-            .filter(|&&b| b == b'\n' || b == b'\r')
-            .count();
         watchers
             .metrics()
             .add_unacked(i64::try_from(unacked).unwrap_or(i64::MAX));
@@ -230,7 +224,7 @@ impl EventReceipts {
                 .collect()
         });
         Ok(Self {
-            wire_size: event.payload.len() + 7 * (breaks + 1) + WIRE_OVERHEAD,
+            wire_size: wire_size_of(&event),
             event,
             delivered_at: delivered
                 .into_iter()

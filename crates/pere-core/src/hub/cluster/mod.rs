@@ -139,7 +139,8 @@ pub trait SharedTail: Send {
 /// How often a node tells the others what its streams were written (their
 /// receipts' `delivered` on other nodes lag by this much at most).
 const CURSOR_FLUSH: Duration = Duration::from_millis(50);
-/// Every how many cursor flushes a node tells the others its streams (1 s).
+/// Every how many cursor flushes a node tells the others its streams and
+/// renews its receipts streams' windows (1 s).
 const STREAMS_EVERY: u64 = 20;
 /// A snapshot that holds the writer up longer than this is worth a warning.
 const SLOW_SNAPSHOT: Duration = Duration::from_millis(250);
@@ -312,10 +313,13 @@ pub(super) async fn writer<S: EventStore>(
                 {
                     let mut state = inner.state();
                     state.checkpoint_cursors();
-                    let watched = state.ledgers.watch_announcements(Timestamp::now());
-                    state.outbox.extend(watched.into_iter().map(|channel| Wire::Watch { channel }));
                     ticks += 1;
                     if ticks % STREAMS_EVERY == 0 {
+                        // Renewals of receipts streams' windows (due 30 s
+                        // before they end; a new stream says so at once):
+                        // a pass over every channel, once a second.
+                        let watched = state.ledgers.watch_announcements(Timestamp::now());
+                        state.outbox.extend(watched.into_iter().map(|channel| Wire::Watch { channel }));
                         // Said while there is anything to say (a node
                         // that just joined learns it within a second),
                         // and once when it drops to nothing.
