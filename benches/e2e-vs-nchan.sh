@@ -131,7 +131,11 @@ run_load() {
     channel="$RUN_ID$name"
     per_device=$((events / channels))
     [ "$rate" != "-" ] && rate_args=(--rate "$rate")
-    [ "$ack" = 1 ] && ack_args=(--ack)
+    case "$ack" in
+        1) ack_args=(--ack) ;;
+        e) ack_args=(--ack-each --ack-connections 16) ;;
+        p) ack_args=(--ack-each --ack-connections 16 --ack-pipeline 64) ;;
+    esac
     log "$name on $server: $devices devices, $channels channels, $events events ${rate_args[*]} ${ack_args[*]}"
     local fifo="$OUT/$name.$server.fifo"
     rm -f "$fifo"; mkfifo "$fifo"
@@ -202,7 +206,10 @@ run_idle() {
 
 # --- the cases -----------------------------------------------------------------
 
-# name devices channels events rate ack
+# name devices channels events rate ack (0: none; 1: --ack, JSON arrays;
+# e: one receipt per request over 16 connections; p: the same, pipelined 64
+# deep). dlv1k20 is rcpt1k's load without receipts: what the receipts cost is
+# the difference.
 declare -A CASE=(
     [fan1k]="1000 1 2000 - 0"
     [fan10k]="10000 1 1000 - 0"
@@ -211,6 +218,9 @@ declare -A CASE=(
     [rate10k50]="10000 1 500 50 0"
     [acks1k]="1000 1 2000 - 1"
     [acks1k20]="1000 1 400 20 1"
+    [dlv1k20]="1000 1 300 20 0"
+    [rcpt1k]="1000 1 300 20 e"
+    [rcpt1kp]="1000 1 300 20 p"
 )
 declare -A TITLE=(
     [fan1k]="1 channel x 1,000 subscribers, 2,000 events"
@@ -220,6 +230,9 @@ declare -A TITLE=(
     [rate10k50]="10,000 subscribers x 50 events/s, 500 events"
     [acks1k]="1,000 devices acking, 2,000 events (PERE only)"
     [acks1k20]="1,000 devices acking, 20 events/s, 400 events (PERE only)"
+    [dlv1k20]="1,000 devices, 20 events/s, 300 events, no receipts"
+    [rcpt1k]="1,000 devices, one receipt per request, 20 events/s, 300 events (PERE only)"
+    [rcpt1kp]="1,000 devices, one receipt per request pipelined, 20 events/s, 300 events (PERE only)"
     [idle]="${IDLE_STREAMS} idle streams"
 )
 
@@ -235,7 +248,7 @@ for server in "${servers[@]}"; do
             run_idle "$server"
         elif [ -n "${CASE[$name]:-}" ]; then
             read -r devices channels events rate ack <<<"${CASE[$name]}"
-            if [ "$ack" = 1 ] && [ "$server" = nchan ]; then continue; fi
+            if [ "$ack" != 0 ] && [ "$server" = nchan ]; then continue; fi
             run_load "$server" "$name" "$devices" "$channels" "$events" "$rate" "$ack"
         fi
         sleep 1
@@ -257,6 +270,9 @@ titles = {
     "rate10k50": "10,000 subs x 50 ev/s, 500 events",
     "acks1k": "1,000 devices acking, 2,000 events",
     "acks1k20": "1,000 devices acking, 20 ev/s, 400 events",
+    "dlv1k20": "1,000 devices, 20 ev/s, 300 events, no receipts",
+    "rcpt1k": "1,000 devices, 1 receipt per request x 16 conns, 20 ev/s, 300 events",
+    "rcpt1kp": "the same, requests pipelined 64 deep",
     "idle": "10,000 idle streams",
 }
 def load(name, server, kind):
@@ -320,6 +336,10 @@ for name in cases:
     if p and p["rcpt"]:
         rc = p["rcpt"]
         rows.append(f"| | receipts: acked, /s wall, /server CPU-s, p99 all-acked | {rc['acked']:,}, {fmt(rc['per_second'])}/s, {fmt(rc['acked'] / p['cpu'])}/CPU-s, {fmt(rc['all_acked_us']['p99'] / 1000, ' ms')} | - | |")
+        base = load("dlv1k20", "pere", "cpu")
+        if name.startswith("rcpt") and base and p["cpu"] > float(base):
+            net = p["cpu"] - float(base)
+            rows.append(f"| | receipts per CPU-s beyond the deliveries (CPU minus dlv1k20's {float(base):.2f} s) | {fmt(rc['acked'] / net)}/CPU-s ({1e6 * net / max(rc['acked'], 1):.1f} us each) | - | |")
 with open(f"{out}/loadavg") as f:
     la = f.read().split()
 print(f"load average: start {' '.join(la[1:4])}, end {' '.join(la[5:8])}")

@@ -103,26 +103,30 @@ async fn devices_acking_one_request_per_event_count_every_receipt_too() {
     load_run(10, 30, "--ack-each", "2").await;
 }
 
-/// `devices_n` acking devices (`ack`: `--ack` or `--ack-each`) and
-/// `events_n` events from `publishers` publishers; checks both reports.
+#[tokio::test]
+async fn devices_pipelining_their_receipts_count_every_receipt_too() {
+    load_run(10, 30, "--ack-each --ack-pipeline 8", "2").await;
+}
+
+/// `devices_n` acking devices (`ack`: `--ack` or `--ack-each`, with its
+/// options) and `events_n` events from `publishers` publishers; checks both
+/// reports.
 async fn load_run(devices_n: u64, events_n: u64, ack: &str, publishers: &str) {
     let (_server, addr) = server_process().await;
 
     let (devices, count) = (devices_n.to_string(), events_n.to_string());
-    let mut sub = spawn(
-        "pere-sub",
-        &[
-            &addr,
-            "loadtest",
-            "--devices",
-            &devices,
-            ack,
-            "--count",
-            &count,
-            "--duration",
-            "50s",
-        ],
-    );
+    let mut args = vec![
+        addr.as_str(),
+        "loadtest",
+        "--devices",
+        &devices,
+        "--count",
+        &count,
+        "--duration",
+        "50s",
+    ];
+    args.extend(ack.split(' '));
+    let mut sub = spawn("pere-sub", &args);
     // Publishing before every stream is open would be loss by design.
     stderr_until(&mut sub, "devices ready (").await;
     let publisher = spawn(
@@ -310,6 +314,7 @@ async fn resuming_devices_get_what_was_published_while_they_were_away() {
         duration: Some(Duration::from_secs(30)),
         ack: None,
         ack_connections: None,
+        ack_pipeline: 1,
         status: "ok".into(),
         device_prefix: "res".into(),
         connect_concurrency: 8,

@@ -91,6 +91,9 @@ pub struct Args {
     /// load mode: receipts go over this many keep-alive connections, shared by the devices (default: one per device; fewer saves open files with many devices)
     #[argh(option)]
     pub ack_connections: Option<u32>,
+    /// load mode, with --ack-each: write up to N receipt requests at once on each receipt connection before reading their answers (HTTP/1.1 pipelining, as a gateway forwarding many devices' receipts would; default 1, one at a time)
+    #[argh(option)]
+    pub ack_pipeline: Option<u32>,
     /// load mode: stop after this long (default: once every device got --count events)
     #[argh(option)]
     pub duration: Option<String>,

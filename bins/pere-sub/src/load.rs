@@ -55,6 +55,9 @@ fn resolve(args: Args) -> Result<Config, String> {
     if args.ack_connections == Some(0) || (args.ack_connections.is_some() && ack.is_none()) {
         return Err("--ack-connections needs --ack or --ack-each, and at least 1".into());
     }
+    if args.ack_pipeline == Some(0) || (args.ack_pipeline.is_some() && ack != Some(AckMode::Each)) {
+        return Err("--ack-pipeline needs --ack-each, and at least 1".into());
+    }
     if args.nchan && ack.is_some() {
         return Err("nchan has no receipts: --ack and --ack-each need PERE".into());
     }
@@ -107,6 +110,7 @@ fn resolve(args: Args) -> Result<Config, String> {
         duration,
         ack,
         ack_connections: args.ack_connections,
+        ack_pipeline: args.ack_pipeline.unwrap_or(1),
         status: args.status.unwrap_or_else(|| "ok".into()),
         device_prefix: format!("load{}", std::process::id()),
         connect_concurrency: 256,
@@ -192,6 +196,17 @@ mod tests {
         let c = resolve_args(&["--devices", "10", "--duration", "2s", "--nchan"]).unwrap();
         assert_eq!(c.flavor, Flavor::Nchan);
         assert_eq!(c.duration, Some(Duration::from_secs(2)));
+        let c = resolve_args(&[
+            "--devices",
+            "10",
+            "--count",
+            "5",
+            "--ack-each",
+            "--ack-pipeline",
+            "16",
+        ])
+        .unwrap();
+        assert_eq!((c.ack, c.ack_pipeline), (Some(AckMode::Each), 16));
         for bad in [
             &["--devices", "0", "--count", "1"][..],
             &["--devices", "10"],
@@ -199,6 +214,24 @@ mod tests {
             &["--devices", "10", "--count", "1", "--nchan", "--ack"],
             &["--devices", "10", "--count", "1", "--channels", "11"],
             &["--devices", "10", "--count", "1", "--json"],
+            &[
+                "--devices",
+                "10",
+                "--count",
+                "1",
+                "--ack",
+                "--ack-pipeline",
+                "4",
+            ],
+            &[
+                "--devices",
+                "10",
+                "--count",
+                "1",
+                "--ack-each",
+                "--ack-pipeline",
+                "0",
+            ],
         ] {
             assert!(resolve_args(bad).is_err(), "{bad:?} must be refused");
         }

@@ -40,6 +40,7 @@
 mod acks;
 mod device;
 mod missing;
+mod pipeline;
 mod report;
 #[cfg(test)]
 mod tests;
@@ -97,6 +98,10 @@ pub struct Config {
     pub ack: Option<AckMode>,
     /// Receipt connections (default: one per device).
     pub ack_connections: Option<u32>,
+    /// With [`AckMode::Each`]: receipt requests written at once on each
+    /// receipt connection before their answers are read (HTTP/1.1
+    /// pipelining); 1 sends one at a time.
+    pub ack_pipeline: u32,
     /// Receipt status.
     pub status: String,
     /// Device ids are `<prefix>-<n>`.
