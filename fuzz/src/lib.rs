@@ -9,11 +9,13 @@
 //! Each function takes raw bytes, cuts them into fields with [`Input`] (no
 //! `arbitrary` crate, so a saved input means the same thing everywhere),
 //! panics when a property fails, and must not panic otherwise. Most live
-//! here; `segment_scan` has its own file.
+//! here; `segment_scan` and `receipt_request` have their own files.
 
 use std::borrow::Cow;
 
+mod receipt_request;
 mod segment_scan;
+pub use receipt_request::receipt_request;
 pub use segment_scan::segment_scan;
 
 use bytes::BytesMut;

@@ -24,6 +24,7 @@ mod load;
 mod metrics;
 mod overdue;
 mod pere_compat;
+mod pipelined_receipts;
 mod protocol_doc;
 mod publish;
 mod receipts;

@@ -60,6 +60,11 @@ fn router_inputs_pass() {
 }
 
 #[test]
+fn receipt_request_inputs_pass() {
+    assert!(replay("receipt_request", checks::receipt_request) > 0);
+}
+
+#[test]
 fn feed_head_inputs_pass() {
     assert!(replay("feed_head", checks::feed_head) > 0);
 }
@@ -86,12 +91,14 @@ fn checks_hold_on_simple_inputs() {
         b"\x01\0/push/a",
         b"\0\x03/feed/a?device=x&lastEventId=5\xffdev-1\xff42",
         b"GET /feed/a HTTP/1.1\r\ndevice: d\r\n\r\n",
+        b"POST /feedback/a HTTP/1.1\r\ndevice: d\r\nContent-Length: 2\r\n\r\n{}",
     ] {
         checks::sse_decoder(data);
         checks::names(data);
         checks::feedback_body(data);
         checks::router(data);
         checks::feed_head(data);
+        checks::receipt_request(data);
         checks::record_codec(data);
         checks::segment_scan(data);
     }

@@ -246,18 +246,18 @@ pub(crate) async fn exchange(
         None => slot.insert(open(server, source).await?),
     };
     let exchange = async {
-        conn.sender.ready().await.map_err(|e| e.to_string())?;
+        conn.sender.ready().await.map_err(|e| with_causes(&e))?;
         let resp = conn
             .sender
             .send_request(req)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| with_causes(&e))?;
         let status = resp.status();
         let body = resp
             .into_body()
             .collect()
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| with_causes(&e))?
             .to_bytes();
         Ok::<_, String>((status, body))
     };
@@ -272,6 +272,19 @@ pub(crate) async fn exchange(
             Err("no answer within 30 s".into())
         }
     }
+}
+
+/// An error with its causes: hyper's say only "connection error", and
+/// what the socket said is in the source.
+fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// `status {status}: {the body's first 200 bytes}`, for a refused request.

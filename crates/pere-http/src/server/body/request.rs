@@ -37,9 +37,12 @@ impl Leftover {
 
 /// A request's body as handlers read it: hyper's, except that if the
 /// handler drops it unfinished it goes back to the connection (see the
-/// module docs) instead of being dropped.
+/// module docs) instead of being dropped; or, for a request the server
+/// read itself (`server::conn::posts`), the whole body at once.
 pub(crate) struct RequestBody {
     inner: Option<Incoming>,
+    /// A body read whole with its head, not yet taken.
+    whole: Option<Bytes>,
     /// `None` for a request without a body.
     leftover: Option<Leftover>,
     polled: bool,
@@ -52,7 +55,26 @@ impl RequestBody {
         let empty = body.is_end_stream();
         Self {
             inner: Some(body),
+            whole: None,
             leftover: (!empty).then(|| leftover.clone()),
+            polled: false,
+            ended: empty,
+        }
+    }
+
+    /// The body read whole, for a request made with [`Self::whole`] and
+    /// not read yet.
+    pub(crate) fn whole_bytes(&self) -> Option<&Bytes> {
+        self.whole.as_ref()
+    }
+
+    /// A body already read whole.
+    pub(crate) fn whole(body: Bytes) -> Self {
+        let empty = body.is_empty();
+        Self {
+            inner: None,
+            whole: (!empty).then_some(body),
+            leftover: None,
             polled: false,
             ended: empty,
         }
@@ -69,7 +91,11 @@ impl http_body::Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         this.polled = true;
+        if let Some(whole) = this.whole.take() {
+            return Poll::Ready(Some(Ok(Frame::data(whole))));
+        }
         let Some(body) = this.inner.as_mut() else {
+            this.ended = true;
             return Poll::Ready(None);
         };
         let frame = Pin::new(body).poll_frame(cx);
@@ -80,10 +106,14 @@ impl http_body::Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended || self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+        self.ended
+            || (self.whole.is_none() && self.inner.as_ref().is_none_or(|b| b.is_end_stream()))
     }
 
     fn size_hint(&self) -> SizeHint {
+        if let Some(whole) = &self.whole {
+            return SizeHint::with_exact(whole.len() as u64);
+        }
         self.inner
             .as_ref()
             .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())

@@ -338,20 +338,9 @@ pub(crate) fn parse_feed_head(bytes: &[u8]) -> Option<FeedHead> {
     let Ok(Route::Feed(channel)) = router::route(&Method::GET, uri.path()) else {
         return None;
     };
-    let mut map = HeaderMap::with_capacity(parsed.headers.len());
-    for h in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
-        let value = HeaderValue::from_bytes(h.value).ok()?;
-        let plain = match name {
-            header::CONTENT_LENGTH => value.as_bytes() == b"0",
-            header::CONNECTION => value.as_bytes().eq_ignore_ascii_case(b"keep-alive"),
-            header::TRANSFER_ENCODING | header::EXPECT | header::UPGRADE => false,
-            _ => true,
-        };
-        if !plain {
-            return None;
-        }
-        map.append(name, value);
+    let (map, length) = plain_headers(parsed.headers)?;
+    if length.is_some_and(|l| l != 0) {
+        return None;
     }
     let mut request = Request::new(());
     *request.method_mut() = Method::GET;
@@ -363,6 +352,42 @@ pub(crate) fn parse_feed_head(bytes: &[u8]) -> Option<FeedHead> {
         channel,
         len,
     })
+}
+
+/// The headers of a head served outside hyper, and its `Content-Length`;
+/// `None` when hyper must take the request: a header hyper would refuse,
+/// a body framed otherwise or twice, `Expect`, `Upgrade`, or a `Connection`
+/// other than `keep-alive`.
+pub(super) fn plain_headers(
+    headers: &[httparse::Header<'_>],
+) -> Option<(HeaderMap, Option<usize>)> {
+    let mut map = HeaderMap::with_capacity(headers.len());
+    let mut length = None;
+    for h in headers {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        let value = HeaderValue::from_bytes(h.value).ok()?;
+        match name {
+            header::CONTENT_LENGTH => {
+                // Digits only, as hyper reads it, and once.
+                let digits = value.as_bytes();
+                if length.is_some()
+                    || digits.is_empty()
+                    || digits.len() > 12
+                    || !digits.iter().all(u8::is_ascii_digit)
+                {
+                    return None;
+                }
+                length = std::str::from_utf8(digits).ok()?.parse().ok();
+            }
+            header::CONNECTION if !value.as_bytes().eq_ignore_ascii_case(b"keep-alive") => {
+                return None;
+            }
+            header::TRANSFER_ENCODING | header::EXPECT | header::UPGRADE => return None,
+            _ => {}
+        }
+        map.append(name, value);
+    }
+    Some((map, length))
 }
 
 #[cfg(test)]

@@ -4,6 +4,8 @@
 //! own answer to a head it could not parse). Both take their status,
 //! headers and body from the same [`error_response`] as every handler.
 
+use std::io::Write as _;
+
 use hyper::header::{CONNECTION, HeaderValue};
 
 use crate::error::ApiError;
@@ -58,14 +60,30 @@ pub(super) fn head_bytes(parts: &hyper::http::response::Parts, framing: Framing)
     }
     match framing {
         Framing::Length(len) => {
-            out.extend_from_slice(format!("content-length: {len}\r\n").as_bytes());
+            let _ = write!(out, "content-length: {len}\r\n");
         }
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     out.extend_from_slice(b"date: ");
-    out.extend_from_slice(http_date(time::OffsetDateTime::now_utc()).as_bytes());
+    DATE.with_borrow_mut(|(second, text)| {
+        // Made once a second, as hyper makes its own: every answer of a
+        // busy connection carries it.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if *second != now || text.is_empty() {
+            *second = now;
+            *text = http_date(time::OffsetDateTime::now_utc());
+        }
+        out.extend_from_slice(text.as_bytes());
+    });
     out.extend_from_slice(b"\r\n\r\n");
     out
+}
+
+thread_local! {
+    /// The `date` of this second, and the second it is of.
+    static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) };
 }
 
 /// An IMF-fixdate (RFC 9110 §5.6.7), as hyper's `date` header.

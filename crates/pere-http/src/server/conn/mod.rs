@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 pub(crate) mod direct;
 mod head;
+pub(crate) mod posts;
 mod request;
 mod stall;
 mod watch;
@@ -45,7 +46,8 @@ pub(super) struct Connection<S: EventStore> {
 
 impl<S: EventStore> Connection<S> {
     /// Serves the connection: its first request here if it is an event
-    /// stream (see [`direct`]), everything else through hyper.
+    /// stream (see [`direct`]), receipts here while they come whole (see
+    /// [`posts`]), everything else through hyper.
     pub(super) async fn serve(mut self, stream: TcpStream) {
         // Each step is boxed: the task itself then holds only what every
         // step needs, not the largest step's state for the connection's
@@ -71,6 +73,18 @@ impl<S: EventStore> Connection<S> {
                 direct::Outcome::Answered(stream) => (stream, true),
                 direct::Outcome::Closed => return,
             };
+        let (stream, http1_only) = match Box::pin(posts::serve(
+            stream,
+            &self.app,
+            self.limits,
+            &mut self.closing,
+        ))
+        .await
+        {
+            posts::Served::NotOurs(stream) => (stream, http1_only),
+            posts::Served::Handed(stream) => (stream, true),
+            posts::Served::Closed => return,
+        };
         Box::pin(self.serve_hyper(Socket::Plain(stream), http1_only)).await;
     }
 

@@ -5,9 +5,12 @@
 //! (subscriber.rb) header; a JSON object `{"id","status"}`; or a JSON array
 //! of such objects for a batch.
 
+use std::borrow::Cow;
+use std::io::Write as _;
+
 use hyper::header::CONTENT_TYPE;
 use hyper::{Request, Response, StatusCode};
-use pere_core::{Acked, EventId, EventStore, MAX_STATUS_LEN, Pattern};
+use pere_core::{Acked, DeviceId, EventId, EventStore, MAX_STATUS_LEN, Pattern};
 use serde_json::Value;
 
 use super::auth::Caller;
@@ -17,7 +20,7 @@ use crate::error::{ApiError, escape};
 use crate::server::app::App;
 use crate::server::body::Body;
 use crate::server::body::RequestBody;
-use crate::server::response::json;
+use crate::server::response::{json, json_raw};
 use crate::server::router::parse_query;
 
 /// Largest receipt body, in bytes (room for a batch of thousands).
@@ -36,6 +39,15 @@ struct RawReceipt {
     status: Option<String>,
 }
 
+/// A receipt object whose fields are strings (or null, or missing).
+#[derive(serde::Deserialize)]
+struct PlainReceipt<'a> {
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    status: Option<Cow<'a, str>>,
+}
+
 /// What a feedback body holds. A batch keeps a malformed item as its own
 /// error so that it does not void the others.
 #[derive(Debug, PartialEq, Eq)]
@@ -44,12 +56,41 @@ enum Parsed {
     Batch(Vec<Result<RawReceipt, (Option<String>, ApiError)>>),
 }
 
+/// One receipt, checked, for the hub.
+type Item = (Pattern, DeviceId, EventId, String);
+
+/// A receipt request read and checked, its receipts not yet recorded.
+pub(crate) enum Read {
+    /// A single receipt: its answer is the receipt's state, or its error.
+    One(Item),
+    /// A JSON array: one answer per item, in order. `results` holds each
+    /// item's error, or `None` for the next of `valid`.
+    Batch {
+        results: Vec<Option<Value>>,
+        ids: Vec<Option<String>>,
+        valid: Vec<Item>,
+    },
+}
+
 pub async fn feedback<S: EventStore>(
     app: &App<S>,
     req: Request<RequestBody>,
     channel: &str,
     caller: &Caller,
 ) -> Result<Response<Body>, ApiError> {
+    let read = read(app, req, channel, caller).await?;
+    let acked = app.hub.ack_batch(items([&read])).await;
+    answer(read, &mut acked.into_iter())
+}
+
+/// Everything a receipt request asks before the hub records it: the grant,
+/// the device, the body and each receipt's id and status.
+pub(crate) async fn read<S: EventStore>(
+    app: &App<S>,
+    req: Request<RequestBody>,
+    channel: &str,
+    caller: &Caller,
+) -> Result<Read, ApiError> {
     let subscription = Pattern::new(channel)?;
     // A receipt is a subscriber's act: it needs the subscribe grant, and
     // it is the token's subject that acknowledges.
@@ -75,11 +116,10 @@ pub async fn feedback<S: EventStore>(
         .flatten()
         .is_some_and(is_json_type);
     let body = read_body(req, MAX_FEEDBACK_BODY, app.config.body_read_timeout).await?;
-    match parse_body(body_text(&body)?, is_json)? {
+    Ok(match parse_body(body_text(&body)?, is_json)? {
         Parsed::One(raw) => {
             let (id, status) = validate(&with_header_id(raw, header_id))?;
-            let acked = app.hub.ack(&subscription, &device, id, &status).await?;
-            Ok(json(StatusCode::OK, acked_json(&acked)))
+            Read::One((subscription, device, id, status))
         }
         Parsed::Batch(items) => {
             let mut results: Vec<Option<Value>> = Vec::with_capacity(items.len());
@@ -102,7 +142,41 @@ pub async fn feedback<S: EventStore>(
                     }
                 }
             }
-            let mut acked = app.hub.ack_batch(valid).await.into_iter();
+            Read::Batch {
+                results,
+                ids,
+                valid,
+            }
+        }
+    })
+}
+
+/// The receipts of `reads`, in order, for one [`pere_core::Hub::ack_batch`]:
+/// requests read together share one trip to the hub's writer.
+pub(crate) fn items<'a>(reads: impl IntoIterator<Item = &'a Read>) -> Vec<Item> {
+    let mut items = Vec::new();
+    for read in reads {
+        match read {
+            Read::One(item) => items.push(item.clone()),
+            Read::Batch { valid, .. } => items.extend(valid.iter().cloned()),
+        }
+    }
+    items
+}
+
+/// The answer to `read`, taking its receipts' outcomes from `acked` (the
+/// hub's results for [`items`], in order).
+pub(crate) fn answer(
+    read: Read,
+    acked: &mut impl Iterator<Item = pere_core::Result<Acked>>,
+) -> Result<Response<Body>, ApiError> {
+    match read {
+        Read::One(_) => match acked.next() {
+            Some(Ok(a)) => Ok(json_raw(StatusCode::OK, acked_text(&a))),
+            Some(Err(e)) => Err(e.into()),
+            None => Err(ApiError::shutting_down()),
+        },
+        Read::Batch { results, ids, .. } => {
             let out: Vec<Value> = results
                 .into_iter()
                 .zip(&ids)
@@ -176,6 +250,16 @@ fn acked_json(a: &Acked) -> Value {
     })
 }
 
+/// [`acked_json`] as text, without building the JSON value: the answer to
+/// every single receipt.
+fn acked_text(a: &Acked) -> String {
+    let mut out = Vec::with_capacity(48 + a.device.as_str().len());
+    let _ = write!(out, "{{\"id\":\"{}\",\"device\":", a.id);
+    let _ = serde_json::to_writer(&mut out, a.device.as_str());
+    let _ = write!(out, ",\"state\":\"{}\"}}", a.state.as_str());
+    String::from_utf8(out).unwrap_or_else(|_| acked_json(a).to_string())
+}
+
 fn item_error(id: Option<&str>, err: &ApiError) -> Value {
     serde_json::json!({ "id": id, "error": err.message, "code": err.code })
 }
@@ -208,6 +292,18 @@ fn parse_body(text: &str, is_json: bool) -> Result<Parsed, ApiError> {
         return Ok(Parsed::One(RawReceipt::default()));
     }
     if is_json || trimmed.starts_with('{') || trimmed.starts_with('[') {
+        // The common body, `{"id":"…","status":"…"}`, is read without a
+        // JSON tree. Whatever it does not take (an id as a number, a field
+        // twice, anything malformed) the tree below reads, as always.
+        if trimmed.starts_with('{')
+            && let Ok(plain) = serde_json::from_str::<PlainReceipt<'_>>(trimmed)
+        {
+            return Ok(Parsed::One(RawReceipt {
+                id: plain.id.map(Cow::into_owned),
+                form_id: None,
+                status: plain.status.map(Cow::into_owned),
+            }));
+        }
         let value: Value = serde_json::from_str(trimmed).map_err(|e| {
             ApiError::new(
                 ErrorCode::InvalidBody,
@@ -367,6 +463,61 @@ mod tests {
         assert!(items[0].is_ok());
         assert_eq!(items[1].as_ref().unwrap_err().0, None);
         assert_eq!(items[2].as_ref().unwrap_err().0.as_deref(), Some("true"));
+    }
+
+    #[test]
+    fn plain_and_tree_reads_agree() {
+        for body in [
+            r#"{"id":"5","status":"done"}"#,
+            r#"{"id":"5"}"#,
+            r#"{"status":"x","id":"\u0035","other":[1,{"a":2}]}"#,
+            r#"{"id":null,"status":null}"#,
+            r#"{"id":"1","id":"2"}"#,
+            r#"{"id":7}"#,
+            r#"{}"#,
+        ] {
+            let PlainOrTree { plain, tree } = both(body);
+            if let Some(plain) = plain {
+                assert_eq!(plain, tree, "{body}");
+            }
+        }
+        assert_eq!(
+            parse_body(r#"{"id":"1","id":"2"}"#, true).unwrap(),
+            one(Some("2"), None),
+            "the last of a field given twice, as the tree reads it"
+        );
+    }
+
+    struct PlainOrTree {
+        plain: Option<Parsed>,
+        tree: Parsed,
+    }
+
+    /// A body read both ways: the tree alone, and `parse_body`'s way.
+    fn both(body: &str) -> PlainOrTree {
+        let value: Value = serde_json::from_str(body).unwrap();
+        let tree = Parsed::One(json_receipt(&value).unwrap());
+        let plain = serde_json::from_str::<PlainReceipt<'_>>(body)
+            .is_ok()
+            .then(|| parse_body(body, true).unwrap());
+        PlainOrTree { plain, tree }
+    }
+
+    #[test]
+    fn a_receipt_s_answer_text_is_its_json() {
+        // Device ids are plain (A-Z a-z 0-9 _ - . : @), but the text escapes
+        // as the JSON value would anyway.
+        for device in ["d1", "H0039.a:b@c_d-e"] {
+            let a = Acked {
+                id: EventId::parse("123").unwrap(),
+                device: DeviceId::new(device).unwrap(),
+                state: pere_core::ReceiptState::Acked,
+            };
+            let text = acked_text(&a);
+            assert_eq!(text, acked_json(&a).to_string());
+            let back: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(back["device"], device);
+        }
     }
 
     #[test]

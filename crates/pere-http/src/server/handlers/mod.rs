@@ -70,6 +70,42 @@ pub(crate) async fn handle_feed<S: EventStore>(
     finish(app, origin.as_ref(), result)
 }
 
+/// Serves `POST /feedback/…` requests read together from one connection
+/// (the direct path, `server::conn::posts`; each with the channel in its
+/// path): each checked as through [`handle`], the receipts of all of them
+/// recorded in one trip to the hub's writer, the answers in order.
+pub(crate) async fn handle_receipts<S: EventStore>(
+    app: &App<S>,
+    requests: Vec<(Request<RequestBody>, String)>,
+) -> Vec<Response<Body>> {
+    let mut reads = Vec::with_capacity(requests.len());
+    for (req, channel) in requests {
+        let origin = req.headers().get(header::ORIGIN).cloned();
+        let read = Box::pin(async {
+            let query = query_of(&req)?;
+            let caller = auth::caller(app, req.headers(), &query)?;
+            router::check_params(&Route::Feedback(String::new()), &query)?;
+            feedback::read(app, req, &channel, &caller).await
+        })
+        .await;
+        reads.push((origin, read));
+    }
+    let items = feedback::items(reads.iter().filter_map(|(_, read)| read.as_ref().ok()));
+    let mut acked = if items.is_empty() {
+        Vec::new()
+    } else {
+        app.hub.ack_batch(items).await
+    }
+    .into_iter();
+    reads
+        .into_iter()
+        .map(|(origin, read)| {
+            let result = read.and_then(|read| feedback::answer(read, &mut acked));
+            finish(app, origin.as_ref(), result)
+        })
+        .collect()
+}
+
 /// Turns a handler's result into the answer: errors as docs/PROTOCOL.md §8's JSON,
 /// counted, with CORS headers.
 fn finish<S: EventStore>(

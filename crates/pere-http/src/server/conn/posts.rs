@@ -1,0 +1,297 @@
+//! Receipts served on the socket itself, without hyper, several at a time.
+//!
+//! A receipt is a small `POST /feedback/…`, and a gateway forwarding many
+//! devices' receipts sends them back to back on a few keep-alive
+//! connections (HTTP/1.1 pipelining). Through hyper, each one pays for its
+//! own pass through hyper's dispatcher and its own trip to the hub's
+//! writer. Here the requests that are whole in what the socket holds (head
+//! and body, HTTP/1.1, framed by `Content-Length`, no `Expect`, `Upgrade`
+//! or `Connection: close`) are parsed with `httparse` (hyper's own
+//! parser), checked one by one by the same handler code as through hyper,
+//! their receipts recorded in one trip to the writer (in request order, as
+//! if served one after the other), and their answers written together.
+//! Anything else (another route, a head or body still arriving) goes to
+//! hyper at that request boundary, for the rest of the connection.
+
+use bytes::Bytes;
+use hyper::header::CONNECTION;
+use hyper::{Method, Request, Uri, Version};
+use pere_core::EventStore;
+use std::task::{Context, Poll, Waker};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::ConnLimits;
+use super::direct::plain_headers;
+use super::head::{Framing, head_bytes};
+use crate::server::app::App;
+use crate::server::body::{Body, RequestBody};
+use crate::server::handlers;
+use crate::server::router::{self, Route};
+
+/// Bytes looked at for whole requests at a time: a window of a few dozen
+/// pipelined receipts.
+const PEEK_BYTES: usize = 32 * 1024;
+/// Largest receipt body taken here; larger ones (batches of many
+/// receipts) go to hyper, whose cost is small beside theirs.
+const MAX_BODY: usize = 8 * 1024;
+/// Most header lines of a request taken here.
+const MAX_HEADERS: usize = 48;
+/// Most requests served in one round.
+const MAX_ROUND: usize = 256;
+
+/// What became of the connection.
+pub(super) enum Served {
+    /// Its next request is not one for this module, and none was served
+    /// here: hyper takes the connection as it found it.
+    NotOurs(TcpStream),
+    /// Requests were answered here and the connection is at the start of
+    /// its next one, which hyper takes (as HTTP/1 only).
+    Handed(TcpStream),
+    /// The connection is done: the client went away, was idle too long,
+    /// or the server is closing.
+    Closed,
+}
+
+/// Serves the connection's receipt requests for as long as they come whole
+/// (see the module docs).
+pub(super) async fn serve<S: EventStore>(
+    mut stream: TcpStream,
+    app: &App<S>,
+    limits: ConnLimits,
+    closing: &mut tokio::sync::watch::Receiver<bool>,
+) -> Served {
+    let mut served = false;
+    loop {
+        let mut buf = Vec::with_capacity(PEEK_BYTES);
+        let mut round = peek_round(&stream, &mut buf);
+        if round.is_none() {
+            // Quiet: wait for the next request under the idle timeout,
+            // without holding the buffer meanwhile.
+            drop(buf);
+            let mut first = [0u8; 1];
+            let more = tokio::select! {
+                peeked = stream.peek(&mut first) => {
+                    if !matches!(peeked, Ok(1..)) {
+                        return Served::Closed;
+                    }
+                    true
+                }
+                _ = closing.wait_for(|closing| *closing) => false,
+                () = tokio::time::sleep(limits.idle) => false,
+            };
+            if !more {
+                let _ = stream.shutdown().await;
+                return Served::Closed;
+            }
+            buf = Vec::with_capacity(PEEK_BYTES);
+            round = peek_round(&stream, &mut buf);
+        }
+        let Some(Some((requests, used))) = round else {
+            return Served::Closed;
+        };
+        if requests.is_empty() {
+            return if served {
+                Served::Handed(stream)
+            } else {
+                Served::NotOurs(stream)
+            };
+        }
+        // Take them off the socket: they are all there (peeked), and what
+        // follows them is left for the next round.
+        let mut taken = (&mut stream).take(used as u64);
+        while buf.len() < used {
+            if !matches!(taken.read_buf(&mut buf).await, Ok(1..)) {
+                return Served::Closed;
+            }
+        }
+        drop(buf);
+        let answers = handlers::handle_receipts(app, requests).await;
+        let (out, close) = answer_bytes(answers);
+        let written = tokio::time::timeout(limits.send, stream.write_all(&out)).await;
+        if !matches!(written, Ok(Ok(()))) {
+            return Served::Closed;
+        }
+        served = true;
+        if close || app.hub.is_closing() {
+            let _ = stream.shutdown().await;
+            return Served::Closed;
+        }
+    }
+}
+
+/// The whole receipt requests the socket holds, peeked into `buf`'s spare
+/// capacity without waiting: `None` when nothing is there yet,
+/// `Some(None)` at the socket's end or on an error.
+#[allow(clippy::type_complexity)]
+fn peek_round(
+    stream: &TcpStream,
+    buf: &mut Vec<u8>,
+) -> Option<Option<(Vec<(Request<RequestBody>, String)>, usize)>> {
+    let mut read = ReadBuf::uninit(buf.spare_capacity_mut());
+    let mut cx = Context::from_waker(Waker::noop());
+    match stream.poll_peek(&mut cx, &mut read) {
+        Poll::Ready(Ok(1..)) => Some(Some(parse_round(read.filled()))),
+        Poll::Ready(_) => Some(None),
+        Poll::Pending => None,
+    }
+}
+
+/// The whole receipt requests at the start of `bytes`, with their channel,
+/// and the bytes they take.
+fn parse_round(bytes: &[u8]) -> (Vec<(Request<RequestBody>, String)>, usize) {
+    let mut requests = Vec::new();
+    let mut used = 0;
+    while requests.len() < MAX_ROUND {
+        let Some((request, channel, len)) = parse_receipt(&bytes[used..]) else {
+            break;
+        };
+        requests.push((request, channel));
+        used += len;
+    }
+    (requests, used)
+}
+
+/// The answers' bytes, in order, and whether one of them closes the
+/// connection.
+fn answer_bytes(answers: Vec<hyper::Response<Body>>) -> (Vec<u8>, bool) {
+    let mut out = Vec::with_capacity(answers.len() * 320);
+    let mut close = false;
+    for answer in answers {
+        let (parts, body) = answer.into_parts();
+        let body = match body {
+            Body::Full(bytes) => bytes.unwrap_or_default(),
+            // A receipt's answer is JSON, never a stream: should one ever
+            // be, the connection ends after the head.
+            Body::Sse(_) => {
+                close = true;
+                Bytes::new()
+            }
+        };
+        close |= parts
+            .headers
+            .get(CONNECTION)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        out.extend_from_slice(&head_bytes(&parts, Framing::Length(body.len())));
+        out.extend_from_slice(&body);
+    }
+    (out, close)
+}
+
+/// A whole `POST /feedback/:channel` at the start of `bytes` that this
+/// module serves: the request with its body, its channel, and its length
+/// on the wire. `None` for anything else, valid or not: hyper then answers
+/// it as it answers every request.
+pub(crate) fn parse_receipt(bytes: &[u8]) -> Option<(Request<RequestBody>, String, usize)> {
+    if !bytes.starts_with(b"POST /feedback/") {
+        return None;
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let head = match parsed.parse(bytes) {
+        Ok(httparse::Status::Complete(len)) => len,
+        _ => return None,
+    };
+    if parsed.method != Some("POST") || parsed.version != Some(1) {
+        return None;
+    }
+    let uri: Uri = parsed.path?.parse().ok()?;
+    if uri.scheme().is_some() {
+        return None;
+    }
+    let Ok(Route::Feedback(channel)) = router::route(&Method::POST, uri.path()) else {
+        return None;
+    };
+    let (map, length) = plain_headers(parsed.headers)?;
+    let length = length.filter(|&l| l <= MAX_BODY)?;
+    let end = head.checked_add(length).filter(|&end| end <= bytes.len())?;
+    let mut request = Request::new(RequestBody::whole(Bytes::copy_from_slice(
+        &bytes[head..end],
+    )));
+    *request.method_mut() = Method::POST;
+    *request.uri_mut() = uri;
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = map;
+    Some((request, channel, end))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use http_body_util::BodyExt;
+    use hyper::header::HeaderValue;
+
+    const ONE: &[u8] = b"POST /feedback/news?device=d1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{\"id\":\"7\"}\n";
+
+    #[tokio::test]
+    async fn whole_receipts_are_taken_with_their_bodies() {
+        let (req, channel, len) = parse_receipt(ONE).unwrap();
+        assert_eq!(channel, "news");
+        assert_eq!(len, ONE.len());
+        assert_eq!(req.uri().query(), Some("device=d1"));
+        assert_eq!(req.headers()["content-type"], "application/json");
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"{\"id\":\"7\"}\n");
+    }
+
+    #[test]
+    fn pipelined_receipts_are_taken_up_to_the_first_other_request() {
+        let mut bytes = [ONE, ONE, ONE].concat();
+        let whole = bytes.len();
+        bytes.extend_from_slice(b"GET /healthz HTTP/1.1\r\n\r\n");
+        bytes.extend_from_slice(ONE);
+        let (requests, used) = parse_round(&bytes);
+        assert_eq!((requests.len(), used), (3, whole));
+        // A body still arriving ends the round too.
+        let (requests, used) = parse_round(&[ONE, &ONE[..ONE.len() - 1]].concat());
+        assert_eq!((requests.len(), used), (1, ONE.len()));
+    }
+
+    #[test]
+    fn everything_else_goes_to_hyper() {
+        let others: [&[u8]; 13] = [
+            b"POST /feedback/news HTTP/1.1\r\nContent-Length: 2\r\n\r\n{",
+            b"POST /feedback/news HTTP/1.1\r\n\r\n",
+            b"POST /feedback/news HTTP/1.0\r\nContent-Length: 0\r\n\r\n",
+            b"POST /feedback/a/b HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            b"POST /feedbackx HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            b"POST /push/news HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            b"POST /feedback/news HTTP/1.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            b"POST /feedback/news HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+            b"POST /feedback/news HTTP/1.1\r\nContent-Length: +1\r\n\r\nx",
+            b"POST /feedback/news HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"POST /feedback/news HTTP/1.1\r\nContent-Length: 1\r\nExpect: 100-continue\r\n\r\nx",
+            b"POST /feedback/news HTTP/1.1\r\nContent-Length: 9000\r\n\r\n",
+            b"POST /feedback/news HTTP/1.1\r\nBad Header: x\r\nContent-Length: 0\r\n\r\n",
+        ];
+        for raw in others {
+            assert!(
+                parse_receipt(raw).is_none(),
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+    }
+
+    #[test]
+    fn answers_are_written_in_order_and_a_close_is_noticed() {
+        let ok = crate::server::response::json(hyper::StatusCode::OK, serde_json::json!({"a": 1}));
+        let mut closing =
+            crate::server::response::json(hyper::StatusCode::OK, serde_json::json!({"b": 2}));
+        closing
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+        let (out, close) = answer_bytes(vec![ok]);
+        assert!(!close);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\n{\"a\":1}"), "{text}");
+        let ok = crate::server::response::json(hyper::StatusCode::OK, serde_json::json!({"a": 1}));
+        let (out, close) = answer_bytes(vec![ok, closing]);
+        assert!(close);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.find("{\"a\":1}").unwrap() < text.find("{\"b\":2}").unwrap());
+    }
+}

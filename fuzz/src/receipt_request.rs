@@ -1,0 +1,77 @@
+//! `receipt_request`: the parser that decides which receipts the server
+//! reads itself (`pere_http::server::conn::posts`) never panics, never
+//! takes a request it has not wholly received, and takes only what it is
+//! meant to: a whole HTTP/1.1 `POST /feedback/:channel` framed by one
+//! `Content-Length` of at most 8 KiB, without `Transfer-Encoding`,
+//! `Upgrade`, `Expect` or `Connection: close`, whose request and body are
+//! exactly what the bytes say.
+
+use hyper::{Method, Uri};
+use pere_http::fuzzing::receipt_request as parse;
+use pere_http::server::router::{Route, route};
+
+/// Input: the bytes a client sent (the server peeks at most 32 KiB).
+pub fn receipt_request(data: &[u8]) {
+    let data = &data[..data.len().min(32 * 1024)];
+    let Some((request, body, channel, len)) = parse(data) else {
+        return;
+    };
+    assert!(len <= data.len(), "request longer than the input");
+    let whole = &data[..len];
+    assert!(whole.starts_with(b"POST /feedback/"));
+    assert_eq!(request.method(), Method::POST);
+    assert_eq!(request.version(), hyper::Version::HTTP_11);
+    assert_eq!(
+        route(&Method::POST, request.uri().path()),
+        Ok(Route::Feedback(channel.clone())),
+        "the channel is the router's"
+    );
+    let head_len = len - body.len();
+    let head = &whole[..head_len];
+    assert!(
+        head.ends_with(b"\n\n") || head.ends_with(b"\n\r\n"),
+        "the body starts after the blank line"
+    );
+    assert_eq!(&whole[head_len..], &body[..], "the body as sent");
+    assert!(body.len() <= 8 * 1024);
+    let text = String::from_utf8_lossy(head);
+    let target = text.split_whitespace().nth(1).unwrap_or_default();
+    assert_eq!(
+        Some(request.uri()),
+        Uri::try_from(target).ok().as_ref(),
+        "the target as sent"
+    );
+    let lengths: Vec<_> = request.headers().get_all("content-length").iter().collect();
+    assert_eq!(lengths.len(), 1, "one Content-Length");
+    assert_eq!(
+        lengths[0]
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok()),
+        Some(body.len()),
+        "the body is what Content-Length says"
+    );
+    for (name, value) in request.headers() {
+        let v = value.as_bytes();
+        match name.as_str() {
+            "connection" => assert!(v.eq_ignore_ascii_case(b"keep-alive")),
+            "transfer-encoding" | "upgrade" | "expect" => panic!("{name} taken"),
+            _ => {}
+        }
+        assert!(
+            head.windows(v.len().max(1)).any(|w| w == v) || v.is_empty(),
+            "a header value that was not sent"
+        );
+    }
+    // What follows does not change it, and less of it is no request.
+    let mut longer = whole.to_vec();
+    longer.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+    let again = parse(&longer).expect("the same request with more after it");
+    assert_eq!(again.3, len);
+    assert_eq!(again.0.uri(), request.uri());
+    assert_eq!(again.0.headers(), request.headers());
+    assert_eq!(again.1, body);
+    for cut in [len - 1, head_len - 1, len / 2] {
+        assert!(parse(&whole[..cut]).is_none(), "a partial request taken");
+    }
+}
