@@ -62,6 +62,14 @@ fn ledger_alone(c: &mut Criterion) {
 }
 
 fn hub_acks(c: &mut Criterion) {
+    hub_acks_beside(c, "hub_ack_batch", 0);
+    // A receipt looks only at the subscriptions its channel matches, not
+    // at every channel's (it walked them all before).
+    hub_acks_beside(c, "hub_ack_batch_beside_1k_channels", 1000);
+}
+
+/// `hub_ack_batch` with `others` other channels, each with a member.
+fn hub_acks_beside(c: &mut Criterion, name: &str, others: usize) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -89,13 +97,21 @@ fn hub_acks(c: &mut Criterion) {
             };
             drop(hub.subscribe(req, None).await.unwrap());
         }
+        for n in 0..others {
+            let req = SubscribeRequest {
+                device: Some(DeviceId::new(&format!("other-{n}")).unwrap()),
+                patterns: vec![Pattern::new(&format!("other.{n}")).unwrap()],
+                resume: Resume::Auto,
+            };
+            drop(hub.subscribe(req, None).await.unwrap());
+        }
         hub
     });
     let mut group = c.benchmark_group("ledger_10k_devices");
     group.throughput(Throughput::Elements(DEVICES as u64));
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(8));
-    group.bench_function("hub_ack_batch", |b| {
+    group.bench_function(name, |b| {
         b.iter_custom(|iters| {
             rt.block_on(async {
                 let mut spent = Duration::ZERO;

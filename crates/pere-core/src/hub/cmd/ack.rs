@@ -131,10 +131,8 @@ impl State {
         now: Timestamp,
     ) {
         let mut noted = false;
-        for (pattern, sub) in self.memberships.subs_mut() {
-            if !pattern.matches(channel) {
-                continue;
-            }
+        let ledgers = &self.ledgers;
+        self.memberships.for_matching_mut(channel, |pattern, sub| {
             if let Some(member) = sub.members.get_mut(device) {
                 if member.acknowledges() {
                     member.forget_unacked(id);
@@ -142,13 +140,13 @@ impl State {
                     // Its first receipt: from now on it is sent again what
                     // it has not acknowledged, starting with what it has
                     // already been sent.
-                    member.unacked = self.ledgers.unacked_events(pattern, device, member.since);
+                    member.unacked = ledgers.unacked_events(pattern, device, member.since);
                     sub.ackers += 1;
                 }
                 touch_ack(member, id, now);
                 noted = true;
             }
-        }
+        });
         if !noted {
             let sub = self.memberships.sub_entry(subscription);
             let member = sub.members.entry(device.clone()).or_insert_with(|| {

@@ -259,6 +259,30 @@ impl Memberships {
         subs
     }
 
+    /// Calls `f` on each subscription matching `channel` (the exact one and
+    /// the wildcards), to change their members: a receipt must not cost a
+    /// walk over every channel's subscription.
+    pub(in crate::hub) fn for_matching_mut(
+        &mut self,
+        channel: &ChannelName,
+        mut f: impl FnMut(&Pattern, &mut Sub),
+    ) {
+        let Self { subs, wild, .. } = self;
+        if let Some((pattern, _)) = subs.get_key_value(channel.as_str()) {
+            let pattern = pattern.clone();
+            if let Some(sub) = subs.get_mut(channel.as_str()) {
+                f(&pattern, sub);
+            }
+        }
+        for pattern in wild.iter() {
+            if pattern.matches(channel)
+                && let Some(sub) = subs.get_mut(pattern)
+            {
+                f(pattern, sub);
+            }
+        }
+    }
+
     /// Adds a new event to `unacked` of every acknowledging member in its
     /// audience, online or not: it is theirs until they acknowledge it.
     pub(in crate::hub) fn track_unacked(&mut self, channel: &ChannelName, id: EventId) {
