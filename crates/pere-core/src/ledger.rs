@@ -447,6 +447,14 @@ impl EventReceipts {
             .is_some_and(|slot| slow.acks.contains_key(&slot))
     }
 
+    /// [`Self::may_ack`] and, if it may, [`Self::is_acked_by`], under one
+    /// lock: `None` when `device` may not acknowledge the event.
+    pub fn standing(&self, device: &DeviceId) -> Option<bool> {
+        let mut slow = lock(&self.slow);
+        let slot = self.slot_of(&mut slow, device)?;
+        Some(slow.acks.contains_key(&slot))
+    }
+
     /// Whether `device` may acknowledge the event: it is in the audience, or
     /// the event was written to one of its streams (a late joiner that got
     /// it by replay). Once true it stays true, so a check made outside the
@@ -660,6 +668,24 @@ mod tests {
 
     fn dev(d: &str) -> DeviceId {
         DeviceId::new(d).unwrap()
+    }
+
+    #[test]
+    fn standing_is_may_ack_and_is_acked_by() {
+        let (r, _) = receipts(&["a", "b"]);
+        assert_eq!(r.standing(&dev("stranger")), None);
+        assert_eq!(r.standing(&dev("a")), Some(false));
+        r.ack(&dev("a"), "ok".into(), Timestamp(20));
+        assert_eq!(r.standing(&dev("a")), Some(true));
+        assert_eq!(r.standing(&dev("b")), Some(false));
+        for d in ["a", "b", "stranger"] {
+            let d = dev(d);
+            assert_eq!(
+                r.standing(&d),
+                r.may_ack(&d).then(|| r.is_acked_by(&d)),
+                "{d}"
+            );
+        }
     }
 
     #[test]

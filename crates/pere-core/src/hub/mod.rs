@@ -475,8 +475,7 @@ impl<S: EventStore> Hub<S> {
                 limit: MAX_STATUS_LEN,
             });
         }
-        let receipts = self.check_recipient(subscription, device, id)?;
-        let first = !receipts.is_acked_by(device);
+        let (receipts, first) = self.check_recipient(subscription, device, id)?;
         let acked = self
             .call(|reply| {
                 Command::Ack(AckCmd {
@@ -522,14 +521,14 @@ impl<S: EventStore> Hub<S> {
                 pending.push(Err(refused));
                 continue;
             }
-            let receipts = match self.check_recipient(&subscription, &device, id) {
-                Ok(receipts) => receipts,
+            let (receipts, first) = match self.check_recipient(&subscription, &device, id) {
+                Ok(checked) => checked,
                 Err(err) => {
                     pending.push(Err(err));
                     continue;
                 }
             };
-            let first = (!receipts.is_acked_by(&device)).then_some(receipts);
+            let first = first.then_some(receipts);
             let (reply, rx) = oneshot::channel();
             let sent = self.inner.commands.send(Command::Ack(AckCmd {
                 subscription,
@@ -563,21 +562,25 @@ impl<S: EventStore> Hub<S> {
     /// whose audience it is not in (issue 18: a typo in a device id must not
     /// turn it into a recipient). Checked before the writer sees the
     /// receipt: [`EventReceipts::may_ack`] never turns false again, and an
-    /// event that is gone by then is refused by the writer anyway.
+    /// event that is gone by then is refused by the writer anyway. With the
+    /// receipts, whether this is the device's first receipt of the event.
     fn check_recipient(
         &self,
         subscription: &Pattern,
         device: &DeviceId,
         id: EventId,
-    ) -> Result<Arc<EventReceipts>> {
+    ) -> Result<(Arc<EventReceipts>, bool)> {
         let receipts = self.receipts(subscription, id)?;
-        if receipts.may_ack(device) || self.written_here(&receipts, device) {
-            Ok(receipts)
-        } else {
-            Err(Error::NotRecipient {
+        match receipts.standing(device) {
+            Some(acked) => Ok((receipts, !acked)),
+            None if self.written_here(&receipts, device) => {
+                let first = !receipts.is_acked_by(device);
+                Ok((receipts, first))
+            }
+            None => Err(Error::NotRecipient {
                 id: id.to_string(),
                 device: device.to_string(),
-            })
+            }),
         }
     }
 

@@ -90,6 +90,15 @@ pub async fn read_body(
     {
         return Err(too_large(Some(len)));
     }
+    // A body the server read whole with its head (`server::conn::posts`)
+    // is there already: no wait to bound, nothing to collect.
+    if let Some(whole) = req.body().whole_bytes() {
+        return if whole.len() > limit {
+            Err(too_large(Some(whole.len() as u64)))
+        } else {
+            Ok(whole.clone())
+        };
+    }
     let limited = http_body_util::Limited::new(req.into_body(), limit);
     let Ok(collected) = tokio::time::timeout(timeout, limited.collect()).await else {
         return Err(ApiError::new(
