@@ -3,8 +3,8 @@
 //! takes a request it has not wholly received, and takes only what it is
 //! meant to: a whole HTTP/1.1 `POST /feedback/:channel` framed by one
 //! `Content-Length` of at most 8 KiB, without `Transfer-Encoding`,
-//! `Upgrade`, `Expect` or `Connection: close`, whose request and body are
-//! exactly what the bytes say.
+//! `Upgrade`, `Expect` or `Connection: close`, with a head within the
+//! server's limit, whose request and body are exactly what the bytes say.
 
 use hyper::{Method, Uri};
 use pere_http::fuzzing::receipt_request as parse;
@@ -27,6 +27,10 @@ pub fn receipt_request(data: &[u8]) {
         "the channel is the router's"
     );
     let head_len = len - body.len();
+    assert!(
+        head_len <= pere_http::server::DEFAULT_MAX_HEADER_BYTES,
+        "a head over the limit taken (hyper answers it 431)"
+    );
     let head = &whole[..head_len];
     assert!(
         head.ends_with(b"\n\n") || head.ends_with(b"\n\r\n"),

@@ -164,3 +164,21 @@ async fn a_connection_that_served_receipts_is_closed_once_idle_and_at_shutdown()
         .await
         .expect("the server stops without waiting for the idle connection");
 }
+
+#[tokio::test]
+async fn a_receipt_whose_head_is_over_the_limit_gets_431_as_any_request() {
+    let server = TestServer::start().await;
+    let mut d = server.subscribe("c", "d").await;
+    let e1 = server.publish("c", "one").await;
+    assert_eq!(d.messages(1).await.len(), 1);
+    let body = format!(r#"{{"id":"{e1}"}}"#);
+    let padding = "x".repeat(9000);
+    let mut conn = TcpStream::connect(server.addr).await.unwrap();
+    conn.write_all(&receipt(Some("d"), &[("x-padding", &padding)], &body))
+        .await
+        .unwrap();
+    let mut reader = HttpReader::new(conn);
+    assert_eq!(reader.head().await.0, 431);
+    let summary = server.get(&format!("/receipts/c/{e1}")).await.json();
+    assert_eq!(summary["acked"], 0, "{summary}");
+}

@@ -65,7 +65,7 @@ pub(super) async fn serve<S: EventStore>(
     let mut served = false;
     loop {
         let mut buf = Vec::with_capacity(PEEK_BYTES);
-        let mut round = peek_round(&stream, &mut buf);
+        let mut round = peek_round(&stream, &mut buf, limits.max_head);
         if round.is_none() {
             // Quiet: wait for the next request under the idle timeout,
             // without holding the buffer meanwhile.
@@ -86,7 +86,7 @@ pub(super) async fn serve<S: EventStore>(
                 return Served::Closed;
             }
             buf = Vec::with_capacity(PEEK_BYTES);
-            round = peek_round(&stream, &mut buf);
+            round = peek_round(&stream, &mut buf, limits.max_head);
         }
         let Some(Some((requests, used))) = round else {
             return Served::Closed;
@@ -128,11 +128,12 @@ pub(super) async fn serve<S: EventStore>(
 fn peek_round(
     stream: &TcpStream,
     buf: &mut Vec<u8>,
+    max_head: usize,
 ) -> Option<Option<(Vec<(Request<RequestBody>, String)>, usize)>> {
     let mut read = ReadBuf::uninit(buf.spare_capacity_mut());
     let mut cx = Context::from_waker(Waker::noop());
     match stream.poll_peek(&mut cx, &mut read) {
-        Poll::Ready(Ok(1..)) => Some(Some(parse_round(read.filled()))),
+        Poll::Ready(Ok(1..)) => Some(Some(parse_round(read.filled(), max_head))),
         Poll::Ready(_) => Some(None),
         Poll::Pending => None,
     }
@@ -140,11 +141,11 @@ fn peek_round(
 
 /// The whole receipt requests at the start of `bytes`, with their channel,
 /// and the bytes they take.
-fn parse_round(bytes: &[u8]) -> (Vec<(Request<RequestBody>, String)>, usize) {
+fn parse_round(bytes: &[u8], max_head: usize) -> (Vec<(Request<RequestBody>, String)>, usize) {
     let mut requests = Vec::new();
     let mut used = 0;
     while requests.len() < MAX_ROUND {
-        let Some((request, channel, len)) = parse_receipt(&bytes[used..]) else {
+        let Some((request, channel, len)) = parse_receipt(&bytes[used..], max_head) else {
             break;
         };
         requests.push((request, channel));
@@ -181,16 +182,20 @@ fn answer_bytes(answers: Vec<hyper::Response<Body>>) -> (Vec<u8>, bool) {
 
 /// A whole `POST /feedback/:channel` at the start of `bytes` that this
 /// module serves: the request with its body, its channel, and its length
-/// on the wire. `None` for anything else, valid or not: hyper then answers
-/// it as it answers every request.
-pub(crate) fn parse_receipt(bytes: &[u8]) -> Option<(Request<RequestBody>, String, usize)> {
+/// on the wire. `None` for anything else, valid or not, and for a head
+/// over `max_head` bytes: hyper then answers it as it answers every
+/// request (that one with its `431`).
+pub(crate) fn parse_receipt(
+    bytes: &[u8],
+    max_head: usize,
+) -> Option<(Request<RequestBody>, String, usize)> {
     if !bytes.starts_with(b"POST /feedback/") {
         return None;
     }
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     let head = match parsed.parse(bytes) {
-        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Complete(len)) if len <= max_head => len,
         _ => return None,
     };
     if parsed.method != Some("POST") || parsed.version != Some(1) {
@@ -227,7 +232,7 @@ mod tests {
 
     #[tokio::test]
     async fn whole_receipts_are_taken_with_their_bodies() {
-        let (req, channel, len) = parse_receipt(ONE).unwrap();
+        let (req, channel, len) = parse_receipt(ONE, 8192).unwrap();
         assert_eq!(channel, "news");
         assert_eq!(len, ONE.len());
         assert_eq!(req.uri().query(), Some("device=d1"));
@@ -242,10 +247,10 @@ mod tests {
         let whole = bytes.len();
         bytes.extend_from_slice(b"GET /healthz HTTP/1.1\r\n\r\n");
         bytes.extend_from_slice(ONE);
-        let (requests, used) = parse_round(&bytes);
+        let (requests, used) = parse_round(&bytes, 8192);
         assert_eq!((requests.len(), used), (3, whole));
         // A body still arriving ends the round too.
-        let (requests, used) = parse_round(&[ONE, &ONE[..ONE.len() - 1]].concat());
+        let (requests, used) = parse_round(&[ONE, &ONE[..ONE.len() - 1]].concat(), 8192);
         assert_eq!((requests.len(), used), (1, ONE.len()));
     }
 
@@ -268,11 +273,18 @@ mod tests {
         ];
         for raw in others {
             assert!(
-                parse_receipt(raw).is_none(),
+                parse_receipt(raw, 8192).is_none(),
                 "{:?}",
                 String::from_utf8_lossy(raw)
             );
         }
+    }
+
+    #[test]
+    fn a_head_over_the_limit_goes_to_hyper() {
+        let head_len = ONE.len() - 11;
+        assert!(parse_receipt(ONE, head_len).is_some());
+        assert!(parse_receipt(ONE, head_len - 1).is_none());
     }
 
     #[test]
