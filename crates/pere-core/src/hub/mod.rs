@@ -509,6 +509,9 @@ impl<S: EventStore> Hub<S> {
         items: Vec<(Pattern, DeviceId, EventId, String)>,
     ) -> Vec<Result<Acked>> {
         let mut pending = Vec::with_capacity(items.len());
+        // A device's first receipt of an event, counted once even when the
+        // batch holds several (they are all checked before any is applied).
+        let mut firsts: HashSet<(EventId, DeviceId)> = HashSet::new();
         for (subscription, device, id, status) in items {
             if status.len() > MAX_STATUS_LEN {
                 pending.push(Err(Error::StatusTooLong {
@@ -517,10 +520,8 @@ impl<S: EventStore> Hub<S> {
                 }));
                 continue;
             }
-            if let Some(refused) = self.inner.health().refusal() {
-                pending.push(Err(refused));
-                continue;
-            }
+            // The receipt itself first, as `ack` checks it: an unknown
+            // event or a stranger is told so even while the store is out.
             let (receipts, first) = match self.check_recipient(&subscription, &device, id) {
                 Ok(checked) => checked,
                 Err(err) => {
@@ -528,7 +529,11 @@ impl<S: EventStore> Hub<S> {
                     continue;
                 }
             };
-            let first = first.then_some(receipts);
+            if let Some(refused) = self.inner.health().refusal() {
+                pending.push(Err(refused));
+                continue;
+            }
+            let first = (first && firsts.insert((id, device.clone()))).then_some(receipts);
             let (reply, rx) = oneshot::channel();
             let sent = self.inner.commands.send(Command::Ack(AckCmd {
                 subscription,

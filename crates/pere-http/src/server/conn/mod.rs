@@ -337,7 +337,7 @@ async fn close(stream: Socket, answer: Option<ApiError>) {
     }
 }
 
-async fn close_io<S>(mut stream: S, answer: Option<ApiError>)
+pub(super) async fn close_io<S>(mut stream: S, answer: Option<ApiError>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {

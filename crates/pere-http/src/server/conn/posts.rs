@@ -22,9 +22,9 @@ use std::task::{Context, Poll, Waker};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::ConnLimits;
 use super::direct::plain_headers;
 use super::head::{Framing, head_bytes};
+use super::{ConnLimits, close_io};
 use crate::server::app::App;
 use crate::server::body::{Body, RequestBody};
 use crate::server::handlers;
@@ -38,8 +38,11 @@ const PEEK_BYTES: usize = 32 * 1024;
 const MAX_BODY: usize = 8 * 1024;
 /// Most header lines of a request taken here.
 const MAX_HEADERS: usize = 48;
-/// Most requests served in one round.
-const MAX_ROUND: usize = 256;
+/// Most requests served in one round: bounds the answers held for a
+/// client that does not read them (~300 bytes each).
+const MAX_ROUND: usize = 64;
+/// What a receipt request starts with.
+const PREFIX: &[u8] = b"POST /feedback/";
 
 /// What became of the connection.
 pub(super) enum Served {
@@ -64,8 +67,24 @@ pub(super) async fn serve<S: EventStore>(
 ) -> Served {
     let mut served = false;
     loop {
-        let mut buf = Vec::with_capacity(PEEK_BYTES);
-        let mut round = peek_round(&stream, &mut buf, limits.max_head);
+        // A connection whose first request is something else (most are)
+        // is told apart by its first bytes, before any buffer is allocated.
+        let ours = if served {
+            Some(true)
+        } else {
+            first_is_receipt(&stream)
+        };
+        if ours == Some(false) {
+            return Served::NotOurs(stream);
+        }
+        let mut buf = Vec::new();
+        let round = match ours {
+            Some(_) => {
+                buf.reserve_exact(PEEK_BYTES);
+                peek_round(&stream, &mut buf, limits.max_head)
+            }
+            None => None,
+        };
         if round.is_none() {
             // Quiet: wait for the next request under the idle timeout,
             // without holding the buffer meanwhile.
@@ -82,11 +101,11 @@ pub(super) async fn serve<S: EventStore>(
                 () = tokio::time::sleep(limits.idle) => false,
             };
             if !more {
-                let _ = stream.shutdown().await;
+                close_io(stream, None).await;
                 return Served::Closed;
             }
-            buf = Vec::with_capacity(PEEK_BYTES);
-            round = peek_round(&stream, &mut buf, limits.max_head);
+            // The next round looks again, with a buffer.
+            continue;
         }
         let Some(Some((requests, used))) = round else {
             return Served::Closed;
@@ -115,9 +134,23 @@ pub(super) async fn serve<S: EventStore>(
         }
         served = true;
         if close || app.hub.is_closing() {
-            let _ = stream.shutdown().await;
+            // Gently: a reset would lose answers the client has not read.
+            close_io(stream, None).await;
             return Served::Closed;
         }
+    }
+}
+
+/// Whether the socket's next bytes start a receipt request, without
+/// waiting: `None` when nothing is there yet.
+fn first_is_receipt(stream: &TcpStream) -> Option<bool> {
+    let mut prefix = [0u8; PREFIX.len()];
+    let mut read = ReadBuf::new(&mut prefix);
+    let mut cx = Context::from_waker(Waker::noop());
+    match stream.poll_peek(&mut cx, &mut read) {
+        Poll::Ready(Ok(_)) => Some(read.filled() == PREFIX),
+        Poll::Ready(Err(_)) => Some(false),
+        Poll::Pending => None,
     }
 }
 
