@@ -849,13 +849,7 @@ pub fn feed_head(data: &[u8]) {
         "a head ends with a blank line"
     );
     assert!(head.starts_with(b"GET /feed"));
-    assert_eq!(request.method(), Method::GET);
-    assert_eq!(request.version(), hyper::Version::HTTP_11);
-    assert_eq!(
-        route(&Method::GET, request.uri().path()),
-        Ok(Route::Feed(channel.clone())),
-        "the channel is the router's"
-    );
+    assert_routed(&request, Method::GET, Route::Feed(channel.clone()));
     let text = String::from_utf8_lossy(head);
     let target = text.split_whitespace().nth(1).unwrap_or_default();
     // The target as hyper would have taken it (a `#fragment` is dropped by
@@ -879,6 +873,18 @@ pub fn feed_head(data: &[u8]) {
     for cut in [len - 1, len / 2] {
         assert!(parse(&head[..cut]).is_none(), "a partial head taken");
     }
+}
+
+/// A request served without hyper is an HTTP/1.1 `method` whose route, as
+/// the router reads its path, is `expected` (the channel the parser gave).
+fn assert_routed(request: &hyper::Request<()>, method: Method, expected: Route) {
+    assert_eq!(request.method(), method);
+    assert_eq!(request.version(), hyper::Version::HTTP_11);
+    assert_eq!(
+        route(&method, request.uri().path()),
+        Ok(expected),
+        "the channel is the router's"
+    );
 }
 
 /// The headers of a request served without hyper (`feed_head`,

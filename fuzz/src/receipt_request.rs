@@ -8,7 +8,7 @@
 
 use hyper::{Method, Uri};
 use pere_http::fuzzing::receipt_request as parse;
-use pere_http::server::router::{Route, route};
+use pere_http::server::router::Route;
 
 /// Input: the bytes a client sent (the server peeks at most 32 KiB).
 pub fn receipt_request(data: &[u8]) {
@@ -19,13 +19,7 @@ pub fn receipt_request(data: &[u8]) {
     assert!(len <= data.len(), "request longer than the input");
     let whole = &data[..len];
     assert!(whole.starts_with(b"POST /feedback/"));
-    assert_eq!(request.method(), Method::POST);
-    assert_eq!(request.version(), hyper::Version::HTTP_11);
-    assert_eq!(
-        route(&Method::POST, request.uri().path()),
-        Ok(Route::Feedback(channel.clone())),
-        "the channel is the router's"
-    );
+    super::assert_routed(&request, Method::POST, Route::Feedback(channel.clone()));
     let head_len = len - body.len();
     assert!(
         head_len <= pere_http::server::DEFAULT_MAX_HEADER_BYTES,

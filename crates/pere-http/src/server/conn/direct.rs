@@ -322,34 +322,62 @@ pub(crate) fn parse_feed_head(bytes: &[u8]) -> Option<FeedHead> {
     if !bytes.starts_with(b"GET /feed") {
         return None;
     }
+    let head = plain_head(bytes, Method::GET, PEEK_BYTES)?;
+    let Route::Feed(channel) = head.route else {
+        return None;
+    };
+    if head.length.is_some_and(|l| l != 0) {
+        return None;
+    }
+    let (request, len) = (head.request, head.len);
+    Some(FeedHead {
+        request,
+        channel,
+        len,
+    })
+}
+
+/// A whole HTTP/1.1 head, as a path outside hyper takes it.
+pub(super) struct PlainHead {
+    /// The router's reading of its target.
+    pub(super) route: Route,
+    /// The request, without a body.
+    pub(super) request: Request<()>,
+    /// Its `Content-Length`, if it has one.
+    pub(super) length: Option<usize>,
+    /// Length of the head in bytes, request line to blank line.
+    pub(super) len: usize,
+}
+
+/// The head at the start of `bytes` if a path outside hyper may take it:
+/// whole, at most `max_head` bytes, HTTP/1.1, of `method`, an origin-form
+/// target the router knows, and [`plain_headers`]. `None` otherwise: hyper
+/// then answers it as it answers every request.
+pub(super) fn plain_head(bytes: &[u8], method: Method, max_head: usize) -> Option<PlainHead> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     let len = match parsed.parse(bytes) {
-        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Complete(len)) if len <= max_head => len,
         _ => return None,
     };
-    if parsed.method != Some("GET") || parsed.version != Some(1) {
+    if parsed.method != Some(method.as_str()) || parsed.version != Some(1) {
         return None;
     }
     let uri: Uri = parsed.path?.parse().ok()?;
     if uri.scheme().is_some() {
         return None;
     }
-    let Ok(Route::Feed(channel)) = router::route(&Method::GET, uri.path()) else {
-        return None;
-    };
+    let route = router::route(&method, uri.path()).ok()?;
     let (map, length) = plain_headers(parsed.headers)?;
-    if length.is_some_and(|l| l != 0) {
-        return None;
-    }
     let mut request = Request::new(());
-    *request.method_mut() = Method::GET;
+    *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
     *request.headers_mut() = map;
-    Some(FeedHead {
+    Some(PlainHead {
+        route,
         request,
-        channel,
+        length,
         len,
     })
 }

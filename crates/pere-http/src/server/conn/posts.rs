@@ -15,20 +15,20 @@
 
 use bytes::Bytes;
 use hyper::header::CONNECTION;
-use hyper::{Method, Request, Uri, Version};
+use hyper::{Method, Request};
 use pere_core::EventStore;
 use std::task::{Context, Poll, Waker};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::direct::plain_headers;
+use super::direct::plain_head;
 use super::head::{Framing, head_bytes};
 use super::{ConnLimits, close_io};
 use crate::server::app::App;
 use crate::server::body::{Body, RequestBody};
 use crate::server::handlers;
-use crate::server::router::{self, Route};
+use crate::server::router::Route;
 
 /// Bytes looked at for whole requests at a time: a window of a few dozen
 /// pipelined receipts.
@@ -36,8 +36,6 @@ const PEEK_BYTES: usize = 32 * 1024;
 /// Largest receipt body taken here; larger ones (batches of many
 /// receipts) go to hyper, whose cost is small beside theirs.
 const MAX_BODY: usize = 8 * 1024;
-/// Most header lines of a request taken here.
-const MAX_HEADERS: usize = 48;
 /// Most requests served in one round: bounds the answers held for a
 /// client that does not read them (~300 bytes each).
 const MAX_ROUND: usize = 64;
@@ -225,32 +223,17 @@ pub(crate) fn parse_receipt(
     if !bytes.starts_with(b"POST /feedback/") {
         return None;
     }
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut headers);
-    let head = match parsed.parse(bytes) {
-        Ok(httparse::Status::Complete(len)) if len <= max_head => len,
-        _ => return None,
-    };
-    if parsed.method != Some("POST") || parsed.version != Some(1) {
-        return None;
-    }
-    let uri: Uri = parsed.path?.parse().ok()?;
-    if uri.scheme().is_some() {
-        return None;
-    }
-    let Ok(Route::Feedback(channel)) = router::route(&Method::POST, uri.path()) else {
+    let head = plain_head(bytes, Method::POST, max_head)?;
+    let Route::Feedback(channel) = head.route else {
         return None;
     };
-    let (map, length) = plain_headers(parsed.headers)?;
-    let length = length.filter(|&l| l <= MAX_BODY)?;
-    let end = head.checked_add(length).filter(|&end| end <= bytes.len())?;
-    let mut request = Request::new(RequestBody::whole(Bytes::copy_from_slice(
-        &bytes[head..end],
-    )));
-    *request.method_mut() = Method::POST;
-    *request.uri_mut() = uri;
-    *request.version_mut() = Version::HTTP_11;
-    *request.headers_mut() = map;
+    let length = head.length.filter(|&l| l <= MAX_BODY)?;
+    let end = head
+        .len
+        .checked_add(length)
+        .filter(|&end| end <= bytes.len())?;
+    let body = RequestBody::whole(Bytes::copy_from_slice(&bytes[head.len..end]));
+    let request = head.request.map(|()| body);
     Some((request, channel, end))
 }
 

@@ -78,9 +78,10 @@ pub async fn feedback<S: EventStore>(
     channel: &str,
     caller: &Caller,
 ) -> Result<Response<Body>, ApiError> {
-    let read = read(app, req, channel, caller).await?;
-    let acked = app.hub.ack_batch(items([&read])).await;
-    answer(read, &mut acked.into_iter())
+    let mut items = Vec::new();
+    let shape = read(app, req, channel, caller).await?.split(&mut items);
+    let acked = app.hub.ack_batch(items).await;
+    answer(shape, &mut acked.into_iter())
 }
 
 /// Everything a receipt request asks before the hub records it: the grant,
@@ -151,32 +152,50 @@ pub(crate) async fn read<S: EventStore>(
     })
 }
 
-/// The receipts of `reads`, in order, for one [`pere_core::Hub::ack_batch`]:
-/// requests read together share one trip to the hub's writer.
-pub(crate) fn items<'a>(reads: impl IntoIterator<Item = &'a Read>) -> Vec<Item> {
-    let mut items = Vec::new();
-    for read in reads {
-        match read {
-            Read::One(item) => items.push(item.clone()),
-            Read::Batch { valid, .. } => items.extend(valid.iter().cloned()),
-        }
-    }
-    items
+/// What a [`Read`]'s answer is made of besides its receipts' outcomes.
+pub(crate) enum Shape {
+    One,
+    Batch {
+        results: Vec<Option<Value>>,
+        ids: Vec<Option<String>>,
+    },
 }
 
-/// The answer to `read`, taking its receipts' outcomes from `acked` (the
-/// hub's results for [`items`], in order).
+impl Read {
+    /// Moves the receipts to the end of `items`, for one
+    /// [`pere_core::Hub::ack_batch`] (requests read together share one trip
+    /// to the hub's writer); what is left makes the answer.
+    pub(crate) fn split(self, items: &mut Vec<Item>) -> Shape {
+        match self {
+            Read::One(item) => {
+                items.push(item);
+                Shape::One
+            }
+            Read::Batch {
+                results,
+                ids,
+                valid,
+            } => {
+                items.extend(valid);
+                Shape::Batch { results, ids }
+            }
+        }
+    }
+}
+
+/// The answer to a [`Read`], taking its receipts' outcomes from `acked`
+/// (the hub's results for what [`Read::split`] gave, in order).
 pub(crate) fn answer(
-    read: Read,
+    shape: Shape,
     acked: &mut impl Iterator<Item = pere_core::Result<Acked>>,
 ) -> Result<Response<Body>, ApiError> {
-    match read {
-        Read::One(_) => match acked.next() {
+    match shape {
+        Shape::One => match acked.next() {
             Some(Ok(a)) => Ok(json_raw(StatusCode::OK, acked_text(&a))),
             Some(Err(e)) => Err(e.into()),
             None => Err(ApiError::shutting_down()),
         },
-        Read::Batch { results, ids, .. } => {
+        Shape::Batch { results, ids } => {
             let out: Vec<Value> = results
                 .into_iter()
                 .zip(&ids)

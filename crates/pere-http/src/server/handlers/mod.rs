@@ -78,7 +78,8 @@ pub(crate) async fn handle_receipts<S: EventStore>(
     app: &App<S>,
     requests: Vec<(Request<RequestBody>, String)>,
 ) -> Vec<Response<Body>> {
-    let mut reads = Vec::with_capacity(requests.len());
+    let mut items = Vec::new();
+    let mut shapes = Vec::with_capacity(requests.len());
     for (req, channel) in requests {
         let origin = req.headers().get(header::ORIGIN).cloned();
         let read = Box::pin(async {
@@ -88,19 +89,18 @@ pub(crate) async fn handle_receipts<S: EventStore>(
             feedback::read(app, req, &channel, &caller).await
         })
         .await;
-        reads.push((origin, read));
+        shapes.push((origin, read.map(|read| read.split(&mut items))));
     }
-    let items = feedback::items(reads.iter().filter_map(|(_, read)| read.as_ref().ok()));
     let mut acked = if items.is_empty() {
         Vec::new()
     } else {
         app.hub.ack_batch(items).await
     }
     .into_iter();
-    reads
+    shapes
         .into_iter()
-        .map(|(origin, read)| {
-            let result = read.and_then(|read| feedback::answer(read, &mut acked));
+        .map(|(origin, shape)| {
+            let result = shape.and_then(|shape| feedback::answer(shape, &mut acked));
             finish(app, origin.as_ref(), result)
         })
         .collect()
