@@ -455,6 +455,19 @@ impl EventReceipts {
         Some(slow.acks.contains_key(&slot))
     }
 
+    /// [`Self::standing`] of several devices under one lock: a batch of
+    /// receipts checked one lock each would contend with the writer
+    /// recording them.
+    pub fn standings<'a>(&self, devices: impl Iterator<Item = &'a DeviceId>) -> Vec<Option<bool>> {
+        let mut slow = lock(&self.slow);
+        devices
+            .map(|device| {
+                let slot = self.slot_of(&mut slow, device)?;
+                Some(slow.acks.contains_key(&slot))
+            })
+            .collect()
+    }
+
     /// Whether `device` may acknowledge the event: it is in the audience, or
     /// the event was written to one of its streams (a late joiner that got
     /// it by replay). Once true it stays true, so a check made outside the

@@ -512,7 +512,36 @@ impl<S: EventStore> Hub<S> {
         // A device's first receipt of an event, counted once even when the
         // batch holds several (they are all checked before any is applied).
         let mut firsts: HashSet<(EventId, DeviceId)> = HashSet::new();
-        for (subscription, device, id, status) in items {
+        // One look at the state for the whole batch: the writer holds it
+        // while it applies, and a lock per receipt contends with it.
+        let found = self.receipts_of(items.iter().map(|(sub, _, id, _)| (sub, *id)));
+        // And one look at each event's receipts per run of receipts for it.
+        let mut standings = Vec::with_capacity(found.len());
+        let mut at = 0;
+        while at < found.len() {
+            let end = match &found[at] {
+                Ok(receipts) => {
+                    let end = found[at..]
+                        .iter()
+                        .position(|f| !f.as_ref().is_ok_and(|r| Arc::ptr_eq(r, receipts)))
+                        .map_or(found.len(), |n| at + n);
+                    standings.extend(receipts.standings(items[at..end].iter().map(|i| &i.1)));
+                    end
+                }
+                Err(_) => {
+                    standings.push(None);
+                    at + 1
+                }
+            };
+            at = end;
+        }
+        let refused = match self.inner.health().refusal() {
+            Some(Error::StoreUnavailable(why)) => Some(why),
+            Some(other) => Some(other.to_string()),
+            None => None,
+        };
+        let checked = items.into_iter().zip(found).zip(standings);
+        for (((subscription, device, id, status), found), standing) in checked {
             if status.len() > MAX_STATUS_LEN {
                 pending.push(Err(Error::StatusTooLong {
                     size: status.len(),
@@ -522,15 +551,16 @@ impl<S: EventStore> Hub<S> {
             }
             // The receipt itself first, as `ack` checks it: an unknown
             // event or a stranger is told so even while the store is out.
-            let (receipts, first) = match self.check_recipient(&subscription, &device, id) {
-                Ok(checked) => checked,
-                Err(err) => {
-                    pending.push(Err(err));
-                    continue;
-                }
-            };
-            if let Some(refused) = self.inner.health().refusal() {
-                pending.push(Err(refused));
+            let (receipts, first) =
+                match found.and_then(|r| self.check_standing(r, standing, &device)) {
+                    Ok(checked) => checked,
+                    Err(err) => {
+                        pending.push(Err(err));
+                        continue;
+                    }
+                };
+            if let Some(refused) = &refused {
+                pending.push(Err(Error::StoreUnavailable(refused.clone())));
                 continue;
             }
             let first = (first && firsts.insert((id, device.clone()))).then_some(receipts);
@@ -576,14 +606,26 @@ impl<S: EventStore> Hub<S> {
         id: EventId,
     ) -> Result<(Arc<EventReceipts>, bool)> {
         let receipts = self.receipts(subscription, id)?;
-        match receipts.standing(device) {
+        let standing = receipts.standing(device);
+        self.check_standing(receipts, standing, device)
+    }
+
+    /// [`Hub::check_recipient`] once the event's receipts are found and
+    /// the device's [standing](EventReceipts::standing) in them read.
+    fn check_standing(
+        &self,
+        receipts: Arc<EventReceipts>,
+        standing: Option<bool>,
+        device: &DeviceId,
+    ) -> Result<(Arc<EventReceipts>, bool)> {
+        match standing {
             Some(acked) => Ok((receipts, !acked)),
             None if self.written_here(&receipts, device) => {
                 let first = !receipts.is_acked_by(device);
                 Ok((receipts, first))
             }
             None => Err(Error::NotRecipient {
-                id: id.to_string(),
+                id: receipts.id().to_string(),
                 device: device.to_string(),
             }),
         }
@@ -738,6 +780,8 @@ pub use types::{
     SubscribeRequest,
 };
 
+#[cfg(test)]
+mod ack_batch_tests;
 #[cfg(test)]
 mod redelivery_tests;
 #[cfg(test)]

@@ -848,22 +848,3 @@ async fn metrics_follow_receipts_retention_and_latencies() {
     hub.publish(dup).await.unwrap();
     assert_eq!(m.idempotent_replays.load(Ordering::Relaxed), 1);
 }
-
-/// Two receipts of one device for one event in one batch (a gateway's
-/// pipelined requests) are one first receipt: publish → acked counts it
-/// once, and the later status wins.
-#[tokio::test]
-async fn a_batch_with_a_receipt_twice_counts_its_first_once() {
-    let hub = hub_with(HubConfig::default(), Retention::default()).await;
-    let mut a = subscribe(&hub, Some("a"), &["c"], Resume::Auto).await;
-    let id = publish(&hub, "c", "1").await.id;
-    assert_eq!(next(&mut a).await.id, id);
-    let item = |status: &str| (pat("c"), dev("a"), id, status.to_string());
-    let results = hub.ack_batch(vec![item("received"), item("shown")]).await;
-    assert!(results.iter().all(Result::is_ok), "{results:?}");
-    assert_eq!(hub.metrics().publish_to_acked.snapshot().count, 1);
-    let receipts = hub.receipts(&pat("c"), id).unwrap();
-    assert_eq!(receipts.summary().acked, 1);
-    let status = receipts.receipt_of(&dev("a")).unwrap().status;
-    assert_eq!(status.as_deref(), Some("shown"));
-}

@@ -42,15 +42,18 @@ impl<S: EventStore> Hub<S> {
     /// [`Error::UnknownEvent`].
     pub fn receipts(&self, subscription: &Pattern, id: EventId) -> Result<Arc<EventReceipts>> {
         let state = self.inner.state();
-        state
-            .ledgers
-            .event(&id)
-            .filter(|r| subscription.matches(&r.event.channel))
-            .cloned()
-            .ok_or_else(|| Error::UnknownEvent {
-                channel: subscription.to_string(),
-                id: id.to_string(),
-            })
+        find_receipts(&state, subscription, id)
+    }
+
+    /// [`Hub::receipts`] of many events, looked up under one lock.
+    pub(crate) fn receipts_of<'a>(
+        &self,
+        wanted: impl Iterator<Item = (&'a Pattern, EventId)>,
+    ) -> Vec<Result<Arc<EventReceipts>>> {
+        let state = self.inner.state();
+        wanted
+            .map(|(subscription, id)| find_receipts(&state, subscription, id))
+            .collect()
     }
 
     /// The receipt summary of event `id` (docs/PROTOCOL.md §5).
@@ -316,4 +319,16 @@ impl State {
             receipt_gaps: self.ledgers.receipt_gaps(),
         }
     }
+}
+
+fn find_receipts(state: &State, subscription: &Pattern, id: EventId) -> Result<Arc<EventReceipts>> {
+    state
+        .ledgers
+        .event(&id)
+        .filter(|r| subscription.matches(&r.event.channel))
+        .cloned()
+        .ok_or_else(|| Error::UnknownEvent {
+            channel: subscription.to_string(),
+            id: id.to_string(),
+        })
 }
