@@ -26,8 +26,9 @@ async fn a_batch_with_a_receipt_twice_counts_its_first_once() {
     assert_eq!(status.as_deref(), Some("shown"));
 }
 
-/// A batch mixing receipts of two events, an unknown event, a stranger and
-/// a status over the limit gets one answer per item, in order: the
+/// A batch mixing receipts of two events, an unknown event, a stranger, a
+/// status over the limit and a receipt under a subscription that does not
+/// match the event's channel gets one answer per item, in order: the
 /// batch's receipts are looked up together, each by what it names.
 #[tokio::test]
 async fn a_mixed_batch_answers_each_receipt_for_itself() {
@@ -76,4 +77,21 @@ async fn a_mixed_batch_answers_each_receipt_for_itself() {
     assert_eq!(status.as_deref(), Some("again"));
     assert_eq!(hub.receipts(&pat("c"), two).unwrap().summary().acked, 1);
     assert_eq!(hub.metrics().publish_to_acked.snapshot().count, 3);
+}
+
+/// An empty batch has nothing to answer; a status over the limit is
+/// refused as such even when its event is unknown too (it is checked
+/// first, as a single receipt's is).
+#[tokio::test]
+async fn an_empty_batch_and_a_long_status_for_an_unknown_event() {
+    let hub = hub_with(HubConfig::default(), Retention::default()).await;
+    assert!(hub.ack_batch(Vec::new()).await.is_empty());
+    let long = "x".repeat(MAX_STATUS_LEN + 1);
+    let results = hub
+        .ack_batch(vec![(pat("c"), dev("a"), EventId(42), long)])
+        .await;
+    assert!(
+        matches!(results[..], [Err(Error::StatusTooLong { .. })]),
+        "{results:?}"
+    );
 }

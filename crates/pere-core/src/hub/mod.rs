@@ -512,8 +512,10 @@ impl<S: EventStore> Hub<S> {
         // A device's first receipt of an event, counted once even when the
         // batch holds several (they are all checked before any is applied).
         let mut firsts: HashSet<(EventId, DeviceId)> = HashSet::new();
-        // One look at the state for the whole batch: the writer holds it
-        // while it applies, and a lock per receipt contends with it.
+        // One look at the state for the whole batch's events: the writer
+        // holds it while it applies, and a lock per receipt contends with
+        // it. (A cluster node still looks, per receipt, for a stream of
+        // its own that got an event the ledger does not show yet.)
         let found = self.receipts_of(items.iter().map(|(sub, _, id, _)| (sub, *id)));
         // And one look at each event's receipts per run of receipts for it.
         let mut standings = Vec::with_capacity(found.len());
@@ -535,6 +537,7 @@ impl<S: EventStore> Hub<S> {
             };
             at = end;
         }
+        debug_assert_eq!(standings.len(), items.len());
         let refused = match self.inner.health().refusal() {
             Some(Error::StoreUnavailable(why)) => Some(why),
             Some(other) => Some(other.to_string()),

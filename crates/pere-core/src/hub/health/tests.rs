@@ -373,3 +373,59 @@ async fn a_hanging_store_leaves_stats_answering_and_views_busy() {
     assert_eq!(hub.stats().await.unwrap().retained, 2);
     assert_eq!(hub.connections().await.unwrap().total, 0);
 }
+
+/// While the store fails, a batch of receipts still tells each receipt
+/// what is wrong with it first (an unknown event, a stranger), and only
+/// the valid ones are refused for the outage; nothing of it is recorded.
+#[tokio::test]
+async fn a_batch_of_receipts_during_an_outage_is_checked_before_refused() {
+    let (hub, store) = flaky_hub().await;
+    let sub = Pattern::new("c").unwrap();
+    let device = DeviceId::new("phone").unwrap();
+    let mut stream = hub
+        .subscribe(
+            SubscribeRequest {
+                device: Some(device.clone()),
+                patterns: vec![sub.clone()],
+                resume: Resume::Auto,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let id = hub.publish(publish("c", "one", None)).await.unwrap().id;
+    let event = tokio::time::timeout(WAIT, stream.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.id, id);
+    store.fail_appends.store(1, Ordering::SeqCst);
+    store.fail_probes.store(usize::MAX, Ordering::SeqCst);
+    hub.publish(publish("c", "lost", None)).await.unwrap_err();
+    let stranger = DeviceId::new("stranger").unwrap();
+    let results = hub
+        .ack_batch(vec![
+            (sub.clone(), device.clone(), id, "ok".into()),
+            (
+                sub.clone(),
+                device.clone(),
+                EventId(id.0 + 1000),
+                "ok".into(),
+            ),
+            (sub.clone(), stranger, id, "ok".into()),
+        ])
+        .await;
+    assert!(
+        matches!(
+            results[..],
+            [
+                Err(Error::StoreUnavailable(_)),
+                Err(Error::UnknownEvent { .. }),
+                Err(Error::NotRecipient { .. })
+            ]
+        ),
+        "{results:?}"
+    );
+    let receipts = hub.receipts(&sub, id).unwrap();
+    assert_eq!(receipts.summary().acked, 0);
+}
