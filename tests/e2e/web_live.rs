@@ -19,6 +19,22 @@ async fn fetched(browser: &mut Browser, path: &str) -> u64 {
     browser.eval(&expression).await.unwrap().as_u64().unwrap()
 }
 
+/// Waits for the dashboard's receipts stream, then stops its periodic
+/// refresh: from then on only the stream (or a refresh asked for) changes
+/// the page.
+async fn live_without_polls(browser: &mut Browser) {
+    browser
+        .wait_for(
+            "the receipts stream is live",
+            "document.getElementById('live').textContent === 'receipts: live'",
+        )
+        .await;
+    browser
+        .eval("(() => { const s = document.getElementById('every'); s.value = '0'; s.dispatchEvent(new Event('change')); return true; })()")
+        .await
+        .unwrap();
+}
+
 /// The dashboard's receipts cell of event `id`, as `[acked, delivered,
 /// recipients, bad-status devices, text]`.
 fn receipt_cell(id: &str) -> String {
@@ -52,17 +68,8 @@ async fn dashboard_follows_receipts_live_without_reading_them_again() {
             ),
         )
         .await;
-    browser
-        .wait_for(
-            "the receipts stream is live",
-            "document.getElementById('live').textContent === 'receipts: live'",
-        )
-        .await;
     // No periodic refresh from now on: only the stream can update the page.
-    browser
-        .eval("(() => { const s = document.getElementById('every'); s.value = '0'; s.dispatchEvent(new Event('change')); return true; })()")
-        .await
-        .unwrap();
+    live_without_polls(&mut browser).await;
     let summary = format!("/receipts/CHANNEL_1/{first}");
     assert_eq!(fetched(&mut browser, &summary).await, 1);
 
@@ -143,18 +150,9 @@ async fn a_late_device_list_does_not_undo_a_live_receipt() {
     browser
         .wait_for("worker-9's row", &format!("!!{row}"))
         .await;
-    browser
-        .wait_for(
-            "the receipts stream is live",
-            "document.getElementById('live').textContent === 'receipts: live'",
-        )
-        .await;
     // Only the refresh below reads the list, and its answer is held back
     // for a second once it has arrived.
-    browser
-        .eval("(() => { const s = document.getElementById('every'); s.value = '0'; s.dispatchEvent(new Event('change')); return true; })()")
-        .await
-        .unwrap();
+    live_without_polls(&mut browser).await;
     browser
         .eval(
             r#"(() => {

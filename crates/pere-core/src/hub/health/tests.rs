@@ -106,6 +106,15 @@ fn publish(channel: &str, payload: &str, key: Option<&str>) -> Publish {
     p
 }
 
+/// `device` joins `sub`, resuming as a member does.
+fn member(device: &DeviceId, sub: &Pattern) -> SubscribeRequest {
+    SubscribeRequest {
+        device: Some(device.clone()),
+        patterns: vec![sub.clone()],
+        resume: Resume::Auto,
+    }
+}
+
 async fn until_writable(hub: &Hub<Arc<Flaky>>) {
     tokio::time::timeout(WAIT, async {
         while hub.store_health().outage.is_some() {
@@ -249,17 +258,7 @@ async fn what_happened_anyway_is_journaled_after_the_outage() {
     let (hub, store) = flaky_hub().await;
     let sub = Pattern::new("c").unwrap();
     let device = DeviceId::new("phone").unwrap();
-    let stream = hub
-        .subscribe(
-            SubscribeRequest {
-                device: Some(device.clone()),
-                patterns: vec![sub.clone()],
-                resume: Resume::Auto,
-            },
-            None,
-        )
-        .await
-        .unwrap();
+    let stream = hub.subscribe(member(&device, &sub), None).await.unwrap();
     let journaled = store.stored.lock().unwrap().len();
     store.fail_appends.store(1, Ordering::SeqCst);
     store.fail_probes.store(1, Ordering::SeqCst);
@@ -299,16 +298,7 @@ async fn a_membership_made_in_a_failed_batch_is_journaled_after_the_outage() {
     let sub = Pattern::new("c").unwrap();
     let device = DeviceId::new("tablet").unwrap();
     store.fail_appends.store(1, Ordering::SeqCst);
-    let refused = hub
-        .subscribe(
-            SubscribeRequest {
-                device: Some(device.clone()),
-                patterns: vec![sub.clone()],
-                resume: Resume::Auto,
-            },
-            None,
-        )
-        .await;
+    let refused = hub.subscribe(member(&device, &sub), None).await;
     assert!(matches!(refused, Err(Error::StoreUnavailable(_))));
     until_writable(&hub).await;
     let joined = |store: &Flaky| {
@@ -382,17 +372,7 @@ async fn a_batch_of_receipts_during_an_outage_is_checked_before_refused() {
     let (hub, store) = flaky_hub().await;
     let sub = Pattern::new("c").unwrap();
     let device = DeviceId::new("phone").unwrap();
-    let mut stream = hub
-        .subscribe(
-            SubscribeRequest {
-                device: Some(device.clone()),
-                patterns: vec![sub.clone()],
-                resume: Resume::Auto,
-            },
-            None,
-        )
-        .await
-        .unwrap();
+    let mut stream = hub.subscribe(member(&device, &sub), None).await.unwrap();
     let id = hub.publish(publish("c", "one", None)).await.unwrap().id;
     let event = tokio::time::timeout(WAIT, stream.next())
         .await
