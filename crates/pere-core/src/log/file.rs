@@ -11,8 +11,10 @@
 //! One I/O thread owns the active segment ([`writer`]). Each
 //! [`EventStore::append`] is one batch: encoded, written, and (with
 //! [`Fsync::Always`]) `fdatasync`'d once — the hub batches concurrent
-//! requests, so they share that sync. A segment past
-//! [`FileStoreConfig::segment_size`] is sealed and a new one started.
+//! requests, so they share that sync. With syncs, the batch goes over
+//! zeros written ahead of the records, so that a sync need not record a
+//! new file size. A segment past [`FileStoreConfig::segment_size`] is
+//! sealed (cut to its records) and a new one started.
 //!
 //! # Recovery
 //! Segments are scanned in order ([`recovery`], [`scan`]). Damaged records
@@ -26,7 +28,9 @@
 //! operator removes them. Damage that reaches the end of the last segment
 //! is a torn tail (a crash mid-write): the file is truncated there and the
 //! cut bytes are moved aside as `dropped-*.bin`, so nothing is destroyed
-//! silently. No index is persisted: the in-memory index is rebuilt from
+//! silently. Zeros at the end of the last segment are the space the
+//! writer had filled ahead (no record frames as zeros): they are cut
+//! without a note. No index is persisted: the in-memory index is rebuilt from
 //! the log on every start.
 //!
 //! # Compaction
@@ -319,11 +323,12 @@ impl FileStore {
             }
         };
         let path = segment_path(&dir, active_no);
-        let mut file = OpenOptions::new()
-            .append(true)
+        // Not in append mode: the writer writes at the end of the records,
+        // over zeros it wrote ahead.
+        let file = OpenOptions::new()
+            .write(true)
             .open(&path)
             .map_err(|e| io_err(&path, e))?;
-        file.flush().map_err(|e| io_err(&path, e))?;
         let sealed_bytes: u64 = scan.sealed.iter().map(|s| s.1).sum();
         let known_damage = scan
             .damage
@@ -360,6 +365,7 @@ impl FileStore {
                         file,
                         number: active_no,
                         len: active_len,
+                        end: active_len,
                         fsync,
                         buf: Vec::with_capacity(64 * 1024),
                         wake,
@@ -616,5 +622,7 @@ impl Drop for FileStore {
     }
 }
 
+#[cfg(test)]
+mod preallocate_tests;
 #[cfg(test)]
 mod tests;

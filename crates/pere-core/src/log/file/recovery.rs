@@ -27,7 +27,8 @@ pub(super) struct Scan {
 }
 
 /// Reads the directory: drops superseded segments and leftovers, scans
-/// every segment's records across damage, and cuts a torn tail.
+/// every segment's records across damage, and cuts a torn tail and the
+/// zeros the writer wrote ahead.
 pub(super) fn scan(dir: &Path) -> Result<Scan> {
     let mut numbers: Vec<u64> = Vec::new();
     let mut damage = Vec::new();
@@ -142,11 +143,20 @@ pub(super) fn scan(dir: &Path) -> Result<Scan> {
         let mut len = bytes.len();
         if let Some(torn) = &found.torn {
             let from = torn.range.start;
-            warn(
-                &mut notes,
-                format!("{} at offset {from}: {}", path.display(), torn.why),
-            );
-            set_aside(dir, &path, from, &bytes, &mut notes)?;
+            // The writer fills the last segment with zeros ahead of its
+            // records: a crash leaves them after the last write. Only
+            // what is not zero was a write the crash cut short.
+            let written = bytes[from..]
+                .iter()
+                .rposition(|&b| b != 0)
+                .map(|last| from + last + 1);
+            if let Some(written) = written {
+                warn(
+                    &mut notes,
+                    format!("{} at offset {from}: {}", path.display(), torn.why),
+                );
+                set_aside(dir, &path, from, &bytes[..written], &mut notes)?;
+            }
             let file = OpenOptions::new()
                 .write(true)
                 .open(&path)

@@ -9,7 +9,7 @@ fn ch(s: &str) -> ChannelName {
     ChannelName::new(s).unwrap()
 }
 
-fn config(dir: &Path) -> FileStoreConfig {
+pub(super) fn config(dir: &Path) -> FileStoreConfig {
     FileStoreConfig {
         dir: dir.to_path_buf(),
         retention: Retention {
@@ -21,7 +21,7 @@ fn config(dir: &Path) -> FileStoreConfig {
     }
 }
 
-fn event(channel: &str, id: u64, payload: &str) -> Record {
+pub(super) fn event(channel: &str, id: u64, payload: &str) -> Record {
     Record::Event(Arc::new(Event {
         id: EventId(id),
         channel: ch(channel),
@@ -33,13 +33,13 @@ fn event(channel: &str, id: u64, payload: &str) -> Record {
     }))
 }
 
-async fn reopen(cfg: &FileStoreConfig) -> (FileStore, Recovered) {
+pub(super) async fn reopen(cfg: &FileStoreConfig) -> (FileStore, Recovered) {
     let store = FileStore::open(cfg.clone()).unwrap();
     let recovered = store.recover().await.unwrap();
     (store, recovered)
 }
 
-fn event_ids(r: &Recovered) -> Vec<u64> {
+pub(super) fn event_ids(r: &Recovered) -> Vec<u64> {
     r.records
         .iter()
         .filter_map(|r| match r {
@@ -49,7 +49,7 @@ fn event_ids(r: &Recovered) -> Vec<u64> {
         .collect()
 }
 
-fn segments(dir: &Path) -> Vec<PathBuf> {
+pub(super) fn segments(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -180,7 +180,7 @@ fn flip_a_bit_mid_segment(segment: &Path) -> u64 {
     }
 }
 
-fn files_starting(dir: &Path, prefix: &str) -> Vec<String> {
+pub(super) fn files_starting(dir: &Path, prefix: &str) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -589,10 +589,15 @@ impl Tmpfs {
         Some(Self { dir })
     }
 
-    /// Fills the disk with a file, until it is full; returns the file.
+    /// Fills the disk with a file, until it is full (again); returns the
+    /// file.
     fn fill(&self) -> PathBuf {
         let path = self.dir.path().join("filler");
-        let mut file = File::create(&path).unwrap();
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
         let chunk = vec![0x55u8; 16 * 1024];
         loop {
             match file.write(&chunk) {
@@ -682,10 +687,15 @@ async fn a_full_disk_fails_a_write_cleanly_and_the_store_resumes() {
         stored.len(),
         "nothing of it stays"
     );
+    // Cutting the failed batch also gave back the zeros the writer had
+    // written ahead of it: take that space too.
+    disk.fill();
     assert!(store.probe().await.is_err(), "still full");
-    // A write while full fails again, and also leaves nothing.
-    assert!(store.append(&[event("a", id, &payload)]).await.is_err());
-    id += 1;
+    // A write while full fails again, and also leaves nothing. (Two
+    // records: more than the last page of the segment can still hold.)
+    let batch = [event("a", id, &payload), event("a", id + 1, &payload)];
+    assert!(store.append(&batch).await.is_err());
+    id += 2;
     assert_clean(&cfg.dir);
     fs::remove_file(filler).unwrap();
     store.probe().await.unwrap();
