@@ -2,7 +2,7 @@
 //! records: cut when the store closes, and, after a crash, cut at the next
 //! start without taking a torn write for anything else.
 
-use super::tests::{config, event, event_ids, files_starting, reopen, segments};
+use super::tests::{Tmpfs, config, event, event_ids, files_starting, reopen, segments};
 use super::*;
 
 /// Where the records of a segment end.
@@ -139,4 +139,51 @@ async fn a_write_the_crash_cut_short_before_the_zeros_is_a_torn_tail() {
     drop(store);
     let (_, r) = reopen(&cfg).await;
     assert_eq!(event_ids(&r), [1, 2, 3, 4, 6]);
+}
+
+#[tokio::test]
+async fn sealed_segments_hold_their_records_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.segment_size = 400; // a few records per segment
+    let (store, _) = reopen(&cfg).await;
+    for i in 1..=50 {
+        if i == 31 {
+            // Segments sealed after this one stay as the writer left them.
+            store.compact_now();
+        }
+        store
+            .append(&[event("a", i, &format!("some payload bytes {i:03}"))])
+            .await
+            .unwrap();
+    }
+    let segs = segments(dir.path());
+    let (last, sealed) = segs.split_last().unwrap();
+    let by_writer: Vec<Vec<u8>> = sealed
+        .iter()
+        .map(|seg| fs::read(seg).unwrap())
+        .filter(|bytes| bytes[COMPACTED_AT] == 0)
+        .collect();
+    assert!(by_writer.len() >= 2, "{segs:?}");
+    for bytes in &by_writer {
+        assert_eq!(bytes.len(), records_end(bytes));
+    }
+    let bytes = fs::read(last).unwrap();
+    assert!(
+        bytes.len() > records_end(&bytes),
+        "the active one is written ahead"
+    );
+    store.close().await.unwrap();
+}
+
+/// Zeros never take a disk's last space: on a small filesystem the writer
+/// appends, as without them.
+#[tokio::test]
+async fn a_disk_short_of_space_gets_no_zeros() {
+    let Some(disk) = Tmpfs::mount("8m") else {
+        return;
+    };
+    let cfg = config(&disk.dir.path().join("data"));
+    let open = written_then_closed(&cfg, 1..=5).await;
+    assert_eq!(open.len(), records_end(&open));
 }

@@ -150,12 +150,20 @@ pub(super) fn scan(dir: &Path) -> Result<Scan> {
                 .iter()
                 .rposition(|&b| b != 0)
                 .map(|last| from + last + 1);
-            if let Some(written) = written {
-                warn(
-                    &mut notes,
-                    format!("{} at offset {from}: {}", path.display(), torn.why),
-                );
-                set_aside(dir, &path, from, &bytes[..written], &mut notes)?;
+            match written {
+                Some(written) => {
+                    warn(
+                        &mut notes,
+                        format!("{} at offset {from}: {}", path.display(), torn.why),
+                    );
+                    set_aside(dir, &path, from, &bytes[..written], &mut notes)?;
+                }
+                None => tracing::info!(
+                    segment = %path.display(),
+                    offset = from,
+                    bytes = bytes.len() - from,
+                    "store recovery: cut the zeros written ahead of the last records"
+                ),
             }
             let file = OpenOptions::new()
                 .write(true)

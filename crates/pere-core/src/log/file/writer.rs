@@ -9,7 +9,9 @@
 //! `benches/RESULTS.md`). Zeros never frame a record (a record's length
 //! is at least 9), so recovery tells the unused space from a torn write;
 //! sealing a segment, closing the store and undoing a failed write cut
-//! the file back to its records.
+//! the file back to its records. Zeros are written only while the
+//! filesystem has [`KEEP_FREE`] to spare: a nearly full disk is appended
+//! to as before.
 //!
 //! A batch that fails (a full disk, an I/O error) leaves nothing behind:
 //! whatever part of it reached the file is cut off again before the
@@ -36,6 +38,12 @@ const PROBE: usize = 4096;
 /// one inode update per this much log, not per batch.
 pub(super) const PREALLOCATE: u64 = 1024 * 1024;
 
+/// Free space the zeros must leave on the filesystem. Below it the writer
+/// appends as it did before: zeros never take a disk's last space, from
+/// other programs or from the store's own next records (a write refused
+/// for want of space must mean the disk is full, not that zeros took it).
+const KEEP_FREE: u64 = 64 * PREALLOCATE;
+
 /// A batch's records, handed back with the outcome of writing them.
 pub(super) type Written = (Vec<(u64, Stored)>, std::io::Result<()>);
 
@@ -57,7 +65,8 @@ pub(super) struct Writer {
     pub(super) file: File,
     pub(super) number: u64,
     pub(super) len: u64,
-    /// The file's size: `len..end` holds zeros written ahead.
+    /// At least the file's size: `len..end` holds zeros written ahead (it
+    /// is more only when cutting failed zeros failed too).
     pub(super) end: u64,
     pub(super) fsync: Fsync,
     pub(super) buf: Vec<u8>,
@@ -152,15 +161,23 @@ impl Writer {
 
     /// Fills the file with zeros from its end to at least `needed` and
     /// [`PREALLOCATE`] past it. The batch's sync makes them durable with
-    /// the new size. If the disk refuses (it is full), the batch is written
-    /// without them, as an append, and fails or not on its own.
+    /// the new size. When the filesystem is short of space (or says
+    /// nothing), the batch is written without them, as an append, and
+    /// fails or not on its own.
     fn preallocate(&mut self, needed: u64) {
         let ahead = PREALLOCATE.min(self.shared.segment_size);
         let target = (needed + ahead).next_multiple_of(4096);
+        let free = rustix::fs::fstatvfs(&self.file)
+            .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+            .unwrap_or(0);
+        if free < KEEP_FREE + (target - self.end) {
+            return;
+        }
         let zeros = vec![0u8; (target - self.end) as usize];
         match self.file.write_all_at(&zeros, self.end) {
             Ok(()) => self.end = target,
             Err(err) => {
+                // The disk filled since the check.
                 tracing::debug!(cause = %err, "cannot write zeros ahead of the log");
                 // Some of them may be in the file: give their space back.
                 // Zeros left after the records (the cut failing too) are
