@@ -2,7 +2,9 @@
 //! records: cut when the store closes, and, after a crash, cut at the next
 //! start without taking a torn write for anything else.
 
-use super::tests::{Tmpfs, config, event, event_ids, files_starting, reopen, segments};
+use super::tests::{
+    Tmpfs, config, event, event_ids, files_starting, reopen, segments, small_segments_open,
+};
 use super::*;
 
 /// Where the records of a segment end.
@@ -144,19 +146,8 @@ async fn a_write_the_crash_cut_short_before_the_zeros_is_a_torn_tail() {
 #[tokio::test]
 async fn sealed_segments_hold_their_records_only() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path());
-    cfg.segment_size = 400; // a few records per segment
-    let (store, _) = reopen(&cfg).await;
-    for i in 1..=50 {
-        if i == 31 {
-            // Segments sealed after this one stay as the writer left them.
-            store.compact_now();
-        }
-        store
-            .append(&[event("a", i, &format!("some payload bytes {i:03}"))])
-            .await
-            .unwrap();
-    }
+    // Segments sealed after its compaction stay as the writer left them.
+    let (store, _) = small_segments_open(dir.path()).await;
     let segs = segments(dir.path());
     let (last, sealed) = segs.split_last().unwrap();
     let by_writer: Vec<Vec<u8>> = sealed

@@ -140,6 +140,17 @@ async fn a_torn_tail_is_truncated_and_reported() {
 /// compacted segment (1..=30 or so), then sealed ones as the writer left
 /// them, then the active one.
 async fn small_segments(dir: &Path) -> FileStoreConfig {
+    let (store, cfg) = small_segments_open(dir).await;
+    store.close().await.unwrap();
+    let segs = segments(dir);
+    assert!(segs.len() >= 4, "{segs:?}");
+    assert_eq!(fs::read(&segs[0]).unwrap()[COMPACTED_AT], 1);
+    assert_eq!(fs::read(&segs[1]).unwrap()[COMPACTED_AT], 0);
+    cfg
+}
+
+/// [`small_segments`] with the store still open.
+pub(super) async fn small_segments_open(dir: &Path) -> (FileStore, FileStoreConfig) {
     let mut cfg = config(dir);
     cfg.segment_size = 400; // a few records per segment
     let (store, _) = reopen(&cfg).await;
@@ -152,12 +163,7 @@ async fn small_segments(dir: &Path) -> FileStoreConfig {
             .await
             .unwrap();
     }
-    store.close().await.unwrap();
-    let segs = segments(dir);
-    assert!(segs.len() >= 4, "{segs:?}");
-    assert_eq!(fs::read(&segs[0]).unwrap()[COMPACTED_AT], 1);
-    assert_eq!(fs::read(&segs[1]).unwrap()[COMPACTED_AT], 0);
-    cfg
+    (store, cfg)
 }
 
 /// Flips one bit in the middle of `segment` and returns the id of the
