@@ -4,7 +4,7 @@ use crate::event::{Sequencer, Timestamp};
 use crate::hub::Counters;
 use crate::hub::state::State;
 use crate::log::{Evicted, Record};
-use crate::name::Pattern;
+use crate::name::{DeviceId, Pattern};
 use crate::presence::{Member, Op};
 
 impl State {
@@ -87,8 +87,12 @@ impl State {
                     device,
                     ..
                 } => {
-                    if let Some(sub) = self.memberships.sub_mut(&subscription) {
-                        sub.members.remove(&device);
+                    if let Some(sub) = self.memberships.sub_mut(&subscription)
+                        && let Some(member) = sub.members.remove(&device)
+                    {
+                        // It was written these before it left (below, for
+                        // the members that stay).
+                        self.mark_delivered_upto_cursor(&subscription, &device, &member);
                     }
                 }
                 Record::Notice {
@@ -100,17 +104,7 @@ impl State {
         // Deliveries up to each member's cursor happened before the restart.
         for (pattern, sub) in self.memberships.subs() {
             for (device, member) in &sub.members {
-                if member.cursor <= member.since {
-                    continue;
-                }
-                let at = member.cursor_at.unwrap_or_default();
-                self.ledgers.mark_delivered_between(
-                    pattern,
-                    device,
-                    member.since,
-                    member.cursor,
-                    at,
-                );
+                self.mark_delivered_upto_cursor(pattern, device, member);
             }
         }
         for (id, device, status, at) in acks {
@@ -134,5 +128,18 @@ impl State {
                 member.disconnected_at = Some(member.disconnected_at.unwrap_or(now).max(now));
             }
         }
+    }
+}
+
+impl State {
+    /// Marks `device` delivered the events of its membership up to its
+    /// journaled cursor, at the cursor's time.
+    fn mark_delivered_upto_cursor(&self, pattern: &Pattern, device: &DeviceId, member: &Member) {
+        if member.cursor <= member.since {
+            return;
+        }
+        let at = member.cursor_at.unwrap_or_default();
+        self.ledgers
+            .mark_delivered_between(pattern, device, member.since, member.cursor, at);
     }
 }

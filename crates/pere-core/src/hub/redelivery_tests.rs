@@ -7,7 +7,8 @@ use super::tests::{WAIT, ch, dev, drain, hub, hub_with, next, pat, publish, subs
 use super::*;
 use crate::config::Retention;
 use crate::ledger::ReceiptState;
-use crate::log::{FileStore, FileStoreConfig};
+use crate::log::FileStoreConfig;
+use crate::log::file::tests::open_store;
 
 /// Takes `n` events (each marks its delivery), returning their ids.
 async fn take(sub: &mut Subscription, n: usize) -> Vec<EventId> {
@@ -184,7 +185,7 @@ async fn redelivery_survives_a_restart_of_a_durable_hub() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = FileStoreConfig::new(dir.path());
     let (first, written) = {
-        let hub = Hub::open(HubConfig::default(), FileStore::open(cfg.clone()).unwrap())
+        let hub = Hub::open(HubConfig::default(), open_store(&cfg))
             .await
             .unwrap();
         let mut r = subscribe_on(&hub, "R").await;
@@ -203,7 +204,7 @@ async fn redelivery_survives_a_restart_of_a_durable_hub() {
         hub.shutdown().await;
         (first, written)
     };
-    let hub = Hub::open(HubConfig::default(), FileStore::open(cfg).unwrap())
+    let hub = Hub::open(HubConfig::default(), open_store(&cfg))
         .await
         .unwrap();
     let mut r = subscribe_on(&hub, "R").await;
@@ -212,6 +213,50 @@ async fn redelivery_survives_a_restart_of_a_durable_hub() {
     let s = hub.receipt_summary(&pat("orders"), first.id).unwrap();
     let receipt = &s.devices[0].1;
     assert!(receipt.delivered_at <= receipt.acked_at, "{receipt:?}");
+    hub.shutdown().await;
+}
+
+/// A member an operator removed was still written its events before: after
+/// a restart its receipts say so (they said "acked, 0 deliveries", which
+/// reads as "acknowledged without ever being written").
+#[tokio::test]
+async fn a_removed_member_s_deliveries_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = FileStoreConfig::new(dir.path());
+    let (first, second) = {
+        let hub = Hub::open(HubConfig::default(), open_store(&cfg))
+            .await
+            .unwrap();
+        let mut r = subscribe_on(&hub, "R").await;
+        let first = hub
+            .publish(Publish::new(ch("orders"), "first"))
+            .await
+            .unwrap();
+        next(&mut r).await;
+        hub.ack(&pat("orders"), &dev("R"), first.id, "ok")
+            .await
+            .unwrap();
+        let second = hub
+            .publish(Publish::new(ch("orders"), "second"))
+            .await
+            .unwrap();
+        next(&mut r).await;
+        // Removed with its stream open, before a tick journals its cursor.
+        hub.remove_member(&pat("orders"), &dev("R")).await.unwrap();
+        hub.shutdown().await;
+        (first, second)
+    };
+    let hub = Hub::open(HubConfig::default(), open_store(&cfg))
+        .await
+        .unwrap();
+    let acked = hub.receipt_summary(&pat("orders"), first.id).unwrap();
+    let receipt = &acked.devices[0].1;
+    assert_eq!(receipt.state, ReceiptState::Acked, "{receipt:?}");
+    assert_eq!(receipt.deliveries, 1, "{receipt:?}");
+    let delivered = hub.receipt_summary(&pat("orders"), second.id).unwrap();
+    let receipt = &delivered.devices[0].1;
+    assert_eq!(receipt.state, ReceiptState::Delivered, "{receipt:?}");
+    assert_eq!(receipt.deliveries, 1, "{receipt:?}");
     hub.shutdown().await;
 }
 

@@ -625,4 +625,4 @@ impl Drop for FileStore {
 #[cfg(test)]
 mod preallocate_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -29,7 +29,19 @@ impl State {
         } = cmd;
         match self.memberships.remove_member(&subscription, &device) {
             // Dropping the member drops its streams' senders: their bodies end.
-            Some(_member) => {
+            Some(member) => {
+                // What its streams were written since the last tick: after
+                // a restart its receipts show those deliveries (a cluster
+                // node's cursors go through the log instead).
+                let (cursor, at) = member.effective_cursor();
+                if !self.cluster && cursor > member.journaled_cursor {
+                    records.push(Record::Cursor {
+                        subscription: subscription.clone(),
+                        device: device.clone(),
+                        cursor,
+                        at: at.unwrap_or(now),
+                    });
+                }
                 records.push(Record::Left {
                     subscription,
                     device,

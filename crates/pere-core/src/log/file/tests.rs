@@ -33,8 +33,24 @@ pub(super) fn event(channel: &str, id: u64, payload: &str) -> Record {
     }))
 }
 
+/// Opens the store at `cfg` as a restart would. A test that spawns a
+/// process (`mount`) on another thread forks this one, and until the child
+/// execs it holds a copy of every descriptor, a just-closed store's lock
+/// included: wait that out instead of failing as "in use".
+pub(crate) fn open_store(cfg: &FileStoreConfig) -> FileStore {
+    let deadline = Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match FileStore::open(cfg.clone()) {
+            Err(err) if err.to_string().contains("in use") && Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            opened => return opened.unwrap(),
+        }
+    }
+}
+
 pub(super) async fn reopen(cfg: &FileStoreConfig) -> (FileStore, Recovered) {
-    let store = FileStore::open(cfg.clone()).unwrap();
+    let store = open_store(cfg);
     let recovered = store.recover().await.unwrap();
     (store, recovered)
 }
@@ -514,7 +530,7 @@ async fn a_hub_over_a_file_store_comes_back_as_it_was() {
     let c = Pattern::new("c").unwrap();
     let dev = DeviceId::new("phone").unwrap();
     let (first, second, before) = {
-        let hub = Hub::open(HubConfig::default(), FileStore::open(cfg.clone()).unwrap())
+        let hub = Hub::open(HubConfig::default(), open_store(&cfg))
             .await
             .unwrap();
         let mut sub = hub
@@ -537,7 +553,7 @@ async fn a_hub_over_a_file_store_comes_back_as_it_was() {
         hub.shutdown().await;
         (first, second, before)
     };
-    let hub = Hub::open(HubConfig::default(), FileStore::open(cfg).unwrap())
+    let hub = Hub::open(HubConfig::default(), open_store(&cfg))
         .await
         .unwrap();
     let after = hub.receipt_summary(&c, first.id).unwrap();
