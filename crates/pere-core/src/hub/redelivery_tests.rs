@@ -185,18 +185,7 @@ async fn redelivery_survives_a_restart_of_a_durable_hub() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = FileStoreConfig::new(dir.path());
     let (first, written) = {
-        let hub = Hub::open(HubConfig::default(), open_store(&cfg))
-            .await
-            .unwrap();
-        let mut r = subscribe_on(&hub, "R").await;
-        let first = hub
-            .publish(Publish::new(ch("orders"), "first"))
-            .await
-            .unwrap();
-        next(&mut r).await;
-        hub.ack(&pat("orders"), &dev("R"), first.id, "ok")
-            .await
-            .unwrap();
+        let (hub, mut r, first) = durable_hub_with_an_ack(&cfg).await;
         let written = publish_n(&hub, "orders", 4).await;
         assert_eq!(take(&mut r, 4).await, written);
         // Its cursor is journaled past them when the stream closes.
@@ -224,18 +213,7 @@ async fn a_removed_member_s_deliveries_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = FileStoreConfig::new(dir.path());
     let (first, second) = {
-        let hub = Hub::open(HubConfig::default(), open_store(&cfg))
-            .await
-            .unwrap();
-        let mut r = subscribe_on(&hub, "R").await;
-        let first = hub
-            .publish(Publish::new(ch("orders"), "first"))
-            .await
-            .unwrap();
-        next(&mut r).await;
-        hub.ack(&pat("orders"), &dev("R"), first.id, "ok")
-            .await
-            .unwrap();
+        let (hub, mut r, first) = durable_hub_with_an_ack(&cfg).await;
         let second = hub
             .publish(Publish::new(ch("orders"), "second"))
             .await
@@ -258,6 +236,26 @@ async fn a_removed_member_s_deliveries_survive_a_restart() {
     assert_eq!(receipt.state, ReceiptState::Delivered, "{receipt:?}");
     assert_eq!(receipt.deliveries, 1, "{receipt:?}");
     hub.shutdown().await;
+}
+
+/// A hub over a file store at `cfg` with device R on `orders`, written
+/// and acknowledging a first event.
+async fn durable_hub_with_an_ack(
+    cfg: &FileStoreConfig,
+) -> (Hub<crate::log::FileStore>, Subscription, Published) {
+    let hub = Hub::open(HubConfig::default(), open_store(cfg))
+        .await
+        .unwrap();
+    let mut r = subscribe_on(&hub, "R").await;
+    let first = hub
+        .publish(Publish::new(ch("orders"), "first"))
+        .await
+        .unwrap();
+    next(&mut r).await;
+    hub.ack(&pat("orders"), &dev("R"), first.id, "ok")
+        .await
+        .unwrap();
+    (hub, r, first)
 }
 
 async fn subscribe_on<S: EventStore>(hub: &Hub<S>, device: &str) -> Subscription {
