@@ -42,6 +42,10 @@ pub enum Error {
     /// Timed out.
     #[error("timed out: {0}")]
     Timeout(String),
+    /// A subscriber stopped reconnecting: its bound on failed attempts was
+    /// reached (the sentence says which and why).
+    #[error("{0}")]
+    GaveUp(String),
     /// A certificate or key could not be used, or a TLS handshake failed.
     #[error("TLS: {0}")]
     Tls(String),

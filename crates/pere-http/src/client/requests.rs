@@ -193,7 +193,7 @@ pub fn may_have_been_received(err: &Error) -> bool {
             )
         }
         Error::Unconfirmed { .. } => true,
-        Error::WebhookLoop { .. } => false,
+        Error::WebhookLoop { .. } | Error::GaveUp(_) => false,
     }
 }
 

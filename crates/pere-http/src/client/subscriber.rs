@@ -320,9 +320,10 @@ impl Subscriber {
     /// # Errors
     /// [`Error::Status`] for an answer that forbids reconnecting (`400`,
     /// `401`, `403`, `404`…), [`Error::Protocol`] for an answer that is not
-    /// an event stream, [`Error::Timeout`] when reconnecting gave up
-    /// ([`SubscribeOptions::max_reconnects`] or
-    /// [`SubscribeOptions::deadline`]). After an error, `next` returns `None`.
+    /// an event stream, [`Error::GaveUp`] when reconnecting gave up after
+    /// [`SubscribeOptions::max_reconnects`] attempts, [`Error::Timeout`]
+    /// when [`SubscribeOptions::deadline`] passed. After an error, `next`
+    /// returns `None`.
     pub async fn next(&mut self) -> Result<Option<SubscriberItem>> {
         // Cancel safety: the state is only changed after an `.await` has
         // completed, so a caller may drop this future (e.g. in `select!` or
@@ -415,7 +416,7 @@ impl Subscriber {
         if let Some(max) = self.options.max_reconnects
             && self.failures >= max
         {
-            self.state = State::Failed(Error::Timeout(format!(
+            self.state = State::Failed(Error::GaveUp(format!(
                 "gave up on {} after {} failed connection attempts; last: {reason}",
                 self.addr.url(&self.path),
                 self.failures
