@@ -51,7 +51,7 @@ pub struct Args {
     /// stop after this many events (default: 1 with --data, else until stdin ends or forever)
     #[argh(option)]
     pub count: Option<u64>,
-    /// events per second, e.g. 20 or 0.5 (default: as fast as the server answers, or every 10 to 20 s for generated events)
+    /// events per second, e.g. 20 or 0.5, on a fixed schedule: events held up by a slow or restarting server go out at once afterwards, to keep the average (default: as fast as the server answers, or every 10 to 20 s for generated events)
     #[argh(option)]
     pub rate: Option<f64>,
     /// time between events, e.g. 5s (default: random 10 to 20 s for generated events, none otherwise)
