@@ -1,8 +1,9 @@
 //! The writer thread: owns the active segment, writes each batch, rolls
 //! to a new segment when one is full.
 //!
-//! The active segment is filled with zeros ahead of the writes
-//! ([`PREALLOCATE`] at a time), and each batch is written over them. A
+//! With [`Fsync::Always`] the active segment is filled with zeros ahead
+//! of the writes ([`PREALLOCATE`] at a time), and each batch is written
+//! over them. A
 //! sync then leaves the file's size alone: on ext4 an `fdatasync` after an
 //! append also writes the inode, a third I/O besides the data and the
 //! cache flush, and costs about 30 % more time and CPU (measured in
