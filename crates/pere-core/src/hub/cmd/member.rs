@@ -1,5 +1,6 @@
 //! `Hub::remove_member`: an operator ends a membership.
 
+use super::tick::journal_cursor;
 use crate::error::Error;
 use crate::event::Timestamp;
 use crate::hub::command::{Effect, Reply};
@@ -29,18 +30,12 @@ impl State {
         } = cmd;
         match self.memberships.remove_member(&subscription, &device) {
             // Dropping the member drops its streams' senders: their bodies end.
-            Some(member) => {
+            Some(mut member) => {
                 // What its streams were written since the last tick: after
                 // a restart its receipts show those deliveries (a cluster
                 // node's cursors go through the log instead).
-                let (cursor, at) = member.effective_cursor();
-                if !self.cluster && cursor > member.journaled_cursor {
-                    records.push(Record::Cursor {
-                        subscription: subscription.clone(),
-                        device: device.clone(),
-                        cursor,
-                        at: at.unwrap_or(now),
-                    });
+                if !self.cluster {
+                    records.extend(journal_cursor(&subscription, &device, &mut member, now));
                 }
                 records.push(Record::Left {
                     subscription,

@@ -7,7 +7,30 @@ use crate::config::HubConfig;
 use crate::event::{EventId, Timestamp};
 use crate::hub::state::State;
 use crate::log::{Evicted, Record};
-use crate::name::DeviceId;
+use crate::name::{DeviceId, Pattern};
+use crate::presence::Member;
+
+/// The `Cursor` record of what `member`'s streams were written since its
+/// cursor was last journaled, if anything; from then on it counts as
+/// journaled.
+pub(in crate::hub) fn journal_cursor(
+    subscription: &Pattern,
+    device: &DeviceId,
+    member: &mut Member,
+    now: Timestamp,
+) -> Option<Record> {
+    let (cursor, at) = member.effective_cursor();
+    if cursor <= member.journaled_cursor {
+        return None;
+    }
+    member.journaled_cursor = cursor;
+    Some(Record::Cursor {
+        subscription: subscription.clone(),
+        device: device.clone(),
+        cursor,
+        at: at.unwrap_or(now),
+    })
+}
 
 impl State {
     /// The periodic chores: memberships past their TTL, idempotency keys
@@ -41,15 +64,8 @@ impl State {
                 if member.connections() > 0 {
                     // A cluster node sends its streams' cursors through the
                     // log instead (`checkpoint_cursors`).
-                    let (cursor, at) = member.effective_cursor();
-                    if !cluster && cursor > member.journaled_cursor {
-                        member.journaled_cursor = cursor;
-                        records.push(Record::Cursor {
-                            subscription: pattern.clone(),
-                            device: device.clone(),
-                            cursor,
-                            at: at.unwrap_or(now),
-                        });
+                    if !cluster {
+                        records.extend(journal_cursor(pattern, device, member, now));
                     }
                     return true;
                 }

@@ -7,13 +7,16 @@ use super::tests::{
 };
 use super::*;
 
+/// The last record of a segment the writer wrote.
+fn last_record(bytes: &[u8]) -> Option<scan::Found> {
+    scan::scan_segment(bytes, HEADER_LEN as usize, true, true, Default::default())
+        .records
+        .pop()
+}
+
 /// Where the records of a segment end.
 fn records_end(bytes: &[u8]) -> usize {
-    let found = scan::scan_segment(bytes, HEADER_LEN as usize, true, true, Default::default());
-    found
-        .records
-        .last()
-        .map_or(HEADER_LEN as usize, |r| r.offset + r.len)
+    last_record(bytes).map_or(HEADER_LEN as usize, |r| r.offset + r.len)
 }
 
 /// Appends events `ids` to a store at `cfg`, one batch each, and returns
@@ -101,16 +104,7 @@ async fn a_write_the_crash_cut_short_before_the_zeros_is_a_torn_tail() {
     // The last record reached the disk only in part: zeros after its
     // first ten bytes.
     let end = records_end(&crashed);
-    let last = scan::scan_segment(
-        &crashed,
-        HEADER_LEN as usize,
-        true,
-        true,
-        Default::default(),
-    )
-    .records
-    .pop()
-    .unwrap();
+    let last = last_record(&crashed).unwrap();
     crashed[last.offset + 10..end].fill(0);
     let mut torn: Vec<u8> = crashed[last.offset..last.offset + 10].to_vec();
     // Its own zero bytes at the end look like the space after it.
