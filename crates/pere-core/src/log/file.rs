@@ -238,6 +238,12 @@ impl FileStore {
     /// # Errors
     /// The directory cannot be created, locked or read.
     pub fn open(config: FileStoreConfig) -> Result<Self> {
+        Self::open_with(config, writer::free_space)
+    }
+
+    /// [`FileStore::open`], with the writer learning the free space from
+    /// `free_space`.
+    fn open_with(config: FileStoreConfig, free_space: fn(&File) -> u64) -> Result<Self> {
         let dir = config.dir.clone();
         fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
         let lock_path = dir.join("LOCK");
@@ -370,6 +376,7 @@ impl FileStore {
                         buf: Vec::with_capacity(64 * 1024),
                         wake,
                         dirty: false,
+                        free_space,
                     }
                     .run(jobs_rx)
                 })

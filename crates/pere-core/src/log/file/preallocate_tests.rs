@@ -172,3 +172,35 @@ async fn a_disk_short_of_space_gets_no_zeros() {
     let open = written_then_closed(&cfg, 1..=5).await;
     assert_eq!(open.len(), records_end(&open));
 }
+
+/// The disk filling between the free-space check and the zeros: the
+/// zeros are cut and the batch appended, as on a disk without them.
+#[tokio::test]
+async fn zeros_the_disk_refuses_are_cut_and_the_batch_appended() {
+    let Some(disk) = Tmpfs::mount("1m") else {
+        return;
+    };
+    let cfg = config(&disk.dir.path().join("data"));
+    // The check passes, the zeros (a MiB ahead) cannot fit.
+    let store = FileStore::open_with(cfg.clone(), |_| u64::MAX).unwrap();
+    store.recover().await.unwrap();
+    let seg = segments(&cfg.dir).pop().unwrap();
+    for i in 1..=5 {
+        store
+            .append(&[event("a", i, &format!("payload {i}"))])
+            .await
+            .unwrap();
+        let bytes = fs::read(&seg).unwrap();
+        assert_eq!(bytes.len(), records_end(&bytes), "no zeros after batch {i}");
+    }
+    // Their space was given back: a batch of most of the disk still fits.
+    store
+        .append(&[event("a", 6, &"x".repeat(700 * 1024))])
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+    drop(store);
+    let (_, r) = reopen(&cfg).await;
+    assert_eq!(event_ids(&r), [1, 2, 3, 4, 5, 6]);
+    assert!(r.damage.is_empty(), "{:?}", r.notes);
+}

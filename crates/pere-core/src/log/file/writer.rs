@@ -74,6 +74,17 @@ pub(super) struct Writer {
     pub(super) wake: std_mpsc::Sender<()>,
     /// Bytes past `len` may be in the file, left by a failed write.
     pub(super) dirty: bool,
+    /// Bytes the filesystem holding `file` has free ([`free_space`];
+    /// tests make it lie to reach the fallback of a zero-fill that fails).
+    pub(super) free_space: fn(&File) -> u64,
+}
+
+/// Bytes free for unprivileged writes on the filesystem holding `file`
+/// (0 if it does not say).
+pub(super) fn free_space(file: &File) -> u64 {
+    rustix::fs::fstatvfs(file)
+        .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+        .unwrap_or(0)
 }
 
 impl Writer {
@@ -168,9 +179,7 @@ impl Writer {
     fn preallocate(&mut self, needed: u64) {
         let ahead = PREALLOCATE.min(self.shared.segment_size);
         let target = (needed + ahead).next_multiple_of(4096);
-        let free = rustix::fs::fstatvfs(&self.file)
-            .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
-            .unwrap_or(0);
+        let free = (self.free_space)(&self.file);
         if free < KEEP_FREE + (target - self.end) {
             return;
         }
