@@ -9,6 +9,7 @@ mod auth;
 mod cli;
 mod cli_ux;
 mod cluster;
+mod cluster_lag;
 mod cluster_more;
 mod cluster_receipts;
 mod cluster_snapshot;

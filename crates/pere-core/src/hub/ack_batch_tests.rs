@@ -5,7 +5,7 @@
 
 use super::tests::{dev, hub_with, next, pat, publish, subscribe};
 use super::*;
-use crate::config::Retention;
+use crate::config::{MAX_STATUS_LEN, Retention};
 
 /// Two receipts of one device for one event in one batch (a gateway's
 /// pipelined requests) are one first receipt: publish → acked counts it

@@ -47,7 +47,7 @@ impl<S: EventStore> Hub<S> {
         channel: &ChannelName,
     ) -> Result<Vec<(DeviceId, Pattern, Presence)>> {
         let channel = channel.clone();
-        self.read(move |state| state.devices_of_channel(&channel))
+        self.read_latest(move |state| state.devices_of_channel(&channel))
             .await
     }
 
@@ -56,7 +56,7 @@ impl<S: EventStore> Hub<S> {
     /// # Errors
     /// [`crate::Error::ShuttingDown`].
     pub async fn patterns(&self) -> Result<Vec<PatternInfo>> {
-        self.read(State::patterns).await
+        self.read_latest(State::patterns).await
     }
 
     /// [`Hub::channels`] and [`Hub::patterns`] read at the same moment, so
@@ -65,7 +65,7 @@ impl<S: EventStore> Hub<S> {
     /// # Errors
     /// [`crate::Error::ShuttingDown`].
     pub async fn channels_and_patterns(&self) -> Result<(Vec<ChannelInfo>, Vec<PatternInfo>)> {
-        self.read(|state| (state.channels(), state.patterns()))
+        self.read_latest(|state| (state.channels(), state.patterns()))
             .await
     }
 }

@@ -23,16 +23,16 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::{AuthRegistry, Grants, MAX_GRANTS, Token, TokenHash};
-use crate::config::{HubConfig, MAX_STATUS_LEN};
+use crate::config::HubConfig;
 use crate::error::{Error, Result};
 use crate::event::{EventId, Sequencer, Timestamp, validate_payload};
-use crate::ledger::{EventReceipts, OverdueNotice};
+use crate::ledger::OverdueNotice;
 use crate::log::{Damage, EventStore, MemoryStore};
 use crate::metrics::HubMetrics;
 use crate::name::{ChannelName, DeviceId, Pattern};
@@ -81,6 +81,8 @@ struct Inner<S> {
     /// One node of a cluster: deliveries reach the ledger through the log
     /// (see `Subscription::marks`).
     cluster: bool,
+    /// A cluster node's wait for the log's head (see `Hub::caught_up`).
+    barrier: Option<cluster::Barrier>,
     /// To the writer task. Unbounded so a stream's `Drop` can always report
     /// its end; requests are bounded anyway by their callers waiting for
     /// the reply.
@@ -133,7 +135,7 @@ impl<S: EventStore> Hub<S> {
     /// # Errors
     /// The store could not be recovered.
     pub async fn open(config: HubConfig, store: S) -> Result<Self> {
-        let (inner, rx) = Self::assemble(config, store, None).await?;
+        let (inner, rx) = Self::assemble(config, store, None, None).await?;
         tokio::spawn(writer::writer(inner.clone(), rx));
         Ok(Self { inner })
     }
@@ -150,7 +152,8 @@ impl<S: EventStore> Hub<S> {
         store: S,
         log: Arc<dyn cluster::SharedLog>,
     ) -> Result<Self> {
-        let (inner, rx) = Self::assemble(config, store, Some(log.node())).await?;
+        let barrier = cluster::Barrier::new(log.clone());
+        let (inner, rx) = Self::assemble(config, store, Some(log.node()), Some(barrier)).await?;
         let pos = cluster::bootstrap(&inner, &*log).await?;
         cluster::forget_previous_life(&inner, &*log).await?;
         tokio::spawn(cluster::writer(inner.clone(), rx, log, pos));
@@ -161,6 +164,7 @@ impl<S: EventStore> Hub<S> {
         config: HubConfig,
         store: S,
         node: Option<&str>,
+        barrier: Option<cluster::Barrier>,
     ) -> Result<(Arc<Inner<S>>, mpsc::UnboundedReceiver<Command>)> {
         let recovered = store.recover().await?;
         for note in &recovered.notes {
@@ -200,6 +204,7 @@ impl<S: EventStore> Hub<S> {
             config,
             store,
             cluster: node.is_some(),
+            barrier,
             commands,
             state: Mutex::new(state),
             auth,
@@ -454,200 +459,6 @@ impl<S: EventStore> Hub<S> {
         })
     }
 
-    /// Records `device`'s receipt for event `id`, named on `subscription`
-    /// (the event's channel, or a pattern matching it).
-    ///
-    /// # Errors
-    /// [`Error::UnknownEvent`] when no retained event has that id on a
-    /// matching channel; [`Error::NotRecipient`] when the event was never
-    /// written to `device` and it is not in its audience;
-    /// [`Error::StatusTooLong`]; a store failure.
-    pub async fn ack(
-        &self,
-        subscription: &Pattern,
-        device: &DeviceId,
-        id: EventId,
-        status: &str,
-    ) -> Result<Acked> {
-        if status.len() > MAX_STATUS_LEN {
-            return Err(Error::StatusTooLong {
-                size: status.len(),
-                limit: MAX_STATUS_LEN,
-            });
-        }
-        let (receipts, first) = self.check_recipient(subscription, device, id)?;
-        let acked = self
-            .call(|reply| {
-                Command::Ack(AckCmd {
-                    subscription: subscription.clone(),
-                    device: device.clone(),
-                    id,
-                    status: intern_status(status),
-                    reply,
-                })
-            })
-            .await?;
-        if first {
-            self.observe_ack(&receipts);
-        }
-        Ok(acked)
-    }
-
-    /// A device's first receipt of an event: publish → acked.
-    fn observe_ack(&self, receipts: &EventReceipts) {
-        self.inner
-            .metrics
-            .publish_to_acked
-            .observe_between(receipts.event.time, Timestamp::now());
-    }
-
-    /// Records many receipts at once: all reach the writer together, so they
-    /// share one journal write. One result per item, in order; an unknown id
-    /// fails only its own item.
-    pub async fn ack_batch(
-        &self,
-        items: Vec<(Pattern, DeviceId, EventId, String)>,
-    ) -> Vec<Result<Acked>> {
-        let mut pending = Vec::with_capacity(items.len());
-        // A device's first receipt of an event, counted once even when the
-        // batch holds several (they are all checked before any is applied).
-        let mut firsts: HashSet<(EventId, DeviceId)> = HashSet::new();
-        // One look at the state for the whole batch's events: the writer
-        // holds it while it applies, and a lock per receipt contends with
-        // it. (A cluster node still looks, per receipt, for a stream of
-        // its own that got an event the ledger does not show yet.)
-        let found = self.receipts_of(items.iter().map(|(sub, _, id, _)| (sub, *id)));
-        // And one look at each event's receipts per run of receipts for it.
-        let mut standings = Vec::with_capacity(found.len());
-        let mut at = 0;
-        while at < found.len() {
-            let end = match &found[at] {
-                Ok(receipts) => {
-                    let end = found[at..]
-                        .iter()
-                        .position(|f| !f.as_ref().is_ok_and(|r| Arc::ptr_eq(r, receipts)))
-                        .map_or(found.len(), |n| at + n);
-                    standings.extend(receipts.standings(items[at..end].iter().map(|i| &i.1)));
-                    end
-                }
-                Err(_) => {
-                    standings.push(None);
-                    at + 1
-                }
-            };
-            at = end;
-        }
-        debug_assert_eq!(standings.len(), items.len());
-        let refused = match self.inner.health().refusal() {
-            Some(Error::StoreUnavailable(why)) => Some(why),
-            Some(other) => Some(other.to_string()),
-            None => None,
-        };
-        let checked = items.into_iter().zip(found).zip(standings);
-        for (((subscription, device, id, status), found), standing) in checked {
-            if status.len() > MAX_STATUS_LEN {
-                pending.push(Err(Error::StatusTooLong {
-                    size: status.len(),
-                    limit: MAX_STATUS_LEN,
-                }));
-                continue;
-            }
-            // The receipt itself first, as `ack` checks it: an unknown
-            // event or a stranger is told so even while the store is out.
-            let (receipts, first) =
-                match found.and_then(|r| self.check_standing(r, standing, &device)) {
-                    Ok(checked) => checked,
-                    Err(err) => {
-                        pending.push(Err(err));
-                        continue;
-                    }
-                };
-            if let Some(refused) = &refused {
-                pending.push(Err(Error::StoreUnavailable(refused.clone())));
-                continue;
-            }
-            let first = (first && firsts.insert((id, device.clone()))).then_some(receipts);
-            let (reply, rx) = oneshot::channel();
-            let sent = self.inner.commands.send(Command::Ack(AckCmd {
-                subscription,
-                device,
-                id,
-                status: intern_status(&status),
-                reply,
-            }));
-            pending.push(match sent {
-                Ok(()) => Ok((rx, first)),
-                Err(_) => Err(Error::ShuttingDown),
-            });
-        }
-        let mut results = Vec::with_capacity(pending.len());
-        for p in pending {
-            results.push(match p {
-                Ok((rx, first)) => {
-                    let acked = rx.await.unwrap_or(Err(Error::ShuttingDown));
-                    if let (Ok(_), Some(receipts)) = (&acked, first) {
-                        self.observe_ack(&receipts);
-                    }
-                    acked
-                }
-                Err(e) => Err(e),
-            });
-        }
-        results
-    }
-
-    /// Refuses a receipt from a device the event was never written to and
-    /// whose audience it is not in (issue 18: a typo in a device id must not
-    /// turn it into a recipient). Checked before the writer sees the
-    /// receipt: [`EventReceipts::may_ack`] never turns false again, and an
-    /// event that is gone by then is refused by the writer anyway. With the
-    /// receipts, whether this is the device's first receipt of the event.
-    fn check_recipient(
-        &self,
-        subscription: &Pattern,
-        device: &DeviceId,
-        id: EventId,
-    ) -> Result<(Arc<EventReceipts>, bool)> {
-        let receipts = self.receipts(subscription, id)?;
-        let standing = receipts.standing(device);
-        self.check_standing(receipts, standing, device)
-    }
-
-    /// [`Hub::check_recipient`] once the event's receipts are found and
-    /// the device's [standing](EventReceipts::standing) in them read.
-    fn check_standing(
-        &self,
-        receipts: Arc<EventReceipts>,
-        standing: Option<bool>,
-        device: &DeviceId,
-    ) -> Result<(Arc<EventReceipts>, bool)> {
-        match standing {
-            Some(acked) => Ok((receipts, !acked)),
-            None if self.written_here(&receipts, device) => {
-                let first = !receipts.is_acked_by(device);
-                Ok((receipts, first))
-            }
-            None => Err(Error::NotRecipient {
-                id: receipts.id().to_string(),
-                device: device.to_string(),
-            }),
-        }
-    }
-
-    /// On a cluster node, whether one of `device`'s streams here was
-    /// written past the event on its channel: the ledger learns of this
-    /// node's writes from the log too (`Subscription::marks`), so a device
-    /// that got the event by replay a moment ago is not in it yet.
-    fn written_here(&self, receipts: &EventReceipts, device: &DeviceId) -> bool {
-        let channel = &receipts.event.channel;
-        self.inner.cluster
-            && self.inner.state().memberships.streams().any(|open| {
-                open.device.as_ref() == Some(device)
-                    && open.shared.delivered_upto() >= receipts.id()
-                    && open.subs.iter().any(|p| p.matches(channel))
-            })
-    }
-
     /// Ends `device`'s membership of `subscription` and closes its streams
     /// there.
     ///
@@ -742,17 +553,6 @@ fn validate_idempotency_key(key: &str) -> Result<()> {
     Ok(())
 }
 
-/// Shares the `Arc<str>` of the common status so that a million `ok`
-/// receipts cost one allocation.
-fn intern_status(status: &str) -> Arc<str> {
-    static OK: OnceLock<Arc<str>> = OnceLock::new();
-    if status == "ok" {
-        OK.get_or_init(|| Arc::from("ok")).clone()
-    } else {
-        Arc::from(status)
-    }
-}
-
 fn dedup_patterns(patterns: &mut Vec<Pattern>) {
     let mut seen = HashSet::new();
     patterns.retain(|p| seen.insert(p.clone()));
@@ -763,6 +563,7 @@ pub mod cluster;
 mod cmd;
 mod command;
 mod health;
+mod receipt;
 mod recover;
 mod state;
 mod subscription;

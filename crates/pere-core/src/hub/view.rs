@@ -56,7 +56,9 @@ impl<S: EventStore> Hub<S> {
             .collect()
     }
 
-    /// The receipt summary of event `id` (docs/PROTOCOL.md §5).
+    /// The receipt summary of event `id` (docs/PROTOCOL.md §5), as this
+    /// node knows it: on a cluster, [`Hub::caught_up`] first for what the
+    /// other nodes took.
     ///
     /// # Errors
     /// [`Error::UnknownEvent`].
@@ -65,7 +67,7 @@ impl<S: EventStore> Hub<S> {
     }
 
     /// Retained events of `channel` after `after`, oldest first, at most
-    /// `limit`.
+    /// `limit` (on a cluster node, once [caught up](Hub::caught_up)).
     ///
     /// # Errors
     /// The store could not read them.
@@ -75,6 +77,7 @@ impl<S: EventStore> Hub<S> {
         after: EventId,
         limit: usize,
     ) -> Result<Vec<Arc<Event>>> {
+        self.caught_up().await;
         self.inner
             .store
             .read(channel, after, EventId(u64::MAX), limit)
@@ -88,7 +91,8 @@ impl<S: EventStore> Hub<S> {
     /// [`Error::ShuttingDown`].
     pub async fn devices(&self, subscription: &Pattern) -> Result<Vec<(DeviceId, Presence)>> {
         let subscription = subscription.clone();
-        self.read(move |state| state.devices(&subscription)).await
+        self.read_latest(move |state| state.devices(&subscription))
+            .await
     }
 
     /// Open streams per subscription.
@@ -105,7 +109,7 @@ impl<S: EventStore> Hub<S> {
     /// # Errors
     /// [`Error::ShuttingDown`].
     pub async fn channels(&self) -> Result<Vec<ChannelInfo>> {
-        self.read(State::channels).await
+        self.read_latest(State::channels).await
     }
 
     /// Counters and gauges for metrics.
@@ -170,6 +174,20 @@ impl<S: EventStore> Hub<S> {
                 READ_WAIT.as_secs()
             ))),
         }
+    }
+
+    /// [`Hub::read`] of what every node of a cluster shares, once this node
+    /// is [caught up](Hub::caught_up) with the others: an admin asking one
+    /// node sees what another node answered a moment before.
+    ///
+    /// # Errors
+    /// As [`Hub::read`].
+    pub(super) async fn read_latest<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&State) -> T + Send + 'static,
+    ) -> Result<T> {
+        self.caught_up().await;
+        self.read(read).await
     }
 
     /// The store's health: whether it takes writes, what it skipped as

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::cmd::{AckCmd, RemoveMemberCmd, SubscribeCmd, TokenCmd};
 use super::command::Command;
@@ -130,6 +130,42 @@ pub trait SharedLog: Send + Sync + 'static {
     fn snapshot_every(&self) -> Duration;
 }
 
+/// A node's read barrier: what any node answered before a request is in
+/// the log, so a node that has applied the log up to its head sees it too
+/// (docs/PROTOCOL.md §10: a client's next request may land on another
+/// node). Each node applies the log on its own and a little apart from
+/// the others; a request that may have been answered from behind waits
+/// for the barrier.
+pub(super) struct Barrier {
+    log: Arc<dyn SharedLog>,
+    /// The last entry this node applied.
+    applied: watch::Sender<SharedPos>,
+}
+
+impl Barrier {
+    pub(super) fn new(log: Arc<dyn SharedLog>) -> Self {
+        Self {
+            log,
+            applied: watch::Sender::new(SharedPos::default()),
+        }
+    }
+
+    /// Waits until this node has applied the log up to its head as it is
+    /// now. False when that cannot be learnt within [`BARRIER_WAIT`] (the
+    /// log does not answer, or this node is stuck behind it).
+    pub(super) async fn wait(&self) -> bool {
+        let reached = async {
+            let head = self.log.head().await.ok()?;
+            let mut applied = self.applied.subscribe();
+            applied.wait_for(|pos| *pos >= head).await.ok().map(drop)
+        };
+        matches!(
+            tokio::time::timeout(BARRIER_WAIT, reached).await,
+            Ok(Some(()))
+        )
+    }
+}
+
 /// A reader of the shared log.
 pub trait SharedTail: Send {
     /// The next entry, waiting for one.
@@ -138,7 +174,9 @@ pub trait SharedTail: Send {
 
 /// How often a node tells the others what its streams were written (their
 /// receipts' `delivered` on other nodes lag by this much at most).
-const CURSOR_FLUSH: Duration = Duration::from_millis(50);
+pub(super) const CURSOR_FLUSH: Duration = Duration::from_millis(50);
+/// How long a [`Barrier`] waits for this node to catch up with the log.
+const BARRIER_WAIT: Duration = Duration::from_secs(2);
 /// Every how many cursor flushes a node tells the others its streams and
 /// renews its receipts streams' windows (1 s).
 const STREAMS_EVERY: u64 = 20;
@@ -233,6 +271,12 @@ pub(super) async fn writer<S: EventStore>(
     log: Arc<dyn SharedLog>,
     after: SharedPos,
 ) {
+    let applied = |pos| {
+        if let Some(barrier) = &inner.barrier {
+            barrier.applied.send_replace(pos);
+        }
+    };
+    applied(after);
     let (mut tail_task, mut entries) = spawn_tail(&log, after);
     let mut last = after;
     let mut chores = tokio::spawn(chores(inner.clone(), log.clone()));
@@ -258,6 +302,7 @@ pub(super) async fn writer<S: EventStore>(
                     let own = pending.remove(&entry.pos);
                     lost_own(&mut pending, entry.pos);
                     apply_entry(&inner, entry, own).await;
+                    applied(last);
                 }
                 Some(Err(err)) => {
                     // This node's state no longer matches the log (or it

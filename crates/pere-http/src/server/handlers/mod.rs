@@ -190,7 +190,7 @@ async fn dispatch<S: EventStore>(
         Route::Push(channel) => push::push(app, req, &channel, &caller).await,
         Route::Feed(channel) => feed::feed(app, &req, channel.as_deref(), &caller).await,
         Route::Feedback(channel) => feedback::feedback(app, req, &channel, &caller).await,
-        Route::Receipt(channel, id) => receipts::summary(app, &channel, &id, &caller),
+        Route::Receipt(channel, id) => receipts::summary(app, &channel, &id, &caller).await,
         Route::ReceiptStream(channel) => receipts::stream(app, &req, &channel, &caller),
         Route::AdminConnections => admin::connections(app).await,
         Route::AdminChannels => admin::channels(app).await,

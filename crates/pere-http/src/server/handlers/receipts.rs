@@ -14,7 +14,7 @@ use crate::server::body::{Body, Source, SseBody};
 use crate::server::response::json;
 use crate::sse;
 
-pub fn summary<S: EventStore>(
+pub async fn summary<S: EventStore>(
     app: &App<S>,
     channel: &str,
     id: &str,
@@ -28,6 +28,8 @@ pub fn summary<S: EventStore>(
         || format!("reading receipts of `{pattern}`"),
     )?;
     let id = EventId::parse(id)?;
+    // On a cluster, as of the latest receipt any node took.
+    app.hub.caught_up().await;
     let summary = app.hub.receipt_summary(&pattern, id)?;
     Ok(json(StatusCode::OK, summary_json(&summary)))
 }

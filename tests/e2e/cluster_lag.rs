@@ -1,0 +1,169 @@
+//! A node that has not applied the log as far as the others still answers
+//! as they would (docs/PROTOCOL.md §10: each client connection may land on
+//! another node). Nodes apply the shared log each on its own, a little
+//! apart; here one node reaches Redis through a proxy the test holds up,
+//! so it is behind for as long as the test wants.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use pere_tests::ServerProcess;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::cluster::{Cluster, ack, read};
+
+/// A TCP proxy to `upstream` whose traffic (both ways, every connection)
+/// stops while it is held and goes on, in order, when let go.
+struct HeldProxy {
+    addr: SocketAddr,
+    held: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl HeldProxy {
+    async fn start(upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = watch::Sender::new(false);
+        let gate = held.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (client_rx, client_tx) = client.into_split();
+                let (server_rx, server_tx) = server.into_split();
+                tokio::spawn(pipe(client_rx, server_tx, gate.subscribe()));
+                tokio::spawn(pipe(server_rx, client_tx, gate.subscribe()));
+            }
+        });
+        Self { addr, held, task }
+    }
+
+    fn hold(&self, held: bool) {
+        self.held.send_replace(held);
+    }
+}
+
+impl Drop for HeldProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Copies `from` to `to`, waiting while the gate is held.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut held: watch::Receiver<bool>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if held.wait_for(|h| !h).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Two nodes on Redis, and a third reaching it through a proxy (the
+/// tests run on several threads: a node's start blocks its thread while
+/// the proxy must already carry its connection).
+async fn with_a_held_node() -> (Cluster, HeldProxy) {
+    let mut cluster = Cluster::start(2, &[]).await;
+    let redis: SocketAddr = cluster
+        .redis
+        .url()
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let proxy = HeldProxy::start(redis).await;
+    let url = format!("redis://{}", proxy.addr);
+    cluster
+        .nodes
+        .push(ServerProcess::start(&["--cluster", &url]).await);
+    (cluster, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_for_an_event_its_node_has_not_applied_yet_waits_for_it() {
+    let (cluster, proxy) = with_a_held_node().await;
+    let mut printer = cluster.subscribe(1, "jobs", "printer").await;
+    // Node 2 falls behind: the event reaches it only when let go.
+    proxy.hold(true);
+    let id = cluster.publish(0, "jobs", "page").await;
+    assert_eq!(read(&mut printer, 1).await[0].0, id);
+    let receipt = tokio::spawn({
+        let node = cluster.node(2).addr;
+        async move {
+            let body = format!(r#"{{"id":"{id}","status":"printed"}}"#);
+            pere_tests::request(
+                node,
+                "POST",
+                "/feedback/jobs",
+                &[("device", "printer"), ("Content-Type", "application/json")],
+                body.as_bytes(),
+            )
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.hold(false);
+    let answer = receipt.await.unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.json()["state"], "acked");
+    // Every node, asked at once, tells it acknowledged.
+    for node in 0..3 {
+        let summary = cluster
+            .node(node)
+            .request("GET", &format!("/receipts/jobs/{id}"), &[], b"")
+            .await
+            .json();
+        let printer = &summary["devices"]["printer"];
+        assert_eq!(printer["state"], "acked", "node {node}: {summary}");
+        assert_eq!(printer["status"], "printed", "node {node}: {summary}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_behind_the_others_shows_what_they_answered() {
+    let (cluster, proxy) = with_a_held_node().await;
+    proxy.hold(true);
+    // A device joins on node 1 and is sent an event published on node 0;
+    // node 2 has seen neither.
+    let mut phone = cluster.subscribe(1, "news", "phone").await;
+    let id = cluster.publish(0, "news", "hello").await;
+    assert_eq!(read(&mut phone, 1).await[0].0, id);
+    let views = tokio::spawn({
+        let node = cluster.node(2).addr;
+        async move {
+            let get = async |path: &str| pere_tests::request(node, "GET", path, &[], b"").await;
+            (
+                get("/admin/events/news").await,
+                get("/admin/devices/news").await,
+                get(&format!("/receipts/news/{id}")).await,
+            )
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.hold(false);
+    let (events, devices, receipt) = views.await.unwrap();
+    assert_eq!(events.status, 200, "{}", events.text());
+    assert_eq!(events.json()[0]["id"], id.to_string(), "{}", events.text());
+    assert_eq!(
+        devices.json()["phone"]["member"],
+        true,
+        "{}",
+        devices.text()
+    );
+    assert_eq!(receipt.status, 200, "{}", receipt.text());
+    assert_eq!(receipt.json()["recipients"], 1, "{}", receipt.text());
+    ack(cluster.node(2), "news", "phone", id).await;
+}
