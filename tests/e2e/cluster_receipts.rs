@@ -96,3 +96,61 @@ async fn admin_connections_count_every_node_s_streams() {
         .await;
     }
 }
+
+/// The state of `device`'s receipt of event `id`, as `node` tells it.
+async fn state_on(cluster: &Cluster, node: usize, channel: &str, id: u64, device: &str) -> String {
+    let summary = cluster
+        .node(node)
+        .get(&format!("/receipts/{channel}/{id}"))
+        .await
+        .json();
+    summary["devices"][device]["state"]
+        .as_str()
+        .unwrap_or("none")
+        .to_owned()
+}
+
+/// Events written by replay reach every node's receipts, as live ones do
+/// (docs/PROTOCOL.md §4, §5): a late joiner's replay adds it to the
+/// audience, and a member's redelivery makes it `delivered`, with no live
+/// event after them and the stream still open.
+#[tokio::test]
+async fn events_written_by_replay_are_delivered_on_every_node() {
+    let cluster = Cluster::start(3, &[]).await;
+    let old = cluster.publish(0, "jobs", "old").await;
+    let mut late = super::cluster::subscribe_with(
+        cluster.node(1),
+        "jobs?replay=all",
+        "late",
+        &[],
+    )
+    .await;
+    assert_eq!(read(&mut late, 1).await[0].0, old);
+    for node in 0..3 {
+        pere_tests::eventually("the replay is told to every node", || async {
+            state_on(&cluster, node, "jobs", old, "late").await == "delivered"
+        })
+        .await;
+    }
+    // Its receipt on another node is taken, as on a single node.
+    ack(cluster.node(2), "jobs", "late", old).await;
+
+    // A member that acknowledges, away while an event is published, is
+    // sent it again on another node.
+    let mut phone = cluster.subscribe(0, "jobs", "phone").await;
+    let first = cluster.publish(0, "jobs", "first").await;
+    assert_eq!(read(&mut phone, 1).await[0].0, first);
+    ack(cluster.node(0), "jobs", "phone", first).await;
+    drop(phone);
+    let missed = cluster.publish(1, "jobs", "missed").await;
+    assert_eq!(state_on(&cluster, 2, "jobs", missed, "phone").await, "pending");
+    let mut phone = cluster.subscribe(2, "jobs", "phone").await;
+    assert_eq!(read(&mut phone, 1).await[0].0, missed);
+    for node in 0..3 {
+        pere_tests::eventually("the redelivery is told to every node", || async {
+            state_on(&cluster, node, "jobs", missed, "phone").await == "delivered"
+        })
+        .await;
+    }
+    drop(late);
+}

@@ -447,6 +447,18 @@ impl EventReceipts {
             .is_some_and(|slot| slow.acks.contains_key(&slot))
     }
 
+    /// Whether `device` got the event outside its publish-time audience (a
+    /// late joiner: a replay) and has not acknowledged it.
+    pub fn late_unacked_by(&self, device: &DeviceId) -> bool {
+        let mut slow = lock(&self.slow);
+        if slow.late.is_empty() {
+            return false;
+        }
+        let audience = self.audience.len() as u32;
+        self.slot_of(&mut slow, device)
+            .is_some_and(|slot| slot >= audience && !slow.acks.contains_key(&slot))
+    }
+
     /// [`Self::may_ack`] and, if it may, [`Self::is_acked_by`], under one
     /// lock: `None` when `device` may not acknowledge the event.
     pub fn standing(&self, device: &DeviceId) -> Option<bool> {

@@ -47,6 +47,13 @@ pub(super) enum Command {
         cursor: EventId,
         at: Timestamp,
     },
+    /// From a cluster's log: events a stream was written by replay.
+    Replayed {
+        subs: Vec<Pattern>,
+        device: DeviceId,
+        ids: Vec<EventId>,
+        at: Timestamp,
+    },
     /// From a cluster's log: `node` stopped heartbeating; its streams are
     /// gone.
     NodeGone(Arc<str>),
@@ -75,6 +82,7 @@ impl Command {
             | Command::Shutdown(_)
             | Command::RemoteClosed(..)
             | Command::Cursor { .. }
+            | Command::Replayed { .. }
             | Command::NodeGone(_)
             | Command::SharedTick
             | Command::Watch(_)

@@ -170,6 +170,7 @@ impl OnFailure {
             | Command::Shutdown(_)
             | Command::RemoteClosed(..)
             | Command::Cursor { .. }
+            | Command::Replayed { .. }
             | Command::NodeGone(_)
             | Command::SharedTick
             | Command::Watch(_)

@@ -126,6 +126,51 @@ async fn the_first_receipt_makes_earlier_unacknowledged_events_count() {
     assert!(drain(&mut r).is_empty());
 }
 
+/// Events replayed to a device from before it joined are in its audience
+/// (docs/PROTOCOL.md §4, §5): they come back too until acknowledged,
+/// whether it acknowledged anything before the replay or only after.
+#[tokio::test]
+async fn events_replayed_from_before_a_device_joined_come_back_unacknowledged() {
+    let hub = hub().await;
+    let old = publish_n(&hub, "c", 2).await;
+    // A first connection that asks for everything: it joins at the head.
+    let mut r = subscribe(&hub, Some("R"), &["c"], Resume::All).await;
+    assert_eq!(take(&mut r, 2).await, old);
+    let live = publish(&hub, "c", "live").await.id;
+    assert_eq!(take(&mut r, 1).await, [live]);
+    hub.ack(&pat("c"), &dev("R"), live, "ok").await.unwrap();
+    drop(r);
+    let mut r = subscribe(&hub, Some("R"), &["c"], Resume::Auto).await;
+    assert_eq!(r.hello().replayed, 2);
+    assert_eq!(take(&mut r, 2).await, old);
+    assert!(drain(&mut r).is_empty());
+    hub.ack(&pat("c"), &dev("R"), old[0], "ok").await.unwrap();
+    drop(r);
+
+    // Replayed after its first receipt (an older Last-Event-ID), too.
+    let older = publish_n(&hub, "d", 2).await;
+    let mut s = subscribe(&hub, Some("S"), &["d"], Resume::Auto).await;
+    let later = publish(&hub, "d", "later").await.id;
+    assert_eq!(take(&mut s, 1).await, [later]);
+    hub.ack(&pat("d"), &dev("S"), later, "ok").await.unwrap();
+    drop(s);
+    let mut s = subscribe(&hub, Some("S"), &["d"], Resume::After(EventId::ZERO)).await;
+    assert_eq!(take(&mut s, 2).await, older);
+    drop(s);
+    let mut s = subscribe(&hub, Some("S"), &["d"], Resume::Auto).await;
+    assert_eq!(take(&mut s, 2).await, older);
+    assert!(drain(&mut s).is_empty());
+    drop(s);
+
+    // Acknowledged, they are not sent again.
+    let mut r = subscribe(&hub, Some("R"), &["c"], Resume::Auto).await;
+    assert_eq!(take(&mut r, 1).await, old[1..]);
+    hub.ack(&pat("c"), &dev("R"), old[1], "ok").await.unwrap();
+    drop(r);
+    let r = subscribe(&hub, Some("R"), &["c"], Resume::Auto).await;
+    assert_eq!(r.hello().replayed, 0);
+}
+
 #[tokio::test]
 async fn patterns_and_channels_of_one_stream_redeliver_each_event_once() {
     let hub = hub().await;

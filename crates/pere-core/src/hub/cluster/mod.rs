@@ -810,6 +810,17 @@ fn from_wire(w: Wire, node: &Arc<str>) -> Command {
             cursor: EventId(cursor),
             at: Timestamp(at),
         },
+        Wire::Replayed {
+            subs,
+            device,
+            ids,
+            at,
+        } => Command::Replayed {
+            subs,
+            device,
+            ids: ids.into_iter().map(EventId).collect(),
+            at: Timestamp(at),
+        },
         Wire::Token { token, grants, .. } => Command::Token(TokenCmd {
             token: TokenHash(token),
             grants,

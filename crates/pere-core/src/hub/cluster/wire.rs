@@ -59,6 +59,15 @@ pub(in crate::hub) enum Wire {
         cursor: u64,
         at: i64,
     },
+    /// Events a device's stream on the entry's node was written by replay
+    /// (a resume or a late join), below where live events start: the
+    /// cursor does not tell them.
+    Replayed {
+        subs: Vec<Pattern>,
+        device: DeviceId,
+        ids: Vec<u64>,
+        at: i64,
+    },
     /// A token changed at run time.
     Token {
         token: [u8; 32],

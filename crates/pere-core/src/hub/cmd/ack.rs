@@ -140,7 +140,11 @@ impl State {
                     // Its first receipt: from now on it is sent again what
                     // it has not acknowledged, starting with what it has
                     // already been sent.
-                    member.unacked = ledgers.unacked_events(pattern, device, member.since);
+                    // Events replayed to it before it joined are its too.
+                    let mut unacked: std::collections::VecDeque<EventId> =
+                        ledgers.late_unacked(pattern, device, member.since).into();
+                    unacked.extend(ledgers.unacked_events(pattern, device, member.since));
+                    member.unacked = unacked;
                     sub.ackers += 1;
                 }
                 touch_ack(member, id, now);

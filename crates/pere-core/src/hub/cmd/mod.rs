@@ -87,6 +87,16 @@ impl State {
                 records.append(&mut self.deferred);
                 Effect::None
             }
+            Command::Replayed {
+                subs,
+                device,
+                ids,
+                at,
+            } => {
+                self.mark_replayed(&subs, &device, &ids, at, now);
+                records.append(&mut self.deferred);
+                Effect::None
+            }
             Command::Watch(channel) => {
                 self.ledgers
                     .watch(&channel, now.plus(crate::receipt_log::RESUME_GRACE));

@@ -193,7 +193,15 @@ impl State {
                 (Resume::Now, _) => (head, false),
                 (Resume::Auto, Some(device)) if existed => match sub.members.get_mut(device) {
                     Some(member) if member.acknowledges() => {
-                        let floor = unacked_to_send(member, &self.ledgers, head, &mut redeliver);
+                        let mut floor =
+                            unacked_to_send(member, &self.ledgers, head, &mut redeliver);
+                        // And what was replayed to it after its first
+                        // receipt, from before it joined.
+                        let late = self.ledgers.late_unacked(pattern, device, member.since);
+                        if let Some(first) = late.first() {
+                            floor = floor.min(EventId(first.0 - 1));
+                        }
+                        redeliver.extend(late);
                         lost |= member.lost_from.take().is_some();
                         floors.push(floor);
                         // Nothing in order after a point: the list says it all.
@@ -302,6 +310,11 @@ impl State {
         // An event matching several subscriptions (or both redelivered and
         // replayed) is sent once.
         replay.dedup_by_key(|r| r.id());
+        if self.cluster && req.device.is_some() {
+            // Marked delivered everywhere once the log hears it was written.
+            let ids = replay.iter().map(|r| r.id()).collect();
+            self.memberships.expect_replay(stream.shared.id, ids);
+        }
         let resumed_from = match req.resume {
             Resume::After(id) => Some(id),
             _ => starts
@@ -336,6 +349,7 @@ impl State {
     /// node the presence and cursor parts go through the log, so that every
     /// node applies them at the same place.
     pub(in crate::hub) fn close_stream(&mut self, id: u64, now: Timestamp) {
+        let replayed = self.memberships.last_replayed(id);
         let Some(closed) = self.memberships.close_local(id) else {
             return;
         };
@@ -343,6 +357,7 @@ impl State {
             return;
         }
         if self.cluster {
+            self.outbox.extend(replayed);
             self.outbox.push(closed.into_wire());
         } else {
             let node = self.node.clone();
@@ -393,6 +408,47 @@ impl State {
         // A single node marked its own streams' writes as they happened; a
         // cluster node marks every node's, its own included, from here.
         let mark = *node != self.node || self.cluster;
+        self.move_cursor(pattern, device, upto, at, mark, now);
+    }
+
+    /// Marks the events a device's stream was written by replay delivered
+    /// to it (a cluster hears of them through the log: they are below the
+    /// cursor, or the cursor would mark events between them that were not
+    /// replayed, acknowledged ones), and moves its memberships' cursors
+    /// past them.
+    pub(in crate::hub) fn mark_replayed(
+        &mut self,
+        subs: &[Pattern],
+        device: &DeviceId,
+        ids: &[EventId],
+        at: Timestamp,
+        now: Timestamp,
+    ) {
+        for id in ids {
+            if let Some(receipts) = self.ledgers.event(id)
+                && subs.iter().any(|p| p.matches(&receipts.event.channel))
+            {
+                receipts.mark_delivered(device, at);
+            }
+        }
+        if let Some(last) = ids.iter().max() {
+            for pattern in subs {
+                self.move_cursor(pattern, device, *last, Some(at), false, now);
+            }
+        }
+    }
+
+    /// Moves a member's cursor to `upto` if it is behind, marking what lies
+    /// between delivered when `mark`, and journals it.
+    fn move_cursor(
+        &mut self,
+        pattern: &Pattern,
+        device: &DeviceId,
+        upto: EventId,
+        at: Option<Timestamp>,
+        mark: bool,
+        now: Timestamp,
+    ) {
         let Some(member) = self.memberships.member_mut(pattern, device) else {
             return;
         };

@@ -318,6 +318,31 @@ impl Ledgers {
         ids.into()
     }
 
+    /// Events of `pattern`'s channels up to `upto` that `device` got as a
+    /// late joiner (replayed to it before it was a member) and has not
+    /// acknowledged, in id order: they are in its audience too
+    /// (docs/PROTOCOL.md §5).
+    pub(in crate::hub) fn late_unacked(
+        &self,
+        pattern: &Pattern,
+        device: &DeviceId,
+        upto: EventId,
+    ) -> Vec<EventId> {
+        let mut ids = Vec::new();
+        self.each_of(pattern, |ledger| {
+            let end = ledger.receipts.partition_point(|r| r.id() <= upto);
+            ids.extend(
+                ledger
+                    .receipts
+                    .range(..end)
+                    .filter(|r| r.late_unacked_by(device))
+                    .map(|r| r.id()),
+            );
+        });
+        ids.sort_unstable();
+        ids
+    }
+
     /// Marks events of `pattern`'s channels with ids in `(after, upto]`
     /// delivered to `device` at `at` (deliveries known from a cursor: after a
     /// restart, or made on another node).

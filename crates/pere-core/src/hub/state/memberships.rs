@@ -75,6 +75,10 @@ pub(in crate::hub) struct Memberships {
     /// Streams open on this node, by id; private so that a stream only
     /// comes and goes with its senders in `subs`.
     streams: HashMap<u64, OpenStream>,
+    /// On a cluster node, what this node's streams are to be written by
+    /// replay, by stream, until the log is told they were (see
+    /// [`Memberships::unsent_cursors`]): few streams have any.
+    replays: HashMap<u64, Vec<EventId>>,
     /// Counted deliveries of streams that closed.
     delivered_closed: u64,
     /// Counted redeliveries of streams that closed.
@@ -158,6 +162,8 @@ impl Memberships {
             let Some(device) = &open.device else {
                 continue;
             };
+            // What it was replayed first: the cursor below is past it.
+            wires.extend(written_replay(&mut self.replays, open));
             let upto = open.shared.delivered_upto();
             if upto <= open.sent_upto {
                 continue;
@@ -371,9 +377,26 @@ impl Memberships {
         Some(*member)
     }
 
+    /// On a cluster node, the events stream `id` is to be written by
+    /// replay (in id order), for the log to be told as it is written.
+    pub(in crate::hub) fn expect_replay(&mut self, id: u64, ids: Vec<EventId>) {
+        if !ids.is_empty() {
+            self.replays.insert(id, ids);
+        }
+    }
+
+    /// The last of stream `id`'s replay it was written, as it closes (what
+    /// it was not written by then never will be).
+    pub(in crate::hub) fn last_replayed(&mut self, id: u64) -> Option<Wire> {
+        let wire = written_replay(&mut self.replays, self.streams.get(&id)?);
+        self.replays.remove(&id);
+        wire
+    }
+
     /// The part of a stream's end that only this node knows: its queue
     /// senders (taken out of its subscriptions) and counters.
     pub(in crate::hub) fn close_local(&mut self, id: u64) -> Option<ClosedStream> {
+        self.replays.remove(&id);
         let open = self.streams.remove(&id)?;
         self.fold_counts(&open.shared);
         for pattern in &open.subs {
@@ -572,4 +595,28 @@ impl Memberships {
                 .collect();
         }
     }
+}
+
+/// The part of `open`'s replay (see [`Memberships::replays`]) it was
+/// written since last asked, as the log carries it. A replay is in id
+/// order and before any live event, so what was written of it is what is
+/// at or below the stream's last write.
+fn written_replay(replays: &mut HashMap<u64, Vec<EventId>>, open: &OpenStream) -> Option<Wire> {
+    let device = open.device.as_ref()?;
+    let ids = replays.get_mut(&open.shared.id)?;
+    let upto = open.shared.delivered_upto();
+    let written = ids.partition_point(|id| *id <= upto);
+    if written == 0 {
+        return None;
+    }
+    let ids: Vec<u64> = ids.drain(..written).map(|id| id.0).collect();
+    if replays[&open.shared.id].is_empty() {
+        replays.remove(&open.shared.id);
+    }
+    Some(Wire::Replayed {
+        subs: open.subs.clone(),
+        device: device.clone(),
+        ids,
+        at: open.shared.delivered_at().map_or(0, |t| t.0),
+    })
 }
