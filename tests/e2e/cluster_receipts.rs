@@ -118,13 +118,8 @@ async fn state_on(cluster: &Cluster, node: usize, channel: &str, id: u64, device
 async fn events_written_by_replay_are_delivered_on_every_node() {
     let cluster = Cluster::start(3, &[]).await;
     let old = cluster.publish(0, "jobs", "old").await;
-    let mut late = super::cluster::subscribe_with(
-        cluster.node(1),
-        "jobs?replay=all",
-        "late",
-        &[],
-    )
-    .await;
+    let mut late =
+        super::cluster::subscribe_with(cluster.node(1), "jobs?replay=all", "late", &[]).await;
     assert_eq!(read(&mut late, 1).await[0].0, old);
     for node in 0..3 {
         pere_tests::eventually("the replay is told to every node", || async {
@@ -143,7 +138,10 @@ async fn events_written_by_replay_are_delivered_on_every_node() {
     ack(cluster.node(0), "jobs", "phone", first).await;
     drop(phone);
     let missed = cluster.publish(1, "jobs", "missed").await;
-    assert_eq!(state_on(&cluster, 2, "jobs", missed, "phone").await, "pending");
+    assert_eq!(
+        state_on(&cluster, 2, "jobs", missed, "phone").await,
+        "pending"
+    );
     let mut phone = cluster.subscribe(2, "jobs", "phone").await;
     assert_eq!(read(&mut phone, 1).await[0].0, missed);
     for node in 0..3 {
