@@ -99,6 +99,41 @@ async fn pere_pub_says_the_outcome_is_unknown_when_the_answer_is_lost() {
             && !stderr.contains("not published"),
         "{stderr}"
     );
+    // Publishing again as it says stores the event once, however many
+    // times it is run (keys are scoped by publisher: a run without
+    // `--device` is a new one).
+    let retry: Vec<&str> = stderr
+        .split('`')
+        .find(|s| s.starts_with("--idempotency-key "))
+        .unwrap_or_else(|| panic!("no retry command in {stderr}"))
+        .split(' ')
+        .collect();
+    let server = Server::start(0).await;
+    let addr = server.hostport();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let mut args = vec![addr.as_str(), "lost", "--data", "x"];
+        args.extend(&retry);
+        let (status, stdout, stderr) = run_tool("pere-pub", &args).await;
+        assert!(status.success(), "{args:?}: {stderr}");
+        ids.push(
+            stdout
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    assert_eq!(ids[0], ids[1], "the second run is the first one's retry");
+    assert_eq!(
+        server
+            .get_json("/admin/events/lost")
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 /// Issue 18.10: a wrong port took 28 s to fail, with no hint.

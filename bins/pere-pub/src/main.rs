@@ -308,12 +308,18 @@ fn failure(config: &Config, n: u64, key: Option<&str>, reached: bool, err: Error
             } else {
                 idempotency_key
             };
+            // Keys are the publisher's own: a retry must name the same
+            // one (a token names it itself).
+            let retry = match &config.options.device {
+                Some(device) => format!("--idempotency-key {key} --device {device}"),
+                None => format!("--idempotency-key {key}"),
+            };
             Stop::Unconfirmed(format!(
                 "event {n} on {}: the outcome is unknown: the server may have published it, \
                  but its answer was lost ({source}). Publishing it again is safe with the same \
-                 Idempotency-Key, `--idempotency-key {key}`: the server then answers with the \
+                 Idempotency-Key and publisher, `{retry}`: the server then answers with the \
                  first result if it stored the event, and stores it once if it did not. Without \
-                 the key, publishing again may make a duplicate.",
+                 them, publishing again may make a duplicate.",
                 config.channel
             ))
         }
