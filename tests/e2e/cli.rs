@@ -811,7 +811,7 @@ async fn pere_pub_wait_keeps_exit_3_when_its_output_is_closed_early() {
             "--data",
             "x",
             "--count",
-            "3",
+            "2",
             "--wait",
             "acked",
             "--timeout",
@@ -821,12 +821,60 @@ async fn pere_pub_wait_keeps_exit_3_when_its_output_is_closed_early() {
     );
     let line = publisher.line().await;
     assert_eq!(word(&line, "timed_out"), "true", "{line}");
+    // The second event is published, its line finds no reader.
     publisher.close_stdout();
     let status = publisher.exit().await;
     assert_eq!(
         status.code(),
         Some(3),
         "a timed-out wait is not success, even when the reader left; stderr:\n{}",
+        publisher.stderr_text()
+    );
+    assert_eq!(
+        server
+            .get_json("/admin/events/pager")
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    server.stop().await;
+}
+
+/// A reader that leaves before the run is done (`| head -1`) stops it:
+/// what was left is not published, and that is not a success.
+#[tokio::test]
+async fn pere_pub_stopped_by_its_reader_before_the_end_exits_1() {
+    let server = Server::start(0).await;
+    let addr = server.hostport();
+    for source in [&["--data", "x", "--count", "5"][..], &["--count", "5"][..]] {
+        let mut args = vec![addr.as_str(), "paced", "--interval", "300ms"];
+        args.extend(source);
+        let mut publisher = Proc::start("pere-pub", &args, Stdio::null());
+        publisher.line().await;
+        publisher.close_stdout();
+        let status = publisher.exit().await;
+        let stderr = publisher.stderr_text();
+        assert_eq!(status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("stdout was closed after event 2 was published")
+                && stderr.contains("the other 3 event(s) of --count were not published"),
+            "{stderr}"
+        );
+    }
+    // A run without an end of its own ends so, with 0.
+    let mut publisher = Proc::start(
+        "pere-pub",
+        &[&addr, "paced", "--data", "x", "--interval", "300ms"],
+        Stdio::null(),
+    );
+    publisher.line().await;
+    publisher.close_stdout();
+    assert_eq!(
+        publisher.exit().await.code(),
+        Some(0),
+        "{}",
         publisher.stderr_text()
     );
     server.stop().await;

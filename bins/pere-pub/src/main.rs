@@ -274,7 +274,25 @@ async fn run(config: &Config, outcome: &mut Outcome) -> Result<(), Stop> {
         if refused {
             outcome.refused += 1;
         }
-        print_line(&line)?;
+        match print_line(&line) {
+            // Closing stdout ends an endless run (`| head -3`); a run with
+            // more to publish must not pass for a whole one.
+            Err(Stop::OutputClosed)
+                if config.count.is_some_and(|count| sent < count)
+                    || config.source == Source::Stdin =>
+            {
+                let rest = match config.count {
+                    Some(count) if config.source != Source::Stdin => {
+                        format!("the other {} event(s) of --count", count - sent)
+                    }
+                    _ => "the lines of stdin after it".to_owned(),
+                };
+                return Err(Stop::Failed(format!(
+                    "stdout was closed after event {sent} was published: stopped, and {rest} were not published"
+                )));
+            }
+            printed => printed?,
+        }
     }
     // Asked to publish and published nothing: a failure, even with -q,
     // or "no lines" and "nothing to do" look the same to a script.
