@@ -295,6 +295,24 @@ async fn while_redis_is_down_publishes_get_503_and_the_cluster_recovers() {
         r.header("Retry-After").is_some(),
         "a 503 says when to retry"
     );
+    // Receipts too, one or a batch of them.
+    for body in [
+        format!(r#"{{"id":"{before}"}}"#),
+        format!(r#"[{{"id":"{before}"}}]"#),
+    ] {
+        let r = cluster
+            .node(0)
+            .request(
+                "POST",
+                "/feedback/alerts",
+                &[("device", "pager"), ("Content-Type", "application/json")],
+                body.as_bytes(),
+            )
+            .await;
+        assert_eq!(r.status, 503, "{body}: {}", r.text());
+        assert_eq!(r.json()["code"], "store_unavailable", "{}", r.text());
+        assert!(r.header("Retry-After").is_some(), "{body}");
+    }
     // Down for longer than a heartbeat lasts (5 s): every node's heartbeat
     // lapses, yet no live node may be declared gone when Redis returns.
     tokio::time::sleep(Duration::from_secs(6)).await;

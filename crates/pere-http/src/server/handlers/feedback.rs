@@ -196,19 +196,39 @@ pub(crate) fn answer(
             None => Err(ApiError::shutting_down()),
         },
         Shape::Batch { results, ids } => {
+            let mut recorded = false;
+            // A store that takes nothing makes the whole request a `503`
+            // with `Retry-After`, as a single receipt's (PROTOCOL.md §10).
+            let mut unavailable: Option<ApiError> = None;
             let out: Vec<Value> = results
                 .into_iter()
                 .zip(&ids)
                 .map(|(r, raw_id)| match r {
                     Some(err) => err,
                     None => match acked.next() {
-                        Some(Ok(a)) => acked_json(&a),
-                        Some(Err(e)) => item_error(raw_id.as_deref(), &e.into()),
-                        None => item_error(raw_id.as_deref(), &ApiError::shutting_down()),
+                        Some(Ok(a)) => {
+                            recorded = true;
+                            acked_json(&a)
+                        }
+                        Some(Err(e)) => {
+                            let err = ApiError::from(e);
+                            let value = item_error(raw_id.as_deref(), &err);
+                            if err.status() == StatusCode::SERVICE_UNAVAILABLE {
+                                unavailable.get_or_insert(err);
+                            }
+                            value
+                        }
+                        None => {
+                            unavailable.get_or_insert_with(ApiError::shutting_down);
+                            item_error(raw_id.as_deref(), &ApiError::shutting_down())
+                        }
                     },
                 })
                 .collect();
-            Ok(json(StatusCode::OK, Value::Array(out)))
+            match unavailable {
+                Some(err) if !recorded => Err(err),
+                _ => Ok(json(StatusCode::OK, Value::Array(out))),
+            }
         }
     }
 }
