@@ -62,6 +62,9 @@ pub fn store(url: &str, node_id: Option<&str>, tuning: &Tuning) -> Result<StoreK
         Some(id) => check_node_id(id.trim())?,
         None => default_node_id(),
     };
+    pere_cluster::ClusterConfig::new(url.clone(), node.clone())
+        .check()
+        .map_err(|err| format!("--cluster: {err}"))?;
     // A second is plenty often (a snapshot walks the whole state); a log
     // kept under a second would make nodes that blink reload snapshots.
     let snapshot_every = duration(
@@ -204,6 +207,22 @@ mod tests {
             })
             .contains("--log-keep tunes a cluster: it needs --cluster")
         );
+        // A URL that cannot name a server is a usage error, not an outage.
+        for url in [
+            "redis://",
+            "redis://127.0.0.1:notaport",
+            "redis://127.0.0.1:99999",
+            "redis://127.0.0.1:6379/abc",
+            "redis://[::1:6379",
+            "redis+sentinel://127.0.0.1:26379",
+            "redis+sentinel:///main",
+        ] {
+            let e = err(Args {
+                cluster: Some(url.into()),
+                ..Args::default()
+            });
+            assert!(e.starts_with("--cluster: "), "{url}: {e}");
+        }
         assert!(
             err(Args {
                 cluster: Some("http://redis:6379".into()),

@@ -68,6 +68,17 @@ impl ClusterConfig {
         }
     }
 
+    /// Checks the configuration without connecting: the URL parses and
+    /// names what the engine can reach, the settings are in range. A
+    /// command line is checked so before anything starts.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Config`], saying what is wrong.
+    pub fn check(&self) -> Result<()> {
+        self.target().map(drop)
+    }
+
     /// Checks what the engine relies on and parses the URL.
     pub(crate) fn target(&self) -> Result<Target> {
         if self.node.is_empty() {
@@ -143,6 +154,14 @@ impl Target {
     /// Parses `redis://…` (left to redis-rs) or `redis+sentinel://…`.
     pub(crate) fn parse(url: &str) -> Result<Target> {
         if url.starts_with("redis://") || url.starts_with("rediss://") {
+            // What redis-rs will connect to, checked now rather than at
+            // the first connection (a typo is not an outage).
+            redis::IntoConnectionInfo::into_connection_info(url).map_err(|err| {
+                EngineError::Config(format!(
+                    "cluster url `{}` is not valid: {err}",
+                    redacted(url)
+                ))
+            })?;
             return Ok(Target::Direct(url.to_owned()));
         }
         let Some(rest) = url.strip_prefix("redis+sentinel://") else {

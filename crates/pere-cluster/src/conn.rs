@@ -201,9 +201,13 @@ impl Link {
             Err(err) => {
                 let wait = state.backoff.fail();
                 state.retry_at = Some(Instant::now() + wait);
-                state.last_error = err.to_string();
-                tracing::warn!(cause = %err, "redis connection failed");
-                Err(EngineError::unavailable(err.to_string(), wait))
+                // The reason alone: the error it becomes says the rest.
+                state.last_error = match err {
+                    EngineError::Unavailable { reason, .. } => reason,
+                    other => other.to_string(),
+                };
+                tracing::warn!(cause = %state.last_error, retry_in = ?wait, "redis connection failed");
+                Err(EngineError::unavailable(state.last_error.clone(), wait))
             }
         }
     }
