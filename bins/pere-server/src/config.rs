@@ -293,7 +293,12 @@ impl Config {
         }
         let history = match pick(args.history, "history") {
             None => pere_core::DEFAULT_HISTORY,
-            Some(v) => parse_count("history", &v)?,
+            // Receipts live as long as their event: with nothing kept, no
+            // event could be acknowledged.
+            Some(v) => match parse_count("history", &v)? {
+                0 => return Err("--history must be at least 1: an event's receipts are kept while it is (use --max-age to keep events a short time)".into()),
+                n => n,
+            },
         };
         let max_age = duration(args.max_age, "max-age", pere_core::DEFAULT_MAX_AGE)?;
         let max_payload = match pick(args.max_payload, "max-payload") {
@@ -305,11 +310,17 @@ impl Config {
         }
         let queue_capacity = match pick(args.queue_capacity, "queue-capacity") {
             None => pere_core::DEFAULT_QUEUE_CAPACITY,
-            Some(v) => parse_count("queue-capacity", &v)?.max(1),
+            Some(v) => match parse_count("queue-capacity", &v)? {
+                0 => return Err("--queue-capacity must be at least 1 event".into()),
+                n => n,
+            },
         };
         let queue_bytes = match pick(args.queue_bytes, "queue-bytes") {
             None => pere_core::DEFAULT_QUEUE_BYTES,
-            Some(v) => parse_bytes("queue-bytes", &v)?.max(1),
+            Some(v) => match parse_bytes("queue-bytes", &v)? {
+                0 => return Err("--queue-bytes must be at least 1 byte".into()),
+                n => n,
+            },
         };
         let member_ttl = duration(args.member_ttl, "member-ttl", pere_core::DEFAULT_MEMBER_TTL)?;
         let cors =
@@ -716,6 +727,15 @@ mod tests {
             })
             .contains("--history")
         );
+        // Nothing kept, or queues that hold nothing, serve nobody.
+        let zero = |set: fn(&mut Args)| {
+            let mut args = Args::default();
+            set(&mut args);
+            bad(args)
+        };
+        assert!(zero(|a| a.history = Some("0".into())).contains("--history must be at least 1"));
+        assert!(zero(|a| a.queue_capacity = Some("0".into())).contains("--queue-capacity must"));
+        assert!(zero(|a| a.queue_bytes = Some("0".into())).contains("--queue-bytes must"));
         assert!(
             bad(Args {
                 max_age: Some("3y".into()),

@@ -20,7 +20,7 @@ use pere_http::client::{Address, random_device};
 #[argh(
     example = "pere-sub 127.0.0.1:4567 CHANNEL_1",
     example = "pere-sub 127.0.0.1:4567 'orders.*' --json --count 10 --device terminal-7",
-    note = "With --json, each line is a JSON object with id (the stream's last event id after the event, empty before any), event, data, and channel (the subscribed CHANNEL, null for pere.* control events such as pere.hello and pere.gap).",
+    note = "With --json, each line is a JSON object with id (the stream's last event id after the event, empty before any), event, data, and channel (the channel the event was published on, which a pattern CHANNEL names only in part; null for pere.* control events such as pere.hello and pere.gap).",
     error_code(
         1,
         "the subscription failed or --timeout passed before --count events."
