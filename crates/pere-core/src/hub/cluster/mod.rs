@@ -18,19 +18,19 @@
 //!
 //! [`EventStore`]: crate::log::EventStore
 
+mod barrier;
+mod log;
 pub(super) mod snapshot;
 #[cfg(test)]
 mod snapshot_tests;
 pub(super) mod wire;
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 use super::cmd::{AckCmd, RemoveMemberCmd, SubscribeCmd, TokenCmd};
 use super::command::Command;
@@ -41,142 +41,15 @@ use crate::auth::TokenHash;
 use crate::error::Error;
 use crate::event::{EventId, Sequencer, Timestamp};
 use crate::log::{EventStore, Record};
+pub(in crate::hub) use barrier::Barrier;
+pub use log::{
+    LogFuture, SharedAppended, SharedEntry, SharedLog, SharedLogError, SharedPos, SharedTail,
+};
 use wire::{ClosedStream, Wire};
-
-/// A future of a [`SharedLog`].
-pub type LogFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, SharedLogError>> + Send + 'a>>;
-
-/// A position in the shared log (Redis: a stream id).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct SharedPos {
-    /// Milliseconds part.
-    pub ms: u64,
-    /// Counter within the millisecond.
-    pub seq: u64,
-}
-
-/// One entry of the shared log.
-#[derive(Clone, Debug)]
-pub struct SharedEntry {
-    /// Where it is.
-    pub pos: SharedPos,
-    /// The node that appended it.
-    pub node: String,
-    /// Its commands.
-    pub blob: Bytes,
-    /// The first event id the log gave it (its events get the next ones).
-    pub first_id: u64,
-    /// The log's time when it was appended, in µs.
-    pub time: u64,
-}
-
-/// An append, as the log took it.
-#[derive(Clone, Copy, Debug)]
-pub struct SharedAppended {
-    /// Where it is.
-    pub pos: SharedPos,
-}
-
-/// What a shared log can fail with.
-#[derive(Clone, Debug, thiserror::Error)]
-pub enum SharedLogError {
-    /// The log cannot be reached now; try again after `retry_after`.
-    #[error("the cluster log is unavailable: {reason}")]
-    Unavailable {
-        /// Why.
-        reason: String,
-        /// When to try again.
-        retry_after: Duration,
-    },
-    /// Entries this node read are gone (a failover lost them): its state
-    /// must be rebuilt, and its streams may have been sent events that no
-    /// longer exist.
-    #[error("the cluster log lost entries: {0}")]
-    Lost(String),
-    /// Entries this node had not read yet were trimmed (a snapshot covers
-    /// them): it was away or slow for longer than the log keeps entries,
-    /// and must load the snapshot.
-    #[error("this node fell behind the cluster log: {0}")]
-    Behind(String),
-    /// Anything else.
-    #[error("the cluster log failed: {0}")]
-    Other(String),
-}
-
-/// The ordering authority and durable log several nodes share.
-pub trait SharedLog: Send + Sync + 'static {
-    /// This node's name in the log.
-    fn node(&self) -> &str;
-    /// Appends an entry of `events` events, atomically with their ids.
-    fn append(&self, blob: Bytes, events: u32) -> LogFuture<'_, SharedAppended>;
-    /// Reads the log after `after`, in order, waiting for new entries.
-    fn tail(&self, after: SharedPos) -> Box<dyn SharedTail>;
-    /// The position of the last entry.
-    fn head(&self) -> LogFuture<'_, SharedPos>;
-    /// Tells the others this node is alive for `ttl`.
-    fn heartbeat(&self, ttl: Duration) -> LogFuture<'_, ()>;
-    /// Nodes whose heartbeat expired.
-    fn expired_nodes(&self) -> LogFuture<'_, Vec<String>>;
-    /// Forgets a node that is gone.
-    fn forget_node<'a>(&'a self, node: &'a str) -> LogFuture<'a, ()>;
-    /// Takes or renews the named lease for `ttl`; whether this node holds it.
-    fn try_lease<'a>(&'a self, name: &'a str, ttl: Duration) -> LogFuture<'a, bool>;
-    /// Stores `blob`, the state after the entry at `pos` (unless a newer
-    /// snapshot is stored), and trims the log entries it makes unneeded.
-    fn put_snapshot(&self, pos: SharedPos, blob: Bytes) -> LogFuture<'_, ()>;
-    /// The latest snapshot, and the position it covers.
-    fn snapshot(&self) -> LogFuture<'_, Option<(SharedPos, Bytes)>>;
-    /// How often the state is snapshotted (by one node).
-    fn snapshot_every(&self) -> Duration;
-}
-
-/// A node's read barrier: what any node answered before a request is in
-/// the log, so a node that has applied the log up to its head sees it too
-/// (docs/PROTOCOL.md §10: a client's next request may land on another
-/// node). Each node applies the log on its own and a little apart from
-/// the others; a request that may have been answered from behind waits
-/// for the barrier.
-pub(super) struct Barrier {
-    log: Arc<dyn SharedLog>,
-    /// The last entry this node applied.
-    applied: watch::Sender<SharedPos>,
-}
-
-impl Barrier {
-    pub(super) fn new(log: Arc<dyn SharedLog>) -> Self {
-        Self {
-            log,
-            applied: watch::Sender::new(SharedPos::default()),
-        }
-    }
-
-    /// Waits until this node has applied the log up to its head as it is
-    /// now. False when that cannot be learnt within [`BARRIER_WAIT`] (the
-    /// log does not answer, or this node is stuck behind it).
-    pub(super) async fn wait(&self) -> bool {
-        let reached = async {
-            let head = self.log.head().await.ok()?;
-            let mut applied = self.applied.subscribe();
-            applied.wait_for(|pos| *pos >= head).await.ok().map(drop)
-        };
-        matches!(
-            tokio::time::timeout(BARRIER_WAIT, reached).await,
-            Ok(Some(()))
-        )
-    }
-}
-
-/// A reader of the shared log.
-pub trait SharedTail: Send {
-    /// The next entry, waiting for one.
-    fn next(&mut self) -> LogFuture<'_, SharedEntry>;
-}
 
 /// How often a node tells the others what its streams were written (their
 /// receipts' `delivered` on other nodes lag by this much at most).
 pub(super) const CURSOR_FLUSH: Duration = Duration::from_millis(50);
-/// How long a [`Barrier`] waits for this node to catch up with the log.
-const BARRIER_WAIT: Duration = Duration::from_secs(2);
 /// Every how many cursor flushes a node tells the others its streams and
 /// renews its receipts streams' windows (1 s).
 const STREAMS_EVERY: u64 = 20;
@@ -273,7 +146,7 @@ pub(super) async fn writer<S: EventStore>(
 ) {
     let applied = |pos| {
         if let Some(barrier) = &inner.barrier {
-            barrier.applied.send_replace(pos);
+            barrier.applied(pos);
         }
     };
     applied(after);
