@@ -76,7 +76,12 @@ async fn pipe(
 /// tests run on several threads: a node's start blocks its thread while
 /// the proxy must already carry its connection).
 async fn with_a_held_node() -> (Cluster, HeldProxy) {
-    let mut cluster = Cluster::start(2, &[]).await;
+    with_a_held_node_and(&[]).await
+}
+
+/// [`with_a_held_node`], each node started with `extra` too.
+async fn with_a_held_node_and(extra: &[&str]) -> (Cluster, HeldProxy) {
+    let mut cluster = Cluster::start(2, extra).await;
     let redis: SocketAddr = cluster
         .redis
         .url()
@@ -86,9 +91,9 @@ async fn with_a_held_node() -> (Cluster, HeldProxy) {
         .unwrap();
     let proxy = HeldProxy::start(redis).await;
     let url = format!("redis://{}", proxy.addr);
-    cluster
-        .nodes
-        .push(ServerProcess::start(&["--cluster", &url]).await);
+    let mut args = vec!["--cluster", url.as_str()];
+    args.extend_from_slice(extra);
+    cluster.nodes.push(ServerProcess::start(&args).await);
     (cluster, proxy)
 }
 
@@ -166,4 +171,44 @@ async fn a_node_behind_the_others_shows_what_they_answered() {
     assert_eq!(receipt.status, 200, "{}", receipt.text());
     assert_eq!(receipt.json()["recipients"], 1, "{}", receipt.text());
     ack(cluster.node(2), "news", "phone", id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_created_on_another_node_is_taken_at_once() {
+    let auth = std::env::temp_dir().join(format!("pere-lag-auth-{}.json", std::process::id()));
+    std::fs::write(
+        &auth,
+        r#"{"tokens":{"admin-secret-0001":{"subject":"ops","admin":true}}}"#,
+    )
+    .unwrap();
+    let (cluster, proxy) = with_a_held_node_and(&["--auth", auth.to_str().unwrap()]).await;
+    proxy.hold(true);
+    let put = cluster
+        .node(0)
+        .request(
+            "PUT",
+            "/admin/tokens/printer-token-0001",
+            &[("Authorization", "Bearer admin-secret-0001")],
+            br#"{"subject":"printer","publish":["jobs"]}"#,
+        )
+        .await;
+    assert_eq!(put.status, 201, "{}", put.text());
+    let publish = tokio::spawn({
+        let node = cluster.node(2).addr;
+        async move {
+            pere_tests::request(
+                node,
+                "POST",
+                "/push/jobs",
+                &[("Authorization", "Bearer printer-token-0001")],
+                b"page",
+            )
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.hold(false);
+    let publish = publish.await.unwrap();
+    assert_eq!(publish.status, 201, "{}", publish.text());
+    let _ = std::fs::remove_file(&auth);
 }

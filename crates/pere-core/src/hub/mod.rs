@@ -233,6 +233,11 @@ impl<S: EventStore> Hub<S> {
         }
     }
 
+    /// Whether the hub is one node of a cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.inner.cluster
+    }
+
     /// The hub's configuration.
     pub fn config(&self) -> &HubConfig {
         &self.inner.config

@@ -10,7 +10,7 @@
 
 use hyper::HeaderMap;
 use hyper::header::AUTHORIZATION;
-use pere_core::auth::Access;
+use pere_core::auth::{Access, Refusal};
 use pere_core::{DeviceId, EventStore, Grants, TokenHash};
 
 use super::input::{device_of, query_value};
@@ -111,7 +111,7 @@ impl Caller {
 /// # Errors
 /// `401 unauthorized` for a missing, malformed or unknown token; `400` for
 /// two different tokens in one request.
-pub fn caller<S: EventStore>(
+pub async fn caller<S: EventStore>(
     app: &App<S>,
     headers: &HeaderMap,
     query: &[(String, String)],
@@ -125,7 +125,14 @@ pub fn caller<S: EventStore>(
             "a token is required: send `Authorization: Bearer <token>` or `?access_token=<token>`",
         ));
     };
-    match auth.check(token) {
+    let mut checked = auth.check(token);
+    // On a cluster, a token another node created a moment ago may not be
+    // applied here yet (docs/PROTOCOL.md §10).
+    if matches!(checked, Err(Refusal::Unknown)) && app.hub.is_cluster() && app.hub.caught_up().await
+    {
+        checked = auth.check(token);
+    }
+    match checked {
         Ok(access) => Ok(Caller::Token(access)),
         // The refusal says why (expired, signature, audience…), never
         // quoting the token.

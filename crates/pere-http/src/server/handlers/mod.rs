@@ -63,7 +63,7 @@ pub(crate) async fn handle_feed<S: EventStore>(
 ) -> Response<Body> {
     let origin = req.headers().get(header::ORIGIN).cloned();
     let result = Box::pin(async {
-        let caller = auth::caller(app, req.headers(), &query_of(&req)?)?;
+        let caller = auth::caller(app, req.headers(), &query_of(&req)?).await?;
         feed::feed(app, &req, channel, &caller).await
     })
     .await;
@@ -84,7 +84,7 @@ pub(crate) async fn handle_receipts<S: EventStore>(
         let origin = req.headers().get(header::ORIGIN).cloned();
         let read = Box::pin(async {
             let query = query_of(&req)?;
-            let caller = auth::caller(app, req.headers(), &query)?;
+            let caller = auth::caller(app, req.headers(), &query).await?;
             router::check_params(&Route::Feedback(String::new()), &query)?;
             feedback::read(app, req, &channel, &caller).await
         })
@@ -143,7 +143,7 @@ async fn dispatch<S: EventStore>(
             let query = query_of(&req)?;
             // Who asks first: a stranger gets its 401, not a lesson in
             // parameters.
-            let caller = auth::caller(app, req.headers(), &query)?;
+            let caller = auth::caller(app, req.headers(), &query).await?;
             router::check_params(&route, &query)?;
             caller
         }
