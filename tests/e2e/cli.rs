@@ -855,12 +855,17 @@ async fn pere_pub_stopped_by_its_reader_before_the_end_exits_1() {
         publisher.line().await;
         publisher.close_stdout();
         let status = publisher.exit().await;
-        let stderr = publisher.stderr_text();
-        assert_eq!(status.code(), Some(1), "{args:?}: {stderr}");
+        assert_eq!(
+            status.code(),
+            Some(1),
+            "{args:?}: {}",
+            publisher.stderr_text()
+        );
+        let said = publisher.stderr_line_containing("stdout was closed").await;
         assert!(
-            stderr.contains("stdout was closed after event 2 was published")
-                && stderr.contains("the other 3 event(s) of --count were not published"),
-            "{stderr}"
+            said.contains("after event 2 was published")
+                && said.contains("the other 3 event(s) of --count were not published"),
+            "{said}"
         );
     }
     // A run without an end of its own ends so, with 0.
@@ -877,5 +882,31 @@ async fn pere_pub_stopped_by_its_reader_before_the_end_exits_1() {
         "{}",
         publisher.stderr_text()
     );
+
+    // From stdin: lines left unread are a failure, the end of the input
+    // is not, even when the last line's report found no reader.
+    for (lines, code) in [("a\nb\nc\nd\n", 1), ("a\n", 0)] {
+        let channel = format!("piped{code}");
+        let mut publisher = Proc::start("pere-pub", &[&addr, &channel], Stdio::piped());
+        publisher.close_stdout();
+        // The pipe's reading end is dropped with its task, soon after.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut stdin = publisher.child.stdin.take().unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut stdin, lines.as_bytes())
+            .await
+            .unwrap();
+        if code == 0 {
+            drop(stdin);
+        }
+        let status = publisher.exit().await;
+        assert_eq!(
+            status.code(),
+            Some(code),
+            "{lines:?}: {}",
+            publisher.stderr_text()
+        );
+        let events = server.get_json(&format!("/admin/events/{channel}")).await;
+        assert_eq!(events.as_array().unwrap().len(), 1, "{lines:?}");
+    }
     server.stop().await;
 }

@@ -137,6 +137,45 @@ async fn a_receipt_for_an_event_its_node_has_not_applied_yet_waits_for_it() {
     }
 }
 
+/// A node that cannot catch up (its Redis does not answer) does not call an
+/// event it has not seen unknown: the device is told to retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_a_node_cannot_check_for_want_of_the_log_is_a_503() {
+    let (cluster, proxy) = with_a_held_node().await;
+    let mut printer = cluster.subscribe(1, "jobs", "printer").await;
+    proxy.hold(true);
+    let id = cluster.publish(0, "jobs", "page").await;
+    assert_eq!(read(&mut printer, 1).await[0].0, id);
+    let body = format!(r#"{{"id":"{id}"}}"#);
+    let answer = cluster
+        .node(2)
+        .request(
+            "POST",
+            "/feedback/jobs",
+            &[("device", "printer"), ("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+        .await;
+    proxy.hold(false);
+    assert_eq!(answer.status, 503, "{}", answer.text());
+    assert_eq!(answer.json()["code"], "store_unavailable");
+    assert!(answer.header("Retry-After").is_some());
+    // Once it can, it takes it.
+    pere_tests::eventually("node 2 takes the receipt again", || async {
+        let r = cluster
+            .node(2)
+            .request(
+                "POST",
+                "/feedback/jobs",
+                &[("device", "printer"), ("Content-Type", "application/json")],
+                body.as_bytes(),
+            )
+            .await;
+        r.status == 200
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_behind_the_others_shows_what_they_answered() {
     let (cluster, proxy) = with_a_held_node().await;

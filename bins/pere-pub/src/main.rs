@@ -277,19 +277,21 @@ async fn run(config: &Config, outcome: &mut Outcome) -> Result<(), Stop> {
         match print_line(&line) {
             // Closing stdout ends an endless run (`| head -3`); a run with
             // more to publish must not pass for a whole one.
-            Err(Stop::OutputClosed)
-                if config.count.is_some_and(|count| sent < count)
-                    || config.source == Source::Stdin =>
-            {
+            Err(Stop::OutputClosed) => {
                 let rest = match config.count {
-                    Some(count) if config.source != Source::Stdin => {
-                        format!("the other {} event(s) of --count", count - sent)
-                    }
-                    _ => "the lines of stdin after it".to_owned(),
+                    Some(count) if sent >= count => None,
+                    _ if config.source == Source::Stdin => more_lines(&mut stdin)
+                        .await
+                        .then(|| "the lines of stdin after it".to_owned()),
+                    Some(count) => Some(format!("the other {} event(s) of --count", count - sent)),
+                    None => None,
                 };
-                return Err(Stop::Failed(format!(
-                    "stdout was closed after event {sent} was published: stopped, and {rest} were not published"
-                )));
+                return Err(match rest {
+                    Some(rest) => Stop::Failed(format!(
+                        "stdout was closed after event {sent} was published: stopped, and {rest} were not published"
+                    )),
+                    None => Stop::OutputClosed,
+                });
             }
             printed => printed?,
         }
@@ -463,6 +465,18 @@ fn list(items: &[String]) -> String {
         "-".to_string()
     } else {
         items.join(",")
+    }
+}
+
+/// Whether stdin has another event to publish: a line comes, or it is
+/// still open a moment later (what follows would not be published).
+async fn more_lines(stdin: &mut tokio::io::Lines<tokio::io::BufReader<tokio::io::Stdin>>) -> bool {
+    loop {
+        match tokio::time::timeout(Duration::from_millis(200), stdin.next_line()).await {
+            Ok(Ok(Some(line))) if line.trim().is_empty() => continue,
+            Ok(Ok(Some(_))) | Err(_) => return true,
+            Ok(Ok(None) | Err(_)) => return false,
+        }
     }
 }
 

@@ -11,7 +11,7 @@
 //! are rarer and sit behind a mutex per event.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
@@ -204,6 +204,9 @@ pub struct EventReceipts {
     undelivered: AtomicUsize,
     /// Devices (audience and late) not yet acked.
     unacked: AtomicUsize,
+    /// Whether it has late joiners, read without the lock by a resume's
+    /// walk over every retained event (`Ledgers::late_unacked`).
+    has_late: AtomicBool,
     slow: Mutex<Slow>,
     /// Woken when `undelivered` or `unacked` reaches zero.
     settled: Notify,
@@ -257,6 +260,7 @@ impl EventReceipts {
             audience,
             undelivered: AtomicUsize::new(n),
             unacked: AtomicUsize::new(n),
+            has_late: AtomicBool::new(false),
             slow: Mutex::default(),
             settled: Notify::new(),
             watchers,
@@ -323,6 +327,7 @@ impl EventReceipts {
     fn add_late(&self, slow: &mut Slow, device: &DeviceId, delivered: Option<Timestamp>) -> u32 {
         let slot = (self.audience.len() + slow.late.len()) as u32;
         slow.late.push((device.clone(), delivered));
+        self.has_late.store(true, Ordering::Release);
         if let Some(index) = slow.index.as_mut() {
             index.insert(device.clone(), slot);
         }
@@ -450,6 +455,9 @@ impl EventReceipts {
     /// Whether `device` got the event outside its publish-time audience (a
     /// late joiner: a replay) and has not acknowledged it.
     pub fn late_unacked_by(&self, device: &DeviceId) -> bool {
+        if !self.has_late.load(Ordering::Acquire) {
+            return false;
+        }
         let mut slow = lock(&self.slow);
         if slow.late.is_empty() {
             return false;

@@ -38,12 +38,13 @@ impl<S: EventStore> Hub<S> {
                 limit: MAX_STATUS_LEN,
             });
         }
-        let (receipts, first) = self
+        let (checked, stuck) = self
             .settled(
                 || self.check_recipient(subscription, device, id),
                 |checked| checked.as_ref().err().map_or(Behind::No, behind),
             )
-            .await?;
+            .await;
+        let (receipts, first) = checked.map_err(|err| unsettled(err, stuck))?;
         let acked = self
             .call(|reply| {
                 Command::Ack(AckCmd {
@@ -80,7 +81,7 @@ impl<S: EventStore> Hub<S> {
         // A device's first receipt of an event, counted once even when the
         // batch holds several (they are all checked before any is applied).
         let mut firsts: HashSet<(EventId, DeviceId)> = HashSet::new();
-        let checked = self
+        let (checked, stuck) = self
             .settled(
                 || self.check_batch(&items),
                 |checked| {
@@ -93,6 +94,9 @@ impl<S: EventStore> Hub<S> {
                 },
             )
             .await;
+        let checked = checked
+            .into_iter()
+            .map(|c| c.map_err(|err| unsettled(err, stuck)));
         let refused = match self.inner.health().refusal() {
             Some(Error::StoreUnavailable(why)) => Some(why),
             Some(other) => Some(other.to_string()),
@@ -196,10 +200,13 @@ impl<S: EventStore> Hub<S> {
     /// another node than the stream that wrote it the event, a moment
     /// later: that node may not have applied the event yet, nor heard
     /// (every [`CURSOR_FLUSH`]) that the stream wrote it to the device.
-    async fn settled<T>(&self, check: impl Fn() -> T, behind: impl Fn(&T) -> Behind) -> T {
+    ///
+    /// With what it found, whether it may still be behind: it could not
+    /// catch up (the log does not answer, or this node lags by seconds).
+    async fn settled<T>(&self, check: impl Fn() -> T, behind: impl Fn(&T) -> Behind) -> (T, bool) {
         let mut checked = check();
         if !self.inner.cluster {
-            return checked;
+            return (checked, false);
         }
         let give_up = tokio::time::Instant::now() + WRITES_WAIT;
         let mut again = false;
@@ -216,11 +223,11 @@ impl<S: EventStore> Hub<S> {
             }
             again = true;
             if !self.caught_up().await {
-                break;
+                return (checked, true);
             }
             checked = check();
         }
-        checked
+        (checked, false)
     }
 
     /// On a cluster node, waits until this node has applied every entry
@@ -232,7 +239,11 @@ impl<S: EventStore> Hub<S> {
         let Some(barrier) = &self.inner.barrier else {
             return true;
         };
-        if self.inner.health().refusal().is_some() {
+        // A log that refuses, or a writer that stopped, will not catch up.
+        if self.inner.health().refusal().is_some()
+            || self.inner.failed.borrow().is_some()
+            || self.is_closing()
+        {
             return false;
         }
         barrier.wait().await
@@ -322,5 +333,19 @@ fn behind(err: &Error) -> Behind {
         Error::UnknownEvent { .. } => Behind::Entries,
         Error::NotRecipient { .. } => Behind::Writes,
         _ => Behind::No,
+    }
+}
+
+/// A refusal a node that could not catch up with its cluster's log cannot
+/// stand by: the event or the delivery may be in what it has not applied.
+/// The client is told to retry (PROTOCOL.md §10), not that the event is
+/// unknown.
+fn unsettled(err: Error, stuck: bool) -> Error {
+    if stuck && behind(&err) != Behind::No {
+        Error::StoreUnavailable(format!(
+            "this node could not catch up with the cluster log to check the receipt ({err}); retry"
+        ))
+    } else {
+        err
     }
 }

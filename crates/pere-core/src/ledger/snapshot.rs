@@ -2,7 +2,7 @@
 //! keeps of each retained event (docs/PROTOCOL.md §10, "Several nodes").
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -235,6 +235,7 @@ impl EventReceipts {
             audience,
             undelivered: AtomicUsize::new(undelivered),
             unacked: AtomicUsize::new(unacked),
+            has_late: AtomicBool::new(!late.is_empty()),
             slow: Mutex::new(Slow {
                 acks,
                 again: again.into_iter().collect(),

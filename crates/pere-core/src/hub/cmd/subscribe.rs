@@ -312,8 +312,8 @@ impl State {
         replay.dedup_by_key(|r| r.id());
         if self.cluster && req.device.is_some() {
             // Marked delivered everywhere once the log hears it was written.
-            let ids = replay.iter().map(|r| r.id()).collect();
-            self.memberships.expect_replay(stream.shared.id, ids);
+            self.memberships
+                .expect_replay(stream.shared.id, replay.clone());
         }
         let resumed_from = match req.resume {
             Resume::After(id) => Some(id),
@@ -349,8 +349,7 @@ impl State {
     /// node the presence and cursor parts go through the log, so that every
     /// node applies them at the same place.
     pub(in crate::hub) fn close_stream(&mut self, id: u64, now: Timestamp) {
-        let replayed = self.memberships.last_replayed(id);
-        let Some(closed) = self.memberships.close_local(id) else {
+        let Some((closed, replayed)) = self.memberships.close_local(id) else {
             return;
         };
         if closed.device.is_none() {

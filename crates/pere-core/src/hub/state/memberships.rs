@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::TokenHash;
 use crate::event::{EventId, Timestamp};
 use crate::hub::cluster::wire::{ClosedStream, Wire};
+use crate::ledger::EventReceipts;
 use crate::name::{ChannelName, DeviceId, Pattern};
 use crate::presence::{Member, NodeCounts, Op, StreamShared, StreamTx};
 
@@ -78,7 +79,7 @@ pub(in crate::hub) struct Memberships {
     /// On a cluster node, what this node's streams are to be written by
     /// replay, by stream, until the log is told they were (see
     /// [`Memberships::unsent_cursors`]): few streams have any.
-    replays: HashMap<u64, Vec<EventId>>,
+    replays: HashMap<u64, Vec<Arc<EventReceipts>>>,
     /// Counted deliveries of streams that closed.
     delivered_closed: u64,
     /// Counted redeliveries of streams that closed.
@@ -162,9 +163,11 @@ impl Memberships {
             let Some(device) = &open.device else {
                 continue;
             };
-            // What it was replayed first: the cursor below is past it.
-            wires.extend(written_replay(&mut self.replays, open));
+            // Read once: the stream goes on writing meanwhile, and its
+            // replay and its cursor must tell the same writes.
             let upto = open.shared.delivered_upto();
+            // What it was replayed first: the cursor below is past it.
+            wires.extend(written_replay(&mut self.replays, open, upto));
             if upto <= open.sent_upto {
                 continue;
             }
@@ -379,25 +382,21 @@ impl Memberships {
 
     /// On a cluster node, the events stream `id` is to be written by
     /// replay (in id order), for the log to be told as it is written.
-    pub(in crate::hub) fn expect_replay(&mut self, id: u64, ids: Vec<EventId>) {
-        if !ids.is_empty() {
-            self.replays.insert(id, ids);
+    pub(in crate::hub) fn expect_replay(&mut self, id: u64, replay: Vec<Arc<EventReceipts>>) {
+        if !replay.is_empty() {
+            self.replays.insert(id, replay);
         }
     }
 
-    /// The last of stream `id`'s replay it was written, as it closes (what
-    /// it was not written by then never will be).
-    pub(in crate::hub) fn last_replayed(&mut self, id: u64) -> Option<Wire> {
-        let wire = written_replay(&mut self.replays, self.streams.get(&id)?);
-        self.replays.remove(&id);
-        wire
-    }
-
     /// The part of a stream's end that only this node knows: its queue
-    /// senders (taken out of its subscriptions) and counters.
-    pub(in crate::hub) fn close_local(&mut self, id: u64) -> Option<ClosedStream> {
-        self.replays.remove(&id);
+    /// senders (taken out of its subscriptions) and counters; and, on a
+    /// cluster node, the last of its replay it was written (what it was
+    /// not written by then never will be), to tell before its end.
+    pub(in crate::hub) fn close_local(&mut self, id: u64) -> Option<(ClosedStream, Option<Wire>)> {
         let open = self.streams.remove(&id)?;
+        let upto = open.shared.delivered_upto();
+        let replayed = written_replay(&mut self.replays, &open, upto);
+        self.replays.remove(&id);
         self.fold_counts(&open.shared);
         for pattern in &open.subs {
             let Some(sub) = self.subs.get_mut(pattern) else {
@@ -418,12 +417,13 @@ impl Memberships {
                 }
             }
         }
-        Some(ClosedStream {
+        let closed = ClosedStream {
             subs: open.subs,
             device: open.device,
-            upto: open.shared.delivered_upto(),
+            upto,
             at: open.shared.delivered_at(),
-        })
+        };
+        Some((closed, replayed))
     }
 
     /// Ends every stream `node` had (it is gone). Returns the memberships
@@ -598,20 +598,28 @@ impl Memberships {
 }
 
 /// The part of `open`'s replay (see [`Memberships::replays`]) it was
-/// written since last asked, as the log carries it. A replay is in id
-/// order and before any live event, so what was written of it is what is
-/// at or below the stream's last write.
-fn written_replay(replays: &mut HashMap<u64, Vec<EventId>>, open: &OpenStream) -> Option<Wire> {
+/// written since last asked, up to its last write `upto`, as the log
+/// carries it. A replay is in id order and before any live event, so what
+/// was written of it is what is at or below the stream's last write, but
+/// for events its token stopped granting, which it skipped.
+fn written_replay(
+    replays: &mut HashMap<u64, Vec<Arc<EventReceipts>>>,
+    open: &OpenStream,
+    upto: EventId,
+) -> Option<Wire> {
     let device = open.device.as_ref()?;
-    let ids = replays.get_mut(&open.shared.id)?;
-    let upto = open.shared.delivered_upto();
-    let written = ids.partition_point(|id| *id <= upto);
-    if written == 0 {
-        return None;
-    }
-    let ids: Vec<u64> = ids.drain(..written).map(|id| id.0).collect();
+    let replay = replays.get_mut(&open.shared.id)?;
+    let passed = replay.partition_point(|r| r.id() <= upto);
+    let ids: Vec<u64> = replay
+        .drain(..passed)
+        .filter(|r| open.shared.allows(&r.event.channel))
+        .map(|r| r.id().0)
+        .collect();
     if replays[&open.shared.id].is_empty() {
         replays.remove(&open.shared.id);
+    }
+    if ids.is_empty() {
+        return None;
     }
     Some(Wire::Replayed {
         subs: open.subs.clone(),

@@ -248,7 +248,9 @@ fn token_json(hash: &TokenHash, grants: &Grants) -> serde_json::Map<String, Valu
 
 /// `GET /admin/tokens`: every live token by fingerprint, with its grants
 /// and where it comes from (`file` or `runtime`).
-pub fn tokens<S: EventStore>(app: &App<S>) -> Response<Body> {
+pub async fn tokens<S: EventStore>(app: &App<S>) -> Response<Body> {
+    // On a cluster, with what other nodes changed a moment ago.
+    app.hub.caught_up().await;
     let list: Vec<Value> = app
         .hub
         .auth()

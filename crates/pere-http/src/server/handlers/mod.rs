@@ -199,7 +199,7 @@ async fn dispatch<S: EventStore>(
         Route::AdminDevice(channel, device) => {
             admin::device(app, req.method(), &channel, &device).await
         }
-        Route::AdminTokens => Ok(admin::tokens(app)),
+        Route::AdminTokens => Ok(admin::tokens(app).await),
         Route::AdminToken(token) => admin::token(app, req, &token).await,
         Route::Preflight => Ok(preflight()),
     }
