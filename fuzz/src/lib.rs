@@ -1035,7 +1035,7 @@ fn record_built(input: &mut Input<'_>) {
     let channel = name_or(input, ChannelName::new, "c");
     let pattern = name_or(input, Pattern::new, "c.*");
     let device = name_or(input, DeviceId::new, "d");
-    let record = match kind % 8 {
+    let record = match kind % 9 {
         0 => {
             let payload = text(input.field()).into_owned();
             Stored::Hub(Record::Event(std::sync::Arc::new(Event {
@@ -1082,6 +1082,12 @@ fn record_built(input: &mut Input<'_>) {
             id: EventId(a),
             device,
             sent: flags & 1 != 0,
+            at: Timestamp(b as i64),
+        }),
+        7 => Stored::Hub(Record::Acking {
+            subscription: pattern,
+            device,
+            id: EventId(a),
             at: Timestamp(b as i64),
         }),
         _ => Stored::Trim {

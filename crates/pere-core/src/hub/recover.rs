@@ -1,6 +1,6 @@
 //! Rebuilding the state from the journal at start.
 
-use crate::event::{Sequencer, Timestamp};
+use crate::event::{EventId, Sequencer, Timestamp};
 use crate::hub::Counters;
 use crate::hub::state::State;
 use crate::log::{Evicted, Record};
@@ -19,6 +19,7 @@ impl State {
         // with its own time.
         let mut acks = Vec::new();
         let mut notices = Vec::new();
+        let mut acking = Vec::new();
         for record in records {
             match record {
                 Record::Event(event) => {
@@ -99,6 +100,12 @@ impl State {
                     id, device, sent, ..
                 } => notices.push((id, device, sent)),
                 Record::Token { token, grants, .. } => self.auth.apply(token, grants),
+                Record::Acking {
+                    subscription,
+                    device,
+                    id,
+                    at,
+                } => acking.push((subscription, device, id, at)),
             }
         }
         // Deliveries up to each member's cursor happened before the restart.
@@ -113,6 +120,24 @@ impl State {
                 let channel = receipts.event.channel.clone();
                 let pattern = Pattern::from(channel.clone());
                 self.note_ack(&pattern, &channel, &device, id, at);
+            }
+        }
+        // Members that acknowledge although retention dropped every event
+        // they acknowledged: at-least-once still holds for them.
+        for (subscription, device, id, at) in acking {
+            let ledgers = &self.ledgers;
+            if let Some(member) = self.memberships.member_mut(&subscription, &device)
+                && member.is_member
+                && !member.acknowledges()
+                && at >= member.joined_at
+            {
+                member.unacked = ledgers.unacked_of(&subscription, &device, member.since);
+                member.last_acked = Some((id, at));
+                if ledgers.dropped_after(&subscription, id) {
+                    // Events after its last receipt were dropped: they were
+                    // not acknowledged, and it is told of the gap.
+                    member.lost_from = Some(EventId(id.0 + 1));
+                }
             }
         }
         for (id, device, sent) in notices {

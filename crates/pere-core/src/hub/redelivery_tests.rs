@@ -250,6 +250,46 @@ async fn redelivery_survives_a_restart_of_a_durable_hub() {
     hub.shutdown().await;
 }
 
+/// A member whose every acknowledged event retention dropped still
+/// acknowledges after a restart: it is sent again what it had been written
+/// and not acknowledged, after a `pere.gap` for what was dropped.
+#[tokio::test]
+async fn a_member_whose_receipts_all_aged_out_is_still_sent_its_unacked_events_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = FileStoreConfig::new(dir.path());
+    cfg.retention = Retention {
+        history: 3,
+        max_age: None,
+    };
+    let (first, kept) = {
+        let (hub, mut r, first) = durable_hub_with_an_ack(&cfg).await;
+        let written = publish_n(&hub, "orders", 5).await;
+        assert_eq!(take(&mut r, 5).await, written);
+        drop(r);
+        hub.shutdown().await;
+        (first, written[2..].to_vec())
+    };
+    let hub = Hub::open(HubConfig::default(), open_store(&cfg))
+        .await
+        .unwrap();
+    let mut r = subscribe_on(&hub, "R").await;
+    let gap = r
+        .gap()
+        .expect("a gap for the two dropped unacknowledged events");
+    assert_eq!(gap.from, first.id, "{gap:?}");
+    assert_eq!(r.hello().replayed, 3);
+    assert_eq!(take(&mut r, 3).await, kept);
+    drop(r);
+    hub.shutdown().await;
+    // And again after one more restart (the store compacted or not).
+    let hub = Hub::open(HubConfig::default(), open_store(&cfg))
+        .await
+        .unwrap();
+    let r = subscribe_on(&hub, "R").await;
+    assert_eq!(r.hello().replayed, 3);
+    hub.shutdown().await;
+}
+
 /// A member an operator removed was still written its events before: after
 /// a restart its receipts say so (they said "acked, 0 deliveries", which
 /// reads as "acknowledged without ever being written").

@@ -38,6 +38,8 @@ const KIND_TRIM: u8 = 7;
 const KIND_NOTICE: u8 = 8;
 /// Added after the first release: logs written before it simply have none.
 const KIND_TOKEN: u8 = 9;
+/// Added later still, the same way.
+const KIND_ACKING: u8 = 10;
 
 // The flag bits each kind defines. Any other bit set, like a field its flag
 // says is absent yet holding a value, is rejected, not ignored: such bytes
@@ -157,6 +159,18 @@ pub fn encode(out: &mut Vec<u8>, lsn: u64, record: &Stored) {
         }) => {
             out.push(KIND_CURSOR);
             out.extend_from_slice(&cursor.0.to_le_bytes());
+            out.extend_from_slice(&at.0.to_le_bytes());
+            put_str8(out, subscription.as_str());
+            put_str8(out, device.as_str());
+        }
+        Stored::Hub(Record::Acking {
+            subscription,
+            device,
+            id,
+            at,
+        }) => {
+            out.push(KIND_ACKING);
+            out.extend_from_slice(&id.0.to_le_bytes());
             out.extend_from_slice(&at.0.to_le_bytes());
             put_str8(out, subscription.as_str());
             put_str8(out, device.as_str());
@@ -394,6 +408,16 @@ pub fn decode(body: &[u8]) -> Result<(u64, Stored), DecodeError> {
                 device: r.device()?,
             })
         }
+        KIND_ACKING => {
+            let id = EventId(r.u64()?);
+            let at = Timestamp(r.i64()?);
+            Stored::Hub(Record::Acking {
+                id,
+                at,
+                subscription: r.pattern()?,
+                device: r.device()?,
+            })
+        }
         KIND_PRESENCE => {
             let at = Timestamp(r.i64()?);
             let flags = r.u8()?;
@@ -528,6 +552,12 @@ mod tests {
                 device: dev.clone(),
                 cursor: EventId(5),
                 at: Timestamp(6),
+            }),
+            Stored::Hub(Record::Acking {
+                subscription: sub.clone(),
+                device: dev.clone(),
+                id: EventId(11),
+                at: Timestamp(12),
             }),
             Stored::Hub(Record::Presence {
                 subscription: sub.clone(),

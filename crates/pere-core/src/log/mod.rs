@@ -114,6 +114,19 @@ pub enum Record {
         /// When.
         at: Timestamp,
     },
+    /// A member sent its first receipt: from now on it is sent again what
+    /// it has not acknowledged (docs/PROTOCOL.md §5.4). Its receipts alone
+    /// do not say so once retention dropped their events.
+    Acking {
+        /// The subscription.
+        subscription: Pattern,
+        /// The device.
+        device: DeviceId,
+        /// The event of that receipt.
+        id: EventId,
+        /// When.
+        at: Timestamp,
+    },
     /// A membership ended (expired or deleted by an operator).
     Left {
         /// The subscription.

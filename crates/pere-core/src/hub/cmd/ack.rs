@@ -55,6 +55,23 @@ impl State {
                     status: status.clone(),
                     at: now,
                 });
+                // A member's first receipt is journaled as such: the receipt
+                // alone no longer says so once retention dropped its event.
+                self.memberships
+                    .for_matching_mut(&receipts.event.channel, |pattern, sub| {
+                        if sub
+                            .members
+                            .get(&device)
+                            .is_some_and(|m| m.is_member && !m.acknowledges())
+                        {
+                            records.push(Record::Acking {
+                                subscription: pattern.clone(),
+                                device: device.clone(),
+                                id,
+                                at: now,
+                            });
+                        }
+                    });
                 Effect::Ack(AckEffect {
                     receipts: receipts.clone(),
                     subscription,
@@ -140,11 +157,7 @@ impl State {
                     // Its first receipt: from now on it is sent again what
                     // it has not acknowledged, starting with what it has
                     // already been sent.
-                    // Events replayed to it before it joined are its too.
-                    let mut unacked: std::collections::VecDeque<EventId> =
-                        ledgers.late_unacked(pattern, device, member.since).into();
-                    unacked.extend(ledgers.unacked_events(pattern, device, member.since));
-                    member.unacked = unacked;
+                    member.unacked = ledgers.unacked_of(pattern, device, member.since);
                     sub.ackers += 1;
                 }
                 touch_ack(member, id, now);

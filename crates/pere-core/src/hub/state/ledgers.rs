@@ -318,6 +318,28 @@ impl Ledgers {
         ids.into()
     }
 
+    /// What a member of `pattern` that joined at `since` has not
+    /// acknowledged, in id order: the events of its audience, with those
+    /// replayed to it from before it joined.
+    pub(in crate::hub) fn unacked_of(
+        &self,
+        pattern: &Pattern,
+        device: &DeviceId,
+        since: EventId,
+    ) -> VecDeque<EventId> {
+        let mut unacked: VecDeque<EventId> = self.late_unacked(pattern, device, since).into();
+        unacked.extend(self.unacked_events(pattern, device, since));
+        unacked
+    }
+
+    /// Whether retention dropped events after `id` on a channel `pattern`
+    /// matches.
+    pub(in crate::hub) fn dropped_after(&self, pattern: &Pattern, id: EventId) -> bool {
+        let mut dropped = false;
+        self.each_of(pattern, |ledger| dropped |= ledger.evicted_upto > id);
+        dropped
+    }
+
     /// Events of `pattern`'s channels up to `upto` that `device` got as a
     /// late joiner (replayed to it before it was a member) and has not
     /// acknowledged, in id order: they are in its audience too

@@ -28,6 +28,7 @@ pub(super) struct Live {
     pub(super) last_event: EventId,
     episodes: HashMap<Key, Episodes>,
     latest_cursor: HashMap<Key, u64>,
+    latest_acking: HashMap<Key, u64>,
     latest_presence: HashMap<Key, u64>,
     latest_trim: HashMap<ChannelName, u64>,
     /// The latest change of each run-time token: it alone decides the
@@ -82,6 +83,14 @@ impl Live {
                 ..
             }) => {
                 self.latest_presence
+                    .insert((subscription.clone(), device.clone()), lsn);
+            }
+            Stored::Hub(Record::Acking {
+                subscription,
+                device,
+                ..
+            }) => {
+                self.latest_acking
                     .insert((subscription.clone(), device.clone()), lsn);
             }
             Stored::Hub(Record::Ack { .. } | Record::Notice { .. }) => {}
@@ -150,6 +159,19 @@ impl Live {
                 open(subscription, device).is_some()
                     && self
                         .latest_presence
+                        .get(&(subscription.clone(), device.clone()))
+                        == Some(&lsn)
+            }
+            // Of the current membership only: a member that joins again
+            // starts without receipts.
+            Stored::Hub(Record::Acking {
+                subscription,
+                device,
+                ..
+            }) => {
+                open(subscription, device).is_some_and(|joined| joined < lsn)
+                    && self
+                        .latest_acking
                         .get(&(subscription.clone(), device.clone()))
                         == Some(&lsn)
             }

@@ -401,12 +401,21 @@ async fn compaction_keeps_what_is_live_and_bounds_the_disk() {
         let sub = Pattern::new("a").unwrap();
         let dev = DeviceId::new("d").unwrap();
         store
-            .append(&[Record::Joined {
-                subscription: sub.clone(),
-                device: dev.clone(),
-                head: EventId(0),
-                at: Timestamp(1),
-            }])
+            .append(&[
+                Record::Joined {
+                    subscription: sub.clone(),
+                    device: dev.clone(),
+                    head: EventId(0),
+                    at: Timestamp(1),
+                },
+                // Its first receipt, for an event long dropped.
+                Record::Acking {
+                    subscription: sub.clone(),
+                    device: dev.clone(),
+                    id: EventId(1),
+                    at: Timestamp(2),
+                },
+            ])
             .await
             .unwrap();
         for i in 1..=2000u64 {
@@ -450,6 +459,12 @@ async fn compaction_keeps_what_is_live_and_bounds_the_disk() {
         })
         .collect();
     assert_eq!(cursors.last(), Some(&2000), "the latest cursor survives");
+    assert!(
+        r.records
+            .iter()
+            .any(|x| matches!(x, Record::Acking { id, .. } if id.0 == 1)),
+        "that the member acknowledges survives its receipts"
+    );
     assert!(
         r.records
             .iter()
