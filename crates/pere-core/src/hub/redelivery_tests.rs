@@ -225,6 +225,34 @@ async fn unacknowledged_events_lost_to_retention_are_a_gap() {
     }
 }
 
+/// The gap of a stream on two channels names the oldest event it can still
+/// get after the loss, not an older one of its other channel.
+#[tokio::test]
+async fn the_gap_of_a_loss_on_one_of_several_channels_names_what_follows_it() {
+    let hub = hub_with(
+        HubConfig::default(),
+        Retention {
+            history: 2,
+            max_age: None,
+        },
+    )
+    .await;
+    let mut r = subscribe(&hub, Some("R"), &["x", "y"], Resume::Auto).await;
+    let a = publish(&hub, "x", "a").await.id;
+    let b = publish(&hub, "y", "b").await.id;
+    assert_eq!(take(&mut r, 2).await, [a, b]);
+    hub.ack(&pat("x"), &dev("R"), a, "ok").await.unwrap();
+    hub.ack(&pat("y"), &dev("R"), b, "ok").await.unwrap();
+    drop(r);
+    // Four on x while it is away: the first two are dropped unacknowledged.
+    let away = publish_n(&hub, "x", 4).await;
+    let mut r = subscribe(&hub, Some("R"), &["x", "y"], Resume::Auto).await;
+    let gap = r.gap().expect("told it lost events");
+    assert_eq!(gap.oldest, Some(away[2]), "{gap:?}");
+    assert!(a <= gap.from && gap.from < away[0], "{gap:?}");
+    assert_eq!(take(&mut r, 2).await, away[2..]);
+}
+
 #[tokio::test]
 async fn redelivery_survives_a_restart_of_a_durable_hub() {
     let dir = tempfile::tempdir().unwrap();

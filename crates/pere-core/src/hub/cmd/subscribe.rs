@@ -181,7 +181,9 @@ impl State {
         // events it has not acknowledged (docs/PROTOCOL.md §5).
         let mut redeliver: Vec<EventId> = Vec::new();
         let mut floors: Vec<EventId> = Vec::new();
-        let mut lost = false;
+        // Acknowledging members' subscriptions whose unacknowledged events
+        // retention dropped: where each resumes, the first event dropped.
+        let mut losses: Vec<(EventId, EventId, &Pattern)> = Vec::new();
         for (i, pattern) in req.patterns.iter().enumerate() {
             let Some(sub) = self.memberships.sub_mut(pattern) else {
                 continue;
@@ -202,7 +204,9 @@ impl State {
                             floor = floor.min(EventId(first.0 - 1));
                         }
                         redeliver.extend(late);
-                        lost |= member.lost_from.take().is_some();
+                        if let Some(lost_from) = member.lost_from.take() {
+                            losses.push((floor, lost_from, pattern));
+                        }
                         floors.push(floor);
                         // Nothing in order after a point: the list says it all.
                         (head, false)
@@ -280,15 +284,21 @@ impl State {
                 g.from = g.from.min(*start);
             }
         }
-        if lost {
+        if let Some(from) = losses.iter().map(|(floor, _, _)| *floor).min() {
             // Retention dropped events the device had not acknowledged
-            // before it could get them again.
-            let from = floors.iter().copied().min().unwrap_or(head);
-            let g = gap.get_or_insert(Gap {
-                from,
-                oldest: oldest_of_all,
-            });
+            // before it could get them again: the oldest it can still get
+            // is the first event kept after them (not an older one of
+            // another of its channels).
+            let oldest = losses
+                .iter()
+                .filter_map(|(_, lost_from, pattern)| self.ledgers.first_from(pattern, *lost_from))
+                .min();
+            let g = gap.get_or_insert(Gap { from, oldest });
             g.from = g.from.min(from);
+            g.oldest = match (g.oldest, oldest) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
         }
         if gap.is_none() {
             // A resume point below what this hub remembers at all (a volatile

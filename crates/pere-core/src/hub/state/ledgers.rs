@@ -332,6 +332,19 @@ impl Ledgers {
         unacked
     }
 
+    /// The first retained event at or after `id` on the channels `pattern`
+    /// matches.
+    pub(in crate::hub) fn first_from(&self, pattern: &Pattern, id: EventId) -> Option<EventId> {
+        let mut first: Option<EventId> = None;
+        self.each_of(pattern, |ledger| {
+            let at = ledger.receipts.partition_point(|r| r.id() < id);
+            if let Some(r) = ledger.receipts.get(at) {
+                first = Some(first.map_or(r.id(), |f| f.min(r.id())));
+            }
+        });
+        first
+    }
+
     /// Whether retention dropped events after `id` on a channel `pattern`
     /// matches.
     pub(in crate::hub) fn dropped_after(&self, pattern: &Pattern, id: EventId) -> bool {
