@@ -357,6 +357,24 @@ async fn pere_pub_prints_each_event_id_and_pere_sub_receives_and_acks_exactly_th
     server.stop().await;
 }
 
+/// `data` is what an EventSource dispatches (PROTOCOL.md §3, §9): SSE
+/// carries no CR, so every CRLF and CR of a payload reads as LF.
+#[tokio::test]
+async fn pere_sub_json_data_reads_as_an_eventsource_reads_it() {
+    let server = Server::start(0).await;
+    let addr = server.hostport();
+    let mut sub = Proc::start(
+        "pere-sub",
+        &[&addr, "lines", "--json", "--count", "1"],
+        Stdio::null(),
+    );
+    assert_eq!(sub.json_line().await["event"], "pere.hello");
+    server.publish("lines", "l1\r\nl2\rl3\n").await;
+    assert_eq!(sub.json_line().await["data"], "l1\nl2\nl3\n");
+    sub.success().await;
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn pere_pub_publishes_each_line_of_its_stdin() {
     let server = Server::start(0).await;

@@ -346,6 +346,18 @@ async fn ack(receipts: &Receipts, device: &str, event: &SseEvent, status: &str) 
     receipts.send(device, &event.id, status).await;
 }
 
+/// The data as an EventSource dispatches it (PROTOCOL.md §3): SSE cannot
+/// carry a CR, so every CRLF and CR of the payload reads as LF. (The
+/// envelope `pere-sub` asks for carries the payload's own bytes; `--exec`
+/// gets those.)
+fn as_dispatched(data: &str) -> std::borrow::Cow<'_, str> {
+    if data.contains('\r') {
+        std::borrow::Cow::Owned(data.replace("\r\n", "\n").replace('\r', "\n"))
+    } else {
+        std::borrow::Cow::Borrowed(data)
+    }
+}
+
 /// Prints one event on stdout in the configured format.
 /// `channel` is the event's own (from its envelope); the subscribed name
 /// stands in when the server sent none.
@@ -355,20 +367,21 @@ fn print_event(
     control: bool,
     channel: Option<&str>,
 ) -> Result<(), Stop> {
+    let data = as_dispatched(&event.data);
     let line = match config.output {
         Output::Json => serde_json::json!({
             "id": event.id,
             "event": event.event,
-            "data": event.data,
+            "data": data,
             "channel": if control { None } else { Some(channel.unwrap_or(config.channel.as_str())) },
         })
         .to_string(),
         Output::Human if control => {
-            format!("RX CTL> event: {}, data: {}", event.event, event.data)
+            format!("RX CTL> event: {}, data: {data}", event.event)
         }
         Output::Human => format!(
-            "RX EVT> id: {}, event: {}, data: {}",
-            event.id, event.event, event.data
+            "RX EVT> id: {}, event: {}, data: {data}",
+            event.id, event.event
         ),
     };
     let mut out = std::io::stdout().lock();
