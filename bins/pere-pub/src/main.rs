@@ -474,8 +474,9 @@ async fn more_lines(stdin: &mut tokio::io::Lines<tokio::io::BufReader<tokio::io:
     loop {
         match tokio::time::timeout(Duration::from_millis(200), stdin.next_line()).await {
             Ok(Ok(Some(line))) if line.trim().is_empty() => continue,
-            Ok(Ok(Some(_))) | Err(_) => return true,
-            Ok(Ok(None) | Err(_)) => return false,
+            // A line that cannot be read is one not published either.
+            Ok(Ok(Some(_)) | Err(_)) | Err(_) => return true,
+            Ok(Ok(None)) => return false,
         }
     }
 }

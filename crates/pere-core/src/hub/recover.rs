@@ -1,5 +1,7 @@
 //! Rebuilding the state from the journal at start.
 
+use std::collections::HashMap;
+
 use crate::event::{EventId, Sequencer, Timestamp};
 use crate::hub::Counters;
 use crate::hub::state::State;
@@ -19,7 +21,9 @@ impl State {
         // with its own time.
         let mut acks = Vec::new();
         let mut notices = Vec::new();
-        let mut acking = Vec::new();
+        // Each membership's latest receipt, as journaled (in record order:
+        // a join or a leave starts over).
+        let mut acking: HashMap<(Pattern, DeviceId), (EventId, Timestamp)> = HashMap::new();
         for record in records {
             match record {
                 Record::Event(event) => {
@@ -46,11 +50,10 @@ impl State {
                     head,
                     at,
                 } => {
+                    acking.remove(&(subscription.clone(), device.clone()));
                     let sub = self.memberships.sub_entry(&subscription);
-                    let last_acked = sub.members.get(&device).and_then(|m| m.last_acked);
-                    let mut member = Member::joined(head, at);
-                    member.last_acked = last_acked;
-                    sub.members.insert(device, Box::new(member));
+                    sub.members
+                        .insert(device, Box::new(Member::joined(head, at)));
                 }
                 Record::Cursor {
                     subscription,
@@ -88,6 +91,7 @@ impl State {
                     device,
                     ..
                 } => {
+                    acking.remove(&(subscription.clone(), device.clone()));
                     if let Some(sub) = self.memberships.sub_mut(&subscription)
                         && let Some(member) = sub.members.remove(&device)
                     {
@@ -105,7 +109,9 @@ impl State {
                     device,
                     id,
                     at,
-                } => acking.push((subscription, device, id, at)),
+                } => {
+                    acking.insert((subscription, device), (id, at));
+                }
             }
         }
         // Deliveries up to each member's cursor happened before the restart.
@@ -122,22 +128,29 @@ impl State {
                 self.note_ack(&pattern, &channel, &device, id, at);
             }
         }
-        // Members that acknowledge although retention dropped every event
-        // they acknowledged: at-least-once still holds for them.
-        for (subscription, device, id, at) in acking {
+        // Each member's latest journaled receipt: it acknowledges even when
+        // retention dropped every event it acknowledged, and what retention
+        // dropped after that receipt it had not acknowledged.
+        for ((subscription, device), (id, at)) in acking {
             let ledgers = &self.ledgers;
-            if let Some(member) = self.memberships.member_mut(&subscription, &device)
-                && member.is_member
-                && !member.acknowledges()
-                && at >= member.joined_at
-            {
+            let Some(member) = self.memberships.member_mut(&subscription, &device) else {
+                continue;
+            };
+            if !member.is_member {
+                continue;
+            }
+            if !member.acknowledges() {
                 member.unacked = ledgers.unacked_of(&subscription, &device, member.since);
+            }
+            if member.last_acked.is_none_or(|(last, _)| last < id) {
                 member.last_acked = Some((id, at));
-                if ledgers.dropped_after(&subscription, id) {
-                    // Events after its last receipt were dropped: they were
-                    // not acknowledged, and it is told of the gap.
-                    member.lost_from = Some(EventId(id.0 + 1));
-                }
+            }
+            let acked = member
+                .last_acked
+                .map_or(id, |(last, _)| last)
+                .max(member.since);
+            if ledgers.dropped_after(&subscription, acked) {
+                member.lost_from = Some(EventId(acked.0 + 1));
             }
         }
         for (id, device, sent) in notices {

@@ -318,6 +318,89 @@ async fn a_member_whose_receipts_all_aged_out_is_still_sent_its_unacked_events_a
     hub.shutdown().await;
 }
 
+/// A restart after retention dropped the events a device acknowledged does
+/// not take them for lost: its latest receipt is journaled, not only its
+/// first.
+#[tokio::test]
+async fn no_gap_after_a_restart_for_acknowledged_events_retention_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = FileStoreConfig::new(dir.path());
+    cfg.retention = Retention {
+        history: 3,
+        max_age: None,
+    };
+    let unacked = {
+        let (hub, mut r, _) = durable_hub_with_an_ack(&cfg).await;
+        for _ in 0..2 {
+            let acked = publish_n(&hub, "orders", 1).await;
+            assert_eq!(take(&mut r, 1).await, acked);
+            hub.ack(&pat("orders"), &dev("R"), acked[0], "ok")
+                .await
+                .unwrap();
+        }
+        let unacked = publish_n(&hub, "orders", 3).await;
+        assert_eq!(take(&mut r, 3).await, unacked);
+        drop(r);
+        hub.shutdown().await;
+        unacked
+    };
+    let hub = Hub::open(HubConfig::default(), open_store(&cfg))
+        .await
+        .unwrap();
+    let mut r = subscribe_on(&hub, "R").await;
+    assert!(
+        r.gap().is_none(),
+        "nothing unacknowledged was lost: {:?}",
+        r.gap()
+    );
+    assert_eq!(take(&mut r, 3).await, unacked);
+    hub.shutdown().await;
+}
+
+/// A device that acknowledged, was removed, and joins again acknowledges
+/// from its start; a restart keeps it so.
+#[tokio::test]
+async fn a_rejoined_acknowledging_member_keeps_at_least_once_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = FileStoreConfig::new(dir.path());
+    cfg.retention = Retention {
+        history: 3,
+        max_age: None,
+    };
+    {
+        let hub = Hub::open(HubConfig::default(), open_store(&cfg))
+            .await
+            .unwrap();
+        let mut r = subscribe_on(&hub, "S").await;
+        let e = publish_n(&hub, "orders", 2).await;
+        assert_eq!(take(&mut r, 2).await, e);
+        hub.ack(&pat("orders"), &dev("S"), e[0], "ok")
+            .await
+            .unwrap();
+        drop(r);
+        hub.remove_member(&pat("orders"), &dev("S")).await.unwrap();
+        // A late receipt, then it joins again.
+        hub.ack(&pat("orders"), &dev("S"), e[1], "ok")
+            .await
+            .unwrap();
+        let mut r = subscribe_on(&hub, "S").await;
+        let written = publish_n(&hub, "orders", 5).await;
+        assert_eq!(take(&mut r, 5).await, written);
+        drop(r);
+        hub.shutdown().await;
+    }
+    let hub = Hub::open(HubConfig::default(), open_store(&cfg))
+        .await
+        .unwrap();
+    let r = subscribe_on(&hub, "S").await;
+    assert_eq!(r.hello().replayed, 3, "{:?}", r.hello());
+    assert!(
+        r.gap().is_some(),
+        "two of its events were dropped unacknowledged"
+    );
+    hub.shutdown().await;
+}
+
 /// A member an operator removed was still written its events before: after
 /// a restart its receipts say so (they said "acked, 0 deliveries", which
 /// reads as "acknowledged without ever being written").

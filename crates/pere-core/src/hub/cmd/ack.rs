@@ -55,23 +55,6 @@ impl State {
                     status: status.clone(),
                     at: now,
                 });
-                // A member's first receipt is journaled as such: the receipt
-                // alone no longer says so once retention dropped its event.
-                self.memberships
-                    .for_matching_mut(&receipts.event.channel, |pattern, sub| {
-                        if sub
-                            .members
-                            .get(&device)
-                            .is_some_and(|m| m.is_member && !m.acknowledges())
-                        {
-                            records.push(Record::Acking {
-                                subscription: pattern.clone(),
-                                device: device.clone(),
-                                id,
-                                at: now,
-                            });
-                        }
-                    });
                 Effect::Ack(AckEffect {
                     receipts: receipts.clone(),
                     subscription,

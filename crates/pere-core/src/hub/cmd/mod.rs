@@ -70,7 +70,10 @@ impl State {
                 self.prepare_notice_sent(id, device, now, records);
                 Effect::None
             }
-            Command::Shutdown(reply) => Effect::Shutdown(reply),
+            Command::Shutdown(reply) => {
+                self.journal_acks(now, records);
+                Effect::Shutdown(reply)
+            }
             Command::RemoteClosed(node, closed) => {
                 self.closed_shared(&node, closed, now);
                 records.append(&mut self.deferred);

@@ -91,6 +91,16 @@ impl State {
                     head,
                     at: now,
                 });
+                if let Some((id, at)) = last_acked {
+                    // It acknowledges from its start: a restart must know,
+                    // whatever retention keeps of its receipts.
+                    records.push(Record::Acking {
+                        subscription: pattern.clone(),
+                        device: device.clone(),
+                        id,
+                        at,
+                    });
+                }
             }
             records.push(Record::Presence {
                 subscription: pattern.clone(),

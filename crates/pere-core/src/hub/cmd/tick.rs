@@ -41,6 +41,7 @@ impl State {
         config: &HubConfig,
         records: &mut Vec<Record>,
     ) {
+        self.journal_acks(now, records);
         let ttl = config.member_ttl;
         let cluster = self.cluster;
         let ledgers = &self.ledgers;
@@ -92,6 +93,33 @@ impl State {
         self.notices.forget_gone(&self.ledgers);
         self.idempotency
             .expire(&self.ledgers, now, config.idempotency_ttl);
+    }
+
+    /// Journals the latest receipt of each member that sent one since the
+    /// last time (`Record::Acking`): after a restart it still acknowledges
+    /// once retention dropped the events it acknowledged, and what was
+    /// dropped after its last receipt it had not acknowledged. A cluster's
+    /// log keeps its state otherwise.
+    pub(in crate::hub) fn journal_acks(&mut self, now: Timestamp, records: &mut Vec<Record>) {
+        let since = std::mem::replace(&mut self.acks_journaled, now);
+        if self.cluster {
+            return;
+        }
+        for (pattern, sub) in self.memberships.subs() {
+            for (device, member) in &sub.members {
+                if let Some((id, at)) = member.last_acked
+                    && at >= since
+                    && member.is_member
+                {
+                    records.push(Record::Acking {
+                        subscription: pattern.clone(),
+                        device: device.clone(),
+                        id,
+                        at,
+                    });
+                }
+            }
+        }
     }
 
     /// Drops the receipts of evicted events.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::auth::AuthRegistry;
 use crate::config::HubConfig;
-use crate::event::{EventId, Sequencer};
+use crate::event::{EventId, Sequencer, Timestamp};
 use crate::log::Record;
 use crate::metrics::HubMetrics;
 
@@ -64,6 +64,9 @@ pub(super) struct State {
     pub(super) cluster: bool,
     /// For the shared log, with the next entry.
     pub(super) outbox: Vec<crate::hub::cluster::wire::Wire>,
+    /// Members' receipts up to this time are journaled as their latest
+    /// (`Record::Acking`, by the periodic chores).
+    pub(super) acks_journaled: Timestamp,
 }
 
 impl State {
@@ -96,6 +99,7 @@ impl State {
             current_node: node.clone(),
             node,
             outbox: Vec::new(),
+            acks_journaled: Timestamp(0),
         }
     }
 }

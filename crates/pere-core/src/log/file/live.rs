@@ -68,6 +68,7 @@ impl Live {
                 }
                 self.latest_cursor.remove(&key);
                 self.latest_presence.remove(&key);
+                self.latest_acking.remove(&key);
             }
             Stored::Hub(Record::Cursor {
                 subscription,
