@@ -147,31 +147,22 @@ async fn a_receipt_a_node_cannot_check_for_want_of_the_log_is_a_503() {
     let id = cluster.publish(0, "jobs", "page").await;
     assert_eq!(read(&mut printer, 1).await[0].0, id);
     let body = format!(r#"{{"id":"{id}"}}"#);
-    let answer = cluster
-        .node(2)
-        .request(
+    let receipt = || {
+        cluster.node(2).request(
             "POST",
             "/feedback/jobs",
             &[("device", "printer"), ("Content-Type", "application/json")],
             body.as_bytes(),
         )
-        .await;
+    };
+    let answer = receipt().await;
     proxy.hold(false);
     assert_eq!(answer.status, 503, "{}", answer.text());
     assert_eq!(answer.json()["code"], "store_unavailable");
     assert!(answer.header("Retry-After").is_some());
     // Once it can, it takes it.
     pere_tests::eventually("node 2 takes the receipt again", || async {
-        let r = cluster
-            .node(2)
-            .request(
-                "POST",
-                "/feedback/jobs",
-                &[("device", "printer"), ("Content-Type", "application/json")],
-                body.as_bytes(),
-            )
-            .await;
-        r.status == 200
+        receipt().await.status == 200
     })
     .await;
 }
