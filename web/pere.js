@@ -557,7 +557,8 @@ class Subscription {
       let channel = this.channels.length === 1 && !this.channels[0].includes('*') ? this.channels[0] : null;
       const wrapped = this.#envelope ? parseJson(e.data) : null;
       if (wrapped && typeof wrapped.channel === 'string' && typeof wrapped.data === 'string') {
-        data = wrapped.data;
+        // As a plain stream reads it: SSE carries no CR (docs/PROTOCOL.md §3).
+        data = wrapped.data.replace(/\r\n?/g, '\n');
         channel = wrapped.channel;
         if (e.lastEventId) {
           this.#channelOf.set(e.lastEventId, channel);
