@@ -152,3 +152,27 @@ async fn events_written_by_replay_are_delivered_on_every_node() {
     }
     drop(late);
 }
+
+/// Each of a device's streams counts its writes, on every node, as a
+/// single node counts them (docs/PROTOCOL.md §5.5: `deliveries` is the
+/// writes of the event to the device's streams).
+#[tokio::test]
+async fn a_device_s_two_streams_on_two_nodes_count_two_deliveries() {
+    let cluster = Cluster::start(3, &[]).await;
+    let mut on_1 = cluster.subscribe(1, "jobs", "tablet").await;
+    let mut on_2 = cluster.subscribe(2, "jobs", "tablet").await;
+    let id = cluster.publish(0, "jobs", "page").await;
+    assert_eq!(read(&mut on_1, 1).await[0].0, id);
+    assert_eq!(read(&mut on_2, 1).await[0].0, id);
+    for node in 0..3 {
+        pere_tests::eventually("both writes are counted on every node", || async {
+            let summary = cluster
+                .node(node)
+                .get(&format!("/receipts/jobs/{id}"))
+                .await
+                .json();
+            summary["devices"]["tablet"]["deliveries"] == 2
+        })
+        .await;
+    }
+}

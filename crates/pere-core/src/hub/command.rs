@@ -46,6 +46,8 @@ pub(super) enum Command {
         device: DeviceId,
         cursor: EventId,
         at: Timestamp,
+        /// What the stream had told before.
+        from: Option<EventId>,
     },
     /// From a cluster's log: events a stream was written by replay.
     Replayed {

@@ -584,6 +584,7 @@ async fn apply_entry<S: EventStore>(inner: &Inner<S>, entry: SharedEntry, own: O
                 device: Some(device.clone()),
                 upto: 0,
                 at: None,
+                from: None,
             });
         }
         batch.push(match mine {
@@ -662,6 +663,7 @@ fn from_wire(w: Wire, node: &Arc<str>) -> Command {
             device,
             upto,
             at,
+            from,
         } => Command::RemoteClosed(
             node.clone(),
             ClosedStream {
@@ -669,6 +671,7 @@ fn from_wire(w: Wire, node: &Arc<str>) -> Command {
                 device,
                 upto: EventId(upto),
                 at: at.map(Timestamp),
+                from: from.map(EventId),
             },
         ),
         Wire::Cursor {
@@ -676,12 +679,14 @@ fn from_wire(w: Wire, node: &Arc<str>) -> Command {
             device,
             cursor,
             at,
+            from,
         } => Command::Cursor {
             node: node.clone(),
             subscription,
             device,
             cursor: EventId(cursor),
             at: Timestamp(at),
+            from: from.map(EventId),
         },
         Wire::Replayed {
             subs,

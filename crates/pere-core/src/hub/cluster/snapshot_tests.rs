@@ -123,6 +123,7 @@ fn script() -> Vec<(&'static str, i64, Vec<Wire>)> {
                     device: dev("d3"),
                     cursor: 11_000_000,
                     at: 12_000_000,
+                    from: None,
                 },
             ],
         ),
@@ -134,6 +135,7 @@ fn script() -> Vec<(&'static str, i64, Vec<Wire>)> {
                 device: Some(dev("d3")),
                 upto: 11_000_000,
                 at: Some(12_500_000),
+                from: None,
             }],
         ),
         // Their deadlines pass: notices for the unacked.

@@ -50,6 +50,9 @@ pub(in crate::hub) enum Wire {
         upto: u64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         at: Option<i64>,
+        /// What it had told before: it was written `(from, upto]` since.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<u64>,
     },
     /// Where a device's stream on the entry's node stands: what it was
     /// written (its receipts become `delivered` everywhere).
@@ -58,6 +61,10 @@ pub(in crate::hub) enum Wire {
         device: DeviceId,
         cursor: u64,
         at: i64,
+        /// What it had told before: it was written `(from, cursor]` since
+        /// (entries of older nodes: from the member's cursor).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<u64>,
     },
     /// Events a device's stream on the entry's node was written by replay
     /// (a resume or a late join), below where live events start: the
@@ -108,6 +115,8 @@ pub(in crate::hub) struct ClosedStream {
     pub(in crate::hub) upto: EventId,
     /// When.
     pub(in crate::hub) at: Option<Timestamp>,
+    /// What its cursor had told before (see [`Wire::Closed`]).
+    pub(in crate::hub) from: Option<EventId>,
 }
 
 impl ClosedStream {
@@ -118,6 +127,7 @@ impl ClosedStream {
             device: self.device,
             upto: self.upto.0,
             at: self.at.map(|t| t.0),
+            from: self.from.map(|id| id.0),
         }
     }
 }
@@ -180,6 +190,7 @@ mod tests {
                 device: Some(DeviceId::new("d").unwrap()),
                 upto: EventId(9),
                 at: Some(Timestamp(5)),
+                from: Some(EventId(4)),
             }
             .into_wire(),
             Wire::Tick,

@@ -85,8 +85,9 @@ impl State {
                 device,
                 cursor,
                 at,
+                from,
             } => {
-                self.fold_cursor(&subscription, &device, cursor, Some(at), &node, now);
+                self.fold_cursor(&subscription, &device, (from, cursor), Some(at), &node, now);
                 records.append(&mut self.deferred);
                 Effect::None
             }

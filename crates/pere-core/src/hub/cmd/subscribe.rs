@@ -408,18 +408,27 @@ impl State {
                     at: now,
                 });
             }
-            self.fold_cursor(pattern, device, closed.upto, closed.at, node, now);
+            self.fold_cursor(
+                pattern,
+                device,
+                (closed.from, closed.upto),
+                closed.at,
+                node,
+                now,
+            );
         }
     }
 
     /// Moves a member's durable cursor to `upto` (delivered at `at`) and
-    /// journals it. Deliveries made on another node are marked in the
-    /// ledgers here: that is how a cluster node learns of them.
+    /// journals it, for a stream that was written `(from, upto]` since it
+    /// last told (`from` unknown: since the member's cursor). Deliveries
+    /// made on another node are marked in the ledgers here: that is how a
+    /// cluster node learns of them.
     pub(in crate::hub) fn fold_cursor(
         &mut self,
         pattern: &Pattern,
         device: &DeviceId,
-        upto: EventId,
+        (from, upto): (Option<EventId>, EventId),
         at: Option<Timestamp>,
         node: &Arc<str>,
         now: Timestamp,
@@ -427,7 +436,25 @@ impl State {
         // A single node marked its own streams' writes as they happened; a
         // cluster node marks every node's, its own included, from here.
         let mark = *node != self.node || self.cluster;
-        self.move_cursor(pattern, device, upto, at, mark, now);
+        match from {
+            // The stream's own writes, each stream's counted: a device with
+            // two streams written an event has two deliveries of it, as on
+            // a single node.
+            Some(from) if mark && upto > from => {
+                if self.memberships.member_mut(pattern, device).is_some() {
+                    self.ledgers.mark_delivered_between(
+                        pattern,
+                        device,
+                        from,
+                        upto,
+                        at.unwrap_or(now),
+                    );
+                }
+                self.move_cursor(pattern, device, upto, at, false, now);
+            }
+            Some(_) if mark => self.move_cursor(pattern, device, upto, at, false, now),
+            _ => self.move_cursor(pattern, device, upto, at, mark, now),
+        }
     }
 
     /// Marks the events a device's stream was written by replay delivered

@@ -171,7 +171,7 @@ impl Memberships {
             if upto <= open.sent_upto {
                 continue;
             }
-            open.sent_upto = upto;
+            let from = std::mem::replace(&mut open.sent_upto, upto);
             let at = open.shared.delivered_at().map_or(0, |t| t.0);
             for pattern in &open.subs {
                 wires.push(Wire::Cursor {
@@ -179,6 +179,7 @@ impl Memberships {
                     device: device.clone(),
                     cursor: upto.0,
                     at,
+                    from: Some(from.0),
                 });
             }
         }
@@ -422,6 +423,7 @@ impl Memberships {
             device: open.device,
             upto,
             at: open.shared.delivered_at(),
+            from: Some(open.sent_upto),
         };
         Some((closed, replayed))
     }
