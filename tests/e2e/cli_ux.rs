@@ -533,3 +533,90 @@ async fn pere_sub_on_a_pattern_reports_each_event_s_own_channel() {
     let r = server.get_json(&format!("/receipts/orders.us/{us}")).await;
     assert_eq!(r["devices"]["pat-1"]["state"], "acked", "{r}");
 }
+
+/// A reader that leaves before the run is done (`| head -1`) stops it:
+/// what was left is not published, and that is not a success.
+#[tokio::test]
+async fn pere_pub_stopped_by_its_reader_before_the_end_exits_1() {
+    let server = Server::start(0).await;
+    let addr = server.hostport();
+    for source in [&["--data", "x", "--count", "5"][..], &["--count", "5"][..]] {
+        let mut args = vec![addr.as_str(), "paced", "--interval", "300ms"];
+        args.extend(source);
+        let mut publisher = Proc::start("pere-pub", &args, Stdio::null());
+        publisher.line().await;
+        publisher.close_stdout();
+        let status = publisher.exit().await;
+        assert_eq!(
+            status.code(),
+            Some(1),
+            "{args:?}: {}",
+            publisher.stderr_text()
+        );
+        let said = publisher.stderr_line_containing("stdout was closed").await;
+        assert!(
+            said.contains("after event 2 was published")
+                && said.contains("the other 3 event(s) of --count were not published"),
+            "{said}"
+        );
+    }
+    // A run without an end of its own ends so, with 0.
+    let mut publisher = Proc::start(
+        "pere-pub",
+        &[&addr, "paced", "--data", "x", "--interval", "300ms"],
+        Stdio::null(),
+    );
+    publisher.line().await;
+    publisher.close_stdout();
+    assert_eq!(
+        publisher.exit().await.code(),
+        Some(0),
+        "{}",
+        publisher.stderr_text()
+    );
+
+    // From stdin: lines left unread are a failure, the end of the input
+    // is not, even when the last line's report found no reader.
+    for (lines, code) in [("a\nb\nc\nd\n", 1), ("a\n", 0)] {
+        let channel = format!("piped{code}");
+        let mut publisher = Proc::start("pere-pub", &[&addr, &channel], Stdio::piped());
+        publisher.close_stdout();
+        // The pipe's reading end is dropped with its task, soon after.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut stdin = publisher.child.stdin.take().unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut stdin, lines.as_bytes())
+            .await
+            .unwrap();
+        if code == 0 {
+            drop(stdin);
+        }
+        let status = publisher.exit().await;
+        assert_eq!(
+            status.code(),
+            Some(code),
+            "{lines:?}: {}",
+            publisher.stderr_text()
+        );
+        let events = server.get_json(&format!("/admin/events/{channel}")).await;
+        assert_eq!(events.as_array().unwrap().len(), 1, "{lines:?}");
+    }
+    server.stop().await;
+}
+
+/// `data` is what an EventSource dispatches (PROTOCOL.md §3, §9): SSE
+/// carries no CR, so every CRLF and CR of a payload reads as LF.
+#[tokio::test]
+async fn pere_sub_json_data_reads_as_an_eventsource_reads_it() {
+    let server = Server::start(0).await;
+    let addr = server.hostport();
+    let mut sub = Proc::start(
+        "pere-sub",
+        &[&addr, "lines", "--json", "--count", "1"],
+        Stdio::null(),
+    );
+    assert_eq!(sub.json_line().await["event"], "pere.hello");
+    server.publish("lines", "l1\r\nl2\rl3\n").await;
+    assert_eq!(sub.json_line().await["data"], "l1\nl2\nl3\n");
+    sub.success().await;
+    server.stop().await;
+}
