@@ -130,6 +130,7 @@ impl State {
         id: EventId,
         now: Timestamp,
     ) {
+        self.acked_since_journal = true;
         let mut noted = false;
         let ledgers = &self.ledgers;
         self.memberships.for_matching_mut(channel, |pattern, sub| {

@@ -102,7 +102,8 @@ impl State {
     /// log keeps its state otherwise.
     pub(in crate::hub) fn journal_acks(&mut self, now: Timestamp, records: &mut Vec<Record>) {
         let since = std::mem::replace(&mut self.acks_journaled, now);
-        if self.cluster {
+        let acked = std::mem::take(&mut self.acked_since_journal);
+        if self.cluster || !acked {
             return;
         }
         for (pattern, sub) in self.memberships.subs() {

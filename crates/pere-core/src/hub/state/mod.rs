@@ -67,6 +67,9 @@ pub(super) struct State {
     /// Members' receipts up to this time are journaled as their latest
     /// (`Record::Acking`, by the periodic chores).
     pub(super) acks_journaled: Timestamp,
+    /// A receipt was recorded since: the chores have members to journal
+    /// (an idle hub's ticks skip the walk over every member).
+    pub(super) acked_since_journal: bool,
 }
 
 impl State {
@@ -100,6 +103,7 @@ impl State {
             node,
             outbox: Vec::new(),
             acks_journaled: Timestamp(0),
+            acked_since_journal: false,
         }
     }
 }
