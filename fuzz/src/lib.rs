@@ -1035,7 +1035,7 @@ fn record_built(input: &mut Input<'_>) {
     let channel = name_or(input, ChannelName::new, "c");
     let pattern = name_or(input, Pattern::new, "c.*");
     let device = name_or(input, DeviceId::new, "d");
-    let record = match kind % 9 {
+    let record = match kind % 10 {
         0 => {
             let payload = text(input.field()).into_owned();
             Stored::Hub(Record::Event(std::sync::Arc::new(Event {
@@ -1090,6 +1090,16 @@ fn record_built(input: &mut Input<'_>) {
             id: EventId(a),
             at: Timestamp(b as i64),
         }),
+        8 => {
+            // In id order, once each, as the hub writes them.
+            let first = a.min(u64::MAX - 1024);
+            let ids = (0..=b % 4).map(|i| EventId(first + i * 256 + (b >> 8) % 256));
+            Stored::Hub(Record::Replayed {
+                device,
+                ids: ids.collect(),
+                at: Timestamp(b as i64),
+            })
+        }
         _ => Stored::Trim {
             channel,
             upto: EventId(a),

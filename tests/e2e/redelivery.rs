@@ -135,6 +135,48 @@ async fn redelivery_survives_kill_9_between_the_break_and_the_reconnect() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Events replayed to a device from before it joined (`replay=all`) are
+/// in its audience (§5.2), and stay so after `kill -9`: a stream still open
+/// had its replay journaled by the periodic chores, a closed one at its
+/// close.
+#[tokio::test]
+async fn events_replayed_from_before_a_device_joined_come_back_after_kill_9() {
+    let dir = temp_dir("replayed-kill9");
+    let data = dir.to_str().unwrap().to_string();
+    let server = ServerProcess::start(&["--data-dir", &data]).await;
+    let old = publish_n(&server, "orders", 3, 10).await;
+    let mut open = Vec::new();
+    for device in ["open", "closed"] {
+        let mut s = server
+            .open("/feed/orders?replay=all", &[("device", device)])
+            .await;
+        assert_eq!(s.ids(3).await, old, "{device}");
+        open.push(s);
+    }
+    let live = publish_n(&server, "orders", 1, 10).await;
+    for (s, device) in open.iter_mut().zip(["open", "closed"]) {
+        assert_eq!(s.ids(1).await, live);
+        server.ack("orders", device, &live[0]).await;
+    }
+    drop(open.pop());
+    server.wait_offline("orders", "closed").await;
+    // The chores run every second: two of them, for a loaded machine.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    publish_n(&server, "elsewhere", 1, 10).await;
+    // SIGKILL (dropping a ServerProcess kills it), the first stream open.
+    drop(server);
+    let server = ServerProcess::start(&["--data-dir", &data]).await;
+    for device in ["open", "closed"] {
+        let (mut s, hello) = reconnect(&server, "orders", device).await;
+        assert_eq!(hello["replayed"], 3, "{device}: {hello}");
+        assert_eq!(s.ids(3).await, old, "{device}");
+    }
+    drop(open);
+    let log = server.stop();
+    assert!(!log.contains("panicked"), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test]
 async fn a_device_that_never_acknowledges_resumes_after_the_last_written_event() {
     let server = TestServer::start().await;

@@ -112,6 +112,15 @@ impl State {
                 } => {
                     acking.insert((subscription, device), (id, at));
                 }
+                // Before receipts, like the cursors' deliveries: these
+                // events joined the device's audience when written.
+                Record::Replayed { device, ids, at } => {
+                    for id in ids {
+                        if let Some(receipts) = self.ledgers.event(&id) {
+                            receipts.mark_delivered(&device, at);
+                        }
+                    }
+                }
             }
         }
         // Deliveries up to each member's cursor happened before the restart.

@@ -434,6 +434,55 @@ async fn a_removed_member_s_deliveries_survive_a_restart() {
     hub.shutdown().await;
 }
 
+/// Events replayed to a device from before it joined stay in its audience
+/// across a restart of a durable hub (the replay is journaled): they come
+/// back until acknowledged, whether its first receipt came before the
+/// restart or after.
+#[tokio::test]
+async fn events_replayed_from_before_a_device_joined_come_back_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = FileStoreConfig::new(dir.path());
+    let old = {
+        let hub = Hub::open(HubConfig::default(), open_store(&cfg))
+            .await
+            .unwrap();
+        let old = publish_n(&hub, "orders", 3).await;
+        // R acknowledges before the restart, S only after it.
+        for device in ["R", "S"] {
+            let mut s = subscribe_from(&hub, device, Resume::All).await;
+            assert_eq!(take(&mut s, 3).await, old);
+        }
+        hub.ack(&pat("orders"), &dev("R"), old[0], "ok")
+            .await
+            .unwrap();
+        hub.shutdown().await;
+        old
+    };
+    let hub = Hub::open(HubConfig::default(), open_store(&cfg))
+        .await
+        .unwrap();
+    let mut r = subscribe_on(&hub, "R").await;
+    assert_eq!(r.hello().replayed, 2, "{:?}", r.hello());
+    assert_eq!(take(&mut r, 2).await, old[1..]);
+    let receipt = hub.receipt_summary(&pat("orders"), old[2]).unwrap();
+    assert_eq!(receipt.devices.len(), 2, "R and S: {receipt:?}");
+
+    // S never acknowledged: it resumes after what it was written…
+    let mut s = subscribe_on(&hub, "S").await;
+    assert_eq!(s.hello().replayed, 0, "{:?}", s.hello());
+    let live = publish_n(&hub, "orders", 1).await;
+    assert_eq!(take(&mut s, 1).await, live);
+    // …until its first receipt, which takes in what it was replayed.
+    hub.ack(&pat("orders"), &dev("S"), live[0], "ok")
+        .await
+        .unwrap();
+    drop(s);
+    let mut s = subscribe_on(&hub, "S").await;
+    assert_eq!(take(&mut s, 3).await, old);
+    assert!(drain(&mut s).is_empty());
+    hub.shutdown().await;
+}
+
 /// A hub over a file store at `cfg` with device R on `orders`, written
 /// and acknowledging a first event.
 async fn durable_hub_with_an_ack(
@@ -455,13 +504,18 @@ async fn durable_hub_with_an_ack(
 }
 
 async fn subscribe_on<S: EventStore>(hub: &Hub<S>, device: &str) -> Subscription {
+    subscribe_from(hub, device, Resume::Auto).await
+}
+
+/// `device`'s stream on `orders` of a hub over any store.
+async fn subscribe_from<S: EventStore>(hub: &Hub<S>, device: &str, resume: Resume) -> Subscription {
     tokio::time::timeout(
         WAIT,
         hub.subscribe(
             SubscribeRequest {
                 device: Some(dev(device)),
                 patterns: vec![pat("orders")],
-                resume: Resume::Auto,
+                resume,
             },
             None,
         ),

@@ -40,6 +40,8 @@ const KIND_NOTICE: u8 = 8;
 const KIND_TOKEN: u8 = 9;
 /// Added later still, the same way.
 const KIND_ACKING: u8 = 10;
+/// And after that one.
+const KIND_REPLAYED: u8 = 11;
 
 // The flag bits each kind defines. Any other bit set, like a field its flag
 // says is absent yet holding a value, is rejected, not ignored: such bytes
@@ -174,6 +176,16 @@ pub fn encode(out: &mut Vec<u8>, lsn: u64, record: &Stored) {
             out.extend_from_slice(&at.0.to_le_bytes());
             put_str8(out, subscription.as_str());
             put_str8(out, device.as_str());
+        }
+        Stored::Hub(Record::Replayed { device, ids, at }) => {
+            out.push(KIND_REPLAYED);
+            out.extend_from_slice(&at.0.to_le_bytes());
+            put_str8(out, device.as_str());
+            // A replay is of retained events: far fewer than u32::MAX.
+            out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+            for id in ids {
+                out.extend_from_slice(&id.0.to_le_bytes());
+            }
         }
         Stored::Hub(Record::Presence {
             subscription,
@@ -418,6 +430,25 @@ pub fn decode(body: &[u8]) -> Result<(u64, Stored), DecodeError> {
                 device: r.device()?,
             })
         }
+        KIND_REPLAYED => {
+            let at = Timestamp(r.i64()?);
+            let device = r.device()?;
+            let n = r.u32()? as usize;
+            let mut ids = Vec::with_capacity(n.min(r.bytes.len() / 8));
+            for _ in 0..n {
+                let id = EventId(r.u64()?);
+                // As written: in id order, once each (so one byte string
+                // per record).
+                if ids.last().is_some_and(|last| *last >= id) {
+                    return Err(DecodeError::Malformed("replayed ids out of order"));
+                }
+                ids.push(id);
+            }
+            if ids.is_empty() {
+                return Err(DecodeError::Malformed("a replay of no events"));
+            }
+            Stored::Hub(Record::Replayed { device, ids, at })
+        }
         KIND_PRESENCE => {
             let at = Timestamp(r.i64()?);
             let flags = r.u8()?;
@@ -558,6 +589,11 @@ mod tests {
                 device: dev.clone(),
                 id: EventId(11),
                 at: Timestamp(12),
+            }),
+            Stored::Hub(Record::Replayed {
+                device: dev.clone(),
+                ids: vec![EventId(2), EventId(5), EventId(u64::MAX)],
+                at: Timestamp(13),
             }),
             Stored::Hub(Record::Presence {
                 subscription: sub.clone(),
@@ -706,6 +742,35 @@ mod tests {
             decode_body(body).unwrap_err(),
             DecodeError::Malformed("unknown event flags")
         );
+    }
+
+    /// A replay record reads back only as written: its ids in order, once
+    /// each, at least one, and no more than its bytes hold.
+    #[test]
+    fn replayed_ids_are_checked() {
+        let replay = |count: u32, ids: &[u64]| {
+            let mut body = 6u64.to_le_bytes().to_vec();
+            body.push(KIND_REPLAYED);
+            body.extend_from_slice(&8i64.to_le_bytes());
+            body.extend_from_slice(b"\x01d");
+            body.extend_from_slice(&count.to_le_bytes());
+            for id in ids {
+                body.extend_from_slice(&id.to_le_bytes());
+            }
+            decode_body(&body)
+        };
+        assert!(replay(2, &[1, 2]).is_ok());
+        for ids in [&[2u64, 1][..], &[3, 3], &[]] {
+            assert!(
+                matches!(
+                    replay(ids.len() as u32, ids),
+                    Err(DecodeError::Malformed(_))
+                ),
+                "{ids:?}"
+            );
+        }
+        assert!(replay(u32::MAX, &[1]).is_err());
+        assert!(replay(1, &[1, 2]).is_err());
     }
 
     proptest! {

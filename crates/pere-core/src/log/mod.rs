@@ -127,6 +127,18 @@ pub enum Record {
         /// When.
         at: Timestamp,
     },
+    /// Events written to a device by replay from before it was a member
+    /// (a late join, `replay=all`, an older `Last-Event-ID`): they joined
+    /// its audience when written (docs/PROTOCOL.md §5.2), which neither its
+    /// membership nor its cursor tells after a restart.
+    Replayed {
+        /// The device.
+        device: DeviceId,
+        /// The events, in id order.
+        ids: Vec<EventId>,
+        /// When the last of them was written.
+        at: Timestamp,
+    },
     /// A membership ended (expired or deleted by an operator).
     Left {
         /// The subscription.

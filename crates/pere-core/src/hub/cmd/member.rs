@@ -4,7 +4,7 @@ use super::tick::journal_cursor;
 use crate::error::Error;
 use crate::event::Timestamp;
 use crate::hub::command::{Effect, Reply};
-use crate::hub::state::State;
+use crate::hub::state::{State, WrittenReplay};
 use crate::log::Record;
 use crate::name::{DeviceId, Pattern};
 
@@ -30,12 +30,13 @@ impl State {
         } = cmd;
         match self.memberships.remove_member(&subscription, &device) {
             // Dropping the member drops its streams' senders: their bodies end.
-            Some(mut member) => {
+            Some((mut member, replayed)) => {
                 // What its streams were written since the last tick: after
                 // a restart its receipts show those deliveries (a cluster
                 // node's cursors go through the log instead).
                 if !self.cluster {
                     records.extend(journal_cursor(&subscription, &device, &mut member, now));
+                    records.extend(replayed.into_iter().map(WrittenReplay::into_record));
                 }
                 records.push(Record::Left {
                     subscription,

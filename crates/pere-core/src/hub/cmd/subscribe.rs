@@ -10,7 +10,7 @@ use crate::error::Error;
 use crate::event::{EventId, Timestamp};
 use crate::hub::cluster::wire::ClosedStream;
 use crate::hub::command::{Effect, Owed, Plan, Reply};
-use crate::hub::state::{Ledgers, OpenStream, State};
+use crate::hub::state::{Ledgers, OpenStream, State, WrittenReplay};
 use crate::hub::{Gap, Hello, Resume, SubscribeRequest};
 use crate::ledger::EventReceipts;
 use crate::log::Record;
@@ -334,6 +334,26 @@ impl State {
             // Marked delivered everywhere once the log hears it was written.
             self.memberships
                 .expect_replay(stream.shared.id, replay.clone());
+        } else if let Some(device) = &req.device {
+            // Journaled once written: events from before the device joined
+            // are in its audience only because they were (§5.2). Later ones
+            // were in it when published.
+            let joined: Vec<(&Pattern, EventId)> = req
+                .patterns
+                .iter()
+                .filter_map(|p| Some((p, self.memberships.sub(p)?.members.get(device)?.since)))
+                .collect();
+            let late: Vec<_> = replay
+                .iter()
+                .filter(|r| {
+                    joined
+                        .iter()
+                        .filter(|(p, _)| p.matches(&r.event.channel))
+                        .all(|(_, since)| r.id() <= *since)
+                })
+                .cloned()
+                .collect();
+            self.memberships.expect_replay(stream.shared.id, late);
         }
         let resumed_from = match req.resume {
             Resume::After(id) => Some(id),
@@ -376,9 +396,11 @@ impl State {
             return;
         }
         if self.cluster {
-            self.outbox.extend(replayed);
+            self.outbox.extend(replayed.map(WrittenReplay::into_wire));
             self.outbox.push(closed.into_wire());
         } else {
+            self.deferred
+                .extend(replayed.map(WrittenReplay::into_record));
             let node = self.node.clone();
             self.closed_shared(&node, closed, now);
         }

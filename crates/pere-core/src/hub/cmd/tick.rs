@@ -42,6 +42,10 @@ impl State {
         records: &mut Vec<Record>,
     ) {
         self.journal_acks(now, records);
+        if !self.cluster {
+            // Like cursors: what replays wrote since the last tick.
+            records.extend(self.memberships.written_replays());
+        }
         let ttl = config.member_ttl;
         let cluster = self.cluster;
         let ledgers = &self.ledgers;

@@ -16,6 +16,7 @@ use crate::auth::TokenHash;
 use crate::event::{EventId, Timestamp};
 use crate::hub::cluster::wire::{ClosedStream, Wire};
 use crate::ledger::EventReceipts;
+use crate::log::Record;
 use crate::name::{ChannelName, DeviceId, Pattern};
 use crate::presence::{Member, NodeCounts, Op, StreamShared, StreamTx};
 
@@ -76,9 +77,12 @@ pub(in crate::hub) struct Memberships {
     /// Streams open on this node, by id; private so that a stream only
     /// comes and goes with its senders in `subs`.
     streams: HashMap<u64, OpenStream>,
-    /// On a cluster node, what this node's streams are to be written by
-    /// replay, by stream, until the log is told they were (see
-    /// [`Memberships::unsent_cursors`]): few streams have any.
+    /// What this node's streams are to be written by replay, by stream,
+    /// until the log is told (on a cluster node, see
+    /// [`Memberships::unsent_cursors`]) or the journal (on a single node,
+    /// only the events from before the device joined, see
+    /// [`Memberships::written_replays`]) that they were: few streams have
+    /// any.
     replays: HashMap<u64, Vec<Arc<EventReceipts>>>,
     /// Counted deliveries of streams that closed.
     delivered_closed: u64,
@@ -167,7 +171,9 @@ impl Memberships {
             // replay and its cursor must tell the same writes.
             let upto = open.shared.delivered_upto();
             // What it was replayed first: the cursor below is past it.
-            wires.extend(written_replay(&mut self.replays, open, upto));
+            wires.extend(
+                written_replay(&mut self.replays, open, upto).map(WrittenReplay::into_wire),
+            );
             if upto <= open.sent_upto {
                 continue;
             }
@@ -184,6 +190,23 @@ impl Memberships {
             }
         }
         wires
+    }
+
+    /// On a single node, what its streams were written of their replays
+    /// since last asked, as journal records.
+    pub(in crate::hub) fn written_replays(&mut self) -> Vec<Record> {
+        if self.replays.is_empty() {
+            return Vec::new();
+        }
+        let ids: Vec<u64> = self.replays.keys().copied().collect();
+        ids.into_iter()
+            .filter_map(|id| {
+                let open = self.streams.get(&id)?;
+                let upto = open.shared.delivered_upto();
+                written_replay(&mut self.replays, open, upto)
+            })
+            .map(WrittenReplay::into_record)
+            .collect()
     }
 
     /// `device`'s entry on `pattern`, if it has one.
@@ -358,11 +381,12 @@ impl Memberships {
         &mut self,
         pattern: &Pattern,
         device: &DeviceId,
-    ) -> Option<Member> {
+    ) -> Option<(Member, Vec<WrittenReplay>)> {
         let member = self
             .subs
             .get_mut(pattern)
             .and_then(|sub| sub.members.remove(device))?;
+        let mut replayed = Vec::new();
         for stream in &member.streams {
             let id = stream.shared.id;
             let Some(open) = self.streams.get_mut(&id) else {
@@ -374,15 +398,18 @@ impl Memberships {
             // senders dropped here.
             open.subs.retain(|p| p != pattern);
             if open.subs.is_empty() {
+                let upto = open.shared.delivered_upto();
+                replayed.extend(written_replay(&mut self.replays, open, upto));
+                self.replays.remove(&id);
                 self.streams.remove(&id);
                 self.fold_counts(&stream.shared);
             }
         }
-        Some(*member)
+        Some((*member, replayed))
     }
 
-    /// On a cluster node, the events stream `id` is to be written by
-    /// replay (in id order), for the log to be told as it is written.
+    /// The events stream `id` is to be written by replay (in id order),
+    /// for the log or the journal to be told as it is written.
     pub(in crate::hub) fn expect_replay(&mut self, id: u64, replay: Vec<Arc<EventReceipts>>) {
         if !replay.is_empty() {
             self.replays.insert(id, replay);
@@ -390,10 +417,13 @@ impl Memberships {
     }
 
     /// The part of a stream's end that only this node knows: its queue
-    /// senders (taken out of its subscriptions) and counters; and, on a
-    /// cluster node, the last of its replay it was written (what it was
-    /// not written by then never will be), to tell before its end.
-    pub(in crate::hub) fn close_local(&mut self, id: u64) -> Option<(ClosedStream, Option<Wire>)> {
+    /// senders (taken out of its subscriptions) and counters; and the last
+    /// of its replay it was written (what it was not written by then never
+    /// will be), to tell before its end.
+    pub(in crate::hub) fn close_local(
+        &mut self,
+        id: u64,
+    ) -> Option<(ClosedStream, Option<WrittenReplay>)> {
         let open = self.streams.remove(&id)?;
         let upto = open.shared.delivered_upto();
         let replayed = written_replay(&mut self.replays, &open, upto);
@@ -599,23 +629,53 @@ impl Memberships {
     }
 }
 
+/// What a device's stream was written of its replay since last asked.
+#[derive(Debug)]
+pub(in crate::hub) struct WrittenReplay {
+    subs: Vec<Pattern>,
+    device: DeviceId,
+    ids: Vec<EventId>,
+    at: Timestamp,
+}
+
+impl WrittenReplay {
+    /// As the cluster's log carries it.
+    pub(in crate::hub) fn into_wire(self) -> Wire {
+        Wire::Replayed {
+            subs: self.subs,
+            device: self.device,
+            ids: self.ids.iter().map(|id| id.0).collect(),
+            at: self.at.0,
+        }
+    }
+
+    /// As a single node journals it.
+    pub(in crate::hub) fn into_record(self) -> Record {
+        Record::Replayed {
+            device: self.device,
+            ids: self.ids,
+            at: self.at,
+        }
+    }
+}
+
 /// The part of `open`'s replay (see [`Memberships::replays`]) it was
-/// written since last asked, up to its last write `upto`, as the log
-/// carries it. A replay is in id order and before any live event, so what
-/// was written of it is what is at or below the stream's last write, but
-/// for events its token stopped granting, which it skipped.
+/// written since last asked, up to its last write `upto`. A replay is in
+/// id order and before any live event, so what was written of it is what
+/// is at or below the stream's last write, but for events its token
+/// stopped granting, which it skipped.
 fn written_replay(
     replays: &mut HashMap<u64, Vec<Arc<EventReceipts>>>,
     open: &OpenStream,
     upto: EventId,
-) -> Option<Wire> {
+) -> Option<WrittenReplay> {
     let device = open.device.as_ref()?;
     let replay = replays.get_mut(&open.shared.id)?;
     let passed = replay.partition_point(|r| r.id() <= upto);
-    let ids: Vec<u64> = replay
+    let ids: Vec<EventId> = replay
         .drain(..passed)
         .filter(|r| open.shared.allows(&r.event.channel))
-        .map(|r| r.id().0)
+        .map(|r| r.id())
         .collect();
     if replays[&open.shared.id].is_empty() {
         replays.remove(&open.shared.id);
@@ -623,10 +683,10 @@ fn written_replay(
     if ids.is_empty() {
         return None;
     }
-    Some(Wire::Replayed {
+    Some(WrittenReplay {
         subs: open.subs.clone(),
         device: device.clone(),
         ids,
-        at: open.shared.delivered_at().map_or(0, |t| t.0),
+        at: open.shared.delivered_at().unwrap_or_default(),
     })
 }

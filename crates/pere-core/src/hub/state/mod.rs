@@ -22,7 +22,9 @@ mod notices;
 
 pub(super) use idempotency::{IdemPart, Idempotency};
 pub(super) use ledgers::{Ledgers, LedgersParts};
-pub(super) use memberships::{Memberships, MembershipsParts, NodeStreams, OpenStream};
+pub(super) use memberships::{
+    Memberships, MembershipsParts, NodeStreams, OpenStream, WrittenReplay,
+};
 pub(super) use notices::{Notices, NoticesParts};
 
 /// Everything the writer task owns.

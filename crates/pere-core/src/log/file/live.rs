@@ -94,7 +94,7 @@ impl Live {
                 self.latest_acking
                     .insert((subscription.clone(), device.clone()), lsn);
             }
-            Stored::Hub(Record::Ack { .. } | Record::Notice { .. }) => {}
+            Stored::Hub(Record::Ack { .. } | Record::Notice { .. } | Record::Replayed { .. }) => {}
             Stored::Hub(Record::Token { token, .. }) => {
                 self.latest_token.insert(*token, lsn);
             }
@@ -122,6 +122,7 @@ impl Live {
             Stored::Hub(Record::Ack { id, .. } | Record::Notice { id, .. }) => {
                 retained.contains(id)
             }
+            Stored::Hub(Record::Replayed { ids, .. }) => ids.iter().any(|id| retained.contains(id)),
             Stored::Hub(Record::Joined {
                 subscription,
                 device,

@@ -389,6 +389,49 @@ async fn a_segment_created_but_never_written_is_ignored() {
     assert_eq!(event_ids(&r), [1]);
 }
 
+/// A replay's record outlives compaction while one of its events is
+/// retained, and only that long.
+#[tokio::test]
+async fn compaction_keeps_a_replay_while_one_of_its_events_is_retained() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.segment_size = 4096;
+    cfg.retention.history = 100;
+    let payload = "p".repeat(100);
+    let replayed = |ids: [u64; 2]| Record::Replayed {
+        device: DeviceId::new("d").unwrap(),
+        ids: ids.map(EventId).to_vec(),
+        at: Timestamp(1),
+    };
+    {
+        let (store, _) = reopen(&cfg).await;
+        for i in 1..=150u64 {
+            store.append(&[event("a", i, &payload)]).await.unwrap();
+        }
+        // 51..=150 are retained.
+        store
+            .append(&[replayed([1, 2]), replayed([5, 120])])
+            .await
+            .unwrap();
+        // Enough to seal the segment holding them; 111..=210 are retained.
+        for i in 151..=210u64 {
+            store.append(&[event("a", i, &payload)]).await.unwrap();
+        }
+        store.compact_now();
+        store.close().await.unwrap();
+    }
+    let (_, r) = reopen(&cfg).await;
+    let replays: Vec<&[EventId]> = r
+        .records
+        .iter()
+        .filter_map(|x| match x {
+            Record::Replayed { ids, .. } => Some(&ids[..]),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(replays, [&[EventId(5), EventId(120)][..]]);
+}
+
 #[tokio::test]
 async fn compaction_keeps_what_is_live_and_bounds_the_disk() {
     let dir = tempfile::tempdir().unwrap();
