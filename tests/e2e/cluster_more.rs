@@ -319,3 +319,45 @@ async fn a_node_logging_to_a_full_disk_recovers_from_a_redis_outage() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Two live processes with one `--node-id` would take each other's streams
+/// for their own: the second is refused, exit 2. A restart under the id
+/// after a `kill -9` takes the id over; after a clean stop, at once.
+#[tokio::test]
+async fn a_node_id_in_use_is_refused_and_a_restart_takes_it_over() {
+    let mut cluster = Cluster::start(0, &[]).await;
+    cluster.add_node(&["--node-id", "n1"]).await;
+    let url = cluster.redis.url();
+    let out = tokio::time::timeout(
+        pere_tests::WAIT,
+        tokio::process::Command::new(pere_tests::bin("pere-server"))
+            .args(["--host", "127.0.0.1", "--port", "0", "--cluster", &url])
+            .args(["--node-id", "n1"])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("refused within WAIT")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--node-id"), "{stderr}");
+
+    // SIGKILL (dropping a ServerProcess kills it).
+    drop(cluster.nodes.pop());
+    let i = cluster.add_node(&["--node-id", "n1"]).await;
+    cluster.publish(i, "c", "after the restart").await;
+    assert!(
+        cluster.node(i).log().contains("took over this node's id"),
+        "{}",
+        cluster.node(i).log()
+    );
+    let log = cluster.nodes.pop().unwrap().stop();
+    assert!(!log.contains("panicked"), "{log}");
+    let i = cluster.add_node(&["--node-id", "n1"]).await;
+    assert!(
+        !cluster.node(i).log().contains("took over"),
+        "a clean stop released it: {}",
+        cluster.node(i).log()
+    );
+}

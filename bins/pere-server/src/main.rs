@@ -66,7 +66,11 @@ fn main() -> ExitCode {
             eprintln!("pere-server: {}", explain.failure(&err));
             // A configuration error like any other, only found once the
             // listening address is known.
-            if matches!(err, pere_http::Error::WebhookLoop { .. }) {
+            if matches!(
+                err,
+                pere_http::Error::WebhookLoop { .. }
+                    | pere_http::Error::Core(pere_core::Error::Config(_))
+            ) {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE
@@ -232,16 +236,32 @@ async fn serve(config: Config) -> Result<(), pere_http::Error> {
                     cluster::redacted(url)
                 ))
             })?;
+            engine.claim_node().await.map_err(|err| match err {
+                // A configuration error: exit 2.
+                pere_cluster::EngineError::NodeIdInUse { .. } => {
+                    pere_core::Error::Config(err.to_string())
+                }
+                err => pere_core::Error::StoreUnavailable(format!(
+                    "cannot join the cluster at {}: {err}",
+                    cluster::redacted(url)
+                )),
+            })?;
             // The shared log is the journal: the node's own store only
             // holds what it replays from it.
             let store = MemoryStore::new(config.retention);
             let hub = Hub::open_cluster(
                 config.hub.clone(),
                 store,
-                std::sync::Arc::new(engine) as std::sync::Arc<dyn pere_core::cluster::SharedLog>,
+                std::sync::Arc::new(engine.clone())
+                    as std::sync::Arc<dyn pere_core::cluster::SharedLog>,
             )
             .await?;
-            serve_hub(config, listener, hub).await
+            let served = serve_hub(config, listener, hub).await;
+            // A clean stop frees the node id at once for a restart.
+            if let Err(err) = engine.release_node().await {
+                tracing::warn!(cause = %err, "the node id's claim was not released: a restart under it waits a few seconds");
+            }
+            served
         }
     }
 }

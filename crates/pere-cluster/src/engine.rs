@@ -8,6 +8,7 @@
 //! `XREAD` would hold up every command queued behind it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use redis::Value;
@@ -29,6 +30,10 @@ pub(crate) struct Shared {
     pub(crate) config: ClusterConfig,
     pub(crate) keys: Keys,
     pub(crate) link: Link,
+    /// This process's token in its claim on the node id (`claim.rs`).
+    pub(crate) instance: String,
+    /// Whether this process holds that claim: its heartbeats renew it.
+    pub(crate) claimed: AtomicBool,
 }
 
 /// The engine's Redis keys, built once.
@@ -56,9 +61,13 @@ impl Keys {
     fn lease(&self, name: &str) -> String {
         format!("{}:lease:{name}", self.prefix)
     }
+
+    pub(crate) fn claim(&self, node: &str) -> String {
+        format!("{}:node:{node}", self.prefix)
+    }
 }
 
-fn millis(d: Duration) -> u64 {
+pub(crate) fn millis(d: Duration) -> u64 {
     // A ttl that rounds to zero would mean "no ttl" to Redis or be refused.
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
@@ -88,6 +97,8 @@ impl Engine {
                 keys: Keys::new(&config.prefix),
                 config,
                 link: Link::new(connector),
+                instance: crate::claim::instance_token(),
+                claimed: AtomicBool::new(false),
             }),
         };
         engine.time().await?;
@@ -238,20 +249,31 @@ impl Engine {
         Ok(secs * 1_000_000 + micros)
     }
 
-    /// Says this node is alive for the next `ttl` (by the Redis clock).
+    /// Says this node is alive for the next `ttl` (by the Redis clock),
+    /// and renews its claim on its id ([`Engine::claim_node`]) as long.
     ///
     /// # Errors
     ///
     /// [`EngineError::Unavailable`] when Redis cannot take it.
     pub async fn heartbeat(&self, ttl: Duration) -> Result<()> {
+        let node = &self.shared.config.node;
+        let claimed = self.shared.claimed.load(Ordering::Acquire);
         let mut invocation = scripts::HEARTBEAT.prepare_invoke();
         invocation
             .key(&self.shared.keys.nodes)
-            .arg(&self.shared.config.node)
-            .arg(millis(ttl));
-        let _: i64 = self
+            .key(self.shared.keys.claim(node))
+            .arg(node)
+            .arg(millis(ttl))
+            .arg(&self.shared.instance)
+            .arg(if claimed { "1" } else { "0" });
+        let mine: i64 = self
             .run(async |conn| invocation.invoke_async(conn).await)
             .await?;
+        if claimed && mine == 0 {
+            // It stalled past its claim's ttl and another process started
+            // as this node since: both now act as one node.
+            tracing::error!(node = %node, "another process took over this node's id (--node-id) while this one was unreachable: stop one of them");
+        }
         Ok(())
     }
 

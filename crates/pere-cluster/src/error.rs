@@ -61,6 +61,14 @@ pub enum EngineError {
     /// The cluster configuration is invalid (a bad URL, an empty node id).
     #[error("invalid cluster configuration: {0}")]
     Config(String),
+    /// Another live process runs as this node (the same `--node-id`).
+    #[error(
+        "another live node runs as `{node}` on this cluster: give each node its own --node-id (the default, host name, process id and start time, is unique)"
+    )]
+    NodeIdInUse {
+        /// The node id.
+        node: String,
+    },
     /// The caller asked for something impossible (an idempotency key for an
     /// event the entry does not have).
     #[error("invalid request: {0}")]

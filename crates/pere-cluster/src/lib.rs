@@ -17,7 +17,8 @@
 //! - [`Engine::put_snapshot`] and [`Engine::snapshot`] keep the latest state
 //!   snapshot, after which the log is trimmed.
 //! - Heartbeats ([`Engine::heartbeat`], [`Engine::live_nodes`]) and leases
-//!   ([`Engine::try_lease`]) coordinate the nodes.
+//!   ([`Engine::try_lease`]) coordinate the nodes; [`Engine::claim_node`]
+//!   keeps two live processes from running as one node.
 //!
 //! The engine deals in opaque blobs plus the few fields Redis itself must
 //! understand (event counts, idempotency keys): it knows nothing of the
@@ -45,6 +46,7 @@
 //! # }
 //! ```
 
+mod claim;
 mod config;
 mod conn;
 mod engine;
@@ -58,6 +60,7 @@ mod tail;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use claim::CLAIM_PATIENCE;
 pub use config::{
     ClusterConfig, DEFAULT_COMMAND_TIMEOUT, DEFAULT_IDEM_TTL, DEFAULT_LOG_KEEP, DEFAULT_PREFIX,
     DEFAULT_SNAPSHOT_EVERY,

@@ -139,15 +139,25 @@ return {stored, trimmed}
 
 /// Records a node's heartbeat: its expiry (Redis `TIME` + ttl, in ms) as its
 /// score in the `{prefix}:nodes` sorted set. Scores by the Redis clock mean
-/// node clocks never matter.
+/// node clocks never matter. When `ARGV[4]` is `1` it also renews the
+/// process's claim on the node id (`claim.rs`) for the same ttl, unless
+/// another process holds it. Returns 0 when another process does.
 ///
-/// `KEYS[1]` nodes, `ARGV[1]` node, `ARGV[2]` ttl in ms.
+/// `KEYS[1]` nodes, `KEYS[2]` the claim, `ARGV[1]` node, `ARGV[2]` ttl in
+/// ms, `ARGV[3]` instance token, `ARGV[4]` whether to renew the claim.
 pub(crate) static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZADD', KEYS[1], string.format('%.0f', now + tonumber(ARGV[2])), ARGV[1])
+local cur = redis.call('GET', KEYS[2])
+if cur and string.sub(cur, 1, #ARGV[3] + 1) ~= ARGV[3] .. ' ' then
+  return 0
+end
+if ARGV[4] == '1' then
+  redis.call('SET', KEYS[2], ARGV[3] .. ' ' .. t[1] .. '.' .. t[2], 'PX', ARGV[2])
+end
 return 1
 "#,
     )

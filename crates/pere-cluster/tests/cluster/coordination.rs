@@ -1,7 +1,9 @@
-//! Heartbeats and leases: who is alive, who runs the ticker.
+//! Heartbeats, leases and node ids: who is alive, who runs the ticker,
+//! who runs as which node.
 
 use std::time::Duration;
 
+use pere_cluster::EngineError;
 use pere_cluster::testing::RedisServer;
 
 use crate::{PROMPT, engine};
@@ -72,4 +74,64 @@ async fn nodes_are_live_while_they_heartbeat_and_expired_after() {
     let mut live = b.live_nodes().await.unwrap();
     live.sort();
     assert_eq!(live, ["a", "b"]);
+}
+
+/// One live process per node id: a second one is refused while the first
+/// heartbeats; one that stopped without a goodbye (kill -9) is taken over
+/// once its claim stays unchanged for `CLAIM_PATIENCE`; one that released
+/// its claim (a clean stop) at once.
+#[tokio::test]
+async fn a_node_id_is_claimed_by_one_live_process_at_a_time() {
+    let redis = RedisServer::start().expect("redis starts");
+    let first = engine(&redis.url(), "n").await;
+    first.claim_node().await.unwrap();
+    let beating = tokio::spawn({
+        let first = first.clone();
+        async move {
+            loop {
+                first.heartbeat(Duration::from_secs(5)).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    });
+    let second = engine(&redis.url(), "n").await;
+    let refused = tokio::time::timeout(PROMPT, second.claim_node())
+        .await
+        .expect("decided within PROMPT");
+    assert!(
+        matches!(refused, Err(EngineError::NodeIdInUse { ref node }) if node == "n"),
+        "{refused:?}"
+    );
+    // Another id is free.
+    engine(&redis.url(), "m").await.claim_node().await.unwrap();
+
+    // The first stops heartbeating without releasing: taken over, not
+    // before its claim was seen unchanged for CLAIM_PATIENCE.
+    beating.abort();
+    let third = engine(&redis.url(), "n").await;
+    let started = tokio::time::Instant::now();
+    tokio::time::timeout(PROMPT, third.claim_node())
+        .await
+        .expect("taken over within PROMPT")
+        .unwrap();
+    assert!(started.elapsed() >= pere_cluster::CLAIM_PATIENCE);
+    // The first, back, does not take it back with its heartbeat.
+    let key = "pere:node:n";
+    let held: String = redis.query(&["GET", key]).unwrap();
+    first.heartbeat(Duration::from_secs(5)).await.unwrap();
+    third.heartbeat(Duration::from_secs(5)).await.unwrap();
+    let now: String = redis.query(&["GET", key]).unwrap();
+    assert_eq!(
+        held.split(' ').next(),
+        now.split(' ').next(),
+        "still the third's"
+    );
+    assert_ne!(held, now, "renewed by the third's heartbeat");
+
+    // A clean stop frees it at once.
+    third.release_node().await.unwrap();
+    let fourth = engine(&redis.url(), "n").await;
+    let started = tokio::time::Instant::now();
+    fourth.claim_node().await.unwrap();
+    assert!(started.elapsed() < pere_cluster::CLAIM_PATIENCE);
 }
