@@ -49,3 +49,27 @@ async fn a_held_wait_is_answered_at_shutdown_with_the_receipts_so_far() {
     assert_eq!(body["shutting_down"], true, "{body}");
     tokio::time::timeout(WAIT, stop).await.unwrap().unwrap();
 }
+
+/// SIGHUP reloads the certificate of a TLS server; a server without TLS
+/// has nothing to reload and goes on (it used to die at once: SIGHUP's
+/// default action, sent by `systemctl reload` or a closed terminal).
+#[tokio::test]
+async fn sighup_without_tls_is_logged_and_the_server_goes_on() {
+    let server = pere_tests::ServerProcess::start(&[]).await;
+    let mut s = server.subscribe("c", "d").await;
+    for _ in 0..2 {
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &server.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    pere_tests::eventually("SIGHUP is logged twice", || async {
+        server.log().matches("nothing to reload").count() == 2
+    })
+    .await;
+    let id = server.publish("c", "after SIGHUP").await;
+    assert_eq!(s.ids(1).await, [id]);
+    let log = server.stop();
+    assert!(!log.contains("panicked"), "{log}");
+}

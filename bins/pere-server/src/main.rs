@@ -297,9 +297,9 @@ async fn serve_hub<S: EventStore>(
         hub.auth()
             .enable_jwt(pere_core::jwt::JwtVerifier::new(jwt)?);
     }
-    if let Some(tls) = config.server.tls.clone() {
-        tokio::spawn(reload_on_sighup(tls));
-    }
+    // Always handled, and before the banner: SIGHUP's default action ends
+    // the process, and `systemctl reload` or a closed terminal sends it.
+    reload_on_sighup(config.server.tls.clone());
     let mut server = config.server.clone();
     let nofile = raise_nofile();
     server.fd_budget = nofile.map(pere_http::server::limits::fd_budget);
@@ -470,23 +470,36 @@ fn banner<S: EventStore>(
 
 /// Reads the certificate again on every SIGHUP (after a renewal): new
 /// handshakes present it, open connections and their streams stay. A
-/// certificate that cannot be read leaves the current one in use.
-async fn reload_on_sighup(tls: std::sync::Arc<pere_http::tls::ServerTls>) {
+/// certificate that cannot be read leaves the current one in use. Without
+/// TLS there is nothing to reload, and the signal is only logged. The
+/// handler is installed before this returns.
+fn reload_on_sighup(tls: Option<std::sync::Arc<pere_http::tls::ServerTls>>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            tracing::warn!("cannot listen for SIGHUP: the certificate will not be reloaded");
-            return;
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(hup) => hup,
+            Err(err) => {
+                tracing::warn!(cause = %err, "cannot listen for SIGHUP: it would end the server, and the certificate is not reloaded");
+                return;
+            }
         };
-        while hup.recv().await.is_some() {
-            match tls.reload() {
-                Ok(()) => tracing::info!(cert = %tls.cert_path().display(), "certificate reloaded"),
-                Err(err) => {
-                    tracing::error!(cause = %err, "certificate not reloaded; the current one stays")
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                let Some(tls) = &tls else {
+                    tracing::info!("SIGHUP: nothing to reload (no --tls-cert); the server goes on");
+                    continue;
+                };
+                match tls.reload() {
+                    Ok(()) => {
+                        tracing::info!(cert = %tls.cert_path().display(), "certificate reloaded")
+                    }
+                    Err(err) => {
+                        tracing::error!(cause = %err, "certificate not reloaded; the current one stays")
+                    }
                 }
             }
-        }
+        });
     }
     #[cfg(not(unix))]
     drop(tls);
