@@ -130,6 +130,9 @@ struct Claims {
     jti: Option<String>,
 }
 
+/// Longest `jti` accepted, and revoked by `DELETE /admin/tokens/jti:<jti>`.
+pub const MAX_JTI_LEN: usize = 256;
+
 /// Seconds since the Unix epoch, now.
 pub fn unix_now() -> u64 {
     SystemTime::now()
@@ -228,6 +231,15 @@ impl JwtVerifier {
         // closes streams at `exp`, so a token is dead from then on.
         if claims.exp <= now {
             return Err(JwtRefusal::Expired);
+        }
+        // One that could not be revoked is not accepted at all.
+        if let Some(jti) = &claims.jti
+            && (jti.is_empty() || jti.len() > MAX_JTI_LEN)
+        {
+            return Err(JwtRefusal::Malformed(format!(
+                "its jti is {} bytes; 1 to {MAX_JTI_LEN} are accepted (DELETE /admin/tokens/jti:<jti> revokes it)",
+                jti.len()
+            )));
         }
         Ok(Verified {
             grants: grants(&claims)?,
@@ -350,6 +362,9 @@ mod tests {
             with("subscribe", json!(["bad pattern"])),
             with("admin", json!("yes")),
             with("nbf", json!(now + 100)),
+            // A jti that could not be revoked.
+            with("jti", json!("")),
+            with("jti", json!("j".repeat(MAX_JTI_LEN + 1))),
             "a.b.c".to_string(),
         ] {
             assert!(matches!(
@@ -357,6 +372,8 @@ mod tests {
                 Err(JwtRefusal::Malformed(_))
             ));
         }
+        let longest = with("jti", json!("j".repeat(MAX_JTI_LEN)));
+        assert!(v.verify(&longest, now).is_ok());
         let mut no_exp = ok.clone();
         no_exp.as_object_mut().unwrap().remove("exp");
         assert!(matches!(

@@ -1,6 +1,7 @@
 //! `/admin/*`: connections, channels, retained events, devices, tokens.
 
 use hyper::{Method, Request, Response, StatusCode};
+use pere_core::jwt::MAX_JTI_LEN;
 use pere_core::{
     ChannelName, DeviceId, EventId, EventStore, Grants, Pattern, Presence, Token, TokenHash,
 };
@@ -313,9 +314,6 @@ pub async fn token<S: EventStore>(
     };
     Ok(json(status, Value::Object(out)))
 }
-
-/// Longest `jti` revoked by `DELETE /admin/tokens/jti:<jti>`.
-const MAX_JTI_LEN: usize = 256;
 
 /// `DELETE /admin/tokens/jti:<jti>`: revokes the JWTs with this `jti`
 /// (docs/PROTOCOL.md §7.4), whether or not one was seen; their streams
