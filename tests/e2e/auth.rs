@@ -471,8 +471,12 @@ async fn the_first_run_time_admin_token_turns_auth_on() {
         .put_token(NEW, br#"{"subject":"kiosk"}"#)
         .await
         .assert_error(409, "auth_disabled");
-    let open = server.stream("/feed/news", &[]).await;
+    // Streams opened while auth is off, which nothing grants once it is on.
+    let mut open = server.stream("/feed/news", &[]).await;
     assert_eq!(open.status, 200, "{}", open.text());
+    let mut device = server.open("/feed/news", &[("device", "eve")]).await;
+    let mut receipts = server.stream("/receipts/news", &[]).await;
+    assert_eq!(receipts.status, 200, "{}", receipts.text());
     let r = server
         .admin()
         .put_token(NEW, br#"{"subject":"ops","admin":true}"#)
@@ -484,6 +488,32 @@ async fn the_first_run_time_admin_token_turns_auth_on() {
         .await
         .assert_error(401, "unauthorized");
     assert_eq!(server.with_token(NEW).admin().tokens().await.status, 200);
+    // They close (what was published since, they are not sent).
+    let grants = br#"{"subject":"backend","publish":["news"]}"#;
+    let r = server
+        .with_token(NEW)
+        .admin()
+        .put_token(BACKEND, grants)
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = server
+        .with_token(BACKEND)
+        .post("/push/news", &[], b"after auth came on")
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    for (name, stream) in [
+        ("anonymous", &mut open),
+        ("device", &mut device),
+        ("receipts", &mut receipts),
+    ] {
+        let rest = tokio::time::timeout(WAIT, stream.until_end())
+            .await
+            .unwrap_or_else(|_| panic!("the {name} stream closes"));
+        assert!(
+            rest.iter().all(|e| e.data != "after auth came on"),
+            "{name}: {rest:?}"
+        );
+    }
 }
 
 #[tokio::test]

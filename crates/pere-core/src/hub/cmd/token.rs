@@ -29,7 +29,8 @@ impl State {
             grants,
             reply,
         } = cmd;
-        if !self.auth.is_enabled() {
+        let turns_on = !self.auth.is_enabled();
+        if turns_on {
             // docs/PROTOCOL.md §7: admin-created tokens turn auth on. The
             // first one must be an admin token, or nobody could
             // manage tokens (or anything under /admin) afterwards.
@@ -60,6 +61,9 @@ impl State {
         // fail the hub refuses every write from then on anyway, and
         // a revocation is better applied early than late.
         self.auth.apply(token, grants);
+        if turns_on {
+            self.close_streams_without_token(now);
+        }
         self.enforce_grants(&token, now);
         for jwt in self.auth.tokens_of_jti(&token) {
             self.enforce_grants(&jwt, now);
@@ -94,6 +98,28 @@ impl State {
             )));
         }
         Ok(())
+    }
+
+    /// Auth came on: the streams opened while it was off have no token, so
+    /// nothing grants them any more (§7: a change applies to open streams
+    /// at once). Their devices reconnect with a token.
+    fn close_streams_without_token(&mut self, now: Timestamp) {
+        let open: Vec<u64> = self
+            .memberships
+            .streams()
+            .filter(|open| open.token.is_none())
+            .map(|open| {
+                open.shared.revoke();
+                open.shared.id
+            })
+            .collect();
+        for id in open {
+            tracing::info!(
+                stream = id,
+                "stream closed: auth was turned on, and it has no token"
+            );
+            self.close_stream(id, now);
+        }
     }
 
     /// Applies a change of `token` to its open streams: a stream it no

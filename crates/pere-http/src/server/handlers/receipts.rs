@@ -101,6 +101,19 @@ pub fn stream<S: EventStore, B>(
         app.config.keepalive,
     )
     .with_slot(slot);
+    if caller.token().is_none() {
+        // Opened while auth was off: nothing grants it once auth comes on
+        // (the first admin token created at run time).
+        let auth = app.hub.auth().clone();
+        let mut changes = auth.changes();
+        body = body.until(async move {
+            while !auth.is_enabled() {
+                if changes.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        });
+    }
     if let Some(token) = caller.token() {
         // The hub does not track receipts streams: this one watches the
         // token table itself and ends once its token no longer grants it.
