@@ -194,6 +194,14 @@ impl<S: EventStore> Hub<S> {
         let metrics = Arc::new(HubMetrics::default());
         let mut state = State::new(&config, auth.clone(), seq, floor, node, metrics.clone());
         state.recover(recovered.records, &recovered.evicted);
+        if node.is_none() {
+            // What came due while the server was down (memberships past
+            // their TTL above all) before anything is served; the records
+            // go out with the first write.
+            let mut due = Vec::new();
+            state.maintain(now, &config, &mut due);
+            state.deferred.extend(due);
+        }
         if auth.has_runtime_tokens() {
             // The store was secured before: stay secured even if this start
             // forgot `--auth`, rather than serve everyone.

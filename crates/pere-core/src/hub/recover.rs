@@ -171,8 +171,12 @@ impl State {
         for (_, sub) in self.memberships.subs_mut() {
             sub.ackers = sub.members.values().filter(|m| m.acknowledges()).count();
             for member in sub.members.values_mut() {
-                // Nobody is connected after a restart; the TTL counts from now.
-                member.disconnected_at = Some(member.disconnected_at.unwrap_or(now).max(now));
+                // Nobody is connected after a restart. The TTL of a member
+                // that had left counts from when it left (§5.1); of one
+                // that was connected, from now.
+                if member.op != Op::Left || member.disconnected_at.is_none() {
+                    member.disconnected_at = Some(member.disconnected_at.unwrap_or(now).max(now));
+                }
             }
         }
     }

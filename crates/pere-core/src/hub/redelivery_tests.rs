@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::time::Duration;
+
 use super::tests::{WAIT, ch, dev, drain, hub, hub_with, next, pat, publish, subscribe};
 use super::*;
 use crate::config::Retention;
@@ -481,6 +483,35 @@ async fn events_replayed_from_before_a_device_joined_come_back_after_a_restart()
     assert_eq!(take(&mut s, 3).await, old);
     assert!(drain(&mut s).is_empty());
     hub.shutdown().await;
+}
+
+/// A membership whose TTL ran out while the server was down is gone when
+/// it starts again (its TTL counted again from the restart: up to a day
+/// more of pending receipts with the default).
+#[tokio::test]
+async fn a_membership_that_expired_while_the_server_was_down_is_gone_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = FileStoreConfig::new(dir.path());
+    let config = HubConfig {
+        member_ttl: Duration::from_millis(400),
+        ..HubConfig::default()
+    };
+    {
+        let hub = Hub::open(config.clone(), open_store(&cfg)).await.unwrap();
+        drop(subscribe_on(&hub, "left").await);
+        hub.shutdown().await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The second time with a day's TTL: the expiry was journaled.
+    for config in [config, HubConfig::default()] {
+        let hub = Hub::open(config, open_store(&cfg)).await.unwrap();
+        let p = hub
+            .publish(Publish::new(ch("orders"), "after"))
+            .await
+            .unwrap();
+        assert_eq!(p.recipients, 0);
+        hub.shutdown().await;
+    }
 }
 
 /// A hub over a file store at `cfg` with device R on `orders`, written
