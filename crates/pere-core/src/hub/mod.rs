@@ -194,6 +194,9 @@ impl<S: EventStore> Hub<S> {
         let metrics = Arc::new(HubMetrics::default());
         let mut state = State::new(&config, auth.clone(), seq, floor, node, metrics.clone());
         state.recover(recovered.records, &recovered.evicted);
+        for event in &recovered.keyed {
+            state.idempotency.remember_event(event);
+        }
         if node.is_none() {
             // What came due while the server was down (memberships past
             // their TTL above all) before anything is served; the records

@@ -514,6 +514,43 @@ async fn a_membership_that_expired_while_the_server_was_down_is_gone_at_start() 
     }
 }
 
+/// An idempotency key holds for its TTL after retention dropped its event
+/// (§2: "while the first event is retained and for at least 10 minutes"),
+/// across a restart too: a retry then is not a second event.
+#[tokio::test]
+async fn an_idempotency_key_outlives_its_dropped_event_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = FileStoreConfig::new(dir.path());
+    cfg.retention = Retention {
+        history: 1,
+        max_age: None,
+    };
+    let keyed = Publish {
+        idempotency_key: Some("k-1".into()),
+        device: Some(dev("backend")),
+        ..Publish::new(ch("orders"), "first")
+    };
+    let first = {
+        let hub = Hub::open(HubConfig::default(), open_store(&cfg))
+            .await
+            .unwrap();
+        let first = hub.publish(keyed.clone()).await.unwrap();
+        // Dropped by the next one.
+        publish_n(&hub, "orders", 1).await;
+        let again = hub.publish(keyed.clone()).await.unwrap();
+        assert!(again.duplicate);
+        hub.shutdown().await;
+        first
+    };
+    let hub = Hub::open(HubConfig::default(), open_store(&cfg))
+        .await
+        .unwrap();
+    let again = hub.publish(keyed).await.unwrap();
+    assert!(again.duplicate, "{:?}", (again.id, first.id));
+    assert_eq!(again.id, first.id);
+    hub.shutdown().await;
+}
+
 /// A hub over a file store at `cfg` with device R on `orders`, written
 /// and acknowledging a first event.
 async fn durable_hub_with_an_ack(

@@ -295,13 +295,20 @@ impl FileStore {
         }
         // Hand the hub only events still retained (older ones would be
         // replayed and dropped again).
-        let records: Vec<Record> = interned
-            .into_iter()
-            .filter(|r| match r {
-                Record::Event(e) => trims.get(&e.channel).is_none_or(|t| e.id > *t),
-                _ => true,
-            })
-            .collect();
+        // Their keys outlive them, though (`Live::is_live` keeps such an
+        // event for the key's TTL).
+        let mut records: Vec<Record> = Vec::with_capacity(interned.len());
+        let mut keyed: Vec<Arc<Event>> = Vec::new();
+        for record in interned {
+            match record {
+                Record::Event(e) if trims.get(&e.channel).is_some_and(|t| e.id <= *t) => {
+                    if e.idempotency_key.is_some() {
+                        keyed.push(e);
+                    }
+                }
+                record => records.push(record),
+            }
+        }
         let last_id = scan
             .last_id
             .max(live.last_event)
@@ -401,6 +408,7 @@ impl FileStore {
                 durable: true,
                 notes,
                 damage: scan.damage,
+                keyed,
             })),
             trims: Mutex::new(Vec::new()),
             retention: config.retention,

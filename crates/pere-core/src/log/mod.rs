@@ -171,6 +171,10 @@ pub struct Recovered {
     /// around them were recovered. Empty for an intact log (a torn tail,
     /// which a crash leaves, is cut and only noted).
     pub damage: Vec<Damage>,
+    /// Events retention dropped that were published with an idempotency
+    /// key, kept (for the key's TTL) only so that a retry after a restart
+    /// is still answered as one (docs/PROTOCOL.md §2).
+    pub keyed: Vec<Arc<Event>>,
 }
 
 /// Bytes of the log that recovery could not read and skipped.

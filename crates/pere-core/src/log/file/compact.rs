@@ -12,7 +12,7 @@ use super::super::codec::Stored;
 use super::recovery::written_by_writer;
 use super::scan::{Order, scan_segment};
 use super::{HEADER_LEN, Shared, header, lock, read_header, segment_path, sync_dir};
-use crate::event::EventId;
+use crate::event::{EventId, Timestamp};
 use crate::log::Record;
 
 pub(super) fn compactor(shared: Arc<Shared>, wake: std_mpsc::Receiver<()>) {
@@ -98,6 +98,7 @@ fn write_compacted(
     let dir = &shared.dir;
     let first = sealed[0].0;
     let last = sealed[sealed.len() - 1].0;
+    let now = Timestamp::now();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, File::create(tmp)?);
     out.write_all(&[0u8; HEADER_LEN as usize])?;
     let mut last_id = EventId::ZERO;
@@ -150,7 +151,7 @@ fn write_compacted(
             if let Stored::Hub(Record::Event(e)) = &f.record {
                 last_id = last_id.max(e.id);
             }
-            if live.is_live(f.lsn, &f.record, retained, oldest) {
+            if live.is_live(f.lsn, &f.record, retained, oldest, now) {
                 kept += 1;
                 output += f.len as u64;
                 // Written after the header below; buffer order is log order.

@@ -5,7 +5,8 @@ use std::collections::{HashMap, HashSet};
 
 use super::super::codec::Stored;
 use crate::auth::TokenHash;
-use crate::event::EventId;
+use crate::config::DEFAULT_IDEMPOTENCY_TTL;
+use crate::event::{EventId, Timestamp};
 use crate::log::Record;
 use crate::name::{ChannelName, DeviceId, Pattern};
 
@@ -111,6 +112,7 @@ impl Live {
         record: &Stored,
         retained: &HashSet<EventId>,
         oldest: EventId,
+        now: Timestamp,
     ) -> bool {
         let open = |s: &Pattern, d: &DeviceId| {
             self.episodes
@@ -118,7 +120,12 @@ impl Live {
                 .and_then(|e| e.open)
         };
         match record {
-            Stored::Hub(Record::Event(e)) => retained.contains(&e.id),
+            // A dropped event's idempotency key is still honoured for its
+            // TTL: the event is kept that long to tell it after a restart.
+            Stored::Hub(Record::Event(e)) => {
+                retained.contains(&e.id)
+                    || (e.idempotency_key.is_some() && now.since(e.time) < DEFAULT_IDEMPOTENCY_TTL)
+            }
             Stored::Hub(Record::Ack { id, .. } | Record::Notice { id, .. }) => {
                 retained.contains(id)
             }

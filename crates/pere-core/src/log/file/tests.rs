@@ -389,6 +389,46 @@ async fn a_segment_created_but_never_written_is_ignored() {
     assert_eq!(event_ids(&r), [1]);
 }
 
+/// An event retention dropped is kept for its idempotency key's TTL when
+/// it has one, and recovery hands it over apart from the retained ones.
+#[tokio::test]
+async fn compaction_keeps_a_dropped_event_for_its_key_s_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.segment_size = 4096;
+    cfg.retention.history = 10;
+    let payload = "p".repeat(100);
+    let keyed = |id: u64, key: &str, time: Timestamp| {
+        Record::Event(Arc::new(Event {
+            id: EventId(id),
+            channel: ch("a"),
+            kind: None,
+            device: None,
+            time,
+            payload: Bytes::copy_from_slice(b"keyed"),
+            idempotency_key: Some(key.into()),
+        }))
+    };
+    {
+        let (store, _) = reopen(&cfg).await;
+        let old = Timestamp(Timestamp::now().0 - 11 * 60 * 1_000_000);
+        store.append(&[keyed(1, "old", old)]).await.unwrap();
+        store
+            .append(&[keyed(2, "young", Timestamp::now())])
+            .await
+            .unwrap();
+        for i in 3..=100u64 {
+            store.append(&[event("a", i, &payload)]).await.unwrap();
+        }
+        store.compact_now();
+        store.close().await.unwrap();
+    }
+    let (_, r) = reopen(&cfg).await;
+    assert_eq!(event_ids(&r), (91..=100).collect::<Vec<_>>());
+    let keys: Vec<u64> = r.keyed.iter().map(|e| e.id.0).collect();
+    assert_eq!(keys, [2], "the young key's event only");
+}
+
 /// A replay's record outlives compaction while one of its events is
 /// retained, and only that long.
 #[tokio::test]
