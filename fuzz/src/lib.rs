@@ -1035,7 +1035,7 @@ fn record_built(input: &mut Input<'_>) {
     let channel = name_or(input, ChannelName::new, "c");
     let pattern = name_or(input, Pattern::new, "c.*");
     let device = name_or(input, DeviceId::new, "d");
-    let record = match kind % 10 {
+    let record = match kind % 11 {
         0 => {
             let payload = text(input.field()).into_owned();
             Stored::Hub(Record::Event(std::sync::Arc::new(Event {
@@ -1100,6 +1100,12 @@ fn record_built(input: &mut Input<'_>) {
                 at: Timestamp(b as i64),
             })
         }
+        9 => Stored::Hub(Record::AckedUpto {
+            subscription: pattern,
+            device,
+            upto: EventId(a),
+            at: Timestamp(b as i64),
+        }),
         _ => Stored::Trim {
             channel,
             upto: EventId(a),

@@ -177,6 +177,37 @@ async fn events_replayed_from_before_a_device_joined_come_back_after_kill_9() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// An acknowledging device on a pattern whose unacknowledged events
+/// retention dropped is told with `pere.gap` after a `kill -9` right after
+/// the drop (the chores had not run since).
+#[tokio::test]
+async fn a_loss_on_a_pattern_is_a_gap_after_kill_9_right_after_it() {
+    let dir = temp_dir("loss-kill9");
+    let data = dir.to_str().unwrap().to_string();
+    let args = ["--data-dir", data.as_str(), "--history", "3"];
+    let server = ServerProcess::start(&args).await;
+    let mut s = server.open("/feed/k.*", &[("device", "R")]).await;
+    let first = publish_n(&server, "k.a", 1, 10).await;
+    assert_eq!(s.ids(1).await, first);
+    server.ack("k.a", "R", &first[0]).await;
+    drop(s);
+    server.wait_offline("k.*", "R").await;
+    let later = publish_n(&server, "k.b", 5, 10).await;
+    // SIGKILL (dropping a ServerProcess kills it).
+    drop(server);
+    let server = ServerProcess::start(&args).await;
+    let mut s = server.stream("/feed/k.*", &[("device", "R")]).await;
+    assert_eq!(s.status, 200, "{}", s.text());
+    let hello = s.hello().await;
+    let gap = s.next_event().await.expect("a pere.gap");
+    assert_eq!(gap.event, "pere.gap", "{hello} then {gap:?}");
+    assert_eq!(s.ids(3).await, later[2..]);
+    drop(s);
+    let log = server.stop();
+    assert!(!log.contains("panicked"), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test]
 async fn a_device_that_never_acknowledges_resumes_after_the_last_written_event() {
     let server = TestServer::start().await;

@@ -1,6 +1,6 @@
 //! Rebuilding the state from the journal at start.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::event::{EventId, Sequencer, Timestamp};
 use crate::hub::Counters;
@@ -24,6 +24,8 @@ impl State {
         // Each membership's latest receipt, as journaled (in record order:
         // a join or a leave starts over).
         let mut acking: HashMap<(Pattern, DeviceId), (EventId, Timestamp)> = HashMap::new();
+        // And what each has acknowledged all of.
+        let mut acked_upto: HashMap<(Pattern, DeviceId), EventId> = HashMap::new();
         for record in records {
             match record {
                 Record::Event(event) => {
@@ -50,7 +52,9 @@ impl State {
                     head,
                     at,
                 } => {
-                    acking.remove(&(subscription.clone(), device.clone()));
+                    let key = (subscription.clone(), device.clone());
+                    acking.remove(&key);
+                    acked_upto.remove(&key);
                     let sub = self.memberships.sub_entry(&subscription);
                     sub.members
                         .insert(device, Box::new(Member::joined(head, at)));
@@ -91,7 +95,9 @@ impl State {
                     device,
                     ..
                 } => {
-                    acking.remove(&(subscription.clone(), device.clone()));
+                    let key = (subscription.clone(), device.clone());
+                    acking.remove(&key);
+                    acked_upto.remove(&key);
                     if let Some(sub) = self.memberships.sub_mut(&subscription)
                         && let Some(member) = sub.members.remove(&device)
                     {
@@ -111,6 +117,14 @@ impl State {
                     at,
                 } => {
                     acking.insert((subscription, device), (id, at));
+                }
+                Record::AckedUpto {
+                    subscription,
+                    device,
+                    upto,
+                    ..
+                } => {
+                    acked_upto.insert((subscription, device), upto);
                 }
                 // Before receipts, like the cursors' deliveries: these
                 // events joined the device's audience when written.
@@ -138,8 +152,8 @@ impl State {
             }
         }
         // Each member's latest journaled receipt: it acknowledges even when
-        // retention dropped every event it acknowledged, and what retention
-        // dropped after that receipt it had not acknowledged.
+        // retention dropped every event it acknowledged.
+        let mut latest: HashSet<(Pattern, DeviceId)> = HashSet::new();
         for ((subscription, device), (id, at)) in acking {
             let ledgers = &self.ledgers;
             let Some(member) = self.memberships.member_mut(&subscription, &device) else {
@@ -154,12 +168,32 @@ impl State {
             if member.last_acked.is_none_or(|(last, _)| last < id) {
                 member.last_acked = Some((id, at));
             }
-            let acked = member
-                .last_acked
-                .map_or(id, |(last, _)| last)
+            latest.insert((subscription, device));
+        }
+        // What retention dropped of an acknowledging member's events
+        // before it acknowledged them is told with `pere.gap`: all above
+        // what it had acknowledged all of. A stale bound (a receipt in the
+        // last second before a kill -9) errs towards a gap. Without one:
+        // its latest receipt (a store of an earlier version), or its join
+        // (receipts not yet journaled as such).
+        let ledgers = &self.ledgers;
+        for (pattern, sub) in self.memberships.subs_mut() {
+            for (device, member) in &mut sub.members {
+                if !member.is_member || !member.acknowledges() {
+                    continue;
+                }
+                let key = (pattern.clone(), device.clone());
+                let bound = match acked_upto.get(&key) {
+                    Some(upto) => *upto,
+                    None if latest.contains(&key) => {
+                        member.last_acked.map_or(member.since, |(id, _)| id)
+                    }
+                    None => member.since,
+                }
                 .max(member.since);
-            if ledgers.dropped_after(&subscription, acked) {
-                member.lost_from = Some(EventId(acked.0 + 1));
+                if ledgers.dropped_after(pattern, bound) {
+                    member.lost_from = Some(EventId(bound.0 + 1));
+                }
             }
         }
         for (id, device, sent) in notices {

@@ -359,6 +359,50 @@ async fn no_gap_after_a_restart_for_acknowledged_events_retention_dropped() {
     hub.shutdown().await;
 }
 
+/// Events retention dropped before the device acknowledged them, below a
+/// later receipt, are still a gap after a restart (the bound was its
+/// latest receipt, which hid them); and once told, not again.
+#[tokio::test]
+async fn a_loss_below_a_later_receipt_is_a_gap_after_a_restart_and_told_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = FileStoreConfig::new(dir.path());
+    cfg.retention = Retention {
+        history: 3,
+        max_age: None,
+    };
+    let kept = {
+        let hub = Hub::open(HubConfig::default(), open_store(&cfg))
+            .await
+            .unwrap();
+        let mut r = subscribe_on(&hub, "R").await;
+        let e = publish_n(&hub, "orders", 3).await;
+        assert_eq!(take(&mut r, 3).await, e);
+        // The receipt for the second one never came.
+        for id in [e[0], e[2]] {
+            hub.ack(&pat("orders"), &dev("R"), id, "ok").await.unwrap();
+        }
+        drop(r);
+        let kept = publish_n(&hub, "orders", 3).await;
+        hub.shutdown().await;
+        kept
+    };
+    for restart in 0..2 {
+        let hub = Hub::open(HubConfig::default(), open_store(&cfg))
+            .await
+            .unwrap();
+        let mut r = subscribe_on(&hub, "R").await;
+        if restart == 0 {
+            let gap = r.gap().expect("a gap for the dropped unacknowledged event");
+            assert_eq!(gap.oldest, Some(kept[0]), "{gap:?}");
+        } else {
+            assert!(r.gap().is_none(), "told once: {:?}", r.gap());
+        }
+        assert_eq!(take(&mut r, 3).await, kept);
+        drop(r);
+        hub.shutdown().await;
+    }
+}
+
 /// A device that acknowledged, was removed, and joins again acknowledges
 /// from its start; a restart keeps it so.
 #[tokio::test]

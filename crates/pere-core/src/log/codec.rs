@@ -42,6 +42,8 @@ const KIND_TOKEN: u8 = 9;
 const KIND_ACKING: u8 = 10;
 /// And after that one.
 const KIND_REPLAYED: u8 = 11;
+/// And that one.
+const KIND_ACKED_UPTO: u8 = 12;
 
 // The flag bits each kind defines. Any other bit set, like a field its flag
 // says is absent yet holding a value, is rejected, not ignored: such bytes
@@ -173,6 +175,18 @@ pub fn encode(out: &mut Vec<u8>, lsn: u64, record: &Stored) {
         }) => {
             out.push(KIND_ACKING);
             out.extend_from_slice(&id.0.to_le_bytes());
+            out.extend_from_slice(&at.0.to_le_bytes());
+            put_str8(out, subscription.as_str());
+            put_str8(out, device.as_str());
+        }
+        Stored::Hub(Record::AckedUpto {
+            subscription,
+            device,
+            upto,
+            at,
+        }) => {
+            out.push(KIND_ACKED_UPTO);
+            out.extend_from_slice(&upto.0.to_le_bytes());
             out.extend_from_slice(&at.0.to_le_bytes());
             put_str8(out, subscription.as_str());
             put_str8(out, device.as_str());
@@ -430,6 +444,16 @@ pub fn decode(body: &[u8]) -> Result<(u64, Stored), DecodeError> {
                 device: r.device()?,
             })
         }
+        KIND_ACKED_UPTO => {
+            let upto = EventId(r.u64()?);
+            let at = Timestamp(r.i64()?);
+            Stored::Hub(Record::AckedUpto {
+                upto,
+                at,
+                subscription: r.pattern()?,
+                device: r.device()?,
+            })
+        }
         KIND_REPLAYED => {
             let at = Timestamp(r.i64()?);
             let device = r.device()?;
@@ -594,6 +618,12 @@ mod tests {
                 device: dev.clone(),
                 ids: vec![EventId(2), EventId(5), EventId(u64::MAX)],
                 at: Timestamp(13),
+            }),
+            Stored::Hub(Record::AckedUpto {
+                subscription: sub.clone(),
+                device: dev.clone(),
+                upto: EventId(14),
+                at: Timestamp(15),
             }),
             Stored::Hub(Record::Presence {
                 subscription: sub.clone(),

@@ -127,6 +127,21 @@ pub enum Record {
         /// When.
         at: Timestamp,
     },
+    /// Every event of an acknowledging member's audience up to `upto` is
+    /// acknowledged (or was told lost): after a restart, events retention
+    /// dropped above it are reported with `pere.gap` (docs/PROTOCOL.md
+    /// §5.4). Journaled with [`Record::Acking`]; a stale one errs towards
+    /// a gap, never away from one.
+    AckedUpto {
+        /// The subscription.
+        subscription: Pattern,
+        /// The device.
+        device: DeviceId,
+        /// Its acknowledged prefix.
+        upto: EventId,
+        /// When.
+        at: Timestamp,
+    },
     /// Events written to a device by replay from before it was a member
     /// (a late join, `replay=all`, an older `Last-Event-ID`): they joined
     /// its audience when written (docs/PROTOCOL.md §5.2), which neither its

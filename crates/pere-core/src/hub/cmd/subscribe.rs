@@ -216,6 +216,15 @@ impl State {
                         redeliver.extend(late);
                         if let Some(lost_from) = member.lost_from.take() {
                             losses.push((floor, lost_from, pattern));
+                            if !self.cluster {
+                                // Told now: not again after a restart.
+                                self.deferred.push(Record::AckedUpto {
+                                    subscription: pattern.clone(),
+                                    device: device.clone(),
+                                    upto: member.acked_upto(head),
+                                    at: now,
+                                });
+                            }
                         }
                         floors.push(floor);
                         // Nothing in order after a point: the list says it all.

@@ -100,16 +100,18 @@ impl State {
     }
 
     /// Journals the latest receipt of each member that sent one since the
-    /// last time (`Record::Acking`): after a restart it still acknowledges
-    /// once retention dropped the events it acknowledged, and what was
-    /// dropped after its last receipt it had not acknowledged. A cluster's
-    /// log keeps its state otherwise.
+    /// last time (`Record::Acking`), and what it has acknowledged all of
+    /// (`Record::AckedUpto`): after a restart it still acknowledges once
+    /// retention dropped the events it acknowledged, and is told of those
+    /// retention dropped before it acknowledged them. A cluster's log keeps
+    /// its state otherwise.
     pub(in crate::hub) fn journal_acks(&mut self, now: Timestamp, records: &mut Vec<Record>) {
         let since = std::mem::replace(&mut self.acks_journaled, now);
         let acked = std::mem::take(&mut self.acked_since_journal);
         if self.cluster || !acked {
             return;
         }
+        let head = self.head;
         for (pattern, sub) in self.memberships.subs() {
             for (device, member) in &sub.members {
                 if let Some((id, at)) = member.last_acked
@@ -121,6 +123,12 @@ impl State {
                         device: device.clone(),
                         id,
                         at,
+                    });
+                    records.push(Record::AckedUpto {
+                        subscription: pattern.clone(),
+                        device: device.clone(),
+                        upto: member.acked_upto(head),
+                        at: now,
                     });
                 }
             }

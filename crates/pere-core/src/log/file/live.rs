@@ -30,6 +30,7 @@ pub(super) struct Live {
     episodes: HashMap<Key, Episodes>,
     latest_cursor: HashMap<Key, u64>,
     latest_acking: HashMap<Key, u64>,
+    latest_acked_upto: HashMap<Key, u64>,
     latest_presence: HashMap<Key, u64>,
     latest_trim: HashMap<ChannelName, u64>,
     /// The latest change of each run-time token: it alone decides the
@@ -70,6 +71,7 @@ impl Live {
                 self.latest_cursor.remove(&key);
                 self.latest_presence.remove(&key);
                 self.latest_acking.remove(&key);
+                self.latest_acked_upto.remove(&key);
             }
             Stored::Hub(Record::Cursor {
                 subscription,
@@ -93,6 +95,14 @@ impl Live {
                 ..
             }) => {
                 self.latest_acking
+                    .insert((subscription.clone(), device.clone()), lsn);
+            }
+            Stored::Hub(Record::AckedUpto {
+                subscription,
+                device,
+                ..
+            }) => {
+                self.latest_acked_upto
                     .insert((subscription.clone(), device.clone()), lsn);
             }
             Stored::Hub(Record::Ack { .. } | Record::Notice { .. } | Record::Replayed { .. }) => {}
@@ -181,6 +191,17 @@ impl Live {
                 open(subscription, device).is_some_and(|joined| joined < lsn)
                     && self
                         .latest_acking
+                        .get(&(subscription.clone(), device.clone()))
+                        == Some(&lsn)
+            }
+            Stored::Hub(Record::AckedUpto {
+                subscription,
+                device,
+                ..
+            }) => {
+                open(subscription, device).is_some_and(|joined| joined < lsn)
+                    && self
+                        .latest_acked_upto
                         .get(&(subscription.clone(), device.clone()))
                         == Some(&lsn)
             }
