@@ -171,3 +171,33 @@ async fn a_node_that_fell_behind_the_trimmed_log_stops_and_its_devices_resume_el
     let got = read(&mut resumed, expected.len()).await;
     assert_eq!(got.iter().map(|(id, _)| *id).collect::<Vec<_>>(), expected);
 }
+
+/// Auth turned on by the first run-time admin token stays on for a node
+/// that starts from a snapshot covering that token: it must not serve
+/// everyone.
+#[tokio::test]
+async fn a_node_started_from_a_snapshot_keeps_auth_on() {
+    const ADMIN: &str = "an-admin-token-of-cluster";
+    let tuning = ["--snapshot-every", "1s", "--log-keep", "1s"];
+    let mut cluster = Cluster::start(1, &tuning).await;
+    let r = cluster
+        .node(0)
+        .admin()
+        .put_token(ADMIN, br#"{"subject":"ops","admin":true}"#)
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let (_, said) = log_ends(&cluster).expect("the log holds entries");
+    pere_tests::eventually("the log trimmed past the token", || async {
+        log_ends(&cluster).is_none_or(|(first, _)| first > said)
+    })
+    .await;
+    let late = cluster.add_node(&tuning).await;
+    let node = cluster.node(late);
+    node.admin()
+        .tokens()
+        .await
+        .assert_error(401, "unauthorized");
+    let open = node.stream("/feed/news", &[]).await;
+    assert_eq!(open.status, 401, "{}", open.text());
+    assert_eq!(node.with_token(ADMIN).admin().tokens().await.status, 200);
+}

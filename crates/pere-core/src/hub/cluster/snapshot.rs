@@ -97,6 +97,12 @@ impl State {
                 .collect(),
             snap.jtis.into_iter().map(TokenHash).collect(),
         );
+        if self.auth.has_runtime_tokens() {
+            // Auth was on (the first run-time admin token turns it on, in
+            // an entry this snapshot covers): a node started from it must
+            // not serve everyone, as a restarted single node does not.
+            self.auth.enable_for_journal();
+        }
         Ok(events)
     }
 }
