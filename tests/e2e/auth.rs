@@ -314,6 +314,8 @@ async fn the_admin_api_manages_tokens_and_never_shows_their_values() {
         br#"{"subject":"a b"}"#,
         br#"{"subject":"k","subscribe":["a b"]}"#,
         br#"{"subject":"k","extra":1}"#,
+        // An array serde would read as the struct: an admin token.
+        br#"["k",[],[],true]"#,
         b"\xff\xfe",
     ] {
         let r = admin.admin().put_token(NEW, bad).await;

@@ -34,7 +34,7 @@
 //! close streams (the hub's writer does, when it applies a change; pere-http
 //! ends a JWT's streams at its `exp`).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -45,6 +45,9 @@ use tokio::sync::watch;
 use crate::error::{Error, Result};
 use crate::jwt::{JwtRefusal, JwtVerifier, unix_now};
 use crate::name::{ChannelName, DeviceId, Pattern};
+
+mod file;
+pub use file::{parse_auth_file, parse_grants};
 
 /// Shortest token accepted, in bytes: a bearer secret shorter than 128 bits
 /// of random text can be guessed.
@@ -281,41 +284,6 @@ impl Origin {
             Origin::Runtime => "runtime",
         }
     }
-}
-
-/// The `--auth` file: `{"tokens":{"<token>":{grants…}}}`.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AuthFile {
-    tokens: BTreeMap<String, Grants>,
-}
-
-/// Parses the `--auth` file's JSON into tokens and grants.
-///
-/// # Errors
-/// [`Error::Config`] for invalid JSON, an unknown field, an invalid name or
-/// an invalid token; messages name the token by fingerprint only.
-pub fn parse_auth_file(text: &str) -> Result<Vec<(Token, Grants)>> {
-    // serde_json quotes the value that failed (a name, a type), never a map
-    // key, so its message cannot contain a token; the test below holds it
-    // to that.
-    let file: AuthFile = serde_json::from_str(text).map_err(|e| {
-        Error::Config(format!(
-            "the auth file is not {{\"tokens\":{{\"<token>\":{{\"subject\":…,\"subscribe\":[…],\"publish\":[…],\"admin\":false}}}}}}: {e}"
-        ))
-    })?;
-    let mut out = Vec::with_capacity(file.tokens.len());
-    for (i, (text, grants)) in file.tokens.into_iter().enumerate() {
-        let token = Token::new(&text).map_err(|e| {
-            Error::Config(format!(
-                "token #{} of the auth file (subject `{}`): {e}",
-                i + 1,
-                grants.subject
-            ))
-        })?;
-        out.push((token, grants));
-    }
-    Ok(out)
 }
 
 impl Access {
@@ -710,26 +678,5 @@ mod tests {
         assert_eq!(list.len(), 1);
         assert_eq!(list[0].2, Origin::Runtime);
         assert!(reg.has_runtime_tokens());
-    }
-
-    #[test]
-    fn the_auth_file_parses_and_errors_never_quote_tokens() {
-        let ok = r#"{"tokens":{"tok-admin-0123456789":{"subject":"ops","admin":true},
-            "tok-phone-0123456789":{"subject":"phone-1","subscribe":["orders.*"],"publish":[]}}}"#;
-        let tokens = parse_auth_file(ok).unwrap();
-        assert_eq!(tokens.len(), 2);
-        assert!(tokens.iter().any(|(_, g)| g.admin));
-        for bad in [
-            r#"{"tokens":{"short-secret":{"subject":"d"}}}"#,
-            r#"{"tokens":{"long-enough-secret-1":{"subject":"d","sub":[]}}}"#,
-            r#"{"tokens":{"long-enough-secret-1":{"subject":"bad device"}}}"#,
-            r#"{"tokens":{"long-enough-secret-1": 5}}"#,
-        ] {
-            let err = parse_auth_file(bad).unwrap_err().to_string();
-            assert!(
-                !err.contains("short-secret") && !err.contains("long-enough-secret-1"),
-                "{err}"
-            );
-        }
     }
 }
