@@ -130,6 +130,21 @@ struct Claims {
     jti: Option<String>,
 }
 
+/// Whether `pem` is a P-256 public key: the DER of every one begins with
+/// the same algorithm and curve identifiers, whose base64 is this prefix.
+fn is_p256_public_key(pem: &[u8]) -> bool {
+    const P256_SPKI: &str = "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE";
+    let text = String::from_utf8_lossy(pem);
+    let body: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN PUBLIC KEY-----"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .flat_map(|l| l.chars().filter(|c| !c.is_whitespace()))
+        .collect();
+    body.starts_with(P256_SPKI)
+}
+
 /// Longest `jti` accepted, and revoked by `DELETE /admin/tokens/jti:<jti>`.
 pub const MAX_JTI_LEN: usize = 256;
 
@@ -191,6 +206,13 @@ impl JwtVerifier {
                                 .into(),
                         )
                     })?;
+                if key.1 == Algorithm::ES256 && !is_p256_public_key(pem) {
+                    // Taken, it would refuse every token as badly signed.
+                    return Err(Error::Config(
+                        "the JWT public key is an EC key on a curve other than P-256: ES256 needs P-256 (`openssl ecparam -name prime256v1`)"
+                            .into(),
+                    ));
+                }
                 Some((key.0, validation(key.1)))
             }
         };
@@ -404,6 +426,25 @@ mod tests {
             ..JwtConfig::default()
         };
         assert!(JwtVerifier::new(&junk).is_err());
+        // ES256 is P-256: a key on another curve would verify nothing.
+        let key = |pem: &str| JwtConfig {
+            public_key_pem: Some(pem.as_bytes().to_vec()),
+            ..JwtConfig::default()
+        };
+        let p256 = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE5kWxpaleHOYL/c5Rjmb4V4U+zeKl
+5BqA9ECqAWDrQwed7yA6yzEL9X1sRAlDzjz/1aBvw0SSZHd/X/uLykRu4Q==
+-----END PUBLIC KEY-----
+";
+        let p384 = "-----BEGIN PUBLIC KEY-----
+MHYwEAYHKoZIzj0CAQYFK4EEACIDYgAEM96j+mD7u2rhbDm1tJhq0yistk93RZTC
+mahU03RmYPhsU+4e9Uj1SmmAATnl+zQwaSlgIsimadoVPFG2Cpp5IveUXeT+wA1p
+sSoplaBAa4SU53vHGJ88ckdNpSF8I+rF
+-----END PUBLIC KEY-----
+";
+        assert!(JwtVerifier::new(&key(p256)).is_ok());
+        let err = JwtVerifier::new(&key(p384)).unwrap_err().to_string();
+        assert!(err.contains("P-256"), "{err}");
     }
 
     #[test]
