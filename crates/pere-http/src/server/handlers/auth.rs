@@ -145,6 +145,26 @@ fn presented<'a>(
     headers: &'a HeaderMap,
     query: &'a [(String, String)],
 ) -> Result<Option<&'a str>, ApiError> {
+    // Which of two tokens would speak for the request is not for the
+    // server to guess (as with one in the header and one in the query).
+    let two = |where_: &str| {
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("the request carries two different tokens ({where_}): send one"),
+        )
+    };
+    let mut all = headers.get_all(AUTHORIZATION).iter();
+    if let Some(first) = all.next()
+        && all.any(|v| v != first)
+    {
+        return Err(two("two Authorization headers"));
+    }
+    let mut tokens = query.iter().filter(|(k, _)| k == "access_token");
+    if let Some((_, first)) = tokens.next()
+        && tokens.any(|(_, v)| v != first)
+    {
+        return Err(two("two access_token parameters"));
+    }
     let from_header = match headers.get(AUTHORIZATION) {
         None => None,
         Some(value) => {
@@ -193,6 +213,20 @@ mod tests {
         token
             .map(|t| vec![("access_token".to_string(), t.to_string())])
             .unwrap_or_default()
+    }
+
+    #[test]
+    fn two_different_tokens_are_refused_wherever_they_are() {
+        let mut h = headers(Some("Bearer abc"));
+        h.append(AUTHORIZATION, HeaderValue::from_static("Bearer abc"));
+        assert_eq!(presented(&h, &[]).unwrap(), Some("abc"), "the same twice");
+        h.append(AUTHORIZATION, HeaderValue::from_static("Bearer xyz"));
+        assert!(presented(&h, &[]).is_err());
+        let mut query = q(Some("abc"));
+        query.extend(q(Some("abc")));
+        assert_eq!(presented(&headers(None), &query).unwrap(), Some("abc"));
+        query.extend(q(Some("xyz")));
+        assert!(presented(&headers(None), &query).is_err());
     }
 
     #[test]
