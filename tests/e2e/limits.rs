@@ -145,6 +145,29 @@ async fn an_oversized_request_head_gets_431_and_the_server_carries_on() {
     )
     .await;
     r.assert_error(431, "headers_too_large");
+    // Many headers that are small in all: the count says so (the message
+    // spoke of 8192 bytes for 1.3 KB).
+    let many: Vec<(String, String)> = (0..150).map(|i| (format!("X-H{i}"), "y".into())).collect();
+    let refs: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let r = send_raw(
+        server.addr,
+        &pere_tests::raw_request("GET", "/healthz", &refs, b""),
+    )
+    .await;
+    r.assert_error(431, "headers_too_large");
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("100 headers"),
+        "{}",
+        r.text()
+    );
+    // A target that is no path says so (it showed an empty path).
+    let r = send_raw(server.addr, b"GET healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    r.assert_error(400, "invalid_path");
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("not a path"),
+        "{}",
+        r.text()
+    );
     // A long but acceptable head is fine.
     let ok = "x".repeat(7 * 1024);
     let r = send_raw(

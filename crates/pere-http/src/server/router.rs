@@ -246,10 +246,13 @@ fn edit_distance(a: &str, b: &str) -> usize {
 /// Splits a path into percent-decoded segments (`/` → none).
 fn split(path: &str) -> Result<Vec<String>, ApiError> {
     let Some(rest) = path.strip_prefix('/') else {
-        return Err(ApiError::new(
-            ErrorCode::InvalidPath,
-            format!("the path `{}` does not start with `/`", escape(path)),
-        ));
+        // `GET healthz` parses as an authority with no path at all.
+        let why = if path.is_empty() {
+            "the request target is not a path (it must start with `/`)".to_string()
+        } else {
+            format!("the path `{}` does not start with `/`", escape(path))
+        };
+        return Err(ApiError::new(ErrorCode::InvalidPath, why));
     };
     if rest.is_empty() {
         return Ok(Vec::new());

@@ -300,6 +300,9 @@ async fn sleep_until_some(deadline: Option<Instant>) {
     }
 }
 
+/// Most header fields hyper parses in an HTTP/1 request head.
+const MAX_HEADERS: usize = 100;
+
 /// The answer to a request hyper could not parse, whose first line was
 /// `request_line` bytes long as far as it arrived, the head limit being
 /// `max_head`.
@@ -309,9 +312,13 @@ fn unparsed(err: &hyper::Error, request_line: usize, max_head: usize) -> ApiErro
     if err.is_parse_too_large() && request_line > MAX_TARGET {
         ApiError::new(ErrorCode::UriTooLong, "the request target is too long")
     } else if err.is_parse_too_large() {
+        // Which of the two hyper does not say.
         ApiError::new(
             ErrorCode::HeadersTooLarge,
-            request::head_too_large(max_head),
+            format!(
+                "{}, or has more than {MAX_HEADERS} headers",
+                request::head_too_large(max_head)
+            ),
         )
     } else {
         ApiError::new(
