@@ -1104,6 +1104,12 @@ fn record_built(input: &mut Input<'_>) {
             subscription: pattern,
             device,
             upto: EventId(a),
+            // Sorted, once each, as the hub writes them.
+            channels: if flags & 1 != 0 {
+                vec![(channel, EventId(b))]
+            } else {
+                Vec::new()
+            },
             at: Timestamp(b as i64),
         }),
         _ => Stored::Trim {

@@ -198,6 +198,10 @@ fn init_logging(config: &Config) {
 }
 
 async fn serve(config: Config) -> Result<(), pere_http::Error> {
+    // Handled from the start: SIGHUP's default action ends the process, and
+    // `systemctl reload` or a closed terminal sends it, also while the
+    // store recovers or a cluster node loads its snapshot.
+    reload_on_sighup(config.server.tls.clone());
     let listener = pere_http::bind(config.addr).await?;
     if let (Some(webhook), Ok(addr)) = (&config.server.webhook, listener.local_addr()) {
         // `run` checks it too; here it comes before the store is opened and
@@ -297,9 +301,6 @@ async fn serve_hub<S: EventStore>(
         hub.auth()
             .enable_jwt(pere_core::jwt::JwtVerifier::new(jwt)?);
     }
-    // Always handled, and before the banner: SIGHUP's default action ends
-    // the process, and `systemctl reload` or a closed terminal sends it.
-    reload_on_sighup(config.server.tls.clone());
     let mut server = config.server.clone();
     let nofile = raise_nofile();
     server.fd_budget = nofile.map(pere_http::server::limits::fd_budget);

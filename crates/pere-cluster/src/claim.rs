@@ -7,9 +7,9 @@
 //! ttl. A heartbeat renews it. At start a node takes the key if it is free
 //! or its own; if another instance holds it, the node watches it: a live
 //! holder renews it within a heartbeat (its value changes), and the node
-//! is refused; one that stays unchanged for [`CLAIM_PATIENCE`] is a
-//! previous life of this node (a `kill -9`), and is taken over. A clean
-//! stop deletes the key, so a restart does not wait.
+//! is refused; one that lapses, or stays unchanged for [`CLAIM_PATIENCE`],
+//! is a previous life of this node (a `kill -9`), and is taken over. A
+//! clean stop deletes the key, so a restart does not wait.
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::LazyLock;
@@ -22,9 +22,10 @@ use crate::Engine;
 use crate::error::{EngineError, Result};
 
 /// How long an unchanged claim of another instance is watched before it
-/// counts as dead: longer than two heartbeats of a live node (the hub
-/// heartbeats every second).
-pub const CLAIM_PATIENCE: Duration = Duration::from_millis(2500);
+/// counts as dead: as long as the cluster counts a node alive without a
+/// heartbeat (the hub's 5 s), and a little more. A holder's claim lapses
+/// by then anyway, unless it died before its first heartbeat.
+pub const CLAIM_PATIENCE: Duration = Duration::from_millis(5500);
 
 /// How often a watched claim is looked at.
 const CLAIM_POLL: Duration = Duration::from_millis(250);
@@ -97,9 +98,7 @@ impl Engine {
             let quiet = started.elapsed() >= CLAIM_PATIENCE;
             match self.claim(if quiet { &seen } else { "" }).await? {
                 None => {
-                    if quiet {
-                        tracing::info!(node = %self.shared.config.node, "took over this node's id from a previous run that stopped without a goodbye");
-                    }
+                    tracing::info!(node = %self.shared.config.node, "took over this node's id from a previous run that stopped without a goodbye");
                     self.claimed();
                     return Ok(());
                 }

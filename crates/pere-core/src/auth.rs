@@ -520,9 +520,12 @@ impl AuthRegistry {
         out
     }
 
-    /// Whether the journal holds a live run-time token.
-    pub fn has_runtime_tokens(&self) -> bool {
-        self.read().runtime.values().any(Option::is_some)
+    /// Whether the journal holds any run-time change: a token created,
+    /// changed or revoked at run time, a `jti` revoked. Each needed auth
+    /// on, so a store holding one keeps it on (fails closed), also once
+    /// every run-time token was revoked.
+    pub fn has_runtime_changes(&self) -> bool {
+        !self.read().runtime.is_empty()
     }
 
     /// A receiver that sees a new value after every change.
@@ -677,6 +680,6 @@ mod tests {
         let list = reg.list();
         assert_eq!(list.len(), 1);
         assert_eq!(list[0].2, Origin::Runtime);
-        assert!(reg.has_runtime_tokens());
+        assert!(reg.has_runtime_changes());
     }
 }

@@ -130,19 +130,24 @@ struct Claims {
     jti: Option<String>,
 }
 
-/// Whether `pem` is a P-256 public key: the DER of every one begins with
-/// the same algorithm and curve identifiers, whose base64 is this prefix.
-fn is_p256_public_key(pem: &[u8]) -> bool {
+/// Whether `pem` is an EC public key (`BEGIN PUBLIC KEY`) on another curve
+/// than P-256: the DER of every P-256 one begins with the same algorithm
+/// and curve identifiers, whose base64 is this prefix. Another form (a
+/// certificate) is not told apart here.
+fn is_public_key_off_p256(pem: &[u8]) -> bool {
     const P256_SPKI: &str = "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE";
     let text = String::from_utf8_lossy(pem);
-    let body: String = text
+    let mut lines = text
         .lines()
-        .skip_while(|l| !l.starts_with("-----BEGIN PUBLIC KEY-----"))
-        .skip(1)
+        .skip_while(|l| !l.starts_with("-----BEGIN PUBLIC KEY-----"));
+    if lines.next().is_none() {
+        return false;
+    }
+    let body: String = lines
         .take_while(|l| !l.starts_with("-----END"))
         .flat_map(|l| l.chars().filter(|c| !c.is_whitespace()))
         .collect();
-    body.starts_with(P256_SPKI)
+    !body.starts_with(P256_SPKI)
 }
 
 /// Longest `jti` accepted, and revoked by `DELETE /admin/tokens/jti:<jti>`.
@@ -206,7 +211,7 @@ impl JwtVerifier {
                                 .into(),
                         )
                     })?;
-                if key.1 == Algorithm::ES256 && !is_p256_public_key(pem) {
+                if key.1 == Algorithm::ES256 && is_public_key_off_p256(pem) {
                     // Taken, it would refuse every token as badly signed.
                     return Err(Error::Config(
                         "the JWT public key is an EC key on a curve other than P-256: ES256 needs P-256 (`openssl ecparam -name prime256v1`)"
@@ -443,6 +448,21 @@ sSoplaBAa4SU53vHGJ88ckdNpSF8I+rF
 -----END PUBLIC KEY-----
 ";
         assert!(JwtVerifier::new(&key(p256)).is_ok());
+        // The same key in a certificate, as jsonwebtoken takes it.
+        let cert = "-----BEGIN CERTIFICATE-----
+MIIBbjCCAROgAwIBAgIUGsLZgMl/AZJbMcom85klRyVPo2EwCgYIKoZIzj0EAwIw
+DDEKMAgGA1UEAwwBdDAeFw0yNjEyMDQyMjE0MDJaFw0zNjEyMDEyMjE0MDJaMAwx
+CjAIBgNVBAMMAXQwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAATmRbGlqV4c5gv9
+zlGOZvhXhT7N4qXkGoD0QKoBYOtDB53vIDrLMQv1fWxECUPOPP/VoG/DRJJkd39f
++4vKRG7ho1MwUTAdBgNVHQ4EFgQUCmBPzOHg9nR3iwni5dJEgeBrUuowHwYDVR0j
+BBgwFoAUCmBPzOHg9nR3iwni5dJEgeBrUuowDwYDVR0TAQH/BAUwAwEB/zAKBggq
+hkjOPQQDAgNJADBGAiEAlApk4REzY1DQXZMxijr1lNWI0rTIg+1byYcrdUOLGkkC
+IQCjSLa0mOBtWCXZr+11Smeg2qeX60sLdmxqw63tcQL+DA==
+-----END CERTIFICATE-----
+";
+        if let Err(err) = JwtVerifier::new(&key(cert)) {
+            assert!(!err.to_string().contains("curve"), "{err}");
+        }
         let err = JwtVerifier::new(&key(p384)).unwrap_err().to_string();
         assert!(err.contains("P-256"), "{err}");
     }

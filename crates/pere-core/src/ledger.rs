@@ -452,6 +452,14 @@ impl EventReceipts {
             .is_some_and(|slot| slow.acks.contains_key(&slot))
     }
 
+    /// Whether `device` was added to the audience after the publish (a
+    /// late joiner, by a replay or a receipt). Few are: a scan, without the
+    /// device index.
+    pub fn has_late_joiner(&self, device: &DeviceId) -> bool {
+        self.has_late.load(Ordering::Acquire)
+            && lock(&self.slow).late.iter().any(|(d, _)| d == device)
+    }
+
     /// Whether `device` got the event outside its publish-time audience (a
     /// late joiner: a replay) and has not acknowledged it.
     pub fn late_unacked_by(&self, device: &DeviceId) -> bool {

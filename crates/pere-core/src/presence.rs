@@ -371,21 +371,6 @@ impl Member {
         self.last_acked.is_some()
     }
 
-    /// Its acknowledged prefix, up to the hub's `head`: every event of its
-    /// audience up to it is acknowledged, but for those retention dropped
-    /// that it has not been told of yet (`lost_from`). What a restart
-    /// needs to tell it of a loss (`Record::AckedUpto`).
-    pub fn acked_upto(&self, head: EventId) -> EventId {
-        let mut upto = self
-            .unacked
-            .front()
-            .map_or(head, |first| EventId(first.0.saturating_sub(1)));
-        if let Some(lost) = self.lost_from {
-            upto = upto.min(EventId(lost.0.saturating_sub(1)));
-        }
-        upto
-    }
-
     /// Forgets an acknowledged event from `unacked`.
     pub fn forget_unacked(&mut self, id: EventId) {
         if self.unacked.front() == Some(&id) {

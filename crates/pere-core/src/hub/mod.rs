@@ -193,10 +193,12 @@ impl<S: EventStore> Hub<S> {
         let auth = Arc::new(AuthRegistry::default());
         let metrics = Arc::new(HubMetrics::default());
         let mut state = State::new(&config, auth.clone(), seq, floor, node, metrics.clone());
-        state.recover(recovered.records, &recovered.evicted);
+        // Keys of dropped events first: a key used again (after its TTL)
+        // by a retained event is that one's.
         for event in &recovered.keyed {
             state.idempotency.remember_event(event);
         }
+        state.recover(recovered.records, &recovered.evicted);
         if node.is_none() {
             // What came due while the server was down (memberships past
             // their TTL above all) before anything is served; the records
@@ -205,7 +207,7 @@ impl<S: EventStore> Hub<S> {
             state.maintain(now, &config, &mut due);
             state.deferred.extend(due);
         }
-        if auth.has_runtime_tokens() {
+        if auth.has_runtime_changes() {
             // The store was secured before: stay secured even if this start
             // forgot `--auth`, rather than serve everyone.
             auth.enable_for_journal();
@@ -604,5 +606,7 @@ pub use types::{
 mod ack_batch_tests;
 #[cfg(test)]
 mod redelivery_tests;
+#[cfg(test)]
+mod restart_tests;
 #[cfg(test)]
 mod tests;

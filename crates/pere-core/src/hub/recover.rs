@@ -6,7 +6,11 @@ use crate::event::{EventId, Sequencer, Timestamp};
 use crate::hub::Counters;
 use crate::hub::state::State;
 use crate::log::{Evicted, Record};
-use crate::name::{DeviceId, Pattern};
+use crate::name::{ChannelName, DeviceId, Pattern};
+
+/// A member's journaled acknowledged prefix: its bound, and a pattern's
+/// channels with their own (`Record::AckedUpto`).
+type AckedUpto = (EventId, Vec<(ChannelName, EventId)>);
 use crate::presence::{Member, Op};
 
 impl State {
@@ -25,7 +29,10 @@ impl State {
         // a join or a leave starts over).
         let mut acking: HashMap<(Pattern, DeviceId), (EventId, Timestamp)> = HashMap::new();
         // And what each has acknowledged all of.
-        let mut acked_upto: HashMap<(Pattern, DeviceId), EventId> = HashMap::new();
+        let mut acked_upto: HashMap<(Pattern, DeviceId), AckedUpto> = HashMap::new();
+        // Memberships whose last presence record says a stream was open:
+        // connected when the server stopped without a goodbye.
+        let mut connected: HashSet<(Pattern, DeviceId)> = HashSet::new();
         for record in records {
             match record {
                 Record::Event(event) => {
@@ -55,6 +62,7 @@ impl State {
                     let key = (subscription.clone(), device.clone());
                     acking.remove(&key);
                     acked_upto.remove(&key);
+                    connected.remove(&key);
                     let sub = self.memberships.sub_entry(&subscription);
                     sub.members
                         .insert(device, Box::new(Member::joined(head, at)));
@@ -80,6 +88,11 @@ impl State {
                     last_event_id,
                     at,
                 } => {
+                    if online {
+                        connected.insert((subscription.clone(), device.clone()));
+                    } else {
+                        connected.remove(&(subscription.clone(), device.clone()));
+                    }
                     if let Some(member) = self.memberships.member_mut(&subscription, &device) {
                         member.last_seen = at;
                         member.op = if online { Op::Feed } else { Op::Left };
@@ -98,6 +111,7 @@ impl State {
                     let key = (subscription.clone(), device.clone());
                     acking.remove(&key);
                     acked_upto.remove(&key);
+                    connected.remove(&key);
                     if let Some(sub) = self.memberships.sub_mut(&subscription)
                         && let Some(member) = sub.members.remove(&device)
                     {
@@ -122,9 +136,10 @@ impl State {
                     subscription,
                     device,
                     upto,
+                    channels,
                     ..
                 } => {
-                    acked_upto.insert((subscription, device), upto);
+                    acked_upto.insert((subscription, device), (upto, channels));
                 }
                 // Before receipts, like the cursors' deliveries: these
                 // events joined the device's audience when written.
@@ -183,16 +198,26 @@ impl State {
                     continue;
                 }
                 let key = (pattern.clone(), device.clone());
-                let bound = match acked_upto.get(&key) {
-                    Some(upto) => *upto,
-                    None if latest.contains(&key) => {
-                        member.last_acked.map_or(member.since, |(id, _)| id)
+                let since = member.since;
+                let lost = match acked_upto.get(&key) {
+                    Some((upto, channels)) => ledgers.first_loss(pattern, |channel| {
+                        channels
+                            .iter()
+                            .find(|(c, _)| c == channel)
+                            .map_or(*upto, |(_, b)| *b)
+                            .max(since)
+                    }),
+                    None => {
+                        let bound = if latest.contains(&key) {
+                            member.last_acked.map_or(since, |(id, _)| id)
+                        } else {
+                            since
+                        };
+                        ledgers.first_loss(pattern, |_| bound.max(since))
                     }
-                    None => member.since,
-                }
-                .max(member.since);
-                if ledgers.dropped_after(pattern, bound) {
-                    member.lost_from = Some(EventId(bound.0 + 1));
+                };
+                if lost.is_some() {
+                    member.lost_from = lost;
                 }
             }
         }
@@ -202,13 +227,15 @@ impl State {
             }
         }
         let now = Timestamp::now();
-        for (_, sub) in self.memberships.subs_mut() {
+        for (pattern, sub) in self.memberships.subs_mut() {
             sub.ackers = sub.members.values().filter(|m| m.acknowledges()).count();
-            for member in sub.members.values_mut() {
+            for (device, member) in &mut sub.members {
                 // Nobody is connected after a restart. The TTL of a member
-                // that had left counts from when it left (§5.1); of one
-                // that was connected, from now.
-                if member.op != Op::Left || member.disconnected_at.is_none() {
+                // that had left counts from when it left or acknowledged
+                // last (`last_seen`, §5.1); of one that was connected,
+                // from now.
+                let key = (pattern.clone(), device.clone());
+                if connected.contains(&key) || member.disconnected_at.is_none() {
                     member.disconnected_at = Some(member.disconnected_at.unwrap_or(now).max(now));
                 }
             }

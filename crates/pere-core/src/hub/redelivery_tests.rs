@@ -3,8 +3,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::time::Duration;
-
 use super::tests::{WAIT, ch, dev, drain, hub, hub_with, next, pat, publish, subscribe};
 use super::*;
 use crate::config::Retention;
@@ -359,50 +357,6 @@ async fn no_gap_after_a_restart_for_acknowledged_events_retention_dropped() {
     hub.shutdown().await;
 }
 
-/// Events retention dropped before the device acknowledged them, below a
-/// later receipt, are still a gap after a restart (the bound was its
-/// latest receipt, which hid them); and once told, not again.
-#[tokio::test]
-async fn a_loss_below_a_later_receipt_is_a_gap_after_a_restart_and_told_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = FileStoreConfig::new(dir.path());
-    cfg.retention = Retention {
-        history: 3,
-        max_age: None,
-    };
-    let kept = {
-        let hub = Hub::open(HubConfig::default(), open_store(&cfg))
-            .await
-            .unwrap();
-        let mut r = subscribe_on(&hub, "R").await;
-        let e = publish_n(&hub, "orders", 3).await;
-        assert_eq!(take(&mut r, 3).await, e);
-        // The receipt for the second one never came.
-        for id in [e[0], e[2]] {
-            hub.ack(&pat("orders"), &dev("R"), id, "ok").await.unwrap();
-        }
-        drop(r);
-        let kept = publish_n(&hub, "orders", 3).await;
-        hub.shutdown().await;
-        kept
-    };
-    for restart in 0..2 {
-        let hub = Hub::open(HubConfig::default(), open_store(&cfg))
-            .await
-            .unwrap();
-        let mut r = subscribe_on(&hub, "R").await;
-        if restart == 0 {
-            let gap = r.gap().expect("a gap for the dropped unacknowledged event");
-            assert_eq!(gap.oldest, Some(kept[0]), "{gap:?}");
-        } else {
-            assert!(r.gap().is_none(), "told once: {:?}", r.gap());
-        }
-        assert_eq!(take(&mut r, 3).await, kept);
-        drop(r);
-        hub.shutdown().await;
-    }
-}
-
 /// A device that acknowledged, was removed, and joins again acknowledges
 /// from its start; a restart keeps it so.
 #[tokio::test]
@@ -526,72 +480,6 @@ async fn events_replayed_from_before_a_device_joined_come_back_after_a_restart()
     let mut s = subscribe_on(&hub, "S").await;
     assert_eq!(take(&mut s, 3).await, old);
     assert!(drain(&mut s).is_empty());
-    hub.shutdown().await;
-}
-
-/// A membership whose TTL ran out while the server was down is gone when
-/// it starts again (its TTL counted again from the restart: up to a day
-/// more of pending receipts with the default).
-#[tokio::test]
-async fn a_membership_that_expired_while_the_server_was_down_is_gone_at_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = FileStoreConfig::new(dir.path());
-    let config = HubConfig {
-        member_ttl: Duration::from_millis(400),
-        ..HubConfig::default()
-    };
-    {
-        let hub = Hub::open(config.clone(), open_store(&cfg)).await.unwrap();
-        drop(subscribe_on(&hub, "left").await);
-        hub.shutdown().await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    // The second time with a day's TTL: the expiry was journaled.
-    for config in [config, HubConfig::default()] {
-        let hub = Hub::open(config, open_store(&cfg)).await.unwrap();
-        let p = hub
-            .publish(Publish::new(ch("orders"), "after"))
-            .await
-            .unwrap();
-        assert_eq!(p.recipients, 0);
-        hub.shutdown().await;
-    }
-}
-
-/// An idempotency key holds for its TTL after retention dropped its event
-/// (§2: "while the first event is retained and for at least 10 minutes"),
-/// across a restart too: a retry then is not a second event.
-#[tokio::test]
-async fn an_idempotency_key_outlives_its_dropped_event_across_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = FileStoreConfig::new(dir.path());
-    cfg.retention = Retention {
-        history: 1,
-        max_age: None,
-    };
-    let keyed = Publish {
-        idempotency_key: Some("k-1".into()),
-        device: Some(dev("backend")),
-        ..Publish::new(ch("orders"), "first")
-    };
-    let first = {
-        let hub = Hub::open(HubConfig::default(), open_store(&cfg))
-            .await
-            .unwrap();
-        let first = hub.publish(keyed.clone()).await.unwrap();
-        // Dropped by the next one.
-        publish_n(&hub, "orders", 1).await;
-        let again = hub.publish(keyed.clone()).await.unwrap();
-        assert!(again.duplicate);
-        hub.shutdown().await;
-        first
-    };
-    let hub = Hub::open(HubConfig::default(), open_store(&cfg))
-        .await
-        .unwrap();
-    let again = hub.publish(keyed).await.unwrap();
-    assert!(again.duplicate, "{:?}", (again.id, first.id));
-    assert_eq!(again.id, first.id);
     hub.shutdown().await;
 }
 

@@ -183,6 +183,7 @@ pub fn encode(out: &mut Vec<u8>, lsn: u64, record: &Stored) {
             subscription,
             device,
             upto,
+            channels,
             at,
         }) => {
             out.push(KIND_ACKED_UPTO);
@@ -190,6 +191,14 @@ pub fn encode(out: &mut Vec<u8>, lsn: u64, record: &Stored) {
             out.extend_from_slice(&at.0.to_le_bytes());
             put_str8(out, subscription.as_str());
             put_str8(out, device.as_str());
+            // A member's channels with unacknowledged events: bounded by
+            // --max-channels, and cut rather than corrupt the frame.
+            let n = channels.len().min(u32::MAX as usize);
+            out.extend_from_slice(&(n as u32).to_le_bytes());
+            for (channel, upto) in &channels[..n] {
+                put_str8(out, channel.as_str());
+                out.extend_from_slice(&upto.0.to_le_bytes());
+            }
         }
         Stored::Hub(Record::Replayed { device, ids, at }) => {
             out.push(KIND_REPLAYED);
@@ -447,11 +456,25 @@ pub fn decode(body: &[u8]) -> Result<(u64, Stored), DecodeError> {
         KIND_ACKED_UPTO => {
             let upto = EventId(r.u64()?);
             let at = Timestamp(r.i64()?);
+            let subscription = r.pattern()?;
+            let device = r.device()?;
+            let n = r.u32()? as usize;
+            // At least 10 bytes each: no allocation past the record.
+            let mut channels: Vec<(ChannelName, EventId)> =
+                Vec::with_capacity(n.min(r.bytes.len() / 10));
+            for _ in 0..n {
+                let channel = r.channel()?;
+                if channels.last().is_some_and(|(last, _)| *last >= channel) {
+                    return Err(DecodeError::Malformed("channels out of order"));
+                }
+                channels.push((channel, EventId(r.u64()?)));
+            }
             Stored::Hub(Record::AckedUpto {
                 upto,
                 at,
-                subscription: r.pattern()?,
-                device: r.device()?,
+                subscription,
+                device,
+                channels,
             })
         }
         KIND_REPLAYED => {
@@ -623,6 +646,10 @@ mod tests {
                 subscription: sub.clone(),
                 device: dev.clone(),
                 upto: EventId(14),
+                channels: vec![
+                    (ChannelName::new("orders.a").unwrap(), EventId(3)),
+                    (ChannelName::new("orders.b").unwrap(), EventId(9)),
+                ],
                 at: Timestamp(15),
             }),
             Stored::Hub(Record::Presence {

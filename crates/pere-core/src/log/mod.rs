@@ -127,18 +127,22 @@ pub enum Record {
         /// When.
         at: Timestamp,
     },
-    /// Every event of an acknowledging member's audience up to `upto` is
-    /// acknowledged (or was told lost): after a restart, events retention
-    /// dropped above it are reported with `pere.gap` (docs/PROTOCOL.md
-    /// §5.4). Journaled with [`Record::Acking`]; a stale one errs towards
-    /// a gap, never away from one.
+    /// Every event of an acknowledging member's audience up to `upto` (on
+    /// the channels listed, up to theirs) is acknowledged, or was told
+    /// lost: after a restart, events retention dropped above it are
+    /// reported with `pere.gap` (docs/PROTOCOL.md §5.4). Journaled with
+    /// [`Record::Acking`]; a stale one errs towards a gap, never away from
+    /// one.
     AckedUpto {
         /// The subscription.
         subscription: Pattern,
         /// The device.
         device: DeviceId,
-        /// Its acknowledged prefix.
+        /// Its acknowledged prefix on channels not listed.
         upto: EventId,
+        /// Channels of a pattern with unacknowledged events, each with its
+        /// own prefix, sorted by name (none for a channel subscription).
+        channels: Vec<(ChannelName, EventId)>,
         /// When.
         at: Timestamp,
     },

@@ -97,7 +97,7 @@ impl State {
                 .collect(),
             snap.jtis.into_iter().map(TokenHash).collect(),
         );
-        if self.auth.has_runtime_tokens() {
+        if self.auth.has_runtime_changes() {
             // Auth was on (the first run-time admin token turns it on, in
             // an entry this snapshot covers): a node started from it must
             // not serve everyone, as a restarted single node does not.

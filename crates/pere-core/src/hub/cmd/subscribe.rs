@@ -9,6 +9,7 @@ use crate::auth::TokenHash;
 use crate::error::Error;
 use crate::event::{EventId, Timestamp};
 use crate::hub::cluster::wire::ClosedStream;
+use crate::hub::cmd::tick::acked_upto;
 use crate::hub::command::{Effect, Owed, Plan, Reply};
 use crate::hub::state::{Ledgers, OpenStream, State, WrittenReplay};
 use crate::hub::{Gap, Hello, Resume, SubscribeRequest};
@@ -62,6 +63,15 @@ impl State {
             && let Err(err) = self.check_subscribe(token, &req)
         {
             return Effect::Fail(Box::new(reply), err);
+        }
+        if token.is_none() && self.auth.is_enabled() {
+            // Checked by its caller while auth was off, which a token
+            // command applied since turned on: it would stay open with
+            // nothing granting it.
+            return Effect::Fail(
+                Box::new(reply),
+                Error::Unauthorized("auth was turned on: a token is required".into()),
+            );
         }
         let mut existed = Vec::with_capacity(req.patterns.len());
         for pattern in &req.patterns {
@@ -218,12 +228,14 @@ impl State {
                             losses.push((floor, lost_from, pattern));
                             if !self.cluster {
                                 // Told now: not again after a restart.
-                                self.deferred.push(Record::AckedUpto {
-                                    subscription: pattern.clone(),
-                                    device: device.clone(),
-                                    upto: member.acked_upto(head),
-                                    at: now,
-                                });
+                                self.deferred.push(acked_upto(
+                                    pattern,
+                                    device,
+                                    member,
+                                    &self.ledgers,
+                                    head,
+                                    now,
+                                ));
                             }
                         }
                         floors.push(floor);
@@ -352,6 +364,8 @@ impl State {
                 .iter()
                 .filter_map(|p| Some((p, self.memberships.sub(p)?.members.get(device)?.since)))
                 .collect();
+            // Once each: a device replayed everything at each reconnect is
+            // already in those events' audience from the first time.
             let late: Vec<_> = replay
                 .iter()
                 .filter(|r| {
@@ -359,6 +373,7 @@ impl State {
                         .iter()
                         .filter(|(p, _)| p.matches(&r.event.channel))
                         .all(|(_, since)| r.id() <= *since)
+                        && !r.has_late_joiner(device)
                 })
                 .cloned()
                 .collect();

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use crate::config::HubConfig;
 use crate::event::{EventId, Timestamp};
-use crate::hub::state::State;
+use crate::hub::state::{Ledgers, State};
 use crate::log::{Evicted, Record};
-use crate::name::{DeviceId, Pattern};
+use crate::name::{ChannelName, DeviceId, Pattern};
 use crate::presence::Member;
 
 /// The `Cursor` record of what `member`'s streams were written since its
@@ -30,6 +30,54 @@ pub(in crate::hub) fn journal_cursor(
         cursor,
         at: at.unwrap_or(now),
     })
+}
+
+/// The record of what `member` of `pattern` has acknowledged all of, up
+/// to the hub's `head`: every event of its audience, but those it has not
+/// acknowledged and those retention dropped that it was not told of yet
+/// (`lost_from`). On a pattern, per channel with unacknowledged events: a
+/// quiet channel's unacknowledged event must not make drops of
+/// acknowledged events on a busy one count as a loss after a restart.
+pub(in crate::hub) fn acked_upto(
+    pattern: &Pattern,
+    device: &DeviceId,
+    member: &Member,
+    ledgers: &Ledgers,
+    head: EventId,
+    now: Timestamp,
+) -> Record {
+    let below = |id: EventId| EventId(id.0.saturating_sub(1));
+    let mut cap = member.lost_from.map_or(head, below);
+    let mut channels: Vec<(ChannelName, EventId)> = Vec::new();
+    if pattern.exact().is_some() {
+        if let Some(first) = member.unacked.front() {
+            cap = cap.min(below(*first));
+        }
+    } else {
+        // In id order: a channel's first is its lowest.
+        for id in &member.unacked {
+            match ledgers.event(id) {
+                Some(r) => {
+                    if !channels.iter().any(|(c, _)| *c == r.event.channel) {
+                        channels.push((r.event.channel.clone(), below(*id)));
+                    }
+                }
+                // Dropped, not yet noted as lost: lost on its channel.
+                None => cap = cap.min(below(*id)),
+            }
+        }
+        for (_, upto) in &mut channels {
+            *upto = (*upto).min(cap);
+        }
+        channels.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    }
+    Record::AckedUpto {
+        subscription: pattern.clone(),
+        device: device.clone(),
+        upto: cap,
+        channels,
+        at: now,
+    }
 }
 
 impl State {
@@ -112,24 +160,27 @@ impl State {
             return;
         }
         let head = self.head;
+        let ledgers = &self.ledgers;
         for (pattern, sub) in self.memberships.subs() {
             for (device, member) in &sub.members {
-                if let Some((id, at)) = member.last_acked
-                    && at >= since
-                    && member.is_member
-                {
+                let Some((id, at)) = member.last_acked else {
+                    continue;
+                };
+                if !member.is_member {
+                    continue;
+                }
+                if at >= since {
                     records.push(Record::Acking {
                         subscription: pattern.clone(),
                         device: device.clone(),
                         id,
                         at,
                     });
-                    records.push(Record::AckedUpto {
-                        subscription: pattern.clone(),
-                        device: device.clone(),
-                        upto: member.acked_upto(head),
-                        at: now,
-                    });
+                }
+                // Any receipt since, also one below the latest (a retry
+                // coming late), may have moved what it acknowledged all of.
+                if member.last_seen >= since {
+                    records.push(acked_upto(pattern, device, member, ledgers, head, now));
                 }
             }
         }

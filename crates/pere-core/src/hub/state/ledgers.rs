@@ -345,12 +345,36 @@ impl Ledgers {
         first
     }
 
-    /// Whether retention dropped events after `id` on a channel `pattern`
-    /// matches.
-    pub(in crate::hub) fn dropped_after(&self, pattern: &Pattern, id: EventId) -> bool {
-        let mut dropped = false;
-        self.each_of(pattern, |ledger| dropped |= ledger.evicted_upto > id);
-        dropped
+    /// The first event retention dropped above each channel's `bound` on
+    /// the channels `pattern` matches: just after the lowest such bound.
+    pub(in crate::hub) fn first_loss(
+        &self,
+        pattern: &Pattern,
+        bound: impl Fn(&ChannelName) -> EventId,
+    ) -> Option<EventId> {
+        let mut first: Option<EventId> = None;
+        let mut check = |channel: &ChannelName, ledger: &ChannelLedger| {
+            let b = bound(channel);
+            if ledger.evicted_upto > b {
+                let from = EventId(b.0 + 1);
+                first = Some(first.map_or(from, |f| f.min(from)));
+            }
+        };
+        match pattern.exact() {
+            Some(channel) => {
+                if let Some(ledger) = self.channels.get(channel) {
+                    check(channel, ledger);
+                }
+            }
+            None => {
+                for (channel, ledger) in &self.channels {
+                    if pattern.matches(channel) {
+                        check(channel, ledger);
+                    }
+                }
+            }
+        }
+        first
     }
 
     /// Events of `pattern`'s channels up to `upto` that `device` got as a

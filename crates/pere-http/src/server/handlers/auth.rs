@@ -153,37 +153,20 @@ fn presented<'a>(
             format!("the request carries two different tokens ({where_}): send one"),
         )
     };
-    let mut all = headers.get_all(AUTHORIZATION).iter();
-    if let Some(first) = all.next()
-        && all.any(|v| v != first)
-    {
-        return Err(two("two Authorization headers"));
-    }
     let mut tokens = query.iter().filter(|(k, _)| k == "access_token");
     if let Some((_, first)) = tokens.next()
         && tokens.any(|(_, v)| v != first)
     {
         return Err(two("two access_token parameters"));
     }
-    let from_header = match headers.get(AUTHORIZATION) {
-        None => None,
-        Some(value) => {
-            let bad = || {
-                ApiError::unauthorized(
-                    "the Authorization header is not `Bearer <token>` (the only scheme accepted)",
-                )
-            };
-            let text = value.to_str().map_err(|_| bad())?.trim();
-            let (scheme, rest) = text.split_once(' ').ok_or_else(bad)?;
-            if !scheme.eq_ignore_ascii_case("bearer") {
-                return Err(ApiError::unauthorized(format!(
-                    "the Authorization scheme `{}` is not accepted: use `Bearer <token>`",
-                    escape(scheme)
-                )));
-            }
-            Some(rest.trim())
+    let mut from_header = None;
+    for value in headers.get_all(AUTHORIZATION) {
+        let token = bearer(value)?;
+        if from_header.is_some_and(|first| first != token) {
+            return Err(two("two Authorization headers"));
         }
-    };
+        from_header = Some(token);
+    }
     let from_query = query_value(query, "access_token");
     match (from_header, from_query) {
         (Some(h), Some(q)) if h != q => Err(ApiError::new(
@@ -193,6 +176,24 @@ fn presented<'a>(
         (Some(t), _) | (None, Some(t)) => Ok(Some(t).filter(|t| !t.is_empty())),
         (None, None) => Ok(None),
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+fn bearer(value: &hyper::header::HeaderValue) -> Result<&str, ApiError> {
+    let bad = || {
+        ApiError::unauthorized(
+            "the Authorization header is not `Bearer <token>` (the only scheme accepted)",
+        )
+    };
+    let text = value.to_str().map_err(|_| bad())?.trim();
+    let (scheme, rest) = text.split_once(' ').ok_or_else(bad)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(ApiError::unauthorized(format!(
+            "the Authorization scheme `{}` is not accepted: use `Bearer <token>`",
+            escape(scheme)
+        )));
+    }
+    Ok(rest.trim())
 }
 
 #[cfg(test)]
@@ -218,7 +219,7 @@ mod tests {
     #[test]
     fn two_different_tokens_are_refused_wherever_they_are() {
         let mut h = headers(Some("Bearer abc"));
-        h.append(AUTHORIZATION, HeaderValue::from_static("Bearer abc"));
+        h.append(AUTHORIZATION, HeaderValue::from_static("bearer  abc"));
         assert_eq!(presented(&h, &[]).unwrap(), Some("abc"), "the same twice");
         h.append(AUTHORIZATION, HeaderValue::from_static("Bearer xyz"));
         assert!(presented(&h, &[]).is_err());
