@@ -321,6 +321,15 @@ async fn the_admin_api_manages_tokens_and_never_shows_their_values() {
         let r = admin.admin().put_token(NEW, bad).await;
         r.assert_error(400, "invalid_body");
         assert_no_token_in(&r.text(), "a 400 body");
+        // The parser's reason in full, not cut after a few characters
+        // nor with the sentence's own quotes escaped.
+        if std::str::from_utf8(bad).is_err() {
+            continue;
+        }
+        let sentence = r.json()["error"].as_str().unwrap().to_string();
+        assert!(sentence.starts_with("the body is not {\"subject\""), "{sentence}");
+        let reason = sentence.split("}: ").nth(1).unwrap_or_default();
+        assert!(reason.chars().count() > 12, "{sentence}");
     }
     let log = server.stop();
     assert!(log.contains("token"), "token changes are logged: {log}");

@@ -296,8 +296,15 @@ pub async fn token<S: EventStore>(
             "the token's grants are not UTF-8 JSON",
         )
     })?;
-    let grants = pere_core::auth::parse_grants(text)
-        .map_err(|why| ApiError::new(ErrorCode::InvalidBody, escape(&why)))?;
+    let grants = pere_core::auth::parse_grants(text).map_err(|why| {
+        ApiError::new(
+            ErrorCode::InvalidBody,
+            format!(
+                "the body is not {{\"subject\":…,\"subscribe\":[…],\"publish\":[…],\"admin\":false}}: {}",
+                escape(&why)
+            ),
+        )
+    })?;
     let replaced = app.hub.put_token(&token, grants.clone()).await?;
     let mut out = token_json(&token.hash(), &grants);
     out.insert("created".into(), (!replaced).into());
