@@ -327,7 +327,10 @@ async fn the_admin_api_manages_tokens_and_never_shows_their_values() {
             continue;
         }
         let sentence = r.json()["error"].as_str().unwrap().to_string();
-        assert!(sentence.starts_with("the body is not {\"subject\""), "{sentence}");
+        assert!(
+            sentence.starts_with("the body is not {\"subject\""),
+            "{sentence}"
+        );
         let reason = sentence.split("}: ").nth(1).unwrap_or_default();
         assert!(reason.chars().count() > 12, "{sentence}");
     }

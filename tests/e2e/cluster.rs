@@ -281,6 +281,8 @@ async fn a_node_that_joins_late_has_the_whole_state() {
 #[tokio::test]
 async fn while_redis_is_down_publishes_get_503_and_the_cluster_recovers() {
     let mut cluster = Cluster::start(2, &[]).await;
+    // A third node, that no client talks to.
+    let idle = cluster.add_node(&[]).await;
     let mut stream = cluster.subscribe(1, "alerts", "pager").await;
     let before = cluster.publish(0, "alerts", "before").await;
     assert_eq!(read(&mut stream, 1).await[0].0, before);
@@ -313,6 +315,17 @@ async fn while_redis_is_down_publishes_get_503_and_the_cluster_recovers() {
         assert_eq!(r.json()["code"], "store_unavailable", "{}", r.text());
         assert!(r.header("Retry-After").is_some(), "{body}");
     }
+    // A node that writes nothing knows it too, from its heartbeat (§6.2: a
+    // load balancer must not send it traffic).
+    eventually("the idle node's /healthz says 503", || async {
+        cluster
+            .node(idle)
+            .request("GET", "/healthz", &[], b"")
+            .await
+            .status
+            == 503
+    })
+    .await;
     // Down for longer than a heartbeat lasts (5 s): every node's heartbeat
     // lapses, yet no live node may be declared gone when Redis returns.
     tokio::time::sleep(Duration::from_secs(6)).await;
@@ -344,11 +357,16 @@ async fn while_redis_is_down_publishes_get_503_and_the_cluster_recovers() {
     // The pager's stream on node 1 never closed: it stays online everywhere
     // once the nodes had time to sweep whoever really stopped beating.
     tokio::time::sleep(Duration::from_secs(8)).await;
-    for node in 0..2 {
+    for node in 0..3 {
         assert_eq!(
             cluster.presence(node, "alerts", "pager").await["online"],
             true,
             "node {node}"
         );
+        let health = cluster
+            .node(node)
+            .request("GET", "/healthz", &[], b"")
+            .await;
+        assert_eq!(health.status, 200, "node {node}: {}", health.text());
     }
 }

@@ -743,6 +743,13 @@ async fn chores<S: EventStore>(inner: Arc<Inner<S>>, log: Arc<dyn SharedLog>) {
             if let Err(err) = log.heartbeat(HEARTBEAT_TTL).await {
                 tracing::warn!(cause = %err, "heartbeat failed");
                 reachable_since = tokio::time::Instant::now();
+                // A node that takes no write must not say it is healthy
+                // (/healthz, pere_store_writable) while the log is out of
+                // reach: writes are refused from now, and the writer's
+                // probe lets them through again once it answers.
+                if inner.health().failed(err.to_string()) {
+                    tracing::error!(cause = %err, "the cluster log is out of reach; answering 503");
+                }
             }
         }
         if now - last_tick < tick {
