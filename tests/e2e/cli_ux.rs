@@ -620,3 +620,34 @@ async fn pere_sub_json_data_reads_as_an_eventsource_reads_it() {
     sub.success().await;
     server.stop().await;
 }
+
+/// `-q` keeps the one banner line a `--port 0` start needs (it printed
+/// nothing at all); `--log-format json` prints no plain-text banner among
+/// its JSON lines, and its "listening" line carries the address.
+#[tokio::test]
+async fn quiet_keeps_the_address_and_json_logs_are_json_only() {
+    let mut quiet = Proc::start(
+        "pere-server",
+        &["--memory", "--port", "0", "-q"],
+        Stdio::null(),
+    );
+    let line = quiet.stderr_line_containing("listening").await;
+    assert!(line.contains("http://127.0.0.1:"), "{line}");
+
+    let mut json = Proc::start(
+        "pere-server",
+        &["--memory", "--port", "0", "--log-format", "json"],
+        Stdio::null(),
+    );
+    let line = json.stderr_line_containing("listening").await;
+    let value: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    let addr = value["fields"]["addr"].as_str().unwrap_or_default();
+    assert!(addr.starts_with("127.0.0.1:"), "{line}");
+    for line in json.stderr_text().lines() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "a line that is not JSON: {line}"
+        );
+    }
+}

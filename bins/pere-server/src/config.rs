@@ -245,9 +245,25 @@ impl Config {
                 env.get(&key).cloned().filter(|v| !v.trim().is_empty())
             })
         };
-        let switch = |flag: bool, name: &str| {
-            flag || pick(None, name)
-                .is_some_and(|v| matches!(v.trim(), "1" | "true" | "yes" | "on"))
+        // A switch's variable is on or off; anything else is a mistake to
+        // say, not to read as off (PERE_MEMORY=maybe would use the disk).
+        let switch = |flag: bool, name: &str| -> Result<bool, String> {
+            if flag {
+                return Ok(true);
+            }
+            match pick(None, name)
+                .as_deref()
+                .map(|v| v.trim().to_ascii_lowercase())
+            {
+                None => Ok(false),
+                Some(v) if matches!(v.as_str(), "1" | "true" | "yes" | "on") => Ok(true),
+                Some(v) if matches!(v.as_str(), "0" | "false" | "no" | "off") => Ok(false),
+                Some(v) => Err(format!(
+                    "PERE_{} `{}` is not on or off: use 1, true, yes, on or 0, false, no, off",
+                    name.to_ascii_uppercase().replace('-', "_"),
+                    v
+                )),
+            }
         };
         let duration = |flag: Option<String>, name: &str, default: Duration| {
             pick(flag, name).map_or(Ok(default), |v| {
@@ -450,7 +466,7 @@ impl Config {
             audience: pick(args.jwt_audience, "jwt-audience"),
             issuer: pick(args.jwt_issuer, "jwt-issuer"),
         })?;
-        let memory = switch(args.memory, "memory");
+        let memory = switch(args.memory, "memory")?;
         let fsync = match pick(args.fsync, "fsync") {
             None => Fsync::Always,
             Some(v) => v.parse::<Fsync>().map_err(|e| format!("--fsync: {e}"))?,
@@ -498,7 +514,7 @@ impl Config {
                 max_payload,
                 queue_capacity,
                 queue_bytes,
-                replay_all: switch(args.replay_all, "replay-all"),
+                replay_all: switch(args.replay_all, "replay-all")?,
                 ack_deadline,
                 max_channels_per_stream,
                 max_channels,
@@ -525,7 +541,7 @@ impl Config {
             },
             auth,
             jwt,
-            quiet: switch(args.quiet, "quiet"),
+            quiet: switch(args.quiet, "quiet")?,
             log_format,
             log_summary: duration(
                 args.log_summary,
@@ -649,6 +665,15 @@ mod tests {
                 fsync: Fsync::Never
             }
         );
+    }
+
+    #[test]
+    fn a_switch_variable_is_on_or_off_or_an_error() {
+        let memory = |v: &str| Config::resolve(Args::default(), &env(&[("PERE_MEMORY", v)]));
+        assert_eq!(memory("TRUE").unwrap().store, StoreKind::Memory);
+        assert_ne!(memory("off").unwrap().store, StoreKind::Memory);
+        let err = memory("maybe").unwrap_err();
+        assert!(err.contains("PERE_MEMORY `maybe`"), "{err}");
     }
 
     #[test]

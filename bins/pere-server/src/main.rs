@@ -459,12 +459,18 @@ fn banner<S: EventStore>(
             format!("  try         curl -N -H 'device: me' {scheme}://{addr}/feed/CHANNEL_1")
         },
     ];
-    if !config.quiet {
-        for line in &lines {
-            // Not `eprintln!`: a server whose stderr cannot be written (a
-            // full disk under its log file) still serves.
-            let _ = writeln!(std::io::stderr(), "{line}");
-        }
+    // JSON logs carry the address in their "listening" line: plain text
+    // there would break a reader of JSON lines. Quiet keeps the address
+    // (`--port 0` picks one nothing else tells).
+    let shown: &[String] = match (config.log_format, config.quiet) {
+        (LogFormat::Json, _) => &[],
+        (LogFormat::Text, true) => &lines[1..2],
+        (LogFormat::Text, false) => &lines,
+    };
+    for line in shown {
+        // Not `eprintln!`: a server whose stderr cannot be written (a
+        // full disk under its log file) still serves.
+        let _ = writeln!(std::io::stderr(), "{line}");
     }
     tracing::info!(%addr, nofile, "listening");
 }
