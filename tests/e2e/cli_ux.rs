@@ -227,6 +227,20 @@ async fn a_bad_flag_exits_with_2_in_every_tool() {
     }
 }
 
+/// A load-mode flag without `--devices` is a usage error: `--ack` silently
+/// ran a one-device benchmark, `--duration` alone was ignored and the run
+/// never ended.
+#[tokio::test]
+async fn a_load_flag_without_devices_exits_with_2() {
+    for flag in [&["--ack"][..], &["--duration", "1s"], &["--resume"]] {
+        let mut args = vec!["127.0.0.1:1", "c"];
+        args.extend_from_slice(flag);
+        let (status, _, stderr) = run_tool("pere-sub", &args).await;
+        assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("--devices"), "{args:?}: {stderr}");
+    }
+}
+
 /// Issue 18.10: with nothing listening, pere-sub retried every 3 s forever,
 /// without a word about why. It now asks whether the server runs, and
 /// backs off.

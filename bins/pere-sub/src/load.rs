@@ -12,14 +12,31 @@ use pere_load::{
 
 use crate::config::{Args, parse_duration};
 
-/// Whether the command line asks for the load mode.
+/// Whether the command line asks for the load mode: `--devices`. A load
+/// flag without it is a usage error ([`without_devices`]), not a switch to
+/// a one-device benchmark: `--ack` reads as "acknowledge", which pere-sub
+/// does anyway, and `--duration` alone was ignored (the run never ended).
 pub fn wanted(args: &Args) -> bool {
     args.devices.is_some()
-        || args.channels.is_some()
-        || args.ack
-        || args.ack_each
-        || args.nchan
-        || args.resume
+}
+
+/// The first load-mode flag given without `--devices`, if any.
+pub fn without_devices(args: &Args) -> Option<&'static str> {
+    if args.devices.is_some() {
+        return None;
+    }
+    [
+        (args.channels.is_some(), "--channels"),
+        (args.ack, "--ack"),
+        (args.ack_each, "--ack-each"),
+        (args.ack_connections.is_some(), "--ack-connections"),
+        (args.ack_pipeline.is_some(), "--ack-pipeline"),
+        (args.duration.is_some(), "--duration"),
+        (args.nchan, "--nchan"),
+        (args.resume, "--resume"),
+    ]
+    .into_iter()
+    .find_map(|(given, flag)| given.then_some(flag))
 }
 
 /// Validates the load flags.

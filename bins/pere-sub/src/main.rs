@@ -39,6 +39,12 @@ fn main() -> ExitCode {
     if load::wanted(&args) {
         return load::main(args);
     }
+    if let Some(flag) = load::without_devices(&args) {
+        eprintln!(
+            "pere-sub: {flag} is a load-mode flag: add --devices N (a plain run acknowledges every event already; --no-ack turns that off)"
+        );
+        return ExitCode::from(2);
+    }
     if args.token.is_none() {
         args.token = std::env::var("PERE_TOKEN")
             .ok()
