@@ -204,10 +204,12 @@ fn followed_frame(item: &Followed) -> Bytes {
     match item {
         Followed::Change(seq, update) => receipt_frame(update, Some(*seq)),
         Followed::Gap { from, oldest } => {
-            tracing::warn!(
+            // Info, not a warning: any client resuming from an old id
+            // gets one (pere_receipt_stream_gaps_total counts them).
+            tracing::info!(
                 from,
                 oldest,
-                "a receipts stream fell behind what its channel keeps; told of the gap"
+                "a receipts stream was told of a gap: it fell behind, or resumed from before, what its channel keeps"
             );
             let data = serde_json::json!({
                 "from": from.to_string(),
