@@ -56,6 +56,12 @@ async fn a_wait_held_at_shutdown_is_answered_and_pere_pub_says_it_was_published(
         stderr.contains("was published") && !stderr.contains("not published"),
         "{stderr}"
     );
+    // Its own sentences only: no raw log line about receipts it could not
+    // read from a server going away.
+    assert!(
+        stderr.lines().all(|l| l.starts_with("pere-pub: ")),
+        "{stderr}"
+    );
 }
 
 /// Issue 18.1: when the answer is lost for good (the server is killed

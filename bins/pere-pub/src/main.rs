@@ -391,8 +391,15 @@ async fn report(client: &Client, config: &Config, p: &Published) -> (String, boo
             })
             .unwrap_or_default()
     };
-    let (acked_by, bad, pending, unacked) = match client.receipts(&config.channel, &p.id).await {
-        Ok(summary) => {
+    // A server that answered while shutting down is going away: the
+    // answer's lists are all there is.
+    let summary = if p.shutting_down {
+        None
+    } else {
+        Some(client.receipts(&config.channel, &p.id).await)
+    };
+    let (acked_by, bad, pending, unacked) = match summary {
+        Some(Ok(summary)) => {
             let mut acked = Vec::new();
             let mut bad = Vec::new();
             for (device, r) in summary["devices"].as_object().into_iter().flatten() {
@@ -412,8 +419,15 @@ async fn report(client: &Client, config: &Config, p: &Published) -> (String, boo
                 names(&summary["unacked"]),
             )
         }
-        Err(err) => {
-            tracing::warn!(cause = %err, id = %p.id, "cannot read the event's receipts");
+        failed => {
+            if let Some(Err(err)) = failed
+                && !config.quiet
+            {
+                eprintln!(
+                    "pere-pub: event {}: its receipts could not be read ({err}); its line names who had not acknowledged it from the publish answer",
+                    p.id
+                );
+            }
             (
                 None,
                 None,
