@@ -287,6 +287,16 @@ impl Config {
             .map(parse_duration)
             .transpose()
             .map_err(|e| format!("--timeout: {e}"))?;
+        // Zero would end the run before it began, and give up before the
+        // first attempt failed: neither is what anyone means.
+        if timeout.is_some_and(|t| t.is_zero()) {
+            return Err("--timeout must be more than 0 (leave it out for no limit)".into());
+        }
+        if args.max_reconnects == Some(0) {
+            return Err(
+                "--max-reconnects must be at least 1 (leave it out to never give up)".into(),
+            );
+        }
         Ok(Config {
             token: args.token,
             device_from_token,
@@ -403,6 +413,17 @@ mod tests {
         assert_eq!(a, derived_device(&env(&[("USER", "alice")])));
         assert_ne!(a, derived_device(&env(&[("USER", "bob")])));
         assert!(DeviceId::new(&a).is_ok() && a.starts_with("H0039"), "{a}");
+    }
+
+    #[test]
+    fn zero_timeouts_and_reconnects_are_refused() {
+        for args in [&["--timeout", "0"][..], &["--max-reconnects", "0"]] {
+            let mut all = vec!["127.0.0.1:1", "c"];
+            all.extend_from_slice(args);
+            let args = Args::from_args(&["pere-sub"], &all).unwrap();
+            let err = Config::resolve(args, None).unwrap_err();
+            assert!(err.contains("must be"), "{err}");
+        }
     }
 
     #[test]
