@@ -11,7 +11,7 @@ use crate::log::FileStoreConfig;
 use crate::log::file::tests::open_store;
 
 /// Takes `n` events (each marks its delivery), returning their ids.
-async fn take(sub: &mut Subscription, n: usize) -> Vec<EventId> {
+pub(super) async fn take(sub: &mut Subscription, n: usize) -> Vec<EventId> {
     let mut ids = Vec::with_capacity(n);
     for _ in 0..n {
         ids.push(next(sub).await.id);
@@ -19,7 +19,7 @@ async fn take(sub: &mut Subscription, n: usize) -> Vec<EventId> {
     ids
 }
 
-async fn publish_n(hub: &Hub<impl EventStore>, channel: &str, n: usize) -> Vec<EventId> {
+pub(super) async fn publish_n(hub: &Hub<impl EventStore>, channel: &str, n: usize) -> Vec<EventId> {
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
         let p = hub
@@ -509,12 +509,22 @@ async fn subscribe_on<S: EventStore>(hub: &Hub<S>, device: &str) -> Subscription
 
 /// `device`'s stream on `orders` of a hub over any store.
 async fn subscribe_from<S: EventStore>(hub: &Hub<S>, device: &str, resume: Resume) -> Subscription {
+    subscribe_to(hub, device, "orders", resume).await
+}
+
+/// `device`'s stream on `pattern` of a hub over any store.
+pub(super) async fn subscribe_to<S: EventStore>(
+    hub: &Hub<S>,
+    device: &str,
+    pattern: &str,
+    resume: Resume,
+) -> Subscription {
     tokio::time::timeout(
         WAIT,
         hub.subscribe(
             SubscribeRequest {
                 device: Some(dev(device)),
-                patterns: vec![pat("orders")],
+                patterns: vec![pat(pattern)],
                 resume,
             },
             None,

@@ -6,48 +6,15 @@
 
 use std::time::Duration;
 
-use super::tests::{WAIT, ch, dev, next, pat};
+use super::redelivery_tests::{publish_n, subscribe_to, take};
+use super::tests::{ch, dev, pat};
 use super::*;
 use crate::config::Retention;
 use crate::log::FileStoreConfig;
 use crate::log::file::tests::open_store;
 
-async fn take(sub: &mut Subscription, n: usize) -> Vec<EventId> {
-    let mut ids = Vec::with_capacity(n);
-    for _ in 0..n {
-        ids.push(next(sub).await.id);
-    }
-    ids
-}
-
-async fn publish_n(hub: &Hub<impl EventStore>, channel: &str, n: usize) -> Vec<EventId> {
-    let mut ids = Vec::with_capacity(n);
-    for i in 0..n {
-        ids.push(
-            hub.publish(Publish::new(ch(channel), format!("event {i}")))
-                .await
-                .unwrap()
-                .id,
-        );
-    }
-    ids
-}
-
 async fn sub_on<S: EventStore>(hub: &Hub<S>, device: &str, resume: Resume) -> Subscription {
-    tokio::time::timeout(
-        WAIT,
-        hub.subscribe(
-            SubscribeRequest {
-                device: Some(dev(device)),
-                patterns: vec![pat("orders")],
-                resume,
-            },
-            None,
-        ),
-    )
-    .await
-    .unwrap()
-    .unwrap()
+    subscribe_to(hub, device, "orders", resume).await
 }
 
 fn fast() -> HubConfig {
@@ -238,20 +205,7 @@ async fn no_gap_after_a_graceful_stop_right_after_receipts() {
 }
 
 async fn sub_pat<S: EventStore>(hub: &Hub<S>, device: &str, pattern: &str) -> Subscription {
-    tokio::time::timeout(
-        WAIT,
-        hub.subscribe(
-            SubscribeRequest {
-                device: Some(dev(device)),
-                patterns: vec![pat(pattern)],
-                resume: Resume::Auto,
-            },
-            None,
-        ),
-    )
-    .await
-    .unwrap()
-    .unwrap()
+    subscribe_to(hub, device, pattern, Resume::Auto).await
 }
 
 /// On a wildcard, one bound for all channels counted drops on *any*
