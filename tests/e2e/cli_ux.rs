@@ -654,20 +654,20 @@ async fn quiet_keeps_the_address_and_json_logs_are_json_only() {
     let line = quiet.stderr_line_containing("listening").await;
     assert!(line.contains("http://127.0.0.1:"), "{line}");
 
-    let mut json = Proc::start(
-        "pere-server",
-        &["--memory", "--port", "0", "--log-format", "json"],
-        Stdio::null(),
-    );
-    let line = json.stderr_line_containing("listening").await;
-    let value: serde_json::Value =
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-    let addr = value["fields"]["addr"].as_str().unwrap_or_default();
-    assert!(addr.starts_with("127.0.0.1:"), "{line}");
-    for line in json.stderr_text().lines() {
-        assert!(
-            serde_json::from_str::<serde_json::Value>(line).is_ok(),
-            "a line that is not JSON: {line}"
-        );
+    for quiet in [&[][..], &["-q"]] {
+        let mut args = vec!["--memory", "--port", "0", "--log-format", "json"];
+        args.extend_from_slice(quiet);
+        let mut json = Proc::start("pere-server", &args, Stdio::null());
+        let line = json.stderr_line_containing("listening").await;
+        let value: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let addr = value["fields"]["addr"].as_str().unwrap_or_default();
+        assert!(addr.starts_with("127.0.0.1:"), "{quiet:?}: {line}");
+        for line in json.stderr_text().lines() {
+            assert!(
+                serde_json::from_str::<serde_json::Value>(line).is_ok(),
+                "a line that is not JSON: {line}"
+            );
+        }
     }
 }

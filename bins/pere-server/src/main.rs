@@ -178,7 +178,12 @@ fn parse_args() -> Result<Args, ExitCode> {
 }
 
 fn init_logging(config: &Config) {
-    let default = if config.quiet { "warn" } else { "info" };
+    let default = match (config.quiet, config.log_format) {
+        (false, _) => "info",
+        (true, LogFormat::Text) => "warn",
+        // Quiet JSON has no banner: its `listening` line is the address.
+        (true, LogFormat::Json) => "warn,pere_server::listening=info",
+    };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -472,7 +477,7 @@ fn banner<S: EventStore>(
         // full disk under its log file) still serves.
         let _ = writeln!(std::io::stderr(), "{line}");
     }
-    tracing::info!(%addr, nofile, "listening");
+    tracing::info!(target: "pere_server::listening", %addr, nofile, "listening");
 }
 
 /// Reads the certificate again on every SIGHUP (after a renewal): new

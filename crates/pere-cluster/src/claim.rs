@@ -132,8 +132,25 @@ impl Engine {
         Ok(())
     }
 
+    /// Holds the claim from now on. Until the hub's heartbeats renew it,
+    /// it renews itself every second: a node loading a large snapshot
+    /// must not look dead to a second process with its id.
     fn claimed(&self) {
         self.shared.claimed.store(true, Ordering::Release);
+        let engine = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let shared = &engine.shared;
+                if shared.beating.load(Ordering::Acquire) || !shared.claimed.load(Ordering::Acquire)
+                {
+                    return;
+                }
+                if let Err(err) = engine.claim("").await {
+                    tracing::warn!(cause = %err, "the node id's claim was not renewed");
+                }
+            }
+        });
     }
 
     async fn claim(&self, replaces: &str) -> Result<Option<String>> {

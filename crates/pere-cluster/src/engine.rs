@@ -34,6 +34,8 @@ pub(crate) struct Shared {
     pub(crate) instance: String,
     /// Whether this process holds that claim: its heartbeats renew it.
     pub(crate) claimed: AtomicBool,
+    /// Whether a heartbeat ran: until then the claim renews itself.
+    pub(crate) beating: AtomicBool,
 }
 
 /// The engine's Redis keys, built once.
@@ -99,6 +101,7 @@ impl Engine {
                 link: Link::new(connector),
                 instance: crate::claim::instance_token(),
                 claimed: AtomicBool::new(false),
+                beating: AtomicBool::new(false),
             }),
         };
         engine.time().await?;
@@ -257,6 +260,7 @@ impl Engine {
     /// [`EngineError::Unavailable`] when Redis cannot take it.
     pub async fn heartbeat(&self, ttl: Duration) -> Result<()> {
         let node = &self.shared.config.node;
+        self.shared.beating.store(true, Ordering::Release);
         let claimed = self.shared.claimed.load(Ordering::Acquire);
         let mut invocation = scripts::HEARTBEAT.prepare_invoke();
         invocation

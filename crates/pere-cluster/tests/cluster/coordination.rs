@@ -136,3 +136,22 @@ async fn a_node_id_is_claimed_by_one_live_process_at_a_time() {
     fourth.claim_node().await.unwrap();
     assert!(started.elapsed() < pere_cluster::CLAIM_PATIENCE);
 }
+
+/// A node that claimed its id but does not heartbeat yet (loading a large
+/// snapshot) still holds it: its claim renews itself until the first
+/// heartbeat, and a second process with its id is refused.
+#[tokio::test]
+async fn a_claim_renews_itself_until_the_first_heartbeat() {
+    let redis = RedisServer::start().expect("redis starts");
+    let loading = engine(&redis.url(), "n").await;
+    loading.claim_node().await.unwrap();
+    tokio::time::sleep(pere_cluster::CLAIM_PATIENCE + Duration::from_secs(1)).await;
+    let second = engine(&redis.url(), "n").await;
+    let refused = tokio::time::timeout(2 * PROMPT, second.claim_node())
+        .await
+        .expect("decided within 2 PROMPT");
+    assert!(
+        matches!(refused, Err(EngineError::NodeIdInUse { .. })),
+        "{refused:?}"
+    );
+}

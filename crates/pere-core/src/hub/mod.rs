@@ -393,7 +393,9 @@ impl<S: EventStore> Hub<S> {
     /// PERE's presence fields.
     ///
     /// # Errors
-    /// No channel or too many, or the hub is shutting down.
+    /// No channel or too many, the hub is shutting down, or auth is on
+    /// (a stream without a token is granted nothing then: use
+    /// [`subscribe_with_token`](Self::subscribe_with_token)).
     pub async fn subscribe(
         &self,
         req: SubscribeRequest,

@@ -472,3 +472,48 @@ async fn a_replay_to_a_late_joiner_is_journaled_once() {
     assert_eq!(replays, 1);
     store.close().await.unwrap();
 }
+
+/// The acknowledged prefix of a wildcard member looks at a bounded number
+/// of its unacknowledged events each tick (the writer runs it): a channel
+/// whose first unacknowledged event lies beyond gets a lower bound (the
+/// safe side), and the record lists only what was looked at.
+#[tokio::test]
+async fn a_wildcard_member_s_prefix_looks_at_a_bounded_backlog() {
+    use crate::hub::cmd::tick::ACKED_UPTO_WALK;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = FileStoreConfig::new(dir.path());
+    cfg.retention = Retention {
+        history: 5000,
+        max_age: None,
+    };
+    let slow = HubConfig {
+        tick: Duration::from_secs(3600),
+        ..HubConfig::default()
+    };
+    let (backlog, late) = {
+        let hub = Hub::open(slow, open_store(&cfg)).await.unwrap();
+        let mut r = sub_pat(&hub, "R", "w.*").await;
+        let first = publish_n(&hub, "w.a", 1).await;
+        assert_eq!(take(&mut r, 1).await, first);
+        hub.ack(&pat("w.*"), &dev("R"), first[0], "ok")
+            .await
+            .unwrap();
+        let backlog = publish_n(&hub, "w.a", ACKED_UPTO_WALK + 10).await;
+        let late = publish_n(&hub, "w.b", 1).await[0];
+        drop(r);
+        force_tick(&hub).await;
+        hub.shutdown().await;
+        (backlog, late)
+    };
+    let store = open_store(&cfg);
+    let recovered = store.recover().await.unwrap();
+    let last = recovered.records.iter().rev().find_map(|r| match r {
+        crate::log::Record::AckedUpto { upto, channels, .. } => Some((*upto, channels.clone())),
+        _ => None,
+    });
+    let (upto, channels) = last.expect("an AckedUpto record");
+    assert_eq!(channels, [(ch("w.a"), EventId(backlog[0].0 - 1))]);
+    assert!(upto < late, "w.b's bound is below its unacknowledged event");
+    assert_eq!(upto, EventId(backlog[ACKED_UPTO_WALK].0 - 1));
+    store.close().await.unwrap();
+}

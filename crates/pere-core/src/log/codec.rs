@@ -191,8 +191,9 @@ pub fn encode(out: &mut Vec<u8>, lsn: u64, record: &Stored) {
             out.extend_from_slice(&at.0.to_le_bytes());
             put_str8(out, subscription.as_str());
             put_str8(out, device.as_str());
-            // A member's channels with unacknowledged events: bounded by
-            // --max-channels, and cut rather than corrupt the frame.
+            // A member's channels with unacknowledged events: the hub lists
+            // at most 1024 (its walk), and a longer list is cut rather than
+            // corrupt the frame.
             let n = channels.len().min(u32::MAX as usize);
             out.extend_from_slice(&(n as u32).to_le_bytes());
             for (channel, upto) in &channels[..n] {

@@ -740,7 +740,13 @@ async fn chores<S: EventStore>(inner: Arc<Inner<S>>, log: Arc<dyn SharedLog>) {
         let now = tokio::time::Instant::now();
         if now - last_beat >= HEARTBEAT {
             last_beat = now;
-            if let Err(err) = log.heartbeat(HEARTBEAT_TTL).await {
+            let beat = log.heartbeat(HEARTBEAT_TTL).await;
+            if beat.is_ok() {
+                // A write Redis took: a blip's backoff starts over, as after
+                // an append (an idle node makes none).
+                inner.health().wrote();
+            }
+            if let Err(err) = beat {
                 tracing::warn!(cause = %err, "heartbeat failed");
                 reachable_since = tokio::time::Instant::now();
                 // A node that takes no write must not say it is healthy

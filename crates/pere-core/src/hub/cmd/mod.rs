@@ -6,7 +6,7 @@ mod ack;
 mod member;
 mod publish;
 mod subscribe;
-mod tick;
+pub(in crate::hub) mod tick;
 mod token;
 
 pub(super) use ack::{AckCmd, AckEffect};

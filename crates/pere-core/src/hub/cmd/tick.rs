@@ -1,6 +1,7 @@
 //! The periodic chores: memberships and idempotency keys past their TTL,
 //! cursors checkpointed, deadlines, retention, channels reclaimed.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::HubConfig;
@@ -32,6 +33,10 @@ pub(in crate::hub) fn journal_cursor(
     })
 }
 
+/// Unacknowledged events of a wildcard member looked at per tick for
+/// [`acked_upto`].
+pub(in crate::hub) const ACKED_UPTO_WALK: usize = 1024;
+
 /// The record of what `member` of `pattern` has acknowledged all of, up
 /// to the hub's `head`: every event of its audience, but those it has not
 /// acknowledged and those retention dropped that it was not told of yet
@@ -54,21 +59,29 @@ pub(in crate::hub) fn acked_upto(
             cap = cap.min(below(*first));
         }
     } else {
-        // In id order: a channel's first is its lowest.
-        for id in &member.unacked {
+        // In id order: a channel's first is its lowest. The writer runs
+        // this each tick for each member seen, so only the first
+        // ACKED_UPTO_WALK are looked at: a channel whose first lies beyond
+        // gets the bound below the last one looked at, lower than its own
+        // (towards a gap, never away from one), and the record stays small.
+        let mut firsts: HashMap<&ChannelName, EventId> = HashMap::new();
+        for (n, id) in member.unacked.iter().enumerate() {
+            if n == ACKED_UPTO_WALK {
+                cap = cap.min(below(*id));
+                break;
+            }
             match ledgers.event(id) {
                 Some(r) => {
-                    if !channels.iter().any(|(c, _)| *c == r.event.channel) {
-                        channels.push((r.event.channel.clone(), below(*id)));
-                    }
+                    firsts.entry(&r.event.channel).or_insert(below(*id));
                 }
                 // Dropped, not yet noted as lost: lost on its channel.
                 None => cap = cap.min(below(*id)),
             }
         }
-        for (_, upto) in &mut channels {
-            *upto = (*upto).min(cap);
-        }
+        channels = firsts
+            .into_iter()
+            .map(|(c, upto)| (c.clone(), upto.min(cap)))
+            .collect();
         channels.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     }
     Record::AckedUpto {
