@@ -134,26 +134,23 @@ async fn an_oversized_request_head_gets_431_and_the_server_carries_on() {
         "{}",
         r.text()
     );
+    // `n` headers of `len` bytes each.
+    let many = |n: usize, len: usize| {
+        let headers: Vec<(String, String)> = (0..n)
+            .map(|i| (format!("X-H{i}"), "y".repeat(len)))
+            .collect();
+        let refs: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        pere_tests::raw_request("GET", "/healthz", &refs, b"")
+    };
     // Many small headers adding up to too much: the same.
-    let many: Vec<(String, String)> = (0..400)
-        .map(|i| (format!("X-H{i}"), "y".repeat(60)))
-        .collect();
-    let refs: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let r = send_raw(
-        server.addr,
-        &pere_tests::raw_request("GET", "/healthz", &refs, b""),
-    )
-    .await;
+    let r = send_raw(server.addr, &many(400, 60)).await;
     r.assert_error(431, "headers_too_large");
     // Many headers that are small in all: the count says so (the message
     // spoke of 8192 bytes for 1.3 KB).
-    let many: Vec<(String, String)> = (0..150).map(|i| (format!("X-H{i}"), "y".into())).collect();
-    let refs: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let r = send_raw(
-        server.addr,
-        &pere_tests::raw_request("GET", "/healthz", &refs, b""),
-    )
-    .await;
+    let r = send_raw(server.addr, &many(150, 1)).await;
     r.assert_error(431, "headers_too_large");
     assert!(
         r.json()["error"].as_str().unwrap().contains("100 headers"),
