@@ -17,6 +17,24 @@ async fn sub_on<S: EventStore>(hub: &Hub<S>, device: &str, resume: Resume) -> Su
     subscribe_to(hub, device, "orders", resume).await
 }
 
+/// A file store in `dir` keeping `history` events per channel.
+fn keeping(dir: &std::path::Path, history: usize) -> FileStoreConfig {
+    let mut cfg = FileStoreConfig::new(dir);
+    cfg.retention = Retention {
+        history,
+        max_age: None,
+    };
+    cfg
+}
+
+/// A hub whose chores run only when a test asks ([`force_tick`]).
+fn untimed() -> HubConfig {
+    HubConfig {
+        tick: Duration::from_secs(3600),
+        ..HubConfig::default()
+    }
+}
+
 fn fast() -> HubConfig {
     HubConfig {
         tick: Duration::from_millis(20),
@@ -31,11 +49,7 @@ fn fast() -> HubConfig {
 #[tokio::test]
 async fn a_late_receipt_below_the_latest_moves_the_journaled_prefix() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = FileStoreConfig::new(dir.path());
-    cfg.retention = Retention {
-        history: 3,
-        max_age: None,
-    };
+    let cfg = keeping(dir.path(), 3);
     {
         let hub = Hub::open(fast(), open_store(&cfg)).await.unwrap();
         let mut r = sub_on(&hub, "R", Resume::Auto).await;
@@ -75,11 +89,7 @@ async fn a_late_receipt_below_the_latest_moves_the_journaled_prefix() {
 #[tokio::test]
 async fn a_dropped_event_does_not_shadow_the_key_of_a_retained_one() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = FileStoreConfig::new(dir.path());
-    cfg.retention = Retention {
-        history: 1,
-        max_age: None,
-    };
+    let cfg = keeping(dir.path(), 1);
     let config = HubConfig {
         idempotency_ttl: Duration::from_millis(200),
         tick: Duration::from_millis(20),
@@ -129,15 +139,8 @@ async fn force_tick<S: EventStore>(hub: &Hub<S>) {
 #[tokio::test]
 async fn no_gap_after_a_graceful_stop_right_after_receipts() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = FileStoreConfig::new(dir.path());
-    cfg.retention = Retention {
-        history: 3,
-        max_age: None,
-    };
-    let slow = HubConfig {
-        tick: Duration::from_secs(3600),
-        ..HubConfig::default()
-    };
+    let cfg = keeping(dir.path(), 3);
+    let slow = untimed();
     {
         let hub = Hub::open(slow.clone(), open_store(&cfg)).await.unwrap();
         let mut r = sub_on(&hub, "R", Resume::Auto).await;
@@ -179,15 +182,8 @@ async fn sub_pat<S: EventStore>(hub: &Hub<S>, device: &str, pattern: &str) -> Su
 #[tokio::test]
 async fn acknowledged_drops_on_a_busy_channel_of_a_pattern_are_no_gap_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = FileStoreConfig::new(dir.path());
-    cfg.retention = Retention {
-        history: 3,
-        max_age: None,
-    };
-    let slow = HubConfig {
-        tick: Duration::from_secs(3600),
-        ..HubConfig::default()
-    };
+    let cfg = keeping(dir.path(), 3);
+    let slow = untimed();
     let a1 = {
         let hub = Hub::open(slow.clone(), open_store(&cfg)).await.unwrap();
         let mut r = sub_pat(&hub, "R", "orders.*").await;
@@ -302,11 +298,7 @@ async fn a_membership_that_expired_while_the_server_was_down_is_gone_at_start() 
 #[tokio::test]
 async fn an_idempotency_key_outlives_its_dropped_event_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = FileStoreConfig::new(dir.path());
-    cfg.retention = Retention {
-        history: 1,
-        max_age: None,
-    };
+    let cfg = keeping(dir.path(), 1);
     let keyed = Publish {
         idempotency_key: Some("k-1".into()),
         device: Some(dev("backend")),
@@ -339,11 +331,7 @@ async fn an_idempotency_key_outlives_its_dropped_event_across_a_restart() {
 #[tokio::test]
 async fn a_loss_below_a_later_receipt_is_a_gap_after_a_restart_and_told_once() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = FileStoreConfig::new(dir.path());
-    cfg.retention = Retention {
-        history: 3,
-        max_age: None,
-    };
+    let cfg = keeping(dir.path(), 3);
     let kept = {
         let hub = Hub::open(HubConfig::default(), open_store(&cfg))
             .await
@@ -454,15 +442,8 @@ async fn a_replay_to_a_late_joiner_is_journaled_once() {
 async fn a_wildcard_member_s_prefix_looks_at_a_bounded_backlog() {
     use crate::hub::cmd::tick::ACKED_UPTO_WALK;
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = FileStoreConfig::new(dir.path());
-    cfg.retention = Retention {
-        history: 5000,
-        max_age: None,
-    };
-    let slow = HubConfig {
-        tick: Duration::from_secs(3600),
-        ..HubConfig::default()
-    };
+    let cfg = keeping(dir.path(), 5000);
+    let slow = untimed();
     let (backlog, late) = {
         let hub = Hub::open(slow, open_store(&cfg)).await.unwrap();
         let mut r = sub_pat(&hub, "R", "w.*").await;
