@@ -35,6 +35,15 @@ fn untimed() -> HubConfig {
     }
 }
 
+/// A publish by `backend` on `orders` with the idempotency key `k-1`.
+fn keyed() -> Publish {
+    Publish {
+        idempotency_key: Some("k-1".into()),
+        device: Some(dev("backend")),
+        ..Publish::new(ch("orders"), "first")
+    }
+}
+
 fn fast() -> HubConfig {
     HubConfig {
         tick: Duration::from_millis(20),
@@ -95,11 +104,7 @@ async fn a_dropped_event_does_not_shadow_the_key_of_a_retained_one() {
         tick: Duration::from_millis(20),
         ..HubConfig::default()
     };
-    let keyed = Publish {
-        idempotency_key: Some("k-1".into()),
-        device: Some(dev("backend")),
-        ..Publish::new(ch("orders"), "first")
-    };
+    let keyed = keyed();
     let second = {
         let hub = Hub::open(config.clone(), open_store(&cfg)).await.unwrap();
         let first = hub.publish(keyed.clone()).await.unwrap();
@@ -299,11 +304,7 @@ async fn a_membership_that_expired_while_the_server_was_down_is_gone_at_start() 
 async fn an_idempotency_key_outlives_its_dropped_event_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = keeping(dir.path(), 1);
-    let keyed = Publish {
-        idempotency_key: Some("k-1".into()),
-        device: Some(dev("backend")),
-        ..Publish::new(ch("orders"), "first")
-    };
+    let keyed = keyed();
     let first = {
         let hub = Hub::open(HubConfig::default(), open_store(&cfg))
             .await
