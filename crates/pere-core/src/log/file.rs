@@ -638,6 +638,8 @@ impl Drop for FileStore {
 }
 
 #[cfg(test)]
+mod compact_tests;
+#[cfg(test)]
 mod preallocate_tests;
 #[cfg(test)]
 pub(crate) mod tests;
