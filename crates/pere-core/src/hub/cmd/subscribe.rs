@@ -355,7 +355,9 @@ impl State {
             // Marked delivered everywhere once the log hears it was written.
             self.memberships
                 .expect_replay(stream.shared.id, replay.clone());
-        } else if let Some(device) = &req.device {
+        } else if let Some(device) = &req.device
+            && !replay.is_empty()
+        {
             // Journaled once written: events from before the device joined
             // are in its audience only because they were (§5.2). Later ones
             // were in it when published.
