@@ -133,6 +133,14 @@ async fn a_dropped_event_does_not_shadow_the_key_of_a_retained_one() {
     hub.shutdown().await;
 }
 
+/// The records a closed store at `cfg` hands a hub when it opens.
+async fn journaled(cfg: &FileStoreConfig) -> Vec<crate::log::Record> {
+    let store = open_store(cfg);
+    let recovered = store.recover().await.unwrap();
+    store.close().await.unwrap();
+    recovered.records
+}
+
 async fn force_tick<S: EventStore>(hub: &Hub<S>) {
     hub.inner.commands.send(Command::Tick).ok().unwrap();
     hub.stats().await.unwrap();
@@ -424,15 +432,12 @@ async fn a_replay_to_a_late_joiner_is_journaled_once() {
         }
         hub.shutdown().await;
     }
-    let store = open_store(&cfg);
-    let recovered = store.recover().await.unwrap();
-    let replays = recovered
-        .records
-        .iter()
+    let replays = journaled(&cfg)
+        .await
+        .into_iter()
         .filter(|r| matches!(r, crate::log::Record::Replayed { .. }))
         .count();
     assert_eq!(replays, 1);
-    store.close().await.unwrap();
 }
 
 /// The acknowledged prefix of a wildcard member looks at a bounded number
@@ -460,15 +465,16 @@ async fn a_wildcard_member_s_prefix_looks_at_a_bounded_backlog() {
         hub.shutdown().await;
         (backlog, late)
     };
-    let store = open_store(&cfg);
-    let recovered = store.recover().await.unwrap();
-    let last = recovered.records.iter().rev().find_map(|r| match r {
-        crate::log::Record::AckedUpto { upto, channels, .. } => Some((*upto, channels.clone())),
-        _ => None,
-    });
+    let last = journaled(&cfg)
+        .await
+        .into_iter()
+        .rev()
+        .find_map(|r| match r {
+            crate::log::Record::AckedUpto { upto, channels, .. } => Some((upto, channels)),
+            _ => None,
+        });
     let (upto, channels) = last.expect("an AckedUpto record");
     assert_eq!(channels, [(ch("w.a"), EventId(backlog[0].0 - 1))]);
     assert!(upto < late, "w.b's bound is below its unacknowledged event");
     assert_eq!(upto, EventId(backlog[ACKED_UPTO_WALK].0 - 1));
-    store.close().await.unwrap();
 }
