@@ -37,10 +37,13 @@ pub async fn feed<S: EventStore, B>(
     }
     // One channel not granted refuses the whole stream (docs/PROTOCOL.md §7).
     for pattern in &patterns {
-        caller.require(
-            |g| g.may_subscribe(pattern),
-            || format!("subscribing to `{pattern}`"),
-        )?;
+        caller
+            .require(
+                app,
+                |g| g.may_subscribe(pattern),
+                || format!("subscribing to `{pattern}`"),
+            )
+            .await?;
     }
     let form = match query_value(&query, "envelope") {
         None => Form::Plain,

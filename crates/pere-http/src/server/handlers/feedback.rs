@@ -95,10 +95,13 @@ pub(crate) async fn read<S: EventStore>(
     let subscription = Pattern::new(channel)?;
     // A receipt is a subscriber's act: it needs the subscribe grant, and
     // it is the token's subject that acknowledges.
-    caller.require(
-        |g| g.may_subscribe(&subscription),
-        || format!("acknowledging on `{subscription}`"),
-    )?;
+    caller
+        .require(
+            app,
+            |g| g.may_subscribe(&subscription),
+            || format!("acknowledging on `{subscription}`"),
+        )
+        .await?;
     let query = query_of(&req)?;
     let device = caller.device(req.headers(), &query)?.ok_or_else(|| {
         ApiError::new(

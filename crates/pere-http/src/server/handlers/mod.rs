@@ -156,7 +156,7 @@ async fn dispatch<S: EventStore>(
         | Route::AdminDevices(_)
         | Route::AdminDevice(..)
         | Route::AdminTokens
-        | Route::AdminToken(_) => caller.require_admin()?,
+        | Route::AdminToken(_) => caller.require_admin(app).await?,
         _ => {}
     }
     match route {
@@ -191,7 +191,7 @@ async fn dispatch<S: EventStore>(
         Route::Feed(channel) => feed::feed(app, &req, channel.as_deref(), &caller).await,
         Route::Feedback(channel) => feedback::feedback(app, req, &channel, &caller).await,
         Route::Receipt(channel, id) => receipts::summary(app, &channel, &id, &caller).await,
-        Route::ReceiptStream(channel) => receipts::stream(app, &req, &channel, &caller),
+        Route::ReceiptStream(channel) => receipts::stream(app, &req, &channel, &caller).await,
         Route::AdminConnections => admin::connections(app).await,
         Route::AdminChannels => admin::channels(app).await,
         Route::AdminEvents(channel) => admin::events(app, &req, &channel).await,

@@ -59,10 +59,13 @@ pub async fn push<S: EventStore>(
     caller: &Caller,
 ) -> Result<Response<Body>, ApiError> {
     let channel = ChannelName::new(channel)?;
-    caller.require(
-        |g| g.may_publish(&channel),
-        || format!("publishing to `{channel}`"),
-    )?;
+    caller
+        .require(
+            app,
+            |g| g.may_publish(&channel),
+            || format!("publishing to `{channel}`"),
+        )
+        .await?;
     let query = query_of(&req)?;
     let device = caller.device(req.headers(), &query)?;
     let kind = query_value(&query, "event")

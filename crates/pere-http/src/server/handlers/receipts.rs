@@ -23,10 +23,13 @@ pub async fn summary<S: EventStore>(
     let pattern = Pattern::new(channel)?;
     // Receipts tell a publisher what became of its events: they are for
     // the channel's publishers, and for operators.
-    caller.require(
-        |g| g.may_read_receipts(&pattern),
-        || format!("reading receipts of `{pattern}`"),
-    )?;
+    caller
+        .require(
+            app,
+            |g| g.may_read_receipts(&pattern),
+            || format!("reading receipts of `{pattern}`"),
+        )
+        .await?;
     let id = EventId::parse(id)?;
     // On a cluster, as of the latest receipt any node took.
     app.hub.caught_up().await;
@@ -71,7 +74,7 @@ pub fn summary_json(s: &ReceiptSummary) -> serde_json::Value {
 /// that reconnects with `Last-Event-ID` (or `?lastEventId=`) gets what it
 /// missed, or a `pere.gap` when that is no longer kept
 /// (docs/PROTOCOL.md §5).
-pub fn stream<S: EventStore, B>(
+pub async fn stream<S: EventStore, B>(
     app: &App<S>,
     req: &Request<B>,
     channel: &str,
@@ -80,10 +83,13 @@ pub fn stream<S: EventStore, B>(
     let head = req.method() == hyper::Method::HEAD;
     let channel = ChannelName::new(channel)?;
     let pattern = Pattern::from(channel.clone());
-    caller.require(
-        |g| g.may_read_receipts(&pattern),
-        || format!("reading receipts of `{channel}`"),
-    )?;
+    caller
+        .require(
+            app,
+            |g| g.may_read_receipts(&pattern),
+            || format!("reading receipts of `{channel}`"),
+        )
+        .await?;
     if app.hub.is_closing() {
         return Err(ApiError::shutting_down());
     }
