@@ -128,6 +128,10 @@ struct Claims {
     exp: u64,
     #[serde(default)]
     jti: Option<String>,
+    /// Read only for its type: RFC 7519 §4.1.1 makes `iss` one string,
+    /// while `jsonwebtoken` takes a list holding `--jwt-issuer` too.
+    #[serde(default, rename = "iss")]
+    _iss: Option<String>,
 }
 
 /// Whether `pem` is an EC public key (`BEGIN PUBLIC KEY`) on another curve
@@ -392,6 +396,8 @@ mod tests {
             // A jti that could not be revoked.
             with("jti", json!("")),
             with("jti", json!("j".repeat(MAX_JTI_LEN + 1))),
+            // One issuer, not a list that holds the expected one.
+            with("iss", json!(["shop"])),
             "a.b.c".to_string(),
         ] {
             assert!(matches!(
