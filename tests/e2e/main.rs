@@ -26,6 +26,7 @@ mod metrics;
 mod overdue;
 mod pere_compat;
 mod pipelined_receipts;
+mod procs;
 mod protocol_doc;
 mod publish;
 mod receipts;
