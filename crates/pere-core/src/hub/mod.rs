@@ -607,6 +607,8 @@ pub use types::{
 #[cfg(test)]
 mod ack_batch_tests;
 #[cfg(test)]
+mod auth_tests;
+#[cfg(test)]
 mod redelivery_tests;
 #[cfg(test)]
 mod restart_tests;
