@@ -230,7 +230,7 @@ fn session_jwt(jti: &str) -> String {
 #[tokio::test]
 async fn a_jwt_session_revoked_on_one_node_ends_on_every_node() {
     let file = admin_auth_file("cluster-jwt");
-    let cluster = Cluster::start(
+    let mut cluster = Cluster::start(
         2,
         &["--auth", file.to_str().unwrap(), "--jwt-secret", JWT_SECRET],
     )
@@ -264,6 +264,49 @@ async fn a_jwt_session_revoked_on_one_node_ends_on_every_node() {
             .await;
         assert_eq!(r.status, 401, "node {node}: {}", r.text());
     }
+    // A run-time token, then a node that joins (or restarts) after both
+    // changes: it replays them from the log with auth already on, as the
+    // node that took them had it.
+    let r = cluster
+        .node(0)
+        .request(
+            "PUT",
+            &format!("/admin/tokens/{KIOSK}"),
+            &[("Authorization", &admin)],
+            br#"{"subject":"kiosk-9","publish":["news"]}"#,
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let late = cluster
+        .add_node(&["--auth", file.to_str().unwrap(), "--jwt-secret", JWT_SECRET])
+        .await;
+    let r = SseStream::open(
+        cluster.node(late).addr,
+        "/feed/orders.eu",
+        &[("Authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        401,
+        "the revoked session on the late node: {}",
+        r.text()
+    );
+    let r = cluster
+        .node(late)
+        .request(
+            "POST",
+            "/push/news",
+            &[("Authorization", &format!("Bearer {KIOSK}"))],
+            b"hello",
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        201,
+        "the run-time token on the late node: {}",
+        r.text()
+    );
 }
 
 /// A node whose log cannot be written (stderr on a full disk) must not

@@ -263,6 +263,7 @@ async fn serve(config: Config) -> Result<(), pere_http::Error> {
                 store,
                 std::sync::Arc::new(engine.clone())
                     as std::sync::Arc<dyn pere_core::cluster::SharedLog>,
+                auth_registry(&config)?,
             )
             .await?;
             let served = serve_hub(config, listener, hub).await;
@@ -280,8 +281,26 @@ async fn serve_with<S: EventStore>(
     listener: tokio::net::TcpListener,
     store: S,
 ) -> Result<(), pere_http::Error> {
-    let hub = Hub::open(config.hub.clone(), store).await?;
+    let hub = Hub::open_with_auth(config.hub.clone(), store, auth_registry(&config)?).await?;
     serve_hub(config, listener, hub).await
+}
+
+/// The hub's token table as configured (`--auth`, `--jwt-*`), set up before
+/// the hub opens: what the journal or the cluster's log replays is then
+/// checked as it was when it was written.
+fn auth_registry(config: &Config) -> Result<pere_core::AuthRegistry, pere_http::Error> {
+    let auth = pere_core::AuthRegistry::default();
+    if let Some((path, tokens)) = &config.auth {
+        if tokens.is_empty() {
+            tracing::warn!(file = %path.display(), "the auth file defines no token: every request but the open pages gets 401");
+        }
+        auth.enable(tokens.clone());
+    }
+    if let Some(jwt) = &config.jwt {
+        // Checked when the configuration was resolved.
+        auth.enable_jwt(pere_core::jwt::JwtVerifier::new(jwt)?);
+    }
+    Ok(auth)
 }
 
 async fn serve_hub<S: EventStore>(
@@ -295,17 +314,6 @@ async fn serve_hub<S: EventStore>(
             context: "cannot read the listening address".into(),
             source,
         })?;
-    if let Some((path, tokens)) = &config.auth {
-        if tokens.is_empty() {
-            tracing::warn!(file = %path.display(), "the auth file defines no token: every request but the open pages gets 401");
-        }
-        hub.auth().enable(tokens.clone());
-    }
-    if let Some(jwt) = &config.jwt {
-        // Checked when the configuration was resolved.
-        hub.auth()
-            .enable_jwt(pere_core::jwt::JwtVerifier::new(jwt)?);
-    }
     let mut server = config.server.clone();
     let nofile = raise_nofile();
     server.fd_budget = nofile.map(pere_http::server::limits::fd_budget);

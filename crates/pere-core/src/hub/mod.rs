@@ -135,7 +135,17 @@ impl<S: EventStore> Hub<S> {
     /// # Errors
     /// The store could not be recovered.
     pub async fn open(config: HubConfig, store: S) -> Result<Self> {
-        let (inner, rx) = Self::assemble(config, store, None, None).await?;
+        Self::open_with_auth(config, store, AuthRegistry::default()).await
+    }
+
+    /// [`Hub::open`] with `auth` set up beforehand (the `--auth` file's
+    /// tokens, a JWT verifier), so that what the store replays is checked
+    /// as it was when it was written.
+    ///
+    /// # Errors
+    /// The store could not be recovered.
+    pub async fn open_with_auth(config: HubConfig, store: S, auth: AuthRegistry) -> Result<Self> {
+        let (inner, rx) = Self::assemble(config, store, None, None, auth).await?;
         tokio::spawn(writer::writer(inner.clone(), rx));
         Ok(Self { inner })
     }
@@ -145,15 +155,23 @@ impl<S: EventStore> Hub<S> {
     /// (a [`MemoryStore`]: the log is what is durable). Applies the whole log
     /// before it returns, so the node starts with the cluster's state.
     ///
+    /// `auth` is set up beforehand (the `--auth` file's tokens, a JWT
+    /// verifier): the log's token changes and subscribes are applied as on
+    /// the nodes that took them, and with auth still off here a revocation
+    /// of a file token, or any token created before an admin one, would be
+    /// refused and lost on this node.
+    ///
     /// # Errors
     /// The log cannot be read.
     pub async fn open_cluster(
         config: HubConfig,
         store: S,
         log: Arc<dyn cluster::SharedLog>,
+        auth: AuthRegistry,
     ) -> Result<Self> {
         let barrier = cluster::Barrier::new(log.clone());
-        let (inner, rx) = Self::assemble(config, store, Some(log.node()), Some(barrier)).await?;
+        let (inner, rx) =
+            Self::assemble(config, store, Some(log.node()), Some(barrier), auth).await?;
         let pos = cluster::bootstrap(&inner, &*log).await?;
         cluster::forget_previous_life(&inner, &*log).await?;
         tokio::spawn(cluster::writer(inner.clone(), rx, log, pos));
@@ -165,6 +183,7 @@ impl<S: EventStore> Hub<S> {
         store: S,
         node: Option<&str>,
         barrier: Option<cluster::Barrier>,
+        auth: AuthRegistry,
     ) -> Result<(Arc<Inner<S>>, mpsc::UnboundedReceiver<Command>)> {
         let recovered = store.recover().await?;
         for note in &recovered.notes {
@@ -190,7 +209,7 @@ impl<S: EventStore> Hub<S> {
             // it so every id we hand out is above `floor`.
             seq = Sequencer::after(floor);
         }
-        let auth = Arc::new(AuthRegistry::default());
+        let auth = Arc::new(auth);
         let metrics = Arc::new(HubMetrics::default());
         let mut state = State::new(&config, auth.clone(), seq, floor, node, metrics.clone());
         // Keys of dropped events first: a key used again (after its TTL)

@@ -63,10 +63,16 @@ async fn node(name: &str) -> std::sync::Arc<Inner<MemoryStore>> {
         history: 3,
         max_age: Some(Duration::from_secs(3600)),
     });
-    Hub::assemble(config, store, Some(name), None)
-        .await
-        .unwrap()
-        .0
+    Hub::assemble(
+        config,
+        store,
+        Some(name),
+        None,
+        crate::AuthRegistry::default(),
+    )
+    .await
+    .unwrap()
+    .0
 }
 
 /// The log, entry by entry: which node, at which second, saying what.
