@@ -22,7 +22,7 @@
 //! node then keeps the same changes under the same numbers, and a stream
 //! resumes on any of them (docs/PROTOCOL.md §10).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
@@ -85,7 +85,8 @@ impl ReceiptLog {
                 ring: VecDeque::new(),
                 last: born,
                 dropped_upto: born,
-                wakers: Vec::new(),
+                wakers: HashMap::new(),
+                keys: 0,
                 closed: false,
             }),
             followers: AtomicUsize::new(0),
@@ -165,8 +166,12 @@ struct State {
     last: u64,
     /// Changes up to this number are not (or no longer) in the ring.
     dropped_upto: u64,
-    /// Followers waiting for a change.
-    wakers: Vec<Waker>,
+    /// Followers waiting for a change, by key: one waker each, which its
+    /// follower takes back when dropped (a stream that closed while
+    /// waiting must not be held until the channel's next change).
+    wakers: HashMap<u64, Waker>,
+    /// The last follower key given.
+    keys: u64,
     /// Shut down: followers end once they read what is left.
     closed: bool,
 }
@@ -289,7 +294,7 @@ impl ReceiptLog {
             state.ring.push_back((seq, update));
             std::mem::take(&mut state.wakers)
         };
-        for waker in wakers {
+        for waker in wakers.into_values() {
             waker.wake();
         }
     }
@@ -300,9 +305,14 @@ impl ReceiptLog {
         self.followers.fetch_add(1, Ordering::AcqRel);
         let mut state = lock(&self.state);
         self.forget_missed(&mut state, Timestamp::now());
-        let after = after.unwrap_or(state.last);
+        // A number not given yet (a clock stepped back since, another
+        // node's clock ahead) would skip the changes numbered up to it:
+        // the follower goes on from the last one instead.
+        let after = after.map_or(state.last, |after| after.min(state.last));
+        state.keys += 1;
         ReceiptFollower {
             log: self.clone(),
+            key: state.keys,
             after,
             buffer: VecDeque::new(),
         }
@@ -327,7 +337,7 @@ impl ReceiptLog {
             state.closed = true;
             std::mem::take(&mut state.wakers)
         };
-        for waker in wakers {
+        for waker in wakers.into_values() {
             waker.wake();
         }
     }
@@ -342,6 +352,8 @@ impl ReceiptLog {
 #[derive(Debug)]
 pub struct ReceiptFollower {
     log: Arc<ReceiptLog>,
+    /// Its slot in the log's wakers.
+    key: u64,
     /// The number of the last change read (or the resume point).
     after: u64,
     /// Read from the ring, not yet handed out by [`poll_next`].
@@ -401,8 +413,16 @@ impl ReceiptFollower {
         }
         let mut state = state;
         let waker = cx.waker();
-        if !state.wakers.iter().any(|w| w.will_wake(waker)) {
-            state.wakers.push(waker.clone());
+        if !state
+            .wakers
+            .get(&self.key)
+            .is_some_and(|w| w.will_wake(waker))
+        {
+            // The one replaced goes after the lock: dropping a waker may
+            // drop a task.
+            let replaced = state.wakers.insert(self.key, waker.clone());
+            drop(state);
+            drop(replaced);
         }
         Poll::Pending
     }
@@ -413,6 +433,8 @@ impl Drop for ReceiptFollower {
         let until = Timestamp::now().plus(RESUME_GRACE);
         self.log.grace_until.fetch_max(until.0, Ordering::AcqRel);
         self.log.followers.fetch_sub(1, Ordering::AcqRel);
+        let waker = lock(&self.log.state).wakers.remove(&self.key);
+        drop(waker);
     }
 }
 
@@ -565,5 +587,35 @@ mod tests {
         assert_eq!(f.poll_batch(&mut cx, &mut out), Poll::Ready(true));
         out.clear();
         assert_eq!(f.poll_batch(&mut cx, &mut out), Poll::Ready(false));
+    }
+
+    #[test]
+    fn a_follower_that_goes_away_takes_its_waker_with_it() {
+        let log = Arc::new(ReceiptLog::default());
+        let mut last = None;
+        for _ in 0..1000 {
+            let mut f = log.follow(None);
+            let task = Arc::new(Nop);
+            let waker = Waker::from(task.clone());
+            let mut cx = Context::from_waker(&waker);
+            assert!(f.poll_batch(&mut cx, &mut Vec::new()).is_pending());
+            // Polled again by the same task: still one slot.
+            assert!(f.poll_batch(&mut cx, &mut Vec::new()).is_pending());
+            drop(f);
+            drop(waker);
+            last = Some(task);
+        }
+        let held = lock(&log.state).wakers.len();
+        assert_eq!(held, 0, "wakers of followers that went away are held");
+        assert_eq!(Arc::strong_count(last.as_ref().unwrap()), 1);
+    }
+
+    #[test]
+    fn a_resume_point_not_given_yet_goes_on_from_the_last_change() {
+        let log = Arc::new(ReceiptLog::default());
+        let _keep = log.follow(None);
+        let mut ahead = log.follow(Some(u64::MAX));
+        log.push(change(1), Timestamp::now());
+        assert_eq!(ids(&read(&mut ahead)), [1]);
     }
 }

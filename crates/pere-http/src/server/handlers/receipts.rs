@@ -97,6 +97,11 @@ pub async fn stream<S: EventStore, B>(
         return Ok(super::feed::head_response());
     }
     let after = resume_after(req)?;
+    if after.is_some() {
+        // On a cluster, a number another node gave a moment ago: one this
+        // node has not reached would be taken as not given yet.
+        app.hub.caught_up().await;
+    }
     let slot = app.limits.acquire(None)?;
     let changes = app.hub.watch_receipts(&channel, after);
     let mut opening = BytesMut::new();
