@@ -523,13 +523,16 @@ class Subscription {
     this.#source = source;
     this.#setState(this.#failures === 0 && !this.lastEventId ? State.CONNECTING : State.RECONNECTING, {});
 
-    source.onopen = () => {
-      if (source !== this.#source) return;
+    // An event the server named `open` or `error` (only `pere.` is
+    // reserved) reaches these handlers too, as a MessageEvent: it is data,
+    // not news of the connection.
+    source.onopen = (e) => {
+      if (source !== this.#source || e instanceof MessageEvent) return;
       this.#failures = 0;
       this.#setState(State.OPEN, {});
     };
-    source.onerror = () => {
-      if (source !== this.#source || this.#closed) return;
+    source.onerror = (e) => {
+      if (source !== this.#source || this.#closed || e instanceof MessageEvent) return;
       if (source.readyState === EventSource.CONNECTING) {
         // The browser reconnects by itself after `retry` ms, with Last-Event-ID.
         this.#setState(State.RECONNECTING, {});
@@ -542,7 +545,9 @@ class Subscription {
     };
 
     const onData = (e) => {
-      if (source !== this.#source) return;
+      // A listener for a type named `error` or `open` also hears the
+      // connection's own events of that name, which carry no data.
+      if (source !== this.#source || !(e instanceof MessageEvent)) return;
       if (e.lastEventId) this.lastEventId = e.lastEventId;
       if (e.lastEventId) {
         const ids = processedBy(this.#o.base, this.device);

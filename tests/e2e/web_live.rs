@@ -400,3 +400,32 @@ async fn subscriber_page_on_a_pattern_shows_each_event_s_channel() {
     browser.close().await;
     server.stop().await;
 }
+
+/// A publisher may name its events `error` or `open` (docs/PROTOCOL.md
+/// §2 reserves only `pere.`). A browser's EventSource hands such events to
+/// `onerror` and `onopen`: `pere.js` took one for a failed stream, closed
+/// it and reconnected from before it, and so again, for as long as the
+/// event was retained; every later event was lost to the page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_named_error_or_open_do_not_break_the_subscriber_page() {
+    let server = TestServer::start().await;
+    let mut browser = Browser::launch().await;
+    browser
+        .open(&server.url("/subscriber.html"), 1000, 800)
+        .await;
+    browser.wait_for_badge("open").await;
+    let device = browser
+        .eval("document.getElementById('device').textContent")
+        .await
+        .unwrap();
+    let device = device.as_str().unwrap().to_string();
+    server.wait_online("CHANNEL_1", &device).await;
+    server.publish("CHANNEL_1?event=error", "named error").await;
+    server.publish("CHANNEL_1?event=open", "named open").await;
+    let after = server.publish("CHANNEL_1", "after them").await;
+    let receipt = server.wait_acked("CHANNEL_1", &after, &device).await;
+    assert_eq!(receipt["acked"], 1, "{receipt}");
+    browser.wait_for_badge("open").await;
+    browser.close().await;
+    server.stop().await;
+}
