@@ -59,8 +59,9 @@ pub(super) enum Command {
     /// From a cluster's log: `node` stopped heartbeating; its streams are
     /// gone.
     NodeGone(Arc<str>),
-    /// From a cluster's log: the shared part of the periodic chores.
-    SharedTick,
+    /// From a cluster's log: the shared part of the periodic chores, with
+    /// the node that held the ticker's lease when it appended them.
+    SharedTick(Arc<str>),
     /// From a cluster's log: a receipts stream follows the channel.
     Watch(ChannelName),
     /// From a cluster's log: the streams `node` holds.
@@ -86,7 +87,7 @@ impl Command {
             | Command::Cursor { .. }
             | Command::Replayed { .. }
             | Command::NodeGone(_)
-            | Command::SharedTick
+            | Command::SharedTick(_)
             | Command::Watch(_)
             | Command::NodeStreams(..)
             | Command::Read(_) => None,

@@ -172,7 +172,7 @@ impl OnFailure {
             | Command::Cursor { .. }
             | Command::Replayed { .. }
             | Command::NodeGone(_)
-            | Command::SharedTick
+            | Command::SharedTick(_)
             | Command::Watch(_)
             | Command::NodeStreams(..)
             | Command::Read(_) => OnFailure::Keep,

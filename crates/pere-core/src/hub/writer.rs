@@ -69,7 +69,7 @@ pub(super) async fn process_at<S: EventStore>(
 ) {
     let tick = batch
         .iter()
-        .any(|c| matches!(c, Command::Tick | Command::SharedTick));
+        .any(|c| matches!(c, Command::Tick | Command::SharedTick(_)));
     // Reads are answered once the batch is applied (or failed): they see
     // what the commands before them did.
     let (reads, batch): (Vec<Command>, Vec<Command>) = batch

@@ -23,6 +23,8 @@ mod log;
 pub(super) mod snapshot;
 #[cfg(test)]
 mod snapshot_tests;
+#[cfg(test)]
+mod ticker_tests;
 pub(super) mod wire;
 
 use std::collections::HashMap;
@@ -716,7 +718,7 @@ fn from_wire(w: Wire, node: &Arc<str>) -> Command {
             id: EventId(id),
             device,
         },
-        Wire::Tick => Command::SharedTick,
+        Wire::Tick => Command::SharedTick(node.clone()),
         Wire::NodeGone { node } => Command::NodeGone(Arc::from(node.as_str())),
         Wire::Watch { channel } => Command::Watch(channel),
         Wire::Streams { streams } => Command::NodeStreams(node.clone(), streams),

@@ -17,15 +17,15 @@ use crate::log::MemoryStore;
 use crate::name::{ChannelName, DeviceId, Pattern};
 use crate::receipt_log::{Followed, ReceiptFollower};
 
-fn dev(s: &str) -> DeviceId {
+pub(super) fn dev(s: &str) -> DeviceId {
     DeviceId::new(s).unwrap()
 }
 
-fn pat(s: &str) -> Pattern {
+pub(super) fn pat(s: &str) -> Pattern {
     Pattern::new(s).unwrap()
 }
 
-fn publish(channel: &str, payload: &str, idem: Option<&str>) -> Wire {
+pub(super) fn publish(channel: &str, payload: &str, idem: Option<&str>) -> Wire {
     Wire::Publish {
         channel: ChannelName::new(channel).unwrap(),
         payload: payload.into(),
@@ -35,7 +35,7 @@ fn publish(channel: &str, payload: &str, idem: Option<&str>) -> Wire {
     }
 }
 
-fn subscribe(pattern: &str, device: &str) -> Wire {
+pub(super) fn subscribe(pattern: &str, device: &str) -> Wire {
     Wire::Subscribe {
         patterns: vec![pat(pattern)],
         device: Some(dev(device)),
@@ -53,7 +53,7 @@ fn ack(pattern: &str, device: &str, id: u64) -> Wire {
     }
 }
 
-async fn node(name: &str) -> std::sync::Arc<Inner<MemoryStore>> {
+pub(super) async fn node(name: &str) -> std::sync::Arc<Inner<MemoryStore>> {
     let config = HubConfig {
         member_ttl: Duration::from_secs(30),
         ack_deadline: Some(Duration::from_secs(5)),

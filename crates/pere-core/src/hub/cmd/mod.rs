@@ -61,7 +61,20 @@ impl State {
             }
             // A single node's tick and a cluster's shared one do the same
             // chores; they differ in who sends them (see `cluster/`).
-            Command::Tick | Command::SharedTick => {
+            Command::Tick => {
+                self.maintain(now, config, records);
+                self.notices.check_deadlines(&self.ledgers, now, records);
+                Effect::None
+            }
+            Command::SharedTick(by) => {
+                if *by != *self.node {
+                    // Another node holds the ticker's lease, whatever this
+                    // one last found: one that stalled past its lease would
+                    // otherwise send this tick's notices too, before its
+                    // chores look at the lease again (which gives the role
+                    // back, with what went unsent, if it still holds it).
+                    self.notices.become_ticker(false);
+                }
                 self.maintain(now, config, records);
                 self.notices.check_deadlines(&self.ledgers, now, records);
                 Effect::None
