@@ -262,3 +262,49 @@ async fn a_token_created_or_widened_on_another_node_is_taken_at_once() {
     assert_eq!(publish.status, 201, "{}", publish.text());
     let _ = std::fs::remove_file(&auth);
 }
+
+/// A node the others took for gone (it stalled, or was cut off from Redis,
+/// for longer than the cluster gives a heartbeat) while its streams stayed
+/// open: every node, itself too, stopped counting them, so its devices were
+/// shown offline while connected, and their memberships could expire. Once
+/// it hears so it ends those streams: its devices come back (to it or
+/// another node, losing nothing) and are counted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_taken_for_gone_ends_its_streams_and_its_devices_are_counted_again() {
+    let (cluster, proxy) = with_a_held_node().await;
+    let mut phone = cluster.subscribe(2, "news", "phone").await;
+    let online =
+        async |node: usize| cluster.presence(node, "news", "phone").await["online"] == true;
+    pere_tests::eventually("node 0 counts the phone online", || online(0)).await;
+    proxy.hold(true);
+    // Past the heartbeat's 5 s, and the ticker's next look.
+    pere_tests::eventually("node 0 takes node 2 for gone", || async {
+        !online(0).await
+    })
+    .await;
+    proxy.hold(false);
+    tokio::time::timeout(Duration::from_secs(10), phone.until_end())
+        .await
+        .expect("node 2 ends the stream it is no longer counted for");
+    // As an EventSource would, retrying while the node takes no writes yet.
+    let mut again = None;
+    for _ in 0..100 {
+        let s =
+            pere_tests::SseStream::open(cluster.node(2).addr, "/feed/news", &[("device", "phone")])
+                .await;
+        if s.status == 200 {
+            again = Some(s);
+            break;
+        }
+        assert_eq!(s.status, 503, "{}", s.text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _phone = again.expect("the phone is back on node 2");
+    for node in 0..3 {
+        pere_tests::eventually("every node counts the phone again", || async {
+            let p = cluster.presence(node, "news", "phone").await;
+            p["online"] == true && p["connections"] == 1
+        })
+        .await;
+    }
+}

@@ -229,7 +229,7 @@ impl State {
 
 impl State {
     /// `node` is gone (it stopped heartbeating): none of its streams is
-    /// open any more.
+    /// counted open any more.
     pub(in crate::hub) fn node_gone(&mut self, node: &Arc<str>, now: Timestamp) {
         self.memberships.set_others(node, None);
         for (subscription, device) in self.memberships.detach_node(node, now) {
@@ -240,6 +240,30 @@ impl State {
                 last_event_id: None,
                 at: now,
             });
+        }
+        if self.cluster && **node == *self.node {
+            // This node, alive: it stalled or was cut off from the log for
+            // longer than a heartbeat, and no node (itself included) counts
+            // its devices' streams now. They end, so that their devices
+            // come back (here or elsewhere, from their `Last-Event-ID` or
+            // cursor: nothing is lost) and are counted again, rather than
+            // be shown offline, and expire, while connected. Anonymous
+            // streams stay: the next `Streams` entry counts them again.
+            let ids: Vec<u64> = self
+                .memberships
+                .streams()
+                .filter(|open| open.device.is_some())
+                .map(|open| open.shared.id)
+                .collect();
+            if !ids.is_empty() {
+                tracing::warn!(
+                    streams = ids.len(),
+                    "the cluster took this node for gone (no heartbeat for too long): its devices' streams end, to be counted again when they reconnect"
+                );
+            }
+            for id in ids {
+                self.close_stream(id, now);
+            }
         }
     }
 
