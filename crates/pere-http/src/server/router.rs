@@ -57,8 +57,16 @@ const GET: &str = "GET, HEAD, OPTIONS";
 const POST: &str = "POST, OPTIONS";
 const GET_DELETE: &str = "GET, HEAD, DELETE, OPTIONS";
 const PUT_DELETE: &str = "PUT, DELETE, OPTIONS";
-/// Paths under this prefix carry a token: errors never repeat them.
-const SECRET_PREFIX: &str = "/admin/tokens/";
+/// Whether `path` is under `/admin/tokens/`, however its first two
+/// segments are escaped: its last segment is a token, which errors never
+/// repeat.
+fn carries_token(path: &str) -> bool {
+    let mut segments = path.strip_prefix('/').unwrap_or(path).split('/');
+    let mut fixed = || segments.next().and_then(|s| percent_decode(s, false).ok());
+    fixed().as_deref() == Some("admin")
+        && fixed().as_deref() == Some("tokens")
+        && segments.next().is_some()
+}
 
 /// Routes a request.
 ///
@@ -66,7 +74,7 @@ const SECRET_PREFIX: &str = "/admin/tokens/";
 /// `400 invalid_path` for undecodable percent-escapes, `404 not_found`,
 /// `405 method_not_allowed` (with the `Allow` list).
 pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
-    if path.starts_with(SECRET_PREFIX) {
+    if carries_token(path) {
         // The last segment is a token (a secret): an error about this path
         // must not echo it back, nor put it in a log line that quotes it.
         return route_path(method, path).map_err(|err| ApiError {
@@ -276,8 +284,11 @@ pub fn percent_decode(text: &str, plus_is_space: bool) -> Result<String, ApiErro
         match bytes[i] {
             b'%' => {
                 let hex = bytes.get(i + 1..i + 3).and_then(|h| {
-                    let h = std::str::from_utf8(h).ok()?;
-                    u8::from_str_radix(h, 16).ok()
+                    // Digits only: `from_str_radix` also takes a sign.
+                    if !h.iter().all(u8::is_ascii_hexdigit) {
+                        return None;
+                    }
+                    u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok()
                 });
                 let Some(byte) = hex else {
                     return Err(ApiError::new(
@@ -480,6 +491,11 @@ mod tests {
         assert_eq!(status(Method::POST, "/push/%zz"), StatusCode::BAD_REQUEST);
         assert_eq!(status(Method::POST, "/push/%ff"), StatusCode::BAD_REQUEST);
         assert_eq!(status(Method::POST, "/push/%4"), StatusCode::BAD_REQUEST);
+        // A sign is no hex digit (`from_str_radix` takes one).
+        for text in ["%+1", "%-f", "/feed/%+0", "a%+a"] {
+            assert!(percent_decode(text, false).is_err(), "{text}");
+            assert!(percent_decode(text, true).is_err(), "{text}");
+        }
     }
 
     #[test]
@@ -497,6 +513,9 @@ mod tests {
             (Method::GET, "/admin/tokens/s3cr3t-t0ken-value"),
             (Method::PUT, "/admin/tokens/s3cr3t-t0ken-value/x"),
             (Method::PUT, "/admin/tokens/s3cr3t-t0ken-value%zz"),
+            // The same path with its fixed segments escaped.
+            (Method::GET, "/admin/%74okens/s3cr3t-t0ken-value"),
+            (Method::GET, "/%61dmin/tokens/s3cr3t-t0ken-value"),
         ] {
             let err = route(&method, path).unwrap_err();
             assert!(!err.message.contains("s3cr3t"), "{}", err.message);
