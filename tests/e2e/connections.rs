@@ -195,6 +195,13 @@ async fn over_http2_an_oversized_head_gets_the_json_431_at_the_same_limit() {
             r.headers().get("content-type").map(|v| v.as_bytes()),
             Some(&b"application/json"[..])
         );
+        // A page can read it, as every answer (docs/PROTOCOL.md §6.4).
+        assert_eq!(
+            r.headers()
+                .get("access-control-allow-origin")
+                .map(|v| v.as_bytes()),
+            Some(&b"*"[..])
+        );
         let body = r.into_body().collect().await.unwrap().to_bytes();
         let body: serde_json::Value =
             serde_json::from_slice(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body:?}"));

@@ -129,6 +129,8 @@ async fn an_oversized_request_head_gets_431_and_the_server_carries_on() {
     )
     .await;
     r.assert_error(431, "headers_too_large");
+    // A page can read it, as every answer (docs/PROTOCOL.md §6.4).
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
     assert!(
         r.json()["error"].as_str().unwrap().contains("8192"),
         "{}",

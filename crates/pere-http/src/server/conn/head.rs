@@ -10,15 +10,19 @@ use hyper::header::{CONNECTION, HeaderValue};
 
 use crate::error::ApiError;
 use crate::server::body::Body;
+use crate::server::config::Cors;
+use crate::server::handlers::add_cors;
 use crate::server::response::error_response;
 
 /// The whole answer, head and body, of `err` on a connection that then
-/// closes.
-pub(super) fn closing_error(err: &ApiError) -> Vec<u8> {
+/// closes, with the CORS headers every answer carries (the request's
+/// `Origin` is not known here: a listed origin gets none).
+pub(super) fn closing_error(err: &ApiError, cors: &Cors) -> Vec<u8> {
     let (mut parts, body) = error_response(err).into_parts();
     parts
         .headers
         .insert(CONNECTION, HeaderValue::from_static("close"));
+    add_cors(cors, None, &mut parts.headers);
     let body = match body {
         Body::Full(bytes) => bytes.unwrap_or_default(),
         // An error's body is its JSON, never a stream.
@@ -118,8 +122,15 @@ mod tests {
     #[test]
     fn a_closing_error_is_its_json_with_the_code_s_status() {
         let err = ApiError::new(ErrorCode::HeadersTooLarge, "too big");
-        let text = String::from_utf8(closing_error(&err)).unwrap();
+        let text = String::from_utf8(closing_error(&err, &Cors::Any)).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        // A page can read it (docs/PROTOCOL.md §6.4).
+        assert!(
+            head.contains("\r\naccess-control-allow-origin: *\r\n"),
+            "{head}"
+        );
+        let off = String::from_utf8(closing_error(&err, &Cors::Off)).unwrap();
+        assert!(!off.contains("access-control"), "{off}");
         assert!(
             head.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
             "{head}"

@@ -26,6 +26,7 @@ mod watch;
 
 use crate::error::{ApiError, ErrorCode};
 use crate::server::app::App;
+use crate::server::config::Cors;
 use stall::{Stall, Stalled};
 use watch::{ConnWatch, Expired, Socket, TlsStream, Tracked, Watched};
 
@@ -145,6 +146,7 @@ impl<S: EventStore> Connection<S> {
         } = self;
         let watch = Arc::new(ConnWatch::new(http1_only));
         let max_head = limits.max_head;
+        let cors = app.config.cors.clone();
         let service = service_fn({
             let watch = watch.clone();
             move |req| {
@@ -172,7 +174,7 @@ impl<S: EventStore> Connection<S> {
         let conn = http
             .serve_connection(TokioIo::new(io), service)
             .into_owned();
-        serve(Box::pin(conn), &watch, limits, peer, closing).await;
+        serve(Box::pin(conn), &watch, limits, peer, closing, &cors).await;
         // Only now, with the socket closed, may shutdown stop waiting.
         drop(graceful);
     }
@@ -223,6 +225,7 @@ async fn serve<C>(
     limits: ConnLimits,
     peer: SocketAddr,
     mut closing: tokio::sync::watch::Receiver<bool>,
+    cors: &Cors,
 ) where
     C: GracefulConnection,
     C::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -289,7 +292,11 @@ async fn serve<C>(
     if let Some(stream) = watch.take_parked() {
         // Boxed: the closing's state (and its read buffer) would otherwise
         // be part of every connection's task.
-        Box::pin(close(stream, answer)).await;
+        Box::pin(close(
+            stream,
+            answer.map(|err| head::closing_error(&err, cors)),
+        ))
+        .await;
     }
 }
 
@@ -336,7 +343,7 @@ fn unparsed(err: &hyper::Error, request_line: usize, max_head: usize) -> ApiErro
 /// and turns the next request of a kept-alive client into `ECONNRESET`.
 /// Bounded by [`LINGER`] and [`LINGER_BYTES`]: a client that neither reads
 /// nor stops sending gets nothing more.
-async fn close(stream: Socket, answer: Option<ApiError>) {
+async fn close(stream: Socket, answer: Option<Vec<u8>>) {
     match stream {
         Socket::Plain(tcp) => close_io(tcp, answer).await,
         // Its shutdown sends TLS's close_notify before the FIN.
@@ -344,13 +351,13 @@ async fn close(stream: Socket, answer: Option<ApiError>) {
     }
 }
 
-pub(super) async fn close_io<S>(mut stream: S, answer: Option<ApiError>)
+pub(super) async fn close_io<S>(mut stream: S, answer: Option<Vec<u8>>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let _ = tokio::time::timeout(LINGER, async {
-        if let Some(err) = answer {
-            stream.write_all(&head::closing_error(&err)).await?;
+        if let Some(answer) = answer {
+            stream.write_all(&answer).await?;
         }
         stream.shutdown().await?;
         let mut sink = vec![0u8; 4096];

@@ -43,8 +43,10 @@ pub(super) async fn serve<S: EventStore>(
     req: Request<Incoming>,
     max_head: usize,
 ) -> Response<Body> {
-    if let Some(refused) = oversized_h2_head(&req, max_head) {
+    if let Some(mut refused) = oversized_h2_head(&req, max_head) {
         app.metrics.count(refused.status());
+        let origin = req.headers().get(hyper::header::ORIGIN);
+        handlers::add_cors(&app.config.cors, origin, refused.headers_mut());
         return refused;
     }
     let head = Head::of(&req);

@@ -223,7 +223,9 @@ fn preflight() -> Response<Body> {
     response
 }
 
-fn add_cors(cors: &Cors, origin: Option<&HeaderValue>, headers: &mut HeaderMap) {
+/// The CORS headers of an answer to a request from `origin`
+/// (docs/PROTOCOL.md §6.4: every answer carries them).
+pub(crate) fn add_cors(cors: &Cors, origin: Option<&HeaderValue>, headers: &mut HeaderMap) {
     let allow = match cors {
         Cors::Off => return,
         Cors::Any => HeaderValue::from_static("*"),
