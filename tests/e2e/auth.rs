@@ -630,6 +630,9 @@ async fn preflights_allow_the_authorization_header_for_the_listed_origins() {
             r.header("access-control-allow-origin"),
             Some("https://app.example")
         );
+        // A listed origin may send credentials (`withCredentials`, a
+        // gateway's cookie); `*` never allows them.
+        assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
         let allowed = r
             .header("access-control-allow-headers")
             .unwrap()
@@ -662,6 +665,7 @@ async fn preflights_allow_the_authorization_header_for_the_listed_origins() {
         r.header("access-control-allow-origin"),
         Some("https://app.example")
     );
+    assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
 }
 
 #[tokio::test]

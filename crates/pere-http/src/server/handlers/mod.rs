@@ -232,7 +232,16 @@ pub(crate) fn add_cors(cors: &Cors, origin: Option<&HeaderValue>, headers: &mut 
         Cors::List(list) => {
             headers.append(header::VARY, HeaderValue::from_static("Origin"));
             match origin {
-                Some(o) if o.to_str().is_ok_and(|o| list.iter().any(|a| a == o)) => o.clone(),
+                Some(o) if o.to_str().is_ok_and(|o| list.iter().any(|a| a == o)) => {
+                    // An origin the operator listed may send credentials
+                    // (`withCredentials`, a gateway's cookie), as with
+                    // Mercure; browsers never allow them with `*`.
+                    headers.insert(
+                        header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                        HeaderValue::from_static("true"),
+                    );
+                    o.clone()
+                }
                 _ => return,
             }
         }
