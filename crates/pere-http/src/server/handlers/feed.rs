@@ -25,7 +25,9 @@ pub async fn feed<S: EventStore, B>(
         patterns.push(Pattern::new(channel)?);
     }
     for (key, value) in &query {
-        if key == "channel" {
+        // `channel[]` is how jQuery, axios, PHP and Ruby's em-http encode
+        // a list.
+        if key == "channel" || key == "channel[]" {
             patterns.push(Pattern::new(value)?);
         }
     }
