@@ -353,7 +353,9 @@ async fn a_path_channel_and_query_channels_combine() {
     server.publish("a", "from a").await;
     assert_eq!(s.data(2).await, ["from b", "from a"]);
     // As jQuery, axios, PHP and Ruby's em-http encode a list.
-    let mut s = server.stream("/feed?channel[]=c&channel%5B%5D=d", &[]).await;
+    let mut s = server
+        .stream("/feed?channel[]=c&channel%5B%5D=d", &[])
+        .await;
     assert_eq!(s.hello().await["channels"], serde_json::json!(["c", "d"]));
 }
 

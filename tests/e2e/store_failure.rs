@@ -160,6 +160,18 @@ async fn a_full_disk_refuses_writes_until_space_is_freed_then_resumes() {
     // The retries back off (100 ms doubling): after 4 s the next one is
     // more than a second away, and never more than 5 s.
     assert!((2..=5).contains(&longest_wait), "{longest_wait}");
+    // A device's stream (its membership is a write) is told to come back:
+    // a 503 would make an EventSource give up for good.
+    let r = server
+        .request("GET", "/feed/news", &[("device", "phone")], b"")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("text/event-stream"));
+    assert!((1..=5).contains(&retry_after(&r)));
+    let told = r.text();
+    assert!(told.starts_with("retry:"), "{told}");
+    assert!(told.contains("\n:the event store is unavailable"), "{told}");
+    assert!(!told.contains("pere.hello"), "{told}");
     let health = server.get("/healthz").await;
     health.assert_error(503, "store_unavailable");
     let state = &health.json()["store"];

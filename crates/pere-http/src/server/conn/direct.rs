@@ -129,6 +129,10 @@ async fn open<S: EventStore>(mut stream: TcpStream, app: &App<S>) -> Opened {
     }
     let response = handlers::handle_feed(app, head.request, head.channel.as_deref()).await;
     let (parts, body) = response.into_parts();
+    let closes = parts
+        .headers
+        .get(hyper::header::CONNECTION)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
     let (out, rest) = match body {
         Body::Full(bytes) => {
             let bytes = bytes.unwrap_or_default();
@@ -139,6 +143,11 @@ async fn open<S: EventStore>(mut stream: TcpStream, app: &App<S>) -> Opened {
         Body::Sse(sse) => (head_bytes(&parts, Framing::Chunked), Some(sse)),
     };
     if stream.write_all(&out).await.is_err() {
+        return Opened::Closed;
+    }
+    if closes && rest.is_none() {
+        // The answer said so: the client reads its end as the stream's.
+        super::close_io(stream, None).await;
         return Opened::Closed;
     }
     match rest {

@@ -6,6 +6,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use pere_core::{EventId, EventStore, Pattern, Resume, SubscribeRequest, Subscription};
 
 use super::auth::Caller;
+use super::health;
 use super::input::{header_str, query_of, query_value};
 use crate::error::ErrorCode;
 use crate::error::{ApiError, escape};
@@ -61,7 +62,7 @@ pub async fn feed<S: EventStore, B>(
     let header_id = header_str(req.headers(), "last-event-id")?.filter(|v| !v.is_empty());
     let resume = resume_point(header_id, &query)?;
     if app.hub.is_closing() {
-        return Err(ApiError::shutting_down());
+        return Ok(try_again(app, req, &ApiError::shutting_down()));
     }
     if req.method() == Method::HEAD {
         // A HEAD asks what a GET would answer: the stream's headers, without
@@ -69,7 +70,7 @@ pub async fn feed<S: EventStore, B>(
         return Ok(head_response());
     }
     let slot = app.limits.acquire(device.as_ref())?;
-    let subscription = app
+    let subscribed = app
         .hub
         .subscribe_with_token(
             SubscribeRequest {
@@ -80,7 +81,19 @@ pub async fn feed<S: EventStore, B>(
             header_id.map(str::to_string),
             caller.token(),
         )
-        .await?;
+        .await;
+    let subscription = match subscribed.map_err(ApiError::from) {
+        Ok(subscription) => subscription,
+        Err(err)
+            if matches!(
+                err.code,
+                ErrorCode::StoreUnavailable | ErrorCode::ShuttingDown
+            ) =>
+        {
+            return Ok(try_again(app, req, &err));
+        }
+        Err(err) => return Err(err),
+    };
     let opening = opening(app.config.retry.as_millis() as u64, &subscription);
     let mut body = SseBody::new(opening, Source::Events(subscription), app.config.keepalive)
         .with_slot(slot)
@@ -93,6 +106,40 @@ pub async fn feed<S: EventStore, B>(
     *response.status_mut() = StatusCode::OK;
     sse_headers(response.headers_mut());
     Ok(response)
+}
+
+/// The answer to a stream asked for while the store (a cluster's log) takes
+/// no writes, or the server is shutting down: `200` with a `retry:` of
+/// when to come back and a comment saying why, then the end. A `503` would
+/// be final to an `EventSource` (any status but `200` fails it for good:
+/// browsers, PERE's Ruby client), which must instead reconnect, here or to
+/// another node, once the outage or the restart is over. No `pere.hello`:
+/// the stream was never live. `Retry-After` says the same to other clients.
+/// Over HTTP/1 the connection closes after it, so that every client sees
+/// the stream end.
+fn try_again<S: EventStore, B>(app: &App<S>, req: &Request<B>, err: &ApiError) -> Response<Body> {
+    app.metrics.count_error(err);
+    let wait = health::store_retry_after(&app.hub)
+        .unwrap_or_default()
+        .max(app.config.retry);
+    let mut out = BytesMut::with_capacity(256);
+    sse::encode_retry(
+        &mut out,
+        u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+    );
+    sse::encode_comment(
+        &mut out,
+        &format!("{} ({})", err.message, err.code.as_str()),
+    );
+    let mut response = Response::new(Body::from(out.freeze()));
+    sse_headers(response.headers_mut());
+    health::set_retry_after(&mut response, wait);
+    if req.version() < hyper::Version::HTTP_2 {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// The answer to `HEAD` on an event stream: its status and headers only.
