@@ -244,6 +244,20 @@ async fn a_jwt_session_revoked_on_one_node_ends_on_every_node() {
     .await;
     assert_eq!(stream.status, 200, "{}", stream.text());
     let admin = format!("Bearer {ADMIN}");
+    // The device is a member on the node that does not hold the JWT too.
+    pere_tests::eventually("node 0 counts phone-1 a member", || async {
+        let r = cluster
+            .node(0)
+            .request(
+                "GET",
+                "/admin/devices/orders.eu",
+                &[("Authorization", &admin)],
+                b"",
+            )
+            .await;
+        r.json()["phone-1"]["member"] == true
+    })
+    .await;
     let r = cluster
         .node(0)
         .request(

@@ -470,8 +470,21 @@ impl AuthRegistry {
     }
 
     /// Whether a [`jti_key`] was revoked.
-    fn is_revoked(&self, jti: &TokenHash) -> bool {
+    pub(crate) fn is_revoked(&self, jti: &TokenHash) -> bool {
         self.read().runtime.contains_key(jti)
+    }
+
+    /// Whether `token` is a static token (the `--auth` file's, or one
+    /// created at run time), live or revoked: not a JWT.
+    pub(crate) fn is_static(&self, token: &TokenHash) -> bool {
+        let tables = self.read();
+        tables.runtime.contains_key(token) || tables.base.contains_key(token)
+    }
+
+    /// The [`jti_key`] of a JWT held here, if it has a `jti`.
+    pub(crate) fn jti_of(&self, token: &TokenHash) -> Option<TokenHash> {
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.get(token).and_then(|jwt| jwt.jti)
     }
 
     /// Notes that `key` is a [`jti_key`] about to be revoked.

@@ -474,6 +474,7 @@ impl<S: EventStore> Hub<S> {
                     req,
                     last_event_id,
                     token,
+                    jti: None,
                     stream: Some(stream),
                     reply,
                 })

@@ -19,6 +19,8 @@
 //! [`EventStore`]: crate::log::EventStore
 
 mod barrier;
+#[cfg(test)]
+mod jwt_tests;
 mod log;
 pub(super) mod snapshot;
 #[cfg(test)]
@@ -515,6 +517,12 @@ fn to_wire(cmd: &Command, auth: &crate::auth::AuthRegistry) -> Option<Wire> {
             device: s.req.device.clone(),
             last_event_id: s.last_event_id.clone(),
             token: s.token.as_ref().map(wire::token_bytes),
+            jti: s
+                .token
+                .as_ref()
+                .and_then(|t| auth.jti_of(t))
+                .as_ref()
+                .map(wire::token_bytes),
         },
         Command::Token(t) => Wire::Token {
             token: wire::token_bytes(&t.token),
@@ -649,6 +657,7 @@ fn from_wire(w: Wire, node: &Arc<str>) -> Command {
             device,
             last_event_id,
             token,
+            jti,
         } => Command::Subscribe(SubscribeCmd {
             req: SubscribeRequest {
                 device,
@@ -657,6 +666,7 @@ fn from_wire(w: Wire, node: &Arc<str>) -> Command {
             },
             last_event_id,
             token: token.map(TokenHash),
+            jti: jti.map(TokenHash),
             stream: None,
             reply: nobody(),
         }),

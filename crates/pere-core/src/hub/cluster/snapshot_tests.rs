@@ -41,6 +41,7 @@ pub(super) fn subscribe(pattern: &str, device: &str) -> Wire {
         device: Some(dev(device)),
         last_event_id: None,
         token: None,
+        jti: None,
     }
 }
 

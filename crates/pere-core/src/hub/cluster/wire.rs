@@ -41,6 +41,10 @@ pub(in crate::hub) enum Wire {
         last_event_id: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         token: Option<[u8; 32]>,
+        /// The revocation key of the JWT it was opened with, if it has a
+        /// `jti`: the other nodes do not hold the JWT, and check this.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        jti: Option<[u8; 32]>,
     },
     /// A stream of the entry's node closed.
     Closed {
@@ -184,6 +188,7 @@ mod tests {
                 device: None,
                 last_event_id: Some("12".into()),
                 token: Some([7; 32]),
+                jti: Some([8; 32]),
             },
             ClosedStream {
                 subs: vec![Pattern::new("a").unwrap()],

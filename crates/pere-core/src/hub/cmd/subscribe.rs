@@ -26,6 +26,9 @@ pub(in crate::hub) struct SubscribeCmd {
     /// again by the writer, so no change can slip in between the caller's
     /// check and the registration.
     pub(in crate::hub) token: Option<TokenHash>,
+    /// For a stream another node opened with a JWT that has a `jti`: its
+    /// revocation key (this node does not hold the JWT).
+    pub(in crate::hub) jti: Option<TokenHash>,
     /// The stream, on the node it opened on; `None` for a stream another
     /// node of the cluster opened (only its memberships and presence are
     /// shared).
@@ -56,13 +59,30 @@ impl State {
             req,
             last_event_id,
             token,
+            jti,
             stream,
             reply,
         } = cmd;
-        if let Some(token) = &token
-            && let Err(err) = self.check_subscribe(token, &req)
-        {
-            return Effect::Fail(Box::new(reply), err);
+        if let Some(token) = &token {
+            let checked = if stream.is_none() && !self.auth.is_static(token) {
+                // A JWT another node holds (or held, in a replay): that
+                // node checked its signature, expiry and grants, which do
+                // not change; what every node checks alike, in log order,
+                // is whether its `jti` was revoked. Looking it up here
+                // would fail on every node but the one holding it, and
+                // their memberships would differ.
+                match jti {
+                    Some(jti) if self.auth.is_revoked(&jti) => {
+                        Err(Error::Unauthorized("the token was revoked".into()))
+                    }
+                    _ => Ok(()),
+                }
+            } else {
+                self.check_subscribe(token, &req)
+            };
+            if let Err(err) = checked {
+                return Effect::Fail(Box::new(reply), err);
+            }
         }
         if token.is_none() && self.auth.is_enabled() {
             // Checked by its caller while auth was off, which a token
