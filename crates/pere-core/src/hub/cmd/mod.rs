@@ -67,14 +67,9 @@ impl State {
                 Effect::None
             }
             Command::SharedTick(by) => {
-                if *by != *self.node {
-                    // Another node holds the ticker's lease, whatever this
-                    // one last found: one that stalled past its lease would
-                    // otherwise send this tick's notices too, before its
-                    // chores look at the lease again (which gives the role
-                    // back, with what went unsent, if it still holds it).
-                    self.notices.become_ticker(false);
-                }
+                // Whose tick it is decides who sends what it issues, the
+                // same on every node: not what each found of the lease.
+                self.notices.tick_by(*by == *self.node);
                 self.maintain(now, config, records);
                 self.notices.check_deadlines(&self.ledgers, now, records);
                 Effect::None

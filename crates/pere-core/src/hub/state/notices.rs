@@ -7,7 +7,7 @@
 //!
 //! [`HubConfig::ack_deadline`]: crate::config::HubConfig::ack_deadline
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,9 +33,25 @@ pub(in crate::hub) struct Notices {
     issued: HashMap<(EventId, DeviceId), (OverdueNotice, bool)>,
     /// Where issued notices go (the webhook task), once somebody listens.
     tx: Option<mpsc::UnboundedSender<OverdueNotice>>,
-    /// Whether this node sends the overdue notices (a single node does; in
-    /// a cluster, the holder of the ticker lease).
+    /// Whether this node holds the ticker's lease (a single node always
+    /// does): it appends the cluster's ticks and takes its snapshots.
     ticker: bool,
+    /// Whether this node sends the notices issued now: a single node
+    /// always; a cluster node when the last tick in the log's order was
+    /// its own. Every node applies the log in one order, so each notice
+    /// has one sender, whatever each node last found of the lease (one
+    /// that stalled past it still thinks it holds it).
+    sends: bool,
+    /// Notices handed to this node's listener (the webhook task, which
+    /// retries them itself): not handed again when this node takes the
+    /// sending back.
+    handed: HashSet<(EventId, DeviceId)>,
+    /// Cluster ticks applied so far, and at which one each notice was
+    /// issued (this node's count; a notice from before it started counts
+    /// as issued at 0): a node takes over only the notices their sender
+    /// had a whole tick to confirm.
+    ticks: u64,
+    issued_at: HashMap<(EventId, DeviceId), u64>,
 }
 
 impl Notices {
@@ -47,6 +63,10 @@ impl Notices {
             issued: HashMap::new(),
             tx: None,
             ticker,
+            sends: ticker,
+            handed: HashSet::new(),
+            ticks: 0,
+            issued_at: HashMap::new(),
         }
     }
 
@@ -145,12 +165,16 @@ impl Notices {
             });
             receipts.announce_overdue(&notice, now);
             // In a cluster every node issues it, one node sends it.
-            if self.ticker
+            if self.sends
                 && let Some(tx) = &self.tx
-                && tx.send(notice.clone()).is_err()
             {
-                self.tx = None;
+                if tx.send(notice.clone()).is_err() {
+                    self.tx = None;
+                } else {
+                    self.handed.insert(key.clone());
+                }
             }
+            self.issued_at.insert(key.clone(), self.ticks);
             self.issued.insert(key, (notice, false));
         }
     }
@@ -161,6 +185,8 @@ impl Notices {
         match self.issued.get_mut(&(id, device.clone())) {
             Some(entry) if !entry.1 => {
                 entry.1 = true;
+                self.handed.remove(&(id, device.clone()));
+                self.issued_at.remove(&(id, device.clone()));
                 true
             }
             _ => false,
@@ -172,6 +198,9 @@ impl Notices {
     pub(in crate::hub) fn forget_gone(&mut self, ledgers: &Ledgers) {
         self.issued
             .retain(|(id, _), (_, sent)| ledgers.holds(id) || !*sent);
+        let issued = &self.issued;
+        self.handed.retain(|key| issued.contains_key(key));
+        self.issued_at.retain(|key, _| issued.contains_key(key));
     }
 
     /// Rebuilds, at start, a notice the journal says was issued for
@@ -208,43 +237,66 @@ impl Notices {
     }
 
     /// Starts delivering overdue notices to a new listener: every notice
-    /// issued but not yet accepted first, then new ones.
+    /// issued but not yet accepted first (when this node sends), then new
+    /// ones.
     pub(in crate::hub) fn attach(&mut self, tx: mpsc::UnboundedSender<OverdueNotice>) {
         self.tx = Some(tx);
-        if self.ticker {
-            self.send_unsent();
+        // What the previous listener held is gone with it.
+        self.handed.clear();
+        if self.sends {
+            self.send_unsent(u64::MAX);
         }
     }
 
-    /// Whether this node sends the notices (a cluster's ticker node).
+    /// Whether this node holds the ticker's lease, as it last found.
     pub(in crate::hub) fn is_ticker(&self) -> bool {
         self.ticker
     }
 
-    /// This cluster node took the ticker's role: it sends the notices now,
-    /// starting with those nobody confirmed.
+    /// What this cluster node found of the ticker's lease: the holder
+    /// appends the ticks (and so, in log order, becomes the sender).
     pub(in crate::hub) fn become_ticker(&mut self, ticker: bool) {
-        let was = std::mem::replace(&mut self.ticker, ticker);
-        if ticker && !was {
-            self.send_unsent();
+        self.ticker = ticker;
+    }
+
+    /// A cluster's tick was applied, appended by this node (`mine`) or
+    /// another: the notices issued from now on, until the next tick, are
+    /// sent by its node. On each of its ticks a node also sends those
+    /// that nobody confirmed for a whole tick and it has not handed to
+    /// its listener: their sender died with them, or its webhook gave up.
+    pub(in crate::hub) fn tick_by(&mut self, mine: bool) {
+        self.ticks += 1;
+        self.sends = mine;
+        if mine {
+            self.send_unsent(self.ticks.saturating_sub(1));
         }
     }
 
-    /// Sends every notice the webhook has not accepted yet, oldest first.
-    fn send_unsent(&mut self) {
+    /// Sends every notice issued before tick `before` that the webhook has
+    /// not accepted yet and this node has not handed to it already, oldest
+    /// first.
+    fn send_unsent(&mut self, before: u64) {
         let Some(tx) = &self.tx else {
             return;
         };
         let mut unsent: Vec<&OverdueNotice> = self
             .issued
-            .values()
-            .filter(|(_, sent)| !sent)
-            .map(|(n, _)| n)
+            .iter()
+            .filter(|(key, (_, sent))| {
+                !sent
+                    && !self.handed.contains(*key)
+                    && self.issued_at.get(*key).is_none_or(|&at| at < before)
+            })
+            .map(|(_, (n, _))| n)
             .collect();
         unsent.sort_by_key(|n| (n.id, n.device.clone()));
+        let mut handed = Vec::with_capacity(unsent.len());
         for notice in unsent {
-            let _ = tx.send(notice.clone());
+            if tx.send(notice.clone()).is_ok() {
+                handed.push((notice.id, notice.device.clone()));
+            }
         }
+        self.handed.extend(handed);
     }
 }
 
