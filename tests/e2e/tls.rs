@@ -461,7 +461,8 @@ fn pss_kib(pid: u32) -> u64 {
 /// `IDLE_TLS_STREAMS` (default 2,000) streams over HTTP/1.1 and TLS, the
 /// server's PSS before and after.
 /// Run it alone for a figure:
-/// `cargo test --release -p pere-tests --test e2e tls::idle_tls -- --nocapture`.
+/// `cargo test -p pere-tests --test e2e tls::idle_tls -- --nocapture` (the
+/// README's figure, from a debug build).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_tls_streams_cost_little_memory() {
     let _heavy = pere_tests::heavy().await;

@@ -30,12 +30,12 @@ use pere_http::client::{Backoff, PublishOptions, WaitFor, random_device};
         "with --wait: every event was published, but for at least one the wait timed out before every recipient reached the state (its line says timed_out=true, who has not acked (unacked=) and who was not sent it yet (pending=)); do not publish it again."
     ),
     error_code(
-        5,
-        "with --require-status: every event was published and acknowledged, but some device acknowledged one with a status not accepted (bad_status= on its line names them; stderr shows each status)."
-    ),
-    error_code(
         4,
         "the answer to a publish was lost (the connection broke after the request was sent): the event may or may not be stored. Publish it again with the --idempotency-key and --device printed on stderr (keys are scoped by publisher): that is safe, without them the event may be stored twice."
+    ),
+    error_code(
+        5,
+        "with --require-status: every event was published and acknowledged, but some device acknowledged one with a status not accepted (bad_status= on its line names them; stderr shows each status)."
     )
 )]
 pub struct Args {

@@ -53,7 +53,7 @@ pub struct Args {
     /// events a stream may have queued before the device counts as too slow and is disconnected (default 4096)
     #[argh(option)]
     pub queue_capacity: Option<String>,
-    /// payload bytes a stream may have queued before the device counts as too slow and is disconnected (default 4MiB; accepts KiB, MiB suffixes)
+    /// encoded bytes (payload plus what SSE adds) a stream may have queued before the device counts as too slow and is disconnected (default 4MiB; accepts KiB, MiB, GiB suffixes)
     #[argh(option)]
     pub queue_bytes: Option<String>,
     /// directory of the durable store (default ./pere-data)
@@ -134,7 +134,7 @@ pub struct Args {
     /// issuer JWTs must name in `iss`
     #[argh(option)]
     pub jwt_issuer: Option<String>,
-    /// log only warnings and errors (RUST_LOG overrides)
+    /// log only warnings, errors and the `listening` line (RUST_LOG overrides)
     #[argh(switch, short = 'q')]
     pub quiet: bool,
     /// log format: text (default) or json

@@ -168,6 +168,9 @@ async fn follow_events(
     // wrong address or a server not started than a restart (issue 18.10).
     let mut connected_once = false;
     let mut hinted = false;
+    // A server that answered, but whose TLS failed: asking whether it runs
+    // would point the wrong way.
+    let mut tls_failed = false;
     loop {
         let next = match deadline {
             None => sub.next().await,
@@ -199,6 +202,7 @@ async fn follow_events(
                 continue;
             }
             SubscriberItem::Disconnected { reason } => {
+                tls_failed = reason.contains("TLS");
                 notice(config, format_args!("disconnected: {reason}"));
                 continue;
             }
@@ -207,7 +211,7 @@ async fn follow_events(
                     "" => String::new(),
                     id => format!(", resuming after event {id}"),
                 };
-                let hint = if !connected_once && !hinted {
+                let hint = if !connected_once && !hinted && !tls_failed {
                     hinted = true;
                     format!(
                         "; is pere-server running at {}? start it, or check HOST:PORT (each failed attempt doubles the wait, up to a minute)",

@@ -261,6 +261,16 @@ impl ClientTls {
         tokio_rustls::TlsConnector::from(self.config.clone())
             .connect(name, stream)
             .await
-            .map_err(|e| tls_error(format!("TLS handshake with {host} failed: {e}")))
+            .map_err(|e| {
+                let mut why = format!("TLS handshake with {host} failed: {e}");
+                if why.contains("CaUsedAsEndEntity") {
+                    // OpenSSL 3 makes a self-signed certificate a CA unless
+                    // told otherwise; rustls, like browsers, refuses one.
+                    why.push_str(
+                        " (the server's certificate is a CA certificate: make a self-signed one with -addext basicConstraints=critical,CA:FALSE, as the README's TLS section shows)",
+                    );
+                }
+                tls_error(why)
+            })
     }
 }
