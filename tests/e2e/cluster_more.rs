@@ -418,3 +418,34 @@ async fn a_node_id_in_use_is_refused_and_a_restart_takes_it_over() {
         cluster.node(i).log()
     );
 }
+
+/// Redis restarted without its data: the nodes rebuild from an empty log,
+/// and a client resuming from an event of the lost one is told of a gap
+/// (before, it was sent what came next as if nothing was missing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_point_from_a_log_redis_lost_is_a_gap() {
+    let mut redis = pere_cluster::testing::RedisServer::start_with(&["--appendonly", "no"])
+        .expect("redis-server starts");
+    let url = redis.url();
+    let node = pere_tests::ServerProcess::start(&["--cluster", &url]).await;
+    let r = node.request("POST", "/push/news", &[], b"lost").await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let lost = r.json()["id"].as_str().unwrap().to_string();
+    // The node exits by itself (75) once it sees the log regressed; a
+    // supervisor starts it again, here at once.
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &node.pid().to_string()])
+        .status();
+    drop(node);
+    redis.restart().expect("redis restarts, empty");
+    let node = pere_tests::ServerProcess::start(&["--cluster", &url]).await;
+    let r = node.request("POST", "/push/news", &[], b"after").await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let mut stream = SseStream::open(node.addr, "/feed/news", &[("Last-Event-ID", &lost)]).await;
+    assert_eq!(stream.status, 200, "{}", stream.text());
+    assert_eq!(stream.next_event().await.unwrap().event, "pere.hello");
+    let gap = stream.next_event().await.unwrap();
+    assert_eq!(gap.event, "pere.gap", "{gap:?}");
+    let data: serde_json::Value = serde_json::from_str(&gap.data).unwrap();
+    assert_eq!(data["from"], lost.as_str(), "{data}");
+}

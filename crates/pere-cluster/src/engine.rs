@@ -45,6 +45,7 @@ pub(crate) struct Keys {
     pub(crate) head: String,
     pub(crate) snapshot: String,
     pub(crate) nodes: String,
+    pub(crate) genesis: String,
     prefix: String,
 }
 
@@ -56,6 +57,7 @@ impl Keys {
             head: format!("{prefix}:head"),
             snapshot: format!("{prefix}:snapshot"),
             nodes: format!("{prefix}:nodes"),
+            genesis: format!("{prefix}:genesis"),
             prefix: prefix.to_owned(),
         }
     }
@@ -238,6 +240,32 @@ impl Engine {
             })
             .await?;
         head.map_or(Ok(LogPos::ZERO), |h| LogPos::from_bytes(&h))
+    }
+
+    /// The log's beginning: the Redis time (µs) when the first node found
+    /// it empty, which no event id of this log is below. A resume point
+    /// below it names an event of an earlier log, one Redis lost (a restart
+    /// without persistence, a failover to an empty replica). `0` when not
+    /// known: a log that already held entries when this was first asked
+    /// (written by a version that did not record it).
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Unavailable`] when Redis cannot answer.
+    pub async fn genesis(&self) -> Result<u64> {
+        let mut invocation = scripts::GENESIS.prepare_invoke();
+        invocation
+            .key(&self.shared.keys.genesis)
+            .key(&self.shared.keys.head);
+        let genesis: String = self
+            .run(async |conn| invocation.invoke_async(conn).await)
+            .await?;
+        genesis.parse().map_err(|_| {
+            EngineError::Protocol(format!(
+                "`{}` holds `{genesis}`, not a number: is another program using this Redis?",
+                self.shared.keys.genesis
+            ))
+        })
     }
 
     /// Redis's clock, in µs since the Unix epoch: the cluster's one clock.

@@ -179,6 +179,27 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
     )
 });
 
+/// The log's beginning ([`Engine::genesis`](crate::Engine::genesis)):
+/// set once, to Redis's time when the log is empty, else to `0` (unknown).
+///
+/// `KEYS[1]` genesis, `KEYS[2]` head. Returns it, as a decimal string.
+pub(crate) static GENESIS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local g = redis.call('GET', KEYS[1])
+if g then return g end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  g = '0'
+else
+  local t = redis.call('TIME')
+  g = t[1] .. string.format('%06d', tonumber(t[2]))
+end
+redis.call('SET', KEYS[1], g)
+return g
+"#,
+    )
+});
+
 /// Forgets a node whose heartbeat expired, and only then: a node that came
 /// back between the sweeper's look and this call stays.
 ///

@@ -109,6 +109,10 @@ impl SharedLog for Engine {
     fn snapshot_every(&self) -> Duration {
         self.shared.config.snapshot_every
     }
+
+    fn genesis(&self) -> LogFuture<'_, u64> {
+        Box::pin(async move { Engine::genesis(self).await.map_err(error) })
+    }
 }
 
 impl SharedTail for Tail {

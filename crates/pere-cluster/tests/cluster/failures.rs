@@ -115,3 +115,28 @@ async fn ids_and_the_log_survive_a_kill_9_with_aof_always() {
         assert_eq!((e.pos, e.first_id), (a.pos, a.first_id));
     }
 }
+
+/// The log's beginning is set once, by the first node to find it empty,
+/// below every id the log gives; a Redis that lost its data begins again
+/// later, and a log that already held entries (written before this was
+/// recorded) says it does not know.
+#[tokio::test]
+async fn the_log_s_genesis_is_set_once_and_begins_again_when_redis_loses_its_data() {
+    let mut redis = RedisServer::start_with(&["--appendonly", "no"]).expect("redis starts");
+    let a = engine(&redis.url(), "a").await;
+    let genesis = a.genesis().await.expect("genesis");
+    let b = engine(&redis.url(), "b").await;
+    assert_eq!(b.genesis().await.expect("genesis"), genesis);
+    let appended = a.append(entry("one", 1)).await.expect("appends");
+    assert!(appended.first_id >= genesis, "{appended:?} below {genesis}");
+    assert_eq!(a.genesis().await.expect("genesis"), genesis);
+    // Redis restarted without persistence: an empty log, a later beginning.
+    redis.restart().expect("redis restarts");
+    let c = engine(&redis.url(), "c").await;
+    let again = c.genesis().await.expect("genesis");
+    assert!(again > appended.first_id, "{again} after {appended:?}");
+    // A log with entries and no recorded beginning: unknown.
+    c.append(entry("two", 1)).await.expect("appends");
+    redis.query::<i64>(&["DEL", "pere:genesis"]).expect("DEL");
+    assert_eq!(c.genesis().await.expect("genesis"), 0);
+}

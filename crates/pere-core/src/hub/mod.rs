@@ -172,7 +172,19 @@ impl<S: EventStore> Hub<S> {
         let barrier = cluster::Barrier::new(log.clone());
         let (inner, rx) =
             Self::assemble(config, store, Some(log.node()), Some(barrier), auth).await?;
+        // Asked before the log is read, so that a log found empty (Redis
+        // lost its data) begins after every id an earlier one gave.
+        let genesis = log
+            .genesis()
+            .await
+            .map_err(|err| Error::StoreUnavailable(err.to_string()))?;
         let pos = cluster::bootstrap(&inner, &*log).await?;
+        {
+            // A resume point below it names an event Redis lost: a gap,
+            // as below what a restarted volatile store remembers.
+            let mut state = inner.state();
+            state.floor = state.floor.max(EventId(genesis));
+        }
         cluster::forget_previous_life(&inner, &*log).await?;
         tokio::spawn(cluster::writer(inner.clone(), rx, log, pos));
         Ok(Self { inner })

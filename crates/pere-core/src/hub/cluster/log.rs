@@ -92,6 +92,10 @@ pub trait SharedLog: Send + Sync + 'static {
     fn snapshot(&self) -> LogFuture<'_, Option<(SharedPos, Bytes)>>;
     /// How often the state is snapshotted (by one node).
     fn snapshot_every(&self) -> Duration;
+    /// The lowest event id this log can have held (µs, the time it began
+    /// empty), or 0 when unknown. A resume point below it names an event of
+    /// an earlier log that the shared store lost: it is told as a gap.
+    fn genesis(&self) -> LogFuture<'_, u64>;
 }
 
 /// A reader of the shared log.
