@@ -54,6 +54,18 @@ async fn an_overdue_notice_is_posted_once_for_the_whole_cluster() {
 const ADMIN: &str = "cluster-admin-token-0001";
 const KIOSK: &str = "cluster-kiosk-token-0001";
 
+/// `method path` with `body` on `node`, as the [`ADMIN`] token.
+async fn as_admin(
+    node: &pere_tests::ServerProcess,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> pere_tests::Response {
+    let admin = format!("Bearer {ADMIN}");
+    node.request(method, path, &[("Authorization", &admin)], body)
+        .await
+}
+
 /// An `--auth` file that only names the [`ADMIN`] token.
 fn admin_auth_file(name: &str) -> std::path::PathBuf {
     let file = temp_dir(name).join("auth.json");
@@ -66,19 +78,16 @@ fn admin_auth_file(name: &str) -> std::path::PathBuf {
 async fn a_token_revoked_on_one_node_closes_its_streams_on_every_node() {
     let file = admin_auth_file("cluster-auth");
     let cluster = Cluster::start(3, &["--auth", file.to_str().unwrap()]).await;
-    let admin = format!("Bearer {ADMIN}");
     let kiosk = format!("Bearer {KIOSK}");
     // Created on node 0 ...
     let grants = br#"{"subject":"kiosk-9","subscribe":["news","weather"]}"#;
-    let r = cluster
-        .node(0)
-        .request(
-            "PUT",
-            &format!("/admin/tokens/{KIOSK}"),
-            &[("Authorization", &admin)],
-            grants,
-        )
-        .await;
+    let r = as_admin(
+        cluster.node(0),
+        "PUT",
+        &format!("/admin/tokens/{KIOSK}"),
+        grants,
+    )
+    .await;
     assert_eq!(r.status, 201, "{}", r.text());
     // ... used on node 1 (once node 1 has applied it) ...
     let mut stream = None;
@@ -99,15 +108,13 @@ async fn a_token_revoked_on_one_node_closes_its_streams_on_every_node() {
     let mut stream = stream.expect("the token works on another node");
     assert_eq!(stream.next_event().await.unwrap().event, "pere.hello");
     // ... revoked on node 2: the stream on node 1 ends within a second.
-    let r = cluster
-        .node(2)
-        .request(
-            "DELETE",
-            &format!("/admin/tokens/{KIOSK}"),
-            &[("Authorization", &admin)],
-            b"",
-        )
-        .await;
+    let r = as_admin(
+        cluster.node(2),
+        "DELETE",
+        &format!("/admin/tokens/{KIOSK}"),
+        b"",
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let rest = tokio::time::timeout(Duration::from_secs(1), stream.until_end())
         .await
@@ -243,30 +250,19 @@ async fn a_jwt_session_revoked_on_one_node_ends_on_every_node() {
     )
     .await;
     assert_eq!(stream.status, 200, "{}", stream.text());
-    let admin = format!("Bearer {ADMIN}");
     // The device is a member on the node that does not hold the JWT too.
     pere_tests::eventually("node 0 counts phone-1 a member", || async {
-        let r = cluster
-            .node(0)
-            .request(
-                "GET",
-                "/admin/devices/orders.eu",
-                &[("Authorization", &admin)],
-                b"",
-            )
-            .await;
+        let r = as_admin(cluster.node(0), "GET", "/admin/devices/orders.eu", b"").await;
         r.json()["phone-1"]["member"] == true
     })
     .await;
-    let r = cluster
-        .node(0)
-        .request(
-            "DELETE",
-            "/admin/tokens/jti:session-7",
-            &[("Authorization", &admin)],
-            b"",
-        )
-        .await;
+    let r = as_admin(
+        cluster.node(0),
+        "DELETE",
+        "/admin/tokens/jti:session-7",
+        b"",
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     tokio::time::timeout(Duration::from_secs(1), stream.until_end())
         .await
@@ -281,15 +277,13 @@ async fn a_jwt_session_revoked_on_one_node_ends_on_every_node() {
     // A run-time token, then a node that joins (or restarts) after both
     // changes: it replays them from the log with auth already on, as the
     // node that took them had it.
-    let r = cluster
-        .node(0)
-        .request(
-            "PUT",
-            &format!("/admin/tokens/{KIOSK}"),
-            &[("Authorization", &admin)],
-            br#"{"subject":"kiosk-9","publish":["news"]}"#,
-        )
-        .await;
+    let r = as_admin(
+        cluster.node(0),
+        "PUT",
+        &format!("/admin/tokens/{KIOSK}"),
+        br#"{"subject":"kiosk-9","publish":["news"]}"#,
+    )
+    .await;
     assert_eq!(r.status, 201, "{}", r.text());
     let late = cluster
         .add_node(&["--auth", file.to_str().unwrap(), "--jwt-secret", JWT_SECRET])

@@ -447,7 +447,7 @@ fn base64_decode(text: &str) -> Vec<u8> {
 }
 
 /// The device id the page shows.
-async fn page_device(browser: &mut Browser) -> String {
+pub(crate) async fn page_device(browser: &mut Browser) -> String {
     let device = browser
         .eval("document.getElementById('device').textContent")
         .await

@@ -414,11 +414,7 @@ async fn events_named_error_or_open_do_not_break_the_subscriber_page() {
         .open(&server.url("/subscriber.html"), 1000, 800)
         .await;
     browser.wait_for_badge("open").await;
-    let device = browser
-        .eval("document.getElementById('device').textContent")
-        .await
-        .unwrap();
-    let device = device.as_str().unwrap().to_string();
+    let device = crate::web::page_device(&mut browser).await;
     server.wait_online("CHANNEL_1", &device).await;
     server.publish("CHANNEL_1?event=error", "named error").await;
     server.publish("CHANNEL_1?event=open", "named open").await;

@@ -6,11 +6,9 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-
+use super::apply_entry;
 use super::snapshot_tests::{dev, pat};
-use super::wire::{self, Wire};
-use super::{SharedEntry, SharedPos, apply_entry};
+use super::wire::Wire;
 use crate::auth::{TokenHash, jti_key};
 use crate::config::{HubConfig, Retention};
 use crate::hub::{Hub, Inner};
@@ -19,15 +17,9 @@ use crate::log::MemoryStore;
 
 const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 
-fn entry(n: u64, node: &str, wires: &[Wire]) -> SharedEntry {
-    let time = (10 + n) * 1_000_000;
-    SharedEntry {
-        pos: SharedPos { ms: n, seq: 0 },
-        node: node.into(),
-        blob: Bytes::from(wire::encode(wires)),
-        first_id: time,
-        time,
-    }
+/// Entry `n` of the log, by node `node`, holding `wires`.
+fn entry(n: u64, node: &str, wires: &[Wire]) -> super::SharedEntry {
+    super::snapshot_tests::entry(n, node, 10 + n, wires)
 }
 
 async fn secured(name: &str) -> Arc<Inner<MemoryStore>> {

@@ -76,6 +76,18 @@ pub(super) async fn node(name: &str) -> std::sync::Arc<Inner<MemoryStore>> {
     .0
 }
 
+/// Entry `n` of the log, by `node` at `second`, holding `wires`.
+pub(super) fn entry(n: u64, node: &str, second: u64, wires: &[Wire]) -> SharedEntry {
+    let time = second * 1_000_000;
+    SharedEntry {
+        pos: SharedPos { ms: n, seq: 0 },
+        node: node.into(),
+        blob: Bytes::from(wire::encode(wires)),
+        first_id: time,
+        time,
+    }
+}
+
 /// The log, entry by entry: which node, at which second, saying what.
 /// Event ids are the log's: `max(time in µs, last + 1)`.
 fn script() -> Vec<(&'static str, i64, Vec<Wire>)> {

@@ -7,27 +7,14 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use super::snapshot_tests::{node, publish, subscribe};
-use super::wire::{self, Wire};
-use super::{SharedEntry, SharedPos, apply_entry};
+use super::snapshot_tests::{entry, node, publish, subscribe};
+use super::wire::Wire;
+use super::{SharedEntry, apply_entry};
 use crate::hub::Inner;
 use crate::ledger::OverdueNotice;
 use crate::log::MemoryStore;
-
-/// Entry `n` of the log, by `node` at `second`, holding `wires`.
-fn entry(n: u64, node: &str, second: u64, wires: &[Wire]) -> SharedEntry {
-    let time = second * 1_000_000;
-    SharedEntry {
-        pos: SharedPos { ms: n, seq: 0 },
-        node: node.into(),
-        blob: Bytes::from(wire::encode(wires)),
-        first_id: time,
-        time,
-    }
-}
 
 /// The node's webhook task, as the listener of its notices; `ticker` is
 /// what the node last found of the lease.
