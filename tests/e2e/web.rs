@@ -474,14 +474,23 @@ fn all_acked(n: usize) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn subscriber_page_in_chromium_shows_events_and_acks_them() {
-    let server = TestServer::start().await;
+/// Chromium on `server`'s `/subscriber.html`, its stream open and its
+/// device (the page's own) online on `CHANNEL_1`.
+pub(crate) async fn subscriber_page(server: &TestServer) -> (Browser, String) {
     let mut browser = Browser::launch().await;
     browser
         .open(&server.url("/subscriber.html"), 1000, 800)
         .await;
     browser.wait_for_badge("open").await;
+    let device = page_device(&mut browser).await;
+    server.wait_online("CHANNEL_1", &device).await;
+    (browser, device)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriber_page_in_chromium_shows_events_and_acks_them() {
+    let server = TestServer::start().await;
+    let (mut browser, device) = subscriber_page(&server).await;
     let badge = browser
         .eval("document.getElementById('state').innerText.trim()")
         .await
@@ -495,14 +504,12 @@ async fn subscriber_page_in_chromium_shows_events_and_acks_them() {
         "CHANNEL_1",
         "the default channel is PERE's"
     );
-    let device = page_device(&mut browser).await;
     assert!(
         device.len() == 14
             && device.starts_with("W0039")
             && device[5..].bytes().all(|b| b.is_ascii_digit()),
         "a generated device id is W0039 + 9 digits like PERE's page: {device:?}"
     );
-    server.wait_online("CHANNEL_1", &device).await;
 
     // Published over HTTP while the page is open.
     let payloads = [

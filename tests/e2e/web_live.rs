@@ -409,13 +409,7 @@ async fn subscriber_page_on_a_pattern_shows_each_event_s_channel() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_named_error_or_open_do_not_break_the_subscriber_page() {
     let server = TestServer::start().await;
-    let mut browser = Browser::launch().await;
-    browser
-        .open(&server.url("/subscriber.html"), 1000, 800)
-        .await;
-    browser.wait_for_badge("open").await;
-    let device = crate::web::page_device(&mut browser).await;
-    server.wait_online("CHANNEL_1", &device).await;
+    let (mut browser, device) = crate::web::subscriber_page(&server).await;
     server.publish("CHANNEL_1?event=error", "named error").await;
     server.publish("CHANNEL_1?event=open", "named open").await;
     let after = server.publish("CHANNEL_1", "after them").await;
