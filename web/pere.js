@@ -523,14 +523,12 @@ class Subscription {
     this.#source = source;
     this.#setState(this.#failures === 0 && !this.lastEventId ? State.CONNECTING : State.RECONNECTING, {});
 
+    // The stream is open once `pere.hello` arrives, not at `onopen`: a
+    // server that cannot serve it now answers 200 with a `retry:` and
+    // ends it at once, to be asked again (docs/PROTOCOL.md §6.5).
     // An event the server named `open` or `error` (only `pere.` is
-    // reserved) reaches these handlers too, as a MessageEvent: it is data,
+    // reserved) reaches `onerror` too, as a MessageEvent: it is data,
     // not news of the connection.
-    source.onopen = (e) => {
-      if (source !== this.#source || e instanceof MessageEvent) return;
-      this.#failures = 0;
-      this.#setState(State.OPEN, {});
-    };
     source.onerror = (e) => {
       if (source !== this.#source || this.#closed || e instanceof MessageEvent) return;
       if (source.readyState === EventSource.CONNECTING) {

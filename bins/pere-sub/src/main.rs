@@ -171,6 +171,8 @@ async fn follow_events(
     // A server that answered, but whose TLS failed: asking whether it runs
     // would point the wrong way.
     let mut tls_failed = false;
+    // A stream opened and not yet said to be connected.
+    let mut announce = false;
     loop {
         let next = match deadline {
             None => sub.next().await,
@@ -192,13 +194,22 @@ async fn follow_events(
             Err(err) => return Err(Stop::Failed(err.to_string())),
         };
         let event = match item {
-            SubscriberItem::Event(event) => event,
+            SubscriberItem::Event(event) => {
+                if announce {
+                    // Said once the stream is live (its first event, PERE's
+                    // hello): a `200` that ends at once is a server asking
+                    // to come back later, not a connection.
+                    announce = false;
+                    notice(
+                        config,
+                        format_args!("connected to {}", sub.address().url(sub.path())),
+                    );
+                }
+                event
+            }
             SubscriberItem::Connected => {
                 connected_once = true;
-                notice(
-                    config,
-                    format_args!("connected to {}", sub.address().url(sub.path())),
-                );
+                announce = true;
                 continue;
             }
             SubscriberItem::Disconnected { reason } => {

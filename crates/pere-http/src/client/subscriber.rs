@@ -206,8 +206,16 @@ pub struct Subscriber {
     state: State,
     /// Items decoded or noticed, not returned yet.
     queue: VecDeque<SubscriberItem>,
-    /// Consecutive failed connection attempts.
+    /// Consecutive failed connection attempts. A stream that ends before
+    /// any event is one: a server that cannot serve it now answers `200`
+    /// with a `retry:` and a comment, then ends (PERE does, so that an
+    /// `EventSource` comes back), and each such answer must back off.
     failures: u32,
+    /// Whether the current stream dispatched an event (it is live).
+    live: bool,
+    /// What the current stream said in a comment before it was live: the
+    /// server's reason, when it ends at once.
+    said: Option<String>,
     /// Reused output buffer of the decoder.
     scratch: Vec<Item>,
 }
@@ -276,6 +284,8 @@ impl Subscriber {
             state: State::Connect,
             queue: VecDeque::new(),
             failures: 0,
+            live: false,
+            said: None,
             scratch: Vec::new(),
         })
     }
@@ -345,7 +355,8 @@ impl Subscriber {
                 }
                 State::Connect => match self.open().await {
                     Ok((conn, body)) => {
-                        self.failures = 0;
+                        self.live = false;
+                        self.said = None;
                         self.state = State::Streaming { body, _conn: conn };
                         return Ok(Some(SubscriberItem::Connected));
                     }
@@ -376,15 +387,40 @@ impl Subscriber {
                                 self.feed(&data);
                             }
                         }
-                        Some(Some(Err(err))) => self.lost(format!("the stream broke: {err}")),
+                        Some(Some(Err(err))) => {
+                            self.not_live();
+                            self.lost(format!("the stream broke: {err}"));
+                        }
+                        Some(None) if !self.live => {
+                            self.not_live();
+                            let reason = match self.said.take() {
+                                Some(said) => format!(
+                                    "the server ended the stream before any event: {}",
+                                    said.trim()
+                                ),
+                                None => "the server ended the stream before any event".into(),
+                            };
+                            self.lost(reason);
+                        }
                         Some(None) => self.lost("the server ended the stream".into()),
-                        None => self.lost(format!(
-                            "nothing received for {} ms",
-                            self.options.idle_timeout.unwrap_or_default().as_millis()
-                        )),
+                        None => {
+                            self.not_live();
+                            self.lost(format!(
+                                "nothing received for {} ms",
+                                self.options.idle_timeout.unwrap_or_default().as_millis()
+                            ));
+                        }
                     }
                 }
             }
+        }
+    }
+
+    /// A stream that ends or breaks before any event counts as a failed
+    /// attempt, so that reconnecting backs off and `max_reconnects` holds.
+    fn not_live(&mut self) {
+        if !self.live {
+            self.failures = self.failures.saturating_add(1);
         }
     }
 
@@ -393,7 +429,16 @@ impl Subscriber {
         self.decoder.feed(data, &mut self.scratch);
         for item in self.scratch.drain(..) {
             match item {
-                Item::Event(event) => self.queue.push_back(SubscriberItem::Event(event)),
+                Item::Event(event) => {
+                    if !self.live {
+                        self.live = true;
+                        self.failures = 0;
+                    }
+                    self.queue.push_back(SubscriberItem::Event(event));
+                }
+                Item::Comment(text) if !self.live && !text.trim().is_empty() => {
+                    self.said = Some(text);
+                }
                 Item::Error(err) => {
                     tracing::warn!(cause = %err, path = %self.path, "part of the event stream was discarded");
                 }

@@ -579,3 +579,53 @@ async fn client_subscriber_gives_up_after_max_reconnects() {
     assert_eq!(disconnects, 2, "{notices:?}");
     assert!(sub.next().await.unwrap().is_none());
 }
+
+/// A server that cannot serve a stream now answers `200` with a `retry:`
+/// and a comment saying why, then ends it (docs/PROTOCOL.md §6.5): each
+/// such answer is a failed attempt, which backs off, counts against
+/// `max_reconnects`, and gives the server's reason.
+#[tokio::test]
+async fn client_subscriber_counts_a_stream_that_ends_before_any_event_as_failed() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = accept_request(&listener).await;
+            let body = ":the event store is unavailable (store_unavailable)\n\n";
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\
+                 content-length: {}\r\n\r\nretry:5\n\n{body}",
+                body.len() + "retry:5\n\n".len()
+            );
+            let _ = stream.write_all(answer.as_bytes()).await;
+        }
+    });
+    let options = SubscribeOptions {
+        max_reconnects: Some(3),
+        ..SubscribeOptions::default()
+    };
+    let mut sub = Subscriber::with_options(&addr.to_string(), "c", None, options).unwrap();
+    let mut notices = Vec::new();
+    let err = loop {
+        assert!(notices.len() < 100, "never gave up: {:?}", &notices[..12]);
+        match tokio::time::timeout(WAIT, sub.next()).await.unwrap() {
+            Ok(Some(item)) => notices.push(item),
+            Ok(None) => panic!("ended without an error: {notices:?}"),
+            Err(err) => break err,
+        }
+    };
+    server.abort();
+    assert!(matches!(err, Error::GaveUp(_)), "{err:?}");
+    assert!(
+        err.to_string().contains("store_unavailable"),
+        "the server's reason: {err}"
+    );
+    let waits: Vec<(u32, u128)> = notices
+        .iter()
+        .filter_map(|n| match n {
+            SubscriberItem::Reconnecting { attempt, after } => Some((*attempt, after.as_millis())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(waits, [(2, 5), (3, 10)], "backing off: {notices:?}");
+}
