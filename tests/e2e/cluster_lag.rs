@@ -290,9 +290,12 @@ async fn a_node_taken_for_gone_ends_its_streams_and_its_devices_are_counted_agai
     // yet (it is told to, with a stream that ends before any hello).
     let mut again = None;
     for _ in 0..100 {
-        let mut s =
-            pere_tests::SseStream::open(cluster.node(2).addr, "/feed/news", &[("device", "phone")])
-                .await;
+        let mut s = pere_tests::SseStream::open(
+            cluster.node(2).addr,
+            "/feed/news",
+            &[("device", "phone"), ("Accept", "text/event-stream")],
+        )
+        .await;
         assert_eq!(s.status, 200, "{}", s.text());
         if s.next_event()
             .await

@@ -160,10 +160,21 @@ async fn a_full_disk_refuses_writes_until_space_is_freed_then_resumes() {
     // The retries back off (100 ms doubling): after 4 s the next one is
     // more than a second away, and never more than 5 s.
     assert!((2..=5).contains(&longest_wait), "{longest_wait}");
-    // A device's stream (its membership is a write) is told to come back:
-    // a 503 would make an EventSource give up for good.
+    // A device's stream (its membership is a write) is refused like the
+    // writes, unless an EventSource asks (`Accept: text/event-stream`):
+    // that one is told to come back, since a 503 would make it give up.
     let r = server
         .request("GET", "/feed/news", &[("device", "phone")], b"")
+        .await;
+    r.assert_error(503, "store_unavailable");
+    assert!((1..=5).contains(&retry_after(&r)));
+    let r = server
+        .request(
+            "GET",
+            "/feed/news",
+            &[("device", "phone"), ("Accept", "text/event-stream")],
+            b"",
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("content-type"), Some("text/event-stream"));

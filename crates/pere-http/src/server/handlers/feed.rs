@@ -62,7 +62,7 @@ pub async fn feed<S: EventStore, B>(
     let header_id = header_str(req.headers(), "last-event-id")?.filter(|v| !v.is_empty());
     let resume = resume_point(header_id, &query)?;
     if app.hub.is_closing() {
-        return Ok(try_again(app, req, &ApiError::shutting_down()));
+        return unavailable(app, req, ApiError::shutting_down());
     }
     if req.method() == Method::HEAD {
         // A HEAD asks what a GET would answer: the stream's headers, without
@@ -90,7 +90,7 @@ pub async fn feed<S: EventStore, B>(
                 ErrorCode::StoreUnavailable | ErrorCode::ShuttingDown
             ) =>
         {
-            return Ok(try_again(app, req, &err));
+            return unavailable(app, req, err);
         }
         Err(err) => return Err(err),
     };
@@ -106,6 +106,29 @@ pub async fn feed<S: EventStore, B>(
     *response.status_mut() = StatusCode::OK;
     sse_headers(response.headers_mut());
     Ok(response)
+}
+
+/// A stream asked for while the store (a cluster's log) takes no writes,
+/// or the server is shutting down: an `EventSource` (it sends `Accept:
+/// text/event-stream`, as browsers and SSE libraries do) is told to come
+/// back ([`try_again`]); any other client gets the `503` of
+/// docs/PROTOCOL.md §8, with `Retry-After`.
+fn unavailable<S: EventStore, B>(
+    app: &App<S>,
+    req: &Request<B>,
+    err: ApiError,
+) -> Result<Response<Body>, ApiError> {
+    let event_source = req
+        .headers()
+        .get_all(hyper::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.to_ascii_lowercase().contains("text/event-stream"));
+    if event_source {
+        Ok(try_again(app, req, &err))
+    } else {
+        Err(err)
+    }
 }
 
 /// The answer to a stream asked for while the store (a cluster's log) takes
