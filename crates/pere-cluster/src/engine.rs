@@ -201,7 +201,11 @@ impl Engine {
             .map_err(|_| EngineError::Invalid("more than u32::MAX events in one entry".into()))?;
         let Shared { config, keys, .. } = &*self.shared;
         let mut invocation = scripts::APPEND.prepare_invoke();
-        invocation.key(&keys.seq).key(&keys.log).key(&keys.head);
+        invocation
+            .key(&keys.seq)
+            .key(&keys.log)
+            .key(&keys.head)
+            .key(&keys.genesis);
         invocation
             .arg(&config.node)
             .arg(entry.blob.as_ref())

@@ -18,10 +18,14 @@ use redis::Script;
 /// idempotency keys and `XADD`s the entry, all or nothing.
 ///
 /// - `KEYS[1]` `{prefix}:seq`, `KEYS[2]` `{prefix}:log`, `KEYS[3]`
-///   `{prefix}:head`, `KEYS[4..]` one `{prefix}:idem:…` key per event that
-///   has an idempotency key.
+///   `{prefix}:head`, `KEYS[4]` `{prefix}:genesis`, `KEYS[5..]` one
+///   `{prefix}:idem:…` key per event that has an idempotency key.
 /// - `ARGV[1]` node, `ARGV[2]` blob, `ARGV[3]` event count, `ARGV[4]`
 ///   idempotency ttl in ms, `ARGV[5..]` the event index of each idem key.
+///
+/// The first entry of an empty log records the log's beginning (`genesis`,
+/// unless set): a node still running when Redis lost its data appends
+/// before it notices, and the nodes that restart must still find it.
 ///
 /// Ids: `first = max(TIME in µs, seq + 1)`, event `i` is `first + i`, and
 /// `seq = first + events - 1`. An event whose key is already known keeps its
@@ -48,8 +52,8 @@ if events > 0 then
 end
 local reply = {false, first, now}
 local dups = {}
-for k = 4, #KEYS do
-  local index = ARGV[k + 1]
+for k = 5, #KEYS do
+  local index = ARGV[k]
   local id = string.format('%.0f', first + tonumber(index))
   local old = redis.call('SET', KEYS[k], id, 'NX', 'GET', 'PX', ARGV[4])
   if old then
@@ -58,7 +62,11 @@ for k = 4, #KEYS do
     reply[#reply + 1] = tonumber(old)
   end
 end
-local prev = redis.call('GET', KEYS[3]) or '0-0'
+local prev = redis.call('GET', KEYS[3])
+if not prev then
+  prev = '0-0'
+  redis.call('SET', KEYS[4], t[1] .. string.format('%06d', tonumber(t[2])), 'NX')
+end
 local pos = redis.call('XADD', KEYS[2], '*',
   'node', ARGV[1], 'prev', prev, 'events', ARGV[3],
   'first', string.format('%.0f', first), 'time', string.format('%.0f', now),

@@ -140,3 +140,20 @@ async fn the_log_s_genesis_is_set_once_and_begins_again_when_redis_loses_its_dat
     redis.query::<i64>(&["DEL", "pere:genesis"]).expect("DEL");
     assert_eq!(c.genesis().await.expect("genesis"), 0);
 }
+
+/// A node still running when Redis lost its data appends (a tick, a
+/// publish) before it notices: the log's beginning is recorded by that
+/// first entry, so the nodes that restart still find it above the lost ids.
+#[tokio::test]
+async fn the_log_s_genesis_is_recorded_by_a_first_append_after_redis_lost_its_data() {
+    let mut redis = RedisServer::start_with(&["--appendonly", "no"]).expect("redis starts");
+    let a = engine(&redis.url(), "a").await;
+    let genesis = a.genesis().await.expect("genesis");
+    let appended = a.append(entry("one", 1)).await.expect("appends");
+    assert!(appended.first_id >= genesis);
+    redis.restart().expect("redis restarts, empty");
+    append_retrying(&a, entry("tick", 0), Duration::from_secs(10)).await;
+    let c = engine(&redis.url(), "c").await;
+    let again = c.genesis().await.expect("genesis");
+    assert!(again > appended.first_id, "{again} after {appended:?}");
+}

@@ -263,7 +263,8 @@ impl Notices {
     /// another: the notices issued from now on, until the next tick, are
     /// sent by its node. On each of its ticks a node also sends those
     /// that nobody confirmed for a whole tick and it has not handed to
-    /// its listener: their sender died with them, or its webhook gave up.
+    /// its listener: their sender died with them. (What its own webhook
+    /// task gave up on waits for a new listener or a restart.)
     pub(in crate::hub) fn tick_by(&mut self, mine: bool) {
         self.ticks += 1;
         self.sends = mine;
