@@ -17,6 +17,11 @@ async fn sub_on<S: EventStore>(hub: &Hub<S>, device: &str, resume: Resume) -> Su
     subscribe_to(hub, device, "orders", resume).await
 }
 
+/// Device `R` acknowledges `id` on `orders`, status `ok`.
+async fn ack_r<S: EventStore>(hub: &Hub<S>, id: EventId) {
+    hub.ack(&pat("orders"), &dev("R"), id, "ok").await.unwrap();
+}
+
 /// A file store in `dir` keeping `history` events per channel.
 fn keeping(dir: &std::path::Path, history: usize) -> FileStoreConfig {
     let mut cfg = FileStoreConfig::new(dir);
@@ -64,17 +69,11 @@ async fn a_late_receipt_below_the_latest_moves_the_journaled_prefix() {
         let mut r = sub_on(&hub, "R", Resume::Auto).await;
         let e = publish_n(&hub, "orders", 3).await;
         assert_eq!(take(&mut r, 3).await, e);
-        hub.ack(&pat("orders"), &dev("R"), e[0], "ok")
-            .await
-            .unwrap();
-        hub.ack(&pat("orders"), &dev("R"), e[2], "ok")
-            .await
-            .unwrap();
+        ack_r(&hub, e[0]).await;
+        ack_r(&hub, e[2]).await;
         tokio::time::sleep(Duration::from_millis(200)).await; // ticks journal AckedUpto = e0
         // The retried receipt for e1 arrives late: now all three are acknowledged.
-        hub.ack(&pat("orders"), &dev("R"), e[1], "ok")
-            .await
-            .unwrap();
+        ack_r(&hub, e[1]).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         drop(r);
         publish_n(&hub, "orders", 3).await; // drops e0..e2, all acknowledged
@@ -159,14 +158,12 @@ async fn no_gap_after_a_graceful_stop_right_after_receipts() {
         let mut r = sub_on(&hub, "R", Resume::Auto).await;
         let e = publish_n(&hub, "orders", 1).await;
         assert_eq!(take(&mut r, 1).await, e);
-        hub.ack(&pat("orders"), &dev("R"), e[0], "ok")
-            .await
-            .unwrap();
+        ack_r(&hub, e[0]).await;
         force_tick(&hub).await; // Acking(e1), AckedUpto(e1)
         let e = publish_n(&hub, "orders", 3).await; // drops e1 (acknowledged)
         assert_eq!(take(&mut r, 3).await, e);
         for id in &e {
-            hub.ack(&pat("orders"), &dev("R"), *id, "ok").await.unwrap();
+            ack_r(&hub, *id).await;
         }
         drop(r);
         publish_n(&hub, "orders", 3).await; // drops e2..e4 (all acknowledged)
@@ -285,9 +282,7 @@ async fn a_membership_that_expired_while_the_server_was_down_is_gone_at_start() 
         let mut r = sub_on(&hub, "R", Resume::Auto).await;
         let e = publish_n(&hub, "orders", 1).await;
         assert_eq!(take(&mut r, 1).await, e);
-        hub.ack(&pat("orders"), &dev("R"), e[0], "ok")
-            .await
-            .unwrap();
+        ack_r(&hub, e[0]).await;
         drop(r);
         tokio::time::sleep(Duration::from_millis(50)).await;
         hub.shutdown().await;
@@ -350,7 +345,7 @@ async fn a_loss_below_a_later_receipt_is_a_gap_after_a_restart_and_told_once() {
         assert_eq!(take(&mut r, 3).await, e);
         // The receipt for the second one never came.
         for id in [e[0], e[2]] {
-            hub.ack(&pat("orders"), &dev("R"), id, "ok").await.unwrap();
+            ack_r(&hub, id).await;
         }
         drop(r);
         let kept = publish_n(&hub, "orders", 3).await;
