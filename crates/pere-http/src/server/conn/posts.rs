@@ -85,12 +85,15 @@ pub(super) async fn serve<S: EventStore>(
         };
         if round.is_none() {
             // Quiet: wait for the next request under the idle timeout,
-            // without holding the buffer meanwhile.
+            // without holding the buffer meanwhile. Readiness, not a
+            // peek: the next round peeks anyway, and a second peek per
+            // request is a system call a receipt sent one at a time paid
+            // for nothing. A readiness without bytes (the end, an error,
+            // or a spurious wake) is told apart by that round's peek.
             drop(buf);
-            let mut first = [0u8; 1];
             let more = tokio::select! {
-                peeked = stream.peek(&mut first) => {
-                    if !matches!(peeked, Ok(1..)) {
+                ready = stream.readable() => {
+                    if ready.is_err() {
                         return Served::Closed;
                     }
                     true
