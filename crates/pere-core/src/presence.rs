@@ -46,8 +46,9 @@ pub struct StreamShared {
     /// Highest event id queued by the writer (dedupes an event that matches
     /// several of the stream's subscriptions). Writer task only.
     pub enqueued_upto: AtomicU64,
-    /// Set by the writer when the stream's token is revoked: the stream
-    /// yields nothing more, not even what is already queued.
+    /// Set by the writer when it ends the stream for good (token revoked,
+    /// membership removed, too slow): the stream yields nothing more, not
+    /// even what is already queued or left of its replay.
     revoked: AtomicBool,
     /// Whether `allowed` applies: the fast path of every delivery is this
     /// one load.
@@ -104,7 +105,10 @@ impl StreamShared {
     }
 
     /// Ends the stream for good: its token was revoked (or no longer covers
-    /// anything it asked for). Queued events are not delivered.
+    /// anything it asked for), its membership removed, or it was too slow.
+    /// Queued and replayed events still to come are not delivered: the
+    /// cursor the hub folds when it ends the stream must be the last
+    /// event written.
     pub fn revoke(&self) {
         self.revoked.store(true, Ordering::Release);
     }

@@ -641,6 +641,8 @@ mod ack_batch_tests;
 #[cfg(test)]
 mod auth_tests;
 #[cfg(test)]
+mod ending_tests;
+#[cfg(test)]
 mod redelivery_tests;
 #[cfg(test)]
 mod restart_tests;

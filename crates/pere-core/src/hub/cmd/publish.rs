@@ -122,6 +122,12 @@ impl State {
                     frames: frames.clone(),
                 };
                 if stream.push(delivery) == Push::Full {
+                    // Ended at once, not after what it has queued: writes
+                    // after its cursor is folded below would be written
+                    // yet missing from that cursor, and come again on
+                    // resume (and a stalled client would pin its queue
+                    // until --send-timeout for nothing).
+                    stream.shared.revoke();
                     slow.push(stream.shared.id);
                 }
             }

@@ -262,6 +262,9 @@ impl State {
                 );
             }
             for id in ids {
+                if let Some(open) = self.memberships.stream(id) {
+                    open.shared.revoke();
+                }
                 self.close_stream(id, now);
             }
         }

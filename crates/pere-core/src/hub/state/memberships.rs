@@ -349,26 +349,36 @@ impl Memberships {
     /// prepared (an empty one a tick of the same batch dropped) is skipped.
     pub(in crate::hub) fn open_stream(
         &mut self,
-        open: OpenStream,
+        mut open: OpenStream,
         stream: &StreamTx,
         node: &Arc<str>,
         last_event_id: &Option<String>,
         now: Timestamp,
     ) {
-        for pattern in &open.subs {
+        // Only the subscriptions it joined stay on its record: its end
+        // detaches from those, and must not detach a member created later
+        // (a membership removed in the same batch, then opened again).
+        open.subs.retain(|pattern| {
             let Some(sub) = self.subs.get_mut(pattern) else {
-                continue;
+                return false;
             };
             match &open.device {
                 Some(device) => {
-                    if let Some(member) = sub.members.get_mut(device) {
-                        member.streams.push(stream.clone());
-                        member.attach(node, now);
-                        member.last_event_id = last_event_id.clone();
-                    }
+                    let Some(member) = sub.members.get_mut(device) else {
+                        return false;
+                    };
+                    member.streams.push(stream.clone());
+                    member.attach(node, now);
+                    member.last_event_id = last_event_id.clone();
                 }
                 None => sub.anonymous.push(stream.clone()),
             }
+            true
+        });
+        if open.subs.is_empty() {
+            // Nothing feeds it: it ends, without writing its replay to a
+            // device that is no member.
+            open.shared.revoke();
         }
         self.streams.insert(open.shared.id, open);
     }
@@ -398,6 +408,9 @@ impl Memberships {
             // senders dropped here.
             open.subs.retain(|p| p != pattern);
             if open.subs.is_empty() {
+                // Nothing more is written, replay included: a write after
+                // this would mark the removed device delivered again.
+                open.shared.revoke();
                 let upto = open.shared.delivered_upto();
                 replayed.extend(written_replay(&mut self.replays, open, upto));
                 self.replays.remove(&id);

@@ -1,0 +1,110 @@
+//! Streams the hub ends itself (too slow, membership removed, a removal
+//! racing a reconnect): what they write after that, and what their end
+//! leaves behind in the cursor and in presence.
+
+#![allow(clippy::unwrap_used)]
+
+use super::redelivery_tests::{publish_n, take};
+use super::tests::{WAIT, dev, drain, hub, hub_with, pat, publish, subscribe, wait_for};
+use super::*;
+use crate::config::Retention;
+use std::time::Duration;
+
+/// A stream closed as too slow ends at once: what it had queued is not
+/// written after its cursor was saved, so the device resumes after the
+/// last event it was written, with neither duplicates nor holes.
+#[tokio::test]
+async fn a_stream_too_slow_ends_at_once_and_resumes_after_its_last_write() {
+    let config = HubConfig {
+        queue_capacity: 4,
+        ..HubConfig::default()
+    };
+    let hub = hub_with(config, Retention::default()).await;
+    let mut slow = subscribe(&hub, Some("slow"), &["c"], Resume::Auto).await;
+    let read = publish_n(&hub, "c", 2).await;
+    assert_eq!(take(&mut slow, 2).await, read);
+    // It stops reading: the fifth of these finds its queue full.
+    let unread = publish_n(&hub, "c", 10).await;
+    let mut written = read.clone();
+    while let Some(e) = tokio::time::timeout(WAIT, slow.next()).await.unwrap() {
+        written.push(e.id);
+    }
+    drop(slow);
+    wait_for(|| async { hub.connections().await.unwrap().total == 0 }).await;
+
+    let mut again = subscribe(&hub, Some("slow"), &["c"], Resume::Auto).await;
+    let last = *written.last().unwrap();
+    assert_eq!(
+        again.hello().resumed_from,
+        Some(last),
+        "resumes after the last event written to its stream"
+    );
+    let rest: Vec<EventId> = unread.iter().copied().filter(|id| *id > last).collect();
+    assert_eq!(take(&mut again, rest.len()).await, rest);
+    assert!(drain(&mut again).is_empty(), "no duplicate");
+    assert_eq!(
+        written, read,
+        "nothing is written once the stream is closed"
+    );
+}
+
+/// A removed membership's stream writes nothing more, not even the rest of
+/// its replay, so the removed device never reappears in a receipt.
+#[tokio::test]
+async fn a_removed_membership_s_stream_stops_its_replay_too() {
+    let hub = hub().await;
+    let old = publish_n(&hub, "c", 3).await;
+    let mut sub = subscribe(&hub, Some("d"), &["c"], Resume::All).await;
+    assert_eq!(sub.hello().replayed, 3);
+    hub.remove_member(&pat("c"), &dev("d")).await.unwrap();
+    let after_removal = drain(&mut sub);
+    let summary = hub.receipt_summary(&pat("c"), old[0]).unwrap();
+    assert!(
+        after_removal.is_empty() && summary.devices.is_empty(),
+        "written after the removal: {after_removal:?}; receipts list {:?}",
+        summary
+            .devices
+            .iter()
+            .map(|(d, r)| (d.as_str(), r.state))
+            .collect::<Vec<_>>()
+    );
+}
+
+/// A removal and a new stream of the same device in one writer batch: the
+/// stream finds no membership and ends. When it is dropped after the
+/// device reconnected, it must not detach the new membership, whose
+/// stream is open (else the device shows offline while connected, and
+/// its membership expires under it).
+#[tokio::test]
+async fn a_stream_without_membership_does_not_detach_the_next_one() {
+    let config = HubConfig {
+        member_ttl: Duration::from_millis(100),
+        tick: Duration::from_millis(10),
+        ..HubConfig::default()
+    };
+    let hub = hub_with(config, Retention::default()).await;
+    let request = SubscribeRequest {
+        device: Some(dev("d")),
+        patterns: vec![pat("c")],
+        resume: Resume::Auto,
+    };
+    let (c, d) = (pat("c"), dev("d"));
+    let (orphan, removed) = tokio::join!(hub.subscribe(request, None), hub.remove_member(&c, &d));
+    let orphan = orphan.unwrap();
+    removed.unwrap();
+    let mut live = subscribe(&hub, Some("d"), &["c"], Resume::Auto).await;
+    drop(orphan);
+    wait_for(|| async { hub.connections().await.unwrap().total == 1 }).await;
+    let devices = hub.devices(&pat("c")).await.unwrap();
+    let presence = devices[0].1.clone();
+    assert!(
+        presence.online && presence.connections == 1,
+        "one stream of the device is open: {presence:?}"
+    );
+    // Past the TTL, with the stream still open: still a member.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let p = publish(&hub, "c", "y").await;
+    assert_eq!(p.recipients, 1);
+    let got = tokio::time::timeout(Duration::from_secs(1), live.next()).await;
+    assert_eq!(got.ok().flatten().map(|e| e.id), Some(p.id));
+}
