@@ -264,6 +264,26 @@ async fn pere_pub_resends_a_publish_whose_answer_was_lost_with_the_same_idempote
     server.stop().await;
 }
 
+/// Running the same command with a key of one's own again is a retry: the
+/// second run answers the first event, whatever device each run picked.
+#[tokio::test]
+async fn pere_pub_run_again_with_the_same_idempotency_key_publishes_once() {
+    let server = Server::start(0).await;
+    let addr = server.addr.to_string();
+    let command = ["order", "--data", "42 EUR", "--idempotency-key", "order-42"];
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let args: Vec<&str> = std::iter::once(addr.as_str()).chain(command).collect();
+        let mut publisher = Proc::start("pere-pub", &args, Stdio::null());
+        runs.push(publisher.success().await);
+    }
+    assert_eq!(first_word_id(&runs[0][0]), first_word_id(&runs[1][0]));
+    assert!(runs[1][0].contains("duplicate=true"), "{runs:?}");
+    let events = server.get_json("/admin/events/order").await;
+    assert_eq!(events.as_array().unwrap().len(), 1, "stored once: {events}");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn pere_sub_exits_quietly_when_its_output_is_closed() {
     let server = Server::start(0).await;

@@ -60,7 +60,7 @@ pub struct Args {
     /// the SSE event type (default message)
     #[argh(option)]
     pub event: Option<String>,
-    /// the publisher's device id (default a random PERE-style id, P0039…)
+    /// the publisher's device id (default a random PERE-style id, P0039…; none with --idempotency-key, so that running the same command again is a retry)
     #[argh(option)]
     pub device: Option<String>,
     /// bearer token for a server with auth on (or set PERE_TOKEN, which ps does not show); without --device, the device is the token's subject
@@ -347,8 +347,11 @@ impl Config {
             channel: args.channel,
             options: PublishOptions {
                 // With a token the server takes the device from its subject;
-                // a random id would not match it.
-                device: (!device_from_token).then(|| device.clone()),
+                // a random id would not match it. Nor is one sent with a
+                // key of the user's own: keys are scoped by publisher, and
+                // running the same command again must be the same one.
+                device: (!device_from_token && (device_given || args.idempotency_key.is_none()))
+                    .then(|| device.clone()),
                 event_type: args.event,
                 idempotency_key: None,
                 wait,

@@ -86,8 +86,9 @@ pub struct Published {
     /// With `wait`: the wait ended by its timeout.
     #[serde(default)]
     pub timed_out: Option<bool>,
-    /// The answer repeats an earlier publish with the same idempotency key.
-    #[serde(default)]
+    /// The answer repeats an earlier publish with the same idempotency key
+    /// (its `Idempotent-Replayed: true` header).
+    #[serde(skip)]
     pub duplicate: bool,
     /// With `wait`: the wait ended early because the server is shutting
     /// down (the event was published; the receipts are those so far).
@@ -462,10 +463,17 @@ impl Client {
         opts: &PublishOptions,
     ) -> Result<Published> {
         let (path, headers, timeout) = self.publish_request(channel, opts)?;
-        let body = self
-            .call(Method::POST, &path, headers, payload.into(), timeout)
+        let (status, answer, body) = self
+            .request_within(Method::POST, &path, headers, payload.into(), timeout)
             .await?;
-        parse_json(&body, "publish")
+        if !status.is_success() {
+            return Err(status_error(status, &body));
+        }
+        let mut published: Published = parse_json(&body, "publish")?;
+        published.duplicate = answer
+            .get("idempotent-replayed")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+        Ok(published)
     }
 
     /// Publishes like [`publish`](Self::publish), retrying transient failures

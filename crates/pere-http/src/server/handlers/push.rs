@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use hyper::header::{HeaderValue, LOCATION};
+use hyper::header::{HeaderName, HeaderValue, LOCATION};
 use hyper::{Request, Response, StatusCode};
 use pere_core::{ChannelName, EventStore, EventType, Publish};
 
@@ -12,6 +12,9 @@ use crate::error::ErrorCode;
 use crate::error::{ApiError, escape};
 use crate::server::app::App;
 use crate::server::body::Body;
+
+/// Marks the answer to a retried publish (the name Stripe's API uses).
+const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 use crate::server::body::RequestBody;
 use crate::server::response::json_raw;
 
@@ -159,11 +162,15 @@ pub async fn push<S: EventStore>(
             body.push_str(r#","shutting_down":true"#);
         }
     }
-    if published.duplicate {
-        body.push_str(r#","duplicate":true"#);
-    }
     body.push('}');
     let mut response = json_raw(StatusCode::CREATED, body);
+    if published.duplicate {
+        // A header, not a field: the contract (§2) answers a retry with
+        // the first result itself, which a client may compare whole.
+        response
+            .headers_mut()
+            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
     if let Ok(location) =
         HeaderValue::from_str(&format!("/receipts/{}/{}", published.channel, published.id))
     {
