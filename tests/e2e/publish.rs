@@ -218,6 +218,36 @@ async fn wait_acked_times_out_and_lists_the_device_that_never_acked() {
     );
 }
 
+/// A device the event reaches while the publisher waits (a late joiner's
+/// replay) joins its audience (§5): the answer counts it in `recipients`
+/// as in its lists, as `GET /receipts` does.
+#[tokio::test]
+async fn a_wait_answer_counts_a_late_joiner_in_recipients_too() {
+    let server = TestServer::start().await;
+    let mut a = server.subscribe("lw", "a").await;
+    let addr = server.addr;
+    let publish = tokio::spawn(async move {
+        pere_tests::request(addr, "POST", "/push/lw?wait=acked&timeout=1500", &[], b"x").await
+    });
+    let event = a.messages(1).await.remove(0);
+    let mut late = server
+        .stream("/feed/lw?replay=all", &[("device", "late")])
+        .await;
+    assert_eq!(late.messages(1).await[0].id, event.id);
+    server.ack("lw", "a", &event.id).await;
+    let r = publish.await.unwrap();
+    let body = r.json();
+    assert_eq!(body["unacked"], serde_json::json!(["late"]), "{body}");
+    assert_eq!(body["timed_out"], true, "{body}");
+    assert_eq!(
+        (body["recipients"].as_u64(), body["delivered"].as_u64()),
+        (Some(2), Some(2)),
+        "{body}"
+    );
+    let receipts = server.get_json(&format!("/receipts/lw/{}", event.id)).await;
+    assert_eq!(receipts["recipients"], body["recipients"], "{receipts}");
+}
+
 #[tokio::test]
 async fn wait_with_no_recipients_returns_at_once() {
     let server = TestServer::start().await;

@@ -118,10 +118,10 @@ pub async fn push<S: EventStore>(
         })
         .await
         .map_err(|e| name_the_limit(e.into()))?;
-    let mut body = format!(
-        r#"{{"id":"{}","channel":"{}","recipients":{}"#,
-        published.id, published.channel, published.recipients
-    );
+    // Without `wait`, the audience as published; with it, as the answer
+    // leaves, late joiners included (§5), like the lists beside it.
+    let mut recipients = published.recipients;
+    let mut waited = String::new();
     if let Some(wait) = wait {
         let mut interrupted = false;
         if let Some(receipts) = &published.receipts {
@@ -140,6 +140,7 @@ pub async fn push<S: EventStore>(
         let (delivered, acked, pending, unacked) = match &published.receipts {
             Some(receipts) => {
                 let s = receipts.summary();
+                recipients = s.recipients;
                 (s.delivered, s.acked, s.pending, s.unacked)
             }
             None => (0, 0, Vec::new(), Vec::new()),
@@ -152,17 +153,20 @@ pub async fn push<S: EventStore>(
             Wait::Delivered => !pending.is_empty(),
             Wait::Acked => !unacked.is_empty(),
         };
-        body.push_str(&format!(
+        waited.push_str(&format!(
             r#","delivered":{delivered},"acked":{acked},"pending":{},"unacked":{},"timed_out":{timed_out},"timeout":{timeout_ms}"#,
             serde_json::to_string(&pending).unwrap_or_else(|_| "[]".into()),
             serde_json::to_string(&unacked).unwrap_or_else(|_| "[]".into()),
         ));
         if interrupted && timed_out {
             // The wait ended early: the server is stopping.
-            body.push_str(r#","shutting_down":true"#);
+            waited.push_str(r#","shutting_down":true"#);
         }
     }
-    body.push('}');
+    let body = format!(
+        r#"{{"id":"{}","channel":"{}","recipients":{recipients}{waited}}}"#,
+        published.id, published.channel
+    );
     let mut response = json_raw(StatusCode::CREATED, body);
     if published.duplicate {
         // A header, not a field: the contract (§2) answers a retry with
