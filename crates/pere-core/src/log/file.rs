@@ -218,8 +218,9 @@ pub struct FileStore {
     /// Trims decided by retention, written with the next batch.
     trims: Mutex<Vec<Stored>>,
     retention: Retention,
-    /// The `LOCK` file, held (flock) until [`EventStore::close`] or drop.
-    lock_file: Mutex<Option<File>>,
+    /// The `LOCK` file and the directory, held (flock) until
+    /// [`EventStore::close`] or drop.
+    lock_file: Mutex<Option<[File; 2]>>,
 }
 
 impl std::fmt::Debug for FileStore {
@@ -253,15 +254,21 @@ impl FileStore {
             .write(true)
             .open(&lock_path)
             .map_err(|e| io_err(&lock_path, e))?;
-        lock_file.try_lock().map_err(|e| {
-            io_err(
-                &lock_path,
-                std::io::Error::new(
-                    std::io::ErrorKind::WouldBlock,
-                    format!("the data directory is in use by another process ({e})"),
-                ),
-            )
-        })?;
+        // The directory itself is locked too: a LOCK file removed by hand
+        // and created again by a second server would be a second, free
+        // lock, and two writers on one log lose each other's records.
+        let dir_lock = File::open(&dir).map_err(|e| io_err(&dir, e))?;
+        for (held, path) in [(&lock_file, &lock_path), (&dir_lock, &dir)] {
+            held.try_lock().map_err(|e| {
+                io_err(
+                    path,
+                    std::io::Error::new(
+                        std::io::ErrorKind::WouldBlock,
+                        format!("the data directory is in use by another process ({e})"),
+                    ),
+                )
+            })?;
+        }
         let started = Instant::now();
         let scan = scan(&dir)?;
         let index = MemoryStore::new(config.retention);
@@ -412,7 +419,7 @@ impl FileStore {
             })),
             trims: Mutex::new(Vec::new()),
             retention: config.retention,
-            lock_file: Mutex::new(Some(lock_file)),
+            lock_file: Mutex::new(Some([lock_file, dir_lock])),
         })
     }
 
@@ -641,5 +648,7 @@ impl Drop for FileStore {
 mod compact_tests;
 #[cfg(test)]
 mod preallocate_tests;
+#[cfg(test)]
+mod recovery_tests;
 #[cfg(test)]
 pub(crate) mod tests;

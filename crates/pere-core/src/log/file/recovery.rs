@@ -31,6 +31,7 @@ pub(super) struct Scan {
 /// zeros the writer wrote ahead.
 pub(super) fn scan(dir: &Path) -> Result<Scan> {
     let mut numbers: Vec<u64> = Vec::new();
+    let mut foreign = Vec::new();
     let mut damage = Vec::new();
     for entry in fs::read_dir(dir).map_err(|e| io_err(dir, e))? {
         let entry = entry.map_err(|e| io_err(dir, e))?;
@@ -47,15 +48,26 @@ pub(super) fn scan(dir: &Path) -> Result<Scan> {
             let _ = fs::remove_file(entry.path());
             continue;
         }
-        if let Some(n) = name
-            .strip_suffix(".seg")
-            .and_then(|n| n.parse::<u64>().ok())
-        {
-            numbers.push(n);
+        if let Some(stem) = name.strip_suffix(".seg") {
+            match segment_number(stem) {
+                Some(n) => numbers.push(n),
+                // `3.seg` beside `00000000000000000003.seg` would be read
+                // as the same segment twice, the second read cutting the
+                // real one as out of order: only the store's own names
+                // are segments.
+                None => foreign.push(format!(
+                    "left {} alone: not a segment name this store writes ({{20 digits}}.seg)",
+                    entry.path().display()
+                )),
+            }
         }
     }
     numbers.sort_unstable();
     let mut notes = Vec::new();
+    for note in foreign {
+        tracing::warn!(note = %note, "store recovery: a file that is not a segment");
+        notes.push(note);
+    }
     // (number, header, contents) of each segment.
     type Read = (u64, Option<(u64, EventId)>, Vec<u8>);
     let mut headers: Vec<Read> = Vec::with_capacity(numbers.len());
@@ -66,6 +78,24 @@ pub(super) fn scan(dir: &Path) -> Result<Scan> {
             .and_then(|mut f| f.read_to_end(&mut bytes))
             .map_err(|e| io_err(&path, e))?;
         let h = read_header(&bytes);
+        if let Some((covers, last)) = h
+            && (covers > *n || (covers != *n && last == EventId::ZERO && !compacted(&bytes)))
+        {
+            // The writer names a segment by the number in its header, and
+            // compaction's output covers earlier numbers only, with the
+            // ids it holds: this is a segment copied or renamed by hand.
+            // Read, it would supersede (and delete) the segments between.
+            return Err(io_err(
+                &path,
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "its header says it is segment {covers}: a copy or a renamed segment? \
+                         Move it out of the data directory (nothing was changed)"
+                    ),
+                ),
+            ));
+        }
         headers.push((*n, h, bytes));
     }
     // A compacted segment supersedes the segments it was made from.
@@ -85,13 +115,27 @@ pub(super) fn scan(dir: &Path) -> Result<Scan> {
     let mut last_id = EventId::ZERO;
     let mut order = Order::default();
     let count = headers.len();
-    for (i, (n, h, bytes)) in headers.into_iter().enumerate() {
+    let mut previous: Option<u64> = None;
+    for (i, (n, mut h, mut bytes)) in headers.into_iter().enumerate() {
         let path = segment_path(dir, n);
         if superseded.contains(&n) {
             fs::remove_file(&path).map_err(|e| io_err(&path, e))?;
             notes.push(format!("removed {} (already compacted)", path.display()));
             continue;
         }
+        if let (Some(prev), Some((covers, last))) = (previous, h)
+            && covers > prev + 1
+        {
+            damage.push(missing_segments(dir, prev + 1..covers, &mut notes));
+            // The header now covers the hole, so the log is whole again
+            // and only the marker tells of it (as a repaired segment's
+            // copies do); its lsns have a gap, as compaction's output's.
+            let healed = header(prev + 1, last, true);
+            rewrite_header(&path, &healed).map_err(|e| io_err(&path, e))?;
+            bytes[..healed.len()].copy_from_slice(&healed);
+            h = read_header(&bytes);
+        }
+        previous = Some(n);
         let is_last = i + 1 == count;
         if h.is_none() && is_last && bytes.len() < HEADER_LEN as usize {
             // Created but never written (a crash mid-roll): start over.
@@ -239,7 +283,7 @@ fn report_damage(
         .file_stem()
         .and_then(|s| s.to_str())
         .unwrap_or("segment");
-    let kept_in = match keep_copy(dir, stem, start, &bytes[start..end]) {
+    let kept_in = match keep_copy(dir, DAMAGED, stem, start, &bytes[start..end]) {
         Ok(target) => Some(target),
         Err(err) => {
             tracing::error!(segment = %path.display(), offset = start, cause = %err, "cannot keep a copy of damaged bytes");
@@ -273,12 +317,81 @@ fn report_damage(
     }
 }
 
-/// Writes `bytes` durably to a new `damaged-<stem>-<offset>[-n].bin`.
-fn keep_copy(dir: &Path, stem: &str, offset: usize, bytes: &[u8]) -> std::io::Result<PathBuf> {
+/// The number of a segment file named `stem`.seg, if the store wrote that
+/// name (20 decimal digits).
+fn segment_number(stem: &str) -> Option<u64> {
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    stem.parse().ok()
+}
+
+/// Whether a segment's header marks it as compaction's output.
+fn compacted(bytes: &[u8]) -> bool {
+    bytes.get(COMPACTED_AT).is_some_and(|&b| b != 0)
+}
+
+/// Reports segments `missing` (numbered between two that are there), lost
+/// with their records, loudly: an ERROR line, a note, and a marker file
+/// `damaged-<first>-0.bin` that says so and keeps the store reported as
+/// damaged until an operator removes it.
+fn missing_segments(dir: &Path, missing: Range<u64>, notes: &mut Vec<String>) -> Damage {
+    let first = segment_path(dir, missing.start);
+    let what = format!(
+        "segments {} to {} are missing from {} (removed by hand?): their records are lost",
+        missing.start,
+        missing.end - 1,
+        dir.display()
+    );
+    let stem = first
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("segment");
+    let text = format!("{what}. Remove this file once dealt with.\n");
+    let kept_in = match keep_copy(dir, DAMAGED, stem, 0, text.as_bytes()) {
+        Ok(target) => Some(target),
+        Err(err) => {
+            tracing::error!(cause = %err, "cannot write the marker of missing segments");
+            None
+        }
+    };
+    tracing::error!(
+        first = missing.start,
+        last = missing.end - 1,
+        "store recovery: {what}"
+    );
+    notes.push(what.clone());
+    Damage {
+        file: first,
+        offset: 0,
+        len: 0,
+        cause: what,
+        kept_in,
+        repaired: true,
+    }
+}
+
+/// Writes a segment's header over its first bytes, durably.
+fn rewrite_header(path: &Path, header: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let file = OpenOptions::new().write(true).open(path)?;
+    file.write_all_at(header, 0)?;
+    file.sync_all()
+}
+
+/// Writes `bytes` durably to a new `<prefix><stem>-<offset>[-n].bin`
+/// (`damaged-` or `dropped-`), never over an earlier copy.
+fn keep_copy(
+    dir: &Path,
+    prefix: &str,
+    stem: &str,
+    offset: usize,
+    bytes: &[u8],
+) -> std::io::Result<PathBuf> {
     for n in 0u32.. {
         let name = match n {
-            0 => format!("{DAMAGED}{stem}-{offset}.bin"),
-            n => format!("{DAMAGED}{stem}-{offset}-{n}.bin"),
+            0 => format!("{prefix}{stem}-{offset}.bin"),
+            n => format!("{prefix}{stem}-{offset}-{n}.bin"),
         };
         let target = dir.join(name);
         let mut file = match OpenOptions::new()
@@ -383,8 +496,10 @@ fn set_aside(
         .file_stem()
         .and_then(|s| s.to_str())
         .unwrap_or("segment");
-    let target = dir.join(format!("dropped-{stem}-{from}.bin"));
-    fs::write(&target, rest).map_err(|e| io_err(&target, e))?;
+    // A crash loop tears the tail at the same offset each time: each
+    // copy gets its own name.
+    let target = keep_copy(dir, "dropped-", stem, from, rest)
+        .map_err(|e| io_err(&dir.join(format!("dropped-{stem}-{from}.bin")), e))?;
     if from == 0 {
         fs::remove_file(path).map_err(|e| io_err(path, e))?;
     }

@@ -155,7 +155,7 @@ async fn a_torn_tail_is_truncated_and_reported() {
 /// Writes events 1..=50 to a store with small segments and closes it: one
 /// compacted segment (1..=30 or so), then sealed ones as the writer left
 /// them, then the active one.
-async fn small_segments(dir: &Path) -> FileStoreConfig {
+pub(super) async fn small_segments(dir: &Path) -> FileStoreConfig {
     let (store, cfg) = small_segments_open(dir).await;
     store.close().await.unwrap();
     let segs = segments(dir);
