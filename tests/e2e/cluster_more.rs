@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::cluster::{Cluster, read};
+use crate::cluster::{Cluster, ack, read};
 use crate::overdue::Receiver;
 use pere_tests::{SseStream, eventually, temp_dir};
 
@@ -28,6 +28,46 @@ async fn an_idempotency_key_holds_across_nodes() {
     let got = read(&mut stream, 2).await;
     assert_eq!(got[0].0.to_string(), first.json()["id"].as_str().unwrap());
     assert_eq!(got[1].0, after, "the retry published nothing");
+}
+
+/// An acknowledging device whose unacknowledged events retention dropped
+/// is told with one `pere.gap`, as on one node: the node it comes back to
+/// tells every other node that it was told.
+#[tokio::test]
+async fn a_loss_is_told_once_whichever_node_the_device_comes_back_to() {
+    let cluster = Cluster::start(2, &["--history", "3"]).await;
+    let offline = |node: usize| {
+        let cluster = &cluster;
+        async move {
+            eventually("R offline", || async {
+                cluster.presence(node, "k", "R").await["online"] == false
+            })
+            .await;
+        }
+    };
+    let mut s = cluster.subscribe(0, "k", "R").await;
+    let first = cluster.publish(0, "k", "e0").await;
+    assert_eq!(read(&mut s, 1).await[0].0, first);
+    ack(cluster.node(0), "k", "R", first).await;
+    drop(s);
+    offline(0).await;
+    let mut later = Vec::new();
+    for n in 1..=5 {
+        later.push(cluster.publish(0, "k", &format!("e{n}")).await);
+    }
+    // Back on node 1: told of the loss, then sent the three retained.
+    let mut s = cluster.subscribe(1, "k", "R").await;
+    let gap = s.next_event().await.expect("a pere.gap");
+    assert_eq!(gap.event, "pere.gap", "{gap:?}");
+    let ids = |got: Vec<(u64, String)>| got.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
+    assert_eq!(ids(read(&mut s, 3).await), later[2..]);
+    drop(s);
+    offline(0).await;
+    // Back on node 0: the three again (not acknowledged), no second gap.
+    let mut s = cluster.subscribe(0, "k", "R").await;
+    let next = s.next_event().await.expect("an event");
+    assert_ne!(next.event, "pere.gap", "told twice: {next:?}");
+    assert_eq!(next.id, later[2].to_string(), "{next:?}");
 }
 
 #[tokio::test]

@@ -189,6 +189,13 @@ impl State {
             if let Some(member) = self.memberships.member_mut(pattern, device) {
                 member.attach(&node, now);
                 member.last_event_id = last_event_id.clone();
+                if matches!(req.resume, Resume::Auto) && member.acknowledges() {
+                    // The node that opened it told the loss `register`
+                    // found (`pere.gap`): forget it as that node did, so
+                    // that this one does not tell it again.
+                    unacked_to_send(member, &self.ledgers, self.head, &mut Vec::new());
+                    member.lost_from = None;
+                }
             }
         }
     }
