@@ -104,6 +104,39 @@ async fn the_last_event_id_form_field_carries_the_id() {
     assert_eq!(receipt(&server, "c", &id, "d").await["status"], "seen");
 }
 
+/// A page's `FormData` is sent as multipart/form-data; read as a form it
+/// lost its fields (400 missing_event_id, or the status stored as `ok`).
+#[tokio::test]
+async fn a_multipart_form_receipt_carries_id_and_status() {
+    let (server, _s, id) = one_delivered().await;
+    let boundary = "----WebKitFormBoundary7MA4YWxkTrZu0gW";
+    let content_type = format!("multipart/form-data; boundary={boundary}");
+    let body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"last_event_id\"\r\n\r\n{id}\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"status\"\r\n\r\nprinted\r\n\
+         --{boundary}--\r\n"
+    );
+    let r = server
+        .feedback(
+            "c",
+            &[("Content-Type", &content_type), ("device", "d")],
+            body.as_bytes(),
+        )
+        .await;
+    assert_acked(&r, &id, "d");
+    assert_eq!(receipt(&server, "c", &id, "d").await["status"], "printed");
+    // Not what its Content-Type says: refused, not read as something else.
+    let r = server
+        .feedback(
+            "c",
+            &[("Content-Type", &content_type), ("device", "d")],
+            b"status=lost",
+        )
+        .await;
+    r.assert_error(400, "invalid_body");
+    assert_eq!(receipt(&server, "c", &id, "d").await["status"], "printed");
+}
+
 #[tokio::test]
 async fn a_json_receipt_carries_id_and_status() {
     let (server, _s, id) = one_delivered().await;

@@ -419,3 +419,31 @@ async fn events_named_error_or_open_do_not_break_the_subscriber_page() {
     browser.close().await;
     server.stop().await;
 }
+
+/// A receipt sent by Chromium's own `FormData` (multipart, its boundary)
+/// is read as the form it is: id and status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_sent_as_form_data_by_chromium_is_read() {
+    let server = TestServer::start().await;
+    let mut stream = server.subscribe("fd", "page").await;
+    let id = server.publish("fd", "x").await;
+    assert_eq!(stream.messages(1).await[0].id, id);
+    let mut browser = Browser::launch().await;
+    browser.open(&server.url("/"), 800, 600).await;
+    let script = format!(
+        "(async () => {{ const form = new FormData(); form.append('last_event_id', '{id}'); \
+         form.append('status', 'shown on screen'); \
+         const r = await fetch('/feedback/fd', {{method: 'POST', headers: {{device: 'page'}}, body: form}}); \
+         return [r.status, await r.text()]; }})()"
+    );
+    let answer = browser.eval(&script).await.unwrap();
+    assert_eq!(answer[0], 200, "{answer}");
+    let receipts = server.get_json(&format!("/receipts/fd/{id}")).await;
+    assert_eq!(receipts["devices"]["page"]["state"], "acked", "{receipts}");
+    assert_eq!(
+        receipts["devices"]["page"]["status"], "shown on screen",
+        "{receipts}"
+    );
+    browser.close().await;
+    server.stop().await;
+}

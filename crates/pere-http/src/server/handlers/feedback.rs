@@ -3,7 +3,8 @@
 //! PERE's clients send receipts three ways, all accepted: a form body
 //! `status=…` with the id in a `Last-Event-ID` (web page) or `last_event_id`
 //! (subscriber.rb) header; a JSON object `{"id","status"}`; or a JSON array
-//! of such objects for a batch.
+//! of such objects for a batch. A page's `FormData` (multipart) is read as
+//! the form it is.
 
 use std::borrow::Cow;
 use std::io::Write as _;
@@ -15,6 +16,7 @@ use serde_json::Value;
 
 use super::auth::Caller;
 use super::input::{header_str, query_of, read_body};
+use super::multipart;
 use crate::error::ErrorCode;
 use crate::error::{ApiError, escape};
 use crate::server::app::App;
@@ -115,44 +117,46 @@ pub(crate) async fn read<S: EventStore>(
             .filter(|v| !v.is_empty())
             .map(str::to_string),
     };
-    let is_json = header_str(req.headers(), CONTENT_TYPE.as_str())
+    let content_type = header_str(req.headers(), CONTENT_TYPE.as_str())
         .ok()
         .flatten()
-        .is_some_and(is_json_type);
+        .map(str::to_string);
     let body = read_body(req, MAX_FEEDBACK_BODY, app.config.body_read_timeout).await?;
-    Ok(match parse_body(body_text(&body)?, is_json)? {
-        Parsed::One(raw) => {
-            let (id, status) = validate(&with_header_id(raw, header_id))?;
-            Read::One((subscription, device, id, status))
-        }
-        Parsed::Batch(items) => {
-            let mut results: Vec<Option<Value>> = Vec::with_capacity(items.len());
-            let mut valid = Vec::new();
-            let mut ids = Vec::with_capacity(items.len());
-            for item in items {
-                let checked = item.and_then(|raw| match validate(&raw) {
-                    Ok(valid) => Ok((raw.id, valid)),
-                    Err(err) => Err((raw.id, err)),
-                });
-                match checked {
-                    Ok((raw_id, (id, status))) => {
-                        valid.push((subscription.clone(), device.clone(), id, status));
-                        results.push(None);
-                        ids.push(raw_id);
-                    }
-                    Err((raw_id, err)) => {
-                        results.push(Some(item_error(raw_id.as_deref(), &err)));
-                        ids.push(raw_id);
+    Ok(
+        match parse_typed(body_text(&body)?, content_type.as_deref())? {
+            Parsed::One(raw) => {
+                let (id, status) = validate(&with_header_id(raw, header_id))?;
+                Read::One((subscription, device, id, status))
+            }
+            Parsed::Batch(items) => {
+                let mut results: Vec<Option<Value>> = Vec::with_capacity(items.len());
+                let mut valid = Vec::new();
+                let mut ids = Vec::with_capacity(items.len());
+                for item in items {
+                    let checked = item.and_then(|raw| match validate(&raw) {
+                        Ok(valid) => Ok((raw.id, valid)),
+                        Err(err) => Err((raw.id, err)),
+                    });
+                    match checked {
+                        Ok((raw_id, (id, status))) => {
+                            valid.push((subscription.clone(), device.clone(), id, status));
+                            results.push(None);
+                            ids.push(raw_id);
+                        }
+                        Err((raw_id, err)) => {
+                            results.push(Some(item_error(raw_id.as_deref(), &err)));
+                            ids.push(raw_id);
+                        }
                     }
                 }
+                Read::Batch {
+                    results,
+                    ids,
+                    valid,
+                }
             }
-            Read::Batch {
-                results,
-                ids,
-                valid,
-            }
-        }
-    })
+        },
+    )
 }
 
 /// What a [`Read`]'s answer is made of besides its receipts' outcomes.
@@ -272,7 +276,7 @@ pub fn read_receipts(
     header_id: Option<&str>,
 ) -> Result<(bool, Vec<Result<(EventId, String), ApiError>>), ApiError> {
     let header_id = header_id.filter(|v| !v.is_empty()).map(str::to_string);
-    match parse_body(body_text(body)?, content_type.is_some_and(is_json_type))? {
+    match parse_typed(body_text(body)?, content_type)? {
         Parsed::One(raw) => Ok((false, vec![validate(&with_header_id(raw, header_id))])),
         Parsed::Batch(items) => Ok((
             true,
@@ -324,6 +328,30 @@ fn validate(raw: &RawReceipt) -> Result<(EventId, String), ApiError> {
         .into());
     }
     Ok((id, status))
+}
+
+/// Reads a feedback body as its `Content-Type` says: `multipart/form-data`
+/// (a page's `FormData`), else as [`parse_body`] does.
+fn parse_typed(text: &str, content_type: Option<&str>) -> Result<Parsed, ApiError> {
+    match content_type.and_then(multipart::boundary) {
+        Some(boundary) => Ok(Parsed::One(form_receipt(&multipart::fields(
+            text, boundary,
+        )?))),
+        None => parse_body(text, content_type.is_some_and(is_json_type)),
+    }
+}
+
+/// A receipt from form fields (URL-encoded or multipart): the id from
+/// `last_event_id` (or `id`), the status from `status`.
+fn form_receipt(form: &[(String, String)]) -> RawReceipt {
+    let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    RawReceipt {
+        id: None,
+        form_id: field("last_event_id")
+            .or_else(|| field("id"))
+            .filter(|v| !v.is_empty()),
+        status: field("status"),
+    }
 }
 
 /// Reads a feedback body: JSON (object or array) when it says so or looks
@@ -384,14 +412,7 @@ fn parse_body(text: &str, is_json: bool) -> Result<Parsed, ApiError> {
         },
         ..err
     })?;
-    let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-    Ok(Parsed::One(RawReceipt {
-        id: None,
-        form_id: field("last_event_id")
-            .or_else(|| field("id"))
-            .filter(|v| !v.is_empty()),
-        status: field("status"),
-    }))
+    Ok(Parsed::One(form_receipt(&form)))
 }
 
 /// The id of a batch item as the client wrote it, to name it in its error.

@@ -12,6 +12,7 @@ pub(crate) mod feed;
 pub(crate) mod feedback;
 mod health;
 pub(crate) mod input;
+pub(crate) mod multipart;
 mod push;
 mod receipts;
 mod static_files;
