@@ -433,7 +433,15 @@ impl Member {
 
     /// The presence view of this member.
     pub fn presence(&self) -> Presence {
-        let (cursor, cursor_at) = self.effective_cursor();
+        let (mut cursor, mut cursor_at) = self.effective_cursor();
+        if let Some((acked, at)) = self.last_acked
+            && acked > cursor
+        {
+            // An acknowledgement implies the delivery, which a cluster
+            // node learns up to a checkpoint later: never show an
+            // acknowledged event as not yet delivered.
+            (cursor, cursor_at) = (acked, Some(at));
+        }
         Presence {
             member: self.is_member,
             online: self.connections() > 0,

@@ -727,3 +727,21 @@ async fn metrics_follow_receipts_retention_and_latencies() {
     hub.publish(dup).await.unwrap();
     assert_eq!(m.idempotent_replays.load(Ordering::Relaxed), 1);
 }
+
+/// An acknowledgement implies the delivery: presence never shows an
+/// acknowledged event as not yet delivered (an offline member acknowledging
+/// an event never written to it; on a cluster, any acknowledgement before
+/// the delivering node's checkpoint).
+#[tokio::test]
+async fn presence_counts_an_acknowledged_event_as_delivered() {
+    let hub = hub().await;
+    drop(subscribe(&hub, Some("d"), &["c"], Resume::Auto).await);
+    wait_for(|| async { hub.connections().await.unwrap().total == 0 }).await;
+    let p = publish(&hub, "c", "x").await;
+    assert_eq!(p.recipients, 1);
+    hub.ack(&pat("c"), &dev("d"), p.id, "ok").await.unwrap();
+    let devices = hub.devices(&pat("c")).await.unwrap();
+    let presence = &devices[0].1;
+    assert_eq!(presence.last_acked, Some(p.id));
+    assert_eq!(presence.last_delivered, Some(p.id), "{presence:?}");
+}
