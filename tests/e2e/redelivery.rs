@@ -177,6 +177,44 @@ async fn events_replayed_from_before_a_device_joined_come_back_after_kill_9() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// What a replay wrote is journaled once it is written, not by the next
+/// chores a second later: a `kill -9` right after leaves the replayed
+/// events in the device's audience, so an acknowledging device gets them
+/// again (a probe lost them 3 times in 3 with a kill within 0.5 s).
+#[tokio::test]
+async fn a_replay_is_kept_by_a_kill_9_right_after_it() {
+    let dir = temp_dir("replayed-kill9-now");
+    let data = dir.to_str().unwrap().to_string();
+    let server = ServerProcess::start(&["--data-dir", &data]).await;
+    let old = publish_n(&server, "orders", 3, 10).await;
+    let mut s = server
+        .open("/feed/orders?replay=all", &[("device", "R")])
+        .await;
+    assert_eq!(s.ids(3).await, old);
+    // It acknowledges a live event (so it is redelivered what it has not
+    // acknowledged), and is killed at once.
+    let live = publish_n(&server, "orders", 1, 10).await;
+    assert_eq!(s.ids(1).await, live);
+    server.ack("orders", "R", &live[0]).await;
+    drop(server);
+    let server = ServerProcess::start(&["--data-dir", &data]).await;
+    let (mut s, hello) = reconnect(&server, "orders", "R").await;
+    assert_eq!(hello["replayed"], 3, "{hello}");
+    assert_eq!(s.ids(3).await, old);
+    let r = server
+        .feedback(
+            "orders",
+            &[("device", "R")],
+            format!(r#"{{"id":"{}"}}"#, old[0]).as_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "a recipient still: {}", r.text());
+    drop(s);
+    let log = server.stop();
+    assert!(!log.contains("panicked"), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// An acknowledging device on a pattern whose unacknowledged events
 /// retention dropped is told with `pere.gap` after a `kill -9` right after
 /// the drop (the chores had not run since).

@@ -29,6 +29,10 @@ pub(super) enum Command {
     Subscribe(SubscribeCmd),
     /// A stream ended (its `StreamGuard` was dropped).
     Closed(u64),
+    /// A stream wrote the last of its replay: a single node journals what
+    /// it wrote now rather than at the next chores, a second later (a
+    /// cluster node tells it with its next cursors, within milliseconds).
+    ReplayDone(u64),
     Token(TokenCmd),
     RemoveMember(RemoveMemberCmd),
     Tick,
@@ -80,6 +84,7 @@ impl Command {
             Command::Token(token) => Some(Box::new(token.reply)),
             Command::RemoveMember(remove) => Some(Box::new(remove.reply)),
             Command::Closed(_)
+            | Command::ReplayDone(_)
             | Command::Tick
             | Command::NoticeSent { .. }
             | Command::Shutdown(_)

@@ -163,6 +163,7 @@ impl OnFailure {
             Command::Publish(..) | Command::Ack(_) => OnFailure::Drop,
             Command::Subscribe(_) => OnFailure::KeepJoins,
             Command::Closed(_)
+            | Command::ReplayDone(_)
             | Command::Token(_)
             | Command::RemoveMember(_)
             | Command::Tick

@@ -507,7 +507,7 @@ impl<S: EventStore> Hub<S> {
             rx,
             shared,
             device,
-            _guard: guard,
+            guard,
         })
     }
 

@@ -53,7 +53,8 @@ pub struct Subscription {
     pub(super) device: Option<DeviceId>,
     /// Where the publish → delivered latency goes.
     pub(super) metrics: Arc<HubMetrics>,
-    pub(super) _guard: StreamGuard,
+    /// Tells the hub the stream ended (on drop), or finished its replay.
+    pub(super) guard: StreamGuard,
 }
 
 impl std::fmt::Debug for Subscription {
@@ -154,7 +155,15 @@ impl Subscription {
                 return Poll::Ready(None);
             }
             let (receipts, slot, frames) = match self.replay.pop_front() {
-                Some(receipts) => (receipts, NO_SLOT, None),
+                Some(receipts) => match self.admit_replayed(&receipts) {
+                    Some(event) => {
+                        return Poll::Ready(Some(Outgoing {
+                            event,
+                            frames: None,
+                        }));
+                    }
+                    None => continue,
+                },
                 None => match self.rx.poll_recv(cx) {
                     Poll::Ready(Some(d)) => (d.receipts, d.slot, Some(d.frames)),
                     Poll::Ready(None) => return Poll::Ready(None),
@@ -174,7 +183,15 @@ impl Subscription {
                 return None;
             }
             let (receipts, slot, frames) = match self.replay.pop_front() {
-                Some(receipts) => (receipts, NO_SLOT, None),
+                Some(receipts) => match self.admit_replayed(&receipts) {
+                    Some(event) => {
+                        return Some(Outgoing {
+                            event,
+                            frames: None,
+                        });
+                    }
+                    None => continue,
+                },
                 None => {
                     let d = self.rx.try_recv()?;
                     (d.receipts, d.slot, Some(d.frames))
@@ -184,6 +201,20 @@ impl Subscription {
                 return Some(Outgoing { event, frames });
             }
         }
+    }
+
+    /// [`admit`](Self::admit) for an event of the replay; the last one
+    /// tells the hub, which journals what the replay wrote (its device
+    /// joined those events' audience) without waiting for its chores.
+    fn admit_replayed(&self, receipts: &EventReceipts) -> Option<Arc<Event>> {
+        let event = self.admit(receipts, NO_SLOT);
+        if self.replay.is_empty() && self.device.is_some() {
+            let _ = self
+                .guard
+                .commands
+                .send(Command::ReplayDone(self.shared.id));
+        }
+        event
     }
 
     /// Marks an event delivered and returns it, unless the stream's grants

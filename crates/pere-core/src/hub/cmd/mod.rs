@@ -52,6 +52,12 @@ impl State {
                 records.append(&mut self.deferred);
                 Effect::None
             }
+            Command::ReplayDone(id) => {
+                if !self.cluster {
+                    records.extend(self.memberships.written_replay_of(id));
+                }
+                Effect::None
+            }
             Command::RemoveMember(remove) => self.prepare_remove_member(remove, now, records),
             // The writer runs reads once the batch is applied; one that
             // gets here is answered from the state as it is now.

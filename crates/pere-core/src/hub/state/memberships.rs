@@ -192,6 +192,14 @@ impl Memberships {
         wires
     }
 
+    /// On a single node, what stream `id` was written of its replay since
+    /// last asked, as a journal record.
+    pub(in crate::hub) fn written_replay_of(&mut self, id: u64) -> Option<Record> {
+        let open = self.streams.get(&id)?;
+        let upto = open.shared.delivered_upto();
+        written_replay(&mut self.replays, open, upto).map(WrittenReplay::into_record)
+    }
+
     /// On a single node, what its streams were written of their replays
     /// since last asked, as journal records.
     pub(in crate::hub) fn written_replays(&mut self) -> Vec<Record> {
