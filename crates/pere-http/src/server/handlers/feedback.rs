@@ -122,41 +122,39 @@ pub(crate) async fn read<S: EventStore>(
         .flatten()
         .map(str::to_string);
     let body = read_body(req, MAX_FEEDBACK_BODY, app.config.body_read_timeout).await?;
-    Ok(
-        match parse_typed(body_text(&body)?, content_type.as_deref())? {
-            Parsed::One(raw) => {
-                let (id, status) = validate(&with_header_id(raw, header_id))?;
-                Read::One((subscription, device, id, status))
-            }
-            Parsed::Batch(items) => {
-                let mut results: Vec<Option<Value>> = Vec::with_capacity(items.len());
-                let mut valid = Vec::new();
-                let mut ids = Vec::with_capacity(items.len());
-                for item in items {
-                    let checked = item.and_then(|raw| match validate(&raw) {
-                        Ok(valid) => Ok((raw.id, valid)),
-                        Err(err) => Err((raw.id, err)),
-                    });
-                    match checked {
-                        Ok((raw_id, (id, status))) => {
-                            valid.push((subscription.clone(), device.clone(), id, status));
-                            results.push(None);
-                            ids.push(raw_id);
-                        }
-                        Err((raw_id, err)) => {
-                            results.push(Some(item_error(raw_id.as_deref(), &err)));
-                            ids.push(raw_id);
-                        }
+    Ok(match parse_typed(&body, content_type.as_deref())? {
+        Parsed::One(raw) => {
+            let (id, status) = validate(&with_header_id(raw, header_id))?;
+            Read::One((subscription, device, id, status))
+        }
+        Parsed::Batch(items) => {
+            let mut results: Vec<Option<Value>> = Vec::with_capacity(items.len());
+            let mut valid = Vec::new();
+            let mut ids = Vec::with_capacity(items.len());
+            for item in items {
+                let checked = item.and_then(|raw| match validate(&raw) {
+                    Ok(valid) => Ok((raw.id, valid)),
+                    Err(err) => Err((raw.id, err)),
+                });
+                match checked {
+                    Ok((raw_id, (id, status))) => {
+                        valid.push((subscription.clone(), device.clone(), id, status));
+                        results.push(None);
+                        ids.push(raw_id);
+                    }
+                    Err((raw_id, err)) => {
+                        results.push(Some(item_error(raw_id.as_deref(), &err)));
+                        ids.push(raw_id);
                     }
                 }
-                Read::Batch {
-                    results,
-                    ids,
-                    valid,
-                }
             }
-        },
-    )
+            Read::Batch {
+                results,
+                ids,
+                valid,
+            }
+        }
+    })
 }
 
 /// What a [`Read`]'s answer is made of besides its receipts' outcomes.
@@ -276,7 +274,7 @@ pub fn read_receipts(
     header_id: Option<&str>,
 ) -> Result<(bool, Vec<Result<(EventId, String), ApiError>>), ApiError> {
     let header_id = header_id.filter(|v| !v.is_empty()).map(str::to_string);
-    match parse_typed(body_text(body)?, content_type)? {
+    match parse_typed(body, content_type)? {
         Parsed::One(raw) => Ok((false, vec![validate(&with_header_id(raw, header_id))])),
         Parsed::Batch(items) => Ok((
             true,
@@ -332,12 +330,13 @@ fn validate(raw: &RawReceipt) -> Result<(EventId, String), ApiError> {
 
 /// Reads a feedback body as its `Content-Type` says: `multipart/form-data`
 /// (a page's `FormData`), else as [`parse_body`] does.
-fn parse_typed(text: &str, content_type: Option<&str>) -> Result<Parsed, ApiError> {
+fn parse_typed(body: &[u8], content_type: Option<&str>) -> Result<Parsed, ApiError> {
     match content_type.and_then(multipart::boundary) {
+        // Read as bytes: an upload beside the fields may be anything.
         Some(boundary) => Ok(Parsed::One(form_receipt(&multipart::fields(
-            text, boundary,
+            body, boundary,
         )?))),
-        None => parse_body(text, content_type.is_some_and(is_json_type)),
+        None => parse_body(body_text(body)?, content_type.is_some_and(is_json_type)),
     }
 }
 

@@ -35,62 +35,97 @@ pub(super) fn boundary(content_type: &str) -> Option<&str> {
     (!value.is_empty() && value.len() <= MAX_BOUNDARY).then_some(value)
 }
 
-/// The `(name, text)` of each field of `body`, in order.
+/// The `(name, text)` of each field of `body`, in order. Linear in the
+/// body: each byte is looked at a bounded number of times, whatever the
+/// number of parts (a 1 MiB body of tiny parts must not cost seconds).
 ///
 /// # Errors
 /// `400 invalid_body` when the body is not `multipart/form-data` framed by
-/// `boundary`.
-pub(super) fn fields(body: &str, boundary: &str) -> Result<Vec<(String, String)>, ApiError> {
+/// `boundary`; `400 invalid_utf8` when a field it takes is not UTF-8 (an
+/// upload may be anything: it is skipped).
+pub(super) fn fields(body: &[u8], boundary: &str) -> Result<Vec<(String, String)>, ApiError> {
     let delimiter = format!("--{boundary}");
-    // The first delimiter opens the body or a line after a preamble.
-    let start = if body.starts_with(&delimiter) {
+    let delimiter = delimiter.as_bytes();
+    // Every delimiter but a first one at the very start begins a line.
+    let mut next_line = b"\n".to_vec();
+    next_line.extend_from_slice(delimiter);
+    let start = if body.starts_with(delimiter) {
         0
     } else {
-        body.find(&format!("\n{delimiter}"))
+        find(body, &next_line)
             .map(|at| at + 1)
-            .ok_or_else(|| bad(&format!("no `{delimiter}` line opens it")))?
+            .ok_or_else(|| bad(&format!("no `--{boundary}` line opens it")))?
     };
     let mut rest = &body[start + delimiter.len()..];
     let mut fields = Vec::new();
     loop {
-        if rest.starts_with("--") {
+        if rest.starts_with(b"--") {
             // The closing delimiter; what follows is an epilogue.
             return Ok(fields);
         }
-        rest = after_line_end(rest.trim_start_matches([' ', '\t']))
-            .ok_or_else(|| bad("a delimiter line does not end"))?;
+        let blanks = rest
+            .iter()
+            .take_while(|b| matches!(b, b' ' | b'\t'))
+            .count();
+        rest =
+            after_line_end(&rest[blanks..]).ok_or_else(|| bad("a delimiter line does not end"))?;
         let (head, after_head) =
             split_head(rest).ok_or_else(|| bad("a part's headers do not end"))?;
-        let next = after_head
-            .find(&format!("\n{delimiter}"))
-            .ok_or_else(|| bad(&format!("no closing `{delimiter}--`")))?;
+        let next = find(after_head, &next_line)
+            .ok_or_else(|| bad(&format!("no closing `--{boundary}--`")))?;
         let content = &after_head[..next];
-        let content = content.strip_suffix('\r').unwrap_or(content);
+        let content = content.strip_suffix(b"\r").unwrap_or(content);
+        let head =
+            std::str::from_utf8(head).map_err(|_| bad("a part's headers are not UTF-8 text"))?;
         if let Some(name) = field_name(head)? {
-            fields.push((name, content.to_string()));
+            let text = std::str::from_utf8(content).map_err(|e| {
+                ApiError::new(
+                    ErrorCode::InvalidUtf8,
+                    format!(
+                        "the receipt's form field `{}` is not UTF-8 text (invalid byte at offset {})",
+                        escape(&name),
+                        e.valid_up_to()
+                    ),
+                )
+            })?;
+            fields.push((name, text.to_string()));
         }
-        rest = &after_head[next + 1 + delimiter.len()..];
+        rest = &after_head[next + next_line.len()..];
     }
+}
+
+/// Where `needle` (not empty) first occurs in `hay`.
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = hay[from..].iter().position(|&b| b == needle[0]) {
+        let at = from + i;
+        if hay[at..].starts_with(needle) {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
 }
 
 /// What follows the next line end (CRLF, or a bare LF).
-fn after_line_end(text: &str) -> Option<&str> {
-    text.strip_prefix("\r\n")
-        .or_else(|| text.strip_prefix('\n'))
+fn after_line_end(bytes: &[u8]) -> Option<&[u8]> {
+    bytes
+        .strip_prefix(b"\r\n")
+        .or_else(|| bytes.strip_prefix(b"\n"))
 }
 
-/// A part's headers and what follows the empty line that ends them.
-fn split_head(part: &str) -> Option<(&str, &str)> {
-    if let Some(content) = after_line_end(part) {
-        return Some(("", content));
+/// A part's headers and what follows the empty line that ends them, read
+/// line by line (so only the headers are looked at).
+fn split_head(part: &[u8]) -> Option<(&[u8], &[u8])> {
+    let mut at = 0;
+    loop {
+        let end = at + part[at..].iter().position(|&b| b == b'\n')?;
+        let line = &part[at..end];
+        if line.is_empty() || line == b"\r" {
+            return Some((&part[..at], &part[end + 1..]));
+        }
+        at = end + 1;
     }
-    let crlf = part.find("\r\n\r\n").map(|at| (at, at + 4));
-    let lf = part.find("\n\n").map(|at| (at, at + 2));
-    let (end, content) = match (crlf, lf) {
-        (Some(a), Some(b)) => a.min(b),
-        (a, b) => a.or(b)?,
-    };
-    Some((&part[..end], &part[content..]))
 }
 
 /// The field name of a part's `Content-Disposition: form-data; name=…`;
@@ -137,6 +172,7 @@ fn bad(why: &str) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::handlers::feedback::MAX_FEEDBACK_BODY;
     use proptest::prelude::*;
 
     /// Encodes `fields` as a browser's `FormData` would (CRLF lines).
@@ -185,7 +221,7 @@ mod tests {
             not a field\r\n\
             ------WebKitFormBoundaryq2--\r\n";
         assert_eq!(
-            fields(body, "----WebKitFormBoundaryq2").unwrap(),
+            fields(body.as_bytes(), "----WebKitFormBoundaryq2").unwrap(),
             [
                 ("last_event_id".to_string(), "1796292598807325".to_string()),
                 ("status".to_string(), "printed\r\nOK".to_string()),
@@ -197,10 +233,10 @@ mod tests {
     fn a_preamble_bare_line_feeds_and_an_empty_form_are_read() {
         let body = "preamble\n--b\nContent-Disposition: form-data; name=status\n\nok\n--b--";
         assert_eq!(
-            fields(body, "b").unwrap(),
+            fields(body.as_bytes(), "b").unwrap(),
             [("status".to_string(), "ok".to_string())]
         );
-        assert!(fields("--b--\r\n", "b").unwrap().is_empty());
+        assert!(fields(b"--b--\r\n", "b").unwrap().is_empty());
     }
 
     #[test]
@@ -215,9 +251,48 @@ mod tests {
             "--b\r\nContent-Disposition: form-data\r\n\r\nx\r\n--b--",
             "--bx\r\n",
         ] {
-            let err = fields(body, "b").unwrap_err();
+            let err = fields(body.as_bytes(), "b").unwrap_err();
             assert_eq!(err.code, ErrorCode::InvalidBody, "{body:?}");
             assert!(err.message.contains("multipart"), "{}", err.message);
+        }
+    }
+
+    #[test]
+    fn an_upload_of_any_bytes_is_skipped_and_fields_must_be_text() {
+        let mut body =
+            b"--b\r\nContent-Disposition: form-data; name=\"photo\"; filename=\"a.bin\"\r\n\r\n"
+                .to_vec();
+        body.extend_from_slice(&[0xff, 0xfe, 0x00, 0x80]);
+        body.extend_from_slice(
+            b"\r\n--b\r\nContent-Disposition: form-data; name=\"status\"\r\n\r\nok\r\n--b--\r\n",
+        );
+        assert_eq!(
+            fields(&body, "b").unwrap(),
+            [("status".to_string(), "ok".to_string())]
+        );
+        let bad = b"--b\r\nContent-Disposition: form-data; name=\"status\"\r\n\r\n\xff\r\n--b--";
+        let err = fields(bad, "b").unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidUtf8, "{}", err.message);
+    }
+
+    /// A body of the largest size made of tiny parts: each part costs its
+    /// own bytes, not a search of the rest of the body (it took 28 s in a
+    /// debug build, a request that held a worker that long).
+    #[test]
+    fn many_tiny_parts_cost_the_body_once() {
+        for line_end in ["\r\n", "\n"] {
+            let part = format!(
+                "--b{line_end}Content-Disposition: form-data; name=x{line_end}{line_end}y{line_end}"
+            );
+            let count = MAX_FEEDBACK_BODY / part.len();
+            let body = format!("{}--b--", part.repeat(count));
+            let started = std::time::Instant::now();
+            assert_eq!(fields(body.as_bytes(), "b").unwrap().len(), count);
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(5),
+                "{count} parts took {:?}",
+                started.elapsed()
+            );
         }
     }
 
@@ -237,13 +312,13 @@ mod tests {
                 .map(|(i, v)| (format!("f{i}"), v.clone()))
                 .collect();
             let pairs: Vec<(&str, &str)> = named.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-            prop_assert_eq!(fields(&encode(&pairs, &boundary), &boundary).unwrap(), named);
+            prop_assert_eq!(fields(encode(&pairs, &boundary).as_bytes(), &boundary).unwrap(), named);
         }
 
         /// Any text with any boundary: an answer, never a panic.
         #[test]
         fn any_text_is_read_or_refused(body in "[-a-z\r\n;=\" :]{0,200}", boundary in "[-a-z]{1,5}") {
-            if let Err(err) = fields(&body, &boundary) {
+            if let Err(err) = fields(body.as_bytes(), &boundary) {
                 prop_assert_eq!(err.code, ErrorCode::InvalidBody);
             }
         }
