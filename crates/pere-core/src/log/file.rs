@@ -258,16 +258,29 @@ impl FileStore {
         // and created again by a second server would be a second, free
         // lock, and two writers on one log lose each other's records.
         let dir_lock = File::open(&dir).map_err(|e| io_err(&dir, e))?;
-        for (held, path) in [(&lock_file, &lock_path), (&dir_lock, &dir)] {
-            held.try_lock().map_err(|e| {
-                io_err(
-                    path,
-                    std::io::Error::new(
-                        std::io::ErrorKind::WouldBlock,
-                        format!("the data directory is in use by another process ({e})"),
-                    ),
-                )
-            })?;
+        let in_use = |path: &Path, e: &dyn std::fmt::Display| {
+            io_err(
+                path,
+                std::io::Error::new(
+                    std::io::ErrorKind::WouldBlock,
+                    format!("the data directory is in use by another process ({e})"),
+                ),
+            )
+        };
+        lock_file.try_lock().map_err(|e| in_use(&lock_path, &e))?;
+        match dir_lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(in_use(&dir, &std::fs::TryLockError::WouldBlock));
+            }
+            // A filesystem that cannot lock a directory opened for
+            // reading (NFS takes an exclusive flock as a write lock): the
+            // LOCK file alone keeps a second server off, as before.
+            Err(std::fs::TryLockError::Error(err)) => tracing::warn!(
+                dir = %dir.display(),
+                cause = %err,
+                "cannot lock the data directory itself; its LOCK file alone keeps a second server off (do not remove it while the server runs)"
+            ),
         }
         let started = Instant::now();
         let scan = scan(&dir)?;

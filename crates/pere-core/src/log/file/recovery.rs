@@ -14,6 +14,9 @@ use crate::error::Result;
 use crate::event::EventId;
 use crate::log::Damage;
 
+/// A segment as read at open: number, header, contents.
+type SegmentRead = (u64, Option<(u64, EventId)>, Vec<u8>);
+
 /// What a scan of the directory found.
 pub(super) struct Scan {
     pub(super) records: Vec<(u64, Stored)>,
@@ -68,9 +71,7 @@ pub(super) fn scan(dir: &Path) -> Result<Scan> {
         tracing::warn!(note = %note, "store recovery: a file that is not a segment");
         notes.push(note);
     }
-    // (number, header, contents) of each segment.
-    type Read = (u64, Option<(u64, EventId)>, Vec<u8>);
-    let mut headers: Vec<Read> = Vec::with_capacity(numbers.len());
+    let mut headers: Vec<SegmentRead> = Vec::with_capacity(numbers.len());
     for n in &numbers {
         let path = segment_path(dir, *n);
         let mut bytes = Vec::new();
@@ -78,25 +79,15 @@ pub(super) fn scan(dir: &Path) -> Result<Scan> {
             .and_then(|mut f| f.read_to_end(&mut bytes))
             .map_err(|e| io_err(&path, e))?;
         let h = read_header(&bytes);
-        if let Some((covers, last)) = h
-            && (covers > *n || (covers != *n && last == EventId::ZERO && !compacted(&bytes)))
+        if let Some((covers, _)) = h
+            && covers > *n
         {
-            // The writer names a segment by the number in its header, and
-            // compaction's output covers earlier numbers only, with the
-            // ids it holds: this is a segment copied or renamed by hand.
-            // Read, it would supersede (and delete) the segments between.
-            return Err(io_err(
-                &path,
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!(
-                        "its header says it is segment {covers}: a copy or a renamed segment? \
-                         Move it out of the data directory (nothing was changed)"
-                    ),
-                ),
-            ));
+            return Err(not_its_number(&path, covers));
         }
         headers.push((*n, h, bytes));
+    }
+    if let Some((n, covers)) = copied_segment(&headers) {
+        return Err(not_its_number(&segment_path(dir, n), covers));
     }
     // A compacted segment supersedes the segments it was made from.
     let mut superseded = HashSet::new();
@@ -315,6 +306,49 @@ fn report_damage(
         kept_in,
         repaired: false,
     }
+}
+
+/// A segment that is a copy of the writer's segment `covers` under
+/// another number `n`: its header names `covers`, and its records are the
+/// same as that one's (one a prefix of the other: a copy taken while it
+/// grew). Read, it would supersede, and delete, the segments between.
+/// Compaction's output also names an earlier number, but holds other
+/// records (and, since it is marked, is told apart by its header alone;
+/// older compactions were not marked).
+fn copied_segment(headers: &[SegmentRead]) -> Option<(u64, u64)> {
+    let records = |bytes: &[u8]| {
+        let body = bytes.get(HEADER_LEN as usize..).unwrap_or_default();
+        let end = body
+            .iter()
+            .rposition(|&b| b != 0)
+            .map_or(0, |last| last + 1);
+        body[..end].to_vec()
+    };
+    headers.iter().find_map(|(n, h, bytes)| {
+        let (covers, _) = (*h)?;
+        if covers == *n || compacted(bytes) {
+            return None;
+        }
+        let (_, _, original) = headers.iter().find(|(m, h, b)| {
+            *m == covers && h.is_some_and(|(c, _)| c == covers) && !compacted(b)
+        })?;
+        let (copy, original) = (records(bytes), records(original));
+        (copy.starts_with(&original) || original.starts_with(&copy)).then_some((*n, covers))
+    })
+}
+
+/// The error for segment file `path` whose header names segment `covers`.
+fn not_its_number(path: &Path, covers: u64) -> crate::error::Error {
+    io_err(
+        path,
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "its header says it is segment {covers}: a copy or a renamed segment? \
+                 Move it out of the data directory (nothing was changed)"
+            ),
+        ),
+    )
 }
 
 /// The number of a segment file named `stem`.seg, if the store wrote that

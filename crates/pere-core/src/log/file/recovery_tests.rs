@@ -165,3 +165,56 @@ async fn a_missing_segment_is_reported_as_damage_until_acknowledged() {
     let r = store.recover().await.unwrap();
     assert!(r.damage.is_empty(), "acknowledged: {:?}", r.damage);
 }
+
+fn presence(i: u64) -> Record {
+    Record::Presence {
+        subscription: crate::name::Pattern::new("a").unwrap(),
+        device: crate::name::DeviceId::new(&format!("d{i}")).unwrap(),
+        online: i.is_multiple_of(2),
+        last_event_id: None,
+        at: Timestamp::now(),
+    }
+}
+
+/// A data directory from before compaction marked its output (byte 28 of
+/// the header), whose last compaction read no event: its header names the
+/// first segment it replaced, with no last id, as a copied writer segment's
+/// does. It is not a copy (its records are not another segment's), and
+/// opens (a review found the copy check refused it).
+#[tokio::test]
+async fn an_unmarked_compaction_without_events_is_not_taken_for_a_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.segment_size = 400;
+    {
+        let (store, _) = reopen(&cfg).await;
+        for i in 1..=40 {
+            store.append(&[presence(i)]).await.unwrap();
+        }
+        assert!(store.compact_now());
+        for i in 41..=45 {
+            store.append(&[presence(i)]).await.unwrap();
+        }
+        store.close().await.unwrap();
+    }
+    let kept = {
+        let (store, r) = reopen(&cfg).await;
+        store.close().await.unwrap();
+        r.records.len()
+    };
+    let segs = segments(dir.path());
+    let mut first = fs::read(&segs[0]).unwrap();
+    let (covers, last) = read_header(&first).unwrap();
+    let number: u64 = segs[0]
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(covers < number && last == EventId::ZERO && first[COMPACTED_AT] == 1);
+    first[COMPACTED_AT] = 0;
+    fs::write(&segs[0], &first).unwrap();
+    let (_, r) = reopen(&cfg).await;
+    assert_eq!(r.records.len(), kept, "{:?}", r.notes);
+}
