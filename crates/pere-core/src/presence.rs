@@ -126,6 +126,36 @@ impl StreamShared {
         self.restricted.store(on, Ordering::Release);
     }
 
+    /// Limits deliveries to the channels of `subs`, the subscriptions the
+    /// stream still serves (one was removed), within any limit its token
+    /// set. What it had queued or left of its replay on the removed one is
+    /// then skipped: a write would mark the removed device delivered again.
+    pub fn narrow_to(&self, subs: &[Pattern]) {
+        let mut allowed = self.allowed.lock().unwrap_or_else(|e| e.into_inner());
+        let narrowed: Vec<Pattern> = match allowed.as_deref() {
+            None => subs.to_vec(),
+            // Each pair's common part: the narrower of two nested patterns,
+            // else (two that only overlap, `a.*` and `*.b`) the grant, a
+            // little wide on the safe side of the token.
+            Some(granted) => granted
+                .iter()
+                .flat_map(|g| {
+                    subs.iter().filter_map(move |s| {
+                        if s.is_covered_by(g) {
+                            Some(s.clone())
+                        } else if g.overlaps(s) {
+                            Some(g.clone())
+                        } else {
+                            None
+                        }
+                    })
+                })
+                .collect(),
+        };
+        *allowed = Some(narrowed.into());
+        self.restricted.store(true, Ordering::Release);
+    }
+
     /// Whether an event on `channel` may be delivered to this stream.
     pub fn allows(&self, channel: &ChannelName) -> bool {
         if !self.restricted.load(Ordering::Acquire) {
@@ -494,6 +524,28 @@ pub struct Presence {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stream_narrowed_to_its_remaining_subscriptions_keeps_its_token_limit() {
+        let pats = |p: &[&str]| {
+            p.iter()
+                .map(|p| Pattern::new(p).unwrap())
+                .collect::<Vec<_>>()
+        };
+        let allows = |s: &StreamShared, c: &str| s.allows(&ChannelName::new(c).unwrap());
+        let open = StreamShared::new(1, None, 8, 1024);
+        open.narrow_to(&pats(&["b", "c.*"]));
+        assert!(allows(&open, "b") && allows(&open, "c.x"));
+        assert!(!allows(&open, "a") && !allows(&open, "c"));
+        // A token that grants only `c.eu` and `d.**`: the common part.
+        let granted = StreamShared::new(2, None, 8, 1024);
+        granted.restrict(Some(pats(&["c.eu", "d.**"]).into()));
+        granted.narrow_to(&pats(&["b", "c.*", "d.x.*"]));
+        assert!(allows(&granted, "c.eu") && allows(&granted, "d.x.y"));
+        for refused in ["b", "c.us", "d.y", "d.x"] {
+            assert!(!allows(&granted, refused), "{refused}");
+        }
+    }
 
     fn counts(c: &NodeCounts) -> Vec<(String, u32)> {
         let mut v: Vec<(String, u32)> = c.iter().map(|(n, k)| (n.to_string(), k)).collect();

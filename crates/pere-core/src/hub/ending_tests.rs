@@ -108,3 +108,33 @@ async fn a_stream_without_membership_does_not_detach_the_next_one() {
     let got = tokio::time::timeout(Duration::from_secs(1), live.next()).await;
     assert_eq!(got.ok().flatten().map(|e| e.id), Some(p.id));
 }
+
+/// A stream on two channels, one of whose memberships is removed: it goes
+/// on for the other, and writes nothing more of the removed one, neither
+/// its replay nor what it had queued (each write marked the removed device
+/// delivered again). Found by a review of the commit above.
+#[tokio::test]
+async fn a_removed_membership_of_a_shared_stream_writes_nothing_of_it() {
+    let hub = hub().await;
+    let old_a = publish_n(&hub, "a", 3).await;
+    let old_b = publish_n(&hub, "b", 1).await;
+    let mut sub = subscribe(&hub, Some("d"), &["a", "b"], Resume::All).await;
+    assert_eq!(sub.hello().replayed, 4);
+    let live_a = publish_n(&hub, "a", 2).await;
+    hub.remove_member(&pat("a"), &dev("d")).await.unwrap();
+    let written: Vec<EventId> = drain(&mut sub).into_iter().map(EventId).collect();
+    assert_eq!(written, old_b, "only b's event");
+    // Replayed from before it joined: it never joined their audience.
+    for id in &old_a {
+        let summary = hub.receipt_summary(&pat("a"), *id).unwrap();
+        assert!(summary.devices.is_empty(), "{id}: {:?}", summary.devices);
+    }
+    // Published while it was a member: in their audience, never written.
+    for id in &live_a {
+        let summary = hub.receipt_summary(&pat("a"), *id).unwrap();
+        assert_eq!(summary.pending, [dev("d")], "{id}: {:?}", summary.devices);
+    }
+    // It goes on for b.
+    let later_b = publish_n(&hub, "b", 1).await;
+    assert_eq!(take(&mut sub, 1).await, later_b);
+}

@@ -415,6 +415,9 @@ impl Memberships {
             // that one); one fed by this membership alone ends with the
             // senders dropped here.
             open.subs.retain(|p| p != pattern);
+            if !open.subs.is_empty() {
+                open.shared.narrow_to(&open.subs);
+            }
             if open.subs.is_empty() {
                 // Nothing more is written, replay included: a write after
                 // this would mark the removed device delivered again.
