@@ -31,7 +31,7 @@ use pere_http::client::{Backoff, PublishOptions, WaitFor, random_device};
     ),
     error_code(
         4,
-        "the answer to a publish was lost (the connection broke after the request was sent): the event may or may not be stored. Publish it again with the --idempotency-key and --device printed on stderr (keys are scoped by publisher): that is safe, without them the event may be stored twice."
+        "the answer to a publish was lost (the connection broke after the request was sent): the event may or may not be stored. Publish it again with the --idempotency-key (and --device, when one is printed) shown on stderr (keys are scoped by publisher): that is safe, without them the event may be stored twice."
     ),
     error_code(
         5,
