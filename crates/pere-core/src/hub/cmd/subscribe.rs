@@ -8,10 +8,10 @@ use std::sync::atomic::Ordering;
 use crate::auth::TokenHash;
 use crate::error::Error;
 use crate::event::{EventId, Timestamp};
-use crate::hub::cluster::wire::ClosedStream;
+use crate::hub::cluster::wire::{ClosedStream, Wire};
 use crate::hub::cmd::tick::acked_upto;
 use crate::hub::command::{Effect, Owed, Plan, Reply};
-use crate::hub::state::{Ledgers, OpenStream, State, WrittenReplay};
+use crate::hub::state::{Ended, Ledgers, OpenStream, State, WrittenReplay};
 use crate::hub::{Gap, Hello, Resume, SubscribeRequest};
 use crate::ledger::EventReceipts;
 use crate::log::Record;
@@ -442,6 +442,11 @@ impl State {
     /// node the presence and cursor parts go through the log, so that every
     /// node applies them at the same place.
     pub(in crate::hub) fn close_stream(&mut self, id: u64, now: Timestamp) {
+        if let Some(ended) = self.memberships.take_ended(id) {
+            // Its owner dropped it: nothing more is written.
+            self.fold_late_writes(ended, now);
+            return;
+        }
         let Some((closed, replayed)) = self.memberships.close_local(id) else {
             return;
         };
@@ -456,6 +461,37 @@ impl State {
                 .extend(replayed.map(WrittenReplay::into_record));
             let node = self.node.clone();
             self.closed_shared(&node, closed, now);
+        }
+    }
+
+    /// Folds what an ended stream wrote after its cursor was taken (a write
+    /// its task had begun then), so that its device resumes after it.
+    fn fold_late_writes(&mut self, ended: Ended, now: Timestamp) {
+        let upto = ended.shared.delivered_upto();
+        if upto <= ended.upto {
+            return;
+        }
+        let at = ended.shared.delivered_at();
+        for pattern in &ended.subs {
+            if self.cluster {
+                self.outbox.push(Wire::Cursor {
+                    subscription: pattern.clone(),
+                    device: ended.device.clone(),
+                    cursor: upto.0,
+                    at: at.map_or(0, |t| t.0),
+                    from: Some(ended.upto.0),
+                });
+            } else {
+                let node = self.node.clone();
+                self.fold_cursor(
+                    pattern,
+                    &ended.device,
+                    (Some(ended.upto), upto),
+                    at,
+                    &node,
+                    now,
+                );
+            }
         }
     }
 

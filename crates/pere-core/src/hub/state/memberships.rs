@@ -84,6 +84,11 @@ pub(in crate::hub) struct Memberships {
     /// [`Memberships::written_replays`]) that they were: few streams have
     /// any.
     replays: HashMap<u64, Vec<Arc<EventReceipts>>>,
+    /// Device streams the hub ended (revoked) whose owner had not dropped
+    /// them yet: a write it had begun when the cursor was taken lands
+    /// after it, and is folded when the owner drops the stream (see
+    /// [`Ended`]).
+    ended: HashMap<u64, Ended>,
     /// Counted deliveries of streams that closed.
     delivered_closed: u64,
     /// Counted redeliveries of streams that closed.
@@ -450,6 +455,19 @@ impl Memberships {
     ) -> Option<(ClosedStream, Option<WrittenReplay>)> {
         let open = self.streams.remove(&id)?;
         let upto = open.shared.delivered_upto();
+        if open.shared.is_revoked()
+            && let Some(device) = &open.device
+        {
+            self.ended.insert(
+                id,
+                Ended {
+                    shared: open.shared.clone(),
+                    subs: open.subs.clone(),
+                    device: device.clone(),
+                    upto,
+                },
+            );
+        }
         let replayed = written_replay(&mut self.replays, &open, upto);
         self.replays.remove(&id);
         self.fold_counts(&open.shared);
@@ -480,6 +498,12 @@ impl Memberships {
             from: Some(open.sent_upto),
         };
         Some((closed, replayed))
+    }
+
+    /// A stream the hub ended, now dropped by its owner: what it wrote
+    /// after its cursor was taken is for the caller to fold.
+    pub(in crate::hub) fn take_ended(&mut self, id: u64) -> Option<Ended> {
+        self.ended.remove(&id)
     }
 
     /// Ends every stream `node` had (it is gone). Returns the memberships
@@ -681,6 +705,18 @@ impl WrittenReplay {
             at: self.at,
         }
     }
+}
+
+/// A device stream the hub ended: the task writing it checks that it was
+/// not ended before each event, and may have been past that check, with
+/// one event, when the hub took its cursor.
+#[derive(Debug)]
+pub(in crate::hub) struct Ended {
+    pub(in crate::hub) shared: Arc<StreamShared>,
+    pub(in crate::hub) subs: Vec<Pattern>,
+    pub(in crate::hub) device: DeviceId,
+    /// The cursor folded when it was ended.
+    pub(in crate::hub) upto: EventId,
 }
 
 /// The part of `open`'s replay (see [`Memberships::replays`]) it was

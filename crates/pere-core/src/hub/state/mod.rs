@@ -23,7 +23,7 @@ mod notices;
 pub(super) use idempotency::{IdemPart, Idempotency};
 pub(super) use ledgers::{Ledgers, LedgersParts};
 pub(super) use memberships::{
-    Memberships, MembershipsParts, NodeStreams, OpenStream, WrittenReplay,
+    Ended, Memberships, MembershipsParts, NodeStreams, OpenStream, WrittenReplay,
 };
 pub(super) use notices::{Notices, NoticesParts};
 
