@@ -482,3 +482,38 @@ async fn an_answer_before_an_awaited_body_says_connection_close_and_asks_for_not
     assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
     assert!(text.contains(r#""code":"invalid_channel""#), "{text}");
 }
+
+/// An event stream the server ends (here its membership is removed) ends
+/// its connection too, on the direct path (a small head) and over hyper
+/// (a head too large for the direct path): a client that watches the
+/// socket, not the last chunk (PyPI `sseclient`), reconnected only at
+/// `--idle-timeout` (60 s) before. The idle timeout is an hour here, so
+/// only the end of the stream can close the connection within `WAIT`.
+#[tokio::test]
+async fn a_stream_the_server_ends_ends_its_connection() {
+    let server = TestServer::builder()
+        .idle_timeout(Duration::from_secs(3600))
+        .start()
+        .await;
+    let padding = "x".repeat(5000);
+    for (device, extra) in [
+        ("direct", String::new()),
+        ("hyper", format!("X-Pad: {padding}\r\n")),
+    ] {
+        let mut conn = TcpStream::connect(server.addr).await.unwrap();
+        let head = format!("GET /feed/ends HTTP/1.1\r\nHost: x\r\ndevice: {device}\r\n{extra}\r\n");
+        conn.write_all(head.as_bytes()).await.unwrap();
+        let mut seen = Vec::new();
+        pere_tests::raw::read_until(&mut conn, &mut seen, "pere.hello").await;
+        let r = server
+            .request("DELETE", &format!("/admin/devices/ends/{device}"), &[], b"")
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let rest = read_to_close(&mut conn).await;
+        let all = String::from_utf8_lossy(&[seen, rest].concat()).into_owned();
+        assert!(
+            all.ends_with("0\r\n\r\n"),
+            "{device}: the last chunk, then the close: {all:?}"
+        );
+    }
+}

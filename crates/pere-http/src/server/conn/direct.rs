@@ -91,12 +91,12 @@ pub(crate) async fn serve_first<S: EventStore>(
     else {
         return Outcome::Closed;
     };
-    if app.hub.is_closing() {
-        let mut stream = stream;
-        let _ = stream.shutdown().await;
-        return Outcome::Closed;
-    }
-    Outcome::Answered(stream)
+    // The server ended the stream (too slow, revoked, membership removed,
+    // a JWT's exp, shutdown): the connection ends with it, as over hyper
+    // (`request::serve`), so that a client watching the socket reconnects
+    // at once rather than at --idle-timeout.
+    super::close_io(stream, None).await;
+    Outcome::Closed
 }
 
 /// What opening the first request gave.

@@ -50,9 +50,21 @@ pub(super) async fn serve<S: EventStore>(
         return refused;
     }
     let head = Head::of(&req);
+    let http1 = req.version() < Version::HTTP_2;
     let leftover = Leftover::default();
     let req = req.map(|body| RequestBody::new(body, &leftover));
     let mut response = handlers::handle(app, req).await;
+    if http1 && matches!(response.body(), Body::Sse(_)) {
+        // An event stream ends when the server ends it (too slow, revoked,
+        // membership removed, a JWT's exp): the connection ends with it,
+        // so that a client that watches the socket rather than the body's
+        // last chunk (sseclient, raw clients) reconnects at once, not at
+        // --idle-timeout. The direct path does the same.
+        response.headers_mut().insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("close"),
+        );
+    }
     if let Some(unread) = leftover.take() {
         // Boxed: rare, and its state would otherwise weigh on every
         // request's future.
