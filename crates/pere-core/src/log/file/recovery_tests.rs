@@ -28,24 +28,23 @@ async fn torn_tails_at_the_same_offset_keep_a_copy_each() {
         let f = OpenOptions::new().write(true).open(&seg).unwrap();
         f.set_len(len - 5).unwrap();
     };
-    let (store, _) = reopen(&cfg).await;
-    store.append(&[event("a", 1, "kept")]).await.unwrap();
-    store
-        .append(&[event("a", 2, "first torn, and more bytes")])
-        .await
-        .unwrap();
-    store.close().await.unwrap();
-    drop(store);
-    tear(dir.path());
-    let (store, r) = reopen(&cfg).await;
-    assert_eq!(event_ids(&r), [1]);
-    store
-        .append(&[event("a", 3, "second torn, and more bytes")])
-        .await
-        .unwrap();
-    store.close().await.unwrap();
-    drop(store);
-    tear(dir.path());
+    {
+        let (store, _) = reopen(&cfg).await;
+        store.append(&[event("a", 1, "kept")]).await.unwrap();
+        store.close().await.unwrap();
+    }
+    let torn = [
+        (2, "first torn, and more bytes"),
+        (3, "second torn, and more bytes"),
+    ];
+    for (id, payload) in torn {
+        let (store, r) = reopen(&cfg).await;
+        assert_eq!(event_ids(&r), [1]);
+        store.append(&[event("a", id, payload)]).await.unwrap();
+        store.close().await.unwrap();
+        drop(store);
+        tear(dir.path());
+    }
     let (_, r) = reopen(&cfg).await;
     assert_eq!(event_ids(&r), [1]);
     let copies = files_starting(dir.path(), "dropped-");
