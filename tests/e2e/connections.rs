@@ -511,6 +511,11 @@ async fn a_stream_the_server_ends_ends_its_connection() {
         assert_eq!(r.status, 200, "{}", r.text());
         let rest = read_to_close(&mut conn).await;
         let all = String::from_utf8_lossy(&[seen, rest].concat()).into_owned();
+        let head = &all[..all.find("\r\n\r\n").unwrap()];
+        assert!(
+            head.to_ascii_lowercase().contains("\r\nconnection: close"),
+            "{device}: the head says so: {head:?}"
+        );
         assert!(
             all.ends_with("0\r\n\r\n"),
             "{device}: the last chunk, then the close: {all:?}"

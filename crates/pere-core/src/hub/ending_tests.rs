@@ -7,6 +7,7 @@
 use super::redelivery_tests::{publish_n, take};
 use super::tests::{WAIT, dev, drain, hub, hub_with, pat, publish, subscribe, wait_for};
 use super::*;
+use crate::auth::{Grants, Token};
 use crate::config::Retention;
 use std::time::Duration;
 
@@ -207,5 +208,106 @@ async fn a_write_racing_the_end_of_a_slow_stream_counts_for_its_cursor() {
     assert!(
         bad.is_empty(),
         "(round, last written, resumed from): {bad:?}"
+    );
+}
+
+fn grants(subject: &str, subscribe: &[&str]) -> Grants {
+    Grants {
+        subject: dev(subject),
+        subscribe: subscribe.iter().map(|p| pat(p)).collect(),
+        publish: Vec::new(),
+        admin: false,
+    }
+}
+
+/// A stream narrowed by a membership removal stays narrowed when its
+/// token's grants are put again (`enforce_grants` restricted it afresh,
+/// and the removed channel's replay and queued events were written,
+/// marking the removed device delivered). Found by a review of 839c51a.
+#[tokio::test]
+async fn a_token_change_keeps_a_removed_subscription_removed() {
+    let hub = hub().await;
+    let token = Token::new("phone-token-0123456789").unwrap();
+    hub.auth()
+        .enable(vec![(token.clone(), grants("phone", &["a", "b"]))]);
+    let old_a = publish_n(&hub, "a", 3).await;
+    let old_b = publish_n(&hub, "b", 1).await;
+    let mut sub = hub
+        .subscribe_with_token(
+            SubscribeRequest {
+                device: Some(dev("phone")),
+                patterns: vec![pat("a"), pat("b")],
+                resume: Resume::All,
+            },
+            None,
+            Some(token.hash()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(sub.hello().replayed, 4);
+    let live_a = publish_n(&hub, "a", 2).await;
+    hub.remove_member(&pat("a"), &dev("phone")).await.unwrap();
+    // The token is re-put, unchanged (e.g. an admin refreshing it).
+    hub.put_token(&token, grants("phone", &["a", "b"]))
+        .await
+        .unwrap();
+    let written: Vec<EventId> = drain(&mut sub).into_iter().map(EventId).collect();
+    let mut bad = Vec::new();
+    for id in old_a.iter().chain(&live_a) {
+        let s = hub.receipt_summary(&pat("a"), *id).unwrap();
+        if !s.devices.is_empty() && s.pending.is_empty() {
+            bad.push((*id, format!("{:?}", s.devices)));
+        }
+    }
+    assert_eq!(
+        written, old_b,
+        "only b's event after the removal of a; receipts of a: {bad:?}"
+    );
+}
+
+/// A stream ended without the hub closing it (opened with no membership
+/// left: a removal in the same batch) and then dropped by its owner is
+/// not kept: its record of writes to fold went with its close (a review
+/// of 8118177 found its StreamShared, queue included, held for ever).
+#[tokio::test]
+async fn an_orphan_stream_is_not_kept_once_dropped() {
+    let hub = hub().await;
+    let (c, d) = (pat("c"), dev("d"));
+    let mut leaked = None;
+    for _ in 0..200 {
+        // A membership to remove.
+        let keep = subscribe(&hub, Some("d"), &["c"], Resume::Auto).await;
+        drop(keep);
+        wait_for(|| async { hub.connections().await.unwrap().total == 0 }).await;
+        let request = SubscribeRequest {
+            device: Some(d.clone()),
+            patterns: vec![c.clone()],
+            resume: Resume::Auto,
+        };
+        let (orphan, removed) =
+            tokio::join!(hub.subscribe(request, None), hub.remove_member(&c, &d));
+        let orphan = orphan.unwrap();
+        let _ = removed;
+        let revoked = orphan.shared.is_revoked();
+        let weak = std::sync::Arc::downgrade(&orphan.shared);
+        drop(orphan);
+        wait_for(|| async { hub.connections().await.unwrap().total == 0 }).await;
+        // One more round trip through the writer.
+        let _ = hub.connections().await.unwrap();
+        if revoked {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            let _ = publish_n(&hub, "c", 1).await;
+            let _ = hub.connections().await.unwrap();
+            leaked = Some(weak.strong_count());
+            break;
+        }
+        assert_eq!(weak.strong_count(), 0, "a normal stream is freed");
+    }
+    let Some(count) = leaked else {
+        panic!("the race never happened");
+    };
+    assert_eq!(
+        count, 0,
+        "the orphan stream's StreamShared is still held by the hub (Memberships::ended)"
     );
 }

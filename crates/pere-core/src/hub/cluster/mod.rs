@@ -443,7 +443,7 @@ async fn submit<S: EventStore>(
                     own.push(Some(cmd));
                 }
                 None => match cmd {
-                    Command::Closed(id) => state.close_stream(id, now),
+                    Command::Closed(id) => state.owner_closed(id, now),
                     Command::Shutdown(reply) => shutdown = Some(reply),
                     // A view of this node's copy of the state.
                     Command::Read(read) => crate::hub::view::run(read, &state),

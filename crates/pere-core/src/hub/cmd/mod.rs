@@ -48,7 +48,7 @@ impl State {
             Command::Subscribe(sub) => self.prepare_subscribe(sub, now, records),
             Command::Token(token) => self.prepare_token(token, now, records),
             Command::Closed(id) => {
-                self.close_stream(id, now);
+                self.owner_closed(id, now);
                 records.append(&mut self.deferred);
                 Effect::None
             }

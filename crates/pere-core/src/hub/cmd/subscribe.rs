@@ -282,6 +282,7 @@ impl State {
             token,
             shared: stream.shared.clone(),
             sent_upto: head,
+            narrowed: false,
         };
         self.memberships
             .open_stream(open, &stream, &self.node, &last_event_id, now);
@@ -442,11 +443,6 @@ impl State {
     /// node the presence and cursor parts go through the log, so that every
     /// node applies them at the same place.
     pub(in crate::hub) fn close_stream(&mut self, id: u64, now: Timestamp) {
-        if let Some(ended) = self.memberships.take_ended(id) {
-            // Its owner dropped it: nothing more is written.
-            self.fold_late_writes(ended, now);
-            return;
-        }
         let Some((closed, replayed)) = self.memberships.close_local(id) else {
             return;
         };
@@ -461,6 +457,17 @@ impl State {
                 .extend(replayed.map(WrittenReplay::into_record));
             let node = self.node.clone();
             self.closed_shared(&node, closed, now);
+        }
+    }
+
+    /// A stream's owner dropped it (its `StreamGuard` said so): it ends, if
+    /// the hub had not ended it already, and what it wrote after the hub
+    /// ended it is folded. Nothing more is written now: nothing of it is
+    /// kept.
+    pub(in crate::hub) fn owner_closed(&mut self, id: u64, now: Timestamp) {
+        self.close_stream(id, now);
+        if let Some(ended) = self.memberships.take_ended(id) {
+            self.fold_late_writes(ended, now);
         }
     }
 

@@ -143,7 +143,12 @@ impl State {
                 Reach::None => {
                     open.shared.revoke();
                     close.push(open.shared.id);
+                    continue;
                 }
+            }
+            if open.narrowed {
+                // A removed subscription stays removed (`narrow_to`).
+                open.shared.narrow_to(&open.subs);
             }
         }
         for id in close {

@@ -62,6 +62,10 @@ pub(in crate::hub) struct OpenStream {
     pub(in crate::hub) shared: Arc<StreamShared>,
     /// The cursor this node last sent its cluster for it.
     pub(in crate::hub) sent_upto: EventId,
+    /// Whether one of its subscriptions was removed while it stayed open
+    /// for the others: its deliveries are then limited to `subs`, a limit
+    /// a change of its token's grants must keep.
+    pub(in crate::hub) narrowed: bool,
 }
 
 /// Subscriptions, their members, the open streams, and what closed
@@ -422,6 +426,7 @@ impl Memberships {
             open.subs.retain(|p| p != pattern);
             if !open.subs.is_empty() {
                 open.shared.narrow_to(&open.subs);
+                open.narrowed = true;
             }
             if open.subs.is_empty() {
                 // Nothing more is written, replay included: a write after

@@ -140,7 +140,16 @@ async fn open<S: EventStore>(mut stream: TcpStream, app: &App<S>) -> Opened {
             out.extend_from_slice(&bytes);
             (out, None)
         }
-        Body::Sse(sse) => (head_bytes(&parts, Framing::Chunked), Some(sse)),
+        Body::Sse(sse) => {
+            // The connection ends with the stream (see `serve_first`):
+            // said in the head, as hyper's path says it.
+            let mut parts = parts;
+            parts.headers.insert(
+                hyper::header::CONNECTION,
+                hyper::header::HeaderValue::from_static("close"),
+            );
+            (head_bytes(&parts, Framing::Chunked), Some(sse))
+        }
     };
     if stream.write_all(&out).await.is_err() {
         return Opened::Closed;
