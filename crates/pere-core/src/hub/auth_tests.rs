@@ -8,7 +8,7 @@ use super::tests::{WAIT, dev, hub, next, pat, publish};
 use super::*;
 use crate::auth::{Grants, Token};
 
-fn grants(subject: &str, subscribe: &[&str]) -> Grants {
+pub(super) fn grants(subject: &str, subscribe: &[&str]) -> Grants {
     Grants {
         subject: dev(subject),
         subscribe: subscribe.iter().map(|p| pat(p)).collect(),

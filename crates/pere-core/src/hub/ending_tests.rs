@@ -4,10 +4,11 @@
 
 #![allow(clippy::unwrap_used)]
 
+use super::auth_tests::grants;
 use super::redelivery_tests::{publish_n, take};
 use super::tests::{WAIT, dev, drain, hub, hub_with, pat, publish, subscribe, wait_for};
 use super::*;
-use crate::auth::{Grants, Token};
+use crate::auth::Token;
 use crate::config::Retention;
 use std::time::Duration;
 
@@ -209,15 +210,6 @@ async fn a_write_racing_the_end_of_a_slow_stream_counts_for_its_cursor() {
         bad.is_empty(),
         "(round, last written, resumed from): {bad:?}"
     );
-}
-
-fn grants(subject: &str, subscribe: &[&str]) -> Grants {
-    Grants {
-        subject: dev(subject),
-        subscribe: subscribe.iter().map(|p| pat(p)).collect(),
-        publish: Vec::new(),
-        admin: false,
-    }
 }
 
 /// A stream narrowed by a membership removal stays narrowed when its

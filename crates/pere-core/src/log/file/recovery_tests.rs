@@ -7,6 +7,17 @@ use super::tests::{
 };
 use super::*;
 
+/// The number a segment file is named by.
+fn number_of(segment: &Path) -> u64 {
+    segment
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_lock_file_removed_by_hand_still_keeps_a_second_store_out() {
     let dir = tempfile::tempdir().unwrap();
@@ -65,7 +76,7 @@ async fn a_segment_file_named_otherwise_is_left_alone() {
     let cfg = small_segments(dir.path()).await;
     let segs = segments(dir.path());
     let real = &segs[2];
-    let number: u64 = real.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+    let number = number_of(real);
     let stray = dir.path().join(format!("{number}.seg"));
     fs::copy(real, &stray).unwrap();
     let before = fs::read(real).unwrap();
@@ -93,15 +104,7 @@ async fn a_segment_copied_under_another_number_stops_the_start_and_nothing_is_re
     let dir = tempfile::tempdir().unwrap();
     let cfg = small_segments(dir.path()).await;
     let segs = segments(dir.path());
-    let last: u64 = segs
-        .last()
-        .unwrap()
-        .file_stem()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let last = number_of(segs.last().unwrap());
     let copy = segment_path(dir.path(), last + 1);
     fs::copy(&segs[1], &copy).unwrap();
     let err = match FileStore::open(cfg.clone()) {
@@ -204,13 +207,7 @@ async fn an_unmarked_compaction_without_events_is_not_taken_for_a_copy() {
     let segs = segments(dir.path());
     let mut first = fs::read(&segs[0]).unwrap();
     let (covers, last) = read_header(&first).unwrap();
-    let number: u64 = segs[0]
-        .file_stem()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let number = number_of(&segs[0]);
     assert!(covers < number && last == EventId::ZERO && first[COMPACTED_AT] == 1);
     first[COMPACTED_AT] = 0;
     fs::write(&segs[0], &first).unwrap();
