@@ -151,6 +151,19 @@ fn assert_routed(request: &hyper::Request<()>, method: Method, expected: Route) 
     );
 }
 
+/// The target of a request served without hyper is the one in `head`, as
+/// hyper would have taken it (a `#fragment` is dropped by both; it is not
+/// part of a request target).
+fn assert_target_as_sent<B>(request: &hyper::Request<B>, head: &[u8]) {
+    let text = String::from_utf8_lossy(head);
+    let target = text.split_whitespace().nth(1).unwrap_or_default();
+    assert_eq!(
+        Some(request.uri()),
+        hyper::Uri::try_from(target).ok().as_ref(),
+        "the target as sent"
+    );
+}
+
 /// The headers of a request served without hyper (`feed_head`,
 /// `receipt_request`): no `Transfer-Encoding`, `Upgrade` or `Expect`, a
 /// `Connection` that keeps the connection alive, and every value one that

@@ -7,7 +7,9 @@ use pere_core::{DeviceId, EventId, MAX_STATUS_LEN, Resume};
 use pere_http::fuzzing::{device_of, header_str, read_receipts, resume_point};
 use pere_http::server::router::{Route, parse_query, percent_decode, route};
 
-use super::{Input, assert_api_error, assert_plain_headers, assert_routed, text};
+use super::{
+    Input, assert_api_error, assert_plain_headers, assert_routed, assert_target_as_sent, text,
+};
 
 // ---- feedback_body --------------------------------------------------------
 
@@ -463,15 +465,7 @@ pub fn feed_head(data: &[u8]) {
     );
     assert!(head.starts_with(b"GET /feed"));
     assert_routed(&request, Method::GET, Route::Feed(channel.clone()));
-    let text = String::from_utf8_lossy(head);
-    let target = text.split_whitespace().nth(1).unwrap_or_default();
-    // The target as hyper would have taken it (a `#fragment` is dropped by
-    // both; it is not part of a request target).
-    assert_eq!(
-        Some(request.uri()),
-        Uri::try_from(target).ok().as_ref(),
-        "the target as sent"
-    );
+    assert_target_as_sent(&request, head);
     for value in request.headers().get_all("content-length") {
         assert_eq!(value.as_bytes(), b"0", "no body");
     }

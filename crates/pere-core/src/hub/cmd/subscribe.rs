@@ -479,6 +479,7 @@ impl State {
             return;
         }
         let at = ended.shared.delivered_at();
+        let node = self.node.clone();
         for pattern in &ended.subs {
             if self.cluster {
                 self.outbox.push(Wire::Cursor {
@@ -489,7 +490,6 @@ impl State {
                     from: Some(ended.upto.0),
                 });
             } else {
-                let node = self.node.clone();
                 self.fold_cursor(
                     pattern,
                     &ended.device,

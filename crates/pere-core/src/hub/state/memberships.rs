@@ -427,8 +427,7 @@ impl Memberships {
             if !open.subs.is_empty() {
                 open.shared.narrow_to(&open.subs);
                 open.narrowed = true;
-            }
-            if open.subs.is_empty() {
+            } else {
                 // Nothing more is written, replay included: a write after
                 // this would mark the removed device delivered again.
                 open.shared.revoke();
