@@ -293,6 +293,42 @@ async fn pattern_members_are_listed_under_the_channels_they_match() {
     );
 }
 
+/// Presence is kept "per device per channel" (contract §5). A device on
+/// `orders.*` showed, under `orders.eu`, the pattern's latest delivery and
+/// receipt, both of them an `orders.us` event.
+#[tokio::test]
+async fn a_pattern_members_presence_under_a_channel_is_that_channels() {
+    let server = TestServer::start().await;
+    let mut star = server.subscribe("orders.*", "star").await;
+    let eu = server.publish("orders.eu", "1").await;
+    let us = server.publish("orders.us", "2").await;
+    assert_eq!(star.ids(2).await, [eu.clone(), us.clone()]);
+    server.ack("orders.us", "star", &us).await;
+    server.wait_acked("orders.us", &us, "star").await;
+
+    let devices = server.admin().devices("orders.eu").await;
+    let p = &devices["star"];
+    assert_eq!(p["subscription"], "orders.*", "{devices}");
+    assert_eq!(p["last_delivered"], eu.as_str(), "{devices}");
+    assert_eq!(p["last_acked"], Value::Null, "{devices}");
+    let devices = server.admin().devices("orders.us").await;
+    assert_eq!(devices["star"]["last_delivered"], us.as_str(), "{devices}");
+    assert_eq!(devices["star"]["last_acked"], us.as_str(), "{devices}");
+    // The pattern's own view keeps the subscription's newest.
+    let pattern = server.presence("orders.*", "star").await.unwrap();
+    assert_eq!(pattern["last_delivered"], us.as_str(), "{pattern}");
+
+    // On a channel none of whose retained events reached it: none.
+    drop(star);
+    server.wait_offline("orders.*", "star").await;
+    server.publish("orders.asia", "3").await;
+    let devices = server.admin().devices("orders.asia").await;
+    assert_eq!(devices["star"]["last_delivered"], Value::Null, "{devices}");
+    assert_eq!(devices["star"]["online"], false, "{devices}");
+    let one = server.get("/admin/devices/orders.eu/star").await.json();
+    assert_eq!(one["last_delivered"], eu.as_str(), "{one}");
+}
+
 #[tokio::test]
 async fn healthz_says_ok() {
     let server = TestServer::start().await;

@@ -111,10 +111,68 @@ impl State {
                 }
             }
         }
+        state.on_channel(channel, &mut out);
         let mut out: Vec<(DeviceId, Pattern, Presence)> =
             out.into_iter().map(|(d, (s, p))| (d, s, p)).collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
+    }
+
+    /// Presence is per device per channel (docs/PROTOCOL.md §5), but a
+    /// pattern member's cursor and last receipt are the pattern's: under
+    /// `orders.eu` a device on `orders.*` would show an `orders.us` event.
+    /// Its `last_delivered` and `last_acked` on `channel` are read from the
+    /// channel's retained receipts instead, newest first; none when no
+    /// retained event of the channel reached it.
+    fn on_channel(&self, channel: &ChannelName, out: &mut HashMap<DeviceId, (Pattern, Presence)>) {
+        let ledger = self.ledgers.channel(channel);
+        let oldest = ledger.and_then(|l| l.receipts.front()).map(|r| r.id());
+        // (device, its presence, still looking for a delivery, for a receipt)
+        let mut open: Vec<(&DeviceId, &mut Presence, bool, bool)> = Vec::new();
+        for (device, (via, presence)) in out.iter_mut() {
+            if via.exact().is_some() {
+                continue;
+            }
+            // The pattern's newest ids bound the channel's: a device whose
+            // latest delivery or receipt is older than every retained
+            // event has none here, and needs no walk.
+            let delivered = presence
+                .last_delivered
+                .zip(oldest)
+                .is_some_and(|(l, o)| l >= o);
+            let acked = presence.last_acked.zip(oldest).is_some_and(|(l, o)| l >= o);
+            presence.last_delivered = None;
+            presence.last_delivered_at = None;
+            presence.last_acked = None;
+            presence.last_acked_at = None;
+            if delivered || acked {
+                open.push((device, presence, delivered, acked));
+            }
+        }
+        let Some(ledger) = ledger else {
+            return;
+        };
+        for receipts in ledger.receipts.iter().rev() {
+            if open.is_empty() {
+                break;
+            }
+            let id = receipts.id();
+            open.retain_mut(|(device, presence, delivered, acked)| {
+                if let Some(receipt) = receipts.receipt_of(device) {
+                    if *delivered && receipt.delivered_at.is_some() {
+                        presence.last_delivered = Some(id);
+                        presence.last_delivered_at = receipt.delivered_at;
+                        *delivered = false;
+                    }
+                    if *acked && receipt.acked_at.is_some() {
+                        presence.last_acked = Some(id);
+                        presence.last_acked_at = receipt.acked_at;
+                        *acked = false;
+                    }
+                }
+                *delivered || *acked
+            });
+        }
     }
 
     /// Every pattern subscription (`*`, `**`) with its members, sorted.
