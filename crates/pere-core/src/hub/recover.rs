@@ -231,9 +231,8 @@ impl State {
             sub.ackers = sub.members.values().filter(|m| m.acknowledges()).count();
             for (device, member) in &mut sub.members {
                 // Nobody is connected after a restart. The TTL of a member
-                // that had left counts from when it left or acknowledged
-                // last (`last_seen`, §5.1); of one that was connected,
-                // from now.
+                // that had left counts from when it left (§5.1); of one
+                // that was connected, from now.
                 let key = (pattern.clone(), device.clone());
                 if connected.contains(&key) || member.disconnected_at.is_none() {
                     member.disconnected_at = Some(member.disconnected_at.unwrap_or(now).max(now));

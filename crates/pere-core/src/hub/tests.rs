@@ -489,6 +489,38 @@ async fn memberships_expire_after_their_ttl_and_can_be_removed() {
     ));
 }
 
+/// A member's TTL counts from its last stream's close (contract §5): a
+/// receipt sent after it does not extend the membership.
+#[tokio::test]
+async fn a_receipt_does_not_extend_a_membership_past_its_ttl() {
+    let ttl = Duration::from_millis(1000);
+    let hub = hub_with(
+        HubConfig {
+            member_ttl: ttl,
+            tick: Duration::from_millis(10),
+            ..HubConfig::default()
+        },
+        Retention::default(),
+    )
+    .await;
+    let mut sub = subscribe(&hub, Some("d"), &["c"], Resume::Auto).await;
+    let p = publish(&hub, "c", "x").await;
+    next(&mut sub).await;
+    drop(sub);
+    wait_for(|| async { !hub.devices(&pat("c")).await.unwrap()[0].1.online }).await;
+    let closed = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    hub.ack(&pat("c"), &dev("d"), p.id, "ok").await.unwrap();
+    wait_for(|| async { hub.devices(&pat("c")).await.unwrap().is_empty() }).await;
+    // Counted from the receipt, it would end 1.6 s after the close.
+    assert!(
+        closed.elapsed() < ttl + Duration::from_millis(450),
+        "expired {:?} after the close",
+        closed.elapsed()
+    );
+    assert_eq!(publish(&hub, "c", "y").await.recipients, 0);
+}
+
 /// A stream of a device on two subscriptions outlives the end of one of
 /// its memberships (the other still feeds it); when it closes later, the
 /// other membership goes offline with it.

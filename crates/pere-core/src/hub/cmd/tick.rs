@@ -135,10 +135,15 @@ impl State {
                     }
                     return true;
                 }
-                let since = member
-                    .disconnected_at
-                    .unwrap_or(member.last_seen)
-                    .max(member.last_seen);
+                // A member's TTL counts from its last stream's close alone
+                // (docs/PROTOCOL.md §5.1): a receipt does not extend it. A
+                // device known only by its receipts is kept that long after
+                // the last one.
+                let since = if member.is_member {
+                    member.disconnected_at.unwrap_or(member.last_seen)
+                } else {
+                    member.last_seen
+                };
                 if now.since(since) < ttl {
                     return true;
                 }
