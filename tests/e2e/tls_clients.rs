@@ -30,6 +30,52 @@ async fn curl(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `HEAD` is accepted wherever `GET` is, over HTTP/2 too: the server once
+/// sent the body as DATA after the headers, which HTTP/2 forbids after a
+/// `HEAD` (curl: "HTTP/2 stream 1 was not closed cleanly: PROTOCOL_ERROR").
+#[tokio::test]
+async fn head_over_http2_answers_headers_only() {
+    let ca = TestCa::new("tls-head");
+    let server = tls_server(&ca, TestServer::builder()).await;
+    let base = format!("https://127.0.0.1:{}", server.addr.port());
+    let cacert = ca.ca_pem.display().to_string();
+    for path in ["/healthz", "/", "/subscriber.html", "/admin/connections"] {
+        let head = curl(&[
+            "--http2",
+            "--cacert",
+            &cacert,
+            "-sS",
+            "-I",
+            &format!("{base}{path}"),
+        ])
+        .await
+        .to_ascii_lowercase();
+        assert!(head.starts_with("http/2 200"), "{path}: {head}");
+        let get = curl(&[
+            "--http2",
+            "--cacert",
+            &cacert,
+            "-sS",
+            &format!("{base}{path}"),
+        ])
+        .await;
+        assert!(
+            head.contains(&format!("content-length: {}\r\n", get.len())),
+            "{path}: the length a GET would have: {head}"
+        );
+    }
+    // Plain HTTP/2 (prior knowledge) and HTTP/1.1 alike.
+    let plain = TestServer::start().await;
+    let url = format!("http://{}/healthz", plain.addr);
+    for version in ["--http2-prior-knowledge", "--http1.1"] {
+        let head = curl(&[version, "-sS", "-I", &url])
+            .await
+            .to_ascii_lowercase();
+        assert!(head.contains(" 200"), "{version}: {head}");
+        assert!(head.contains("content-length: 2\r\n"), "{version}: {head}");
+    }
+}
+
 #[tokio::test]
 async fn curl_speaks_http2_to_the_tls_server() {
     let ca = TestCa::new("tls-curl");

@@ -51,6 +51,7 @@ pub(super) async fn serve<S: EventStore>(
     }
     let head = Head::of(&req);
     let http1 = req.version() < Version::HTTP_2;
+    let is_head = req.method() == hyper::Method::HEAD;
     let leftover = Leftover::default();
     let req = req.map(|body| RequestBody::new(body, &leftover));
     let mut response = handlers::handle(app, req).await;
@@ -70,7 +71,26 @@ pub(super) async fn serve<S: EventStore>(
         // request's future.
         Box::pin(finish(&head, unread, &mut response)).await;
     }
+    if is_head {
+        without_body(&mut response);
+    }
     response
+}
+
+/// The answer to a `HEAD`: a `GET`'s status and headers, with its length,
+/// and no body. hyper leaves the body out over HTTP/1.1 itself, but over
+/// HTTP/2 it sent it as DATA, which the protocol forbids after a `HEAD`:
+/// curl and Node reset the stream (`PROTOCOL_ERROR`).
+fn without_body(response: &mut Response<Body>) {
+    let length = http_body::Body::size_hint(response.body()).exact();
+    if let Some(length) = length
+        && !response.headers().contains_key(header::CONTENT_LENGTH)
+    {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    *response.body_mut() = Body::empty();
 }
 
 /// The sentence of a `431`, the same over HTTP/1 and HTTP/2.
