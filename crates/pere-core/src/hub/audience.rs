@@ -87,12 +87,7 @@ impl State {
                 out.insert(device.clone(), (exact.clone(), member.presence()));
             }
         }
-        let mut patterns: Vec<&Pattern> = state
-            .memberships
-            .wild()
-            .iter()
-            .filter(|p| p.matches(channel))
-            .collect();
+        let mut patterns: Vec<&Pattern> = state.memberships.wild().matching(channel);
         patterns.sort();
         for pattern in patterns {
             let Some(sub) = state.memberships.sub(pattern) else {
@@ -178,18 +173,25 @@ impl State {
     /// Every pattern subscription (`*`, `**`) with its members, sorted.
     fn patterns(&self) -> Vec<PatternInfo> {
         let state = self;
-        let mut out: Vec<PatternInfo> = state
-            .memberships
-            .wild()
+        let wild = state.memberships.wild();
+        // One pass over the channels, each asking the index which patterns
+        // match it: not channels times patterns.
+        let mut matched: HashMap<&Pattern, (usize, usize)> = HashMap::new();
+        for (channel, ledger) in state.ledgers.channels() {
+            if ledger.receipts.is_empty() {
+                continue;
+            }
+            wild.for_each_match(channel, |pattern| {
+                let (n, e) = matched.entry(pattern).or_default();
+                *n += 1;
+                *e += ledger.receipts.len();
+            });
+        }
+        let mut out: Vec<PatternInfo> = wild
             .iter()
             .filter_map(|pattern| {
                 let sub = state.memberships.sub(pattern)?;
-                let matching = state
-                    .ledgers
-                    .channels()
-                    .filter(|(c, l)| pattern.matches(c) && !l.receipts.is_empty());
-                let (channels, events) =
-                    matching.fold((0, 0), |(n, e), (_, l)| (n + 1, e + l.receipts.len()));
+                let (channels, events) = matched.get(pattern).copied().unwrap_or_default();
                 let members = sub.members.values().filter(|m| m.is_member);
                 Some(PatternInfo {
                     pattern: pattern.clone(),

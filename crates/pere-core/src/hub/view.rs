@@ -297,10 +297,7 @@ impl State {
                 let receipts = ledger.map(|l| &l.receipts);
                 let mut members = HashSet::new();
                 let mut online = HashSet::new();
-                for (pattern, sub) in self.memberships.subs() {
-                    if !pattern.matches(&channel) {
-                        continue;
-                    }
+                for sub in self.memberships.matching(&channel) {
                     for (device, member) in &sub.members {
                         if member.is_member {
                             members.insert(device);

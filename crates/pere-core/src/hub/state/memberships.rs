@@ -20,6 +20,8 @@ use crate::log::Record;
 use crate::name::{ChannelName, DeviceId, Pattern};
 use crate::presence::{Member, NodeCounts, Op, StreamShared, StreamTx};
 
+use super::wild::WildIndex;
+
 /// One subscription (a channel or a pattern): its members, and the streams
 /// opened on it without a device.
 #[derive(Debug, Default)]
@@ -77,7 +79,7 @@ pub(in crate::hub) struct Memberships {
     /// which keep the two in step.
     subs: HashMap<Pattern, Sub>,
     /// Subscriptions with wildcards, for matching channels against.
-    wild: Vec<Pattern>,
+    wild: WildIndex,
     /// Streams open on this node, by id; private so that a stream only
     /// comes and goes with its senders in `subs`.
     streams: HashMap<u64, OpenStream>,
@@ -130,7 +132,7 @@ impl Memberships {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => {
                 if pattern.exact().is_none() {
-                    self.wild.push(pattern.clone());
+                    self.wild.insert(pattern.clone());
                 }
                 e.insert(Sub::default())
             }
@@ -148,7 +150,7 @@ impl Memberships {
     }
 
     /// The wildcard subscriptions' patterns.
-    pub(in crate::hub) fn wild(&self) -> &[Pattern] {
+    pub(in crate::hub) fn wild(&self) -> &WildIndex {
         &self.wild
     }
 
@@ -284,28 +286,27 @@ impl Memberships {
 
     /// Drops subscriptions nobody is in any more (and so their wildcards).
     pub(in crate::hub) fn drop_empty(&mut self) {
-        let before = self.subs.len();
-        self.subs
-            .retain(|_, sub| !sub.members.is_empty() || !sub.anonymous.is_empty());
-        if self.subs.len() != before {
-            let subs = &self.subs;
-            self.wild.retain(|p| subs.contains_key(p));
-        }
+        let Self { subs, wild, .. } = self;
+        subs.retain(|pattern, sub| {
+            let keep = !sub.members.is_empty() || !sub.anonymous.is_empty();
+            if !keep && pattern.exact().is_none() {
+                wild.remove(pattern);
+            }
+            keep
+        });
     }
 
     /// Subscriptions matching `channel`: the exact one and the wildcards.
     pub(in crate::hub) fn matching<'a>(&'a self, channel: &ChannelName) -> Vec<&'a Sub> {
-        let mut subs = Vec::with_capacity(1 + self.wild.len());
+        let mut subs = Vec::new();
         if let Some(sub) = self.subs.get(channel.as_str()) {
             subs.push(sub);
         }
-        for pattern in &self.wild {
-            if pattern.matches(channel)
-                && let Some(sub) = self.subs.get(pattern)
-            {
+        self.wild.for_each_match(channel, |pattern| {
+            if let Some(sub) = self.subs.get(pattern) {
                 subs.push(sub);
             }
-        }
+        });
         subs
     }
 
@@ -324,13 +325,11 @@ impl Memberships {
                 f(&pattern, sub);
             }
         }
-        for pattern in wild.iter() {
-            if pattern.matches(channel)
-                && let Some(sub) = subs.get_mut(pattern)
-            {
+        wild.for_each_match(channel, |pattern| {
+            if let Some(sub) = subs.get_mut(pattern) {
                 f(pattern, sub);
             }
-        }
+        });
     }
 
     /// Adds a new event to `unacked` of every acknowledging member in its
@@ -350,13 +349,11 @@ impl Memberships {
         if let Some(sub) = subs.get_mut(channel.as_str()) {
             track(sub);
         }
-        for pattern in wild.iter() {
-            if pattern.matches(channel)
-                && let Some(sub) = subs.get_mut(pattern)
-            {
+        wild.for_each_match(channel, |pattern| {
+            if let Some(sub) = subs.get_mut(pattern) {
                 track(sub);
             }
-        }
+        });
     }
 
     /// Registers a stream opened on `node`: its sender joins each of its

@@ -19,6 +19,7 @@ mod idempotency;
 mod ledgers;
 mod memberships;
 mod notices;
+mod wild;
 
 pub(super) use idempotency::{IdemPart, Idempotency};
 pub(super) use ledgers::{Ledgers, LedgersParts};
