@@ -134,6 +134,14 @@ struct Claims {
     _iss: Option<String>,
 }
 
+/// Whether `pem` has a private key block (`BEGIN RSA PRIVATE KEY`, `BEGIN
+/// PRIVATE KEY`, `BEGIN EC PRIVATE KEY`, `BEGIN ENCRYPTED PRIVATE KEY`).
+fn holds_private_key(pem: &[u8]) -> bool {
+    String::from_utf8_lossy(pem)
+        .lines()
+        .any(|l| l.starts_with("-----BEGIN ") && l.trim_end().ends_with("PRIVATE KEY-----"))
+}
+
 /// Whether `pem` is an EC public key (`BEGIN PUBLIC KEY`) on another curve
 /// than P-256: the DER of every P-256 one begins with the same algorithm
 /// and curve identifiers, whose base64 is this prefix. Another form (a
@@ -205,6 +213,14 @@ impl JwtVerifier {
         };
         let public = match &config.public_key_pem {
             None => None,
+            Some(pem) if holds_private_key(pem) => {
+                // jsonwebtoken takes an RSA private key as the public one
+                // and then refuses every token as badly signed.
+                return Err(Error::Config(
+                    "the JWT public key file holds a private key: give the public half (`openssl pkey -in KEY -pubout`); the private key belongs with whoever issues the tokens"
+                        .into(),
+                ));
+            }
             Some(pem) => {
                 let key = DecodingKey::from_rsa_pem(pem)
                     .map(|k| (k, Algorithm::RS256))
@@ -471,6 +487,44 @@ IQCjSLa0mOBtWCXZr+11Smeg2qeX60sLdmxqw63tcQL+DA==
         }
         let err = JwtVerifier::new(&key(p384)).unwrap_err().to_string();
         assert!(err.contains("P-256"), "{err}");
+    }
+
+    /// An RSA private key given as the public one was taken (jsonwebtoken
+    /// reads its public half) and then every token was "not validly
+    /// signed"; every private key block is now a clear start-up error.
+    #[test]
+    fn a_private_key_given_as_the_public_key_is_a_configuration_error() {
+        // A throwaway 1024-bit test key (`openssl genpkey -algorithm RSA`).
+        let rsa = "-----BEGIN PRIVATE KEY-----
+MIICdgIBADANBgkqhkiG9w0BAQEFAASCAmAwggJcAgEAAoGBAL3xaWUp+QtCiCsv
+86xEJ4Euv2VqXmZHoEfBkPHA/uKUAzaLwOuWlixvSWTNXLGcK4jncn10aqWESjk6
+v/HYMJ+dGat4VfSK2N1f8omyYbn5U92Q/UvpM1+gDJ8TWwcLMbbg0tDBn0Fx5KPM
+f/wjwDdxiIzKqHH9/Ont/V1GFoufAgMBAAECgYEAriUF0mB3GuG24pGmQQyDg6cO
+h7bMMc39n4xSjbO6fJXjlEDxcY2wxbCKg8bc82IRcAVzLJ5toK73Nh0tGlhxynDu
+ENJXAjcVb8nZPeHPbirmD+5wC3zKAQVG3B4KQmh9T6PuzmwFYGvpmeVrtp3cuiJS
+AJ8/BuKprxgKINJ26bECQQDdwHfSM0KueQupsWbSQ0OscVIvP+qCr3phiT50+GS1
+0vdobD/oZ9zdG0vc9zpd4U2A6ij3cyL6C6z0T6iYHSslAkEA20dMyNe/yLEmSX64
+MfEUJxWS671JfJQcqyqfv3IUvB50nZFf2TnLQVSfPG4ySaCKDBt1e+b/vqeZhjzb
+XxhicwJAHwOiPoXo15oaZXtoVBQQTPf0dKNN20VLqoSVdaqf+0YsUDCDp6+PFmWQ
+8LCrOyIdwt/9Js61n58ua2UQwWWi+QJAeUSRPnGy6ratye9+xn/g+UyBGEZyoab3
+w+GqvyHEPdVKAOoo6+V+dv7poW3/+aADOHbnHkK+JR5jVU3KtGiz6QJAdX9iPq1B
+N4PCXmVsOSjZlrLOoVlweu3RfLeMdtD+/7CkkUI5fO4ACsl3kjZj5agKLmPr8La7
+BCeoSgoMz/z3xQ==
+-----END PRIVATE KEY-----
+";
+        let pems = [
+            rsa,
+            "-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n",
+            "-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n",
+        ];
+        for pem in pems {
+            let config = JwtConfig {
+                public_key_pem: Some(pem.as_bytes().to_vec()),
+                ..JwtConfig::default()
+            };
+            let err = JwtVerifier::new(&config).unwrap_err().to_string();
+            assert!(err.contains("private key"), "{pem}: {err}");
+        }
     }
 
     #[test]
