@@ -9,16 +9,20 @@
 //! command at once, forgets the broken connection, and lets the next command
 //! reconnect (asking Sentinel anew), with a backoff so that an outage costs
 //! one connection attempt per backoff period, not one per publish.
+//!
+//! Through Sentinel, a change of primary ([`crate::sentinel`]'s watcher)
+//! bumps [`Connector::switches`]: the shared connection and every tail's
+//! are then dropped and reopened on the new primary.
 
 use std::time::{Duration, Instant};
 
 use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
-use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, watch};
 
 use crate::config::Target;
 use crate::error::{EngineError, Failure, Result, classify};
+use crate::sentinel::{Addr, Sentinels};
 
 /// The first wait after a failed connection attempt.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -30,13 +34,16 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 pub(crate) struct Connector {
     kind: ConnectorKind,
     command_timeout: Duration,
+    /// How many times the primary changed: a connection opened before the
+    /// latest change is to the old one.
+    switches: watch::Sender<u64>,
+    /// The primary the latest connection went to (through Sentinel).
+    primary: std::sync::Mutex<Option<Addr>>,
 }
 
 enum ConnectorKind {
     Direct(redis::Client),
-    /// Behind a mutex because redis-rs caches its sentinel connections in
-    /// the client and needs `&mut` to ask them.
-    Sentinel(Mutex<SentinelClient>),
+    Sentinel(Sentinels),
 }
 
 impl Connector {
@@ -58,28 +65,57 @@ impl Connector {
                 if let Some(password) = password {
                     info = info.set_password(password);
                 }
-                let node = SentinelNodeConnectionInfo::default().set_redis_connection_info(info);
-                let client = SentinelClient::build(
-                    sentinels,
-                    master,
-                    Some(node),
-                    SentinelServerType::Master,
-                )
-                .map_err(bad)?;
-                ConnectorKind::Sentinel(Mutex::new(client))
+                ConnectorKind::Sentinel(Sentinels::new(&sentinels, master, info).map_err(bad)?)
             }
         };
         Ok(Connector {
             kind,
             command_timeout,
+            switches: watch::Sender::new(0),
+            primary: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Whether the primary is found through Sentinel (and can change).
+    pub(crate) fn follows_sentinel(&self) -> bool {
+        matches!(self.kind, ConnectorKind::Sentinel(_))
+    }
+
+    /// How many times the primary changed so far, and a receiver to wait
+    /// for the next change.
+    pub(crate) fn switches(&self) -> watch::Receiver<u64> {
+        self.switches.subscribe()
+    }
+
+    /// Asks the sentinels which server is the primary; if it is not the one
+    /// the latest connection went to, counts a switch (see the module).
+    pub(crate) async fn check_primary(&self) {
+        let ConnectorKind::Sentinel(sentinels) = &self.kind else {
+            return;
+        };
+        let Ok(now) = sentinels.primary(self.command_timeout).await else {
+            // No sentinel answers: the connections fail or not on their own.
+            return;
+        };
+        let mut primary = self.primary.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(was) = primary.as_ref()
+            && *was != now
+        {
+            tracing::warn!(
+                was = %format_args!("{}:{}", was.0, was.1),
+                now = %format_args!("{}:{}", now.0, now.1),
+                "Sentinel names another primary: reconnecting to it"
+            );
+            *primary = None;
+            self.switches.send_modify(|n| *n += 1);
+        }
     }
 
     /// Opens a connection whose commands time out after `response_timeout`
     /// (the tail's blocking reads need longer than the command timeout).
     ///
-    /// Through Sentinel, redis-rs asks the sentinels for the master and checks
-    /// with `ROLE` that it is one, so a demoted primary is never used.
+    /// Through Sentinel, the primary is the one the sentinel with the
+    /// highest configuration epoch names, checked with `ROLE`.
     pub(crate) async fn open(&self, response_timeout: Duration) -> Result<MultiplexedConnection> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.command_timeout))
@@ -91,11 +127,13 @@ impl Connector {
                         .get_multiplexed_async_connection_with_config(&config)
                         .await
                 }
-                ConnectorKind::Sentinel(client) => {
-                    let client = client.lock().await.async_get_client().await?;
-                    client
-                        .get_multiplexed_async_connection_with_config(&config)
-                        .await
+                ConnectorKind::Sentinel(sentinels) => {
+                    let addr = sentinels.primary(self.command_timeout).await.map_err(|e| {
+                        redis::RedisError::from(std::io::Error::other(e.to_string()))
+                    })?;
+                    let conn = sentinels.connect(&addr, &config).await?;
+                    *self.primary.lock().unwrap_or_else(|e| e.into_inner()) = Some(addr);
+                    Ok(conn)
                 }
             }
         };
@@ -151,8 +189,9 @@ pub(crate) struct Link {
 
 struct LinkState {
     /// The connection, tagged with a generation so that a caller reporting
-    /// a failure on an old connection does not drop a fresh one.
-    conn: Option<(u64, MultiplexedConnection)>,
+    /// a failure on an old connection does not drop a fresh one, and with
+    /// the switch count it was opened at.
+    conn: Option<(u64, u64, MultiplexedConnection)>,
     generation: u64,
     backoff: Backoff,
     /// No connection attempt before this instant.
@@ -179,8 +218,17 @@ impl Link {
     /// backoff runs, fails at once with `Unavailable`.
     pub(crate) async fn get(&self) -> Result<(u64, MultiplexedConnection)> {
         let mut state = self.state.lock().await;
-        if let Some((generation, conn)) = &state.conn {
-            return Ok((*generation, conn.clone()));
+        let switches = *self.connector.switches.borrow();
+        match &state.conn {
+            Some((generation, at, conn)) if *at == switches => {
+                return Ok((*generation, conn.clone()));
+            }
+            Some(_) => {
+                tracing::debug!("dropping the connection to the former primary");
+                state.conn = None;
+                state.retry_at = None;
+            }
+            None => {}
         }
         if let Some(at) = state.retry_at {
             let now = Instant::now();
@@ -194,7 +242,7 @@ impl Link {
                 state.backoff.reset();
                 state.retry_at = None;
                 let generation = state.generation;
-                state.conn = Some((generation, conn.clone()));
+                state.conn = Some((generation, switches, conn.clone()));
                 tracing::debug!(generation, "connected to redis");
                 Ok((generation, conn))
             }
@@ -219,7 +267,11 @@ impl Link {
             Failure::Reply(reason) => EngineError::Protocol(reason),
             Failure::Link { sent, reason } => {
                 let mut state = self.state.lock().await;
-                if state.conn.as_ref().is_some_and(|(g, _)| *g == generation) {
+                if state
+                    .conn
+                    .as_ref()
+                    .is_some_and(|(g, _, _)| *g == generation)
+                {
                     tracing::warn!(cause = %reason, "redis connection lost");
                     state.conn = None;
                 }

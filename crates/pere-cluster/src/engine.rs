@@ -85,6 +85,18 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+/// Asks the sentinels every [`crate::sentinel::WATCH_EVERY`] which server
+/// is the primary, while the engine lives.
+async fn watch_primary(shared: std::sync::Weak<Shared>) {
+    loop {
+        tokio::time::sleep(crate::sentinel::WATCH_EVERY).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        shared.link.connector.check_primary().await;
+    }
+}
+
 impl Engine {
     /// Connects to Redis (directly or through Sentinel) and checks that it
     /// answers.
@@ -106,6 +118,9 @@ impl Engine {
                 beating: AtomicBool::new(false),
             }),
         };
+        if engine.shared.link.connector.follows_sentinel() {
+            tokio::spawn(watch_primary(Arc::downgrade(&engine.shared)));
+        }
         engine.time().await?;
         engine.check_server().await?;
         Ok(engine)

@@ -54,6 +54,7 @@ mod entry;
 mod error;
 mod pos;
 mod scripts;
+mod sentinel;
 mod shared;
 mod snapshot;
 mod tail;

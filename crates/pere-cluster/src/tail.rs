@@ -74,6 +74,8 @@ pub struct Tail {
     read: LogPos,
     conn: Option<MultiplexedConnection>,
     buffered: VecDeque<Entry>,
+    /// Changes when Sentinel names another primary (see `conn`).
+    switches: tokio::sync::watch::Receiver<u64>,
     /// A final error, returned once the buffer is drained.
     failed: Option<EngineError>,
     backoff: Backoff,
@@ -95,6 +97,7 @@ impl std::fmt::Debug for Tail {
 impl Tail {
     pub(crate) fn new(shared: Arc<Shared>, after: LogPos) -> Tail {
         Tail {
+            switches: shared.link.connector.switches(),
             shared,
             pos: after,
             read: after,
@@ -146,6 +149,11 @@ impl Tail {
     /// Connects if needed, then reads what follows `read` (blocking up to
     /// [`BLOCK`]) into the buffer.
     async fn read_some(&mut self) -> Result<()> {
+        if self.switches.has_changed().unwrap_or(false) {
+            // Sentinel names another primary: read the log there.
+            self.switches.mark_unchanged();
+            self.conn = None;
+        }
         if self.conn.is_none() {
             let timeout = BLOCK + self.shared.link.connector.command_timeout();
             match self.shared.link.connector.open(timeout).await {
@@ -161,16 +169,19 @@ impl Tail {
             tracing::debug!(pos = %self.read, "tail connected");
         }
         let conn = self.conn.as_mut().expect("connected above");
-        let reply = redis::cmd("XREAD")
-            .arg("COUNT")
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT")
             .arg(self.count)
             .arg("BLOCK")
             .arg(u64::try_from(BLOCK.as_millis()).unwrap_or(u64::MAX))
             .arg("STREAMS")
             .arg(&self.shared.keys.log)
-            .arg(self.read.to_string())
-            .query_async::<Value>(conn)
-            .await;
+            .arg(self.read.to_string());
+        let reply = tokio::select! {
+            reply = cmd.query_async::<Value>(conn) => reply,
+            // What the former primary still gives is not the log.
+            _ = self.switches.changed() => return Ok(()),
+        };
         let entries = parse_xread(reply.map_err(|e| self.lost(e))?)?;
         if entries.is_empty() {
             // Idle: a failover may have cut the log short with nothing

@@ -129,6 +129,19 @@ impl SentinelGroup {
         })
     }
 
+    /// Asks a sentinel for a failover now, the primary healthy (`SENTINEL
+    /// FAILOVER`): the replica is promoted, and the old primary goes on
+    /// saying it is one until the sentinels reconfigure it, seconds later.
+    ///
+    /// # Errors
+    ///
+    /// When the sentinel refuses.
+    pub fn planned_failover(&self) -> io::Result<()> {
+        self.sentinels[0]
+            .query::<()>(&["SENTINEL", "FAILOVER", MASTER])
+            .map_err(io::Error::other)
+    }
+
     /// Waits until the replica has everything the primary wrote (`WAIT`).
     ///
     /// # Errors
