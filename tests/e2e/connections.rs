@@ -522,3 +522,62 @@ async fn a_stream_the_server_ends_ends_its_connection() {
         );
     }
 }
+
+/// An HTTP/2 client that answers pings but never opens a stream's
+/// flow-control window: the server can send it headers and no byte of a
+/// body, so no write waited on the socket and the send timeout beneath
+/// never ran. It held the connection, and every answer it asked for (a
+/// probe pinned 320 MB with 50 streams of `/admin/events`), for as long as
+/// it liked. A body the window holds back for `--send-timeout` now ends
+/// the connection, as a socket that takes nothing does over HTTP/1.1.
+#[tokio::test]
+async fn an_http2_client_that_never_opens_its_window_is_closed_after_the_send_timeout() {
+    let send = Duration::from_millis(600);
+    let server = TestServer::builder()
+        .send_timeout(send)
+        .idle_timeout(Duration::from_secs(60))
+        .start()
+        .await;
+    for path in ["/healthz", "/feed/news", "/subscriber.html"] {
+        let stream = TcpStream::connect(server.addr).await.unwrap();
+        let (mut sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_millis(100))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true)
+            .initial_stream_window_size(0)
+            .handshake(TokioIo::new(stream))
+            .await
+            .expect("HTTP/2 handshake");
+        let started = Instant::now();
+        let ended = tokio::spawn(async move {
+            let _ = conn.await;
+            Instant::now()
+        });
+        // Headers are not flow-controlled: the answer starts, its body
+        // cannot.
+        let r = sender
+            .send_request(h2_get(server.addr, path, &[("device", "d")]))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let elapsed = ended_at(ended).await - started;
+        assert!(
+            elapsed >= send && elapsed < send + Duration::from_secs(3),
+            "{path}: closed after {elapsed:?}"
+        );
+        drop(r);
+    }
+    // A client that reads, slowly or not, keeps its connection.
+    let (mut sender, ended) = h2_connect(server.addr).await;
+    let r = sender
+        .send_request(h2_get(server.addr, "/feed/news", &[("device", "e")]))
+        .await
+        .unwrap();
+    let mut body = r.into_body();
+    let first = tokio::time::timeout(WAIT, body.frame()).await.unwrap();
+    assert!(first.is_some());
+    tokio::time::sleep(send * 3).await;
+    assert!(!ended.is_finished(), "a reading client keeps its stream");
+    assert_eq!(server.get("/healthz").await.status, 200);
+}

@@ -157,11 +157,19 @@ impl<S: EventStore> Connection<S> {
                 // connection (per stream over HTTP/2) for its whole life,
                 // while the box is freed once the answer is ready.
                 let served = Box::pin(request::serve(app.clone(), req, max_head));
+                let watch = watch.clone();
                 async move {
                     let response = served.await;
-                    Ok::<_, std::convert::Infallible>(response.map(|body| Tracked {
-                        body,
-                        _request: request,
+                    Ok::<_, std::convert::Infallible>(response.map(|body| {
+                        let waiting = watch
+                            .is_http2()
+                            .then(|| watch.body_wait(http_body::Body::is_end_stream(&body)));
+                        Tracked {
+                            body,
+                            request,
+                            waiting,
+                            rest: bytes::Bytes::new(),
+                        }
                     }))
                 }
             }
@@ -235,12 +243,26 @@ async fn serve<C>(
     // must have done so, unless a request came in meanwhile.
     let mut stop_at: Option<Instant> = None;
     let mut shutting_down = false;
+    // Over HTTP/2: when to look again for a body the client's window has
+    // held back for the send timeout (see `ConnWatch::stalled`).
+    let stall_every = (limits.send / 4).max(Duration::from_millis(50));
+    let mut stall_check: Option<Instant> = None;
     let answer = loop {
         let deadline = match stop_at {
             Some(at) => (!watch.busy()).then_some(at),
             None => watch.deadline(head, idle),
         };
+        if stall_check.is_none() && watch.is_http2() {
+            stall_check = Some(Instant::now() + stall_every);
+        }
         tokio::select! {
+            () = sleep_until_some(stall_check) => {
+                if watch.stalled(limits.send) {
+                    tracing::debug!(%peer, "HTTP/2 client took nothing for the send timeout: closed");
+                    break None;
+                }
+                stall_check = Some(Instant::now() + stall_every);
+            }
             ended = conn.as_mut() => {
                 let Err(err) = ended else { break None };
                 let err: Box<dyn std::error::Error + Send + Sync> = err.into();

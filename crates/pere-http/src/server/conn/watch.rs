@@ -57,6 +57,9 @@ pub(super) struct ConnWatch {
     held_back: AtomicBool,
     /// The socket, once hyper dropped it (see [`Watched`]).
     parked: std::sync::Mutex<Option<Socket>>,
+    /// HTTP/2 only: each response body's wait for hyper to take its next
+    /// frame (see [`Tracked`] and [`ConnWatch::stalled`]).
+    bodies: std::sync::Mutex<Vec<std::sync::Weak<AtomicU64>>>,
     /// Wakes the task when the state changed, so it re-arms its timer.
     pub(super) changed: Notify,
 }
@@ -92,6 +95,7 @@ impl ConnWatch {
             drained: AtomicBool::new(true),
             held_back: AtomicBool::new(false),
             parked: std::sync::Mutex::new(None),
+            bodies: std::sync::Mutex::new(Vec::new()),
             changed: Notify::new(),
         }
     }
@@ -108,6 +112,41 @@ impl ConnWatch {
     /// one it can read).
     pub(super) fn is_http1(&self) -> bool {
         self.protocol.load(Ordering::Relaxed) == HTTP1
+    }
+
+    /// Whether the client sent the whole HTTP/2 preface.
+    pub(super) fn is_http2(&self) -> bool {
+        self.protocol.load(Ordering::Relaxed) == HTTP2
+    }
+
+    /// A response body of this HTTP/2 connection to time: waiting from now
+    /// unless it is already over (see [`Tracked`]).
+    pub(super) fn body_wait(&self, ended: bool) -> Arc<AtomicU64> {
+        let since = if ended { 0 } else { self.now_ms() + 1 };
+        let wait = Arc::new(AtomicU64::new(since));
+        let mut bodies = self.bodies.lock().unwrap_or_else(|e| e.into_inner());
+        bodies.retain(|w| w.strong_count() > 0);
+        bodies.push(Arc::downgrade(&wait));
+        wait
+    }
+
+    /// Whether a response body has waited `send` for hyper to take its next
+    /// frame. Over HTTP/2 hyper takes one only when the client's
+    /// flow-control window has room: a client that answers pings but never
+    /// opens its window (`SETTINGS_INITIAL_WINDOW_SIZE` 0, no
+    /// `WINDOW_UPDATE`) made no write wait on the socket, so the send
+    /// timeout beneath never ran, and it held the connection and every
+    /// answer it asked for (a probe pinned 320 MB with 50 streams of
+    /// `/admin/events`) for as long as it liked.
+    pub(super) fn stalled(&self, send: Duration) -> bool {
+        let now = self.now_ms();
+        let limit = u64::try_from(send.as_millis()).unwrap_or(u64::MAX);
+        let mut bodies = self.bodies.lock().unwrap_or_else(|e| e.into_inner());
+        bodies.retain(|w| w.strong_count() > 0);
+        bodies.iter().filter_map(std::sync::Weak::upgrade).any(|w| {
+            let since = w.load(Ordering::Acquire);
+            since != 0 && now.saturating_sub(since - 1) >= limit
+        })
     }
 
     /// Whether a request (or an HTTP/2 stream) is in progress.
@@ -252,10 +291,25 @@ impl Drop for RequestGuard {
 }
 
 /// A response body that keeps its request counted until hyper drops it.
+/// Over HTTP/2 it also says how long its frames have waited for the
+/// client's flow-control window ([`ConnWatch::stalled`]): from when it was
+/// made, or from when it handed hyper a frame, until hyper asks for the
+/// next (it asks only once the window took the last) or drops the body
+/// after the final one. A body with nothing to send yet (a quiet event
+/// stream) is being asked, and so does not wait.
 pub(super) struct Tracked {
     pub(super) body: Body,
-    pub(super) _request: RequestGuard,
+    pub(super) request: RequestGuard,
+    pub(super) waiting: Option<Arc<AtomicU64>>,
+    /// Over HTTP/2, the rest of a frame handed over in pieces of at most
+    /// [`H2_PIECE`]: hyper gives h2 a whole frame at once, and h2 holds
+    /// what the client's window does not take, out of this body's sight.
+    pub(super) rest: bytes::Bytes,
 }
+
+/// The largest piece of a body hyper gets at a time over HTTP/2: an HTTP/2
+/// frame's default maximum.
+const H2_PIECE: usize = 16 * 1024;
 
 impl http_body::Body for Tracked {
     type Data = bytes::Bytes;
@@ -265,15 +319,48 @@ impl http_body::Body for Tracked {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<std::result::Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        let Some(waiting) = &this.waiting else {
+            return Pin::new(&mut this.body).poll_frame(cx);
+        };
+        waiting.store(0, Ordering::Release);
+        let polled = if this.rest.is_empty() {
+            match Pin::new(&mut this.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        this.rest = data;
+                        let piece = this.rest.split_to(this.rest.len().min(H2_PIECE));
+                        Poll::Ready(Some(Ok(http_body::Frame::data(piece))))
+                    }
+                    Err(frame) => Poll::Ready(Some(Ok(frame))),
+                },
+                other => other,
+            }
+        } else {
+            let piece = this.rest.split_to(this.rest.len().min(H2_PIECE));
+            Poll::Ready(Some(Ok(http_body::Frame::data(piece))))
+        };
+        if let (Poll::Ready(Some(_)), Some(waiting)) = (&polled, &this.waiting) {
+            // Handed over: hyper holds it until the client's window takes
+            // it, then asks again, or (the last one) drops this body.
+            waiting.store(this.request.0.now_ms() + 1, Ordering::Release);
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.rest.is_empty() && self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
+        let inner = self.body.size_hint();
+        let rest = self.rest.len() as u64;
+        let mut hint = http_body::SizeHint::new();
+        hint.set_lower(inner.lower() + rest);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + rest);
+        }
+        hint
     }
 }
 
