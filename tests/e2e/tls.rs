@@ -447,6 +447,44 @@ async fn sighup_reloads_the_certificate_and_open_streams_stay() {
     pere_tests::tls::remove(&ca.dir);
 }
 
+/// A certificate clients will refuse is named at start (it is served all
+/// the same: the operator may be mid-renewal), and an expired one is not
+/// taken by SIGHUP in place of a good one. Both once went by with "INFO
+/// certificate reloaded", and every TLS client then failed its handshake.
+#[tokio::test]
+async fn an_expired_certificate_is_warned_of_and_not_reloaded() {
+    let ca = TestCa::new("tls-expired");
+    let old = ca.issue_expired("old");
+    let server = server_process(&old, &[]).await;
+    eventually("the start names the expired certificate", || async {
+        let log = server.log();
+        log.contains("WARN") && log.contains("expired on")
+    })
+    .await;
+    server.stop();
+
+    let good = ca.issue("good");
+    let server = server_process(&good, &[]).await;
+    assert!(!server.log().contains("expired on"), "{}", server.log());
+    std::fs::copy(&old.cert, &good.cert).unwrap();
+    std::fs::copy(&old.key, &good.key).unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    eventually("the expired certificate is refused", || async {
+        let log = server.log();
+        log.contains("certificate not reloaded") && log.contains("expired on")
+    })
+    .await;
+    let fresh = ca.connect(server.addr, &[b"http/1.1"]).await;
+    assert_eq!(peer_cert(&fresh), good.der, "the good certificate stays");
+    drop(fresh);
+    server.stop();
+    pere_tests::tls::remove(&ca.dir);
+}
+
 /// Proportional set size of a process, in KiB.
 fn pss_kib(pid: u32) -> u64 {
     let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();

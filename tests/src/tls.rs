@@ -62,12 +62,26 @@ impl TestCa {
     /// Issues a server certificate for `127.0.0.1` and `localhost`, written
     /// to `DIR/STEM.pem` and `DIR/STEM.key`.
     pub fn issue(&self, stem: &str) -> Issued {
+        self.issue_with(stem, |_| {})
+    }
+
+    /// Issues a server certificate that expired in 2020.
+    pub fn issue_expired(&self, stem: &str) -> Issued {
+        self.issue_with(stem, |params| {
+            params.not_before = rcgen::date_time_ymd(2019, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2020, 1, 1);
+        })
+    }
+
+    /// Issues a server certificate, its parameters changed by `edit`.
+    pub fn issue_with(&self, stem: &str, edit: impl FnOnce(&mut CertificateParams)) -> Issued {
         let key = KeyPair::generate().unwrap();
         let mut params =
             CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
         params
             .distinguished_name
             .push(DnType::CommonName, format!("pere test {stem}"));
+        edit(&mut params);
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         let issued = Issued {
             cert: self.dir.join(format!("{stem}.pem")),

@@ -207,6 +207,9 @@ async fn serve(config: Config) -> Result<(), pere_http::Error> {
     // `systemctl reload` or a closed terminal sends it, also while the
     // store recovers or a cluster node loads its snapshot.
     reload_on_sighup(config.server.tls.clone());
+    for warning in config.server.tls.iter().flat_map(|tls| tls.warnings()) {
+        tracing::warn!("{warning}");
+    }
     let listener = pere_http::bind(config.addr).await?;
     if let (Some(webhook), Ok(addr)) = (&config.server.webhook, listener.local_addr()) {
         // `run` checks it too; here it comes before the store is opened and
@@ -511,8 +514,11 @@ fn reload_on_sighup(tls: Option<std::sync::Arc<pere_http::tls::ServerTls>>) {
                     continue;
                 };
                 match tls.reload() {
-                    Ok(()) => {
-                        tracing::info!(cert = %tls.cert_path().display(), "certificate reloaded")
+                    Ok(warnings) => {
+                        tracing::info!(cert = %tls.cert_path().display(), "certificate reloaded");
+                        for warning in warnings {
+                            tracing::warn!("{warning}");
+                        }
                     }
                     Err(err) => {
                         tracing::error!(cause = %err, "certificate not reloaded; the current one stays")

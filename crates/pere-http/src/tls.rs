@@ -42,6 +42,8 @@ pub struct ServerTls {
     key: PathBuf,
     current: Arc<CurrentCert>,
     config: Arc<rustls::ServerConfig>,
+    /// What clients will hold against the certificate loaded at start.
+    warnings: Vec<String>,
 }
 
 impl fmt::Debug for ServerTls {
@@ -63,7 +65,7 @@ impl ServerTls {
     pub fn load(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Result<Self> {
         let (cert, key) = (cert.into(), key.into());
         let provider = provider();
-        let certified = load_pair(&cert, &key, &provider)?;
+        let (certified, warnings) = load_pair(&cert, &key, &provider, false)?;
         let current = Arc::new(CurrentCert(RwLock::new(Arc::new(certified))));
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -76,18 +78,28 @@ impl ServerTls {
             key,
             current,
             config: Arc::new(config),
+            warnings,
         })
     }
 
+    /// What clients will hold against the certificate loaded at start
+    /// (expired, not valid yet, a CA certificate, expiring within a week),
+    /// for the operator to hear: it is served all the same.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
     /// Reads the certificate and key files again; new handshakes present
-    /// them. On an error the certificate in use stays.
+    /// them. On an error the certificate in use stays. Returns what
+    /// clients will hold against the new one, as [`warnings`](Self::warnings).
     ///
     /// # Errors
-    /// As [`load`](Self::load).
-    pub fn reload(&self) -> Result<()> {
-        let certified = load_pair(&self.cert, &self.key, &provider())?;
+    /// As [`load`](Self::load); and a certificate outside its validity
+    /// (expired, or not valid yet) is not taken in place of the current one.
+    pub fn reload(&self) -> Result<Vec<String>> {
+        let (certified, warnings) = load_pair(&self.cert, &self.key, &provider(), true)?;
         *self.current.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(certified);
-        Ok(())
+        Ok(warnings)
     }
 
     /// The certificate file.
@@ -111,21 +123,91 @@ impl ResolvesServerCert for CurrentCert {
     }
 }
 
-fn load_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<CertifiedKey> {
+/// The pair of files as rustls serves it, and what clients will hold
+/// against its certificate; with `refuse_invalid`, a certificate outside
+/// its validity is an error instead.
+fn load_pair(
+    cert: &Path,
+    key: &Path,
+    provider: &CryptoProvider,
+    refuse_invalid: bool,
+) -> Result<(CertifiedKey, Vec<String>)> {
     let chain = read_certs(cert)?;
+    let mut warnings = Vec::new();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    match leaf_check(&chain[0], now) {
+        LeafCheck::Invalid(why) if refuse_invalid => {
+            return Err(tls_error(format!(
+                "the certificate `{}` {why}",
+                cert.display()
+            )));
+        }
+        LeafCheck::Invalid(why) | LeafCheck::Warn(why) => {
+            warnings.push(format!("the certificate `{}` {why}", cert.display()));
+        }
+        LeafCheck::Fine => {}
+    }
+    if is_ca(&chain[0]) {
+        warnings.push(format!(
+            "the certificate `{}` is a CA certificate (basicConstraints CA:TRUE): clients built on rustls or webpki refuse one as a server's own; put the server's own certificate first",
+            cert.display()
+        ));
+    }
     let der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
         tls_error(format!(
             "cannot read a PEM private key from `{}`: {e}",
             key.display()
         ))
     })?;
-    CertifiedKey::from_der(chain, der, provider).map_err(|e| {
+    let certified = CertifiedKey::from_der(chain, der, provider).map_err(|e| {
         tls_error(format!(
             "the key `{}` cannot serve the certificate `{}`: {e}",
             key.display(),
             cert.display()
         ))
-    })
+    })?;
+    Ok((certified, warnings))
+}
+
+/// What the leaf's validity says at `now` (Unix seconds).
+#[derive(Debug, PartialEq, Eq)]
+enum LeafCheck {
+    Fine,
+    /// Expiring within [`EXPIRY_WARNING`].
+    Warn(String),
+    /// Expired, or not valid yet: every client refuses it.
+    Invalid(String),
+}
+
+/// How long before its expiry a certificate is warned of.
+const EXPIRY_WARNING: i64 = 7 * 24 * 3600;
+
+fn leaf_check(leaf: &CertificateDer<'_>, now: i64) -> LeafCheck {
+    // rustls checked nothing of this: a certificate it cannot read the
+    // validity of is left to the clients.
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(leaf) else {
+        return LeafCheck::Fine;
+    };
+    let validity = parsed.validity();
+    let (not_before, not_after) = (validity.not_before, validity.not_after);
+    if not_after.timestamp() < now {
+        LeafCheck::Invalid(format!("expired on {not_after}: every client refuses it"))
+    } else if not_before.timestamp() > now {
+        LeafCheck::Invalid(format!(
+            "is not valid before {not_before}: every client refuses it until then"
+        ))
+    } else if not_after.timestamp() - now < EXPIRY_WARNING {
+        LeafCheck::Warn(format!(
+            "expires on {not_after}: renew it and send the server SIGHUP"
+        ))
+    } else {
+        LeafCheck::Fine
+    }
+}
+
+/// Whether the leaf says it is a certificate authority.
+fn is_ca(leaf: &CertificateDer<'_>) -> bool {
+    x509_parser::parse_x509_certificate(leaf).is_ok_and(|(_, parsed)| parsed.is_ca())
 }
 
 /// Every certificate of a PEM file, in order; at least one.
