@@ -473,6 +473,15 @@ async fn a_resume_point_from_a_log_redis_lost_is_a_gap() {
     drop(node);
     redis.restart().expect("redis restarts, empty");
     let node = pere_tests::ServerProcess::start(&["--cluster", &url]).await;
+    // Before anything is published on the new log: the node's head is
+    // below the resume point, and the gap once said `"from":"0"`.
+    let mut early = SseStream::open(node.addr, "/feed/news", &[("Last-Event-ID", &lost)]).await;
+    assert_eq!(early.status, 200, "{}", early.text());
+    assert_eq!(early.next_event().await.unwrap().event, "pere.hello");
+    let gap = early.next_event().await.unwrap();
+    assert_eq!(gap.event, "pere.gap", "{gap:?}");
+    let data: serde_json::Value = serde_json::from_str(&gap.data).unwrap();
+    assert_eq!(data["from"], lost.as_str(), "{data}");
     let r = node.request("POST", "/push/news", &[], b"after").await;
     assert_eq!(r.status, 201, "{}", r.text());
     let mut stream = SseStream::open(node.addr, "/feed/news", &[("Last-Event-ID", &lost)]).await;

@@ -375,6 +375,12 @@ impl State {
                 });
             }
         }
+        if let (Some(gap), Resume::After(asked)) = (gap.as_mut(), req.resume) {
+            // The point the client named, not where this hub can start: a
+            // node that has applied nothing yet (just restarted on a log
+            // Redis lost) has its head below it, and said `"from":"0"`.
+            gap.from = asked;
+        }
         replay.sort_unstable_by_key(|r| r.id());
         // An event matching several subscriptions (or both redelivered and
         // replayed) is sent once.
