@@ -492,3 +492,41 @@ async fn a_resume_point_from_a_log_redis_lost_is_a_gap() {
     let data: serde_json::Value = serde_json::from_str(&gap.data).unwrap();
     assert_eq!(data["from"], lost.as_str(), "{data}");
 }
+
+/// A publish held for its receipts (`?wait=acked`) when Redis comes back
+/// without its data: its event is gone, and the node stops. The answer
+/// was `201` with `"shutting_down":true` for an id that no longer existed
+/// anywhere; §10 says a request whose entry the log took and then lost
+/// gets `503`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_publish_whose_event_a_failover_lost_gets_503() {
+    let mut redis = pere_cluster::testing::RedisServer::start_with(&["--appendonly", "no"])
+        .expect("redis-server starts");
+    let url = redis.url();
+    let node = pere_tests::ServerProcess::start(&["--cluster", &url]).await;
+    // An acknowledging member, so that `wait=acked` holds the answer.
+    let mut member = crate::cluster::subscribe_with(&node, "news", "phone", &[]).await;
+    let first = node.request("POST", "/push/news", &[], b"first").await;
+    let first = first.json()["id"].as_str().unwrap().parse::<u64>().unwrap();
+    assert_eq!(read(&mut member, 1).await[0].0, first);
+    ack(&node, "news", "phone", first).await;
+    let addr = node.addr;
+    let held = tokio::spawn(async move {
+        pere_tests::request(
+            addr,
+            "POST",
+            "/push/news?wait=acked&timeout=30000",
+            &[],
+            b"held",
+        )
+        .await
+    });
+    assert_eq!(read(&mut member, 1).await[0].1, "held");
+    redis.restart().expect("redis restarts, empty");
+    let r = tokio::time::timeout(Duration::from_secs(30), held)
+        .await
+        .expect("the held publish is answered")
+        .unwrap();
+    r.assert_error(503, "store_unavailable");
+    assert!(r.text().contains("lost"), "{}", r.text());
+}

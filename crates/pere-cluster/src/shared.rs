@@ -35,7 +35,10 @@ fn error(err: EngineError) -> SharedLogError {
             retry_after,
         },
         err @ EngineError::Trimmed { .. } => SharedLogError::Behind(err.to_string()),
-        err @ EngineError::Regressed { .. } => SharedLogError::Lost(err.to_string()),
+        err @ EngineError::Regressed { now, .. } => SharedLogError::Lost {
+            reason: err.to_string(),
+            kept: pos(now),
+        },
         err => SharedLogError::Other(err.to_string()),
     }
 }

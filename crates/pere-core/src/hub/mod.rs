@@ -104,6 +104,9 @@ struct Inner<S> {
     /// Why the hub stopped serving on its own, when it did (a cluster node
     /// whose shared log lost what it had applied).
     failed: tokio::sync::watch::Sender<Option<String>>,
+    /// When a failover lost entries this node had applied: the newest event
+    /// id the log still holds (events after it are gone).
+    lost_after: tokio::sync::watch::Sender<Option<EventId>>,
     /// Latency histograms and the gauges the ledger keeps (also held by
     /// the state, for each channel's receipts, and by every stream).
     metrics: Arc<HubMetrics>,
@@ -259,6 +262,7 @@ impl<S: EventStore> Hub<S> {
             closing_signal: tokio::sync::watch::Sender::new(false),
             counters: Counters::default(),
             failed: tokio::sync::watch::Sender::new(None),
+            lost_after: tokio::sync::watch::Sender::new(None),
             metrics,
             last_gauges: Mutex::default(),
         });
@@ -275,6 +279,13 @@ impl<S: EventStore> Hub<S> {
             Ok(reason) => reason.clone().unwrap_or_default(),
             Err(_) => std::future::pending().await,
         }
+    }
+
+    /// After a failover lost entries this node had applied: the newest
+    /// event id the cluster log still holds. An event above it, answered
+    /// durable before, is gone (docs/PROTOCOL.md §10).
+    pub fn lost_after(&self) -> Option<EventId> {
+        *self.inner.lost_after.borrow()
     }
 
     /// Whether the hub is one node of a cluster.

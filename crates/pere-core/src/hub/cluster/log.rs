@@ -55,8 +55,13 @@ pub enum SharedLogError {
     /// Entries this node read are gone (a failover lost them): its state
     /// must be rebuilt, and its streams may have been sent events that no
     /// longer exist.
-    #[error("the cluster log lost entries: {0}")]
-    Lost(String),
+    #[error("the cluster log lost entries: {reason}")]
+    Lost {
+        /// Why.
+        reason: String,
+        /// The last entry the log still holds: those after it are gone.
+        kept: SharedPos,
+    },
     /// Entries this node had not read yet were trimmed (a snapshot covers
     /// them): it was away or slow for longer than the log keeps entries,
     /// and must load the snapshot.

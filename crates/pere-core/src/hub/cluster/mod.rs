@@ -158,6 +158,10 @@ pub(super) async fn writer<S: EventStore>(
     let mut last = after;
     let mut chores = tokio::spawn(chores(inner.clone(), log.clone()));
     let mut pending: HashMap<SharedPos, Own> = HashMap::new();
+    // The newest event id after each recent entry: what a failover that
+    // kept the log up to an entry kept of the events.
+    let mut recent: std::collections::VecDeque<(SharedPos, EventId)> =
+        std::collections::VecDeque::with_capacity(RECENT_ENTRIES);
     let mut flush = tokio::time::interval(CURSOR_FLUSH);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(64);
@@ -180,6 +184,10 @@ pub(super) async fn writer<S: EventStore>(
                     lost_own(&mut pending, entry.pos);
                     apply_entry(&inner, entry, own).await;
                     applied(last);
+                    if recent.len() == RECENT_ENTRIES {
+                        recent.pop_front();
+                    }
+                    recent.push_back((last, inner.state().head));
                 }
                 Some(Err(err)) => {
                     // This node's state no longer matches the log (or it
@@ -194,6 +202,18 @@ pub(super) async fn writer<S: EventStore>(
                         format!("the cluster log lost entries this node had applied (a Redis failover): {err}")
                     };
                     tracing::error!(cause = %err, behind, "this node's state no longer follows the cluster log; closing its streams and stopping");
+                    if let SharedLogError::Lost { kept, .. } = &err {
+                        // Held requests (a publish waiting for receipts) must
+                        // not answer 201 for what is gone: the newest event
+                        // of an entry the log still holds, or, if that is
+                        // older than what is remembered, none.
+                        let kept_upto = recent
+                            .iter()
+                            .rev()
+                            .find(|(pos, _)| pos <= kept)
+                            .map_or(EventId::ZERO, |(_, head)| *head);
+                        inner.lost_after.send_replace(Some(kept_upto));
+                    }
                     let mut state = inner.state();
                     if !behind {
                         // What its streams were sent may be gone: they hear
@@ -333,6 +353,10 @@ impl Snapshots {
     }
 }
 
+/// Entries whose newest event id is remembered, for a failover's loss (a
+/// held publish waits at most a minute).
+const RECENT_ENTRIES: usize = 8192;
+
 /// The data of the `pere.gap` that ends a stream when the log lost
 /// entries (docs/PROTOCOL.md §10): events after `from` this stream may have
 /// been sent no longer exist, and others may be missing.
@@ -406,7 +430,7 @@ fn spawn_tail(
             let next = tail.next().await;
             let fatal = matches!(
                 next,
-                Err(SharedLogError::Lost(_) | SharedLogError::Behind(_))
+                Err(SharedLogError::Lost { .. } | SharedLogError::Behind(_))
             );
             if let Err(SharedLogError::Unavailable { retry_after, .. }) = &next {
                 tracing::warn!("the cluster log cannot be read; retrying");

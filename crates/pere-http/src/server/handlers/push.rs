@@ -137,6 +137,16 @@ pub async fn push<S: EventStore>(
                 () = app.hub.closing() => interrupted = true,
             }
         }
+        if let Some(kept) = app.hub.lost_after()
+            && published.id > kept
+        {
+            // docs/PROTOCOL.md §10: a request whose entry the cluster log
+            // took and then lost (a failover while it waited) gets 503.
+            return Err(ApiError::new(
+                ErrorCode::StoreUnavailable,
+                "the cluster log lost this event in a failover while the answer waited; publish it again (with the same Idempotency-Key, if any)",
+            ));
+        }
         let (delivered, acked, pending, unacked) = match &published.receipts {
             Some(receipts) => {
                 let s = receipts.summary();
