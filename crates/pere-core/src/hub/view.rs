@@ -170,7 +170,7 @@ impl<S: EventStore> Hub<S> {
         match tokio::time::timeout(READ_WAIT, rx).await {
             Ok(answer) => answer.map_err(|_| Error::ShuttingDown),
             Err(_) => Err(Error::StoreUnavailable(format!(
-                "the hub has been busy for over {} s (a store or cluster log that does not answer?); try again",
+                "the hub's writer did not get to this read within {} s: it is busy (large views at once, a burst of writes, or a store or cluster log that does not answer); try again",
                 READ_WAIT.as_secs()
             ))),
         }
