@@ -24,6 +24,22 @@ pub enum Body {
     Full(Option<Bytes>),
     /// An event stream.
     Sse(Box<SseBody>),
+    /// A long answer made piece by piece as it is sent (`/admin/events`):
+    /// a client that reads slowly, or not at all, holds one piece, not
+    /// the whole answer.
+    Chunks(Box<dyn Iterator<Item = Bytes> + Send>),
+}
+
+impl Body {
+    /// The whole of a [`Body::Chunks`], for the paths that write an answer
+    /// at once (never one of those in practice).
+    pub(crate) fn concat(chunks: Box<dyn Iterator<Item = Bytes> + Send>) -> Bytes {
+        let mut out = Vec::new();
+        for chunk in chunks {
+            out.extend_from_slice(&chunk);
+        }
+        Bytes::from(out)
+    }
 }
 
 impl Body {
@@ -62,6 +78,7 @@ impl http_body::Body for Body {
         match self.get_mut() {
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Body::Sse(s) => Pin::new(&mut **s).poll_frame(cx),
+            Body::Chunks(chunks) => Poll::Ready(chunks.next().map(|c| Ok(Frame::data(c)))),
         }
     }
 
@@ -73,7 +90,7 @@ impl http_body::Body for Body {
         match self {
             Body::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Body::Full(None) => SizeHint::with_exact(0),
-            Body::Sse(_) => SizeHint::default(),
+            Body::Sse(_) | Body::Chunks(_) => SizeHint::default(),
         }
     }
 }

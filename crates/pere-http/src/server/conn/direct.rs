@@ -136,8 +136,12 @@ async fn open<S: EventStore>(mut stream: TcpStream, app: &App<S>) -> Opened {
         .get(hyper::header::CONNECTION)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
     let (out, rest) = match body {
-        Body::Full(bytes) => {
-            let bytes = bytes.unwrap_or_default();
+        Body::Full(_) | Body::Chunks(_) => {
+            let bytes = match body {
+                Body::Full(bytes) => bytes.unwrap_or_default(),
+                Body::Chunks(chunks) => Body::concat(chunks),
+                Body::Sse(_) => unreachable!("matched above"),
+            };
             let mut out = head_bytes(&parts, Framing::Length(bytes.len()));
             out.extend_from_slice(&bytes);
             (out, None)

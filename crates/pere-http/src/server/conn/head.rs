@@ -25,6 +25,7 @@ pub(super) fn closing_error(err: &ApiError, cors: &Cors) -> Vec<u8> {
     add_cors(cors, None, &mut parts.headers);
     let body = match body {
         Body::Full(bytes) => bytes.unwrap_or_default(),
+        Body::Chunks(chunks) => Body::concat(chunks),
         // An error's body is its JSON, never a stream.
         Body::Sse(_) => Default::default(),
     };

@@ -197,6 +197,7 @@ fn answer_bytes(answers: Vec<hyper::Response<Body>>) -> (Vec<u8>, bool) {
         let (parts, body) = answer.into_parts();
         let body = match body {
             Body::Full(bytes) => bytes.unwrap_or_default(),
+            Body::Chunks(chunks) => Body::concat(chunks),
             // A receipt's answer is JSON, never a stream: should one ever
             // be, the connection ends after the head.
             Body::Sse(_) => {

@@ -37,7 +37,7 @@ use input::query_of;
 const ALLOWED_HEADERS: &str =
     "device, Last-Event-ID, last_event_id, Idempotency-Key, Authorization, Content-Type";
 const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS";
-const EXPOSED_HEADERS: &str = "Location, WWW-Authenticate, Retry-After, Idempotent-Replayed, Link";
+const EXPOSED_HEADERS: &str = "Location, WWW-Authenticate, Retry-After, Idempotent-Replayed";
 
 /// Serves one request: route, handle, map errors, add CORS.
 pub async fn handle<S: EventStore>(app: Arc<App<S>>, req: Request<RequestBody>) -> Response<Body> {
