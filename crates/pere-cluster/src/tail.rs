@@ -180,7 +180,11 @@ impl Tail {
         let reply = tokio::select! {
             reply = cmd.query_async::<Value>(conn) => reply,
             // What the former primary still gives is not the log.
-            _ = self.switches.changed() => return Ok(()),
+            // (`changed` marks the switch seen: drop the connection here.)
+            _ = self.switches.changed() => {
+                self.conn = None;
+                return Ok(());
+            }
         };
         let entries = parse_xread(reply.map_err(|e| self.lost(e))?)?;
         if entries.is_empty() {

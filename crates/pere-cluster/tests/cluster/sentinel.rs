@@ -123,6 +123,21 @@ async fn a_planned_failover_moves_appends_to_the_new_primary_at_once() {
     let mut tail = engine.tail(LogPos::ZERO);
     let before = engine.append(entry("before", 1)).await.unwrap();
     assert_eq!(next(&mut tail).await.unwrap().pos, before.pos);
+    // Read as a node reads: always waiting in XREAD, through the failover.
+    let (read_tx, mut read) = tokio::sync::mpsc::unbounded_channel();
+    let reader = tokio::spawn(async move {
+        loop {
+            match tail.next().await {
+                Ok(e) => {
+                    if read_tx.send((e.pos, e.prev)).is_err() {
+                        return;
+                    }
+                }
+                Err(EngineError::Unavailable { .. }) => continue,
+                Err(err) => panic!("the tail failed: {err}"),
+            }
+        }
+    });
     group.sync_replica().unwrap();
     let group = tokio::task::spawn_blocking(move || {
         group
@@ -152,6 +167,13 @@ async fn a_planned_failover_moves_appends_to_the_new_primary_at_once() {
         1,
         "the append went to the promoted replica (the old primary said it was a {old_role})"
     );
-    let e = next_available(&mut tail, FAILOVER).await.unwrap();
-    assert_eq!((e.pos, e.prev), (after.pos, before.pos));
+    // The tail reads the new primary too, at once: not the old one until
+    // the sentinels demote it (seconds later) and it copies the new log.
+    let got = tokio::time::timeout(Duration::from_secs(3), read.recv())
+        .await
+        .unwrap_or_else(|_| {
+            panic!("the tail did not read the new primary (the old said it was a {old_role})")
+        });
+    assert_eq!(got, Some((after.pos, before.pos)));
+    reader.abort();
 }
