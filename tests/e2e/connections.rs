@@ -581,3 +581,74 @@ async fn an_http2_client_that_never_opens_its_window_is_closed_after_the_send_ti
     assert!(!ended.is_finished(), "a reading client keeps its stream");
     assert_eq!(server.get("/healthz").await.status, 200);
 }
+
+/// One stream held back by its window while another on the same HTTP/2
+/// connection flows (a proxy carrying many devices, one of them slow):
+/// the connection stays, for the streams that read (hyper cannot reset
+/// the one stream for us). Once nothing flows, it ends.
+#[tokio::test]
+async fn one_held_back_http2_stream_does_not_end_its_flowing_siblings() {
+    let send = Duration::from_millis(600);
+    let server = TestServer::builder()
+        .send_timeout(send)
+        .idle_timeout(Duration::from_secs(60))
+        .start()
+        .await;
+    let stream = TcpStream::connect(server.addr).await.unwrap();
+    let (mut sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_millis(100))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
+        .initial_stream_window_size(16 * 1024)
+        .handshake(TokioIo::new(stream))
+        .await
+        .expect("HTTP/2 handshake");
+    let ended = tokio::spawn(async move {
+        let _ = conn.await;
+        Instant::now()
+    });
+    let held = sender
+        .send_request(h2_get(server.addr, "/feed/held", &[("device", "slow")]))
+        .await
+        .unwrap();
+    let mut flowing = sender
+        .send_request(h2_get(server.addr, "/feed/flowing", &[("device", "fast")]))
+        .await
+        .unwrap()
+        .into_body();
+    // More than the held stream's window: its body waits from now on.
+    let big = "x".repeat(8 * 1024);
+    for _ in 0..4 {
+        server.publish("held", &big).await;
+    }
+    // Three send timeouts of the other stream flowing.
+    let started = Instant::now();
+    let mut got = String::new();
+    while started.elapsed() < send * 3 {
+        let n = server.publish("flowing", "tick").await;
+        while !got.contains(&n) {
+            let frame = tokio::time::timeout(WAIT, flowing.frame())
+                .await
+                .expect("the flowing stream gets its event")
+                .expect("the stream goes on")
+                .unwrap();
+            if let Ok(data) = frame.into_data() {
+                got.push_str(&String::from_utf8_lossy(&data));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !ended.is_finished(),
+        "the connection stays while a stream flows"
+    );
+    // Nothing flows any more: the held stream ends the connection.
+    let quiet = Instant::now();
+    let elapsed = ended_at(ended).await - quiet;
+    assert!(
+        elapsed < send + Duration::from_secs(3),
+        "closed after {elapsed:?}"
+    );
+    drop(held);
+}

@@ -60,6 +60,9 @@ pub(super) struct ConnWatch {
     /// HTTP/2 only: each response body's wait for hyper to take its next
     /// frame (see [`Tracked`] and [`ConnWatch::stalled`]).
     bodies: std::sync::Mutex<Vec<std::sync::Weak<AtomicU64>>>,
+    /// HTTP/2 only: milliseconds after `start` when hyper last asked any
+    /// body of the connection for a frame (the client's window had room).
+    progress: AtomicU64,
     /// Wakes the task when the state changed, so it re-arms its timer.
     pub(super) changed: Notify,
 }
@@ -96,6 +99,7 @@ impl ConnWatch {
             held_back: AtomicBool::new(false),
             parked: std::sync::Mutex::new(None),
             bodies: std::sync::Mutex::new(Vec::new()),
+            progress: AtomicU64::new(0),
             changed: Notify::new(),
         }
     }
@@ -130,17 +134,24 @@ impl ConnWatch {
         wait
     }
 
-    /// Whether a response body has waited `send` for hyper to take its next
-    /// frame. Over HTTP/2 hyper takes one only when the client's
-    /// flow-control window has room: a client that answers pings but never
-    /// opens its window (`SETTINGS_INITIAL_WINDOW_SIZE` 0, no
-    /// `WINDOW_UPDATE`) made no write wait on the socket, so the send
-    /// timeout beneath never ran, and it held the connection and every
-    /// answer it asked for (a probe pinned 320 MB with 50 streams of
-    /// `/admin/events`) for as long as it liked.
+    /// Whether the client took nothing for `send` while a response body
+    /// waited that long for hyper to take its next frame. Over HTTP/2 hyper
+    /// takes one only when the client's flow-control window has room: a
+    /// client that answers pings but never opens its window
+    /// (`SETTINGS_INITIAL_WINDOW_SIZE` 0, no `WINDOW_UPDATE`) made no write
+    /// wait on the socket, so the send timeout beneath never ran, and it
+    /// held the connection and every answer it asked for (a probe pinned
+    /// 320 MB with 50 streams of `/admin/events`) for as long as it liked.
+    /// One stream held back while the others flow (a proxy carrying many
+    /// devices, one of them slow) does not end the connection: hyper
+    /// cannot reset one stream for us, and ending all of them would cut
+    /// the devices that read.
     pub(super) fn stalled(&self, send: Duration) -> bool {
         let now = self.now_ms();
         let limit = u64::try_from(send.as_millis()).unwrap_or(u64::MAX);
+        if now.saturating_sub(self.progress.load(Ordering::Acquire)) < limit {
+            return false;
+        }
         let mut bodies = self.bodies.lock().unwrap_or_else(|e| e.into_inner());
         bodies.retain(|w| w.strong_count() > 0);
         bodies.iter().filter_map(std::sync::Weak::upgrade).any(|w| {
@@ -324,6 +335,8 @@ impl http_body::Body for Tracked {
             return Pin::new(&mut this.body).poll_frame(cx);
         };
         waiting.store(0, Ordering::Release);
+        let watch = &this.request.0;
+        watch.progress.store(watch.now_ms(), Ordering::Release);
         let polled = if this.rest.is_empty() {
             match Pin::new(&mut this.body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
