@@ -147,26 +147,34 @@ impl State {
         let Some(ledger) = ledger else {
             return;
         };
+        // Looked up by walking each event's audience: an index per event
+        // (`receipt_of`) would stay behind on every event walked.
+        let mut index: HashMap<&DeviceId, usize> =
+            open.iter().enumerate().map(|(i, o)| (o.0, i)).collect();
         for receipts in ledger.receipts.iter().rev() {
-            if open.is_empty() {
+            if index.is_empty() {
                 break;
             }
             let id = receipts.id();
-            open.retain_mut(|(device, presence, delivered, acked)| {
-                if let Some(receipt) = receipts.receipt_of(device) {
-                    if *delivered && receipt.delivered_at.is_some() {
-                        presence.last_delivered = Some(id);
-                        presence.last_delivered_at = receipt.delivered_at;
-                        *delivered = false;
-                    }
-                    if *acked && receipt.acked_at.is_some() {
-                        presence.last_acked = Some(id);
-                        presence.last_acked_at = receipt.acked_at;
-                        *acked = false;
-                    }
+            for (device, receipt) in receipts.receipts_among(|d| index.contains_key(d)) {
+                let Some(&i) = index.get(&device) else {
+                    continue;
+                };
+                let (_, presence, delivered, acked) = &mut open[i];
+                if *delivered && receipt.delivered_at.is_some() {
+                    presence.last_delivered = Some(id);
+                    presence.last_delivered_at = receipt.delivered_at;
+                    *delivered = false;
                 }
-                *delivered || *acked
-            });
+                if *acked && receipt.acked_at.is_some() {
+                    presence.last_acked = Some(id);
+                    presence.last_acked_at = receipt.acked_at;
+                    *acked = false;
+                }
+                if !*delivered && !*acked {
+                    index.remove(&device);
+                }
+            }
         }
     }
 
