@@ -485,6 +485,47 @@ async fn an_expired_certificate_is_warned_of_and_not_reloaded() {
     pere_tests::tls::remove(&ca.dir);
 }
 
+/// A certificate that starts a few minutes ahead of the server's clock (a
+/// CA whose clock runs ahead) is taken on SIGHUP, with a warning; one that
+/// starts hours ahead is not.
+#[tokio::test]
+async fn a_certificate_starting_soon_is_reloaded_and_one_starting_later_is_not() {
+    let ca = TestCa::new("tls-notyet");
+    let good = ca.issue("good");
+    let server = server_process(&good, &[]).await;
+    let now = time::OffsetDateTime::now_utc();
+    let soon = ca.issue_with("soon", |p| p.not_before = now + time::Duration::minutes(10));
+    let later = ca.issue_with("later", |p| p.not_before = now + time::Duration::hours(3));
+    let hup = || {
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &server.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    std::fs::copy(&later.cert, &good.cert).unwrap();
+    std::fs::copy(&later.key, &good.key).unwrap();
+    hup();
+    eventually("the certificate starting later is refused", || async {
+        server.log().contains("certificate not reloaded")
+    })
+    .await;
+    std::fs::copy(&soon.cert, &good.cert).unwrap();
+    std::fs::copy(&soon.key, &good.key).unwrap();
+    hup();
+    eventually(
+        "the certificate starting soon is taken, with a warning",
+        || async {
+            let log = server.log();
+            log.contains("certificate reloaded") && log.contains("by this machine's clock")
+        },
+    )
+    .await;
+    // (A client with this machine's clock refuses it for ten minutes.)
+    server.stop();
+    pere_tests::tls::remove(&ca.dir);
+}
+
 /// Proportional set size of a process, in KiB.
 fn pss_kib(pid: u32) -> u64 {
     let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();

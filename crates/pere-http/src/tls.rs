@@ -181,6 +181,9 @@ enum LeafCheck {
 
 /// How long before its expiry a certificate is warned of.
 const EXPIRY_WARNING: i64 = 7 * 24 * 3600;
+/// How far in the future a certificate's start may be and still be taken
+/// on SIGHUP (clocks of a CA and a server disagree).
+const CLOCK_SKEW: i64 = 3600;
 
 fn leaf_check(leaf: &CertificateDer<'_>, now: i64) -> LeafCheck {
     // rustls checked nothing of this: a certificate it cannot read the
@@ -192,9 +195,15 @@ fn leaf_check(leaf: &CertificateDer<'_>, now: i64) -> LeafCheck {
     let (not_before, not_after) = (validity.not_before, validity.not_after);
     if not_after.timestamp() < now {
         LeafCheck::Invalid(format!("expired on {not_after}: every client refuses it"))
-    } else if not_before.timestamp() > now {
+    } else if not_before.timestamp() > now + CLOCK_SKEW {
         LeafCheck::Invalid(format!(
             "is not valid before {not_before}: every client refuses it until then"
+        ))
+    } else if not_before.timestamp() > now {
+        // Issued a moment ago by a CA whose clock is ahead: taken, and
+        // clients with the right time accept it soon.
+        LeafCheck::Warn(format!(
+            "is not valid before {not_before} by this machine's clock: clients whose clock is behind refuse it until then"
         ))
     } else if not_after.timestamp() - now < EXPIRY_WARNING {
         LeafCheck::Warn(format!(
