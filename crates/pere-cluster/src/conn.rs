@@ -30,6 +30,10 @@ const BACKOFF_MIN: Duration = Duration::from_millis(50);
 /// used within a second.
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
+/// The longest wait for a sentinel's answer: they answer from memory, in
+/// milliseconds, and a lookup waits for the slowest of them.
+const SENTINEL_WAIT: Duration = Duration::from_secs(1);
+
 /// Opens fresh connections to the current primary.
 pub(crate) struct Connector {
     kind: ConnectorKind,
@@ -93,7 +97,10 @@ impl Connector {
         let ConnectorKind::Sentinel(sentinels) = &self.kind else {
             return;
         };
-        let Ok(now) = sentinels.primary(self.command_timeout).await else {
+        let Ok(now) = sentinels
+            .primary(self.command_timeout.min(SENTINEL_WAIT))
+            .await
+        else {
             // No sentinel answers: the connections fail or not on their own.
             return;
         };
@@ -128,9 +135,12 @@ impl Connector {
                         .await
                 }
                 ConnectorKind::Sentinel(sentinels) => {
-                    let addr = sentinels.primary(self.command_timeout).await.map_err(|e| {
-                        redis::RedisError::from(std::io::Error::other(e.to_string()))
-                    })?;
+                    let addr = sentinels
+                        .primary(self.command_timeout.min(SENTINEL_WAIT))
+                        .await
+                        .map_err(|e| {
+                            redis::RedisError::from(std::io::Error::other(e.to_string()))
+                        })?;
                     let conn = sentinels.connect(&addr, &config).await?;
                     *self.primary.lock().unwrap_or_else(|e| e.into_inner()) = Some(addr);
                     Ok(conn)

@@ -56,26 +56,48 @@ impl Sentinels {
     }
 
     /// The primary named by the sentinel with the highest configuration
-    /// epoch among those that answer within `timeout` each.
+    /// epoch among those that answer within `timeout`, asked all at once:
+    /// one sentinel that drops packets costs the lookup `timeout`, not
+    /// every lookup `timeout` more per such sentinel.
     pub(crate) async fn primary(&self, timeout: Duration) -> Result<Addr> {
-        let mut conns = self.conns.lock().await;
+        let conns: Vec<Option<MultiplexedConnection>> = self.conns.lock().await.clone();
+        let mut asking = tokio::task::JoinSet::new();
+        for (i, (client, conn)) in self.sentinels.iter().zip(conns).enumerate() {
+            let (client, master) = (client.clone(), self.master.clone());
+            asking.spawn(async move {
+                let mut slot = conn;
+                let answer = tokio::time::timeout(timeout, ask(&client, &mut slot, &master)).await;
+                (i, slot, answer)
+            });
+        }
         let mut best: Option<(u64, Addr)> = None;
         let mut last_error = String::from("no sentinel configured");
-        for (client, slot) in self.sentinels.iter().zip(conns.iter_mut()) {
-            match tokio::time::timeout(timeout, ask(client, slot, &self.master)).await {
+        let mut kept = Vec::new();
+        while let Some(joined) = asking.join_next().await {
+            let Ok((i, slot, answer)) = joined else {
+                continue;
+            };
+            match answer {
                 Ok(Ok((epoch, addr))) => {
+                    kept.push((i, slot));
                     if best.as_ref().is_none_or(|(e, _)| epoch > *e) {
                         best = Some((epoch, addr));
                     }
                 }
                 Ok(Err(err)) => {
-                    *slot = None;
+                    kept.push((i, None));
                     last_error = err.to_string();
                 }
                 Err(_) => {
-                    *slot = None;
+                    kept.push((i, None));
                     last_error = "a sentinel did not answer in time".into();
                 }
+            }
+        }
+        {
+            let mut conns = self.conns.lock().await;
+            for (i, slot) in kept {
+                conns[i] = slot;
             }
         }
         best.map(|(_, addr)| addr).ok_or_else(|| {
