@@ -26,12 +26,29 @@ async fn h2_connect(
     http2::SendRequest<Empty<Bytes>>,
     tokio::task::JoinHandle<Instant>,
 ) {
+    h2_connect_with_window(addr, None).await
+}
+
+/// [`h2_connect`] whose streams' flow-control window starts at `window`
+/// bytes (the client opens it again only as a body is read).
+async fn h2_connect_with_window(
+    addr: SocketAddr,
+    window: Option<u32>,
+) -> (
+    http2::SendRequest<Empty<Bytes>>,
+    tokio::task::JoinHandle<Instant>,
+) {
     let stream = TcpStream::connect(addr).await.unwrap();
-    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_millis(100))
         .keep_alive_timeout(Duration::from_secs(5))
-        .keep_alive_while_idle(true)
+        .keep_alive_while_idle(true);
+    if let Some(window) = window {
+        builder.initial_stream_window_size(window);
+    }
+    let (sender, conn) = builder
         .handshake(TokioIo::new(stream))
         .await
         .expect("HTTP/2 handshake");
@@ -539,21 +556,8 @@ async fn an_http2_client_that_never_opens_its_window_is_closed_after_the_send_ti
         .start()
         .await;
     for path in ["/healthz", "/feed/news", "/subscriber.html"] {
-        let stream = TcpStream::connect(server.addr).await.unwrap();
-        let (mut sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_millis(100))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true)
-            .initial_stream_window_size(0)
-            .handshake(TokioIo::new(stream))
-            .await
-            .expect("HTTP/2 handshake");
         let started = Instant::now();
-        let ended = tokio::spawn(async move {
-            let _ = conn.await;
-            Instant::now()
-        });
+        let (mut sender, ended) = h2_connect_with_window(server.addr, Some(0)).await;
         // Headers are not flow-controlled: the answer starts, its body
         // cannot.
         let r = sender
@@ -594,20 +598,7 @@ async fn one_held_back_http2_stream_does_not_end_its_flowing_siblings() {
         .idle_timeout(Duration::from_secs(60))
         .start()
         .await;
-    let stream = TcpStream::connect(server.addr).await.unwrap();
-    let (mut sender, conn) = http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Duration::from_millis(100))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .keep_alive_while_idle(true)
-        .initial_stream_window_size(16 * 1024)
-        .handshake(TokioIo::new(stream))
-        .await
-        .expect("HTTP/2 handshake");
-    let ended = tokio::spawn(async move {
-        let _ = conn.await;
-        Instant::now()
-    });
+    let (mut sender, ended) = h2_connect_with_window(server.addr, Some(16 * 1024)).await;
     let held = sender
         .send_request(h2_get(server.addr, "/feed/held", &[("device", "slow")]))
         .await
