@@ -31,14 +31,21 @@ pub enum Body {
 }
 
 impl Body {
-    /// The whole of a [`Body::Chunks`], for the paths that write an answer
-    /// at once (never one of those in practice).
-    pub(crate) fn concat(chunks: Box<dyn Iterator<Item = Bytes> + Send>) -> Bytes {
-        let mut out = Vec::new();
-        for chunk in chunks {
-            out.extend_from_slice(&chunk);
+    /// The whole body, for the paths that write an answer at once (the
+    /// direct path's answers, errors): a [`Body::Chunks`] is joined (never
+    /// one of those in practice); an event stream is handed back.
+    pub(crate) fn into_whole(self) -> Result<Bytes, Box<SseBody>> {
+        match self {
+            Body::Full(bytes) => Ok(bytes.unwrap_or_default()),
+            Body::Chunks(chunks) => {
+                let mut out = Vec::new();
+                for chunk in chunks {
+                    out.extend_from_slice(&chunk);
+                }
+                Ok(Bytes::from(out))
+            }
+            Body::Sse(sse) => Err(sse),
         }
-        Bytes::from(out)
     }
 }
 

@@ -28,7 +28,7 @@ use tokio::net::TcpStream;
 use super::head::{Framing, head_bytes};
 use super::stall::Stall;
 use crate::server::app::App;
-use crate::server::body::{Body, SseBody};
+use crate::server::body::SseBody;
 use crate::server::handlers;
 use crate::server::router::{self, Route};
 
@@ -135,18 +135,13 @@ async fn open<S: EventStore>(mut stream: TcpStream, app: &App<S>) -> Opened {
         .headers
         .get(hyper::header::CONNECTION)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-    let (out, rest) = match body {
-        Body::Full(_) | Body::Chunks(_) => {
-            let bytes = match body {
-                Body::Full(bytes) => bytes.unwrap_or_default(),
-                Body::Chunks(chunks) => Body::concat(chunks),
-                Body::Sse(_) => unreachable!("matched above"),
-            };
+    let (out, rest) = match body.into_whole() {
+        Ok(bytes) => {
             let mut out = head_bytes(&parts, Framing::Length(bytes.len()));
             out.extend_from_slice(&bytes);
             (out, None)
         }
-        Body::Sse(sse) => {
+        Err(sse) => {
             // The connection ends with the stream (see `serve_first`):
             // said in the head, as hyper's path says it.
             let mut parts = parts;

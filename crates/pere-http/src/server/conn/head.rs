@@ -9,7 +9,6 @@ use std::io::Write as _;
 use hyper::header::{CONNECTION, HeaderValue};
 
 use crate::error::ApiError;
-use crate::server::body::Body;
 use crate::server::config::Cors;
 use crate::server::handlers::add_cors;
 use crate::server::response::error_response;
@@ -23,12 +22,8 @@ pub(super) fn closing_error(err: &ApiError, cors: &Cors) -> Vec<u8> {
         .headers
         .insert(CONNECTION, HeaderValue::from_static("close"));
     add_cors(cors, None, &mut parts.headers);
-    let body = match body {
-        Body::Full(bytes) => bytes.unwrap_or_default(),
-        Body::Chunks(chunks) => Body::concat(chunks),
-        // An error's body is its JSON, never a stream.
-        Body::Sse(_) => Default::default(),
-    };
+    // An error's body is its JSON, never a stream.
+    let body = body.into_whole().unwrap_or_default();
     let mut out = head_bytes(&parts, Framing::Length(body.len()));
     out.extend_from_slice(&body);
     out

@@ -195,16 +195,12 @@ fn answer_bytes(answers: Vec<hyper::Response<Body>>) -> (Vec<u8>, bool) {
     let mut close = false;
     for answer in answers {
         let (parts, body) = answer.into_parts();
-        let body = match body {
-            Body::Full(bytes) => bytes.unwrap_or_default(),
-            Body::Chunks(chunks) => Body::concat(chunks),
+        let body = body.into_whole().unwrap_or_else(|_| {
             // A receipt's answer is JSON, never a stream: should one ever
             // be, the connection ends after the head.
-            Body::Sse(_) => {
-                close = true;
-                Bytes::new()
-            }
-        };
+            close = true;
+            Bytes::new()
+        });
         close |= parts
             .headers
             .get(CONNECTION)
