@@ -158,9 +158,10 @@ pub(super) async fn writer<S: EventStore>(
     let mut last = after;
     let mut chores = tokio::spawn(chores(inner.clone(), log.clone()));
     let mut pending: HashMap<SharedPos, Own> = HashMap::new();
-    // The newest event id after each recent entry: what a failover that
-    // kept the log up to an entry kept of the events.
-    let mut recent: std::collections::VecDeque<(SharedPos, EventId)> =
+    // Each recent entry's first event id: a failover that kept the log up
+    // to an entry lost every event from the next entry's first id on (ids
+    // rise in log order).
+    let mut recent: std::collections::VecDeque<(SharedPos, u64)> =
         std::collections::VecDeque::with_capacity(RECENT_ENTRIES);
     let mut flush = tokio::time::interval(CURSOR_FLUSH);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -180,14 +181,14 @@ pub(super) async fn writer<S: EventStore>(
             entry = entries.recv() => match entry {
                 Some(Ok(entry)) => {
                     last = entry.pos;
+                    if recent.len() == RECENT_ENTRIES {
+                        recent.pop_front();
+                    }
+                    recent.push_back((last, entry.first_id));
                     let own = pending.remove(&entry.pos);
                     lost_own(&mut pending, entry.pos);
                     apply_entry(&inner, entry, own).await;
                     applied(last);
-                    if recent.len() == RECENT_ENTRIES {
-                        recent.pop_front();
-                    }
-                    recent.push_back((last, inner.state().head));
                 }
                 Some(Err(err)) => {
                     // This node's state no longer matches the log (or it
@@ -204,14 +205,15 @@ pub(super) async fn writer<S: EventStore>(
                     tracing::error!(cause = %err, behind, "this node's state no longer follows the cluster log; closing its streams and stopping");
                     if let SharedLogError::Lost { kept, .. } = &err {
                         // Held requests (a publish waiting for receipts) must
-                        // not answer 201 for what is gone: the newest event
-                        // of an entry the log still holds, or, if that is
-                        // older than what is remembered, none.
+                        // not answer 201 for what is gone: everything from
+                        // the first lost entry's first id on (from the
+                        // oldest remembered, if older ones were lost too).
                         let kept_upto = recent
                             .iter()
-                            .rev()
-                            .find(|(pos, _)| pos <= kept)
-                            .map_or(EventId::ZERO, |(_, head)| *head);
+                            .find(|(pos, _)| pos > kept)
+                            .map_or(EventId(u64::MAX), |(_, first)| {
+                                EventId(first.saturating_sub(1))
+                            });
                         inner.lost_after.send_replace(Some(kept_upto));
                     }
                     let mut state = inner.state();
