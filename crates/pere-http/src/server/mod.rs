@@ -37,7 +37,7 @@ pub use config::{
     DEFAULT_KEEPALIVE, DEFAULT_MAX_HEADER_BYTES, DEFAULT_RETRY, DEFAULT_SEND_TIMEOUT,
     DEFAULT_SHUTDOWN_GRACE, MIN_MAX_HEADER_BYTES, ServerConfig,
 };
-use conn::{ConnLimits, Connection};
+use conn::{ConnLimits, Connection, Shared};
 use limits::Limits;
 use metrics::HttpMetrics;
 
@@ -148,17 +148,20 @@ pub async fn run<S: EventStore>(
     // After an exchange on the direct path the connection is HTTP/1: an
     // HTTP/2 preface then is a bad request, not a protocol switch (which
     // would also escape the head and idle timeouts, see `ConnWatch`).
-    let http1 = Arc::new(builder.clone().http1_only());
-    let http = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let (closing_tx, closing) = tokio::sync::watch::channel(false);
-    let tls = config.tls.as_ref().map(|tls| tls.acceptor());
-    let limits_conn = ConnLimits {
-        head: config.header_read_timeout,
-        idle: config.idle_timeout,
-        send: config.send_timeout,
-        max_head,
-    };
+    let shared = Arc::new(Shared {
+        app: app.clone(),
+        http1: builder.clone().http1_only(),
+        http: builder,
+        limits: ConnLimits {
+            head: config.header_read_timeout,
+            idle: config.idle_timeout,
+            send: config.send_timeout,
+            max_head,
+        },
+        tls: config.tls.as_ref().map(|tls| tls.acceptor()),
+    });
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -172,25 +175,21 @@ pub async fn run<S: EventStore>(
                 }
             },
         };
-        let counted = limits.connection();
         // Events are small and latency matters more than packet count.
         let _ = stream.set_nodelay(true);
         let conn = Connection {
-            app: app.clone(),
-            http: http.clone(),
-            http1: http1.clone(),
+            shared: shared.clone(),
             // Taken now, not in the task: a shutdown that starts before the
             // task runs still waits for it.
             graceful: graceful.watcher(),
             closing: closing.clone(),
-            limits: limits_conn,
             peer,
-            tls: tls.clone(),
+            counted: limits.connection(),
         };
-        tokio::spawn(async move {
-            conn.serve(stream).await;
-            drop(counted);
-        });
+        // The connection's own future, not one wrapping it: a wrapper
+        // would hold the connection twice (its capture and the inner
+        // future's), for the connection's whole life.
+        tokio::spawn(conn.serve(stream));
     }
     drop(listener);
     tracing::info!("shutting down: closing streams");

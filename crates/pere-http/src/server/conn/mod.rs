@@ -27,22 +27,32 @@ mod watch;
 use crate::error::{ApiError, ErrorCode};
 use crate::server::app::App;
 use crate::server::config::Cors;
+use crate::server::limits::ConnectionGuard;
 use stall::{Stall, Stalled};
 use watch::{ConnWatch, Expired, Socket, TlsStream, Tracked, Watched};
 
+/// What every connection's task shares: one allocation for the server,
+/// so that each task holds a pointer to it (an event stream's task lives
+/// for hours, and its size is paid per idle stream).
+pub(super) struct Shared<S: EventStore> {
+    pub(super) app: Arc<App<S>>,
+    pub(super) http: auto::Builder<TokioExecutor>,
+    /// The same, HTTP/1 only: for connections the direct path answered on.
+    pub(super) http1: auto::Builder<TokioExecutor>,
+    pub(super) limits: ConnLimits,
+    /// With `--tls-cert`: connections speak TLS.
+    pub(super) tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
 /// What one connection's task needs.
 pub(super) struct Connection<S: EventStore> {
-    pub(super) app: Arc<App<S>>,
-    pub(super) http: Arc<auto::Builder<TokioExecutor>>,
-    /// The same, HTTP/1 only: for connections the direct path answered on.
-    pub(super) http1: Arc<auto::Builder<TokioExecutor>>,
+    pub(super) shared: Arc<Shared<S>>,
     /// Held for the connection's whole life, so that shutdown waits for it.
     pub(super) graceful: hyper_util::server::graceful::Watcher,
     pub(super) closing: tokio::sync::watch::Receiver<bool>,
-    pub(super) limits: ConnLimits,
     pub(super) peer: SocketAddr,
-    /// With `--tls-cert`: the connection speaks TLS.
-    pub(super) tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Counts the connection (`--max-connections`) until the task ends.
+    pub(super) counted: ConnectionGuard,
 }
 
 impl<S: EventStore> Connection<S> {
@@ -53,7 +63,7 @@ impl<S: EventStore> Connection<S> {
         // Each step is boxed: the task itself then holds only what every
         // step needs, not the largest step's state for the connection's
         // whole life (an event stream lives for hours).
-        if let Some(acceptor) = self.tls.take() {
+        if let Some(acceptor) = self.shared.tls.clone() {
             let Some(tls) = Box::pin(self.handshake(acceptor, stream)).await else {
                 return;
             };
@@ -67,17 +77,17 @@ impl<S: EventStore> Connection<S> {
         if !Box::pin(self.first_byte(&stream)).await {
             return;
         }
-        let stall = Stall::new(self.limits.send, self.peer);
+        let stall = Stall::new(self.shared.limits.send, self.peer);
         let (stream, http1_only) =
-            match Box::pin(direct::serve_first(stream, &self.app, stall)).await {
+            match Box::pin(direct::serve_first(stream, &self.shared.app, stall)).await {
                 direct::Outcome::Untouched(stream) => (stream, false),
                 direct::Outcome::Answered(stream) => (stream, true),
                 direct::Outcome::Closed => return,
             };
         let (stream, http1_only) = match Box::pin(posts::serve(
             stream,
-            &self.app,
-            self.limits,
+            &self.shared.app,
+            self.shared.limits,
             &mut self.closing,
         ))
         .await
@@ -98,7 +108,7 @@ impl<S: EventStore> Connection<S> {
         acceptor: tokio_rustls::TlsAcceptor,
         stream: TcpStream,
     ) -> Option<Box<TlsStream>> {
-        let stalled = Stalled::new(stream, Stall::new(self.limits.send, self.peer));
+        let stalled = Stalled::new(stream, Stall::new(self.shared.limits.send, self.peer));
         tokio::select! {
             done = acceptor.accept(stalled) => match done {
                 Ok(tls) => Some(Box::new(tls)),
@@ -108,7 +118,7 @@ impl<S: EventStore> Connection<S> {
                 }
             },
             _ = self.closing.wait_for(|closing| *closing) => None,
-            () = tokio::time::sleep(self.limits.head) => {
+            () = tokio::time::sleep(self.shared.limits.head) => {
                 tracing::debug!(peer = %self.peer, "TLS handshake too slow: closed");
                 None
             }
@@ -124,7 +134,7 @@ impl<S: EventStore> Connection<S> {
         tokio::select! {
             peeked = stream.peek(&mut first) => matches!(peeked, Ok(1..)),
             _ = self.closing.wait_for(|closing| *closing) => false,
-            () = tokio::time::sleep(self.limits.idle) => {
+            () = tokio::time::sleep(self.shared.limits.idle) => {
                 tracing::debug!(peer = %self.peer, "idle connection closed");
                 false
             }
@@ -135,15 +145,14 @@ impl<S: EventStore> Connection<S> {
     /// timeouts (see [`serve`]).
     async fn serve_hyper(self, stream: Socket, http1_only: bool) {
         let Self {
-            app,
-            http,
-            http1,
+            shared,
             graceful,
             closing,
-            limits,
             peer,
-            tls: _,
+            counted,
         } = self;
+        let app = shared.app.clone();
+        let limits = shared.limits;
         let watch = Arc::new(ConnWatch::new(http1_only));
         let max_head = limits.max_head;
         let cors = app.config.cors.clone();
@@ -174,7 +183,11 @@ impl<S: EventStore> Connection<S> {
                 }
             }
         });
-        let http = if http1_only { http1 } else { http };
+        let http = if http1_only {
+            &shared.http1
+        } else {
+            &shared.http
+        };
         let io = match stream {
             Socket::Plain(tcp) => Watched::plain(tcp, watch.clone(), Stall::new(limits.send, peer)),
             Socket::Tls(tls) => Watched::tls(tls, watch.clone()),
@@ -185,6 +198,7 @@ impl<S: EventStore> Connection<S> {
         serve(Box::pin(conn), &watch, limits, peer, closing, &cors).await;
         // Only now, with the socket closed, may shutdown stop waiting.
         drop(graceful);
+        drop(counted);
     }
 }
 
