@@ -207,6 +207,66 @@ async fn a_late_device_list_does_not_undo_a_live_receipt() {
     server.stop().await;
 }
 
+/// Devices named `__proto__` and `constructor` (valid device ids) are
+/// counted like any other: the dashboard kept devices in plain objects,
+/// where `devices["__proto__"]` is `Object.prototype`, so a late joiner by
+/// that name was never counted and its receipt was written onto every
+/// object of the page (a hostile probe's finding).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_named_like_object_properties_are_counted() {
+    let server = TestServer::start().await;
+    let _w1 = server.subscribe("CHANNEL_1", "worker-1").await;
+    let first = server.publish("CHANNEL_1", r#"{"job":1}"#).await;
+    let mut browser = Browser::launch().await;
+    browser
+        .open(&server.url("/dashboard.html?channel=CHANNEL_1"), 1200, 900)
+        .await;
+    browser
+        .wait_for(
+            "the event with 1 recipient",
+            &format!(
+                "(() => {{ const c = {}; return !!c && c[2] === '1'; }})()",
+                receipt_cell(&first)
+            ),
+        )
+        .await;
+    live_without_polls(&mut browser).await;
+    // Both join the event's audience by replay, after the page read it.
+    let mut late = Vec::new();
+    for device in ["__proto__", "constructor"] {
+        late.push(
+            server
+                .open(
+                    "/feed/CHANNEL_1",
+                    &[("device", device), ("Last-Event-ID", "0")],
+                )
+                .await,
+        );
+        server.ack_with("CHANNEL_1", device, &first, "ok").await;
+    }
+    server.ack_with("CHANNEL_1", "worker-1", &first, "ok").await;
+    assert_eq!(server.receipts("CHANNEL_1", &first).await["acked"], 3);
+    browser
+        .wait_for(
+            "3/3 acked",
+            &format!(
+                "(() => {{ const c = {}; return !!c && c[0] === '3' && c[2] === '3'; }})()",
+                receipt_cell(&first)
+            ),
+        )
+        .await;
+    assert_eq!(
+        browser
+            .eval("[({}).state, ({}).status, ({}).acked_at].every((v) => v === undefined)")
+            .await,
+        Ok(Value::Bool(true)),
+        "a receipt was written onto Object.prototype"
+    );
+    drop(late);
+    browser.close().await;
+    server.stop().await;
+}
+
 /// Issues 18.6 and 18.7: patterns are listed on the dashboard, a channel's
 /// devices include its pattern members (saying through which
 /// subscription), and a device can be dropped.
