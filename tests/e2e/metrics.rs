@@ -167,6 +167,56 @@ async fn the_exposition_passes_promtool_and_counts_what_an_operator_needs() {
 /// Issue 18.11: `docs/grafana/pere.json` charts the exposition; every
 /// metric it queries is one the server exports (a renamed metric would
 /// leave an empty panel).
+/// What a connection sends that never reaches a handler (a request line
+/// that is not HTTP, a head over `--max-header-bytes`, a head that does not
+/// arrive in `--header-timeout`) is answered with §8's JSON by the
+/// connection itself, and was not counted: an operator saw none of these
+/// clients in `pere_http_errors_total` (a probe's finding).
+#[tokio::test]
+async fn answers_of_the_connection_itself_are_counted() {
+    let server = TestServer::builder()
+        .header_read_timeout(Duration::from_millis(300))
+        .max_header_bytes(8192)
+        .start()
+        .await;
+    let long = format!(
+        "GET /healthz HTTP/1.1\r\nx-long: {}\r\n\r\n",
+        "a".repeat(10_000)
+    );
+    let cases: [(&[u8], &str); 3] = [
+        (b"NOT HTTP AT ALL\r\n\r\n", "HTTP/1.1 400"),
+        (long.as_bytes(), "HTTP/1.1 431"),
+        (b"GET /healthz HT", "HTTP/1.1 408"),
+    ];
+    for (sent, status) in cases {
+        let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        socket.write_all(sent).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(
+            pere_tests::WAIT,
+            tokio::io::AsyncReadExt::read_to_end(&mut socket, &mut answer),
+        )
+        .await
+        .expect("the server answers and closes")
+        .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with(status), "{status}: {answer}");
+    }
+    let text = server.metrics().await;
+    assert_eq!(promtool(&text).await, "", "{text}");
+    for code in ["invalid_request", "headers_too_large", "request_timeout"] {
+        assert_eq!(
+            sample(&text, &format!("pere_http_errors_total{{code=\"{code}\"}}")),
+            1.0,
+            "{code}"
+        );
+    }
+    assert_eq!(
+        sample(&text, "pere_http_responses_total{class=\"4xx\"}"),
+        3.0
+    );
+}
+
 #[tokio::test]
 async fn the_grafana_dashboard_queries_only_metrics_the_server_exports() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/grafana/pere.json");

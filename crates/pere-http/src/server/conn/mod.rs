@@ -28,6 +28,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::server::app::App;
 use crate::server::config::Cors;
 use crate::server::limits::ConnectionGuard;
+use crate::server::metrics::HttpMetrics;
 use stall::{Stall, Stalled};
 use watch::{ConnWatch, Expired, Socket, TlsStream, Tracked, Watched};
 
@@ -195,7 +196,17 @@ impl<S: EventStore> Connection<S> {
         let conn = http
             .serve_connection(TokioIo::new(io), service)
             .into_owned();
-        serve(Box::pin(conn), &watch, limits, peer, closing, &cors).await;
+        let metrics = &shared.app.metrics;
+        serve(
+            Box::pin(conn),
+            &watch,
+            limits,
+            peer,
+            closing,
+            &cors,
+            metrics,
+        )
+        .await;
         // Only now, with the socket closed, may shutdown stop waiting.
         drop(graceful);
         drop(counted);
@@ -248,6 +259,7 @@ async fn serve<C>(
     peer: SocketAddr,
     mut closing: tokio::sync::watch::Receiver<bool>,
     cors: &Cors,
+    metrics: &HttpMetrics,
 ) where
     C: GracefulConnection,
     C::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -326,6 +338,13 @@ async fn serve<C>(
     // in the watch, for us to answer on and close.
     drop(conn);
     if let Some(stream) = watch.take_parked() {
+        // Counted as the service's answers are: an operator watching
+        // `pere_http_errors_total` sees clients that time out or send
+        // what is not HTTP.
+        if let Some(err) = &answer {
+            metrics.count_error(err);
+            metrics.count(err.status());
+        }
         // Boxed: the closing's state (and its read buffer) would otherwise
         // be part of every connection's task.
         Box::pin(close(

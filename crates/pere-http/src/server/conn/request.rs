@@ -43,7 +43,8 @@ pub(super) async fn serve<S: EventStore>(
     req: Request<Incoming>,
     max_head: usize,
 ) -> Response<Body> {
-    if let Some(mut refused) = oversized_h2_head(&req, max_head) {
+    if let Some((err, mut refused)) = oversized_h2_head(&req, max_head) {
+        app.metrics.count_error(&err);
         app.metrics.count(refused.status());
         let origin = req.headers().get(hyper::header::ORIGIN);
         handlers::add_cors(&app.config.cors, origin, refused.headers_mut());
@@ -104,7 +105,7 @@ pub(super) fn head_too_large(max_head: usize) -> String {
 /// limited by hyper's read buffer; hyper's HTTP/2 limit is set higher (see
 /// `run`) so that what lies between gets this JSON answer rather than the
 /// bodyless `431` of the HTTP/2 library.
-fn oversized_h2_head<B>(req: &Request<B>, max_head: usize) -> Option<Response<Body>> {
+fn oversized_h2_head<B>(req: &Request<B>, max_head: usize) -> Option<(ApiError, Response<Body>)> {
     if req.version() != Version::HTTP_2 {
         return None;
     }
@@ -129,10 +130,9 @@ fn oversized_h2_head<B>(req: &Request<B>, max_head: usize) -> Option<Response<Bo
         )
         .sum::<usize>();
     (size > max_head).then(|| {
-        crate::server::response::error_response(&ApiError::new(
-            ErrorCode::HeadersTooLarge,
-            head_too_large(max_head),
-        ))
+        let err = ApiError::new(ErrorCode::HeadersTooLarge, head_too_large(max_head));
+        let response = crate::server::response::error_response(&err);
+        (err, response)
     })
 }
 
@@ -226,7 +226,8 @@ mod tests {
         // each name + value + 32.
         let size = (7 + 3) + (7 + 4) + (10 + 1) + (5 + 8) + (1 + 1) + 5 * 32;
         assert!(oversized_h2_head(&req(Version::HTTP_2), size).is_none());
-        let refused = oversized_h2_head(&req(Version::HTTP_2), size - 1).unwrap();
+        let (err, refused) = oversized_h2_head(&req(Version::HTTP_2), size - 1).unwrap();
+        assert_eq!(err.code, ErrorCode::HeadersTooLarge);
         assert_eq!(
             refused.status(),
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
