@@ -7,6 +7,7 @@ mod ack_batching;
 mod admin;
 mod auth;
 mod cli;
+mod cli_exec;
 mod cli_ux;
 mod cluster;
 mod cluster_lag;

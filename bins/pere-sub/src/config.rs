@@ -73,7 +73,7 @@ pub struct Args {
     /// run this shell command for each event, one at a time, with the payload on stdin as a line (a newline is added unless it ends with one; and PERE_EVENT_ID, PERE_EVENT, PERE_CHANNEL, PERE_DEVICE in its environment); the receipt's status is ok when it exits with 0, else "error: exit N: <first line of its stderr>"
     #[argh(option)]
     pub exec: Option<String>,
-    /// how long one --exec command may run before it is killed and its receipt says "error: timed out after …" (default 60s)
+    /// how long one --exec command may run before it (with every process it started) is killed and its receipt says "error: timed out after …" (default 60s)
     #[argh(option)]
     pub exec_timeout: Option<String>,
     /// load mode: simulate N devices, each on its own connection, and report deliveries/s, latency percentiles, loss, duplicates and reorder (one JSON object on stdout); --count is then per device

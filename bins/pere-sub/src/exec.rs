@@ -10,6 +10,33 @@ use pere_http::sse::SseEvent;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
+/// A running command's process group. Each command runs in a group of its
+/// own, so that a timeout, or pere-sub's own end, stops all it started
+/// (`sh -c 'a; b'`, a script's children), not only the shell, which left
+/// them running (one orphan per event). Dropped before the command ended
+/// (a timeout, or `run` dropped because pere-sub is ending), it kills the
+/// group; a command that ended by itself keeps what it left in the
+/// background.
+struct Group {
+    id: u32,
+    ended: bool,
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        if let Some(pid) = i32::try_from(self.id)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        {
+            // Already gone is fine: nothing left to stop.
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
 /// What the subscriber knows about the event beyond the SSE fields.
 pub struct Context<'a> {
     /// The event's channel (the subscribed one when the server did not say).
@@ -38,11 +65,14 @@ pub async fn run(command: &str, event: &SseEvent, ctx: &Context<'_>, timeout: Du
         .stdout(Stdio::inherit())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
+        .process_group(0)
         .spawn();
     let mut child = match spawned {
         Ok(child) => child,
         Err(err) => return clip(format!("error: cannot run `sh -c`: {err}")),
     };
+    // The shell leads its group: the group's id is its pid.
+    let mut group = child.id().map(|id| Group { id, ended: false });
     // Feed stdin and drain stderr concurrently with waiting: a command that
     // does not read its input, or writes a lot to stderr, must not deadlock.
     let stdin = child.stdin.take();
@@ -94,9 +124,15 @@ pub async fn run(command: &str, event: &SseEvent, ctx: &Context<'_>, timeout: Du
         (status, first)
     };
     match tokio::time::timeout(timeout, wait).await {
-        Ok((Ok(status), first)) => status_of(status, first.as_deref()),
+        Ok((Ok(status), first)) => {
+            if let Some(group) = &mut group {
+                group.ended = true;
+            }
+            status_of(status, first.as_deref())
+        }
         Ok((Err(err), _)) => clip(format!("error: waiting for the command failed: {err}")),
         Err(_) => {
+            drop(group);
             let _ = child.kill().await;
             clip(format!("error: timed out after {}", humanize(timeout)))
         }

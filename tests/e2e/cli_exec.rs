@@ -1,0 +1,97 @@
+//! `pere-sub --exec` stops what its command started: at `--exec-timeout`,
+//! and when pere-sub itself is ended by SIGTERM. It used to kill only the
+//! `sh -c` it ran, and a command's own processes (here a `sleep` the
+//! shell forked) ran on, one orphan per event (a probe's finding).
+
+use std::process::Stdio;
+
+use pere_tests::eventually;
+
+use crate::procs::{Proc, Server};
+
+/// Pids of the processes whose command line holds `marker` (a number no
+/// other process uses, given to `sleep`).
+fn running_with(marker: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|&b| b == 0).any(|arg| arg == marker.as_bytes()))
+        })
+        .collect()
+}
+
+/// Ends what a failing test left running: only the processes this test's
+/// commands started, found by their marker.
+struct Sweep(&'static str);
+
+impl Drop for Sweep {
+    fn drop(&mut self) {
+        for pid in running_with(self.0) {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+fn start_sub(addr: &str, extra: &[&str]) -> Proc {
+    let mut args = vec![addr, "jobs", "--json", "--count", "1", "--device", "w"];
+    args.extend_from_slice(extra);
+    Proc::start("pere-sub", &args, Stdio::null())
+}
+
+#[tokio::test]
+async fn an_exec_timeout_stops_the_processes_the_command_started() {
+    const MARKER: &str = "299.4101";
+    let _sweep = Sweep(MARKER);
+    let server = Server::start(0).await;
+    let addr = server.hostport();
+    // `sleep` is not the shell's last command: the shell forks it.
+    let exec = format!("sleep {MARKER}; true");
+    let mut sub = start_sub(&addr, &["--exec-timeout", "1s", "--exec", &exec]);
+    assert_eq!(sub.json_line().await["event"], "pere.hello");
+    let id = server.publish("jobs", "job").await;
+    eventually("the command's sleep runs", || async {
+        !running_with(MARKER).is_empty()
+    })
+    .await;
+    sub.success().await;
+    let receipts = server.get_json(&format!("/receipts/jobs/{id}")).await;
+    assert_eq!(
+        receipts["devices"]["w"]["status"], "error: timed out after 1s",
+        "{receipts}"
+    );
+    eventually("the timed-out command's sleep is gone", || async {
+        running_with(MARKER).is_empty()
+    })
+    .await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn pere_sub_ended_by_sigterm_stops_the_running_command() {
+    const MARKER: &str = "298.4102";
+    let _sweep = Sweep(MARKER);
+    let server = Server::start(0).await;
+    let addr = server.hostport();
+    let exec = format!("sleep {MARKER}; true");
+    let mut sub = start_sub(&addr, &["--exec", &exec]);
+    assert_eq!(sub.json_line().await["event"], "pere.hello");
+    server.publish("jobs", "job").await;
+    eventually("the command's sleep runs", || async {
+        !running_with(MARKER).is_empty()
+    })
+    .await;
+    sub.terminate();
+    let status = sub.exit().await;
+    assert_eq!(status.code(), Some(143), "128 + SIGTERM, as a shell says");
+    eventually("the command's sleep is gone with pere-sub", || async {
+        running_with(MARKER).is_empty()
+    })
+    .await;
+    server.stop().await;
+}
