@@ -8,6 +8,7 @@ mod admin;
 mod auth;
 mod cli;
 mod cli_exec;
+mod cli_pace;
 mod cli_ux;
 mod cluster;
 mod cluster_lag;

@@ -269,7 +269,11 @@ impl Config {
                 if !(rate.is_finite() && rate > 0.0) {
                     return Err(format!("--rate `{rate}` must be a positive number"));
                 }
-                Some(Duration::from_secs_f64(1.0 / rate))
+                Some(Duration::try_from_secs_f64(1.0 / rate).map_err(|_| {
+                    format!(
+                        "--rate `{rate}` is too small: one event in more time than can be counted"
+                    )
+                })?)
             }
             (None, Some(text)) => {
                 Some(parse_duration(text).map_err(|e| format!("--interval: {e}"))?)
@@ -433,6 +437,7 @@ mod tests {
             &["--rate", "1", "--interval", "1"][..],
             &["--rate", "0"],
             &["--rate", "-2"],
+            &["--rate", "1e-20"],
             &["--interval", "soon"],
             &["--count", "0"],
             &["--data", ""],

@@ -209,7 +209,9 @@ async fn run(config: &Config, outcome: &mut Outcome) -> Result<(), Stop> {
                 Pace::Every(period) => {
                     let due =
                         u32::try_from(sent).map_or(Duration::MAX, |n| period.saturating_mul(n));
-                    tokio::time::sleep_until(start + due).await;
+                    // `sleep` takes a duration past what an Instant holds
+                    // (as a wait for ever); `start + due` would panic.
+                    tokio::time::sleep(due.saturating_sub(start.elapsed())).await;
                 }
                 Pace::Random(min, max) => tokio::time::sleep(rng.between(min, max)).await,
             }

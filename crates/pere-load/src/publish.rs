@@ -134,12 +134,7 @@ pub async fn run(config: Config, notice: impl Fn(&str)) -> std::io::Result<Repor
     let mut ticker = tokio::time::interval(Duration::from_secs(5));
     ticker.tick().await;
     loop {
-        let sleep = async {
-            match config.duration {
-                Some(d) => tokio::time::sleep_until(start + d).await,
-                None => std::future::pending().await,
-            }
-        };
+        let sleep = sleep_until_some(config.duration.and_then(|d| start.checked_add(d)));
         tokio::select! {
             joined = workers.join_next() => if joined.is_none() { break },
             _ = ticker.tick() => notice(&format!(
@@ -200,13 +195,21 @@ pub async fn run(config: Config, notice: impl Fn(&str)) -> std::io::Result<Repor
     })
 }
 
+/// Sleeps until `at`; for ever without one.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn worker(
     config: Arc<Config>,
     shared: Arc<Shared>,
     server: SocketAddr,
     source: Option<std::net::IpAddr>,
     start: Instant,
-    stop: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
 ) {
     let channels = config.channels.max(1);
     let mut slot: Option<Conn> = None;
@@ -228,10 +231,16 @@ async fn worker(
             return;
         }
         if let Some(rate) = config.rate {
-            let due = start + Duration::from_secs_f64(n as f64 / rate);
-            tokio::time::sleep_until(due).await;
-            if *stop.borrow() {
-                return;
+            // Event n's time at the total rate; none (a wait for the stop
+            // alone) when a tiny rate puts it past what an Instant holds.
+            let due = Duration::try_from_secs_f64(n as f64 / rate)
+                .ok()
+                .and_then(|d| start.checked_add(d));
+            // The stop ends the wait: at --duration or a signal, a slow
+            // pace must not hold the run until its next event is due.
+            tokio::select! {
+                () = sleep_until_some(due) => {}
+                _ = stop.wait_for(|stopped| *stopped) => return,
             }
         }
         let channel = channel_name(&config.channel, channels, n);
