@@ -203,6 +203,33 @@ async fn pere_pub_retries_until_the_server_starts_and_the_event_is_stored_once()
     server.stop().await;
 }
 
+/// Something that accepts connections and never answers (a stopped
+/// server, another program on the port): before the server ever answered,
+/// pere-pub gives each try 5 s, not its usual 30 s, and says what to check.
+/// It took 186 s to give up with its six tries (a probe's finding).
+#[tokio::test]
+async fn pere_pub_tells_a_port_that_never_answers_within_seconds() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let mut publisher = Proc::start(
+        "pere-pub",
+        &[&addr.to_string(), "c", "--data", "x", "--retries", "0"],
+        Stdio::null(),
+    );
+    // Within `Proc::exit`'s 10 s; the 30 s timeout would not be.
+    publisher.exit_with(4).await;
+    let said = publisher.stderr_text();
+    assert!(said.contains("within 5000 ms"), "{said}");
+    assert!(said.contains("is pere-server running at"), "{said}");
+    holder.abort();
+}
+
 /// A proxy to `upstream` that loses the answer to the first request: it
 /// forwards the request, waits for the server's answer, and closes the
 /// client's connection without relaying it. Later connections are relayed

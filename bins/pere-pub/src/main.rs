@@ -162,6 +162,10 @@ const FIRST_CONTACT: Backoff = Backoff {
     max: Duration::from_secs(2),
 };
 
+/// How long a publish may go unanswered before the server ever answered
+/// in this run (see [`run`]).
+const FIRST_ANSWER: Duration = Duration::from_secs(5);
+
 /// What the waits of a run found, for the exit status.
 #[derive(Default)]
 struct Outcome {
@@ -175,7 +179,13 @@ struct Outcome {
 /// Publishes every event of the configured source, paced, and prints a line
 /// for each, counting in `outcome` what its waits found.
 async fn run(config: &Config, outcome: &mut Outcome) -> Result<(), Stop> {
-    let mut client = Client::new(&config.addr).map_err(|e| Stop::Failed(e.to_string()))?;
+    // Until the server answers once, an attempt it does not answer fails
+    // after FIRST_ANSWER, not the usual 30 s: what accepts connections and
+    // never answers (a stopped server, another program) is told within
+    // half a minute, as a closed port is within seconds.
+    let mut client = Client::new(&config.addr)
+        .map_err(|e| Stop::Failed(e.to_string()))?
+        .request_timeout(FIRST_ANSWER);
     if let Some(token) = &config.token {
         client = client
             .with_token(token)
@@ -238,7 +248,10 @@ async fn run(config: &Config, outcome: &mut Outcome) -> Result<(), Stop> {
                     if config.quiet {
                         return;
                     }
-                    let hint = if !reached && !hinted && matches!(err, Error::Io { .. }) {
+                    let hint = if !reached
+                        && !hinted
+                        && matches!(err, Error::Io { .. } | Error::Timeout(_))
+                    {
                         hinted = true;
                         format!(" ({})", unreachable_hint(&config.addr))
                     } else {
@@ -261,6 +274,9 @@ async fn run(config: &Config, outcome: &mut Outcome) -> Result<(), Stop> {
                     err,
                 )
             })?;
+        if !reached {
+            client = client.request_timeout(pere_http::client::DEFAULT_REQUEST_TIMEOUT);
+        }
         reached = true;
         sent += 1;
         if published.shutting_down && !config.quiet {
@@ -336,12 +352,21 @@ fn failure(config: &Config, n: u64, key: Option<&str>, reached: bool, err: Error
                 Some(device) => format!("--idempotency-key {key} --device {device}"),
                 None => format!("--idempotency-key {key}"),
             };
+            // Nothing ever answered: the port may not be a PERE server.
+            let hint = if reached {
+                String::new()
+            } else {
+                format!(
+                    " Nothing has answered at all: {}.",
+                    unreachable_hint(&config.addr)
+                )
+            };
             Stop::Unconfirmed(format!(
                 "event {n} on {}: the outcome is unknown: the server may have published it, \
                  but its answer was lost ({source}). Publishing it again is safe with the same \
                  Idempotency-Key and publisher, `{retry}`: the server then answers with the \
                  first result if it stored the event, and stores it once if it did not. Without \
-                 them, publishing again may make a duplicate.",
+                 them, publishing again may make a duplicate.{hint}",
                 config.channel
             ))
         }
