@@ -6,7 +6,7 @@
 //! One that is never accepted stays unconfirmed in the journal and is sent
 //! again after a restart; one that was accepted is never sent again.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -181,6 +181,12 @@ fn reaches(to: SocketAddr, listen: SocketAddr) -> bool {
     let to_ip = to.ip().to_canonical();
     let listen_ip = listen.ip().to_canonical();
     if !listen_ip.is_unspecified() {
+        // Linux connects to 0.0.0.0 (or ::) as to the loopback address.
+        let to_ip = match to_ip {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
         return to_ip == listen_ip;
     }
     if listen_ip.is_ipv4() && to_ip.is_ipv6() {
@@ -282,6 +288,10 @@ mod tests {
         assert!(!reaches(at("127.0.0.1:4568"), at("127.0.0.1:4567")));
         assert!(!reaches(at("127.0.0.2:4567"), at("127.0.0.1:4567")));
         assert!(!reaches(at("[::1]:4567"), at("127.0.0.1:4567")));
+        // 0.0.0.0 and :: are connected to as the loopback address.
+        assert!(reaches(at("0.0.0.0:4567"), at("127.0.0.1:4567")));
+        assert!(reaches(at("[::]:4567"), at("[::1]:4567")));
+        assert!(!reaches(at("0.0.0.0:4567"), at("127.0.0.2:4567")));
         // Bound to every IPv4 address: any local one, and 0.0.0.0 itself.
         for local in ["127.0.0.1:4567", "127.0.0.2:4567", "0.0.0.0:4567"] {
             assert!(reaches(at(local), at("0.0.0.0:4567")), "{local}");
