@@ -96,6 +96,18 @@ fn memory_and_data_dir_are_exclusive() {
 }
 
 #[test]
+fn an_empty_data_dir_is_a_usage_error() {
+    for dir in ["", "  "] {
+        let args = Args {
+            data_dir: Some(dir.into()),
+            ..Args::default()
+        };
+        let err = Config::resolve(args, &HashMap::new()).unwrap_err();
+        assert!(err.contains("--data-dir is empty"), "{err}");
+    }
+}
+
+#[test]
 fn a_switch_variable_is_on_or_off_or_an_error() {
     let memory = |v: &str| Config::resolve(Args::default(), &env(&[("PERE_MEMORY", v)]));
     assert_eq!(memory("TRUE").unwrap().store, StoreKind::Memory);
