@@ -535,3 +535,35 @@ async fn a_device_that_never_got_the_event_cannot_acknowledge_it() {
         .await;
     assert_acked(&r, &id, "offline");
 }
+
+/// A receipt's status is a device's free text; logged at debug level as it
+/// was, a newline in it wrote a line of the device's choosing into the
+/// server's log (a forged record, with its own time and level), and a
+/// terminal escape cleared an operator's screen (a probe's finding). It is
+/// logged escaped.
+#[tokio::test]
+async fn a_receipt_status_cannot_forge_log_lines() {
+    let server = pere_tests::ServerProcess::start_logging(&[], "debug").await;
+    let _stream = server.subscribe("inj", "dev-1").await;
+    let id = server.publish("inj", "x").await;
+    let status = "ok\n2026-12-05T00:00:00.000000Z  INFO FORGED by a device\u{1b}[2J";
+    let body = json!({ "id": id, "status": status }).to_string();
+    let r = server
+        .feedback(
+            "inj",
+            &[("device", "dev-1"), ("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    pere_tests::eventually("the receipt is logged", || async {
+        server.log().contains("FORGED by a device")
+    })
+    .await;
+    let log = server.log();
+    assert!(
+        !log.lines().any(|l| l.starts_with("2026-12-05T00:00:00")),
+        "a forged line:\n{log}"
+    );
+    assert!(!log.contains('\u{1b}'), "a raw escape:\n{log}");
+}

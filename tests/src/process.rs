@@ -25,6 +25,11 @@ impl ServerProcess {
     /// `--memory` unless `args` name a `--data-dir`) and waits until it
     /// answers `/healthz`.
     pub async fn start(args: &[&str]) -> Self {
+        Self::start_logging(args, "info").await
+    }
+
+    /// The same, its logs filtered by `rust_log` (`RUST_LOG`).
+    pub async fn start_logging(args: &[&str], rust_log: &str) -> Self {
         use std::io::BufRead;
         let mut cmd = std::process::Command::new(bin("pere-server"));
         cmd.args(["--host", "127.0.0.1", "--port", "0"]);
@@ -33,7 +38,7 @@ impl ServerProcess {
         }
         let mut child = cmd
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", rust_log)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())

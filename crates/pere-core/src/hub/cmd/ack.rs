@@ -100,7 +100,9 @@ impl State {
             channel = %receipts.event.channel,
             id = %receipts.id(),
             device = %device,
-            status = %status,
+            // Debug: a device's free text, quoted and escaped, so that a
+            // newline or a terminal escape in it cannot forge log lines.
+            status = %status.escape_debug(),
             "receipt"
         );
         let _ = reply.send(Ok(Acked {
