@@ -392,7 +392,8 @@ function queueReceipt(channel, device, id, status, options) {
  * @param {object} o
  * @param {string} [o.channel] one channel or pattern…
  * @param {string[]} [o.channels] …or several
- * @param {string} [o.device] the device id (without one the stream is anonymous and cannot ack)
+ * @param {string} [o.device] the device id (without one the stream is anonymous and cannot ack,
+ *   unless `accessToken` names the device: its subject is then taken from `pere.hello`)
  * @param {string} [o.base] server origin (default: this page's)
  * @param {string[]} [o.events] named event types to listen to besides `message`
  *   (EventSource only dispatches named events to listeners registered by name)
@@ -590,6 +591,10 @@ class Subscription {
       this.#failures = 0;
       this.#setState(State.OPEN, {});
       const hello = parseJson(e.data);
+      // With a token and no device of its own, the device is the token's
+      // subject (docs/PROTOCOL.md §1.3), as the server says here: receipts
+      // and reconnects name it from now on.
+      if (hello && !this.device && typeof hello.device === 'string') this.device = hello.device;
       if (hello && this.#o.onHello) this.#o.onHello(hello);
     });
     source.addEventListener('pere.gap', (e) => {

@@ -507,3 +507,43 @@ async fn a_receipt_sent_as_form_data_by_chromium_is_read() {
     browser.close().await;
     server.stop().await;
 }
+
+/// `subscriber.html?access_token=…` without `&device=`: the device is the
+/// token's subject. The page used to send its own stored device id with
+/// the token, which the server refuses (`403`, docs/PROTOCOL.md §1.3), so
+/// a token alone never worked (a probe's finding); `pere.js` now takes
+/// the device from `pere.hello` and acknowledges as it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriber_page_with_only_a_token_is_the_token_s_device() {
+    const PHONE: &str = "phone-token-00000000001";
+    const BACKEND: &str = "backend-token-000000001";
+    const ADMIN: &str = "admin-token-00000000001";
+    let path = pere_tests::temp_dir("page-auth").join("auth.json");
+    let tokens = json!({ "tokens": {
+        PHONE: { "subject": "phone-1", "subscribe": ["CHANNEL_1"] },
+        BACKEND: { "subject": "backend", "publish": ["CHANNEL_1"] },
+        ADMIN: { "subject": "ops", "admin": true },
+    }});
+    std::fs::write(&path, tokens.to_string()).unwrap();
+    let server = pere_tests::ServerProcess::start(&["--auth", path.to_str().unwrap()]).await;
+    let mut browser = Browser::launch().await;
+    browser
+        .open(
+            &server.url(&format!("/subscriber.html?access_token={PHONE}")),
+            900,
+            700,
+        )
+        .await;
+    browser.wait_for_badge("open").await;
+    assert_eq!(crate::web::page_device(&mut browser).await, "phone-1");
+    let id = server
+        .with_token(BACKEND)
+        .publish("CHANNEL_1", "for the phone")
+        .await;
+    let receipt = server
+        .with_token(ADMIN)
+        .wait_acked("CHANNEL_1", &id, "phone-1")
+        .await;
+    assert_eq!(receipt["devices"]["phone-1"]["status"], "ok", "{receipt}");
+    browser.close().await;
+}
