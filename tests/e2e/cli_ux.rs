@@ -268,6 +268,30 @@ async fn pere_sub_on_a_port_where_nothing_listens_backs_off_with_a_hint() {
     assert!(!second.contains("is pere-server running"), "once: {second}");
 }
 
+/// A server that answers (here `429`: its one stream slot is taken) is
+/// running: pere-sub says why it waits, and does not ask whether a server
+/// runs there, which pointed the wrong way (a probe's finding).
+#[tokio::test]
+async fn pere_sub_refused_by_a_running_server_does_not_ask_whether_it_runs() {
+    let server = pere_tests::TestServer::builder()
+        .max_streams(1)
+        .start()
+        .await;
+    let _taken = server.subscribe("c", "first").await;
+    let mut sub = Proc::start(
+        "pere-sub",
+        &[&server.addr.to_string(), "c", "--max-reconnects", "2"],
+        Stdio::null(),
+    );
+    let first = sub.stderr_line_containing("reconnecting in").await;
+    assert!(!first.contains("is pere-server running"), "{first}");
+    sub.exit_with(1).await;
+    let said = sub.stderr_text();
+    assert!(said.contains("429"), "{said}");
+    assert!(!said.contains("is pere-server running"), "{said}");
+    server.stop().await;
+}
+
 /// Issue 18.10: the README's `--exec 'cat >> jobs.log'` glued payloads
 /// together; each now arrives as a line.
 #[tokio::test]

@@ -204,6 +204,8 @@ async fn follow_events(
     // A server that answered, but whose TLS failed: asking whether it runs
     // would point the wrong way.
     let mut tls_failed = false;
+    // A server answered an attempt (a 429, a 503): it runs.
+    let mut server_answered = false;
     // A stream opened and not yet said to be connected.
     let mut announce = false;
     loop {
@@ -245,8 +247,11 @@ async fn follow_events(
                 announce = true;
                 continue;
             }
-            SubscriberItem::Disconnected { reason } => {
+            SubscriberItem::Disconnected { reason, answered } => {
                 tls_failed = reason.contains("TLS");
+                // A server that answered (a 429, a 503) is running: asking
+                // whether it is would mislead.
+                server_answered |= answered;
                 notice(config, format_args!("disconnected: {reason}"));
                 continue;
             }
@@ -255,7 +260,7 @@ async fn follow_events(
                     "" => String::new(),
                     id => format!(", resuming after event {id}"),
                 };
-                let hint = if !connected_once && !hinted && !tls_failed {
+                let hint = if !connected_once && !server_answered && !hinted && !tls_failed {
                     hinted = true;
                     format!(
                         "; is pere-server running at {}? start it, or check HOST:PORT (each failed attempt doubles the wait, up to a minute)",

@@ -149,6 +149,10 @@ pub enum SubscriberItem {
     Disconnected {
         /// Why, in words.
         reason: String,
+        /// Whether a server answered: `false` when the attempt found none
+        /// (refused, unreachable, timed out, TLS failed), `true` for an
+        /// answer (`429`, `5xx`, `204`) and for a stream that ended.
+        answered: bool,
     },
     /// The next connection attempt will be made after `after`.
     Reconnecting {
@@ -362,7 +366,8 @@ impl Subscriber {
                     }
                     Err(OpenError::Retry(err)) => {
                         self.failures = self.failures.saturating_add(1);
-                        self.lost(err.to_string());
+                        let answered = matches!(err, Error::Status { .. });
+                        self.lost(err.to_string(), answered);
                     }
                     Err(OpenError::Fatal(err)) => {
                         self.state = State::Closed;
@@ -372,6 +377,7 @@ impl Subscriber {
                         self.state = State::Closed;
                         return Ok(Some(SubscriberItem::Disconnected {
                             reason: "the server answered 204 No Content: do not reconnect".into(),
+                            answered: true,
                         }));
                     }
                 },
@@ -389,7 +395,7 @@ impl Subscriber {
                         }
                         Some(Some(Err(err))) => {
                             self.not_live();
-                            self.lost(format!("the stream broke: {err}"));
+                            self.lost(format!("the stream broke: {err}"), true);
                         }
                         Some(None) if !self.live => {
                             self.not_live();
@@ -400,15 +406,18 @@ impl Subscriber {
                                 ),
                                 None => "the server ended the stream before any event".into(),
                             };
-                            self.lost(reason);
+                            self.lost(reason, true);
                         }
-                        Some(None) => self.lost("the server ended the stream".into()),
+                        Some(None) => self.lost("the server ended the stream".into(), true),
                         None => {
                             self.not_live();
-                            self.lost(format!(
-                                "nothing received for {} ms",
-                                self.options.idle_timeout.unwrap_or_default().as_millis()
-                            ));
+                            self.lost(
+                                format!(
+                                    "nothing received for {} ms",
+                                    self.options.idle_timeout.unwrap_or_default().as_millis()
+                                ),
+                                true,
+                            );
                         }
                     }
                 }
@@ -450,13 +459,14 @@ impl Subscriber {
 
     /// The stream or an attempt ended: report it, then wait `retry` before
     /// the next attempt, unless the bounds say to give up.
-    fn lost(&mut self, reason: String) {
+    fn lost(&mut self, reason: String, answered: bool) {
         self.decoder.finish(&mut self.scratch);
         self.scratch.clear();
         let after = backoff_delay(self.retry(), self.options.max_backoff, self.failures);
         let attempt = self.failures.saturating_add(1);
         self.queue.push_back(SubscriberItem::Disconnected {
             reason: reason.clone(),
+            answered,
         });
         if let Some(max) = self.options.max_reconnects
             && self.failures >= max
