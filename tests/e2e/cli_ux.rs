@@ -292,6 +292,33 @@ async fn pere_sub_refused_by_a_running_server_does_not_ask_whether_it_runs() {
     server.stop().await;
 }
 
+/// Without `--json`, an event is one line for a person's terminal: a
+/// publisher's newline made a second, forged `RX EVT>` line, and its escape
+/// sequences reached the terminal (a probe's finding). Control characters
+/// are shown escaped; `--json` keeps the data whole.
+#[tokio::test]
+async fn pere_sub_text_output_is_one_line_per_event_without_escapes() {
+    let server = Server::start(0).await;
+    let mut sub = Proc::start(
+        "pere-sub",
+        &[&server.hostport(), "txt", "--count", "1", "--device", "t1"],
+        Stdio::null(),
+    );
+    assert!(sub.line().await.starts_with("RX CTL> event: pere.hello"));
+    server
+        .publish("txt", "real\nRX EVT> id: 1, data: FORGED\u{1b}[2J")
+        .await;
+    let line = sub.line().await;
+    assert!(
+        line.starts_with("RX EVT> id: ")
+            && line.ends_with(r"data: real\nRX EVT> id: 1, data: FORGED\u{1b}[2J"),
+        "{line:?}"
+    );
+    let rest = sub.success().await;
+    assert!(rest.is_empty(), "one line per event: {rest:?}");
+    server.stop().await;
+}
+
 /// Issue 18.10: the README's `--exec 'cat >> jobs.log'` glued payloads
 /// together; each now arrives as a line.
 #[tokio::test]
