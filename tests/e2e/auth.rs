@@ -720,3 +720,56 @@ async fn the_load_modes_send_a_token_or_refuse_one() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// An operator sees tokens by fingerprint only (`GET /admin/tokens`), and
+/// could not revoke one by it: the fingerprint was taken for a token's
+/// value, and not found (a probe's finding). `DELETE
+/// /admin/tokens/sha256:…` now revokes the live token it names.
+#[tokio::test]
+async fn a_token_is_revoked_by_its_fingerprint() {
+    let server = start(&[]).await;
+    let c = callers(&server);
+    let fingerprint = pere_core::auth::TokenHash::of(PHONE).fingerprint();
+    let listed = c.admin.get("/admin/tokens").await.json();
+    assert!(
+        listed["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["token"] == fingerprint.as_str()),
+        "{listed}"
+    );
+    assert_eq!(
+        c.phone.request("HEAD", "/feed/news", &[], b"").await.status,
+        200
+    );
+    let r = c
+        .admin
+        .delete(&format!("/admin/tokens/{fingerprint}"))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json(),
+        serde_json::json!({ "token": fingerprint, "revoked": true })
+    );
+    assert_eq!(
+        c.phone.request("HEAD", "/feed/news", &[], b"").await.status,
+        401
+    );
+    assert_eq!(
+        c.phone2
+            .request("HEAD", "/feed/news", &[], b"")
+            .await
+            .status,
+        200,
+        "only that one"
+    );
+    let again = c
+        .admin
+        .delete(&format!("/admin/tokens/{fingerprint}"))
+        .await;
+    again.assert_error(404, "unknown_token");
+    let bad = c.admin.delete("/admin/tokens/sha256:not-hex-digits").await;
+    bad.assert_error(400, "invalid_token");
+    assert_no_token_in(&server.log(), "the log");
+}

@@ -304,6 +304,11 @@ pub async fn token<S: EventStore>(
     {
         return revoke_jti(app, jti).await;
     }
+    if req.method() == Method::DELETE
+        && let Some(digits) = token.strip_prefix("sha256:")
+    {
+        return revoke_fingerprint(app, digits).await;
+    }
     if req.method() == Method::DELETE {
         // Any text names a token here: an unknown one is simply not found.
         let hash = TokenHash::of(token);
@@ -339,6 +344,58 @@ pub async fn token<S: EventStore>(
         StatusCode::CREATED
     };
     Ok(json(status, Value::Object(out)))
+}
+
+/// `DELETE /admin/tokens/sha256:<12 hex digits>`: revokes the live token
+/// with this fingerprint, as `GET /admin/tokens` lists it: an operator
+/// who sees a token there (and not its value) can revoke it. No token
+/// holds a `:`, so the form never names a token by its value.
+async fn revoke_fingerprint<S: EventStore>(
+    app: &App<S>,
+    digits: &str,
+) -> Result<Response<Body>, ApiError> {
+    if digits.len() != 12 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidToken,
+            "a fingerprint is sha256: and 12 hex digits, as GET /admin/tokens lists it",
+        ));
+    }
+    let fingerprint = format!("sha256:{}", digits.to_ascii_lowercase());
+    // On a cluster, with what other nodes changed a moment ago.
+    app.hub.caught_up().await;
+    let live: Vec<TokenHash> = app
+        .hub
+        .auth()
+        .list()
+        .iter()
+        .map(|(hash, _, _)| *hash)
+        .filter(|hash| hash.fingerprint() == fingerprint)
+        .collect();
+    let hash = match live.as_slice() {
+        [one] => *one,
+        // With auth off, what any DELETE answers (409 auth_disabled).
+        [] if !app.hub.auth().is_enabled() => TokenHash::of(&fingerprint),
+        [] => {
+            return Err(ApiError::new(
+                ErrorCode::UnknownToken,
+                format!("no live token has the fingerprint {fingerprint}"),
+            ));
+        }
+        _ => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidToken,
+                format!(
+                    "{} live tokens share the fingerprint {fingerprint}: revoke by the token itself",
+                    live.len()
+                ),
+            ));
+        }
+    };
+    app.hub.delete_token(hash).await?;
+    Ok(json(
+        StatusCode::OK,
+        serde_json::json!({ "token": fingerprint, "revoked": true }),
+    ))
 }
 
 /// `DELETE /admin/tokens/jti:<jti>`: revokes the JWTs with this `jti`
