@@ -230,6 +230,22 @@ fn parse_bytes(name: &str, text: &str) -> Result<usize, String> {
         })
 }
 
+/// Whether `text` is an origin as a browser sends it: `scheme://host`,
+/// with an optional `:port`, nothing after.
+fn is_origin(text: &str) -> bool {
+    let Some((scheme, host)) = text.split_once("://") else {
+        return false;
+    };
+    scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        && !host.is_empty()
+        && !host
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "/?#@,".contains(c))
+}
+
 fn parse_count(name: &str, text: &str) -> Result<usize, String> {
     text.trim()
         .parse::<usize>()
@@ -341,6 +357,15 @@ impl Config {
         let member_ttl = duration(args.member_ttl, "member-ttl", pere_core::DEFAULT_MEMBER_TTL)?;
         let cors =
             Cors::parse(&pick(args.cors_origin, "cors-origin").unwrap_or_else(|| "*".into()));
+        if let Cors::List(origins) = &cors
+            && let Some(bad) = origins.iter().find(|o| !is_origin(o))
+        {
+            // Taken as it was, it matched no browser's Origin: every
+            // cross-origin call failed, and nothing said why.
+            return Err(format!(
+                "--cors-origin: `{bad}` is not an origin: scheme://host[:port], e.g. https://app.example.com (or `*`, or `none`)"
+            ));
+        }
         let log_format = match pick(args.log_format, "log-format")
             .as_deref()
             .map(str::trim)

@@ -285,3 +285,34 @@ fn cors_lists_are_parsed() {
         Cors::List(vec!["https://a.example".into(), "https://b.example".into()])
     );
 }
+
+#[test]
+fn a_cors_origin_that_is_not_an_origin_is_refused() {
+    let cors = |v: &str| {
+        Config::resolve(
+            Args {
+                cors_origin: Some(v.into()),
+                ..Args::default()
+            },
+            &HashMap::new(),
+        )
+    };
+    for bad in [
+        "not a url",
+        "app.example.com",
+        "https://",
+        "https://a.example/path",
+        "https://a.example, nope",
+    ] {
+        let err = cors(bad).unwrap_err();
+        assert!(err.contains("is not an origin"), "{bad}: {err}");
+    }
+    for good in [
+        "http://127.0.0.1:8080",
+        "https://a.example",
+        "https://a.example/",
+        "app+x://h",
+    ] {
+        assert!(cors(good).is_ok(), "{good}");
+    }
+}
