@@ -10,31 +10,56 @@ use pere_http::sse::SseEvent;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
-/// A running command's process group. Each command runs in a group of its
-/// own, so that a timeout, or pere-sub's own end, stops all it started
-/// (`sh -c 'a; b'`, a script's children), not only the shell, which left
-/// them running (one orphan per event). Dropped before the command ended
-/// (a timeout, or `run` dropped because pere-sub is ending), it kills the
-/// group; a command that ended by itself keeps what it left in the
-/// background.
-struct Group {
-    id: u32,
-    ended: bool,
-}
+/// How long stderr is still read once the shell ended: what the command
+/// left in the background may hold stderr open for ever, and must neither
+/// hold the receipt back nor turn it into a timeout.
+const STDERR_AFTER_EXIT: Duration = Duration::from_millis(200);
 
-impl Drop for Group {
-    fn drop(&mut self) {
-        if self.ended {
-            return;
+/// Kills `shell` and every process it started that is still its
+/// descendant: the timeout's end of a command, which killing the shell
+/// alone left running (`sh -c 'job; true'` forks `job`; one orphan per
+/// event). Found in /proc; a process that left the tree (a daemon that
+/// forked away) is not followed. The command stays in pere-sub's process
+/// group, so a terminal's Ctrl-C, Ctrl-Z or hangup reaches both, as before.
+fn kill_tree(shell: u32) {
+    let mut children: std::collections::HashMap<u32, Vec<u32>> = std::collections::HashMap::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Some(parent) = parent_of(pid) {
+                children.entry(parent).or_default().push(pid);
+            }
         }
-        if let Some(pid) = i32::try_from(self.id)
+    }
+    let mut tree = vec![shell];
+    let mut i = 0;
+    while let Some(&pid) = tree.get(i) {
+        tree.extend(children.get(&pid).into_iter().flatten());
+        i += 1;
+    }
+    for pid in tree {
+        if let Some(pid) = i32::try_from(pid)
             .ok()
             .and_then(rustix::process::Pid::from_raw)
         {
             // Already gone is fine: nothing left to stop.
-            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
         }
     }
+}
+
+/// The parent of `pid`, from `/proc/PID/stat` (its fourth field, after the
+/// command name in parentheses, which may itself hold spaces or `)`).
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// What the subscriber knows about the event beyond the SSE fields.
@@ -65,14 +90,12 @@ pub async fn run(command: &str, event: &SseEvent, ctx: &Context<'_>, timeout: Du
         .stdout(Stdio::inherit())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
-        .process_group(0)
         .spawn();
     let mut child = match spawned {
         Ok(child) => child,
         Err(err) => return clip(format!("error: cannot run `sh -c`: {err}")),
     };
-    // The shell leads its group: the group's id is its pid.
-    let mut group = child.id().map(|id| Group { id, ended: false });
+    let shell = child.id();
     // Feed stdin and drain stderr concurrently with waiting: a command that
     // does not read its input, or writes a lot to stderr, must not deadlock.
     let stdin = child.stdin.take();
@@ -92,8 +115,9 @@ pub async fn run(command: &str, event: &SseEvent, ctx: &Context<'_>, timeout: Du
         }
     };
     let stderr = child.stderr.take();
-    let drain = async move {
-        let mut first = None;
+    // The first line of its stderr, for the status.
+    let mut first: Option<String> = None;
+    let drain = async {
         if let Some(stderr) = stderr {
             let mut lines = BufReader::new(stderr);
             let mut line = Vec::new();
@@ -117,22 +141,39 @@ pub async fn run(command: &str, event: &SseEvent, ctx: &Context<'_>, timeout: Du
             // memory.
             let _ = lines.read_to_end(&mut Vec::new()).await;
         }
-        first
     };
     let wait = async {
-        let (status, (), first) = tokio::join!(child.wait(), feed, drain);
-        (status, first)
-    };
-    match tokio::time::timeout(timeout, wait).await {
-        Ok((Ok(status), first)) => {
-            if let Some(group) = &mut group {
-                group.ended = true;
+        tokio::pin!(feed, drain);
+        let (mut fed, mut drained) = (false, false);
+        let status = loop {
+            tokio::select! {
+                status = child.wait() => break status,
+                () = &mut feed, if !fed => fed = true,
+                () = &mut drain, if !drained => drained = true,
             }
-            status_of(status, first.as_deref())
-        }
-        Ok((Err(err), _)) => clip(format!("error: waiting for the command failed: {err}")),
+        };
+        // The shell ended. What it left in the background may hold its
+        // stdin or stderr for ever: a moment for the last lines, then the
+        // status is the shell's.
+        let _ = tokio::time::timeout(STDERR_AFTER_EXIT, async {
+            if !fed {
+                feed.await;
+            }
+            if !drained {
+                drain.await;
+            }
+        })
+        .await;
+        status
+    };
+    let outcome = tokio::time::timeout(timeout, wait).await;
+    match outcome {
+        Ok(Ok(status)) => status_of(status, first.as_deref()),
+        Ok(Err(err)) => clip(format!("error: waiting for the command failed: {err}")),
         Err(_) => {
-            drop(group);
+            if let Some(shell) = shell {
+                kill_tree(shell);
+            }
             let _ = child.kill().await;
             clip(format!("error: timed out after {}", humanize(timeout)))
         }

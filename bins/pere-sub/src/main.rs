@@ -69,45 +69,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let followed = runtime.block_on(async {
-        if config.exec.is_none() {
-            return follow(&config).await;
-        }
-        // With --exec, SIGINT and SIGTERM end pere-sub by dropping what it
-        // does, which kills the running command's process group (see
-        // `exec`): the default end by a signal would leave it behind.
-        let signal = {
-            let followed = follow(&config);
-            tokio::pin!(followed);
-            tokio::select! {
-                followed = &mut followed => return followed,
-                signal = interrupted() => signal,
-            }
-        };
-        std::process::exit(128 + signal);
-    });
+    let followed = runtime.block_on(follow(&config));
     match followed {
         Ok(()) | Err(Stop::OutputClosed) => ExitCode::SUCCESS,
         Err(Stop::Failed(err)) => {
             eprintln!("pere-sub: {err}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Waits for SIGINT or SIGTERM, and says which (its number); never
-/// returns when neither can be watched.
-async fn interrupted() -> i32 {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => SignalKind::interrupt().as_raw_value(),
-        _ = term.recv() => SignalKind::terminate().as_raw_value(),
     }
 }
 
