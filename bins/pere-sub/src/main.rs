@@ -17,6 +17,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use config::{Args, Config, Output};
+use pere_core::text::OneLine;
 use pere_http::client::{
     Client, Feed, SubscribeOptions, Subscriber, SubscriberItem, unwrap_envelope,
 };
@@ -404,13 +405,13 @@ fn print_event(
         })
         .to_string(),
         Output::Human if control => {
-            format!("RX CTL> event: {}, data: {}", event.event, shown(&data))
+            format!("RX CTL> event: {}, data: {}", event.event, OneLine(&data))
         }
         Output::Human => format!(
             "RX EVT> id: {}, event: {}, data: {}",
             event.id,
             event.event,
-            shown(&data)
+            OneLine(&data)
         ),
     };
     let mut out = std::io::stdout().lock();
@@ -419,25 +420,6 @@ fn print_event(
         Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Err(Stop::OutputClosed),
         Err(err) => Err(Stop::Failed(format!("cannot write to stdout: {err}"))),
     }
-}
-
-/// An event's data for a person's terminal: one line, control characters
-/// escaped (`\n`, `\u{1b}`), tabs kept. Printed as it came, a publisher's
-/// newline made a line of its choosing (a forged `RX EVT>`), and its
-/// escape sequences reached the terminal. `--json` carries the data whole.
-fn shown(data: &str) -> std::borrow::Cow<'_, str> {
-    if !data.chars().any(|c| c.is_control() && c != '\t') {
-        return data.into();
-    }
-    let mut out = String::with_capacity(data.len() + 8);
-    for c in data.chars() {
-        match c {
-            '\t' => out.push(c),
-            c if c.is_control() => out.extend(c.escape_default()),
-            c => out.push(c),
-        }
-    }
-    out.into()
 }
 
 /// A connection notice on stderr, unless `--quiet`.
@@ -483,21 +465,6 @@ mod tests {
         seen.record("", Some("ok".into()));
         assert_eq!(seen.processed(""), None);
         assert!(seen.order.is_empty());
-    }
-
-    #[test]
-    fn data_is_shown_on_one_line_without_terminal_escapes() {
-        // JSON and text as they are, tabs kept.
-        assert_eq!(shown(r#"{"a":"b\\c"}"#), r#"{"a":"b\\c"}"#);
-        assert_eq!(shown("a\tb é"), "a\tb é");
-        // A forged line and a terminal title / clear-screen escape.
-        let hostile = "real\nRX EVT> id: 1, data: FORGED\u{1b}]0;t\u{7}\u{1b}[2J\r";
-        let line = shown(hostile);
-        assert!(!line.chars().any(char::is_control), "{line}");
-        assert_eq!(
-            line,
-            r"real\nRX EVT> id: 1, data: FORGED\u{1b}]0;t\u{7}\u{1b}[2J\r"
-        );
     }
 
     #[test]

@@ -77,6 +77,7 @@ mod name;
 pub mod presence;
 mod queue;
 pub mod receipt_log;
+pub mod text;
 
 pub use auth::{AuthRegistry, Grants, Token, TokenHash};
 pub use config::{

@@ -100,9 +100,9 @@ impl State {
             channel = %receipts.event.channel,
             id = %receipts.id(),
             device = %device,
-            // Debug: a device's free text, quoted and escaped, so that a
-            // newline or a terminal escape in it cannot forge log lines.
-            status = %status.escape_debug(),
+            // A device's free text: a newline or a terminal escape in it
+            // must not forge log lines.
+            status = %crate::text::OneLine(&status),
             "receipt"
         );
         let _ = reply.send(Ok(Acked {
