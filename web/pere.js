@@ -439,6 +439,8 @@ class Subscription {
   #envelope;
   /** Event id → its channel, for receipts (from the envelope). */
   #channelOf = new Map();
+  /** No device given: it is whatever `pere.hello` says (a token's subject). */
+  #learnsDevice = false;
 
   constructor(o) {
     const channels = o.channels ? [...o.channels] : o.channel ? [o.channel] : [];
@@ -446,6 +448,7 @@ class Subscription {
     this.#o = { retryMs: 3000, base: '', events: [], ...o };
     this.channels = channels;
     this.device = o.device || null;
+    this.#learnsDevice = !o.device;
     this.state = null; // the first #setState reports `connecting`
     this.lastEventId = o.lastEventId || '';
     this.#resume = { lastEventId: o.lastEventId, replay: o.replay };
@@ -506,7 +509,7 @@ class Subscription {
   #url() {
     return feedUrl({
       channels: this.channels,
-      device: this.device,
+      device: this.#learnsDevice ? undefined : this.device,
       base: this.#o.base,
       accessToken: this.#o.accessToken,
       // The first connection honours the caller's resume point; later ones
@@ -593,8 +596,9 @@ class Subscription {
       const hello = parseJson(e.data);
       // With a token and no device of its own, the device is the token's
       // subject (docs/PROTOCOL.md §1.3), as the server says here: receipts
-      // and reconnects name it from now on.
-      if (hello && !this.device && typeof hello.device === 'string') this.device = hello.device;
+      // name it. Reconnects name none, so a subject changed at run time is
+      // taken, not refused.
+      if (hello && this.#learnsDevice && typeof hello.device === 'string') this.device = hello.device;
       if (hello && this.#o.onHello) this.#o.onHello(hello);
     });
     source.addEventListener('pere.gap', (e) => {

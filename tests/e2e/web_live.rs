@@ -545,5 +545,28 @@ async fn subscriber_page_with_only_a_token_is_the_token_s_device() {
         .wait_acked("CHANNEL_1", &id, "phone-1")
         .await;
     assert_eq!(receipt["devices"]["phone-1"]["status"], "ok", "{receipt}");
+
+    // The token now speaks for another device: its stream closes, and the
+    // page reconnects as the new subject (naming the old one was a 403).
+    let changed = server
+        .with_token(ADMIN)
+        .admin()
+        .put_token(PHONE, br#"{"subject":"phone-2","subscribe":["CHANNEL_1"]}"#)
+        .await;
+    assert_eq!(changed.status, 200, "{}", changed.text());
+    browser
+        .wait_for(
+            "the page reconnected as phone-2",
+            "document.getElementById('device').textContent === 'phone-2' && document.getElementById('state').dataset.state === 'open'",
+        )
+        .await;
+    let id = server
+        .with_token(BACKEND)
+        .publish("CHANNEL_1", "for phone-2")
+        .await;
+    server
+        .with_token(ADMIN)
+        .wait_acked("CHANNEL_1", &id, "phone-2")
+        .await;
     browser.close().await;
 }
