@@ -164,9 +164,6 @@ async fn the_exposition_passes_promtool_and_counts_what_an_operator_needs() {
     assert_eq!(promtool(&text).await, "", "{text}");
 }
 
-/// Issue 18.11: `docs/grafana/pere.json` charts the exposition; every
-/// metric it queries is one the server exports (a renamed metric would
-/// leave an empty panel).
 /// What a connection sends that never reaches a handler (a request line
 /// that is not HTTP, a head over `--max-header-bytes`, a head that does not
 /// arrive in `--header-timeout`) is answered with §8's JSON by the
@@ -217,6 +214,9 @@ async fn answers_of_the_connection_itself_are_counted() {
     );
 }
 
+/// Issue 18.11: `docs/grafana/pere.json` charts the exposition; every
+/// metric it queries is one the server exports (a renamed metric would
+/// leave an empty panel).
 #[tokio::test]
 async fn the_grafana_dashboard_queries_only_metrics_the_server_exports() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/grafana/pere.json");

@@ -357,7 +357,7 @@ fn failure(config: &Config, n: u64, key: Option<&str>, reached: bool, err: Error
                 String::new()
             } else {
                 format!(
-                    " Nothing has answered at all: {}.",
+                    " No answer came in this run: {}.",
                     unreachable_hint(&config.addr)
                 )
             };

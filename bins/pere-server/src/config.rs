@@ -497,7 +497,7 @@ impl Config {
             Some(v) => v.parse::<Fsync>().map_err(|e| format!("--fsync: {e}"))?,
         };
         let data_dir = pick(args.data_dir, "data-dir");
-        if data_dir.as_deref().is_some_and(|d| d.trim().is_empty()) {
+        if data_dir.as_deref().is_some_and(str::is_empty) {
             // Read as a path, "" failed deep in the store ("store error on
             // : No such file or directory", exit 1) and left a LOCK file in
             // the current directory.

@@ -239,8 +239,10 @@ async fn worker(
             // The stop ends the wait: at --duration or a signal, a slow
             // pace must not hold the run until its next event is due.
             tokio::select! {
-                () = sleep_until_some(due) => {}
+                // The stop first: when both are ready, no event after it.
+                biased;
                 _ = stop.wait_for(|stopped| *stopped) => return,
+                () = sleep_until_some(due) => {}
             }
         }
         let channel = channel_name(&config.channel, channels, n);

@@ -97,14 +97,12 @@ fn memory_and_data_dir_are_exclusive() {
 
 #[test]
 fn an_empty_data_dir_is_a_usage_error() {
-    for dir in ["", "  "] {
-        let args = Args {
-            data_dir: Some(dir.into()),
-            ..Args::default()
-        };
-        let err = Config::resolve(args, &HashMap::new()).unwrap_err();
-        assert!(err.contains("--data-dir is empty"), "{err}");
-    }
+    let args = Args {
+        data_dir: Some(String::new()),
+        ..Args::default()
+    };
+    let err = Config::resolve(args, &HashMap::new()).unwrap_err();
+    assert!(err.contains("--data-dir is empty"), "{err}");
 }
 
 #[test]

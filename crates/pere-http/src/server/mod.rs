@@ -145,13 +145,14 @@ pub async fn run<S: EventStore>(
     if let Some(webhook) = config.webhook.clone() {
         tokio::spawn(webhook::deliver(hub.clone(), webhook));
     }
-    // After an exchange on the direct path the connection is HTTP/1: an
-    // HTTP/2 preface then is a bad request, not a protocol switch (which
-    // would also escape the head and idle timeouts, see `ConnWatch`).
     let graceful = GracefulShutdown::new();
     let (closing_tx, closing) = tokio::sync::watch::channel(false);
     let shared = Arc::new(Shared {
         app: app.clone(),
+        // After an exchange on the direct path the connection is HTTP/1:
+        // an HTTP/2 preface then is a bad request, not a protocol switch
+        // (which would also escape the head and idle timeouts, see
+        // `ConnWatch`).
         http1: builder.clone().http1_only(),
         http: builder,
         limits: ConnLimits {
