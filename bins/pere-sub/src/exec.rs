@@ -10,10 +10,11 @@ use pere_http::sse::SseEvent;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
-/// How long stderr is still read once the shell ended: what the command
-/// left in the background may hold stderr open for ever, and must neither
-/// hold the receipt back nor turn it into a timeout.
-const STDERR_AFTER_EXIT: Duration = Duration::from_millis(200);
+/// Once the shell ended, how long its stdin and stderr may go quiet before
+/// they are left: what the command left in the background may hold them
+/// open for ever, and must neither hold the receipt back nor turn it into
+/// a timeout. While stderr still flows, it is read on.
+const QUIET_AFTER_EXIT: Duration = Duration::from_millis(200);
 
 /// Kills `shell` and every process it started that is still its
 /// descendant: the timeout's end of a command, which killing the shell
@@ -38,9 +39,14 @@ fn kill_tree(shell: u32) {
         }
     }
     let mut tree = vec![shell];
+    let mut seen = std::collections::HashSet::from([shell]);
     let mut i = 0;
     while let Some(&pid) = tree.get(i) {
-        tree.extend(children.get(&pid).into_iter().flatten());
+        for &child in children.get(&pid).into_iter().flatten() {
+            if seen.insert(child) {
+                tree.push(child);
+            }
+        }
         i += 1;
     }
     for pid in tree {
@@ -115,8 +121,10 @@ pub async fn run(command: &str, event: &SseEvent, ctx: &Context<'_>, timeout: Du
         }
     };
     let stderr = child.stderr.take();
-    // The first line of its stderr, for the status.
+    // The first line of its stderr, for the status; bytes read, to tell
+    // a stderr that still flows after the shell ended.
     let mut first: Option<String> = None;
+    let read = std::cell::Cell::new(0usize);
     let drain = async {
         if let Some(stderr) = stderr {
             let mut lines = BufReader::new(stderr);
@@ -125,7 +133,8 @@ pub async fn run(command: &str, event: &SseEvent, ctx: &Context<'_>, timeout: Du
                 line.clear();
                 match lines.read_until(b'\n', &mut line).await {
                     Ok(0) | Err(_) => break,
-                    Ok(_) => {
+                    Ok(n) => {
+                        read.set(read.get() + n);
                         let text = String::from_utf8_lossy(&line);
                         eprint!("{text}");
                         if !text.ends_with('\n') {
@@ -153,17 +162,19 @@ pub async fn run(command: &str, event: &SseEvent, ctx: &Context<'_>, timeout: Du
             }
         };
         // The shell ended. What it left in the background may hold its
-        // stdin or stderr for ever: a moment for the last lines, then the
+        // stdin or stderr for ever: they are left once quiet, and the
         // status is the shell's.
-        let _ = tokio::time::timeout(STDERR_AFTER_EXIT, async {
-            if !fed {
-                feed.await;
+        if !fed {
+            let _ = tokio::time::timeout(QUIET_AFTER_EXIT, &mut feed).await;
+        }
+        while !drained {
+            let before = read.get();
+            match tokio::time::timeout(QUIET_AFTER_EXIT, &mut drain).await {
+                Ok(()) => drained = true,
+                Err(_) if read.get() == before => break,
+                Err(_) => {}
             }
-            if !drained {
-                drain.await;
-            }
-        })
-        .await;
+        }
         status
     };
     let outcome = tokio::time::timeout(timeout, wait).await;
