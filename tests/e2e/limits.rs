@@ -177,6 +177,35 @@ async fn an_oversized_request_head_gets_431_and_the_server_carries_on() {
     assert_eq!(r.status, 200);
 }
 
+/// The head limit holds for a head pipelined behind another request:
+/// hyper's read buffer bounds a head read on its own, and one that came
+/// in the same read as the request before it reached about twice
+/// `--max-header-bytes` (a receipt with a 9,000-byte head was recorded; a
+/// probe's finding).
+#[tokio::test]
+async fn the_head_limit_holds_for_a_pipelined_head() {
+    let server = TestServer::start().await;
+    let _d = server.subscribe("c", "d").await;
+    let id = server.publish("c", "x").await;
+    let big = "x".repeat(9000);
+    let mut both = pere_tests::raw_request("GET", "/healthz", &[("Connection", "keep-alive")], b"");
+    both.extend(pere_tests::raw_request(
+        "POST",
+        "/feedback/c",
+        &[("device", "d"), ("Last-Event-ID", &id), ("X-Big", &big)],
+        b"status=ok",
+    ));
+    let mut reader =
+        pere_tests::HttpReader::new(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    reader.send(&both).await;
+    let (status, headers) = reader.head().await;
+    assert_eq!(status, 200);
+    reader.body(&headers, status).await;
+    let (status, _) = reader.head().await;
+    assert_eq!(status, 431, "the pipelined head over the limit");
+    assert_eq!(server.receipts("c", &id).await["acked"], 0);
+}
+
 #[tokio::test]
 async fn max_header_bytes_raises_the_head_limit() {
     let server = TestServer::builder()

@@ -43,7 +43,7 @@ pub(super) async fn serve<S: EventStore>(
     req: Request<Incoming>,
     max_head: usize,
 ) -> Response<Body> {
-    if let Some((err, mut refused)) = oversized_h2_head(&req, max_head) {
+    if let Some((err, mut refused)) = oversized_head(&req, max_head) {
         app.metrics.count_error(&err);
         app.metrics.count(refused.status());
         let origin = req.headers().get(hyper::header::ORIGIN);
@@ -99,16 +99,29 @@ pub(super) fn head_too_large(max_head: usize) -> String {
     format!("the request head (request line and headers) is larger than {max_head} bytes")
 }
 
-/// The `431` of an HTTP/2 request whose header list is larger than
-/// `max_head` bytes, counted as HTTP/2 counts it (RFC 9113 §6.5.2: name,
-/// value and 32 per field, pseudo-fields included). HTTP/1 heads are
-/// limited by hyper's read buffer; hyper's HTTP/2 limit is set higher (see
-/// `run`) so that what lies between gets this JSON answer rather than the
-/// bodyless `431` of the HTTP/2 library.
-fn oversized_h2_head<B>(req: &Request<B>, max_head: usize) -> Option<(ApiError, Response<Body>)> {
-    if req.version() != Version::HTTP_2 {
-        return None;
-    }
+/// The `431` of a request whose head is larger than `max_head` bytes.
+///
+/// Over HTTP/2, counted as HTTP/2 counts it (RFC 9113 §6.5.2: name, value
+/// and 32 per field, pseudo-fields included); hyper's HTTP/2 limit is set
+/// higher (see `run`) so that what lies between gets this JSON answer
+/// rather than the bodyless `431` of the HTTP/2 library. Over HTTP/1, as
+/// its bytes (request line, `name: value` lines, blank line): hyper's read
+/// buffer bounds only a connection's first head exactly, and a later one on
+/// a kept-alive connection could reach about twice the limit.
+fn oversized_head<B>(req: &Request<B>, max_head: usize) -> Option<(ApiError, Response<Body>)> {
+    let size = if req.version() == Version::HTTP_2 {
+        h2_head_size(req)
+    } else {
+        h1_head_size(req)
+    };
+    (size > max_head).then(|| {
+        let err = ApiError::new(ErrorCode::HeadersTooLarge, head_too_large(max_head));
+        let response = crate::server::response::error_response(&err);
+        (err, response)
+    })
+}
+
+fn h2_head_size<B>(req: &Request<B>) -> usize {
     const FIELD: usize = 32;
     let uri = req.uri();
     let pseudo = [
@@ -119,7 +132,7 @@ fn oversized_h2_head<B>(req: &Request<B>, max_head: usize) -> Option<(ApiError, 
         uri.path_and_query()
             .map(|p| (":path".len(), p.as_str().len())),
     ];
-    let size = pseudo
+    pseudo
         .into_iter()
         .flatten()
         .map(|(name, value)| name + value + FIELD)
@@ -128,12 +141,24 @@ fn oversized_h2_head<B>(req: &Request<B>, max_head: usize) -> Option<(ApiError, 
                 .iter()
                 .map(|(name, value)| name.as_str().len() + value.len() + FIELD),
         )
-        .sum::<usize>();
-    (size > max_head).then(|| {
-        let err = ApiError::new(ErrorCode::HeadersTooLarge, head_too_large(max_head));
-        let response = crate::server::response::error_response(&err);
-        (err, response)
-    })
+        .sum::<usize>()
+}
+
+/// At least the bytes the head took: `METHOD target HTTP/1.1\r\n`, each
+/// `name: value\r\n`, `\r\n` (a client's extra spaces not counted).
+fn h1_head_size<B>(req: &Request<B>) -> usize {
+    let uri = req.uri();
+    let target = match uri.scheme() {
+        Some(_) => uri.to_string().len(),
+        None => uri.path_and_query().map_or(1, |p| p.as_str().len()),
+    };
+    let line = req.method().as_str().len() + 1 + target + 1 + "HTTP/1.1\r\n".len();
+    line + req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + 2 + value.len() + 2)
+        .sum::<usize>()
+        + 2
 }
 
 /// What the service notes of a request's head before its handler takes it.
@@ -225,14 +250,34 @@ mod tests {
         // :method GET, :scheme http, :authority x, :path /healthz, a: b,
         // each name + value + 32.
         let size = (7 + 3) + (7 + 4) + (10 + 1) + (5 + 8) + (1 + 1) + 5 * 32;
-        assert!(oversized_h2_head(&req(Version::HTTP_2), size).is_none());
-        let (err, refused) = oversized_h2_head(&req(Version::HTTP_2), size - 1).unwrap();
+        assert!(oversized_head(&req(Version::HTTP_2), size).is_none());
+        let (err, refused) = oversized_head(&req(Version::HTTP_2), size - 1).unwrap();
         assert_eq!(err.code, ErrorCode::HeadersTooLarge);
         assert_eq!(
             refused.status(),
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
         );
-        // HTTP/1 heads are hyper's to limit.
-        assert!(oversized_h2_head(&req(Version::HTTP_11), 1).is_none());
+    }
+
+    #[test]
+    fn an_http1_head_is_measured_as_its_bytes() {
+        let req = |uri: &str| {
+            Request::get(uri)
+                .version(Version::HTTP_11)
+                .header("host", "x")
+                .header("a", "bc")
+                .body(())
+                .unwrap()
+        };
+        // GET /healthz?x=1 HTTP/1.1\r\n host: x\r\n a: bc\r\n \r\n
+        let size = (3 + 1 + 12 + 1 + 10) + (4 + 2 + 1 + 2) + (1 + 2 + 2 + 2) + 2;
+        assert_eq!(h1_head_size(&req("/healthz?x=1")), size);
+        assert!(oversized_head(&req("/healthz?x=1"), size).is_none());
+        assert!(oversized_head(&req("/healthz?x=1"), size - 1).is_some());
+        // An absolute-form target counts whole.
+        assert_eq!(
+            h1_head_size(&req("http://x/healthz?x=1")),
+            size + "http://x".len()
+        );
     }
 }
