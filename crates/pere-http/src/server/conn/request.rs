@@ -53,6 +53,7 @@ pub(super) async fn serve<S: EventStore>(
     let head = Head::of(&req);
     let http1 = req.version() < Version::HTTP_2;
     let is_head = req.method() == hyper::Method::HEAD;
+    let http10 = req.version() == Version::HTTP_10;
     let leftover = Leftover::default();
     let req = req.map(|body| RequestBody::new(body, &leftover));
     let mut response = handlers::handle(app, req).await;
@@ -75,7 +76,26 @@ pub(super) async fn serve<S: EventStore>(
     if is_head {
         without_body(&mut response);
     }
+    if http10 && closes(&response) {
+        // Said as HTTP/1.0: to an HTTP/1.0 client that asked for
+        // keep-alive, hyper adds `keep-alive` to an HTTP/1.1 answer's
+        // `Connection: close` ("close, keep-alive"), which a client may
+        // read as a socket to reuse; an HTTP/1.0 answer without
+        // `keep-alive` it simply closes.
+        *response.version_mut() = Version::HTTP_10;
+    }
     response
+}
+
+/// Whether the answer says `Connection: close`.
+fn closes<B>(response: &Response<B>) -> bool {
+    response
+        .headers()
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("close"))
 }
 
 /// The answer to a `HEAD`: a `GET`'s status and headers, with its length,
