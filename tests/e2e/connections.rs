@@ -652,17 +652,11 @@ async fn one_held_back_http2_stream_does_not_end_its_flowing_siblings() {
 #[tokio::test]
 async fn an_http10_keep_alive_client_is_told_close_alone() {
     let server = TestServer::start().await;
-    let mut both = pere_tests::raw_request("GET", "/healthz", &[("Connection", "keep-alive")], b"");
-    both.extend_from_slice(
+    let (status, headers) = pere_tests::behind_healthz(
+        server.addr,
         b"GET /feed/c HTTP/1.0\r\nHost: x\r\ndevice: d\r\nConnection: keep-alive\r\n\r\n",
-    );
-    let mut reader =
-        pere_tests::HttpReader::new(tokio::net::TcpStream::connect(server.addr).await.unwrap());
-    reader.send(&both).await;
-    let (status, headers) = reader.head().await;
-    assert_eq!(status, 200);
-    reader.body(&headers, status).await;
-    let (status, headers) = reader.head().await;
+    )
+    .await;
     assert_eq!(status, 200, "the stream");
     let connection: Vec<&str> = headers
         .iter()

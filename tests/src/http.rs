@@ -87,6 +87,21 @@ pub fn raw_request(method: &str, path: &str, headers: &[(&str, &str)], body: &[u
     out
 }
 
+/// Sends a keep-alive `GET /healthz` and `second` in one write on a fresh
+/// connection (so that hyper, not the server's own paths, reads `second`,
+/// and in the same read as the first), and reads the answer to `second`
+/// up to its head.
+pub async fn behind_healthz(addr: SocketAddr, second: &[u8]) -> (u16, Vec<(String, String)>) {
+    let mut both = raw_request("GET", "/healthz", &[("Connection", "keep-alive")], b"");
+    both.extend_from_slice(second);
+    let mut reader = HttpReader::new(TcpStream::connect(addr).await.unwrap());
+    reader.send(&both).await;
+    let (status, headers) = reader.head().await;
+    assert_eq!(status, 200, "GET /healthz");
+    reader.body(&headers, status).await;
+    reader.head().await
+}
+
 /// Sends one request on a fresh connection and reads the whole response.
 pub async fn request(
     addr: SocketAddr,

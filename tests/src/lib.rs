@@ -19,7 +19,9 @@ pub mod sse;
 pub mod tls;
 
 pub use client::{Admin, Client};
-pub use http::{Connection, HttpReader, Io, Response, raw_request, request, send_raw};
+pub use http::{
+    Connection, HttpReader, Io, Response, behind_healthz, raw_request, request, send_raw,
+};
 pub use process::ServerProcess;
 pub use server::{TestServer, TestServerBuilder};
 pub use sse::SseStream;
