@@ -126,15 +126,22 @@ async fn fresh_channels_cost_little_and_are_reclaimed_when_they_expire() {
     })
     .await;
     // Give the next maintenance tick time to reclaim, then the same again:
-    // the memory of the first round is reused, not added to.
+    // the memory of the first round is reused, not added to. Measured from
+    // the start, not from between the rounds (the allocator may have given
+    // the reclaimed memory back, to take it again now), and against a
+    // budget rather than the first round's figure, which a busy machine
+    // lowers when the round runs past `--max-age`: both rounds together
+    // cost about one (~1.2 KiB per channel); a round kept on top of the
+    // other costs twice that.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let before = server.rss_kib();
     round("second").await;
-    let second = server.rss_kib().saturating_sub(before);
-    eprintln!("second round: {second} KiB");
+    let both = server.rss_kib().saturating_sub(base);
+    let both_per_channel = both * 1024 / CHANNELS as u64;
+    eprintln!("after both rounds: {both} KiB, {both_per_channel} bytes per channel");
     assert!(
-        second * 2 < first.max(1024),
-        "the second round grew by {second} KiB after the first grew by {first} KiB"
+        both_per_channel < 2000,
+        "both rounds grew the server by {both} KiB ({both_per_channel} bytes per channel of \
+         one round), the first alone by {first} KiB"
     );
     let log = server.stop();
     assert!(!log.contains("panicked"), "{log}");
