@@ -4,7 +4,8 @@
 //! # Design
 //! Ordering has one owner. Every change — a publish, a receipt, a stream
 //! opening or closing, a membership ending — is a [`Command`] sent to the
-//! hub's writer task, which drains them in batches:
+//! hub's writer (a task, or a thread for a store whose appends block), which
+//! drains them in batches:
 //!
 //! 1. *prepare* each command against the state: assign ids, decide audiences'
 //!    membership, check receipts, and collect the journal [`Record`]s;
@@ -133,7 +134,8 @@ impl<S> Inner<S> {
 
 impl<S: EventStore> Hub<S> {
     /// Opens a hub over `store`: recovers what the store holds, then starts
-    /// the writer task on the current Tokio runtime.
+    /// the writer: a task on the current Tokio runtime, or a thread of its
+    /// own for a store whose appends block ([`EventStore::appends_block`]).
     ///
     /// # Errors
     /// The store could not be recovered.
@@ -149,7 +151,7 @@ impl<S: EventStore> Hub<S> {
     /// The store could not be recovered.
     pub async fn open_with_auth(config: HubConfig, store: S, auth: AuthRegistry) -> Result<Self> {
         let (inner, rx) = Self::assemble(config, store, None, None, auth).await?;
-        tokio::spawn(writer::writer(inner.clone(), rx));
+        writer::start(inner.clone(), rx)?;
         Ok(Self { inner })
     }
 
@@ -651,6 +653,8 @@ pub use types::{
 mod ack_batch_tests;
 #[cfg(test)]
 mod auth_tests;
+#[cfg(test)]
+mod blocking_store_tests;
 #[cfg(test)]
 mod ending_tests;
 #[cfg(test)]

@@ -14,10 +14,35 @@ use super::{Inner, MAX_BATCH};
 use crate::event::Timestamp;
 use crate::log::EventStore;
 
-pub(super) async fn writer<S: EventStore>(
+/// Starts the writer: a task of the current runtime, or, for a store
+/// whose appends block, a thread running its own single-threaded runtime.
+/// There a batch's sync holds only the writer, not a worker of the
+/// runtime serving the connections; and the writer wakes from the sync
+/// itself, with no hop to a store thread and back, nor a wait in the
+/// runtime's queue behind the connections' tasks (`benches/RESULTS.md`).
+pub(super) fn start<S: EventStore>(
     inner: Arc<Inner<S>>,
-    mut rx: mpsc::UnboundedReceiver<Command>,
-) {
+    rx: mpsc::UnboundedReceiver<Command>,
+) -> crate::error::Result<()> {
+    if !inner.store.appends_block() {
+        tokio::spawn(writer(inner, rx));
+        return Ok(());
+    }
+    let failed = |e: std::io::Error| {
+        crate::error::Error::StoreUnavailable(format!("cannot start the hub's writer: {e}"))
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(failed)?;
+    std::thread::Builder::new()
+        .name("pere-hub-writer".into())
+        .spawn(move || runtime.block_on(writer(inner, rx)))
+        .map_err(failed)?;
+    Ok(())
+}
+
+async fn writer<S: EventStore>(inner: Arc<Inner<S>>, mut rx: mpsc::UnboundedReceiver<Command>) {
     let mut tick = tokio::time::interval(inner.config.tick.max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(64);

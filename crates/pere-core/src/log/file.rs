@@ -8,10 +8,11 @@
 //! [`codec`](super::codec). Channel names never become paths.
 //!
 //! # Writing
-//! One I/O thread owns the active segment ([`writer`]). Each
-//! [`EventStore::append`] is one batch: encoded, written, and (with
-//! [`Fsync::Always`]) `fdatasync`'d once — the hub batches concurrent
-//! requests, so they share that sync. With syncs, the batch goes over
+//! The [`writer`] owns the active segment. Each [`EventStore::append`] is
+//! one batch: encoded, written, and (with [`Fsync::Always`]) `fdatasync`'d
+//! once, on the caller's thread — the hub batches concurrent requests, so
+//! they share that sync, and calls it from a thread of its own
+//! ([`EventStore::appends_block`]). With syncs, the batch goes over
 //! zeros written ahead of the records, so that a sync need not record a
 //! new file size. A segment past [`FileStoreConfig::segment_size`] is
 //! sealed (cut to its records) and a new one started.
@@ -68,8 +69,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use tokio::sync::oneshot;
-
 use super::codec::Stored;
 use super::{EventStore, Evicted, MemoryStore, Record, Recovered};
 use crate::config::Retention;
@@ -79,7 +78,7 @@ use crate::name::ChannelName;
 use compact::{compact, compactor};
 use live::Live;
 use recovery::scan;
-use writer::{Job, Writer};
+use writer::Writer;
 
 /// Default size at which a segment is sealed and a new one started (64 MiB).
 pub const DEFAULT_SEGMENT_SIZE: u64 = 64 * 1024 * 1024;
@@ -211,9 +210,9 @@ struct Shared {
 /// The durable store. See the module docs for its format and guarantees.
 pub struct FileStore {
     shared: Arc<Shared>,
-    jobs: Mutex<Option<std_mpsc::Sender<Job>>>,
+    /// The active segment's writer; `None` once closed.
+    writer: Mutex<Option<Writer>>,
     compactor: Mutex<Option<(std_mpsc::Sender<()>, JoinHandle<()>)>>,
-    writer: Mutex<Option<JoinHandle<()>>>,
     recovered: Mutex<Option<Recovered>>,
     /// Trims decided by retention, written with the next batch.
     trims: Mutex<Vec<Stored>>,
@@ -233,7 +232,7 @@ impl std::fmt::Debug for FileStore {
 
 impl FileStore {
     /// Opens (creating if needed) the store in `config.dir`: locks it,
-    /// recovers the log, and starts the writer and compactor threads. The
+    /// recovers the log, and starts the compactor thread. The
     /// recovered records are handed to the hub by [`EventStore::recover`].
     ///
     /// # Errors
@@ -384,30 +383,18 @@ impl FileStore {
             compacting: Mutex::new(()),
             known_damage: Mutex::new(known_damage),
         });
-        let (jobs_tx, jobs_rx) = std_mpsc::channel();
         let (wake_tx, wake_rx) = std_mpsc::channel();
-        let writer = {
-            let shared = shared.clone();
-            let wake = wake_tx.clone();
-            let fsync = config.fsync;
-            std::thread::Builder::new()
-                .name("pere-store-writer".into())
-                .spawn(move || {
-                    Writer {
-                        shared,
-                        file,
-                        number: active_no,
-                        len: active_len,
-                        end: active_len,
-                        fsync,
-                        buf: Vec::with_capacity(64 * 1024),
-                        wake,
-                        dirty: false,
-                        free_space,
-                    }
-                    .run(jobs_rx)
-                })
-                .map_err(|e| io_err(&dir, e))?
+        let writer = Writer {
+            shared: shared.clone(),
+            file,
+            number: active_no,
+            len: active_len,
+            end: active_len,
+            fsync: config.fsync,
+            buf: Vec::with_capacity(64 * 1024),
+            wake: wake_tx.clone(),
+            dirty: false,
+            free_space,
         };
         let compactor = {
             let shared = shared.clone();
@@ -418,9 +405,8 @@ impl FileStore {
         };
         Ok(Self {
             shared,
-            jobs: Mutex::new(Some(jobs_tx)),
-            compactor: Mutex::new(Some((wake_tx, compactor))),
             writer: Mutex::new(Some(writer)),
+            compactor: Mutex::new(Some((wake_tx, compactor))),
             recovered: Mutex::new(Some(Recovered {
                 records,
                 last_id,
@@ -472,21 +458,36 @@ impl FileStore {
         }));
     }
 
-    /// Has the writer write `records`; hands them back once they are.
-    async fn submit(&self, records: Vec<(u64, Stored)>) -> Result<Vec<(u64, Stored)>> {
-        let (reply, rx) = oneshot::channel();
-        let sent = lock(&self.jobs)
-            .as_ref()
-            .map(|jobs| jobs.send(Job::Append { records, reply }).is_ok())
-            .unwrap_or(false);
-        let closed = || Error::StoreUnavailable("the file store is closed".into());
-        if !sent {
-            return Err(closed());
-        }
-        let (records, result) = rx.await.map_err(|_| closed())?;
-        result.map_err(|e| io_err(&self.shared.dir, e))?;
-        Ok(records)
+    /// Has the writer write `records`, on this thread.
+    fn write(&self, records: &[(u64, Stored)]) -> Result<()> {
+        let mut writer = lock(&self.writer);
+        let writer = writer.as_mut().ok_or_else(closed)?;
+        writer
+            .write(records)
+            .map_err(|e| io_err(&self.shared.dir, e))
     }
+
+    /// Closes the writer (once) and stops the compactor.
+    fn shut(&self) -> Result<()> {
+        let closed = lock(&self.writer).take().map(Writer::close);
+        if let Some((wake, compactor)) = lock(&self.compactor).take() {
+            // Dropping the last sender (the writer's went with it) ends
+            // the compactor's wait; a compaction under way finishes first.
+            drop(wake);
+            let _ = compactor.join();
+        }
+        // Closing the file releases the lock: another store may open the
+        // directory as soon as this one reports closed.
+        drop(lock(&self.lock_file).take());
+        match closed {
+            Some(Err(err)) => Err(io_err(&self.shared.dir, err)),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn closed() -> Error {
+    Error::StoreUnavailable("the file store is closed".into())
 }
 
 fn create_segment(dir: &Path, number: u64, covers_from: u64, last_id: EventId) -> Result<File> {
@@ -553,8 +554,8 @@ impl EventStore for FileStore {
                 _ => None,
             })
             .collect();
-        match self.submit(records).await {
-            Ok(records) => {
+        match self.write(&records) {
+            Ok(()) => {
                 let mut live = lock(&self.shared.live);
                 for (lsn, stored) in &records {
                     live.observe(*lsn, stored);
@@ -574,16 +575,10 @@ impl EventStore for FileStore {
     }
 
     async fn probe(&self) -> Result<()> {
-        let (reply, rx) = oneshot::channel();
-        let sent = lock(&self.jobs)
-            .as_ref()
-            .is_some_and(|jobs| jobs.send(Job::Probe { reply }).is_ok());
-        let closed = || Error::StoreUnavailable("the file store is closed".into());
-        if !sent {
-            return Err(closed());
-        }
-        rx.await
-            .map_err(|_| closed())?
+        lock(&self.writer)
+            .as_mut()
+            .ok_or_else(closed)?
+            .probe()
             .map_err(|e| io_err(&self.shared.dir, e))
     }
 
@@ -609,51 +604,20 @@ impl EventStore for FileStore {
 
     async fn close(&self) -> Result<()> {
         // Trims not yet written are re-derived from retention on restart.
-        let jobs = lock(&self.jobs).take();
-        if let Some(jobs) = jobs {
-            let (reply, rx) = oneshot::channel();
-            if jobs.send(Job::Close { reply }).is_ok()
-                && let Ok(result) = rx.await
-            {
-                result.map_err(|e| io_err(&self.shared.dir, e))?;
-            }
-        }
-        let writer = lock(&self.writer).take();
-        let compactor = lock(&self.compactor).take();
-        // Joining threads blocks; they are finishing already.
-        tokio::task::spawn_blocking(move || {
-            if let Some(w) = writer {
-                let _ = w.join();
-            }
-            if let Some((wake, c)) = compactor {
-                drop(wake);
-                let _ = c.join();
-            }
-        })
-        .await
-        .map_err(|e| Error::StoreUnavailable(e.to_string()))?;
-        // Closing the file releases the lock: another store may open the
-        // directory as soon as this one reports closed.
-        drop(lock(&self.lock_file).take());
-        Ok(())
+        self.shut()
+    }
+
+    fn appends_block(&self) -> bool {
+        true
     }
 }
 
 impl Drop for FileStore {
     fn drop(&mut self) {
-        // Without an explicit close, stop the threads so the lock and the
-        // files are released; written batches are already on disk.
-        if let Some(jobs) = lock(&self.jobs).take() {
-            let (reply, _rx) = oneshot::channel();
-            let _ = jobs.send(Job::Close { reply });
-        }
-        if let Some(w) = lock(&self.writer).take() {
-            let _ = w.join();
-        }
-        if let Some((wake, c)) = lock(&self.compactor).take() {
-            drop(wake);
-            let _ = c.join();
-        }
+        // Without an explicit close, leave the segment at rest and stop
+        // the compactor, so the lock and the files are released; written
+        // batches are already on disk.
+        let _ = self.shut();
     }
 }
 

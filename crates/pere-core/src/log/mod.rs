@@ -299,4 +299,14 @@ pub trait EventStore: Send + Sync + 'static {
     /// # Errors
     /// The final flush failed.
     fn close(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// Whether [`EventStore::append`], [`EventStore::probe`] and
+    /// [`EventStore::close`] block the calling thread while they write (a
+    /// durable store waiting for its sync). The hub then runs its writer on
+    /// a thread of its own rather than as a task of the caller's runtime,
+    /// which such waits would stall; a store that only hands the work to
+    /// another thread and awaits it says no (the default).
+    fn appends_block(&self) -> bool {
+        false
+    }
 }

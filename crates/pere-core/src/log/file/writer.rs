@@ -1,5 +1,8 @@
-//! The writer thread: owns the active segment, writes each batch, rolls
-//! to a new segment when one is full.
+//! The writer: owns the active segment, writes each batch, rolls to a new
+//! segment when one is full. It runs on the caller's thread, which blocks
+//! for the write and the sync: the hub calls it from a writer thread of its
+//! own ([`EventStore::appends_block`](crate::log::EventStore::appends_block)),
+//! so a batch costs no hop to another thread and back.
 //!
 //! With [`Fsync::Always`] the active segment is filled with zeros ahead
 //! of the writes ([`PREALLOCATE`] at a time), and each batch is written
@@ -25,8 +28,6 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
 
-use tokio::sync::oneshot;
-
 use super::super::codec::{self, Stored};
 use super::{Fsync, HEADER_LEN, Shared, create_segment_file, lock, segment_path};
 use crate::event::EventId;
@@ -44,22 +45,6 @@ pub(super) const PREALLOCATE: u64 = 1024 * 1024;
 /// other programs or from the store's own next records (a write refused
 /// for want of space must mean the disk is full, not that zeros took it).
 const KEEP_FREE: u64 = 64 * PREALLOCATE;
-
-/// A batch's records, handed back with the outcome of writing them.
-pub(super) type Written = (Vec<(u64, Stored)>, std::io::Result<()>);
-
-pub(super) enum Job {
-    Append {
-        records: Vec<(u64, Stored)>,
-        reply: oneshot::Sender<Written>,
-    },
-    Probe {
-        reply: oneshot::Sender<std::io::Result<()>>,
-    },
-    Close {
-        reply: oneshot::Sender<std::io::Result<()>>,
-    },
-}
 
 pub(super) struct Writer {
     pub(super) shared: Arc<Shared>,
@@ -88,35 +73,26 @@ pub(super) fn free_space(file: &File) -> u64 {
 }
 
 impl Writer {
-    pub(super) fn run(mut self, jobs: std_mpsc::Receiver<Job>) {
-        while let Ok(job) = jobs.recv() {
-            match job {
-                Job::Append { records, reply } => {
-                    let result = self.append(&records);
-                    if let Err(err) = &result {
-                        tracing::error!(
-                            cause = %err,
-                            segment = self.number,
-                            undone = !self.dirty,
-                            "store write failed"
-                        );
-                    }
-                    let _ = reply.send((records, result));
-                }
-                Job::Probe { reply } => {
-                    let _ = reply.send(self.probe());
-                }
-                Job::Close { reply } => {
-                    // At rest a segment holds its records and nothing else.
-                    let closed = self
-                        .clean()
-                        .and_then(|()| self.cut_to_len())
-                        .and_then(|()| self.file.sync_all());
-                    let _ = reply.send(closed);
-                    return;
-                }
-            }
+    /// Writes a batch (and syncs it, per the policy); on failure none of
+    /// it stays in the file.
+    pub(super) fn write(&mut self, records: &[(u64, Stored)]) -> std::io::Result<()> {
+        let result = self.append(records);
+        if let Err(err) = &result {
+            tracing::error!(
+                cause = %err,
+                segment = self.number,
+                undone = !self.dirty,
+                "store write failed"
+            );
         }
+        result
+    }
+
+    /// Leaves the segment at rest, holding its records and nothing else.
+    pub(super) fn close(mut self) -> std::io::Result<()> {
+        self.clean()
+            .and_then(|()| self.cut_to_len())
+            .and_then(|()| self.file.sync_all())
     }
 
     fn append(&mut self, records: &[(u64, Stored)]) -> std::io::Result<()> {
@@ -202,7 +178,7 @@ impl Writer {
     /// then writes a page, syncs it and takes it back. (A crash in between
     /// leaves zeros at the end of the log: unused space, cut at the next
     /// start.)
-    fn probe(&mut self) -> std::io::Result<()> {
+    pub(super) fn probe(&mut self) -> std::io::Result<()> {
         self.clean()?;
         self.dirty = true;
         let written = self
