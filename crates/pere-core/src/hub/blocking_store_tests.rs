@@ -99,3 +99,45 @@ async fn a_blocking_append_leaves_the_runtime_running() {
     );
     hub.shutdown().await;
 }
+
+/// A hub dropped without [`Hub::shutdown`] ends with the runtime that
+/// opened it, as its writer task did: the writer's thread stops and drops
+/// the store, whose directory another store may then open. (The hub's
+/// parts hold the writer's queue themselves, so the queue never closes.)
+#[test]
+fn a_dropped_hubs_writer_thread_ends_with_its_runtime() {
+    use crate::log::{FileStore, FileStoreConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = FileStore::open(FileStoreConfig::new(dir.path())).unwrap();
+        let hub = Hub::open(HubConfig::default(), store).await.unwrap();
+        let publish = Publish::new(ChannelName::new("c").unwrap(), "kept".to_string());
+        hub.publish(publish).await.unwrap();
+        drop(hub);
+    });
+    drop(runtime);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let reopened = loop {
+        match FileStore::open(FileStoreConfig::new(dir.path())) {
+            Ok(store) => break store,
+            Err(err) if Instant::now() < deadline => {
+                let _ = err;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(err) => panic!("the dropped hub still holds its store: {err}"),
+        }
+    };
+    let events = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let recovered = reopened.recover().await.unwrap();
+            recovered.records.len()
+        });
+    assert!(events > 0, "the publish was kept");
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::command::{Command, Effect};
 use super::health::{self, OnFailure};
@@ -35,9 +35,26 @@ pub(super) fn start<S: EventStore>(
         .enable_time()
         .build()
         .map_err(failed)?;
+    // The thread lives as long as the runtime that opened the hub, as the
+    // task would: the hub's parts hold the writer's queue, so it never
+    // closes by itself, and a hub dropped without `shutdown` would keep
+    // its store (and the store's directory locked) for good. Dropped with
+    // that runtime, this task drops `stop`.
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _stop = stop;
+        std::future::pending::<()>().await;
+    });
     std::thread::Builder::new()
         .name("pere-hub-writer".into())
-        .spawn(move || runtime.block_on(writer(inner, rx)))
+        .spawn(move || {
+            runtime.block_on(async move {
+                tokio::select! {
+                    () = writer(inner, rx) => {}
+                    _ = stopped => {}
+                }
+            });
+        })
         .map_err(failed)?;
     Ok(())
 }
