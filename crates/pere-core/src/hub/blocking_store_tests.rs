@@ -17,10 +17,13 @@ use crate::{Event, Result};
 /// How long each append holds its thread.
 const SYNC: Duration = Duration::from_millis(400);
 
-/// A memory store whose appends sleep on the calling thread.
+/// A memory store whose appends sleep on the calling thread, or panic.
 #[derive(Default)]
 struct Slow {
     inner: MemoryStore,
+    /// Whether it says its appends block (the others do not use the sleep).
+    blocks: bool,
+    panics: bool,
 }
 
 impl EventStore for Arc<Slow> {
@@ -29,6 +32,7 @@ impl EventStore for Arc<Slow> {
     }
 
     async fn append(&self, batch: &[Record]) -> Result<Vec<Evicted>> {
+        assert!(!self.panics, "a bug in the store");
         std::thread::sleep(SYNC);
         self.inner.append(batch).await
     }
@@ -60,7 +64,7 @@ impl EventStore for Arc<Slow> {
     }
 
     fn appends_block(&self) -> bool {
-        true
+        self.blocks
     }
 }
 
@@ -68,7 +72,11 @@ impl EventStore for Arc<Slow> {
 /// append would stop every other task for its whole length.
 #[tokio::test]
 async fn a_blocking_append_leaves_the_runtime_running() {
-    let hub = Hub::open(HubConfig::default(), Arc::new(Slow::default()))
+    let store = Slow {
+        blocks: true,
+        ..Slow::default()
+    };
+    let hub = Hub::open(HubConfig::default(), Arc::new(store))
         .await
         .unwrap();
     let started = Instant::now();
@@ -101,43 +109,66 @@ async fn a_blocking_append_leaves_the_runtime_running() {
 }
 
 /// A hub dropped without [`Hub::shutdown`] ends with the runtime that
-/// opened it, as its writer task did: the writer's thread stops and drops
-/// the store, whose directory another store may then open. (The hub's
-/// parts hold the writer's queue themselves, so the queue never closes.)
+/// opened it, as its writer task did: the runtime's drop stops the
+/// writer's thread and waits for it to drop the store, whose directory
+/// another store may then open at once. (The hub's parts hold the writer's
+/// queue themselves, so the queue never closes.)
 #[test]
 fn a_dropped_hubs_writer_thread_ends_with_its_runtime() {
     use crate::log::{FileStore, FileStoreConfig};
     let dir = tempfile::tempdir().unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let store = FileStore::open(FileStoreConfig::new(dir.path())).unwrap();
-        let hub = Hub::open(HubConfig::default(), store).await.unwrap();
-        let publish = Publish::new(ChannelName::new("c").unwrap(), "kept".to_string());
-        hub.publish(publish).await.unwrap();
-        drop(hub);
-    });
-    drop(runtime);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let reopened = loop {
-        match FileStore::open(FileStoreConfig::new(dir.path())) {
-            Ok(store) => break store,
-            Err(err) if Instant::now() < deadline => {
-                let _ = err;
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(err) => panic!("the dropped hub still holds its store: {err}"),
-        }
-    };
-    let events = tokio::runtime::Builder::new_current_thread()
+    for round in 0..3 {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let store = FileStore::open(FileStoreConfig::new(dir.path()))
+                .unwrap_or_else(|err| panic!("round {round}: {err}"));
+            let hub = Hub::open(HubConfig::default(), store).await.unwrap();
+            let publish = Publish::new(ChannelName::new("c").unwrap(), "kept".to_string());
+            hub.publish(publish).await.unwrap();
+            drop(hub);
+        });
+        drop(runtime);
+    }
+    let reopened = FileStore::open(FileStoreConfig::new(dir.path())).unwrap();
+    let recovered = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap()
-        .block_on(async {
-            let recovered = reopened.recover().await.unwrap();
-            recovered.records.len()
-        });
-    assert!(events > 0, "the publish was kept");
+        .block_on(reopened.recover())
+        .unwrap();
+    let events = recovered
+        .records
+        .iter()
+        .filter(|r| matches!(r, Record::Event(_)))
+        .count();
+    assert_eq!(events, 3, "each round's publish was kept");
+}
+
+/// A writer that panics (a bug) is reported, so that the server stops
+/// instead of refusing every write from then on; on its own thread or as
+/// a task.
+#[tokio::test]
+async fn a_panicking_writer_is_reported() {
+    for blocks in [true, false] {
+        let store = Slow {
+            blocks,
+            panics: true,
+            ..Slow::default()
+        };
+        let hub = Hub::open(HubConfig::default(), Arc::new(store))
+            .await
+            .unwrap();
+        let publish = Publish::new(ChannelName::new("c").unwrap(), "x".to_string());
+        hub.publish(publish).await.unwrap_err();
+        let reason = tokio::time::timeout(Duration::from_secs(10), hub.failure())
+            .await
+            .unwrap_or_else(|_| panic!("blocks: {blocks}: no failure reported"));
+        assert!(
+            reason.contains("writer panicked") && reason.contains("a bug in the store"),
+            "{reason}"
+        );
+    }
 }

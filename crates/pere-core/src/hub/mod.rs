@@ -84,7 +84,7 @@ struct Inner<S> {
     cluster: bool,
     /// A cluster node's wait for the log's head (see `Hub::caught_up`).
     barrier: Option<cluster::Barrier>,
-    /// To the writer task. Unbounded so a stream's `Drop` can always report
+    /// To the writer. Unbounded so a stream's `Drop` can always report
     /// its end; requests are bounded anyway by their callers waiting for
     /// the reply.
     commands: mpsc::UnboundedSender<Command>,
@@ -191,7 +191,10 @@ impl<S: EventStore> Hub<S> {
             state.floor = state.floor.max(EventId(genesis));
         }
         cluster::forget_previous_life(&inner, &*log).await?;
-        tokio::spawn(cluster::writer(inner.clone(), rx, log, pos));
+        writer::watch_panics(
+            Arc::downgrade(&inner),
+            tokio::spawn(cluster::writer(inner.clone(), rx, log, pos)),
+        );
         Ok(Self { inner })
     }
 
@@ -274,7 +277,8 @@ impl<S: EventStore> Hub<S> {
     /// Resolves, with the reason, if the hub stops serving on its own: a
     /// cluster node whose shared log lost entries it had applied (a Redis
     /// failover) must be restarted to rebuild its state from the log.
-    /// Never resolves for a single node.
+    /// And on any hub, when its writer panicked (a bug: the hub can then
+    /// write nothing more).
     pub async fn failure(&self) -> String {
         let mut rx = self.inner.failed.subscribe();
         match rx.wait_for(Option::is_some).await {

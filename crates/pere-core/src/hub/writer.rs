@@ -1,9 +1,10 @@
-//! The writer task: the one owner of ordering. It drains commands in
+//! The writer: the one owner of ordering (a task of the runtime, or a
+//! thread of its own over a store whose appends block). It drains commands in
 //! batches: *prepare* each against the state, append the batch's records to
 //! the store (one durable write), then *apply* them (fan-out, answers).
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -20,43 +21,106 @@ use crate::log::EventStore;
 /// runtime serving the connections; and the writer wakes from the sync
 /// itself, with no hop to a store thread and back, nor a wait in the
 /// runtime's queue behind the connections' tasks (`benches/RESULTS.md`).
+/// Either way a writer that panics is reported by
+/// [`Hub::failure`](super::Hub::failure): without it the hub can only
+/// refuse.
 pub(super) fn start<S: EventStore>(
     inner: Arc<Inner<S>>,
     rx: mpsc::UnboundedReceiver<Command>,
 ) -> crate::error::Result<()> {
     if !inner.store.appends_block() {
-        tokio::spawn(writer(inner, rx));
+        let watch = Arc::downgrade(&inner);
+        watch_panics(watch, tokio::spawn(writer(inner, rx)));
         return Ok(());
     }
+    let watch = Arc::downgrade(&inner);
     let failed = |e: std::io::Error| {
         crate::error::Error::StoreUnavailable(format!("cannot start the hub's writer: {e}"))
     };
+    // All of Tokio: the store's futures run on this runtime.
     let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
+        .enable_all()
         .build()
+        .map_err(failed)?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let (done, finished) = oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("pere-hub-writer".into())
+        .spawn(move || {
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                runtime.block_on(async move {
+                    tokio::select! {
+                        () = writer(inner, rx) => {}
+                        _ = stopped => {}
+                    }
+                });
+            }));
+            if let Err(panic) = ran {
+                panicked(&watch, panic);
+            }
+            drop(runtime);
+            drop(done);
+        })
         .map_err(failed)?;
     // The thread lives as long as the runtime that opened the hub, as the
     // task would: the hub's parts hold the writer's queue, so it never
     // closes by itself, and a hub dropped without `shutdown` would keep
-    // its store (and the store's directory locked) for good. Dropped with
-    // that runtime, this task drops `stop`.
-    let (stop, stopped) = oneshot::channel::<()>();
+    // its store (and the store's directory locked) for good. This task
+    // ends with the thread, or is dropped with that runtime: then it
+    // stops the writer and waits for it (and so for the store's close).
+    let guard = Joined {
+        stop: Some(stop),
+        thread: Some(thread),
+    };
     tokio::spawn(async move {
-        let _stop = stop;
-        std::future::pending::<()>().await;
+        let _guard = guard;
+        let _ = finished.await;
     });
-    std::thread::Builder::new()
-        .name("pere-hub-writer".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                tokio::select! {
-                    () = writer(inner, rx) => {}
-                    _ = stopped => {}
-                }
-            });
-        })
-        .map_err(failed)?;
     Ok(())
+}
+
+/// Stops the writer's thread and waits for it, when dropped.
+struct Joined {
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Joined {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            // A panic there was reported already.
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Reports it if the writer `task` panics.
+pub(super) fn watch_panics<S: Send + Sync + 'static>(
+    watch: Weak<Inner<S>>,
+    task: tokio::task::JoinHandle<()>,
+) {
+    tokio::spawn(async move {
+        if let Err(err) = task.await
+            && err.is_panic()
+        {
+            panicked(&watch, err.into_panic());
+        }
+    });
+}
+
+/// Reports a writer that panicked: the hub can no longer write anything.
+fn panicked<S>(watch: &Weak<Inner<S>>, panic: Box<dyn std::any::Any + Send>) {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    let reason = format!("the hub's writer panicked: {what}");
+    tracing::error!("{reason}");
+    if let Some(inner) = watch.upgrade() {
+        inner.failed.send_replace(Some(reason));
+    }
 }
 
 async fn writer<S: EventStore>(inner: Arc<Inner<S>>, mut rx: mpsc::UnboundedReceiver<Command>) {

@@ -207,7 +207,14 @@ struct Shared {
     known_damage: Mutex<HashSet<(u64, u64, u64)>>,
 }
 
-/// The durable store. See the module docs for its format and guarantees.
+/// The durable store: an append-only log of segment files, with its
+/// format and guarantees in the source's module docs.
+///
+/// Its appends, probes and close do their I/O, and wait for the disk, on
+/// the calling thread ([`EventStore::appends_block`]): the hub calls them
+/// from its writer's own thread. Calling them directly from async code
+/// blocks that runtime's worker for a sync (and `close` for a compaction
+/// under way); use `tokio::task::spawn_blocking` there.
 pub struct FileStore {
     shared: Arc<Shared>,
     /// The active segment's writer; `None` once closed.

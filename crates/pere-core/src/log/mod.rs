@@ -305,7 +305,9 @@ pub trait EventStore: Send + Sync + 'static {
     /// durable store waiting for its sync). The hub then runs its writer on
     /// a thread of its own rather than as a task of the caller's runtime,
     /// which such waits would stall; a store that only hands the work to
-    /// another thread and awaits it says no (the default).
+    /// another thread and awaits it says no (the default). That thread runs
+    /// a single-threaded Tokio runtime (timers and I/O enabled): a task the
+    /// store spawns from there runs only while the writer waits.
     fn appends_block(&self) -> bool {
         false
     }

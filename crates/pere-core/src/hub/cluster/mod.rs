@@ -1,7 +1,7 @@
 //! Several nodes, one hub: the second engine behind the hub's ordering
 //! seam.
 //!
-//! A single node's writer task orders commands itself: it prepares a batch,
+//! A single node's writer orders commands itself: it prepares a batch,
 //! makes its records durable in the [`EventStore`], applies it. On a node
 //! of a cluster the order is the **shared log's** ([`SharedLog`], Redis in
 //! `pere-cluster`): the writer turns each batch of commands into one log
