@@ -124,7 +124,12 @@ fn panicked<S>(watch: &Weak<Inner<S>>, panic: Box<dyn std::any::Any + Send>) {
 }
 
 async fn writer<S: EventStore>(inner: Arc<Inner<S>>, mut rx: mpsc::UnboundedReceiver<Command>) {
-    let mut tick = tokio::time::interval(inner.config.tick.max(Duration::from_millis(10)));
+    // The first tick one period after the start, not at once: an
+    // immediate one ran whenever the writer first found its queue empty,
+    // which with the writer on a thread of its own is any moment of the
+    // first commands.
+    let every = inner.config.tick.max(Duration::from_millis(10));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(64);
     loop {
