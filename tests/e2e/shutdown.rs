@@ -73,3 +73,56 @@ async fn sighup_without_tls_is_logged_and_the_server_goes_on() {
     let log = server.stop();
     assert!(!log.contains("panicked"), "{log}");
 }
+
+/// Opens a connection, sends `request` and reads until its answer's head
+/// has come; the caller keeps the connection and never reads it again.
+async fn kept_open(addr: std::net::SocketAddr, request: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(WAIT, conn.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(n > 0, "closed before answering {request:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+    conn
+}
+
+/// Connections a client keeps open without reading them (a pool's idle
+/// kept-alive connection, a stalled device's stream) do not hold up
+/// shutdown: the server reads what they sent and closes, rather than
+/// wait up to its 2 s linger for each client's FIN (a probe measured
+/// 2.02 s to exit with one such connection, 0.004 s without).
+#[tokio::test]
+async fn connections_their_clients_keep_open_do_not_hold_up_shutdown() {
+    let server = TestServer::start().await;
+    let id = server.publish("c", "x").await;
+    let addr = server.addr;
+    // Through hyper.
+    let _pooled = kept_open(addr, "GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n").await;
+    // On the receipts path.
+    let body = format!(r#"{{"id":"{id}","status":"ok"}}"#);
+    let receipt = format!(
+        "POST /feedback/c?device=d HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _receipts = kept_open(addr, &receipt).await;
+    // An event stream on the direct path, ended by the shutdown.
+    let _stream = kept_open(
+        addr,
+        "GET /feed/c?device=e HTTP/1.1\r\nhost: t\r\naccept: text/event-stream\r\n\r\n",
+    )
+    .await;
+    let stopping = std::time::Instant::now();
+    server.stop().await;
+    let took = stopping.elapsed();
+    assert!(
+        took < std::time::Duration::from_millis(1500),
+        "shutdown took {took:?}"
+    );
+}

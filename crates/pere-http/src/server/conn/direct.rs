@@ -71,10 +71,11 @@ pub(crate) async fn serve_first<S: EventStore>(
     stream: TcpStream,
     app: &Arc<App<S>>,
     stall: Stall,
+    closing: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Outcome {
     // Boxed: opening a stream (head, handler, response head) needs far more
     // state than writing it for hours; it is freed once the stream is open.
-    let (stream, body) = match Box::pin(open(stream, app)).await {
+    let (stream, body) = match Box::pin(open(stream, app, closing)).await {
         Opened::Stream(stream, body) => (stream, body),
         Opened::NotOurs(stream) => return Outcome::Untouched(stream),
         Opened::Answered(stream) => return Outcome::Answered(stream),
@@ -97,7 +98,7 @@ pub(crate) async fn serve_first<S: EventStore>(
     // at once rather than at --idle-timeout. Boxed: this future lives as
     // long as the stream, and the close's timer would weigh on every idle
     // stream (0.1 KiB each, measured).
-    Box::pin(super::close_io(stream, None)).await;
+    Box::pin(super::close_io(stream, None, closing)).await;
     Outcome::Closed
 }
 
@@ -113,7 +114,11 @@ enum Opened {
     Closed,
 }
 
-async fn open<S: EventStore>(mut stream: TcpStream, app: &App<S>) -> Opened {
+async fn open<S: EventStore>(
+    mut stream: TcpStream,
+    app: &App<S>,
+    closing: &mut tokio::sync::watch::Receiver<bool>,
+) -> Opened {
     let head = {
         let mut buf = vec![0u8; PEEK_BYTES];
         let n = match stream.peek(&mut buf).await {
@@ -157,7 +162,7 @@ async fn open<S: EventStore>(mut stream: TcpStream, app: &App<S>) -> Opened {
     }
     if closes && rest.is_none() {
         // The answer said so: the client reads its end as the stream's.
-        super::close_io(stream, None).await;
+        super::close_io(stream, None, closing).await;
         return Opened::Closed;
     }
     match rest {

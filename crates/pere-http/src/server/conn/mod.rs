@@ -79,12 +79,18 @@ impl<S: EventStore> Connection<S> {
             return;
         }
         let stall = Stall::new(self.shared.limits.send, self.peer);
-        let (stream, http1_only) =
-            match Box::pin(direct::serve_first(stream, &self.shared.app, stall)).await {
-                direct::Outcome::Untouched(stream) => (stream, false),
-                direct::Outcome::Answered(stream) => (stream, true),
-                direct::Outcome::Closed => return,
-            };
+        let (stream, http1_only) = match Box::pin(direct::serve_first(
+            stream,
+            &self.shared.app,
+            stall,
+            &mut self.closing,
+        ))
+        .await
+        {
+            direct::Outcome::Untouched(stream) => (stream, false),
+            direct::Outcome::Answered(stream) => (stream, true),
+            direct::Outcome::Closed => return,
+        };
         let (stream, http1_only) = match Box::pin(posts::serve(
             stream,
             &self.shared.app,
@@ -350,6 +356,7 @@ async fn serve<C>(
         Box::pin(close(
             stream,
             answer.map(|err| head::closing_error(&err, cors)),
+            &mut closing,
         ))
         .await;
     }
@@ -398,16 +405,28 @@ fn unparsed(err: &hyper::Error, request_line: usize, max_head: usize) -> ApiErro
 /// and turns the next request of a kept-alive client into `ECONNRESET`.
 /// Bounded by [`LINGER`] and [`LINGER_BYTES`]: a client that neither reads
 /// nor stops sending gets nothing more.
-async fn close(stream: Socket, answer: Option<Vec<u8>>) {
+async fn close(
+    stream: Socket,
+    answer: Option<Vec<u8>>,
+    closing: &mut tokio::sync::watch::Receiver<bool>,
+) {
     match stream {
-        Socket::Plain(tcp) => close_io(tcp, answer).await,
+        Socket::Plain(tcp) => close_io(tcp, answer, closing).await,
         // Its shutdown sends TLS's close_notify before the FIN.
-        Socket::Tls(tls) => close_io(tls, answer).await,
+        Socket::Tls(tls) => close_io(tls, answer, closing).await,
     }
 }
 
-pub(super) async fn close_io<S>(mut stream: S, answer: Option<Vec<u8>>)
-where
+/// [`close`] over any stream. While the server shuts down the client's
+/// FIN is not waited for: what it sent already is read (so that closing
+/// sends no reset), and the connection ends. A client that keeps an idle
+/// kept-alive connection open without reading it (a pool, a browser)
+/// would otherwise hold the server's exit for the whole [`LINGER`].
+pub(super) async fn close_io<S>(
+    mut stream: S,
+    answer: Option<Vec<u8>>,
+    closing: &mut tokio::sync::watch::Receiver<bool>,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let _ = tokio::time::timeout(LINGER, async {
@@ -417,8 +436,27 @@ where
         stream.shutdown().await?;
         let mut sink = vec![0u8; 4096];
         let mut drained = 0;
+        let mut shutting_down = false;
         while drained < LINGER_BYTES {
-            match stream.read(&mut sink).await? {
+            let read = if shutting_down {
+                // Only what is there already.
+                tokio::select! {
+                    biased;
+                    read = stream.read(&mut sink) => read?,
+                    () = std::future::ready(()) => break,
+                }
+            } else {
+                tokio::select! {
+                    biased;
+                    read = stream.read(&mut sink) => read?,
+                    // A dropped sender: the server is gone, too.
+                    _ = closing.wait_for(|closing| *closing) => {
+                        shutting_down = true;
+                        continue;
+                    }
+                }
+            };
+            match read {
                 0 => break,
                 n => drained += n,
             }

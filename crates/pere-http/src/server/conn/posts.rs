@@ -102,7 +102,7 @@ pub(super) async fn serve<S: EventStore>(
                 () = tokio::time::sleep(limits.idle) => false,
             };
             if !more {
-                close_io(stream, None).await;
+                close_io(stream, None, closing).await;
                 return Served::Closed;
             }
             // The next round looks again, with a buffer.
@@ -136,7 +136,7 @@ pub(super) async fn serve<S: EventStore>(
         served = true;
         if close || app.hub.is_closing() {
             // Gently: a reset would lose answers the client has not read.
-            close_io(stream, None).await;
+            close_io(stream, None, closing).await;
             return Served::Closed;
         }
     }
