@@ -234,15 +234,17 @@ async fn devices_named_like_object_properties_are_counted() {
     // Both join the event's audience by replay, after the page read it.
     let mut late = Vec::new();
     for device in ["__proto__", "constructor"] {
-        late.push(
-            server
-                .open(
-                    "/feed/CHANNEL_1",
-                    &[("device", device), ("Last-Event-ID", "0")],
-                )
-                .await,
-        );
+        let mut stream = server
+            .open(
+                "/feed/CHANNEL_1",
+                &[("device", device), ("Last-Event-ID", "0")],
+            )
+            .await;
+        // Replayed after the hello: only then may the device acknowledge
+        // it (acknowledged sooner, it was refused as not yet sent).
+        assert_eq!(stream.ids(1).await, std::slice::from_ref(&first));
         server.ack_with("CHANNEL_1", device, &first, "ok").await;
+        late.push(stream);
     }
     server.ack_with("CHANNEL_1", "worker-1", &first, "ok").await;
     assert_eq!(server.receipts("CHANNEL_1", &first).await["acked"], 3);
