@@ -126,3 +126,82 @@ async fn connections_their_clients_keep_open_do_not_hold_up_shutdown() {
         "shutdown took {took:?}"
     );
 }
+
+/// A client that pipelines receipts and reads its answers slowly still
+/// gets every answer when the server shuts down, though it sends one more
+/// request after the shutdown began: read and dropped, not answered by a
+/// reset that would destroy the answers it has not received yet (a
+/// review found a close at once losing 55 of 60).
+#[tokio::test]
+async fn a_slow_reader_gets_its_answers_though_it_sends_during_shutdown() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start().await;
+    let mut d = server.subscribe("c", "d").await;
+    for i in 0..60 {
+        server.publish("c", &format!("event {i}")).await;
+    }
+    let ids = d.ids(60).await;
+    let receipt = |id: &str| {
+        let body = format!(r#"{{"id":"{id}","status":"ok"}}"#);
+        format!(
+            "POST /feedback/c?device=d HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    // What the answers need is more than the client's buffer: the rest
+    // waits in the server's.
+    socket.set_recv_buffer_size(2048).unwrap();
+    let mut conn = socket.connect(server.addr).await.unwrap();
+    let all: String = ids.iter().map(|id| receipt(id)).collect();
+    conn.write_all(all.as_bytes()).await.unwrap();
+    let last = ids.last().unwrap().clone();
+    pere_tests::eventually("the 60 receipts are recorded", || async {
+        server.receipts("c", &last).await["acked"] == 1
+    })
+    .await;
+    drop(d);
+    let stop = tokio::spawn(server.stop());
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    conn.write_all(receipt(&ids[0]).as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(WAIT, conn.read(&mut buf)).await {
+            Ok(Ok(0)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Ok(Err(err)) => panic!(
+                "{err} after {} answers",
+                String::from_utf8_lossy(&got).matches("HTTP/1.1 ").count()
+            ),
+            Err(_) => panic!("no end"),
+        }
+    }
+    let answers = String::from_utf8_lossy(&got)
+        .matches("HTTP/1.1 200")
+        .count();
+    assert!(answers >= 60, "{answers} answers");
+    tokio::time::timeout(WAIT, stop).await.unwrap().unwrap();
+}
+
+/// A connection whose request head never ends does not hold the exit up
+/// for the server's whole grace (5 s): it has no request in progress, and
+/// goes after the second an idle connection gets.
+#[tokio::test]
+async fn a_head_never_finished_holds_shutdown_a_second_at_most() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start().await;
+    let mut conn = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nhost")
+        .await
+        .unwrap();
+    // Read by the server before it shuts down.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let stopping = std::time::Instant::now();
+    server.stop().await;
+    let took = stopping.elapsed();
+    assert!(
+        took < std::time::Duration::from_millis(2500),
+        "shutdown took {took:?}"
+    );
+}

@@ -240,6 +240,14 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// most, so that the client gets our answer and FIN rather than a reset
 /// (see [`close`]).
 const LINGER: Duration = Duration::from_secs(2);
+/// [`LINGER`] while the server shuts down. Answers still on their way get
+/// this long before a request the client sends after them could turn the
+/// close into a reset, which destroys what the client has not received
+/// yet (a pipelining client, a slow reader): the kernel goes on sending
+/// what was written after the close, unless a reset cuts it. Seeing when
+/// the client has it all (`SIOCOUTQ`) would take `unsafe` code; this
+/// bounds both the risk and the delay of the exit.
+const SHUTDOWN_LINGER: Duration = Duration::from_millis(250);
 /// The longest request target hyper takes (its `MAX_URI_LEN`).
 const MAX_TARGET: usize = u16::MAX as usize - 1;
 /// Most bytes read (and dropped) from a closing connection.
@@ -253,7 +261,8 @@ const LINGER_BYTES: usize = 256 * 1024;
 ///   `408` over HTTP/1, and the connection closes;
 /// - no request, no HTTP/2 stream, for `idle`: hyper is asked to close the
 ///   connection (over HTTP/2 it says GOAWAY) and given [`CLOSE_WAIT`];
-/// - at shutdown hyper is asked the same, bounded by `run`'s grace.
+/// - at shutdown hyper is asked the same, and given [`CLOSE_WAIT`] if no
+///   request is in progress; one that is goes on within `run`'s grace.
 ///
 /// hyper's own answers to a request it could not parse are replaced by
 /// docs/PROTOCOL.md §8's JSON (see [`ConnWatch::hyper_answers`]), with the
@@ -311,6 +320,14 @@ async fn serve<C>(
             _ = closing.wait_for(|closing| *closing), if !shutting_down => {
                 shutting_down = true;
                 conn.as_mut().graceful_shutdown();
+                // As for idleness, a connection without a request in
+                // progress (an HTTP/2 client that does not answer the
+                // GOAWAY's ping, a head begun and never finished) goes
+                // after CLOSE_WAIT, not the server's whole grace. One with
+                // a request is left to finish it within that grace.
+                if !watch.busy() {
+                    stop_at.get_or_insert_with(|| Instant::now() + CLOSE_WAIT);
+                }
             }
             () = sleep_until_some(deadline) => {
                 if stop_at.is_some() {
@@ -418,10 +435,9 @@ async fn close(
 }
 
 /// [`close`] over any stream. While the server shuts down the client's
-/// FIN is not waited for: what it sent already is read (so that closing
-/// sends no reset), and the connection ends. A client that keeps an idle
-/// kept-alive connection open without reading it (a pool, a browser)
-/// would otherwise hold the server's exit for the whole [`LINGER`].
+/// FIN is waited for [`SHUTDOWN_LINGER`] only, not the whole [`LINGER`]:
+/// a client that keeps an idle kept-alive connection open without reading
+/// it (a pool, a browser) would otherwise hold the server's exit that long.
 pub(super) async fn close_io<S>(
     mut stream: S,
     answer: Option<Vec<u8>>,
@@ -436,25 +452,18 @@ pub(super) async fn close_io<S>(
         stream.shutdown().await?;
         let mut sink = vec![0u8; 4096];
         let mut drained = 0;
-        let mut shutting_down = false;
+        // Set once the server is shutting down.
+        let mut cut_at: Option<Instant> = None;
         while drained < LINGER_BYTES {
-            let read = if shutting_down {
-                // Only what is there already.
-                tokio::select! {
-                    biased;
-                    read = stream.read(&mut sink) => read?,
-                    () = std::future::ready(()) => break,
+            let read = tokio::select! {
+                biased;
+                read = stream.read(&mut sink) => read?,
+                // A dropped sender: the server is gone, too.
+                _ = closing.wait_for(|closing| *closing), if cut_at.is_none() => {
+                    cut_at = Some(Instant::now() + SHUTDOWN_LINGER);
+                    continue;
                 }
-            } else {
-                tokio::select! {
-                    biased;
-                    read = stream.read(&mut sink) => read?,
-                    // A dropped sender: the server is gone, too.
-                    _ = closing.wait_for(|closing| *closing) => {
-                        shutting_down = true;
-                        continue;
-                    }
-                }
+                () = sleep_until_some(cut_at) => break,
             };
             match read {
                 0 => break,
