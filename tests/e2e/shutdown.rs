@@ -104,16 +104,16 @@ async fn connections_their_clients_keep_open_do_not_hold_up_shutdown() {
     let id = server.publish("c", "x").await;
     let addr = server.addr;
     // Through hyper.
-    let _pooled = kept_open(addr, "GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n").await;
+    let pooled = kept_open(addr, "GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n").await;
     // On the receipts path.
     let body = format!(r#"{{"id":"{id}","status":"ok"}}"#);
     let receipt = format!(
         "POST /feedback/c?device=d HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );
-    let _receipts = kept_open(addr, &receipt).await;
+    let receipts = kept_open(addr, &receipt).await;
     // An event stream on the direct path, ended by the shutdown.
-    let _stream = kept_open(
+    let stream = kept_open(
         addr,
         "GET /feed/c?device=e HTTP/1.1\r\nhost: t\r\naccept: text/event-stream\r\n\r\n",
     )
@@ -125,6 +125,15 @@ async fn connections_their_clients_keep_open_do_not_hold_up_shutdown() {
         took < std::time::Duration::from_millis(1500),
         "shutdown took {took:?}"
     );
+    // Each closed with a FIN, not a reset.
+    for mut conn in [pooled, receipts, stream] {
+        use tokio::io::AsyncReadExt;
+        let mut rest = Vec::new();
+        tokio::time::timeout(WAIT, conn.read_to_end(&mut rest))
+            .await
+            .expect("closed")
+            .expect("closed cleanly");
+    }
 }
 
 /// A client that pipelines receipts and reads its answers slowly still
