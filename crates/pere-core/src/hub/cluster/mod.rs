@@ -57,6 +57,9 @@ pub(super) const CURSOR_FLUSH: Duration = Duration::from_millis(50);
 /// Every how many cursor flushes a node tells the others its streams and
 /// renews its receipts streams' windows (1 s).
 const STREAMS_EVERY: u64 = 20;
+/// How long a node shutting down waits for its own last entries to come
+/// back from the log, to answer their requests from them.
+const DRAIN_OWN: Duration = Duration::from_secs(2);
 /// A snapshot that holds the writer up longer than this is worth a warning.
 const SLOW_SNAPSHOT: Duration = Duration::from_millis(250);
 /// How often a node heartbeats, and how long a heartbeat lasts.
@@ -281,6 +284,23 @@ pub(super) async fn writer<S: EventStore>(
     }
     if let Some(storing) = snaps.storing {
         storing.abort();
+    }
+    // What this node put in the log is in it: its requests are answered
+    // from their entries as they come back, as they would have been, and
+    // before the state closes (which refuses everything). Refused as
+    // shutting down, a publish that is stored anyway would be published
+    // twice by a retry without an Idempotency-Key (a probe saw it).
+    // Bounded: a log that stopped answering leaves them refused.
+    let deadline = tokio::time::Instant::now() + DRAIN_OWN;
+    while !pending.is_empty() {
+        let Ok(Some(Ok(entry))) = tokio::time::timeout_at(deadline, entries.recv()).await else {
+            break;
+        };
+        last = entry.pos;
+        let own = pending.remove(&entry.pos);
+        lost_own(&mut pending, entry.pos);
+        apply_entry(&inner, entry, own).await;
+        applied(last);
     }
     // The streams end; what they were written goes to the log if it can.
     {
