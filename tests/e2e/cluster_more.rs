@@ -608,3 +608,38 @@ async fn a_stopping_node_refuses_no_publish_it_put_in_the_log() {
     }
     eprintln!("{refused_in_all} publishes refused before they reached the log");
 }
+
+/// The other nodes stop counting a node's streams when it stops, and a
+/// node restarted under the same id is not counted with its previous
+/// life's streams: a probe saw them counted for 30 s and more (the
+/// stopped node never said it had none left, and the restarted one, with
+/// none, had nothing to say).
+#[tokio::test]
+async fn a_node_stopped_and_restarted_under_its_id_is_counted_without_old_streams() {
+    let mut cluster = Cluster::start(1, &[]).await;
+    let n = cluster.add_node(&["--node-id", "again"]).await;
+    let stream = cluster.subscribe(n, "c", "d").await;
+    eventually("node 0 counts the other node's stream", || async {
+        streams_counted(cluster.node(0)).await == Some(1)
+    })
+    .await;
+    cluster.nodes.remove(n).stop();
+    drop(stream);
+    cluster.add_node(&["--node-id", "again"]).await;
+    // Well before the 5 s a heartbeat lives (the restarted node keeps
+    // the id's alive anyway).
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while streams_counted(cluster.node(0)).await != Some(0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 0 still counts {:?} streams",
+            streams_counted(cluster.node(0)).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The "total number" of a node's `/admin/connections`.
+async fn streams_counted(node: &pere_tests::ServerProcess) -> Option<u64> {
+    node.get_json("/admin/connections").await["total number"].as_u64()
+}

@@ -170,7 +170,10 @@ pub(super) async fn writer<S: EventStore>(
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(64);
     let mut shutdown = None;
-    let (mut ticks, mut told) = (0u64, NodeStreams::default());
+    // Nothing told yet: the first count goes out even if it is none, for
+    // a node restarted under the same id, whose previous life's count the
+    // others still hold (a probe saw it stay for 30 s and more).
+    let (mut ticks, mut told) = (0u64, None::<NodeStreams>);
     let every = log.snapshot_every();
     let mut snap_due = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     snap_due.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -271,8 +274,8 @@ pub(super) async fn writer<S: EventStore>(
                         // that just joined learns it within a second),
                         // and once when it drops to nothing.
                         let streams = state.memberships.local_streams();
-                        if streams.total > 0 || streams != told {
-                            told = streams.clone();
+                        if streams.total > 0 || told.as_ref() != Some(&streams) {
+                            told = Some(streams.clone());
                             state.outbox.push(Wire::Streams { streams });
                         }
                     }
@@ -302,10 +305,15 @@ pub(super) async fn writer<S: EventStore>(
         apply_entry(&inner, entry, own).await;
         applied(last);
     }
-    // The streams end; what they were written goes to the log if it can.
+    // The streams end; what they were written goes to the log if it can,
+    // and so does that this node has none now (else the others count them
+    // open until its heartbeat expires).
     {
         let mut state = inner.state();
         state.close_all(Timestamp::now());
+        state.outbox.push(Wire::Streams {
+            streams: NodeStreams::default(),
+        });
     }
     let _ = submit(&inner, &*log, Vec::new(), &mut pending).await;
     for own in pending.into_values() {
