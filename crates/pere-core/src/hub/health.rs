@@ -137,9 +137,17 @@ impl Health {
         self.outage.take().map(|(outage, _)| outage)
     }
 
-    /// A batch was written.
+    /// A write went through (a batch, or a cluster node's heartbeat).
     pub(super) fn wrote(&mut self) {
         self.backoff = FIRST_RETRY;
+        // In an outage (a cluster node's heartbeat or append went through
+        // while its writes were refused): try again now, not when the
+        // backoff said. Background writes that failed during a short outage
+        // had pushed that up to 5 s out (a probe saw writes refused 5-6 s
+        // after Redis was back).
+        if let Some((_, at)) = &mut self.outage {
+            *at = Instant::now();
+        }
     }
 }
 
