@@ -30,15 +30,21 @@ impl ServerProcess {
 
     /// The same, its logs filtered by `rust_log` (`RUST_LOG`).
     pub async fn start_logging(args: &[&str], rust_log: &str) -> Self {
+        Self::start_with_env(args, &[("RUST_LOG", rust_log)]).await
+    }
+
+    /// [`ServerProcess::start`] with these environment variables
+    /// (`RUST_LOG` is `info` unless they set it).
+    pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         use std::io::BufRead;
         let mut cmd = std::process::Command::new(bin("pere-server"));
+        cmd.env("RUST_LOG", "info").envs(env.iter().copied());
         cmd.args(["--host", "127.0.0.1", "--port", "0"]);
         if !args.contains(&"--data-dir") {
             cmd.arg("--memory");
         }
         let mut child = cmd
             .args(args)
-            .env("RUST_LOG", rust_log)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
