@@ -19,6 +19,7 @@
 //! [`EventStore`]: crate::log::EventStore
 
 mod barrier;
+mod convert;
 #[cfg(test)]
 mod jwt_tests;
 mod log;
@@ -36,20 +37,20 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::cmd::{AckCmd, RemoveMemberCmd, SubscribeCmd, TokenCmd};
 use super::command::Command;
 use super::state::NodeStreams;
 use super::writer::process_at;
-use super::{Inner, MAX_BATCH, Publish, Resume, SubscribeRequest};
+use super::{Inner, MAX_BATCH};
 use crate::auth::TokenHash;
 use crate::error::Error;
 use crate::event::{EventId, Sequencer, Timestamp};
 use crate::log::{EventStore, Record};
 pub(in crate::hub) use barrier::Barrier;
+use convert::{from_wire, to_wire};
 pub use log::{
     LogFuture, SharedAppended, SharedEntry, SharedLog, SharedLogError, SharedPos, SharedTail,
 };
-use wire::{ClosedStream, Wire};
+use wire::Wire;
 
 /// How often a node tells the others what its streams were written (their
 /// receipts' `delivered` on other nodes lag by this much at most).
@@ -191,9 +192,7 @@ pub(super) async fn writer<S: EventStore>(
                         recent.pop_front();
                     }
                     recent.push_back((last, entry.first_id));
-                    let own = pending.remove(&entry.pos);
-                    lost_own(&mut pending, entry.pos);
-                    apply_entry(&inner, entry, own).await;
+                    apply_read(&inner, entry, &mut pending).await;
                     applied(last);
                 }
                 Some(Err(err)) => {
@@ -300,9 +299,7 @@ pub(super) async fn writer<S: EventStore>(
             break;
         };
         last = entry.pos;
-        let own = pending.remove(&entry.pos);
-        lost_own(&mut pending, entry.pos);
-        apply_entry(&inner, entry, own).await;
+        apply_read(&inner, entry, &mut pending).await;
         applied(last);
     }
     // The streams end; what they were written goes to the log if it can,
@@ -549,58 +546,17 @@ fn fail_own(own: Own, err: impl Fn() -> Error) {
     }
 }
 
-/// A command of this node as the log carries it; `None` for what stays
-/// local.
-fn to_wire(cmd: &Command, auth: &crate::auth::AuthRegistry) -> Option<Wire> {
-    Some(match cmd {
-        Command::Publish(p, _) => Wire::Publish {
-            channel: p.channel.clone(),
-            payload: String::from_utf8_lossy(&p.payload).into_owned(),
-            kind: p.kind.clone(),
-            device: p.device.clone(),
-            idem: p.idempotency_key.clone(),
-        },
-        Command::Ack(a) => Wire::Ack {
-            subscription: a.subscription.clone(),
-            device: a.device.clone(),
-            id: a.id.0,
-            status: a.status.to_string(),
-        },
-        Command::Subscribe(s) => Wire::Subscribe {
-            patterns: s.req.patterns.clone(),
-            device: s.req.device.clone(),
-            last_event_id: s.last_event_id.clone(),
-            token: s.token.as_ref().map(wire::token_bytes),
-            jti: s
-                .token
-                .as_ref()
-                .and_then(|t| auth.jti_of(t))
-                .as_ref()
-                .map(wire::token_bytes),
-        },
-        Command::Token(t) => Wire::Token {
-            token: wire::token_bytes(&t.token),
-            grants: t.grants.clone(),
-            jti: auth.is_jti(&t.token),
-        },
-        Command::RemoveMember(r) => Wire::RemoveMember {
-            subscription: r.subscription.clone(),
-            device: r.device.clone(),
-        },
-        Command::NoticeSent { id, device } => Wire::NoticeSent {
-            id: id.0,
-            device: device.clone(),
-        },
-        Command::Watch(channel) => Wire::Watch {
-            channel: channel.clone(),
-        },
-        _ => return None,
-    })
-}
-
-/// An answer nobody waits for: a command another node asked.
-fn nobody<T>() -> oneshot::Sender<T> {
-    oneshot::channel().0
+/// Applies an entry read from the log: this node's own requests in it
+/// get their answers, and those of its entries the log no longer has
+/// (before it) get theirs.
+async fn apply_read<S: EventStore>(
+    inner: &Inner<S>,
+    entry: SharedEntry,
+    pending: &mut HashMap<SharedPos, Own>,
+) {
+    let own = pending.remove(&entry.pos);
+    lost_own(pending, entry.pos);
+    apply_entry(inner, entry, own).await;
 }
 
 /// Applies one entry of the log, with this node's own commands when it
@@ -673,120 +629,6 @@ async fn apply_entry<S: EventStore>(inner: &Inner<S>, entry: SharedEntry, own: O
     let mut state = inner.state();
     state.current_node = state.node.clone();
     state.outbox.extend(orphans);
-}
-
-/// Another node's command.
-fn from_wire(w: Wire, node: &Arc<str>) -> Command {
-    match w {
-        Wire::Publish {
-            channel,
-            payload,
-            kind,
-            device,
-            idem,
-        } => Command::Publish(
-            Box::new(Publish {
-                channel,
-                payload: Bytes::from(payload),
-                kind,
-                device,
-                idempotency_key: idem,
-            }),
-            nobody(),
-        ),
-        Wire::Ack {
-            subscription,
-            device,
-            id,
-            status,
-        } => Command::Ack(AckCmd {
-            subscription,
-            device,
-            id: EventId(id),
-            status: Arc::from(status),
-            reply: nobody(),
-        }),
-        Wire::Subscribe {
-            patterns,
-            device,
-            last_event_id,
-            token,
-            jti,
-        } => Command::Subscribe(SubscribeCmd {
-            req: SubscribeRequest {
-                device,
-                patterns,
-                resume: Resume::Auto,
-            },
-            last_event_id,
-            token: token.map(TokenHash),
-            jti: jti.map(TokenHash),
-            stream: None,
-            reply: nobody(),
-        }),
-        Wire::Closed {
-            subs,
-            device,
-            upto,
-            at,
-            from,
-        } => Command::RemoteClosed(
-            node.clone(),
-            ClosedStream {
-                subs,
-                device,
-                upto: EventId(upto),
-                at: at.map(Timestamp),
-                from: from.map(EventId),
-            },
-        ),
-        Wire::Cursor {
-            subscription,
-            device,
-            cursor,
-            at,
-            from,
-        } => Command::Cursor {
-            node: node.clone(),
-            subscription,
-            device,
-            cursor: EventId(cursor),
-            at: Timestamp(at),
-            from: from.map(EventId),
-        },
-        Wire::Replayed {
-            subs,
-            device,
-            ids,
-            at,
-        } => Command::Replayed {
-            subs,
-            device,
-            ids: ids.into_iter().map(EventId).collect(),
-            at: Timestamp(at),
-        },
-        Wire::Token { token, grants, .. } => Command::Token(TokenCmd {
-            token: TokenHash(token),
-            grants,
-            reply: nobody(),
-        }),
-        Wire::RemoveMember {
-            subscription,
-            device,
-        } => Command::RemoveMember(RemoveMemberCmd {
-            subscription,
-            device,
-            reply: nobody(),
-        }),
-        Wire::NoticeSent { id, device } => Command::NoticeSent {
-            id: EventId(id),
-            device,
-        },
-        Wire::Tick => Command::SharedTick(node.clone()),
-        Wire::NodeGone { node } => Command::NodeGone(Arc::from(node.as_str())),
-        Wire::Watch { channel } => Command::Watch(channel),
-        Wire::Streams { streams } => Command::NodeStreams(node.clone(), streams),
-    }
 }
 
 /// A node's background duties: heartbeats; and, for the holder of the
