@@ -14,6 +14,7 @@ mod cluster;
 mod cluster_lag;
 mod cluster_more;
 mod cluster_receipts;
+mod cluster_replicas;
 mod cluster_snapshot;
 mod connections;
 mod durability;

@@ -1,5 +1,5 @@
-//! `--cluster`, `--node-id`, `--snapshot-every` and `--log-keep`: what
-//! makes this server one node of many.
+//! `--cluster`, `--node-id`, `--snapshot-every`, `--log-keep` and
+//! `--replicas`: what makes this server one node of many.
 
 use std::time::Duration;
 
@@ -14,6 +14,8 @@ pub struct Tuning {
     pub snapshot_every: Option<String>,
     /// `--log-keep`.
     pub log_keep: Option<String>,
+    /// `--replicas`.
+    pub replicas: Option<String>,
 }
 
 impl Tuning {
@@ -23,6 +25,8 @@ impl Tuning {
             Some("snapshot-every")
         } else if self.log_keep.is_some() {
             Some("log-keep")
+        } else if self.replicas.is_some() {
+            Some("replicas")
         } else {
             None
         }
@@ -79,13 +83,29 @@ pub fn store(url: &str, node_id: Option<&str>, tuning: &Tuning) -> Result<StoreK
         pere_cluster::DEFAULT_LOG_KEEP,
         Duration::from_secs(1),
     )?;
+    let replicas = match tuning.replicas.as_deref() {
+        None => 0,
+        Some(n) => n
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n <= MAX_REPLICAS)
+            .ok_or_else(|| {
+                format!("--replicas `{n}` is not a number of replicas from 0 to {MAX_REPLICAS}")
+            })?,
+    };
     Ok(StoreKind::Cluster {
         url,
         node,
         snapshot_every,
         log_keep,
+        replicas,
     })
 }
+
+/// More replicas than any deployment waits for: a larger number is a typo
+/// (a port, a duration) that would refuse every write.
+const MAX_REPLICAS: u32 = 16;
 
 /// A node id goes into Redis keys and log entries: short, printable.
 fn check_node_id(id: &str) -> Result<String, String> {
@@ -166,6 +186,7 @@ mod tests {
                 node: "eu-1".into(),
                 snapshot_every: pere_cluster::DEFAULT_SNAPSHOT_EVERY,
                 log_keep: pere_cluster::DEFAULT_LOG_KEEP,
+                replicas: 0,
             }
         );
         let err = |args: Args| Config::resolve(args, &HashMap::new()).unwrap_err();
@@ -206,6 +227,36 @@ mod tests {
                 ..Args::default()
             })
             .contains("--log-keep tunes a cluster: it needs --cluster")
+        );
+        let replicas = |n: &str| {
+            Config::resolve(
+                Args {
+                    cluster: Some("redis://r:6379".into()),
+                    replicas: Some(n.into()),
+                    ..Args::default()
+                },
+                &HashMap::new(),
+            )
+            .map(|c| match c.store {
+                StoreKind::Cluster { replicas, .. } => replicas,
+                other => panic!("{other:?}"),
+            })
+        };
+        assert_eq!(replicas("1"), Ok(1));
+        assert_eq!(replicas(" 2 "), Ok(2));
+        for bad in ["-1", "one", "17", "6379", ""] {
+            let e = replicas(bad).unwrap_err();
+            assert!(
+                e.contains("is not a number of replicas from 0 to 16"),
+                "{bad}: {e}"
+            );
+        }
+        assert!(
+            err(Args {
+                replicas: Some("1".into()),
+                ..Args::default()
+            })
+            .contains("--replicas tunes a cluster: it needs --cluster")
         );
         // A URL that cannot name a server is a usage error, not an outage.
         for url in [

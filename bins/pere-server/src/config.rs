@@ -74,6 +74,9 @@ pub struct Args {
     /// with --cluster: how long log entries are kept beyond the snapshot, so a node away for less catches up from the log (default 10m)
     #[argh(option)]
     pub log_keep: Option<String>,
+    /// with --cluster: answer a publish or receipt only once this many Redis replicas have it (WAIT, up to 1 s, else 503), so a Sentinel failover cannot lose what was answered 2xx (default 0: once the primary has it)
+    #[argh(option)]
+    pub replicas: Option<String>,
     /// when to force writes to disk: always (default; an acknowledged publish or receipt survives power loss) or never (survives a crash of the process, not of the machine)
     #[argh(option)]
     pub fsync: Option<String>,
@@ -176,6 +179,8 @@ pub enum StoreKind {
         snapshot_every: Duration,
         /// `--log-keep`.
         log_keep: Duration,
+        /// `--replicas`.
+        replicas: u32,
     },
 }
 
@@ -510,6 +515,7 @@ impl Config {
         let tuning = crate::cluster::Tuning {
             snapshot_every: pick(args.snapshot_every, "snapshot-every"),
             log_keep: pick(args.log_keep, "log-keep"),
+            replicas: pick(args.replicas, "replicas"),
         };
         let store = match (cluster, memory, data_dir) {
             (Some(_), _, Some(dir)) => {

@@ -235,10 +235,12 @@ async fn serve(config: Config) -> Result<(), pere_http::Error> {
             node,
             snapshot_every,
             log_keep,
+            replicas,
         } => {
             let engine = pere_cluster::Engine::connect(pere_cluster::ClusterConfig {
                 snapshot_every: *snapshot_every,
                 log_keep: *log_keep,
+                replicas: *replicas,
                 ..pere_cluster::ClusterConfig::new(url.clone(), node.clone())
             })
             .await
@@ -435,10 +437,20 @@ fn banner<S: EventStore>(
                 },
                 r.history
             ),
-            StoreKind::Cluster { url, node, .. } => format!(
-                "  store       cluster {} as node {node} (history {} events/channel, {age})",
+            StoreKind::Cluster {
+                url,
+                node,
+                replicas,
+                ..
+            } => format!(
+                "  store       cluster {} as node {node} (history {} events/channel, {age}{})",
                 cluster::redacted(url),
-                r.history
+                r.history,
+                match replicas {
+                    0 => String::new(),
+                    1 => ", answers once a replica has it".to_owned(),
+                    n => format!(", answers once {n} replicas have it"),
+                }
             ),
         },
         format!(

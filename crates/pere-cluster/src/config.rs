@@ -31,6 +31,12 @@ pub const DEFAULT_SNAPSHOT_EVERY: Duration = Duration::from_secs(60);
 /// deserves a prompt `503`.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How long an append waits by default for the replicas `replicas` asks
+/// for (`WAIT`) before it is answered as unavailable: on a LAN a replica
+/// acknowledges within a millisecond, and a replica a second behind is
+/// one a failover would lose writes to.
+pub const DEFAULT_REPLICA_WAIT: Duration = Duration::from_secs(1);
+
 /// Where the cluster's Redis is and how this node uses it.
 #[derive(Clone)]
 pub struct ClusterConfig {
@@ -52,6 +58,14 @@ pub struct ClusterConfig {
     pub command_timeout: Duration,
     /// How often the state is snapshotted (after which the log is trimmed).
     pub snapshot_every: Duration,
+    /// Replicas that must have an entry before its append succeeds (Redis
+    /// `WAIT`); 0, the default, answers once the primary has it. With 1 and
+    /// one replica, a Sentinel failover cannot lose an entry whose append
+    /// succeeded; an append the replicas do not confirm in `replica_wait`
+    /// fails as unavailable with its outcome unknown.
+    pub replicas: u32,
+    /// How long an append waits for `replicas`; under `command_timeout`.
+    pub replica_wait: Duration,
 }
 
 impl ClusterConfig {
@@ -65,6 +79,8 @@ impl ClusterConfig {
             log_keep: DEFAULT_LOG_KEEP,
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             snapshot_every: DEFAULT_SNAPSHOT_EVERY,
+            replicas: 0,
+            replica_wait: DEFAULT_REPLICA_WAIT,
         }
     }
 
@@ -102,6 +118,16 @@ impl ClusterConfig {
                 "the command timeout is under 10 ms".into(),
             ));
         }
+        if self.replicas > 0
+            && !(Duration::from_millis(1)..self.command_timeout).contains(&self.replica_wait)
+        {
+            // A longer WAIT would be cut by the command timeout, which
+            // drops the connection rather than saying what is missing.
+            return Err(EngineError::Config(format!(
+                "the wait for replicas ({:?}) is not between 1 ms and the command timeout ({:?})",
+                self.replica_wait, self.command_timeout
+            )));
+        }
         Target::parse(&self.url)
     }
 }
@@ -116,6 +142,8 @@ impl std::fmt::Debug for ClusterConfig {
             .field("log_keep", &self.log_keep)
             .field("command_timeout", &self.command_timeout)
             .field("snapshot_every", &self.snapshot_every)
+            .field("replicas", &self.replicas)
+            .field("replica_wait", &self.replica_wait)
             .finish()
     }
 }
@@ -273,6 +301,23 @@ mod tests {
         assert!(debug.contains("redis+sentinel://u:***@h:1/m"), "{debug}");
         assert_eq!(redacted("redis://h:1"), "redis://h:1");
         assert_eq!(redacted("redis://:p@h:1"), "redis://:***@h:1");
+    }
+
+    #[test]
+    fn the_wait_for_replicas_must_end_before_the_command_timeout() {
+        let with = |replicas, wait_ms| ClusterConfig {
+            replicas,
+            replica_wait: Duration::from_millis(wait_ms),
+            ..ClusterConfig::new("redis://127.0.0.1:1", "a")
+        };
+        assert!(with(1, 1000).check().is_ok());
+        assert!(with(2, 2999).check().is_ok());
+        for bad in [with(1, 0), with(1, 3000), with(1, 60_000)] {
+            let err = bad.check().unwrap_err().to_string();
+            assert!(err.contains("wait for replicas"), "{err}");
+        }
+        // Not waiting, the wait is not looked at.
+        assert!(with(0, 0).check().is_ok());
     }
 
     #[test]

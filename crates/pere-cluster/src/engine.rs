@@ -139,6 +139,7 @@ impl Engine {
                     .arg("server")
                     .arg("memory")
                     .arg("persistence")
+                    .arg("replication")
                     .query_async(conn)
                     .await
             })
@@ -167,6 +168,16 @@ impl Engine {
         }
         if field("aof_enabled") == Some("0") {
             tracing::warn!("redis runs without AOF: a restart loses acknowledged publishes");
+        }
+        let replicas = self.shared.config.replicas;
+        if let Some(connected) = field("connected_slaves").and_then(|n| n.parse::<u32>().ok())
+            && connected < replicas
+        {
+            tracing::warn!(
+                connected,
+                required = replicas,
+                "redis has fewer replicas than required: writes are answered 503 until enough replicas connect"
+            );
         }
         Ok(())
     }
@@ -231,12 +242,57 @@ impl Engine {
                 invocation.key(key.redis_key(&config.prefix)).arg(index);
             }
         }
-        let reply: Value = self
-            .run(async |conn| invocation.invoke_async(conn).await)
-            .await?;
+        let (generation, mut conn) = self.shared.link.get().await?;
+        let reply: Value = match invocation.invoke_async(&mut conn).await {
+            Ok(reply) => reply,
+            Err(err) => return Err(self.shared.link.failed(generation, &err).await),
+        };
         let appended = parse_appended(reply)?;
+        if config.replicas > 0 {
+            self.wait_for_replicas(generation, &mut conn, &appended)
+                .await?;
+        }
         tracing::trace!(pos = %appended.pos, first = appended.first_id, events, "appended");
         Ok(appended)
+    }
+
+    /// Waits until [`ClusterConfig::replicas`] replicas have everything
+    /// this connection wrote, `appended` included (`WAIT` on the same
+    /// connection: on another one it would vouch for nothing). Short of
+    /// them, the append fails as unavailable with its outcome unknown: the
+    /// entry is on the log, and a failover now could lose it.
+    async fn wait_for_replicas(
+        &self,
+        generation: u64,
+        conn: &mut MultiplexedConnection,
+        appended: &Appended,
+    ) -> Result<()> {
+        let config = &self.shared.config;
+        let waited: redis::RedisResult<i64> = redis::cmd("WAIT")
+            .arg(config.replicas)
+            .arg(millis(config.replica_wait))
+            .query_async(conn)
+            .await;
+        let reason = match waited {
+            Ok(n) if n >= i64::from(config.replicas) => return Ok(()),
+            Ok(n) => format!(
+                "log entry {} reached {n} of the {} replicas required within {:?}",
+                appended.pos, config.replicas, config.replica_wait
+            ),
+            Err(err) => {
+                let err = self.shared.link.failed(generation, &err).await;
+                format!(
+                    "log entry {} was written but not confirmed by the replicas: {err}",
+                    appended.pos
+                )
+            }
+        };
+        tracing::warn!(pos = %appended.pos, cause = %reason, "append not confirmed by the replicas");
+        Err(EngineError::Unavailable {
+            retry_after: crate::error::MIN_RETRY_AFTER,
+            outcome_unknown: true,
+            reason,
+        })
     }
 
     /// Reads the log after `after`, in order; see [`Tail`].

@@ -183,6 +183,28 @@ impl SentinelGroup {
     }
 }
 
+impl SentinelGroup {
+    /// Undoes [`SentinelGroup::cut_replication`]: the replica logs in
+    /// again and catches up with what the primary took meanwhile.
+    ///
+    /// # Errors
+    ///
+    /// When the primary refuses, or the replica is not back after 20 s.
+    pub fn restore_replication(&self) -> io::Result<()> {
+        self.primary
+            .query::<()>(&["ACL", "SETUSER", REPL_USER, "on"])
+            .map_err(io::Error::other)?;
+        wait_for("the replica to be back", Duration::from_secs(20), || {
+            (self
+                .replica
+                .info("replication", "master_link_status")
+                .ok()?
+                == "up")
+                .then_some(())
+        })
+    }
+}
+
 /// `SENTINEL MASTER` as a map.
 fn sentinel_master(sentinel: &RedisServer) -> redis::RedisResult<HashMap<String, String>> {
     let flat: Vec<String> = sentinel.query(&["SENTINEL", "MASTER", MASTER])?;

@@ -177,3 +177,64 @@ async fn a_planned_failover_moves_appends_to_the_new_primary_at_once() {
     assert_eq!(got, Some((after.pos, before.pos)));
     reader.abort();
 }
+
+/// With `replicas: 1` an append succeeds only once the replica has the
+/// entry, so a failover keeps every entry whose append succeeded. The
+/// replica is cut off midway (as in the regression test above): the
+/// appends after that cannot be confirmed and fail as unavailable with
+/// their outcome unknown (the primary has them, the promoted replica will
+/// not), where without the wait they succeeded and the failover lost them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_replica_required_a_failover_loses_no_entry_whose_append_succeeded() {
+    let group = start_group().await;
+    let config = pere_cluster::ClusterConfig {
+        replicas: 1,
+        replica_wait: Duration::from_millis(300),
+        ..pere_cluster::ClusterConfig::new(group.url(), "a")
+    };
+    let engine = pere_cluster::Engine::connect(config).await.unwrap();
+    let on_replica = |pos: LogPos| {
+        let pos = pos.to_string();
+        let found: Vec<redis::Value> = group
+            .replica
+            .query(&["XRANGE", "pere:log", &pos, &pos])
+            .unwrap();
+        found.len()
+    };
+    let mut kept = Vec::new();
+    for i in 0..3 {
+        let appended = engine.append(entry(&format!("kept {i}"), 1)).await.unwrap();
+        assert_eq!(
+            on_replica(appended.pos),
+            1,
+            "an append that succeeded is on the replica already"
+        );
+        kept.push(appended);
+    }
+    group.cut_replication().unwrap();
+    for i in 0..2 {
+        let started = std::time::Instant::now();
+        match engine.append(entry(&format!("unconfirmed {i}"), 1)).await {
+            Err(EngineError::Unavailable {
+                outcome_unknown,
+                reason,
+                ..
+            }) => {
+                assert!(outcome_unknown, "the entry is on the primary: {reason}");
+                assert!(reason.contains("0 of the 1 replicas"), "{reason}");
+                assert!(started.elapsed() < Duration::from_secs(2), "{reason}");
+            }
+            other => panic!("an append no replica has succeeded: {other:?}"),
+        }
+    }
+    let group = fail_over(group).await;
+    // Every append that succeeded is on the new primary, in order.
+    let mut tail = engine.tail(LogPos::ZERO);
+    for a in &kept {
+        assert_eq!(
+            next_available(&mut tail, FAILOVER).await.unwrap().pos,
+            a.pos
+        );
+    }
+    drop(group);
+}

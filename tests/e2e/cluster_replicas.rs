@@ -1,0 +1,82 @@
+//! `--replicas`: a cluster node answers a write only once that many Redis
+//! replicas have it, so a failover cannot take back what was answered 2xx.
+
+use std::time::{Duration, Instant};
+
+use crate::cluster::{read, subscribe_with};
+use pere_cluster::testing::SentinelGroup;
+use pere_tests::{ServerProcess, request};
+
+/// A publish no replica confirms is answered `503` with `Retry-After`,
+/// saying why; its event is on the log all the same (the outcome of a
+/// `503` is unknown, docs/PROTOCOL.md §2), so the publisher's retry with
+/// its `Idempotency-Key`, once the replica is back, gets the same id and
+/// publishes nothing twice. Without `--replicas` the publish was `201`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_no_replica_confirms_is_503_and_its_retry_gets_the_same_id() {
+    let group = tokio::task::spawn_blocking(SentinelGroup::start)
+        .await
+        .unwrap()
+        .expect("the sentinel group starts (redis-sentinel installed?)");
+    // The primary itself: this is about replication, not failover.
+    let node = ServerProcess::start(&["--cluster", &group.primary.url(), "--replicas", "1"]).await;
+    assert!(
+        node.log().contains("answers once a replica has it"),
+        "{}",
+        node.log()
+    );
+    let mut stream = subscribe_with(&node, "news", "reader", &[]).await;
+    let push = |payload: &'static str| {
+        let addr = node.addr;
+        async move {
+            request(
+                addr,
+                "POST",
+                "/push/news",
+                &[("Idempotency-Key", payload)],
+                payload.as_bytes(),
+            )
+            .await
+        }
+    };
+    let kept = push("kept").await;
+    assert_eq!(kept.status, 201, "{}", kept.text());
+    let kept: u64 = kept.json()["id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(read(&mut stream, 1).await[0].0, kept);
+
+    tokio::task::block_in_place(|| group.cut_replication().unwrap());
+    let started = Instant::now();
+    let r = push("unconfirmed").await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["code"], "store_unavailable", "{}", r.text());
+    assert!(r.text().contains("0 of the 1 replicas"), "{}", r.text());
+    assert!(
+        r.header("Retry-After").is_some(),
+        "a 503 says when to retry"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let (unconfirmed, payload) = read(&mut stream, 1).await.remove(0);
+    assert_eq!(payload, "unconfirmed", "the event reached the log");
+
+    tokio::task::block_in_place(|| group.restore_replication().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let retried = loop {
+        let r = push("unconfirmed").await;
+        if r.status == 201 {
+            break r.json()["id"].as_str().unwrap().parse::<u64>().unwrap();
+        }
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert!(Instant::now() < deadline, "still refused: {}", r.text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(retried, unconfirmed, "the retry is the same event");
+    let after = push("after").await;
+    assert_eq!(after.status, 201, "{}", after.text());
+    let got = read(&mut stream, 1).await;
+    assert_eq!(got[0].1, "after", "nothing was published twice: {got:?}");
+    drop(group);
+}
