@@ -80,3 +80,66 @@ async fn a_publish_no_replica_confirms_is_503_and_its_retry_gets_the_same_id() {
     assert_eq!(got[0].1, "after", "nothing was published twice: {got:?}");
     drop(group);
 }
+
+/// What only the node knows (here: one of a device's two streams ended)
+/// goes out in a log entry; when no replica confirms that entry, the node
+/// answers its writers `503` but must not send it again, since the log has
+/// it and every node applies it when it reads it back. Sent again with
+/// each retry, one stream's end was applied once per retry (a review saw
+/// 42), and the device, still connected, was counted offline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_only_the_node_knew_is_applied_once_when_no_replica_confirms_it() {
+    let group = tokio::task::spawn_blocking(SentinelGroup::start)
+        .await
+        .unwrap()
+        .expect("the sentinel group starts (redis-sentinel installed?)");
+    let node = ServerProcess::start(&["--cluster", &group.primary.url(), "--replicas", "1"]).await;
+    let device = |node: &ServerProcess| {
+        let addr = node.addr;
+        async move {
+            let r = request(addr, "GET", "/admin/devices/news", &[], b"").await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            r.json()["d1"].clone()
+        }
+    };
+    let mut kept = subscribe_with(&node, "news", "d1", &[]).await;
+    let ended = subscribe_with(&node, "news", "d1", &[]).await;
+    pere_tests::eventually("two streams counted", || async {
+        device(&node).await["connections"] == 2
+    })
+    .await;
+    // Stalled, the replica stays connected and confirms nothing: the
+    // node's appends go through to the primary, unconfirmed.
+    group.replica.freeze().unwrap();
+    drop(ended);
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < deadline {
+        let r = request(node.addr, "POST", "/push/news", &[], b"x").await;
+        assert_eq!(r.status, 503, "{}", r.text());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    group.replica.thaw().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let id = loop {
+        let r = request(node.addr, "POST", "/push/news", &[], b"after").await;
+        if r.status == 201 {
+            break r.json()["id"].as_str().unwrap().parse::<u64>().unwrap();
+        }
+        assert!(Instant::now() < deadline, "still refused: {}", r.text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let got = read(&mut kept, 1).await;
+    assert_eq!(
+        got[0].1, "x",
+        "the first unconfirmed publish was delivered: {got:?}"
+    );
+    let d1 = device(&node).await;
+    assert_eq!(d1["online"], true, "{d1}");
+    assert_eq!(d1["connections"], 1, "one stream ended, once: {d1}");
+    // The stream that stayed gets what follows.
+    let mut rest = Vec::new();
+    while rest.last().map(|(i, _)| *i) != Some(id) {
+        rest.extend(read(&mut kept, 1).await);
+    }
+    drop(group);
+}

@@ -74,7 +74,7 @@ pub struct Args {
     /// with --cluster: how long log entries are kept beyond the snapshot, so a node away for less catches up from the log (default 10m)
     #[argh(option)]
     pub log_keep: Option<String>,
-    /// with --cluster: answer a publish or receipt only once this many Redis replicas have it (WAIT, up to 1 s, else 503), so a Sentinel failover cannot lose what was answered 2xx (default 0: once the primary has it)
+    /// with --cluster: answer a write (publish, receipt, new stream, ...) only once this many Redis replicas have it (WAIT, up to 1 s, else 503), so a Sentinel failover cannot take back a 2xx (default 0: once the primary has it)
     #[argh(option)]
     pub replicas: Option<String>,
     /// when to force writes to disk: always (default; an acknowledged publish or receipt survives power loss) or never (survives a crash of the process, not of the machine)

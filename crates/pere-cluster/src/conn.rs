@@ -193,7 +193,8 @@ impl Backoff {
 /// The engine's shared connection: multiplexed, so every caller pipelines
 /// on it, replaced after a failure.
 pub(crate) struct Link {
-    pub(crate) connector: Connector,
+    /// Shared by the engine's links (and its tails).
+    pub(crate) connector: std::sync::Arc<Connector>,
     state: Mutex<LinkState>,
 }
 
@@ -211,7 +212,7 @@ struct LinkState {
 }
 
 impl Link {
-    pub(crate) fn new(connector: Connector) -> Link {
+    pub(crate) fn new(connector: std::sync::Arc<Connector>) -> Link {
         Link {
             connector,
             state: Mutex::new(LinkState {
@@ -267,6 +268,19 @@ impl Link {
                 tracing::warn!(cause = %state.last_error, retry_in = ?wait, "redis connection failed");
                 Err(EngineError::unavailable(state.last_error.clone(), wait))
             }
+        }
+    }
+
+    /// Drops the connection of `generation`, if it is still the current
+    /// one: the next command opens another.
+    pub(crate) async fn forget(&self, generation: u64) {
+        let mut state = self.state.lock().await;
+        if state
+            .conn
+            .as_ref()
+            .is_some_and(|(g, _, _)| *g == generation)
+        {
+            state.conn = None;
         }
     }
 

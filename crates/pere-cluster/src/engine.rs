@@ -30,6 +30,11 @@ pub(crate) struct Shared {
     pub(crate) config: ClusterConfig,
     pub(crate) keys: Keys,
     pub(crate) link: Link,
+    /// With [`ClusterConfig::replicas`], the appends' own connection: their
+    /// `WAIT` blocks the connection it is sent on (Redis reads nothing more
+    /// from a client while it waits), which must not hold up heartbeats,
+    /// leases and snapshots for up to `replica_wait` each time.
+    pub(crate) appends: Option<Link>,
     /// This process's token in its claim on the node id (`claim.rs`).
     pub(crate) instance: String,
     /// Whether this process holds that claim: its heartbeats renew it.
@@ -107,10 +112,11 @@ impl Engine {
     /// [`EngineError::Unavailable`] if Redis cannot be reached now.
     pub async fn connect(config: ClusterConfig) -> Result<Engine> {
         let target = config.target()?;
-        let connector = Connector::new(target, config.command_timeout)?;
+        let connector = Arc::new(Connector::new(target, config.command_timeout)?);
         let engine = Engine {
             shared: Arc::new(Shared {
                 keys: Keys::new(&config.prefix),
+                appends: (config.replicas > 0).then(|| Link::new(connector.clone())),
                 config,
                 link: Link::new(connector),
                 instance: crate::claim::instance_token(),
@@ -170,13 +176,12 @@ impl Engine {
             tracing::warn!("redis runs without AOF: a restart loses acknowledged publishes");
         }
         let replicas = self.shared.config.replicas;
-        if let Some(connected) = field("connected_slaves").and_then(|n| n.parse::<u32>().ok())
-            && connected < replicas
-        {
+        let online = online_replicas(&info);
+        if online < replicas {
             tracing::warn!(
-                connected,
+                online,
                 required = replicas,
-                "redis has fewer replicas than required: writes are answered 503 until enough replicas connect"
+                "redis has fewer replicas online than --replicas requires: writes are answered 503 until enough replicas are in sync"
             );
         }
         Ok(())
@@ -242,57 +247,51 @@ impl Engine {
                 invocation.key(key.redis_key(&config.prefix)).arg(index);
             }
         }
-        let (generation, mut conn) = self.shared.link.get().await?;
+        let link = self.shared.appends.as_ref().unwrap_or(&self.shared.link);
+        let (generation, mut conn) = link.get().await?;
         let reply: Value = match invocation.invoke_async(&mut conn).await {
             Ok(reply) => reply,
-            Err(err) => return Err(self.shared.link.failed(generation, &err).await),
+            Err(err) => return Err(link.failed(generation, &err).await),
         };
         let appended = parse_appended(reply)?;
         if config.replicas > 0 {
-            self.wait_for_replicas(generation, &mut conn, &appended)
-                .await?;
+            wait_for_replicas(config, link, generation, &mut conn, &appended).await?;
         }
         tracing::trace!(pos = %appended.pos, first = appended.first_id, events, "appended");
         Ok(appended)
     }
 
-    /// Waits until [`ClusterConfig::replicas`] replicas have everything
-    /// this connection wrote, `appended` included (`WAIT` on the same
-    /// connection: on another one it would vouch for nothing). Short of
-    /// them, the append fails as unavailable with its outcome unknown: the
-    /// entry is on the log, and a failover now could lose it.
-    async fn wait_for_replicas(
-        &self,
-        generation: u64,
-        conn: &mut MultiplexedConnection,
-        appended: &Appended,
-    ) -> Result<()> {
-        let config = &self.shared.config;
-        let waited: redis::RedisResult<i64> = redis::cmd("WAIT")
-            .arg(config.replicas)
-            .arg(millis(config.replica_wait))
-            .query_async(conn)
-            .await;
-        let reason = match waited {
-            Ok(n) if n >= i64::from(config.replicas) => return Ok(()),
-            Ok(n) => format!(
-                "log entry {} reached {n} of the {} replicas required within {:?}",
-                appended.pos, config.replicas, config.replica_wait
-            ),
-            Err(err) => {
-                let err = self.shared.link.failed(generation, &err).await;
-                format!(
-                    "log entry {} was written but not confirmed by the replicas: {err}",
-                    appended.pos
-                )
-            }
+    /// Whether appends would go through now: Redis answers and, with
+    /// [`ClusterConfig::replicas`], has that many replicas online (a
+    /// replica still in its first sync confirms nothing).
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Unavailable`] when Redis cannot answer or has too
+    /// few replicas online.
+    pub async fn probe(&self) -> Result<()> {
+        let replicas = self.shared.config.replicas;
+        if replicas == 0 {
+            return self.head().await.map(drop);
+        }
+        let link = self.shared.appends.as_ref().unwrap_or(&self.shared.link);
+        let (generation, mut conn) = link.get().await?;
+        let info: String = match redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut conn)
+            .await
+        {
+            Ok(info) => info,
+            Err(err) => return Err(link.failed(generation, &err).await),
         };
-        tracing::warn!(pos = %appended.pos, cause = %reason, "append not confirmed by the replicas");
-        Err(EngineError::Unavailable {
-            retry_after: crate::error::MIN_RETRY_AFTER,
-            outcome_unknown: true,
-            reason,
-        })
+        let online = online_replicas(&info);
+        if online >= replicas {
+            return Ok(());
+        }
+        Err(EngineError::unavailable(
+            format!("redis has {online} of the {replicas} replicas required online"),
+            crate::error::MIN_RETRY_AFTER,
+        ))
     }
 
     /// Reads the log after `after`, in order; see [`Tail`].
@@ -464,5 +463,87 @@ impl Engine {
             .run(async |conn| invocation.invoke_async(conn).await)
             .await?;
         Ok(released == 1)
+    }
+}
+
+/// Waits until [`ClusterConfig::replicas`] replicas have everything `conn`
+/// wrote, `appended` included (`WAIT` counts the writes of the connection
+/// it is sent on: this one, which ran the append). Short of them the append fails as
+/// [`EngineError::Unconfirmed`]: the entry is on the log, and a failover now
+/// could lose it.
+async fn wait_for_replicas(
+    config: &ClusterConfig,
+    link: &Link,
+    generation: u64,
+    conn: &mut MultiplexedConnection,
+    appended: &Appended,
+) -> Result<()> {
+    let waited: redis::RedisResult<i64> = redis::cmd("WAIT")
+        .arg(config.replicas)
+        .arg(millis(config.replica_wait))
+        .query_async(conn)
+        .await;
+    let reason = match waited {
+        Ok(n) if n >= i64::from(config.replicas) => return Ok(()),
+        Ok(n) => format!(
+            "log entry {} reached {n} of the {} replicas required within {:?}",
+            appended.pos, config.replicas, config.replica_wait
+        ),
+        Err(err) => {
+            // A demoted primary answers with an error too: the connection
+            // goes either way, and the next append finds the primary anew.
+            link.forget(generation).await;
+            format!(
+                "log entry {} was written but the wait for the replicas failed: {err}",
+                appended.pos
+            )
+        }
+    };
+    tracing::warn!(pos = %appended.pos, cause = %reason, "append not confirmed by the replicas");
+    Err(EngineError::Unconfirmed {
+        pos: appended.pos,
+        reason,
+    })
+}
+
+/// Seconds since a replica's last acknowledgement past which it is not
+/// counted (replicas acknowledge every second, and at once when an append
+/// waits for them): one that stalled would make every append wait
+/// `replica_wait` for nothing.
+const MAX_REPLICA_LAG: u64 = 3;
+
+/// Replicas `INFO replication` lists as online and acknowledging
+/// (`slaveN:…,state=online,offset=…,lag=…`).
+fn online_replicas(info: &str) -> u32 {
+    let online = info
+        .lines()
+        .filter(|line| line.starts_with("slave") && line.contains("state=online"))
+        .filter(|line| {
+            line.split(',')
+                .find_map(|f| f.trim().strip_prefix("lag="))
+                .and_then(|lag| lag.parse::<u64>().ok())
+                .is_none_or(|lag| lag <= MAX_REPLICA_LAG)
+        })
+        .count();
+    u32::try_from(online).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::online_replicas;
+
+    #[test]
+    fn only_replicas_online_count() {
+        let info = "# Replication\r\nrole:master\r\nconnected_slaves:4\r\n\
+            slave0:ip=127.0.0.1,port=7001,state=online,offset=42,lag=0\r\n\
+            slave1:ip=127.0.0.1,port=7002,state=wait_bgsave,offset=0,lag=0\r\n\
+            slave2:ip=127.0.0.1,port=7003,state=online,offset=42,lag=1\r\n\
+            slave3:ip=127.0.0.1,port=7004,state=online,offset=40,lag=9\r\n\
+            slave_read_repl_offset:1\r\nmaster_repl_offset:42\r\n";
+        assert_eq!(online_replicas(info), 2);
+        assert_eq!(
+            online_replicas("# Replication\r\nrole:master\r\nconnected_slaves:0\r\n"),
+            0
+        );
     }
 }

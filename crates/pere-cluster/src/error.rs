@@ -34,6 +34,18 @@ pub enum EngineError {
         /// What failed, for the logs.
         reason: String,
     },
+    /// The entry was appended at `pos`, but fewer replicas than
+    /// [`crate::ClusterConfig::replicas`] confirmed it in time: a failover
+    /// could still lose it. Answer as for [`EngineError::Unavailable`] with
+    /// the outcome unknown, knowing the entry will show up on the log (so
+    /// what it carried must not be appended again).
+    #[error("redis's replicas did not confirm the write: {reason}")]
+    Unconfirmed {
+        /// Where the entry is.
+        pos: LogPos,
+        /// What the replicas did, for the logs.
+        reason: String,
+    },
     /// The log no longer holds the entries after the position asked for:
     /// they were trimmed after a snapshot covered them. The caller loads
     /// [`crate::Engine::snapshot`] and tails from its position.

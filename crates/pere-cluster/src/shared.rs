@@ -34,6 +34,11 @@ fn error(err: EngineError) -> SharedLogError {
             reason,
             retry_after,
         },
+        EngineError::Unconfirmed { pos: at, reason } => SharedLogError::Unconfirmed {
+            reason,
+            pos: pos(at),
+            retry_after: crate::error::MIN_RETRY_AFTER,
+        },
         err @ EngineError::Trimmed { .. } => SharedLogError::Behind(err.to_string()),
         err @ EngineError::Regressed { now, .. } => SharedLogError::Lost {
             reason: err.to_string(),
@@ -69,6 +74,10 @@ impl SharedLog for Engine {
 
     fn head(&self) -> LogFuture<'_, SharedPos> {
         Box::pin(async move { Engine::head(self).await.map(pos).map_err(error) })
+    }
+
+    fn probe(&self) -> LogFuture<'_, ()> {
+        Box::pin(async move { Engine::probe(self).await.map_err(error) })
     }
 
     fn heartbeat(&self, ttl: Duration) -> LogFuture<'_, ()> {

@@ -179,11 +179,12 @@ async fn a_planned_failover_moves_appends_to_the_new_primary_at_once() {
 }
 
 /// With `replicas: 1` an append succeeds only once the replica has the
-/// entry, so a failover keeps every entry whose append succeeded. The
-/// replica is cut off midway (as in the regression test above): the
-/// appends after that cannot be confirmed and fail as unavailable with
-/// their outcome unknown (the primary has them, the promoted replica will
-/// not), where without the wait they succeeded and the failover lost them.
+/// entry, so a failover keeps every entry whose append succeeded. A
+/// replica that stalls (still connected, acknowledging nothing) and then
+/// one cut off (as in the regression test above) cannot confirm: those appends
+/// fail as `Unconfirmed`, naming where the entry is (the primary has it,
+/// the promoted replica will not), where without the wait they succeeded
+/// and the failover lost them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_replica_required_a_failover_loses_no_entry_whose_append_succeeded() {
     let group = start_group().await;
@@ -211,21 +212,40 @@ async fn with_a_replica_required_a_failover_loses_no_entry_whose_append_succeede
         );
         kept.push(appended);
     }
+    engine.probe().await.expect("one replica online");
+    let unconfirmed = |what: &str, result: Result<pere_cluster::Appended, EngineError>| match result
+    {
+        Err(EngineError::Unconfirmed { pos, reason }) => {
+            assert!(reason.contains("0 of the 1 replicas"), "{what}: {reason}");
+            pos
+        }
+        other => panic!("{what}: an append no replica has succeeded: {other:?}"),
+    };
+    group.replica.freeze().unwrap();
+    let stalled = unconfirmed("stalled", engine.append(entry("stalled", 1)).await);
+    group.replica.thaw().unwrap();
+    group.sync_replica().unwrap();
+    assert_eq!(on_replica(stalled), 1, "it reaches the replica later");
+
     group.cut_replication().unwrap();
+    let err = engine.probe().await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("0 of the 1 replicas required online"),
+        "{err}"
+    );
     for i in 0..2 {
         let started = std::time::Instant::now();
-        match engine.append(entry(&format!("unconfirmed {i}"), 1)).await {
-            Err(EngineError::Unavailable {
-                outcome_unknown,
-                reason,
-                ..
-            }) => {
-                assert!(outcome_unknown, "the entry is on the primary: {reason}");
-                assert!(reason.contains("0 of the 1 replicas"), "{reason}");
-                assert!(started.elapsed() < Duration::from_secs(2), "{reason}");
-            }
-            other => panic!("an append no replica has succeeded: {other:?}"),
-        }
+        let pos = unconfirmed(
+            "cut off",
+            engine.append(entry(&format!("cut {i}"), 1)).await,
+        );
+        assert_eq!(on_replica(pos), 0);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
     }
     let group = fail_over(group).await;
     // Every append that succeeded is on the new primary, in order.

@@ -52,6 +52,19 @@ pub enum SharedLogError {
         /// When to try again.
         retry_after: Duration,
     },
+    /// The entry was appended at `pos` but the log cannot vouch for it yet
+    /// (too few replicas confirmed it): answer as unavailable, with the
+    /// outcome unknown, but do not append what it carried again: it will
+    /// be read back from the log like any entry.
+    #[error("the cluster log did not confirm the write: {reason}")]
+    Unconfirmed {
+        /// Why.
+        reason: String,
+        /// Where the entry is.
+        pos: SharedPos,
+        /// When to try again.
+        retry_after: Duration,
+    },
     /// Entries this node read are gone (a failover lost them): its state
     /// must be rebuilt, and its streams may have been sent events that no
     /// longer exist.
@@ -82,6 +95,11 @@ pub trait SharedLog: Send + Sync + 'static {
     fn tail(&self, after: SharedPos) -> Box<dyn SharedTail>;
     /// The position of the last entry.
     fn head(&self) -> LogFuture<'_, SharedPos>;
+    /// Whether appends would go through now, asked while they are refused
+    /// after a failure; by default, whether the log answers at all.
+    fn probe(&self) -> LogFuture<'_, ()> {
+        Box::pin(async move { self.head().await.map(drop) })
+    }
     /// Tells the others this node is alive for `ttl`.
     fn heartbeat(&self, ttl: Duration) -> LogFuture<'_, ()>;
     /// Nodes whose heartbeat expired.

@@ -425,8 +425,8 @@ async fn retry<S: EventStore>(inner: &Inner<S>, log: &dyn SharedLog) {
     if !due {
         return;
     }
-    match log.head().await {
-        Ok(_) => {
+    match log.probe().await {
+        Ok(()) => {
             if let Some(outage) = inner.health().recovered() {
                 tracing::info!(
                     failing_for = ?Timestamp::now().since(outage.since),
@@ -524,14 +524,18 @@ async fn submit<S: EventStore>(
             if inner.health().failed(cause.clone()) {
                 tracing::error!(cause = %cause, "the cluster log refused a batch; answering 503");
             }
-            // What only this node knew is kept for the next entry.
-            let mut state = inner.state();
-            for (w, o) in wires.into_iter().zip(own.iter()) {
-                if o.is_none() {
-                    state.outbox.push(w);
+            // What only this node knew is kept for the next entry, unless
+            // the log has the entry all the same: then it is read back and
+            // applied as any entry (appended again, it was applied once per
+            // retry: a stream closed 42 times).
+            if !matches!(err, SharedLogError::Unconfirmed { .. }) {
+                let mut state = inner.state();
+                for (w, o) in wires.into_iter().zip(own.iter()) {
+                    if o.is_none() {
+                        state.outbox.push(w);
+                    }
                 }
             }
-            drop(state);
             fail_own(own, || Error::StoreUnavailable(cause.clone()));
         }
     }
