@@ -190,10 +190,10 @@ async fn with_a_replica_required_a_failover_loses_no_entry_whose_append_succeede
     let group = start_group().await;
     let config = pere_cluster::ClusterConfig {
         replicas: 1,
-        replica_wait: Duration::from_millis(300),
+        replica_wait: Duration::from_secs(1),
         ..pere_cluster::ClusterConfig::new(group.url(), "a")
     };
-    let engine = pere_cluster::Engine::connect(config).await.unwrap();
+    let engine = std::sync::Arc::new(pere_cluster::Engine::connect(config).await.unwrap());
     let on_replica = |pos: LogPos| {
         let pos = pos.to_string();
         let found: Vec<redis::Value> = group
@@ -222,7 +222,23 @@ async fn with_a_replica_required_a_failover_loses_no_entry_whose_append_succeede
         other => panic!("{what}: an append no replica has succeeded: {other:?}"),
     };
     group.replica.freeze().unwrap();
-    let stalled = unconfirmed("stalled", engine.append(entry("stalled", 1)).await);
+    let waiting = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.append(entry("stalled", 1)).await }
+    });
+    // While that append waits for the replica (Redis reads nothing more
+    // from the connection it waits on), the engine's other commands go on.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "the append waits for the replica");
+    let started = std::time::Instant::now();
+    engine.heartbeat(Duration::from_secs(5)).await.unwrap();
+    engine.head().await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "other commands waited {:?} behind the append's WAIT",
+        started.elapsed()
+    );
+    let stalled = unconfirmed("stalled", waiting.await.unwrap());
     group.replica.thaw().unwrap();
     group.sync_replica().unwrap();
     assert_eq!(on_replica(stalled), 1, "it reaches the replica later");
