@@ -124,32 +124,56 @@ async fn fresh_channels_cost_little_and_are_reclaimed_when_they_expire() {
         per_channel < 2500,
         "{per_channel} bytes per fresh channel with one small event"
     );
-    eventually("the first round's channels are reclaimed", || async {
-        Connection::open(addr)
-            .await
-            .request("GET", "/admin/channels", &[], b"")
-            .await
-            .json()
-            == serde_json::json!([])
-    })
-    .await;
-    // Give the next maintenance tick time to reclaim, then the same again:
-    // the memory of the first round is reused, not added to. Measured from
-    // the start, not from between the rounds (the allocator may have given
-    // the reclaimed memory back, to take it again now), and against a
-    // budget rather than the first round's figure, which a busy machine
-    // lowers when the round runs past `--max-age`: both rounds together
-    // cost about one (~1.2 KiB per channel); a round kept on top of the
-    // other costs twice that.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let reclaimed = |tag: &'static str| async move {
+        eventually(
+            &format!("the {tag} round's channels are reclaimed"),
+            || async {
+                Connection::open(addr)
+                    .await
+                    .request("GET", "/admin/channels", &[], b"")
+                    .await
+                    .json()
+                    == serde_json::json!([])
+            },
+        )
+        .await;
+        // The next maintenance tick forgets the channels themselves.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    };
+    // Then the same again, twice: the memory of the earlier rounds is
+    // reused, not added to. Measured from the start, not between rounds
+    // (the allocator may have given reclaimed memory back, to take it
+    // again now). One round more than "the same again": under load
+    // glibc's heap does not always reuse the first round's memory for the
+    // second (its freed pieces lie between what stays, and the hash
+    // tables regrow elsewhere), which cost up to a whole round in full
+    // test runs (2,493 bytes per channel after two rounds), but the third
+    // round then fits in what the first two freed; a server that kept
+    // what each round made would hold three rounds.
+    reclaimed("first").await;
     round("second").await;
-    let both = server.rss_kib().saturating_sub(base);
-    let both_per_channel = both * 1024 / CHANNELS as u64;
-    eprintln!("after both rounds: {both} KiB, {both_per_channel} bytes per channel");
+    let two = server.rss_kib().saturating_sub(base);
+    reclaimed("second").await;
+    round("third").await;
+    let three = server.rss_kib().saturating_sub(base);
+    let per = |kib: u64| kib * 1024 / CHANNELS as u64;
+    eprintln!(
+        "after two rounds: {two} KiB ({} bytes per channel), after three: {three} KiB ({})",
+        per(two),
+        per(three)
+    );
+    // A budget rather than the first round's figure, which a busy machine
+    // lowers when the round runs past `--max-age`: a round costs ~1,250
+    // bytes per channel, three kept would be ~3,750. Each round also
+    // leaves its channels' tombstones (what retention dropped, for a
+    // device that comes back: ~100 bytes each, the newest 100,000 kept),
+    // and under load the single heap's slack (seen: 1,556-2,526 after
+    // three rounds while three busy loops ran).
     assert!(
-        both_per_channel < 2000,
-        "both rounds grew the server by {both} KiB ({both_per_channel} bytes per channel of \
-         one round), the first alone by {first} KiB"
+        per(three) < 3500,
+        "three rounds grew the server by {three} KiB ({} bytes per channel of one round), \
+         two by {two} KiB, the first alone by {first} KiB: rounds are kept, not reclaimed",
+        per(three)
     );
     let log = server.stop();
     assert!(!log.contains("panicked"), "{log}");
