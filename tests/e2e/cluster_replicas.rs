@@ -61,6 +61,24 @@ async fn a_publish_no_replica_confirms_is_503_and_its_retry_gets_the_same_id() {
     );
     let (unconfirmed, payload) = read(&mut stream, 1).await.remove(0);
     assert_eq!(payload, "unconfirmed", "the event reached the log");
+    // Refused at once from now on, and the node goes on answering what
+    // goes through its writer (the views) at once: what it has to tell
+    // the others (its streams, every second) waits too, rather than each
+    // time for replicas that are not there.
+    let mut slowest = Duration::ZERO;
+    for _ in 0..8 {
+        let started = Instant::now();
+        let r = request(node.addr, "GET", "/admin/devices/news", &[], b"").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let r = push("refused").await;
+        assert_eq!(r.status, 503, "{}", r.text());
+        slowest = slowest.max(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        slowest < Duration::from_millis(500),
+        "a view and a refusal took {slowest:?}"
+    );
 
     tokio::task::block_in_place(|| group.restore_replication().unwrap());
     let deadline = Instant::now() + Duration::from_secs(20);

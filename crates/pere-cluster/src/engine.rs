@@ -274,7 +274,9 @@ impl Engine {
         if replicas == 0 {
             return self.head().await.map(drop);
         }
-        let link = self.shared.appends.as_ref().unwrap_or(&self.shared.link);
+        // On the shared connection: the appends' may be waiting for the
+        // very replicas this asks about.
+        let link = &self.shared.link;
         let (generation, mut conn) = link.get().await?;
         let info: String = match redis::cmd("INFO")
             .arg("replication")
@@ -513,8 +515,23 @@ async fn wait_for_replicas(
 const MAX_REPLICA_LAG: u64 = 3;
 
 /// Replicas `INFO replication` lists as online and acknowledging
-/// (`slaveN:…,state=online,offset=…,lag=…`).
+/// (`slaveN:…,state=online,offset=…,lag=…`). A server that lists none but
+/// counts some (`connected_slaves`: a proxy or managed service that hides
+/// the details) is taken at its count, one that says nothing at all as
+/// having enough: `WAIT` still decides each append.
 fn online_replicas(info: &str) -> u32 {
+    let listed = info.lines().any(|line| {
+        line.strip_prefix("slave")
+            .and_then(|rest| rest.split(':').next())
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    });
+    if !listed {
+        let counted = info.lines().find_map(|line| {
+            line.strip_prefix("connected_slaves:")
+                .and_then(|n| n.trim().parse::<u32>().ok())
+        });
+        return counted.unwrap_or(u32::MAX);
+    }
     let online = info
         .lines()
         .filter(|line| line.starts_with("slave") && line.contains("state=online"))
@@ -544,6 +561,15 @@ mod tests {
         assert_eq!(
             online_replicas("# Replication\r\nrole:master\r\nconnected_slaves:0\r\n"),
             0
+        );
+        // Details hidden: the count, or nothing known.
+        assert_eq!(
+            online_replicas("# Replication\r\nrole:master\r\nconnected_slaves:2\r\n"),
+            2
+        );
+        assert_eq!(
+            online_replicas("# Replication\r\nrole:master\r\n"),
+            u32::MAX
         );
     }
 }

@@ -482,6 +482,7 @@ async fn submit<S: EventStore>(
     pending: &mut HashMap<SharedPos, Own>,
 ) -> Option<oneshot::Sender<()>> {
     let now = Timestamp::now();
+    let refused = inner.health().refusal().is_some();
     let mut wires = Vec::with_capacity(batch.len());
     let mut own: Own = Vec::with_capacity(batch.len());
     let mut shutdown = None;
@@ -503,9 +504,16 @@ async fn submit<S: EventStore>(
                 },
             }
         }
-        for w in state.outbox.drain(..) {
-            wires.push(w);
-            own.push(None);
+        // While writes are refused, what only this node has to tell waits
+        // in the outbox rather than going out on its own: an append then
+        // fails anyway, or, when the log's replicas do not confirm, lands
+        // after a wait for them that holds up the writer (and everything
+        // it answers) each time.
+        if !refused || own.iter().any(Option::is_some) {
+            for w in state.outbox.drain(..) {
+                wires.push(w);
+                own.push(None);
+            }
         }
     }
     if wires.is_empty() {
@@ -685,7 +693,10 @@ async fn chores<S: EventStore>(inner: Arc<Inner<S>>, log: Arc<dyn SharedLog>) {
             }
         };
         inner.state().notices.become_ticker(ticker);
-        if !ticker {
+        // The shared chores wait, as this node's own news does, while its
+        // writes are refused (`submit`): their entry would wait for the
+        // replicas the log lacks, or fail.
+        if !ticker || inner.health().refusal().is_some() {
             continue;
         }
         let mut wires = vec![Wire::Tick];
