@@ -7,6 +7,18 @@ use crate::cluster::{read, subscribe_with};
 use pere_cluster::testing::SentinelGroup;
 use pere_tests::{ServerProcess, request};
 
+/// A primary with one replica (and sentinels, unused), and a node on the
+/// primary itself with `--replicas 1`: these tests are about replication,
+/// not failover.
+async fn node_waiting_for_a_replica() -> (SentinelGroup, ServerProcess) {
+    let group = tokio::task::spawn_blocking(SentinelGroup::start)
+        .await
+        .unwrap()
+        .expect("the sentinel group starts (redis-sentinel installed?)");
+    let node = ServerProcess::start(&["--cluster", &group.primary.url(), "--replicas", "1"]).await;
+    (group, node)
+}
+
 /// A publish no replica confirms is answered `503` with `Retry-After`,
 /// saying why; its event is on the log all the same (the outcome of a
 /// `503` is unknown, docs/PROTOCOL.md §2), so the publisher's retry with
@@ -14,12 +26,7 @@ use pere_tests::{ServerProcess, request};
 /// publishes nothing twice. Without `--replicas` the publish was `201`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_no_replica_confirms_is_503_and_its_retry_gets_the_same_id() {
-    let group = tokio::task::spawn_blocking(SentinelGroup::start)
-        .await
-        .unwrap()
-        .expect("the sentinel group starts (redis-sentinel installed?)");
-    // The primary itself: this is about replication, not failover.
-    let node = ServerProcess::start(&["--cluster", &group.primary.url(), "--replicas", "1"]).await;
+    let (group, node) = node_waiting_for_a_replica().await;
     assert!(
         node.log().contains("answers once a replica has it"),
         "{}",
@@ -107,11 +114,7 @@ async fn a_publish_no_replica_confirms_is_503_and_its_retry_gets_the_same_id() {
 /// 42), and the device, still connected, was counted offline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_only_the_node_knew_is_applied_once_when_no_replica_confirms_it() {
-    let group = tokio::task::spawn_blocking(SentinelGroup::start)
-        .await
-        .unwrap()
-        .expect("the sentinel group starts (redis-sentinel installed?)");
-    let node = ServerProcess::start(&["--cluster", &group.primary.url(), "--replicas", "1"]).await;
+    let (group, node) = node_waiting_for_a_replica().await;
     let device = |node: &ServerProcess| {
         let addr = node.addr;
         async move {
