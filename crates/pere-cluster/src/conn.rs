@@ -104,6 +104,16 @@ impl Connector {
             // No sentinel answers: the connections fail or not on their own.
             return;
         };
+        self.note_primary(now);
+    }
+
+    /// Notes that the sentinels name `now` as the primary (asked by the
+    /// watcher, or by a connection opening). Another one than the last
+    /// noted is a switch: every connection opened before it goes to the
+    /// old primary. A connection that reopens on its own (a tail's, the
+    /// appends') counts it too: noting the new primary silently would
+    /// leave the watcher nothing to see, and the others on the old one.
+    fn note_primary(&self, now: Addr) {
         let mut primary = self.primary.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(was) = primary.as_ref()
             && *was != now
@@ -113,9 +123,9 @@ impl Connector {
                 now = %format_args!("{}:{}", now.0, now.1),
                 "Sentinel names another primary: reconnecting to it"
             );
-            *primary = None;
             self.switches.send_modify(|n| *n += 1);
         }
+        *primary = Some(now);
     }
 
     /// Opens a connection whose commands time out after `response_timeout`
@@ -142,7 +152,7 @@ impl Connector {
                             redis::RedisError::from(std::io::Error::other(e.to_string()))
                         })?;
                     let conn = sentinels.connect(&addr, &config).await?;
-                    *self.primary.lock().unwrap_or_else(|e| e.into_inner()) = Some(addr);
+                    self.note_primary(addr);
                     Ok(conn)
                 }
             }
@@ -306,5 +316,39 @@ impl Link {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn through_sentinel() -> Connector {
+        let target = Target::Sentinel {
+            sentinels: vec!["redis://127.0.0.1:1".into()],
+            master: "m".into(),
+            username: None,
+            password: None,
+            db: 0,
+        };
+        Connector::new(target, Duration::from_secs(1)).unwrap()
+    }
+
+    #[test]
+    fn a_connection_that_finds_another_primary_counts_a_switch() {
+        let connector = through_sentinel();
+        let switches = connector.switches();
+        let a = ("127.0.0.1".to_owned(), 7001);
+        let b = ("127.0.0.1".to_owned(), 7002);
+        connector.note_primary(a.clone());
+        connector.note_primary(a);
+        assert_eq!(*switches.borrow(), 0, "the same primary again");
+        // A tail reconnecting after a failover, before the watcher asked:
+        // the shared connection, still on the old primary, must hear of it.
+        connector.note_primary(b.clone());
+        assert_eq!(*switches.borrow(), 1);
+        // The watcher then finds nothing new.
+        connector.note_primary(b);
+        assert_eq!(*switches.borrow(), 1);
     }
 }
