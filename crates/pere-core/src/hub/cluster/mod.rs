@@ -275,7 +275,7 @@ pub(super) async fn writer<S: EventStore>(
                         let streams = state.memberships.local_streams();
                         if streams.total > 0 || told.as_ref() != Some(&streams) {
                             told = Some(streams.clone());
-                            state.outbox.push(Wire::Streams { streams });
+                            wire::tell_streams(&mut state.outbox, streams);
                         }
                     }
                 }
@@ -308,9 +308,7 @@ pub(super) async fn writer<S: EventStore>(
     {
         let mut state = inner.state();
         state.close_all(Timestamp::now());
-        state.outbox.push(Wire::Streams {
-            streams: NodeStreams::default(),
-        });
+        wire::tell_streams(&mut state.outbox, NodeStreams::default());
     }
     let _ = submit(&inner, &*log, Vec::new(), &mut pending).await;
     for own in pending.into_values() {

@@ -157,6 +157,14 @@ pub(in crate::hub) fn decode(bytes: &[u8]) -> Result<Vec<Wire>, serde_json::Erro
     serde_json::from_slice(bytes)
 }
 
+/// Queues this node's streams report, replacing one not sent yet: each
+/// says everything (the others keep only the latest), and while writes
+/// are refused, one a second would pile up for the entry that follows.
+pub(in crate::hub) fn tell_streams(outbox: &mut Vec<Wire>, streams: NodeStreams) {
+    outbox.retain(|w| !matches!(w, Wire::Streams { .. }));
+    outbox.push(Wire::Streams { streams });
+}
+
 /// A token hash as it travels.
 pub(in crate::hub) fn token_bytes(token: &TokenHash) -> [u8; 32] {
     token.0
@@ -215,5 +223,27 @@ mod tests {
         ];
         assert_eq!(decode(&encode(&wires)).unwrap(), wires);
         assert!(decode(b"[{\"t\":\"unheard_of\"}]").is_err());
+    }
+
+    #[test]
+    fn a_streams_report_waiting_to_go_out_is_replaced_not_piled_up() {
+        let report = |total| NodeStreams {
+            anonymous: Vec::new(),
+            total,
+        };
+        let mut outbox = vec![Wire::Tick];
+        for total in 1..=3 {
+            tell_streams(&mut outbox, report(total));
+        }
+        outbox.push(Wire::NodeGone { node: "n".into() });
+        tell_streams(&mut outbox, report(0));
+        assert_eq!(
+            outbox,
+            vec![
+                Wire::Tick,
+                Wire::NodeGone { node: "n".into() },
+                Wire::Streams { streams: report(0) },
+            ]
+        );
     }
 }
