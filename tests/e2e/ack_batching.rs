@@ -128,7 +128,15 @@ async fn pere_js_acks_a_burst_of_events_in_a_few_requests() {
     let after = answered(server.addr).await;
 
     let requests = receipt_requests(before, after, BURST);
-    let page = page_receipt_requests(&mut browser).await;
+    // The page lists a request once it has read the whole answer, which
+    // can be a moment after the server counted it (seen in a full run: 3
+    // answered, 2 listed): wait for the page to list what was answered.
+    let mut page = page_receipt_requests(&mut browser).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while page < requests && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        page = page_receipt_requests(&mut browser).await;
+    }
     eprintln!("pere.js, live burst: {requests} receipt requests for {BURST} events");
     assert_eq!(
         requests, page,
