@@ -35,6 +35,11 @@ fn new_entry(events: usize, keys: bool, n: &mut u64) -> NewEntry {
                 })
             })
             .collect(),
+        // As the hub sends its entries: each with a serial above the last.
+        serial: Some({
+            *n += 1;
+            *n
+        }),
     }
 }
 

@@ -16,6 +16,7 @@ mod cluster_more;
 mod cluster_receipts;
 mod cluster_replicas;
 mod cluster_snapshot;
+mod cluster_unknown;
 mod connections;
 mod durability;
 mod envelope;

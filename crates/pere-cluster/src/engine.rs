@@ -67,6 +67,11 @@ impl Keys {
         }
     }
 
+    /// Where a node's highest [`NewEntry::serial`] is kept.
+    fn serial(&self, node: &str) -> String {
+        format!("{}:serial:{node}", self.prefix)
+    }
+
     fn lease(&self, name: &str) -> String {
         format!("{}:lease:{name}", self.prefix)
     }
@@ -75,6 +80,11 @@ impl Keys {
         format!("{}:node:{node}", self.prefix)
     }
 }
+
+/// How long a node's highest serial is kept after its last append: far
+/// longer than an append can stay in flight, and a node that comes back
+/// later starts again from any number.
+const SERIAL_TTL: Duration = Duration::from_secs(24 * 3600);
 
 pub(crate) fn millis(d: Duration) -> u64 {
     // A ttl that rounds to zero would mean "no ttl" to Redis or be refused.
@@ -225,8 +235,11 @@ impl Engine {
     /// # Errors
     ///
     /// [`EngineError::Unavailable`] when Redis cannot take it; if
-    /// `outcome_unknown`, the entry may still appear on the log.
-    /// [`EngineError::Invalid`] for more than `u32::MAX` events.
+    /// `outcome_unknown`, the entry may still appear on the log (unless a
+    /// retry with the same [`NewEntry::serial`] or a later one lands
+    /// first). [`EngineError::Stale`] for a serial below the node's
+    /// highest. [`EngineError::Unconfirmed`] when too few replicas have
+    /// it. [`EngineError::Invalid`] for more than `u32::MAX` events.
     pub async fn append(&self, entry: NewEntry) -> Result<Appended> {
         let events = u32::try_from(entry.idem.len())
             .map_err(|_| EngineError::Invalid("more than u32::MAX events in one entry".into()))?;
@@ -236,12 +249,15 @@ impl Engine {
             .key(&keys.seq)
             .key(&keys.log)
             .key(&keys.head)
-            .key(&keys.genesis);
+            .key(&keys.genesis)
+            .key(keys.serial(&config.node));
         invocation
             .arg(&config.node)
             .arg(entry.blob.as_ref())
             .arg(events)
-            .arg(millis(config.idem_ttl));
+            .arg(millis(config.idem_ttl))
+            .arg(entry.serial.map(|n| n.to_string()).unwrap_or_default())
+            .arg(millis(SERIAL_TTL));
         for (index, key) in entry.idem.iter().enumerate() {
             if let Some(key) = key {
                 invocation.key(key.redis_key(&config.prefix)).arg(index);

@@ -22,6 +22,13 @@ pub struct NewEntry {
     /// One per event the batch publishes, in order: `idem.len()` is the
     /// entry's event count.
     pub idem: Vec<Option<IdemKey>>,
+    /// The node's number for this entry, rising from one entry to the
+    /// next, or `None`. The log takes a serial at most once, and none
+    /// below the node's highest taken: a retry of an append whose outcome
+    /// is unknown, with the same serial, lands at most once, whichever of
+    /// the two Redis runs first ([`Appended::again`],
+    /// [`EngineError::Stale`]).
+    pub serial: Option<u64>,
 }
 
 /// A publisher's idempotency key, scoped like docs/PROTOCOL.md §2 says: per
@@ -67,6 +74,10 @@ pub struct Appended {
     /// already known: that event must not be published again, and its
     /// publisher gets the original id.
     pub duplicates: Vec<(u32, u64)>,
+    /// The log had taken this [`NewEntry::serial`] already: nothing was
+    /// appended, `pos` is where the earlier append landed, and `first_id`
+    /// and `time` are 0.
+    pub again: bool,
 }
 
 /// An entry read back from the log.
@@ -149,6 +160,24 @@ pub(crate) fn parse_appended(reply: Value) -> Result<Appended> {
     let Value::Array(items) = reply else {
         return Err(protocol(format_args!("append replied {reply:?}")));
     };
+    if let [Value::BulkString(what), value] = items.as_slice() {
+        return match what.as_slice() {
+            b"again" => Ok(Appended {
+                pos: LogPos::from_bytes(&bulk(value.clone())?)?,
+                first_id: 0,
+                time: 0,
+                duplicates: Vec::new(),
+                again: true,
+            }),
+            b"stale" => Err(EngineError::Stale {
+                last: number("serial", &bulk(value.clone())?)?,
+            }),
+            other => Err(protocol(format_args!(
+                "append replied {:?}",
+                String::from_utf8_lossy(other)
+            ))),
+        };
+    }
     if items.len() < 3 || items.len() % 2 == 0 {
         return Err(protocol(format_args!(
             "append replied {} items",
@@ -169,6 +198,7 @@ pub(crate) fn parse_appended(reply: Value) -> Result<Appended> {
         first_id,
         time,
         duplicates,
+        again: false,
     })
 }
 
@@ -377,6 +407,23 @@ mod tests {
         assert!(
             parse_appended(Value::Array(vec![s("7-0"), Value::Int(-1), Value::Int(1)])).is_err()
         );
+    }
+
+    #[test]
+    fn a_serial_taken_before_or_overtaken_appends_nothing() {
+        let again = parse_appended(Value::Array(vec![s("again"), s("7-3")])).unwrap();
+        assert!(again.again);
+        assert_eq!(again.pos, LogPos { ms: 7, seq: 3 });
+        assert_eq!(
+            parse_appended(Value::Array(vec![s("stale"), s("12")])),
+            Err(EngineError::Stale { last: 12 })
+        );
+        for bad in [["again", "x"], ["stale", "-1"], ["other", "1"]] {
+            assert!(
+                parse_appended(Value::Array(vec![s(bad[0]), s(bad[1])])).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

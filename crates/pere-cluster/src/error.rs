@@ -46,6 +46,15 @@ pub enum EngineError {
         /// What the replicas did, for the logs.
         reason: String,
     },
+    /// The entry's [`crate::NewEntry::serial`] is below the highest the
+    /// log took from this node: a later append overtook it (or the node
+    /// restarted and counts from scratch). Nothing was appended; an entry
+    /// that must still go numbers itself above `last`.
+    #[error("the entry's serial is below {last}, the node's highest on the log")]
+    Stale {
+        /// The node's highest serial on the log.
+        last: u64,
+    },
     /// The log no longer holds the entries after the position asked for:
     /// they were trimmed after a snapshot covered them. The caller loads
     /// [`crate::Engine::snapshot`] and tails from its position.

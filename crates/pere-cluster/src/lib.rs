@@ -39,7 +39,7 @@
 //! let (from, state) = engine.snapshot().await?.unwrap_or((LogPos::ZERO, Bytes::new()));
 //! // … load `state` into the hub, then follow the log from its position:
 //! let mut tail = engine.tail(from);
-//! let appended = engine.append(NewEntry { blob: batch, idem: vec![None; 3] }).await?;
+//! let appended = engine.append(NewEntry { blob: batch, idem: vec![None; 3], serial: None }).await?;
 //! let entry = tail.next().await?; // every node gets this entry, at the same place
 //! # let _ = (state, appended, entry);
 //! # Ok(())

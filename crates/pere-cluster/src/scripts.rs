@@ -18,10 +18,21 @@ use redis::Script;
 /// idempotency keys and `XADD`s the entry, all or nothing.
 ///
 /// - `KEYS[1]` `{prefix}:seq`, `KEYS[2]` `{prefix}:log`, `KEYS[3]`
-///   `{prefix}:head`, `KEYS[4]` `{prefix}:genesis`, `KEYS[5..]` one
-///   `{prefix}:idem:…` key per event that has an idempotency key.
+///   `{prefix}:head`, `KEYS[4]` `{prefix}:genesis`, `KEYS[5]`
+///   `{prefix}:serial:NODE`, `KEYS[6..]` one `{prefix}:idem:…` key per
+///   event that has an idempotency key.
 /// - `ARGV[1]` node, `ARGV[2]` blob, `ARGV[3]` event count, `ARGV[4]`
-///   idempotency ttl in ms, `ARGV[5..]` the event index of each idem key.
+///   idempotency ttl in ms, `ARGV[5]` the entry's serial or empty,
+///   `ARGV[6]` the serial key's ttl in ms, `ARGV[7..]` the event index of
+///   each idem key.
+///
+/// Serials ([`crate::NewEntry::serial`]): the serial key holds the
+/// node's highest serial taken and that entry's position. A serial equal
+/// to it is an append already made (a retry after no answer came): nothing
+/// is added, and the reply is `{'again', pos}`. A lower one was overtaken
+/// (a later append of the node landed first): `{'stale', highest}`. The
+/// `again` path touches the key so that the connection's `WAIT` covers
+/// the entry, which another connection may have written.
 ///
 /// The first entry of an empty log records the log's beginning (`genesis`,
 /// unless set): a node still running when Redis lost its data appends
@@ -36,10 +47,25 @@ use redis::Script;
 /// `prev`, which chains the log so a tail can tell a trimmed log from one a
 /// failover cut short.
 ///
-/// Returns `{pos, first, time, i1, id1, i2, id2, …}`.
+/// Returns `{pos, first, time, i1, id1, i2, id2, …}` when it appended.
 pub(crate) static APPEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
+local serial = tonumber(ARGV[5])
+if serial then
+  local seen = redis.call('GET', KEYS[5])
+  if seen then
+    local last, at = string.match(seen, '^(%d+) (%S+)$')
+    last = tonumber(last)
+    if serial == last then
+      redis.call('PEXPIRE', KEYS[5], ARGV[6])
+      return {'again', at}
+    end
+    if serial < last then
+      return {'stale', string.format('%.0f', last)}
+    end
+  end
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local events = tonumber(ARGV[3])
@@ -52,8 +78,8 @@ if events > 0 then
 end
 local reply = {false, first, now}
 local dups = {}
-for k = 5, #KEYS do
-  local index = ARGV[k]
+for k = 6, #KEYS do
+  local index = ARGV[k + 1]
   local id = string.format('%.0f', first + tonumber(index))
   local old = redis.call('SET', KEYS[k], id, 'NX', 'GET', 'PX', ARGV[4])
   if old then
@@ -72,6 +98,9 @@ local pos = redis.call('XADD', KEYS[2], '*',
   'first', string.format('%.0f', first), 'time', string.format('%.0f', now),
   'dup', table.concat(dups, ','), 'blob', ARGV[2])
 redis.call('SET', KEYS[3], pos)
+if serial then
+  redis.call('SET', KEYS[5], ARGV[5] .. ' ' .. pos, 'PX', ARGV[6])
+end
 reply[1] = pos
 return reply
 "#,

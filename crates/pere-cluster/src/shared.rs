@@ -39,6 +39,7 @@ fn error(err: EngineError) -> SharedLogError {
             pos: pos(at),
             retry_after: crate::error::MIN_RETRY_AFTER,
         },
+        EngineError::Stale { last } => SharedLogError::Stale { last },
         err @ EngineError::Trimmed { .. } => SharedLogError::Behind(err.to_string()),
         err @ EngineError::Regressed { now, .. } => SharedLogError::Lost {
             reason: err.to_string(),
@@ -53,17 +54,26 @@ impl SharedLog for Engine {
         Engine::node(self)
     }
 
-    fn append(&self, blob: Bytes, events: u32) -> LogFuture<'_, SharedAppended> {
+    fn append(
+        &self,
+        blob: Bytes,
+        events: u32,
+        serial: Option<u64>,
+    ) -> LogFuture<'_, SharedAppended> {
         Box::pin(async move {
             // Idempotency is the hub's (its keys are replicated state): the
             // log only orders and numbers.
             let entry = NewEntry {
                 blob,
                 idem: vec![None; events as usize],
+                serial,
             };
             Engine::append(self, entry)
                 .await
-                .map(|a| SharedAppended { pos: pos(a.pos) })
+                .map(|a| SharedAppended {
+                    pos: pos(a.pos),
+                    again: a.again,
+                })
                 .map_err(error)
         })
     }

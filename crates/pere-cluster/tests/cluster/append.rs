@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use pere_cluster::testing::RedisServer;
-use pere_cluster::{LogPos, NewEntry, Slot};
+use pere_cluster::{EngineError, LogPos, NewEntry, Slot};
 
 use crate::{engine, entry, key, next};
 
@@ -130,6 +130,7 @@ async fn a_known_key_makes_a_duplicate_of_the_original_id_even_within_a_batch() 
         .append(NewEntry {
             blob: Bytes::from_static(b"1"),
             idem: vec![Some(key("c", "k1")), None, Some(key("c", "k1"))],
+            serial: None,
         })
         .await
         .unwrap();
@@ -142,6 +143,7 @@ async fn a_known_key_makes_a_duplicate_of_the_original_id_even_within_a_batch() 
                 Some(key("c", "k1")),
                 Some(key("d", "k1")),
             ],
+            serial: None,
         })
         .await
         .unwrap();
@@ -158,6 +160,7 @@ async fn a_known_key_makes_a_duplicate_of_the_original_id_even_within_a_batch() 
         .append(NewEntry {
             blob: Bytes::new(),
             idem: vec![Some(other)],
+            serial: None,
         })
         .await
         .unwrap();
@@ -173,6 +176,7 @@ async fn idempotency_keys_expire_after_idem_ttl() {
     let with_key = || NewEntry {
         blob: Bytes::new(),
         idem: vec![Some(key("c", "k"))],
+        serial: None,
     };
     engine.append(with_key()).await.unwrap();
     let pttl: i64 = redis.query(&["PTTL", "pere:idem:1:c:-:k"]).unwrap();
@@ -210,6 +214,7 @@ async fn racing_engines_get_one_id_per_idempotency_key() {
                         .append(NewEntry {
                             blob: Bytes::new(),
                             idem: vec![Some(key("chan", &format!("k{k}")))],
+                            serial: None,
                         })
                         .await
                         .expect("appends");
@@ -279,6 +284,7 @@ async fn a_blob_of_several_megabytes_round_trips() {
         .append(NewEntry {
             blob: Bytes::from(blob.clone()),
             idem: vec![None; 64],
+            serial: None,
         })
         .await
         .unwrap();
@@ -286,4 +292,49 @@ async fn a_blob_of_several_megabytes_round_trips() {
     let got = next(&mut tail).await.unwrap();
     assert_eq!(got.pos, appended.pos);
     assert!(got.blob == blob, "the blob comes back byte for byte");
+}
+
+/// An entry with a serial is on the log at most once, and never after a
+/// later serial of its node: a retry whose first try got no answer adds
+/// nothing if the first try ran, and a first try that runs after its
+/// retry (or after the node's next entry) adds nothing either.
+#[tokio::test]
+async fn a_serial_is_taken_once_and_never_after_a_later_one() {
+    let redis = RedisServer::start().expect("redis starts");
+    let a = engine(&redis.url(), "a").await;
+    let b = engine(&redis.url(), "b").await;
+    let with = |blob: &str, serial: u64| NewEntry {
+        serial: Some(serial),
+        ..entry(blob, 1)
+    };
+    let first = a.append(with("first", 5)).await.unwrap();
+    assert!(!first.again);
+    let retry = a.append(with("retry", 5)).await.unwrap();
+    assert!(retry.again, "{retry:?}");
+    assert_eq!(retry.pos, first.pos);
+    assert_eq!(
+        a.append(with("overtaken", 4)).await.unwrap_err(),
+        EngineError::Stale { last: 5 }
+    );
+    // Serials are per node, and entries without one are not numbered.
+    b.append(with("b's", 1)).await.unwrap();
+    a.append(entry("unnumbered", 1)).await.unwrap();
+    let next_one = a.append(with("next", 9)).await.unwrap();
+    assert_eq!(
+        a.append(with("late first try", 6)).await.unwrap_err(),
+        EngineError::Stale { last: 9 }
+    );
+    let mut tail = a.tail(LogPos::ZERO);
+    let mut blobs = Vec::new();
+    loop {
+        let e = next(&mut tail).await.unwrap();
+        blobs.push(String::from_utf8(e.blob.to_vec()).unwrap());
+        if e.pos == next_one.pos {
+            break;
+        }
+    }
+    assert_eq!(blobs, ["first", "b's", "unnumbered", "next"]);
+    // The node's highest serial is kept a day, not forever.
+    let pttl: i64 = redis.query(&["PTTL", "pere:serial:a"]).unwrap();
+    assert!((1..=86_400_000).contains(&pttl), "{pttl}");
 }

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use pere_cluster::testing::RedisServer;
-use pere_cluster::{ClusterConfig, Engine, EngineError, LogPos};
+use pere_cluster::{ClusterConfig, Engine, EngineError, LogPos, NewEntry};
 
 use crate::{PROMPT, append_retrying, engine, entry, next};
 
@@ -92,6 +92,43 @@ async fn a_hung_redis_is_unavailable_after_the_command_timeout_and_the_outcome_i
     next(&mut tail).await.unwrap();
     let late = next(&mut tail).await.unwrap();
     assert_eq!(&late.blob[..], b"sent to a hung redis");
+}
+
+/// The same, with a serial: the retry that follows the unanswered try
+/// finds that Redis ran it on waking, and adds nothing; with the next
+/// serial, the node goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_of_an_unanswered_append_under_its_serial_adds_nothing() {
+    let redis = RedisServer::start().expect("redis starts");
+    let mut config = ClusterConfig::new(redis.url(), "a");
+    config.command_timeout = Duration::from_millis(300);
+    let engine = Engine::connect(config).await.unwrap();
+    let with = |blob: &str, serial: u64| NewEntry {
+        serial: Some(serial),
+        ..entry(blob, 1)
+    };
+    // Loads the script: a first EVALSHA would fail with NOSCRIPT on waking.
+    let before = engine.append(entry("before", 1)).await.unwrap();
+    redis.freeze().unwrap();
+    let err = engine.append(with("hung", 1)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            EngineError::Unavailable {
+                outcome_unknown: true,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    redis.thaw().unwrap();
+    let retry = append_retrying(&engine, with("retry", 1), PROMPT).await;
+    assert!(retry.again, "Redis ran the first try on waking: {retry:?}");
+    let after = engine.append(with("after", 2)).await.unwrap();
+    let mut tail = engine.tail(before.pos);
+    let hung = next(&mut tail).await.unwrap();
+    assert_eq!((&hung.blob[..], hung.pos), (&b"hung"[..], retry.pos));
+    assert_eq!(next(&mut tail).await.unwrap().pos, after.pos);
 }
 
 #[tokio::test]

@@ -30,6 +30,7 @@ pub fn entry(blob: &str, events: usize) -> NewEntry {
     NewEntry {
         blob: Bytes::from(blob.to_owned()),
         idem: vec![None; events],
+        serial: None,
     }
 }
 

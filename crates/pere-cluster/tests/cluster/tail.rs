@@ -164,6 +164,7 @@ async fn a_tail_reads_large_blobs_a_few_at_a_time() {
         let entry = pere_cluster::NewEntry {
             blob: blob.clone(),
             idem: vec![None; 64],
+            serial: None,
         };
         appended.push(engine.append(entry).await.unwrap());
     }

@@ -39,6 +39,9 @@ pub struct SharedEntry {
 pub struct SharedAppended {
     /// Where it is.
     pub pos: SharedPos,
+    /// The log had taken the append's serial already: this is where that
+    /// earlier append landed, and nothing was added.
+    pub again: bool,
 }
 
 /// What a shared log can fail with.
@@ -65,6 +68,14 @@ pub enum SharedLogError {
         /// When to try again.
         retry_after: Duration,
     },
+    /// The append's serial is below the highest the log took from this
+    /// node (a later append overtook it, or the node restarted): nothing
+    /// was added. What must still go is numbered above `last`.
+    #[error("the cluster log took a later entry of this node ({last})")]
+    Stale {
+        /// The node's highest serial on the log.
+        last: u64,
+    },
     /// Entries this node read are gone (a failover lost them): its state
     /// must be rebuilt, and its streams may have been sent events that no
     /// longer exist.
@@ -90,7 +101,18 @@ pub trait SharedLog: Send + Sync + 'static {
     /// This node's name in the log.
     fn node(&self) -> &str;
     /// Appends an entry of `events` events, atomically with their ids.
-    fn append(&self, blob: Bytes, events: u32) -> LogFuture<'_, SharedAppended>;
+    ///
+    /// With a `serial` (the node's number for the entry, rising from one
+    /// to the next), the log takes the entry at most once and not after a
+    /// later one: sent again with the same serial after no answer came,
+    /// it lands once whichever copy the log gets first
+    /// ([`SharedAppended::again`], [`SharedLogError::Stale`]).
+    fn append(
+        &self,
+        blob: Bytes,
+        events: u32,
+        serial: Option<u64>,
+    ) -> LogFuture<'_, SharedAppended>;
     /// Reads the log after `after`, in order, waiting for new entries.
     fn tail(&self, after: SharedPos) -> Box<dyn SharedTail>;
     /// The position of the last entry.

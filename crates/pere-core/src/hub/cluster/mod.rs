@@ -23,6 +23,7 @@ mod convert;
 #[cfg(test)]
 mod jwt_tests;
 mod log;
+mod serials;
 pub(super) mod snapshot;
 #[cfg(test)]
 mod snapshot_tests;
@@ -50,6 +51,7 @@ use convert::{from_wire, to_wire};
 pub use log::{
     LogFuture, SharedAppended, SharedEntry, SharedLog, SharedLogError, SharedPos, SharedTail,
 };
+use serials::Serials;
 use wire::Wire;
 
 /// How often a node tells the others what its streams were written (their
@@ -134,7 +136,7 @@ pub(super) async fn forget_previous_life<S: EventStore>(
         let wires = [Wire::NodeGone {
             node: node.to_owned(),
         }];
-        log.append(Bytes::from(wire::encode(&wires)), 0)
+        log.append(Bytes::from(wire::encode(&wires)), 0, None)
             .await
             .map_err(unavailable)?;
     }
@@ -162,6 +164,7 @@ pub(super) async fn writer<S: EventStore>(
     let mut last = after;
     let mut chores = tokio::spawn(chores(inner.clone(), log.clone()));
     let mut pending: HashMap<SharedPos, Own> = HashMap::new();
+    let mut serials = Serials::new();
     // Each recent entry's first event id: a failover that kept the log up
     // to an entry lost every event from the next entry's first id on (ids
     // rise in log order).
@@ -248,7 +251,7 @@ pub(super) async fn writer<S: EventStore>(
                 if n == 0 {
                     break;
                 }
-                if let Some(reply) = submit(&inner, &*log, std::mem::take(&mut batch), &mut pending).await {
+                if let Some(reply) = submit(&inner, &*log, std::mem::take(&mut batch), &mut pending, &mut serials).await {
                     shutdown = Some(reply);
                     break;
                 }
@@ -279,7 +282,7 @@ pub(super) async fn writer<S: EventStore>(
                         }
                     }
                 }
-                submit(&inner, &*log, Vec::new(), &mut pending).await;
+                submit(&inner, &*log, Vec::new(), &mut pending, &mut serials).await;
             }
             _ = snap_due.tick() => snaps.take(&inner, &log, last),
         }
@@ -310,7 +313,7 @@ pub(super) async fn writer<S: EventStore>(
         state.close_all(Timestamp::now());
         wire::tell_streams(&mut state.outbox, NodeStreams::default());
     }
-    let _ = submit(&inner, &*log, Vec::new(), &mut pending).await;
+    let _ = submit(&inner, &*log, Vec::new(), &mut pending, &mut serials).await;
     for own in pending.into_values() {
         fail_own(own, || Error::ShuttingDown);
     }
@@ -478,6 +481,7 @@ async fn submit<S: EventStore>(
     log: &dyn SharedLog,
     batch: Vec<Command>,
     pending: &mut HashMap<SharedPos, Own>,
+    serials: &mut Serials,
 ) -> Option<oneshot::Sender<()>> {
     let now = Timestamp::now();
     let refused = inner.health().refusal().is_some();
@@ -502,23 +506,53 @@ async fn submit<S: EventStore>(
                 },
             }
         }
-        // While writes are refused, what only this node has to tell waits
-        // in the outbox rather than going out on its own: an append then
-        // fails anyway, or, when the log's replicas do not confirm, lands
-        // after a wait for them that holds up the writer (and everything
-        // it answers) each time.
-        if !refused || own.iter().any(Option::is_some) {
-            for w in state.outbox.drain(..) {
-                wires.push(w);
-                own.push(None);
-            }
+    }
+    // While writes are refused, what only this node has to tell waits
+    // (in the outbox, or unsettled) rather than going out on its own: an
+    // append then fails anyway, or, when the log's replicas do not
+    // confirm, lands after a wait for them that holds up the writer (and
+    // everything it answers) each time.
+    let sending = !refused || own.iter().any(Option::is_some);
+    if !sending || (own.is_empty() && inner.state().outbox.is_empty() && !serials.unsettled()) {
+        return shutdown;
+    }
+    let failed = |err: &SharedLogError| {
+        let cause = err.to_string();
+        if inner.health().failed(cause.clone()) {
+            tracing::error!(cause = %cause, "the cluster log refused a batch; answering 503");
+        }
+        cause
+    };
+    // What an entry that got no answer carried goes first, alone: what
+    // follows may depend on it (a stream's end before its next report).
+    let settled = match serials.settle(log).await {
+        Ok(settled) => settled,
+        Err(err) => {
+            let cause = failed(&err);
+            fail_own(own, || Error::StoreUnavailable(cause.clone()));
+            return shutdown;
+        }
+    };
+    {
+        let mut state = inner.state();
+        for w in state.outbox.drain(..) {
+            wires.push(w);
+            own.push(None);
         }
     }
     if wires.is_empty() {
+        if settled {
+            inner.health().wrote();
+        }
         return shutdown;
     }
-    let events = wires.iter().filter(|w| w.is_event()).count() as u32;
-    match log.append(Bytes::from(wire::encode(&wires)), events).await {
+    // What only this node knew, when the log cannot say whether it took
+    // the entry, goes again under the entry's serial; when the log has
+    // the entry but its replicas did not confirm it, not at all: it is
+    // read back and applied as any entry (appended again, it was applied
+    // once per retry: a stream closed 42 times).
+    let ours: Vec<bool> = own.iter().map(Option::is_none).collect();
+    match serials.append(log, wires, |i| ours[i]).await {
         Ok(appended) => {
             inner.health().wrote();
             if own.iter().any(Option::is_some) {
@@ -526,22 +560,7 @@ async fn submit<S: EventStore>(
             }
         }
         Err(err) => {
-            let cause = err.to_string();
-            if inner.health().failed(cause.clone()) {
-                tracing::error!(cause = %cause, "the cluster log refused a batch; answering 503");
-            }
-            // What only this node knew is kept for the next entry, unless
-            // the log has the entry all the same: then it is read back and
-            // applied as any entry (appended again, it was applied once per
-            // retry: a stream closed 42 times).
-            if !matches!(err, SharedLogError::Unconfirmed { .. }) {
-                let mut state = inner.state();
-                for (w, o) in wires.into_iter().zip(own.iter()) {
-                    if o.is_none() {
-                        state.outbox.push(w);
-                    }
-                }
-            }
+            let cause = failed(&err);
             fail_own(own, || Error::StoreUnavailable(cause.clone()));
         }
     }
@@ -709,7 +728,7 @@ async fn chores<S: EventStore>(inner: Arc<Inner<S>>, log: Arc<dyn SharedLog>) {
                 let _ = log.forget_node(&node).await;
             }
         }
-        if let Err(err) = log.append(Bytes::from(wire::encode(&wires)), 0).await {
+        if let Err(err) = log.append(Bytes::from(wire::encode(&wires)), 0, None).await {
             tracing::warn!(cause = %err, "the ticker's entry was not appended");
         }
     }
