@@ -155,18 +155,38 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Where a header marks compaction's output (outside the checksum, which
-/// older versions check over the first 24 bytes only).
+/// older versions check over the first 24 bytes only): 0 for the writer's
+/// segments, 1 for compaction's output as versions before its number was
+/// kept wrote it, [`NUMBERED`] when the next three bytes hold the low 24
+/// bits of the segment's own number (older versions read any non-zero
+/// value as compaction's output).
 const COMPACTED_AT: usize = 28;
+/// The mark of compaction's output that knows its own number.
+const NUMBERED: u8 = 2;
 
-fn header(covers_from: u64, last_id: EventId, compacted: bool) -> [u8; HEADER_LEN as usize] {
+/// A segment header. `compacted`: the number of the segment it heads,
+/// when it is compaction's output (or a segment rewritten at recovery):
+/// kept so that a copy of it under another number is told apart from
+/// compaction's output, whose header names an earlier segment too.
+fn header(covers_from: u64, last_id: EventId, compacted: Option<u64>) -> [u8; HEADER_LEN as usize] {
     let mut h = [0u8; HEADER_LEN as usize];
     h[..8].copy_from_slice(MAGIC);
     h[8..16].copy_from_slice(&covers_from.to_le_bytes());
     h[16..24].copy_from_slice(&last_id.0.to_le_bytes());
     let crc = crc32c::crc32c(&h[..24]);
     h[24..28].copy_from_slice(&crc.to_le_bytes());
-    h[COMPACTED_AT] = u8::from(compacted);
+    if let Some(number) = compacted {
+        h[COMPACTED_AT] = NUMBERED;
+        h[COMPACTED_AT + 1..].copy_from_slice(&number.to_le_bytes()[..3]);
+    }
     h
+}
+
+/// The low 24 bits of the number a compacted segment's header says it
+/// was written as, if it says (see [`COMPACTED_AT`]).
+fn written_as(bytes: &[u8]) -> Option<u64> {
+    let h = bytes.get(..HEADER_LEN as usize)?;
+    (h[COMPACTED_AT] == NUMBERED).then(|| u64::from_le_bytes([h[29], h[30], h[31], 0, 0, 0, 0, 0]))
 }
 
 /// `(covers_from, last_id)` of a segment header, if intact.
@@ -516,7 +536,7 @@ fn create_segment_file(
         .write(true)
         .open(&path)?;
     let made = file
-        .write_all(&header(covers_from, last_id, false))
+        .write_all(&header(covers_from, last_id, None))
         .and_then(|()| file.sync_all())
         .and_then(|()| sync_dir(dir));
     if let Err(err) = made {

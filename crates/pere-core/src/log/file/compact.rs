@@ -164,7 +164,7 @@ fn write_compacted(
     // The header is written last; until the rename below the file is a
     // `.tmp` that recovery deletes, so a torn compaction is never read.
     file.seek(SeekFrom::Start(0))?;
-    file.write_all(&header(first, last_id, true))?;
+    file.write_all(&header(first, last_id, Some(last)))?;
     file.sync_all()?;
     drop(file);
     fs::rename(tmp, segment_path(dir, last))?;

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 
 use super::super::codec::Stored;
 use super::scan::{Found, Order, Skipped, Why, scan_segment};
-use super::{COMPACTED_AT, HEADER_LEN, header, io_err, read_header, segment_path, sync_dir};
+use super::{
+    COMPACTED_AT, HEADER_LEN, header, io_err, read_header, segment_path, sync_dir, written_as,
+};
 use crate::error::Result;
 use crate::event::EventId;
 use crate::log::Damage;
@@ -89,12 +91,19 @@ pub(super) fn scan(dir: &Path) -> Result<Scan> {
     if let Some((n, covers)) = copied_segment(&headers) {
         return Err(not_its_number(&segment_path(dir, n), covers));
     }
-    // A compacted segment supersedes the segments it was made from.
+    // A compacted segment supersedes the segments it was made from, left
+    // by a crash before compaction deleted them. Its last id is the
+    // newest of theirs: one holding a newer event was written after it,
+    // so it is not compaction's output but a copy (whose header older
+    // versions did not number).
     let mut superseded = HashSet::new();
     for (n, h, _) in &headers {
-        if let Some((covers, _)) = h {
-            for (m, _, _) in &headers {
+        if let Some((covers, last)) = h {
+            for (m, hm, bytes) in &headers {
                 if *m >= *covers && *m < *n {
+                    if newest_event(*m, *hm, bytes) > *last {
+                        return Err(not_its_number(&segment_path(dir, *n), *covers));
+                    }
                     superseded.insert(*m);
                 }
             }
@@ -121,7 +130,7 @@ pub(super) fn scan(dir: &Path) -> Result<Scan> {
             // The header now covers the hole, so the log is whole again
             // and only the marker tells of it (as a repaired segment's
             // copies do); its lsns have a gap, as compaction's output's.
-            let healed = header(prev + 1, last, true);
+            let healed = header(prev + 1, last, Some(n));
             rewrite_header(&path, &healed).map_err(|e| io_err(&path, e))?;
             bytes[..healed.len()].copy_from_slice(&healed);
             h = read_header(&bytes);
@@ -326,6 +335,9 @@ fn copied_segment(headers: &[SegmentRead]) -> Option<(u64, u64)> {
     };
     headers.iter().find_map(|(n, h, bytes)| {
         let (covers, _) = (*h)?;
+        if let Some(low) = written_as(bytes) {
+            return (low != *n & 0xff_ffff).then(|| (*n, number_from_low_bits(*n, low)));
+        }
         if covers == *n || compacted(bytes) {
             return None;
         }
@@ -335,6 +347,37 @@ fn copied_segment(headers: &[SegmentRead]) -> Option<(u64, u64)> {
         let (copy, original) = (records(bytes), records(original));
         (copy.starts_with(&original) || original.starts_with(&copy)).then_some((*n, covers))
     })
+}
+
+/// The number below or at `n` whose low 24 bits are `low`: what a
+/// compacted segment's header says it was written as.
+fn number_from_low_bits(n: u64, low: u64) -> u64 {
+    let candidate = (n & !0xff_ffff) | low;
+    if candidate > n {
+        candidate.saturating_sub(1 << 24)
+    } else {
+        candidate
+    }
+}
+
+/// The newest event id among segment `n`'s records (`ZERO` if none).
+fn newest_event(n: u64, h: Option<(u64, EventId)>, bytes: &[u8]) -> EventId {
+    let found = scan_segment(
+        bytes,
+        HEADER_LEN as usize,
+        false,
+        written_by_writer(n, h, bytes),
+        Order::default(),
+    );
+    found
+        .records
+        .iter()
+        .filter_map(|f| match &f.record {
+            Stored::Hub(crate::log::Record::Event(e)) => Some(e.id),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(EventId::ZERO)
 }
 
 /// The error for segment file `path` whose header names segment `covers`.
@@ -469,7 +512,7 @@ fn repair(
         .max()
         .unwrap_or_default();
     let covers = read_header(bytes).map_or(number, |(covers, _)| covers);
-    out.extend_from_slice(&header(covers, last_id, true));
+    out.extend_from_slice(&header(covers, last_id, Some(number)));
     for f in records {
         out.extend_from_slice(&bytes[f.offset..f.offset + f.len]);
     }

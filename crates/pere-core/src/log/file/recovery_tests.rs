@@ -208,9 +208,126 @@ async fn an_unmarked_compaction_without_events_is_not_taken_for_a_copy() {
     let mut first = fs::read(&segs[0]).unwrap();
     let (covers, last) = read_header(&first).unwrap();
     let number = number_of(&segs[0]);
-    assert!(covers < number && last == EventId::ZERO && first[COMPACTED_AT] == 1);
-    first[COMPACTED_AT] = 0;
+    assert!(covers < number && last == EventId::ZERO && first[COMPACTED_AT] == NUMBERED);
+    first[COMPACTED_AT..HEADER_LEN as usize].fill(0);
     fs::write(&segs[0], &first).unwrap();
     let (_, r) = reopen(&cfg).await;
     assert_eq!(r.records.len(), kept, "{:?}", r.notes);
+}
+
+/// Copies compaction's output (or a repaired segment) under a later
+/// number: its header names an earlier segment as compaction's does, so
+/// recovery took it for compaction's output and deleted every segment
+/// from that one on (a new user's walk lost answered publishes so).
+async fn copy_compacted_under_a_later_number(dir: &Path, old_marker: bool) -> PathBuf {
+    let segs = segments(dir);
+    let last = number_of(segs.last().unwrap());
+    let copy = segment_path(dir, last + 1);
+    let mut bytes = fs::read(&segs[0]).unwrap();
+    assert_ne!(bytes[COMPACTED_AT], 0, "segment 0 is compaction's output");
+    if old_marker {
+        // As versions before the number was kept wrote it.
+        bytes[COMPACTED_AT] = 1;
+        bytes[COMPACTED_AT + 1..HEADER_LEN as usize].fill(0);
+    }
+    fs::write(&copy, &bytes).unwrap();
+    copy
+}
+
+#[tokio::test]
+async fn compactions_output_copied_under_a_later_number_stops_the_start() {
+    for old_marker in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = small_segments(dir.path()).await;
+        let segs = segments(dir.path());
+        let copy = copy_compacted_under_a_later_number(dir.path(), old_marker).await;
+        let err = match FileStore::open(cfg.clone()) {
+            Ok(_) => panic!("a copied segment was taken (old marker: {old_marker})"),
+            Err(err) => err.to_string(),
+        };
+        assert!(err.contains("copy or a renamed segment"), "{err}");
+        assert!(err.contains(&copy.display().to_string()), "{err}");
+        let mut expected = segs.clone();
+        expected.push(copy.clone());
+        assert_eq!(segments(dir.path()), expected, "nothing removed");
+        fs::remove_file(&copy).unwrap();
+        let (_, r) = reopen(&cfg).await;
+        assert_eq!(event_ids(&r), (1..=50).collect::<Vec<_>>());
+    }
+}
+
+/// The walk's own steps: a segment repaired at start (its damaged record
+/// cut out, its header marked as compaction's), copied while the store
+/// runs, and written on after the copy.
+#[tokio::test]
+async fn a_repaired_segment_copied_while_the_store_runs_stops_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    {
+        let (store, _) = reopen(&cfg).await;
+        for i in 1..=3 {
+            store.append(&[event("a", i, "before")]).await.unwrap();
+        }
+        store.close().await.unwrap();
+    }
+    let segs = segments(dir.path());
+    assert_eq!(segs.len(), 1);
+    // One bit of the second record's payload.
+    let mut bytes = fs::read(&segs[0]).unwrap();
+    let first_len = u32::from_le_bytes(bytes[32..36].try_into().unwrap()) as usize + 8;
+    let second = HEADER_LEN as usize + first_len;
+    let second_len = u32::from_le_bytes(bytes[second..second + 4].try_into().unwrap()) as usize;
+    bytes[second + second_len] ^= 0x08;
+    fs::write(&segs[0], &bytes).unwrap();
+    let copy = {
+        let (store, r) = reopen(&cfg).await;
+        assert_eq!(event_ids(&r), [1, 3]);
+        assert!(
+            r.notes.iter().any(|n| n.contains("rewrote")),
+            "{:?}",
+            r.notes
+        );
+        let copy = segment_path(dir.path(), 5);
+        fs::copy(&segs[0], &copy).unwrap();
+        for i in 4..=6 {
+            store
+                .append(&[event("a", i, "after the copy")])
+                .await
+                .unwrap();
+        }
+        store.close().await.unwrap();
+        copy
+    };
+    let err = match FileStore::open(cfg.clone()) {
+        Ok(_) => panic!("a copied segment was taken"),
+        Err(err) => err.to_string(),
+    };
+    assert!(err.contains("copy or a renamed segment"), "{err}");
+    assert_eq!(segments(dir.path()), [segs[0].clone(), copy.clone()]);
+    fs::remove_file(&copy).unwrap();
+    let (_, r) = reopen(&cfg).await;
+    assert_eq!(event_ids(&r), [1, 3, 4, 5, 6]);
+}
+
+/// A writer's segment renamed to a later number names its old number in
+/// its header, so it claimed to supersede the segments after that one:
+/// recovery deleted them.
+#[tokio::test]
+async fn a_segment_renamed_to_a_later_number_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_segments(dir.path()).await;
+    let segs = segments(dir.path());
+    let last = number_of(segs.last().unwrap());
+    let renamed = segment_path(dir.path(), last + 1);
+    fs::rename(&segs[1], &renamed).unwrap();
+    let err = match FileStore::open(cfg.clone()) {
+        Ok(_) => panic!("a renamed segment was taken"),
+        Err(err) => err.to_string(),
+    };
+    assert!(err.contains("copy or a renamed segment"), "{err}");
+    assert!(err.contains(&renamed.display().to_string()), "{err}");
+    assert_eq!(segments(dir.path()).len(), segs.len(), "nothing removed");
+    fs::rename(&renamed, &segs[1]).unwrap();
+    let (_, r) = reopen(&cfg).await;
+    assert_eq!(event_ids(&r), (1..=50).collect::<Vec<_>>());
 }

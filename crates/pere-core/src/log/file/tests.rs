@@ -160,7 +160,7 @@ pub(super) async fn small_segments(dir: &Path) -> FileStoreConfig {
     store.close().await.unwrap();
     let segs = segments(dir);
     assert!(segs.len() >= 4, "{segs:?}");
-    assert_eq!(fs::read(&segs[0]).unwrap()[COMPACTED_AT], 1);
+    assert_eq!(fs::read(&segs[0]).unwrap()[COMPACTED_AT], NUMBERED);
     assert_eq!(fs::read(&segs[1]).unwrap()[COMPACTED_AT], 0);
     cfg
 }
