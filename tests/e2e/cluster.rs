@@ -409,3 +409,26 @@ async fn after_a_short_redis_outage_writes_resume_within_a_heartbeat() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A device that comes back to a cluster whose log never had an event
+/// resumes from where it joined, the log's start: no `pere.gap` (its
+/// cursor was 0, below the log's beginning, and was told as events lost
+/// to an earlier log; a single node said nothing).
+#[tokio::test]
+async fn a_device_back_on_a_cluster_that_never_had_an_event_hears_of_no_gap() {
+    let cluster = Cluster::start(1, &[]).await;
+    drop(cluster.subscribe(0, "fresh", "g5").await);
+    eventually("the first stream ended", || async {
+        cluster.presence(0, "fresh", "g5").await["connections"] == 0
+    })
+    .await;
+    let mut again = cluster.subscribe(0, "fresh", "g5").await;
+    let id = cluster.publish(0, "fresh", "first").await;
+    let next = again.next_event().await.expect("an event");
+    assert_eq!(
+        (next.event.as_str(), next.id.as_str()),
+        ("message", id.to_string().as_str()),
+        "{}",
+        next.data
+    );
+}

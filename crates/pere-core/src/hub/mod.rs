@@ -189,6 +189,16 @@ impl<S: EventStore> Hub<S> {
             // as below what a restarted volatile store remembers.
             let mut state = inner.state();
             state.floor = state.floor.max(EventId(genesis));
+            // And the log is at least there: a device that joins a log
+            // without events joins there, and resumes from there (at 0, it
+            // was below the floor, and its next stream told of a gap). Every node starts
+            // from the same genesis, so all agree on where it joined; the
+            // only event that can have the genesis's id is the log's first
+            // (whose append recorded it), already applied if it exists.
+            if state.seq.last() < EventId(genesis) {
+                state.seq = crate::event::Sequencer::after(EventId(genesis));
+            }
+            state.head = state.head.max(EventId(genesis));
         }
         cluster::forget_previous_life(&inner, &*log).await?;
         writer::watch_panics(
