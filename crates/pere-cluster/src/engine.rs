@@ -67,9 +67,11 @@ impl Keys {
         }
     }
 
-    /// Where a node's highest [`NewEntry::serial`] is kept.
-    fn serial(&self, node: &str) -> String {
-        format!("{}:serial:{node}", self.prefix)
+    /// Where an engine's highest [`NewEntry::serial`] is kept: one key per
+    /// process (its claim's instance token), so that nothing another life
+    /// of the node sends, late or at once, is compared with this one's.
+    fn serial(&self, node: &str, instance: &str) -> String {
+        format!("{}:serial:{node}:{instance}", self.prefix)
     }
 
     fn lease(&self, name: &str) -> String {
@@ -81,9 +83,8 @@ impl Keys {
     }
 }
 
-/// How long a node's highest serial is kept after its last append: far
-/// longer than an append can stay in flight, and a node that comes back
-/// later starts again from any number.
+/// How long an engine's highest serial is kept after its last append: far
+/// longer than an append can stay in flight.
 const SERIAL_TTL: Duration = Duration::from_secs(24 * 3600);
 
 pub(crate) fn millis(d: Duration) -> u64 {
@@ -243,14 +244,19 @@ impl Engine {
     pub async fn append(&self, entry: NewEntry) -> Result<Appended> {
         let events = u32::try_from(entry.idem.len())
             .map_err(|_| EngineError::Invalid("more than u32::MAX events in one entry".into()))?;
-        let Shared { config, keys, .. } = &*self.shared;
+        let Shared {
+            config,
+            keys,
+            instance,
+            ..
+        } = &*self.shared;
         let mut invocation = scripts::APPEND.prepare_invoke();
         invocation
             .key(&keys.seq)
             .key(&keys.log)
             .key(&keys.head)
             .key(&keys.genesis)
-            .key(keys.serial(&config.node));
+            .key(keys.serial(&config.node, instance));
         invocation
             .arg(&config.node)
             .arg(entry.blob.as_ref())

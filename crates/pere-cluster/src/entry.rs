@@ -22,12 +22,13 @@ pub struct NewEntry {
     /// One per event the batch publishes, in order: `idem.len()` is the
     /// entry's event count.
     pub idem: Vec<Option<IdemKey>>,
-    /// The node's number for this entry, rising from one entry to the
+    /// The caller's number for this entry, rising from one entry to the
     /// next, or `None`. The log takes a serial at most once, and none
-    /// below the node's highest taken: a retry of an append whose outcome
-    /// is unknown, with the same serial, lands at most once, whichever of
-    /// the two Redis runs first ([`Appended::again`],
-    /// [`EngineError::Stale`]).
+    /// below the highest it took from this engine (this process: another
+    /// engine, even for the same node, counts on its own): a retry of an
+    /// append whose outcome is unknown, with the same serial, lands at
+    /// most once, whichever of the two Redis runs first
+    /// ([`Appended::again`], [`EngineError::Stale`]).
     pub serial: Option<u64>,
 }
 

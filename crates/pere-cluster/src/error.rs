@@ -47,10 +47,9 @@ pub enum EngineError {
         reason: String,
     },
     /// The entry's [`crate::NewEntry::serial`] is below the highest the
-    /// log took from this node: a later append overtook it (or the node
-    /// restarted and counts from scratch). Nothing was appended; an entry
-    /// that must still go numbers itself above `last`.
-    #[error("the entry's serial is below {last}, the node's highest on the log")]
+    /// log took from this engine: a later append overtook it. Nothing was
+    /// appended; an entry that must still go numbers itself above `last`.
+    #[error("the entry's serial is below {last}, this engine's highest on the log")]
     Stale {
         /// The node's highest serial on the log.
         last: u64,

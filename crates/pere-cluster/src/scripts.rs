@@ -19,15 +19,16 @@ use redis::Script;
 ///
 /// - `KEYS[1]` `{prefix}:seq`, `KEYS[2]` `{prefix}:log`, `KEYS[3]`
 ///   `{prefix}:head`, `KEYS[4]` `{prefix}:genesis`, `KEYS[5]`
-///   `{prefix}:serial:NODE`, `KEYS[6..]` one `{prefix}:idem:…` key per
-///   event that has an idempotency key.
+///   `{prefix}:serial:NODE:INSTANCE`, `KEYS[6..]` one `{prefix}:idem:…`
+///   key per event that has an idempotency key.
 /// - `ARGV[1]` node, `ARGV[2]` blob, `ARGV[3]` event count, `ARGV[4]`
 ///   idempotency ttl in ms, `ARGV[5]` the entry's serial or empty,
 ///   `ARGV[6]` the serial key's ttl in ms, `ARGV[7..]` the event index of
 ///   each idem key.
 ///
 /// Serials ([`crate::NewEntry::serial`]): the serial key holds the
-/// node's highest serial taken and that entry's position. A serial equal
+/// engine's highest serial taken and that entry's position (a value that
+/// does not read so counts as none). A serial equal
 /// to it is an append already made (a retry after no answer came): nothing
 /// is added, and the reply is `{'again', pos}`. A lower one was overtaken
 /// (a later append of the node landed first): `{'stale', highest}`. The
@@ -53,17 +54,14 @@ pub(crate) static APPEND: LazyLock<Script> = LazyLock::new(|| {
         r#"
 local serial = tonumber(ARGV[5])
 if serial then
-  local seen = redis.call('GET', KEYS[5])
-  if seen then
-    local last, at = string.match(seen, '^(%d+) (%S+)$')
-    last = tonumber(last)
-    if serial == last then
-      redis.call('PEXPIRE', KEYS[5], ARGV[6])
-      return {'again', at}
-    end
-    if serial < last then
-      return {'stale', string.format('%.0f', last)}
-    end
+  local last, at = string.match(redis.call('GET', KEYS[5]) or '', '^(%d+) (%S+)$')
+  last = tonumber(last)
+  if last and serial == last then
+    redis.call('PEXPIRE', KEYS[5], ARGV[6])
+    return {'again', at}
+  end
+  if last and serial < last then
+    return {'stale', string.format('%.0f', last)}
   end
 end
 local t = redis.call('TIME')

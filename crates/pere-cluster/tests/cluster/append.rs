@@ -316,7 +316,7 @@ async fn a_serial_is_taken_once_and_never_after_a_later_one() {
         a.append(with("overtaken", 4)).await.unwrap_err(),
         EngineError::Stale { last: 5 }
     );
-    // Serials are per node, and entries without one are not numbered.
+    // Serials are per engine, and entries without one are not numbered.
     b.append(with("b's", 1)).await.unwrap();
     a.append(entry("unnumbered", 1)).await.unwrap();
     let next_one = a.append(with("next", 9)).await.unwrap();
@@ -334,7 +334,16 @@ async fn a_serial_is_taken_once_and_never_after_a_later_one() {
         }
     }
     assert_eq!(blobs, ["first", "b's", "unnumbered", "next"]);
-    // The node's highest serial is kept a day, not forever.
-    let pttl: i64 = redis.query(&["PTTL", "pere:serial:a"]).unwrap();
+    // Each process's highest serial is kept apart, a day, not forever.
+    let keys: Vec<String> = redis.query(&["KEYS", "pere:serial:a:*"]).unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let pttl: i64 = redis.query(&["PTTL", &keys[0]]).unwrap();
     assert!((1..=86_400_000).contains(&pttl), "{pttl}");
+    let other = engine(&redis.url(), "a").await;
+    assert!(!other.append(with("another life", 1)).await.unwrap().again);
+    // A value that does not read as `N pos` counts as none, rather than
+    // failing every append.
+    let () = redis.query(&["SET", &keys[0], "not a serial"]).unwrap();
+    assert!(!a.append(with("after", 10)).await.unwrap().again);
+    assert!(a.append(with("after, again", 10)).await.unwrap().again);
 }

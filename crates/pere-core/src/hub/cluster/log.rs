@@ -69,8 +69,7 @@ pub enum SharedLogError {
         retry_after: Duration,
     },
     /// The append's serial is below the highest the log took from this
-    /// node (a later append overtook it, or the node restarted): nothing
-    /// was added. What must still go is numbered above `last`.
+    /// process (a later append overtook it): nothing was added.
     #[error("the cluster log took a later entry of this node ({last})")]
     Stale {
         /// The node's highest serial on the log.
@@ -102,8 +101,9 @@ pub trait SharedLog: Send + Sync + 'static {
     fn node(&self) -> &str;
     /// Appends an entry of `events` events, atomically with their ids.
     ///
-    /// With a `serial` (the node's number for the entry, rising from one
-    /// to the next), the log takes the entry at most once and not after a
+    /// With a `serial` (this process's number for the entry, rising from
+    /// one to the next; another process, even of the same node, counts on
+    /// its own), the log takes the entry at most once and not after a
     /// later one: sent again with the same serial after no answer came,
     /// it lands once whichever copy the log gets first
     /// ([`SharedAppended::again`], [`SharedLogError::Stale`]).

@@ -10,15 +10,15 @@
 //! ([`SharedLog::append`]), and what an unanswered entry carried goes
 //! again alone, under the same serial, before anything else: whichever
 //! copy the log gets first lands, and the other adds nothing.
+//!
+//! The log keeps the serials of each process apart (Redis: one key per
+//! engine), so they count from 1 and only this writer's entries are
+//! compared with each other.
 
 use bytes::Bytes;
 
 use super::wire::{self, Wire};
 use super::{SharedAppended, SharedLog, SharedLogError};
-
-/// How many times an entry is renumbered when the log holds a later
-/// serial of this node (one is enough: the log says its highest).
-const RENUMBER: usize = 3;
 
 /// The serials of this node's entries.
 pub(super) struct Serials {
@@ -30,16 +30,9 @@ pub(super) struct Serials {
 }
 
 impl Serials {
-    /// Serials start at the clock (µs since the epoch, below Lua's exact
-    /// 2^53 for two centuries): above those of the node's previous life,
-    /// which took at most one per append made before this one started.
-    /// The log corrects the rare start below them ([`SharedLogError::Stale`]).
     pub(super) fn new() -> Serials {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(1));
         Serials {
-            next: now.max(1),
+            next: 1,
             unsettled: None,
         }
     }
@@ -55,10 +48,11 @@ impl Serials {
         let Some((serial, wires)) = self.unsettled.take() else {
             return Ok(false);
         };
-        match self.send(log, serial, &wires, true).await {
-            // Unconfirmed: the log has it, as when it succeeds.
-            (_, Ok(_) | Err(SharedLogError::Unconfirmed { .. })) => Ok(true),
-            (serial, Err(err)) => {
+        // `again` or not, the log has it now: from the first try, or from
+        // this one. Unconfirmed, it has it too (too few replicas yet).
+        match send(log, serial, &wires, true).await {
+            Ok(_) | Err(SharedLogError::Unconfirmed { .. }) => Ok(true),
+            Err(err) => {
                 self.unsettled = Some((serial, wires));
                 Err(err)
             }
@@ -74,8 +68,9 @@ impl Serials {
         wires: Vec<Wire>,
         ours: impl Fn(usize) -> bool,
     ) -> Result<SharedAppended, SharedLogError> {
-        let serial = self.take();
-        let (serial, result) = self.send(log, serial, &wires, false).await;
+        let serial = self.next;
+        self.next += 1;
+        let result = send(log, serial, &wires, false).await;
         if let Err(err) = &result
             && !matches!(err, SharedLogError::Unconfirmed { .. })
         {
@@ -90,48 +85,33 @@ impl Serials {
         }
         result
     }
+}
 
-    fn take(&mut self) -> u64 {
-        let serial = self.next;
-        self.next += 1;
-        serial
+/// One entry under `serial` (`again`: sent before, with no answer).
+async fn send(
+    log: &dyn SharedLog,
+    serial: u64,
+    wires: &[Wire],
+    again: bool,
+) -> Result<SharedAppended, SharedLogError> {
+    let blob = Bytes::from(wire::encode(wires));
+    let events = u32::try_from(wires.iter().filter(|w| w.is_event()).count()).unwrap_or(u32::MAX);
+    match log.append(blob, events, Some(serial)).await {
+        // This writer alone numbers its entries, each serial once, and
+        // sends nothing new while one is unsettled: a fresh serial the log
+        // had, or a serial below the log's highest, means something else
+        // writes under its name. Nothing was appended: refused, and said.
+        Ok(appended) if appended.again && !again => Err(foreign(serial, None)),
+        Err(SharedLogError::Stale { last }) => Err(foreign(serial, Some(last))),
+        result => result,
     }
+}
 
-    /// One entry under `serial` (`again`: sent before, with no answer),
-    /// renumbered when the log took a later serial of this node. Returns
-    /// the serial it went under last.
-    async fn send(
-        &mut self,
-        log: &dyn SharedLog,
-        mut serial: u64,
-        wires: &[Wire],
-        mut again: bool,
-    ) -> (u64, Result<SharedAppended, SharedLogError>) {
-        let blob = Bytes::from(wire::encode(wires));
-        let events =
-            u32::try_from(wires.iter().filter(|w| w.is_event()).count()).unwrap_or(u32::MAX);
-        for _ in 0..RENUMBER {
-            let last = match log.append(blob.clone(), events, Some(serial)).await {
-                // A fresh serial the log had already: a previous life's.
-                Ok(appended) if appended.again && !again => serial,
-                // A later serial is on the log, so this one never lands:
-                // a previous life's, since this life sends nothing new
-                // while an entry is unsettled.
-                Err(SharedLogError::Stale { last }) => last,
-                result => return (serial, result),
-            };
-            tracing::debug!(
-                serial,
-                last,
-                "the cluster log has a later serial of this node's; renumbering"
-            );
-            self.next = self.next.max(last.saturating_add(1));
-            serial = self.take();
-            again = false;
-        }
-        let err = SharedLogError::Other(format!(
-            "the cluster log refused {RENUMBER} serials of this node's in a row"
-        ));
-        (serial, Err(err))
-    }
+fn foreign(serial: u64, last: Option<u64>) -> SharedLogError {
+    let err = SharedLogError::Other(format!(
+        "the cluster log already holds this node's entry serial {serial}{}: is something else appending under this process's name?",
+        last.map(|l| format!(" (up to {l})")).unwrap_or_default()
+    ));
+    tracing::error!(cause = %err, "an entry of this node was refused");
+    err
 }
