@@ -643,3 +643,27 @@ async fn a_node_stopped_and_restarted_under_its_id_is_counted_without_old_stream
 async fn streams_counted(node: &pere_tests::ServerProcess) -> Option<u64> {
     node.get_json("/admin/connections").await["total number"].as_u64()
 }
+
+/// A node whose Redis does not answer at start says so and what to check,
+/// and exits: not "retry in 1s", which it was not going to do.
+#[tokio::test]
+async fn a_node_whose_redis_does_not_answer_at_start_says_what_to_check() {
+    let mut redis = pere_cluster::testing::RedisServer::start().expect("redis-server starts");
+    let url = redis.url();
+    redis.kill();
+    let out = tokio::time::timeout(
+        pere_tests::WAIT,
+        tokio::process::Command::new(pere_tests::bin("pere-server"))
+            .args(["--host", "127.0.0.1", "--port", "0", "--cluster", &url])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("ends within WAIT")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("does not answer"), "{stderr}");
+    assert!(stderr.contains("--cluster"), "{stderr}");
+    assert!(!stderr.contains("retry in"), "{stderr}");
+}

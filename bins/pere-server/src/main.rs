@@ -244,21 +244,13 @@ async fn serve(config: Config) -> Result<(), pere_http::Error> {
                 ..pere_cluster::ClusterConfig::new(url.clone(), node.clone())
             })
             .await
-            .map_err(|err| {
-                pere_core::Error::StoreUnavailable(format!(
-                    "cannot join the cluster at {}: {err}",
-                    cluster::redacted(url)
-                ))
-            })?;
+            .map_err(|err| cannot_join(url, err))?;
             engine.claim_node().await.map_err(|err| match err {
                 // A configuration error: exit 2.
                 pere_cluster::EngineError::NodeIdInUse { .. } => {
                     pere_core::Error::Config(err.to_string())
                 }
-                err => pere_core::Error::StoreUnavailable(format!(
-                    "cannot join the cluster at {}: {err}",
-                    cluster::redacted(url)
-                )),
+                err => cannot_join(url, err),
             })?;
             // The shared log is the journal: the node's own store only
             // holds what it replays from it.
@@ -279,6 +271,18 @@ async fn serve(config: Config) -> Result<(), pere_http::Error> {
             served
         }
     }
+}
+
+/// Why a node could not join its cluster at start, and what to check: the
+/// engine's "retry in" is for requests, while a start ends here.
+fn cannot_join(url: &str, err: pere_cluster::EngineError) -> pere_core::Error {
+    let url = cluster::redacted(url);
+    pere_core::Error::StoreUnavailable(match err {
+        pere_cluster::EngineError::Unavailable { reason, .. } => format!(
+            "cannot join the cluster: redis at {url} does not answer ({reason}); is it running, and is --cluster right?"
+        ),
+        err => format!("cannot join the cluster at {url}: {err}"),
+    })
 }
 
 async fn serve_with<S: EventStore>(
