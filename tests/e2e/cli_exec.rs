@@ -2,7 +2,8 @@
 //! `--exec-timeout` they are stopped with it (only the `sh -c` was, and a
 //! `sleep` the shell forked ran on, one orphan per event: a probe's
 //! finding); what a command that ended by itself left in the background
-//! neither holds its receipt back nor is killed.
+//! neither holds its receipt back nor is killed. And a stop (SIGTERM,
+//! Ctrl-C) while a command runs: the receipt says what happened to it.
 
 use std::process::Stdio;
 
@@ -92,5 +93,92 @@ async fn what_a_finished_command_left_in_the_background_is_left_alone() {
         !running_with(MARKER).is_empty(),
         "the command's background sleep was left running"
     );
+    server.stop().await;
+}
+
+/// `kill PID` of `pere-sub` alone while its command runs: the command
+/// finishes, its receipt is sent, and `pere-sub` exits with 143 (it died
+/// at once, without the receipt: the event came again, and ran twice).
+#[tokio::test]
+async fn a_stop_sent_to_pere_sub_alone_lets_the_command_finish_and_acks_it() {
+    const MARKER: &str = "1.4103";
+    let _sweep = Sweep(MARKER);
+    let server = Server::start(0).await;
+    let addr = server.hostport();
+    let exec = format!("sleep {MARKER}; echo done >&2");
+    let args = [
+        addr.as_str(),
+        "jobs",
+        "--json",
+        "--count",
+        "2",
+        "--device",
+        "w",
+        "--exec",
+        &exec,
+    ];
+    let mut sub = Proc::start("pere-sub", &args, Stdio::null());
+    assert_eq!(sub.json_line().await["event"], "pere.hello");
+    let id = server.publish("jobs", "job").await;
+    eventually("the command runs", || async {
+        !running_with(MARKER).is_empty()
+    })
+    .await;
+    sub.terminate();
+    sub.exit_with(143).await;
+    let receipts = server.get_json(&format!("/receipts/jobs/{id}")).await;
+    assert_eq!(receipts["devices"]["w"]["state"], "acked", "{receipts}");
+    assert_eq!(receipts["devices"]["w"]["status"], "ok", "{receipts}");
+    server.stop().await;
+}
+
+/// A stop that reaches the command too (systemd's, a terminal's Ctrl-C):
+/// the command was cut short, not failed, so its event is not
+/// acknowledged (it was, as `error: signal 15`, and never came again):
+/// the next run gets it and runs it.
+#[tokio::test]
+async fn a_stop_that_reaches_the_command_too_leaves_its_event_to_come_again() {
+    const MARKER: &str = "297.4104";
+    let _sweep = Sweep(MARKER);
+    let server = Server::start(0).await;
+    let addr = server.hostport();
+    // A device that acknowledges (its first receipt says so) gets what it
+    // did not acknowledge again (docs/PROTOCOL.md §5).
+    let mut first = start_sub(&addr, &["--exec", "cat >/dev/null"]);
+    assert_eq!(first.json_line().await["event"], "pere.hello");
+    server.publish("jobs", "first").await;
+    first.success().await;
+    let exec = format!("sleep {MARKER}");
+    let args = [
+        addr.as_str(),
+        "jobs",
+        "--json",
+        "--count",
+        "2",
+        "--device",
+        "w",
+        "--exec",
+        &exec,
+    ];
+    let mut sub = Proc::start_group("pere-sub", &args);
+    assert_eq!(sub.json_line().await["event"], "pere.hello");
+    let id = server.publish("jobs", "job").await;
+    eventually("the command runs", || async {
+        !running_with(MARKER).is_empty()
+    })
+    .await;
+    sub.terminate_group();
+    sub.exit_with(143).await;
+    assert!(
+        sub.stderr_text().contains("comes again"),
+        "{}",
+        sub.stderr_text()
+    );
+    let receipts = server.get_json(&format!("/receipts/jobs/{id}")).await;
+    assert_eq!(receipts["devices"]["w"]["state"], "delivered", "{receipts}");
+    let mut again = start_sub(&addr, &["--exec", "cat >/dev/null"]);
+    assert_eq!(again.json_line().await["event"], "pere.hello");
+    assert_eq!(again.json_line().await["id"], id.as_str());
+    again.success().await;
     server.stop().await;
 }

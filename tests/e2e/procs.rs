@@ -43,12 +43,32 @@ impl Proc {
         stdin: Stdio,
         env: &[(&str, &std::path::Path)],
     ) -> Self {
+        Self::spawn(name, args, stdin, env, false)
+    }
+
+    /// Starts `name` as the leader of a process group of its own, as a
+    /// service manager runs it: [`terminate_group`](Proc::terminate_group)
+    /// then signals it with every process it started.
+    pub(crate) fn start_group(name: &str, args: &[&str]) -> Self {
+        Self::spawn(name, args, Stdio::null(), &[], true)
+    }
+
+    fn spawn(
+        name: &str,
+        args: &[&str],
+        stdin: Stdio,
+        env: &[(&str, &std::path::Path)],
+        group: bool,
+    ) -> Self {
         let state = pere_tests::temp_dir("cli-state");
         let mut command = Command::new(bin(name));
         command
             .args(args)
             .env_remove("RUST_LOG")
             .env("XDG_STATE_HOME", &state);
+        if group {
+            command.process_group(0);
+        }
         for (key, value) in env {
             command.env(key, value);
         }
@@ -177,9 +197,24 @@ impl Proc {
 
     /// Sends SIGTERM to this process (by its pid), like a service manager.
     pub(crate) fn terminate(&self) {
+        self.signal_term(false);
+    }
+
+    /// Sends SIGTERM to the process group of a [`start_group`](Proc::start_group)
+    /// process: to it and to every process it started.
+    pub(crate) fn terminate_group(&self) {
+        self.signal_term(true);
+    }
+
+    fn signal_term(&self, group: bool) {
         let pid = self.child.id().expect("the process is still running");
+        let target = if group {
+            format!("-{pid}")
+        } else {
+            pid.to_string()
+        };
         let sent = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
+            .args(["-TERM", "--", &target])
             .status();
         assert!(
             sent.is_ok_and(|s| s.success()),

@@ -206,11 +206,14 @@ fn status_of(status: ExitStatus, first_stderr_line: Option<&str>) -> String {
     }
 }
 
+/// How the status of a command a signal ended begins.
+pub const SIGNALLED: &str = "error: signal ";
+
 #[cfg(unix)]
 fn signal_of(status: ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match status.signal() {
-        Some(sig) => format!("error: signal {sig}"),
+        Some(sig) => format!("{SIGNALLED}{sig}"),
         None => "error: ended abnormally".into(),
     }
 }

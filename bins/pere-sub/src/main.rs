@@ -15,6 +15,7 @@ mod receipts;
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use config::{Args, Config, Output};
 use pere_core::text::OneLine;
@@ -77,7 +78,39 @@ fn main() -> ExitCode {
             eprintln!("pere-sub: {err}");
             ExitCode::FAILURE
         }
+        // As a shell reports a process the signal ended.
+        Err(Stop::Signal(sig)) => ExitCode::from(128 + sig),
     }
+}
+
+/// SIGINT or SIGTERM, as the number a shell adds to 128, once either came.
+fn stop_signals() -> tokio::sync::watch::Receiver<Option<u8>> {
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            // Left to their default action: the run ends at once.
+            return rx;
+        };
+        tokio::spawn(async move {
+            loop {
+                let sig = tokio::select! {
+                    _ = int.recv() => 2,
+                    _ = term.recv() => 15,
+                };
+                if tx.borrow().is_some() {
+                    // A second signal: no more waiting.
+                    std::process::exit(128 + i32::from(sig));
+                }
+                tx.send_replace(Some(sig));
+            }
+        });
+    }
+    rx
 }
 
 /// Parses the command line (usage errors exit with 2, see
@@ -106,6 +139,9 @@ enum Stop {
     OutputClosed,
     /// The subscription failed, or `--timeout` passed before `--count`.
     Failed(String),
+    /// SIGINT (2) or SIGTERM (15): the event in hand was finished and the
+    /// receipts sent.
+    Signal(u8),
 }
 
 /// Follows the channel until `--count` events, `--timeout`, or a failure,
@@ -149,9 +185,19 @@ async fn follow(config: &Config) -> Result<(), Stop> {
         ),
     );
     let receipts = Receipts::start(client, config.channel.clone());
-    let outcome = follow_events(config, &mut sub, device, &receipts).await;
+    let mut stop = stop_signals();
+    let outcome = follow_events(config, &mut sub, device, &receipts, &mut stop).await;
     // Whatever ended the run, the receipts of the events it processed are
-    // sent (`--count N` exits once they are recorded, as it always did).
+    // sent (`--count N` exits once they are recorded, as it always did;
+    // lost, their events would be delivered, and run, again).
+    if let Err(Stop::Signal(_)) = outcome {
+        notice(
+            config,
+            format_args!(
+                "stopping: sending the receipts of the events processed (a second Ctrl-C ends at once)"
+            ),
+        );
+    }
     receipts.finish().await;
     outcome
 }
@@ -162,6 +208,7 @@ async fn follow_events(
     sub: &mut Subscriber,
     mut device: Option<String>,
     receipts: &Receipts,
+    stop: &mut tokio::sync::watch::Receiver<Option<u8>>,
 ) -> Result<(), Stop> {
     let deadline = config.timeout.map(|t| Instant::now() + t);
     let mut received: u64 = 0;
@@ -178,19 +225,20 @@ async fn follow_events(
     // A stream opened and not yet said to be connected.
     let mut announce = false;
     loop {
-        let next = match deadline {
-            None => sub.next().await,
-            Some(deadline) => tokio::select! {
-                next = sub.next() => next,
-                () = tokio::time::sleep_until(deadline) => {
-                    return match config.count {
-                        Some(count) => Err(Stop::Failed(format!(
-                            "--timeout passed after {received} of {count} events"
-                        ))),
-                        None => Ok(()),
-                    };
-                }
-            },
+        if let Some(sig) = *stop.borrow() {
+            return Err(Stop::Signal(sig));
+        }
+        let next = tokio::select! {
+            next = sub.next() => next,
+            () = until(deadline) => {
+                return match config.count {
+                    Some(count) => Err(Stop::Failed(format!(
+                        "--timeout passed after {received} of {count} events"
+                    ))),
+                    None => Ok(()),
+                };
+            }
+            () = stopped(stop) => continue,
         };
         let item = match next {
             Ok(Some(item)) => item,
@@ -301,6 +349,19 @@ async fn follow_events(
                 if status != "ok" {
                     notice(config, format_args!("event {}: {status}", event.id));
                 }
+                if stopped_with_us(&status, stop).await {
+                    // Ctrl-C (or systemd's stop) reached the command too:
+                    // it was cut short, not failed. Unacknowledged, it is
+                    // delivered, and run, again.
+                    notice(
+                        config,
+                        format_args!(
+                            "event {}: its command was stopped with pere-sub; not acknowledged, it comes again",
+                            event.id
+                        ),
+                    );
+                    return Err(Stop::Signal(stop.borrow().unwrap_or(15)));
+                }
                 Some(status)
             }
             None => None,
@@ -323,6 +384,44 @@ async fn follow_events(
         if config.count.is_some_and(|count| received >= count) {
             return Ok(());
         }
+    }
+}
+
+/// Whether a command that ended with `status` was stopped by the signal
+/// that stops this run: the command dies of SIGINT or SIGTERM, and this
+/// process hears of its own copy a moment later, or already has.
+async fn stopped_with_us(
+    status: &str,
+    stop: &mut tokio::sync::watch::Receiver<Option<u8>>,
+) -> bool {
+    let signal = status.strip_prefix(exec::SIGNALLED).map(|rest| {
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap_or("")
+    });
+    if !matches!(signal, Some("2" | "15")) {
+        return false;
+    }
+    if stop.borrow().is_some() {
+        return true;
+    }
+    tokio::time::timeout(Duration::from_millis(200), stopped(stop))
+        .await
+        .is_ok()
+}
+
+/// Returns once a stop signal came (never, when they cannot be caught).
+async fn stopped(stop: &mut tokio::sync::watch::Receiver<Option<u8>>) {
+    if stop.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Sleeps until `deadline`, or for ever without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
