@@ -722,3 +722,25 @@ async fn quiet_keeps_the_address_and_json_logs_are_json_only() {
         }
     }
 }
+
+/// `--retry` is milliseconds, like the SSE field, where every other
+/// duration is seconds: `--retry 3` (clients reconnecting after 3 ms) is
+/// warned of at start; the default is not.
+#[tokio::test]
+async fn a_retry_of_a_few_milliseconds_is_warned_of_at_start() {
+    let slip = pere_tests::ServerProcess::start(&["--retry", "3"]).await;
+    let mut stream = pere_tests::SseStream::open(slip.addr, "/feed/r", &[]).await;
+    assert_eq!(stream.next_event().await.unwrap().event, "pere.hello");
+    assert!(stream.text().contains("retry:3\n"), "{}", stream.text());
+    assert!(
+        slip.log().contains("--retry is in milliseconds"),
+        "{}",
+        slip.log()
+    );
+    let default = pere_tests::ServerProcess::start(&[]).await;
+    assert!(
+        !default.log().contains("--retry is in"),
+        "{}",
+        default.log()
+    );
+}

@@ -210,6 +210,14 @@ async fn serve(config: Config) -> Result<(), pere_http::Error> {
     for warning in config.server.tls.iter().flat_map(|tls| tls.warnings()) {
         tracing::warn!("{warning}");
     }
+    if config.server.retry < RETRY_WARN {
+        // Milliseconds, like the SSE field, where every other duration is
+        // seconds: `--retry 3` is more likely a slip than a wish.
+        tracing::warn!(
+            retry_ms = config.server.retry.as_millis(),
+            "--retry is in milliseconds: clients that lose their stream reconnect after that little (the default is 3000)"
+        );
+    }
     let listener = pere_http::bind(config.addr).await?;
     if let (Some(webhook), Ok(addr)) = (&config.server.webhook, listener.local_addr()) {
         // `run` checks it too; here it comes before the store is opened and
@@ -272,6 +280,9 @@ async fn serve(config: Config) -> Result<(), pere_http::Error> {
         }
     }
 }
+
+/// A reconnection delay below which the start warns.
+const RETRY_WARN: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Why a node could not join its cluster at start, and what to check: the
 /// engine's "retry in" is for requests, while a start ends here.
