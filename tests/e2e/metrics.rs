@@ -266,3 +266,27 @@ async fn the_grafana_dashboard_queries_only_metrics_the_server_exports() {
         assert!(used.contains(needed), "the dashboard charts {needed}");
     }
 }
+
+/// The README's Monitoring table names every family `/metrics` serves
+/// (a new user's walk found four families missing from it).
+#[tokio::test]
+async fn the_readme_names_every_family_the_server_exports() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
+    let readme = std::fs::read_to_string(path).expect("README.md");
+    let table = readme
+        .split("\n## Monitoring\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("the README has a Monitoring section");
+    let server = TestServer::start().await;
+    let exported = server.metrics().await;
+    let missing: Vec<&str> = exported
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.split(' ').next())
+        .filter(|family| !table.contains(&format!("`{family}")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "not in the README's Monitoring table: {missing:?}"
+    );
+}
