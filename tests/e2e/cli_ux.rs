@@ -233,6 +233,24 @@ async fn a_bad_flag_exits_with_2_in_every_tool() {
     }
 }
 
+/// The server forgotten (`pere-pub orders --data x`): `orders` is taken
+/// for it, and argh says only that a channel is missing; the tools say
+/// which comes first.
+#[tokio::test]
+async fn a_forgotten_server_address_is_pointed_out() {
+    for (tool, args) in [
+        ("pere-pub", &["orders", "--data", "x"][..]),
+        ("pere-sub", &["orders"]),
+    ] {
+        let (status, _, stderr) = run_tool(tool, args).await;
+        assert_eq!(status.code(), Some(2), "{tool} {args:?}: {stderr}");
+        assert!(
+            stderr.contains("takes the server first, then the channel"),
+            "{tool} {args:?}: {stderr}"
+        );
+    }
+}
+
 /// A load-mode flag without `--devices` is a usage error: `--ack` silently
 /// ran a one-device benchmark, `--duration` alone was ignored and the run
 /// never ended.

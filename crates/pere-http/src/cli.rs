@@ -34,7 +34,18 @@ pub fn command_line<T>(
             Err(ExitCode::SUCCESS)
         }
         Err((output, false)) => {
-            eprintln!("{output}\nRun {name} --help for more information.");
+            // `pere-pub orders --data x` took `orders` for the server: say
+            // which comes first rather than only that a channel is missing.
+            let hint = if output.contains("positional arguments not provided")
+                && output.contains("channel")
+            {
+                format!(
+                    "\n{name} takes the server first, then the channel: {name} 127.0.0.1:4567 CHANNEL …"
+                )
+            } else {
+                String::new()
+            };
+            eprintln!("{output}{hint}\nRun {name} --help for more information.");
             Err(ExitCode::from(2))
         }
     }

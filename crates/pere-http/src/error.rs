@@ -39,6 +39,14 @@ pub enum Error {
     /// An address or URL could not be used.
     #[error("invalid address `{0}`")]
     Address(String),
+    /// A webhook URL that cannot be used, and why.
+    #[error("invalid URL `{url}`: {why}")]
+    WebhookUrl {
+        /// The URL given.
+        url: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
     /// Timed out.
     #[error("timed out: {0}")]
     Timeout(String),

@@ -194,7 +194,7 @@ pub fn may_have_been_received(err: &Error) -> bool {
             )
         }
         Error::Unconfirmed { .. } => true,
-        Error::WebhookLoop { .. } | Error::GaveUp(_) => false,
+        Error::WebhookLoop { .. } | Error::WebhookUrl { .. } | Error::GaveUp(_) => false,
     }
 }
 

@@ -64,20 +64,22 @@ impl Webhook {
     /// Parses and checks a webhook URL.
     ///
     /// # Errors
-    /// [`Error::Address`] for anything but an absolute `http://` URL.
+    /// [`Error::WebhookUrl`] for anything but an absolute `http://` URL.
     pub fn parse(url: &str) -> Result<Self> {
-        let uri: Uri = url
-            .parse()
-            .map_err(|_| Error::Address(format!("{url} (not a URL)")))?;
+        let bad = |why| Error::WebhookUrl {
+            url: url.to_owned(),
+            why,
+        };
+        let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
         if uri.scheme_str() != Some("http") {
-            return Err(Error::Address(format!(
-                "{url} (only http:// is supported; put a TLS proxy in front for https)"
-            )));
+            return Err(bad(
+                "only http:// is supported; put a TLS proxy in front for https",
+            ));
         }
         let authority = uri
             .authority()
             .map(|a| a.to_string())
-            .ok_or_else(|| Error::Address(format!("{url} (no host)")))?;
+            .ok_or_else(|| bad("no host"))?;
         Ok(Self {
             uri,
             authority,
@@ -274,7 +276,11 @@ mod tests {
                 .socket_addr(),
             "example.test:80"
         );
-        assert!(Webhook::parse("https://example.test/").is_err());
+        let https = Webhook::parse("https://example.test/").err().unwrap();
+        assert_eq!(
+            https.to_string(),
+            "invalid URL `https://example.test/`: only http:// is supported; put a TLS proxy in front for https"
+        );
         assert!(Webhook::parse("not a url").is_err());
         assert!(Webhook::parse("/relative").is_err());
     }
