@@ -40,10 +40,15 @@ impl Drop for Sweep {
     }
 }
 
-fn start_sub(addr: &str, extra: &[&str]) -> Proc {
-    let mut args = vec![addr, "jobs", "--json", "--count", "1", "--device", "w"];
+/// `pere-sub` on `jobs` as device `w`, printing JSON, for `count` events.
+fn sub_args<'a>(addr: &'a str, count: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![addr, "jobs", "--json", "--count", count, "--device", "w"];
     args.extend_from_slice(extra);
-    Proc::start("pere-sub", &args, Stdio::null())
+    args
+}
+
+fn start_sub(addr: &str, extra: &[&str]) -> Proc {
+    Proc::start("pere-sub", &sub_args(addr, "1", extra), Stdio::null())
 }
 
 #[tokio::test]
@@ -106,17 +111,7 @@ async fn a_stop_sent_to_pere_sub_alone_lets_the_command_finish_and_acks_it() {
     let server = Server::start(0).await;
     let addr = server.hostport();
     let exec = format!("sleep {MARKER}; echo done >&2");
-    let args = [
-        addr.as_str(),
-        "jobs",
-        "--json",
-        "--count",
-        "2",
-        "--device",
-        "w",
-        "--exec",
-        &exec,
-    ];
+    let args = sub_args(&addr, "2", &["--exec", &exec]);
     let mut sub = Proc::start("pere-sub", &args, Stdio::null());
     assert_eq!(sub.json_line().await["event"], "pere.hello");
     let id = server.publish("jobs", "job").await;
@@ -149,18 +144,7 @@ async fn a_stop_that_reaches_the_command_too_leaves_its_event_to_come_again() {
     server.publish("jobs", "first").await;
     first.success().await;
     let exec = format!("sleep {MARKER}");
-    let args = [
-        addr.as_str(),
-        "jobs",
-        "--json",
-        "--count",
-        "2",
-        "--device",
-        "w",
-        "--exec",
-        &exec,
-    ];
-    let mut sub = Proc::start_group("pere-sub", &args);
+    let mut sub = Proc::start_group("pere-sub", &sub_args(&addr, "2", &["--exec", &exec]));
     assert_eq!(sub.json_line().await["event"], "pere.hello");
     let id = server.publish("jobs", "job").await;
     eventually("the command runs", || async {

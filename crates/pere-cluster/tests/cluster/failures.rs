@@ -60,21 +60,28 @@ async fn connecting_while_redis_is_down_is_unavailable() {
     assert!(err.is_unavailable(), "{err}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hung_redis_is_unavailable_after_the_command_timeout_and_the_outcome_is_unknown() {
-    let redis = RedisServer::start().expect("redis starts");
+/// An engine with a short command timeout on `redis`, which has run the
+/// append script once (a first `EVALSHA` Redis runs on waking would fail
+/// with `NOSCRIPT`); returns where that entry is.
+async fn impatient_engine(redis: &RedisServer) -> (Engine, LogPos) {
     let mut config = ClusterConfig::new(redis.url(), "a");
     config.command_timeout = Duration::from_millis(300);
-    let engine = Engine::connect(config).await.unwrap();
-    engine.append(entry("before", 1)).await.unwrap();
-    redis.freeze().unwrap();
+    let engine = Engine::connect(config).await.expect("the engine connects");
+    let before = engine.append(entry("before", 1)).await.expect("an append");
+    (engine, before.pos)
+}
+
+/// Appends `entry` while `redis` hangs: unanswered within the timeout,
+/// the outcome unknown. Redis runs again when this returns.
+async fn append_to_a_hung(redis: &RedisServer, engine: &Engine, entry: NewEntry) {
+    redis.freeze().expect("SIGSTOP");
     let started = Instant::now();
     let err = engine
-        .append(entry("sent to a hung redis", 1))
+        .append(entry)
         .await
-        .unwrap_err();
+        .expect_err("a hung redis answers nothing");
     let took = started.elapsed();
-    redis.thaw().unwrap();
+    redis.thaw().expect("SIGCONT");
     assert!(took < PROMPTLY, "{took:?}");
     assert!(
         matches!(
@@ -86,6 +93,13 @@ async fn a_hung_redis_is_unavailable_after_the_command_timeout_and_the_outcome_i
         ),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_redis_is_unavailable_after_the_command_timeout_and_the_outcome_is_unknown() {
+    let redis = RedisServer::start().expect("redis starts");
+    let (engine, _) = impatient_engine(&redis).await;
+    append_to_a_hung(&redis, &engine, entry("sent to a hung redis", 1)).await;
     // Why it is "unknown": the script was sent, and once Redis runs again
     // it runs, and the entry is on the log.
     let mut tail = engine.tail(LogPos::ZERO);
@@ -100,32 +114,16 @@ async fn a_hung_redis_is_unavailable_after_the_command_timeout_and_the_outcome_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_of_an_unanswered_append_under_its_serial_adds_nothing() {
     let redis = RedisServer::start().expect("redis starts");
-    let mut config = ClusterConfig::new(redis.url(), "a");
-    config.command_timeout = Duration::from_millis(300);
-    let engine = Engine::connect(config).await.unwrap();
+    let (engine, before) = impatient_engine(&redis).await;
     let with = |blob: &str, serial: u64| NewEntry {
         serial: Some(serial),
         ..entry(blob, 1)
     };
-    // Loads the script: a first EVALSHA would fail with NOSCRIPT on waking.
-    let before = engine.append(entry("before", 1)).await.unwrap();
-    redis.freeze().unwrap();
-    let err = engine.append(with("hung", 1)).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            EngineError::Unavailable {
-                outcome_unknown: true,
-                ..
-            }
-        ),
-        "{err}"
-    );
-    redis.thaw().unwrap();
+    append_to_a_hung(&redis, &engine, with("hung", 1)).await;
     let retry = append_retrying(&engine, with("retry", 1), PROMPT).await;
     assert!(retry.again, "Redis ran the first try on waking: {retry:?}");
     let after = engine.append(with("after", 2)).await.unwrap();
-    let mut tail = engine.tail(before.pos);
+    let mut tail = engine.tail(before);
     let hung = next(&mut tail).await.unwrap();
     assert_eq!((&hung.blob[..], hung.pos), (&b"hung"[..], retry.pos));
     assert_eq!(next(&mut tail).await.unwrap().pos, after.pos);

@@ -97,6 +97,29 @@ async fn a_segment_file_named_otherwise_is_left_alone() {
     );
 }
 
+/// Opens `cfg`, which must stop at `bad` (a segment copied or renamed by
+/// hand) with nothing changed: the segments are still `expected`.
+fn refused_at(cfg: &FileStoreConfig, bad: &Path, expected: &[PathBuf]) {
+    let err = match FileStore::open(cfg.clone()) {
+        Ok(_) => panic!("{} was taken", bad.display()),
+        Err(err) => err.to_string(),
+    };
+    assert!(err.contains("copy or a renamed segment"), "{err}");
+    assert!(err.contains(&bad.display().to_string()), "{err}");
+    assert_eq!(segments(&cfg.dir), expected, "nothing removed");
+}
+
+/// [`refused_at`] for `copy` made beside `segs`, whose removal leaves the
+/// log of [`small_segments`] whole.
+async fn copy_refused(cfg: &FileStoreConfig, segs: &[PathBuf], copy: &Path) {
+    let mut expected = segs.to_vec();
+    expected.push(copy.to_path_buf());
+    refused_at(cfg, copy, &expected);
+    fs::remove_file(copy).unwrap();
+    let (_, r) = reopen(cfg).await;
+    assert_eq!(event_ids(&r), (1..=50).collect::<Vec<_>>());
+}
+
 /// A segment copied under a later number claimed, by its header, to
 /// supersede every segment between, which recovery deleted.
 #[tokio::test]
@@ -107,18 +130,7 @@ async fn a_segment_copied_under_another_number_stops_the_start_and_nothing_is_re
     let last = number_of(segs.last().unwrap());
     let copy = segment_path(dir.path(), last + 1);
     fs::copy(&segs[1], &copy).unwrap();
-    let err = match FileStore::open(cfg.clone()) {
-        Ok(_) => panic!("a copied segment was taken"),
-        Err(err) => err.to_string(),
-    };
-    assert!(err.contains("copy or a renamed segment"), "{err}");
-    assert!(err.contains(&copy.display().to_string()), "{err}");
-    let mut expected = segs.clone();
-    expected.push(copy.clone());
-    assert_eq!(segments(dir.path()), expected, "nothing removed");
-    fs::remove_file(&copy).unwrap();
-    let (_, r) = reopen(&cfg).await;
-    assert_eq!(event_ids(&r), (1..=50).collect::<Vec<_>>());
+    copy_refused(&cfg, &segs, &copy).await;
 }
 
 /// A segment removed from the middle of the log lost its records without
@@ -241,18 +253,7 @@ async fn compactions_output_copied_under_a_later_number_stops_the_start() {
         let cfg = small_segments(dir.path()).await;
         let segs = segments(dir.path());
         let copy = copy_compacted_under_a_later_number(dir.path(), old_marker).await;
-        let err = match FileStore::open(cfg.clone()) {
-            Ok(_) => panic!("a copied segment was taken (old marker: {old_marker})"),
-            Err(err) => err.to_string(),
-        };
-        assert!(err.contains("copy or a renamed segment"), "{err}");
-        assert!(err.contains(&copy.display().to_string()), "{err}");
-        let mut expected = segs.clone();
-        expected.push(copy.clone());
-        assert_eq!(segments(dir.path()), expected, "nothing removed");
-        fs::remove_file(&copy).unwrap();
-        let (_, r) = reopen(&cfg).await;
-        assert_eq!(event_ids(&r), (1..=50).collect::<Vec<_>>());
+        copy_refused(&cfg, &segs, &copy).await;
     }
 }
 
@@ -298,12 +299,7 @@ async fn a_repaired_segment_copied_while_the_store_runs_stops_the_next_start() {
         store.close().await.unwrap();
         copy
     };
-    let err = match FileStore::open(cfg.clone()) {
-        Ok(_) => panic!("a copied segment was taken"),
-        Err(err) => err.to_string(),
-    };
-    assert!(err.contains("copy or a renamed segment"), "{err}");
-    assert_eq!(segments(dir.path()), [segs[0].clone(), copy.clone()]);
+    refused_at(&cfg, &copy, &[segs[0].clone(), copy.clone()]);
     fs::remove_file(&copy).unwrap();
     let (_, r) = reopen(&cfg).await;
     assert_eq!(event_ids(&r), [1, 3, 4, 5, 6]);
@@ -320,13 +316,9 @@ async fn a_segment_renamed_to_a_later_number_stops_the_start() {
     let last = number_of(segs.last().unwrap());
     let renamed = segment_path(dir.path(), last + 1);
     fs::rename(&segs[1], &renamed).unwrap();
-    let err = match FileStore::open(cfg.clone()) {
-        Ok(_) => panic!("a renamed segment was taken"),
-        Err(err) => err.to_string(),
-    };
-    assert!(err.contains("copy or a renamed segment"), "{err}");
-    assert!(err.contains(&renamed.display().to_string()), "{err}");
-    assert_eq!(segments(dir.path()).len(), segs.len(), "nothing removed");
+    let mut expected: Vec<PathBuf> = segs.iter().filter(|s| **s != segs[1]).cloned().collect();
+    expected.push(renamed.clone());
+    refused_at(&cfg, &renamed, &expected);
     fs::rename(&renamed, &segs[1]).unwrap();
     let (_, r) = reopen(&cfg).await;
     assert_eq!(event_ids(&r), (1..=50).collect::<Vec<_>>());
