@@ -44,16 +44,23 @@ impl Serials {
 
     /// Sends what an unanswered entry carried, under its serial, until the
     /// log has it: `Ok(true)` once it has, `Ok(false)` when there was none.
+    ///
+    /// # Errors
+    /// Why the log did not take it; it is kept for the next call, unless
+    /// the error is [`SharedLogError::Unconfirmed`]: the log has it then
+    /// (too few replicas yet), and what follows had better wait too.
     pub(super) async fn settle(&mut self, log: &dyn SharedLog) -> Result<bool, SharedLogError> {
         let Some((serial, wires)) = self.unsettled.take() else {
             return Ok(false);
         };
         // `again` or not, the log has it now: from the first try, or from
-        // this one. Unconfirmed, it has it too (too few replicas yet).
+        // this one.
         match send(log, serial, &wires, true).await {
-            Ok(_) | Err(SharedLogError::Unconfirmed { .. }) => Ok(true),
+            Ok(_) => Ok(true),
             Err(err) => {
-                self.unsettled = Some((serial, wires));
+                if !matches!(err, SharedLogError::Unconfirmed { .. }) {
+                    self.unsettled = Some((serial, wires));
+                }
                 Err(err)
             }
         }
