@@ -52,14 +52,15 @@ async fn one_device_cannot_take_more_than_its_share_of_streams() {
 #[tokio::test]
 async fn streams_beyond_the_descriptor_budget_get_503() {
     let server = TestServer::builder().fd_budget(4).start().await;
-    // Idle connections hold descriptors like any other.
+    // Idle connections hold descriptors like any other: past the budget
+    // and half the reserve (2 here), no stream is opened.
     let mut held = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..6 {
         held.push(TcpStream::connect(server.addr).await.unwrap());
     }
     eventually("the server counts the idle connections", || async {
         let text = server.metrics().await;
-        metric(&text, "pere_connections_open").is_some_and(|n| n >= 5.0)
+        metric(&text, "pere_connections_open").is_some_and(|n| n >= 7.0)
     })
     .await;
     let s = server.stream("/feed/c", &[("device", "d")]).await;
@@ -74,6 +75,44 @@ async fn streams_beyond_the_descriptor_budget_get_503() {
         server.stream("/feed/c", &[("device", "d")]).await.status == 200
     })
     .await;
+}
+
+/// A reconnect storm past the budget: 25 stream connections, all accepted
+/// before any request is read, against a budget of 20. The first 20 get
+/// their streams and only the excess is refused (counting the storm's own
+/// connections, the server refused all 25).
+#[tokio::test]
+async fn a_burst_of_streams_past_the_budget_loses_only_its_excess() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::builder().fd_budget(20).start().await;
+    let mut conns = Vec::new();
+    for _ in 0..25 {
+        conns.push(TcpStream::connect(server.addr).await.unwrap());
+    }
+    eventually("the server accepted the storm", || async {
+        let text = server.metrics().await;
+        metric(&text, "pere_connections_open").is_some_and(|n| n >= 26.0)
+    })
+    .await;
+    for (i, conn) in conns.iter_mut().enumerate() {
+        let head = format!("GET /feed/c HTTP/1.1\r\nHost: x\r\ndevice: d{i}\r\n\r\n");
+        conn.write_all(head.as_bytes()).await.unwrap();
+    }
+    let mut statuses = std::collections::BTreeMap::new();
+    for conn in &mut conns {
+        let mut buf = [0u8; 12];
+        tokio::time::timeout(pere_tests::WAIT, conn.read_exact(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        *statuses
+            .entry(String::from_utf8_lossy(&buf[9..12]).into_owned())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(
+        statuses,
+        [("200".to_string(), 20), ("503".to_string(), 5)].into(),
+    );
 }
 
 #[tokio::test]

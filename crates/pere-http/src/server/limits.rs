@@ -89,9 +89,16 @@ impl Limits {
     /// over `max_streams`, `429 too_many_device_streams` over the device's
     /// share.
     pub fn acquire(self: &Arc<Self>, device: Option<&DeviceId>) -> Result<StreamSlot, ApiError> {
+        let open = self.streams.fetch_add(1, Ordering::AcqRel);
         if let Some(budget) = self.fd_budget
-            && self.connections() > budget
+            && (open >= budget || self.connections() > budget + budget.min(FD_RESERVE) / 2)
         {
+            // Streams hold their descriptor for hours: at most the budget
+            // of them. Connections are counted only past half the reserve:
+            // those of a burst of streams (a reconnect storm after a
+            // restart) are all accepted before their requests are read, and
+            // counting them refused nearly the whole storm, not its excess.
+            self.streams.fetch_sub(1, Ordering::AcqRel);
             return Err(ApiError::new(
                 ErrorCode::OverCapacity,
                 format!(
@@ -99,7 +106,6 @@ impl Limits {
                 ),
             ));
         }
-        let open = self.streams.fetch_add(1, Ordering::AcqRel);
         if open >= self.max_streams {
             self.streams.fetch_sub(1, Ordering::AcqRel);
             return Err(ApiError::new(
@@ -208,7 +214,7 @@ mod tests {
     fn the_descriptor_budget_answers_503() {
         let limits = Arc::new(Limits::new(100, 100, Some(1)));
         let _c1 = limits.connection();
-        assert!(limits.acquire(None).is_ok());
+        let _s1 = limits.acquire(None).unwrap();
         let _c2 = limits.connection();
         let err = limits.acquire(None).unwrap_err();
         assert_eq!(
@@ -217,5 +223,22 @@ mod tests {
         );
         assert_eq!(fd_budget(20_000), 20_000 - FD_RESERVE);
         assert_eq!(fd_budget(100), 50);
+    }
+
+    /// A burst of 80 stream connections, all accepted before any request
+    /// is read, against a budget of 70: 70 streams, 10 refused (4 and 76
+    /// when the connections counted).
+    #[test]
+    fn a_burst_past_the_budget_loses_only_its_excess() {
+        let limits = Arc::new(Limits::new(1000, 1000, Some(70)));
+        let _connections: Vec<_> = (0..80).map(|_| limits.connection()).collect();
+        let answers: Vec<_> = (0..80).map(|_| limits.acquire(None)).collect();
+        assert_eq!(answers.iter().filter(|a| a.is_ok()).count(), 70);
+        assert_eq!(limits.streams(), 70);
+        // Past half the reserve, connections alone refuse a stream: the
+        // descriptors are running out for short requests too.
+        let crowded = Arc::new(Limits::new(1000, 1000, Some(70)));
+        let _connections: Vec<_> = (0..106).map(|_| crowded.connection()).collect();
+        assert!(crowded.acquire(None).is_err());
     }
 }
