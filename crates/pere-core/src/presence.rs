@@ -463,15 +463,20 @@ impl Member {
 
     /// The presence view of this member.
     pub fn presence(&self) -> Presence {
-        let (mut cursor, mut cursor_at) = self.effective_cursor();
+        let (cursor, cursor_at) = self.effective_cursor();
+        // The cursor starts where the device joined: at it, nothing was
+        // written in order yet.
+        let mut delivered = (cursor > self.since).then_some((cursor, cursor_at));
         if let Some((acked, at)) = self.last_acked
-            && acked > cursor
+            && delivered.is_none_or(|(d, _)| acked > d)
         {
             // An acknowledgement implies the delivery, which a cluster
-            // node learns up to a checkpoint later: never show an
-            // acknowledged event as not yet delivered.
-            (cursor, cursor_at) = (acked, Some(at));
+            // node learns up to a checkpoint later, and which the cursor
+            // does not show for an event replayed from before the device
+            // joined: never show an acknowledged event as not delivered.
+            delivered = Some((acked, Some(at)));
         }
+        let (last_delivered, last_delivered_at) = delivered.unzip();
         Presence {
             member: self.is_member,
             online: self.connections() > 0,
@@ -479,8 +484,8 @@ impl Member {
             joined_at: self.is_member.then_some(self.joined_at),
             connected_at: self.connected_at,
             last_seen: self.last_seen,
-            last_delivered: (cursor > self.since).then_some(cursor),
-            last_delivered_at: cursor_at,
+            last_delivered,
+            last_delivered_at: last_delivered_at.flatten(),
             last_acked: self.last_acked.map(|(id, _)| id),
             last_acked_at: self.last_acked.map(|(_, at)| at),
             op: self.op,

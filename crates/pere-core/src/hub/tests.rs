@@ -777,3 +777,21 @@ async fn presence_counts_an_acknowledged_event_as_delivered() {
     assert_eq!(presence.last_acked, Some(p.id));
     assert_eq!(presence.last_delivered, Some(p.id), "{presence:?}");
 }
+
+/// The same for an event replayed from before the device joined
+/// (`?replay=all`): its cursor starts above it, so presence showed
+/// `last_delivered: null` beside the event's `last_acked` (a new user's
+/// walk through the dashboard).
+#[tokio::test]
+async fn presence_counts_an_acknowledged_replayed_event_as_delivered() {
+    let hub = hub().await;
+    let p = publish(&hub, "c", "before the device").await;
+    let mut stream = subscribe(&hub, Some("d"), &["c"], Resume::All).await;
+    assert_eq!(stream.next().await.unwrap().id, p.id);
+    hub.ack(&pat("c"), &dev("d"), p.id, "ok").await.unwrap();
+    let devices = hub.devices(&pat("c")).await.unwrap();
+    let presence = &devices[0].1;
+    assert_eq!(presence.last_acked, Some(p.id));
+    assert_eq!(presence.last_delivered, Some(p.id), "{presence:?}");
+    assert!(presence.last_delivered_at.is_some(), "{presence:?}");
+}
