@@ -217,9 +217,21 @@ async fn the_cli_tools_work_over_https_with_their_ca() {
     .await;
     assert!(!ok, "an untrusted certificate must fail");
     assert!(
-        err.to_lowercase().contains("certificate") || err.contains("TLS"),
-        "{err}"
+        err.to_lowercase().contains("certificate") && err.contains("--ca"),
+        "says what to give: {err}"
     );
+    // Plain HTTP to the TLS port: the server answers with a TLS alert.
+    // That is no lost answer (exit 4, "the outcome is unknown"): nothing
+    // was published, and the port wants https.
+    let plain = format!("127.0.0.1:{}", server.addr.port());
+    let out = tokio::process::Command::new(pere_tests::bin("pere-pub"))
+        .args([&plain, "c", "--data", "x", "--retries", "0"])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(WAIT, out).await.unwrap().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("use {url}")), "{err}");
     // A --ca that is no certificate is a usage error.
     let (ok, _, err) = tool(
         "pere-pub",

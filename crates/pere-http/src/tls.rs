@@ -360,6 +360,12 @@ impl ClientTls {
                     why.push_str(
                         " (the server's certificate is a CA certificate: make a self-signed one with -addext basicConstraints=critical,CA:FALSE, as the README's TLS section shows)",
                     );
+                } else if why.contains("invalid peer certificate") {
+                    // Most often a certificate of one's own, which the
+                    // system's roots do not vouch for.
+                    why.push_str(
+                        " (a certificate of your own? give the CA that signed it, or the self-signed certificate itself, with --ca FILE)",
+                    );
                 }
                 tls_error(why)
             })

@@ -22,7 +22,8 @@
 
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -177,6 +178,88 @@ pub fn encode_component(text: &str) -> String {
 struct Conn {
     sender: http1::SendRequest<Full<Bytes>>,
     task: AbortHandle,
+    /// Set when a plain connection's first bytes from the server were a
+    /// TLS record: the port serves https.
+    tls_reply: Arc<AtomicBool>,
+}
+
+impl Conn {
+    /// `err` of an exchange on this connection to `addr`, said plainly
+    /// when the server answered in TLS (hyper only sees "invalid HTTP
+    /// version"). That answer is a refusal: nothing was received.
+    fn error(&self, addr: &Address, err: hyper::Error) -> Error {
+        if self.tls_reply.load(Ordering::Relaxed) {
+            return Error::Tls(format!(
+                "{addr} answered in TLS: it serves https; use https://{}:{}",
+                addr.host(),
+                addr.port()
+            ));
+        }
+        Error::Http(err)
+    }
+}
+
+/// A plain connection that notices a TLS record (`0x15 0x03`, an alert, or
+/// `0x16 0x03`) in the server's first bytes.
+struct Sniffed {
+    inner: TcpStream,
+    first: bool,
+    tls: Arc<AtomicBool>,
+}
+
+impl tokio::io::AsyncRead for Sniffed {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        if this.first && buf.filled().len() > before {
+            this.first = false;
+            if let [0x15 | 0x16, 0x03, ..] = buf.filled()[before..] {
+                this.tls.store(true, Ordering::Relaxed);
+            }
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for Sniffed {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }
 
 impl Drop for Conn {
@@ -205,7 +288,15 @@ async fn connect(addr: &Address, timeout: Duration) -> Result<Conn> {
     // Events and receipts are small; latency matters more than packet count.
     let _ = stream.set_nodelay(true);
     if !addr.is_tls() {
-        return start(stream).await;
+        let tls = Arc::new(AtomicBool::new(false));
+        let sniffed = Sniffed {
+            inner: stream,
+            first: true,
+            tls: tls.clone(),
+        };
+        let mut conn = start(sniffed).await?;
+        conn.tls_reply = tls;
+        return Ok(conn);
     }
     let trust = crate::tls::ClientTls::default_for_process()?;
     let tls = tokio::time::timeout(timeout, trust.connect(addr.host(), stream))
@@ -231,7 +322,11 @@ where
         }
     })
     .abort_handle();
-    Ok(Conn { sender, task })
+    Ok(Conn {
+        sender,
+        task,
+        tls_reply: Arc::default(),
+    })
 }
 
 /// Builds a request for `path` with the headers every request carries.

@@ -384,26 +384,29 @@ impl Client {
                 None => slot.insert(connect(&self.addr, self.connect_timeout).await?),
             };
             if let Err(err) = conn.sender.ready().await {
+                let err = conn.error(&self.addr, err);
                 *slot = None;
                 if reused {
                     continue;
                 }
-                return Err(Error::Http(err));
+                return Err(err);
             }
             match conn.sender.try_send_request(request).await {
                 Ok(response) => break response,
-                Err(mut err) => {
-                    *slot = None;
-                    match err.take_message() {
-                        // Not written: the server had closed the idle
-                        // connection. Safe to send again, once.
-                        Some(unsent) if reused => {
-                            tracing::debug!("kept-alive connection was closed; reconnecting");
-                            request = unsent;
-                        }
-                        _ => return Err(Error::Http(err.into_error())),
+                Err(mut err) => match err.take_message() {
+                    // Not written: the server had closed the idle
+                    // connection. Safe to send again, once.
+                    Some(unsent) if reused => {
+                        *slot = None;
+                        tracing::debug!("kept-alive connection was closed; reconnecting");
+                        request = unsent;
                     }
-                }
+                    _ => {
+                        let err = conn.error(&self.addr, err.into_error());
+                        *slot = None;
+                        return Err(err);
+                    }
+                },
             }
         };
         let (parts, body) = response.into_parts();

@@ -529,8 +529,13 @@ impl Subscriber {
         let limit = self.options.connect_timeout;
         let opened = tokio::time::timeout(limit, async {
             let mut conn = connect(&self.addr, limit).await?;
-            conn.sender.ready().await?;
-            let response = conn.sender.send_request(request).await?;
+            if let Err(err) = conn.sender.ready().await {
+                return Err(conn.error(&self.addr, err));
+            }
+            let response = match conn.sender.send_request(request).await {
+                Ok(response) => response,
+                Err(err) => return Err(conn.error(&self.addr, err)),
+            };
             Ok::<_, Error>((conn, response))
         })
         .await;
