@@ -233,6 +233,22 @@ async fn a_bad_flag_exits_with_2_in_every_tool() {
     }
 }
 
+/// `--version` prints each tool's name and version (an operator checking
+/// an upgrade got `Unrecognized argument`).
+#[tokio::test]
+async fn every_tool_says_its_version() {
+    for tool in ["pere-server", "pere-pub", "pere-sub"] {
+        for flag in ["--version", "-V"] {
+            let (status, stdout, stderr) = run_tool(tool, &[flag]).await;
+            assert!(status.success(), "{tool} {flag}: {stderr}");
+            assert_eq!(
+                stdout.trim(),
+                format!("{tool} {}", env!("CARGO_PKG_VERSION"))
+            );
+        }
+    }
+}
+
 /// The server forgotten (`pere-pub orders --data x`): `orders` is taken
 /// for it, and argh says only that a channel is missing; the tools say
 /// which comes first.

@@ -9,9 +9,11 @@ use std::process::ExitCode;
 /// the arguments after the program name; its error is argh's early exit:
 /// the text to print and whether it is a success (`--help`).
 ///
+/// `--version` (or `-V`) alone prints the name and version.
+///
 /// # Errors
-/// The exit code to end with: 0 after `--help`, 2 for a usage error or an
-/// argument that is not UTF-8.
+/// The exit code to end with: 0 after `--help` or `--version`, 2 for a
+/// usage error or an argument that is not UTF-8.
 pub fn command_line<T>(
     name: &str,
     parse: impl FnOnce(&[&str]) -> Result<T, (String, bool)>,
@@ -27,6 +29,11 @@ pub fn command_line<T>(
         }
     }
     let rest: Vec<&str> = strings.iter().map(String::as_str).collect();
+    if let ["--version" | "-V"] = rest.as_slice() {
+        // Before argh, which knows no version and wants the positionals.
+        println!("{name} {}", env!("CARGO_PKG_VERSION"));
+        return Err(ExitCode::SUCCESS);
+    }
     match parse(&rest) {
         Ok(args) => Ok(args),
         Err((output, true)) => {
