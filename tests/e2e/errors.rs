@@ -541,3 +541,40 @@ async fn unknown_query_parameters_are_400_on_api_endpoints_but_not_on_streams() 
     assert_eq!(r.status, 200, "{}", r.text());
     still_serving(&server).await;
 }
+
+/// A base64 token sent raw in `?access_token=`: its `+` reads as a space,
+/// and "the token is unknown" alone sent a new user looking for a typo.
+/// The `401` says what happened; percent-encoded, the token works.
+#[tokio::test]
+async fn a_token_whose_plus_became_a_space_in_the_query_is_told_so() {
+    const TOKEN: &str = "q3Vx9kz+P0m4/Wc1bYt7LhR2sN8=";
+    let dir = pere_tests::temp_dir("plus-token");
+    let file = dir.join("auth.json");
+    let json = serde_json::json!({ "tokens": { TOKEN: { "subject": "ops", "admin": true } } });
+    std::fs::write(&file, json.to_string()).unwrap();
+    let server = pere_tests::ServerProcess::start(&["--auth", file.to_str().unwrap()]).await;
+    let raw = server
+        .request(
+            "GET",
+            &format!("/admin/channels?access_token={TOKEN}"),
+            &[],
+            b"",
+        )
+        .await;
+    raw.assert_error(401, "unauthorized");
+    assert!(raw.text().contains("percent-encode"), "{}", raw.text());
+    assert!(!raw.text().contains("q3Vx9kz"), "never quotes the token");
+    let encoded = TOKEN
+        .replace('+', "%2B")
+        .replace('/', "%2F")
+        .replace('=', "%3D");
+    let ok = server
+        .request(
+            "GET",
+            &format!("/admin/channels?access_token={encoded}"),
+            &[],
+            b"",
+        )
+        .await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+}

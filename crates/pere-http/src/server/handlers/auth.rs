@@ -150,6 +150,12 @@ pub async fn caller<S: EventStore>(
     }
     match checked {
         Ok(access) => Ok(Caller::Token(access)),
+        // A space is no token character, but it is what a raw `+` of a
+        // base64 token becomes in a query string: say so, since the token
+        // was surely meant.
+        Err(Refusal::Unknown) if token.contains(' ') => Err(ApiError::unauthorized(
+            "the token is unknown, and it holds a space: in ?access_token= a `+` reads as a space, so percent-encode the token (`+` as %2B, `/` as %2F, `=` as %3D) or send it in `Authorization: Bearer`",
+        )),
         // The refusal says why (expired, signature, audience…), never
         // quoting the token.
         Err(refusal) => Err(ApiError::unauthorized(refusal.to_string())),
