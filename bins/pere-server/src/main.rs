@@ -391,13 +391,8 @@ fn banner<S: EventStore>(
             Some((path, _)) => format!("on, {n} token{plural} ({} and run-time)", path.display()),
             None => format!("on, {n} run-time token{plural} kept by the store"),
         };
-        if let Some(jwt) = &config.jwt {
-            let algs = [
-                jwt.secret.as_ref().map(|_| "HS256"),
-                jwt.public_key_pem.as_ref().map(|_| "RS256/ES256"),
-            ];
-            let algs: Vec<&str> = algs.into_iter().flatten().collect();
-            line.push_str(&format!("; JWT {}", algs.join(", ")));
+        if hub.auth().jwt_enabled() {
+            line.push_str(&format!("; JWT {}", hub.auth().jwt_algorithms().join(", ")));
         }
         // A JWT may be an admin one.
         if config.jwt.is_none() && !tokens.iter().any(|(_, grants, _)| grants.admin) {

@@ -390,6 +390,15 @@ impl AuthRegistry {
         self.jwt.get().is_some()
     }
 
+    /// The JWT algorithms accepted (`HS256`, `RS256`, `ES256`), none when
+    /// JWTs are off.
+    pub fn jwt_algorithms(&self) -> Vec<&'static str> {
+        self.jwt
+            .get()
+            .map(JwtVerifier::algorithms)
+            .unwrap_or_default()
+    }
+
     /// The caller behind a presented token, if the token is known.
     pub fn authenticate(&self, presented: &str) -> Option<Access> {
         self.check(presented).ok()

@@ -249,6 +249,23 @@ impl JwtVerifier {
         Ok(Self { hmac, public })
     }
 
+    /// The algorithms this verifier accepts: `HS256` with a secret, and
+    /// `RS256` or `ES256` by the public key's kind.
+    pub fn algorithms(&self) -> Vec<&'static str> {
+        let mut algs = Vec::new();
+        if self.hmac.is_some() {
+            algs.push("HS256");
+        }
+        if let Some((_, validation)) = &self.public {
+            algs.extend(validation.algorithms.iter().map(|alg| match alg {
+                Algorithm::RS256 => "RS256",
+                Algorithm::ES256 => "ES256",
+                _ => "other",
+            }));
+        }
+        algs
+    }
+
     /// Whether `text` has a JWT's shape (three base64url parts), so that
     /// it is checked as one rather than looked up as a static token.
     pub fn looks_like_jwt(text: &str) -> bool {
@@ -469,7 +486,18 @@ mahU03RmYPhsU+4e9Uj1SmmAATnl+zQwaSlgIsimadoVPFG2Cpp5IveUXeT+wA1p
 sSoplaBAa4SU53vHGJ88ckdNpSF8I+rF
 -----END PUBLIC KEY-----
 ";
-        assert!(JwtVerifier::new(&key(p256)).is_ok());
+        assert_eq!(
+            JwtVerifier::new(&key(p256)).unwrap().algorithms(),
+            ["ES256"]
+        );
+        let both = JwtConfig {
+            secret: Some(vec![7; 32]),
+            ..key(p256)
+        };
+        assert_eq!(
+            JwtVerifier::new(&both).unwrap().algorithms(),
+            ["HS256", "ES256"]
+        );
         // The same key in a certificate, as jsonwebtoken takes it.
         let cert = "-----BEGIN CERTIFICATE-----
 MIIBbjCCAROgAwIBAgIUGsLZgMl/AZJbMcom85klRyVPo2EwCgYIKoZIzj0EAwIw

@@ -362,6 +362,9 @@ impl<S: EventStore> Hub<S> {
     /// [`Error::AuthDisabled`], a store failure.
     pub async fn revoke_jti(&self, jti: &str) -> Result<()> {
         let token = crate::auth::jti_key(jti);
+        // The revocation's own line names the hash it is kept under; an
+        // operator looks for the jti, which is no secret.
+        tracing::info!(jti, token = %token.fingerprint(), "revoking a JWT id");
         self.inner.auth.note_jti(token);
         self.call(|reply| {
             Command::Token(TokenCmd {
