@@ -57,17 +57,20 @@ async fn a_held_wait_is_answered_at_shutdown_with_the_receipts_so_far() {
 async fn sighup_without_tls_is_logged_and_the_server_goes_on() {
     let server = pere_tests::ServerProcess::start(&[]).await;
     let mut s = server.subscribe("c", "d").await;
-    for _ in 0..2 {
+    // One at a time: two SIGHUPs sent back to back may merge into one
+    // (signals of a kind are not queued), and the test waited for a
+    // second line that never came.
+    for n in 1..=2 {
         let status = std::process::Command::new("kill")
             .args(["-HUP", &server.pid().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
+        pere_tests::eventually("SIGHUP is logged", || async {
+            server.log().matches("nothing to reload").count() == n
+        })
+        .await;
     }
-    pere_tests::eventually("SIGHUP is logged twice", || async {
-        server.log().matches("nothing to reload").count() == 2
-    })
-    .await;
     let id = server.publish("c", "after SIGHUP").await;
     assert_eq!(s.ids(1).await, [id]);
     let log = server.stop();
