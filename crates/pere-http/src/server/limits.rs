@@ -43,6 +43,9 @@ pub struct Limits {
     connections: AtomicUsize,
     /// Open streams, all devices (anonymous ones included).
     streams: AtomicUsize,
+    /// Those of them that hold a connection of their own (HTTP/1.1; an
+    /// HTTP/2 connection carries many): what the descriptor budget counts.
+    solo: AtomicUsize,
     per_device: Mutex<HashMap<DeviceId, usize>>,
 }
 
@@ -56,6 +59,7 @@ impl Limits {
             fd_budget,
             connections: AtomicUsize::new(0),
             streams: AtomicUsize::new(0),
+            solo: AtomicUsize::new(0),
             per_device: Mutex::default(),
         }
     }
@@ -82,23 +86,34 @@ impl Limits {
         ConnectionGuard(self.clone())
     }
 
-    /// Takes a stream slot for `device`.
+    /// Takes a stream slot for `device`; `solo` when the stream holds its
+    /// connection (and so a descriptor) of its own, as over HTTP/1.1.
     ///
     /// # Errors
     /// `503 over_capacity` when descriptors run short, `429 too_many_streams`
     /// over `max_streams`, `429 too_many_device_streams` over the device's
     /// share.
-    pub fn acquire(self: &Arc<Self>, device: Option<&DeviceId>) -> Result<StreamSlot, ApiError> {
-        let open = self.streams.fetch_add(1, Ordering::AcqRel);
+    pub fn acquire(
+        self: &Arc<Self>,
+        device: Option<&DeviceId>,
+        solo: bool,
+    ) -> Result<StreamSlot, ApiError> {
+        let solos = if solo {
+            self.solo.fetch_add(1, Ordering::AcqRel)
+        } else {
+            0
+        };
         if let Some(budget) = self.fd_budget
-            && (open >= budget || self.connections() > budget + budget.min(FD_RESERVE) / 2)
+            && (solos >= budget || self.connections() > budget + budget.min(FD_RESERVE) / 2)
         {
             // Streams hold their descriptor for hours: at most the budget
             // of them. Connections are counted only past half the reserve:
             // those of a burst of streams (a reconnect storm after a
             // restart) are all accepted before their requests are read, and
             // counting them refused nearly the whole storm, not its excess.
-            self.streams.fetch_sub(1, Ordering::AcqRel);
+            if solo {
+                self.solo.fetch_sub(1, Ordering::AcqRel);
+            }
             return Err(ApiError::new(
                 ErrorCode::OverCapacity,
                 format!(
@@ -106,8 +121,16 @@ impl Limits {
                 ),
             ));
         }
-        if open >= self.max_streams {
+        // Given back on every refusal below, and by the slot's drop.
+        let give_back = || {
             self.streams.fetch_sub(1, Ordering::AcqRel);
+            if solo {
+                self.solo.fetch_sub(1, Ordering::AcqRel);
+            }
+        };
+        let open = self.streams.fetch_add(1, Ordering::AcqRel);
+        if open >= self.max_streams {
+            give_back();
             return Err(ApiError::new(
                 ErrorCode::TooManyStreams,
                 format!(
@@ -121,7 +144,7 @@ impl Limits {
             let n = devices.entry(device.clone()).or_insert(0);
             if *n >= self.max_per_device {
                 drop(devices);
-                self.streams.fetch_sub(1, Ordering::AcqRel);
+                give_back();
                 return Err(ApiError::new(
                     ErrorCode::TooManyDeviceStreams,
                     format!(
@@ -135,6 +158,7 @@ impl Limits {
         Ok(StreamSlot {
             limits: self.clone(),
             device: device.cloned(),
+            solo,
         })
     }
 }
@@ -166,11 +190,15 @@ impl Drop for ConnectionGuard {
 pub struct StreamSlot {
     limits: Arc<Limits>,
     device: Option<DeviceId>,
+    solo: bool,
 }
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
         self.limits.streams.fetch_sub(1, Ordering::AcqRel);
+        if self.solo {
+            self.limits.solo.fetch_sub(1, Ordering::AcqRel);
+        }
         if let Some(device) = &self.device {
             let mut devices = self.limits.devices();
             if let Some(n) = devices.get_mut(device) {
@@ -193,30 +221,30 @@ mod tests {
     fn slots_count_per_server_and_per_device_and_come_back_on_drop() {
         let limits = Arc::new(Limits::new(3, 2, None));
         let a = DeviceId::new("a").unwrap();
-        let s1 = limits.acquire(Some(&a)).unwrap();
-        let s2 = limits.acquire(Some(&a)).unwrap();
-        let err = limits.acquire(Some(&a)).unwrap_err();
+        let s1 = limits.acquire(Some(&a), true).unwrap();
+        let s2 = limits.acquire(Some(&a), true).unwrap();
+        let err = limits.acquire(Some(&a), true).unwrap_err();
         assert_eq!(
             (err.status(), err.code.as_str()),
             (StatusCode::TOO_MANY_REQUESTS, "too_many_device_streams")
         );
-        let s3 = limits.acquire(None).unwrap();
-        let err = limits.acquire(None).unwrap_err();
+        let s3 = limits.acquire(None, true).unwrap();
+        let err = limits.acquire(None, true).unwrap_err();
         assert_eq!(err.code.as_str(), "too_many_streams");
         assert_eq!(limits.streams(), 3);
         drop((s1, s2, s3));
         assert_eq!(limits.streams(), 0);
         assert!(limits.devices().is_empty());
-        let _again = limits.acquire(Some(&a)).unwrap();
+        let _again = limits.acquire(Some(&a), true).unwrap();
     }
 
     #[test]
     fn the_descriptor_budget_answers_503() {
         let limits = Arc::new(Limits::new(100, 100, Some(1)));
         let _c1 = limits.connection();
-        let _s1 = limits.acquire(None).unwrap();
+        let _s1 = limits.acquire(None, true).unwrap();
         let _c2 = limits.connection();
-        let err = limits.acquire(None).unwrap_err();
+        let err = limits.acquire(None, true).unwrap_err();
         assert_eq!(
             (err.status(), err.code.as_str()),
             (StatusCode::SERVICE_UNAVAILABLE, "over_capacity")
@@ -232,13 +260,21 @@ mod tests {
     fn a_burst_past_the_budget_loses_only_its_excess() {
         let limits = Arc::new(Limits::new(1000, 1000, Some(70)));
         let _connections: Vec<_> = (0..80).map(|_| limits.connection()).collect();
-        let answers: Vec<_> = (0..80).map(|_| limits.acquire(None)).collect();
+        let answers: Vec<_> = (0..80).map(|_| limits.acquire(None, true)).collect();
         assert_eq!(answers.iter().filter(|a| a.is_ok()).count(), 70);
         assert_eq!(limits.streams(), 70);
         // Past half the reserve, connections alone refuse a stream: the
         // descriptors are running out for short requests too.
+        // HTTP/2 streams share their connection's descriptor: not counted.
+        let _h2: Vec<_> = (0..10)
+            .map(|_| limits.acquire(None, false).unwrap())
+            .collect();
+        assert_eq!(limits.streams(), 80);
+        drop(answers);
+        assert_eq!(limits.streams(), 10);
+        assert_eq!(limits.solo.load(Ordering::Relaxed), 0);
         let crowded = Arc::new(Limits::new(1000, 1000, Some(70)));
         let _connections: Vec<_> = (0..106).map(|_| crowded.connection()).collect();
-        assert!(crowded.acquire(None).is_err());
+        assert!(crowded.acquire(None, true).is_err());
     }
 }

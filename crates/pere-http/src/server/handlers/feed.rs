@@ -69,7 +69,9 @@ pub async fn feed<S: EventStore, B>(
         // opening a stream or making the device a member.
         return Ok(head_response());
     }
-    let slot = app.limits.acquire(device.as_ref())?;
+    // Over HTTP/2 the stream shares its connection's descriptor.
+    let solo = req.version() != hyper::Version::HTTP_2;
+    let slot = app.limits.acquire(device.as_ref(), solo)?;
     let subscribed = app
         .hub
         .subscribe_with_token(

@@ -102,7 +102,9 @@ pub async fn stream<S: EventStore, B>(
         // node has not reached would be taken as not given yet.
         app.hub.caught_up().await;
     }
-    let slot = app.limits.acquire(None)?;
+    let slot = app
+        .limits
+        .acquire(None, req.version() != hyper::Version::HTTP_2)?;
     let changes = app.hub.watch_receipts(&channel, after);
     let mut opening = BytesMut::new();
     sse::encode_retry(&mut opening, app.config.retry.as_millis() as u64);
