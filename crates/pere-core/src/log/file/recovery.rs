@@ -95,13 +95,16 @@ pub(super) fn scan(dir: &Path) -> Result<Scan> {
     // by a crash before compaction deleted them. Its last id is the
     // newest of theirs: one holding a newer event was written after it,
     // so it is not compaction's output but a copy (whose header older
-    // versions did not number).
+    // versions did not number). And one not marked compacted at all is a
+    // writer's segment under another number (or, in the same crash, the
+    // output of a version from before the mark: refused too, as nothing
+    // tells the two apart; moving it out is the operator's call).
     let mut superseded = HashSet::new();
-    for (n, h, _) in &headers {
+    for (n, h, claimant) in &headers {
         if let Some((covers, last)) = h {
             for (m, hm, bytes) in &headers {
                 if *m >= *covers && *m < *n {
-                    if newest_event(*m, *hm, bytes) > *last {
+                    if !compacted(claimant) || newest_event(*m, *hm, bytes) > *last {
                         return Err(not_its_number(&segment_path(dir, *n), *covers));
                     }
                     superseded.insert(*m);

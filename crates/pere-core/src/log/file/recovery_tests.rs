@@ -323,3 +323,51 @@ async fn a_segment_renamed_to_a_later_number_stops_the_start() {
     let (_, r) = reopen(&cfg).await;
     assert_eq!(event_ids(&r), (1..=50).collect::<Vec<_>>());
 }
+
+/// The same past segments that hold no event (receipts only): the event
+/// check saw nothing newer than the renamed segment's header (a writer's
+/// says none), and they were deleted as superseded (a review found 5 of
+/// 30 receipts gone).
+#[tokio::test]
+async fn a_segment_renamed_past_segments_without_events_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.segment_size = 400;
+    {
+        let (store, _) = reopen(&cfg).await;
+        for i in 1..=3 {
+            store.append(&[event("a", i, "an event")]).await.unwrap();
+        }
+        for k in 0..30 {
+            let ack = Record::Ack {
+                id: EventId(1 + k % 3),
+                device: crate::name::DeviceId::new("dev1").unwrap(),
+                status: format!("status {k:03}").into(),
+                at: Timestamp::now(),
+            };
+            store.append(&[ack]).await.unwrap();
+        }
+        store.close().await.unwrap();
+    }
+    let acks = |r: &Recovered| {
+        r.records
+            .iter()
+            .filter(|r| matches!(r, Record::Ack { .. }))
+            .count()
+    };
+    let kept = acks(&reopen(&cfg).await.1);
+    let segs = segments(dir.path());
+    assert!(segs.len() >= 3, "{segs:?}");
+    assert_eq!(
+        fs::read(&segs[1]).unwrap()[COMPACTED_AT],
+        0,
+        "a writer's segment"
+    );
+    let renamed = segment_path(dir.path(), number_of(segs.last().unwrap()) + 1);
+    fs::rename(&segs[1], &renamed).unwrap();
+    let mut expected: Vec<PathBuf> = segs.iter().filter(|s| **s != segs[1]).cloned().collect();
+    expected.push(renamed.clone());
+    refused_at(&cfg, &renamed, &expected);
+    fs::rename(&renamed, &segs[1]).unwrap();
+    assert_eq!(acks(&reopen(&cfg).await.1), kept);
+}
