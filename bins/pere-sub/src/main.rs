@@ -197,10 +197,25 @@ async fn follow(config: &Config) -> Result<(), Stop> {
                 "stopping: sending the receipts of the events processed (a second Ctrl-C ends at once)"
             ),
         );
+        // Bounded: a server that hangs would hold each batch for its
+        // retries (a minute and more), past a service manager's patience.
+        if tokio::time::timeout(STOP_RECEIPTS, receipts.finish())
+            .await
+            .is_err()
+        {
+            eprintln!(
+                "pere-sub: stopped with receipts unanswered after {} s: their events will come again",
+                STOP_RECEIPTS.as_secs()
+            );
+        }
+        return outcome;
     }
     receipts.finish().await;
     outcome
 }
+
+/// How long a stop waits for the last receipts' answers.
+const STOP_RECEIPTS: Duration = Duration::from_secs(10);
 
 /// The loop of [`follow`]: prints and acknowledges each event of `sub`.
 async fn follow_events(
@@ -388,18 +403,25 @@ async fn follow_events(
 }
 
 /// Whether a command that ended with `status` was stopped by the signal
-/// that stops this run: the command dies of SIGINT or SIGTERM, and this
-/// process hears of its own copy a moment later, or already has.
+/// that stops this run: the command dies of SIGINT or SIGTERM (or exits
+/// 130 or 143 for it), and this process hears of its own copy a moment
+/// later, or already has.
 async fn stopped_with_us(
     status: &str,
     stop: &mut tokio::sync::watch::Receiver<Option<u8>>,
 ) -> bool {
-    let signal = status.strip_prefix(exec::SIGNALLED).map(|rest| {
-        rest.split(|c: char| !c.is_ascii_digit())
-            .next()
-            .unwrap_or("")
-    });
-    if !matches!(signal, Some("2" | "15")) {
+    let number = |prefix: &str| {
+        status.strip_prefix(prefix).map(|rest| {
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()
+                .unwrap_or("")
+        })
+    };
+    // Killed by the signal, or a script that trapped it and exited as a
+    // shell reports it (`trap 'exit 143' TERM`).
+    let by_signal = matches!(number(exec::SIGNALLED), Some("2" | "15"));
+    let trapped = matches!(number("error: exit "), Some("130" | "143"));
+    if !by_signal && !trapped {
         return false;
     }
     if stop.borrow().is_some() {
