@@ -552,7 +552,7 @@ async fn submit<S: EventStore>(
     // read back and applied as any entry (appended again, it was applied
     // once per retry: a stream closed 42 times).
     let ours: Vec<bool> = own.iter().map(Option::is_none).collect();
-    match serials.append(log, wires, |i| ours[i]).await {
+    match serials.append(log, wires, &ours).await {
         Ok(appended) => {
             inner.health().wrote();
             if own.iter().any(Option::is_some) {

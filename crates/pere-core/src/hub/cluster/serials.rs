@@ -68,12 +68,13 @@ impl Serials {
 
     /// Appends `wires` as a new entry. When the log cannot say whether it
     /// took it, what the entry carried that only this node knew (the
-    /// wires `ours` marks) is kept to [`settle`](Serials::settle).
+    /// wires `ours` marks, one flag each) is kept to
+    /// [`settle`](Serials::settle).
     pub(super) async fn append(
         &mut self,
         log: &dyn SharedLog,
         wires: Vec<Wire>,
-        ours: impl Fn(usize) -> bool,
+        ours: &[bool],
     ) -> Result<SharedAppended, SharedLogError> {
         let serial = self.next;
         self.next += 1;
@@ -83,8 +84,8 @@ impl Serials {
         {
             let kept: Vec<Wire> = wires
                 .into_iter()
-                .enumerate()
-                .filter_map(|(i, w)| ours(i).then_some(w))
+                .zip(ours)
+                .filter_map(|(w, ours)| ours.then_some(w))
                 .collect();
             if !kept.is_empty() {
                 self.unsettled = Some((serial, kept));

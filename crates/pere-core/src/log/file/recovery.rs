@@ -372,8 +372,12 @@ fn newest_event(n: u64, h: Option<(u64, EventId)>, bytes: &[u8]) -> EventId {
         written_by_writer(n, h, bytes),
         Order::default(),
     );
-    found
-        .records
+    newest_id(&found.records)
+}
+
+/// The newest event id among `records` (`ZERO` if they hold no event).
+fn newest_id(records: &[Found]) -> EventId {
+    records
         .iter()
         .filter_map(|f| match &f.record {
             Stored::Hub(crate::log::Record::Event(e)) => Some(e.id),
@@ -506,14 +510,7 @@ fn repair(
     records: &[Found],
 ) -> std::io::Result<usize> {
     let mut out = Vec::with_capacity(bytes.len());
-    let last_id = records
-        .iter()
-        .filter_map(|f| match &f.record {
-            Stored::Hub(crate::log::Record::Event(e)) => Some(e.id),
-            _ => None,
-        })
-        .max()
-        .unwrap_or_default();
+    let last_id = newest_id(records);
     let covers = read_header(bytes).map_or(number, |(covers, _)| covers);
     out.extend_from_slice(&header(covers, last_id, Some(number)));
     for f in records {
