@@ -65,15 +65,16 @@ pids_of() { # server -> its pids (nginx: master and workers)
     esac
 }
 
-cpu_ticks() { # pids... -> utime+stime in clock ticks, summed
-    local total=0 pid f
+cpu_ticks() { # pids... -> "utime stime" in clock ticks, each summed
+    local user=0 sys=0 pid f
     for pid in "$@"; do
         # Fields after the `(comm)`: state is 3rd, utime 14th, stime 15th.
         f="$(sed 's/^.*) //' "/proc/$pid/stat")"
         set -- $f
-        total=$((total + ${12} + ${13}))
+        user=$((user + ${12}))
+        sys=$((sys + ${13}))
     done
-    echo "$total"
+    echo "$user $sys"
 }
 
 pss_kib() { # pids... -> PSS in KiB, summed
@@ -168,7 +169,12 @@ run_load() {
     local after; after="$(cpu_ticks $pids)"
     wait "$drain" 2>/dev/null || true
     rm -f "$fifo"
-    python3 -c "print(($after - $before) / $HZ)" >"$OUT/$name.$server.cpu"
+    # The total, then the kernel's part of it (system time: the writes, the
+    # loopback receive they run, wake-ups), which no user-space change moves.
+    read -r u0 s0 <<<"$before"
+    read -r u1 s1 <<<"$after"
+    python3 -c "print(($u1 + $s1 - $u0 - $s0) / $HZ)" >"$OUT/$name.$server.cpu"
+    python3 -c "print(($s1 - $s0) / $HZ)" >"$OUT/$name.$server.sys"
 }
 
 # run_idle SERVER: PSS delta over IDLE_STREAMS idle streams.
@@ -307,6 +313,7 @@ for name in cases:
         if sub is None or cpu is None:
             continue
         cpu = float(cpu)
+        sys_cpu = load(name, s, "sys")
         # What devices did not get, by why (see pere_load::devices):
         # holes, still owed at the deadline, after a disconnect.
         missing = {k: sub.get(k, 0) for k in ("lost", "not_arrived_by_deadline", "missed_after_disconnect")}
@@ -323,6 +330,7 @@ for name in cases:
         r[s] = {
             "dps": sub["deliveries"] / cpu if cpu > 0 else 0.0,
             "cpu": cpu,
+            "sys": float(sys_cpu) if sys_cpu else None,
             "p99": sub["latency_us"]["p99"] / 1000,
             "p50": sub["latency_us"]["p50"] / 1000,
             "ok": f"{sub['deliveries']:,}/{sub['expected']:,}" + ("" if bad == 0 else detail),
@@ -331,6 +339,8 @@ for name in cases:
     p, n = r.get("pere"), r.get("nchan")
     cell = lambda x, k, u="": fmt(x and x[k], u)
     rows.append(f"| {titles[name]} | deliveries/server CPU-s | {cell(p,'dps')} ({cell(p,'cpu',' s')}) | {cell(n,'dps')} ({cell(n,'cpu',' s')}) | {ratio(p and p['dps'], n and n['dps'])} |")
+    ks = lambda x: x and x["sys"] is not None and f"{x['sys']:.2f} s ({100 * x['sys'] / x['cpu']:.0f} %)" if x and x["cpu"] else None
+    rows.append(f"| | of which kernel (system time) | {fmt(ks(p))} | {fmt(ks(n))} | |")
     rows.append(f"| | p99 (p50) latency | {cell(p,'p99',' ms')} ({cell(p,'p50',' ms')}) | {cell(n,'p99',' ms')} ({cell(n,'p50',' ms')}) | {ratio(p and p['p99'], n and n['p99'], False)} lower |")
     rows.append(f"| | delivered / expected | {cell(p,'ok')} | {cell(n,'ok')} | |")
     if p and p["rcpt"]:
