@@ -158,11 +158,16 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 /// older versions check over the first 24 bytes only): 0 for the writer's
 /// segments, 1 for compaction's output as versions before its number was
 /// kept wrote it, [`NUMBERED`] when the next three bytes hold the low 24
-/// bits of the segment's own number (older versions read any non-zero
-/// value as compaction's output).
+/// bits of the segment's own number, [`HEALED`] likewise for a segment
+/// whose header recovery rewrote to cover missing segments before it
+/// (older versions read any non-zero value as compaction's output).
 const COMPACTED_AT: usize = 28;
 /// The mark of compaction's output that knows its own number.
 const NUMBERED: u8 = 2;
+/// The mark of a header healed over missing segments: nothing ever
+/// legitimately comes back in the range it covers, so a segment there is
+/// one an operator put back (see `recovery`).
+const HEALED: u8 = 3;
 
 /// A segment header. `compacted`: the number of the segment it heads,
 /// when it is compaction's output (or a segment rewritten at recovery):
@@ -186,7 +191,13 @@ fn header(covers_from: u64, last_id: EventId, compacted: Option<u64>) -> [u8; HE
 /// was written as, if it says (see [`COMPACTED_AT`]).
 fn written_as(bytes: &[u8]) -> Option<u64> {
     let h = bytes.get(..HEADER_LEN as usize)?;
-    (h[COMPACTED_AT] == NUMBERED).then(|| u64::from_le_bytes([h[29], h[30], h[31], 0, 0, 0, 0, 0]))
+    matches!(h[COMPACTED_AT], NUMBERED | HEALED)
+        .then(|| u64::from_le_bytes([h[29], h[30], h[31], 0, 0, 0, 0, 0]))
+}
+
+/// Whether a segment's header was healed over missing segments.
+fn healed(bytes: &[u8]) -> bool {
+    bytes.get(COMPACTED_AT) == Some(&HEALED)
 }
 
 /// `(covers_from, last_id)` of a segment header, if intact.

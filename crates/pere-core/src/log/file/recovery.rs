@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use super::super::codec::Stored;
 use super::scan::{Found, Order, Skipped, Why, scan_segment};
 use super::{
-    COMPACTED_AT, HEADER_LEN, header, io_err, read_header, segment_path, sync_dir, written_as,
+    COMPACTED_AT, HEADER_LEN, HEALED, header, healed, io_err, read_header, segment_path, sync_dir,
+    written_as,
 };
 use crate::error::Result;
 use crate::event::EventId;
@@ -104,6 +105,11 @@ pub(super) fn scan(dir: &Path) -> Result<Scan> {
         if let Some((covers, last)) = h {
             for (m, hm, bytes) in &headers {
                 if *m >= *covers && *m < *n {
+                    if healed(claimant) {
+                        // Reported missing and healed over: its records
+                        // are not taken back in the middle of the log.
+                        return Err(put_back(dir, *m, *n));
+                    }
                     if !compacted(claimant) || newest_event(*m, *hm, bytes) > *last {
                         return Err(not_its_number(&segment_path(dir, *n), *covers));
                     }
@@ -133,7 +139,8 @@ pub(super) fn scan(dir: &Path) -> Result<Scan> {
             // The header now covers the hole, so the log is whole again
             // and only the marker tells of it (as a repaired segment's
             // copies do); its lsns have a gap, as compaction's output's.
-            let healed = header(prev + 1, last, Some(n));
+            let mut healed = header(prev + 1, last, Some(n));
+            healed[COMPACTED_AT] = HEALED;
             rewrite_header(&path, &healed).map_err(|e| io_err(&path, e))?;
             bytes[..healed.len()].copy_from_slice(&healed);
             h = read_header(&bytes);
@@ -396,6 +403,22 @@ fn not_its_number(path: &Path, covers: u64) -> crate::error::Error {
             format!(
                 "its header says it is segment {covers}: a copy or a renamed segment? \
                  Move it out of the data directory (nothing was changed)"
+            ),
+        ),
+    )
+}
+
+/// The error for segment `m`, present in the range that segment `n`'s
+/// header was healed over when an earlier start found it missing.
+fn put_back(dir: &Path, m: u64, n: u64) -> crate::error::Error {
+    io_err(
+        &segment_path(dir, m),
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "an earlier start reported this segment missing and healed the log over it \
+                 (segment {n}'s header); put back since? Its records are not taken back into \
+                 the middle of the log: move it out of the data directory (nothing was changed)"
             ),
         ),
     )

@@ -371,3 +371,75 @@ async fn a_segment_renamed_past_segments_without_events_stops_the_start() {
     fs::rename(&renamed, &segs[1]).unwrap();
     assert_eq!(acks(&reopen(&cfg).await.1), kept);
 }
+
+/// Takes `missing` out, opens `cfg` once (which heals the log over it)
+/// and writes on, puts it back: the next start must stop, naming it, with
+/// nothing removed, and open as before once it is moved out again.
+async fn put_back_refused(cfg: &FileStoreConfig, missing: &Path) {
+    let saved = cfg.dir.join("saved.bin");
+    fs::rename(missing, &saved).unwrap();
+    let (store, _) = reopen(cfg).await;
+    store.append(&[event("a", 1000, "after")]).await.unwrap();
+    store.close().await.unwrap();
+    drop(store);
+    let healed = segments(&cfg.dir);
+    fs::rename(&saved, missing).unwrap();
+    let err = match FileStore::open(cfg.clone()) {
+        Ok(_) => panic!("the segment put back was taken"),
+        Err(err) => err.to_string(),
+    };
+    assert!(err.contains(&missing.display().to_string()), "{err}");
+    assert!(err.contains("put back since"), "{err}");
+    let mut expected = healed;
+    expected.push(missing.to_path_buf());
+    expected.sort();
+    assert_eq!(segments(&cfg.dir), expected, "nothing removed");
+    fs::rename(missing, &saved).unwrap();
+    let (_, r) = reopen(cfg).await;
+    assert!(event_ids(&r).contains(&1000));
+}
+
+/// A segment reported missing, then put back by an operator after the
+/// next start healed the log around it: the healed neighbour's header now
+/// claims its number. The start stops, and the message names the restored
+/// segment as the one to move out. It said "a copy or a renamed segment?"
+/// of the neighbour, which holds the records written since.
+#[tokio::test]
+async fn a_missing_segment_put_back_after_the_log_healed_is_named_and_kept_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_segments(dir.path()).await;
+    put_back_refused(&cfg, &segments(dir.path())[2]).await;
+}
+
+/// The same for a segment of receipts only, which was deleted as
+/// compaction's input: the healed header says no event, as compaction's
+/// output over segments without events does.
+#[tokio::test]
+async fn a_receipts_segment_put_back_after_the_log_healed_is_not_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.segment_size = 400;
+    {
+        let (store, _) = reopen(&cfg).await;
+        store.append(&[event("a", 1, "an event")]).await.unwrap();
+        for k in 0..30 {
+            let ack = Record::Ack {
+                id: EventId(1),
+                device: crate::name::DeviceId::new("dev1").unwrap(),
+                status: format!("status {k:03}").into(),
+                at: Timestamp::now(),
+            };
+            store.append(&[ack]).await.unwrap();
+        }
+        store.close().await.unwrap();
+    }
+    let segs = segments(dir.path());
+    assert!(segs.len() >= 3, "{segs:?}");
+    let missing = &segs[1];
+    let text = String::from_utf8_lossy(&fs::read(missing).unwrap()).into_owned();
+    assert!(
+        text.contains("status") && !text.contains("an event"),
+        "receipts only"
+    );
+    put_back_refused(&cfg, missing).await;
+}
