@@ -382,3 +382,96 @@ async fn resuming_devices_get_what_was_published_while_they_were_away() {
     );
     server.stop().await;
 }
+
+/// Sends `sig` (`INT`, `STOP`, `CONT`) to a process this test started.
+fn send_signal(child: &Child, sig: &str) {
+    let pid = child.id().expect("the process is still running");
+    let sent = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status();
+    assert!(sent.is_ok_and(|s| s.success()), "kill -{sig} {pid}");
+}
+
+/// Waits for `child` to stop; its exit code and stdout.
+async fn exit_and_stdout(mut child: Child, within: Duration, name: &str) -> (Option<i32>, String) {
+    let mut out = String::new();
+    let mut stdout = child.stdout.take().unwrap();
+    let status = tokio::time::timeout(within, async {
+        stdout.read_to_string(&mut out).await.unwrap();
+        child.wait().await.unwrap()
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{name} did not stop within {within:?}"));
+    (status.code(), out)
+}
+
+/// `pere-pub`'s load mode publishing 50 events a second to `channel`,
+/// for longer than any test waits, once it runs (its signal handlers are
+/// set once its publishers run).
+async fn slow_publisher(addr: &str, channel: &str) -> Child {
+    let publisher = spawn(
+        "pere-pub",
+        &[
+            addr,
+            channel,
+            "--count",
+            "100000",
+            "--rate",
+            "50",
+            "--concurrency",
+            "2",
+        ],
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    publisher
+}
+
+/// Ctrl-C on a load run: its report still comes, marked interrupted, and
+/// the exit status says the run did not finish (it was 0, as for a run
+/// that did).
+#[tokio::test]
+async fn an_interrupted_load_run_reports_and_exits_130() {
+    let (_server, addr) = server_process().await;
+    let mut sub = spawn(
+        "pere-sub",
+        &[&addr, "stopped", "--devices", "3", "--duration", "30s"],
+    );
+    stderr_until(&mut sub, "devices ready (").await;
+    send_signal(&sub, "INT");
+    let (code, out) = exit_and_stdout(sub, Duration::from_secs(15), "pere-sub").await;
+    assert_eq!(code, Some(130), "{out}");
+    let report: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(report["interrupted"], true, "{report}");
+    assert_eq!(report["ready"], 3, "{report}");
+
+    let publisher = slow_publisher(&addr, "stopped").await;
+    send_signal(&publisher, "TERM");
+    let (code, out) = exit_and_stdout(publisher, Duration::from_secs(15), "pere-pub").await;
+    assert_eq!(code, Some(143), "{out}");
+    let report: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(report["interrupted"], true, "{report}");
+}
+
+/// A second Ctrl-C while the run waits for publishes in flight (here to a
+/// server that hangs: up to 40 s) ends it at once; it was caught and
+/// ignored.
+#[tokio::test]
+async fn a_second_interrupt_ends_a_load_run_at_once() {
+    let (server, addr) = server_process().await;
+    let mut publisher = slow_publisher(&addr, "hung").await;
+    send_signal(&server, "STOP");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    send_signal(&publisher, "INT");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let still = publisher.try_wait().unwrap();
+    send_signal(&publisher, "INT");
+    let ended = exit_and_stdout(publisher, Duration::from_secs(5), "pere-pub").await;
+    send_signal(&server, "CONT");
+    assert!(
+        still.is_none(),
+        "the first signal waits for the publishes in flight: {still:?}"
+    );
+    let (code, out) = ended;
+    assert_eq!(code, Some(130), "{out}");
+    assert_eq!(out, "", "no report after a second signal");
+}

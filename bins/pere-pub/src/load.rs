@@ -129,7 +129,11 @@ pub fn main(args: Args) -> ExitCode {
                 report.first_error.as_deref(),
                 &report.to_json(),
             );
-            if report.failed == 0 {
+            if let Some(sig) = report.interrupted {
+                // As a shell reports a process the signal ended: the run
+                // did not finish, whatever its figures say.
+                ExitCode::from(128 + sig)
+            } else if report.failed == 0 {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

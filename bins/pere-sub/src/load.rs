@@ -172,7 +172,11 @@ pub fn main(args: Args) -> ExitCode {
                 &report.to_json(),
             );
             let complete = report.expected.is_none_or(|e| report.deliveries >= e);
-            if report.failed == 0
+            if let Some(sig) = report.interrupted {
+                // As a shell reports a process the signal ended: the run
+                // did not finish, whatever its figures say.
+                ExitCode::from(128 + sig)
+            } else if report.failed == 0
                 && report.missing() == 0
                 && report.duplicates == 0
                 && report.unreported == 0

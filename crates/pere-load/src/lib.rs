@@ -321,7 +321,8 @@ impl StopSignals {
         }
     }
 
-    pub(crate) async fn recv(&mut self) {
+    /// The next one, as the number a shell adds to 128 (2 or 15).
+    pub(crate) async fn recv(&mut self) -> u8 {
         #[cfg(unix)]
         let term = async {
             match self.term.as_mut() {
@@ -338,9 +339,21 @@ impl StopSignals {
                 if r.is_err() {
                     std::future::pending::<()>().await;
                 }
+                2
             }
-            () = term => {}
+            () = term => 15,
         }
+    }
+
+    /// After the first signal, while the run winds down (up to 40 s for
+    /// publishes in flight to a server that hangs): a second one exits at
+    /// once. Caught, it would otherwise be ignored.
+    pub(crate) fn exit_on_next(mut self, tool: &'static str) {
+        tokio::spawn(async move {
+            let sig = self.recv().await;
+            eprintln!("{tool}: a second signal: exiting without the report");
+            std::process::exit(128 + i32::from(sig));
+        });
     }
 }
 

@@ -86,6 +86,8 @@ pub struct Report {
     pub failed_events: Vec<(String, u64)>,
     /// People's summary lines.
     pub text: Vec<String>,
+    /// The signal (2 or 15) that stopped the run early, if one did.
+    pub interrupted: Option<u8>,
 }
 
 impl Report {
@@ -99,6 +101,7 @@ impl Report {
             "publishes_per_second": if self.seconds > 0.0 { self.published as f64 / self.seconds } else { 0.0 },
             "latency_us": self.latency,
             "first_error": self.first_error,
+            "interrupted": self.interrupted.is_some(),
             "failed_events": self
                 .failed_events
                 .iter()
@@ -131,6 +134,7 @@ pub async fn run(config: Config, notice: impl Fn(&str)) -> std::io::Result<Repor
         ));
     }
     let mut signals = StopSignals::new();
+    let mut interrupted = None;
     let mut ticker = tokio::time::interval(Duration::from_secs(5));
     ticker.tick().await;
     loop {
@@ -146,13 +150,15 @@ pub async fn run(config: Config, notice: impl Fn(&str)) -> std::io::Result<Repor
                 let _ = stop_tx.send(true);
                 break;
             }
-            () = signals.recv() => {
-                notice("interrupted; stopping");
+            sig = signals.recv() => {
+                notice("interrupted; stopping (a second signal ends at once)");
+                interrupted = Some(sig);
                 let _ = stop_tx.send(true);
                 break;
             }
         }
     }
+    signals.exit_on_next("pere-pub");
     let _ = tokio::time::timeout(Duration::from_secs(40), async {
         while workers.join_next().await.is_some() {}
     })
@@ -192,6 +198,7 @@ pub async fn run(config: Config, notice: impl Fn(&str)) -> std::io::Result<Repor
         first_error,
         failed_events,
         text,
+        interrupted,
     })
 }
 

@@ -247,6 +247,7 @@ pub async fn run(config: Config, notice: impl Fn(&str)) -> std::io::Result<Repor
     let mut ramp_seconds = 0.0;
     let mut last_progress = Instant::now();
     let mut signals = StopSignals::new();
+    let mut interrupted = None;
     loop {
         let sleep = async {
             match deadline {
@@ -285,13 +286,15 @@ pub async fn run(config: Config, notice: impl Fn(&str)) -> std::io::Result<Repor
                 let _ = stop_tx.send(true);
                 break;
             }
-            () = signals.recv() => {
-                notice("interrupted; stopping");
+            sig = signals.recv() => {
+                notice("interrupted; stopping (a second signal ends at once)");
+                interrupted = Some(sig);
                 let _ = stop_tx.send(true);
                 break;
             }
         }
     }
+    signals.exit_on_next("pere-sub");
     // Devices see the stop signal at their next poll; give them a moment.
     let _ = tokio::time::timeout(Duration::from_secs(10), async {
         while devices.join_next().await.is_some() {}
@@ -305,7 +308,9 @@ pub async fn run(config: Config, notice: impl Fn(&str)) -> std::io::Result<Repor
     })
     .await;
     ack_workers.abort_all();
-    Ok(report(&config, &shared, ramp_seconds))
+    let mut report = report(&config, &shared, ramp_seconds);
+    report.interrupted = interrupted;
+    Ok(report)
 }
 
 fn request(

@@ -90,6 +90,8 @@ pub struct Report {
     pub first_disconnect: Option<String>,
     /// People's summary lines.
     pub text: Vec<String>,
+    /// The signal (2 or 15) that stopped the run early, if one did.
+    pub interrupted: Option<u8>,
 }
 
 impl Report {
@@ -132,6 +134,7 @@ impl Report {
             "ramp_seconds": self.ramp_seconds,
             "first_error": self.first_error,
             "first_disconnect": self.first_disconnect,
+            "interrupted": self.interrupted.is_some(),
         })
     }
 
@@ -298,6 +301,7 @@ pub(super) fn report(config: &Config, s: &Shared, ramp_seconds: f64) -> Report {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone(),
+        interrupted: None,
         text,
     }
 }
