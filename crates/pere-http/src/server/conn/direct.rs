@@ -200,7 +200,21 @@ impl Future for Pump {
             if let Some(chunk) = &mut this.out {
                 let mut slices = [IoSlice::new(&[]); 3];
                 let n = chunk.io_slices(&mut slices);
-                let written = Pin::new(&mut *stream).poll_write_vectored(cx, &slices[..n]);
+                let len: usize = slices[..n].iter().map(|s| s.len()).sum();
+                let written = if len <= SMALL_WRITE {
+                    // One `send` of a copy: a small event's three parts
+                    // through `writev` cost the kernel's vector path more
+                    // than the copy costs here.
+                    let mut buf = [0u8; SMALL_WRITE];
+                    let mut at = 0;
+                    for slice in &slices[..n] {
+                        buf[at..at + slice.len()].copy_from_slice(slice);
+                        at += slice.len();
+                    }
+                    Pin::new(&mut *stream).poll_write(cx, &buf[..len])
+                } else {
+                    Pin::new(&mut *stream).poll_write_vectored(cx, &slices[..n])
+                };
                 match this.stall.check(cx, written) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                         this.stream = None;
@@ -251,6 +265,9 @@ impl Future for Pump {
         }
     }
 }
+
+/// Up to this many bytes a chunk is copied and written with one `send`.
+const SMALL_WRITE: usize = 1024;
 
 /// One HTTP/1.1 chunk being written: size line, data, CRLF.
 struct Chunk {
