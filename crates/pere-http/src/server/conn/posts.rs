@@ -18,6 +18,7 @@ use hyper::header::CONNECTION;
 use hyper::{Method, Request};
 use pere_core::EventStore;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -129,9 +130,15 @@ pub(super) async fn serve<S: EventStore>(
         drop(buf);
         let answers = handlers::handle_receipts(app, requests).await;
         let (out, close) = answer_bytes(answers);
-        let written = tokio::time::timeout(limits.send, stream.write_all(&out)).await;
-        if !matches!(written, Ok(Ok(()))) {
-            return Served::Closed;
+        match write_answers(&mut stream, &out, limits.send).await {
+            Written::All => {}
+            Written::Failed => return Served::Closed,
+            Written::Stalled => {
+                // Gently, as below: a reset would also destroy the answers
+                // already in the socket.
+                close_io(stream, None, closing).await;
+                return Served::Closed;
+            }
         }
         served = true;
         if close || app.hub.is_closing() {
@@ -140,6 +147,30 @@ pub(super) async fn serve<S: EventStore>(
             return Served::Closed;
         }
     }
+}
+
+/// How writing a round's answers ended.
+enum Written {
+    All,
+    /// The socket failed (the client is gone).
+    Failed,
+    /// The client took no byte for the send timeout.
+    Stalled,
+}
+
+/// Writes `out` under the send timeout as the other paths apply it: a
+/// client that takes no byte for `send` is given up on, one that keeps
+/// reading is not, however long a round's answers take it (a deadline on
+/// the whole write reset slow gateways reading large batches' answers).
+async fn write_answers(stream: &mut TcpStream, mut out: &[u8], send: Duration) -> Written {
+    while !out.is_empty() {
+        match tokio::time::timeout(send, stream.write(out)).await {
+            Ok(Ok(n @ 1..)) => out = &out[n..],
+            Ok(_) => return Written::Failed,
+            Err(_) => return Written::Stalled,
+        }
+    }
+    Written::All
 }
 
 /// Whether the socket's next bytes start a receipt request, without
@@ -245,6 +276,48 @@ mod tests {
     use hyper::header::HeaderValue;
 
     const ONE: &[u8] = b"POST /feedback/news?device=d1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{\"id\":\"7\"}\n";
+
+    /// A client that reads a round's answers slowly but steadily is not
+    /// given up on, however long they take; one that reads nothing is, after
+    /// the send timeout. The round was written under one deadline, which
+    /// reset a steady reader of large answers (a hostile probe's finding).
+    #[tokio::test]
+    async fn the_send_timeout_gives_up_on_a_client_that_takes_nothing_only() {
+        let send = Duration::from_millis(300);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // The writer's send buffer kept small, so that each write waits
+        // for the reader (not for the kernel to take a megabyte).
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_send_buffer_size(16 * 1024).unwrap();
+        let mut writer = socket
+            .connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut reader, _) = listener.accept().await.unwrap();
+        let out = vec![b'x'; 1 << 20];
+        let steady = tokio::spawn(async move {
+            let mut buf = vec![0u8; 16 * 1024];
+            let mut got = 0;
+            while got < 1 << 20 {
+                got += reader.read(&mut buf).await.unwrap();
+                // About 800 KB/s: the megabyte takes over a second.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            reader
+        });
+        let started = std::time::Instant::now();
+        assert!(matches!(
+            write_answers(&mut writer, &out, send).await,
+            Written::All
+        ));
+        assert!(started.elapsed() > send * 2, "{:?}", started.elapsed());
+        let _reader = steady.await.unwrap();
+        // The same reader, now reading nothing.
+        assert!(matches!(
+            write_answers(&mut writer, &out, send).await,
+            Written::Stalled
+        ));
+    }
 
     #[tokio::test]
     async fn whole_receipts_are_taken_with_their_bodies() {
