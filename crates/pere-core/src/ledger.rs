@@ -378,7 +378,7 @@ impl EventReceipts {
             .is_err()
         {
             // Written before, or claimed by an ack: the rare path.
-            return self.written_again(&mut lock(&self.slow), slot);
+            return self.written_again(&mut lock(&self.slow), slot, at);
         }
         self.settle(&self.undelivered);
         self.announce(
@@ -392,11 +392,19 @@ impl EventReceipts {
 
     /// A write to a slot whose delivery was already recorded: the first
     /// real one if an ack had claimed it, else a redelivery.
-    fn written_again(&self, slow: &mut Slow, slot: u32) -> Mark {
+    fn written_again(&self, slow: &mut Slow, slot: u32, at: Timestamp) -> Mark {
         if let Some(ack) = slow.acks.get_mut(&slot)
             && ack.implied_delivery
         {
             ack.implied_delivery = false;
+            // The claim held the ack's time; the write's own (reported
+            // late by another node) is when it was delivered. Never after
+            // the ack, whatever the nodes' clocks say.
+            let at = at.min(ack.at);
+            match (slot as usize).checked_sub(self.audience.len()) {
+                None => self.delivered_at[slot as usize].store(at.0.max(1), Ordering::Release),
+                Some(i) => slow.late[i].1 = Some(at),
+            }
             return Mark::First;
         }
         *slow.again.entry(slot).or_insert(0) += 1;
@@ -415,7 +423,7 @@ impl EventReceipts {
             Some(slot) => {
                 let i = slot as usize - self.audience.len();
                 if slow.late[i].1.is_some() {
-                    return self.written_again(&mut slow, slot);
+                    return self.written_again(&mut slow, slot, at);
                 }
                 slow.late[i].1 = Some(at);
                 drop(slow);

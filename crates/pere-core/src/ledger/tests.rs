@@ -175,3 +175,40 @@ async fn waiting_for_acks_wakes_without_polling() {
         .expect("waiter woke")
         .unwrap();
 }
+
+/// A receipt that overtakes its delivery's record (another cluster node
+/// reports the write a moment later) implies the delivery at the ack's
+/// time; the write's record, once it comes, sets the real time. It stayed
+/// at the ack's (a cluster probe saw `delivered_at == acked_at` for good).
+#[test]
+fn a_delivery_recorded_after_its_ack_keeps_its_own_time() {
+    let (r, _) = receipts(&["a"]);
+    r.ack(&dev("a"), "ok".into(), Timestamp(20));
+    let a = r.receipt_of(&dev("a")).unwrap();
+    assert_eq!((a.delivered_at, a.deliveries), (Some(Timestamp(20)), 0));
+    assert_eq!(r.mark_delivered_slot(0, Timestamp(15)), Mark::First);
+    let a = r.receipt_of(&dev("a")).unwrap();
+    assert_eq!(a.delivered_at, Some(Timestamp(15)));
+    assert_eq!((a.acked_at, a.deliveries), (Some(Timestamp(20)), 1));
+    assert_eq!(r.mark_delivered_slot(0, Timestamp(16)), Mark::Again);
+    assert_eq!(
+        r.receipt_of(&dev("a")).unwrap().delivered_at,
+        Some(Timestamp(15))
+    );
+
+    // A late joiner's receipt likewise, and a write timed after the ack
+    // (another node's clock) never shows after it.
+    r.ack(&dev("late"), "ok".into(), Timestamp(30));
+    assert_eq!(r.mark_delivered(&dev("late"), Timestamp(35)), Mark::First);
+    let late = r.receipt_of(&dev("late")).unwrap();
+    assert_eq!(
+        (late.delivered_at, late.deliveries),
+        (Some(Timestamp(30)), 1)
+    );
+    r.ack(&dev("late2"), "ok".into(), Timestamp(40));
+    assert_eq!(r.mark_delivered(&dev("late2"), Timestamp(33)), Mark::First);
+    assert_eq!(
+        r.receipt_of(&dev("late2")).unwrap().delivered_at,
+        Some(Timestamp(33))
+    );
+}
