@@ -195,8 +195,23 @@ async fn a_failover_that_lost_events_ends_streams_with_a_gap_and_ids_keep_increa
             r.json()["id"].as_str().unwrap().parse::<u64>().unwrap()
         }
     };
+    // A member that goes offline before the loss: no stream of it is
+    // open to be told when it happens.
+    // And one that acknowledges, offline too: its redelivery knows only
+    // what remains.
+    let mut away = crate::cluster::subscribe_with(&a, "news", "away", &[]).await;
+    let mut acker = crate::cluster::subscribe_with(&a, "news", "acker", &[]).await;
     let kept = publish(&a, "kept").await;
     assert_eq!(read(&mut stream, 1).await[0].0, kept);
+    assert_eq!(read(&mut away, 1).await[0].0, kept);
+    assert_eq!(read(&mut acker, 1).await[0].0, kept);
+    crate::cluster::ack(&a, "news", "acker", kept).await;
+    drop((away, acker));
+    eventually("away and acker are offline", || async {
+        let r = pere_tests::request(b.addr, "GET", "/admin/devices/news", &[], b"").await;
+        r.json()["away"]["online"] == false && r.json()["acker"]["online"] == false
+    })
+    .await;
     // What the primary takes from now on exists nowhere else.
     let group_ref = &group;
     tokio::task::block_in_place(|| {
@@ -235,7 +250,8 @@ async fn a_failover_that_lost_events_ends_streams_with_a_gap_and_ids_keep_increa
         .await;
     }
     // Restarted, a node serves the log as it now is: ids keep increasing
-    // past the lost one, and nothing shows the lost event.
+    // past the lost one, and nothing shows the lost event, but a client
+    // resuming from before it is told (it was silently skipped).
     let c = pere_tests::ServerProcess::start(&["--cluster", &url]).await;
     let after = {
         let deadline = std::time::Instant::now() + FAILOVER;
@@ -252,7 +268,34 @@ async fn a_failover_that_lost_events_ends_streams_with_a_gap_and_ids_keep_increa
     let since = kept.to_string();
     let mut again =
         crate::cluster::subscribe_with(&c, "news", "reader", &[("Last-Event-ID", &since)]).await;
+    let told = |gap: Option<pere_http::sse::SseEvent>| {
+        let gap = gap.expect("a pere.gap");
+        assert_eq!(gap.event, "pere.gap", "{gap:?}");
+        let data: serde_json::Value = serde_json::from_str(&gap.data).unwrap();
+        assert_eq!(data["reason"], "cluster_failover", "{data}");
+        assert_eq!(data["from"], since, "{data}");
+    };
+    told(again.next_event().await);
     assert_eq!(read(&mut again, 1).await, vec![(after, "after".to_owned())]);
+    // The member that was away comes back by its cursor: told too.
+    let mut back = crate::cluster::subscribe_with(&c, "news", "away", &[]).await;
+    told(back.next_event().await);
+    assert_eq!(read(&mut back, 1).await, vec![(after, "after".to_owned())]);
+    // The acknowledging one: told, then sent what it has not acknowledged.
+    let mut acker = crate::cluster::subscribe_with(&c, "news", "acker", &[]).await;
+    told(acker.next_event().await);
+    assert_eq!(read(&mut acker, 1).await, vec![(after, "after".to_owned())]);
+    drop(acker);
+    // Once: back again, it gets `after` again (not acknowledged), no gap.
+    eventually("acker is offline", || async {
+        let r = pere_tests::request(c.addr, "GET", "/admin/devices/news", &[], b"").await;
+        r.json()["acker"]["online"] == false
+    })
+    .await;
+    let mut acker = crate::cluster::subscribe_with(&c, "news", "acker", &[]).await;
+    let next = acker.next_event().await.expect("an event");
+    assert_eq!(next.event, "message", "told twice: {next:?}");
+    assert_eq!(next.id, after.to_string());
     drop(group);
 }
 

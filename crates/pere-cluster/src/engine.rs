@@ -340,6 +340,63 @@ impl Engine {
         head.map_or(Ok(LogPos::ZERO), |h| LogPos::from_bytes(&h))
     }
 
+    /// Whether the log holds the entry at `at` whose first id is
+    /// `first_id`, or trimmed past it (a snapshot covers it): after a
+    /// failover, which of the entries a node applied the promoted replica
+    /// still has. False for a position the log does not have and would
+    /// still keep, for another entry at the same position (two servers
+    /// can give one id in the same millisecond), and for a position from
+    /// before the log began (a replica promoted empty: nothing trimmed).
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Unavailable`] when Redis cannot answer.
+    pub async fn holds(&self, at: LogPos, first_id: u64) -> Result<bool> {
+        let id = at.to_string();
+        let (exact, first, genesis): (redis::Value, redis::Value, Option<String>) = self
+            .run(async |conn| {
+                redis::pipe()
+                    .cmd("XRANGE")
+                    .arg(&self.shared.keys.log)
+                    .arg(&id)
+                    .arg(&id)
+                    .arg("COUNT")
+                    .arg(1)
+                    .cmd("XRANGE")
+                    .arg(&self.shared.keys.log)
+                    .arg("-")
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(1)
+                    .cmd("GET")
+                    .arg(&self.shared.keys.genesis)
+                    .query_async(conn)
+                    .await
+            })
+            .await?;
+        if let redis::Value::Array(items) = exact
+            && let Some(entry) = items.into_iter().next()
+        {
+            return Ok(crate::entry::parse_entry(entry)?.first_id == first_id);
+        }
+        // The oldest entry kept: a position before it was trimmed.
+        let oldest = match &first {
+            redis::Value::Array(items) => match items.first() {
+                Some(redis::Value::Array(entry)) => match entry.first() {
+                    Some(redis::Value::BulkString(id)) => Some(LogPos::from_bytes(id)?),
+                    _ => None,
+                },
+                _ => None,
+            },
+            _ => None,
+        };
+        // Ids are the log's clock in µs, positions its clock in ms: a
+        // position below the log's beginning is from a log that is gone.
+        let began = genesis.and_then(|g| g.parse::<u64>().ok()).unwrap_or(0);
+        let ends = at.ms.saturating_add(1).saturating_mul(1000);
+        Ok(oldest.is_some_and(|oldest| at < oldest) && ends > began)
+    }
+
     /// The log's beginning: the Redis time (µs) when the first node found
     /// it empty, which no event id of this log is below. A resume point
     /// below it names an event of an earlier log, one Redis lost (a restart

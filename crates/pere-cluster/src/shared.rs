@@ -82,6 +82,14 @@ impl SharedLog for Engine {
         Box::new(Engine::tail(self, log_pos(after)))
     }
 
+    fn holds(&self, at: SharedPos, first_id: u64) -> LogFuture<'_, bool> {
+        Box::pin(async move {
+            Engine::holds(self, log_pos(at), first_id)
+                .await
+                .map_err(error)
+        })
+    }
+
     fn head(&self) -> LogFuture<'_, SharedPos> {
         Box::pin(async move { Engine::head(self).await.map(pos).map_err(error) })
     }

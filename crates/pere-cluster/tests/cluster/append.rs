@@ -32,6 +32,45 @@ async fn an_append_assigns_ids_from_the_redis_clock_and_the_tail_returns_it() {
     assert_eq!(got.slot(2), Some(Slot::New(appended.first_id + 2)));
 }
 
+/// What a node asks after a failover, to find which of the entries it
+/// applied the log still holds (trimmed ones: `snapshot.rs`).
+#[tokio::test]
+async fn the_log_says_which_positions_it_holds() {
+    let redis = RedisServer::start().expect("redis starts");
+    let engine = engine(&redis.url(), "a").await;
+    assert!(
+        !engine.holds(LogPos { ms: 5, seq: 0 }, 0).await.unwrap(),
+        "empty"
+    );
+    let first = engine.append(entry("one", 1)).await.unwrap();
+    let second = engine.append(entry("two", 0)).await.unwrap();
+    assert!(engine.holds(first.pos, first.first_id).await.unwrap());
+    assert!(engine.holds(second.pos, second.first_id).await.unwrap());
+    // Another entry at that position (another server's, in the same
+    // millisecond): not the one this node applied.
+    assert!(!engine.holds(first.pos, first.first_id + 7).await.unwrap());
+    let between = LogPos {
+        ms: first.pos.ms,
+        seq: first.pos.seq + 1,
+    };
+    if between != second.pos {
+        assert!(!engine.holds(between, 0).await.unwrap());
+    }
+    let later = LogPos {
+        ms: second.pos.ms + 1,
+        seq: 0,
+    };
+    assert!(!engine.holds(later, 0).await.unwrap());
+    // From before the log began (recorded around its first entry, within
+    // a millisecond or two): a log that is gone, as a replica promoted
+    // empty has, not trimmed.
+    let before = LogPos {
+        ms: first.pos.ms - 1000,
+        seq: 0,
+    };
+    assert!(!engine.holds(before, 0).await.unwrap());
+}
+
 #[tokio::test]
 async fn an_entry_without_events_takes_no_id() {
     let redis = RedisServer::start().expect("redis starts");

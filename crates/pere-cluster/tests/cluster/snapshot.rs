@@ -112,6 +112,31 @@ async fn the_log_is_trimmed_only_before_the_snapshot_minus_log_keep() {
     assert_eq!(next(&mut tail).await.unwrap().pos, a[5].pos);
 }
 
+/// Entries the log trimmed count as held when a node asks after a
+/// failover which of its entries are gone: trimmed is not lost.
+#[tokio::test]
+async fn trimmed_entries_count_as_held() {
+    let redis = RedisServer::start().expect("redis starts");
+    let mut config = ClusterConfig::new(redis.url(), "a");
+    config.log_keep = Duration::ZERO;
+    let engine = Engine::connect(config).await.unwrap();
+    let a = appends(&engine, 5).await;
+    engine.put_snapshot(a[3].pos, Bytes::new()).await.unwrap();
+    assert_eq!(log_len(&redis).await, 2, "a[0..3] trimmed");
+    for appended in &a {
+        assert!(
+            engine.holds(appended.pos, appended.first_id).await.unwrap(),
+            "{:?}",
+            appended.pos
+        );
+    }
+    let gone = LogPos {
+        ms: a[4].pos.ms + 1,
+        seq: 0,
+    };
+    assert!(!engine.holds(gone, 0).await.unwrap());
+}
+
 #[tokio::test]
 async fn a_tail_behind_the_trimmed_log_is_told_to_reload_the_snapshot() {
     let redis = RedisServer::start().expect("redis starts");

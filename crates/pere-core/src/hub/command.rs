@@ -70,6 +70,9 @@ pub(super) enum Command {
     Watch(ChannelName),
     /// From a cluster's log: the streams `node` holds.
     NodeStreams(Arc<str>, NodeStreams),
+    /// From a cluster's log: a failover lost events on these channels,
+    /// from the first id to the second.
+    FailoverLoss(Vec<(ChannelName, EventId, EventId)>),
     /// An operator's view, read once the batch is applied.
     Read(Read),
 }
@@ -89,6 +92,7 @@ impl Command {
             | Command::NoticeSent { .. }
             | Command::Shutdown(_)
             | Command::RemoteClosed(..)
+            | Command::FailoverLoss(_)
             | Command::Cursor { .. }
             | Command::Replayed { .. }
             | Command::NodeGone(_)

@@ -184,6 +184,7 @@ impl OnFailure {
             | Command::SharedTick(_)
             | Command::Watch(_)
             | Command::NodeStreams(..)
+            | Command::FailoverLoss(_)
             | Command::Read(_) => OnFailure::Keep,
         }
     }

@@ -368,7 +368,8 @@ async fn a_gap_is_reported_when_history_was_pruned() {
         sub.gap(),
         Some(Gap {
             from: ids[0],
-            oldest: Some(ids[3])
+            oldest: Some(ids[3]),
+            failover: false,
         })
     );
     assert_eq!(sub.hello().replayed, 3);

@@ -100,6 +100,9 @@ pub struct Gap {
     pub from: EventId,
     /// The oldest event still retained on its channels, if any.
     pub oldest: Option<EventId>,
+    /// Some of the events were lost in a failover of a cluster's Redis,
+    /// after nodes had applied them (said as `"reason":"cluster_failover"`).
+    pub failover: bool,
 }
 
 /// The result of a receipt.

@@ -178,5 +178,10 @@ pub(super) fn from_wire(w: Wire, node: &Arc<str>) -> Command {
         Wire::NodeGone { node } => Command::NodeGone(Arc::from(node.as_str())),
         Wire::Watch { channel } => Command::Watch(channel),
         Wire::Streams { streams } => Command::NodeStreams(node.clone(), streams),
+        Wire::Lost { lost } => Command::FailoverLoss(
+            lost.into_iter()
+                .map(|(channel, first, upto)| (channel, EventId(first), EventId(upto)))
+                .collect(),
+        ),
     }
 }

@@ -137,6 +137,14 @@ pub trait SharedLog: Send + Sync + 'static {
     fn snapshot(&self) -> LogFuture<'_, Option<(SharedPos, Bytes)>>;
     /// How often the state is snapshotted (by one node).
     fn snapshot_every(&self) -> Duration;
+    /// Whether the log holds the entry at `at` whose first event id is
+    /// `first_id` (not another one at the same position), or trimmed past
+    /// it (after a failover: which of the entries this node applied the
+    /// log still has). By default unknown: an error.
+    fn holds(&self, at: SharedPos, first_id: u64) -> LogFuture<'_, bool> {
+        let _ = (at, first_id);
+        Box::pin(async { Err(SharedLogError::Other("not supported".into())) })
+    }
     /// The lowest event id this log can have held (µs, the time it began
     /// empty), or 0 when unknown. A resume point below it names an event of
     /// an earlier log that the shared store lost: it is told as a gap.

@@ -23,6 +23,7 @@ mod convert;
 #[cfg(test)]
 mod jwt_tests;
 mod log;
+mod loss;
 mod serials;
 pub(super) mod snapshot;
 #[cfg(test)]
@@ -216,13 +217,14 @@ pub(super) async fn writer<S: EventStore>(
                         // not answer 201 for what is gone: everything from
                         // the first lost entry's first id on (from the
                         // oldest remembered, if older ones were lost too).
+                        let lost = loss::first_lost(&recent, &*log, *kept).await;
                         let kept_upto = recent
-                            .iter()
-                            .find(|(pos, _)| pos > kept)
+                            .get(lost)
                             .map_or(EventId(u64::MAX), |(_, first)| {
                                 EventId(first.saturating_sub(1))
                             });
                         inner.lost_after.send_replace(Some(kept_upto));
+                        loss::tell(&inner, &*log, kept_upto).await;
                     }
                     let mut state = inner.state();
                     if !behind {

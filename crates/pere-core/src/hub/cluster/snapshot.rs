@@ -18,6 +18,7 @@ use crate::auth::{Grants, TokenHash};
 use crate::event::{Event, EventId, Sequencer};
 use crate::hub::state::{IdemPart, LedgersParts, MembershipsParts, NoticesParts, State};
 use crate::ledger::PartsError;
+use crate::name::ChannelName;
 
 /// The format's version: a node refuses a snapshot of another version
 /// (and replays the log instead, if it still holds everything).
@@ -40,6 +41,9 @@ pub(in crate::hub) struct Snapshot {
     tokens: Vec<([u8; 32], Option<Grants>)>,
     /// Hashes known as JWT `jti` keys.
     jtis: Vec<[u8; 32]>,
+    /// What failovers lost, by channel (absent from older snapshots).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    failover_losses: Vec<(ChannelName, u64, u64)>,
 }
 
 /// Why a snapshot cannot be loaded.
@@ -71,6 +75,16 @@ impl State {
             notices: self.notices.parts(),
             tokens: tokens.into_iter().map(|(h, g)| (h.0, g)).collect(),
             jtis: jtis.into_iter().map(|h| h.0).collect(),
+            failover_losses: {
+                let mut losses: Vec<(ChannelName, u64, u64)> = self
+                    .failover_losses
+                    .iter()
+                    .map(|(c, (first, upto))| (c.clone(), first.0, upto.0))
+                    .collect();
+                // Every node's snapshot of one state is the same bytes.
+                losses.sort();
+                losses
+            },
         }
     }
 
@@ -88,6 +102,11 @@ impl State {
         self.head = EventId(snap.head);
         self.floor = EventId(snap.floor);
         self.memberships.restore(snap.memberships);
+        self.failover_losses = snap
+            .failover_losses
+            .into_iter()
+            .map(|(c, first, upto)| (c, (EventId(first), EventId(upto))))
+            .collect();
         self.idempotency.restore(snap.idempotency);
         self.notices.restore_parts(snap.notices, &self.ledgers);
         self.auth.restore_runtime(

@@ -119,6 +119,10 @@ fn script() -> Vec<(&'static str, i64, Vec<Wire>)> {
                 Wire::Watch {
                     channel: ChannelName::new("c").unwrap(),
                 },
+                // An earlier failover lost events of c.
+                Wire::Lost {
+                    lost: vec![(ChannelName::new("c").unwrap(), 8_000_000, 9_000_000)],
+                },
             ],
         ),
         // 11_000_000 on
@@ -292,6 +296,7 @@ async fn a_node_from_a_snapshot_matches_one_that_applied_the_whole_log() {
         "tombstones",
         "\"issued\":[{",
         "\"nodes\":[[\"x\",1]]",
+        "\"failover_losses\":[[\"c\",8000000,9000000]]",
     ] {
         assert!(text.contains(needle), "{needle} in {text}");
     }
@@ -341,4 +346,34 @@ fn snapshots_of_another_version_or_shape_are_refused() {
     assert!(err.to_string().contains("unreadable"), "{err}");
     let err = snapshot::decode(b"not json").unwrap_err();
     assert!(err.to_string().contains("unreadable"), "{err}");
+}
+
+/// A failover's loss is kept until retention has dropped past it on its
+/// channel (the retention gap then tells the same resume points), and
+/// forgotten at the same entry on every node: it grew without bound.
+#[tokio::test]
+async fn a_failover_loss_is_forgotten_once_retention_covers_it() {
+    let c = ChannelName::new("c").unwrap();
+    let n = node("a").await;
+    let lost = Wire::Lost {
+        lost: vec![(c.clone(), 10_400_000, 10_500_000)],
+    };
+    apply_entry(&n, entry(1, "x", 10, &[lost]), None).await;
+    apply_entry(&n, entry(2, "x", 11, &[Wire::Tick]), None).await;
+    assert_eq!(
+        n.state().failover_losses.get(&c).map(|l| l.1),
+        Some(EventId(10_500_000))
+    );
+    // History 3: the fourth and fifth events drop the first two, newer
+    // than the loss.
+    let five: Vec<Wire> = (0..5)
+        .map(|i| publish("c", &format!("e{i}"), None))
+        .collect();
+    apply_entry(&n, entry(3, "y", 12, &five), None).await;
+    assert!(
+        n.state().failover_losses.contains_key(&c),
+        "kept until a tick"
+    );
+    apply_entry(&n, entry(4, "x", 13, &[Wire::Tick]), None).await;
+    assert_eq!(n.state().failover_losses.get(&c), None);
 }

@@ -108,6 +108,12 @@ pub(in crate::hub) enum Wire {
         #[serde(flatten)]
         streams: NodeStreams,
     },
+    /// A failover lost events a node had applied (and answered `201`
+    /// for): each channel with its first and newest lost ids, told by a
+    /// node that saw them go, so that every node tells a client resuming
+    /// from before them (docs/PROTOCOL.md §10). Older nodes skip it as
+    /// unreadable.
+    Lost { lost: Vec<(ChannelName, u64, u64)> },
 }
 
 /// A stream's end, as every node applies it.

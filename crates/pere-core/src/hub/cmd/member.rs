@@ -2,11 +2,11 @@
 
 use super::tick::journal_cursor;
 use crate::error::Error;
-use crate::event::Timestamp;
+use crate::event::{EventId, Timestamp};
 use crate::hub::command::{Effect, Reply};
 use crate::hub::state::{State, WrittenReplay};
 use crate::log::Record;
-use crate::name::{DeviceId, Pattern};
+use crate::name::{ChannelName, DeviceId, Pattern};
 
 /// `Hub::remove_member`.
 pub(in crate::hub) struct RemoveMemberCmd {
@@ -53,5 +53,32 @@ impl State {
                 },
             ),
         }
+    }
+}
+
+impl State {
+    /// A failover lost events of `channel` from `first` to `upto` (a
+    /// cluster's log says so, docs/PROTOCOL.md §10): a resume from below
+    /// `upto` there is a gap, and an acknowledging member that may have
+    /// been owed them (a member before the newest) is told when it comes
+    /// back, once, as of events retention dropped before it acknowledged.
+    pub(in crate::hub) fn note_failover_loss(
+        &mut self,
+        channel: ChannelName,
+        first: EventId,
+        upto: EventId,
+    ) {
+        for (pattern, sub) in self.memberships.subs_mut() {
+            if !pattern.matches(&channel) {
+                continue;
+            }
+            for member in sub.members.values_mut() {
+                if member.acknowledges() && member.since < upto {
+                    member.lost_from = Some(member.lost_from.map_or(first, |l| l.min(first)));
+                }
+            }
+        }
+        let lost = self.failover_losses.entry(channel).or_insert((first, upto));
+        *lost = (lost.0.min(first), lost.1.max(upto));
     }
 }

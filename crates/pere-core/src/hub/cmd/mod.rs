@@ -78,6 +78,15 @@ impl State {
                 self.notices.tick_by(*by == *self.node);
                 self.maintain(now, config, records);
                 self.notices.check_deadlines(&self.ledgers, now, records);
+                // A loss retention has since covered is told as its gap
+                // (from the same resume points): forgotten, as every node
+                // does at this entry.
+                let ledgers = &self.ledgers;
+                self.failover_losses.retain(|channel, (_, upto)| {
+                    ledgers
+                        .channel(channel)
+                        .is_none_or(|l| l.evicted_upto < *upto)
+                });
                 Effect::None
             }
             Command::NoticeSent { id, device } => {
@@ -129,6 +138,12 @@ impl State {
             Command::NodeGone(node) => {
                 self.node_gone(&node, now);
                 records.append(&mut self.deferred);
+                Effect::None
+            }
+            Command::FailoverLoss(lost) => {
+                for (channel, first, upto) in lost {
+                    self.note_failover_loss(channel, first, upto);
+                }
                 Effect::None
             }
         }

@@ -317,6 +317,7 @@ impl State {
                 let g = gap.get_or_insert(Gap {
                     from: after,
                     oldest,
+                    failover: false,
                 });
                 g.from = g.from.min(after);
                 g.oldest = match (g.oldest, oldest) {
@@ -324,6 +325,16 @@ impl State {
                     (a, b) => a.or(b),
                 };
             }
+            // A point among the events a failover lost: the promoted
+            // primary's own events of that time have ids in between, and
+            // this client never had them. Replayed from the first lost
+            // (the gap below says why they come).
+            let after = match self.failover_losses.get(channel) {
+                Some((first, upto)) if checked && *first <= after && after <= *upto => {
+                    EventId(first.0.saturating_sub(1))
+                }
+                _ => after,
+            };
             let start = ledger.receipts.partition_point(|r| r.id() <= after);
             replay.extend(
                 ledger
@@ -339,8 +350,32 @@ impl State {
                 let g = gap.get_or_insert(Gap {
                     from: *start,
                     oldest: oldest_of_all,
+                    failover: false,
                 });
                 g.from = g.from.min(*start);
+            }
+            // The point the client named, not where this node can start:
+            // one whose head is still below the loss (it never applied the
+            // lost events) would tell a client that had them all.
+            let point = match req.resume {
+                Resume::After(asked) => asked,
+                _ => *start,
+            };
+            if *checked
+                && self
+                    .failover_losses
+                    .iter()
+                    .any(|(channel, (_, upto))| point <= *upto && pattern.matches(channel))
+            {
+                // Events a failover took back after they were sent or
+                // answered: never silently (docs/PROTOCOL.md §10).
+                let g = gap.get_or_insert(Gap {
+                    from: *start,
+                    oldest: oldest_of_all,
+                    failover: true,
+                });
+                g.from = g.from.min(*start);
+                g.failover = true;
             }
         }
         if let Some(from) = losses.iter().map(|(floor, _, _)| *floor).min() {
@@ -352,7 +387,18 @@ impl State {
                 .iter()
                 .filter_map(|(_, lost_from, pattern)| self.ledgers.first_from(pattern, *lost_from))
                 .min();
-            let g = gap.get_or_insert(Gap { from, oldest });
+            let g = gap.get_or_insert(Gap {
+                from,
+                oldest,
+                failover: false,
+            });
+            // Lost in a failover rather than to retention (`lost_from`
+            // is noted for both): the gap says so.
+            g.failover |= losses.iter().any(|(floor, _, pattern)| {
+                self.failover_losses
+                    .iter()
+                    .any(|(channel, (_, upto))| *floor < *upto && pattern.matches(channel))
+            });
             g.from = g.from.min(from);
             g.oldest = match (g.oldest, oldest) {
                 (Some(a), Some(b)) => Some(a.min(b)),
@@ -372,6 +418,7 @@ impl State {
                 gap = Some(Gap {
                     from: *start,
                     oldest: None,
+                    failover: false,
                 });
             }
         }

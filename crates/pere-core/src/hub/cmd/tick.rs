@@ -121,7 +121,9 @@ impl State {
                         && !ledgers.holds(&first)
                     {
                         member.unacked.pop_front();
-                        member.lost_from = member.lost_from.or(Some(first));
+                        // The lowest: a failover's loss may have been
+                        // noted first, with a later id.
+                        member.lost_from = Some(member.lost_from.map_or(first, |l| l.min(first)));
                     }
                 }
             }

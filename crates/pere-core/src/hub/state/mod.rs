@@ -7,6 +7,7 @@
 //! with what every command shares: ids, the head, the node, and what goes
 //! to the journal or the cluster's log next.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::auth::AuthRegistry;
@@ -14,6 +15,7 @@ use crate::config::HubConfig;
 use crate::event::{EventId, Sequencer, Timestamp};
 use crate::log::Record;
 use crate::metrics::HubMetrics;
+use crate::name::ChannelName;
 
 mod idempotency;
 mod ledgers;
@@ -73,6 +75,11 @@ pub(super) struct State {
     /// A receipt was recorded since: the chores have members to journal
     /// (an idle hub's ticks skip the walk over every member).
     pub(super) acked_since_journal: bool,
+    /// A cluster's channels whose events from the first id to the second a
+    /// failover lost after nodes had applied them: a resume from below the
+    /// second is a gap, and one from between replays from the first (the
+    /// promoted primary's own events of that time have ids in between).
+    pub(super) failover_losses: HashMap<ChannelName, (EventId, EventId)>,
 }
 
 impl State {
@@ -107,6 +114,7 @@ impl State {
             outbox: Vec::new(),
             acks_journaled: Timestamp(0),
             acked_since_journal: false,
+            failover_losses: HashMap::new(),
         }
     }
 }

@@ -232,11 +232,15 @@ fn opening(retry_ms: u64, subscription: &Subscription) -> bytes::Bytes {
     // lastEventId; their `pere.` type keeps them from `onmessage`.
     let _ = sse::encode_event(&mut out, None, Some("pere.hello"), &hello_data);
     if let Some(gap) = subscription.gap() {
-        let gap_data = serde_json::json!({
+        let mut gap_data = serde_json::json!({
             "from": gap.from.to_string(),
             "oldest": gap.oldest.map(|id| id.to_string()),
-        })
-        .to_string();
+        });
+        if gap.failover {
+            // As the gap that ends a stream in a failover says it.
+            gap_data["reason"] = "cluster_failover".into();
+        }
+        let gap_data = gap_data.to_string();
         let _ = sse::encode_event(&mut out, None, Some("pere.gap"), &gap_data);
     }
     out.freeze()
