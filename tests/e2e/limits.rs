@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use pere_tests::raw::{h2_opening, read_to_close, small_buffer_connect};
 use pere_tests::{HttpReader, ServerProcess, SseStream, TestServer, eventually, metric, send_raw};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 #[tokio::test]
@@ -83,7 +83,6 @@ async fn streams_beyond_the_descriptor_budget_get_503() {
 /// connections, the server refused all 25).
 #[tokio::test]
 async fn a_burst_of_streams_past_the_budget_loses_only_its_excess() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let server = TestServer::builder().fd_budget(20).start().await;
     let mut conns = Vec::new();
     for _ in 0..25 {
@@ -677,6 +676,65 @@ async fn a_client_that_stops_reading_is_disconnected_after_the_send_timeout() {
             "the stream's head arrived before the close"
         );
     }
+}
+
+/// A device on a slow link that reads steadily keeps its stream however
+/// long its backlog takes: the send timeout is for clients that take
+/// nothing. Linux wakes a writer whose socket is full only once a third of
+/// the send buffer is free again, and on loopback that buffer grows to
+/// almost 4 MiB: a reader taking 600 KiB a second waited over a second
+/// between writes and was cut by a shorter timeout. (With the default 60 s,
+/// any reader slower than about 20 KiB/s with megabytes owed was.)
+#[tokio::test]
+async fn a_slow_reader_that_keeps_reading_keeps_its_stream() {
+    let send_timeout = Duration::from_millis(500);
+    let server = TestServer::builder()
+        .send_timeout(send_timeout)
+        .start()
+        .await;
+    // A small receive buffer, so that what the device has not read stays
+    // in the server's send buffer rather than in its own.
+    let mut stream = small_buffer_connect(server.addr).await;
+    stream
+        .write_all(b"GET /feed/c HTTP/1.1\r\nHost: x\r\ndevice: slow\r\n\r\n")
+        .await
+        .unwrap();
+    server.wait_online("c", "slow").await;
+    let reading = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 8192];
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let n = match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await
+            {
+                Ok(Ok(n @ 1..)) => n,
+                // Closed (the send timeout), or nothing for 10 s.
+                _ => break,
+            };
+            seen.extend_from_slice(&buf[..n]);
+            let tail = &seen[seen.len().saturating_sub(n + 16)..];
+            if tail.windows(10).any(|w| w == b"data: last") {
+                return (seen.len(), true);
+            }
+            // Some 600 KiB a second: steady, never a pause near the
+            // timeout.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        (seen.len(), false)
+    });
+    // 3 MiB owed at once: more than the kernel's buffers, less than the
+    // stream's queue (4 MiB), so only the send timeout could end it.
+    let payload = "x".repeat(60_000);
+    for _ in 0..50 {
+        let r = server.post("/push/c", &[], payload.as_bytes()).await;
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    server.publish("c", "last").await;
+    let (read, complete) = reading.await.unwrap();
+    assert!(
+        complete,
+        "the stream ended after {read} bytes of about 3 MB"
+    );
 }
 
 #[tokio::test]

@@ -178,6 +178,8 @@ pub async fn run<S: EventStore>(
         };
         // Events are small and latency matters more than packet count.
         let _ = stream.set_nodelay(true);
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        let _ = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(UNSENT_LOW_WATER);
         let conn = Connection {
             shared: shared.clone(),
             // Taken now, not in the task: a shutdown that starts before the
@@ -204,6 +206,18 @@ pub async fn run<S: EventStore>(
     }
     Ok(())
 }
+
+/// The most bytes the kernel holds unsent for a connection
+/// (`TCP_NOTSENT_LOWAT`). Unbounded, a socket takes writes until its send
+/// buffer is full (on loopback that buffer grows to almost 4 MiB), and
+/// Linux wakes the writer again only once a third of it is free: a device
+/// reading steadily but slowly went so long between writes that the send
+/// timeout took it for frozen, and a frozen one held megabytes in the
+/// kernel that `--queue-bytes` did not count and that counted as written
+/// (docs/PROTOCOL.md §3.7, §5). Bounded, the writer wakes after every
+/// 32 KiB the client takes; a fast reader leaves nothing unsent anyway.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const UNSENT_LOW_WATER: u32 = 64 * 1024;
 
 /// Waits a little after an accept error: a connection reset is the peer's
 /// business and needs none; running out of descriptors (EMFILE) must not
