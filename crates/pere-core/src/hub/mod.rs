@@ -675,6 +675,8 @@ mod blocking_store_tests;
 #[cfg(test)]
 mod ending_tests;
 #[cfg(test)]
+mod membership_ttl_tests;
+#[cfg(test)]
 mod redelivery_tests;
 #[cfg(test)]
 mod restart_tests;

@@ -194,6 +194,9 @@ pub(super) async fn process_at<S: EventStore>(
     {
         let mut state = inner.state();
         records.append(&mut state.deferred);
+        if !state.cluster {
+            state.expire_due(now, inner.config.member_ttl, &mut records);
+        }
         spans.push((0..records.len(), OnFailure::Keep));
         for cmd in batch {
             if matches!(cmd, Command::Shutdown(_)) {

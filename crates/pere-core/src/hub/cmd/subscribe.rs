@@ -571,6 +571,7 @@ impl State {
                 continue;
             };
             if member.detach(node, false, now) {
+                self.offline_since = Some(self.offline_since.map_or(now, |s| s.min(now)));
                 self.deferred.push(Record::Presence {
                     subscription: pattern.clone(),
                     device: device.clone(),

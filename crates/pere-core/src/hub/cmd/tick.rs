@@ -93,7 +93,83 @@ pub(in crate::hub) fn acked_upto(
     }
 }
 
+/// The least time between two passes of [`State::expire_due`]: devices
+/// that leave one after another with a short TTL would otherwise cost a
+/// walk over every member per batch. A membership ends up to this late.
+const EXPIRY_STEP: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Whether an offline member stays: not once its TTL ran out, when its
+/// `Left` is recorded. A member's TTL counts from its last stream's close
+/// alone (docs/PROTOCOL.md §5.1): a receipt does not extend it. A device
+/// known only by its receipts is kept that long after the last one.
+/// `earliest` gathers when the TTL of those that stay started.
+fn keep_offline(
+    pattern: &Pattern,
+    device: &DeviceId,
+    member: &Member,
+    now: Timestamp,
+    ttl: std::time::Duration,
+    earliest: &mut Option<Timestamp>,
+    records: &mut Vec<Record>,
+) -> bool {
+    let since = if member.is_member {
+        member.disconnected_at.unwrap_or(member.last_seen)
+    } else {
+        member.last_seen
+    };
+    if now.since(since) < ttl {
+        *earliest = Some(earliest.map_or(since, |e: Timestamp| e.min(since)));
+        return true;
+    }
+    if member.is_member {
+        tracing::debug!(subscription = %pattern, device = %device, "membership expired");
+        records.push(Record::Left {
+            subscription: pattern.clone(),
+            device: device.clone(),
+            at: now,
+        });
+    }
+    false
+}
+
 impl State {
+    /// Ends the memberships whose TTL has run out by `now`, if any has,
+    /// before a batch's commands see them: a device is a member for
+    /// `--member-ttl` after its last stream closed, not until the next
+    /// tick (up to a second more: publishes counted it, and its return
+    /// resumed an ended membership). A single node's; a cluster's nodes
+    /// expire them at the shared tick, which every node applies alike.
+    pub(in crate::hub) fn expire_due(
+        &mut self,
+        now: Timestamp,
+        ttl: std::time::Duration,
+        records: &mut Vec<Record>,
+    ) {
+        if self
+            .offline_since
+            .is_none_or(|since| now.since(since) < ttl)
+            || now.since(self.expired_at) < EXPIRY_STEP
+        {
+            return;
+        }
+        self.expired_at = now;
+        let mut earliest = None;
+        for (pattern, sub) in self.memberships.subs_mut() {
+            let mut ackers_gone = 0;
+            sub.members.retain(|device, member| {
+                if member.connections() > 0 {
+                    return true;
+                }
+                let keep = keep_offline(pattern, device, member, now, ttl, &mut earliest, records);
+                ackers_gone += usize::from(!keep && member.acknowledges());
+                keep
+            });
+            sub.ackers = sub.ackers.saturating_sub(ackers_gone);
+        }
+        self.offline_since = earliest;
+        self.memberships.drop_empty();
+    }
+
     /// The periodic chores: memberships past their TTL, idempotency keys
     /// past theirs, cursors checkpointed, empty subscriptions dropped.
     pub(in crate::hub) fn maintain(
@@ -110,6 +186,7 @@ impl State {
         let ttl = config.member_ttl;
         let cluster = self.cluster;
         let ledgers = &self.ledgers;
+        let mut earliest = None;
         for (pattern, sub) in self.memberships.subs_mut() {
             let mut ackers = 0;
             for member in sub.members.values_mut() {
@@ -137,29 +214,10 @@ impl State {
                     }
                     return true;
                 }
-                // A member's TTL counts from its last stream's close alone
-                // (docs/PROTOCOL.md §5.1): a receipt does not extend it. A
-                // device known only by its receipts is kept that long after
-                // the last one.
-                let since = if member.is_member {
-                    member.disconnected_at.unwrap_or(member.last_seen)
-                } else {
-                    member.last_seen
-                };
-                if now.since(since) < ttl {
-                    return true;
-                }
-                if member.is_member {
-                    tracing::debug!(subscription = %pattern, device = %device, "membership expired");
-                    records.push(Record::Left {
-                        subscription: pattern.clone(),
-                        device: device.clone(),
-                        at: now,
-                    });
-                }
-                false
+                keep_offline(pattern, device, member, now, ttl, &mut earliest, records)
             });
         }
+        self.offline_since = earliest;
         self.memberships.drop_empty();
         self.ledgers.reclaim();
         self.notices.forget_gone(&self.ledgers);

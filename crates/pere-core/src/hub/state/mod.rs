@@ -80,6 +80,12 @@ pub(super) struct State {
     /// second is a gap, and one from between replays from the first (the
     /// promoted primary's own events of that time have ids in between).
     pub(super) failover_losses: HashMap<ChannelName, (EventId, EventId)>,
+    /// No offline member's TTL started before this (it may have started
+    /// later: a hint, made exact by each pass over the members), `None`
+    /// when none is offline: when the next membership can expire.
+    pub(super) offline_since: Option<Timestamp>,
+    /// When memberships were last expired between ticks.
+    pub(super) expired_at: Timestamp,
 }
 
 impl State {
@@ -115,6 +121,8 @@ impl State {
             acks_journaled: Timestamp(0),
             acked_since_journal: false,
             failover_losses: HashMap::new(),
+            offline_since: None,
+            expired_at: Timestamp(0),
         }
     }
 }
