@@ -42,3 +42,4 @@ mod tls;
 mod tls_clients;
 mod web;
 mod web_live;
+mod written;

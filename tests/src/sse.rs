@@ -51,6 +51,13 @@ impl SseStream {
         Self::start(HttpReader::new(stream), request).await
     }
 
+    /// Sends exactly `request` on `stream` (one set up as a test needs it,
+    /// a small receive buffer say) and reads the response as an event
+    /// stream.
+    pub async fn open_on(stream: TcpStream, request: &[u8]) -> Self {
+        Self::start(HttpReader::new(stream), request).await
+    }
+
     /// Sends `request` on `reader`'s connection and reads the response
     /// head; the body is read as an event stream from then on.
     pub(crate) async fn start(mut reader: HttpReader, request: &[u8]) -> Self {

@@ -538,6 +538,8 @@ impl<S: EventStore> Hub<S> {
             shared,
             device,
             guard,
+            held: None,
+            replay_done_held: false,
         })
     }
 

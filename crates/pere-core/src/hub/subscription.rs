@@ -42,8 +42,9 @@ pub struct Outgoing {
 /// An open stream: first the replayed events, then live ones.
 ///
 /// Yielding an event marks it delivered to the device and moves the
-/// stream's cursor. Dropping the subscription closes the stream and updates
-/// the device's presence.
+/// stream's cursor, or, after [`hold_marks`](Self::hold_marks), the next
+/// [`written`](Self::written) does. Dropping the subscription closes the
+/// stream and updates the device's presence.
 pub struct Subscription {
     pub(super) hello: Hello,
     pub(super) gap: Option<Gap>,
@@ -55,6 +56,11 @@ pub struct Subscription {
     pub(super) metrics: Arc<HubMetrics>,
     /// Tells the hub the stream ended (on drop), or finished its replay.
     pub(super) guard: StreamGuard,
+    /// Events handed out and not yet marked delivered, once the owner
+    /// said it tells when they are written ([`Subscription::hold_marks`]).
+    pub(super) held: Option<Vec<(Arc<EventReceipts>, u32)>>,
+    /// The replay's end, to tell the hub once its last event is marked.
+    pub(super) replay_done_held: bool,
 }
 
 impl std::fmt::Debug for Subscription {
@@ -203,27 +209,79 @@ impl Subscription {
         }
     }
 
+    /// From now on, events handed out are marked delivered (and move the
+    /// cursor) only at the next [`written`](Self::written): for an owner
+    /// that writes them to a socket and tells when it did. What it never
+    /// wrote (the client stopped taking bytes and the stream was cut, the
+    /// socket failed) is then neither counted delivered nor skipped by a
+    /// resume from the device's cursor (docs/PROTOCOL.md §3.7, §5).
+    pub fn hold_marks(&mut self) {
+        self.held.get_or_insert_with(Vec::new);
+    }
+
+    /// The events handed out since the last call were written: marks them
+    /// delivered.
+    pub fn written(&mut self) {
+        let Some(held) = &mut self.held else {
+            return;
+        };
+        if held.is_empty() {
+            return;
+        }
+        let now = Timestamp::now();
+        let held = std::mem::take(held);
+        for (receipts, slot) in &held {
+            self.delivered(receipts, *slot, now);
+        }
+        // The buffer back, emptied, unless one burst made it large: an idle
+        // stream keeps no more than a few entries' room.
+        let mut held = held;
+        held.clear();
+        if held.capacity() <= 64 {
+            self.held = Some(held);
+        } else {
+            self.held = Some(Vec::new());
+        }
+        if std::mem::take(&mut self.replay_done_held) {
+            self.replay_done();
+        }
+    }
+
+    /// Tells the hub the replay was written, which journals what it wrote
+    /// (its device joined those events' audience) without waiting for its
+    /// chores.
+    fn replay_done(&self) {
+        let _ = self
+            .guard
+            .commands
+            .send(Command::ReplayDone(self.shared.id));
+    }
+
     /// [`admit`](Self::admit) for an event of the replay; the last one
-    /// tells the hub, which journals what the replay wrote (its device
-    /// joined those events' audience) without waiting for its chores.
-    fn admit_replayed(&self, receipts: &EventReceipts) -> Option<Arc<Event>> {
+    /// tells the hub, once marked.
+    fn admit_replayed(&mut self, receipts: &Arc<EventReceipts>) -> Option<Arc<Event>> {
         let event = self.admit(receipts, NO_SLOT);
         if self.replay.is_empty() && self.device.is_some() {
-            let _ = self
-                .guard
-                .commands
-                .send(Command::ReplayDone(self.shared.id));
+            match self.held {
+                Some(_) => self.replay_done_held = true,
+                None => self.replay_done(),
+            }
         }
         event
     }
 
-    /// Marks an event delivered and returns it, unless the stream's grants
-    /// no longer cover its channel.
-    fn admit(&self, receipts: &EventReceipts, slot: u32) -> Option<Arc<Event>> {
+    /// Marks an event delivered (or holds the mark for [`written`]) and
+    /// returns it, unless the stream's grants no longer cover its channel.
+    ///
+    /// [`written`]: Self::written
+    fn admit(&mut self, receipts: &Arc<EventReceipts>, slot: u32) -> Option<Arc<Event>> {
         if !self.shared.allows(&receipts.event.channel) {
             return None;
         }
-        self.delivered(receipts, slot, Timestamp::now());
+        match &mut self.held {
+            Some(held) => held.push((receipts.clone(), slot)),
+            None => self.delivered(receipts, slot, Timestamp::now()),
+        }
         Some(receipts.event.clone())
     }
 

@@ -118,7 +118,12 @@ pub struct SseBody {
 
 impl SseBody {
     /// A stream that first sends `opening`, then `source`'s frames.
-    pub fn new(opening: Bytes, source: Source, keepalive: Duration) -> Self {
+    pub fn new(opening: Bytes, mut source: Source, keepalive: Duration) -> Self {
+        if let Source::Events(sub) = &mut source {
+            // Marked delivered when the next frame is asked for (see
+            // `poll_frame`), not when handed out.
+            sub.hold_marks();
+        }
         let every = keepalive.max(Duration::from_millis(10));
         let now = Instant::now();
         Self {
@@ -268,6 +273,15 @@ impl http_body::Body for SseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = self.get_mut();
+        // The events of the frame before this one were written, as far as
+        // this body can tell: the direct path asks for the next frame only
+        // once the last is in the socket, hyper once it has taken it into
+        // its buffers. A frame never asked past (the stream cut by the send
+        // timeout, the socket failed) is not counted delivered, and a
+        // resume from the device's cursor gets it again.
+        if let Source::Events(sub) = &mut this.source {
+            sub.written();
+        }
         if let Some(opening) = this.opening.take() {
             return Poll::Ready(Some(Ok(Frame::data(opening))));
         }

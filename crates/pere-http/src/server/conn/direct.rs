@@ -22,7 +22,7 @@ use http_body::Body as _;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Uri, Version};
 use pere_core::EventStore;
-use tokio::io::{AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::head::{Framing, head_bytes};
@@ -85,7 +85,7 @@ pub(crate) async fn serve_first<S: EventStore>(
         stream: Some(stream),
         body: Some(body),
         out: None,
-        watching: true,
+        watching: WATCHED_BYTES,
         stall,
     })
     .await
@@ -180,10 +180,11 @@ struct Pump {
     body: Option<Box<SseBody>>,
     /// The chunk being written.
     out: Option<Chunk>,
-    /// Whether reads are watched for the client going away. hyper watches
-    /// too while it writes a body; once the client sends anything (a
-    /// pipelined request, left for hyper) only a failed write tells.
-    watching: bool,
+    /// How many more bytes the client may send while reads are watched
+    /// for it going away (hyper watches too while it writes a body); past
+    /// them (a client that floods the stream's socket) only a failed write
+    /// tells.
+    watching: usize,
     /// Ends the stream when the client stops taking it.
     stall: Stall,
 }
@@ -232,15 +233,28 @@ impl Future for Pump {
                     Poll::Pending => return Poll::Pending,
                 }
             }
-            if this.watching {
-                let mut probe = [0u8; 1];
-                match stream.poll_peek(cx, &mut ReadBuf::new(&mut probe)) {
-                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+            while this.watching > 0 {
+                // What the client sends after its `GET /feed` is never
+                // answered (the connection ends with the stream): read and
+                // dropped, so that its close is seen behind it. Peeking
+                // stopped at the first such byte, and the stream then wrote
+                // into a closed socket until a write failed, counting what
+                // it wrote delivered (docs/PROTOCOL.md §5.4).
+                let mut sink = [0u8; 512];
+                let mut buf = ReadBuf::new(&mut sink);
+                match Pin::new(&mut *stream).poll_read(cx, &mut buf) {
+                    Poll::Ready(Ok(())) if buf.filled().is_empty() => {
                         this.stream = None;
                         return Poll::Ready(None);
                     }
-                    Poll::Ready(Ok(_)) => this.watching = false,
-                    Poll::Pending => {}
+                    Poll::Ready(Ok(())) => {
+                        this.watching = this.watching.saturating_sub(buf.filled().len());
+                    }
+                    Poll::Ready(Err(_)) => {
+                        this.stream = None;
+                        return Poll::Ready(None);
+                    }
+                    Poll::Pending => break,
                 }
             }
             let Some(body) = this.body.as_mut() else {
@@ -265,6 +279,10 @@ impl Future for Pump {
         }
     }
 }
+
+/// Bytes a client may send after its `GET /feed` (a pipelined request,
+/// never answered) before its stream stops reading them.
+const WATCHED_BYTES: usize = 64 * 1024;
 
 /// Up to this many bytes a chunk is copied and written with one `send`.
 const SMALL_WRITE: usize = 1024;
