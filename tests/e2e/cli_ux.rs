@@ -598,6 +598,21 @@ async fn pere_server_says_what_to_do_when_it_cannot_start() {
         stderr.contains("is a file, not a directory") && !stderr.contains("os error"),
         "{stderr}"
     );
+
+    // A LOCK that cannot be opened is not another server's (it was said to
+    // be, whatever the cause): the cause is said.
+    let odd = dir.join("odd-data");
+    std::fs::create_dir_all(odd.join("LOCK")).unwrap();
+    let (status, _, stderr) = run_tool(
+        "pere-server",
+        &["--data-dir", odd.to_str().unwrap(), "--port", "0"],
+    )
+    .await;
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        !stderr.contains("in use") && stderr.contains("LOCK") && stderr.contains("directory"),
+        "{stderr}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 

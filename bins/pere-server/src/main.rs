@@ -116,8 +116,12 @@ impl Explain {
                     "{err}: ports below 1024 need privileges: choose another with --port (PERE's is 4567), or put a proxy in front"
                 )
             }
-            pere_http::Error::Core(pere_core::Error::Io { path, .. })
-                if path.file_name().is_some_and(|n| n == "LOCK") =>
+            // Only a lock another process holds: a LOCK file that cannot be
+            // opened or locked at all (permissions, a read-only mount, a
+            // directory in its place) says its own cause.
+            pere_http::Error::Core(pere_core::Error::Io { path, source })
+                if source.kind() == ErrorKind::WouldBlock
+                    && path.file_name().is_some_and(|n| n == "LOCK") =>
             {
                 let dir = self
                     .data_dir

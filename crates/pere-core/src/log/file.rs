@@ -304,7 +304,14 @@ impl FileStore {
                 ),
             )
         };
-        lock_file.try_lock().map_err(|e| in_use(&lock_path, &e))?;
+        match lock_file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(in_use(&lock_path, &std::fs::TryLockError::WouldBlock));
+            }
+            // Not another server: the filesystem's own answer says why.
+            Err(std::fs::TryLockError::Error(err)) => return Err(io_err(&lock_path, err)),
+        }
         match dir_lock.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
