@@ -49,12 +49,35 @@ pub(super) fn scan(dir: &Path) -> Result<Scan> {
             damage.push(earlier);
             continue;
         }
-        if name.ends_with(".tmp") {
-            // An unfinished compaction: the segments it read are intact.
+        if name
+            .strip_suffix(".seg.tmp")
+            .is_some_and(|stem| segment_number(stem).is_some())
+        {
+            // An unfinished compaction (or header rewrite): the segments it
+            // read are intact. Other `.tmp` files are an operator's.
             let _ = fs::remove_file(entry.path());
             continue;
         }
         if let Some(stem) = name.strip_suffix(".seg") {
+            if stem.len() == 20
+                && stem.bytes().all(|b| b.is_ascii_digit())
+                && segment_number(stem).is_none_or(|n| n > MAX_SEGMENT)
+            {
+                // Read as it is, the next segment's number would overflow
+                // (a panic, or a wrap to 0 that sorts it before this one
+                // and cuts everything after as out of order).
+                return Err(io_err(
+                    &entry.path(),
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!(
+                            "a segment numbered above {MAX_SEGMENT}, which this store could not \
+                             go on from: renamed by hand? Rename it to the number after the \
+                             highest other segment's (nothing was changed)"
+                        ),
+                    ),
+                ));
+            }
             match segment_number(stem) {
                 Some(n) => numbers.push(n),
                 // `3.seg` beside `00000000000000000003.seg` would be read
@@ -426,6 +449,11 @@ fn put_back(dir: &Path, m: u64, n: u64) -> crate::error::Error {
 
 /// The number of a segment file named `stem`.seg, if the store wrote that
 /// name (20 decimal digits).
+/// The highest segment number a store goes on from: far beyond what
+/// rolling ever reaches (one segment per `--segment` bytes), far below
+/// where the next number would overflow.
+const MAX_SEGMENT: u64 = u64::MAX / 2;
+
 fn segment_number(stem: &str) -> Option<u64> {
     if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
         return None;

@@ -443,3 +443,51 @@ async fn a_receipts_segment_put_back_after_the_log_healed_is_not_deleted() {
     );
     put_back_refused(&cfg, missing).await;
 }
+
+/// A segment renamed to a number the store cannot go on from (the largest
+/// u64, or 20 digits beyond it): the start stops and says so, changing
+/// nothing. Read as it was, the next roll overflowed (a panic), or wrapped
+/// to segment 0, which the next start read first and cut everything after
+/// as out of order; the name beyond u64 was skipped as foreign, its
+/// events gone without an error.
+#[tokio::test]
+async fn a_segment_renamed_past_the_numbers_a_store_can_go_on_from_stops_the_start() {
+    for name in ["18446744073709551615.seg", "99999999999999999999.seg"] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        {
+            let (store, _) = reopen(&cfg).await;
+            store.append(&[event("a", 1, "kept")]).await.unwrap();
+            store.close().await.unwrap();
+        }
+        let seg = segments(dir.path()).pop().unwrap();
+        let renamed = dir.path().join(name);
+        fs::rename(&seg, &renamed).unwrap();
+        let err = match FileStore::open(cfg.clone()) {
+            Ok(_) => panic!("{name} was taken"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains("numbered above") && err.contains(name),
+            "{err}"
+        );
+        assert!(renamed.exists(), "nothing was changed");
+    }
+}
+
+/// Only the store's own leftovers of an unfinished compaction are removed
+/// at start: an operator's `.tmp` file in the directory is left alone (any
+/// was deleted).
+#[tokio::test]
+async fn only_the_store_s_own_tmp_files_are_removed_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    reopen(&cfg).await.0.close().await.unwrap();
+    let ours = dir.path().join("00000000000000000007.seg.tmp");
+    let theirs = dir.path().join("notes.tmp");
+    fs::write(&ours, b"half a compaction").unwrap();
+    fs::write(&theirs, b"an operator's notes").unwrap();
+    reopen(&cfg).await.0.close().await.unwrap();
+    assert!(!ours.exists(), "compaction's leftover removed");
+    assert_eq!(fs::read(&theirs).unwrap(), b"an operator's notes");
+}
