@@ -13,6 +13,9 @@
 //!    record, so the record found there must carry the lsn after the
 //!    damaged one's: if it does not, the length was damaged too. Elsewhere
 //!    (compacted segments), a run of damaged records is hopped this way.
+//!    When that length lands on nothing but zeros to the segment's end
+//!    (what the writer wrote ahead), the damaged record was the last one
+//!    written: the rest is cut, never searched.
 //! 2. Otherwise the scanner searches, byte by byte, for the next offset
 //!    where a whole frame decodes, passes its checksum and continues the
 //!    order (structure is checked before the checksum, so a search through
@@ -247,7 +250,11 @@ fn resync(
     //    records whose lengths read.
     let mut hop = at;
     while let Some(end) = claimed_end(bytes, hop) {
-        if end == bytes.len() {
+        // Nothing but the zeros the writer wrote ahead after it: the
+        // damaged record was the last written, and nothing inside it is
+        // searched (the frames a payload may hold would be found there,
+        // with the lsns the next records would have had).
+        if bytes[end..].iter().all(|&b| b == 0) {
             return None;
         }
         match (read(bytes, end, order), order.adjacent, order.lsn) {

@@ -378,6 +378,34 @@ fn a_frame_inside_a_payload_whose_length_is_damaged_is_not_taken() {
     }
 }
 
+/// The last record written carries a frame (a publisher's payload) and is
+/// damaged, its length intact, and after it lie the zeros the writer
+/// wrote ahead: the record is cut with the tail, and nothing inside it is
+/// read. The search found the frame, with the lsn the next record would
+/// have had, and a chain of such frames forged events (a probe's 4 of 4).
+#[test]
+fn a_frame_inside_the_last_record_is_never_read_when_it_is_damaged() {
+    for lsn in forged_lsns() {
+        let frame = forged_frame(lsn).expect("a UTF-8 frame");
+        let mut log = Log::new(4, 10);
+        let victim = log.records.len();
+        log.push(14, &event(2000, &frame));
+        let end = log.range(victim).end;
+        for damage in [log.range(victim).start + 5, end - 1] {
+            let mut bytes = log.bytes.clone();
+            bytes[damage] ^= 0x01;
+            bytes.resize(end + 4096, 0);
+            let s = scan(&bytes, true, true, after(9));
+            assert_eq!(lsns(&s), log.lsns_except(&[victim]), "forged lsn {lsn}");
+            assert_eq!(
+                s.torn.as_ref().map(|t| t.range.clone()),
+                Some(log.range(victim).start..bytes.len()),
+                "forged lsn {lsn}"
+            );
+        }
+    }
+}
+
 /// In a compacted segment nothing bounds lsns from above, but a forged
 /// frame whose lsn is out of line with the records after it does not hide
 /// them: the genuine record reads further and wins.
