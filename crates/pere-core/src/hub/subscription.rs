@@ -161,7 +161,7 @@ impl Subscription {
                 return Poll::Ready(None);
             }
             let (receipts, slot, frames) = match self.replay.pop_front() {
-                Some(receipts) => match self.admit_replayed(&receipts) {
+                Some(receipts) => match self.admit_replayed(receipts) {
                     Some(event) => {
                         return Poll::Ready(Some(Outgoing {
                             event,
@@ -176,7 +176,7 @@ impl Subscription {
                     Poll::Pending => return Poll::Pending,
                 },
             };
-            if let Some(event) = self.admit(&receipts, slot) {
+            if let Some(event) = self.admit(receipts, slot) {
                 return Poll::Ready(Some(Outgoing { event, frames }));
             }
         }
@@ -189,7 +189,7 @@ impl Subscription {
                 return None;
             }
             let (receipts, slot, frames) = match self.replay.pop_front() {
-                Some(receipts) => match self.admit_replayed(&receipts) {
+                Some(receipts) => match self.admit_replayed(receipts) {
                     Some(event) => {
                         return Some(Outgoing {
                             event,
@@ -203,7 +203,7 @@ impl Subscription {
                     (d.receipts, d.slot, Some(d.frames))
                 }
             };
-            if let Some(event) = self.admit(&receipts, slot) {
+            if let Some(event) = self.admit(receipts, slot) {
                 return Some(Outgoing { event, frames });
             }
         }
@@ -259,7 +259,7 @@ impl Subscription {
 
     /// [`admit`](Self::admit) for an event of the replay; the last one
     /// tells the hub, once marked.
-    fn admit_replayed(&mut self, receipts: &Arc<EventReceipts>) -> Option<Arc<Event>> {
+    fn admit_replayed(&mut self, receipts: Arc<EventReceipts>) -> Option<Arc<Event>> {
         let event = self.admit(receipts, NO_SLOT);
         if self.replay.is_empty() && self.device.is_some() {
             match self.held {
@@ -274,15 +274,19 @@ impl Subscription {
     /// returns it, unless the stream's grants no longer cover its channel.
     ///
     /// [`written`]: Self::written
-    fn admit(&mut self, receipts: &Arc<EventReceipts>, slot: u32) -> Option<Arc<Event>> {
+    fn admit(&mut self, receipts: Arc<EventReceipts>, slot: u32) -> Option<Arc<Event>> {
         if !self.shared.allows(&receipts.event.channel) {
             return None;
         }
+        let event = receipts.event.clone();
+        // Moved, not cloned, into the held marks: one fan-out's receipts
+        // are shared by all its streams, and every count on them is a
+        // cache line bounced between cores.
         match &mut self.held {
-            Some(held) => held.push((receipts.clone(), slot)),
-            None => self.delivered(receipts, slot, Timestamp::now()),
+            Some(held) => held.push((receipts, slot)),
+            None => self.delivered(&receipts, slot, Timestamp::now()),
         }
-        Some(receipts.event.clone())
+        Some(event)
     }
 
     /// Waits for the next event; `None` once the hub ended the stream.
