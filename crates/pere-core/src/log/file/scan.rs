@@ -15,7 +15,12 @@
 //!    (compacted segments), a run of damaged records is hopped this way.
 //!    When that length lands on nothing but zeros to the segment's end
 //!    (what the writer wrote ahead), the damaged record was the last one
-//!    written: the rest is cut, never searched.
+//!    written, and the rest is cut, never searched; unless only the length
+//!    was damaged: the body passes its checksum at a shorter length, where
+//!    a record continuing the log follows. (A payload forged so that a
+//!    prefix of it passes the whole record's checksum, with damage past
+//!    that prefix, and a frame there with the next lsn, would still be
+//!    taken.)
 //! 2. Otherwise the scanner searches, byte by byte, for the next offset
 //!    where a whole frame decodes, passes its checksum and continues the
 //!    order (structure is checked before the checksum, so a search through
@@ -255,7 +260,7 @@ fn resync(
         // searched (the frames a payload may hold would be found there,
         // with the lsns the next records would have had).
         if bytes[end..].iter().all(|&b| b == 0) {
-            return None;
+            return length_damaged(bytes, hop, end, order);
         }
         match (read(bytes, end, order), order.adjacent, order.lsn) {
             (Ok((_, lsn, _)), true, Some(last)) if lsn == last.saturating_add(2) => {
@@ -285,6 +290,33 @@ fn resync(
         p += 1;
     }
     best.map(|(start, _)| start)
+}
+
+/// After a damaged record at `at` whose length claims up to `end`, where
+/// only zeros follow: where the records after it resume, when it was only
+/// its length that was damaged (its body passes its checksum at a shorter
+/// length, and a record continuing the log follows there); `None` when it
+/// was the last record written.
+fn length_damaged(bytes: &[u8], at: usize, end: usize, order: &Order) -> Option<usize> {
+    let crc = u32::from_le_bytes(bytes.get(at + 4..at + FRAME_HEADER)?.try_into().ok()?);
+    let body = at + FRAME_HEADER;
+    let shortest = MIN_FRAME - FRAME_HEADER;
+    let mut running = crc32c::crc32c(bytes.get(body..body + shortest)?);
+    for len in shortest..end - body {
+        if running == crc && codec::decode(&bytes[body..body + len]).is_ok() {
+            let next = body + len;
+            let continues = match (read(bytes, next, order), order.adjacent, order.lsn) {
+                (Ok((_, lsn, _)), true, Some(last)) => lsn == last.saturating_add(2),
+                (Ok(_), false, _) => true,
+                _ => false,
+            };
+            if continues {
+                return Some(next);
+            }
+        }
+        running = crc32c::crc32c_append(running, &bytes[body + len..body + len + 1]);
+    }
+    None
 }
 
 /// The record at `p`, found by searching after damage at `at`, if it can

@@ -449,3 +449,21 @@ fn a_search_through_garbage_is_cheap() {
         started.elapsed()
     );
 }
+
+/// A damaged length that lands past intact records, in the zeros the
+/// writer wrote ahead, does not cost them: the damaged record's body still
+/// passes its checksum at its true length, so only the length was
+/// damaged, and reading goes on after it. (Found in review: the check for
+/// a damaged last record cut them all as the tail.)
+#[test]
+fn a_damaged_length_landing_in_the_zeros_ahead_costs_only_its_record() {
+    let log = Log::new(12, 100);
+    let victim = 5;
+    let at = log.range(victim).start;
+    let mut bytes = log.bytes.clone();
+    bytes.resize(bytes.len() + 64 * 1024, 0);
+    bytes[at + 2] ^= 0x01; // +64 KiB
+    let s = scan(&bytes, true, true, after(99));
+    assert_eq!(lsns(&s), log.lsns_except(&[victim]));
+    assert_eq!(skipped(&s), [log.range(victim)]);
+}
