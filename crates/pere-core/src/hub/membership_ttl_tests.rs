@@ -126,3 +126,46 @@ async fn a_membership_ends_when_its_ttl_runs_out_not_at_the_next_tick() {
     );
     assert_eq!(back.hello().replayed, 0);
 }
+
+/// A device known only by its receipts (it acknowledged after its
+/// membership ended) that expires between ticks does not make an
+/// acknowledging member's new events go untracked: they are sent again
+/// when it comes back. (Found in review: expiring between ticks
+/// subtracted such a device from the subscription's acknowledging
+/// members, which it was never counted in, and with none left counted the
+/// next events were not tracked.)
+#[tokio::test]
+async fn expiring_between_ticks_keeps_tracking_events_for_acknowledging_members() {
+    let ttl = Duration::from_millis(200);
+    let hub = hub_with(
+        HubConfig {
+            member_ttl: ttl,
+            tick: Duration::from_secs(10),
+            ..HubConfig::default()
+        },
+        Retention::default(),
+    )
+    .await;
+    let mut a = subscribe(&hub, Some("a"), &["c"], Resume::Auto).await;
+    let r = subscribe(&hub, Some("r"), &["c"], Resume::Auto).await;
+    let p1 = publish(&hub, "c", "x").await;
+    next(&mut a).await;
+    hub.ack(&pat("c"), &dev("a"), p1.id, "ok").await.unwrap();
+    hub.remove_member(&pat("c"), &dev("r")).await.unwrap();
+    drop(r);
+    hub.ack(&pat("c"), &dev("r"), p1.id, "ok").await.unwrap();
+    let b = subscribe(&hub, Some("b"), &["c"], Resume::Auto).await;
+    drop(b);
+    wait_for(|| async { hub.connections().await.unwrap().total == 1 }).await;
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    let p2 = publish(&hub, "c", "y").await;
+    assert_eq!(next(&mut a).await.id, p2.id);
+    drop(a);
+    wait_for(|| async { hub.connections().await.unwrap().total == 0 }).await;
+    let mut back = subscribe(&hub, Some("a"), &["c"], Resume::Auto).await;
+    let got = tokio::time::timeout(WAIT, back.next()).await;
+    assert!(
+        matches!(got, Ok(Some(ref e)) if e.id == p2.id),
+        "the unacknowledged event is sent again: {got:?}"
+    );
+}

@@ -571,7 +571,10 @@ impl State {
                 continue;
             };
             if member.detach(node, false, now) {
-                self.offline_since = Some(self.offline_since.map_or(now, |s| s.min(now)));
+                if !self.cluster {
+                    self.expiring
+                        .push(std::cmp::Reverse((now, pattern.clone(), device.clone())));
+                }
                 self.deferred.push(Record::Presence {
                     subscription: pattern.clone(),
                     device: device.clone(),

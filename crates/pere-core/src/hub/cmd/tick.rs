@@ -1,7 +1,8 @@
 //! The periodic chores: memberships and idempotency keys past their TTL,
 //! cursors checkpointed, deadlines, retention, channels reclaimed.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 
 use crate::config::HubConfig;
@@ -93,32 +94,28 @@ pub(in crate::hub) fn acked_upto(
     }
 }
 
-/// The least time between two passes of [`State::expire_due`]: devices
-/// that leave one after another with a short TTL would otherwise cost a
-/// walk over every member per batch. A membership ends up to this late.
-const EXPIRY_STEP: std::time::Duration = std::time::Duration::from_millis(20);
+/// When a member's TTL started: its last stream's close alone
+/// (docs/PROTOCOL.md §5.1: a receipt does not extend it); for a device
+/// known only by its receipts, the last one.
+fn ttl_since(member: &Member) -> Timestamp {
+    if member.is_member {
+        member.disconnected_at.unwrap_or(member.last_seen)
+    } else {
+        member.last_seen
+    }
+}
 
 /// Whether an offline member stays: not once its TTL ran out, when its
-/// `Left` is recorded. A member's TTL counts from its last stream's close
-/// alone (docs/PROTOCOL.md §5.1): a receipt does not extend it. A device
-/// known only by its receipts is kept that long after the last one.
-/// `earliest` gathers when the TTL of those that stay started.
+/// `Left` is recorded.
 fn keep_offline(
     pattern: &Pattern,
     device: &DeviceId,
     member: &Member,
     now: Timestamp,
     ttl: std::time::Duration,
-    earliest: &mut Option<Timestamp>,
     records: &mut Vec<Record>,
 ) -> bool {
-    let since = if member.is_member {
-        member.disconnected_at.unwrap_or(member.last_seen)
-    } else {
-        member.last_seen
-    };
-    if now.since(since) < ttl {
-        *earliest = Some(earliest.map_or(since, |e: Timestamp| e.min(since)));
+    if now.since(ttl_since(member)) < ttl {
         return true;
     }
     if member.is_member {
@@ -133,41 +130,77 @@ fn keep_offline(
 }
 
 impl State {
-    /// Ends the memberships whose TTL has run out by `now`, if any has,
-    /// before a batch's commands see them: a device is a member for
-    /// `--member-ttl` after its last stream closed, not until the next
-    /// tick (up to a second more: publishes counted it, and its return
-    /// resumed an ended membership). A single node's; a cluster's nodes
-    /// expire them at the shared tick, which every node applies alike.
+    /// Ends the memberships whose TTL has run out by `now`, before a
+    /// batch's commands see them: a device is a member for `--member-ttl`
+    /// after its last stream closed, not until the next tick (up to a
+    /// second more: publishes counted it, and its return resumed an ended
+    /// membership). Taken from the members that went offline, soonest
+    /// first: no walk over every member. A single node's; a cluster's
+    /// nodes expire them at the shared tick, which every node applies
+    /// alike.
     pub(in crate::hub) fn expire_due(
         &mut self,
         now: Timestamp,
         ttl: std::time::Duration,
         records: &mut Vec<Record>,
     ) {
-        if self
-            .offline_since
-            .is_none_or(|since| now.since(since) < ttl)
-            || now.since(self.expired_at) < EXPIRY_STEP
+        let mut removed = false;
+        while let Some(Reverse((since, _, _))) = self.expiring.peek() {
+            if now.since(*since) < ttl {
+                break;
+            }
+            let Some(Reverse((since, pattern, device))) = self.expiring.pop() else {
+                break;
+            };
+            let Some(sub) = self.memberships.sub_mut(&pattern) else {
+                continue;
+            };
+            // The member as it was when it went offline: one that came
+            // back (or left again later, with an entry of its own) stays.
+            let due = sub
+                .members
+                .get(&device)
+                .is_some_and(|m| m.is_member && m.connections() == 0 && ttl_since(m) == since);
+            if !due {
+                continue;
+            }
+            sub.members.remove(&device);
+            // `ackers` stays as it is until the chores recount it: one too
+            // many only tracks events nobody will be sent again, one too
+            // few would stop tracking them for a member that acknowledges.
+            tracing::debug!(subscription = %pattern, device = %device, "membership expired");
+            records.push(Record::Left {
+                subscription: pattern,
+                device,
+                at: now,
+            });
+            removed = true;
+        }
+        if removed {
+            self.memberships.drop_empty();
+        }
+    }
+
+    /// The members offline now, soonest to expire first, for
+    /// [`expire_due`](Self::expire_due): rebuilt by the chores when
+    /// members went offline by a path that does not note it (a start, a
+    /// subscribe whose write failed) or when entries of members that came
+    /// back pile up.
+    fn rebuild_expiring(&mut self, offline: usize) {
+        if self.cluster
+            || (self.expiring.len() >= offline && self.expiring.len() <= 2 * offline + 1024)
         {
             return;
         }
-        self.expired_at = now;
-        let mut earliest = None;
-        for (pattern, sub) in self.memberships.subs_mut() {
-            let mut ackers_gone = 0;
-            sub.members.retain(|device, member| {
-                if member.connections() > 0 {
-                    return true;
+        let mut entries = Vec::with_capacity(offline);
+        for (pattern, sub) in self.memberships.subs() {
+            for (device, m) in &sub.members {
+                if m.is_member && m.connections() == 0 {
+                    entries.push(Reverse((ttl_since(m), pattern.clone(), device.clone())));
                 }
-                let keep = keep_offline(pattern, device, member, now, ttl, &mut earliest, records);
-                ackers_gone += usize::from(!keep && member.acknowledges());
-                keep
-            });
-            sub.ackers = sub.ackers.saturating_sub(ackers_gone);
+            }
         }
-        self.offline_since = earliest;
-        self.memberships.drop_empty();
+        self.expiring = BinaryHeap::from(entries);
     }
 
     /// The periodic chores: memberships past their TTL, idempotency keys
@@ -186,7 +219,7 @@ impl State {
         let ttl = config.member_ttl;
         let cluster = self.cluster;
         let ledgers = &self.ledgers;
-        let mut earliest = None;
+        let mut offline = 0;
         for (pattern, sub) in self.memberships.subs_mut() {
             let mut ackers = 0;
             for member in sub.members.values_mut() {
@@ -214,11 +247,13 @@ impl State {
                     }
                     return true;
                 }
-                keep_offline(pattern, device, member, now, ttl, &mut earliest, records)
+                let keep = keep_offline(pattern, device, member, now, ttl, records);
+                offline += usize::from(keep && member.is_member);
+                keep
             });
         }
-        self.offline_since = earliest;
         self.memberships.drop_empty();
+        self.rebuild_expiring(offline);
         self.ledgers.reclaim();
         self.notices.forget_gone(&self.ledgers);
         self.idempotency

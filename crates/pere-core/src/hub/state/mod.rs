@@ -7,7 +7,8 @@
 //! with what every command shares: ids, the head, the node, and what goes
 //! to the journal or the cluster's log next.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 
 use crate::auth::AuthRegistry;
@@ -15,7 +16,7 @@ use crate::config::HubConfig;
 use crate::event::{EventId, Sequencer, Timestamp};
 use crate::log::Record;
 use crate::metrics::HubMetrics;
-use crate::name::ChannelName;
+use crate::name::{ChannelName, DeviceId, Pattern};
 
 mod idempotency;
 mod ledgers;
@@ -80,12 +81,10 @@ pub(super) struct State {
     /// second is a gap, and one from between replays from the first (the
     /// promoted primary's own events of that time have ids in between).
     pub(super) failover_losses: HashMap<ChannelName, (EventId, EventId)>,
-    /// No offline member's TTL started before this (it may have started
-    /// later: a hint, made exact by each pass over the members), `None`
-    /// when none is offline: when the next membership can expire.
-    pub(super) offline_since: Option<Timestamp>,
-    /// When memberships were last expired between ticks.
-    pub(super) expired_at: Timestamp,
+    /// A single node's members that went offline, by when their TTL
+    /// started, soonest first (an entry whose member came back since is
+    /// skipped when it comes up).
+    pub(super) expiring: BinaryHeap<Reverse<(Timestamp, Pattern, DeviceId)>>,
 }
 
 impl State {
@@ -121,8 +120,7 @@ impl State {
             acks_journaled: Timestamp(0),
             acked_since_journal: false,
             failover_losses: HashMap::new(),
-            offline_since: None,
-            expired_at: Timestamp(0),
+            expiring: BinaryHeap::new(),
         }
     }
 }
