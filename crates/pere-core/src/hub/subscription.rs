@@ -226,6 +226,11 @@ impl Subscription {
             return;
         };
         if held.is_empty() {
+            // The replay's last event may have been one its grants no
+            // longer cover: nothing held, and its end still to tell.
+            if std::mem::take(&mut self.replay_done_held) {
+                self.replay_done();
+            }
             return;
         }
         let now = Timestamp::now();
