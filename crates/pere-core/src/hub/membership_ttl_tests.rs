@@ -8,17 +8,19 @@ use super::*;
 use crate::config::Retention;
 use std::time::Duration;
 
+/// A hub whose members expire after `ttl`, with chores every `tick`.
+async fn hub_ttl(ttl: Duration, tick: Duration) -> Hub {
+    let config = HubConfig {
+        member_ttl: ttl,
+        tick,
+        ..HubConfig::default()
+    };
+    hub_with(config, Retention::default()).await
+}
+
 #[tokio::test]
 async fn memberships_expire_after_their_ttl_and_can_be_removed() {
-    let hub = hub_with(
-        HubConfig {
-            member_ttl: Duration::from_millis(50),
-            tick: Duration::from_millis(10),
-            ..HubConfig::default()
-        },
-        Retention::default(),
-    )
-    .await;
+    let hub = hub_ttl(Duration::from_millis(50), Duration::from_millis(10)).await;
     let sub = subscribe(&hub, Some("d"), &["c"], Resume::Auto).await;
     assert_eq!(publish(&hub, "c", "x").await.recipients, 1);
     drop(sub);
@@ -45,15 +47,7 @@ async fn memberships_expire_after_their_ttl_and_can_be_removed() {
 #[tokio::test]
 async fn a_receipt_does_not_extend_a_membership_past_its_ttl() {
     let ttl = Duration::from_millis(1000);
-    let hub = hub_with(
-        HubConfig {
-            member_ttl: ttl,
-            tick: Duration::from_millis(10),
-            ..HubConfig::default()
-        },
-        Retention::default(),
-    )
-    .await;
+    let hub = hub_ttl(ttl, Duration::from_millis(10)).await;
     let mut sub = subscribe(&hub, Some("d"), &["c"], Resume::Auto).await;
     let p = publish(&hub, "c", "x").await;
     next(&mut sub).await;
@@ -80,15 +74,7 @@ async fn a_receipt_does_not_extend_a_membership_past_its_ttl() {
 #[tokio::test]
 async fn a_membership_ends_when_its_ttl_runs_out_not_at_the_next_tick() {
     let ttl = Duration::from_millis(300);
-    let hub = hub_with(
-        HubConfig {
-            member_ttl: ttl,
-            tick: Duration::from_secs(10),
-            ..HubConfig::default()
-        },
-        Retention::default(),
-    )
-    .await;
+    let hub = hub_ttl(ttl, Duration::from_secs(10)).await;
     let early = subscribe(&hub, Some("early"), &["c"], Resume::Auto).await;
     let late = subscribe(&hub, Some("late"), &["c"], Resume::Auto).await;
     assert_eq!(publish(&hub, "c", "x").await.recipients, 2);
@@ -137,15 +123,7 @@ async fn a_membership_ends_when_its_ttl_runs_out_not_at_the_next_tick() {
 #[tokio::test]
 async fn expiring_between_ticks_keeps_tracking_events_for_acknowledging_members() {
     let ttl = Duration::from_millis(200);
-    let hub = hub_with(
-        HubConfig {
-            member_ttl: ttl,
-            tick: Duration::from_secs(10),
-            ..HubConfig::default()
-        },
-        Retention::default(),
-    )
-    .await;
+    let hub = hub_ttl(ttl, Duration::from_secs(10)).await;
     let mut a = subscribe(&hub, Some("a"), &["c"], Resume::Auto).await;
     let r = subscribe(&hub, Some("r"), &["c"], Resume::Auto).await;
     let p1 = publish(&hub, "c", "x").await;
