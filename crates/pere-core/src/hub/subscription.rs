@@ -222,31 +222,22 @@ impl Subscription {
     /// The events handed out since the last call were written: marks them
     /// delivered.
     pub fn written(&mut self) {
-        let Some(held) = &mut self.held else {
+        let Some(mut held) = self.held.take() else {
             return;
         };
-        if held.is_empty() {
-            // The replay's last event may have been one its grants no
-            // longer cover: nothing held, and its end still to tell.
-            if std::mem::take(&mut self.replay_done_held) {
-                self.replay_done();
+        if !held.is_empty() {
+            let now = Timestamp::now();
+            for (receipts, slot) in held.drain(..) {
+                self.delivered(&receipts, slot, now);
             }
-            return;
+            // An idle stream keeps no more than a few entries' room.
+            if held.capacity() > 64 {
+                held = Vec::new();
+            }
         }
-        let now = Timestamp::now();
-        let held = std::mem::take(held);
-        for (receipts, slot) in &held {
-            self.delivered(receipts, *slot, now);
-        }
-        // The buffer back, emptied, unless one burst made it large: an idle
-        // stream keeps no more than a few entries' room.
-        let mut held = held;
-        held.clear();
-        if held.capacity() <= 64 {
-            self.held = Some(held);
-        } else {
-            self.held = Some(Vec::new());
-        }
+        self.held = Some(held);
+        // After the marks it covers (its last event may also have been one
+        // the grants no longer cover, with nothing held).
         if std::mem::take(&mut self.replay_done_held) {
             self.replay_done();
         }

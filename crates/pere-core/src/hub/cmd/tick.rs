@@ -119,14 +119,19 @@ fn keep_offline(
         return true;
     }
     if member.is_member {
-        tracing::debug!(subscription = %pattern, device = %device, "membership expired");
-        records.push(Record::Left {
-            subscription: pattern.clone(),
-            device: device.clone(),
-            at: now,
-        });
+        records.push(expired(pattern.clone(), device.clone(), now));
     }
     false
+}
+
+/// The record of a membership that expired at `now`.
+fn expired(subscription: Pattern, device: DeviceId, now: Timestamp) -> Record {
+    tracing::debug!(subscription = %subscription, device = %device, "membership expired");
+    Record::Left {
+        subscription,
+        device,
+        at: now,
+    }
 }
 
 impl State {
@@ -168,12 +173,7 @@ impl State {
             // `ackers` stays as it is until the chores recount it: one too
             // many only tracks events nobody will be sent again, one too
             // few would stop tracking them for a member that acknowledges.
-            tracing::debug!(subscription = %pattern, device = %device, "membership expired");
-            records.push(Record::Left {
-                subscription: pattern,
-                device,
-                at: now,
-            });
+            records.push(expired(pattern, device, now));
             removed = true;
         }
         if removed {
